@@ -1,0 +1,110 @@
+//! Prefixed, opaque identifiers (`ten_…`, `key_…`, `usr_…`, `ses_…`).
+//!
+//! An id is a prefix plus 32 lowercase hex characters (a random UUID v4). The prefix
+//! makes a pasted id self-describing and lets us reject an id of the wrong kind early.
+
+use super::ParseError;
+use std::fmt;
+
+macro_rules! prefixed_id {
+    ($name:ident, $prefix:literal, $what:literal) => {
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub const PREFIX: &'static str = $prefix;
+
+            /// A fresh random id.
+            pub fn generate() -> Self {
+                Self(format!("{}{}", $prefix, uuid::Uuid::new_v4().simple()))
+            }
+
+            /// Parses an id typed or pasted by a user.
+            pub fn parse(s: &str) -> Result<Self, ParseError> {
+                let s = s.trim();
+                let rest = s.strip_prefix($prefix).ok_or_else(|| {
+                    ParseError::new(format!(
+                        "'{}' is not a {} id: it must start with '{}'",
+                        truncate(s),
+                        $what,
+                        $prefix
+                    ))
+                })?;
+                if rest.len() != 32 || !rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                    return Err(ParseError::new(format!(
+                        "'{}' is not a valid {} id: expected '{}' followed by 32 hex characters",
+                        truncate(s),
+                        $what,
+                        $prefix
+                    )));
+                }
+                Ok(Self(s.to_owned()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = ParseError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(48).collect()
+}
+
+prefixed_id!(TenantId, "ten_", "tenant");
+prefixed_id!(KeyId, "key_", "key");
+prefixed_id!(UserId, "usr_", "user");
+prefixed_id!(SessionId, "ses_", "session");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_parse_back() {
+        let id = TenantId::generate();
+        assert_eq!(TenantId::parse(id.as_str()).unwrap(), id);
+    }
+
+    #[test]
+    fn an_id_of_another_kind_is_rejected_with_the_expected_prefix() {
+        let key = KeyId::generate();
+        let err = TenantId::parse(key.as_str()).unwrap_err();
+        assert!(err.0.contains("ten_"), "{err}");
+    }
+
+    #[test]
+    fn malformed_ids_are_rejected() {
+        for bad in ["", "ten_", "ten_xyz", "ten_0123456789abcdef0123456789ABCDEF", "ten_0123456789abcdef0123456789abcdef0"] {
+            assert!(TenantId::parse(bad).is_err(), "{bad:?} should not parse");
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! Pure domain types and rules: ids, tenants, API keys, users and sessions.
+//!
+//! Nothing in here performs I/O. Every value that comes from a user is parsed into a
+//! type with a private field (`parse`/`TryFrom`), so the rest of the code can trust it.
+
+pub mod ids;
+pub mod keys;
+pub mod tenant;
+pub mod time;
+pub mod user;
+
+pub use ids::{KeyId, SessionId, TenantId, UserId};
+pub use keys::{ApiKeyRecord, KeyHash, KeySecret, NewApiKey, Scope};
+pub use tenant::{Tenant, TenantName};
+pub use time::Timestamp;
+pub use user::{Email, NewSession, NewUser, PasswordHash, Role, Session, User};
+
+/// A value from outside failed to parse; the message says what was wrong and what is expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(pub String);
+
+impl ParseError {
+    pub fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}

@@ -1,0 +1,192 @@
+//! Storage behind one trait, with a SQLite and a Postgres implementation.
+//!
+//! The backend is chosen from the database URL's scheme (`open`); an unknown scheme is an
+//! error, never a silently created file. Every tenant-owned query takes the tenant id, so
+//! an id from another tenant is simply "not found". Store methods are synchronous (rusqlite
+//! and postgres are blocking clients): async code calls them through [`run_blocking`].
+//! This module must not know about HTTP.
+
+pub mod migrate;
+pub mod postgres;
+pub mod sqlite;
+
+use crate::domain::{
+    ApiKeyRecord, Email, KeyHash, KeyId, NewApiKey, NewSession, NewUser, Session, Tenant, TenantId, Timestamp,
+    User, UserId,
+};
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database holds a schema this binary does not know (written by a newer version).
+    #[error(
+        "the database schema is at version {found}, but this agv-server only knows up to version {known}: it was written by a newer agv-server. Run the newer binary, or restore a backup made by this version"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
+    /// Could not open or reach the database; the message says what to check.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// Connections of the pool, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolStats {
+    pub connections: u32,
+    pub idle: u32,
+}
+
+/// One recorded change, used to invalidate in-memory caches in every process that shares
+/// the database (the CLI revoking a key while the server runs, several instances on Postgres).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub seq: i64,
+    /// What changed, e.g. `"api_key"`.
+    pub topic: String,
+    pub ref_id: String,
+}
+
+pub trait Store: Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+    /// A cheap round-trip proving the database answers (used by `/ready`).
+    fn ping(&self) -> StoreResult<()>;
+    fn pool_stats(&self) -> PoolStats;
+    /// The highest applied migration version.
+    fn schema_version(&self) -> StoreResult<i64>;
+
+    // Tenants
+    fn create_tenant(&self, tenant: &Tenant) -> StoreResult<()>;
+    fn get_tenant(&self, id: &TenantId) -> StoreResult<Tenant>;
+    fn list_tenants(&self) -> StoreResult<Vec<Tenant>>;
+
+    // API keys. Every change (create, revoke, expiry change) also records a `Change` with
+    // topic "api_key" in the same transaction.
+    fn create_api_key(&self, key: &NewApiKey) -> StoreResult<ApiKeyRecord>;
+    /// Looks a key up by hash, whatever its state (the caller checks `is_active`).
+    fn find_api_key_by_hash(&self, hash: &KeyHash) -> StoreResult<Option<ApiKeyRecord>>;
+    /// `tenant: None` means the instance operator, who may see any tenant's key.
+    fn get_api_key(&self, tenant: Option<&TenantId>, id: &KeyId) -> StoreResult<ApiKeyRecord>;
+    fn list_api_keys(&self, tenant: &TenantId) -> StoreResult<Vec<ApiKeyRecord>>;
+    /// Revokes a key. Revoking an already revoked key keeps the first revocation time.
+    fn revoke_api_key(&self, tenant: Option<&TenantId>, id: &KeyId, at: Timestamp) -> StoreResult<ApiKeyRecord>;
+    /// Sets when a key stops working (used by rotation's grace period).
+    fn set_api_key_expiry(&self, tenant: Option<&TenantId>, id: &KeyId, expires_at: Option<Timestamp>) -> StoreResult<ApiKeyRecord>;
+    /// Batch update of last-used times; unknown ids are ignored. Records no `Change`.
+    fn touch_api_keys(&self, used: &[(KeyId, Timestamp)]) -> StoreResult<()>;
+
+    // Change feed
+    fn latest_change_seq(&self) -> StoreResult<i64>;
+    fn changes_since(&self, seq: i64, limit: u32) -> StoreResult<Vec<Change>>;
+
+    // Users and sessions
+    fn create_user(&self, user: &NewUser) -> StoreResult<User>;
+    fn find_user_by_email(&self, email: &Email) -> StoreResult<Option<User>>;
+    fn get_user(&self, id: &UserId) -> StoreResult<User>;
+    fn count_users(&self) -> StoreResult<i64>;
+    fn create_session(&self, session: &NewSession) -> StoreResult<()>;
+    /// A session that exists and has not expired at `now`.
+    fn find_session(&self, token_hash: &str, now: Timestamp) -> StoreResult<Option<Session>>;
+    fn delete_session(&self, token_hash: &str) -> StoreResult<()>;
+    /// Removes expired sessions; returns how many were removed.
+    fn purge_expired_sessions(&self, now: Timestamp) -> StoreResult<u64>;
+}
+
+pub type DynStore = Arc<dyn Store>;
+
+/// Opens the store: Postgres when `database_url` is given, else SQLite at `<data>/agv.db`.
+/// Applies pending migrations and refuses a schema newer than this binary knows.
+pub fn open(data_dir: &Path, database_url: Option<&str>) -> StoreResult<DynStore> {
+    match database_url {
+        None => sqlite::open_store(&data_dir.join(sqlite::DB_FILE)),
+        Some(url) => {
+            let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+            match scheme {
+                "postgres" | "postgresql" => postgres::open_store(url),
+                "sqlite" => {
+                    let path = url.trim_start_matches("sqlite://");
+                    sqlite::open_store(Path::new(path))
+                }
+                "" => Err(StoreError::Unavailable(format!(
+                    "the database URL '{}' has no scheme: use postgres://user@host:port/db, or leave it unset to use SQLite in the data dir",
+                    redact_url(url)
+                ))),
+                other => Err(StoreError::Unavailable(format!(
+                    "unsupported database URL scheme '{other}': use postgres://… (or leave the URL unset to use SQLite in the data dir)"
+                ))),
+            }
+        }
+    }
+}
+
+/// A URL with any password replaced by `***`, safe to log.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((userinfo, host)) = rest.split_once('@')
+        && let Some((user, _pw)) = userinfo.split_once(':')
+    {
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_owned()
+}
+
+/// Runs blocking store work on tokio's blocking pool, keeping the tracing span, and
+/// re-raises a panic from the closure instead of turning it into a silent error.
+pub async fn run_blocking<F, T>(f: F) -> T
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let span = tracing::Span::current();
+    match tokio::task::spawn_blocking(move || span.in_scope(f)).await {
+        Ok(v) => v,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Only cancellation is left, which happens only when the runtime shuts down.
+            Err(e) => panic!("blocking store task cancelled: {e}"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_database_urls_are_redacted() {
+        assert_eq!(redact_url("postgres://agv:s3cret@db:5432/agv"), "postgres://agv:***@db:5432/agv");
+        assert_eq!(redact_url("postgres://db/agv"), "postgres://db/agv");
+    }
+
+    #[test]
+    fn unknown_schemes_are_refused_without_creating_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        for url in ["mysql://root@localhost/agv", "agv.db", "http://x"] {
+            let err = open(dir.path(), Some(url)).err().expect("must fail");
+            assert!(err.to_string().contains("scheme"), "{err}");
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
