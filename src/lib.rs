@@ -3,5 +3,12 @@
 //! `main.rs` only parses the command line; everything else lives in this library so that
 //! subcommands and tests call the same code.
 
+pub mod api;
+pub mod cli;
+pub mod config;
 pub mod domain;
+pub mod jobs;
+pub mod startup;
 pub mod store;
+pub mod telemetry;
+pub mod web;

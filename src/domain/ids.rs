@@ -103,7 +103,13 @@ mod tests {
 
     #[test]
     fn malformed_ids_are_rejected() {
-        for bad in ["", "ten_", "ten_xyz", "ten_0123456789abcdef0123456789ABCDEF", "ten_0123456789abcdef0123456789abcdef0"] {
+        for bad in [
+            "",
+            "ten_",
+            "ten_xyz",
+            "ten_0123456789abcdef0123456789ABCDEF",
+            "ten_0123456789abcdef0123456789abcdef0",
+        ] {
             assert!(TenantId::parse(bad).is_err(), "{bad:?} should not parse");
         }
     }

@@ -28,7 +28,9 @@ impl Scope {
         match s.trim() {
             "proxy" => Ok(Self::Proxy),
             "admin" => Ok(Self::Admin),
-            other => Err(ParseError::new(format!("unknown scope '{other}': use 'proxy' or 'admin'"))),
+            other => Err(ParseError::new(format!(
+                "unknown scope '{other}': use 'proxy' or 'admin'"
+            ))),
         }
     }
 
@@ -41,7 +43,10 @@ impl Scope {
 
     /// Whether a key of this scope may act where `required` is needed.
     pub fn allows(self, required: Scope) -> bool {
-        matches!((self, required), (Self::Admin, _) | (Self::Proxy, Self::Proxy))
+        matches!(
+            (self, required),
+            (Self::Admin, _) | (Self::Proxy, Self::Proxy)
+        )
     }
 }
 
@@ -69,7 +74,9 @@ impl KeySecret {
             .strip_prefix(KEY_PREFIX)
             .ok_or_else(|| ParseError::new("an agv-server API key starts with 'agv_'"))?;
         if rest.len() != 64 || !rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(ParseError::new("malformed API key: expected 'agv_' followed by 64 hex characters"));
+            return Err(ParseError::new(
+                "malformed API key: expected 'agv_' followed by 64 hex characters",
+            ));
         }
         Ok(Self(s.to_owned()))
     }
@@ -124,7 +131,12 @@ pub struct NewApiKey {
 
 impl NewApiKey {
     /// Makes a fresh key: returns the row to store and the secret to show once.
-    pub fn generate(tenant_id: TenantId, name: &str, scope: Scope, expires_at: Option<Timestamp>) -> Result<(Self, KeySecret), ParseError> {
+    pub fn generate(
+        tenant_id: TenantId,
+        name: &str,
+        scope: Scope,
+        expires_at: Option<Timestamp>,
+    ) -> Result<(Self, KeySecret), ParseError> {
         let name = parse_key_name(name)?;
         let secret = KeySecret::generate();
         let row = Self {
@@ -147,7 +159,9 @@ fn parse_key_name(s: &str) -> Result<String, ParseError> {
         return Err(ParseError::new("a key name must be at most 100 characters"));
     }
     if t.chars().any(char::is_control) {
-        return Err(ParseError::new("a key name must not contain control characters"));
+        return Err(ParseError::new(
+            "a key name must not contain control characters",
+        ));
     }
     Ok(t.to_owned())
 }
@@ -203,13 +217,20 @@ mod tests {
         let k = KeySecret::generate();
         let shown = format!("{k:?}");
         assert!(!shown.contains(&k.expose()[12..]), "{shown}");
-        let (row, secret) = NewApiKey::generate(TenantId::generate(), "ci", Scope::Proxy, None).unwrap();
+        let (row, secret) =
+            NewApiKey::generate(TenantId::generate(), "ci", Scope::Proxy, None).unwrap();
         assert!(!format!("{row:?}").contains(secret.expose()));
     }
 
     #[test]
     fn malformed_keys_are_rejected() {
-        for bad in ["", "sk-abc", "agv_", "agv_xyz", &format!("agv_{}", "A".repeat(64))] {
+        for bad in [
+            "",
+            "sk-abc",
+            "agv_",
+            "agv_xyz",
+            &format!("agv_{}", "A".repeat(64)),
+        ] {
             assert!(KeySecret::parse(bad).is_err(), "{bad:?}");
         }
     }

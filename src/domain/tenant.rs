@@ -15,10 +15,14 @@ impl TenantName {
             return Err(ParseError::new("a tenant name must not be empty"));
         }
         if t.chars().count() > 100 {
-            return Err(ParseError::new("a tenant name must be at most 100 characters"));
+            return Err(ParseError::new(
+                "a tenant name must be at most 100 characters",
+            ));
         }
         if t.chars().any(char::is_control) {
-            return Err(ParseError::new("a tenant name must not contain control characters"));
+            return Err(ParseError::new(
+                "a tenant name must not contain control characters",
+            ));
         }
         Ok(Self(t.to_owned()))
     }

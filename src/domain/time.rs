@@ -54,7 +54,9 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, super::ParseError>
         None => (s, "s"),
     };
     let n: u64 = num.parse().map_err(|_| {
-        super::ParseError::new(format!("'{s}' is not a duration: use a number and a unit, e.g. 30s, 15m, 24h, 7d"))
+        super::ParseError::new(format!(
+            "'{s}' is not a duration: use a number and a unit, e.g. 30s, 15m, 24h, 7d"
+        ))
     })?;
     let secs = match unit {
         "s" => Some(n),
@@ -63,7 +65,11 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, super::ParseError>
         "d" => n.checked_mul(86_400),
         _ => None,
     }
-    .ok_or_else(|| super::ParseError::new(format!("'{s}' is not a duration: the unit must be s, m, h or d")))?;
+    .ok_or_else(|| {
+        super::ParseError::new(format!(
+            "'{s}' is not a duration: the unit must be s, m, h or d"
+        ))
+    })?;
     Ok(std::time::Duration::from_secs(secs))
 }
 
@@ -84,6 +90,9 @@ mod tests {
 
     #[test]
     fn timestamps_print_as_rfc3339() {
-        assert_eq!(Timestamp::from_millis(0).to_rfc3339(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            Timestamp::from_millis(0).to_rfc3339(),
+            "1970-01-01T00:00:00.000Z"
+        );
     }
 }

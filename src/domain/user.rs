@@ -20,7 +20,10 @@ impl Email {
         if ok {
             Ok(Self(t))
         } else {
-            Err(ParseError::new(format!("'{}' is not an email address", s.trim())))
+            Err(ParseError::new(format!(
+                "'{}' is not an email address",
+                s.trim()
+            )))
         }
     }
 
@@ -46,7 +49,9 @@ impl Role {
             "owner" => Ok(Self::Owner),
             "admin" => Ok(Self::Admin),
             "viewer" => Ok(Self::Viewer),
-            other => Err(ParseError::new(format!("unknown role '{other}': use operator, owner, admin or viewer"))),
+            other => Err(ParseError::new(format!(
+                "unknown role '{other}': use operator, owner, admin or viewer"
+            ))),
         }
     }
 
@@ -90,7 +95,9 @@ impl PasswordHash {
     }
 
     pub fn verify(&self, password: &str) -> bool {
-        argon2::Argon2::default().verify_password(password.as_bytes(), self.0.as_str()).is_ok()
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), self.0.as_str())
+            .is_ok()
     }
 }
 
@@ -146,8 +153,20 @@ mod tests {
 
     #[test]
     fn emails_are_normalised_and_checked() {
-        assert_eq!(Email::parse(" Ada@Example.COM ").unwrap().as_str(), "ada@example.com");
-        for bad in ["", "ada", "@example.com", "ada@", "ada@example", "a da@example.com", "a@b@c.com", "a@.com"] {
+        assert_eq!(
+            Email::parse(" Ada@Example.COM ").unwrap().as_str(),
+            "ada@example.com"
+        );
+        for bad in [
+            "",
+            "ada",
+            "@example.com",
+            "ada@",
+            "ada@example",
+            "a da@example.com",
+            "a@b@c.com",
+            "a@.com",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?}");
         }
     }

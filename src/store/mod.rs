@@ -11,8 +11,8 @@ pub mod postgres;
 pub mod sqlite;
 
 use crate::domain::{
-    ApiKeyRecord, Email, KeyHash, KeyId, NewApiKey, NewSession, NewUser, Session, Tenant, TenantId, Timestamp,
-    User, UserId,
+    ApiKeyRecord, Email, KeyHash, KeyId, NewApiKey, NewSession, NewUser, Session, Tenant, TenantId,
+    Timestamp, User, UserId,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -91,9 +91,19 @@ pub trait Store: Send + Sync + 'static {
     fn get_api_key(&self, tenant: Option<&TenantId>, id: &KeyId) -> StoreResult<ApiKeyRecord>;
     fn list_api_keys(&self, tenant: &TenantId) -> StoreResult<Vec<ApiKeyRecord>>;
     /// Revokes a key. Revoking an already revoked key keeps the first revocation time.
-    fn revoke_api_key(&self, tenant: Option<&TenantId>, id: &KeyId, at: Timestamp) -> StoreResult<ApiKeyRecord>;
+    fn revoke_api_key(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &KeyId,
+        at: Timestamp,
+    ) -> StoreResult<ApiKeyRecord>;
     /// Sets when a key stops working (used by rotation's grace period).
-    fn set_api_key_expiry(&self, tenant: Option<&TenantId>, id: &KeyId, expires_at: Option<Timestamp>) -> StoreResult<ApiKeyRecord>;
+    fn set_api_key_expiry(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &KeyId,
+        expires_at: Option<Timestamp>,
+    ) -> StoreResult<ApiKeyRecord>;
     /// Batch update of last-used times; unknown ids are ignored. Records no `Change`.
     fn touch_api_keys(&self, used: &[(KeyId, Timestamp)]) -> StoreResult<()>;
 
@@ -176,7 +186,10 @@ mod tests {
 
     #[test]
     fn passwords_in_database_urls_are_redacted() {
-        assert_eq!(redact_url("postgres://agv:s3cret@db:5432/agv"), "postgres://agv:***@db:5432/agv");
+        assert_eq!(
+            redact_url("postgres://agv:s3cret@db:5432/agv"),
+            "postgres://agv:***@db:5432/agv"
+        );
         assert_eq!(redact_url("postgres://db/agv"), "postgres://db/agv");
     }
 

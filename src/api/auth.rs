@@ -1,0 +1,243 @@
+//! API-key authentication for `/v1/*`: an in-memory cache in front of the store, and the
+//! extractors handlers use (`ProxyKey` for any valid key, `AdminKey` for admin scope).
+//!
+//! A hit costs one SHA-256 and one map lookup. A miss goes to the store, so a key created
+//! from the CLI while the server runs works at once. Every key change in any process is
+//! written to the store's change feed; [`KeyCache::poll_changes`] (run every 250 ms)
+//! clears the cache when it sees one, so a revoked key stops working within a second.
+//! Last-used times are collected in memory and written in batches, off the request path.
+
+use super::error::ApiError;
+use crate::domain::{ApiKeyRecord, KeyHash, KeyId, KeySecret, Scope, TenantId, Timestamp};
+use crate::startup::AppState;
+use crate::store::{DynStore, StoreResult, run_blocking};
+use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
+use futures_util::future::LocalBoxFuture;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// How many unknown keys are remembered before the negative cache is cleared.
+const NEGATIVE_CACHE_MAX: usize = 10_000;
+
+pub struct KeyCache {
+    store: DynStore,
+    /// Known keys by hash, active or not; `None` remembers that a hash is unknown.
+    entries: RwLock<HashMap<KeyHash, Option<Arc<ApiKeyRecord>>>>,
+    negatives: AtomicI64,
+    last_used: Mutex<HashMap<KeyId, Timestamp>>,
+    seen_seq: AtomicI64,
+}
+
+/// Why authentication failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    Missing,
+    Malformed,
+    Unknown,
+    Revoked,
+    Expired,
+}
+
+impl From<AuthFailure> for ApiError {
+    fn from(f: AuthFailure) -> Self {
+        match f {
+            AuthFailure::Missing => ApiError::unauthorized(
+                "missing_api_key",
+                "No API key provided. Send your agv-server key as 'Authorization: Bearer agv_…' (create one with `agv-server key create --tenant ID`).",
+            ),
+            AuthFailure::Malformed => ApiError::unauthorized(
+                "invalid_api_key",
+                "Malformed API key: agv-server keys look like 'agv_' followed by 64 hex characters.",
+            ),
+            AuthFailure::Unknown => {
+                ApiError::unauthorized("invalid_api_key", "Incorrect API key provided.")
+            }
+            AuthFailure::Revoked => ApiError::unauthorized(
+                "api_key_revoked",
+                "This API key has been revoked; create a new one.",
+            ),
+            AuthFailure::Expired => ApiError::unauthorized(
+                "api_key_expired",
+                "This API key has expired; use its replacement or create a new one.",
+            ),
+        }
+    }
+}
+
+pub enum AuthError {
+    Failed(AuthFailure),
+    Store(crate::store::StoreError),
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Failed(f) => f.into(),
+            AuthError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl KeyCache {
+    pub fn new(store: DynStore) -> StoreResult<Self> {
+        let seq = store.latest_change_seq()?;
+        Ok(Self {
+            store,
+            entries: RwLock::new(HashMap::new()),
+            negatives: AtomicI64::new(0),
+            last_used: Mutex::new(HashMap::new()),
+            seen_seq: AtomicI64::new(seq),
+        })
+    }
+
+    /// Authenticates the value of an `Authorization` header (or `None` when absent).
+    pub async fn authenticate(&self, header: Option<&str>) -> Result<Arc<ApiKeyRecord>, AuthError> {
+        let raw = header.ok_or(AuthError::Failed(AuthFailure::Missing))?;
+        let token = raw
+            .strip_prefix("Bearer ")
+            .or_else(|| raw.strip_prefix("bearer "))
+            .map(str::trim)
+            .ok_or(AuthError::Failed(AuthFailure::Missing))?;
+        let secret =
+            KeySecret::parse(token).map_err(|_| AuthError::Failed(AuthFailure::Malformed))?;
+        let hash = secret.hash();
+        let cached = self.entries.read().ok().and_then(|m| m.get(&hash).cloned());
+        let record = match cached {
+            Some(r) => r,
+            None => self.load(hash).await.map_err(AuthError::Store)?,
+        };
+        let record = record.ok_or(AuthError::Failed(AuthFailure::Unknown))?;
+        let now = Timestamp::now();
+        if record.revoked_at.is_some() {
+            return Err(AuthError::Failed(AuthFailure::Revoked));
+        }
+        if !record.is_active(now) {
+            return Err(AuthError::Failed(AuthFailure::Expired));
+        }
+        if let Ok(mut used) = self.last_used.lock() {
+            used.insert(record.id.clone(), now);
+        }
+        Ok(record)
+    }
+
+    async fn load(&self, hash: KeyHash) -> StoreResult<Option<Arc<ApiKeyRecord>>> {
+        let store = self.store.clone();
+        let lookup = hash.clone();
+        let found = run_blocking(move || store.find_api_key_by_hash(&lookup))
+            .await?
+            .map(Arc::new);
+        if let Ok(mut map) = self.entries.write() {
+            if found.is_none()
+                && self.negatives.fetch_add(1, Ordering::Relaxed) >= NEGATIVE_CACHE_MAX as i64
+            {
+                // Someone is trying many keys: forget the old misses rather than grow forever.
+                map.retain(|_, v| v.is_some());
+                self.negatives.store(0, Ordering::Relaxed);
+            }
+            map.insert(hash, found.clone());
+        }
+        Ok(found)
+    }
+
+    pub fn invalidate_all(&self) {
+        if let Ok(mut map) = self.entries.write() {
+            map.clear();
+        }
+        self.negatives.store(0, Ordering::Relaxed);
+    }
+
+    /// Reads the change feed and clears the cache if any key changed anywhere.
+    pub async fn poll_changes(&self) -> StoreResult<()> {
+        let store = self.store.clone();
+        let since = self.seen_seq.load(Ordering::Relaxed);
+        let changes = run_blocking(move || store.changes_since(since, 1000)).await?;
+        if let Some(last) = changes.last() {
+            if changes.iter().any(|c| c.topic == "api_key") {
+                self.invalidate_all();
+            }
+            self.seen_seq.store(last.seq, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Writes the collected last-used times in one batch.
+    pub async fn flush_last_used(&self) -> StoreResult<()> {
+        let batch: Vec<(KeyId, Timestamp)> = match self.last_used.lock() {
+            Ok(mut used) => used.drain().collect(),
+            Err(_) => return Ok(()),
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        run_blocking(move || store.touch_api_keys(&batch)).await
+    }
+}
+
+/// The authenticated caller of a `/v1` endpoint.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub key_id: KeyId,
+    pub tenant_id: TenantId,
+    pub scope: Scope,
+}
+
+impl From<&ApiKeyRecord> for Caller {
+    fn from(r: &ApiKeyRecord) -> Self {
+        Self {
+            key_id: r.id.clone(),
+            tenant_id: r.tenant_id.clone(),
+            scope: r.scope,
+        }
+    }
+}
+
+async fn authenticate(req: HttpRequest, required: Scope) -> Result<Caller, ApiError> {
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .cloned()
+        .ok_or_else(|| ApiError::internal("application state missing"))?;
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let record = state.keys.authenticate(header).await?;
+    if !record.scope.allows(required) {
+        return Err(ApiError::forbidden(
+            "insufficient_scope",
+            format!(
+                "this endpoint needs an {} key; this key has scope '{}'",
+                required.as_str(),
+                record.scope
+            ),
+        ));
+    }
+    Ok(Caller::from(record.as_ref()))
+}
+
+/// Any valid key (proxy or admin scope).
+pub struct ProxyKey(pub Caller);
+
+/// A valid key with admin scope.
+pub struct AdminKey(pub Caller);
+
+impl FromRequest for ProxyKey {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move { authenticate(req, Scope::Proxy).await.map(ProxyKey) })
+    }
+}
+
+impl FromRequest for AdminKey {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move { authenticate(req, Scope::Admin).await.map(AdminKey) })
+    }
+}

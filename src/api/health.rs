@@ -1,0 +1,58 @@
+//! `/health` (the process answers), `/ready` (store and queue usable) and `/metrics`.
+
+use crate::startup::AppState;
+use crate::store::run_blocking;
+use actix_web::{HttpResponse, get, web};
+use serde_json::json;
+
+#[get("/health")]
+pub async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// 200 when the store answers and the job queue accepts work, else 503 naming what failed.
+#[get("/ready")]
+pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let store = state.store.clone();
+    let store_check = match run_blocking(move || store.ping()).await {
+        Ok(()) => json!({"ok": true, "backend": state.store.backend().as_str()}),
+        Err(e) => json!({"ok": false, "error": e.to_string()}),
+    };
+    let queue_check = match state.queue.stats() {
+        Ok(stats) => json!({"ok": true, "pending": stats.pending, "dead": stats.dead}),
+        Err(e) => json!({"ok": false, "error": e.to_string()}),
+    };
+    let ok = store_check["ok"] == true && queue_check["ok"] == true;
+    let body = json!({"status": if ok { "ready" } else { "unavailable" }, "checks": {"store": store_check, "queue": queue_check}});
+    if ok {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// Prometheus text. Gauges that describe current state are refreshed at scrape time.
+#[get("/metrics")]
+pub async fn prometheus_metrics(state: web::Data<AppState>) -> HttpResponse {
+    let pool = state.store.pool_stats();
+    metrics::gauge!("agv_store_pool_connections").set(f64::from(pool.connections));
+    metrics::gauge!("agv_store_pool_idle").set(f64::from(pool.idle));
+    metrics::gauge!("agv_store_pool_in_use")
+        .set(f64::from(pool.connections.saturating_sub(pool.idle)));
+    if let Ok(q) = state.queue.stats() {
+        metrics::gauge!("agv_queue_depth").set(q.pending as f64);
+        metrics::gauge!("agv_queue_running").set(q.running as f64);
+        metrics::gauge!("agv_queue_dead_letters").set(q.dead as f64);
+    }
+    metrics::gauge!("agv_uptime_seconds").set(state.started_at.elapsed().as_secs_f64());
+    let body = match &state.prometheus {
+        Some(handle) => {
+            handle.run_upkeep();
+            handle.render()
+        }
+        None => "# metrics recorder unavailable in this process\n".to_owned(),
+    };
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(body)
+}

@@ -1,0 +1,12 @@
+//! HTTP handlers only: extract, parse into domain types, call a service, map the error.
+//!
+//! No SQL and no business rules live here. Errors leave through [`error::ApiError`],
+//! the one place that maps failures to status codes and OpenAI-shaped bodies.
+
+pub mod auth;
+pub mod error;
+pub mod health;
+pub mod middleware;
+pub mod v1;
+
+pub use error::ApiError;

@@ -1,0 +1,414 @@
+//! The command line: clap definitions and the dispatch of subcommands.
+//!
+//! Results go to stdout (an id, a key, JSON), human messages to stderr. Every subcommand
+//! reads the data dir and database URL like `serve` does and is safe while the server
+//! runs: they talk to the database only (SQLite in WAL mode allows that), never to the
+//! server's job queue, which the running server holds open.
+
+use crate::config::{Flags, Settings};
+use crate::domain::time::parse_duration;
+use crate::domain::{KeyId, NewApiKey, Scope, Tenant, TenantId, TenantName, Timestamp};
+use crate::startup::{Application, StartupError, open_store};
+use crate::store::DynStore;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+const ENV_HELP: &str = "Environment: AGV_DATA, AGV_LISTEN, AGV_DATABASE_URL (or AGV_DATABASE_URL_FILE), \
+AGV_UPSTREAM_URL, AGV_UPSTREAM_API_KEY (or _FILE; falls back to OPENAI_API_KEY), AGV_LOG_FORMAT=text|json, \
+AGV_LOG_LEVEL. Settings may also live in <data>/config.toml; flags beat the environment, which beats the file.";
+
+#[derive(Debug, Parser)]
+#[command(name = "agv-server", version, about = "Self-hosted AI incident console: an OpenAI-compatible gateway that enforces, records and explains every LLM call.", after_help = ENV_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Data directory: SQLite database, job queue, config.toml [env: AGV_DATA] [default: ./data]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Use Postgres instead of SQLite, e.g. postgres://agv@db:5432/agv [env: AGV_DATABASE_URL]
+    #[arg(long, global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Address to listen on [env: AGV_LISTEN] [default: 127.0.0.1:8080]
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default when no subcommand is given).
+    Serve,
+    /// Create and list tenants. Safe while the server runs.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Create, list, revoke and rotate API keys. Safe while the server runs; changes take effect at once.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Apply pending database migrations and print the schema version. Safe while the server runs.
+    Migrate,
+    /// Print the version.
+    Version,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant; prints its id alone on stdout.
+    Create {
+        /// The tenant's display name.
+        name: String,
+        /// Print {"id","name","created_at"} as JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tenants.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create an API key; prints the key alone on stdout, once. It cannot be shown again.
+    Create {
+        /// The tenant the key belongs to (ten_…).
+        #[arg(long)]
+        tenant: String,
+        /// A name to recognise the key by.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// proxy: call the OpenAI-compatible endpoints; admin: also kill switch, policies, incidents.
+        #[arg(long, default_value = "proxy")]
+        scope: String,
+        /// Let the key expire after this long (e.g. 90d, 12h).
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
+        /// Print {"id","key","tenant_id","scope"} as JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a tenant's keys (never the secrets).
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key; it stops working within a second, also on a running server.
+    Revoke {
+        /// The key's id (key_…).
+        id: String,
+    },
+    /// Issue a new key with the same tenant, name and scope; the old one keeps working for the grace period.
+    Rotate {
+        id: String,
+        /// How long the old key keeps working (e.g. 24h, 0s to stop it at once).
+        #[arg(long, default_value = "24h", value_name = "DURATION")]
+        grace: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A failed command: the message for stderr and the exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub message: String,
+    pub code: i32,
+}
+
+impl CliError {
+    fn usage(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: 2,
+        }
+    }
+
+    fn failed(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: 1,
+        }
+    }
+}
+
+impl From<StartupError> for CliError {
+    fn from(e: StartupError) -> Self {
+        Self::failed(e.0)
+    }
+}
+
+impl From<crate::store::StoreError> for CliError {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::failed(e.to_string())
+    }
+}
+
+fn settings(global: &GlobalArgs) -> Result<Settings, CliError> {
+    let mut flags = Flags::new();
+    if let Some(url) = &global.database_url {
+        flags.insert("database_url", url.clone());
+    }
+    if let Some(listen) = &global.listen {
+        flags.insert("listen", listen.clone());
+    }
+    Settings::load(global.data.clone(), &flags).map_err(|e| CliError::usage(e.0))
+}
+
+/// Runs the parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    match dispatch(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            e.code
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<(), CliError> {
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Version = command {
+        println!("agv-server {}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
+    let settings = settings(&cli.global)?;
+    match command {
+        Command::Serve => serve(settings),
+        Command::Version => Ok(()),
+        Command::Migrate => {
+            let store = open_store(&settings)?;
+            let version = store.schema_version()?;
+            eprintln!(
+                "database is up to date ({} backend)",
+                store.backend().as_str()
+            );
+            println!("{version}");
+            Ok(())
+        }
+        Command::Tenant(cmd) => tenant(&open_store(&settings)?, cmd),
+        Command::Key(cmd) => key(&open_store(&settings)?, cmd),
+    }
+}
+
+fn serve(settings: Settings) -> Result<(), CliError> {
+    crate::telemetry::init_logging(settings.log_format, &settings.log_level);
+    let system = actix_web::rt::System::new();
+    system.block_on(async move {
+        let app = Application::build(settings).await?;
+        app.run_until_stopped().await?;
+        Ok(())
+    })
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!("{value}");
+}
+
+fn tenant(store: &DynStore, cmd: TenantCommand) -> Result<(), CliError> {
+    match cmd {
+        TenantCommand::Create { name, json } => {
+            let name = TenantName::parse(&name).map_err(|e| CliError::usage(e.0))?;
+            let tenant = Tenant {
+                id: TenantId::generate(),
+                name,
+                created_at: Timestamp::now(),
+            };
+            store.create_tenant(&tenant)?;
+            eprintln!("created tenant '{}'", tenant.name.as_str());
+            if json {
+                print_json(
+                    &serde_json::json!({"id": tenant.id, "name": tenant.name, "created_at": tenant.created_at.to_rfc3339()}),
+                );
+            } else {
+                println!("{}", tenant.id);
+            }
+            Ok(())
+        }
+        TenantCommand::List { json } => {
+            let tenants = store.list_tenants()?;
+            if json {
+                let rows: Vec<_> = tenants
+                    .iter()
+                    .map(|t| serde_json::json!({"id": t.id, "name": t.name, "created_at": t.created_at.to_rfc3339()}))
+                    .collect();
+                print_json(&serde_json::Value::Array(rows));
+            } else if tenants.is_empty() {
+                eprintln!("no tenants yet: create one with `agv-server tenant create NAME`");
+            } else {
+                for t in tenants {
+                    println!(
+                        "{}\t{}\t{}",
+                        t.id,
+                        t.name.as_str(),
+                        t.created_at.to_rfc3339()
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn parse_tenant(s: &str) -> Result<TenantId, CliError> {
+    TenantId::parse(s).map_err(|e| CliError::usage(e.0))
+}
+
+fn parse_key_id(s: &str) -> Result<KeyId, CliError> {
+    KeyId::parse(s).map_err(|e| CliError::usage(e.0))
+}
+
+fn key_json(row: &NewApiKey, secret: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": row.id,
+        "key": secret,
+        "tenant_id": row.tenant_id,
+        "scope": row.scope,
+        "name": row.name,
+        "expires_at": row.expires_at.map(Timestamp::to_rfc3339),
+    })
+}
+
+fn key(store: &DynStore, cmd: KeyCommand) -> Result<(), CliError> {
+    match cmd {
+        KeyCommand::Create {
+            tenant,
+            name,
+            scope,
+            expires_in,
+            json,
+        } => {
+            let tenant_id = parse_tenant(&tenant)?;
+            let scope = Scope::parse(&scope).map_err(|e| CliError::usage(e.0))?;
+            let expires_at = match expires_in {
+                Some(d) => {
+                    let d = parse_duration(&d).map_err(|e| CliError::usage(e.0))?;
+                    Some(
+                        Timestamp::now()
+                            .plus_millis(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+                    )
+                }
+                None => None,
+            };
+            let (row, secret) = NewApiKey::generate(tenant_id.clone(), &name, scope, expires_at)
+                .map_err(|e| CliError::usage(e.0))?;
+            match store.create_api_key(&row) {
+                Err(crate::store::StoreError::NotFound) => {
+                    return Err(CliError::failed(format!(
+                        "no tenant {tenant_id}: list tenants with `agv-server tenant list`"
+                    )));
+                }
+                other => other?,
+            };
+            eprintln!(
+                "created {} key {} for tenant {}; it is shown only now, keep it safe",
+                row.scope, row.id, row.tenant_id
+            );
+            if json {
+                print_json(&key_json(&row, secret.expose()));
+            } else {
+                println!("{}", secret.expose());
+            }
+            Ok(())
+        }
+        KeyCommand::List { tenant, json } => {
+            let tenant_id = parse_tenant(&tenant)?;
+            store.get_tenant(&tenant_id).map_err(|e| match e {
+                crate::store::StoreError::NotFound => {
+                    CliError::failed(format!("no tenant {tenant_id}"))
+                }
+                other => other.into(),
+            })?;
+            let keys = store.list_api_keys(&tenant_id)?;
+            let now = Timestamp::now();
+            if json {
+                let rows: Vec<_> = keys
+                    .iter()
+                    .map(|k| {
+                        serde_json::json!({
+                            "id": k.id, "tenant_id": k.tenant_id, "name": k.name, "scope": k.scope, "prefix": k.prefix,
+                            "status": k.status(now), "created_at": k.created_at.to_rfc3339(),
+                            "expires_at": k.expires_at.map(Timestamp::to_rfc3339),
+                            "revoked_at": k.revoked_at.map(Timestamp::to_rfc3339),
+                            "last_used_at": k.last_used_at.map(Timestamp::to_rfc3339),
+                        })
+                    })
+                    .collect();
+                print_json(&serde_json::Value::Array(rows));
+            } else if keys.is_empty() {
+                eprintln!(
+                    "tenant {tenant_id} has no keys: create one with `agv-server key create --tenant {tenant_id}`"
+                );
+            } else {
+                for k in keys {
+                    let last = k
+                        .last_used_at
+                        .map(Timestamp::to_rfc3339)
+                        .unwrap_or_else(|| "never used".into());
+                    println!(
+                        "{}\t{}…\t{}\t{}\t{}\t{}",
+                        k.id,
+                        k.prefix,
+                        k.scope,
+                        k.status(now),
+                        k.name,
+                        last
+                    );
+                }
+            }
+            Ok(())
+        }
+        KeyCommand::Revoke { id } => {
+            let id = parse_key_id(&id)?;
+            let rec = store
+                .revoke_api_key(None, &id, Timestamp::now())
+                .map_err(|e| match e {
+                    crate::store::StoreError::NotFound => CliError::failed(format!("no key {id}")),
+                    other => other.into(),
+                })?;
+            eprintln!("revoked key {} (tenant {})", rec.id, rec.tenant_id);
+            println!("{}", rec.id);
+            Ok(())
+        }
+        KeyCommand::Rotate { id, grace, json } => {
+            let id = parse_key_id(&id)?;
+            let grace = parse_duration(&grace).map_err(|e| CliError::usage(e.0))?;
+            let old = store.get_api_key(None, &id).map_err(|e| match e {
+                crate::store::StoreError::NotFound => CliError::failed(format!("no key {id}")),
+                other => other.into(),
+            })?;
+            let now = Timestamp::now();
+            if !old.is_active(now) {
+                return Err(CliError::failed(format!(
+                    "key {id} is {}; create a new key instead",
+                    old.status(now)
+                )));
+            }
+            let (row, secret) =
+                NewApiKey::generate(old.tenant_id.clone(), &old.name, old.scope, old.expires_at)
+                    .map_err(|e| CliError::usage(e.0))?;
+            store.create_api_key(&row)?;
+            let old_until = now.plus_millis(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX));
+            let old_until = old.expires_at.map_or(old_until, |e| e.min(old_until));
+            store.set_api_key_expiry(None, &id, Some(old_until))?;
+            eprintln!(
+                "new key {} replaces {}; the old key works until {}",
+                row.id,
+                id,
+                old_until.to_rfc3339()
+            );
+            if json {
+                print_json(&key_json(&row, secret.expose()));
+            } else {
+                println!("{}", secret.expose());
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,611 @@
+//! Settings: flags > `AGV_*` environment > `<data>/config.toml` > defaults.
+//!
+//! Every setting is described once in [`FIELDS`] (its config-file key, its environment
+//! variable, whether it is a secret), read from each layer as text, then parsed into the
+//! typed [`Settings`]. Each value remembers where it came from so the server can log its
+//! effective configuration at start — secrets only as "(set)". Unknown keys in
+//! config.toml are rejected by name. Secrets may also come from `*_FILE` variables.
+//! This module does no network I/O and never prints a secret.
+
+use crate::domain::time::parse_duration;
+use crate::jobs::scheduler::validate_cron;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_FILE: &str = "config.toml";
+pub const DEFAULT_DATA_DIR: &str = "./data";
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    ConfigFile,
+    Env(String),
+    Flag,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Default => f.write_str("default"),
+            Self::ConfigFile => f.write_str("config.toml"),
+            Self::Env(var) => write!(f, "env {var}"),
+            Self::Flag => f.write_str("flag"),
+        }
+    }
+}
+
+/// One setting: its config-file key, environment variable and default.
+pub struct Field {
+    pub key: &'static str,
+    pub env: &'static str,
+    /// Secrets are never logged and may be read from a file named by `<env>_FILE`.
+    pub secret: bool,
+    pub default: Option<&'static str>,
+    pub help: &'static str,
+}
+
+pub const FIELDS: &[Field] = &[
+    Field {
+        key: "listen",
+        env: "AGV_LISTEN",
+        secret: false,
+        default: Some("127.0.0.1:8080"),
+        help: "address and port the HTTP server listens on",
+    },
+    Field {
+        key: "database_url",
+        env: "AGV_DATABASE_URL",
+        secret: true,
+        default: None,
+        help: "postgres://… to use Postgres; unset: SQLite in the data dir",
+    },
+    Field {
+        key: "upstream_url",
+        env: "AGV_UPSTREAM_URL",
+        secret: false,
+        default: Some("https://api.openai.com/v1"),
+        help: "the OpenAI-compatible upstream calls are forwarded to",
+    },
+    Field {
+        key: "upstream_api_key",
+        env: "AGV_UPSTREAM_API_KEY",
+        secret: true,
+        default: None,
+        help: "API key sent to the upstream (falls back to OPENAI_API_KEY)",
+    },
+    Field {
+        key: "log_format",
+        env: "AGV_LOG_FORMAT",
+        secret: false,
+        default: Some("text"),
+        help: "text or json",
+    },
+    Field {
+        key: "log_level",
+        env: "AGV_LOG_LEVEL",
+        secret: false,
+        default: Some("info"),
+        help: "error, warn, info, debug, trace, or a tracing filter",
+    },
+    Field {
+        key: "max_body_bytes",
+        env: "AGV_MAX_BODY_BYTES",
+        secret: false,
+        default: Some("8388608"),
+        help: "largest request body accepted (413 above)",
+    },
+    Field {
+        key: "unauth_rate_limit_per_minute",
+        env: "AGV_UNAUTH_RATE_LIMIT_PER_MINUTE",
+        secret: false,
+        default: Some("100"),
+        help: "requests per minute per client address on unauthenticated endpoints (0 = off)",
+    },
+    Field {
+        key: "queue_max_bytes",
+        env: "AGV_QUEUE_MAX_BYTES",
+        secret: false,
+        default: Some("1073741824"),
+        help: "disk budget of the job queue; new jobs are refused above it",
+    },
+    Field {
+        key: "job_workers",
+        env: "AGV_JOB_WORKERS",
+        secret: false,
+        default: Some("2"),
+        help: "background job workers",
+    },
+    Field {
+        key: "housekeeping_cron",
+        env: "AGV_HOUSEKEEPING_CRON",
+        secret: false,
+        default: Some("0 */10 * * * *"),
+        help: "cron schedule (with seconds) of the housekeeping job",
+    },
+    Field {
+        key: "shutdown_timeout",
+        env: "AGV_SHUTDOWN_TIMEOUT",
+        secret: false,
+        default: Some("30s"),
+        help: "how long in-flight requests may take to finish at shutdown",
+    },
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The effective, typed settings.
+#[derive(Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub listen: String,
+    pub database_url: Option<String>,
+    pub upstream_url: String,
+    pub upstream_api_key: Option<String>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub max_body_bytes: usize,
+    pub unauth_rate_limit_per_minute: u32,
+    pub queue_max_bytes: u64,
+    pub job_workers: usize,
+    pub housekeeping_cron: String,
+    pub shutdown_timeout: std::time::Duration,
+    /// Where each setting came from, by config key (plus `data`).
+    pub sources: BTreeMap<&'static str, Source>,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.describe().into_iter().map(|(k, v, _)| (k, v)))
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Values given on the command line, by config key.
+pub type Flags = BTreeMap<&'static str, String>;
+
+impl Settings {
+    /// Loads settings from the process environment and `<data>/config.toml`.
+    pub fn load(data_flag: Option<PathBuf>, flags: &Flags) -> Result<Self, ConfigError> {
+        Self::load_with(data_flag, flags, &|k| std::env::var(k).ok())
+    }
+
+    /// Loads settings with an injected environment (tests pass a map).
+    pub fn load_with(
+        data_flag: Option<PathBuf>,
+        flags: &Flags,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let (data_dir, data_source) = match (data_flag, env("AGV_DATA").filter(|v| !v.is_empty())) {
+            (Some(p), _) => (p, Source::Flag),
+            (None, Some(v)) => (PathBuf::from(v), Source::Env("AGV_DATA".into())),
+            (None, None) => (PathBuf::from(DEFAULT_DATA_DIR), Source::Default),
+        };
+        let file = read_config_file(&data_dir)?;
+        let mut raw: BTreeMap<&'static str, (String, Source)> = BTreeMap::new();
+        for field in FIELDS {
+            if let Some(v) = flags.get(field.key) {
+                raw.insert(field.key, (v.clone(), Source::Flag));
+            } else if let Some(v) = read_env(field, env)? {
+                raw.insert(field.key, v);
+            } else if let Some(v) = file.get(field.key) {
+                raw.insert(field.key, (v.clone(), Source::ConfigFile));
+            } else if let Some(d) = field.default {
+                raw.insert(field.key, (d.to_owned(), Source::Default));
+            }
+        }
+        // The upstream key falls back to the variable the OpenAI SDKs use.
+        if !raw.contains_key("upstream_api_key")
+            && let Some(v) = env("OPENAI_API_KEY").filter(|v| !v.is_empty())
+        {
+            raw.insert(
+                "upstream_api_key",
+                (v, Source::Env("OPENAI_API_KEY".into())),
+            );
+        }
+        let mut sources: BTreeMap<&'static str, Source> =
+            raw.iter().map(|(k, (_, s))| (*k, s.clone())).collect();
+        sources.insert("data", data_source);
+        let get = |key: &str| raw.get(key).map(|(v, _)| v.as_str());
+        let bad = |key: &str, why: &str| {
+            let (value, source) = raw
+                .get(key)
+                .map(|(v, s)| (v.as_str(), s.to_string()))
+                .unwrap_or(("", String::new()));
+            let shown = if FIELDS.iter().any(|f| f.key == key && f.secret) {
+                "(secret)"
+            } else {
+                value
+            };
+            ConfigError(format!("invalid {key} = '{shown}' (from {source}): {why}"))
+        };
+        let number = |key: &str| -> Result<u64, ConfigError> {
+            get(key)
+                .unwrap_or("0")
+                .trim()
+                .replace('_', "")
+                .parse::<u64>()
+                .map_err(|_| bad(key, "expected a whole number"))
+        };
+
+        let listen = get("listen").unwrap_or_default().trim().to_owned();
+        if listen.parse::<std::net::SocketAddr>().is_err() && !listen.contains(':') {
+            return Err(bad(
+                "listen",
+                "expected ADDRESS:PORT, e.g. 127.0.0.1:8080 or 0.0.0.0:8080",
+            ));
+        }
+        let log_format = match get("log_format").unwrap_or("text").trim() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => return Err(bad("log_format", "expected 'text' or 'json'")),
+        };
+        let upstream_url = get("upstream_url")
+            .unwrap_or_default()
+            .trim()
+            .trim_end_matches('/')
+            .to_owned();
+        if !(upstream_url.starts_with("http://") || upstream_url.starts_with("https://")) {
+            return Err(bad(
+                "upstream_url",
+                "expected an http:// or https:// URL, e.g. https://api.openai.com/v1",
+            ));
+        }
+        let max_body_bytes = number("max_body_bytes")?;
+        if !(1024..=1 << 30).contains(&max_body_bytes) {
+            return Err(bad(
+                "max_body_bytes",
+                "expected between 1024 and 1073741824",
+            ));
+        }
+        let unauth_rate_limit_per_minute =
+            u32::try_from(number("unauth_rate_limit_per_minute")?)
+                .map_err(|_| bad("unauth_rate_limit_per_minute", "too large"))?;
+        let queue_max_bytes = number("queue_max_bytes")?;
+        if queue_max_bytes < 1 << 20 {
+            return Err(bad("queue_max_bytes", "expected at least 1048576 (1 MiB)"));
+        }
+        let job_workers = number("job_workers")?;
+        if !(1..=64).contains(&job_workers) {
+            return Err(bad("job_workers", "expected between 1 and 64"));
+        }
+        let housekeeping_cron = get("housekeeping_cron")
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        validate_cron(&housekeeping_cron).map_err(|e| bad("housekeeping_cron", &e))?;
+        let shutdown_timeout = parse_duration(get("shutdown_timeout").unwrap_or("30s"))
+            .map_err(|e| bad("shutdown_timeout", &e.0))?;
+        let database_url = get("database_url")
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned);
+        let upstream_api_key = get("upstream_api_key")
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned);
+
+        Ok(Self {
+            data_dir,
+            listen,
+            database_url,
+            upstream_url,
+            upstream_api_key,
+            log_format,
+            log_level: get("log_level").unwrap_or("info").trim().to_owned(),
+            max_body_bytes: usize::try_from(max_body_bytes)
+                .map_err(|_| bad("max_body_bytes", "too large"))?,
+            unauth_rate_limit_per_minute,
+            queue_max_bytes,
+            job_workers: usize::try_from(job_workers)
+                .map_err(|_| bad("job_workers", "too large"))?,
+            housekeeping_cron,
+            shutdown_timeout,
+            sources,
+        })
+    }
+
+    /// Settings for a server in a fresh data dir with everything else at its default
+    /// (tests and embedding). Listens on an ephemeral port.
+    pub fn for_data_dir(data_dir: &Path) -> Result<Self, ConfigError> {
+        let mut flags = Flags::new();
+        flags.insert("listen", "127.0.0.1:0".into());
+        Self::load_with(Some(data_dir.to_path_buf()), &flags, &|_| None)
+    }
+
+    /// `(key, shown value, source)` for every setting; secrets are shown as "(set)".
+    pub fn describe(&self) -> Vec<(&'static str, String, String)> {
+        let src = |k: &str| {
+            self.sources
+                .get(k)
+                .map(ToString::to_string)
+                .unwrap_or_else(|| "default".into())
+        };
+        let secret = |v: &Option<String>| {
+            if v.is_some() {
+                "(set)".to_owned()
+            } else {
+                "(not set)".to_owned()
+            }
+        };
+        vec![
+            ("data", self.data_dir.display().to_string(), src("data")),
+            ("listen", self.listen.clone(), src("listen")),
+            (
+                "database_url",
+                self.database_url
+                    .as_deref()
+                    .map(crate::store::redact_url)
+                    .unwrap_or_else(|| "(not set: SQLite in the data dir)".into()),
+                src("database_url"),
+            ),
+            (
+                "upstream_url",
+                self.upstream_url.clone(),
+                src("upstream_url"),
+            ),
+            (
+                "upstream_api_key",
+                secret(&self.upstream_api_key),
+                src("upstream_api_key"),
+            ),
+            (
+                "log_format",
+                format!("{:?}", self.log_format).to_lowercase(),
+                src("log_format"),
+            ),
+            ("log_level", self.log_level.clone(), src("log_level")),
+            (
+                "max_body_bytes",
+                self.max_body_bytes.to_string(),
+                src("max_body_bytes"),
+            ),
+            (
+                "unauth_rate_limit_per_minute",
+                self.unauth_rate_limit_per_minute.to_string(),
+                src("unauth_rate_limit_per_minute"),
+            ),
+            (
+                "queue_max_bytes",
+                self.queue_max_bytes.to_string(),
+                src("queue_max_bytes"),
+            ),
+            (
+                "job_workers",
+                self.job_workers.to_string(),
+                src("job_workers"),
+            ),
+            (
+                "housekeeping_cron",
+                self.housekeeping_cron.clone(),
+                src("housekeeping_cron"),
+            ),
+            (
+                "shutdown_timeout",
+                format!("{}s", self.shutdown_timeout.as_secs()),
+                src("shutdown_timeout"),
+            ),
+        ]
+    }
+
+    pub fn queue_dir(&self) -> PathBuf {
+        self.data_dir.join("queue")
+    }
+}
+
+fn read_env(
+    field: &Field,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<(String, Source)>, ConfigError> {
+    let direct = env(field.env).filter(|v| !v.is_empty());
+    if !field.secret {
+        return Ok(direct.map(|v| (v, Source::Env(field.env.into()))));
+    }
+    let file_var = format!("{}_FILE", field.env);
+    match (direct, env(&file_var).filter(|v| !v.is_empty())) {
+        (Some(_), Some(_)) => Err(ConfigError(format!(
+            "both {} and {file_var} are set: set only one of them",
+            field.env
+        ))),
+        (Some(v), None) => Ok(Some((v, Source::Env(field.env.into())))),
+        (None, Some(path)) => {
+            let v = std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError(format!("cannot read {file_var}={path}: {e} — point it at a readable file holding the secret")))?;
+            Ok(Some((
+                v.trim_end_matches(['\r', '\n']).to_owned(),
+                Source::Env(file_var),
+            )))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Reads `<data>/config.toml` (absent is fine) into key → text, rejecting unknown keys.
+fn read_config_file(data_dir: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    let path = data_dir.join(CONFIG_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => return Ok(BTreeMap::new()),
+        Err(e) => return Err(ConfigError(format!("cannot read {}: {e}", path.display()))),
+    };
+    parse_config_text(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+}
+
+fn parse_config_text(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| format!("not valid TOML: {}", e.message().trim()))?;
+    let mut out = BTreeMap::new();
+    for (key, value) in table {
+        if !FIELDS.iter().any(|f| f.key == key) {
+            let known: Vec<&str> = FIELDS.iter().map(|f| f.key).collect();
+            return Err(format!(
+                "unknown key '{key}'; known keys are: {}",
+                known.join(", ")
+            ));
+        }
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(format!(
+                    "key '{key}' must be a string or a number, not {}",
+                    other.type_str()
+                ));
+            }
+        };
+        out.insert(key, text);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn flags_beat_env_which_beats_the_file_which_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "listen = \"10.0.0.1:1\"\nlog_format = \"json\"\nmax_body_bytes = 4096\n",
+        )
+        .unwrap();
+        let env = env_of(&[("AGV_LISTEN", "10.0.0.2:2"), ("AGV_LOG_FORMAT", "text")]);
+        let mut flags = Flags::new();
+        flags.insert("listen", "10.0.0.3:3".into());
+        let s = Settings::load_with(Some(dir.path().into()), &flags, &env).unwrap();
+        assert_eq!(s.listen, "10.0.0.3:3");
+        assert_eq!(s.sources["listen"], Source::Flag);
+        assert_eq!(s.log_format, LogFormat::Text);
+        assert_eq!(
+            s.sources["log_format"],
+            Source::Env("AGV_LOG_FORMAT".into())
+        );
+        assert_eq!(s.max_body_bytes, 4096);
+        assert_eq!(s.sources["max_body_bytes"], Source::ConfigFile);
+        assert_eq!(s.upstream_url, "https://api.openai.com/v1");
+        assert_eq!(s.sources["upstream_url"], Source::Default);
+    }
+
+    #[test]
+    fn unknown_keys_in_the_config_file_are_rejected_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "listen = \"127.0.0.1:1\"\nlisten_port = 9\n",
+        )
+        .unwrap();
+        let err =
+            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap_err();
+        assert!(err.0.contains("unknown key 'listen_port'"), "{err}");
+    }
+
+    #[test]
+    fn malformed_toml_and_bad_values_give_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILE), "listen = ").unwrap();
+        let err =
+            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap_err();
+        assert!(err.0.contains("not valid TOML"), "{err}");
+        std::fs::write(dir.path().join(CONFIG_FILE), "max_body_bytes = \"lots\"").unwrap();
+        let err =
+            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap_err();
+        assert!(
+            err.0.contains("max_body_bytes") && err.0.contains("config.toml"),
+            "{err}"
+        );
+        let err = Settings::load_with(
+            Some(dir.path().join("x")),
+            &Flags::new(),
+            &env_of(&[("AGV_LOG_FORMAT", "xml")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.0.contains("log_format") && err.0.contains("AGV_LOG_FORMAT"),
+            "{err}"
+        );
+        let err = Settings::load_with(
+            Some(dir.path().join("x")),
+            &Flags::new(),
+            &env_of(&[("AGV_HOUSEKEEPING_CRON", "every tuesday")]),
+        )
+        .unwrap_err();
+        assert!(err.0.contains("housekeeping_cron"), "{err}");
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_are_never_described() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret_file = dir.path().join("key.txt");
+        std::fs::write(&secret_file, "sk-very-secret\n").unwrap();
+        let env = env_of(&[("AGV_UPSTREAM_API_KEY_FILE", secret_file.to_str().unwrap())]);
+        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env).unwrap();
+        assert_eq!(s.upstream_api_key.as_deref(), Some("sk-very-secret"));
+        let described = format!("{:?} {:?}", s.describe(), s);
+        assert!(!described.contains("sk-very-secret"), "{described}");
+        let both = env_of(&[
+            ("AGV_UPSTREAM_API_KEY", "a"),
+            ("AGV_UPSTREAM_API_KEY_FILE", "b"),
+        ]);
+        assert!(Settings::load_with(Some(dir.path().into()), &Flags::new(), &both).is_err());
+    }
+
+    #[test]
+    fn the_upstream_key_falls_back_to_openai_api_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settings::load_with(
+            Some(dir.path().into()),
+            &Flags::new(),
+            &env_of(&[("OPENAI_API_KEY", "sk-x")]),
+        )
+        .unwrap();
+        assert_eq!(s.upstream_api_key.as_deref(), Some("sk-x"));
+        assert_eq!(
+            s.sources["upstream_api_key"],
+            Source::Env("OPENAI_API_KEY".into())
+        );
+    }
+
+    #[test]
+    fn database_url_passwords_are_redacted_in_the_description() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env_of(&[("AGV_DATABASE_URL", "postgres://agv:hunter2@db/agv")]);
+        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env).unwrap();
+        assert!(!format!("{:?}", s.describe()).contains("hunter2"));
+    }
+
+    #[test]
+    fn the_data_dir_comes_from_the_flag_then_agv_data() {
+        let s = Settings::load_with(
+            None,
+            &Flags::new(),
+            &env_of(&[("AGV_DATA", "/nonexistent/agv")]),
+        )
+        .unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("/nonexistent/agv"));
+        let s = Settings::load_with(None, &Flags::new(), &env_of(&[])).unwrap();
+        assert_eq!(s.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    }
+}

@@ -1,0 +1,277 @@
+//! Builds the application (state, background workers, HTTP server) and runs it until a
+//! signal or a test stops it, then shuts down in order: stop accepting, let in-flight
+//! requests finish, stop the scheduler and workers, flush what is buffered.
+//!
+//! `Application::build` binds the listener first, so a test can ask for port 0 and read
+//! the real port; every failure to start is a [`StartupError`] that says what to do.
+
+use crate::api::auth::KeyCache;
+use crate::api::error::{
+    json_error_handler, path_error_handler, payload_error_handler, query_error_handler,
+};
+use crate::api::middleware::{AddressRateLimiter, limit_unauthenticated, observe};
+use crate::api::{health, v1};
+use crate::config::Settings;
+use crate::domain::Timestamp;
+use crate::jobs::scheduler::{HOUSEKEEPING, ScheduleEntry, SchedulerHandle, start_scheduler};
+use crate::jobs::{Handlers, Queue, QueueLimits, spawn_workers};
+use crate::store::{self, DynStore, run_blocking};
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::{DefaultHeaders, from_fn};
+use actix_web::{App, HttpServer, web};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Shared by every request handler.
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: DynStore,
+    pub keys: Arc<KeyCache>,
+    pub queue: Arc<Queue>,
+    pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    pub unauth_limiter: AddressRateLimiter,
+    pub started_at: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartupError(pub String);
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+    shutdown: watch::Sender<bool>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+    scheduler: Option<SchedulerHandle>,
+}
+
+/// Creates the data dir if needed and proves it is writable.
+pub fn prepare_data_dir(dir: &Path) -> Result<(), StartupError> {
+    let fail = |what: &str, e: std::io::Error| {
+        StartupError(format!(
+            "the data directory {} is not usable ({what}: {e}); choose another with --data or AGV_DATA, or fix its permissions",
+            dir.display()
+        ))
+    };
+    std::fs::create_dir_all(dir).map_err(|e| fail("cannot create it", e))?;
+    let probe = dir.join(".agv-write-test");
+    std::fs::write(&probe, b"ok").map_err(|e| fail("cannot write to it", e))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Opens the store for the settings (Postgres URL or SQLite in the data dir).
+pub fn open_store(settings: &Settings) -> Result<DynStore, StartupError> {
+    prepare_data_dir(&settings.data_dir)?;
+    store::open(&settings.data_dir, settings.database_url.as_deref())
+        .map_err(|e| StartupError(e.to_string()))
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let settings = Arc::new(settings);
+        let listener = TcpListener::bind(&settings.listen).map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                "another process (perhaps another agv-server) is using it; stop it or choose another address with --listen or AGV_LISTEN"
+            } else {
+                "check the address given with --listen or AGV_LISTEN"
+            };
+            StartupError(format!("cannot listen on {}: {e}; {hint}", settings.listen))
+        })?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| StartupError(format!("cannot read the bound address: {e}")))?
+            .port();
+
+        let for_store = settings.clone();
+        let store = run_blocking(move || open_store(&for_store)).await?;
+        let queue = Arc::new(
+            Queue::open(
+                &settings.queue_dir(),
+                QueueLimits {
+                    max_disk_bytes: settings.queue_max_bytes,
+                },
+            )
+            .map_err(|e| StartupError(e.to_string()))?,
+        );
+        let for_cache = store.clone();
+        let keys = Arc::new(
+            run_blocking(move || KeyCache::new(for_cache))
+                .await
+                .map_err(|e| StartupError(e.to_string()))?,
+        );
+
+        for (key, value, source) in settings.describe() {
+            tracing::info!(setting = key, value = %value, source = %source, "effective setting");
+        }
+
+        let state = web::Data::new(AppState {
+            settings: settings.clone(),
+            store: store.clone(),
+            keys: keys.clone(),
+            queue: queue.clone(),
+            prometheus: crate::telemetry::prometheus(),
+            unauth_limiter: AddressRateLimiter::new(settings.unauth_rate_limit_per_minute),
+            started_at: Instant::now(),
+        });
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let background = vec![
+            spawn_key_maintenance(keys, shutdown_rx.clone()),
+            spawn_workers(
+                queue.clone(),
+                job_handlers(store.clone()),
+                settings.job_workers,
+                shutdown_rx,
+            ),
+        ];
+        let scheduler = start_scheduler(
+            queue,
+            vec![ScheduleEntry {
+                name: "housekeeping".into(),
+                cron: settings.housekeeping_cron.clone(),
+                kind: HOUSEKEEPING.into(),
+                payload: serde_json::json!({}),
+            }],
+        )
+        .await
+        .map_err(|e| StartupError(format!("cannot start the scheduler: {e}")))?;
+
+        let server = http_server(state.clone(), listener)?;
+        tracing::info!(
+            port,
+            backend = store.backend().as_str(),
+            "agv-server listening"
+        );
+        Ok(Self {
+            port,
+            server,
+            state,
+            shutdown,
+            background,
+            scheduler: Some(scheduler),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    /// A handle that stops the server gracefully (what SIGTERM does).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until SIGTERM/SIGINT or `handle().stop(true)`, then shuts down in order.
+    pub async fn run_until_stopped(mut self) -> Result<(), StartupError> {
+        let result = (&mut self.server).await;
+        tracing::info!("HTTP server stopped; stopping background work");
+        if let Some(mut s) = self.scheduler.take() {
+            s.shutdown().await;
+        }
+        let _ = self.shutdown.send(true);
+        for task in self.background.drain(..) {
+            let _ = task.await;
+        }
+        if let Err(e) = self.state.keys.flush_last_used().await {
+            tracing::warn!(error = %e, "could not save key last-used times at shutdown");
+        }
+        tracing::info!("agv-server stopped");
+        result.map_err(|e| StartupError(format!("the HTTP server failed: {e}")))
+    }
+}
+
+fn http_server(state: web::Data<AppState>, listener: TcpListener) -> Result<Server, StartupError> {
+    let max_body = state.settings.max_body_bytes;
+    let shutdown_secs = state.settings.shutdown_timeout.as_secs();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(max_body)
+                    .error_handler(json_error_handler),
+            )
+            .app_data(web::PayloadConfig::new(max_body))
+            .app_data(web::QueryConfig::default().error_handler(query_error_handler))
+            .app_data(web::PathConfig::default().error_handler(path_error_handler))
+            .wrap(from_fn(limit_unauthenticated))
+            .wrap(security_headers())
+            .wrap(from_fn(observe))
+            .service(health::health)
+            .service(health::ready)
+            .service(health::prometheus_metrics)
+            .service(v1::killswitch_status)
+            .default_service(web::to(crate::web::serve))
+    })
+    .listen(listener)
+    .map_err(|e| StartupError(format!("cannot start the HTTP server: {e}")))?
+    .shutdown_timeout(shutdown_secs)
+    .run();
+    let _ = payload_error_handler; // used by the proxy's raw-body extractor
+    Ok(server)
+}
+
+fn security_headers() -> DefaultHeaders {
+    DefaultHeaders::new()
+        .add(("x-content-type-options", "nosniff"))
+        .add(("x-frame-options", "DENY"))
+        .add(("referrer-policy", "no-referrer"))
+        .add(("cross-origin-opener-policy", "same-origin"))
+        .add(("permissions-policy", "camera=(), microphone=(), geolocation=()"))
+        .add((
+            "content-security-policy",
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
+        ))
+}
+
+/// Polls the change feed (every 250 ms, so a revoked key stops within a second) and writes
+/// last-used times (every 5 s).
+fn spawn_key_maintenance(
+    keys: Arc<KeyCache>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut poll = tokio::time::interval(Duration::from_millis(250));
+        let mut flush = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = poll.tick() => {
+                    if let Err(e) = keys.poll_changes().await {
+                        tracing::warn!(error = %e, "could not read the key change feed");
+                    }
+                }
+                _ = flush.tick() => {
+                    if let Err(e) = keys.flush_last_used().await {
+                        tracing::warn!(error = %e, "could not save key last-used times");
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+    })
+}
+
+/// The handlers of the jobs this layer knows; later layers register theirs here too.
+fn job_handlers(store: DynStore) -> Handlers {
+    let mut handlers = Handlers::new();
+    handlers.register(HOUSEKEEPING, move |_job| {
+        let store = store.clone();
+        async move {
+            let removed = run_blocking(move || store.purge_expired_sessions(Timestamp::now()))
+                .await
+                .map_err(|e| format!("purging expired sessions failed: {e}"))?;
+            tracing::info!(removed, "housekeeping: expired sessions purged");
+            Ok(())
+        }
+    });
+    handlers
+}
