@@ -1,0 +1,116 @@
+//! /health, /ready, /metrics, request ids, the unauthenticated rate limit, restarts.
+
+use crate::helpers::{Backend, DataHome, TestApp, spawn_app};
+use crate::on_both_backends;
+
+async fn health_ready_and_metrics_answer(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let res = app.get("/health").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<serde_json::Value>().await.unwrap()["status"], "ok");
+
+    let res = app.get("/ready").await;
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    let expected = if backend == Backend::Postgres { "postgres" } else { "sqlite" };
+    assert_eq!(body["checks"]["store"]["backend"], expected);
+    assert_eq!(body["checks"]["queue"]["ok"], true);
+
+    let res = app.get("/metrics").await;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = res.text().await.unwrap();
+    for name in [
+        "agv_http_requests_total",
+        "agv_http_request_duration_seconds_bucket",
+        "agv_store_pool_connections",
+        "agv_store_pool_in_use",
+        "agv_queue_depth",
+        "agv_queue_dead_letters",
+    ] {
+        assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
+    }
+    assert!(text.contains(r#"route="/ready""#), "requests are labelled by route:\n{text}");
+    app.stop().await;
+}
+
+async fn restart_keeps_tenants_and_keys(backend: Backend) {
+    let Some(home) = DataHome::new(backend) else { return };
+    let (tenant, key) = home.tenant_and_key("admin");
+    let app = TestApp::start(home).await;
+    assert_eq!(app.get_with_key("/v1/killswitch/status", &key).await.status(), 200);
+    let home = app.stop().await;
+
+    let app = TestApp::start(home).await;
+    let res = app.get_with_key("/v1/killswitch/status", &key).await;
+    assert_eq!(res.status(), 200, "the key survives a restart");
+    assert_eq!(res.json::<serde_json::Value>().await.unwrap()["tenant_id"], tenant.as_str());
+    let listed = app.home.cli_ok(&["tenant", "list", "--json"]);
+    assert!(listed.contains(&tenant));
+    app.stop().await;
+}
+
+async fn a_queued_job_survives_a_restart(backend: Backend) {
+    let Some(home) = DataHome::new(backend) else { return };
+    // Far in the future so no worker runs it before the restart.
+    let app = TestApp::start(home).await;
+    let later = agv_server::domain::Timestamp::now().plus_millis(3_600_000);
+    let id = app
+        .app_state
+        .queue
+        .enqueue("test.later", serde_json::json!({"n": 1}), agv_server::jobs::EnqueueOptions { run_at: Some(later), ..Default::default() })
+        .unwrap();
+    let before = app.app_state.queue.stats().unwrap().pending;
+    let home = app.stop().await;
+
+    let app = TestApp::start(home).await;
+    let stats = app.app_state.queue.stats().unwrap();
+    assert_eq!(stats.pending, before, "pending jobs survive a restart");
+    assert!(app.app_state.queue.get(&id).unwrap().is_some(), "job {id:?} is still there");
+    app.stop().await;
+}
+
+on_both_backends!(health_ready_and_metrics_answer, restart_keeps_tenants_and_keys, a_queued_job_survives_a_restart);
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_and_echoes_a_sane_one() {
+    let app = spawn_app(Backend::Sqlite).await.unwrap();
+    let res = app.get("/health").await;
+    let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 32);
+    let res = app.client.get(app.url("/health")).header("x-request-id", "trace-123").send().await.unwrap();
+    assert_eq!(res.headers()["x-request-id"], "trace-123");
+    let res = app.client.get(app.url("/health")).header("x-request-id", "bad id with spaces").send().await.unwrap();
+    assert_ne!(res.headers()["x-request-id"], "bad id with spaces");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unauthenticated_endpoints_are_rate_limited_per_address() {
+    let home = DataHome::new(Backend::Sqlite).unwrap();
+    let app = TestApp::start_with(home, |s| s.unauth_rate_limit_per_minute = 5).await;
+    for i in 0..5 {
+        assert_eq!(app.get("/health").await.status(), 200, "request {i} is within the limit");
+    }
+    let res = app.get("/health").await;
+    assert_eq!(res.status(), 429);
+    let retry: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=12).contains(&retry), "retry-after {retry}");
+    assert_eq!(crate::helpers::error_code(res).await, "rate_limit_exceeded");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn security_headers_are_set_on_every_response() {
+    let app = spawn_app(Backend::Sqlite).await.unwrap();
+    for path in ["/", "/health", "/v1/nope"] {
+        let res = app.get(path).await;
+        let h = res.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{path}: {csp}");
+    }
+    app.stop().await;
+}

@@ -1,0 +1,171 @@
+//! Test helpers: the real server on port 0 with a fresh data dir, on SQLite or on a fresh
+//! Postgres database, plus the real binary for CLI tests.
+
+use agv_server::config::Settings;
+use agv_server::startup::{Application, StartupError};
+use agv_server::store::testing::{PgTestDb, fresh_postgres_db};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use tempfile::TempDir;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Where the server keeps its data; kept across restarts of a `TestApp`.
+pub struct DataHome {
+    pub dir: TempDir,
+    pub pg: Option<PgTestDb>,
+}
+
+impl DataHome {
+    /// `None` when the backend is Postgres and no server is reachable (the helper prints
+    /// SKIPPED, or fails when AGV_TEST_REQUIRE_ALL=1).
+    pub fn new(backend: Backend) -> Option<Self> {
+        let pg = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(fresh_postgres_db()?),
+        };
+        Some(Self { dir: tempfile::tempdir().expect("tempdir"), pg })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn database_url(&self) -> Option<String> {
+        self.pg.as_ref().map(|p| p.url.clone())
+    }
+
+    pub fn settings(&self) -> Settings {
+        let mut s = Settings::for_data_dir(self.path()).expect("settings");
+        s.database_url = self.database_url();
+        s
+    }
+
+    /// Runs the real binary with this data dir (and database URL) and a clean environment.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut cmd = cli_command();
+        cmd.arg("--data").arg(self.path());
+        if let Some(url) = self.database_url() {
+            cmd.arg("--database-url").arg(url);
+        }
+        cmd.args(args).output().expect("run agv-server")
+    }
+
+    /// Runs the CLI and returns trimmed stdout, failing the test with stderr if it failed.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "agv-server {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8 stdout").trim().to_owned()
+    }
+
+    pub fn tenant_and_key(&self, scope: &str) -> (String, String) {
+        let tenant = self.cli_ok(&["tenant", "create", "Acme"]);
+        let key = self.cli_ok(&["key", "create", "--tenant", &tenant, "--scope", scope]);
+        (tenant, key)
+    }
+}
+
+/// `agv-server` with no AGV_* or OPENAI_* variables from the outer environment.
+pub fn cli_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agv-server"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AGV_") || k.starts_with("OPENAI_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub client: reqwest::Client,
+    pub home: DataHome,
+    pub app_state: actix_web::web::Data<agv_server::startup::AppState>,
+    handle: actix_web::dev::ServerHandle,
+    task: tokio::task::JoinHandle<Result<(), StartupError>>,
+}
+
+impl TestApp {
+    pub async fn start(home: DataHome) -> TestApp {
+        Self::start_with(home, |_| {}).await
+    }
+
+    pub async fn start_with(home: DataHome, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+        let mut settings = home.settings();
+        tweak(&mut settings);
+        let app = Application::build(settings).await.expect("server starts");
+        let port = app.port();
+        let handle = app.handle();
+        let app_state = app.state();
+        let task = tokio::spawn(app.run_until_stopped());
+        TestApp {
+            address: format!("http://127.0.0.1:{port}"),
+            port,
+            client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client"),
+            home,
+            app_state,
+            handle,
+            task,
+        }
+    }
+
+    /// Stops the server gracefully and hands back its data for a restart.
+    pub async fn stop(self) -> DataHome {
+        self.handle.stop(true).await;
+        self.task.await.expect("server task").expect("server stopped cleanly");
+        self.home
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("request")
+    }
+
+    pub async fn get_with_key(&self, path: &str, key: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).bearer_auth(key).send().await.expect("request")
+    }
+}
+
+/// Starts a server on a fresh data home for `backend`, or `None` when that backend is
+/// unavailable and skipping is allowed.
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    Some(TestApp::start(DataHome::new(backend)?).await)
+}
+
+/// Asserts an OpenAI-shaped error body and returns its `code`.
+pub async fn error_code(res: reqwest::Response) -> String {
+    let body: serde_json::Value = res.json().await.expect("JSON error body");
+    let err = &body["error"];
+    assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "error without message: {body}");
+    assert!(err["type"].as_str().is_some(), "error without type: {body}");
+    err["code"].as_str().expect("error code").to_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn data_path(home: &DataHome, name: &str) -> PathBuf {
+    home.path().join(name)
+}
+
+/// Generates one `#[tokio::test]` per backend from `async fn name(backend: Backend)`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { super::$name($crate::helpers::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $name() { super::$name($crate::helpers::Backend::Postgres).await })*
+        }
+    };
+}

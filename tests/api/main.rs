@@ -1,0 +1,10 @@
+//! HTTP and CLI integration tests: the real server on port 0 with a temp data dir, on
+//! SQLite and on Postgres; the real binary for the CLI.
+
+mod helpers;
+
+mod auth;
+mod cli;
+mod health;
+mod startup_errors;
+mod web;
