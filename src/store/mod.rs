@@ -8,7 +8,10 @@
 
 pub mod migrate;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
+#[doc(hidden)]
+pub mod testing;
 
 use crate::domain::{
     ApiKeyRecord, Email, KeyHash, KeyId, NewApiKey, NewSession, NewUser, Session, Tenant, TenantId, Timestamp,
@@ -118,6 +121,7 @@ pub type DynStore = Arc<dyn Store>;
 
 /// Opens the store: Postgres when `database_url` is given, else SQLite at `<data>/agv.db`.
 /// Applies pending migrations and refuses a schema newer than this binary knows.
+/// Blocking (it connects and migrates): from async code, call it through [`run_blocking`].
 pub fn open(data_dir: &Path, database_url: Option<&str>) -> StoreResult<DynStore> {
     match database_url {
         None => sqlite::open_store(&data_dir.join(sqlite::DB_FILE)),
