@@ -118,16 +118,18 @@ impl Db {
 
 /// Generates `mod sqlite` and `mod postgres` with one test per case.
 /// `store` cases take `&dyn Store`; `db` cases also reopen or inspect the database;
-/// `task` cases are async and get a `Target` to open themselves.
+/// `fresh` cases get a `Target` nothing has opened yet; `task` cases are async and get one too.
 macro_rules! conformance {
     (
         store: [$($case:ident),* $(,)?],
         db: [$($db_case:ident),* $(,)?],
+        fresh: [$($fresh_case:ident),* $(,)?],
         task: [$($task_case:ident),* $(,)?] $(,)?
     ) => {
         mod sqlite {
             $( #[test] fn $case() { let db = super::Db::sqlite(); super::$case(&*db.store); } )*
             $( #[test] fn $db_case() { let db = super::Db::sqlite(); super::$db_case(&db); } )*
+            $( #[test] fn $fresh_case() { super::$fresh_case(&super::Target::sqlite()); } )*
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $task_case() { super::$task_case(super::Target::sqlite()).await; }
@@ -136,6 +138,13 @@ macro_rules! conformance {
         mod postgres {
             $( #[test] fn $case() { let Some(db) = super::Db::postgres() else { return }; super::$case(&*db.store); } )*
             $( #[test] fn $db_case() { let Some(db) = super::Db::postgres() else { return }; super::$db_case(&db); } )*
+            $(
+                #[test]
+                fn $fresh_case() {
+                    let Some(target) = super::Target::postgres() else { return };
+                    super::$fresh_case(&target);
+                }
+            )*
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $task_case() {
@@ -172,6 +181,9 @@ conformance! {
         a_schema_newer_than_the_binary_is_refused_and_left_untouched,
         an_edited_migration_is_refused_with_a_clear_error,
         sessions_are_deleted_with_their_user,
+    ],
+    fresh: [
+        several_processes_opening_a_fresh_database_at_once_migrate_it_once,
     ],
     task: [
         the_store_is_opened_used_and_dropped_from_async_code_through_run_blocking,
@@ -262,6 +274,25 @@ fn migrations_are_applied_and_recorded_with_their_checksums(db: &Db) {
             m.version
         );
     }
+}
+
+fn several_processes_opening_a_fresh_database_at_once_migrate_it_once(target: &Target) {
+    let stores: Vec<DynStore> = std::thread::scope(|s| {
+        let opening: Vec<_> = (0..4).map(|_| s.spawn(|| target.open())).collect();
+        opening
+            .into_iter()
+            .map(|h| h.join().unwrap().unwrap())
+            .collect()
+    });
+    for store in &stores {
+        assert_eq!(store.schema_version().unwrap(), known_version());
+    }
+    assert_eq!(
+        target.scalar("SELECT COUNT(*) FROM agv_schema_migrations"),
+        known_version()
+    );
+    new_tenant(&*stores[0], "Acme", 0);
+    assert_eq!(stores[3].list_tenants().unwrap().len(), 1);
 }
 
 fn reopening_is_idempotent_and_keeps_the_data(db: &Db) {

@@ -112,6 +112,7 @@ pub trait Store: Send + Sync + 'static {
     fn create_session(&self, session: &NewSession) -> StoreResult<()>;
     /// A session that exists and has not expired at `now`.
     fn find_session(&self, token_hash: &str, now: Timestamp) -> StoreResult<Option<Session>>;
+    /// Deleting a session that does not exist (any more) is not an error: logout is idempotent.
     fn delete_session(&self, token_hash: &str) -> StoreResult<()>;
     /// Removes expired sessions; returns how many were removed.
     fn purge_expired_sessions(&self, now: Timestamp) -> StoreResult<u64>;

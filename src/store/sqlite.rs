@@ -81,11 +81,11 @@ impl SqliteStore {
         let mut first = Connection::open(path).map_err(|e| cannot_open(&e))?;
         init_connection(&mut first).map_err(|e| cannot_open(&e))?;
         migrate::run_sqlite(&mut first).map_err(|e| match e {
-            StoreError::Database(msg)
-                if msg.contains("readonly") || msg.contains("unable to open") =>
-            {
-                cannot_open(&msg)
-            }
+            // Name the path: an error from inside the migration does not.
+            StoreError::Unavailable(msg) => StoreError::Unavailable(format!(
+                "cannot open the database at {}: {msg}",
+                path.display()
+            )),
             other => other,
         })?;
         drop(first);
@@ -114,7 +114,7 @@ impl SqliteStore {
 }
 
 /// Maps a rusqlite error to the store's error: uniqueness → `Conflict`, a missing
-/// referenced row → `NotFound`, a lock held too long → `Unavailable`.
+/// referenced row → `NotFound`, an unwritable file or a lock held too long → `Unavailable`.
 pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {
     use rusqlite::ffi;
     match &e {
@@ -124,6 +124,17 @@ pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {
                 StoreError::Conflict(msg.clone().unwrap_or_else(|| e.to_string()))
             }
             ffi::SQLITE_CONSTRAINT_FOREIGNKEY => StoreError::NotFound,
+            _ if matches!(
+                f.code,
+                ffi::ErrorCode::CannotOpen
+                    | ffi::ErrorCode::ReadOnly
+                    | ffi::ErrorCode::PermissionDenied
+            ) =>
+            {
+                StoreError::Unavailable(format!(
+                    "{e} — check that the data directory exists and is writable by this user"
+                ))
+            }
             _ if matches!(
                 f.code,
                 ffi::ErrorCode::DatabaseBusy | ffi::ErrorCode::DatabaseLocked
@@ -555,6 +566,15 @@ mod tests {
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
         assert!(msg.contains(&path.display().to_string()), "{msg}");
         assert!(msg.contains("writable by this user"), "{msg}");
+    }
+
+    #[test]
+    fn a_directory_where_the_database_file_should_be_is_reported_with_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = SqliteStore::open(dir.path()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
     }
 
     #[test]
