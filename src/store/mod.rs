@@ -8,7 +8,10 @@
 
 pub mod migrate;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
+#[doc(hidden)]
+pub mod testing;
 
 use crate::domain::{
     ApiKeyRecord, Email, KeyHash, KeyId, NewApiKey, NewSession, NewUser, Session, Tenant, TenantId,
@@ -119,6 +122,7 @@ pub trait Store: Send + Sync + 'static {
     fn create_session(&self, session: &NewSession) -> StoreResult<()>;
     /// A session that exists and has not expired at `now`.
     fn find_session(&self, token_hash: &str, now: Timestamp) -> StoreResult<Option<Session>>;
+    /// Deleting a session that does not exist (any more) is not an error: logout is idempotent.
     fn delete_session(&self, token_hash: &str) -> StoreResult<()>;
     /// Removes expired sessions; returns how many were removed.
     fn purge_expired_sessions(&self, now: Timestamp) -> StoreResult<u64>;
@@ -128,6 +132,7 @@ pub type DynStore = Arc<dyn Store>;
 
 /// Opens the store: Postgres when `database_url` is given, else SQLite at `<data>/agv.db`.
 /// Applies pending migrations and refuses a schema newer than this binary knows.
+/// Blocking (it connects and migrates): from async code, call it through [`run_blocking`].
 pub fn open(data_dir: &Path, database_url: Option<&str>) -> StoreResult<DynStore> {
     match database_url {
         None => sqlite::open_store(&data_dir.join(sqlite::DB_FILE)),

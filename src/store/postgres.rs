@@ -1,7 +1,619 @@
-//! Postgres backend (placeholder until the backend lands).
-use super::{DynStore, StoreError, StoreResult};
+//! Postgres backend: the synchronous `postgres` client in an r2d2 pool (NoTls).
+//!
+//! The sync client drives its own small tokio runtime per connection, so it must never
+//! run on an async worker thread: async code calls every method — and `open` — through
+//! [`super::run_blocking`]. Dropping the store from async code is safe (see `Drop`).
+//! Changes to the change feed are serialised with an advisory lock so that sequence
+//! numbers become visible in order and a reader polling `changes_since` never skips one.
+//! This module translates between SQL and domain types; it must not contain policy.
 
-/// Opens the store and applies migrations.
-pub fn open_store(_url: &str) -> StoreResult<DynStore> {
-    Err(StoreError::Unavailable("backend not built yet".into()))
+use super::rows::{
+    KEY_COLUMNS, KeyRow, SESSION_COLUMNS, SessionRow, TENANT_COLUMNS, TOPIC_API_KEY, TenantRow,
+    USER_COLUMNS, UserRow, explain_conflict, latest_uses,
+};
+use super::{
+    Backend, Change, DynStore, PoolStats, Store, StoreError, StoreResult, migrate, redact_url,
+};
+use crate::domain::{
+    ApiKeyRecord, Email, KeyHash, KeyId, NewApiKey, NewSession, NewUser, Session, Tenant, TenantId,
+    Timestamp, User, UserId,
+};
+use postgres::config::Host;
+use postgres::error::SqlState;
+use postgres::{GenericClient, NoTls, Row};
+use r2d2::{Pool, PooledConnection};
+use r2d2_postgres::PostgresConnectionManager;
+use std::sync::Arc;
+use std::time::Duration;
+
+type Manager = PostgresConnectionManager<NoTls>;
+
+const POOL_SIZE: u32 = 10;
+/// Fail fast when the server is unreachable instead of r2d2's default 30 s.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Advisory lock serialising writers of the change feed ("agv_chng" in ASCII).
+const CHANGE_FEED_LOCK: i64 = 0x6167_765f_6368_6e67;
+
+/// Opens the store and applies migrations. Blocking: from async code, call it through
+/// [`super::run_blocking`].
+pub fn open_store(url: &str) -> StoreResult<DynStore> {
+    Ok(Arc::new(PostgresStore::open(url)?))
+}
+
+pub struct PostgresStore {
+    /// Always `Some` until dropped; an `Option` only so that `Drop` can move it out.
+    pool: Option<Pool<Manager>>,
+    target: String,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("target", &self.target)
+            .finish()
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // Closing a sync client blocks on its private runtime, which panics on an async
+        // worker thread. When dropped there, close the connections on a plain thread.
+        if let Some(pool) = self.pool.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            let spawned = std::thread::Builder::new()
+                .name("agv-pg-close".into())
+                .spawn(move || drop(pool));
+            if let Err(e) = spawned {
+                tracing::warn!("could not close Postgres connections in the background: {e}");
+            }
+        }
+    }
+}
+
+/// `host:port/db` for messages (never the password).
+fn describe(config: &postgres::Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let port = config
+                .get_ports()
+                .get(i)
+                .or(config.get_ports().first())
+                .copied()
+                .unwrap_or(5432);
+            match h {
+                Host::Tcp(name) => format!("{name}:{port}"),
+                #[cfg(unix)]
+                Host::Unix(path) => format!("{}:{port}", path.display()),
+            }
+        })
+        .collect();
+    let hosts = if hosts.is_empty() {
+        "localhost:5432".to_owned()
+    } else {
+        hosts.join(",")
+    };
+    format!(
+        "{hosts}/{}",
+        config.get_dbname().unwrap_or("(default database)")
+    )
+}
+
+/// The full cause of a postgres error: its own text and every source below it.
+fn cause_chain(e: &postgres::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !msg.contains(&s_text) {
+            msg.push_str(": ");
+            msg.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    msg
+}
+
+impl PostgresStore {
+    /// Connects, migrates and builds the pool. Fails within about five seconds when the
+    /// server cannot be reached.
+    pub fn open(url: &str) -> StoreResult<Self> {
+        let redacted = redact_url(url);
+        let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
+            StoreError::Unavailable(format!(
+                "the database URL {redacted} is not a valid Postgres URL: {} — expected postgres://user[:password]@host[:port]/database",
+                cause_chain(&e)
+            ))
+        })?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        if config.get_application_name().is_none() {
+            config.application_name("agv-server");
+        }
+        let target = describe(&config);
+        let unreachable = |cause: String| {
+            StoreError::Unavailable(format!(
+                "cannot connect to Postgres at {target} ({redacted}): {cause} — is the server running and is --database-url / AGV_DATABASE_URL right?"
+            ))
+        };
+        // One connection first: it reports the real cause (r2d2 would only report a
+        // timeout) and migrates before the pool hands out connections.
+        let mut first = config
+            .connect(NoTls)
+            .map_err(|e| unreachable(cause_chain(&e)))?;
+        migrate::run_postgres(&mut first)?;
+        drop(first);
+
+        let pool = Pool::builder()
+            .max_size(POOL_SIZE)
+            .min_idle(Some(1))
+            .connection_timeout(CONNECT_TIMEOUT)
+            .build(PostgresConnectionManager::new(config, NoTls))
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok(Self {
+            pool: Some(pool),
+            target,
+        })
+    }
+
+    fn pool(&self) -> StoreResult<&Pool<Manager>> {
+        self.pool
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("the Postgres store is shutting down".into()))
+    }
+
+    fn conn(&self) -> StoreResult<PooledConnection<Manager>> {
+        self.pool()?.get().map_err(|e| {
+            StoreError::Unavailable(format!(
+                "no connection to Postgres at {} became available within {} s: {e} — is the server running, and is max_connections high enough?",
+                self.target,
+                CONNECT_TIMEOUT.as_secs()
+            ))
+        })
+    }
+}
+
+/// Maps a postgres error to the store's error: uniqueness → `Conflict`, a missing
+/// referenced row → `NotFound`, a lost connection → `Unavailable`.
+pub(crate) fn db_err(e: postgres::Error) -> StoreError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code();
+        if *code == SqlState::UNIQUE_VIOLATION {
+            return StoreError::Conflict(db.message().to_owned());
+        }
+        if *code == SqlState::FOREIGN_KEY_VIOLATION {
+            return StoreError::NotFound;
+        }
+        return StoreError::Database(format!("{} ({})", db.message(), code.code()));
+    }
+    if e.is_closed() {
+        return StoreError::Unavailable(format!(
+            "lost the connection to Postgres: {} — is the server running?",
+            cause_chain(&e)
+        ));
+    }
+    StoreError::Database(cause_chain(&e))
+}
+
+fn key_row(r: &Row) -> KeyRow {
+    KeyRow {
+        id: r.get(0),
+        tenant_id: r.get(1),
+        name: r.get(2),
+        scope: r.get(3),
+        hash: r.get(4),
+        prefix: r.get(5),
+        created_at: r.get(6),
+        expires_at: r.get(7),
+        revoked_at: r.get(8),
+        last_used_at: r.get(9),
+    }
+}
+
+fn tenant_row(r: &Row) -> TenantRow {
+    TenantRow {
+        id: r.get(0),
+        name: r.get(1),
+        created_at: r.get(2),
+    }
+}
+
+fn user_row(r: &Row) -> UserRow {
+    UserRow {
+        id: r.get(0),
+        email: r.get(1),
+        password_hash: r.get(2),
+        role: r.get(3),
+        tenant_id: r.get(4),
+        created_at: r.get(5),
+    }
+}
+
+fn session_row(r: &Row) -> SessionRow {
+    SessionRow {
+        id: r.get(0),
+        user_id: r.get(1),
+        created_at: r.get(2),
+        expires_at: r.get(3),
+    }
+}
+
+fn record_change(tx: &mut impl GenericClient, topic: &str, ref_id: &str) -> StoreResult<()> {
+    // Held to the end of the transaction: the next writer takes its seq only after this
+    // one has committed, so seqs become visible in order.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CHANGE_FEED_LOCK])
+        .map_err(db_err)?;
+    tx.execute(
+        "INSERT INTO changes (topic, ref_id, at) VALUES ($1, $2, $3)",
+        &[&topic, &ref_id, &Timestamp::now().millis()],
+    )
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// A key by id, visible to `tenant` (`None`: any tenant); `lock` takes a row lock.
+fn scoped_key(
+    c: &mut impl GenericClient,
+    tenant: Option<&TenantId>,
+    id: &KeyId,
+    lock: bool,
+) -> StoreResult<ApiKeyRecord> {
+    let sql = format!(
+        "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2){}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    let row = c
+        .query_opt(&sql, &[&id.as_str(), &tenant.map(TenantId::as_str)])
+        .map_err(db_err)?
+        .ok_or(StoreError::NotFound)?;
+    key_row(&row).into_record()
+}
+
+impl Store for PostgresStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    fn ping(&self) -> StoreResult<()> {
+        self.conn()?.query_one("SELECT 1", &[]).map_err(db_err)?;
+        Ok(())
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        self.pool
+            .as_ref()
+            .map(|p| {
+                let s = p.state();
+                PoolStats {
+                    connections: s.connections,
+                    idle: s.idle_connections,
+                }
+            })
+            .unwrap_or_default()
+    }
+
+    fn schema_version(&self) -> StoreResult<i64> {
+        Ok(self
+            .conn()?
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM agv_schema_migrations",
+                &[],
+            )
+            .map_err(db_err)?
+            .get(0))
+    }
+
+    fn create_tenant(&self, tenant: &Tenant) -> StoreResult<()> {
+        self.conn()?
+            .execute(
+                "INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)",
+                &[
+                    &tenant.id.as_str(),
+                    &tenant.name.as_str(),
+                    &tenant.created_at.millis(),
+                ],
+            )
+            .map_err(db_err)
+            .map_err(|e| {
+                explain_conflict(e, || {
+                    format!("a tenant with id {} already exists", tenant.id)
+                })
+            })?;
+        Ok(())
+    }
+
+    fn get_tenant(&self, id: &TenantId) -> StoreResult<Tenant> {
+        let row = self
+            .conn()?
+            .query_opt(
+                &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1"),
+                &[&id.as_str()],
+            )
+            .map_err(db_err)?
+            .ok_or(StoreError::NotFound)?;
+        tenant_row(&row).into_tenant()
+    }
+
+    fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
+        self.conn()?
+            .query(
+                &format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY created_at, id"),
+                &[],
+            )
+            .map_err(db_err)?
+            .iter()
+            .map(|r| tenant_row(r).into_tenant())
+            .collect()
+    }
+
+    fn create_api_key(&self, key: &NewApiKey) -> StoreResult<ApiKeyRecord> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO api_keys (id, tenant_id, name, scope, key_hash, prefix, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &key.id.as_str(),
+                &key.tenant_id.as_str(),
+                &key.name,
+                &key.scope.as_str(),
+                &key.hash.as_str(),
+                &key.prefix,
+                &key.created_at.millis(),
+                &key.expires_at.map(Timestamp::millis),
+            ],
+        )
+        .map_err(db_err)
+        .map_err(|e| explain_conflict(e, || format!("an API key with id {} or the same hash already exists", key.id)))?;
+        record_change(&mut tx, TOPIC_API_KEY, key.id.as_str())?;
+        let rec = scoped_key(&mut tx, None, &key.id, false)?;
+        tx.commit().map_err(db_err)?;
+        Ok(rec)
+    }
+
+    fn find_api_key_by_hash(&self, hash: &KeyHash) -> StoreResult<Option<ApiKeyRecord>> {
+        self.conn()?
+            .query_opt(
+                &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"),
+                &[&hash.as_str()],
+            )
+            .map_err(db_err)?
+            .map(|r| key_row(&r).into_record())
+            .transpose()
+    }
+
+    fn get_api_key(&self, tenant: Option<&TenantId>, id: &KeyId) -> StoreResult<ApiKeyRecord> {
+        scoped_key(&mut *self.conn()?, tenant, id, false)
+    }
+
+    fn list_api_keys(&self, tenant: &TenantId) -> StoreResult<Vec<ApiKeyRecord>> {
+        self.conn()?
+            .query(
+                &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id"),
+                &[&tenant.as_str()],
+            )
+            .map_err(db_err)?
+            .iter()
+            .map(|r| key_row(r).into_record())
+            .collect()
+    }
+
+    fn revoke_api_key(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &KeyId,
+        at: Timestamp,
+    ) -> StoreResult<ApiKeyRecord> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        let before = scoped_key(&mut tx, tenant, id, true)?;
+        if before.revoked_at.is_some() {
+            // Already revoked: keep the first revocation time, record nothing new.
+            return Ok(before);
+        }
+        tx.execute(
+            "UPDATE api_keys SET revoked_at = $2 WHERE id = $1",
+            &[&id.as_str(), &at.millis()],
+        )
+        .map_err(db_err)?;
+        record_change(&mut tx, TOPIC_API_KEY, id.as_str())?;
+        let rec = scoped_key(&mut tx, None, id, false)?;
+        tx.commit().map_err(db_err)?;
+        Ok(rec)
+    }
+
+    fn set_api_key_expiry(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &KeyId,
+        expires_at: Option<Timestamp>,
+    ) -> StoreResult<ApiKeyRecord> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        let changed = tx
+            .execute(
+                "UPDATE api_keys SET expires_at = $3 WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
+                &[&id.as_str(), &tenant.map(TenantId::as_str), &expires_at.map(Timestamp::millis)],
+            )
+            .map_err(db_err)?;
+        if changed == 0 {
+            return Err(StoreError::NotFound);
+        }
+        record_change(&mut tx, TOPIC_API_KEY, id.as_str())?;
+        let rec = scoped_key(&mut tx, None, id, false)?;
+        tx.commit().map_err(db_err)?;
+        Ok(rec)
+    }
+
+    fn touch_api_keys(&self, used: &[(KeyId, Timestamp)]) -> StoreResult<()> {
+        let uses = latest_uses(used);
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let (ids, ats): (Vec<&str>, Vec<i64>) = uses.into_iter().unzip();
+        // One round trip for the whole batch.
+        self.conn()?
+            .execute(
+                "UPDATE api_keys AS k SET last_used_at = u.at
+                 FROM unnest($1::text[], $2::bigint[]) AS u(id, at)
+                 WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.at)",
+                &[&ids, &ats],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn latest_change_seq(&self) -> StoreResult<i64> {
+        Ok(self
+            .conn()?
+            .query_one("SELECT COALESCE(MAX(seq), 0)::bigint FROM changes", &[])
+            .map_err(db_err)?
+            .get(0))
+    }
+
+    fn changes_since(&self, seq: i64, limit: u32) -> StoreResult<Vec<Change>> {
+        Ok(self
+            .conn()?
+            .query(
+                "SELECT seq, topic, ref_id FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[&seq, &i64::from(limit)],
+            )
+            .map_err(db_err)?
+            .iter()
+            .map(|r| Change {
+                seq: r.get(0),
+                topic: r.get(1),
+                ref_id: r.get(2),
+            })
+            .collect())
+    }
+
+    fn create_user(&self, user: &NewUser) -> StoreResult<User> {
+        self.conn()?
+            .execute(
+                "INSERT INTO users (id, email, password_hash, role, tenant_id, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &user.id.as_str(),
+                    &user.email.as_str(),
+                    &user.password.as_str(),
+                    &user.role.as_str(),
+                    &user.tenant_id.as_ref().map(TenantId::as_str),
+                    &user.created_at.millis(),
+                ],
+            )
+            .map_err(db_err)
+            .map_err(|e| explain_conflict(e, || format!("a user with the email {} already exists", user.email.as_str())))?;
+        Ok(User {
+            id: user.id.clone(),
+            email: user.email.clone(),
+            password: user.password.clone(),
+            role: user.role,
+            tenant_id: user.tenant_id.clone(),
+            created_at: user.created_at,
+        })
+    }
+
+    fn find_user_by_email(&self, email: &Email) -> StoreResult<Option<User>> {
+        self.conn()?
+            .query_opt(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1"),
+                &[&email.as_str()],
+            )
+            .map_err(db_err)?
+            .map(|r| user_row(&r).into_user())
+            .transpose()
+    }
+
+    fn get_user(&self, id: &UserId) -> StoreResult<User> {
+        let row = self
+            .conn()?
+            .query_opt(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"),
+                &[&id.as_str()],
+            )
+            .map_err(db_err)?
+            .ok_or(StoreError::NotFound)?;
+        user_row(&row).into_user()
+    }
+
+    fn count_users(&self) -> StoreResult<i64> {
+        Ok(self
+            .conn()?
+            .query_one("SELECT COUNT(*) FROM users", &[])
+            .map_err(db_err)?
+            .get(0))
+    }
+
+    fn create_session(&self, session: &NewSession) -> StoreResult<()> {
+        self.conn()?
+            .execute(
+                "INSERT INTO sessions (id, user_id, token_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &session.id.as_str(),
+                    &session.user_id.as_str(),
+                    &session.token_hash,
+                    &session.created_at.millis(),
+                    &session.expires_at.millis(),
+                ],
+            )
+            .map_err(db_err)
+            .map_err(|e| explain_conflict(e, || "a session with this id or token already exists".to_owned()))?;
+        Ok(())
+    }
+
+    fn find_session(&self, token_hash: &str, now: Timestamp) -> StoreResult<Option<Session>> {
+        self.conn()?
+            .query_opt(
+                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = $1 AND expires_at > $2"),
+                &[&token_hash, &now.millis()],
+            )
+            .map_err(db_err)?
+            .map(|r| session_row(&r).into_session())
+            .transpose()
+    }
+
+    fn delete_session(&self, token_hash: &str) -> StoreResult<()> {
+        self.conn()?
+            .execute("DELETE FROM sessions WHERE token_hash = $1", &[&token_hash])
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn purge_expired_sessions(&self, now: Timestamp) -> StoreResult<u64> {
+        self.conn()?
+            .execute(
+                "DELETE FROM sessions WHERE expires_at <= $1",
+                &[&now.millis()],
+            )
+            .map_err(db_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_server_fails_fast_with_a_redacted_url_and_a_hint() {
+        // Port 1 on localhost: nothing listens there, so the connection is refused at once.
+        let started = std::time::Instant::now();
+        let err = PostgresStore::open("postgres://agv:s3cret@127.0.0.1:1/agv").unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let msg = err.to_string();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(msg.contains("127.0.0.1:1/agv"), "{msg}");
+        assert!(msg.contains("AGV_DATABASE_URL"), "{msg}");
+        assert!(!msg.contains("s3cret"), "{msg}");
+    }
+
+    #[test]
+    fn a_malformed_url_is_explained() {
+        let err = PostgresStore::open("postgres://agv@127.0.0.1:notaport/agv").unwrap_err();
+        assert!(
+            err.to_string().contains("not a valid Postgres URL"),
+            "{err}"
+        );
+    }
 }

@@ -1,10 +1,602 @@
-//! SQLite backend (placeholder until the backend lands).
-use super::{DynStore, StoreError, StoreResult};
-use std::path::Path;
+//! SQLite backend: one database file in the data dir, an r2d2 pool of rusqlite connections.
+//!
+//! Every connection runs in WAL mode with `busy_timeout=5000`, `synchronous=NORMAL` and
+//! foreign keys on. Writes use `BEGIN IMMEDIATE` so that a transaction never has to
+//! upgrade a read lock (which SQLite answers with an immediate "busy" instead of waiting).
+//! All methods block: async code calls them through [`super::run_blocking`].
+//! This module translates between SQL and domain types; it must not contain policy.
+
+use super::rows::{
+    KEY_COLUMNS, KeyRow, SESSION_COLUMNS, SessionRow, TENANT_COLUMNS, TOPIC_API_KEY, TenantRow,
+    USER_COLUMNS, UserRow, explain_conflict, latest_uses,
+};
+use super::{Backend, Change, DynStore, PoolStats, Store, StoreError, StoreResult, migrate};
+use crate::domain::{
+    ApiKeyRecord, Email, KeyHash, KeyId, NewApiKey, NewSession, NewUser, Session, Tenant, TenantId,
+    Timestamp, User, UserId,
+};
+use r2d2::{Pool, PooledConnection};
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 pub const DB_FILE: &str = "agv.db";
 
+const POOL_SIZE: u32 = 8;
+const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
+
 /// Opens the store and applies migrations.
-pub fn open_store(_path: &Path) -> StoreResult<DynStore> {
-    Err(StoreError::Unavailable("backend not built yet".into()))
+pub fn open_store(path: &Path) -> StoreResult<DynStore> {
+    Ok(Arc::new(SqliteStore::open(path)?))
+}
+
+pub struct SqliteStore {
+    pool: Pool<SqliteConnectionManager>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// Settings every connection gets, before it is used for anything else.
+fn init_connection(conn: &mut Connection) -> rusqlite::Result<()> {
+    // The busy timeout first, so that switching to WAL waits for another process too.
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(
+            mode,
+            "SQLite refused WAL mode (is the data dir on a network file system?)"
+        );
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path` and migrates it.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        let cannot_open = |cause: &dyn std::fmt::Display| {
+            StoreError::Unavailable(format!(
+                "cannot open the database at {}: {cause} — check that the data directory exists and is writable by this user",
+                path.display()
+            ))
+        };
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+            && !parent.is_dir()
+        {
+            std::fs::create_dir_all(parent).map_err(|e| cannot_open(&e))?;
+        }
+        // One connection first: it reports the real cause of a failure (r2d2 would only
+        // say it timed out) and runs the migrations before the pool hands out connections.
+        let mut first = Connection::open(path).map_err(|e| cannot_open(&e))?;
+        init_connection(&mut first).map_err(|e| cannot_open(&e))?;
+        migrate::run_sqlite(&mut first).map_err(|e| match e {
+            // Name the path: an error from inside the migration does not.
+            StoreError::Unavailable(msg) => StoreError::Unavailable(format!(
+                "cannot open the database at {}: {msg}",
+                path.display()
+            )),
+            other => other,
+        })?;
+        drop(first);
+
+        let manager = SqliteConnectionManager::file(path).with_init(init_connection);
+        let pool = Pool::builder()
+            .max_size(POOL_SIZE)
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(5))
+            .build(manager)
+            .map_err(|e| cannot_open(&e))?;
+        Ok(Self {
+            pool,
+            path: path.to_owned(),
+        })
+    }
+
+    fn conn(&self) -> StoreResult<PooledConnection<SqliteConnectionManager>> {
+        self.pool.get().map_err(|e| {
+            StoreError::Unavailable(format!(
+                "no connection to the database at {} became available: {e} — the server may be overloaded; retry",
+                self.path.display()
+            ))
+        })
+    }
+}
+
+/// Maps a rusqlite error to the store's error: uniqueness → `Conflict`, a missing
+/// referenced row → `NotFound`, an unwritable file or a lock held too long → `Unavailable`.
+pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ffi;
+    match &e {
+        rusqlite::Error::QueryReturnedNoRows => StoreError::NotFound,
+        rusqlite::Error::SqliteFailure(f, msg) => match f.extended_code {
+            ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+                StoreError::Conflict(msg.clone().unwrap_or_else(|| e.to_string()))
+            }
+            ffi::SQLITE_CONSTRAINT_FOREIGNKEY => StoreError::NotFound,
+            _ if matches!(
+                f.code,
+                ffi::ErrorCode::CannotOpen
+                    | ffi::ErrorCode::ReadOnly
+                    | ffi::ErrorCode::PermissionDenied
+            ) =>
+            {
+                StoreError::Unavailable(format!(
+                    "{e} — check that the data directory exists and is writable by this user"
+                ))
+            }
+            _ if matches!(
+                f.code,
+                ffi::ErrorCode::DatabaseBusy | ffi::ErrorCode::DatabaseLocked
+            ) =>
+            {
+                StoreError::Unavailable(format!(
+                    "the database stayed locked by another writer for more than {} s: {e} — retry; if it persists, look for a stuck agv-server process",
+                    BUSY_TIMEOUT.as_secs()
+                ))
+            }
+            _ => StoreError::Database(e.to_string()),
+        },
+        _ => StoreError::Database(e.to_string()),
+    }
+}
+
+fn write_tx(conn: &mut Connection) -> StoreResult<Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err)
+}
+
+fn key_row(r: &Row<'_>) -> rusqlite::Result<KeyRow> {
+    Ok(KeyRow {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        name: r.get(2)?,
+        scope: r.get(3)?,
+        hash: r.get(4)?,
+        prefix: r.get(5)?,
+        created_at: r.get(6)?,
+        expires_at: r.get(7)?,
+        revoked_at: r.get(8)?,
+        last_used_at: r.get(9)?,
+    })
+}
+
+fn tenant_row(r: &Row<'_>) -> rusqlite::Result<TenantRow> {
+    Ok(TenantRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        created_at: r.get(2)?,
+    })
+}
+
+fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
+    Ok(UserRow {
+        id: r.get(0)?,
+        email: r.get(1)?,
+        password_hash: r.get(2)?,
+        role: r.get(3)?,
+        tenant_id: r.get(4)?,
+        created_at: r.get(5)?,
+    })
+}
+
+fn session_row(r: &Row<'_>) -> rusqlite::Result<SessionRow> {
+    Ok(SessionRow {
+        id: r.get(0)?,
+        user_id: r.get(1)?,
+        created_at: r.get(2)?,
+        expires_at: r.get(3)?,
+    })
+}
+
+fn record_change(tx: &Transaction<'_>, topic: &str, ref_id: &str) -> StoreResult<()> {
+    tx.execute(
+        "INSERT INTO changes (topic, ref_id, at) VALUES (?1, ?2, ?3)",
+        params![topic, ref_id, Timestamp::now().millis()],
+    )
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// A key by id, visible to `tenant` (`None`: any tenant).
+fn scoped_key(
+    conn: &Connection,
+    tenant: Option<&TenantId>,
+    id: &KeyId,
+) -> StoreResult<ApiKeyRecord> {
+    conn.query_row(
+        &format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1 AND (?2 IS NULL OR tenant_id = ?2)"
+        ),
+        params![id.as_str(), tenant.map(TenantId::as_str)],
+        key_row,
+    )
+    .map_err(db_err)?
+    .into_record()
+}
+
+impl Store for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    fn ping(&self) -> StoreResult<()> {
+        self.conn()?
+            .query_row("SELECT 1", [], |_| Ok(()))
+            .map_err(db_err)
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        let s = self.pool.state();
+        PoolStats {
+            connections: s.connections,
+            idle: s.idle_connections,
+        }
+    }
+
+    fn schema_version(&self) -> StoreResult<i64> {
+        self.conn()?
+            .query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM agv_schema_migrations",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(db_err)
+    }
+
+    fn create_tenant(&self, tenant: &Tenant) -> StoreResult<()> {
+        self.conn()?
+            .execute(
+                "INSERT INTO tenants (id, name, created_at) VALUES (?1, ?2, ?3)",
+                params![
+                    tenant.id.as_str(),
+                    tenant.name.as_str(),
+                    tenant.created_at.millis()
+                ],
+            )
+            .map_err(db_err)
+            .map_err(|e| {
+                explain_conflict(e, || {
+                    format!("a tenant with id {} already exists", tenant.id)
+                })
+            })?;
+        Ok(())
+    }
+
+    fn get_tenant(&self, id: &TenantId) -> StoreResult<Tenant> {
+        self.conn()?
+            .query_row(
+                &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?1"),
+                params![id.as_str()],
+                tenant_row,
+            )
+            .map_err(db_err)?
+            .into_tenant()
+    }
+
+    fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {TENANT_COLUMNS} FROM tenants ORDER BY created_at, id"
+            ))
+            .map_err(db_err)?;
+        let rows = stmt.query_map([], tenant_row).map_err(db_err)?;
+        rows.map(|r| r.map_err(db_err)?.into_tenant()).collect()
+    }
+
+    fn create_api_key(&self, key: &NewApiKey) -> StoreResult<ApiKeyRecord> {
+        let mut conn = self.conn()?;
+        let tx = write_tx(&mut conn)?;
+        tx.execute(
+            "INSERT INTO api_keys (id, tenant_id, name, scope, key_hash, prefix, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                key.id.as_str(),
+                key.tenant_id.as_str(),
+                key.name,
+                key.scope.as_str(),
+                key.hash.as_str(),
+                key.prefix,
+                key.created_at.millis(),
+                key.expires_at.map(Timestamp::millis),
+            ],
+        )
+        .map_err(db_err)
+        .map_err(|e| explain_conflict(e, || format!("an API key with id {} or the same hash already exists", key.id)))?;
+        record_change(&tx, TOPIC_API_KEY, key.id.as_str())?;
+        let rec = scoped_key(&tx, None, &key.id)?;
+        tx.commit().map_err(db_err)?;
+        Ok(rec)
+    }
+
+    fn find_api_key_by_hash(&self, hash: &KeyHash) -> StoreResult<Option<ApiKeyRecord>> {
+        self.conn()?
+            .query_row(
+                &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?1"),
+                params![hash.as_str()],
+                key_row,
+            )
+            .optional()
+            .map_err(db_err)?
+            .map(KeyRow::into_record)
+            .transpose()
+    }
+
+    fn get_api_key(&self, tenant: Option<&TenantId>, id: &KeyId) -> StoreResult<ApiKeyRecord> {
+        scoped_key(&*self.conn()?, tenant, id)
+    }
+
+    fn list_api_keys(&self, tenant: &TenantId) -> StoreResult<Vec<ApiKeyRecord>> {
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant_id = ?1 ORDER BY created_at, id"
+            ))
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map(params![tenant.as_str()], key_row)
+            .map_err(db_err)?;
+        rows.map(|r| r.map_err(db_err)?.into_record()).collect()
+    }
+
+    fn revoke_api_key(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &KeyId,
+        at: Timestamp,
+    ) -> StoreResult<ApiKeyRecord> {
+        let mut conn = self.conn()?;
+        let tx = write_tx(&mut conn)?;
+        let before = scoped_key(&tx, tenant, id)?;
+        if before.revoked_at.is_some() {
+            // Already revoked: keep the first revocation time, record nothing new.
+            return Ok(before);
+        }
+        tx.execute(
+            "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1",
+            params![id.as_str(), at.millis()],
+        )
+        .map_err(db_err)?;
+        record_change(&tx, TOPIC_API_KEY, id.as_str())?;
+        let rec = scoped_key(&tx, None, id)?;
+        tx.commit().map_err(db_err)?;
+        Ok(rec)
+    }
+
+    fn set_api_key_expiry(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &KeyId,
+        expires_at: Option<Timestamp>,
+    ) -> StoreResult<ApiKeyRecord> {
+        let mut conn = self.conn()?;
+        let tx = write_tx(&mut conn)?;
+        let changed = tx
+            .execute(
+                "UPDATE api_keys SET expires_at = ?3 WHERE id = ?1 AND (?2 IS NULL OR tenant_id = ?2)",
+                params![id.as_str(), tenant.map(TenantId::as_str), expires_at.map(Timestamp::millis)],
+            )
+            .map_err(db_err)?;
+        if changed == 0 {
+            return Err(StoreError::NotFound);
+        }
+        record_change(&tx, TOPIC_API_KEY, id.as_str())?;
+        let rec = scoped_key(&tx, None, id)?;
+        tx.commit().map_err(db_err)?;
+        Ok(rec)
+    }
+
+    fn touch_api_keys(&self, used: &[(KeyId, Timestamp)]) -> StoreResult<()> {
+        let uses = latest_uses(used);
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn()?;
+        let tx = write_tx(&mut conn)?;
+        {
+            let mut stmt = tx
+                .prepare(
+                    "UPDATE api_keys SET last_used_at = ?2
+                     WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+                )
+                .map_err(db_err)?;
+            for (id, at) in uses {
+                stmt.execute(params![id, at]).map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    fn latest_change_seq(&self) -> StoreResult<i64> {
+        self.conn()?
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| {
+                r.get(0)
+            })
+            .map_err(db_err)
+    }
+
+    fn changes_since(&self, seq: i64, limit: u32) -> StoreResult<Vec<Change>> {
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare("SELECT seq, topic, ref_id FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map(params![seq, i64::from(limit)], |r| {
+                Ok(Change {
+                    seq: r.get(0)?,
+                    topic: r.get(1)?,
+                    ref_id: r.get(2)?,
+                })
+            })
+            .map_err(db_err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+    }
+
+    fn create_user(&self, user: &NewUser) -> StoreResult<User> {
+        let conn = self.conn()?;
+        conn.execute(
+            "INSERT INTO users (id, email, password_hash, role, tenant_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                user.id.as_str(),
+                user.email.as_str(),
+                user.password.as_str(),
+                user.role.as_str(),
+                user.tenant_id.as_ref().map(TenantId::as_str),
+                user.created_at.millis(),
+            ],
+        )
+        .map_err(db_err)
+        .map_err(|e| explain_conflict(e, || format!("a user with the email {} already exists", user.email.as_str())))?;
+        Ok(User {
+            id: user.id.clone(),
+            email: user.email.clone(),
+            password: user.password.clone(),
+            role: user.role,
+            tenant_id: user.tenant_id.clone(),
+            created_at: user.created_at,
+        })
+    }
+
+    fn find_user_by_email(&self, email: &Email) -> StoreResult<Option<User>> {
+        self.conn()?
+            .query_row(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE email = ?1"),
+                params![email.as_str()],
+                user_row,
+            )
+            .optional()
+            .map_err(db_err)?
+            .map(UserRow::into_user)
+            .transpose()
+    }
+
+    fn get_user(&self, id: &UserId) -> StoreResult<User> {
+        self.conn()?
+            .query_row(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
+                params![id.as_str()],
+                user_row,
+            )
+            .map_err(db_err)?
+            .into_user()
+    }
+
+    fn count_users(&self) -> StoreResult<i64> {
+        self.conn()?
+            .query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))
+            .map_err(db_err)
+    }
+
+    fn create_session(&self, session: &NewSession) -> StoreResult<()> {
+        self.conn()?
+            .execute(
+                "INSERT INTO sessions (id, user_id, token_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    session.id.as_str(),
+                    session.user_id.as_str(),
+                    session.token_hash,
+                    session.created_at.millis(),
+                    session.expires_at.millis(),
+                ],
+            )
+            .map_err(db_err)
+            .map_err(|e| explain_conflict(e, || "a session with this id or token already exists".to_owned()))?;
+        Ok(())
+    }
+
+    fn find_session(&self, token_hash: &str, now: Timestamp) -> StoreResult<Option<Session>> {
+        self.conn()?
+            .query_row(
+                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = ?1 AND expires_at > ?2"),
+                params![token_hash, now.millis()],
+                session_row,
+            )
+            .optional()
+            .map_err(db_err)?
+            .map(SessionRow::into_session)
+            .transpose()
+    }
+
+    fn delete_session(&self, token_hash: &str) -> StoreResult<()> {
+        self.conn()?
+            .execute(
+                "DELETE FROM sessions WHERE token_hash = ?1",
+                params![token_hash],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn purge_expired_sessions(&self, now: Timestamp) -> StoreResult<u64> {
+        let n = self
+            .conn()?
+            .execute(
+                "DELETE FROM sessions WHERE expires_at <= ?1",
+                params![now.millis()],
+            )
+            .map_err(db_err)?;
+        Ok(n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unwritable_location_is_reported_with_the_path_and_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        // A regular file where a directory is expected fails even for root.
+        let blocker = dir.path().join("not-a-dir");
+        std::fs::write(&blocker, b"x").unwrap();
+        let path = blocker.join("data").join(DB_FILE);
+        let err = SqliteStore::open(&path).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(msg.contains("writable by this user"), "{msg}");
+    }
+
+    #[test]
+    fn a_directory_where_the_database_file_should_be_is_reported_with_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = SqliteStore::open(dir.path()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+    }
+
+    #[test]
+    fn every_connection_uses_wal_busy_timeout_normal_sync_and_foreign_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("sub").join(DB_FILE)).unwrap();
+        // Hold several connections at once so that pooled ones are checked, not just one.
+        let conns: Vec<_> = (0..3).map(|_| store.conn().unwrap()).collect();
+        for c in &conns {
+            let mode: String = c
+                .pragma_query_value(None, "journal_mode", |r| r.get(0))
+                .unwrap();
+            let busy: i64 = c
+                .pragma_query_value(None, "busy_timeout", |r| r.get(0))
+                .unwrap();
+            let sync: i64 = c
+                .pragma_query_value(None, "synchronous", |r| r.get(0))
+                .unwrap();
+            let fk: i64 = c
+                .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+                .unwrap();
+            assert_eq!((mode.as_str(), busy, sync, fk), ("wal", 5000, 1, 1));
+        }
+    }
 }
