@@ -4,4 +4,5 @@
 //! subcommands and tests call the same code.
 
 pub mod domain;
+pub mod jobs;
 pub mod store;
