@@ -113,15 +113,25 @@ pub async fn run_one(
             }
         }
     };
-    let _enter = span.enter();
-    let outcome = match result {
-        Ok(()) => {
-            queue.complete(&id)?;
-            tracing::info!("job succeeded");
-            Outcome::Succeeded
+    // Recording the outcome waits for a disk flush; keep that off the runtime's threads.
+    let (q, job_id) = (queue.clone(), id.clone());
+    let outcome = tokio::task::spawn_blocking(move || {
+        let _enter = span.enter();
+        match result {
+            Ok(()) => {
+                q.complete(&job_id)?;
+                tracing::info!("job succeeded");
+                Ok(Outcome::Succeeded)
+            }
+            Err(error) => q.fail(&job_id, &error, now),
         }
-        Err(error) => queue.fail(&id, &error, now)?,
-    };
+    })
+    .await
+    .map_err(|e| {
+        QueueError::Storage(format!(
+            "recording the outcome of job {id} did not finish: {e}"
+        ))
+    })??;
     Ok(Step::Done { id, outcome })
 }
 
@@ -454,43 +464,50 @@ mod tests {
     async fn the_worker_pool_runs_an_enqueued_job_and_shuts_down_cleanly() {
         let dir = tempfile::tempdir().unwrap();
         let queue = open(dir.path());
-        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
         let mut handlers = Handlers::new();
+        let r = release.clone();
         handlers.register("ping", move |job: Job| {
-            let done_tx = done_tx.clone();
+            let (started_tx, release) = (started_tx.clone(), r.clone());
             async move {
-                // Slow enough that shutdown arrives while the job runs.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let _ = done_tx.send(job.id);
+                let _ = started_tx.send(job.id);
+                // Holds the job until the test lets go, so shutdown arrives mid-job.
+                let _permit = release.acquire().await.map_err(|e| e.to_string())?;
                 Ok(())
             }
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let pool = spawn_workers(queue.clone(), handlers, 2, stop_rx);
 
-        // The workers are idle now; an enqueue must wake them (no waiting for the poll).
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Let the workers go idle; the enqueue must wake them well before their idle poll.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let id = queue
             .enqueue("ping", json!({}), EnqueueOptions::default())
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = tokio::time::timeout(IDLE_POLL / 2, started_rx.recv()).await;
         assert_eq!(
-            queue.stats().running,
-            1,
-            "the job should have been picked up promptly"
+            started.unwrap().unwrap(),
+            id,
+            "an idle worker was not woken by enqueue"
         );
+
         stop_tx.send(true).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !pool.is_finished(),
+            "the pool stopped before its running job finished"
+        );
+        release.add_permits(1);
         tokio::time::timeout(Duration::from_secs(5), pool)
             .await
             .unwrap()
             .unwrap();
 
+        let stats = queue.stats();
         assert_eq!(
-            done_rx.try_recv().unwrap(),
-            id,
-            "the running job finished before shutdown"
+            (stats.completed_total, stats.running, stats.pending),
+            (1, 0, 0)
         );
-        assert_eq!(queue.stats().completed_total, 1);
-        assert_eq!(queue.stats().running, 0);
     }
 }
