@@ -29,6 +29,8 @@ use tokio::sync::Notify;
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// No retry waits longer than this, however many attempts a job allows.
 const BACKOFF_CAP: Duration = Duration::from_secs(3600);
+/// How long `open` keeps trying when the database is locked.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -379,6 +381,8 @@ impl Queue {
     /// Opens (or creates) the queue at `path`, and puts every job that was running when
     /// the previous process stopped back to pending — or on the dead-letter list, if that
     /// was its last attempt, so a job that crashes the process cannot loop forever.
+    /// Blocks (briefly, or up to two seconds if the database is locked): call it at
+    /// startup or on the blocking pool.
     pub fn open(path: &Path, limits: QueueLimits) -> Result<Self, QueueError> {
         let open_err = |e: sled::Error| {
             let reason = e.to_string();
@@ -393,7 +397,18 @@ impl Queue {
                 }
             }
         };
-        let db = sled::Config::new().path(path).open().map_err(open_err)?;
+        // sled's background threads can hold the file lock for a moment after the last
+        // handle in this process is dropped (a restart within one process, tests), so a
+        // lock conflict is retried briefly before it is reported.
+        let give_up = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new().path(path).open().map_err(open_err) {
+                Err(QueueError::Locked { .. }) if std::time::Instant::now() < give_up => {
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                other => break other?,
+            }
+        };
         let tree = |name: &str| db.open_tree(name).map_err(open_err);
         let inner = Inner {
             path: path.to_owned(),
@@ -437,7 +452,7 @@ impl Queue {
                                 write_tx(jobs, &rec)?;
                                 Ok(true)
                             } else {
-                                rec.job.last_error.get_or_insert(note);
+                                rec.job.last_error = Some(note);
                                 rec.state = State::Pending;
                                 due.insert(&index_key(rec.job.run_at, rec.seq), id.as_str())?;
                                 write_tx(jobs, &rec)?;
@@ -1008,6 +1023,43 @@ mod tests {
             Err(QueueError::NotFound(_))
         ));
         assert_eq!(queue.stats().pending, 1);
+    }
+
+    #[test]
+    fn outcomes_are_counted_in_metrics_by_kind() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(dir.path());
+        metrics::with_local_recorder(&recorder, || {
+            let opts = EnqueueOptions {
+                max_attempts: 2,
+                ..Default::default()
+            };
+            let flaky = queue.enqueue("flaky", json!(1), opts).unwrap();
+            queue
+                .enqueue("fine", json!(2), EnqueueOptions::default())
+                .unwrap();
+            let now = Timestamp::now();
+            queue.claim(now).unwrap().unwrap();
+            assert!(matches!(
+                queue.fail(&flaky, "x", now).unwrap(),
+                Outcome::Retrying { .. }
+            ));
+            let fine = queue.claim(now).unwrap().unwrap();
+            queue.complete(&fine.id).unwrap();
+            queue.claim(now.plus_millis(10_000)).unwrap().unwrap();
+            assert_eq!(queue.fail(&flaky, "x", now).unwrap(), Outcome::Dead);
+        });
+        let text = handle.render();
+        for line in [
+            r#"agv_jobs_completed_total{kind="fine"} 1"#,
+            r#"agv_jobs_retries_total{kind="flaky"} 1"#,
+            r#"agv_jobs_failures_total{kind="flaky"} 2"#,
+            r#"agv_jobs_dead_total{kind="flaky"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in:\n{text}");
+        }
     }
 
     #[test]

@@ -180,7 +180,8 @@ mod tests {
         assert!(err.to_string().contains("schedule 'nightly'"), "{err}");
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // Single-threaded, like the runtime actix-web runs on.
+    #[tokio::test]
     async fn a_schedule_every_second_enqueues_jobs_until_shut_down() {
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::open(&dir.path().join("queue"), QueueLimits::default()).unwrap();
