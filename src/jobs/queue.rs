@@ -465,7 +465,12 @@ impl Queue {
                     } else {
                         pending += 1;
                     }
-                    tracing::warn!(job = %id, kind = %rec.job.kind, dead = became_dead, "job was running when agv-server stopped");
+                    tracing::warn!(
+                        job = %id,
+                        kind = %rec.job.kind,
+                        dead = became_dead,
+                        "job was running when agv-server stopped"
+                    );
                 }
             }
         }
@@ -646,7 +651,12 @@ impl Queue {
                 c.dead.fetch_add(1, Ordering::Relaxed);
                 c.dead_total.fetch_add(1, Ordering::Relaxed);
                 count("agv_jobs_dead_total", &kind);
-                tracing::error!(job = %id, kind, error, "job failed its last attempt and moved to the dead-letter list");
+                tracing::error!(
+                    job = %id,
+                    kind,
+                    error,
+                    "job failed its last attempt and moved to the dead-letter list"
+                );
             }
             _ => {
                 c.pending.fetch_add(1, Ordering::Relaxed);
