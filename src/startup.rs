@@ -30,7 +30,7 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub store: DynStore,
     pub keys: Arc<KeyCache>,
-    pub queue: Arc<Queue>,
+    pub queue: Queue,
     pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub unauth_limiter: AddressRateLimiter,
     pub started_at: Instant,
@@ -89,15 +89,11 @@ impl Application {
 
         let for_store = settings.clone();
         let store = run_blocking(move || open_store(&for_store)).await?;
-        let queue = Arc::new(
-            Queue::open(
-                &settings.queue_dir(),
-                QueueLimits {
-                    max_disk_bytes: settings.queue_max_bytes,
-                },
-            )
-            .map_err(|e| StartupError(e.to_string()))?,
-        );
+        let queue_dir = settings.queue_dir();
+        let limits = QueueLimits { max_disk_bytes: settings.queue_max_bytes, max_jobs: None };
+        let queue = run_blocking(move || Queue::open(&queue_dir, limits))
+            .await
+            .map_err(|e| StartupError(e.to_string()))?;
         let for_cache = store.clone();
         let keys = Arc::new(
             run_blocking(move || KeyCache::new(for_cache))
@@ -174,8 +170,10 @@ impl Application {
     pub async fn run_until_stopped(mut self) -> Result<(), StartupError> {
         let result = (&mut self.server).await;
         tracing::info!("HTTP server stopped; stopping background work");
-        if let Some(mut s) = self.scheduler.take() {
-            s.shutdown().await;
+        if let Some(s) = self.scheduler.take()
+            && let Err(e) = s.shutdown().await
+        {
+            tracing::warn!(error = %e, "the scheduler did not stop cleanly");
         }
         let _ = self.shutdown.send(true);
         for task in self.background.drain(..) {

@@ -18,8 +18,10 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         Ok(()) => json!({"ok": true, "backend": state.store.backend().as_str()}),
         Err(e) => json!({"ok": false, "error": e.to_string()}),
     };
-    let queue_check = match state.queue.stats() {
-        Ok(stats) => json!({"ok": true, "pending": stats.pending, "dead": stats.dead}),
+    let queue = state.queue.clone();
+    let stats = state.queue.stats();
+    let queue_check = match run_blocking(move || queue.check_capacity()).await {
+        Ok(()) => json!({"ok": true, "pending": stats.pending, "dead": stats.dead}),
         Err(e) => json!({"ok": false, "error": e.to_string()}),
     };
     let ok = store_check["ok"] == true && queue_check["ok"] == true;
@@ -39,11 +41,10 @@ pub async fn prometheus_metrics(state: web::Data<AppState>) -> HttpResponse {
     metrics::gauge!("agv_store_pool_idle").set(f64::from(pool.idle));
     metrics::gauge!("agv_store_pool_in_use")
         .set(f64::from(pool.connections.saturating_sub(pool.idle)));
-    if let Ok(q) = state.queue.stats() {
-        metrics::gauge!("agv_queue_depth").set(q.pending as f64);
-        metrics::gauge!("agv_queue_running").set(q.running as f64);
-        metrics::gauge!("agv_queue_dead_letters").set(q.dead as f64);
-    }
+    let q = state.queue.stats();
+    metrics::gauge!("agv_queue_depth").set(q.pending as f64);
+    metrics::gauge!("agv_queue_running").set(q.running as f64);
+    metrics::gauge!("agv_queue_dead_letters").set(q.dead as f64);
     metrics::gauge!("agv_uptime_seconds").set(state.started_at.elapsed().as_secs_f64());
     let body = match &state.prometheus {
         Some(handle) => {

@@ -61,17 +61,68 @@ async fn a_queued_job_survives_a_restart(backend: Backend) {
         .queue
         .enqueue("test.later", serde_json::json!({"n": 1}), agv_server::jobs::EnqueueOptions { run_at: Some(later), ..Default::default() })
         .unwrap();
-    let before = app.app_state.queue.stats().unwrap().pending;
+    let before = app.app_state.queue.stats().pending;
     let home = app.stop().await;
 
     let app = TestApp::start(home).await;
-    let stats = app.app_state.queue.stats().unwrap();
+    let stats = app.app_state.queue.stats();
     assert_eq!(stats.pending, before, "pending jobs survive a restart");
     assert!(app.app_state.queue.get(&id).unwrap().is_some(), "job {id:?} is still there");
     app.stop().await;
 }
 
-on_both_backends!(health_ready_and_metrics_answer, restart_keeps_tenants_and_keys, a_queued_job_survives_a_restart);
+#[tokio::test]
+async fn a_failing_job_is_retried_by_the_workers_then_dead_lettered() {
+    let app = spawn_app(Backend::Sqlite).await.unwrap();
+    // No handler knows this kind, so every attempt fails.
+    let id = app
+        .app_state
+        .queue
+        .enqueue("test.nobody_handles_this", serde_json::json!({}), agv_server::jobs::EnqueueOptions { max_attempts: 2, ..Default::default() })
+        .unwrap();
+    let started = std::time::Instant::now();
+    let dead = loop {
+        let dead = app.app_state.queue.dead_letters().unwrap();
+        if let Some(d) = dead.into_iter().find(|d| d.job.id == id) {
+            break d;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(15), "the job never reached the dead letters");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(dead.job.attempts, 2, "it was retried once after the first failure");
+    assert!(dead.job.last_error.as_deref().unwrap_or("").contains("no handler"), "{:?}", dead.job.last_error);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("agv_jobs_retries_total{kind=\"test.nobody_handles_this\"} 1"), "{metrics}");
+    assert!(metrics.contains("agv_jobs_dead_total{kind=\"test.nobody_handles_this\"} 1"), "{metrics}");
+    assert!(metrics.contains("agv_queue_dead_letters"), "{metrics}");
+    app.stop().await;
+}
+
+async fn ready_is_503_when_the_store_goes_away(backend: Backend) {
+    // Postgres only: dropping the database under the running server is a real outage.
+    if backend != Backend::Postgres {
+        return;
+    }
+    let Some(mut home) = DataHome::new(backend) else { return };
+    let app_home_pg = home.pg.take().unwrap();
+    let url = app_home_pg.url.clone();
+    let app = TestApp::start_with(home, |s| s.database_url = Some(url)).await;
+    assert_eq!(app.get("/ready").await.status(), 200);
+    drop(app_home_pg); // DROP DATABASE … WITH (FORCE)
+    let res = app.get("/ready").await;
+    assert_eq!(res.status(), 503);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["checks"]["store"]["ok"], false, "{body}");
+    assert_eq!(app.get("/health").await.status(), 200, "the process stays up");
+    app.stop().await;
+}
+
+on_both_backends!(
+    health_ready_and_metrics_answer,
+    restart_keeps_tenants_and_keys,
+    a_queued_job_survives_a_restart,
+    ready_is_503_when_the_store_goes_away,
+);
 
 #[tokio::test]
 async fn every_response_carries_a_request_id_and_echoes_a_sane_one() {

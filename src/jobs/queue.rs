@@ -1,0 +1,1104 @@
+//! The durable job queue: one sled database holding every job that is pending, running
+//! or dead.
+//!
+//! Layout: the `jobs` tree maps a job id to its record (the job plus its state); the `due`
+//! tree indexes pending jobs by (run_at, sequence) so the next due job is the first key;
+//! the `dead` tree indexes dead letters by (died_at, sequence). Every state change touches
+//! the record and its index in one sled transaction, so they never disagree, and a job is
+//! claimed by removing its `due` entry inside that transaction — only one claimer can
+//! win. Delivery is at least once: a job that was running when the process died is
+//! pending again when the queue is reopened, and handlers must tolerate running twice.
+//!
+//! This file is the only place that names sled. It must not know what jobs do (see
+//! `worker`), must never drop a job silently (a full queue refuses new work instead) and
+//! must stay cheap to ask for [`Queue::stats`], which `/metrics` calls on every scrape.
+
+use crate::domain::{ParseError, Timestamp};
+use serde::{Deserialize, Serialize};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
+};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Base delay of the first retry; each further retry doubles it.
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// No retry waits longer than this, however many attempts a job allows.
+const BACKOFF_CAP: Duration = Duration::from_secs(3600);
+/// How long `open` keeps trying when the database is locked.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The database is locked by another process.
+    #[error(
+        "the job queue at {path} is locked: another agv-server seems to be using this data dir. Stop the other process, or start this one with a different data dir"
+    )]
+    Locked { path: PathBuf },
+    /// The database could not be opened for another reason.
+    #[error(
+        "could not open the job queue at {path}: {reason}. Check that the data dir exists, is writable and has free space"
+    )]
+    Open { path: PathBuf, reason: String },
+    /// The disk budget or the job limit is exhausted; the new job was refused.
+    #[error(
+        "the job queue is full ({reason}); the new job was refused and no queued job was dropped. Let the workers catch up, retry or discard dead-letter jobs, or raise the queue's disk budget in the configuration"
+    )]
+    Full { reason: String },
+    #[error("job {0} does not exist: it may have finished or been discarded already")]
+    NotFound(JobId),
+    /// The job exists but is not in the state the operation needs.
+    #[error("job {id} is {actual}, not {expected}")]
+    WrongState {
+        id: JobId,
+        expected: &'static str,
+        actual: &'static str,
+    },
+    /// sled failed (I/O error, corruption detected by sled, ...).
+    #[error("job queue storage error: {0}")]
+    Storage(String),
+    /// A stored record could not be decoded.
+    #[error(
+        "the job queue holds a record it cannot read ({0}); it was probably written by a newer agv-server"
+    )]
+    Corrupt(String),
+}
+
+impl From<sled::Error> for QueueError {
+    fn from(e: sled::Error) -> Self {
+        Self::Storage(e.to_string())
+    }
+}
+
+fn tx_err(e: TransactionError<QueueError>) -> QueueError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => e.into(),
+    }
+}
+
+/// An opaque job id: `job_` followed by 32 lowercase hex characters.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct JobId(String);
+
+impl JobId {
+    pub const PREFIX: &'static str = "job_";
+
+    pub fn generate() -> Self {
+        Self(format!("{}{}", Self::PREFIX, uuid::Uuid::new_v4().simple()))
+    }
+
+    /// Parses an id typed or pasted by a user (e.g. in the console's retry button).
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let s = s.trim();
+        let shown: String = s.chars().take(48).collect();
+        let rest = s.strip_prefix(Self::PREFIX).ok_or_else(|| {
+            ParseError::new(format!(
+                "'{shown}' is not a job id: it must start with '{}'",
+                Self::PREFIX
+            ))
+        })?;
+        if rest.len() != 32 || !rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(ParseError::new(format!(
+                "'{shown}' is not a valid job id: expected '{}' followed by 32 hex characters",
+                Self::PREFIX
+            )));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for JobId {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for JobId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One unit of background work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    /// Selects the handler, e.g. `"housekeeping"`.
+    pub kind: String,
+    pub payload: serde_json::Value,
+    /// Attempts started so far, including the one running now.
+    pub attempts: u32,
+    pub max_attempts: u32,
+    /// Not run before this time.
+    pub run_at: Timestamp,
+    /// The error of the most recent failed attempt.
+    pub last_error: Option<String>,
+    pub created_at: Timestamp,
+}
+
+/// A job on the dead-letter list.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetter {
+    pub job: Job,
+    pub died_at: Timestamp,
+}
+
+/// What became of a job after one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    /// Failed; it runs again at `at`.
+    Retrying {
+        at: Timestamp,
+    },
+    /// Failed its last attempt and moved to the dead-letter list.
+    Dead,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Refuse new jobs once the database files take this much space.
+    pub max_disk_bytes: u64,
+    /// Refuse new jobs once this many are pending, running or dead.
+    pub max_jobs: Option<u64>,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        Self {
+            max_disk_bytes: 1 << 30,
+            max_jobs: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct EnqueueOptions {
+    /// Attempts before the job moves to the dead-letter list (at least 1).
+    pub max_attempts: u32,
+    /// Run no earlier than this; `None` means as soon as a worker is free.
+    pub run_at: Option<Timestamp>,
+}
+
+impl Default for EnqueueOptions {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            run_at: None,
+        }
+    }
+}
+
+/// Counts for `/metrics` and the console. The gauges reflect the database; the `_total`
+/// counters count events since this process opened the queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QueueStats {
+    pub pending: u64,
+    pub running: u64,
+    pub dead: u64,
+    pub completed_total: u64,
+    pub retries_total: u64,
+    pub failures_total: u64,
+    pub dead_total: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+enum State {
+    Pending,
+    Running { claimed_at: Timestamp },
+    Dead { died_at: Timestamp },
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running { .. } => "running",
+            Self::Dead { .. } => "dead",
+        }
+    }
+}
+
+/// What the `jobs` tree stores per id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    job: Job,
+    /// Orders jobs due at the same millisecond first-in first-out.
+    seq: u64,
+    state: State,
+}
+
+impl Record {
+    fn encode(&self) -> Result<Vec<u8>, QueueError> {
+        serde_json::to_vec(self).map_err(|e| QueueError::Corrupt(e.to_string()))
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, QueueError> {
+        serde_json::from_slice(bytes).map_err(|e| QueueError::Corrupt(e.to_string()))
+    }
+}
+
+/// Sortable index key: the time (sign bit flipped so negative times sort first), then the
+/// sequence number, both big-endian.
+fn index_key(at: Timestamp, seq: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&((at.millis() as u64) ^ (1 << 63)).to_be_bytes());
+    key[8..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn index_key_time(key: &[u8]) -> Option<Timestamp> {
+    let bytes: [u8; 8] = key.get(..8)?.try_into().ok()?;
+    Some(Timestamp::from_millis(
+        (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64,
+    ))
+}
+
+/// How long to wait before attempt `attempts + 1`, after `attempts` failed: 1 s, 2 s,
+/// 4 s, ... capped at one hour, plus up to 10 % jitter so that jobs failing together do
+/// not retry together.
+pub fn backoff_delay(attempts: u32) -> Duration {
+    let exp = attempts.saturating_sub(1).min(31);
+    let base = BACKOFF_BASE.saturating_mul(1u32 << exp).min(BACKOFF_CAP);
+    let jitter_ms = rand::random_range(0..=base.as_millis() as u64 / 10);
+    base + Duration::from_millis(jitter_ms)
+}
+
+fn read_tx(
+    jobs: &TransactionalTree,
+    id: &JobId,
+) -> Result<Record, ConflictableTransactionError<QueueError>> {
+    match jobs.get(id.as_str())? {
+        Some(bytes) => Record::decode(&bytes).map_err(ConflictableTransactionError::Abort),
+        None => Err(ConflictableTransactionError::Abort(QueueError::NotFound(
+            id.clone(),
+        ))),
+    }
+}
+
+fn write_tx(
+    jobs: &TransactionalTree,
+    rec: &Record,
+) -> Result<(), ConflictableTransactionError<QueueError>> {
+    let bytes = rec.encode().map_err(ConflictableTransactionError::Abort)?;
+    jobs.insert(rec.job.id.as_str(), bytes)?;
+    Ok(())
+}
+
+fn wrong_state(
+    id: &JobId,
+    expected: &'static str,
+    actual: State,
+) -> ConflictableTransactionError<QueueError> {
+    ConflictableTransactionError::Abort(QueueError::WrongState {
+        id: id.clone(),
+        expected,
+        actual: actual.name(),
+    })
+}
+
+fn decrement(counter: &AtomicU64) {
+    // Never wraps: the gauges are rebuilt from the database on open and only move with
+    // committed transitions, but a saturating update costs nothing and keeps /metrics sane.
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        Some(v.saturating_sub(1))
+    });
+}
+
+fn count(name: &'static str, kind: &str) {
+    metrics::counter!(name, "kind" => kind.to_owned()).increment(1);
+}
+
+#[derive(Default)]
+struct Counters {
+    pending: AtomicU64,
+    running: AtomicU64,
+    dead: AtomicU64,
+    completed_total: AtomicU64,
+    retries_total: AtomicU64,
+    failures_total: AtomicU64,
+    dead_total: AtomicU64,
+}
+
+struct Inner {
+    path: PathBuf,
+    limits: QueueLimits,
+    db: sled::Db,
+    jobs: sled::Tree,
+    due: sled::Tree,
+    dead: sled::Tree,
+    counters: Counters,
+    /// Woken whenever a job becomes runnable, so idle workers need not poll.
+    notify: Notify,
+}
+
+/// A handle on the queue; clones share one database.
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Queue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Claim {
+    Lost,
+    Dangling,
+    Claimed(Job),
+}
+
+impl Queue {
+    /// Opens (or creates) the queue at `path`, and puts every job that was running when
+    /// the previous process stopped back to pending — or on the dead-letter list, if that
+    /// was its last attempt, so a job that crashes the process cannot loop forever.
+    /// Blocks (briefly, or up to two seconds if the database is locked): call it at
+    /// startup or on the blocking pool.
+    pub fn open(path: &Path, limits: QueueLimits) -> Result<Self, QueueError> {
+        let open_err = |e: sled::Error| {
+            let reason = e.to_string();
+            if reason.contains("could not acquire lock") {
+                QueueError::Locked {
+                    path: path.to_owned(),
+                }
+            } else {
+                QueueError::Open {
+                    path: path.to_owned(),
+                    reason,
+                }
+            }
+        };
+        // sled's background threads can hold the file lock for a moment after the last
+        // handle in this process is dropped (a restart within one process, tests), so a
+        // lock conflict is retried briefly before it is reported.
+        let give_up = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new().path(path).open().map_err(open_err) {
+                Err(QueueError::Locked { .. }) if std::time::Instant::now() < give_up => {
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                other => break other?,
+            }
+        };
+        let tree = |name: &str| db.open_tree(name).map_err(open_err);
+        let inner = Inner {
+            path: path.to_owned(),
+            limits,
+            jobs: tree("jobs")?,
+            due: tree("due")?,
+            dead: tree("dead")?,
+            db,
+            counters: Counters::default(),
+            notify: Notify::new(),
+        };
+        let queue = Self {
+            inner: Arc::new(inner),
+        };
+        queue.recover(Timestamp::now())?;
+        Ok(queue)
+    }
+
+    fn recover(&self, now: Timestamp) -> Result<(), QueueError> {
+        let inner = &*self.inner;
+        let (mut pending, mut dead) = (0u64, 0u64);
+        for entry in inner.jobs.iter() {
+            let (_, bytes) = entry?;
+            let rec = Record::decode(&bytes)?;
+            match rec.state {
+                State::Pending => pending += 1,
+                State::Dead { .. } => dead += 1,
+                State::Running { .. } => {
+                    let id = rec.job.id.clone();
+                    let became_dead = (&inner.jobs, &inner.due, &inner.dead)
+                        .transaction(|(jobs, due, dead)| {
+                            let mut rec = read_tx(jobs, &id)?;
+                            let note = format!(
+                                "agv-server stopped while attempt {} of {} was running",
+                                rec.job.attempts, rec.job.max_attempts
+                            );
+                            if rec.job.attempts >= rec.job.max_attempts {
+                                rec.job.last_error = Some(format!("{note}; no attempts left"));
+                                rec.state = State::Dead { died_at: now };
+                                dead.insert(&index_key(now, rec.seq), id.as_str())?;
+                                write_tx(jobs, &rec)?;
+                                Ok(true)
+                            } else {
+                                rec.job.last_error = Some(note);
+                                rec.state = State::Pending;
+                                due.insert(&index_key(rec.job.run_at, rec.seq), id.as_str())?;
+                                write_tx(jobs, &rec)?;
+                                Ok(false)
+                            }
+                        })
+                        .map_err(tx_err)?;
+                    if became_dead {
+                        dead += 1;
+                    } else {
+                        pending += 1;
+                    }
+                    tracing::warn!(
+                        job = %id,
+                        kind = %rec.job.kind,
+                        dead = became_dead,
+                        "job was running when agv-server stopped"
+                    );
+                }
+            }
+        }
+        inner.db.flush()?;
+        inner.counters.pending.store(pending, Ordering::Relaxed);
+        inner.counters.dead.store(dead, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// `Ok` while the queue accepts new jobs; [`QueueError::Full`] once the disk budget or
+    /// the job limit is exhausted (what `enqueue` would answer, and what `/ready` reports).
+    pub fn check_capacity(&self) -> Result<(), QueueError> {
+        let inner = &*self.inner;
+        let used = inner.db.size_on_disk()?;
+        if used >= inner.limits.max_disk_bytes {
+            return Err(QueueError::Full {
+                reason: format!(
+                    "its files take {used} bytes of a {} byte budget",
+                    inner.limits.max_disk_bytes
+                ),
+            });
+        }
+        if let Some(max_jobs) = inner.limits.max_jobs {
+            let stats = self.stats();
+            let held = stats.pending + stats.running + stats.dead;
+            if held >= max_jobs {
+                return Err(QueueError::Full {
+                    reason: format!("it holds {held} jobs, the limit is {max_jobs}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a job; it is on disk when this returns. Refuses with [`QueueError::Full`] when
+    /// the disk budget or the job limit is exhausted.
+    pub fn enqueue(
+        &self,
+        kind: &str,
+        payload: serde_json::Value,
+        opts: EnqueueOptions,
+    ) -> Result<JobId, QueueError> {
+        self.check_capacity()?;
+        let inner = &*self.inner;
+        let now = Timestamp::now();
+        let job = Job {
+            id: JobId::generate(),
+            kind: kind.to_owned(),
+            payload,
+            attempts: 0,
+            max_attempts: opts.max_attempts.max(1),
+            run_at: opts.run_at.unwrap_or(now),
+            last_error: None,
+            created_at: now,
+        };
+        let rec = Record {
+            seq: inner.db.generate_id()?,
+            job,
+            state: State::Pending,
+        };
+        (&inner.jobs, &inner.due)
+            .transaction(|(jobs, due)| {
+                write_tx(jobs, &rec)?;
+                due.insert(&index_key(rec.job.run_at, rec.seq), rec.job.id.as_str())?;
+                Ok(())
+            })
+            .map_err(tx_err)?;
+        inner.db.flush()?;
+        inner.counters.pending.fetch_add(1, Ordering::Relaxed);
+        inner.notify.notify_waiters();
+        tracing::debug!(job = %rec.job.id, kind, "job enqueued");
+        Ok(rec.job.id)
+    }
+
+    /// Takes the next job due at `now` for this caller alone, or `None` if nothing is due.
+    /// The caller must report back with [`Queue::complete`] or [`Queue::fail`].
+    pub fn claim(&self, now: Timestamp) -> Result<Option<Job>, QueueError> {
+        let inner = &*self.inner;
+        loop {
+            let Some(entry) = inner.due.iter().next() else {
+                return Ok(None);
+            };
+            let (key, id_bytes) = entry?;
+            if index_key_time(&key).is_none_or(|t| t > now) {
+                return Ok(None);
+            }
+            let id = std::str::from_utf8(&id_bytes)
+                .ok()
+                .and_then(|s| JobId::parse(s).ok());
+            let claim = (&inner.jobs, &inner.due)
+                .transaction(|(jobs, due)| {
+                    if due.remove(&key)?.is_none() {
+                        return Ok(Claim::Lost);
+                    }
+                    let Some(id) = &id else {
+                        return Ok(Claim::Dangling);
+                    };
+                    let mut rec = match read_tx(jobs, id) {
+                        Ok(rec) if rec.state == State::Pending => rec,
+                        Ok(_)
+                        | Err(ConflictableTransactionError::Abort(QueueError::NotFound(_))) => {
+                            return Ok(Claim::Dangling);
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    rec.job.attempts = rec.job.attempts.saturating_add(1);
+                    rec.state = State::Running { claimed_at: now };
+                    write_tx(jobs, &rec)?;
+                    Ok(Claim::Claimed(rec.job))
+                })
+                .map_err(tx_err)?;
+            match claim {
+                // Another worker took it first; look again.
+                Claim::Lost => continue,
+                Claim::Dangling => {
+                    tracing::error!(key = ?key, "removed a due-index entry without a pending job");
+                    continue;
+                }
+                Claim::Claimed(job) => {
+                    decrement(&inner.counters.pending);
+                    inner.counters.running.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Some(job));
+                }
+            }
+        }
+    }
+
+    /// Records that a claimed job succeeded; the job is removed.
+    pub fn complete(&self, id: &JobId) -> Result<(), QueueError> {
+        let inner = &*self.inner;
+        let kind = inner
+            .jobs
+            .transaction(|jobs| {
+                let rec = read_tx(jobs, id)?;
+                if !matches!(rec.state, State::Running { .. }) {
+                    return Err(wrong_state(id, "running", rec.state));
+                }
+                jobs.remove(id.as_str())?;
+                Ok(rec.job.kind)
+            })
+            .map_err(tx_err)?;
+        inner.db.flush()?;
+        decrement(&inner.counters.running);
+        inner
+            .counters
+            .completed_total
+            .fetch_add(1, Ordering::Relaxed);
+        count("agv_jobs_completed_total", &kind);
+        Ok(())
+    }
+
+    /// Records that a claimed job failed at `now`: it is retried after a backoff, or moves
+    /// to the dead-letter list if that was its last attempt. `error` is kept either way.
+    pub fn fail(&self, id: &JobId, error: &str, now: Timestamp) -> Result<Outcome, QueueError> {
+        let inner = &*self.inner;
+        let (outcome, kind) = (&inner.jobs, &inner.due, &inner.dead)
+            .transaction(|(jobs, due, dead)| {
+                let mut rec = read_tx(jobs, id)?;
+                if !matches!(rec.state, State::Running { .. }) {
+                    return Err(wrong_state(id, "running", rec.state));
+                }
+                rec.job.last_error = Some(error.to_owned());
+                let outcome = if rec.job.attempts >= rec.job.max_attempts {
+                    rec.state = State::Dead { died_at: now };
+                    dead.insert(&index_key(now, rec.seq), id.as_str())?;
+                    Outcome::Dead
+                } else {
+                    let delay = backoff_delay(rec.job.attempts);
+                    let at = now.plus_millis(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+                    rec.job.run_at = at;
+                    rec.state = State::Pending;
+                    due.insert(&index_key(at, rec.seq), id.as_str())?;
+                    Outcome::Retrying { at }
+                };
+                write_tx(jobs, &rec)?;
+                Ok((outcome, rec.job.kind))
+            })
+            .map_err(tx_err)?;
+        inner.db.flush()?;
+        let c = &inner.counters;
+        decrement(&c.running);
+        c.failures_total.fetch_add(1, Ordering::Relaxed);
+        count("agv_jobs_failures_total", &kind);
+        match outcome {
+            Outcome::Dead => {
+                c.dead.fetch_add(1, Ordering::Relaxed);
+                c.dead_total.fetch_add(1, Ordering::Relaxed);
+                count("agv_jobs_dead_total", &kind);
+                tracing::error!(
+                    job = %id,
+                    kind,
+                    error,
+                    "job failed its last attempt and moved to the dead-letter list"
+                );
+            }
+            _ => {
+                c.pending.fetch_add(1, Ordering::Relaxed);
+                c.retries_total.fetch_add(1, Ordering::Relaxed);
+                count("agv_jobs_retries_total", &kind);
+                tracing::warn!(job = %id, kind, error, "job failed; it will be retried");
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// The job with this id, in any state.
+    pub fn get(&self, id: &JobId) -> Result<Option<Job>, QueueError> {
+        match self.inner.jobs.get(id.as_str())? {
+            Some(bytes) => Ok(Some(Record::decode(&bytes)?.job)),
+            None => Ok(None),
+        }
+    }
+
+    /// When the earliest pending job is due, if any job is pending.
+    pub fn next_due(&self) -> Result<Option<Timestamp>, QueueError> {
+        match self.inner.due.iter().next() {
+            Some(entry) => Ok(index_key_time(&entry?.0)),
+            None => Ok(None),
+        }
+    }
+
+    /// The dead-letter list, oldest death first.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueError> {
+        let mut out = Vec::new();
+        for entry in self.inner.dead.iter() {
+            let (_, id) = entry?;
+            let Some(bytes) = self.inner.jobs.get(&id)? else {
+                continue;
+            };
+            let rec = Record::decode(&bytes)?;
+            if let State::Dead { died_at } = rec.state {
+                out.push(DeadLetter {
+                    job: rec.job,
+                    died_at,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Puts a dead job back in the queue, due now, with a fresh set of attempts. Its last
+    /// error is kept until it fails again.
+    pub fn retry_dead(&self, id: &JobId) -> Result<(), QueueError> {
+        let inner = &*self.inner;
+        let now = Timestamp::now();
+        (&inner.jobs, &inner.due, &inner.dead)
+            .transaction(|(jobs, due, dead)| {
+                let mut rec = read_tx(jobs, id)?;
+                let State::Dead { died_at } = rec.state else {
+                    return Err(wrong_state(id, "dead", rec.state));
+                };
+                dead.remove(&index_key(died_at, rec.seq))?;
+                rec.job.attempts = 0;
+                rec.job.run_at = now;
+                rec.state = State::Pending;
+                due.insert(&index_key(now, rec.seq), id.as_str())?;
+                write_tx(jobs, &rec)?;
+                Ok(())
+            })
+            .map_err(tx_err)?;
+        inner.db.flush()?;
+        decrement(&inner.counters.dead);
+        inner.counters.pending.fetch_add(1, Ordering::Relaxed);
+        inner.notify.notify_waiters();
+        Ok(())
+    }
+
+    /// Deletes a dead job for good.
+    pub fn discard_dead(&self, id: &JobId) -> Result<(), QueueError> {
+        let inner = &*self.inner;
+        (&inner.jobs, &inner.dead)
+            .transaction(|(jobs, dead)| {
+                let rec = read_tx(jobs, id)?;
+                let State::Dead { died_at } = rec.state else {
+                    return Err(wrong_state(id, "dead", rec.state));
+                };
+                dead.remove(&index_key(died_at, rec.seq))?;
+                jobs.remove(id.as_str())?;
+                Ok(())
+            })
+            .map_err(tx_err)?;
+        inner.db.flush()?;
+        decrement(&inner.counters.dead);
+        Ok(())
+    }
+
+    /// Counts kept in memory: no disk access, safe to call on every scrape.
+    pub fn stats(&self) -> QueueStats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        QueueStats {
+            pending: get(&c.pending),
+            running: get(&c.running),
+            dead: get(&c.dead),
+            completed_total: get(&c.completed_total),
+            retries_total: get(&c.retries_total),
+            failures_total: get(&c.failures_total),
+            dead_total: get(&c.dead_total),
+        }
+    }
+
+    /// Bytes the database files take on disk (what the disk budget is compared with).
+    pub fn size_on_disk(&self) -> Result<u64, QueueError> {
+        Ok(self.inner.db.size_on_disk()?)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Notified whenever a job becomes runnable (enqueue, retry of a dead letter).
+    pub(crate) fn notify(&self) -> &Notify {
+        &self.inner.notify
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn open(dir: &Path) -> Queue {
+        Queue::open(&dir.join("queue"), QueueLimits::default()).unwrap()
+    }
+
+    #[test]
+    fn job_ids_parse_back_and_reject_other_kinds() {
+        let id = JobId::generate();
+        assert_eq!(JobId::parse(id.as_str()).unwrap(), id);
+        assert!(JobId::parse("ten_0123456789abcdef0123456789abcdef").is_err());
+        assert!(JobId::parse("job_xyz").is_err());
+    }
+
+    #[test]
+    fn index_keys_sort_by_time_then_sequence() {
+        let a = index_key(Timestamp::from_millis(-5), 9);
+        let b = index_key(Timestamp::from_millis(3), 1);
+        let c = index_key(Timestamp::from_millis(3), 2);
+        assert!(a < b && b < c);
+        assert_eq!(index_key_time(&b), Some(Timestamp::from_millis(3)));
+        assert_eq!(index_key_time(&a), Some(Timestamp::from_millis(-5)));
+    }
+
+    #[test]
+    fn backoff_doubles_from_one_second_and_is_capped() {
+        for (attempts, base) in [(1u64, 1u64), (2, 2), (3, 4), (10, 512), (40, 3600)] {
+            let d = backoff_delay(attempts as u32).as_millis() as u64;
+            assert!(
+                d >= base * 1000 && d <= base * 1100,
+                "attempt {attempts}: {d} ms"
+            );
+        }
+    }
+
+    #[test]
+    fn a_queued_job_survives_close_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = open(dir.path())
+            .enqueue("export", json!({"n": 1}), EnqueueOptions::default())
+            .unwrap();
+        let queue = open(dir.path());
+        assert_eq!(queue.stats().pending, 1);
+        let job = queue.claim(Timestamp::now()).unwrap().unwrap();
+        assert_eq!(job.id, id);
+        assert_eq!(job.payload, json!({"n": 1}));
+        assert_eq!(job.attempts, 1);
+    }
+
+    #[test]
+    fn a_job_claimed_but_never_finished_is_pending_again_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(dir.path());
+        let id = queue
+            .enqueue("export", json!({}), EnqueueOptions::default())
+            .unwrap();
+        assert!(queue.claim(Timestamp::now()).unwrap().is_some());
+        assert_eq!(queue.stats().running, 1);
+        drop(queue);
+
+        let queue = open(dir.path());
+        let stats = queue.stats();
+        assert_eq!((stats.pending, stats.running), (1, 0));
+        let job = queue.claim(Timestamp::now()).unwrap().unwrap();
+        assert_eq!(job.id, id);
+        assert_eq!(job.attempts, 2, "the interrupted attempt counts");
+        assert!(
+            job.last_error
+                .unwrap()
+                .contains("stopped while attempt 1 of 5")
+        );
+    }
+
+    #[test]
+    fn a_job_interrupted_on_its_last_attempt_is_dead_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(dir.path());
+        let opts = EnqueueOptions {
+            max_attempts: 1,
+            ..Default::default()
+        };
+        queue.enqueue("export", json!({}), opts).unwrap();
+        queue.claim(Timestamp::now()).unwrap().unwrap();
+        drop(queue);
+
+        let queue = open(dir.path());
+        assert_eq!(queue.stats().dead, 1);
+        assert!(queue.claim(Timestamp::now()).unwrap().is_none());
+        let dead = queue.dead_letters().unwrap();
+        assert!(
+            dead[0]
+                .job
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("no attempts left")
+        );
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_path_says_another_server_uses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let _queue = open(dir.path());
+        let err = Queue::open(&dir.path().join("queue"), QueueLimits::default()).unwrap_err();
+        assert!(matches!(err, QueueError::Locked { .. }), "{err}");
+        assert!(err.to_string().contains("another agv-server"), "{err}");
+    }
+
+    #[test]
+    fn a_path_that_is_a_file_cannot_be_opened_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("queue");
+        std::fs::write(&file, b"not a database").unwrap();
+        let err = Queue::open(&file, QueueLimits::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("could not open the job queue"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn jobs_run_in_due_order_and_not_before_their_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(dir.path());
+        let now = Timestamp::now();
+        let later = queue
+            .enqueue(
+                "a",
+                json!(1),
+                EnqueueOptions {
+                    run_at: Some(now.plus_millis(60_000)),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let first = queue
+            .enqueue("a", json!(2), EnqueueOptions::default())
+            .unwrap();
+        let second = queue
+            .enqueue("a", json!(3), EnqueueOptions::default())
+            .unwrap();
+        assert_eq!(
+            queue.next_due().unwrap().map(|t| t <= Timestamp::now()),
+            Some(true)
+        );
+        assert_eq!(queue.claim(Timestamp::now()).unwrap().unwrap().id, first);
+        assert_eq!(queue.claim(Timestamp::now()).unwrap().unwrap().id, second);
+        assert!(queue.claim(Timestamp::now()).unwrap().is_none());
+        assert_eq!(
+            queue.claim(now.plus_millis(60_000)).unwrap().unwrap().id,
+            later
+        );
+    }
+
+    #[test]
+    fn two_concurrent_claimers_never_get_the_same_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(dir.path());
+        let total = 200;
+        for i in 0..total {
+            queue
+                .enqueue("a", json!(i), EnqueueOptions::default())
+                .unwrap();
+        }
+        let now = Timestamp::now();
+        let claimers: Vec<_> = (0..4)
+            .map(|_| {
+                let queue = queue.clone();
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    while let Some(job) = queue.claim(now).unwrap() {
+                        got.push(job.id);
+                    }
+                    got
+                })
+            })
+            .collect();
+        let mut all: Vec<JobId> = claimers
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        assert_eq!(all.len(), total);
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), total, "a job was claimed twice");
+        assert_eq!(queue.stats().running, total as u64);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_new_jobs_and_keeps_the_existing_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue");
+        let limits = QueueLimits {
+            max_jobs: Some(2),
+            ..Default::default()
+        };
+        let queue = Queue::open(&path, limits).unwrap();
+        let a = queue
+            .enqueue("a", json!(1), EnqueueOptions::default())
+            .unwrap();
+        let b = queue
+            .enqueue("a", json!(2), EnqueueOptions::default())
+            .unwrap();
+        let err = queue
+            .enqueue("a", json!(3), EnqueueOptions::default())
+            .unwrap_err();
+        assert!(matches!(err, QueueError::Full { .. }), "{err}");
+        assert!(err.to_string().contains("queue is full"), "{err}");
+        assert!(queue.get(&a).unwrap().is_some() && queue.get(&b).unwrap().is_some());
+        drop(queue);
+
+        // The disk budget: reopen with a budget smaller than what the files already use.
+        let limits = QueueLimits {
+            max_disk_bytes: 1,
+            max_jobs: None,
+        };
+        let queue = Queue::open(&path, limits).unwrap();
+        let err = queue
+            .enqueue("a", json!(3), EnqueueOptions::default())
+            .unwrap_err();
+        assert!(matches!(err, QueueError::Full { .. }), "{err}");
+        assert!(err.to_string().contains("byte budget"), "{err}");
+        assert_eq!(queue.stats().pending, 2);
+        assert_eq!(queue.claim(Timestamp::now()).unwrap().unwrap().id, a);
+    }
+
+    #[test]
+    fn completing_or_failing_a_job_that_is_not_running_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(dir.path());
+        let id = queue
+            .enqueue("a", json!(1), EnqueueOptions::default())
+            .unwrap();
+        assert!(matches!(
+            queue.complete(&id),
+            Err(QueueError::WrongState { .. })
+        ));
+        assert!(matches!(
+            queue.fail(&id, "x", Timestamp::now()),
+            Err(QueueError::WrongState { .. })
+        ));
+        assert!(matches!(
+            queue.retry_dead(&id),
+            Err(QueueError::WrongState { .. })
+        ));
+        let missing = JobId::generate();
+        assert!(matches!(
+            queue.complete(&missing),
+            Err(QueueError::NotFound(_))
+        ));
+        assert_eq!(queue.stats().pending, 1);
+    }
+
+    #[test]
+    fn outcomes_are_counted_in_metrics_by_kind() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(dir.path());
+        metrics::with_local_recorder(&recorder, || {
+            let opts = EnqueueOptions {
+                max_attempts: 2,
+                ..Default::default()
+            };
+            let flaky = queue.enqueue("flaky", json!(1), opts).unwrap();
+            queue
+                .enqueue("fine", json!(2), EnqueueOptions::default())
+                .unwrap();
+            let now = Timestamp::now();
+            queue.claim(now).unwrap().unwrap();
+            assert!(matches!(
+                queue.fail(&flaky, "x", now).unwrap(),
+                Outcome::Retrying { .. }
+            ));
+            let fine = queue.claim(now).unwrap().unwrap();
+            queue.complete(&fine.id).unwrap();
+            queue.claim(now.plus_millis(10_000)).unwrap().unwrap();
+            assert_eq!(queue.fail(&flaky, "x", now).unwrap(), Outcome::Dead);
+        });
+        let text = handle.render();
+        for line in [
+            r#"agv_jobs_completed_total{kind="fine"} 1"#,
+            r#"agv_jobs_retries_total{kind="flaky"} 1"#,
+            r#"agv_jobs_failures_total{kind="flaky"} 2"#,
+            r#"agv_jobs_dead_total{kind="flaky"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_dead_job_can_be_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(dir.path());
+        let opts = EnqueueOptions {
+            max_attempts: 1,
+            ..Default::default()
+        };
+        let id = queue.enqueue("a", json!(1), opts).unwrap();
+        queue.claim(Timestamp::now()).unwrap().unwrap();
+        assert_eq!(
+            queue.fail(&id, "boom", Timestamp::now()).unwrap(),
+            Outcome::Dead
+        );
+        queue.discard_dead(&id).unwrap();
+        assert!(queue.dead_letters().unwrap().is_empty());
+        assert!(queue.get(&id).unwrap().is_none());
+        assert_eq!(queue.stats().dead, 0);
+        drop(queue);
+        assert_eq!(open(dir.path()).stats(), QueueStats::default());
+    }
+}

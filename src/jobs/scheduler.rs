@@ -1,0 +1,212 @@
+//! The cron scheduler: on each tick of a configured schedule it enqueues a job of the
+//! configured kind, and the workers run it.
+//!
+//! Scheduled work goes through the durable queue rather than running inside the tick, so
+//! it gets the same retries, dead letters and metrics as everything else, and a slow job
+//! never delays other schedules. This module must not run job logic itself, and must not
+//! swallow a refused enqueue: a full queue is logged as an error on every tick.
+
+use super::queue::{EnqueueOptions, Queue};
+use tokio_cron_scheduler::{Job as CronJob, JobScheduler};
+
+/// The kind of the periodic housekeeping job (the server registers its handler).
+pub const HOUSEKEEPING: &str = "housekeeping";
+/// Housekeeping runs every 10 minutes unless configured otherwise.
+pub const DEFAULT_HOUSEKEEPING_CRON: &str = "0 */10 * * * *";
+
+/// One schedule: on every tick of `cron`, enqueue a `kind` job with `payload`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleEntry {
+    /// Names the schedule in logs and errors, e.g. `"backup"`.
+    pub name: String,
+    /// Six fields, seconds first: `sec min hour day-of-month month day-of-week`.
+    pub cron: String,
+    pub kind: String,
+    pub payload: serde_json::Value,
+}
+
+impl ScheduleEntry {
+    /// The default housekeeping schedule.
+    pub fn housekeeping() -> Self {
+        Self {
+            name: HOUSEKEEPING.to_owned(),
+            cron: DEFAULT_HOUSEKEEPING_CRON.to_owned(),
+            kind: HOUSEKEEPING.to_owned(),
+            payload: serde_json::Value::Null,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("schedule '{name}' has an invalid cron expression: {reason}")]
+    InvalidCron { name: String, reason: String },
+    #[error("the job scheduler failed: {0}")]
+    Scheduler(String),
+}
+
+impl From<tokio_cron_scheduler::JobSchedulerError> for SchedulerError {
+    fn from(e: tokio_cron_scheduler::JobSchedulerError) -> Self {
+        Self::Scheduler(e.to_string())
+    }
+}
+
+/// Checks a cron expression the way the scheduler will read it; for config validation.
+pub fn validate_cron(expr: &str) -> Result<(), String> {
+    let fields = expr.split_whitespace().count();
+    if fields != 6 {
+        return Err(format!(
+            "'{expr}' has {fields} fields, expected 6: seconds, minutes, hours, day of month, month, day of week (e.g. \"0 */10 * * * *\" for every 10 minutes)"
+        ));
+    }
+    CronJob::new(expr, |_, _| {}).map(|_| ()).map_err(|_| {
+        format!(
+            "'{expr}' is not a valid cron expression: expected 6 fields, seconds first (e.g. \"0 0 3 * * *\" for 03:00 every day)"
+        )
+    })
+}
+
+/// A running scheduler; call [`SchedulerHandle::shutdown`] to stop it.
+pub struct SchedulerHandle {
+    scheduler: JobScheduler,
+}
+
+impl std::fmt::Debug for SchedulerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchedulerHandle").finish_non_exhaustive()
+    }
+}
+
+impl SchedulerHandle {
+    /// Stops ticking. Jobs already enqueued stay in the queue.
+    pub async fn shutdown(mut self) -> Result<(), SchedulerError> {
+        Ok(self.scheduler.shutdown().await?)
+    }
+}
+
+/// Validates every entry, then starts ticking. Nothing is scheduled if any entry is
+/// invalid.
+pub async fn start_scheduler(
+    queue: Queue,
+    entries: Vec<ScheduleEntry>,
+) -> Result<SchedulerHandle, SchedulerError> {
+    for entry in &entries {
+        validate_cron(&entry.cron).map_err(|reason| SchedulerError::InvalidCron {
+            name: entry.name.clone(),
+            reason,
+        })?;
+    }
+    let scheduler = JobScheduler::new().await?;
+    for entry in entries {
+        let queue = queue.clone();
+        let (name, cron) = (entry.name.clone(), entry.cron.clone());
+        let job = CronJob::new_async(cron.as_str(), move |_, _| {
+            let queue = queue.clone();
+            let entry = entry.clone();
+            Box::pin(async move { tick(queue, entry).await })
+        })
+        .map_err(|e| SchedulerError::InvalidCron {
+            name,
+            reason: e.to_string(),
+        })?;
+        scheduler.add(job).await?;
+    }
+    scheduler.start().await?;
+    Ok(SchedulerHandle { scheduler })
+}
+
+async fn tick(queue: Queue, entry: ScheduleEntry) {
+    let ScheduleEntry {
+        name,
+        kind,
+        payload,
+        ..
+    } = entry;
+    // enqueue waits for the disk flush; keep that off the runtime's worker threads.
+    let kind_for_enqueue = kind.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        queue.enqueue(&kind_for_enqueue, payload, EnqueueOptions::default())
+    })
+    .await;
+    match result {
+        Ok(Ok(id)) => {
+            tracing::debug!(schedule = %name, kind = %kind, job = %id, "scheduled job enqueued")
+        }
+        Ok(Err(e)) => {
+            tracing::error!(schedule = %name, kind = %kind, error = %e, "scheduled job was not enqueued")
+        }
+        Err(e) => {
+            tracing::error!(schedule = %name, kind = %kind, error = %e, "scheduled enqueue did not finish")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::queue::QueueLimits;
+    use std::time::Duration;
+
+    #[test]
+    fn validate_cron_accepts_six_field_expressions() {
+        validate_cron(DEFAULT_HOUSEKEEPING_CRON).unwrap();
+        validate_cron("0 0 3 * * *").unwrap();
+        validate_cron("*/5 * * * * Mon-Fri").unwrap();
+    }
+
+    #[test]
+    fn validate_cron_rejects_garbage_and_five_field_expressions() {
+        for bad in [
+            "",
+            "garbage",
+            "* * * * *",
+            "0 61 * * * *",
+            "a b c d e f",
+            "0 0 0 * * * * *",
+        ] {
+            let err = validate_cron(bad).unwrap_err();
+            assert!(err.contains(&format!("'{bad}'")), "{err}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_invalid_entry_prevents_the_scheduler_from_starting() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(&dir.path().join("queue"), QueueLimits::default()).unwrap();
+        let mut entry = ScheduleEntry::housekeeping();
+        entry.name = "nightly".to_owned();
+        entry.cron = "every night".to_owned();
+        let err = start_scheduler(queue, vec![entry]).await.unwrap_err();
+        assert!(err.to_string().contains("schedule 'nightly'"), "{err}");
+    }
+
+    // Single-threaded, like the runtime actix-web runs on.
+    #[tokio::test]
+    async fn a_schedule_every_second_enqueues_jobs_until_shut_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(&dir.path().join("queue"), QueueLimits::default()).unwrap();
+        let entry = ScheduleEntry {
+            name: "fast".to_owned(),
+            cron: "* * * * * *".to_owned(),
+            kind: HOUSEKEEPING.to_owned(),
+            payload: serde_json::json!({"sweep": true}),
+        };
+        let handle = start_scheduler(queue.clone(), vec![entry]).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while queue.stats().pending < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no jobs were scheduled"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        handle.shutdown().await.unwrap();
+
+        let job = queue
+            .claim(crate::domain::Timestamp::now())
+            .unwrap()
+            .unwrap();
+        assert_eq!(job.kind, HOUSEKEEPING);
+        assert_eq!(job.payload, serde_json::json!({"sweep": true}));
+    }
+}
