@@ -90,7 +90,10 @@ impl Application {
         let for_store = settings.clone();
         let store = run_blocking(move || open_store(&for_store)).await?;
         let queue_dir = settings.queue_dir();
-        let limits = QueueLimits { max_disk_bytes: settings.queue_max_bytes, max_jobs: None };
+        let limits = QueueLimits {
+            max_disk_bytes: settings.queue_max_bytes,
+            max_jobs: None,
+        };
         let queue = run_blocking(move || Queue::open(&queue_dir, limits))
             .await
             .map_err(|e| StartupError(e.to_string()))?;

@@ -13,7 +13,7 @@ pub mod worker;
 
 pub use queue::{
     DeadLetter, EnqueueOptions, Job, JobId, Outcome, Queue, QueueError, QueueLimits, QueueStats,
-    backoff_delay,
+    WeakQueue, backoff_delay,
 };
 pub use scheduler::{
     DEFAULT_HOUSEKEEPING_CRON, HOUSEKEEPING, ScheduleEntry, SchedulerError, SchedulerHandle,

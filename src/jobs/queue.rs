@@ -371,6 +371,21 @@ impl fmt::Debug for Queue {
     }
 }
 
+/// A reference that does not keep the queue open: long-lived callbacks (the scheduler's)
+/// hold one, so the database closes — and its file lock is released — when the server's
+/// own handles are dropped.
+#[derive(Clone)]
+pub struct WeakQueue {
+    inner: std::sync::Weak<Inner>,
+}
+
+impl WeakQueue {
+    /// The queue, if it is still open.
+    pub fn upgrade(&self) -> Option<Queue> {
+        self.inner.upgrade().map(|inner| Queue { inner })
+    }
+}
+
 enum Claim {
     Lost,
     Dangling,
@@ -378,6 +393,12 @@ enum Claim {
 }
 
 impl Queue {
+    pub fn downgrade(&self) -> WeakQueue {
+        WeakQueue {
+            inner: Arc::downgrade(&self.inner),
+        }
+    }
+
     /// Opens (or creates) the queue at `path`, and puts every job that was running when
     /// the previous process stopped back to pending — or on the dead-letter list, if that
     /// was its last attempt, so a job that crashes the process cannot loop forever.

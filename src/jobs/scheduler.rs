@@ -6,7 +6,7 @@
 //! never delays other schedules. This module must not run job logic itself, and must not
 //! swallow a refused enqueue: a full queue is logged as an error on every tick.
 
-use super::queue::{EnqueueOptions, Queue};
+use super::queue::{EnqueueOptions, Queue, WeakQueue};
 use tokio_cron_scheduler::{Job as CronJob, JobScheduler};
 
 /// The kind of the periodic housekeeping job (the server registers its handler).
@@ -98,7 +98,8 @@ pub async fn start_scheduler(
     }
     let scheduler = JobScheduler::new().await?;
     for entry in entries {
-        let queue = queue.clone();
+        // Weak: the cron library keeps its job closures after shutdown.
+        let queue = queue.downgrade();
         let (name, cron) = (entry.name.clone(), entry.cron.clone());
         let job = CronJob::new_async(cron.as_str(), move |_, _| {
             let queue = queue.clone();
@@ -115,7 +116,10 @@ pub async fn start_scheduler(
     Ok(SchedulerHandle { scheduler })
 }
 
-async fn tick(queue: Queue, entry: ScheduleEntry) {
+async fn tick(queue: WeakQueue, entry: ScheduleEntry) {
+    let Some(queue) = queue.upgrade() else {
+        return; // the server is shutting down
+    };
     let ScheduleEntry {
         name,
         kind,

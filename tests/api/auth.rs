@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 const STATUS: &str = "/v1/killswitch/status";
 
 async fn keys_authenticate_and_scopes_are_enforced(backend: Backend) {
-    let Some(home) = DataHome::new(backend) else { return };
+    let Some(home) = DataHome::new(backend) else {
+        return;
+    };
     let (tenant, admin) = home.tenant_and_key("admin");
     let proxy = home.cli_ok(&["key", "create", "--tenant", &tenant, "--scope", "proxy"]);
     let app = TestApp::start(home).await;
@@ -36,23 +38,39 @@ async fn keys_authenticate_and_scopes_are_enforced(backend: Backend) {
     assert_eq!(res.status(), 401);
     assert_eq!(error_code(res).await, "invalid_api_key");
 
-    let res = app.client.get(app.url(STATUS)).header("authorization", "Basic Zm9vOmJhcg==").send().await.unwrap();
+    let res = app
+        .client
+        .get(app.url(STATUS))
+        .header("authorization", "Basic Zm9vOmJhcg==")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 401);
     app.stop().await;
 }
 
-async fn a_key_created_while_the_server_runs_works_at_once_and_revocation_takes_under_a_second(backend: Backend) {
-    let Some(home) = DataHome::new(backend) else { return };
+async fn a_key_created_while_the_server_runs_works_at_once_and_revocation_takes_under_a_second(
+    backend: Backend,
+) {
+    let Some(home) = DataHome::new(backend) else {
+        return;
+    };
     let tenant = home.cli_ok(&["tenant", "create", "Live"]);
     let app = TestApp::start(home).await;
 
-    let json = app.home.cli_ok(&["key", "create", "--tenant", &tenant, "--scope", "admin", "--json"]);
+    let json = app.home.cli_ok(&[
+        "key", "create", "--tenant", &tenant, "--scope", "admin", "--json",
+    ]);
     let created: serde_json::Value = serde_json::from_str(&json).unwrap();
     let key = created["key"].as_str().unwrap().to_owned();
     let key_id = created["id"].as_str().unwrap().to_owned();
     assert_eq!(created["tenant_id"], tenant.as_str());
     assert_eq!(created["scope"], "admin");
-    assert_eq!(app.get_with_key(STATUS, &key).await.status(), 200, "a new key works at once");
+    assert_eq!(
+        app.get_with_key(STATUS, &key).await.status(),
+        200,
+        "a new key works at once"
+    );
 
     app.home.cli_ok(&["key", "revoke", &key_id]);
     let revoked_at = Instant::now();
@@ -62,25 +80,44 @@ async fn a_key_created_while_the_server_runs_works_at_once_and_revocation_takes_
             assert_eq!(error_code(res).await, "api_key_revoked");
             break;
         }
-        assert!(revoked_at.elapsed() < Duration::from_secs(1), "a revoked key must stop working within 1 s");
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "a revoked key must stop working within 1 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     app.stop().await;
 }
 
 async fn rotation_issues_a_new_key_and_the_old_one_expires_after_the_grace(backend: Backend) {
-    let Some(home) = DataHome::new(backend) else { return };
+    let Some(home) = DataHome::new(backend) else {
+        return;
+    };
     let tenant = home.cli_ok(&["tenant", "create", "Rotating"]);
-    let json = home.cli_ok(&["key", "create", "--tenant", &tenant, "--scope", "admin", "--name", "ci", "--json"]);
+    let json = home.cli_ok(&[
+        "key", "create", "--tenant", &tenant, "--scope", "admin", "--name", "ci", "--json",
+    ]);
     let old: serde_json::Value = serde_json::from_str(&json).unwrap();
     let app = TestApp::start(home).await;
 
-    let rotated = app.home.cli_ok(&["key", "rotate", old["id"].as_str().unwrap(), "--grace", "0s", "--json"]);
+    let rotated = app.home.cli_ok(&[
+        "key",
+        "rotate",
+        old["id"].as_str().unwrap(),
+        "--grace",
+        "0s",
+        "--json",
+    ]);
     let new: serde_json::Value = serde_json::from_str(&rotated).unwrap();
     assert_ne!(new["key"], old["key"]);
     assert_eq!(new["name"], "ci");
     assert_eq!(new["scope"], "admin");
-    assert_eq!(app.get_with_key(STATUS, new["key"].as_str().unwrap()).await.status(), 200);
+    assert_eq!(
+        app.get_with_key(STATUS, new["key"].as_str().unwrap())
+            .await
+            .status(),
+        200
+    );
     let started = Instant::now();
     loop {
         let res = app.get_with_key(STATUS, old["key"].as_str().unwrap()).await;
@@ -88,14 +125,30 @@ async fn rotation_issues_a_new_key_and_the_old_one_expires_after_the_grace(backe
             assert_eq!(error_code(res).await, "api_key_expired");
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(1), "the old key must stop after a zero grace");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the old key must stop after a zero grace"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let listed = app.home.cli_ok(&["key", "list", "--tenant", &tenant, "--json"]);
+    let listed = app
+        .home
+        .cli_ok(&["key", "list", "--tenant", &tenant, "--json"]);
     let keys: serde_json::Value = serde_json::from_str(&listed).unwrap();
-    let statuses: Vec<&str> = keys.as_array().unwrap().iter().map(|k| k["status"].as_str().unwrap()).collect();
-    assert!(statuses.contains(&"expired") && statuses.contains(&"active"), "{statuses:?}");
-    assert!(!listed.contains(new["key"].as_str().unwrap()), "list never shows secrets");
+    let statuses: Vec<&str> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["status"].as_str().unwrap())
+        .collect();
+    assert!(
+        statuses.contains(&"expired") && statuses.contains(&"active"),
+        "{statuses:?}"
+    );
+    assert!(
+        !listed.contains(new["key"].as_str().unwrap()),
+        "list never shows secrets"
+    );
     app.stop().await;
 }
 

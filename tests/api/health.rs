@@ -4,22 +4,36 @@ use crate::helpers::{Backend, DataHome, TestApp, spawn_app};
 use crate::on_both_backends;
 
 async fn health_ready_and_metrics_answer(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let res = app.get("/health").await;
     assert_eq!(res.status(), 200);
-    assert_eq!(res.json::<serde_json::Value>().await.unwrap()["status"], "ok");
+    assert_eq!(
+        res.json::<serde_json::Value>().await.unwrap()["status"],
+        "ok"
+    );
 
     let res = app.get("/ready").await;
     assert_eq!(res.status(), 200);
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["status"], "ready");
-    let expected = if backend == Backend::Postgres { "postgres" } else { "sqlite" };
+    let expected = if backend == Backend::Postgres {
+        "postgres"
+    } else {
+        "sqlite"
+    };
     assert_eq!(body["checks"]["store"]["backend"], expected);
     assert_eq!(body["checks"]["queue"]["ok"], true);
 
     let res = app.get("/metrics").await;
     assert_eq!(res.status(), 200);
-    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
     let text = res.text().await.unwrap();
     for name in [
         "agv_http_requests_total",
@@ -31,35 +45,57 @@ async fn health_ready_and_metrics_answer(backend: Backend) {
     ] {
         assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
     }
-    assert!(text.contains(r#"route="/ready""#), "requests are labelled by route:\n{text}");
+    assert!(
+        text.contains(r#"route="/ready""#),
+        "requests are labelled by route:\n{text}"
+    );
     app.stop().await;
 }
 
 async fn restart_keeps_tenants_and_keys(backend: Backend) {
-    let Some(home) = DataHome::new(backend) else { return };
+    let Some(home) = DataHome::new(backend) else {
+        return;
+    };
     let (tenant, key) = home.tenant_and_key("admin");
     let app = TestApp::start(home).await;
-    assert_eq!(app.get_with_key("/v1/killswitch/status", &key).await.status(), 200);
+    assert_eq!(
+        app.get_with_key("/v1/killswitch/status", &key)
+            .await
+            .status(),
+        200
+    );
     let home = app.stop().await;
 
     let app = TestApp::start(home).await;
     let res = app.get_with_key("/v1/killswitch/status", &key).await;
     assert_eq!(res.status(), 200, "the key survives a restart");
-    assert_eq!(res.json::<serde_json::Value>().await.unwrap()["tenant_id"], tenant.as_str());
+    assert_eq!(
+        res.json::<serde_json::Value>().await.unwrap()["tenant_id"],
+        tenant.as_str()
+    );
     let listed = app.home.cli_ok(&["tenant", "list", "--json"]);
     assert!(listed.contains(&tenant));
     app.stop().await;
 }
 
 async fn a_queued_job_survives_a_restart(backend: Backend) {
-    let Some(home) = DataHome::new(backend) else { return };
+    let Some(home) = DataHome::new(backend) else {
+        return;
+    };
     // Far in the future so no worker runs it before the restart.
     let app = TestApp::start(home).await;
     let later = agv_server::domain::Timestamp::now().plus_millis(3_600_000);
     let id = app
         .app_state
         .queue
-        .enqueue("test.later", serde_json::json!({"n": 1}), agv_server::jobs::EnqueueOptions { run_at: Some(later), ..Default::default() })
+        .enqueue(
+            "test.later",
+            serde_json::json!({"n": 1}),
+            agv_server::jobs::EnqueueOptions {
+                run_at: Some(later),
+                ..Default::default()
+            },
+        )
         .unwrap();
     let before = app.app_state.queue.stats().pending;
     let home = app.stop().await;
@@ -67,7 +103,10 @@ async fn a_queued_job_survives_a_restart(backend: Backend) {
     let app = TestApp::start(home).await;
     let stats = app.app_state.queue.stats();
     assert_eq!(stats.pending, before, "pending jobs survive a restart");
-    assert!(app.app_state.queue.get(&id).unwrap().is_some(), "job {id:?} is still there");
+    assert!(
+        app.app_state.queue.get(&id).unwrap().is_some(),
+        "job {id:?} is still there"
+    );
     app.stop().await;
 }
 
@@ -78,7 +117,14 @@ async fn a_failing_job_is_retried_by_the_workers_then_dead_lettered() {
     let id = app
         .app_state
         .queue
-        .enqueue("test.nobody_handles_this", serde_json::json!({}), agv_server::jobs::EnqueueOptions { max_attempts: 2, ..Default::default() })
+        .enqueue(
+            "test.nobody_handles_this",
+            serde_json::json!({}),
+            agv_server::jobs::EnqueueOptions {
+                max_attempts: 2,
+                ..Default::default()
+            },
+        )
         .unwrap();
     let started = std::time::Instant::now();
     let dead = loop {
@@ -86,14 +132,34 @@ async fn a_failing_job_is_retried_by_the_workers_then_dead_lettered() {
         if let Some(d) = dead.into_iter().find(|d| d.job.id == id) {
             break d;
         }
-        assert!(started.elapsed() < std::time::Duration::from_secs(15), "the job never reached the dead letters");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "the job never reached the dead letters"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
-    assert_eq!(dead.job.attempts, 2, "it was retried once after the first failure");
-    assert!(dead.job.last_error.as_deref().unwrap_or("").contains("no handler"), "{:?}", dead.job.last_error);
+    assert_eq!(
+        dead.job.attempts, 2,
+        "it was retried once after the first failure"
+    );
+    assert!(
+        dead.job
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("no handler"),
+        "{:?}",
+        dead.job.last_error
+    );
     let metrics = app.get("/metrics").await.text().await.unwrap();
-    assert!(metrics.contains("agv_jobs_retries_total{kind=\"test.nobody_handles_this\"} 1"), "{metrics}");
-    assert!(metrics.contains("agv_jobs_dead_total{kind=\"test.nobody_handles_this\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("agv_jobs_retries_total{kind=\"test.nobody_handles_this\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("agv_jobs_dead_total{kind=\"test.nobody_handles_this\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("agv_queue_dead_letters"), "{metrics}");
     app.stop().await;
 }
@@ -103,7 +169,9 @@ async fn ready_is_503_when_the_store_goes_away(backend: Backend) {
     if backend != Backend::Postgres {
         return;
     }
-    let Some(mut home) = DataHome::new(backend) else { return };
+    let Some(mut home) = DataHome::new(backend) else {
+        return;
+    };
     let app_home_pg = home.pg.take().unwrap();
     let url = app_home_pg.url.clone();
     let app = TestApp::start_with(home, |s| s.database_url = Some(url)).await;
@@ -113,7 +181,11 @@ async fn ready_is_503_when_the_store_goes_away(backend: Backend) {
     assert_eq!(res.status(), 503);
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["checks"]["store"]["ok"], false, "{body}");
-    assert_eq!(app.get("/health").await.status(), 200, "the process stays up");
+    assert_eq!(
+        app.get("/health").await.status(),
+        200,
+        "the process stays up"
+    );
     app.stop().await;
 }
 
@@ -130,9 +202,21 @@ async fn every_response_carries_a_request_id_and_echoes_a_sane_one() {
     let res = app.get("/health").await;
     let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(id.len(), 32);
-    let res = app.client.get(app.url("/health")).header("x-request-id", "trace-123").send().await.unwrap();
+    let res = app
+        .client
+        .get(app.url("/health"))
+        .header("x-request-id", "trace-123")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.headers()["x-request-id"], "trace-123");
-    let res = app.client.get(app.url("/health")).header("x-request-id", "bad id with spaces").send().await.unwrap();
+    let res = app
+        .client
+        .get(app.url("/health"))
+        .header("x-request-id", "bad id with spaces")
+        .send()
+        .await
+        .unwrap();
     assert_ne!(res.headers()["x-request-id"], "bad id with spaces");
     app.stop().await;
 }
@@ -142,11 +226,19 @@ async fn unauthenticated_endpoints_are_rate_limited_per_address() {
     let home = DataHome::new(Backend::Sqlite).unwrap();
     let app = TestApp::start_with(home, |s| s.unauth_rate_limit_per_minute = 5).await;
     for i in 0..5 {
-        assert_eq!(app.get("/health").await.status(), 200, "request {i} is within the limit");
+        assert_eq!(
+            app.get("/health").await.status(),
+            200,
+            "request {i} is within the limit"
+        );
     }
     let res = app.get("/health").await;
     assert_eq!(res.status(), 429);
-    let retry: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=12).contains(&retry), "retry-after {retry}");
     assert_eq!(crate::helpers::error_code(res).await, "rate_limit_exceeded");
     app.stop().await;
@@ -161,7 +253,10 @@ async fn security_headers_are_set_on_every_response() {
         assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
         assert_eq!(h["x-frame-options"], "DENY", "{path}");
         let csp = h["content-security-policy"].to_str().unwrap();
-        assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{path}: {csp}");
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+            "{path}: {csp}"
+        );
     }
     app.stop().await;
 }

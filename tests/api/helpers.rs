@@ -4,7 +4,7 @@
 use agv_server::config::Settings;
 use agv_server::startup::{Application, StartupError};
 use agv_server::store::testing::{PgTestDb, fresh_postgres_db};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use tempfile::TempDir;
 
@@ -28,7 +28,10 @@ impl DataHome {
             Backend::Sqlite => None,
             Backend::Postgres => Some(fresh_postgres_db()?),
         };
-        Some(Self { dir: tempfile::tempdir().expect("tempdir"), pg })
+        Some(Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+            pg,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -58,8 +61,15 @@ impl DataHome {
     /// Runs the CLI and returns trimmed stdout, failing the test with stderr if it failed.
     pub fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
-        assert!(out.status.success(), "agv-server {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).expect("utf-8 stdout").trim().to_owned()
+        assert!(
+            out.status.success(),
+            "agv-server {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8 stdout")
+            .trim()
+            .to_owned()
     }
 
     pub fn tenant_and_key(&self, scope: &str) -> (String, String) {
@@ -82,7 +92,6 @@ pub fn cli_command() -> Command {
 
 pub struct TestApp {
     pub address: String,
-    pub port: u16,
     pub client: reqwest::Client,
     pub home: DataHome,
     pub app_state: actix_web::web::Data<agv_server::startup::AppState>,
@@ -105,8 +114,10 @@ impl TestApp {
         let task = tokio::spawn(app.run_until_stopped());
         TestApp {
             address: format!("http://127.0.0.1:{port}"),
-            port,
-            client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client"),
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
             home,
             app_state,
             handle,
@@ -117,7 +128,10 @@ impl TestApp {
     /// Stops the server gracefully and hands back its data for a restart.
     pub async fn stop(self) -> DataHome {
         self.handle.stop(true).await;
-        self.task.await.expect("server task").expect("server stopped cleanly");
+        self.task
+            .await
+            .expect("server task")
+            .expect("server stopped cleanly");
         self.home
     }
 
@@ -126,11 +140,20 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).send().await.expect("request")
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
     }
 
     pub async fn get_with_key(&self, path: &str, key: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).bearer_auth(key).send().await.expect("request")
+        self.client
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("request")
     }
 }
 
@@ -144,17 +167,16 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
 pub async fn error_code(res: reqwest::Response) -> String {
     let body: serde_json::Value = res.json().await.expect("JSON error body");
     let err = &body["error"];
-    assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "error without message: {body}");
+    assert!(
+        err["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "error without message: {body}"
+    );
     assert!(err["type"].as_str().is_some(), "error without type: {body}");
     err["code"].as_str().expect("error code").to_owned()
 }
 
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-pub fn data_path(home: &DataHome, name: &str) -> PathBuf {
-    home.path().join(name)
 }
 
 /// Generates one `#[tokio::test]` per backend from `async fn name(backend: Backend)`.

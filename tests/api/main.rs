@@ -1,6 +1,8 @@
 //! HTTP and CLI integration tests: the real server on port 0 with a temp data dir, on
 //! SQLite and on Postgres; the real binary for the CLI.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod helpers;
 
 mod auth;

@@ -20,7 +20,11 @@ fn assert_fails_clearly(cmd: &mut Command, expected: &[&str]) {
 fn an_unknown_database_url_scheme_is_refused_without_creating_a_file() {
     let dir = tempfile::tempdir().unwrap();
     assert_fails_clearly(
-        cli_command().arg("--data").arg(dir.path()).args(["--database-url", "mysql://root@localhost/agv", "migrate"]),
+        cli_command().arg("--data").arg(dir.path()).args([
+            "--database-url",
+            "mysql://root@localhost/agv",
+            "migrate",
+        ]),
         &["scheme 'mysql'", "postgres://"],
     );
     assert!(!dir.path().join("agv.db").exists());
@@ -31,11 +35,27 @@ fn an_unreachable_postgres_is_reported_quickly() {
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     assert_fails_clearly(
-        cli_command().arg("--data").arg(dir.path()).args(["--database-url", "postgres://agv:secretpw@127.0.0.1:1/agv", "migrate"]),
+        cli_command().arg("--data").arg(dir.path()).args([
+            "--database-url",
+            "postgres://agv:secretpw@127.0.0.1:1/agv",
+            "migrate",
+        ]),
         &["127.0.0.1:1"],
     );
-    let out = cli_command().arg("--data").arg(dir.path()).args(["--database-url", "postgres://agv:secretpw@127.0.0.1:1/agv", "migrate"]).output().unwrap();
-    assert!(!stderr(&out).contains("secretpw"), "the password is never printed");
+    let out = cli_command()
+        .arg("--data")
+        .arg(dir.path())
+        .args([
+            "--database-url",
+            "postgres://agv:secretpw@127.0.0.1:1/agv",
+            "migrate",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !stderr(&out).contains("secretpw"),
+        "the password is never printed"
+    );
     assert!(started.elapsed() < Duration::from_secs(30));
 }
 
@@ -45,21 +65,46 @@ fn an_unwritable_data_dir_is_reported() {
     let file = dir.path().join("a-file");
     std::fs::write(&file, "x").unwrap();
     // A path below a regular file cannot be created, even by root.
-    assert_fails_clearly(cli_command().arg("--data").arg(file.join("data")).args(["tenant", "list"]), &["data directory", "--data"]);
+    assert_fails_clearly(
+        cli_command()
+            .arg("--data")
+            .arg(file.join("data"))
+            .args(["tenant", "list"]),
+        &["data directory", "--data"],
+    );
 }
 
 #[test]
 fn malformed_and_unknown_config_keys_are_reported_by_name() {
     let home = DataHome::new(Backend::Sqlite).unwrap();
     home.cli_ok(&["tenant", "create", "Keep me"]);
-    std::fs::write(home.path().join("config.toml"), "listen = \"127.0.0.1:0\"\nlisten_addr = \"x\"\n").unwrap();
-    assert_fails_clearly(cli_command().arg("--data").arg(home.path()).arg("serve"), &["unknown key 'listen_addr'", "config.toml"]);
+    std::fs::write(
+        home.path().join("config.toml"),
+        "listen = \"127.0.0.1:0\"\nlisten_addr = \"x\"\n",
+    )
+    .unwrap();
+    assert_fails_clearly(
+        cli_command().arg("--data").arg(home.path()).arg("serve"),
+        &["unknown key 'listen_addr'", "config.toml"],
+    );
     std::fs::write(home.path().join("config.toml"), "listen = [1, 2").unwrap();
-    assert_fails_clearly(cli_command().arg("--data").arg(home.path()).args(["tenant", "list"]), &["config.toml", "TOML"]);
+    assert_fails_clearly(
+        cli_command()
+            .arg("--data")
+            .arg(home.path())
+            .args(["tenant", "list"]),
+        &["config.toml", "TOML"],
+    );
     std::fs::write(home.path().join("config.toml"), "log_format = \"xml\"").unwrap();
-    assert_fails_clearly(cli_command().arg("--data").arg(home.path()).arg("serve"), &["log_format", "config.toml"]);
+    assert_fails_clearly(
+        cli_command().arg("--data").arg(home.path()).arg("serve"),
+        &["log_format", "config.toml"],
+    );
     std::fs::remove_file(home.path().join("config.toml")).unwrap();
-    assert!(home.cli_ok(&["tenant", "list"]).contains("Keep me"), "nothing stored was lost");
+    assert!(
+        home.cli_ok(&["tenant", "list"]).contains("Keep me"),
+        "nothing stored was lost"
+    );
 }
 
 #[test]
@@ -72,10 +117,21 @@ fn a_data_dir_from_a_newer_version_is_refused_and_left_alone() {
         conn.execute("INSERT INTO agv_schema_migrations (version, name, checksum, applied_at) VALUES (9999, 'future', 'x', 0)", [])
             .unwrap();
     }
-    assert_fails_clearly(cli_command().arg("--data").arg(home.path()).arg("migrate"), &["newer agv-server", "9999"]);
-    assert_fails_clearly(cli_command().arg("--data").arg(home.path()).args(["--listen", "127.0.0.1:0", "serve"]), &["newer agv-server"]);
+    assert_fails_clearly(
+        cli_command().arg("--data").arg(home.path()).arg("migrate"),
+        &["newer agv-server", "9999"],
+    );
+    assert_fails_clearly(
+        cli_command()
+            .arg("--data")
+            .arg(home.path())
+            .args(["--listen", "127.0.0.1:0", "serve"]),
+        &["newer agv-server"],
+    );
     let conn = rusqlite::Connection::open(&db).unwrap();
-    let n: i64 = conn.query_row("SELECT count(*) FROM tenants", [], |r| r.get(0)).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM tenants", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(n, 1, "the data is untouched");
 }
 
@@ -84,14 +140,24 @@ fn a_port_in_use_is_reported() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
-    assert_fails_clearly(cli_command().arg("--data").arg(dir.path()).args(["--listen", &addr, "serve"]), &["cannot listen on", &addr, "--listen"]);
+    assert_fails_clearly(
+        cli_command()
+            .arg("--data")
+            .arg(dir.path())
+            .args(["--listen", &addr, "serve"]),
+        &["cannot listen on", &addr, "--listen"],
+    );
 }
 
 /// A plain HTTP/1.1 GET over TCP; returns the whole response text.
 fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
@@ -99,7 +165,14 @@ fn http_get(port: u16, path: &str) -> String {
 
 /// Starts the real binary, waits until it logs its port; returns the child, the port, the
 /// log lines up to then, and the rest of the log.
-fn start_server(data: &std::path::Path) -> (std::process::Child, u16, String, BufReader<std::process::ChildStderr>) {
+fn start_server(
+    data: &std::path::Path,
+) -> (
+    std::process::Child,
+    u16,
+    String,
+    BufReader<std::process::ChildStderr>,
+) {
     let mut child = cli_command()
         .arg("--data")
         .arg(data)
@@ -114,7 +187,10 @@ fn start_server(data: &std::path::Path) -> (std::process::Child, u16, String, Bu
     let mut before = String::new();
     let port = loop {
         line.clear();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "server exited before listening: {before}");
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "server exited before listening: {before}"
+        );
         before.push_str(&line);
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
             && v["message"] == "agv-server listening"
@@ -130,14 +206,20 @@ fn sigterm_stops_the_server_gracefully_with_exit_code_zero() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, port, _, mut log) = start_server(dir.path());
     let res = http_get(port, "/health");
-    assert!(res.starts_with("HTTP/1.1 200") && res.contains("ok"), "{res}");
+    assert!(
+        res.starts_with("HTTP/1.1 200") && res.contains("ok"),
+        "{res}"
+    );
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let started = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(started.elapsed() < Duration::from_secs(15), "server did not stop after SIGTERM");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "server did not stop after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "exit status {status:?}");
@@ -149,7 +231,11 @@ fn sigterm_stops_the_server_gracefully_with_exit_code_zero() {
 #[test]
 fn the_server_logs_its_effective_settings_and_their_sources_without_secrets() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("config.toml"), "upstream_api_key = \"sk-super-secret-value\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "upstream_api_key = \"sk-super-secret-value\"\n",
+    )
+    .unwrap();
     let (mut child, _port, startup_log, _) = start_server(dir.path());
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait().unwrap();

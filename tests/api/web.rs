@@ -12,17 +12,32 @@ async fn the_page_and_its_assets_are_served_with_the_right_types_and_caching() {
     assert_eq!(res.headers()["cache-control"], "no-cache");
     let etag = res.headers()["etag"].to_str().unwrap().to_owned();
     let html = res.text().await.unwrap();
-    assert!(html.contains("agv-server") && html.contains("base_url"), "the page says how to connect a client");
-    assert!(!html.contains("<script>") && !html.contains("onclick="), "no inline script");
+    assert!(
+        html.contains("agv-server") && html.contains("base_url"),
+        "the page says how to connect a client"
+    );
+    assert!(
+        !html.contains("<script>") && !html.contains("onclick="),
+        "no inline script"
+    );
 
     let res = app.get("/app.js").await;
     assert_eq!(res.status(), 200);
-    assert_eq!(res.headers()["content-type"], "text/javascript; charset=utf-8");
+    assert_eq!(
+        res.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
     assert_eq!(res.headers()["cache-control"], "public, max-age=3600");
     let res = app.get("/app.css").await;
     assert_eq!(res.headers()["content-type"], "text/css; charset=utf-8");
 
-    let res = app.client.get(app.url("/")).header("if-none-match", &etag).send().await.unwrap();
+    let res = app
+        .client
+        .get(app.url("/"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 304, "a matching ETag gives 304");
     app.stop().await;
 }
@@ -37,12 +52,27 @@ async fn unknown_pages_fall_back_to_the_app_but_api_paths_and_missing_assets_do_
     for path in ["/v1/nope", "/api/nope", "/v1", "/api"] {
         let res = app.get(path).await;
         assert_eq!(res.status(), 404, "{path}");
-        assert!(res.headers()["content-type"].to_str().unwrap().starts_with("application/json"), "{path}");
+        assert!(
+            res.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json"),
+            "{path}"
+        );
         assert_eq!(error_code(res).await, "not_found");
     }
-    let res = app.client.post(app.url("/v1/nope")).body("{}").send().await.unwrap();
+    let res = app
+        .client
+        .post(app.url("/v1/nope"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 404);
     assert_eq!(app.get("/missing.js").await.status(), 404);
-    assert_eq!(app.client.post(app.url("/")).send().await.unwrap().status(), 405);
+    assert_eq!(
+        app.client.post(app.url("/")).send().await.unwrap().status(),
+        405
+    );
     app.stop().await;
 }
