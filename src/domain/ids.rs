@@ -83,6 +83,8 @@ prefixed_id!(TenantId, "ten_", "tenant");
 prefixed_id!(KeyId, "key_", "key");
 prefixed_id!(UserId, "usr_", "user");
 prefixed_id!(SessionId, "ses_", "session");
+prefixed_id!(CallId, "call_", "call");
+prefixed_id!(FreezeId, "frz_", "freeze");
 
 #[cfg(test)]
 mod tests {

@@ -3,14 +3,24 @@
 //! Nothing in here performs I/O. Every value that comes from a user is parsed into a
 //! type with a private field (`parse`/`TryFrom`), so the rest of the code can trust it.
 
+pub mod call;
+pub mod decision;
+pub mod freeze;
 pub mod ids;
 pub mod keys;
+pub mod money;
+pub mod policy;
 pub mod tenant;
 pub mod time;
 pub mod user;
 
-pub use ids::{KeyId, SessionId, TenantId, UserId};
+pub use call::{CallCursor, CallFilter, CallRecord};
+pub use decision::{Decision, Outcome};
+pub use freeze::{FreezeAction, FreezeEvent};
+pub use ids::{CallId, FreezeId, KeyId, SessionId, TenantId, UserId};
 pub use keys::{ApiKeyRecord, KeyHash, KeySecret, NewApiKey, Scope};
+pub use money::Money;
+pub use policy::PolicyConfig;
 pub use tenant::{Tenant, TenantName};
 pub use time::Timestamp;
 pub use user::{Email, NewSession, NewUser, PasswordHash, Role, Session, User};

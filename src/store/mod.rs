@@ -14,8 +14,8 @@ pub mod sqlite;
 pub mod testing;
 
 use crate::domain::{
-    ApiKeyRecord, Email, KeyHash, KeyId, NewApiKey, NewSession, NewUser, Session, Tenant, TenantId,
-    Timestamp, User, UserId,
+    ApiKeyRecord, CallCursor, CallFilter, CallId, CallRecord, Email, FreezeEvent, KeyHash, KeyId,
+    Money, NewApiKey, NewSession, NewUser, Session, Tenant, TenantId, Timestamp, User, UserId,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -126,6 +126,52 @@ pub trait Store: Send + Sync + 'static {
     fn delete_session(&self, token_hash: &str) -> StoreResult<()>;
     /// Removes expired sessions; returns how many were removed.
     fn purge_expired_sessions(&self, now: Timestamp) -> StoreResult<u64>;
+
+    // Calls (the recorder's group commit writes many in one transaction). A call id that
+    // exists already is a Conflict and the whole batch is rolled back.
+    fn insert_calls(&self, calls: &[CallRecord]) -> StoreResult<()>;
+    /// `tenant: None` means the instance operator.
+    fn get_call(&self, tenant: Option<&TenantId>, id: &CallId) -> StoreResult<CallRecord>;
+    /// Newest first (`created_at` desc, then id desc), strictly after `after` when given.
+    fn list_calls(
+        &self,
+        tenant: &TenantId,
+        filter: &CallFilter,
+        after: Option<&CallCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<CallRecord>>;
+    /// Counts for the protection summary: calls since `since`, how many were blocked, how
+    /// many ended in an upstream error (status >= 500).
+    fn call_counts(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<CallCounts>;
+    /// Sum of known costs of the tenant's calls created at or after `since`.
+    fn spend_since(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<Money>;
+
+    // Kill switch. Recording an event also records a `Change` with topic "killswitch".
+    fn record_freeze_event(&self, event: &FreezeEvent) -> StoreResult<()>;
+    /// The latest event of every target (tenant, or tenant+key) whose latest action is Freeze.
+    fn active_freezes(&self) -> StoreResult<Vec<FreezeEvent>>;
+    /// A tenant's freeze history, newest first.
+    fn list_freeze_events(&self, tenant: &TenantId, limit: u32) -> StoreResult<Vec<FreezeEvent>>;
+
+    // Per-tenant guardrail overrides (a JSON object; see `PolicyConfig`). Putting also
+    // records a `Change` with topic "policy" and ref_id the tenant id.
+    fn get_tenant_policy(&self, tenant: &TenantId) -> StoreResult<Option<serde_json::Value>>;
+    fn put_tenant_policy(
+        &self,
+        tenant: &TenantId,
+        overrides: &serde_json::Value,
+        at: Timestamp,
+    ) -> StoreResult<()>;
+    /// Every tenant's overrides, for loading the guard at start.
+    fn list_tenant_policies(&self) -> StoreResult<Vec<(TenantId, serde_json::Value)>>;
+}
+
+/// Counts for `GET /v1/status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallCounts {
+    pub total: i64,
+    pub blocked: i64,
+    pub upstream_errors: i64,
 }
 
 pub type DynStore = Arc<dyn Store>;

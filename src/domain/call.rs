@@ -1,0 +1,129 @@
+//! A recorded call: everything agv-server knows about one request through the front door,
+//! whether it was forwarded or stopped. Records are evidence, so they are written once
+//! and never updated.
+
+use super::{CallId, Decision, KeyId, Money, TenantId, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// The OpenAI-compatible endpoint a call used.
+pub mod endpoint {
+    pub const CHAT_COMPLETIONS: &str = "chat.completions";
+    pub const EMBEDDINGS: &str = "embeddings";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    pub id: CallId,
+    pub tenant_id: TenantId,
+    pub key_id: KeyId,
+    pub created_at: Timestamp,
+    /// `chat.completions` or `embeddings`.
+    pub endpoint: String,
+    pub model: Option<String>,
+    pub stream: bool,
+    /// The end user: the OpenAI `user` field or the `x-agv-user-id` header.
+    pub end_user: Option<String>,
+    pub session_id: Option<String>,
+    /// The `x-agv-metadata` header, a JSON object.
+    pub metadata: Option<serde_json::Value>,
+
+    /// The request body as received (up to the configured maximum).
+    pub request_body: String,
+    pub request_truncated: bool,
+    /// SHA-256 (hex) of the whole request body, even when the stored body is truncated.
+    pub request_sha256: String,
+    /// The response body sent to the client (for a stream: the relayed SSE text).
+    pub response_body: Option<String>,
+    pub response_truncated: bool,
+    pub response_sha256: Option<String>,
+
+    /// The HTTP status returned to the client.
+    pub status: u16,
+    /// The error given to the client, if any.
+    pub error: Option<String>,
+    /// True when a check stopped the call before the upstream.
+    pub blocked: bool,
+    /// The policy that stopped it (`killswitch`, `dg-003`, `budget`, …).
+    pub blocked_by: Option<String>,
+    pub decisions: Vec<Decision>,
+
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+    pub cached_tokens: Option<i64>,
+    pub total_tokens: Option<i64>,
+    /// `None` when the model's price is unknown — never recorded as zero.
+    pub cost: Option<Money>,
+
+    /// Time from the request's arrival to its last byte, in microseconds.
+    pub latency_us: i64,
+    /// Time the upstream took (all attempts), in microseconds; `None` if never called.
+    pub upstream_latency_us: Option<i64>,
+    /// Time the checks took, in microseconds.
+    pub enforcement_us: i64,
+    /// Upstream attempts made (0 when blocked).
+    pub upstream_attempts: i32,
+    /// The upstream base URL that served the call.
+    pub upstream: Option<String>,
+}
+
+/// Filters for listing calls; every field narrows the result.
+#[derive(Debug, Clone, Default)]
+pub struct CallFilter {
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+    pub end_user: Option<String>,
+    pub session_id: Option<String>,
+    pub key_id: Option<KeyId>,
+    pub model: Option<String>,
+    pub status: Option<u16>,
+    pub blocked: Option<bool>,
+}
+
+/// A position in a newest-first list of calls: the last row of the previous page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallCursor {
+    pub created_at: Timestamp,
+    pub id: CallId,
+}
+
+impl CallCursor {
+    /// An opaque text form for APIs: `<millis>.<id>`.
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.created_at.millis(), self.id)
+    }
+
+    pub fn decode(s: &str) -> Result<Self, super::ParseError> {
+        let bad = || {
+            super::ParseError::new(
+                "invalid cursor: pass back the next_cursor value of the previous page",
+            )
+        };
+        let (ms, id) = s.split_once('.').ok_or_else(bad)?;
+        Ok(Self {
+            created_at: Timestamp::from_millis(ms.parse().map_err(|_| bad())?),
+            id: CallId::parse(id).map_err(|_| bad())?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let c = CallCursor {
+            created_at: Timestamp::from_millis(1_700_000_000_123),
+            id: CallId::generate(),
+        };
+        assert_eq!(CallCursor::decode(&c.encode()).unwrap(), c);
+        for bad in [
+            "",
+            "x",
+            "1.call_x",
+            "abc.call_00000000000000000000000000000000",
+        ] {
+            assert!(CallCursor::decode(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! What each check decided about a call: the record that makes enforcement explainable.
+//!
+//! Every proxied call carries the ordered list of decisions that were taken on it — the
+//! kill switch first, then each guardrail — each with the measured value and the threshold
+//! it was compared with, so the timeline can say exactly why a call passed or was stopped.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Pass,
+    Block,
+    Throttle,
+    Freeze,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Block => "block",
+            Self::Throttle => "throttle",
+            Self::Freeze => "freeze",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pass" => Some(Self::Pass),
+            "block" => Some(Self::Block),
+            "throttle" => Some(Self::Throttle),
+            "freeze" => Some(Self::Freeze),
+            _ => None,
+        }
+    }
+
+    /// Whether the call was stopped by this decision.
+    pub fn stops(self) -> bool {
+        !matches!(self, Self::Pass)
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Policy ids of the built-in checks.
+pub mod policy {
+    pub const KILL_SWITCH: &str = "killswitch";
+    pub const MAX_COST: &str = "dg-001";
+    pub const MAX_TOKENS: &str = "dg-002";
+    pub const RATE_LIMIT: &str = "dg-003";
+    pub const FAILURE_SPIKE: &str = "dg-004";
+    pub const PROMPT_INJECTION: &str = "dg-005";
+    pub const BUDGET: &str = "budget";
+}
+
+/// One check's verdict on one call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// `killswitch`, `dg-001` … `dg-005`, `budget`, or a tenant rule id.
+    pub policy: String,
+    pub outcome: Outcome,
+    /// What was measured (tokens, dollars, requests in the window, …), when numeric.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub threshold: Option<f64>,
+    /// The unit of value and threshold: "tokens", "usd", "requests/min", …
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub unit: Option<String>,
+    /// A sentence a person can read.
+    pub reason: String,
+    /// Time the check took, in microseconds.
+    #[serde(default)]
+    pub micros: u32,
+}
+
+impl Decision {
+    pub fn pass(policy: &str, reason: impl Into<String>) -> Self {
+        Self {
+            policy: policy.into(),
+            outcome: Outcome::Pass,
+            value: None,
+            threshold: None,
+            unit: None,
+            reason: reason.into(),
+            micros: 0,
+        }
+    }
+
+    pub fn new(policy: &str, outcome: Outcome, reason: impl Into<String>) -> Self {
+        Self {
+            outcome,
+            ..Self::pass(policy, reason)
+        }
+    }
+
+    pub fn measured(mut self, value: f64, threshold: f64, unit: &str) -> Self {
+        self.value = Some(value);
+        self.threshold = Some(threshold);
+        self.unit = Some(unit.into());
+        self
+    }
+}
