@@ -72,6 +72,7 @@ pub struct Change {
     pub ref_id: String,
 }
 
+#[allow(unused_variables)] // TEMP(main): until the store2 branch lands
 pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> Backend;
     /// A cheap round-trip proving the database answers (used by `/ready`).
@@ -129,9 +130,13 @@ pub trait Store: Send + Sync + 'static {
 
     // Calls (the recorder's group commit writes many in one transaction). A call id that
     // exists already is a Conflict and the whole batch is rolled back.
-    fn insert_calls(&self, calls: &[CallRecord]) -> StoreResult<()>;
+    fn insert_calls(&self, calls: &[CallRecord]) -> StoreResult<()> {
+        Err(StoreError::Unavailable("not implemented".into())) // TEMP(main)
+    }
     /// `tenant: None` means the instance operator.
-    fn get_call(&self, tenant: Option<&TenantId>, id: &CallId) -> StoreResult<CallRecord>;
+    fn get_call(&self, tenant: Option<&TenantId>, id: &CallId) -> StoreResult<CallRecord> {
+        Err(StoreError::Unavailable("not implemented".into())) // TEMP(main)
+    }
     /// Newest first (`created_at` desc, then id desc), strictly after `after` when given.
     fn list_calls(
         &self,
@@ -139,31 +144,49 @@ pub trait Store: Send + Sync + 'static {
         filter: &CallFilter,
         after: Option<&CallCursor>,
         limit: u32,
-    ) -> StoreResult<Vec<CallRecord>>;
+    ) -> StoreResult<Vec<CallRecord>> {
+        Err(StoreError::Unavailable("not implemented".into())) // TEMP(main)
+    }
     /// Counts for the protection summary: calls since `since`, how many were blocked, how
     /// many ended in an upstream error (status >= 500).
-    fn call_counts(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<CallCounts>;
+    fn call_counts(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<CallCounts> {
+        Err(StoreError::Unavailable("not implemented".into())) // TEMP(main)
+    }
     /// Sum of known costs of the tenant's calls created at or after `since`.
-    fn spend_since(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<Money>;
+    fn spend_since(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<Money> {
+        Err(StoreError::Unavailable("not implemented".into())) // TEMP(main)
+    }
 
     // Kill switch. Recording an event also records a `Change` with topic "killswitch".
-    fn record_freeze_event(&self, event: &FreezeEvent) -> StoreResult<()>;
+    fn record_freeze_event(&self, event: &FreezeEvent) -> StoreResult<()> {
+        Err(StoreError::Unavailable("not implemented".into())) // TEMP(main)
+    }
     /// The latest event of every target (tenant, or tenant+key) whose latest action is Freeze.
-    fn active_freezes(&self) -> StoreResult<Vec<FreezeEvent>>;
+    fn active_freezes(&self) -> StoreResult<Vec<FreezeEvent>> {
+        Err(StoreError::Unavailable("not implemented".into())) // TEMP(main)
+    }
     /// A tenant's freeze history, newest first.
-    fn list_freeze_events(&self, tenant: &TenantId, limit: u32) -> StoreResult<Vec<FreezeEvent>>;
+    fn list_freeze_events(&self, tenant: &TenantId, limit: u32) -> StoreResult<Vec<FreezeEvent>> {
+        Err(StoreError::Unavailable("not implemented".into())) // TEMP(main)
+    }
 
     // Per-tenant guardrail overrides (a JSON object; see `PolicyConfig`). Putting also
     // records a `Change` with topic "policy" and ref_id the tenant id.
-    fn get_tenant_policy(&self, tenant: &TenantId) -> StoreResult<Option<serde_json::Value>>;
+    fn get_tenant_policy(&self, tenant: &TenantId) -> StoreResult<Option<serde_json::Value>> {
+        Err(StoreError::Unavailable("not implemented".into())) // TEMP(main)
+    }
     fn put_tenant_policy(
         &self,
         tenant: &TenantId,
         overrides: &serde_json::Value,
         at: Timestamp,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<()> {
+        Err(StoreError::Unavailable("not implemented".into())) // TEMP(main)
+    }
     /// Every tenant's overrides, for loading the guard at start.
-    fn list_tenant_policies(&self) -> StoreResult<Vec<(TenantId, serde_json::Value)>>;
+    fn list_tenant_policies(&self) -> StoreResult<Vec<(TenantId, serde_json::Value)>> {
+        Err(StoreError::Unavailable("not implemented".into())) // TEMP(main)
+    }
 }
 
 /// Counts for `GET /v1/status`.
