@@ -948,7 +948,7 @@ fn a_duplicate_call_id_rolls_back_the_whole_batch(store: &dyn Store) {
     let t = new_tenant(store, "Acme", 0);
     let key = KeyId::generate();
     let existing = full_call(&t.id, &key, 1);
-    store.insert_calls(&[existing.clone()]).unwrap();
+    store.insert_calls(std::slice::from_ref(&existing)).unwrap();
 
     let fresh = bare_call(&t.id, &key, 2);
     let mut again = bare_call(&t.id, &key, 3);
@@ -1117,14 +1117,14 @@ fn calls_are_listed_newest_first_with_every_filter(store: &dyn Store) {
             status: Some(502),
             ..all()
         }),
-        ids(&[c3.clone()])
+        vec![c3.id.clone()]
     );
     assert_eq!(
         list(CallFilter {
             blocked: Some(true),
             ..all()
         }),
-        ids(&[c2.clone()])
+        vec![c2.id.clone()]
     );
     assert_eq!(
         list(CallFilter {
@@ -1140,7 +1140,7 @@ fn calls_are_listed_newest_first_with_every_filter(store: &dyn Store) {
             status: Some(200),
             ..all()
         }),
-        ids(&[c1.clone()]),
+        vec![c1.id.clone()],
         "filters combine"
     );
     assert!(

@@ -39,10 +39,12 @@ CREATE TABLE calls (
     upstream_attempts    INTEGER NOT NULL,
     upstream             TEXT
 );
+-- Each filter index ends in the page order (created_at DESC, id DESC), so a filtered
+-- page is one range scan of one index with no sort, also after a cursor.
 CREATE INDEX calls_tenant_created ON calls (tenant_id, created_at DESC, id DESC);
-CREATE INDEX calls_tenant_end_user ON calls (tenant_id, end_user, created_at);
-CREATE INDEX calls_tenant_session ON calls (tenant_id, session_id, created_at);
-CREATE INDEX calls_tenant_key ON calls (tenant_id, key_id, created_at);
+CREATE INDEX calls_tenant_end_user ON calls (tenant_id, end_user, created_at DESC, id DESC);
+CREATE INDEX calls_tenant_session ON calls (tenant_id, session_id, created_at DESC, id DESC);
+CREATE INDEX calls_tenant_key ON calls (tenant_id, key_id, created_at DESC, id DESC);
 
 -- Kill-switch history. A target is a tenant (key_id NULL) or one key of it; its state is
 -- its latest event by (at, seq). seq is the insertion order, so two events in the same
