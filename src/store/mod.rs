@@ -129,6 +129,9 @@ pub trait Store: Send + Sync + 'static {
 
     // Calls (the recorder's group commit writes many in one transaction). A call id that
     // exists already is a Conflict and the whole batch is rolled back.
+    /// A call of an unknown tenant is NotFound (the batch is rolled back too). A U+0000 in
+    /// any text field is stored as U+FFFD on both backends (Postgres text cannot hold it,
+    /// and one odd body must not fail everyone's batch); the SHA-256 fields are unchanged.
     fn insert_calls(&self, calls: &[CallRecord]) -> StoreResult<()>;
     /// `tenant: None` means the instance operator.
     fn get_call(&self, tenant: Option<&TenantId>, id: &CallId) -> StoreResult<CallRecord>;
