@@ -147,6 +147,9 @@ pub struct Settings {
     pub database_url: Option<String>,
     pub upstream_url: String,
     pub upstream_api_key: Option<String>,
+    pub upstream_timeout: std::time::Duration,
+    pub upstream_retries: u32,
+    pub max_stored_body_bytes: usize,
     pub log_format: LogFormat,
     pub log_level: String,
     pub max_body_bytes: usize,
@@ -284,6 +287,15 @@ impl Settings {
             .trim()
             .to_owned();
         validate_cron(&housekeeping_cron).map_err(|e| bad("housekeeping_cron", &e))?;
+        let upstream_timeout = parse_duration(get("upstream_timeout").unwrap_or("30s")).map_err(|e| bad("upstream_timeout", &e.0))?;
+        if upstream_timeout.is_zero() {
+            return Err(bad("upstream_timeout", "must be more than zero"));
+        }
+        let upstream_retries = number("upstream_retries")?;
+        if upstream_retries > 10 {
+            return Err(bad("upstream_retries", "expected between 0 and 10"));
+        }
+        let max_stored_body_bytes = usize::try_from(number("max_stored_body_bytes")?).map_err(|_| bad("max_stored_body_bytes", "too large"))?;
         let shutdown_timeout = parse_duration(get("shutdown_timeout").unwrap_or("30s"))
             .map_err(|e| bad("shutdown_timeout", &e.0))?;
         let database_url = get("database_url")
@@ -301,6 +313,9 @@ impl Settings {
             database_url,
             upstream_url,
             upstream_api_key,
+            upstream_timeout,
+            upstream_retries: upstream_retries as u32,
+            max_stored_body_bytes,
             log_format,
             log_level: get("log_level").unwrap_or("info").trim().to_owned(),
             max_body_bytes: usize::try_from(max_body_bytes)
