@@ -12,5 +12,6 @@ mod durability;
 mod enforcement;
 mod health;
 mod proxy;
+mod sdk;
 mod startup_errors;
 mod web;
