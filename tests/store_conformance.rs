@@ -7,13 +7,19 @@
 // allow-unwrap-in-tests does not reach; a failed unwrap in a test is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use agv_server::domain::call::endpoint;
+use agv_server::domain::decision::policy;
 use agv_server::domain::{
-    Email, KeyId, NewApiKey, NewSession, NewUser, PasswordHash, Role, Scope, SessionId, Tenant,
-    TenantId, TenantName, Timestamp, UserId,
+    CallCursor, CallFilter, CallId, CallRecord, Decision, Email, FreezeAction, FreezeEvent,
+    FreezeId, KeyId, Money, NewApiKey, NewSession, NewUser, Outcome, PasswordHash, Role, Scope,
+    SessionId, Tenant, TenantId, TenantName, Timestamp, UserId,
 };
 use agv_server::store::migrate::known_version;
 use agv_server::store::testing::{PgTestDb, fresh_postgres_db};
-use agv_server::store::{self, Backend, DynStore, Store, StoreError, StoreResult, run_blocking};
+use agv_server::store::{
+    self, Backend, CallCounts, DynStore, Store, StoreError, StoreResult, run_blocking,
+};
+use serde_json::json;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -174,6 +180,21 @@ conformance! {
         sessions_are_found_until_they_expire_and_can_be_deleted,
         expired_sessions_are_purged_and_live_ones_kept,
         ping_answers_and_pool_stats_count_connections,
+        a_batch_of_calls_reads_back_field_for_field,
+        a_duplicate_call_id_rolls_back_the_whole_batch,
+        a_call_for_an_unknown_tenant_is_not_found_and_nothing_from_its_batch_is_kept,
+        a_nul_character_in_a_body_does_not_fail_the_batch,
+        calls_are_listed_newest_first_with_every_filter,
+        pages_of_calls_have_no_gaps_or_duplicates_even_within_one_millisecond,
+        a_page_of_calls_holds_at_most_a_thousand,
+        calls_of_another_tenant_are_neither_found_nor_listed,
+        call_counts_and_spend_cover_the_window_of_one_tenant_and_skip_unknown_costs,
+        freezes_and_unfreezes_are_kept_as_history_and_the_latest_event_per_target_wins,
+        of_two_events_in_the_same_millisecond_the_later_insert_wins,
+        a_freeze_for_an_unknown_tenant_is_not_found_and_a_duplicate_id_is_a_conflict,
+        tenant_policies_are_put_replaced_read_and_listed,
+        freezes_and_policy_changes_are_recorded_in_the_change_feed,
+        ten_thousand_calls_insert_in_batches_of_a_hundred_and_the_rate_is_printed,
     ],
     db: [
         migrations_are_applied_and_recorded_with_their_checksums,
@@ -769,4 +790,786 @@ async fn the_store_is_opened_used_and_dropped_from_async_code_through_run_blocki
     // Dropping the last handle on an async worker thread must not panic.
     drop(store);
     drop(target);
+}
+
+// ---------------------------------------------------------------------------------------
+// Calls
+
+/// A call with every optional field set, unicode text and several decisions.
+fn full_call(tenant: &TenantId, key: &KeyId, created: i64) -> CallRecord {
+    CallRecord {
+        id: CallId::generate(),
+        tenant_id: tenant.clone(),
+        key_id: key.clone(),
+        created_at: at(created),
+        endpoint: endpoint::CHAT_COMPLETIONS.to_owned(),
+        model: Some("gpt-4o-mini".to_owned()),
+        stream: true,
+        end_user: Some("usér-42 🦀".to_owned()),
+        session_id: Some("sess-1".to_owned()),
+        metadata: Some(json!({
+            "team": "search",
+            "emoji": "🦀",
+            "nested": {"n": 1, "f": 0.1, "big": 12345678901234_i64, "list": [1, "two", null, true]},
+        })),
+        request_body:
+            r#"{"messages":[{"role":"user","content":"こんにちは 👋 — «ça va?» \"quoted\"\n"}]}"#
+                .to_owned(),
+        request_truncated: true,
+        request_sha256: "ab".repeat(32),
+        response_body: Some("data: {\"x\":\"é\"}\n\ndata: [DONE]\n\n".to_owned()),
+        response_truncated: false,
+        response_sha256: Some("cd".repeat(32)),
+        status: 200,
+        error: Some("upstream said: 😵".to_owned()),
+        blocked: false,
+        blocked_by: Some("none-really".to_owned()),
+        decisions: vec![
+            Decision::pass(policy::KILL_SWITCH, "not frozen"),
+            Decision::new(policy::MAX_TOKENS, Outcome::Pass, "within the limit")
+                .measured(1234.0, 16_000.0, "tokens"),
+            Decision {
+                policy: policy::MAX_COST.to_owned(),
+                outcome: Outcome::Throttle,
+                value: Some(0.1 + 0.2),
+                threshold: Some(1e-9),
+                unit: Some("usd".to_owned()),
+                reason: "coût élevé ✓".to_owned(),
+                micros: 17,
+            },
+        ],
+        prompt_tokens: Some(12),
+        completion_tokens: Some(34),
+        cached_tokens: Some(0),
+        total_tokens: Some(46),
+        cost: Some(Money::from_nanos(123_456_789_012)),
+        latency_us: 1_234_567,
+        upstream_latency_us: Some(1_000_000),
+        enforcement_us: 42,
+        upstream_attempts: 2,
+        upstream: Some("http://127.0.0.1:9/v1".to_owned()),
+    }
+}
+
+/// A call blocked before the upstream: every optional field empty.
+fn bare_call(tenant: &TenantId, key: &KeyId, created: i64) -> CallRecord {
+    CallRecord {
+        id: CallId::generate(),
+        tenant_id: tenant.clone(),
+        key_id: key.clone(),
+        created_at: at(created),
+        endpoint: endpoint::EMBEDDINGS.to_owned(),
+        model: None,
+        stream: false,
+        end_user: None,
+        session_id: None,
+        metadata: None,
+        request_body: String::new(),
+        request_truncated: false,
+        request_sha256: "00".repeat(32),
+        response_body: None,
+        response_truncated: false,
+        response_sha256: None,
+        status: 423,
+        error: None,
+        blocked: true,
+        blocked_by: None,
+        decisions: Vec::new(),
+        prompt_tokens: None,
+        completion_tokens: None,
+        cached_tokens: None,
+        total_tokens: None,
+        cost: None,
+        latency_us: 0,
+        upstream_latency_us: None,
+        enforcement_us: 0,
+        upstream_attempts: 0,
+        upstream: None,
+    }
+}
+
+fn ids(calls: &[CallRecord]) -> Vec<CallId> {
+    calls.iter().map(|c| c.id.clone()).collect()
+}
+
+/// Ids in the store's order: created_at desc, then id desc.
+fn newest_first(calls: &[CallRecord]) -> Vec<CallId> {
+    let mut sorted: Vec<&CallRecord> = calls.iter().collect();
+    sorted.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+    sorted.into_iter().map(|c| c.id.clone()).collect()
+}
+
+fn a_batch_of_calls_reads_back_field_for_field(store: &dyn Store) {
+    let t = new_tenant(store, "Acme", 0);
+    let key = KeyId::generate();
+    let full = full_call(&t.id, &key, 10);
+    let bare = bare_call(&t.id, &key, 20);
+    let mut zero = full_call(&t.id, &key, 30);
+    zero.cost = Some(Money::ZERO);
+    zero.prompt_tokens = Some(0);
+    zero.metadata = Some(json!({}));
+    zero.status = u16::MAX;
+    zero.latency_us = i64::MAX;
+    let mut huge = full_call(&t.id, &key, 40);
+    huge.request_body = "ü".repeat(200_000);
+    huge.cost = Some(Money::from_nanos(i64::MAX));
+    huge.metadata = Some(json!(["not", "an", "object"]));
+    let batch = vec![full.clone(), bare.clone(), zero.clone(), huge.clone()];
+    let seq = store.latest_change_seq().unwrap();
+
+    store.insert_calls(&batch).unwrap();
+    store.insert_calls(&[]).unwrap();
+
+    for c in &batch {
+        assert_eq!(&store.get_call(Some(&t.id), &c.id).unwrap(), c);
+        assert_eq!(&store.get_call(None, &c.id).unwrap(), c);
+    }
+    assert_eq!(store.get_call(None, &bare.id).unwrap().cost, None);
+    assert_eq!(
+        store.get_call(None, &zero.id).unwrap().cost,
+        Some(Money::ZERO)
+    );
+    let listed = store
+        .list_calls(&t.id, &CallFilter::default(), None, 10)
+        .unwrap();
+    assert_eq!(listed, vec![huge, zero, bare, full]);
+    assert_eq!(
+        store.latest_change_seq().unwrap(),
+        seq,
+        "recording calls records no change"
+    );
+    assert!(matches!(
+        store.get_call(None, &CallId::generate()),
+        Err(StoreError::NotFound)
+    ));
+}
+
+fn a_duplicate_call_id_rolls_back_the_whole_batch(store: &dyn Store) {
+    let t = new_tenant(store, "Acme", 0);
+    let key = KeyId::generate();
+    let existing = full_call(&t.id, &key, 1);
+    store.insert_calls(std::slice::from_ref(&existing)).unwrap();
+
+    let fresh = bare_call(&t.id, &key, 2);
+    let mut again = bare_call(&t.id, &key, 3);
+    again.id = existing.id.clone();
+    let err = store.insert_calls(&[fresh.clone(), again]).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(m) if m.contains(existing.id.as_str()) && m.contains("rolled back")),
+        "{err:?}"
+    );
+    assert!(matches!(
+        store.get_call(None, &fresh.id),
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.get_call(None, &existing.id).unwrap(), existing);
+
+    // The same id twice within one batch.
+    let twice = bare_call(&t.id, &key, 4);
+    let other = bare_call(&t.id, &key, 5);
+    assert!(matches!(
+        store.insert_calls(&[twice.clone(), other.clone(), twice.clone()]),
+        Err(StoreError::Conflict(_))
+    ));
+    let all = store
+        .list_calls(&t.id, &CallFilter::default(), None, 100)
+        .unwrap();
+    assert_eq!(ids(&all), vec![existing.id.clone()]);
+
+    // The store is still usable afterwards (the failed transaction was really ended).
+    store.insert_calls(&[twice.clone(), other.clone()]).unwrap();
+    assert_eq!(
+        store
+            .list_calls(&t.id, &CallFilter::default(), None, 100)
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
+fn a_call_for_an_unknown_tenant_is_not_found_and_nothing_from_its_batch_is_kept(store: &dyn Store) {
+    let t = new_tenant(store, "Acme", 0);
+    let key = KeyId::generate();
+    let good = full_call(&t.id, &key, 1);
+    let orphan = full_call(&TenantId::generate(), &key, 2);
+    assert!(matches!(
+        store.insert_calls(&[good.clone(), orphan.clone()]),
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.get_call(None, &good.id),
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.get_call(None, &orphan.id),
+        Err(StoreError::NotFound)
+    ));
+}
+
+fn a_nul_character_in_a_body_does_not_fail_the_batch(store: &dyn Store) {
+    let t = new_tenant(store, "Acme", 0);
+    let key = KeyId::generate();
+    let mut odd = full_call(&t.id, &key, 1);
+    odd.request_body = "before\0after".to_owned();
+    odd.end_user = Some("nul\0user".to_owned());
+    odd.metadata = Some(json!({"k": "v\u{0}"}));
+    let neighbour = full_call(&t.id, &key, 2);
+    store
+        .insert_calls(&[odd.clone(), neighbour.clone()])
+        .unwrap();
+
+    let back = store.get_call(None, &odd.id).unwrap();
+    // Postgres cannot store U+0000 in text; both backends keep U+FFFD in its place.
+    assert_eq!(back.request_body, "before\u{FFFD}after");
+    assert_eq!(back.end_user.as_deref(), Some("nul\u{FFFD}user"));
+    // Inside JSON the character is escaped, so it survives exactly.
+    assert_eq!(back.metadata, odd.metadata);
+    assert_eq!(back.request_sha256, odd.request_sha256);
+    assert_eq!(store.get_call(None, &neighbour.id).unwrap(), neighbour);
+}
+
+fn calls_are_listed_newest_first_with_every_filter(store: &dyn Store) {
+    let t = new_tenant(store, "Acme", 0);
+    let (k1, k2) = (KeyId::generate(), KeyId::generate());
+    let call = |key: &KeyId,
+                created,
+                user: Option<&str>,
+                session: Option<&str>,
+                model: Option<&str>,
+                status,
+                blocked| {
+        let mut c = full_call(&t.id, key, created);
+        c.end_user = user.map(str::to_owned);
+        c.session_id = session.map(str::to_owned);
+        c.model = model.map(str::to_owned);
+        c.status = status;
+        c.blocked = blocked;
+        c
+    };
+    let c1 = call(&k1, 100, Some("alice"), Some("s1"), Some("m-a"), 200, false);
+    let c2 = call(&k2, 200, Some("bob"), Some("s1"), Some("m-b"), 423, true);
+    let c3 = call(&k1, 300, Some("alice"), Some("s2"), None, 502, false);
+    let c4 = call(&k2, 400, None, None, Some("m-a"), 200, false);
+    store
+        .insert_calls(&[c3.clone(), c1.clone(), c4.clone(), c2.clone()])
+        .unwrap();
+
+    let list = |f: CallFilter| ids(&store.list_calls(&t.id, &f, None, 100).unwrap());
+    let all = CallFilter::default;
+    assert_eq!(
+        list(all()),
+        ids(&[c4.clone(), c3.clone(), c2.clone(), c1.clone()])
+    );
+    assert_eq!(
+        list(CallFilter {
+            since: Some(at(200)),
+            ..all()
+        }),
+        ids(&[c4.clone(), c3.clone(), c2.clone()]),
+        "since is inclusive"
+    );
+    assert_eq!(
+        list(CallFilter {
+            until: Some(at(300)),
+            ..all()
+        }),
+        ids(&[c2.clone(), c1.clone()]),
+        "until is exclusive"
+    );
+    assert_eq!(
+        list(CallFilter {
+            since: Some(at(200)),
+            until: Some(at(400)),
+            ..all()
+        }),
+        ids(&[c3.clone(), c2.clone()])
+    );
+    assert_eq!(
+        list(CallFilter {
+            end_user: Some("alice".into()),
+            ..all()
+        }),
+        ids(&[c3.clone(), c1.clone()])
+    );
+    assert_eq!(
+        list(CallFilter {
+            session_id: Some("s1".into()),
+            ..all()
+        }),
+        ids(&[c2.clone(), c1.clone()])
+    );
+    assert_eq!(
+        list(CallFilter {
+            key_id: Some(k2.clone()),
+            ..all()
+        }),
+        ids(&[c4.clone(), c2.clone()])
+    );
+    assert_eq!(
+        list(CallFilter {
+            model: Some("m-a".into()),
+            ..all()
+        }),
+        ids(&[c4.clone(), c1.clone()])
+    );
+    assert_eq!(
+        list(CallFilter {
+            status: Some(502),
+            ..all()
+        }),
+        vec![c3.id.clone()]
+    );
+    assert_eq!(
+        list(CallFilter {
+            blocked: Some(true),
+            ..all()
+        }),
+        vec![c2.id.clone()]
+    );
+    assert_eq!(
+        list(CallFilter {
+            blocked: Some(false),
+            ..all()
+        }),
+        ids(&[c4.clone(), c3.clone(), c1.clone()])
+    );
+    assert_eq!(
+        list(CallFilter {
+            key_id: Some(k1.clone()),
+            end_user: Some("alice".into()),
+            status: Some(200),
+            ..all()
+        }),
+        vec![c1.id.clone()],
+        "filters combine"
+    );
+    assert!(
+        list(CallFilter {
+            end_user: Some("nobody".into()),
+            ..all()
+        })
+        .is_empty()
+    );
+    assert!(
+        list(CallFilter {
+            since: Some(at(401)),
+            ..all()
+        })
+        .is_empty()
+    );
+    assert!(store.list_calls(&t.id, &all(), None, 0).unwrap().is_empty());
+}
+
+fn pages_of_calls_have_no_gaps_or_duplicates_even_within_one_millisecond(store: &dyn Store) {
+    let t = new_tenant(store, "Acme", 0);
+    let (k1, k2) = (KeyId::generate(), KeyId::generate());
+    // Clusters of calls sharing a millisecond, across page boundaries.
+    let mut calls = Vec::new();
+    for (i, created) in [
+        5, 5, 5, 5, 5, 7, 9, 9, 9, 9, 9, 9, 9, 12, 12, 3, 3, 3, 1, 20, 20, 20, 20,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        calls.push(bare_call(
+            &t.id,
+            if i % 3 == 0 { &k1 } else { &k2 },
+            created,
+        ));
+    }
+    store.insert_calls(&calls).unwrap();
+
+    for (filter, expected) in [
+        (CallFilter::default(), newest_first(&calls)),
+        (
+            CallFilter {
+                key_id: Some(k2.clone()),
+                ..CallFilter::default()
+            },
+            newest_first(
+                &calls
+                    .iter()
+                    .filter(|c| c.key_id == k2)
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            ),
+        ),
+    ] {
+        for page_size in [1, 4, 5] {
+            let mut seen: Vec<CallId> = Vec::new();
+            let mut cursor: Option<CallCursor> = None;
+            loop {
+                let page = store
+                    .list_calls(&t.id, &filter, cursor.as_ref(), page_size)
+                    .unwrap();
+                assert!(page.len() <= page_size as usize);
+                let Some(last) = page.last() else { break };
+                cursor = Some(CallCursor {
+                    created_at: last.created_at,
+                    id: last.id.clone(),
+                });
+                seen.extend(ids(&page));
+            }
+            assert_eq!(seen, expected, "page size {page_size}");
+        }
+    }
+}
+
+fn a_page_of_calls_holds_at_most_a_thousand(store: &dyn Store) {
+    let t = new_tenant(store, "Acme", 0);
+    let key = KeyId::generate();
+    let calls: Vec<CallRecord> = (0..1001).map(|i| bare_call(&t.id, &key, i)).collect();
+    store.insert_calls(&calls).unwrap();
+    let page = store
+        .list_calls(&t.id, &CallFilter::default(), None, u32::MAX)
+        .unwrap();
+    assert_eq!(page.len(), 1000);
+    assert_eq!(page[0].created_at, at(1000));
+}
+
+fn calls_of_another_tenant_are_neither_found_nor_listed(store: &dyn Store) {
+    let mine = new_tenant(store, "Mine", 0);
+    let theirs = new_tenant(store, "Theirs", 1);
+    let key = KeyId::generate();
+    let my_call = full_call(&mine.id, &key, 1);
+    let their_call = full_call(&theirs.id, &key, 2);
+    store
+        .insert_calls(&[my_call.clone(), their_call.clone()])
+        .unwrap();
+
+    assert!(matches!(
+        store.get_call(Some(&mine.id), &their_call.id),
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        store.get_call(Some(&theirs.id), &their_call.id).unwrap(),
+        their_call
+    );
+    assert_eq!(store.get_call(None, &their_call.id).unwrap(), their_call);
+    let filter = CallFilter {
+        key_id: Some(key.clone()),
+        ..CallFilter::default()
+    };
+    assert_eq!(
+        ids(&store.list_calls(&mine.id, &filter, None, 100).unwrap()),
+        vec![my_call.id.clone()]
+    );
+    assert_eq!(
+        ids(&store
+            .list_calls(&theirs.id, &CallFilter::default(), None, 100)
+            .unwrap()),
+        vec![their_call.id.clone()]
+    );
+    assert!(
+        store
+            .list_calls(&TenantId::generate(), &CallFilter::default(), None, 100)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+fn call_counts_and_spend_cover_the_window_of_one_tenant_and_skip_unknown_costs(store: &dyn Store) {
+    let t = new_tenant(store, "Acme", 0);
+    let other = new_tenant(store, "Other", 0);
+    let key = KeyId::generate();
+    let with = |created, status, blocked, cost: Option<i64>| {
+        let mut c = full_call(&t.id, &key, created);
+        c.status = status;
+        c.blocked = blocked;
+        c.cost = cost.map(Money::from_nanos);
+        c
+    };
+    let mut noise = full_call(&other.id, &key, 100);
+    noise.cost = Some(Money::from_nanos(1_000_000));
+    noise.status = 500;
+    store
+        .insert_calls(&[
+            with(99, 500, false, Some(7)),   // before the window
+            with(100, 200, false, Some(10)), // at its start: counted
+            with(150, 423, true, None),
+            with(160, 429, true, Some(0)),
+            with(170, 500, false, None),
+            with(180, 503, false, Some(32)),
+            with(190, 499, false, Some(100)),
+            noise,
+        ])
+        .unwrap();
+
+    assert_eq!(
+        store.call_counts(&t.id, at(100)).unwrap(),
+        CallCounts {
+            total: 6,
+            blocked: 2,
+            upstream_errors: 2
+        }
+    );
+    assert_eq!(
+        store.call_counts(&t.id, at(0)).unwrap(),
+        CallCounts {
+            total: 7,
+            blocked: 2,
+            upstream_errors: 3
+        }
+    );
+    assert_eq!(
+        store.call_counts(&t.id, at(191)).unwrap(),
+        CallCounts::default()
+    );
+    assert_eq!(
+        store.call_counts(&TenantId::generate(), at(0)).unwrap(),
+        CallCounts::default()
+    );
+
+    assert_eq!(
+        store.spend_since(&t.id, at(100)).unwrap(),
+        Money::from_nanos(142)
+    );
+    assert_eq!(
+        store.spend_since(&t.id, at(0)).unwrap(),
+        Money::from_nanos(149)
+    );
+    assert_eq!(store.spend_since(&t.id, at(191)).unwrap(), Money::ZERO);
+    assert_eq!(
+        store.spend_since(&TenantId::generate(), at(0)).unwrap(),
+        Money::ZERO
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Kill switch and policies
+
+fn freeze_event(
+    tenant: &TenantId,
+    key: Option<&KeyId>,
+    action: FreezeAction,
+    when: i64,
+) -> FreezeEvent {
+    FreezeEvent {
+        id: FreezeId::generate(),
+        tenant_id: tenant.clone(),
+        key_id: key.cloned(),
+        action,
+        actor: "user:usr_0123456789abcdef0123456789abcdef".to_owned(),
+        reason: format!("{} at {when}: coût ✓", action.as_str()),
+        at: at(when),
+    }
+}
+
+fn freezes_and_unfreezes_are_kept_as_history_and_the_latest_event_per_target_wins(
+    store: &dyn Store,
+) {
+    use FreezeAction::{Freeze, Unfreeze};
+    let a = new_tenant(store, "A", 0);
+    let b = new_tenant(store, "B", 0);
+    let k1 = KeyId::generate();
+    assert!(store.active_freezes().unwrap().is_empty());
+
+    let e1 = freeze_event(&a.id, None, Freeze, 10);
+    let e2 = freeze_event(&a.id, Some(&k1), Freeze, 20);
+    let e3 = freeze_event(&b.id, None, Freeze, 30);
+    for e in [&e1, &e2, &e3] {
+        store.record_freeze_event(e).unwrap();
+    }
+    assert_eq!(
+        store.active_freezes().unwrap(),
+        vec![e1.clone(), e2.clone(), e3.clone()]
+    );
+
+    // Unfreezing the tenant leaves its frozen key frozen.
+    let e4 = freeze_event(&a.id, None, Unfreeze, 40);
+    store.record_freeze_event(&e4).unwrap();
+    assert_eq!(
+        store.active_freezes().unwrap(),
+        vec![e2.clone(), e3.clone()]
+    );
+
+    // Re-freeze, then unfreeze the key.
+    let e5 = freeze_event(&a.id, None, Freeze, 50);
+    let e6 = freeze_event(&a.id, Some(&k1), Unfreeze, 60);
+    store.record_freeze_event(&e5).unwrap();
+    store.record_freeze_event(&e6).unwrap();
+    assert_eq!(
+        store.active_freezes().unwrap(),
+        vec![e3.clone(), e5.clone()]
+    );
+
+    // An event recorded late but dated earlier does not override a later one.
+    let late = freeze_event(&b.id, None, Unfreeze, 25);
+    store.record_freeze_event(&late).unwrap();
+    assert_eq!(
+        store.active_freezes().unwrap(),
+        vec![e3.clone(), e5.clone()]
+    );
+
+    assert_eq!(
+        store.list_freeze_events(&a.id, 100).unwrap(),
+        vec![e6.clone(), e5.clone(), e4.clone(), e2.clone(), e1.clone()]
+    );
+    assert_eq!(
+        store.list_freeze_events(&a.id, 2).unwrap(),
+        vec![e6.clone(), e5.clone()]
+    );
+    assert_eq!(
+        store.list_freeze_events(&b.id, 100).unwrap(),
+        vec![e3.clone(), late.clone()]
+    );
+    assert!(
+        store
+            .list_freeze_events(&TenantId::generate(), 100)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+fn of_two_events_in_the_same_millisecond_the_later_insert_wins(store: &dyn Store) {
+    use FreezeAction::{Freeze, Unfreeze};
+    let t = new_tenant(store, "Acme", 0);
+    let key = KeyId::generate();
+    // Ids are chosen so that ordering by id would pick the wrong event.
+    let mut ids = [FreezeId::generate(), FreezeId::generate()];
+    ids.sort();
+    let [low, high] = ids;
+
+    // The tenant: freeze, then unfreeze in the same millisecond → not frozen.
+    let mut frz = freeze_event(&t.id, None, Freeze, 100);
+    frz.id = high.clone();
+    let mut unf = freeze_event(&t.id, None, Unfreeze, 100);
+    unf.id = low.clone();
+    store.record_freeze_event(&frz).unwrap();
+    store.record_freeze_event(&unf).unwrap();
+    assert!(store.active_freezes().unwrap().is_empty());
+
+    // The key: unfreeze, then freeze in the same millisecond → frozen.
+    let mut unf_key = freeze_event(&t.id, Some(&key), Unfreeze, 200);
+    unf_key.id = FreezeId::parse(&format!("frz_{}", "f".repeat(32))).unwrap();
+    let mut frz_key = freeze_event(&t.id, Some(&key), Freeze, 200);
+    frz_key.id = FreezeId::parse(&format!("frz_{}", "0".repeat(32))).unwrap();
+    store.record_freeze_event(&unf_key).unwrap();
+    store.record_freeze_event(&frz_key).unwrap();
+    assert_eq!(store.active_freezes().unwrap(), vec![frz_key.clone()]);
+
+    assert_eq!(
+        store.list_freeze_events(&t.id, 10).unwrap(),
+        vec![frz_key, unf_key, unf, frz],
+        "newest first, the later insert first within a millisecond"
+    );
+}
+
+fn a_freeze_for_an_unknown_tenant_is_not_found_and_a_duplicate_id_is_a_conflict(store: &dyn Store) {
+    let t = new_tenant(store, "Acme", 0);
+    let seq = store.latest_change_seq().unwrap();
+    let orphan = freeze_event(&TenantId::generate(), None, FreezeAction::Freeze, 1);
+    assert!(matches!(
+        store.record_freeze_event(&orphan),
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.latest_change_seq().unwrap(), seq);
+
+    let e = freeze_event(&t.id, None, FreezeAction::Freeze, 1);
+    store.record_freeze_event(&e).unwrap();
+    let seq = store.latest_change_seq().unwrap();
+    let mut dup = freeze_event(&t.id, None, FreezeAction::Unfreeze, 2);
+    dup.id = e.id.clone();
+    let err = store.record_freeze_event(&dup).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(m) if m.contains(e.id.as_str())),
+        "{err:?}"
+    );
+    assert_eq!(store.latest_change_seq().unwrap(), seq, "nothing recorded");
+    assert_eq!(store.active_freezes().unwrap(), vec![e.clone()]);
+    assert_eq!(store.list_freeze_events(&t.id, 10).unwrap(), vec![e]);
+}
+
+fn tenant_policies_are_put_replaced_read_and_listed(store: &dyn Store) {
+    let a = new_tenant(store, "A", 0);
+    let b = new_tenant(store, "B", 0);
+    assert_eq!(store.get_tenant_policy(&a.id).unwrap(), None);
+    assert!(store.list_tenant_policies().unwrap().is_empty());
+
+    let first = json!({"max_tokens_per_request": 100, "budget_daily_usd": 2.5});
+    store.put_tenant_policy(&a.id, &first, at(10)).unwrap();
+    assert_eq!(store.get_tenant_policy(&a.id).unwrap(), Some(first));
+
+    let second = json!({"prompt_injection_enabled": false, "note": "ünïcode ✓"});
+    store.put_tenant_policy(&a.id, &second, at(20)).unwrap();
+    assert_eq!(
+        store.get_tenant_policy(&a.id).unwrap(),
+        Some(second.clone()),
+        "a put replaces the whole object"
+    );
+    let empty = json!({});
+    store.put_tenant_policy(&b.id, &empty, at(30)).unwrap();
+
+    let mut all = store.list_tenant_policies().unwrap();
+    all.sort_by(|x, y| x.0.cmp(&y.0));
+    let mut expected = vec![(a.id.clone(), second), (b.id.clone(), empty)];
+    expected.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(all, expected);
+
+    let seq = store.latest_change_seq().unwrap();
+    assert!(matches!(
+        store.put_tenant_policy(&TenantId::generate(), &json!({}), at(1)),
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.latest_change_seq().unwrap(), seq);
+}
+
+fn freezes_and_policy_changes_are_recorded_in_the_change_feed(store: &dyn Store) {
+    let a = new_tenant(store, "A", 0);
+    let b = new_tenant(store, "B", 0);
+    let key = KeyId::generate();
+    let seq = store.latest_change_seq().unwrap();
+
+    store
+        .record_freeze_event(&freeze_event(&a.id, Some(&key), FreezeAction::Freeze, 1))
+        .unwrap();
+    store
+        .put_tenant_policy(&b.id, &json!({"key_requests_per_minute": 5}), at(2))
+        .unwrap();
+    store
+        .record_freeze_event(&freeze_event(&a.id, Some(&key), FreezeAction::Unfreeze, 3))
+        .unwrap();
+    store.insert_calls(&[full_call(&a.id, &key, 4)]).unwrap();
+
+    let changes: Vec<(String, String)> = store
+        .changes_since(seq, 100)
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.topic, c.ref_id))
+        .collect();
+    assert_eq!(
+        changes,
+        vec![
+            ("killswitch".to_owned(), a.id.to_string()),
+            ("policy".to_owned(), b.id.to_string()),
+            ("killswitch".to_owned(), a.id.to_string()),
+        ]
+    );
+}
+
+/// A crude measurement, printed and never asserted: timing belongs to benchmarks.
+fn ten_thousand_calls_insert_in_batches_of_a_hundred_and_the_rate_is_printed(store: &dyn Store) {
+    let t = new_tenant(store, "Acme", 0);
+    let key = KeyId::generate();
+    let calls: Vec<CallRecord> = (0..10_000)
+        .map(|i| {
+            let mut c = full_call(&t.id, &key, i / 3);
+            c.request_body = format!(
+                r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"question number {i}"}}]}}"#
+            );
+            c
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    for batch in calls.chunks(100) {
+        store.insert_calls(batch).unwrap();
+    }
+    let elapsed = started.elapsed();
+    eprintln!(
+        "{}: inserted 10000 calls in batches of 100 in {:.3} s = {:.0} calls/s (debug build)",
+        store.backend().as_str(),
+        elapsed.as_secs_f64(),
+        10_000.0 / elapsed.as_secs_f64()
+    );
+    assert_eq!(store.call_counts(&t.id, at(0)).unwrap().total, 10_000);
 }

@@ -31,18 +31,32 @@ impl fmt::Debug for Migration {
 }
 
 /// SQLite migrations, oldest first.
-pub const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../migrations/sqlite/0001_init.sql"),
-}];
+pub const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../migrations/sqlite/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "calls",
+        sql: include_str!("../../migrations/sqlite/0002_calls.sql"),
+    },
+];
 
 /// Postgres migrations, oldest first; the same versions and meaning as [`SQLITE`].
-pub const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../migrations/postgres/0001_init.sql"),
-}];
+pub const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../migrations/postgres/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "calls",
+        sql: include_str!("../../migrations/postgres/0002_calls.sql"),
+    },
+];
 
 /// The newest schema version this binary knows (the same on both backends).
 pub fn known_version() -> i64 {

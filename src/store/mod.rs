@@ -72,7 +72,6 @@ pub struct Change {
     pub ref_id: String,
 }
 
-#[allow(unused_variables)] // TEMP(main): until the store2 branch lands
 pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> Backend;
     /// A cheap round-trip proving the database answers (used by `/ready`).
@@ -130,13 +129,12 @@ pub trait Store: Send + Sync + 'static {
 
     // Calls (the recorder's group commit writes many in one transaction). A call id that
     // exists already is a Conflict and the whole batch is rolled back.
-    fn insert_calls(&self, calls: &[CallRecord]) -> StoreResult<()> {
-        Err(StoreError::Unavailable("not implemented".into())) // TEMP(main)
-    }
+    /// A call of an unknown tenant is NotFound (the batch is rolled back too). A U+0000 in
+    /// any text field is stored as U+FFFD on both backends (Postgres text cannot hold it,
+    /// and one odd body must not fail everyone's batch); the SHA-256 fields are unchanged.
+    fn insert_calls(&self, calls: &[CallRecord]) -> StoreResult<()>;
     /// `tenant: None` means the instance operator.
-    fn get_call(&self, tenant: Option<&TenantId>, id: &CallId) -> StoreResult<CallRecord> {
-        Err(StoreError::Unavailable("not implemented".into())) // TEMP(main)
-    }
+    fn get_call(&self, tenant: Option<&TenantId>, id: &CallId) -> StoreResult<CallRecord>;
     /// Newest first (`created_at` desc, then id desc), strictly after `after` when given.
     fn list_calls(
         &self,
@@ -144,49 +142,31 @@ pub trait Store: Send + Sync + 'static {
         filter: &CallFilter,
         after: Option<&CallCursor>,
         limit: u32,
-    ) -> StoreResult<Vec<CallRecord>> {
-        Err(StoreError::Unavailable("not implemented".into())) // TEMP(main)
-    }
+    ) -> StoreResult<Vec<CallRecord>>;
     /// Counts for the protection summary: calls since `since`, how many were blocked, how
     /// many ended in an upstream error (status >= 500).
-    fn call_counts(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<CallCounts> {
-        Err(StoreError::Unavailable("not implemented".into())) // TEMP(main)
-    }
+    fn call_counts(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<CallCounts>;
     /// Sum of known costs of the tenant's calls created at or after `since`.
-    fn spend_since(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<Money> {
-        Err(StoreError::Unavailable("not implemented".into())) // TEMP(main)
-    }
+    fn spend_since(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<Money>;
 
     // Kill switch. Recording an event also records a `Change` with topic "killswitch".
-    fn record_freeze_event(&self, event: &FreezeEvent) -> StoreResult<()> {
-        Err(StoreError::Unavailable("not implemented".into())) // TEMP(main)
-    }
+    fn record_freeze_event(&self, event: &FreezeEvent) -> StoreResult<()>;
     /// The latest event of every target (tenant, or tenant+key) whose latest action is Freeze.
-    fn active_freezes(&self) -> StoreResult<Vec<FreezeEvent>> {
-        Err(StoreError::Unavailable("not implemented".into())) // TEMP(main)
-    }
+    fn active_freezes(&self) -> StoreResult<Vec<FreezeEvent>>;
     /// A tenant's freeze history, newest first.
-    fn list_freeze_events(&self, tenant: &TenantId, limit: u32) -> StoreResult<Vec<FreezeEvent>> {
-        Err(StoreError::Unavailable("not implemented".into())) // TEMP(main)
-    }
+    fn list_freeze_events(&self, tenant: &TenantId, limit: u32) -> StoreResult<Vec<FreezeEvent>>;
 
     // Per-tenant guardrail overrides (a JSON object; see `PolicyConfig`). Putting also
     // records a `Change` with topic "policy" and ref_id the tenant id.
-    fn get_tenant_policy(&self, tenant: &TenantId) -> StoreResult<Option<serde_json::Value>> {
-        Err(StoreError::Unavailable("not implemented".into())) // TEMP(main)
-    }
+    fn get_tenant_policy(&self, tenant: &TenantId) -> StoreResult<Option<serde_json::Value>>;
     fn put_tenant_policy(
         &self,
         tenant: &TenantId,
         overrides: &serde_json::Value,
         at: Timestamp,
-    ) -> StoreResult<()> {
-        Err(StoreError::Unavailable("not implemented".into())) // TEMP(main)
-    }
+    ) -> StoreResult<()>;
     /// Every tenant's overrides, for loading the guard at start.
-    fn list_tenant_policies(&self) -> StoreResult<Vec<(TenantId, serde_json::Value)>> {
-        Err(StoreError::Unavailable("not implemented".into())) // TEMP(main)
-    }
+    fn list_tenant_policies(&self) -> StoreResult<Vec<(TenantId, serde_json::Value)>>;
 }
 
 /// Counts for `GET /v1/status`.

@@ -8,22 +8,26 @@
 //! This module translates between SQL and domain types; it must not contain policy.
 
 use super::rows::{
-    KEY_COLUMNS, KeyRow, SESSION_COLUMNS, SessionRow, TENANT_COLUMNS, TOPIC_API_KEY, TenantRow,
-    USER_COLUMNS, UserRow, explain_conflict, latest_uses,
+    ACTIVE_FREEZES_SQL, CALL_COLUMNS, CallParams, CallRow, FREEZE_COLUMNS, FreezeRow, KEY_COLUMNS,
+    KeyRow, MAX_PAGE, Param, SESSION_COLUMNS, SessionRow, TENANT_COLUMNS, TOPIC_API_KEY,
+    TOPIC_KILLSWITCH, TOPIC_POLICY, TenantRow, USER_COLUMNS, UserRow, duplicate_call,
+    explain_conflict, insert_call_sql, latest_uses, list_calls_query, policy_overrides,
 };
 use super::{
-    Backend, Change, DynStore, PoolStats, Store, StoreError, StoreResult, migrate, redact_url,
+    Backend, CallCounts, Change, DynStore, PoolStats, Store, StoreError, StoreResult, migrate,
+    redact_url,
 };
 use crate::domain::{
-    ApiKeyRecord, Email, KeyHash, KeyId, NewApiKey, NewSession, NewUser, Session, Tenant, TenantId,
-    Timestamp, User, UserId,
+    ApiKeyRecord, CallCursor, CallFilter, CallId, CallRecord, Email, FreezeEvent, KeyHash, KeyId,
+    Money, NewApiKey, NewSession, NewUser, Session, Tenant, TenantId, Timestamp, User, UserId,
 };
 use postgres::config::Host;
 use postgres::error::SqlState;
+use postgres::types::ToSql;
 use postgres::{GenericClient, NoTls, Row};
 use r2d2::{Pool, PooledConnection};
 use r2d2_postgres::PostgresConnectionManager;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 type Manager = PostgresConnectionManager<NoTls>;
@@ -238,6 +242,113 @@ fn session_row(r: &Row) -> SessionRow {
         created_at: r.get(2),
         expires_at: r.get(3),
     }
+}
+
+fn call_row(r: &Row) -> CallRow {
+    CallRow {
+        id: r.get(0),
+        tenant_id: r.get(1),
+        key_id: r.get(2),
+        created_at: r.get(3),
+        endpoint: r.get(4),
+        model: r.get(5),
+        stream: r.get(6),
+        end_user: r.get(7),
+        session_id: r.get(8),
+        metadata: r.get(9),
+        request_body: r.get(10),
+        request_truncated: r.get(11),
+        request_sha256: r.get(12),
+        response_body: r.get(13),
+        response_truncated: r.get(14),
+        response_sha256: r.get(15),
+        status: i64::from(r.get::<_, i32>(16)),
+        error: r.get(17),
+        blocked: r.get(18),
+        blocked_by: r.get(19),
+        decisions: r.get(20),
+        prompt_tokens: r.get(21),
+        completion_tokens: r.get(22),
+        cached_tokens: r.get(23),
+        total_tokens: r.get(24),
+        cost_nanos: r.get(25),
+        latency_us: r.get(26),
+        upstream_latency_us: r.get(27),
+        enforcement_us: r.get(28),
+        upstream_attempts: r.get(29),
+        upstream: r.get(30),
+    }
+}
+
+fn freeze_row(r: &Row) -> FreezeRow {
+    FreezeRow {
+        id: r.get(0),
+        tenant_id: r.get(1),
+        key_id: r.get(2),
+        action: r.get(3),
+        actor: r.get(4),
+        reason: r.get(5),
+        at: r.get(6),
+    }
+}
+
+fn placeholder(n: usize) -> String {
+    format!("${n}")
+}
+
+static INSERT_CALL: LazyLock<String> = LazyLock::new(|| insert_call_sql(placeholder));
+
+/// A parameter as the client binds it: each variant matches its column's Postgres type.
+fn pg_param<'b>(p: &'b Param<'_>) -> &'b (dyn ToSql + Sync) {
+    match p {
+        Param::Text(s) => s,
+        Param::BigInt(i) => i,
+        Param::Int(i) => i,
+        Param::Bool(b) => b,
+    }
+}
+
+fn insert_call(
+    tx: &mut postgres::Transaction<'_>,
+    stmt: &postgres::Statement,
+    p: &CallParams<'_>,
+) -> Result<u64, postgres::Error> {
+    tx.execute(
+        stmt,
+        &[
+            &p.id,
+            &p.tenant_id,
+            &p.key_id,
+            &p.created_at,
+            &p.endpoint,
+            &p.model,
+            &p.stream,
+            &p.end_user,
+            &p.session_id,
+            &p.metadata,
+            &p.request_body,
+            &p.request_truncated,
+            &p.request_sha256,
+            &p.response_body,
+            &p.response_truncated,
+            &p.response_sha256,
+            &p.status,
+            &p.error,
+            &p.blocked,
+            &p.blocked_by,
+            &p.decisions,
+            &p.prompt_tokens,
+            &p.completion_tokens,
+            &p.cached_tokens,
+            &p.total_tokens,
+            &p.cost_nanos,
+            &p.latency_us,
+            &p.upstream_latency_us,
+            &p.enforcement_us,
+            &p.upstream_attempts,
+            &p.upstream,
+        ],
+    )
 }
 
 fn record_change(tx: &mut impl GenericClient, topic: &str, ref_id: &str) -> StoreResult<()> {
@@ -588,6 +699,184 @@ impl Store for PostgresStore {
                 &[&now.millis()],
             )
             .map_err(db_err)
+    }
+
+    fn insert_calls(&self, calls: &[CallRecord]) -> StoreResult<()> {
+        if calls.is_empty() {
+            return Ok(());
+        }
+        let rows = calls
+            .iter()
+            .map(CallParams::new)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        let stmt = tx.prepare(&INSERT_CALL).map_err(db_err)?;
+        for (call, row) in calls.iter().zip(&rows) {
+            insert_call(&mut tx, &stmt, row)
+                .map_err(db_err)
+                .map_err(|e| explain_conflict(e, || duplicate_call(&call.id)))?;
+        }
+        // An early return above drops the transaction, which rolls the whole batch back.
+        tx.commit().map_err(db_err)
+    }
+
+    fn get_call(&self, tenant: Option<&TenantId>, id: &CallId) -> StoreResult<CallRecord> {
+        let row = self
+            .conn()?
+            .query_opt(
+                &format!(
+                    "SELECT {CALL_COLUMNS} FROM calls WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)"
+                ),
+                &[&id.as_str(), &tenant.map(TenantId::as_str)],
+            )
+            .map_err(db_err)?
+            .ok_or(StoreError::NotFound)?;
+        call_row(&row).into_record()
+    }
+
+    fn list_calls(
+        &self,
+        tenant: &TenantId,
+        filter: &CallFilter,
+        after: Option<&CallCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<CallRecord>> {
+        let (sql, args) = list_calls_query(tenant, filter, after, limit, placeholder);
+        let args: Vec<&(dyn ToSql + Sync)> = args.iter().map(pg_param).collect();
+        self.conn()?
+            .query(&sql, &args)
+            .map_err(db_err)?
+            .iter()
+            .map(|r| call_row(r).into_record())
+            .collect()
+    }
+
+    fn call_counts(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<CallCounts> {
+        let row = self
+            .conn()?
+            .query_one(
+                "SELECT COUNT(*), COUNT(*) FILTER (WHERE blocked), COUNT(*) FILTER (WHERE status >= 500)
+                 FROM calls WHERE tenant_id = $1 AND created_at >= $2",
+                &[&tenant.as_str(), &since.millis()],
+            )
+            .map_err(db_err)?;
+        Ok(CallCounts {
+            total: row.get(0),
+            blocked: row.get(1),
+            upstream_errors: row.get(2),
+        })
+    }
+
+    fn spend_since(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<Money> {
+        let row = self
+            .conn()?
+            .query_one(
+                "SELECT COALESCE(SUM(cost_nanos), 0)::bigint FROM calls WHERE tenant_id = $1 AND created_at >= $2",
+                &[&tenant.as_str(), &since.millis()],
+            )
+            .map_err(db_err)?;
+        Ok(Money::from_nanos(row.get(0)))
+    }
+
+    fn record_freeze_event(&self, event: &FreezeEvent) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        // The change first: it takes the change-feed lock, so events also get their seq
+        // in commit order and the later of two same-millisecond events is the later commit.
+        record_change(&mut tx, TOPIC_KILLSWITCH, event.tenant_id.as_str())?;
+        tx.execute(
+            "INSERT INTO freeze_events (id, tenant_id, key_id, action, actor, reason, at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &event.id.as_str(),
+                &event.tenant_id.as_str(),
+                &event.key_id.as_ref().map(KeyId::as_str),
+                &event.action.as_str(),
+                &event.actor,
+                &event.reason,
+                &event.at.millis(),
+            ],
+        )
+        .map_err(db_err)
+        .map_err(|e| {
+            explain_conflict(e, || {
+                format!("a freeze event with id {} already exists", event.id)
+            })
+        })?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn active_freezes(&self) -> StoreResult<Vec<FreezeEvent>> {
+        self.conn()?
+            .query(ACTIVE_FREEZES_SQL, &[])
+            .map_err(db_err)?
+            .iter()
+            .map(|r| freeze_row(r).into_event())
+            .collect()
+    }
+
+    fn list_freeze_events(&self, tenant: &TenantId, limit: u32) -> StoreResult<Vec<FreezeEvent>> {
+        self.conn()?
+            .query(
+                &format!(
+                    "SELECT {FREEZE_COLUMNS} FROM freeze_events WHERE tenant_id = $1 ORDER BY at DESC, seq DESC LIMIT $2"
+                ),
+                &[&tenant.as_str(), &i64::from(limit.min(MAX_PAGE))],
+            )
+            .map_err(db_err)?
+            .iter()
+            .map(|r| freeze_row(r).into_event())
+            .collect()
+    }
+
+    fn get_tenant_policy(&self, tenant: &TenantId) -> StoreResult<Option<serde_json::Value>> {
+        self.conn()?
+            .query_opt(
+                "SELECT overrides FROM tenant_policies WHERE tenant_id = $1",
+                &[&tenant.as_str()],
+            )
+            .map_err(db_err)?
+            .map(|r| policy_overrides(tenant.as_str(), r.get(0)))
+            .transpose()
+    }
+
+    fn put_tenant_policy(
+        &self,
+        tenant: &TenantId,
+        overrides: &serde_json::Value,
+        at: Timestamp,
+    ) -> StoreResult<()> {
+        let json = overrides.to_string();
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO tenant_policies (tenant_id, overrides, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (tenant_id) DO UPDATE SET overrides = excluded.overrides, updated_at = excluded.updated_at",
+            &[&tenant.as_str(), &json, &at.millis()],
+        )
+        .map_err(db_err)?;
+        record_change(&mut tx, TOPIC_POLICY, tenant.as_str())?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn list_tenant_policies(&self) -> StoreResult<Vec<(TenantId, serde_json::Value)>> {
+        self.conn()?
+            .query(
+                "SELECT tenant_id, overrides FROM tenant_policies ORDER BY tenant_id",
+                &[],
+            )
+            .map_err(db_err)?
+            .iter()
+            .map(|r| {
+                let tenant: &str = r.get(0);
+                let overrides = policy_overrides(tenant, r.get(1))?;
+                let id = TenantId::parse(tenant).map_err(|e| {
+                    StoreError::Database(format!("a stored tenant id could not be read back: {e}"))
+                })?;
+                Ok((id, overrides))
+            })
+            .collect()
     }
 }
 

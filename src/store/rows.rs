@@ -5,9 +5,11 @@
 
 use super::{StoreError, StoreResult};
 use crate::domain::{
-    ApiKeyRecord, Email, KeyHash, KeyId, PasswordHash, Role, Scope, Session, SessionId, Tenant,
-    TenantId, TenantName, Timestamp, User, UserId,
+    ApiKeyRecord, CallCursor, CallFilter, CallId, CallRecord, Decision, Email, FreezeAction,
+    FreezeEvent, FreezeId, KeyHash, KeyId, Money, PasswordHash, Role, Scope, Session, SessionId,
+    Tenant, TenantId, TenantName, Timestamp, User, UserId,
 };
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// Columns of `api_keys` in the order [`KeyRow`] expects them.
@@ -16,8 +18,24 @@ pub(super) const TENANT_COLUMNS: &str = "id, name, created_at";
 pub(super) const USER_COLUMNS: &str = "id, email, password_hash, role, tenant_id, created_at";
 pub(super) const SESSION_COLUMNS: &str = "id, user_id, created_at, expires_at";
 
+/// Columns of `calls` in the order [`CallRow`] expects them (and [`CallParams`] binds them).
+pub(super) const CALL_COLUMNS: &str = "id, tenant_id, key_id, created_at, endpoint, model, stream, end_user, session_id, metadata, \
+request_body, request_truncated, request_sha256, response_body, response_truncated, response_sha256, \
+status, error, blocked, blocked_by, decisions, prompt_tokens, completion_tokens, cached_tokens, total_tokens, \
+cost_nanos, latency_us, upstream_latency_us, enforcement_us, upstream_attempts, upstream";
+/// How many columns [`CALL_COLUMNS`] names.
+pub(super) const CALL_COLUMN_COUNT: usize = 31;
+pub(super) const FREEZE_COLUMNS: &str = "id, tenant_id, key_id, action, actor, reason, at";
+
+/// The most rows one page of calls or freeze events returns, whatever the caller asks.
+pub(super) const MAX_PAGE: u32 = 1000;
+
 /// The topic of changes recorded for API keys.
 pub(super) const TOPIC_API_KEY: &str = "api_key";
+/// The topic of changes recorded for freeze events (ref_id: the tenant id).
+pub(super) const TOPIC_KILLSWITCH: &str = "killswitch";
+/// The topic of changes recorded for tenant policy overrides (ref_id: the tenant id).
+pub(super) const TOPIC_POLICY: &str = "policy";
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Database(format!("a stored {what} could not be read back: {e}"))
@@ -115,6 +133,321 @@ impl SessionRow {
             expires_at: Timestamp::from_millis(self.expires_at),
         })
     }
+}
+
+/// Postgres cannot store U+0000 in TEXT. A client could otherwise put one NUL character in
+/// a request body and make the whole group commit — everyone's calls — fail, so both
+/// backends store it as U+FFFD (the stored SHA-256 still identifies the original body).
+fn text(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+fn opt_text(s: &Option<String>) -> Option<Cow<'_, str>> {
+    s.as_deref().map(text)
+}
+
+/// A call as both backends bind it, in [`CALL_COLUMNS`] order: JSON serialised, money as
+/// nanos, the status widened, text made storable.
+pub(super) struct CallParams<'a> {
+    pub id: &'a str,
+    pub tenant_id: &'a str,
+    pub key_id: &'a str,
+    pub created_at: i64,
+    pub endpoint: Cow<'a, str>,
+    pub model: Option<Cow<'a, str>>,
+    pub stream: bool,
+    pub end_user: Option<Cow<'a, str>>,
+    pub session_id: Option<Cow<'a, str>>,
+    pub metadata: Option<String>,
+    pub request_body: Cow<'a, str>,
+    pub request_truncated: bool,
+    pub request_sha256: Cow<'a, str>,
+    pub response_body: Option<Cow<'a, str>>,
+    pub response_truncated: bool,
+    pub response_sha256: Option<Cow<'a, str>>,
+    pub status: i32,
+    pub error: Option<Cow<'a, str>>,
+    pub blocked: bool,
+    pub blocked_by: Option<Cow<'a, str>>,
+    pub decisions: String,
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+    pub cached_tokens: Option<i64>,
+    pub total_tokens: Option<i64>,
+    pub cost_nanos: Option<i64>,
+    pub latency_us: i64,
+    pub upstream_latency_us: Option<i64>,
+    pub enforcement_us: i64,
+    pub upstream_attempts: i32,
+    pub upstream: Option<Cow<'a, str>>,
+}
+
+impl<'a> CallParams<'a> {
+    pub fn new(c: &'a CallRecord) -> StoreResult<Self> {
+        let json_err = |e: serde_json::Error| {
+            StoreError::Database(format!(
+                "call {} could not be serialised for storage: {e}",
+                c.id
+            ))
+        };
+        Ok(Self {
+            id: c.id.as_str(),
+            tenant_id: c.tenant_id.as_str(),
+            key_id: c.key_id.as_str(),
+            created_at: c.created_at.millis(),
+            endpoint: text(&c.endpoint),
+            model: opt_text(&c.model),
+            stream: c.stream,
+            end_user: opt_text(&c.end_user),
+            session_id: opt_text(&c.session_id),
+            // serde_json escapes U+0000 inside JSON strings, so JSON text never holds one.
+            metadata: c
+                .metadata
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(json_err)?,
+            request_body: text(&c.request_body),
+            request_truncated: c.request_truncated,
+            request_sha256: text(&c.request_sha256),
+            response_body: opt_text(&c.response_body),
+            response_truncated: c.response_truncated,
+            response_sha256: opt_text(&c.response_sha256),
+            status: i32::from(c.status),
+            error: opt_text(&c.error),
+            blocked: c.blocked,
+            blocked_by: opt_text(&c.blocked_by),
+            decisions: serde_json::to_string(&c.decisions).map_err(json_err)?,
+            prompt_tokens: c.prompt_tokens,
+            completion_tokens: c.completion_tokens,
+            cached_tokens: c.cached_tokens,
+            total_tokens: c.total_tokens,
+            cost_nanos: c.cost.map(Money::nanos),
+            latency_us: c.latency_us,
+            upstream_latency_us: c.upstream_latency_us,
+            enforcement_us: c.enforcement_us,
+            upstream_attempts: c.upstream_attempts,
+            upstream: opt_text(&c.upstream),
+        })
+    }
+}
+
+/// `INSERT INTO calls (…) VALUES (…)` with one placeholder per column of [`CALL_COLUMNS`].
+pub(super) fn insert_call_sql(placeholder: fn(usize) -> String) -> String {
+    let values: Vec<String> = (1..=CALL_COLUMN_COUNT).map(placeholder).collect();
+    format!(
+        "INSERT INTO calls ({CALL_COLUMNS}) VALUES ({})",
+        values.join(", ")
+    )
+}
+
+/// The conflict a duplicate call id in a batch is reported as.
+pub(super) fn duplicate_call(id: &CallId) -> String {
+    format!(
+        "a call with id {id} already exists (or appears twice in the batch); the whole batch was rolled back and nothing from it was stored: give every call a fresh id and retry"
+    )
+}
+
+/// A `calls` row as read back, in [`CALL_COLUMNS`] order.
+pub(super) struct CallRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub key_id: String,
+    pub created_at: i64,
+    pub endpoint: String,
+    pub model: Option<String>,
+    pub stream: bool,
+    pub end_user: Option<String>,
+    pub session_id: Option<String>,
+    pub metadata: Option<String>,
+    pub request_body: String,
+    pub request_truncated: bool,
+    pub request_sha256: String,
+    pub response_body: Option<String>,
+    pub response_truncated: bool,
+    pub response_sha256: Option<String>,
+    pub status: i64,
+    pub error: Option<String>,
+    pub blocked: bool,
+    pub blocked_by: Option<String>,
+    pub decisions: String,
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+    pub cached_tokens: Option<i64>,
+    pub total_tokens: Option<i64>,
+    pub cost_nanos: Option<i64>,
+    pub latency_us: i64,
+    pub upstream_latency_us: Option<i64>,
+    pub enforcement_us: i64,
+    pub upstream_attempts: i32,
+    pub upstream: Option<String>,
+}
+
+impl CallRow {
+    pub fn into_record(self) -> StoreResult<CallRecord> {
+        let metadata = self
+            .metadata
+            .map(|m| serde_json::from_str(&m))
+            .transpose()
+            .map_err(|e| corrupt("call metadata", e))?;
+        let decisions: Vec<Decision> =
+            serde_json::from_str(&self.decisions).map_err(|e| corrupt("call decision list", e))?;
+        Ok(CallRecord {
+            id: CallId::parse(&self.id).map_err(|e| corrupt("call id", e))?,
+            tenant_id: TenantId::parse(&self.tenant_id).map_err(|e| corrupt("tenant id", e))?,
+            key_id: KeyId::parse(&self.key_id).map_err(|e| corrupt("key id", e))?,
+            created_at: Timestamp::from_millis(self.created_at),
+            endpoint: self.endpoint,
+            model: self.model,
+            stream: self.stream,
+            end_user: self.end_user,
+            session_id: self.session_id,
+            metadata,
+            request_body: self.request_body,
+            request_truncated: self.request_truncated,
+            request_sha256: self.request_sha256,
+            response_body: self.response_body,
+            response_truncated: self.response_truncated,
+            response_sha256: self.response_sha256,
+            status: u16::try_from(self.status).map_err(|e| corrupt("call status", e))?,
+            error: self.error,
+            blocked: self.blocked,
+            blocked_by: self.blocked_by,
+            decisions,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            cached_tokens: self.cached_tokens,
+            total_tokens: self.total_tokens,
+            cost: self.cost_nanos.map(Money::from_nanos),
+            latency_us: self.latency_us,
+            upstream_latency_us: self.upstream_latency_us,
+            enforcement_us: self.enforcement_us,
+            upstream_attempts: self.upstream_attempts,
+            upstream: self.upstream,
+        })
+    }
+}
+
+/// A query parameter, typed so that each backend binds it to its column's type.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Param<'a> {
+    Text(&'a str),
+    BigInt(i64),
+    Int(i32),
+    Bool(bool),
+}
+
+/// The SQL and parameters of one `list_calls` page. Only the filters that are set become
+/// conditions (rather than `? IS NULL OR …`), so the planner can pick the index that
+/// matches them; `placeholder(n)` spells the n-th parameter (1-based) for the backend.
+pub(super) fn list_calls_query<'a>(
+    tenant: &'a TenantId,
+    filter: &'a CallFilter,
+    after: Option<&'a CallCursor>,
+    limit: u32,
+    placeholder: fn(usize) -> String,
+) -> (String, Vec<Param<'a>>) {
+    let mut params = vec![Param::Text(tenant.as_str())];
+    let mut sql = format!(
+        "SELECT {CALL_COLUMNS} FROM calls WHERE tenant_id = {}",
+        placeholder(1)
+    );
+    let mut cond = |column: &str, op: &str, p: Param<'a>| {
+        params.push(p);
+        sql.push_str(&format!(" AND {column} {op} {}", placeholder(params.len())));
+    };
+    if let Some(t) = filter.since {
+        cond("created_at", ">=", Param::BigInt(t.millis()));
+    }
+    if let Some(t) = filter.until {
+        cond("created_at", "<", Param::BigInt(t.millis()));
+    }
+    if let Some(u) = &filter.end_user {
+        cond("end_user", "=", Param::Text(u));
+    }
+    if let Some(s) = &filter.session_id {
+        cond("session_id", "=", Param::Text(s));
+    }
+    if let Some(k) = &filter.key_id {
+        cond("key_id", "=", Param::Text(k.as_str()));
+    }
+    if let Some(m) = &filter.model {
+        cond("model", "=", Param::Text(m));
+    }
+    if let Some(s) = filter.status {
+        cond("status", "=", Param::Int(i32::from(s)));
+    }
+    if let Some(b) = filter.blocked {
+        cond("blocked", "=", Param::Bool(b));
+    }
+    if let Some(c) = after {
+        // A row-value comparison: strictly after the cursor in (created_at desc, id desc).
+        params.push(Param::BigInt(c.created_at.millis()));
+        params.push(Param::Text(c.id.as_str()));
+        sql.push_str(&format!(
+            " AND (created_at, id) < ({}, {})",
+            placeholder(params.len() - 1),
+            placeholder(params.len())
+        ));
+    }
+    params.push(Param::BigInt(i64::from(limit.min(MAX_PAGE))));
+    sql.push_str(&format!(
+        " ORDER BY created_at DESC, id DESC LIMIT {}",
+        placeholder(params.len())
+    ));
+    (sql, params)
+}
+
+/// The latest event of every target whose latest action is a freeze. `ROW_NUMBER` rather
+/// than `DISTINCT ON` so that both backends run the same statement; a partition groups a
+/// NULL key_id (the tenant itself) like any other value.
+pub(super) const ACTIVE_FREEZES_SQL: &str =
+    "SELECT id, tenant_id, key_id, action, actor, reason, at FROM (
+    SELECT id, tenant_id, key_id, action, actor, reason, at, seq,
+           ROW_NUMBER() OVER (PARTITION BY tenant_id, key_id ORDER BY at DESC, seq DESC) AS rn
+    FROM freeze_events
+) latest WHERE rn = 1 AND action = 'freeze' ORDER BY at, seq";
+
+pub(super) struct FreezeRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub key_id: Option<String>,
+    pub action: String,
+    pub actor: String,
+    pub reason: String,
+    pub at: i64,
+}
+
+impl FreezeRow {
+    pub fn into_event(self) -> StoreResult<FreezeEvent> {
+        Ok(FreezeEvent {
+            id: FreezeId::parse(&self.id).map_err(|e| corrupt("freeze event id", e))?,
+            tenant_id: TenantId::parse(&self.tenant_id).map_err(|e| corrupt("tenant id", e))?,
+            key_id: self
+                .key_id
+                .map(|k| KeyId::parse(&k))
+                .transpose()
+                .map_err(|e| corrupt("key id", e))?,
+            action: FreezeAction::parse(&self.action).ok_or_else(|| {
+                corrupt(
+                    "freeze action",
+                    format!("'{}' is not freeze or unfreeze", self.action),
+                )
+            })?,
+            actor: self.actor,
+            reason: self.reason,
+            at: Timestamp::from_millis(self.at),
+        })
+    }
+}
+
+/// Reads stored policy overrides back into JSON.
+pub(super) fn policy_overrides(tenant: &str, stored: &str) -> StoreResult<serde_json::Value> {
+    serde_json::from_str(stored).map_err(|e| corrupt(&format!("policy of tenant {tenant}"), e))
 }
 
 /// Collapses a batch of key uses to the latest time per key, sorted by id so that

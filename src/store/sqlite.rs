@@ -7,19 +7,27 @@
 //! This module translates between SQL and domain types; it must not contain policy.
 
 use super::rows::{
-    KEY_COLUMNS, KeyRow, SESSION_COLUMNS, SessionRow, TENANT_COLUMNS, TOPIC_API_KEY, TenantRow,
-    USER_COLUMNS, UserRow, explain_conflict, latest_uses,
+    ACTIVE_FREEZES_SQL, CALL_COLUMNS, CallParams, CallRow, FREEZE_COLUMNS, FreezeRow, KEY_COLUMNS,
+    KeyRow, MAX_PAGE, Param, SESSION_COLUMNS, SessionRow, TENANT_COLUMNS, TOPIC_API_KEY,
+    TOPIC_KILLSWITCH, TOPIC_POLICY, TenantRow, USER_COLUMNS, UserRow, duplicate_call,
+    explain_conflict, insert_call_sql, latest_uses, list_calls_query, policy_overrides,
 };
-use super::{Backend, Change, DynStore, PoolStats, Store, StoreError, StoreResult, migrate};
+use super::{
+    Backend, CallCounts, Change, DynStore, PoolStats, Store, StoreError, StoreResult, migrate,
+};
 use crate::domain::{
-    ApiKeyRecord, Email, KeyHash, KeyId, NewApiKey, NewSession, NewUser, Session, Tenant, TenantId,
-    Timestamp, User, UserId,
+    ApiKeyRecord, CallCursor, CallFilter, CallId, CallRecord, Email, FreezeEvent, KeyHash, KeyId,
+    Money, NewApiKey, NewSession, NewUser, Session, Tenant, TenantId, Timestamp, User, UserId,
 };
 use r2d2::{Pool, PooledConnection};
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+use rusqlite::{
+    Connection, OptionalExtension, Row, ToSql, Transaction, TransactionBehavior, params,
+    params_from_iter,
+};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 pub const DB_FILE: &str = "agv.db";
@@ -197,6 +205,110 @@ fn session_row(r: &Row<'_>) -> rusqlite::Result<SessionRow> {
         created_at: r.get(2)?,
         expires_at: r.get(3)?,
     })
+}
+
+fn call_row(r: &Row<'_>) -> rusqlite::Result<CallRow> {
+    Ok(CallRow {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        key_id: r.get(2)?,
+        created_at: r.get(3)?,
+        endpoint: r.get(4)?,
+        model: r.get(5)?,
+        stream: r.get(6)?,
+        end_user: r.get(7)?,
+        session_id: r.get(8)?,
+        metadata: r.get(9)?,
+        request_body: r.get(10)?,
+        request_truncated: r.get(11)?,
+        request_sha256: r.get(12)?,
+        response_body: r.get(13)?,
+        response_truncated: r.get(14)?,
+        response_sha256: r.get(15)?,
+        status: r.get(16)?,
+        error: r.get(17)?,
+        blocked: r.get(18)?,
+        blocked_by: r.get(19)?,
+        decisions: r.get(20)?,
+        prompt_tokens: r.get(21)?,
+        completion_tokens: r.get(22)?,
+        cached_tokens: r.get(23)?,
+        total_tokens: r.get(24)?,
+        cost_nanos: r.get(25)?,
+        latency_us: r.get(26)?,
+        upstream_latency_us: r.get(27)?,
+        enforcement_us: r.get(28)?,
+        upstream_attempts: r.get(29)?,
+        upstream: r.get(30)?,
+    })
+}
+
+fn freeze_row(r: &Row<'_>) -> rusqlite::Result<FreezeRow> {
+    Ok(FreezeRow {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        key_id: r.get(2)?,
+        action: r.get(3)?,
+        actor: r.get(4)?,
+        reason: r.get(5)?,
+        at: r.get(6)?,
+    })
+}
+
+fn placeholder(n: usize) -> String {
+    format!("?{n}")
+}
+
+static INSERT_CALL: LazyLock<String> = LazyLock::new(|| insert_call_sql(placeholder));
+
+impl ToSql for Param<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match *self {
+            Param::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Param::BigInt(i) => ToSqlOutput::Owned(Value::Integer(i)),
+            Param::Int(i) => ToSqlOutput::Owned(Value::Integer(i64::from(i))),
+            Param::Bool(b) => ToSqlOutput::Owned(Value::Integer(i64::from(b))),
+        })
+    }
+}
+
+fn insert_call(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    p: &CallParams<'_>,
+) -> rusqlite::Result<usize> {
+    stmt.execute(params![
+        p.id,
+        p.tenant_id,
+        p.key_id,
+        p.created_at,
+        p.endpoint,
+        p.model,
+        p.stream,
+        p.end_user,
+        p.session_id,
+        p.metadata,
+        p.request_body,
+        p.request_truncated,
+        p.request_sha256,
+        p.response_body,
+        p.response_truncated,
+        p.response_sha256,
+        p.status,
+        p.error,
+        p.blocked,
+        p.blocked_by,
+        p.decisions,
+        p.prompt_tokens,
+        p.completion_tokens,
+        p.cached_tokens,
+        p.total_tokens,
+        p.cost_nanos,
+        p.latency_us,
+        p.upstream_latency_us,
+        p.enforcement_us,
+        p.upstream_attempts,
+        p.upstream,
+    ])
 }
 
 fn record_change(tx: &Transaction<'_>, topic: &str, ref_id: &str) -> StoreResult<()> {
@@ -547,6 +659,181 @@ impl Store for SqliteStore {
             )
             .map_err(db_err)?;
         Ok(n as u64)
+    }
+
+    fn insert_calls(&self, calls: &[CallRecord]) -> StoreResult<()> {
+        if calls.is_empty() {
+            return Ok(());
+        }
+        // Serialise before taking the write lock, which every other writer waits for.
+        let rows = calls
+            .iter()
+            .map(CallParams::new)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let mut conn = self.conn()?;
+        let tx = write_tx(&mut conn)?;
+        {
+            let mut stmt = tx.prepare_cached(&INSERT_CALL).map_err(db_err)?;
+            for (call, row) in calls.iter().zip(&rows) {
+                insert_call(&mut stmt, row)
+                    .map_err(db_err)
+                    .map_err(|e| explain_conflict(e, || duplicate_call(&call.id)))?;
+            }
+        }
+        // An early return above drops the transaction, which rolls the whole batch back.
+        tx.commit().map_err(db_err)
+    }
+
+    fn get_call(&self, tenant: Option<&TenantId>, id: &CallId) -> StoreResult<CallRecord> {
+        self.conn()?
+            .prepare_cached(&format!(
+                "SELECT {CALL_COLUMNS} FROM calls WHERE id = ?1 AND (?2 IS NULL OR tenant_id = ?2)"
+            ))
+            .map_err(db_err)?
+            .query_row(params![id.as_str(), tenant.map(TenantId::as_str)], call_row)
+            .map_err(db_err)?
+            .into_record()
+    }
+
+    fn list_calls(
+        &self,
+        tenant: &TenantId,
+        filter: &CallFilter,
+        after: Option<&CallCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<CallRecord>> {
+        let (sql, args) = list_calls_query(tenant, filter, after, limit, placeholder);
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
+        let rows = stmt
+            .query_map(params_from_iter(args.iter()), call_row)
+            .map_err(db_err)?;
+        rows.map(|r| r.map_err(db_err)?.into_record()).collect()
+    }
+
+    fn call_counts(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<CallCounts> {
+        self.conn()?
+            .prepare_cached(
+                "SELECT COUNT(*), COUNT(*) FILTER (WHERE blocked = 1), COUNT(*) FILTER (WHERE status >= 500)
+                 FROM calls WHERE tenant_id = ?1 AND created_at >= ?2",
+            )
+            .map_err(db_err)?
+            .query_row(params![tenant.as_str(), since.millis()], |r| {
+                Ok(CallCounts {
+                    total: r.get(0)?,
+                    blocked: r.get(1)?,
+                    upstream_errors: r.get(2)?,
+                })
+            })
+            .map_err(db_err)
+    }
+
+    fn spend_since(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<Money> {
+        self.conn()?
+            .prepare_cached(
+                "SELECT COALESCE(SUM(cost_nanos), 0) FROM calls WHERE tenant_id = ?1 AND created_at >= ?2",
+            )
+            .map_err(db_err)?
+            .query_row(params![tenant.as_str(), since.millis()], |r| r.get(0))
+            .map(Money::from_nanos)
+            .map_err(db_err)
+    }
+
+    fn record_freeze_event(&self, event: &FreezeEvent) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let tx = write_tx(&mut conn)?;
+        // The write lock is held, so MAX(seq) + 1 is this event's place in insertion order.
+        tx.execute(
+            "INSERT INTO freeze_events (id, seq, tenant_id, key_id, action, actor, reason, at)
+             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM freeze_events), ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                event.id.as_str(),
+                event.tenant_id.as_str(),
+                event.key_id.as_ref().map(KeyId::as_str),
+                event.action.as_str(),
+                event.actor,
+                event.reason,
+                event.at.millis(),
+            ],
+        )
+        .map_err(db_err)
+        .map_err(|e| explain_conflict(e, || format!("a freeze event with id {} already exists", event.id)))?;
+        record_change(&tx, TOPIC_KILLSWITCH, event.tenant_id.as_str())?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn active_freezes(&self) -> StoreResult<Vec<FreezeEvent>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(ACTIVE_FREEZES_SQL).map_err(db_err)?;
+        let rows = stmt.query_map([], freeze_row).map_err(db_err)?;
+        rows.map(|r| r.map_err(db_err)?.into_event()).collect()
+    }
+
+    fn list_freeze_events(&self, tenant: &TenantId, limit: u32) -> StoreResult<Vec<FreezeEvent>> {
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {FREEZE_COLUMNS} FROM freeze_events WHERE tenant_id = ?1 ORDER BY at DESC, seq DESC LIMIT ?2"
+            ))
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map(
+                params![tenant.as_str(), i64::from(limit.min(MAX_PAGE))],
+                freeze_row,
+            )
+            .map_err(db_err)?;
+        rows.map(|r| r.map_err(db_err)?.into_event()).collect()
+    }
+
+    fn get_tenant_policy(&self, tenant: &TenantId) -> StoreResult<Option<serde_json::Value>> {
+        self.conn()?
+            .query_row(
+                "SELECT overrides FROM tenant_policies WHERE tenant_id = ?1",
+                params![tenant.as_str()],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+            .map_err(db_err)?
+            .map(|stored| policy_overrides(tenant.as_str(), &stored))
+            .transpose()
+    }
+
+    fn put_tenant_policy(
+        &self,
+        tenant: &TenantId,
+        overrides: &serde_json::Value,
+        at: Timestamp,
+    ) -> StoreResult<()> {
+        let json = overrides.to_string();
+        let mut conn = self.conn()?;
+        let tx = write_tx(&mut conn)?;
+        tx.execute(
+            "INSERT INTO tenant_policies (tenant_id, overrides, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (tenant_id) DO UPDATE SET overrides = excluded.overrides, updated_at = excluded.updated_at",
+            params![tenant.as_str(), json, at.millis()],
+        )
+        .map_err(db_err)?;
+        record_change(&tx, TOPIC_POLICY, tenant.as_str())?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn list_tenant_policies(&self) -> StoreResult<Vec<(TenantId, serde_json::Value)>> {
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare("SELECT tenant_id, overrides FROM tenant_policies ORDER BY tenant_id")
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(db_err)?;
+        rows.map(|r| {
+            let (tenant, stored) = r.map_err(db_err)?;
+            let overrides = policy_overrides(&tenant, &stored)?;
+            let id = TenantId::parse(&tenant).map_err(|e| {
+                StoreError::Database(format!("a stored tenant id could not be read back: {e}"))
+            })?;
+            Ok((id, overrides))
+        })
+        .collect()
     }
 }
 
