@@ -129,41 +129,85 @@ pub trait Store: Send + Sync + 'static {
 
     // Calls (the recorder's group commit writes many in one transaction). A call id that
     // exists already is a Conflict and the whole batch is rolled back.
-    fn insert_calls(&self, calls: &[CallRecord]) -> StoreResult<()>;
+    #[allow(unused_variables)] // TEMP(guard branch)
+    fn insert_calls(&self, calls: &[CallRecord]) -> StoreResult<()> {
+        // TEMP(guard branch)
+        Err(StoreError::Unavailable("not implemented".into()))
+    }
     /// `tenant: None` means the instance operator.
-    fn get_call(&self, tenant: Option<&TenantId>, id: &CallId) -> StoreResult<CallRecord>;
+    #[allow(unused_variables)] // TEMP(guard branch)
+    fn get_call(&self, tenant: Option<&TenantId>, id: &CallId) -> StoreResult<CallRecord> {
+        // TEMP(guard branch)
+        Err(StoreError::Unavailable("not implemented".into()))
+    }
     /// Newest first (`created_at` desc, then id desc), strictly after `after` when given.
+    #[allow(unused_variables)] // TEMP(guard branch)
     fn list_calls(
         &self,
         tenant: &TenantId,
         filter: &CallFilter,
         after: Option<&CallCursor>,
         limit: u32,
-    ) -> StoreResult<Vec<CallRecord>>;
+    ) -> StoreResult<Vec<CallRecord>> {
+        // TEMP(guard branch)
+        Err(StoreError::Unavailable("not implemented".into()))
+    }
     /// Counts for the protection summary: calls since `since`, how many were blocked, how
     /// many ended in an upstream error (status >= 500).
-    fn call_counts(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<CallCounts>;
+    #[allow(unused_variables)] // TEMP(guard branch)
+    fn call_counts(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<CallCounts> {
+        // TEMP(guard branch)
+        Err(StoreError::Unavailable("not implemented".into()))
+    }
     /// Sum of known costs of the tenant's calls created at or after `since`.
-    fn spend_since(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<Money>;
+    #[allow(unused_variables)] // TEMP(guard branch)
+    fn spend_since(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<Money> {
+        // TEMP(guard branch)
+        Err(StoreError::Unavailable("not implemented".into()))
+    }
 
     // Kill switch. Recording an event also records a `Change` with topic "killswitch".
-    fn record_freeze_event(&self, event: &FreezeEvent) -> StoreResult<()>;
+    #[allow(unused_variables)] // TEMP(guard branch)
+    fn record_freeze_event(&self, event: &FreezeEvent) -> StoreResult<()> {
+        // TEMP(guard branch)
+        Err(StoreError::Unavailable("not implemented".into()))
+    }
     /// The latest event of every target (tenant, or tenant+key) whose latest action is Freeze.
-    fn active_freezes(&self) -> StoreResult<Vec<FreezeEvent>>;
+    #[allow(unused_variables)] // TEMP(guard branch)
+    fn active_freezes(&self) -> StoreResult<Vec<FreezeEvent>> {
+        // TEMP(guard branch)
+        Err(StoreError::Unavailable("not implemented".into()))
+    }
     /// A tenant's freeze history, newest first.
-    fn list_freeze_events(&self, tenant: &TenantId, limit: u32) -> StoreResult<Vec<FreezeEvent>>;
+    #[allow(unused_variables)] // TEMP(guard branch)
+    fn list_freeze_events(&self, tenant: &TenantId, limit: u32) -> StoreResult<Vec<FreezeEvent>> {
+        // TEMP(guard branch)
+        Err(StoreError::Unavailable("not implemented".into()))
+    }
 
     // Per-tenant guardrail overrides (a JSON object; see `PolicyConfig`). Putting also
     // records a `Change` with topic "policy" and ref_id the tenant id.
-    fn get_tenant_policy(&self, tenant: &TenantId) -> StoreResult<Option<serde_json::Value>>;
+    #[allow(unused_variables)] // TEMP(guard branch)
+    fn get_tenant_policy(&self, tenant: &TenantId) -> StoreResult<Option<serde_json::Value>> {
+        // TEMP(guard branch)
+        Err(StoreError::Unavailable("not implemented".into()))
+    }
+    #[allow(unused_variables)] // TEMP(guard branch)
     fn put_tenant_policy(
         &self,
         tenant: &TenantId,
         overrides: &serde_json::Value,
         at: Timestamp,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<()> {
+        // TEMP(guard branch)
+        Err(StoreError::Unavailable("not implemented".into()))
+    }
     /// Every tenant's overrides, for loading the guard at start.
-    fn list_tenant_policies(&self) -> StoreResult<Vec<(TenantId, serde_json::Value)>>;
+    #[allow(unused_variables)] // TEMP(guard branch)
+    fn list_tenant_policies(&self) -> StoreResult<Vec<(TenantId, serde_json::Value)>> {
+        // TEMP(guard branch)
+        Err(StoreError::Unavailable("not implemented".into()))
+    }
 }
 
 /// Counts for `GET /v1/status`.
