@@ -405,7 +405,7 @@ mod tests {
         let _ = b.settle(r, Some(usd(0.1)));
         assert_eq!(b.status(&t, ts(NOON)).day_spent, usd(0.1));
         assert_eq!(b.status(&t, ts(NOON)).day_reserved, Money::ZERO);
-        b.reserve(&t, usd(0.5), l, ts(NOON)).unwrap();
+        b.release(b.reserve(&t, usd(0.5), l, ts(NOON)).unwrap());
     }
 
     #[test]
