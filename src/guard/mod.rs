@@ -489,13 +489,11 @@ impl Guard {
         let max_cost = policy.max_cost_per_request_usd;
         match estimate {
             None => {
-                let mut d = Decision::pass(
-                    ids::MAX_COST,
-                    format!(
-                        "price unknown for model '{}'; cost not checked",
-                        facts.model.unwrap_or("")
-                    ),
-                );
+                let reason = match facts.model {
+                    Some(m) => format!("price unknown for model '{m}'; cost not checked"),
+                    None => "price unknown: no model given; cost not checked".to_owned(),
+                };
+                let mut d = Decision::pass(ids::MAX_COST, reason);
                 d.threshold = Some(max_cost);
                 d.unit = Some("usd".into());
                 decisions.push(timed(d, t));
