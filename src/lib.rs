@@ -7,6 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod guard;
 pub mod jobs;
 pub mod startup;
 pub mod store;
