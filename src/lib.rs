@@ -9,6 +9,7 @@ pub mod config;
 pub mod domain;
 pub mod guard;
 pub mod jobs;
+pub mod proxy;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

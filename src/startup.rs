@@ -173,6 +173,7 @@ impl Application {
             shutdown,
             background,
             scheduler: Some(scheduler),
+            recorder_task: Some(recorder_task),
         })
     }
 

@@ -105,14 +105,15 @@ pub async fn unfreeze_key(state: web::Data<AppState>, caller: AdminKey, raw: web
 /// Freeze state of the caller's tenant and its keys, with the recent history.
 #[get("/v1/killswitch/status")]
 pub async fn killswitch_status(state: web::Data<AppState>, AdminKey(caller): AdminKey) -> Result<HttpResponse, ApiError> {
-    let snapshot = state.proxy.guard.killswitch().tenant_snapshot(&caller.tenant_id);
+    let snapshot = state.proxy.guard.killswitch().tenant_status(&caller.tenant_id);
+    let frozen_keys: Vec<_> = snapshot.keys.iter().map(|(key_id, by)| json!({"key_id": key_id, "freeze": by})).collect();
     let store = state.store.clone();
     let tenant = caller.tenant_id.clone();
     let history = run_blocking(move || store.list_freeze_events(&tenant, 20)).await?;
     Ok(HttpResponse::Ok().json(json!({
         "tenant_id": caller.tenant_id,
         "tenant": {"frozen": snapshot.tenant.is_some(), "freeze": snapshot.tenant},
-        "frozen_keys": snapshot.keys,
+        "frozen_keys": frozen_keys,
         "history": history,
     })))
 }

@@ -266,7 +266,7 @@ pub struct CallResult<'a> {
 }
 
 /// What happened when a call was settled; the proxy records and acts on it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AfterCall {
     /// `None` when the model's price is unknown.
     pub cost: Option<Money>,

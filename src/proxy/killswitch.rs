@@ -38,6 +38,6 @@ pub async fn set(
 pub async fn reload(guard: &Guard, store: &DynStore) -> StoreResult<()> {
     let store = store.clone();
     let active = run_blocking(move || store.active_freezes()).await?;
-    guard.killswitch().replace_all(&active);
+    guard.killswitch().load(&active);
     Ok(())
 }

@@ -15,7 +15,7 @@ pub mod upstream;
 use crate::api::error::{ApiError, ErrorKind};
 use crate::domain::call::endpoint;
 use crate::domain::{CallId, CallRecord, Decision, TenantId, Timestamp};
-use crate::guard::{AfterCall, CallResult, Guard, RequestFacts, StopKind, Verdict};
+use crate::guard::{AfterCall, CallResult, Endpoint as GuardEndpoint, Guard, RequestFacts, StopKind, Verdict};
 use crate::store::DynStore;
 use bytes::Bytes;
 use recorder::Recorder;
@@ -101,7 +101,7 @@ impl Proxy {
             &RequestFacts {
                 tenant_id: &incoming.tenant_id,
                 key_id: &incoming.key_id,
-                endpoint: incoming.endpoint,
+                endpoint: if incoming.endpoint == endpoint::EMBEDDINGS { GuardEndpoint::Embeddings } else { GuardEndpoint::ChatCompletions },
                 model: model.as_deref(),
                 body: &incoming.body,
             },
@@ -146,7 +146,7 @@ impl Proxy {
         let response = match sent {
             Ok(r) => r,
             Err((e, attempts)) => {
-                let after = self.guard.complete(admission, Usage::default().result(model, true), Timestamp::now());
+                let after = self.guard.complete(admission, Usage::default().result(model.as_deref(), true), Timestamp::now());
                 let err = upstream_error(&e);
                 rec.status = err.kind.status().as_u16();
                 rec.error = Some(e.to_string());
@@ -193,7 +193,7 @@ impl Proxy {
         };
         let usage = Usage::from_json(parsed.get("usage"));
         let served_model = parsed.get("model").and_then(|m| m.as_str()).map(str::to_owned).or(model);
-        let after = self.guard.complete(admission, usage.result(served_model.clone(), false), Timestamp::now());
+        let after = self.guard.complete(admission, usage.result(served_model.as_deref(), false), Timestamp::now());
         usage.apply(&mut rec);
         rec.model = served_model;
         rec.cost = after.cost;
@@ -222,7 +222,7 @@ impl Proxy {
     ) -> Outcome {
         let upstream_fault = status >= 500 || status == 401 || status == 403;
         let after = if upstream_fault {
-            self.guard.complete(admission, Usage::default().result(rec.model.clone(), true), Timestamp::now())
+            self.guard.complete(admission, Usage::default().result(rec.model.as_deref(), true), Timestamp::now())
         } else {
             self.guard.abandon(admission);
             AfterCall::default()
@@ -262,7 +262,7 @@ impl Proxy {
     }
 
     async fn upstream_failed(&self, incoming: Incoming, mut rec: CallRecord, admission: crate::guard::Admission, e: UpstreamError) -> Outcome {
-        let after = self.guard.complete(admission, Usage::default().result(rec.model.clone(), true), Timestamp::now());
+        let after = self.guard.complete(admission, Usage::default().result(rec.model.as_deref(), true), Timestamp::now());
         let err = upstream_error(&e);
         rec.status = err.kind.status().as_u16();
         rec.error = Some(e.to_string());
@@ -286,20 +286,14 @@ impl Proxy {
     /// Acts on what the guard noticed after a call: a failure spike freezes the tenant.
     pub(crate) async fn after_call(&self, tenant: &TenantId, after: AfterCall) {
         if let Some(spike) = after.spike {
-            let reason = format!(
-                "dg-004 failure spike: {} of the last {} calls failed upstream ({:.0}%) within {} s",
-                spike.errors,
-                spike.total,
-                spike.ratio * 100.0,
-                spike.window_secs
-            );
+            let reason = format!("dg-004 failure spike: {}", spike.reason());
             if let Err(e) = killswitch::set(&self.guard, &self.store, tenant, None, crate::domain::FreezeAction::Freeze, "policy:dg-004", &reason).await {
                 tracing::error!(error = %e, tenant = %tenant, "could not record the automatic freeze");
             }
         }
         if let Some(soft) = after.budget_soft_crossed {
-            tracing::warn!(tenant = %tenant, period = %soft.period, spent = %soft.spent, limit = %soft.limit, "budget soft threshold crossed");
-            metrics::counter!("agv_budget_soft_threshold_total", "period" => soft.period.to_string()).increment(1);
+            tracing::warn!(tenant = %tenant, period = soft.period.as_str(), spent = %soft.spent, limit = %soft.limit, "budget soft threshold crossed");
+            metrics::counter!("agv_budget_soft_threshold_total", "period" => soft.period.as_str()).increment(1);
         }
     }
 
@@ -421,7 +415,7 @@ impl Usage {
         }
     }
 
-    pub fn result(&self, model: Option<String>, upstream_failed: bool) -> CallResult {
+    pub fn result<'a>(&self, model: Option<&'a str>, upstream_failed: bool) -> CallResult<'a> {
         CallResult {
             model,
             prompt_tokens: self.prompt.unwrap_or(0).max(0) as u64,

@@ -138,7 +138,7 @@ async fn relay(
 
     rec.upstream_latency_us = Some(micros(started.elapsed()));
     let model = served_model.or_else(|| rec.model.clone());
-    let after = proxy.guard.complete(admission, usage.result(model.clone(), failure.is_some()), Timestamp::now());
+    let after = proxy.guard.complete(admission, usage.result(model.as_deref(), failure.is_some()), Timestamp::now());
     usage.apply(&mut rec);
     rec.model = model;
     rec.cost = after.cost;
