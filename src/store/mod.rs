@@ -129,41 +129,74 @@ pub trait Store: Send + Sync + 'static {
 
     // Calls (the recorder's group commit writes many in one transaction). A call id that
     // exists already is a Conflict and the whole batch is rolled back.
-    fn insert_calls(&self, calls: &[CallRecord]) -> StoreResult<()>;
+    fn insert_calls(&self, _calls: &[CallRecord]) -> StoreResult<()> {
+        // TEMP(upstream branch)
+        Err(StoreError::Unavailable("not implemented".into()))
+    }
     /// `tenant: None` means the instance operator.
-    fn get_call(&self, tenant: Option<&TenantId>, id: &CallId) -> StoreResult<CallRecord>;
+    fn get_call(&self, _tenant: Option<&TenantId>, _id: &CallId) -> StoreResult<CallRecord> {
+        // TEMP(upstream branch)
+        Err(StoreError::Unavailable("not implemented".into()))
+    }
     /// Newest first (`created_at` desc, then id desc), strictly after `after` when given.
     fn list_calls(
         &self,
-        tenant: &TenantId,
-        filter: &CallFilter,
-        after: Option<&CallCursor>,
-        limit: u32,
-    ) -> StoreResult<Vec<CallRecord>>;
+        _tenant: &TenantId,
+        _filter: &CallFilter,
+        _after: Option<&CallCursor>,
+        _limit: u32,
+    ) -> StoreResult<Vec<CallRecord>> {
+        // TEMP(upstream branch)
+        Err(StoreError::Unavailable("not implemented".into()))
+    }
     /// Counts for the protection summary: calls since `since`, how many were blocked, how
     /// many ended in an upstream error (status >= 500).
-    fn call_counts(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<CallCounts>;
+    fn call_counts(&self, _tenant: &TenantId, _since: Timestamp) -> StoreResult<CallCounts> {
+        // TEMP(upstream branch)
+        Err(StoreError::Unavailable("not implemented".into()))
+    }
     /// Sum of known costs of the tenant's calls created at or after `since`.
-    fn spend_since(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<Money>;
+    fn spend_since(&self, _tenant: &TenantId, _since: Timestamp) -> StoreResult<Money> {
+        // TEMP(upstream branch)
+        Err(StoreError::Unavailable("not implemented".into()))
+    }
 
     // Kill switch. Recording an event also records a `Change` with topic "killswitch".
-    fn record_freeze_event(&self, event: &FreezeEvent) -> StoreResult<()>;
+    fn record_freeze_event(&self, _event: &FreezeEvent) -> StoreResult<()> {
+        // TEMP(upstream branch)
+        Err(StoreError::Unavailable("not implemented".into()))
+    }
     /// The latest event of every target (tenant, or tenant+key) whose latest action is Freeze.
-    fn active_freezes(&self) -> StoreResult<Vec<FreezeEvent>>;
+    fn active_freezes(&self) -> StoreResult<Vec<FreezeEvent>> {
+        // TEMP(upstream branch)
+        Err(StoreError::Unavailable("not implemented".into()))
+    }
     /// A tenant's freeze history, newest first.
-    fn list_freeze_events(&self, tenant: &TenantId, limit: u32) -> StoreResult<Vec<FreezeEvent>>;
+    fn list_freeze_events(&self, _tenant: &TenantId, _limit: u32) -> StoreResult<Vec<FreezeEvent>> {
+        // TEMP(upstream branch)
+        Err(StoreError::Unavailable("not implemented".into()))
+    }
 
     // Per-tenant guardrail overrides (a JSON object; see `PolicyConfig`). Putting also
     // records a `Change` with topic "policy" and ref_id the tenant id.
-    fn get_tenant_policy(&self, tenant: &TenantId) -> StoreResult<Option<serde_json::Value>>;
+    fn get_tenant_policy(&self, _tenant: &TenantId) -> StoreResult<Option<serde_json::Value>> {
+        // TEMP(upstream branch)
+        Err(StoreError::Unavailable("not implemented".into()))
+    }
     fn put_tenant_policy(
         &self,
-        tenant: &TenantId,
-        overrides: &serde_json::Value,
-        at: Timestamp,
-    ) -> StoreResult<()>;
+        _tenant: &TenantId,
+        _overrides: &serde_json::Value,
+        _at: Timestamp,
+    ) -> StoreResult<()> {
+        // TEMP(upstream branch)
+        Err(StoreError::Unavailable("not implemented".into()))
+    }
     /// Every tenant's overrides, for loading the guard at start.
-    fn list_tenant_policies(&self) -> StoreResult<Vec<(TenantId, serde_json::Value)>>;
+    fn list_tenant_policies(&self) -> StoreResult<Vec<(TenantId, serde_json::Value)>> {
+        // TEMP(upstream branch)
+        Err(StoreError::Unavailable("not implemented".into()))
+    }
 }
 
 /// Counts for `GET /v1/status`.
