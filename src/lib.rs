@@ -11,4 +11,6 @@ pub mod jobs;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+#[doc(hidden)]
+pub mod testing;
 pub mod web;
