@@ -14,7 +14,7 @@ What runs (all on loopback):
   * agv-server (`agv-server --data TMP serve`, AGV_UPSTREAM_URL = the mock), with one
     tenant and one proxy key created through the CLI;
   * with --peer litellm: LiteLLM proxy from a venv in target/bench-venv, one model routed
-    to the mock as an OpenAI-compatible base, no database, no master key, no callbacks,
+    to the mock as an OpenAI-compatible base, no database, a master key (required), no callbacks,
     one worker per core.
 
 Targets (DESIGN.md): added latency (agv - direct) p50 < 0.3 ms and p99 < 1 ms at
@@ -30,6 +30,7 @@ import argparse
 import http.client
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -257,12 +258,16 @@ def start_litellm(procs, mock_url, tmp, smoke):
             "  disable_error_logs: true\n"
         )
     port = free_port()
+    master_key = "sk-" + secrets.token_hex(32)
     env = clean_env()
     env.update({
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no network fetch of the price list
         "LITELLM_LOG": "ERROR",
         "LITELLM_TELEMETRY": "False",
         "DISABLE_SCHEMA_UPDATE": "True",
+        # LiteLLM refuses to start without a strong master key; agv authenticates every
+        # call too, so this keeps the comparison fair. No DB: the key is a string compare.
+        "LITELLM_MASTER_KEY": master_key,
     })
     env.pop("DATABASE_URL", None)
     cmd = [os.path.join(venv, "bin", "litellm"), "--config", config, "--host", "127.0.0.1",
@@ -277,7 +282,7 @@ def start_litellm(procs, mock_url, tmp, smoke):
         with open(os.path.join(tmp, "litellm.log")) as f:
             log(f.read()[-4000:])
         raise
-    return port
+    return port, master_key
 
 
 def ratio_line(label, value, target, unit, lower_is_better=True):
@@ -341,13 +346,14 @@ def main():
                                      body_file, [f"Authorization: Bearer {key}"], cfg)
 
         if cfg.peer == "litellm":
-            lport = start_litellm(procs, mock_url, tmp, cfg.smoke)
-            status, data = post_once(lport, "/v1/chat/completions", CHAT_BODY, {})
+            lport, lkey = start_litellm(procs, mock_url, tmp, cfg.smoke)
+            status, data = post_once(lport, "/v1/chat/completions", CHAT_BODY,
+                                     {"Authorization": f"Bearer {lkey}"})
             if status != 200:
                 log(f"!! LiteLLM answered {status}: {data[:1000]!r}")
                 return 1
             results["litellm"] = measure("litellm", bins, f"http://127.0.0.1:{lport}/v1/chat/completions",
-                                         body_file, [], cfg)
+                                         body_file, [f"Authorization: Bearer {lkey}"], cfg)
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
