@@ -13,4 +13,6 @@ pub mod proxy;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+#[doc(hidden)]
+pub mod testing;
 pub mod web;
