@@ -13,10 +13,10 @@ use crate::api::middleware::{AddressRateLimiter, limit_unauthenticated, observe}
 use crate::api::{health, openai, v1};
 use crate::config::Settings;
 use crate::domain::Timestamp;
-use crate::jobs::scheduler::{HOUSEKEEPING, ScheduleEntry, SchedulerHandle, start_scheduler};
-use crate::jobs::{Handlers, Queue, QueueLimits, spawn_workers};
 use crate::domain::{PolicyConfig, TenantId};
 use crate::guard::Guard;
+use crate::jobs::scheduler::{HOUSEKEEPING, ScheduleEntry, SchedulerHandle, start_scheduler};
+use crate::jobs::{Handlers, Queue, QueueLimits, spawn_workers};
 use crate::proxy::Proxy;
 use crate::proxy::recorder::Recorder;
 use crate::proxy::upstream::{Upstream, UpstreamSettings, UpstreamTarget};
@@ -113,13 +113,26 @@ impl Application {
 
         let guard = Arc::new(Guard::new(crate::guard::pricing::Pricing::builtin()));
         let upstream = Upstream::new(
-            UpstreamTarget { base_url: settings.upstream_url.clone(), api_key: settings.upstream_api_key.clone() },
+            UpstreamTarget {
+                base_url: settings.upstream_url.clone(),
+                api_key: settings.upstream_api_key.clone(),
+            },
             None,
-            UpstreamSettings { total_timeout: settings.upstream_timeout, retries: settings.upstream_retries, ..UpstreamSettings::default() },
+            UpstreamSettings {
+                total_timeout: settings.upstream_timeout,
+                retries: settings.upstream_retries,
+                ..UpstreamSettings::default()
+            },
         )
         .map_err(StartupError)?;
         let (recorder, recorder_task) = Recorder::start(store.clone());
-        let proxy = Arc::new(Proxy::new(guard.clone(), upstream, recorder, store.clone(), settings.max_stored_body_bytes));
+        let proxy = Arc::new(Proxy::new(
+            guard.clone(),
+            upstream,
+            recorder,
+            store.clone(),
+            settings.max_stored_body_bytes,
+        ));
         load_enforcement_state(&guard, &store).await?;
 
         for (key, value, source) in settings.describe() {
@@ -274,7 +287,10 @@ fn security_headers() -> DefaultHeaders {
 }
 
 /// Writes key last-used times every 5 s.
-fn spawn_key_maintenance(keys: Arc<KeyCache>, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+fn spawn_key_maintenance(
+    keys: Arc<KeyCache>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut flush = tokio::time::interval(Duration::from_secs(5));
         loop {
@@ -293,7 +309,10 @@ fn spawn_key_maintenance(keys: Arc<KeyCache>, mut shutdown: watch::Receiver<bool
 /// Reads the store's change feed every 250 ms and applies what other processes changed:
 /// keys (the CLI revoking one), freezes and policies (another instance on Postgres). So a
 /// revoked key stops within a second, and a freeze reaches every instance within one.
-fn spawn_change_feed(state: web::Data<AppState>, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+fn spawn_change_feed(
+    state: web::Data<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut poll = tokio::time::interval(Duration::from_millis(250));
         loop {
@@ -313,20 +332,28 @@ async fn apply_changes(state: &AppState) -> Result<(), crate::store::StoreError>
     let store = state.store.clone();
     let since = state.keys.seen_seq();
     let changes = run_blocking(move || store.changes_since(since, 1000)).await?;
-    let Some(last) = changes.last() else { return Ok(()) };
+    let Some(last) = changes.last() else {
+        return Ok(());
+    };
     if changes.iter().any(|c| c.topic == "api_key") {
         state.keys.invalidate_all();
     }
     if changes.iter().any(|c| c.topic == "killswitch") {
         crate::proxy::killswitch::reload(&state.proxy.guard, &state.store).await?;
     }
-    for tenant in changes.iter().filter(|c| c.topic == "policy").filter_map(|c| TenantId::parse(&c.ref_id).ok()) {
+    for tenant in changes
+        .iter()
+        .filter(|c| c.topic == "policy")
+        .filter_map(|c| TenantId::parse(&c.ref_id).ok())
+    {
         let store = state.store.clone();
         let t = tenant.clone();
         let overrides = run_blocking(move || store.get_tenant_policy(&t)).await?;
         match PolicyConfig::with_overrides(&overrides.unwrap_or_else(|| serde_json::json!({}))) {
             Ok(cfg) => apply_policy(state, &tenant, cfg).await,
-            Err(e) => tracing::error!(tenant = %tenant, error = %e, "stored policy overrides are invalid; keeping the previous ones"),
+            Err(e) => {
+                tracing::error!(tenant = %tenant, error = %e, "stored policy overrides are invalid; keeping the previous ones")
+            }
         }
     }
     state.keys.set_seen_seq(last.seq);
@@ -335,14 +362,24 @@ async fn apply_changes(state: &AppState) -> Result<(), crate::store::StoreError>
 
 /// Loads freezes, tenant policies and the spend that budgets count against.
 async fn load_enforcement_state(guard: &Arc<Guard>, store: &DynStore) -> Result<(), StartupError> {
-    let fail = |e: crate::store::StoreError| StartupError(format!("cannot load the enforcement state: {e}"));
-    crate::proxy::killswitch::reload(guard, store).await.map_err(fail)?;
+    let fail = |e: crate::store::StoreError| {
+        StartupError(format!("cannot load the enforcement state: {e}"))
+    };
+    crate::proxy::killswitch::reload(guard, store)
+        .await
+        .map_err(fail)?;
     let s = store.clone();
-    let policies = run_blocking(move || s.list_tenant_policies()).await.map_err(fail)?;
+    let policies = run_blocking(move || s.list_tenant_policies())
+        .await
+        .map_err(fail)?;
     for (tenant, overrides) in policies {
         match PolicyConfig::with_overrides(&overrides) {
-            Ok(cfg) => set_policy_and_seed(guard, store, &tenant, cfg).await.map_err(fail)?,
-            Err(e) => tracing::error!(tenant = %tenant, error = %e, "stored policy overrides are invalid; using the defaults"),
+            Ok(cfg) => set_policy_and_seed(guard, store, &tenant, cfg)
+                .await
+                .map_err(fail)?,
+            Err(e) => {
+                tracing::error!(tenant = %tenant, error = %e, "stored policy overrides are invalid; using the defaults")
+            }
         }
     }
     Ok(())
@@ -355,7 +392,12 @@ pub async fn apply_policy(state: &AppState, tenant: &TenantId, cfg: PolicyConfig
     }
 }
 
-async fn set_policy_and_seed(guard: &Arc<Guard>, store: &DynStore, tenant: &TenantId, cfg: PolicyConfig) -> Result<(), crate::store::StoreError> {
+async fn set_policy_and_seed(
+    guard: &Arc<Guard>,
+    store: &DynStore,
+    tenant: &TenantId,
+    cfg: PolicyConfig,
+) -> Result<(), crate::store::StoreError> {
     let has_budget = cfg.budget_daily_usd.is_some() || cfg.budget_monthly_usd.is_some();
     guard.set_policy(tenant, Arc::new(cfg));
     if has_budget {
@@ -363,7 +405,13 @@ async fn set_policy_and_seed(guard: &Arc<Guard>, store: &DynStore, tenant: &Tena
         let (day_start, month_start) = crate::guard::budget::period_starts(now);
         let s = store.clone();
         let t = tenant.clone();
-        let (day, month) = run_blocking(move || Ok::<_, crate::store::StoreError>((s.spend_since(&t, day_start)?, s.spend_since(&t, month_start)?))).await?;
+        let (day, month) = run_blocking(move || {
+            Ok::<_, crate::store::StoreError>((
+                s.spend_since(&t, day_start)?,
+                s.spend_since(&t, month_start)?,
+            ))
+        })
+        .await?;
         guard.budgets().seed(tenant, day, month, now);
     }
     Ok(())

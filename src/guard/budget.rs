@@ -131,7 +131,10 @@ impl Spend {
 
 /// The start of the current UTC day and month at `now`: what a budget's spend counts from.
 pub fn period_starts(now: Timestamp) -> (Timestamp, Timestamp) {
-    (Timestamp::from_millis(day_start(now.millis())), Timestamp::from_millis(month_start(now.millis())))
+    (
+        Timestamp::from_millis(day_start(now.millis())),
+        Timestamp::from_millis(month_start(now.millis())),
+    )
 }
 
 fn day_start(ms: i64) -> i64 {

@@ -15,7 +15,9 @@ pub mod upstream;
 use crate::api::error::{ApiError, ErrorKind};
 use crate::domain::call::endpoint;
 use crate::domain::{CallId, CallRecord, Decision, TenantId, Timestamp};
-use crate::guard::{AfterCall, CallResult, Endpoint as GuardEndpoint, Guard, RequestFacts, StopKind, Verdict};
+use crate::guard::{
+    AfterCall, CallResult, Endpoint as GuardEndpoint, Guard, RequestFacts, StopKind, Verdict,
+};
 use crate::store::DynStore;
 use bytes::Bytes;
 use recorder::Recorder;
@@ -65,23 +67,40 @@ pub struct Incoming {
 
 impl Incoming {
     pub fn model(&self) -> Option<String> {
-        self.body.get("model").and_then(|m| m.as_str()).map(str::to_owned)
+        self.body
+            .get("model")
+            .and_then(|m| m.as_str())
+            .map(str::to_owned)
     }
 
     pub fn stream(&self) -> bool {
-        self.body.get("stream").and_then(serde_json::Value::as_bool).unwrap_or(false)
+        self.body
+            .get("stream")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false)
     }
 }
 
 /// What the handler sends back: a full response or a relayed stream.
 pub enum Outcome {
-    Full { status: u16, content_type: String, body: Bytes, retry_after: Option<String> },
+    Full {
+        status: u16,
+        content_type: String,
+        body: Bytes,
+        retry_after: Option<String>,
+    },
     Stream(relay::StreamBody),
     Error(ApiError),
 }
 
 impl Proxy {
-    pub fn new(guard: Arc<Guard>, upstream: Upstream, recorder: Recorder, store: DynStore, max_stored_body: usize) -> Self {
+    pub fn new(
+        guard: Arc<Guard>,
+        upstream: Upstream,
+        recorder: Recorder,
+        store: DynStore,
+        max_stored_body: usize,
+    ) -> Self {
         Self {
             guard,
             upstream,
@@ -101,7 +120,11 @@ impl Proxy {
             &RequestFacts {
                 tenant_id: &incoming.tenant_id,
                 key_id: &incoming.key_id,
-                endpoint: if incoming.endpoint == endpoint::EMBEDDINGS { GuardEndpoint::Embeddings } else { GuardEndpoint::ChatCompletions },
+                endpoint: if incoming.endpoint == endpoint::EMBEDDINGS {
+                    GuardEndpoint::Embeddings
+                } else {
+                    GuardEndpoint::ChatCompletions
+                },
                 model: model.as_deref(),
                 body: &incoming.body,
             },
@@ -109,7 +132,8 @@ impl Proxy {
         );
         let enforcement_us = micros(enforce_started.elapsed());
         self.note_enforcement(enforce_started.elapsed());
-        metrics::histogram!("agv_enforcement_seconds").record(enforce_started.elapsed().as_secs_f64());
+        metrics::histogram!("agv_enforcement_seconds")
+            .record(enforce_started.elapsed().as_secs_f64());
         let (decisions, admission) = match verdict {
             Verdict::Stop { decisions, stop } => {
                 let err = ApiError {
@@ -135,18 +159,33 @@ impl Proxy {
                     Err(e) => Outcome::Error(record_failed(&e)),
                 };
             }
-            Verdict::Allow { decisions, admission } => (decisions, admission),
+            Verdict::Allow {
+                decisions,
+                admission,
+            } => (decisions, admission),
         };
 
         let stream = incoming.stream();
-        let (upstream_body, strip_usage) = if stream { relay::ask_for_usage(&incoming) } else { (incoming.raw.clone(), false) };
-        let path = if incoming.endpoint == endpoint::EMBEDDINGS { "/embeddings" } else { "/chat/completions" };
+        let (upstream_body, strip_usage) = if stream {
+            relay::ask_for_usage(&incoming)
+        } else {
+            (incoming.raw.clone(), false)
+        };
+        let path = if incoming.endpoint == endpoint::EMBEDDINGS {
+            "/embeddings"
+        } else {
+            "/chat/completions"
+        };
         let mut rec = self.base_record(&incoming, model.clone(), decisions, enforcement_us);
         let sent = self.upstream.post(path, upstream_body, &[]).await;
         let response = match sent {
             Ok(r) => r,
             Err((e, attempts)) => {
-                let after = self.guard.complete(admission, Usage::default().result(model.as_deref(), true), Timestamp::now());
+                let after = self.guard.complete(
+                    admission,
+                    Usage::default().result(model.as_deref(), true),
+                    Timestamp::now(),
+                );
                 let err = upstream_error(&e);
                 rec.status = err.kind.status().as_u16();
                 rec.error = Some(e.to_string());
@@ -162,11 +201,23 @@ impl Proxy {
         let status = response.response.status();
 
         if stream && status.is_success() {
-            return Outcome::Stream(relay::start(self.clone(), incoming, rec, admission, response, strip_usage));
+            return Outcome::Stream(relay::start(
+                self.clone(),
+                incoming,
+                rec,
+                admission,
+                response,
+                strip_usage,
+            ));
         }
 
         // A full response (or an error from the upstream, streaming or not).
-        let retry_after = response.response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let retry_after = response
+            .response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let content_type = response
             .response
             .headers()
@@ -174,26 +225,65 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/json")
             .to_owned();
-        let remaining = self.upstream.settings().total_timeout.saturating_sub(response.started.elapsed());
+        let remaining = self
+            .upstream
+            .settings()
+            .total_timeout
+            .saturating_sub(response.started.elapsed());
         let body = match tokio::time::timeout(remaining, response.response.bytes()).await {
             Ok(Ok(b)) => b,
-            Ok(Err(e)) => return self.upstream_failed(incoming, rec, admission, UpstreamError::Broken(e.to_string())).await,
-            Err(_) => return self.upstream_failed(incoming, rec, admission, UpstreamError::Timeout("the body did not arrive in time".into())).await,
+            Ok(Err(e)) => {
+                return self
+                    .upstream_failed(
+                        incoming,
+                        rec,
+                        admission,
+                        UpstreamError::Broken(e.to_string()),
+                    )
+                    .await;
+            }
+            Err(_) => {
+                return self
+                    .upstream_failed(
+                        incoming,
+                        rec,
+                        admission,
+                        UpstreamError::Timeout("the body did not arrive in time".into()),
+                    )
+                    .await;
+            }
         };
         rec.upstream_latency_us = Some(micros(response.started.elapsed()));
 
         if !status.is_success() {
-            return self.upstream_status(incoming, rec, admission, status.as_u16(), body, retry_after).await;
+            return self
+                .upstream_status(incoming, rec, admission, status.as_u16(), body, retry_after)
+                .await;
         }
         let parsed: serde_json::Value = match serde_json::from_slice(&body) {
             Ok(v) => v,
             Err(e) => {
-                return self.upstream_failed(incoming, rec, admission, UpstreamError::Broken(format!("the upstream sent invalid JSON: {e}"))).await;
+                return self
+                    .upstream_failed(
+                        incoming,
+                        rec,
+                        admission,
+                        UpstreamError::Broken(format!("the upstream sent invalid JSON: {e}")),
+                    )
+                    .await;
             }
         };
         let usage = Usage::from_json(parsed.get("usage"));
-        let served_model = parsed.get("model").and_then(|m| m.as_str()).map(str::to_owned).or(model);
-        let after = self.guard.complete(admission, usage.result(served_model.as_deref(), false), Timestamp::now());
+        let served_model = parsed
+            .get("model")
+            .and_then(|m| m.as_str())
+            .map(str::to_owned)
+            .or(model);
+        let after = self.guard.complete(
+            admission,
+            usage.result(served_model.as_deref(), false),
+            Timestamp::now(),
+        );
         usage.apply(&mut rec);
         rec.model = served_model;
         rec.cost = after.cost;
@@ -204,7 +294,12 @@ impl Proxy {
         self.count_call(&rec);
         self.after_call(&incoming.tenant_id, after).await;
         match self.recorder.record(rec).await {
-            Ok(()) => Outcome::Full { status: 200, content_type, body, retry_after: None },
+            Ok(()) => Outcome::Full {
+                status: 200,
+                content_type,
+                body,
+                retry_after: None,
+            },
             Err(e) => Outcome::Error(record_failed(&e)),
         }
     }
@@ -222,27 +317,49 @@ impl Proxy {
     ) -> Outcome {
         let upstream_fault = status >= 500 || status == 401 || status == 403;
         let after = if upstream_fault {
-            self.guard.complete(admission, Usage::default().result(rec.model.as_deref(), true), Timestamp::now())
+            self.guard.complete(
+                admission,
+                Usage::default().result(rec.model.as_deref(), true),
+                Timestamp::now(),
+            )
         } else {
             self.guard.abandon(admission);
             AfterCall::default()
         };
         let upstream_message = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
-            .and_then(|v| v.pointer("/error/message").and_then(|m| m.as_str()).map(str::to_owned))
+            .and_then(|v| {
+                v.pointer("/error/message")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_owned)
+            })
             .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
         rec.latency_us = micros(incoming.received.elapsed());
         self.after_call(&incoming.tenant_id, after).await;
         if upstream_fault {
             let err = match status {
-                503 => ApiError::new(ErrorKind::ServiceUnavailable, "upstream_unavailable", format!("the upstream is unavailable ({status}): {upstream_message}")),
-                504 => ApiError::new(ErrorKind::GatewayTimeout, "upstream_timeout", format!("the upstream timed out ({status}): {upstream_message}")),
+                503 => ApiError::new(
+                    ErrorKind::ServiceUnavailable,
+                    "upstream_unavailable",
+                    format!("the upstream is unavailable ({status}): {upstream_message}"),
+                ),
+                504 => ApiError::new(
+                    ErrorKind::GatewayTimeout,
+                    "upstream_timeout",
+                    format!("the upstream timed out ({status}): {upstream_message}"),
+                ),
                 401 | 403 => ApiError::new(
                     ErrorKind::BadGateway,
                     "upstream_auth_failed",
-                    format!("the upstream refused agv-server's credentials ({status}); the operator must check AGV_UPSTREAM_API_KEY"),
+                    format!(
+                        "the upstream refused agv-server's credentials ({status}); the operator must check AGV_UPSTREAM_API_KEY"
+                    ),
                 ),
-                _ => ApiError::new(ErrorKind::BadGateway, "upstream_error", format!("the upstream failed ({status}): {upstream_message}")),
+                _ => ApiError::new(
+                    ErrorKind::BadGateway,
+                    "upstream_error",
+                    format!("the upstream failed ({status}): {upstream_message}"),
+                ),
             };
             rec.status = err.kind.status().as_u16();
             rec.error = Some(format!("upstream status {status}: {upstream_message}"));
@@ -256,13 +373,28 @@ impl Proxy {
         self.set_response(&mut rec, &body);
         self.count_call(&rec);
         match self.recorder.record(rec).await {
-            Ok(()) => Outcome::Full { status, content_type: "application/json".into(), body, retry_after },
+            Ok(()) => Outcome::Full {
+                status,
+                content_type: "application/json".into(),
+                body,
+                retry_after,
+            },
             Err(e) => Outcome::Error(record_failed(&e)),
         }
     }
 
-    async fn upstream_failed(&self, incoming: Incoming, mut rec: CallRecord, admission: crate::guard::Admission, e: UpstreamError) -> Outcome {
-        let after = self.guard.complete(admission, Usage::default().result(rec.model.as_deref(), true), Timestamp::now());
+    async fn upstream_failed(
+        &self,
+        incoming: Incoming,
+        mut rec: CallRecord,
+        admission: crate::guard::Admission,
+        e: UpstreamError,
+    ) -> Outcome {
+        let after = self.guard.complete(
+            admission,
+            Usage::default().result(rec.model.as_deref(), true),
+            Timestamp::now(),
+        );
         let err = upstream_error(&e);
         rec.status = err.kind.status().as_u16();
         rec.error = Some(e.to_string());
@@ -287,17 +419,34 @@ impl Proxy {
     pub(crate) async fn after_call(&self, tenant: &TenantId, after: AfterCall) {
         if let Some(spike) = after.spike {
             let reason = format!("dg-004 failure spike: {}", spike.reason());
-            if let Err(e) = killswitch::set(&self.guard, &self.store, tenant, None, crate::domain::FreezeAction::Freeze, "policy:dg-004", &reason).await {
+            if let Err(e) = killswitch::set(
+                &self.guard,
+                &self.store,
+                tenant,
+                None,
+                crate::domain::FreezeAction::Freeze,
+                "policy:dg-004",
+                &reason,
+            )
+            .await
+            {
                 tracing::error!(error = %e, tenant = %tenant, "could not record the automatic freeze");
             }
         }
         if let Some(soft) = after.budget_soft_crossed {
             tracing::warn!(tenant = %tenant, period = soft.period.as_str(), spent = %soft.spent, limit = %soft.limit, "budget soft threshold crossed");
-            metrics::counter!("agv_budget_soft_threshold_total", "period" => soft.period.as_str()).increment(1);
+            metrics::counter!("agv_budget_soft_threshold_total", "period" => soft.period.as_str())
+                .increment(1);
         }
     }
 
-    pub(crate) fn base_record(&self, incoming: &Incoming, model: Option<String>, decisions: Vec<Decision>, enforcement_us: i64) -> CallRecord {
+    pub(crate) fn base_record(
+        &self,
+        incoming: &Incoming,
+        model: Option<String>,
+        decisions: Vec<Decision>,
+        enforcement_us: i64,
+    ) -> CallRecord {
         let (request_body, request_truncated) = truncate(&incoming.raw, self.max_stored_body);
         CallRecord {
             id: incoming.call_id.clone(),
@@ -352,10 +501,12 @@ impl Proxy {
         )
         .increment(1);
         if let Some(t) = rec.total_tokens {
-            metrics::counter!("agv_tokens_total", "tenant" => rec.tenant_id.to_string()).increment(t.max(0) as u64);
+            metrics::counter!("agv_tokens_total", "tenant" => rec.tenant_id.to_string())
+                .increment(t.max(0) as u64);
         }
         if let Some(c) = rec.cost {
-            metrics::counter!("agv_cost_nanodollars_total", "tenant" => rec.tenant_id.to_string()).increment(c.nanos().max(0) as u64);
+            metrics::counter!("agv_cost_nanodollars_total", "tenant" => rec.tenant_id.to_string())
+                .increment(c.nanos().max(0) as u64);
         }
         if let Some(u) = rec.upstream_latency_us {
             metrics::histogram!("agv_upstream_latency_seconds").record(u as f64 / 1e6);
@@ -370,11 +521,22 @@ impl Proxy {
         {
             return Ok(body.clone());
         }
-        let resp = self.upstream.get("/models").await.map_err(|e| upstream_error(&e))?;
+        let resp = self
+            .upstream
+            .get("/models")
+            .await
+            .map_err(|e| upstream_error(&e))?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| upstream_error(&UpstreamError::Broken(e.to_string())))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| upstream_error(&UpstreamError::Broken(e.to_string())))?;
         if !status.is_success() || serde_json::from_slice::<serde_json::Value>(&body).is_err() {
-            return Err(ApiError::new(ErrorKind::BadGateway, "upstream_error", format!("the upstream's model list failed ({status})")));
+            return Err(ApiError::new(
+                ErrorKind::BadGateway,
+                "upstream_error",
+                format!("the upstream's model list failed ({status})"),
+            ));
         }
         if let Ok(mut cache) = self.models_cache.lock() {
             *cache = Some((Instant::now(), body.clone()));
@@ -390,7 +552,11 @@ impl Proxy {
 
     /// p95 of the most recent enforcement latencies, in milliseconds.
     pub fn enforcement_p95_ms(&self) -> Option<f64> {
-        self.enforcement.lock().ok().and_then(|w| w.p95()).map(|d| d.as_secs_f64() * 1000.0)
+        self.enforcement
+            .lock()
+            .ok()
+            .and_then(|w| w.p95())
+            .map(|d| d.as_secs_f64() * 1000.0)
     }
 }
 
@@ -405,7 +571,9 @@ pub struct Usage {
 
 impl Usage {
     pub fn from_json(v: Option<&serde_json::Value>) -> Self {
-        let Some(u) = v.filter(|u| u.is_object()) else { return Self::default() };
+        let Some(u) = v.filter(|u| u.is_object()) else {
+            return Self::default();
+        };
         let int = |p: &str| u.pointer(p).and_then(serde_json::Value::as_i64);
         Self {
             prompt: int("/prompt_tokens"),
@@ -478,15 +646,30 @@ pub fn error_json(err: &ApiError) -> String {
 
 pub fn upstream_error(e: &UpstreamError) -> ApiError {
     match e {
-        UpstreamError::Unreachable(m) => ApiError::new(ErrorKind::BadGateway, "upstream_unreachable", format!("the upstream could not be reached: {m}")),
-        UpstreamError::Timeout(m) => ApiError::new(ErrorKind::GatewayTimeout, "upstream_timeout", format!("the upstream did not answer in time: {m}")),
-        UpstreamError::Broken(m) => ApiError::new(ErrorKind::BadGateway, "upstream_invalid_response", format!("the upstream's response was unusable: {m}")),
+        UpstreamError::Unreachable(m) => ApiError::new(
+            ErrorKind::BadGateway,
+            "upstream_unreachable",
+            format!("the upstream could not be reached: {m}"),
+        ),
+        UpstreamError::Timeout(m) => ApiError::new(
+            ErrorKind::GatewayTimeout,
+            "upstream_timeout",
+            format!("the upstream did not answer in time: {m}"),
+        ),
+        UpstreamError::Broken(m) => ApiError::new(
+            ErrorKind::BadGateway,
+            "upstream_invalid_response",
+            format!("the upstream's response was unusable: {m}"),
+        ),
     }
 }
 
 fn record_failed(e: &str) -> ApiError {
     tracing::error!(error = %e, "call not recorded; refusing to answer without evidence");
-    ApiError::service_unavailable("recording_failed", "agv-server could not record this call, so it was not answered; try again shortly")
+    ApiError::service_unavailable(
+        "recording_failed",
+        "agv-server could not record this call, so it was not answered; try again shortly",
+    )
 }
 
 /// A ring of recent latencies for the protection summary.
@@ -514,7 +697,8 @@ impl LatencyWindow {
         }
         let mut v = self.samples.clone();
         v.sort_unstable();
-        v.get((v.len() * 95).div_ceil(100).saturating_sub(1)).copied()
+        v.get((v.len() * 95).div_ceil(100).saturating_sub(1))
+            .copied()
     }
 }
 
@@ -534,8 +718,13 @@ mod tests {
 
     #[test]
     fn usage_is_read_from_openai_objects() {
-        let u = Usage::from_json(Some(&serde_json::json!({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7, "prompt_tokens_details": {"cached_tokens": 1}})));
-        assert_eq!((u.prompt, u.completion, u.cached, u.total), (Some(3), Some(4), Some(1), Some(7)));
+        let u = Usage::from_json(Some(
+            &serde_json::json!({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7, "prompt_tokens_details": {"cached_tokens": 1}}),
+        ));
+        assert_eq!(
+            (u.prompt, u.completion, u.cached, u.total),
+            (Some(3), Some(4), Some(1), Some(7))
+        );
         let none = Usage::from_json(Some(&serde_json::Value::Null));
         assert!(none.prompt.is_none());
     }

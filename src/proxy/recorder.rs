@@ -35,8 +35,12 @@ impl Recorder {
     /// Queues `record` and waits until it is committed.
     pub async fn record(&self, record: CallRecord) -> Result<(), String> {
         let (ack, done) = oneshot::channel();
-        self.tx.send((record, ack)).await.map_err(|_| "the call recorder has stopped".to_owned())?;
-        done.await.map_err(|_| "the call recorder stopped before committing".to_owned())?
+        self.tx
+            .send((record, ack))
+            .await
+            .map_err(|_| "the call recorder has stopped".to_owned())?;
+        done.await
+            .map_err(|_| "the call recorder stopped before committing".to_owned())?
     }
 }
 
@@ -58,7 +62,17 @@ async fn writer(store: DynStore, mut rx: mpsc::Receiver<(CallRecord, Ack)>) {
             Err(e) if size > 1 => {
                 tracing::warn!(error = %e, size, "group commit failed; committing the records one by one");
                 let store2 = store.clone();
-                run_blocking(move || records.iter().map(|r| store2.insert_calls(std::slice::from_ref(r)).map_err(|e| e.to_string())).collect()).await
+                run_blocking(move || {
+                    records
+                        .iter()
+                        .map(|r| {
+                            store2
+                                .insert_calls(std::slice::from_ref(r))
+                                .map_err(|e| e.to_string())
+                        })
+                        .collect()
+                })
+                .await
             }
             Err(e) => vec![Err(e.to_string())],
         };

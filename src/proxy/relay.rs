@@ -24,13 +24,21 @@ const DONE: &[u8] = b"data: [DONE]\n\n";
 /// The body to send upstream for a streaming request, and whether usage must be stripped
 /// from the client's stream (because agv-server added the request for it).
 pub fn ask_for_usage(incoming: &Incoming) -> (Bytes, bool) {
-    let asked = incoming.body.pointer("/stream_options/include_usage").and_then(serde_json::Value::as_bool) == Some(true);
+    let asked = incoming
+        .body
+        .pointer("/stream_options/include_usage")
+        .and_then(serde_json::Value::as_bool)
+        == Some(true);
     if asked {
         return (incoming.raw.clone(), false);
     }
     let mut body = incoming.body.clone();
-    let Some(obj) = body.as_object_mut() else { return (incoming.raw.clone(), false) };
-    let options = obj.entry("stream_options").or_insert_with(|| serde_json::json!({}));
+    let Some(obj) = body.as_object_mut() else {
+        return (incoming.raw.clone(), false);
+    };
+    let options = obj
+        .entry("stream_options")
+        .or_insert_with(|| serde_json::json!({}));
     match options.as_object_mut() {
         Some(o) => {
             o.insert("include_usage".into(), serde_json::Value::Bool(true));
@@ -44,10 +52,19 @@ pub fn ask_for_usage(incoming: &Incoming) -> (Bytes, bool) {
 }
 
 /// Starts relaying `response`; the returned stream is the client's response body.
-pub fn start(proxy: Arc<Proxy>, incoming: Incoming, rec: CallRecord, admission: Admission, response: UpstreamResponse, strip: bool) -> StreamBody {
+pub fn start(
+    proxy: Arc<Proxy>,
+    incoming: Incoming,
+    rec: CallRecord,
+    admission: Admission,
+    response: UpstreamResponse,
+    strip: bool,
+) -> StreamBody {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     tokio::spawn(relay(proxy, incoming, rec, admission, response, strip, tx));
-    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
 }
 
 /// What the relay keeps of the client's stream for the record.
@@ -84,11 +101,17 @@ async fn relay(
     strip: bool,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
-    let deadline = tokio::time::Instant::from_std(response.started + proxy.upstream.settings().total_timeout);
+    let deadline =
+        tokio::time::Instant::from_std(response.started + proxy.upstream.settings().total_timeout);
     let started = response.started;
     let mut upstream = response.response.bytes_stream();
     let mut pending: Vec<u8> = Vec::new();
-    let mut transcript = Transcript { kept: Vec::new(), max: proxy.max_stored_body, cut: false, hash: Sha256::new() };
+    let mut transcript = Transcript {
+        kept: Vec::new(),
+        max: proxy.max_stored_body,
+        cut: false,
+        hash: Sha256::new(),
+    };
     let mut usage = Usage::default();
     let mut served_model: Option<String> = None;
     let mut done = false;
@@ -98,7 +121,9 @@ async fn relay(
     'read: loop {
         let next = match tokio::time::timeout_at(deadline, upstream.next()).await {
             Err(_) => {
-                failure = Some(UpstreamError::Timeout("the stream did not finish within the total timeout".into()));
+                failure = Some(UpstreamError::Timeout(
+                    "the stream did not finish within the total timeout".into(),
+                ));
                 break;
             }
             Ok(next) => next,
@@ -106,7 +131,9 @@ async fn relay(
         match next {
             None => break,
             Some(Err(e)) => {
-                failure = Some(UpstreamError::Broken(format!("the stream broke: {e}")));
+                failure = Some(UpstreamError::Broken(format!(
+                    "the stream broke before [DONE]: {e}"
+                )));
                 break;
             }
             Some(Ok(chunk)) => {
@@ -133,12 +160,18 @@ async fn relay(
     }
     drop(upstream);
     if !done && failure.is_none() && !client_gone {
-        failure = Some(UpstreamError::Broken("the stream ended before [DONE]".into()));
+        failure = Some(UpstreamError::Broken(
+            "the stream ended before [DONE]".into(),
+        ));
     }
 
     rec.upstream_latency_us = Some(micros(started.elapsed()));
     let model = served_model.or_else(|| rec.model.clone());
-    let after = proxy.guard.complete(admission, usage.result(model.as_deref(), failure.is_some()), Timestamp::now());
+    let after = proxy.guard.complete(
+        admission,
+        usage.result(model.as_deref(), failure.is_some()),
+        Timestamp::now(),
+    );
     usage.apply(&mut rec);
     rec.model = model;
     rec.cost = after.cost;
@@ -172,8 +205,13 @@ async fn relay(
         Ok(()) => {}
         Err(e) => {
             tracing::error!(error = %e, "a streamed call could not be recorded; ending the stream without [DONE]");
-            let err = crate::api::ApiError::service_unavailable("recording_failed", "agv-server could not record this call; the stream ends without [DONE]");
-            let _ = tx.send(Ok(Bytes::from(format!("data: {}\n\n", error_json(&err))))).await;
+            let err = crate::api::ApiError::service_unavailable(
+                "recording_failed",
+                "agv-server could not record this call; the stream ends without [DONE]",
+            );
+            let _ = tx
+                .send(Ok(Bytes::from(format!("data: {}\n\n", error_json(&err)))))
+                .await;
         }
     }
 }
@@ -188,9 +226,18 @@ fn event_end(buf: &[u8]) -> Option<usize> {
     }
 }
 
-fn process_event(event: &[u8], strip: bool, usage: &mut Usage, model: &mut Option<String>) -> Event {
+fn process_event(
+    event: &[u8],
+    strip: bool,
+    usage: &mut Usage,
+    model: &mut Option<String>,
+) -> Event {
     let text = String::from_utf8_lossy(event);
-    let data_lines: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim).collect();
+    let data_lines: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim)
+        .collect();
     let [data] = data_lines.as_slice() else {
         // Comments, keep-alives or multi-line events pass through untouched.
         return Event::Forward(Bytes::copy_from_slice(event));
@@ -205,12 +252,19 @@ fn process_event(event: &[u8], strip: bool, usage: &mut Usage, model: &mut Optio
         *usage = Usage::from_json(Some(u));
     }
     if model.is_none() {
-        *model = chunk.get("model").and_then(|m| m.as_str()).map(str::to_owned);
+        *model = chunk
+            .get("model")
+            .and_then(|m| m.as_str())
+            .map(str::to_owned);
     }
     if !strip {
         return Event::Forward(Bytes::copy_from_slice(event));
     }
-    let usage_only = chunk.get("choices").and_then(|c| c.as_array()).is_some_and(Vec::is_empty) && chunk.get("usage").is_some_and(|u| u.is_object());
+    let usage_only = chunk
+        .get("choices")
+        .and_then(|c| c.as_array())
+        .is_some_and(Vec::is_empty)
+        && chunk.get("usage").is_some_and(|u| u.is_object());
     if usage_only {
         return Event::Skip;
     }
@@ -244,13 +298,21 @@ mod tests {
         let chunk = br#"data: {"id":"c","model":"gpt-4o","choices":[{"delta":{"content":"hi"}}],"usage":null}
 
 "#;
-        let Event::Forward(out) = process_event(chunk, true, &mut usage, &mut model) else { panic!() };
+        let Event::Forward(out) = process_event(chunk, true, &mut usage, &mut model) else {
+            panic!()
+        };
         assert_eq!(&out[..], &b"data: {\"id\":\"c\",\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n"[..]);
         assert_eq!(model.as_deref(), Some("gpt-4o"));
         let last = b"data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\n";
-        assert!(matches!(process_event(last, true, &mut usage, &mut model), Event::Skip));
+        assert!(matches!(
+            process_event(last, true, &mut usage, &mut model),
+            Event::Skip
+        ));
         assert_eq!(usage.total, Some(7));
-        assert!(matches!(process_event(b"data: [DONE]\n\n", true, &mut usage, &mut model), Event::Done));
+        assert!(matches!(
+            process_event(b"data: [DONE]\n\n", true, &mut usage, &mut model),
+            Event::Done
+        ));
     }
 
     #[test]
@@ -258,11 +320,15 @@ mod tests {
         let mut usage = Usage::default();
         let mut model = None;
         let last = b"data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\n";
-        let Event::Forward(out) = process_event(last, false, &mut usage, &mut model) else { panic!() };
+        let Event::Forward(out) = process_event(last, false, &mut usage, &mut model) else {
+            panic!()
+        };
         assert_eq!(&out[..], &last[..]);
         assert_eq!(usage.prompt, Some(5));
         let comment = b": keep-alive\n\n";
-        let Event::Forward(out) = process_event(comment, true, &mut usage, &mut model) else { panic!() };
+        let Event::Forward(out) = process_event(comment, true, &mut usage, &mut model) else {
+            panic!()
+        };
         assert_eq!(&out[..], &comment[..]);
     }
 }

@@ -81,7 +81,11 @@ fn retryable(status: reqwest::StatusCode) -> bool {
 }
 
 impl Upstream {
-    pub fn new(primary: UpstreamTarget, fallback: Option<UpstreamTarget>, settings: UpstreamSettings) -> Result<Self, String> {
+    pub fn new(
+        primary: UpstreamTarget,
+        fallback: Option<UpstreamTarget>,
+        settings: UpstreamSettings,
+    ) -> Result<Self, String> {
         let client = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
@@ -89,7 +93,12 @@ impl Upstream {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?;
-        Ok(Self { client, settings, primary, fallback })
+        Ok(Self {
+            client,
+            settings,
+            primary,
+            fallback,
+        })
     }
 
     pub fn settings(&self) -> &UpstreamSettings {
@@ -108,19 +117,34 @@ impl Upstream {
     /// first-byte timeouts and 500/502/503/504 with exponential backoff; after the last try
     /// on the primary, tries the fallback once if one is set. Returns the last response
     /// (even an error status) when one arrived.
-    pub async fn post(&self, path: &str, body: Bytes, headers: &[(&str, String)]) -> Result<UpstreamResponse, (UpstreamError, u32)> {
+    pub async fn post(
+        &self,
+        path: &str,
+        body: Bytes,
+        headers: &[(&str, String)],
+    ) -> Result<UpstreamResponse, (UpstreamError, u32)> {
         let started = Instant::now();
         let plan: Vec<&UpstreamTarget> =
-            std::iter::repeat_n(&self.primary, self.settings.retries as usize + 1).chain(self.fallback.iter()).collect();
-        let mut last_err = UpstreamError::Timeout("the total timeout passed before the first try".into());
+            std::iter::repeat_n(&self.primary, self.settings.retries as usize + 1)
+                .chain(self.fallback.iter())
+                .collect();
+        let mut last_err =
+            UpstreamError::Timeout("the total timeout passed before the first try".into());
         for (i, target) in plan.iter().enumerate() {
             let attempts = i as u32 + 1;
             let is_last = i + 1 == plan.len();
-            let remaining = self.settings.total_timeout.saturating_sub(started.elapsed());
+            let remaining = self
+                .settings
+                .total_timeout
+                .saturating_sub(started.elapsed());
             if remaining.is_zero() {
                 return Err((last_err, attempts - 1));
             }
-            let mut req = self.client.post(format!("{}{path}", target.base_url)).header("content-type", "application/json").body(body.clone());
+            let mut req = self
+                .client
+                .post(format!("{}{path}", target.base_url))
+                .header("content-type", "application/json")
+                .body(body.clone());
             if let Some(key) = &target.api_key {
                 req = req.bearer_auth(key);
             }
@@ -132,10 +156,22 @@ impl Upstream {
                 Ok(Ok(resp)) if retryable(resp.status()) && !is_last => {
                     last_err = UpstreamError::Broken(format!("status {}", resp.status()));
                 }
-                Ok(Ok(resp)) => return Ok(UpstreamResponse { response: resp, base_url: target.base_url.clone(), attempts, started }),
+                Ok(Ok(resp)) => {
+                    return Ok(UpstreamResponse {
+                        response: resp,
+                        base_url: target.base_url.clone(),
+                        attempts,
+                        started,
+                    });
+                }
                 Ok(Err(e)) if e.is_timeout() => last_err = UpstreamError::Timeout(e.to_string()),
                 Ok(Err(e)) => last_err = UpstreamError::Unreachable(describe(&e)),
-                Err(_) => last_err = UpstreamError::Timeout(format!("no response within {} ms", wait.as_millis())),
+                Err(_) => {
+                    last_err = UpstreamError::Timeout(format!(
+                        "no response within {} ms",
+                        wait.as_millis()
+                    ))
+                }
             }
             if is_last {
                 return Err((last_err, attempts));

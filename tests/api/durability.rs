@@ -26,7 +26,10 @@ fn spawn_server(home: &DataHome, upstream: &str) -> (Child, u16) {
     let mut line = String::new();
     let port = loop {
         line.clear();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "server exited before listening");
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "server exited before listening"
+        );
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
             && v["message"] == "agv-server listening"
         {
@@ -39,7 +42,9 @@ fn spawn_server(home: &DataHome, upstream: &str) -> (Child, u16) {
 }
 
 async fn every_acknowledged_call_survives_kill_9(backend: Backend) {
-    let Some(home) = DataHome::new(backend) else { return };
+    let Some(home) = DataHome::new(backend) else {
+        return;
+    };
     let upstream = MockUpstream::start();
     let (tenant, admin) = home.tenant_and_key("admin");
     let key = home.cli_ok(&["key", "create", "--tenant", &tenant]);
@@ -57,7 +62,13 @@ async fn every_acknowledged_call_survives_kill_9(backend: Backend) {
         let (client, base, key, acked) = (client.clone(), base.clone(), key.clone(), acked.clone());
         workers.push(tokio::spawn(async move {
             while started.elapsed() < Duration::from_secs(5) {
-                match client.post(format!("{base}/v1/chat/completions")).bearer_auth(&key).json(&chat_body("durable")).send().await {
+                match client
+                    .post(format!("{base}/v1/chat/completions"))
+                    .bearer_auth(&key)
+                    .json(&chat_body("durable"))
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status() == 200 => {
                         let id = r.headers()["x-agv-call-id"].to_str().unwrap().to_owned();
                         // Only a complete response counts as acknowledged.
@@ -77,20 +88,35 @@ async fn every_acknowledged_call_survives_kill_9(backend: Backend) {
         let _ = w.await;
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 20, "only {} calls were acknowledged before the kill", acked.len());
+    assert!(
+        acked.len() > 20,
+        "only {} calls were acknowledged before the kill",
+        acked.len()
+    );
 
     let (mut child, port) = spawn_server(&home, &upstream.url());
     let base = format!("http://127.0.0.1:{port}");
     let mut missing = Vec::new();
     for id in &acked {
-        let res = client.get(format!("{base}/v1/calls/{id}")).bearer_auth(&admin).send().await.unwrap();
+        let res = client
+            .get(format!("{base}/v1/calls/{id}"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
         if res.status() != 200 {
             missing.push(id.clone());
         }
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(missing.is_empty(), "{} of {} acknowledged calls were lost: {:?}", missing.len(), acked.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged calls were lost: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
 }
 
 crate::on_both_backends!(every_acknowledged_call_survives_kill_9);

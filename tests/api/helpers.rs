@@ -106,7 +106,13 @@ impl ProxySetup {
         let upstream = MockUpstream::start();
         let (tenant, admin) = home.tenant_and_key("admin");
         let key = home.cli_ok(&["key", "create", "--tenant", &tenant, "--scope", "proxy"]);
-        Some(Self { home, upstream, tenant, key, admin })
+        Some(Self {
+            home,
+            upstream,
+            tenant,
+            key,
+            admin,
+        })
     }
 
     /// Starts the server pointed at the mock upstream.
@@ -179,18 +185,42 @@ impl TestApp {
             .expect("request")
     }
 
-    pub async fn post_json(&self, path: &str, key: &str, body: &serde_json::Value) -> reqwest::Response {
-        self.client.post(self.url(path)).bearer_auth(key).json(body).send().await.expect("request")
+    pub async fn post_json(
+        &self,
+        path: &str,
+        key: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
     }
 
     pub async fn chat(&self, key: &str, content: &str) -> reqwest::Response {
-        self.post_json("/v1/chat/completions", key, &chat_body(content)).await
+        self.post_json("/v1/chat/completions", key, &chat_body(content))
+            .await
     }
 
     /// Sets the tenant's policy overrides through the admin API.
     pub async fn set_policy(&self, admin: &str, overrides: serde_json::Value) {
-        let res = self.client.put(self.url("/v1/policies")).bearer_auth(admin).json(&overrides).send().await.expect("request");
-        assert_eq!(res.status(), 200, "PUT /v1/policies: {}", res.text().await.unwrap_or_default());
+        let res = self
+            .client
+            .put(self.url("/v1/policies"))
+            .bearer_auth(admin)
+            .json(&overrides)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(
+            res.status(),
+            200,
+            "PUT /v1/policies: {}",
+            res.text().await.unwrap_or_default()
+        );
     }
 
     /// The recorded call, read through the API.
@@ -221,7 +251,12 @@ pub fn chat_body(content: &str) -> serde_json::Value {
 }
 
 pub fn call_id(res: &reqwest::Response) -> String {
-    res.headers().get("x-agv-call-id").expect("x-agv-call-id header").to_str().expect("ascii").to_owned()
+    res.headers()
+        .get("x-agv-call-id")
+        .expect("x-agv-call-id header")
+        .to_str()
+        .expect("ascii")
+        .to_owned()
 }
 
 /// Asserts an OpenAI-shaped error body and returns its `code`.

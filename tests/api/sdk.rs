@@ -29,10 +29,21 @@ async fn the_official_openai_python_sdk_works_against_agv_server() {
     let (limited_tenant, limited_admin) = home.tenant_and_key("admin");
     let limited_key = home.cli_ok(&["key", "create", "--tenant", &limited_tenant]);
     let (app, _upstream, _tenant, key, admin) = setup.start().await;
-    let res = app.post_json("/v1/killswitch/key", &admin, &serde_json::json!({"reason": "sdk test", "key_id": frozen["id"]})).await;
+    let res = app
+        .post_json(
+            "/v1/killswitch/key",
+            &admin,
+            &serde_json::json!({"reason": "sdk test", "key_id": frozen["id"]}),
+        )
+        .await;
     assert_eq!(res.status(), 200);
-    app.set_policy(&broke_admin, serde_json::json!({"budget_daily_usd": 0.0})).await;
-    app.set_policy(&limited_admin, serde_json::json!({"key_requests_per_minute": 1})).await;
+    app.set_policy(&broke_admin, serde_json::json!({"budget_daily_usd": 0.0}))
+        .await;
+    app.set_policy(
+        &limited_admin,
+        serde_json::json!({"key_requests_per_minute": 1}),
+    )
+    .await;
 
     let suite = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk");
     let out = tokio::process::Command::new(python)
@@ -49,7 +60,13 @@ async fn the_official_openai_python_sdk_works_against_agv_server() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "the OpenAI SDK suite failed:\n{stdout}");
-    assert!(stdout.contains("passed") && !stdout.contains("skipped"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "the OpenAI SDK suite failed:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("passed") && !stdout.contains("skipped"),
+        "{stdout}"
+    );
     app.stop().await;
 }
