@@ -76,6 +76,27 @@ pub const FIELDS: &[Field] = &[
         help: "API key sent to the upstream (falls back to OPENAI_API_KEY)",
     },
     Field {
+        key: "upstream_timeout",
+        env: "AGV_UPSTREAM_TIMEOUT",
+        secret: false,
+        default: Some("30s"),
+        help: "total time an upstream call may take",
+    },
+    Field {
+        key: "upstream_retries",
+        env: "AGV_UPSTREAM_RETRIES",
+        secret: false,
+        default: Some("3"),
+        help: "retries before any byte reached the client",
+    },
+    Field {
+        key: "max_stored_body_bytes",
+        env: "AGV_MAX_STORED_BODY_BYTES",
+        secret: false,
+        default: Some("1048576"),
+        help: "request/response bodies longer than this are stored truncated",
+    },
+    Field {
         key: "log_format",
         env: "AGV_LOG_FORMAT",
         secret: false,
@@ -147,6 +168,9 @@ pub struct Settings {
     pub database_url: Option<String>,
     pub upstream_url: String,
     pub upstream_api_key: Option<String>,
+    pub upstream_timeout: std::time::Duration,
+    pub upstream_retries: u32,
+    pub max_stored_body_bytes: usize,
     pub log_format: LogFormat,
     pub log_level: String,
     pub max_body_bytes: usize,
@@ -231,7 +255,12 @@ impl Settings {
         };
         let number = |key: &str| -> Result<u64, ConfigError> {
             get(key)
-                .unwrap_or("0")
+                .ok_or_else(|| {
+                    bad(
+                        key,
+                        "has no value (a setting without a default must be given)",
+                    )
+                })?
                 .trim()
                 .replace('_', "")
                 .parse::<u64>()
@@ -284,6 +313,17 @@ impl Settings {
             .trim()
             .to_owned();
         validate_cron(&housekeeping_cron).map_err(|e| bad("housekeeping_cron", &e))?;
+        let upstream_timeout = parse_duration(get("upstream_timeout").unwrap_or("30s"))
+            .map_err(|e| bad("upstream_timeout", &e.0))?;
+        if upstream_timeout.is_zero() {
+            return Err(bad("upstream_timeout", "must be more than zero"));
+        }
+        let upstream_retries = number("upstream_retries")?;
+        if upstream_retries > 10 {
+            return Err(bad("upstream_retries", "expected between 0 and 10"));
+        }
+        let max_stored_body_bytes = usize::try_from(number("max_stored_body_bytes")?)
+            .map_err(|_| bad("max_stored_body_bytes", "too large"))?;
         let shutdown_timeout = parse_duration(get("shutdown_timeout").unwrap_or("30s"))
             .map_err(|e| bad("shutdown_timeout", &e.0))?;
         let database_url = get("database_url")
@@ -301,6 +341,9 @@ impl Settings {
             database_url,
             upstream_url,
             upstream_api_key,
+            upstream_timeout,
+            upstream_retries: upstream_retries as u32,
+            max_stored_body_bytes,
             log_format,
             log_level: get("log_level").unwrap_or("info").trim().to_owned(),
             max_body_bytes: usize::try_from(max_body_bytes)
@@ -506,6 +549,9 @@ mod tests {
         assert_eq!(s.max_body_bytes, 4096);
         assert_eq!(s.sources["max_body_bytes"], Source::ConfigFile);
         assert_eq!(s.upstream_url, "https://api.openai.com/v1");
+        assert_eq!(s.upstream_retries, 3);
+        assert_eq!(s.max_stored_body_bytes, 1_048_576);
+        assert_eq!(s.upstream_timeout.as_secs(), 30);
         assert_eq!(s.sources["upstream_url"], Source::Default);
     }
 

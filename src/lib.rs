@@ -7,8 +7,12 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod guard;
 pub mod jobs;
+pub mod proxy;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+#[doc(hidden)]
+pub mod testing;
 pub mod web;

@@ -10,11 +10,16 @@ use crate::api::error::{
     json_error_handler, path_error_handler, payload_error_handler, query_error_handler,
 };
 use crate::api::middleware::{AddressRateLimiter, limit_unauthenticated, observe};
-use crate::api::{health, v1};
+use crate::api::{health, openai, v1};
 use crate::config::Settings;
 use crate::domain::Timestamp;
+use crate::domain::{PolicyConfig, TenantId};
+use crate::guard::Guard;
 use crate::jobs::scheduler::{HOUSEKEEPING, ScheduleEntry, SchedulerHandle, start_scheduler};
 use crate::jobs::{Handlers, Queue, QueueLimits, spawn_workers};
+use crate::proxy::Proxy;
+use crate::proxy::recorder::Recorder;
+use crate::proxy::upstream::{Upstream, UpstreamSettings, UpstreamTarget};
 use crate::store::{self, DynStore, run_blocking};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{DefaultHeaders, from_fn};
@@ -30,6 +35,7 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub store: DynStore,
     pub keys: Arc<KeyCache>,
+    pub proxy: Arc<Proxy>,
     pub queue: Queue,
     pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub unauth_limiter: AddressRateLimiter,
@@ -47,6 +53,7 @@ pub struct Application {
     shutdown: watch::Sender<bool>,
     background: Vec<tokio::task::JoinHandle<()>>,
     scheduler: Option<SchedulerHandle>,
+    recorder_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Creates the data dir if needed and proves it is writable.
@@ -104,6 +111,30 @@ impl Application {
                 .map_err(|e| StartupError(e.to_string()))?,
         );
 
+        let guard = Arc::new(Guard::new(crate::guard::pricing::Pricing::builtin()));
+        let upstream = Upstream::new(
+            UpstreamTarget {
+                base_url: settings.upstream_url.clone(),
+                api_key: settings.upstream_api_key.clone(),
+            },
+            None,
+            UpstreamSettings {
+                total_timeout: settings.upstream_timeout,
+                retries: settings.upstream_retries,
+                ..UpstreamSettings::default()
+            },
+        )
+        .map_err(StartupError)?;
+        let (recorder, recorder_task) = Recorder::start(store.clone());
+        let proxy = Arc::new(Proxy::new(
+            guard.clone(),
+            upstream,
+            recorder,
+            store.clone(),
+            settings.max_stored_body_bytes,
+        ));
+        load_enforcement_state(&guard, &store).await?;
+
         for (key, value, source) in settings.describe() {
             tracing::info!(setting = key, value = %value, source = %source, "effective setting");
         }
@@ -112,6 +143,7 @@ impl Application {
             settings: settings.clone(),
             store: store.clone(),
             keys: keys.clone(),
+            proxy,
             queue: queue.clone(),
             prometheus: crate::telemetry::prometheus(),
             unauth_limiter: AddressRateLimiter::new(settings.unauth_rate_limit_per_minute),
@@ -120,6 +152,7 @@ impl Application {
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let background = vec![
+            spawn_change_feed(state.clone(), shutdown_rx.clone()),
             spawn_key_maintenance(keys, shutdown_rx.clone()),
             spawn_workers(
                 queue.clone(),
@@ -153,6 +186,7 @@ impl Application {
             shutdown,
             background,
             scheduler: Some(scheduler),
+            recorder_task: Some(recorder_task),
         })
     }
 
@@ -185,6 +219,12 @@ impl Application {
         if let Err(e) = self.state.keys.flush_last_used().await {
             tracing::warn!(error = %e, "could not save key last-used times at shutdown");
         }
+        // Every request has finished, so every record has been committed; the writer ends
+        // once the last handle on it is gone.
+        drop(self.state);
+        if let Some(task) = self.recorder_task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
         tracing::info!("agv-server stopped");
         result.map_err(|e| StartupError(format!("the HTTP server failed: {e}")))
     }
@@ -210,7 +250,19 @@ fn http_server(state: web::Data<AppState>, listener: TcpListener) -> Result<Serv
             .service(health::health)
             .service(health::ready)
             .service(health::prometheus_metrics)
+            .service(openai::chat_completions)
+            .service(openai::embeddings)
+            .service(openai::models)
+            .service(v1::status)
             .service(v1::killswitch_status)
+            .service(v1::freeze_tenant)
+            .service(v1::unfreeze_tenant)
+            .service(v1::freeze_key)
+            .service(v1::unfreeze_key)
+            .service(v1::active_policies)
+            .service(v1::put_policies)
+            .service(v1::get_call)
+            .service(v1::list_calls)
             .default_service(web::to(crate::web::serve))
     })
     .listen(listener)
@@ -234,22 +286,15 @@ fn security_headers() -> DefaultHeaders {
         ))
 }
 
-/// Polls the change feed (every 250 ms, so a revoked key stops within a second) and writes
-/// last-used times (every 5 s).
+/// Writes key last-used times every 5 s.
 fn spawn_key_maintenance(
     keys: Arc<KeyCache>,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut poll = tokio::time::interval(Duration::from_millis(250));
         let mut flush = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {
-                _ = poll.tick() => {
-                    if let Err(e) = keys.poll_changes().await {
-                        tracing::warn!(error = %e, "could not read the key change feed");
-                    }
-                }
                 _ = flush.tick() => {
                     if let Err(e) = keys.flush_last_used().await {
                         tracing::warn!(error = %e, "could not save key last-used times");
@@ -259,6 +304,117 @@ fn spawn_key_maintenance(
             }
         }
     })
+}
+
+/// Reads the store's change feed every 250 ms and applies what other processes changed:
+/// keys (the CLI revoking one), freezes and policies (another instance on Postgres). So a
+/// revoked key stops within a second, and a freeze reaches every instance within one.
+fn spawn_change_feed(
+    state: web::Data<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut poll = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = poll.tick() => {
+                    if let Err(e) = apply_changes(&state).await {
+                        tracing::warn!(error = %e, "could not read the change feed");
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+    })
+}
+
+async fn apply_changes(state: &AppState) -> Result<(), crate::store::StoreError> {
+    let store = state.store.clone();
+    let since = state.keys.seen_seq();
+    let changes = run_blocking(move || store.changes_since(since, 1000)).await?;
+    let Some(last) = changes.last() else {
+        return Ok(());
+    };
+    if changes.iter().any(|c| c.topic == "api_key") {
+        state.keys.invalidate_all();
+    }
+    if changes.iter().any(|c| c.topic == "killswitch") {
+        crate::proxy::killswitch::reload(&state.proxy.guard, &state.store).await?;
+    }
+    for tenant in changes
+        .iter()
+        .filter(|c| c.topic == "policy")
+        .filter_map(|c| TenantId::parse(&c.ref_id).ok())
+    {
+        let store = state.store.clone();
+        let t = tenant.clone();
+        let overrides = run_blocking(move || store.get_tenant_policy(&t)).await?;
+        match PolicyConfig::with_overrides(&overrides.unwrap_or_else(|| serde_json::json!({}))) {
+            Ok(cfg) => apply_policy(state, &tenant, cfg).await,
+            Err(e) => {
+                tracing::error!(tenant = %tenant, error = %e, "stored policy overrides are invalid; keeping the previous ones")
+            }
+        }
+    }
+    state.keys.set_seen_seq(last.seq);
+    Ok(())
+}
+
+/// Loads freezes, tenant policies and the spend that budgets count against.
+async fn load_enforcement_state(guard: &Arc<Guard>, store: &DynStore) -> Result<(), StartupError> {
+    let fail = |e: crate::store::StoreError| {
+        StartupError(format!("cannot load the enforcement state: {e}"))
+    };
+    crate::proxy::killswitch::reload(guard, store)
+        .await
+        .map_err(fail)?;
+    let s = store.clone();
+    let policies = run_blocking(move || s.list_tenant_policies())
+        .await
+        .map_err(fail)?;
+    for (tenant, overrides) in policies {
+        match PolicyConfig::with_overrides(&overrides) {
+            Ok(cfg) => set_policy_and_seed(guard, store, &tenant, cfg)
+                .await
+                .map_err(fail)?,
+            Err(e) => {
+                tracing::error!(tenant = %tenant, error = %e, "stored policy overrides are invalid; using the defaults")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Installs a tenant's policy; when it has budgets, seeds them with the spend so far.
+pub async fn apply_policy(state: &AppState, tenant: &TenantId, cfg: PolicyConfig) {
+    if let Err(e) = set_policy_and_seed(&state.proxy.guard, &state.store, tenant, cfg).await {
+        tracing::error!(tenant = %tenant, error = %e, "could not load the spend for the tenant's budget");
+    }
+}
+
+async fn set_policy_and_seed(
+    guard: &Arc<Guard>,
+    store: &DynStore,
+    tenant: &TenantId,
+    cfg: PolicyConfig,
+) -> Result<(), crate::store::StoreError> {
+    let has_budget = cfg.budget_daily_usd.is_some() || cfg.budget_monthly_usd.is_some();
+    guard.set_policy(tenant, Arc::new(cfg));
+    if has_budget {
+        let now = Timestamp::now();
+        let (day_start, month_start) = crate::guard::budget::period_starts(now);
+        let s = store.clone();
+        let t = tenant.clone();
+        let (day, month) = run_blocking(move || {
+            Ok::<_, crate::store::StoreError>((
+                s.spend_since(&t, day_start)?,
+                s.spend_since(&t, month_start)?,
+            ))
+        })
+        .await?;
+        guard.budgets().seed(tenant, day, month, now);
+    }
+    Ok(())
 }
 
 /// The handlers of the jobs this layer knows; later layers register theirs here too.

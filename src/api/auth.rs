@@ -3,7 +3,7 @@
 //!
 //! A hit costs one SHA-256 and one map lookup. A miss goes to the store, so a key created
 //! from the CLI while the server runs works at once. Every key change in any process is
-//! written to the store's change feed; [`KeyCache::poll_changes`] (run every 250 ms)
+//! written to the store's change feed; the server's change-feed poller (every 250 ms)
 //! clears the cache when it sees one, so a revoked key stops working within a second.
 //! Last-used times are collected in memory and written in batches, off the request path.
 
@@ -147,18 +147,13 @@ impl KeyCache {
         self.negatives.store(0, Ordering::Relaxed);
     }
 
-    /// Reads the change feed and clears the cache if any key changed anywhere.
-    pub async fn poll_changes(&self) -> StoreResult<()> {
-        let store = self.store.clone();
-        let since = self.seen_seq.load(Ordering::Relaxed);
-        let changes = run_blocking(move || store.changes_since(since, 1000)).await?;
-        if let Some(last) = changes.last() {
-            if changes.iter().any(|c| c.topic == "api_key") {
-                self.invalidate_all();
-            }
-            self.seen_seq.store(last.seq, Ordering::Relaxed);
-        }
-        Ok(())
+    /// The last change-feed sequence number this process has applied.
+    pub fn seen_seq(&self) -> i64 {
+        self.seen_seq.load(Ordering::Relaxed)
+    }
+
+    pub fn set_seen_seq(&self, seq: i64) {
+        self.seen_seq.store(seq, Ordering::Relaxed);
     }
 
     /// Writes the collected last-used times in one batch.

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod error;
 pub mod health;
 pub mod middleware;
+pub mod openai;
 pub mod v1;
 
 pub use error::ApiError;

@@ -1,17 +1,395 @@
-//! `/v1` endpoints of this layer: the kill-switch status, the first admin endpoint. The
-//! proxy endpoints arrive with the front door; unknown `/v1` paths get a JSON 404 in `web.rs`.
+//! Admin and read endpoints under `/v1`: the kill switch, the active policies, call
+//! records, and the protection summary. Unknown `/v1` paths get a JSON 404 in `web.rs`.
 
-use super::auth::AdminKey;
-use actix_web::{HttpResponse, get};
+use super::auth::{AdminKey, ProxyKey};
+use super::error::ApiError;
+use crate::domain::{
+    CallCursor, CallFilter, CallId, FreezeAction, KeyId, PolicyConfig, TenantId, Timestamp,
+    freeze::parse_reason,
+};
+use crate::proxy::killswitch;
+use crate::startup::AppState;
+use crate::store::run_blocking;
+use actix_web::{HttpResponse, delete, get, post, put, web};
+use serde::Deserialize;
 use serde_json::json;
 
-/// Freeze state of the caller's tenant and its keys. Nothing can be frozen yet, so this
-/// reports "not frozen" until the kill switch lands.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreezeBody {
+    reason: Option<String>,
+    tenant_id: Option<String>,
+    key_id: Option<String>,
+}
+
+/// The tenant an admin key may act on: its own. Naming another tenant is refused (only
+/// the instance operator may, through the console).
+fn target_tenant(caller: &TenantId, named: Option<&str>) -> Result<TenantId, ApiError> {
+    match named {
+        None => Ok(caller.clone()),
+        Some(s) => {
+            let id =
+                TenantId::parse(s).map_err(|e| ApiError::bad_request("invalid_tenant_id", e.0))?;
+            if &id == caller {
+                Ok(id)
+            } else {
+                Err(ApiError::forbidden(
+                    "tenant_not_allowed",
+                    "an admin key may only act on its own tenant",
+                ))
+            }
+        }
+    }
+}
+
+/// The optional JSON body of a kill-switch call: empty is fine, malformed is a 400 (never
+/// silently ignored — an unfreeze with a broken body must not go ahead).
+fn freeze_body(raw: &[u8]) -> Result<Option<FreezeBody>, ApiError> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(raw)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid request body: {e}")))
+}
+
+fn reason_of(body: &Option<FreezeBody>, action: FreezeAction) -> Result<String, ApiError> {
+    match (body.as_ref().and_then(|b| b.reason.as_deref()), action) {
+        (Some(r), _) => parse_reason(r).map_err(|e| ApiError::bad_request("invalid_reason", e.0)),
+        (None, FreezeAction::Freeze) => Err(ApiError::bad_request(
+            "invalid_reason",
+            "a reason is required: send {\"reason\": \"…\"}",
+        )),
+        (None, FreezeAction::Unfreeze) => Ok("unfrozen".to_owned()),
+    }
+}
+
+async fn tenant_switch(
+    state: web::Data<AppState>,
+    caller: AdminKey,
+    raw: web::Bytes,
+    action: FreezeAction,
+) -> Result<HttpResponse, ApiError> {
+    let body = freeze_body(&raw)?;
+    let tenant = target_tenant(
+        &caller.0.tenant_id,
+        body.as_ref().and_then(|b| b.tenant_id.as_deref()),
+    )?;
+    let reason = reason_of(&body, action)?;
+    let actor = format!("key:{}", caller.0.key_id);
+    let event = killswitch::set(
+        &state.proxy.guard,
+        &state.store,
+        &tenant,
+        None,
+        action,
+        &actor,
+        &reason,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(
+        json!({"tenant_id": tenant, "frozen": action == FreezeAction::Freeze, "event": event}),
+    ))
+}
+
+async fn key_switch(
+    state: web::Data<AppState>,
+    caller: AdminKey,
+    raw: web::Bytes,
+    action: FreezeAction,
+) -> Result<HttpResponse, ApiError> {
+    let body = freeze_body(&raw)?;
+    let tenant = target_tenant(
+        &caller.0.tenant_id,
+        body.as_ref().and_then(|b| b.tenant_id.as_deref()),
+    )?;
+    let key_text = body
+        .as_ref()
+        .and_then(|b| b.key_id.as_deref())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_key_id",
+                "send the key to act on as {\"key_id\": \"key_…\", \"reason\": \"…\"}",
+            )
+        })?;
+    let key_id =
+        KeyId::parse(key_text).map_err(|e| ApiError::bad_request("invalid_key_id", e.0))?;
+    let reason = reason_of(&body, action)?;
+    // The key must belong to the tenant: another tenant's key is simply not found.
+    let store = state.store.clone();
+    let (t, k) = (tenant.clone(), key_id.clone());
+    run_blocking(move || store.get_api_key(Some(&t), &k))
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound => {
+                ApiError::not_found(format!("no key {key_id} in this tenant"))
+            }
+            other => other.into(),
+        })?;
+    let actor = format!("key:{}", caller.0.key_id);
+    let event = killswitch::set(
+        &state.proxy.guard,
+        &state.store,
+        &tenant,
+        Some(&key_id),
+        action,
+        &actor,
+        &reason,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({"tenant_id": tenant, "key_id": key_id, "frozen": action == FreezeAction::Freeze, "event": event})))
+}
+
+#[post("/v1/killswitch/tenant")]
+pub async fn freeze_tenant(
+    state: web::Data<AppState>,
+    caller: AdminKey,
+    raw: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    tenant_switch(state, caller, raw, FreezeAction::Freeze).await
+}
+
+#[delete("/v1/killswitch/tenant")]
+pub async fn unfreeze_tenant(
+    state: web::Data<AppState>,
+    caller: AdminKey,
+    raw: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    tenant_switch(state, caller, raw, FreezeAction::Unfreeze).await
+}
+
+#[post("/v1/killswitch/key")]
+pub async fn freeze_key(
+    state: web::Data<AppState>,
+    caller: AdminKey,
+    raw: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    key_switch(state, caller, raw, FreezeAction::Freeze).await
+}
+
+#[delete("/v1/killswitch/key")]
+pub async fn unfreeze_key(
+    state: web::Data<AppState>,
+    caller: AdminKey,
+    raw: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    key_switch(state, caller, raw, FreezeAction::Unfreeze).await
+}
+
+/// Freeze state of the caller's tenant and its keys, with the recent history.
 #[get("/v1/killswitch/status")]
-pub async fn killswitch_status(AdminKey(caller): AdminKey) -> HttpResponse {
+pub async fn killswitch_status(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+) -> Result<HttpResponse, ApiError> {
+    let snapshot = state
+        .proxy
+        .guard
+        .killswitch()
+        .tenant_status(&caller.tenant_id);
+    let frozen_keys: Vec<_> = snapshot
+        .keys
+        .iter()
+        .map(|(key_id, by)| json!({"key_id": key_id, "freeze": by}))
+        .collect();
+    let store = state.store.clone();
+    let tenant = caller.tenant_id.clone();
+    let history = run_blocking(move || store.list_freeze_events(&tenant, 20)).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "tenant_id": caller.tenant_id,
+        "tenant": {"frozen": snapshot.tenant.is_some(), "freeze": snapshot.tenant},
+        "frozen_keys": frozen_keys,
+        "history": history,
+    })))
+}
+
+/// The guardrails in force for the caller's tenant, with their thresholds.
+#[get("/v1/policies/active")]
+pub async fn active_policies(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+) -> HttpResponse {
+    let p = state.proxy.guard.policy(&caller.tenant_id);
     HttpResponse::Ok().json(json!({
         "tenant_id": caller.tenant_id,
-        "tenant": {"frozen": false},
-        "frozen_keys": [],
+        "price_table_version": crate::guard::pricing::PRICE_TABLE_VERSION,
+        "policies": [
+            {"id": "killswitch", "name": "Kill switch", "enabled": true, "thresholds": {}},
+            {"id": "dg-001", "name": "Max cost per request", "enabled": true, "thresholds": {"max_cost_per_request_usd": p.max_cost_per_request_usd}},
+            {"id": "dg-002", "name": "Max tokens per request", "enabled": true, "thresholds": {"max_tokens_per_request": p.max_tokens_per_request}},
+            {"id": "dg-003", "name": "Rate limits", "enabled": true, "thresholds": {
+                "key_requests_per_minute": p.key_requests_per_minute, "key_tokens_per_minute": p.key_tokens_per_minute,
+                "tenant_requests_per_minute": p.tenant_requests_per_minute, "tenant_tokens_per_minute": p.tenant_tokens_per_minute}},
+            {"id": "dg-004", "name": "Failure-spike freeze", "enabled": p.failure_spike_enabled, "thresholds": {
+                "failure_spike_ratio": p.failure_spike_ratio, "failure_spike_min_calls": p.failure_spike_min_calls,
+                "failure_spike_window_secs": p.failure_spike_window_secs}},
+            {"id": "dg-005", "name": "Prompt-injection block", "enabled": p.prompt_injection_enabled, "thresholds": {}},
+            {"id": "budget", "name": "Budgets", "enabled": p.budget_daily_usd.is_some() || p.budget_monthly_usd.is_some(), "thresholds": {
+                "budget_daily_usd": p.budget_daily_usd, "budget_monthly_usd": p.budget_monthly_usd, "budget_soft_ratio": p.budget_soft_ratio}},
+        ],
     }))
+}
+
+/// Replaces the caller's tenant's threshold overrides (fields of `PolicyConfig`; the rest
+/// keep their defaults). Takes effect at once.
+#[put("/v1/policies")]
+pub async fn put_policies(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    body: web::Json<serde_json::Value>,
+) -> Result<HttpResponse, ApiError> {
+    let overrides = body.into_inner();
+    let config = PolicyConfig::with_overrides(&overrides)
+        .map_err(|e| ApiError::bad_request("invalid_policy", e.0))?;
+    let store = state.store.clone();
+    let (tenant, to_store) = (caller.tenant_id.clone(), overrides.clone());
+    run_blocking(move || store.put_tenant_policy(&tenant, &to_store, Timestamp::now())).await?;
+    crate::startup::apply_policy(&state, &caller.tenant_id, config).await;
+    Ok(HttpResponse::Ok().json(json!({"tenant_id": caller.tenant_id, "overrides": overrides})))
+}
+
+#[get("/v1/calls/{id}")]
+pub async fn get_call(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    // A malformed id cannot exist, in this tenant or any other: not found.
+    let id = CallId::parse(&path)
+        .map_err(|_| ApiError::not_found(format!("no call {}", path.as_str())))?;
+    let store = state.store.clone();
+    let tenant = caller.tenant_id.clone();
+    let call = run_blocking(move || store.get_call(Some(&tenant), &id))
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound => {
+                ApiError::not_found(format!("no call {}", path.as_str()))
+            }
+            other => other.into(),
+        })?;
+    Ok(HttpResponse::Ok().json(call))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallQuery {
+    since: Option<String>,
+    until: Option<String>,
+    user: Option<String>,
+    session: Option<String>,
+    key: Option<String>,
+    model: Option<String>,
+    status: Option<u16>,
+    blocked: Option<bool>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+/// A time given as RFC 3339, as milliseconds since the epoch, or as an age (`24h`).
+fn parse_time(field: &str, s: &str) -> Result<Timestamp, ApiError> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(Timestamp::from_millis(ms));
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(Timestamp::from_millis(t.timestamp_millis()));
+    }
+    if let Ok(age) = crate::domain::time::parse_duration(s) {
+        return Ok(
+            Timestamp::now().plus_millis(-(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)))
+        );
+    }
+    Err(ApiError::bad_request(
+        "invalid_query",
+        format!("'{field}' must be an RFC 3339 time, epoch milliseconds, or an age like 24h"),
+    ))
+}
+
+#[get("/v1/calls")]
+pub async fn list_calls(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    q: web::Query<CallQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = q.into_inner();
+    let filter = CallFilter {
+        since: q
+            .since
+            .as_deref()
+            .map(|s| parse_time("since", s))
+            .transpose()?,
+        until: q
+            .until
+            .as_deref()
+            .map(|s| parse_time("until", s))
+            .transpose()?,
+        end_user: q.user,
+        session_id: q.session,
+        key_id: q
+            .key
+            .as_deref()
+            .map(KeyId::parse)
+            .transpose()
+            .map_err(|e| ApiError::bad_request("invalid_query", e.0))?,
+        model: q.model,
+        status: q.status,
+        blocked: q.blocked,
+    };
+    let cursor = q
+        .cursor
+        .as_deref()
+        .map(CallCursor::decode)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_cursor", e.0))?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let store = state.store.clone();
+    let tenant = caller.tenant_id.clone();
+    let calls =
+        run_blocking(move || store.list_calls(&tenant, &filter, cursor.as_ref(), limit)).await?;
+    let next_cursor = (calls.len() == limit as usize)
+        .then(|| {
+            calls.last().map(|c| {
+                CallCursor {
+                    created_at: c.created_at,
+                    id: c.id.clone(),
+                }
+                .encode()
+            })
+        })
+        .flatten();
+    Ok(HttpResponse::Ok()
+        .json(json!({"object": "list", "data": calls, "next_cursor": next_cursor})))
+}
+
+/// The protection summary: calls monitored in the last hour, blocked in the last 24 h,
+/// enforcement latency p95, and the freeze state.
+#[get("/v1/status")]
+pub async fn status(
+    state: web::Data<AppState>,
+    ProxyKey(caller): ProxyKey,
+) -> Result<HttpResponse, ApiError> {
+    let now = Timestamp::now();
+    let store = state.store.clone();
+    let tenant = caller.tenant_id.clone();
+    let (hour, day) = run_blocking(move || {
+        Ok::<_, crate::store::StoreError>((
+            store.call_counts(&tenant, now.plus_millis(-3_600_000))?,
+            store.call_counts(&tenant, now.plus_millis(-86_400_000))?,
+        ))
+    })
+    .await?;
+    let frozen = state
+        .proxy
+        .guard
+        .killswitch()
+        .check(&caller.tenant_id, &caller.key_id);
+    Ok(HttpResponse::Ok().json(json!({
+        "tenant_id": caller.tenant_id,
+        "protected": frozen.is_none(),
+        "frozen": frozen.is_some(),
+        "freeze": frozen,
+        "calls_last_hour": hour.total,
+        "blocked_last_24h": day.blocked,
+        "upstream_errors_last_24h": day.upstream_errors,
+        "enforcement_latency_p95_ms": state.proxy.enforcement_p95_ms(),
+    })))
 }

@@ -4,6 +4,7 @@
 use agv_server::config::Settings;
 use agv_server::startup::{Application, StartupError};
 use agv_server::store::testing::{PgTestDb, fresh_postgres_db};
+pub use agv_server::testing::upstream::MockUpstream;
 use std::path::Path;
 use std::process::{Command, Output};
 use tempfile::TempDir;
@@ -90,6 +91,43 @@ pub fn cli_command() -> Command {
     cmd
 }
 
+/// A data home and a mock upstream, with a tenant and keys made through the CLI.
+pub struct ProxySetup {
+    pub home: DataHome,
+    pub upstream: MockUpstream,
+    pub tenant: String,
+    pub key: String,
+    pub admin: String,
+}
+
+impl ProxySetup {
+    pub fn new(backend: Backend) -> Option<Self> {
+        let home = DataHome::new(backend)?;
+        let upstream = MockUpstream::start();
+        let (tenant, admin) = home.tenant_and_key("admin");
+        let key = home.cli_ok(&["key", "create", "--tenant", &tenant, "--scope", "proxy"]);
+        Some(Self {
+            home,
+            upstream,
+            tenant,
+            key,
+            admin,
+        })
+    }
+
+    /// Starts the server pointed at the mock upstream.
+    pub async fn start(self) -> (TestApp, MockUpstream, String, String, String) {
+        let url = self.upstream.url();
+        let app = TestApp::start_with(self.home, |s| {
+            s.upstream_url = url;
+            s.upstream_timeout = std::time::Duration::from_secs(3);
+            s.unauth_rate_limit_per_minute = 0;
+        })
+        .await;
+        (app, self.upstream, self.tenant, self.key, self.admin)
+    }
+}
+
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
@@ -147,6 +185,51 @@ impl TestApp {
             .expect("request")
     }
 
+    pub async fn post_json(
+        &self,
+        path: &str,
+        key: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn chat(&self, key: &str, content: &str) -> reqwest::Response {
+        self.post_json("/v1/chat/completions", key, &chat_body(content))
+            .await
+    }
+
+    /// Sets the tenant's policy overrides through the admin API.
+    pub async fn set_policy(&self, admin: &str, overrides: serde_json::Value) {
+        let res = self
+            .client
+            .put(self.url("/v1/policies"))
+            .bearer_auth(admin)
+            .json(&overrides)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(
+            res.status(),
+            200,
+            "PUT /v1/policies: {}",
+            res.text().await.unwrap_or_default()
+        );
+    }
+
+    /// The recorded call, read through the API.
+    pub async fn call(&self, admin: &str, id: &str) -> serde_json::Value {
+        let res = self.get_with_key(&format!("/v1/calls/{id}"), admin).await;
+        assert_eq!(res.status(), 200, "GET /v1/calls/{id}");
+        res.json().await.expect("call JSON")
+    }
+
     pub async fn get_with_key(&self, path: &str, key: &str) -> reqwest::Response {
         self.client
             .get(self.url(path))
@@ -161,6 +244,19 @@ impl TestApp {
 /// unavailable and skipping is allowed.
 pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
     Some(TestApp::start(DataHome::new(backend)?).await)
+}
+
+pub fn chat_body(content: &str) -> serde_json::Value {
+    serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]})
+}
+
+pub fn call_id(res: &reqwest::Response) -> String {
+    res.headers()
+        .get("x-agv-call-id")
+        .expect("x-agv-call-id header")
+        .to_str()
+        .expect("ascii")
+        .to_owned()
 }
 
 /// Asserts an OpenAI-shaped error body and returns its `code`.

@@ -1,5 +1,6 @@
 //! HTTP and CLI integration tests: the real server on port 0 with a temp data dir, on
-//! SQLite and on Postgres; the real binary for the CLI.
+//! SQLite and on Postgres; the real binary for the CLI; a real local OpenAI-speaking
+//! upstream for the front door.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -7,6 +8,10 @@ mod helpers;
 
 mod auth;
 mod cli;
+mod durability;
+mod enforcement;
 mod health;
+mod proxy;
+mod sdk;
 mod startup_errors;
 mod web;

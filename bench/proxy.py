@@ -1,0 +1,406 @@
+#!/usr/bin/env python3
+"""Proxy overhead and throughput of agv-server against the same local upstream called
+directly, and optionally against a peer gateway (LiteLLM proxy).
+
+    python3 bench/proxy.py                  # release build; 1,000 req/s for 10 s + max throughput
+    python3 bench/proxy.py --peer litellm   # the same, plus LiteLLM proxy on the same upstream
+    python3 bench/proxy.py --smoke          # CI: debug build, 2 s at a low rate; checks the script
+
+What runs (all on loopback):
+  * the mock OpenAI upstream (examples/mock_upstream.rs, latency 0, no request recording);
+  * the load generator (examples/loadgen.rs): open loop at a fixed rate, latency measured
+    from each request's scheduled send time (no coordinated omission), then closed loop
+    at maximum throughput;
+  * agv-server (`agv-server --data TMP serve`, AGV_UPSTREAM_URL = the mock), with one
+    tenant and one proxy key created through the CLI;
+  * with --peer litellm: LiteLLM proxy from a venv in target/bench-venv, one model routed
+    to the mock as an OpenAI-compatible base, no database, a master key (required), no callbacks,
+    one worker per core.
+
+Targets (DESIGN.md): added latency (agv - direct) p50 < 0.3 ms and p99 < 1 ms at
+1,000 req/s; throughput >= 5,000 req/s on 2 cores; against LiteLLM >= 50x throughput and
+<= 1/50 the added latency. Each figure is printed with its ratio to the target; for
+latencies a ratio below 1.0 meets the target, for throughput a ratio of 1.0 or more does.
+
+The proxy route is being built while this script is written: if POST /v1/chat/completions
+answers 404 the agv figures are skipped with a message and the script exits 0 (so the
+smoke run in CI stays green until the route lands).
+"""
+import argparse
+import http.client
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET_ADDED_P50_MS = 0.3
+TARGET_ADDED_P99_MS = 1.0
+TARGET_RPS = 5000.0
+TARGET_PEER_THROUGHPUT_X = 50.0
+TARGET_PEER_LATENCY_FRACTION = 1.0 / 50.0
+
+CHAT_BODY = {
+    "model": "gpt-4o-mini",
+    "messages": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Say hello to the benchmark in a few words."},
+    ],
+    "max_tokens": 32,
+}
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env():
+    return {k: v for k, v in os.environ.items() if not k.startswith(("AGV_", "OPENAI_"))}
+
+
+def target_dir():
+    return os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+
+
+def build(release):
+    cmd = ["cargo", "build", "--bin", "agv-server", "--example", "mock_upstream",
+           "--example", "loadgen"]
+    if release:
+        cmd.append("--release")
+    log("$ " + " ".join(cmd))
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def binaries(release):
+    base = os.path.join(target_dir(), "release" if release else "debug")
+    return {
+        "agv": os.path.join(base, "agv-server"),
+        "mock": os.path.join(base, "examples", "mock_upstream"),
+        "loadgen": os.path.join(base, "examples", "loadgen"),
+    }
+
+
+def wait_http(port, path, timeout_s, proc=None):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {path} answered")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", path)
+            status = conn.getresponse().status
+            conn.close()
+            if status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"127.0.0.1:{port}{path} not ready after {timeout_s} s")
+
+
+def post_once(port, path, body, headers):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json", **headers})
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, data
+
+
+class Procs:
+    """Child processes, stopped in reverse order on exit."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, cmd, **kw):
+        proc = subprocess.Popen(cmd, start_new_session=True, **kw)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self):
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        self.procs.clear()
+
+
+def start_mock(procs, bins):
+    proc = procs.start([bins["mock"], "--listen", "127.0.0.1:0", "--latency-ms", "0"],
+                       stdout=subprocess.PIPE, text=True)
+    url = proc.stdout.readline().strip()
+    if not url.startswith("http://"):
+        raise RuntimeError("mock upstream did not print its URL")
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    return url, port
+
+
+def loadgen(bins, url, body_file, headers, cfg, mode):
+    cmd = [bins["loadgen"], "--url", url, "--method", "POST", "--body-file", body_file,
+           "--duration", str(cfg.duration), "--timeout-ms", "10000"]
+    for h in headers:
+        cmd += ["--header", h]
+    if mode == "rate":
+        cmd += ["--rate", str(cfg.rate), "--warmup", str(cfg.warmup)]
+    else:
+        cmd += ["--max", "--concurrency", str(cfg.concurrency), "--warmup", str(cfg.warmup)]
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return json.loads(out)
+
+
+def measure(name, bins, url, body_file, headers, cfg):
+    log(f"-- {name}: {cfg.rate} req/s for {cfg.duration} s")
+    fixed = loadgen(bins, url, body_file, headers, cfg, "rate")
+    log(f"   {json.dumps(fixed)}")
+    log(f"-- {name}: max throughput, {cfg.concurrency} connections, {cfg.duration} s")
+    peak = loadgen(bins, url, body_file, headers, cfg, "max")
+    log(f"   {json.dumps(peak)}")
+    for r in (fixed, peak):
+        bad = {k: v for k, v in r["status_counts"].items() if not k.startswith("2")}
+        if bad:
+            log(f"   WARNING: {name} answered non-2xx or failed: {bad}")
+    return {"fixed": fixed, "max": peak}
+
+
+def raise_rate_limits(bins, data, tenant_id, env):
+    """TODO(proxy): raise the tenant's per-key and per-tenant rate limits (and budget) so
+    that the guard does not throttle the benchmark. There is no CLI or config knob for
+    tenant policies yet; when one lands (e.g. `agv-server policy set --tenant ID
+    key_requests_per_minute=...`), call it here. Until then a 429 share is reported as a
+    WARNING and the agv figures are not meaningful."""
+    cmd = os.environ.get("AGV_BENCH_RAISE_LIMITS_CMD")
+    if cmd:
+        # Hook for local experiments: a shell command with {agv}, {data}, {tenant}.
+        subprocess.run(cmd.format(agv=bins["agv"], data=data, tenant=tenant_id),
+                       shell=True, check=True, env=env)
+    else:
+        log("   TODO: no way to raise per-key rate limits yet (see raise_rate_limits)")
+
+
+def start_agv(procs, bins, mock_url, tmp):
+    data = os.path.join(tmp, "agv-data")
+    env = clean_env()
+    env.update({"AGV_UPSTREAM_URL": mock_url, "AGV_UPSTREAM_API_KEY": "sk-bench",
+                "AGV_LOG_FORMAT": "text", "AGV_LOG_LEVEL": "warn"})
+
+    def cli(*args):
+        out = subprocess.run([bins["agv"], "--data", data, *args], env=env, check=True,
+                             stdout=subprocess.PIPE, text=True).stdout
+        return out.strip()
+
+    tenant = cli("tenant", "create", "bench")
+    key = cli("key", "create", "--tenant", tenant)
+    raise_rate_limits(bins, data, tenant, env)
+    port = free_port()
+    log_path = os.path.join(tmp, "agv.log")
+    with open(log_path, "w") as logf:
+        proc = procs.start([bins["agv"], "--data", data, "serve", "--listen", f"127.0.0.1:{port}"],
+                           env=env, stdout=subprocess.DEVNULL, stderr=logf)
+    try:
+        wait_http(port, "/ready", 30, proc)
+    except RuntimeError:
+        with open(log_path) as f:
+            log(f.read()[-4000:])
+        raise
+    return port, key
+
+
+def start_litellm(procs, mock_url, tmp, smoke):
+    venv = os.path.join(ROOT, "target", "bench-venv")
+    py = os.path.join(venv, "bin", "python")
+    if not os.path.exists(py):
+        log(f"-- creating {venv}")
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    log("-- pip install 'litellm[proxy]' (quiet)")
+    pip = subprocess.run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                          "litellm[proxy]"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
+    if pip.returncode != 0:
+        log(pip.stdout[-4000:])
+        log("ERROR: pip install 'litellm[proxy]' failed (output above); cannot measure the peer")
+        sys.exit(3)
+    cores = os.cpu_count() or 1
+    config = os.path.join(tmp, "litellm.yaml")
+    with open(config, "w") as f:
+        f.write(
+            "model_list:\n"
+            "  - model_name: gpt-4o-mini\n"
+            "    litellm_params:\n"
+            "      model: openai/gpt-4o-mini\n"
+            f"      api_base: {mock_url}\n"
+            "      api_key: sk-bench\n"
+            "litellm_settings:\n"
+            "  telemetry: false\n"
+            "  drop_params: true\n"
+            "  request_timeout: 30\n"
+            "general_settings:\n"
+            "  disable_spend_logs: true\n"
+            "  disable_error_logs: true\n"
+        )
+    port = free_port()
+    master_key = "sk-" + secrets.token_hex(32)
+    env = clean_env()
+    env.update({
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no network fetch of the price list
+        "LITELLM_LOG": "ERROR",
+        "LITELLM_TELEMETRY": "False",
+        "DISABLE_SCHEMA_UPDATE": "True",
+        # LiteLLM refuses to start without a strong master key; agv authenticates every
+        # call too, so this keeps the comparison fair. No DB: the key is a string compare.
+        "LITELLM_MASTER_KEY": master_key,
+    })
+    env.pop("DATABASE_URL", None)
+    cmd = [os.path.join(venv, "bin", "litellm"), "--config", config, "--host", "127.0.0.1",
+           "--port", str(port), "--num_workers", str(cores)]
+    log("$ " + " ".join(cmd))
+    logf = open(os.path.join(tmp, "litellm.log"), "w")
+    proc = procs.start(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT)
+    try:
+        wait_http(port, "/health/liveliness", 180, proc)
+    except RuntimeError:
+        logf.flush()
+        with open(os.path.join(tmp, "litellm.log")) as f:
+            log(f.read()[-4000:])
+        raise
+    return port, master_key
+
+
+def ratio_line(label, value, target, unit, lower_is_better=True):
+    if target == 0 or value is None:
+        return f"{label:<44} {value} {unit}"
+    r = value / target
+    meets = (r < 1.0) if lower_is_better else (r >= 1.0)
+    cmp = "<" if lower_is_better else ">="
+    return (f"{label:<44} {value:10.3f} {unit:<6} target {cmp} {target:g} {unit}  "
+            f"ratio {r:7.3f}  {'meets' if meets else 'MISSES'}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="debug build, 2 s at a low rate (CI)")
+    ap.add_argument("--peer", choices=["none", "litellm"], default="none")
+    ap.add_argument("--rate", type=float, default=None, help="fixed rate, req/s (default 1000)")
+    ap.add_argument("--duration", type=float, default=None, help="seconds per phase (default 10)")
+    ap.add_argument("--concurrency", type=int, default=None, help="--max connections (default 64)")
+    ap.add_argument("--no-build", action="store_true", help="use the binaries already built")
+    ap.add_argument("--json", action="store_true", help="print all raw figures as JSON at the end")
+    cfg = ap.parse_args()
+    cfg.rate = cfg.rate or (50.0 if cfg.smoke else 1000.0)
+    cfg.duration = cfg.duration or (2.0 if cfg.smoke else 10.0)
+    cfg.concurrency = cfg.concurrency or (8 if cfg.smoke else 64)
+    cfg.warmup = 0.0 if cfg.smoke else 1.0
+
+    release = not cfg.smoke
+    if not cfg.no_build:
+        build(release)
+    bins = binaries(release)
+    for path in bins.values():
+        if not os.path.exists(path):
+            log(f"ERROR: {path} missing (build it, or drop --no-build)")
+            return 2
+
+    procs = Procs()
+    tmp = tempfile.mkdtemp(prefix="agv-bench-proxy-")
+    results = {}
+    try:
+        mock_url, _ = start_mock(procs, bins)
+        log(f"-- mock upstream at {mock_url}")
+        body_file = os.path.join(tmp, "chat.json")
+        with open(body_file, "w") as f:
+            json.dump(CHAT_BODY, f)
+
+        results["direct"] = measure("direct", bins, f"{mock_url}/chat/completions", body_file,
+                                    ["Authorization: Bearer sk-bench"], cfg)
+
+        agv_port, key = start_agv(procs, bins, mock_url, tmp)
+        status, data = post_once(agv_port, "/v1/chat/completions", CHAT_BODY,
+                                 {"Authorization": f"Bearer {key}"})
+        agv_ok = status == 200
+        if status == 404:
+            log("!! agv-server answers 404 on POST /v1/chat/completions: the proxy route is not "
+                "in this build yet. Skipping the agv figures.")
+        elif status != 200:
+            log(f"!! agv-server answered {status}: {data[:500]!r}; skipping the agv figures")
+        if agv_ok:
+            results["agv"] = measure("agv", bins, f"http://127.0.0.1:{agv_port}/v1/chat/completions",
+                                     body_file, [f"Authorization: Bearer {key}"], cfg)
+
+        if cfg.peer == "litellm":
+            lport, lkey = start_litellm(procs, mock_url, tmp, cfg.smoke)
+            status, data = post_once(lport, "/v1/chat/completions", CHAT_BODY,
+                                     {"Authorization": f"Bearer {lkey}"})
+            if status != 200:
+                log(f"!! LiteLLM answered {status}: {data[:1000]!r}")
+                return 1
+            results["litellm"] = measure("litellm", bins, f"http://127.0.0.1:{lport}/v1/chat/completions",
+                                         body_file, [f"Authorization: Bearer {lkey}"], cfg)
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    report(results, cfg)
+    if cfg.json:
+        print(json.dumps(results))
+    return 0
+
+
+def report(results, cfg):
+    d = results["direct"]
+    print(f"\nproxy benchmark ({'smoke, debug build, not representative' if cfg.smoke else 'release build'};"
+          f" {cfg.rate:g} req/s for {cfg.duration:g} s; max with {cfg.concurrency} connections)")
+    for name in ("direct", "agv", "litellm"):
+        if name in results:
+            f, m = results[name]["fixed"], results[name]["max"]
+            print(f"  {name:<8} p50 {f['p50_ms']:8.3f} ms  p99 {f['p99_ms']:8.3f} ms  "
+                  f"max {f['max_ms']:8.3f} ms  ok {f['ok']}/{f['sent']}   "
+                  f"throughput {m['achieved_rps']:10.1f} req/s (ok {m['ok']}/{m['sent']})")
+    added = {}
+    for name in ("agv", "litellm"):
+        if name in results:
+            f = results[name]["fixed"]
+            added[name] = (f["p50_ms"] - d["fixed"]["p50_ms"], f["p99_ms"] - d["fixed"]["p99_ms"])
+    if "agv" in results:
+        a50, a99 = added["agv"]
+        print(ratio_line("agv added latency p50 (agv - direct)", a50, TARGET_ADDED_P50_MS, "ms"))
+        print(ratio_line("agv added latency p99 (agv - direct)", a99, TARGET_ADDED_P99_MS, "ms"))
+        rps = results["agv"]["max"]["achieved_rps"]
+        print(ratio_line("agv max throughput", rps, TARGET_RPS, "req/s", lower_is_better=False))
+        print(f"{'agv throughput / direct throughput':<44} {rps / max(d['max']['achieved_rps'], 1e-9):10.3f}")
+    else:
+        print("  agv: not measured (proxy route missing or failing; see above)")
+    if "litellm" in results:
+        l50, l99 = added["litellm"]
+        print(f"{'litellm added latency p50 / p99':<44} {l50:10.3f} ms / {l99:.3f} ms")
+        if "agv" in results:
+            lrps = results["litellm"]["max"]["achieved_rps"]
+            x = results["agv"]["max"]["achieved_rps"] / max(lrps, 1e-9)
+            print(ratio_line("agv / litellm throughput", x, TARGET_PEER_THROUGHPUT_X, "x",
+                             lower_is_better=False))
+            frac = max(added["agv"][0], 0.0) / l50 if l50 > 0 else float("nan")
+            print(ratio_line("agv / litellm added latency p50", frac, TARGET_PEER_LATENCY_FRACTION, "x"))
+            frac99 = max(added["agv"][1], 0.0) / l99 if l99 > 0 else float("nan")
+            print(ratio_line("agv / litellm added latency p99", frac99, TARGET_PEER_LATENCY_FRACTION, "x"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,572 @@
+//! Per-tenant spend against daily and monthly budgets (UTC), with reservations.
+//!
+//! Responsible for the budget check of the hot path: before a call goes upstream its
+//! estimated cost is *reserved*, so parallel calls see each other's spend and fail closed;
+//! when it finishes the reservation is *settled* with the real cost (or kept at the
+//! estimate when the real cost is unknown), or *released* if the call never happened. A
+//! call is admitted while the tenant's committed spend (settled plus reserved) is below the
+//! limit, so however many calls race, the budget is overspent by at most one call's
+//! estimate. It reports the first settle of a period that crosses `budget_soft_ratio`.
+//!
+//! It must not read the store: at start (or after a restart) the proxy seeds each tenant's
+//! spend of the current day and month with [`Budgets::seed`]. Periods roll over at UTC
+//! midnight and at the first of the month; a reservation is always settled into the period
+//! it was made in. A [`Reservation`] dropped without being settled is released, so a
+//! cancelled request cannot leak reserved budget.
+
+use super::Sharded;
+use crate::domain::{Money, TenantId, Timestamp};
+use chrono::Datelike;
+use serde::Serialize;
+use std::sync::Arc;
+
+const DAY_MS: i64 = 86_400_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetPeriod {
+    Daily,
+    Monthly,
+}
+
+impl BudgetPeriod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Daily => "daily",
+            Self::Monthly => "monthly",
+        }
+    }
+}
+
+/// A tenant's budgets; `None`: no budget for that period (spend is still tracked).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetLimits {
+    pub daily: Option<Money>,
+    pub monthly: Option<Money>,
+    /// The fraction of a budget whose crossing is reported (0.8 = 80 %).
+    pub soft_ratio: f64,
+}
+
+/// The call would start while the budget is already used up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the {} budget is used up: {spent} committed of {limit}", period.as_str())]
+pub struct BudgetExceeded {
+    pub period: BudgetPeriod,
+    /// Settled plus reserved spend of the period.
+    pub spent: Money,
+    pub limit: Money,
+}
+
+/// A settle took the period's spend past the soft ratio of its budget (reported once per
+/// period).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SoftLimitCrossed {
+    pub period: BudgetPeriod,
+    pub spent: Money,
+    pub limit: Money,
+    pub ratio: f64,
+}
+
+/// The current spend of a tenant, for status pages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SpendStatus {
+    pub day_spent: Money,
+    pub day_reserved: Money,
+    pub month_spent: Money,
+    pub month_reserved: Money,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Period {
+    start: i64,
+    spent: i64,
+    reserved: i64,
+    soft_reported: bool,
+}
+
+impl Period {
+    fn fresh(start: i64) -> Self {
+        Self {
+            start,
+            ..Self::default()
+        }
+    }
+
+    fn committed(&self) -> Money {
+        Money::from_nanos(self.spent.saturating_add(self.reserved))
+    }
+
+    fn unreserve(&mut self, amount: i64) {
+        self.reserved = self.reserved.saturating_sub(amount).max(0);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Spend {
+    day: Period,
+    month: Period,
+}
+
+impl Spend {
+    fn new(now_ms: i64) -> Self {
+        Self {
+            day: Period::fresh(day_start(now_ms)),
+            month: Period::fresh(month_start(now_ms)),
+        }
+    }
+
+    /// Moves to the periods containing `now`; a clock stepping back never reopens a
+    /// finished period.
+    fn roll(&mut self, now_ms: i64) {
+        let day = day_start(now_ms);
+        if day > self.day.start {
+            self.day = Period::fresh(day);
+            let month = month_start(now_ms);
+            if month > self.month.start {
+                self.month = Period::fresh(month);
+            }
+        }
+    }
+}
+
+/// The start of the current UTC day and month at `now`: what a budget's spend counts from.
+pub fn period_starts(now: Timestamp) -> (Timestamp, Timestamp) {
+    (
+        Timestamp::from_millis(day_start(now.millis())),
+        Timestamp::from_millis(month_start(now.millis())),
+    )
+}
+
+fn day_start(ms: i64) -> i64 {
+    ms.div_euclid(DAY_MS) * DAY_MS
+}
+
+fn month_start(ms: i64) -> i64 {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .and_then(|d| d.date_naive().with_day(1))
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map_or_else(|| day_start(ms), |d| d.and_utc().timestamp_millis())
+}
+
+type Spends = Sharded<TenantId, Spend>;
+
+/// Spend of every tenant; cheap to share (`Send + Sync`).
+pub struct Budgets {
+    spends: Arc<Spends>,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Budget held for one call until it is settled or released.
+#[must_use = "a reservation holds budget until it is settled or released"]
+#[derive(Debug)]
+pub struct Reservation {
+    /// `None` once settled or released.
+    spends: Option<Arc<Spends>>,
+    tenant: TenantId,
+    amount: i64,
+    day_start: i64,
+    month_start: i64,
+    limits: BudgetLimits,
+    day_committed: Money,
+    month_committed: Money,
+}
+
+impl Reservation {
+    /// The reserved (estimated) cost.
+    pub fn amount(&self) -> Money {
+        Money::from_nanos(self.amount)
+    }
+
+    /// Settled plus reserved spend of the period when this call was admitted, this call
+    /// not included.
+    pub fn committed_before(&self, period: BudgetPeriod) -> Money {
+        match period {
+            BudgetPeriod::Daily => self.day_committed,
+            BudgetPeriod::Monthly => self.month_committed,
+        }
+    }
+
+    pub fn limits(&self) -> BudgetLimits {
+        self.limits
+    }
+
+    fn finish(&mut self, actual: Option<Money>) -> Option<SoftLimitCrossed> {
+        let spends = self.spends.take()?;
+        let actual = actual.map_or(self.amount, Money::nanos);
+        let (amount, day, month, limits) =
+            (self.amount, self.day_start, self.month_start, self.limits);
+        spends
+            .update(&self.tenant, |s| {
+                let mut crossed = None;
+                for (p, start, limit, period) in [
+                    (&mut s.day, day, limits.daily, BudgetPeriod::Daily),
+                    (&mut s.month, month, limits.monthly, BudgetPeriod::Monthly),
+                ] {
+                    if p.start != start {
+                        // The period rolled over since: this call belongs to the finished one.
+                        continue;
+                    }
+                    p.unreserve(amount);
+                    p.spent = p.spent.saturating_add(actual);
+                    if let Some(limit) = limit
+                        && crossed.is_none()
+                        && !p.soft_reported
+                        && limit.nanos() > 0
+                        && p.spent as f64 >= limits.soft_ratio * limit.nanos() as f64
+                    {
+                        p.soft_reported = true;
+                        crossed = Some(SoftLimitCrossed {
+                            period,
+                            spent: Money::from_nanos(p.spent),
+                            limit,
+                            ratio: limits.soft_ratio,
+                        });
+                    }
+                }
+                crossed
+            })
+            .flatten()
+    }
+
+    fn release_now(&mut self) {
+        let Some(spends) = self.spends.take() else {
+            return;
+        };
+        let (amount, day, month) = (self.amount, self.day_start, self.month_start);
+        spends.update(&self.tenant, |s| {
+            if s.day.start == day {
+                s.day.unreserve(amount);
+            }
+            if s.month.start == month {
+                s.month.unreserve(amount);
+            }
+        });
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.release_now();
+    }
+}
+
+impl Budgets {
+    pub fn new() -> Self {
+        Self {
+            // Tenants are few and each needs its spend kept: no eviction.
+            spends: Arc::new(Sharded::new(usize::MAX)),
+        }
+    }
+
+    /// Reserves `estimate` for a call of `tenant` if neither budget is used up yet.
+    pub fn reserve(
+        &self,
+        tenant: &TenantId,
+        estimate: Money,
+        limits: BudgetLimits,
+        now: Timestamp,
+    ) -> Result<Reservation, BudgetExceeded> {
+        let now_ms = now.millis();
+        let amount = estimate.nanos().max(0);
+        let (day_start, month_start, day_committed, month_committed) = self.spends.with(
+            tenant,
+            |_| false,
+            |_| 0,
+            || Spend::new(now_ms),
+            |s| {
+                s.roll(now_ms);
+                for (p, limit, period) in [
+                    (&s.day, limits.daily, BudgetPeriod::Daily),
+                    (&s.month, limits.monthly, BudgetPeriod::Monthly),
+                ] {
+                    if let Some(limit) = limit
+                        && p.committed() >= limit
+                    {
+                        return Err(BudgetExceeded {
+                            period,
+                            spent: p.committed(),
+                            limit,
+                        });
+                    }
+                }
+                let before = (s.day.committed(), s.month.committed());
+                s.day.reserved = s.day.reserved.saturating_add(amount);
+                s.month.reserved = s.month.reserved.saturating_add(amount);
+                Ok((s.day.start, s.month.start, before.0, before.1))
+            },
+        )?;
+        Ok(Reservation {
+            spends: Some(Arc::clone(&self.spends)),
+            tenant: tenant.clone(),
+            amount,
+            day_start,
+            month_start,
+            limits,
+            day_committed,
+            month_committed,
+        })
+    }
+
+    /// Turns a reservation into spend: the real cost, or the estimate when the real cost
+    /// is unknown (an unknown price must not make a call free). Returns the soft-threshold
+    /// crossing this settle caused, if it is the first of its period.
+    pub fn settle(
+        &self,
+        mut reservation: Reservation,
+        actual: Option<Money>,
+    ) -> Option<SoftLimitCrossed> {
+        reservation.finish(actual)
+    }
+
+    /// Gives a reservation back: the call never reached the upstream.
+    pub fn release(&self, mut reservation: Reservation) {
+        reservation.release_now();
+    }
+
+    /// Sets the tenant's settled spend of the current day and month (from the store).
+    /// Reservations in flight are kept.
+    pub fn seed(&self, tenant: &TenantId, day_spend: Money, month_spend: Money, now: Timestamp) {
+        let now_ms = now.millis();
+        self.spends.with(
+            tenant,
+            |_| false,
+            |_| 0,
+            || Spend::new(now_ms),
+            |s| {
+                s.roll(now_ms);
+                s.day.spent = day_spend.nanos();
+                s.month.spent = month_spend.nanos();
+            },
+        );
+    }
+
+    /// The tenant's spend in the periods containing `now`.
+    pub fn status(&self, tenant: &TenantId, now: Timestamp) -> SpendStatus {
+        let now_ms = now.millis();
+        let mut out = SpendStatus::default();
+        self.spends.update(tenant, |s| {
+            s.roll(now_ms);
+            out = SpendStatus {
+                day_spent: Money::from_nanos(s.day.spent),
+                day_reserved: Money::from_nanos(s.day.reserved),
+                month_spent: Money::from_nanos(s.month.spent),
+                month_reserved: Money::from_nanos(s.month.reserved),
+            };
+        });
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+
+    fn usd(v: f64) -> Money {
+        Money::from_usd(v)
+    }
+
+    fn limits(daily: Option<f64>, monthly: Option<f64>) -> BudgetLimits {
+        BudgetLimits {
+            daily: daily.map(usd),
+            monthly: monthly.map(usd),
+            soft_ratio: 0.8,
+        }
+    }
+
+    /// 2026-03-31T12:00:00Z.
+    const NOON: i64 = 1_774_958_400_000;
+
+    fn ts(ms: i64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    #[test]
+    fn period_starts_are_utc_midnight_and_the_first_of_the_month() {
+        assert_eq!(day_start(NOON), NOON - 12 * 3_600_000);
+        assert_eq!(
+            Timestamp::from_millis(month_start(NOON)).to_rfc3339(),
+            "2026-03-01T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn calls_pass_until_committed_spend_reaches_the_limit() {
+        let b = Budgets::new();
+        let t = TenantId::generate();
+        let l = limits(Some(1.0), None);
+        let r = b.reserve(&t, usd(0.6), l, ts(NOON)).unwrap();
+        assert_eq!(r.committed_before(BudgetPeriod::Daily), Money::ZERO);
+        // Reserved spend counts: 0.6 < 1.0, so one more is admitted...
+        let r2 = b.reserve(&t, usd(0.6), l, ts(NOON)).unwrap();
+        assert_eq!(r2.committed_before(BudgetPeriod::Daily), usd(0.6));
+        // ...and then the budget is committed.
+        let e = b.reserve(&t, usd(0.01), l, ts(NOON)).unwrap_err();
+        assert_eq!(e.period, BudgetPeriod::Daily);
+        assert_eq!((e.spent, e.limit), (usd(1.2), usd(1.0)));
+        b.release(r2);
+        let _ = b.settle(r, Some(usd(0.1)));
+        assert_eq!(b.status(&t, ts(NOON)).day_spent, usd(0.1));
+        assert_eq!(b.status(&t, ts(NOON)).day_reserved, Money::ZERO);
+        b.release(b.reserve(&t, usd(0.5), l, ts(NOON)).unwrap());
+    }
+
+    #[test]
+    fn an_unknown_actual_cost_keeps_the_estimate() {
+        let b = Budgets::new();
+        let t = TenantId::generate();
+        let r = b
+            .reserve(&t, usd(0.3), limits(None, None), ts(NOON))
+            .unwrap();
+        let _ = b.settle(r, None);
+        assert_eq!(b.status(&t, ts(NOON)).day_spent, usd(0.3));
+    }
+
+    #[test]
+    fn a_dropped_reservation_is_released() {
+        let b = Budgets::new();
+        let t = TenantId::generate();
+        drop(
+            b.reserve(&t, usd(5.0), limits(Some(1.0), None), ts(NOON))
+                .unwrap(),
+        );
+        assert_eq!(b.status(&t, ts(NOON)), SpendStatus::default());
+    }
+
+    #[test]
+    fn the_monthly_budget_is_checked_too() {
+        let b = Budgets::new();
+        let t = TenantId::generate();
+        b.seed(&t, usd(0.0), usd(50.0), ts(NOON));
+        let e = b
+            .reserve(&t, usd(0.1), limits(Some(10.0), Some(50.0)), ts(NOON))
+            .unwrap_err();
+        assert_eq!(e.period, BudgetPeriod::Monthly);
+        assert_eq!(e.spent, usd(50.0));
+    }
+
+    #[test]
+    fn spend_resets_at_utc_midnight_and_at_the_month_start() {
+        let b = Budgets::new();
+        let t = TenantId::generate();
+        let l = limits(Some(1.0), Some(100.0));
+        b.seed(&t, usd(1.0), usd(20.0), ts(NOON));
+        assert!(b.reserve(&t, usd(0.1), l, ts(NOON)).is_err());
+        // 2026-03-31T23:59:59.999Z is still the same day.
+        let last_ms = day_start(NOON) + DAY_MS - 1;
+        assert!(b.reserve(&t, usd(0.1), l, ts(last_ms)).is_err());
+        // Midnight: a new day, and (31 March → 1 April) a new month.
+        let r = b.reserve(&t, usd(0.1), l, ts(last_ms + 1)).unwrap();
+        assert_eq!(r.committed_before(BudgetPeriod::Daily), Money::ZERO);
+        assert_eq!(r.committed_before(BudgetPeriod::Monthly), Money::ZERO);
+        let _ = b.settle(r, Some(usd(0.1)));
+        // The next midnight starts a new day but not a new month.
+        let s = b.status(&t, ts(last_ms + 1 + DAY_MS));
+        assert_eq!((s.day_spent, s.month_spent), (Money::ZERO, usd(0.1)));
+    }
+
+    #[test]
+    fn a_call_settled_after_midnight_counts_in_the_day_it_started() {
+        let b = Budgets::new();
+        let t = TenantId::generate();
+        let l = limits(Some(1.0), None);
+        let r = b.reserve(&t, usd(0.5), l, ts(NOON)).unwrap();
+        let tomorrow = NOON + DAY_MS;
+        b.reserve(&t, usd(0.2), l, ts(tomorrow))
+            .unwrap()
+            .release_now();
+        let _ = b.settle(r, Some(usd(0.5)));
+        let s = b.status(&t, ts(tomorrow));
+        assert_eq!((s.day_spent, s.day_reserved), (Money::ZERO, Money::ZERO));
+        assert_eq!(
+            s.month_spent,
+            Money::ZERO,
+            "March's call is not April's spend"
+        );
+    }
+
+    #[test]
+    fn the_soft_threshold_is_reported_once_per_period() {
+        let b = Budgets::new();
+        let t = TenantId::generate();
+        let l = limits(Some(1.0), None);
+        let r = b.reserve(&t, usd(0.5), l, ts(NOON)).unwrap();
+        assert_eq!(b.settle(r, Some(usd(0.5))), None);
+        let r = b.reserve(&t, usd(0.5), l, ts(NOON)).unwrap();
+        let crossed = b.settle(r, Some(usd(0.35))).unwrap();
+        assert_eq!(crossed.period, BudgetPeriod::Daily);
+        assert_eq!((crossed.spent, crossed.limit), (usd(0.85), usd(1.0)));
+        let r = b.reserve(&t, usd(0.1), l, ts(NOON)).unwrap();
+        assert_eq!(b.settle(r, Some(usd(0.1))), None);
+        // A new day reports again.
+        let r = b.reserve(&t, usd(0.9), l, ts(NOON + DAY_MS)).unwrap();
+        assert!(b.settle(r, Some(usd(0.9))).is_some());
+    }
+
+    #[test]
+    fn fifty_parallel_calls_overspend_by_at_most_one_estimate() {
+        let b = Budgets::new();
+        let t = TenantId::generate();
+        let (estimate, limit) = (usd(0.10), usd(1.05));
+        let l = BudgetLimits {
+            daily: Some(limit),
+            monthly: None,
+            soft_ratio: 0.8,
+        };
+        let barrier = Barrier::new(50);
+        let admitted: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..50)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        match b.reserve(&t, estimate, l, ts(NOON)) {
+                            Ok(r) => {
+                                let _ = b.settle(r, Some(estimate));
+                                1
+                            }
+                            Err(_) => 0,
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        let spent = b.status(&t, ts(NOON)).day_spent;
+        assert_eq!(admitted, 11, "committed 0.0, 0.1, … 1.0 are below 1.05");
+        assert!(spent <= limit.saturating_add(estimate), "{spent}");
+        assert_eq!(spent, usd(1.1));
+    }
+
+    #[test]
+    fn fifty_parallel_reservations_held_at_once_are_admitted_only_up_to_the_limit() {
+        let b = Budgets::new();
+        let t = TenantId::generate();
+        let l = limits(Some(1.0), Some(1.0));
+        let barrier = Barrier::new(50);
+        let held: Vec<Reservation> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..50)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        b.reserve(&t, usd(0.25), l, ts(NOON)).ok()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .filter_map(|h| h.join().unwrap())
+                .collect()
+        });
+        assert_eq!(held.len(), 4);
+        assert_eq!(b.status(&t, ts(NOON)).day_reserved, usd(1.0));
+        for r in held {
+            b.release(r);
+        }
+        assert_eq!(b.status(&t, ts(NOON)).day_reserved, Money::ZERO);
+    }
+}

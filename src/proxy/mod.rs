@@ -1,0 +1,740 @@
+//! The OpenAI-compatible front door: authenticate (done by the extractor), check the kill
+//! switch and guardrails in memory, forward to the upstream, relay streams chunk by chunk,
+//! and record every call — forwarded or stopped — before answering.
+//!
+//! The hot path touches no database except the recorder's commit. Request bodies pass
+//! through unchanged (unknown fields included); the one exception is a streaming request
+//! that did not ask for usage: agv-server asks the upstream for it, and removes it again
+//! from what the client receives.
+
+pub mod killswitch;
+pub mod recorder;
+pub mod relay;
+pub mod upstream;
+
+use crate::api::error::{ApiError, ErrorKind};
+use crate::domain::call::endpoint;
+use crate::domain::{CallId, CallRecord, Decision, TenantId, Timestamp};
+use crate::guard::{
+    AfterCall, CallResult, Endpoint as GuardEndpoint, Guard, RequestFacts, StopKind, Verdict,
+};
+use crate::store::DynStore;
+use bytes::Bytes;
+use recorder::Recorder;
+use sha2::{Digest, Sha256};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use upstream::{Upstream, UpstreamError};
+
+pub const CALL_ID_HEADER: &str = "x-agv-call-id";
+/// The largest `x-agv-metadata` header accepted.
+pub const MAX_METADATA_BYTES: usize = 4096;
+/// The longest end-user or session id accepted.
+pub const MAX_ATTRIBUTION_LEN: usize = 256;
+
+/// Everything the front door needs, shared by all requests.
+pub struct Proxy {
+    pub guard: Arc<Guard>,
+    pub upstream: Upstream,
+    pub recorder: Recorder,
+    pub store: DynStore,
+    /// Bodies longer than this are stored truncated (the hash covers the whole body).
+    pub max_stored_body: usize,
+    models_cache: Mutex<Option<(Instant, Bytes)>>,
+    enforcement: Mutex<LatencyWindow>,
+}
+
+/// Who made the call and what they attached to it.
+#[derive(Debug, Clone, Default)]
+pub struct Attribution {
+    pub end_user: Option<String>,
+    pub session_id: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// The parts of a call known before it is forwarded.
+pub struct Incoming {
+    pub call_id: CallId,
+    pub tenant_id: TenantId,
+    pub key_id: crate::domain::KeyId,
+    pub endpoint: &'static str,
+    pub received: Instant,
+    pub created_at: Timestamp,
+    pub raw: Bytes,
+    pub body: serde_json::Value,
+    pub attribution: Attribution,
+}
+
+impl Incoming {
+    pub fn model(&self) -> Option<String> {
+        self.body
+            .get("model")
+            .and_then(|m| m.as_str())
+            .map(str::to_owned)
+    }
+
+    pub fn stream(&self) -> bool {
+        self.body
+            .get("stream")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false)
+    }
+}
+
+/// What the handler sends back: a full response or a relayed stream.
+pub enum Outcome {
+    Full {
+        status: u16,
+        content_type: String,
+        body: Bytes,
+        retry_after: Option<String>,
+    },
+    Stream(relay::StreamBody),
+    Error(ApiError),
+}
+
+impl Proxy {
+    pub fn new(
+        guard: Arc<Guard>,
+        upstream: Upstream,
+        recorder: Recorder,
+        store: DynStore,
+        max_stored_body: usize,
+    ) -> Self {
+        Self {
+            guard,
+            upstream,
+            recorder,
+            store,
+            max_stored_body,
+            models_cache: Mutex::new(None),
+            enforcement: Mutex::new(LatencyWindow::default()),
+        }
+    }
+
+    /// Runs one call end to end.
+    pub async fn handle(self: &Arc<Self>, incoming: Incoming) -> Outcome {
+        let enforce_started = Instant::now();
+        let model = incoming.model();
+        let verdict = self.guard.check(
+            &RequestFacts {
+                tenant_id: &incoming.tenant_id,
+                key_id: &incoming.key_id,
+                endpoint: if incoming.endpoint == endpoint::EMBEDDINGS {
+                    GuardEndpoint::Embeddings
+                } else {
+                    GuardEndpoint::ChatCompletions
+                },
+                model: model.as_deref(),
+                body: &incoming.body,
+            },
+            Timestamp::now(),
+        );
+        let enforcement_us = micros(enforce_started.elapsed());
+        self.note_enforcement(enforce_started.elapsed());
+        metrics::histogram!("agv_enforcement_seconds")
+            .record(enforce_started.elapsed().as_secs_f64());
+        let (decisions, admission) = match verdict {
+            Verdict::Stop { decisions, stop } => {
+                let err = ApiError {
+                    kind: match stop.kind {
+                        StopKind::Locked => ErrorKind::Locked,
+                        StopKind::PaymentRequired => ErrorKind::PaymentRequired,
+                        StopKind::TooManyRequests => ErrorKind::TooManyRequests,
+                        StopKind::BadRequest => ErrorKind::BadRequest,
+                    },
+                    code: stop.code,
+                    message: stop.message.clone(),
+                    retry_after_secs: stop.retry_after_secs,
+                };
+                let mut rec = self.base_record(&incoming, model, decisions, enforcement_us);
+                rec.status = err.kind.status().as_u16();
+                rec.error = Some(stop.message);
+                rec.blocked = true;
+                rec.blocked_by = Some(stop.policy.to_string());
+                rec.response_body = Some(error_json(&err));
+                self.count_call(&rec);
+                return match self.recorder.record(rec).await {
+                    Ok(()) => Outcome::Error(err),
+                    Err(e) => Outcome::Error(record_failed(&e)),
+                };
+            }
+            Verdict::Allow {
+                decisions,
+                admission,
+            } => (decisions, admission),
+        };
+
+        let stream = incoming.stream();
+        let (upstream_body, strip_usage) = if stream {
+            relay::ask_for_usage(&incoming)
+        } else {
+            (incoming.raw.clone(), false)
+        };
+        let path = if incoming.endpoint == endpoint::EMBEDDINGS {
+            "/embeddings"
+        } else {
+            "/chat/completions"
+        };
+        let mut rec = self.base_record(&incoming, model.clone(), decisions, enforcement_us);
+        let sent = self.upstream.post(path, upstream_body, &[]).await;
+        let response = match sent {
+            Ok(r) => r,
+            Err((e, attempts)) => {
+                let after = self.guard.complete(
+                    admission,
+                    Usage::default().result(model.as_deref(), true),
+                    Timestamp::now(),
+                );
+                let err = upstream_error(&e);
+                rec.status = err.kind.status().as_u16();
+                rec.error = Some(e.to_string());
+                rec.upstream_attempts = attempts as i32;
+                rec.upstream_latency_us = Some(micros(incoming.received.elapsed()));
+                rec.response_body = Some(error_json(&err));
+                self.after_call(&incoming.tenant_id, after).await;
+                return self.finish_error(rec, err).await;
+            }
+        };
+        rec.upstream_attempts = response.attempts as i32;
+        rec.upstream = Some(response.base_url.clone());
+        let status = response.response.status();
+
+        if stream && status.is_success() {
+            return Outcome::Stream(relay::start(
+                self.clone(),
+                incoming,
+                rec,
+                admission,
+                response,
+                strip_usage,
+            ));
+        }
+
+        // A full response (or an error from the upstream, streaming or not).
+        let retry_after = response
+            .response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let content_type = response
+            .response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_owned();
+        let remaining = self
+            .upstream
+            .settings()
+            .total_timeout
+            .saturating_sub(response.started.elapsed());
+        let body = match tokio::time::timeout(remaining, response.response.bytes()).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                return self
+                    .upstream_failed(
+                        incoming,
+                        rec,
+                        admission,
+                        UpstreamError::Broken(e.to_string()),
+                    )
+                    .await;
+            }
+            Err(_) => {
+                return self
+                    .upstream_failed(
+                        incoming,
+                        rec,
+                        admission,
+                        UpstreamError::Timeout("the body did not arrive in time".into()),
+                    )
+                    .await;
+            }
+        };
+        rec.upstream_latency_us = Some(micros(response.started.elapsed()));
+
+        if !status.is_success() {
+            return self
+                .upstream_status(incoming, rec, admission, status.as_u16(), body, retry_after)
+                .await;
+        }
+        let parsed: serde_json::Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return self
+                    .upstream_failed(
+                        incoming,
+                        rec,
+                        admission,
+                        UpstreamError::Broken(format!("the upstream sent invalid JSON: {e}")),
+                    )
+                    .await;
+            }
+        };
+        let usage = Usage::from_json(parsed.get("usage"));
+        let served_model = parsed
+            .get("model")
+            .and_then(|m| m.as_str())
+            .map(str::to_owned)
+            .or(model);
+        let after = self.guard.complete(
+            admission,
+            usage.result(served_model.as_deref(), false),
+            Timestamp::now(),
+        );
+        usage.apply(&mut rec);
+        rec.model = served_model;
+        rec.cost = after.cost;
+        note_post_cost(&mut rec, &after);
+        rec.status = 200;
+        self.set_response(&mut rec, &body);
+        rec.latency_us = micros(incoming.received.elapsed());
+        self.count_call(&rec);
+        self.after_call(&incoming.tenant_id, after).await;
+        match self.recorder.record(rec).await {
+            Ok(()) => Outcome::Full {
+                status: 200,
+                content_type,
+                body,
+                retry_after: None,
+            },
+            Err(e) => Outcome::Error(record_failed(&e)),
+        }
+    }
+
+    /// The upstream answered with an error status: pass client errors through, map the
+    /// rest to 502/503/504.
+    async fn upstream_status(
+        &self,
+        incoming: Incoming,
+        mut rec: CallRecord,
+        admission: crate::guard::Admission,
+        status: u16,
+        body: Bytes,
+        retry_after: Option<String>,
+    ) -> Outcome {
+        let upstream_fault = status >= 500 || status == 401 || status == 403;
+        let after = if upstream_fault {
+            self.guard.complete(
+                admission,
+                Usage::default().result(rec.model.as_deref(), true),
+                Timestamp::now(),
+            )
+        } else {
+            self.guard.abandon(admission);
+            AfterCall::default()
+        };
+        let upstream_message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                v.pointer("/error/message")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
+        rec.latency_us = micros(incoming.received.elapsed());
+        self.after_call(&incoming.tenant_id, after).await;
+        if upstream_fault {
+            let err = match status {
+                503 => ApiError::new(
+                    ErrorKind::ServiceUnavailable,
+                    "upstream_unavailable",
+                    format!("the upstream is unavailable ({status}): {upstream_message}"),
+                ),
+                504 => ApiError::new(
+                    ErrorKind::GatewayTimeout,
+                    "upstream_timeout",
+                    format!("the upstream timed out ({status}): {upstream_message}"),
+                ),
+                401 | 403 => ApiError::new(
+                    ErrorKind::BadGateway,
+                    "upstream_auth_failed",
+                    format!(
+                        "the upstream refused agv-server's credentials ({status}); the operator must check AGV_UPSTREAM_API_KEY"
+                    ),
+                ),
+                _ => ApiError::new(
+                    ErrorKind::BadGateway,
+                    "upstream_error",
+                    format!("the upstream failed ({status}): {upstream_message}"),
+                ),
+            };
+            rec.status = err.kind.status().as_u16();
+            rec.error = Some(format!("upstream status {status}: {upstream_message}"));
+            rec.response_body = Some(error_json(&err));
+            return self.finish_error(rec, err).await;
+        }
+        // A client error (bad model, bad parameter, upstream rate limit): the client sees
+        // exactly what the upstream said.
+        rec.status = status;
+        rec.error = Some(upstream_message);
+        self.set_response(&mut rec, &body);
+        self.count_call(&rec);
+        match self.recorder.record(rec).await {
+            Ok(()) => Outcome::Full {
+                status,
+                content_type: "application/json".into(),
+                body,
+                retry_after,
+            },
+            Err(e) => Outcome::Error(record_failed(&e)),
+        }
+    }
+
+    async fn upstream_failed(
+        &self,
+        incoming: Incoming,
+        mut rec: CallRecord,
+        admission: crate::guard::Admission,
+        e: UpstreamError,
+    ) -> Outcome {
+        let after = self.guard.complete(
+            admission,
+            Usage::default().result(rec.model.as_deref(), true),
+            Timestamp::now(),
+        );
+        let err = upstream_error(&e);
+        rec.status = err.kind.status().as_u16();
+        rec.error = Some(e.to_string());
+        rec.response_body = Some(error_json(&err));
+        rec.latency_us = micros(incoming.received.elapsed());
+        self.after_call(&incoming.tenant_id, after).await;
+        self.finish_error(rec, err).await
+    }
+
+    async fn finish_error(&self, mut rec: CallRecord, err: ApiError) -> Outcome {
+        if rec.latency_us == 0 {
+            rec.latency_us = rec.upstream_latency_us.unwrap_or(0);
+        }
+        self.count_call(&rec);
+        match self.recorder.record(rec).await {
+            Ok(()) => Outcome::Error(err),
+            Err(e) => Outcome::Error(record_failed(&e)),
+        }
+    }
+
+    /// Acts on what the guard noticed after a call: a failure spike freezes the tenant.
+    pub(crate) async fn after_call(&self, tenant: &TenantId, after: AfterCall) {
+        if let Some(spike) = after.spike {
+            let reason = format!("dg-004 failure spike: {}", spike.reason());
+            if let Err(e) = killswitch::set(
+                &self.guard,
+                &self.store,
+                tenant,
+                None,
+                crate::domain::FreezeAction::Freeze,
+                "policy:dg-004",
+                &reason,
+            )
+            .await
+            {
+                tracing::error!(error = %e, tenant = %tenant, "could not record the automatic freeze");
+            }
+        }
+        if let Some(soft) = after.budget_soft_crossed {
+            tracing::warn!(tenant = %tenant, period = soft.period.as_str(), spent = %soft.spent, limit = %soft.limit, "budget soft threshold crossed");
+            metrics::counter!("agv_budget_soft_threshold_total", "period" => soft.period.as_str())
+                .increment(1);
+        }
+    }
+
+    pub(crate) fn base_record(
+        &self,
+        incoming: &Incoming,
+        model: Option<String>,
+        decisions: Vec<Decision>,
+        enforcement_us: i64,
+    ) -> CallRecord {
+        let (request_body, request_truncated) = truncate(&incoming.raw, self.max_stored_body);
+        CallRecord {
+            id: incoming.call_id.clone(),
+            tenant_id: incoming.tenant_id.clone(),
+            key_id: incoming.key_id.clone(),
+            created_at: incoming.created_at,
+            endpoint: incoming.endpoint.to_owned(),
+            model,
+            stream: incoming.stream(),
+            end_user: incoming.attribution.end_user.clone(),
+            session_id: incoming.attribution.session_id.clone(),
+            metadata: incoming.attribution.metadata.clone(),
+            request_body,
+            request_truncated,
+            request_sha256: sha256_hex(&incoming.raw),
+            response_body: None,
+            response_truncated: false,
+            response_sha256: None,
+            status: 0,
+            error: None,
+            blocked: false,
+            blocked_by: None,
+            decisions,
+            prompt_tokens: None,
+            completion_tokens: None,
+            cached_tokens: None,
+            total_tokens: None,
+            cost: None,
+            latency_us: micros(incoming.received.elapsed()),
+            upstream_latency_us: None,
+            enforcement_us,
+            upstream_attempts: 0,
+            upstream: None,
+        }
+    }
+
+    pub(crate) fn set_response(&self, rec: &mut CallRecord, body: &[u8]) {
+        let (text, truncated) = truncate(body, self.max_stored_body);
+        rec.response_body = Some(text);
+        rec.response_truncated = truncated;
+        rec.response_sha256 = Some(sha256_hex(body));
+    }
+
+    pub(crate) fn count_call(&self, rec: &CallRecord) {
+        let decision = rec.blocked_by.clone().unwrap_or_else(|| "pass".into());
+        metrics::counter!(
+            "agv_calls_total",
+            "tenant" => rec.tenant_id.to_string(),
+            "model" => rec.model.clone().unwrap_or_else(|| "unknown".into()),
+            "status" => rec.status.to_string(),
+            "decision" => decision,
+        )
+        .increment(1);
+        if let Some(t) = rec.total_tokens {
+            metrics::counter!("agv_tokens_total", "tenant" => rec.tenant_id.to_string())
+                .increment(t.max(0) as u64);
+        }
+        if let Some(c) = rec.cost {
+            metrics::counter!("agv_cost_nanodollars_total", "tenant" => rec.tenant_id.to_string())
+                .increment(c.nanos().max(0) as u64);
+        }
+        if let Some(u) = rec.upstream_latency_us {
+            metrics::histogram!("agv_upstream_latency_seconds").record(u as f64 / 1e6);
+        }
+    }
+
+    /// The model list from the upstream, cached for a minute.
+    pub async fn models(&self) -> Result<Bytes, ApiError> {
+        if let Ok(cache) = self.models_cache.lock()
+            && let Some((at, body)) = cache.as_ref()
+            && at.elapsed() < Duration::from_secs(60)
+        {
+            return Ok(body.clone());
+        }
+        let resp = self
+            .upstream
+            .get("/models")
+            .await
+            .map_err(|e| upstream_error(&e))?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| upstream_error(&UpstreamError::Broken(e.to_string())))?;
+        if !status.is_success() || serde_json::from_slice::<serde_json::Value>(&body).is_err() {
+            return Err(ApiError::new(
+                ErrorKind::BadGateway,
+                "upstream_error",
+                format!("the upstream's model list failed ({status})"),
+            ));
+        }
+        if let Ok(mut cache) = self.models_cache.lock() {
+            *cache = Some((Instant::now(), body.clone()));
+        }
+        Ok(body)
+    }
+
+    fn note_enforcement(&self, d: Duration) {
+        if let Ok(mut w) = self.enforcement.lock() {
+            w.push(d);
+        }
+    }
+
+    /// p95 of the most recent enforcement latencies, in milliseconds.
+    pub fn enforcement_p95_ms(&self) -> Option<f64> {
+        self.enforcement
+            .lock()
+            .ok()
+            .and_then(|w| w.p95())
+            .map(|d| d.as_secs_f64() * 1000.0)
+    }
+}
+
+/// Token counts from an OpenAI `usage` object.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub prompt: Option<i64>,
+    pub completion: Option<i64>,
+    pub cached: Option<i64>,
+    pub total: Option<i64>,
+}
+
+impl Usage {
+    pub fn from_json(v: Option<&serde_json::Value>) -> Self {
+        let Some(u) = v.filter(|u| u.is_object()) else {
+            return Self::default();
+        };
+        let int = |p: &str| u.pointer(p).and_then(serde_json::Value::as_i64);
+        Self {
+            prompt: int("/prompt_tokens"),
+            completion: int("/completion_tokens"),
+            cached: int("/prompt_tokens_details/cached_tokens"),
+            total: int("/total_tokens"),
+        }
+    }
+
+    pub fn result<'a>(&self, model: Option<&'a str>, upstream_failed: bool) -> CallResult<'a> {
+        CallResult {
+            model,
+            prompt_tokens: self.prompt.unwrap_or(0).max(0) as u64,
+            cached_tokens: self.cached.unwrap_or(0).max(0) as u64,
+            completion_tokens: self.completion.unwrap_or(0).max(0) as u64,
+            upstream_failed,
+        }
+    }
+
+    pub fn apply(&self, rec: &mut CallRecord) {
+        rec.prompt_tokens = self.prompt;
+        rec.completion_tokens = self.completion;
+        rec.cached_tokens = self.cached;
+        rec.total_tokens = self.total.or(match (self.prompt, self.completion) {
+            (Some(p), Some(c)) => Some(p + c),
+            (Some(p), None) => Some(p),
+            _ => None,
+        });
+    }
+}
+
+/// Records the after-the-fact cost check (dg-001 is estimated before the call; the real
+/// cost is only known after it).
+pub(crate) fn note_post_cost(rec: &mut CallRecord, after: &AfterCall) {
+    if after.over_cost
+        && let Some(cost) = after.cost
+    {
+        rec.decisions.push(Decision::new(
+            crate::domain::decision::policy::MAX_COST,
+            crate::domain::Outcome::Block,
+            format!("the call cost {cost}, more than the per-request maximum; it had already been served"),
+        ));
+    }
+}
+
+pub fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The body as text, cut to `max` bytes at a character boundary; `true` when cut.
+pub fn truncate(body: &[u8], max: usize) -> (String, bool) {
+    let text = String::from_utf8_lossy(body);
+    if text.len() <= max {
+        return (text.into_owned(), false);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (text[..end].to_owned(), true)
+}
+
+pub fn error_json(err: &ApiError) -> String {
+    serde_json::json!({"error": {"message": err.message, "type": err.kind.openai_type(), "code": err.code}}).to_string()
+}
+
+pub fn upstream_error(e: &UpstreamError) -> ApiError {
+    match e {
+        UpstreamError::Unreachable(m) => ApiError::new(
+            ErrorKind::BadGateway,
+            "upstream_unreachable",
+            format!("the upstream could not be reached: {m}"),
+        ),
+        UpstreamError::Timeout(m) => ApiError::new(
+            ErrorKind::GatewayTimeout,
+            "upstream_timeout",
+            format!("the upstream did not answer in time: {m}"),
+        ),
+        UpstreamError::Broken(m) => ApiError::new(
+            ErrorKind::BadGateway,
+            "upstream_invalid_response",
+            format!("the upstream's response was unusable: {m}"),
+        ),
+    }
+}
+
+fn record_failed(e: &str) -> ApiError {
+    tracing::error!(error = %e, "call not recorded; refusing to answer without evidence");
+    ApiError::service_unavailable(
+        "recording_failed",
+        "agv-server could not record this call, so it was not answered; try again shortly",
+    )
+}
+
+/// A ring of recent latencies for the protection summary.
+#[derive(Default)]
+struct LatencyWindow {
+    samples: Vec<Duration>,
+    next: usize,
+}
+
+impl LatencyWindow {
+    const SIZE: usize = 1024;
+
+    fn push(&mut self, d: Duration) {
+        if self.samples.len() < Self::SIZE {
+            self.samples.push(d);
+        } else {
+            self.samples[self.next] = d;
+        }
+        self.next = (self.next + 1) % Self::SIZE;
+    }
+
+    fn p95(&self) -> Option<Duration> {
+        if self.samples.is_empty() {
+            return None;
+        }
+        let mut v = self.samples.clone();
+        v.sort_unstable();
+        v.get((v.len() * 95).div_ceil(100).saturating_sub(1))
+            .copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_keeps_characters_whole() {
+        let (t, cut) = truncate("héllo".as_bytes(), 2);
+        assert_eq!(t, "h");
+        assert!(cut);
+        let (t, cut) = truncate(b"abc", 10);
+        assert_eq!(t, "abc");
+        assert!(!cut);
+    }
+
+    #[test]
+    fn usage_is_read_from_openai_objects() {
+        let u = Usage::from_json(Some(
+            &serde_json::json!({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7, "prompt_tokens_details": {"cached_tokens": 1}}),
+        ));
+        assert_eq!(
+            (u.prompt, u.completion, u.cached, u.total),
+            (Some(3), Some(4), Some(1), Some(7))
+        );
+        let none = Usage::from_json(Some(&serde_json::Value::Null));
+        assert!(none.prompt.is_none());
+    }
+
+    #[test]
+    fn the_latency_window_reports_p95() {
+        let mut w = LatencyWindow::default();
+        for i in 1..=100 {
+            w.push(Duration::from_micros(i));
+        }
+        assert_eq!(w.p95(), Some(Duration::from_micros(95)));
+    }
+}

@@ -1,0 +1,215 @@
+//! The upstream client: one pooled HTTP client, timeouts (connect, first byte, total),
+//! retries with backoff only while nothing has reached the client, and an optional fallback.
+//!
+//! It knows nothing about tenants or policies; it sends bytes and reports what happened in
+//! a way the proxy can turn into an OpenAI-shaped 502/503/504.
+
+use bytes::Bytes;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
+    /// e.g. `https://api.openai.com/v1` (no trailing slash).
+    pub base_url: String,
+    pub api_key: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub connect_timeout: Duration,
+    /// Until the response headers arrive.
+    pub first_byte_timeout: Duration,
+    /// The whole exchange, body included (streams too).
+    pub total_timeout: Duration,
+    /// Extra attempts after the first (so 3 means up to 4 tries).
+    pub retries: u32,
+    pub retry_base_delay: Duration,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            first_byte_timeout: Duration::from_secs(30),
+            total_timeout: Duration::from_secs(30),
+            retries: 3,
+            retry_base_delay: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Why the upstream could not give a usable response.
+#[derive(Debug, Clone)]
+pub enum UpstreamError {
+    /// Could not connect (refused, DNS, TLS).
+    Unreachable(String),
+    /// No response headers within the first-byte timeout, or the total timeout passed.
+    Timeout(String),
+    /// The body could not be read or was cut off.
+    Broken(String),
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unreachable(m) => write!(f, "upstream unreachable: {m}"),
+            Self::Timeout(m) => write!(f, "upstream timed out: {m}"),
+            Self::Broken(m) => write!(f, "upstream response broken: {m}"),
+        }
+    }
+}
+
+/// A response whose headers have arrived; the body is still to be read.
+pub struct UpstreamResponse {
+    pub response: reqwest::Response,
+    /// Which target answered (the primary or the fallback).
+    pub base_url: String,
+    pub attempts: u32,
+    pub started: Instant,
+}
+
+pub struct Upstream {
+    client: reqwest::Client,
+    settings: UpstreamSettings,
+    primary: UpstreamTarget,
+    fallback: Option<UpstreamTarget>,
+}
+
+/// Statuses worth another try: the upstream is overloaded or briefly broken.
+fn retryable(status: reqwest::StatusCode) -> bool {
+    matches!(status.as_u16(), 500 | 502 | 503 | 504)
+}
+
+impl Upstream {
+    pub fn new(
+        primary: UpstreamTarget,
+        fallback: Option<UpstreamTarget>,
+        settings: UpstreamSettings,
+    ) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?;
+        Ok(Self {
+            client,
+            settings,
+            primary,
+            fallback,
+        })
+    }
+
+    pub fn settings(&self) -> &UpstreamSettings {
+        &self.settings
+    }
+
+    pub fn primary(&self) -> &UpstreamTarget {
+        &self.primary
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// POSTs `body` to `path` (e.g. `/chat/completions`). Retries connection failures,
+    /// first-byte timeouts and 500/502/503/504 with exponential backoff; after the last try
+    /// on the primary, tries the fallback once if one is set. Returns the last response
+    /// (even an error status) when one arrived.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: Bytes,
+        headers: &[(&str, String)],
+    ) -> Result<UpstreamResponse, (UpstreamError, u32)> {
+        let started = Instant::now();
+        let plan: Vec<&UpstreamTarget> =
+            std::iter::repeat_n(&self.primary, self.settings.retries as usize + 1)
+                .chain(self.fallback.iter())
+                .collect();
+        let mut last_err =
+            UpstreamError::Timeout("the total timeout passed before the first try".into());
+        for (i, target) in plan.iter().enumerate() {
+            let attempts = i as u32 + 1;
+            let is_last = i + 1 == plan.len();
+            let remaining = self
+                .settings
+                .total_timeout
+                .saturating_sub(started.elapsed());
+            if remaining.is_zero() {
+                return Err((last_err, attempts - 1));
+            }
+            let mut req = self
+                .client
+                .post(format!("{}{path}", target.base_url))
+                .header("content-type", "application/json")
+                .body(body.clone());
+            if let Some(key) = &target.api_key {
+                req = req.bearer_auth(key);
+            }
+            for (k, v) in headers {
+                req = req.header(*k, v);
+            }
+            let wait = self.settings.first_byte_timeout.min(remaining);
+            match tokio::time::timeout(wait, req.send()).await {
+                Ok(Ok(resp)) if retryable(resp.status()) && !is_last => {
+                    last_err = UpstreamError::Broken(format!("status {}", resp.status()));
+                }
+                Ok(Ok(resp)) => {
+                    return Ok(UpstreamResponse {
+                        response: resp,
+                        base_url: target.base_url.clone(),
+                        attempts,
+                        started,
+                    });
+                }
+                Ok(Err(e)) if e.is_timeout() => last_err = UpstreamError::Timeout(e.to_string()),
+                Ok(Err(e)) => last_err = UpstreamError::Unreachable(describe(&e)),
+                Err(_) => {
+                    last_err = UpstreamError::Timeout(format!(
+                        "no response within {} ms",
+                        wait.as_millis()
+                    ))
+                }
+            }
+            if is_last {
+                return Err((last_err, attempts));
+            }
+            // Back off before the next try on the primary; the fallback is tried at once.
+            if std::ptr::eq(plan[i + 1], &self.primary) {
+                let delay = self.settings.retry_base_delay.saturating_mul(1 << i.min(6));
+                if started.elapsed() + delay >= self.settings.total_timeout {
+                    return Err((last_err, attempts));
+                }
+                tokio::time::sleep(delay).await;
+            }
+        }
+        Err((last_err, 0))
+    }
+
+    /// GETs `path` once (used for the model list).
+    pub async fn get(&self, path: &str) -> Result<reqwest::Response, UpstreamError> {
+        let mut req = self.client.get(format!("{}{path}", self.primary.base_url));
+        if let Some(key) = &self.primary.api_key {
+            req = req.bearer_auth(key);
+        }
+        match tokio::time::timeout(self.settings.first_byte_timeout, req.send()).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout(e.to_string())),
+            Ok(Err(e)) => Err(UpstreamError::Unreachable(describe(&e))),
+            Err(_) => Err(UpstreamError::Timeout("no response".into())),
+        }
+    }
+}
+
+/// The innermost cause of a reqwest error, which is the useful part ("Connection refused").
+fn describe(e: &reqwest::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg = s.to_string();
+        source = s.source();
+    }
+    msg
+}

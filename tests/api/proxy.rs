@@ -1,0 +1,433 @@
+//! The front door end to end against a real local OpenAI-speaking upstream: pass-through,
+//! streaming, attribution, recording, call search, tenant isolation, upstream failures and
+//! bad input.
+
+use crate::helpers::{Backend, ProxySetup, call_id, chat_body, error_code};
+use crate::on_both_backends;
+use agv_server::testing::upstream::Mode;
+use futures_util::StreamExt;
+use std::time::{Duration, Instant};
+
+async fn a_chat_call_passes_through_and_is_recorded(backend: Backend) {
+    let Some(setup) = ProxySetup::new(backend) else {
+        return;
+    };
+    let (app, upstream, tenant, key, admin) = setup.start().await;
+    let body = serde_json::json!({
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hello there"}],
+        "user": "cust_8372",
+        "some_future_field": {"kept": true},
+    });
+    let res = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .header("x-agv-session-id", "sess-1")
+        .header("x-agv-metadata", r#"{"feature":"support-bot"}"#)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let id = call_id(&res);
+    let reply: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(reply["object"], "chat.completion");
+    assert!(reply["usage"]["total_tokens"].as_i64().unwrap() > 0);
+
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].body, body,
+        "the body reaches the upstream unchanged, unknown fields included"
+    );
+
+    let call = app.call(&admin, &id).await;
+    assert_eq!(call["tenant_id"], tenant.as_str());
+    assert_eq!(call["end_user"], "cust_8372");
+    assert_eq!(call["session_id"], "sess-1");
+    assert_eq!(call["metadata"]["feature"], "support-bot");
+    assert_eq!(call["status"], 200);
+    assert_eq!(call["blocked"], false);
+    assert_eq!(call["total_tokens"], reply["usage"]["total_tokens"]);
+    assert!(
+        call["cost"].as_i64().unwrap() > 0,
+        "gpt-4o-mini has a price: {call}"
+    );
+    assert_eq!(call["request_sha256"].as_str().unwrap().len(), 64);
+    assert!(
+        call["response_body"]
+            .as_str()
+            .unwrap()
+            .contains("chat.completion"),
+        "{call}"
+    );
+    let decisions: Vec<&str> = call["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["policy"].as_str().unwrap())
+        .collect();
+    for p in ["killswitch", "dg-002", "dg-001", "dg-003", "dg-005"] {
+        assert!(
+            decisions.contains(&p),
+            "decision {p} recorded: {decisions:?}"
+        );
+    }
+    app.stop().await;
+}
+
+async fn calls_are_searchable_and_isolated_by_tenant(backend: Backend) {
+    let Some(setup) = ProxySetup::new(backend) else {
+        return;
+    };
+    let other_tenant = setup.home.cli_ok(&["tenant", "create", "Other"]);
+    let other_admin = setup.home.cli_ok(&[
+        "key",
+        "create",
+        "--tenant",
+        &other_tenant,
+        "--scope",
+        "admin",
+    ]);
+    let (app, _upstream, _tenant, key, admin) = setup.start().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let res = app
+            .client
+            .post(app.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .header("x-agv-user-id", format!("user-{}", i % 2))
+            .json(&chat_body("hi"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        ids.push(call_id(&res));
+    }
+    let page: serde_json::Value = app
+        .get_with_key("/v1/calls?user=user-1", &admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["data"].as_array().unwrap().len(), 2);
+    // Cursor pagination walks every call once, newest first.
+    let mut seen = Vec::new();
+    let mut url = "/v1/calls?limit=2".to_owned();
+    loop {
+        let page: serde_json::Value = app.get_with_key(&url, &admin).await.json().await.unwrap();
+        seen.extend(
+            page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => url = format!("/v1/calls?limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    let mut expected = ids.clone();
+    expected.reverse();
+    assert_eq!(seen, expected);
+
+    // Another tenant sees none of it.
+    let res = app
+        .get_with_key(&format!("/v1/calls/{}", ids[0]), &other_admin)
+        .await;
+    assert_eq!(res.status(), 404);
+    let page: serde_json::Value = app
+        .get_with_key("/v1/calls", &other_admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["data"].as_array().unwrap().len(), 0);
+    // A proxy key may not read records.
+    assert_eq!(
+        app.get_with_key(&format!("/v1/calls/{}", ids[0]), &key)
+            .await
+            .status(),
+        403
+    );
+    app.stop().await;
+}
+
+on_both_backends!(
+    a_chat_call_passes_through_and_is_recorded,
+    calls_are_searchable_and_isolated_by_tenant
+);
+
+#[tokio::test]
+async fn streaming_relays_chunks_as_they_arrive_and_hides_usage_the_client_did_not_ask_for() {
+    let setup = ProxySetup::new(Backend::Sqlite).unwrap();
+    let (app, upstream, _tenant, key, admin) = setup.start().await;
+    upstream.set_chunk_delay(Duration::from_millis(300));
+    let started = Instant::now();
+    let res = app
+        .post_json("/v1/chat/completions", &key, &serde_json::json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "one two three four"}]}))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let id = call_id(&res);
+    let mut stream = res.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    let first_at = started.elapsed();
+    let mut text = String::from_utf8_lossy(&first).into_owned();
+    while let Some(chunk) = stream.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    let total = started.elapsed();
+    assert!(
+        first_at + Duration::from_millis(500) < total,
+        "first chunk at {first_at:?}, stream done at {total:?}: not buffered"
+    );
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(
+        !text.contains("\"usage\""),
+        "the client did not ask for usage: {text}"
+    );
+    // The upstream was asked for usage, and the record has it.
+    assert_eq!(
+        upstream.requests()[0].body["stream_options"]["include_usage"],
+        true
+    );
+    let call = app.call(&admin, &id).await;
+    assert!(call["total_tokens"].as_i64().unwrap() > 0, "{call}");
+    assert_eq!(call["stream"], true);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_streaming_client_that_asks_for_usage_receives_it() {
+    let setup = ProxySetup::new(Backend::Sqlite).unwrap();
+    let (app, _upstream, _tenant, key, _admin) = setup.start().await;
+    let res = app
+        .post_json(
+            "/v1/chat/completions",
+            &key,
+            &serde_json::json!({"model": "gpt-4o-mini", "stream": true, "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    let text = res.text().await.unwrap();
+    assert!(text.contains("\"usage\":{"), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn embeddings_and_models_pass_through() {
+    let setup = ProxySetup::new(Backend::Sqlite).unwrap();
+    let (app, _upstream, _tenant, key, admin) = setup.start().await;
+    let res = app
+        .post_json(
+            "/v1/embeddings",
+            &key,
+            &serde_json::json!({"model": "text-embedding-3-small", "input": "hello"}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let id = call_id(&res);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["object"], "list");
+    assert_eq!(app.call(&admin, &id).await["endpoint"], "embeddings");
+    let res = app.get_with_key("/v1/models", &key).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<serde_json::Value>().await.unwrap()["object"],
+        "list"
+    );
+    let status: serde_json::Value = app
+        .get_with_key("/v1/status", &key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["calls_last_hour"], 1);
+    assert_eq!(status["protected"], true);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_failures_become_clean_errors_and_error_records() {
+    let setup = ProxySetup::new(Backend::Sqlite).unwrap();
+    let (app, upstream, _tenant, key, admin) = setup.start().await;
+
+    upstream.set_mode(Mode::error(500));
+    let res = app.chat(&key, "x").await;
+    assert_eq!(res.status(), 502);
+    let id = call_id(&res);
+    assert_eq!(error_code(res).await, "upstream_error");
+    let call = app.call(&admin, &id).await;
+    assert_eq!(call["status"], 502);
+    assert_eq!(
+        call["upstream_attempts"], 4,
+        "three retries after the first try: {call}"
+    );
+
+    upstream.set_mode(Mode::error(503));
+    assert_eq!(app.chat(&key, "x").await.status(), 503);
+
+    upstream.set_mode(Mode::MalformedJson);
+    let res = app.chat(&key, "x").await;
+    assert_eq!(res.status(), 502);
+    assert_eq!(error_code(res).await, "upstream_invalid_response");
+
+    upstream.set_mode(Mode::Hang);
+    let started = Instant::now();
+    let res = app.chat(&key, "x").await;
+    assert_eq!(res.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    upstream.set_mode(Mode::CutStream { after_chunks: 2 });
+    let res = app.post_json("/v1/chat/completions", &key, &serde_json::json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "a b c d e f"}]})).await;
+    let id = call_id(&res);
+    let text = res.text().await.unwrap_or_default();
+    assert!(
+        !text.contains("data: [DONE]"),
+        "a cut stream must not look complete: {text}"
+    );
+    assert!(text.contains("error"), "{text}");
+    let call = app.call(&admin, &id).await;
+    assert!(
+        call["error"].as_str().unwrap().contains("before [DONE]"),
+        "{call}"
+    );
+
+    upstream.set_mode(Mode::Normal);
+    assert_eq!(
+        app.chat(&key, "x").await.status(),
+        200,
+        "recovers once the upstream does"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_502() {
+    let setup = ProxySetup::new(Backend::Sqlite).unwrap();
+    let dead = agv_server::testing::upstream::refused_url();
+    let app = crate::helpers::TestApp::start_with(setup.home, |s| {
+        s.upstream_url = dead;
+        s.upstream_retries = 1;
+    })
+    .await;
+    let res = app.chat(&setup.key, "x").await;
+    assert_eq!(res.status(), 502);
+    assert_eq!(error_code(res).await, "upstream_unreachable");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx_and_the_server_stays_up() {
+    let setup = ProxySetup::new(Backend::Sqlite).unwrap();
+    let (app, upstream, _tenant, key, admin) = setup.start().await;
+    let post = |body: Vec<u8>| {
+        let req = app
+            .client
+            .post(app.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(body);
+        async move { req.send().await.unwrap() }
+    };
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("malformed JSON", b"{\"model\": ".to_vec(), 400),
+        ("not an object", b"[1,2,3]".to_vec(), 400),
+        (
+            "wrong model type",
+            br#"{"model": 42, "messages": []}"#.to_vec(),
+            400,
+        ),
+        (
+            "wrong stream type",
+            br#"{"model": "gpt-4o", "stream": "yes", "messages": []}"#.to_vec(),
+            400,
+        ),
+        ("invalid UTF-8", b"{\"model\": \"\xff\xfe\"}".to_vec(), 400),
+        (
+            "10,000-deep nesting",
+            format!(r#"{{"model":"gpt-4o","messages":{deep}}}"#).into_bytes(),
+            400,
+        ),
+        ("empty body", Vec::new(), 400),
+        ("30 MB body", vec![b' '; 30 * 1024 * 1024], 413),
+    ];
+    for (what, body, expected) in cases {
+        let res = post(body).await;
+        assert_eq!(res.status(), expected, "{what}");
+        let code = error_code(res).await;
+        assert!(!code.is_empty(), "{what}");
+    }
+    let huge = "x".repeat(64 * 1024);
+    let res = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .header("x-agv-user-id", &huge)
+        .json(&chat_body("x"))
+        .send()
+        .await;
+    match res {
+        Ok(r) => assert!(r.status().is_client_error(), "huge header: {}", r.status()),
+        Err(e) => assert!(
+            e.is_request() || e.is_connect() || e.is_body(),
+            "huge header: {e}"
+        ),
+    }
+    for (header, value) in [
+        ("x-agv-metadata", "not json"),
+        ("x-agv-metadata", "[1]"),
+        ("x-agv-user-id", &"u".repeat(300)),
+    ] {
+        let res = app
+            .client
+            .post(app.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .header(header, value)
+            .json(&chat_body("x"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{header}");
+    }
+    assert_eq!(upstream.hits(), 0, "nothing bad reached the upstream");
+    let page: serde_json::Value = app
+        .get_with_key("/v1/calls", &admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        page["data"].as_array().unwrap().len(),
+        0,
+        "nothing was recorded as a call"
+    );
+    assert_eq!(
+        app.chat(&key, "still fine").await.status(),
+        200,
+        "the server stays up"
+    );
+    assert_eq!(
+        app.get_with_key("/v1/calls?since=yesterday", &admin)
+            .await
+            .status(),
+        400
+    );
+    assert_eq!(
+        app.get_with_key("/v1/calls?cursor=zzz", &admin)
+            .await
+            .status(),
+        400
+    );
+    assert_eq!(
+        app.get_with_key("/v1/calls/call_nope", &admin)
+            .await
+            .status(),
+        404
+    );
+    app.stop().await;
+}
