@@ -247,6 +247,19 @@ async fn embeddings_and_models_pass_through() {
         .unwrap();
     assert_eq!(status["calls_last_hour"], 1);
     assert_eq!(status["protected"], true);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    for name in [
+        "agv_calls_total{",
+        "decision=\"pass\"",
+        "agv_tokens_total",
+        "agv_cost_nanodollars_total",
+        "agv_enforcement_seconds_bucket",
+        "agv_recorder_batch_size",
+        "agv_recorder_commit_seconds_bucket",
+        "agv_upstream_latency_seconds_bucket",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}");
+    }
     app.stop().await;
 }
 
