@@ -168,13 +168,41 @@ def loadgen(bins, url, body_file, headers, cfg, mode):
     return json.loads(out)
 
 
-def measure(name, bins, url, body_file, headers, cfg):
-    log(f"-- {name}: {cfg.rate} req/s for {cfg.duration} s")
-    fixed = loadgen(bins, url, body_file, headers, cfg, "rate")
-    log(f"   {json.dumps(fixed)}")
+def settle(port, headers, limit_s=120):
+    """Waits until the server answers one request promptly again: an overloaded peer keeps
+    working through its backlog after the client has given up, which would poison the
+    next phase."""
+    hdrs = dict(h.split(": ", 1) for h in headers)
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        try:
+            status, _ = post_once(port, "/v1/chat/completions", CHAT_BODY, hdrs)
+            if status == 200 and time.monotonic() - started < 0.5:
+                return
+        except OSError:
+            pass
+        time.sleep(1)
+    log(f"   WARNING: 127.0.0.1:{port} still slow after {limit_s} s")
+
+
+def measure(name, bins, port, body_file, headers, cfg, cap_rate=False):
+    """Max throughput first (closed loop leaves no backlog), then the fixed rate. With
+    `cap_rate` the fixed rate is lowered to half the measured max throughput when that is
+    below it, so that a slow peer's added latency is measured unsaturated rather than as
+    its queueing delay (this favours the peer)."""
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
     log(f"-- {name}: max throughput, {cfg.concurrency} connections, {cfg.duration} s")
     peak = loadgen(bins, url, body_file, headers, cfg, "max")
     log(f"   {json.dumps(peak)}")
+    settle(port, headers)
+    rate = cfg.rate
+    if cap_rate and peak["achieved_rps"] / 2 < rate:
+        rate = max(1.0, round(peak["achieved_rps"] / 2, 1))
+        log(f"   {name} cannot sustain {cfg.rate:g} req/s; its fixed-rate phase uses {rate:g} req/s")
+    log(f"-- {name}: {rate} req/s for {cfg.duration} s")
+    fixed = loadgen(bins, url, body_file, headers, argparse.Namespace(**{**vars(cfg), "rate": rate}), "rate")
+    log(f"   {json.dumps(fixed)}")
     for r in (fixed, peak):
         bad = {k: v for k, v in r["status_counts"].items() if not k.startswith("2")}
         if bad:
@@ -323,13 +351,13 @@ def main():
     tmp = tempfile.mkdtemp(prefix="agv-bench-proxy-")
     results = {}
     try:
-        mock_url, _ = start_mock(procs, bins)
+        mock_url, mock_port = start_mock(procs, bins)
         log(f"-- mock upstream at {mock_url}")
         body_file = os.path.join(tmp, "chat.json")
         with open(body_file, "w") as f:
             json.dump(CHAT_BODY, f)
 
-        results["direct"] = measure("direct", bins, f"{mock_url}/chat/completions", body_file,
+        results["direct"] = measure("direct", bins, mock_port, body_file,
                                     ["Authorization: Bearer sk-bench"], cfg)
 
         agv_port, key = start_agv(procs, bins, mock_url, tmp)
@@ -342,8 +370,8 @@ def main():
         elif status != 200:
             log(f"!! agv-server answered {status}: {data[:500]!r}; skipping the agv figures")
         if agv_ok:
-            results["agv"] = measure("agv", bins, f"http://127.0.0.1:{agv_port}/v1/chat/completions",
-                                     body_file, [f"Authorization: Bearer {key}"], cfg)
+            results["agv"] = measure("agv", bins, agv_port, body_file,
+                                     [f"Authorization: Bearer {key}"], cfg)
 
         if cfg.peer == "litellm":
             lport, lkey = start_litellm(procs, mock_url, tmp, cfg.smoke)
@@ -352,8 +380,8 @@ def main():
             if status != 200:
                 log(f"!! LiteLLM answered {status}: {data[:1000]!r}")
                 return 1
-            results["litellm"] = measure("litellm", bins, f"http://127.0.0.1:{lport}/v1/chat/completions",
-                                         body_file, [f"Authorization: Bearer {lkey}"], cfg)
+            results["litellm"] = measure("litellm", bins, lport, body_file,
+                                         [f"Authorization: Bearer {lkey}"], cfg, cap_rate=True)
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -371,7 +399,7 @@ def report(results, cfg):
     for name in ("direct", "agv", "litellm"):
         if name in results:
             f, m = results[name]["fixed"], results[name]["max"]
-            print(f"  {name:<8} p50 {f['p50_ms']:8.3f} ms  p99 {f['p99_ms']:8.3f} ms  "
+            print(f"  {name:<8} @{f['rate']:g}/s p50 {f['p50_ms']:8.3f} ms  p99 {f['p99_ms']:8.3f} ms  "
                   f"max {f['max_ms']:8.3f} ms  ok {f['ok']}/{f['sent']}   "
                   f"throughput {m['achieved_rps']:10.1f} req/s (ok {m['ok']}/{m['sent']})")
     added = {}
