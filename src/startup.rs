@@ -6,9 +6,7 @@
 //! the real port; every failure to start is a [`StartupError`] that says what to do.
 
 use crate::api::auth::KeyCache;
-use crate::api::error::{
-    json_error_handler, path_error_handler, payload_error_handler, query_error_handler,
-};
+use crate::api::error::{json_error_handler, path_error_handler, query_error_handler};
 use crate::api::middleware::{AddressRateLimiter, limit_unauthenticated, observe};
 use crate::api::{health, openai, v1};
 use crate::config::Settings;
@@ -269,7 +267,6 @@ fn http_server(state: web::Data<AppState>, listener: TcpListener) -> Result<Serv
     .map_err(|e| StartupError(format!("cannot start the HTTP server: {e}")))?
     .shutdown_timeout(shutdown_secs)
     .run();
-    let _ = payload_error_handler; // used by the proxy's raw-body extractor
     Ok(server)
 }
 

@@ -231,25 +231,6 @@ pub fn path_error_handler(
     ApiError::bad_request("invalid_path", format!("invalid path parameter: {err}")).into()
 }
 
-pub fn payload_error_handler(
-    err: actix_web::error::PayloadError,
-    _req: &actix_web::HttpRequest,
-) -> actix_web::Error {
-    match err {
-        actix_web::error::PayloadError::Overflow => ApiError::new(
-            ErrorKind::PayloadTooLarge,
-            "request_too_large",
-            "the request body is larger than this server accepts",
-        )
-        .into(),
-        other => ApiError::bad_request(
-            "invalid_body",
-            format!("could not read the request body: {other}"),
-        )
-        .into(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -105,14 +105,6 @@ impl Upstream {
         &self.settings
     }
 
-    pub fn primary(&self) -> &UpstreamTarget {
-        &self.primary
-    }
-
-    pub fn client(&self) -> &reqwest::Client {
-        &self.client
-    }
-
     /// POSTs `body` to `path` (e.g. `/chat/completions`). Retries connection failures,
     /// first-byte timeouts and 500/502/503/504 with exponential backoff; after the last try
     /// on the primary, tries the fallback once if one is set. Returns the last response
