@@ -260,7 +260,9 @@ impl Proxy {
                 .upstream_status(incoming, rec, admission, status.as_u16(), body, retry_after)
                 .await;
         }
-        let parsed: serde_json::Value = match serde_json::from_slice(&body) {
+        // Only `model` and `usage` are needed: a typed read skips building the whole tree
+        // (and still proves the body is valid JSON).
+        let parsed: ResponseSummary = match serde_json::from_slice(&body) {
             Ok(v) => v,
             Err(e) => {
                 return self
@@ -273,12 +275,8 @@ impl Proxy {
                     .await;
             }
         };
-        let usage = Usage::from_json(parsed.get("usage"));
-        let served_model = parsed
-            .get("model")
-            .and_then(|m| m.as_str())
-            .map(str::to_owned)
-            .or(model);
+        let usage = Usage::from_json(parsed.usage.as_ref());
+        let served_model = parsed.model.or(model);
         let after = self.guard.complete(
             admission,
             usage.result(served_model.as_deref(), false),
@@ -558,6 +556,13 @@ impl Proxy {
             .and_then(|w| w.p95())
             .map(|d| d.as_secs_f64() * 1000.0)
     }
+}
+
+/// The parts of an upstream response body the proxy reads.
+#[derive(serde::Deserialize)]
+struct ResponseSummary {
+    model: Option<String>,
+    usage: Option<serde_json::Value>,
 }
 
 /// Token counts from an OpenAI `usage` object.
