@@ -444,3 +444,43 @@ async fn bad_input_gets_a_clear_4xx_and_the_server_stays_up() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn in_flight_requests_finish_during_a_graceful_shutdown() {
+    let setup = ProxySetup::new(Backend::Sqlite).unwrap();
+    let (app, upstream, _tenant, key, admin) = setup.start().await;
+    upstream.set_latency(Duration::from_millis(800));
+    let (client, url, k) = (
+        app.client.clone(),
+        app.url("/v1/chat/completions"),
+        key.clone(),
+    );
+    let in_flight = tokio::spawn(async move {
+        client
+            .post(url)
+            .bearer_auth(k)
+            .json(&chat_body("slow"))
+            .send()
+            .await
+    });
+    // Let the request reach the upstream, then stop the server as SIGTERM does.
+    let started = Instant::now();
+    while upstream.hits() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let home = app.stop().await;
+    let res = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request got an answer");
+    assert_eq!(res.status(), 200, "the in-flight request finished");
+    let id = call_id(&res);
+    // And it was recorded before the server went away.
+    let app = crate::helpers::TestApp::start(home).await;
+    assert_eq!(app.call(&admin, &id).await["status"], 200);
+    app.stop().await;
+}
