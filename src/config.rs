@@ -502,17 +502,17 @@ impl Settings {
             ),
             (
                 "upstream_timeout",
-                format!("{}ms", self.upstream_timeout.as_millis()),
+                format!("{}s", self.upstream_timeout.as_secs()),
                 src("upstream_timeout"),
             ),
             (
                 "upstream_connect_timeout",
-                format!("{}ms", self.upstream_connect_timeout.as_millis()),
+                format!("{}s", self.upstream_connect_timeout.as_secs()),
                 src("upstream_connect_timeout"),
             ),
             (
                 "upstream_first_byte_timeout",
-                format!("{}ms", self.upstream_first_byte_timeout.as_millis()),
+                format!("{}s", self.upstream_first_byte_timeout.as_secs()),
                 src("upstream_first_byte_timeout"),
             ),
             (
@@ -843,5 +843,159 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("/nonexistent/agv"));
         let s = Settings::load_with(None, &Flags::new(), &env_of(&[])).unwrap();
         assert_eq!(s.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    }
+
+    #[test]
+    fn the_upstream_timeouts_have_defaults_and_can_be_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap();
+        assert_eq!(s.upstream_connect_timeout.as_secs(), 5);
+        assert_eq!(s.upstream_first_byte_timeout.as_secs(), 30);
+        let s = Settings::load_with(
+            Some(dir.path().into()),
+            &Flags::new(),
+            &env_of(&[
+                ("AGV_UPSTREAM_CONNECT_TIMEOUT", "2s"),
+                ("AGV_UPSTREAM_FIRST_BYTE_TIMEOUT", "3s"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.upstream_connect_timeout.as_secs(), 2);
+        assert_eq!(s.upstream_first_byte_timeout.as_secs(), 3);
+        let err = Settings::load_with(
+            Some(dir.path().into()),
+            &Flags::new(),
+            &env_of(&[("AGV_UPSTREAM_FIRST_BYTE_TIMEOUT", "soon")]),
+        )
+        .unwrap_err();
+        assert!(err.0.contains("upstream_first_byte_timeout"), "{err}");
+        let err = Settings::load_with(
+            Some(dir.path().into()),
+            &Flags::new(),
+            &env_of(&[("AGV_UPSTREAM_CONNECT_TIMEOUT", "0s")]),
+        )
+        .unwrap_err();
+        assert!(err.0.contains("upstream_connect_timeout"), "{err}");
+    }
+
+    #[test]
+    fn the_fallback_upstream_is_optional_and_its_key_is_a_secret_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap();
+        assert_eq!(s.fallback_upstream_url, None);
+        let key_file = dir.path().join("fb.txt");
+        std::fs::write(&key_file, "sk-fallback-secret\n").unwrap();
+        let s = Settings::load_with(
+            Some(dir.path().into()),
+            &Flags::new(),
+            &env_of(&[
+                ("AGV_FALLBACK_UPSTREAM_URL", "https://backup.example/v1/"),
+                (
+                    "AGV_FALLBACK_UPSTREAM_API_KEY_FILE",
+                    key_file.to_str().unwrap(),
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.fallback_upstream_url.as_deref(),
+            Some("https://backup.example/v1")
+        );
+        assert_eq!(
+            s.fallback_upstream_api_key.as_deref(),
+            Some("sk-fallback-secret")
+        );
+        assert!(!format!("{s:?}").contains("sk-fallback-secret"));
+        let err = Settings::load_with(
+            Some(dir.path().into()),
+            &Flags::new(),
+            &env_of(&[("AGV_FALLBACK_UPSTREAM_URL", "backup.example")]),
+        )
+        .unwrap_err();
+        assert!(err.0.contains("fallback_upstream_url"), "{err}");
+    }
+
+    #[test]
+    fn the_tenant_upstream_allowlist_is_empty_by_default_and_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap();
+        assert!(s.tenant_upstream_allowlist.is_empty());
+        let s = Settings::load_with(
+            Some(dir.path().into()),
+            &Flags::new(),
+            &env_of(&[(
+                "AGV_TENANT_UPSTREAM_ALLOWLIST",
+                "https://api.openai.com/v1,https://myco.openai.azure.com/",
+            )]),
+        )
+        .unwrap();
+        assert!(
+            s.tenant_upstream_allowlist
+                .check("https://api.openai.com/v1")
+                .is_ok()
+        );
+        let err = Settings::load_with(
+            Some(dir.path().into()),
+            &Flags::new(),
+            &env_of(&[("AGV_TENANT_UPSTREAM_ALLOWLIST", "ftp://files.example")]),
+        )
+        .unwrap_err();
+        assert!(err.0.contains("tenant_upstream_allowlist"), "{err}");
+    }
+
+    #[test]
+    fn the_master_key_is_a_secret_from_env_or_file_and_never_described() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap();
+        assert_eq!(s.master_key, None);
+        let hex_key = "ab".repeat(32);
+        let file = dir.path().join("mk");
+        std::fs::write(&file, format!("{hex_key}\n")).unwrap();
+        let s = Settings::load_with(
+            Some(dir.path().into()),
+            &Flags::new(),
+            &env_of(&[("AGV_MASTER_KEY_FILE", file.to_str().unwrap())]),
+        )
+        .unwrap();
+        assert_eq!(s.master_key.as_deref(), Some(hex_key.as_str()));
+        assert!(!format!("{s:?}").contains(&hex_key));
+    }
+
+    #[test]
+    fn prices_in_the_config_file_become_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "listen = \"127.0.0.1:1\"\n[prices.\"my-model\"]\ninput = 1.0\ncached_input = 0.5\noutput = 2.0\n",
+        )
+        .unwrap();
+        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap();
+        assert_eq!(s.prices["my-model"], ModelPrice::new(1.0, 0.5, 2.0));
+        assert_eq!(s.listen, "127.0.0.1:1");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_shapes_in_prices_are_rejected_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                "[prices.\"m\"]\ninput = 1.0\ncached_input = 0.5\noutput = 2.0\nouput = 3.0\n",
+                "ouput",
+            ),
+            ("prices = 3\n", "prices"),
+            ("[prices]\nm = 1.0\n", "prices.\"m\""),
+            ("[prices.\"m\"]\ninput = 1.0\n", "prices.\"m\""),
+            (
+                "[prices.\"m\"]\ninput = -1.0\ncached_input = 0.5\noutput = 2.0\n",
+                "prices",
+            ),
+            ("[listen]\nx = 1\n", "listen"),
+        ];
+        for (text, named) in cases {
+            std::fs::write(dir.path().join(CONFIG_FILE), text).unwrap();
+            let err = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[]))
+                .unwrap_err();
+            assert!(err.0.contains(named), "{text:?}: {err}");
+        }
     }
 }
