@@ -32,9 +32,10 @@ impl BaseUrl {
             ));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(format!(
+            return Err(
                 "the URL must not contain a user name or password (user@host); send the credential as api_key instead"
-            ));
+                    .to_owned(),
+            );
         }
         if url.host_str().is_none_or(str::is_empty) {
             return Err(format!("'{text}' has no host"));

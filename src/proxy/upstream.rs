@@ -228,6 +228,17 @@ impl Upstream {
     }
 }
 
+/// The innermost cause of a reqwest error, which is the useful part ("Connection refused").
+fn describe(e: &reqwest::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg = s.to_string();
+        source = s.source();
+    }
+    msg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,15 +251,4 @@ mod tests {
         };
         assert!(!format!("{t:?}").contains("sk-hidden"));
     }
-}
-
-/// The innermost cause of a reqwest error, which is the useful part ("Connection refused").
-fn describe(e: &reqwest::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg = s.to_string();
-        source = s.source();
-    }
-    msg
 }
