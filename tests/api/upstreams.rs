@@ -364,3 +364,50 @@ on_both_backends!(
     a_tenant_routes_its_calls_to_its_own_allowlisted_upstream_with_its_key,
     urls_outside_the_allowlist_are_refused_and_nothing_is_stored,
 );
+
+#[tokio::test]
+async fn a_tenant_upstream_changed_by_another_process_is_picked_up_from_the_change_feed() {
+    let (home, t) = two_upstreams(Backend::Sqlite).unwrap();
+    let app = start_two(home, &t.instance, &t.own).await;
+    let state = app.app_state.clone();
+    let tenant = {
+        let res = app.chat(&t.key, "who am I").await;
+        let call = app.call(&t.admin, &call_id(&res)).await;
+        agv_server::domain::TenantId::parse(call["tenant_id"].as_str().unwrap()).unwrap()
+    };
+    // Written straight to the store, as another instance sharing the database would.
+    let row = agv_server::store::TenantUpstreamRow {
+        tenant_id: tenant.clone(),
+        base_url: t.own.url(),
+        api_key_ciphertext: Some(state.master_key.seal(tenant.as_str(), TENANT_KEY).unwrap()),
+        updated_at: agv_server::domain::Timestamp::now(),
+    };
+    let store = state.store.clone();
+    agv_server::store::run_blocking(move || store.put_tenant_upstream(&row))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while state.proxy.tenant_upstream(&tenant).is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.chat(&t.key, "now mine").await.status(), 200);
+    assert_eq!(t.own.hits(), 1);
+    assert_eq!(
+        t.own.requests()[0].header("authorization"),
+        Some(format!("Bearer {TENANT_KEY}").as_str())
+    );
+
+    let store = state.store.clone();
+    let t2 = tenant.clone();
+    agv_server::store::run_blocking(move || store.delete_tenant_upstream(&t2))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while state.proxy.tenant_upstream(&tenant).is_some() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.chat(&t.key, "instance again").await.status(), 200);
+    assert_eq!(t.own.hits(), 1);
+    assert_eq!(t.instance.hits(), 2);
+    app.stop().await;
+}
