@@ -383,9 +383,15 @@ impl Proxy {
                 401 | 403 => ApiError::new(
                     ErrorKind::BadGateway,
                     "upstream_auth_failed",
-                    format!(
-                        "the upstream refused agv-server's credentials ({status}); the operator must check AGV_UPSTREAM_API_KEY"
-                    ),
+                    if self.tenant_upstream(&incoming.tenant_id).is_some() {
+                        format!(
+                            "the tenant's own upstream refused its credentials ({status}); a tenant admin must set a valid api_key with PUT /v1/upstream"
+                        )
+                    } else {
+                        format!(
+                            "the upstream refused agv-server's credentials ({status}); the operator must check AGV_UPSTREAM_API_KEY"
+                        )
+                    },
                 ),
                 _ => ApiError::new(
                     ErrorKind::BadGateway,
