@@ -8,8 +8,10 @@
 //! This module does no network I/O and never prints a secret.
 
 use crate::domain::time::parse_duration;
+use crate::domain::upstream_url::UpstreamAllowlist;
+use crate::guard::pricing::{ModelPrice, Pricing};
 use crate::jobs::scheduler::validate_cron;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -88,6 +90,48 @@ pub const FIELDS: &[Field] = &[
         secret: false,
         default: Some("3"),
         help: "retries before any byte reached the client",
+    },
+    Field {
+        key: "upstream_connect_timeout",
+        env: "AGV_UPSTREAM_CONNECT_TIMEOUT",
+        secret: false,
+        default: Some("5s"),
+        help: "time to open a connection to the upstream",
+    },
+    Field {
+        key: "upstream_first_byte_timeout",
+        env: "AGV_UPSTREAM_FIRST_BYTE_TIMEOUT",
+        secret: false,
+        default: Some("30s"),
+        help: "time until the upstream's response headers arrive, per try",
+    },
+    Field {
+        key: "fallback_upstream_url",
+        env: "AGV_FALLBACK_UPSTREAM_URL",
+        secret: false,
+        default: None,
+        help: "an OpenAI-compatible upstream tried once after the primary's last failed try",
+    },
+    Field {
+        key: "fallback_upstream_api_key",
+        env: "AGV_FALLBACK_UPSTREAM_API_KEY",
+        secret: true,
+        default: None,
+        help: "API key sent to the fallback upstream",
+    },
+    Field {
+        key: "tenant_upstream_allowlist",
+        env: "AGV_TENANT_UPSTREAM_ALLOWLIST",
+        secret: false,
+        default: Some(""),
+        help: "comma-separated base-URL prefixes tenants may set as their own upstream (empty: none)",
+    },
+    Field {
+        key: "master_key",
+        env: "AGV_MASTER_KEY",
+        secret: true,
+        default: None,
+        help: "32 bytes (hex or base64) encrypting stored provider keys; unset: <data>/master.key",
     },
     Field {
         key: "max_stored_body_bytes",
@@ -170,6 +214,16 @@ pub struct Settings {
     pub upstream_api_key: Option<String>,
     pub upstream_timeout: std::time::Duration,
     pub upstream_retries: u32,
+    pub upstream_connect_timeout: std::time::Duration,
+    pub upstream_first_byte_timeout: std::time::Duration,
+    pub fallback_upstream_url: Option<String>,
+    pub fallback_upstream_api_key: Option<String>,
+    /// Base-URL prefixes tenants may use as their own upstream; empty: none.
+    pub tenant_upstream_allowlist: UpstreamAllowlist,
+    /// The master key as given (hex or base64); unset: `<data>/master.key`.
+    pub master_key: Option<String>,
+    /// Price overrides from the `[prices."model"]` tables of config.toml.
+    pub prices: HashMap<String, ModelPrice>,
     pub max_stored_body_bytes: usize,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -215,7 +269,7 @@ impl Settings {
             (None, Some(v)) => (PathBuf::from(v), Source::Env("AGV_DATA".into())),
             (None, None) => (PathBuf::from(DEFAULT_DATA_DIR), Source::Default),
         };
-        let file = read_config_file(&data_dir)?;
+        let (file, prices) = read_config_file(&data_dir)?;
         let mut raw: BTreeMap<&'static str, (String, Source)> = BTreeMap::new();
         for field in FIELDS {
             if let Some(v) = flags.get(field.key) {
@@ -322,6 +376,43 @@ impl Settings {
         if upstream_retries > 10 {
             return Err(bad("upstream_retries", "expected between 0 and 10"));
         }
+        let duration = |key: &str, default: &str| -> Result<std::time::Duration, ConfigError> {
+            let d = parse_duration(get(key).unwrap_or(default)).map_err(|e| bad(key, &e.0))?;
+            if d.is_zero() {
+                return Err(bad(key, "must be more than zero"));
+            }
+            Ok(d)
+        };
+        let upstream_connect_timeout = duration("upstream_connect_timeout", "5s")?;
+        let upstream_first_byte_timeout = duration("upstream_first_byte_timeout", "30s")?;
+        let optional = |key: &str| {
+            get(key)
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        let fallback_upstream_url =
+            optional("fallback_upstream_url").map(|u| u.trim_end_matches('/').to_owned());
+        if let Some(u) = &fallback_upstream_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(bad(
+                "fallback_upstream_url",
+                "expected an http:// or https:// URL, e.g. https://api.openai.com/v1",
+            ));
+        }
+        let fallback_upstream_api_key = optional("fallback_upstream_api_key");
+        let tenant_upstream_allowlist =
+            UpstreamAllowlist::parse(get("tenant_upstream_allowlist").unwrap_or_default())
+                .map_err(|e| bad("tenant_upstream_allowlist", &e))?;
+        let master_key = optional("master_key");
+        Pricing::with_overrides(prices.clone()).map_err(|e| {
+            ConfigError(format!(
+                "invalid [prices] in {}: {} — prices are USD per 1M tokens, finite and not negative",
+                data_dir.join(CONFIG_FILE).display(),
+                e.0
+            ))
+        })?;
         let max_stored_body_bytes = usize::try_from(number("max_stored_body_bytes")?)
             .map_err(|_| bad("max_stored_body_bytes", "too large"))?;
         let shutdown_timeout = parse_duration(get("shutdown_timeout").unwrap_or("30s"))
@@ -343,6 +434,13 @@ impl Settings {
             upstream_api_key,
             upstream_timeout,
             upstream_retries: upstream_retries as u32,
+            upstream_connect_timeout,
+            upstream_first_byte_timeout,
+            fallback_upstream_url,
+            fallback_upstream_api_key,
+            tenant_upstream_allowlist,
+            master_key,
+            prices,
             max_stored_body_bytes,
             log_format,
             log_level: get("log_level").unwrap_or("info").trim().to_owned(),
@@ -401,6 +499,57 @@ impl Settings {
                 "upstream_api_key",
                 secret(&self.upstream_api_key),
                 src("upstream_api_key"),
+            ),
+            (
+                "upstream_timeout",
+                format!("{}s", self.upstream_timeout.as_secs()),
+                src("upstream_timeout"),
+            ),
+            (
+                "upstream_connect_timeout",
+                format!("{}s", self.upstream_connect_timeout.as_secs()),
+                src("upstream_connect_timeout"),
+            ),
+            (
+                "upstream_first_byte_timeout",
+                format!("{}s", self.upstream_first_byte_timeout.as_secs()),
+                src("upstream_first_byte_timeout"),
+            ),
+            (
+                "upstream_retries",
+                self.upstream_retries.to_string(),
+                src("upstream_retries"),
+            ),
+            (
+                "fallback_upstream_url",
+                self.fallback_upstream_url
+                    .clone()
+                    .unwrap_or_else(|| "(not set)".into()),
+                src("fallback_upstream_url"),
+            ),
+            (
+                "fallback_upstream_api_key",
+                secret(&self.fallback_upstream_api_key),
+                src("fallback_upstream_api_key"),
+            ),
+            (
+                "tenant_upstream_allowlist",
+                self.tenant_upstream_allowlist.to_string(),
+                src("tenant_upstream_allowlist"),
+            ),
+            (
+                "master_key",
+                if self.master_key.is_some() {
+                    "(set)".to_owned()
+                } else {
+                    "(not set: <data>/master.key)".to_owned()
+                },
+                src("master_key"),
+            ),
+            (
+                "prices",
+                format!("{} model price override(s)", self.prices.len()),
+                "config.toml".to_owned(),
             ),
             (
                 "log_format",
@@ -473,28 +622,42 @@ fn read_env(
     }
 }
 
-/// Reads `<data>/config.toml` (absent is fine) into key → text, rejecting unknown keys.
-fn read_config_file(data_dir: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+/// What config.toml holds: scalar settings as text, and the `[prices]` table.
+type ConfigFileContents = (BTreeMap<String, String>, HashMap<String, ModelPrice>);
+
+/// Reads `<data>/config.toml` (absent is fine) into key → text plus the price overrides,
+/// rejecting unknown keys.
+fn read_config_file(data_dir: &Path) -> Result<ConfigFileContents, ConfigError> {
     let path = data_dir.join(CONFIG_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => return Ok(BTreeMap::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            return Ok(Default::default());
+        }
         Err(e) => return Err(ConfigError(format!("cannot read {}: {e}", path.display()))),
     };
     parse_config_text(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
 }
 
-fn parse_config_text(text: &str) -> Result<BTreeMap<String, String>, String> {
+/// The one table key config.toml accepts: `[prices."model-name"]`.
+const PRICES_KEY: &str = "prices";
+
+fn parse_config_text(text: &str) -> Result<ConfigFileContents, String> {
     let table: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| format!("not valid TOML: {}", e.message().trim()))?;
     let mut out = BTreeMap::new();
+    let mut prices = HashMap::new();
     for (key, value) in table {
+        if key == PRICES_KEY {
+            prices = parse_prices(value)?;
+            continue;
+        }
         if !FIELDS.iter().any(|f| f.key == key) {
             let known: Vec<&str> = FIELDS.iter().map(|f| f.key).collect();
             return Err(format!(
-                "unknown key '{key}'; known keys are: {}",
+                "unknown key '{key}'; known keys are: {}, and the table [prices.\"MODEL\"]",
                 known.join(", ")
             ));
         }
@@ -512,7 +675,34 @@ fn parse_config_text(text: &str) -> Result<BTreeMap<String, String>, String> {
         };
         out.insert(key, text);
     }
-    Ok(out)
+    Ok((out, prices))
+}
+
+/// `[prices."model"] input = …, cached_input = …, output = …` (USD per 1M tokens).
+fn parse_prices(value: toml::Value) -> Result<HashMap<String, ModelPrice>, String> {
+    let toml::Value::Table(models) = value else {
+        return Err(format!(
+            "'{PRICES_KEY}' must be a table of models, e.g. [prices.\"my-model\"] input = 1.0, cached_input = 0.5, output = 2.0; not {}",
+            value.type_str()
+        ));
+    };
+    let mut prices = HashMap::new();
+    for (model, entry) in models {
+        if !entry.is_table() {
+            return Err(format!(
+                "[prices.\"{model}\"] must be a table with input, cached_input and output (USD per 1M tokens), not {}",
+                entry.type_str()
+            ));
+        }
+        let price: ModelPrice = entry.try_into().map_err(|e: toml::de::Error| {
+            format!(
+                "[prices.\"{model}\"]: {} (expected input, cached_input and output, USD per 1M tokens)",
+                e.message().trim()
+            )
+        })?;
+        prices.insert(model, price);
+    }
+    Ok(prices)
 }
 
 #[cfg(test)]
@@ -653,5 +843,159 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("/nonexistent/agv"));
         let s = Settings::load_with(None, &Flags::new(), &env_of(&[])).unwrap();
         assert_eq!(s.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    }
+
+    #[test]
+    fn the_upstream_timeouts_have_defaults_and_can_be_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap();
+        assert_eq!(s.upstream_connect_timeout.as_secs(), 5);
+        assert_eq!(s.upstream_first_byte_timeout.as_secs(), 30);
+        let s = Settings::load_with(
+            Some(dir.path().into()),
+            &Flags::new(),
+            &env_of(&[
+                ("AGV_UPSTREAM_CONNECT_TIMEOUT", "2s"),
+                ("AGV_UPSTREAM_FIRST_BYTE_TIMEOUT", "3s"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.upstream_connect_timeout.as_secs(), 2);
+        assert_eq!(s.upstream_first_byte_timeout.as_secs(), 3);
+        let err = Settings::load_with(
+            Some(dir.path().into()),
+            &Flags::new(),
+            &env_of(&[("AGV_UPSTREAM_FIRST_BYTE_TIMEOUT", "soon")]),
+        )
+        .unwrap_err();
+        assert!(err.0.contains("upstream_first_byte_timeout"), "{err}");
+        let err = Settings::load_with(
+            Some(dir.path().into()),
+            &Flags::new(),
+            &env_of(&[("AGV_UPSTREAM_CONNECT_TIMEOUT", "0s")]),
+        )
+        .unwrap_err();
+        assert!(err.0.contains("upstream_connect_timeout"), "{err}");
+    }
+
+    #[test]
+    fn the_fallback_upstream_is_optional_and_its_key_is_a_secret_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap();
+        assert_eq!(s.fallback_upstream_url, None);
+        let key_file = dir.path().join("fb.txt");
+        std::fs::write(&key_file, "sk-fallback-secret\n").unwrap();
+        let s = Settings::load_with(
+            Some(dir.path().into()),
+            &Flags::new(),
+            &env_of(&[
+                ("AGV_FALLBACK_UPSTREAM_URL", "https://backup.example/v1/"),
+                (
+                    "AGV_FALLBACK_UPSTREAM_API_KEY_FILE",
+                    key_file.to_str().unwrap(),
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.fallback_upstream_url.as_deref(),
+            Some("https://backup.example/v1")
+        );
+        assert_eq!(
+            s.fallback_upstream_api_key.as_deref(),
+            Some("sk-fallback-secret")
+        );
+        assert!(!format!("{s:?}").contains("sk-fallback-secret"));
+        let err = Settings::load_with(
+            Some(dir.path().into()),
+            &Flags::new(),
+            &env_of(&[("AGV_FALLBACK_UPSTREAM_URL", "backup.example")]),
+        )
+        .unwrap_err();
+        assert!(err.0.contains("fallback_upstream_url"), "{err}");
+    }
+
+    #[test]
+    fn the_tenant_upstream_allowlist_is_empty_by_default_and_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap();
+        assert!(s.tenant_upstream_allowlist.is_empty());
+        let s = Settings::load_with(
+            Some(dir.path().into()),
+            &Flags::new(),
+            &env_of(&[(
+                "AGV_TENANT_UPSTREAM_ALLOWLIST",
+                "https://api.openai.com/v1,https://myco.openai.azure.com/",
+            )]),
+        )
+        .unwrap();
+        assert!(
+            s.tenant_upstream_allowlist
+                .check("https://api.openai.com/v1")
+                .is_ok()
+        );
+        let err = Settings::load_with(
+            Some(dir.path().into()),
+            &Flags::new(),
+            &env_of(&[("AGV_TENANT_UPSTREAM_ALLOWLIST", "ftp://files.example")]),
+        )
+        .unwrap_err();
+        assert!(err.0.contains("tenant_upstream_allowlist"), "{err}");
+    }
+
+    #[test]
+    fn the_master_key_is_a_secret_from_env_or_file_and_never_described() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap();
+        assert_eq!(s.master_key, None);
+        let hex_key = "ab".repeat(32);
+        let file = dir.path().join("mk");
+        std::fs::write(&file, format!("{hex_key}\n")).unwrap();
+        let s = Settings::load_with(
+            Some(dir.path().into()),
+            &Flags::new(),
+            &env_of(&[("AGV_MASTER_KEY_FILE", file.to_str().unwrap())]),
+        )
+        .unwrap();
+        assert_eq!(s.master_key.as_deref(), Some(hex_key.as_str()));
+        assert!(!format!("{s:?}").contains(&hex_key));
+    }
+
+    #[test]
+    fn prices_in_the_config_file_become_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "listen = \"127.0.0.1:1\"\n[prices.\"my-model\"]\ninput = 1.0\ncached_input = 0.5\noutput = 2.0\n",
+        )
+        .unwrap();
+        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap();
+        assert_eq!(s.prices["my-model"], ModelPrice::new(1.0, 0.5, 2.0));
+        assert_eq!(s.listen, "127.0.0.1:1");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_shapes_in_prices_are_rejected_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                "[prices.\"m\"]\ninput = 1.0\ncached_input = 0.5\noutput = 2.0\nouput = 3.0\n",
+                "ouput",
+            ),
+            ("prices = 3\n", "prices"),
+            ("[prices]\nm = 1.0\n", "prices.\"m\""),
+            ("[prices.\"m\"]\ninput = 1.0\n", "prices.\"m\""),
+            (
+                "[prices.\"m\"]\ninput = -1.0\ncached_input = 0.5\noutput = 2.0\n",
+                "prices",
+            ),
+            ("[listen]\nx = 1\n", "listen"),
+        ];
+        for (text, named) in cases {
+            std::fs::write(dir.path().join(CONFIG_FILE), text).unwrap();
+            let err = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[]))
+                .unwrap_err();
+            assert!(err.0.contains(named), "{text:?}: {err}");
+        }
     }
 }

@@ -11,6 +11,8 @@ use crate::api::middleware::{AddressRateLimiter, limit_unauthenticated, observe}
 use crate::api::{health, openai, v1};
 use crate::config::Settings;
 use crate::domain::Timestamp;
+use crate::domain::secret_box::MasterKey;
+use crate::domain::upstream_url::UpstreamAllowlist;
 use crate::domain::{PolicyConfig, TenantId};
 use crate::guard::Guard;
 use crate::jobs::scheduler::{HOUSEKEEPING, ScheduleEntry, SchedulerHandle, start_scheduler};
@@ -18,6 +20,7 @@ use crate::jobs::{Handlers, Queue, QueueLimits, spawn_workers};
 use crate::proxy::Proxy;
 use crate::proxy::recorder::Recorder;
 use crate::proxy::upstream::{Upstream, UpstreamSettings, UpstreamTarget};
+use crate::store::TenantUpstreamRow;
 use crate::store::{self, DynStore, run_blocking};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{DefaultHeaders, from_fn};
@@ -38,6 +41,8 @@ pub struct AppState {
     pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub unauth_limiter: AddressRateLimiter,
     pub started_at: Instant,
+    /// Encrypts tenants' provider keys at rest.
+    pub master_key: MasterKey,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,14 +114,26 @@ impl Application {
                 .map_err(|e| StartupError(e.to_string()))?,
         );
 
-        let guard = Arc::new(Guard::new(crate::guard::pricing::Pricing::builtin()));
+        let for_key = settings.clone();
+        let master_key = run_blocking(move || load_master_key(&for_key)).await?;
+        let pricing = crate::guard::pricing::Pricing::with_overrides(settings.prices.clone())
+            .map_err(|e| StartupError(format!("invalid [prices] in config.toml: {e}")))?;
+        let guard = Arc::new(Guard::new(pricing));
         let upstream = Upstream::new(
             UpstreamTarget {
                 base_url: settings.upstream_url.clone(),
                 api_key: settings.upstream_api_key.clone(),
             },
-            None,
+            settings
+                .fallback_upstream_url
+                .as_ref()
+                .map(|url| UpstreamTarget {
+                    base_url: url.clone(),
+                    api_key: settings.fallback_upstream_api_key.clone(),
+                }),
             UpstreamSettings {
+                connect_timeout: settings.upstream_connect_timeout,
+                first_byte_timeout: settings.upstream_first_byte_timeout,
                 total_timeout: settings.upstream_timeout,
                 retries: settings.upstream_retries,
                 ..UpstreamSettings::default()
@@ -132,6 +149,13 @@ impl Application {
             settings.max_stored_body_bytes,
         ));
         load_enforcement_state(&guard, &store).await?;
+        load_tenant_upstreams(
+            &proxy,
+            &store,
+            &master_key,
+            &settings.tenant_upstream_allowlist,
+        )
+        .await?;
 
         for (key, value, source) in settings.describe() {
             tracing::info!(setting = key, value = %value, source = %source, "effective setting");
@@ -146,6 +170,7 @@ impl Application {
             prometheus: crate::telemetry::prometheus(),
             unauth_limiter: AddressRateLimiter::new(settings.unauth_rate_limit_per_minute),
             started_at: Instant::now(),
+            master_key,
         });
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -259,6 +284,9 @@ fn http_server(state: web::Data<AppState>, listener: TcpListener) -> Result<Serv
             .service(v1::unfreeze_key)
             .service(v1::active_policies)
             .service(v1::put_policies)
+            .service(v1::get_upstream)
+            .service(v1::put_upstream)
+            .service(v1::delete_upstream)
             .service(v1::get_call)
             .service(v1::list_calls)
             .default_service(web::to(crate::web::serve))
@@ -353,7 +381,141 @@ async fn apply_changes(state: &AppState) -> Result<(), crate::store::StoreError>
             }
         }
     }
+    for tenant in changes
+        .iter()
+        .filter(|c| c.topic == "upstream")
+        .filter_map(|c| TenantId::parse(&c.ref_id).ok())
+    {
+        let store = state.store.clone();
+        let t = tenant.clone();
+        let row = run_blocking(move || store.get_tenant_upstream(&t)).await?;
+        install_tenant_upstream(
+            &state.proxy,
+            &state.master_key,
+            &state.settings.tenant_upstream_allowlist,
+            &tenant,
+            row.as_ref(),
+        );
+    }
     state.keys.set_seen_seq(last.seq);
+    Ok(())
+}
+
+/// The file holding the master key when `AGV_MASTER_KEY` is not set.
+pub const MASTER_KEY_FILE: &str = "master.key";
+
+/// The master key: from `AGV_MASTER_KEY` (or its `_FILE`), else `<data>/master.key`,
+/// which is created with 32 random bytes (mode 0600) at the first start. Blocking.
+pub fn load_master_key(settings: &Settings) -> Result<MasterKey, StartupError> {
+    if let Some(text) = &settings.master_key {
+        return MasterKey::parse(text).map_err(|e| {
+            StartupError(format!(
+                "invalid AGV_MASTER_KEY: {e}. Give 32 bytes as 64 hex characters or base64, or unset it to use {}",
+                settings.data_dir.join(MASTER_KEY_FILE).display()
+            ))
+        });
+    }
+    let path = settings.data_dir.join(MASTER_KEY_FILE);
+    let read = |path: &Path| -> Result<MasterKey, StartupError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            StartupError(format!(
+                "cannot read the master key file {}: {e}; fix its permissions, or set AGV_MASTER_KEY",
+                path.display()
+            ))
+        })?;
+        MasterKey::parse(&text).map_err(|e| {
+            StartupError(format!(
+                "the master key file {} is not valid: {e}. Restore the original file (stored provider keys cannot be decrypted without it)",
+                path.display()
+            ))
+        })
+    };
+    if path.exists() {
+        return read(&path);
+    }
+    let key = MasterKey::generate();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(&path) {
+        Ok(mut file) => {
+            use std::io::Write;
+            file.write_all(format!("{}\n", key.to_hex()).as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(|e| {
+                    StartupError(format!(
+                        "cannot write the master key file {}: {e}; check the data directory, or set AGV_MASTER_KEY",
+                        path.display()
+                    ))
+                })?;
+            tracing::info!(path = %path.display(), "created a new master key; back it up with the data directory");
+            Ok(key)
+        }
+        // Another process created it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(&path),
+        Err(e) => Err(StartupError(format!(
+            "cannot create the master key file {}: {e}; check the data directory's permissions, or set AGV_MASTER_KEY",
+            path.display()
+        ))),
+    }
+}
+
+/// The upstream a stored row describes, after checking it against today's allowlist and
+/// decrypting its key. An error says why the row is not usable.
+pub fn tenant_upstream_target(
+    master_key: &MasterKey,
+    allowlist: &UpstreamAllowlist,
+    row: &TenantUpstreamRow,
+) -> Result<UpstreamTarget, String> {
+    let url = allowlist.check(&row.base_url)?;
+    let api_key = row
+        .api_key_ciphertext
+        .as_deref()
+        .map(|sealed| master_key.open(row.tenant_id.as_str(), sealed))
+        .transpose()
+        .map_err(|e| e.to_string())?
+        .map(|secret| secret.expose().to_owned());
+    Ok(UpstreamTarget {
+        base_url: url.as_str().to_owned(),
+        api_key,
+    })
+}
+
+/// Installs (or removes, for `None` or an unusable row) a tenant's own upstream.
+pub fn install_tenant_upstream(
+    proxy: &Proxy,
+    master_key: &MasterKey,
+    allowlist: &UpstreamAllowlist,
+    tenant: &TenantId,
+    row: Option<&TenantUpstreamRow>,
+) {
+    let target = row.and_then(|row| match tenant_upstream_target(master_key, allowlist, row) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::error!(tenant = %tenant, error = %e, "the tenant's own upstream is not usable; its calls go to the instance upstream");
+            None
+        }
+    });
+    proxy.set_tenant_upstream(tenant, target);
+}
+
+async fn load_tenant_upstreams(
+    proxy: &Proxy,
+    store: &DynStore,
+    master_key: &MasterKey,
+    allowlist: &UpstreamAllowlist,
+) -> Result<(), StartupError> {
+    let s = store.clone();
+    let rows = run_blocking(move || s.list_tenant_upstreams())
+        .await
+        .map_err(|e| StartupError(format!("cannot load the tenants' upstreams: {e}")))?;
+    for row in &rows {
+        install_tenant_upstream(proxy, master_key, allowlist, &row.tenant_id, Some(row));
+    }
     Ok(())
 }
 

@@ -17,7 +17,8 @@ use agv_server::domain::{
 use agv_server::store::migrate::known_version;
 use agv_server::store::testing::{PgTestDb, fresh_postgres_db};
 use agv_server::store::{
-    self, Backend, CallCounts, DynStore, Store, StoreError, StoreResult, run_blocking,
+    self, Backend, CallCounts, DynStore, Store, StoreError, StoreResult, TenantUpstreamRow,
+    run_blocking,
 };
 use serde_json::json;
 use std::path::PathBuf;
@@ -194,6 +195,8 @@ conformance! {
         a_freeze_for_an_unknown_tenant_is_not_found_and_a_duplicate_id_is_a_conflict,
         tenant_policies_are_put_replaced_read_and_listed,
         freezes_and_policy_changes_are_recorded_in_the_change_feed,
+        tenant_upstreams_are_put_replaced_read_listed_and_deleted,
+        tenant_upstream_changes_are_recorded_in_the_change_feed,
         ten_thousand_calls_insert_in_batches_of_a_hundred_and_the_rate_is_printed,
     ],
     db: [
@@ -1544,6 +1547,81 @@ fn freezes_and_policy_changes_are_recorded_in_the_change_feed(store: &dyn Store)
             ("policy".to_owned(), b.id.to_string()),
             ("killswitch".to_owned(), a.id.to_string()),
         ]
+    );
+}
+
+fn upstream_row(tenant: &TenantId, url: &str, key: Option<&str>, t: i64) -> TenantUpstreamRow {
+    TenantUpstreamRow {
+        tenant_id: tenant.clone(),
+        base_url: url.to_owned(),
+        api_key_ciphertext: key.map(str::to_owned),
+        updated_at: at(t),
+    }
+}
+
+fn tenant_upstreams_are_put_replaced_read_listed_and_deleted(store: &dyn Store) {
+    let a = new_tenant(store, "A", 0);
+    let b = new_tenant(store, "B", 0);
+    assert_eq!(store.get_tenant_upstream(&a.id).unwrap(), None);
+    assert!(store.list_tenant_upstreams().unwrap().is_empty());
+
+    let first = upstream_row(&a.id, "https://api.openai.com/v1", Some("bm9uY2U="), 10);
+    store.put_tenant_upstream(&first).unwrap();
+    assert_eq!(store.get_tenant_upstream(&a.id).unwrap(), Some(first));
+    let second = upstream_row(&a.id, "https://myco.openai.azure.com/openai", None, 20);
+    store.put_tenant_upstream(&second).unwrap();
+    assert_eq!(
+        store.get_tenant_upstream(&a.id).unwrap(),
+        Some(second.clone()),
+        "a put replaces the whole row, the key included"
+    );
+    let other = upstream_row(&b.id, "https://api.openai.com/v1", Some("Y2lwaGVy"), 30);
+    store.put_tenant_upstream(&other).unwrap();
+    let mut all = store.list_tenant_upstreams().unwrap();
+    all.sort_by(|x, y| x.tenant_id.cmp(&y.tenant_id));
+    let mut expected = vec![second, other.clone()];
+    expected.sort_by(|x, y| x.tenant_id.cmp(&y.tenant_id));
+    assert_eq!(all, expected);
+
+    assert!(store.delete_tenant_upstream(&a.id).unwrap());
+    assert!(
+        !store.delete_tenant_upstream(&a.id).unwrap(),
+        "deleting twice is not an error"
+    );
+    assert_eq!(store.get_tenant_upstream(&a.id).unwrap(), None);
+    assert_eq!(store.list_tenant_upstreams().unwrap(), vec![other]);
+
+    let seq = store.latest_change_seq().unwrap();
+    let unknown = upstream_row(&TenantId::generate(), "https://x/v1", None, 1);
+    assert!(matches!(
+        store.put_tenant_upstream(&unknown),
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.latest_change_seq().unwrap(), seq);
+}
+
+fn tenant_upstream_changes_are_recorded_in_the_change_feed(store: &dyn Store) {
+    let a = new_tenant(store, "A", 0);
+    let b = new_tenant(store, "B", 0);
+    let seq = store.latest_change_seq().unwrap();
+    store
+        .put_tenant_upstream(&upstream_row(&a.id, "https://x/v1", None, 1))
+        .unwrap();
+    store.delete_tenant_upstream(&b.id).unwrap();
+    store.delete_tenant_upstream(&a.id).unwrap();
+    let changes: Vec<(String, String)> = store
+        .changes_since(seq, 100)
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.topic, c.ref_id))
+        .collect();
+    assert_eq!(
+        changes,
+        vec![
+            ("upstream".to_owned(), a.id.to_string()),
+            ("upstream".to_owned(), a.id.to_string()),
+        ],
+        "a delete that removed nothing records nothing"
     );
 }
 

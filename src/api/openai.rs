@@ -257,8 +257,8 @@ pub async fn embeddings(
 }
 
 #[get("/v1/models")]
-pub async fn models(_key: ProxyKey, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let body = state.proxy.models().await?;
+pub async fn models(key: ProxyKey, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let body = state.proxy.models(&key.0.tenant_id).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(body))

@@ -1,5 +1,5 @@
-//! Admin and read endpoints under `/v1`: the kill switch, the active policies, call
-//! records, and the protection summary. Unknown `/v1` paths get a JSON 404 in `web.rs`.
+//! Admin and read endpoints under `/v1`: the kill switch, the active policies, the
+//! tenant's own upstream, call records, and the protection summary. Unknown `/v1` paths get a JSON 404 in `web.rs`.
 
 use super::auth::{AdminKey, ProxyKey};
 use super::error::ApiError;
@@ -8,7 +8,9 @@ use crate::domain::{
     freeze::parse_reason,
 };
 use crate::proxy::killswitch;
+use crate::proxy::upstream::UpstreamTarget;
 use crate::startup::AppState;
+use crate::store::TenantUpstreamRow;
 use crate::store::run_blocking;
 use actix_web::{HttpResponse, delete, get, post, put, web};
 use serde::Deserialize;
@@ -392,4 +394,105 @@ pub async fn status(
         "upstream_errors_last_24h": day.upstream_errors,
         "enforcement_latency_p95_ms": state.proxy.enforcement_p95_ms(),
     })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamBody {
+    base_url: String,
+    api_key: Option<String>,
+}
+
+/// The longest provider key accepted.
+const MAX_PROVIDER_KEY_LEN: usize = 4096;
+
+fn upstream_json(row: &TenantUpstreamRow) -> serde_json::Value {
+    json!({
+        "base_url": row.base_url,
+        "api_key_set": row.api_key_ciphertext.is_some(),
+        "updated_at": row.updated_at,
+    })
+}
+
+/// The tenant's own upstream (never its key), or 404 when it uses the instance upstream.
+#[get("/v1/upstream")]
+pub async fn get_upstream(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+) -> Result<HttpResponse, ApiError> {
+    let store = state.store.clone();
+    let tenant = caller.tenant_id.clone();
+    match run_blocking(move || store.get_tenant_upstream(&tenant)).await? {
+        Some(row) => Ok(HttpResponse::Ok().json(upstream_json(&row))),
+        None => Err(ApiError::not_found(
+            "this tenant has no upstream of its own; its calls go to the instance upstream",
+        )),
+    }
+}
+
+/// Points the tenant's calls at its own upstream, which must be under the operator's
+/// allowlist (the SSRF guard). The key is stored encrypted and never echoed.
+#[put("/v1/upstream")]
+pub async fn put_upstream(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    body: web::Json<UpstreamBody>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let url = state
+        .settings
+        .tenant_upstream_allowlist
+        .check(&body.base_url)
+        .map_err(|e| ApiError::bad_request("upstream_not_allowed", e))?;
+    let api_key = body.api_key.map(|k| k.trim().to_owned());
+    if let Some(k) = &api_key
+        && (k.is_empty()
+            || k.len() > MAX_PROVIDER_KEY_LEN
+            || !k.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_api_key",
+            format!(
+                "api_key must be 1 to {MAX_PROVIDER_KEY_LEN} visible ASCII characters without spaces; omit it when the upstream needs no key"
+            ),
+        ));
+    }
+    let tenant = caller.tenant_id.clone();
+    let ciphertext = api_key
+        .as_deref()
+        .map(|k| state.master_key.seal(tenant.as_str(), k))
+        .transpose()
+        .map_err(ApiError::internal)?;
+    let row = TenantUpstreamRow {
+        tenant_id: tenant.clone(),
+        base_url: url.as_str().to_owned(),
+        api_key_ciphertext: ciphertext,
+        updated_at: Timestamp::now(),
+    };
+    let store = state.store.clone();
+    let to_store = row.clone();
+    run_blocking(move || store.put_tenant_upstream(&to_store)).await?;
+    state.proxy.set_tenant_upstream(
+        &tenant,
+        Some(UpstreamTarget {
+            base_url: row.base_url.clone(),
+            api_key,
+        }),
+    );
+    Ok(HttpResponse::Ok().json(upstream_json(&row)))
+}
+
+/// Sends the tenant's calls back to the instance upstream.
+#[delete("/v1/upstream")]
+pub async fn delete_upstream(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+) -> Result<HttpResponse, ApiError> {
+    let store = state.store.clone();
+    let tenant = caller.tenant_id.clone();
+    let removed = run_blocking(move || store.delete_tenant_upstream(&tenant)).await?;
+    state.proxy.set_tenant_upstream(&caller.tenant_id, None);
+    // Idempotent: without an upstream of its own the tenant already uses the instance's.
+    Ok(HttpResponse::Ok()
+        .json(json!({"tenant_id": caller.tenant_id, "upstream": "instance", "removed": removed})))
 }

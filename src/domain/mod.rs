@@ -10,8 +10,10 @@ pub mod ids;
 pub mod keys;
 pub mod money;
 pub mod policy;
+pub mod secret_box;
 pub mod tenant;
 pub mod time;
+pub mod upstream_url;
 pub mod user;
 
 pub use call::{CallCursor, CallFilter, CallRecord};

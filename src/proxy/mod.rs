@@ -22,7 +22,8 @@ use crate::store::DynStore;
 use bytes::Bytes;
 use recorder::Recorder;
 use sha2::{Digest, Sha256};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use upstream::{Upstream, UpstreamError};
 
@@ -35,7 +36,10 @@ pub const MAX_ATTRIBUTION_LEN: usize = 256;
 /// Everything the front door needs, shared by all requests.
 pub struct Proxy {
     pub guard: Arc<Guard>,
+    /// The instance upstream, used by every tenant without its own.
     pub upstream: Upstream,
+    /// Tenants' own upstreams (decrypted keys live only here). The hot path only reads.
+    tenant_upstreams: RwLock<HashMap<TenantId, Arc<Upstream>>>,
     pub recorder: Recorder,
     pub store: DynStore,
     /// Bodies longer than this are stored truncated (the hash covers the whole body).
@@ -104,11 +108,37 @@ impl Proxy {
         Self {
             guard,
             upstream,
+            tenant_upstreams: RwLock::new(HashMap::new()),
             recorder,
             store,
             max_stored_body,
             models_cache: Mutex::new(None),
             enforcement: Mutex::new(LatencyWindow::default()),
+        }
+    }
+
+    /// The tenant's own upstream, when it has one.
+    pub fn tenant_upstream(&self, tenant: &TenantId) -> Option<Arc<Upstream>> {
+        match self.tenant_upstreams.read() {
+            Ok(map) => map.get(tenant).cloned(),
+            Err(poisoned) => poisoned.into_inner().get(tenant).cloned(),
+        }
+    }
+
+    /// Sets (`Some`) or removes (`None`) a tenant's own upstream. It shares the instance
+    /// upstream's pooled client and timeouts, and has no fallback.
+    pub fn set_tenant_upstream(&self, tenant: &TenantId, target: Option<upstream::UpstreamTarget>) {
+        let mut map = match self.tenant_upstreams.write() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match target {
+            Some(t) => {
+                map.insert(tenant.clone(), Arc::new(self.upstream.sibling(t)));
+            }
+            None => {
+                map.remove(tenant);
+            }
         }
     }
 
@@ -177,7 +207,9 @@ impl Proxy {
             "/chat/completions"
         };
         let mut rec = self.base_record(&incoming, model.clone(), decisions, enforcement_us);
-        let sent = self.upstream.post(path, upstream_body, &[]).await;
+        let own = self.tenant_upstream(&incoming.tenant_id);
+        let upstream = own.as_deref().unwrap_or(&self.upstream);
+        let sent = upstream.post(path, upstream_body, &[]).await;
         let response = match sent {
             Ok(r) => r,
             Err((e, attempts)) => {
@@ -349,9 +381,15 @@ impl Proxy {
                 401 | 403 => ApiError::new(
                     ErrorKind::BadGateway,
                     "upstream_auth_failed",
-                    format!(
-                        "the upstream refused agv-server's credentials ({status}); the operator must check AGV_UPSTREAM_API_KEY"
-                    ),
+                    if self.tenant_upstream(&incoming.tenant_id).is_some() {
+                        format!(
+                            "the tenant's own upstream refused its credentials ({status}); a tenant admin must set a valid api_key with PUT /v1/upstream"
+                        )
+                    } else {
+                        format!(
+                            "the upstream refused agv-server's credentials ({status}); the operator must check AGV_UPSTREAM_API_KEY"
+                        )
+                    },
                 ),
                 _ => ApiError::new(
                     ErrorKind::BadGateway,
@@ -511,31 +549,20 @@ impl Proxy {
         }
     }
 
-    /// The model list from the upstream, cached for a minute.
-    pub async fn models(&self) -> Result<Bytes, ApiError> {
+    /// The model list from the tenant's upstream: its own (not cached), else the
+    /// instance upstream's, cached for a minute.
+    pub async fn models(&self, tenant: &TenantId) -> Result<Bytes, ApiError> {
+        let own = self.tenant_upstream(tenant);
+        if let Some(up) = own.as_deref() {
+            return fetch_models(up).await;
+        }
         if let Ok(cache) = self.models_cache.lock()
             && let Some((at, body)) = cache.as_ref()
             && at.elapsed() < Duration::from_secs(60)
         {
             return Ok(body.clone());
         }
-        let resp = self
-            .upstream
-            .get("/models")
-            .await
-            .map_err(|e| upstream_error(&e))?;
-        let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| upstream_error(&UpstreamError::Broken(e.to_string())))?;
-        if !status.is_success() || serde_json::from_slice::<serde_json::Value>(&body).is_err() {
-            return Err(ApiError::new(
-                ErrorKind::BadGateway,
-                "upstream_error",
-                format!("the upstream's model list failed ({status})"),
-            ));
-        }
+        let body = fetch_models(&self.upstream).await?;
         if let Ok(mut cache) = self.models_cache.lock() {
             *cache = Some((Instant::now(), body.clone()));
         }
@@ -622,6 +649,27 @@ pub(crate) fn note_post_cost(rec: &mut CallRecord, after: &AfterCall) {
             format!("the call cost {cost}, more than the per-request maximum; it had already been served"),
         ));
     }
+}
+
+/// GETs the model list and checks it is JSON.
+async fn fetch_models(upstream: &Upstream) -> Result<Bytes, ApiError> {
+    let resp = upstream
+        .get("/models")
+        .await
+        .map_err(|e| upstream_error(&e))?;
+    let status = resp.status();
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| upstream_error(&UpstreamError::Broken(e.to_string())))?;
+    if !status.is_success() || serde_json::from_slice::<serde_json::Value>(&body).is_err() {
+        return Err(ApiError::new(
+            ErrorKind::BadGateway,
+            "upstream_error",
+            format!("the upstream's model list failed ({status})"),
+        ));
+    }
+    Ok(body)
 }
 
 pub fn micros(d: Duration) -> i64 {

@@ -7,11 +7,21 @@
 use bytes::Bytes;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct UpstreamTarget {
     /// e.g. `https://api.openai.com/v1` (no trailing slash).
     pub base_url: String,
     pub api_key: Option<String>,
+}
+
+/// Never prints the key.
+impl std::fmt::Debug for UpstreamTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTarget")
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "(set)"))
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +109,21 @@ impl Upstream {
             primary,
             fallback,
         })
+    }
+
+    /// An upstream for another target (a tenant's own) that shares this one's pooled
+    /// client and settings, without a fallback.
+    pub fn sibling(&self, primary: UpstreamTarget) -> Self {
+        Self {
+            client: self.client.clone(),
+            settings: self.settings.clone(),
+            primary,
+            fallback: None,
+        }
+    }
+
+    pub fn fallback(&self) -> Option<&UpstreamTarget> {
+        self.fallback.as_ref()
     }
 
     pub fn settings(&self) -> &UpstreamSettings {
@@ -204,4 +229,18 @@ fn describe(e: &reqwest::Error) -> String {
         source = s.source();
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_never_prints_its_key() {
+        let t = UpstreamTarget {
+            base_url: "https://x/v1".into(),
+            api_key: Some("sk-hidden".into()),
+        };
+        assert!(!format!("{t:?}").contains("sk-hidden"));
+    }
 }

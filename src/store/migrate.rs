@@ -42,6 +42,11 @@ pub const SQLITE: &[Migration] = &[
         name: "calls",
         sql: include_str!("../../migrations/sqlite/0002_calls.sql"),
     },
+    Migration {
+        version: 3,
+        name: "tenant_upstreams",
+        sql: include_str!("../../migrations/sqlite/0003_tenant_upstreams.sql"),
+    },
 ];
 
 /// Postgres migrations, oldest first; the same versions and meaning as [`SQLITE`].
@@ -55,6 +60,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 2,
         name: "calls",
         sql: include_str!("../../migrations/postgres/0002_calls.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "tenant_upstreams",
+        sql: include_str!("../../migrations/postgres/0003_tenant_upstreams.sql"),
     },
 ];
 

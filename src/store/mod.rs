@@ -167,6 +167,27 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// Every tenant's overrides, for loading the guard at start.
     fn list_tenant_policies(&self) -> StoreResult<Vec<(TenantId, serde_json::Value)>>;
+
+    // A tenant's own upstream. Putting and deleting also record a `Change` with topic
+    // "upstream" and ref_id the tenant id. The key is stored only as ciphertext.
+    fn get_tenant_upstream(&self, tenant: &TenantId) -> StoreResult<Option<TenantUpstreamRow>>;
+    /// Creates or replaces the tenant's upstream; an unknown tenant is NotFound.
+    fn put_tenant_upstream(&self, row: &TenantUpstreamRow) -> StoreResult<()>;
+    /// Removes the tenant's upstream; returns whether there was one.
+    fn delete_tenant_upstream(&self, tenant: &TenantId) -> StoreResult<bool>;
+    /// Every tenant's upstream, for loading the proxy at start.
+    fn list_tenant_upstreams(&self) -> StoreResult<Vec<TenantUpstreamRow>>;
+}
+
+/// A tenant's own upstream as stored: the base URL and the encrypted provider key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantUpstreamRow {
+    pub tenant_id: TenantId,
+    /// Normalized, already checked against the allowlist when it was put.
+    pub base_url: String,
+    /// base64(nonce || ciphertext); `None` when the upstream needs no key.
+    pub api_key_ciphertext: Option<String>,
+    pub updated_at: Timestamp,
 }
 
 /// Counts for `GET /v1/status`.

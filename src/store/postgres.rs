@@ -10,12 +10,13 @@
 use super::rows::{
     ACTIVE_FREEZES_SQL, CALL_COLUMNS, CallParams, CallRow, FREEZE_COLUMNS, FreezeRow, KEY_COLUMNS,
     KeyRow, MAX_PAGE, Param, SESSION_COLUMNS, SessionRow, TENANT_COLUMNS, TOPIC_API_KEY,
-    TOPIC_KILLSWITCH, TOPIC_POLICY, TenantRow, USER_COLUMNS, UserRow, duplicate_call,
-    explain_conflict, insert_call_sql, latest_uses, list_calls_query, policy_overrides,
+    TOPIC_KILLSWITCH, TOPIC_POLICY, TOPIC_UPSTREAM, TenantRow, UPSTREAM_COLUMNS, USER_COLUMNS,
+    UserRow, duplicate_call, explain_conflict, insert_call_sql, latest_uses, list_calls_query,
+    policy_overrides, upstream_row,
 };
 use super::{
-    Backend, CallCounts, Change, DynStore, PoolStats, Store, StoreError, StoreResult, migrate,
-    redact_url,
+    Backend, CallCounts, Change, DynStore, PoolStats, Store, StoreError, StoreResult,
+    TenantUpstreamRow, migrate, redact_url,
 };
 use crate::domain::{
     ApiKeyRecord, CallCursor, CallFilter, CallId, CallRecord, Email, FreezeEvent, KeyHash, KeyId,
@@ -876,6 +877,63 @@ impl Store for PostgresStore {
                 })?;
                 Ok((id, overrides))
             })
+            .collect()
+    }
+    fn get_tenant_upstream(&self, tenant: &TenantId) -> StoreResult<Option<TenantUpstreamRow>> {
+        self.conn()?
+            .query_opt(
+                &format!("SELECT {UPSTREAM_COLUMNS} FROM tenant_upstreams WHERE tenant_id = $1"),
+                &[&tenant.as_str()],
+            )
+            .map_err(db_err)?
+            .map(|r| upstream_row(r.get(0), r.get(1), r.get(2), r.get(3)))
+            .transpose()
+    }
+
+    fn put_tenant_upstream(&self, row: &TenantUpstreamRow) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO tenant_upstreams (tenant_id, base_url, api_key_ciphertext, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (tenant_id) DO UPDATE SET base_url = excluded.base_url,
+                 api_key_ciphertext = excluded.api_key_ciphertext, updated_at = excluded.updated_at",
+            &[
+                &row.tenant_id.as_str(),
+                &row.base_url,
+                &row.api_key_ciphertext,
+                &row.updated_at.millis(),
+            ],
+        )
+        .map_err(db_err)?;
+        record_change(&mut tx, TOPIC_UPSTREAM, row.tenant_id.as_str())?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn delete_tenant_upstream(&self, tenant: &TenantId) -> StoreResult<bool> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        let removed = tx
+            .execute(
+                "DELETE FROM tenant_upstreams WHERE tenant_id = $1",
+                &[&tenant.as_str()],
+            )
+            .map_err(db_err)?;
+        if removed > 0 {
+            record_change(&mut tx, TOPIC_UPSTREAM, tenant.as_str())?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(removed > 0)
+    }
+
+    fn list_tenant_upstreams(&self) -> StoreResult<Vec<TenantUpstreamRow>> {
+        self.conn()?
+            .query(
+                &format!("SELECT {UPSTREAM_COLUMNS} FROM tenant_upstreams ORDER BY tenant_id"),
+                &[],
+            )
+            .map_err(db_err)?
+            .iter()
+            .map(|r| upstream_row(r.get(0), r.get(1), r.get(2), r.get(3)))
             .collect()
     }
 }

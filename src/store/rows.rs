@@ -36,6 +36,8 @@ pub(super) const TOPIC_API_KEY: &str = "api_key";
 pub(super) const TOPIC_KILLSWITCH: &str = "killswitch";
 /// The topic of changes recorded for tenant policy overrides (ref_id: the tenant id).
 pub(super) const TOPIC_POLICY: &str = "policy";
+/// A tenant's own upstream changed (put or deleted).
+pub(super) const TOPIC_UPSTREAM: &str = "upstream";
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Database(format!("a stored {what} could not be read back: {e}"))
@@ -448,6 +450,24 @@ impl FreezeRow {
 /// Reads stored policy overrides back into JSON.
 pub(super) fn policy_overrides(tenant: &str, stored: &str) -> StoreResult<serde_json::Value> {
     serde_json::from_str(stored).map_err(|e| corrupt(&format!("policy of tenant {tenant}"), e))
+}
+
+/// The columns of `tenant_upstreams`, in the order [`upstream_row`] reads them.
+pub(super) const UPSTREAM_COLUMNS: &str = "tenant_id, base_url, api_key_ciphertext, updated_at";
+
+/// A `tenant_upstreams` row read back from either backend.
+pub(super) fn upstream_row(
+    tenant: &str,
+    base_url: String,
+    api_key_ciphertext: Option<String>,
+    updated_at: i64,
+) -> StoreResult<super::TenantUpstreamRow> {
+    Ok(super::TenantUpstreamRow {
+        tenant_id: TenantId::parse(tenant).map_err(|e| corrupt("tenant id", e))?,
+        base_url,
+        api_key_ciphertext,
+        updated_at: Timestamp::from_millis(updated_at),
+    })
 }
 
 /// Collapses a batch of key uses to the latest time per key, sorted by id so that

@@ -9,11 +9,13 @@
 use super::rows::{
     ACTIVE_FREEZES_SQL, CALL_COLUMNS, CallParams, CallRow, FREEZE_COLUMNS, FreezeRow, KEY_COLUMNS,
     KeyRow, MAX_PAGE, Param, SESSION_COLUMNS, SessionRow, TENANT_COLUMNS, TOPIC_API_KEY,
-    TOPIC_KILLSWITCH, TOPIC_POLICY, TenantRow, USER_COLUMNS, UserRow, duplicate_call,
-    explain_conflict, insert_call_sql, latest_uses, list_calls_query, policy_overrides,
+    TOPIC_KILLSWITCH, TOPIC_POLICY, TOPIC_UPSTREAM, TenantRow, UPSTREAM_COLUMNS, USER_COLUMNS,
+    UserRow, duplicate_call, explain_conflict, insert_call_sql, latest_uses, list_calls_query,
+    policy_overrides, upstream_row,
 };
 use super::{
-    Backend, CallCounts, Change, DynStore, PoolStats, Store, StoreError, StoreResult, migrate,
+    Backend, CallCounts, Change, DynStore, PoolStats, Store, StoreError, StoreResult,
+    TenantUpstreamRow, migrate,
 };
 use crate::domain::{
     ApiKeyRecord, CallCursor, CallFilter, CallId, CallRecord, Email, FreezeEvent, KeyHash, KeyId,
@@ -835,6 +837,76 @@ impl Store for SqliteStore {
         })
         .collect()
     }
+    fn get_tenant_upstream(&self, tenant: &TenantId) -> StoreResult<Option<TenantUpstreamRow>> {
+        let found = self
+            .conn()?
+            .query_row(
+                &format!("SELECT {UPSTREAM_COLUMNS} FROM tenant_upstreams WHERE tenant_id = ?1"),
+                params![tenant.as_str()],
+                sqlite_upstream,
+            )
+            .optional()
+            .map_err(db_err)?;
+        found
+            .map(|(t, u, k, at)| upstream_row(&t, u, k, at))
+            .transpose()
+    }
+
+    fn put_tenant_upstream(&self, row: &TenantUpstreamRow) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let tx = write_tx(&mut conn)?;
+        tx.execute(
+            "INSERT INTO tenant_upstreams (tenant_id, base_url, api_key_ciphertext, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (tenant_id) DO UPDATE SET base_url = excluded.base_url,
+                 api_key_ciphertext = excluded.api_key_ciphertext, updated_at = excluded.updated_at",
+            params![
+                row.tenant_id.as_str(),
+                row.base_url,
+                row.api_key_ciphertext,
+                row.updated_at.millis()
+            ],
+        )
+        .map_err(db_err)?;
+        record_change(&tx, TOPIC_UPSTREAM, row.tenant_id.as_str())?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn delete_tenant_upstream(&self, tenant: &TenantId) -> StoreResult<bool> {
+        let mut conn = self.conn()?;
+        let tx = write_tx(&mut conn)?;
+        let removed = tx
+            .execute(
+                "DELETE FROM tenant_upstreams WHERE tenant_id = ?1",
+                params![tenant.as_str()],
+            )
+            .map_err(db_err)?;
+        if removed > 0 {
+            record_change(&tx, TOPIC_UPSTREAM, tenant.as_str())?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(removed > 0)
+    }
+
+    fn list_tenant_upstreams(&self) -> StoreResult<Vec<TenantUpstreamRow>> {
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {UPSTREAM_COLUMNS} FROM tenant_upstreams ORDER BY tenant_id"
+            ))
+            .map_err(db_err)?;
+        let rows = stmt.query_map([], sqlite_upstream).map_err(db_err)?;
+        rows.map(|r| {
+            let (t, u, k, at) = r.map_err(db_err)?;
+            upstream_row(&t, u, k, at)
+        })
+        .collect()
+    }
+}
+
+type UpstreamColumns = (String, String, Option<String>, i64);
+
+fn sqlite_upstream(r: &Row<'_>) -> rusqlite::Result<UpstreamColumns> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
 }
 
 #[cfg(test)]

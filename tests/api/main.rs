@@ -14,4 +14,5 @@ mod health;
 mod proxy;
 mod sdk;
 mod startup_errors;
+mod upstreams;
 mod web;
