@@ -45,6 +45,14 @@ pub fn open_store(path: &Path) -> StoreResult<DynStore> {
 pub struct SqliteStore {
     pool: Pool<SqliteConnectionManager>,
     path: PathBuf,
+    stop_checkpointer: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.stop_checkpointer
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -68,7 +76,38 @@ fn init_connection(conn: &mut Connection) -> rusqlite::Result<()> {
     }
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // No checkpoint inside a commit: copying the WAL into the database would stall every
+    // request waiting on that commit. The store's checkpointer thread does it instead.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     Ok(())
+}
+
+/// How often the background checkpointer copies the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Copies committed WAL pages into the database file in the background with PASSIVE
+/// checkpoints, which never block writers or readers; stops when the store is dropped.
+fn spawn_checkpointer(path: PathBuf, stop: Arc<std::sync::atomic::AtomicBool>) {
+    let spawned = std::thread::Builder::new().name("agv-sqlite-checkpoint".into()).spawn(move || {
+        let conn = match Connection::open(&path).and_then(|c| c.busy_timeout(BUSY_TIMEOUT).map(|()| c)) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, path = %path.display(), "the WAL checkpointer could not open the database; the WAL will grow");
+                return;
+            }
+        };
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(CHECKPOINT_EVERY);
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+            }
+        }
+        // A last full pass so a clean stop leaves a small WAL behind.
+        let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start the WAL checkpointer thread; the WAL will grow");
+    }
 }
 
 impl SqliteStore {
@@ -107,9 +146,12 @@ impl SqliteStore {
             .connection_timeout(Duration::from_secs(5))
             .build(manager)
             .map_err(|e| cannot_open(&e))?;
+        let stop_checkpointer = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        spawn_checkpointer(path.to_owned(), stop_checkpointer.clone());
         Ok(Self {
             pool,
             path: path.to_owned(),
+            stop_checkpointer,
         })
     }
 
