@@ -155,13 +155,26 @@ impl ResponseError for ApiError {
         if let Some(secs) = self.retry_after_secs {
             res.insert_header((header::RETRY_AFTER, HeaderValue::from(secs)));
         }
-        res.json(Body {
+        res.content_type("application/json").body(self.body_json())
+    }
+}
+
+impl ApiError {
+    /// The OpenAI-shaped body, as sent to the client (also inside an SSE error event and
+    /// in the call record).
+    pub fn body_json(&self) -> String {
+        let body = Body {
             error: Inner {
                 message: &self.message,
                 kind: self.kind.openai_type(),
                 code: self.code,
                 param: None,
             },
+        };
+        // Serialising two strings and a null cannot fail; fall back to a fixed body anyway.
+        serde_json::to_string(&body).unwrap_or_else(|_| {
+            r#"{"error":{"message":"error","type":"server_error","code":"internal_error"}}"#
+                .to_owned()
         })
     }
 }

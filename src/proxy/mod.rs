@@ -182,12 +182,10 @@ impl Proxy {
                 rec.error = Some(stop.message);
                 rec.blocked = true;
                 rec.blocked_by = Some(stop.policy.to_string());
-                rec.response_body = Some(error_json(&err));
-                self.count_call(&rec);
-                return match self.recorder.record(rec).await {
-                    Ok(()) => Outcome::Error(err),
-                    Err(e) => Outcome::Error(record_failed(&e)),
-                };
+                rec.response_body = Some(err.body_json());
+                return self
+                    .commit(rec, incoming.received, Outcome::Error(err))
+                    .await;
             }
             Verdict::Allow {
                 decisions,
@@ -213,19 +211,9 @@ impl Proxy {
         let response = match sent {
             Ok(r) => r,
             Err((e, attempts)) => {
-                let after = self.guard.complete(
-                    admission,
-                    Usage::default().result(model.as_deref(), true),
-                    Timestamp::now(),
-                );
-                let err = upstream_error(&e);
-                rec.status = err.kind.status().as_u16();
-                rec.error = Some(e.to_string());
                 rec.upstream_attempts = attempts as i32;
                 rec.upstream_latency_us = Some(micros(incoming.received.elapsed()));
-                rec.response_body = Some(error_json(&err));
-                self.after_call(&incoming.tenant_id, after).await;
-                return self.finish_error(rec, err).await;
+                return self.upstream_failed(incoming, rec, admission, e).await;
             }
         };
         rec.upstream_attempts = response.attempts as i32;
@@ -257,8 +245,7 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/json")
             .to_owned();
-        let remaining = self
-            .upstream
+        let remaining = upstream
             .settings()
             .total_timeout
             .saturating_sub(response.started.elapsed());
@@ -320,18 +307,14 @@ impl Proxy {
         note_post_cost(&mut rec, &after);
         rec.status = 200;
         self.set_response(&mut rec, &body);
-        rec.latency_us = micros(incoming.received.elapsed());
-        self.count_call(&rec);
         self.after_call(&incoming.tenant_id, after).await;
-        match self.recorder.record(rec).await {
-            Ok(()) => Outcome::Full {
-                status: 200,
-                content_type,
-                body,
-                retry_after: None,
-            },
-            Err(e) => Outcome::Error(record_failed(&e)),
-        }
+        let answer = Outcome::Full {
+            status: 200,
+            content_type,
+            body,
+            retry_after: None,
+        };
+        self.commit(rec, incoming.received, answer).await
     }
 
     /// The upstream answered with an error status: pass client errors through, map the
@@ -364,7 +347,6 @@ impl Proxy {
                     .map(str::to_owned)
             })
             .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
-        rec.latency_us = micros(incoming.received.elapsed());
         self.after_call(&incoming.tenant_id, after).await;
         if upstream_fault {
             let err = match status {
@@ -399,24 +381,23 @@ impl Proxy {
             };
             rec.status = err.kind.status().as_u16();
             rec.error = Some(format!("upstream status {status}: {upstream_message}"));
-            rec.response_body = Some(error_json(&err));
-            return self.finish_error(rec, err).await;
+            rec.response_body = Some(err.body_json());
+            return self
+                .commit(rec, incoming.received, Outcome::Error(err))
+                .await;
         }
         // A client error (bad model, bad parameter, upstream rate limit): the client sees
         // exactly what the upstream said.
         rec.status = status;
         rec.error = Some(upstream_message);
         self.set_response(&mut rec, &body);
-        self.count_call(&rec);
-        match self.recorder.record(rec).await {
-            Ok(()) => Outcome::Full {
-                status,
-                content_type: "application/json".into(),
-                body,
-                retry_after,
-            },
-            Err(e) => Outcome::Error(record_failed(&e)),
-        }
+        let answer = Outcome::Full {
+            status,
+            content_type: "application/json".into(),
+            body,
+            retry_after,
+        };
+        self.commit(rec, incoming.received, answer).await
     }
 
     async fn upstream_failed(
@@ -434,19 +415,25 @@ impl Proxy {
         let err = upstream_error(&e);
         rec.status = err.kind.status().as_u16();
         rec.error = Some(e.to_string());
-        rec.response_body = Some(error_json(&err));
-        rec.latency_us = micros(incoming.received.elapsed());
+        rec.response_body = Some(err.body_json());
         self.after_call(&incoming.tenant_id, after).await;
-        self.finish_error(rec, err).await
+        self.commit(rec, incoming.received, Outcome::Error(err))
+            .await
     }
 
-    async fn finish_error(&self, mut rec: CallRecord, err: ApiError) -> Outcome {
-        if rec.latency_us == 0 {
-            rec.latency_us = rec.upstream_latency_us.unwrap_or(0);
-        }
+    /// Counts the call and commits its record; only then does `answer` go out, so an
+    /// acknowledged call is never lost. If the record cannot be committed the client gets
+    /// a 503 instead of an answer without evidence.
+    pub(crate) async fn commit(
+        &self,
+        mut rec: CallRecord,
+        received: Instant,
+        answer: Outcome,
+    ) -> Outcome {
+        rec.latency_us = micros(received.elapsed());
         self.count_call(&rec);
         match self.recorder.record(rec).await {
-            Ok(()) => Outcome::Error(err),
+            Ok(()) => answer,
             Err(e) => Outcome::Error(record_failed(&e)),
         }
     }
@@ -691,10 +678,6 @@ pub fn truncate(body: &[u8], max: usize) -> (String, bool) {
         end -= 1;
     }
     (text[..end].to_owned(), true)
-}
-
-pub fn error_json(err: &ApiError) -> String {
-    serde_json::json!({"error": {"message": err.message, "type": err.kind.openai_type(), "code": err.code}}).to_string()
 }
 
 pub fn upstream_error(e: &UpstreamError) -> ApiError {

@@ -7,7 +7,7 @@
 //! adds to every chunk, are removed again, so the client receives what it asked for.
 
 use super::upstream::{UpstreamError, UpstreamResponse};
-use super::{Incoming, Proxy, Usage, error_json, micros, note_post_cost, truncate, upstream_error};
+use super::{Incoming, Proxy, Usage, micros, note_post_cost, upstream_error};
 use crate::domain::{CallRecord, Timestamp};
 use crate::guard::Admission;
 use bytes::Bytes;
@@ -181,7 +181,7 @@ async fn relay(
         (Some(e), _) => {
             let err = upstream_error(e);
             rec.error = Some(e.to_string());
-            format!("data: {}\n\n", error_json(&err)).into_bytes()
+            format!("data: {}\n\n", err.body_json()).into_bytes()
         }
         (None, true) => {
             rec.error = Some("the client disconnected before the end of the stream".into());
@@ -190,9 +190,8 @@ async fn relay(
         (None, false) => DONE.to_vec(),
     };
     transcript.push(&tail);
-    let (text, cut) = truncate(&transcript.kept, usize::MAX);
-    rec.response_body = Some(text);
-    rec.response_truncated = transcript.cut || cut;
+    rec.response_body = Some(String::from_utf8_lossy(&transcript.kept).into_owned());
+    rec.response_truncated = transcript.cut;
     rec.response_sha256 = Some(hex::encode(transcript.hash.finalize()));
     rec.latency_us = micros(incoming.received.elapsed());
     proxy.count_call(&rec);
@@ -210,7 +209,7 @@ async fn relay(
                 "agv-server could not record this call; the stream ends without [DONE]",
             );
             let _ = tx
-                .send(Ok(Bytes::from(format!("data: {}\n\n", error_json(&err)))))
+                .send(Ok(Bytes::from(format!("data: {}\n\n", err.body_json()))))
                 .await;
         }
     }

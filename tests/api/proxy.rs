@@ -293,6 +293,11 @@ async fn upstream_failures_become_clean_errors_and_error_records() {
     let res = app.chat(&key, "x").await;
     assert_eq!(res.status(), 504);
     assert!(started.elapsed() < Duration::from_secs(10));
+    // The record's latency covers the time spent waiting for the upstream.
+    let call = app.call(&admin, &call_id(&res)).await;
+    let waited = call["upstream_latency_us"].as_i64().unwrap();
+    assert!(waited >= 1_000_000, "{call}");
+    assert!(call["latency_us"].as_i64().unwrap() >= waited, "{call}");
 
     upstream.set_mode(Mode::CutStream { after_chunks: 2 });
     let res = app.post_json("/v1/chat/completions", &key, &serde_json::json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "a b c d e f"}]})).await;
