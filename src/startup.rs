@@ -28,6 +28,7 @@ use actix_web::{App, HttpServer, web};
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -43,6 +44,8 @@ pub struct AppState {
     pub started_at: Instant,
     /// Encrypts tenants' provider keys at rest.
     pub master_key: MasterKey,
+    /// The last change-feed entry this process has applied (see `spawn_change_feed`).
+    pub change_seq: AtomicI64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,12 +110,13 @@ impl Application {
         let queue = run_blocking(move || Queue::open(&queue_dir, limits))
             .await
             .map_err(|e| StartupError(e.to_string()))?;
-        let for_cache = store.clone();
-        let keys = Arc::new(
-            run_blocking(move || KeyCache::new(for_cache))
-                .await
-                .map_err(|e| StartupError(e.to_string()))?,
-        );
+        // Read the change-feed position before loading any state, so that a change made
+        // while this server starts is applied by the first poll rather than lost.
+        let for_seq = store.clone();
+        let change_seq = run_blocking(move || for_seq.latest_change_seq())
+            .await
+            .map_err(|e| StartupError(e.to_string()))?;
+        let keys = Arc::new(KeyCache::new(store.clone()));
 
         let for_key = settings.clone();
         let master_key = run_blocking(move || load_master_key(&for_key)).await?;
@@ -171,6 +175,7 @@ impl Application {
             unauth_limiter: AddressRateLimiter::new(settings.unauth_rate_limit_per_minute),
             started_at: Instant::now(),
             master_key,
+            change_seq: AtomicI64::new(change_seq),
         });
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -355,7 +360,7 @@ fn spawn_change_feed(
 
 async fn apply_changes(state: &AppState) -> Result<(), crate::store::StoreError> {
     let store = state.store.clone();
-    let since = state.keys.seen_seq();
+    let since = state.change_seq.load(Ordering::Relaxed);
     let changes = run_blocking(move || store.changes_since(since, 1000)).await?;
     let Some(last) = changes.last() else {
         return Ok(());
@@ -397,7 +402,7 @@ async fn apply_changes(state: &AppState) -> Result<(), crate::store::StoreError>
             row.as_ref(),
         );
     }
-    state.keys.set_seen_seq(last.seq);
+    state.change_seq.store(last.seq, Ordering::Relaxed);
     Ok(())
 }
 

@@ -23,10 +23,29 @@ const NEGATIVE_CACHE_MAX: usize = 10_000;
 pub struct KeyCache {
     store: DynStore,
     /// Known keys by hash, active or not; `None` remembers that a hash is unknown.
-    entries: RwLock<HashMap<KeyHash, Option<Arc<ApiKeyRecord>>>>,
+    entries: RwLock<HashMap<KeyHash, Option<Arc<CachedKey>>>>,
     negatives: AtomicI64,
-    last_used: Mutex<HashMap<KeyId, Timestamp>>,
-    seen_seq: AtomicI64,
+    /// Last-used times of entries dropped by an invalidation before they were written.
+    unflushed: Mutex<Vec<(KeyId, Timestamp)>>,
+}
+
+/// A known key and when this process last saw it used. Noting a use is one atomic store,
+/// so authentication takes no lock but the map's read lock.
+pub struct CachedKey {
+    pub record: ApiKeyRecord,
+    /// Milliseconds since the epoch of the last use; 0 = not used since loaded.
+    last_used: AtomicI64,
+    /// The last-used time already written to the store.
+    flushed: AtomicI64,
+}
+
+impl CachedKey {
+    /// A last-used time not yet written, marking it written.
+    fn take_unflushed(&self) -> Option<(KeyId, Timestamp)> {
+        let used = self.last_used.load(Ordering::Relaxed);
+        let before = self.flushed.swap(used, Ordering::Relaxed);
+        (used > before).then(|| (self.record.id.clone(), Timestamp::from_millis(used)))
+    }
 }
 
 /// Why authentication failed.
@@ -80,19 +99,17 @@ impl From<AuthError> for ApiError {
 }
 
 impl KeyCache {
-    pub fn new(store: DynStore) -> StoreResult<Self> {
-        let seq = store.latest_change_seq()?;
-        Ok(Self {
+    pub fn new(store: DynStore) -> Self {
+        Self {
             store,
             entries: RwLock::new(HashMap::new()),
             negatives: AtomicI64::new(0),
-            last_used: Mutex::new(HashMap::new()),
-            seen_seq: AtomicI64::new(seq),
-        })
+            unflushed: Mutex::new(Vec::new()),
+        }
     }
 
     /// Authenticates the value of an `Authorization` header (or `None` when absent).
-    pub async fn authenticate(&self, header: Option<&str>) -> Result<Arc<ApiKeyRecord>, AuthError> {
+    pub async fn authenticate(&self, header: Option<&str>) -> Result<Arc<CachedKey>, AuthError> {
         let raw = header.ok_or(AuthError::Failed(AuthFailure::Missing))?;
         let token = raw
             .strip_prefix("Bearer ")
@@ -107,26 +124,30 @@ impl KeyCache {
             Some(r) => r,
             None => self.load(hash).await.map_err(AuthError::Store)?,
         };
-        let record = record.ok_or(AuthError::Failed(AuthFailure::Unknown))?;
+        let key = record.ok_or(AuthError::Failed(AuthFailure::Unknown))?;
         let now = Timestamp::now();
-        if record.revoked_at.is_some() {
+        if key.record.revoked_at.is_some() {
             return Err(AuthError::Failed(AuthFailure::Revoked));
         }
-        if !record.is_active(now) {
+        if !key.record.is_active(now) {
             return Err(AuthError::Failed(AuthFailure::Expired));
         }
-        if let Ok(mut used) = self.last_used.lock() {
-            used.insert(record.id.clone(), now);
-        }
-        Ok(record)
+        key.last_used.fetch_max(now.millis(), Ordering::Relaxed);
+        Ok(key)
     }
 
-    async fn load(&self, hash: KeyHash) -> StoreResult<Option<Arc<ApiKeyRecord>>> {
+    async fn load(&self, hash: KeyHash) -> StoreResult<Option<Arc<CachedKey>>> {
         let store = self.store.clone();
         let lookup = hash.clone();
         let found = run_blocking(move || store.find_api_key_by_hash(&lookup))
             .await?
-            .map(Arc::new);
+            .map(|record| {
+                Arc::new(CachedKey {
+                    record,
+                    last_used: AtomicI64::new(0),
+                    flushed: AtomicI64::new(0),
+                })
+            });
         if let Ok(mut map) = self.entries.write() {
             if found.is_none()
                 && self.negatives.fetch_add(1, Ordering::Relaxed) >= NEGATIVE_CACHE_MAX as i64
@@ -142,26 +163,31 @@ impl KeyCache {
 
     pub fn invalidate_all(&self) {
         if let Ok(mut map) = self.entries.write() {
+            // Keep the uses not yet written; the next flush writes them.
+            let pending: Vec<_> = map
+                .values()
+                .flatten()
+                .filter_map(|k| k.take_unflushed())
+                .collect();
+            if !pending.is_empty()
+                && let Ok(mut unflushed) = self.unflushed.lock()
+            {
+                unflushed.extend(pending);
+            }
             map.clear();
         }
         self.negatives.store(0, Ordering::Relaxed);
     }
 
-    /// The last change-feed sequence number this process has applied.
-    pub fn seen_seq(&self) -> i64 {
-        self.seen_seq.load(Ordering::Relaxed)
-    }
-
-    pub fn set_seen_seq(&self, seq: i64) {
-        self.seen_seq.store(seq, Ordering::Relaxed);
-    }
-
     /// Writes the collected last-used times in one batch.
     pub async fn flush_last_used(&self) -> StoreResult<()> {
-        let batch: Vec<(KeyId, Timestamp)> = match self.last_used.lock() {
-            Ok(mut used) => used.drain().collect(),
-            Err(_) => return Ok(()),
+        let mut batch: Vec<(KeyId, Timestamp)> = match self.unflushed.lock() {
+            Ok(mut unflushed) => std::mem::take(&mut *unflushed),
+            Err(_) => Vec::new(),
         };
+        if let Ok(map) = self.entries.read() {
+            batch.extend(map.values().flatten().filter_map(|k| k.take_unflushed()));
+        }
         if batch.is_empty() {
             return Ok(());
         }
@@ -197,7 +223,8 @@ async fn authenticate(req: HttpRequest, required: Scope) -> Result<Caller, ApiEr
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let record = state.keys.authenticate(header).await?;
+    let key = state.keys.authenticate(header).await?;
+    let record = &key.record;
     if !record.scope.allows(required) {
         return Err(ApiError::forbidden(
             "insufficient_scope",
@@ -208,7 +235,7 @@ async fn authenticate(req: HttpRequest, required: Scope) -> Result<Caller, ApiEr
             ),
         ));
     }
-    Ok(Caller::from(record.as_ref()))
+    Ok(Caller::from(record))
 }
 
 /// Any valid key (proxy or admin scope).

@@ -48,11 +48,7 @@ pub async fn observe(
     let method = req.method().to_string();
     let span =
         tracing::info_span!("request", request_id = %id, method = %method, path = %req.path());
-    let result = next.call(req).instrument(span.clone()).await;
-    let mut res = match result {
-        Ok(res) => res,
-        Err(e) => return Err(e),
-    };
+    let mut res = next.call(req).instrument(span.clone()).await?;
     let elapsed = started.elapsed();
     let status = res.status().as_u16();
     let route = res

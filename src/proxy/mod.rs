@@ -23,6 +23,7 @@ use bytes::Bytes;
 use recorder::Recorder;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use upstream::{Upstream, UpstreamError};
@@ -45,7 +46,7 @@ pub struct Proxy {
     /// Bodies longer than this are stored truncated (the hash covers the whole body).
     pub max_stored_body: usize,
     models_cache: Mutex<Option<(Instant, Bytes)>>,
-    enforcement: Mutex<LatencyWindow>,
+    enforcement: LatencyWindow,
 }
 
 /// Who made the call and what they attached to it.
@@ -113,7 +114,7 @@ impl Proxy {
             store,
             max_stored_body,
             models_cache: Mutex::new(None),
-            enforcement: Mutex::new(LatencyWindow::default()),
+            enforcement: LatencyWindow::default(),
         }
     }
 
@@ -557,18 +558,12 @@ impl Proxy {
     }
 
     fn note_enforcement(&self, d: Duration) {
-        if let Ok(mut w) = self.enforcement.lock() {
-            w.push(d);
-        }
+        self.enforcement.push(d);
     }
 
     /// p95 of the most recent enforcement latencies, in milliseconds.
     pub fn enforcement_p95_ms(&self) -> Option<f64> {
-        self.enforcement
-            .lock()
-            .ok()
-            .and_then(|w| w.p95())
-            .map(|d| d.as_secs_f64() * 1000.0)
+        self.enforcement.p95().map(|d| d.as_secs_f64() * 1000.0)
     }
 }
 
@@ -708,33 +703,45 @@ fn record_failed(e: &str) -> ApiError {
     )
 }
 
-/// A ring of recent latencies for the protection summary.
-#[derive(Default)]
+/// A ring of recent latencies for the protection summary. Recording is two atomic
+/// operations, so the hot path takes no lock for it.
 struct LatencyWindow {
-    samples: Vec<Duration>,
-    next: usize,
+    /// Microseconds; 0 = slot not filled yet.
+    samples: Box<[AtomicU32]>,
+    next: AtomicUsize,
+}
+
+impl Default for LatencyWindow {
+    fn default() -> Self {
+        Self {
+            samples: (0..Self::SIZE).map(|_| AtomicU32::new(0)).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
 }
 
 impl LatencyWindow {
     const SIZE: usize = 1024;
 
-    fn push(&mut self, d: Duration) {
-        if self.samples.len() < Self::SIZE {
-            self.samples.push(d);
-        } else {
-            self.samples[self.next] = d;
-        }
-        self.next = (self.next + 1) % Self::SIZE;
+    fn push(&self, d: Duration) {
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % Self::SIZE;
+        let micros = u32::try_from(d.as_micros()).unwrap_or(u32::MAX).max(1);
+        self.samples[slot].store(micros, Ordering::Relaxed);
     }
 
     fn p95(&self) -> Option<Duration> {
-        if self.samples.is_empty() {
+        let mut v: Vec<u32> = self
+            .samples
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .filter(|&m| m > 0)
+            .collect();
+        if v.is_empty() {
             return None;
         }
-        let mut v = self.samples.clone();
         v.sort_unstable();
         v.get((v.len() * 95).div_ceil(100).saturating_sub(1))
-            .copied()
+            .map(|&m| Duration::from_micros(u64::from(m)))
     }
 }
 
@@ -767,7 +774,7 @@ mod tests {
 
     #[test]
     fn the_latency_window_reports_p95() {
-        let mut w = LatencyWindow::default();
+        let w = LatencyWindow::default();
         for i in 1..=100 {
             w.push(Duration::from_micros(i));
         }
