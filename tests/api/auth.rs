@@ -169,3 +169,28 @@ async fn last_used_is_recorded_for_keys() {
     let keys: serde_json::Value = serde_json::from_str(&listed).unwrap();
     assert!(keys[0]["last_used_at"].is_string(), "{listed}");
 }
+
+#[tokio::test]
+async fn a_use_just_before_a_cache_invalidation_still_reaches_last_used() {
+    let home = DataHome::new(Backend::Sqlite).unwrap();
+    let (tenant, key) = home.tenant_and_key("admin");
+    let app = TestApp::start(home).await;
+    assert_eq!(app.get_with_key(STATUS, &key).await.status(), 200);
+    // Another key created from the CLI makes the server drop its whole key cache.
+    app.home.cli_ok(&["key", "create", "--tenant", &tenant]);
+    tokio::time::sleep(Duration::from_millis(600)).await; // two change-feed polls
+    let home = app.stop().await;
+    let listed = home.cli_ok(&["key", "list", "--tenant", &tenant, "--json"]);
+    let keys: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let used: Vec<_> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["last_used_at"].is_string())
+        .collect();
+    assert_eq!(
+        used.len(),
+        1,
+        "the used key has a last-used time, the new one none: {listed}"
+    );
+}

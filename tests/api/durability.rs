@@ -1,44 +1,26 @@
 //! Durability: kill -9 the real server binary under load; after a restart every call that
 //! got a 200 is recorded.
 
-use crate::helpers::{Backend, DataHome, MockUpstream, chat_body, cli_command};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use crate::helpers::{Backend, DataHome, MockUpstream, chat_body, spawn_server_process};
+use std::io::BufRead;
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn spawn_server(home: &DataHome, upstream: &str) -> (Child, u16) {
-    let mut cmd = cli_command();
-    cmd.arg("--data").arg(home.path());
-    if let Some(url) = home.database_url() {
-        cmd.arg("--database-url").arg(url);
-    }
-    let mut child = cmd
-        .args(["--listen", "127.0.0.1:0", "serve"])
-        .env("AGV_LOG_FORMAT", "json")
-        .env("AGV_UPSTREAM_URL", upstream)
-        .env("AGV_UNAUTH_RATE_LIMIT_PER_MINUTE", "0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut reader = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let port = loop {
-        line.clear();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "server exited before listening"
-        );
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-            && v["message"] == "agv-server listening"
-        {
-            break v["port"].as_u64().unwrap() as u16;
-        }
-    };
+    let url = home.database_url();
+    let server = spawn_server_process(
+        home.path(),
+        url.as_deref(),
+        &[
+            ("AGV_UPSTREAM_URL", upstream),
+            ("AGV_UNAUTH_RATE_LIMIT_PER_MINUTE", "0"),
+        ],
+    );
+    let log = server.log;
     // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in reader.lines() {});
-    (child, port)
+    std::thread::spawn(move || for _ in log.lines() {});
+    (server.child, server.port)
 }
 
 async fn every_acknowledged_call_survives_kill_9(backend: Backend) {

@@ -8,7 +8,7 @@ async fn a_frozen_tenant_gets_423_at_once_and_the_upstream_sees_nothing(backend:
     let Some(setup) = ProxySetup::new(backend) else {
         return;
     };
-    let (app, upstream, tenant, key, admin) = setup.start().await;
+    let (app, upstream, _tenant, key, admin) = setup.start().await;
     assert_eq!(app.chat(&key, "before").await.status(), 200);
     let hits = upstream.hits();
 
@@ -92,7 +92,6 @@ async fn a_frozen_tenant_gets_423_at_once_and_the_upstream_sees_nothing(backend:
         .await
         .unwrap();
     assert_eq!(status["tenant"]["frozen"], false);
-    let _ = tenant;
     app.stop().await;
 }
 
@@ -205,7 +204,7 @@ async fn kill_switch_requests_are_checked() {
 #[tokio::test]
 async fn each_guardrail_passes_and_trips_with_its_value_and_threshold() {
     let setup = ProxySetup::new(Backend::Sqlite).unwrap();
-    let (app, upstream, _tenant, key, admin) = setup.start().await;
+    let (app, _upstream, _tenant, key, admin) = setup.start().await;
 
     // dg-002 max tokens: max_tokens above the threshold.
     let res = app.post_json("/v1/chat/completions", &key, &serde_json::json!({"model": "gpt-4o-mini", "max_tokens": 20_000, "messages": [{"role": "user", "content": "hi"}]})).await;
@@ -300,7 +299,6 @@ async fn each_guardrail_passes_and_trips_with_its_value_and_threshold() {
             .status(),
         400
     );
-    let _ = upstream;
     app.stop().await;
 }
 

@@ -260,3 +260,59 @@ async fn security_headers_are_set_on_every_response() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_scheduled_housekeeping_job_purges_expired_sessions() {
+    use agv_server::domain::{
+        Email, NewSession, NewUser, PasswordHash, Role, SessionId, Timestamp, UserId,
+    };
+    let home = DataHome::new(Backend::Sqlite).unwrap();
+    let app = TestApp::start_with(home, |s| s.housekeeping_cron = "* * * * * *".into()).await;
+    let store = app.app_state.store.clone();
+    let user = NewUser {
+        id: UserId::generate(),
+        email: Email::parse("ops@example.com").unwrap(),
+        password: PasswordHash::create("a long enough password").unwrap(),
+        role: Role::Operator,
+        tenant_id: None,
+        created_at: Timestamp::now(),
+    };
+    store.create_user(&user).unwrap();
+    let expired_at = Timestamp::now().plus_millis(-1000);
+    let session = |token: &str, expires_at| NewSession {
+        id: SessionId::generate(),
+        user_id: user.id.clone(),
+        token_hash: token.into(),
+        created_at: Timestamp::now(),
+        expires_at,
+    };
+    store
+        .create_session(&session("expired", expired_at))
+        .unwrap();
+    store
+        .create_session(&session("live", Timestamp::now().plus_millis(3_600_000)))
+        .unwrap();
+    // Wait for a housekeeping run that started after the sessions existed.
+    let done_before = app.app_state.queue.stats().completed_total;
+    let started = std::time::Instant::now();
+    while app.app_state.queue.stats().completed_total < done_before + 2 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "housekeeping never ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        store.purge_expired_sessions(Timestamp::now()).unwrap(),
+        0,
+        "the job already purged the expired session"
+    );
+    assert!(
+        store
+            .find_session("live", Timestamp::now())
+            .unwrap()
+            .is_some(),
+        "live sessions are kept"
+    );
+    app.stop().await;
+}

@@ -287,3 +287,58 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+/// A server process: the real binary serving on an ephemeral port with JSON logs.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+    /// The log lines up to "agv-server listening".
+    pub startup_log: String,
+    /// The rest of the log.
+    pub log: std::io::BufReader<std::process::ChildStderr>,
+}
+
+/// Starts `agv-server serve` on `data` (and `database_url`) with `envs`, and returns once it
+/// logs the port it listens on.
+pub fn spawn_server_process(
+    data: &Path,
+    database_url: Option<&str>,
+    envs: &[(&str, &str)],
+) -> ServerProcess {
+    use std::io::BufRead;
+    let mut cmd = cli_command();
+    cmd.arg("--data").arg(data);
+    if let Some(url) = database_url {
+        cmd.arg("--database-url").arg(url);
+    }
+    let mut child = cmd
+        .args(["--listen", "127.0.0.1:0", "serve"])
+        .env("AGV_LOG_FORMAT", "json")
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start agv-server");
+    let mut log = std::io::BufReader::new(child.stderr.take().expect("piped stderr"));
+    let mut line = String::new();
+    let mut startup_log = String::new();
+    let port = loop {
+        line.clear();
+        assert!(
+            log.read_line(&mut line).expect("read the log") > 0,
+            "server exited before listening: {startup_log}"
+        );
+        startup_log.push_str(&line);
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && v["message"] == "agv-server listening"
+        {
+            break v["port"].as_u64().expect("port") as u16;
+        }
+    };
+    ServerProcess {
+        child,
+        port,
+        startup_log,
+        log,
+    }
+}

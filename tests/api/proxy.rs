@@ -220,7 +220,7 @@ async fn a_streaming_client_that_asks_for_usage_receives_it() {
 #[tokio::test]
 async fn embeddings_and_models_pass_through() {
     let setup = ProxySetup::new(Backend::Sqlite).unwrap();
-    let (app, _upstream, _tenant, key, admin) = setup.start().await;
+    let (app, upstream, _tenant, key, admin) = setup.start().await;
     let res = app
         .post_json(
             "/v1/embeddings",
@@ -239,6 +239,10 @@ async fn embeddings_and_models_pass_through() {
         res.json::<serde_json::Value>().await.unwrap()["object"],
         "list"
     );
+    // The model list is cached: a second request does not reach the upstream.
+    let hits = upstream.hits();
+    assert_eq!(app.get_with_key("/v1/models", &key).await.status(), 200);
+    assert_eq!(upstream.hits(), hits, "the model list came from the cache");
     let status: serde_json::Value = app
         .get_with_key("/v1/status", &key)
         .await
@@ -247,6 +251,12 @@ async fn embeddings_and_models_pass_through() {
         .unwrap();
     assert_eq!(status["calls_last_hour"], 1);
     assert_eq!(status["protected"], true);
+    assert!(
+        status["enforcement_latency_p95_ms"]
+            .as_f64()
+            .is_some_and(|ms| ms > 0.0),
+        "{status}"
+    );
     let metrics = app.get("/metrics").await.text().await.unwrap();
     for name in [
         "agv_calls_total{",
@@ -487,5 +497,47 @@ async fn in_flight_requests_finish_during_a_graceful_shutdown() {
     // And it was recorded before the server went away.
     let app = crate::helpers::TestApp::start(home).await;
     assert_eq!(app.call(&admin, &id).await["status"], 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn long_bodies_are_stored_truncated_and_marked_with_the_hash_of_the_whole() {
+    let setup = ProxySetup::new(Backend::Sqlite).unwrap();
+    let url = setup.upstream.url();
+    let (home, upstream, key, admin) = (setup.home, setup.upstream, setup.key, setup.admin);
+    let app = crate::helpers::TestApp::start_with(home, |s| {
+        s.upstream_url = url;
+        s.max_stored_body_bytes = 1024;
+    })
+    .await;
+    let body = chat_body(&"long ".repeat(2000));
+    let raw = serde_json::to_vec(&body).unwrap();
+    let res = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(raw.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let call = app.call(&admin, &call_id(&res)).await;
+    assert_eq!(call["request_truncated"], true);
+    assert!(call["request_body"].as_str().unwrap().len() <= 1024);
+    assert_eq!(
+        call["request_sha256"],
+        agv_server::proxy::sha256_hex(&raw),
+        "the hash covers the whole body"
+    );
+    assert_eq!(
+        call["response_truncated"], true,
+        "the echoed reply is long too"
+    );
+    assert_eq!(
+        upstream.requests()[0].body_len,
+        raw.len(),
+        "the upstream got the whole body"
+    );
     app.stop().await;
 }

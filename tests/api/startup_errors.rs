@@ -1,9 +1,8 @@
 //! Bad starts: each gets a clear message and a non-zero exit, never a panic, and nothing
 //! stored is changed.
 
-use crate::helpers::{Backend, DataHome, cli_command, stderr};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use crate::helpers::{Backend, DataHome, cli_command, spawn_server_process, stderr};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn assert_fails_clearly(cmd: &mut Command, expected: &[&str]) {
@@ -163,48 +162,15 @@ fn http_get(port: u16, path: &str) -> String {
     out
 }
 
-/// Starts the real binary, waits until it logs its port; returns the child, the port, the
-/// log lines up to then, and the rest of the log.
-fn start_server(
-    data: &std::path::Path,
-) -> (
-    std::process::Child,
-    u16,
-    String,
-    BufReader<std::process::ChildStderr>,
-) {
-    let mut child = cli_command()
-        .arg("--data")
-        .arg(data)
-        .args(["--listen", "127.0.0.1:0", "serve"])
-        .env("AGV_LOG_FORMAT", "json")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut reader = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let mut before = String::new();
-    let port = loop {
-        line.clear();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "server exited before listening: {before}"
-        );
-        before.push_str(&line);
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-            && v["message"] == "agv-server listening"
-        {
-            break v["port"].as_u64().unwrap() as u16;
-        }
-    };
-    (child, port, before, reader)
-}
-
 #[test]
 fn sigterm_stops_the_server_gracefully_with_exit_code_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, port, _, mut log) = start_server(dir.path());
+    let crate::helpers::ServerProcess {
+        mut child,
+        port,
+        mut log,
+        ..
+    } = spawn_server_process(dir.path(), None, &[]);
     let res = http_get(port, "/health");
     assert!(
         res.starts_with("HTTP/1.1 200") && res.contains("ok"),
@@ -236,7 +202,11 @@ fn the_server_logs_its_effective_settings_and_their_sources_without_secrets() {
         "upstream_api_key = \"sk-super-secret-value\"\n",
     )
     .unwrap();
-    let (mut child, _port, startup_log, _) = start_server(dir.path());
+    let crate::helpers::ServerProcess {
+        mut child,
+        startup_log,
+        ..
+    } = spawn_server_process(dir.path(), None, &[]);
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait().unwrap();
     let setting = |name: &str| -> serde_json::Value {
