@@ -51,6 +51,23 @@ pub enum Command {
     Key(KeyCommand),
     /// Apply pending database migrations and print the schema version. Safe while the server runs.
     Migrate,
+    /// Create a demo tenant with realistic calls and the incidents they raise; prints the
+    /// tenant id. Safe while the server runs. Also the benchmark fixture (1,000,000 calls
+    /// take a few minutes).
+    Demo {
+        /// How many calls to make.
+        #[arg(long, default_value_t = 10_000)]
+        calls: u64,
+        /// Spread the calls over this many days before now.
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        /// The same seed gives the same calls.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Print {"tenant_id","admin_key","calls","incidents"} as JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the version.
     Version,
 }
@@ -193,12 +210,111 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Tenant(cmd) => tenant(&open_store(&settings)?, cmd),
+        Command::Demo {
+            calls,
+            days,
+            seed,
+            json,
+        } => demo(&open_store(&settings)?, calls, days, seed, json),
         Command::Key(cmd) => key(&open_store(&settings)?, cmd),
     }
 }
 
+/// Calls per transaction while making demo data.
+const DEMO_BATCH: usize = 5_000;
+
+fn demo(store: &DynStore, calls: u64, days: u32, seed: u64, json: bool) -> Result<(), CliError> {
+    use crate::incidents::demo::CallStream;
+    use std::io::IsTerminal;
+    if calls > 100_000_000 {
+        return Err(CliError::usage("--calls may be at most 100000000"));
+    }
+    if days == 0 || days > 3650 {
+        return Err(CliError::usage("--days must be between 1 and 3650"));
+    }
+    let now = Timestamp::now();
+    let tenant = Tenant {
+        id: TenantId::generate(),
+        name: TenantName::parse("Demo").map_err(|e| CliError::failed(e.0))?,
+        created_at: now,
+    };
+    store.create_tenant(&tenant)?;
+    store.mark_demo_tenant(&tenant.id, now)?;
+    let mut keys = Vec::new();
+    for name in ["support-bot", "search", "batch-jobs"] {
+        let (row, _secret) = NewApiKey::generate(tenant.id.clone(), name, Scope::Proxy, None)
+            .map_err(|e| CliError::failed(e.0))?;
+        store.create_api_key(&row)?;
+        keys.push(row.id);
+    }
+    let (admin, admin_secret) =
+        NewApiKey::generate(tenant.id.clone(), "demo-admin", Scope::Admin, None)
+            .map_err(|e| CliError::failed(e.0))?;
+    store.create_api_key(&admin)?;
+    eprintln!(
+        "created demo tenant {} with 3 proxy keys and admin key {}; making {calls} calls over {days} days",
+        tenant.id, admin.id
+    );
+    let span = i64::from(days) * 86_400_000;
+    let mut stream = CallStream::new(tenant.id.clone(), keys, calls, now, span, seed).peekable();
+    let tty = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let (mut done, mut incidents, mut last_tenth) = (0u64, std::collections::HashSet::new(), 0);
+    while stream.peek().is_some() {
+        let batch: Vec<_> = stream.by_ref().take(DEMO_BATCH).collect();
+        store.insert_calls(&batch)?;
+        let signals: Vec<_> = batch
+            .iter()
+            .flat_map(crate::domain::incident::signals_from_call)
+            .map(|mut s| {
+                s.demo = true;
+                s
+            })
+            .collect();
+        for a in store.apply_signals(&signals)? {
+            incidents.insert(a.incident_id);
+        }
+        done += batch.len() as u64;
+        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
+        if tty {
+            eprint!(
+                "\r{done}/{calls} calls ({:.0}%), {} incidents, {rate:.0} calls/s   ",
+                done as f64 * 100.0 / calls as f64,
+                incidents.len()
+            );
+        } else if done * 10 / calls.max(1) > last_tenth || done == calls {
+            last_tenth = done * 10 / calls.max(1);
+            eprintln!(
+                "{done}/{calls} calls, {} incidents, {rate:.0} calls/s",
+                incidents.len()
+            );
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    eprintln!("indexing the calls for text search…");
+    let indexed = store.index_pending_calls()?;
+    eprintln!("indexed {indexed} calls");
+    store.checkpoint()?;
+    eprintln!(
+        "done in {:.1} s: {done} calls, {} incidents. Admin key (shown only now): use it with /v1/calls and /v1/incidents",
+        started.elapsed().as_secs_f64(),
+        incidents.len()
+    );
+    if json {
+        print_json(&serde_json::json!({
+            "tenant_id": tenant.id, "admin_key": admin_secret.expose(), "calls": done, "incidents": incidents.len(),
+        }));
+    } else {
+        println!("{}", tenant.id);
+    }
+    Ok(())
+}
+
 fn serve(settings: Settings) -> Result<(), CliError> {
-    crate::telemetry::init_logging(settings.log_format, &settings.log_level);
+    // Flushes the log writer when `serve` returns, before the process exits.
+    let _log_writer = crate::telemetry::init_logging(settings.log_format, &settings.log_level);
     let system = actix_web::rt::System::new();
     system.block_on(async move {
         let app = Application::build(settings).await?;

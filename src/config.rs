@@ -7,6 +7,7 @@
 //! config.toml are rejected by name. Secrets may also come from `*_FILE` variables.
 //! This module does no network I/O and never prints a secret.
 
+use crate::domain::alert::HostAllowlist;
 use crate::domain::time::parse_duration;
 use crate::domain::upstream_url::UpstreamAllowlist;
 use crate::guard::pricing::{ModelPrice, Pricing};
@@ -196,6 +197,69 @@ pub const FIELDS: &[Field] = &[
         default: Some("30s"),
         help: "how long in-flight requests may take to finish at shutdown",
     },
+    Field {
+        key: "alert_webhook_allowed_hosts",
+        env: "AGV_ALERT_WEBHOOK_ALLOWED_HOSTS",
+        secret: false,
+        default: Some(""),
+        help: "comma-separated hosts alert webhooks may reach although they resolve to internal addresses",
+    },
+    Field {
+        key: "operator_alert_webhook_url",
+        env: "AGV_OPERATOR_ALERT_WEBHOOK_URL",
+        secret: true,
+        default: None,
+        help: "webhook (generic, HMAC-signed) receiving system alerts; unset: no system alerts",
+    },
+    Field {
+        key: "operator_alert_webhook_secret",
+        env: "AGV_OPERATOR_ALERT_WEBHOOK_SECRET",
+        secret: true,
+        default: None,
+        help: "HMAC secret signing system alerts (x-agv-signature)",
+    },
+    Field {
+        key: "system_alert_interval",
+        env: "AGV_SYSTEM_ALERT_INTERVAL",
+        secret: false,
+        default: Some("60s"),
+        help: "how often the system-alert checks run",
+    },
+    Field {
+        key: "system_alert_disk_percent",
+        env: "AGV_SYSTEM_ALERT_DISK_PERCENT",
+        secret: false,
+        default: Some("80"),
+        help: "alert when the data dir's filesystem is fuller than this (percent)",
+    },
+    Field {
+        key: "system_alert_queue_stuck",
+        env: "AGV_SYSTEM_ALERT_QUEUE_STUCK",
+        secret: false,
+        default: Some("10m"),
+        help: "alert when the oldest due job has waited longer than this",
+    },
+    Field {
+        key: "llm_base_url",
+        env: "AGV_LLM_BASE_URL",
+        secret: false,
+        default: None,
+        help: "OpenAI-compatible API for incident narratives; unset: none are written",
+    },
+    Field {
+        key: "llm_api_key",
+        env: "AGV_LLM_API_KEY",
+        secret: true,
+        default: None,
+        help: "API key for llm_base_url",
+    },
+    Field {
+        key: "llm_model",
+        env: "AGV_LLM_MODEL",
+        secret: false,
+        default: Some("gpt-4o-mini"),
+        help: "model writing incident narratives",
+    },
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,6 +297,18 @@ pub struct Settings {
     pub job_workers: usize,
     pub housekeeping_cron: String,
     pub shutdown_timeout: std::time::Duration,
+    /// Hosts alert webhooks may reach although they resolve to internal addresses.
+    pub alert_webhook_allowed_hosts: HostAllowlist,
+    /// The operator's webhook for system alerts, and its signing secret.
+    pub operator_alert_webhook_url: Option<String>,
+    pub operator_alert_webhook_secret: Option<String>,
+    pub system_alert_interval: std::time::Duration,
+    pub system_alert_disk_percent: f64,
+    pub system_alert_queue_stuck: std::time::Duration,
+    /// An OpenAI-compatible API writing incident narratives; `None`: none are written.
+    pub llm_base_url: Option<String>,
+    pub llm_api_key: Option<String>,
+    pub llm_model: String,
     /// Where each setting came from, by config key (plus `data`).
     pub sources: BTreeMap<&'static str, Source>,
 }
@@ -421,6 +497,40 @@ impl Settings {
             .map(str::trim)
             .filter(|v| !v.is_empty())
             .map(str::to_owned);
+        let alert_webhook_allowed_hosts =
+            HostAllowlist::parse(get("alert_webhook_allowed_hosts").unwrap_or_default())
+                .map_err(|e| bad("alert_webhook_allowed_hosts", &e))?;
+        let operator_alert_webhook_url = optional("operator_alert_webhook_url");
+        if let Some(u) = &operator_alert_webhook_url {
+            crate::domain::alert::parse_webhook_url(u)
+                .map_err(|e| bad("operator_alert_webhook_url", &e))?;
+        }
+        let operator_alert_webhook_secret = optional("operator_alert_webhook_secret");
+        let system_alert_interval = duration("system_alert_interval", "60s")?;
+        let system_alert_disk_percent = get("system_alert_disk_percent")
+            .unwrap_or("80")
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|p| (0.0..=100.0).contains(p))
+            .ok_or_else(|| {
+                bad(
+                    "system_alert_disk_percent",
+                    "expected a number from 0 to 100",
+                )
+            })?;
+        let system_alert_queue_stuck = duration("system_alert_queue_stuck", "10m")?;
+        let llm_base_url = optional("llm_base_url").map(|u| u.trim_end_matches('/').to_owned());
+        if let Some(u) = &llm_base_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(bad(
+                "llm_base_url",
+                "expected an http:// or https:// URL, e.g. https://api.openai.com/v1",
+            ));
+        }
+        let llm_api_key = optional("llm_api_key");
+        let llm_model = optional("llm_model").unwrap_or_else(|| "gpt-4o-mini".to_owned());
         let upstream_api_key = get("upstream_api_key")
             .map(str::trim)
             .filter(|v| !v.is_empty())
@@ -452,6 +562,15 @@ impl Settings {
                 .map_err(|_| bad("job_workers", "too large"))?,
             housekeeping_cron,
             shutdown_timeout,
+            alert_webhook_allowed_hosts,
+            operator_alert_webhook_url,
+            operator_alert_webhook_secret,
+            system_alert_interval,
+            system_alert_disk_percent,
+            system_alert_queue_stuck,
+            llm_base_url,
+            llm_api_key,
+            llm_model,
             sources,
         })
     }
@@ -587,6 +706,45 @@ impl Settings {
                 format!("{}s", self.shutdown_timeout.as_secs()),
                 src("shutdown_timeout"),
             ),
+            (
+                "alert_webhook_allowed_hosts",
+                self.alert_webhook_allowed_hosts.to_string(),
+                src("alert_webhook_allowed_hosts"),
+            ),
+            (
+                "operator_alert_webhook_url",
+                secret(&self.operator_alert_webhook_url),
+                src("operator_alert_webhook_url"),
+            ),
+            (
+                "operator_alert_webhook_secret",
+                secret(&self.operator_alert_webhook_secret),
+                src("operator_alert_webhook_secret"),
+            ),
+            (
+                "system_alert_interval",
+                format!("{}s", self.system_alert_interval.as_secs()),
+                src("system_alert_interval"),
+            ),
+            (
+                "system_alert_disk_percent",
+                self.system_alert_disk_percent.to_string(),
+                src("system_alert_disk_percent"),
+            ),
+            (
+                "system_alert_queue_stuck",
+                format!("{}s", self.system_alert_queue_stuck.as_secs()),
+                src("system_alert_queue_stuck"),
+            ),
+            (
+                "llm_base_url",
+                self.llm_base_url
+                    .clone()
+                    .unwrap_or_else(|| "(not set: no AI-written narratives)".into()),
+                src("llm_base_url"),
+            ),
+            ("llm_api_key", secret(&self.llm_api_key), src("llm_api_key")),
+            ("llm_model", self.llm_model.clone(), src("llm_model")),
         ]
     }
 

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod guard;
+pub mod incidents;
 pub mod jobs;
 pub mod proxy;
 pub mod startup;

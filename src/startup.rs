@@ -8,13 +8,18 @@
 use crate::api::auth::KeyCache;
 use crate::api::error::{json_error_handler, path_error_handler, query_error_handler};
 use crate::api::middleware::{AddressRateLimiter, limit_unauthenticated, observe};
-use crate::api::{health, openai, v1};
+use crate::api::{alerts as alert_api, health, incidents, openai, v1};
 use crate::config::Settings;
 use crate::domain::Timestamp;
+use crate::domain::alert::SystemThresholds;
 use crate::domain::secret_box::MasterKey;
 use crate::domain::upstream_url::UpstreamAllowlist;
 use crate::domain::{PolicyConfig, TenantId};
 use crate::guard::Guard;
+use crate::incidents::alerts::{
+    ALERT_DELIVERY, Alerts, OperatorRoute, SystemProbe, spawn_system_checks,
+};
+use crate::incidents::summary_llm::{INCIDENT_SUMMARY, Narrator};
 use crate::jobs::scheduler::{HOUSEKEEPING, ScheduleEntry, SchedulerHandle, start_scheduler};
 use crate::jobs::{Handlers, Queue, QueueLimits, spawn_workers};
 use crate::proxy::Proxy;
@@ -46,6 +51,8 @@ pub struct AppState {
     pub master_key: MasterKey,
     /// The last change-feed entry this process has applied (see `spawn_change_feed`).
     pub change_seq: AtomicI64,
+    /// Schedules alert deliveries (test alerts from the API too).
+    pub alerts: Arc<Alerts>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +66,8 @@ pub struct Application {
     shutdown: watch::Sender<bool>,
     background: Vec<tokio::task::JoinHandle<()>>,
     scheduler: Option<SchedulerHandle>,
-    recorder_task: Option<tokio::task::JoinHandle<()>>,
+    recorder_done: Option<crate::proxy::recorder::RecorderDone>,
+    incidents_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Creates the data dir if needed and proves it is writable.
@@ -144,12 +152,45 @@ impl Application {
             },
         )
         .map_err(StartupError)?;
-        let (recorder, recorder_task) = Recorder::start(store.clone());
+        let (recorder, recorder_done) = Recorder::start(store.clone())
+            .map_err(|e| StartupError(format!("could not start the call recorder thread: {e}")))?;
+        let alerts = Arc::new(Alerts::new(
+            store.clone(),
+            queue.downgrade(),
+            master_key.clone(),
+            settings.alert_webhook_allowed_hosts.clone(),
+            settings
+                .operator_alert_webhook_url
+                .clone()
+                .map(|url| OperatorRoute {
+                    url,
+                    secret: settings.operator_alert_webhook_secret.clone(),
+                }),
+        ));
+        let narrator = match &settings.llm_base_url {
+            Some(url) => Some(Arc::new(
+                Narrator::new(
+                    store.clone(),
+                    queue.downgrade(),
+                    url,
+                    settings.llm_api_key.as_deref(),
+                    &settings.llm_model,
+                )
+                .map_err(StartupError)?,
+            )),
+            None => None,
+        };
+        let mut listeners: Vec<Arc<dyn crate::incidents::Listener>> = vec![alerts.clone()];
+        if let Some(n) = &narrator {
+            listeners.push(n.clone());
+        }
+        let (incidents, incidents_task) = crate::incidents::Engine::start(store.clone(), listeners);
         let proxy = Arc::new(Proxy::new(
             guard.clone(),
             upstream,
             recorder,
             store.clone(),
+            incidents,
             settings.max_stored_body_bytes,
         ));
         load_enforcement_state(&guard, &store).await?;
@@ -176,19 +217,40 @@ impl Application {
             started_at: Instant::now(),
             master_key,
             change_seq: AtomicI64::new(change_seq),
+            alerts: alerts.clone(),
         });
 
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let background = vec![
+        let mut background = vec![
             spawn_change_feed(state.clone(), shutdown_rx.clone()),
             spawn_key_maintenance(keys, shutdown_rx.clone()),
             spawn_workers(
                 queue.clone(),
-                job_handlers(store.clone()),
+                job_handlers(store.clone(), alerts.clone(), narrator),
                 settings.job_workers,
-                shutdown_rx,
+                shutdown_rx.clone(),
             ),
         ];
+        if settings.operator_alert_webhook_url.is_some() {
+            let probe = SystemProbe {
+                store: store.clone(),
+                queue: queue.downgrade(),
+                health: state.proxy.health.clone(),
+                data_dir: settings.data_dir.clone(),
+                thresholds: SystemThresholds {
+                    disk_percent: settings.system_alert_disk_percent,
+                    queue_stuck_ms: i64::try_from(settings.system_alert_queue_stuck.as_millis())
+                        .unwrap_or(i64::MAX),
+                    ..SystemThresholds::default()
+                },
+            };
+            background.push(spawn_system_checks(
+                alerts,
+                probe,
+                settings.system_alert_interval,
+                shutdown_rx,
+            ));
+        }
         let scheduler = start_scheduler(
             queue,
             vec![ScheduleEntry {
@@ -214,7 +276,8 @@ impl Application {
             shutdown,
             background,
             scheduler: Some(scheduler),
-            recorder_task: Some(recorder_task),
+            recorder_done: Some(recorder_done),
+            incidents_task: Some(incidents_task),
         })
     }
 
@@ -247,10 +310,16 @@ impl Application {
         if let Err(e) = self.state.keys.flush_last_used().await {
             tracing::warn!(error = %e, "could not save key last-used times at shutdown");
         }
-        // Every request has finished, so every record has been committed; the writer ends
-        // once the last handle on it is gone.
+        // Signals of the last calls reach their incidents before the engine stops.
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), self.state.proxy.incidents.flush()).await;
+        // Every request has finished, so every record has been committed; the writer and
+        // the engine end once the last handle on them is gone.
         drop(self.state);
-        if let Some(task) = self.recorder_task.take() {
+        if let Some(done) = self.recorder_done.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), done.wait()).await;
+        }
+        if let Some(task) = self.incidents_task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
         tracing::info!("agv-server stopped");
@@ -294,6 +363,22 @@ fn http_server(state: web::Data<AppState>, listener: TcpListener) -> Result<Serv
             .service(v1::delete_upstream)
             .service(v1::get_call)
             .service(v1::list_calls)
+            .service(incidents::call_timeline)
+            // `stats` before `{id}`, which would otherwise take it.
+            .service(incidents::stats)
+            .service(incidents::list)
+            .service(incidents::get)
+            .service(incidents::incident_timeline)
+            .service(incidents::ack)
+            .service(incidents::resolve)
+            .service(incidents::note)
+            .service(incidents::assign)
+            .service(incidents::severity)
+            .service(incidents::simulate)
+            .service(alert_api::list_routes)
+            .service(alert_api::create_route)
+            .service(alert_api::delete_route)
+            .service(alert_api::test_route)
             .default_service(web::to(crate::web::serve))
     })
     .listen(listener)
@@ -582,8 +667,12 @@ async fn set_policy_and_seed(
 }
 
 /// The handlers of the jobs this layer knows; later layers register theirs here too.
-fn job_handlers(store: DynStore) -> Handlers {
+fn job_handlers(store: DynStore, alerts: Arc<Alerts>, narrator: Option<Arc<Narrator>>) -> Handlers {
     let mut handlers = Handlers::new();
+    handlers.register(ALERT_DELIVERY, move |job| alerts.clone().deliver(job));
+    if let Some(n) = narrator {
+        handlers.register(INCIDENT_SUMMARY, move |job| n.clone().write(job));
+    }
     handlers.register(HOUSEKEEPING, move |_job| {
         let store = store.clone();
         async move {

@@ -9,13 +9,23 @@ use std::sync::OnceLock;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global tracing subscriber. Calling it again is harmless (tests).
-pub fn init_logging(format: LogFormat, level: &str) {
+///
+/// Lines are formatted on the thread that logs and written to stderr by a background
+/// thread, so a request never waits on a `write` to a slow terminal, pipe or log file.
+/// Nothing is dropped when that thread falls behind (the buffer is not lossy). Keep the
+/// returned guard alive until the process is done: dropping it flushes what is queued.
+#[must_use = "dropping the guard stops the log writer; hold it until exit"]
+pub fn init_logging(format: LogFormat, level: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_new(level)
         .or_else(|_| EnvFilter::try_new("info"))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("agv-log-writer")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Json => builder
             .json()
@@ -24,6 +34,7 @@ pub fn init_logging(format: LogFormat, level: &str) {
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    guard
 }
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();

@@ -198,6 +198,27 @@ impl From<StoreError> for ApiError {
 
 /// Maps actix's own extractor failures (bad JSON, bad query, body too large) to our shape,
 /// so malformed input gets a clear 4xx and never a bare text or a 500.
+/// Maps a store error to the API's, naming what was not found: `no incident inc_…`. Use
+/// it where an id comes from the path, so another tenant's id reads as simply absent.
+pub fn missing<'a>(what: &'a str, id: &'a str) -> impl Fn(StoreError) -> ApiError + 'a {
+    move |e| match e {
+        StoreError::NotFound => ApiError::not_found(format!("no {what} {id}")),
+        other => other.into(),
+    }
+}
+
+/// An optional JSON request body: empty (or only whitespace) is `None`, malformed is a
+/// 400 that says why — never silently ignored, so a broken body cannot let an action go
+/// ahead with defaults.
+pub fn optional_json<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<Option<T>, ApiError> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(raw)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid request body: {e}")))
+}
+
 pub fn json_error_handler(
     err: actix_web::error::JsonPayloadError,
     _req: &actix_web::HttpRequest,

@@ -3,9 +3,11 @@
 //! No SQL and no business rules live here. Errors leave through [`error::ApiError`],
 //! the one place that maps failures to status codes and OpenAI-shaped bodies.
 
+pub mod alerts;
 pub mod auth;
 pub mod error;
 pub mod health;
+pub mod incidents;
 pub mod middleware;
 pub mod openai;
 pub mod v1;

@@ -2,10 +2,12 @@
 //! tenant's own upstream, call records, and the protection summary. Unknown `/v1` paths get a JSON 404 in `web.rs`.
 
 use super::auth::{AdminKey, ProxyKey};
-use super::error::ApiError;
+use super::error::{ApiError, missing, optional_json};
 use crate::domain::{
-    CallCursor, CallFilter, CallId, FreezeAction, KeyId, PolicyConfig, TenantId, Timestamp,
+    CallCursor, CallFilter, CallId, CallSearch, FreezeAction, KeyId, PolicyConfig, SearchQuery,
+    TenantId, Timestamp,
     freeze::parse_reason,
+    search::{merge_filter, narrower},
 };
 use crate::proxy::killswitch;
 use crate::proxy::upstream::UpstreamTarget;
@@ -44,17 +46,6 @@ fn target_tenant(caller: &TenantId, named: Option<&str>) -> Result<TenantId, Api
     }
 }
 
-/// The optional JSON body of a kill-switch call: empty is fine, malformed is a 400 (never
-/// silently ignored — an unfreeze with a broken body must not go ahead).
-fn freeze_body(raw: &[u8]) -> Result<Option<FreezeBody>, ApiError> {
-    if raw.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
-    }
-    serde_json::from_slice(raw)
-        .map(Some)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid request body: {e}")))
-}
-
 fn reason_of(body: &Option<FreezeBody>, action: FreezeAction) -> Result<String, ApiError> {
     match (body.as_ref().and_then(|b| b.reason.as_deref()), action) {
         (Some(r), _) => parse_reason(r).map_err(|e| ApiError::bad_request("invalid_reason", e.0)),
@@ -72,23 +63,14 @@ async fn tenant_switch(
     raw: web::Bytes,
     action: FreezeAction,
 ) -> Result<HttpResponse, ApiError> {
-    let body = freeze_body(&raw)?;
+    let body = optional_json::<FreezeBody>(&raw)?;
     let tenant = target_tenant(
         &caller.0.tenant_id,
         body.as_ref().and_then(|b| b.tenant_id.as_deref()),
     )?;
     let reason = reason_of(&body, action)?;
     let actor = format!("key:{}", caller.0.key_id);
-    let event = killswitch::set(
-        &state.proxy.guard,
-        &state.store,
-        &tenant,
-        None,
-        action,
-        &actor,
-        &reason,
-    )
-    .await?;
+    let event = killswitch::set(&state.proxy, &tenant, None, action, &actor, &reason).await?;
     Ok(HttpResponse::Ok().json(
         json!({"tenant_id": tenant, "frozen": action == FreezeAction::Freeze, "event": event}),
     ))
@@ -100,7 +82,7 @@ async fn key_switch(
     raw: web::Bytes,
     action: FreezeAction,
 ) -> Result<HttpResponse, ApiError> {
-    let body = freeze_body(&raw)?;
+    let body = optional_json::<FreezeBody>(&raw)?;
     let tenant = target_tenant(
         &caller.0.tenant_id,
         body.as_ref().and_then(|b| b.tenant_id.as_deref()),
@@ -130,8 +112,7 @@ async fn key_switch(
         })?;
     let actor = format!("key:{}", caller.0.key_id);
     let event = killswitch::set(
-        &state.proxy.guard,
-        &state.store,
+        &state.proxy,
         &tenant,
         Some(&key_id),
         action,
@@ -250,25 +231,29 @@ pub async fn put_policies(
     Ok(HttpResponse::Ok().json(json!({"tenant_id": caller.tenant_id, "overrides": overrides})))
 }
 
+/// One call of the caller's tenant. A malformed id cannot exist, in this tenant or any
+/// other, and another tenant's call is not this caller's: both are 404.
+pub(crate) async fn load_call(
+    state: &AppState,
+    caller: &super::auth::Caller,
+    raw_id: &str,
+) -> Result<crate::domain::CallRecord, ApiError> {
+    let not_found = || ApiError::not_found(format!("no call {raw_id}"));
+    let id = CallId::parse(raw_id).map_err(|_| not_found())?;
+    let store = state.store.clone();
+    let tenant = caller.tenant_id.clone();
+    run_blocking(move || store.get_call(Some(&tenant), &id))
+        .await
+        .map_err(missing("call", raw_id))
+}
+
 #[get("/v1/calls/{id}")]
 pub async fn get_call(
     state: web::Data<AppState>,
     AdminKey(caller): AdminKey,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    // A malformed id cannot exist, in this tenant or any other: not found.
-    let id = CallId::parse(&path)
-        .map_err(|_| ApiError::not_found(format!("no call {}", path.as_str())))?;
-    let store = state.store.clone();
-    let tenant = caller.tenant_id.clone();
-    let call = run_blocking(move || store.get_call(Some(&tenant), &id))
-        .await
-        .map_err(|e| match e {
-            crate::store::StoreError::NotFound => {
-                ApiError::not_found(format!("no call {}", path.as_str()))
-            }
-            other => other.into(),
-        })?;
+    let call = load_call(&state, &caller, &path).await?;
     Ok(HttpResponse::Ok().json(call))
 }
 
@@ -285,10 +270,12 @@ pub struct CallQuery {
     blocked: Option<bool>,
     cursor: Option<String>,
     limit: Option<u32>,
+    /// A search in the query syntax of `domain::search`, combined with the fields above.
+    q: Option<String>,
 }
 
 /// A time given as RFC 3339, as milliseconds since the epoch, or as an age (`24h`).
-fn parse_time(field: &str, s: &str) -> Result<Timestamp, ApiError> {
+pub(crate) fn parse_time(field: &str, s: &str) -> Result<Timestamp, ApiError> {
     if let Ok(ms) = s.parse::<i64>() {
         return Ok(Timestamp::from_millis(ms));
     }
@@ -343,10 +330,17 @@ pub async fn list_calls(
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_cursor", e.0))?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let search =
+        q.q.as_deref()
+            .map(|text| call_search(text, filter.clone()))
+            .transpose()?;
     let store = state.store.clone();
     let tenant = caller.tenant_id.clone();
-    let calls =
-        run_blocking(move || store.list_calls(&tenant, &filter, cursor.as_ref(), limit)).await?;
+    let calls = run_blocking(move || match &search {
+        Some(search) => store.search_calls(&tenant, search, cursor.as_ref(), limit),
+        None => store.list_calls(&tenant, &filter, cursor.as_ref(), limit),
+    })
+    .await?;
     let next_cursor = (calls.len() == limit as usize)
         .then(|| {
             calls.last().map(|c| {
@@ -360,6 +354,33 @@ pub async fn list_calls(
         .flatten();
     Ok(HttpResponse::Ok()
         .json(json!({"object": "list", "data": calls, "next_cursor": next_cursor})))
+}
+
+/// The search `q` of `GET /v1/calls`, narrowed further by the request's separate filter
+/// parameters. A filter given both ways with different values is refused rather than
+/// silently picking one; times keep the narrower bound.
+fn call_search(q: &str, params: CallFilter) -> Result<CallSearch, ApiError> {
+    let bad = |msg: String| ApiError::bad_request("invalid_query", format!("invalid q: {msg}"));
+    let mut search = SearchQuery::parse(q, Timestamp::now())
+        .and_then(|parsed| parsed.to_call_search())
+        .map_err(|e| bad(e.0))?;
+    let f = &mut search.filter;
+    let merged = (|| {
+        merge_filter("user", &mut f.end_user, params.end_user)?;
+        merge_filter("session", &mut f.session_id, params.session_id)?;
+        merge_filter("key", &mut f.key_id, params.key_id)?;
+        merge_filter("model", &mut f.model, params.model)?;
+        merge_filter("blocked", &mut f.blocked, params.blocked)
+    })();
+    merged.map_err(|e| bad(e.0))?;
+    if search.status_range.is_some() && params.status.is_some() {
+        return Err(bad(
+            "'status' is given both as a parameter and as a class in q: give it once".to_owned(),
+        ));
+    }
+    merge_filter("status", &mut f.status, params.status).map_err(|e| bad(e.0))?;
+    (f.since, f.until) = narrower((f.since, f.until), (params.since, params.until));
+    Ok(search)
 }
 
 /// The protection summary: calls monitored in the last hour, blocked in the last 24 h,

@@ -85,6 +85,9 @@ prefixed_id!(UserId, "usr_", "user");
 prefixed_id!(SessionId, "ses_", "session");
 prefixed_id!(CallId, "call_", "call");
 prefixed_id!(FreezeId, "frz_", "freeze");
+prefixed_id!(IncidentId, "inc_", "incident");
+prefixed_id!(IncidentEventId, "iev_", "incident event");
+prefixed_id!(AlertRouteId, "alr_", "alert route");
 
 #[cfg(test)]
 mod tests {

@@ -3,13 +3,16 @@
 //! Nothing in here performs I/O. Every value that comes from a user is parsed into a
 //! type with a private field (`parse`/`TryFrom`), so the rest of the code can trust it.
 
+pub mod alert;
 pub mod call;
 pub mod decision;
 pub mod freeze;
 pub mod ids;
+pub mod incident;
 pub mod keys;
 pub mod money;
 pub mod policy;
+pub mod search;
 pub mod secret_box;
 pub mod tenant;
 pub mod time;
@@ -19,10 +22,14 @@ pub mod user;
 pub use call::{CallCursor, CallFilter, CallRecord};
 pub use decision::{Decision, Outcome};
 pub use freeze::{FreezeAction, FreezeEvent};
-pub use ids::{CallId, FreezeId, KeyId, SessionId, TenantId, UserId};
+pub use ids::{
+    AlertRouteId, CallId, FreezeId, IncidentEventId, IncidentId, KeyId, SessionId, TenantId, UserId,
+};
+pub use incident::{Incident, IncidentStatus, Severity, Signal};
 pub use keys::{ApiKeyRecord, KeyHash, KeySecret, NewApiKey, Scope};
 pub use money::Money;
 pub use policy::PolicyConfig;
+pub use search::{CallSearch, SearchQuery};
 pub use tenant::{Tenant, TenantName};
 pub use time::Timestamp;
 pub use user::{Email, NewSession, NewUser, PasswordHash, Role, Session, User};

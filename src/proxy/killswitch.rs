@@ -7,8 +7,7 @@ use crate::guard::Guard;
 use crate::store::{DynStore, StoreResult, run_blocking};
 
 pub async fn set(
-    guard: &Guard,
-    store: &DynStore,
+    proxy: &super::Proxy,
     tenant: &TenantId,
     key: Option<&KeyId>,
     action: FreezeAction,
@@ -24,12 +23,16 @@ pub async fn set(
         reason: reason.to_owned(),
         at: Timestamp::now(),
     };
-    let store = store.clone();
+    let store = proxy.store.clone();
     let to_store = event.clone();
     run_blocking(move || store.record_freeze_event(&to_store)).await?;
-    guard.killswitch().apply(&event);
+    proxy.guard.killswitch().apply(&event);
     tracing::warn!(tenant = %tenant, key = ?key, action = action.as_str(), actor, reason, "kill switch changed");
     metrics::counter!("agv_killswitch_changes_total", "action" => action.as_str()).increment(1);
+    // Noted on the tenant's open incidents, in the background.
+    proxy
+        .incidents
+        .send(crate::incidents::Input::Freeze(event.clone()));
     Ok(event)
 }
 

@@ -14,6 +14,7 @@ pub mod upstream;
 
 use crate::api::error::{ApiError, ErrorKind};
 use crate::domain::call::endpoint;
+use crate::domain::decision::policy;
 use crate::domain::{CallId, CallRecord, Decision, TenantId, Timestamp};
 use crate::guard::{
     AfterCall, CallResult, Endpoint as GuardEndpoint, Guard, RequestFacts, StopKind, Verdict,
@@ -43,10 +44,14 @@ pub struct Proxy {
     tenant_upstreams: RwLock<HashMap<TenantId, Arc<Upstream>>>,
     pub recorder: Recorder,
     pub store: DynStore,
+    /// Takes the signals of what went wrong; never waited for.
+    pub incidents: crate::incidents::Engine,
     /// Bodies longer than this are stored truncated (the hash covers the whole body).
     pub max_stored_body: usize,
     models_cache: Mutex<Option<(Instant, Bytes)>>,
     enforcement: LatencyWindow,
+    /// Calls, upstream errors and latency of the last minutes, for the system alerts.
+    pub health: Arc<crate::incidents::alerts::CallHealth>,
 }
 
 /// Who made the call and what they attached to it.
@@ -104,6 +109,7 @@ impl Proxy {
         upstream: Upstream,
         recorder: Recorder,
         store: DynStore,
+        incidents: crate::incidents::Engine,
         max_stored_body: usize,
     ) -> Self {
         Self {
@@ -112,9 +118,11 @@ impl Proxy {
             tenant_upstreams: RwLock::new(HashMap::new()),
             recorder,
             store,
+            incidents,
             max_stored_body,
             models_cache: Mutex::new(None),
             enforcement: LatencyWindow::default(),
+            health: Arc::default(),
         }
     }
 
@@ -433,19 +441,55 @@ impl Proxy {
     ) -> Outcome {
         rec.latency_us = micros(received.elapsed());
         self.count_call(&rec);
+        // Derived before the record moves to the writer; sent only once it is committed,
+        // so an incident never points at a call that is not stored.
+        let signals = crate::domain::incident::signals_from_call(&rec);
+        let cost = rec
+            .cost
+            .filter(|_| !rec.blocked)
+            .map(|cost| crate::incidents::Input::Cost {
+                tenant_id: rec.tenant_id.clone(),
+                key_id: rec.key_id.clone(),
+                call_id: rec.id.clone(),
+                end_user: rec.end_user.clone(),
+                cost,
+                at: rec.created_at,
+            });
         match self.recorder.record(rec).await {
-            Ok(()) => answer,
+            Ok(()) => {
+                for s in signals {
+                    self.incidents.signal(s);
+                }
+                if let Some(c) = cost {
+                    self.incidents.send(c);
+                }
+                answer
+            }
             Err(e) => Outcome::Error(record_failed(&e)),
         }
     }
 
     /// Acts on what the guard noticed after a call: a failure spike freezes the tenant.
     pub(crate) async fn after_call(&self, tenant: &TenantId, after: AfterCall) {
+        use crate::domain::incident::{Signal, Subject, rule};
+        let tenant_signal = |rule: &str, detail: String| Signal {
+            tenant_id: tenant.clone(),
+            rule: rule.to_owned(),
+            subject: Subject::Tenant,
+            at: Timestamp::now(),
+            call_id: None,
+            end_user: None,
+            cost: None,
+            detail,
+            demo: false,
+        };
         if let Some(spike) = after.spike {
             let reason = format!("dg-004 failure spike: {}", spike.reason());
+            // The incident first, so the freeze below is noted on it.
+            self.incidents
+                .signal(tenant_signal(policy::FAILURE_SPIKE, reason.clone()));
             if let Err(e) = killswitch::set(
-                &self.guard,
-                &self.store,
+                self,
                 tenant,
                 None,
                 crate::domain::FreezeAction::Freeze,
@@ -461,6 +505,16 @@ impl Proxy {
             tracing::warn!(tenant = %tenant, period = soft.period.as_str(), spent = %soft.spent, limit = %soft.limit, "budget soft threshold crossed");
             metrics::counter!("agv_budget_soft_threshold_total", "period" => soft.period.as_str())
                 .increment(1);
+            self.incidents.signal(tenant_signal(
+                rule::BUDGET_SOFT,
+                format!(
+                    "the {} budget passed its soft threshold of {}%: ${:.6} spent of ${:.2}",
+                    soft.period.as_str(),
+                    (soft.ratio * 100.0 * 1e6).round() / 1e6,
+                    soft.spent.usd(),
+                    soft.limit.usd()
+                ),
+            ));
         }
     }
 
@@ -515,6 +569,8 @@ impl Proxy {
     }
 
     pub(crate) fn count_call(&self, rec: &CallRecord) {
+        self.health
+            .record(rec.created_at.millis(), rec.status, rec.latency_us);
         let decision = rec.blocked_by.clone().unwrap_or_else(|| "pass".into());
         metrics::counter!(
             "agv_calls_total",

@@ -78,8 +78,39 @@ pub struct UpstreamResponse {
     pub started: Instant,
 }
 
+/// One pooled client per thread that sends through it.
+///
+/// Each actix worker runs its own single-threaded runtime, and a pooled connection lives as
+/// a task on the runtime that opened it. A client shared by every worker would hand a
+/// request made on one worker to a connection task on another — a cross-thread wake-up on
+/// the way out and another on the way back, for every call. With a client per thread the
+/// connection, the request and the response stay on one thread.
+struct Clients {
+    connect_timeout: Duration,
+    /// Built at start to surface a configuration error there; the stand-in if a thread's
+    /// own client cannot be built.
+    first: reqwest::Client,
+    per_thread: thread_local::ThreadLocal<reqwest::Client>,
+}
+
+impl Clients {
+    fn build(connect_timeout: Duration) -> reqwest::Result<reqwest::Client> {
+        reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .tcp_nodelay(true)
+            .build()
+    }
+
+    fn get(&self) -> &reqwest::Client {
+        self.per_thread
+            .get_or(|| Self::build(self.connect_timeout).unwrap_or_else(|_| self.first.clone()))
+    }
+}
+
 pub struct Upstream {
-    client: reqwest::Client,
+    clients: std::sync::Arc<Clients>,
     settings: UpstreamSettings,
     primary: UpstreamTarget,
     fallback: Option<UpstreamTarget>,
@@ -96,15 +127,14 @@ impl Upstream {
         fallback: Option<UpstreamTarget>,
         settings: UpstreamSettings,
     ) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(settings.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .tcp_nodelay(true)
-            .build()
+        let first = Clients::build(settings.connect_timeout)
             .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?;
         Ok(Self {
-            client,
+            clients: std::sync::Arc::new(Clients {
+                connect_timeout: settings.connect_timeout,
+                first,
+                per_thread: thread_local::ThreadLocal::new(),
+            }),
             settings,
             primary,
             fallback,
@@ -112,10 +142,10 @@ impl Upstream {
     }
 
     /// An upstream for another target (a tenant's own) that shares this one's pooled
-    /// client and settings, without a fallback.
+    /// clients and settings, without a fallback.
     pub fn sibling(&self, primary: UpstreamTarget) -> Self {
         Self {
-            client: self.client.clone(),
+            clients: self.clients.clone(),
             settings: self.settings.clone(),
             primary,
             fallback: None,
@@ -158,7 +188,8 @@ impl Upstream {
                 return Err((last_err, attempts - 1));
             }
             let mut req = self
-                .client
+                .clients
+                .get()
                 .post(format!("{}{path}", target.base_url))
                 .header("content-type", "application/json")
                 .body(body.clone());
@@ -207,7 +238,10 @@ impl Upstream {
 
     /// GETs `path` once (used for the model list).
     pub async fn get(&self, path: &str) -> Result<reqwest::Response, UpstreamError> {
-        let mut req = self.client.get(format!("{}{path}", self.primary.base_url));
+        let mut req = self
+            .clients
+            .get()
+            .get(format!("{}{path}", self.primary.base_url));
         if let Some(key) = &self.primary.api_key {
             req = req.bearer_auth(key);
         }

@@ -47,6 +47,26 @@ pub const SQLITE: &[Migration] = &[
         name: "tenant_upstreams",
         sql: include_str!("../../migrations/sqlite/0003_tenant_upstreams.sql"),
     },
+    Migration {
+        version: 4,
+        name: "partial_call_indexes",
+        sql: include_str!("../../migrations/sqlite/0004_partial_call_indexes.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "incidents",
+        sql: include_str!("../../migrations/sqlite/0005_incidents.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "call_search",
+        sql: include_str!("../../migrations/sqlite/0006_call_search.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "alerts",
+        sql: include_str!("../../migrations/sqlite/0007_alerts.sql"),
+    },
 ];
 
 /// Postgres migrations, oldest first; the same versions and meaning as [`SQLITE`].
@@ -65,6 +85,26 @@ pub const POSTGRES: &[Migration] = &[
         version: 3,
         name: "tenant_upstreams",
         sql: include_str!("../../migrations/postgres/0003_tenant_upstreams.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "partial_call_indexes",
+        sql: include_str!("../../migrations/postgres/0004_partial_call_indexes.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "incidents",
+        sql: include_str!("../../migrations/postgres/0005_incidents.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "call_search",
+        sql: include_str!("../../migrations/postgres/0006_call_search.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "alerts",
+        sql: include_str!("../../migrations/postgres/0007_alerts.sql"),
     },
 ];
 

@@ -6,16 +6,28 @@
 //! and postgres are blocking clients): async code calls them through [`run_blocking`].
 //! This module must not know about HTTP.
 
+mod alerts;
+mod incidents;
 pub mod migrate;
 pub mod postgres;
 mod rows;
+mod search_postgres;
+mod search_sql;
+mod search_sqlite;
+mod sql;
 pub mod sqlite;
 #[doc(hidden)]
 pub mod testing;
 
+use crate::domain::alert::{AlertRoute, AlertSent};
+use crate::domain::incident::{
+    Applied, Change as IncidentChange, EventKind, IncidentCursor, IncidentEvent, IncidentFilter,
+    IncidentStats, StoredSignal,
+};
 use crate::domain::{
-    ApiKeyRecord, CallCursor, CallFilter, CallId, CallRecord, Email, FreezeEvent, KeyHash, KeyId,
-    Money, NewApiKey, NewSession, NewUser, Session, Tenant, TenantId, Timestamp, User, UserId,
+    AlertRouteId, ApiKeyRecord, CallCursor, CallFilter, CallId, CallRecord, CallSearch, Email,
+    FreezeEvent, Incident, IncidentId, KeyHash, KeyId, Money, NewApiKey, NewSession, NewUser,
+    Session, Signal, Tenant, TenantId, Timestamp, User, UserId,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -177,6 +189,101 @@ pub trait Store: Send + Sync + 'static {
     fn delete_tenant_upstream(&self, tenant: &TenantId) -> StoreResult<bool>;
     /// Every tenant's upstream, for loading the proxy at start.
     fn list_tenant_upstreams(&self) -> StoreResult<Vec<TenantUpstreamRow>>;
+
+    // Incidents (see domain::incident). Applying signals groups them under the versioned
+    // rules, in one transaction, and records opened / reopened / escalated events.
+    fn apply_signals(&self, signals: &[Signal]) -> StoreResult<Vec<Applied>>;
+    /// `tenant: None` means the instance operator; another tenant's id is NotFound.
+    fn get_incident(&self, tenant: Option<&TenantId>, id: &IncidentId) -> StoreResult<Incident>;
+    /// Newest first (created_at desc, id desc), strictly after `after` when given.
+    fn list_incidents(
+        &self,
+        tenant: Option<&TenantId>,
+        filter: &IncidentFilter,
+        after: Option<&IncidentCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<Incident>>;
+    /// Oldest first.
+    fn incident_signals(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &IncidentId,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredSignal>>;
+    /// Oldest first, in insertion order within a millisecond.
+    fn incident_events(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &IncidentId,
+    ) -> StoreResult<Vec<IncidentEvent>>;
+    /// A person's change; an invalid status change is Conflict (409).
+    fn change_incident(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &IncidentId,
+        change: &IncidentChange,
+        actor: &str,
+        at: Timestamp,
+    ) -> StoreResult<(Incident, IncidentEvent)>;
+    /// A system event: a kill-switch action or an alert sent.
+    #[allow(clippy::too_many_arguments)]
+    fn add_incident_event(
+        &self,
+        tenant: &TenantId,
+        id: &IncidentId,
+        kind: EventKind,
+        actor: &str,
+        after: Option<serde_json::Value>,
+        note: Option<&str>,
+        at: Timestamp,
+    ) -> StoreResult<IncidentEvent>;
+    /// The tenant's open and acknowledged incidents, newest first.
+    fn unresolved_incidents(&self, tenant: &TenantId, limit: u32) -> StoreResult<Vec<Incident>>;
+    fn incident_stats(&self, tenant: &TenantId) -> StoreResult<IncidentStats>;
+    /// Marks a tenant as a demo tenant (idempotent); an unknown tenant is NotFound.
+    fn mark_demo_tenant(&self, tenant: &TenantId, at: Timestamp) -> StoreResult<()>;
+    fn is_demo_tenant(&self, tenant: &TenantId) -> StoreResult<bool>;
+    /// Folds the write-ahead log back into the database and truncates it (SQLite, after
+    /// bulk work such as `agv-server demo`); nothing to do on Postgres.
+    fn checkpoint(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    // Search over recorded calls (see `domain::search`). The text of calls is indexed in
+    // the background, off the recorder's hot path: a call is found by its text within
+    // about half a second of being recorded (by its filters at once).
+    /// The tenant's calls matching every filter, word and phrase of `search`, newest first
+    /// (`created_at` desc, then id desc), strictly after `after` when given.
+    fn search_calls(
+        &self,
+        tenant: &TenantId,
+        search: &CallSearch,
+        after: Option<&CallCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<CallRecord>>;
+    /// Indexes every call recorded so far for text search, now, instead of waiting for the
+    /// background indexer; returns how many calls were indexed.
+    fn index_pending_calls(&self) -> StoreResult<u64>;
+
+    // Alert routes (see domain::alert). Another tenant's route is NotFound; an unknown
+    // tenant is NotFound on create.
+    fn create_alert_route(&self, route: &AlertRoute) -> StoreResult<()>;
+    /// Oldest first.
+    fn list_alert_routes(&self, tenant: &TenantId) -> StoreResult<Vec<AlertRoute>>;
+    fn get_alert_route(&self, tenant: &TenantId, id: &AlertRouteId) -> StoreResult<AlertRoute>;
+    /// Returns whether there was such a route.
+    fn delete_alert_route(&self, tenant: &TenantId, id: &AlertRouteId) -> StoreResult<bool>;
+    /// Logs an alert that reached its receiver and, for an incident alert, adds the
+    /// incident's `alert_sent` event (route, reason and attempt in `after`), in one
+    /// transaction. An incident of another tenant is NotFound and nothing is written.
+    fn record_alert_sent(&self, sent: &AlertSent) -> StoreResult<()>;
+    /// When the route last alerted about the incident, if ever.
+    fn last_alert_sent(
+        &self,
+        tenant: &TenantId,
+        route: &AlertRouteId,
+        incident: &IncidentId,
+    ) -> StoreResult<Option<Timestamp>>;
 }
 
 /// A tenant's own upstream as stored: the base URL and the encrypted provider key.

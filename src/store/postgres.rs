@@ -7,6 +7,8 @@
 //! numbers become visible in order and a reader polling `changes_since` never skips one.
 //! This module translates between SQL and domain types; it must not contain policy.
 
+use super::alerts;
+use super::incidents::{self, EventSeq};
 use super::rows::{
     ACTIVE_FREEZES_SQL, CALL_COLUMNS, CallParams, CallRow, FREEZE_COLUMNS, FreezeRow, KEY_COLUMNS,
     KeyRow, MAX_PAGE, Param, SESSION_COLUMNS, SessionRow, TENANT_COLUMNS, TOPIC_API_KEY,
@@ -14,13 +16,20 @@ use super::rows::{
     UserRow, duplicate_call, explain_conflict, insert_call_sql, latest_uses, list_calls_query,
     policy_overrides, upstream_row,
 };
+use super::sql::postgres::PgDb;
 use super::{
     Backend, CallCounts, Change, DynStore, PoolStats, Store, StoreError, StoreResult,
     TenantUpstreamRow, migrate, redact_url,
 };
+use crate::domain::AlertRouteId;
+use crate::domain::alert::{AlertRoute, AlertSent};
+use crate::domain::incident::{
+    Applied, EventKind, IncidentCursor, IncidentEvent, IncidentFilter, IncidentStats, StoredSignal,
+};
 use crate::domain::{
-    ApiKeyRecord, CallCursor, CallFilter, CallId, CallRecord, Email, FreezeEvent, KeyHash, KeyId,
-    Money, NewApiKey, NewSession, NewUser, Session, Tenant, TenantId, Timestamp, User, UserId,
+    ApiKeyRecord, CallCursor, CallFilter, CallId, CallRecord, CallSearch, Email, FreezeEvent,
+    Incident, IncidentId, KeyHash, KeyId, Money, NewApiKey, NewSession, NewUser, Session, Signal,
+    Tenant, TenantId, Timestamp, User, UserId,
 };
 use postgres::config::Host;
 use postgres::error::SqlState;
@@ -31,7 +40,7 @@ use r2d2_postgres::PostgresConnectionManager;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-type Manager = PostgresConnectionManager<NoTls>;
+pub(super) type Manager = PostgresConnectionManager<NoTls>;
 
 const POOL_SIZE: u32 = 10;
 /// Fail fast when the server is unreachable instead of r2d2's default 30 s.
@@ -49,6 +58,8 @@ pub struct PostgresStore {
     /// Always `Some` until dropped; an `Option` only so that `Drop` can move it out.
     pool: Option<Pool<Manager>>,
     target: String,
+    /// Stops the background search indexer when the store is dropped.
+    stop_indexer: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -61,6 +72,8 @@ impl std::fmt::Debug for PostgresStore {
 
 impl Drop for PostgresStore {
     fn drop(&mut self) {
+        self.stop_indexer
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         // Closing a sync client blocks on its private runtime, which panics on an async
         // worker thread. When dropped there, close the connections on a plain thread.
         if let Some(pool) = self.pool.take()
@@ -157,9 +170,12 @@ impl PostgresStore {
             .connection_timeout(CONNECT_TIMEOUT)
             .build(PostgresConnectionManager::new(config, NoTls))
             .map_err(|e| unreachable(e.to_string()))?;
+        let stop_indexer = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        super::search_postgres::spawn_indexer(pool.clone(), stop_indexer.clone());
         Ok(Self {
             pool: Some(pool),
             target,
+            stop_indexer,
         })
     }
 
@@ -245,7 +261,7 @@ fn session_row(r: &Row) -> SessionRow {
     }
 }
 
-fn call_row(r: &Row) -> CallRow {
+pub(super) fn call_row(r: &Row) -> CallRow {
     CallRow {
         id: r.get(0),
         tenant_id: r.get(1),
@@ -300,12 +316,14 @@ fn placeholder(n: usize) -> String {
 static INSERT_CALL: LazyLock<String> = LazyLock::new(|| insert_call_sql(placeholder));
 
 /// A parameter as the client binds it: each variant matches its column's Postgres type.
-fn pg_param<'b>(p: &'b Param<'_>) -> &'b (dyn ToSql + Sync) {
+pub(super) fn pg_param<'b>(p: &'b Param<'_>) -> &'b (dyn ToSql + Sync) {
     match p {
         Param::Text(s) => s,
         Param::BigInt(i) => i,
         Param::Int(i) => i,
         Param::Bool(b) => b,
+        Param::OptText(s) => s,
+        Param::OptBigInt(i) => i,
     }
 }
 
@@ -935,6 +953,194 @@ impl Store for PostgresStore {
             .iter()
             .map(|r| upstream_row(r.get(0), r.get(1), r.get(2), r.get(3)))
             .collect()
+    }
+
+    fn apply_signals(&self, signals: &[Signal]) -> StoreResult<Vec<Applied>> {
+        if signals.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        // One grouping writer at a time across every instance sharing this database.
+        tx.execute("SELECT pg_advisory_xact_lock(7152010)", &[])
+            .map_err(db_err)?;
+        let mut db = PgDb(&mut tx);
+        let out = incidents::apply_signals(&mut db, &EventSeq::Identity, signals)?;
+        tx.commit().map_err(db_err)?;
+        Ok(out)
+    }
+
+    fn get_incident(&self, tenant: Option<&TenantId>, id: &IncidentId) -> StoreResult<Incident> {
+        let mut conn = self.conn()?;
+        let mut db = PgDb(&mut *conn);
+        incidents::get(&mut db, tenant, id)
+    }
+
+    fn list_incidents(
+        &self,
+        tenant: Option<&TenantId>,
+        filter: &IncidentFilter,
+        after: Option<&IncidentCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<Incident>> {
+        let mut conn = self.conn()?;
+        let mut db = PgDb(&mut *conn);
+        incidents::list(&mut db, tenant, filter, after, limit)
+    }
+
+    fn incident_signals(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &IncidentId,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredSignal>> {
+        let mut conn = self.conn()?;
+        let mut db = PgDb(&mut *conn);
+        incidents::get(&mut db, tenant, id)?;
+        incidents::signals(&mut db, id, limit)
+    }
+
+    fn incident_events(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &IncidentId,
+    ) -> StoreResult<Vec<IncidentEvent>> {
+        let mut conn = self.conn()?;
+        let mut db = PgDb(&mut *conn);
+        incidents::get(&mut db, tenant, id)?;
+        incidents::events(&mut db, id)
+    }
+
+    fn change_incident(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &IncidentId,
+        change: &crate::domain::incident::Change,
+        actor: &str,
+        at: Timestamp,
+    ) -> StoreResult<(Incident, IncidentEvent)> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        // One grouping writer at a time across every instance sharing this database.
+        tx.execute("SELECT pg_advisory_xact_lock(7152010)", &[])
+            .map_err(db_err)?;
+        let mut db = PgDb(&mut tx);
+        let out = incidents::change(&mut db, &EventSeq::Identity, tenant, id, change, actor, at)?;
+        tx.commit().map_err(db_err)?;
+        Ok(out)
+    }
+
+    fn add_incident_event(
+        &self,
+        tenant: &TenantId,
+        id: &IncidentId,
+        kind: EventKind,
+        actor: &str,
+        after: Option<serde_json::Value>,
+        note: Option<&str>,
+        at: Timestamp,
+    ) -> StoreResult<IncidentEvent> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        // One grouping writer at a time across every instance sharing this database.
+        tx.execute("SELECT pg_advisory_xact_lock(7152010)", &[])
+            .map_err(db_err)?;
+        let mut db = PgDb(&mut tx);
+        let out = incidents::add_event(
+            &mut db,
+            &EventSeq::Identity,
+            tenant,
+            id,
+            kind,
+            actor,
+            after,
+            note,
+            at,
+        )?;
+        tx.commit().map_err(db_err)?;
+        Ok(out)
+    }
+
+    fn unresolved_incidents(&self, tenant: &TenantId, limit: u32) -> StoreResult<Vec<Incident>> {
+        let mut conn = self.conn()?;
+        let mut db = PgDb(&mut *conn);
+        incidents::unresolved(&mut db, tenant, limit)
+    }
+
+    fn incident_stats(&self, tenant: &TenantId) -> StoreResult<IncidentStats> {
+        let mut conn = self.conn()?;
+        let mut db = PgDb(&mut *conn);
+        incidents::stats(&mut db, tenant)
+    }
+
+    fn mark_demo_tenant(&self, tenant: &TenantId, at: Timestamp) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        let mut db = PgDb(&mut tx);
+        incidents::mark_demo_tenant(&mut db, tenant, at)?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn is_demo_tenant(&self, tenant: &TenantId) -> StoreResult<bool> {
+        let mut conn = self.conn()?;
+        let mut db = PgDb(&mut *conn);
+        incidents::is_demo_tenant(&mut db, tenant)
+    }
+
+    fn search_calls(
+        &self,
+        tenant: &TenantId,
+        search: &CallSearch,
+        after: Option<&CallCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<CallRecord>> {
+        super::search_postgres::search_calls(&mut *self.conn()?, tenant, search, after, limit)
+    }
+
+    fn index_pending_calls(&self) -> StoreResult<u64> {
+        super::search_postgres::index_pending(&mut *self.conn()?)
+    }
+
+    fn create_alert_route(&self, route: &AlertRoute) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        alerts::create_route(&mut PgDb(&mut tx), route)?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn list_alert_routes(&self, tenant: &TenantId) -> StoreResult<Vec<AlertRoute>> {
+        let mut conn = self.conn()?;
+        alerts::list_routes(&mut PgDb(&mut *conn), tenant)
+    }
+
+    fn get_alert_route(&self, tenant: &TenantId, id: &AlertRouteId) -> StoreResult<AlertRoute> {
+        let mut conn = self.conn()?;
+        alerts::get_route(&mut PgDb(&mut *conn), tenant, id)
+    }
+
+    fn delete_alert_route(&self, tenant: &TenantId, id: &AlertRouteId) -> StoreResult<bool> {
+        let mut conn = self.conn()?;
+        alerts::delete_route(&mut PgDb(&mut *conn), tenant, id)
+    }
+
+    fn record_alert_sent(&self, sent: &AlertSent) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        // Incident events are numbered by one writer at a time (see add_incident_event).
+        tx.execute("SELECT pg_advisory_xact_lock(7152010)", &[])
+            .map_err(db_err)?;
+        alerts::record_sent(&mut PgDb(&mut tx), &EventSeq::Identity, sent)?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn last_alert_sent(
+        &self,
+        tenant: &TenantId,
+        route: &AlertRouteId,
+        incident: &IncidentId,
+    ) -> StoreResult<Option<Timestamp>> {
+        let mut conn = self.conn()?;
+        alerts::last_sent(&mut PgDb(&mut *conn), tenant, route, incident)
     }
 }
 

@@ -341,6 +341,9 @@ pub(super) enum Param<'a> {
     BigInt(i64),
     Int(i32),
     Bool(bool),
+    /// NULL when `None` (typed, because Postgres checks a NULL's type too).
+    OptText(Option<&'a str>),
+    OptBigInt(Option<i64>),
 }
 
 /// The SQL and parameters of one `list_calls` page. Only the filters that are set become

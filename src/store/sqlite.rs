@@ -6,6 +6,8 @@
 //! All methods block: async code calls them through [`super::run_blocking`].
 //! This module translates between SQL and domain types; it must not contain policy.
 
+use super::alerts;
+use super::incidents::{self, EventSeq};
 use super::rows::{
     ACTIVE_FREEZES_SQL, CALL_COLUMNS, CallParams, CallRow, FREEZE_COLUMNS, FreezeRow, KEY_COLUMNS,
     KeyRow, MAX_PAGE, Param, SESSION_COLUMNS, SessionRow, TENANT_COLUMNS, TOPIC_API_KEY,
@@ -13,13 +15,20 @@ use super::rows::{
     UserRow, duplicate_call, explain_conflict, insert_call_sql, latest_uses, list_calls_query,
     policy_overrides, upstream_row,
 };
+use super::sql::sqlite::SqliteDb;
 use super::{
     Backend, CallCounts, Change, DynStore, PoolStats, Store, StoreError, StoreResult,
     TenantUpstreamRow, migrate,
 };
+use crate::domain::AlertRouteId;
+use crate::domain::alert::{AlertRoute, AlertSent};
+use crate::domain::incident::{
+    Applied, EventKind, IncidentCursor, IncidentEvent, IncidentFilter, IncidentStats, StoredSignal,
+};
 use crate::domain::{
-    ApiKeyRecord, CallCursor, CallFilter, CallId, CallRecord, Email, FreezeEvent, KeyHash, KeyId,
-    Money, NewApiKey, NewSession, NewUser, Session, Tenant, TenantId, Timestamp, User, UserId,
+    ApiKeyRecord, CallCursor, CallFilter, CallId, CallRecord, CallSearch, Email, FreezeEvent,
+    Incident, IncidentId, KeyHash, KeyId, Money, NewApiKey, NewSession, NewUser, Session, Signal,
+    Tenant, TenantId, Timestamp, User, UserId,
 };
 use r2d2::{Pool, PooledConnection};
 use r2d2_sqlite::SqliteConnectionManager;
@@ -46,6 +55,41 @@ pub struct SqliteStore {
     pool: Pool<SqliteConnectionManager>,
     path: PathBuf,
     stop_checkpointer: Arc<std::sync::atomic::AtomicBool>,
+    writer: WriterLock,
+}
+
+/// Serialises this process's writers before SQLite does. SQLite lets one writer in at a
+/// time and makes the others wait in its busy handler, which sleeps in steps of one to
+/// a hundred milliseconds; a writer waiting on this mutex instead is woken the moment the
+/// previous one commits. That matters for the call recorder, whose commit is on the
+/// proxy's hot path, whenever a background writer (the search indexer, a change from the
+/// API) holds the lock. Other processes (the CLI) still meet SQLite's own lock.
+pub(super) type WriterLock = Arc<std::sync::Mutex<()>>;
+
+pub(super) fn lock_writer(lock: &std::sync::Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
+    // The mutex guards no data: a panic while it was held leaves nothing inconsistent.
+    lock.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A write transaction holding this process's writer lock; commit or drop (roll back).
+pub(super) struct WriteTx<'c> {
+    // Dropped first: the transaction ends before the lock is released.
+    tx: Transaction<'c>,
+    _writer: std::sync::MutexGuard<'c, ()>,
+}
+
+impl<'c> std::ops::Deref for WriteTx<'c> {
+    type Target = Transaction<'c>;
+    fn deref(&self) -> &Transaction<'c> {
+        &self.tx
+    }
+}
+
+impl WriteTx<'_> {
+    pub(super) fn commit(self) -> rusqlite::Result<()> {
+        self.tx.commit()
+    }
 }
 
 impl Drop for SqliteStore {
@@ -64,7 +108,7 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 /// Settings every connection gets, before it is used for anything else.
-fn init_connection(conn: &mut Connection) -> rusqlite::Result<()> {
+pub(super) fn init_connection(conn: &mut Connection) -> rusqlite::Result<()> {
     // The busy timeout first, so that switching to WAL waits for another process too.
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
@@ -87,8 +131,27 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
 /// Copies committed WAL pages into the database file in the background with PASSIVE
 /// checkpoints, which never block writers or readers; stops when the store is dropped.
+/// Lowers the calling thread's scheduling priority (nice 10), for background database
+/// work — WAL checkpoints, search indexing — that must not take a core from the request
+/// threads when the machine is busy. Linux gives each thread its own nice value.
+pub(super) fn background_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no preconditions; setpriority only reads its arguments and
+        // changes the calling thread's nice value.
+        let result =
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+        if result != 0 {
+            tracing::debug!(
+                "could not lower a background thread's priority; it runs at normal priority"
+            );
+        }
+    }
+}
+
 fn spawn_checkpointer(path: PathBuf, stop: Arc<std::sync::atomic::AtomicBool>) {
     let spawned = std::thread::Builder::new().name("agv-sqlite-checkpoint".into()).spawn(move || {
+        background_priority();
         let conn = match Connection::open(&path).and_then(|c| c.busy_timeout(BUSY_TIMEOUT).map(|()| c)) {
             Ok(c) => c,
             Err(e) => {
@@ -143,15 +206,25 @@ impl SqliteStore {
         let pool = Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(1))
+            // A file connection does not go stale the way a network one does; testing it on
+            // every checkout would cost a query per store call.
+            .test_on_check_out(false)
             .connection_timeout(Duration::from_secs(5))
             .build(manager)
             .map_err(|e| cannot_open(&e))?;
         let stop_checkpointer = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = WriterLock::default();
         spawn_checkpointer(path.to_owned(), stop_checkpointer.clone());
+        super::search_sqlite::spawn_indexer(
+            path.to_owned(),
+            stop_checkpointer.clone(),
+            writer.clone(),
+        );
         Ok(Self {
             pool,
             path: path.to_owned(),
             stop_checkpointer,
+            writer,
         })
     }
 
@@ -203,9 +276,18 @@ pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {
     }
 }
 
-fn write_tx(conn: &mut Connection) -> StoreResult<Transaction<'_>> {
-    conn.transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(db_err)
+pub(super) fn begin_write<'c>(
+    lock: &'c std::sync::Mutex<()>,
+    conn: &'c mut Connection,
+) -> StoreResult<WriteTx<'c>> {
+    let writer = lock_writer(lock);
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    Ok(WriteTx {
+        tx,
+        _writer: writer,
+    })
 }
 
 fn key_row(r: &Row<'_>) -> rusqlite::Result<KeyRow> {
@@ -251,7 +333,7 @@ fn session_row(r: &Row<'_>) -> rusqlite::Result<SessionRow> {
     })
 }
 
-fn call_row(r: &Row<'_>) -> rusqlite::Result<CallRow> {
+pub(super) fn call_row(r: &Row<'_>) -> rusqlite::Result<CallRow> {
     Ok(CallRow {
         id: r.get(0)?,
         tenant_id: r.get(1)?,
@@ -312,6 +394,9 @@ impl ToSql for Param<'_> {
             Param::BigInt(i) => ToSqlOutput::Owned(Value::Integer(i)),
             Param::Int(i) => ToSqlOutput::Owned(Value::Integer(i64::from(i))),
             Param::Bool(b) => ToSqlOutput::Owned(Value::Integer(i64::from(b))),
+            Param::OptText(Some(s)) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Param::OptBigInt(Some(i)) => ToSqlOutput::Owned(Value::Integer(i)),
+            Param::OptText(None) | Param::OptBigInt(None) => ToSqlOutput::Owned(Value::Null),
         })
     }
 }
@@ -453,7 +538,7 @@ impl Store for SqliteStore {
 
     fn create_api_key(&self, key: &NewApiKey) -> StoreResult<ApiKeyRecord> {
         let mut conn = self.conn()?;
-        let tx = write_tx(&mut conn)?;
+        let tx = begin_write(&self.writer, &mut conn)?;
         tx.execute(
             "INSERT INTO api_keys (id, tenant_id, name, scope, key_hash, prefix, created_at, expires_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -513,7 +598,7 @@ impl Store for SqliteStore {
         at: Timestamp,
     ) -> StoreResult<ApiKeyRecord> {
         let mut conn = self.conn()?;
-        let tx = write_tx(&mut conn)?;
+        let tx = begin_write(&self.writer, &mut conn)?;
         let before = scoped_key(&tx, tenant, id)?;
         if before.revoked_at.is_some() {
             // Already revoked: keep the first revocation time, record nothing new.
@@ -537,7 +622,7 @@ impl Store for SqliteStore {
         expires_at: Option<Timestamp>,
     ) -> StoreResult<ApiKeyRecord> {
         let mut conn = self.conn()?;
-        let tx = write_tx(&mut conn)?;
+        let tx = begin_write(&self.writer, &mut conn)?;
         let changed = tx
             .execute(
                 "UPDATE api_keys SET expires_at = ?3 WHERE id = ?1 AND (?2 IS NULL OR tenant_id = ?2)",
@@ -559,7 +644,7 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let mut conn = self.conn()?;
-        let tx = write_tx(&mut conn)?;
+        let tx = begin_write(&self.writer, &mut conn)?;
         {
             let mut stmt = tx
                 .prepare(
@@ -715,7 +800,7 @@ impl Store for SqliteStore {
             .map(CallParams::new)
             .collect::<StoreResult<Vec<_>>>()?;
         let mut conn = self.conn()?;
-        let tx = write_tx(&mut conn)?;
+        let tx = begin_write(&self.writer, &mut conn)?;
         {
             let mut stmt = tx.prepare_cached(&INSERT_CALL).map_err(db_err)?;
             for (call, row) in calls.iter().zip(&rows) {
@@ -785,7 +870,7 @@ impl Store for SqliteStore {
 
     fn record_freeze_event(&self, event: &FreezeEvent) -> StoreResult<()> {
         let mut conn = self.conn()?;
-        let tx = write_tx(&mut conn)?;
+        let tx = begin_write(&self.writer, &mut conn)?;
         // The write lock is held, so MAX(seq) + 1 is this event's place in insertion order.
         tx.execute(
             "INSERT INTO freeze_events (id, seq, tenant_id, key_id, action, actor, reason, at)
@@ -850,7 +935,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<()> {
         let json = overrides.to_string();
         let mut conn = self.conn()?;
-        let tx = write_tx(&mut conn)?;
+        let tx = begin_write(&self.writer, &mut conn)?;
         tx.execute(
             "INSERT INTO tenant_policies (tenant_id, overrides, updated_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (tenant_id) DO UPDATE SET overrides = excluded.overrides, updated_at = excluded.updated_at",
@@ -896,7 +981,7 @@ impl Store for SqliteStore {
 
     fn put_tenant_upstream(&self, row: &TenantUpstreamRow) -> StoreResult<()> {
         let mut conn = self.conn()?;
-        let tx = write_tx(&mut conn)?;
+        let tx = begin_write(&self.writer, &mut conn)?;
         tx.execute(
             "INSERT INTO tenant_upstreams (tenant_id, base_url, api_key_ciphertext, updated_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (tenant_id) DO UPDATE SET base_url = excluded.base_url,
@@ -915,7 +1000,7 @@ impl Store for SqliteStore {
 
     fn delete_tenant_upstream(&self, tenant: &TenantId) -> StoreResult<bool> {
         let mut conn = self.conn()?;
-        let tx = write_tx(&mut conn)?;
+        let tx = begin_write(&self.writer, &mut conn)?;
         let removed = tx
             .execute(
                 "DELETE FROM tenant_upstreams WHERE tenant_id = ?1",
@@ -942,6 +1027,200 @@ impl Store for SqliteStore {
             upstream_row(&t, u, k, at)
         })
         .collect()
+    }
+
+    fn apply_signals(&self, signals: &[Signal]) -> StoreResult<Vec<Applied>> {
+        if signals.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn()?;
+        let tx = begin_write(&self.writer, &mut conn)?;
+        let mut db = SqliteDb(&tx);
+        let out = incidents::apply_signals(&mut db, &EventSeq::MaxPlusOne, signals)?;
+        tx.commit().map_err(db_err)?;
+        Ok(out)
+    }
+
+    fn get_incident(&self, tenant: Option<&TenantId>, id: &IncidentId) -> StoreResult<Incident> {
+        let conn = self.conn()?;
+        let mut db = SqliteDb(&conn);
+        incidents::get(&mut db, tenant, id)
+    }
+
+    fn list_incidents(
+        &self,
+        tenant: Option<&TenantId>,
+        filter: &IncidentFilter,
+        after: Option<&IncidentCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<Incident>> {
+        let conn = self.conn()?;
+        let mut db = SqliteDb(&conn);
+        incidents::list(&mut db, tenant, filter, after, limit)
+    }
+
+    fn incident_signals(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &IncidentId,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredSignal>> {
+        let conn = self.conn()?;
+        let mut db = SqliteDb(&conn);
+        incidents::get(&mut db, tenant, id)?;
+        incidents::signals(&mut db, id, limit)
+    }
+
+    fn incident_events(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &IncidentId,
+    ) -> StoreResult<Vec<IncidentEvent>> {
+        let conn = self.conn()?;
+        let mut db = SqliteDb(&conn);
+        incidents::get(&mut db, tenant, id)?;
+        incidents::events(&mut db, id)
+    }
+
+    fn change_incident(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &IncidentId,
+        change: &crate::domain::incident::Change,
+        actor: &str,
+        at: Timestamp,
+    ) -> StoreResult<(Incident, IncidentEvent)> {
+        let mut conn = self.conn()?;
+        let tx = begin_write(&self.writer, &mut conn)?;
+        let mut db = SqliteDb(&tx);
+        let out = incidents::change(
+            &mut db,
+            &EventSeq::MaxPlusOne,
+            tenant,
+            id,
+            change,
+            actor,
+            at,
+        )?;
+        tx.commit().map_err(db_err)?;
+        Ok(out)
+    }
+
+    fn add_incident_event(
+        &self,
+        tenant: &TenantId,
+        id: &IncidentId,
+        kind: EventKind,
+        actor: &str,
+        after: Option<serde_json::Value>,
+        note: Option<&str>,
+        at: Timestamp,
+    ) -> StoreResult<IncidentEvent> {
+        let mut conn = self.conn()?;
+        let tx = begin_write(&self.writer, &mut conn)?;
+        let mut db = SqliteDb(&tx);
+        let out = incidents::add_event(
+            &mut db,
+            &EventSeq::MaxPlusOne,
+            tenant,
+            id,
+            kind,
+            actor,
+            after,
+            note,
+            at,
+        )?;
+        tx.commit().map_err(db_err)?;
+        Ok(out)
+    }
+
+    fn unresolved_incidents(&self, tenant: &TenantId, limit: u32) -> StoreResult<Vec<Incident>> {
+        let conn = self.conn()?;
+        let mut db = SqliteDb(&conn);
+        incidents::unresolved(&mut db, tenant, limit)
+    }
+
+    fn incident_stats(&self, tenant: &TenantId) -> StoreResult<IncidentStats> {
+        let conn = self.conn()?;
+        let mut db = SqliteDb(&conn);
+        incidents::stats(&mut db, tenant)
+    }
+
+    fn mark_demo_tenant(&self, tenant: &TenantId, at: Timestamp) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let tx = begin_write(&self.writer, &mut conn)?;
+        let mut db = SqliteDb(&tx);
+        incidents::mark_demo_tenant(&mut db, tenant, at)?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn checkpoint(&self) -> StoreResult<()> {
+        self.conn()?
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(db_err)
+    }
+
+    fn is_demo_tenant(&self, tenant: &TenantId) -> StoreResult<bool> {
+        let conn = self.conn()?;
+        let mut db = SqliteDb(&conn);
+        incidents::is_demo_tenant(&mut db, tenant)
+    }
+
+    fn search_calls(
+        &self,
+        tenant: &TenantId,
+        search: &CallSearch,
+        after: Option<&CallCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<CallRecord>> {
+        super::search_sqlite::search_calls(&*self.conn()?, tenant, search, after, limit)
+    }
+
+    fn index_pending_calls(&self) -> StoreResult<u64> {
+        let mut conn = self.conn()?;
+        super::search_sqlite::index_pending(&mut conn, &self.writer)
+    }
+
+    fn create_alert_route(&self, route: &AlertRoute) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let tx = begin_write(&self.writer, &mut conn)?;
+        alerts::create_route(&mut SqliteDb(&tx), route)?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn list_alert_routes(&self, tenant: &TenantId) -> StoreResult<Vec<AlertRoute>> {
+        let conn = self.conn()?;
+        alerts::list_routes(&mut SqliteDb(&conn), tenant)
+    }
+
+    fn get_alert_route(&self, tenant: &TenantId, id: &AlertRouteId) -> StoreResult<AlertRoute> {
+        let conn = self.conn()?;
+        alerts::get_route(&mut SqliteDb(&conn), tenant, id)
+    }
+
+    fn delete_alert_route(&self, tenant: &TenantId, id: &AlertRouteId) -> StoreResult<bool> {
+        let mut conn = self.conn()?;
+        let tx = begin_write(&self.writer, &mut conn)?;
+        let removed = alerts::delete_route(&mut SqliteDb(&tx), tenant, id)?;
+        tx.commit().map_err(db_err)?;
+        Ok(removed)
+    }
+
+    fn record_alert_sent(&self, sent: &AlertSent) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let tx = begin_write(&self.writer, &mut conn)?;
+        alerts::record_sent(&mut SqliteDb(&tx), &EventSeq::MaxPlusOne, sent)?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn last_alert_sent(
+        &self,
+        tenant: &TenantId,
+        route: &AlertRouteId,
+        incident: &IncidentId,
+    ) -> StoreResult<Option<Timestamp>> {
+        let conn = self.conn()?;
+        alerts::last_sent(&mut SqliteDb(&conn), tenant, route, incident)
     }
 }
 

@@ -331,6 +331,33 @@ async fn a_failure_spike_freezes_the_tenant_with_the_reason_recorded() {
             .unwrap()
             .contains("dg-004")
     );
+    // The freeze is also an incident, with the freeze noted on it (the dg-004 signal goes
+    // to the engine before the freeze, so the incident exists when the note arrives).
+    app.app_state.proxy.incidents.flush().await;
+    let list: serde_json::Value = app
+        .get_with_key("/v1/incidents?policy=dg-004", &admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let incident = &list["data"][0];
+    assert_eq!(incident["severity"], "critical", "{list}");
+    assert_eq!(incident["subject"], "tenant");
+    let id = incident["id"].as_str().unwrap();
+    let detail: serde_json::Value = app
+        .get_with_key(&format!("/v1/incidents/{id}"), &admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let freeze = detail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "killswitch")
+        .unwrap_or_else(|| panic!("the automatic freeze is noted: {detail}"));
+    assert_eq!(freeze["actor"], "policy:dg-004");
+    assert_eq!(freeze["after"]["action"], "freeze");
     app.stop().await;
 }
 

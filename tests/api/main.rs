@@ -6,13 +6,16 @@
 
 mod helpers;
 
+mod alerts;
 mod auth;
 mod cli;
 mod durability;
 mod enforcement;
 mod health;
+mod incidents;
 mod proxy;
 mod sdk;
+mod search;
 mod startup_errors;
 mod upstreams;
 mod web;

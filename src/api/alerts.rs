@@ -1,0 +1,216 @@
+//! Alert routes under `/v1/alerts/routes`: list, create, delete, send a test alert. Admin
+//! keys only; everything is scoped to the key's tenant (another tenant's route is a 404).
+//! A route's URL and signing secret are sealed with the master key before they are
+//! stored; the signing secret is shown once, in the answer to the create call.
+
+use super::auth::AdminKey;
+use super::error::{ApiError, missing};
+use crate::domain::alert::{
+    self, AlertRoute, DEFAULT_GROUP_WAIT_MS, DEFAULT_REPEAT_INTERVAL_MS, MAX_GROUP_WAIT_MS,
+    MAX_REPEAT_INTERVAL_MS, MIN_REPEAT_INTERVAL_MS, Reason, RouteKind,
+};
+use crate::domain::{AlertRouteId, Severity, Timestamp};
+use crate::incidents::alerts::{Delivery, resolve_checked};
+use crate::startup::AppState;
+use crate::store::{StoreError, run_blocking};
+use actix_web::{HttpResponse, delete, get, post, web};
+use serde::Deserialize;
+use serde_json::json;
+
+const MAX_NAME: usize = 200;
+const MAX_SECRET: usize = 512;
+const MAX_ROUTES: usize = 50;
+
+fn route_id(raw: &str) -> Result<AlertRouteId, ApiError> {
+    AlertRouteId::parse(raw).map_err(|_| ApiError::not_found(format!("no alert route {raw}")))
+}
+
+#[get("/v1/alerts/routes")]
+pub async fn list_routes(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+) -> Result<HttpResponse, ApiError> {
+    let store = state.store.clone();
+    let routes = run_blocking(move || store.list_alert_routes(&caller.tenant_id)).await?;
+    Ok(HttpResponse::Ok().json(json!({"object": "list", "data": routes})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteBody {
+    name: Option<String>,
+    kind: String,
+    url: String,
+    /// Generic webhooks: the HMAC secret; omitted, one is generated and returned once.
+    secret: Option<String>,
+    min_severity: Option<String>,
+    group_wait_seconds: Option<f64>,
+    repeat_interval_seconds: Option<f64>,
+}
+
+fn millis(
+    field: &str,
+    secs: Option<f64>,
+    default: i64,
+    min: i64,
+    max: i64,
+) -> Result<i64, ApiError> {
+    let Some(s) = secs else {
+        return Ok(default);
+    };
+    let ms = (s * 1000.0).round();
+    if !ms.is_finite() || ms < min as f64 || ms > max as f64 {
+        return Err(ApiError::bad_request(
+            "invalid_route",
+            format!(
+                "{field} must be between {} and {} seconds",
+                min as f64 / 1000.0,
+                max as f64 / 1000.0
+            ),
+        ));
+    }
+    Ok(ms as i64)
+}
+
+#[post("/v1/alerts/routes")]
+pub async fn create_route(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    body: web::Json<RouteBody>,
+) -> Result<HttpResponse, ApiError> {
+    let b = body.into_inner();
+    let invalid = |m: String| ApiError::bad_request("invalid_route", m);
+    let kind = RouteKind::parse(&b.kind).map_err(|e| invalid(e.0))?;
+    let min_severity =
+        Severity::parse(b.min_severity.as_deref().unwrap_or("medium")).map_err(|e| invalid(e.0))?;
+    let group_wait_ms = millis(
+        "group_wait_seconds",
+        b.group_wait_seconds,
+        DEFAULT_GROUP_WAIT_MS,
+        0,
+        MAX_GROUP_WAIT_MS,
+    )?;
+    let repeat_interval_ms = millis(
+        "repeat_interval_seconds",
+        b.repeat_interval_seconds,
+        DEFAULT_REPEAT_INTERVAL_MS,
+        MIN_REPEAT_INTERVAL_MS,
+        MAX_REPEAT_INTERVAL_MS,
+    )?;
+    let name = b.name.unwrap_or_default().trim().to_owned();
+    if name.len() > MAX_NAME {
+        return Err(invalid(format!("name may be at most {MAX_NAME} bytes")));
+    }
+    let (url, _) = resolve_checked(&b.url, &state.settings.alert_webhook_allowed_hosts)
+        .await
+        .map_err(|e| ApiError::bad_request("invalid_webhook_url", e))?;
+    let secret = match (kind, b.secret.map(|s| s.trim().to_owned())) {
+        (RouteKind::Slack, Some(_)) => {
+            return Err(invalid(
+                "a Slack route takes no secret: Slack webhooks are not signed (the URL itself is the secret)".into(),
+            ));
+        }
+        (RouteKind::Slack, None) => None,
+        (RouteKind::Webhook, Some(s)) => {
+            if s.len() < 16 || s.len() > MAX_SECRET {
+                return Err(invalid(format!(
+                    "secret must be 16 to {MAX_SECRET} characters; omit it to have one generated"
+                )));
+            }
+            Some(s)
+        }
+        (RouteKind::Webhook, None) => {
+            let mut bytes = [0u8; 32];
+            rand::fill(&mut bytes);
+            Some(format!("whsec_{}", hex::encode(bytes)))
+        }
+    };
+    let tenant = caller.tenant_id.clone();
+    let seal = |plain: &str| {
+        state
+            .master_key
+            .seal(tenant.as_str(), plain)
+            .map_err(ApiError::internal)
+    };
+    let route = AlertRoute {
+        id: AlertRouteId::generate(),
+        tenant_id: tenant.clone(),
+        name: if name.is_empty() {
+            alert::display_target(&url)
+        } else {
+            name
+        },
+        kind,
+        target: alert::display_target(&url),
+        min_severity,
+        group_wait_ms,
+        repeat_interval_ms,
+        created_at: Timestamp::now(),
+        url_ciphertext: seal(url.as_str())?,
+        secret_ciphertext: secret.as_deref().map(seal).transpose()?,
+    };
+    let store = state.store.clone();
+    let to_store = route.clone();
+    run_blocking(move || {
+        if store.list_alert_routes(&to_store.tenant_id)?.len() >= MAX_ROUTES {
+            return Err(StoreError::Conflict(format!(
+                "a tenant may have at most {MAX_ROUTES} alert routes; delete one first"
+            )));
+        }
+        store.create_alert_route(&to_store)
+    })
+    .await?;
+    let mut out = serde_json::to_value(&route).map_err(ApiError::internal)?;
+    if let Some(s) = secret {
+        // Shown once: only its ciphertext is kept.
+        out["secret"] = json!(s);
+    }
+    Ok(HttpResponse::Created().json(out))
+}
+
+#[delete("/v1/alerts/routes/{id}")]
+pub async fn delete_route(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = route_id(&path)?;
+    let store = state.store.clone();
+    let removed = run_blocking(move || store.delete_alert_route(&caller.tenant_id, &id)).await?;
+    if !removed {
+        return Err(ApiError::not_found(format!(
+            "no alert route {}",
+            path.as_str()
+        )));
+    }
+    Ok(HttpResponse::Ok().json(json!({"id": path.as_str(), "deleted": true})))
+}
+
+/// Queues a test alert through the route; answers 202 with the delivery job's id.
+#[post("/v1/alerts/routes/{id}/test")]
+pub async fn test_route(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = route_id(&path)?;
+    let store = state.store.clone();
+    let tenant = caller.tenant_id.clone();
+    let route = run_blocking(move || store.get_alert_route(&tenant, &id))
+        .await
+        .map_err(missing("alert route", &path))?;
+    let now = Timestamp::now();
+    let delivery = Delivery {
+        route_id: route.id.to_string(),
+        tenant_id: Some(caller.tenant_id.clone()),
+        incident_id: None,
+        reason: Reason::Test,
+        scheduled_at: now.millis(),
+        system: None,
+    };
+    let alerts = state.alerts.clone();
+    let job = run_blocking(move || alerts.enqueue(&delivery, now))
+        .await
+        .map_err(|e| ApiError::service_unavailable("queue_unavailable", e))?;
+    Ok(HttpResponse::Accepted().json(json!({"job_id": job, "route_id": route.id})))
+}

@@ -1,0 +1,423 @@
+//! Incidents under `/v1/incidents` and the decision timeline of a call. Admin keys only;
+//! everything is scoped to the key's tenant (another tenant's id is a 404).
+
+use super::auth::{AdminKey, Caller};
+use super::error::{ApiError, missing, optional_json};
+use super::v1::parse_time;
+use crate::domain::incident::{Change, IncidentCursor, IncidentFilter};
+use crate::domain::{IncidentId, IncidentStatus, KeyId, Severity};
+use crate::incidents::timeline;
+use crate::startup::AppState;
+use crate::store::{StoreError, run_blocking};
+use actix_web::{HttpResponse, get, post, web};
+use serde::Deserialize;
+use serde_json::json;
+
+/// The most signals a timeline shows (the counts on the incident cover them all).
+const TIMELINE_SIGNALS: u32 = 200;
+
+fn incident_id(raw: &str) -> Result<IncidentId, ApiError> {
+    // A malformed id cannot exist, in this tenant or any other: not found.
+    IncidentId::parse(raw).map_err(|_| ApiError::not_found(format!("no incident {raw}")))
+}
+
+fn actor(caller: &Caller) -> String {
+    format!("key:{}", caller.key_id)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentQuery {
+    status: Option<String>,
+    severity: Option<String>,
+    min_severity: Option<String>,
+    policy: Option<String>,
+    user: Option<String>,
+    key: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    /// Words that must appear in the title.
+    text: Option<String>,
+    /// The query syntax: `user:cust_1 policy:prompt_injection severity:high state:open
+    /// since:24h refund` (words match the title).
+    q: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+fn bad(e: crate::domain::ParseError) -> ApiError {
+    ApiError::bad_request("invalid_query", e.0)
+}
+
+#[get("/v1/incidents")]
+pub async fn list(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    q: web::Query<IncidentQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = q.into_inner();
+    let filter = IncidentFilter {
+        status: q
+            .status
+            .as_deref()
+            .map(IncidentStatus::parse)
+            .transpose()
+            .map_err(bad)?,
+        severity: q
+            .severity
+            .as_deref()
+            .map(Severity::parse)
+            .transpose()
+            .map_err(bad)?,
+        min_severity: q
+            .min_severity
+            .as_deref()
+            .map(Severity::parse)
+            .transpose()
+            .map_err(bad)?,
+        rule: q.policy,
+        end_user: q.user,
+        key_id: q
+            .key
+            .as_deref()
+            .map(KeyId::parse)
+            .transpose()
+            .map_err(bad)?,
+        since: q
+            .since
+            .as_deref()
+            .map(|s| parse_time("since", s))
+            .transpose()?,
+        until: q
+            .until
+            .as_deref()
+            .map(|s| parse_time("until", s))
+            .transpose()?,
+        text: q
+            .text
+            .as_deref()
+            .map(|t| t.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default(),
+    };
+    let mut filter = filter;
+    if let Some(text) = q.q.as_deref() {
+        merge_query(&mut filter, text)?;
+    }
+    let cursor = q
+        .cursor
+        .as_deref()
+        .map(IncidentCursor::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_cursor", e.0))?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let store = state.store.clone();
+    let tenant = caller.tenant_id.clone();
+    let list =
+        run_blocking(move || store.list_incidents(Some(&tenant), &filter, cursor.as_ref(), limit))
+            .await?;
+    let next_cursor = (list.len() == limit as usize)
+        .then(|| {
+            list.last().map(|i| {
+                IncidentCursor {
+                    created_at: i.created_at,
+                    id: i.id.clone(),
+                }
+                .encode()
+            })
+        })
+        .flatten();
+    Ok(
+        HttpResponse::Ok()
+            .json(json!({"object": "list", "data": list, "next_cursor": next_cursor})),
+    )
+}
+
+/// Folds a typed query into the filter. A filter given both ways must agree; words and
+/// phrases match the title. Filters that only mean something for calls are refused.
+fn merge_query(filter: &mut IncidentFilter, text: &str) -> Result<(), ApiError> {
+    use crate::domain::search::{SearchQuery, merge_filter, narrower};
+    let q = SearchQuery::parse(text, crate::domain::Timestamp::now())
+        .map_err(|e| ApiError::bad_request("invalid_query", e.0))?;
+    let refuse = |what: &str| {
+        Err(ApiError::bad_request(
+            "invalid_query",
+            format!("'{what}:' filters calls, not incidents; search calls with GET /v1/calls?q=…"),
+        ))
+    };
+    if q.session_id.is_some() {
+        return refuse("session");
+    }
+    if q.model.is_some() {
+        return refuse("model");
+    }
+    if q.status.is_some() {
+        return refuse("status");
+    }
+    if q.blocked.is_some() {
+        return refuse("blocked");
+    }
+    let bad = |e: crate::domain::ParseError| ApiError::bad_request("invalid_query", e.0);
+    merge_filter("state", &mut filter.status, q.state).map_err(bad)?;
+    merge_filter("severity", &mut filter.severity, q.severity).map_err(bad)?;
+    merge_filter("policy", &mut filter.rule, q.policy).map_err(bad)?;
+    merge_filter("user", &mut filter.end_user, q.end_user).map_err(bad)?;
+    merge_filter("key", &mut filter.key_id, q.key_id).map_err(bad)?;
+    (filter.since, filter.until) = narrower((filter.since, filter.until), (q.since, q.until));
+    filter.text.extend(q.terms);
+    filter.text.extend(q.phrases);
+    Ok(())
+}
+
+/// Counts by status and the mean times to acknowledge and to resolve.
+#[get("/v1/incidents/stats")]
+pub async fn stats(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+) -> Result<HttpResponse, ApiError> {
+    let store = state.store.clone();
+    let tenant = caller.tenant_id.clone();
+    let s = run_blocking(move || store.incident_stats(&tenant)).await?;
+    Ok(HttpResponse::Ok().json(s))
+}
+
+#[get("/v1/incidents/{id}")]
+pub async fn get(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = incident_id(&path)?;
+    let store = state.store.clone();
+    let tenant = caller.tenant_id.clone();
+    let (incident, events) = run_blocking(move || {
+        let incident = store.get_incident(Some(&tenant), &id)?;
+        let events = store.incident_events(Some(&tenant), &id)?;
+        Ok::<_, StoreError>((incident, events))
+    })
+    .await
+    .map_err(missing("incident", &path))?;
+    let summary = timeline::summary(&incident, &events);
+    let mut body =
+        serde_json::to_value(&incident).map_err(|e| ApiError::internal(e.to_string()))?;
+    body["summary"] = json!(summary);
+    // Shown beside the template summary, never instead of it; null without an LLM.
+    body["narrative"] = json!(crate::incidents::summary_llm::latest_narrative(&events));
+    body["events"] = json!(events);
+    Ok(HttpResponse::Ok().json(body))
+}
+
+#[get("/v1/incidents/{id}/timeline")]
+pub async fn incident_timeline(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = incident_id(&path)?;
+    let store = state.store.clone();
+    let tenant = caller.tenant_id.clone();
+    let t = run_blocking(move || {
+        let incident = store.get_incident(Some(&tenant), &id)?;
+        let signals = store.incident_signals(Some(&tenant), &id, TIMELINE_SIGNALS)?;
+        let events = store.incident_events(Some(&tenant), &id)?;
+        let example = match signals.iter().rev().find_map(|s| s.call_id.clone()) {
+            Some(call) => match store.get_call(Some(&tenant), &call) {
+                Ok(c) => Some(c),
+                Err(StoreError::NotFound) => None,
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        Ok(timeline::for_incident(
+            &incident,
+            &signals,
+            &events,
+            example.as_ref(),
+        ))
+    })
+    .await
+    .map_err(missing("incident", &path))?;
+    Ok(HttpResponse::Ok().json(t))
+}
+
+#[get("/v1/calls/{id}/timeline")]
+pub async fn call_timeline(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let call = super::v1::load_call(&state, &caller, &path).await?;
+    Ok(HttpResponse::Ok().json(timeline::for_call(&call)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NoteBody {
+    note: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AssignBody {
+    /// `null` unassigns.
+    assignee: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SeverityBody {
+    severity: Option<String>,
+}
+
+const MAX_NOTE: usize = 10_000;
+
+async fn apply(
+    state: &AppState,
+    caller: &Caller,
+    raw_id: &str,
+    change: Change,
+) -> Result<HttpResponse, ApiError> {
+    let id = incident_id(raw_id)?;
+    let store = state.store.clone();
+    let tenant = caller.tenant_id.clone();
+    let who = actor(caller);
+    let (incident, event) = run_blocking(move || {
+        store.change_incident(
+            Some(&tenant),
+            &id,
+            &change,
+            &who,
+            crate::domain::Timestamp::now(),
+        )
+    })
+    .await
+    .map_err(missing("incident", raw_id))?;
+    Ok(HttpResponse::Ok().json(json!({"incident": incident, "event": event})))
+}
+
+#[post("/v1/incidents/{id}/ack")]
+pub async fn ack(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    apply(&state, &caller, &path, Change::Acknowledge).await
+}
+
+#[post("/v1/incidents/{id}/resolve")]
+pub async fn resolve(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    apply(&state, &caller, &path, Change::Resolve).await
+}
+
+#[post("/v1/incidents/{id}/notes")]
+pub async fn note(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    path: web::Path<String>,
+    raw: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body: NoteBody = optional_json(&raw)?.unwrap_or_default();
+    let note = body.note.unwrap_or_default();
+    let note = note.trim();
+    if note.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_note",
+            "give the note as {\"note\": \"…\"}; it may not be empty",
+        ));
+    }
+    if note.len() > MAX_NOTE {
+        return Err(ApiError::bad_request(
+            "invalid_note",
+            format!("a note may be at most {MAX_NOTE} bytes"),
+        ));
+    }
+    apply(&state, &caller, &path, Change::Note(note.to_owned())).await
+}
+
+#[post("/v1/incidents/{id}/assign")]
+pub async fn assign(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    path: web::Path<String>,
+    raw: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body: AssignBody = optional_json(&raw)?.unwrap_or_default();
+    let who = body
+        .assignee
+        .map(|a| a.trim().to_owned())
+        .filter(|a| !a.is_empty());
+    if who.as_ref().is_some_and(|a| a.len() > 256) {
+        return Err(ApiError::bad_request(
+            "invalid_assignee",
+            "an assignee may be at most 256 bytes",
+        ));
+    }
+    apply(&state, &caller, &path, Change::Assign(who)).await
+}
+
+#[post("/v1/incidents/{id}/severity")]
+pub async fn severity(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    path: web::Path<String>,
+    raw: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body: SeverityBody = optional_json(&raw)?.unwrap_or_default();
+    let sev = Severity::parse(body.severity.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::bad_request("invalid_severity", e.0))?;
+    apply(&state, &caller, &path, Change::SetSeverity(sev)).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SimulateBody {
+    scenario: Option<String>,
+}
+
+/// Makes a deterministic, [DEMO]-marked incident from a scenario. Demo tenants only
+/// (made by `agv-server demo`): a real tenant's evidence is never mixed with made-up calls.
+#[post("/v1/demo/simulate-incident")]
+pub async fn simulate(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    raw: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body: SimulateBody = optional_json(&raw)?.unwrap_or_default();
+    let name = body.scenario.unwrap_or_default();
+    let store = state.store.clone();
+    let tenant = caller.tenant_id.clone();
+    let is_demo = run_blocking(move || store.is_demo_tenant(&tenant)).await?;
+    if !is_demo {
+        return Err(ApiError::forbidden(
+            "demo_only",
+            "simulated incidents are only for demo tenants (made by `agv-server demo`); this tenant's records are real and stay untouched",
+        ));
+    }
+    let (calls, signals) = crate::incidents::demo::scenario(
+        &name,
+        &caller.tenant_id,
+        &caller.key_id,
+        crate::domain::Timestamp::now(),
+    )
+    .map_err(|e| ApiError::bad_request("invalid_scenario", e.0))?;
+    let call_ids: Vec<String> = calls.iter().map(|c| c.id.to_string()).collect();
+    let store = state.store.clone();
+    let applied = run_blocking(move || {
+        store.insert_calls(&calls)?;
+        store.apply_signals(&signals)
+    })
+    .await?;
+    let mut incident_ids: Vec<String> = Vec::new();
+    for a in &applied {
+        let id = a.incident_id.to_string();
+        if !incident_ids.contains(&id) {
+            incident_ids.push(id);
+        }
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "scenario": name, "demo": true, "calls": call_ids, "incident_ids": incident_ids,
+    })))
+}

@@ -1,0 +1,793 @@
+//! Incidents in the store, written once for both backends (see [`super::sql`]).
+//!
+//! Applying signals is the one writer path: for each signal it looks up the
+//! fingerprint's newest incident and the tenant's hourly count, lets the pure grouping rules
+//! (`domain::incident::place`) decide, and writes the incident, the signal and any events in
+//! the caller's transaction.
+
+use super::rows::Param;
+use super::sql::{Cells, Db, SqlRow};
+use super::{StoreError, StoreResult};
+use crate::domain::incident::{
+    self, Applied, Change, EventKind, HOUR_MS, Incident, IncidentCursor, IncidentEvent,
+    IncidentFilter, IncidentStats, IncidentStatus, Latest, Placement, Severity, Signal,
+    StoredSignal, Subject,
+};
+use crate::domain::{CallId, IncidentEventId, IncidentId, Money, TenantId, Timestamp};
+
+pub(super) const INCIDENT_COLUMNS: &str = "id, tenant_id, fingerprint, grouping_version, rule, subject, title, status, severity, assignee, overflow, demo, created_at, updated_at, first_signal_at, last_signal_at, acknowledged_at, resolved_at, signal_count, call_count, end_user_count, cost_nanos";
+
+const MAX_PAGE: i64 = 500;
+
+fn incident_from(row: &SqlRow) -> StoreResult<Incident> {
+    let c = Cells::new(row, "incident");
+    let bad = |what: &str, e: crate::domain::ParseError| {
+        StoreError::Database(format!("a stored incident has a bad {what}: {e}"))
+    };
+    Ok(Incident {
+        id: IncidentId::parse(&c.text(0)?).map_err(|e| bad("id", e))?,
+        tenant_id: TenantId::parse(&c.text(1)?).map_err(|e| bad("tenant id", e))?,
+        fingerprint: c.text(2)?,
+        grouping_version: i32::try_from(c.int(3)?).unwrap_or(i32::MAX),
+        rule: c.text(4)?,
+        subject: c.text(5)?,
+        title: c.text(6)?,
+        status: IncidentStatus::parse(&c.text(7)?).map_err(|e| bad("status", e))?,
+        severity: Severity::parse(&c.text(8)?).map_err(|e| bad("severity", e))?,
+        assignee: c.opt_text(9)?,
+        overflow: c.int(10)? != 0,
+        demo: c.int(11)? != 0,
+        created_at: Timestamp::from_millis(c.int(12)?),
+        updated_at: Timestamp::from_millis(c.int(13)?),
+        first_signal_at: Timestamp::from_millis(c.int(14)?),
+        last_signal_at: Timestamp::from_millis(c.int(15)?),
+        acknowledged_at: c.opt_int(16)?.map(Timestamp::from_millis),
+        resolved_at: c.opt_int(17)?.map(Timestamp::from_millis),
+        signal_count: c.int(18)?,
+        call_count: c.int(19)?,
+        end_user_count: c.int(20)?,
+        cost: Money::from_nanos(c.int(21)?),
+    })
+}
+
+fn event_from(row: &SqlRow) -> StoreResult<IncidentEvent> {
+    let c = Cells::new(row, "incident event");
+    let json = |s: Option<String>| -> StoreResult<Option<serde_json::Value>> {
+        s.map(|s| {
+            serde_json::from_str(&s).map_err(|e| {
+                StoreError::Database(format!("a stored incident event has bad JSON: {e}"))
+            })
+        })
+        .transpose()
+    };
+    let kind = c.text(4)?;
+    Ok(IncidentEvent {
+        id: IncidentEventId::parse(&c.text(0)?)
+            .map_err(|e| StoreError::Database(format!("bad incident event id: {e}")))?,
+        incident_id: IncidentId::parse(&c.text(1)?)
+            .map_err(|e| StoreError::Database(format!("bad incident id: {e}")))?,
+        at: Timestamp::from_millis(c.int(2)?),
+        actor: c.text(3)?,
+        kind: EventKind::parse(&kind).ok_or_else(|| {
+            StoreError::Database(format!(
+                "a stored incident event has an unknown kind '{kind}'"
+            ))
+        })?,
+        before: json(c.opt_text(5)?)?,
+        after: json(c.opt_text(6)?)?,
+        note: c.opt_text(7)?,
+    })
+}
+
+const EVENT_COLUMNS: &str = "id, incident_id, at, actor, kind, before, after, note";
+
+/// The next event's place in insertion order (SQLite; Postgres numbers them itself).
+pub(super) enum EventSeq {
+    /// `seq` is filled by `MAX(seq) + 1` under the write lock.
+    MaxPlusOne,
+    /// The column is an identity column.
+    Identity,
+}
+
+pub(super) struct NewEvent<'a> {
+    pub incident_id: &'a IncidentId,
+    pub tenant_id: &'a TenantId,
+    pub at: Timestamp,
+    pub actor: &'a str,
+    pub kind: EventKind,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+    pub note: Option<&'a str>,
+}
+
+pub(super) fn insert_event(
+    db: &mut dyn Db,
+    seq: &EventSeq,
+    e: &NewEvent<'_>,
+) -> StoreResult<IncidentEvent> {
+    let id = IncidentEventId::generate();
+    let before = e.before.as_ref().map(serde_json::Value::to_string);
+    let after = e.after.as_ref().map(serde_json::Value::to_string);
+    let sql = match seq {
+        EventSeq::MaxPlusOne => {
+            "INSERT INTO incident_events (id, seq, incident_id, tenant_id, at, actor, kind, before, after, note)
+             VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM incident_events), $2, $3, $4, $5, $6, $7, $8, $9)"
+        }
+        EventSeq::Identity => {
+            "INSERT INTO incident_events (id, incident_id, tenant_id, at, actor, kind, before, after, note)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        }
+    };
+    db.execute(
+        sql,
+        &[
+            Param::Text(id.as_str()),
+            Param::Text(e.incident_id.as_str()),
+            Param::Text(e.tenant_id.as_str()),
+            Param::BigInt(e.at.millis()),
+            Param::Text(e.actor),
+            Param::Text(e.kind.as_str()),
+            Param::OptText(before.as_deref()),
+            Param::OptText(after.as_deref()),
+            Param::OptText(e.note),
+        ],
+    )?;
+    Ok(IncidentEvent {
+        id,
+        incident_id: e.incident_id.clone(),
+        at: e.at,
+        actor: e.actor.to_owned(),
+        kind: e.kind,
+        before: e.before.clone(),
+        after: e.after.clone(),
+        note: e.note.map(str::to_owned),
+    })
+}
+
+fn latest_for(
+    db: &mut dyn Db,
+    tenant: &TenantId,
+    fingerprint: &str,
+) -> StoreResult<Option<Latest>> {
+    let rows = db.query(
+        "SELECT id, status, last_signal_at, resolved_at FROM incidents
+         WHERE tenant_id = $1 AND fingerprint = $2 ORDER BY created_at DESC LIMIT 1",
+        &[Param::Text(tenant.as_str()), Param::Text(fingerprint)],
+    )?;
+    rows.first()
+        .map(|row| {
+            let c = Cells::new(row, "incident");
+            Ok(Latest {
+                id: IncidentId::parse(&c.text(0)?)
+                    .map_err(|e| StoreError::Database(e.to_string()))?,
+                status: IncidentStatus::parse(&c.text(1)?)
+                    .map_err(|e| StoreError::Database(e.to_string()))?,
+                last_signal_at: Timestamp::from_millis(c.int(2)?),
+                resolved_at: c.opt_int(3)?.map(Timestamp::from_millis),
+            })
+        })
+        .transpose()
+}
+
+fn get_by_id(db: &mut dyn Db, id: &IncidentId) -> StoreResult<Incident> {
+    let rows = db.query(
+        &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1"),
+        &[Param::Text(id.as_str())],
+    )?;
+    rows.first()
+        .map(incident_from)
+        .ok_or(StoreError::NotFound)?
+}
+
+/// Applies signals in order, in the caller's transaction.
+pub(super) fn apply_signals(
+    db: &mut dyn Db,
+    seq: &EventSeq,
+    signals: &[Signal],
+) -> StoreResult<Vec<Applied>> {
+    signals.iter().map(|s| apply_one(db, seq, s)).collect()
+}
+
+fn apply_one(db: &mut dyn Db, seq: &EventSeq, s: &Signal) -> StoreResult<Applied> {
+    let tenant = &s.tenant_id;
+    let latest = latest_for(db, tenant, &s.fingerprint())?;
+    // Only what grouping needs: skip the counts when the signal joins an incident anyway.
+    // Joining or reopening is never capped, so only a would-be new incident needs the
+    // tenant's hourly count and its open overflow incident.
+    let placement = match incident::place(s.at, latest.as_ref(), 0, None) {
+        joined @ (Placement::Join(_) | Placement::Reopen(_)) => joined,
+        _ => {
+            let (new_last_hour, overflow) = cap_state(db, tenant, s.at)?;
+            incident::place(s.at, latest.as_ref(), new_last_hour, overflow.as_ref())
+        }
+    };
+    let (id, opened, reopened) = match placement {
+        Placement::Join(id) => (id, false, false),
+        Placement::Reopen(id) => (id, false, true),
+        Placement::Overflow(Some(id)) => (id, false, false),
+        Placement::New => (create(db, s, false)?, true, false),
+        Placement::Overflow(None) => {
+            let first = Signal {
+                rule: incident::rule::OVERFLOW.into(),
+                subject: Subject::Tenant,
+                ..s.clone()
+            };
+            (create(db, &first, true)?, true, false)
+        }
+    };
+    let before = get_by_id(db, &id)?;
+
+    // The signal, and whether it brings a new call or end user.
+    let new_call = match &s.call_id {
+        Some(call) => db
+            .query(
+                "SELECT 1 FROM incident_signals WHERE call_id = $1 AND incident_id = $2 LIMIT 1",
+                &[Param::Text(call.as_str()), Param::Text(id.as_str())],
+            )?
+            .is_empty(),
+        None => false,
+    };
+    let new_user = match &s.end_user {
+        Some(u) => db
+            .query(
+                "SELECT 1 FROM incident_signals WHERE tenant_id = $1 AND end_user = $2 AND incident_id = $3 LIMIT 1",
+                &[Param::Text(tenant.as_str()), Param::Text(u), Param::Text(id.as_str())],
+            )?
+            .is_empty(),
+        None => false,
+    };
+    db.execute(
+        "INSERT INTO incident_signals (incident_id, tenant_id, rule, at, call_id, end_user, cost_nanos, detail)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            Param::Text(id.as_str()),
+            Param::Text(tenant.as_str()),
+            Param::Text(&s.rule),
+            Param::BigInt(s.at.millis()),
+            Param::OptText(s.call_id.as_ref().map(CallId::as_str)),
+            Param::OptText(s.end_user.as_deref()),
+            Param::OptBigInt(s.cost.map(Money::nanos)),
+            Param::Text(&s.detail),
+        ],
+    )?;
+    let calls = before.call_count + i64::from(new_call);
+    let users = before.end_user_count + i64::from(new_user);
+    let cost = if new_call {
+        before.cost.saturating_add(s.cost.unwrap_or(Money::ZERO))
+    } else {
+        before.cost
+    };
+    let earned = incident::earned_severity(&before.rule, calls, users, cost);
+    let severity = before.severity.max(earned);
+    let status = if reopened {
+        IncidentStatus::Open
+    } else {
+        before.status
+    };
+    db.execute(
+        "UPDATE incidents SET signal_count = signal_count + 1, call_count = $2, end_user_count = $3,
+             cost_nanos = $4, severity = $5, status = $6, last_signal_at = $7, updated_at = $8,
+             resolved_at = $9, acknowledged_at = $10
+         WHERE id = $1",
+        &[
+            Param::Text(id.as_str()),
+            Param::BigInt(calls),
+            Param::BigInt(users),
+            Param::BigInt(cost.nanos()),
+            Param::Text(severity.as_str()),
+            Param::Text(status.as_str()),
+            Param::BigInt(s.at.millis().max(before.last_signal_at.millis())),
+            Param::BigInt(s.at.millis()),
+            Param::OptBigInt(if reopened {
+                None
+            } else {
+                before.resolved_at.map(Timestamp::millis)
+            }),
+            Param::OptBigInt(if reopened {
+                None
+            } else {
+                before.acknowledged_at.map(Timestamp::millis)
+            }),
+        ],
+    )?;
+    fn system<'a>(
+        id: &'a IncidentId,
+        tenant: &'a TenantId,
+        at: Timestamp,
+        kind: EventKind,
+        before: Option<serde_json::Value>,
+        after: Option<serde_json::Value>,
+        note: Option<&'a str>,
+    ) -> NewEvent<'a> {
+        NewEvent {
+            incident_id: id,
+            tenant_id: tenant,
+            at,
+            actor: "system",
+            kind,
+            before,
+            after,
+            note,
+        }
+    }
+    let event = |kind, before, after, note| system(&id, tenant, s.at, kind, before, after, note);
+    if opened {
+        insert_event(
+            db,
+            seq,
+            &event(
+                EventKind::Opened,
+                None,
+                Some(
+                    serde_json::json!({"status": "open", "severity": before.severity, "rule": s.rule, "subject": s.subject.label()}),
+                ),
+                Some(&s.detail),
+            ),
+        )?;
+    }
+    if reopened {
+        insert_event(
+            db,
+            seq,
+            &event(
+                EventKind::Reopened,
+                Some(serde_json::json!({"status": before.status})),
+                Some(serde_json::json!({"status": "open"})),
+                Some(&s.detail),
+            ),
+        )?;
+    }
+    let escalated = (severity > before.severity).then_some((before.severity, severity));
+    if escalated.is_some() {
+        insert_event(
+            db,
+            seq,
+            &event(
+                EventKind::Escalated,
+                Some(serde_json::json!({"severity": before.severity})),
+                Some(
+                    serde_json::json!({"severity": severity, "calls": calls, "end_users": users, "cost_usd": cost.usd()}),
+                ),
+                None,
+            ),
+        )?;
+    }
+    Ok(Applied {
+        incident_id: id,
+        tenant_id: tenant.clone(),
+        opened,
+        reopened,
+        escalated,
+        severity,
+    })
+}
+
+/// The incidents the tenant got (overflow ones aside) in the hour before `at`, and its
+/// open overflow incident, if any.
+fn cap_state(
+    db: &mut dyn Db,
+    tenant: &TenantId,
+    at: Timestamp,
+) -> StoreResult<(i64, Option<IncidentId>)> {
+    let count = db.query(
+        "SELECT COUNT(*) FROM incidents WHERE tenant_id = $1 AND overflow = 0 AND created_at > $2",
+        &[
+            Param::Text(tenant.as_str()),
+            Param::BigInt(at.millis() - HOUR_MS),
+        ],
+    )?;
+    let n = count
+        .first()
+        .map(|r| Cells::new(r, "count").int(0))
+        .transpose()?
+        .unwrap_or(0);
+    let open_overflow = db.query(
+        "SELECT id FROM incidents WHERE tenant_id = $1 AND overflow = 1 AND status <> 'resolved'
+         ORDER BY created_at DESC LIMIT 1",
+        &[Param::Text(tenant.as_str())],
+    )?;
+    let overflow = open_overflow
+        .first()
+        .map(|r| {
+            IncidentId::parse(&Cells::new(r, "incident").text(0)?)
+                .map_err(|e| StoreError::Database(e.to_string()))
+        })
+        .transpose()?;
+    Ok((n, overflow))
+}
+
+/// A new incident, from its first signal (for an overflow incident, that signal with the
+/// overflow rule and the tenant as subject).
+fn create(db: &mut dyn Db, s: &Signal, overflow: bool) -> StoreResult<IncidentId> {
+    let id = IncidentId::generate();
+    let (subject, title, fingerprint) = (s.subject.label(), incident::title(s), s.fingerprint());
+    let severity = incident::base_severity(&s.rule);
+    db.execute(
+        &format!(
+            "INSERT INTO incidents ({INCIDENT_COLUMNS}) VALUES
+             ($1, $2, $3, $4, $5, $6, $7, 'open', $8, NULL, $9, $10, $11, $11, $11, $11, NULL, NULL, 0, 0, 0, 0)"
+        ),
+        &[
+            Param::Text(id.as_str()),
+            Param::Text(s.tenant_id.as_str()),
+            Param::Text(&fingerprint),
+            Param::BigInt(i64::from(incident::GROUPING_VERSION)),
+            Param::Text(&s.rule),
+            Param::Text(&subject),
+            Param::Text(&title),
+            Param::Text(severity.as_str()),
+            Param::BigInt(i64::from(overflow)),
+            Param::BigInt(i64::from(s.demo)),
+            Param::BigInt(s.at.millis()),
+        ],
+    )?;
+    Ok(id)
+}
+
+/// `tenant: None` is the instance operator.
+pub(super) fn get(
+    db: &mut dyn Db,
+    tenant: Option<&TenantId>,
+    id: &IncidentId,
+) -> StoreResult<Incident> {
+    let rows = db.query(
+        &format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1 AND ($2 = '' OR tenant_id = $2)"
+        ),
+        &[
+            Param::Text(id.as_str()),
+            Param::Text(tenant.map(TenantId::as_str).unwrap_or("")),
+        ],
+    )?;
+    rows.first()
+        .map(incident_from)
+        .ok_or(StoreError::NotFound)?
+}
+
+pub(super) fn list(
+    db: &mut dyn Db,
+    tenant: Option<&TenantId>,
+    filter: &IncidentFilter,
+    after: Option<&IncidentCursor>,
+    limit: u32,
+) -> StoreResult<Vec<Incident>> {
+    let key_label = filter.key_id.as_ref().map(|k| format!("key:{k}"));
+    let mut args: Vec<Param<'_>> = Vec::new();
+    let mut sql = format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE 1 = 1");
+    let cond = |sql: &mut String, args: &mut Vec<Param<'_>>, text: &str| {
+        sql.push_str(" AND ");
+        sql.push_str(&text.replace("{}", &format!("${}", args.len())));
+    };
+    if let Some(t) = tenant {
+        args.push(Param::Text(t.as_str()));
+        cond(&mut sql, &mut args, "tenant_id = {}");
+    }
+    if let Some(s) = filter.status {
+        args.push(Param::Text(s.as_str()));
+        cond(&mut sql, &mut args, "status = {}");
+    }
+    if let Some(s) = filter.severity {
+        args.push(Param::Text(s.as_str()));
+        cond(&mut sql, &mut args, "severity = {}");
+    }
+    if let Some(min) = filter.min_severity {
+        let allowed: Vec<&str> = Severity::ALL
+            .iter()
+            .filter(|s| **s >= min)
+            .map(|s| s.as_str())
+            .collect();
+        sql.push_str(&format!(" AND severity IN ('{}')", allowed.join("', '")));
+    }
+    if let Some(r) = &filter.rule {
+        args.push(Param::Text(r));
+        cond(&mut sql, &mut args, "rule = {}");
+    }
+    if let Some(label) = &key_label {
+        args.push(Param::Text(label));
+        cond(&mut sql, &mut args, "subject = {}");
+    }
+    if let Some(u) = &filter.end_user {
+        args.push(Param::Text(u));
+        cond(
+            &mut sql,
+            &mut args,
+            "id IN (SELECT incident_id FROM incident_signals WHERE end_user = {} AND tenant_id = incidents.tenant_id)",
+        );
+    }
+    if let Some(t) = filter.since {
+        args.push(Param::BigInt(t.millis()));
+        cond(&mut sql, &mut args, "last_signal_at >= {}");
+    }
+    if let Some(t) = filter.until {
+        args.push(Param::BigInt(t.millis()));
+        cond(&mut sql, &mut args, "created_at < {}");
+    }
+    let lowered: Vec<String> = filter
+        .text
+        .iter()
+        .map(|w| {
+            format!(
+                "%{}%",
+                w.to_lowercase()
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            )
+        })
+        .collect();
+    for w in &lowered {
+        args.push(Param::Text(w));
+        cond(&mut sql, &mut args, "LOWER(title) LIKE {} ESCAPE '\\'");
+    }
+    if let Some(c) = after {
+        args.push(Param::BigInt(c.created_at.millis()));
+        let a = args.len();
+        args.push(Param::Text(c.id.as_str()));
+        sql.push_str(&format!(
+            " AND (created_at < ${a} OR (created_at = ${a} AND id < ${}))",
+            a + 1
+        ));
+    }
+    args.push(Param::BigInt(i64::from(limit).clamp(1, MAX_PAGE)));
+    sql.push_str(&format!(
+        " ORDER BY created_at DESC, id DESC LIMIT ${}",
+        args.len()
+    ));
+    db.query(&sql, &args)?.iter().map(incident_from).collect()
+}
+
+pub(super) fn signals(
+    db: &mut dyn Db,
+    id: &IncidentId,
+    limit: u32,
+) -> StoreResult<Vec<StoredSignal>> {
+    let rows = db.query(
+        "SELECT incident_id, rule, at, call_id, end_user, cost_nanos, detail FROM incident_signals
+         WHERE incident_id = $1 ORDER BY at, call_id LIMIT $2",
+        &[Param::Text(id.as_str()), Param::BigInt(i64::from(limit))],
+    )?;
+    rows.iter()
+        .map(|row| {
+            let c = Cells::new(row, "incident signal");
+            Ok(StoredSignal {
+                incident_id: IncidentId::parse(&c.text(0)?)
+                    .map_err(|e| StoreError::Database(e.to_string()))?,
+                rule: c.text(1)?,
+                at: Timestamp::from_millis(c.int(2)?),
+                call_id: c
+                    .opt_text(3)?
+                    .map(|s| CallId::parse(&s))
+                    .transpose()
+                    .map_err(|e| StoreError::Database(e.to_string()))?,
+                end_user: c.opt_text(4)?,
+                cost: c.opt_int(5)?.map(Money::from_nanos),
+                detail: c.text(6)?,
+            })
+        })
+        .collect()
+}
+
+pub(super) fn events(db: &mut dyn Db, id: &IncidentId) -> StoreResult<Vec<IncidentEvent>> {
+    db.query(
+        &format!(
+            "SELECT {EVENT_COLUMNS} FROM incident_events WHERE incident_id = $1 ORDER BY at, seq"
+        ),
+        &[Param::Text(id.as_str())],
+    )?
+    .iter()
+    .map(event_from)
+    .collect()
+}
+
+/// Applies a person's change; an invalid status change is a Conflict (HTTP 409).
+pub(super) fn change(
+    db: &mut dyn Db,
+    seq: &EventSeq,
+    tenant: Option<&TenantId>,
+    id: &IncidentId,
+    change: &Change,
+    actor: &str,
+    at: Timestamp,
+) -> StoreResult<(Incident, IncidentEvent)> {
+    let before = get(db, tenant, id)?;
+    let next = incident::transition(before.status, change)
+        .map_err(|e| StoreError::Conflict(e.to_string()))?;
+    let ev = |kind, b: Option<serde_json::Value>, a: Option<serde_json::Value>, note| NewEvent {
+        incident_id: id,
+        tenant_id: &before.tenant_id,
+        at,
+        actor,
+        kind,
+        before: b,
+        after: a,
+        note,
+    };
+    let event = match (change, next) {
+        (Change::Acknowledge, Some(status)) => {
+            db.execute(
+                "UPDATE incidents SET status = $2, acknowledged_at = $3, updated_at = $3 WHERE id = $1",
+                &[Param::Text(id.as_str()), Param::Text(status.as_str()), Param::BigInt(at.millis())],
+            )?;
+            ev(
+                EventKind::Acknowledged,
+                Some(serde_json::json!({"status": before.status})),
+                Some(serde_json::json!({"status": status})),
+                None,
+            )
+        }
+        (Change::Resolve, Some(status)) => {
+            db.execute(
+                "UPDATE incidents SET status = $2, resolved_at = $3, updated_at = $3 WHERE id = $1",
+                &[
+                    Param::Text(id.as_str()),
+                    Param::Text(status.as_str()),
+                    Param::BigInt(at.millis()),
+                ],
+            )?;
+            ev(
+                EventKind::Resolved,
+                Some(serde_json::json!({"status": before.status})),
+                Some(serde_json::json!({"status": status})),
+                None,
+            )
+        }
+        (Change::Assign(who), _) => {
+            db.execute(
+                "UPDATE incidents SET assignee = $2, updated_at = $3 WHERE id = $1",
+                &[
+                    Param::Text(id.as_str()),
+                    Param::OptText(who.as_deref()),
+                    Param::BigInt(at.millis()),
+                ],
+            )?;
+            ev(
+                EventKind::Assigned,
+                Some(serde_json::json!({"assignee": before.assignee})),
+                Some(serde_json::json!({"assignee": who})),
+                None,
+            )
+        }
+        (Change::SetSeverity(sev), _) => {
+            db.execute(
+                "UPDATE incidents SET severity = $2, updated_at = $3 WHERE id = $1",
+                &[
+                    Param::Text(id.as_str()),
+                    Param::Text(sev.as_str()),
+                    Param::BigInt(at.millis()),
+                ],
+            )?;
+            ev(
+                EventKind::SeverityChanged,
+                Some(serde_json::json!({"severity": before.severity})),
+                Some(serde_json::json!({"severity": sev})),
+                None,
+            )
+        }
+        (Change::Note(text), _) => {
+            db.execute(
+                "UPDATE incidents SET updated_at = $2 WHERE id = $1",
+                &[Param::Text(id.as_str()), Param::BigInt(at.millis())],
+            )?;
+            ev(EventKind::Note, None, None, Some(text.as_str()))
+        }
+        (Change::Acknowledge | Change::Resolve, None) => {
+            return Err(StoreError::Conflict("nothing to change".into()));
+        }
+    };
+    let stored = insert_event(db, seq, &event)?;
+    Ok((get_by_id(db, id)?, stored))
+}
+
+/// Adds a system event (a kill-switch action, an alert sent) to an incident.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn add_event(
+    db: &mut dyn Db,
+    seq: &EventSeq,
+    tenant: &TenantId,
+    id: &IncidentId,
+    kind: EventKind,
+    actor: &str,
+    after: Option<serde_json::Value>,
+    note: Option<&str>,
+    at: Timestamp,
+) -> StoreResult<IncidentEvent> {
+    get(db, Some(tenant), id)?;
+    insert_event(
+        db,
+        seq,
+        &NewEvent {
+            incident_id: id,
+            tenant_id: tenant,
+            at,
+            actor,
+            kind,
+            before: None,
+            after,
+            note,
+        },
+    )
+}
+
+/// Incidents of a tenant still open or acknowledged, newest first (for attaching
+/// kill-switch actions).
+pub(super) fn unresolved(
+    db: &mut dyn Db,
+    tenant: &TenantId,
+    limit: u32,
+) -> StoreResult<Vec<Incident>> {
+    db.query(
+        &format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE tenant_id = $1 AND status <> 'resolved'
+             ORDER BY created_at DESC LIMIT $2"
+        ),
+        &[
+            Param::Text(tenant.as_str()),
+            Param::BigInt(i64::from(limit)),
+        ],
+    )?
+    .iter()
+    .map(incident_from)
+    .collect()
+}
+
+pub(super) fn stats(db: &mut dyn Db, tenant: &TenantId) -> StoreResult<IncidentStats> {
+    let rows = db.query(
+        "SELECT
+            COUNT(*) FILTER (WHERE status = 'open'),
+            COUNT(*) FILTER (WHERE status = 'acknowledged'),
+            COUNT(*) FILTER (WHERE status = 'resolved'),
+            CAST(AVG(acknowledged_at - created_at) FILTER (WHERE acknowledged_at IS NOT NULL) AS BIGINT),
+            CAST(AVG(resolved_at - created_at) FILTER (WHERE resolved_at IS NOT NULL) AS BIGINT)
+         FROM incidents WHERE tenant_id = $1",
+        &[Param::Text(tenant.as_str())],
+    )?;
+    let Some(row) = rows.first() else {
+        return Ok(IncidentStats::default());
+    };
+    let c = Cells::new(row, "incident stats");
+    Ok(IncidentStats {
+        open: c.int(0)?,
+        acknowledged: c.int(1)?,
+        resolved: c.int(2)?,
+        mtta_ms: c.opt_int(3)?,
+        mttr_ms: c.opt_int(4)?,
+    })
+}
+
+pub(super) fn mark_demo_tenant(
+    db: &mut dyn Db,
+    tenant: &TenantId,
+    at: Timestamp,
+) -> StoreResult<()> {
+    if db
+        .query(
+            "SELECT 1 FROM tenants WHERE id = $1",
+            &[Param::Text(tenant.as_str())],
+        )?
+        .is_empty()
+    {
+        return Err(StoreError::NotFound);
+    }
+    if db
+        .query(
+            "SELECT 1 FROM demo_tenants WHERE tenant_id = $1",
+            &[Param::Text(tenant.as_str())],
+        )?
+        .is_empty()
+    {
+        db.execute(
+            "INSERT INTO demo_tenants (tenant_id, created_at) VALUES ($1, $2)",
+            &[Param::Text(tenant.as_str()), Param::BigInt(at.millis())],
+        )?;
+    }
+    Ok(())
+}
+
+pub(super) fn is_demo_tenant(db: &mut dyn Db, tenant: &TenantId) -> StoreResult<bool> {
+    Ok(!db
+        .query(
+            "SELECT 1 FROM demo_tenants WHERE tenant_id = $1",
+            &[Param::Text(tenant.as_str())],
+        )?
+        .is_empty())
+}

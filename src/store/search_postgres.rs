@@ -1,0 +1,299 @@
+//! Call search on Postgres: a GIN-indexed tsvector per call in `call_search`, filled in
+//! the background exactly like SQLite's FTS5 index (see `search_sqlite`), from the same
+//! tokens, so both backends answer a search the same way.
+//!
+//! Calls are followed by their insertion sequence (`calls.search_seq`). Unlike SQLite,
+//! Postgres lets several transactions insert at once (several agv-server instances), so a
+//! smaller sequence value may commit after a larger one was indexed. The indexer keeps
+//! `indexed_seq` (the highest value indexed) and `safe_seq` (everything at or below it is
+//! indexed). After a pass it marks `pending_seq = indexed_seq`; at the next pass it notes
+//! the snapshot's `xmax`; once the snapshot `xmin` has reached that value, every
+//! transaction that could still hold a value at or below `pending_seq` has ended, so the
+//! range (`safe_seq`, `pending_seq`] is checked once for calls not yet indexed and
+//! `safe_seq` advances. One instance indexes at a time (an advisory lock).
+//! This module translates between SQL and domain types; it must not contain policy.
+
+use super::postgres::{Manager, call_row, db_err, pg_param};
+use super::search_sql::{Dialect, search_calls_query, tsquery, tsvector};
+use super::{StoreError, StoreResult};
+use crate::domain::search::index_tokens;
+use crate::domain::{CallCursor, CallRecord, CallSearch, TenantId};
+use postgres::types::ToSql;
+use postgres::{Client, Row, Transaction};
+use r2d2::Pool;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// How often the background indexer looks for new calls.
+const INDEX_EVERY: Duration = Duration::from_millis(300);
+/// Calls indexed per transaction.
+const INDEX_BATCH: i64 = 2000;
+/// Advisory lock: one indexer at a time across instances ("agv_srch" in ASCII).
+const INDEXER_LOCK: i64 = 0x6167_765f_7372_6368;
+
+pub(super) fn search_calls(
+    client: &mut Client,
+    tenant: &TenantId,
+    search: &CallSearch,
+    after: Option<&CallCursor>,
+    limit: u32,
+) -> StoreResult<Vec<CallRecord>> {
+    let text = tsquery(&search.text);
+    let (sql, args) = search_calls_query(
+        Dialect::Postgres,
+        tenant,
+        search,
+        text.as_deref(),
+        after,
+        limit,
+    );
+    let args: Vec<&(dyn ToSql + Sync)> = args.iter().map(pg_param).collect();
+    client
+        .query(&sql, &args)
+        .map_err(db_err)?
+        .iter()
+        .map(|r| call_row(r).into_record())
+        .collect()
+}
+
+/// Indexes every call committed so far; returns how many new calls were read. Two more
+/// passes carry a pending re-check through (noting the horizon, then checking once it is
+/// passed), so a call that committed late is indexed too when no transaction older than
+/// it still runs.
+pub(super) fn index_pending(client: &mut Client) -> StoreResult<u64> {
+    let mut total = 0u64;
+    loop {
+        let n = index_pass(client, true)?;
+        total += n as u64;
+        if n < INDEX_BATCH as usize {
+            break;
+        }
+    }
+    for _ in 0..2 {
+        total += index_pass(client, true)? as u64;
+    }
+    Ok(total)
+}
+
+struct State {
+    indexed: i64,
+    safe: i64,
+    pending: Option<i64>,
+    pending_xmax: Option<i64>,
+}
+
+/// One pass: late commits below the watermark when it is safe to look, then up to
+/// [`INDEX_BATCH`] new calls. Returns how many new calls were read. `wait`: wait for
+/// another indexer instead of leaving the pass to it.
+fn index_pass(client: &mut Client, wait: bool) -> StoreResult<usize> {
+    let mut tx = client.transaction().map_err(db_err)?;
+    if wait {
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&INDEXER_LOCK])
+            .map_err(db_err)?;
+    } else {
+        let got: bool = tx
+            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&INDEXER_LOCK])
+            .map_err(db_err)?
+            .get(0);
+        if !got {
+            return Ok(0);
+        }
+    }
+    let row = tx
+        .query_one(
+            "SELECT indexed_seq, safe_seq, pending_seq, pending_xmax,
+                    pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
+                    pg_snapshot_xmax(pg_current_snapshot())::text::bigint
+             FROM call_search_state WHERE id = 1 FOR UPDATE",
+            &[],
+        )
+        .map_err(db_err)?;
+    let mut st = State {
+        indexed: row.get(0),
+        safe: row.get(1),
+        pending: row.get(2),
+        pending_xmax: row.get(3),
+    };
+    let (xmin, xmax): (i64, i64) = (row.get(4), row.get(5));
+
+    if let Some(pending) = st.pending {
+        match st.pending_xmax {
+            None => st.pending_xmax = Some(xmax),
+            Some(horizon) if xmin >= horizon => {
+                let late = tx
+                    .query(
+                        "SELECT c.search_seq, c.id, c.request_body, c.response_body FROM calls c
+                         WHERE c.search_seq > $1 AND c.search_seq <= $2
+                           AND NOT EXISTS (SELECT 1 FROM call_search s WHERE s.call_seq = c.search_seq)",
+                        &[&st.safe, &pending],
+                    )
+                    .map_err(db_err)?;
+                insert_docs(&mut tx, &late)?;
+                st.safe = pending;
+                st.pending = None;
+                st.pending_xmax = None;
+            }
+            Some(_) => {}
+        }
+    }
+
+    let new = tx
+        .query(
+            "SELECT search_seq, id, request_body, response_body FROM calls
+             WHERE search_seq > $1 ORDER BY search_seq LIMIT $2",
+            &[&st.indexed, &INDEX_BATCH],
+        )
+        .map_err(db_err)?;
+    insert_docs(&mut tx, &new)?;
+    if let Some(last) = new.last() {
+        st.indexed = st.indexed.max(last.get(0));
+    }
+    if st.pending.is_none() && st.indexed > st.safe {
+        st.pending = Some(st.indexed);
+        st.pending_xmax = None;
+    }
+    tx.execute(
+        "UPDATE call_search_state SET indexed_seq = $1, safe_seq = $2, pending_seq = $3, pending_xmax = $4 WHERE id = 1",
+        &[&st.indexed, &st.safe, &st.pending, &st.pending_xmax],
+    )
+    .map_err(db_err)?;
+    tx.commit().map_err(db_err)?;
+    Ok(new.len())
+}
+
+/// Tokenizes calls (`search_seq, id, request_body, response_body` rows) and stores their
+/// documents in one statement.
+fn insert_docs(tx: &mut Transaction<'_>, rows: &[Row]) -> StoreResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut seqs: Vec<i64> = Vec::with_capacity(rows.len());
+    let mut ids: Vec<String> = Vec::with_capacity(rows.len());
+    let mut docs: Vec<String> = Vec::with_capacity(rows.len());
+    for r in rows {
+        let request: String = r.get(2);
+        let response: Option<String> = r.get(3);
+        seqs.push(r.get(0));
+        ids.push(r.get(1));
+        docs.push(tsvector(&index_tokens(&request, response.as_deref())));
+    }
+    tx.execute(
+        "INSERT INTO call_search (call_seq, call_id, doc)
+         SELECT seq, id, doc::tsvector FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(seq, id, doc)
+         ON CONFLICT (call_seq) DO NOTHING",
+        &[&seqs, &ids, &docs],
+    )
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Starts the background indexer on a connection of `pool`; it stops when `stop` is set.
+pub(super) fn spawn_indexer(pool: Pool<Manager>, stop: Arc<AtomicBool>) {
+    let spawned = std::thread::Builder::new()
+        .name("agv-search-index".into())
+        .spawn(move || {
+            let mut failing = false;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(INDEX_EVERY);
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let result = pool
+                    .get()
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))
+                    .and_then(|mut c| {
+                        while !stop.load(Ordering::Relaxed) {
+                            if index_pass(&mut c, false)? < INDEX_BATCH as usize {
+                                break;
+                            }
+                        }
+                        Ok(())
+                    });
+                match result {
+                    Ok(()) => failing = false,
+                    Err(e) => {
+                        // Once per episode, not every 300 ms.
+                        if !failing {
+                            tracing::warn!(error = %e, "indexing calls for search failed; retrying");
+                        }
+                        failing = true;
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start the search indexer thread; new calls will not be found by text search");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{CallSearch, Tenant, TenantName, Timestamp};
+    use crate::store::Store;
+    use crate::store::postgres::PostgresStore;
+
+    const INSERT: &str = "INSERT INTO calls (id, tenant_id, key_id, created_at, endpoint, stream, request_body, request_truncated, request_sha256, response_truncated, status, blocked, decisions, latency_us, enforcement_us, upstream_attempts)
+         VALUES ($1, $2, 'key_00000000000000000000000000000000', $3, 'chat.completions', false, $4, false, '', false, 200, false, '[]', 0, 0, 0)";
+
+    #[test]
+    fn a_call_that_commits_after_a_later_one_was_indexed_is_still_indexed() {
+        let Some(db) = crate::store::testing::fresh_postgres_db() else {
+            return;
+        };
+        let store = PostgresStore::open(&db.url).unwrap();
+        let tenant = Tenant {
+            id: TenantId::generate(),
+            name: TenantName::parse("Acme").unwrap(),
+            created_at: Timestamp::from_millis(0),
+        };
+        store.create_tenant(&tenant).unwrap();
+        let t = tenant.id.as_str();
+        let mut slow = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
+        let mut fast = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
+        // The slow transaction takes its sequence value first and commits last.
+        let mut tx = slow.transaction().unwrap();
+        tx.execute(
+            INSERT,
+            &[
+                &"call_0000000000000000000000000000000a",
+                &t,
+                &1_i64,
+                &"slow walrus",
+            ],
+        )
+        .unwrap();
+        fast.execute(
+            INSERT,
+            &[
+                &"call_0000000000000000000000000000000b",
+                &t,
+                &2_i64,
+                &"fast walrus",
+            ],
+        )
+        .unwrap();
+        store.index_pending_calls().unwrap();
+        tx.commit().unwrap();
+
+        let search = CallSearch {
+            text: vec![vec!["walrus".to_owned()]],
+            ..CallSearch::default()
+        };
+        // Other tests' transactions on the same server may hold the horizon back a while.
+        let mut found = 0;
+        for _ in 0..100 {
+            store.index_pending_calls().unwrap();
+            found = store
+                .search_calls(&tenant.id, &search, None, 10)
+                .unwrap()
+                .len();
+            if found == 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(found, 2, "the late commit was never indexed");
+    }
+}

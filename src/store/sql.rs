@@ -1,0 +1,206 @@
+//! A small common ground for statements that both backends run word for word.
+//!
+//! Newer parts of the store (incidents, …) are written once against [`Db`]: SQL with
+//! `$1`-style placeholders (SQLite takes them as `?1`), typed parameters (`rows::Param`, as elsewhere in the store) and rows
+//! of plain values ([`Cell`]). Each backend implements `Db` on its transaction, so the
+//! logic — and its bugs — exist once.
+
+use super::rows::Param;
+use super::{StoreError, StoreResult};
+
+/// One value of a result row.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Cell {
+    Null,
+    Int(i64),
+    Text(String),
+}
+
+pub(super) type SqlRow = Vec<Cell>;
+
+pub(super) trait Db {
+    fn execute(&mut self, sql: &str, args: &[Param<'_>]) -> StoreResult<u64>;
+    fn query(&mut self, sql: &str, args: &[Param<'_>]) -> StoreResult<Vec<SqlRow>>;
+}
+
+/// Reads the cells of a row by position, with errors that name the column.
+pub(super) struct Cells<'r> {
+    row: &'r [Cell],
+    what: &'static str,
+}
+
+impl<'r> Cells<'r> {
+    pub(super) fn new(row: &'r [Cell], what: &'static str) -> Self {
+        Self { row, what }
+    }
+
+    fn bad(&self, i: usize, expected: &str) -> StoreError {
+        StoreError::Database(format!(
+            "column {i} of a stored {} is not {expected}: {:?}",
+            self.what,
+            self.row.get(i)
+        ))
+    }
+
+    pub(super) fn text(&self, i: usize) -> StoreResult<String> {
+        match self.row.get(i) {
+            Some(Cell::Text(s)) => Ok(s.clone()),
+            _ => Err(self.bad(i, "text")),
+        }
+    }
+
+    pub(super) fn opt_text(&self, i: usize) -> StoreResult<Option<String>> {
+        match self.row.get(i) {
+            Some(Cell::Text(s)) => Ok(Some(s.clone())),
+            Some(Cell::Null) => Ok(None),
+            _ => Err(self.bad(i, "text or NULL")),
+        }
+    }
+
+    pub(super) fn int(&self, i: usize) -> StoreResult<i64> {
+        match self.row.get(i) {
+            Some(Cell::Int(v)) => Ok(*v),
+            _ => Err(self.bad(i, "an integer")),
+        }
+    }
+
+    pub(super) fn opt_int(&self, i: usize) -> StoreResult<Option<i64>> {
+        match self.row.get(i) {
+            Some(Cell::Int(v)) => Ok(Some(*v)),
+            Some(Cell::Null) => Ok(None),
+            _ => Err(self.bad(i, "an integer or NULL")),
+        }
+    }
+}
+
+/// `$1` → `?1`: SQLite's numbered form of the same placeholder.
+pub(super) fn sqlite_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub(super) mod sqlite {
+    use super::{Cell, Db, Param, SqlRow, sqlite_placeholders};
+    use crate::store::StoreResult;
+    use rusqlite::Connection;
+    use rusqlite::types::ValueRef;
+
+    /// A connection (or a transaction, which derefs to one).
+    pub(in crate::store) struct SqliteDb<'c>(pub &'c Connection);
+
+    impl Db for SqliteDb<'_> {
+        fn execute(&mut self, sql: &str, args: &[Param<'_>]) -> StoreResult<u64> {
+            let mut stmt = self
+                .0
+                .prepare_cached(&sqlite_placeholders(sql))
+                .map_err(crate::store::sqlite::db_err)?;
+            let n = stmt
+                .execute(rusqlite::params_from_iter(args.iter()))
+                .map_err(crate::store::sqlite::db_err)?;
+            Ok(n as u64)
+        }
+
+        fn query(&mut self, sql: &str, args: &[Param<'_>]) -> StoreResult<Vec<SqlRow>> {
+            let mut stmt = self
+                .0
+                .prepare_cached(&sqlite_placeholders(sql))
+                .map_err(crate::store::sqlite::db_err)?;
+            let width = stmt.column_count();
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                    (0..width)
+                        .map(|i| {
+                            Ok(match r.get_ref(i)? {
+                                ValueRef::Null => Cell::Null,
+                                ValueRef::Integer(v) => Cell::Int(v),
+                                ValueRef::Real(v) => Cell::Int(v as i64),
+                                ValueRef::Text(t) | ValueRef::Blob(t) => {
+                                    Cell::Text(String::from_utf8_lossy(t).into_owned())
+                                }
+                            })
+                        })
+                        .collect::<rusqlite::Result<SqlRow>>()
+                })
+                .map_err(crate::store::sqlite::db_err)?;
+            rows.map(|r| r.map_err(crate::store::sqlite::db_err))
+                .collect()
+        }
+    }
+}
+
+pub(super) mod postgres {
+    use super::{Cell, Db, Param, SqlRow};
+    use crate::store::postgres::pg_param as bind;
+    use crate::store::{StoreError, StoreResult};
+    use postgres::GenericClient;
+    use postgres::types::{ToSql, Type};
+
+    pub(in crate::store) struct PgDb<'c, C: GenericClient>(pub &'c mut C);
+
+    impl<C: GenericClient> Db for PgDb<'_, C> {
+        fn execute(&mut self, sql: &str, args: &[Param<'_>]) -> StoreResult<u64> {
+            let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(bind).collect();
+            self.0
+                .execute(sql, &params)
+                .map_err(crate::store::postgres::db_err)
+        }
+
+        fn query(&mut self, sql: &str, args: &[Param<'_>]) -> StoreResult<Vec<SqlRow>> {
+            let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(bind).collect();
+            let rows = self
+                .0
+                .query(sql, &params)
+                .map_err(crate::store::postgres::db_err)?;
+            rows.iter()
+                .map(|row| {
+                    (0..row.len())
+                        .map(|i| {
+                            let ty = row.columns()[i].type_();
+                            let cell = if *ty == Type::INT8 {
+                                row.try_get::<_, Option<i64>>(i).map(|v| v.map(Cell::Int))
+                            } else if *ty == Type::INT4 {
+                                row.try_get::<_, Option<i32>>(i)
+                                    .map(|v| v.map(|v| Cell::Int(i64::from(v))))
+                            } else if *ty == Type::INT2 {
+                                row.try_get::<_, Option<i16>>(i)
+                                    .map(|v| v.map(|v| Cell::Int(i64::from(v))))
+                            } else if *ty == Type::BOOL {
+                                row.try_get::<_, Option<bool>>(i)
+                                    .map(|v| v.map(|v| Cell::Int(i64::from(v))))
+                            } else if *ty == Type::NUMERIC {
+                                return Err(StoreError::Database(
+                                    "a NUMERIC column reached the common SQL layer; cast it to BIGINT in the statement".into(),
+                                ));
+                            } else {
+                                row.try_get::<_, Option<String>>(i).map(|v| v.map(Cell::Text))
+                            };
+                            cell.map(|c| c.unwrap_or(Cell::Null))
+                                .map_err(crate::store::postgres::db_err)
+                        })
+                        .collect()
+                })
+                .collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_renumbered_for_sqlite_only_where_they_are_placeholders() {
+        assert_eq!(
+            sqlite_placeholders("SELECT a FROM t WHERE x = $1 AND y = $12 AND z = '$'"),
+            "SELECT a FROM t WHERE x = ?1 AND y = ?12 AND z = '$'"
+        );
+    }
+}
