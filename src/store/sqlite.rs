@@ -126,6 +126,33 @@ pub(super) fn init_connection(conn: &mut Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Opens and sets up a connection, retrying while the file is busy. SQLite answers
+/// "database is locked" at once, without waiting in the busy handler, when a connection
+/// opens the file while another process's last connection is closing it (that one holds
+/// an exclusive lock while it folds the WAL back) or recovering it after a crash. Both
+/// last milliseconds, so this waits them out for up to the busy timeout.
+fn open_first_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let attempt = Connection::open(path).and_then(|mut c| init_connection(&mut c).map(|()| c));
+        match attempt {
+            Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 /// How often the background checkpointer copies the WAL into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
@@ -190,8 +217,7 @@ impl SqliteStore {
         }
         // One connection first: it reports the real cause of a failure (r2d2 would only
         // say it timed out) and runs the migrations before the pool hands out connections.
-        let mut first = Connection::open(path).map_err(|e| cannot_open(&e))?;
-        init_connection(&mut first).map_err(|e| cannot_open(&e))?;
+        let mut first = open_first_connection(path).map_err(|e| cannot_open(&e))?;
         migrate::run_sqlite(&mut first).map_err(|e| match e {
             // Name the path: an error from inside the migration does not.
             StoreError::Unavailable(msg) => StoreError::Unavailable(format!(
@@ -200,7 +226,6 @@ impl SqliteStore {
             )),
             other => other,
         })?;
-        drop(first);
 
         let manager = SqliteConnectionManager::file(path).with_init(init_connection);
         let pool = Pool::builder()
@@ -212,6 +237,9 @@ impl SqliteStore {
             .connection_timeout(Duration::from_secs(5))
             .build(manager)
             .map_err(|e| cannot_open(&e))?;
+        // Only now: while `first` was open the pool's connections were never the file's
+        // last one, whose closing would clean up the WAL under an exclusive lock.
+        drop(first);
         let stop_checkpointer = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = WriterLock::default();
         spawn_checkpointer(path.to_owned(), stop_checkpointer.clone());
