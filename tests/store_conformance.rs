@@ -201,6 +201,8 @@ conformance! {
         calls_are_found_by_the_words_and_phrases_of_their_request_and_response,
         every_search_filter_narrows_the_calls_with_or_without_text,
         pages_of_a_search_have_no_gaps_or_duplicates,
+        a_narrow_filter_with_many_calls_pages_like_one_with_few,
+        a_text_search_pages_through_calls_from_minutes_to_months_old,
         a_search_never_shows_another_tenants_calls,
         a_call_recorded_after_indexing_is_found_once_pending_calls_are_indexed,
     ],
@@ -2441,6 +2443,125 @@ fn pages_of_a_search_have_no_gaps_or_duplicates(store: &dyn Store) {
     }
     let expected: Vec<CallId> = expected.into_iter().map(|c| c.id.clone()).collect();
     assert_eq!(seen, expected);
+}
+
+/// Every page of `q`, `size` calls at a time, as ids.
+fn all_pages(store: &dyn Store, tenant: &TenantId, q: &CallSearch, size: u32) -> Vec<CallId> {
+    let mut seen: Vec<CallId> = Vec::new();
+    let mut after: Option<CallCursor> = None;
+    loop {
+        let page = store.search_calls(tenant, q, after.as_ref(), size).unwrap();
+        assert!(page.len() <= size as usize);
+        let Some(last) = page.last() else { break };
+        after = Some(CallCursor {
+            created_at: last.created_at,
+            id: last.id.clone(),
+        });
+        seen.extend(page.into_iter().map(|c| c.id));
+    }
+    seen
+}
+
+/// The ids of `calls` whose request contains `word`, newest first.
+fn expected_order(calls: &[CallRecord], word: &str) -> Vec<CallId> {
+    let mut expected: Vec<&CallRecord> = calls
+        .iter()
+        .filter(|c| c.request_body.contains(word))
+        .collect();
+    expected.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+    expected.into_iter().map(|c| c.id.clone()).collect()
+}
+
+/// A key with a few calls is searched by walking the key's calls; one with thousands by
+/// walking the text index. Both give the same pages, ties in a millisecond included.
+fn a_narrow_filter_with_many_calls_pages_like_one_with_few(store: &dyn Store) {
+    let t = new_tenant(store, "Acme", 0);
+    let (busy, quiet, other) = (KeyId::generate(), KeyId::generate(), KeyId::generate());
+    let mut calls = Vec::new();
+    for i in 0..4_200_i64 {
+        let prompt = if i % 97 == 0 {
+            "invoice dispute"
+        } else {
+            "weather report"
+        };
+        calls.push(chat(&t.id, &busy, -(i / 4), prompt, "ok"));
+    }
+    for i in 0..30_i64 {
+        let prompt = if i % 3 == 0 {
+            "invoice dispute"
+        } else {
+            "weather report"
+        };
+        calls.push(chat(&t.id, &quiet, -(i / 4), prompt, "ok"));
+    }
+    // Another key's matches, interleaved in time, must not show.
+    for i in 0..50_i64 {
+        calls.push(chat(&t.id, &other, -i, "invoice dispute", "ok"));
+    }
+    store.insert_calls(&calls).unwrap();
+    store.index_pending_calls().unwrap();
+    for key in [&busy, &quiet] {
+        let mine: Vec<CallRecord> = calls.iter().filter(|c| &c.key_id == key).cloned().collect();
+        let expected = expected_order(&mine, "invoice");
+        assert!(expected.len() >= 10);
+        for size in [1, 3, 50] {
+            let q = search(&format!("key:{key} invoice"));
+            assert_eq!(
+                all_pages(store, &t.id, &q, size),
+                expected,
+                "key {key}, pages of {size}"
+            );
+        }
+    }
+}
+
+/// Text search reads time in slices on some backends: calls from minutes to months old,
+/// and in the future, all come back in order whatever the page size.
+fn a_text_search_pages_through_calls_from_minutes_to_months_old(store: &dyn Store) {
+    let t = new_tenant(store, "Acme", 0);
+    let key = KeyId::generate();
+    let now = Timestamp::now().millis() - T0;
+    let minute = 60_000;
+    let ages = [
+        -5, 0, 1, 2, 30, 61, 59, 200, 400, 1_500, 1_441, 3_000, 10_000, 10_081, 43_000, 43_201,
+        100_000, 1_000_000,
+    ];
+    let mut calls = Vec::new();
+    for (i, age) in ages.iter().enumerate() {
+        let prompt = if i % 4 == 3 {
+            "weather report"
+        } else {
+            "invoice dispute"
+        };
+        calls.push(chat(&t.id, &key, now - age * minute, prompt, "ok"));
+    }
+    store.insert_calls(&calls).unwrap();
+    store.index_pending_calls().unwrap();
+    let expected = expected_order(&calls, "invoice");
+    for size in [1, 2, 5, 100] {
+        assert_eq!(
+            all_pages(store, &t.id, &search("invoice"), size),
+            expected,
+            "pages of {size}"
+        );
+    }
+    // A time range cuts the same order.
+    let mut ranged = search("invoice");
+    ranged.filter.since = Some(at(now - 30 * 1_440 * minute));
+    ranged.filter.until = Some(at(now - 60 * minute));
+    let inside: Vec<CallId> = expected
+        .iter()
+        .filter(|id| {
+            calls.iter().any(|c| {
+                &c.id == *id
+                    && Some(c.created_at) >= ranged.filter.since
+                    && Some(c.created_at) < ranged.filter.until
+            })
+        })
+        .cloned()
+        .collect();
+    assert_eq!(inside.len(), 7);
+    assert_eq!(all_pages(store, &t.id, &ranged, 2), inside);
 }
 
 fn a_search_never_shows_another_tenants_calls(store: &dyn Store) {

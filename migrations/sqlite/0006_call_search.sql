@@ -7,12 +7,19 @@
 -- one writer at a time), extracts their text and fills `call_fts` in batches, a few
 -- times a second. Search may therefore lag the newest calls by under a second.
 --
+-- The index's rowid is a time key, `created_at` in milliseconds shifted left 20 bits plus
+-- a slot (the call's own rowid modulo 2^20, moved on in the rare collision): walking the
+-- matches of a word in rowid order is walking them newest first, so a page of a search
+-- stops after the page's calls instead of sorting every match by time.
+--
 -- Contentless: the text is not stored a second time, only the index. `call_id` is kept
--- (contentless_unindexed) so that a hit is joined on both rowid and id, and a rowid
--- reused after a deletion can never show another call. The tokenizer keeps diacritics,
--- because agv-server tokenizes the text itself, identically for SQLite and Postgres.
+-- (contentless_unindexed) to join a hit to its call. `tenant` holds the tenant id as one
+-- token, so that a tenant's search intersects with its own calls inside the index. The
+-- tokenizer keeps diacritics, because agv-server tokenizes the text itself, identically
+-- for SQLite and Postgres.
 CREATE VIRTUAL TABLE call_fts USING fts5(
     call_id UNINDEXED,
+    tenant,
     body,
     content = '',
     contentless_delete = 1,

@@ -14,10 +14,14 @@
 //! This module translates between SQL and domain types; it must not contain policy.
 
 use super::postgres::{Manager, call_row, db_err, pg_param};
-use super::search_sql::{Dialect, search_calls_query, tsquery, tsvector};
+use super::rows::MAX_PAGE;
+use super::search_sql::{
+    Dialect, FILTER_DRIVEN_MAX, TextPlan, count_narrow_query, has_narrow_filter,
+    search_calls_query, tsquery, tsvector,
+};
 use super::{StoreError, StoreResult};
 use crate::domain::search::index_tokens;
-use crate::domain::{CallCursor, CallRecord, CallSearch, TenantId};
+use crate::domain::{CallCursor, CallRecord, CallSearch, TenantId, Timestamp};
 use postgres::types::ToSql;
 use postgres::{Client, Row, Transaction};
 use r2d2::Pool;
@@ -39,15 +43,83 @@ pub(super) fn search_calls(
     after: Option<&CallCursor>,
     limit: u32,
 ) -> StoreResult<Vec<CallRecord>> {
-    let text = tsquery(&search.text);
-    let (sql, args) = search_calls_query(
-        Dialect::Postgres,
-        tenant,
-        search,
-        text.as_deref(),
-        after,
-        limit,
-    );
+    let limit = limit.min(MAX_PAGE);
+    let Some(text) = tsquery(&search.text) else {
+        return page(client, tenant, search, TextPlan::None, after, limit);
+    };
+    if has_narrow_filter(search) {
+        let (sql, args) = count_narrow_query(Dialect::Postgres, tenant, search, FILTER_DRIVEN_MAX);
+        let args: Vec<&(dyn ToSql + Sync)> = args.iter().map(pg_param).collect();
+        let narrow: i64 = client.query_one(&sql, &args).map_err(db_err)?.get(0);
+        if narrow < FILTER_DRIVEN_MAX {
+            return page(client, tenant, search, TextPlan::Check(&text), after, limit);
+        }
+    }
+    // Newest first, one slice of time after another, until the page is full: each slice
+    // lets Postgres intersect the word's matches with a short time range.
+    let mut out: Vec<CallRecord> = Vec::new();
+    for (from, to) in slices(search, after, Timestamp::now().millis()) {
+        let wanted = limit - out.len() as u32;
+        let slice = TextPlan::PgSlice {
+            text: &text,
+            from,
+            to,
+        };
+        out.extend(page(client, tenant, search, slice, after, wanted)?);
+        if out.len() >= limit as usize {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// How far back each slice of a text search reaches from the newest time searched.
+const SLICES_MS: [i64; 5] = [
+    3_600_000,
+    6 * 3_600_000,
+    24 * 3_600_000,
+    7 * 24 * 3_600_000,
+    30 * 24 * 3_600_000,
+];
+
+/// The disjoint time ranges `[from, to)` a text search reads, newest first; together they
+/// cover the search's whole range. The first is open upwards unless the search ends.
+fn slices(
+    search: &CallSearch,
+    after: Option<&CallCursor>,
+    now: i64,
+) -> Vec<(Option<i64>, Option<i64>)> {
+    let until = search.filter.until.map(|t| t.millis());
+    let cursor = after.map(|c| c.created_at.millis().saturating_add(1));
+    let top = match (until, cursor) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let since = search.filter.since.map(|t| t.millis());
+    let base = top.unwrap_or(now);
+    let mut out = Vec::new();
+    let mut to = top;
+    for back in SLICES_MS {
+        let from = base.saturating_sub(back);
+        if since.is_some_and(|s| s >= from) || to.is_some_and(|t| from >= t) {
+            continue;
+        }
+        out.push((Some(from), to));
+        to = Some(from);
+    }
+    out.push((since, to));
+    out
+}
+
+fn page(
+    client: &mut Client,
+    tenant: &TenantId,
+    search: &CallSearch,
+    text: TextPlan<'_>,
+    after: Option<&CallCursor>,
+    limit: u32,
+) -> StoreResult<Vec<CallRecord>> {
+    let (sql, args) = search_calls_query(Dialect::Postgres, tenant, search, text, after, limit);
     let args: Vec<&(dyn ToSql + Sync)> = args.iter().map(pg_param).collect();
     client
         .query(&sql, &args)
@@ -123,7 +195,7 @@ fn index_pass(client: &mut Client, wait: bool) -> StoreResult<usize> {
             Some(horizon) if xmin >= horizon => {
                 let late = tx
                     .query(
-                        "SELECT c.search_seq, c.id, c.request_body, c.response_body FROM calls c
+                        "SELECT c.search_seq, c.id, c.request_body, c.response_body, c.tenant_id, c.created_at FROM calls c
                          WHERE c.search_seq > $1 AND c.search_seq <= $2
                            AND NOT EXISTS (SELECT 1 FROM call_search s WHERE s.call_seq = c.search_seq)",
                         &[&st.safe, &pending],
@@ -140,7 +212,7 @@ fn index_pass(client: &mut Client, wait: bool) -> StoreResult<usize> {
 
     let new = tx
         .query(
-            "SELECT search_seq, id, request_body, response_body FROM calls
+            "SELECT search_seq, id, request_body, response_body, tenant_id, created_at FROM calls
              WHERE search_seq > $1 ORDER BY search_seq LIMIT $2",
             &[&st.indexed, &INDEX_BATCH],
         )
@@ -162,7 +234,8 @@ fn index_pass(client: &mut Client, wait: bool) -> StoreResult<usize> {
     Ok(new.len())
 }
 
-/// Tokenizes calls (`search_seq, id, request_body, response_body` rows) and stores their
+/// Tokenizes calls (`search_seq, id, request_body, response_body, tenant_id, created_at`
+/// rows) and stores their
 /// documents in one statement.
 fn insert_docs(tx: &mut Transaction<'_>, rows: &[Row]) -> StoreResult<()> {
     if rows.is_empty() {
@@ -171,18 +244,23 @@ fn insert_docs(tx: &mut Transaction<'_>, rows: &[Row]) -> StoreResult<()> {
     let mut seqs: Vec<i64> = Vec::with_capacity(rows.len());
     let mut ids: Vec<String> = Vec::with_capacity(rows.len());
     let mut docs: Vec<String> = Vec::with_capacity(rows.len());
+    let mut tenants: Vec<String> = Vec::with_capacity(rows.len());
+    let mut times: Vec<i64> = Vec::with_capacity(rows.len());
     for r in rows {
         let request: String = r.get(2);
         let response: Option<String> = r.get(3);
         seqs.push(r.get(0));
         ids.push(r.get(1));
         docs.push(tsvector(&index_tokens(&request, response.as_deref())));
+        tenants.push(r.get(4));
+        times.push(r.get(5));
     }
     tx.execute(
-        "INSERT INTO call_search (call_seq, call_id, doc)
-         SELECT seq, id, doc::tsvector FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(seq, id, doc)
+        "INSERT INTO call_search (call_seq, call_id, doc, tenant_id, created_at)
+         SELECT seq, id, doc::tsvector, tenant, at
+         FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[]) AS u(seq, id, doc, tenant, at)
          ON CONFLICT (call_seq) DO NOTHING",
-        &[&seqs, &ids, &docs],
+        &[&seqs, &ids, &docs, &tenants, &times],
     )
     .map_err(db_err)?;
     Ok(())

@@ -22,38 +22,223 @@ impl Dialect {
     }
 }
 
-/// The SQL and parameters of one page of a call search, newest first. `text` is the
-/// backend's match expression ([`fts5_match`] or [`tsquery`]), `None` without text.
+/// Bits of an FTS5 time key below the millisecond (see `migrations/sqlite/0006`).
+pub(super) const KEY_SHIFT: u32 = 20;
+
+/// The smallest time key of calls made at `millis` or later.
+pub(super) fn key_floor(millis: i64) -> i64 {
+    millis.clamp(0, i64::MAX >> KEY_SHIFT) << KEY_SHIFT
+}
+
+/// A call's preferred time key: its time, then its own rowid modulo 2^20 as the slot.
+pub(super) fn time_key(created_at: i64, rowid: i64) -> i64 {
+    key_floor(created_at) | (rowid & ((1 << KEY_SHIFT) - 1))
+}
+
+/// The next slot to try for a call whose key was taken: same millisecond, wrapping.
+pub(super) fn next_slot(key: i64) -> i64 {
+    let mask = (1 << KEY_SHIFT) - 1;
+    (key & !mask) | ((key + 1) & mask)
+}
+
+/// Filter-driven search checks at most this many calls against the text index; beyond
+/// it, the text index drives (see [`TextPlan`]).
+pub(super) const FILTER_DRIVEN_MAX: i64 = 4000;
+
+/// How a search with text meets the text index.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum TextPlan<'a> {
+    /// No text: the calls indexes alone.
+    None,
+    /// Walk the calls of a narrow filter (an end user, a session, a key) newest first
+    /// and check each against the text index: best when the filter has few calls.
+    Check(&'a str),
+    /// SQLite: walk the matches in the text index newest first (time-keyed rowids) and
+    /// join each to its call; the caller stops reading after a page.
+    SqliteWalk(&'a str),
+    /// Postgres: the matches made in `[from, to)` (milliseconds), newest first.
+    PgSlice {
+        text: &'a str,
+        from: Option<i64>,
+        to: Option<i64>,
+    },
+}
+
+/// Whether the search has a filter with its own index (an end user, a session, a key),
+/// whose calls can be counted cheaply to choose [`TextPlan::Check`].
+pub(super) fn has_narrow_filter(search: &CallSearch) -> bool {
+    let f = &search.filter;
+    f.end_user.is_some() || f.session_id.is_some() || f.key_id.is_some()
+}
+
+/// Counts, up to `cap`, the calls the narrow filters and time range select: the rows a
+/// [`TextPlan::Check`] search would read. Reads only the filter's index.
+pub(super) fn count_narrow_query<'a>(
+    dialect: Dialect,
+    tenant: &'a TenantId,
+    search: &'a CallSearch,
+    cap: i64,
+) -> (String, Vec<Param<'a>>) {
+    let f = &search.filter;
+    let mut params = vec![Param::Text(tenant.as_str())];
+    let mut conds = format!("c.tenant_id = {}", dialect.placeholder(1));
+    let mut cond = |column: &str, op: &str, p: Param<'a>| {
+        params.push(p);
+        conds.push_str(&format!(
+            " AND c.{column} {op} {}",
+            dialect.placeholder(params.len())
+        ));
+    };
+    if let Some(t) = f.since {
+        cond("created_at", ">=", Param::BigInt(t.millis()));
+    }
+    if let Some(t) = f.until {
+        cond("created_at", "<", Param::BigInt(t.millis()));
+    }
+    if let Some(u) = &f.end_user {
+        cond("end_user", "=", Param::Text(u));
+    }
+    if let Some(s) = &f.session_id {
+        cond("session_id", "=", Param::Text(s));
+    }
+    if let Some(k) = &f.key_id {
+        cond("key_id", "=", Param::Text(k.as_str()));
+    }
+    params.push(Param::BigInt(cap));
+    let sql = format!(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM calls c WHERE {conds} LIMIT {}) n",
+        dialect.placeholder(params.len())
+    );
+    (sql, params)
+}
+
+/// The SQL and parameters of one page of a call search, newest first. With
+/// [`TextPlan::SqliteWalk`] there is no LIMIT and rows come in time-key order (time
+/// descending, ties in any order): the caller reads a page and sorts its last millisecond.
 pub(super) fn search_calls_query<'a>(
     dialect: Dialect,
     tenant: &'a TenantId,
     search: &'a CallSearch,
-    text: Option<&'a str>,
+    text: TextPlan<'a>,
     after: Option<&'a CallCursor>,
     limit: u32,
 ) -> (String, Vec<Param<'a>>) {
     let ph = |n| dialect.placeholder(n);
-    let mut params = vec![Param::Text(tenant.as_str())];
-    let mut sql = format!("SELECT {CALL_COLUMNS} FROM ");
-    let mut conds = format!("c.tenant_id = {}", ph(1));
-    if let Some(text) = text {
-        params.push(Param::Text(text));
-        match dialect {
-            // Joined on id too: a rowid reused after a deletion never shows another call.
-            Dialect::Sqlite => {
-                sql.push_str(
-                    "call_fts JOIN calls c ON c.rowid = call_fts.rowid AND c.id = call_fts.call_id",
-                );
-                conds.push_str(&format!(" AND call_fts MATCH {}", ph(2)));
+    let mut params: Vec<Param<'a>> = Vec::new();
+    let mut pre = String::new();
+    let from = match text {
+        TextPlan::None | TextPlan::Check(_) => "calls c",
+        // CROSS JOIN: SQLite keeps the text index as the outer loop, so time-key order
+        // holds without a sort.
+        TextPlan::SqliteWalk(m) => {
+            params.push(Param::Text(m));
+            pre.push_str(&format!("call_fts MATCH {} AND ", ph(params.len())));
+            let (low, high) = key_bounds(search, after);
+            if let Some(low) = low {
+                params.push(Param::BigInt(low));
+                pre.push_str(&format!("call_fts.rowid >= {} AND ", ph(params.len())));
             }
-            Dialect::Postgres => {
-                sql.push_str("call_search s JOIN calls c ON c.id = s.call_id");
-                conds.push_str(&format!(" AND s.doc @@ {}::text::tsquery", ph(2)));
+            if let Some(high) = high {
+                params.push(Param::BigInt(high));
+                pre.push_str(&format!("call_fts.rowid < {} AND ", ph(params.len())));
             }
+            "call_fts CROSS JOIN calls c ON c.id = call_fts.call_id"
         }
-    } else {
-        sql.push_str("calls c");
+        TextPlan::PgSlice { text, from, to } => {
+            params.push(Param::Text(text));
+            pre.push_str(&format!(
+                "s.doc @@ {}::text::tsquery AND ",
+                ph(params.len())
+            ));
+            if let Some(from) = from {
+                params.push(Param::BigInt(from));
+                pre.push_str(&format!("s.created_at >= {} AND ", ph(params.len())));
+            }
+            if let Some(to) = to {
+                params.push(Param::BigInt(to));
+                pre.push_str(&format!("s.created_at < {} AND ", ph(params.len())));
+            }
+            "call_search s JOIN calls c ON c.id = s.call_id"
+        }
+    };
+    // The tenant is always the first parameter of the conditions.
+    let first = params.len() + 1;
+    let (mut conds, more) = conditions(dialect, tenant, search, first);
+    params.extend(more);
+    if let TextPlan::PgSlice { .. } = text {
+        conds.push_str(&format!(" AND s.tenant_id = {}", ph(first)));
     }
+    if let TextPlan::Check(m) = text {
+        params.push(Param::Text(m));
+        let p = ph(params.len());
+        conds.push_str(&match dialect {
+            Dialect::Sqlite => format!(
+                " AND EXISTS (SELECT 1 FROM call_fts WHERE call_fts MATCH {p} AND call_fts.rowid >= (c.created_at << {KEY_SHIFT}) AND call_fts.rowid < ((c.created_at + 1) << {KEY_SHIFT}) AND call_fts.call_id = c.id)"
+            ),
+            Dialect::Postgres => format!(
+                " AND EXISTS (SELECT 1 FROM call_search s WHERE s.call_seq = c.search_seq AND s.doc @@ {p}::text::tsquery)"
+            ),
+        });
+    }
+    if let Some(c) = after {
+        params.push(Param::BigInt(c.created_at.millis()));
+        params.push(Param::Text(c.id.as_str()));
+        conds.push_str(&format!(
+            " AND (c.created_at, c.id) < ({}, {})",
+            ph(params.len() - 1),
+            ph(params.len())
+        ));
+    }
+    let order = match text {
+        TextPlan::SqliteWalk(_) => " ORDER BY call_fts.rowid DESC".to_owned(),
+        TextPlan::PgSlice { .. } => {
+            params.push(Param::BigInt(i64::from(limit.min(MAX_PAGE))));
+            format!(
+                " ORDER BY s.created_at DESC, s.call_id DESC LIMIT {}",
+                ph(params.len())
+            )
+        }
+        TextPlan::None | TextPlan::Check(_) => {
+            params.push(Param::BigInt(i64::from(limit.min(MAX_PAGE))));
+            format!(
+                " ORDER BY c.created_at DESC, c.id DESC LIMIT {}",
+                ph(params.len())
+            )
+        }
+    };
+    let columns = CALL_COLUMNS
+        .split(',')
+        .map(|c| format!("c.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!("SELECT {columns} FROM {from} WHERE {pre}{conds}{order}");
+    (sql, params)
+}
+
+/// The time-key range of a search: from `since`, below `until` and below the
+/// millisecond after the cursor's (the cursor's own millisecond is cut in SQL).
+fn key_bounds(search: &CallSearch, after: Option<&CallCursor>) -> (Option<i64>, Option<i64>) {
+    let low = search.filter.since.map(|t| key_floor(t.millis()));
+    let until = search.filter.until.map(|t| key_floor(t.millis()));
+    let cursor = after.map(|c| key_floor(c.created_at.millis().saturating_add(1)));
+    let high = match (until, cursor) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    (low, high)
+}
+
+/// The conditions on `calls c` of a search (tenant, filters, status class, policy), with
+/// placeholders numbered from `first`; the tenant is always placeholder `first`.
+fn conditions<'a>(
+    dialect: Dialect,
+    tenant: &'a TenantId,
+    search: &'a CallSearch,
+    first: usize,
+) -> (String, Vec<Param<'a>>) {
+    let ph = |n: usize| dialect.placeholder(n + first - 1);
+    let mut params = vec![Param::Text(tenant.as_str())];
+    let mut conds = format!("c.tenant_id = {}", ph(1));
     let mut cond = |column: &str, op: &str, p: Param<'a>| {
         params.push(p);
         conds.push_str(&format!(" AND c.{column} {op} {}", ph(params.len())));
@@ -103,21 +288,7 @@ pub(super) fn search_calls_query<'a>(
         };
         conds.push_str(&format!(" AND (c.blocked_by = {p} OR {decided})"));
     }
-    if let Some(c) = after {
-        params.push(Param::BigInt(c.created_at.millis()));
-        params.push(Param::Text(c.id.as_str()));
-        conds.push_str(&format!(
-            " AND (c.created_at, c.id) < ({}, {})",
-            ph(params.len() - 1),
-            ph(params.len())
-        ));
-    }
-    params.push(Param::BigInt(i64::from(limit.min(MAX_PAGE))));
-    sql.push_str(&format!(
-        " WHERE {conds} ORDER BY c.created_at DESC, c.id DESC LIMIT {}",
-        ph(params.len())
-    ));
-    (sql, params)
+    (conds, params)
 }
 
 /// Tokens come from `domain::search::tokenize` (letters and digits only); quoting is
@@ -142,6 +313,25 @@ pub(super) fn fts5_match(groups: &[Vec<String>]) -> Option<String> {
             .collect::<Vec<_>>()
             .join(" AND "),
     )
+}
+
+/// The tenant id as the single token FTS5 indexes in `call_fts.tenant` (letters and
+/// digits only, so the tokenizer cannot split it).
+pub(super) fn tenant_token(tenant: &str) -> String {
+    tenant
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+/// [`fts5_match`] restricted to one tenant's calls.
+pub(super) fn fts5_match_in(tenant: &TenantId, groups: &[Vec<String>]) -> Option<String> {
+    let text = fts5_match(groups)?;
+    Some(format!(
+        "tenant : {} AND {text}",
+        quote(&tenant_token(tenant.as_str()), '"')
+    ))
 }
 
 /// A tsquery literal: tokens of a group follow each other (`<->`), groups are ANDed.
