@@ -377,6 +377,7 @@ fn http_server(state: web::Data<AppState>, listener: TcpListener) -> Result<Serv
             .service(incidents::simulate)
             .service(alert_api::list_routes)
             .service(alert_api::create_route)
+            .service(alert_api::update_route)
             .service(alert_api::delete_route)
             .service(alert_api::test_route)
             .default_service(web::to(crate::web::serve))

@@ -1,4 +1,4 @@
-//! Alert routes under `/v1/alerts/routes`: list, create, delete, send a test alert. Admin
+//! Alert routes under `/v1/alerts/routes`: list, create, edit, delete, send a test alert. Admin
 //! keys only; everything is scoped to the key's tenant (another tenant's route is a 404).
 //! A route's URL and signing secret are sealed with the master key before they are
 //! stored; the signing secret is shown once, in the answer to the create call.
@@ -13,7 +13,7 @@ use crate::domain::{AlertRouteId, Severity, Timestamp};
 use crate::incidents::alerts::{Delivery, resolve_checked};
 use crate::startup::AppState;
 use crate::store::{StoreError, run_blocking};
-use actix_web::{HttpResponse, delete, get, post, web};
+use actix_web::{HttpResponse, delete, get, patch, post, web};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -97,28 +97,13 @@ pub async fn create_route(
         MIN_REPEAT_INTERVAL_MS,
         MAX_REPEAT_INTERVAL_MS,
     )?;
-    let name = b.name.unwrap_or_default().trim().to_owned();
-    if name.len() > MAX_NAME {
-        return Err(invalid(format!("name may be at most {MAX_NAME} bytes")));
-    }
+    let name = checked_name(b.name)?;
     let (url, _) = resolve_checked(&b.url, &state.settings.alert_webhook_allowed_hosts)
         .await
         .map_err(|e| ApiError::bad_request("invalid_webhook_url", e))?;
-    let secret = match (kind, b.secret.map(|s| s.trim().to_owned())) {
-        (RouteKind::Slack, Some(_)) => {
-            return Err(invalid(
-                "a Slack route takes no secret: Slack webhooks are not signed (the URL itself is the secret)".into(),
-            ));
-        }
+    let secret = match (kind, b.secret) {
+        (kind, Some(s)) => Some(checked_secret(kind, &s)?),
         (RouteKind::Slack, None) => None,
-        (RouteKind::Webhook, Some(s)) => {
-            if s.len() < 16 || s.len() > MAX_SECRET {
-                return Err(invalid(format!(
-                    "secret must be 16 to {MAX_SECRET} characters; omit it to have one generated"
-                )));
-            }
-            Some(s)
-        }
         (RouteKind::Webhook, None) => {
             let mut bytes = [0u8; 32];
             rand::fill(&mut bytes);
@@ -166,6 +151,127 @@ pub async fn create_route(
         out["secret"] = json!(s);
     }
     Ok(HttpResponse::Created().json(out))
+}
+
+fn checked_name(name: Option<String>) -> Result<String, ApiError> {
+    let name = name.unwrap_or_default().trim().to_owned();
+    if name.len() > MAX_NAME {
+        return Err(ApiError::bad_request(
+            "invalid_route",
+            format!("name may be at most {MAX_NAME} bytes"),
+        ));
+    }
+    Ok(name)
+}
+
+fn checked_secret(kind: RouteKind, secret: &str) -> Result<String, ApiError> {
+    let invalid = |m: String| ApiError::bad_request("invalid_route", m);
+    let secret = secret.trim();
+    match kind {
+        RouteKind::Slack => Err(invalid(
+            "a Slack route takes no secret: Slack webhooks are not signed (the URL itself is the secret)".into(),
+        )),
+        RouteKind::Webhook if secret.len() < 16 || secret.len() > MAX_SECRET => Err(invalid(format!(
+            "secret must be 16 to {MAX_SECRET} characters; omit it to have one generated"
+        ))),
+        RouteKind::Webhook => Ok(secret.to_owned()),
+    }
+}
+
+/// Changes to a route; a field left out keeps its value.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutePatch {
+    name: Option<String>,
+    kind: Option<String>,
+    url: Option<String>,
+    secret: Option<String>,
+    min_severity: Option<String>,
+    group_wait_seconds: Option<f64>,
+    repeat_interval_seconds: Option<f64>,
+}
+
+/// Edits a route in place: its id, and the alerts it already sent, stay.
+#[patch("/v1/alerts/routes/{id}")]
+pub async fn update_route(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    path: web::Path<String>,
+    body: web::Json<RoutePatch>,
+) -> Result<HttpResponse, ApiError> {
+    let id = route_id(&path)?;
+    let b = body.into_inner();
+    let invalid = |m: String| ApiError::bad_request("invalid_route", m);
+    let store = state.store.clone();
+    let tenant = caller.tenant_id.clone();
+    let mut route = run_blocking(move || store.get_alert_route(&tenant, &id))
+        .await
+        .map_err(missing("alert route", &path))?;
+    if let Some(kind) = &b.kind
+        && RouteKind::parse(kind).map_err(|e| invalid(e.0))? != route.kind
+    {
+        return Err(invalid(format!(
+            "a route's kind cannot change (this one is {}); create a new route instead",
+            route.kind.as_str()
+        )));
+    }
+    if let Some(s) = &b.min_severity {
+        route.min_severity = Severity::parse(s).map_err(|e| invalid(e.0))?;
+    }
+    route.group_wait_ms = millis(
+        "group_wait_seconds",
+        b.group_wait_seconds,
+        route.group_wait_ms,
+        0,
+        MAX_GROUP_WAIT_MS,
+    )?;
+    route.repeat_interval_ms = millis(
+        "repeat_interval_seconds",
+        b.repeat_interval_seconds,
+        route.repeat_interval_ms,
+        MIN_REPEAT_INTERVAL_MS,
+        MAX_REPEAT_INTERVAL_MS,
+    )?;
+    let tenant = caller.tenant_id.clone();
+    let seal = |plain: &str| {
+        state
+            .master_key
+            .seal(tenant.as_str(), plain)
+            .map_err(ApiError::internal)
+    };
+    if let Some(s) = &b.secret {
+        route.secret_ciphertext = Some(seal(&checked_secret(route.kind, s)?)?);
+    }
+    // A name that was the URL's host follows a new URL unless a name is given.
+    let named_after_target = route.name == route.target;
+    if let Some(raw) = &b.url {
+        let (url, _) = resolve_checked(raw, &state.settings.alert_webhook_allowed_hosts)
+            .await
+            .map_err(|e| ApiError::bad_request("invalid_webhook_url", e))?;
+        route.target = alert::display_target(&url);
+        route.url_ciphertext = seal(url.as_str())?;
+        if named_after_target {
+            route.name = route.target.clone();
+        }
+    }
+    if b.name.is_some() {
+        let name = checked_name(b.name)?;
+        route.name = if name.is_empty() {
+            route.target.clone()
+        } else {
+            name
+        };
+    }
+    let store = state.store.clone();
+    let to_store = route.clone();
+    let updated = run_blocking(move || store.update_alert_route(&to_store)).await?;
+    if !updated {
+        return Err(ApiError::not_found(format!(
+            "no alert route {}",
+            path.as_str()
+        )));
+    }
+    Ok(HttpResponse::Ok().json(&route))
 }
 
 #[delete("/v1/alerts/routes/{id}")]

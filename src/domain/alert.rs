@@ -391,6 +391,9 @@ pub struct SystemAlert {
     pub threshold: f64,
 }
 
+/// The system check whose alert bypasses the job queue it reports on.
+pub const QUEUE_STUCK: &str = "queue_stuck";
+
 /// The system alerts a sample raises.
 pub fn evaluate(s: &SystemSample, t: &SystemThresholds) -> Vec<SystemAlert> {
     let mut out = Vec::new();
@@ -452,7 +455,7 @@ pub fn evaluate(s: &SystemSample, t: &SystemThresholds) -> Vec<SystemAlert> {
         && w > t.queue_stuck_ms
     {
         out.push(SystemAlert {
-            check: "queue_stuck",
+            check: QUEUE_STUCK,
             message: format!(
                 "the oldest due background job has waited {} s; the threshold is {} s. Check that the job workers run",
                 w / 1000,

@@ -217,7 +217,14 @@ impl Alerts {
         let inc = incident.as_ref().map(|(i, _, _)| i);
         let body = match route.kind {
             RouteKind::Slack => slack_body(d.reason, inc, summary.as_deref()),
-            RouteKind::Webhook => webhook_body(&job, &d, Some(&route), inc, summary.as_deref()),
+            RouteKind::Webhook => webhook_body(
+                job.id.as_str(),
+                job.attempts,
+                &d,
+                Some(&route),
+                inc,
+                summary.as_deref(),
+            ),
         };
         let event = if d.reason == Reason::Test {
             "test"
@@ -275,7 +282,7 @@ impl Alerts {
             );
             return Ok(());
         };
-        let body = webhook_body(job, d, None, None, None);
+        let body = webhook_body(job.id.as_str(), job.attempts, d, None, None, None);
         post(
             &op.url,
             op.secret.as_deref().map(str::as_bytes),
@@ -287,6 +294,37 @@ impl Alerts {
         .await
         .map(|_| ())
     }
+
+    /// Sends a system alert to the operator at once, without the job queue: for a stuck
+    /// queue, which would never deliver it. Tries [`DELIVERY_ATTEMPTS`] times, 1 s, 2 s,
+    /// 4 s … apart; returns whether it reached the receiver.
+    pub async fn send_system_now(&self, d: &Delivery) -> bool {
+        let Some(op) = &self.operator else {
+            tracing::warn!("a system alert fired but no operator_alert_webhook_url is set");
+            return false;
+        };
+        let id = format!("direct-{}", d.scheduled_at);
+        for attempt in 1..=DELIVERY_ATTEMPTS {
+            let body = webhook_body(&id, attempt, d, None, None, None);
+            match post(
+                &op.url,
+                op.secret.as_deref().map(str::as_bytes),
+                "system.alert",
+                &id,
+                &body,
+                &self.allow,
+            )
+            .await
+            {
+                Ok(_) => return true,
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "the operator alert was not delivered");
+                    tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;
+                }
+            }
+        }
+        false
+    }
 }
 
 impl super::Listener for Alerts {
@@ -296,7 +334,8 @@ impl super::Listener for Alerts {
 }
 
 fn webhook_body(
-    job: &Job,
+    delivery_id: &str,
+    attempt: u32,
     d: &Delivery,
     route: Option<&AlertRoute>,
     incident: Option<&Incident>,
@@ -311,8 +350,8 @@ fn webhook_body(
         "type": kind,
         "reason": d.reason.as_str(),
         "route": route.map(|r| serde_json::json!({"id": r.id, "name": r.name})),
-        "delivery_id": job.id.as_str(),
-        "attempt": job.attempts,
+        "delivery_id": delivery_id,
+        "attempt": attempt,
         "sent_at": Timestamp::now().to_rfc3339(),
         "incident": incident,
         "summary": summary,
@@ -567,10 +606,20 @@ pub fn spawn_system_checks(
                         .into_iter()
                         .cloned()
                         .collect();
-                    if !due.is_empty() {
+                    // A stuck queue would never deliver its own alert: that one goes direct.
+                    let (direct, queued): (Vec<SystemAlert>, Vec<SystemAlert>) =
+                        due.into_iter().partition(|a| a.check == alert::QUEUE_STUCK);
+                    for a in direct {
+                        let alerts = alerts.clone();
+                        tokio::spawn(async move {
+                            tracing::warn!(check = a.check, message = %a.message, "system alert");
+                            alerts.send_system_now(&system_delivery(&a)).await;
+                        });
+                    }
+                    if !queued.is_empty() {
                         // The queue writes (and syncs) to disk: off the runtime.
                         let alerts = alerts.clone();
-                        run_blocking(move || due.iter().for_each(|a| queue_system_alert(&alerts, a))).await;
+                        run_blocking(move || queued.iter().for_each(|a| queue_system_alert(&alerts, a))).await;
                     }
                 }
                 _ = shutdown.changed() => break,
@@ -600,16 +649,20 @@ fn new_or_repeating<'a>(
     out
 }
 
-fn queue_system_alert(alerts: &Alerts, a: &SystemAlert) {
-    tracing::warn!(check = a.check, message = %a.message, "system alert");
-    let d = Delivery {
+fn system_delivery(a: &SystemAlert) -> Delivery {
+    Delivery {
         route_id: OPERATOR_ROUTE.into(),
         tenant_id: None,
         incident_id: None,
         reason: Reason::System,
         scheduled_at: Timestamp::now().millis(),
         system: serde_json::to_value(a).ok(),
-    };
+    }
+}
+
+fn queue_system_alert(alerts: &Alerts, a: &SystemAlert) {
+    tracing::warn!(check = a.check, message = %a.message, "system alert");
+    let d = system_delivery(a);
     if let Err(e) = alerts.enqueue(&d, Timestamp::now()) {
         tracing::error!(error = %e, "the system alert was not queued");
     }

@@ -97,6 +97,28 @@ pub(super) fn get_route(
     rows.first().map(route_from).ok_or(StoreError::NotFound)?
 }
 
+/// Replaces the editable fields of a route (name, target, URL, secret, severity, timing);
+/// returns whether there was such a route. Its id, tenant, kind and creation stay.
+pub(super) fn update_route(db: &mut dyn Db, r: &AlertRoute) -> StoreResult<bool> {
+    let n = db.execute(
+        "UPDATE alert_routes SET name = $3, target = $4, url_ciphertext = $5, secret_ciphertext = $6,
+             min_severity = $7, group_wait_ms = $8, repeat_interval_ms = $9
+         WHERE tenant_id = $1 AND id = $2",
+        &[
+            Param::Text(r.tenant_id.as_str()),
+            Param::Text(r.id.as_str()),
+            Param::Text(&r.name),
+            Param::Text(&r.target),
+            Param::Text(&r.url_ciphertext),
+            Param::OptText(r.secret_ciphertext.as_deref()),
+            Param::Text(r.min_severity.as_str()),
+            Param::BigInt(r.group_wait_ms),
+            Param::BigInt(r.repeat_interval_ms),
+        ],
+    )?;
+    Ok(n > 0)
+}
+
 pub(super) fn delete_route(
     db: &mut dyn Db,
     tenant: &TenantId,

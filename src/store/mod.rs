@@ -271,6 +271,9 @@ pub trait Store: Send + Sync + 'static {
     /// Oldest first.
     fn list_alert_routes(&self, tenant: &TenantId) -> StoreResult<Vec<AlertRoute>>;
     fn get_alert_route(&self, tenant: &TenantId, id: &AlertRouteId) -> StoreResult<AlertRoute>;
+    /// Replaces a route's editable fields (not its id, tenant, kind or creation time);
+    /// returns whether there was such a route of that tenant.
+    fn update_alert_route(&self, route: &AlertRoute) -> StoreResult<bool>;
     /// Returns whether there was such a route.
     fn delete_alert_route(&self, tenant: &TenantId, id: &AlertRouteId) -> StoreResult<bool>;
     /// Logs an alert that reached its receiver and, for an incident alert, adds the

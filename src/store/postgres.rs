@@ -1118,6 +1118,11 @@ impl Store for PostgresStore {
         alerts::get_route(&mut PgDb(&mut *conn), tenant, id)
     }
 
+    fn update_alert_route(&self, route: &AlertRoute) -> StoreResult<bool> {
+        let mut conn = self.conn()?;
+        alerts::update_route(&mut PgDb(&mut *conn), route)
+    }
+
     fn delete_alert_route(&self, tenant: &TenantId, id: &AlertRouteId) -> StoreResult<bool> {
         let mut conn = self.conn()?;
         alerts::delete_route(&mut PgDb(&mut *conn), tenant, id)

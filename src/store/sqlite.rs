@@ -1226,6 +1226,14 @@ impl Store for SqliteStore {
         alerts::get_route(&mut SqliteDb(&conn), tenant, id)
     }
 
+    fn update_alert_route(&self, route: &AlertRoute) -> StoreResult<bool> {
+        let mut conn = self.conn()?;
+        let tx = begin_write(&self.writer, &mut conn)?;
+        let updated = alerts::update_route(&mut SqliteDb(&tx), route)?;
+        tx.commit().map_err(db_err)?;
+        Ok(updated)
+    }
+
     fn delete_alert_route(&self, tenant: &TenantId, id: &AlertRouteId) -> StoreResult<bool> {
         let mut conn = self.conn()?;
         let tx = begin_write(&self.writer, &mut conn)?;

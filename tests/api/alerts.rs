@@ -515,7 +515,381 @@ async fn a_failing_llm_is_retried_then_dead_lettered_and_the_template_stays(back
     assert!(inc["summary"].as_str().unwrap().len() > 10);
 }
 
+/// An operator webhook, checks every 200 ms, and the disk check quiet (a CI machine's disk
+/// may well be over 80 %), for tests of one system check.
+fn operator_hook(s: &mut agv_server::config::Settings, url: String) {
+    s.operator_alert_webhook_url = Some(url);
+    s.operator_alert_webhook_secret = Some("operator-secret".into());
+    s.system_alert_interval = Duration::from_millis(200);
+    s.system_alert_disk_percent = 100.0;
+}
+
+/// The first system alert of `check` the receiver got, checked for its signature.
+async fn system_alert(hook: &Receiver, check: &str) -> Value {
+    let got = wait_for(&format!("the {check} alert"), async || {
+        hook.received()
+            .into_iter()
+            .find(|r| r.json()["system"]["check"] == check)
+    })
+    .await;
+    let ts: i64 = got.headers["x-agv-timestamp"].parse().unwrap();
+    assert_eq!(
+        got.headers["x-agv-signature"],
+        sign(b"operator-secret", ts, &got.body)
+    );
+    assert_eq!(got.headers["x-agv-event"], "system.alert");
+    got.json()
+}
+
+async fn chat(app: &TestApp, key: &str) -> reqwest::Response {
+    app.client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&crate::helpers::chat_body("hello"))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn a_slack_route_gets_a_readable_unsigned_message(backend: Backend) {
+    let Some((app, _up, key, admin)) = start(backend, |_| {}).await else {
+        return;
+    };
+    let hook = Receiver::start();
+    let res = create_route(
+        &app,
+        &admin,
+        json!({"kind": "slack", "url": hook.url, "secret": "0123456789abcdef0123"}),
+    )
+    .await;
+    assert_eq!(res.status(), 400, "Slack webhooks are not signed");
+    let route: Value = create_route(
+        &app,
+        &admin,
+        json!({"kind": "slack", "url": hook.url, "min_severity": "low", "group_wait_seconds": 0}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert!(route.get("secret").is_none());
+    blocked_call(&app, &key, "cust_1").await;
+    let got = wait_for("the Slack message", async || {
+        let r = hook.received();
+        (!r.is_empty()).then_some(r)
+    })
+    .await;
+    let inc = only_incident(&app, &admin).await;
+    let body = got[0].json();
+    assert_eq!(
+        body.as_object().unwrap().len(),
+        1,
+        "Slack takes {{\"text\"}}: {body}"
+    );
+    let text = body["text"].as_str().unwrap();
+    let severity = inc["severity"].as_str().unwrap().to_uppercase();
+    assert!(text.starts_with(&format!("*[{severity}] ")), "{text}");
+    for part in [
+        inc["title"].as_str().unwrap(),
+        inc["id"].as_str().unwrap(),
+        "(opened)",
+        "1 call(s)",
+    ] {
+        assert!(text.contains(part), "{part:?} missing from {text:?}");
+    }
+    assert!(!got[0].headers.contains_key("x-agv-signature"));
+    assert_eq!(got[0].headers["content-type"], "application/json");
+}
+
+async fn an_unresolved_incident_is_announced_again_until_it_is_resolved(backend: Backend) {
+    let Some((app, _up, key, admin)) = start(backend, |_| {}).await else {
+        return;
+    };
+    let hook = Receiver::start();
+    let res = create_route(
+        &app,
+        &admin,
+        json!({"kind": "webhook", "url": hook.url, "min_severity": "low",
+               "group_wait_seconds": 0, "repeat_interval_seconds": 1}),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    blocked_call(&app, &key, "cust_1").await;
+    let got = wait_for("two repeats", async || {
+        let r = hook.received();
+        (r.len() >= 3).then_some(r)
+    })
+    .await;
+    let reasons: Vec<Value> = got.iter().map(|r| r.json()["reason"].clone()).collect();
+    assert_eq!(
+        reasons[..3],
+        [json!("opened"), json!("repeat"), json!("repeat")]
+    );
+    let id = only_incident(&app, &admin).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = app
+        .post_json(&format!("/v1/incidents/{id}/resolve"), &admin, &json!({}))
+        .await;
+    assert_eq!(res.status(), 200);
+    // A repeat already being sent may still land; none after that.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let settled = hook.received().len();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(hook.received().len(), settled, "no repeat after resolution");
+}
+
+async fn a_route_is_edited_in_place_and_a_bad_edit_changes_nothing(backend: Backend) {
+    let Some((app, _up, _key, admin)) = start(backend, |_| {}).await else {
+        return;
+    };
+    let (old_hook, new_hook) = (Receiver::start(), Receiver::start());
+    let route: Value = create_route(
+        &app,
+        &admin,
+        json!({"kind": "webhook", "url": old_hook.url, "secret": "the-first-secret-1", "min_severity": "high"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let id = route["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/alerts/routes/{id}");
+    let patch = |body: Value| {
+        app.client
+            .patch(app.url(&path))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+    };
+    let res = patch(json!({"url": new_hook.url, "secret": "the-second-secret-2",
+                           "min_severity": "low", "name": "On-call", "repeat_interval_seconds": 60}))
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    let edited: Value = res.json().await.unwrap();
+    assert_eq!(edited["id"], route["id"]);
+    assert_eq!(edited["name"], "On-call");
+    assert_eq!(edited["min_severity"], "low");
+    assert_eq!(edited["repeat_interval_ms"], 60_000);
+    assert_eq!(edited["group_wait_ms"], route["group_wait_ms"], "kept");
+    assert!(edited.get("secret").is_none());
+    let listed = || async {
+        let list: Value = app
+            .get_with_key("/v1/alerts/routes", &admin)
+            .await
+            .json()
+            .await
+            .unwrap();
+        list["data"].clone()
+    };
+    assert_eq!(listed().await, json!([edited]));
+
+    for (bad, why) in [
+        (json!({"kind": "slack"}), "kind"),
+        (json!({"url": "ftp://127.0.0.1/x"}), "url"),
+        (json!({"url": "http://169.254.169.254/latest"}), "url"),
+        (json!({"min_severity": "urgent"}), "severity"),
+        (json!({"repeat_interval_seconds": 0}), "repeat"),
+        (json!({"secret": "short"}), "secret"),
+        (json!({"name": "x".repeat(500)}), "name"),
+        (json!({"colour": "red"}), "unknown field"),
+    ] {
+        let res = patch(bad.clone()).await.unwrap();
+        assert_eq!(res.status(), 400, "{why}: {bad}");
+        let err: Value = res.json().await.unwrap();
+        assert!(!err["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let res = app
+        .client
+        .patch(app.url(&path))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(listed().await, json!([edited]), "bad edits changed nothing");
+
+    let (_other, other_admin) = app.home.tenant_and_key("admin");
+    let res = app
+        .client
+        .patch(app.url(&path))
+        .bearer_auth(&other_admin)
+        .json(&json!({"name": "mine now"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let res = patch(json!({})).await.unwrap();
+    assert_eq!(res.status(), 200, "an empty edit changes nothing");
+    assert_eq!(listed().await, json!([edited]));
+
+    // Alerts now go to the new URL, signed with the new secret.
+    let res = app
+        .post_json(&format!("{path}/test"), &admin, &json!({}))
+        .await;
+    assert_eq!(res.status(), 202);
+    let got = wait_for("the test alert at the new URL", async || {
+        let r = new_hook.received();
+        (!r.is_empty()).then_some(r)
+    })
+    .await;
+    let ts: i64 = got[0].headers["x-agv-timestamp"].parse().unwrap();
+    assert_eq!(
+        got[0].headers["x-agv-signature"],
+        sign(b"the-second-secret-2", ts, &got[0].body)
+    );
+    assert!(old_hook.received().is_empty());
+}
+
+async fn calls_failing_upstream_alert_the_operator_about_the_error_rate(backend: Backend) {
+    let hook = Receiver::start();
+    let url = hook.url.clone();
+    let Some((app, up, key, _admin)) = start(backend, |s| {
+        operator_hook(s, url);
+        s.upstream_retries = 0;
+    })
+    .await
+    else {
+        return;
+    };
+    up.set_mode(Mode::error(500));
+    // Enough calls for the check to judge (20); dg-004 freezes the tenant half way.
+    for _ in 0..20 {
+        let status = chat(&app, &key).await.status().as_u16();
+        assert!(status >= 500 || status == 423, "{status}");
+    }
+    let body = system_alert(&hook, "error_rate").await;
+    let rate = body["system"]["value"].as_f64().unwrap();
+    assert!((0.5..=1.0).contains(&rate), "{body}");
+    assert_eq!(body["system"]["threshold"], 0.05);
+}
+
+async fn slow_calls_alert_the_operator_about_p95_latency(backend: Backend) {
+    let hook = Receiver::start();
+    let url = hook.url.clone();
+    let Some((app, up, key, _admin)) = start(backend, |s| {
+        operator_hook(s, url);
+        s.upstream_retries = 0;
+        s.upstream_timeout = Duration::from_millis(2300);
+    })
+    .await
+    else {
+        return;
+    };
+    let res = chat(&app, &key).await;
+    assert_eq!(res.status(), 200, "a fast call first");
+    up.set_mode(Mode::Hang);
+    let res = chat(&app, &key).await;
+    assert_eq!(res.status(), 504);
+    let body = system_alert(&hook, "p95_latency").await;
+    assert!(body["system"]["value"].as_f64().unwrap() > 2000.0, "{body}");
+    assert!(
+        hook.received()
+            .iter()
+            .all(|r| r.json()["system"]["check"] != "error_rate"),
+        "two calls are too few to judge an error rate"
+    );
+}
+
+/// The store stops answering: Postgres refuses connections and drops the open ones.
+/// Postgres only: an open SQLite file cannot be made to stop answering from outside the
+/// process (the check's evaluation is unit-tested in `domain::alert`).
+async fn a_database_that_stops_answering_alerts_the_operator(backend: Backend) {
+    let hook = Receiver::start();
+    let url = hook.url.clone();
+    let Some((app, _up, _key, _admin)) = start(backend, |s| operator_hook(s, url)).await else {
+        return;
+    };
+    let db_url = app.home.database_url().unwrap();
+    let name = db_url.rsplit('/').next().unwrap().to_owned();
+    let admin_url = format!("{}/postgres", db_url.rsplit_once('/').unwrap().0);
+    let sql = move |q: String| {
+        let admin_url = admin_url.clone();
+        std::thread::spawn(move || {
+            let mut c = ::postgres::Client::connect(&admin_url, ::postgres::NoTls).unwrap();
+            c.batch_execute(&q).unwrap();
+        })
+        .join()
+        .unwrap();
+    };
+    sql(format!(
+        "ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS false;
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}';"
+    ));
+    let body = system_alert(&hook, "store_errors").await;
+    assert_eq!(body["type"], "system.alert");
+    sql(format!(
+        "ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS true"
+    ));
+    // The server stayed up and answers again once the database does.
+    wait_for("the server to be ready again", async || {
+        let res = app.client.get(app.url("/ready")).send().await.ok()?;
+        (res.status() == 200).then_some(())
+    })
+    .await;
+}
+
+/// The only worker hangs on a narrative from an LLM that never answers; a test alert
+/// queued behind it waits. The operator hears of it directly, not through that queue.
+async fn a_stuck_job_queue_alerts_the_operator_without_the_queue(backend: Backend) {
+    let llm = MockUpstream::start();
+    llm.set_mode(Mode::Hang);
+    let llm_url = llm.url();
+    let hook = Receiver::start();
+    let url = hook.url.clone();
+    let Some((app, _up, key, admin)) = start(backend, |s| {
+        operator_hook(s, url);
+        s.job_workers = 1;
+        s.llm_base_url = Some(llm_url);
+        s.system_alert_queue_stuck = Duration::from_millis(300);
+    })
+    .await
+    else {
+        return;
+    };
+    blocked_call(&app, &key, "cust_1").await;
+    wait_for("the narrative job to reach the LLM", async || {
+        llm.last_request().map(|_| ())
+    })
+    .await;
+    let route_hook = Receiver::start();
+    let route: Value = create_route(
+        &app,
+        &admin,
+        json!({"kind": "webhook", "url": route_hook.url}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let res = app
+        .post_json(
+            &format!("/v1/alerts/routes/{}/test", route["id"].as_str().unwrap()),
+            &admin,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), 202);
+    let body = system_alert(&hook, "queue_stuck").await;
+    assert!(body["delivery_id"].as_str().unwrap().starts_with("direct-"));
+    assert!(body["system"]["value"].as_f64().unwrap() >= 300.0, "{body}");
+    assert!(
+        route_hook.received().is_empty(),
+        "the queued alert still waits"
+    );
+}
+
 crate::on_both_backends!(
+    a_slack_route_gets_a_readable_unsigned_message,
+    an_unresolved_incident_is_announced_again_until_it_is_resolved,
+    a_route_is_edited_in_place_and_a_bad_edit_changes_nothing,
+    calls_failing_upstream_alert_the_operator_about_the_error_rate,
+    slow_calls_alert_the_operator_about_p95_latency,
+    a_stuck_job_queue_alerts_the_operator_without_the_queue,
     a_blocked_call_alerts_a_signed_webhook_after_a_failed_first_delivery,
     the_test_endpoint_sends_a_test_alert_and_other_tenants_get_404,
     an_incident_resolved_within_the_group_wait_is_never_announced,
@@ -526,3 +900,13 @@ crate::on_both_backends!(
     with_an_llm_an_ai_written_narrative_appears_beside_the_template,
     a_failing_llm_is_retried_then_dead_lettered_and_the_template_stays,
 );
+
+mod postgres_only {
+    #[tokio::test]
+    async fn a_database_that_stops_answering_alerts_the_operator() {
+        super::a_database_that_stops_answering_alerts_the_operator(
+            crate::helpers::Backend::Postgres,
+        )
+        .await
+    }
+}
