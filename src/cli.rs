@@ -295,7 +295,8 @@ fn demo(store: &DynStore, calls: u64, days: u32, seed: u64, json: bool) -> Resul
     }
     eprintln!("indexing the calls for text search…");
     let indexed = store.index_pending_calls()?;
-    eprintln!("indexed {indexed} calls");
+    eprintln!("indexed {indexed} calls; compacting the index…");
+    store.optimize_search()?;
     store.checkpoint()?;
     eprintln!(
         "done in {:.1} s: {done} calls, {} incidents. Admin key (shown only now): use it with /v1/calls and /v1/incidents",

@@ -248,6 +248,12 @@ pub trait Store: Send + Sync + 'static {
     fn checkpoint(&self) -> StoreResult<()> {
         Ok(())
     }
+    /// After bulk indexing (`agv-server demo`): merges the text index into its most
+    /// compact form (SQLite) or refreshes the planner's statistics (Postgres). Takes
+    /// seconds on a million calls; searches stay correct without it, only slower.
+    fn optimize_search(&self) -> StoreResult<()> {
+        Ok(())
+    }
 
     // Search over recorded calls (see `domain::search`). The text of calls is indexed in
     // the background, off the recorder's hot path: a call is found by its text within

@@ -1097,6 +1097,12 @@ impl Store for PostgresStore {
         super::search_postgres::search_calls(&mut *self.conn()?, tenant, search, after, limit)
     }
 
+    fn optimize_search(&self) -> StoreResult<()> {
+        self.conn()?
+            .batch_execute("ANALYZE calls; ANALYZE call_search;")
+            .map_err(db_err)
+    }
+
     fn index_pending_calls(&self) -> StoreResult<u64> {
         super::search_postgres::index_pending(&mut *self.conn()?)
     }

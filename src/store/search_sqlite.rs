@@ -1,13 +1,20 @@
-//! Call search on SQLite: FTS5 over the readable text of calls, filled in the background.
+//! Call search on SQLite: FTS5 over the readable text of calls, in a file of its own,
+//! filled in the background.
 //!
-//! The recorder's insert into `calls` does no indexing work (it is on the proxy's hot
-//! path). Instead [`spawn_indexer`] runs a thread that, every [`INDEX_EVERY`], indexes the
-//! calls past a watermark (`call_search_state.indexed_rowid`) in batches of
-//! [`INDEX_BATCH`]: bodies are read and tokenized outside any write lock, and the inserts
-//! into `call_fts` go in transactions of a hundred calls under the process's writer lock. A new call is therefore searchable within about half
-//! a second; [`index_pending`] does the same work at once (tests, and callers that must
-//! see their last write). SQLite has one writer at a time and assigns rowids past the
-//! largest one, so rowid order is commit order and a watermark cannot skip a call.
+//! The index is `agv.search.db` beside the database ([`search_path`]); every pooled
+//! connection attaches it as `search`, so queries join `call_fts` to `calls` as if they
+//! were one database. Writing it never takes the main database's write lock, which the
+//! call recorder (on the proxy's hot path) waits for. It is derived data: [`prepare`]
+//! rebuilds it when it is missing, of another version, or built from another database.
+//!
+//! [`spawn_indexer`] runs a thread that, every [`INDEX_EVERY`], indexes the calls past a
+//! watermark (`call_search_state.indexed_rowid`) in batches of [`INDEX_BATCH`]: bodies
+//! are read from the main database and tokenized outside any transaction, then inserted
+//! into `call_fts` in transactions of a hundred calls, and the index's segments are merged
+//! a little after each batch. A new call is therefore searchable within about half a
+//! second; [`index_pending`] does the same work at once (tests, and callers that must see
+//! their last write). SQLite has one writer at a time and assigns rowids past the largest
+//! one, so rowid order is commit order and a watermark cannot skip a call.
 //!
 //! The index's own rowids are time keys (`search_sql::time_key`), so a search walks a
 //! word's matches newest first and stops after a page. With a narrow filter (an end
@@ -21,11 +28,11 @@ use super::search_sql::{
     Dialect, FILTER_DRIVEN_MAX, TextPlan, count_narrow_query, fts5_match, fts5_match_in,
     has_narrow_filter, next_slot, search_calls_query, tenant_token, time_key,
 };
-use super::sqlite::{WriterLock, begin_write, call_row, db_err, init_connection};
+use super::sqlite::{BUSY_TIMEOUT, call_row, db_err, init_connection};
 use crate::domain::search::index_tokens;
 use crate::domain::{CallCursor, CallRecord, CallSearch, TenantId};
-use rusqlite::{Connection, params, params_from_iter};
-use std::path::PathBuf;
+use rusqlite::{Connection, TransactionBehavior, params, params_from_iter};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -37,6 +44,118 @@ pub(super) const INDEX_EVERY: Duration = Duration::from_millis(300);
 pub(super) const INDEX_BATCH: usize = 2000;
 /// Calls inserted into the index per write transaction.
 const INSERT_CHUNK: usize = 100;
+/// Pages of segment merging after each batch: keeps the number of segments a query
+/// reads small while calls keep arriving.
+const MERGE_PAGES: i64 = 200;
+/// Version of the index's layout; another version is rebuilt.
+const SEARCH_VERSION: i64 = 1;
+
+/// The index file of the database at `db`: `agv.db` → `agv.search.db`.
+pub(super) fn search_path(db: &Path) -> PathBuf {
+    db.with_extension("search.db")
+}
+
+/// Attaches the index file as `search` to a connection of the main database.
+pub(super) fn attach(conn: &Connection, search: &Path) -> rusqlite::Result<()> {
+    let attached: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_database_list WHERE name = 'search')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !attached {
+        conn.execute(
+            "ATTACH DATABASE ?1 AS search",
+            params![search.to_string_lossy()],
+        )?;
+    }
+    let _mode: String = conn.query_row("PRAGMA search.journal_mode = WAL", [], |r| r.get(0))?;
+    conn.execute_batch("PRAGMA search.synchronous = NORMAL")
+}
+
+/// Opens the index file alone, for writing it without touching the main database's locks.
+fn open_index(search: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(search)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
+}
+
+/// Creates the index's tables on a connection with the index attached, or drops and
+/// recreates them (to be refilled in the background) when they are of another version,
+/// were built from another database, or are ahead of its calls (a restored backup).
+pub(super) fn prepare(conn: &mut Connection) -> StoreResult<()> {
+    // IMMEDIATE: several processes opening at once must not rebuild it twice.
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    let token: String = tx
+        .query_row(
+            "SELECT token FROM main.call_search_source WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db_err)?;
+    let version: i64 = tx
+        .query_row("PRAGMA search.user_version", [], |r| r.get(0))
+        .map_err(db_err)?;
+    if version == SEARCH_VERSION {
+        let state: Option<(String, i64)> = tx
+            .query_row(
+                "SELECT source, indexed_rowid FROM search.call_search_state WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_or_else(
+                |e| match e {
+                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                    e => Err(db_err(e)),
+                },
+                |s| Ok(Some(s)),
+            )?;
+        let newest: i64 = tx
+            .query_row("SELECT COALESCE(MAX(rowid), 0) FROM main.calls", [], |r| {
+                r.get(0)
+            })
+            .map_err(db_err)?;
+        if state.is_some_and(|(source, at)| source == token && at <= newest) {
+            return Ok(());
+        }
+        tracing::info!(
+            "the search index was built from other data; rebuilding it in the background"
+        );
+    }
+    tx.execute_batch(&format!(
+        "DROP TABLE IF EXISTS search.call_fts;
+         DROP TABLE IF EXISTS search.call_search_state;
+         -- rowid: a time key (see search_sql::time_key). call_id is kept to join a hit to
+         -- its call; tenant holds the tenant id as one token, so a tenant's search
+         -- intersects with its own calls inside the index. Diacritics are kept because
+         -- agv-server tokenizes the text itself, identically for SQLite and Postgres.
+         CREATE VIRTUAL TABLE search.call_fts USING fts5(
+             call_id UNINDEXED,
+             tenant,
+             body,
+             content = '',
+             contentless_delete = 1,
+             contentless_unindexed = 1,
+             tokenize = 'unicode61 remove_diacritics 0'
+         );
+         CREATE TABLE search.call_search_state (
+             id            INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),
+             indexed_rowid BIGINT NOT NULL,
+             source        TEXT NOT NULL
+         );
+         PRAGMA search.user_version = {SEARCH_VERSION};"
+    ))
+    .map_err(db_err)?;
+    tx.execute(
+        "INSERT INTO search.call_search_state (id, indexed_rowid, source) VALUES (1, 0, ?1)",
+        params![token],
+    )
+    .map_err(db_err)?;
+    tx.commit().map_err(db_err)
+}
 
 pub(super) fn search_calls(
     conn: &Connection,
@@ -115,14 +234,13 @@ fn page(
     rows.map(|r| r.map_err(db_err)?.into_record()).collect()
 }
 
-/// Indexes every call recorded so far; returns how many were indexed.
-pub(super) fn index_pending(
-    conn: &mut Connection,
-    lock: &std::sync::Mutex<()>,
-) -> StoreResult<u64> {
+/// Indexes every call recorded so far in the database at `db`; returns how many were
+/// indexed.
+pub(super) fn index_pending(db: &Path) -> StoreResult<u64> {
+    let (calls, mut index) = open_pair(db).map_err(db_err)?;
     let mut total = 0u64;
     loop {
-        let n = index_batch(conn, lock, INDEX_BATCH)?;
+        let n = index_batch(&calls, &mut index, INDEX_BATCH)?;
         total += n as u64;
         if n < INDEX_BATCH {
             return Ok(total);
@@ -130,13 +248,33 @@ pub(super) fn index_pending(
     }
 }
 
-fn watermark(conn: &Connection) -> StoreResult<i64> {
-    conn.query_row(
-        "SELECT indexed_rowid FROM call_search_state WHERE id = 1",
-        [],
-        |r| r.get(0),
-    )
-    .map_err(db_err)
+/// Merges the whole index into one segment, after bulk indexing.
+pub(super) fn optimize(db: &Path) -> StoreResult<()> {
+    let mut index = open_index(&search_path(db)).map_err(db_err)?;
+    let tx = index
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    tx.execute("INSERT INTO call_fts (call_fts) VALUES ('optimize')", [])
+        .map_err(db_err)?;
+    tx.commit().map_err(db_err)
+}
+
+/// A connection of the main database, to read calls, and one of the index alone, to
+/// write it.
+fn open_pair(db: &Path) -> rusqlite::Result<(Connection, Connection)> {
+    let mut calls = Connection::open(db)?;
+    init_connection(&mut calls)?;
+    Ok((calls, open_index(&search_path(db))?))
+}
+
+fn watermark(index: &Connection) -> StoreResult<i64> {
+    index
+        .query_row(
+            "SELECT indexed_rowid FROM call_search_state WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db_err)
 }
 
 /// A call ready for the text index.
@@ -149,15 +287,11 @@ struct Doc {
 }
 
 /// Indexes up to `batch` calls past the watermark; returns how many were read.
-fn index_batch(
-    conn: &mut Connection,
-    lock: &std::sync::Mutex<()>,
-    batch: usize,
-) -> StoreResult<usize> {
-    let from = watermark(conn)?;
-    // Read and tokenize before taking the write lock, which the recorder waits for.
+fn index_batch(calls: &Connection, index: &mut Connection, batch: usize) -> StoreResult<usize> {
+    let from = watermark(index)?;
+    // Read and tokenize outside any write transaction.
     let docs: Vec<Doc> = {
-        let mut stmt = conn
+        let mut stmt = calls
             .prepare_cached(
                 "SELECT rowid, id, tenant_id, created_at, request_body, response_body FROM calls WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
             )
@@ -190,14 +324,15 @@ fn index_batch(
     if docs.is_empty() {
         return Ok(0);
     }
-    // Written in small transactions, each under this process's writer lock (see
-    // `sqlite::WriterLock`): the recorder, whose commit is on the proxy's hot path, waits
-    // at most one chunk's inserts (about a millisecond) for it, never the whole batch.
+    // In small transactions, so a search reading the index never waits long for a
+    // checkpoint of a large one.
     for chunk in docs.chunks(INSERT_CHUNK) {
         let Some(last) = chunk.last().map(|d| d.rowid) else {
             continue;
         };
-        let tx = begin_write(lock, conn)?;
+        let tx = index
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
         // Another indexer (the background thread, or a caller of index_pending) may have
         // indexed some of these meanwhile: skip what is at or below the current watermark.
         let now_at = watermark(&tx)?;
@@ -230,21 +365,26 @@ fn index_batch(
         tx.commit().map_err(db_err)?;
         std::thread::yield_now();
     }
+    // A little merging after each batch keeps the segments a query reads few.
+    index
+        .execute(
+            "INSERT INTO call_fts (call_fts, rank) VALUES ('merge', ?1)",
+            params![MERGE_PAGES],
+        )
+        .map_err(db_err)?;
     Ok(docs.len())
 }
 
-/// Starts the background indexer on its own connection; it stops when `stop` is set.
-pub(super) fn spawn_indexer(path: PathBuf, stop: Arc<AtomicBool>, lock: WriterLock) {
+/// Starts the background indexer on its own connections; it stops when `stop` is set.
+pub(super) fn spawn_indexer(db: PathBuf, stop: Arc<AtomicBool>) {
     let spawned = std::thread::Builder::new()
         .name("agv-search-index".into())
         .spawn(move || {
             super::sqlite::background_priority();
-            let mut conn = match Connection::open(&path)
-                .and_then(|mut c| init_connection(&mut c).map(|()| c))
-            {
-                Ok(c) => c,
+            let (calls, mut index) = match open_pair(&db) {
+                Ok(pair) => pair,
                 Err(e) => {
-                    tracing::error!(error = %e, path = %path.display(), "the search indexer could not open the database; new calls will not be found by text search until a restart");
+                    tracing::error!(error = %e, path = %db.display(), "the search indexer could not open the database; new calls will not be found by text search until a restart");
                     return;
                 }
             };
@@ -255,7 +395,7 @@ pub(super) fn spawn_indexer(path: PathBuf, stop: Arc<AtomicBool>, lock: WriterLo
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
-                    match index_batch(&mut conn, &lock, INDEX_BATCH) {
+                    match index_batch(&calls, &mut index, INDEX_BATCH) {
                         Ok(n) => {
                             failing = false;
                             if n < INDEX_BATCH {
@@ -290,6 +430,110 @@ mod tests {
     const INSERT: &str = "INSERT INTO calls (rowid, id, tenant_id, key_id, created_at, endpoint, stream, request_body, request_truncated, request_sha256, response_truncated, status, blocked, decisions, latency_us, enforcement_us, upstream_attempts)
          VALUES (?1, ?2, ?3, 'key_00000000000000000000000000000000', ?4, 'chat.completions', 0, ?5, 0, '', 0, 200, 0, '[]', 0, 0, 0)";
 
+    fn acme(store: &SqliteStore) -> Tenant {
+        let tenant = Tenant {
+            id: TenantId::generate(),
+            name: TenantName::parse("Acme").unwrap(),
+            created_at: Timestamp::from_millis(0),
+        };
+        store.create_tenant(&tenant).unwrap();
+        tenant
+    }
+
+    fn add_call(path: &std::path::Path, rowid: i64, tenant: &TenantId, text: &str) {
+        let raw = Connection::open(path).unwrap();
+        let id = format!("call_{rowid:032x}");
+        raw.execute(
+            INSERT,
+            params![rowid, id, tenant.as_str(), 1_000 + rowid, text],
+        )
+        .unwrap();
+    }
+
+    fn walrus_ids(store: &SqliteStore, tenant: &TenantId) -> Vec<String> {
+        let search = CallSearch {
+            text: vec![vec!["walrus".to_owned()]],
+            ..CallSearch::default()
+        };
+        store
+            .search_calls(tenant, &search, None, 100)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id.as_str().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_deleted_index_file_is_rebuilt_from_the_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agv.db");
+        let tenant = {
+            let store = SqliteStore::open(&path).unwrap();
+            let tenant = acme(&store);
+            add_call(&path, 1, &tenant.id, "walrus one");
+            add_call(&path, 2, &tenant.id, "walrus two");
+            store.index_pending_calls().unwrap();
+            assert_eq!(walrus_ids(&store, &tenant.id).len(), 2);
+            tenant
+        };
+        let index = super::search_path(&path);
+        assert!(index.exists(), "the index is a file of its own");
+        for f in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{f}", index.display()));
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert!(walrus_ids(&store, &tenant.id).is_empty(), "not indexed yet");
+        assert_eq!(store.index_pending_calls().unwrap(), 2);
+        assert_eq!(walrus_ids(&store, &tenant.id).len(), 2);
+    }
+
+    #[test]
+    fn an_index_built_from_another_database_is_rebuilt() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (path_a, path_b) = (a.path().join("agv.db"), b.path().join("agv.db"));
+        let mine = {
+            let store = SqliteStore::open(&path_b).unwrap();
+            let mine = acme(&store);
+            add_call(&path_b, 1, &mine.id, "walrus mine");
+            mine
+        };
+        {
+            let store = SqliteStore::open(&path_a).unwrap();
+            let theirs = acme(&store);
+            for rowid in 1..=3 {
+                add_call(&path_a, rowid, &theirs.id, "walrus theirs");
+            }
+            store.index_pending_calls().unwrap();
+        }
+        // Another database's index copied over this one's (a copied data directory).
+        let other = Connection::open(super::search_path(&path_a)).unwrap();
+        other
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        drop(other);
+        std::fs::copy(super::search_path(&path_a), super::search_path(&path_b)).unwrap();
+        let copied = Connection::open(super::search_path(&path_b)).unwrap();
+        let (version, watermark): (i64, i64) = copied
+            .query_row(
+                "SELECT (SELECT user_version FROM pragma_user_version), indexed_rowid FROM call_search_state",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (version, watermark),
+            (1, 3),
+            "a complete index of the other data"
+        );
+        drop(copied);
+        let store = SqliteStore::open(&path_b).unwrap();
+        store.index_pending_calls().unwrap();
+        assert_eq!(
+            walrus_ids(&store, &mine.id),
+            vec![format!("call_{:032x}", 1)]
+        );
+    }
+
     #[test]
     fn two_calls_of_one_millisecond_whose_rowids_share_a_slot_both_get_a_key() {
         let dir = tempfile::tempdir().unwrap();
@@ -302,6 +546,7 @@ mod tests {
         };
         store.create_tenant(&tenant).unwrap();
         let raw = Connection::open(&path).unwrap();
+        let index = Connection::open(super::search_path(&path)).unwrap();
         let at = 1_700_000_000_123_i64;
         for (rowid, id, text) in [
             (7_i64, "call_0000000000000000000000000000000a", "walrus one"),
@@ -320,7 +565,7 @@ mod tests {
                 .unwrap();
         }
         store.index_pending_calls().unwrap();
-        let keys: Vec<i64> = raw
+        let keys: Vec<i64> = index
             .prepare("SELECT rowid FROM call_fts ORDER BY rowid")
             .unwrap()
             .query_map([], |r| r.get(0))

@@ -44,7 +44,7 @@ use std::time::Duration;
 pub const DB_FILE: &str = "agv.db";
 
 const POOL_SIZE: u32 = 8;
-const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
 
 /// Opens the store and applies migrations.
 pub fn open_store(path: &Path) -> StoreResult<DynStore> {
@@ -132,11 +132,15 @@ pub(super) fn init_connection(conn: &mut Connection) -> rusqlite::Result<()> {
 /// an exclusive lock while it folds the WAL back) or recovering it after a crash. Both
 /// last milliseconds, so this waits them out for up to the busy timeout.
 fn open_first_connection(path: &Path) -> rusqlite::Result<Connection> {
+    retry_busy(|| Connection::open(path).and_then(|mut c| init_connection(&mut c).map(|()| c)))
+}
+
+/// Runs `f` again while it fails with "busy" or "locked", for up to the busy timeout.
+pub(super) fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
     let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
     let mut pause = Duration::from_millis(2);
     loop {
-        let attempt = Connection::open(path).and_then(|mut c| init_connection(&mut c).map(|()| c));
-        match attempt {
+        match f() {
             Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(50));
@@ -227,7 +231,16 @@ impl SqliteStore {
             other => other,
         })?;
 
-        let manager = SqliteConnectionManager::file(path).with_init(init_connection);
+        // The text index's file (see search_sqlite): attached to every connection,
+        // rebuilt here when it does not belong to this database.
+        let search = super::search_sqlite::search_path(path);
+        retry_busy(|| super::search_sqlite::attach(&first, &search))
+            .map_err(|e| cannot_open(&e))?;
+        super::search_sqlite::prepare(&mut first)?;
+        let manager = SqliteConnectionManager::file(path).with_init(move |c| {
+            init_connection(c)?;
+            super::search_sqlite::attach(c, &search)
+        });
         let pool = Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(1))
@@ -243,11 +256,7 @@ impl SqliteStore {
         let stop_checkpointer = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = WriterLock::default();
         spawn_checkpointer(path.to_owned(), stop_checkpointer.clone());
-        super::search_sqlite::spawn_indexer(
-            path.to_owned(),
-            stop_checkpointer.clone(),
-            writer.clone(),
-        );
+        super::search_sqlite::spawn_indexer(path.to_owned(), stop_checkpointer.clone());
         Ok(Self {
             pool,
             path: path.to_owned(),
@@ -1182,6 +1191,10 @@ impl Store for SqliteStore {
         tx.commit().map_err(db_err)
     }
 
+    fn optimize_search(&self) -> StoreResult<()> {
+        super::search_sqlite::optimize(&self.path)
+    }
+
     fn checkpoint(&self) -> StoreResult<()> {
         self.conn()?
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
@@ -1205,8 +1218,7 @@ impl Store for SqliteStore {
     }
 
     fn index_pending_calls(&self) -> StoreResult<u64> {
-        let mut conn = self.conn()?;
-        super::search_sqlite::index_pending(&mut conn, &self.writer)
+        super::search_sqlite::index_pending(&self.path)
     }
 
     fn create_alert_route(&self, route: &AlertRoute) -> StoreResult<()> {
