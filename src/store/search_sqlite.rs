@@ -127,6 +127,13 @@ pub(super) fn prepare(conn: &mut Connection) -> StoreResult<()> {
     }
     tx.execute_batch(&format!(
         "DROP TABLE IF EXISTS search.call_fts;
+         -- Dropping the table leaves its content shadow table behind when the unindexed
+         -- column is stored (contentless_unindexed): drop what is left by name.
+         DROP TABLE IF EXISTS search.call_fts_data;
+         DROP TABLE IF EXISTS search.call_fts_idx;
+         DROP TABLE IF EXISTS search.call_fts_content;
+         DROP TABLE IF EXISTS search.call_fts_docsize;
+         DROP TABLE IF EXISTS search.call_fts_config;
          DROP TABLE IF EXISTS search.call_search_state;
          -- rowid: a time key (see search_sql::time_key). call_id is kept to join a hit to
          -- its call; tenant holds the tenant id as one token, so a tenant's search
@@ -491,28 +498,23 @@ mod tests {
     fn an_index_built_from_another_database_is_rebuilt() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (path_a, path_b) = (a.path().join("agv.db"), b.path().join("agv.db"));
-        let mine = {
-            let store = SqliteStore::open(&path_b).unwrap();
-            let mine = acme(&store);
-            add_call(&path_b, 1, &mine.id, "walrus mine");
-            mine
-        };
         {
             let store = SqliteStore::open(&path_a).unwrap();
             let theirs = acme(&store);
             for rowid in 1..=3 {
                 add_call(&path_a, rowid, &theirs.id, "walrus theirs");
             }
-            store.index_pending_calls().unwrap();
+            assert_eq!(store.index_pending_calls().unwrap(), 3);
         }
-        // Another database's index copied over this one's (a copied data directory).
-        let other = Connection::open(super::search_path(&path_a)).unwrap();
-        other
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .unwrap();
-        drop(other);
-        std::fs::copy(super::search_path(&path_a), super::search_path(&path_b)).unwrap();
-        let copied = Connection::open(super::search_path(&path_b)).unwrap();
+        // Another database's index is in place before this one is first opened (a copied
+        // data directory).
+        let (from, to) = (super::search_path(&path_a), super::search_path(&path_b));
+        std::fs::copy(&from, &to).unwrap();
+        let wal = format!("{}-wal", from.display());
+        if std::path::Path::new(&wal).exists() {
+            std::fs::copy(&wal, format!("{}-wal", to.display())).unwrap();
+        }
+        let copied = Connection::open(&to).unwrap();
         let (version, watermark): (i64, i64) = copied
             .query_row(
                 "SELECT (SELECT user_version FROM pragma_user_version), indexed_rowid FROM call_search_state",
@@ -527,6 +529,8 @@ mod tests {
         );
         drop(copied);
         let store = SqliteStore::open(&path_b).unwrap();
+        let mine = acme(&store);
+        add_call(&path_b, 1, &mine.id, "walrus mine");
         store.index_pending_calls().unwrap();
         assert_eq!(
             walrus_ids(&store, &mine.id),
