@@ -1,4 +1,5 @@
-//! Replays and certificates over HTTP: `POST /v1/replay/{call_id}`, `POST /v1/certificates`,
+//! Replays and certificates over HTTP: `POST /v1/replay/{call_id}`, `GET /v1/replays/{id}`,
+//! `POST /v1/certificates`,
 //! `GET /v1/certificates/{id}`, and the public `GET /v1/certificates/public-key` and
 //! `GET /v1/certificates/{id}/verify` (no key needed; the check reveals no content).
 
@@ -43,6 +44,23 @@ pub async fn replay(
     )
     .await?;
     Ok(HttpResponse::Ok().json(report))
+}
+
+/// A replay's report as it was given back when the replay ran.
+#[get("/v1/replays/{id}")]
+pub async fn get_replay(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let raw = path.into_inner();
+    let id = ReplayId::parse(&raw).map_err(|_| ApiError::not_found(format!("no replay {raw}")))?;
+    let store = state.store.clone();
+    let tenant = caller.tenant_id.clone();
+    let record = run_blocking(move || store.get_replay(&tenant, &id))
+        .await
+        .map_err(super::error::missing("replay", &raw))?;
+    Ok(HttpResponse::Ok().json(record.report))
 }
 
 #[derive(Deserialize)]

@@ -100,6 +100,19 @@ async fn an_upstream_replay_of_the_same_answer_is_exact_and_linked_to_the_origin
         "tell me a story"
     );
 
+    // The report can be read again, by this tenant only.
+    let rid = report["id"].as_str().unwrap();
+    let res = app
+        .get_with_key(&format!("/v1/replays/{rid}"), &admin)
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap(), report);
+    let (_other, other_admin) = app.home.tenant_and_key("admin");
+    let res = app
+        .get_with_key(&format!("/v1/replays/{rid}"), &other_admin)
+        .await;
+    assert_eq!(res.status(), 404);
+
     let new_id = report["replay_call_id"].as_str().unwrap();
     assert_ne!(new_id, original);
     let new_call = app.call(&admin, new_id).await;
