@@ -9,6 +9,10 @@
 //!   the original key or the caller's key is frozen; refused with 409 when the original
 //!   key was revoked, has expired or is gone, or when the stored request is incomplete.
 //!
+//! An upstream replay passes today's guardrails like any call: when one stops it (rate
+//! limit, budget, …) the stopped attempt is recorded and graded like any answer, and the
+//! report shows it (`replay.blocked`, `replay.blocked_by`, `replay.status`).
+//!
 //! Every replay is stored (with its report) so a certificate can be issued for it. Errors
 //! leave nothing stored.
 //!
