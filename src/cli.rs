@@ -68,6 +68,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check a signed certificate offline: exit 0 when it is valid, 1 with the reason on
+    /// stderr when it is not (bad signature, changed field, wrong key, truncated or invalid
+    /// JSON, unknown version). Needs no server or database; safe while the server runs.
+    Verify {
+        /// The certificate file, as GET /v1/certificates/{id} gives it (`-` reads stdin).
+        certificate: PathBuf,
+        /// The trusted public key: base64 or hex, or a file holding it (also the JSON of
+        /// GET /v1/certificates/public-key). Without it, the key in the data directory
+        /// (--data / AGV_DATA) is the trusted one.
+        #[arg(long, value_name = "KEY")]
+        public_key: Option<String>,
+    },
     /// Print the version.
     Version,
 }
@@ -195,10 +207,17 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
         println!("agv-server {}", env!("CARGO_PKG_VERSION"));
         return Ok(());
     }
+    if let Command::Verify {
+        certificate,
+        public_key,
+    } = &command
+    {
+        return verify_certificate(&cli.global, certificate, public_key.as_deref());
+    }
     let settings = settings(&cli.global)?;
     match command {
         Command::Serve => serve(settings),
-        Command::Version => Ok(()),
+        Command::Version | Command::Verify { .. } => Ok(()),
         Command::Migrate => {
             let store = open_store(&settings)?;
             let version = store.schema_version()?;
@@ -322,6 +341,91 @@ fn serve(settings: Settings) -> Result<(), CliError> {
         app.run_until_stopped().await?;
         Ok(())
     })
+}
+
+/// `agv-server verify`: offline, read-only. The trusted key comes from `--public-key`, or
+/// else from the data directory (never created here); the certificate's own key is used
+/// only when it is that trusted key.
+fn verify_certificate(
+    global: &GlobalArgs,
+    path: &std::path::Path,
+    public_key: Option<&str>,
+) -> Result<(), CliError> {
+    use crate::domain::certificate::{PublicKey, verify};
+    use std::io::Read;
+    let bytes = if path.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .map_err(|e| CliError::usage(format!("cannot read the certificate from stdin: {e}")))?;
+        buf
+    } else {
+        std::fs::read(path).map_err(|e| {
+            CliError::usage(format!(
+                "cannot read the certificate file {}: {e}",
+                path.display()
+            ))
+        })?
+    };
+    let trusted = match public_key {
+        Some(given) => {
+            let as_path = std::path::Path::new(given);
+            let text = if as_path.is_file() {
+                std::fs::read_to_string(as_path).map_err(|e| {
+                    CliError::usage(format!("cannot read the public key file {given}: {e}"))
+                })?
+            } else {
+                given.to_owned()
+            };
+            PublicKey::parse(&text)
+                .map_err(|e| CliError::usage(format!("invalid --public-key: {e}")))?
+        }
+        None => {
+            let dir = global
+                .data
+                .clone()
+                .or_else(|| {
+                    std::env::var_os("AGV_DATA")
+                        .filter(|v| !v.is_empty())
+                        .map(PathBuf::from)
+                })
+                .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_DATA_DIR));
+            match crate::evidence::signing::read_public_key(&dir) {
+                Ok(Some(k)) => k,
+                Ok(None) => {
+                    return Err(CliError::usage(format!(
+                        "no trusted public key: pass --public-key KEY (the public_key of GET /v1/certificates/public-key on the issuing instance), or run this on that instance with --data DIR (no signing key found in {})",
+                        dir.display()
+                    )));
+                }
+                Err(e) => return Err(CliError::usage(e)),
+            }
+        }
+    };
+    match verify(&bytes, Some(&trusted)) {
+        Ok(cert) => {
+            eprintln!(
+                "valid: {} certificate {} issued {} by instance {}",
+                cert.kind.as_str(),
+                cert.certificate_id,
+                cert.issued_at,
+                cert.instance_id
+            );
+            print_json(&serde_json::json!({
+                "valid": true,
+                "certificate_id": cert.certificate_id,
+                "kind": cert.kind,
+                "subject_id": cert.subject_id,
+                "issued_at": cert.issued_at,
+                "instance_id": cert.instance_id,
+                "match_level": cert.match_level,
+            }));
+            Ok(())
+        }
+        Err(e) => Err(CliError::failed(format!(
+            "the certificate is NOT valid: {e}"
+        ))),
+    }
 }
 
 fn print_json(value: &serde_json::Value) {

@@ -8,7 +8,7 @@
 use crate::api::auth::KeyCache;
 use crate::api::error::{json_error_handler, path_error_handler, query_error_handler};
 use crate::api::middleware::{AddressRateLimiter, limit_unauthenticated, observe};
-use crate::api::{alerts as alert_api, health, incidents, openai, v1};
+use crate::api::{alerts as alert_api, evidence as evidence_api, health, incidents, openai, v1};
 use crate::config::Settings;
 use crate::domain::Timestamp;
 use crate::domain::alert::SystemThresholds;
@@ -53,6 +53,8 @@ pub struct AppState {
     pub change_seq: AtomicI64,
     /// Schedules alert deliveries (test alerts from the API too).
     pub alerts: Arc<Alerts>,
+    /// Signs certificates (`<data>/certificate-signing.key`).
+    pub signing_key: crate::domain::certificate::CertSigningKey,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +130,10 @@ impl Application {
 
         let for_key = settings.clone();
         let master_key = run_blocking(move || load_master_key(&for_key)).await?;
+        let key_dir = settings.data_dir.clone();
+        let signing_key = run_blocking(move || crate::evidence::signing::load_or_create(&key_dir))
+            .await
+            .map_err(StartupError)?;
         let pricing = crate::guard::pricing::Pricing::with_overrides(settings.prices.clone())
             .map_err(|e| StartupError(format!("invalid [prices] in config.toml: {e}")))?;
         let guard = Arc::new(Guard::new(pricing));
@@ -218,6 +224,7 @@ impl Application {
             master_key,
             change_seq: AtomicI64::new(change_seq),
             alerts: alerts.clone(),
+            signing_key,
         });
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -380,6 +387,13 @@ fn http_server(state: web::Data<AppState>, listener: TcpListener) -> Result<Serv
             .service(alert_api::update_route)
             .service(alert_api::delete_route)
             .service(alert_api::test_route)
+            .service(evidence_api::replay)
+            .service(evidence_api::get_replay)
+            .service(evidence_api::issue)
+            // `public-key` before `{id}`, which would otherwise take it.
+            .service(evidence_api::public_key)
+            .service(evidence_api::verify)
+            .service(evidence_api::get)
             .default_service(web::to(crate::web::serve))
     })
     .listen(listener)

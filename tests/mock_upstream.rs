@@ -428,3 +428,38 @@ fn works_from_a_plain_thread_and_stops_on_drop() {
     drop(mock);
     assert!(std::net::TcpStream::connect(addr).is_err());
 }
+
+#[tokio::test]
+async fn crafted_chat_replies_answer_the_next_non_streaming_calls_in_order() {
+    let mock = MockUpstream::start();
+    let first = json!({"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "one"}, "finish_reason": "stop"}]});
+    let second = json!({"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": []}, "finish_reason": "tool_calls"}]});
+    mock.push_chat_reply(first.clone());
+    mock.push_chat_reply(second.clone());
+    // A stream is answered as usual and leaves the queue alone.
+    let mut streamed = chat_body("hi");
+    streamed["stream"] = json!(true);
+    let (data, failed) = read_sse(post(&mock, "/chat/completions", &streamed).await).await;
+    assert!(!failed);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    for expected in [&first, &second] {
+        let resp = post(&mock, "/chat/completions", &chat_body("anything")).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(&resp.json::<Value>().await.unwrap(), expected);
+    }
+    // The queue is empty again: the deterministic reply is back.
+    let body: Value = post(&mock, "/chat/completions", &chat_body("back again"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "back again");
+    mock.push_chat_reply(first);
+    mock.reset();
+    let body: Value = post(&mock, "/chat/completions", &chat_body("after reset"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "after reset");
+}

@@ -2767,3 +2767,128 @@ mod alerts {
         assert_eq!(store.last_alert_sent(&other.id, &r.id, &inc).unwrap(), None);
     }
 }
+
+mod evidence {
+    use super::*;
+    use agv_server::domain::certificate::CertificateKind;
+    use agv_server::domain::replay::{MatchLevel, ReplayMode, ReplayRecord};
+    use agv_server::domain::{CertificateId, ReplayId};
+    use agv_server::store::StoredCertificate;
+
+    conformance! {
+        store: [
+            replays_read_back_field_for_field_and_only_for_their_tenant,
+            certificates_read_back_byte_for_byte_and_only_for_their_tenant_or_the_public_check,
+        ],
+        db: [],
+        fresh: [],
+        task: [],
+    }
+
+    fn replay_of(
+        call: &CallRecord,
+        replay_call: Option<&CallRecord>,
+        created: i64,
+    ) -> ReplayRecord {
+        ReplayRecord {
+            id: ReplayId::generate(),
+            tenant_id: call.tenant_id.clone(),
+            call_id: call.id.clone(),
+            replay_call_id: replay_call.map(|c| c.id.clone()),
+            mode: if replay_call.is_some() {
+                ReplayMode::Upstream
+            } else {
+                ReplayMode::Policy
+            },
+            match_level: replay_call.map(|_| MatchLevel::Semantic),
+            model_drift: replay_call.is_some(),
+            created_at: at(created),
+            report: json!({"match_level": "SEMANTIC", "text": "é ✓ \u{0}"}),
+        }
+    }
+
+    fn replays_read_back_field_for_field_and_only_for_their_tenant(store: &dyn Store) {
+        let t = new_tenant(store, "acme", 0);
+        let k = new_key(&t.id, "k");
+        store.create_api_key(&k).unwrap();
+        let original = chat(&t.id, &k.id, 1, "hello", "hi");
+        let again = chat(&t.id, &k.id, 2, "hello", "HI");
+        store
+            .insert_calls(&[original.clone(), again.clone()])
+            .unwrap();
+
+        let upstream = replay_of(&original, Some(&again), 3);
+        let policy = replay_of(&original, None, 4);
+        store.insert_replay(&upstream).unwrap();
+        store.insert_replay(&policy).unwrap();
+        assert_eq!(store.get_replay(&t.id, &upstream.id).unwrap(), upstream);
+        assert_eq!(store.get_replay(&t.id, &policy.id).unwrap(), policy);
+        let listed: Vec<_> = store
+            .list_replays(&t.id, &original.id)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(listed, vec![policy.id.clone(), upstream.id.clone()]);
+        assert!(matches!(
+            store.insert_replay(&upstream),
+            Err(StoreError::Conflict(_))
+        ));
+
+        let other = new_tenant(store, "beta", 0);
+        assert!(matches!(
+            store.get_replay(&other.id, &upstream.id),
+            Err(StoreError::NotFound)
+        ));
+        assert!(
+            store
+                .list_replays(&other.id, &original.id)
+                .unwrap()
+                .is_empty()
+        );
+        // A replay claimed for another tenant's call is not written.
+        let mut foreign = replay_of(&original, None, 5);
+        foreign.tenant_id = other.id.clone();
+        assert!(matches!(
+            store.insert_replay(&foreign),
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            store.get_replay(&other.id, &foreign.id),
+            Err(StoreError::NotFound)
+        ));
+    }
+
+    fn certificates_read_back_byte_for_byte_and_only_for_their_tenant_or_the_public_check(
+        store: &dyn Store,
+    ) {
+        let t = new_tenant(store, "acme", 0);
+        let cert = StoredCertificate {
+            id: CertificateId::generate(),
+            tenant_id: t.id.clone(),
+            kind: CertificateKind::Incident,
+            subject_id: "inc_0123456789abcdef0123456789abcdef".into(),
+            issued_at: at(7),
+            body: "{\n  \"signature\": \"é\",\n  \"version\": 1\n}".into(),
+        };
+        store.insert_certificate(&cert).unwrap();
+        assert_eq!(store.get_certificate(Some(&t.id), &cert.id).unwrap(), cert);
+        assert_eq!(store.get_certificate(None, &cert.id).unwrap(), cert);
+        assert!(matches!(
+            store.insert_certificate(&cert),
+            Err(StoreError::Conflict(_))
+        ));
+        let other = new_tenant(store, "beta", 0);
+        assert!(matches!(
+            store.get_certificate(Some(&other.id), &cert.id),
+            Err(StoreError::NotFound)
+        ));
+        let mut unknown = cert.clone();
+        unknown.id = CertificateId::generate();
+        unknown.tenant_id = TenantId::generate();
+        assert!(matches!(
+            store.insert_certificate(&unknown),
+            Err(StoreError::NotFound)
+        ));
+    }
+}

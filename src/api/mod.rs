@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod auth;
 pub mod error;
+pub mod evidence;
 pub mod health;
 pub mod incidents;
 pub mod middleware;

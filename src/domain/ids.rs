@@ -88,6 +88,8 @@ prefixed_id!(FreezeId, "frz_", "freeze");
 prefixed_id!(IncidentId, "inc_", "incident");
 prefixed_id!(IncidentEventId, "iev_", "incident event");
 prefixed_id!(AlertRouteId, "alr_", "alert route");
+prefixed_id!(ReplayId, "rpl_", "replay");
+prefixed_id!(CertificateId, "cert_", "certificate");
 
 #[cfg(test)]
 mod tests {

@@ -5,6 +5,7 @@
 
 pub mod alert;
 pub mod call;
+pub mod certificate;
 pub mod decision;
 pub mod freeze;
 pub mod ids;
@@ -12,6 +13,7 @@ pub mod incident;
 pub mod keys;
 pub mod money;
 pub mod policy;
+pub mod replay;
 pub mod search;
 pub mod secret_box;
 pub mod tenant;
@@ -23,7 +25,8 @@ pub use call::{CallCursor, CallFilter, CallRecord};
 pub use decision::{Decision, Outcome};
 pub use freeze::{FreezeAction, FreezeEvent};
 pub use ids::{
-    AlertRouteId, CallId, FreezeId, IncidentEventId, IncidentId, KeyId, SessionId, TenantId, UserId,
+    AlertRouteId, CallId, CertificateId, FreezeId, IncidentEventId, IncidentId, KeyId, ReplayId,
+    SessionId, TenantId, UserId,
 };
 pub use incident::{Incident, IncidentStatus, Severity, Signal};
 pub use keys::{ApiKeyRecord, KeyHash, KeySecret, NewApiKey, Scope};

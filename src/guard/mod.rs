@@ -17,6 +17,7 @@
 //! switch that check off; budgets are off when `None`.
 
 pub mod budget;
+pub mod dry_run;
 pub mod injection;
 pub mod killswitch;
 pub mod pricing;

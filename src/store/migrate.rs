@@ -67,6 +67,11 @@ pub const SQLITE: &[Migration] = &[
         name: "alerts",
         sql: include_str!("../../migrations/sqlite/0007_alerts.sql"),
     },
+    Migration {
+        version: 8,
+        name: "evidence",
+        sql: include_str!("../../migrations/sqlite/0008_evidence.sql"),
+    },
 ];
 
 /// Postgres migrations, oldest first; the same versions and meaning as [`SQLITE`].
@@ -105,6 +110,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 7,
         name: "alerts",
         sql: include_str!("../../migrations/postgres/0007_alerts.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "evidence",
+        sql: include_str!("../../migrations/postgres/0008_evidence.sql"),
     },
 ];
 

@@ -7,6 +7,7 @@
 //! This module must not know about HTTP.
 
 mod alerts;
+mod evidence;
 mod incidents;
 pub mod migrate;
 pub mod postgres;
@@ -18,6 +19,8 @@ mod sql;
 pub mod sqlite;
 #[doc(hidden)]
 pub mod testing;
+
+pub use evidence::StoredCertificate;
 
 use crate::domain::alert::{AlertRoute, AlertSent};
 use crate::domain::incident::{
@@ -293,6 +296,27 @@ pub trait Store: Send + Sync + 'static {
         route: &AlertRouteId,
         incident: &IncidentId,
     ) -> StoreResult<Option<Timestamp>>;
+
+    // Evidence: replays and certificates (see domain::replay, domain::certificate). Written
+    // once. Inserting a replay of another tenant's call is NotFound; `get_certificate` with
+    // `None` is for the public check only.
+    fn insert_replay(&self, replay: &crate::domain::replay::ReplayRecord) -> StoreResult<()>;
+    fn get_replay(
+        &self,
+        tenant: &TenantId,
+        id: &crate::domain::ReplayId,
+    ) -> StoreResult<crate::domain::replay::ReplayRecord>;
+    fn list_replays(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+    ) -> StoreResult<Vec<crate::domain::replay::ReplayRecord>>;
+    fn insert_certificate(&self, cert: &StoredCertificate) -> StoreResult<()>;
+    fn get_certificate(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &crate::domain::CertificateId,
+    ) -> StoreResult<StoredCertificate>;
 }
 
 /// A tenant's own upstream as stored: the base URL and the encrypted provider key.

@@ -1153,6 +1153,47 @@ impl Store for PostgresStore {
         let mut conn = self.conn()?;
         alerts::last_sent(&mut PgDb(&mut *conn), tenant, route, incident)
     }
+
+    fn insert_replay(&self, replay: &crate::domain::replay::ReplayRecord) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        super::evidence::insert_replay(&mut PgDb(&mut tx), replay)?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn get_replay(
+        &self,
+        tenant: &TenantId,
+        id: &crate::domain::ReplayId,
+    ) -> StoreResult<crate::domain::replay::ReplayRecord> {
+        let mut conn = self.conn()?;
+        super::evidence::get_replay(&mut PgDb(&mut *conn), tenant, id)
+    }
+
+    fn list_replays(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+    ) -> StoreResult<Vec<crate::domain::replay::ReplayRecord>> {
+        let mut conn = self.conn()?;
+        super::evidence::list_replays(&mut PgDb(&mut *conn), tenant, call)
+    }
+
+    fn insert_certificate(&self, cert: &super::StoredCertificate) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        super::evidence::insert_certificate(&mut PgDb(&mut tx), cert)?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn get_certificate(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &crate::domain::CertificateId,
+    ) -> StoreResult<super::StoredCertificate> {
+        let mut conn = self.conn()?;
+        super::evidence::get_certificate(&mut PgDb(&mut *conn), tenant, id)
+    }
 }
 
 #[cfg(test)]

@@ -1270,6 +1270,47 @@ impl Store for SqliteStore {
         let conn = self.conn()?;
         alerts::last_sent(&mut SqliteDb(&conn), tenant, route, incident)
     }
+
+    fn insert_replay(&self, replay: &crate::domain::replay::ReplayRecord) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let tx = begin_write(&self.writer, &mut conn)?;
+        super::evidence::insert_replay(&mut SqliteDb(&tx), replay)?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn get_replay(
+        &self,
+        tenant: &TenantId,
+        id: &crate::domain::ReplayId,
+    ) -> StoreResult<crate::domain::replay::ReplayRecord> {
+        let conn = self.conn()?;
+        super::evidence::get_replay(&mut SqliteDb(&conn), tenant, id)
+    }
+
+    fn list_replays(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+    ) -> StoreResult<Vec<crate::domain::replay::ReplayRecord>> {
+        let conn = self.conn()?;
+        super::evidence::list_replays(&mut SqliteDb(&conn), tenant, call)
+    }
+
+    fn insert_certificate(&self, cert: &super::StoredCertificate) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let tx = begin_write(&self.writer, &mut conn)?;
+        super::evidence::insert_certificate(&mut SqliteDb(&tx), cert)?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn get_certificate(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &crate::domain::CertificateId,
+    ) -> StoreResult<super::StoredCertificate> {
+        let conn = self.conn()?;
+        super::evidence::get_certificate(&mut SqliteDb(&conn), tenant, id)
+    }
 }
 
 type UpstreamColumns = (String, String, Option<String>, i64);

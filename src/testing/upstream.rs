@@ -30,6 +30,8 @@
 //! - Embeddings: `prompt_tokens` = `total_tokens` = words in all inputs (a token-id array
 //!   counts one per id).
 //! - Ids are `chatcmpl-mock-N` / `req_mock_N` where N is the hit number (1-based).
+//! - [`MockUpstream::push_chat_reply`] queues crafted bodies that replace the reply of the
+//!   next non-streaming chat completions.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -156,6 +158,8 @@ struct Shared {
     fail_remaining: AtomicU64,
     record_limit: usize,
     requests: Mutex<VecDeque<RecordedRequest>>,
+    /// Crafted bodies for the next non-streaming chat completions, oldest first.
+    canned: Mutex<VecDeque<Value>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -247,6 +251,7 @@ impl MockUpstream {
             fail_remaining: AtomicU64::new(0),
             record_limit: options.record_limit,
             requests: Mutex::new(VecDeque::new()),
+            canned: Mutex::new(VecDeque::new()),
         });
         let data = web::Data::from(Arc::clone(&shared));
         let workers = options.workers.max(1);
@@ -324,7 +329,15 @@ impl MockUpstream {
         };
         self.shared.fail_remaining.store(0, Ordering::SeqCst);
         lock(&self.shared.requests).clear();
+        lock(&self.shared.canned).clear();
         self.shared.hits.store(0, Ordering::SeqCst);
+    }
+
+    /// Answers the next non-streaming chat completion with exactly `body` (status 200),
+    /// instead of the deterministic reply; several queue up, oldest first. For tests that
+    /// need crafted answers (tool calls, other wording, another model or fingerprint).
+    pub fn push_chat_reply(&self, body: Value) {
+        lock(&self.shared.canned).push_back(body);
     }
 
     /// Changes how the mock answers from the next request on.
@@ -423,7 +436,17 @@ async fn dispatch(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>)
     let method = req.method().as_str();
     let path = req.path().trim_end_matches('/');
     match (method, path) {
-        ("POST", "/v1/chat/completions") => chat(&json, &body, &knobs, hit),
+        ("POST", "/v1/chat/completions") => {
+            let canned = if json.get("stream").and_then(Value::as_bool) == Some(true) {
+                None
+            } else {
+                lock(&shared.canned).pop_front()
+            };
+            match canned {
+                Some(reply) => ok_json(&reply, hit),
+                None => chat(&json, &body, &knobs, hit),
+            }
+        }
         ("POST", "/v1/embeddings") => embeddings(&json, &body, &knobs, hit),
         ("GET", "/v1/models") => {
             if knobs.mode == Mode::MalformedJson {

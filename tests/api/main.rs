@@ -8,12 +8,14 @@ mod helpers;
 
 mod alerts;
 mod auth;
+mod certificates;
 mod cli;
 mod durability;
 mod enforcement;
 mod health;
 mod incidents;
 mod proxy;
+mod replay;
 mod sdk;
 mod search;
 mod startup_errors;

@@ -1,0 +1,168 @@
+//! Replays and certificates over HTTP: `POST /v1/replay/{call_id}`, `GET /v1/replays/{id}`,
+//! `POST /v1/certificates`,
+//! `GET /v1/certificates/{id}`, and the public `GET /v1/certificates/public-key` and
+//! `GET /v1/certificates/{id}/verify` (no key needed; the check reveals no content).
+
+use super::auth::AdminKey;
+use super::error::{ApiError, optional_json};
+use crate::domain::replay::ReplayMode;
+use crate::domain::{CallId, CertificateId, IncidentId, ReplayId};
+use crate::evidence::certificates::{self, Subject};
+use crate::startup::AppState;
+use crate::store::run_blocking;
+use actix_web::{HttpResponse, get, post, web};
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayBody {
+    mode: String,
+}
+
+#[post("/v1/replay/{call_id}")]
+pub async fn replay(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    path: web::Path<String>,
+    raw: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let hint = "send {\"mode\": \"policy\"} (re-check against today's guardrails, nothing sent) or {\"mode\": \"upstream\"} (send the stored request again)";
+    let body = optional_json::<ReplayBody>(&raw)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("{}; {hint}", e.message)))?
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_json", format!("the request body is empty; {hint}"))
+        })?;
+    let mode =
+        ReplayMode::parse(&body.mode).map_err(|e| ApiError::bad_request("invalid_mode", e.0))?;
+    let report = crate::evidence::replay::replay(
+        &state.proxy,
+        &caller.tenant_id,
+        &caller.key_id,
+        &path,
+        mode,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(report))
+}
+
+/// A replay's report as it was given back when the replay ran.
+#[get("/v1/replays/{id}")]
+pub async fn get_replay(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let raw = path.into_inner();
+    let id = ReplayId::parse(&raw).map_err(|_| ApiError::not_found(format!("no replay {raw}")))?;
+    let store = state.store.clone();
+    let tenant = caller.tenant_id.clone();
+    let record = run_blocking(move || store.get_replay(&tenant, &id))
+        .await
+        .map_err(super::error::missing("replay", &raw))?;
+    Ok(HttpResponse::Ok().json(record.report))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueBody {
+    call_id: Option<String>,
+    replay_id: Option<String>,
+    incident_id: Option<String>,
+}
+
+fn subject_of(body: IssueBody) -> Result<Subject, ApiError> {
+    let bad = |m: String| ApiError::bad_request("invalid_subject", m);
+    // A malformed id cannot exist: it reads as not found, like in the path of other endpoints.
+    let absent = |what: &str, id: &str| ApiError::not_found(format!("no {what} {id}"));
+    match (body.call_id, body.replay_id, body.incident_id) {
+        (Some(c), None, None) => CallId::parse(&c)
+            .map(Subject::Call)
+            .map_err(|_| absent("call", &c)),
+        (None, Some(r), None) => ReplayId::parse(&r)
+            .map(Subject::Replay)
+            .map_err(|_| absent("replay", &r)),
+        (None, None, Some(i)) => IncidentId::parse(&i)
+            .map(Subject::Incident)
+            .map_err(|_| absent("incident", &i)),
+        _ => Err(bad(
+            "name exactly one thing to certify: {\"call_id\": \"call_…\"}, {\"replay_id\": \"rpl_…\"} or {\"incident_id\": \"inc_…\"}".into(),
+        )),
+    }
+}
+
+#[post("/v1/certificates")]
+pub async fn issue(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    raw: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body = optional_json::<IssueBody>(&raw)?.ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_json",
+            "the request body is empty; send {\"call_id\": …}, {\"replay_id\": …} or {\"incident_id\": …}",
+        )
+    })?;
+    let subject = subject_of(body)?;
+    let policy_version = crate::evidence::policy_version(&state.proxy.guard, &caller.tenant_id);
+    let cert = certificates::issue(
+        &state.store,
+        &state.signing_key,
+        policy_version,
+        &caller.tenant_id,
+        subject,
+    )
+    .await?;
+    Ok(HttpResponse::Created().json(cert))
+}
+
+/// The instance's public key: anyone may fetch it to verify certificates offline.
+#[get("/v1/certificates/public-key")]
+pub async fn public_key(state: web::Data<AppState>) -> HttpResponse {
+    let public = state.signing_key.public();
+    HttpResponse::Ok().json(json!({
+        "algorithm": "Ed25519",
+        "public_key": public.to_base64(),
+        "encoding": "base64 of the raw 32-byte key",
+        "instance_id": public.instance_id(),
+        "verify_offline": "agv-server verify CERT.json --public-key <public_key>",
+    }))
+}
+
+async fn stored(
+    state: &AppState,
+    tenant: Option<&crate::domain::TenantId>,
+    raw_id: &str,
+) -> Result<crate::store::StoredCertificate, ApiError> {
+    let not_found = || ApiError::not_found(format!("no certificate {raw_id}"));
+    let id = CertificateId::parse(raw_id).map_err(|_| not_found())?;
+    let store = state.store.clone();
+    let tenant = tenant.cloned();
+    run_blocking(move || store.get_certificate(tenant.as_ref(), &id))
+        .await
+        .map_err(super::error::missing("certificate", raw_id))
+}
+
+/// The certificate exactly as issued (save it as a file to verify it offline).
+#[get("/v1/certificates/{id}")]
+pub async fn get(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let row = stored(&state, Some(&caller.tenant_id), &path).await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(row.body))
+}
+
+/// Public: is this certificate genuine? Answers valid or not, its kind, when it was issued
+/// and why — never its content.
+#[get("/v1/certificates/{id}/verify")]
+pub async fn verify(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let row = stored(&state, None, &path).await?;
+    Ok(HttpResponse::Ok().json(certificates::check_stored(&row, &state.signing_key)))
+}
