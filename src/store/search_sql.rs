@@ -198,6 +198,14 @@ pub(super) fn search_calls_query<'a>(
                 ph(params.len())
             )
         }
+        // SQLite checks phrases on the rows it reads: every candidate may be needed.
+        TextPlan::Check(_) if dialect == Dialect::Sqlite => {
+            params.push(Param::BigInt(FILTER_DRIVEN_MAX));
+            format!(
+                " ORDER BY c.created_at DESC, c.id DESC LIMIT {}",
+                ph(params.len())
+            )
+        }
         TextPlan::None | TextPlan::Check(_) => {
             params.push(Param::BigInt(i64::from(limit.min(MAX_PAGE))));
             format!(
@@ -301,18 +309,29 @@ fn quote(token: &str, quote: char) -> String {
     )
 }
 
-/// An FTS5 MATCH expression: every group a quoted phrase, all of them required.
+/// An FTS5 MATCH expression: every token of every group required, each once. The index
+/// keeps no positions (`detail = none`), so the order of a phrase's tokens is checked
+/// on the calls found ([`has_phrases`], `domain::search::contains_phrases`).
 pub(super) fn fts5_match(groups: &[Vec<String>]) -> Option<String> {
-    if groups.is_empty() {
+    let mut tokens: Vec<&str> = groups.iter().flatten().map(String::as_str).collect();
+    tokens.sort_unstable();
+    tokens.dedup();
+    if tokens.is_empty() {
         return None;
     }
     Some(
-        groups
+        tokens
             .iter()
-            .map(|g| quote(&g.join(" "), '"'))
+            .map(|t| quote(t, '"'))
             .collect::<Vec<_>>()
             .join(" AND "),
     )
+}
+
+/// Whether a search has a group of several tokens, whose order the text index cannot
+/// check.
+pub(super) fn has_phrases(groups: &[Vec<String>]) -> bool {
+    groups.iter().any(|g| g.len() > 1)
 }
 
 /// The tenant id as the single token FTS5 indexes in `call_fts.tenant` (letters and
@@ -325,11 +344,12 @@ pub(super) fn tenant_token(tenant: &str) -> String {
         .to_ascii_lowercase()
 }
 
-/// [`fts5_match`] restricted to one tenant's calls.
+/// [`fts5_match`] restricted to one tenant's calls: its token is indexed with every call
+/// (no body text can hold it: it is the tenant id without its underscore).
 pub(super) fn fts5_match_in(tenant: &TenantId, groups: &[Vec<String>]) -> Option<String> {
     let text = fts5_match(groups)?;
     Some(format!(
-        "tenant : {} AND {text}",
+        "{} AND {text}",
         quote(&tenant_token(tenant.as_str()), '"')
     ))
 }
@@ -387,7 +407,12 @@ mod tests {
     #[test]
     fn match_expressions_require_every_group_as_a_phrase() {
         let g = groups(&[&["refund"], &["auto", "renew"]]);
-        assert_eq!(fts5_match(&g).unwrap(), r#""refund" AND "auto renew""#);
+        assert_eq!(
+            fts5_match(&g).unwrap(),
+            r#""auto" AND "refund" AND "renew""#
+        );
+        assert!(has_phrases(&g));
+        assert!(!has_phrases(&groups(&[&["refund"], &["renew"]])));
         assert_eq!(tsquery(&g).unwrap(), "('refund') & ('auto' <-> 'renew')");
         assert_eq!(fts5_match(&[]), None);
         assert_eq!(tsquery(&[]), None);
