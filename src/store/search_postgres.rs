@@ -55,48 +55,53 @@ pub(super) fn search_calls(
             return page(client, tenant, search, TextPlan::Check(&text), after, limit);
         }
     }
-    // Newest first, one slice of time after another, until the page is full.
-    let mut out: Vec<CallRecord> = Vec::new();
-    for (from, to) in slices(search, after, Timestamp::now().millis()) {
-        let ids = slice_matches(client, tenant, &text, from, to, after)?;
-        if ids.is_empty() {
-            continue;
-        }
+    // First the newest calls in time order, checking each one's text: a common word
+    // fills the page there. Then, for the rest of the range, the text index once.
+    let since = search.filter.since.map(|t| t.millis());
+    let until = search.filter.until.map(|t| t.millis());
+    let recent = newest_matches(client, tenant, &text, since, until, after)?;
+    let mut out = calls_among(client, tenant, search, &recent.ids, limit)?;
+    if out.len() < limit as usize
+        && let Some(older_than) = recent.older_than
+    {
+        let ids = indexed_matches(client, tenant, &text, since, &older_than)?;
         let wanted = limit - out.len() as u32;
         out.extend(calls_among(client, tenant, search, &ids, wanted)?);
-        if out.len() >= limit as usize {
-            break;
-        }
     }
     Ok(out)
 }
 
-/// The ids of the tenant's calls made in `[from, to)` (and before the cursor) whose text
-/// matches. Read through the text index and the time index only: Postgres would
-/// otherwise walk a time index checking every call's text, whenever it guesses a
-/// conjunction of common words to be common too, which for a conjunction that matches
-/// nothing means reading every call.
-fn slice_matches(
+/// How many of the newest calls are checked one by one before the text index is used.
+const NEWEST_WINDOW: i64 = 1000;
+
+struct Recent {
+    /// The matching calls among the window's.
+    ids: Vec<String>,
+    /// The window's oldest call, when the range goes on past it.
+    older_than: Option<CallCursor>,
+}
+
+/// Checks the text of the tenant's newest [`NEWEST_WINDOW`] calls in the range (below
+/// `until` and the cursor), walking the time index.
+fn newest_matches(
     client: &mut Client,
     tenant: &TenantId,
     text: &str,
-    from: Option<i64>,
-    to: Option<i64>,
+    since: Option<i64>,
+    until: Option<i64>,
     after: Option<&CallCursor>,
-) -> StoreResult<Vec<String>> {
-    let mut sql =
-        "SELECT call_id FROM call_search s WHERE s.tenant_id = $1 AND s.doc @@ $2::text::tsquery"
-            .to_owned();
+) -> StoreResult<Recent> {
+    let mut sql = "SELECT call_id, created_at, doc @@ $2::text::tsquery FROM call_search s WHERE s.tenant_id = $1".to_owned();
     let mut args: Vec<Box<dyn ToSql + Sync>> = vec![
         Box::new(tenant.as_str().to_owned()),
         Box::new(text.to_owned()),
     ];
-    if let Some(from) = from {
-        args.push(Box::new(from));
+    if let Some(since) = since {
+        args.push(Box::new(since));
         sql.push_str(&format!(" AND s.created_at >= ${}", args.len()));
     }
-    if let Some(to) = to {
-        args.push(Box::new(to));
+    if let Some(until) = until {
+        args.push(Box::new(until));
         sql.push_str(&format!(" AND s.created_at < ${}", args.len()));
     }
     if let Some(c) = after {
@@ -107,6 +112,54 @@ fn slice_matches(
             args.len() - 1,
             args.len()
         ));
+    }
+    args.push(Box::new(NEWEST_WINDOW));
+    sql.push_str(&format!(
+        " ORDER BY s.created_at DESC, s.call_id DESC LIMIT ${}",
+        args.len()
+    ));
+    let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref()).collect();
+    let rows = client.query(&sql, &refs).map_err(db_err)?;
+    let ids = rows
+        .iter()
+        .filter(|r| r.get::<_, bool>(2))
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    let older_than = match rows.last() {
+        Some(last) if rows.len() as i64 == NEWEST_WINDOW => {
+            let id: String = last.get(0);
+            Some(CallCursor {
+                created_at: Timestamp::from_millis(last.get(1)),
+                id: crate::domain::CallId::parse(&id)
+                    .map_err(|e| StoreError::Database(format!("a stored call id is bad: {e}")))?,
+            })
+        }
+        _ => None,
+    };
+    Ok(Recent { ids, older_than })
+}
+
+/// The ids of the tenant's calls from `since` and older than `older_than` whose text
+/// matches, read through the text index alone. (Postgres would otherwise walk a time
+/// index checking every call's text whenever it guesses a conjunction of common words to
+/// be common too, which for one that matches nothing means reading every call.)
+fn indexed_matches(
+    client: &mut Client,
+    tenant: &TenantId,
+    text: &str,
+    since: Option<i64>,
+    older_than: &CallCursor,
+) -> StoreResult<Vec<String>> {
+    let mut sql = "SELECT call_id FROM call_search s WHERE s.tenant_id = $1 AND s.doc @@ $2::text::tsquery AND (s.created_at, s.call_id) < ($3, $4)".to_owned();
+    let mut args: Vec<Box<dyn ToSql + Sync>> = vec![
+        Box::new(tenant.as_str().to_owned()),
+        Box::new(text.to_owned()),
+        Box::new(older_than.created_at.millis()),
+        Box::new(older_than.id.as_str().to_owned()),
+    ];
+    if let Some(since) = since {
+        args.push(Box::new(since));
+        sql.push_str(&format!(" AND s.created_at >= ${}", args.len()));
     }
     let mut tx = client.transaction().map_err(db_err)?;
     tx.batch_execute(
@@ -132,6 +185,9 @@ fn calls_among(
     ids: &[String],
     limit: u32,
 ) -> StoreResult<Vec<CallRecord>> {
+    if ids.is_empty() || limit == 0 {
+        return Ok(Vec::new());
+    }
     let (conds, params) = conditions(Dialect::Postgres, tenant, search, 1);
     let sql = format!(
         "SELECT {} FROM calls c WHERE {conds} AND c.id = ANY(${}::text[]) ORDER BY c.created_at DESC, c.id DESC LIMIT ${}",
@@ -149,44 +205,6 @@ fn calls_among(
         .iter()
         .map(|r| call_row(r).into_record())
         .collect()
-}
-
-/// How far back each slice of a text search reaches from the newest time searched.
-const SLICES_MS: [i64; 5] = [
-    3_600_000,
-    6 * 3_600_000,
-    24 * 3_600_000,
-    7 * 24 * 3_600_000,
-    30 * 24 * 3_600_000,
-];
-
-/// The disjoint time ranges `[from, to)` a text search reads, newest first; together they
-/// cover the search's whole range. The first is open upwards unless the search ends.
-fn slices(
-    search: &CallSearch,
-    after: Option<&CallCursor>,
-    now: i64,
-) -> Vec<(Option<i64>, Option<i64>)> {
-    let until = search.filter.until.map(|t| t.millis());
-    let cursor = after.map(|c| c.created_at.millis().saturating_add(1));
-    let top = match (until, cursor) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    let since = search.filter.since.map(|t| t.millis());
-    let base = top.unwrap_or(now);
-    let mut out = Vec::new();
-    let mut to = top;
-    for back in SLICES_MS {
-        let from = base.saturating_sub(back);
-        if since.is_some_and(|s| s >= from) || to.is_some_and(|t| from >= t) {
-            continue;
-        }
-        out.push((Some(from), to));
-        to = Some(from);
-    }
-    out.push((since, to));
-    out
 }
 
 fn page(
