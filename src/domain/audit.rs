@@ -69,7 +69,7 @@ pub enum AuditAction {
     IncidentResolve,
     IncidentAssign,
     IncidentSeverity,
-    IncidentChange,
+    IncidentNote,
 }
 
 const ACTIONS: &[AuditAction] = &[
@@ -90,7 +90,7 @@ const ACTIONS: &[AuditAction] = &[
     AuditAction::IncidentResolve,
     AuditAction::IncidentAssign,
     AuditAction::IncidentSeverity,
-    AuditAction::IncidentChange,
+    AuditAction::IncidentNote,
 ];
 
 impl AuditAction {
@@ -113,7 +113,7 @@ impl AuditAction {
             Self::IncidentResolve => "incident.resolve",
             Self::IncidentAssign => "incident.assign",
             Self::IncidentSeverity => "incident.severity",
-            Self::IncidentChange => "incident.change",
+            Self::IncidentNote => "incident.note",
         }
     }
 
