@@ -530,6 +530,18 @@ fn tenant(store: &DynStore, cmd: TenantCommand) -> Result<(), CliError> {
                 created_at: Timestamp::now(),
             };
             store.create_tenant(&tenant)?;
+            // An operator action without a tenant (the tenant did not exist before it):
+            // it goes to the instance-wide audit chain.
+            audit(
+                store,
+                NewAuditEntry::new(
+                    None,
+                    Actor::cli(),
+                    AuditAction::TenantCreate,
+                    tenant.id.as_str(),
+                )
+                .after(serde_json::json!({"id": tenant.id, "name": tenant.name})),
+            );
             eprintln!("created tenant '{}'", tenant.name.as_str());
             if json {
                 print_json(

@@ -52,6 +52,8 @@ impl Actor {
 /// What was done. The names are what `GET /v1/audit?action=` takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuditAction {
+    /// Instance-wide (no tenant): an operator made a tenant.
+    TenantCreate,
     KeyCreate,
     KeyRevoke,
     KeyRotate,
@@ -73,6 +75,7 @@ pub enum AuditAction {
 }
 
 const ACTIONS: &[AuditAction] = &[
+    AuditAction::TenantCreate,
     AuditAction::KeyCreate,
     AuditAction::KeyRevoke,
     AuditAction::KeyRotate,
@@ -96,6 +99,7 @@ const ACTIONS: &[AuditAction] = &[
 impl AuditAction {
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::TenantCreate => "tenant.create",
             Self::KeyCreate => "key.create",
             Self::KeyRevoke => "key.revoke",
             Self::KeyRotate => "key.rotate",

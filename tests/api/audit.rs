@@ -89,6 +89,14 @@ async fn traffic_through_the_proxy_verifies_and_an_edited_or_deleted_row_is_name
         .find(|c| c["table"] == "calls" && c["tenant_id"] == tenant)
         .unwrap();
     assert_eq!(calls["links"], 7, "{report}");
+    // `tenant create` is an operator action: it is on the instance-wide audit chain.
+    let instance = report["chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["table"] == "audit_entries" && c["tenant_id"].is_null())
+        .unwrap();
+    assert_eq!(instance["links"], 1, "{report}");
     assert_eq!(calls["head"]["seq"], 7);
 
     // A certificate names the chain's head.
