@@ -503,6 +503,15 @@ pub fn index_tokens(request_body: &str, response_body: Option<&str>) -> Vec<Stri
         .collect()
 }
 
+/// Whether every group of several tokens appears in `tokens` as a run, in order (a group
+/// of one token is a word, found by the index alone).
+pub fn contains_phrases(groups: &[Vec<String>], tokens: &[String]) -> bool {
+    groups
+        .iter()
+        .filter(|g| g.len() > 1)
+        .all(|g| tokens.windows(g.len()).any(|w| w == g.as_slice()))
+}
+
 fn readable_text(body: &str) -> String {
     let trimmed = body.trim_start();
     if (trimmed.starts_with('{') || trimmed.starts_with('['))
@@ -879,5 +888,28 @@ mod tests {
         assert!(!toks.contains(&long));
         let many = "w ".repeat(MAX_INDEXED_TOKENS + 10);
         assert_eq!(index_tokens(&many, None).len(), MAX_INDEXED_TOKENS);
+    }
+
+    #[test]
+    fn phrases_must_appear_as_runs_in_order_and_words_are_left_to_the_index() {
+        let t = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        let doc = t("please cancel my auto renew now");
+        let groups = |g: &[&str]| g.iter().map(|p| t(p)).collect::<Vec<_>>();
+        assert!(contains_phrases(&groups(&["auto renew"]), &doc));
+        assert!(contains_phrases(
+            &groups(&["auto renew", "cancel my"]),
+            &doc
+        ));
+        assert!(!contains_phrases(&groups(&["renew auto"]), &doc));
+        assert!(!contains_phrases(&groups(&["auto now"]), &doc));
+        assert!(!contains_phrases(
+            &groups(&["auto renew", "now please"]),
+            &doc
+        ));
+        assert!(
+            contains_phrases(&groups(&["absent"]), &doc),
+            "a word is the index's job"
+        );
+        assert!(contains_phrases(&[], &doc));
     }
 }

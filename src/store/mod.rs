@@ -255,7 +255,7 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
     /// After bulk indexing (`agv-server demo`): merges the text index into its most
-    /// compact form (SQLite) or refreshes the planner's statistics (Postgres). Takes
+    /// compact form (SQLite) or flushes its pending entries and refreshes the planner's statistics (Postgres). Takes
     /// seconds on a million calls; searches stay correct without it, only slower.
     fn optimize_search(&self) -> StoreResult<()> {
         Ok(())

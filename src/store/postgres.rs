@@ -1104,9 +1104,13 @@ impl Store for PostgresStore {
     }
 
     fn optimize_search(&self) -> StoreResult<()> {
-        self.conn()?
-            .batch_execute("ANALYZE calls; ANALYZE call_search;")
-            .map_err(db_err)
+        let mut conn = self.conn()?;
+        // VACUUM also moves the text index's pending entries into the index proper; it
+        // cannot run in a transaction block, so one statement at a time.
+        for statement in ["VACUUM (ANALYZE) call_search", "ANALYZE calls"] {
+            conn.batch_execute(statement).map_err(db_err)?;
+        }
+        Ok(())
     }
 
     fn index_pending_calls(&self) -> StoreResult<u64> {

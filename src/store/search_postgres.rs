@@ -16,8 +16,8 @@
 use super::postgres::{Manager, call_row, db_err, pg_param};
 use super::rows::MAX_PAGE;
 use super::search_sql::{
-    Dialect, FILTER_DRIVEN_MAX, TextPlan, count_narrow_query, has_narrow_filter,
-    search_calls_query, tsquery, tsvector,
+    Dialect, FILTER_DRIVEN_MAX, TextPlan, call_columns, conditions, count_narrow_query,
+    has_narrow_filter, search_calls_query, tsquery, tsvector,
 };
 use super::{StoreError, StoreResult};
 use crate::domain::search::index_tokens;
@@ -55,22 +55,100 @@ pub(super) fn search_calls(
             return page(client, tenant, search, TextPlan::Check(&text), after, limit);
         }
     }
-    // Newest first, one slice of time after another, until the page is full: each slice
-    // lets Postgres intersect the word's matches with a short time range.
+    // Newest first, one slice of time after another, until the page is full.
     let mut out: Vec<CallRecord> = Vec::new();
     for (from, to) in slices(search, after, Timestamp::now().millis()) {
+        let ids = slice_matches(client, tenant, &text, from, to, after)?;
+        if ids.is_empty() {
+            continue;
+        }
         let wanted = limit - out.len() as u32;
-        let slice = TextPlan::PgSlice {
-            text: &text,
-            from,
-            to,
-        };
-        out.extend(page(client, tenant, search, slice, after, wanted)?);
+        out.extend(calls_among(client, tenant, search, &ids, wanted)?);
         if out.len() >= limit as usize {
             break;
         }
     }
     Ok(out)
+}
+
+/// The ids of the tenant's calls made in `[from, to)` (and before the cursor) whose text
+/// matches. Read through the text index and the time index only: Postgres would
+/// otherwise walk a time index checking every call's text, whenever it guesses a
+/// conjunction of common words to be common too, which for a conjunction that matches
+/// nothing means reading every call.
+fn slice_matches(
+    client: &mut Client,
+    tenant: &TenantId,
+    text: &str,
+    from: Option<i64>,
+    to: Option<i64>,
+    after: Option<&CallCursor>,
+) -> StoreResult<Vec<String>> {
+    let mut sql =
+        "SELECT call_id FROM call_search s WHERE s.tenant_id = $1 AND s.doc @@ $2::text::tsquery"
+            .to_owned();
+    let mut args: Vec<Box<dyn ToSql + Sync>> = vec![
+        Box::new(tenant.as_str().to_owned()),
+        Box::new(text.to_owned()),
+    ];
+    if let Some(from) = from {
+        args.push(Box::new(from));
+        sql.push_str(&format!(" AND s.created_at >= ${}", args.len()));
+    }
+    if let Some(to) = to {
+        args.push(Box::new(to));
+        sql.push_str(&format!(" AND s.created_at < ${}", args.len()));
+    }
+    if let Some(c) = after {
+        args.push(Box::new(c.created_at.millis()));
+        args.push(Box::new(c.id.as_str().to_owned()));
+        sql.push_str(&format!(
+            " AND (s.created_at, s.call_id) < (${}, ${})",
+            args.len() - 1,
+            args.len()
+        ));
+    }
+    let mut tx = client.transaction().map_err(db_err)?;
+    tx.batch_execute(
+        "SET LOCAL enable_indexscan = off; SET LOCAL enable_indexonlyscan = off; SET LOCAL enable_seqscan = off",
+    )
+    .map_err(db_err)?;
+    let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref()).collect();
+    let ids = tx
+        .query(&sql, &refs)
+        .map_err(db_err)?
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    tx.commit().map_err(db_err)?;
+    Ok(ids)
+}
+
+/// The newest `limit` of the calls `ids` that meet the search's other conditions.
+fn calls_among(
+    client: &mut Client,
+    tenant: &TenantId,
+    search: &CallSearch,
+    ids: &[String],
+    limit: u32,
+) -> StoreResult<Vec<CallRecord>> {
+    let (conds, params) = conditions(Dialect::Postgres, tenant, search, 1);
+    let sql = format!(
+        "SELECT {} FROM calls c WHERE {conds} AND c.id = ANY(${}::text[]) ORDER BY c.created_at DESC, c.id DESC LIMIT ${}",
+        call_columns(),
+        params.len() + 1,
+        params.len() + 2
+    );
+    let limit = i64::from(limit);
+    let mut args: Vec<&(dyn ToSql + Sync)> = params.iter().map(pg_param).collect();
+    args.push(&ids);
+    args.push(&limit);
+    client
+        .query(&sql, &args)
+        .map_err(db_err)?
+        .iter()
+        .map(|r| call_row(r).into_record())
+        .collect()
 }
 
 /// How far back each slice of a text search reaches from the newest time searched.

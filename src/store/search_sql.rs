@@ -56,12 +56,6 @@ pub(super) enum TextPlan<'a> {
     /// SQLite: walk the matches in the text index newest first (time-keyed rowids) and
     /// join each to its call; the caller stops reading after a page.
     SqliteWalk(&'a str),
-    /// Postgres: the matches made in `[from, to)` (milliseconds), newest first.
-    PgSlice {
-        text: &'a str,
-        from: Option<i64>,
-        to: Option<i64>,
-    },
 }
 
 /// Whether the search has a filter with its own index (an end user, a session, a key),
@@ -144,30 +138,11 @@ pub(super) fn search_calls_query<'a>(
             }
             "call_fts CROSS JOIN calls c ON c.id = call_fts.call_id"
         }
-        TextPlan::PgSlice { text, from, to } => {
-            params.push(Param::Text(text));
-            pre.push_str(&format!(
-                "s.doc @@ {}::text::tsquery AND ",
-                ph(params.len())
-            ));
-            if let Some(from) = from {
-                params.push(Param::BigInt(from));
-                pre.push_str(&format!("s.created_at >= {} AND ", ph(params.len())));
-            }
-            if let Some(to) = to {
-                params.push(Param::BigInt(to));
-                pre.push_str(&format!("s.created_at < {} AND ", ph(params.len())));
-            }
-            "call_search s JOIN calls c ON c.id = s.call_id"
-        }
     };
     // The tenant is always the first parameter of the conditions.
     let first = params.len() + 1;
     let (mut conds, more) = conditions(dialect, tenant, search, first);
     params.extend(more);
-    if let TextPlan::PgSlice { .. } = text {
-        conds.push_str(&format!(" AND s.tenant_id = {}", ph(first)));
-    }
     if let TextPlan::Check(m) = text {
         params.push(Param::Text(m));
         let p = ph(params.len());
@@ -191,10 +166,11 @@ pub(super) fn search_calls_query<'a>(
     }
     let order = match text {
         TextPlan::SqliteWalk(_) => " ORDER BY call_fts.rowid DESC".to_owned(),
-        TextPlan::PgSlice { .. } => {
-            params.push(Param::BigInt(i64::from(limit.min(MAX_PAGE))));
+        // SQLite checks phrases on the rows it reads: every candidate may be needed.
+        TextPlan::Check(_) if dialect == Dialect::Sqlite => {
+            params.push(Param::BigInt(FILTER_DRIVEN_MAX));
             format!(
-                " ORDER BY s.created_at DESC, s.call_id DESC LIMIT {}",
+                " ORDER BY c.created_at DESC, c.id DESC LIMIT {}",
                 ph(params.len())
             )
         }
@@ -206,12 +182,10 @@ pub(super) fn search_calls_query<'a>(
             )
         }
     };
-    let columns = CALL_COLUMNS
-        .split(',')
-        .map(|c| format!("c.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!("SELECT {columns} FROM {from} WHERE {pre}{conds}{order}");
+    let sql = format!(
+        "SELECT {} FROM {from} WHERE {pre}{conds}{order}",
+        call_columns()
+    );
     (sql, params)
 }
 
@@ -230,7 +204,16 @@ fn key_bounds(search: &CallSearch, after: Option<&CallCursor>) -> (Option<i64>, 
 
 /// The conditions on `calls c` of a search (tenant, filters, status class, policy), with
 /// placeholders numbered from `first`; the tenant is always placeholder `first`.
-fn conditions<'a>(
+/// The call columns, qualified with the alias `c`.
+pub(super) fn call_columns() -> String {
+    CALL_COLUMNS
+        .split(',')
+        .map(|c| format!("c.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub(super) fn conditions<'a>(
     dialect: Dialect,
     tenant: &'a TenantId,
     search: &'a CallSearch,
@@ -301,18 +284,29 @@ fn quote(token: &str, quote: char) -> String {
     )
 }
 
-/// An FTS5 MATCH expression: every group a quoted phrase, all of them required.
+/// An FTS5 MATCH expression: every token of every group required, each once. The index
+/// keeps no positions (`detail = none`), so the order of a phrase's tokens is checked
+/// on the calls found ([`has_phrases`], `domain::search::contains_phrases`).
 pub(super) fn fts5_match(groups: &[Vec<String>]) -> Option<String> {
-    if groups.is_empty() {
+    let mut tokens: Vec<&str> = groups.iter().flatten().map(String::as_str).collect();
+    tokens.sort_unstable();
+    tokens.dedup();
+    if tokens.is_empty() {
         return None;
     }
     Some(
-        groups
+        tokens
             .iter()
-            .map(|g| quote(&g.join(" "), '"'))
+            .map(|t| quote(t, '"'))
             .collect::<Vec<_>>()
             .join(" AND "),
     )
+}
+
+/// Whether a search has a group of several tokens, whose order the text index cannot
+/// check.
+pub(super) fn has_phrases(groups: &[Vec<String>]) -> bool {
+    groups.iter().any(|g| g.len() > 1)
 }
 
 /// The tenant id as the single token FTS5 indexes in `call_fts.tenant` (letters and
@@ -325,11 +319,12 @@ pub(super) fn tenant_token(tenant: &str) -> String {
         .to_ascii_lowercase()
 }
 
-/// [`fts5_match`] restricted to one tenant's calls.
+/// [`fts5_match`] restricted to one tenant's calls: its token is indexed with every call
+/// (no body text can hold it: it is the tenant id without its underscore).
 pub(super) fn fts5_match_in(tenant: &TenantId, groups: &[Vec<String>]) -> Option<String> {
     let text = fts5_match(groups)?;
     Some(format!(
-        "tenant : {} AND {text}",
+        "{} AND {text}",
         quote(&tenant_token(tenant.as_str()), '"')
     ))
 }
@@ -387,7 +382,12 @@ mod tests {
     #[test]
     fn match_expressions_require_every_group_as_a_phrase() {
         let g = groups(&[&["refund"], &["auto", "renew"]]);
-        assert_eq!(fts5_match(&g).unwrap(), r#""refund" AND "auto renew""#);
+        assert_eq!(
+            fts5_match(&g).unwrap(),
+            r#""auto" AND "refund" AND "renew""#
+        );
+        assert!(has_phrases(&g));
+        assert!(!has_phrases(&groups(&[&["refund"], &["renew"]])));
         assert_eq!(tsquery(&g).unwrap(), "('refund') & ('auto' <-> 'renew')");
         assert_eq!(fts5_match(&[]), None);
         assert_eq!(tsquery(&[]), None);
