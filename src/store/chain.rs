@@ -7,7 +7,7 @@
 //! back, all in the caller's transaction. So several processes appending at once (several
 //! instances on Postgres, the CLI beside the server) still make one unbroken chain, and the
 //! unique (tenant, seq) index refuses a fork outright. The cost is two statements per tenant
-//! per batch, never per call.
+//! per batch (one more the first time), never per call.
 
 use super::rows::{CALL_COLUMNS, CallParams, Param};
 use super::sql::{Cell, Cells, Db, SqlRow};
@@ -65,17 +65,22 @@ fn cell_field(c: &Cell) -> Field<'_> {
 }
 
 /// Reads a chain's head, creating it at the genesis if the chain is new, and locks it
-/// until the transaction ends.
+/// until the transaction ends. An existing chain costs one statement.
 fn lock_head(db: &mut dyn Db, key: &str) -> StoreResult<ChainHead> {
-    db.execute(
-        "INSERT INTO chain_heads (chain, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (chain) DO NOTHING",
-        &[Param::Text(key), Param::Text(chain::GENESIS)],
-    )?;
     let sql = format!(
         "SELECT seq, hash FROM chain_heads WHERE chain = $1{}",
         db.lock_rows()
     );
-    let rows = db.query(&sql, &[Param::Text(key)])?;
+    let mut rows = db.query(&sql, &[Param::Text(key)])?;
+    if rows.is_empty() {
+        // Two writers may both find the chain new: the second insert does nothing and
+        // its SELECT … FOR UPDATE waits for the first transaction, then reads its head.
+        db.execute(
+            "INSERT INTO chain_heads (chain, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (chain) DO NOTHING",
+            &[Param::Text(key), Param::Text(chain::GENESIS)],
+        )?;
+        rows = db.query(&sql, &[Param::Text(key)])?;
+    }
     let row = rows
         .first()
         .ok_or_else(|| StoreError::Database(format!("the head of chain {key} vanished")))?;
