@@ -6,6 +6,7 @@
 //! server's job queue, which the running server holds open.
 
 use crate::config::{Flags, Settings};
+use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
 use crate::domain::time::parse_duration;
 use crate::domain::{KeyId, NewApiKey, Scope, Tenant, TenantId, TenantName, Timestamp};
 use crate::startup::{Application, StartupError, open_store};
@@ -80,8 +81,28 @@ pub enum Command {
         #[arg(long, value_name = "KEY")]
         public_key: Option<String>,
     },
+    /// Check the tamper-evident records. Safe while the server runs (it reads only).
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chains of calls and audit entries of every tenant (and the instance's
+    /// audit chain) and recompute every link from the stored fields: exit 0 when all are
+    /// intact, 1 naming the first broken link of each broken chain (tenant, table, seq,
+    /// record id, expected and found hash). Progress goes to stderr. Safe while the server
+    /// runs: links appended during the walk are left for the next run.
+    Verify {
+        /// Only this tenant's chains (ten_…).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Print {"intact", "chains": [...]} as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -236,6 +257,10 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
             json,
         } => demo(&open_store(&settings)?, calls, days, seed, json),
         Command::Key(cmd) => key(&open_store(&settings)?, cmd),
+        Command::Audit(AuditCommand::Verify { tenant, json }) => {
+            let tenant = tenant.as_deref().map(parse_tenant).transpose()?;
+            audit_verify(&open_store(&settings)?, tenant.as_ref(), json)
+        }
     }
 }
 
@@ -428,6 +453,69 @@ fn verify_certificate(
     }
 }
 
+fn audit_verify(store: &DynStore, tenant: Option<&TenantId>, json: bool) -> Result<(), CliError> {
+    use crate::evidence::audit::verify_all;
+    let started = std::time::Instant::now();
+    let mut checked: u64 = 0;
+    let mut next_report: u64 = 100_000;
+    let mut progress = |n: u64| {
+        checked += n;
+        if checked >= next_report {
+            eprintln!("checked {checked} links…");
+            next_report += 100_000;
+        }
+    };
+    let results = verify_all(store.as_ref(), tenant, &mut progress).map_err(|e| match e {
+        crate::store::StoreError::NotFound => CliError::failed(format!(
+            "no tenant {}: list tenants with `agv-server tenant list`",
+            tenant.map_or("", TenantId::as_str)
+        )),
+        other => other.into(),
+    })?;
+    let broken: Vec<_> = results.iter().filter(|r| r.broken.is_some()).collect();
+    let links: i64 = results.iter().map(|r| r.links).sum();
+    if json {
+        print_json(&serde_json::json!({
+            "intact": broken.is_empty(),
+            "links_checked": links,
+            "chains": results,
+        }));
+    }
+    if broken.is_empty() {
+        let msg = format!(
+            "all {} chains intact: {links} links checked in {:.1}s",
+            results.len(),
+            started.elapsed().as_secs_f64()
+        );
+        if json {
+            eprintln!("{msg}");
+        } else {
+            println!("{msg}");
+        }
+        return Ok(());
+    }
+    let lines: Vec<String> = broken
+        .iter()
+        .filter_map(|r| {
+            let b = r.broken.as_ref()?;
+            Some(format!(
+                "chain broken: tenant {}, table {}, seq {}, id {}: {}; expected {}, found {}",
+                r.tenant_id.as_ref().map_or("(instance)", TenantId::as_str),
+                r.table,
+                b.seq,
+                b.id.as_deref().unwrap_or("(missing)"),
+                b.reason,
+                b.expected,
+                b.found
+            ))
+        })
+        .collect();
+    Err(CliError::failed(format!(
+        "{}\nthe records above were changed or removed after they were written; restore them from a backup and investigate who had write access to the database",
+        lines.join("\n")
+    )))
+}
+
 fn print_json(value: &serde_json::Value) {
     println!("{value}");
 }
@@ -442,6 +530,18 @@ fn tenant(store: &DynStore, cmd: TenantCommand) -> Result<(), CliError> {
                 created_at: Timestamp::now(),
             };
             store.create_tenant(&tenant)?;
+            // An operator action without a tenant (the tenant did not exist before it):
+            // it goes to the instance-wide audit chain.
+            audit(
+                store,
+                NewAuditEntry::new(
+                    None,
+                    Actor::cli(),
+                    AuditAction::TenantCreate,
+                    tenant.id.as_str(),
+                )
+                .after(serde_json::json!({"id": tenant.id, "name": tenant.name})),
+            );
             eprintln!("created tenant '{}'", tenant.name.as_str());
             if json {
                 print_json(
@@ -496,6 +596,20 @@ fn key_json(row: &NewApiKey, secret: &str) -> serde_json::Value {
     })
 }
 
+/// Records a CLI action in the audit log (actor `cli:<os user>`, source `local`).
+fn audit(store: &DynStore, entry: NewAuditEntry) {
+    crate::evidence::audit::record(store.as_ref(), &entry.source(Some("local".into())));
+}
+
+/// A key as the audit log shows it before and after a change (never the secret).
+fn key_state(k: &crate::domain::ApiKeyRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": k.id, "name": k.name, "scope": k.scope, "prefix": k.prefix,
+        "expires_at": k.expires_at.map(Timestamp::to_rfc3339),
+        "revoked_at": k.revoked_at.map(Timestamp::to_rfc3339),
+    })
+}
+
 fn key(store: &DynStore, cmd: KeyCommand) -> Result<(), CliError> {
     match cmd {
         KeyCommand::Create {
@@ -519,7 +633,7 @@ fn key(store: &DynStore, cmd: KeyCommand) -> Result<(), CliError> {
             };
             let (row, secret) = NewApiKey::generate(tenant_id.clone(), &name, scope, expires_at)
                 .map_err(|e| CliError::usage(e.0))?;
-            match store.create_api_key(&row) {
+            let created = match store.create_api_key(&row) {
                 Err(crate::store::StoreError::NotFound) => {
                     return Err(CliError::failed(format!(
                         "no tenant {tenant_id}: list tenants with `agv-server tenant list`"
@@ -527,6 +641,16 @@ fn key(store: &DynStore, cmd: KeyCommand) -> Result<(), CliError> {
                 }
                 other => other?,
             };
+            audit(
+                store,
+                NewAuditEntry::new(
+                    Some(tenant_id.clone()),
+                    Actor::cli(),
+                    AuditAction::KeyCreate,
+                    row.id.as_str(),
+                )
+                .after(key_state(&created)),
+            );
             eprintln!(
                 "created {} key {} for tenant {}; it is shown only now, keep it safe",
                 row.scope, row.id, row.tenant_id
@@ -587,12 +711,25 @@ fn key(store: &DynStore, cmd: KeyCommand) -> Result<(), CliError> {
         }
         KeyCommand::Revoke { id } => {
             let id = parse_key_id(&id)?;
+            let not_found = |e| match e {
+                crate::store::StoreError::NotFound => CliError::failed(format!("no key {id}")),
+                other => other.into(),
+            };
+            let before = store.get_api_key(None, &id).map_err(not_found)?;
             let rec = store
                 .revoke_api_key(None, &id, Timestamp::now())
-                .map_err(|e| match e {
-                    crate::store::StoreError::NotFound => CliError::failed(format!("no key {id}")),
-                    other => other.into(),
-                })?;
+                .map_err(not_found)?;
+            audit(
+                store,
+                NewAuditEntry::new(
+                    Some(rec.tenant_id.clone()),
+                    Actor::cli(),
+                    AuditAction::KeyRevoke,
+                    rec.id.as_str(),
+                )
+                .before(key_state(&before))
+                .after(key_state(&rec)),
+            );
             eprintln!("revoked key {} (tenant {})", rec.id, rec.tenant_id);
             println!("{}", rec.id);
             Ok(())
@@ -614,10 +751,21 @@ fn key(store: &DynStore, cmd: KeyCommand) -> Result<(), CliError> {
             let (row, secret) =
                 NewApiKey::generate(old.tenant_id.clone(), &old.name, old.scope, old.expires_at)
                     .map_err(|e| CliError::usage(e.0))?;
-            store.create_api_key(&row)?;
+            let created = store.create_api_key(&row)?;
             let old_until = now.plus_millis(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX));
             let old_until = old.expires_at.map_or(old_until, |e| e.min(old_until));
-            store.set_api_key_expiry(None, &id, Some(old_until))?;
+            let old_after = store.set_api_key_expiry(None, &id, Some(old_until))?;
+            audit(
+                store,
+                NewAuditEntry::new(
+                    Some(old.tenant_id.clone()),
+                    Actor::cli(),
+                    AuditAction::KeyRotate,
+                    id.as_str(),
+                )
+                .before(serde_json::json!({"old_key": key_state(&old)}))
+                .after(serde_json::json!({"old_key": key_state(&old_after), "new_key": key_state(&created)})),
+            );
             eprintln!(
                 "new key {} replaces {}; the old key works until {}",
                 row.id,

@@ -387,6 +387,7 @@ fn http_server(state: web::Data<AppState>, listener: TcpListener) -> Result<Serv
             .service(alert_api::update_route)
             .service(alert_api::delete_route)
             .service(alert_api::test_route)
+            .service(crate::api::audit::list)
             .service(evidence_api::replay)
             .service(evidence_api::get_replay)
             .service(evidence_api::issue)

@@ -2892,3 +2892,304 @@ mod evidence {
         ));
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Tamper evidence: the call and audit chains, and the audit log. Both backends.
+
+mod chains {
+    use super::*;
+    use agv_server::domain::audit::{Actor, AuditAction, AuditFilter, NewAuditEntry};
+    use agv_server::domain::chain::ChainKind;
+    use agv_server::evidence::audit::{ChainResult, verify_all};
+
+    conformance! {
+        store: [
+            calls_are_chained_per_tenant_in_insert_order_and_every_chain_verifies,
+            audit_entries_are_chained_filtered_and_paged_newest_first_per_tenant,
+        ],
+        db: [
+            a_call_edited_in_the_database_breaks_its_chain_at_that_row,
+            a_deleted_call_breaks_the_chain_in_the_middle_and_at_the_end,
+            an_edited_audit_entry_breaks_the_audit_chain,
+        ],
+        fresh: [
+            concurrent_inserts_from_two_store_handles_keep_one_unbroken_chain,
+        ],
+        task: [],
+    }
+
+    fn broken(results: &[ChainResult]) -> Vec<&ChainResult> {
+        results.iter().filter(|r| r.broken.is_some()).collect()
+    }
+
+    fn calls_of(tenant: &TenantId, n: usize) -> Vec<CallRecord> {
+        let key = KeyId::generate();
+        (0..n).map(|i| full_call(tenant, &key, i as i64)).collect()
+    }
+
+    fn calls_are_chained_per_tenant_in_insert_order_and_every_chain_verifies(store: &dyn Store) {
+        let a = new_tenant(store, "acme", 0);
+        let b = new_tenant(store, "beta", 0);
+        assert_eq!(
+            store.chain_head(ChainKind::Calls, Some(&a.id)).unwrap(),
+            None
+        );
+        let (ca, cb) = (calls_of(&a.id, 7), calls_of(&b.id, 3));
+        // Mixed batches: each tenant's calls continue its own chain.
+        let mut first: Vec<CallRecord> = ca[..4].to_vec();
+        first.extend_from_slice(&cb[..2]);
+        store.insert_calls(&first).unwrap();
+        let mut second: Vec<CallRecord> = cb[2..].to_vec();
+        second.extend_from_slice(&ca[4..]);
+        store.insert_calls(&second).unwrap();
+        // A rolled-back batch (duplicate id) leaves the chain as it was.
+        let dup = vec![calls_of(&a.id, 1).remove(0), ca[0].clone()];
+        assert!(store.insert_calls(&dup).is_err());
+
+        assert_eq!(
+            store
+                .chain_head(ChainKind::Calls, Some(&a.id))
+                .unwrap()
+                .unwrap()
+                .seq,
+            7
+        );
+        assert_eq!(
+            store
+                .chain_head(ChainKind::Calls, Some(&b.id))
+                .unwrap()
+                .unwrap()
+                .seq,
+            3
+        );
+        let links = store
+            .chain_links(ChainKind::Calls, Some(&a.id), 0, 100)
+            .unwrap();
+        let order: Vec<&str> = links.iter().map(|l| l.id.as_str()).collect();
+        let want: Vec<&str> = ca.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(order, want, "links follow insert order");
+        let results = verify_all(store, None, &mut |_| {}).unwrap();
+        assert!(broken(&results).is_empty(), "{results:?}");
+        // 2 tenants × (calls, audit) + the instance's audit chain.
+        assert_eq!(results.len(), 5);
+        assert_eq!(results.iter().map(|r| r.links).sum::<i64>(), 10);
+    }
+
+    fn cell_update(db: &Db, sql: &str) {
+        db.target.exec(sql);
+    }
+
+    fn a_call_edited_in_the_database_breaks_its_chain_at_that_row(db: &Db) {
+        let store = &*db.store;
+        let t = new_tenant(store, "acme", 0);
+        let calls = calls_of(&t.id, 5);
+        store.insert_calls(&calls).unwrap();
+        assert!(broken(&verify_all(store, Some(&t.id), &mut |_| {}).unwrap()).is_empty());
+        cell_update(
+            db,
+            &format!("UPDATE calls SET status = 500 WHERE id = '{}'", calls[2].id),
+        );
+        let results = verify_all(store, Some(&t.id), &mut |_| {}).unwrap();
+        let bad = broken(&results);
+        assert_eq!(bad.len(), 1, "{results:?}");
+        let link = bad[0].broken.as_ref().unwrap();
+        assert_eq!(bad[0].table, "calls");
+        assert_eq!(link.seq, 3);
+        assert_eq!(link.id.as_deref(), Some(calls[2].id.as_str()));
+        assert_ne!(link.expected, link.found);
+        // Putting the value back makes the chain whole again: the check is of content.
+        cell_update(
+            db,
+            &format!("UPDATE calls SET status = 200 WHERE id = '{}'", calls[2].id),
+        );
+        assert!(broken(&verify_all(store, Some(&t.id), &mut |_| {}).unwrap()).is_empty());
+        // Any column counts, also a cost or a body.
+        cell_update(
+            db,
+            &format!(
+                "UPDATE calls SET cost_nanos = 1 WHERE id = '{}'; UPDATE calls SET response_body = 'ok' WHERE id = '{}'",
+                calls[0].id, calls[4].id
+            ),
+        );
+        let results = verify_all(store, Some(&t.id), &mut |_| {}).unwrap();
+        let link = broken(&results)[0].broken.clone().unwrap();
+        assert_eq!(
+            (link.seq, link.id.as_deref()),
+            (1, Some(calls[0].id.as_str()))
+        );
+    }
+
+    fn a_deleted_call_breaks_the_chain_in_the_middle_and_at_the_end(db: &Db) {
+        let store = &*db.store;
+        let (a, b) = (new_tenant(store, "acme", 0), new_tenant(store, "beta", 0));
+        let (ca, cb) = (calls_of(&a.id, 4), calls_of(&b.id, 4));
+        store.insert_calls(&ca).unwrap();
+        store.insert_calls(&cb).unwrap();
+        cell_update(db, &format!("DELETE FROM calls WHERE id = '{}'", ca[1].id));
+        cell_update(db, &format!("DELETE FROM calls WHERE id = '{}'", cb[3].id));
+        let results = verify_all(store, None, &mut |_| {}).unwrap();
+        let bad = broken(&results);
+        assert_eq!(bad.len(), 2, "{results:?}");
+        let of = |t: &TenantId| {
+            bad.iter()
+                .find(|r| r.tenant_id.as_ref() == Some(t))
+                .and_then(|r| r.broken.clone())
+                .unwrap()
+        };
+        let middle = of(&a.id);
+        assert_eq!(middle.seq, 2, "{middle:?}");
+        assert!(middle.reason.contains("missing"), "{}", middle.reason);
+        let end = of(&b.id);
+        assert_eq!(end.seq, 4, "{end:?}");
+        assert!(end.reason.contains("deleted"), "{}", end.reason);
+        // Rows and head removed together: the head no longer matches the walk either way.
+        cell_update(
+            db,
+            &format!("DELETE FROM chain_heads WHERE chain = 'calls/{}'", b.id),
+        );
+        let results = verify_all(store, Some(&b.id), &mut |_| {}).unwrap();
+        assert_eq!(broken(&results).len(), 1, "{results:?}");
+    }
+
+    fn concurrent_inserts_from_two_store_handles_keep_one_unbroken_chain(target: &Target) {
+        let one = target.open().unwrap();
+        let two = target.open().unwrap();
+        let t = new_tenant(&*one, "acme", 0);
+        let writers: Vec<_> = [one.clone(), two.clone()]
+            .into_iter()
+            .map(|store| {
+                let tenant = t.id.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..25 {
+                        store.insert_calls(&calls_of(&tenant, 8)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let results = verify_all(&*two, Some(&t.id), &mut |_| {}).unwrap();
+        assert!(broken(&results).is_empty(), "{results:?}");
+        assert_eq!(results[0].links, 400);
+        assert_eq!(
+            one.chain_head(ChainKind::Calls, Some(&t.id))
+                .unwrap()
+                .unwrap()
+                .seq,
+            400
+        );
+    }
+
+    fn entry(
+        tenant: Option<&TenantId>,
+        action: AuditAction,
+        actor: &str,
+        ms: i64,
+    ) -> NewAuditEntry {
+        let mut e = NewAuditEntry::new(
+            tenant.cloned(),
+            Actor::Cli(actor.into()),
+            action,
+            format!("target-{ms}"),
+        )
+        .source(Some("127.0.0.1".into()))
+        .before(json!({"frozen": false}))
+        .after(json!({"frozen": true, "note": "ünïcode"}));
+        e.at = at(ms);
+        e
+    }
+
+    fn audit_entries_are_chained_filtered_and_paged_newest_first_per_tenant(store: &dyn Store) {
+        let (a, b) = (new_tenant(store, "acme", 0), new_tenant(store, "beta", 0));
+        for i in 0..6 {
+            let action = if i % 2 == 0 {
+                AuditAction::Freeze
+            } else {
+                AuditAction::PolicyUpdate
+            };
+            let actor = if i < 3 { "cli:alice" } else { "cli:bob" };
+            store
+                .append_audit(&entry(Some(&a.id), action, actor, i * 1000))
+                .unwrap();
+        }
+        store
+            .append_audit(&entry(Some(&b.id), AuditAction::Freeze, "cli:eve", 0))
+            .unwrap();
+        let op = store
+            .append_audit(&entry(None, AuditAction::KeyCreate, "cli:root", 0))
+            .unwrap();
+        assert_eq!((op.seq, op.tenant_id.clone()), (1, None));
+
+        let all = store
+            .list_audit(Some(&a.id), &AuditFilter::default(), None, 100)
+            .unwrap();
+        assert_eq!(
+            all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![6, 5, 4, 3, 2, 1]
+        );
+        assert_eq!(all[0].before, Some(json!({"frozen": false})));
+        assert_eq!(all[0].after.as_ref().unwrap()["note"], "ünïcode");
+        assert_eq!(all[0].prev_hash, all[1].hash);
+        assert_eq!(all[5].source.as_deref(), Some("127.0.0.1"));
+
+        let filter = AuditFilter {
+            action: Some(AuditAction::Freeze),
+            actor: Some("cli:alice".into()),
+            ..Default::default()
+        };
+        let got = store.list_audit(Some(&a.id), &filter, None, 100).unwrap();
+        assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 1]);
+        let window = AuditFilter {
+            since: Some(at(1000)),
+            until: Some(at(4000)),
+            ..Default::default()
+        };
+        let got = store.list_audit(Some(&a.id), &window, None, 100).unwrap();
+        assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4, 3, 2]);
+        let page1 = store
+            .list_audit(Some(&a.id), &AuditFilter::default(), None, 4)
+            .unwrap();
+        let page2 = store
+            .list_audit(Some(&a.id), &AuditFilter::default(), Some(page1[3].seq), 4)
+            .unwrap();
+        assert_eq!(page1.len() + page2.len(), 6);
+        assert_eq!(page2.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 1]);
+
+        let other = store
+            .list_audit(Some(&b.id), &AuditFilter::default(), None, 100)
+            .unwrap();
+        assert_eq!(other.len(), 1);
+        assert_eq!(other[0].actor_id, "cli:eve");
+        let results = verify_all(store, None, &mut |_| {}).unwrap();
+        assert!(broken(&results).is_empty(), "{results:?}");
+        assert_eq!(results.iter().map(|r| r.links).sum::<i64>(), 8);
+    }
+
+    fn an_edited_audit_entry_breaks_the_audit_chain(db: &Db) {
+        let store = &*db.store;
+        let t = new_tenant(store, "acme", 0);
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            ids.push(
+                store
+                    .append_audit(&entry(Some(&t.id), AuditAction::Unfreeze, "cli:a", i))
+                    .unwrap()
+                    .id,
+            );
+        }
+        cell_update(
+            db,
+            &format!(
+                "UPDATE audit_entries SET actor_id = 'cli:someone-else' WHERE id = '{}'",
+                ids[1]
+            ),
+        );
+        let results = verify_all(store, Some(&t.id), &mut |_| {}).unwrap();
+        let bad = broken(&results);
+        assert_eq!(bad.len(), 1, "{results:?}");
+        assert_eq!(bad[0].table, "audit_entries");
+        let link = bad[0].broken.as_ref().unwrap();
+        assert_eq!((link.seq, link.id.as_deref()), (2, Some(ids[1].as_str())));
+    }
+}

@@ -3,12 +3,14 @@
 //! A route's URL and signing secret are sealed with the master key before they are
 //! stored; the signing secret is shown once, in the answer to the create call.
 
+use super::audit::{Source, by_key, record};
 use super::auth::AdminKey;
 use super::error::{ApiError, missing};
 use crate::domain::alert::{
     self, AlertRoute, DEFAULT_GROUP_WAIT_MS, DEFAULT_REPEAT_INTERVAL_MS, MAX_GROUP_WAIT_MS,
     MAX_REPEAT_INTERVAL_MS, MIN_REPEAT_INTERVAL_MS, Reason, RouteKind,
 };
+use crate::domain::audit::AuditAction;
 use crate::domain::{AlertRouteId, Severity, Timestamp};
 use crate::incidents::alerts::{Delivery, resolve_checked};
 use crate::startup::AppState;
@@ -76,6 +78,7 @@ fn millis(
 pub async fn create_route(
     state: web::Data<AppState>,
     AdminKey(caller): AdminKey,
+    source: Source,
     body: web::Json<RouteBody>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
@@ -146,6 +149,17 @@ pub async fn create_route(
     })
     .await?;
     let mut out = serde_json::to_value(&route).map_err(ApiError::internal)?;
+    record(
+        &state,
+        by_key(
+            &caller,
+            &source,
+            AuditAction::AlertRouteCreate,
+            route.id.as_str(),
+        )
+        .after(out.clone()),
+    )
+    .await;
     if let Some(s) = secret {
         // Shown once: only its ciphertext is kept.
         out["secret"] = json!(s);
@@ -196,6 +210,7 @@ pub struct RoutePatch {
 pub async fn update_route(
     state: web::Data<AppState>,
     AdminKey(caller): AdminKey,
+    source: Source,
     path: web::Path<String>,
     body: web::Json<RoutePatch>,
 ) -> Result<HttpResponse, ApiError> {
@@ -207,6 +222,7 @@ pub async fn update_route(
     let mut route = run_blocking(move || store.get_alert_route(&tenant, &id))
         .await
         .map_err(missing("alert route", &path))?;
+    let before = serde_json::to_value(&route).map_err(ApiError::internal)?;
     if let Some(kind) = &b.kind
         && RouteKind::parse(kind).map_err(|e| invalid(e.0))? != route.kind
     {
@@ -271,6 +287,18 @@ pub async fn update_route(
             path.as_str()
         )));
     }
+    record(
+        &state,
+        by_key(
+            &caller,
+            &source,
+            AuditAction::AlertRouteUpdate,
+            route.id.as_str(),
+        )
+        .before(before)
+        .after(serde_json::to_value(&route).map_err(ApiError::internal)?),
+    )
+    .await;
     Ok(HttpResponse::Ok().json(&route))
 }
 
@@ -278,17 +306,39 @@ pub async fn update_route(
 pub async fn delete_route(
     state: web::Data<AppState>,
     AdminKey(caller): AdminKey,
+    source: Source,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = route_id(&path)?;
     let store = state.store.clone();
-    let removed = run_blocking(move || store.delete_alert_route(&caller.tenant_id, &id)).await?;
-    if !removed {
+    let tenant = caller.tenant_id.clone();
+    let before = run_blocking(move || {
+        let before = match store.get_alert_route(&tenant, &id) {
+            Ok(r) => Some(r),
+            Err(StoreError::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        let removed = store.delete_alert_route(&tenant, &id)?;
+        Ok(before.filter(|_| removed))
+    })
+    .await?;
+    let Some(before) = before else {
         return Err(ApiError::not_found(format!(
             "no alert route {}",
             path.as_str()
         )));
-    }
+    };
+    record(
+        &state,
+        by_key(
+            &caller,
+            &source,
+            AuditAction::AlertRouteDelete,
+            before.id.as_str(),
+        )
+        .before(serde_json::to_value(&before).map_err(ApiError::internal)?),
+    )
+    .await;
     Ok(HttpResponse::Ok().json(json!({"id": path.as_str(), "deleted": true})))
 }
 

@@ -3,8 +3,10 @@
 //! `GET /v1/certificates/{id}`, and the public `GET /v1/certificates/public-key` and
 //! `GET /v1/certificates/{id}/verify` (no key needed; the check reveals no content).
 
+use super::audit::{Source, by_key, record};
 use super::auth::AdminKey;
 use super::error::{ApiError, optional_json};
+use crate::domain::audit::AuditAction;
 use crate::domain::replay::ReplayMode;
 use crate::domain::{CallId, CertificateId, IncidentId, ReplayId};
 use crate::evidence::certificates::{self, Subject};
@@ -24,6 +26,7 @@ struct ReplayBody {
 pub async fn replay(
     state: web::Data<AppState>,
     AdminKey(caller): AdminKey,
+    source: Source,
     path: web::Path<String>,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
@@ -43,6 +46,24 @@ pub async fn replay(
         mode,
     )
     .await?;
+    let mut after = serde_json::Map::new();
+    for k in [
+        "replay_id",
+        "mode",
+        "match_level",
+        "would_block",
+        "model_drift",
+        "replay_call_id",
+    ] {
+        if let Some(v) = report.get(k) {
+            after.insert(k.to_owned(), v.clone());
+        }
+    }
+    record(
+        &state,
+        by_key(&caller, &source, AuditAction::Replay, path.as_str()).after(after.into()),
+    )
+    .await;
     Ok(HttpResponse::Ok().json(report))
 }
 
@@ -95,6 +116,7 @@ fn subject_of(body: IssueBody) -> Result<Subject, ApiError> {
 pub async fn issue(
     state: web::Data<AppState>,
     AdminKey(caller): AdminKey,
+    source: Source,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body = optional_json::<IssueBody>(&raw)?.ok_or_else(|| {
@@ -113,6 +135,17 @@ pub async fn issue(
         subject,
     )
     .await?;
+    record(
+        &state,
+        by_key(
+            &caller,
+            &source,
+            AuditAction::CertificateIssue,
+            cert.certificate_id.as_str(),
+        )
+        .after(json!({"kind": cert.kind, "subject_id": cert.subject_id, "chain_head": cert.chain_head})),
+    )
+    .await;
     Ok(HttpResponse::Created().json(cert))
 }
 

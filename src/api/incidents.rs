@@ -1,9 +1,11 @@
 //! Incidents under `/v1/incidents` and the decision timeline of a call. Admin keys only;
 //! everything is scoped to the key's tenant (another tenant's id is a 404).
 
+use super::audit::{Source, by_key, record};
 use super::auth::{AdminKey, Caller};
 use super::error::{ApiError, missing, optional_json};
 use super::v1::parse_time;
+use crate::domain::audit::AuditAction;
 use crate::domain::incident::{Change, IncidentCursor, IncidentFilter};
 use crate::domain::{IncidentId, IncidentStatus, KeyId, Severity};
 use crate::incidents::timeline;
@@ -273,6 +275,7 @@ const MAX_NOTE: usize = 10_000;
 async fn apply(
     state: &AppState,
     caller: &Caller,
+    source: &Source,
     raw_id: &str,
     change: Change,
 ) -> Result<HttpResponse, ApiError> {
@@ -280,17 +283,38 @@ async fn apply(
     let store = state.store.clone();
     let tenant = caller.tenant_id.clone();
     let who = actor(caller);
-    let (incident, event) = run_blocking(move || {
-        store.change_incident(
+    let action = match &change {
+        Change::Acknowledge => AuditAction::IncidentAck,
+        Change::Resolve => AuditAction::IncidentResolve,
+        Change::Assign(_) => AuditAction::IncidentAssign,
+        Change::SetSeverity(_) => AuditAction::IncidentSeverity,
+        Change::Note(_) => AuditAction::IncidentNote,
+    };
+    let (before, incident, event) = run_blocking(move || {
+        let before = store.get_incident(Some(&tenant), &id)?;
+        let (incident, event) = store.change_incident(
             Some(&tenant),
             &id,
             &change,
             &who,
             crate::domain::Timestamp::now(),
-        )
+        )?;
+        Ok::<_, crate::store::StoreError>((before, incident, event))
     })
     .await
     .map_err(missing("incident", raw_id))?;
+    let summary = |i: &crate::domain::Incident| json!({"status": i.status, "severity": i.severity.as_str(), "assignee": i.assignee});
+    let mut after = summary(&incident);
+    if let Some(text) = &event.note {
+        after["note"] = json!(text);
+    }
+    record(
+        state,
+        by_key(caller, source, action, incident.id.as_str())
+            .before(summary(&before))
+            .after(after),
+    )
+    .await;
     Ok(HttpResponse::Ok().json(json!({"incident": incident, "event": event})))
 }
 
@@ -298,24 +322,27 @@ async fn apply(
 pub async fn ack(
     state: web::Data<AppState>,
     AdminKey(caller): AdminKey,
+    source: Source,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    apply(&state, &caller, &path, Change::Acknowledge).await
+    apply(&state, &caller, &source, &path, Change::Acknowledge).await
 }
 
 #[post("/v1/incidents/{id}/resolve")]
 pub async fn resolve(
     state: web::Data<AppState>,
     AdminKey(caller): AdminKey,
+    source: Source,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    apply(&state, &caller, &path, Change::Resolve).await
+    apply(&state, &caller, &source, &path, Change::Resolve).await
 }
 
 #[post("/v1/incidents/{id}/notes")]
 pub async fn note(
     state: web::Data<AppState>,
     AdminKey(caller): AdminKey,
+    source: Source,
     path: web::Path<String>,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
@@ -334,13 +361,21 @@ pub async fn note(
             format!("a note may be at most {MAX_NOTE} bytes"),
         ));
     }
-    apply(&state, &caller, &path, Change::Note(note.to_owned())).await
+    apply(
+        &state,
+        &caller,
+        &source,
+        &path,
+        Change::Note(note.to_owned()),
+    )
+    .await
 }
 
 #[post("/v1/incidents/{id}/assign")]
 pub async fn assign(
     state: web::Data<AppState>,
     AdminKey(caller): AdminKey,
+    source: Source,
     path: web::Path<String>,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
@@ -355,20 +390,21 @@ pub async fn assign(
             "an assignee may be at most 256 bytes",
         ));
     }
-    apply(&state, &caller, &path, Change::Assign(who)).await
+    apply(&state, &caller, &source, &path, Change::Assign(who)).await
 }
 
 #[post("/v1/incidents/{id}/severity")]
 pub async fn severity(
     state: web::Data<AppState>,
     AdminKey(caller): AdminKey,
+    source: Source,
     path: web::Path<String>,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body: SeverityBody = optional_json(&raw)?.unwrap_or_default();
     let sev = Severity::parse(body.severity.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::bad_request("invalid_severity", e.0))?;
-    apply(&state, &caller, &path, Change::SetSeverity(sev)).await
+    apply(&state, &caller, &source, &path, Change::SetSeverity(sev)).await
 }
 
 #[derive(Deserialize, Default)]

@@ -4,6 +4,7 @@
 //! the one place that maps failures to status codes and OpenAI-shaped bodies.
 
 pub mod alerts;
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod evidence;

@@ -1,8 +1,10 @@
 //! Admin and read endpoints under `/v1`: the kill switch, the active policies, the
 //! tenant's own upstream, call records, and the protection summary. Unknown `/v1` paths get a JSON 404 in `web.rs`.
 
+use super::audit::{Source, by_key, record};
 use super::auth::{AdminKey, ProxyKey};
 use super::error::{ApiError, missing, optional_json};
+use crate::domain::audit::AuditAction;
 use crate::domain::{
     CallCursor, CallFilter, CallId, CallSearch, FreezeAction, KeyId, PolicyConfig, SearchQuery,
     TenantId, Timestamp,
@@ -57,9 +59,17 @@ fn reason_of(body: &Option<FreezeBody>, action: FreezeAction) -> Result<String, 
     }
 }
 
+fn audit_action(action: FreezeAction) -> AuditAction {
+    match action {
+        FreezeAction::Freeze => AuditAction::Freeze,
+        FreezeAction::Unfreeze => AuditAction::Unfreeze,
+    }
+}
+
 async fn tenant_switch(
     state: web::Data<AppState>,
     caller: AdminKey,
+    source: Source,
     raw: web::Bytes,
     action: FreezeAction,
 ) -> Result<HttpResponse, ApiError> {
@@ -70,7 +80,21 @@ async fn tenant_switch(
     )?;
     let reason = reason_of(&body, action)?;
     let actor = format!("key:{}", caller.0.key_id);
+    let was_frozen = state
+        .proxy
+        .guard
+        .killswitch()
+        .tenant_status(&tenant)
+        .tenant
+        .is_some();
     let event = killswitch::set(&state.proxy, &tenant, None, action, &actor, &reason).await?;
+    record(
+        &state,
+        by_key(&caller.0, &source, audit_action(action), tenant.as_str())
+            .before(json!({"frozen": was_frozen}))
+            .after(json!({"frozen": action == FreezeAction::Freeze, "reason": reason, "event_id": event.id})),
+    )
+    .await;
     Ok(HttpResponse::Ok().json(
         json!({"tenant_id": tenant, "frozen": action == FreezeAction::Freeze, "event": event}),
     ))
@@ -79,6 +103,7 @@ async fn tenant_switch(
 async fn key_switch(
     state: web::Data<AppState>,
     caller: AdminKey,
+    source: Source,
     raw: web::Bytes,
     action: FreezeAction,
 ) -> Result<HttpResponse, ApiError> {
@@ -111,6 +136,14 @@ async fn key_switch(
             other => other.into(),
         })?;
     let actor = format!("key:{}", caller.0.key_id);
+    let was_frozen = state
+        .proxy
+        .guard
+        .killswitch()
+        .tenant_status(&tenant)
+        .keys
+        .iter()
+        .any(|(k, _)| *k == key_id);
     let event = killswitch::set(
         &state.proxy,
         &tenant,
@@ -120,6 +153,13 @@ async fn key_switch(
         &reason,
     )
     .await?;
+    record(
+        &state,
+        by_key(&caller.0, &source, audit_action(action), key_id.as_str())
+            .before(json!({"frozen": was_frozen}))
+            .after(json!({"frozen": action == FreezeAction::Freeze, "reason": reason, "event_id": event.id})),
+    )
+    .await;
     Ok(HttpResponse::Ok().json(json!({"tenant_id": tenant, "key_id": key_id, "frozen": action == FreezeAction::Freeze, "event": event})))
 }
 
@@ -127,36 +167,40 @@ async fn key_switch(
 pub async fn freeze_tenant(
     state: web::Data<AppState>,
     caller: AdminKey,
+    source: Source,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    tenant_switch(state, caller, raw, FreezeAction::Freeze).await
+    tenant_switch(state, caller, source, raw, FreezeAction::Freeze).await
 }
 
 #[delete("/v1/killswitch/tenant")]
 pub async fn unfreeze_tenant(
     state: web::Data<AppState>,
     caller: AdminKey,
+    source: Source,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    tenant_switch(state, caller, raw, FreezeAction::Unfreeze).await
+    tenant_switch(state, caller, source, raw, FreezeAction::Unfreeze).await
 }
 
 #[post("/v1/killswitch/key")]
 pub async fn freeze_key(
     state: web::Data<AppState>,
     caller: AdminKey,
+    source: Source,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    key_switch(state, caller, raw, FreezeAction::Freeze).await
+    key_switch(state, caller, source, raw, FreezeAction::Freeze).await
 }
 
 #[delete("/v1/killswitch/key")]
 pub async fn unfreeze_key(
     state: web::Data<AppState>,
     caller: AdminKey,
+    source: Source,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    key_switch(state, caller, raw, FreezeAction::Unfreeze).await
+    key_switch(state, caller, source, raw, FreezeAction::Unfreeze).await
 }
 
 /// Freeze state of the caller's tenant and its keys, with the recent history.
@@ -219,6 +263,7 @@ pub async fn active_policies(
 pub async fn put_policies(
     state: web::Data<AppState>,
     AdminKey(caller): AdminKey,
+    source: Source,
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
     let overrides = body.into_inner();
@@ -226,7 +271,24 @@ pub async fn put_policies(
         .map_err(|e| ApiError::bad_request("invalid_policy", e.0))?;
     let store = state.store.clone();
     let (tenant, to_store) = (caller.tenant_id.clone(), overrides.clone());
-    run_blocking(move || store.put_tenant_policy(&tenant, &to_store, Timestamp::now())).await?;
+    let before = run_blocking(move || {
+        let before = store.get_tenant_policy(&tenant)?;
+        store.put_tenant_policy(&tenant, &to_store, Timestamp::now())?;
+        Ok::<_, crate::store::StoreError>(before)
+    })
+    .await?;
+    record(
+        &state,
+        by_key(
+            &caller,
+            &source,
+            AuditAction::PolicyUpdate,
+            caller.tenant_id.as_str(),
+        )
+        .before(json!({"overrides": before}))
+        .after(json!({"overrides": overrides})),
+    )
+    .await;
     crate::startup::apply_policy(&state, &caller.tenant_id, config).await;
     Ok(HttpResponse::Ok().json(json!({"tenant_id": caller.tenant_id, "overrides": overrides})))
 }
@@ -457,6 +519,7 @@ pub async fn get_upstream(
 pub async fn put_upstream(
     state: web::Data<AppState>,
     AdminKey(caller): AdminKey,
+    source: Source,
     body: web::Json<UpstreamBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -492,7 +555,24 @@ pub async fn put_upstream(
     };
     let store = state.store.clone();
     let to_store = row.clone();
-    run_blocking(move || store.put_tenant_upstream(&to_store)).await?;
+    let before = run_blocking(move || {
+        let before = store.get_tenant_upstream(&to_store.tenant_id)?;
+        store.put_tenant_upstream(&to_store)?;
+        Ok::<_, crate::store::StoreError>(before)
+    })
+    .await?;
+    record(
+        &state,
+        by_key(
+            &caller,
+            &source,
+            AuditAction::UpstreamUpdate,
+            tenant.as_str(),
+        )
+        .before(before.as_ref().map_or(json!(null), upstream_json))
+        .after(upstream_json(&row)),
+    )
+    .await;
     state.proxy.set_tenant_upstream(
         &tenant,
         Some(UpstreamTarget {
@@ -508,10 +588,30 @@ pub async fn put_upstream(
 pub async fn delete_upstream(
     state: web::Data<AppState>,
     AdminKey(caller): AdminKey,
+    source: Source,
 ) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
     let tenant = caller.tenant_id.clone();
-    let removed = run_blocking(move || store.delete_tenant_upstream(&tenant)).await?;
+    let (before, removed) = run_blocking(move || {
+        let before = store.get_tenant_upstream(&tenant)?;
+        let removed = store.delete_tenant_upstream(&tenant)?;
+        Ok::<_, crate::store::StoreError>((before, removed))
+    })
+    .await?;
+    if let Some(before) = before.filter(|_| removed) {
+        record(
+            &state,
+            by_key(
+                &caller,
+                &source,
+                AuditAction::UpstreamDelete,
+                caller.tenant_id.as_str(),
+            )
+            .before(upstream_json(&before))
+            .after(json!({"upstream": "instance"})),
+        )
+        .await;
+    }
     state.proxy.set_tenant_upstream(&caller.tenant_id, None);
     // Idempotent: without an upstream of its own the tenant already uses the instance's.
     Ok(HttpResponse::Ok()

@@ -130,7 +130,8 @@ pub struct Certificate {
     pub instance_id: String,
     /// RFC 3339, UTC, milliseconds.
     pub issued_at: String,
-    /// The head of the tenant's record chain; `null` until the chain exists.
+    /// The head of the tenant's call chain when the certificate was issued, as
+    /// `<seq>:<sha256 hex>` (see `domain::chain`); `null` while the tenant has no chained call.
     pub chain_head: Option<String>,
     pub public_key: String,
     pub signature: String,

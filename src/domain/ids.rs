@@ -90,6 +90,7 @@ prefixed_id!(IncidentEventId, "iev_", "incident event");
 prefixed_id!(AlertRouteId, "alr_", "alert route");
 prefixed_id!(ReplayId, "rpl_", "replay");
 prefixed_id!(CertificateId, "cert_", "certificate");
+prefixed_id!(AuditId, "aud_", "audit entry");
 
 #[cfg(test)]
 mod tests {

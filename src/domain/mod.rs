@@ -4,8 +4,10 @@
 //! type with a private field (`parse`/`TryFrom`), so the rest of the code can trust it.
 
 pub mod alert;
+pub mod audit;
 pub mod call;
 pub mod certificate;
+pub mod chain;
 pub mod decision;
 pub mod freeze;
 pub mod ids;
@@ -25,8 +27,8 @@ pub use call::{CallCursor, CallFilter, CallRecord};
 pub use decision::{Decision, Outcome};
 pub use freeze::{FreezeAction, FreezeEvent};
 pub use ids::{
-    AlertRouteId, CallId, CertificateId, FreezeId, IncidentEventId, IncidentId, KeyId, ReplayId,
-    SessionId, TenantId, UserId,
+    AlertRouteId, AuditId, CallId, CertificateId, FreezeId, IncidentEventId, IncidentId, KeyId,
+    ReplayId, SessionId, TenantId, UserId,
 };
 pub use incident::{Incident, IncidentStatus, Severity, Signal};
 pub use keys::{ApiKeyRecord, KeyHash, KeySecret, NewApiKey, Scope};

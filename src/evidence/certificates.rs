@@ -9,6 +9,7 @@ use crate::domain::certificate::{
     CERTIFICATE_VERSION, CallEvidence, CertSigningKey, Certificate, CertificateError,
     CertificateKind, IncidentEvidence, ReplayEvidence, verify,
 };
+use crate::domain::chain::ChainKind;
 use crate::domain::replay::ResponseOutcome;
 use crate::domain::{CallId, CallRecord, CertificateId, IncidentId, ReplayId, TenantId, Timestamp};
 use crate::store::{DynStore, StoreError, StoredCertificate, run_blocking};
@@ -153,6 +154,11 @@ pub async fn issue(
             });
         }
     }
+    // The head of the tenant's call chain as of now: whoever holds the certificate can
+    // later ask `audit verify` whether the chain still leads to it.
+    let (s, t) = (store.clone(), tenant.clone());
+    let head = blocking(move || s.chain_head(ChainKind::Calls, Some(&t))).await?;
+    cert.chain_head = head.map(|h| h.label());
     let cert = cert
         .sign(key)
         .map_err(|e| ApiError::internal(format!("signing a certificate failed: {e}")))?;

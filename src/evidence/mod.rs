@@ -1,4 +1,5 @@
-//! Evidence: replays of recorded calls and signed certificates.
+//! Evidence: replays of recorded calls, signed certificates, the audit log and the check
+//! of the tamper-evident chains.
 //!
 //! This layer orchestrates — it loads records through the store, runs the guard's dry run
 //! or the proxy for a replay, asks `domain::replay` to grade the result and
@@ -8,6 +9,7 @@
 //!
 //! [`ApiError`]: crate::api::ApiError
 
+pub mod audit;
 pub mod certificates;
 pub mod replay;
 pub mod signing;

@@ -72,6 +72,11 @@ pub const SQLITE: &[Migration] = &[
         name: "evidence",
         sql: include_str!("../../migrations/sqlite/0008_evidence.sql"),
     },
+    Migration {
+        version: 9,
+        name: "chains_and_audit",
+        sql: include_str!("../../migrations/sqlite/0009_chains_and_audit.sql"),
+    },
 ];
 
 /// Postgres migrations, oldest first; the same versions and meaning as [`SQLITE`].
@@ -115,6 +120,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 8,
         name: "evidence",
         sql: include_str!("../../migrations/postgres/0008_evidence.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "chains_and_audit",
+        sql: include_str!("../../migrations/postgres/0009_chains_and_audit.sql"),
     },
 ];
 

@@ -7,6 +7,7 @@
 //! This module must not know about HTTP.
 
 mod alerts;
+mod chain;
 mod evidence;
 mod incidents;
 pub mod migrate;
@@ -23,6 +24,8 @@ pub mod testing;
 pub use evidence::StoredCertificate;
 
 use crate::domain::alert::{AlertRoute, AlertSent};
+use crate::domain::audit::{AuditEntry, AuditFilter, NewAuditEntry};
+use crate::domain::chain::{ChainHead, ChainKind, StoredLink};
 use crate::domain::incident::{
     Applied, Change as IncidentChange, EventKind, IncidentCursor, IncidentEvent, IncidentFilter,
     IncidentStats, StoredSignal,
@@ -317,6 +320,36 @@ pub trait Store: Send + Sync + 'static {
         tenant: Option<&TenantId>,
         id: &crate::domain::CertificateId,
     ) -> StoreResult<StoredCertificate>;
+
+    // Tamper evidence (see domain::chain): `insert_calls` links every call into its
+    // tenant's chain and `append_audit` every entry into its chain, in the same transaction.
+    /// A chain's last link; `None` when nothing was appended to it yet. `tenant: None` is
+    /// the instance-wide audit chain.
+    fn chain_head(
+        &self,
+        kind: ChainKind,
+        tenant: Option<&TenantId>,
+    ) -> StoreResult<Option<ChainHead>>;
+    /// Up to `limit` links with seq > `after`, in seq order, for `audit verify`.
+    fn chain_links(
+        &self,
+        kind: ChainKind,
+        tenant: Option<&TenantId>,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredLink>>;
+
+    // Audit log (see domain::audit). Entries are written once and never changed.
+    fn append_audit(&self, entry: &NewAuditEntry) -> StoreResult<AuditEntry>;
+    /// Newest first (seq desc), strictly before seq `before` when given; `tenant: None`
+    /// lists the instance-wide entries.
+    fn list_audit(
+        &self,
+        tenant: Option<&TenantId>,
+        filter: &AuditFilter,
+        before: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<AuditEntry>>;
 }
 
 /// A tenant's own upstream as stored: the base URL and the encrypted provider key.

@@ -23,6 +23,8 @@ use super::{
 };
 use crate::domain::AlertRouteId;
 use crate::domain::alert::{AlertRoute, AlertSent};
+use crate::domain::audit::{AuditEntry, AuditFilter, NewAuditEntry};
+use crate::domain::chain::{ChainHead, ChainKind, StoredLink};
 use crate::domain::incident::{
     Applied, EventKind, IncidentCursor, IncidentEvent, IncidentFilter, IncidentStats, StoredSignal,
 };
@@ -331,6 +333,7 @@ fn insert_call(
     tx: &mut postgres::Transaction<'_>,
     stmt: &postgres::Statement,
     p: &CallParams<'_>,
+    link: &(i64, String),
 ) -> Result<u64, postgres::Error> {
     tx.execute(
         stmt,
@@ -366,6 +369,8 @@ fn insert_call(
             &p.enforcement_us,
             &p.upstream_attempts,
             &p.upstream,
+            &link.0,
+            &link.1,
         ],
     )
 }
@@ -730,9 +735,10 @@ impl Store for PostgresStore {
             .collect::<StoreResult<Vec<_>>>()?;
         let mut conn = self.conn()?;
         let mut tx = conn.transaction().map_err(db_err)?;
+        let links = super::chain::link_calls(&mut PgDb(&mut tx), calls, &rows)?;
         let stmt = tx.prepare(&INSERT_CALL).map_err(db_err)?;
-        for (call, row) in calls.iter().zip(&rows) {
-            insert_call(&mut tx, &stmt, row)
+        for ((call, row), link) in calls.iter().zip(&rows).zip(&links) {
+            insert_call(&mut tx, &stmt, row, link)
                 .map_err(db_err)
                 .map_err(|e| explain_conflict(e, || duplicate_call(&call.id)))?;
         }
@@ -1197,6 +1203,45 @@ impl Store for PostgresStore {
     ) -> StoreResult<super::StoredCertificate> {
         let mut conn = self.conn()?;
         super::evidence::get_certificate(&mut PgDb(&mut *conn), tenant, id)
+    }
+
+    fn chain_head(
+        &self,
+        kind: ChainKind,
+        tenant: Option<&TenantId>,
+    ) -> StoreResult<Option<ChainHead>> {
+        let mut conn = self.conn()?;
+        super::chain::head(&mut PgDb(&mut *conn), kind, tenant)
+    }
+
+    fn chain_links(
+        &self,
+        kind: ChainKind,
+        tenant: Option<&TenantId>,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredLink>> {
+        let mut conn = self.conn()?;
+        super::chain::links(&mut PgDb(&mut *conn), kind, tenant, after, limit)
+    }
+
+    fn append_audit(&self, entry: &NewAuditEntry) -> StoreResult<AuditEntry> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        let added = super::chain::append_audit(&mut PgDb(&mut tx), entry)?;
+        tx.commit().map_err(db_err)?;
+        Ok(added)
+    }
+
+    fn list_audit(
+        &self,
+        tenant: Option<&TenantId>,
+        filter: &AuditFilter,
+        before: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<AuditEntry>> {
+        let mut conn = self.conn()?;
+        super::chain::list_audit(&mut PgDb(&mut *conn), tenant, filter, before, limit)
     }
 }
 

@@ -238,11 +238,13 @@ impl<'a> CallParams<'a> {
     }
 }
 
-/// `INSERT INTO calls (…) VALUES (…)` with one placeholder per column of [`CALL_COLUMNS`].
+/// `INSERT INTO calls (…) VALUES (…)` with one placeholder per column of [`CALL_COLUMNS`],
+/// then `chain_seq` and `chain_hash`.
 pub(super) fn insert_call_sql(placeholder: fn(usize) -> String) -> String {
-    let values: Vec<String> = (1..=CALL_COLUMN_COUNT).map(placeholder).collect();
+    // The two chain columns (see `store::chain`) come last.
+    let values: Vec<String> = (1..=CALL_COLUMN_COUNT + 2).map(placeholder).collect();
     format!(
-        "INSERT INTO calls ({CALL_COLUMNS}) VALUES ({})",
+        "INSERT INTO calls ({CALL_COLUMNS}, chain_seq, chain_hash) VALUES ({})",
         values.join(", ")
     )
 }

@@ -21,6 +21,11 @@ pub(super) type SqlRow = Vec<Cell>;
 pub(super) trait Db {
     fn execute(&mut self, sql: &str, args: &[Param<'_>]) -> StoreResult<u64>;
     fn query(&mut self, sql: &str, args: &[Param<'_>]) -> StoreResult<Vec<SqlRow>>;
+    /// What a `SELECT` appends to lock the rows it reads until the transaction ends:
+    /// nothing on SQLite (a write transaction already excludes every other writer).
+    fn lock_rows(&self) -> &'static str {
+        ""
+    }
 }
 
 /// Reads the cells of a row by position, with errors that name the column.
@@ -146,6 +151,10 @@ pub(super) mod postgres {
     pub(in crate::store) struct PgDb<'c, C: GenericClient>(pub &'c mut C);
 
     impl<C: GenericClient> Db for PgDb<'_, C> {
+        fn lock_rows(&self) -> &'static str {
+            " FOR UPDATE"
+        }
+
         fn execute(&mut self, sql: &str, args: &[Param<'_>]) -> StoreResult<u64> {
             let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(bind).collect();
             self.0

@@ -22,6 +22,8 @@ use super::{
 };
 use crate::domain::AlertRouteId;
 use crate::domain::alert::{AlertRoute, AlertSent};
+use crate::domain::audit::{AuditEntry, AuditFilter, NewAuditEntry};
+use crate::domain::chain::{ChainHead, ChainKind, StoredLink};
 use crate::domain::incident::{
     Applied, EventKind, IncidentCursor, IncidentEvent, IncidentFilter, IncidentStats, StoredSignal,
 };
@@ -441,6 +443,7 @@ impl ToSql for Param<'_> {
 fn insert_call(
     stmt: &mut rusqlite::CachedStatement<'_>,
     p: &CallParams<'_>,
+    link: &(i64, String),
 ) -> rusqlite::Result<usize> {
     stmt.execute(params![
         p.id,
@@ -474,6 +477,8 @@ fn insert_call(
         p.enforcement_us,
         p.upstream_attempts,
         p.upstream,
+        link.0,
+        link.1,
     ])
 }
 
@@ -838,10 +843,11 @@ impl Store for SqliteStore {
             .collect::<StoreResult<Vec<_>>>()?;
         let mut conn = self.conn()?;
         let tx = begin_write(&self.writer, &mut conn)?;
+        let links = super::chain::link_calls(&mut SqliteDb(&tx), calls, &rows)?;
         {
             let mut stmt = tx.prepare_cached(&INSERT_CALL).map_err(db_err)?;
-            for (call, row) in calls.iter().zip(&rows) {
-                insert_call(&mut stmt, row)
+            for ((call, row), link) in calls.iter().zip(&rows).zip(&links) {
+                insert_call(&mut stmt, row, link)
                     .map_err(db_err)
                     .map_err(|e| explain_conflict(e, || duplicate_call(&call.id)))?;
             }
@@ -1310,6 +1316,45 @@ impl Store for SqliteStore {
     ) -> StoreResult<super::StoredCertificate> {
         let conn = self.conn()?;
         super::evidence::get_certificate(&mut SqliteDb(&conn), tenant, id)
+    }
+
+    fn chain_head(
+        &self,
+        kind: ChainKind,
+        tenant: Option<&TenantId>,
+    ) -> StoreResult<Option<ChainHead>> {
+        let conn = self.conn()?;
+        super::chain::head(&mut SqliteDb(&conn), kind, tenant)
+    }
+
+    fn chain_links(
+        &self,
+        kind: ChainKind,
+        tenant: Option<&TenantId>,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredLink>> {
+        let conn = self.conn()?;
+        super::chain::links(&mut SqliteDb(&conn), kind, tenant, after, limit)
+    }
+
+    fn append_audit(&self, entry: &NewAuditEntry) -> StoreResult<AuditEntry> {
+        let mut conn = self.conn()?;
+        let tx = begin_write(&self.writer, &mut conn)?;
+        let added = super::chain::append_audit(&mut SqliteDb(&tx), entry)?;
+        tx.commit().map_err(db_err)?;
+        Ok(added)
+    }
+
+    fn list_audit(
+        &self,
+        tenant: Option<&TenantId>,
+        filter: &AuditFilter,
+        before: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<AuditEntry>> {
+        let conn = self.conn()?;
+        super::chain::list_audit(&mut SqliteDb(&conn), tenant, filter, before, limit)
     }
 }
 

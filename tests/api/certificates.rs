@@ -42,7 +42,14 @@ async fn a_call_certificate_is_signed_stored_and_checked_publicly_without_conten
     assert_eq!(cert["kind"], "call");
     assert_eq!(cert["tenant_id"], tenant);
     assert_eq!(cert["subject_id"], call);
-    assert!(cert["chain_head"].is_null());
+    // The head of the tenant's call chain: "<seq>:<sha256 hex>".
+    let head = cert["chain_head"].as_str().unwrap();
+    let (seq, hash) = head.split_once(':').unwrap();
+    assert!(seq.parse::<u64>().unwrap() >= 1, "{head}");
+    assert!(
+        hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{head}"
+    );
     let stored = app.call(&admin, &call).await;
     assert_eq!(cert["original"]["request_sha256"], stored["request_sha256"]);
     assert_eq!(

@@ -7,6 +7,7 @@
 mod helpers;
 
 mod alerts;
+mod audit;
 mod auth;
 mod certificates;
 mod cli;

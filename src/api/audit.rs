@@ -1,0 +1,206 @@
+//! The audit log over HTTP: `GET /v1/audit` (admin key, the key's tenant only; JSON or
+//! CSV), and what handlers use to write entries: the [`Source`] extractor (the client's
+//! address) and [`record`], which appends right after a change, off the async runtime.
+
+use super::auth::{AdminKey, Caller};
+use super::error::ApiError;
+use super::v1::parse_time;
+use crate::domain::audit::{Actor, AuditAction, AuditEntry, AuditFilter, NewAuditEntry};
+use crate::startup::AppState;
+use crate::store::run_blocking;
+use actix_web::{FromRequest, HttpRequest, HttpResponse, dev::Payload, get, web};
+use serde::Deserialize;
+use serde_json::json;
+use std::future::{Ready, ready};
+
+/// The client's address as the audit log records it: the TCP peer, never a forwarded
+/// header (anyone can send one). Behind a reverse proxy this is the proxy's address.
+#[derive(Debug, Clone)]
+pub struct Source(pub Option<String>);
+
+impl FromRequest for Source {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(Ok(Source(req.peer_addr().map(|a| a.ip().to_string()))))
+    }
+}
+
+/// An entry for an action of an API key on its own tenant.
+pub fn by_key(
+    caller: &Caller,
+    source: &Source,
+    action: AuditAction,
+    target: impl Into<String>,
+) -> NewAuditEntry {
+    NewAuditEntry::new(
+        Some(caller.tenant_id.clone()),
+        Actor::Key(caller.key_id.clone()),
+        action,
+        target,
+    )
+    .source(source.0.clone())
+}
+
+/// Appends an entry on the blocking pool. A failure is logged (see
+/// `evidence::audit::record`) and does not fail the request: the change was made.
+pub async fn record(state: &AppState, entry: NewAuditEntry) {
+    let store = state.store.clone();
+    run_blocking(move || {
+        crate::evidence::audit::record(store.as_ref(), &entry);
+    })
+    .await;
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    action: Option<String>,
+    actor: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+    format: Option<String>,
+}
+
+/// The tenant's audit entries, newest first, with filters and a cursor; `format=csv`
+/// gives the page as CSV with a header row.
+#[get("/v1/audit")]
+pub async fn list(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    q: web::Query<AuditQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = q.into_inner();
+    let bad = |m: String| ApiError::bad_request("invalid_query", m);
+    let csv = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(bad(format!(
+                "unknown format '{}': use json or csv",
+                other.chars().take(32).collect::<String>()
+            )));
+        }
+    };
+    let filter = AuditFilter {
+        action: q
+            .action
+            .as_deref()
+            .map(AuditAction::parse)
+            .transpose()
+            .map_err(|e| bad(e.0))?,
+        actor: q
+            .actor
+            .map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty()),
+        since: q
+            .since
+            .as_deref()
+            .map(|s| parse_time("since", s))
+            .transpose()?,
+        until: q
+            .until
+            .as_deref()
+            .map(|s| parse_time("until", s))
+            .transpose()?,
+    };
+    let before = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_cursor",
+                    "the cursor is not one this API gave out: pass next_cursor from the previous page unchanged",
+                )
+            })
+        })
+        .transpose()?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let store = state.store.clone();
+    let tenant = caller.tenant_id.clone();
+    let entries =
+        run_blocking(move || store.list_audit(Some(&tenant), &filter, before, limit)).await?;
+    let next_cursor = (entries.len() == limit as usize)
+        .then(|| entries.last().map(|e| e.seq.to_string()))
+        .flatten();
+    if csv {
+        return Ok(HttpResponse::Ok()
+            .content_type("text/csv; charset=utf-8")
+            .insert_header(("Content-Disposition", "attachment; filename=\"audit.csv\""))
+            .insert_header(("X-Next-Cursor", next_cursor.unwrap_or_default()))
+            .body(to_csv(&entries)));
+    }
+    Ok(HttpResponse::Ok()
+        .json(json!({"object": "list", "data": entries, "next_cursor": next_cursor})))
+}
+
+const CSV_HEADER: &str =
+    "id,seq,at,tenant_id,actor_kind,actor_id,action,target,source,before,after,prev_hash,hash";
+
+/// RFC 4180: a field with a comma, quote, CR or LF is quoted, quotes doubled. A field that
+/// a spreadsheet would run as a formula (`= + - @`, tab, CR) gets a leading `'`.
+fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_owned()
+    };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
+
+fn to_csv(entries: &[AuditEntry]) -> String {
+    let mut out = String::from(CSV_HEADER);
+    out.push_str("\r\n");
+    for e in entries {
+        let json =
+            |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string()).unwrap_or_default();
+        let fields = [
+            e.id.to_string(),
+            e.seq.to_string(),
+            e.at.to_rfc3339(),
+            e.tenant_id
+                .as_ref()
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+            e.actor_kind.clone(),
+            e.actor_id.clone(),
+            e.action.clone(),
+            e.target.clone(),
+            e.source.clone().unwrap_or_default(),
+            json(&e.before),
+            json(&e.after),
+            e.prev_hash.clone(),
+            e.hash.clone(),
+        ];
+        let row: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+        out.push_str(&row.join(","));
+        out.push_str("\r\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_only_when_needed_and_formulas_are_defused() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
+        assert_eq!(csv_field("=1+1"), "'=1+1");
+        assert_eq!(
+            csv_field("{\"a\":1,\"b\":2}"),
+            "\"{\"\"a\"\":1,\"\"b\"\":2}\""
+        );
+    }
+}

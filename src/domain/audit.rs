@@ -1,0 +1,238 @@
+//! Audit log entries: who (a key, a user, the CLI, the system) did what to what, when,
+//! from where, with the state before and after. Pure types and the rules of the
+//! `GET /v1/audit` filter; the store chains and keeps them (see `domain::chain`).
+
+use super::{AuditId, KeyId, ParseError, TenantId, Timestamp, UserId};
+
+/// Who acted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// An API key (the HTTP API).
+    Key(KeyId),
+    /// A signed-in person. Hook: sign-in and user management do not exist yet; when they
+    /// do, they record `user.sign_in`, `user.create`, … with this actor.
+    User(UserId),
+    /// The command line on the server's host (`who` is the OS user when known).
+    Cli(String),
+    /// The server itself (an automatic freeze, a job).
+    System(String),
+}
+
+impl Actor {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Key(_) => "key",
+            Self::User(_) => "user",
+            Self::Cli(_) => "cli",
+            Self::System(_) => "system",
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Key(k) => k.as_str(),
+            Self::User(u) => u.as_str(),
+            Self::Cli(s) | Self::System(s) => s,
+        }
+    }
+
+    /// The CLI actor for this process: `cli` plus the OS user when the environment says.
+    pub fn cli() -> Self {
+        let who = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_default();
+        Self::Cli(if who.is_empty() {
+            "cli".into()
+        } else {
+            format!("cli:{who}")
+        })
+    }
+}
+
+/// What was done. The names are what `GET /v1/audit?action=` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditAction {
+    /// Instance-wide (no tenant): an operator made a tenant.
+    TenantCreate,
+    KeyCreate,
+    KeyRevoke,
+    KeyRotate,
+    Freeze,
+    Unfreeze,
+    PolicyUpdate,
+    UpstreamUpdate,
+    UpstreamDelete,
+    Replay,
+    CertificateIssue,
+    AlertRouteCreate,
+    AlertRouteUpdate,
+    AlertRouteDelete,
+    IncidentAck,
+    IncidentResolve,
+    IncidentAssign,
+    IncidentSeverity,
+    IncidentNote,
+}
+
+const ACTIONS: &[AuditAction] = &[
+    AuditAction::TenantCreate,
+    AuditAction::KeyCreate,
+    AuditAction::KeyRevoke,
+    AuditAction::KeyRotate,
+    AuditAction::Freeze,
+    AuditAction::Unfreeze,
+    AuditAction::PolicyUpdate,
+    AuditAction::UpstreamUpdate,
+    AuditAction::UpstreamDelete,
+    AuditAction::Replay,
+    AuditAction::CertificateIssue,
+    AuditAction::AlertRouteCreate,
+    AuditAction::AlertRouteUpdate,
+    AuditAction::AlertRouteDelete,
+    AuditAction::IncidentAck,
+    AuditAction::IncidentResolve,
+    AuditAction::IncidentAssign,
+    AuditAction::IncidentSeverity,
+    AuditAction::IncidentNote,
+];
+
+impl AuditAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TenantCreate => "tenant.create",
+            Self::KeyCreate => "key.create",
+            Self::KeyRevoke => "key.revoke",
+            Self::KeyRotate => "key.rotate",
+            Self::Freeze => "killswitch.freeze",
+            Self::Unfreeze => "killswitch.unfreeze",
+            Self::PolicyUpdate => "policy.update",
+            Self::UpstreamUpdate => "upstream.update",
+            Self::UpstreamDelete => "upstream.delete",
+            Self::Replay => "replay.run",
+            Self::CertificateIssue => "certificate.issue",
+            Self::AlertRouteCreate => "alert_route.create",
+            Self::AlertRouteUpdate => "alert_route.update",
+            Self::AlertRouteDelete => "alert_route.delete",
+            Self::IncidentAck => "incident.ack",
+            Self::IncidentResolve => "incident.resolve",
+            Self::IncidentAssign => "incident.assign",
+            Self::IncidentSeverity => "incident.severity",
+            Self::IncidentNote => "incident.note",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        ACTIONS
+            .iter()
+            .copied()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<&str> = ACTIONS.iter().map(|a| a.as_str()).collect();
+                ParseError::new(format!(
+                    "unknown audit action '{}': use one of {}",
+                    s.chars().take(48).collect::<String>(),
+                    known.join(", ")
+                ))
+            })
+    }
+}
+
+/// An entry to append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAuditEntry {
+    /// `None`: an operator action without a tenant (the instance-wide chain).
+    pub tenant_id: Option<TenantId>,
+    pub actor: Actor,
+    pub action: AuditAction,
+    /// What was acted on, e.g. a key, incident or route id, or the tenant id.
+    pub target: String,
+    /// The client's address (the TCP peer; never a forwarded header, which anyone can set).
+    pub source: Option<String>,
+    pub at: Timestamp,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+impl NewAuditEntry {
+    pub fn new(
+        tenant_id: Option<TenantId>,
+        actor: Actor,
+        action: AuditAction,
+        target: impl Into<String>,
+    ) -> Self {
+        Self {
+            tenant_id,
+            actor,
+            action,
+            target: target.into(),
+            source: None,
+            at: Timestamp::now(),
+            before: None,
+            after: None,
+        }
+    }
+
+    pub fn source(mut self, source: Option<String>) -> Self {
+        self.source = source;
+        self
+    }
+
+    pub fn before(mut self, v: serde_json::Value) -> Self {
+        self.before = Some(v);
+        self
+    }
+
+    pub fn after(mut self, v: serde_json::Value) -> Self {
+        self.after = Some(v);
+        self
+    }
+}
+
+/// An entry as stored, with its place in the chain.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AuditEntry {
+    pub id: AuditId,
+    pub seq: i64,
+    pub tenant_id: Option<TenantId>,
+    pub actor_kind: String,
+    pub actor_id: String,
+    pub action: String,
+    pub target: String,
+    pub source: Option<String>,
+    #[serde(serialize_with = "rfc3339")]
+    pub at: Timestamp,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339())
+}
+
+/// Filters of `GET /v1/audit`; all optional, all must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub action: Option<AuditAction>,
+    /// The actor's id (a key id, user id, `cli:…`).
+    pub actor: Option<String>,
+    /// Inclusive.
+    pub since: Option<Timestamp>,
+    /// Exclusive.
+    pub until: Option<Timestamp>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_name_parses_back_and_unknown_names_list_the_known_ones() {
+        for a in ACTIONS {
+            assert_eq!(AuditAction::parse(a.as_str()).unwrap(), *a);
+        }
+        let err = AuditAction::parse("key.eat").unwrap_err();
+        assert!(err.0.contains("key.create"), "{err}");
+    }
+}
