@@ -2515,8 +2515,9 @@ fn a_narrow_filter_with_many_calls_pages_like_one_with_few(store: &dyn Store) {
     }
 }
 
-/// Text search reads time in slices on some backends: calls from minutes to months old,
-/// and in the future, all come back in order whatever the page size.
+/// Text search reads the newest calls and older ones differently on some backends: calls
+/// from minutes to months old, and in the future, all come back in order whatever the page
+/// size.
 fn a_text_search_pages_through_calls_from_minutes_to_months_old(store: &dyn Store) {
     let t = new_tenant(store, "Acme", 0);
     let key = KeyId::generate();

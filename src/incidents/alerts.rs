@@ -282,12 +282,23 @@ impl Alerts {
             );
             return Ok(());
         };
-        let body = webhook_body(job.id.as_str(), job.attempts, d, None, None, None);
+        self.post_system(op, job.id.as_str(), job.attempts, d).await
+    }
+
+    /// Posts one system alert to the operator's route.
+    async fn post_system(
+        &self,
+        op: &OperatorRoute,
+        delivery_id: &str,
+        attempt: u32,
+        d: &Delivery,
+    ) -> Result<(), String> {
+        let body = webhook_body(delivery_id, attempt, d, None, None, None);
         post(
             &op.url,
             op.secret.as_deref().map(str::as_bytes),
             "system.alert",
-            job.id.as_str(),
+            delivery_id,
             &body,
             &self.allow,
         )
@@ -305,18 +316,8 @@ impl Alerts {
         };
         let id = format!("direct-{}", d.scheduled_at);
         for attempt in 1..=DELIVERY_ATTEMPTS {
-            let body = webhook_body(&id, attempt, d, None, None, None);
-            match post(
-                &op.url,
-                op.secret.as_deref().map(str::as_bytes),
-                "system.alert",
-                &id,
-                &body,
-                &self.allow,
-            )
-            .await
-            {
-                Ok(_) => return true,
+            match self.post_system(op, &id, attempt, d).await {
+                Ok(()) => return true,
                 Err(e) => {
                     tracing::warn!(error = %e, attempt, "the operator alert was not delivered");
                     tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;

@@ -96,23 +96,7 @@ fn newest_matches(
         Box::new(tenant.as_str().to_owned()),
         Box::new(text.to_owned()),
     ];
-    if let Some(since) = since {
-        args.push(Box::new(since));
-        sql.push_str(&format!(" AND s.created_at >= ${}", args.len()));
-    }
-    if let Some(until) = until {
-        args.push(Box::new(until));
-        sql.push_str(&format!(" AND s.created_at < ${}", args.len()));
-    }
-    if let Some(c) = after {
-        args.push(Box::new(c.created_at.millis()));
-        args.push(Box::new(c.id.as_str().to_owned()));
-        sql.push_str(&format!(
-            " AND (s.created_at, s.call_id) < (${}, ${})",
-            args.len() - 1,
-            args.len()
-        ));
-    }
+    in_range(&mut sql, &mut args, since, until, after);
     args.push(Box::new(NEWEST_WINDOW));
     sql.push_str(&format!(
         " ORDER BY s.created_at DESC, s.call_id DESC LIMIT ${}",
@@ -139,6 +123,34 @@ fn newest_matches(
     Ok(Recent { ids, older_than })
 }
 
+/// Appends to a `call_search s` query the conditions of a time range (`since`, below
+/// `until`) and of a cursor (strictly older than `after`), binding their values.
+fn in_range(
+    sql: &mut String,
+    args: &mut Vec<Box<dyn ToSql + Sync>>,
+    since: Option<i64>,
+    until: Option<i64>,
+    after: Option<&CallCursor>,
+) {
+    if let Some(since) = since {
+        args.push(Box::new(since));
+        sql.push_str(&format!(" AND s.created_at >= ${}", args.len()));
+    }
+    if let Some(until) = until {
+        args.push(Box::new(until));
+        sql.push_str(&format!(" AND s.created_at < ${}", args.len()));
+    }
+    if let Some(c) = after {
+        args.push(Box::new(c.created_at.millis()));
+        args.push(Box::new(c.id.as_str().to_owned()));
+        sql.push_str(&format!(
+            " AND (s.created_at, s.call_id) < (${}, ${})",
+            args.len() - 1,
+            args.len()
+        ));
+    }
+}
+
 /// The ids of the tenant's calls from `since` and older than `older_than` whose text
 /// matches, read through the text index alone. (Postgres would otherwise walk a time
 /// index checking every call's text whenever it guesses a conjunction of common words to
@@ -150,17 +162,14 @@ fn indexed_matches(
     since: Option<i64>,
     older_than: &CallCursor,
 ) -> StoreResult<Vec<String>> {
-    let mut sql = "SELECT call_id FROM call_search s WHERE s.tenant_id = $1 AND s.doc @@ $2::text::tsquery AND (s.created_at, s.call_id) < ($3, $4)".to_owned();
+    let mut sql =
+        "SELECT call_id FROM call_search s WHERE s.tenant_id = $1 AND s.doc @@ $2::text::tsquery"
+            .to_owned();
     let mut args: Vec<Box<dyn ToSql + Sync>> = vec![
         Box::new(tenant.as_str().to_owned()),
         Box::new(text.to_owned()),
-        Box::new(older_than.created_at.millis()),
-        Box::new(older_than.id.as_str().to_owned()),
     ];
-    if let Some(since) = since {
-        args.push(Box::new(since));
-        sql.push_str(&format!(" AND s.created_at >= ${}", args.len()));
-    }
+    in_range(&mut sql, &mut args, since, None, Some(older_than));
     let mut tx = client.transaction().map_err(db_err)?;
     tx.batch_execute(
         "SET LOCAL enable_indexscan = off; SET LOCAL enable_indexonlyscan = off; SET LOCAL enable_seqscan = off",

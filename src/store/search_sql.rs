@@ -73,31 +73,7 @@ pub(super) fn count_narrow_query<'a>(
     search: &'a CallSearch,
     cap: i64,
 ) -> (String, Vec<Param<'a>>) {
-    let f = &search.filter;
-    let mut params = vec![Param::Text(tenant.as_str())];
-    let mut conds = format!("c.tenant_id = {}", dialect.placeholder(1));
-    let mut cond = |column: &str, op: &str, p: Param<'a>| {
-        params.push(p);
-        conds.push_str(&format!(
-            " AND c.{column} {op} {}",
-            dialect.placeholder(params.len())
-        ));
-    };
-    if let Some(t) = f.since {
-        cond("created_at", ">=", Param::BigInt(t.millis()));
-    }
-    if let Some(t) = f.until {
-        cond("created_at", "<", Param::BigInt(t.millis()));
-    }
-    if let Some(u) = &f.end_user {
-        cond("end_user", "=", Param::Text(u));
-    }
-    if let Some(s) = &f.session_id {
-        cond("session_id", "=", Param::Text(s));
-    }
-    if let Some(k) = &f.key_id {
-        cond("key_id", "=", Param::Text(k.as_str()));
-    }
+    let (conds, mut params) = narrow_conditions(dialect, tenant, search, 1);
     params.push(Param::BigInt(cap));
     let sql = format!(
         "SELECT COUNT(*) FROM (SELECT 1 FROM calls c WHERE {conds} LIMIT {}) n",
@@ -202,18 +178,10 @@ fn key_bounds(search: &CallSearch, after: Option<&CallCursor>) -> (Option<i64>, 
     (low, high)
 }
 
-/// The conditions on `calls c` of a search (tenant, filters, status class, policy), with
-/// placeholders numbered from `first`; the tenant is always placeholder `first`.
-/// The call columns, qualified with the alias `c`.
-pub(super) fn call_columns() -> String {
-    CALL_COLUMNS
-        .split(',')
-        .map(|c| format!("c.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-pub(super) fn conditions<'a>(
+/// The conditions on `calls c` that the calls indexes serve: the tenant, the time range
+/// and the narrow filters (end user, session, key), with placeholders numbered from
+/// `first`; the tenant is always placeholder `first`.
+fn narrow_conditions<'a>(
     dialect: Dialect,
     tenant: &'a TenantId,
     search: &'a CallSearch,
@@ -242,6 +210,33 @@ pub(super) fn conditions<'a>(
     if let Some(k) = &f.key_id {
         cond("key_id", "=", Param::Text(k.as_str()));
     }
+    (conds, params)
+}
+
+/// The conditions on `calls c` of a search (tenant, filters, status class, policy), with
+/// placeholders numbered from `first`; the tenant is always placeholder `first`.
+/// The call columns, qualified with the alias `c`.
+pub(super) fn call_columns() -> String {
+    CALL_COLUMNS
+        .split(',')
+        .map(|c| format!("c.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub(super) fn conditions<'a>(
+    dialect: Dialect,
+    tenant: &'a TenantId,
+    search: &'a CallSearch,
+    first: usize,
+) -> (String, Vec<Param<'a>>) {
+    let (mut conds, mut params) = narrow_conditions(dialect, tenant, search, first);
+    let ph = |n: usize| dialect.placeholder(n + first - 1);
+    let mut cond = |column: &str, op: &str, p: Param<'a>| {
+        params.push(p);
+        conds.push_str(&format!(" AND c.{column} {op} {}", ph(params.len())));
+    };
+    let f = &search.filter;
     if let Some(m) = &f.model {
         cond("model", "=", Param::Text(m));
     }

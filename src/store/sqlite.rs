@@ -64,7 +64,7 @@ pub struct SqliteStore {
 /// time and makes the others wait in its busy handler, which sleeps in steps of one to
 /// a hundred milliseconds; a writer waiting on this mutex instead is woken the moment the
 /// previous one commits. That matters for the call recorder, whose commit is on the
-/// proxy's hot path, whenever a background writer (the search indexer, a change from the
+/// proxy's hot path, whenever another writer (the incident engine, a change from the
 /// API) holds the lock. Other processes (the CLI) still meet SQLite's own lock.
 pub(super) type WriterLock = Arc<std::sync::Mutex<()>>;
 

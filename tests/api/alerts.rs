@@ -541,16 +541,6 @@ async fn system_alert(hook: &Receiver, check: &str) -> Value {
     got.json()
 }
 
-async fn chat(app: &TestApp, key: &str) -> reqwest::Response {
-    app.client
-        .post(app.url("/v1/chat/completions"))
-        .bearer_auth(key)
-        .json(&crate::helpers::chat_body("hello"))
-        .send()
-        .await
-        .unwrap()
-}
-
 async fn a_slack_route_gets_a_readable_unsigned_message(backend: Backend) {
     let Some((app, _up, key, admin)) = start(backend, |_| {}).await else {
         return;
@@ -759,7 +749,7 @@ async fn calls_failing_upstream_alert_the_operator_about_the_error_rate(backend:
     up.set_mode(Mode::error(500));
     // Enough calls for the check to judge (20); dg-004 freezes the tenant half way.
     for _ in 0..20 {
-        let status = chat(&app, &key).await.status().as_u16();
+        let status = app.chat(&key, "hello").await.status().as_u16();
         assert!(status >= 500 || status == 423, "{status}");
     }
     let body = system_alert(&hook, "error_rate").await;
@@ -780,10 +770,10 @@ async fn slow_calls_alert_the_operator_about_p95_latency(backend: Backend) {
     else {
         return;
     };
-    let res = chat(&app, &key).await;
+    let res = app.chat(&key, "hello").await;
     assert_eq!(res.status(), 200, "a fast call first");
     up.set_mode(Mode::Hang);
-    let res = chat(&app, &key).await;
+    let res = app.chat(&key, "hello").await;
     assert_eq!(res.status(), 504);
     let body = system_alert(&hook, "p95_latency").await;
     assert!(body["system"]["value"].as_f64().unwrap() > 2000.0, "{body}");
