@@ -365,6 +365,7 @@ fn http_server(state: web::Data<AppState>, listener: TcpListener) -> Result<Serv
             .service(v1::unfreeze_key)
             .service(v1::active_policies)
             .service(v1::put_policies)
+            .service(v1::backtest_policies)
             .service(v1::get_upstream)
             .service(v1::put_upstream)
             .service(v1::delete_upstream)

@@ -293,6 +293,129 @@ pub async fn put_policies(
     Ok(HttpResponse::Ok().json(json!({"tenant_id": caller.tenant_id, "overrides": overrides})))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BacktestBody {
+    /// The proposed overrides, exactly as `PUT /v1/policies` would take them.
+    policy: serde_json::Value,
+    since: Option<String>,
+    until: Option<String>,
+    max_calls: Option<u32>,
+}
+
+/// Default and largest number of recorded calls one backtest replays.
+const BACKTEST_DEFAULT_CALLS: u32 = 10_000;
+const BACKTEST_MAX_CALLS: u32 = 200_000;
+
+/// Runs a proposed guardrail configuration over the tenant's recorded calls of a time range
+/// (default: the last 24 hours) and reports the calls it would have decided differently.
+/// Nothing is changed: the live policy stays as it is.
+#[post("/v1/policies/backtest")]
+pub async fn backtest_policies(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    source: Source,
+    raw: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let hint = "send {\"policy\": {…overrides as for PUT /v1/policies…}, \"since\": \"24h\", \"until\": …, \"max_calls\": …}";
+    let body = optional_json::<BacktestBody>(&raw)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("{}; {hint}", e.message)))?
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_json", format!("the request body is empty; {hint}"))
+        })?;
+    let proposed = PolicyConfig::with_overrides(&body.policy)
+        .map_err(|e| ApiError::bad_request("invalid_policy", e.0))?;
+    let now = Timestamp::now();
+    let since = match body.since.as_deref() {
+        Some(s) => parse_time("since", s)?,
+        None => now.plus_millis(-24 * 3_600_000),
+    };
+    let until = body
+        .until
+        .as_deref()
+        .map(|s| parse_time("until", s))
+        .transpose()?;
+    if until.is_some_and(|u| u <= since) {
+        return Err(ApiError::bad_request(
+            "invalid_range",
+            "'until' must be later than 'since'",
+        ));
+    }
+    let max_calls = body.max_calls.unwrap_or(BACKTEST_DEFAULT_CALLS);
+    if max_calls == 0 || max_calls > BACKTEST_MAX_CALLS {
+        return Err(ApiError::bad_request(
+            "invalid_max_calls",
+            format!("'max_calls' must be between 1 and {BACKTEST_MAX_CALLS}; narrow the time range for more"),
+        ));
+    }
+    let (store, tenant) = (state.store.clone(), caller.tenant_id.clone());
+    let filter = CallFilter {
+        since: Some(since),
+        until,
+        ..CallFilter::default()
+    };
+    // Newest first from the store, up to the cap; the simulation needs arrival order.
+    let (mut calls, range_truncated) = run_blocking(move || {
+        let mut calls = Vec::new();
+        let mut cursor: Option<CallCursor> = None;
+        loop {
+            let want = (max_calls as usize - calls.len()).min(1_000) as u32 + 1;
+            let page = store.list_calls(&tenant, &filter, cursor.as_ref(), want)?;
+            let full = page.len() == want as usize;
+            for c in page {
+                if calls.len() == max_calls as usize {
+                    return Ok::<_, crate::store::StoreError>((calls, true));
+                }
+                calls.push(c);
+            }
+            if !full {
+                return Ok((calls, false));
+            }
+            cursor = calls.last().map(|c: &crate::domain::CallRecord| CallCursor {
+                created_at: c.created_at,
+                id: c.id.clone(),
+            });
+        }
+    })
+    .await?;
+    calls.reverse();
+    let oldest = calls.first().map(|c| c.created_at);
+    let pricing = state.proxy.guard.pricing().clone();
+    let tenant = caller.tenant_id.clone();
+    let report = run_blocking(move || {
+        crate::guard::backtest::run(&pricing, &tenant, proposed, &calls)
+    })
+    .await;
+    record(
+        &state,
+        by_key(
+            &caller,
+            &source,
+            AuditAction::PolicyBacktest,
+            caller.tenant_id.as_str(),
+        )
+        .after(json!({
+            "proposed": body.policy,
+            "since": since,
+            "until": until,
+            "evaluated": report.evaluated,
+            "changed": report.changed,
+        })),
+    )
+    .await;
+    Ok(HttpResponse::Ok().json(json!({
+        "object": "policy.backtest",
+        "tenant_id": caller.tenant_id,
+        "since": since,
+        "until": until,
+        // When the cap cut the range, the oldest call that was replayed.
+        "range_truncated": range_truncated,
+        "evaluated_from": if range_truncated { oldest } else { None },
+        "proposed": body.policy,
+        "report": report,
+    })))
+}
+
 /// One call of the caller's tenant. A malformed id cannot exist, in this tenant or any
 /// other, and another tenant's call is not this caller's: both are 404.
 pub(crate) async fn load_call(

@@ -15,6 +15,7 @@ pub mod incident;
 pub mod keys;
 pub mod money;
 pub mod policy;
+pub mod redaction;
 pub mod replay;
 pub mod search;
 pub mod secret_box;

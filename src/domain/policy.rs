@@ -4,6 +4,7 @@
 //! else falls back to the defaults, so improving a default reaches every tenant that has
 //! not chosen otherwise. Unknown fields are rejected so a typo never silently does nothing.
 
+use super::redaction::RedactionConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,6 +33,9 @@ pub struct PolicyConfig {
     pub budget_monthly_usd: Option<f64>,
     /// Fraction of a budget at which an incident signal is raised (0.8 = 80 %).
     pub budget_soft_ratio: f64,
+    /// What is stored of call bodies (see `domain::redaction`): applied before storage
+    /// and again to exports.
+    pub redaction: RedactionConfig,
 }
 
 impl Default for PolicyConfig {
@@ -51,6 +55,7 @@ impl Default for PolicyConfig {
             budget_daily_usd: None,
             budget_monthly_usd: None,
             budget_soft_ratio: 0.8,
+            redaction: RedactionConfig::default(),
         }
     }
 }
@@ -104,6 +109,7 @@ impl PolicyConfig {
                 )));
             }
         }
+        self.redaction.compile()?;
         Ok(())
     }
 }

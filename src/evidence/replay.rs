@@ -52,6 +52,15 @@ async fn load_original(
     let call = run_blocking(move || store.get_call(Some(&t), &id))
         .await
         .map_err(missing("call", raw_id))?;
+    if call.request_body.is_empty() {
+        return Err(conflict(
+            "request_not_stored",
+            format!(
+                "call {} cannot be replayed: its tenant stores only the hashes of call bodies (redaction mode hashes_only), so the request was not kept",
+                call.id
+            ),
+        ));
+    }
     if call.request_truncated {
         return Err(conflict(
             "request_incomplete",

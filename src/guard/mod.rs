@@ -16,6 +16,7 @@
 //! Limits of zero (`max_tokens_per_request`, `max_cost_per_request_usd`, the rate limits)
 //! switch that check off; budgets are off when `None`.
 
+pub mod backtest;
 pub mod budget;
 pub mod dry_run;
 pub mod injection;
@@ -26,7 +27,10 @@ pub mod spike;
 pub mod tokens;
 
 use crate::domain::decision::policy as ids;
-use crate::domain::{Decision, KeyId, Money, Outcome, PolicyConfig, TenantId, Timestamp};
+use crate::domain::redaction::{BodyStorage, RedactionConfig, Redactor};
+use crate::domain::{
+    CallRecord, Decision, KeyId, Money, Outcome, PolicyConfig, TenantId, Timestamp,
+};
 use budget::{BudgetLimits, BudgetPeriod, Budgets, Reservation, SoftLimitCrossed};
 use killswitch::{FreezeScope, KillSwitch};
 use pricing::Pricing;
@@ -285,6 +289,8 @@ pub struct Guard {
     pricing: Pricing,
     default_policy: Arc<PolicyConfig>,
     policies: RwLock<HashMap<TenantId, Arc<PolicyConfig>>>,
+    /// Compiled redaction of the tenants that do not keep bodies whole.
+    redactors: RwLock<HashMap<TenantId, Arc<Redactor>>>,
     killswitch: KillSwitch,
     key_limits: RateLimiter<KeyId>,
     tenant_limits: RateLimiter<TenantId>,
@@ -354,6 +360,7 @@ impl Guard {
             pricing,
             default_policy: Arc::new(PolicyConfig::default()),
             policies: RwLock::new(HashMap::new()),
+            redactors: RwLock::new(HashMap::new()),
             killswitch: KillSwitch::new(),
             key_limits: RateLimiter::new(RATE_LIMIT_ENTRIES),
             tenant_limits: RateLimiter::new(RATE_LIMIT_ENTRIES),
@@ -378,12 +385,44 @@ impl Guard {
 
     /// Sets a tenant's effective policy (defaults with its overrides applied).
     pub fn set_policy(&self, tenant: &TenantId, policy: Arc<PolicyConfig>) {
+        // A configuration that reaches here was validated when it was stored; one that no
+        // longer compiles (a pattern this build rejects) keeps bodies out rather than in.
+        let redactor = match policy.redaction.compile() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(tenant = %tenant, error = %e, "the tenant's redaction settings do not compile; storing hashes only until they are fixed");
+                RedactionConfig {
+                    mode: BodyStorage::HashesOnly,
+                    ..RedactionConfig::default()
+                }
+                .compile()
+                .ok()
+                .flatten()
+            }
+        };
+        match redactor {
+            Some(r) => write(&self.redactors).insert(tenant.clone(), Arc::new(r)),
+            None => write(&self.redactors).remove(tenant),
+        };
         write(&self.policies).insert(tenant.clone(), policy);
     }
 
     /// Returns a tenant to the default policy.
     pub fn clear_policy(&self, tenant: &TenantId) {
+        write(&self.redactors).remove(tenant);
         write(&self.policies).remove(tenant);
+    }
+
+    /// The tenant's compiled redaction; `None` when it keeps bodies whole.
+    pub fn redactor(&self, tenant: &TenantId) -> Option<Arc<Redactor>> {
+        read(&self.redactors).get(tenant).cloned()
+    }
+
+    /// Applies the tenant's redaction to a record about to be stored or exported.
+    pub fn redact(&self, rec: &mut CallRecord) {
+        if let Some(r) = self.redactor(&rec.tenant_id) {
+            r.apply(rec);
+        }
     }
 
     /// The tenant's policy, or the defaults when none was set.

@@ -440,6 +440,8 @@ impl Proxy {
         answer: Outcome,
     ) -> Outcome {
         rec.latency_us = micros(received.elapsed());
+        // Before anything else sees the bodies: signals and the store get them redacted.
+        self.guard.redact(&mut rec);
         self.count_call(&rec);
         // Derived before the record moves to the writer; sent only once it is committed,
         // so an incident never points at a call that is not stored.

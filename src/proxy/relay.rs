@@ -194,6 +194,7 @@ async fn relay(
     rec.response_truncated = transcript.cut;
     rec.response_sha256 = Some(hex::encode(transcript.hash.finalize()));
     rec.latency_us = micros(incoming.received.elapsed());
+    proxy.guard.redact(&mut rec);
     proxy.count_call(&rec);
     let tenant = rec.tenant_id.clone();
     proxy.after_call(&tenant, after).await;

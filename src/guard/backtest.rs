@@ -1,0 +1,317 @@
+//! Policy backtest: runs a proposed guardrail configuration over recorded calls, in the
+//! order they arrived and at the times they arrived, and reports every call it would have
+//! decided differently from what was recorded.
+//!
+//! The simulation uses a private [`Guard`] — the same pipeline as live traffic, with its
+//! own empty rate-limit windows, budgets and failure-spike counters — so the stateful
+//! guardrails (dg-003 rate limits, dg-004 failure spikes, budgets) see the history as
+//! they would have seen it. Nothing of the live guard is read or changed. A call the
+//! simulation admits is settled with the usage the record holds; a call that was blocked
+//! when it happened has no upstream result, so it is admitted without usage. Calls stopped
+//! by a person's kill switch are outside any policy and are only counted; a freeze that
+//! dg-004 raises inside the simulation does block the simulated calls after it.
+
+use super::pricing::Pricing;
+use super::{CallResult, Endpoint, Guard, RequestFacts, Verdict};
+use crate::domain::call::endpoint;
+use crate::domain::decision::policy as ids;
+use crate::domain::{
+    CallId, CallRecord, Decision, FreezeAction, FreezeEvent, FreezeId, PolicyConfig, TenantId,
+    Timestamp,
+};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The most changed calls a report lists (all are counted).
+pub const MAX_LISTED: usize = 1_000;
+
+/// How a call was, or would have been, decided.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Outcome {
+    pub blocked: bool,
+    pub blocked_by: Option<String>,
+    pub status: u16,
+}
+
+/// A call the proposed configuration decides differently.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Change {
+    pub call_id: CallId,
+    pub created_at: Timestamp,
+    pub model: Option<String>,
+    pub end_user: Option<String>,
+    pub recorded: Outcome,
+    pub proposed: Outcome,
+    /// The proposed pipeline's decision that stopped the call (with the measured value and
+    /// the threshold), when it stops it.
+    pub decision: Option<Decision>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Report {
+    /// Calls the simulation decided.
+    pub evaluated: u64,
+    /// Calls stopped by a person's kill switch: outside any policy, not compared.
+    pub skipped_kill_switch: u64,
+    /// Calls whose request was not stored (hashes only, truncated, not JSON).
+    pub skipped_no_request: u64,
+    pub unchanged: u64,
+    pub changed: u64,
+    /// Passed when recorded, stopped under the proposal.
+    pub newly_blocked: u64,
+    /// Stopped when recorded, passed under the proposal.
+    pub newly_allowed: u64,
+    /// Changed calls by the policy that stops them under the proposal (`none` when the
+    /// proposal lets them pass).
+    pub changed_by_policy: BTreeMap<String, u64>,
+    /// The first [`MAX_LISTED`] changed calls, oldest first.
+    pub changes: Vec<Change>,
+    pub changes_truncated: bool,
+}
+
+fn guard_endpoint(call: &CallRecord) -> Option<Endpoint> {
+    match call.endpoint.as_str() {
+        endpoint::CHAT_COMPLETIONS => Some(Endpoint::ChatCompletions),
+        endpoint::EMBEDDINGS => Some(Endpoint::Embeddings),
+        _ => None,
+    }
+}
+
+fn recorded(call: &CallRecord) -> Outcome {
+    Outcome {
+        blocked: call.blocked,
+        blocked_by: call.blocked_by.clone(),
+        status: call.status,
+    }
+}
+
+/// Runs `proposed` for `tenant` over `calls`, which must be in arrival order (oldest
+/// first) and belong to the tenant.
+pub fn run<'a>(
+    pricing: &Pricing,
+    tenant: &TenantId,
+    proposed: PolicyConfig,
+    calls: impl IntoIterator<Item = &'a CallRecord>,
+) -> Report {
+    let sim = Guard::new(pricing.clone());
+    sim.set_policy(tenant, Arc::new(proposed));
+    let mut report = Report::default();
+    for call in calls {
+        if call.blocked_by.as_deref() == Some(ids::KILL_SWITCH) {
+            report.skipped_kill_switch += 1;
+            continue;
+        }
+        let body = (!call.request_truncated)
+            .then(|| serde_json::from_str::<Value>(&call.request_body).ok())
+            .flatten()
+            .filter(Value::is_object);
+        let (Some(body), Some(ep)) = (body, guard_endpoint(call)) else {
+            report.skipped_no_request += 1;
+            continue;
+        };
+        let now = call.created_at;
+        let verdict = sim.check(
+            &RequestFacts {
+                tenant_id: tenant,
+                key_id: &call.key_id,
+                endpoint: ep,
+                model: body.get("model").and_then(Value::as_str),
+                body: &body,
+            },
+            now,
+        );
+        report.evaluated += 1;
+        let (proposed, decision) = match verdict {
+            Verdict::Allow { admission, .. } => {
+                if call.blocked {
+                    sim.abandon(admission);
+                } else {
+                    let result = CallResult {
+                        model: call.model.as_deref(),
+                        prompt_tokens: count(call.prompt_tokens),
+                        cached_tokens: count(call.cached_tokens),
+                        completion_tokens: count(call.completion_tokens),
+                        upstream_failed: call.status >= 500,
+                    };
+                    let after = sim.complete(admission, result, now);
+                    if let Some(spike) = after.spike {
+                        sim.killswitch().apply(&FreezeEvent {
+                            id: FreezeId::generate(),
+                            tenant_id: tenant.clone(),
+                            key_id: None,
+                            action: FreezeAction::Freeze,
+                            actor: "policy:dg-004".into(),
+                            reason: format!("dg-004 failure spike: {}", spike.reason()),
+                            at: now,
+                        });
+                    }
+                }
+                (
+                    Outcome {
+                        blocked: false,
+                        blocked_by: None,
+                        status: if call.blocked { 200 } else { call.status },
+                    },
+                    None,
+                )
+            }
+            Verdict::Stop { decisions, stop } => (
+                Outcome {
+                    blocked: true,
+                    blocked_by: Some(stop.policy.to_owned()),
+                    status: stop.kind.status(),
+                },
+                decisions.into_iter().last(),
+            ),
+        };
+        let was = recorded(call);
+        if was.blocked == proposed.blocked && was.blocked_by == proposed.blocked_by {
+            report.unchanged += 1;
+            continue;
+        }
+        report.changed += 1;
+        if proposed.blocked && !was.blocked {
+            report.newly_blocked += 1;
+        } else if !proposed.blocked && was.blocked {
+            report.newly_allowed += 1;
+        }
+        *report
+            .changed_by_policy
+            .entry(proposed.blocked_by.clone().unwrap_or_else(|| "none".into()))
+            .or_default() += 1;
+        if report.changes.len() < MAX_LISTED {
+            report.changes.push(Change {
+                call_id: call.id.clone(),
+                created_at: call.created_at,
+                model: call.model.clone(),
+                end_user: call.end_user.clone(),
+                recorded: was,
+                proposed,
+                decision,
+            });
+        } else {
+            report.changes_truncated = true;
+        }
+    }
+    report
+}
+
+fn count(v: Option<i64>) -> u64 {
+    v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{KeyId, Money};
+
+    fn call(tenant: &TenantId, key: &KeyId, at_ms: i64, max_tokens: u64, status: u16) -> CallRecord {
+        let body = serde_json::json!({
+            "model": "gpt-4o-mini",
+            "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": "hello"}],
+        });
+        CallRecord {
+            id: CallId::generate(),
+            tenant_id: tenant.clone(),
+            key_id: key.clone(),
+            created_at: Timestamp::from_millis(at_ms),
+            endpoint: endpoint::CHAT_COMPLETIONS.into(),
+            model: Some("gpt-4o-mini".into()),
+            stream: false,
+            end_user: None,
+            session_id: None,
+            metadata: None,
+            request_body: body.to_string(),
+            request_truncated: false,
+            request_sha256: String::new(),
+            response_body: None,
+            response_truncated: false,
+            response_sha256: None,
+            status,
+            error: None,
+            blocked: false,
+            blocked_by: None,
+            decisions: Vec::new(),
+            prompt_tokens: Some(10),
+            completion_tokens: Some(5),
+            cached_tokens: None,
+            total_tokens: Some(15),
+            cost: Some(Money::from_usd(0.0001)),
+            latency_us: 1_000,
+            upstream_latency_us: Some(900),
+            enforcement_us: 10,
+            upstream_attempts: 1,
+            upstream: None,
+        }
+    }
+
+    #[test]
+    fn a_tighter_token_limit_reports_exactly_the_calls_over_it() {
+        let (t, k) = (TenantId::generate(), KeyId::generate());
+        let start = 1_700_000_000_000;
+        let calls: Vec<CallRecord> = (0..10)
+            .map(|i| call(&t, &k, start + i * 10_000, if i % 3 == 0 { 5_000 } else { 100 }, 200))
+            .collect();
+        let same = run(&Pricing::builtin(), &t, PolicyConfig::default(), &calls);
+        assert_eq!((same.evaluated, same.changed, same.unchanged), (10, 0, 10));
+
+        let proposed = PolicyConfig {
+            max_tokens_per_request: 1_000,
+            ..PolicyConfig::default()
+        };
+        let r = run(&Pricing::builtin(), &t, proposed, &calls);
+        assert_eq!(r.changed, 4, "{r:?}");
+        assert_eq!(r.newly_blocked, 4);
+        assert_eq!(r.changed_by_policy.get("dg-002"), Some(&4));
+        let ids: Vec<_> = r.changes.iter().map(|c| c.call_id.clone()).collect();
+        let want: Vec<_> = calls.iter().step_by(3).map(|c| c.id.clone()).collect();
+        assert_eq!(ids, want);
+        let d = r.changes[0].decision.as_ref().unwrap();
+        assert_eq!(d.policy, "dg-002");
+        assert_eq!(r.changes[0].proposed.status, 400);
+    }
+
+    #[test]
+    fn rate_limits_are_simulated_at_the_recorded_times_and_kill_switch_blocks_are_skipped() {
+        let (t, k) = (TenantId::generate(), KeyId::generate());
+        let start = 1_700_000_000_000;
+        // Five calls in one second, then five a minute later.
+        let mut calls: Vec<CallRecord> = (0..5)
+            .map(|i| call(&t, &k, start + i * 100, 10, 200))
+            .chain((0..5).map(|i| call(&t, &k, start + 120_000 + i * 100, 10, 200)))
+            .collect();
+        calls[9].blocked = true;
+        calls[9].blocked_by = Some("killswitch".into());
+        calls[9].status = 423;
+        let proposed = PolicyConfig {
+            key_requests_per_minute: 3,
+            ..PolicyConfig::default()
+        };
+        let r = run(&Pricing::builtin(), &t, proposed, &calls);
+        assert_eq!(r.skipped_kill_switch, 1);
+        assert_eq!(r.evaluated, 9);
+        // Two over the limit in each burst (the second burst has one call fewer to compare).
+        assert_eq!(r.newly_blocked, 3, "{r:?}");
+        assert!(r.changes.iter().all(|c| c.proposed.status == 429));
+    }
+
+    #[test]
+    fn a_looser_policy_lets_recorded_blocks_through_and_missing_bodies_are_counted() {
+        let (t, k) = (TenantId::generate(), KeyId::generate());
+        let mut blocked = call(&t, &k, 1_700_000_000_000, 20_000, 400);
+        blocked.blocked = true;
+        blocked.blocked_by = Some("dg-002".into());
+        let mut hashed = call(&t, &k, 1_700_000_001_000, 10, 200);
+        hashed.request_body.clear();
+        let proposed = PolicyConfig {
+            max_tokens_per_request: 50_000,
+            ..PolicyConfig::default()
+        };
+        let r = run(&Pricing::builtin(), &t, proposed, [&blocked, &hashed]);
+        assert_eq!((r.newly_allowed, r.skipped_no_request), (1, 1), "{r:?}");
+        assert_eq!(r.changed_by_policy.get("none"), Some(&1));
+    }
+}
