@@ -233,7 +233,7 @@ impl Application {
             spawn_key_maintenance(keys, shutdown_rx.clone()),
             spawn_workers(
                 queue.clone(),
-                job_handlers(store.clone(), alerts.clone(), narrator),
+                job_handlers(store.clone(), alerts.clone(), narrator, state.clone()),
                 settings.job_workers,
                 shutdown_rx.clone(),
             ),
@@ -390,6 +390,10 @@ fn http_server(state: web::Data<AppState>, listener: TcpListener) -> Result<Serv
             .service(alert_api::test_route)
             .service(crate::api::audit::list)
             .service(evidence_api::replay)
+            .service(crate::api::tasks::replay_incident)
+            .service(crate::api::tasks::list)
+            .service(crate::api::tasks::get)
+            .service(crate::api::tasks::download)
             .service(evidence_api::get_replay)
             .service(evidence_api::issue)
             // `public-key` before `{id}`, which would otherwise take it.
@@ -684,8 +688,16 @@ async fn set_policy_and_seed(
 }
 
 /// The handlers of the jobs this layer knows; later layers register theirs here too.
-fn job_handlers(store: DynStore, alerts: Arc<Alerts>, narrator: Option<Arc<Narrator>>) -> Handlers {
+fn job_handlers(
+    store: DynStore,
+    alerts: Arc<Alerts>,
+    narrator: Option<Arc<Narrator>>,
+    state: web::Data<AppState>,
+) -> Handlers {
     let mut handlers = Handlers::new();
+    handlers.register(crate::evidence::tasks::TASK_RUN, move |job| {
+        crate::evidence::tasks::run(state.clone(), job)
+    });
     handlers.register(ALERT_DELIVERY, move |job| alerts.clone().deliver(job));
     if let Some(n) = narrator {
         handlers.register(INCIDENT_SUMMARY, move |job| n.clone().write(job));

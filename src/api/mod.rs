@@ -12,6 +12,7 @@ pub mod health;
 pub mod incidents;
 pub mod middleware;
 pub mod openai;
+pub mod tasks;
 pub mod v1;
 
 pub use error::ApiError;

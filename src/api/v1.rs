@@ -345,7 +345,9 @@ pub async fn backtest_policies(
     if max_calls == 0 || max_calls > BACKTEST_MAX_CALLS {
         return Err(ApiError::bad_request(
             "invalid_max_calls",
-            format!("'max_calls' must be between 1 and {BACKTEST_MAX_CALLS}; narrow the time range for more"),
+            format!(
+                "'max_calls' must be between 1 and {BACKTEST_MAX_CALLS}; narrow the time range for more"
+            ),
         ));
     }
     let (store, tenant) = (state.store.clone(), caller.tenant_id.clone());
@@ -371,10 +373,12 @@ pub async fn backtest_policies(
             if !full {
                 return Ok((calls, false));
             }
-            cursor = calls.last().map(|c: &crate::domain::CallRecord| CallCursor {
-                created_at: c.created_at,
-                id: c.id.clone(),
-            });
+            cursor = calls
+                .last()
+                .map(|c: &crate::domain::CallRecord| CallCursor {
+                    created_at: c.created_at,
+                    id: c.id.clone(),
+                });
         }
     })
     .await?;
@@ -382,10 +386,9 @@ pub async fn backtest_policies(
     let oldest = calls.first().map(|c| c.created_at);
     let pricing = state.proxy.guard.pricing().clone();
     let tenant = caller.tenant_id.clone();
-    let report = run_blocking(move || {
-        crate::guard::backtest::run(&pricing, &tenant, proposed, &calls)
-    })
-    .await;
+    let report =
+        run_blocking(move || crate::guard::backtest::run(&pricing, &tenant, proposed, &calls))
+            .await;
     record(
         &state,
         by_key(

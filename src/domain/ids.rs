@@ -91,6 +91,7 @@ prefixed_id!(AlertRouteId, "alr_", "alert route");
 prefixed_id!(ReplayId, "rpl_", "replay");
 prefixed_id!(CertificateId, "cert_", "certificate");
 prefixed_id!(AuditId, "aud_", "audit entry");
+prefixed_id!(TaskId, "tsk_", "task");
 
 #[cfg(test)]
 mod tests {

@@ -19,6 +19,7 @@ pub mod redaction;
 pub mod replay;
 pub mod search;
 pub mod secret_box;
+pub mod task;
 pub mod tenant;
 pub mod time;
 pub mod upstream_url;
@@ -29,7 +30,7 @@ pub use decision::{Decision, Outcome};
 pub use freeze::{FreezeAction, FreezeEvent};
 pub use ids::{
     AlertRouteId, AuditId, CallId, CertificateId, FreezeId, IncidentEventId, IncidentId, KeyId,
-    ReplayId, SessionId, TenantId, UserId,
+    ReplayId, SessionId, TaskId, TenantId, UserId,
 };
 pub use incident::{Incident, IncidentStatus, Severity, Signal};
 pub use keys::{ApiKeyRecord, KeyHash, KeySecret, NewApiKey, Scope};

@@ -236,7 +236,7 @@ fn luhn_valid(s: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 #[cfg(test)]
@@ -268,21 +268,35 @@ mod tests {
 
     #[test]
     fn custom_patterns_apply_and_bad_ones_are_named() {
-        let r = redactor(serde_json::json!({"mode": "redact", "patterns": [], "custom": ["ACME-\\d{4}"]}));
+        let r = redactor(
+            serde_json::json!({"mode": "redact", "patterns": [], "custom": ["ACME-\\d{4}"]}),
+        );
         assert_eq!(
             r.redact("ticket ACME-1234, mail a@b.io").unwrap(),
             "ticket [REDACTED:custom], mail a@b.io"
         );
         for (bad, says) in [
-            (serde_json::json!({"mode": "redact", "custom": ["(unclosed"]}), "custom[0]"),
-            (serde_json::json!({"mode": "redact", "custom": ["x*"]}), "empty"),
-            (serde_json::json!({"mode": "redact", "patterns": ["ssn"]}), "ssn"),
+            (
+                serde_json::json!({"mode": "redact", "custom": ["(unclosed"]}),
+                "custom[0]",
+            ),
+            (
+                serde_json::json!({"mode": "redact", "custom": ["x*"]}),
+                "empty",
+            ),
+            (
+                serde_json::json!({"mode": "redact", "patterns": ["ssn"]}),
+                "ssn",
+            ),
         ] {
             let cfg: RedactionConfig = serde_json::from_value(bad).unwrap();
             let e = cfg.compile().unwrap_err();
             assert!(e.0.contains(says), "{e}");
         }
-        assert!(serde_json::from_value::<RedactionConfig>(serde_json::json!({"mode": "shred"})).is_err());
+        assert!(
+            serde_json::from_value::<RedactionConfig>(serde_json::json!({"mode": "shred"}))
+                .is_err()
+        );
     }
 
     fn call() -> CallRecord {
@@ -328,8 +342,15 @@ mod tests {
         let mut rec = call();
         let sha = rec.request_sha256.clone();
         r.apply(&mut rec);
-        assert!(rec.request_body.contains("[REDACTED:email]"), "{}", rec.request_body);
-        assert_eq!(rec.metadata, Some(serde_json::json!({"contact": "[REDACTED:email]", "n": 1})));
+        assert!(
+            rec.request_body.contains("[REDACTED:email]"),
+            "{}",
+            rec.request_body
+        );
+        assert_eq!(
+            rec.metadata,
+            Some(serde_json::json!({"contact": "[REDACTED:email]", "n": 1}))
+        );
         assert_eq!(rec.request_sha256, sha);
     }
 
@@ -341,8 +362,12 @@ mod tests {
         r.apply(&mut rec);
         assert_eq!(rec.request_body, "");
         assert_eq!(rec.response_body, None);
-        assert_eq!((rec.request_sha256, rec.response_sha256), (req_sha, resp_sha));
-        let full: RedactionConfig = serde_json::from_value(serde_json::json!({"mode": "full"})).unwrap();
+        assert_eq!(
+            (rec.request_sha256, rec.response_sha256),
+            (req_sha, resp_sha)
+        );
+        let full: RedactionConfig =
+            serde_json::from_value(serde_json::json!({"mode": "full"})).unwrap();
         assert!(full.compile().unwrap().is_none());
     }
 }

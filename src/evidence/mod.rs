@@ -13,6 +13,7 @@ pub mod audit;
 pub mod certificates;
 pub mod replay;
 pub mod signing;
+pub mod tasks;
 
 use crate::domain::TenantId;
 use crate::guard::Guard;

@@ -207,7 +207,13 @@ mod tests {
     use super::*;
     use crate::domain::{KeyId, Money};
 
-    fn call(tenant: &TenantId, key: &KeyId, at_ms: i64, max_tokens: u64, status: u16) -> CallRecord {
+    fn call(
+        tenant: &TenantId,
+        key: &KeyId,
+        at_ms: i64,
+        max_tokens: u64,
+        status: u16,
+    ) -> CallRecord {
         let body = serde_json::json!({
             "model": "gpt-4o-mini",
             "max_tokens": max_tokens,
@@ -253,7 +259,15 @@ mod tests {
         let (t, k) = (TenantId::generate(), KeyId::generate());
         let start = 1_700_000_000_000;
         let calls: Vec<CallRecord> = (0..10)
-            .map(|i| call(&t, &k, start + i * 10_000, if i % 3 == 0 { 5_000 } else { 100 }, 200))
+            .map(|i| {
+                call(
+                    &t,
+                    &k,
+                    start + i * 10_000,
+                    if i % 3 == 0 { 5_000 } else { 100 },
+                    200,
+                )
+            })
             .collect();
         let same = run(&Pricing::builtin(), &t, PolicyConfig::default(), &calls);
         assert_eq!((same.evaluated, same.changed, same.unchanged), (10, 0, 10));

@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-pub type StreamBody = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>>>>;
+pub type StreamBody = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
 

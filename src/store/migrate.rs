@@ -77,6 +77,11 @@ pub const SQLITE: &[Migration] = &[
         name: "chains_and_audit",
         sql: include_str!("../../migrations/sqlite/0009_chains_and_audit.sql"),
     },
+    Migration {
+        version: 10,
+        name: "tasks",
+        sql: include_str!("../../migrations/sqlite/0010_tasks.sql"),
+    },
 ];
 
 /// Postgres migrations, oldest first; the same versions and meaning as [`SQLITE`].
@@ -125,6 +130,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 9,
         name: "chains_and_audit",
         sql: include_str!("../../migrations/postgres/0009_chains_and_audit.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "tasks",
+        sql: include_str!("../../migrations/postgres/0010_tasks.sql"),
     },
 ];
 

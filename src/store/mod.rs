@@ -18,6 +18,7 @@ mod search_sql;
 mod search_sqlite;
 mod sql;
 pub mod sqlite;
+mod tasks;
 #[doc(hidden)]
 pub mod testing;
 
@@ -320,6 +321,35 @@ pub trait Store: Send + Sync + 'static {
         tenant: Option<&TenantId>,
         id: &crate::domain::CertificateId,
     ) -> StoreResult<StoredCertificate>;
+
+    // Tasks (see domain::task). Another tenant's task is NotFound; an unknown tenant is
+    // NotFound on insert.
+    fn insert_task(&self, task: &crate::domain::task::Task) -> StoreResult<()>;
+    fn get_task(
+        &self,
+        tenant: &TenantId,
+        id: &crate::domain::TaskId,
+    ) -> StoreResult<crate::domain::task::Task>;
+    /// Newest first.
+    fn list_tasks(
+        &self,
+        tenant: &TenantId,
+        limit: u32,
+    ) -> StoreResult<Vec<crate::domain::task::Task>>;
+    /// Applies a change; returns the task as it is now.
+    fn update_task(
+        &self,
+        tenant: &TenantId,
+        id: &crate::domain::TaskId,
+        update: &crate::domain::task::TaskUpdate,
+        at: Timestamp,
+    ) -> StoreResult<crate::domain::task::Task>;
+    /// The file a task produced: content type, file name, bytes. NotFound when none (yet).
+    fn task_output(
+        &self,
+        tenant: &TenantId,
+        id: &crate::domain::TaskId,
+    ) -> StoreResult<(String, String, Vec<u8>)>;
 
     // Tamper evidence (see domain::chain): `insert_calls` links every call into its
     // tenant's chain and `append_audit` every entry into its chain, in the same transaction.

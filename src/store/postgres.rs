@@ -1205,6 +1205,54 @@ impl Store for PostgresStore {
         super::evidence::get_certificate(&mut PgDb(&mut *conn), tenant, id)
     }
 
+    fn insert_task(&self, task: &crate::domain::task::Task) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        super::tasks::insert(&mut PgDb(&mut tx), task)?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn get_task(
+        &self,
+        tenant: &TenantId,
+        id: &crate::domain::TaskId,
+    ) -> StoreResult<crate::domain::task::Task> {
+        let mut conn = self.conn()?;
+        super::tasks::get(&mut PgDb(&mut *conn), tenant, id)
+    }
+
+    fn list_tasks(
+        &self,
+        tenant: &TenantId,
+        limit: u32,
+    ) -> StoreResult<Vec<crate::domain::task::Task>> {
+        let mut conn = self.conn()?;
+        super::tasks::list(&mut PgDb(&mut *conn), tenant, limit)
+    }
+
+    fn update_task(
+        &self,
+        tenant: &TenantId,
+        id: &crate::domain::TaskId,
+        update: &crate::domain::task::TaskUpdate,
+        at: Timestamp,
+    ) -> StoreResult<crate::domain::task::Task> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        let task = super::tasks::update(&mut PgDb(&mut tx), tenant, id, update, at)?;
+        tx.commit().map_err(db_err)?;
+        Ok(task)
+    }
+
+    fn task_output(
+        &self,
+        tenant: &TenantId,
+        id: &crate::domain::TaskId,
+    ) -> StoreResult<(String, String, Vec<u8>)> {
+        let mut conn = self.conn()?;
+        super::tasks::output(&mut PgDb(&mut *conn), tenant, id)
+    }
+
     fn chain_head(
         &self,
         kind: ChainKind,

@@ -1318,6 +1318,54 @@ impl Store for SqliteStore {
         super::evidence::get_certificate(&mut SqliteDb(&conn), tenant, id)
     }
 
+    fn insert_task(&self, task: &crate::domain::task::Task) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let tx = begin_write(&self.writer, &mut conn)?;
+        super::tasks::insert(&mut SqliteDb(&tx), task)?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn get_task(
+        &self,
+        tenant: &TenantId,
+        id: &crate::domain::TaskId,
+    ) -> StoreResult<crate::domain::task::Task> {
+        let conn = self.conn()?;
+        super::tasks::get(&mut SqliteDb(&conn), tenant, id)
+    }
+
+    fn list_tasks(
+        &self,
+        tenant: &TenantId,
+        limit: u32,
+    ) -> StoreResult<Vec<crate::domain::task::Task>> {
+        let conn = self.conn()?;
+        super::tasks::list(&mut SqliteDb(&conn), tenant, limit)
+    }
+
+    fn update_task(
+        &self,
+        tenant: &TenantId,
+        id: &crate::domain::TaskId,
+        update: &crate::domain::task::TaskUpdate,
+        at: Timestamp,
+    ) -> StoreResult<crate::domain::task::Task> {
+        let mut conn = self.conn()?;
+        let tx = begin_write(&self.writer, &mut conn)?;
+        let task = super::tasks::update(&mut SqliteDb(&tx), tenant, id, update, at)?;
+        tx.commit().map_err(db_err)?;
+        Ok(task)
+    }
+
+    fn task_output(
+        &self,
+        tenant: &TenantId,
+        id: &crate::domain::TaskId,
+    ) -> StoreResult<(String, String, Vec<u8>)> {
+        let conn = self.conn()?;
+        super::tasks::output(&mut SqliteDb(&conn), tenant, id)
+    }
+
     fn chain_head(
         &self,
         kind: ChainKind,

@@ -1,0 +1,149 @@
+//! Background evidence work over HTTP: `POST /v1/incidents/{id}/replay` (replay every call
+//! of an incident: 202 and a task), `GET /v1/tasks`, `GET /v1/tasks/{id}` (status,
+//! progress, result) and `GET /v1/tasks/{id}/download` (the file an export task made).
+
+use super::audit::{Source, by_key, record};
+use super::auth::AdminKey;
+use super::error::{ApiError, ErrorKind, missing, optional_json};
+use crate::domain::audit::AuditAction;
+use crate::domain::replay::ReplayMode;
+use crate::domain::task::{Task, kind};
+use crate::domain::{IncidentId, TaskId, Timestamp};
+use crate::evidence::tasks;
+use crate::startup::AppState;
+use crate::store::run_blocking;
+use actix_web::http::header;
+use actix_web::{HttpResponse, get, post, web};
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayAllBody {
+    mode: String,
+}
+
+/// Queues a replay of every call of the incident (up to `tasks::MAX_REPLAY_CALLS`).
+#[post("/v1/incidents/{id}/replay")]
+pub async fn replay_incident(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    source: Source,
+    path: web::Path<String>,
+    raw: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let hint = "send {\"mode\": \"policy\"} (re-check every call against today's guardrails) or {\"mode\": \"upstream\"} (send every stored request again)";
+    let body = optional_json::<ReplayAllBody>(&raw)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("{}; {hint}", e.message)))?
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_json", format!("the request body is empty; {hint}"))
+        })?;
+    let mode =
+        ReplayMode::parse(&body.mode).map_err(|e| ApiError::bad_request("invalid_mode", e.0))?;
+    let id = IncidentId::parse(&path)
+        .map_err(|_| ApiError::not_found(format!("no incident {}", path.as_str())))?;
+    let (store, t, i) = (state.store.clone(), caller.tenant_id.clone(), id.clone());
+    let incident = run_blocking(move || store.get_incident(Some(&t), &i))
+        .await
+        .map_err(missing("incident", &path))?;
+    if mode == ReplayMode::Upstream
+        && let Some(by) = state
+            .proxy
+            .guard
+            .killswitch()
+            .check(&caller.tenant_id, &caller.key_id)
+    {
+        return Err(ApiError::new(
+            ErrorKind::Locked,
+            "tenant_frozen",
+            format!(
+                "replay refused: frozen by the kill switch ({}); nothing was queued or sent. Unfreeze first",
+                by.reason
+            ),
+        ));
+    }
+    let task = Task::new(
+        &caller.tenant_id,
+        kind::INCIDENT_REPLAY,
+        format!("key:{}", caller.key_id),
+        json!({"incident_id": incident.id, "mode": mode.as_str(), "key_id": caller.key_id}),
+        Timestamp::now(),
+    );
+    let task = tasks::start(&state, task).await?;
+    record(
+        &state,
+        by_key(&caller, &source, AuditAction::IncidentReplay, id.as_str())
+            .after(json!({"task_id": task.id, "mode": mode.as_str()})),
+    )
+    .await;
+    Ok(HttpResponse::Accepted()
+        .insert_header((header::LOCATION, format!("/v1/tasks/{}", task.id)))
+        .json(tasks::accepted(&task)))
+}
+
+fn task_id(raw: &str) -> Result<TaskId, ApiError> {
+    TaskId::parse(raw).map_err(|_| ApiError::not_found(format!("no task {raw}")))
+}
+
+fn task_json(task: &Task) -> serde_json::Value {
+    let mut v = serde_json::to_value(task).unwrap_or_default();
+    v["object"] = json!("task");
+    if task.filename.is_some() {
+        v["download_url"] = json!(format!("/v1/tasks/{}/download", task.id));
+    }
+    v
+}
+
+#[get("/v1/tasks")]
+pub async fn list(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+) -> Result<HttpResponse, ApiError> {
+    let (store, t) = (state.store.clone(), caller.tenant_id.clone());
+    let tasks = run_blocking(move || store.list_tasks(&t, 100)).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "object": "list",
+        "data": tasks.iter().map(task_json).collect::<Vec<_>>(),
+    })))
+}
+
+#[get("/v1/tasks/{id}")]
+pub async fn get(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = task_id(&path)?;
+    let (store, t) = (state.store.clone(), caller.tenant_id.clone());
+    let task = run_blocking(move || store.get_task(&t, &id))
+        .await
+        .map_err(missing("task", &path))?;
+    Ok(HttpResponse::Ok().json(task_json(&task)))
+}
+
+#[get("/v1/tasks/{id}/download")]
+pub async fn download(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = task_id(&path)?;
+    let (store, t) = (state.store.clone(), caller.tenant_id.clone());
+    let (content_type, filename, bytes) = run_blocking(move || store.task_output(&t, &id))
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound => ApiError::not_found(format!(
+                "task {} has no file: it does not exist, is still running, or made none (see GET /v1/tasks/{})",
+                path.as_str(),
+                path.as_str()
+            )),
+            other => other.into(),
+        })?;
+    Ok(HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header((
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{filename}\""),
+        ))
+        .body(bytes))
+}

@@ -1,0 +1,241 @@
+//! Background evidence tasks: replaying every call of an incident, building a large export.
+//!
+//! `start` stores the task and queues a job naming it; the job queue's worker calls `run`,
+//! which does the work, keeps the task's progress current and ends it as done (with its
+//! result, or the file it made) or failed (with the reason). The HTTP side only reads tasks.
+
+use crate::api::error::ApiError;
+use crate::domain::replay::ReplayMode;
+use crate::domain::task::{Task, TaskStatus, TaskUpdate, kind};
+use crate::domain::{CallId, IncidentId, KeyId, TaskId, TenantId, Timestamp};
+use crate::jobs::{EnqueueOptions, Job};
+use crate::startup::AppState;
+use crate::store::{StoreError, run_blocking};
+use actix_web::web;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// The job kind that runs a task.
+pub const TASK_RUN: &str = "evidence.task";
+/// The most calls of one incident a replay task replays.
+pub const MAX_REPLAY_CALLS: u32 = 10_000;
+/// The most replay ids a task's result lists (all are counted).
+const LISTED_REPLAYS: usize = 1_000;
+/// How often a running task writes its progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+#[derive(Deserialize)]
+struct Payload {
+    tenant_id: TenantId,
+    task_id: TaskId,
+}
+
+/// Stores `task` and queues its job. A full queue is a 503 and nothing is left queued.
+pub async fn start(state: &AppState, task: Task) -> Result<Task, ApiError> {
+    let store = state.store.clone();
+    let stored = task.clone();
+    run_blocking(move || store.insert_task(&stored)).await?;
+    let payload = json!({"tenant_id": task.tenant_id, "task_id": task.id});
+    if let Err(e) = state.queue.enqueue(
+        TASK_RUN,
+        payload,
+        EnqueueOptions {
+            // The work is not idempotent (a replay makes new records): one attempt, and a
+            // failure is reported on the task instead of being retried behind its back.
+            max_attempts: 1,
+            run_at: None,
+        },
+    ) {
+        let store = state.store.clone();
+        let (t, id) = (task.tenant_id.clone(), task.id.clone());
+        let reason = format!("the job queue refused the task: {e}");
+        let update = TaskUpdate {
+            status: Some(TaskStatus::Failed),
+            error: Some(reason.clone()),
+            ..TaskUpdate::default()
+        };
+        let _ = run_blocking(move || store.update_task(&t, &id, &update, Timestamp::now())).await;
+        return Err(ApiError::service_unavailable("queue_full", reason));
+    }
+    Ok(task)
+}
+
+async fn update(state: &AppState, task: &Task, u: TaskUpdate) -> Result<Task, StoreError> {
+    let store = state.store.clone();
+    let (t, id) = (task.tenant_id.clone(), task.id.clone());
+    run_blocking(move || store.update_task(&t, &id, &u, Timestamp::now())).await
+}
+
+/// The job handler: runs the task the job names.
+pub async fn run(state: web::Data<AppState>, job: Job) -> Result<(), String> {
+    let p: Payload = serde_json::from_value(job.payload.clone())
+        .map_err(|e| format!("the task job's payload is not valid: {e}"))?;
+    let store = state.store.clone();
+    let task = run_blocking(move || store.get_task(&p.tenant_id, &p.task_id))
+        .await
+        .map_err(|e| format!("cannot load the task: {e}"))?;
+    if task.status.is_finished() {
+        return Ok(());
+    }
+    let task = update(
+        &state,
+        &task,
+        TaskUpdate {
+            status: Some(TaskStatus::Running),
+            ..TaskUpdate::default()
+        },
+    )
+    .await
+    .map_err(|e| format!("cannot mark the task running: {e}"))?;
+    let outcome = match task.kind.as_str() {
+        kind::INCIDENT_REPLAY => replay_incident(&state, &task).await,
+        kind::INCIDENT_EXPORT => export_incident(&state, &task).await,
+        other => Err(format!("unknown task kind '{other}'")),
+    };
+    let finish = match outcome {
+        Ok(u) => TaskUpdate {
+            status: Some(TaskStatus::Done),
+            ..u
+        },
+        Err(reason) => {
+            tracing::warn!(task = %task.id, kind = %task.kind, error = %reason, "a task failed");
+            TaskUpdate {
+                status: Some(TaskStatus::Failed),
+                error: Some(reason),
+                ..TaskUpdate::default()
+            }
+        }
+    };
+    update(&state, &task, finish)
+        .await
+        .map_err(|e| format!("cannot record the task's end: {e}"))?;
+    Ok(())
+}
+
+fn param<'a>(task: &'a Task, name: &str) -> Result<&'a str, String> {
+    task.params
+        .get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("the task has no '{name}' parameter"))
+}
+
+/// The distinct calls of an incident, oldest signal first, up to `limit`.
+pub async fn incident_calls(
+    state: &AppState,
+    tenant: &TenantId,
+    incident: &IncidentId,
+    limit: u32,
+) -> Result<Vec<CallId>, StoreError> {
+    let store = state.store.clone();
+    let (t, i) = (tenant.clone(), incident.clone());
+    let signals = run_blocking(move || store.incident_signals(Some(&t), &i, limit)).await?;
+    let mut seen = std::collections::HashSet::new();
+    Ok(signals
+        .into_iter()
+        .filter_map(|s| s.call_id)
+        .filter(|c| seen.insert(c.clone()))
+        .collect())
+}
+
+async fn replay_incident(state: &AppState, task: &Task) -> Result<TaskUpdate, String> {
+    let incident = IncidentId::parse(param(task, "incident_id")?).map_err(|e| e.to_string())?;
+    let mode = ReplayMode::parse(param(task, "mode")?).map_err(|e| e.to_string())?;
+    let key = KeyId::parse(param(task, "key_id")?).map_err(|e| e.to_string())?;
+    let calls = incident_calls(state, &task.tenant_id, &incident, MAX_REPLAY_CALLS)
+        .await
+        .map_err(|e| format!("cannot list the incident's calls: {e}"))?;
+    let total = i64::try_from(calls.len()).unwrap_or(i64::MAX);
+    let mut by_level: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut would_block, mut drift, mut failed) = (0u64, 0u64, 0u64);
+    let mut replays: Vec<Value> = Vec::new();
+    let mut failures: Vec<Value> = Vec::new();
+    let mut last_progress = Instant::now();
+    for (i, call) in calls.iter().enumerate() {
+        match crate::evidence::replay::replay(
+            &state.proxy,
+            &task.tenant_id,
+            &key,
+            call.as_str(),
+            mode,
+        )
+        .await
+        {
+            Ok(report) => {
+                if let Some(level) = report.get("match_level").and_then(Value::as_str) {
+                    *by_level.entry(level.to_owned()).or_default() += 1;
+                }
+                if report.get("would_block").and_then(Value::as_bool) == Some(true) {
+                    would_block += 1;
+                }
+                if report.get("model_drift").and_then(Value::as_bool) == Some(true) {
+                    drift += 1;
+                }
+                if replays.len() < LISTED_REPLAYS {
+                    replays.push(json!({
+                        "call_id": call,
+                        "replay_id": report.get("id"),
+                        "match_level": report.get("match_level"),
+                        "would_block": report.get("would_block"),
+                    }));
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                if failures.len() < LISTED_REPLAYS {
+                    failures.push(json!({"call_id": call, "code": e.code, "error": e.message}));
+                }
+                // A frozen tenant stops an upstream replay for every call alike.
+                if e.code == "tenant_frozen" {
+                    return Err(format!("the replay stopped at call {call}: {}", e.message));
+                }
+            }
+        }
+        if last_progress.elapsed() >= PROGRESS_EVERY {
+            last_progress = Instant::now();
+            let done = i64::try_from(i + 1).unwrap_or(i64::MAX);
+            let _ = update(
+                state,
+                task,
+                TaskUpdate {
+                    progress: Some((done, total)),
+                    ..TaskUpdate::default()
+                },
+            )
+            .await;
+        }
+    }
+    Ok(TaskUpdate {
+        progress: Some((total, total)),
+        result: Some(json!({
+            "incident_id": incident,
+            "mode": mode.as_str(),
+            "calls": total,
+            "replayed": total - i64::try_from(failed).unwrap_or(0),
+            "failed": failed,
+            "by_match_level": by_level,
+            "would_block": would_block,
+            "model_drift": drift,
+            "replays": replays,
+            "failures": failures,
+        })),
+        ..TaskUpdate::default()
+    })
+}
+
+async fn export_incident(_state: &AppState, _task: &Task) -> Result<TaskUpdate, String> {
+    Err("exports as tasks are not available in this build".into())
+}
+
+/// For handlers: a task answer with where to follow it.
+pub fn accepted(task: &Task) -> Value {
+    json!({
+        "object": "task",
+        "id": task.id,
+        "task_id": task.id,
+        "kind": task.kind,
+        "status": task.status,
+        "status_url": format!("/v1/tasks/{}", task.id),
+    })
+}
