@@ -3194,3 +3194,150 @@ mod chains {
         assert_eq!((link.seq, link.id.as_deref()), (2, Some(ids[1].as_str())));
     }
 }
+
+mod tasks {
+    use super::*;
+    use agv_server::domain::TaskId;
+    use agv_server::domain::task::{Task, TaskStatus, TaskUpdate};
+
+    conformance! {
+        store: [
+            tasks_are_stored_updated_and_listed_only_for_their_tenant,
+            a_task_output_round_trips_byte_for_byte,
+        ],
+        db: [],
+        fresh: [],
+        task: [],
+    }
+
+    fn tasks_are_stored_updated_and_listed_only_for_their_tenant(store: &dyn Store) {
+        let t = new_tenant(store, "acme", 0);
+        let first = Task::new(
+            &t.id,
+            "incident.replay",
+            "key:k".into(),
+            json!({"mode": "policy"}),
+            at(1),
+        );
+        let second = Task::new(
+            &t.id,
+            "incident.export",
+            "key:k".into(),
+            json!({"format": "pdf"}),
+            at(2),
+        );
+        store.insert_task(&first).unwrap();
+        store.insert_task(&second).unwrap();
+        assert_eq!(store.get_task(&t.id, &first.id).unwrap(), first);
+        assert!(matches!(
+            store.insert_task(&first),
+            Err(StoreError::Conflict(_))
+        ));
+        let listed: Vec<TaskId> = store
+            .list_tasks(&t.id, 10)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(listed, vec![second.id.clone(), first.id.clone()]);
+
+        let running = store
+            .update_task(
+                &t.id,
+                &first.id,
+                &TaskUpdate {
+                    status: Some(TaskStatus::Running),
+                    progress: Some((3, 10)),
+                    ..TaskUpdate::default()
+                },
+                at(3),
+            )
+            .unwrap();
+        assert_eq!(running.status, TaskStatus::Running);
+        assert_eq!((running.progress_done, running.progress_total), (3, 10));
+        assert_eq!(running.updated_at, at(3));
+        // Fields not named keep their value.
+        let done = store
+            .update_task(
+                &t.id,
+                &first.id,
+                &TaskUpdate {
+                    status: Some(TaskStatus::Done),
+                    result: Some(json!({"replayed": 10, "text": "é ✓"})),
+                    ..TaskUpdate::default()
+                },
+                at(4),
+            )
+            .unwrap();
+        assert_eq!((done.progress_done, done.progress_total), (3, 10));
+        assert_eq!(done.result, Some(json!({"replayed": 10, "text": "é ✓"})));
+        assert_eq!(store.get_task(&t.id, &first.id).unwrap(), done);
+
+        let other = new_tenant(store, "beta", 0);
+        assert!(matches!(
+            store.get_task(&other.id, &first.id),
+            Err(StoreError::NotFound)
+        ));
+        assert!(store.list_tasks(&other.id, 10).unwrap().is_empty());
+        assert!(matches!(
+            store.update_task(&other.id, &first.id, &TaskUpdate::default(), at(5)),
+            Err(StoreError::NotFound)
+        ));
+        let mut orphan = Task::new(
+            &other.id,
+            "incident.replay",
+            "key:k".into(),
+            json!({}),
+            at(1),
+        );
+        orphan.tenant_id = TenantId::generate();
+        assert!(matches!(
+            store.insert_task(&orphan),
+            Err(StoreError::NotFound)
+        ));
+    }
+
+    fn a_task_output_round_trips_byte_for_byte(store: &dyn Store) {
+        let t = new_tenant(store, "acme", 0);
+        let task = Task::new(&t.id, "incident.export", "key:k".into(), json!({}), at(1));
+        store.insert_task(&task).unwrap();
+        assert!(matches!(
+            store.task_output(&t.id, &task.id),
+            Err(StoreError::NotFound)
+        ));
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+        let done = store
+            .update_task(
+                &t.id,
+                &task.id,
+                &TaskUpdate {
+                    status: Some(TaskStatus::Done),
+                    output: Some((
+                        "application/pdf".into(),
+                        "incident.pdf".into(),
+                        bytes.clone(),
+                    )),
+                    ..TaskUpdate::default()
+                },
+                at(2),
+            )
+            .unwrap();
+        assert_eq!(done.filename.as_deref(), Some("incident.pdf"));
+        let (ct, name, got) = store.task_output(&t.id, &task.id).unwrap();
+        assert_eq!(
+            (ct.as_str(), name.as_str()),
+            ("application/pdf", "incident.pdf")
+        );
+        assert_eq!(got, bytes);
+        // A later progress update keeps the file.
+        store
+            .update_task(&t.id, &task.id, &TaskUpdate::default(), at(3))
+            .unwrap();
+        assert_eq!(store.task_output(&t.id, &task.id).unwrap().2, bytes);
+        let other = new_tenant(store, "beta", 0);
+        assert!(matches!(
+            store.task_output(&other.id, &task.id),
+            Err(StoreError::NotFound)
+        ));
+    }
+}
