@@ -11,6 +11,7 @@ pub mod evidence;
 pub mod guard;
 pub mod incidents;
 pub mod jobs;
+pub mod ops;
 pub mod proxy;
 pub mod startup;
 pub mod store;

@@ -181,6 +181,11 @@ impl CertSigningKey {
         PublicKey(self.0.verifying_key())
     }
 
+    /// A detached signature (base64) over any bytes, e.g. a backup's manifest.
+    pub fn sign_detached(&self, message: &[u8]) -> String {
+        self.sign(message)
+    }
+
     /// Signs the canonical form; `None` only if the bytes cannot be made (never for a
     /// `Certificate`, whose members are all serialisable).
     fn sign(&self, message: &[u8]) -> String {
@@ -228,6 +233,17 @@ impl PublicKey {
         };
         let raw: [u8; 32] = bytes.ok_or_else(bad)?.try_into().map_err(|_| bad())?;
         VerifyingKey::from_bytes(&raw).map(Self).map_err(|_| bad())
+    }
+
+    /// Checks a detached signature made by [`CertSigningKey::sign_detached`].
+    pub fn verify_detached(&self, message: &[u8], signature_b64: &str) -> bool {
+        let Ok(raw) = B64.decode(signature_b64.trim()) else {
+            return false;
+        };
+        let Ok(sig) = ed25519_dalek::Signature::from_slice(&raw) else {
+            return false;
+        };
+        self.0.verify_strict(message, &sig).is_ok()
     }
 
     /// `ins_` and the first 32 hex characters of the key's SHA-256: names the instance

@@ -8,6 +8,7 @@
 
 mod alerts;
 mod chain;
+pub mod dump;
 mod evidence;
 mod incidents;
 pub mod migrate;
@@ -350,6 +351,14 @@ pub trait Store: Send + Sync + 'static {
         tenant: &TenantId,
         id: &crate::domain::TaskId,
     ) -> StoreResult<(String, String, Vec<u8>)>;
+
+    // Backups (see `dump`): every backed-up table from one snapshot, without blocking
+    // writers; and the import of such rows into a database that holds none, in one
+    // transaction (all or nothing).
+    fn export_tables(&self, sink: &mut dump::Sink<'_>) -> StoreResult<()>;
+    fn import_tables(&self, source: &mut dump::Source<'_>) -> StoreResult<()>;
+    /// Rows per backed-up table, in `dump::TABLES` order.
+    fn table_counts(&self) -> StoreResult<Vec<(String, i64)>>;
 
     // Tamper evidence (see domain::chain): `insert_calls` links every call into its
     // tenant's chain and `append_audit` every entry into its chain, in the same transaction.

@@ -1253,6 +1253,21 @@ impl Store for PostgresStore {
         super::tasks::output(&mut PgDb(&mut *conn), tenant, id)
     }
 
+    fn export_tables(&self, sink: &mut super::dump::Sink<'_>) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        super::dump::postgres::export(&mut conn, sink)
+    }
+
+    fn import_tables(&self, source: &mut super::dump::Source<'_>) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        super::dump::postgres::import(&mut conn, source)
+    }
+
+    fn table_counts(&self) -> StoreResult<Vec<(String, i64)>> {
+        let mut conn = self.conn()?;
+        super::dump::postgres::counts(&mut conn)
+    }
+
     fn chain_head(
         &self,
         kind: ChainKind,

@@ -1366,6 +1366,22 @@ impl Store for SqliteStore {
         super::tasks::output(&mut SqliteDb(&conn), tenant, id)
     }
 
+    fn export_tables(&self, sink: &mut super::dump::Sink<'_>) -> StoreResult<()> {
+        let conn = self.conn()?;
+        super::dump::sqlite::export(&conn, sink)
+    }
+
+    fn import_tables(&self, source: &mut super::dump::Source<'_>) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let _writer = lock_writer(&self.writer);
+        super::dump::sqlite::import(&mut conn, source)
+    }
+
+    fn table_counts(&self) -> StoreResult<Vec<(String, i64)>> {
+        let conn = self.conn()?;
+        super::dump::sqlite::counts(&conn)
+    }
+
     fn chain_head(
         &self,
         kind: ChainKind,

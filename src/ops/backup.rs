@@ -1,0 +1,858 @@
+//! Backups: one file holding every table as rows (the same format from SQLite and from
+//! Postgres, so a backup moves an instance between them), the data directory's key files
+//! sealed with a passphrase when one is given, and a manifest signed with the instance's
+//! Ed25519 key.
+//!
+//! The file is a tar archive (`agv-backup-<UTC time>.tar`), readable with standard tools:
+//!
+//! ```text
+//! manifest.json            what is inside: versions, per-table row counts and SHA-256
+//! manifest.sig             base64 Ed25519 signature of manifest.json's bytes
+//! tables/<table>.jsonl.zst zstd-compressed lines: {"table","columns"}, then one JSON array per row
+//! files/<name>.sealed      (with a passphrase) master.key, certificate-signing.key, config.toml
+//! ```
+//!
+//! Taking a backup reads one snapshot of the database (a read transaction on SQLite in WAL
+//! mode, a repeatable-read transaction on Postgres): writers are not blocked. Restoring
+//! imports into a fresh database in one transaction, then checks row counts, SQLite's
+//! integrity check and every hash chain before the new database replaces the old one.
+
+use crate::domain::certificate::{CertSigningKey, PublicKey};
+use crate::domain::secret_box::MasterKey;
+use crate::store::dump::{BATCH, TABLES, TableBatch};
+use crate::store::{DynStore, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+pub const FORMAT: &str = "agv-backup";
+pub const FORMAT_VERSION: u32 = 1;
+/// Data-directory files a backup carries (sealed) when a passphrase is given.
+pub const SECRET_FILES: &[&str] = &["master.key", "certificate-signing.key", "config.toml"];
+const ZSTD_LEVEL: i32 = 3;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableEntry {
+    pub name: String,
+    pub rows: u64,
+    /// SHA-256 of the member's bytes as stored in the archive (compressed).
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub name: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    pub agv_version: String,
+    pub schema_version: i64,
+    /// The backend it was taken from (`sqlite` or `postgres`).
+    pub backend: String,
+    pub created_at: String,
+    pub instance_id: String,
+    /// The signing key's public half (base64); the signature is checked against a trusted
+    /// key when one is known, else against this one (and said so).
+    pub public_key: String,
+    pub tables: Vec<TableEntry>,
+    pub files: Vec<FileEntry>,
+    /// Salt of the passphrase's key (base64), when files are included.
+    pub secrets_salt: Option<String>,
+}
+
+/// What a finished backup wrote.
+#[derive(Debug, Clone)]
+pub struct BackupDone {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub manifest: Manifest,
+}
+
+/// Progress of long work: the table and the rows done in it so far.
+pub type Progress<'a> = dyn FnMut(&str, u64) + 'a;
+
+fn io(what: &str, path: &Path) -> impl Fn(std::io::Error) -> String {
+    let (what, path) = (what.to_owned(), path.display().to_string());
+    move |e| format!("{what} {path}: {e}")
+}
+
+fn hex_sha256_file(path: &Path) -> Result<String, String> {
+    let mut f = File::open(path).map_err(io("cannot read", path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).map_err(io("cannot read", path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The key that seals the data directory's files, from a passphrase and a salt.
+fn passphrase_key(passphrase: &str, salt: &[u8]) -> Result<MasterKey, String> {
+    if passphrase.chars().count() < 12 {
+        return Err("the backup passphrase must be at least 12 characters long".into());
+    }
+    let mut out = [0u8; 32];
+    argon2::Argon2::default()
+        .hash_password_into(passphrase.as_bytes(), salt, &mut out)
+        .map_err(|e| format!("cannot derive a key from the passphrase: {e}"))?;
+    Ok(MasterKey::from_bytes(out))
+}
+
+fn utc_stamp() -> String {
+    chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string()
+}
+
+/// Writes a backup of `store` (and, with a passphrase, the data directory's key files) into
+/// `out_dir`. Returns the file; a failure leaves no partial file behind.
+pub fn create(
+    store: &DynStore,
+    data_dir: &Path,
+    out_dir: &Path,
+    key: &CertSigningKey,
+    passphrase: Option<&str>,
+    progress: &mut Progress<'_>,
+) -> Result<BackupDone, String> {
+    std::fs::create_dir_all(out_dir).map_err(io("cannot create the backup directory", out_dir))?;
+    let stamp = utc_stamp();
+    let work = out_dir.join(format!(".agv-backup-{stamp}.tmp"));
+    let result = create_in(
+        store, data_dir, out_dir, &work, &stamp, key, passphrase, progress,
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn create_in(
+    store: &DynStore,
+    data_dir: &Path,
+    out_dir: &Path,
+    work: &Path,
+    stamp: &str,
+    key: &CertSigningKey,
+    passphrase: Option<&str>,
+    progress: &mut Progress<'_>,
+) -> Result<BackupDone, String> {
+    std::fs::create_dir_all(work.join("tables")).map_err(io("cannot create", work))?;
+    let schema_version = store
+        .schema_version()
+        .map_err(|e| format!("cannot read the schema version: {e}"))?;
+
+    // Rows, table by table, each into its own compressed member.
+    type Encoder = zstd::stream::write::Encoder<'static, BufWriter<File>>;
+    let mut current: Option<(String, Encoder, u64)> = None;
+    let mut counts: Vec<(String, u64)> = Vec::new();
+    let finish = |cur: Option<(String, Encoder, u64)>,
+                  counts: &mut Vec<(String, u64)>|
+     -> Result<(), StoreError> {
+        if let Some((name, enc, rows)) = cur {
+            let mut w = enc
+                .finish()
+                .map_err(|e| StoreError::Database(e.to_string()))?;
+            w.flush().map_err(|e| StoreError::Database(e.to_string()))?;
+            counts.push((name, rows));
+        }
+        Ok(())
+    };
+    let tables_dir = work.join("tables");
+    store
+        .export_tables(&mut |batch: TableBatch| {
+            if batch.first {
+                finish(current.take(), &mut counts)?;
+                let path = tables_dir.join(format!("{}.jsonl.zst", batch.table));
+                let file = File::create(&path).map_err(|e| {
+                    StoreError::Database(format!("cannot write {}: {e}", path.display()))
+                })?;
+                let mut enc = zstd::stream::write::Encoder::new(BufWriter::new(file), ZSTD_LEVEL)
+                    .map_err(|e| StoreError::Database(e.to_string()))?;
+                let head = serde_json::json!({"table": batch.table, "columns": batch.columns});
+                writeln!(enc, "{head}").map_err(|e| StoreError::Database(e.to_string()))?;
+                current = Some((batch.table.clone(), enc, 0));
+            }
+            if let Some((name, enc, rows)) = current.as_mut() {
+                for row in &batch.rows {
+                    serde_json::to_writer(&mut *enc, row)
+                        .map_err(|e| StoreError::Database(e.to_string()))?;
+                    enc.write_all(b"\n")
+                        .map_err(|e| StoreError::Database(e.to_string()))?;
+                }
+                *rows += batch.rows.len() as u64;
+                progress(name, *rows);
+            }
+            Ok(())
+        })
+        .map_err(|e| format!("reading the database failed: {e}"))?;
+    finish(current.take(), &mut counts).map_err(|e| format!("writing the backup failed: {e}"))?;
+
+    let mut tables = Vec::new();
+    for (name, rows) in counts {
+        let sha256 = hex_sha256_file(&tables_dir.join(format!("{name}.jsonl.zst")))?;
+        tables.push(TableEntry { name, rows, sha256 });
+    }
+
+    // The data directory's secrets, sealed with the passphrase.
+    let mut files = Vec::new();
+    let mut secrets_salt = None;
+    if let Some(pass) = passphrase {
+        let mut salt = [0u8; 16];
+        rand::fill(&mut salt);
+        let sealer = passphrase_key(pass, &salt)?;
+        use base64::Engine;
+        secrets_salt = Some(base64::engine::general_purpose::STANDARD.encode(salt));
+        std::fs::create_dir_all(work.join("files")).map_err(io("cannot create", work))?;
+        for name in SECRET_FILES {
+            let src = data_dir.join(name);
+            if !src.exists() {
+                continue;
+            }
+            let text = std::fs::read_to_string(&src).map_err(io("cannot read", &src))?;
+            let sealed = sealer
+                .seal(name, &text)
+                .map_err(|e| format!("cannot seal {name}: {e}"))?;
+            let dst = work.join("files").join(format!("{name}.sealed"));
+            std::fs::write(&dst, sealed.as_bytes()).map_err(io("cannot write", &dst))?;
+            files.push(FileEntry {
+                name: (*name).to_owned(),
+                sha256: hex_sha256_file(&dst)?,
+            });
+        }
+    }
+
+    let public = key.public();
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        format_version: FORMAT_VERSION,
+        agv_version: env!("CARGO_PKG_VERSION").into(),
+        schema_version,
+        backend: store.backend().as_str().into(),
+        created_at: chrono::Utc::now().to_rfc3339(),
+        instance_id: public.instance_id(),
+        public_key: public.to_base64(),
+        tables,
+        files,
+        secrets_salt,
+    };
+    let manifest_bytes = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| format!("cannot write the manifest: {e}"))?;
+    let signature = key.sign_detached(&manifest_bytes);
+
+    let final_path = out_dir.join(format!("agv-backup-{stamp}.tar"));
+    let partial = out_dir.join(format!(".agv-backup-{stamp}.tar.partial"));
+    let written = (|| -> Result<(), String> {
+        let file = File::create(&partial).map_err(io("cannot write", &partial))?;
+        let mut tar = tar::Builder::new(BufWriter::new(file));
+        let mut add_bytes = |name: &str, bytes: &[u8]| -> Result<(), String> {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o600);
+            header.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
+            header.set_cksum();
+            tar.append_data(&mut header, name, bytes)
+                .map_err(|e| format!("cannot write {name} into the backup: {e}"))
+        };
+        add_bytes("manifest.json", &manifest_bytes)?;
+        add_bytes("manifest.sig", signature.as_bytes())?;
+        for t in &manifest.tables {
+            let p = tables_dir.join(format!("{}.jsonl.zst", t.name));
+            let bytes = std::fs::read(&p).map_err(io("cannot read", &p))?;
+            add_bytes(&format!("tables/{}.jsonl.zst", t.name), &bytes)?;
+        }
+        for f in &manifest.files {
+            let p = work.join("files").join(format!("{}.sealed", f.name));
+            let bytes = std::fs::read(&p).map_err(io("cannot read", &p))?;
+            add_bytes(&format!("files/{}.sealed", f.name), &bytes)?;
+        }
+        let mut inner = tar
+            .into_inner()
+            .map_err(|e| format!("cannot finish the backup file: {e}"))?;
+        inner
+            .flush()
+            .map_err(|e| format!("cannot finish the backup file: {e}"))?;
+        inner
+            .get_ref()
+            .sync_all()
+            .map_err(|e| format!("cannot flush the backup file to disk: {e}"))?;
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    std::fs::rename(&partial, &final_path).map_err(io("cannot rename into place", &final_path))?;
+    let bytes = std::fs::metadata(&final_path)
+        .map(|m| m.len())
+        .unwrap_or_default();
+    Ok(BackupDone {
+        path: final_path,
+        bytes,
+        manifest,
+    })
+}
+
+/// A backup unpacked into a work directory, its manifest checked.
+pub struct Unpacked {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    /// True when the signature was checked against a key trusted beforehand (given, or the
+    /// data directory's), false when only against the manifest's own key.
+    pub trusted_signature: bool,
+}
+
+impl Drop for Unpacked {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Unpacks `file` into a new directory under `work_parent` and checks the manifest's
+/// signature and every member's SHA-256. `trusted`: the key the signature must match.
+pub fn unpack(
+    file: &Path,
+    work_parent: &Path,
+    trusted: Option<&PublicKey>,
+) -> Result<Unpacked, String> {
+    let dir = work_parent.join(format!(
+        ".agv-restore-{}-{}",
+        utc_stamp(),
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
+    let mut unpacked = Unpacked {
+        dir: dir.clone(),
+        manifest: Manifest {
+            format: String::new(),
+            format_version: 0,
+            agv_version: String::new(),
+            schema_version: 0,
+            backend: String::new(),
+            created_at: String::new(),
+            instance_id: String::new(),
+            public_key: String::new(),
+            tables: Vec::new(),
+            files: Vec::new(),
+            secrets_salt: None,
+        },
+        trusted_signature: false,
+    };
+    let f = File::open(file).map_err(io("cannot open the backup", file))?;
+    let mut archive = tar::Archive::new(BufReader::new(f));
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("{} is not a backup archive: {e}", file.display()))?;
+    for entry in entries {
+        let mut entry = entry
+            .map_err(|e| format!("the backup {} is damaged or truncated: {e}", file.display()))?;
+        let name = entry
+            .path()
+            .map_err(|e| format!("the backup holds a bad member name: {e}"))?
+            .to_string_lossy()
+            .into_owned();
+        let allowed = name == "manifest.json"
+            || name == "manifest.sig"
+            || (name.starts_with("tables/") || name.starts_with("files/"))
+                && !name.contains("..")
+                && name.matches('/').count() == 1;
+        if !allowed {
+            return Err(format!(
+                "the backup holds an unexpected member '{name}'; it was not made by agv-server"
+            ));
+        }
+        let dst = dir.join(&name);
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent).map_err(io("cannot create", parent))?;
+        }
+        let mut out = File::create(&dst).map_err(io("cannot write", &dst))?;
+        std::io::copy(&mut entry, &mut out).map_err(|e| {
+            format!(
+                "the backup {} is damaged or truncated ({name}): {e}",
+                file.display()
+            )
+        })?;
+    }
+    let manifest_bytes = std::fs::read(dir.join("manifest.json")).map_err(|_| {
+        format!(
+            "{} holds no manifest.json: it is not an agv-server backup, or it is truncated",
+            file.display()
+        )
+    })?;
+    let signature = std::fs::read_to_string(dir.join("manifest.sig"))
+        .map_err(|_| "the backup holds no manifest.sig: it is not signed".to_owned())?;
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| format!("the backup's manifest is not valid: {e}"))?;
+    if manifest.format != FORMAT {
+        return Err(format!(
+            "not an agv-server backup (format '{}')",
+            manifest.format
+        ));
+    }
+    if manifest.format_version != FORMAT_VERSION {
+        return Err(format!(
+            "the backup has format version {}; this agv-server reads version {FORMAT_VERSION}. Use the agv-server version that made it",
+            manifest.format_version
+        ));
+    }
+    let own = PublicKey::parse(&manifest.public_key)
+        .map_err(|e| format!("the backup's public key is not valid: {e}"))?;
+    let key = trusted.copied().unwrap_or(own);
+    if !key.verify_detached(&manifest_bytes, &signature) {
+        return Err(if trusted.is_some() && trusted != Some(&own) {
+            format!(
+                "the backup was signed by another instance ({}), not by the trusted key; pass that instance's key with --public-key if you trust it",
+                manifest.instance_id
+            )
+        } else {
+            "the backup's manifest signature does not match: the manifest was changed after the backup was made".into()
+        });
+    }
+    for t in &manifest.tables {
+        if !TABLES.contains(&t.name.as_str()) {
+            return Err(format!("the backup holds an unknown table '{}'", t.name));
+        }
+        let p = dir.join("tables").join(format!("{}.jsonl.zst", t.name));
+        let got = hex_sha256_file(&p)
+            .map_err(|_| format!("the backup is missing the table '{}'", t.name))?;
+        if got != t.sha256 {
+            return Err(format!(
+                "the table '{}' in the backup is damaged: its SHA-256 does not match the manifest",
+                t.name
+            ));
+        }
+    }
+    for f in &manifest.files {
+        let p = dir.join("files").join(format!("{}.sealed", f.name));
+        let got = hex_sha256_file(&p)
+            .map_err(|_| format!("the backup is missing the file '{}'", f.name))?;
+        if got != f.sha256 {
+            return Err(format!("the file '{}' in the backup is damaged", f.name));
+        }
+    }
+    unpacked.trusted_signature = trusted.is_some();
+    unpacked.manifest = manifest;
+    Ok(unpacked)
+}
+
+/// The table being read: its name, columns, lines and rows read so far.
+type OpenTable<'a> = (String, Vec<String>, Box<dyn BufRead + 'a>, u64);
+
+/// Rows per restored table.
+pub type Counts = Vec<(String, i64)>;
+
+/// Reads an unpacked backup's tables batch by batch, in the manifest's order.
+struct TableReader<'a> {
+    unpacked: &'a Unpacked,
+    next_table: usize,
+    current: Option<OpenTable<'a>>,
+    progress: &'a mut Progress<'a>,
+}
+
+impl TableReader<'_> {
+    fn next_batch(&mut self) -> Result<Option<TableBatch>, String> {
+        loop {
+            if let Some((table, columns, lines, done)) = self.current.as_mut() {
+                let mut rows = Vec::new();
+                let mut line = String::new();
+                while rows.len() < BATCH {
+                    line.clear();
+                    let n = lines.read_line(&mut line).map_err(|e| {
+                        format!("the table '{table}' in the backup cannot be read: {e}")
+                    })?;
+                    if n == 0 {
+                        break;
+                    }
+                    let row: Vec<Value> = serde_json::from_str(&line).map_err(|e| {
+                        format!("a row of '{table}' in the backup is not valid: {e}")
+                    })?;
+                    rows.push(row);
+                }
+                if rows.is_empty() {
+                    let expected = self
+                        .unpacked
+                        .manifest
+                        .tables
+                        .iter()
+                        .find(|t| &t.name == table)
+                        .map_or(0, |t| t.rows);
+                    if *done != expected {
+                        return Err(format!(
+                            "the table '{table}' holds {done} rows but the manifest says {expected}"
+                        ));
+                    }
+                    self.current = None;
+                    continue;
+                }
+                *done += rows.len() as u64;
+                (self.progress)(table, *done);
+                return Ok(Some(TableBatch {
+                    table: table.clone(),
+                    columns: columns.clone(),
+                    rows,
+                    first: false,
+                }));
+            }
+            let Some(entry) = self.unpacked.manifest.tables.get(self.next_table) else {
+                return Ok(None);
+            };
+            self.next_table += 1;
+            let path = self
+                .unpacked
+                .dir
+                .join("tables")
+                .join(format!("{}.jsonl.zst", entry.name));
+            let file = File::open(&path).map_err(io("cannot read", &path))?;
+            let decoder = zstd::stream::read::Decoder::new(file).map_err(|e| {
+                format!(
+                    "the table '{}' in the backup cannot be read: {e}",
+                    entry.name
+                )
+            })?;
+            let mut lines: Box<dyn BufRead> = Box::new(BufReader::new(decoder));
+            let mut head = String::new();
+            lines.read_line(&mut head).map_err(|e| {
+                format!(
+                    "the table '{}' in the backup cannot be read: {e}",
+                    entry.name
+                )
+            })?;
+            let head: Value = serde_json::from_str(&head).map_err(|e| {
+                format!(
+                    "the table '{}' in the backup has a bad header: {e}",
+                    entry.name
+                )
+            })?;
+            let columns: Vec<String> = head
+                .get("columns")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|c| c.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .ok_or_else(|| {
+                    format!("the table '{}' in the backup names no columns", entry.name)
+                })?;
+            self.current = Some((entry.name.clone(), columns.clone(), lines, 0));
+            return Ok(Some(TableBatch {
+                table: entry.name.clone(),
+                columns,
+                rows: Vec::new(),
+                first: true,
+            }));
+        }
+    }
+}
+
+/// Imports an unpacked backup into `target` (a fresh, empty database) and checks it: row
+/// counts per table and every hash chain. Returns the rows per table.
+pub fn load_into(
+    unpacked: &Unpacked,
+    target: &DynStore,
+    progress: &mut Progress<'_>,
+) -> Result<Vec<(String, i64)>, String> {
+    let known = crate::store::migrate::known_version();
+    if unpacked.manifest.schema_version > known {
+        return Err(format!(
+            "the backup has schema version {}, newer than this agv-server knows ({known}); restore it with the agv-server version that made it ({})",
+            unpacked.manifest.schema_version, unpacked.manifest.agv_version
+        ));
+    }
+    let mut reader = TableReader {
+        unpacked,
+        next_table: 0,
+        current: None,
+        progress,
+    };
+    let mut failure: Option<String> = None;
+    let result = target.import_tables(&mut || match reader.next_batch() {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            failure = Some(e.clone());
+            Err(StoreError::Database(e))
+        }
+    });
+    if let Err(e) = result {
+        return Err(failure.unwrap_or_else(|| format!("importing the backup failed: {e}")));
+    }
+    let counts = target
+        .table_counts()
+        .map_err(|e| format!("cannot count the restored rows: {e}"))?;
+    for t in &unpacked.manifest.tables {
+        let got = counts
+            .iter()
+            .find(|(n, _)| n == &t.name)
+            .map_or(-1, |(_, n)| *n);
+        if got != i64::try_from(t.rows).unwrap_or(i64::MAX) {
+            return Err(format!(
+                "the restored table '{}' holds {got} rows, the backup {}",
+                t.name, t.rows
+            ));
+        }
+    }
+    let chains = crate::evidence::audit::verify_all(&**target, None, &mut |_| {})
+        .map_err(|e| format!("cannot check the restored hash chains: {e}"))?;
+    if let Some(bad) = chains.iter().find(|c| c.broken.is_some()) {
+        return Err(format!(
+            "the restored {} chain of {} does not verify: the backup's rows were changed",
+            bad.table,
+            bad.tenant_id
+                .as_ref()
+                .map_or("the instance".to_owned(), ToString::to_string)
+        ));
+    }
+    Ok(counts)
+}
+
+/// Unseals the backup's data-directory files with the passphrase: (name, content).
+pub fn unseal_files(
+    unpacked: &Unpacked,
+    passphrase: &str,
+) -> Result<Vec<(String, String)>, String> {
+    use base64::Engine;
+    let Some(salt) = &unpacked.manifest.secrets_salt else {
+        return Ok(Vec::new());
+    };
+    let salt = base64::engine::general_purpose::STANDARD
+        .decode(salt)
+        .map_err(|_| "the backup's secrets salt is not valid".to_owned())?;
+    let key = passphrase_key(passphrase, &salt)?;
+    let mut out = Vec::new();
+    for f in &unpacked.manifest.files {
+        let p = unpacked
+            .dir
+            .join("files")
+            .join(format!("{}.sealed", f.name));
+        let mut sealed = String::new();
+        File::open(&p)
+            .and_then(|mut fh| fh.read_to_string(&mut sealed))
+            .map_err(io("cannot read", &p))?;
+        let secret = key.open(&f.name, &sealed).map_err(|_| {
+            "the passphrase does not open the backup's key files: wrong passphrase".to_owned()
+        })?;
+        out.push((f.name.clone(), secret.expose().to_owned()));
+    }
+    Ok(out)
+}
+
+/// What a restore did.
+#[derive(Debug, Clone)]
+pub struct RestoreDone {
+    pub counts: Vec<(String, i64)>,
+    /// Where the data it replaced was kept (SQLite in the data directory).
+    pub safety_copy: Option<PathBuf>,
+    /// Data-directory files written from the backup.
+    pub files_restored: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// Restores `file`. Without `database_url`, into the data directory's SQLite database:
+/// refused while a server uses the directory; the backup is loaded into a staged
+/// database and checked, then swapped in, the previous files kept in
+/// `<data>/pre-restore-<time>/` (and put back if the swap fails). With a Postgres URL,
+/// into that database, which must be empty (the import is one transaction).
+pub fn restore(
+    file: &Path,
+    data_dir: &Path,
+    database_url: Option<&str>,
+    trusted: Option<PublicKey>,
+    passphrase: Option<&str>,
+    progress: &mut Progress<'_>,
+) -> Result<RestoreDone, String> {
+    std::fs::create_dir_all(data_dir).map_err(io("cannot create the data directory", data_dir))?;
+    let trusted = match trusted {
+        Some(k) => Some(k),
+        None => crate::evidence::signing::read_public_key(data_dir)?,
+    };
+    let mut notes = Vec::new();
+    let unpacked = unpack(file, data_dir, trusted.as_ref())?;
+    if !unpacked.trusted_signature {
+        notes.push(format!(
+            "no trusted public key was given or found in the data directory: the signature was checked against the backup's own key (instance {})",
+            unpacked.manifest.instance_id
+        ));
+    }
+    let files = match passphrase {
+        Some(p) if !unpacked.manifest.files.is_empty() => unseal_files(&unpacked, p)?,
+        None if !unpacked.manifest.files.is_empty() => {
+            notes.push("the backup holds sealed key files; without the passphrase they were not restored (the data directory's keys are kept)".into());
+            Vec::new()
+        }
+        _ => Vec::new(),
+    };
+    let stamp = utc_stamp();
+    let (counts, safety_copy) = match database_url {
+        Some(url) => {
+            let store = crate::store::open(data_dir, Some(url))
+                .map_err(|e| format!("cannot open the target database: {e}"))?;
+            let counts = load_into(&unpacked, &store, progress)?;
+            (counts, None)
+        }
+        None => {
+            let queue_dir = data_dir.join("queue");
+            // Held until the restore ends, so a server cannot start in between.
+            let _queue = match crate::jobs::Queue::open(
+                &queue_dir,
+                crate::jobs::QueueLimits::default(),
+            ) {
+                Ok(q) => q,
+                Err(crate::jobs::QueueError::Locked { .. }) => {
+                    return Err(format!(
+                        "agv-server is running on {}: stop it first (restore replaces its database)",
+                        data_dir.display()
+                    ));
+                }
+                Err(e) => return Err(format!("cannot check whether the server is running: {e}")),
+            };
+            let stage = data_dir.join(format!(".restore-stage-{stamp}"));
+            std::fs::create_dir_all(&stage).map_err(io("cannot create", &stage))?;
+            let staged = (|| {
+                let store =
+                    crate::store::sqlite::open_store(&stage.join(crate::store::sqlite::DB_FILE))
+                        .map_err(|e| format!("cannot create the staged database: {e}"))?;
+                let counts = load_into(&unpacked, &store, progress)?;
+                store
+                    .checkpoint()
+                    .map_err(|e| format!("cannot finish the staged database: {e}"))?;
+                Ok::<_, String>(counts)
+            })();
+            let counts = match staged {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&stage);
+                    return Err(format!("{e}; nothing was changed"));
+                }
+            };
+            let safety = data_dir.join(format!("pre-restore-{stamp}"));
+            let swapped = swap_in(&stage, data_dir, &safety);
+            let _ = std::fs::remove_dir_all(&stage);
+            swapped?;
+            (counts, Some(safety))
+        }
+    };
+    let mut files_restored = Vec::new();
+    for (name, content) in files {
+        let dst = data_dir.join(&name);
+        if dst.exists()
+            && let Some(safety) = &safety_copy
+        {
+            let _ = std::fs::copy(&dst, safety.join(&name));
+        }
+        write_private(&dst, &content)?;
+        files_restored.push(name);
+    }
+    Ok(RestoreDone {
+        counts,
+        safety_copy,
+        files_restored,
+        notes,
+    })
+}
+
+fn write_private(path: &Path, content: &str) -> Result<(), String> {
+    let tmp = path.with_extension("restore-tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(&tmp).map_err(io("cannot write", &tmp))?;
+    f.write_all(content.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io("cannot write", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("cannot rename into place", path))
+}
+
+/// The database files of the data directory: the main file, its WAL and shared memory, and
+/// the text index (derived: it is rebuilt from the calls at the next start).
+fn db_files(dir: &Path) -> Vec<PathBuf> {
+    let main = crate::store::sqlite::DB_FILE;
+    let search = crate::store::sqlite::DB_FILE.replace(".db", ".search.db");
+    [main.to_owned(), search]
+        .iter()
+        .flat_map(|base| ["", "-wal", "-shm", "-journal"].map(|s| dir.join(format!("{base}{s}"))))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+/// Moves the data directory's database files into `safety`, then the staged database in;
+/// on failure, moves the previous files back.
+fn swap_in(stage: &Path, data_dir: &Path, safety: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(safety).map_err(io("cannot create", safety))?;
+    let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let undo = |moved: &[(PathBuf, PathBuf)]| {
+        for (from, to) in moved.iter().rev() {
+            let _ = std::fs::rename(to, from);
+        }
+    };
+    for old in db_files(data_dir) {
+        let Some(name) = old.file_name() else {
+            continue;
+        };
+        let to = safety.join(name);
+        if let Err(e) = std::fs::rename(&old, &to) {
+            undo(&moved);
+            return Err(format!(
+                "cannot move {} aside: {e}; nothing was changed",
+                old.display()
+            ));
+        }
+        moved.push((old, to));
+    }
+    let main = crate::store::sqlite::DB_FILE;
+    for suffix in ["", "-wal"] {
+        let from = stage.join(format!("{main}{suffix}"));
+        if !from.exists() {
+            continue;
+        }
+        let to = data_dir.join(format!("{main}{suffix}"));
+        if let Err(e) = std::fs::rename(&from, &to) {
+            let _ = std::fs::remove_file(data_dir.join(main));
+            undo(&moved);
+            return Err(format!(
+                "cannot move the restored database into place: {e}; the previous database was put back"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a backup without touching the instance: unpacks it, restores it into a temporary
+/// SQLite database and checks every row count and hash chain.
+pub fn verify(
+    file: &Path,
+    trusted: Option<PublicKey>,
+    progress: &mut Progress<'_>,
+) -> Result<(Manifest, Counts, bool), String> {
+    let tmp = tempfile_dir()?;
+    let unpacked = unpack(file, &tmp, trusted.as_ref())?;
+    let store = crate::store::sqlite::open_store(&tmp.join(crate::store::sqlite::DB_FILE))
+        .map_err(|e| format!("cannot create a temporary database: {e}"))?;
+    let result = load_into(&unpacked, &store, progress);
+    drop(store);
+    let trusted = unpacked.trusted_signature;
+    let manifest = unpacked.manifest.clone();
+    drop(unpacked);
+    let _ = std::fs::remove_dir_all(&tmp);
+    result.map(|counts| (manifest, counts, trusted))
+}
+
+fn tempfile_dir() -> Result<PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!(
+        "agv-backup-verify-{}-{}",
+        std::process::id(),
+        utc_stamp()
+    ));
+    std::fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
+    Ok(dir)
+}

@@ -1,0 +1,7 @@
+//! Operations on the whole instance: backups, their verification and restore.
+//!
+//! Blocking code (files, the store's synchronous API): the CLI calls it directly, the
+//! server through `run_blocking`. Errors are strings that say what went wrong and what to
+//! do, because every caller shows them to a person.
+
+pub mod backup;
