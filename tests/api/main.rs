@@ -10,6 +10,7 @@ mod alerts;
 mod audit;
 mod auth;
 mod backtest;
+mod backup;
 mod certificates;
 mod cli;
 mod durability;
