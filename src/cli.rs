@@ -854,7 +854,10 @@ fn public_key_arg(given: &str) -> Result<crate::domain::certificate::PublicKey, 
         .map_err(|e| CliError::usage(format!("invalid --public-key: {e}")))
 }
 
-fn passphrase(file: Option<&std::path::Path>) -> Result<Option<String>, CliError> {
+fn passphrase(
+    settings: &Settings,
+    file: Option<&std::path::Path>,
+) -> Result<Option<String>, CliError> {
     if let Some(f) = file {
         let text = std::fs::read_to_string(f).map_err(|e| {
             CliError::usage(format!(
@@ -864,9 +867,7 @@ fn passphrase(file: Option<&std::path::Path>) -> Result<Option<String>, CliError
         })?;
         return Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()));
     }
-    Ok(std::env::var("AGV_BACKUP_PASSPHRASE")
-        .ok()
-        .filter(|p| !p.is_empty()))
+    Ok(settings.backup_passphrase.clone())
 }
 
 /// Prints "<what> <table>: <rows> rows" to stderr at most twice a second (on one line on a
@@ -923,10 +924,8 @@ fn backup(settings: &Settings, args: BackupArgs) -> Result<(), CliError> {
     let store = open_store(settings)?;
     let key =
         crate::evidence::signing::load_or_create(&settings.data_dir).map_err(CliError::failed)?;
-    let out = args
-        .output
-        .unwrap_or_else(|| settings.data_dir.join("backups"));
-    let pass = passphrase(args.passphrase_file.as_deref())?;
+    let out = args.output.unwrap_or_else(|| settings.backup_dir.clone());
+    let pass = passphrase(settings, args.passphrase_file.as_deref())?;
     if pass.is_none() {
         eprintln!(
             "note: no passphrase given (--passphrase-file or AGV_BACKUP_PASSPHRASE): the data directory's key files are not in this backup; keep {} safe separately",
@@ -962,7 +961,7 @@ fn restore(
     passphrase_file: Option<&std::path::Path>,
 ) -> Result<(), CliError> {
     let trusted = public_key.map(public_key_arg).transpose()?;
-    let pass = passphrase(passphrase_file)?;
+    let pass = passphrase(settings, passphrase_file)?;
     let started = std::time::Instant::now();
     let done = crate::ops::backup::restore(
         file,

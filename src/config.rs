@@ -191,6 +191,48 @@ pub const FIELDS: &[Field] = &[
         help: "cron schedule (with seconds) of the housekeeping job",
     },
     Field {
+        key: "backup_cron",
+        env: "AGV_BACKUP_CRON",
+        secret: false,
+        default: Some("0 0 3 * * *"),
+        help: "cron schedule (with seconds) of the automatic backup; \"off\" disables it",
+    },
+    Field {
+        key: "backup_verify_cron",
+        env: "AGV_BACKUP_VERIFY_CRON",
+        secret: false,
+        default: Some("0 30 4 * * Sun"),
+        help: "cron schedule of the check of the newest backup (a failure raises a system alert); \"off\" disables it",
+    },
+    Field {
+        key: "backup_dir",
+        env: "AGV_BACKUP_DIR",
+        secret: false,
+        default: None,
+        help: "where automatic backups are written; unset: <data>/backups",
+    },
+    Field {
+        key: "backup_keep_daily",
+        env: "AGV_BACKUP_KEEP_DAILY",
+        secret: false,
+        default: Some("7"),
+        help: "automatic backups kept: the newest of each of this many days",
+    },
+    Field {
+        key: "backup_keep_weekly",
+        env: "AGV_BACKUP_KEEP_WEEKLY",
+        secret: false,
+        default: Some("4"),
+        help: "and the newest of each of this many weeks before those",
+    },
+    Field {
+        key: "backup_passphrase",
+        env: "AGV_BACKUP_PASSPHRASE",
+        secret: true,
+        default: None,
+        help: "seals the data directory's key files into backups (12+ characters); unset: they are left out",
+    },
+    Field {
         key: "shutdown_timeout",
         env: "AGV_SHUTDOWN_TIMEOUT",
         secret: false,
@@ -296,6 +338,13 @@ pub struct Settings {
     pub queue_max_bytes: u64,
     pub job_workers: usize,
     pub housekeeping_cron: String,
+    /// `None` when switched off.
+    pub backup_cron: Option<String>,
+    pub backup_verify_cron: Option<String>,
+    pub backup_dir: PathBuf,
+    pub backup_keep_daily: usize,
+    pub backup_keep_weekly: usize,
+    pub backup_passphrase: Option<String>,
     pub shutdown_timeout: std::time::Duration,
     /// Hosts alert webhooks may reach although they resolve to internal addresses.
     pub alert_webhook_allowed_hosts: HostAllowlist,
@@ -443,6 +492,39 @@ impl Settings {
             .trim()
             .to_owned();
         validate_cron(&housekeeping_cron).map_err(|e| bad("housekeeping_cron", &e))?;
+        let cron_or_off = |key: &str| -> Result<Option<String>, ConfigError> {
+            let v = get(key).unwrap_or_default().trim().to_owned();
+            if v.is_empty() || v.eq_ignore_ascii_case("off") {
+                return Ok(None);
+            }
+            validate_cron(&v).map_err(|e| bad(key, &e))?;
+            Ok(Some(v))
+        };
+        let backup_cron = cron_or_off("backup_cron")?;
+        let backup_dir = get("backup_dir")
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map_or_else(|| data_dir.join("backups"), PathBuf::from);
+        let backup_verify_cron = cron_or_off("backup_verify_cron")?;
+        let backup_keep_daily = usize::try_from(number("backup_keep_daily")?)
+            .map_err(|_| bad("backup_keep_daily", "too large"))?;
+        let backup_keep_weekly = usize::try_from(number("backup_keep_weekly")?)
+            .map_err(|_| bad("backup_keep_weekly", "too large"))?;
+        if backup_keep_daily == 0 {
+            return Err(bad("backup_keep_daily", "keep at least 1"));
+        }
+        let backup_passphrase = get("backup_passphrase")
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned);
+        if backup_passphrase
+            .as_ref()
+            .is_some_and(|p| p.chars().count() < 12)
+        {
+            return Err(bad(
+                "backup_passphrase",
+                "must be at least 12 characters long",
+            ));
+        }
         let upstream_timeout = parse_duration(get("upstream_timeout").unwrap_or("30s"))
             .map_err(|e| bad("upstream_timeout", &e.0))?;
         if upstream_timeout.is_zero() {
@@ -561,6 +643,12 @@ impl Settings {
             job_workers: usize::try_from(job_workers)
                 .map_err(|_| bad("job_workers", "too large"))?,
             housekeeping_cron,
+            backup_cron,
+            backup_verify_cron,
+            backup_dir,
+            backup_keep_daily,
+            backup_keep_weekly,
+            backup_passphrase,
             shutdown_timeout,
             alert_webhook_allowed_hosts,
             operator_alert_webhook_url,
@@ -700,6 +788,38 @@ impl Settings {
                 "housekeeping_cron",
                 self.housekeeping_cron.clone(),
                 src("housekeeping_cron"),
+            ),
+            (
+                "backup_cron",
+                self.backup_cron.clone().unwrap_or_else(|| "off".into()),
+                src("backup_cron"),
+            ),
+            (
+                "backup_verify_cron",
+                self.backup_verify_cron
+                    .clone()
+                    .unwrap_or_else(|| "off".into()),
+                src("backup_verify_cron"),
+            ),
+            (
+                "backup_dir",
+                self.backup_dir.display().to_string(),
+                src("backup_dir"),
+            ),
+            (
+                "backup_keep_daily",
+                self.backup_keep_daily.to_string(),
+                src("backup_keep_daily"),
+            ),
+            (
+                "backup_keep_weekly",
+                self.backup_keep_weekly.to_string(),
+                src("backup_keep_weekly"),
+            ),
+            (
+                "backup_passphrase",
+                secret(&self.backup_passphrase),
+                src("backup_passphrase"),
             ),
             (
                 "shutdown_timeout",

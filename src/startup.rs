@@ -258,17 +258,36 @@ impl Application {
                 shutdown_rx,
             ));
         }
-        let scheduler = start_scheduler(
-            queue,
-            vec![ScheduleEntry {
-                name: "housekeeping".into(),
-                cron: settings.housekeeping_cron.clone(),
-                kind: HOUSEKEEPING.into(),
-                payload: serde_json::json!({}),
-            }],
-        )
-        .await
-        .map_err(|e| StartupError(format!("cannot start the scheduler: {e}")))?;
+        let mut schedule = vec![ScheduleEntry {
+            name: "housekeeping".into(),
+            cron: settings.housekeeping_cron.clone(),
+            kind: HOUSEKEEPING.into(),
+            payload: serde_json::json!({}),
+        }];
+        for (name, cron, kind) in [
+            (
+                "backup",
+                &settings.backup_cron,
+                crate::ops::scheduled::BACKUP,
+            ),
+            (
+                "backup verify",
+                &settings.backup_verify_cron,
+                crate::ops::scheduled::BACKUP_VERIFY,
+            ),
+        ] {
+            if let Some(cron) = cron {
+                schedule.push(ScheduleEntry {
+                    name: name.into(),
+                    cron: cron.clone(),
+                    kind: kind.into(),
+                    payload: serde_json::json!({}),
+                });
+            }
+        }
+        let scheduler = start_scheduler(queue, schedule)
+            .await
+            .map_err(|e| StartupError(format!("cannot start the scheduler: {e}")))?;
 
         let server = http_server(state.clone(), listener)?;
         tracing::info!(
@@ -695,6 +714,14 @@ fn job_handlers(
     state: web::Data<AppState>,
 ) -> Handlers {
     let mut handlers = Handlers::new();
+    let s = state.clone();
+    handlers.register(crate::ops::scheduled::BACKUP, move |job| {
+        crate::ops::scheduled::backup(s.clone(), job)
+    });
+    let s = state.clone();
+    handlers.register(crate::ops::scheduled::BACKUP_VERIFY, move |job| {
+        crate::ops::scheduled::verify(s.clone(), job)
+    });
     handlers.register(crate::evidence::tasks::TASK_RUN, move |job| {
         crate::evidence::tasks::run(state.clone(), job)
     });

@@ -309,6 +309,11 @@ impl Alerts {
     /// Sends a system alert to the operator at once, without the job queue: for a stuck
     /// queue, which would never deliver it. Tries [`DELIVERY_ATTEMPTS`] times, 1 s, 2 s,
     /// 4 s … apart; returns whether it reached the receiver.
+    /// Queues a system alert for the operator (a failed backup, …).
+    pub fn raise_system(&self, a: &SystemAlert) {
+        queue_system_alert(self, a);
+    }
+
     pub async fn send_system_now(&self, d: &Delivery) -> bool {
         let Some(op) = &self.operator else {
             tracing::warn!("a system alert fired but no operator_alert_webhook_url is set");

@@ -856,3 +856,118 @@ fn tempfile_dir() -> Result<PathBuf, String> {
     std::fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
     Ok(dir)
 }
+
+/// The automatic backups in `dir`, newest first, with the time in their name.
+pub fn list(dir: &Path) -> Vec<(PathBuf, chrono::DateTime<chrono::Utc>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<_> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stamp = name.strip_prefix("agv-backup-")?.strip_suffix(".tar")?;
+            let t = chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ").ok()?;
+            Some((e.path(), t.and_utc()))
+        })
+        .collect();
+    out.sort_by_key(|b| std::cmp::Reverse(b.1));
+    out
+}
+
+/// Which backups to delete so that the newest of each of the last `daily` days and the
+/// newest of each of the `weekly` ISO weeks before those are kept. `backups` newest first.
+pub fn to_prune(
+    backups: &[(PathBuf, chrono::DateTime<chrono::Utc>)],
+    daily: usize,
+    weekly: usize,
+) -> Vec<PathBuf> {
+    use chrono::Datelike;
+    let mut days: Vec<chrono::NaiveDate> = Vec::new();
+    let mut weeks: Vec<(i32, u32)> = Vec::new();
+    let mut prune = Vec::new();
+    for (path, at) in backups {
+        let day = at.date_naive();
+        let week = (at.iso_week().year(), at.iso_week().week());
+        if days.len() < daily {
+            if !days.contains(&day) {
+                days.push(day);
+                continue;
+            }
+        } else if weeks.len() < weekly
+            && !weeks.contains(&week)
+            && !days
+                .iter()
+                .any(|d| (d.iso_week().year(), d.iso_week().week()) == week)
+        {
+            weeks.push(week);
+            continue;
+        }
+        prune.push(path.clone());
+    }
+    prune
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn pruning_keeps_the_newest_of_seven_days_and_four_weeks_before_them() {
+        // Two backups a day for 60 days, newest first.
+        let start = chrono::Utc.with_ymd_and_hms(2026, 12, 31, 3, 0, 0).unwrap();
+        let backups: Vec<_> = (0..120)
+            .map(|i| {
+                let at = start - chrono::Duration::hours(12 * i);
+                (PathBuf::from(format!("b{i}")), at)
+            })
+            .collect();
+        let prune = to_prune(&backups, 7, 4);
+        let kept: Vec<_> = backups
+            .iter()
+            .filter(|(p, _)| !prune.contains(p))
+            .map(|(_, t)| *t)
+            .collect();
+        assert_eq!(kept.len(), 11, "{kept:?}");
+        // The newest of each of the last seven days…
+        for (i, t) in kept.iter().take(7).enumerate() {
+            let day = (start - chrono::Duration::days(i as i64)).date_naive();
+            let newest = backups
+                .iter()
+                .map(|(_, b)| *b)
+                .filter(|b| b.date_naive() == day)
+                .max()
+                .unwrap();
+            assert_eq!(*t, newest);
+        }
+        // …then one per older week, each in a different ISO week.
+        let weeks: std::collections::HashSet<_> = kept
+            .iter()
+            .skip(7)
+            .map(chrono::Datelike::iso_week)
+            .collect();
+        assert_eq!(weeks.len(), 4);
+        assert!(
+            to_prune(&backups[..3], 7, 4).len() == 1,
+            "two the same day: the older goes"
+        );
+        assert!(to_prune(&[], 7, 4).is_empty());
+    }
+
+    #[test]
+    fn listing_reads_the_time_from_the_name_and_skips_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "agv-backup-20261201T030000Z.tar",
+            "agv-backup-20261202T030000Z.tar",
+            ".agv-backup-20261203T030000Z.tar.partial",
+            "notes.txt",
+        ] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let l = list(dir.path());
+        assert_eq!(l.len(), 2);
+        assert!(l[0].0.ends_with("agv-backup-20261202T030000Z.tar"));
+    }
+}

@@ -5,3 +5,4 @@
 //! do, because every caller shows them to a person.
 
 pub mod backup;
+pub mod scheduled;

@@ -873,6 +873,64 @@ async fn a_stuck_job_queue_alerts_the_operator_without_the_queue(backend: Backen
     );
 }
 
+async fn scheduled_backups_are_written_and_verify(backend: Backend) {
+    let backups = tempfile::tempdir().unwrap();
+    let dir = backups.path().to_owned();
+    let Some((app, _up, key, _admin)) = start(backend, |s| {
+        s.backup_cron = Some("* * * * * *".into());
+        s.backup_verify_cron = None;
+        s.backup_dir = dir.clone();
+    })
+    .await
+    else {
+        return;
+    };
+    assert_eq!(app.chat(&key, "a call to back up").await.status(), 200);
+    let file = wait_for("a scheduled backup", async || {
+        agv_server::ops::backup::list(&dir).into_iter().next()
+    })
+    .await
+    .0;
+    let out = app.home.cli(&["backup", "verify", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", crate::helpers::stderr(&out));
+    let metrics = wait_for("the backup metric", async || {
+        let m = app.get("/metrics").await.text().await.unwrap();
+        m.contains("agv_backup_last_success_timestamp_seconds")
+            .then_some(m)
+    })
+    .await;
+    assert!(metrics.contains("agv_backup_last_bytes"));
+}
+
+async fn a_backup_that_does_not_verify_alerts_the_operator(backend: Backend) {
+    let hook = Receiver::start();
+    let backups = tempfile::tempdir().unwrap();
+    // The newest "backup" is damaged: the weekly check must say so.
+    std::fs::write(
+        backups.path().join("agv-backup-20261201T030000Z.tar"),
+        b"not a backup at all",
+    )
+    .unwrap();
+    let dir = backups.path().to_owned();
+    let url = hook.url.clone();
+    let Some((_app, _up, _key, _admin)) = start(backend, |s| {
+        operator_hook(s, url);
+        s.backup_cron = None;
+        s.backup_verify_cron = Some("* * * * * *".into());
+        s.backup_dir = dir;
+    })
+    .await
+    else {
+        return;
+    };
+    let body = system_alert(&hook, "backup_verify_failed").await;
+    let message = body["system"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("agv-backup-20261201T030000Z.tar"),
+        "{message}"
+    );
+}
+
 crate::on_both_backends!(
     a_slack_route_gets_a_readable_unsigned_message,
     an_unresolved_incident_is_announced_again_until_it_is_resolved,
@@ -889,6 +947,8 @@ crate::on_both_backends!(
     without_an_llm_no_narrative_and_no_job,
     with_an_llm_an_ai_written_narrative_appears_beside_the_template,
     a_failing_llm_is_retried_then_dead_lettered_and_the_template_stays,
+    scheduled_backups_are_written_and_verify,
+    a_backup_that_does_not_verify_alerts_the_operator,
 );
 
 mod postgres_only {
