@@ -168,6 +168,27 @@ pub enum TenantCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Export everything of one tenant (calls, incidents, keys, users, evidence, its
+    /// chains and audit log) as a signed bundle in the backup format; prints its path.
+    /// `agv-server restore` loads it into an empty database. Safe while the server runs.
+    Export {
+        /// The tenant (ten_…).
+        id: String,
+        /// Where to write the bundle [default: <data>/backups]
+        #[arg(long, value_name = "DIR")]
+        output: Option<PathBuf>,
+    },
+    /// Delete a tenant completely: calls, incidents, keys, users and sessions, policies,
+    /// alert routes, evidence, its chains and audit entries, its text-index entries. An
+    /// entry in the instance's audit log records it. Cannot be undone: export first.
+    /// Safe while the server runs (its keys stop working at once).
+    Delete {
+        /// The tenant (ten_…).
+        id: String,
+        /// Confirm by giving the tenant id again.
+        #[arg(long, value_name = "ID")]
+        confirm: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -297,7 +318,7 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
             println!("{version}");
             Ok(())
         }
-        Command::Tenant(cmd) => tenant(&open_store(&settings)?, cmd),
+        Command::Tenant(cmd) => tenant(&open_store(&settings)?, &settings.data_dir, cmd),
         Command::Demo {
             calls,
             days,
@@ -579,7 +600,11 @@ fn print_json(value: &serde_json::Value) {
     println!("{value}");
 }
 
-fn tenant(store: &DynStore, cmd: TenantCommand) -> Result<(), CliError> {
+fn tenant(
+    store: &DynStore,
+    data_dir: &std::path::Path,
+    cmd: TenantCommand,
+) -> Result<(), CliError> {
     match cmd {
         TenantCommand::Create { name, json } => {
             let name = TenantName::parse(&name).map_err(|e| CliError::usage(e.0))?;
@@ -609,6 +634,70 @@ fn tenant(store: &DynStore, cmd: TenantCommand) -> Result<(), CliError> {
             } else {
                 println!("{}", tenant.id);
             }
+            Ok(())
+        }
+        TenantCommand::Export { id, output } => {
+            let tenant = parse_tenant(&id)?;
+            existing_tenant(store, &tenant)?;
+            let settings_dir = output.unwrap_or_else(|| data_dir.join("backups"));
+            let key =
+                crate::evidence::signing::load_or_create(data_dir).map_err(CliError::failed)?;
+            let done = crate::ops::backup::create_for(
+                store,
+                Some(&tenant),
+                data_dir,
+                &settings_dir,
+                &key,
+                None,
+                &mut row_progress("exporting"),
+            )
+            .map_err(|e| CliError::failed(format!("the export failed: {e}")))?;
+            let rows: u64 = done.manifest.tables.iter().map(|t| t.rows).sum();
+            audit(
+                store,
+                NewAuditEntry::new(
+                    Some(tenant.clone()),
+                    Actor::cli(),
+                    AuditAction::TenantExport,
+                    tenant.as_str(),
+                )
+                .after(serde_json::json!({"file": done.path.display().to_string(), "rows": rows})),
+            );
+            eprintln!("exported {rows} rows of tenant {tenant}");
+            println!("{}", done.path.display());
+            Ok(())
+        }
+        TenantCommand::Delete { id, confirm } => {
+            let tenant = parse_tenant(&id)?;
+            if confirm != id {
+                return Err(CliError::usage(format!(
+                    "to delete tenant {id} and everything it holds, confirm with --confirm {id}"
+                )));
+            }
+            let before = existing_tenant(store, &tenant)?;
+            let counts = store.erase_tenant(&tenant)?;
+            let deleted: serde_json::Map<String, serde_json::Value> = counts
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(t, n)| (t.clone(), serde_json::json!(n)))
+                .collect();
+            // The tenant's own audit chain is gone with it: the instance's keeps the record.
+            audit(
+                store,
+                NewAuditEntry::new(
+                    None,
+                    Actor::cli(),
+                    AuditAction::TenantErase,
+                    tenant.as_str(),
+                )
+                .before(serde_json::json!({"id": before.id, "name": before.name}))
+                .after(serde_json::json!({"deleted_rows": deleted})),
+            );
+            let total: i64 = counts.iter().map(|(_, n)| n).sum();
+            eprintln!(
+                "deleted tenant {tenant} ('{}'): {total} rows; recorded in the instance's audit log",
+                before.name.as_str()
+            );
             Ok(())
         }
         TenantCommand::List { json } => {
@@ -993,4 +1082,13 @@ fn restore(
     }
     eprintln!("the text index is rebuilt in the background at the next start");
     Ok(())
+}
+
+fn existing_tenant(store: &DynStore, tenant: &TenantId) -> Result<Tenant, CliError> {
+    store.get_tenant(tenant).map_err(|e| match e {
+        crate::store::StoreError::NotFound => CliError::failed(format!(
+            "no tenant {tenant}: list tenants with `agv-server tenant list`"
+        )),
+        other => other.into(),
+    })
 }

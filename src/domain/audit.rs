@@ -54,6 +54,9 @@ impl Actor {
 pub enum AuditAction {
     /// Instance-wide (no tenant): an operator made a tenant.
     TenantCreate,
+    /// Instance-wide: an operator deleted a tenant and everything it held.
+    TenantErase,
+    TenantExport,
     KeyCreate,
     KeyRevoke,
     KeyRotate,
@@ -79,6 +82,8 @@ pub enum AuditAction {
 
 const ACTIONS: &[AuditAction] = &[
     AuditAction::TenantCreate,
+    AuditAction::TenantErase,
+    AuditAction::TenantExport,
     AuditAction::KeyCreate,
     AuditAction::KeyRevoke,
     AuditAction::KeyRotate,
@@ -105,6 +110,8 @@ impl AuditAction {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::TenantCreate => "tenant.create",
+            Self::TenantErase => "tenant.erase",
+            Self::TenantExport => "tenant.export",
             Self::KeyCreate => "key.create",
             Self::KeyRevoke => "key.revoke",
             Self::KeyRotate => "key.rotate",

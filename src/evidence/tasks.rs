@@ -73,9 +73,12 @@ pub async fn run(state: web::Data<AppState>, job: Job) -> Result<(), String> {
     let p: Payload = serde_json::from_value(job.payload.clone())
         .map_err(|e| format!("the task job's payload is not valid: {e}"))?;
     let store = state.store.clone();
-    let task = run_blocking(move || store.get_task(&p.tenant_id, &p.task_id))
-        .await
-        .map_err(|e| format!("cannot load the task: {e}"))?;
+    let task = match run_blocking(move || store.get_task(&p.tenant_id, &p.task_id)).await {
+        Ok(t) => t,
+        // Its tenant was deleted meanwhile: nothing left to do.
+        Err(StoreError::NotFound) => return Ok(()),
+        Err(e) => return Err(format!("cannot load the task: {e}")),
+    };
     if task.status.is_finished() {
         return Ok(());
     }

@@ -61,6 +61,9 @@ pub struct Manifest {
     /// The signing key's public half (base64); the signature is checked against a trusted
     /// key when one is known, else against this one (and said so).
     pub public_key: String,
+    /// Set for a tenant's export: only that tenant's rows are inside.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
     pub tables: Vec<TableEntry>,
     pub files: Vec<FileEntry>,
     /// Salt of the passphrase's key (base64), when files are included.
@@ -123,11 +126,25 @@ pub fn create(
     passphrase: Option<&str>,
     progress: &mut Progress<'_>,
 ) -> Result<BackupDone, String> {
+    create_for(store, None, data_dir, out_dir, key, passphrase, progress)
+}
+
+/// Like [`create`]; with `tenant`, only that tenant's rows (a tenant export, named
+/// `agv-tenant-<id>-<time>.tar`; restorable like a backup).
+pub fn create_for(
+    store: &DynStore,
+    tenant: Option<&crate::domain::TenantId>,
+    data_dir: &Path,
+    out_dir: &Path,
+    key: &CertSigningKey,
+    passphrase: Option<&str>,
+    progress: &mut Progress<'_>,
+) -> Result<BackupDone, String> {
     std::fs::create_dir_all(out_dir).map_err(io("cannot create the backup directory", out_dir))?;
     let stamp = utc_stamp();
     let work = out_dir.join(format!(".agv-backup-{stamp}.tmp"));
     let result = create_in(
-        store, data_dir, out_dir, &work, &stamp, key, passphrase, progress,
+        store, tenant, data_dir, out_dir, &work, &stamp, key, passphrase, progress,
     );
     let _ = std::fs::remove_dir_all(&work);
     result
@@ -136,6 +153,7 @@ pub fn create(
 #[allow(clippy::too_many_arguments)]
 fn create_in(
     store: &DynStore,
+    tenant: Option<&crate::domain::TenantId>,
     data_dir: &Path,
     out_dir: &Path,
     work: &Path,
@@ -167,7 +185,7 @@ fn create_in(
     };
     let tables_dir = work.join("tables");
     store
-        .export_tables(&mut |batch: TableBatch| {
+        .export_tables(tenant, &mut |batch: TableBatch| {
             if batch.first {
                 finish(current.take(), &mut counts)?;
                 let path = tables_dir.join(format!("{}.jsonl.zst", batch.table));
@@ -239,6 +257,7 @@ fn create_in(
         created_at: chrono::Utc::now().to_rfc3339(),
         instance_id: public.instance_id(),
         public_key: public.to_base64(),
+        tenant_id: tenant.map(ToString::to_string),
         tables,
         files,
         secrets_salt,
@@ -247,7 +266,10 @@ fn create_in(
         .map_err(|e| format!("cannot write the manifest: {e}"))?;
     let signature = key.sign_detached(&manifest_bytes);
 
-    let final_path = out_dir.join(format!("agv-backup-{stamp}.tar"));
+    let final_path = match tenant {
+        None => out_dir.join(format!("agv-backup-{stamp}.tar")),
+        Some(t) => out_dir.join(format!("agv-tenant-{t}-{stamp}.tar")),
+    };
     let partial = out_dir.join(format!(".agv-backup-{stamp}.tar.partial"));
     let written = (|| -> Result<(), String> {
         let file = File::create(&partial).map_err(io("cannot write", &partial))?;
@@ -339,6 +361,7 @@ pub fn unpack(
             created_at: String::new(),
             instance_id: String::new(),
             public_key: String::new(),
+            tenant_id: None,
             tables: Vec::new(),
             files: Vec::new(),
             secrets_salt: None,

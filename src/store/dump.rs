@@ -63,6 +63,19 @@ pub struct TableBatch {
 }
 
 pub type Sink<'a> = dyn FnMut(TableBatch) -> StoreResult<()> + 'a;
+
+/// The rows of `table` that belong to one tenant: a condition on the tenant id, which is
+/// the statement's only parameter, spelled `{t}` (each backend puts its placeholder in).
+pub fn tenant_condition(table: &str) -> &'static str {
+    match table {
+        "tenants" => "id = {t}",
+        "sessions" => "user_id IN (SELECT id FROM users WHERE tenant_id = {t})",
+        // The instance's change feed holds ids only; a tenant's export leaves it out.
+        "changes" => "{t} IS NULL",
+        "chain_heads" => "chain IN ('calls/' || {t}, 'audit/' || {t})",
+        _ => "tenant_id = {t}",
+    }
+}
 pub type Source<'a> = dyn FnMut() -> StoreResult<Option<TableBatch>> + 'a;
 
 fn derived_column(table: &str, column: &str) -> bool {
@@ -119,7 +132,11 @@ pub(super) mod sqlite {
         })
     }
 
-    pub(in crate::store) fn export(conn: &Connection, sink: &mut Sink<'_>) -> StoreResult<()> {
+    pub(in crate::store) fn export(
+        conn: &Connection,
+        tenant: Option<&str>,
+        sink: &mut Sink<'_>,
+    ) -> StoreResult<()> {
         // One read transaction: a snapshot of every table; WAL lets writers go on.
         conn.execute_batch("BEGIN DEFERRED").map_err(db_err)?;
         let result = (|| {
@@ -130,10 +147,19 @@ pub(super) mod sqlite {
                     .map(|c| format!("\"{c}\""))
                     .collect::<Vec<_>>()
                     .join(", ");
+                let filter = tenant.map_or(String::new(), |_| {
+                    format!(" WHERE {}", tenant_condition(table).replace("{t}", "?1"))
+                });
                 let mut stmt = conn
-                    .prepare(&format!("SELECT {list} FROM \"{table}\" ORDER BY rowid"))
+                    .prepare(&format!(
+                        "SELECT {list} FROM \"{table}\"{filter} ORDER BY rowid"
+                    ))
                     .map_err(db_err)?;
-                let mut rows = stmt.query([]).map_err(db_err)?;
+                let mut rows = match tenant {
+                    Some(t) => stmt.query([t]),
+                    None => stmt.query([]),
+                }
+                .map_err(db_err)?;
                 let mut batch = Vec::with_capacity(BATCH);
                 let mut first = true;
                 while let Some(row) = rows.next().map_err(db_err)? {
@@ -249,6 +275,51 @@ pub(super) mod sqlite {
         tx.commit().map_err(db_err)
     }
 
+    /// Deletes every row of the tenant (children first) and its text-index entries, in one
+    /// transaction; returns the rows deleted per table.
+    pub(in crate::store) fn erase(
+        conn: &mut Connection,
+        tenant: &str,
+        changes: &dyn Fn(&rusqlite::Transaction<'_>, &[String]) -> StoreResult<()>,
+    ) -> StoreResult<Vec<(String, i64)>> {
+        let tx = conn.transaction().map_err(db_err)?;
+        let keys: Vec<String> = {
+            let mut s = tx
+                .prepare("SELECT id FROM api_keys WHERE tenant_id = ?1")
+                .map_err(db_err)?;
+            s.query_map([tenant], |r| r.get(0))
+                .map_err(db_err)?
+                .collect::<Result<_, _>>()
+                .map_err(db_err)?
+        };
+        // The text index keeps each call's id: its entries go in the same transaction.
+        tx.execute(
+            "DELETE FROM search.call_fts WHERE call_id IN (SELECT id FROM main.calls WHERE tenant_id = ?1)",
+            [tenant],
+        )
+        .map_err(db_err)?;
+        let mut out = Vec::new();
+        for table in TABLES.iter().rev() {
+            if *table == "changes" {
+                continue;
+            }
+            let n = tx
+                .execute(
+                    &format!(
+                        "DELETE FROM \"{table}\" WHERE {}",
+                        tenant_condition(table).replace("{t}", "?1")
+                    ),
+                    [tenant],
+                )
+                .map_err(db_err)?;
+            out.push(((*table).to_owned(), n as i64));
+        }
+        changes(&tx, &keys)?;
+        tx.commit().map_err(db_err)?;
+        out.reverse();
+        Ok(out)
+    }
+
     pub(in crate::store) fn counts(conn: &Connection) -> StoreResult<Vec<(String, i64)>> {
         TABLES
             .iter()
@@ -293,7 +364,11 @@ pub(super) mod postgres {
         }
     }
 
-    pub(in crate::store) fn export(client: &mut Client, sink: &mut Sink<'_>) -> StoreResult<()> {
+    pub(in crate::store) fn export(
+        client: &mut Client,
+        tenant: Option<&str>,
+        sink: &mut Sink<'_>,
+    ) -> StoreResult<()> {
         let mut tx = client
             .build_transaction()
             .isolation_level(::postgres::IsolationLevel::RepeatableRead)
@@ -311,14 +386,20 @@ pub(super) mod postgres {
                 .collect::<Vec<_>>()
                 .join(", ");
             // json_build_array keeps the column order and gives native JSON types.
-            let portal = tx
-                .bind(
-                    &format!(
-                        "SELECT json_build_array({list})::text FROM \"{table}\" ORDER BY ctid"
-                    ),
-                    &[],
+            let filter = tenant.map_or(String::new(), |_| {
+                format!(
+                    " WHERE {}",
+                    tenant_condition(table).replace("{t}", "$1::text")
                 )
-                .map_err(db_err)?;
+            });
+            let sql = format!(
+                "SELECT json_build_array({list})::text FROM \"{table}\"{filter} ORDER BY ctid"
+            );
+            let portal = match tenant {
+                Some(t) => tx.bind(&sql, &[&t]),
+                None => tx.bind(&sql, &[]),
+            }
+            .map_err(db_err)?;
             let mut first = true;
             loop {
                 let page = tx.query_portal(&portal, BATCH as i32).map_err(db_err)?;
@@ -451,6 +532,44 @@ pub(super) mod postgres {
             .map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
+    }
+
+    /// Deletes every row of the tenant (children first) and its text-index rows, in one
+    /// transaction; returns the rows deleted per table.
+    pub(in crate::store) fn erase(
+        client: &mut Client,
+        tenant: &str,
+        changes: &dyn Fn(&mut ::postgres::Transaction<'_>, &[String]) -> StoreResult<()>,
+    ) -> StoreResult<Vec<(String, i64)>> {
+        let mut tx = client.transaction().map_err(db_err)?;
+        let keys: Vec<String> = tx
+            .query("SELECT id FROM api_keys WHERE tenant_id = $1", &[&tenant])
+            .map_err(db_err)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        tx.execute("DELETE FROM call_search WHERE tenant_id = $1", &[&tenant])
+            .map_err(db_err)?;
+        let mut out = Vec::new();
+        for table in TABLES.iter().rev() {
+            if *table == "changes" {
+                continue;
+            }
+            let n = tx
+                .execute(
+                    &format!(
+                        "DELETE FROM \"{table}\" WHERE {}",
+                        tenant_condition(table).replace("{t}", "$1::text")
+                    ),
+                    &[&tenant],
+                )
+                .map_err(db_err)?;
+            out.push(((*table).to_owned(), n as i64));
+        }
+        changes(&mut tx, &keys)?;
+        tx.commit().map_err(db_err)?;
+        out.reverse();
+        Ok(out)
     }
 
     pub(in crate::store) fn counts(client: &mut Client) -> StoreResult<Vec<(String, i64)>> {

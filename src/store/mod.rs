@@ -355,7 +355,18 @@ pub trait Store: Send + Sync + 'static {
     // Backups (see `dump`): every backed-up table from one snapshot, without blocking
     // writers; and the import of such rows into a database that holds none, in one
     // transaction (all or nothing).
-    fn export_tables(&self, sink: &mut dump::Sink<'_>) -> StoreResult<()>;
+    /// `tenant`: only that tenant's rows (a tenant export, see `dump::tenant_condition`).
+    fn export_tables(
+        &self,
+        tenant: Option<&TenantId>,
+        sink: &mut dump::Sink<'_>,
+    ) -> StoreResult<()>;
+    /// Deletes every row of the tenant — calls, incidents, keys, users and sessions,
+    /// policies, alert routes, evidence, its chains and audit entries, its text-index
+    /// entries — in one transaction, recording an "api_key" change for each of its keys
+    /// (so every instance forgets them at once). Returns the rows deleted per table. An
+    /// unknown tenant is NotFound.
+    fn erase_tenant(&self, tenant: &TenantId) -> StoreResult<Vec<(String, i64)>>;
     fn import_tables(&self, source: &mut dump::Source<'_>) -> StoreResult<()>;
     /// Rows per backed-up table, in `dump::TABLES` order.
     fn table_counts(&self) -> StoreResult<Vec<(String, i64)>>;

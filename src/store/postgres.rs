@@ -1253,9 +1253,24 @@ impl Store for PostgresStore {
         super::tasks::output(&mut PgDb(&mut *conn), tenant, id)
     }
 
-    fn export_tables(&self, sink: &mut super::dump::Sink<'_>) -> StoreResult<()> {
+    fn export_tables(
+        &self,
+        tenant: Option<&TenantId>,
+        sink: &mut super::dump::Sink<'_>,
+    ) -> StoreResult<()> {
         let mut conn = self.conn()?;
-        super::dump::postgres::export(&mut conn, sink)
+        super::dump::postgres::export(&mut conn, tenant.map(TenantId::as_str), sink)
+    }
+
+    fn erase_tenant(&self, tenant: &TenantId) -> StoreResult<Vec<(String, i64)>> {
+        self.get_tenant(tenant)?;
+        let mut conn = self.conn()?;
+        super::dump::postgres::erase(&mut conn, tenant.as_str(), &|tx, keys| {
+            for k in keys {
+                record_change(tx, "api_key", k)?;
+            }
+            record_change(tx, "tenant", tenant.as_str())
+        })
     }
 
     fn import_tables(&self, source: &mut super::dump::Source<'_>) -> StoreResult<()> {

@@ -1366,9 +1366,25 @@ impl Store for SqliteStore {
         super::tasks::output(&mut SqliteDb(&conn), tenant, id)
     }
 
-    fn export_tables(&self, sink: &mut super::dump::Sink<'_>) -> StoreResult<()> {
+    fn export_tables(
+        &self,
+        tenant: Option<&TenantId>,
+        sink: &mut super::dump::Sink<'_>,
+    ) -> StoreResult<()> {
         let conn = self.conn()?;
-        super::dump::sqlite::export(&conn, sink)
+        super::dump::sqlite::export(&conn, tenant.map(TenantId::as_str), sink)
+    }
+
+    fn erase_tenant(&self, tenant: &TenantId) -> StoreResult<Vec<(String, i64)>> {
+        self.get_tenant(tenant)?;
+        let mut conn = self.conn()?;
+        let _writer = lock_writer(&self.writer);
+        super::dump::sqlite::erase(&mut conn, tenant.as_str(), &|tx, keys| {
+            for k in keys {
+                record_change(tx, "api_key", k)?;
+            }
+            record_change(tx, "tenant", tenant.as_str())
+        })
     }
 
     fn import_tables(&self, source: &mut super::dump::Source<'_>) -> StoreResult<()> {
