@@ -9,6 +9,8 @@
 //! directory is reused (and topped up). Baselines in the same run: the writer's latency
 //! without a backup running, and a plain file copy of the database.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use agv_server::domain::{KeyId, NewApiKey, Scope, Tenant, TenantId, TenantName, Timestamp};
 use agv_server::incidents::demo::CallStream;
 use agv_server::store::DynStore;
