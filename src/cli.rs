@@ -104,6 +104,13 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         passphrase_file: Option<PathBuf>,
     },
+    /// Ask the running server whether it is ready (GET /ready on the listen address):
+    /// exit 0 when it answers 200, 1 otherwise. For container and service health checks.
+    Healthcheck {
+        /// The server's base URL [default: from the listen address, 0.0.0.0 → 127.0.0.1]
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
     /// Print the version.
     Version,
 }
@@ -326,6 +333,7 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
             json,
         } => demo(&open_store(&settings)?, calls, days, seed, json),
         Command::Key(cmd) => key(&open_store(&settings)?, cmd),
+        Command::Healthcheck { url } => healthcheck(&settings, url.as_deref()),
         Command::Backup(args) => backup(&settings, args),
         Command::Restore {
             file,
@@ -1091,4 +1099,57 @@ fn existing_tenant(store: &DynStore, tenant: &TenantId) -> Result<Tenant, CliErr
         )),
         other => other.into(),
     })
+}
+
+/// GET /ready over plain HTTP/1.0 with a 3 s budget; no TLS (the check runs beside the
+/// server, on the loopback address).
+fn healthcheck(settings: &Settings, url: Option<&str>) -> Result<(), CliError> {
+    use std::io::{Read, Write};
+    use std::net::{TcpStream, ToSocketAddrs};
+    let target = match url {
+        Some(u) => u
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned(),
+        None => {
+            let listen = settings.listen.as_str();
+            match listen.rsplit_once(':') {
+                Some(("0.0.0.0" | "[::]" | "", port)) => format!("127.0.0.1:{port}"),
+                _ => listen.to_owned(),
+            }
+        }
+    };
+    let (host, path_prefix) = target.split_once('/').unwrap_or((target.as_str(), ""));
+    let timeout = std::time::Duration::from_secs(3);
+    let addr = host
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| CliError::failed(format!("unhealthy: cannot resolve {host}")))?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| CliError::failed(format!("unhealthy: cannot connect to {addr}: {e}")))?;
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
+    let path = if path_prefix.is_empty() {
+        "/ready".to_owned()
+    } else {
+        format!("/{path_prefix}/ready")
+    };
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: agv-server-healthcheck\r\n\r\n"
+    )
+    .map_err(|e| CliError::failed(format!("unhealthy: {e}")))?;
+    let mut answer = String::new();
+    let _ = stream.take(64 * 1024).read_to_string(&mut answer);
+    let status = answer.split_whitespace().nth(1).unwrap_or("none");
+    if status == "200" {
+        eprintln!("healthy: {host}{path} answered 200");
+        Ok(())
+    } else {
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").trim();
+        Err(CliError::failed(format!(
+            "unhealthy: {host}{path} answered {status} {body}"
+        )))
+    }
 }

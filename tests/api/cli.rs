@@ -162,3 +162,30 @@ fn the_data_dir_can_come_from_agv_data() {
         "the SQLite file is in the AGV_DATA dir"
     );
 }
+
+#[test]
+fn healthcheck_exits_0_for_a_ready_server_and_1_when_none_answers() {
+    let home = crate::helpers::DataHome::new(crate::helpers::Backend::Sqlite).unwrap();
+    let mut server = crate::helpers::spawn_server_process(home.path(), None, &[]);
+    let url = format!("http://127.0.0.1:{}", server.port);
+    let out = home.cli(&["healthcheck", "--url", &url]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("healthy"), "{}", stderr(&out));
+    // From the listen address, 0.0.0.0 read as the loopback address.
+    let out = cli_command()
+        .arg("--data")
+        .arg(home.path())
+        .args([
+            "--listen",
+            &format!("0.0.0.0:{}", server.port),
+            "healthcheck",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let out = home.cli(&["healthcheck", "--url", &url]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("unhealthy"), "{}", stderr(&out));
+}
