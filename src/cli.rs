@@ -104,6 +104,27 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         passphrase_file: Option<PathBuf>,
     },
+    /// Update this binary in place: fetch the release (GitHub releases, or --from a
+    /// mirror), check the signature of its checksums and the archive's SHA-256, back the
+    /// instance up, keep the current binary as agv-server.prev and swap the new one in.
+    /// Restart the service afterwards. Refused inside a container (pull the new image).
+    Update {
+        /// Only say whether a newer version exists (prints its version on stdout).
+        #[arg(long)]
+        check: bool,
+        /// Where the release files are (a mirror for air-gapped sites).
+        #[arg(long, value_name = "URL")]
+        from: Option<String>,
+        /// Put agv-server.prev back.
+        #[arg(long)]
+        rollback: bool,
+        /// Install even when the release is not newer.
+        #[arg(long)]
+        force: bool,
+        /// The binary to replace [default: this one]
+        #[arg(long, value_name = "PATH")]
+        exe: Option<PathBuf>,
+    },
     /// Ask the running server whether it is ready (GET /ready on the listen address):
     /// exit 0 when it answers 200, 1 otherwise. For container and service health checks.
     Healthcheck {
@@ -334,6 +355,13 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
         } => demo(&open_store(&settings)?, calls, days, seed, json),
         Command::Key(cmd) => key(&open_store(&settings)?, cmd),
         Command::Healthcheck { url } => healthcheck(&settings, url.as_deref()),
+        Command::Update {
+            check,
+            from,
+            rollback,
+            force,
+            exe,
+        } => update(&settings, check, from.as_deref(), rollback, force, exe),
         Command::Backup(args) => backup(&settings, args),
         Command::Restore {
             file,
@@ -1152,4 +1180,102 @@ fn healthcheck(settings: &Settings, url: Option<&str>) -> Result<(), CliError> {
             "unhealthy: {host}{path} answered {status} {body}"
         )))
     }
+}
+
+fn update(
+    settings: &Settings,
+    check: bool,
+    from: Option<&str>,
+    rollback: bool,
+    force: bool,
+    exe: Option<PathBuf>,
+) -> Result<(), CliError> {
+    use crate::ops::update as up;
+    if up::in_container() {
+        return Err(CliError::failed(
+            "agv-server runs inside a container: update by pulling the new image (docker-compose pull && docker-compose up -d), not in place",
+        ));
+    }
+    let exe = match exe {
+        Some(e) => e,
+        None => std::env::current_exe()
+            .map_err(|e| CliError::failed(format!("cannot tell where this binary is: {e}")))?,
+    };
+    if rollback {
+        up::rollback(&exe).map_err(CliError::failed)?;
+        eprintln!(
+            "put the previous binary back in {}; restart the service to run it",
+            exe.display()
+        );
+        return Ok(());
+    }
+    let pem = match std::env::var_os("AGV_RELEASE_PUBKEY_FILE") {
+        Some(f) => std::fs::read_to_string(&f).map_err(|e| {
+            CliError::usage(format!(
+                "cannot read AGV_RELEASE_PUBKEY_FILE {}: {e}",
+                std::path::Path::new(&f).display()
+            ))
+        })?,
+        None => up::RELEASE_PUBLIC_KEY.to_owned(),
+    };
+    let key = up::parse_public_key_pem(&pem).map_err(CliError::usage)?;
+    let source = from.unwrap_or(up::DEFAULT_SOURCE);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::failed(format!("cannot start: {e}")))?;
+    let current = env!("CARGO_PKG_VERSION");
+    let release = runtime
+        .block_on(up::check(source, &key))
+        .map_err(CliError::failed)?;
+    let newer = up::is_newer(&release.version, current);
+    if check {
+        if newer {
+            eprintln!("an update is available: {current} → {}", release.version);
+        } else {
+            eprintln!("up to date: {current} (the release is {})", release.version);
+        }
+        println!("{}", release.version);
+        return Ok(());
+    }
+    if !newer && !force {
+        eprintln!(
+            "already up to date: {current} (the release is {}); --force installs it anyway",
+            release.version
+        );
+        return Ok(());
+    }
+    eprintln!(
+        "downloading agv-server {} from {}",
+        release.version, release.source
+    );
+    let binary = runtime
+        .block_on(up::download(&release))
+        .map_err(CliError::failed)?;
+    eprintln!("signature and SHA-256 verified; backing up before the update");
+    let store = open_store(settings)?;
+    let signing =
+        crate::evidence::signing::load_or_create(&settings.data_dir).map_err(CliError::failed)?;
+    let backup = crate::ops::backup::create(
+        &store,
+        &settings.data_dir,
+        &settings.backup_dir,
+        &signing,
+        settings.backup_passphrase.as_deref(),
+        &mut row_progress("backing up"),
+    )
+    .map_err(|e| {
+        CliError::failed(format!(
+            "the backup before the update failed: {e}; nothing was changed"
+        ))
+    })?;
+    drop(store);
+    let version = up::install(&exe, &binary).map_err(CliError::failed)?;
+    eprintln!(
+        "updated to {version}; backup {}; the previous binary is kept as {}. Restart the service (systemctl restart agv-server) to run it; `agv-server update --rollback` goes back",
+        backup.path.display(),
+        up::prev_path(&exe).display()
+    );
+    println!("{}", release.version);
+    Ok(())
 }

@@ -6,3 +6,4 @@
 
 pub mod backup;
 pub mod scheduled;
+pub mod update;

@@ -24,5 +24,6 @@ mod sdk;
 mod search;
 mod startup_errors;
 mod tasks;
+mod update;
 mod upstreams;
 mod web;

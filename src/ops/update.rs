@@ -1,0 +1,267 @@
+//! Self-update: fetches a release (GitHub releases, or a mirror for air-gapped sites),
+//! checks the Ed25519 signature of its `SHA256SUMS` and the archive's SHA-256, backs the
+//! instance up, keeps the running binary as `agv-server.prev` and swaps the new one in
+//! (`self_update`'s self-replace, safe for a running executable). `--rollback` puts the
+//! previous binary back. Inside a container it refuses: pull the new image instead.
+//!
+//! A release directory holds `VERSION`, `SHA256SUMS`, `SHA256SUMS.sig` (the raw 64-byte
+//! Ed25519 signature of `SHA256SUMS`, as `openssl pkeyutl -sign -rawin` writes it) and
+//! `agv-server-<target>.tar.gz` (see `packaging/release.sh`).
+
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// The release signing key's public half (SPKI PEM), as built into install.sh.
+pub const RELEASE_PUBLIC_KEY: &str = include_str!("../../packaging/release-signing.pub");
+pub const DEFAULT_SOURCE: &str =
+    "https://github.com/agv-server/agv-server/releases/latest/download";
+
+/// A release whose `SHA256SUMS` carries a valid signature.
+#[derive(Debug, Clone)]
+pub struct Release {
+    pub source: String,
+    pub version: String,
+    sums: String,
+}
+
+/// The archive name for this machine.
+pub fn archive_name() -> String {
+    format!(
+        "agv-server-{}-unknown-{}-gnu.tar.gz",
+        std::env::consts::ARCH,
+        std::env::consts::OS
+    )
+}
+
+/// True inside agv-server's container image, which sets `AGV_IN_CONTAINER=1`: an update
+/// there must come from a new image. (Docker's marker files are not used: a binary
+/// installed by hand in a general-purpose container may update itself.)
+pub fn in_container() -> bool {
+    std::env::var("AGV_IN_CONTAINER").is_ok_and(|v| v == "1")
+}
+
+/// An Ed25519 public key from SPKI PEM (`openssl pkey -pubout`).
+pub fn parse_public_key_pem(pem: &str) -> Result<ed25519_dalek::VerifyingKey, String> {
+    use base64::Engine;
+    let body: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .map(str::trim)
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map_err(|_| "the release public key is not PEM".to_owned())?;
+    // SubjectPublicKeyInfo for Ed25519: a fixed 12-byte prefix and the 32-byte key.
+    const PREFIX: [u8; 12] = [
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    if der.len() != 44 || der[..12] != PREFIX {
+        return Err("the release public key is not an Ed25519 key".into());
+    }
+    let mut raw = [0u8; 32];
+    raw.copy_from_slice(&der[12..]);
+    ed25519_dalek::VerifyingKey::from_bytes(&raw)
+        .map_err(|_| "the release public key is not a valid Ed25519 key".into())
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
+    let res = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("cannot download {url}: {e}"))?;
+    if !res.status().is_success() {
+        return Err(format!(
+            "cannot download {url}: the server answered {}",
+            res.status()
+        ));
+    }
+    res.bytes()
+        .await
+        .map(|b| b.to_vec())
+        .map_err(|e| format!("cannot download {url}: {e}"))
+}
+
+fn client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(300))
+        .user_agent(concat!("agv-server/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot make an HTTP client: {e}"))
+}
+
+/// Fetches the release's version and checksums and checks their signature.
+pub async fn check(source: &str, key: &ed25519_dalek::VerifyingKey) -> Result<Release, String> {
+    let source = source.trim_end_matches('/').to_owned();
+    let client = client()?;
+    let sums = get(&client, &format!("{source}/SHA256SUMS")).await?;
+    let sig = get(&client, &format!("{source}/SHA256SUMS.sig")).await?;
+    let sig = ed25519_dalek::Signature::from_slice(&sig)
+        .map_err(|_| "the release's SHA256SUMS.sig is not an Ed25519 signature".to_owned())?;
+    key.verify_strict(&sums, &sig).map_err(|_| {
+        "the release's signature does not verify: SHA256SUMS was not signed by the agv-server release key; nothing was changed".to_owned()
+    })?;
+    let sums = String::from_utf8(sums).map_err(|_| "SHA256SUMS is not text".to_owned())?;
+    let version = get(&client, &format!("{source}/VERSION")).await?;
+    let version = String::from_utf8_lossy(&version).trim().to_owned();
+    // VERSION is not signed by itself: it must be listed, with its hash, in SHA256SUMS.
+    expect_sum(&sums, "VERSION", format!("{version}\n").as_bytes())
+        .or_else(|_| expect_sum(&sums, "VERSION", version.as_bytes()))?;
+    Ok(Release {
+        source,
+        version,
+        sums,
+    })
+}
+
+fn expect_sum(sums: &str, name: &str, bytes: &[u8]) -> Result<(), String> {
+    let want = sums
+        .lines()
+        .find_map(|l| {
+            let (hash, file) = l.split_once(char::is_whitespace)?;
+            (file.trim().trim_start_matches('*') == name).then(|| hash.to_owned())
+        })
+        .ok_or_else(|| format!("the release's SHA256SUMS does not list {name}"))?;
+    let got = hex::encode(Sha256::digest(bytes));
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name} does not match its SHA-256 in the signed SHA256SUMS (tampered or damaged download); nothing was changed"
+        ))
+    }
+}
+
+/// Whether `candidate` is newer than `current` (dotted numbers; anything else: differs).
+pub fn is_newer(candidate: &str, current: &str) -> bool {
+    let parse = |v: &str| -> Option<Vec<u64>> {
+        v.trim_start_matches('v')
+            .split(['.', '-'])
+            .take(3)
+            .map(|p| p.parse().ok())
+            .collect()
+    };
+    match (parse(candidate), parse(current)) {
+        (Some(a), Some(b)) => a > b,
+        _ => candidate != current,
+    }
+}
+
+/// Downloads the archive, checks it against the signed checksums and returns the binary.
+pub async fn download(release: &Release) -> Result<Vec<u8>, String> {
+    let name = archive_name();
+    let bytes = get(&client()?, &format!("{}/{name}", release.source)).await?;
+    expect_sum(&release.sums, &name, &bytes)?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes.as_slice()));
+    for entry in archive
+        .entries()
+        .map_err(|e| format!("{name} is not a tar.gz archive: {e}"))?
+    {
+        let mut entry = entry.map_err(|e| format!("{name} is damaged: {e}"))?;
+        let path = entry
+            .path()
+            .map_err(|e| format!("{name} is damaged: {e}"))?
+            .into_owned();
+        if path.file_name().is_some_and(|n| n == "agv-server") {
+            let mut out = Vec::new();
+            entry
+                .read_to_end(&mut out)
+                .map_err(|e| format!("{name} is damaged: {e}"))?;
+            return Ok(out);
+        }
+    }
+    Err(format!("{name} holds no agv-server binary"))
+}
+
+pub fn prev_path(exe: &Path) -> PathBuf {
+    let mut name = exe.file_name().unwrap_or_default().to_os_string();
+    name.push(".prev");
+    exe.with_file_name(name)
+}
+
+/// Writes `binary` beside `exe`, checks that it runs (`version`), keeps `exe` as
+/// `<exe>.prev` and swaps the new binary in.
+pub fn install(exe: &Path, binary: &[u8]) -> Result<String, String> {
+    let dir = exe
+        .parent()
+        .ok_or_else(|| "cannot tell the binary's directory".to_owned())?;
+    let staged = dir.join(".agv-server.update");
+    std::fs::write(&staged, binary).map_err(|e| {
+        format!(
+            "cannot write {}: {e}; is the directory writable?",
+            staged.display()
+        )
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("cannot make {} executable: {e}", staged.display()))?;
+    }
+    let ran = std::process::Command::new(&staged).arg("version").output();
+    let version = match ran {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        _ => {
+            let _ = std::fs::remove_file(&staged);
+            return Err("the new binary does not run on this machine; nothing was changed".into());
+        }
+    };
+    let prev = prev_path(exe);
+    std::fs::copy(exe, &prev)
+        .map_err(|e| format!("cannot keep the current binary as {}: {e}", prev.display()))?;
+    swap(&staged, exe)
+        .map_err(|e| format!("cannot swap the new binary in: {e}; the current one is unchanged"))?;
+    Ok(version)
+}
+
+/// Puts `<exe>.prev` back in place of `exe`.
+pub fn rollback(exe: &Path) -> Result<(), String> {
+    let prev = prev_path(exe);
+    if !prev.is_file() {
+        return Err(format!(
+            "there is no previous binary ({}) to go back to",
+            prev.display()
+        ));
+    }
+    let dir = exe
+        .parent()
+        .ok_or_else(|| "cannot tell the binary's directory".to_owned())?;
+    let staged = dir.join(".agv-server.rollback");
+    std::fs::copy(&prev, &staged).map_err(|e| format!("cannot copy {}: {e}", prev.display()))?;
+    swap(&staged, exe).map_err(|e| format!("cannot put the previous binary back: {e}"))
+}
+
+/// Renames `staged` over `exe` (same directory: atomic; a running process keeps its
+/// image), moving the old file aside first and back if the rename fails.
+fn swap(staged: &Path, exe: &Path) -> Result<(), String> {
+    let aside = exe.with_file_name(".agv-server.replaced");
+    let moved = self_update::Move::from_source(staged)
+        .replace_using_temp(&aside)
+        .to_dest(exe);
+    let _ = std::fs::remove_file(&aside);
+    let _ = std::fs::remove_file(staged);
+    moved.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_release_key_parses_and_versions_compare() {
+        parse_public_key_pem(RELEASE_PUBLIC_KEY).unwrap();
+        assert!(
+            parse_public_key_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----")
+                .is_err()
+        );
+        assert!(is_newer("0.2.0", "0.1.9"));
+        assert!(is_newer("v1.0.0", "0.9.0"));
+        assert!(!is_newer("0.1.0", "0.1.0"));
+        assert!(!is_newer("0.1.0", "0.2.0"));
+        let sums = format!("{}  VERSION\n", hex::encode(Sha256::digest(b"1.0.0\n")));
+        expect_sum(&sums, "VERSION", b"1.0.0\n").unwrap();
+        assert!(expect_sum(&sums, "VERSION", b"6.6.6\n").is_err());
+        assert!(expect_sum(&sums, "other", b"").is_err());
+    }
+}
