@@ -564,7 +564,7 @@ mod tests {
             let proof = if i == 2 {
                 prove(&c, None)
             } else {
-                prove(&c, Some((seq, &prev, &hash)))
+                prove(&c, Some((seq, prev.as_str(), hash.as_str())))
             };
             prev = hash;
             exported.push(ExportedCall { call: c, proof });

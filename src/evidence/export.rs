@@ -131,8 +131,8 @@ fn find_links(
 ) -> StoreResult<(HashMap<String, (i64, String, String)>, Option<ChainHead>)> {
     let head = store.chain_head(ChainKind::Calls, Some(tenant))?;
     let mut found = HashMap::new();
-    let (Some(h), Some(first), Some(last)) = (
-        head.as_ref(),
+    let (Some(end), Some(first), Some(last)) = (
+        head.as_ref().map(|h| h.seq),
         calls.iter().map(|c| c.created_at.millis()).min(),
         calls.iter().map(|c| c.created_at.millis()).max(),
     ) else {
@@ -147,7 +147,7 @@ fn find_links(
         Ok(link.first().and_then(|l| created_at_of_encoded(&l.encoded)))
     };
     // The first link at or after `from` (times along the chain are nearly sorted).
-    let (mut lo, mut hi) = (1i64, h.seq);
+    let (mut lo, mut hi) = (1i64, end);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
         match time_at(mid)? {
@@ -177,7 +177,7 @@ fn find_links(
             after = link.seq;
             let past = created_at_of_encoded(&link.encoded).is_some_and(|t| t > until);
             prev = link.hash;
-            if found.len() == wanted.len() || past || after >= h.seq {
+            if found.len() == wanted.len() || past || after >= end {
                 break 'walk;
             }
         }

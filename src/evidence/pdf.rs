@@ -376,6 +376,24 @@ impl Writer {
     }
 }
 
+/// A policy's name with its id: "Prompt injection (dg-005)".
+fn guardrail(policy: &str) -> String {
+    let name = rule_name(policy);
+    if name.contains(policy) {
+        name.to_owned()
+    } else {
+        format!("{name} ({policy})")
+    }
+}
+
+fn plural(n: i64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 fn ts(t: crate::domain::Timestamp) -> String {
     t.to_rfc3339()
 }
@@ -419,11 +437,7 @@ pub fn render(r: &Report<'_>) -> Vec<u8> {
     w.field("Severity", inc.severity.as_str(), Font::Regular);
     w.field("Status", inc.status.as_str(), Font::Regular);
     w.field("Tenant", inc.tenant_id.as_str(), Font::Mono);
-    w.field(
-        "Rule",
-        &format!("{} ({})", rule_name(&inc.rule), inc.rule),
-        Font::Regular,
-    );
+    w.field("Rule", &guardrail(&inc.rule), Font::Regular);
     w.field("Subject", &inc.subject, Font::Regular);
     w.field("First seen", &ts(inc.first_signal_at), Font::Regular);
     w.field("Last seen", &ts(inc.last_signal_at), Font::Regular);
@@ -439,10 +453,10 @@ pub fn render(r: &Report<'_>) -> Vec<u8> {
     w.field(
         "Counts",
         &format!(
-            "{} signals, {} calls, {} end users{}",
-            inc.signal_count,
-            inc.call_count,
-            inc.end_user_count,
+            "{}, {}, {}{}",
+            plural(inc.signal_count, "signal"),
+            plural(inc.call_count, "call"),
+            plural(inc.end_user_count, "end user"),
             if r.calls_truncated {
                 format!(" ({} calls in this export)", r.calls_exported)
             } else {
@@ -473,14 +487,8 @@ pub fn render(r: &Report<'_>) -> Vec<u8> {
     } else {
         let cols = [
             Column {
-                title: "Policy",
-                width: 70.0,
-                font: Font::Mono,
-                max_lines: 1,
-            },
-            Column {
                 title: "Guardrail",
-                width: 185.0,
+                width: 255.0,
                 font: Font::Regular,
                 max_lines: 1,
             },
@@ -514,8 +522,7 @@ pub fn render(r: &Report<'_>) -> Vec<u8> {
             .iter()
             .map(|e| {
                 vec![
-                    e.policy.clone(),
-                    rule_name(&e.policy).to_owned(),
+                    guardrail(&e.policy),
                     e.pass.to_string(),
                     e.block.to_string(),
                     e.throttle.to_string(),
