@@ -18,8 +18,8 @@
 use agv_server::domain::certificate::CertSigningKey;
 use agv_server::domain::incident::{Signal, Subject};
 use agv_server::domain::{
-    CallFilter, CallId, CallRecord, Decision, IncidentId, Money, NewApiKey, Outcome, Scope,
-    Tenant, TenantId, TenantName, Timestamp,
+    CallFilter, CallId, CallRecord, Decision, IncidentId, Money, NewApiKey, Outcome, Scope, Tenant,
+    TenantId, TenantName, Timestamp,
 };
 use agv_server::evidence::export::{ExportFormat, build_export};
 use std::time::{Duration, Instant};
@@ -131,7 +131,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (key_row, _secret) = NewApiKey::generate(tenant.id.clone(), "bench", Scope::Proxy, None)?;
     let key = store.create_api_key(&key_row)?;
     let t0 = Timestamp::now().millis() - 3_600_000;
-    let calls: Vec<CallRecord> = (0..CALLS).map(|i| call(&tenant.id, &key.id, i, t0)).collect();
+    let calls: Vec<CallRecord> = (0..CALLS)
+        .map(|i| call(&tenant.id, &key.id, i, t0))
+        .collect();
     for batch in calls.chunks(100) {
         store.insert_calls(batch)?;
     }

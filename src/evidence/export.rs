@@ -120,6 +120,9 @@ fn gather(store: &dyn Store, tenant: &TenantId, id: &IncidentId) -> StoreResult<
     })
 }
 
+/// Call id → its stored link `(seq, prev_hash, hash)`.
+type Links = HashMap<String, (i64, String, String)>;
+
 /// The stored links `(seq, prev_hash, hash)` of `calls` in the tenant's call chain, and
 /// the chain head. The chain is searched only around the calls' times: a binary search
 /// by time for the first link, then a walk forward until every call is found or the
@@ -128,7 +131,7 @@ fn find_links(
     store: &dyn Store,
     tenant: &TenantId,
     calls: &[CallRecord],
-) -> StoreResult<(HashMap<String, (i64, String, String)>, Option<ChainHead>)> {
+) -> StoreResult<(Links, Option<ChainHead>)> {
     let head = store.chain_head(ChainKind::Calls, Some(tenant))?;
     let mut found = HashMap::new();
     let (Some(end), Some(first), Some(last)) = (
@@ -257,7 +260,7 @@ fn incident_timeline(g: &Gathered) -> timeline::IncidentTimeline {
 
 fn pack_bytes(
     g: Gathered,
-    links: HashMap<String, (i64, String, String)>,
+    links: Links,
     head: Option<ChainHead>,
     certificate: Certificate,
     key: &CertSigningKey,

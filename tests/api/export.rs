@@ -264,8 +264,6 @@ async fn the_pdf_report_and_the_csv_are_attachments_about_the_incident(backend: 
     let trimmed = String::from_utf8_lossy(&pdf[pdf.len().saturating_sub(16)..]).into_owned();
     assert!(trimmed.trim_end().ends_with("%%EOF"), "{trimmed:?}");
     let text = pdf_text(&pdf);
-    std::fs::write("/tmp/export-test.pdf", &pdf).unwrap();
-    std::fs::write("/tmp/export-test.txt", &text).unwrap();
     let timeline: Value = app
         .get_with_key(&format!("/v1/incidents/{id}/timeline"), &admin)
         .await
