@@ -294,11 +294,24 @@ pub fn policy_evaluations<'a>(
     by.into_values().collect()
 }
 
+/// The canonical form of the pack object without its `signature` member: the same bytes
+/// as `canonical_json` of a copy without it, written without copying the pack.
 fn signed_bytes(object: &serde_json::Map<String, Value>) -> Vec<u8> {
-    let mut without = object.clone();
-    without.remove("signature");
-    let mut out = String::with_capacity(64 * 1024);
-    canonical_json(&Value::Object(without), &mut out);
+    let mut keys: Vec<&String> = object.keys().filter(|k| *k != "signature").collect();
+    keys.sort();
+    let mut out = String::with_capacity(256 * 1024);
+    out.push('{');
+    for (i, k) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        canonical_json(&Value::String(k.clone()), &mut out);
+        out.push(':');
+        if let Some(v) = object.get(k) {
+            canonical_json(v, &mut out);
+        }
+    }
+    out.push('}');
     out.into_bytes()
 }
 
@@ -317,6 +330,23 @@ impl EvidencePack {
         let raw = SigningKey::from_bytes(&seed_of(key)?);
         self.signature = B64.encode(raw.sign(&signed_bytes(&map)).to_bytes());
         Ok(self)
+    }
+
+    /// Signs the pack and writes it as pretty JSON, as handed out, serialising it once.
+    pub fn into_signed_json(self, key: &CertSigningKey) -> Result<Vec<u8>, PackError> {
+        let invalid = |e: serde_json::Error| PackError::Invalid(format!("cannot serialise: {e}"));
+        let mut value = serde_json::to_value(&self).map_err(invalid)?;
+        let Value::Object(map) = &mut value else {
+            return Err(PackError::Invalid(
+                "a pack must serialise to an object".into(),
+            ));
+        };
+        // Members keep their place when replaced (the map preserves insertion order).
+        map.insert("public_key".into(), Value::String(key.public().to_base64()));
+        let raw = SigningKey::from_bytes(&seed_of(key)?);
+        let signature = B64.encode(raw.sign(&signed_bytes(map)).to_bytes());
+        map.insert("signature".into(), Value::String(signature));
+        serde_json::to_vec_pretty(&value).map_err(invalid)
     }
 
     /// Pretty JSON, as handed out.
@@ -368,8 +398,10 @@ pub fn verify(
         Some(other) => return Err(PackError::UnknownVersion(other.to_string())),
         None => return Err(PackError::Invalid("it has no \"version\" member".into())),
     }
+    // The signed bytes are taken before the typed read consumes the value.
+    let signed = signed_bytes(map);
     let pack: EvidencePack =
-        serde_json::from_value(value.clone()).map_err(|e| PackError::Invalid(e.to_string()))?;
+        serde_json::from_value(value).map_err(|e| PackError::Invalid(e.to_string()))?;
     let key = PublicKey::parse(&pack.public_key)
         .map_err(|e| PackError::Invalid(format!("public_key: {e}")))?;
     if let Some(t) = trusted
@@ -432,7 +464,7 @@ pub fn verify(
         .ok_or_else(|| PackError::Invalid("public_key: not 32 bytes".into()))?;
     VerifyingKey::from_bytes(&raw)
         .map_err(|_| PackError::Invalid("public_key: not an Ed25519 key".into()))?
-        .verify_strict(&signed_bytes(map), &Signature::from_bytes(&sig_bytes))
+        .verify_strict(&signed, &Signature::from_bytes(&sig_bytes))
         .map_err(|_| PackError::BadSignature)?;
     Ok((pack, omitted))
 }
@@ -623,6 +655,29 @@ mod tests {
 
     fn text(p: &EvidencePack) -> Vec<u8> {
         p.to_json_pretty().unwrap()
+    }
+
+    #[test]
+    fn signing_into_json_gives_the_same_pack_as_signing_then_writing() {
+        let key = CertSigningKey::generate();
+        let mut unsigned = pack(&key);
+        unsigned.public_key = String::new();
+        unsigned.signature = String::new();
+        let once = unsigned.clone().into_signed_json(&key).unwrap();
+        assert_eq!(once, text(&unsigned.sign(&key).unwrap()));
+        assert!(verify(&once, Some(&key.public())).is_ok());
+    }
+
+    #[test]
+    fn the_signed_bytes_are_the_canonical_form_without_the_signature() {
+        let v = json!({"signature": "x", "b": [1, {"d": 0.5, "c": "\u{e9}"}], "a": null});
+        let Value::Object(map) = &v else { panic!() };
+        let mut want = String::new();
+        canonical_json(
+            &json!({"a": null, "b": [1, {"c": "\u{e9}", "d": 0.5}]}),
+            &mut want,
+        );
+        assert_eq!(String::from_utf8(signed_bytes(map)).unwrap(), want);
     }
 
     #[test]

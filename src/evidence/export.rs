@@ -300,8 +300,7 @@ fn pack_bytes(
         public_key: String::new(),
         signature: String::new(),
     };
-    pack.sign(key)
-        .and_then(|p| p.to_json_pretty())
+    pack.into_signed_json(key)
         .map_err(|e| ApiError::internal(format!("building the evidence pack failed: {e}")))
 }
 
