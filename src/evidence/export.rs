@@ -203,28 +203,27 @@ pub async fn build_export(
         .await
         .map_err(missing("incident", incident_id.as_str()))?;
     let filename = |ext: &str| format!("incident-{incident_id}.{ext}");
-    if format == ExportFormat::Csv {
-        let bytes = evidence_pack::calls_csv(&g.calls).into_bytes();
-        return Ok(ExportFile {
+    let calls = g.calls.len();
+    let certify = || {
+        certificates::issue(
+            store,
+            key,
+            policy_version.clone(),
+            tenant,
+            Subject::Incident(incident_id.clone()),
+        )
+    };
+    match format {
+        ExportFormat::Csv => Ok(ExportFile {
             content_type: "text/csv; charset=utf-8",
             filename: filename("csv"),
-            bytes,
+            bytes: evidence_pack::calls_csv(&g.calls).into_bytes(),
             certificate_id: None,
-            calls: g.calls.len(),
-        });
-    }
-    let cert = certificates::issue(
-        store,
-        key,
-        policy_version,
-        tenant,
-        Subject::Incident(incident_id.clone()),
-    )
-    .await?;
-    let certificate_id = Some(cert.certificate_id.to_string());
-    let calls = g.calls.len();
-    match format {
-        ExportFormat::Csv | ExportFormat::Json => {
+            calls,
+        }),
+        ExportFormat::Json => {
+            let cert = certify().await?;
+            let certificate_id = Some(cert.certificate_id.to_string());
             let (s, t, k) = (store.clone(), tenant.clone(), key.clone());
             let bytes = run_blocking(move || {
                 let (links, head) = find_links(s.as_ref(), &t, &g.calls)?;
@@ -240,6 +239,8 @@ pub async fn build_export(
             })
         }
         ExportFormat::Pdf => {
+            let cert = certify().await?;
+            let certificate_id = Some(cert.certificate_id.to_string());
             let bytes = run_blocking(move || pdf_bytes(&g, &cert)).await;
             Ok(ExportFile {
                 content_type: "application/pdf",
