@@ -13,7 +13,8 @@
 //! pack (`agv-server verify`'s path). Prints p50 / p95 of each, the PDF's ratio to its
 //! target and the pack's ratio to the baseline.
 //!
-//! `cargo run --release --example bench_export [-- --iterations N] [--smoke]`
+//! `cargo run --release --example bench_export [-- --iterations N] [--smoke] [--write DIR]`
+//! (`--write DIR` also saves the three files there, to look at them).
 
 use agv_server::domain::certificate::CertSigningKey;
 use agv_server::domain::incident::{Signal, Subject};
@@ -171,6 +172,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_default()
     };
     let pack_bytes = export(ExportFormat::Json);
+    if let Some(i) = args.iter().position(|a| a == "--write")
+        && let Some(out) = args.get(i + 1)
+    {
+        let out = std::path::Path::new(out);
+        std::fs::create_dir_all(out)?;
+        std::fs::write(out.join(format!("incident-{incident}.json")), &pack_bytes)?;
+        for (format, ext) in [(ExportFormat::Pdf, "pdf"), (ExportFormat::Csv, "csv")] {
+            std::fs::write(
+                out.join(format!("incident-{incident}.{ext}")),
+                export(format),
+            )?;
+        }
+        println!("wrote the export files to {}", out.display());
+    }
     let (checked, _) =
         agv_server::domain::evidence_pack::verify(&pack_bytes, Some(&signing.public()))
             .map_err(|e| format!("the pack does not verify: {e}"))?;
