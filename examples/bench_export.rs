@@ -211,7 +211,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let json = measure(iterations, || export(ExportFormat::Json).len());
     let verify = measure(iterations, || {
         agv_server::domain::evidence_pack::verify(&pack_bytes, Some(&signing.public()))
-            .map(|(p, _)| p.calls.len())
+            .map(|_| pack_bytes.len())
             .unwrap_or(0)
     });
     let pdf = measure(iterations, || export(ExportFormat::Pdf).len());
