@@ -69,11 +69,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Check a signed certificate offline: exit 0 when it is valid, 1 with the reason on
-    /// stderr when it is not (bad signature, changed field, wrong key, truncated or invalid
-    /// JSON, unknown version). Needs no server or database; safe while the server runs.
+    /// Check a signed certificate or an incident evidence pack offline: exit 0 when it is
+    /// valid, 1 with the reason on stderr when it is not (bad signature, changed field —
+    /// for a pack, the call whose chain proof fails —, wrong key, invalid embedded
+    /// certificate, truncated or invalid JSON, unknown version). Needs no server or
+    /// database; safe while the server runs.
     Verify {
-        /// The certificate file, as GET /v1/certificates/{id} gives it (`-` reads stdin).
+        /// The certificate file, as GET /v1/certificates/{id} gives it, or the evidence
+        /// pack of GET /v1/incidents/{id}/export?format=json (`-` reads stdin).
         certificate: PathBuf,
         /// The trusted public key: base64 or hex, or a file holding it (also the JSON of
         /// GET /v1/certificates/public-key). Without it, the key in the data directory
@@ -543,6 +546,9 @@ fn verify_certificate(
             }
         }
     };
+    if crate::domain::evidence_pack::looks_like_pack(&bytes) {
+        return verify_pack(&bytes, &trusted);
+    }
     match verify(&bytes, Some(&trusted)) {
         Ok(cert) => {
             eprintln!(
@@ -565,6 +571,53 @@ fn verify_certificate(
         }
         Err(e) => Err(CliError::failed(format!(
             "the certificate is NOT valid: {e}"
+        ))),
+    }
+}
+
+/// The evidence-pack half of `agv-server verify` (the file was told apart by its
+/// `format` member).
+fn verify_pack(
+    bytes: &[u8],
+    trusted: &crate::domain::certificate::PublicKey,
+) -> Result<(), CliError> {
+    use crate::domain::evidence_pack::verify;
+    match verify(bytes, Some(trusted)) {
+        Ok((pack, omitted)) => {
+            let incident = pack
+                .incident
+                .get("id")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let checked = pack.calls.len() - omitted;
+            eprintln!(
+                "valid: evidence pack for incident {incident} made {} by instance {}: signature, embedded certificate and {checked} chain proofs hold{}",
+                pack.generated_at,
+                pack.instance_id,
+                if omitted > 0 {
+                    format!(" ({omitted} calls carry no proof: see their \"omitted\" reason)")
+                } else {
+                    String::new()
+                }
+            );
+            print_json(&serde_json::json!({
+                "valid": true,
+                "kind": "evidence_pack",
+                "incident_id": incident,
+                "generated_at": pack.generated_at,
+                "instance_id": pack.instance_id,
+                "certificate_id": pack.certificate.certificate_id,
+                "calls": pack.calls.len(),
+                "calls_total": pack.calls_total,
+                "chain_proofs_checked": checked,
+                "chain_proofs_omitted": omitted,
+                "chain_head": pack.chain_head,
+            }));
+            Ok(())
+        }
+        Err(e) => Err(CliError::failed(format!(
+            "the evidence pack is NOT valid: {e}"
         ))),
     }
 }

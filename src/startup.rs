@@ -396,6 +396,7 @@ fn http_server(state: web::Data<AppState>, listener: TcpListener) -> Result<Serv
             .service(incidents::list)
             .service(incidents::get)
             .service(incidents::incident_timeline)
+            .service(crate::api::export::export)
             .service(incidents::ack)
             .service(incidents::resolve)
             .service(incidents::note)

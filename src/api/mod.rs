@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod evidence;
+pub mod export;
 pub mod health;
 pub mod incidents;
 pub mod middleware;

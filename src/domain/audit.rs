@@ -70,6 +70,8 @@ pub enum AuditAction {
     /// A replay of every call of an incident was queued.
     IncidentReplay,
     CertificateIssue,
+    /// An incident exported (JSON pack, PDF or CSV); `after` names the format.
+    Export,
     AlertRouteCreate,
     AlertRouteUpdate,
     AlertRouteDelete,
@@ -96,6 +98,7 @@ const ACTIONS: &[AuditAction] = &[
     AuditAction::Replay,
     AuditAction::IncidentReplay,
     AuditAction::CertificateIssue,
+    AuditAction::Export,
     AuditAction::AlertRouteCreate,
     AuditAction::AlertRouteUpdate,
     AuditAction::AlertRouteDelete,
@@ -124,6 +127,7 @@ impl AuditAction {
             Self::Replay => "replay.run",
             Self::IncidentReplay => "incident.replay",
             Self::CertificateIssue => "certificate.issue",
+            Self::Export => "incident.export",
             Self::AlertRouteCreate => "alert_route.create",
             Self::AlertRouteUpdate => "alert_route.update",
             Self::AlertRouteDelete => "alert_route.delete",

@@ -9,6 +9,7 @@ pub mod call;
 pub mod certificate;
 pub mod chain;
 pub mod decision;
+pub mod evidence_pack;
 pub mod freeze;
 pub mod ids;
 pub mod incident;

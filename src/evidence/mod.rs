@@ -1,5 +1,5 @@
-//! Evidence: replays of recorded calls, signed certificates, the audit log and the check
-//! of the tamper-evident chains.
+//! Evidence: replays of recorded calls, signed certificates, incident exports (signed
+//! JSON pack, PDF report, CSV), the audit log and the check of the tamper-evident chains.
 //!
 //! This layer orchestrates — it loads records through the store, runs the guard's dry run
 //! or the proxy for a replay, asks `domain::replay` to grade the result and
@@ -11,6 +11,8 @@
 
 pub mod audit;
 pub mod certificates;
+pub mod export;
+pub mod pdf;
 pub mod replay;
 pub mod signing;
 pub mod tasks;

@@ -227,8 +227,35 @@ async fn replay_incident(state: &AppState, task: &Task) -> Result<TaskUpdate, St
     })
 }
 
-async fn export_incident(_state: &AppState, _task: &Task) -> Result<TaskUpdate, String> {
-    Err("exports as tasks are not available in this build".into())
+async fn export_incident(state: &AppState, task: &Task) -> Result<TaskUpdate, String> {
+    use crate::evidence::export::{ExportFormat, build_export};
+    let incident = IncidentId::parse(param(task, "incident_id")?).map_err(|e| e.to_string())?;
+    let format = ExportFormat::parse(param(task, "format")?).map_err(|e| e.to_string())?;
+    let policy_version = crate::evidence::policy_version(&state.proxy.guard, &task.tenant_id);
+    let file = build_export(
+        &state.store,
+        &state.signing_key,
+        policy_version,
+        &task.tenant_id,
+        &incident,
+        format,
+        state.proxy.guard.redactor(&task.tenant_id),
+    )
+    .await
+    .map_err(|e| e.message)?;
+    let calls = i64::try_from(file.calls).unwrap_or(i64::MAX);
+    Ok(TaskUpdate {
+        progress: Some((calls, calls)),
+        result: Some(json!({
+            "incident_id": incident,
+            "format": format.as_str(),
+            "calls": file.calls,
+            "bytes": file.bytes.len(),
+            "certificate_id": file.certificate_id,
+        })),
+        output: Some((file.content_type.to_owned(), file.filename, file.bytes)),
+        ..TaskUpdate::default()
+    })
 }
 
 /// For handlers: a task answer with where to follow it.

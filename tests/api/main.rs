@@ -15,6 +15,7 @@ mod certificates;
 mod cli;
 mod durability;
 mod enforcement;
+mod export;
 mod health;
 mod incidents;
 mod proxy;

@@ -1,0 +1,107 @@
+//! Incident exports over HTTP: `GET /v1/incidents/{id}/export?format=json|pdf|csv`.
+//! Admin keys only, scoped to the key's tenant (another tenant's incident is a 404).
+//! The work is `evidence::export::build_export`; this handler parses, audits and sends.
+
+use super::audit::{Source, by_key, record};
+use super::auth::AdminKey;
+use super::error::ApiError;
+use crate::domain::IncidentId;
+use crate::domain::audit::AuditAction;
+use crate::evidence::export::{ExportFormat, build_export};
+use crate::startup::AppState;
+use actix_web::{HttpResponse, get, web};
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    /// `json` (the default: the signed evidence pack), `pdf` or `csv`.
+    format: Option<String>,
+    /// `true`: build it as a background task (202) whatever its size.
+    #[serde(rename = "async")]
+    background: Option<bool>,
+}
+
+/// Incidents with more signals than this are exported as a background task (202).
+pub const SYNC_EXPORT_MAX_SIGNALS: i64 = 2_000;
+
+#[get("/v1/incidents/{id}/export")]
+pub async fn export(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    source: Source,
+    path: web::Path<String>,
+    q: web::Query<ExportQuery>,
+) -> Result<HttpResponse, ApiError> {
+    // A malformed id cannot exist, in this tenant or any other: not found.
+    let id = IncidentId::parse(&path)
+        .map_err(|_| ApiError::not_found(format!("no incident {}", path.as_str())))?;
+    let format = ExportFormat::parse(q.format.as_deref().unwrap_or("json"))
+        .map_err(|e| ApiError::bad_request("invalid_format", e.0))?;
+    let background = match q.background {
+        Some(b) => b,
+        None => {
+            let (store, t, i) = (state.store.clone(), caller.tenant_id.clone(), id.clone());
+            let incident = crate::store::run_blocking(move || store.get_incident(Some(&t), &i))
+                .await
+                .map_err(super::error::missing("incident", &path))?;
+            incident.signal_count > SYNC_EXPORT_MAX_SIGNALS
+        }
+    };
+    if background {
+        let (store, t, i) = (state.store.clone(), caller.tenant_id.clone(), id.clone());
+        crate::store::run_blocking(move || store.get_incident(Some(&t), &i))
+            .await
+            .map_err(super::error::missing("incident", &path))?;
+        let task = crate::domain::task::Task::new(
+            &caller.tenant_id,
+            crate::domain::task::kind::INCIDENT_EXPORT,
+            format!("key:{}", caller.key_id),
+            json!({"incident_id": id, "format": format.as_str()}),
+            crate::domain::Timestamp::now(),
+        );
+        let task = crate::evidence::tasks::start(&state, task).await?;
+        record(
+            &state,
+            by_key(&caller, &source, AuditAction::Export, id.as_str()).after(json!({
+                "format": format.as_str(),
+                "incident_id": id,
+                "task_id": task.id,
+            })),
+        )
+        .await;
+        return Ok(HttpResponse::Accepted()
+            .insert_header(("Location", format!("/v1/tasks/{}", task.id)))
+            .json(crate::evidence::tasks::accepted(&task)));
+    }
+    let policy_version = crate::evidence::policy_version(&state.proxy.guard, &caller.tenant_id);
+    let file = build_export(
+        &state.store,
+        &state.signing_key,
+        policy_version,
+        &caller.tenant_id,
+        &id,
+        format,
+        state.proxy.guard.redactor(&caller.tenant_id),
+    )
+    .await?;
+    record(
+        &state,
+        by_key(&caller, &source, AuditAction::Export, id.as_str()).after(json!({
+            "format": format.as_str(),
+            "incident_id": id,
+            "certificate_id": file.certificate_id,
+            "calls": file.calls,
+            "bytes": file.bytes.len(),
+        })),
+    )
+    .await;
+    Ok(HttpResponse::Ok()
+        .content_type(file.content_type)
+        .insert_header((
+            "Content-Disposition",
+            format!("attachment; filename=\"{}\"", file.filename),
+        ))
+        .body(file.bytes))
+}

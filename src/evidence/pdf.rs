@@ -1,0 +1,645 @@
+//! The incident report as a PDF, made in-process with printpdf: title, summary, root
+//! cause, policy evaluations, timeline, the incident certificate and how to verify it.
+//! Multi-page: tables continue on the next page under a repeated header; every page has
+//! a footer with the incident id and "page i of n".
+//!
+//! Only the PDF standard fonts (Helvetica, Courier) are used, so nothing is embedded and
+//! nothing is read from disk. They speak WinAnsi (Latin-1 and a few signs): other
+//! characters print as `?`. Pure: records in, bytes out; gathering is `evidence::export`.
+
+use crate::domain::Incident;
+use crate::domain::certificate::Certificate;
+use crate::domain::evidence_pack::PolicyEvaluation;
+use crate::domain::incident::rule_name;
+use crate::incidents::timeline::IncidentTimeline;
+use printpdf::{
+    BuiltinFont, Color, Line, LinePoint, Op, PaintMode, PdfDocument, PdfFontHandle, PdfPage,
+    PdfSaveOptions, Point, Pt, Rect, Rgb, TextItem,
+};
+
+/// The most timeline steps the report prints (the JSON pack has them all).
+const MAX_TIMELINE_ROWS: usize = 500;
+
+const PAGE_W: f32 = 595.28;
+const PAGE_H: f32 = 841.89;
+const LEFT: f32 = 50.0;
+const RIGHT: f32 = PAGE_W - 50.0;
+const TOP: f32 = PAGE_H - 50.0;
+const BOTTOM: f32 = 64.0;
+
+/// What the report is made from.
+pub struct Report<'a> {
+    pub incident: &'a Incident,
+    pub timeline: &'a IncidentTimeline,
+    pub evaluations: &'a [PolicyEvaluation],
+    pub certificate: &'a Certificate,
+    pub calls_exported: usize,
+    pub calls_truncated: bool,
+    /// RFC 3339.
+    pub generated_at: String,
+}
+
+fn rgb(r: f32, g: f32, b: f32) -> Color {
+    Color::Rgb(Rgb {
+        r,
+        g,
+        b,
+        icc_profile: None,
+    })
+}
+
+fn ink() -> Color {
+    rgb(0.12, 0.13, 0.16)
+}
+
+fn muted() -> Color {
+    rgb(0.42, 0.45, 0.50)
+}
+
+fn accent() -> Color {
+    rgb(0.11, 0.24, 0.45)
+}
+
+/// Helvetica advance widths (1/1000 em) of ASCII 32..=126, from the standard font metrics.
+const HELVETICA: [u16; 95] = [
+    278, 278, 355, 556, 556, 889, 667, 191, 333, 333, 389, 584, 278, 333, 278, 278, 556, 556, 556,
+    556, 556, 556, 556, 556, 556, 556, 278, 278, 584, 584, 584, 556, 1015, 667, 667, 722, 722, 667,
+    611, 778, 722, 278, 500, 667, 556, 833, 722, 778, 667, 778, 722, 667, 611, 722, 667, 944, 667,
+    667, 611, 278, 278, 278, 469, 556, 333, 556, 556, 500, 556, 556, 278, 556, 556, 222, 222, 500,
+    222, 833, 556, 556, 556, 556, 333, 500, 278, 556, 500, 722, 500, 500, 500, 334, 260, 334, 584,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Font {
+    Regular,
+    Bold,
+    Mono,
+}
+
+impl Font {
+    fn builtin(self) -> BuiltinFont {
+        match self {
+            Self::Regular => BuiltinFont::Helvetica,
+            Self::Bold => BuiltinFont::HelveticaBold,
+            Self::Mono => BuiltinFont::Courier,
+        }
+    }
+
+    fn width(self, s: &str, size: f32) -> f32 {
+        let units: f32 = match self {
+            Self::Mono => 600.0 * s.chars().count() as f32,
+            Self::Regular | Self::Bold => s
+                .chars()
+                .map(|c| {
+                    let i = (c as usize).wrapping_sub(32);
+                    f32::from(HELVETICA.get(i).copied().unwrap_or(556))
+                })
+                .sum(),
+        };
+        // Bold glyphs are a little wider; a margin keeps estimates on the safe side.
+        let factor = if self == Self::Bold { 1.07 } else { 1.0 };
+        units * factor * size / 1000.0
+    }
+}
+
+/// Text the standard fonts can show: WinAnsi-safe characters, one line.
+fn clean(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' | '\r' | '\t' => out.push(' '),
+            '\u{2014}' | '\u{2013}' | '\u{2212}' => out.push('-'),
+            '\u{2018}' | '\u{2019}' => out.push('\''),
+            '\u{201C}' | '\u{201D}' => out.push('"'),
+            '\u{2026}' => out.push_str("..."),
+            '\u{2192}' => out.push_str("->"),
+            ' '..='~' | '\u{A0}'..='\u{FF}' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out
+}
+
+/// Greedy word wrap to `max` points; words longer than a line are cut.
+fn wrap(s: &str, font: Font, size: f32, max: f32) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in clean(s).split(' ').filter(|w| !w.is_empty()) {
+        let candidate = if line.is_empty() {
+            word.to_owned()
+        } else {
+            format!("{line} {word}")
+        };
+        if font.width(&candidate, size) <= max {
+            line = candidate;
+            continue;
+        }
+        if !line.is_empty() {
+            lines.push(std::mem::take(&mut line));
+        }
+        let mut rest = word.to_owned();
+        while font.width(&rest, size) > max {
+            let mut cut = String::new();
+            for c in rest.chars() {
+                let mut next = cut.clone();
+                next.push(c);
+                if font.width(&next, size) > max && !cut.is_empty() {
+                    break;
+                }
+                cut = next;
+            }
+            rest = rest[cut.len()..].to_owned();
+            lines.push(cut);
+        }
+        line = rest;
+    }
+    if !line.is_empty() || lines.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
+struct Column {
+    title: &'static str,
+    width: f32,
+    font: Font,
+    /// Lines a cell may take before it is cut with "...".
+    max_lines: usize,
+}
+
+struct Writer {
+    pages: Vec<Vec<Op>>,
+    ops: Vec<Op>,
+    y: f32,
+}
+
+impl Writer {
+    fn new() -> Self {
+        Self {
+            pages: Vec::new(),
+            ops: Vec::new(),
+            y: TOP,
+        }
+    }
+
+    fn new_page(&mut self) {
+        self.pages.push(std::mem::take(&mut self.ops));
+        self.y = TOP;
+    }
+
+    /// Starts a new page unless `needed` points fit above the bottom margin.
+    fn ensure(&mut self, needed: f32) -> bool {
+        if self.y - needed < BOTTOM {
+            self.new_page();
+            return true;
+        }
+        false
+    }
+
+    fn text(&mut self, x: f32, y: f32, s: &str, font: Font, size: f32, color: Color) {
+        self.ops.extend([
+            Op::StartTextSection,
+            Op::SetFont {
+                font: PdfFontHandle::Builtin(font.builtin()),
+                size: Pt(size),
+            },
+            Op::SetFillColor { col: color },
+            Op::SetTextCursor {
+                pos: Point { x: Pt(x), y: Pt(y) },
+            },
+            Op::ShowText {
+                items: vec![TextItem::Text(clean(s))],
+            },
+            Op::EndTextSection,
+        ]);
+    }
+
+    fn rect(&mut self, x: f32, y: f32, w: f32, h: f32, color: Color) {
+        self.ops.extend([
+            Op::SetFillColor { col: color },
+            Op::DrawRectangle {
+                rectangle: Rect {
+                    x: Pt(x),
+                    y: Pt(y),
+                    width: Pt(w),
+                    height: Pt(h),
+                    mode: Some(PaintMode::Fill),
+                    winding_order: None,
+                },
+            },
+        ]);
+    }
+
+    fn hline(&mut self, y: f32, color: Color, thickness: f32) {
+        let p = |x: f32| LinePoint {
+            p: Point { x: Pt(x), y: Pt(y) },
+            bezier: false,
+        };
+        self.ops.extend([
+            Op::SetOutlineColor { col: color },
+            Op::SetOutlineThickness { pt: Pt(thickness) },
+            Op::DrawLine {
+                line: Line {
+                    points: vec![p(LEFT), p(RIGHT)],
+                    is_closed: false,
+                },
+            },
+        ]);
+    }
+
+    fn heading(&mut self, title: &str) {
+        self.ensure(60.0);
+        self.y -= 26.0;
+        self.text(LEFT, self.y, title, Font::Bold, 13.0, accent());
+        self.y -= 6.0;
+        self.hline(self.y, accent(), 0.8);
+        self.y -= 4.0;
+    }
+
+    fn paragraph(&mut self, s: &str, font: Font, size: f32, color: Color) {
+        let lh = size * 1.4;
+        for line in wrap(s, font, size, RIGHT - LEFT) {
+            self.ensure(lh);
+            self.y -= lh;
+            self.text(LEFT, self.y, &line, font, size, color.clone());
+        }
+    }
+
+    /// A label on the left and its (wrapped) value on the right.
+    fn field(&mut self, label: &str, value: &str, font: Font) {
+        let (size, lh, at) = (9.5, 13.5, LEFT + 110.0);
+        let lines = wrap(value, font, size, RIGHT - at);
+        self.ensure(lh * lines.len().min(3) as f32);
+        self.y -= lh;
+        self.text(LEFT, self.y, label, Font::Bold, size, muted());
+        for (i, line) in lines.iter().enumerate() {
+            if i > 0 {
+                self.ensure(lh);
+                self.y -= lh;
+            }
+            self.text(at, self.y, line, font, size, ink());
+        }
+    }
+
+    fn table_header(&mut self, cols: &[Column]) {
+        let h = 16.0;
+        self.rect(LEFT, self.y - h, RIGHT - LEFT, h, rgb(0.11, 0.24, 0.45));
+        let mut x = LEFT + 4.0;
+        for c in cols {
+            self.text(
+                x,
+                self.y - 11.5,
+                c.title,
+                Font::Bold,
+                8.5,
+                rgb(1.0, 1.0, 1.0),
+            );
+            x += c.width;
+        }
+        self.y -= h;
+    }
+
+    fn table(&mut self, cols: &[Column], rows: &[Vec<String>]) {
+        let (size, lh, pad) = (8.0, 10.5, 3.5);
+        self.ensure(16.0 + lh + 2.0 * pad);
+        self.y -= 8.0;
+        self.table_header(cols);
+        for (r, row) in rows.iter().enumerate() {
+            let cells: Vec<Vec<String>> = cols
+                .iter()
+                .zip(row)
+                .map(|(c, v)| {
+                    let mut lines = wrap(v, c.font, size, c.width - 8.0);
+                    if lines.len() > c.max_lines {
+                        lines.truncate(c.max_lines);
+                        if let Some(last) = lines.last_mut() {
+                            while !last.is_empty()
+                                && c.font.width(&format!("{last}..."), size) > c.width - 8.0
+                            {
+                                last.pop();
+                            }
+                            last.push_str("...");
+                        }
+                    }
+                    lines
+                })
+                .collect();
+            let n = cells.iter().map(Vec::len).max().unwrap_or(1).max(1);
+            let h = n as f32 * lh + 2.0 * pad;
+            if self.ensure(h) {
+                self.table_header(cols);
+            }
+            if r % 2 == 1 {
+                self.rect(LEFT, self.y - h, RIGHT - LEFT, h, rgb(0.95, 0.96, 0.98));
+            }
+            let mut x = LEFT + 4.0;
+            for (c, lines) in cols.iter().zip(&cells) {
+                for (i, line) in lines.iter().enumerate() {
+                    let y = self.y - pad - (i as f32 + 1.0) * lh + 2.5;
+                    self.text(x, y, line, c.font, size, ink());
+                }
+                x += c.width;
+            }
+            self.y -= h;
+        }
+        self.hline(self.y, rgb(0.8, 0.82, 0.86), 0.5);
+    }
+
+    fn finish(mut self, title: &str, footer: &str) -> Vec<u8> {
+        self.new_page();
+        let total = self.pages.len();
+        let mut pages = Vec::with_capacity(total);
+        for (i, ops) in std::mem::take(&mut self.pages).into_iter().enumerate() {
+            self.ops = ops;
+            self.hline(BOTTOM - 22.0, rgb(0.85, 0.86, 0.9), 0.5);
+            self.text(LEFT, BOTTOM - 36.0, footer, Font::Regular, 8.0, muted());
+            let label = format!("Page {} of {total}", i + 1);
+            let w = Font::Regular.width(&label, 8.0);
+            self.text(
+                RIGHT - w,
+                BOTTOM - 36.0,
+                &label,
+                Font::Regular,
+                8.0,
+                muted(),
+            );
+            pages.push(PdfPage::new(
+                printpdf::Mm(PAGE_W * 25.4 / 72.0),
+                printpdf::Mm(PAGE_H * 25.4 / 72.0),
+                std::mem::take(&mut self.ops),
+            ));
+        }
+        let mut doc = PdfDocument::new(title);
+        doc.with_pages(pages);
+        let mut warnings = Vec::new();
+        doc.save(&PdfSaveOptions::default(), &mut warnings)
+    }
+}
+
+/// A policy's name with its id: "Prompt injection (dg-005)".
+fn guardrail(policy: &str) -> String {
+    let name = rule_name(policy);
+    if name.contains(policy) {
+        name.to_owned()
+    } else {
+        format!("{name} ({policy})")
+    }
+}
+
+fn plural(n: i64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+fn ts(t: crate::domain::Timestamp) -> String {
+    t.to_rfc3339()
+}
+
+/// The report's bytes (a complete PDF file).
+pub fn render(r: &Report<'_>) -> Vec<u8> {
+    let inc = r.incident;
+    let mut w = Writer::new();
+
+    // Title band.
+    w.rect(0.0, PAGE_H - 112.0, PAGE_W, 112.0, rgb(0.09, 0.16, 0.30));
+    w.text(
+        LEFT,
+        PAGE_H - 52.0,
+        "Incident report",
+        Font::Bold,
+        22.0,
+        rgb(1.0, 1.0, 1.0),
+    );
+    w.text(
+        LEFT,
+        PAGE_H - 74.0,
+        &inc.title,
+        Font::Regular,
+        12.0,
+        rgb(0.85, 0.89, 0.96),
+    );
+    w.text(
+        LEFT,
+        PAGE_H - 96.0,
+        &format!("{}   ·   generated {}", inc.id, r.generated_at),
+        Font::Mono,
+        9.0,
+        rgb(0.75, 0.81, 0.92),
+    );
+    w.y = PAGE_H - 120.0;
+
+    w.heading("Summary");
+    w.field("Title", &inc.title, Font::Regular);
+    w.field("Incident", inc.id.as_str(), Font::Mono);
+    w.field("Severity", inc.severity.as_str(), Font::Regular);
+    w.field("Status", inc.status.as_str(), Font::Regular);
+    w.field("Tenant", inc.tenant_id.as_str(), Font::Mono);
+    w.field("Rule", &guardrail(&inc.rule), Font::Regular);
+    w.field("Subject", &inc.subject, Font::Regular);
+    w.field("First seen", &ts(inc.first_signal_at), Font::Regular);
+    w.field("Last seen", &ts(inc.last_signal_at), Font::Regular);
+    if let Some(t) = inc.acknowledged_at {
+        w.field("Acknowledged", &ts(t), Font::Regular);
+    }
+    if let Some(t) = inc.resolved_at {
+        w.field("Resolved", &ts(t), Font::Regular);
+    }
+    if let Some(a) = &inc.assignee {
+        w.field("Assignee", a, Font::Regular);
+    }
+    w.field(
+        "Counts",
+        &format!(
+            "{}, {}, {}{}",
+            plural(inc.signal_count, "signal"),
+            plural(inc.call_count, "call"),
+            plural(inc.end_user_count, "end user"),
+            if r.calls_truncated {
+                format!(" ({} calls in this export)", r.calls_exported)
+            } else {
+                String::new()
+            }
+        ),
+        Font::Regular,
+    );
+    w.field(
+        "Cost",
+        &format!("{} (known cost of the affected calls)", inc.cost),
+        Font::Regular,
+    );
+    w.y -= 6.0;
+    w.paragraph(&r.timeline.summary, Font::Regular, 9.5, ink());
+
+    w.heading("Root cause");
+    w.paragraph(&r.timeline.root_cause, Font::Regular, 9.5, ink());
+
+    w.heading("Policy evaluations");
+    if r.evaluations.is_empty() {
+        w.paragraph(
+            "No decisions were recorded on the incident's calls.",
+            Font::Regular,
+            9.5,
+            muted(),
+        );
+    } else {
+        let cols = [
+            Column {
+                title: "Guardrail",
+                width: 255.0,
+                font: Font::Regular,
+                max_lines: 1,
+            },
+            Column {
+                title: "Pass",
+                width: 60.0,
+                font: Font::Regular,
+                max_lines: 1,
+            },
+            Column {
+                title: "Block",
+                width: 60.0,
+                font: Font::Regular,
+                max_lines: 1,
+            },
+            Column {
+                title: "Throttle",
+                width: 60.0,
+                font: Font::Regular,
+                max_lines: 1,
+            },
+            Column {
+                title: "Freeze",
+                width: 60.0,
+                font: Font::Regular,
+                max_lines: 1,
+            },
+        ];
+        let rows: Vec<Vec<String>> = r
+            .evaluations
+            .iter()
+            .map(|e| {
+                vec![
+                    guardrail(&e.policy),
+                    e.pass.to_string(),
+                    e.block.to_string(),
+                    e.throttle.to_string(),
+                    e.freeze.to_string(),
+                ]
+            })
+            .collect();
+        w.table(&cols, &rows);
+    }
+
+    w.heading("Timeline");
+    let steps = &r.timeline.steps;
+    let cols = [
+        Column {
+            title: "Time (UTC)",
+            width: 118.0,
+            font: Font::Regular,
+            max_lines: 1,
+        },
+        Column {
+            title: "Step",
+            width: 122.0,
+            font: Font::Bold,
+            max_lines: 2,
+        },
+        Column {
+            title: "Detail",
+            width: 255.0,
+            font: Font::Regular,
+            max_lines: 4,
+        },
+    ];
+    let rows: Vec<Vec<String>> = steps
+        .iter()
+        .take(MAX_TIMELINE_ROWS)
+        .map(|s| {
+            let mut detail = s.detail.clone();
+            if let Some(c) = &s.call_id {
+                detail = format!("{detail} (call {c})");
+            }
+            vec![s.at.replace('T', " "), s.title.clone(), detail]
+        })
+        .collect();
+    w.table(&cols, &rows);
+    if steps.len() > MAX_TIMELINE_ROWS {
+        w.y -= 4.0;
+        w.paragraph(
+            &format!(
+                "{} more steps are in the signed JSON evidence pack (format=json).",
+                steps.len() - MAX_TIMELINE_ROWS
+            ),
+            Font::Regular,
+            8.5,
+            muted(),
+        );
+    }
+
+    let cert = r.certificate;
+    w.heading("Certificate");
+    w.field("Certificate", cert.certificate_id.as_str(), Font::Mono);
+    w.field("Issued", &cert.issued_at, Font::Regular);
+    w.field("Instance", &cert.instance_id, Font::Mono);
+    w.field("Policy version", &cert.policy_version, Font::Mono);
+    w.field(
+        "Chain head",
+        cert.chain_head
+            .as_deref()
+            .unwrap_or("(no chained call yet)"),
+        Font::Mono,
+    );
+    w.field("Algorithm", "Ed25519 (RFC 8032)", Font::Regular);
+    w.field("Public key", &cert.public_key, Font::Mono);
+    w.field("Signature", &cert.signature, Font::Mono);
+
+    w.heading("How to verify");
+    let steps = [
+        format!(
+            "1. Download the signed evidence pack: GET /v1/incidents/{}/export?format=json (an admin key of the tenant). It holds the incident, its timeline, its calls with their decisions and chain proofs, and this certificate.",
+            inc.id
+        ),
+        "2. Get the instance's public key from a source you trust: GET /v1/certificates/public-key on the instance, or the public key printed above.".to_owned(),
+        format!(
+            "3. Verify offline, without the server: agv-server verify incident-{}.json --public-key <public key>. Exit status 0 means the pack's signature, every chain proof and the embedded certificate hold; 1 names what does not.",
+            inc.id
+        ),
+        format!(
+            "4. Anyone may check the certificate on the instance without seeing its content: GET /v1/certificates/{}/verify.",
+            cert.certificate_id
+        ),
+        "5. The operator can show that the tenant's call chain still leads to the chain head above: agv-server audit verify --tenant <tenant>.".to_owned(),
+    ];
+    for s in &steps {
+        w.y -= 3.0;
+        w.paragraph(s, Font::Regular, 9.5, ink());
+    }
+
+    let footer = format!(
+        "agv-server  ·  incident {}  ·  {}",
+        inc.id,
+        inc.severity.as_str()
+    );
+    w.finish(&format!("Incident report {}", inc.id), &footer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_made_winansi_safe_and_wrapped_within_the_width() {
+        assert_eq!(clean("a\u{2014}b \u{1F600}\nc"), "a-b ? c");
+        let lines = wrap(&"word ".repeat(100), Font::Regular, 10.0, 200.0);
+        assert!(lines.len() > 5);
+        assert!(lines.iter().all(|l| Font::Regular.width(l, 10.0) <= 200.0));
+        let long = wrap(&"x".repeat(500), Font::Mono, 10.0, 100.0);
+        assert!(long.iter().all(|l| Font::Mono.width(l, 10.0) <= 100.0));
+        assert_eq!(long.concat().len(), 500);
+        assert_eq!(wrap("", Font::Regular, 10.0, 100.0), vec![String::new()]);
+    }
+}
