@@ -84,6 +84,9 @@ pub enum Command {
         #[arg(long, value_name = "KEY")]
         public_key: Option<String>,
     },
+    /// Create console users (headless setup). Safe while the server runs.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Check the tamper-evident records. Safe while the server runs (it reads only).
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -181,6 +184,25 @@ pub enum AuditCommand {
         /// Print {"intact", "chains": [...]} as JSON on stdout.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user who signs in to the console; prints the user id on stdout. Without
+    /// --password-file a random password is made and printed once on stderr.
+    Create {
+        #[arg(long)]
+        email: String,
+        /// operator (the whole instance), owner, admin or viewer (of --tenant).
+        #[arg(long)]
+        role: String,
+        /// The tenant of an owner, admin or viewer (ten_…).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// A file holding the password (at least 10 characters).
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
     },
 }
 
@@ -349,6 +371,18 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
             println!("{version}");
             Ok(())
         }
+        Command::User(UserCommand::Create {
+            email,
+            role,
+            tenant,
+            password_file,
+        }) => user_create(
+            &open_store(&settings)?,
+            &email,
+            &role,
+            tenant.as_deref(),
+            password_file.as_deref(),
+        ),
         Command::Tenant(cmd) => tenant(&open_store(&settings)?, &settings.data_dir, cmd),
         Command::Demo {
             calls,
@@ -1170,6 +1204,28 @@ fn restore(
         );
     }
     eprintln!("the text index is rebuilt in the background at the next start");
+    // Recorded in the restored database's instance-wide audit chain.
+    match open_store(settings) {
+        Ok(store) => audit(
+            &store,
+            NewAuditEntry::new(
+                None,
+                Actor::cli(),
+                AuditAction::Restore,
+                file.display().to_string(),
+            )
+            .after(serde_json::json!({
+                "rows": rows,
+                "tables": done.counts.len(),
+                "safety_copy": done.safety_copy.as_ref().map(|p| p.display().to_string()),
+                "files_restored": done.files_restored,
+            })),
+        ),
+        Err(e) => eprintln!(
+            "warning: the restore is done but could not be recorded in the audit log: {}",
+            e.0
+        ),
+    }
     Ok(())
 }
 
@@ -1330,5 +1386,88 @@ fn update(
         up::prev_path(&exe).display()
     );
     println!("{}", release.version);
+    Ok(())
+}
+
+fn user_create(
+    store: &DynStore,
+    email: &str,
+    role: &str,
+    tenant: Option<&str>,
+    password_file: Option<&std::path::Path>,
+) -> Result<(), CliError> {
+    use crate::domain::user::{Email, NewUser, PasswordHash, Role};
+    let email = Email::parse(email).map_err(|e| CliError::usage(format!("--email: {}", e.0)))?;
+    let role = Role::parse(role).map_err(|e| CliError::usage(format!("--role: {}", e.0)))?;
+    let tenant = match (role, tenant) {
+        (Role::Operator, None) => None,
+        (Role::Operator, Some(_)) => {
+            return Err(CliError::usage(
+                "an operator belongs to the instance: leave out --tenant",
+            ));
+        }
+        (_, Some(t)) => {
+            let t = parse_tenant(t)?;
+            existing_tenant(store, &t)?;
+            Some(t)
+        }
+        (_, None) => {
+            return Err(CliError::usage(format!(
+                "a {} belongs to a tenant: give --tenant ten_…",
+                role.as_str()
+            )));
+        }
+    };
+    let (password, generated) = match password_file {
+        Some(f) => (
+            std::fs::read_to_string(f)
+                .map_err(|e| CliError::usage(format!("cannot read {}: {e}", f.display())))?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned(),
+            false,
+        ),
+        None => {
+            let mut raw = [0u8; 18];
+            rand::fill(&mut raw);
+            use base64::Engine;
+            (
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw),
+                true,
+            )
+        }
+    };
+    let hash = PasswordHash::create(&password)
+        .map_err(|e| CliError::usage(format!("--password-file: {}", e.0)))?;
+    let user = store
+        .create_user(&NewUser {
+            id: crate::domain::UserId::generate(),
+            email: email.clone(),
+            password: hash,
+            role,
+            tenant_id: tenant.clone(),
+            created_at: Timestamp::now(),
+        })
+        .map_err(|e| match e {
+            crate::store::StoreError::Conflict(_) => CliError::failed(format!(
+                "a user with the email {} exists already",
+                email.as_str()
+            )),
+            other => other.into(),
+        })?;
+    audit(
+        store,
+        NewAuditEntry::new(tenant.clone(), Actor::cli(), AuditAction::UserCreate, user.id.as_str())
+            .after(serde_json::json!({"id": user.id, "email": user.email, "role": user.role, "tenant_id": user.tenant_id})),
+    );
+    if generated {
+        eprintln!(
+            "created {} {} with the password {password} (shown once: keep it, or change it after signing in)",
+            role.as_str(),
+            email.as_str()
+        );
+    } else {
+        eprintln!("created {} {}", role.as_str(), email.as_str());
+    }
+    println!("{}", user.id);
     Ok(())
 }

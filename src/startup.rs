@@ -46,6 +46,11 @@ pub struct AppState {
     pub queue: Queue,
     pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub unauth_limiter: AddressRateLimiter,
+    /// Failed console sign-ins, by email and address.
+    pub login_throttle: crate::api::session::LoginThrottle,
+    /// Held from reading (or writing) a tenant's stored policy until it is applied, so the
+    /// change feed can never apply an older read over a newer local change.
+    pub policy_lock: tokio::sync::Mutex<()>,
     pub started_at: Instant,
     /// Encrypts tenants' provider keys at rest.
     pub master_key: MasterKey,
@@ -220,6 +225,8 @@ impl Application {
             queue: queue.clone(),
             prometheus: crate::telemetry::prometheus(),
             unauth_limiter: AddressRateLimiter::new(settings.unauth_rate_limit_per_minute),
+            login_throttle: crate::api::session::LoginThrottle::default(),
+            policy_lock: tokio::sync::Mutex::new(()),
             started_at: Instant::now(),
             master_key,
             change_seq: AtomicI64::new(change_seq),
@@ -371,6 +378,9 @@ fn http_server(state: web::Data<AppState>, listener: TcpListener) -> Result<Serv
             .wrap(security_headers())
             .wrap(from_fn(observe))
             .service(health::health)
+            .service(crate::api::session::login)
+            .service(crate::api::session::logout)
+            .service(crate::api::session::me)
             .service(health::ready)
             .service(health::prometheus_metrics)
             .service(openai::chat_completions)
@@ -504,6 +514,7 @@ async fn apply_changes(state: &AppState) -> Result<(), crate::store::StoreError>
     {
         let store = state.store.clone();
         let t = tenant.clone();
+        let _applying = state.policy_lock.lock().await;
         let overrides = run_blocking(move || store.get_tenant_policy(&t)).await?;
         match PolicyConfig::with_overrides(&overrides.unwrap_or_else(|| serde_json::json!({}))) {
             Ok(cfg) => apply_policy(state, &tenant, cfg).await,

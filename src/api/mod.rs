@@ -13,6 +13,7 @@ pub mod health;
 pub mod incidents;
 pub mod middleware;
 pub mod openai;
+pub mod session;
 pub mod tasks;
 pub mod v1;
 

@@ -271,6 +271,7 @@ pub async fn put_policies(
         .map_err(|e| ApiError::bad_request("invalid_policy", e.0))?;
     let store = state.store.clone();
     let (tenant, to_store) = (caller.tenant_id.clone(), overrides.clone());
+    let applying = state.policy_lock.lock().await;
     let before = run_blocking(move || {
         let before = store.get_tenant_policy(&tenant)?;
         store.put_tenant_policy(&tenant, &to_store, Timestamp::now())?;
@@ -290,6 +291,7 @@ pub async fn put_policies(
     )
     .await;
     crate::startup::apply_policy(&state, &caller.tenant_id, config).await;
+    drop(applying);
     Ok(HttpResponse::Ok().json(json!({"tenant_id": caller.tenant_id, "overrides": overrides})))
 }
 

@@ -109,7 +109,7 @@ impl PolicyConfig {
                 )));
             }
         }
-        self.redaction.compile()?;
+        self.redaction.validate()?;
         Ok(())
     }
 }

@@ -57,6 +57,31 @@ impl RedactionConfig {
     /// Compiles the configuration; `None` when bodies are kept whole (nothing to do). A
     /// bad pattern is an error naming it.
     pub fn compile(&self) -> Result<Option<Redactor>, ParseError> {
+        if self.mode == BodyStorage::Full {
+            return Ok(None);
+        }
+        self.build().map(Some)
+    }
+
+    /// Checks the settings without keeping anything: pattern names, and custom patterns
+    /// only when there are some (the built-in ones are known to compile).
+    pub fn validate(&self) -> Result<(), ParseError> {
+        if self.mode == BodyStorage::Full && self.custom.is_empty() {
+            return self.patterns.iter().try_for_each(|p| {
+                if BUILT_IN.contains(&p.as_str()) {
+                    Ok(())
+                } else {
+                    Err(ParseError::new(format!(
+                        "unknown redaction pattern '{p}': use {} (or a regular expression in \"custom\")",
+                        BUILT_IN.join(", ")
+                    )))
+                }
+            });
+        }
+        self.build().map(|_| ())
+    }
+
+    fn build(&self) -> Result<Redactor, ParseError> {
         let mut rules = Vec::new();
         for name in &self.patterns {
             let rule = match name.as_str() {
@@ -101,9 +126,9 @@ impl RedactionConfig {
             }
             rules.push(Rule::Custom(re));
         }
-        Ok(match self.mode {
-            BodyStorage::Full => None,
-            mode => Some(Redactor { mode, rules }),
+        Ok(Redactor {
+            mode: self.mode,
+            rules,
         })
     }
 }

@@ -263,6 +263,14 @@ async fn a_restore_in_place_brings_back_the_backed_up_rows_and_keeps_a_safety_co
     }
     let out = cli(&app.home, &["audit", "verify"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
+    // The restore itself is in the restored database's audit log.
+    assert_eq!(
+        rows_of(
+            &app.home,
+            "SELECT count(*) FROM audit_entries WHERE action = 'instance.restore'".into()
+        ),
+        1
+    );
 }
 
 /// From `from` to `to` and back: the calls, the keys (the old admin key works) and the

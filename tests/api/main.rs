@@ -23,6 +23,7 @@ mod redaction;
 mod replay;
 mod sdk;
 mod search;
+mod session;
 mod startup_errors;
 mod tasks;
 mod update;

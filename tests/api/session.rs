@@ -1,0 +1,248 @@
+//! Console sign-in: users made headless with the CLI, sign-in with a secure cookie,
+//! throttled failures, the CSRF token on sign-out, and an audit entry for each.
+
+use crate::helpers::{Backend, DataHome, TestApp, stderr};
+use crate::on_both_backends;
+use serde_json::{Value, json};
+
+async fn login(app: &TestApp, email: &str, password: &str) -> reqwest::Response {
+    app.client
+        .post(app.url("/api/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap()
+}
+
+fn session_cookie(res: &reqwest::Response) -> (String, String) {
+    let set = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let pair = set.split(';').next().unwrap().to_owned();
+    (pair, set)
+}
+
+async fn a_user_made_by_the_cli_signs_in_and_out_with_a_cookie_and_csrf(backend: Backend) {
+    let Some(home) = DataHome::new(backend) else {
+        return;
+    };
+    let (tenant, admin_key) = home.tenant_and_key("admin");
+    let pass = home.path().join("pw");
+    std::fs::write(&pass, "a long enough password\n").unwrap();
+    let user_id = home.cli_ok(&[
+        "user",
+        "create",
+        "--email",
+        "Ada@Example.com",
+        "--role",
+        "admin",
+        "--tenant",
+        &tenant,
+        "--password-file",
+        pass.to_str().unwrap(),
+    ]);
+    assert!(user_id.starts_with("usr_"), "{user_id}");
+    // Bad input: clear errors, nothing made.
+    for (args, code) in [
+        (
+            vec![
+                "--email",
+                "not-an-email",
+                "--role",
+                "admin",
+                "--tenant",
+                tenant.as_str(),
+            ],
+            2,
+        ),
+        (vec!["--email", "b@example.com", "--role", "owner"], 2),
+        (
+            vec![
+                "--email",
+                "b@example.com",
+                "--role",
+                "king",
+                "--tenant",
+                tenant.as_str(),
+            ],
+            2,
+        ),
+        (
+            vec![
+                "--email",
+                "ada@example.com",
+                "--role",
+                "admin",
+                "--tenant",
+                tenant.as_str(),
+            ],
+            1,
+        ),
+    ] {
+        let mut a = vec!["user", "create"];
+        a.extend(args.iter());
+        let out = home.cli(&a);
+        assert_eq!(out.status.code(), Some(code), "{a:?}: {}", stderr(&out));
+    }
+    let out = home.cli(&[
+        "user",
+        "create",
+        "--email",
+        "op@example.com",
+        "--role",
+        "operator",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("password"),
+        "the generated password is shown once"
+    );
+
+    let app = TestApp::start_with(home, |s| s.unauth_rate_limit_per_minute = 0).await;
+    let res = login(&app, "ada@example.com", "a long enough password").await;
+    assert_eq!(res.status(), 200);
+    let (cookie, set) = session_cookie(&res);
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set.contains(attr), "{attr} missing: {set}");
+    }
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["user"]["email"], "ada@example.com");
+    assert_eq!(body["user"]["role"], "admin");
+    let csrf = body["csrf_token"].as_str().unwrap().to_owned();
+
+    let me = |cookie: Option<String>| {
+        let mut r = app.client.get(app.url("/api/auth/me"));
+        if let Some(c) = cookie {
+            r = r.header("cookie", c);
+        }
+        r.send()
+    };
+    assert_eq!(me(Some(cookie.clone())).await.unwrap().status(), 200);
+    assert_eq!(me(None).await.unwrap().status(), 401);
+    assert_eq!(
+        me(Some("agv_session=forged".into()))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    // Sign-out needs the CSRF token.
+    let res = app
+        .client
+        .post(app.url("/api/auth/logout"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(
+        me(Some(cookie.clone())).await.unwrap().status(),
+        200,
+        "still signed in"
+    );
+    let res = app
+        .client
+        .post(app.url("/api/auth/logout"))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        me(Some(cookie)).await.unwrap().status(),
+        401,
+        "the session is gone"
+    );
+
+    let audit: Value = app
+        .get_with_key("/v1/audit", &admin_key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let actions: Vec<&str> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for a in ["user.create", "user.sign_in", "user.sign_out"] {
+        assert!(actions.contains(&a), "{a} missing: {actions:?}");
+    }
+    let sign_in = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "user.sign_in")
+        .unwrap();
+    assert_eq!(sign_in["actor_kind"], "user", "{sign_in}");
+    assert!(
+        sign_in["source"].as_str().unwrap().contains("127.0.0.1"),
+        "{sign_in}"
+    );
+}
+
+async fn failed_sign_ins_are_401_then_throttled_and_bad_input_is_400(backend: Backend) {
+    let Some(home) = DataHome::new(backend) else {
+        return;
+    };
+    let (tenant, _key) = home.tenant_and_key("admin");
+    let pass = home.path().join("pw");
+    std::fs::write(&pass, "a long enough password").unwrap();
+    home.cli_ok(&[
+        "user",
+        "create",
+        "--email",
+        "bo@example.com",
+        "--role",
+        "viewer",
+        "--tenant",
+        &tenant,
+        "--password-file",
+        pass.to_str().unwrap(),
+    ]);
+    let app = TestApp::start_with(home, |s| s.unauth_rate_limit_per_minute = 0).await;
+    // Unknown email and wrong password answer alike.
+    for (email, pw) in [
+        ("nobody@example.com", "whatever at all"),
+        ("bo@example.com", "wrong password!"),
+    ] {
+        let res = login(&app, email, pw).await;
+        assert_eq!(res.status(), 401);
+        let v: Value = res.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "invalid_credentials");
+    }
+    for _ in 0..4 {
+        assert_eq!(
+            login(&app, "bo@example.com", "wrong again!!")
+                .await
+                .status(),
+            401
+        );
+    }
+    // Five failures for the account: even the right password waits now.
+    let res = login(&app, "bo@example.com", "a long enough password").await;
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    for bad in [
+        json!({}),
+        json!({"email": "bo@example.com"}),
+        json!({"email": "not an email", "password": "x"}),
+        json!({"email": "bo@example.com", "password": ""}),
+        json!({"email": "bo@example.com", "password": "x", "extra": 1}),
+    ] {
+        let res = app
+            .client
+            .post(app.url("/api/auth/login"))
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{bad}");
+    }
+    assert_eq!(app.get("/health").await.status(), 200);
+}
+
+on_both_backends!(
+    a_user_made_by_the_cli_signs_in_and_out_with_a_cookie_and_csrf,
+    failed_sign_ins_are_401_then_throttled_and_bad_input_is_400,
+);
