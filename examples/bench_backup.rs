@@ -32,13 +32,9 @@ fn arg(name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
+/// The database file's size (the WAL is folded in by the fill's checkpoints).
 fn db_mb(dir: &Path) -> f64 {
-    ["agv.db", "agv.db-wal"]
-        .iter()
-        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
-        .map(|m| m.len() as f64)
-        .sum::<f64>()
-        / 1e6
+    std::fs::metadata(dir.join("agv.db")).map_or(0.0, |m| m.len() as f64 / 1e6)
 }
 
 fn pad(text: &mut String, seed: u64, len: usize) {
@@ -91,6 +87,9 @@ fn fill(store: &DynStore, dir: &Path, target_mb: f64) -> (TenantId, KeyId) {
         .collect();
         seed += 1;
         store.insert_calls(&batch).expect("insert");
+        if seed % 10 == 0 {
+            store.checkpoint().expect("checkpoint");
+        }
         eprint!(
             "\rfilling: {:.0} of {target_mb:.0} MB ({:.0} s)   ",
             db_mb(dir),
@@ -99,6 +98,13 @@ fn fill(store: &DynStore, dir: &Path, target_mb: f64) -> (TenantId, KeyId) {
     }
     store.checkpoint().expect("checkpoint");
     eprintln!();
+    // Let the disk settle: the writer's baseline should measure the writer, not the
+    // write-back of the data just made.
+    #[cfg(unix)]
+    unsafe {
+        libc::sync();
+    }
+    std::thread::sleep(Duration::from_secs(10));
     (tenant, key)
 }
 
