@@ -87,7 +87,7 @@ fn fill(store: &DynStore, dir: &Path, target_mb: f64) -> (TenantId, KeyId) {
         .collect();
         seed += 1;
         store.insert_calls(&batch).expect("insert");
-        if seed % 10 == 0 {
+        if seed.is_multiple_of(10) {
             store.checkpoint().expect("checkpoint");
         }
         eprint!(
