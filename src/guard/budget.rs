@@ -328,8 +328,10 @@ impl Budgets {
         reservation.release_now();
     }
 
-    /// Sets the tenant's settled spend of the current day and month (from the store).
-    /// Reservations in flight are kept.
+    /// Brings the tenant's settled spend of the current day and month up to the store's
+    /// figures. Spend never goes down within a period, and calls settled here may not be
+    /// committed yet when the store was read (a policy re-applied by the change feed in
+    /// the middle of a burst), so the larger figure wins. Reservations in flight are kept.
     pub fn seed(&self, tenant: &TenantId, day_spend: Money, month_spend: Money, now: Timestamp) {
         let now_ms = now.millis();
         self.spends.with(
@@ -339,8 +341,8 @@ impl Budgets {
             || Spend::new(now_ms),
             |s| {
                 s.roll(now_ms);
-                s.day.spent = day_spend.nanos();
-                s.month.spent = month_spend.nanos();
+                s.day.spent = s.day.spent.max(day_spend.nanos());
+                s.month.spent = s.month.spent.max(month_spend.nanos());
             },
         );
     }
@@ -436,6 +438,27 @@ mod tests {
                 .unwrap(),
         );
         assert_eq!(b.status(&t, ts(NOON)), SpendStatus::default());
+    }
+
+    #[test]
+    fn a_stale_store_figure_never_lowers_the_spend_settled_here() {
+        let b = Budgets::new();
+        let t = TenantId::generate();
+        let l = limits(Some(1.0), None);
+        let r = b.reserve(&t, usd(0.6), l, ts(NOON)).unwrap();
+        let _ = b.settle(r, Some(usd(0.6)));
+        // The store was read before that call was committed: it says 0.2.
+        b.seed(&t, usd(0.2), usd(0.2), ts(NOON));
+        assert_eq!(b.status(&t, ts(NOON)).day_spent, usd(0.6));
+        // Another instance spent more: the store's figure wins, and the budget is used up.
+        b.seed(&t, usd(1.0), usd(1.0), ts(NOON));
+        assert_eq!(b.status(&t, ts(NOON)).day_spent, usd(1.0));
+        assert!(b.reserve(&t, usd(0.1), l, ts(NOON)).is_err());
+        b.seed(&t, usd(0.0), usd(0.0), ts(NOON));
+        assert!(
+            b.reserve(&t, usd(0.1), l, ts(NOON)).is_err(),
+            "still used up"
+        );
     }
 
     #[test]
