@@ -529,7 +529,7 @@ fn verify_certificate(
     path: &std::path::Path,
     public_key: Option<&str>,
 ) -> Result<(), CliError> {
-    use crate::domain::certificate::{PublicKey, verify};
+    use crate::domain::certificate::verify;
     use std::io::Read;
     let bytes = if path.as_os_str() == "-" {
         let mut buf = Vec::new();
@@ -546,18 +546,7 @@ fn verify_certificate(
         })?
     };
     let trusted = match public_key {
-        Some(given) => {
-            let as_path = std::path::Path::new(given);
-            let text = if as_path.is_file() {
-                std::fs::read_to_string(as_path).map_err(|e| {
-                    CliError::usage(format!("cannot read the public key file {given}: {e}"))
-                })?
-            } else {
-                given.to_owned()
-            };
-            PublicKey::parse(&text)
-                .map_err(|e| CliError::usage(format!("invalid --public-key: {e}")))?
-        }
+        Some(given) => public_key_arg(given)?,
         None => {
             let dir = global
                 .data

@@ -22,6 +22,16 @@ struct ReplayBody {
     mode: String,
 }
 
+/// The `{"mode": "policy"|"upstream"}` body of a replay request; `hint` says what to send.
+pub(crate) fn replay_mode(raw: &[u8], hint: &str) -> Result<ReplayMode, ApiError> {
+    let body = optional_json::<ReplayBody>(raw)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("{}; {hint}", e.message)))?
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_json", format!("the request body is empty; {hint}"))
+        })?;
+    ReplayMode::parse(&body.mode).map_err(|e| ApiError::bad_request("invalid_mode", e.0))
+}
+
 #[post("/v1/replay/{call_id}")]
 pub async fn replay(
     state: web::Data<AppState>,
@@ -30,14 +40,10 @@ pub async fn replay(
     path: web::Path<String>,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let hint = "send {\"mode\": \"policy\"} (re-check against today's guardrails, nothing sent) or {\"mode\": \"upstream\"} (send the stored request again)";
-    let body = optional_json::<ReplayBody>(&raw)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("{}; {hint}", e.message)))?
-        .ok_or_else(|| {
-            ApiError::bad_request("invalid_json", format!("the request body is empty; {hint}"))
-        })?;
-    let mode =
-        ReplayMode::parse(&body.mode).map_err(|e| ApiError::bad_request("invalid_mode", e.0))?;
+    let mode = replay_mode(
+        &raw,
+        "send {\"mode\": \"policy\"} (re-check against today's guardrails, nothing sent) or {\"mode\": \"upstream\"} (send the stored request again)",
+    )?;
     let report = crate::evidence::replay::replay(
         &state.proxy,
         &caller.tenant_id,

@@ -39,21 +39,15 @@ pub async fn export(
         .map_err(|_| ApiError::not_found(format!("no incident {}", path.as_str())))?;
     let format = ExportFormat::parse(q.format.as_deref().unwrap_or("json"))
         .map_err(|e| ApiError::bad_request("invalid_format", e.0))?;
-    let background = match q.background {
-        Some(b) => b,
-        None => {
-            let (store, t, i) = (state.store.clone(), caller.tenant_id.clone(), id.clone());
-            let incident = crate::store::run_blocking(move || store.get_incident(Some(&t), &i))
-                .await
-                .map_err(super::error::missing("incident", &path))?;
-            incident.signal_count > SYNC_EXPORT_MAX_SIGNALS
-        }
-    };
+    // Also the 404 for an incident of another tenant, before any task is queued.
+    let (store, t, i) = (state.store.clone(), caller.tenant_id.clone(), id.clone());
+    let incident = crate::store::run_blocking(move || store.get_incident(Some(&t), &i))
+        .await
+        .map_err(super::error::missing("incident", &path))?;
+    let background = q
+        .background
+        .unwrap_or(incident.signal_count > SYNC_EXPORT_MAX_SIGNALS);
     if background {
-        let (store, t, i) = (state.store.clone(), caller.tenant_id.clone(), id.clone());
-        crate::store::run_blocking(move || store.get_incident(Some(&t), &i))
-            .await
-            .map_err(super::error::missing("incident", &path))?;
         let task = crate::domain::task::Task::new(
             &caller.tenant_id,
             crate::domain::task::kind::INCIDENT_EXPORT,

@@ -16,7 +16,6 @@ use actix_web::cookie::{Cookie, SameSite};
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -81,7 +80,7 @@ static DUMMY_HASH: std::sync::LazyLock<Option<PasswordHash>> =
     std::sync::LazyLock::new(|| PasswordHash::create("a password nobody has, for timing").ok());
 
 fn sha256_hex(s: &str) -> String {
-    hex::encode(Sha256::digest(s.as_bytes()))
+    crate::proxy::sha256_hex(s.as_bytes())
 }
 
 /// The CSRF token of a session: derived from its secret token, so nothing more is stored.

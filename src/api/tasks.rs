@@ -4,7 +4,7 @@
 
 use super::audit::{Source, by_key, record};
 use super::auth::AdminKey;
-use super::error::{ApiError, ErrorKind, missing, optional_json};
+use super::error::{ApiError, ErrorKind, missing};
 use crate::domain::audit::AuditAction;
 use crate::domain::replay::ReplayMode;
 use crate::domain::task::{Task, kind};
@@ -14,14 +14,7 @@ use crate::startup::AppState;
 use crate::store::run_blocking;
 use actix_web::http::header;
 use actix_web::{HttpResponse, get, post, web};
-use serde::Deserialize;
 use serde_json::json;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReplayAllBody {
-    mode: String,
-}
 
 /// Queues a replay of every call of the incident (up to `tasks::MAX_REPLAY_CALLS`).
 #[post("/v1/incidents/{id}/replay")]
@@ -32,14 +25,10 @@ pub async fn replay_incident(
     path: web::Path<String>,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let hint = "send {\"mode\": \"policy\"} (re-check every call against today's guardrails) or {\"mode\": \"upstream\"} (send every stored request again)";
-    let body = optional_json::<ReplayAllBody>(&raw)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("{}; {hint}", e.message)))?
-        .ok_or_else(|| {
-            ApiError::bad_request("invalid_json", format!("the request body is empty; {hint}"))
-        })?;
-    let mode =
-        ReplayMode::parse(&body.mode).map_err(|e| ApiError::bad_request("invalid_mode", e.0))?;
+    let mode = super::evidence::replay_mode(
+        &raw,
+        "send {\"mode\": \"policy\"} (re-check every call against today's guardrails) or {\"mode\": \"upstream\"} (send every stored request again)",
+    )?;
     let id = IncidentId::parse(&path)
         .map_err(|_| ApiError::not_found(format!("no incident {}", path.as_str())))?;
     let (store, t, i) = (state.store.clone(), caller.tenant_id.clone(), id.clone());
