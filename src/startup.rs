@@ -48,9 +48,10 @@ pub struct AppState {
     pub unauth_limiter: AddressRateLimiter,
     /// Failed console sign-ins, by email and address.
     pub login_throttle: crate::api::session::LoginThrottle,
-    /// Held from reading (or writing) a tenant's stored policy until it is applied, so the
-    /// change feed can never apply an older read over a newer local change.
-    pub policy_lock: tokio::sync::Mutex<()>,
+    /// Held from reading (or writing) a tenant's stored settings — its policy, its own
+    /// upstream — until they are applied in memory, so the change feed can never apply an
+    /// older read over a newer local change.
+    pub settings_lock: tokio::sync::Mutex<()>,
     pub started_at: Instant,
     /// Encrypts tenants' provider keys at rest.
     pub master_key: MasterKey,
@@ -226,7 +227,7 @@ impl Application {
             prometheus: crate::telemetry::prometheus(),
             unauth_limiter: AddressRateLimiter::new(settings.unauth_rate_limit_per_minute),
             login_throttle: crate::api::session::LoginThrottle::default(),
-            policy_lock: tokio::sync::Mutex::new(()),
+            settings_lock: tokio::sync::Mutex::new(()),
             started_at: Instant::now(),
             master_key,
             change_seq: AtomicI64::new(change_seq),
@@ -514,7 +515,7 @@ async fn apply_changes(state: &AppState) -> Result<(), crate::store::StoreError>
     {
         let store = state.store.clone();
         let t = tenant.clone();
-        let _applying = state.policy_lock.lock().await;
+        let _applying = state.settings_lock.lock().await;
         let overrides = run_blocking(move || store.get_tenant_policy(&t)).await?;
         match PolicyConfig::with_overrides(&overrides.unwrap_or_else(|| serde_json::json!({}))) {
             Ok(cfg) => apply_policy(state, &tenant, cfg).await,
@@ -530,6 +531,7 @@ async fn apply_changes(state: &AppState) -> Result<(), crate::store::StoreError>
     {
         let store = state.store.clone();
         let t = tenant.clone();
+        let _applying = state.settings_lock.lock().await;
         let row = run_blocking(move || store.get_tenant_upstream(&t)).await?;
         install_tenant_upstream(
             &state.proxy,

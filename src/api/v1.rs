@@ -271,7 +271,7 @@ pub async fn put_policies(
         .map_err(|e| ApiError::bad_request("invalid_policy", e.0))?;
     let store = state.store.clone();
     let (tenant, to_store) = (caller.tenant_id.clone(), overrides.clone());
-    let applying = state.policy_lock.lock().await;
+    let applying = state.settings_lock.lock().await;
     let before = run_blocking(move || {
         let before = store.get_tenant_policy(&tenant)?;
         store.put_tenant_policy(&tenant, &to_store, Timestamp::now())?;
@@ -683,6 +683,7 @@ pub async fn put_upstream(
     };
     let store = state.store.clone();
     let to_store = row.clone();
+    let applying = state.settings_lock.lock().await;
     let before = run_blocking(move || {
         let before = store.get_tenant_upstream(&to_store.tenant_id)?;
         store.put_tenant_upstream(&to_store)?;
@@ -708,6 +709,7 @@ pub async fn put_upstream(
             api_key,
         }),
     );
+    drop(applying);
     Ok(HttpResponse::Ok().json(upstream_json(&row)))
 }
 
@@ -720,6 +722,7 @@ pub async fn delete_upstream(
 ) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
     let tenant = caller.tenant_id.clone();
+    let applying = state.settings_lock.lock().await;
     let (before, removed) = run_blocking(move || {
         let before = store.get_tenant_upstream(&tenant)?;
         let removed = store.delete_tenant_upstream(&tenant)?;
@@ -741,6 +744,7 @@ pub async fn delete_upstream(
         .await;
     }
     state.proxy.set_tenant_upstream(&caller.tenant_id, None);
+    drop(applying);
     // Idempotent: without an upstream of its own the tenant already uses the instance's.
     Ok(HttpResponse::Ok()
         .json(json!({"tenant_id": caller.tenant_id, "upstream": "instance", "removed": removed})))
