@@ -61,6 +61,10 @@ pub struct AppState {
     pub alerts: Arc<Alerts>,
     /// Signs certificates (`<data>/certificate-signing.key`).
     pub signing_key: crate::domain::certificate::CertSigningKey,
+    /// The one-time first-run setup token, while no user exists.
+    pub setup: crate::api::people::SetupToken,
+    /// The operator's "back up now" job, while it runs.
+    pub backup_now: crate::api::operator::BackupNow,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,10 +115,10 @@ impl Application {
             };
             StartupError(format!("cannot listen on {}: {e}; {hint}", settings.listen))
         })?;
-        let port = listener
+        let bound = listener
             .local_addr()
-            .map_err(|e| StartupError(format!("cannot read the bound address: {e}")))?
-            .port();
+            .map_err(|e| StartupError(format!("cannot read the bound address: {e}")))?;
+        let port = bound.port();
 
         let for_store = settings.clone();
         let store = run_blocking(move || open_store(&for_store)).await?;
@@ -233,6 +237,8 @@ impl Application {
             change_seq: AtomicI64::new(change_seq),
             alerts: alerts.clone(),
             signing_key,
+            setup: Default::default(),
+            backup_now: Default::default(),
         });
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -298,6 +304,18 @@ impl Application {
             .map_err(|e| StartupError(format!("cannot start the scheduler: {e}")))?;
 
         let server = http_server(state.clone(), listener)?;
+        let host = match bound.ip() {
+            ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        let for_setup = state.clone();
+        let base = format!("http://{host}:{port}");
+        if let Err(e) =
+            run_blocking(move || crate::api::people::announce_setup(&for_setup, &base)).await
+        {
+            tracing::warn!(error = %e, "could not check whether a first user exists");
+        }
         tracing::info!(
             port,
             backend = store.backend().as_str(),
@@ -375,6 +393,7 @@ fn http_server(state: web::Data<AppState>, listener: TcpListener) -> Result<Serv
             .app_data(web::PayloadConfig::new(max_body))
             .app_data(web::QueryConfig::default().error_handler(query_error_handler))
             .app_data(web::PathConfig::default().error_handler(path_error_handler))
+            .wrap(from_fn(crate::api::console::route_console))
             .wrap(from_fn(limit_unauthenticated))
             .wrap(security_headers())
             .wrap(from_fn(observe))
@@ -382,6 +401,28 @@ fn http_server(state: web::Data<AppState>, listener: TcpListener) -> Result<Serv
             .service(crate::api::session::login)
             .service(crate::api::session::logout)
             .service(crate::api::session::me)
+            .service(crate::api::people::setup_needed)
+            .service(crate::api::people::setup)
+            .service(crate::api::people::change_password)
+            .service(crate::api::people::list_users)
+            .service(crate::api::people::invite)
+            .service(crate::api::people::accept)
+            .service(crate::api::people::get_invitation)
+            .service(crate::api::console::overview)
+            .service(crate::api::console::usage)
+            .service(crate::api::console::events)
+            .service(crate::api::console::list_keys)
+            .service(crate::api::console::create_key)
+            .service(crate::api::console::revoke_key)
+            .service(crate::api::operator::health)
+            .service(crate::api::operator::tenants)
+            .service(crate::api::operator::incidents)
+            .service(crate::api::operator::backups)
+            .service(crate::api::operator::backup_now)
+            .service(crate::api::operator::verify_backup)
+            .service(crate::api::operator::jobs)
+            .service(crate::api::operator::retry_job)
+            .service(crate::api::operator::discard_job)
             .service(health::ready)
             .service(health::prometheus_metrics)
             .service(openai::chat_completions)

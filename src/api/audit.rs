@@ -5,7 +5,7 @@
 use super::auth::{AdminKey, Caller};
 use super::error::ApiError;
 use super::v1::parse_time;
-use crate::domain::audit::{Actor, AuditAction, AuditEntry, AuditFilter, NewAuditEntry};
+use crate::domain::audit::{AuditAction, AuditEntry, AuditFilter, NewAuditEntry};
 use crate::startup::AppState;
 use crate::store::run_blocking;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, dev::Payload, get, web};
@@ -36,7 +36,7 @@ pub fn by_key(
 ) -> NewAuditEntry {
     NewAuditEntry::new(
         Some(caller.tenant_id.clone()),
-        Actor::Key(caller.key_id.clone()),
+        caller.actor(),
         action,
         target,
     )

@@ -7,11 +7,14 @@
 //! clears the cache when it sees one, so a revoked key stops working within a second.
 //! Last-used times are collected in memory and written in batches, off the request path.
 
+use super::console::ConsoleRequest;
 use super::error::ApiError;
-use crate::domain::{ApiKeyRecord, KeyHash, KeyId, KeySecret, Scope, TenantId, Timestamp};
+use crate::domain::audit::Actor;
+use crate::domain::{ApiKeyRecord, KeyHash, KeyId, KeySecret, Scope, TenantId, Timestamp, UserId};
+use crate::guard::killswitch::FrozenBy;
 use crate::startup::AppState;
 use crate::store::{DynStore, StoreResult, run_blocking};
-use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload, web};
 use futures_util::future::LocalBoxFuture;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -196,20 +199,53 @@ impl KeyCache {
     }
 }
 
-/// The authenticated caller of a `/v1` endpoint.
+/// The authenticated caller of a `/v1` endpoint: an API key, or a person signed in to the
+/// console (the same endpoints under `/api`, see `api::console`).
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub key_id: KeyId,
     pub tenant_id: TenantId,
     pub scope: Scope,
+    /// The API key; `None` for a person.
+    pub key_id: Option<KeyId>,
+    /// The signed-in person; `None` for an API key.
+    pub user_id: Option<UserId>,
 }
 
 impl From<&ApiKeyRecord> for Caller {
     fn from(r: &ApiKeyRecord) -> Self {
         Self {
-            key_id: r.id.clone(),
             tenant_id: r.tenant_id.clone(),
             scope: r.scope,
+            key_id: Some(r.id.clone()),
+            user_id: None,
+        }
+    }
+}
+
+impl Caller {
+    /// Who acted, for the audit log.
+    pub fn actor(&self) -> Actor {
+        match (&self.key_id, &self.user_id) {
+            (Some(k), _) => Actor::Key(k.clone()),
+            (None, Some(u)) => Actor::User(u.clone()),
+            (None, None) => Actor::System("unknown".to_owned()),
+        }
+    }
+
+    /// Who acted, as the `kind:id` text incidents, tasks and freezes record.
+    pub fn label(&self) -> String {
+        match (&self.key_id, &self.user_id) {
+            (Some(k), _) => format!("key:{k}"),
+            (None, Some(u)) => format!("user:{u}"),
+            (None, None) => "unknown".to_owned(),
+        }
+    }
+
+    /// What holds this caller under the kill switch: its tenant, or its key.
+    pub fn frozen_by(&self, ks: &crate::guard::killswitch::KillSwitch) -> Option<FrozenBy> {
+        match &self.key_id {
+            Some(k) => ks.check(&self.tenant_id, k),
+            None => ks.tenant_status(&self.tenant_id).tenant,
         }
     }
 }
@@ -219,6 +255,9 @@ async fn authenticate(req: HttpRequest, required: Scope) -> Result<Caller, ApiEr
         .app_data::<web::Data<AppState>>()
         .cloned()
         .ok_or_else(|| ApiError::internal("application state missing"))?;
+    if req.extensions().get::<ConsoleRequest>().is_some() {
+        return super::console::session_caller(&state, &req).await;
+    }
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)

@@ -69,6 +69,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub retry_after_secs: Option<u64>,
+    /// The request field that is wrong (a form shows the message next to it).
+    pub param: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -82,7 +84,7 @@ struct Inner<'a> {
     #[serde(rename = "type")]
     kind: &'a str,
     code: &'a str,
-    param: Option<()>,
+    param: Option<&'a str>,
 }
 
 impl ApiError {
@@ -92,7 +94,14 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_secs: None,
+            param: None,
         }
+    }
+
+    /// Names the request field that is wrong.
+    pub fn param(mut self, field: &'static str) -> Self {
+        self.param = Some(field);
+        self
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -168,7 +177,7 @@ impl ApiError {
                 message: &self.message,
                 kind: self.kind.openai_type(),
                 code: self.code,
-                param: None,
+                param: self.param,
             },
         };
         // Serialising two strings and a null cannot fail; fall back to a fixed body anyway.

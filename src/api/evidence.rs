@@ -47,7 +47,7 @@ pub async fn replay(
     let report = crate::evidence::replay::replay(
         &state.proxy,
         &caller.tenant_id,
-        &caller.key_id,
+        caller.key_id.as_ref(),
         &path,
         mode,
     )

@@ -51,7 +51,7 @@ pub async fn export(
         let task = crate::domain::task::Task::new(
             &caller.tenant_id,
             crate::domain::task::kind::INCIDENT_EXPORT,
-            format!("key:{}", caller.key_id),
+            caller.label(),
             json!({"incident_id": id, "format": format.as_str()}),
             crate::domain::Timestamp::now(),
         );

@@ -24,7 +24,7 @@ fn incident_id(raw: &str) -> Result<IncidentId, ApiError> {
 }
 
 fn actor(caller: &Caller) -> String {
-    format!("key:{}", caller.key_id)
+    caller.label()
 }
 
 #[derive(Deserialize)]
@@ -432,10 +432,26 @@ pub async fn simulate(
             "simulated incidents are only for demo tenants (made by `agv-server demo`); this tenant's records are real and stay untouched",
         ));
     }
+    // A person simulates with the tenant's first key: demo calls are made by a key.
+    let key = match caller.key_id.clone() {
+        Some(k) => k,
+        None => {
+            let store = state.store.clone();
+            let tenant = caller.tenant_id.clone();
+            run_blocking(move || store.list_api_keys(&tenant))
+                .await?
+                .into_iter()
+                .next()
+                .map(|k| k.id)
+                .ok_or_else(|| {
+                    ApiError::bad_request("no_key", "this tenant has no API key to simulate with")
+                })?
+        }
+    };
     let (calls, signals) = crate::incidents::demo::scenario(
         &name,
         &caller.tenant_id,
-        &caller.key_id,
+        &key,
         crate::domain::Timestamp::now(),
     )
     .map_err(|e| ApiError::bad_request("invalid_scenario", e.0))?;

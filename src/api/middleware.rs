@@ -111,12 +111,26 @@ impl AddressRateLimiter {
     }
 }
 
-/// Applies the per-address limit to every request outside `/v1` (those are authenticated).
+/// Whether a request counts against the per-address limit: not `/v1` (authenticated by
+/// key), not the console's own files (served from memory), and not a console API call that
+/// carries a session cookie (authenticated; sign-in has its own throttle).
+fn limited(req: &ServiceRequest) -> bool {
+    let path = req.path();
+    if path.starts_with("/v1/") {
+        return false;
+    }
+    if path.starts_with("/api/") {
+        return req.cookie(crate::api::session::COOKIE).is_none();
+    }
+    matches!(path, "/health" | "/ready" | "/metrics" | "/v1")
+}
+
+/// Applies the per-address limit to unauthenticated requests (see [`limited`]).
 pub async fn limit_unauthenticated(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<actix_web::body::BoxBody>, Error> {
-    if !req.path().starts_with("/v1/")
+    if limited(&req)
         && let (Some(state), Some(peer)) = (req.app_data::<web::Data<AppState>>(), req.peer_addr())
         && let Err(retry) = state.unauth_limiter.check(peer.ip(), Instant::now())
     {

@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod audit;
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod evidence;
 pub mod export;
@@ -13,6 +14,8 @@ pub mod health;
 pub mod incidents;
 pub mod middleware;
 pub mod openai;
+pub mod operator;
+pub mod people;
 pub mod session;
 pub mod tasks;
 pub mod v1;

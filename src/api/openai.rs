@@ -190,7 +190,9 @@ async fn proxy_call(
         Ok(Incoming {
             call_id: CallId::generate(),
             tenant_id: key.0.tenant_id.clone(),
-            key_id: key.0.key_id.clone(),
+            key_id: key.0.key_id.clone().ok_or_else(|| {
+                ApiError::unauthorized("missing_api_key", "LLM calls are made with an API key")
+            })?,
             endpoint: which,
             received,
             created_at: Timestamp::now(),

@@ -79,7 +79,7 @@ impl LoginThrottle {
 static DUMMY_HASH: std::sync::LazyLock<Option<PasswordHash>> =
     std::sync::LazyLock::new(|| PasswordHash::create("a password nobody has, for timing").ok());
 
-fn sha256_hex(s: &str) -> String {
+pub fn sha256_hex(s: &str) -> String {
     crate::proxy::sha256_hex(s.as_bytes())
 }
 
@@ -88,7 +88,7 @@ pub fn csrf_token(session_token: &str) -> String {
     sha256_hex(&format!("agv-csrf\n{session_token}"))
 }
 
-fn user_json(u: &User) -> serde_json::Value {
+pub fn user_json(u: &User) -> serde_json::Value {
     json!({"id": u.id, "email": u.email, "role": u.role, "tenant_id": u.tenant_id})
 }
 
@@ -164,6 +164,16 @@ pub async fn login(
         ));
     };
     state.login_throttle.clear(&keys[0].0);
+    sign_in(&state, &req, &source, &user).await
+}
+
+/// Starts a session for `user`: the cookie, the CSRF token, and the audit entry.
+pub async fn sign_in(
+    state: &AppState,
+    req: &HttpRequest,
+    source: &Source,
+    user: &User,
+) -> Result<HttpResponse, ApiError> {
     let mut raw_token = [0u8; 32];
     rand::fill(&mut raw_token);
     let token = hex::encode(raw_token);
@@ -178,7 +188,7 @@ pub async fn login(
     let store = state.store.clone();
     run_blocking(move || store.create_session(&session)).await?;
     record(
-        &state,
+        state,
         NewAuditEntry::new(
             user.tenant_id.clone(),
             Actor::User(user.id.clone()),
@@ -198,7 +208,7 @@ pub async fn login(
         .finish();
     Ok(HttpResponse::Ok()
         .cookie(cookie)
-        .json(json!({"user": user_json(&user), "csrf_token": csrf_token(&token)})))
+        .json(json!({"user": user_json(user), "csrf_token": csrf_token(&token)})))
 }
 
 /// The signed-in user of a request, with the session's token.
@@ -241,10 +251,17 @@ pub fn require_csrf(req: &HttpRequest, token: &str) -> Result<(), ApiError> {
 #[get("/api/auth/me")]
 pub async fn me(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let (user, token) = current(&state, &req).await?;
-    Ok(
-        HttpResponse::Ok()
-            .json(json!({"user": user_json(&user), "csrf_token": csrf_token(&token)})),
-    )
+    let tenant = match user.tenant_id.clone() {
+        Some(t) => {
+            let store = state.store.clone();
+            let tenant = run_blocking(move || store.get_tenant(&t)).await?;
+            json!({"id": tenant.id, "name": tenant.name})
+        }
+        None => serde_json::Value::Null,
+    };
+    Ok(HttpResponse::Ok().json(
+        json!({"user": user_json(&user), "csrf_token": csrf_token(&token), "tenant": tenant}),
+    ))
 }
 
 #[post("/api/auth/logout")]

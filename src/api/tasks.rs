@@ -36,11 +36,7 @@ pub async fn replay_incident(
         .await
         .map_err(missing("incident", &path))?;
     if mode == ReplayMode::Upstream
-        && let Some(by) = state
-            .proxy
-            .guard
-            .killswitch()
-            .check(&caller.tenant_id, &caller.key_id)
+        && let Some(by) = caller.frozen_by(state.proxy.guard.killswitch())
     {
         return Err(ApiError::new(
             ErrorKind::Locked,
@@ -54,7 +50,7 @@ pub async fn replay_incident(
     let task = Task::new(
         &caller.tenant_id,
         kind::INCIDENT_REPLAY,
-        format!("key:{}", caller.key_id),
+        caller.label(),
         json!({"incident_id": incident.id, "mode": mode.as_str(), "key_id": caller.key_id}),
         Timestamp::now(),
     );

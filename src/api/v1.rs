@@ -79,7 +79,7 @@ async fn tenant_switch(
         body.as_ref().and_then(|b| b.tenant_id.as_deref()),
     )?;
     let reason = reason_of(&body, action)?;
-    let actor = format!("key:{}", caller.0.key_id);
+    let actor = caller.0.label();
     let was_frozen = state
         .proxy
         .guard
@@ -135,7 +135,7 @@ async fn key_switch(
             }
             other => other.into(),
         })?;
-    let actor = format!("key:{}", caller.0.key_id);
+    let actor = caller.0.label();
     let was_frozen = state
         .proxy
         .guard
@@ -590,11 +590,7 @@ pub async fn status(
         ))
     })
     .await?;
-    let frozen = state
-        .proxy
-        .guard
-        .killswitch()
-        .check(&caller.tenant_id, &caller.key_id);
+    let frozen = caller.frozen_by(state.proxy.guard.killswitch());
     Ok(HttpResponse::Ok().json(json!({
         "tenant_id": caller.tenant_id,
         "protected": frozen.is_none(),

@@ -62,6 +62,12 @@ pub enum AuditAction {
     UserCreate,
     UserSignIn,
     UserSignOut,
+    /// A person changed their password.
+    UserPasswordChange,
+    /// An owner or the operator invited a person to a tenant.
+    UserInvite,
+    /// Instance-wide: an operator started a backup from the console.
+    Backup,
     KeyCreate,
     KeyRevoke,
     KeyRotate,
@@ -95,6 +101,9 @@ const ACTIONS: &[AuditAction] = &[
     AuditAction::UserCreate,
     AuditAction::UserSignIn,
     AuditAction::UserSignOut,
+    AuditAction::UserPasswordChange,
+    AuditAction::UserInvite,
+    AuditAction::Backup,
     AuditAction::KeyCreate,
     AuditAction::KeyRevoke,
     AuditAction::KeyRotate,
@@ -128,6 +137,9 @@ impl AuditAction {
             Self::UserCreate => "user.create",
             Self::UserSignIn => "user.sign_in",
             Self::UserSignOut => "user.sign_out",
+            Self::UserPasswordChange => "user.password_change",
+            Self::UserInvite => "user.invite",
+            Self::Backup => "instance.backup",
             Self::KeyCreate => "key.create",
             Self::KeyRevoke => "key.revoke",
             Self::KeyRotate => "key.rotate",

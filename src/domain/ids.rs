@@ -92,6 +92,7 @@ prefixed_id!(ReplayId, "rpl_", "replay");
 prefixed_id!(CertificateId, "cert_", "certificate");
 prefixed_id!(AuditId, "aud_", "audit entry");
 prefixed_id!(TaskId, "tsk_", "task");
+prefixed_id!(InvitationId, "inv_", "invitation");
 
 #[cfg(test)]
 mod tests {

@@ -30,8 +30,8 @@ pub use call::{CallCursor, CallFilter, CallRecord};
 pub use decision::{Decision, Outcome};
 pub use freeze::{FreezeAction, FreezeEvent};
 pub use ids::{
-    AlertRouteId, AuditId, CallId, CertificateId, FreezeId, IncidentEventId, IncidentId, KeyId,
-    ReplayId, SessionId, TaskId, TenantId, UserId,
+    AlertRouteId, AuditId, CallId, CertificateId, FreezeId, IncidentEventId, IncidentId,
+    InvitationId, KeyId, ReplayId, SessionId, TaskId, TenantId, UserId,
 };
 pub use incident::{Incident, IncidentStatus, Severity, Signal};
 pub use keys::{ApiKeyRecord, KeyHash, KeySecret, NewApiKey, Scope};

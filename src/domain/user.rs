@@ -1,6 +1,6 @@
 //! People who sign in to the console: users (argon2id passwords) and their sessions.
 
-use super::{ParseError, SessionId, TenantId, Timestamp, UserId};
+use super::{InvitationId, ParseError, SessionId, TenantId, Timestamp, UserId};
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use serde::Serialize;
 use std::fmt;
@@ -145,6 +145,29 @@ pub struct Session {
     pub user_id: UserId,
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
+}
+
+/// An owner's (or the operator's) invitation for one person to join a tenant. Only the
+/// SHA-256 of its token is stored; the token travels in the invitation URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Invitation {
+    pub id: InvitationId,
+    pub tenant_id: TenantId,
+    pub email: Email,
+    pub role: Role,
+    #[serde(skip)]
+    pub token_hash: String,
+    pub created_by: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub accepted_at: Option<Timestamp>,
+}
+
+impl Invitation {
+    /// Whether the invitation can still be accepted at `now`.
+    pub fn is_open(&self, now: Timestamp) -> bool {
+        self.accepted_at.is_none() && now.millis() < self.expires_at.millis()
+    }
 }
 
 #[cfg(test)]

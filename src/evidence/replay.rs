@@ -109,7 +109,7 @@ async fn store_replay(proxy: &Proxy, record: ReplayRecord) -> Result<(), ApiErro
 pub async fn replay(
     proxy: &Arc<Proxy>,
     tenant: &TenantId,
-    caller_key: &KeyId,
+    caller_key: Option<&KeyId>,
     raw_call_id: &str,
     mode: ReplayMode,
 ) -> Result<Value, ApiError> {
@@ -204,7 +204,7 @@ fn refuse_if_frozen(proxy: &Proxy, tenant: &TenantId, keys: &[&KeyId]) -> Result
 async fn upstream_replay(
     proxy: &Arc<Proxy>,
     tenant: &TenantId,
-    caller_key: &KeyId,
+    caller_key: Option<&KeyId>,
     original: CallRecord,
     body: Value,
 ) -> Result<Value, ApiError> {
@@ -243,7 +243,9 @@ async fn upstream_replay(
             ),
         ));
     }
-    refuse_if_frozen(proxy, tenant, &[&original.key_id, caller_key])?;
+    let mut keys = vec![&original.key_id];
+    keys.extend(caller_key);
+    refuse_if_frozen(proxy, tenant, &keys)?;
 
     let mut metadata = match &original.metadata {
         Some(Value::Object(m)) => m.clone(),

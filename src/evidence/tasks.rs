@@ -145,7 +145,15 @@ pub async fn incident_calls(
 async fn replay_incident(state: &AppState, task: &Task) -> Result<TaskUpdate, String> {
     let incident = IncidentId::parse(param(task, "incident_id")?).map_err(|e| e.to_string())?;
     let mode = ReplayMode::parse(param(task, "mode")?).map_err(|e| e.to_string())?;
-    let key = KeyId::parse(param(task, "key_id")?).map_err(|e| e.to_string())?;
+    // Absent when a person (not a key) asked for the replay.
+    let key = match task
+        .params
+        .get("key_id")
+        .and_then(serde_json::Value::as_str)
+    {
+        Some(k) => Some(KeyId::parse(k).map_err(|e| e.to_string())?),
+        None => None,
+    };
     let calls = incident_calls(state, &task.tenant_id, &incident, MAX_REPLAY_CALLS)
         .await
         .map_err(|e| format!("cannot list the incident's calls: {e}"))?;
@@ -159,7 +167,7 @@ async fn replay_incident(state: &AppState, task: &Task) -> Result<TaskUpdate, St
         match crate::evidence::replay::replay(
             &state.proxy,
             &task.tenant_id,
-            &key,
+            key.as_ref(),
             call.as_str(),
             mode,
         )

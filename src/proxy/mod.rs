@@ -185,6 +185,7 @@ impl Proxy {
                     code: stop.code,
                     message: stop.message.clone(),
                     retry_after_secs: stop.retry_after_secs,
+                    param: None,
                 };
                 let mut rec = self.base_record(&incoming, model, decisions, enforcement_us);
                 rec.status = err.kind.status().as_u16();

@@ -36,6 +36,7 @@ pub const TABLES: &[&str] = &[
     "chain_heads",
     "audit_entries",
     "tasks",
+    "invitations",
 ];
 
 /// Tables (and one column) that are derived from the others and rebuilt, never backed up.

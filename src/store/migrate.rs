@@ -82,6 +82,11 @@ pub const SQLITE: &[Migration] = &[
         name: "tasks",
         sql: include_str!("../../migrations/sqlite/0010_tasks.sql"),
     },
+    Migration {
+        version: 11,
+        name: "invitations",
+        sql: include_str!("../../migrations/sqlite/0011_invitations.sql"),
+    },
 ];
 
 /// Postgres migrations, oldest first; the same versions and meaning as [`SQLITE`].
@@ -135,6 +140,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 10,
         name: "tasks",
         sql: include_str!("../../migrations/postgres/0010_tasks.sql"),
+    },
+    Migration {
+        version: 11,
+        name: "invitations",
+        sql: include_str!("../../migrations/postgres/0011_invitations.sql"),
     },
 ];
 

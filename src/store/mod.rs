@@ -8,6 +8,7 @@
 
 mod alerts;
 mod chain;
+mod console;
 pub mod dump;
 mod evidence;
 mod incidents;
@@ -23,6 +24,7 @@ mod tasks;
 #[doc(hidden)]
 pub mod testing;
 
+pub use console::{SeriesPoint, UsageRow, key_of as usage_key};
 pub use evidence::StoredCertificate;
 
 use crate::domain::alert::{AlertRoute, AlertSent};
@@ -322,6 +324,50 @@ pub trait Store: Send + Sync + 'static {
         tenant: Option<&TenantId>,
         id: &crate::domain::CertificateId,
     ) -> StoreResult<StoredCertificate>;
+
+    // The console (see store::console).
+    /// `buckets` consecutive buckets of the tenant's calls from `since`, empty ones included.
+    fn call_series(
+        &self,
+        tenant: &TenantId,
+        since: Timestamp,
+        bucket_ms: i64,
+        buckets: u32,
+    ) -> StoreResult<Vec<SeriesPoint>>;
+    /// Calls, tokens and cost since `since` per key (`by_model` false) or per model.
+    fn usage_by(
+        &self,
+        tenant: &TenantId,
+        since: Timestamp,
+        by_model: bool,
+    ) -> StoreResult<Vec<UsageRow>>;
+    /// A tenant's people (`None`: everyone), oldest first.
+    fn list_users(&self, tenant: Option<&TenantId>) -> StoreResult<Vec<crate::domain::user::User>>;
+    /// Sets a user's password and ends their other sessions (all but `keep`, a token hash).
+    fn set_user_password(
+        &self,
+        user: &crate::domain::UserId,
+        password: &crate::domain::user::PasswordHash,
+        keep: Option<&str>,
+    ) -> StoreResult<()>;
+    fn create_invitation(&self, inv: &crate::domain::user::Invitation) -> StoreResult<()>;
+    fn find_invitation(
+        &self,
+        token_hash: &str,
+    ) -> StoreResult<Option<crate::domain::user::Invitation>>;
+    fn list_invitations(
+        &self,
+        tenant: &TenantId,
+    ) -> StoreResult<Vec<crate::domain::user::Invitation>>;
+    /// Creates the invited user and marks the invitation accepted, in one transaction.
+    /// Unknown token: NotFound; used, expired, or the email taken: Conflict.
+    fn accept_invitation(
+        &self,
+        token_hash: &str,
+        id: &crate::domain::UserId,
+        password: &crate::domain::user::PasswordHash,
+        now: Timestamp,
+    ) -> StoreResult<crate::domain::user::User>;
 
     // Tasks (see domain::task). Another tenant's task is NotFound; an unknown tenant is
     // NotFound on insert.

@@ -1205,6 +1205,87 @@ impl Store for PostgresStore {
         super::evidence::get_certificate(&mut PgDb(&mut *conn), tenant, id)
     }
 
+    fn call_series(
+        &self,
+        tenant: &TenantId,
+        since: Timestamp,
+        bucket_ms: i64,
+        buckets: u32,
+    ) -> StoreResult<Vec<super::SeriesPoint>> {
+        let mut conn = self.conn()?;
+        let mut db = PgDb(&mut *conn);
+        super::console::call_series(&mut db, tenant, since, bucket_ms, buckets)
+    }
+
+    fn usage_by(
+        &self,
+        tenant: &TenantId,
+        since: Timestamp,
+        by_model: bool,
+    ) -> StoreResult<Vec<super::UsageRow>> {
+        let mut conn = self.conn()?;
+        let mut db = PgDb(&mut *conn);
+        super::console::usage_by(&mut db, tenant, since, by_model)
+    }
+
+    fn list_users(&self, tenant: Option<&TenantId>) -> StoreResult<Vec<User>> {
+        let mut conn = self.conn()?;
+        let mut db = PgDb(&mut *conn);
+        super::console::list_users(&mut db, tenant)
+    }
+
+    fn set_user_password(
+        &self,
+        user: &crate::domain::UserId,
+        password: &crate::domain::user::PasswordHash,
+        keep: Option<&str>,
+    ) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        super::console::set_password(&mut PgDb(&mut tx), user, password, keep)?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn create_invitation(&self, inv: &crate::domain::user::Invitation) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        super::console::insert_invitation(&mut PgDb(&mut tx), inv)?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn find_invitation(
+        &self,
+        token_hash: &str,
+    ) -> StoreResult<Option<crate::domain::user::Invitation>> {
+        let mut conn = self.conn()?;
+        let mut db = PgDb(&mut *conn);
+        super::console::find_invitation(&mut db, token_hash)
+    }
+
+    fn list_invitations(
+        &self,
+        tenant: &TenantId,
+    ) -> StoreResult<Vec<crate::domain::user::Invitation>> {
+        let mut conn = self.conn()?;
+        let mut db = PgDb(&mut *conn);
+        super::console::list_invitations(&mut db, tenant)
+    }
+
+    fn accept_invitation(
+        &self,
+        token_hash: &str,
+        id: &crate::domain::UserId,
+        password: &crate::domain::user::PasswordHash,
+        now: Timestamp,
+    ) -> StoreResult<User> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        let user =
+            super::console::accept_invitation(&mut PgDb(&mut tx), token_hash, id, password, now)?;
+        tx.commit().map_err(db_err)?;
+        Ok(user)
+    }
+
     fn insert_task(&self, task: &crate::domain::task::Task) -> StoreResult<()> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction().map_err(db_err)?;

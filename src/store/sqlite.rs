@@ -1318,6 +1318,87 @@ impl Store for SqliteStore {
         super::evidence::get_certificate(&mut SqliteDb(&conn), tenant, id)
     }
 
+    fn call_series(
+        &self,
+        tenant: &TenantId,
+        since: Timestamp,
+        bucket_ms: i64,
+        buckets: u32,
+    ) -> StoreResult<Vec<super::SeriesPoint>> {
+        let conn = self.conn()?;
+        let mut db = SqliteDb(&conn);
+        super::console::call_series(&mut db, tenant, since, bucket_ms, buckets)
+    }
+
+    fn usage_by(
+        &self,
+        tenant: &TenantId,
+        since: Timestamp,
+        by_model: bool,
+    ) -> StoreResult<Vec<super::UsageRow>> {
+        let conn = self.conn()?;
+        let mut db = SqliteDb(&conn);
+        super::console::usage_by(&mut db, tenant, since, by_model)
+    }
+
+    fn list_users(&self, tenant: Option<&TenantId>) -> StoreResult<Vec<User>> {
+        let conn = self.conn()?;
+        let mut db = SqliteDb(&conn);
+        super::console::list_users(&mut db, tenant)
+    }
+
+    fn set_user_password(
+        &self,
+        user: &crate::domain::UserId,
+        password: &crate::domain::user::PasswordHash,
+        keep: Option<&str>,
+    ) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let tx = begin_write(&self.writer, &mut conn)?;
+        super::console::set_password(&mut SqliteDb(&tx), user, password, keep)?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn create_invitation(&self, inv: &crate::domain::user::Invitation) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let tx = begin_write(&self.writer, &mut conn)?;
+        super::console::insert_invitation(&mut SqliteDb(&tx), inv)?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn find_invitation(
+        &self,
+        token_hash: &str,
+    ) -> StoreResult<Option<crate::domain::user::Invitation>> {
+        let conn = self.conn()?;
+        let mut db = SqliteDb(&conn);
+        super::console::find_invitation(&mut db, token_hash)
+    }
+
+    fn list_invitations(
+        &self,
+        tenant: &TenantId,
+    ) -> StoreResult<Vec<crate::domain::user::Invitation>> {
+        let conn = self.conn()?;
+        let mut db = SqliteDb(&conn);
+        super::console::list_invitations(&mut db, tenant)
+    }
+
+    fn accept_invitation(
+        &self,
+        token_hash: &str,
+        id: &crate::domain::UserId,
+        password: &crate::domain::user::PasswordHash,
+        now: Timestamp,
+    ) -> StoreResult<User> {
+        let mut conn = self.conn()?;
+        let tx = begin_write(&self.writer, &mut conn)?;
+        let user =
+            super::console::accept_invitation(&mut SqliteDb(&tx), token_hash, id, password, now)?;
+        tx.commit().map_err(db_err)?;
+        Ok(user)
+    }
+
     fn insert_task(&self, task: &crate::domain::task::Task) -> StoreResult<()> {
         let mut conn = self.conn()?;
         let tx = begin_write(&self.writer, &mut conn)?;

@@ -1,0 +1,590 @@
+//! The console's JSON API under `/api` (see docs/console-api.md): people signed in with a
+//! session cookie instead of an API key.
+//!
+//! Every `/v1` admin endpoint is also served under `/api`: [`route_console`] rewrites
+//! `/api/X` to `/v1/X` for the allowed prefixes and marks the request ([`ConsoleRequest`]),
+//! so the `/v1` extractors authenticate the session (`session_caller`) instead of a key.
+//! One handler, one behaviour, two doors. The rules for a person: every state-changing
+//! call needs the CSRF header; a viewer may only read; an operator names the tenant with
+//! `x-agv-tenant`. Console-only tenant views (overview, keys, usage, live events) live here.
+
+use super::auth::Caller;
+use super::error::{ApiError, ErrorKind};
+use super::session::{current, require_csrf};
+use crate::domain::user::{Role, User};
+use crate::domain::{Scope, TenantId, Timestamp};
+use crate::startup::AppState;
+use crate::store::run_blocking;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
+use actix_web::http::Uri;
+use actix_web::middleware::Next;
+use actix_web::{Error, HttpMessage, HttpRequest, HttpResponse, get, web};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Marks a request that came in under `/api` and was rewritten to its `/v1` twin.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsoleRequest;
+
+pub const TENANT_HEADER: &str = "x-agv-tenant";
+
+/// The `/v1` paths a signed-in person may reach under `/api` (the proxy endpoints are not
+/// among them: those are for API keys).
+const SHARED_PREFIXES: &[&str] = &[
+    "status",
+    "killswitch/",
+    "policies/",
+    "policies",
+    "upstream",
+    "calls",
+    "incidents",
+    "alerts/",
+    "audit",
+    "replay/",
+    "replays/",
+    "certificates",
+    "tasks",
+];
+
+fn shared(rest: &str) -> bool {
+    SHARED_PREFIXES.iter().any(|p| {
+        rest.strip_prefix(p)
+            .is_some_and(|after| p.ends_with('/') || after.is_empty() || after.starts_with('/'))
+    })
+}
+
+/// Rewrites `/api/X` to `/v1/X` for the shared endpoints, before routing.
+pub async fn route_console(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    if let Some(rest) = req.path().strip_prefix("/api/")
+        && shared(rest)
+    {
+        let path_and_query = match req.uri().query() {
+            Some(q) => format!("/v1/{rest}?{q}"),
+            None => format!("/v1/{rest}"),
+        };
+        if let Ok(uri) = path_and_query.parse::<Uri>() {
+            req.head_mut().uri = uri.clone();
+            req.match_info_mut().get_mut().update(&uri);
+            req.extensions_mut().insert(ConsoleRequest);
+        }
+    }
+    next.call(req).await
+}
+
+fn safe(req: &HttpRequest) -> bool {
+    matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The signed-in person of a console request. A state-changing request must carry the
+/// CSRF header.
+pub async fn person(state: &AppState, req: &HttpRequest) -> Result<User, ApiError> {
+    let (user, token) = current(state, req).await?;
+    if !safe(req) {
+        require_csrf(req, &token)?;
+    }
+    Ok(user)
+}
+
+fn role_not_allowed(what: &str) -> ApiError {
+    ApiError::forbidden("role_not_allowed", format!("your role may not {what}"))
+}
+
+/// The tenant a person acts on: their own, or for the operator the one named by the
+/// `x-agv-tenant` header (or `named`, from a query). An unknown tenant is 404.
+pub async fn tenant_for(
+    state: &AppState,
+    req: &HttpRequest,
+    user: &User,
+    named: Option<&str>,
+) -> Result<TenantId, ApiError> {
+    if user.role != Role::Operator {
+        return user
+            .tenant_id
+            .clone()
+            .ok_or_else(|| ApiError::forbidden("no_tenant", "this account belongs to no tenant"));
+    }
+    let raw = req
+        .headers()
+        .get(TENANT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .or(named)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "tenant_required",
+                "an operator names the tenant to act on with the x-agv-tenant header",
+            )
+        })?;
+    let id = TenantId::parse(raw).map_err(|_| ApiError::not_found(format!("no tenant {raw}")))?;
+    let store = state.store.clone();
+    let t = id.clone();
+    run_blocking(move || store.get_tenant(&t))
+        .await
+        .map_err(super::error::missing("tenant", raw))?;
+    Ok(id)
+}
+
+/// A person acting on a tenant: the caller of a shared `/v1` endpoint under `/api`. A
+/// viewer may only read.
+pub async fn session_caller(state: &AppState, req: &HttpRequest) -> Result<Caller, ApiError> {
+    let user = person(state, req).await?;
+    if !safe(req) && user.role == Role::Viewer {
+        return Err(role_not_allowed("change anything (viewers only read)"));
+    }
+    let tenant = tenant_for(state, req, &user, None).await?;
+    Ok(Caller {
+        tenant_id: tenant,
+        scope: Scope::Admin,
+        key_id: None,
+        user_id: Some(user.id),
+    })
+}
+
+/// The operator only.
+pub async fn operator(state: &AppState, req: &HttpRequest) -> Result<User, ApiError> {
+    let user = person(state, req).await?;
+    if user.role != Role::Operator {
+        return Err(role_not_allowed("use the operator console"));
+    }
+    Ok(user)
+}
+
+pub fn usd(nanos: i64) -> f64 {
+    crate::domain::Money::from_nanos(nanos).usd()
+}
+
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+
+/// Today's figures, the protection state and the freezes: what the overview and its live
+/// stream show.
+async fn summary(state: &AppState, tenant: &TenantId) -> Result<Value, ApiError> {
+    let now = Timestamp::now();
+    let (day_start, _) = crate::guard::budget::period_starts(now);
+    let store = state.store.clone();
+    let t = tenant.clone();
+    let (counts, spend, stats) = run_blocking(move || {
+        Ok::<_, crate::store::StoreError>((
+            store.call_counts(&t, day_start)?,
+            store.spend_since(&t, day_start)?,
+            store.incident_stats(&t)?,
+        ))
+    })
+    .await?;
+    let freezes = state.proxy.guard.killswitch().tenant_status(tenant);
+    let policy = state.proxy.guard.policy(tenant);
+    let spent = state.proxy.guard.budgets().status(tenant, now);
+    let near_budget = |limit: Option<f64>, spent: f64| {
+        limit.is_some_and(|l| l > 0.0 && spent >= l * policy.budget_soft_ratio)
+    };
+    let protection = if freezes.tenant.is_some() {
+        "stopped"
+    } else if !freezes.keys.is_empty()
+        || stats.open > 0
+        || near_budget(policy.budget_daily_usd, spent.day_spent.usd())
+        || near_budget(policy.budget_monthly_usd, spent.month_spent.usd())
+    {
+        "at_risk"
+    } else {
+        "protected"
+    };
+    Ok(json!({
+        "protection": protection,
+        "frozen": {
+            "tenant": freezes.tenant.is_some(),
+            "reason": freezes.tenant.as_ref().map(|f| f.reason.clone()),
+            "keys": freezes.keys.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        },
+        "today": {
+            "calls": counts.total,
+            "blocked": counts.blocked,
+            "errors": counts.upstream_errors,
+            "spend_usd": spend.usd(),
+            "open_incidents": stats.open + stats.acknowledged,
+        },
+    }))
+}
+
+fn series_json(points: &[crate::store::SeriesPoint]) -> Value {
+    points
+        .iter()
+        .map(|p| {
+            json!({"t": p.t, "calls": p.calls, "errors": p.errors, "blocked": p.blocked,
+                   "spend_usd": usd(p.cost_nanos)})
+        })
+        .collect()
+}
+
+/// A person's tenant for a read-only console view.
+async fn reader(state: &AppState, req: &HttpRequest) -> Result<(User, TenantId), ApiError> {
+    let user = person(state, req).await?;
+    let tenant = tenant_for(state, req, &user, None).await?;
+    Ok((user, tenant))
+}
+
+#[get("/api/overview")]
+pub async fn overview(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let (_, tenant) = reader(&state, &req).await?;
+    let mut out = summary(&state, &tenant).await?;
+    let now = Timestamp::now().millis();
+    let hour_start = now - now.rem_euclid(HOUR);
+    let day_start = now - now.rem_euclid(DAY);
+    let store = state.store.clone();
+    let t = tenant.clone();
+    let (name, hours, days) = run_blocking(move || {
+        Ok::<_, crate::store::StoreError>((
+            store.get_tenant(&t)?.name,
+            store.call_series(&t, Timestamp::from_millis(hour_start - 23 * HOUR), HOUR, 24)?,
+            store.call_series(&t, Timestamp::from_millis(day_start - 6 * DAY), DAY, 7)?,
+        ))
+    })
+    .await?;
+    if let Value::Object(m) = &mut out {
+        m.insert("tenant".into(), json!({"id": tenant, "name": name}));
+        m.insert(
+            "series".into(),
+            json!({"24h": series_json(&hours), "7d": series_json(&days)}),
+        );
+    }
+    Ok(HttpResponse::Ok().json(out))
+}
+
+#[get("/api/usage")]
+pub async fn usage(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let (_, tenant) = reader(&state, &req).await?;
+    let now = Timestamp::now();
+    let (_, month_start) = crate::guard::budget::period_starts(now);
+    let store = state.store.clone();
+    let t = tenant.clone();
+    let by_model = run_blocking(move || store.usage_by(&t, month_start, true)).await?;
+    let policy = state.proxy.guard.policy(&tenant);
+    let spent = state.proxy.guard.budgets().status(&tenant, now);
+    Ok(HttpResponse::Ok().json(json!({
+        "budgets": {
+            "daily_usd": policy.budget_daily_usd,
+            "monthly_usd": policy.budget_monthly_usd,
+            "soft_threshold": policy.budget_soft_ratio,
+        },
+        "spent": {"today_usd": spent.day_spent.usd(), "month_usd": spent.month_spent.usd()},
+        "by_model": by_model.iter().map(|r| json!({
+            "model": if r.name.is_empty() { Value::Null } else { Value::String(r.name.clone()) },
+            "calls": r.calls, "tokens": r.tokens, "spend_usd": usd(r.cost_nanos),
+            "unknown_cost_calls": r.unknown_cost,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+/// A person who may change the tenant (not a viewer), and the tenant.
+async fn changer(state: &AppState, req: &HttpRequest) -> Result<(User, TenantId), ApiError> {
+    let user = person(state, req).await?;
+    if user.role == Role::Viewer {
+        return Err(role_not_allowed("change anything (viewers only read)"));
+    }
+    let tenant = tenant_for(state, req, &user, None).await?;
+    Ok((user, tenant))
+}
+
+fn key_json(
+    k: &crate::domain::ApiKeyRecord,
+    frozen: &[crate::domain::KeyId],
+    today: Option<&crate::store::UsageRow>,
+) -> Value {
+    json!({
+        "id": k.id, "name": k.name, "scope": k.scope, "prefix": k.prefix,
+        "created_at": k.created_at, "last_used_at": k.last_used_at,
+        "revoked_at": k.revoked_at, "expires_at": k.expires_at,
+        "frozen": frozen.contains(&k.id),
+        "today": {
+            "calls": today.map_or(0, |u| u.calls),
+            "spend_usd": usd(today.map_or(0, |u| u.cost_nanos)),
+        },
+    })
+}
+
+fn frozen_keys(state: &AppState, tenant: &TenantId) -> Vec<crate::domain::KeyId> {
+    state
+        .proxy
+        .guard
+        .killswitch()
+        .tenant_status(tenant)
+        .keys
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
+}
+
+#[get("/api/keys")]
+pub async fn list_keys(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let (_, tenant) = reader(&state, &req).await?;
+    let (day_start, _) = crate::guard::budget::period_starts(Timestamp::now());
+    let store = state.store.clone();
+    let t = tenant.clone();
+    let (keys, today) = run_blocking(move || {
+        Ok::<_, crate::store::StoreError>((
+            store.list_api_keys(&t)?,
+            store.usage_by(&t, day_start, false)?,
+        ))
+    })
+    .await?;
+    let frozen = frozen_keys(&state, &tenant);
+    let data: Vec<Value> = keys
+        .iter()
+        .map(|k| {
+            let used = today.iter().find(|u| u.name == k.id.as_str());
+            key_json(k, &frozen, used)
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"data": data})))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKeyBody {
+    name: Option<String>,
+    scope: Option<String>,
+}
+
+#[actix_web::post("/api/keys")]
+pub async fn create_key(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    source: super::audit::Source,
+    raw: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let (user, tenant) = changer(&state, &req).await?;
+    let body = super::error::optional_json::<NewKeyBody>(&raw)?
+        .ok_or_else(|| field("invalid_name", "name", "give the key a name"))?;
+    let name = body.name.unwrap_or_default();
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(field(
+            "invalid_name",
+            "name",
+            "a key needs a name of 1 to 100 characters",
+        ));
+    }
+    let scope = Scope::parse(body.scope.as_deref().unwrap_or("proxy"))
+        .map_err(|e| field("invalid_scope", "scope", e.0))?;
+    let (row, secret) = crate::domain::NewApiKey::generate(tenant.clone(), name, scope, None)
+        .map_err(|e| field("invalid_name", "name", e.0))?;
+    let store = state.store.clone();
+    let created = run_blocking(move || store.create_api_key(&row)).await?;
+    super::audit::record(
+        &state,
+        crate::domain::audit::NewAuditEntry::new(
+            Some(tenant.clone()),
+            crate::domain::audit::Actor::User(user.id.clone()),
+            crate::domain::audit::AuditAction::KeyCreate,
+            created.id.as_str(),
+        )
+        .source(source.0.clone())
+        .after(json!({"name": created.name, "scope": created.scope})),
+    )
+    .await;
+    Ok(HttpResponse::Created().json(json!({
+        "key": key_json(&created, &[], None),
+        "secret": secret.expose(),
+    })))
+}
+
+#[actix_web::post("/api/keys/{id}/revoke")]
+pub async fn revoke_key(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    source: super::audit::Source,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let (user, tenant) = changer(&state, &req).await?;
+    let id = crate::domain::KeyId::parse(&path)
+        .map_err(|_| ApiError::not_found(format!("no key {path}")))?;
+    let store = state.store.clone();
+    let (t, k) = (tenant.clone(), id.clone());
+    let revoked = run_blocking(move || store.revoke_api_key(Some(&t), &k, Timestamp::now()))
+        .await
+        .map_err(super::error::missing("key", &path))?;
+    state.keys.invalidate_all();
+    super::audit::record(
+        &state,
+        crate::domain::audit::NewAuditEntry::new(
+            Some(tenant.clone()),
+            crate::domain::audit::Actor::User(user.id.clone()),
+            crate::domain::audit::AuditAction::KeyRevoke,
+            id.as_str(),
+        )
+        .source(source.0.clone()),
+    )
+    .await;
+    let frozen = frozen_keys(&state, &tenant);
+    Ok(HttpResponse::Ok().json(json!({"key": key_json(&revoked, &frozen, None)})))
+}
+
+/// How often the live stream looks for changes, and how long one response lasts before
+/// the browser reconnects (so a server shutting down never waits on it for long).
+const EVENT_TICK: Duration = Duration::from_secs(2);
+const EVENT_LIFETIME: Duration = Duration::from_secs(15);
+
+fn sse(event: &str, data: &Value) -> web::Bytes {
+    web::Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
+
+fn incident_event(i: &crate::domain::Incident) -> Value {
+    json!({"id": i.id, "tenant_id": i.tenant_id, "status": i.status, "severity": i.severity,
+           "title": i.title, "signal_count": i.signal_count, "updated_at": i.updated_at})
+}
+
+struct Watch {
+    state: web::Data<AppState>,
+    tenant: Option<TenantId>,
+    operator: bool,
+    last_summary: Option<Value>,
+    last_incidents: std::collections::HashMap<String, Value>,
+    first: bool,
+    ends: tokio::time::Instant,
+}
+
+impl Watch {
+    /// The events since the last look (all of them the first time).
+    async fn poll(&mut self) -> Result<Vec<web::Bytes>, ApiError> {
+        let mut out = Vec::new();
+        if self.first {
+            out.push(web::Bytes::from_static(b"retry: 2000\n\n"));
+        }
+        if let Some(t) = &self.tenant {
+            let s = summary(&self.state, t).await?;
+            if self.last_summary.as_ref() != Some(&s) {
+                out.push(sse("overview", &s));
+                self.last_summary = Some(s);
+            }
+        }
+        if self.operator && self.tenant.is_none() {
+            let h = super::operator::health_json(&self.state).await?;
+            out.push(sse("health", &h));
+        }
+        let store = self.state.store.clone();
+        let tenant = self.tenant.clone();
+        let recent = run_blocking(move || {
+            store.list_incidents(
+                tenant.as_ref(),
+                &crate::domain::incident::IncidentFilter::default(),
+                None,
+                20,
+            )
+        })
+        .await?;
+        for i in recent.iter().rev() {
+            let e = incident_event(i);
+            let key = i.id.to_string();
+            if self.last_incidents.get(&key) != Some(&e) {
+                if !self.first {
+                    out.push(sse("incident", &e));
+                }
+                self.last_incidents.insert(key, e);
+            }
+        }
+        self.first = false;
+        Ok(out)
+    }
+}
+
+/// `GET /api/events`: server-sent events for the live overview, incident lists and (for
+/// the operator) instance health. See docs/console-api.md.
+#[get("/api/events")]
+pub async fn events(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<std::collections::HashMap<String, String>>,
+) -> Result<HttpResponse, ApiError> {
+    let user = person(&state, &req).await?;
+    let operator = user.role == Role::Operator;
+    let named = query.get("tenant").map(String::as_str);
+    let tenant = if operator && named.is_none() && req.headers().get(TENANT_HEADER).is_none() {
+        None
+    } else {
+        Some(tenant_for(&state, &req, &user, named).await?)
+    };
+    let watch = Watch {
+        state: state.clone(),
+        tenant,
+        operator,
+        last_summary: None,
+        last_incidents: Default::default(),
+        first: true,
+        ends: tokio::time::Instant::now() + EVENT_LIFETIME,
+    };
+    let stream = futures_util::stream::unfold(watch, |mut w| async move {
+        if tokio::time::Instant::now() >= w.ends {
+            return None;
+        }
+        if !w.first {
+            tokio::time::sleep(EVENT_TICK).await;
+        }
+        let chunk = match w.poll().await {
+            Ok(events) if events.is_empty() => web::Bytes::from_static(b": tick\n\n"),
+            Ok(events) => events.concat().into(),
+            Err(e) => sse("error", &json!({"message": e.message, "code": e.code})),
+        };
+        Some((Ok::<_, actix_web::Error>(chunk), w))
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .insert_header(("x-accel-buffering", "no"))
+        .streaming(stream))
+}
+
+/// Maps a form field's parse error to a 400 that names the field.
+pub fn field(code: &'static str, field: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorKind::BadRequest, code, message).param(field)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shared;
+
+    #[test]
+    fn only_the_listed_v1_endpoints_are_shared_with_the_console() {
+        for yes in [
+            "status",
+            "incidents",
+            "incidents/inc_1/timeline",
+            "calls",
+            "calls/call_1",
+            "killswitch/tenant",
+            "policies/active",
+            "policies",
+            "alerts/routes",
+            "audit",
+            "replay/call_1",
+            "certificates/public-key",
+            "tasks/tsk_1/download",
+            "upstream",
+        ] {
+            assert!(shared(yes), "{yes}");
+        }
+        for no in [
+            "chat/completions",
+            "embeddings",
+            "models",
+            "auth/login",
+            "overview",
+            "keys",
+            "statusx",
+            "callsign",
+            "operator/health",
+            "",
+        ] {
+            assert!(!shared(no), "{no}");
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! People: the first-run setup, password change, the people of a tenant and invitations.
+//!
+//! There is no open sign-up. The first operator account is made either headless
+//! (`agv-server user create --role operator`) or through the one-time setup URL the server
+//! prints at start while no user exists (valid 30 minutes, kept only in memory). Everyone
+//! else is invited by an owner or the operator: the invitation's token travels in a URL,
+//! only its SHA-256 is stored, and accepting it creates the account and signs in.
+
+use super::audit::{Source, record};
+use super::console::{field, person, tenant_for};
+use super::error::{ApiError, ErrorKind, optional_json};
+use super::session::{COOKIE, sha256_hex, sign_in, user_json};
+use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
+use crate::domain::user::{Email, Invitation, NewUser, PasswordHash, Role};
+use crate::domain::{InvitationId, Timestamp, UserId};
+use crate::startup::AppState;
+use crate::store::{StoreError, run_blocking};
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const SETUP_VALID: Duration = Duration::from_secs(30 * 60);
+const INVITATION_DAYS: i64 = 7;
+
+/// The one-time setup token while no user exists.
+#[derive(Default)]
+pub struct SetupToken {
+    inner: Mutex<Option<(String, Instant)>>,
+}
+
+impl SetupToken {
+    /// Makes a new token (replacing any earlier one) and returns it.
+    pub fn issue(&self) -> String {
+        let mut raw = [0u8; 24];
+        rand::fill(&mut raw);
+        let token = hex::encode(raw);
+        if let Ok(mut g) = self.inner.lock() {
+            *g = Some((sha256_hex(&token), Instant::now() + SETUP_VALID));
+        }
+        token
+    }
+
+    /// Takes the token if `given` matches and it has not expired: it works once.
+    fn take(&self, given: &str) -> Result<(), ApiError> {
+        let Ok(mut g) = self.inner.lock() else {
+            return Err(ApiError::internal("setup token lock poisoned"));
+        };
+        match g.as_ref() {
+            Some((hash, until)) if *hash == sha256_hex(given) => {
+                if Instant::now() > *until {
+                    *g = None;
+                    return Err(ApiError::forbidden(
+                        "setup_token_expired",
+                        "the setup link has expired; restart agv-server for a new one, or run `agv-server user create --role operator`",
+                    ));
+                }
+                *g = None;
+                Ok(())
+            }
+            _ => Err(ApiError::forbidden(
+                "invalid_setup_token",
+                "this setup link is not valid: use the URL agv-server printed at start",
+            )
+            .param("token")),
+        }
+    }
+
+    fn put_back(&self, given: &str) {
+        if let Ok(mut g) = self.inner.lock() {
+            *g = Some((sha256_hex(given), Instant::now() + SETUP_VALID));
+        }
+    }
+}
+
+fn email_field(raw: &str) -> Result<Email, ApiError> {
+    Email::parse(raw).map_err(|e| field("invalid_email", "email", e.0))
+}
+
+fn password_field(raw: &str, name: &'static str) -> Result<PasswordHash, ApiError> {
+    PasswordHash::create(raw).map_err(|e| field("invalid_password", name, e.0))
+}
+
+async fn count_users(state: &AppState) -> Result<i64, ApiError> {
+    let store = state.store.clone();
+    Ok(run_blocking(move || store.count_users()).await?)
+}
+
+#[get("/api/setup")]
+pub async fn setup_needed(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(json!({"needed": count_users(&state).await? == 0})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetupBody {
+    token: String,
+    email: String,
+    password: String,
+}
+
+#[post("/api/setup")]
+pub async fn setup(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    source: Source,
+    raw: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body = optional_json::<SetupBody>(&raw)?.ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_json",
+            "send {\"token\": \"…\", \"email\": \"…\", \"password\": \"…\"}",
+        )
+    })?;
+    let email = email_field(&body.email)?;
+    let password = password_field(&body.password, "password")?;
+    if count_users(&state).await? > 0 {
+        return Err(ApiError::new(
+            ErrorKind::Conflict,
+            "setup_done",
+            "this instance is set up already: sign in instead",
+        ));
+    }
+    state.setup.take(&body.token)?;
+    let user = NewUser {
+        id: UserId::generate(),
+        email,
+        password,
+        role: Role::Operator,
+        tenant_id: None,
+        created_at: Timestamp::now(),
+    };
+    let store = state.store.clone();
+    let created = match run_blocking(move || store.create_user(&user)).await {
+        Ok(u) => u,
+        Err(e) => {
+            // Nothing was made: the link still works.
+            state.setup.put_back(&body.token);
+            return Err(e.into());
+        }
+    };
+    record(
+        &state,
+        NewAuditEntry::new(
+            None,
+            Actor::User(created.id.clone()),
+            AuditAction::UserCreate,
+            created.id.as_str(),
+        )
+        .source(source.0.clone())
+        .after(json!({"email": created.email, "role": created.role, "via": "setup"})),
+    )
+    .await;
+    sign_in(&state, &req, &source, &created).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordBody {
+    current_password: String,
+    new_password: String,
+}
+
+#[post("/api/auth/password")]
+pub async fn change_password(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    source: Source,
+    raw: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let user = person(&state, &req).await?;
+    let body = optional_json::<PasswordBody>(&raw)?.ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_json",
+            "send {\"current_password\": \"…\", \"new_password\": \"…\"}",
+        )
+    })?;
+    let new = password_field(&body.new_password, "new_password")?;
+    let check = user.password.clone();
+    let current_pw = body.current_password;
+    if !run_blocking(move || Ok::<_, StoreError>(check.verify(&current_pw))).await? {
+        return Err(
+            ApiError::bad_request("wrong_password", "the current password is wrong")
+                .param("current_password"),
+        );
+    }
+    let keep = req.cookie(COOKIE).map(|c| sha256_hex(c.value()));
+    let store = state.store.clone();
+    let id = user.id.clone();
+    run_blocking(move || store.set_user_password(&id, &new, keep.as_deref())).await?;
+    record(
+        &state,
+        NewAuditEntry::new(
+            user.tenant_id.clone(),
+            Actor::User(user.id.clone()),
+            AuditAction::UserPasswordChange,
+            user.id.as_str(),
+        )
+        .source(source.0.clone()),
+    )
+    .await;
+    Ok(HttpResponse::Ok().json(json!({"changed": true})))
+}
+
+/// An owner of the tenant, or the operator.
+async fn people_manager(
+    state: &AppState,
+    req: &HttpRequest,
+) -> Result<(crate::domain::user::User, crate::domain::TenantId), ApiError> {
+    let user = person(state, req).await?;
+    if !matches!(user.role, Role::Owner | Role::Operator) {
+        return Err(ApiError::forbidden(
+            "role_not_allowed",
+            "only the tenant's owner (or the operator) manages its people",
+        ));
+    }
+    let tenant = tenant_for(state, req, &user, None).await?;
+    Ok((user, tenant))
+}
+
+#[get("/api/users")]
+pub async fn list_users(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let (_, tenant) = people_manager(&state, &req).await?;
+    let store = state.store.clone();
+    let t = tenant.clone();
+    let (users, invitations) = run_blocking(move || {
+        Ok::<_, StoreError>((store.list_users(Some(&t))?, store.list_invitations(&t)?))
+    })
+    .await?;
+    let now = Timestamp::now();
+    Ok(HttpResponse::Ok().json(json!({
+        "data": users.iter().map(|u| {
+            let mut j = user_json(u);
+            if let serde_json::Value::Object(m) = &mut j {
+                m.insert("created_at".into(), json!(u.created_at));
+            }
+            j
+        }).collect::<Vec<_>>(),
+        "invitations": invitations.iter().filter(|i| i.is_open(now)).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InviteBody {
+    email: String,
+    role: String,
+}
+
+fn origin(req: &HttpRequest) -> String {
+    let info = req.connection_info();
+    format!("{}://{}", info.scheme(), info.host())
+}
+
+#[post("/api/invitations")]
+pub async fn invite(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    source: Source,
+    raw: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let (user, tenant) = people_manager(&state, &req).await?;
+    let body = optional_json::<InviteBody>(&raw)?.ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_json",
+            "send {\"email\": \"…\", \"role\": \"owner|admin|viewer\"}",
+        )
+    })?;
+    let email = email_field(&body.email)?;
+    let role = match Role::parse(&body.role) {
+        Ok(r @ (Role::Owner | Role::Admin | Role::Viewer)) => r,
+        _ => {
+            return Err(field(
+                "invalid_role",
+                "role",
+                "invite as owner, admin or viewer",
+            ));
+        }
+    };
+    let mut raw_token = [0u8; 24];
+    rand::fill(&mut raw_token);
+    let token = hex::encode(raw_token);
+    let now = Timestamp::now();
+    let inv = Invitation {
+        id: InvitationId::generate(),
+        tenant_id: tenant.clone(),
+        email,
+        role,
+        token_hash: sha256_hex(&token),
+        created_by: format!("user:{}", user.id),
+        created_at: now,
+        expires_at: now.plus_millis(INVITATION_DAYS * 86_400_000),
+        accepted_at: None,
+    };
+    let store = state.store.clone();
+    let (to_store, e) = (inv.clone(), inv.email.clone());
+    run_blocking(move || {
+        if store.find_user_by_email(&e)?.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "{} has an account already",
+                e.as_str()
+            )));
+        }
+        store.create_invitation(&to_store)
+    })
+    .await
+    .map_err(|e| match e {
+        StoreError::Conflict(m) => {
+            ApiError::new(ErrorKind::Conflict, "user_exists", m).param("email")
+        }
+        other => other.into(),
+    })?;
+    record(
+        &state,
+        NewAuditEntry::new(
+            Some(tenant),
+            Actor::User(user.id.clone()),
+            AuditAction::UserInvite,
+            inv.id.as_str(),
+        )
+        .source(source.0.clone())
+        .after(json!({"email": inv.email, "role": inv.role})),
+    )
+    .await;
+    let url = format!("{}/#/invite?token={token}", origin(&req));
+    Ok(HttpResponse::Created().json(json!({"invitation": inv, "token": token, "url": url})))
+}
+
+async fn open_invitation(state: &AppState, token: &str) -> Result<Invitation, ApiError> {
+    let store = state.store.clone();
+    let hash = sha256_hex(token);
+    let inv = run_blocking(move || store.find_invitation(&hash))
+        .await?
+        .filter(|i| i.is_open(Timestamp::now()))
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "this invitation does not exist, was used already or has expired; ask for a new one",
+            )
+        })?;
+    Ok(inv)
+}
+
+#[get("/api/invitations/{token}")]
+pub async fn get_invitation(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let inv = open_invitation(&state, &path).await?;
+    let store = state.store.clone();
+    let t = inv.tenant_id.clone();
+    let tenant = run_blocking(move || store.get_tenant(&t)).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "email": inv.email, "role": inv.role, "expires_at": inv.expires_at,
+        "tenant": {"id": tenant.id, "name": tenant.name},
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcceptBody {
+    token: String,
+    password: String,
+}
+
+#[post("/api/invitations/accept")]
+pub async fn accept(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    source: Source,
+    raw: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body = optional_json::<AcceptBody>(&raw)?.ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_json",
+            "send {\"token\": \"…\", \"password\": \"…\"}",
+        )
+    })?;
+    let password = password_field(&body.password, "password")?;
+    let inv = open_invitation(&state, &body.token).await?;
+    let store = state.store.clone();
+    let hash = sha256_hex(&body.token);
+    let user = run_blocking(move || {
+        store.accept_invitation(&hash, &UserId::generate(), &password, Timestamp::now())
+    })
+    .await
+    .map_err(|e| match e {
+        StoreError::NotFound => ApiError::not_found("this invitation does not exist"),
+        StoreError::Conflict(m) => ApiError::new(ErrorKind::Conflict, "invitation_closed", m),
+        other => other.into(),
+    })?;
+    record(
+        &state,
+        NewAuditEntry::new(
+            Some(inv.tenant_id.clone()),
+            Actor::User(user.id.clone()),
+            AuditAction::UserCreate,
+            user.id.as_str(),
+        )
+        .source(source.0.clone())
+        .after(json!({"email": user.email, "role": user.role, "invitation": inv.id})),
+    )
+    .await;
+    sign_in(&state, &req, &source, &user).await
+}
+
+/// Prints the setup URL when the instance has no user yet (at start).
+pub fn announce_setup(state: &AppState, base_url: &str) -> Result<(), StoreError> {
+    if state.store.count_users()? > 0 {
+        return Ok(());
+    }
+    let token = state.setup.issue();
+    let url = format!("{base_url}/#/setup?token={token}");
+    tracing::warn!(
+        url = %url,
+        "no user exists yet: open the setup URL within 30 minutes to create the operator account (or run `agv-server user create --role operator`)"
+    );
+    eprintln!(
+        "\n  agv-server has no user yet. Create the operator account within 30 minutes at:\n\n    {url}\n\n  (or headless: agv-server user create --email you@example.com --role operator)\n"
+    );
+    Ok(())
+}
