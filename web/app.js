@@ -238,7 +238,7 @@ function mount(page, main, { params, query, seq }) {
     on: (kind, fn) => { const off = live.on(kind, fn); offs.push(off); return off; },
     refreshShell: () => { renderHeader(); renderNav(page.nav ?? null); },
     setNavCount,
-    viewTenant: (t) => viewTenant(t),
+    viewTenant: (t, hash) => viewTenant(t, hash),
     backToOperator: () => backToOperator(),
     signOut: () => signOut(),
     takeNext: () => takeNext(),
@@ -256,7 +256,7 @@ function mount(page, main, { params, query, seq }) {
       ctx.ready();
     });
   if (seq > 1 && !page.public) main.focus({ preventScroll: true });
-  window.scrollTo(0, 0);
+  main.scrollTop = 0;
 }
 
 const notFoundPage = {
@@ -284,10 +284,10 @@ export async function signOut() {
   navCount = null;
   location.hash = "#/login";
 }
-export function viewTenant(t) {
+export function viewTenant(t, hash = "#/overview") {
   setViewingTenant(t);
   live.connect(liveUrl());
-  navigate("#/overview");
+  navigate(hash);
 }
 export function backToOperator() {
   setViewingTenant(null);
@@ -328,6 +328,14 @@ function boot() {
     if (err?.name === "AbortError") return;
     if (err?.status === 401) return;
     toast(err?.message || "Something went wrong.", "bad");
+  });
+  // A field's error message goes away as soon as the person edits the field.
+  document.addEventListener("input", (e) => {
+    const el = e.target;
+    if (!el.name || !el.form || el.getAttribute("aria-invalid") !== "true") return;
+    el.removeAttribute("aria-invalid");
+    const msg = el.form.querySelector(`[data-error-for="${CSS.escape(el.name)}"]`);
+    if (msg) { msg.hidden = true; msg.textContent = ""; }
   });
   setInterval(() => refreshTimes(), 30000);
   route();

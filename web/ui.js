@@ -295,7 +295,7 @@ export function field({ name, label, type = "text", value = "", hint = "", requi
     control = html`<input class="input ${attrs}" id="${id}" name="${name}" type="${type}" value="${value}" aria-describedby="${describedBy}" ${required ? "required" : ""} ${autocomplete ? html`autocomplete="${autocomplete}"` : ""} ${placeholder ? html`placeholder="${placeholder}"` : ""} ${type === "number" ? "step=any" : ""} ${testid ? html`data-testid="${testid}"` : ""}>`;
   }
   return html`<div class="field" data-field="${name}">
-    <label for="${id}">${label}${required ? "" : html` <span class="muted">(optional)</span>`}</label>
+    <label for="${id}">${label}${required || options ? "" : html` <span class="muted">(optional)</span>`}</label>
     ${control}
     ${hint ? html`<p class="hint" id="${id}-hint">${hint}</p>` : ""}
     <p class="field-error" id="${id}-msg" data-error-for="${name}" hidden></p>

@@ -13,6 +13,7 @@ mod backtest;
 mod backup;
 mod certificates;
 mod cli;
+mod console;
 mod durability;
 mod enforcement;
 mod export;

@@ -30,14 +30,21 @@ export function bindChips(form) {
   });
 }
 
+/** call_09e529e6dae4… → call_09e529e6… (the full id is in the title and the link). */
+export function shortId(id) {
+  const s = String(id || "");
+  const i = s.indexOf("_");
+  return i > 0 && s.length > i + 13 ? `${s.slice(0, i + 9)}…` : s;
+}
+
 export function callRows(calls) {
   return calls.map((c) => {
     const href = `#/calls/${encodeURIComponent(c.id)}`;
     const tokens = c.total_tokens ?? ((c.prompt_tokens ?? 0) + (c.completion_tokens ?? 0) || null);
     return html`<tr class="clickable" data-testid="call-row" data-call-id="${c.id}" data-href="${href}">
       <td>${timeAgo(c.created_at)}</td>
-      <td><a class="rowlink mono" href="${href}">${c.id}</a><div class="cell-sub">${c.endpoint || ""}${c.stream ? " · stream" : ""}</div></td>
-      <td>${c.model || html`<span class="muted">—</span>`}</td>
+      <td><a class="rowlink mono" href="${href}" title="${c.id}">${shortId(c.id)}</a><div class="cell-sub">${c.endpoint || ""}${c.stream ? " · stream" : ""}</div></td>
+      <td class="nowrap">${c.model || html`<span class="muted">—</span>`}</td>
       <td>${c.end_user || html`<span class="muted">—</span>`}</td>
       <td>${httpBadge(c.status, c.blocked)}${c.blocked ? html` <span class="badge bad plain" title="${c.blocked_by || ""}">Blocked · ${policyName(c.blocked_by)}</span>` : ""}</td>
       <td class="num">${tokens === null ? "—" : compact(tokens)}</td>
@@ -87,7 +94,7 @@ export function callResults(box, { q, ctx, prefix = "page", onDone = () => {}, f
       }));
       return;
     }
-    render(box, html`<p class="hint search-count">${compact(calls.length)}${cursor ? "+" : ""} call${calls.length === 1 ? "" : "s"}${q ? html` matching <code>${q}</code>` : ", newest first"}</p>
+    render(box, html`<p class="hint search-count card-body">${compact(calls.length)}${cursor ? "+" : ""} call${calls.length === 1 ? "" : "s"}${q ? html` matching <code>${q}</code>` : ", newest first"}</p>
       ${callsTable(calls)}
       ${cursor ? html`<div class="more"><button type="button" class="btn" data-action="more-calls">Load more</button></div>` : ""}`);
   }

@@ -3,7 +3,7 @@
 
 import { html, raw, compact, money, hourLabel, dayLabel } from "../ui.js";
 
-const W = 640, H = 200, PAD_L = 44, PAD_R = 8, PAD_T = 10, PAD_B = 24;
+const W = 520, H = 200, PAD_L = 46, PAD_R = 8, PAD_T = 10, PAD_B = 24;
 
 function niceMax(v) {
   if (!(v > 0)) return 1;

@@ -9,6 +9,7 @@ let source = null;
 let currentUrl = null;
 let retryTimer = null;
 let retryDelay = 2000;
+let downTimer = null;
 let status = "off"; // off | connecting | live | down
 
 function setStatus(s) {
@@ -41,7 +42,7 @@ function open(url) {
   setStatus("connecting");
   const es = new EventSource(url, { withCredentials: true });
   source = es;
-  es.addEventListener("open", () => { retryDelay = 2000; setStatus("live"); });
+  es.addEventListener("open", () => { retryDelay = 2000; clearTimeout(downTimer); downTimer = null; setStatus("live"); });
   for (const kind of ["overview", "incident", "health"]) es.addEventListener(kind, (ev) => dispatch(kind, ev));
   es.addEventListener("error", () => {
     if (source !== es) return;
@@ -51,8 +52,10 @@ function open(url) {
       setStatus("down");
       retryTimer = setTimeout(() => open(currentUrl), retryDelay);
       retryDelay = Math.min(retryDelay * 2, 30000);
-    } else {
-      setStatus("down"); // the browser is retrying by itself
+    } else if (!downTimer) {
+      // The browser retries by itself (the server may end a stream now and then): only
+      // say "reconnecting" when it takes a while.
+      downTimer = setTimeout(() => { downTimer = null; if (source === es && es.readyState !== EventSource.OPEN) setStatus("down"); }, 5000);
     }
   });
 }

@@ -5,8 +5,16 @@ import * as api from "../api.js";
 import { canChange } from "../state.js";
 import { html, render, icon, compact, nanos, timeAgo, absTime, severityBadge, statusBadge, outcomeBadge, policyName, loadingState, errorState, emptyState, toast, num, saveBlob, validators, field, micros, validate, showApiError, busy } from "../ui.js";
 import { formDialog, confirmDialog } from "../components/dialog.js";
+import { shortId } from "../components/call-search.js";
 
 const KIND_LABEL = { signal: "Signal", event: "Event", decision: "Decision", root_cause: "Root cause", input: "Request", upstream: "Provider", output: "Response" };
+
+/** The server's summary can list every action taken; long ones fold after a few lines. */
+function summaryHtml(text) {
+  if (text.length <= 420) return html`<p class="summary-text" data-testid="incident-summary">${text}</p>`;
+  const cut = text.lastIndexOf(" ", 380);
+  return html`<details class="summary-fold" data-testid="incident-summary"><summary><span class="summary-text">${text.slice(0, cut > 200 ? cut : 380)}…</span> <span class="link">Show all</span></summary><p class="summary-text">${text}</p></details>`;
+}
 
 function stepHtml(s) {
   const meta = [];
@@ -29,7 +37,7 @@ export default {
   nav: "incidents",
   async mount(root, ctx) {
     const id = ctx.params.id;
-    let inc = null, tl = null, tlError = null;
+    let inc = null, tl = null, tlError = null, lastSig = null;
 
     async function load(quiet = false) {
       if (!quiet) { ctx.loading(); render(root, html`${crumbs()}${loadingState()}`); }
@@ -39,7 +47,12 @@ export default {
           api.get(`/api/incidents/${encodeURIComponent(id)}/timeline`, null, { signal: ctx.signal }).catch((err) => { if (err?.name === "AbortError") throw err; tlError = err; return null; }),
         ]);
         if (!ctx.alive()) return;
+        // Live events also arrive after our own changes: redraw only when something changed,
+        // so what the reader is typing or pointing at stays put.
+        const sig = JSON.stringify([i.status, i.severity, i.assignee, i.updated_at, i.signal_count, t?.steps?.length, !!tlError]);
         inc = i; tl = t; if (t) tlError = null;
+        if (quiet && sig === lastSig) return;
+        lastSig = sig;
         draw();
       } catch (err) {
         if (err?.name === "AbortError" || !ctx.alive()) return;
@@ -82,7 +95,7 @@ export default {
 
         <div class="grid grid-2">
           <section class="card"><div class="card-head"><h2>Summary</h2></div><div class="card-body">
-            <p class="summary-text" data-testid="incident-summary">${inc.summary || tl?.summary || "No summary yet."}</p>
+            ${summaryHtml(inc.summary || tl?.summary || "No summary yet.")}
             ${inc.narrative ? html`<div class="callout"><strong>Narrative</strong><p>${typeof inc.narrative === "string" ? inc.narrative : inc.narrative.text || JSON.stringify(inc.narrative)}</p></div>` : ""}
             ${tl?.root_cause ? html`<div class="callout bad" data-testid="root-cause"><strong>Root cause</strong><p>${tl.root_cause}</p></div>` : ""}
             <div class="facts">
@@ -103,7 +116,7 @@ export default {
           <section class="card"><div class="card-head"><h2>Affected calls</h2><span class="hint">${compact(inc.call_count)} in all</span></div>
             <div class="card-body flush">${calls.length ? html`<div class="table-wrap"><table class="table"><thead><tr><th>Call</th><th>Why</th><th>When</th></tr></thead><tbody>
               ${calls.slice(0, 25).map((s) => html`<tr class="clickable" data-testid="call-row" data-call-id="${s.call_id}" data-href="#/calls/${encodeURIComponent(s.call_id)}">
-                <td><a class="rowlink mono" href="#/calls/${encodeURIComponent(s.call_id)}">${s.call_id}</a></td>
+                <td><a class="rowlink mono" href="#/calls/${encodeURIComponent(s.call_id)}" title="${s.call_id}">${shortId(s.call_id)}</a></td>
                 <td>${s.policy ? policyName(s.policy) : s.title}${s.outcome ? html` ${outcomeBadge(s.outcome)}` : ""}</td><td>${timeAgo(s.at)}</td></tr>`)}
               </tbody></table></div>${calls.length > 25 ? html`<p class="hint card-body">Showing 25 of the calls in the timeline; export CSV for all of them.</p>` : ""}`
               : emptyState({ title: "No calls listed", text: "This incident's signals name no call (for example a budget threshold). Export it for the full record.", testid: "calls-empty" })}</div></section>

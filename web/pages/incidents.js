@@ -17,7 +17,7 @@ export function incidentRows(list, fresh = new Set()) {
       <td>${statusBadge(i.status)}${i.assignee ? html`<div class="cell-sub">→ ${i.assignee}</div>` : ""}</td>
       <td class="num">${compact(i.call_count)}</td>
       <td class="num">${nanos(i.cost)}</td>
-      <td>${timeAgo(i.first_signal_at ?? i.created_at)}<div class="cell-sub">last ${timeAgo(i.last_signal_at ?? i.updated_at)}</div></td></tr>`;
+      <td>${timeAgo(i.first_signal_at ?? i.created_at)}<div class="cell-sub nowrap">last ${timeAgo(i.last_signal_at ?? i.updated_at)}</div></td></tr>`;
   });
 }
 export function incidentTable(list, fresh) {

@@ -38,7 +38,7 @@ export default {
           <dt>Role</dt><dd>${cap(inv.role)}</dd>
         </dl>
         <form novalidate class="stack">
-          <input type="hidden" name="email" value="${inv.email}" autocomplete="username">
+          <input type="email" name="username" value="${inv.email}" autocomplete="username" hidden tabindex="-1" aria-hidden="true">
           ${field({ name: "password", label: "Password", type: "password", required: true, testid: "invite-password", autocomplete: "new-password", hint: "At least 10 characters." })}
           ${field({ name: "confirm", label: "Repeat the password", type: "password", required: true, testid: "invite-confirm", autocomplete: "new-password" })}
           <button type="submit" class="btn btn-primary btn-block btn-lg" data-testid="invite-submit">Create account and sign in</button>
@@ -55,6 +55,8 @@ export default {
         const body = await busy(form.querySelector('[type="submit"]'), () =>
           api.post("/api/invitations/accept", { token, password: v.password }, { auth401: false }));
         setSession(body);
+        // The sign-in answer has no tenant name; /api/auth/me does.
+        try { setSession(await api.get("/api/auth/me")); } catch { /* keep what we have */ }
         location.hash = "#/overview";
       } catch (err) { showApiError(form, err); }
     });

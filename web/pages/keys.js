@@ -3,6 +3,7 @@
 import * as api from "../api.js";
 import { canChange } from "../state.js";
 import { html, render, icon, compact, money, timeAgo, loadingState, errorState, emptyState, toast, copyText, field, validators, cap } from "../ui.js";
+import { shortId } from "../components/call-search.js";
 import { formDialog, reasonDialog, confirmDialog, infoDialog } from "../components/dialog.js";
 
 function statusBadges(k) {
@@ -54,7 +55,7 @@ export default {
       render(box, html`<div class="table-wrap"><table class="table" data-testid="keys-table"><thead><tr>
           <th>Name</th><th>Scope</th><th>Key</th><th>Created</th><th>Last used</th><th class="num">Calls today</th><th class="num">Spend today</th><th>Status</th>${canChange() ? html`<th><span class="sr-only">Actions</span></th>` : ""}</tr></thead><tbody>
         ${sorted.map((k) => html`<tr data-testid="key-row" data-key-id="${k.id}" data-frozen="${String(!!k.frozen)}" data-revoked="${String(!!k.revoked_at)}" class="${k.revoked_at ? "dim" : ""}">
-          <td><span class="cell-main">${k.name}</span><div class="cell-sub mono">${k.id}</div></td>
+          <td><span class="cell-main">${k.name}</span><div class="cell-sub mono" title="${k.id}">${shortId(k.id)}</div></td>
           <td><span class="badge plain ${k.scope === "admin" ? "accent" : ""}">${cap(k.scope)}</span></td>
           <td class="mono nowrap">${k.prefix}…</td>
           <td>${timeAgo(k.created_at)}</td>

@@ -38,6 +38,8 @@ export default {
         const body = await busy(form.querySelector('[type="submit"]'), () =>
           api.post("/api/auth/login", { email: v.email.trim(), password: v.password }, { auth401: false }));
         setSession(body);
+        // The sign-in answer has no tenant name; /api/auth/me does.
+        try { setSession(await api.get("/api/auth/me")); } catch { /* keep what we have */ }
         location.hash = ctx.takeNext() || (isOperator() ? "#/operator" : "#/overview");
       } catch (err) {
         if (err?.code === "invalid_credentials" || err?.status === 401) {

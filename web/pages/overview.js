@@ -12,7 +12,7 @@ import { reasonDialog } from "../components/dialog.js";
 const EXPLAIN = {
   protected: "Every call is checked against the kill switch, guardrails and budgets before it reaches the provider.",
   at_risk: "Calls are flowing, but something needs attention: open incidents, or keys that are frozen.",
-  stopped: "The kill switch is on: every call of this tenant is refused (HTTP 423) and nothing reaches the provider until you resume traffic.",
+  stopped: "Every call of this tenant is refused (HTTP 423) and nothing reaches the provider until you resume traffic.",
 };
 
 export default {
@@ -69,7 +69,7 @@ export default {
       return html`<section class="hero ${frozen() ? "frozen" : ""}" aria-label="Protection">
         ${protectionBadge(p)}
         <div class="hero-text"><strong>${frozen() ? "The kill switch is on" : p === "at_risk" ? "Needs attention" : "All checks are on"}</strong>
-          <p>${EXPLAIN[p] || ""}${keys.length ? html` ${keys.length} key${keys.length === 1 ? " is" : "s are"} frozen — see <a href="#/keys">API keys</a>.` : ""}</p></div>
+          <p>${EXPLAIN[p] || ""}${frozen() && data.frozen?.reason ? html` Reason: “${data.frozen.reason}”.` : ""}${keys.length ? html` ${keys.length} key${keys.length === 1 ? " is" : "s are"} frozen — see <a href="#/keys">API keys</a>.` : ""}</p></div>
         ${kill}</section>`;
     }
 
@@ -118,7 +118,10 @@ export default {
       return html`<section class="card" id="ov-incidents"><div class="card-head"><h2>Open incidents</h2><a class="btn btn-sm" href="#/incidents">All incidents</a></div><div class="card-body flush">${body}</div></section>`;
     }
 
+    const sigs = { hero: null, kpis: null };
     function draw() {
+      sigs.hero = JSON.stringify([data.protection, data.frozen]);
+      sigs.kpis = JSON.stringify(data.today);
       ctx.setNavCount(data.today?.open_incidents ?? null);
       render(root, html`${head()}
         <div id="ov-hero">${heroHtml()}</div>
@@ -131,10 +134,16 @@ export default {
       const hero = root.querySelector("#ov-hero"), kpis = root.querySelector("#ov-kpis");
       if (!hero || !kpis) return;
       // Keep the focus on the kill switch when it changes state under the keyboard.
-      const hadFocus = hero.contains(document.activeElement);
-      render(hero, heroHtml());
-      render(kpis, kpisHtml());
-      if (hadFocus) hero.querySelector('[data-testid="killswitch-button"]')?.focus();
+      // Redraw only what changed, so the kill switch is not replaced under the pointer.
+      const heroSig = JSON.stringify([data.protection, data.frozen]);
+      const kpiSig = JSON.stringify(data.today);
+      if (heroSig !== sigs.hero) {
+        const hadFocus = hero.contains(document.activeElement);
+        render(hero, heroHtml());
+        if (hadFocus) hero.querySelector('[data-testid="killswitch-button"]')?.focus();
+      }
+      if (kpiSig !== sigs.kpis) render(kpis, kpisHtml());
+      sigs.hero = heroSig; sigs.kpis = kpiSig;
       ctx.setNavCount(data.today?.open_incidents ?? null);
     }
 
@@ -195,10 +204,8 @@ export default {
         if (box && ctx.alive()) render(box, incidentsHtml());
       }, 400);
     });
-    document.addEventListener("agv:theme", onTheme);
-    function onTheme() { /* charts use CSS variables: nothing to redraw */ }
 
     await load();
-    return () => { clearTimeout(incTimer); document.removeEventListener("agv:theme", onTheme); };
+    return () => clearTimeout(incTimer);
   },
 };

@@ -53,6 +53,8 @@ export default {
         const body = await busy(form.querySelector('[type="submit"]'), () =>
           api.post("/api/setup", { token: v.token.trim(), email: v.email.trim(), password: v.password }, { auth401: false }));
         setSession(body);
+        // The sign-in answer has no tenant name; /api/auth/me does.
+        try { setSession(await api.get("/api/auth/me")); } catch { /* keep what we have */ }
         location.hash = "#/operator";
       } catch (err) {
         if (err?.code === "invalid_setup_token") err.param = token ? null : "token";

@@ -1,0 +1,229 @@
+// #/operator (operators only): instance health, a live incident stream across tenants,
+// tenants with drill-down and per-tenant kill switch, backups, jobs and dead letters.
+import * as api from "../api.js";
+import { html, render, icon, compact, money, pct, bytes, seconds, timeAgo, severityBadge, statusBadge, loadingState, errorState, emptyState, toast, num } from "../ui.js";
+import { reasonDialog, confirmDialog } from "../components/dialog.js";
+
+export default {
+  name: "operator",
+  title: "Operator",
+  nav: "operator",
+  async mount(root, ctx) {
+    let health = null, tenants = null, incidents = null, backups = null, jobs = null;
+    const errors = {};
+    let pollTimer = null;
+
+    render(root, html`<div class="page-head"><div class="titles"><h1 data-testid="page-title">Operator</h1>
+        <p class="sub">This instance: its health, every tenant, backups and background jobs.</p></div></div>
+      <div id="op-health" data-testid="operator-health"></div>
+      <section class="card"><div class="card-head"><h2>Tenants</h2><span class="hint">today</span></div><div class="card-body flush" id="op-tenants"></div></section>
+      <section class="card"><div class="card-head"><h2>Incident stream</h2><span class="hint">all tenants, newest first, live</span></div><div class="card-body flush scroll-box" id="op-incidents"></div></section>
+      <div class="grid grid-2">
+        <section class="card"><div class="card-head"><h2>Backups</h2><button type="button" class="btn btn-sm btn-primary" data-action="backup" data-testid="backup-now">Back up now</button></div><div class="card-body flush" id="op-backups"></div></section>
+        <section class="card"><div class="card-head"><h2>Jobs</h2></div><div class="card-body flush" id="op-jobs"></div></section>
+      </div>`);
+    const $ = (id) => root.querySelector(id);
+
+    const get = async (key, path) => {
+      try { const r = await api.get(path, null, { signal: ctx.signal }); delete errors[key]; return r; } catch (err) {
+        if (err?.name === "AbortError") throw err;
+        errors[key] = err; return null;
+      }
+    };
+
+    function drawHealth() {
+      const box = $("#op-health");
+      if (errors.health) { render(box, html`<div class="card">${errorState(errors.health, { testid: "health-error" })}</div>`); return; }
+      if (!health) { render(box, html`<div class="kpis"><span class="skeleton sk-kpi"></span><span class="skeleton sk-kpi"></span><span class="skeleton sk-kpi"></span><span class="skeleton sk-kpi"></span></div>`); return; }
+      const h = health;
+      const errBad = (h.error_rate_5m || 0) >= 0.05;
+      const dead = h.queue?.dead || 0;
+      const lb = h.last_backup;
+      const backupOld = !lb || Date.now() - lb.at > 36 * 3600 * 1000;
+      render(box, html`<div class="kpis kpis-wide">
+        <div class="kpi"><div class="kpi-label">Calls, last minute</div><div class="kpi-value" data-testid="health-calls">${compact(h.calls_last_minute ?? h.calls_per_minute)}</div><div class="kpi-note">${h.calls_5m !== undefined ? `${compact(h.calls_5m)} in 5 min · ` : ""}up ${seconds(h.uptime_s)}</div></div>
+        <div class="kpi ${errBad ? "bad" : ""}"><div class="kpi-label">Error rate, 5 min</div><div class="kpi-value">${pct(h.error_rate_5m)}</div><div class="kpi-note">provider failures</div></div>
+        <div class="kpi"><div class="kpi-label">Latency p95</div><div class="kpi-value">${h.latency_p95_ms === null || h.latency_p95_ms === undefined ? "—" : `${num(h.latency_p95_ms)} ms`}</div><div class="kpi-note">end to end</div></div>
+        <div class="kpi ${dead ? "bad" : ""}"><div class="kpi-label">Job queue</div><div class="kpi-value">${compact(h.queue?.pending ?? 0)}</div><div class="kpi-note">pending · ${compact(dead)} dead</div></div>
+        <div class="kpi"><div class="kpi-label">Disk</div><div class="kpi-value">${bytes(h.disk?.data_bytes)}</div><div class="kpi-note">${h.disk?.free_bytes !== undefined && h.disk?.free_bytes !== null ? `${bytes(h.disk.free_bytes)} free` : h.disk?.used_percent !== undefined && h.disk?.used_percent !== null ? `disk ${pct(h.disk.used_percent / 100)} full` : "data directory"}</div></div>
+        <div class="kpi ${backupOld ? "bad" : ""}"><div class="kpi-label">Last backup</div><div class="kpi-value">${lb ? timeAgo(lb.at) : "never"}</div><div class="kpi-note">${lb ? bytes(lb.bytes) : "run one below"}</div></div>
+        <div class="kpi"><div class="kpi-label">Version</div><div class="kpi-value mono" data-testid="health-version">${h.version || h.update?.current || "—"}</div><div class="kpi-note">${h.backend || ""}</div><div class="kpi-note">${h.update?.channel ? `${h.update.channel} channel` : ""}</div></div>
+      </div>`);
+    }
+
+    function drawTenants() {
+      const box = $("#op-tenants");
+      if (errors.tenants) { render(box, errorState(errors.tenants, { testid: "tenants-error" })); return; }
+      if (!tenants) { render(box, loadingState("table")); return; }
+      if (!tenants.length) { render(box, emptyState({ title: "No tenants yet", text: "Create one on the server: agv-server tenant create \"My company\" — then invite its owner from Settings." })); return; }
+      render(box, html`<div class="table-wrap"><table class="table" data-testid="tenants-table"><thead><tr><th>Tenant</th><th class="num">Calls</th><th class="num">Blocked</th><th class="num">Spend</th><th class="num">Open</th><th><span class="sr-only">Actions</span></th></tr></thead><tbody>
+        ${tenants.map((t) => html`<tr data-testid="tenant-row" data-tenant-id="${t.id}" data-frozen="${String(!!t.frozen)}">
+          <td><button type="button" class="linkbtn" data-action="view" data-testid="tenant-view">${t.name}</button>${t.frozen ? html` <span class="badge bad">Stopped</span>` : ""}<div class="cell-sub mono">${t.id}</div></td>
+          <td class="num">${compact(t.calls_today)}</td><td class="num">${compact(t.blocked_today)}</td><td class="num">${money(t.spend_today_usd)}</td>
+          <td class="num">${t.open_incidents ? html`<span class="badge bad plain">${compact(t.open_incidents)}</span>` : "0"}</td>
+          <td><div class="row-actions">${t.frozen
+            ? html`<button type="button" class="btn btn-sm" data-action="unfreeze" data-testid="tenant-unfreeze">Resume</button>`
+            : html`<button type="button" class="btn btn-sm btn-danger-soft" data-action="freeze" data-testid="tenant-freeze">Stop</button>`}
+            <button type="button" class="btn btn-sm" data-action="view">Open →</button></div></td></tr>`)}
+        </tbody></table></div>`);
+    }
+
+    function drawIncidents(fresh = new Set()) {
+      const box = $("#op-incidents");
+      if (errors.incidents) { render(box, errorState(errors.incidents, { testid: "stream-error" })); return; }
+      if (!incidents) { render(box, loadingState("table")); return; }
+      if (!incidents.length) { render(box, emptyState({ title: "Quiet", text: "No incidents on any tenant. New ones appear here as they open.", iconName: "shield" })); return; }
+      render(box, html`<div class="table-wrap"><table class="table" data-testid="incident-stream"><tbody>
+        ${incidents.slice(0, 30).map((i) => html`<tr class="${fresh.has(i.id) ? "flash" : ""}" data-testid="incident-row" data-incident-id="${i.id}" data-tenant-id="${i.tenant_id}">
+          <td>${severityBadge(i.severity)}</td>
+          <td><button type="button" class="linkbtn" data-action="open-incident">${i.title}</button><div class="cell-sub">${i.tenant_name || i.tenant_id}</div></td>
+          <td>${statusBadge(i.status)}</td><td class="num">${timeAgo(i.updated_at ?? i.created_at)}</td></tr>`)}
+        </tbody></table></div>`);
+    }
+
+    function drawBackups() {
+      const box = $("#op-backups");
+      const btn = root.querySelector('[data-action="backup"]');
+      if (errors.backups) { render(box, errorState(errors.backups, { testid: "backups-error" })); return; }
+      if (!backups) { render(box, loadingState("table")); return; }
+      btn.disabled = !!backups.running;
+      btn.textContent = backups.running ? "Backing up…" : "Back up now";
+      const list = backups.data || [];
+      render(box, html`${backups.running ? html`<div class="notice info card-body" role="status"><span class="spinner" aria-hidden="true"></span>&nbsp; A backup is running.</div>` : ""}
+        ${backups.last_error ? html`<div class="notice bad" role="alert">Last backup failed: ${backups.last_error}</div>` : ""}
+        ${list.length ? html`<div class="table-wrap"><table class="table" data-testid="backups-table"><thead><tr><th>File</th><th>Taken</th><th class="num">Size</th><th><span class="sr-only">Verify</span></th></tr></thead><tbody>
+          ${list.map((b) => html`<tr data-testid="backup-row" data-file="${b.file}"><td class="mono">${b.file}</td><td>${timeAgo(b.at)}</td><td class="num">${bytes(b.bytes)}</td>
+            <td><div class="row-actions"><span class="verify-result"></span><button type="button" class="btn btn-sm" data-action="verify" data-testid="backup-verify">Verify</button></div></td></tr>`)}
+          </tbody></table></div>` : emptyState({ title: "No backups yet", text: "Back up now, or wait for the scheduled backup (daily by default)." })}`);
+    }
+
+    function drawJobs() {
+      const box = $("#op-jobs");
+      if (errors.jobs) { render(box, errorState(errors.jobs, { testid: "jobs-error" })); return; }
+      if (!jobs) { render(box, loadingState("table")); return; }
+      const stats = Object.entries(jobs.stats || {});
+      const dead = jobs.dead || [];
+      render(box, html`${stats.length ? html`<div class="card-body"><dl class="dl">${stats.map(([k, v]) => html`<dt>${k.replace(/_/g, " ")}</dt><dd>${typeof v === "object" && v !== null ? JSON.stringify(v) : typeof v === "number" ? num(v) : String(v)}</dd>`)}</dl></div>` : ""}
+        ${dead.length ? html`<div class="table-wrap"><table class="table" data-testid="dead-jobs"><thead><tr><th>Dead letter</th><th class="num">Tries</th><th>Failed</th><th><span class="sr-only">Actions</span></th></tr></thead><tbody>
+          ${dead.map((j) => html`<tr data-testid="dead-row" data-job-id="${j.id}"><td><span class="cell-main">${j.kind}</span><div class="cell-sub">${j.error || ""}</div><div class="cell-sub mono">${j.id}</div></td>
+            <td class="num">${num(j.attempts)}</td><td>${timeAgo(j.failed_at)}</td>
+            <td><div class="row-actions"><button type="button" class="btn btn-sm" data-action="retry-job" data-testid="job-retry">Retry</button><button type="button" class="btn btn-sm btn-ghost" data-action="discard-job" data-testid="job-discard">Discard</button></div></td></tr>`)}
+          </tbody></table></div>` : emptyState({ title: "No dead letters", text: "Jobs that fail every retry (alert deliveries, exports) land here for a retry or discard." })}`);
+    }
+
+    async function loadAll() {
+      ctx.loading();
+      drawHealth(); drawTenants(); drawIncidents(); drawBackups(); drawJobs();
+      const [h, t, i, b, j] = await Promise.all([
+        get("health", "/api/operator/health"), get("tenants", "/api/operator/tenants"), get("incidents", "/api/operator/incidents"),
+        get("backups", "/api/operator/backups"), get("jobs", "/api/operator/jobs"),
+      ]);
+      if (!ctx.alive()) return;
+      health = h; tenants = t?.data ?? null; incidents = i?.data ?? null; backups = b; jobs = j;
+      drawHealth(); drawTenants(); drawIncidents(); drawBackups(); drawJobs();
+      if (backups?.running) pollBackups();
+      ctx.ready();
+    }
+    async function reload(key) {
+      const map = { health: "/api/operator/health", tenants: "/api/operator/tenants", incidents: "/api/operator/incidents", backups: "/api/operator/backups", jobs: "/api/operator/jobs" };
+      const r = await get(key, map[key]);
+      if (!ctx.alive()) return;
+      if (key === "health") { health = r; drawHealth(); }
+      if (key === "tenants") { tenants = r?.data ?? null; drawTenants(); }
+      if (key === "incidents") { incidents = r?.data ?? null; drawIncidents(); }
+      if (key === "backups") { backups = r; drawBackups(); }
+      if (key === "jobs") { jobs = r; drawJobs(); }
+    }
+    function pollBackups() {
+      clearTimeout(pollTimer);
+      pollTimer = setTimeout(async () => {
+        await reload("backups").catch(() => {});
+        if (!ctx.alive()) return;
+        if (backups?.running) pollBackups();
+        else { reload("health").catch(() => {}); if (!backups?.last_error) toast("Backup finished", "ok"); }
+      }, 2000);
+    }
+
+    root.addEventListener("click", async (e) => {
+      const a = e.target.closest("[data-action]");
+      if (!a) return;
+      const act = a.dataset.action;
+      if (act === "retry") {
+        const sec = a.closest("[data-testid]")?.dataset.testid || "";
+        const key = sec.replace("-error", "").replace("stream", "incidents");
+        return key && ["health", "tenants", "incidents", "backups", "jobs"].includes(key) ? reload(key) : loadAll();
+      }
+      if (act === "backup") {
+        a.disabled = true;
+        try { await api.post("/api/operator/backups", {}); toast("Backup started", "ok"); backups = { ...(backups || {}), running: true }; drawBackups(); pollBackups(); }
+        catch (err) { a.disabled = false; if (err?.name !== "AbortError") toast(err.status === 409 ? "A backup is already running." : `Backup failed to start: ${err.message}`, "bad"); }
+        return;
+      }
+      if (act === "verify") {
+        const row = a.closest("[data-file]");
+        const out = row.querySelector(".verify-result");
+        a.disabled = true;
+        render(out, html`<span class="spinner" aria-label="Verifying"></span>`);
+        try {
+          const r = await api.post("/api/operator/backups/verify", { file: row.dataset.file });
+          render(out, r.ok ? html`<span class="badge ok" data-testid="verify-ok" title="${r.counts ? JSON.stringify(r.counts) : ""}">Verified</span>` : html`<span class="badge bad" data-testid="verify-failed" title="${r.error || ""}">Failed</span>`);
+          if (!r.ok) toast(`Backup ${row.dataset.file} does not verify: ${r.error || "unknown error"}`, "bad");
+        } catch (err) { render(out, html``); if (err?.name !== "AbortError") toast(err.message, "bad"); }
+        finally { a.disabled = false; }
+        return;
+      }
+      if (act === "retry-job" || act === "discard-job") {
+        const id = a.closest("[data-job-id]").dataset.jobId;
+        const go = act === "retry-job"
+          ? () => api.post(`/api/operator/jobs/${encodeURIComponent(id)}/retry`, {})
+          : () => api.del(`/api/operator/jobs/${encodeURIComponent(id)}`);
+        if (act === "discard-job") {
+          const ok = await confirmDialog({ title: "Discard this job?", text: "It will not run again. This cannot be undone.", confirmLabel: "Discard", danger: true, action: go });
+          if (!ok) return;
+        } else {
+          a.disabled = true;
+          try { await go(); } catch (err) { a.disabled = false; if (err?.name !== "AbortError") toast(err.message, "bad"); return; }
+        }
+        toast(act === "retry-job" ? "Job queued again" : "Job discarded", "ok");
+        reload("jobs").catch(() => {});
+        return;
+      }
+      if (act === "open-incident") {
+        const row = a.closest("[data-incident-id]");
+        const t = (tenants || []).find((x) => x.id === row.dataset.tenantId) || { id: row.dataset.tenantId, name: null };
+        ctx.viewTenant(t, `#/incidents/${encodeURIComponent(row.dataset.incidentId)}`);
+        return;
+      }
+      const trow = a.closest("[data-tenant-id]");
+      const t = (tenants || []).find((x) => x.id === trow?.dataset.tenantId);
+      if (!t) return;
+      if (act === "view") return ctx.viewTenant(t);
+      if (act === "freeze") {
+        const ok = await reasonDialog({ title: `Stop all traffic of ${t.name}?`, text: "Every call of this tenant is refused (HTTP 423) until traffic is resumed. Its admins see why.", confirmLabel: "Stop traffic",
+          action: (reason) => api.post("/api/killswitch/tenant", { reason }, { tenant: t.id }) });
+        if (ok) { toast(`${t.name}: traffic stopped`, "ok"); reload("tenants").catch(() => {}); }
+      } else if (act === "unfreeze") {
+        const ok = await reasonDialog({ title: `Resume traffic of ${t.name}?`, text: "Calls reach the provider again.", confirmLabel: "Resume traffic", required: false, danger: false,
+          action: (reason) => api.del("/api/killswitch/tenant", reason ? { reason } : {}, { tenant: t.id }) });
+        if (ok) { toast(`${t.name}: traffic resumed`, "ok"); reload("tenants").catch(() => {}); }
+      }
+    });
+
+    ctx.on("health", (h) => { if (h && typeof h === "object") { health = { ...(health || {}), ...h }; delete errors.health; drawHealth(); } });
+    let incTimer = null;
+    ctx.on("incident", (ev) => {
+      if (!incidents) return;
+      const idx = incidents.findIndex((i) => i.id === ev.id);
+      const name = (tenants || []).find((t) => t.id === ev.tenant_id)?.name;
+      const merged = { ...(idx >= 0 ? incidents[idx] : {}), ...ev, tenant_name: name || (idx >= 0 ? incidents[idx].tenant_name : null), updated_at: Date.now() };
+      if (idx >= 0) incidents.splice(idx, 1);
+      incidents.unshift(merged);
+      drawIncidents(new Set([ev.id]));
+      clearTimeout(incTimer);
+      incTimer = setTimeout(() => reload("tenants").catch(() => {}), 1500);
+    });
+
+    await loadAll();
+    return () => { clearTimeout(pollTimer); clearTimeout(incTimer); };
+  },
+};

@@ -1,0 +1,120 @@
+// #/settings: your account (password), the theme, and — for owners and operators — the
+// people of the tenant and invitations.
+import * as api from "../api.js";
+import { session, canManagePeople, isOperator, currentTenant } from "../state.js";
+import { html, render, icon, timeAgo, loadingState, errorState, emptyState, toast, field, validate, validators, formValues, showApiError, busy, copyText, cap } from "../ui.js";
+import { storedTheme, setTheme } from "../theme.js";
+
+export default {
+  name: "settings",
+  title: "Settings",
+  nav: "settings",
+  async mount(root, ctx) {
+    const u = session.user;
+    const tenant = currentTenant();
+    const theme = storedTheme();
+    render(root, html`<div class="page-head"><div class="titles"><h1 data-testid="page-title">Settings</h1>
+        <p class="sub">Your account and how the console looks${canManagePeople() ? ", and who has access" : ""}.</p></div></div>
+      <div class="grid grid-2">
+        <section class="card"><div class="card-head"><h2>Your account</h2></div><div class="card-body"><dl class="dl">
+          <dt>Email</dt><dd data-testid="settings-email">${u.email}</dd><dt>Role</dt><dd>${cap(u.role)}</dd>
+          <dt>Tenant</dt><dd>${isOperator() ? "All tenants (operator)" : tenant?.name || tenant?.id || "—"}</dd></dl>
+          <h3 class="section-gap">Theme</h3>
+          <div class="segmented section-gap-sm" role="radiogroup" aria-label="Theme">
+            ${[["system", "System"], ["light", "Light"], ["dark", "Dark"]].map(([v, l]) => html`<button type="button" role="radio" data-theme-choice="${v}" aria-checked="${theme === v}" aria-pressed="${theme === v}" data-testid="theme-${v}">${l}</button>`)}
+          </div></div></section>
+        <section class="card"><div class="card-head"><h2>Change password</h2></div><div class="card-body">
+          <form novalidate id="pw-form">
+            <input type="email" name="username" value="${u.email}" autocomplete="username" hidden tabindex="-1" aria-hidden="true">
+            ${field({ name: "current_password", label: "Current password", type: "password", required: true, autocomplete: "current-password", testid: "pw-current" })}
+            ${field({ name: "new_password", label: "New password", type: "password", required: true, autocomplete: "new-password", hint: "At least 10 characters. Your other sessions are signed out.", testid: "pw-new" })}
+            ${field({ name: "confirm", label: "Repeat the new password", type: "password", required: true, autocomplete: "new-password", testid: "pw-confirm" })}
+            <div class="form-actions"><button type="submit" class="btn btn-primary" data-testid="pw-submit">Change password</button></div>
+          </form></div></section>
+      </div>
+      ${canManagePeople() ? html`<section class="card"><div class="card-head"><h2>People</h2><span class="hint">${tenant ? html`in ${tenant.name || tenant.id}` : "on this instance"}</span></div>
+        <div class="card-body">
+          <form novalidate id="invite-form" class="inline-form">
+            ${field({ name: "email", label: "Invite by email", type: "email", required: true, testid: "invite-email-input", placeholder: "colleague@example.com" })}
+            ${field({ name: "role", label: "Role", value: "viewer", testid: "invite-role", options: [{ value: "viewer", label: "Viewer — reads only" }, { value: "admin", label: "Admin — every tenant action" }, { value: "owner", label: "Owner — admin plus people" }] })}
+            <button type="submit" class="btn btn-primary filter-btn" data-testid="invite-submit">Create invitation</button>
+          </form>
+          <div id="invite-result"></div></div>
+        <div class="card-body flush" id="people"></div></section>` : ""}`);
+
+    root.querySelector(".segmented").addEventListener("click", (e) => {
+      const b = e.target.closest("[data-theme-choice]");
+      if (!b) return;
+      setTheme(b.dataset.themeChoice);
+      for (const x of root.querySelectorAll("[data-theme-choice]")) {
+        const on = x === b;
+        x.setAttribute("aria-checked", String(on));
+        x.setAttribute("aria-pressed", String(on));
+      }
+    });
+
+    const pw = root.querySelector("#pw-form");
+    pw.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const same = (v, f) => (v === f.elements.new_password.value ? "" : "The new passwords differ.");
+      if (!validate(pw, { current_password: [validators.required], new_password: [validators.required, validators.password], confirm: [validators.required, same] })) return;
+      const v = formValues(pw);
+      try {
+        await busy(pw.querySelector('[type="submit"]'), () => api.post("/api/auth/password", { current_password: v.current_password, new_password: v.new_password }));
+        pw.reset();
+        toast("Password changed. Your other sessions were signed out.", "ok");
+      } catch (err) {
+        if (err?.name === "AbortError") return;
+        if (!err.param && err.status === 403 && /password/i.test(err.message)) err.param = "current_password";
+        showApiError(pw, err);
+      }
+    });
+
+    if (!canManagePeople()) { ctx.ready(); return; }
+
+    const people = root.querySelector("#people");
+    const inv = root.querySelector("#invite-form");
+    if (isOperator() && !tenant) {
+      // People belong to a tenant: without one chosen the server would answer 400.
+      inv.hidden = true;
+      render(people, emptyState({ title: "Choose a tenant first", text: "People belong to a tenant. Open one from the Operator page to see its people and invite new ones.", action: html`<a class="btn" href="#/operator">Go to Operator</a>`, testid: "people-empty" }));
+      ctx.ready();
+      return;
+    }
+    async function loadPeople() {
+      render(people, loadingState("table"));
+      try {
+        const r = await api.get("/api/users", null, { signal: ctx.signal });
+        if (!ctx.alive()) return;
+        const list = r.data || [];
+        render(people, list.length ? html`<div class="table-wrap"><table class="table" data-testid="people-table"><thead><tr><th>Email</th><th>Role</th><th>Tenant</th><th>Joined</th></tr></thead><tbody>
+          ${list.map((p) => html`<tr data-testid="person-row" data-user-id="${p.id}"><td><span class="cell-main">${p.email}</span>${p.id === u.id ? html` <span class="badge plain accent">you</span>` : ""}</td><td>${cap(p.role)}</td><td class="mono">${p.tenant_id || "—"}</td><td>${timeAgo(p.created_at)}</td></tr>`)}
+          </tbody></table></div>` : emptyState({ title: "Nobody else yet", text: "Invite a colleague above: they get a link to choose their password." }));
+      } catch (err) {
+        if (err?.name === "AbortError" || !ctx.alive()) return;
+        if (err?.code === "tenant_required") render(people, emptyState({ title: "Choose a tenant first", text: "People belong to a tenant. Open one from the Operator page to see and invite its people.", action: html`<a class="btn" href="#/operator">Go to Operator</a>` }));
+        else render(people, errorState(err));
+      }
+    }
+    people.addEventListener("click", (e) => { if (e.target.closest('[data-action="retry"]')) loadPeople(); });
+
+    inv.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      if (!validate(inv, { email: [validators.required, validators.email] })) return;
+      const v = formValues(inv);
+      try {
+        const r = await busy(inv.querySelector('[type="submit"]'), () => api.post("/api/invitations", { email: v.email.trim(), role: v.role }));
+        const url = r.url || `${location.origin}/#/invite?token=${encodeURIComponent(r.token)}`;
+        render(root.querySelector("#invite-result"), html`<div class="notice ok section-gap" role="status"><div class="stack">
+          <div>Invitation for <strong>${r.invitation?.email || v.email}</strong> as ${cap(r.invitation?.role || v.role)} — valid until ${r.invitation?.expires_at ? timeAgo(r.invitation.expires_at) : "7 days from now"}. Send them this link:</div>
+          <div class="secret-box"><code data-testid="invite-url">${url}</code><button type="button" class="btn" data-copy-url data-testid="invite-url-copy">${icon("copy", 16)} Copy</button></div></div></div>`);
+        root.querySelector("[data-copy-url]").addEventListener("click", () => copyText(url));
+        inv.reset();
+        loadPeople();
+      } catch (err) { if (err?.name !== "AbortError") showApiError(inv, err); }
+    });
+
+    await loadPeople();
+    ctx.ready();
+  },
+};
