@@ -235,10 +235,18 @@ pub async fn killswitch_status(
 pub async fn active_policies(
     state: web::Data<AppState>,
     AdminKey(caller): AdminKey,
-) -> HttpResponse {
+) -> Result<HttpResponse, ApiError> {
     let p = state.proxy.guard.policy(&caller.tenant_id);
-    HttpResponse::Ok().json(json!({
+    // The stored overrides too, so that an editor can change some and keep the rest
+    // (`PUT /v1/policies` replaces them all).
+    let store = state.store.clone();
+    let tenant = caller.tenant_id.clone();
+    let overrides = run_blocking(move || store.get_tenant_policy(&tenant))
+        .await?
+        .unwrap_or_else(|| json!({}));
+    Ok(HttpResponse::Ok().json(json!({
         "tenant_id": caller.tenant_id,
+        "overrides": overrides,
         "price_table_version": crate::guard::pricing::PRICE_TABLE_VERSION,
         "policies": [
             {"id": "killswitch", "name": "Kill switch", "enabled": true, "thresholds": {}},
@@ -254,7 +262,7 @@ pub async fn active_policies(
             {"id": "budget", "name": "Budgets", "enabled": p.budget_daily_usd.is_some() || p.budget_monthly_usd.is_some(), "thresholds": {
                 "budget_daily_usd": p.budget_daily_usd, "budget_monthly_usd": p.budget_monthly_usd, "budget_soft_ratio": p.budget_soft_ratio}},
         ],
-    }))
+    })))
 }
 
 /// Replaces the caller's tenant's threshold overrides (fields of `PolicyConfig`; the rest

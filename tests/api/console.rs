@@ -240,8 +240,53 @@ fn tenant_changes(call: &str) -> Vec<(Method, String, Value)> {
         (
             Method::POST,
             "/api/certificates".into(),
-            json!({"subject": "call", "id": call}),
+            json!({"call_id": call}),
         ),
+        (
+            Method::POST,
+            "/api/incidents/inc_00000000000000000000000000000000/ack".into(),
+            Value::Null,
+        ),
+        (
+            Method::POST,
+            "/api/incidents/inc_00000000000000000000000000000000/notes".into(),
+            json!({"note": "n"}),
+        ),
+        (
+            Method::POST,
+            "/api/incidents/inc_00000000000000000000000000000000/replay".into(),
+            json!({"mode": "policy"}),
+        ),
+        (
+            Method::DELETE,
+            "/api/alerts/routes/alr_00000000000000000000000000000000".into(),
+            Value::Null,
+        ),
+        (
+            Method::POST,
+            "/api/keys/key_00000000000000000000000000000000/revoke".into(),
+            Value::Null,
+        ),
+        (
+            Method::POST,
+            "/api/policies/backtest".into(),
+            json!({"policy": {}}),
+        ),
+        (Method::DELETE, "/api/upstream".into(), Value::Null),
+    ]
+}
+
+/// The operator's changes.
+fn operator_changes() -> Vec<(Method, &'static str, Value)> {
+    vec![
+        (Method::POST, "/api/operator/backups", Value::Null),
+        (
+            Method::POST,
+            "/api/operator/backups/verify",
+            json!({"file": "agv-backup-x.tar"}),
+        ),
+        (Method::POST, "/api/operator/jobs/job_x/retry", Value::Null),
+        (Method::DELETE, "/api/operator/jobs/job_x", Value::Null),
     ]
 }
 
@@ -278,6 +323,35 @@ async fn the_console_api_needs_a_session_csrf_and_the_right_role(backend: Backen
     assert_eq!(res.status(), 401);
 
     let policies_before = get(app, "/api/policies/active", &w.owner, None).await;
+    for (m, path, body) in operator_changes() {
+        let res = call(app, m.clone(), path, None, false, None, Some(body.clone())).await;
+        assert_eq!(res.status(), 401, "{m} {path}");
+        let (status, c) = code(
+            call(
+                app,
+                m.clone(),
+                path,
+                Some(&w.operator),
+                false,
+                None,
+                Some(body.clone()),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(
+            (status, c.as_str()),
+            (403, "csrf_token_missing"),
+            "{m} {path}"
+        );
+        let (status, c) =
+            code(call(app, m.clone(), path, Some(&w.owner), true, None, Some(body)).await).await;
+        assert_eq!(
+            (status, c.as_str()),
+            (403, "role_not_allowed"),
+            "{m} {path}"
+        );
+    }
     // Signed in, every read works for owner and viewer.
     for who in [&w.owner, &w.viewer] {
         for path in TENANT_READS {

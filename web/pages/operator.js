@@ -11,6 +11,8 @@ export default {
   async mount(root, ctx) {
     let health = null, tenants = null, incidents = null, backups = null, jobs = null;
     const errors = {};
+    const verified = new Map(); // file -> {ok, error, counts}: kept across redraws
+    let backupsSig = null;
     let pollTimer = null;
 
     render(root, html`<div class="page-head"><div class="titles"><h1 data-testid="page-title">Operator</h1>
@@ -86,6 +88,10 @@ export default {
       const btn = root.querySelector('[data-action="backup"]');
       if (errors.backups) { render(box, errorState(errors.backups, { testid: "backups-error" })); return; }
       if (!backups) { render(box, loadingState("table")); return; }
+      // Polling while a backup runs must not redraw rows under the pointer for nothing.
+      const sig = JSON.stringify([backups, [...verified.entries()]]);
+      if (sig === backupsSig && box.firstChild) return;
+      backupsSig = sig;
       btn.disabled = !!backups.running;
       btn.textContent = backups.running ? "Backing up…" : "Back up now";
       const list = backups.data || [];
@@ -93,8 +99,14 @@ export default {
         ${backups.last_error ? html`<div class="notice bad" role="alert">Last backup failed: ${backups.last_error}</div>` : ""}
         ${list.length ? html`<div class="table-wrap"><table class="table" data-testid="backups-table"><thead><tr><th>File</th><th>Taken</th><th class="num">Size</th><th><span class="sr-only">Verify</span></th></tr></thead><tbody>
           ${list.map((b) => html`<tr data-testid="backup-row" data-file="${b.file}"><td class="mono">${b.file}</td><td>${timeAgo(b.at)}</td><td class="num">${bytes(b.bytes)}</td>
-            <td><div class="row-actions"><span class="verify-result"></span><button type="button" class="btn btn-sm" data-action="verify" data-testid="backup-verify">Verify</button></div></td></tr>`)}
+            <td><div class="row-actions"><span class="verify-result">${verifyBadge(verified.get(b.file))}</span><button type="button" class="btn btn-sm" data-action="verify" data-testid="backup-verify">Verify</button></div></td></tr>`)}
           </tbody></table></div>` : emptyState({ title: "No backups yet", text: "Back up now, or wait for the scheduled backup (daily by default)." })}`);
+    }
+
+    function verifyBadge(r) {
+      if (!r) return "";
+      return r.ok ? html`<span class="badge ok" data-testid="verify-ok" title="${r.counts ? JSON.stringify(r.counts) : ""}">Verified</span>`
+        : html`<span class="badge bad" data-testid="verify-failed" title="${r.error || ""}">Failed</span>`;
     }
 
     function drawJobs() {
@@ -166,7 +178,8 @@ export default {
         render(out, html`<span class="spinner" aria-label="Verifying"></span>`);
         try {
           const r = await api.post("/api/operator/backups/verify", { file: row.dataset.file });
-          render(out, r.ok ? html`<span class="badge ok" data-testid="verify-ok" title="${r.counts ? JSON.stringify(r.counts) : ""}">Verified</span>` : html`<span class="badge bad" data-testid="verify-failed" title="${r.error || ""}">Failed</span>`);
+          verified.set(row.dataset.file, r);
+          render(out, verifyBadge(r));
           if (!r.ok) toast(`Backup ${row.dataset.file} does not verify: ${r.error || "unknown error"}`, "bad");
         } catch (err) { render(out, html``); if (err?.name !== "AbortError") toast(err.message, "bad"); }
         finally { a.disabled = false; }

@@ -142,7 +142,10 @@ export default {
       const overrides = collect(form);
       if (!overrides) return;
       try {
-        await busy(form.querySelector('[type="submit"]'), () => api.put("/api/policies", overrides));
+        // PUT replaces every override: keep the stored ones this editor does not show
+        // (redaction, for one) and change only what it does.
+        const kept = { ...(active?.overrides || {}), ...overrides };
+        await busy(form.querySelector('[type="submit"]'), () => api.put("/api/policies", kept));
         toast("Policies saved and applied", "ok");
         editing = false;
         await load();

@@ -37,7 +37,7 @@ export default {
           <form novalidate id="invite-form" class="inline-form">
             ${field({ name: "email", label: "Invite by email", type: "email", required: true, testid: "invite-email-input", placeholder: "colleague@example.com" })}
             ${field({ name: "role", label: "Role", value: "viewer", testid: "invite-role", options: [{ value: "viewer", label: "Viewer — reads only" }, { value: "admin", label: "Admin — every tenant action" }, { value: "owner", label: "Owner — admin plus people" }] })}
-            <button type="submit" class="btn btn-primary filter-btn" data-testid="invite-submit">Create invitation</button>
+            <button type="submit" class="btn btn-primary filter-btn" data-testid="invite-create">Create invitation</button>
           </form>
           <div id="invite-result"></div></div>
         <div class="card-body flush" id="people"></div></section>` : ""}`);
@@ -46,12 +46,18 @@ export default {
       const b = e.target.closest("[data-theme-choice]");
       if (!b) return;
       setTheme(b.dataset.themeChoice);
-      for (const x of root.querySelectorAll("[data-theme-choice]")) {
-        const on = x === b;
-        x.setAttribute("aria-checked", String(on));
-        x.setAttribute("aria-pressed", String(on));
-      }
     });
+
+    // The header's theme button changes the choice too.
+    const syncTheme = () => {
+      const t = storedTheme();
+      for (const x of root.querySelectorAll("[data-theme-choice]")) {
+        x.setAttribute("aria-checked", String(x.dataset.themeChoice === t));
+        x.setAttribute("aria-pressed", String(x.dataset.themeChoice === t));
+      }
+    };
+    document.addEventListener("agv:theme", syncTheme);
+    const cleanup = () => document.removeEventListener("agv:theme", syncTheme);
 
     const pw = root.querySelector("#pw-form");
     pw.addEventListener("submit", async (e) => {
@@ -70,7 +76,7 @@ export default {
       }
     });
 
-    if (!canManagePeople()) { ctx.ready(); return; }
+    if (!canManagePeople()) { ctx.ready(); return cleanup; }
 
     const people = root.querySelector("#people");
     const inv = root.querySelector("#invite-form");
@@ -79,7 +85,7 @@ export default {
       inv.hidden = true;
       render(people, emptyState({ title: "Choose a tenant first", text: "People belong to a tenant. Open one from the Operator page to see its people and invite new ones.", action: html`<a class="btn" href="#/operator">Go to Operator</a>`, testid: "people-empty" }));
       ctx.ready();
-      return;
+      return cleanup;
     }
     async function loadPeople() {
       render(people, loadingState("table"));
@@ -116,5 +122,6 @@ export default {
 
     await loadPeople();
     ctx.ready();
+    return cleanup;
   },
 };
