@@ -326,6 +326,37 @@ async fn the_console_works_end_to_end_in_chromium() {
     ui.type_into("setup-password", PASSWORD).await;
     ui.click("setup-submit").await;
     ui.ready("operator").await;
+    // The operator stops the demo tenant from the tenants table: its calls get 423.
+    let tenant_row = format!("[data-testid='tenant-row'][data-tenant-id='{tenant}']");
+    ui.css(&format!("{tenant_row} [data-testid='tenant-freeze']"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    ui.type_into("reason-input", "e2e: operator stop").await;
+    ui.click("reason-confirm").await;
+    ui.css(&format!("{tenant_row} [data-testid='tenant-unfreeze']"))
+        .await;
+    ui.photo("operator-tenant-stopped").await;
+    assert_eq!(chat(&app, &key, "e2e-user").await, 423);
+    ui.css(&format!("{tenant_row} [data-testid='tenant-unfreeze']"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    ui.click("reason-confirm").await;
+    ui.css(&format!("{tenant_row} [data-testid='tenant-freeze']"))
+        .await;
+    assert_eq!(chat(&app, &key, "e2e-user").await, 200);
+    // Drill down into the tenant's console and back.
+    ui.css(&format!("{tenant_row} [data-testid='tenant-view']"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    ui.ready("overview").await;
+    ui.click("back-to-operator").await;
+    ui.ready("operator").await;
     // The tenant's owner (made headless while the server runs).
     make_user(&app.home, "owner@demo.example", "owner", Some(&tenant));
     ui.click("signout").await;
@@ -338,6 +369,41 @@ async fn the_console_works_end_to_end_in_chromium() {
     ui.ready("overview").await;
     let badge = ui.el("protection-badge").await.text().await.unwrap();
     assert!(!badge.is_empty());
+    // Live: new calls show on the overview without a reload.
+    let before: u64 = ui
+        .el("kpi-calls")
+        .await
+        .attr("title")
+        .await
+        .unwrap()
+        .unwrap()
+        .parse()
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(chat(&app, &key, "e2e-user").await, 200);
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now: u64 = ui
+            .el("kpi-calls")
+            .await
+            .attr("title")
+            .await
+            .unwrap()
+            .unwrap()
+            .parse()
+            .unwrap();
+        if now == before + 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the overview still shows {now} calls (expected {})",
+            before + 3
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    ui.photo("overview-live").await;
 
     // Freeze the e2e key from the keys page: its calls get 423; unfreeze: 200 again.
     ui.click("nav-keys").await;
@@ -434,10 +500,35 @@ async fn the_console_works_end_to_end_in_chromium() {
         ui.ready(page).await;
     }
 
+    // The owner invites a viewer and switches to the dark theme.
+    ui.type_into("invite-email-input", "viewer@demo.example")
+        .await;
+    ui.click("invite-create").await;
+    let invite = ui.el("invite-url").await.text().await.unwrap();
+    let route = invite.split_once('#').map(|(_, r)| r.to_owned()).unwrap();
+    ui.click("theme-dark").await;
+    ui.photo("settings-dark").await;
+
     // Sign out: back to the sign-in page, and the console is closed.
     ui.click("signout").await;
     ui.ready("login").await;
     ui.goto("#/overview").await;
+    ui.ready("login").await;
+
+    // The invited viewer sets a password, lands on the overview and sees no kill switch.
+    ui.goto(&format!("#{route}")).await;
+    ui.ready("invite").await;
+    ui.type_into("invite-password", PASSWORD).await;
+    ui.type_into("invite-confirm", PASSWORD).await;
+    ui.click("invite-submit").await;
+    ui.ready("overview").await;
+    let kill = ui
+        .driver
+        .find_all(By::Css("[data-testid='killswitch-button']"))
+        .await
+        .unwrap();
+    assert!(kill.is_empty(), "a viewer has no kill switch");
+    ui.click("signout").await;
     ui.ready("login").await;
 
     ui.driver.clone().quit().await.unwrap();

@@ -715,6 +715,21 @@ async fn keys_freeze_and_overview_work_through_the_console(backend: Backend) {
         .sum();
     assert_eq!(by_model, week, "{usage}");
 
+    // The policy editor sees the stored overrides, to keep what it does not show.
+    let res = call(
+        app,
+        Method::PUT,
+        "/api/policies",
+        Some(&w.owner),
+        true,
+        None,
+        Some(json!({"key_requests_per_minute": 500})),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let active = get(app, "/api/policies/active", &w.viewer, None).await;
+    assert_eq!(active["overrides"], json!({"key_requests_per_minute": 500}));
+
     // Revoke: the key stops working at once.
     let res = call(
         app,
