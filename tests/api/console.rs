@@ -111,6 +111,7 @@ struct World {
     tenant_b: String,
     key_a: String,
     key_b_id: String,
+    b_key: String,
     admin_b: String,
     call_b: String,
     owner: Session,
@@ -157,6 +158,7 @@ async fn world(backend: Backend) -> Option<World> {
         tenant_b,
         key_a,
         key_b_id,
+        b_key: key_b.clone(),
         admin_b,
         call_b,
         owner,
@@ -298,12 +300,53 @@ async fn the_console_api_needs_a_session_csrf_and_the_right_role(backend: Backen
     let my_calls = get(app, "/api/calls", &w.owner, None).await;
     let call_a = my_calls["data"][0]["id"].as_str().unwrap().to_owned();
 
+    // B gets an incident: its frozen key's call is stopped.
+    let b_key_secret = w.b_key.clone();
+    let res = app
+        .post_json(
+            "/v1/killswitch/key",
+            &w.admin_b,
+            &json!({"key_id": w.key_b_id, "reason": "make an incident"}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(app.chat(&b_key_secret, "stopped").await.status(), 423);
+    let mut inc_b = String::new();
+    for _ in 0..100 {
+        let list: Value = app
+            .get_with_key("/v1/incidents", &w.admin_b)
+            .await
+            .json()
+            .await
+            .unwrap();
+        if let Some(id) = list["data"][0]["id"].as_str() {
+            inc_b = id.to_owned();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!inc_b.is_empty(), "B's incident was opened");
+
     // Not signed in: 401 everywhere, reads and changes alike.
+    let by_id = [
+        format!("/api/incidents/{inc_b}"),
+        format!("/api/incidents/{inc_b}/timeline"),
+        format!("/api/incidents/{inc_b}/export?format=json"),
+        format!("/api/calls/{}", w.call_b),
+        format!("/api/calls/{}/timeline", w.call_b),
+        "/api/replays/rpl_00000000000000000000000000000000".to_owned(),
+        "/api/certificates/cert_00000000000000000000000000000000".to_owned(),
+        "/api/tasks/tsk_00000000000000000000000000000000".to_owned(),
+        "/api/tasks/tsk_00000000000000000000000000000000/download".to_owned(),
+    ];
     for path in TENANT_READS
         .iter()
         .chain(OPERATOR_READS)
         .chain(&["/api/upstream", "/api/events"])
+        .map(|p| p.to_string())
+        .chain(by_id.iter().cloned())
     {
+        let path = path.as_str();
         let (status, c) = code(call(app, Method::GET, path, None, false, None, None).await).await;
         assert_eq!(status, 401, "GET {path}");
         assert_eq!(c, "not_signed_in", "GET {path}");
@@ -437,11 +480,8 @@ async fn the_console_api_needs_a_session_csrf_and_the_right_role(backend: Backen
     assert_eq!(app.chat(&w.key_a, "still served").await.status(), 200);
 
     // Another tenant's ids are 404, through every door.
-    for path in [
-        format!("/api/calls/{}", w.call_b),
-        format!("/api/calls/{}/timeline", w.call_b),
-    ] {
-        let res = call(app, Method::GET, &path, Some(&w.owner), false, None, None).await;
+    for path in &by_id[..5] {
+        let res = call(app, Method::GET, path, Some(&w.owner), false, None, None).await;
         assert_eq!(res.status(), 404, "{path}");
     }
     for (m, path, body) in [
@@ -460,6 +500,26 @@ async fn the_console_api_needs_a_session_csrf_and_the_right_role(backend: Backen
             "/api/killswitch/key".to_owned(),
             json!({"key_id": w.key_b_id, "reason": "not mine"}),
         ),
+        (
+            Method::POST,
+            format!("/api/incidents/{inc_b}/ack"),
+            Value::Null,
+        ),
+        (
+            Method::POST,
+            format!("/api/incidents/{inc_b}/notes"),
+            json!({"note": "not mine"}),
+        ),
+        (
+            Method::POST,
+            format!("/api/incidents/{inc_b}/replay"),
+            json!({"mode": "policy"}),
+        ),
+        (
+            Method::POST,
+            "/api/certificates".to_owned(),
+            json!({"incident_id": inc_b}),
+        ),
     ] {
         let res = call(
             app,
@@ -474,8 +534,10 @@ async fn the_console_api_needs_a_session_csrf_and_the_right_role(backend: Backen
         assert_eq!(res.status(), 404, "{m} {path}");
     }
     let b_calls = get(app, "/api/calls", &w.other, None).await;
-    assert_eq!(b_calls["data"].as_array().unwrap().len(), 1);
-    assert_eq!(b_calls["data"][0]["id"], json!(w.call_b));
+    let b_calls = b_calls["data"].as_array().unwrap();
+    assert_eq!(b_calls.len(), 2, "B's call and its stopped call");
+    assert!(b_calls.iter().all(|c| c["tenant_id"] == json!(w.tenant_b)));
+    assert!(b_calls.iter().any(|c| c["id"] == json!(w.call_b)));
     let searched = get(app, "/api/calls?q=hello", &w.owner, None).await;
     assert!(
         searched["data"]
@@ -485,9 +547,11 @@ async fn the_console_api_needs_a_session_csrf_and_the_right_role(backend: Backen
             .all(|c| c["tenant_id"] == json!(w.tenant_a)),
         "{searched}"
     );
-    // B's key still works: nothing of B's changed.
+    // Nothing of B's changed: its incident is still open, its tenant not frozen.
     let b_status = get(app, "/api/killswitch/status", &w.other, None).await;
     assert_eq!(b_status["tenant"]["frozen"], json!(false));
+    let b_inc = get(app, &format!("/api/incidents/{inc_b}"), &w.other, None).await;
+    assert_eq!(b_inc["status"], "open", "{b_inc}");
     let b_keys = get(app, "/api/keys", &w.other, None).await;
     assert!(
         b_keys["data"]
