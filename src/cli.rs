@@ -38,6 +38,12 @@ pub struct GlobalArgs {
     /// Address to listen on [env: AGV_LISTEN] [default: 127.0.0.1:8080]
     #[arg(long, global = true, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain (TLS 1.2+, HSTS); needs --tls-key [env: AGV_TLS_CERT]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert [env: AGV_TLS_KEY]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -329,6 +335,12 @@ fn settings(global: &GlobalArgs) -> Result<Settings, CliError> {
     }
     if let Some(listen) = &global.listen {
         flags.insert("listen", listen.clone());
+    }
+    if let Some(cert) = &global.tls_cert {
+        flags.insert("tls_cert", cert.display().to_string());
+    }
+    if let Some(key) = &global.tls_key {
+        flags.insert("tls_key", key.display().to_string());
     }
     Settings::load(global.data.clone(), &flags).map_err(|e| CliError::usage(e.0))
 }
@@ -1227,11 +1239,15 @@ fn existing_tenant(store: &DynStore, tenant: &TenantId) -> Result<Tenant, CliErr
     })
 }
 
-/// GET /ready over plain HTTP/1.0 with a 3 s budget; no TLS (the check runs beside the
-/// server, on the loopback address).
+/// GET /ready over plain HTTP/1.0 with a 3 s budget (over HTTPS when the server has
+/// built-in TLS, see `healthcheck_tls`); the check runs beside the server.
 fn healthcheck(settings: &Settings, url: Option<&str>) -> Result<(), CliError> {
     use std::io::{Read, Write};
     use std::net::{TcpStream, ToSocketAddrs};
+    let https = url.map_or(settings.tls.is_some(), |u| u.starts_with("https://"));
+    if https {
+        return healthcheck_tls(settings, url);
+    }
     let target = match url {
         Some(u) => u
             .trim_start_matches("http://")
@@ -1278,6 +1294,53 @@ fn healthcheck(settings: &Settings, url: Option<&str>) -> Result<(), CliError> {
             "unhealthy: {host}{path} answered {status} {body}"
         )))
     }
+}
+
+/// GET /ready over HTTPS, for a server with built-in TLS. The check runs beside the
+/// server on its own address, so the certificate is not checked (it may be self-signed or
+/// name another host).
+fn healthcheck_tls(settings: &Settings, url: Option<&str>) -> Result<(), CliError> {
+    let base = match url {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None => {
+            let listen = settings.listen.as_str();
+            let host = match listen.rsplit_once(':') {
+                Some(("0.0.0.0" | "[::]" | "", port)) => format!("127.0.0.1:{port}"),
+                _ => listen.to_owned(),
+            };
+            format!("https://{host}")
+        }
+    };
+    let target = format!("{base}/ready");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::failed(format!("unhealthy: cannot start a runtime: {e}")))?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .timeout(std::time::Duration::from_secs(3))
+            .build()
+            .map_err(|e| CliError::failed(format!("unhealthy: {e}")))?;
+        let res = client
+            .get(&target)
+            .header("user-agent", "agv-server-healthcheck")
+            .send()
+            .await
+            .map_err(|e| CliError::failed(format!("unhealthy: cannot reach {target}: {e}")))?;
+        let status = res.status();
+        if status.as_u16() == 200 {
+            eprintln!("healthy: {target} answered 200");
+            Ok(())
+        } else {
+            let body = res.text().await.unwrap_or_default();
+            Err(CliError::failed(format!(
+                "unhealthy: {target} answered {} {}",
+                status.as_u16(),
+                body.trim()
+            )))
+        }
+    })
 }
 
 fn update(

@@ -49,6 +49,13 @@ pub struct Field {
     pub help: &'static str,
 }
 
+/// The certificate chain and private key files of built-in TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 pub const FIELDS: &[Field] = &[
     Field {
         key: "listen",
@@ -56,6 +63,20 @@ pub const FIELDS: &[Field] = &[
         secret: false,
         default: Some("127.0.0.1:8080"),
         help: "address and port the HTTP server listens on",
+    },
+    Field {
+        key: "tls_cert",
+        env: "AGV_TLS_CERT",
+        secret: false,
+        default: None,
+        help: "PEM certificate chain: serve HTTPS (TLS 1.2+, with HSTS) instead of HTTP; needs tls_key",
+    },
+    Field {
+        key: "tls_key",
+        env: "AGV_TLS_KEY",
+        secret: false,
+        default: None,
+        help: "PEM private key of tls_cert",
     },
     Field {
         key: "database_url",
@@ -315,6 +336,8 @@ pub enum LogFormat {
 pub struct Settings {
     pub data_dir: PathBuf,
     pub listen: String,
+    /// Serve HTTPS with this certificate chain and key (both PEM), instead of HTTP.
+    pub tls: Option<TlsFiles>,
     pub database_url: Option<String>,
     pub upstream_url: String,
     pub upstream_api_key: Option<String>,
@@ -453,6 +476,28 @@ impl Settings {
                 "expected ADDRESS:PORT, e.g. 127.0.0.1:8080 or 0.0.0.0:8080",
             ));
         }
+        let path_of = |key: &str| {
+            get(key)
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        let tls = match (path_of("tls_cert"), path_of("tls_key")) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(bad(
+                    "tls_key",
+                    "a TLS certificate needs its key: give --tls-key (AGV_TLS_KEY) too",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "tls_cert",
+                    "a TLS key needs its certificate: give --tls-cert (AGV_TLS_CERT) too",
+                ));
+            }
+        };
         let log_format = match get("log_format").unwrap_or("text").trim() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -621,6 +666,7 @@ impl Settings {
         Ok(Self {
             data_dir,
             listen,
+            tls,
             database_url,
             upstream_url,
             upstream_api_key,
@@ -689,6 +735,20 @@ impl Settings {
         vec![
             ("data", self.data_dir.display().to_string(), src("data")),
             ("listen", self.listen.clone(), src("listen")),
+            (
+                "tls_cert",
+                self.tls
+                    .as_ref()
+                    .map_or_else(|| "(off)".to_owned(), |t| t.cert.display().to_string()),
+                src("tls_cert"),
+            ),
+            (
+                "tls_key",
+                self.tls
+                    .as_ref()
+                    .map_or_else(|| "(off)".to_owned(), |t| t.key.display().to_string()),
+                src("tls_key"),
+            ),
             (
                 "database_url",
                 self.database_url

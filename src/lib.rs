@@ -18,4 +18,5 @@ pub mod store;
 pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
+pub mod tls;
 pub mod web;

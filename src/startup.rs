@@ -119,6 +119,11 @@ impl Application {
             .local_addr()
             .map_err(|e| StartupError(format!("cannot read the bound address: {e}")))?;
         let port = bound.port();
+        // Checked before anything starts, so a bad certificate leaves nothing running.
+        let tls = match &settings.tls {
+            Some(files) => Some(crate::tls::server_config(files).map_err(StartupError)?),
+            None => None,
+        };
 
         let for_store = settings.clone();
         let store = run_blocking(move || open_store(&for_store)).await?;
@@ -303,14 +308,19 @@ impl Application {
             .await
             .map_err(|e| StartupError(format!("cannot start the scheduler: {e}")))?;
 
-        let server = http_server(state.clone(), listener)?;
+        let server = http_server(state.clone(), listener, tls)?;
         let host = match bound.ip() {
             ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
             std::net::IpAddr::V6(ip) => format!("[{ip}]"),
             ip => ip.to_string(),
         };
         let for_setup = state.clone();
-        let base = format!("http://{host}:{port}");
+        let scheme = if settings.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let base = format!("{scheme}://{host}:{port}");
         if let Err(e) =
             run_blocking(move || crate::api::people::announce_setup(&for_setup, &base)).await
         {
@@ -379,9 +389,14 @@ impl Application {
     }
 }
 
-fn http_server(state: web::Data<AppState>, listener: TcpListener) -> Result<Server, StartupError> {
+fn http_server(
+    state: web::Data<AppState>,
+    listener: TcpListener,
+    tls: Option<rustls::ServerConfig>,
+) -> Result<Server, StartupError> {
     let max_body = state.settings.max_body_bytes;
     let shutdown_secs = state.settings.shutdown_timeout.as_secs();
+    let hsts = tls.is_some();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -395,7 +410,7 @@ fn http_server(state: web::Data<AppState>, listener: TcpListener) -> Result<Serv
             .app_data(web::PathConfig::default().error_handler(path_error_handler))
             .wrap(from_fn(crate::api::console::route_console))
             .wrap(from_fn(limit_unauthenticated))
-            .wrap(security_headers())
+            .wrap(security_headers(hsts))
             .wrap(from_fn(observe))
             .service(health::health)
             .service(crate::api::session::login)
@@ -473,16 +488,24 @@ fn http_server(state: web::Data<AppState>, listener: TcpListener) -> Result<Serv
             .service(evidence_api::verify)
             .service(evidence_api::get)
             .default_service(web::to(crate::web::serve))
-    })
-    .listen(listener)
+    });
+    let server = match tls {
+        Some(config) => server.listen_rustls_0_23(listener, config),
+        None => server.listen(listener),
+    }
     .map_err(|e| StartupError(format!("cannot start the HTTP server: {e}")))?
     .shutdown_timeout(shutdown_secs)
     .run();
     Ok(server)
 }
 
-fn security_headers() -> DefaultHeaders {
-    DefaultHeaders::new()
+fn security_headers(hsts: bool) -> DefaultHeaders {
+    let headers = if hsts {
+        DefaultHeaders::new().add(("strict-transport-security", crate::tls::HSTS))
+    } else {
+        DefaultHeaders::new()
+    };
+    headers
         .add(("x-content-type-options", "nosniff"))
         .add(("x-frame-options", "DENY"))
         .add(("referrer-policy", "no-referrer"))

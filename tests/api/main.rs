@@ -27,6 +27,7 @@ mod search;
 mod session;
 mod startup_errors;
 mod tasks;
+mod tls;
 mod update;
 mod upstreams;
 mod web;
