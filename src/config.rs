@@ -254,6 +254,13 @@ pub const FIELDS: &[Field] = &[
         help: "seals the data directory's key files into backups (12+ characters); unset: they are left out",
     },
     Field {
+        key: "body_read_timeout",
+        env: "AGV_BODY_READ_TIMEOUT",
+        secret: false,
+        default: Some("30s"),
+        help: "how long a client may take to send a request body (408 after); the request head has 5 s",
+    },
+    Field {
         key: "shutdown_timeout",
         env: "AGV_SHUTDOWN_TIMEOUT",
         secret: false,
@@ -369,6 +376,7 @@ pub struct Settings {
     pub backup_keep_weekly: usize,
     pub backup_passphrase: Option<String>,
     pub shutdown_timeout: std::time::Duration,
+    pub body_read_timeout: std::time::Duration,
     /// Hosts alert webhooks may reach although they resolve to internal addresses.
     pub alert_webhook_allowed_hosts: HostAllowlist,
     /// The operator's webhook for system alerts, and its signing secret.
@@ -620,6 +628,8 @@ impl Settings {
             .map_err(|_| bad("max_stored_body_bytes", "too large"))?;
         let shutdown_timeout = parse_duration(get("shutdown_timeout").unwrap_or("30s"))
             .map_err(|e| bad("shutdown_timeout", &e.0))?;
+        let body_read_timeout = parse_duration(get("body_read_timeout").unwrap_or("30s"))
+            .map_err(|e| bad("body_read_timeout", &e.0))?;
         let database_url = get("database_url")
             .map(str::trim)
             .filter(|v| !v.is_empty())
@@ -696,6 +706,7 @@ impl Settings {
             backup_keep_weekly,
             backup_passphrase,
             shutdown_timeout,
+            body_read_timeout,
             alert_webhook_allowed_hosts,
             operator_alert_webhook_url,
             operator_alert_webhook_secret,
@@ -885,6 +896,11 @@ impl Settings {
                 "shutdown_timeout",
                 format!("{}s", self.shutdown_timeout.as_secs()),
                 src("shutdown_timeout"),
+            ),
+            (
+                "body_read_timeout",
+                format!("{}s", self.body_read_timeout.as_secs()),
+                src("body_read_timeout"),
             ),
             (
                 "alert_webhook_allowed_hosts",

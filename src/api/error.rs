@@ -20,6 +20,8 @@ pub enum ErrorKind {
     NotFound,
     Conflict,
     PayloadTooLarge,
+    /// The client was too slow sending its request.
+    RequestTimeout,
     Locked,
     TooManyRequests,
     BadGateway,
@@ -38,6 +40,7 @@ impl ErrorKind {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Conflict => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Locked => StatusCode::LOCKED,
             Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Self::BadGateway => StatusCode::BAD_GATEWAY,
@@ -50,9 +53,11 @@ impl ErrorKind {
     /// The OpenAI error `type` for this kind.
     pub fn openai_type(self) -> &'static str {
         match self {
-            Self::BadRequest | Self::PayloadTooLarge | Self::Conflict | Self::NotFound => {
-                "invalid_request_error"
-            }
+            Self::BadRequest
+            | Self::PayloadTooLarge
+            | Self::RequestTimeout
+            | Self::Conflict
+            | Self::NotFound => "invalid_request_error",
             Self::Unauthorized => "authentication_error",
             Self::Forbidden | Self::Locked => "permission_error",
             Self::PaymentRequired | Self::TooManyRequests => "rate_limit_error",

@@ -38,20 +38,40 @@ pub async fn read_body(
     {
         return Err(too_large());
     }
-    let mut body = BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::bad_request(
-                "invalid_body",
-                format!("could not read the request body: {e}"),
-            )
-        })?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
+    let timeout = req
+        .app_data::<web::Data<crate::startup::AppState>>()
+        .map_or(std::time::Duration::from_secs(30), |s| {
+            s.settings.body_read_timeout
+        });
+    let read = async {
+        let mut body = BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_body",
+                    format!("could not read the request body: {e}"),
+                )
+            })?;
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
+        Ok(body.freeze())
+    };
+    // A client that trickles its body must not hold the connection forever.
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                ErrorKind::RequestTimeout,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {} s; send it at once",
+                    timeout.as_secs_f64()
+                ),
+            ))
+        })
 }
 
 /// Parses a JSON object body; the error says where the JSON is wrong.

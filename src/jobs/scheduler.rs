@@ -86,9 +86,36 @@ impl SchedulerHandle {
 
 /// Validates every entry, then starts ticking. Nothing is scheduled if any entry is
 /// invalid.
+/// Arbitrates scheduled runs between instances sharing one database: a run is queued
+/// only by the instance that claims it (see `Store::claim_scheduled_run`).
+#[derive(Clone)]
+pub struct Claimer {
+    pub store: crate::store::DynStore,
+    /// This process, for the claim's record.
+    pub instance: String,
+}
+
+impl Claimer {
+    /// Whether this instance runs the firing of `name` now. The slot is the firing time
+    /// rounded to the second, which every instance's scheduler agrees on. A store that
+    /// cannot answer does not stop the run: better twice than never.
+    async fn claim(&self, name: &str) -> bool {
+        let slot = (crate::domain::Timestamp::now().millis() + 500).div_euclid(1000);
+        let (store, n, me) = (self.store.clone(), name.to_owned(), self.instance.clone());
+        match crate::store::run_blocking(move || store.claim_scheduled_run(&n, slot, &me)).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                tracing::warn!(schedule = %name, error = %e, "cannot claim the scheduled run; running it here");
+                true
+            }
+        }
+    }
+}
+
 pub async fn start_scheduler(
     queue: Queue,
     entries: Vec<ScheduleEntry>,
+    claimer: Option<Claimer>,
 ) -> Result<SchedulerHandle, SchedulerError> {
     for entry in &entries {
         validate_cron(&entry.cron).map_err(|reason| SchedulerError::InvalidCron {
@@ -101,10 +128,20 @@ pub async fn start_scheduler(
         // Weak: the cron library keeps its job closures after shutdown.
         let queue = queue.downgrade();
         let (name, cron) = (entry.name.clone(), entry.cron.clone());
+        let claimer = claimer.clone();
         let job = CronJob::new_async(cron.as_str(), move |_, _| {
             let queue = queue.clone();
             let entry = entry.clone();
-            Box::pin(async move { tick(queue, entry).await })
+            let claimer = claimer.clone();
+            Box::pin(async move {
+                if let Some(c) = claimer
+                    && !c.claim(&entry.name).await
+                {
+                    tracing::debug!(schedule = %entry.name, "another instance runs this one");
+                    return;
+                }
+                tick(queue, entry).await
+            })
         })
         .map_err(|e| SchedulerError::InvalidCron {
             name,
@@ -180,7 +217,7 @@ mod tests {
         let mut entry = ScheduleEntry::housekeeping();
         entry.name = "nightly".to_owned();
         entry.cron = "every night".to_owned();
-        let err = start_scheduler(queue, vec![entry]).await.unwrap_err();
+        let err = start_scheduler(queue, vec![entry], None).await.unwrap_err();
         assert!(err.to_string().contains("schedule 'nightly'"), "{err}");
     }
 
@@ -195,7 +232,9 @@ mod tests {
             kind: HOUSEKEEPING.to_owned(),
             payload: serde_json::json!({"sweep": true}),
         };
-        let handle = start_scheduler(queue.clone(), vec![entry]).await.unwrap();
+        let handle = start_scheduler(queue.clone(), vec![entry], None)
+            .await
+            .unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while queue.stats().pending < 2 {
             assert!(

@@ -45,6 +45,8 @@ pub const DERIVED_TABLES: &[&str] = &[
     "call_search_source",
     "call_search",
     "call_search_state",
+    // Which instance ran which scheduled run: coordination, not data.
+    "schedule_claims",
 ];
 /// Columns that only one backend has and that are derived (Postgres' search sequence).
 pub const DERIVED_COLUMNS: &[(&str, &str)] = &[("calls", "search_seq")];

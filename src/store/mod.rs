@@ -15,6 +15,7 @@ mod incidents;
 pub mod migrate;
 pub mod postgres;
 mod rows;
+mod schedule;
 mod search_postgres;
 mod search_sql;
 mod search_sqlite;
@@ -368,6 +369,13 @@ pub trait Store: Send + Sync + 'static {
         password: &crate::domain::user::PasswordHash,
         now: Timestamp,
     ) -> StoreResult<crate::domain::user::User>;
+
+    // Scheduled runs shared by instances (see store::schedule).
+    /// Claims the run of schedule `name` at `slot` (its firing time in seconds) for
+    /// `instance`: true when this call claimed it, false when another instance had.
+    fn claim_scheduled_run(&self, name: &str, slot: i64, instance: &str) -> StoreResult<bool>;
+    /// `(slot, instance)` of the kept claims of a schedule, oldest first.
+    fn scheduled_run_claims(&self, name: &str) -> StoreResult<Vec<(i64, String)>>;
 
     // Tasks (see domain::task). Another tenant's task is NotFound; an unknown tenant is
     // NotFound on insert.

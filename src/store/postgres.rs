@@ -385,7 +385,52 @@ fn record_change(tx: &mut impl GenericClient, topic: &str, ref_id: &str) -> Stor
         &[&topic, &ref_id, &Timestamp::now().millis()],
     )
     .map_err(db_err)?;
+    // Delivered at commit to every instance listening (see `ChangeListener`), which then
+    // reads the feed at once instead of at its next poll.
+    tx.execute("SELECT pg_notify($1, $2)", &[&CHANGE_CHANNEL, &topic])
+        .map_err(db_err)?;
     Ok(())
+}
+
+/// The LISTEN/NOTIFY channel of the change feed.
+pub const CHANGE_CHANNEL: &str = "agv_changes";
+
+/// A dedicated connection (outside the pool) that LISTENs on the change feed's channel.
+pub struct ChangeListener {
+    client: postgres::Client,
+}
+
+impl ChangeListener {
+    pub fn connect(url: &str) -> StoreResult<Self> {
+        let mut client = postgres::Client::connect(url, postgres::NoTls).map_err(db_err)?;
+        client
+            .batch_execute(&format!("LISTEN {CHANGE_CHANNEL}"))
+            .map_err(db_err)?;
+        Ok(Self { client })
+    }
+
+    /// Waits up to `timeout` for a notification; true when one (or more) arrived. An
+    /// error means the connection is gone: connect again.
+    pub fn wait(&mut self, timeout: std::time::Duration) -> StoreResult<bool> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let mut notes = self.client.notifications();
+        let mut got = notes
+            .timeout_iter(timeout)
+            .next()
+            .map_err(db_err)?
+            .is_some();
+        // Drain what else arrived: one wake-up reads the feed once.
+        while notes.iter().next().map_err(db_err)?.is_some() {
+            got = true;
+        }
+        drop(notes);
+        if self.client.is_closed() {
+            return Err(StoreError::Unavailable(
+                "the LISTEN connection closed".into(),
+            ));
+        }
+        Ok(got)
+    }
 }
 
 /// A key by id, visible to `tenant` (`None`: any tenant); `lock` takes a row lock.
@@ -1284,6 +1329,25 @@ impl Store for PostgresStore {
             super::console::accept_invitation(&mut PgDb(&mut tx), token_hash, id, password, now)?;
         tx.commit().map_err(db_err)?;
         Ok(user)
+    }
+
+    fn claim_scheduled_run(&self, name: &str, slot: i64, instance: &str) -> StoreResult<bool> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        let claimed = super::schedule::claim(
+            &mut PgDb(&mut tx),
+            name,
+            slot,
+            instance,
+            Timestamp::now().millis(),
+        )?;
+        tx.commit().map_err(db_err)?;
+        Ok(claimed)
+    }
+
+    fn scheduled_run_claims(&self, name: &str) -> StoreResult<Vec<(i64, String)>> {
+        let mut conn = self.conn()?;
+        super::schedule::list(&mut PgDb(&mut *conn), name)
     }
 
     fn insert_task(&self, task: &crate::domain::task::Task) -> StoreResult<()> {

@@ -1399,6 +1399,25 @@ impl Store for SqliteStore {
         Ok(user)
     }
 
+    fn claim_scheduled_run(&self, name: &str, slot: i64, instance: &str) -> StoreResult<bool> {
+        let mut conn = self.conn()?;
+        let tx = begin_write(&self.writer, &mut conn)?;
+        let claimed = super::schedule::claim(
+            &mut SqliteDb(&tx),
+            name,
+            slot,
+            instance,
+            Timestamp::now().millis(),
+        )?;
+        tx.commit().map_err(db_err)?;
+        Ok(claimed)
+    }
+
+    fn scheduled_run_claims(&self, name: &str) -> StoreResult<Vec<(i64, String)>> {
+        let conn = self.conn()?;
+        super::schedule::list(&mut SqliteDb(&conn), name)
+    }
+
     fn insert_task(&self, task: &crate::domain::task::Task) -> StoreResult<()> {
         let mut conn = self.conn()?;
         let tx = begin_write(&self.writer, &mut conn)?;
