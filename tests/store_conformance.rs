@@ -858,6 +858,9 @@ fn full_call(tenant: &TenantId, key: &KeyId, created: i64) -> CallRecord {
         enforcement_us: 42,
         upstream_attempts: 2,
         upstream: Some("http://127.0.0.1:9/v1".to_owned()),
+        request_body_sha256: None,
+        response_body_sha256: None,
+        body_pruned_at: None,
     }
 }
 
@@ -895,6 +898,9 @@ fn bare_call(tenant: &TenantId, key: &KeyId, created: i64) -> CallRecord {
         enforcement_us: 0,
         upstream_attempts: 0,
         upstream: None,
+        request_body_sha256: None,
+        response_body_sha256: None,
+        body_pruned_at: None,
     }
 }
 

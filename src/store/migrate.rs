@@ -87,6 +87,11 @@ pub const SQLITE: &[Migration] = &[
         name: "invitations",
         sql: include_str!("../../migrations/sqlite/0011_invitations.sql"),
     },
+    Migration {
+        version: 12,
+        name: "call_retention",
+        sql: include_str!("../../migrations/sqlite/0012_call_retention.sql"),
+    },
 ];
 
 /// Postgres migrations, oldest first; the same versions and meaning as [`SQLITE`].
@@ -145,6 +150,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 11,
         name: "invitations",
         sql: include_str!("../../migrations/postgres/0011_invitations.sql"),
+    },
+    Migration {
+        version: 12,
+        name: "call_retention",
+        sql: include_str!("../../migrations/postgres/0012_call_retention.sql"),
     },
 ];
 

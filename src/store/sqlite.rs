@@ -23,7 +23,7 @@ use super::{
 use crate::domain::AlertRouteId;
 use crate::domain::alert::{AlertRoute, AlertSent};
 use crate::domain::audit::{AuditEntry, AuditFilter, NewAuditEntry};
-use crate::domain::chain::{ChainHead, ChainKind, StoredLink};
+use crate::domain::chain::{ChainHead, ChainKind, LinkVersion, StoredLink};
 use crate::domain::incident::{
     Applied, EventKind, IncidentCursor, IncidentEvent, IncidentFilter, IncidentStats, StoredSignal,
 };
@@ -405,6 +405,9 @@ pub(super) fn call_row(r: &Row<'_>) -> rusqlite::Result<CallRow> {
         enforcement_us: r.get(28)?,
         upstream_attempts: r.get(29)?,
         upstream: r.get(30)?,
+        request_body_sha256: r.get(31)?,
+        response_body_sha256: r.get(32)?,
+        body_pruned_at: r.get(33)?,
     })
 }
 
@@ -477,8 +480,11 @@ fn insert_call(
         p.enforcement_us,
         p.upstream_attempts,
         p.upstream,
+        p.request_body_sha256,
+        p.response_body_sha256,
         link.0,
         link.1,
+        LinkVersion::V2.number(),
     ])
 }
 
