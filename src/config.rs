@@ -205,6 +205,20 @@ pub const FIELDS: &[Field] = &[
         help: "cron schedule of the check of the newest backup (a failure raises a system alert); \"off\" disables it",
     },
     Field {
+        key: "retention_days",
+        env: "AGV_RETENTION_DAYS",
+        secret: false,
+        default: Some("90"),
+        help: "days the request and response bodies of calls are kept; then they are removed (metadata, tokens, cost, decisions and hashes stay); 0 keeps them forever",
+    },
+    Field {
+        key: "retention_cron",
+        env: "AGV_RETENTION_CRON",
+        secret: false,
+        default: Some("0 30 3 * * *"),
+        help: "cron schedule (with seconds) of the retention sweep; \"off\" disables it",
+    },
+    Field {
         key: "backup_dir",
         env: "AGV_BACKUP_DIR",
         secret: false,
@@ -341,6 +355,10 @@ pub struct Settings {
     /// `None` when switched off.
     pub backup_cron: Option<String>,
     pub backup_verify_cron: Option<String>,
+    /// Days call bodies are kept; 0: forever.
+    pub retention_days: u32,
+    /// The retention sweep's schedule; `None` when switched off.
+    pub retention_cron: Option<String>,
     pub backup_dir: PathBuf,
     pub backup_keep_daily: usize,
     pub backup_keep_weekly: usize,
@@ -506,6 +524,16 @@ impl Settings {
             .filter(|v| !v.is_empty())
             .map_or_else(|| data_dir.join("backups"), PathBuf::from);
         let backup_verify_cron = cron_or_off("backup_verify_cron")?;
+        let retention_days = u32::try_from(number("retention_days")?)
+            .ok()
+            .filter(|d| *d <= 36_500)
+            .ok_or_else(|| {
+                bad(
+                    "retention_days",
+                    "expected between 0 (keep call bodies forever) and 36500 days",
+                )
+            })?;
+        let retention_cron = cron_or_off("retention_cron")?;
         let backup_keep_daily = usize::try_from(number("backup_keep_daily")?)
             .map_err(|_| bad("backup_keep_daily", "too large"))?;
         let backup_keep_weekly = usize::try_from(number("backup_keep_weekly")?)
@@ -645,6 +673,8 @@ impl Settings {
             housekeeping_cron,
             backup_cron,
             backup_verify_cron,
+            retention_days,
+            retention_cron,
             backup_dir,
             backup_keep_daily,
             backup_keep_weekly,
@@ -800,6 +830,20 @@ impl Settings {
                     .clone()
                     .unwrap_or_else(|| "off".into()),
                 src("backup_verify_cron"),
+            ),
+            (
+                "retention_days",
+                if self.retention_days == 0 {
+                    "0 (call bodies are kept forever)".to_owned()
+                } else {
+                    self.retention_days.to_string()
+                },
+                src("retention_days"),
+            ),
+            (
+                "retention_cron",
+                self.retention_cron.clone().unwrap_or_else(|| "off".into()),
+                src("retention_cron"),
             ),
             (
                 "backup_dir",

@@ -1233,6 +1233,40 @@ impl Store for SqliteStore {
         super::search_sqlite::index_pending(&self.path)
     }
 
+    fn count_prunable_calls(&self, cutoff: Timestamp) -> StoreResult<i64> {
+        let conn = self.conn()?;
+        super::retention::count(&mut SqliteDb(&conn), cutoff)
+    }
+
+    fn prune_call_bodies(
+        &self,
+        cutoff: Timestamp,
+        after: Option<&CallCursor>,
+        limit: u32,
+        now: Timestamp,
+    ) -> StoreResult<super::PruneBatch> {
+        use super::retention;
+        let mut conn = self.conn()?;
+        let tx = begin_write(&self.writer, &mut conn)?;
+        // Only calls the text indexer has passed: it never indexes them again, so their
+        // documents, removed below, stay removed (see search_sqlite).
+        let read = retention::candidates(
+            &mut SqliteDb(&tx),
+            "c.rowid",
+            " AND c.rowid <= (SELECT indexed_rowid FROM search.call_search_state WHERE id = 1)",
+            cutoff,
+            after,
+            limit,
+        )?;
+        let go: Vec<&retention::Candidate> = read.iter().filter(|c| !c.protected).collect();
+        let ids: Vec<&str> = go.iter().map(|c| c.id.as_str()).collect();
+        let pruned = retention::prune(&mut SqliteDb(&tx), &ids, now)?;
+        super::search_sqlite::forget(&tx, &go)?;
+        // An early return above drops the transaction: nothing of the batch is kept.
+        tx.commit().map_err(db_err)?;
+        retention::outcome(&read, pruned, limit)
+    }
+
     fn create_alert_route(&self, route: &AlertRoute) -> StoreResult<()> {
         let mut conn = self.conn()?;
         let tx = begin_write(&self.writer, &mut conn)?;
