@@ -22,6 +22,7 @@ mod incidents;
 mod proxy;
 mod redaction;
 mod replay;
+mod retention;
 mod sdk;
 mod search;
 mod session;
