@@ -170,14 +170,8 @@ async fn a_sweep_prunes_old_bodies_keeps_referenced_ones_and_everything_still_ve
     let (app, _up, tenant, key, admin) = setup.start().await;
     let store = app.app_state.store.clone();
 
-    // New calls through the proxy (one blocked: it opens an incident).
-    let fresh = app.chat(&key, "what about zebras").await;
-    assert_eq!(fresh.status(), 200);
-    let fresh = call_id(&fresh);
-    let blocked = app.chat(&key, INJECTION).await;
-    assert_eq!(blocked.status(), 400);
-
-    // Old calls, as the recorder stored them months ago.
+    // Old calls, as the recorder stored them months ago (first: a chain is in time
+    // order, which evidence exports rely on to find a call's link).
     let gone = old_call(&tenant, 120, "walrus");
     let resolved_one = old_call(&tenant, 100, "narwhal");
     let in_open = old_call(&tenant, 100, "octopus");
@@ -192,6 +186,12 @@ async fn a_sweep_prunes_old_bodies_keeps_referenced_ones_and_everything_still_ve
         ],
     )
     .await;
+    // New calls through the proxy (one blocked: it opens an incident).
+    let fresh = app.chat(&key, "what about zebras").await;
+    assert_eq!(fresh.status(), 200);
+    let fresh = call_id(&fresh);
+    let blocked = app.chat(&key, INJECTION).await;
+    assert_eq!(blocked.status(), 400);
     // A tenant whose calls were chained before v2.
     let (legacy, _) = app.home.tenant_and_key("admin");
     let v1_call = old_call(&legacy, 300, "mammoth");
