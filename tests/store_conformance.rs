@@ -3716,11 +3716,10 @@ mod retention {
         assert!(intact());
         let first_break = || {
             let results = verify_all(store, Some(&t.id), &mut |_| {}).unwrap();
-            let b = broken(&results)
+            broken(&results)
                 .first()
                 .and_then(|r| r.broken.clone())
-                .expect("a broken chain");
-            b
+                .expect("a broken chain")
         };
         let (p, k) = (calls[1].id.as_str(), kept.id.as_str());
 
