@@ -1040,6 +1040,28 @@ mod tests {
     }
 
     #[test]
+    fn retention_defaults_to_90_days_daily_and_refuses_bad_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |vars: &[(&str, &str)]| {
+            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(vars))
+        };
+        let s = load(&[]).unwrap();
+        assert_eq!(s.retention_days, 90);
+        assert_eq!(s.retention_cron.as_deref(), Some("0 30 3 * * *"));
+        let s = load(&[("AGV_RETENTION_DAYS", "0"), ("AGV_RETENTION_CRON", "off")]).unwrap();
+        assert_eq!((s.retention_days, s.retention_cron), (0, None));
+        for bad in ["-1", "abc", "99999"] {
+            let err = load(&[("AGV_RETENTION_DAYS", bad)]).unwrap_err();
+            assert!(
+                err.0.contains("retention_days") && err.0.contains("AGV_RETENTION_DAYS"),
+                "{err}"
+            );
+        }
+        let err = load(&[("AGV_RETENTION_CRON", "nightly")]).unwrap_err();
+        assert!(err.0.contains("retention_cron"), "{err}");
+    }
+
+    #[test]
     fn flags_beat_env_which_beats_the_file_which_beats_defaults() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
