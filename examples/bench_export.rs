@@ -80,6 +80,9 @@ fn call(tenant: &TenantId, key: &agv_server::domain::KeyId, i: usize, t0: i64) -
         enforcement_us: 87,
         upstream_attempts: 0,
         upstream: None,
+        request_body_sha256: None,
+        response_body_sha256: None,
+        body_pruned_at: None,
     }
 }
 

@@ -96,6 +96,10 @@ pub enum Command {
     /// Check the tamper-evident records. Safe while the server runs (it reads only).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Call retention: remove the bodies of old calls now (the server also does it on
+    /// `retention_cron`). Safe while the server runs.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
     /// Back up the instance now: every table from one snapshot (writers are not blocked),
     /// compressed, with a manifest signed by the instance key; prints the file's path on
     /// stdout. Safe while the server runs. `backup verify FILE` checks a backup.
@@ -188,6 +192,25 @@ pub enum AuditCommand {
         #[arg(long)]
         tenant: Option<String>,
         /// Print {"intact", "chains": [...]} as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RetentionCommand {
+    /// Run one retention sweep now: remove the request and response bodies of calls
+    /// older than the retention period (metadata, tokens, cost, decisions and every
+    /// SHA-256 stay; the chain still verifies), except calls of open or acknowledged
+    /// incidents, certified calls and calls recorded before chain v2. Works in batches of
+    /// 500 calls, each a short transaction, so it is safe while the server runs. Progress
+    /// on stderr; prints how many calls were pruned on stdout.
+    Run {
+        /// Keep bodies of this many days instead of `retention_days` (default 90; 0
+        /// removes nothing).
+        #[arg(long, value_name = "N", allow_hyphen_values = true)]
+        days: Option<String>,
+        /// Print {"pruned", "examined", "kept", "candidates", "cutoff", "retention_days"} as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -422,6 +445,14 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
             public_key.as_deref(),
             passphrase_file.as_deref(),
         ),
+        Command::Retention(RetentionCommand::Run { days, json }) => {
+            // Checked before the database is opened: bad input changes nothing.
+            let days = match days.as_deref() {
+                Some(d) => parse_days(d)?,
+                None => settings.retention_days,
+            };
+            retention_run(&open_store(&settings)?, days, json)
+        }
         Command::Audit(AuditCommand::Verify { tenant, json }) => {
             let tenant = tenant.as_deref().map(parse_tenant).transpose()?;
             audit_verify(&open_store(&settings)?, tenant.as_ref(), json)
@@ -718,6 +749,89 @@ fn audit_verify(store: &DynStore, tenant: Option<&TenantId>, json: bool) -> Resu
         "{}\nthe records above were changed or removed after they were written; restore them from a backup and investigate who had write access to the database",
         lines.join("\n")
     )))
+}
+
+/// `--days N`: a whole number of days, 0 to 36500.
+fn parse_days(raw: &str) -> Result<u32, CliError> {
+    raw.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|d| *d <= 36_500)
+        .ok_or_else(|| {
+            CliError::usage(format!(
+                "--days must be a whole number of days from 0 to 36500 (0 removes nothing), not '{}'",
+                raw.chars().take(40).collect::<String>()
+            ))
+        })
+}
+
+fn retention_run(store: &DynStore, days: u32, json: bool) -> Result<(), CliError> {
+    use crate::ops::retention::{self, SweepReport};
+    use std::io::IsTerminal;
+    if days == 0 {
+        eprintln!("retention is 0 days: call bodies are kept forever; nothing to do");
+    }
+    let tty = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let mut last = std::time::Instant::now();
+    let mut shown_total = false;
+    let mut progress = |r: &SweepReport| {
+        if !shown_total {
+            shown_total = true;
+            if let Some(cutoff) = r.cutoff {
+                eprintln!(
+                    "removing the bodies of calls recorded before {} ({} days): {} calls to look at",
+                    cutoff.to_rfc3339(),
+                    days,
+                    r.candidates
+                );
+            }
+            return;
+        }
+        if last.elapsed() >= std::time::Duration::from_millis(500) {
+            last = std::time::Instant::now();
+            let line = format!(
+                "pruned {} of {} calls looked at ({} kept for open incidents or certificates)",
+                r.pruned, r.examined, r.protected
+            );
+            if tty {
+                eprint!("\r{line}          ");
+            } else {
+                eprintln!("{line}");
+            }
+        }
+    };
+    let report = retention::sweep(
+        store.as_ref(),
+        days,
+        Timestamp::now(),
+        retention::BATCH,
+        retention::PAUSE,
+        Actor::cli(),
+        &mut progress,
+    )?;
+    if tty && report.examined > 0 {
+        eprintln!();
+    }
+    if json {
+        print_json(&serde_json::json!({
+            "retention_days": days,
+            "cutoff": report.cutoff.map(Timestamp::to_rfc3339),
+            "candidates": report.candidates,
+            "examined": report.examined,
+            "pruned": report.pruned,
+            "kept": report.protected,
+        }));
+    } else {
+        println!("{}", report.pruned);
+    }
+    eprintln!(
+        "pruned the bodies of {} calls in {:.1}s; {} kept for open incidents or certificates",
+        report.pruned,
+        started.elapsed().as_secs_f64(),
+        report.protected
+    );
+    Ok(())
 }
 
 fn print_json(value: &serde_json::Value) {

@@ -226,6 +226,20 @@ pub const FIELDS: &[Field] = &[
         help: "cron schedule of the check of the newest backup (a failure raises a system alert); \"off\" disables it",
     },
     Field {
+        key: "retention_days",
+        env: "AGV_RETENTION_DAYS",
+        secret: false,
+        default: Some("90"),
+        help: "days the request and response bodies of calls are kept; then they are removed (metadata, tokens, cost, decisions and hashes stay); 0 keeps them forever",
+    },
+    Field {
+        key: "retention_cron",
+        env: "AGV_RETENTION_CRON",
+        secret: false,
+        default: Some("0 30 3 * * *"),
+        help: "cron schedule (with seconds) of the retention sweep; \"off\" disables it",
+    },
+    Field {
         key: "backup_dir",
         env: "AGV_BACKUP_DIR",
         secret: false,
@@ -371,6 +385,10 @@ pub struct Settings {
     /// `None` when switched off.
     pub backup_cron: Option<String>,
     pub backup_verify_cron: Option<String>,
+    /// Days call bodies are kept; 0: forever.
+    pub retention_days: u32,
+    /// The retention sweep's schedule; `None` when switched off.
+    pub retention_cron: Option<String>,
     pub backup_dir: PathBuf,
     pub backup_keep_daily: usize,
     pub backup_keep_weekly: usize,
@@ -559,6 +577,16 @@ impl Settings {
             .filter(|v| !v.is_empty())
             .map_or_else(|| data_dir.join("backups"), PathBuf::from);
         let backup_verify_cron = cron_or_off("backup_verify_cron")?;
+        let retention_days = u32::try_from(number("retention_days")?)
+            .ok()
+            .filter(|d| *d <= 36_500)
+            .ok_or_else(|| {
+                bad(
+                    "retention_days",
+                    "expected between 0 (keep call bodies forever) and 36500 days",
+                )
+            })?;
+        let retention_cron = cron_or_off("retention_cron")?;
         let backup_keep_daily = usize::try_from(number("backup_keep_daily")?)
             .map_err(|_| bad("backup_keep_daily", "too large"))?;
         let backup_keep_weekly = usize::try_from(number("backup_keep_weekly")?)
@@ -701,6 +729,8 @@ impl Settings {
             housekeeping_cron,
             backup_cron,
             backup_verify_cron,
+            retention_days,
+            retention_cron,
             backup_dir,
             backup_keep_daily,
             backup_keep_weekly,
@@ -871,6 +901,20 @@ impl Settings {
                     .clone()
                     .unwrap_or_else(|| "off".into()),
                 src("backup_verify_cron"),
+            ),
+            (
+                "retention_days",
+                if self.retention_days == 0 {
+                    "0 (call bodies are kept forever)".to_owned()
+                } else {
+                    self.retention_days.to_string()
+                },
+                src("retention_days"),
+            ),
+            (
+                "retention_cron",
+                self.retention_cron.clone().unwrap_or_else(|| "off".into()),
+                src("retention_cron"),
             ),
             (
                 "backup_dir",
@@ -1069,6 +1113,28 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn retention_defaults_to_90_days_daily_and_refuses_bad_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |vars: &[(&str, &str)]| {
+            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(vars))
+        };
+        let s = load(&[]).unwrap();
+        assert_eq!(s.retention_days, 90);
+        assert_eq!(s.retention_cron.as_deref(), Some("0 30 3 * * *"));
+        let s = load(&[("AGV_RETENTION_DAYS", "0"), ("AGV_RETENTION_CRON", "off")]).unwrap();
+        assert_eq!((s.retention_days, s.retention_cron), (0, None));
+        for bad in ["-1", "abc", "99999"] {
+            let err = load(&[("AGV_RETENTION_DAYS", bad)]).unwrap_err();
+            assert!(
+                err.0.contains("retention_days") && err.0.contains("AGV_RETENTION_DAYS"),
+                "{err}"
+            );
+        }
+        let err = load(&[("AGV_RETENTION_CRON", "nightly")]).unwrap_err();
+        assert!(err.0.contains("retention_cron"), "{err}");
     }
 
     #[test]

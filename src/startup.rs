@@ -301,6 +301,11 @@ impl Application {
                 &settings.backup_verify_cron,
                 crate::ops::scheduled::BACKUP_VERIFY,
             ),
+            (
+                "retention",
+                &settings.retention_cron,
+                crate::ops::retention::RETENTION,
+            ),
         ] {
             if let Some(cron) = cron {
                 schedule.push(ScheduleEntry {
@@ -858,6 +863,10 @@ fn job_handlers(
     let s = state.clone();
     handlers.register(crate::ops::scheduled::BACKUP_VERIFY, move |job| {
         crate::ops::scheduled::verify(s.clone(), job)
+    });
+    let s = state.clone();
+    handlers.register(crate::ops::retention::RETENTION, move |job| {
+        crate::ops::retention::run_job(s.clone(), job)
     });
     handlers.register(crate::evidence::tasks::TASK_RUN, move |job| {
         crate::evidence::tasks::run(state.clone(), job)

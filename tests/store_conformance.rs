@@ -858,6 +858,20 @@ fn full_call(tenant: &TenantId, key: &KeyId, created: i64) -> CallRecord {
         enforcement_us: 42,
         upstream_attempts: 2,
         upstream: Some("http://127.0.0.1:9/v1".to_owned()),
+        request_body_sha256: None,
+        response_body_sha256: None,
+        body_pruned_at: None,
+    }
+}
+
+/// A call as the store reads it back: with the SHA-256 of each body as stored (after
+/// U+0000 became U+FFFD), which the store sets on every call it records.
+fn stored(c: &CallRecord) -> CallRecord {
+    let digest = |s: &str| agv_server::domain::chain::body_digest(&s.replace('\0', "\u{FFFD}"));
+    CallRecord {
+        request_body_sha256: Some(digest(&c.request_body)),
+        response_body_sha256: c.response_body.as_deref().map(digest),
+        ..c.clone()
     }
 }
 
@@ -895,6 +909,9 @@ fn bare_call(tenant: &TenantId, key: &KeyId, created: i64) -> CallRecord {
         enforcement_us: 0,
         upstream_attempts: 0,
         upstream: None,
+        request_body_sha256: None,
+        response_body_sha256: None,
+        body_pruned_at: None,
     }
 }
 
@@ -931,8 +948,8 @@ fn a_batch_of_calls_reads_back_field_for_field(store: &dyn Store) {
     store.insert_calls(&[]).unwrap();
 
     for c in &batch {
-        assert_eq!(&store.get_call(Some(&t.id), &c.id).unwrap(), c);
-        assert_eq!(&store.get_call(None, &c.id).unwrap(), c);
+        assert_eq!(store.get_call(Some(&t.id), &c.id).unwrap(), stored(c));
+        assert_eq!(store.get_call(None, &c.id).unwrap(), stored(c));
     }
     assert_eq!(store.get_call(None, &bare.id).unwrap().cost, None);
     assert_eq!(
@@ -942,7 +959,13 @@ fn a_batch_of_calls_reads_back_field_for_field(store: &dyn Store) {
     let listed = store
         .list_calls(&t.id, &CallFilter::default(), None, 10)
         .unwrap();
-    assert_eq!(listed, vec![huge, zero, bare, full]);
+    assert_eq!(
+        listed,
+        [huge, zero, bare, full]
+            .iter()
+            .map(stored)
+            .collect::<Vec<_>>()
+    );
     assert_eq!(
         store.latest_change_seq().unwrap(),
         seq,
@@ -972,7 +995,10 @@ fn a_duplicate_call_id_rolls_back_the_whole_batch(store: &dyn Store) {
         store.get_call(None, &fresh.id),
         Err(StoreError::NotFound)
     ));
-    assert_eq!(store.get_call(None, &existing.id).unwrap(), existing);
+    assert_eq!(
+        store.get_call(None, &existing.id).unwrap(),
+        stored(&existing)
+    );
 
     // The same id twice within one batch.
     let twice = bare_call(&t.id, &key, 4);
@@ -1035,7 +1061,12 @@ fn a_nul_character_in_a_body_does_not_fail_the_batch(store: &dyn Store) {
     // Inside JSON the character is escaped, so it survives exactly.
     assert_eq!(back.metadata, odd.metadata);
     assert_eq!(back.request_sha256, odd.request_sha256);
-    assert_eq!(store.get_call(None, &neighbour.id).unwrap(), neighbour);
+    // The digest a chain v2 link covers is of the body as stored.
+    assert_eq!(back.request_body_sha256, stored(&odd).request_body_sha256);
+    assert_eq!(
+        store.get_call(None, &neighbour.id).unwrap(),
+        stored(&neighbour)
+    );
 }
 
 fn calls_are_listed_newest_first_with_every_filter(store: &dyn Store) {
@@ -1253,9 +1284,12 @@ fn calls_of_another_tenant_are_neither_found_nor_listed(store: &dyn Store) {
     ));
     assert_eq!(
         store.get_call(Some(&theirs.id), &their_call.id).unwrap(),
-        their_call
+        stored(&their_call)
     );
-    assert_eq!(store.get_call(None, &their_call.id).unwrap(), their_call);
+    assert_eq!(
+        store.get_call(None, &their_call.id).unwrap(),
+        stored(&their_call)
+    );
     let filter = CallFilter {
         key_id: Some(key.clone()),
         ..CallFilter::default()
@@ -3339,5 +3373,423 @@ mod tasks {
             store.task_output(&other.id, &task.id),
             Err(StoreError::NotFound)
         ));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Retention: removing old call bodies (chain v2), on both backends.
+
+mod retention {
+    use super::*;
+    use agv_server::domain::audit::Actor;
+    use agv_server::domain::certificate::CertificateKind;
+    use agv_server::domain::chain::{self, ChainKind};
+    use agv_server::domain::evidence_pack::call_chain_bytes;
+    use agv_server::domain::incident::{Change, Subject};
+    use agv_server::domain::replay::{ReplayMode, ReplayRecord};
+    use agv_server::domain::{CertificateId, IncidentId, ReplayId, Signal};
+    use agv_server::evidence::audit::{ChainResult, verify_all};
+    use agv_server::ops::retention::sweep;
+    use agv_server::store::StoredCertificate;
+    use std::time::Duration;
+
+    conformance! {
+        store: [
+            a_sweep_prunes_old_unreferenced_v2_bodies_keeps_the_rest_and_every_chain_verifies,
+        ],
+        db: [
+            v1_calls_are_never_pruned_and_still_verify_beside_v2_calls,
+            a_changed_body_digest_or_version_of_a_v2_call_is_still_caught_after_a_sweep,
+        ],
+        fresh: [],
+        task: [],
+    }
+
+    const DAY: i64 = 86_400_000;
+
+    fn broken(results: &[ChainResult]) -> Vec<&ChainResult> {
+        results.iter().filter(|r| r.broken.is_some()).collect()
+    }
+
+    /// A chat call of `user` with distinct words in its bodies, `days` days before `at(0)`.
+    fn old_chat(tenant: &TenantId, key: &KeyId, days: i64, word: &str) -> CallRecord {
+        CallRecord {
+            end_user: Some(format!("user-{word}")),
+            prompt_tokens: Some(11),
+            cost: Some(Money::from_nanos(4_200)),
+            request_sha256: "ab".repeat(32),
+            response_sha256: Some("cd".repeat(32)),
+            ..chat(
+                tenant,
+                key,
+                -days * DAY,
+                &format!("please tell me about {word}"),
+                &format!("here is {word} for you"),
+            )
+        }
+    }
+
+    /// A sweep with a 90-day retention as of `at(0)`, in batches of 2 (so it pages).
+    fn sweep_90(store: &dyn Store) -> agv_server::ops::retention::SweepReport {
+        sweep(
+            store,
+            90,
+            at(0),
+            2,
+            Duration::ZERO,
+            Actor::System("test".into()),
+            &mut |_| {},
+        )
+        .unwrap()
+    }
+
+    fn signal_of(call: &CallRecord, rule: &str) -> Signal {
+        Signal {
+            tenant_id: call.tenant_id.clone(),
+            rule: rule.into(),
+            subject: Subject::Tenant,
+            at: call.created_at,
+            call_id: Some(call.id.clone()),
+            end_user: None,
+            cost: None,
+            detail: "measured".into(),
+            demo: false,
+        }
+    }
+
+    fn certify(store: &dyn Store, tenant: &TenantId, kind: CertificateKind, subject: &str) {
+        store
+            .insert_certificate(&StoredCertificate {
+                id: CertificateId::generate(),
+                tenant_id: tenant.clone(),
+                kind,
+                subject_id: subject.to_owned(),
+                issued_at: at(0),
+                body: "{}".into(),
+            })
+            .unwrap();
+    }
+
+    fn pruned(store: &dyn Store, c: &CallRecord) -> bool {
+        let got = store.get_call(Some(&c.tenant_id), &c.id).unwrap();
+        got.body_pruned_at.is_some()
+    }
+
+    fn a_sweep_prunes_old_unreferenced_v2_bodies_keeps_the_rest_and_every_chain_verifies(
+        store: &dyn Store,
+    ) {
+        let t = new_tenant(store, "acme", 0);
+        let key = KeyId::generate();
+        let gone: Vec<CallRecord> = ["alpha", "bravo", "charlie"]
+            .iter()
+            .map(|w| old_chat(&t.id, &key, 120, w))
+            .collect();
+        let fresh = old_chat(&t.id, &key, 10, "delta");
+        let in_open = old_chat(&t.id, &key, 100, "echo");
+        let in_resolved = old_chat(&t.id, &key, 100, "foxtrot");
+        let certified = old_chat(&t.id, &key, 100, "golf");
+        let replayed = old_chat(&t.id, &key, 100, "hotel");
+        let in_certified_incident = old_chat(&t.id, &key, 100, "india");
+        let mut all = gone.clone();
+        all.extend([
+            fresh.clone(),
+            in_open.clone(),
+            in_resolved.clone(),
+            certified.clone(),
+            replayed.clone(),
+            in_certified_incident.clone(),
+        ]);
+        store.insert_calls(&all).unwrap();
+        // Another tenant's old call goes too: the sweep is instance-wide.
+        let other = new_tenant(store, "beta", 0);
+        let theirs = old_chat(&other.id, &KeyId::generate(), 200, "juliet");
+        store.insert_calls(std::slice::from_ref(&theirs)).unwrap();
+
+        // References: an open incident, a resolved one, certificates of a call, a replay
+        // and a (resolved) incident.
+        let open = store
+            .apply_signals(&[signal_of(&in_open, "dg-003")])
+            .unwrap()
+            .remove(0)
+            .incident_id;
+        let resolved: IncidentId = store
+            .apply_signals(&[signal_of(&in_resolved, "dg-001")])
+            .unwrap()
+            .remove(0)
+            .incident_id;
+        store
+            .change_incident(Some(&t.id), &resolved, &Change::Resolve, "test", at(0))
+            .unwrap();
+        let certified_incident = store
+            .apply_signals(&[signal_of(&in_certified_incident, "dg-002")])
+            .unwrap()
+            .remove(0)
+            .incident_id;
+        store
+            .change_incident(
+                Some(&t.id),
+                &certified_incident,
+                &Change::Resolve,
+                "test",
+                at(0),
+            )
+            .unwrap();
+        certify(
+            store,
+            &t.id,
+            CertificateKind::Incident,
+            certified_incident.as_str(),
+        );
+        certify(store, &t.id, CertificateKind::Call, certified.id.as_str());
+        let replay = ReplayRecord {
+            id: ReplayId::generate(),
+            tenant_id: t.id.clone(),
+            call_id: replayed.id.clone(),
+            replay_call_id: None,
+            mode: ReplayMode::Policy,
+            match_level: None,
+            model_drift: false,
+            created_at: at(0),
+            report: json!({}),
+        };
+        store.insert_replay(&replay).unwrap();
+        certify(store, &t.id, CertificateKind::Replay, replay.id.as_str());
+        assert_ne!(open, resolved);
+
+        assert_eq!(store.count_prunable_calls(at(-90 * DAY)).unwrap(), 9);
+        let report = sweep_90(store);
+        assert_eq!(report.candidates, 9, "{report:?}");
+        assert_eq!(report.pruned, 5, "{report:?}");
+        assert_eq!(report.protected, 4, "{report:?}");
+
+        for c in gone.iter().chain([&in_resolved, &theirs]) {
+            let got = store.get_call(Some(&c.tenant_id), &c.id).unwrap();
+            assert!(got.body_pruned_at.is_some(), "{} kept its bodies", c.id);
+            assert_eq!(got.request_body, "");
+            assert_eq!(got.response_body.as_deref(), Some(""));
+            // Metadata, tokens, cost, decisions and every digest stay.
+            assert_eq!(got.request_sha256, c.request_sha256);
+            assert_eq!(got.response_sha256, c.response_sha256);
+            assert_eq!(
+                got.request_body_sha256.as_deref(),
+                Some(chain::body_digest(&c.request_body).as_str())
+            );
+            assert_eq!(
+                (
+                    got.end_user.as_deref(),
+                    got.prompt_tokens,
+                    got.cost,
+                    got.status
+                ),
+                (c.end_user.as_deref(), c.prompt_tokens, c.cost, c.status)
+            );
+        }
+        for c in [
+            &fresh,
+            &in_open,
+            &certified,
+            &replayed,
+            &in_certified_incident,
+        ] {
+            let got = store.get_call(Some(&t.id), &c.id).unwrap();
+            assert_eq!(got.body_pruned_at, None, "{} lost its bodies", c.id);
+            assert_eq!(got.request_body, c.request_body);
+            assert_eq!(got.response_body, c.response_body);
+        }
+        let results = verify_all(store, None, &mut |_| {}).unwrap();
+        assert!(broken(&results).is_empty(), "{results:?}");
+
+        // Pruned text is no longer searchable; the call is still found by its filters.
+        assert!(found(store, &t.id, "alpha").is_empty());
+        assert!(found(store, &other.id, "juliet").is_empty());
+        assert_eq!(found(store, &t.id, "echo"), vec![in_open.id.clone()]);
+        assert_eq!(found(store, &t.id, "delta"), vec![fresh.id.clone()]);
+        assert_eq!(
+            found(store, &t.id, "user:user-alpha"),
+            vec![gone[0].id.clone()]
+        );
+        // Indexing again (what a rebuild does) finds nothing of the pruned text either.
+        store.index_pending_calls().unwrap();
+        assert!(found(store, &t.id, "bravo").is_empty());
+
+        // A second sweep has nothing left to do; 0 days does nothing at all.
+        let again = sweep_90(store);
+        assert_eq!((again.pruned, again.protected), (0, 4), "{again:?}");
+        let off = sweep(
+            store,
+            0,
+            at(0),
+            2,
+            Duration::ZERO,
+            Actor::System("test".into()),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!((off.cutoff, off.examined), (None, 0));
+        // Once the incident is resolved, its call may go too.
+        store
+            .change_incident(Some(&t.id), &open, &Change::Resolve, "test", at(0))
+            .unwrap();
+        assert_eq!(sweep_90(store).pruned, 1);
+        assert!(pruned(store, &in_open));
+        assert!(broken(&verify_all(store, None, &mut |_| {}).unwrap()).is_empty());
+    }
+
+    /// Rewrites the tenant's whole call chain as an agv-server before chain v2 wrote it.
+    fn make_v1(db: &Db, tenant: &TenantId) {
+        let store = &*db.store;
+        let links = store
+            .chain_links(ChainKind::Calls, Some(tenant), 0, 10_000)
+            .unwrap();
+        let mut prev = chain::GENESIS.to_owned();
+        let mut sql = String::new();
+        for l in links {
+            let c = store
+                .get_call(Some(tenant), &CallId::parse(&l.id).unwrap())
+                .unwrap();
+            let hash = chain::link_hash(&prev, l.seq, &call_chain_bytes(&c).unwrap());
+            sql.push_str(&format!(
+                "UPDATE calls SET chain_version = 1, chain_hash = '{hash}', request_body_sha256 = NULL, response_body_sha256 = NULL WHERE id = '{}';",
+                c.id
+            ));
+            prev = hash;
+        }
+        sql.push_str(&format!(
+            "UPDATE chain_heads SET hash = '{prev}' WHERE chain = 'calls/{tenant}';"
+        ));
+        db.target.exec(&sql);
+    }
+
+    fn v1_calls_are_never_pruned_and_still_verify_beside_v2_calls(db: &Db) {
+        let store = &*db.store;
+        let t = new_tenant(store, "legacy", 0);
+        let key = KeyId::generate();
+        let old: Vec<CallRecord> = ["kilo", "lima"]
+            .iter()
+            .map(|w| old_chat(&t.id, &key, 400, w))
+            .collect();
+        store.insert_calls(&old).unwrap();
+        make_v1(db, &t.id);
+        assert!(broken(&verify_all(store, None, &mut |_| {}).unwrap()).is_empty());
+        // The same tenant goes on with v2 links after its v1 ones.
+        let newer = old_chat(&t.id, &key, 100, "mike");
+        store.insert_calls(std::slice::from_ref(&newer)).unwrap();
+        assert_eq!(store.count_prunable_calls(at(-90 * DAY)).unwrap(), 1);
+
+        let report = sweep_90(store);
+        assert_eq!(report.pruned, 1, "{report:?}");
+        for c in &old {
+            let got = store.get_call(Some(&t.id), &c.id).unwrap();
+            assert_eq!(
+                (got.body_pruned_at, &got.request_body),
+                (None, &c.request_body)
+            );
+            assert_eq!(got.request_body_sha256, None);
+        }
+        assert!(pruned(store, &newer));
+        assert!(broken(&verify_all(store, None, &mut |_| {}).unwrap()).is_empty());
+        assert_eq!(found(store, &t.id, "kilo"), vec![old[0].id.clone()]);
+
+        // A v1 body is still covered by its link itself.
+        db.target.exec(&format!(
+            "UPDATE calls SET request_body = 'changed' WHERE id = '{}'",
+            old[1].id
+        ));
+        let results = verify_all(store, Some(&t.id), &mut |_| {}).unwrap();
+        let b = broken(&results)[0].broken.clone().unwrap();
+        assert_eq!((b.seq, b.id.as_deref()), (2, Some(old[1].id.as_str())));
+    }
+
+    fn a_changed_body_digest_or_version_of_a_v2_call_is_still_caught_after_a_sweep(db: &Db) {
+        let store = &*db.store;
+        let t = new_tenant(store, "acme", 0);
+        let key = KeyId::generate();
+        let calls: Vec<CallRecord> = ["november", "oscar", "papa"]
+            .iter()
+            .map(|w| old_chat(&t.id, &key, 100, w))
+            .collect();
+        let kept = old_chat(&t.id, &key, 1, "quebec");
+        store.insert_calls(&calls).unwrap();
+        store.insert_calls(std::slice::from_ref(&kept)).unwrap();
+        assert_eq!(sweep_90(store).pruned, 3);
+        let intact = || broken(&verify_all(store, Some(&t.id), &mut |_| {}).unwrap()).is_empty();
+        assert!(intact());
+        let first_break = || {
+            let results = verify_all(store, Some(&t.id), &mut |_| {}).unwrap();
+            broken(&results)
+                .first()
+                .and_then(|r| r.broken.clone())
+                .expect("a broken chain")
+        };
+        let (p, k) = (calls[1].id.as_str(), kept.id.as_str());
+
+        // A pruned body put back differently.
+        db.target.exec(&format!(
+            "UPDATE calls SET request_body = 'something else' WHERE id = '{p}'"
+        ));
+        let b = first_break();
+        assert_eq!((b.seq, b.id.as_deref()), (2, Some(p)));
+        assert!(b.reason.contains("put back"), "{}", b.reason);
+        // The very body it had is fine (retention removes, it never changes).
+        db.target.exec(&format!(
+            "UPDATE calls SET request_body = '{}' WHERE id = '{p}'",
+            calls[1].request_body.replace('\'', "''")
+        ));
+        assert!(intact());
+        db.target.exec(&format!(
+            "UPDATE calls SET request_body = '' WHERE id = '{p}'"
+        ));
+
+        // An edited digest: of the stored body, or of the content as sent.
+        for column in ["request_body_sha256", "response_sha256"] {
+            db.target.exec(&format!(
+                "UPDATE calls SET {column} = '{}' WHERE id = '{p}'",
+                "ee".repeat(32)
+            ));
+            let b = first_break();
+            assert_eq!((b.seq, b.id.as_deref()), (2, Some(p)), "{column}");
+            assert!(b.reason.contains("edited"), "{}", b.reason);
+            let original = if column == "request_body_sha256" {
+                chain::body_digest(&calls[1].request_body)
+            } else {
+                "cd".repeat(32)
+            };
+            db.target.exec(&format!(
+                "UPDATE calls SET {column} = '{original}' WHERE id = '{p}'"
+            ));
+            assert!(intact(), "{column}");
+        }
+
+        // A kept body edited, or removed without being marked as pruned.
+        db.target.exec(&format!(
+            "UPDATE calls SET response_body = 'ok' WHERE id = '{k}'"
+        ));
+        let b = first_break();
+        assert_eq!((b.seq, b.id.as_deref()), (4, Some(k)));
+        assert!(b.reason.contains("response body"), "{}", b.reason);
+        db.target.exec(&format!(
+            "UPDATE calls SET response_body = NULL WHERE id = '{k}'"
+        ));
+        assert!(first_break().reason.contains("not marked"));
+        db.target.exec(&format!(
+            "UPDATE calls SET response_body = '{}' WHERE id = '{k}'",
+            kept.response_body.as_deref().unwrap().replace('\'', "''")
+        ));
+        assert!(intact());
+
+        // A v2 row passed off as v1 (whose link covers the bodies) breaks too.
+        db.target.exec(&format!(
+            "UPDATE calls SET chain_version = 1 WHERE id = '{p}'"
+        ));
+        assert_eq!(first_break().id.as_deref(), Some(p));
+        db.target.exec(&format!(
+            "UPDATE calls SET chain_version = 2 WHERE id = '{p}'"
+        ));
+        // Deleting a pruned row is still a missing link.
+        db.target
+            .exec(&format!("DELETE FROM calls WHERE id = '{}'", calls[0].id));
+        let b = first_break();
+        assert_eq!(b.seq, 1);
+        assert!(b.reason.contains("missing"), "{}", b.reason);
     }
 }

@@ -68,6 +68,8 @@ pub enum AuditAction {
     UserInvite,
     /// Instance-wide: an operator started a backup from the console.
     Backup,
+    /// Instance-wide: a retention sweep removed the bodies of old calls.
+    Retention,
     KeyCreate,
     KeyRevoke,
     KeyRotate,
@@ -104,6 +106,7 @@ const ACTIONS: &[AuditAction] = &[
     AuditAction::UserPasswordChange,
     AuditAction::UserInvite,
     AuditAction::Backup,
+    AuditAction::Retention,
     AuditAction::KeyCreate,
     AuditAction::KeyRevoke,
     AuditAction::KeyRotate,
@@ -140,6 +143,7 @@ impl AuditAction {
             Self::UserPasswordChange => "user.password_change",
             Self::UserInvite => "user.invite",
             Self::Backup => "instance.backup",
+            Self::Retention => "instance.retention",
             Self::KeyCreate => "key.create",
             Self::KeyRevoke => "key.revoke",
             Self::KeyRotate => "key.rotate",

@@ -64,6 +64,21 @@ pub struct CallRecord {
     pub upstream_attempts: i32,
     /// The upstream base URL that served the call.
     pub upstream: Option<String>,
+
+    /// SHA-256 (hex) of the request body exactly as stored (after truncation, redaction
+    /// and U+0000 replacement), which `request_sha256` — the content as sent — may not
+    /// be. Set by the store on every call it records; `None` on calls recorded before
+    /// chain v2 (see `domain::chain`). Whatever a caller puts here is ignored on insert.
+    #[serde(default)]
+    pub request_body_sha256: Option<String>,
+    /// The same for the response body; `None` also when no response body was stored.
+    #[serde(default)]
+    pub response_body_sha256: Option<String>,
+    /// When retention removed the bodies (the request body is then empty, the response
+    /// body empty or absent); `None` while they are kept. Metadata, tokens, cost,
+    /// decisions and every SHA-256 stay.
+    #[serde(default)]
+    pub body_pruned_at: Option<Timestamp>,
 }
 
 /// Filters for listing calls; every field narrows the result.

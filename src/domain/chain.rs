@@ -20,6 +20,23 @@
 //! latencies, attempts, upstream); for an audit entry, see `AUDIT_CHAIN_FIELDS` in the
 //! store. So editing any stored field, moving a row to another position, or deleting a
 //! row changes what the walk computes and the chain no longer matches.
+//!
+//! # Call links, version 2
+//! A call recorded since migration 0012 is linked with version 2 ([`LinkVersion::V2`]):
+//!
+//! ```text
+//! hash_n = SHA-256( "agv-chain-v2\n" || hash_{n-1} (hex) || n (8 bytes BE)
+//!                   || canonical(fields of record n, each body replaced by its digest) )
+//! ```
+//!
+//! The fields are the same, in the same order, except that the request body and the
+//! response body are replaced by `request_body_sha256` and `response_body_sha256`: the
+//! SHA-256 (hex) of each body exactly as stored (NULL when no response body was stored).
+//! So retention can remove a body later and the link still verifies, while the body, as
+//! long as it is there, must still hash to its digest ([`check_body`]). Versions share a
+//! chain (a tenant's chain may hold v1 links, then v2 links); the domain strings differ,
+//! so a row cannot be passed off as the other version. v1 links keep verifying as before
+//! and their bodies are never removed.
 
 use super::TenantId;
 use sha2::{Digest, Sha256};
@@ -27,6 +44,102 @@ use sha2::{Digest, Sha256};
 /// The hash before the first link.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const DOMAIN: &[u8] = b"agv-chain-v1\n";
+const DOMAIN_V2: &[u8] = b"agv-chain-v2\n";
+
+/// Which formula a link uses (see the module docs). Audit entries are always v1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum LinkVersion {
+    /// The link covers every stored field, bodies included.
+    #[default]
+    V1,
+    /// The link covers the digests of the stored bodies instead of the bodies.
+    V2,
+}
+
+impl LinkVersion {
+    /// The number stored in `calls.chain_version`.
+    pub fn number(self) -> i64 {
+        match self {
+            Self::V1 => 1,
+            Self::V2 => 2,
+        }
+    }
+
+    /// `None` for a number no version has.
+    pub fn from_number(n: i64) -> Option<Self> {
+        match n {
+            1 => Some(Self::V1),
+            2 => Some(Self::V2),
+            _ => None,
+        }
+    }
+
+    fn domain(self) -> &'static [u8] {
+        match self {
+            Self::V1 => DOMAIN,
+            Self::V2 => DOMAIN_V2,
+        }
+    }
+}
+
+/// SHA-256 of text, lowercase hex: how a stored body's digest is made.
+pub fn body_digest(body: &str) -> String {
+    hex::encode(Sha256::digest(body.as_bytes()))
+}
+
+/// Checks one stored body of a v2 call against its stored digest. `pruned`: retention
+/// removed the call's bodies, so an empty (or absent) body is expected — but a body that
+/// is there must still be the one the digest names. `Err` says what does not hold.
+pub fn check_body(
+    what: &str,
+    body: Option<&str>,
+    digest: Option<&str>,
+    pruned: bool,
+) -> Result<(), BodyMismatch> {
+    match (body, digest) {
+        (None, None) => Ok(()),
+        (Some(""), _) | (None, Some(_)) if pruned => Ok(()),
+        (Some(b), Some(d)) => {
+            let found = body_digest(b);
+            if found == d {
+                Ok(())
+            } else {
+                Err(BodyMismatch {
+                    expected: d.to_owned(),
+                    found,
+                    reason: format!(
+                        "the stored {what} body no longer matches its SHA-256: it was edited{}",
+                        if pruned {
+                            " (or put back differently after retention removed it)"
+                        } else {
+                            ""
+                        }
+                    ),
+                })
+            }
+        }
+        (None, Some(d)) => Err(BodyMismatch {
+            expected: d.to_owned(),
+            found: "no body".into(),
+            reason: format!(
+                "the {what} body was removed although the call is not marked as pruned by retention"
+            ),
+        }),
+        (Some(b), None) => Err(BodyMismatch {
+            expected: "no body".into(),
+            found: body_digest(b),
+            reason: format!("a {what} body is stored where the call recorded none"),
+        }),
+    }
+}
+
+/// A stored body that does not match its digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyMismatch {
+    pub expected: String,
+    pub found: String,
+    pub reason: String,
+}
 
 /// One stored value as the chain sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,10 +179,15 @@ pub fn encode(fields: &[Field<'_>], out: &mut Vec<u8>) {
     }
 }
 
-/// The hash of link `seq` after `prev`, over already encoded fields.
+/// The hash of v1 link `seq` after `prev`, over already encoded fields.
 pub fn link_hash(prev: &str, seq: i64, encoded: &[u8]) -> String {
+    link_hash_as(LinkVersion::V1, prev, seq, encoded)
+}
+
+/// The hash of link `seq` after `prev` in the given version, over already encoded fields.
+pub fn link_hash_as(version: LinkVersion, prev: &str, seq: i64, encoded: &[u8]) -> String {
     let mut h = Sha256::new();
-    h.update(DOMAIN);
+    h.update(version.domain());
     h.update(prev.as_bytes());
     h.update(seq.to_be_bytes());
     h.update(encoded);
@@ -135,8 +253,13 @@ pub struct StoredLink {
     pub hash: String,
     /// The previous hash stored in the row, where the table keeps one (audit entries).
     pub prev_hash: Option<String>,
-    /// The canonical encoding of the row's fields as stored now.
+    /// The canonical encoding of the row's fields as stored now (for a v2 call, with the
+    /// body digests in place of the bodies).
     pub encoded: Vec<u8>,
+    /// The formula the row's link uses.
+    pub version: LinkVersion,
+    /// For a v2 call: a stored body that does not match its digest.
+    pub body_mismatch: Option<BodyMismatch>,
 }
 
 /// The first link that does not hold.
@@ -200,7 +323,7 @@ impl ChainWalk {
                 reason: "the stored previous hash does not match the link before".into(),
             });
         }
-        let expected = link_hash(&self.head.hash, link.seq, &link.encoded);
+        let expected = link_hash_as(link.version, &self.head.hash, link.seq, &link.encoded);
         if expected != link.hash {
             return Err(BrokenLink {
                 seq: link.seq,
@@ -208,6 +331,15 @@ impl ChainWalk {
                 expected,
                 found: link.hash.clone(),
                 reason: "the record's stored fields no longer match its hash: it was edited".into(),
+            });
+        }
+        if let Some(m) = &link.body_mismatch {
+            return Err(BrokenLink {
+                seq: link.seq,
+                id: Some(link.id.clone()),
+                expected: m.expected.clone(),
+                found: m.found.clone(),
+                reason: m.reason.clone(),
             });
         }
         self.head = ChainHead {
@@ -253,7 +385,57 @@ mod tests {
             hash: link_hash(&walk.head().hash, seq, &encoded),
             prev_hash: None,
             encoded,
+            version: LinkVersion::V1,
+            body_mismatch: None,
         }
+    }
+
+    #[test]
+    fn v1_and_v2_links_differ_and_each_walks_as_its_own_version() {
+        let mut encoded = Vec::new();
+        encode(&[Field::Text("x")], &mut encoded);
+        let v1 = link_hash_as(LinkVersion::V1, GENESIS, 1, &encoded);
+        let v2 = link_hash_as(LinkVersion::V2, GENESIS, 1, &encoded);
+        assert_ne!(v1, v2);
+        assert_eq!(v1, link_hash(GENESIS, 1, &encoded));
+        let mut link = StoredLink {
+            seq: 1,
+            id: "a".into(),
+            hash: v2.clone(),
+            prev_hash: None,
+            encoded: encoded.clone(),
+            version: LinkVersion::V2,
+            body_mismatch: None,
+        };
+        ChainWalk::new().step(&link).unwrap();
+        // Claiming the other version breaks the link.
+        link.version = LinkVersion::V1;
+        assert!(ChainWalk::new().step(&link).is_err());
+        // A body that does not match its digest breaks it too, naming why.
+        link.version = LinkVersion::V2;
+        link.body_mismatch =
+            check_body("request", Some("changed"), Some(&body_digest("x")), false).err();
+        let err = ChainWalk::new().step(&link).unwrap_err();
+        assert!(err.reason.contains("request body"), "{}", err.reason);
+    }
+
+    #[test]
+    fn a_body_is_checked_against_its_digest_and_may_be_missing_only_when_pruned() {
+        let d = body_digest("hello");
+        assert!(check_body("request", Some("hello"), Some(&d), false).is_ok());
+        assert!(check_body("response", None, None, false).is_ok());
+        assert!(check_body("request", Some("hellO"), Some(&d), false).is_err());
+        // Retention removed it: empty or absent is fine, the same body put back too.
+        assert!(check_body("request", Some(""), Some(&d), true).is_ok());
+        assert!(check_body("response", None, Some(&d), true).is_ok());
+        assert!(check_body("request", Some("hello"), Some(&d), true).is_ok());
+        // Put back differently, removed without being marked, or added where none was.
+        let err = check_body("request", Some("bye"), Some(&d), true).unwrap_err();
+        assert!(err.reason.contains("put back"), "{}", err.reason);
+        assert!(check_body("request", Some(""), Some(&d), false).is_err());
+        assert!(check_body("response", None, Some(&d), false).is_err());
+        assert!(check_body("response", Some("x"), None, false).is_err());
+        assert!(check_body("response", Some("x"), None, true).is_err());
     }
 
     #[test]

@@ -28,6 +28,11 @@
 //! before the signature is checked. A proof is `{"omitted": "<reason>"}` when the exported
 //! fields cannot reproduce the link (a field redacted at export, a call recorded before
 //! chains existed); the verifier skips that link and still checks the signature.
+//! A proof of a version 2 link (`domain::chain`) also carries `"version": 2`: its hash
+//! covers the exported `request_body_sha256` / `response_body_sha256` instead of the
+//! bodies, and each body the call still carries must hash to its digest — so a call
+//! whose bodies retention removed (`body_pruned_at` set, bodies empty) still proves its
+//! link. Without `version`, a proof is version 1 (every pack made before version 2).
 //! `chain_head` (`<seq>:<hash>`) is the tenant's chain head when the pack was made: an
 //! operator can run `agv-server audit verify` on the instance to show the chain still
 //! leads to it.
@@ -35,7 +40,7 @@
 use super::certificate::{
     CertSigningKey, Certificate, CertificateError, CertificateKind, PublicKey, canonical_json,
 };
-use super::chain::{self, Field};
+use super::chain::{self, Field, LinkVersion};
 use super::{CallRecord, Outcome};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -60,11 +65,22 @@ pub enum ChainProof {
         prev_hash: String,
         /// This call's link hash as stored.
         hash: String,
+        /// The link's formula: 1 (absent) or 2 (see the module docs).
+        #[serde(default = "version_one", skip_serializing_if = "is_version_one")]
+        version: i64,
     },
     Omitted {
         /// Why no proof is given (e.g. a field was redacted at export).
         omitted: String,
     },
+}
+
+fn version_one() -> i64 {
+    1
+}
+
+fn is_version_one(v: &i64) -> bool {
+    *v == 1
 }
 
 /// One exported call and its proof.
@@ -155,6 +171,12 @@ pub enum PackError {
 /// members serialised by serde_json, money in nano-dollars, booleans as 0/1 and U+0000 in
 /// text stored as U+FFFD.
 pub fn call_chain_bytes(c: &CallRecord) -> Result<Vec<u8>, String> {
+    call_chain_bytes_as(c, LinkVersion::V1)
+}
+
+/// The canonical chain encoding of a call's fields for a link of `version`: for v2, the
+/// stored bodies' digests in place of the bodies (an error when the call carries none).
+pub fn call_chain_bytes_as(c: &CallRecord, version: LinkVersion) -> Result<Vec<u8>, String> {
     fn text(s: &str) -> Cow<'_, str> {
         if s.contains('\0') {
             Cow::Owned(s.replace('\0', "\u{FFFD}"))
@@ -186,6 +208,18 @@ pub fn call_chain_bytes(c: &CallRecord) -> Result<Vec<u8>, String> {
         opt(&c.response_sha256),
     );
     let (error, blocked_by, upstream) = (opt(&c.error), opt(&c.blocked_by), opt(&c.upstream));
+    let (request_field, response_field) = match version {
+        LinkVersion::V1 => (Field::Text(&request), Field::from(response.as_deref())),
+        LinkVersion::V2 => (
+            Field::Text(c.request_body_sha256.as_deref().ok_or_else(|| {
+                format!(
+                    "call {} has a version 2 chain link but no request_body_sha256",
+                    c.id
+                )
+            })?),
+            Field::from(c.response_body_sha256.as_deref()),
+        ),
+    };
     let fields = [
         Field::Text(c.id.as_str()),
         Field::Text(c.tenant_id.as_str()),
@@ -197,10 +231,10 @@ pub fn call_chain_bytes(c: &CallRecord) -> Result<Vec<u8>, String> {
         Field::from(end_user.as_deref()),
         Field::from(session.as_deref()),
         Field::from(metadata.as_deref()),
-        Field::Text(&request),
+        request_field,
         Field::Int(i64::from(c.request_truncated)),
         Field::Text(&request_sha),
-        Field::from(response.as_deref()),
+        response_field,
         Field::Int(i64::from(c.response_truncated)),
         Field::from(response_sha.as_deref()),
         Field::Int(i64::from(c.status)),
@@ -244,20 +278,57 @@ pub fn created_at_of_encoded(encoded: &[u8]) -> Option<i64> {
     Some(i64::from_be_bytes(v))
 }
 
-/// The proof for an exported call, given its stored link `(seq, prev_hash, hash)`: linked
-/// when the exported fields reproduce the stored hash, omitted (with the reason) when not.
-pub fn prove(call: &CallRecord, link: Option<(i64, &str, &str)>) -> ChainProof {
-    let Some((seq, prev, hash)) = link else {
+/// For a v2 link: each body the exported call carries must hash to its digest (after
+/// retention, an empty or absent body is expected).
+fn check_bodies(c: &CallRecord) -> Result<(), String> {
+    let pruned = c.body_pruned_at.is_some();
+    let stored = |s: &str| s.replace('\0', "\u{FFFD}");
+    let request = stored(&c.request_body);
+    let response = c.response_body.as_deref().map(stored);
+    chain::check_body(
+        "request",
+        Some(&request),
+        c.request_body_sha256.as_deref(),
+        pruned,
+    )
+    .and_then(|()| {
+        chain::check_body(
+            "response",
+            response.as_deref(),
+            c.response_body_sha256.as_deref(),
+            pruned,
+        )
+    })
+    .map_err(|m| m.reason)
+}
+
+/// The proof for an exported call, given its stored link `(seq, prev_hash, hash,
+/// version)`: linked when the exported fields reproduce the stored hash (and, for v2, the
+/// bodies their digests), omitted (with the reason) when not.
+pub fn prove(call: &CallRecord, link: Option<(i64, &str, &str, LinkVersion)>) -> ChainProof {
+    let Some((seq, prev, hash, version)) = link else {
         return ChainProof::Omitted {
             omitted: "the call is not in the tenant's call chain near its time (recorded before chains existed, or the chain was not readable)".into(),
         };
     };
-    match call_chain_bytes(call) {
-        Ok(bytes) if chain::link_hash(prev, seq, &bytes) == hash => ChainProof::Linked {
-            seq,
-            prev_hash: prev.to_owned(),
-            hash: hash.to_owned(),
-        },
+    match call_chain_bytes_as(call, version) {
+        Ok(bytes) if chain::link_hash_as(version, prev, seq, &bytes) == hash => {
+            if version == LinkVersion::V2
+                && let Err(why) = check_bodies(call)
+            {
+                return ChainProof::Omitted {
+                    omitted: format!(
+                        "the exported bodies differ from those chained at seq {seq} (redacted at export, or the stored record changed: run `agv-server audit verify`): {why}"
+                    ),
+                };
+            }
+            ChainProof::Linked {
+                seq,
+                prev_hash: prev.to_owned(),
+                hash: hash.to_owned(),
+                version: version.number(),
+            }
+        }
         Ok(_) => ChainProof::Omitted {
             omitted: format!(
                 "the exported fields differ from those chained at seq {seq} (redacted at export, or the stored record changed: run `agv-server audit verify`)"
@@ -418,20 +489,31 @@ pub fn verify(
             seq,
             prev_hash,
             hash,
+            version,
         } = &ex.proof
         else {
             omitted += 1;
             continue;
         };
-        let bytes = call_chain_bytes(&ex.call)
+        let version = LinkVersion::from_number(*version).ok_or_else(|| {
+            PackError::UnknownVersion(format!("(chain link version {version} of calls[{i}])"))
+        })?;
+        let bytes = call_chain_bytes_as(&ex.call, version)
             .map_err(|e| PackError::Invalid(format!("calls[{i}]: {e}")))?;
-        let expected = chain::link_hash(prev_hash, *seq, &bytes);
+        let expected = chain::link_hash_as(version, prev_hash, *seq, &bytes);
         if expected != *hash {
             return Err(PackError::CallChanged {
                 call_id: ex.call.id.to_string(),
                 seq: *seq,
                 reason: format!("its fields hash to {expected}, the chain link is {hash}"),
             });
+        }
+        if version == LinkVersion::V2 {
+            check_bodies(&ex.call).map_err(|reason| PackError::CallChanged {
+                call_id: ex.call.id.to_string(),
+                seq: *seq,
+                reason,
+            })?;
         }
     }
     let cert_bytes = serde_json::to_vec(&pack.certificate)
@@ -576,6 +658,9 @@ mod tests {
             enforcement_us: 42,
             upstream_attempts: 1,
             upstream: Some("https://api.openai.com/v1".into()),
+            request_body_sha256: None,
+            response_body_sha256: None,
+            body_pruned_at: None,
         }
     }
 
@@ -596,7 +681,10 @@ mod tests {
             let proof = if i == 2 {
                 prove(&c, None)
             } else {
-                prove(&c, Some((seq, prev.as_str(), hash.as_str())))
+                prove(
+                    &c,
+                    Some((seq, prev.as_str(), hash.as_str(), LinkVersion::V1)),
+                )
             };
             prev = hash;
             exported.push(ExportedCall { call: c, proof });

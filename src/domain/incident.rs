@@ -833,6 +833,9 @@ mod tests {
             enforcement_us: 0,
             upstream_attempts: 0,
             upstream: None,
+            request_body_sha256: None,
+            response_body_sha256: None,
+            body_pruned_at: None,
         }
     }
 

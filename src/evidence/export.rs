@@ -12,7 +12,7 @@ use super::certificates::{self, Subject};
 use super::pdf;
 use crate::api::error::{ApiError, missing};
 use crate::domain::certificate::{CertSigningKey, Certificate};
-use crate::domain::chain::{ChainHead, ChainKind, GENESIS};
+use crate::domain::chain::{ChainHead, ChainKind, GENESIS, LinkVersion};
 use crate::domain::evidence_pack::{
     self, EvidencePack, ExportedCall, PACK_FORMAT, PACK_VERSION, created_at_of_encoded,
 };
@@ -130,10 +130,10 @@ fn gather(
     })
 }
 
-/// Call id → its stored link `(seq, prev_hash, hash)`.
-type Links = HashMap<String, (i64, String, String)>;
+/// Call id → its stored link `(seq, prev_hash, hash, version)`.
+type Links = HashMap<String, (i64, String, String, LinkVersion)>;
 
-/// The stored links `(seq, prev_hash, hash)` of `calls` in the tenant's call chain, and
+/// The stored links `(seq, prev_hash, hash, version)` of `calls` in the tenant's call chain, and
 /// the chain head. The chain is searched only around the calls' times: a binary search
 /// by time for the first link, then a walk forward until every call is found or the
 /// links are past the last call's time.
@@ -185,7 +185,10 @@ fn find_links(
         }
         for link in page {
             if wanted.contains(link.id.as_str()) {
-                found.insert(link.id.clone(), (link.seq, prev.clone(), link.hash.clone()));
+                found.insert(
+                    link.id.clone(),
+                    (link.seq, prev.clone(), link.hash.clone(), link.version),
+                );
             }
             after = link.seq;
             let past = created_at_of_encoded(&link.encoded).is_some_and(|t| t > until);
@@ -301,7 +304,9 @@ fn pack_bytes(
             .map(|call| {
                 let link = links
                     .get(call.id.as_str())
-                    .map(|(seq, prev, hash)| (*seq, prev.as_str(), hash.as_str()));
+                    .map(|(seq, prev, hash, version)| {
+                        (*seq, prev.as_str(), hash.as_str(), *version)
+                    });
                 let proof = evidence_pack::prove(&call, link);
                 ExportedCall { call, proof }
             })

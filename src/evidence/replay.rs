@@ -52,6 +52,16 @@ async fn load_original(
     let call = run_blocking(move || store.get_call(Some(&t), &id))
         .await
         .map_err(missing("call", raw_id))?;
+    if let Some(at) = call.body_pruned_at {
+        return Err(conflict(
+            "request_not_stored",
+            format!(
+                "call {} cannot be replayed: retention removed its request and response bodies on {} (only their SHA-256 and the call's metadata are kept)",
+                call.id,
+                at.to_rfc3339()
+            ),
+        ));
+    }
     if call.request_body.is_empty() {
         return Err(conflict(
             "request_not_stored",

@@ -251,6 +251,9 @@ mod tests {
             enforcement_us: 10,
             upstream_attempts: 1,
             upstream: None,
+            request_body_sha256: None,
+            response_body_sha256: None,
+            body_pruned_at: None,
         }
     }
 

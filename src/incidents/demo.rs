@@ -137,6 +137,9 @@ fn call(
         enforcement_us: 12,
         upstream_attempts: 1,
         upstream: Some("https://api.openai.com/v1".into()),
+        request_body_sha256: None,
+        response_body_sha256: None,
+        body_pruned_at: None,
     }
 }
 

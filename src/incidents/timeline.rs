@@ -489,6 +489,9 @@ mod tests {
             enforcement_us: 8,
             upstream_attempts: 1,
             upstream: Some("http://up/v1".into()),
+            request_body_sha256: None,
+            response_body_sha256: None,
+            body_pruned_at: None,
         }
     }
 

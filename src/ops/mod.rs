@@ -1,9 +1,11 @@
-//! Operations on the whole instance: backups, their verification and restore.
+//! Operations on the whole instance: backups, their verification and restore, call
+//! retention, self-update.
 //!
 //! Blocking code (files, the store's synchronous API): the CLI calls it directly, the
 //! server through `run_blocking`. Errors are strings that say what went wrong and what to
 //! do, because every caller shows them to a person.
 
 pub mod backup;
+pub mod retention;
 pub mod scheduled;
 pub mod update;

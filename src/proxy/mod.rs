@@ -561,6 +561,9 @@ impl Proxy {
             enforcement_us,
             upstream_attempts: 0,
             upstream: None,
+            request_body_sha256: None,
+            response_body_sha256: None,
+            body_pruned_at: None,
         }
     }
 

@@ -9,16 +9,25 @@
 //! unique (tenant, seq) index refuses a fork outright. The cost is two statements per tenant
 //! per batch (one more the first time), never per call.
 
-use super::rows::{CALL_COLUMNS, CallParams, Param};
+use super::rows::{CHAINED_CALL_COLUMNS, CallParams, Param, REQUEST_BODY_AT, RESPONSE_BODY_AT};
 use super::sql::{Cell, Cells, Db, SqlRow};
 use super::{StoreError, StoreResult};
 use crate::domain::audit::{AuditEntry, AuditFilter, NewAuditEntry};
-use crate::domain::chain::{self, ChainHead, ChainKind, Field, StoredLink};
+use crate::domain::chain::{self, ChainHead, ChainKind, Field, LinkVersion, StoredLink};
 use crate::domain::{AuditId, CallRecord, TenantId, Timestamp};
 use std::collections::BTreeMap;
 
-/// The fields of a call that its link covers, in `CALL_COLUMNS` order, as stored.
+/// The fields of a call that its v2 link covers, in `CHAINED_CALL_COLUMNS` order, as
+/// stored: each body replaced by the digest of the stored body (see `domain::chain`).
 fn call_fields<'a>(p: &'a CallParams<'_>) -> [Field<'a>; 31] {
+    let mut fields = call_fields_v1(p);
+    fields[REQUEST_BODY_AT] = Field::Text(&p.request_body_sha256);
+    fields[RESPONSE_BODY_AT] = Field::from(p.response_body_sha256.as_deref());
+    fields
+}
+
+/// The fields of a call that a v1 link covers, in `CHAINED_CALL_COLUMNS` order, as stored.
+fn call_fields_v1<'a>(p: &'a CallParams<'_>) -> [Field<'a>; 31] {
     let t = |s: &'a std::borrow::Cow<'_, str>| Field::Text(s.as_ref());
     let ot = |s: &'a Option<std::borrow::Cow<'_, str>>| Field::from(s.as_deref());
     [
@@ -103,8 +112,9 @@ fn set_head(db: &mut dyn Db, key: &str, head: &ChainHead) -> StoreResult<()> {
     Ok(())
 }
 
-/// Links a batch of calls into their tenants' chains, in batch order; returns each call's
-/// (seq, hash). Must run in the transaction that inserts them.
+/// Links a batch of calls into their tenants' chains, in batch order, as v2 links (the
+/// bodies' digests, not the bodies); returns each call's (seq, hash). Must run in the
+/// transaction that inserts them.
 pub(super) fn link_calls(
     db: &mut dyn Db,
     calls: &[CallRecord],
@@ -133,7 +143,7 @@ pub(super) fn link_calls(
         buf.clear();
         chain::encode(&call_fields(row), &mut buf);
         let seq = head.seq + 1;
-        let hash = chain::link_hash(&head.hash, seq, &buf);
+        let hash = chain::link_hash_as(LinkVersion::V2, &head.hash, seq, &buf);
         *head = ChainHead {
             seq,
             hash: hash.clone(),
@@ -183,7 +193,8 @@ pub(super) fn links(
     let (sql, key) = match kind {
         ChainKind::Calls => (
             format!(
-                "SELECT chain_seq, chain_hash, NULL, {CALL_COLUMNS} FROM calls \
+                "SELECT chain_seq, chain_hash, NULL, {CHAINED_CALL_COLUMNS}, \
+                 chain_version, request_body_sha256, response_body_sha256, body_pruned_at FROM calls \
                  WHERE tenant_id = $1 AND chain_seq > $2 ORDER BY chain_seq LIMIT $3"
             ),
             tenant.map_or_else(String::new, |t| t.as_str().to_owned()),
@@ -204,14 +215,77 @@ pub(super) fn links(
             Param::BigInt(i64::from(limit)),
         ],
     )?;
-    rows.iter().map(stored_link).collect()
+    match kind {
+        ChainKind::Calls => rows.iter().map(stored_call_link).collect(),
+        ChainKind::Audit => rows.iter().map(stored_link).collect(),
+    }
+}
+
+/// Where the columns after the chained ones start in a [`links`] row of calls.
+const CALL_EXTRA_AT: usize = 3 + super::rows::CHAINED_CALL_COLUMN_COUNT;
+
+/// A call's stored link: v1 encodes the row as stored; v2 puts the body digests in place
+/// of the bodies and checks each body that is there against its digest.
+fn stored_call_link(row: &SqlRow) -> StoreResult<StoredLink> {
+    let chained = row.get(3..CALL_EXTRA_AT).ok_or_else(|| {
+        StoreError::Database("a stored call link row is shorter than expected".into())
+    })?;
+    let extra = |i: usize| row.get(CALL_EXTRA_AT + i).unwrap_or(&Cell::Null);
+    // A version edited to a number no version has is a link that cannot hold: walk it as
+    // v1, whose hash then does not match.
+    let version = match extra(0) {
+        Cell::Int(n) => LinkVersion::from_number(*n).unwrap_or_default(),
+        _ => LinkVersion::V1,
+    };
+    let opt_text = |c: &Cell| match c {
+        Cell::Text(s) => Some(s.clone()),
+        Cell::Null => None,
+        Cell::Int(v) => Some(v.to_string()),
+    };
+    let mut fields: Vec<Field<'_>> = chained.iter().map(cell_field).collect();
+    let mut body_mismatch = None;
+    let (request_digest, response_digest) = (opt_text(extra(1)), opt_text(extra(2)));
+    if version == LinkVersion::V2 {
+        let pruned = !matches!(extra(3), Cell::Null);
+        let body = |i: usize| chained.get(i).and_then(opt_text);
+        let (request, response) = (body(REQUEST_BODY_AT), body(RESPONSE_BODY_AT));
+        body_mismatch = chain::check_body(
+            "request",
+            request.as_deref(),
+            request_digest.as_deref(),
+            pruned,
+        )
+        .and_then(|()| {
+            chain::check_body(
+                "response",
+                response.as_deref(),
+                response_digest.as_deref(),
+                pruned,
+            )
+        })
+        .err();
+        fields[REQUEST_BODY_AT] = Field::from(request_digest.as_deref());
+        fields[RESPONSE_BODY_AT] = Field::from(response_digest.as_deref());
+    }
+    let mut encoded = Vec::new();
+    chain::encode(&fields, &mut encoded);
+    let mut link = link_header(row, encoded)?;
+    link.version = version;
+    link.body_mismatch = body_mismatch;
+    Ok(link)
 }
 
 fn stored_link(row: &SqlRow) -> StoreResult<StoredLink> {
-    let c = Cells::new(row, "chained record");
     let fields: Vec<Field<'_>> = row.iter().skip(3).map(cell_field).collect();
     let mut encoded = Vec::new();
     chain::encode(&fields, &mut encoded);
+    link_header(row, encoded)
+}
+
+/// A link from the first columns of a [`links`] row (seq, hash, prev_hash, id) and the
+/// encoded fields, as v1.
+fn link_header(row: &SqlRow, encoded: Vec<u8>) -> StoreResult<StoredLink> {
+    let c = Cells::new(row, "chained record");
     Ok(StoredLink {
         seq: c.int(0)?,
         id: match row.get(3) {
@@ -225,6 +299,8 @@ fn stored_link(row: &SqlRow) -> StoreResult<StoredLink> {
         },
         prev_hash: c.opt_text(2).ok().flatten(),
         encoded,
+        version: LinkVersion::V1,
+        body_mismatch: None,
     })
 }
 

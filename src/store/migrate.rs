@@ -88,6 +88,11 @@ pub const SQLITE: &[Migration] = &[
         sql: include_str!("../../migrations/sqlite/0011_invitations.sql"),
     },
     Migration {
+        version: 12,
+        name: "call_retention",
+        sql: include_str!("../../migrations/sqlite/0012_call_retention.sql"),
+    },
+    Migration {
         version: 13,
         name: "schedule_claims",
         sql: include_str!("../../migrations/sqlite/0013_schedule_claims.sql"),
@@ -150,6 +155,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 11,
         name: "invitations",
         sql: include_str!("../../migrations/postgres/0011_invitations.sql"),
+    },
+    Migration {
+        version: 12,
+        name: "call_retention",
+        sql: include_str!("../../migrations/postgres/0012_call_retention.sql"),
     },
     Migration {
         version: 13,

@@ -14,6 +14,7 @@ mod evidence;
 mod incidents;
 pub mod migrate;
 pub mod postgres;
+mod retention;
 mod rows;
 mod schedule;
 mod search_postgres;
@@ -27,6 +28,7 @@ pub mod testing;
 
 pub use console::{SeriesPoint, UsageRow, key_of as usage_key};
 pub use evidence::StoredCertificate;
+pub use retention::PruneBatch;
 
 use crate::domain::alert::{AlertRoute, AlertSent};
 use crate::domain::audit::{AuditEntry, AuditFilter, NewAuditEntry};
@@ -281,6 +283,24 @@ pub trait Store: Send + Sync + 'static {
     /// Indexes every call recorded so far for text search, now, instead of waiting for the
     /// background indexer; returns how many calls were indexed.
     fn index_pending_calls(&self) -> StoreResult<u64>;
+
+    // Retention (see store::retention; the sweep is ops::retention).
+    /// How many chain v2 calls created before `cutoff` still hold their bodies (those an
+    /// incident or a certificate keeps included): the most a sweep can prune.
+    fn count_prunable_calls(&self, cutoff: Timestamp) -> StoreResult<i64>;
+    /// One batch of a retention sweep, in one short write transaction: reads up to `limit`
+    /// chain v2 calls created before `cutoff` that still hold their bodies, strictly after
+    /// `after` in (created_at, id) order, and removes the bodies (and their text from the
+    /// search index) of those no open or acknowledged incident and no certificate refers
+    /// to, marking them pruned at `now`. v1 calls are never touched. On SQLite only calls
+    /// the text indexer has already passed are read (the rest wait for the next sweep).
+    fn prune_call_bodies(
+        &self,
+        cutoff: Timestamp,
+        after: Option<&CallCursor>,
+        limit: u32,
+        now: Timestamp,
+    ) -> StoreResult<PruneBatch>;
 
     // Alert routes (see domain::alert). Another tenant's route is NotFound; an unknown
     // tenant is NotFound on create.

@@ -24,7 +24,7 @@ use super::{
 use crate::domain::AlertRouteId;
 use crate::domain::alert::{AlertRoute, AlertSent};
 use crate::domain::audit::{AuditEntry, AuditFilter, NewAuditEntry};
-use crate::domain::chain::{ChainHead, ChainKind, StoredLink};
+use crate::domain::chain::{ChainHead, ChainKind, LinkVersion, StoredLink};
 use crate::domain::incident::{
     Applied, EventKind, IncidentCursor, IncidentEvent, IncidentFilter, IncidentStats, StoredSignal,
 };
@@ -296,6 +296,9 @@ pub(super) fn call_row(r: &Row) -> CallRow {
         enforcement_us: r.get(28),
         upstream_attempts: r.get(29),
         upstream: r.get(30),
+        request_body_sha256: r.get(31),
+        response_body_sha256: r.get(32),
+        body_pruned_at: r.get(33),
     }
 }
 
@@ -369,8 +372,11 @@ fn insert_call(
             &p.enforcement_us,
             &p.upstream_attempts,
             &p.upstream,
+            &p.request_body_sha256,
+            &p.response_body_sha256,
             &link.0,
             &link.1,
+            &LinkVersion::V2.number(),
         ],
     )
 }
@@ -1160,6 +1166,38 @@ impl Store for PostgresStore {
 
     fn index_pending_calls(&self) -> StoreResult<u64> {
         super::search_postgres::index_pending(&mut *self.conn()?)
+    }
+
+    fn count_prunable_calls(&self, cutoff: Timestamp) -> StoreResult<i64> {
+        let mut conn = self.conn()?;
+        super::retention::count(&mut PgDb(&mut *conn), cutoff)
+    }
+
+    fn prune_call_bodies(
+        &self,
+        cutoff: Timestamp,
+        after: Option<&CallCursor>,
+        limit: u32,
+        now: Timestamp,
+    ) -> StoreResult<super::PruneBatch> {
+        use super::retention;
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        // No indexer pass runs meanwhile (they take this lock too): a call it has not
+        // indexed yet is indexed after this commits, from the emptied bodies.
+        super::search_postgres::hold_indexer(&mut tx)?;
+        let read =
+            retention::candidates(&mut PgDb(&mut tx), "c.search_seq", "", cutoff, after, limit)?;
+        let go: Vec<&retention::Candidate> = read.iter().filter(|c| !c.protected).collect();
+        let ids: Vec<&str> = go.iter().map(|c| c.id.as_str()).collect();
+        let pruned = retention::prune(&mut PgDb(&mut tx), &ids, now)?;
+        let seqs: Vec<i64> = go.iter().map(|c| c.position).collect();
+        if !seqs.is_empty() {
+            tx.execute("DELETE FROM call_search WHERE call_seq = ANY($1)", &[&seqs])
+                .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        retention::outcome(&read, pruned, limit)
     }
 
     fn create_alert_route(&self, route: &AlertRoute) -> StoreResult<()> {

@@ -4,6 +4,7 @@
 //! never a panic.
 
 use super::{StoreError, StoreResult};
+use crate::domain::chain::body_digest;
 use crate::domain::{
     ApiKeyRecord, CallCursor, CallFilter, CallId, CallRecord, Decision, Email, FreezeAction,
     FreezeEvent, FreezeId, KeyHash, KeyId, Money, PasswordHash, Role, Scope, Session, SessionId,
@@ -18,13 +19,24 @@ pub(super) const TENANT_COLUMNS: &str = "id, name, created_at";
 pub(super) const USER_COLUMNS: &str = "id, email, password_hash, role, tenant_id, created_at";
 pub(super) const SESSION_COLUMNS: &str = "id, user_id, created_at, expires_at";
 
-/// Columns of `calls` in the order [`CallRow`] expects them (and [`CallParams`] binds them).
-pub(super) const CALL_COLUMNS: &str = "id, tenant_id, key_id, created_at, endpoint, model, stream, end_user, session_id, metadata, \
+/// The columns of `calls` a chain link covers, in chain order (see `domain::chain`); also
+/// the first columns [`CallParams`] binds.
+pub(super) const CHAINED_CALL_COLUMNS: &str = "id, tenant_id, key_id, created_at, endpoint, model, stream, end_user, session_id, metadata, \
 request_body, request_truncated, request_sha256, response_body, response_truncated, response_sha256, \
 status, error, blocked, blocked_by, decisions, prompt_tokens, completion_tokens, cached_tokens, total_tokens, \
 cost_nanos, latency_us, upstream_latency_us, enforcement_us, upstream_attempts, upstream";
-/// How many columns [`CALL_COLUMNS`] names.
-pub(super) const CALL_COLUMN_COUNT: usize = 31;
+/// How many columns [`CHAINED_CALL_COLUMNS`] names.
+pub(super) const CHAINED_CALL_COLUMN_COUNT: usize = 31;
+/// Positions of the bodies among [`CHAINED_CALL_COLUMNS`] (a v2 link puts their digests there).
+pub(super) const REQUEST_BODY_AT: usize = 10;
+pub(super) const RESPONSE_BODY_AT: usize = 13;
+/// Columns of `calls` in the order [`CallRow`] expects them: the chained ones, then the
+/// stored bodies' digests and when retention removed the bodies.
+pub(super) const CALL_COLUMNS: &str = "id, tenant_id, key_id, created_at, endpoint, model, stream, end_user, session_id, metadata, \
+request_body, request_truncated, request_sha256, response_body, response_truncated, response_sha256, \
+status, error, blocked, blocked_by, decisions, prompt_tokens, completion_tokens, cached_tokens, total_tokens, \
+cost_nanos, latency_us, upstream_latency_us, enforcement_us, upstream_attempts, upstream, \
+request_body_sha256, response_body_sha256, body_pruned_at";
 pub(super) const FREEZE_COLUMNS: &str = "id, tenant_id, key_id, action, actor, reason, at";
 
 /// The most rows one page of calls or freeze events returns, whatever the caller asks.
@@ -186,6 +198,9 @@ pub(super) struct CallParams<'a> {
     pub enforcement_us: i64,
     pub upstream_attempts: i32,
     pub upstream: Option<Cow<'a, str>>,
+    /// SHA-256 of the bodies exactly as bound above (what a v2 link covers).
+    pub request_body_sha256: String,
+    pub response_body_sha256: Option<String>,
 }
 
 impl<'a> CallParams<'a> {
@@ -196,7 +211,13 @@ impl<'a> CallParams<'a> {
                 c.id
             ))
         };
+        let request_body = text(&c.request_body);
+        let response_body = opt_text(&c.response_body);
         Ok(Self {
+            request_body_sha256: body_digest(&request_body),
+            response_body_sha256: response_body.as_deref().map(body_digest),
+            request_body,
+            response_body,
             id: c.id.as_str(),
             tenant_id: c.tenant_id.as_str(),
             key_id: c.key_id.as_str(),
@@ -213,10 +234,8 @@ impl<'a> CallParams<'a> {
                 .map(serde_json::to_string)
                 .transpose()
                 .map_err(json_err)?,
-            request_body: text(&c.request_body),
             request_truncated: c.request_truncated,
             request_sha256: text(&c.request_sha256),
-            response_body: opt_text(&c.response_body),
             response_truncated: c.response_truncated,
             response_sha256: opt_text(&c.response_sha256),
             status: i32::from(c.status),
@@ -238,13 +257,16 @@ impl<'a> CallParams<'a> {
     }
 }
 
-/// `INSERT INTO calls (…) VALUES (…)` with one placeholder per column of [`CALL_COLUMNS`],
-/// then `chain_seq` and `chain_hash`.
+/// `INSERT INTO calls (…) VALUES (…)` with one placeholder per column of
+/// [`CHAINED_CALL_COLUMNS`], then the body digests, `chain_seq`, `chain_hash` and
+/// `chain_version`.
 pub(super) fn insert_call_sql(placeholder: fn(usize) -> String) -> String {
-    // The two chain columns (see `store::chain`) come last.
-    let values: Vec<String> = (1..=CALL_COLUMN_COUNT + 2).map(placeholder).collect();
+    // The chain columns (see `store::chain`) come last.
+    let values: Vec<String> = (1..=CHAINED_CALL_COLUMN_COUNT + 5)
+        .map(placeholder)
+        .collect();
     format!(
-        "INSERT INTO calls ({CALL_COLUMNS}, chain_seq, chain_hash) VALUES ({})",
+        "INSERT INTO calls ({CHAINED_CALL_COLUMNS}, request_body_sha256, response_body_sha256, chain_seq, chain_hash, chain_version) VALUES ({})",
         values.join(", ")
     )
 }
@@ -289,6 +311,9 @@ pub(super) struct CallRow {
     pub enforcement_us: i64,
     pub upstream_attempts: i32,
     pub upstream: Option<String>,
+    pub request_body_sha256: Option<String>,
+    pub response_body_sha256: Option<String>,
+    pub body_pruned_at: Option<i64>,
 }
 
 impl CallRow {
@@ -332,6 +357,9 @@ impl CallRow {
             enforcement_us: self.enforcement_us,
             upstream_attempts: self.upstream_attempts,
             upstream: self.upstream,
+            request_body_sha256: self.request_body_sha256,
+            response_body_sha256: self.response_body_sha256,
+            body_pruned_at: ts(self.body_pruned_at),
         })
     }
 }

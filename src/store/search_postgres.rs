@@ -36,6 +36,14 @@ const INDEX_BATCH: i64 = 2000;
 /// Advisory lock: one indexer at a time across instances ("agv_srch" in ASCII).
 const INDEXER_LOCK: i64 = 0x6167_765f_7372_6368;
 
+/// Holds the indexer's lock until `tx` ends, waiting for a pass in progress to finish:
+/// for a change of calls that no pass may overlap (retention removing their text).
+pub(super) fn hold_indexer(tx: &mut Transaction<'_>) -> StoreResult<()> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&INDEXER_LOCK])
+        .map_err(db_err)?;
+    Ok(())
+}
+
 pub(super) fn search_calls(
     client: &mut Client,
     tenant: &TenantId,

@@ -291,6 +291,40 @@ pub(super) fn index_pending(db: &Path) -> StoreResult<u64> {
     }
 }
 
+/// Slots of one millisecond looked at for a call's document (see `search_sql::next_slot`):
+/// a call moves to a later slot only when another one of the same millisecond took its own.
+const FORGET_SLOTS: usize = 8;
+
+/// Removes the documents of `calls` (already indexed: at or below the watermark) from the
+/// text index, in the caller's transaction on a connection with the index attached.
+pub(super) fn forget(
+    tx: &rusqlite::Transaction<'_>,
+    calls: &[&super::retention::Candidate],
+) -> StoreResult<()> {
+    let mut at = tx
+        .prepare_cached("SELECT call_id FROM search.call_fts WHERE rowid = ?1")
+        .map_err(db_err)?;
+    let mut delete = tx
+        .prepare_cached("DELETE FROM search.call_fts WHERE rowid = ?1")
+        .map_err(db_err)?;
+    for c in calls {
+        let mut key = time_key(c.created_at, c.position);
+        for _ in 0..FORGET_SLOTS {
+            let found: Option<String> = match at.query_row(params![key], |r| r.get(0)) {
+                Ok(id) => Some(id),
+                Err(rusqlite::Error::QueryReturnedNoRows) => None,
+                Err(e) => return Err(db_err(e)),
+            };
+            if found.as_deref() == Some(c.id.as_str()) {
+                delete.execute(params![key]).map_err(db_err)?;
+                break;
+            }
+            key = next_slot(key);
+        }
+    }
+    Ok(())
+}
+
 /// Merges the whole index into one segment, after bulk indexing.
 pub(super) fn optimize(db: &Path) -> StoreResult<()> {
     let mut index = open_index(&search_path(db)).map_err(db_err)?;

@@ -23,7 +23,7 @@ use super::{
 use crate::domain::AlertRouteId;
 use crate::domain::alert::{AlertRoute, AlertSent};
 use crate::domain::audit::{AuditEntry, AuditFilter, NewAuditEntry};
-use crate::domain::chain::{ChainHead, ChainKind, StoredLink};
+use crate::domain::chain::{ChainHead, ChainKind, LinkVersion, StoredLink};
 use crate::domain::incident::{
     Applied, EventKind, IncidentCursor, IncidentEvent, IncidentFilter, IncidentStats, StoredSignal,
 };
@@ -405,6 +405,9 @@ pub(super) fn call_row(r: &Row<'_>) -> rusqlite::Result<CallRow> {
         enforcement_us: r.get(28)?,
         upstream_attempts: r.get(29)?,
         upstream: r.get(30)?,
+        request_body_sha256: r.get(31)?,
+        response_body_sha256: r.get(32)?,
+        body_pruned_at: r.get(33)?,
     })
 }
 
@@ -477,8 +480,11 @@ fn insert_call(
         p.enforcement_us,
         p.upstream_attempts,
         p.upstream,
+        p.request_body_sha256,
+        p.response_body_sha256,
         link.0,
         link.1,
+        LinkVersion::V2.number(),
     ])
 }
 
@@ -1225,6 +1231,40 @@ impl Store for SqliteStore {
 
     fn index_pending_calls(&self) -> StoreResult<u64> {
         super::search_sqlite::index_pending(&self.path)
+    }
+
+    fn count_prunable_calls(&self, cutoff: Timestamp) -> StoreResult<i64> {
+        let conn = self.conn()?;
+        super::retention::count(&mut SqliteDb(&conn), cutoff)
+    }
+
+    fn prune_call_bodies(
+        &self,
+        cutoff: Timestamp,
+        after: Option<&CallCursor>,
+        limit: u32,
+        now: Timestamp,
+    ) -> StoreResult<super::PruneBatch> {
+        use super::retention;
+        let mut conn = self.conn()?;
+        let tx = begin_write(&self.writer, &mut conn)?;
+        // Only calls the text indexer has passed: it never indexes them again, so their
+        // documents, removed below, stay removed (see search_sqlite).
+        let read = retention::candidates(
+            &mut SqliteDb(&tx),
+            "c.rowid",
+            " AND c.rowid <= (SELECT indexed_rowid FROM search.call_search_state WHERE id = 1)",
+            cutoff,
+            after,
+            limit,
+        )?;
+        let go: Vec<&retention::Candidate> = read.iter().filter(|c| !c.protected).collect();
+        let ids: Vec<&str> = go.iter().map(|c| c.id.as_str()).collect();
+        let pruned = retention::prune(&mut SqliteDb(&tx), &ids, now)?;
+        super::search_sqlite::forget(&tx, &go)?;
+        // An early return above drops the transaction: nothing of the batch is kept.
+        tx.commit().map_err(db_err)?;
+        retention::outcome(&read, pruned, limit)
     }
 
     fn create_alert_route(&self, route: &AlertRoute) -> StoreResult<()> {

@@ -23,6 +23,7 @@ mod incidents;
 mod proxy;
 mod redaction;
 mod replay;
+mod retention;
 mod scaleout;
 mod sdk;
 mod search;
