@@ -6,12 +6,15 @@ import { canChange } from "../state.js";
 import { html, render, icon, compact, nanos, micros, num, timeAgo, absTime, httpBadge, outcomeBadge, policyName, prettyJson, loadingState, errorState, emptyState, toast, copyText, saveBlob, cap } from "../ui.js";
 import { confirmDialog, infoDialog } from "../components/dialog.js";
 
-function bodyBlock(title, text, truncated, sha, testid) {
+function bodyBlock(title, text, truncated, sha, testid, prunedAt) {
   const pretty = prettyJson(text);
+  const missing = prunedAt
+    ? html`<p class="muted" data-testid="${testid}">Removed by retention ${timeAgo(prunedAt)}; the SHA-256 below still names what was sent.</p>`
+    : html`<p class="muted" data-testid="${testid}">Not stored (no response, or the tenant's redaction keeps hashes only).</p>`;
   return html`<section class="card"><div class="card-head"><h2>${title}</h2>
       ${truncated ? html`<span class="badge warn plain" title="Only the first part was stored; the hash covers the whole body">truncated</span>` : ""}
       <div class="body-tools">${text ? html`<button type="button" class="btn btn-sm" data-copy="${testid}">${icon("copy", 14)} Copy</button>` : ""}</div></div>
-    <div class="card-body">${text ? html`<pre class="tall wrap" data-testid="${testid}">${pretty}</pre>` : html`<p class="muted" data-testid="${testid}">Not stored (no response, or the tenant's redaction keeps hashes only).</p>`}
+    <div class="card-body">${text ? html`<pre class="tall wrap" data-testid="${testid}">${pretty}</pre>` : missing}
       ${sha ? html`<p class="hint">SHA-256 <span class="mono">${sha}</span></p>` : ""}</div></section>`;
 }
 
@@ -110,8 +113,8 @@ export default {
         <section class="card"><div class="card-head"><h2>Guardrail decisions</h2><span class="hint">in the order they ran</span></div><div class="card-body flush">${decisionsTable(c.decisions)}</div></section>
         <div id="replay-box"></div>
         <div class="grid grid-2">
-          ${bodyBlock("Request", c.request_body, c.request_truncated, c.request_sha256, "call-request")}
-          ${bodyBlock("Response", c.response_body, c.response_truncated, c.response_sha256, "call-response")}
+          ${bodyBlock("Request", c.request_body, c.request_truncated, c.request_sha256, "call-request", c.body_pruned_at)}
+          ${bodyBlock("Response", c.response_body, c.response_truncated, c.response_sha256, "call-response", c.body_pruned_at)}
         </div>`);
     }
 
