@@ -13,13 +13,17 @@ async fn the_page_and_its_assets_are_served_with_the_right_types_and_caching() {
     let etag = res.headers()["etag"].to_str().unwrap().to_owned();
     let html = res.text().await.unwrap();
     assert!(
-        html.contains("agv-server") && html.contains("base_url"),
-        "the page says how to connect a client"
+        html.contains("agv-server") && html.contains(r#"<script type="module" src="/app.js">"#),
+        "the console's shell loads its module"
     );
     assert!(
         !html.contains("<script>") && !html.contains("onclick="),
         "no inline script"
     );
+    // The help on connecting a client ships with the console.
+    let res = app.get("/components/connect.js").await;
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().contains("base_url"));
 
     let res = app.get("/app.js").await;
     assert_eq!(res.status(), 200);
