@@ -275,6 +275,41 @@ fn tenant_changes(call: &str) -> Vec<(Method, String, Value)> {
             json!({"policy": {}}),
         ),
         (Method::DELETE, "/api/upstream".into(), Value::Null),
+        (
+            Method::PUT,
+            "/api/upstream".into(),
+            json!({"base_url": "http://127.0.0.1:9/v1", "api_key": "sk-test"}),
+        ),
+        (
+            Method::POST,
+            "/api/incidents/inc_00000000000000000000000000000000/resolve".into(),
+            Value::Null,
+        ),
+        (
+            Method::POST,
+            "/api/incidents/inc_00000000000000000000000000000000/assign".into(),
+            json!({"assignee": "someone"}),
+        ),
+        (
+            Method::POST,
+            "/api/incidents/inc_00000000000000000000000000000000/severity".into(),
+            json!({"severity": "high"}),
+        ),
+        (
+            Method::PATCH,
+            "/api/alerts/routes/alr_00000000000000000000000000000000".into(),
+            json!({"name": "renamed"}),
+        ),
+        (
+            Method::POST,
+            "/api/alerts/routes/alr_00000000000000000000000000000000/test".into(),
+            Value::Null,
+        ),
+        (
+            Method::DELETE,
+            "/api/killswitch/tenant".into(),
+            json!({"reason": "viewer"}),
+        ),
     ]
 }
 
