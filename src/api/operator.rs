@@ -322,20 +322,32 @@ fn is_dead(state: &AppState, id: &JobId) -> Result<(), ApiError> {
     }
 }
 
+/// Retries (`retry`) or discards a dead letter: the operator only, and only a dead job.
+async fn act_on_dead_job(
+    state: &AppState,
+    req: &HttpRequest,
+    raw: &str,
+    retry: bool,
+) -> Result<HttpResponse, ApiError> {
+    operator(state, req).await?;
+    let id = job_id(raw)?;
+    is_dead(state, &id)?;
+    let (done, outcome) = if retry {
+        (state.queue.retry_dead(&id), "retried")
+    } else {
+        (state.queue.discard_dead(&id), "discarded")
+    };
+    done.map_err(|e| ApiError::service_unavailable("queue_unavailable", e.to_string()))?;
+    Ok(HttpResponse::Ok().json(json!({ outcome: id.as_str() })))
+}
+
 #[post("/api/operator/jobs/{id}/retry")]
 pub async fn retry_job(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    operator(&state, &req).await?;
-    let id = job_id(&path)?;
-    is_dead(&state, &id)?;
-    state
-        .queue
-        .retry_dead(&id)
-        .map_err(|e| ApiError::service_unavailable("queue_unavailable", e.to_string()))?;
-    Ok(HttpResponse::Ok().json(json!({"retried": id.as_str()})))
+    act_on_dead_job(&state, &req, &path, true).await
 }
 
 #[delete("/api/operator/jobs/{id}")]
@@ -344,12 +356,5 @@ pub async fn discard_job(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    operator(&state, &req).await?;
-    let id = job_id(&path)?;
-    is_dead(&state, &id)?;
-    state
-        .queue
-        .discard_dead(&id)
-        .map_err(|e| ApiError::service_unavailable("queue_unavailable", e.to_string()))?;
-    Ok(HttpResponse::Ok().json(json!({"discarded": id.as_str()})))
+    act_on_dead_job(&state, &req, &path, false).await
 }

@@ -11,22 +11,7 @@ use serde_json::{Value, json};
 const PASSWORD: &str = "a long enough password";
 
 fn make_user(home: &DataHome, email: &str, role: &str, tenant: Option<&str>) -> String {
-    let pass = home.path().join(format!("pw-{email}"));
-    std::fs::write(&pass, PASSWORD).unwrap();
-    let mut args = vec![
-        "user",
-        "create",
-        "--email",
-        email,
-        "--role",
-        role,
-        "--password-file",
-        pass.to_str().unwrap(),
-    ];
-    if let Some(t) = tenant {
-        args.extend(["--tenant", t]);
-    }
-    home.cli_ok(&args)
+    home.make_user(email, role, tenant, PASSWORD)
 }
 
 #[derive(Clone)]

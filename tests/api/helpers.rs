@@ -73,6 +73,32 @@ impl DataHome {
             .to_owned()
     }
 
+    /// A console user made headless through the CLI, with `password`; returns its id.
+    pub fn make_user(
+        &self,
+        email: &str,
+        role: &str,
+        tenant: Option<&str>,
+        password: &str,
+    ) -> String {
+        let pass = self.path().join(format!("pw-{email}"));
+        std::fs::write(&pass, password).expect("write the password file");
+        let mut args = vec![
+            "user",
+            "create",
+            "--email",
+            email,
+            "--role",
+            role,
+            "--password-file",
+            pass.to_str().expect("utf-8 path"),
+        ];
+        if let Some(t) = tenant {
+            args.extend(["--tenant", t]);
+        }
+        self.cli_ok(&args)
+    }
+
     pub fn tenant_and_key(&self, scope: &str) -> (String, String) {
         let tenant = self.cli_ok(&["tenant", "create", "Acme"]);
         let key = self.cli_ok(&["key", "create", "--tenant", &tenant, "--scope", scope]);
