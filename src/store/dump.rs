@@ -545,6 +545,9 @@ pub(super) mod postgres {
         changes: &dyn Fn(&mut ::postgres::Transaction<'_>, &[String]) -> StoreResult<()>,
     ) -> StoreResult<Vec<(String, i64)>> {
         let mut tx = client.transaction().map_err(db_err)?;
+        // No indexer pass overlaps: one that read the tenant's calls before this commits
+        // would otherwise write their text-index rows after it.
+        super::super::search_postgres::hold_indexer(&mut tx)?;
         let keys: Vec<String> = tx
             .query("SELECT id FROM api_keys WHERE tenant_id = $1", &[&tenant])
             .map_err(db_err)?
