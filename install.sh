@@ -233,7 +233,8 @@ if have_systemd; then
   if [ "$START" = 1 ]; then
     as_root systemctl enable agv-server.service
     # restart, not start: an upgrade must replace the running process.
-    as_root systemctl restart agv-server.service
+    as_root systemctl restart agv-server.service \
+      || die "agv-server is installed but its service did not start; see: journalctl -u agv-server"
     started="started as the agv-server service (journalctl -u agv-server shows its log and the first-run setup URL)"
   else
     started="not started (--no-start); start it with: sudo systemctl enable --now agv-server"
