@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Serves the files of `dir` over HTTP/1.0 on 127.0.0.1; returns the base URL.
-fn serve(dir: PathBuf) -> String {
+pub(crate) fn serve(dir: PathBuf) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/releases", listener.local_addr().unwrap());
     std::thread::spawn(move || {
@@ -50,7 +50,7 @@ fn serve(dir: PathBuf) -> String {
     url
 }
 
-fn openssl(args: &[&str]) {
+pub(crate) fn openssl(args: &[&str]) {
     let out = Command::new("openssl")
         .args(args)
         .output()
@@ -58,7 +58,7 @@ fn openssl(args: &[&str]) {
     assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
 }
 
-fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let (key, public) = (
         dir.join(format!("{name}.pem")),
         dir.join(format!("{name}.pub")),
