@@ -3,7 +3,7 @@
 # backup-upload tests (tests/api/s3.rs) start on a free port as target/s3-venv/bin/moto_server.
 # Idempotent and quiet: reinstalls only when requirements.txt changed since the last run.
 set -eu
-ROOT=$(CDPATH= cd -- "$(dirname -- "$0")/../.." && pwd)
+ROOT=$(CDPATH='' cd -- "$(dirname -- "$0")/../.." && pwd)
 VENV="$ROOT/target/s3-venv"
 REQ="$ROOT/tests/s3/requirements.txt"
 STAMP="$VENV/.requirements.sha256"
