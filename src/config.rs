@@ -1493,6 +1493,97 @@ mod tests {
     }
 
     #[test]
+    fn the_s3_upload_is_off_by_default_and_a_whole_block_turns_it_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |vars: &[(&str, &str)]| {
+            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(vars))
+        };
+        let s = load(&[]).unwrap();
+        assert!(s.backup_s3.is_none());
+        assert_eq!(s.backup_s3_upload_attempts, 12);
+        let secret_file = dir.path().join("s3-secret");
+        std::fs::write(&secret_file, "s3-very-secret\n").unwrap();
+        let s = load(&[
+            ("AGV_BACKUP_S3_ENDPOINT", "http://minio:9000"),
+            ("AGV_BACKUP_S3_BUCKET", "agv-backups"),
+            ("AGV_BACKUP_S3_PREFIX", "/agv//prod/"),
+            ("AGV_BACKUP_S3_ACCESS_KEY_ID", "AKID"),
+            (
+                "AGV_BACKUP_S3_SECRET_ACCESS_KEY_FILE",
+                secret_file.to_str().unwrap(),
+            ),
+        ]);
+        let err = s.unwrap_err();
+        assert!(err.0.contains("invalid backup_s3_prefix"), "{err}");
+        let s = load(&[
+            ("AGV_BACKUP_S3_ENDPOINT", "http://minio:9000"),
+            ("AGV_BACKUP_S3_BUCKET", "agv-backups"),
+            ("AGV_BACKUP_S3_PREFIX", "/agv/prod"),
+            ("AGV_BACKUP_S3_ACCESS_KEY_ID", "AKID"),
+            (
+                "AGV_BACKUP_S3_SECRET_ACCESS_KEY_FILE",
+                secret_file.to_str().unwrap(),
+            ),
+            ("AGV_BACKUP_S3_UPLOAD_ATTEMPTS", "3"),
+        ])
+        .unwrap();
+        let b = s.backup_s3.clone().unwrap();
+        assert_eq!(
+            (b.bucket.as_str(), b.region.as_str(), b.prefix.as_str()),
+            ("agv-backups", "us-east-1", "agv/prod/")
+        );
+        assert_eq!(b.secret_access_key, "s3-very-secret");
+        assert_eq!(s.backup_s3_upload_attempts, 3);
+        let described = format!("{:?} {:?}", s.describe(), s);
+        assert!(!described.contains("s3-very-secret"), "{described}");
+        assert!(described.contains("agv-backups"), "{described}");
+        let err = load(&[("AGV_BACKUP_S3_UPLOAD_ATTEMPTS", "0")]).unwrap_err();
+        assert!(err.0.contains("backup_s3_upload_attempts"), "{err}");
+    }
+
+    #[test]
+    fn a_half_given_s3_block_names_the_missing_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |vars: &[(&str, &str)]| {
+            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(vars))
+                .unwrap_err()
+                .0
+        };
+        let err = load(&[("AGV_BACKUP_S3_BUCKET", "agv-backups")]);
+        assert!(
+            err.contains("missing backup_s3_endpoint (AGV_BACKUP_S3_ENDPOINT)"),
+            "{err}"
+        );
+        let err = load(&[("AGV_BACKUP_S3_ENDPOINT", "https://s3.example.com")]);
+        assert!(err.contains("missing backup_s3_bucket"), "{err}");
+        let err = load(&[
+            ("AGV_BACKUP_S3_ENDPOINT", "https://s3.example.com"),
+            ("AGV_BACKUP_S3_BUCKET", "agv-backups"),
+        ]);
+        assert!(err.contains("missing backup_s3_access_key_id"), "{err}");
+        for bad in [
+            "s3.example.com",
+            "ftp://s3.example.com",
+            "https://user:pw@s3.example.com",
+            "https://s3.example.com/?x=1",
+        ] {
+            let err = load(&[
+                ("AGV_BACKUP_S3_ENDPOINT", bad),
+                ("AGV_BACKUP_S3_BUCKET", "agv-backups"),
+            ]);
+            assert!(err.contains("invalid backup_s3_endpoint"), "{bad}: {err}");
+        }
+        let err = load(&[("AGV_BACKUP_S3_ACCESS_KEY_ID", "AKID")]);
+        assert!(
+            err.contains("backup_s3_access_key_id")
+                && err.contains("backup_s3_endpoint and backup_s3_bucket are not"),
+            "{err}"
+        );
+        let err = load(&[("AGV_BACKUP_S3_SECRET_ACCESS_KEY", "s3-very-secret")]);
+        assert!(!err.contains("s3-very-secret"), "{err}");
+    }
+
+    #[test]
     fn the_upstream_key_falls_back_to_openai_api_key() {
         let dir = tempfile::tempdir().unwrap();
         let s = Settings::load_with(
