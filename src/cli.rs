@@ -1297,7 +1297,7 @@ fn upload_backup(cfg: &crate::config::BackupS3, path: &std::path::Path) -> Resul
     use std::sync::atomic::{AtomicU64, Ordering};
     let failed = |e: String| {
         CliError::failed(format!(
-            "the backup {} was written, but its upload to {} failed: {e}. The local file is kept; copy it by hand, or run `agv-server backup` again (--no-upload skips the upload)",
+            "the backup {} was written, but {e}. The local file is kept; copy it to {} by hand, or run `agv-server backup` again (--no-upload skips the upload)",
             path.display(),
             cfg.location()
         ))
@@ -1306,7 +1306,7 @@ fn upload_backup(cfg: &crate::config::BackupS3, path: &std::path::Path) -> Resul
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| failed(format!("cannot start a runtime: {e}")))?;
+        .map_err(|e| failed(format!("the upload cannot start a runtime: {e}")))?;
     let remote = crate::ops::s3::Remote::new(cfg).map_err(failed)?;
     let sent = std::sync::Arc::new(AtomicU64::new(0));
     let tty = std::io::stderr().is_terminal();

@@ -259,7 +259,7 @@ async fn a_failed_cli_upload_exits_1_with_the_reason_and_keeps_the_local_backup(
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     for want in [
-        "was written, but its upload to s3://agv-backups/ failed",
+        "was written, but the upload to s3://agv-backups/ failed",
         "cannot reach the S3 endpoint",
         "backup_s3_endpoint",
         "The local file is kept",
