@@ -386,14 +386,29 @@ async fn back_up_now(app: &TestApp) -> String {
     let res = app
         .client
         .post(app.url("/api/operator/backups"))
-        .header("cookie", cookie)
+        .header("cookie", &cookie)
         .header("x-csrf-token", body["csrf_token"].as_str().unwrap())
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 202);
-    let body: Value = res.json().await.unwrap();
-    body["job_id"].as_str().unwrap().to_owned()
+    let job: Value = res.json().await.unwrap();
+    let res = app
+        .client
+        .get(app.url("/api/operator/backups"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    let list: Value = res.json().await.unwrap();
+    let location = app
+        .app_state
+        .settings
+        .backup_s3
+        .as_ref()
+        .map(BackupS3::location);
+    assert_eq!(list["upload_to"].as_str(), location.as_deref(), "{list}");
+    job["job_id"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]
