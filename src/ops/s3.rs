@@ -306,7 +306,7 @@ impl Remote {
                 "check backup_s3_access_key_id, backup_s3_secret_access_key and backup_s3_region"
             }
             "AccessDenied" => {
-                "the credentials lack a permission: they need s3:PutObject, s3:ListBucket and s3:DeleteObject on the bucket"
+                "the credentials lack a permission: they need s3:PutObject, s3:GetObject, s3:ListBucket and s3:DeleteObject on the bucket"
             }
             "NoSuchBucket" => "create the bucket, or fix backup_s3_bucket",
             _ if status.as_u16() == 403 => {
