@@ -102,7 +102,9 @@ pub enum Command {
     Retention(RetentionCommand),
     /// Back up the instance now: every table from one snapshot (writers are not blocked),
     /// compressed, with a manifest signed by the instance key; prints the file's path on
-    /// stdout. Safe while the server runs. `backup verify FILE` checks a backup.
+    /// stdout. With backup_s3_* set, also uploads it to the bucket (exit 1 if that fails;
+    /// the local file is kept). Safe while the server runs. `backup verify FILE` checks a
+    /// backup.
     Backup(BackupArgs),
     /// Restore a backup. Into the data directory's SQLite database (refused while the
     /// server runs; the previous files are kept in <data>/pre-restore-<time>/), or with
@@ -164,6 +166,9 @@ pub struct BackupArgs {
     /// files into the backup (or AGV_BACKUP_PASSPHRASE); without one they are left out.
     #[arg(long, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
+    /// Do not upload the backup to the S3 bucket, even when backup_s3_* is set.
+    #[arg(long)]
+    pub no_upload: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -1277,7 +1282,73 @@ fn backup(settings: &Settings, args: BackupArgs) -> Result<(), CliError> {
         done.bytes,
         started.elapsed().as_secs_f64()
     );
+    match (&settings.backup_s3, args.no_upload) {
+        (Some(cfg), false) => upload_backup(cfg, &done.path)?,
+        (Some(cfg), true) => eprintln!("not uploaded to {} (--no-upload)", cfg.location()),
+        (None, _) => {}
+    }
     println!("{}", done.path.display());
+    Ok(())
+}
+
+/// Uploads a backup just written, with progress on stderr.
+fn upload_backup(cfg: &crate::config::BackupS3, path: &std::path::Path) -> Result<(), CliError> {
+    use std::io::IsTerminal;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let failed = |e: String| {
+        CliError::failed(format!(
+            "the backup {} was written, but {e}. The local file is kept; copy it to {} by hand, or run `agv-server backup` again (--no-upload skips the upload)",
+            path.display(),
+            cfg.location()
+        ))
+    };
+    let total = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| failed(format!("the upload cannot start a runtime: {e}")))?;
+    let remote = crate::ops::s3::Remote::new(cfg).map_err(failed)?;
+    let sent = std::sync::Arc::new(AtomicU64::new(0));
+    let tty = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    eprintln!(
+        "uploading to {}{} ({total} bytes)",
+        cfg.location(),
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    );
+    let result = runtime.block_on(async {
+        let upload = remote.upload(path, Some(sent.clone()));
+        tokio::pin!(upload);
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                r = &mut upload => break r,
+                _ = tick.tick() => {
+                    let n = sent.load(Ordering::Relaxed);
+                    let pct = (n * 100).checked_div(total).unwrap_or(100);
+                    if tty {
+                        eprint!("\ruploading: {pct}% ({n} of {total} bytes)          ");
+                    } else {
+                        eprintln!("uploading: {pct}% ({n} of {total} bytes)");
+                    }
+                }
+            }
+        }
+    });
+    if tty {
+        eprintln!();
+    }
+    let up = result.map_err(failed)?;
+    eprintln!(
+        "uploaded to s3://{}/{} ({} bytes) in {:.1} s",
+        cfg.bucket,
+        up.key,
+        up.bytes,
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

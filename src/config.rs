@@ -56,6 +56,145 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// The S3-compatible bucket backups are uploaded to (path-style addressing: the bucket is
+/// the first segment of the path, which MinIO, Garage, Ceph and AWS all accept).
+#[derive(Clone, PartialEq, Eq)]
+pub struct BackupS3 {
+    /// `http://` or `https://`, without a query; the bucket goes after its path.
+    pub endpoint: reqwest::Url,
+    pub bucket: String,
+    pub region: String,
+    /// Empty, or ends with `/`; never starts with `/`.
+    pub prefix: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl fmt::Debug for BackupS3 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackupS3")
+            .field("endpoint", &self.endpoint.as_str())
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("prefix", &self.prefix)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"(secret)")
+            .finish()
+    }
+}
+
+impl BackupS3 {
+    /// `s3://bucket/prefix` for messages.
+    pub fn location(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+}
+
+/// Parses the `backup_s3_*` settings: all unset means no upload; a half-given block is an
+/// error naming the missing setting. `get` gives a setting's trimmed, non-empty value.
+fn parse_backup_s3(
+    get: &dyn Fn(&str) -> Option<String>,
+    bad: &dyn Fn(&str, &str) -> ConfigError,
+) -> Result<Option<BackupS3>, ConfigError> {
+    let endpoint = get("backup_s3_endpoint");
+    let bucket = get("backup_s3_bucket");
+    let key_id = get("backup_s3_access_key_id");
+    let secret = get("backup_s3_secret_access_key");
+    let prefix = get("backup_s3_prefix");
+    if endpoint.is_none() && bucket.is_none() {
+        // Credentials or a prefix without a bucket to use them on: a half-done setup.
+        for (key, given) in [
+            ("backup_s3_access_key_id", key_id.is_some()),
+            ("backup_s3_secret_access_key", secret.is_some()),
+            ("backup_s3_prefix", prefix.is_some()),
+        ] {
+            if given {
+                return Err(bad(
+                    key,
+                    "is set but backup_s3_endpoint and backup_s3_bucket are not: set both to upload backups, or unset it",
+                ));
+            }
+        }
+        return Ok(None);
+    }
+    let Some(endpoint) = endpoint else {
+        return Err(bad(
+            "backup_s3_endpoint",
+            "has no value but backup_s3_bucket is set: give the S3 endpoint URL too (e.g. https://s3.eu-west-1.amazonaws.com or http://minio:9000), or unset backup_s3_bucket",
+        ));
+    };
+    let url = reqwest::Url::parse(&endpoint)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .filter(|u| u.host_str().is_some_and(|h| !h.is_empty()))
+        .filter(|u| u.query().is_none() && u.fragment().is_none())
+        .filter(|u| u.username().is_empty() && u.password().is_none())
+        .ok_or_else(|| {
+            bad(
+                "backup_s3_endpoint",
+                "expected an http:// or https:// URL without credentials or query, e.g. https://s3.eu-west-1.amazonaws.com or http://minio:9000",
+            )
+        })?;
+    let Some(bucket) = bucket else {
+        return Err(bad(
+            "backup_s3_bucket",
+            "has no value but backup_s3_endpoint is set: name the bucket to upload to, or unset backup_s3_endpoint",
+        ));
+    };
+    let valid_bucket = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && bucket.as_bytes()[0].is_ascii_alphanumeric()
+        && bucket.as_bytes()[bucket.len() - 1].is_ascii_alphanumeric();
+    if !valid_bucket {
+        return Err(bad(
+            "backup_s3_bucket",
+            "expected an S3 bucket name: 3 to 63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit",
+        ));
+    }
+    let region = get("backup_s3_region").unwrap_or_else(|| "us-east-1".to_owned());
+    if !region
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(bad(
+            "backup_s3_region",
+            "expected a region name such as us-east-1 (letters, digits and hyphens)",
+        ));
+    }
+    let mut prefix = prefix.unwrap_or_default().trim_matches('/').to_owned();
+    if prefix.contains("//") || prefix.chars().any(char::is_control) || prefix.len() > 512 {
+        return Err(bad(
+            "backup_s3_prefix",
+            "expected a key prefix such as agv/prod/ (no empty segments or control characters, at most 512 bytes)",
+        ));
+    }
+    if !prefix.is_empty() {
+        prefix.push('/');
+    }
+    let Some(access_key_id) = key_id else {
+        return Err(bad(
+            "backup_s3_access_key_id",
+            "has no value but backups are uploaded (backup_s3_endpoint and backup_s3_bucket are set): give the access key id of the bucket's credentials",
+        ));
+    };
+    let Some(secret_access_key) = secret else {
+        return Err(bad(
+            "backup_s3_secret_access_key",
+            "has no value but backups are uploaded (backup_s3_endpoint and backup_s3_bucket are set): give the secret access key (AGV_BACKUP_S3_SECRET_ACCESS_KEY or AGV_BACKUP_S3_SECRET_ACCESS_KEY_FILE)",
+        ));
+    };
+    Ok(Some(BackupS3 {
+        endpoint: url,
+        bucket,
+        region,
+        prefix,
+        access_key_id,
+        secret_access_key,
+    }))
+}
+
 pub const FIELDS: &[Field] = &[
     Field {
         key: "listen",
@@ -268,6 +407,55 @@ pub const FIELDS: &[Field] = &[
         help: "seals the data directory's key files into backups (12+ characters); unset: they are left out",
     },
     Field {
+        key: "backup_s3_endpoint",
+        env: "AGV_BACKUP_S3_ENDPOINT",
+        secret: false,
+        default: None,
+        help: "S3-compatible endpoint (http:// or https:// URL, path-style addressing) each automatic backup is uploaded to; unset: no upload",
+    },
+    Field {
+        key: "backup_s3_bucket",
+        env: "AGV_BACKUP_S3_BUCKET",
+        secret: false,
+        default: None,
+        help: "the bucket backups are uploaded to (needs backup_s3_endpoint)",
+    },
+    Field {
+        key: "backup_s3_region",
+        env: "AGV_BACKUP_S3_REGION",
+        secret: false,
+        default: Some("us-east-1"),
+        help: "the region the uploads are signed for",
+    },
+    Field {
+        key: "backup_s3_prefix",
+        env: "AGV_BACKUP_S3_PREFIX",
+        secret: false,
+        default: Some(""),
+        help: "key prefix of the uploaded backups in the bucket, e.g. agv/prod/",
+    },
+    Field {
+        key: "backup_s3_access_key_id",
+        env: "AGV_BACKUP_S3_ACCESS_KEY_ID",
+        secret: false,
+        default: None,
+        help: "access key id of the bucket's credentials",
+    },
+    Field {
+        key: "backup_s3_secret_access_key",
+        env: "AGV_BACKUP_S3_SECRET_ACCESS_KEY",
+        secret: true,
+        default: None,
+        help: "secret access key of the bucket's credentials",
+    },
+    Field {
+        key: "backup_s3_upload_attempts",
+        env: "AGV_BACKUP_S3_UPLOAD_ATTEMPTS",
+        secret: false,
+        default: Some("12"),
+        help: "attempts of one upload job (retried with backoff 1 s, 2 s, 4 s, … — about 34 minutes for 12) before it is dead-lettered and raises the backup_upload_failed system alert",
+    },
+    Field {
         key: "body_read_timeout",
         env: "AGV_BODY_READ_TIMEOUT",
         secret: false,
@@ -393,6 +581,10 @@ pub struct Settings {
     pub backup_keep_daily: usize,
     pub backup_keep_weekly: usize,
     pub backup_passphrase: Option<String>,
+    /// Where backups are uploaded; `None`: no upload.
+    pub backup_s3: Option<BackupS3>,
+    /// Attempts of one upload job before it is dead-lettered.
+    pub backup_s3_upload_attempts: u32,
     pub shutdown_timeout: std::time::Duration,
     pub body_read_timeout: std::time::Duration,
     /// Hosts alert webhooks may reach although they resolve to internal addresses.
@@ -470,6 +662,13 @@ impl Settings {
         sources.insert("data", data_source);
         let get = |key: &str| raw.get(key).map(|(v, _)| v.as_str());
         let bad = |key: &str, why: &str| {
+            if !raw.contains_key(key) {
+                let env = FIELDS
+                    .iter()
+                    .find(|f| f.key == key)
+                    .map_or(String::new(), |f| format!(" ({})", f.env));
+                return ConfigError(format!("missing {key}{env}: {why}"));
+            }
             let (value, source) = raw
                 .get(key)
                 .map(|(v, s)| (v.as_str(), s.to_string()))
@@ -606,6 +805,19 @@ impl Settings {
                 "must be at least 12 characters long",
             ));
         }
+        let backup_s3 = parse_backup_s3(
+            &|key: &str| {
+                get(key)
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_owned)
+            },
+            &bad,
+        )?;
+        let backup_s3_upload_attempts = u32::try_from(number("backup_s3_upload_attempts")?)
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| bad("backup_s3_upload_attempts", "expected between 1 and 100"))?;
         let upstream_timeout = parse_duration(get("upstream_timeout").unwrap_or("30s"))
             .map_err(|e| bad("upstream_timeout", &e.0))?;
         if upstream_timeout.is_zero() {
@@ -735,6 +947,8 @@ impl Settings {
             backup_keep_daily,
             backup_keep_weekly,
             backup_passphrase,
+            backup_s3,
+            backup_s3_upload_attempts,
             shutdown_timeout,
             body_read_timeout,
             alert_webhook_allowed_hosts,
@@ -935,6 +1149,56 @@ impl Settings {
                 "backup_passphrase",
                 secret(&self.backup_passphrase),
                 src("backup_passphrase"),
+            ),
+            (
+                "backup_s3_endpoint",
+                self.backup_s3.as_ref().map_or_else(
+                    || "(not set: backups are not uploaded)".to_owned(),
+                    |s| s.endpoint.to_string(),
+                ),
+                src("backup_s3_endpoint"),
+            ),
+            (
+                "backup_s3_bucket",
+                self.backup_s3
+                    .as_ref()
+                    .map_or_else(|| "(not set)".to_owned(), |s| s.bucket.clone()),
+                src("backup_s3_bucket"),
+            ),
+            (
+                "backup_s3_region",
+                self.backup_s3
+                    .as_ref()
+                    .map_or_else(|| "(not used)".to_owned(), |s| s.region.clone()),
+                src("backup_s3_region"),
+            ),
+            (
+                "backup_s3_prefix",
+                self.backup_s3
+                    .as_ref()
+                    .map_or_else(|| "(not used)".to_owned(), |s| s.prefix.clone()),
+                src("backup_s3_prefix"),
+            ),
+            (
+                "backup_s3_access_key_id",
+                self.backup_s3
+                    .as_ref()
+                    .map_or_else(|| "(not set)".to_owned(), |s| s.access_key_id.clone()),
+                src("backup_s3_access_key_id"),
+            ),
+            (
+                "backup_s3_secret_access_key",
+                if self.backup_s3.is_some() {
+                    "(set)".to_owned()
+                } else {
+                    "(not set)".to_owned()
+                },
+                src("backup_s3_secret_access_key"),
+            ),
+            (
+                "backup_s3_upload_attempts",
+                self.backup_s3_upload_attempts.to_string(),
+                src("backup_s3_upload_attempts"),
             ),
             (
                 "shutdown_timeout",
@@ -1226,6 +1490,97 @@ mod tests {
             ("AGV_UPSTREAM_API_KEY_FILE", "b"),
         ]);
         assert!(Settings::load_with(Some(dir.path().into()), &Flags::new(), &both).is_err());
+    }
+
+    #[test]
+    fn the_s3_upload_is_off_by_default_and_a_whole_block_turns_it_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |vars: &[(&str, &str)]| {
+            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(vars))
+        };
+        let s = load(&[]).unwrap();
+        assert!(s.backup_s3.is_none());
+        assert_eq!(s.backup_s3_upload_attempts, 12);
+        let secret_file = dir.path().join("s3-secret");
+        std::fs::write(&secret_file, "s3-very-secret\n").unwrap();
+        let s = load(&[
+            ("AGV_BACKUP_S3_ENDPOINT", "http://minio:9000"),
+            ("AGV_BACKUP_S3_BUCKET", "agv-backups"),
+            ("AGV_BACKUP_S3_PREFIX", "/agv//prod/"),
+            ("AGV_BACKUP_S3_ACCESS_KEY_ID", "AKID"),
+            (
+                "AGV_BACKUP_S3_SECRET_ACCESS_KEY_FILE",
+                secret_file.to_str().unwrap(),
+            ),
+        ]);
+        let err = s.unwrap_err();
+        assert!(err.0.contains("invalid backup_s3_prefix"), "{err}");
+        let s = load(&[
+            ("AGV_BACKUP_S3_ENDPOINT", "http://minio:9000"),
+            ("AGV_BACKUP_S3_BUCKET", "agv-backups"),
+            ("AGV_BACKUP_S3_PREFIX", "/agv/prod"),
+            ("AGV_BACKUP_S3_ACCESS_KEY_ID", "AKID"),
+            (
+                "AGV_BACKUP_S3_SECRET_ACCESS_KEY_FILE",
+                secret_file.to_str().unwrap(),
+            ),
+            ("AGV_BACKUP_S3_UPLOAD_ATTEMPTS", "3"),
+        ])
+        .unwrap();
+        let b = s.backup_s3.clone().unwrap();
+        assert_eq!(
+            (b.bucket.as_str(), b.region.as_str(), b.prefix.as_str()),
+            ("agv-backups", "us-east-1", "agv/prod/")
+        );
+        assert_eq!(b.secret_access_key, "s3-very-secret");
+        assert_eq!(s.backup_s3_upload_attempts, 3);
+        let described = format!("{:?} {:?}", s.describe(), s);
+        assert!(!described.contains("s3-very-secret"), "{described}");
+        assert!(described.contains("agv-backups"), "{described}");
+        let err = load(&[("AGV_BACKUP_S3_UPLOAD_ATTEMPTS", "0")]).unwrap_err();
+        assert!(err.0.contains("backup_s3_upload_attempts"), "{err}");
+    }
+
+    #[test]
+    fn a_half_given_s3_block_names_the_missing_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |vars: &[(&str, &str)]| {
+            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(vars))
+                .unwrap_err()
+                .0
+        };
+        let err = load(&[("AGV_BACKUP_S3_BUCKET", "agv-backups")]);
+        assert!(
+            err.contains("missing backup_s3_endpoint (AGV_BACKUP_S3_ENDPOINT)"),
+            "{err}"
+        );
+        let err = load(&[("AGV_BACKUP_S3_ENDPOINT", "https://s3.example.com")]);
+        assert!(err.contains("missing backup_s3_bucket"), "{err}");
+        let err = load(&[
+            ("AGV_BACKUP_S3_ENDPOINT", "https://s3.example.com"),
+            ("AGV_BACKUP_S3_BUCKET", "agv-backups"),
+        ]);
+        assert!(err.contains("missing backup_s3_access_key_id"), "{err}");
+        for bad in [
+            "s3.example.com",
+            "ftp://s3.example.com",
+            "https://user:pw@s3.example.com",
+            "https://s3.example.com/?x=1",
+        ] {
+            let err = load(&[
+                ("AGV_BACKUP_S3_ENDPOINT", bad),
+                ("AGV_BACKUP_S3_BUCKET", "agv-backups"),
+            ]);
+            assert!(err.contains("invalid backup_s3_endpoint"), "{bad}: {err}");
+        }
+        let err = load(&[("AGV_BACKUP_S3_ACCESS_KEY_ID", "AKID")]);
+        assert!(
+            err.contains("backup_s3_access_key_id")
+                && err.contains("backup_s3_endpoint and backup_s3_bucket are not"),
+            "{err}"
+        );
+        let err = load(&[("AGV_BACKUP_S3_SECRET_ACCESS_KEY", "s3-very-secret")]);
+        assert!(!err.contains("s3-very-secret"), "{err}");
     }
 
     #[test]

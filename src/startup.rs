@@ -861,6 +861,10 @@ fn job_handlers(
         crate::ops::scheduled::backup(s.clone(), job)
     });
     let s = state.clone();
+    handlers.register(crate::ops::scheduled::UPLOAD_BACKUP, move |job| {
+        crate::ops::scheduled::upload(s.clone(), job)
+    });
+    let s = state.clone();
     handlers.register(crate::ops::scheduled::BACKUP_VERIFY, move |job| {
         crate::ops::scheduled::verify(s.clone(), job)
     });

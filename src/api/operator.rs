@@ -192,6 +192,8 @@ pub async fn backups(
     Ok(HttpResponse::Ok().json(json!({
         "data": list,
         "dir": state.settings.backup_dir.display().to_string(),
+        // Where backups are also uploaded (`s3://bucket/prefix`), or null.
+        "upload_to": state.settings.backup_s3.as_ref().map(crate::config::BackupS3::location),
         "running": running.is_some(),
         "last_error": running.and_then(|j| j.last_error),
     })))

@@ -888,23 +888,30 @@ pub fn list(dir: &Path) -> Vec<(PathBuf, chrono::DateTime<chrono::Utc>)> {
     let mut out: Vec<_> = entries
         .filter_map(Result::ok)
         .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let stamp = name.strip_prefix("agv-backup-")?.strip_suffix(".tar")?;
-            let t = chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ").ok()?;
-            Some((e.path(), t.and_utc()))
+            let at = taken_at(&e.file_name().to_string_lossy())?;
+            Some((e.path(), at))
         })
         .collect();
     out.sort_by_key(|b| std::cmp::Reverse(b.1));
     out
 }
 
+/// The time in an automatic backup's file name (`agv-backup-<UTC time>.tar`); `None` for
+/// any other name (tenant exports, partial files, anything else).
+pub fn taken_at(name: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let stamp = name.strip_prefix("agv-backup-")?.strip_suffix(".tar")?;
+    let t = chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ").ok()?;
+    Some(t.and_utc())
+}
+
 /// Which backups to delete so that the newest of each of the last `daily` days and the
-/// newest of each of the `weekly` ISO weeks before those are kept. `backups` newest first.
-pub fn to_prune(
-    backups: &[(PathBuf, chrono::DateTime<chrono::Utc>)],
+/// newest of each of the `weekly` ISO weeks before those are kept. `backups` newest first;
+/// a backup is named by a path here, by an object key for the remote copies.
+pub fn to_prune<T: Clone>(
+    backups: &[(T, chrono::DateTime<chrono::Utc>)],
     daily: usize,
     weekly: usize,
-) -> Vec<PathBuf> {
+) -> Vec<T> {
     use chrono::Datelike;
     let mut days: Vec<chrono::NaiveDate> = Vec::new();
     let mut weeks: Vec<(i32, u32)> = Vec::new();
@@ -975,7 +982,7 @@ mod tests {
             to_prune(&backups[..3], 7, 4).len() == 1,
             "two the same day: the older goes"
         );
-        assert!(to_prune(&[], 7, 4).is_empty());
+        assert!(to_prune::<PathBuf>(&[], 7, 4).is_empty());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Operations on the whole instance: backups, their verification and restore, call
+//! Operations on the whole instance: backups, their verification, restore and upload, call
 //! retention, self-update.
 //!
 //! Blocking code (files, the store's synchronous API): the CLI calls it directly, the
@@ -7,5 +7,6 @@
 
 pub mod backup;
 pub mod retention;
+pub mod s3;
 pub mod scheduled;
 pub mod update;

@@ -25,6 +25,7 @@ mod proxy;
 mod redaction;
 mod replay;
 mod retention;
+mod s3;
 mod scaleout;
 mod sdk;
 mod search;
