@@ -17,9 +17,10 @@ use crate::domain::call::endpoint;
 use crate::domain::decision::policy;
 use crate::domain::{CallId, CallRecord, Decision, TenantId, Timestamp};
 use crate::guard::{
-    AfterCall, CallResult, Endpoint as GuardEndpoint, Guard, RequestFacts, StopKind, Verdict,
+    AfterCall, CallResult, Endpoint as GuardEndpoint, Guard, RequestFacts, SharedStep, StopKind,
+    Verdict,
 };
-use crate::store::DynStore;
+use crate::store::{DynStore, run_blocking};
 use bytes::Bytes;
 use recorder::Recorder;
 use sha2::{Digest, Sha256};
@@ -151,6 +152,66 @@ impl Proxy {
         }
     }
 
+    /// Covers an admitted call with this instance's leases of the rate limits and budgets
+    /// shared with other instances (Postgres; see `guard::shared`). Only when a lease runs
+    /// short does this wait for the database, on the blocking pool. If the database cannot
+    /// be reached the call is held to this instance's own limits (and its record then
+    /// cannot be committed either, so the client gets a 503).
+    async fn share_quotas(&self, mut verdict: Verdict) -> Verdict {
+        const ATTEMPTS: usize = 4;
+        let Some(quota) = self.guard.shared_quota().cloned() else {
+            return verdict;
+        };
+        for attempt in 1..=ATTEMPTS {
+            let Verdict::Allow {
+                decisions,
+                admission,
+            } = verdict
+            else {
+                return verdict;
+            };
+            let step =
+                self.guard
+                    .take_shared(admission, decisions, Timestamp::now(), attempt == ATTEMPTS);
+            let (admission, decisions, requests) = match step {
+                SharedStep::Done(v) => return v,
+                SharedStep::Lease {
+                    admission,
+                    decisions,
+                    requests,
+                } => (admission, decisions, requests),
+            };
+            let store = self.store.clone();
+            let fetched = run_blocking(move || {
+                requests
+                    .into_iter()
+                    .map(|r| store.lease_quota(&r).map(|g| (r, g)))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await;
+            match fetched {
+                Ok(grants) => {
+                    let now = Timestamp::now().millis();
+                    for (r, g) in &grants {
+                        quota.deposit(r, *g, now);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not lease the shared rate limits and budgets; the call is held to this instance's own limits");
+                    return Verdict::Allow {
+                        decisions,
+                        admission,
+                    };
+                }
+            }
+            verdict = Verdict::Allow {
+                decisions,
+                admission,
+            };
+        }
+        verdict
+    }
+
     /// Runs one call end to end.
     pub async fn handle(self: &Arc<Self>, incoming: Incoming) -> Outcome {
         let enforce_started = Instant::now();
@@ -169,6 +230,7 @@ impl Proxy {
             },
             Timestamp::now(),
         );
+        let verdict = self.share_quotas(verdict).await;
         let enforcement_us = micros(enforce_started.elapsed());
         self.note_enforcement(enforce_started.elapsed());
         metrics::histogram!("agv_enforcement_seconds")

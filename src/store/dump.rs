@@ -47,6 +47,8 @@ pub const DERIVED_TABLES: &[&str] = &[
     "call_search_state",
     // Which instance ran which scheduled run: coordination, not data.
     "schedule_claims",
+    // What is left of each shared rate limit and budget: coordination, rebuilt from use.
+    "shared_quotas",
 ];
 /// Columns that only one backend has and that are derived (Postgres' search sequence).
 pub const DERIVED_COLUMNS: &[(&str, &str)] = &[("calls", "search_seq")];
