@@ -14,6 +14,21 @@
 /// A lease is a quarter of what is left (at least what the call needs).
 pub const LEASE_DIVISOR: i64 = 4;
 
+/// The prefix of the rows of a key's rate limits (`…requests`, `…tokens`).
+pub fn key_rate_prefix(key: &str) -> String {
+    format!("rate:key:{key}:")
+}
+
+/// The prefix of the rows of a tenant's rate limits.
+pub fn tenant_rate_prefix(tenant: &str) -> String {
+    format!("rate:tenant:{tenant}:")
+}
+
+/// The prefix of the rows of a tenant's budgets (`…daily:<start ms>`, `…monthly:<start ms>`).
+pub fn budget_prefix(tenant: &str) -> String {
+    format!("budget:{tenant}:")
+}
+
 /// The stored state of one allowance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuotaRow {

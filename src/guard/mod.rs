@@ -33,6 +33,7 @@ pub mod spike;
 pub mod tokens;
 
 use crate::domain::decision::policy as ids;
+use crate::domain::quota;
 use crate::domain::redaction::{BodyStorage, RedactionConfig, Redactor};
 use crate::domain::{
     CallRecord, Decision, KeyId, Money, Outcome, PolicyConfig, TenantId, Timestamp,
@@ -789,25 +790,25 @@ impl Guard {
         let (key, tenant) = (a.key_id.as_str(), a.tenant_id.as_str());
         rate(
             Allowance::KeyRequests,
-            format!("rate:key:{key}:requests"),
+            format!("{}requests", quota::key_rate_prefix(key)),
             u64::from(kl.requests_per_minute),
             1,
         );
         rate(
             Allowance::KeyTokens,
-            format!("rate:key:{key}:tokens"),
+            format!("{}tokens", quota::key_rate_prefix(key)),
             kl.tokens_per_minute,
             a.prompt_estimate,
         );
         rate(
             Allowance::TenantRequests,
-            format!("rate:tenant:{tenant}:requests"),
+            format!("{}requests", quota::tenant_rate_prefix(tenant)),
             u64::from(tl.requests_per_minute),
             1,
         );
         rate(
             Allowance::TenantTokens,
-            format!("rate:tenant:{tenant}:tokens"),
+            format!("{}tokens", quota::tenant_rate_prefix(tenant)),
             tl.tokens_per_minute,
             a.prompt_estimate,
         );
@@ -832,7 +833,11 @@ impl Guard {
             let start = r.period_start(period).millis();
             out.push(Demand {
                 allowance,
-                name: format!("budget:{tenant}:{}:{start}", period.as_str()),
+                name: format!(
+                    "{}{}:{start}",
+                    quota::budget_prefix(tenant),
+                    period.as_str()
+                ),
                 amount: r.amount().nanos(),
                 cap: limit.nanos(),
                 per_minute: 0,
