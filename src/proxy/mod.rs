@@ -2,7 +2,9 @@
 //! switch and guardrails in memory, forward to the upstream, relay streams chunk by chunk,
 //! and record every call — forwarded or stopped — before answering.
 //!
-//! The hot path touches no database except the recorder's commit. Request bodies pass
+//! The hot path touches no database except the recorder's commit, and — on Postgres, when
+//! this instance's lease of a shared rate limit or budget has run out — one lease taken on
+//! the blocking pool (see `guard::shared`). Request bodies pass
 //! through unchanged (unknown fields included); the one exception is a streaming request
 //! that did not ask for usage: agv-server asks the upstream for it, and removes it again
 //! from what the client receives.
