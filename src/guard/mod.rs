@@ -1663,4 +1663,120 @@ mod tests {
             "{admitted} admitted with estimate {estimate}"
         );
     }
+
+    /// Two guards standing for two instances, leasing from rows kept here as the store would.
+    struct Rows(std::collections::HashMap<String, quota::QuotaRow>);
+
+    impl Rows {
+        fn admit(&mut self, g: &Guard, f: &Fixture, body: &Value, at: Timestamp) -> Verdict {
+            let facts = RequestFacts {
+                tenant_id: &f.tenant,
+                key_id: &f.key,
+                endpoint: Endpoint::ChatCompletions,
+                model: body.get("model").and_then(Value::as_str),
+                body,
+            };
+            let mut v = g.check(&facts, at);
+            for attempt in 1..=4 {
+                let Verdict::Allow {
+                    decisions,
+                    admission,
+                } = v
+                else {
+                    return v;
+                };
+                match g.take_shared(admission, decisions, at, attempt == 4) {
+                    SharedStep::Done(done) => return done,
+                    SharedStep::Lease {
+                        admission,
+                        decisions,
+                        requests,
+                    } => {
+                        for r in requests {
+                            let row = self
+                                .0
+                                .get(&r.name)
+                                .copied()
+                                .unwrap_or_else(|| quota::QuotaRow::new(&r));
+                            let (next, grant) = quota::lease(row, &r);
+                            self.0.insert(r.name.clone(), next);
+                            g.shared_quota().unwrap().deposit(&r, grant, at.millis());
+                        }
+                        v = Verdict::Allow {
+                            decisions,
+                            admission,
+                        };
+                    }
+                }
+            }
+            v
+        }
+    }
+
+    #[test]
+    fn a_shared_rate_limit_is_refused_like_a_local_one_with_the_decisions_of_the_call() {
+        let policy = PolicyConfig {
+            key_requests_per_minute: 3,
+            ..PolicyConfig::default()
+        };
+        let f = fixture(policy.clone());
+        let a = Guard::new(Pricing::builtin()).with_shared_quotas();
+        let b = Guard::new(Pricing::builtin()).with_shared_quotas();
+        for g in [&a, &b] {
+            g.set_policy(&f.tenant, Arc::new(policy.clone()));
+        }
+        let mut rows = Rows(Default::default());
+        let mut kept = Vec::new();
+        for i in 0..3 {
+            let g = if i % 2 == 0 { &a } else { &b };
+            let (_, adm) = admitted(rows.admit(g, &f, &chat("hi"), now()));
+            kept.push(adm);
+        }
+        // Each instance alone has used at most two of three: only the shared row says no.
+        let (ds, stop) = stopped(rows.admit(&b, &f, &chat("hi"), now()));
+        assert_eq!(stop.kind, StopKind::TooManyRequests);
+        assert_eq!(stop.retry_after_secs, Some(20));
+        assert_eq!(
+            policies(&ds),
+            [
+                ids::KILL_SWITCH,
+                ids::MAX_TOKENS,
+                ids::MAX_COST,
+                ids::RATE_LIMIT
+            ]
+        );
+        let last = ds.last().unwrap();
+        assert_eq!(last.outcome, Outcome::Throttle);
+        assert_eq!((last.value, last.threshold), (Some(3.0), Some(3.0)));
+        // A call that never went upstream (the third, on A) gives its request back to A's
+        // holdings, which go back to the shared row.
+        let name = format!("{}requests", quota::key_rate_prefix(f.key.as_str()));
+        a.abandon(kept.pop().unwrap());
+        let returned = a.shared_quota().unwrap().drain(NOW + 1_000_000, true);
+        assert!(returned.contains(&(name, shared::SCALE)), "{returned:?}");
+    }
+
+    #[test]
+    fn a_shared_budget_stops_the_second_instance_with_402() {
+        let policy = PolicyConfig {
+            budget_daily_usd: Some(0.000_01),
+            ..PolicyConfig::default()
+        };
+        let f = fixture(policy.clone());
+        let a = Guard::new(Pricing::builtin()).with_shared_quotas();
+        let b = Guard::new(Pricing::builtin()).with_shared_quotas();
+        for g in [&a, &b] {
+            g.set_policy(&f.tenant, Arc::new(policy.clone()));
+        }
+        let mut rows = Rows(Default::default());
+        let (_, adm) = admitted(rows.admit(&a, &f, &chat("hi"), now()));
+        let (ds, stop) = stopped(rows.admit(&b, &f, &chat("hi"), now()));
+        assert_eq!(
+            (stop.kind, stop.code),
+            (StopKind::PaymentRequired, "budget_exceeded")
+        );
+        assert_eq!(ds.last().unwrap().policy, ids::BUDGET);
+        assert_eq!(ds.last().unwrap().outcome, Outcome::Block);
+        drop(adm);
+    }
 }
