@@ -315,8 +315,8 @@ pub struct Guard {
 pub enum SharedStep {
     /// Admitted (covered by this instance's leases, or nothing is shared), or stopped.
     Done(Verdict),
-    /// These leases are missing: fetch them from the store, give them to
-    /// [`SharedQuota::deposit`] and call [`Guard::take_shared`] again.
+    /// These leases are missing: fetch them from the store and call [`Guard::take_shared`]
+    /// again with them.
     Lease {
         admission: Admission,
         decisions: Vec<Decision>,
@@ -852,12 +852,14 @@ impl Guard {
     }
 
     /// Covers an admitted call with this instance's leases of the shared quotas, all of
-    /// them or none. Without shared quotas the call passes as it is. `last_try`: leases
-    /// still missing refuse the call rather than ask again.
+    /// them or none, after adding the `grants` fetched for it by the previous step. Without
+    /// shared quotas the call passes as it is. `last_try`: leases still missing refuse the
+    /// call rather than ask again.
     pub fn take_shared(
         &self,
         mut admission: Admission,
         decisions: Vec<Decision>,
+        grants: &[(quota::LeaseRequest, quota::LeaseGrant)],
         now: Timestamp,
         last_try: bool,
     ) -> SharedStep {
@@ -868,7 +870,7 @@ impl Guard {
             });
         };
         let demands = self.demands(&admission, now);
-        match quota.try_take(&demands, now.millis()) {
+        match quota.try_take(&demands, grants, now.millis()) {
             Take::Taken(taken) => {
                 admission.shared = taken;
                 SharedStep::Done(Verdict::Allow {
@@ -1677,6 +1679,7 @@ mod tests {
                 body,
             };
             let mut v = g.check(&facts, at);
+            let mut grants = Vec::new();
             for attempt in 1..=4 {
                 let Verdict::Allow {
                     decisions,
@@ -1685,13 +1688,14 @@ mod tests {
                 else {
                     return v;
                 };
-                match g.take_shared(admission, decisions, at, attempt == 4) {
+                match g.take_shared(admission, decisions, &grants, at, attempt == 4) {
                     SharedStep::Done(done) => return done,
                     SharedStep::Lease {
                         admission,
                         decisions,
                         requests,
                     } => {
+                        grants.clear();
                         for r in requests {
                             let row = self
                                 .0
@@ -1700,7 +1704,7 @@ mod tests {
                                 .unwrap_or_else(|| quota::QuotaRow::new(&r));
                             let (next, grant) = quota::lease(row, &r);
                             self.0.insert(r.name.clone(), next);
-                            g.shared_quota().unwrap().deposit(&r, grant, at.millis());
+                            grants.push((r, grant));
                         }
                         v = Verdict::Allow {
                             decisions,

@@ -172,6 +172,46 @@ impl Drop for Taken {
     }
 }
 
+/// Leases fetched from the store for one call. Dropped before the call used them (the
+/// client went away while they were fetched, or fetching failed half-way), they join this
+/// instance's holdings, so nothing taken from a shared row is lost.
+#[derive(Debug)]
+pub struct Fetched {
+    quota: Arc<SharedQuota>,
+    grants: Vec<(LeaseRequest, LeaseGrant)>,
+}
+
+impl Fetched {
+    pub fn new(quota: Arc<SharedQuota>) -> Self {
+        Self {
+            quota,
+            grants: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, req: LeaseRequest, grant: LeaseGrant) {
+        self.grants.push((req, grant));
+    }
+
+    /// The grants, for [`SharedQuota::try_take`].
+    pub fn into_grants(mut self) -> Vec<(LeaseRequest, LeaseGrant)> {
+        std::mem::take(&mut self.grants)
+    }
+}
+
+impl Drop for Fetched {
+    fn drop(&mut self) {
+        if self.grants.is_empty() {
+            return;
+        }
+        let now_ms = crate::domain::Timestamp::now().millis();
+        let mut map = lock(&self.quota.holdings);
+        for (req, grant) in self.grants.drain(..) {
+            deposit(&mut map, &req, grant, now_ms);
+        }
+    }
+}
+
 fn retry_after(d: &Demand, threshold: i64, level: i64) -> Option<u64> {
     if d.allowance.is_budget() || d.per_minute <= 0 {
         return None;
@@ -185,15 +225,38 @@ fn retry_after(d: &Demand, threshold: i64, level: i64) -> Option<u64> {
     )
 }
 
+fn deposit(map: &mut HashMap<String, Holding>, req: &LeaseRequest, grant: LeaseGrant, now_ms: i64) {
+    let h = map.entry(req.name.clone()).or_default();
+
+    h.last_ms = now_ms;
+    if grant.granted > 0 {
+        h.held = h.held.saturating_add(grant.granted);
+        h.refused_until_ms = 0;
+    } else {
+        h.refused_until_ms = now_ms + REFUSED_FOR_MS;
+        h.refused_level = grant.level;
+    }
+}
+
 impl SharedQuota {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Takes every demand from the holdings at once, or none: says which leases are
-    /// missing, or which allowance the shared row refused within the last second.
-    pub fn try_take(self: &Arc<Self>, demands: &[Demand], now_ms: i64) -> Take {
+    /// Adds the `grants` just fetched for this call, then takes every demand from the
+    /// holdings at once, or none: says which leases are missing, or which allowance the
+    /// shared row refused within the last second. Both under one lock, so what a call
+    /// fetched is not taken by another call first.
+    pub fn try_take(
+        self: &Arc<Self>,
+        demands: &[Demand],
+        grants: &[(LeaseRequest, LeaseGrant)],
+        now_ms: i64,
+    ) -> Take {
         let mut map = lock(&self.holdings);
+        for (req, grant) in grants {
+            deposit(&mut map, req, *grant, now_ms);
+        }
         let mut missing = Vec::new();
         for d in demands {
             let (held, refused) = match map.get(&d.name) {
@@ -247,16 +310,7 @@ impl SharedQuota {
 
     /// Adds what the shared row granted (or remembers its refusal).
     pub fn deposit(&self, req: &LeaseRequest, grant: LeaseGrant, now_ms: i64) {
-        let mut map = lock(&self.holdings);
-        let h = map.entry(req.name.clone()).or_default();
-        h.last_ms = now_ms;
-        if grant.granted > 0 {
-            h.held = h.held.saturating_add(grant.granted);
-            h.refused_until_ms = 0;
-        } else {
-            h.refused_until_ms = now_ms + REFUSED_FOR_MS;
-            h.refused_level = grant.level;
-        }
+        deposit(&mut lock(&self.holdings), req, grant, now_ms);
     }
 
     /// A refusal for `demand` when leases could not be had after several tries (other
@@ -329,7 +383,7 @@ mod tests {
         for i in 0..30 {
             let q = if i % 2 == 0 { &a } else { &b };
             loop {
-                match q.try_take(&d, 0) {
+                match q.try_take(&d, &[], 0) {
                     Take::Taken(t) => {
                         admitted += 1;
                         kept.push(t);
@@ -369,7 +423,7 @@ mod tests {
             initial: 1_000,
             expires_ms: 0,
         }];
-        let Take::Lease(reqs) = q.try_take(&d, 0) else {
+        let Take::Lease(reqs) = q.try_take(&d, &[], 0) else {
             panic!("nothing held yet")
         };
         assert_eq!(reqs[0].need, 100);
@@ -381,13 +435,13 @@ mod tests {
             },
             0,
         );
-        let Take::Taken(t) = q.try_take(&d, 0) else {
+        let Take::Taken(t) = q.try_take(&d, &[], 0) else {
             panic!("held")
         };
         // Cost 40 of the 100 taken: 60 come back.
         t.settle(0, Some(40), 10);
         assert_eq!(q.held("b"), 210);
-        let Take::Taken(t) = q.try_take(&d, 20) else {
+        let Take::Taken(t) = q.try_take(&d, &[], 20) else {
             panic!("held")
         };
         drop(t);
@@ -399,7 +453,7 @@ mod tests {
         );
         assert_eq!(q.held("b"), 0);
         // A refusal is trusted for a second.
-        let Take::Lease(reqs) = q.try_take(&d, 5_000) else {
+        let Take::Lease(reqs) = q.try_take(&d, &[], 5_000) else {
             panic!()
         };
         q.deposit(
@@ -411,8 +465,39 @@ mod tests {
             5_000,
         );
         assert!(
-            matches!(q.try_take(&d, 5_500), Take::Refused(r) if r.level == -5 && r.retry_after_secs.is_none())
+            matches!(q.try_take(&d, &[], 5_500), Take::Refused(r) if r.level == -5 && r.retry_after_secs.is_none())
         );
-        assert!(matches!(q.try_take(&d, 6_000), Take::Lease(_)));
+        assert!(matches!(q.try_take(&d, &[], 6_000), Take::Lease(_)));
+    }
+
+    #[test]
+    fn leases_fetched_for_a_call_that_went_away_join_the_holdings() {
+        let q = Arc::new(SharedQuota::new());
+        let d = [requests("k", 10)];
+        let Take::Lease(reqs) = q.try_take(&d, &[], 0) else {
+            panic!("nothing held yet")
+        };
+        let mut fetched = Fetched::new(q.clone());
+        fetched.push(
+            reqs[0].clone(),
+            LeaseGrant {
+                granted: 2_000,
+                level: 10_000,
+            },
+        );
+        drop(fetched);
+        assert_eq!(q.held("k"), 2_000);
+        let mut fetched = Fetched::new(q.clone());
+        fetched.push(
+            reqs[0].clone(),
+            LeaseGrant {
+                granted: 1_000,
+                level: 8_000,
+            },
+        );
+        let Take::Taken(_t) = q.try_take(&d, &fetched.into_grants(), 0) else {
+            panic!("covered")
+        };
+        assert_eq!(q.held("k"), 2_000);
     }
 }

@@ -18,6 +18,7 @@ use crate::api::error::{ApiError, ErrorKind};
 use crate::domain::call::endpoint;
 use crate::domain::decision::policy;
 use crate::domain::{CallId, CallRecord, Decision, TenantId, Timestamp};
+use crate::guard::shared::Fetched;
 use crate::guard::{
     AfterCall, CallResult, Endpoint as GuardEndpoint, Guard, RequestFacts, SharedStep, StopKind,
     Verdict,
@@ -164,6 +165,7 @@ impl Proxy {
         let Some(quota) = self.guard.shared_quota().cloned() else {
             return verdict;
         };
+        let mut grants = Vec::new();
         for attempt in 1..=ATTEMPTS {
             let Verdict::Allow {
                 decisions,
@@ -172,9 +174,13 @@ impl Proxy {
             else {
                 return verdict;
             };
-            let step =
-                self.guard
-                    .take_shared(admission, decisions, Timestamp::now(), attempt == ATTEMPTS);
+            let step = self.guard.take_shared(
+                admission,
+                decisions,
+                &grants,
+                Timestamp::now(),
+                attempt == ATTEMPTS,
+            );
             let (admission, decisions, requests) = match step {
                 SharedStep::Done(v) => return v,
                 SharedStep::Lease {
@@ -183,21 +189,20 @@ impl Proxy {
                     requests,
                 } => (admission, decisions, requests),
             };
-            let store = self.store.clone();
+            let (store, quota) = (self.store.clone(), quota.clone());
             let fetched = run_blocking(move || {
-                requests
-                    .into_iter()
-                    .map(|r| store.lease_quota(&r).map(|g| (r, g)))
-                    .collect::<Result<Vec<_>, _>>()
+                // Grants that do not reach this call (it went away, or a later lease
+                // failed) join the holdings when this is dropped.
+                let mut fetched = Fetched::new(quota);
+                for r in requests {
+                    let grant = store.lease_quota(&r)?;
+                    fetched.push(r, grant);
+                }
+                Ok::<_, crate::store::StoreError>(fetched)
             })
             .await;
             match fetched {
-                Ok(grants) => {
-                    let now = Timestamp::now().millis();
-                    for (r, g) in &grants {
-                        quota.deposit(r, *g, now);
-                    }
-                }
+                Ok(fetched) => grants = fetched.into_grants(),
                 Err(e) => {
                     tracing::warn!(error = %e, "could not lease the shared rate limits and budgets; the call is held to this instance's own limits");
                     return Verdict::Allow {
