@@ -227,7 +227,6 @@ fn retry_after(d: &Demand, threshold: i64, level: i64) -> Option<u64> {
 
 fn deposit(map: &mut HashMap<String, Holding>, req: &LeaseRequest, grant: LeaseGrant, now_ms: i64) {
     let h = map.entry(req.name.clone()).or_default();
-
     h.last_ms = now_ms;
     if grant.granted > 0 {
         h.held = h.held.saturating_add(grant.granted);

@@ -1,6 +1,7 @@
 //! Scale-out on Postgres: two instances share one database. A freeze made on one reaches
-//! the other within a second (the change feed, woken by LISTEN/NOTIFY), and each scheduled
-//! run happens on exactly one of them (claims in the shared database).
+//! the other within a second (the change feed, woken by LISTEN/NOTIFY), each scheduled
+//! run happens on exactly one of them (claims in the shared database), and a rate limit or
+//! a budget holds for both together, not for each (leases of shared quota rows).
 
 use crate::helpers::{Backend, DataHome, ProxySetup, TestApp};
 use agv_server::config::Settings;
