@@ -153,7 +153,13 @@ impl Application {
             .map_err(StartupError)?;
         let pricing = crate::guard::pricing::Pricing::with_overrides(settings.prices.clone())
             .map_err(|e| StartupError(format!("invalid [prices] in config.toml: {e}")))?;
-        let guard = Arc::new(Guard::new(pricing));
+        let mut guard = Guard::new(pricing);
+        if store.backend() == crate::store::Backend::Postgres {
+            // Other instances may share this database: rate limits and budgets are leased
+            // from it (guard::shared). SQLite keeps them purely in memory.
+            guard = guard.with_shared_quotas();
+        }
+        let guard = Arc::new(guard);
         let upstream = Upstream::new(
             UpstreamTarget {
                 base_url: settings.upstream_url.clone(),
@@ -264,6 +270,13 @@ impl Application {
                 shutdown_rx.clone(),
             ),
         ];
+        if guard.shared_quota().is_some() {
+            background.push(spawn_quota_returns(
+                guard.clone(),
+                store.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
         if settings.operator_alert_webhook_url.is_some() {
             let probe = SystemProbe {
                 store: store.clone(),
@@ -548,6 +561,39 @@ fn spawn_key_maintenance(
                     }
                 }
                 _ = shutdown.changed() => break,
+            }
+        }
+    })
+}
+
+/// Gives the leases of shared rate limits and budgets that went unused for a second back to
+/// the database, so other instances can use them; at shutdown, all of them.
+fn spawn_quota_returns(
+    guard: Arc<Guard>,
+    store: DynStore,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Some(quota) = guard.shared_quota().cloned() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            let last = tokio::select! {
+                _ = tick.tick() => false,
+                _ = shutdown.changed() => true,
+            };
+            let now = Timestamp::now();
+            let returns = quota.drain(now.millis(), last);
+            if !returns.is_empty() {
+                let s = store.clone();
+                if let Err(e) = run_blocking(move || s.return_quotas(&returns, now)).await {
+                    // Lost leases only make the limits stricter until their rows refill.
+                    tracing::warn!(error = %e, "could not give unused rate-limit and budget leases back to the database");
+                }
+            }
+            if last {
+                break;
             }
         }
     })

@@ -205,6 +205,7 @@ conformance! {
         a_text_search_pages_through_calls_from_minutes_to_months_old,
         a_search_never_shows_another_tenants_calls,
         a_call_recorded_after_indexing_is_found_once_pending_calls_are_indexed,
+        parallel_leases_of_a_shared_quota_never_grant_more_than_it_holds,
     ],
     db: [
         migrations_are_applied_and_recorded_with_their_checksums,
@@ -3792,4 +3793,60 @@ mod retention {
         assert_eq!(b.seq, 1);
         assert!(b.reason.contains("missing"), "{}", b.reason);
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared quotas (rate limits and budgets across instances)
+
+fn parallel_leases_of_a_shared_quota_never_grant_more_than_it_holds(store: &dyn Store) {
+    use agv_server::domain::quota::LeaseRequest;
+    let now = Timestamp::now().millis();
+    let req = LeaseRequest {
+        name: "rate:key:conformance:requests".into(),
+        cap: 10_000,
+        per_minute: 0,
+        initial: 10_000,
+        need: 1_000,
+        threshold: 1_000,
+        unit: 1_000,
+        expires_ms: now + 60_000,
+        now_ms: now,
+    };
+    assert_eq!(store.quota_level(&req.name).unwrap(), None);
+    let granted: i64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = 0;
+                    loop {
+                        let g = store.lease_quota(&req).unwrap();
+                        if g.granted == 0 {
+                            return mine;
+                        }
+                        assert!(g.granted >= req.need && g.granted % 1_000 == 0, "{g:?}");
+                        mine += g.granted;
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(
+        granted, 10_000,
+        "eight lessees together got exactly the row"
+    );
+    assert_eq!(store.quota_level(&req.name).unwrap(), Some(0));
+    // Unused leases go back (never above the limit); a row whose time is over is deleted.
+    store
+        .return_quotas(&[(req.name.clone(), 3_000)], Timestamp::from_millis(now))
+        .unwrap();
+    assert_eq!(store.quota_level(&req.name).unwrap(), Some(3_000));
+    store
+        .return_quotas(&[(req.name.clone(), 50_000)], Timestamp::from_millis(now))
+        .unwrap();
+    assert_eq!(store.quota_level(&req.name).unwrap(), Some(10_000));
+    store
+        .return_quotas(&[], Timestamp::from_millis(now + 60_001))
+        .unwrap();
+    assert_eq!(store.quota_level(&req.name).unwrap(), None);
 }

@@ -195,6 +195,14 @@ impl Reservation {
         self.limits
     }
 
+    /// The start of the period the call was admitted in (its spend counts there).
+    pub fn period_start(&self, period: BudgetPeriod) -> Timestamp {
+        Timestamp::from_millis(match period {
+            BudgetPeriod::Daily => self.day_start,
+            BudgetPeriod::Monthly => self.month_start,
+        })
+    }
+
     fn finish(&mut self, actual: Option<Money>) -> Option<SoftLimitCrossed> {
         let spends = self.spends.take()?;
         let actual = actual.map_or(self.amount, Money::nanos);

@@ -15,6 +15,11 @@
 //!
 //! Limits of zero (`max_tokens_per_request`, `max_cost_per_request_usd`, the rate limits)
 //! switch that check off; budgets are off when `None`.
+//!
+//! When several instances share one Postgres ([`Guard::with_shared_quotas`]), an admitted
+//! call must also be covered by this instance's leases of the shared rate limits and
+//! budgets ([`shared`]); [`Guard::take_shared`] says which leases are missing, and the
+//! proxy fetches them off the runtime. On SQLite nothing of that runs.
 
 pub mod backtest;
 pub mod budget;
@@ -23,10 +28,12 @@ pub mod injection;
 pub mod killswitch;
 pub mod pricing;
 pub mod ratelimit;
+pub mod shared;
 pub mod spike;
 pub mod tokens;
 
 use crate::domain::decision::policy as ids;
+use crate::domain::quota;
 use crate::domain::redaction::{BodyStorage, RedactionConfig, Redactor};
 use crate::domain::{
     CallRecord, Decision, KeyId, Money, Outcome, PolicyConfig, TenantId, Timestamp,
@@ -36,6 +43,7 @@ use killswitch::{FreezeScope, KillSwitch};
 use pricing::Pricing;
 use ratelimit::{RateLimiter, RateLimits, Usage};
 use serde_json::Value;
+use shared::{Allowance, Demand, SharedQuota, Take, Taken};
 use spike::{SpikeConfig, SpikeDetected, SpikeDetector};
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -201,6 +209,8 @@ pub struct Admission {
     reservation: Reservation,
     prompt_estimate: u64,
     cost_estimate: Option<Money>,
+    /// What the call took of the shared quotas (nothing when they are not shared).
+    shared: Taken,
 }
 
 impl Admission {
@@ -296,6 +306,22 @@ pub struct Guard {
     tenant_limits: RateLimiter<TenantId>,
     budgets: Budgets,
     spikes: SpikeDetector,
+    /// Leases of the rate limits and budgets shared with other instances (Postgres only).
+    shared: Option<Arc<SharedQuota>>,
+}
+
+/// The outcome of [`Guard::take_shared`].
+#[derive(Debug)]
+pub enum SharedStep {
+    /// Admitted (covered by this instance's leases, or nothing is shared), or stopped.
+    Done(Verdict),
+    /// These leases are missing: fetch them from the store and call [`Guard::take_shared`]
+    /// again with them.
+    Lease {
+        admission: Admission,
+        decisions: Vec<Decision>,
+        requests: Vec<crate::domain::quota::LeaseRequest>,
+    },
 }
 
 fn timed(mut d: Decision, start: Instant) -> Decision {
@@ -366,7 +392,20 @@ impl Guard {
             tenant_limits: RateLimiter::new(RATE_LIMIT_ENTRIES),
             budgets: Budgets::new(),
             spikes: SpikeDetector::new(),
+            shared: None,
         }
+    }
+
+    /// Enforces the rate limits and budgets across every instance sharing the database
+    /// (see [`shared`]): use on Postgres.
+    pub fn with_shared_quotas(mut self) -> Self {
+        self.shared = Some(Arc::new(SharedQuota::new()));
+        self
+    }
+
+    /// This instance's leases of the shared quotas; `None` when they are not shared.
+    pub fn shared_quota(&self) -> Option<&Arc<SharedQuota>> {
+        self.shared.as_ref()
     }
 
     pub fn pricing(&self) -> &Pricing {
@@ -717,8 +756,228 @@ impl Guard {
                 reservation,
                 prompt_estimate: prompt,
                 cost_estimate: estimate,
+                shared: Taken::none(),
             },
         }
+    }
+
+    /// What an admitted call needs of each shared allowance that is limited.
+    fn demands(&self, a: &Admission, now: Timestamp) -> Vec<Demand> {
+        const RATE_ROW_MS: i64 = 3 * 60_000;
+        const DAY_MS: i64 = 86_400_000;
+        let now_ms = now.millis();
+        let scaled = |v: u64| {
+            i64::try_from(v)
+                .unwrap_or(i64::MAX / shared::SCALE)
+                .saturating_mul(shared::SCALE)
+        };
+        let mut out = Vec::with_capacity(6);
+        let mut rate = |allowance, name: String, per_minute: u64, amount: u64| {
+            if per_minute > 0 {
+                out.push(Demand {
+                    allowance,
+                    name,
+                    amount: scaled(amount),
+                    cap: scaled(per_minute),
+                    per_minute: scaled(per_minute),
+                    unit: shared::SCALE,
+                    initial: scaled(per_minute),
+                    expires_ms: now_ms + RATE_ROW_MS,
+                });
+            }
+        };
+        let (kl, tl) = (key_limits(&a.policy), tenant_limits(&a.policy));
+        let (key, tenant) = (a.key_id.as_str(), a.tenant_id.as_str());
+        rate(
+            Allowance::KeyRequests,
+            format!("{}requests", quota::key_rate_prefix(key)),
+            u64::from(kl.requests_per_minute),
+            1,
+        );
+        rate(
+            Allowance::KeyTokens,
+            format!("{}tokens", quota::key_rate_prefix(key)),
+            kl.tokens_per_minute,
+            a.prompt_estimate,
+        );
+        rate(
+            Allowance::TenantRequests,
+            format!("{}requests", quota::tenant_rate_prefix(tenant)),
+            u64::from(tl.requests_per_minute),
+            1,
+        );
+        rate(
+            Allowance::TenantTokens,
+            format!("{}tokens", quota::tenant_rate_prefix(tenant)),
+            tl.tokens_per_minute,
+            a.prompt_estimate,
+        );
+        let r = &a.reservation;
+        for (allowance, period, limit, keep_ms) in [
+            (
+                Allowance::BudgetDaily,
+                BudgetPeriod::Daily,
+                a.policy.budget_daily_usd,
+                2 * DAY_MS,
+            ),
+            (
+                Allowance::BudgetMonthly,
+                BudgetPeriod::Monthly,
+                a.policy.budget_monthly_usd,
+                33 * DAY_MS,
+            ),
+        ] {
+            let Some(limit) = limit.map(Money::from_usd) else {
+                continue;
+            };
+            let start = r.period_start(period).millis();
+            out.push(Demand {
+                allowance,
+                name: format!(
+                    "{}{}:{start}",
+                    quota::budget_prefix(tenant),
+                    period.as_str()
+                ),
+                amount: r.amount().nanos(),
+                cap: limit.nanos(),
+                per_minute: 0,
+                unit: 1,
+                initial: limit
+                    .nanos()
+                    .saturating_sub(r.committed_before(period).nanos()),
+                expires_ms: start + keep_ms,
+            });
+        }
+        out
+    }
+
+    /// Covers an admitted call with this instance's leases of the shared quotas, all of
+    /// them or none, after adding the `grants` fetched for it by the previous step. Without
+    /// shared quotas the call passes as it is. `last_try`: leases still missing refuse the
+    /// call rather than ask again.
+    pub fn take_shared(
+        &self,
+        mut admission: Admission,
+        decisions: Vec<Decision>,
+        grants: &[(quota::LeaseRequest, quota::LeaseGrant)],
+        now: Timestamp,
+        last_try: bool,
+    ) -> SharedStep {
+        let Some(quota) = &self.shared else {
+            return SharedStep::Done(Verdict::Allow {
+                decisions,
+                admission,
+            });
+        };
+        let demands = self.demands(&admission, now);
+        match quota.try_take(&demands, grants, now.millis()) {
+            Take::Taken(taken) => {
+                admission.shared = taken;
+                SharedStep::Done(Verdict::Allow {
+                    decisions,
+                    admission,
+                })
+            }
+            Take::Lease(requests) if !last_try => SharedStep::Lease {
+                admission,
+                decisions,
+                requests,
+            },
+            Take::Lease(requests) => {
+                let refusal = demands
+                    .iter()
+                    .find(|d| requests.first().is_some_and(|r| r.name == d.name))
+                    .map(SharedQuota::contended);
+                match refusal {
+                    Some(r) => SharedStep::Done(self.refuse_shared(admission, decisions, &r)),
+                    None => SharedStep::Done(Verdict::Allow {
+                        decisions,
+                        admission,
+                    }),
+                }
+            }
+            Take::Refused(r) => SharedStep::Done(self.refuse_shared(admission, decisions, &r)),
+        }
+    }
+
+    /// The shared row of an allowance is used up: the call is stopped as if this
+    /// instance's own limit had stopped it, and what it held here goes back.
+    fn refuse_shared(
+        &self,
+        admission: Admission,
+        mut decisions: Vec<Decision>,
+        r: &shared::Refusal,
+    ) -> Verdict {
+        self.abandon(admission);
+        let (policy, nth) = match r.allowance {
+            Allowance::KeyRequests | Allowance::KeyTokens => (ids::RATE_LIMIT, 0),
+            Allowance::TenantRequests | Allowance::TenantTokens => (ids::RATE_LIMIT, 1),
+            Allowance::BudgetDaily | Allowance::BudgetMonthly => (ids::BUDGET, 0),
+        };
+        // The decision this refusal overrules, and the ones after it, were not final.
+        if let Some(i) = decisions
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.policy == policy)
+            .nth(nth)
+            .map(|(i, _)| i)
+        {
+            decisions.truncate(i);
+        }
+        let used = r.cap.saturating_sub(r.level).max(0);
+        if r.allowance.is_budget() {
+            let period = if r.allowance == Allowance::BudgetDaily {
+                BudgetPeriod::Daily
+            } else {
+                BudgetPeriod::Monthly
+            };
+            let (spent, limit) = (Money::from_nanos(used), Money::from_nanos(r.cap));
+            let period = period.as_str();
+            decisions.push(
+                Decision::new(
+                    ids::BUDGET,
+                    Outcome::Block,
+                    format!(
+                        "{period} budget used up across instances: {spent} committed of {limit}"
+                    ),
+                )
+                .measured(spent.usd(), limit.usd(), "usd"),
+            );
+            let message =
+                format!("the {period} budget of {limit} is used up ({spent} spent or in flight)");
+            return stop(
+                decisions,
+                ids::BUDGET,
+                StopKind::PaymentRequired,
+                "budget_exceeded",
+                message,
+                None,
+            );
+        }
+        let th = ratelimit::Throttled {
+            dimension: if r.allowance.is_tokens() {
+                ratelimit::Dimension::Tokens
+            } else {
+                ratelimit::Dimension::Requests
+            },
+            used: used as f64 / shared::SCALE as f64,
+            limit: r.cap as f64 / shared::SCALE as f64,
+            retry_after_secs: r.retry_after_secs.unwrap_or(1),
+        };
+        let (scope, who) = if nth == 0 {
+            ("key", "this API key")
+        } else {
+            ("tenant", "this tenant")
+        };
+        decisions.push(throttle_decision(scope, &th));
+        stop(
+            decisions,
+            ids::RATE_LIMIT,
+            StopKind::TooManyRequests,
+            "rate_limit_exceeded",
+            throttle_message(who, &th),
+            Some(th.retry_after_secs),
+        )
     }
 
     /// Settles an admitted call with what the upstream reported: the budget gets the real
@@ -737,6 +996,7 @@ impl Guard {
             policy,
             reservation,
             prompt_estimate,
+            shared,
             ..
         } = admission;
         let cost = result.model.or(model.as_deref()).and_then(|m| {
@@ -759,6 +1019,7 @@ impl Guard {
             .charge_tokens(&key_id, key_limits(&policy), delta, now);
         self.tenant_limits
             .charge_tokens(&tenant_id, tenant_limits(&policy), delta, now);
+        shared.settle(delta, cost.map(Money::nanos), now.millis());
 
         let spike = if policy.failure_spike_enabled {
             let cfg = SpikeConfig {
@@ -1403,5 +1664,123 @@ mod tests {
             admitted as i64 <= Money::from_usd(0.05).nanos() / estimate.nanos() + 1,
             "{admitted} admitted with estimate {estimate}"
         );
+    }
+
+    /// Two guards standing for two instances, leasing from rows kept here as the store would.
+    struct Rows(std::collections::HashMap<String, quota::QuotaRow>);
+
+    impl Rows {
+        fn admit(&mut self, g: &Guard, f: &Fixture, body: &Value, at: Timestamp) -> Verdict {
+            let facts = RequestFacts {
+                tenant_id: &f.tenant,
+                key_id: &f.key,
+                endpoint: Endpoint::ChatCompletions,
+                model: body.get("model").and_then(Value::as_str),
+                body,
+            };
+            let mut v = g.check(&facts, at);
+            let mut grants = Vec::new();
+            for attempt in 1..=4 {
+                let Verdict::Allow {
+                    decisions,
+                    admission,
+                } = v
+                else {
+                    return v;
+                };
+                match g.take_shared(admission, decisions, &grants, at, attempt == 4) {
+                    SharedStep::Done(done) => return done,
+                    SharedStep::Lease {
+                        admission,
+                        decisions,
+                        requests,
+                    } => {
+                        grants.clear();
+                        for r in requests {
+                            let row = self
+                                .0
+                                .get(&r.name)
+                                .copied()
+                                .unwrap_or_else(|| quota::QuotaRow::new(&r));
+                            let (next, grant) = quota::lease(row, &r);
+                            self.0.insert(r.name.clone(), next);
+                            grants.push((r, grant));
+                        }
+                        v = Verdict::Allow {
+                            decisions,
+                            admission,
+                        };
+                    }
+                }
+            }
+            v
+        }
+    }
+
+    #[test]
+    fn a_shared_rate_limit_is_refused_like_a_local_one_with_the_decisions_of_the_call() {
+        let policy = PolicyConfig {
+            key_requests_per_minute: 3,
+            ..PolicyConfig::default()
+        };
+        let f = fixture(policy.clone());
+        let a = Guard::new(Pricing::builtin()).with_shared_quotas();
+        let b = Guard::new(Pricing::builtin()).with_shared_quotas();
+        for g in [&a, &b] {
+            g.set_policy(&f.tenant, Arc::new(policy.clone()));
+        }
+        let mut rows = Rows(Default::default());
+        let mut kept = Vec::new();
+        for i in 0..3 {
+            let g = if i % 2 == 0 { &a } else { &b };
+            let (_, adm) = admitted(rows.admit(g, &f, &chat("hi"), now()));
+            kept.push(adm);
+        }
+        // Each instance alone has used at most two of three: only the shared row says no.
+        let (ds, stop) = stopped(rows.admit(&b, &f, &chat("hi"), now()));
+        assert_eq!(stop.kind, StopKind::TooManyRequests);
+        assert_eq!(stop.retry_after_secs, Some(20));
+        assert_eq!(
+            policies(&ds),
+            [
+                ids::KILL_SWITCH,
+                ids::MAX_TOKENS,
+                ids::MAX_COST,
+                ids::RATE_LIMIT
+            ]
+        );
+        let last = ds.last().unwrap();
+        assert_eq!(last.outcome, Outcome::Throttle);
+        assert_eq!((last.value, last.threshold), (Some(3.0), Some(3.0)));
+        // A call that never went upstream (the third, on A) gives its request back to A's
+        // holdings, which go back to the shared row.
+        let name = format!("{}requests", quota::key_rate_prefix(f.key.as_str()));
+        a.abandon(kept.pop().unwrap());
+        let returned = a.shared_quota().unwrap().drain(NOW + 1_000_000, true);
+        assert!(returned.contains(&(name, shared::SCALE)), "{returned:?}");
+    }
+
+    #[test]
+    fn a_shared_budget_stops_the_second_instance_with_402() {
+        let policy = PolicyConfig {
+            budget_daily_usd: Some(0.000_01),
+            ..PolicyConfig::default()
+        };
+        let f = fixture(policy.clone());
+        let a = Guard::new(Pricing::builtin()).with_shared_quotas();
+        let b = Guard::new(Pricing::builtin()).with_shared_quotas();
+        for g in [&a, &b] {
+            g.set_policy(&f.tenant, Arc::new(policy.clone()));
+        }
+        let mut rows = Rows(Default::default());
+        let (_, adm) = admitted(rows.admit(&a, &f, &chat("hi"), now()));
+        let (ds, stop) = stopped(rows.admit(&b, &f, &chat("hi"), now()));
+        assert_eq!(
+            (stop.kind, stop.code),
+            (StopKind::PaymentRequired, "budget_exceeded")
+        );
+        assert_eq!(ds.last().unwrap().policy, ids::BUDGET);
+        assert_eq!(ds.last().unwrap().outcome, Outcome::Block);
+        drop(adm);
     }
 }

@@ -2,7 +2,9 @@
 //! switch and guardrails in memory, forward to the upstream, relay streams chunk by chunk,
 //! and record every call — forwarded or stopped — before answering.
 //!
-//! The hot path touches no database except the recorder's commit. Request bodies pass
+//! The hot path touches no database except the recorder's commit, and — on Postgres, when
+//! this instance's lease of a shared rate limit or budget has run out — one lease taken on
+//! the blocking pool (see `guard::shared`). Request bodies pass
 //! through unchanged (unknown fields included); the one exception is a streaming request
 //! that did not ask for usage: agv-server asks the upstream for it, and removes it again
 //! from what the client receives.
@@ -16,10 +18,12 @@ use crate::api::error::{ApiError, ErrorKind};
 use crate::domain::call::endpoint;
 use crate::domain::decision::policy;
 use crate::domain::{CallId, CallRecord, Decision, TenantId, Timestamp};
+use crate::guard::shared::Fetched;
 use crate::guard::{
-    AfterCall, CallResult, Endpoint as GuardEndpoint, Guard, RequestFacts, StopKind, Verdict,
+    AfterCall, CallResult, Endpoint as GuardEndpoint, Guard, RequestFacts, SharedStep, StopKind,
+    Verdict,
 };
-use crate::store::DynStore;
+use crate::store::{DynStore, run_blocking};
 use bytes::Bytes;
 use recorder::Recorder;
 use sha2::{Digest, Sha256};
@@ -151,6 +155,70 @@ impl Proxy {
         }
     }
 
+    /// Covers an admitted call with this instance's leases of the rate limits and budgets
+    /// shared with other instances (Postgres; see `guard::shared`). Only when a lease runs
+    /// short does this wait for the database, on the blocking pool. If the database cannot
+    /// be reached the call is held to this instance's own limits (and its record then
+    /// cannot be committed either, so the client gets a 503).
+    async fn share_quotas(&self, mut verdict: Verdict) -> Verdict {
+        const ATTEMPTS: usize = 4;
+        let Some(quota) = self.guard.shared_quota().cloned() else {
+            return verdict;
+        };
+        let mut grants = Vec::new();
+        for attempt in 1..=ATTEMPTS {
+            let Verdict::Allow {
+                decisions,
+                admission,
+            } = verdict
+            else {
+                return verdict;
+            };
+            let step = self.guard.take_shared(
+                admission,
+                decisions,
+                &grants,
+                Timestamp::now(),
+                attempt == ATTEMPTS,
+            );
+            let (admission, decisions, requests) = match step {
+                SharedStep::Done(v) => return v,
+                SharedStep::Lease {
+                    admission,
+                    decisions,
+                    requests,
+                } => (admission, decisions, requests),
+            };
+            let (store, quota) = (self.store.clone(), quota.clone());
+            let fetched = run_blocking(move || {
+                // Grants that do not reach this call (it went away, or a later lease
+                // failed) join the holdings when this is dropped.
+                let mut fetched = Fetched::new(quota);
+                for r in requests {
+                    let grant = store.lease_quota(&r)?;
+                    fetched.push(r, grant);
+                }
+                Ok::<_, crate::store::StoreError>(fetched)
+            })
+            .await;
+            match fetched {
+                Ok(fetched) => grants = fetched.into_grants(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not lease the shared rate limits and budgets; the call is held to this instance's own limits");
+                    return Verdict::Allow {
+                        decisions,
+                        admission,
+                    };
+                }
+            }
+            verdict = Verdict::Allow {
+                decisions,
+                admission,
+            };
+        }
+        verdict
+    }
+
     /// Runs one call end to end.
     pub async fn handle(self: &Arc<Self>, incoming: Incoming) -> Outcome {
         let enforce_started = Instant::now();
@@ -169,6 +237,7 @@ impl Proxy {
             },
             Timestamp::now(),
         );
+        let verdict = self.share_quotas(verdict).await;
         let enforcement_us = micros(enforce_started.elapsed());
         self.note_enforcement(enforce_started.elapsed());
         metrics::histogram!("agv_enforcement_seconds")

@@ -47,9 +47,23 @@ pub const DERIVED_TABLES: &[&str] = &[
     "call_search_state",
     // Which instance ran which scheduled run: coordination, not data.
     "schedule_claims",
+    // What is left of each shared rate limit and budget: coordination, rebuilt from use.
+    "shared_quotas",
 ];
 /// Columns that only one backend has and that are derived (Postgres' search sequence).
 pub const DERIVED_COLUMNS: &[(&str, &str)] = &[("calls", "search_seq")];
+
+/// The name prefixes of a tenant's shared quota rows (see `guard::shared`): its budgets,
+/// its tenant rate limits and its keys' rate limits.
+fn quota_prefixes(tenant: &str, keys: &[String]) -> Vec<String> {
+    use crate::domain::quota;
+    let mut out = vec![
+        quota::budget_prefix(tenant),
+        quota::tenant_rate_prefix(tenant),
+    ];
+    out.extend(keys.iter().map(|k| quota::key_rate_prefix(k)));
+    out
+}
 
 /// Rows per batch handed to the sink and to the import.
 pub const BATCH: usize = 1_000;
@@ -317,6 +331,14 @@ pub(super) mod sqlite {
                 .map_err(db_err)?;
             out.push(((*table).to_owned(), n as i64));
         }
+        // Its shared rate limits and budgets (coordination rows named by its ids).
+        for prefix in quota_prefixes(tenant, &keys) {
+            tx.execute(
+                "DELETE FROM shared_quotas WHERE substr(name, 1, length(?1)) = ?1",
+                [&prefix],
+            )
+            .map_err(db_err)?;
+        }
         changes(&tx, &keys)?;
         tx.commit().map_err(db_err)?;
         out.reverse();
@@ -571,6 +593,13 @@ pub(super) mod postgres {
                 )
                 .map_err(db_err)?;
             out.push(((*table).to_owned(), n as i64));
+        }
+        for prefix in quota_prefixes(tenant, &keys) {
+            tx.execute(
+                "DELETE FROM shared_quotas WHERE substr(name, 1, length($1)) = $1",
+                &[&prefix],
+            )
+            .map_err(db_err)?;
         }
         changes(&mut tx, &keys)?;
         tx.commit().map_err(db_err)?;

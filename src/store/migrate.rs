@@ -97,6 +97,11 @@ pub const SQLITE: &[Migration] = &[
         name: "schedule_claims",
         sql: include_str!("../../migrations/sqlite/0013_schedule_claims.sql"),
     },
+    Migration {
+        version: 14,
+        name: "shared_quotas",
+        sql: include_str!("../../migrations/sqlite/0014_shared_quotas.sql"),
+    },
 ];
 
 /// Postgres migrations, oldest first; the same versions and meaning as [`SQLITE`].
@@ -165,6 +170,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 13,
         name: "schedule_claims",
         sql: include_str!("../../migrations/postgres/0013_schedule_claims.sql"),
+    },
+    Migration {
+        version: 14,
+        name: "shared_quotas",
+        sql: include_str!("../../migrations/postgres/0014_shared_quotas.sql"),
     },
 ];
 

@@ -14,6 +14,7 @@ mod evidence;
 mod incidents;
 pub mod migrate;
 pub mod postgres;
+mod quota;
 mod retention;
 mod rows;
 mod schedule;
@@ -396,6 +397,21 @@ pub trait Store: Send + Sync + 'static {
     fn claim_scheduled_run(&self, name: &str, slot: i64, instance: &str) -> StoreResult<bool>;
     /// `(slot, instance)` of the kept claims of a schedule, oldest first.
     fn scheduled_run_claims(&self, name: &str) -> StoreResult<Vec<(i64, String)>>;
+
+    // Shared quotas (see store::quota, guard::shared): rate limits and budgets that hold
+    // across the instances sharing one database. Only the Postgres guard leases; SQLite
+    // implements them the same way for the conformance suite.
+    /// Takes a slice of an allowance (created at `req.initial` when missing) under a row
+    /// lock; `granted` 0: refused.
+    fn lease_quota(
+        &self,
+        req: &crate::domain::quota::LeaseRequest,
+    ) -> StoreResult<crate::domain::quota::LeaseGrant>;
+    /// Gives unused lease amounts back (negative: spend beyond the lease) and deletes rows
+    /// whose time is over.
+    fn return_quotas(&self, returns: &[(String, i64)], now: Timestamp) -> StoreResult<()>;
+    /// The stored level of an allowance; `None` when it has no row.
+    fn quota_level(&self, name: &str) -> StoreResult<Option<i64>>;
 
     // Tasks (see domain::task). Another tenant's task is NotFound; an unknown tenant is
     // NotFound on insert.

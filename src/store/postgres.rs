@@ -1388,6 +1388,29 @@ impl Store for PostgresStore {
         super::schedule::list(&mut PgDb(&mut *conn), name)
     }
 
+    fn lease_quota(
+        &self,
+        req: &crate::domain::quota::LeaseRequest,
+    ) -> StoreResult<crate::domain::quota::LeaseGrant> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        let grant = super::quota::lease(&mut PgDb(&mut tx), req)?;
+        tx.commit().map_err(db_err)?;
+        Ok(grant)
+    }
+
+    fn return_quotas(&self, returns: &[(String, i64)], now: Timestamp) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        super::quota::give_back(&mut PgDb(&mut tx), returns, now.millis())?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn quota_level(&self, name: &str) -> StoreResult<Option<i64>> {
+        let mut conn = self.conn()?;
+        super::quota::level(&mut PgDb(&mut *conn), name)
+    }
+
     fn insert_task(&self, task: &crate::domain::task::Task) -> StoreResult<()> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction().map_err(db_err)?;

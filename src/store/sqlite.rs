@@ -1458,6 +1458,29 @@ impl Store for SqliteStore {
         super::schedule::list(&mut SqliteDb(&conn), name)
     }
 
+    fn lease_quota(
+        &self,
+        req: &crate::domain::quota::LeaseRequest,
+    ) -> StoreResult<crate::domain::quota::LeaseGrant> {
+        let mut conn = self.conn()?;
+        let tx = begin_write(&self.writer, &mut conn)?;
+        let grant = super::quota::lease(&mut SqliteDb(&tx), req)?;
+        tx.commit().map_err(db_err)?;
+        Ok(grant)
+    }
+
+    fn return_quotas(&self, returns: &[(String, i64)], now: Timestamp) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let tx = begin_write(&self.writer, &mut conn)?;
+        super::quota::give_back(&mut SqliteDb(&tx), returns, now.millis())?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn quota_level(&self, name: &str) -> StoreResult<Option<i64>> {
+        let conn = self.conn()?;
+        super::quota::level(&mut SqliteDb(&conn), name)
+    }
+
     fn insert_task(&self, task: &crate::domain::task::Task) -> StoreResult<()> {
         let mut conn = self.conn()?;
         let tx = begin_write(&self.writer, &mut conn)?;

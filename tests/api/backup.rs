@@ -551,6 +551,16 @@ async fn a_tenant_is_exported_then_erased_completely_and_others_keep_everything(
     .await;
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(app.chat(&key, "still here").await.status(), 200);
+    // On Postgres its rate limits are leased from shared rows named by its ids.
+    let quota_rows = || {
+        rows_of(
+            &app.home,
+            format!("SELECT count(*) FROM shared_quotas WHERE name LIKE '%{tenant}%'"),
+        )
+    };
+    if matches!(backend, Backend::Postgres) {
+        assert!(quota_rows() > 0, "the tenant's shared rate limits");
+    }
     let out = cli(
         &app.home,
         &["tenant", "delete", &tenant, "--confirm", &tenant],
@@ -596,6 +606,11 @@ async fn a_tenant_is_exported_then_erased_completely_and_others_keep_everything(
         ),
     };
     assert_eq!(indexed, 0, "text-index entries of erased calls");
+    assert_eq!(
+        quota_rows(),
+        0,
+        "shared rate limits and budgets of the erased tenant"
+    );
     // The other tenant keeps everything, chains intact; the instance's log says who erased.
     assert_eq!(calls(&app, &other_admin).await.len(), 6);
     assert_eq!(
