@@ -58,6 +58,9 @@ pub struct SqliteStore {
     path: PathBuf,
     stop_checkpointer: Arc<std::sync::atomic::AtomicBool>,
     writer: WriterLock,
+    /// The connection `insert_calls` writes on (opened on first use, without the text
+    /// index attached); only used while holding `writer`.
+    call_writer: std::sync::Mutex<Option<Connection>>,
 }
 
 /// Serialises this process's writers before SQLite does. SQLite lets one writer in at a
@@ -264,6 +267,7 @@ impl SqliteStore {
             path: path.to_owned(),
             stop_checkpointer,
             writer,
+            call_writer: std::sync::Mutex::new(None),
         })
     }
 
@@ -315,11 +319,32 @@ pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// Links and inserts `calls` (their parameters in `rows`) in `tx` and commits; an error
+/// drops the transaction, which rolls the whole batch back.
+fn write_calls(tx: WriteTx<'_>, calls: &[CallRecord], rows: &[CallParams<'_>]) -> StoreResult<()> {
+    let links = super::chain::link_calls(&mut SqliteDb(&tx), calls, rows)?;
+    {
+        let mut stmt = tx.prepare_cached(&INSERT_CALL).map_err(db_err)?;
+        for ((call, row), link) in calls.iter().zip(rows).zip(&links) {
+            insert_call(&mut stmt, row, link)
+                .map_err(db_err)
+                .map_err(|e| explain_conflict(e, || duplicate_call(&call.id)))?;
+        }
+    }
+    tx.commit().map_err(db_err)
+}
+
 pub(super) fn begin_write<'c>(
     lock: &'c std::sync::Mutex<()>,
     conn: &'c mut Connection,
 ) -> StoreResult<WriteTx<'c>> {
-    let writer = lock_writer(lock);
+    begin_write_locked(lock_writer(lock), conn)
+}
+
+fn begin_write_locked<'c>(
+    writer: std::sync::MutexGuard<'c, ()>,
+    conn: &'c mut Connection,
+) -> StoreResult<WriteTx<'c>> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_err)?;
@@ -847,19 +872,22 @@ impl Store for SqliteStore {
             .iter()
             .map(CallParams::new)
             .collect::<StoreResult<Vec<_>>>()?;
-        let mut conn = self.conn()?;
-        let tx = begin_write(&self.writer, &mut conn)?;
-        let links = super::chain::link_calls(&mut SqliteDb(&tx), calls, &rows)?;
-        {
-            let mut stmt = tx.prepare_cached(&INSERT_CALL).map_err(db_err)?;
-            for ((call, row), link) in calls.iter().zip(&rows).zip(&links) {
-                insert_call(&mut stmt, row, link)
-                    .map_err(db_err)
-                    .map_err(|e| explain_conflict(e, || duplicate_call(&call.id)))?;
-            }
-        }
-        // An early return above drops the transaction, which rolls the whole batch back.
-        tx.commit().map_err(db_err)
+        // On the recorder's own connection, which has no text index attached: BEGIN
+        // IMMEDIATE takes the write lock of every attached database, so on a pooled
+        // connection each commit would also wait for the background indexer's writes to
+        // the index file (in SQLite's busy handler, which sleeps for milliseconds) and
+        // pay for locking a second file. Its page cache also stays warm between commits.
+        let writer = lock_writer(&self.writer);
+        let mut slot = self
+            .call_writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let conn = match &mut *slot {
+            Some(conn) => conn,
+            empty => empty.insert(open_first_connection(&self.path).map_err(db_err)?),
+        };
+        let tx = begin_write_locked(writer, conn)?;
+        write_calls(tx, calls, &rows)
     }
 
     fn get_call(&self, tenant: Option<&TenantId>, id: &CallId) -> StoreResult<CallRecord> {
