@@ -192,10 +192,23 @@ fn spawn_checkpointer(path: PathBuf, stop: Arc<std::sync::atomic::AtomicBool>) {
                 return;
             }
         };
+        let mut failing = false;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             std::thread::sleep(CHECKPOINT_EVERY);
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+            match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!("WAL checkpoints work again");
+                    }
+                    failing = false;
+                }
+                // Once per episode (a full disk lasts), not every half second.
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; the WAL grows until one succeeds; retrying");
+                    }
+                    failing = true;
+                }
             }
         }
         // A last full pass so a clean stop leaves a small WAL behind.
@@ -278,7 +291,8 @@ impl SqliteStore {
 }
 
 /// Maps a rusqlite error to the store's error: uniqueness → `Conflict`, a missing
-/// referenced row → `NotFound`, an unwritable file or a lock held too long → `Unavailable`.
+/// referenced row → `NotFound`, a full disk → `Full`, an unwritable file, an I/O error or a
+/// lock held too long → `Unavailable`.
 pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {
     use rusqlite::ffi;
     match &e {
@@ -299,6 +313,12 @@ pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {
                     "{e} — check that the data directory exists and is writable by this user"
                 ))
             }
+            _ if f.code == ffi::ErrorCode::DiskFull => StoreError::Full(format!(
+                "the disk holding the database is full ({e}) — free space on the data directory's volume; writing resumes by itself once there is room"
+            )),
+            _ if f.code == ffi::ErrorCode::SystemIoFailure => StoreError::Unavailable(format!(
+                "the database file could not be read or written ({e}) — check the disk holding the data directory: free space, and errors in the system log"
+            )),
             _ if matches!(
                 f.code,
                 ffi::ErrorCode::DatabaseBusy | ffi::ErrorCode::DatabaseLocked

@@ -20,6 +20,7 @@ mod export;
 mod faults;
 mod health;
 mod incidents;
+mod outages;
 mod proxy;
 mod redaction;
 mod replay;
