@@ -52,7 +52,6 @@ impl Health {
                 if self.failing.load(Ordering::Relaxed)
                     && self.failing.swap(false, Ordering::Relaxed)
                 {
-                    tracing::info!("the call recorder commits again");
                     *self.lock() = None;
                 }
             }
@@ -125,6 +124,7 @@ impl Recorder {
 fn writer(store: &DynStore, mut rx: mpsc::Receiver<(CallRecord, Ack)>, health: &Health) {
     let mut records: Vec<CallRecord> = Vec::with_capacity(MAX_BATCH);
     let mut acks: Vec<Ack> = Vec::with_capacity(MAX_BATCH);
+    let mut log = FailureLog::default();
     // Blocks this thread (never a runtime's) until the first record of a batch arrives,
     // then takes whatever else is already waiting.
     while let Some((record, ack)) = rx.blocking_recv() {
@@ -169,11 +169,59 @@ fn writer(store: &DynStore, mut rx: mpsc::Receiver<(CallRecord, Ack)>, health: &
         }
         if let Some(Err(e)) = outcomes.iter().find(|o| o.is_err()) {
             metrics::counter!("agv_recorder_failures_total").increment(failed as u64);
-            // One line per commit, not per record: a full disk fails every record alike.
-            tracing::error!(error = %e, failed, size, "call records could not be committed; their requests get 503");
+            log.failed(e, failed);
+        } else {
+            log.committed();
         }
         for (ack, outcome) in acks.drain(..).zip(outcomes) {
             let _ = ack.send(outcome);
+        }
+    }
+}
+
+/// How often a lasting failure (a full disk, a database that is down) is logged again.
+const LOG_AGAIN_EVERY: Duration = Duration::from_secs(10);
+
+/// Logs commit failures without flooding the log: the first failure at once, then a line
+/// every [`LOG_AGAIN_EVERY`] with the number of records refused meanwhile, and one line
+/// when commits work again. Lives on the writer thread only.
+#[derive(Default)]
+struct FailureLog {
+    last_logged: Option<Instant>,
+    refused_since_log: u64,
+    refused_in_episode: u64,
+    since: Option<Instant>,
+}
+
+impl FailureLog {
+    fn failed(&mut self, e: &StoreError, records: usize) {
+        self.refused_since_log += records as u64;
+        self.refused_in_episode += records as u64;
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if self
+            .last_logged
+            .is_some_and(|at| at.elapsed() < LOG_AGAIN_EVERY)
+        {
+            return;
+        }
+        tracing::error!(
+            error = %e,
+            refused = self.refused_since_log,
+            failing_for_secs = since.elapsed().as_secs(),
+            "call records could not be committed, so their calls were answered 503 instead; retrying with every new call"
+        );
+        self.last_logged = Some(Instant::now());
+        self.refused_since_log = 0;
+    }
+
+    fn committed(&mut self) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(
+                refused = self.refused_in_episode,
+                failed_for_secs = since.elapsed().as_secs(),
+                "call records are committed again"
+            );
+            *self = Self::default();
         }
     }
 }

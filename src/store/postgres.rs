@@ -307,7 +307,9 @@ pub(crate) fn db_err(e: postgres::Error) -> StoreError {
         }
         return StoreError::Database(format!("{} ({})", db.message(), code.code()));
     }
-    if e.is_closed() {
+    // A closed connection, or a socket error on the way to or from the server.
+    let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+    if e.is_closed() || io {
         return StoreError::Unavailable(format!(
             "lost the connection to Postgres: {} — is the server running?",
             cause_chain(&e)
