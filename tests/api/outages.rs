@@ -51,7 +51,8 @@ async fn start(home: DataHome, upstream: &MockUpstream, url: Option<String>) -> 
     let upstream_url = upstream.url();
     TestApp::start_with(home, |s| {
         s.upstream_url = upstream_url;
-        s.upstream_timeout = Duration::from_secs(3);
+        // Generous: the large prompts below take a while on a busy machine.
+        s.upstream_timeout = Duration::from_secs(15);
         s.unauth_rate_limit_per_minute = 0;
         if url.is_some() {
             s.database_url = url;
@@ -280,10 +281,13 @@ async fn a_full_disk_gets_503s_not_unrecorded_200s_and_recovers_when_space_retur
         disk.free_bytes()
     );
 
-    // While it is full: small calls are refused too, a stream ends without [DONE], the
-    // server says it is not ready and why, and stays up.
-    for _ in 0..3 {
-        let res = app.chat(&key, "small but still unrecordable").await;
+    // While it is full: calls are refused, a stream ends without [DONE], the server says
+    // it is not ready and why, and stays up. (These are at least as large as the refused
+    // call: a smaller record can still fit in the WAL space that a failed transaction left
+    // allocated, and then it is rightly recorded and answered.)
+    for i in 0..3 {
+        let body = chat_body(&big_prompt(200_000, &format!("full{i}")));
+        let res = app.post_json("/v1/chat/completions", &key, &body).await;
         assert_eq!(
             res.status(),
             503,
@@ -296,8 +300,10 @@ async fn a_full_disk_gets_503s_not_unrecorded_200s_and_recovers_when_space_retur
         .post_json(
             "/v1/chat/completions",
             &key,
-            &serde_json::json!({"model": "gpt-4o-mini", "stream": true,
-                "messages": [{"role": "user", "content": "stream on a full disk"}]}),
+            // Larger than any refused record so far (a refused call's request and echoed
+            // reply); the mock echoes the prompt, max_tokens keeps the stream short.
+            &serde_json::json!({"model": "gpt-4o-mini", "stream": true, "max_tokens": 5,
+                "messages": [{"role": "user", "content": big_prompt(600_000, "stream")}]}),
         )
         .await;
     let text = res.text().await.unwrap();
