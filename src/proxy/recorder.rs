@@ -109,8 +109,13 @@ impl Recorder {
     }
 
     /// Why the latest commit failed, when it did and no commit has succeeded since, within
-    /// the last [`FAILURE_REPORTED_FOR`].
+    /// the last [`FAILURE_REPORTED_FOR`]; or that the writer has stopped.
     pub fn recent_failure(&self) -> Option<StoreError> {
+        if self.tx.is_closed() {
+            return Some(StoreError::Unavailable(
+                "the call recorder has stopped; restart agv-server".into(),
+            ));
+        }
         if !self.health.failing.load(Ordering::Relaxed) {
             return None;
         }
@@ -141,7 +146,7 @@ fn writer(store: &DynStore, mut rx: mpsc::Receiver<(CallRecord, Ack)>, health: &
         }
         let started = Instant::now();
         let size = records.len();
-        let outcomes: Vec<Result<(), StoreError>> = match store.insert_calls(&records) {
+        let outcomes: Vec<Result<(), StoreError>> = match insert(store, &records) {
             Ok(()) => vec![Ok(()); size],
             // The store itself cannot write (a full disk, a database that is down): one
             // by one would fail the same way, only slower.
@@ -153,7 +158,7 @@ fn writer(store: &DynStore, mut rx: mpsc::Receiver<(CallRecord, Ack)>, health: &
                 tracing::warn!(error = %e, size, "group commit failed; committing the records one by one");
                 records
                     .iter()
-                    .map(|r| store.insert_calls(std::slice::from_ref(r)))
+                    .map(|r| insert(store, std::slice::from_ref(r)))
                     .collect()
             }
             Err(e) => vec![Err(e)],
@@ -177,6 +182,22 @@ fn writer(store: &DynStore, mut rx: mpsc::Receiver<(CallRecord, Ack)>, health: &
             let _ = ack.send(outcome);
         }
     }
+}
+
+/// Commits `records`; a panic in the store becomes an error, so that it fails these
+/// records instead of ending the writer thread (and with it every later call).
+fn insert(store: &DynStore, records: &[CallRecord]) -> Result<(), StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.insert_calls(records)))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_owned());
+            Err(StoreError::Database(format!(
+                "the store panicked while committing call records: {what}"
+            )))
+        })
 }
 
 /// How often a lasting failure (a full disk, a database that is down) is logged again.

@@ -1623,6 +1623,28 @@ mod tests {
     }
 
     #[test]
+    fn a_full_database_is_reported_as_full_with_what_to_do() {
+        // max_page_count makes SQLite answer SQLITE_FULL as on a full disk.
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("PRAGMA max_page_count = 20; CREATE TABLE t (b BLOB);")
+            .unwrap();
+        let e = (0..100)
+            .find_map(|_| {
+                conn.execute("INSERT INTO t VALUES (zeroblob(10000))", [])
+                    .err()
+            })
+            .expect("the database filled up");
+        let err = db_err(e);
+        assert!(matches!(err, StoreError::Full(_)), "{err:?}");
+        assert!(err.to_string().contains("free space"), "{err}");
+        let api = crate::api::ApiError::from(err);
+        assert_eq!(
+            (api.kind.status().as_u16(), api.code),
+            (503, "storage_full")
+        );
+    }
+
+    #[test]
     fn a_directory_where_the_database_file_should_be_is_reported_with_the_path() {
         let dir = tempfile::tempdir().unwrap();
         let err = SqliteStore::open(dir.path()).unwrap_err();
