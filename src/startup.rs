@@ -614,14 +614,27 @@ fn spawn_change_feed(
     }
     tokio::spawn(async move {
         let mut poll = tokio::time::interval(Duration::from_millis(250));
+        let mut failing = false;
         loop {
             tokio::select! {
                 _ = poll.tick() => {}
                 _ = wake.notified() => {}
                 _ = shutdown.changed() => break,
             }
-            if let Err(e) = apply_changes(&state).await {
-                tracing::warn!(error = %e, "could not read the change feed");
+            match apply_changes(&state).await {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!("reading the change feed again");
+                    }
+                    failing = false;
+                }
+                // Once per episode (an outage of the database), not four times a second.
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "could not read the change feed; retrying");
+                    }
+                    failing = true;
+                }
             }
         }
         stop.store(true, Ordering::Relaxed);

@@ -205,6 +205,13 @@ impl From<StoreError> for ApiError {
                     "the database is unavailable; try again shortly",
                 )
             }
+            StoreError::Full(m) => {
+                tracing::error!(error = %m, "store full");
+                Self::service_unavailable(
+                    "storage_full",
+                    "agv-server's storage is full, so nothing can be saved; retry later (its operator must free disk space, after which it resumes by itself)",
+                )
+            }
             other => Self::internal(other),
         }
     }
@@ -309,6 +316,10 @@ mod tests {
             ApiError::from(StoreError::Unavailable("x".into()))
                 .kind
                 .status(),
+            503
+        );
+        assert_eq!(
+            ApiError::from(StoreError::Full("x".into())).kind.status(),
             503
         );
         assert_eq!(

@@ -10,13 +10,23 @@ pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// 200 when the store answers and the job queue accepts work, else 503 naming what failed.
+/// 200 when the store answers, the latest call records were committed (a failed commit is
+/// reported for up to 30 s unless one succeeds sooner) and the job queue accepts work;
+/// else 503 naming what failed.
 #[get("/ready")]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let store = state.store.clone();
+    let backend = state.store.backend().as_str();
+    // A store that answers a query may still be unable to write (a full disk): the call
+    // recorder's latest commit tells.
     let store_check = match run_blocking(move || store.ping()).await {
-        Ok(()) => json!({"ok": true, "backend": state.store.backend().as_str()}),
-        Err(e) => json!({"ok": false, "error": e.to_string()}),
+        Ok(()) => match state.proxy.recorder.recent_failure() {
+            None => json!({"ok": true, "backend": backend}),
+            Some(e) => {
+                json!({"ok": false, "backend": backend, "error": format!("the latest call records could not be committed: {e}")})
+            }
+        },
+        Err(e) => json!({"ok": false, "backend": backend, "error": e.to_string()}),
     };
     let queue = state.queue.clone();
     let stats = state.queue.stats();

@@ -502,9 +502,18 @@ impl Queue {
     }
 
     /// `Ok` while the queue accepts new jobs; [`QueueError::Full`] once the disk budget or
-    /// the job limit is exhausted (what `enqueue` would answer, and what `/ready` reports).
+    /// the job limit is exhausted (what `enqueue` would answer, and what `/ready` reports);
+    /// [`QueueError::Storage`] once a write has failed.
     pub fn check_capacity(&self) -> Result<(), QueueError> {
         let inner = &*self.inner;
+        // Nothing to write in the usual case, so cheap. After a failed write (a full
+        // disk) sled refuses all further writes with that error until it is reopened, so
+        // this keeps reporting it — and what to do — rather than claiming the queue works.
+        inner.db.flush().map_err(|e| {
+            QueueError::Storage(format!(
+                "{e} — the job queue cannot write since this error and does not recover by itself: fix the cause (free disk space) and restart agv-server; queued jobs are kept"
+            ))
+        })?;
         let used = inner.db.size_on_disk()?;
         if used >= inner.limits.max_disk_bytes {
             return Err(QueueError::Full {

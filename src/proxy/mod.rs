@@ -23,7 +23,7 @@ use crate::guard::{
     AfterCall, CallResult, Endpoint as GuardEndpoint, Guard, RequestFacts, SharedStep, StopKind,
     Verdict,
 };
-use crate::store::{DynStore, run_blocking};
+use crate::store::{DynStore, StoreError, run_blocking};
 use bytes::Bytes;
 use recorder::Recorder;
 use sha2::{Digest, Sha256};
@@ -826,12 +826,20 @@ pub fn upstream_error(e: &UpstreamError) -> ApiError {
     }
 }
 
-fn record_failed(e: &str) -> ApiError {
-    tracing::error!(error = %e, "call not recorded; refusing to answer without evidence");
-    ApiError::service_unavailable(
-        "recording_failed",
-        "agv-server could not record this call, so it was not answered; try again shortly",
-    )
+/// The 503 for a call whose record could not be committed: it is not answered, because an
+/// answer without evidence is what agv-server exists to prevent. The writer has logged
+/// the cause; the message tells the client what kind of failure it is.
+pub(crate) fn record_failed(e: &StoreError) -> ApiError {
+    let why = match e {
+        StoreError::Full(_) => {
+            "agv-server's storage is full, so it could not record this call and did not answer it; retry later (its operator must free disk space, after which it resumes by itself)"
+        }
+        StoreError::Unavailable(_) => {
+            "agv-server's database is unavailable, so it could not record this call and did not answer it; retry shortly"
+        }
+        _ => "agv-server could not record this call, so it was not answered; try again shortly",
+    };
+    ApiError::service_unavailable("recording_failed", why)
 }
 
 /// A ring of recent latencies for the protection summary. Recording is two atomic

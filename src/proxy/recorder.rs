@@ -12,8 +12,10 @@
 //! recorder's share of the proxy's added latency.
 
 use crate::domain::CallRecord;
-use crate::store::DynStore;
-use std::time::Instant;
+use crate::store::{DynStore, StoreError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// The most records one transaction takes.
@@ -21,11 +23,50 @@ const MAX_BATCH: usize = 1024;
 /// Records waiting for the writer before `record` itself waits for room.
 const QUEUE_CAPACITY: usize = 16_384;
 
-type Ack = oneshot::Sender<Result<(), String>>;
+type Ack = oneshot::Sender<Result<(), StoreError>>;
 
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<(CallRecord, Ack)>,
+    health: Arc<Health>,
+}
+
+/// How long `/ready` keeps reporting a failed commit when no commit has been tried since:
+/// with no new calls there is nothing to learn from, and a load balancer that stopped
+/// sending traffic must get a chance to try again.
+pub const FAILURE_REPORTED_FOR: Duration = Duration::from_secs(30);
+
+/// The outcome of the latest commit, for `/ready`. The writer touches the lock only when
+/// a commit fails or the first one succeeds after a failure.
+#[derive(Default)]
+struct Health {
+    failing: AtomicBool,
+    last_failure: Mutex<Option<(Instant, StoreError)>>,
+}
+
+impl Health {
+    fn note(&self, outcome: Result<(), &StoreError>) {
+        match outcome {
+            Ok(()) => {
+                // A load first: the usual case (nothing failed) writes nothing shared.
+                if self.failing.load(Ordering::Relaxed)
+                    && self.failing.swap(false, Ordering::Relaxed)
+                {
+                    *self.lock() = None;
+                }
+            }
+            Err(e) => {
+                self.failing.store(true, Ordering::Relaxed);
+                *self.lock() = Some((Instant::now(), e.clone()));
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Instant, StoreError)>> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// Resolves once the writer thread has committed everything queued and ended.
@@ -43,30 +84,52 @@ impl Recorder {
     pub fn start(store: DynStore) -> std::io::Result<(Self, RecorderDone)> {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let (done_tx, done_rx) = oneshot::channel();
+        let health = Arc::new(Health::default());
+        let writer_health = health.clone();
         std::thread::Builder::new()
             .name("agv-recorder".into())
             .spawn(move || {
-                writer(&store, rx);
+                writer(&store, rx, &writer_health);
                 let _ = done_tx.send(());
             })?;
-        Ok((Self { tx }, RecorderDone(done_rx)))
+        Ok((Self { tx, health }, RecorderDone(done_rx)))
     }
 
     /// Queues `record` and waits until it is committed.
-    pub async fn record(&self, record: CallRecord) -> Result<(), String> {
+    pub async fn record(&self, record: CallRecord) -> Result<(), StoreError> {
         let (ack, done) = oneshot::channel();
-        self.tx
-            .send((record, ack))
-            .await
-            .map_err(|_| "the call recorder has stopped".to_owned())?;
-        done.await
-            .map_err(|_| "the call recorder stopped before committing".to_owned())?
+        self.tx.send((record, ack)).await.map_err(|_| {
+            StoreError::Unavailable("the call recorder has stopped; restart agv-server".into())
+        })?;
+        done.await.map_err(|_| {
+            StoreError::Unavailable(
+                "the call recorder stopped before committing; restart agv-server".into(),
+            )
+        })?
+    }
+
+    /// Why the latest commit failed, when it did and no commit has succeeded since, within
+    /// the last [`FAILURE_REPORTED_FOR`]; or that the writer has stopped.
+    pub fn recent_failure(&self) -> Option<StoreError> {
+        if self.tx.is_closed() {
+            return Some(StoreError::Unavailable(
+                "the call recorder has stopped; restart agv-server".into(),
+            ));
+        }
+        if !self.health.failing.load(Ordering::Relaxed) {
+            return None;
+        }
+        match &*self.health.lock() {
+            Some((at, e)) if at.elapsed() < FAILURE_REPORTED_FOR => Some(e.clone()),
+            _ => None,
+        }
     }
 }
 
-fn writer(store: &DynStore, mut rx: mpsc::Receiver<(CallRecord, Ack)>) {
+fn writer(store: &DynStore, mut rx: mpsc::Receiver<(CallRecord, Ack)>, health: &Health) {
     let mut records: Vec<CallRecord> = Vec::with_capacity(MAX_BATCH);
     let mut acks: Vec<Ack> = Vec::with_capacity(MAX_BATCH);
+    let mut log = FailureLog::default();
     // Blocks this thread (never a runtime's) until the first record of a batch arrives,
     // then takes whatever else is already waiting.
     while let Some((record, ack)) = rx.blocking_recv() {
@@ -83,31 +146,103 @@ fn writer(store: &DynStore, mut rx: mpsc::Receiver<(CallRecord, Ack)>) {
         }
         let started = Instant::now();
         let size = records.len();
-        let outcomes: Vec<Result<(), String>> = match store.insert_calls(&records) {
+        let outcomes: Vec<Result<(), StoreError>> = match insert(store, &records) {
             Ok(()) => vec![Ok(()); size],
+            // The store itself cannot write (a full disk, a database that is down): one
+            // by one would fail the same way, only slower.
+            Err(e @ (StoreError::Full(_) | StoreError::Unavailable(_))) => {
+                vec![Err(e); size]
+            }
             // One bad record must not fail its neighbours: retry them one by one.
             Err(e) if size > 1 => {
                 tracing::warn!(error = %e, size, "group commit failed; committing the records one by one");
                 records
                     .iter()
-                    .map(|r| {
-                        store
-                            .insert_calls(std::slice::from_ref(r))
-                            .map_err(|e| e.to_string())
-                    })
+                    .map(|r| insert(store, std::slice::from_ref(r)))
                     .collect()
             }
-            Err(e) => vec![Err(e.to_string())],
+            Err(e) => vec![Err(e)],
         };
         records.clear();
         metrics::histogram!("agv_recorder_batch_size").record(size as f64);
         metrics::histogram!("agv_recorder_commit_seconds").record(started.elapsed().as_secs_f64());
+        let failed = outcomes.iter().filter(|o| o.is_err()).count();
+        // Ready again as soon as anything commits; not ready when nothing did.
+        match outcomes.iter().find(|o| o.is_err()) {
+            Some(Err(e)) if failed == size => health.note(Err(e)),
+            _ => health.note(Ok(())),
+        }
+        if let Some(Err(e)) = outcomes.iter().find(|o| o.is_err()) {
+            metrics::counter!("agv_recorder_failures_total").increment(failed as u64);
+            log.failed(e, failed);
+        } else {
+            log.committed();
+        }
         for (ack, outcome) in acks.drain(..).zip(outcomes) {
-            if let Err(e) = &outcome {
-                metrics::counter!("agv_recorder_failures_total").increment(1);
-                tracing::error!(error = %e, "a call record could not be committed");
-            }
             let _ = ack.send(outcome);
+        }
+    }
+}
+
+/// Commits `records`; a panic in the store becomes an error, so that it fails these
+/// records instead of ending the writer thread (and with it every later call).
+fn insert(store: &DynStore, records: &[CallRecord]) -> Result<(), StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.insert_calls(records)))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_owned());
+            Err(StoreError::Database(format!(
+                "the store panicked while committing call records: {what}"
+            )))
+        })
+}
+
+/// How often a lasting failure (a full disk, a database that is down) is logged again.
+const LOG_AGAIN_EVERY: Duration = Duration::from_secs(10);
+
+/// Logs commit failures without flooding the log: the first failure at once, then a line
+/// every [`LOG_AGAIN_EVERY`] with the number of records refused meanwhile, and one line
+/// when commits work again. Lives on the writer thread only.
+#[derive(Default)]
+struct FailureLog {
+    last_logged: Option<Instant>,
+    refused_since_log: u64,
+    refused_in_episode: u64,
+    since: Option<Instant>,
+}
+
+impl FailureLog {
+    fn failed(&mut self, e: &StoreError, records: usize) {
+        self.refused_since_log += records as u64;
+        self.refused_in_episode += records as u64;
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if self
+            .last_logged
+            .is_some_and(|at| at.elapsed() < LOG_AGAIN_EVERY)
+        {
+            return;
+        }
+        tracing::error!(
+            error = %e,
+            refused = self.refused_since_log,
+            failing_for_secs = since.elapsed().as_secs(),
+            "call records could not be committed, so their calls were answered 503 instead; retrying with every new call"
+        );
+        self.last_logged = Some(Instant::now());
+        self.refused_since_log = 0;
+    }
+
+    fn committed(&mut self) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(
+                refused = self.refused_in_episode,
+                failed_for_secs = since.elapsed().as_secs(),
+                "call records are committed again"
+            );
+            *self = Self::default();
         }
     }
 }

@@ -204,11 +204,9 @@ async fn relay(
         }
         Ok(()) => {}
         Err(e) => {
-            tracing::error!(error = %e, "a streamed call could not be recorded; ending the stream without [DONE]");
-            let err = crate::api::ApiError::service_unavailable(
-                "recording_failed",
-                "agv-server could not record this call; the stream ends without [DONE]",
-            );
+            // The recorder has logged the cause (once per episode, not per call).
+            tracing::debug!(error = %e, "a streamed call could not be recorded; ending the stream without [DONE]");
+            let err = super::record_failed(&e);
             let _ = tx
                 .send(Ok(Bytes::from(format!("data: {}\n\n", err.body_json()))))
                 .await;

@@ -46,7 +46,7 @@ use crate::domain::{
 use std::path::Path;
 use std::sync::Arc;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("not found")]
     NotFound,
@@ -60,6 +60,10 @@ pub enum StoreError {
     /// Could not open or reach the database; the message says what to check.
     #[error("{0}")]
     Unavailable(String),
+    /// The disk (or the database server's disk) is full: nothing can be written until an
+    /// operator frees space; reads still work, and writes resume by themselves after.
+    #[error("{0}")]
+    Full(String),
     #[error("database error: {0}")]
     Database(String),
 }

@@ -39,6 +39,7 @@ use postgres::types::ToSql;
 use postgres::{GenericClient, NoTls, Row};
 use r2d2::{Pool, PooledConnection};
 use r2d2_postgres::PostgresConnectionManager;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -47,6 +48,8 @@ pub(super) type Manager = PostgresConnectionManager<NoTls>;
 const POOL_SIZE: u32 = 10;
 /// Fail fast when the server is unreachable instead of r2d2's default 30 s.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a checkout waits before it looks at whether connecting to the server fails.
+const CHECKOUT_STEP: Duration = Duration::from_millis(250);
 /// Advisory lock serialising writers of the change feed ("agv_chng" in ASCII).
 const CHANGE_FEED_LOCK: i64 = 0x6167_765f_6368_6e67;
 
@@ -60,6 +63,7 @@ pub struct PostgresStore {
     /// Always `Some` until dropped; an `Option` only so that `Drop` can move it out.
     pool: Option<Pool<Manager>>,
     target: String,
+    reach: Arc<Reachability>,
     /// Stops the background search indexer when the store is dropped.
     stop_indexer: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -137,6 +141,58 @@ fn cause_chain(e: &postgres::Error) -> String {
     msg
 }
 
+/// Whether the pool's latest attempt to open (or check) a connection failed, and why. A
+/// checkout uses it to give up at once while the server is down, instead of waiting out
+/// the whole connect timeout on every request.
+#[derive(Debug, Default)]
+struct Reachability {
+    failing: AtomicBool,
+    cause: std::sync::Mutex<String>,
+}
+
+impl Reachability {
+    fn failure(&self) -> Option<String> {
+        if !self.failing.load(Ordering::Relaxed) {
+            return None;
+        }
+        let cause = match self.cause.lock() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        Some(cause)
+    }
+}
+
+/// Receives the pool's connection errors (r2d2 would only log them).
+#[derive(Debug)]
+struct ConnectErrors(Arc<Reachability>);
+
+impl r2d2::HandleError<postgres::Error> for ConnectErrors {
+    fn handle_error(&self, e: postgres::Error) {
+        let cause = cause_chain(&e);
+        let was_failing = self.0.failing.swap(true, Ordering::Relaxed);
+        if !was_failing {
+            tracing::error!(error = %cause, "cannot connect to Postgres; requests that need the database get 503 until it is back, and agv-server reconnects by itself");
+        }
+        match self.0.cause.lock() {
+            Ok(mut c) => *c = cause,
+            Err(poisoned) => *poisoned.into_inner() = cause,
+        }
+    }
+}
+
+/// Notices the pool's new connections: the server is reachable again.
+#[derive(Debug)]
+struct ConnectEvents(Arc<Reachability>);
+
+impl r2d2::HandleEvent for ConnectEvents {
+    fn handle_acquire(&self, _: r2d2::event::AcquireEvent) {
+        if self.0.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!("connected to Postgres again");
+        }
+    }
+}
+
 impl PostgresStore {
     /// Connects, migrates and builds the pool. Fails within about five seconds when the
     /// server cannot be reached.
@@ -166,10 +222,13 @@ impl PostgresStore {
         migrate::run_postgres(&mut first)?;
         drop(first);
 
+        let reach = Arc::new(Reachability::default());
         let pool = Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(1))
             .connection_timeout(CONNECT_TIMEOUT)
+            .error_handler(Box::new(ConnectErrors(reach.clone())))
+            .event_handler(Box::new(ConnectEvents(reach.clone())))
             .build(PostgresConnectionManager::new(config, NoTls))
             .map_err(|e| unreachable(e.to_string()))?;
         let stop_indexer = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -177,6 +236,7 @@ impl PostgresStore {
         Ok(Self {
             pool: Some(pool),
             target,
+            reach,
             stop_indexer,
         })
     }
@@ -187,19 +247,39 @@ impl PostgresStore {
             .ok_or_else(|| StoreError::Unavailable("the Postgres store is shutting down".into()))
     }
 
+    /// A pooled connection. A healthy pool hands out an idle one at once; otherwise this
+    /// waits in short steps and gives up as soon as connecting to the server fails, so
+    /// that while Postgres is down a request fails in a fraction of a second rather than
+    /// after the whole timeout. A pool that is merely busy is waited on for the timeout.
     fn conn(&self) -> StoreResult<PooledConnection<Manager>> {
-        self.pool()?.get().map_err(|e| {
-            StoreError::Unavailable(format!(
-                "no connection to Postgres at {} became available within {} s: {e} — is the server running, and is max_connections high enough?",
-                self.target,
-                CONNECT_TIMEOUT.as_secs()
-            ))
-        })
+        let pool = self.pool()?;
+        let started = std::time::Instant::now();
+        loop {
+            let left = CONNECT_TIMEOUT.saturating_sub(started.elapsed());
+            let e = match pool.get_timeout(left.min(CHECKOUT_STEP)) {
+                Ok(c) => return Ok(c),
+                Err(e) => e,
+            };
+            if let Some(cause) = self.reach.failure() {
+                return Err(StoreError::Unavailable(format!(
+                    "cannot connect to Postgres at {}: {cause} — is the server running? agv-server reconnects by itself once it is back",
+                    self.target
+                )));
+            }
+            if started.elapsed() >= CONNECT_TIMEOUT {
+                return Err(StoreError::Unavailable(format!(
+                    "no connection to Postgres at {} became available within {} s: {e} — is the server running, and is max_connections high enough?",
+                    self.target,
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
+        }
     }
 }
 
 /// Maps a postgres error to the store's error: uniqueness → `Conflict`, a missing
-/// referenced row → `NotFound`, a lost connection → `Unavailable`.
+/// referenced row → `NotFound`, a full disk → `Full`, a lost connection or a server that is
+/// shutting down, starting or out of connections → `Unavailable`.
 pub(crate) fn db_err(e: postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
         let code = db.code();
@@ -209,9 +289,27 @@ pub(crate) fn db_err(e: postgres::Error) -> StoreError {
         if *code == SqlState::FOREIGN_KEY_VIOLATION {
             return StoreError::NotFound;
         }
+        if *code == SqlState::DISK_FULL {
+            return StoreError::Full(format!(
+                "the Postgres server's disk is full: {} — free space on the database server; writing resumes by itself once there is room",
+                db.message()
+            ));
+        }
+        // The server is shutting down, starting up, out of connections or otherwise
+        // refusing work for now: a retry later can succeed.
+        let class = code.code().get(..2).unwrap_or("");
+        if matches!(class, "08" | "53" | "57") || *code == SqlState::READ_ONLY_SQL_TRANSACTION {
+            return StoreError::Unavailable(format!(
+                "Postgres cannot serve requests now: {} ({}) — is the server running and accepting connections?",
+                db.message(),
+                code.code()
+            ));
+        }
         return StoreError::Database(format!("{} ({})", db.message(), code.code()));
     }
-    if e.is_closed() {
+    // A closed connection, or a socket error on the way to or from the server.
+    let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+    if e.is_closed() || io {
         return StoreError::Unavailable(format!(
             "lost the connection to Postgres: {} — is the server running?",
             cause_chain(&e)

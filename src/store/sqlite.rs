@@ -195,10 +195,23 @@ fn spawn_checkpointer(path: PathBuf, stop: Arc<std::sync::atomic::AtomicBool>) {
                 return;
             }
         };
+        let mut failing = false;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             std::thread::sleep(CHECKPOINT_EVERY);
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+            match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!("WAL checkpoints work again");
+                    }
+                    failing = false;
+                }
+                // Once per episode (a full disk lasts), not every half second.
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; the WAL grows until one succeeds; retrying");
+                    }
+                    failing = true;
+                }
             }
         }
         // A last full pass so a clean stop leaves a small WAL behind.
@@ -282,7 +295,8 @@ impl SqliteStore {
 }
 
 /// Maps a rusqlite error to the store's error: uniqueness → `Conflict`, a missing
-/// referenced row → `NotFound`, an unwritable file or a lock held too long → `Unavailable`.
+/// referenced row → `NotFound`, a full disk → `Full`, an unwritable file, an I/O error or a
+/// lock held too long → `Unavailable`.
 pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {
     use rusqlite::ffi;
     match &e {
@@ -303,6 +317,12 @@ pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {
                     "{e} — check that the data directory exists and is writable by this user"
                 ))
             }
+            _ if f.code == ffi::ErrorCode::DiskFull => StoreError::Full(format!(
+                "the disk holding the database is full ({e}) — free space on the data directory's volume; writing resumes by itself once there is room"
+            )),
+            _ if f.code == ffi::ErrorCode::SystemIoFailure => StoreError::Unavailable(format!(
+                "the database file could not be read or written ({e}) — check the disk holding the data directory: free space, and errors in the system log"
+            )),
             _ if matches!(
                 f.code,
                 ffi::ErrorCode::DatabaseBusy | ffi::ErrorCode::DatabaseLocked
@@ -1651,6 +1671,28 @@ mod tests {
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
         assert!(msg.contains(&path.display().to_string()), "{msg}");
         assert!(msg.contains("writable by this user"), "{msg}");
+    }
+
+    #[test]
+    fn a_full_database_is_reported_as_full_with_what_to_do() {
+        // max_page_count makes SQLite answer SQLITE_FULL as on a full disk.
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("PRAGMA max_page_count = 20; CREATE TABLE t (b BLOB);")
+            .unwrap();
+        let e = (0..100)
+            .find_map(|_| {
+                conn.execute("INSERT INTO t VALUES (zeroblob(10000))", [])
+                    .err()
+            })
+            .expect("the database filled up");
+        let err = db_err(e);
+        assert!(matches!(err, StoreError::Full(_)), "{err:?}");
+        assert!(err.to_string().contains("free space"), "{err}");
+        let api = crate::api::ApiError::from(err);
+        assert_eq!(
+            (api.kind.status().as_u16(), api.code),
+            (503, "storage_full")
+        );
     }
 
     #[test]
