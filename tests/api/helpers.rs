@@ -180,6 +180,10 @@ impl TestApp {
             address: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                // Below the server's keep-alive (actix's default, 5 s): a connection idle
+                // longer may be closed by the server just as it is reused, which fails the
+                // request (the flake of faults::slow_clients_time_out_while_others_are_served).
+                .pool_idle_timeout(std::time::Duration::from_secs(2))
                 .build()
                 .expect("client"),
             home,
