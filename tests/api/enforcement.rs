@@ -376,28 +376,12 @@ async fn budgets_fail_closed_under_fifty_parallel_calls() {
     let body = serde_json::json!({"model": "gpt-4o", "max_tokens": 1, "messages": [{"role": "user", "content": prompt}]});
     let mut tasks = Vec::new();
     for _ in 0..50 {
-        let (client, url, key, body) = (
-            app.client.clone(),
-            app.url("/v1/chat/completions"),
-            key.clone(),
-            body.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            client
-                .post(url)
-                .bearer_auth(key)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }));
+        tasks.push(app.spawn_post_json("/v1/chat/completions", &key, &body));
     }
     let mut ok = 0;
     let mut refused = 0;
     for t in tasks {
-        match t.await.unwrap() {
+        match t.await.unwrap().status().as_u16() {
             200 => ok += 1,
             402 => refused += 1,
             other => panic!("unexpected status {other}"),

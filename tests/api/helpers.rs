@@ -215,6 +215,17 @@ impl TestApp {
             .expect("request")
     }
 
+    /// [`TestApp::post_json`] in a task of its own, started now: for bursts of parallel calls.
+    pub fn spawn_post_json(
+        &self,
+        path: &str,
+        key: &str,
+        body: &serde_json::Value,
+    ) -> tokio::task::JoinHandle<reqwest::Response> {
+        let request = self.client.post(self.url(path)).bearer_auth(key).json(body);
+        tokio::spawn(async move { request.send().await.expect("request") })
+    }
+
     pub async fn post_json(
         &self,
         path: &str,

@@ -207,20 +207,11 @@ async fn a_key_rate_limit_holds_across_two_instances() {
     let mut parallel = Vec::new();
     for i in 0..14 {
         let app = if i % 2 == 0 { &a } else { &b };
-        let (client, url, key) = (
-            app.client.clone(),
-            app.url("/v1/chat/completions"),
-            key.clone(),
-        );
-        parallel.push(tokio::spawn(async move {
-            client
-                .post(url)
-                .bearer_auth(key)
-                .json(&crate::helpers::chat_body("limited"))
-                .send()
-                .await
-                .unwrap()
-        }));
+        parallel.push(app.spawn_post_json(
+            "/v1/chat/completions",
+            &key,
+            &crate::helpers::chat_body("limited"),
+        ));
     }
     for t in parallel {
         note(t.await.unwrap());
@@ -263,27 +254,11 @@ async fn a_daily_budget_holds_across_two_instances_under_fifty_parallel_calls() 
     let mut tasks = Vec::new();
     for i in 0..50 {
         let app = if i % 2 == 0 { &a } else { &b };
-        let (client, url, key, body) = (
-            app.client.clone(),
-            app.url("/v1/chat/completions"),
-            key.clone(),
-            body.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            client
-                .post(url)
-                .bearer_auth(key)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }));
+        tasks.push(app.spawn_post_json("/v1/chat/completions", &key, &body));
     }
     let (mut ok, mut refused) = (0, 0);
     for t in tasks {
-        match t.await.unwrap() {
+        match t.await.unwrap().status().as_u16() {
             200 => ok += 1,
             402 => refused += 1,
             other => panic!("unexpected status {other}"),
