@@ -130,7 +130,8 @@ pub enum Command {
         /// Only say whether a newer version exists (prints its version on stdout).
         #[arg(long)]
         check: bool,
-        /// Where the release files are (a mirror for air-gapped sites).
+        /// Where the release files are (a mirror for air-gapped sites) [default: the
+        /// update_source setting]
         #[arg(long, value_name = "URL")]
         from: Option<String>,
         /// Put agv-server.prev back.
@@ -1555,17 +1556,8 @@ fn update(
         );
         return Ok(());
     }
-    let pem = match std::env::var_os("AGV_RELEASE_PUBKEY_FILE") {
-        Some(f) => std::fs::read_to_string(&f).map_err(|e| {
-            CliError::usage(format!(
-                "cannot read AGV_RELEASE_PUBKEY_FILE {}: {e}",
-                std::path::Path::new(&f).display()
-            ))
-        })?,
-        None => up::RELEASE_PUBLIC_KEY.to_owned(),
-    };
-    let key = up::parse_public_key_pem(&pem).map_err(CliError::usage)?;
-    let source = from.unwrap_or(up::DEFAULT_SOURCE);
+    let key = up::release_key().map_err(CliError::usage)?;
+    let source = from.unwrap_or(&settings.update_source);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

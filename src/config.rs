@@ -532,6 +532,13 @@ pub const FIELDS: &[Field] = &[
         default: Some("gpt-4o-mini"),
         help: "model writing incident narratives",
     },
+    Field {
+        key: "update_source",
+        env: "AGV_UPDATE_SOURCE",
+        secret: false,
+        default: Some(crate::ops::update::DEFAULT_SOURCE),
+        help: "where releases are looked for (the console's update check, agv-server update); a mirror for air-gapped sites",
+    },
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -599,6 +606,9 @@ pub struct Settings {
     pub llm_base_url: Option<String>,
     pub llm_api_key: Option<String>,
     pub llm_model: String,
+    /// The release directory (GitHub releases or a mirror) the update check and
+    /// `agv-server update` read; no trailing `/`.
+    pub update_source: String,
     /// Where each setting came from, by config key (plus `data`).
     pub sources: BTreeMap<&'static str, Source>,
 }
@@ -908,6 +918,17 @@ impl Settings {
         }
         let llm_api_key = optional("llm_api_key");
         let llm_model = optional("llm_model").unwrap_or_else(|| "gpt-4o-mini".to_owned());
+        let update_source = optional("update_source")
+            .map_or_else(
+                || crate::ops::update::DEFAULT_SOURCE.to_owned(),
+                |u| u.trim_end_matches('/').to_owned(),
+            );
+        if !(update_source.starts_with("http://") || update_source.starts_with("https://")) {
+            return Err(bad(
+                "update_source",
+                "expected an http:// or https:// URL of a release directory, e.g. https://mirror.example/agv-server/latest",
+            ));
+        }
         let upstream_api_key = get("upstream_api_key")
             .map(str::trim)
             .filter(|v| !v.is_empty())
@@ -960,6 +981,7 @@ impl Settings {
             llm_base_url,
             llm_api_key,
             llm_model,
+            update_source,
             sources,
         })
     }
@@ -1249,6 +1271,11 @@ impl Settings {
             ),
             ("llm_api_key", secret(&self.llm_api_key), src("llm_api_key")),
             ("llm_model", self.llm_model.clone(), src("llm_model")),
+            (
+                "update_source",
+                crate::store::redact_url(&self.update_source),
+                src("update_source"),
+            ),
         ]
     }
 
@@ -1377,6 +1404,31 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn the_update_source_defaults_to_github_and_takes_a_mirror_url_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |vars: &[(&str, &str)]| {
+            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(vars))
+        };
+        let s = load(&[]).unwrap();
+        assert_eq!(s.update_source, crate::ops::update::DEFAULT_SOURCE);
+        let s = load(&[(
+            "AGV_UPDATE_SOURCE",
+            "https://mirror:s3cret@mirror.example/agv/",
+        )])
+        .unwrap();
+        assert_eq!(s.update_source, "https://mirror:s3cret@mirror.example/agv");
+        assert!(
+            !format!("{s:?}").contains("s3cret"),
+            "a mirror's password is never described"
+        );
+        let err = load(&[("AGV_UPDATE_SOURCE", "mirror.example/agv")]).unwrap_err();
+        assert!(
+            err.0.contains("update_source") && err.0.contains("AGV_UPDATE_SOURCE"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub struct AppState {
     pub setup: crate::api::people::SetupToken,
     /// The operator's "back up now" job, while it runs.
     pub backup_now: crate::api::operator::BackupNow,
+    /// The operator console's cached update check.
+    pub update_check: crate::api::operator::UpdateCheck,
     /// This process among the instances sharing the database (host name and a random id).
     pub instance: String,
 }
@@ -252,6 +254,7 @@ impl Application {
             signing_key,
             setup: Default::default(),
             backup_now: Default::default(),
+            update_check: Default::default(),
             instance: format!(
                 "{}/{}",
                 std::env::var("HOSTNAME").unwrap_or_else(|_| "agv".into()),
@@ -467,6 +470,8 @@ fn http_server(
             .service(crate::api::operator::jobs)
             .service(crate::api::operator::retry_job)
             .service(crate::api::operator::discard_job)
+            .service(crate::api::operator::update_state)
+            .service(crate::api::operator::update_check_now)
             .service(health::ready)
             .service(health::prometheus_metrics)
             .service(openai::chat_completions)

@@ -1,8 +1,9 @@
 //! End-to-end tests of the console in headless Chromium (Debian's `chromium` and
 //! `chromedriver`) against the real server with demo data and a local OpenAI-speaking
-//! upstream: first-run setup, sign-in, the overview without console errors, freezing a key
-//! and watching its calls get 423, unfreezing, searching an end user, an incident and its
-//! timeline, a call, an export download, the other pages, and signing out.
+//! upstream: first-run setup, the operator console's update state, sign-in, the overview
+//! without console errors, freezing a key and watching its calls get 423, unfreezing,
+//! searching an end user, an incident and its timeline, a call, an export download, the
+//! other pages, and signing out.
 //!
 //! Every page is photographed into `target/e2e-screenshots/` (not committed). When
 //! chromedriver is missing the test prints SKIPPED and passes, unless
@@ -267,6 +268,8 @@ async fn the_console_works_end_to_end_in_chromium() {
     let app = TestApp::start_with(home, |s| {
         s.upstream_url = url;
         s.unauth_rate_limit_per_minute = 0;
+        // No release server: the update card shows why it could not check.
+        s.update_source = "http://127.0.0.1:9/releases".into();
     })
     .await;
     assert_eq!(chat(&app, &key, "e2e-user").await, 200);
@@ -311,6 +314,20 @@ async fn the_console_works_end_to_end_in_chromium() {
     ui.type_into("setup-password", PASSWORD).await;
     ui.click("setup-submit").await;
     ui.ready("operator").await;
+    // The update state: no release server answers, which is said, not an error page.
+    let update = ui
+        .css("[data-testid='update-state'][data-state='error']")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(update.starts_with("Could not check:"), "{update}");
+    assert!(update.contains("cannot download"), "{update}");
+    ui.click("update-check").await;
+    ui.css("[data-testid='update-check']:not([disabled])").await;
+    ui.css("[data-testid='update-state'][data-state='error']")
+        .await;
+    ui.photo("operator-update-state").await;
     // The operator stops the demo tenant from the tenants table: its calls get 423.
     let tenant_row = format!("[data-testid='tenant-row'][data-tenant-id='{tenant}']");
     ui.css(&format!("{tenant_row} [data-testid='tenant-freeze']"))

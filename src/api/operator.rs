@@ -1,6 +1,7 @@
 //! The operator console's API (`/api/operator/…`, operator role only): instance health,
 //! every tenant at a glance, the incidents of all tenants, backups ("back up now", list,
-//! verify) and the job queue's dead letters.
+//! verify), the job queue's dead letters and the update state (is a newer signed release
+//! out?). It never installs an update: that stays with `agv-server update` or a new image.
 
 use super::audit::{Source, record};
 use super::console::{operator, usd};
@@ -15,6 +16,7 @@ use actix_web::{HttpRequest, HttpResponse, delete, get, post, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// Total size of the files directly in the data directory (the database, its WAL, the
 /// search index, keys), plus the job queue's directory.
@@ -359,4 +361,136 @@ pub async fn discard_job(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     act_on_dead_job(&state, &req, &path, false).await
+}
+
+/// How long an update check's outcome is shown before the next request checks again.
+const UPDATE_CHECK_TTL: Duration = Duration::from_secs(3600);
+/// The longest an update check may take: an air-gapped site's firewall may drop packets
+/// instead of refusing them, and the console must not hang on it.
+const UPDATE_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The outcome of one update check.
+#[derive(Debug, Clone)]
+struct Checked {
+    done: Instant,
+    at_millis: i64,
+    /// The signed release's version; `None` when the check failed.
+    latest: Option<String>,
+    error: Option<String>,
+}
+
+/// The cached update check of this process: one check at a time, kept for an hour.
+#[derive(Default)]
+pub struct UpdateCheck {
+    last: std::sync::Mutex<Option<Checked>>,
+    running: tokio::sync::Mutex<()>,
+}
+
+impl UpdateCheck {
+    fn cached(&self) -> Option<Checked> {
+        self.last.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// The cached outcome while it is fresh, else a new check; `force`: a check that
+    /// ended after this call began. Requests arriving during a check wait for its outcome
+    /// instead of starting their own.
+    async fn get(&self, source: &str, force: bool) -> Checked {
+        let asked = Instant::now();
+        let fresh = |c: &Checked| {
+            if force {
+                c.done >= asked
+            } else {
+                c.done.elapsed() < UPDATE_CHECK_TTL
+            }
+        };
+        if let Some(c) = self.cached().filter(fresh) {
+            return c;
+        }
+        let _one = self.running.lock().await;
+        if let Some(c) = self.cached().filter(fresh) {
+            return c;
+        }
+        let outcome = check_release(source).await;
+        let checked = Checked {
+            done: Instant::now(),
+            at_millis: Timestamp::now().millis(),
+            latest: outcome.as_ref().ok().cloned(),
+            error: outcome.err(),
+        };
+        if let Some(e) = &checked.error {
+            tracing::info!(source = %crate::store::redact_url(source), error = %e, "update check failed");
+        }
+        if let Ok(mut g) = self.last.lock() {
+            *g = Some(checked.clone());
+        }
+        checked
+    }
+}
+
+/// The version of the signed release at `source`, or why it cannot be told.
+async fn check_release(source: &str) -> Result<String, String> {
+    use crate::ops::update as up;
+    let key = up::release_key()?;
+    let hint = "; if this server cannot reach it (an air-gapped site), set update_source (AGV_UPDATE_SOURCE) to a mirror it can reach";
+    match tokio::time::timeout(UPDATE_CHECK_TIMEOUT, up::check(source, &key)).await {
+        Ok(Ok(release)) => Ok(release.version),
+        Ok(Err(e)) if e.starts_with("cannot download") => Err(format!("{e}{hint}")),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!(
+            "the update source {} did not answer within {} s{hint}",
+            crate::store::redact_url(source),
+            UPDATE_CHECK_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+fn update_json(checked: &Checked) -> Value {
+    use crate::ops::update as up;
+    let current = env!("CARGO_PKG_VERSION");
+    let in_container = up::in_container();
+    let rollback_available = std::env::current_exe()
+        .map(|exe| up::prev_path(&exe).is_file())
+        .unwrap_or(false);
+    json!({
+        "current": current,
+        "latest": checked.latest,
+        "available": checked.latest.as_deref().is_some_and(|v| up::is_newer(v, current)),
+        "checked_at": checked.at_millis,
+        "error": checked.error,
+        "in_container": in_container,
+        "rollback_available": rollback_available,
+        "how_to": if in_container {
+            "pull the new image (docker-compose pull && docker-compose up -d)"
+        } else {
+            "agv-server update"
+        },
+    })
+}
+
+/// Whether a newer signed release is out (checked at most hourly; see docs/console-api.md).
+#[get("/api/operator/update")]
+pub async fn update_state(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    operator(&state, &req).await?;
+    let checked = state
+        .update_check
+        .get(&state.settings.update_source, false)
+        .await;
+    Ok(HttpResponse::Ok().json(update_json(&checked)))
+}
+
+/// "Check now": a fresh check, whatever the cache holds.
+#[post("/api/operator/update/check")]
+pub async fn update_check_now(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    operator(&state, &req).await?;
+    let checked = state
+        .update_check
+        .get(&state.settings.update_source, true)
+        .await;
+    Ok(HttpResponse::Ok().json(update_json(&checked)))
 }

@@ -41,6 +41,26 @@ pub fn in_container() -> bool {
     std::env::var("AGV_IN_CONTAINER").is_ok_and(|v| v == "1")
 }
 
+/// Names a PEM file whose key replaces the built-in release key (a site re-signing its own
+/// mirror; tests sign local releases with a key of their own).
+pub const PUBKEY_FILE_ENV: &str = "AGV_RELEASE_PUBKEY_FILE";
+
+/// The key releases must be signed with: the one in `AGV_RELEASE_PUBKEY_FILE`, else the
+/// built-in [`RELEASE_PUBLIC_KEY`]. Both `agv-server update` and the server's update
+/// check use it.
+pub fn release_key() -> Result<ed25519_dalek::VerifyingKey, String> {
+    let pem = match std::env::var_os(PUBKEY_FILE_ENV) {
+        Some(f) => std::fs::read_to_string(&f).map_err(|e| {
+            format!(
+                "cannot read {PUBKEY_FILE_ENV} {}: {e}",
+                Path::new(&f).display()
+            )
+        })?,
+        None => RELEASE_PUBLIC_KEY.to_owned(),
+    };
+    parse_public_key_pem(&pem)
+}
+
 /// An Ed25519 public key from SPKI PEM (`openssl pkey -pubout`).
 pub fn parse_public_key_pem(pem: &str) -> Result<ed25519_dalek::VerifyingKey, String> {
     use base64::Engine;
@@ -65,12 +85,28 @@ pub fn parse_public_key_pem(pem: &str) -> Result<ed25519_dalek::VerifyingKey, St
         .map_err(|_| "the release public key is not a valid Ed25519 key".into())
 }
 
+/// An error with its causes ("error sending request: … : Connection refused"): reqwest's
+/// own message leaves out why, which is what an operator needs.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}
+
 async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
     let res = client
         .get(url)
         .send()
         .await
-        .map_err(|e| format!("cannot download {url}: {e}"))?;
+        .map_err(|e| format!("cannot download {url}: {}", causes(&e)))?;
     if !res.status().is_success() {
         return Err(format!(
             "cannot download {url}: the server answered {}",
@@ -80,7 +116,7 @@ async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
     res.bytes()
         .await
         .map(|b| b.to_vec())
-        .map_err(|e| format!("cannot download {url}: {e}"))
+        .map_err(|e| format!("cannot download {url}: {}", causes(&e)))
 }
 
 fn client() -> Result<reqwest::Client, String> {

@@ -96,7 +96,7 @@ fn archive(binary: &[u8]) -> Vec<u8> {
 }
 
 /// Writes a signed release of `binary` as `version` into `dir`.
-fn release(dir: &Path, version: &str, binary: &[u8], key: &Path) {
+pub(crate) fn release(dir: &Path, version: &str, binary: &[u8], key: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     let name = agv_server::ops::update::archive_name();
     let files = [

@@ -1,5 +1,6 @@
 // #/operator (operators only): instance health, a live incident stream across tenants,
-// tenants with drill-down and per-tenant kill switch, backups, jobs and dead letters.
+// tenants with drill-down and per-tenant kill switch, backups, jobs and dead letters, and
+// whether a newer signed release is out (checked by the server, at most hourly).
 import * as api from "../api.js";
 import { html, render, icon, compact, money, pct, bytes, seconds, timeAgo, severityBadge, statusBadge, loadingState, errorState, emptyState, toast, num } from "../ui.js";
 import { reasonDialog, confirmDialog } from "../components/dialog.js";
@@ -9,7 +10,8 @@ export default {
   title: "Operator",
   nav: "operator",
   async mount(root, ctx) {
-    let health = null, tenants = null, incidents = null, backups = null, jobs = null;
+    let health = null, tenants = null, incidents = null, backups = null, jobs = null, update = null;
+    let checking = false;
     const errors = {};
     const verified = new Map(); // file -> {ok, error, counts}: kept across redraws
     let backupsSig = null;
@@ -18,6 +20,7 @@ export default {
     render(root, html`<div class="page-head"><div class="titles"><h1 data-testid="page-title">Operator</h1>
         <p class="sub">This instance: its health, every tenant, backups and background jobs.</p></div></div>
       <div id="op-health" data-testid="operator-health"></div>
+      <section class="card"><div class="card-head"><h2>Updates</h2><button type="button" class="btn btn-sm" data-action="update-check" data-testid="update-check">Check now</button></div><div class="card-body" id="op-update" aria-live="polite"></div></section>
       <section class="card"><div class="card-head"><h2>Tenants</h2><span class="hint">today</span></div><div class="card-body flush" id="op-tenants"></div></section>
       <section class="card"><div class="card-head"><h2>Incident stream</h2><span class="hint">all tenants, newest first, live</span></div><div class="card-body flush scroll-box" id="op-incidents"></div></section>
       <div class="grid grid-2">
@@ -51,6 +54,48 @@ export default {
         <div class="kpi ${backupOld ? "bad" : ""}"><div class="kpi-label">Last backup</div><div class="kpi-value">${lb ? timeAgo(lb.at) : "never"}</div><div class="kpi-note">${lb ? bytes(lb.bytes) : "run one below"}</div></div>
         <div class="kpi"><div class="kpi-label">Version</div><div class="kpi-value mono" data-testid="health-version">${h.version || h.update?.current || "—"}</div><div class="kpi-note">${h.backend || ""}</div><div class="kpi-note">${h.update?.channel ? `${h.update.channel} channel` : ""}</div></div>
       </div>`);
+    }
+
+    function drawUpdate() {
+      const box = $("#op-update");
+      const btn = root.querySelector('[data-action="update-check"]');
+      btn.disabled = checking;
+      btn.textContent = checking ? "Checking…" : "Check now";
+      if (errors.update) { render(box, html`<div data-testid="update-state" data-state="failed">${errorState(errors.update, { testid: "update-error" })}</div>`); return; }
+      if (!update) {
+        render(box, html`<div data-testid="update-state" data-state="loading" aria-busy="true"><span class="spinner" aria-hidden="true"></span>&nbsp; Checking for a newer release…</div>`);
+        return;
+      }
+      const u = update;
+      const when = html`<span class="hint">checked ${timeAgo(u.checked_at)}</span>`;
+      const rollback = u.rollback_available
+        ? html`<p class="cell-sub">The previous binary is kept: <code>agv-server update --rollback</code> goes back to it.</p>` : "";
+      if (u.error) {
+        render(box, html`<div class="notice bad" role="status" data-testid="update-state" data-state="error">Could not check: ${u.error}</div>
+          <p class="cell-sub">Running <span class="mono">${u.current}</span> · ${when}</p>${rollback}`);
+      } else if (u.available) {
+        render(box, html`<div class="notice info" role="status" data-testid="update-state" data-state="available">Update available: <span class="mono">${u.current}</span> → <span class="mono" data-testid="update-latest">${u.latest}</span></div>
+          <p>${u.in_container ? "This server runs in a container:" : "On the server, run:"} <code data-testid="update-how">${u.how_to}</code></p>
+          <p class="cell-sub">The signature of the release was verified. ${u.in_container ? "" : "The update backs the instance up first; restart the service afterwards."} ${when}</p>${rollback}`);
+      } else {
+        render(box, html`<div class="notice ok" role="status" data-testid="update-state" data-state="current">Up to date: <span class="mono">${u.current}</span>${u.latest && u.latest !== u.current ? html` (the latest release is <span class="mono">${u.latest}</span>)` : ""}</div>
+          <p class="cell-sub">${when}</p>${rollback}`);
+      }
+    }
+
+    async function loadUpdate(force) {
+      checking = true; drawUpdate();
+      try {
+        update = force ? await api.post("/api/operator/update/check", {}, { signal: ctx.signal })
+          : await api.get("/api/operator/update", null, { signal: ctx.signal });
+        delete errors.update;
+      } catch (err) {
+        if (err?.name === "AbortError") return;
+        if (force) toast(`The update check failed: ${err.message}`, "bad");
+        else errors.update = err;
+      } finally { checking = false; }
+      if (!ctx.alive()) return;
+      drawUpdate();
     }
 
     function drawTenants() {
@@ -163,8 +208,10 @@ export default {
       if (act === "retry") {
         const sec = a.closest("[data-testid]")?.dataset.testid || "";
         const key = sec.replace("-error", "").replace("stream", "incidents");
+        if (key === "update") { delete errors.update; update = null; return loadUpdate(false); }
         return key && ["health", "tenants", "incidents", "backups", "jobs"].includes(key) ? reload(key) : loadAll();
       }
+      if (act === "update-check") { if (!checking) await loadUpdate(true); return; }
       if (act === "backup") {
         a.disabled = true;
         try { await api.post("/api/operator/backups", {}); toast("Backup started", "ok"); backups = { ...(backups || {}), running: true }; drawBackups(); pollBackups(); }
@@ -236,6 +283,8 @@ export default {
       incTimer = setTimeout(() => reload("tenants").catch(() => {}), 1500);
     });
 
+    // The first check may wait for the release server (up to 10 s): the page does not.
+    loadUpdate(false);
     await loadAll();
     return () => { clearTimeout(pollTimer); clearTimeout(incTimer); };
   },

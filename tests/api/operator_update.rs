@@ -1,0 +1,214 @@
+//! The operator console's update state (`/api/operator/update`, docs/console-api.md): the
+//! operator only, CSRF on "check now"; a newer signed release on a local release server is
+//! "available", the same version is not, a release signed by another key is an error and
+//! never "available", an unreachable mirror is a normal state with a clear reason, and the
+//! outcome is cached until "check now". The release key is overridden as for the CLI
+//! (`AGV_RELEASE_PUBKEY_FILE`), so the signed cases run the real binary.
+
+use crate::helpers::{Backend, DataHome, TestApp, spawn_server_process};
+use crate::update::{keypair, release, serve};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const PASSWORD: &str = "a long enough password";
+const CURRENT: &str = env!("CARGO_PKG_VERSION");
+
+struct Session {
+    cookie: String,
+    csrf: String,
+}
+
+async fn sign_in(client: &reqwest::Client, base: &str, email: &str) -> Session {
+    let res = client
+        .post(format!("{base}/api/auth/login"))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "sign in {email}");
+    let cookie = res.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let body: Value = res.json().await.unwrap();
+    Session {
+        cookie,
+        csrf: body["csrf_token"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// One request to `path`; `csrf`: send the session's CSRF token.
+async fn call(
+    client: &reqwest::Client,
+    base: &str,
+    method: Method,
+    path: &str,
+    who: Option<&Session>,
+    csrf: bool,
+) -> reqwest::Response {
+    let mut r = client.request(method, format!("{base}{path}"));
+    if let Some(s) = who {
+        r = r.header("cookie", &s.cookie);
+        if csrf {
+            r = r.header("x-csrf-token", &s.csrf);
+        }
+    }
+    r.send().await.unwrap()
+}
+
+/// The update state as the operator sees it: GET, or POST …/check ("check now").
+async fn state(client: &reqwest::Client, base: &str, op: &Session, check_now: bool) -> Value {
+    let (method, path) = if check_now {
+        (Method::POST, "/api/operator/update/check")
+    } else {
+        (Method::GET, "/api/operator/update")
+    };
+    let res = call(client, base, method, path, Some(op), true).await;
+    let status = res.status();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(status, 200, "{path}: {body}");
+    body
+}
+
+async fn error_code(res: reqwest::Response) -> (StatusCode, String) {
+    let status = res.status();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    (status, body["error"]["code"].as_str().unwrap_or("").into())
+}
+
+#[tokio::test]
+async fn the_update_state_is_for_the_operator_only_and_an_unreachable_mirror_is_a_clear_state() {
+    let home = DataHome::new(Backend::Sqlite).unwrap();
+    let tenant = home.cli_ok(&["tenant", "create", "Acme"]);
+    home.make_user("op@example.com", "operator", None, PASSWORD);
+    home.make_user("owner@acme.example", "owner", Some(&tenant), PASSWORD);
+    // Nothing listens on the discard port: the connection is refused, as on a site
+    // without a way out.
+    let app = TestApp::start_with(home, |s| {
+        s.update_source = "http://127.0.0.1:9/releases".into();
+    })
+    .await;
+    let (client, base) = (&app.client, app.address.as_str());
+    let op = sign_in(client, base, "op@example.com").await;
+    let owner = sign_in(client, base, "owner@acme.example").await;
+
+    for (method, path) in [
+        (Method::GET, "/api/operator/update"),
+        (Method::POST, "/api/operator/update/check"),
+    ] {
+        let res = call(client, base, method.clone(), path, None, false).await;
+        assert_eq!(res.status(), 401, "{method} {path} without a session");
+        let (status, code) =
+            error_code(call(client, base, method.clone(), path, Some(&owner), true).await).await;
+        assert_eq!(
+            (status.as_u16(), code.as_str()),
+            (403, "role_not_allowed"),
+            "{method} {path} as a tenant's owner"
+        );
+    }
+    let res = call(
+        client,
+        base,
+        Method::POST,
+        "/api/operator/update/check",
+        Some(&op),
+        false,
+    )
+    .await;
+    assert_eq!(res.status(), 403, "check now without the CSRF header");
+
+    let started = Instant::now();
+    let s = state(client, base, &op, false).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a refused connection is told at once"
+    );
+    assert_eq!(s["current"], CURRENT, "{s}");
+    assert_eq!(s["available"], false, "{s}");
+    assert_eq!(s["latest"], Value::Null, "{s}");
+    let error = s["error"].as_str().unwrap_or_else(|| panic!("{s}"));
+    assert!(
+        error.contains("cannot download http://127.0.0.1:9/releases/SHA256SUMS"),
+        "says what failed: {error}"
+    );
+    assert!(
+        error.to_lowercase().contains("refused"),
+        "says why: {error}"
+    );
+    assert!(error.contains("AGV_UPDATE_SOURCE"), "says what to do: {error}");
+    assert!(s["checked_at"].as_i64().is_some_and(|t| t > 0), "{s}");
+    assert_eq!(s["in_container"], false, "{s}");
+    assert_eq!(s["how_to"], "agv-server update", "{s}");
+    assert_eq!(s["rollback_available"], false, "{s}");
+    // Check now answers the same, freshly.
+    let again = state(client, base, &op, true).await;
+    assert!(again["error"].as_str().is_some(), "{again}");
+    assert!(again["checked_at"].as_i64() >= s["checked_at"].as_i64());
+}
+
+#[tokio::test]
+async fn a_newer_signed_release_is_available_cached_and_a_foreign_signature_is_an_error() {
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = keypair(keys.path(), "release");
+    let (other, _) = keypair(keys.path(), "other");
+    let binary = b"#!/bin/sh\necho agv-server\n";
+    let dist = keys.path().join("dist");
+    release(&dist, "99.0.0", binary, &key);
+    let url = serve(dist.clone());
+
+    let home = DataHome::new(Backend::Sqlite).unwrap();
+    home.make_user("op@example.com", "operator", None, PASSWORD);
+    let mut server = spawn_server_process(
+        home.path(),
+        None,
+        &[
+            ("AGV_RELEASE_PUBKEY_FILE", public.to_str().unwrap()),
+            ("AGV_UPDATE_SOURCE", &url),
+            ("AGV_IN_CONTAINER", "1"),
+        ],
+    );
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let client = reqwest::Client::new();
+    let op = sign_in(&client, &base, "op@example.com").await;
+
+    let s = state(&client, &base, &op, false).await;
+    assert_eq!(
+        (&s["available"], &s["latest"], &s["current"], &s["error"]),
+        (&json!(true), &json!("99.0.0"), &json!(CURRENT), &Value::Null),
+        "{s}"
+    );
+    assert_eq!(s["in_container"], true, "{s}");
+    assert!(
+        s["how_to"].as_str().unwrap().contains("pull the new image"),
+        "in a container the image is replaced, not the binary: {s}"
+    );
+
+    // The same version is published: the cached state stands until "check now".
+    release(&dist, CURRENT, binary, &key);
+    let cached = state(&client, &base, &op, false).await;
+    assert_eq!(cached["latest"], "99.0.0", "cached for an hour: {cached}");
+    assert_eq!(cached["checked_at"], s["checked_at"], "{cached}");
+    let fresh = state(&client, &base, &op, true).await;
+    assert_eq!(
+        (&fresh["available"], &fresh["latest"], &fresh["error"]),
+        (&json!(false), &json!(CURRENT), &Value::Null),
+        "{fresh}"
+    );
+
+    // A newer version signed by another key is refused, never offered.
+    release(&dist, "99.0.0", binary, &other);
+    let foreign = state(&client, &base, &op, true).await;
+    assert_eq!(foreign["available"], false, "{foreign}");
+    assert_eq!(foreign["latest"], Value::Null, "{foreign}");
+    let error = foreign["error"].as_str().unwrap_or_else(|| panic!("{foreign}"));
+    assert!(error.contains("signature does not verify"), "{error}");
+    let later = state(&client, &base, &op, false).await;
+    assert_eq!(later["error"], foreign["error"], "the failure is cached too");
+
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+}
