@@ -918,11 +918,10 @@ impl Settings {
         }
         let llm_api_key = optional("llm_api_key");
         let llm_model = optional("llm_model").unwrap_or_else(|| "gpt-4o-mini".to_owned());
-        let update_source = optional("update_source")
-            .map_or_else(
-                || crate::ops::update::DEFAULT_SOURCE.to_owned(),
-                |u| u.trim_end_matches('/').to_owned(),
-            );
+        let update_source = optional("update_source").map_or_else(
+            || crate::ops::update::DEFAULT_SOURCE.to_owned(),
+            |u| u.trim_end_matches('/').to_owned(),
+        );
         if !(update_source.starts_with("http://") || update_source.starts_with("https://")) {
             return Err(bad(
                 "update_source",

@@ -106,7 +106,7 @@ async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
         .get(url)
         .send()
         .await
-        .map_err(|e| format!("cannot download {url}: {}", causes(&e)))?;
+        .map_err(|e| format!("cannot download {url}: {}", causes(&e.without_url())))?;
     if !res.status().is_success() {
         return Err(format!(
             "cannot download {url}: the server answered {}",
@@ -116,7 +116,7 @@ async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
     res.bytes()
         .await
         .map(|b| b.to_vec())
-        .map_err(|e| format!("cannot download {url}: {}", causes(&e)))
+        .map_err(|e| format!("cannot download {url}: {}", causes(&e.without_url())))
 }
 
 fn client() -> Result<reqwest::Client, String> {

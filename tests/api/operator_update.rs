@@ -139,7 +139,10 @@ async fn the_update_state_is_for_the_operator_only_and_an_unreachable_mirror_is_
         error.to_lowercase().contains("refused"),
         "says why: {error}"
     );
-    assert!(error.contains("AGV_UPDATE_SOURCE"), "says what to do: {error}");
+    assert!(
+        error.contains("AGV_UPDATE_SOURCE"),
+        "says what to do: {error}"
+    );
     assert!(s["checked_at"].as_i64().is_some_and(|t| t > 0), "{s}");
     assert_eq!(s["in_container"], false, "{s}");
     assert_eq!(s["how_to"], "agv-server update", "{s}");
@@ -178,7 +181,12 @@ async fn a_newer_signed_release_is_available_cached_and_a_foreign_signature_is_a
     let s = state(&client, &base, &op, false).await;
     assert_eq!(
         (&s["available"], &s["latest"], &s["current"], &s["error"]),
-        (&json!(true), &json!("99.0.0"), &json!(CURRENT), &Value::Null),
+        (
+            &json!(true),
+            &json!("99.0.0"),
+            &json!(CURRENT),
+            &Value::Null
+        ),
         "{s}"
     );
     assert_eq!(s["in_container"], true, "{s}");
@@ -204,10 +212,15 @@ async fn a_newer_signed_release_is_available_cached_and_a_foreign_signature_is_a
     let foreign = state(&client, &base, &op, true).await;
     assert_eq!(foreign["available"], false, "{foreign}");
     assert_eq!(foreign["latest"], Value::Null, "{foreign}");
-    let error = foreign["error"].as_str().unwrap_or_else(|| panic!("{foreign}"));
+    let error = foreign["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{foreign}"));
     assert!(error.contains("signature does not verify"), "{error}");
     let later = state(&client, &base, &op, false).await;
-    assert_eq!(later["error"], foreign["error"], "the failure is cached too");
+    assert_eq!(
+        later["error"], foreign["error"],
+        "the failure is cached too"
+    );
 
     let _ = server.child.kill();
     let _ = server.child.wait();

@@ -71,14 +71,14 @@ export default {
       const rollback = u.rollback_available
         ? html`<p class="cell-sub">The previous binary is kept: <code>agv-server update --rollback</code> goes back to it.</p>` : "";
       if (u.error) {
-        render(box, html`<div class="notice bad" role="status" data-testid="update-state" data-state="error">Could not check: ${u.error}</div>
+        render(box, html`<div class="notice bad" role="status" data-testid="update-state" data-state="error"><span>Could not check: ${u.error}</span></div>
           <p class="cell-sub">Running <span class="mono">${u.current}</span> · ${when}</p>${rollback}`);
       } else if (u.available) {
-        render(box, html`<div class="notice info" role="status" data-testid="update-state" data-state="available">Update available: <span class="mono">${u.current}</span> → <span class="mono" data-testid="update-latest">${u.latest}</span></div>
+        render(box, html`<div class="notice info" role="status" data-testid="update-state" data-state="available"><span>Update available: <span class="mono">${u.current}</span> → <span class="mono" data-testid="update-latest">${u.latest}</span></span></div>
           <p>${u.in_container ? "This server runs in a container:" : "On the server, run:"} <code data-testid="update-how">${u.how_to}</code></p>
           <p class="cell-sub">The signature of the release was verified. ${u.in_container ? "" : "The update backs the instance up first; restart the service afterwards."} ${when}</p>${rollback}`);
       } else {
-        render(box, html`<div class="notice ok" role="status" data-testid="update-state" data-state="current">Up to date: <span class="mono">${u.current}</span>${u.latest && u.latest !== u.current ? html` (the latest release is <span class="mono">${u.latest}</span>)` : ""}</div>
+        render(box, html`<div class="notice ok" role="status" data-testid="update-state" data-state="current"><span>Up to date: <span class="mono">${u.current}</span>${u.latest && u.latest !== u.current ? html` (the latest release is <span class="mono">${u.latest}</span>)` : ""}</span></div>
           <p class="cell-sub">${when}</p>${rollback}`);
       }
     }
