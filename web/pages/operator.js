@@ -18,7 +18,7 @@ export default {
     let pollTimer = null;
 
     render(root, html`<div class="page-head"><div class="titles"><h1 data-testid="page-title">Operator</h1>
-        <p class="sub">This instance: its health, every tenant, backups and background jobs.</p></div></div>
+        <p class="sub">This instance: its health and updates, every tenant, backups and background jobs.</p></div></div>
       <div id="op-health" data-testid="operator-health"></div>
       <section class="card"><div class="card-head"><h2>Updates</h2><button type="button" class="btn btn-sm" data-action="update-check" data-testid="update-check">Check now</button></div><div class="card-body" id="op-update" aria-live="polite"></div></section>
       <section class="card"><div class="card-head"><h2>Tenants</h2><span class="hint">today</span></div><div class="card-body flush" id="op-tenants"></div></section>
@@ -71,7 +71,7 @@ export default {
       const rollback = u.rollback_available
         ? html`<p class="cell-sub">The previous binary is kept: <code>agv-server update --rollback</code> goes back to it.</p>` : "";
       if (u.error) {
-        render(box, html`<div class="notice bad" role="status" data-testid="update-state" data-state="error"><span>Could not check: ${u.error}</span></div>
+        render(box, html`<div class="notice" role="status" data-testid="update-state" data-state="error"><span>Could not check: ${u.error}</span></div>
           <p class="cell-sub">Running <span class="mono">${u.current}</span> · ${when}</p>${rollback}`);
       } else if (u.available) {
         render(box, html`<div class="notice info" role="status" data-testid="update-state" data-state="available"><span>Update available: <span class="mono">${u.current}</span> → <span class="mono" data-testid="update-latest">${u.latest}</span></span></div>
