@@ -12,9 +12,10 @@
 //! When the disk fails (typically: it is full), sled refuses every write after the first
 //! failed one until the database is reopened. The queue then refuses work with
 //! [`QueueError::Unavailable`], keeps answering reads from the failed database, and
-//! reopens it by itself — from the next operation, at most every second, once the disk has
-//! room — with the same recovery as a restart. The database lives in one swappable slot
-//! because sled locks its directory until every handle on it is gone.
+//! reopens it by itself — on the next write (a worker looking for work, `/ready`, an
+//! enqueue), at most every second, once the disk has room — with the same recovery as a
+//! restart. The database lives in one swappable slot because sled locks its directory
+//! until every handle on it is gone.
 //!
 //! This file is the only place that names sled. It must not know what jobs do (see
 //! `worker`), must never drop a job silently (a full queue refuses new work instead) and
