@@ -28,10 +28,15 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         },
         Err(e) => json!({"ok": false, "backend": backend, "error": e.to_string()}),
     };
+    // After a storage failure this is also what reopens the queue's database once the disk
+    // has room again (at most every second), so a polling load balancer sees it recover.
     let queue = state.queue.clone();
-    let stats = state.queue.stats();
     let queue_check = match run_blocking(move || queue.check_capacity()).await {
-        Ok(()) => json!({"ok": true, "pending": stats.pending, "dead": stats.dead}),
+        Ok(()) => {
+            // Read after the check: a reopen recounts the jobs.
+            let stats = state.queue.stats();
+            json!({"ok": true, "pending": stats.pending, "dead": stats.dead})
+        }
         Err(e) => json!({"ok": false, "error": e.to_string()}),
     };
     let ok = store_check["ok"] == true && queue_check["ok"] == true;

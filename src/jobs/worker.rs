@@ -92,7 +92,13 @@ pub async fn run_one(
     handlers: &Handlers,
     now: Timestamp,
 ) -> Result<Step, QueueError> {
-    let Some(job) = queue.claim(now)? else {
+    // Claiming writes, and after a storage failure it is what reopens the queue's
+    // database: keep both off the runtime's threads.
+    let q = queue.clone();
+    let claimed = tokio::task::spawn_blocking(move || q.claim(now))
+        .await
+        .map_err(|e| QueueError::Storage(format!("claiming the next job did not finish: {e}")))?;
+    let Some(job) = claimed? else {
         return Ok(Step::Empty);
     };
     let id = job.id.clone();
@@ -173,6 +179,19 @@ pub fn spawn_workers(
     })
 }
 
+/// Logs why the queue failed a worker and returns how long to pause. While its storage
+/// is failing the queue logs that once itself, and each pause ends with another try, which
+/// is what reopens the queue when no request asks for it.
+fn queue_failed(worker: usize, e: &QueueError) -> Duration {
+    match e {
+        QueueError::Unavailable { .. } => {
+            tracing::debug!(worker, error = %e, "job worker waits for the queue's storage");
+        }
+        _ => tracing::error!(worker, error = %e, "job worker could not use the queue"),
+    }
+    ERROR_PAUSE
+}
+
 async fn worker_loop(
     worker: usize,
     queue: Queue,
@@ -198,15 +217,9 @@ async fn worker_loop(
                     Duration::from_millis(ms as u64).min(IDLE_POLL)
                 }
                 Ok(None) => IDLE_POLL,
-                Err(e) => {
-                    tracing::error!(worker, error = %e, "job worker could not read the queue");
-                    ERROR_PAUSE
-                }
+                Err(e) => queue_failed(worker, &e),
             },
-            Err(e) => {
-                tracing::error!(worker, error = %e, "job worker could not read the queue");
-                ERROR_PAUSE
-            }
+            Err(e) => queue_failed(worker, &e),
         };
         tokio::select! {
             _ = &mut notified => {}

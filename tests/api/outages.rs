@@ -227,6 +227,21 @@ async fn a_full_disk_gets_503s_not_unrecorded_200s_and_recovers_when_space_retur
     let app = start(home, &upstream, None).await;
     allow_load(&app, &admin).await;
 
+    // Jobs queued while the disk has room, due in an hour so no worker takes them.
+    let later = || agv_server::jobs::EnqueueOptions {
+        run_at: Some(agv_server::domain::Timestamp::now().plus_millis(3_600_000)),
+        ..Default::default()
+    };
+    let mut kept_jobs = Vec::new();
+    for n in 0..3 {
+        let id = app
+            .app_state
+            .queue
+            .enqueue("test.later", serde_json::json!({"n": n}), later())
+            .unwrap();
+        kept_jobs.push(id);
+    }
+
     let mut acked = Vec::new();
     for i in 0..3 {
         let res = app.chat(&key, &format!("before {i}")).await;
@@ -332,11 +347,6 @@ async fn a_full_disk_gets_503s_not_unrecorded_200s_and_recovers_when_space_retur
     );
     // The job queue (sled, same disk) refuses new work with an error once it cannot
     // write; nothing panics and the server stays up.
-    let later = || agv_server::jobs::EnqueueOptions {
-        run_at: Some(agv_server::domain::Timestamp::now().plus_millis(3_600_000)),
-        ..Default::default()
-    };
-    let mut kept_jobs = Vec::new();
     let refused_job = loop {
         let pad = "x".repeat(50_000);
         match app.app_state.queue.enqueue(
@@ -356,6 +366,24 @@ async fn a_full_disk_gets_503s_not_unrecorded_200s_and_recovers_when_space_retur
         refused_job.to_string().contains("No space left"),
         "{refused_job}"
     );
+    assert!(
+        refused_job.to_string().contains("no restart is needed"),
+        "the error says what to do: {refused_job}"
+    );
+    // /ready says the queue cannot write, and why, while the disk is full; queued jobs
+    // can still be read.
+    let res = app.get("/ready").await;
+    assert_eq!(res.status(), 503);
+    let ready: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(ready["checks"]["queue"]["ok"], false, "{ready}");
+    let queue_error = ready["checks"]["queue"]["error"].as_str().unwrap();
+    assert!(
+        queue_error.contains("No space left") && queue_error.contains("free disk space"),
+        "{ready}"
+    );
+    for id in &kept_jobs {
+        assert!(app.app_state.queue.get(id).unwrap().is_some());
+    }
     // Give the background writers (WAL checkpoints, the search indexer, sled's flusher)
     // time to run into the full disk.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -371,33 +399,41 @@ async fn a_full_disk_gets_503s_not_unrecorded_200s_and_recovers_when_space_retur
         assert_eq!(res.status(), 200);
         acked.push(crate::helpers::call_id(&res));
     }
-    // The calls' store is ready again; the job queue is not until a restart (sled does
-    // not recover from a failed write), and /ready says so and what to do.
-    let res = app.get("/ready").await;
-    assert_eq!(res.status(), 503);
-    let ready: serde_json::Value = res.json().await.unwrap();
-    assert_eq!(ready["checks"]["store"]["ok"], true, "{ready}");
-    assert_eq!(ready["checks"]["queue"]["ok"], false, "{ready}");
-    assert!(
-        ready["checks"]["queue"]["error"]
-            .as_str()
-            .unwrap()
-            .contains("restart agv-server"),
-        "{ready}"
+    // The job queue reopens its database by itself too: /ready is 200 again without a
+    // restart, every job queued before the disk filled is still there (once), and new
+    // work is taken.
+    let started = Instant::now();
+    until_ready(&app, Duration::from_secs(10)).await;
+    eprintln!(
+        "/ready ok again {:?} after the calls recovered",
+        started.elapsed()
     );
+    let queue = &app.app_state.queue;
+    for (n, id) in kept_jobs.iter().enumerate() {
+        let stored_n = queue.get(id).unwrap().map(|job| job.payload["n"].clone());
+        assert_eq!(
+            stored_n,
+            Some(serde_json::json!(n)),
+            "job {id:?}, accepted before the disk filled, survives the reopen intact"
+        );
+    }
+    let after_reopen = queue
+        .enqueue("test.later", serde_json::json!({"n": 1}), later())
+        .expect("the job queue takes work again without a restart");
+    // And a restart finds the same jobs.
     let home = app.stop().await;
     let app = start(home, &upstream, None).await;
     until_ready(&app, Duration::from_secs(5)).await;
-    for id in &kept_jobs {
+    for id in kept_jobs.iter().chain([&after_reopen]) {
         assert!(
             app.app_state.queue.get(id).unwrap().is_some(),
-            "job {id:?}, accepted before the disk filled, survives"
+            "job {id:?} survives the restart"
         );
     }
     app.app_state
         .queue
         .enqueue("test.later", serde_json::json!({"n": 2}), later())
-        .expect("the job queue takes work again after the restart");
+        .expect("the job queue takes work after the restart");
     // The text index catches up with a call made after the recovery.
     let res = app
         .chat(&key, "zanzibarquokka after the disk was full")
