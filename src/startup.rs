@@ -523,6 +523,10 @@ fn http_server(
             .service(evidence_api::get)
             .default_service(web::to(crate::web::serve))
     });
+    // Without TCP_NODELAY, a response written in more than one segment waits for the
+    // client's delayed acknowledgement (Nagle): that alone put milliseconds on the proxy's
+    // p99. Every byte written here is a complete answer or a stream chunk meant to go now.
+    let server = server.tcp_nodelay(true);
     let server = match tls {
         Some(config) => server.listen_rustls_0_23(listener, config),
         None => server.listen(listener),

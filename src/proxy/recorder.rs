@@ -181,6 +181,12 @@ fn writer(store: &DynStore, mut rx: mpsc::Receiver<(CallRecord, Ack)>, health: &
         for (ack, outcome) in acks.drain(..).zip(outcomes) {
             let _ = ack.send(outcome);
         }
+        // Whatever arrives meanwhile waits in the queue and goes in the next commit.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.between_commits()))
+            .is_err()
+        {
+            tracing::error!("the store's upkeep between commits panicked; the recorder goes on");
+        }
     }
 }
 

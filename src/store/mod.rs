@@ -266,6 +266,11 @@ pub trait Store: Send + Sync + 'static {
     fn checkpoint(&self) -> StoreResult<()> {
         Ok(())
     }
+    /// Called by the call recorder between two group commits, after it has answered the
+    /// calls it committed: short upkeep that must happen while no call is being written.
+    /// On SQLite it finishes a WAL checkpoint when the background checkpointer asked for
+    /// it (see `sqlite::spawn_checkpointer`); nothing to do on Postgres.
+    fn between_commits(&self) {}
     /// After bulk indexing (`agv-server demo`): merges the text index into its most
     /// compact form (SQLite) or flushes its pending entries and refreshes the planner's statistics (Postgres). Takes
     /// seconds on a million calls; searches stay correct without it, only slower.
