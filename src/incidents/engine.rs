@@ -118,9 +118,13 @@ async fn run(store: DynStore, listeners: Vec<Arc<dyn Listener>>, mut rx: mpsc::R
                 Input::Flush(done) => flushes.push(done),
             }
         }
-        let store2 = store.clone();
-        let listeners2 = listeners.clone();
-        run_blocking(move || apply(&store2, &listeners2, &signals, &freezes)).await;
+        // Most calls bring only their cost, and most costs no spike: then there is nothing
+        // to store, and no hop to the blocking pool and back per call.
+        if !signals.is_empty() || !freezes.is_empty() {
+            let store2 = store.clone();
+            let listeners2 = listeners.clone();
+            run_blocking(move || apply(&store2, &listeners2, &signals, &freezes)).await;
+        }
         for done in flushes {
             let _ = done.send(());
         }
