@@ -467,18 +467,27 @@ fn update_json(checked: &Checked) -> Value {
     })
 }
 
+/// The update state for the operator: the cached check, or a fresh one with `force`.
+async fn update_answer(
+    state: &AppState,
+    req: &HttpRequest,
+    force: bool,
+) -> Result<HttpResponse, ApiError> {
+    operator(state, req).await?;
+    let checked = state
+        .update_check
+        .get(&state.settings.update_source, force)
+        .await;
+    Ok(HttpResponse::Ok().json(update_json(&checked)))
+}
+
 /// Whether a newer signed release is out (checked at most hourly; see docs/console-api.md).
 #[get("/api/operator/update")]
 pub async fn update_state(
     state: web::Data<AppState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    operator(&state, &req).await?;
-    let checked = state
-        .update_check
-        .get(&state.settings.update_source, false)
-        .await;
-    Ok(HttpResponse::Ok().json(update_json(&checked)))
+    update_answer(&state, &req, false).await
 }
 
 /// "Check now": a fresh check, whatever the cache holds.
@@ -487,10 +496,5 @@ pub async fn update_check_now(
     state: web::Data<AppState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    operator(&state, &req).await?;
-    let checked = state
-        .update_check
-        .get(&state.settings.update_source, true)
-        .await;
-    Ok(HttpResponse::Ok().json(update_json(&checked)))
+    update_answer(&state, &req, true).await
 }

@@ -1807,7 +1807,8 @@ mod tests {
 
     #[test]
     fn under_steady_writes_the_wal_is_rewritten_from_its_start_instead_of_growing() {
-        use crate::domain::{CallId, KeyId, Tenant, TenantName};
+        use crate::domain::{KeyId, Tenant, TenantName};
+        use crate::incidents::demo::CallStream;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(DB_FILE);
         let store = SqliteStore::open(&path).unwrap();
@@ -1817,50 +1818,21 @@ mod tests {
             created_at: Timestamp::now(),
         };
         store.create_tenant(&tenant).unwrap();
-        let call = |at: Timestamp| CallRecord {
-            id: CallId::generate(),
-            tenant_id: tenant.id.clone(),
-            key_id: KeyId::generate(),
-            created_at: at,
-            endpoint: "chat.completions".into(),
-            model: Some("gpt-4o-mini".into()),
-            stream: false,
-            end_user: None,
-            session_id: None,
-            metadata: None,
-            request_body: "{\"messages\":[]}".into(),
-            request_truncated: false,
-            request_sha256: String::new(),
-            response_body: Some("{}".into()),
-            response_truncated: false,
-            response_sha256: None,
-            status: 200,
-            error: None,
-            blocked: false,
-            blocked_by: None,
-            decisions: Vec::new(),
-            prompt_tokens: Some(10),
-            completion_tokens: Some(5),
-            cached_tokens: None,
-            total_tokens: Some(15),
-            cost: None,
-            latency_us: 200,
-            upstream_latency_us: Some(150),
-            enforcement_us: 8,
-            upstream_attempts: 1,
-            upstream: None,
-            request_body_sha256: None,
-            response_body_sha256: None,
-            body_pruned_at: None,
+        let key = KeyId::generate();
+        let mut seed = 0;
+        let mut call = |at: Timestamp| {
+            seed += 1;
+            CallStream::new(tenant.id.clone(), vec![key.clone()], 1, at, 1, seed)
+                .collect::<Vec<_>>()
         };
         // As the recorder does under steady traffic: commit after commit, with the upkeep
         // between two commits, while the background checkpointer runs its rounds.
-        store.insert_calls(&[call(Timestamp::now())]).unwrap();
+        store.insert_calls(&call(Timestamp::now())).unwrap();
         let before = wal_restarts(&path);
         let until = Instant::now() + Duration::from_millis(6600);
         let mut commits = 0;
         while Instant::now() < until {
-            store.insert_calls(&[call(Timestamp::now())]).unwrap();
+            store.insert_calls(&call(Timestamp::now())).unwrap();
             store.between_commits();
             commits += 1;
             // About a thousand calls a second, which the text indexer keeps up with (it

@@ -266,6 +266,7 @@ async fn embeddings_and_models_pass_through() {
         "agv_enforcement_seconds_bucket",
         "agv_recorder_batch_size",
         "agv_recorder_commit_seconds_bucket",
+        "agv_recorder_wait_seconds_bucket",
         "agv_upstream_latency_seconds_bucket",
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}");
