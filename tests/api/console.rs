@@ -3,7 +3,9 @@
 //! change, 403 for a viewer's change (and nothing changes); the first-run setup URL,
 //! invitations, password change, keys, the overview, live events and the operator views.
 
-use crate::helpers::{Backend, DataHome, ProxySetup, TestApp, spawn_server_process};
+use crate::helpers::{
+    Backend, ConsoleSession as Session, DataHome, ProxySetup, TestApp, spawn_server_process,
+};
 use crate::on_both_backends;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -14,32 +16,12 @@ fn make_user(home: &DataHome, email: &str, role: &str, tenant: Option<&str>) -> 
     home.make_user(email, role, tenant, PASSWORD)
 }
 
-#[derive(Clone)]
-struct Session {
-    cookie: String,
-    csrf: String,
-}
-
 async fn sign_in_as(app: &TestApp, email: &str, password: &str) -> Session {
-    let res = app
-        .client
-        .post(app.url("/api/auth/login"))
-        .json(&json!({"email": email, "password": password}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200, "sign in {email}");
-    session_of(res).await
+    Session::sign_in(&app.client, &app.url(""), email, password).await
 }
 
 async fn session_of(res: reqwest::Response) -> Session {
-    let set = res.headers()["set-cookie"].to_str().unwrap().to_owned();
-    let cookie = set.split(';').next().unwrap().to_owned();
-    let body: Value = res.json().await.unwrap();
-    Session {
-        cookie,
-        csrf: body["csrf_token"].as_str().unwrap().to_owned(),
-    }
+    Session::from_response(res).await
 }
 
 /// One console request. `csrf`: send the session's CSRF token; `tenant`: x-agv-tenant.

@@ -383,3 +383,41 @@ pub fn spawn_server_process(
         log,
     }
 }
+
+/// A signed-in console user: the session cookie and its CSRF token.
+#[derive(Clone)]
+pub struct ConsoleSession {
+    pub cookie: String,
+    pub csrf: String,
+}
+
+impl ConsoleSession {
+    /// The session a successful sign-in (or first-run setup, or accepted invitation)
+    /// answered with.
+    pub async fn from_response(res: reqwest::Response) -> Self {
+        let set = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+        let cookie = set.split(';').next().unwrap().to_owned();
+        let body: serde_json::Value = res.json().await.unwrap();
+        Self {
+            cookie,
+            csrf: body["csrf_token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// Signs `email` in on the server at `base` (e.g. `http://127.0.0.1:PORT`).
+    pub async fn sign_in(
+        client: &reqwest::Client,
+        base: &str,
+        email: &str,
+        password: &str,
+    ) -> Self {
+        let res = client
+            .post(format!("{base}/api/auth/login"))
+            .json(&serde_json::json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "sign in {email}");
+        Self::from_response(res).await
+    }
+}

@@ -5,7 +5,7 @@
 //! outcome is cached until "check now". The release key is overridden as for the CLI
 //! (`AGV_RELEASE_PUBKEY_FILE`), so the signed cases run the real binary.
 
-use crate::helpers::{Backend, DataHome, TestApp, spawn_server_process};
+use crate::helpers::{Backend, ConsoleSession as Session, DataHome, TestApp, spawn_server_process};
 use crate::update::{keypair, release, serve};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -14,31 +14,8 @@ use std::time::{Duration, Instant};
 const PASSWORD: &str = "a long enough password";
 const CURRENT: &str = env!("CARGO_PKG_VERSION");
 
-struct Session {
-    cookie: String,
-    csrf: String,
-}
-
 async fn sign_in(client: &reqwest::Client, base: &str, email: &str) -> Session {
-    let res = client
-        .post(format!("{base}/api/auth/login"))
-        .json(&json!({"email": email, "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200, "sign in {email}");
-    let cookie = res.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let body: Value = res.json().await.unwrap();
-    Session {
-        cookie,
-        csrf: body["csrf_token"].as_str().unwrap().to_owned(),
-    }
+    Session::sign_in(client, base, email, PASSWORD).await
 }
 
 /// One request to `path`; `csrf`: send the session's CSRF token.

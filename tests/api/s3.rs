@@ -8,10 +8,10 @@
 //! be shown to fail here; an unreachable endpoint and a missing bucket can.
 
 use crate::alerts::{Receiver, operator_hook, system_alert, wait_for};
-use crate::helpers::{Backend, DataHome, TestApp, cli_command, stderr};
+use crate::helpers::{Backend, ConsoleSession, DataHome, TestApp, cli_command, stderr};
 use agv_server::config::BackupS3;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -367,27 +367,12 @@ async fn back_up_now(app: &TestApp) -> String {
     let password = "a long enough password";
     app.home
         .make_user("ops@example.com", "operator", None, password);
-    let res = app
-        .client
-        .post(app.url("/api/auth/login"))
-        .json(&json!({"email": "ops@example.com", "password": password}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let cookie = res.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let body: Value = res.json().await.unwrap();
+    let op = ConsoleSession::sign_in(&app.client, &app.url(""), "ops@example.com", password).await;
     let res = app
         .client
         .post(app.url("/api/operator/backups"))
-        .header("cookie", &cookie)
-        .header("x-csrf-token", body["csrf_token"].as_str().unwrap())
+        .header("cookie", &op.cookie)
+        .header("x-csrf-token", &op.csrf)
         .send()
         .await
         .unwrap();
@@ -396,7 +381,7 @@ async fn back_up_now(app: &TestApp) -> String {
     let res = app
         .client
         .get(app.url("/api/operator/backups"))
-        .header("cookie", &cookie)
+        .header("cookie", &op.cookie)
         .send()
         .await
         .unwrap();
