@@ -1539,9 +1539,10 @@ fn update(
 ) -> Result<(), CliError> {
     use crate::ops::update as up;
     if up::in_container() {
-        return Err(CliError::failed(
-            "agv-server runs inside a container: update by pulling the new image (docker-compose pull && docker-compose up -d), not in place",
-        ));
+        return Err(CliError::failed(format!(
+            "agv-server runs inside a container, so it is not updated in place: {}",
+            up::IN_CONTAINER_HOW_TO
+        )));
     }
     let exe = match exe {
         Some(e) => e,

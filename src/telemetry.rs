@@ -63,3 +63,20 @@ pub fn prometheus() -> Option<PrometheusHandle> {
         })
         .clone()
 }
+
+/// An error's whole story: its own text, then each cause below it that adds something
+/// ("error sending request: …: Connection refused"). Many libraries' top-level message
+/// leaves out the why, which is what an operator needs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}

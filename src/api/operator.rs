@@ -460,7 +460,7 @@ fn update_json(checked: &Checked) -> Value {
         "in_container": in_container,
         "rollback_available": rollback_available,
         "how_to": if in_container {
-            "pull the new image (docker-compose pull && docker-compose up -d)"
+            up::IN_CONTAINER_HOW_TO
         } else {
             "agv-server update"
         },

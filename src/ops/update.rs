@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 
 /// The release signing key's public half (SPKI PEM), as built into install.sh.
 pub const RELEASE_PUBLIC_KEY: &str = include_str!("../../packaging/release-signing.pub");
+/// How to update inside agv-server's container image, where an update in place is refused.
+pub const IN_CONTAINER_HOW_TO: &str =
+    "pull the new image (docker-compose pull && docker-compose up -d)";
 pub const DEFAULT_SOURCE: &str =
     "https://github.com/agv-server/agv-server/releases/latest/download";
 
@@ -85,38 +88,25 @@ pub fn parse_public_key_pem(pem: &str) -> Result<ed25519_dalek::VerifyingKey, St
         .map_err(|_| "the release public key is not a valid Ed25519 key".into())
 }
 
-/// An error with its causes ("error sending request: … : Connection refused"): reqwest's
-/// own message leaves out why, which is what an operator needs.
-fn causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = cause.source();
-    }
-    out
-}
-
 async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
-    let res = client
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| format!("cannot download {url}: {}", causes(&e.without_url())))?;
+    let res = client.get(url).send().await.map_err(|e| {
+        format!(
+            "cannot download {url}: {}",
+            crate::telemetry::error_chain(&e.without_url())
+        )
+    })?;
     if !res.status().is_success() {
         return Err(format!(
             "cannot download {url}: the server answered {}",
             res.status()
         ));
     }
-    res.bytes()
-        .await
-        .map(|b| b.to_vec())
-        .map_err(|e| format!("cannot download {url}: {}", causes(&e.without_url())))
+    res.bytes().await.map(|b| b.to_vec()).map_err(|e| {
+        format!(
+            "cannot download {url}: {}",
+            crate::telemetry::error_chain(&e.without_url())
+        )
+    })
 }
 
 fn client() -> Result<reqwest::Client, String> {

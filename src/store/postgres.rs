@@ -126,21 +126,6 @@ fn describe(config: &postgres::Config) -> String {
     )
 }
 
-/// The full cause of a postgres error: its own text and every source below it.
-fn cause_chain(e: &postgres::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !msg.contains(&s_text) {
-            msg.push_str(": ");
-            msg.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    msg
-}
-
 /// Whether the pool's latest attempt to open (or check) a connection failed, and why. A
 /// checkout uses it to give up at once while the server is down, instead of waiting out
 /// the whole connect timeout on every request.
@@ -169,7 +154,7 @@ struct ConnectErrors(Arc<Reachability>);
 
 impl r2d2::HandleError<postgres::Error> for ConnectErrors {
     fn handle_error(&self, e: postgres::Error) {
-        let cause = cause_chain(&e);
+        let cause = crate::telemetry::error_chain(&e);
         let was_failing = self.0.failing.swap(true, Ordering::Relaxed);
         if !was_failing {
             tracing::error!(error = %cause, "cannot connect to Postgres; requests that need the database get 503 until it is back, and agv-server reconnects by itself");
@@ -201,7 +186,7 @@ impl PostgresStore {
         let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
             StoreError::Unavailable(format!(
                 "the database URL {redacted} is not a valid Postgres URL: {} — expected postgres://user[:password]@host[:port]/database",
-                cause_chain(&e)
+                crate::telemetry::error_chain(&e)
             ))
         })?;
         config.connect_timeout(CONNECT_TIMEOUT);
@@ -218,7 +203,7 @@ impl PostgresStore {
         // timeout) and migrates before the pool hands out connections.
         let mut first = config
             .connect(NoTls)
-            .map_err(|e| unreachable(cause_chain(&e)))?;
+            .map_err(|e| unreachable(crate::telemetry::error_chain(&e)))?;
         migrate::run_postgres(&mut first)?;
         drop(first);
 
@@ -312,10 +297,10 @@ pub(crate) fn db_err(e: postgres::Error) -> StoreError {
     if e.is_closed() || io {
         return StoreError::Unavailable(format!(
             "lost the connection to Postgres: {} — is the server running?",
-            cause_chain(&e)
+            crate::telemetry::error_chain(&e)
         ));
     }
-    StoreError::Database(cause_chain(&e))
+    StoreError::Database(crate::telemetry::error_chain(&e))
 }
 
 fn key_row(r: &Row) -> KeyRow {
