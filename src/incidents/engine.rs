@@ -3,9 +3,10 @@
 //! The proxy never waits for it: `Engine::send` is a non-blocking `try_send` into a bounded
 //! queue (a full queue drops the signal and counts it in
 //! `agv_incident_signals_dropped_total`; the call itself is recorded regardless). The task
-//! applies what has queued in one store transaction, keeps per-tenant cost baselines for
-//! spotting cost spikes, attaches kill-switch actions to the tenant's open incidents, and
-//! tells its listeners (alerts) what changed.
+//! applies what has queued in one store transaction, attaches kill-switch actions to the
+//! tenant's open incidents, and tells its listeners (alerts) what changed. Cost spikes are
+//! spotted in `Engine::send` itself, against per-tenant cost baselines, so that a call
+//! whose cost is ordinary never wakes the task.
 
 use crate::domain::incident::{Applied, CostBaseline, EventKind, Signal, Subject, rule};
 use crate::domain::{CallId, FreezeAction, FreezeEvent, KeyId, Money, TenantId, Timestamp};
@@ -46,6 +47,11 @@ pub trait Listener: Send + Sync {
 #[derive(Clone)]
 pub struct Engine {
     tx: mpsc::Sender<Input>,
+    /// Per-tenant cost baselines, updated on the sender's thread: most calls bring only
+    /// their cost and most costs no spike, so a call wakes the engine's task only when it
+    /// has something to store — not once per call, which on a busy proxy was a cross-thread
+    /// wake-up (and a core taken from the requests) for every call.
+    baselines: Arc<std::sync::Mutex<HashMap<TenantId, CostBaseline>>>,
 }
 
 impl Engine {
@@ -54,11 +60,48 @@ impl Engine {
         listeners: Vec<Arc<dyn Listener>>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(CAPACITY);
-        (Self { tx }, tokio::spawn(run(store, listeners, rx)))
+        let engine = Self {
+            tx,
+            baselines: Arc::default(),
+        };
+        (engine, tokio::spawn(run(store, listeners, rx)))
     }
 
     /// Never waits.
     pub fn send(&self, input: Input) {
+        let input = match input {
+            Input::Cost {
+                tenant_id,
+                key_id,
+                call_id,
+                end_user,
+                cost,
+                at,
+            } => {
+                let spike = self
+                    .baselines
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry(tenant_id.clone())
+                    .or_default()
+                    .observe(cost);
+                let Some(detail) = spike else {
+                    return;
+                };
+                Input::Signal(Signal {
+                    tenant_id,
+                    rule: rule::COST_SPIKE.into(),
+                    subject: Subject::Key(key_id),
+                    at,
+                    call_id: Some(call_id),
+                    end_user,
+                    cost: Some(cost),
+                    detail,
+                    demo: false,
+                })
+            }
+            other => other,
+        };
         if self.tx.try_send(input).is_err() {
             metrics::counter!("agv_incident_signals_dropped_total").increment(1);
             tracing::warn!(
@@ -82,7 +125,6 @@ impl Engine {
 }
 
 async fn run(store: DynStore, listeners: Vec<Arc<dyn Listener>>, mut rx: mpsc::Receiver<Input>) {
-    let mut baselines: HashMap<TenantId, CostBaseline> = HashMap::new();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut signals = Vec::new();
@@ -91,35 +133,13 @@ async fn run(store: DynStore, listeners: Vec<Arc<dyn Listener>>, mut rx: mpsc::R
         for input in batch.drain(..) {
             match input {
                 Input::Signal(s) => signals.push(s),
-                Input::Cost {
-                    tenant_id,
-                    key_id,
-                    call_id,
-                    end_user,
-                    cost,
-                    at,
-                } => {
-                    let base = baselines.entry(tenant_id.clone()).or_default();
-                    if let Some(detail) = base.observe(cost) {
-                        signals.push(Signal {
-                            tenant_id,
-                            rule: rule::COST_SPIKE.into(),
-                            subject: Subject::Key(key_id),
-                            at,
-                            call_id: Some(call_id),
-                            end_user,
-                            cost: Some(cost),
-                            detail,
-                            demo: false,
-                        });
-                    }
-                }
+                // Observed by `Engine::send`, which sends only the spikes, as signals.
+                Input::Cost { .. } => {}
                 Input::Freeze(e) => freezes.push(e),
                 Input::Flush(done) => flushes.push(done),
             }
         }
-        // Most calls bring only their cost, and most costs no spike: then there is nothing
-        // to store, and no hop to the blocking pool and back per call.
+        // Nothing to store (a flush alone): no hop to the blocking pool and back.
         if !signals.is_empty() || !freezes.is_empty() {
             let store2 = store.clone();
             let listeners2 = listeners.clone();

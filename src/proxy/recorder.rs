@@ -1,5 +1,5 @@
-//! The call recorder: ONE writer thread that commits whatever has queued in one transaction
-//! (group commit) and then releases the waiting requests.
+//! The call recorder: one writer at a time, which commits whatever has queued in one
+//! transaction (group commit) and then releases the waiting requests.
 //!
 //! A request hands its record over and waits; the response — or a stream's final
 //! `[DONE]` — is sent only after the commit, so an acknowledged call is never lost. While a
@@ -8,8 +8,18 @@
 //!
 //! The writer is a plain OS thread blocked on the queue, not a task: a record goes from the
 //! request's task straight to the thread that commits it and the acknowledgement straight
-//! back, with no runtime or blocking pool in between. That hop count is most of the
-//! recorder's share of the proxy's added latency.
+//! back, with no runtime or blocking pool in between.
+//!
+//! Even those two hand-overs (a wake-up of the writer thread, then one of the request's
+//! thread) were most of the recorder's share of the proxy's added latency at moderate load.
+//! So a request that finds nothing queued and the store's writer free commits its own
+//! record on its own thread, as a group of one ([`Store::try_insert_calls`], which never
+//! waits: the writer lock is only tried). The writer is still one at a time — the store's
+//! writer lock — and under load, when records queue, the thread commits them in groups as
+//! before. Measured at 1,000 req/s (bench/README.md, session 8): the recorder's wait
+//! under 100 µs for 80% of calls instead of 8%, and ~47 µs less CPU per call.
+//!
+//! [`Store::try_insert_calls`]: crate::store::Store::try_insert_calls
 
 use crate::domain::CallRecord;
 use crate::store::{DynStore, StoreError};
@@ -29,6 +39,8 @@ type Ack = oneshot::Sender<Result<(), StoreError>>;
 pub struct Recorder {
     tx: mpsc::Sender<(CallRecord, Ack)>,
     health: Arc<Health>,
+    /// For commits on the request's own thread.
+    store: DynStore,
 }
 
 /// How long `/ready` keeps reporting a failed commit when no commit has been tried since:
@@ -86,18 +98,40 @@ impl Recorder {
         let (done_tx, done_rx) = oneshot::channel();
         let health = Arc::new(Health::default());
         let writer_health = health.clone();
+        let own = store.clone();
         std::thread::Builder::new()
             .name("agv-recorder".into())
             .spawn(move || {
                 writer(&store, rx, &writer_health);
                 let _ = done_tx.send(());
             })?;
-        Ok((Self { tx, health }, RecorderDone(done_rx)))
+        Ok((
+            Self {
+                tx,
+                health,
+                store: own,
+            },
+            RecorderDone(done_rx),
+        ))
     }
 
-    /// Queues `record` and waits until it is committed.
+    /// Commits `record` — at once on this thread when nothing is queued and the writer is
+    /// free, otherwise through the writer thread's queue — and returns once it is committed.
     pub async fn record(&self, record: CallRecord) -> Result<(), StoreError> {
         let started = Instant::now();
+        // Nothing queued: a record queued earlier must not wait behind this one.
+        if self.tx.capacity() == self.tx.max_capacity()
+            && let Some(Ok(())) = try_insert(&self.store, std::slice::from_ref(&record))
+        {
+            let elapsed = started.elapsed().as_secs_f64();
+            metrics::histogram!("agv_recorder_batch_size").record(1.0);
+            metrics::histogram!("agv_recorder_commit_seconds").record(elapsed);
+            metrics::histogram!("agv_recorder_wait_seconds").record(elapsed);
+            self.health.note(Ok(()));
+            return Ok(());
+        }
+        // The writer was busy, or the commit failed: the writer thread tries (again), with
+        // its handling of failures (one by one in a failed group, logging, `/ready`).
         let (ack, done) = oneshot::channel();
         self.tx.send((record, ack)).await.map_err(|_| {
             StoreError::Unavailable("the call recorder has stopped; restart agv-server".into())
@@ -193,6 +227,18 @@ fn writer(store: &DynStore, mut rx: mpsc::Receiver<(CallRecord, Ack)>, health: &
             tracing::error!("the store's upkeep between commits panicked; the recorder goes on");
         }
     }
+}
+
+/// [`insert`] on the caller's thread if the store's writer is free right now (`None` if not).
+fn try_insert(store: &DynStore, records: &[CallRecord]) -> Option<Result<(), StoreError>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        store.try_insert_calls(records)
+    }))
+    .unwrap_or_else(|_| {
+        Some(Err(StoreError::Database(
+            "the store panicked while committing a call record".into(),
+        )))
+    })
 }
 
 /// Commits `records`; a panic in the store becomes an error, so that it fails these

@@ -271,6 +271,14 @@ pub trait Store: Send + Sync + 'static {
     /// On SQLite it finishes a WAL checkpoint when the background checkpointer asked for
     /// it (see `sqlite::spawn_checkpointer`); nothing to do on Postgres.
     fn between_commits(&self) {}
+    /// Commits `calls` at once if the writer is free right now, without waiting for
+    /// anything: `None` when it is not (another writer holds it, upkeep is due between
+    /// commits, or this store has no such path), and the caller queues them for the
+    /// recorder instead. Lets a call's own thread commit its record when nobody else is
+    /// writing, with no hand-over to the recorder's thread and back.
+    fn try_insert_calls(&self, _calls: &[CallRecord]) -> Option<StoreResult<()>> {
+        None
+    }
     /// After bulk indexing (`agv-server demo`): merges the text index into its most
     /// compact form (SQLite) or flushes its pending entries and refreshes the planner's statistics (Postgres). Takes
     /// seconds on a million calls; searches stay correct without it, only slower.

@@ -971,6 +971,50 @@ impl Store for SqliteStore {
         write_calls(tx, calls, &rows)
     }
 
+    fn try_insert_calls(&self, calls: &[CallRecord]) -> Option<StoreResult<()>> {
+        // The recorder's finish is due: let the recorder commit, then do it.
+        if calls.is_empty() || self.finish_checkpoint.load(Ordering::Relaxed) {
+            return None;
+        }
+        let rows = match calls
+            .iter()
+            .map(CallParams::new)
+            .collect::<StoreResult<Vec<_>>>()
+        {
+            Ok(rows) => rows,
+            Err(e) => return Some(Err(e)),
+        };
+        let writer = match self.writer.try_lock() {
+            Ok(w) => w,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        let mut slot = match self.call_writer.try_lock() {
+            Ok(s) => s,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        let conn = slot.as_mut()?;
+        // Another process (the CLI) may hold SQLite's own write lock: never wait for it here.
+        if conn.busy_timeout(Duration::ZERO).is_err() {
+            return None;
+        }
+        let outcome = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => Some(write_calls(
+                WriteTx {
+                    tx,
+                    _writer: writer,
+                },
+                calls,
+                &rows,
+            )),
+            Err(e) if is_busy(&e) => None,
+            Err(e) => Some(Err(db_err(e))),
+        };
+        let _ = conn.busy_timeout(BUSY_TIMEOUT);
+        outcome
+    }
+
     fn get_call(&self, tenant: Option<&TenantId>, id: &CallId) -> StoreResult<CallRecord> {
         self.conn()?
             .prepare_cached(&format!(
@@ -1818,6 +1862,80 @@ mod tests {
         wal.push("-wal");
         let header = std::fs::read(&wal).unwrap();
         u32::from_be_bytes([header[12], header[13], header[14], header[15]])
+    }
+
+    #[test]
+    fn a_call_is_committed_on_the_callers_thread_only_when_the_writer_is_free() {
+        use crate::domain::{KeyId, Tenant, TenantName};
+        use crate::incidents::demo::CallStream;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let store = SqliteStore::open(&path).unwrap();
+        let tenant = Tenant {
+            id: TenantId::generate(),
+            name: TenantName::parse("Acme").unwrap(),
+            created_at: Timestamp::now(),
+        };
+        store.create_tenant(&tenant).unwrap();
+        let key = KeyId::generate();
+        let mut seed = 0;
+        let mut call = || {
+            seed += 1;
+            CallStream::new(
+                tenant.id.clone(),
+                vec![key.clone()],
+                1,
+                Timestamp::now(),
+                1,
+                seed,
+            )
+            .collect::<Vec<_>>()
+        };
+        let stored = |store: &SqliteStore| {
+            store
+                .list_calls(&tenant.id, &Default::default(), None, 100)
+                .unwrap()
+                .len()
+        };
+        // The recorder's connection is opened by its first commit.
+        store.insert_calls(&call()).unwrap();
+        assert!(matches!(store.try_insert_calls(&call()), Some(Ok(()))));
+        assert_eq!(stored(&store), 2);
+
+        // Another writer of this process holds the lock: no waiting, nothing written.
+        {
+            let _held = store.writer.lock().unwrap();
+            assert!(store.try_insert_calls(&call()).is_none());
+        }
+        // A WAL finish is due: that is the recorder's to do, after a commit of its own.
+        store.finish_checkpoint.store(true, Ordering::Relaxed);
+        assert!(store.try_insert_calls(&call()).is_none());
+        store.between_commits();
+        assert!(!store.finish_checkpoint.load(Ordering::Relaxed));
+        assert_eq!(stored(&store), 2);
+
+        // Another process (say the CLI) holds SQLite's own write lock: no 5 s busy wait.
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let tried = Instant::now();
+        assert!(store.try_insert_calls(&call()).is_none());
+        assert!(
+            tried.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            tried.elapsed()
+        );
+        other.execute_batch("ROLLBACK").unwrap();
+        // The connection waits for a busy lock again on the recorder's own path.
+        let third = call();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            other.execute_batch("ROLLBACK").unwrap();
+        });
+        store.insert_calls(&third).unwrap();
+        release.join().unwrap();
+        assert!(matches!(store.try_insert_calls(&call()), Some(Ok(()))));
+        assert_eq!(stored(&store), 4);
     }
 
     #[test]
