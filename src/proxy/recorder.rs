@@ -54,6 +54,10 @@ pub const FAILURE_REPORTED_FOR: Duration = Duration::from_secs(30);
 struct Health {
     failing: AtomicBool,
     last_failure: Mutex<Option<(Instant, StoreError)>>,
+    /// The writer thread has a group in hand (from taking it off the queue until its
+    /// calls are answered): a request then queues its record rather than slip a group of
+    /// one in between, which under load would split the groups.
+    writing: AtomicBool,
 }
 
 impl Health {
@@ -119,8 +123,10 @@ impl Recorder {
     /// free, otherwise through the writer thread's queue — and returns once it is committed.
     pub async fn record(&self, record: CallRecord) -> Result<(), StoreError> {
         let started = Instant::now();
-        // Nothing queued: a record queued earlier must not wait behind this one.
+        // Nothing queued (a record queued earlier must not wait behind this one) and the
+        // writer thread idle.
         if self.tx.capacity() == self.tx.max_capacity()
+            && !self.health.writing.load(Ordering::Relaxed)
             && let Some(Ok(())) = try_insert(&self.store, std::slice::from_ref(&record))
         {
             let elapsed = started.elapsed().as_secs_f64();
@@ -172,6 +178,7 @@ fn writer(store: &DynStore, mut rx: mpsc::Receiver<(CallRecord, Ack)>, health: &
     // Blocks this thread (never a runtime's) until the first record of a batch arrives,
     // then takes whatever else is already waiting.
     while let Some((record, ack)) = rx.blocking_recv() {
+        health.writing.store(true, Ordering::Relaxed);
         records.push(record);
         acks.push(ack);
         while records.len() < MAX_BATCH {
@@ -220,6 +227,7 @@ fn writer(store: &DynStore, mut rx: mpsc::Receiver<(CallRecord, Ack)>, health: &
         for (ack, outcome) in acks.drain(..).zip(outcomes) {
             let _ = ack.send(outcome);
         }
+        health.writing.store(false, Ordering::Relaxed);
         // Whatever arrives meanwhile waits in the queue and goes in the next commit.
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.between_commits()))
             .is_err()
