@@ -54,7 +54,10 @@ pub fn prometheus() -> Option<PrometheusHandle> {
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
                 .ok()?;
             match builder.install_recorder() {
-                Ok(handle) => Some(handle),
+                Ok(handle) => {
+                    spawn_upkeep(handle.clone());
+                    Some(handle)
+                }
                 Err(e) => {
                     tracing::warn!("metrics recorder not installed: {e}");
                     None
@@ -62,6 +65,27 @@ pub fn prometheus() -> Option<PrometheusHandle> {
             }
         })
         .clone()
+}
+
+/// How often histogram samples are folded into their buckets when `/metrics` is not read.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The recorder keeps every histogram sample until an upkeep folds it into its buckets, and
+/// `install_recorder` leaves the upkeep to its caller (the crate's documentation says so).
+/// Run only when `/metrics` was read, a server nobody scrapes kept every sample of every
+/// call — several per call — for as long as it ran. This thread runs it every 5 s.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("agv-metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the metrics upkeep thread; histograms are folded only when /metrics is read");
+    }
 }
 
 /// An error's whole story: its own text, then each cause below it that adds something
