@@ -78,13 +78,19 @@ impl Engine {
                 cost,
                 at,
             } => {
-                let spike = self
+                let mut baselines = self
                     .baselines
                     .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .entry(tenant_id.clone())
-                    .or_default()
-                    .observe(cost);
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                // A lookup first: the tenant's id is copied only for its first call.
+                let spike = match baselines.get_mut(&tenant_id) {
+                    Some(base) => base.observe(cost),
+                    None => baselines
+                        .entry(tenant_id.clone())
+                        .or_default()
+                        .observe(cost),
+                };
+                drop(baselines);
                 let Some(detail) = spike else {
                     return;
                 };

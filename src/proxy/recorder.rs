@@ -39,6 +39,10 @@ type Ack = oneshot::Sender<Result<(), StoreError>>;
 pub struct Recorder {
     tx: mpsc::Sender<(CallRecord, Ack)>,
     health: Arc<Health>,
+    /// The writer thread has a group in hand (from taking it off the queue until its
+    /// calls are answered): a request then queues its record rather than slip a group of
+    /// one in between, which under load would split the groups.
+    writing: Arc<AtomicBool>,
     /// For commits on the request's own thread.
     store: DynStore,
 }
@@ -54,10 +58,6 @@ pub const FAILURE_REPORTED_FOR: Duration = Duration::from_secs(30);
 struct Health {
     failing: AtomicBool,
     last_failure: Mutex<Option<(Instant, StoreError)>>,
-    /// The writer thread has a group in hand (from taking it off the queue until its
-    /// calls are answered): a request then queues its record rather than slip a group of
-    /// one in between, which under load would split the groups.
-    writing: AtomicBool,
 }
 
 impl Health {
@@ -102,17 +102,20 @@ impl Recorder {
         let (done_tx, done_rx) = oneshot::channel();
         let health = Arc::new(Health::default());
         let writer_health = health.clone();
+        let writing = Arc::new(AtomicBool::new(false));
+        let writer_writing = writing.clone();
         let own = store.clone();
         std::thread::Builder::new()
             .name("agv-recorder".into())
             .spawn(move || {
-                writer(&store, rx, &writer_health);
+                writer(&store, rx, &writer_health, &writer_writing);
                 let _ = done_tx.send(());
             })?;
         Ok((
             Self {
                 tx,
                 health,
+                writing,
                 store: own,
             },
             RecorderDone(done_rx),
@@ -126,13 +129,12 @@ impl Recorder {
         // Nothing queued (a record queued earlier must not wait behind this one) and the
         // writer thread idle.
         if self.tx.capacity() == self.tx.max_capacity()
-            && !self.health.writing.load(Ordering::Relaxed)
+            && !self.writing.load(Ordering::Relaxed)
             && let Some(Ok(())) = try_insert(&self.store, std::slice::from_ref(&record))
         {
-            let elapsed = started.elapsed().as_secs_f64();
-            metrics::histogram!("agv_recorder_batch_size").record(1.0);
-            metrics::histogram!("agv_recorder_commit_seconds").record(elapsed);
-            metrics::histogram!("agv_recorder_wait_seconds").record(elapsed);
+            note_commit(1, started);
+            metrics::histogram!("agv_recorder_wait_seconds")
+                .record(started.elapsed().as_secs_f64());
             self.health.note(Ok(()));
             return Ok(());
         }
@@ -171,14 +173,19 @@ impl Recorder {
     }
 }
 
-fn writer(store: &DynStore, mut rx: mpsc::Receiver<(CallRecord, Ack)>, health: &Health) {
+fn writer(
+    store: &DynStore,
+    mut rx: mpsc::Receiver<(CallRecord, Ack)>,
+    health: &Health,
+    writing: &AtomicBool,
+) {
     let mut records: Vec<CallRecord> = Vec::with_capacity(MAX_BATCH);
     let mut acks: Vec<Ack> = Vec::with_capacity(MAX_BATCH);
     let mut log = FailureLog::default();
     // Blocks this thread (never a runtime's) until the first record of a batch arrives,
     // then takes whatever else is already waiting.
     while let Some((record, ack)) = rx.blocking_recv() {
-        health.writing.store(true, Ordering::Relaxed);
+        writing.store(true, Ordering::Relaxed);
         records.push(record);
         acks.push(ack);
         while records.len() < MAX_BATCH {
@@ -210,8 +217,7 @@ fn writer(store: &DynStore, mut rx: mpsc::Receiver<(CallRecord, Ack)>, health: &
             Err(e) => vec![Err(e)],
         };
         records.clear();
-        metrics::histogram!("agv_recorder_batch_size").record(size as f64);
-        metrics::histogram!("agv_recorder_commit_seconds").record(started.elapsed().as_secs_f64());
+        note_commit(size, started);
         let failed = outcomes.iter().filter(|o| o.is_err()).count();
         // Ready again as soon as anything commits; not ready when nothing did.
         match outcomes.iter().find(|o| o.is_err()) {
@@ -227,7 +233,7 @@ fn writer(store: &DynStore, mut rx: mpsc::Receiver<(CallRecord, Ack)>, health: &
         for (ack, outcome) in acks.drain(..).zip(outcomes) {
             let _ = ack.send(outcome);
         }
-        health.writing.store(false, Ordering::Relaxed);
+        writing.store(false, Ordering::Relaxed);
         // Whatever arrives meanwhile waits in the queue and goes in the next commit.
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.between_commits()))
             .is_err()
@@ -237,32 +243,35 @@ fn writer(store: &DynStore, mut rx: mpsc::Receiver<(CallRecord, Ack)>, health: &
     }
 }
 
-/// [`insert`] on the caller's thread if the store's writer is free right now (`None` if not).
-fn try_insert(store: &DynStore, records: &[CallRecord]) -> Option<Result<(), StoreError>> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        store.try_insert_calls(records)
-    }))
-    .unwrap_or_else(|_| {
-        Some(Err(StoreError::Database(
-            "the store panicked while committing a call record".into(),
-        )))
-    })
-}
-
 /// Commits `records`; a panic in the store becomes an error, so that it fails these
 /// records instead of ending the writer thread (and with it every later call).
 fn insert(store: &DynStore, records: &[CallRecord]) -> Result<(), StoreError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.insert_calls(records)))
-        .unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "no message".to_owned());
-            Err(StoreError::Database(format!(
-                "the store panicked while committing call records: {what}"
-            )))
-        })
+    guarded(|| store.insert_calls(records)).unwrap_or_else(Err)
+}
+
+/// [`insert`] on the caller's thread if the store's writer is free right now (`None` if not).
+fn try_insert(store: &DynStore, records: &[CallRecord]) -> Option<Result<(), StoreError>> {
+    guarded(|| store.try_insert_calls(records)).unwrap_or_else(|e| Some(Err(e)))
+}
+
+/// Runs `commit`, turning a panic in the store into the error that says so.
+fn guarded<T>(commit: impl FnOnce() -> T) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(commit)).map_err(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_owned());
+        StoreError::Database(format!(
+            "the store panicked while committing call records: {what}"
+        ))
+    })
+}
+
+/// The metrics of one commit of `size` records that took from `started` until now.
+fn note_commit(size: usize, started: Instant) {
+    metrics::histogram!("agv_recorder_batch_size").record(size as f64);
+    metrics::histogram!("agv_recorder_commit_seconds").record(started.elapsed().as_secs_f64());
 }
 
 /// How often a lasting failure (a full disk, a database that is down) is logged again.

@@ -74,10 +74,21 @@ pub struct SqliteStore {
 /// API) holds the lock. Other processes (the CLI) still meet SQLite's own lock.
 pub(super) type WriterLock = Arc<std::sync::Mutex<()>>;
 
-pub(super) fn lock_writer(lock: &std::sync::Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
-    // The mutex guards no data: a panic while it was held leaves nothing inconsistent.
+pub(super) fn lock_writer<T>(lock: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The writer lock guards no data, and the recorder's connection slot stays usable: a
+    // panic while either was held leaves nothing inconsistent (a transaction in progress
+    // is rolled back when it is dropped).
     lock.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// [`lock_writer`] without waiting: `None` when someone holds the lock.
+fn try_lock<T>(lock: &std::sync::Mutex<T>) -> Option<std::sync::MutexGuard<'_, T>> {
+    match lock.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
 }
 
 /// A write transaction holding this process's writer lock; commit or drop (roll back).
@@ -278,6 +289,66 @@ fn spawn_checkpointer(path: PathBuf, stop: Arc<AtomicBool>, finish: Arc<AtomicBo
 }
 
 impl SqliteStore {
+    /// Commits `calls` on the recorder's own connection. With `wait`, waits for the writer
+    /// lock (and SQLite's, up to the busy timeout) and opens the connection on first use;
+    /// without, returns `None` at once where it would have waited (another writer, or the
+    /// connection not open yet), for a caller that has somewhere else to send the calls.
+    /// `None` with `wait` only for no calls.
+    ///
+    /// The recorder's connection has no text index attached: BEGIN IMMEDIATE takes the
+    /// write lock of every attached database, so on a pooled connection each commit would
+    /// also wait for the background indexer's writes to the index file (in SQLite's busy
+    /// handler, which sleeps for milliseconds) and pay for locking a second file. Its page
+    /// cache also stays warm between commits.
+    fn commit_calls(&self, calls: &[CallRecord], wait: bool) -> Option<StoreResult<()>> {
+        if calls.is_empty() {
+            return None;
+        }
+        // Serialise before taking the write lock, which every other writer waits for.
+        let rows = match calls
+            .iter()
+            .map(CallParams::new)
+            .collect::<StoreResult<Vec<_>>>()
+        {
+            Ok(rows) => rows,
+            Err(e) => return Some(Err(e)),
+        };
+        let (writer, mut slot) = if wait {
+            (lock_writer(&self.writer), lock_writer(&self.call_writer))
+        } else {
+            (try_lock(&self.writer)?, try_lock(&self.call_writer)?)
+        };
+        let conn = match (&mut *slot, wait) {
+            (Some(conn), _) => conn,
+            (empty, true) => match open_first_connection(&self.path) {
+                Ok(conn) => empty.insert(conn),
+                Err(e) => return Some(Err(db_err(e))),
+            },
+            (None, false) => return None,
+        };
+        if wait {
+            return Some(
+                begin_write_locked(writer, conn).and_then(|tx| write_calls(tx, calls, &rows)),
+            );
+        }
+        // Another process (the CLI) may hold SQLite's own write lock: never wait for it.
+        conn.busy_timeout(Duration::ZERO).ok()?;
+        let outcome = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => Some(write_calls(
+                WriteTx {
+                    tx,
+                    _writer: writer,
+                },
+                calls,
+                &rows,
+            )),
+            Err(e) if is_busy(&e) => None,
+            Err(e) => Some(Err(db_err(e))),
+        };
+        let _ = conn.busy_timeout(BUSY_TIMEOUT);
+        outcome
+    }
+
     /// Opens (creating if needed) the database file at `path` and migrates it.
     pub fn open(path: &Path) -> StoreResult<Self> {
         let cannot_open = |cause: &dyn std::fmt::Display| {
@@ -945,74 +1016,15 @@ impl Store for SqliteStore {
     }
 
     fn insert_calls(&self, calls: &[CallRecord]) -> StoreResult<()> {
-        if calls.is_empty() {
-            return Ok(());
-        }
-        // Serialise before taking the write lock, which every other writer waits for.
-        let rows = calls
-            .iter()
-            .map(CallParams::new)
-            .collect::<StoreResult<Vec<_>>>()?;
-        // On the recorder's own connection, which has no text index attached: BEGIN
-        // IMMEDIATE takes the write lock of every attached database, so on a pooled
-        // connection each commit would also wait for the background indexer's writes to
-        // the index file (in SQLite's busy handler, which sleeps for milliseconds) and
-        // pay for locking a second file. Its page cache also stays warm between commits.
-        let writer = lock_writer(&self.writer);
-        let mut slot = self
-            .call_writer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let conn = match &mut *slot {
-            Some(conn) => conn,
-            empty => empty.insert(open_first_connection(&self.path).map_err(db_err)?),
-        };
-        let tx = begin_write_locked(writer, conn)?;
-        write_calls(tx, calls, &rows)
+        self.commit_calls(calls, true).unwrap_or(Ok(()))
     }
 
     fn try_insert_calls(&self, calls: &[CallRecord]) -> Option<StoreResult<()>> {
         // The recorder's finish is due: let the recorder commit, then do it.
-        if calls.is_empty() || self.finish_checkpoint.load(Ordering::Relaxed) {
+        if self.finish_checkpoint.load(Ordering::Relaxed) {
             return None;
         }
-        let rows = match calls
-            .iter()
-            .map(CallParams::new)
-            .collect::<StoreResult<Vec<_>>>()
-        {
-            Ok(rows) => rows,
-            Err(e) => return Some(Err(e)),
-        };
-        let writer = match self.writer.try_lock() {
-            Ok(w) => w,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return None,
-        };
-        let mut slot = match self.call_writer.try_lock() {
-            Ok(s) => s,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return None,
-        };
-        let conn = slot.as_mut()?;
-        // Another process (the CLI) may hold SQLite's own write lock: never wait for it here.
-        if conn.busy_timeout(Duration::ZERO).is_err() {
-            return None;
-        }
-        let outcome = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-            Ok(tx) => Some(write_calls(
-                WriteTx {
-                    tx,
-                    _writer: writer,
-                },
-                calls,
-                &rows,
-            )),
-            Err(e) if is_busy(&e) => None,
-            Err(e) => Some(Err(db_err(e))),
-        };
-        let _ = conn.busy_timeout(BUSY_TIMEOUT);
-        outcome
+        self.commit_calls(calls, false)
     }
 
     fn get_call(&self, tenant: Option<&TenantId>, id: &CallId) -> StoreResult<CallRecord> {
@@ -1368,10 +1380,7 @@ impl Store for SqliteStore {
             return;
         }
         let _writer = lock_writer(&self.writer);
-        let mut slot = self
-            .call_writer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slot = lock_writer(&self.call_writer);
         let Some(conn) = slot.as_mut() else {
             return;
         };
