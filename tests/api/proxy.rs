@@ -542,3 +542,45 @@ async fn long_bodies_are_stored_truncated_and_marked_with_the_hash_of_the_whole(
     );
     app.stop().await;
 }
+
+/// The WAL header's checkpoint sequence: SQLite adds one each time it starts writing the
+/// WAL from its beginning again.
+fn wal_restarts(data: &std::path::Path) -> u32 {
+    let header = std::fs::read(data.join("agv.db-wal")).expect("the WAL file");
+    u32::from_be_bytes([header[12], header[13], header[14], header[15]])
+}
+
+/// README: under steady traffic the WAL is rewritten from its start every two seconds
+/// instead of growing, and `/metrics` exports the finish that makes it so. Through the
+/// whole server: the calls commit their own records (nothing else writes), and the
+/// checkpointer's finish must still come round.
+#[tokio::test]
+async fn under_steady_traffic_the_wal_starts_over_and_its_finish_is_in_the_metrics() {
+    let setup = ProxySetup::new(Backend::Sqlite).unwrap();
+    let (app, _upstream, _tenant, key, admin) = setup.start().await;
+    app.set_policy(
+        &admin,
+        serde_json::json!({"key_requests_per_minute": 100_000}),
+    )
+    .await;
+    assert_eq!(app.chat(&key, "first").await.status(), 200);
+    let before = wal_restarts(app.home.dir.path());
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(5000);
+    let mut calls = 0;
+    while std::time::Instant::now() < until {
+        assert_eq!(app.chat(&key, "steady").await.status(), 200);
+        calls += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let restarts = wal_restarts(app.home.dir.path()) - before;
+    assert!(
+        restarts >= 1,
+        "the WAL was started over {restarts} times during {calls} calls"
+    );
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("agv_sqlite_checkpoint_finish_seconds_count"),
+        "/metrics lacks the WAL finish"
+    );
+    app.stop().await;
+}
