@@ -15,6 +15,7 @@ mod incidents;
 pub mod migrate;
 pub mod postgres;
 mod quota;
+mod resident;
 mod retention;
 mod rows;
 mod schedule;

@@ -212,6 +212,13 @@ fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
     })
 }
 
+/// SQLite's write-ahead log of the database at `db`.
+fn wal_path(db: &Path) -> PathBuf {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
+}
+
 /// Flushes what has been written to `path` to the disk (`fdatasync`).
 fn sync_file(path: &Path) -> std::io::Result<()> {
     std::fs::File::open(path)?.sync_data()
@@ -241,9 +248,26 @@ fn spawn_checkpointer(path: PathBuf, stop: Arc<AtomicBool>, finish: Arc<AtomicBo
         };
         let mut failing = false;
         let mut rounds: u32 = 0;
+        // The WALs are rewritten in place; their cached pages must stay cached (see
+        // `resident`). The text index's WAL is written by the indexer, off the hot path,
+        // but it stalls the same way.
+        let mut wals = [&path, &super::search_sqlite::search_path(&path)]
+            .map(|db| super::resident::Resident::new(&wal_path(db)));
+        let mut unmapped = false;
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(CHECKPOINT_EVERY);
             rounds = rounds.wrapping_add(1);
+            for wal in &mut wals {
+                match wal.refresh() {
+                    Ok(()) => unmapped = false,
+                    // Once per episode; commits still work, only with stalls.
+                    Err(e) if !unmapped => {
+                        unmapped = true;
+                        tracing::warn!(error = %e, "could not map the WAL to keep it cached; commits may wait for the disk");
+                    }
+                    Err(_) => {}
+                }
+            }
             let round = passive_checkpoint(&conn).and_then(|(frames, copied)| {
                 if frames > 0 {
                     passive_checkpoint(&conn)
@@ -1867,9 +1891,7 @@ mod tests {
     /// The WAL header's checkpoint sequence number: SQLite adds one each time it starts
     /// writing the WAL from its beginning again.
     fn wal_restarts(db: &Path) -> u32 {
-        let mut wal = db.as_os_str().to_owned();
-        wal.push("-wal");
-        let header = std::fs::read(&wal).unwrap();
+        let header = std::fs::read(super::wal_path(db)).unwrap();
         u32::from_be_bytes([header[12], header[13], header[14], header[15]])
     }
 
