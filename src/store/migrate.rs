@@ -102,6 +102,11 @@ pub const SQLITE: &[Migration] = &[
         name: "shared_quotas",
         sql: include_str!("../../migrations/sqlite/0014_shared_quotas.sql"),
     },
+    Migration {
+        version: 15,
+        name: "ascending_call_indexes",
+        sql: include_str!("../../migrations/sqlite/0015_ascending_call_indexes.sql"),
+    },
 ];
 
 /// Postgres migrations, oldest first; the same versions and meaning as [`SQLITE`].
@@ -175,6 +180,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 14,
         name: "shared_quotas",
         sql: include_str!("../../migrations/postgres/0014_shared_quotas.sql"),
+    },
+    Migration {
+        version: 15,
+        name: "ascending_call_indexes",
+        sql: include_str!("../../migrations/postgres/0015_ascending_call_indexes.sql"),
     },
 ];
 
