@@ -279,9 +279,9 @@ impl Proxy {
             (incoming.raw.clone(), false)
         };
         let path = if incoming.endpoint == endpoint::EMBEDDINGS {
-            "/embeddings"
+            upstream::EMBEDDINGS_PATH
         } else {
-            "/chat/completions"
+            upstream::CHAT_PATH
         };
         let mut rec = self.base_record(&incoming, model.clone(), decisions, enforcement_us);
         let own = self.tenant_upstream(&incoming.tenant_id);
