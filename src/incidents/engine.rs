@@ -5,7 +5,7 @@
 //! `agv_incident_signals_dropped_total`; the call itself is recorded regardless). The task
 //! applies what has queued in one store transaction, attaches kill-switch actions to the
 //! tenant's open incidents, and tells its listeners (alerts) what changed. Cost spikes are
-//! spotted in `Engine::send` itself, against per-tenant cost baselines, so that a call
+//! spotted in `Engine::cost` itself, against per-tenant cost baselines, so that a call
 //! whose cost is ordinary never wakes the task.
 
 use crate::domain::incident::{Applied, CostBaseline, EventKind, Signal, Subject, rule};
@@ -24,19 +24,20 @@ const FREEZE_NOTE_LIMIT: u32 = 20;
 #[derive(Debug)]
 pub enum Input {
     Signal(Signal),
-    /// A call's known cost, for the tenant's cost baseline (a spike raises a signal).
-    Cost {
-        tenant_id: TenantId,
-        key_id: KeyId,
-        call_id: CallId,
-        end_user: Option<String>,
-        cost: Money,
-        at: Timestamp,
-    },
     /// A kill-switch action, noted on the tenant's open incidents.
     Freeze(FreezeEvent),
     /// Answers once everything sent before it has been applied (tests, shutdown).
     Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// A call's known cost, for its tenant's cost baseline ([`Engine::cost`]).
+pub struct CallCost {
+    pub tenant_id: TenantId,
+    pub key_id: KeyId,
+    pub call_id: CallId,
+    pub end_user: Option<String>,
+    pub cost: Money,
+    pub at: Timestamp,
 }
 
 /// Told about every batch of applied signals, on the blocking pool, in order.
@@ -67,47 +68,39 @@ impl Engine {
         (engine, tokio::spawn(run(store, listeners, rx)))
     }
 
+    /// Adds a call's cost to its tenant's baseline, on the caller's thread; only a spike
+    /// goes to the engine's task, as a signal. Never waits.
+    pub fn cost(&self, c: CallCost) {
+        let mut baselines = self
+            .baselines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A lookup first: the tenant's id is copied only for its first call.
+        let spike = match baselines.get_mut(&c.tenant_id) {
+            Some(base) => base.observe(c.cost),
+            None => baselines
+                .entry(c.tenant_id.clone())
+                .or_default()
+                .observe(c.cost),
+        };
+        drop(baselines);
+        if let Some(detail) = spike {
+            self.send(Input::Signal(Signal {
+                tenant_id: c.tenant_id,
+                rule: rule::COST_SPIKE.into(),
+                subject: Subject::Key(c.key_id),
+                at: c.at,
+                call_id: Some(c.call_id),
+                end_user: c.end_user,
+                cost: Some(c.cost),
+                detail,
+                demo: false,
+            }));
+        }
+    }
+
     /// Never waits.
     pub fn send(&self, input: Input) {
-        let input = match input {
-            Input::Cost {
-                tenant_id,
-                key_id,
-                call_id,
-                end_user,
-                cost,
-                at,
-            } => {
-                let mut baselines = self
-                    .baselines
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                // A lookup first: the tenant's id is copied only for its first call.
-                let spike = match baselines.get_mut(&tenant_id) {
-                    Some(base) => base.observe(cost),
-                    None => baselines
-                        .entry(tenant_id.clone())
-                        .or_default()
-                        .observe(cost),
-                };
-                drop(baselines);
-                let Some(detail) = spike else {
-                    return;
-                };
-                Input::Signal(Signal {
-                    tenant_id,
-                    rule: rule::COST_SPIKE.into(),
-                    subject: Subject::Key(key_id),
-                    at,
-                    call_id: Some(call_id),
-                    end_user,
-                    cost: Some(cost),
-                    detail,
-                    demo: false,
-                })
-            }
-            other => other,
-        };
         if self.tx.try_send(input).is_err() {
             metrics::counter!("agv_incident_signals_dropped_total").increment(1);
             tracing::warn!(
@@ -139,8 +132,6 @@ async fn run(store: DynStore, listeners: Vec<Arc<dyn Listener>>, mut rx: mpsc::R
         for input in batch.drain(..) {
             match input {
                 Input::Signal(s) => signals.push(s),
-                // Observed by `Engine::send`, which sends only the spikes, as signals.
-                Input::Cost { .. } => {}
                 Input::Freeze(e) => freezes.push(e),
                 Input::Flush(done) => flushes.push(done),
             }
@@ -222,8 +213,8 @@ mod tests {
     use crate::domain::incident::IncidentFilter;
     use crate::domain::{Tenant, TenantName};
 
-    fn cost(tenant: &TenantId, key: &KeyId, usd: f64, at: i64) -> Input {
-        Input::Cost {
+    fn cost(tenant: &TenantId, key: &KeyId, usd: f64, at: i64) -> CallCost {
+        CallCost {
             tenant_id: tenant.clone(),
             key_id: key.clone(),
             call_id: CallId::generate(),
@@ -247,7 +238,7 @@ mod tests {
         let key = KeyId::generate();
         let t0 = 1_700_000_000_000;
         for i in 0..CostBaseline::MIN_HISTORY as i64 {
-            engine.send(cost(&tenant.id, &key, 0.02, t0 + i));
+            engine.cost(cost(&tenant.id, &key, 0.02, t0 + i));
         }
         engine.flush().await;
         let listed =
@@ -257,7 +248,7 @@ mod tests {
             "usual costs raise nothing"
         );
 
-        engine.send(cost(&tenant.id, &key, 1.0, t0 + 100));
+        engine.cost(cost(&tenant.id, &key, 1.0, t0 + 100));
         engine.flush().await;
         let incidents = listed(&store).unwrap();
         assert_eq!(incidents.len(), 1);

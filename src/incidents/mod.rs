@@ -8,4 +8,4 @@ pub mod engine;
 pub mod summary_llm;
 pub mod timeline;
 
-pub use engine::{Engine, Input, Listener};
+pub use engine::{CallCost, Engine, Input, Listener};

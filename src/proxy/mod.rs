@@ -519,7 +519,7 @@ impl Proxy {
         let cost = rec
             .cost
             .filter(|_| !rec.blocked)
-            .map(|cost| crate::incidents::Input::Cost {
+            .map(|cost| crate::incidents::CallCost {
                 tenant_id: rec.tenant_id.clone(),
                 key_id: rec.key_id.clone(),
                 call_id: rec.id.clone(),
@@ -533,7 +533,7 @@ impl Proxy {
                     self.incidents.signal(s);
                 }
                 if let Some(c) = cost {
-                    self.incidents.send(c);
+                    self.incidents.cost(c);
                 }
                 answer
             }
