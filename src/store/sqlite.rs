@@ -359,16 +359,11 @@ impl SqliteStore {
             },
             (None, false) => return None,
         };
-        if wait {
-            let written =
-                begin_write_locked(writer, conn).and_then(|tx| write_calls(tx, calls, &rows));
-            if written.is_ok() {
-                self.restart_due.store(false, Ordering::Relaxed);
-            }
-            return Some(written);
+        // Without `wait`, another process (the CLI) holding SQLite's own write lock must
+        // not be waited for either.
+        if !wait {
+            conn.busy_timeout(Duration::ZERO).ok()?;
         }
-        // Another process (the CLI) may hold SQLite's own write lock: never wait for it.
-        conn.busy_timeout(Duration::ZERO).ok()?;
         let outcome = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => Some(write_calls(
                 WriteTx {
@@ -378,10 +373,14 @@ impl SqliteStore {
                 calls,
                 &rows,
             )),
-            Err(e) if is_busy(&e) => None,
+            Err(e) if !wait && is_busy(&e) => None,
             Err(e) => Some(Err(db_err(e))),
         };
-        let _ = conn.busy_timeout(BUSY_TIMEOUT);
+        if !wait {
+            let _ = conn.busy_timeout(BUSY_TIMEOUT);
+        } else if matches!(outcome, Some(Ok(()))) {
+            self.restart_due.store(false, Ordering::Relaxed);
+        }
         outcome
     }
 
@@ -527,13 +526,7 @@ pub(super) fn begin_write<'c>(
     lock: &'c std::sync::Mutex<()>,
     conn: &'c mut Connection,
 ) -> StoreResult<WriteTx<'c>> {
-    begin_write_locked(lock_writer(lock), conn)
-}
-
-fn begin_write_locked<'c>(
-    writer: std::sync::MutexGuard<'c, ()>,
-    conn: &'c mut Connection,
-) -> StoreResult<WriteTx<'c>> {
+    let writer = lock_writer(lock);
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_err)?;
@@ -2104,6 +2097,30 @@ mod tests {
             Some(Ok(()))
         ));
         assert_eq!(f.stored(), 6);
+    }
+
+    /// README: the WAL stays mapped into the server, so that proactive reclaim of
+    /// unmapped page cache cannot make a commit read it back from the disk (`resident`).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_checkpointer_keeps_the_wal_mapped() {
+        let f = CallsFixture::new();
+        f.store.insert_calls(&f.call(Timestamp::now())).unwrap();
+        let wal = super::wal_path(&f.path);
+        let wal = wal.to_str().unwrap();
+        // The checkpointer maps it on its next round (every 500 ms).
+        let until = Instant::now() + Duration::from_secs(5);
+        let mapped = loop {
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+            if maps.lines().any(|l| l.ends_with(wal)) || Instant::now() > until {
+                break maps;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            mapped.lines().any(|l| l.ends_with(wal)),
+            "{wal} is not mapped:\n{mapped}"
+        );
     }
 
     #[test]
