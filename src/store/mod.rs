@@ -7,6 +7,7 @@
 //! This module must not know about HTTP.
 
 mod alerts;
+mod background;
 mod chain;
 mod console;
 pub mod dump;

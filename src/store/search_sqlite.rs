@@ -35,7 +35,7 @@ use rusqlite::{Connection, TransactionBehavior, params, params_from_iter};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often the background indexer looks for new calls.
 pub(super) const INDEX_EVERY: Duration = Duration::from_millis(300);
@@ -363,8 +363,8 @@ struct Doc {
     body: String,
 }
 
-/// Lets a waiting thread have the CPU every [`YIELD_EVERY`] documents. The indexer runs
-/// at nice 19, but the scheduler still lets a running thread finish its time slice: a
+/// Lets a waiting thread have the CPU every [`YIELD_EVERY`] documents. The indexer may
+/// run at nice 19 (see `background`), where the scheduler lets a running thread finish its time slice: a
 /// batch held a CPU for up to 2.9–11 ms at 1,000 req/s, and a request thread woken on that
 /// CPU waited for it (`perf sched timehist`); with the yields, at most 1.5–1.7 ms. Costs
 /// a system call when nobody is waiting.
@@ -465,7 +465,7 @@ pub(super) fn spawn_indexer(db: PathBuf, stop: Arc<AtomicBool>) {
     let spawned = std::thread::Builder::new()
         .name("agv-search-index".into())
         .spawn(move || {
-            super::sqlite::background_priority();
+            let mut background = super::background::Background::start();
             let (calls, mut index) = match open_pair(&db) {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -480,9 +480,12 @@ pub(super) fn spawn_indexer(db: PathBuf, stop: Arc<AtomicBool>) {
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
+                    let started = Instant::now();
                     match index_batch(&calls, &mut index, INDEX_BATCH) {
                         Ok(n) => {
                             failing = false;
+                            // A full batch: more are waiting.
+                            background.round(n >= INDEX_BATCH, started.elapsed());
                             if n < INDEX_BATCH {
                                 break;
                             }

@@ -187,31 +187,13 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// itself (1–2.5 ms measured at 1,000 req/s), so not every round: once in 2 s bounds the
 /// WAL to about two seconds of writes.
 const FINISH_EVERY_ROUNDS: u32 = 4;
+/// Frames a checkpointer round may leave uncopied before the checkpointer counts as
+/// behind (see `background`): 32 MiB of pages. A round at 1,000 req/s leaves a few dozen.
+const BEHIND_FRAMES: i64 = 8192;
 /// Every how many checkpointer rounds the WALs' mappings are walked to map in again pages
 /// that memory pressure reclaimed (see `resident`): every round cost ~4% of the server's
 /// CPU at 1,000 req/s, and only real memory pressure takes mapped pages.
 const REPOPULATE_EVERY_ROUNDS: u32 = 20;
-
-/// Lowers the calling thread's scheduling priority to the lowest nice value (19), for
-/// background database work — WAL checkpoints, search indexing — that must not take a core
-/// from the request threads when they need it. Linux gives each thread its own nice
-/// value. Measured at 1,000 req/s (bench/README.md, session 7): the proxy's added p99 was
-/// 2.56 ms with these threads at nice 10 and 1.97 ms at 19; under a saturated CPU they
-/// still get a small share, so the WAL and the text index keep moving.
-pub(super) fn background_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: gettid has no preconditions; setpriority only reads its arguments and
-        // changes the calling thread's nice value.
-        let result =
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
-        if result != 0 {
-            tracing::debug!(
-                "could not lower a background thread's priority; it runs at normal priority"
-            );
-        }
-    }
-}
 
 /// One PASSIVE checkpoint: copies what it can without waiting for anyone. Returns the
 /// frames in the WAL and how many of them are now in the database file.
@@ -247,7 +229,7 @@ fn sync_file(path: &Path) -> std::io::Result<()> {
 /// next commit rewrites it from its beginning. See [`SqliteStore::between_commits`].
 fn spawn_checkpointer(path: PathBuf, stop: Arc<AtomicBool>, finish: Arc<AtomicBool>) {
     let spawned = std::thread::Builder::new().name("agv-sqlite-checkpoint".into()).spawn(move || {
-        background_priority();
+        let mut background = super::background::Background::start();
         let conn = match Connection::open(&path).and_then(|c| c.busy_timeout(BUSY_TIMEOUT).map(|()| c)) {
             Ok(c) => c,
             Err(e) => {
@@ -277,6 +259,7 @@ fn spawn_checkpointer(path: PathBuf, stop: Arc<AtomicBool>, finish: Arc<AtomicBo
                     Err(_) => {}
                 }
             }
+            let started = Instant::now();
             let round = passive_checkpoint(&conn).and_then(|(frames, copied)| {
                 if frames > 0 {
                     passive_checkpoint(&conn)
@@ -285,7 +268,8 @@ fn spawn_checkpointer(path: PathBuf, stop: Arc<AtomicBool>, finish: Arc<AtomicBo
                 }
             });
             match round {
-                Ok((frames, _)) => {
+                Ok((frames, copied)) => {
+                    background.round(frames - copied > BEHIND_FRAMES, started.elapsed());
                     if failing {
                         tracing::info!("WAL checkpoints work again");
                     }
