@@ -312,7 +312,7 @@ fn spawn_checkpointer(path: PathBuf, stop: Arc<AtomicBool>, finish: Arc<AtomicBo
                         finish.store(true, Ordering::Relaxed);
                     }
                 }
-                // Once per episode (a full disk lasts), not every half second.
+                // Once per episode (a full disk lasts), not every round.
                 Err(e) => {
                     if !failing {
                         tracing::warn!(error = %e, "WAL checkpoint failed; the WAL grows until one succeeds; retrying");
@@ -2116,7 +2116,7 @@ mod tests {
         f.store.insert_calls(&f.call(Timestamp::now())).unwrap();
         let wal = super::wal_path(&f.path);
         let wal = wal.to_str().unwrap();
-        // The checkpointer maps it on its next round (every 500 ms).
+        // The checkpointer maps it on its next round (every 100 ms).
         let until = Instant::now() + Duration::from_secs(5);
         let mapped = loop {
             let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
