@@ -104,7 +104,8 @@ mod linux {
     /// Extends `m` to the file's new length `len` and maps in only the new pages: a WAL
     /// grows in steps while it finds its size, and mapping all of it again each time (a
     /// few ms per 100 MB) was most of the checkpointer's longest stretches on a CPU.
-    /// False when the kernel cannot do it; the caller then maps the file afresh.
+    /// False when the kernel cannot do it (no `mremap`, no `MADV_POPULATE_READ` before
+    /// Linux 5.14, or the file shrank meanwhile); the caller then maps the file afresh.
     fn grow(m: &mut Mapping, len: usize) -> bool {
         // SAFETY: `m.addr`/`m.len` are a mapping of ours; MREMAP_MAYMOVE lets the kernel
         // move it, and on success the old address is no longer ours (replaced below).
@@ -112,21 +113,23 @@ mod linux {
         if addr == libc::MAP_FAILED {
             return false;
         }
-        let page = 4096;
+        // SAFETY: sysconf only reads its argument.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .unwrap_or(4096)
+            .max(1);
         let from = m.len / page * page;
         m.addr = addr;
         m.len = len;
-        // SAFETY: the range lies inside the mapping just made. Pages the file does not
-        // have (it shrank meanwhile) make it fail with EFAULT, not SIGBUS; the next
-        // refresh then sees the new size.
+        // SAFETY: the range lies inside the mapping just made and starts on a page.
+        // MADV_POPULATE_READ only faults pages in; pages the file no longer has make it
+        // fail with EFAULT, not SIGBUS.
         unsafe {
             libc::madvise(
                 addr.cast::<u8>().add(from).cast(),
                 len - from,
                 libc::MADV_POPULATE_READ,
-            );
+            ) == 0
         }
-        true
     }
 
     pub(super) fn refresh(
@@ -143,29 +146,25 @@ mod linux {
             Err(e) => return Err(e),
         };
         let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
-        if let Some(m) = map.as_ref()
-            && m.len == len
+        if let Some(m) = map.as_mut()
             && m.dev == meta.dev()
             && m.ino == meta.ino()
         {
-            if !repopulate {
+            if m.len == len {
+                if !repopulate {
+                    return Ok(());
+                }
+                // SAFETY: the range is the mapping's own. MADV_POPULATE_READ only faults
+                // pages in; where the file has shrunk meanwhile it fails with EFAULT
+                // instead of raising SIGBUS.
+                if unsafe { libc::madvise(m.addr, m.len, libc::MADV_POPULATE_READ) } == 0 {
+                    return Ok(());
+                }
+                // EINVAL: a kernel older than 5.14; EFAULT: the file shrank. Either way,
+                // map it afresh (MAP_POPULATE works on every kernel).
+            } else if len > m.len && grow(m, len) {
                 return Ok(());
             }
-            // SAFETY: the range is the mapping's own. MADV_POPULATE_READ only faults
-            // pages in; where the file has shrunk meanwhile it fails with EFAULT instead
-            // of raising SIGBUS.
-            if unsafe { libc::madvise(m.addr, m.len, libc::MADV_POPULATE_READ) } == 0 {
-                return Ok(());
-            }
-            // EINVAL: a kernel older than 5.14; EFAULT: the file shrank. Either way,
-            // map it afresh (MAP_POPULATE works on every kernel).
-        } else if let Some(m) = map.as_mut()
-            && len > m.len
-            && m.dev == meta.dev()
-            && m.ino == meta.ino()
-            && grow(m, len)
-        {
-            return Ok(());
         }
         *map = None;
         if len == 0 {

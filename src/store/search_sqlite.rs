@@ -363,11 +363,11 @@ struct Doc {
     body: String,
 }
 
-/// Lets a waiting thread have the CPU every [`YIELD_EVERY`] documents. The indexer may
-/// run at nice 19 (see `background`), where the scheduler lets a running thread finish its time slice: a
-/// batch held a CPU for up to 2.9–11 ms at 1,000 req/s, and a request thread woken on that
-/// CPU waited for it (`perf sched timehist`); with the yields, at most 1.5–1.7 ms. Costs
-/// a system call when nobody is waiting.
+/// Lets a waiting thread have the CPU every [`YIELD_EVERY`] documents. At nice 19 (where
+/// the indexer starts, see `background`) the scheduler lets a running thread finish its
+/// time slice: a batch held a CPU for up to 2.9–11 ms at 1,000 req/s, and a request thread
+/// woken on that CPU waited for it (`perf sched timehist`); with the yields, at most
+/// 1.5–1.7 ms. Costs a system call when nobody is waiting.
 fn yield_every(n: usize) {
     if n % YIELD_EVERY == YIELD_EVERY - 1 {
         std::thread::yield_now();
