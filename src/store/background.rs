@@ -81,6 +81,15 @@ impl Background {
     }
 }
 
+/// Whether this process's background threads may use the idle class (see
+/// [`Background::start`]); found out on a thread of its own, which it leaves at nice 19.
+#[cfg(test)]
+pub(super) fn idle_class_allowed() -> bool {
+    std::thread::spawn(|| Background::start().can_return)
+        .join()
+        .unwrap_or(false)
+}
+
 #[cfg(target_os = "linux")]
 mod os {
     fn set_policy(policy: libc::c_int) -> bool {

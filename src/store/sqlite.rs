@@ -2132,6 +2132,59 @@ mod tests {
         );
     }
 
+    /// README, step 5: the WAL checkpointer and the search indexer run in the idle
+    /// scheduling class while they keep up (an idle store keeps up), where the process may
+    /// raise their priority again; at nice 19 in the normal class otherwise.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_background_threads_of_an_idle_store_go_to_the_idle_class() {
+        let _f = CallsFixture::new();
+        let idle_allowed = super::super::background::idle_class_allowed();
+        // Thread names as the kernel keeps them (15 bytes). Other tests' stores have
+        // threads of the same names; they run the same code.
+        let names = ["agv-sqlite-chec", "agv-search-inde"];
+        let settled = |tid: libc::pid_t| {
+            // SAFETY: both only read the settings of a thread of this process.
+            let (policy, nice) = unsafe {
+                (
+                    libc::sched_getscheduler(tid),
+                    libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t),
+                )
+            };
+            if idle_allowed {
+                policy == libc::SCHED_IDLE
+            } else {
+                policy == libc::SCHED_OTHER && nice == 19
+            }
+        };
+        // 4 quiet rounds: 0.4 s for the checkpointer, 1.2 s for the indexer.
+        let until = Instant::now() + Duration::from_secs(10);
+        let missing = loop {
+            let mut missing: Vec<&str> = names.to_vec();
+            for task in std::fs::read_dir("/proc/self/task").unwrap() {
+                let task = task.unwrap();
+                let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+                let tid: libc::pid_t = task.file_name().to_str().unwrap().parse().unwrap();
+                if settled(tid) {
+                    missing.retain(|n| *n != comm.trim());
+                }
+            }
+            if missing.is_empty() || Instant::now() > until {
+                break missing;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(
+            missing.is_empty(),
+            "no {missing:?} thread in the {} after 10 s",
+            if idle_allowed {
+                "idle class"
+            } else {
+                "normal class at nice 19"
+            }
+        );
+    }
+
     #[test]
     fn under_steady_writes_the_wal_is_rewritten_from_its_start_instead_of_growing() {
         let f = CallsFixture::new();
