@@ -13,6 +13,9 @@ What runs (all on loopback):
     at maximum throughput;
   * agv-server (`agv-server --data TMP serve`, AGV_UPSTREAM_URL = the mock), with one
     tenant and one proxy key created through the CLI;
+  * a byte relay (examples/relay.rs) in front of the mock: it copies bytes both ways and
+    does nothing else, so its added latency is the floor for any proxy on this machine, the
+    cost of the extra loopback hop alone (fixed rate only; --no-relay skips it);
   * with --peer litellm: LiteLLM proxy from a venv in target/bench-venv, one model routed
     to the mock as an OpenAI-compatible base, no database, a master key (required), no callbacks,
     one worker per core.
@@ -76,7 +79,7 @@ def target_dir():
 
 def build(release):
     cmd = ["cargo", "build", "--bin", "agv-server", "--example", "mock_upstream",
-           "--example", "loadgen"]
+           "--example", "loadgen", "--example", "relay"]
     if release:
         cmd.append("--release")
     log("$ " + " ".join(cmd))
@@ -89,6 +92,7 @@ def binaries(release):
         "agv": os.path.join(base, "agv-server"),
         "mock": os.path.join(base, "examples", "mock_upstream"),
         "loadgen": os.path.join(base, "examples", "loadgen"),
+        "relay": os.path.join(base, "examples", "relay"),
     }
 
 
@@ -186,7 +190,7 @@ def settle(port, headers, limit_s=120):
     log(f"   WARNING: 127.0.0.1:{port} still slow after {limit_s} s")
 
 
-def measure(name, bins, port, body_file, headers, cfg, cap_rate=False):
+def measure(name, bins, port, body_file, headers, cfg, cap_rate=False, fixed_only=False):
     """The fixed rate first, on a server that has only seen that rate (a warm-up at the
     same rate, not measured), then max throughput: the figure at 1,000 req/s is the steady
     state at that rate, not the aftermath of a 10-second flood, whose backlog of background
@@ -214,6 +218,11 @@ def measure(name, bins, port, body_file, headers, cfg, cap_rate=False):
         return result
 
     rate = cfg.rate
+    if fixed_only:
+        fixed = fixed_rate(rate)
+        if any(not k.startswith("2") for k in fixed["status_counts"]):
+            log(f"   WARNING: {name} answered non-2xx or failed: {fixed['status_counts']}")
+        return {"fixed": fixed}
     if cap_rate:
         peak = max_throughput()
         settle(port, headers)
@@ -244,6 +253,15 @@ def raise_rate_limits(port, admin_key):
     conn.close()
     if res.status != 200:
         sys.exit(f"could not raise the rate limits: PUT /v1/policies answered {res.status}: {text[:300]!r}")
+
+
+def start_relay(procs, bins, mock_port):
+    proc = procs.start([bins["relay"], "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{mock_port}"],
+                       stdout=subprocess.PIPE, text=True)
+    addr = proc.stdout.readline().strip()
+    if ":" not in addr:
+        raise RuntimeError("the relay did not print its address")
+    return int(addr.rsplit(":", 1)[1])
 
 
 def start_agv(procs, bins, mock_url, tmp):
@@ -352,6 +370,7 @@ def main():
     ap.add_argument("--rate", type=float, default=None, help="fixed rate, req/s (default 1000)")
     ap.add_argument("--duration", type=float, default=None, help="seconds per phase (default 10)")
     ap.add_argument("--concurrency", type=int, default=None, help="--max connections (default 64)")
+    ap.add_argument("--no-relay", action="store_true", help="skip the byte relay's floor")
     ap.add_argument("--no-build", action="store_true", help="use the binaries already built")
     ap.add_argument("--json", action="store_true", help="print all raw figures as JSON at the end")
     cfg = ap.parse_args()
@@ -364,6 +383,8 @@ def main():
     if not cfg.no_build:
         build(release)
     bins = binaries(release)
+    if cfg.no_relay:
+        del bins["relay"]
     for path in bins.values():
         if not os.path.exists(path):
             log(f"ERROR: {path} missing (build it, or drop --no-build)")
@@ -381,6 +402,11 @@ def main():
 
         results["direct"] = measure("direct", bins, mock_port, body_file,
                                     ["Authorization: Bearer sk-bench"], cfg)
+
+        if not cfg.no_relay:
+            relay_port = start_relay(procs, bins, mock_port)
+            results["relay"] = measure("relay", bins, relay_port, body_file,
+                                       ["Authorization: Bearer sk-bench"], cfg, fixed_only=True)
 
         agv_port, key = start_agv(procs, bins, mock_url, tmp)
         status, data = post_once(agv_port, "/v1/chat/completions", CHAT_BODY,
@@ -413,13 +439,18 @@ def report(results, cfg):
     d = results["direct"]
     print(f"\nproxy benchmark ({'smoke, debug build, not representative' if cfg.smoke else 'release build'};"
           f" {cfg.rate:g} req/s for {cfg.duration:g} s; max with {cfg.concurrency} connections)")
-    for name in ("direct", "agv", "litellm"):
+    for name in ("direct", "relay", "agv", "litellm"):
         if name in results:
-            f, m = results[name]["fixed"], results[name]["max"]
+            f, m = results[name]["fixed"], results[name].get("max")
+            peak = (f"throughput {m['achieved_rps']:10.1f} req/s (ok {m['ok']}/{m['sent']})"
+                    if m else "(fixed rate only)")
             print(f"  {name:<8} @{f['rate']:g}/s p50 {f['p50_ms']:8.3f} ms  p99 {f['p99_ms']:8.3f} ms  "
-                  f"max {f['max_ms']:8.3f} ms  ok {f['ok']}/{f['sent']}   "
-                  f"throughput {m['achieved_rps']:10.1f} req/s (ok {m['ok']}/{m['sent']})")
+                  f"max {f['max_ms']:8.3f} ms  ok {f['ok']}/{f['sent']}   {peak}")
     added = {}
+    if "relay" in results:
+        f = results["relay"]["fixed"]
+        print(f"{'relay added latency p50 / p99 (the floor)':<44} {f['p50_ms'] - d['fixed']['p50_ms']:10.3f} ms / "
+              f"{f['p99_ms'] - d['fixed']['p99_ms']:.3f} ms  (a byte relay: the extra hop alone)")
     for name in ("agv", "litellm"):
         if name in results:
             f = results[name]["fixed"]

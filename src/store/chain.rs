@@ -112,14 +112,50 @@ fn set_head(db: &mut dyn Db, key: &str, head: &ChainHead) -> StoreResult<()> {
     Ok(())
 }
 
+/// Moves a chain's head from `from` to `to` only if it is still at `from`; false when it
+/// is not (another writer appended since `from` was read). Taking the row's lock as it
+/// checks, it stands in for [`lock_head`] and [`set_head`] together.
+fn advance_head(db: &mut dyn Db, key: &str, from: &ChainHead, to: &ChainHead) -> StoreResult<bool> {
+    let n = db.execute(
+        "UPDATE chain_heads SET seq = $2, hash = $3 WHERE chain = $1 AND seq = $4 AND hash = $5",
+        &[
+            Param::Text(key),
+            Param::BigInt(to.seq),
+            Param::Text(&to.hash),
+            Param::BigInt(from.seq),
+            Param::Text(&from.hash),
+        ],
+    )?;
+    Ok(n == 1)
+}
+
+/// The heads a writer left its chains at with its own last commit, by chain key: with
+/// them it need not read a head before linking. Only a hint — [`link_calls`] checks each
+/// one as it writes the new head — and to be replaced by what `link_calls` returns only
+/// once that transaction has committed.
+pub(super) type KnownHeads = std::collections::HashMap<String, ChainHead>;
+
+/// Calls linked into their chains: each call's (seq, hash), and the heads the chains are
+/// left at.
+pub(super) struct Linked {
+    pub links: Vec<(i64, String)>,
+    pub heads: BTreeMap<String, ChainHead>,
+}
+
 /// Links a batch of calls into their tenants' chains, in batch order, as v2 links (the
-/// bodies' digests, not the bodies); returns each call's (seq, hash). Must run in the
+/// bodies' digests, not the bodies), and writes the new heads. Must run in the
 /// transaction that inserts them.
+///
+/// A chain found in `known` starts from that head without reading it; `None` when one of
+/// those heads had moved on (another process appended to the chain): the transaction must
+/// then be rolled back and the batch linked again without `known`.
 pub(super) fn link_calls(
     db: &mut dyn Db,
     calls: &[CallRecord],
     rows: &[CallParams<'_>],
-) -> StoreResult<Vec<(i64, String)>> {
+    known: Option<&KnownHeads>,
+) -> StoreResult<Option<Linked>> {
+    let known = |key: &str| known.and_then(|k| k.get(key));
     // BTreeMap: heads are locked in key order, the same in every process.
     let mut heads: BTreeMap<String, ChainHead> = calls
         .iter()
@@ -131,7 +167,10 @@ pub(super) fn link_calls(
         })
         .collect();
     for (key, head) in heads.iter_mut() {
-        *head = lock_head(db, key)?;
+        *head = match known(key) {
+            Some(k) => k.clone(),
+            None => lock_head(db, key)?,
+        };
     }
     let mut out = Vec::with_capacity(calls.len());
     let mut buf = Vec::with_capacity(4096);
@@ -151,9 +190,16 @@ pub(super) fn link_calls(
         out.push((seq, hash));
     }
     for (key, head) in &heads {
-        set_head(db, key, head)?;
+        match known(key) {
+            Some(from) => {
+                if !advance_head(db, key, from, head)? {
+                    return Ok(None);
+                }
+            }
+            None => set_head(db, key, head)?,
+        }
     }
-    Ok(out)
+    Ok(Some(Linked { links: out, heads }))
 }
 
 /// A chain's head as stored; `None` when nothing was ever appended to it.

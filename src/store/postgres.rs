@@ -869,7 +869,10 @@ impl Store for PostgresStore {
             .collect::<StoreResult<Vec<_>>>()?;
         let mut conn = self.conn()?;
         let mut tx = conn.transaction().map_err(db_err)?;
-        let links = super::chain::link_calls(&mut PgDb(&mut tx), calls, &rows)?;
+        // Without known heads the heads are read (and locked), so it always links.
+        let links = super::chain::link_calls(&mut PgDb(&mut tx), calls, &rows, None)?
+            .ok_or_else(|| StoreError::Database("the calls' chain heads moved while read".into()))?
+            .links;
         let stmt = tx.prepare(&INSERT_CALL).map_err(db_err)?;
         for ((call, row), link) in calls.iter().zip(&rows).zip(&links) {
             insert_call(&mut tx, &stmt, row, link)

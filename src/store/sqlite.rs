@@ -68,7 +68,13 @@ pub struct SqliteStore {
     writer: WriterLock,
     /// The connection `insert_calls` writes on (opened on first use, without the text
     /// index attached); only used while holding `writer`.
-    call_writer: std::sync::Mutex<Option<Connection>>,
+    call_writer: std::sync::Mutex<Option<CallWriter>>,
+}
+
+/// The recorder's connection, and the chain heads its own commits left behind.
+struct CallWriter {
+    conn: Connection,
+    heads: super::chain::KnownHeads,
 }
 
 /// Serialises this process's writers before SQLite does. SQLite lets one writer in at a
@@ -355,15 +361,18 @@ impl SqliteStore {
             Ok(rows) => rows,
             Err(e) => return Some(Err(e)),
         };
-        let (writer, mut slot) = if wait {
+        let (_writer, mut slot) = if wait {
             (lock_writer(&self.writer), lock_writer(&self.call_writer))
         } else {
             (try_lock(&self.writer)?, try_lock(&self.call_writer)?)
         };
-        let conn = match (&mut *slot, wait) {
-            (Some(conn), _) => conn,
+        let writer = match (&mut *slot, wait) {
+            (Some(writer), _) => writer,
             (empty, true) => match open_first_connection(&self.path) {
-                Ok(conn) => empty.insert(conn),
+                Ok(conn) => empty.insert(CallWriter {
+                    conn,
+                    heads: Default::default(),
+                }),
                 Err(e) => return Some(Err(db_err(e))),
             },
             (None, false) => return None,
@@ -371,22 +380,11 @@ impl SqliteStore {
         // Without `wait`, another process (the CLI) holding SQLite's own write lock must
         // not be waited for either.
         if !wait {
-            conn.busy_timeout(Duration::ZERO).ok()?;
+            writer.conn.busy_timeout(Duration::ZERO).ok()?;
         }
-        let outcome = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-            Ok(tx) => Some(write_calls(
-                WriteTx {
-                    tx,
-                    _writer: writer,
-                },
-                calls,
-                &rows,
-            )),
-            Err(e) if !wait && is_busy(&e) => None,
-            Err(e) => Some(Err(db_err(e))),
-        };
+        let outcome = write_calls(writer, calls, &rows, wait);
         if !wait {
-            let _ = conn.busy_timeout(BUSY_TIMEOUT);
+            let _ = writer.conn.busy_timeout(BUSY_TIMEOUT);
         } else if matches!(outcome, Some(Ok(()))) {
             self.restart_due.store(false, Ordering::Relaxed);
         }
@@ -516,19 +514,83 @@ pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {
     }
 }
 
-/// Links and inserts `calls` (their parameters in `rows`) in `tx` and commits; an error
-/// drops the transaction, which rolls the whole batch back.
-fn write_calls(tx: WriteTx<'_>, calls: &[CallRecord], rows: &[CallParams<'_>]) -> StoreResult<()> {
-    let links = super::chain::link_calls(&mut SqliteDb(&tx), calls, rows)?;
-    {
-        let mut stmt = tx.prepare_cached(&INSERT_CALL).map_err(db_err)?;
-        for ((call, row), link) in calls.iter().zip(rows).zip(&links) {
-            insert_call(&mut stmt, row, link)
-                .map_err(db_err)
-                .map_err(|e| explain_conflict(e, || duplicate_call(&call.id)))?;
+/// Links, inserts and commits `calls` (their parameters in `rows`) in one transaction on
+/// the recorder's connection, whose caller holds the writer lock; `None` (nothing
+/// written) when `wait` is false and another process holds SQLite's write lock. BEGIN and COMMIT are prepared once for the connection, and each
+/// chain starts from the head this connection's own last commit left (see
+/// [`super::chain::KnownHeads`]); when another process has appended to a chain since,
+/// the batch is rolled back and linked again from the stored heads. Any error rolls the
+/// whole batch back.
+fn write_calls(
+    writer: &mut CallWriter,
+    calls: &[CallRecord],
+    rows: &[CallParams<'_>],
+    wait: bool,
+) -> Option<StoreResult<()>> {
+    // A transaction left open (a panic mid-commit) would refuse every BEGIN after it.
+    rollback(&writer.conn);
+    let mut use_known = !writer.heads.is_empty();
+    loop {
+        let conn = &writer.conn;
+        match conn
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut begin| begin.execute([]))
+        {
+            Ok(_) => {}
+            Err(e) if !wait && is_busy(&e) => return None,
+            Err(e) => return Some(Err(db_err(e))),
+        }
+        let known = use_known.then_some(&writer.heads);
+        let written = (|| {
+            let Some(linked) = super::chain::link_calls(&mut SqliteDb(conn), calls, rows, known)?
+            else {
+                return Ok(None);
+            };
+            let mut stmt = conn.prepare_cached(&INSERT_CALL).map_err(db_err)?;
+            for ((call, row), link) in calls.iter().zip(rows).zip(&linked.links) {
+                insert_call(&mut stmt, row, link)
+                    .map_err(db_err)
+                    .map_err(|e| explain_conflict(e, || duplicate_call(&call.id)))?;
+            }
+            conn.prepare_cached("COMMIT")
+                .and_then(|mut commit| commit.execute([]))
+                .map_err(db_err)?;
+            Ok(Some(linked.heads))
+        })();
+        match written {
+            Ok(Some(heads)) => {
+                writer.heads.extend(heads);
+                return Some(Ok(()));
+            }
+            Ok(None) => {
+                rollback(&writer.conn);
+                writer.heads.clear();
+                if !use_known {
+                    // Heads read in this transaction cannot have moved.
+                    return Some(Err(StoreError::Database(
+                        "the calls' chain heads moved while the batch was linked; nothing was stored: retry".into(),
+                    )));
+                }
+                // A known head had moved on (another process appended to its chain):
+                // linked again from the stored heads.
+                use_known = false;
+            }
+            Err(e) => {
+                rollback(&writer.conn);
+                writer.heads.clear();
+                return Some(Err(e));
+            }
         }
     }
-    tx.commit().map_err(db_err)
+}
+
+/// Ends the recorder connection's open transaction, if any, without keeping anything.
+fn rollback(conn: &Connection) {
+    if !conn.is_autocommit()
+        && let Err(e) = conn.execute_batch("ROLLBACK")
+    {
+        tracing::warn!(error = %e, "could not roll back the recorder's failed transaction");
+    }
 }
 
 pub(super) fn begin_write<'c>(
@@ -1423,7 +1485,7 @@ impl Store for SqliteStore {
         }
         let _writer = lock_writer(&self.writer);
         let mut slot = lock_writer(&self.call_writer);
-        let Some(conn) = slot.as_mut() else {
+        let Some(CallWriter { conn, .. }) = slot.as_mut() else {
             return;
         };
         let started = Instant::now();
@@ -2106,6 +2168,63 @@ mod tests {
             Some(Ok(()))
         ));
         assert_eq!(f.stored(), 6);
+    }
+
+    /// The recorder links a call to the chain head its own last commit left, without
+    /// reading it; another process appending to the same chain in between (the CLI, or a
+    /// restore) must not fork the chain: the batch is linked again from the stored head.
+    #[test]
+    fn a_chain_head_moved_by_another_process_is_read_again_and_the_chain_holds() {
+        use crate::domain::chain::ChainKind;
+        let f = CallsFixture::new();
+        let chain_of = |store: &SqliteStore| {
+            crate::evidence::audit::verify_chain(
+                store,
+                ChainKind::Calls,
+                Some(&f.tenant),
+                &mut |_| {},
+            )
+            .unwrap()
+        };
+        for _ in 0..3 {
+            f.store.insert_calls(&f.call(Timestamp::now())).unwrap();
+        }
+        assert!(matches!(
+            f.store.try_insert_calls(&f.call(Timestamp::now())),
+            Some(Ok(()))
+        ));
+        // The recorder now knows its head; another process appends two calls.
+        let other = SqliteStore::open(&f.path).unwrap();
+        other.insert_calls(&f.call(Timestamp::now())).unwrap();
+        other.insert_calls(&f.call(Timestamp::now())).unwrap();
+        drop(other);
+        // Both ways in: the recorder's thread and the request's own.
+        f.store.insert_calls(&f.call(Timestamp::now())).unwrap();
+        assert!(matches!(
+            f.store.try_insert_calls(&f.call(Timestamp::now())),
+            Some(Ok(()))
+        ));
+        assert_eq!(f.stored(), 8);
+        let result = chain_of(&f.store);
+        assert!(result.broken.is_none(), "{:?}", result.broken);
+        assert_eq!(result.links, 8);
+        assert_eq!(result.head.map(|h| h.seq), Some(8));
+
+        // A head moved back (a restore of an older copy) is no better a starting point.
+        let conn = Connection::open(&f.path).unwrap();
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             DELETE FROM calls WHERE chain_seq > 6;
+             UPDATE chain_heads SET seq = 6, hash = (SELECT chain_hash FROM calls WHERE chain_seq = 6)
+               WHERE chain LIKE 'calls%';
+             COMMIT;",
+        )
+        .unwrap();
+        assert_eq!(f.stored(), 6);
+        f.store.insert_calls(&f.call(Timestamp::now())).unwrap();
+        let result = chain_of(&f.store);
+        assert!(result.broken.is_none(), "{:?}", result.broken);
+        assert_eq!(result.links, 7);
     }
 
     /// README: the WAL stays mapped into the server, so that proactive reclaim of
