@@ -129,15 +129,20 @@ mod tests {
             assert_eq!(CallId::parse(pair[1].as_str()).unwrap(), pair[1]);
         }
         // Tenants (and the rest) stay random: no order, and version 4 in the digit where
-        // a UUID keeps it.
+        // a UUID keeps its version (the 13th).
+        let version = |id: &str, prefix: &str| id.as_bytes()[prefix.len() + 12];
         let tenants: Vec<TenantId> = (0..64).map(|_| TenantId::generate()).collect();
         assert!(tenants.windows(2).any(|p| p[0] > p[1]));
         assert!(
             tenants
                 .iter()
-                .all(|t| t.as_str().as_bytes()[4 + 12] == b'4')
+                .all(|t| version(t.as_str(), TenantId::PREFIX) == b'4')
         );
-        assert!(calls.iter().all(|c| c.as_str().as_bytes()[5 + 12] == b'7'));
+        assert!(
+            calls
+                .iter()
+                .all(|c| version(c.as_str(), CallId::PREFIX) == b'7')
+        );
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! back, all in the caller's transaction. So several processes appending at once (several
 //! instances on Postgres, the CLI beside the server) still make one unbroken chain, and the
 //! unique (tenant, seq) index refuses a fork outright. The cost is two statements per tenant
-//! per batch (one more the first time), never per call.
+//! per batch (one more the first time), never per call. SQLite's call recorder saves the
+//! read: it starts from the head its own last commit left ([`KnownHeads`]), and the write
+//! of the new head checks that the stored one is still that.
 
 use super::rows::{CHAINED_CALL_COLUMNS, CallParams, Param, REQUEST_BODY_AT, RESPONSE_BODY_AT};
 use super::sql::{Cell, Cells, Db, SqlRow};

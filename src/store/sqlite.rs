@@ -516,11 +516,12 @@ pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {
 
 /// Links, inserts and commits `calls` (their parameters in `rows`) in one transaction on
 /// the recorder's connection, whose caller holds the writer lock; `None` (nothing
-/// written) when `wait` is false and another process holds SQLite's write lock. BEGIN and COMMIT are prepared once for the connection, and each
-/// chain starts from the head this connection's own last commit left (see
-/// [`super::chain::KnownHeads`]); when another process has appended to a chain since,
-/// the batch is rolled back and linked again from the stored heads. Any error rolls the
-/// whole batch back.
+/// written) when `wait` is false and another process holds SQLite's write lock.
+///
+/// BEGIN and COMMIT are prepared once for the connection, and each chain starts from the
+/// head this connection's own last commit left (see [`super::chain::KnownHeads`]); when
+/// another process has appended to a chain since, the batch is rolled back and linked
+/// again from the stored heads. Any error rolls the whole batch back.
 fn write_calls(
     writer: &mut CallWriter,
     calls: &[CallRecord],
@@ -2225,6 +2226,28 @@ mod tests {
         let result = chain_of(&f.store);
         assert!(result.broken.is_none(), "{:?}", result.broken);
         assert_eq!(result.links, 7);
+    }
+
+    /// The recorder's BEGIN is its own prepared statement, not a transaction guard that
+    /// rolls back when dropped: a transaction left open on its connection (a commit cut
+    /// short by a panic) must not refuse every commit after it.
+    #[test]
+    fn a_transaction_left_open_on_the_recorders_connection_does_not_block_the_next_commit() {
+        let f = CallsFixture::new();
+        f.store.insert_calls(&f.call(Timestamp::now())).unwrap();
+        {
+            let slot = f.store.call_writer.lock().unwrap();
+            let conn = &slot.as_ref().unwrap().conn;
+            conn.execute_batch("BEGIN IMMEDIATE; DELETE FROM calls;")
+                .unwrap();
+        }
+        f.store.insert_calls(&f.call(Timestamp::now())).unwrap();
+        assert!(matches!(
+            f.store.try_insert_calls(&f.call(Timestamp::now())),
+            Some(Ok(()))
+        ));
+        // The half-done work was rolled back, not committed with the next batch.
+        assert_eq!(f.stored(), 3);
     }
 
     /// README: the WAL stays mapped into the server, so that proactive reclaim of
