@@ -33,6 +33,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -190,14 +191,56 @@ def settle(port, headers, limit_s=120):
     log(f"   WARNING: 127.0.0.1:{port} still slow after {limit_s} s")
 
 
-def measure(name, bins, port, body_file, headers, cfg, cap_rate=False, fixed_only=False):
+# agv's histograms whose means over the fixed-rate phase say where its time per call goes.
+BREAKDOWN = {
+    "request": 'agv_http_request_duration_seconds{route="/v1/chat/completions",method="POST"}',
+    "upstream": "agv_upstream_latency_seconds",
+    "recorder": "agv_recorder_wait_seconds",
+    "commit": "agv_recorder_commit_seconds",
+    "enforcement": "agv_enforcement_seconds",
+}
+
+
+def histogram_totals(port):
+    """(sum, count) of each BREAKDOWN histogram, read from agv's /metrics."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    totals = {}
+    for key, series in BREAKDOWN.items():
+        name, _, labels = series.partition("{")
+        labels = "{" + labels if labels else ""
+        found = {}
+        for part in ("sum", "count"):
+            m = re.search(rf"^{re.escape(f'{name}_{part}{labels}')} (\S+)$", text, re.M)
+            if m:
+                found[part] = float(m.group(1))
+        if len(found) == 2:
+            totals[key] = (found["sum"], found["count"])
+    return totals
+
+
+def breakdown_means(before, after):
+    """Mean microseconds per event of each histogram between two `histogram_totals`."""
+    means = {}
+    for key, (s1, c1) in after.items():
+        s0, c0 = before.get(key, (0.0, 0.0))
+        if c1 > c0:
+            means[key] = (s1 - s0) / (c1 - c0) * 1e6
+    return means
+
+
+def measure(name, bins, port, body_file, headers, cfg, cap_rate=False, fixed_only=False,
+            probe=None):
     """The fixed rate first, on a server that has only seen that rate (a warm-up at the
     same rate, not measured), then max throughput: the figure at 1,000 req/s is the steady
     state at that rate, not the aftermath of a 10-second flood, whose backlog of background
     work (agv's text indexing of 100,000+ calls) would still be running. With `cap_rate`
     (the peer) max throughput comes first, and the fixed rate is lowered to half of it
     when that is below the rate, so that a slow peer's added latency is measured
-    unsaturated rather than as its queueing delay (this favours the peer)."""
+    unsaturated rather than as its queueing delay (this favours the peer). With `probe`
+    (agv), the fixed-rate phase also gets the means of agv's own histograms over it."""
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
 
     def fixed_rate(rate):
@@ -207,7 +250,10 @@ def measure(name, bins, port, body_file, headers, cfg, cap_rate=False, fixed_onl
             loadgen(bins, url, body_file, headers,
                     argparse.Namespace(**{**vars(at), "duration": cfg.warmup, "warmup": 0.0}), "rate")
         log(f"-- {name}: {rate} req/s for {cfg.duration} s")
+        before = probe() if probe else None
         result = loadgen(bins, url, body_file, headers, argparse.Namespace(**{**vars(at), "warmup": 0.0}), "rate")
+        if probe:
+            result["breakdown_us"] = breakdown_means(before, probe())
         log(f"   {json.dumps(result)}")
         return result
 
@@ -411,7 +457,8 @@ def main():
         if status != 200:
             sys.exit(f"agv-server answered {status} on POST /v1/chat/completions: {data[:500]!r}")
         results["agv"] = measure("agv", bins, agv_port, body_file,
-                                 [f"Authorization: Bearer {key}"], cfg)
+                                 [f"Authorization: Bearer {key}"], cfg,
+                                 probe=lambda: histogram_totals(agv_port))
 
         if cfg.peer == "litellm":
             lport, lkey = start_litellm(procs, mock_url, tmp, cfg.smoke)
@@ -459,11 +506,19 @@ def report(results, cfg):
         rps = results["agv"]["max"]["achieved_rps"]
         print(ratio_line("agv max throughput", rps, TARGET_RPS, "req/s", lower_is_better=False))
         print(f"{'agv throughput / direct throughput':<44} {rps / max(d['max']['achieved_rps'], 1e-9):10.3f}")
+        b = results["agv"]["fixed"].get("breakdown_us", {})
+        if {"request", "upstream", "recorder", "enforcement"} <= b.keys():
+            rest = b["request"] - b["upstream"] - b["recorder"] - b["enforcement"]
+            commit = f" (its commit {b['commit']:.0f})" if "commit" in b else ""
+            print(f"{'agv time per call, means from its /metrics':<44} request {b['request']:.0f} us ="
+                  f" upstream exchange {b['upstream']:.0f} + recorder {b['recorder']:.0f}{commit}"
+                  f" + enforcement {b['enforcement']:.0f} + the rest {rest:.0f}")
     else:
         print("  agv: not measured (proxy route missing or failing; see above)")
     if "litellm" in results:
         l50, l99 = added["litellm"]
         print(f"{'litellm added latency p50 / p99':<44} {l50:10.3f} ms / {l99:.3f} ms")
+        print(f"{'1/50 of that (the budget for agv)':<44} {l50 / 50:10.3f} ms / {l99 / 50:.3f} ms")
         if "agv" in results:
             lrps = results["litellm"]["max"]["achieved_rps"]
             x = results["agv"]["max"]["achieved_rps"] / max(lrps, 1e-9)
