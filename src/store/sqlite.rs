@@ -187,19 +187,27 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 }
 
 /// How often the background checkpointer copies the WAL into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+///
+/// Often, in small rounds: each round's I/O (the WAL's `fsync` before SQLite copies, the
+/// writeback after) reaches the request threads even though the checkpointer itself runs
+/// in the idle class, and the larger the round the longer the stall. Measured at 1,000
+/// req/s (bench/README.md, session 12), the proxy's added p99, median of 6 rounds: 0.85 and
+/// 1.19 ms with rounds every 100 ms, 0.59 and 0.58 ms every 25 ms; in sets of 4 rounds,
+/// 1.28 ms every 500 ms against 0.94 ms every 100 ms, and 0.29 ms with neither checkpoints
+/// nor text indexing — but without checkpoints the WAL grows without end.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(25);
 /// Every how many checkpointer rounds the recorder is asked to finish one, so that the WAL
 /// starts over. The finish holds up commits for two `fsync`s of the little it copies
 /// itself (1–2.5 ms measured at 1,000 req/s), so not every round: once in 2 s bounds the
 /// WAL to about two seconds of writes.
-const FINISH_EVERY_ROUNDS: u32 = 20;
+const FINISH_EVERY_ROUNDS: u32 = 80;
 /// Frames a checkpointer round may leave uncopied before the checkpointer counts as
 /// behind (see `background`): 32 MiB of pages. A round at 1,000 req/s leaves a few dozen.
 const BEHIND_FRAMES: i64 = 8192;
 /// Every how many checkpointer rounds the WALs' mappings are walked to map in again pages
 /// that memory pressure reclaimed (see `resident`): every round cost ~4% of the server's
-/// CPU at 1,000 req/s, and only real memory pressure takes mapped pages.
-const REPOPULATE_EVERY_ROUNDS: u32 = 100;
+/// CPU at 1,000 req/s, and only real memory pressure takes mapped pages. Once in 10 s.
+const REPOPULATE_EVERY_ROUNDS: u32 = 400;
 
 /// One PASSIVE checkpoint: copies what it can without waiting for anyone. Returns the
 /// frames in the WAL and how many of them are now in the database file.
@@ -2259,7 +2267,7 @@ mod tests {
         f.store.insert_calls(&f.call(Timestamp::now())).unwrap();
         let wal = super::wal_path(&f.path);
         let wal = wal.to_str().unwrap();
-        // The checkpointer maps it on its next round (every 100 ms).
+        // The checkpointer maps it on its next round (every 25 ms).
         let until = Instant::now() + Duration::from_secs(5);
         let mapped = loop {
             let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
