@@ -484,6 +484,11 @@ def main():
     report(results, cfg)
     if cfg.json:
         print(json.dumps(results))
+    if cfg.smoke and "agv" in results and set(BREAKDOWN) - results["agv"]["fixed"].get("breakdown_us", {}).keys():
+        # CI runs the smoke: a histogram renamed in the server must not silently drop the
+        # breakdown from every later benchmark.
+        log("ERROR: agv's /metrics lacked a histogram the breakdown reads (see BREAKDOWN)")
+        return 1
     return 0
 
 
@@ -515,12 +520,14 @@ def report(results, cfg):
         print(ratio_line("agv max throughput", rps, TARGET_RPS, "req/s", lower_is_better=False))
         print(f"{'agv throughput / direct throughput':<44} {rps / max(d['max']['achieved_rps'], 1e-9):10.3f}")
         b = results["agv"]["fixed"].get("breakdown_us", {})
-        if {"request", "upstream", "recorder", "enforcement"} <= b.keys():
+        if set(BREAKDOWN) <= b.keys():
             rest = b["request"] - b["upstream"] - b["recorder"] - b["enforcement"]
-            commit = f" (its commit {b['commit']:.0f})" if "commit" in b else ""
+            commit = f" (its commit {b['commit']:.0f})"
             print(f"{'agv time per call, means from its /metrics':<44} request {b['request']:.0f} us ="
                   f" upstream exchange {b['upstream']:.0f} + recorder {b['recorder']:.0f}{commit}"
                   f" + enforcement {b['enforcement']:.0f} + the rest {rest:.0f}")
+        else:
+            print(f"  agv: no breakdown of its time per call; /metrics lacked {sorted(set(BREAKDOWN) - b.keys())}")
     else:
         print("  agv: not measured (proxy route missing or failing; see above)")
     if "litellm" in results:

@@ -157,7 +157,7 @@ pub(super) fn link_calls(
     rows: &[CallParams<'_>],
     known: Option<&KnownHeads>,
 ) -> StoreResult<Option<Linked>> {
-    let known = |key: &str| known.and_then(|k| k.get(key));
+    let known_head = |key: &str| known.and_then(|k| k.get(key));
     // BTreeMap: heads are locked in key order, the same in every process.
     let mut heads: BTreeMap<String, ChainHead> = calls
         .iter()
@@ -169,7 +169,7 @@ pub(super) fn link_calls(
         })
         .collect();
     for (key, head) in heads.iter_mut() {
-        *head = match known(key) {
+        *head = match known_head(key) {
             Some(k) => k.clone(),
             None => lock_head(db, key)?,
         };
@@ -192,7 +192,7 @@ pub(super) fn link_calls(
         out.push((seq, hash));
     }
     for (key, head) in &heads {
-        match known(key) {
+        match known_head(key) {
             Some(from) => {
                 if !advance_head(db, key, from, head)? {
                     return Ok(None);

@@ -196,18 +196,27 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 /// 1.28 ms every 500 ms against 0.94 ms every 100 ms, and 0.29 ms with neither checkpoints
 /// nor text indexing — but without checkpoints the WAL grows without end.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(25);
-/// Every how many checkpointer rounds the recorder is asked to finish one, so that the WAL
-/// starts over. The finish holds up commits for two `fsync`s of the little it copies
-/// itself (1–2.5 ms measured at 1,000 req/s), so not every round: once in 2 s bounds the
-/// WAL to about two seconds of writes.
-const FINISH_EVERY_ROUNDS: u32 = 80;
+/// How often the recorder is asked to finish a checkpointer round, so that the WAL starts
+/// over. The finish holds up commits for two `fsync`s of the little it copies itself
+/// (1–2.5 ms measured at 1,000 req/s), so not every round: once in 2 s bounds the WAL to
+/// about two seconds of writes.
+const FINISH_EVERY: Duration = Duration::from_secs(2);
+const FINISH_EVERY_ROUNDS: u32 = rounds_in(FINISH_EVERY);
 /// Frames a checkpointer round may leave uncopied before the checkpointer counts as
 /// behind (see `background`): 32 MiB of pages. A round at 1,000 req/s leaves a few dozen.
 const BEHIND_FRAMES: i64 = 8192;
-/// Every how many checkpointer rounds the WALs' mappings are walked to map in again pages
-/// that memory pressure reclaimed (see `resident`): every round cost ~4% of the server's
-/// CPU at 1,000 req/s, and only real memory pressure takes mapped pages. Once in 10 s.
-const REPOPULATE_EVERY_ROUNDS: u32 = 400;
+/// How often the WALs' mappings are walked to map in again pages that memory pressure
+/// reclaimed (see `resident`): every round cost ~4% of the server's CPU at 1,000 req/s,
+/// and only real memory pressure takes mapped pages.
+const REPOPULATE_EVERY: Duration = Duration::from_secs(10);
+const REPOPULATE_EVERY_ROUNDS: u32 = rounds_in(REPOPULATE_EVERY);
+
+/// How many checkpointer rounds make up `period` (at least one), so that the periods
+/// above stay what they say whatever [`CHECKPOINT_EVERY`] is.
+const fn rounds_in(period: Duration) -> u32 {
+    let rounds = period.as_millis() / CHECKPOINT_EVERY.as_millis();
+    if rounds == 0 { 1 } else { rounds as u32 }
+}
 
 /// One PASSIVE checkpoint: copies what it can without waiting for anyone. Returns the
 /// frames in the WAL and how many of them are now in the database file.
@@ -250,8 +259,8 @@ fn start_writeback(file: &std::fs::File) {
 /// during every checkpoint, so that moment never came by itself, and the WAL grew by some
 /// 50 KB per call — without bound, with a new file block allocated for nearly every
 /// commit. So each round here is two passes off the hot path (the second copies what was
-/// committed during the first, so little is left), and every [`FINISH_EVERY_ROUNDS`]th
-/// round a request (`finish`) that the recorder, between two commits, copies the last few
+/// committed during the first, so little is left), and once every [`FINISH_EVERY`] a
+/// request (`finish`) that the recorder, between two commits, copies the last few
 /// frames itself: no frame can be added meanwhile, the WAL is then fully copied, and the
 /// next commit rewrites it from its beginning. See [`SqliteStore::between_commits`].
 fn spawn_checkpointer(path: PathBuf, stop: Arc<AtomicBool>, finish: Arc<AtomicBool>) {
@@ -2177,6 +2186,19 @@ mod tests {
             Some(Ok(()))
         ));
         assert_eq!(f.stored(), 6);
+    }
+
+    /// The finish and the mappings' walk keep their periods in time, whatever the round.
+    #[test]
+    fn the_checkpointers_periods_are_counted_in_its_rounds() {
+        use super::{CHECKPOINT_EVERY, FINISH_EVERY, REPOPULATE_EVERY};
+        assert_eq!(CHECKPOINT_EVERY * super::FINISH_EVERY_ROUNDS, FINISH_EVERY);
+        assert_eq!(
+            CHECKPOINT_EVERY * super::REPOPULATE_EVERY_ROUNDS,
+            REPOPULATE_EVERY
+        );
+        // A period shorter than a round is every round, not never.
+        assert_eq!(super::rounds_in(CHECKPOINT_EVERY / 2), 1);
     }
 
     /// The recorder links a call to the chain head its own last commit left, without
