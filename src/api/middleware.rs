@@ -62,9 +62,21 @@ pub async fn observe(
         .increment(1);
     metrics::histogram!("agv_http_request_duration_seconds", "route" => route.clone(), "method" => method).record(elapsed.as_secs_f64());
     span.in_scope(|| {
-        tracing::info!(status, route = %route, latency_ms = elapsed.as_secs_f64() * 1000.0, "request");
+        let latency_ms = elapsed.as_secs_f64() * 1000.0;
+        if quiet_probe(&route, status) {
+            tracing::debug!(status, route = %route, latency_ms, "request");
+        } else {
+            tracing::info!(status, route = %route, latency_ms, "request");
+        }
     });
     Ok(res)
+}
+
+/// A successful health or readiness probe. Container runtimes, orchestrators and load
+/// balancers poll these every few seconds, so they are logged at DEBUG: at INFO they would
+/// bury the requests that matter. A failing probe is still logged at INFO.
+fn quiet_probe(route: &str, status: u16) -> bool {
+    matches!(route, "/health" | "/ready") && (200..300).contains(&status)
 }
 
 /// A token bucket per client address.

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 /// The release signing key's public half (SPKI PEM), as built into install.sh.
 pub const RELEASE_PUBLIC_KEY: &str = include_str!("../../packaging/release-signing.pub");
 /// How to update inside agv-server's container image, where an update in place is refused.
-pub const IN_CONTAINER_HOW_TO: &str =
-    "pull the new image (docker-compose pull && docker-compose up -d)";
+pub const IN_CONTAINER_HOW_TO: &str = "rebuild the image from the new sources, which keeps the data volume \
+     (git pull && docker compose up -d --build)";
 pub const DEFAULT_SOURCE: &str =
     "https://github.com/agv-server/agv-server/releases/latest/download";
 

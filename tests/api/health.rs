@@ -316,3 +316,28 @@ async fn the_scheduled_housekeeping_job_purges_expired_sessions() {
     );
     app.stop().await;
 }
+
+/// A container's health check polls every 15 s: successful probes are logged at DEBUG so
+/// that they do not bury the requests that matter; other requests, and a failing probe,
+/// are still logged at INFO.
+#[tokio::test]
+async fn health_probes_are_not_logged_at_info_but_other_requests_are() {
+    let home = DataHome::new(Backend::Sqlite).unwrap();
+    let mut server = crate::helpers::spawn_server_process(home.path(), None, &[]);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let client = reqwest::Client::new();
+    for path in ["/health", "/ready", "/health", "/ready", "/v1/models"] {
+        client.get(format!("{base}{path}")).send().await.unwrap();
+    }
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    server.child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut server.log, &mut rest).unwrap();
+    let logged: Vec<String> = rest
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "request")
+        .map(|v| v["route"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(logged, ["/v1/models"], "{rest}");
+}

@@ -168,8 +168,11 @@ async fn a_newer_signed_release_is_available_cached_and_a_foreign_signature_is_a
     );
     assert_eq!(s["in_container"], true, "{s}");
     assert!(
-        s["how_to"].as_str().unwrap().contains("pull the new image"),
-        "in a container the image is replaced, not the binary: {s}"
+        s["how_to"]
+            .as_str()
+            .unwrap()
+            .contains("docker compose up -d --build"),
+        "in a container the image is rebuilt, not the binary replaced: {s}"
     );
 
     // The same version is published: the cached state stands until "check now".
