@@ -5,6 +5,7 @@ directly, and optionally against a peer gateway (LiteLLM proxy).
     python3 bench/proxy.py                  # release build; 1,000 req/s for 10 s + max throughput
     python3 bench/proxy.py --peer litellm   # the same, plus LiteLLM proxy on the same upstream
     python3 bench/proxy.py --smoke          # CI: debug build, 2 s at a low rate; checks the script
+    python3 bench/proxy.py --profile dist   # the shipped build (whole-program LTO) instead
 
 What runs (all on loopback):
   * the mock OpenAI upstream (examples/mock_upstream.rs, latency 0, no request recording);
@@ -81,17 +82,15 @@ def target_dir():
     return os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
 
 
-def build(release):
+def build(profile):
     cmd = ["cargo", "build", "--bin", "agv-server", "--example", "mock_upstream",
-           "--example", "loadgen", "--example", "relay"]
-    if release:
-        cmd.append("--release")
+           "--example", "loadgen", "--example", "relay", "--profile", profile]
     log("$ " + " ".join(cmd))
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
-def binaries(release):
-    base = os.path.join(target_dir(), "release" if release else "debug")
+def binaries(profile):
+    base = os.path.join(target_dir(), "debug" if profile == "dev" else profile)
     return {
         "agv": os.path.join(base, "agv-server"),
         "mock": os.path.join(base, "examples", "mock_upstream"),
@@ -229,6 +228,16 @@ def histogram_totals(port):
     return totals
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds the process has used so far (Linux /proc), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def breakdown_means(before, after):
     """Mean microseconds per event of each histogram between two `histogram_totals`."""
     means = {}
@@ -240,7 +249,7 @@ def breakdown_means(before, after):
 
 
 def measure(name, bins, port, body_file, headers, cfg, cap_rate=False, fixed_only=False,
-            probe=None):
+            probe=None, pid=None):
     """The fixed rate first, on a server that has only seen that rate (a warm-up at the
     same rate, not measured), then max throughput: the figure at 1,000 req/s is the steady
     state at that rate, not the aftermath of a 10-second flood, whose backlog of background
@@ -248,7 +257,8 @@ def measure(name, bins, port, body_file, headers, cfg, cap_rate=False, fixed_onl
     (the peer) max throughput comes first, and the fixed rate is lowered to half of it
     when that is below the rate, so that a slow peer's added latency is measured
     unsaturated rather than as its queueing delay (this favours the peer). With `probe`
-    (agv), the fixed-rate phase also gets the means of agv's own histograms over it."""
+    (agv), the fixed-rate phase also gets the means of agv's own histograms over it; with
+    `pid`, the CPU time that process used per answered call in the fixed-rate phase."""
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
 
     def fixed_rate(rate):
@@ -259,9 +269,13 @@ def measure(name, bins, port, body_file, headers, cfg, cap_rate=False, fixed_onl
                     argparse.Namespace(**{**vars(at), "duration": cfg.warmup, "warmup": 0.0}), "rate")
         log(f"-- {name}: {rate} req/s for {cfg.duration} s")
         before = probe() if probe else None
+        cpu_before = cpu_seconds(pid) if pid else None
         result = loadgen(bins, url, body_file, headers, argparse.Namespace(**{**vars(at), "warmup": 0.0}), "rate")
+        cpu_after = cpu_seconds(pid) if pid else None
         if probe:
             result["breakdown_us"] = breakdown_means(before, probe())
+        if cpu_before is not None and cpu_after is not None and result["ok"]:
+            result["cpu_us_per_call"] = (cpu_after - cpu_before) / result["ok"] * 1e6
         log(f"   {json.dumps(result)}")
         return result
 
@@ -341,7 +355,7 @@ def start_agv(procs, bins, mock_url, tmp):
             log(f.read()[-4000:])
         raise
     raise_rate_limits(port, admin_key)
-    return port, key
+    return port, key, proc.pid
 
 
 def start_litellm(procs, mock_url, tmp, smoke):
@@ -423,6 +437,9 @@ def main():
     ap.add_argument("--concurrency", type=int, default=None, help="--max connections (default 64)")
     ap.add_argument("--no-relay", action="store_true", help="skip the byte relay's floor")
     ap.add_argument("--no-build", action="store_true", help="use the binaries already built")
+    ap.add_argument("--profile", choices=["release", "dist"], default="release",
+                    help="cargo profile to build and measure: release (README's run command, "
+                         "fast to build) or dist (shipped binaries, whole-program LTO)")
     ap.add_argument("--json", action="store_true", help="print all raw figures as JSON at the end")
     cfg = ap.parse_args()
     cfg.rate = cfg.rate or (50.0 if cfg.smoke else 1000.0)
@@ -430,10 +447,10 @@ def main():
     cfg.concurrency = cfg.concurrency or (8 if cfg.smoke else 64)
     cfg.warmup = 0.0 if cfg.smoke else 2.0
 
-    release = not cfg.smoke
+    cfg.profile = "dev" if cfg.smoke else cfg.profile
     if not cfg.no_build:
-        build(release)
-    bins = binaries(release)
+        build(cfg.profile)
+    bins = binaries(cfg.profile)
     if cfg.no_relay:
         del bins["relay"]
     for path in bins.values():
@@ -459,14 +476,14 @@ def main():
             results["relay"] = measure("relay", bins, relay_port, body_file,
                                        ["Authorization: Bearer sk-bench"], cfg, fixed_only=True)
 
-        agv_port, key = start_agv(procs, bins, mock_url, tmp)
+        agv_port, key, agv_pid = start_agv(procs, bins, mock_url, tmp)
         status, data = post_once(agv_port, "/v1/chat/completions", CHAT_BODY,
                                  {"Authorization": f"Bearer {key}"})
         if status != 200:
             sys.exit(f"agv-server answered {status} on POST /v1/chat/completions: {data[:500]!r}")
         results["agv"] = measure("agv", bins, agv_port, body_file,
                                  [f"Authorization: Bearer {key}"], cfg,
-                                 probe=lambda: histogram_totals(agv_port))
+                                 probe=lambda: histogram_totals(agv_port), pid=agv_pid)
 
         if cfg.peer == "litellm":
             lport, lkey = start_litellm(procs, mock_url, tmp, cfg.smoke)
@@ -494,7 +511,7 @@ def main():
 
 def report(results, cfg):
     d = results["direct"]
-    print(f"\nproxy benchmark ({'smoke, debug build, not representative' if cfg.smoke else 'release build'};"
+    print(f"\nproxy benchmark ({'smoke, debug build, not representative' if cfg.smoke else cfg.profile + ' build'};"
           f" {cfg.rate:g} req/s for {cfg.duration:g} s; max with {cfg.concurrency} connections)")
     for name in ("direct", "relay", "agv", "litellm"):
         if name in results:
@@ -528,6 +545,9 @@ def report(results, cfg):
                   f" + enforcement {b['enforcement']:.0f} + the rest {rest:.0f}")
         else:
             print(f"  agv: no breakdown of its time per call; /metrics lacked {sorted(set(BREAKDOWN) - b.keys())}")
+        cpu = results["agv"]["fixed"].get("cpu_us_per_call")
+        if cpu is not None:
+            print(f"{'agv CPU per call at the fixed rate':<44} {cpu:10.1f} us  (user + system, from /proc)")
     else:
         print("  agv: not measured (proxy route missing or failing; see above)")
     if "litellm" in results:

@@ -382,6 +382,12 @@ pub fn run(cli: Cli) -> i32 {
             eprintln!("error: {}", e.message);
             e.code
         }
+    // Everything the server writes (the data directory, the database, keys, logs, backups)
+    // is for the service user alone: created 0700 / 0600 whatever the inherited umask.
+    // SAFETY: umask only sets this process's file-creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     }
 }
 
@@ -1503,7 +1509,7 @@ fn healthcheck_tls(settings: &Settings, url: Option<&str>) -> Result<(), CliErro
         .build()
         .map_err(|e| CliError::failed(format!("unhealthy: cannot start a runtime: {e}")))?;
     runtime.block_on(async {
-        let client = reqwest::Client::builder()
+        let client = crate::outbound::builder()
             .danger_accept_invalid_certs(true)
             .timeout(std::time::Duration::from_secs(3))
             .build()

@@ -323,6 +323,13 @@ pub const FIELDS: &[Field] = &[
         help: "largest request body accepted (413 above)",
     },
     Field {
+        key: "trusted_proxies",
+        env: "AGV_TRUSTED_PROXIES",
+        secret: false,
+        default: Some(""),
+        help: "comma-separated addresses or networks of reverse proxies whose X-Forwarded-For is believed for the client's address (empty: none, the TCP peer is the client)",
+    },
+    Field {
         key: "unauth_rate_limit_per_minute",
         env: "AGV_UNAUTH_RATE_LIMIT_PER_MINUTE",
         secret: false,
@@ -574,6 +581,8 @@ pub struct Settings {
     pub log_level: String,
     pub max_body_bytes: usize,
     pub unauth_rate_limit_per_minute: u32,
+    /// Reverse proxies whose `X-Forwarded-For` names the client; empty: none.
+    pub trusted_proxies: crate::domain::trusted_proxies::TrustedProxies,
     pub queue_max_bytes: u64,
     pub job_workers: usize,
     pub housekeeping_cron: String,
@@ -759,6 +768,10 @@ impl Settings {
         let unauth_rate_limit_per_minute =
             u32::try_from(number("unauth_rate_limit_per_minute")?)
                 .map_err(|_| bad("unauth_rate_limit_per_minute", "too large"))?;
+        let trusted_proxies = crate::domain::trusted_proxies::TrustedProxies::parse(
+            get("trusted_proxies").unwrap_or_default(),
+        )
+        .map_err(|e| bad("trusted_proxies", &e.0))?;
         let queue_max_bytes = number("queue_max_bytes")?;
         if queue_max_bytes < 1 << 20 {
             return Err(bad("queue_max_bytes", "expected at least 1048576 (1 MiB)"));
@@ -955,6 +968,7 @@ impl Settings {
             max_body_bytes: usize::try_from(max_body_bytes)
                 .map_err(|_| bad("max_body_bytes", "too large"))?,
             unauth_rate_limit_per_minute,
+            trusted_proxies,
             queue_max_bytes,
             job_workers: usize::try_from(job_workers)
                 .map_err(|_| bad("job_workers", "too large"))?,
@@ -1109,6 +1123,11 @@ impl Settings {
                 "unauth_rate_limit_per_minute",
                 self.unauth_rate_limit_per_minute.to_string(),
                 src("unauth_rate_limit_per_minute"),
+            ),
+            (
+                "trusted_proxies",
+                self.trusted_proxies.to_string(),
+                src("trusted_proxies"),
             ),
             (
                 "queue_max_bytes",

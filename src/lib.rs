@@ -12,6 +12,7 @@ pub mod guard;
 pub mod incidents;
 pub mod jobs;
 pub mod ops;
+pub mod outbound;
 pub mod proxy;
 pub mod startup;
 pub mod store;

@@ -13,8 +13,9 @@ use serde::Deserialize;
 use serde_json::json;
 use std::future::{Ready, ready};
 
-/// The client's address as the audit log records it: the TCP peer, never a forwarded
-/// header (anyone can send one). Behind a reverse proxy this is the proxy's address.
+/// The client's address as the audit log and the sign-in throttle see it: the TCP peer, or
+/// behind a reverse proxy listed in `trusted_proxies` the address that proxy forwarded
+/// (`X-Forwarded-For` from anyone else is ignored: anyone can send one).
 #[derive(Debug, Clone)]
 pub struct Source(pub Option<String>);
 
@@ -23,7 +24,9 @@ impl FromRequest for Source {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(Ok(Source(req.peer_addr().map(|a| a.ip().to_string()))))
+        ready(Ok(Source(
+            super::middleware::client_ip(req).map(|ip| ip.to_string()),
+        )))
     }
 }
 

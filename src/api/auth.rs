@@ -209,6 +209,8 @@ pub struct Caller {
     pub key_id: Option<KeyId>,
     /// The signed-in person; `None` for an API key.
     pub user_id: Option<UserId>,
+    /// The instance operator (a person); an API key never is.
+    pub operator: bool,
 }
 
 impl From<&ApiKeyRecord> for Caller {
@@ -218,6 +220,7 @@ impl From<&ApiKeyRecord> for Caller {
             scope: r.scope,
             key_id: Some(r.id.clone()),
             user_id: None,
+            operator: false,
         }
     }
 }
@@ -262,7 +265,26 @@ async fn authenticate(req: HttpRequest, required: Scope) -> Result<Caller, ApiEr
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let key = state.keys.authenticate(header).await?;
+    let key = match state.keys.authenticate(header).await {
+        Ok(key) => key,
+        Err(e @ AuthError::Failed(_)) => {
+            // A failed key is an unauthenticated request: it draws on the address's budget,
+            // so that guessing keys (each a database lookup) is throttled too.
+            if let Some(client) = super::middleware::client_ip(&req)
+                && let Err(retry) = state
+                    .unauth_limiter
+                    .check(client, std::time::Instant::now())
+            {
+                return Err(super::middleware::address_limited(
+                    client,
+                    state.settings.unauth_rate_limit_per_minute,
+                    retry,
+                ));
+            }
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let record = &key.record;
     if !record.scope.allows(required) {
         return Err(ApiError::forbidden(
@@ -271,6 +293,30 @@ async fn authenticate(req: HttpRequest, required: Scope) -> Result<Caller, ApiEr
                 "this endpoint needs an {} key; this key has scope '{}'",
                 required.as_str(),
                 record.scope
+            ),
+        ));
+    }
+    if required == Scope::Admin
+        && !matches!(
+            *req.method(),
+            actix_web::http::Method::GET
+                | actix_web::http::Method::HEAD
+                | actix_web::http::Method::OPTIONS
+        )
+        && let Some(by) = state
+            .proxy
+            .guard
+            .killswitch()
+            .tenant_status(&record.tenant_id)
+            .keys
+            .into_iter()
+            .find_map(|(k, by)| (k == record.id).then_some(by))
+    {
+        return Err(ApiError::forbidden(
+            "key_frozen",
+            format!(
+                "this key is frozen ({}, by {}): a frozen key can only read; another admin of the tenant, or the operator, lifts the freeze",
+                by.reason, by.actor
             ),
         ));
     }

@@ -141,6 +141,7 @@ pub async fn session_caller(state: &AppState, req: &HttpRequest) -> Result<Calle
         tenant_id: tenant,
         scope: Scope::Admin,
         key_id: None,
+        operator: user.role == Role::Operator,
         user_id: Some(user.id),
     })
 }

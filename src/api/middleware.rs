@@ -80,9 +80,22 @@ fn quiet_probe(route: &str, status: u16) -> bool {
 }
 
 /// A token bucket per client address.
+///
+/// The buckets live in two generations: new addresses go into the current one, and when it
+/// holds [`MAX_TRACKED_ADDRESSES`] it becomes the previous one and the one before is
+/// dropped. An address found only in the previous generation moves forward. So each
+/// request costs O(1) however many addresses an attacker brings, memory stays below twice
+/// the limit, and an address is forgotten (its bucket back to full) only after a whole
+/// generation of other addresses went by without it.
 pub struct AddressRateLimiter {
     per_minute: u32,
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    buckets: Mutex<Generations>,
+}
+
+#[derive(Default)]
+struct Generations {
+    current: HashMap<IpAddr, (f64, Instant)>,
+    previous: HashMap<IpAddr, (f64, Instant)>,
 }
 
 const MAX_TRACKED_ADDRESSES: usize = 100_000;
@@ -91,8 +104,15 @@ impl AddressRateLimiter {
     pub fn new(per_minute: u32) -> Self {
         Self {
             per_minute,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(Generations::default()),
         }
+    }
+
+    /// How many addresses are remembered.
+    pub fn tracked(&self) -> usize {
+        self.buckets
+            .lock()
+            .map_or(0, |g| g.current.len() + g.previous.len())
     }
 
     /// `Ok` if `addr` may make a request now, else `Err(seconds until it may)`.
@@ -105,13 +125,18 @@ impl AddressRateLimiter {
         let Ok(mut buckets) = self.buckets.lock() else {
             return Ok(());
         };
-        if buckets.len() >= MAX_TRACKED_ADDRESSES {
-            // Forget addresses whose bucket has refilled; they lose nothing by it.
-            buckets.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() * per_sec < capacity
-            });
+        let known = match buckets.previous.remove(&addr) {
+            Some(bucket) => bucket,
+            None => buckets
+                .current
+                .get(&addr)
+                .copied()
+                .unwrap_or((capacity, now)),
+        };
+        if !buckets.current.contains_key(&addr) && buckets.current.len() >= MAX_TRACKED_ADDRESSES {
+            buckets.previous = std::mem::take(&mut buckets.current);
         }
-        let (tokens, at) = buckets.entry(addr).or_insert((capacity, now));
+        let (tokens, at) = buckets.current.entry(addr).or_insert(known);
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_sec).min(capacity);
         *at = now;
         if *tokens >= 1.0 {
@@ -123,43 +148,97 @@ impl AddressRateLimiter {
     }
 }
 
-/// Whether a request counts against the per-address limit: not `/v1` (authenticated by
-/// key), not the console's own files (served from memory), and not a console API call that
-/// carries a session cookie (authenticated; sign-in has its own throttle).
-fn limited(req: &ServiceRequest) -> bool {
-    let path = req.path();
-    if path.starts_with("/v1/") {
-        return false;
-    }
-    if path.starts_with("/api/") {
-        return req.cookie(crate::api::session::COOKIE).is_none();
-    }
-    matches!(path, "/health" | "/ready" | "/metrics" | "/v1")
+/// Whether a request counts against the per-address limit.
+enum Budget {
+    /// `/v1` (authenticated by key: a failed key draws on the budget where it fails, in
+    /// `auth::authenticate`) and the console's own files (served from memory).
+    Exempt,
+    /// Unauthenticated: health, readiness, metrics, the public certificate check, and
+    /// console API calls without a session cookie.
+    Charged,
+    /// A console API call with a session cookie: exempt only when the session is valid
+    /// (sign-in and set-up have their own throttles; a made-up cookie earns nothing).
+    UnlessSignedIn(String),
 }
 
-/// Applies the per-address limit to unauthenticated requests (see [`limited`]).
+fn budget(req: &ServiceRequest) -> Budget {
+    let path = req.path();
+    if path.starts_with("/v1/") {
+        return if path.starts_with("/v1/certificates/") && path.ends_with("/verify") {
+            Budget::Charged
+        } else {
+            Budget::Exempt
+        };
+    }
+    if path.starts_with("/api/") {
+        return match req.cookie(crate::api::session::COOKIE) {
+            Some(c) if !c.value().is_empty() => Budget::UnlessSignedIn(c.value().to_owned()),
+            _ => Budget::Charged,
+        };
+    }
+    if matches!(path, "/health" | "/ready" | "/metrics" | "/v1") {
+        Budget::Charged
+    } else {
+        Budget::Exempt
+    }
+}
+
+/// Applies the per-address limit to unauthenticated requests (see [`Budget`]).
 pub async fn limit_unauthenticated(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<actix_web::body::BoxBody>, Error> {
-    if limited(&req)
-        && let (Some(state), Some(peer)) = (req.app_data::<web::Data<AppState>>(), req.peer_addr())
-        && let Err(retry) = state.unauth_limiter.check(peer.ip(), Instant::now())
+    if let Some(state) = req.app_data::<web::Data<AppState>>().cloned()
+        && state.settings.unauth_rate_limit_per_minute > 0
     {
-        let err = ApiError::too_many_requests(
-            format!(
-                "too many requests from {}: the limit is {} per minute; retry in {retry} s",
-                peer.ip(),
-                state.settings.unauth_rate_limit_per_minute
-            ),
-            retry,
-        );
-        let res = err.error_response();
-        return Ok(req.into_response(res));
+        let charged = match budget(&req) {
+            Budget::Exempt => false,
+            Budget::Charged => true,
+            Budget::UnlessSignedIn(token) => {
+                !crate::api::session::is_signed_in(&state, &token).await
+            }
+        };
+        if charged
+            && let Some(client) = client_ip(req.request())
+            && let Err(retry) = state.unauth_limiter.check(client, Instant::now())
+        {
+            let res = address_limited(client, state.settings.unauth_rate_limit_per_minute, retry)
+                .error_response();
+            return Ok(req.into_response(res));
+        }
     }
     next.call(req)
         .await
         .map(ServiceResponse::map_into_boxed_body)
+}
+
+/// The client's address: the TCP peer, or behind a reverse proxy listed in
+/// `trusted_proxies` the address it forwarded (see `domain::trusted_proxies`).
+pub fn client_ip(req: &actix_web::HttpRequest) -> Option<IpAddr> {
+    let peer = req.peer_addr()?.ip();
+    let Some(state) = req.app_data::<web::Data<AppState>>() else {
+        return Some(peer);
+    };
+    let trusted = &state.settings.trusted_proxies;
+    if trusted.is_empty() {
+        return Some(peer);
+    }
+    let forwarded: Vec<&str> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    Some(trusted.client(peer, &forwarded))
+}
+
+/// The answer to an address over its budget of unauthenticated requests.
+pub fn address_limited(ip: IpAddr, per_minute: u32, retry: u64) -> ApiError {
+    ApiError::too_many_requests(
+        format!(
+            "too many requests from {ip}: the limit is {per_minute} per minute; retry in {retry} s"
+        ),
+        retry,
+    )
 }
 
 #[cfg(test)]
@@ -186,6 +265,27 @@ mod tests {
             l.check(a, t0 + Duration::from_secs(20)).is_ok(),
             "one token refills in 20 s at 3/min"
         );
+    }
+
+    #[test]
+    fn many_addresses_cost_a_bounded_memory_and_no_scan() {
+        let l = AddressRateLimiter::new(1);
+        let t0 = Instant::now();
+        // Every address drains its bucket, so none could be forgotten as refilled.
+        for i in 0..(5 * MAX_TRACKED_ADDRESSES as u32 / 2) {
+            let addr = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            assert!(l.check(addr, t0).is_ok());
+        }
+        assert!(
+            l.tracked() <= 2 * MAX_TRACKED_ADDRESSES,
+            "{} addresses remembered",
+            l.tracked()
+        );
+        // A recent address is still held to its budget.
+        let last = IpAddr::V4(std::net::Ipv4Addr::from(
+            0x0a00_0000 + 5 * MAX_TRACKED_ADDRESSES as u32 / 2 - 1,
+        ));
+        assert!(l.check(last, t0).is_err());
     }
 
     #[test]

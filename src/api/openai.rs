@@ -172,6 +172,36 @@ pub fn attribution(req: &HttpRequest, body: &serde_json::Value) -> Result<Attrib
     })
 }
 
+/// The shape of `messages` the guard reads the prompt from, and the upstream would insist
+/// on: a non-empty list of objects, each with a string `role`. Anything else is refused
+/// here, before it costs an upstream call or slips past the guard unread.
+fn check_messages(body: &serde_json::Value) -> Result<(), ApiError> {
+    let invalid =
+        |message: String| Err(ApiError::bad_request("invalid_messages", message).param("messages"));
+    let Some(messages) = body.get("messages") else {
+        return invalid(
+            "'messages' is required: a list of {\"role\": …, \"content\": …} objects".into(),
+        );
+    };
+    let Some(list) = messages.as_array() else {
+        return invalid(
+            "'messages' must be a list of {\"role\": …, \"content\": …} objects".into(),
+        );
+    };
+    if list.is_empty() {
+        return invalid("'messages' must hold at least one message".into());
+    }
+    for (i, m) in list.iter().enumerate() {
+        match m.get("role") {
+            Some(serde_json::Value::String(_)) => {}
+            Some(_) => return invalid(format!("'messages[{i}].role' must be a string")),
+            None if m.is_object() => return invalid(format!("'messages[{i}]' has no 'role'")),
+            None => return invalid(format!("'messages[{i}]' must be an object with a 'role'")),
+        }
+    }
+    Ok(())
+}
+
 async fn proxy_call(
     req: HttpRequest,
     payload: web::Payload,
@@ -197,6 +227,9 @@ async fn proxy_call(
                 "invalid_stream",
                 "the 'stream' field must be true or false",
             ));
+        }
+        if which == endpoint::CHAT_COMPLETIONS {
+            check_messages(&body)?;
         }
         if which == endpoint::EMBEDDINGS
             && body.get("stream").and_then(serde_json::Value::as_bool) == Some(true)

@@ -78,8 +78,12 @@ fn email_field(raw: &str) -> Result<Email, ApiError> {
     Email::parse(raw).map_err(|e| field("invalid_email", "email", e.0))
 }
 
-fn password_field(raw: &str, name: &'static str) -> Result<PasswordHash, ApiError> {
-    PasswordHash::create(raw).map_err(|e| field("invalid_password", name, e.0))
+/// Hashes a new password (see `session::password_work`); 400 naming the field when it is
+/// not acceptable.
+async fn password_field(raw: String, name: &'static str) -> Result<PasswordHash, ApiError> {
+    super::session::password_work(move || Ok(PasswordHash::create(&raw)))
+        .await?
+        .map_err(|e| field("invalid_password", name, e.0))
 }
 
 async fn count_users(state: &AppState) -> Result<i64, ApiError> {
@@ -114,7 +118,8 @@ pub async fn setup(
         )
     })?;
     let email = email_field(&body.email)?;
-    let password = password_field(&body.password, "password")?;
+    // Everything that costs nothing first: a password is hashed only for the one request
+    // that holds the valid link of an instance not set up yet.
     if count_users(&state).await? > 0 {
         return Err(ApiError::new(
             ErrorKind::Conflict,
@@ -123,6 +128,14 @@ pub async fn setup(
         ));
     }
     state.setup.take(&body.token)?;
+    let password = match password_field(body.password, "password").await {
+        Ok(p) => p,
+        Err(e) => {
+            // Nothing was made: the link still works.
+            state.setup.put_back(&body.token);
+            return Err(e);
+        }
+    };
     let user = NewUser {
         id: UserId::generate(),
         email,
@@ -176,15 +189,15 @@ pub async fn change_password(
             "send {\"current_password\": \"…\", \"new_password\": \"…\"}",
         )
     })?;
-    let new = password_field(&body.new_password, "new_password")?;
     let check = user.password.clone();
     let current_pw = body.current_password;
-    if !run_blocking(move || Ok::<_, StoreError>(check.verify(&current_pw))).await? {
+    if !super::session::password_work(move || Ok(check.verify(&current_pw))).await? {
         return Err(
             ApiError::bad_request("wrong_password", "the current password is wrong")
                 .param("current_password"),
         );
     }
+    let new = password_field(body.new_password, "new_password").await?;
     let keep = req.cookie(COOKIE).map(|c| sha256_hex(c.value()));
     let store = state.store.clone();
     let id = user.id.clone();
@@ -379,8 +392,8 @@ pub async fn accept(
             "send {\"token\": \"…\", \"password\": \"…\"}",
         )
     })?;
-    let password = password_field(&body.password, "password")?;
     let inv = open_invitation(&state, &body.token).await?;
+    let password = password_field(body.password, "password").await?;
     let store = state.store.clone();
     let hash = sha256_hex(&body.token);
     let user = run_blocking(move || {

@@ -23,10 +23,40 @@ use std::time::{Duration, Instant};
 pub const COOKIE: &str = "agv_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 const SESSION_HOURS: i64 = 12;
-/// Failed sign-ins allowed per email, and per address, within the window.
+/// Failed sign-ins allowed per account from one address, and per address, within the
+/// window. An account is never locked for everyone: that would let anyone lock its owner
+/// out. Past [`MAX_FAILURES_PER_EMAIL`] failures from all addresses together, each attempt
+/// on the account is slowed instead (see [`slow_down`]).
 const MAX_FAILURES_PER_EMAIL: usize = 5;
 const MAX_FAILURES_PER_ADDRESS: usize = 20;
 const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// Password hashes made or checked at once (argon2: tens of milliseconds of CPU and
+/// 19 MiB each). They run on the blocking pool, never on the async workers that serve
+/// every other request, and at most this many at a time, so a flood of sign-ins or set-ups
+/// costs at most this many cores.
+const PASSWORD_WORKERS: usize = 2;
+static PASSWORD_PERMITS: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(PASSWORD_WORKERS);
+/// How long a request waits for its turn before it is told to come back.
+const PASSWORD_QUEUE_WAIT: Duration = Duration::from_secs(10);
+
+/// Runs `work`, which makes or checks password hashes, on the blocking pool once one of
+/// the [`PASSWORD_WORKERS`] turns is free; 503 when none frees up in time.
+pub async fn password_work<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let _turn = match tokio::time::timeout(PASSWORD_QUEUE_WAIT, PASSWORD_PERMITS.acquire()).await {
+        Ok(Ok(turn)) => turn,
+        _ => {
+            return Err(ApiError::service_unavailable(
+                "password_work_busy",
+                "the server is checking too many passwords at once; retry in a few seconds",
+            ));
+        }
+    };
+    Ok(run_blocking(work).await?)
+}
 
 /// Recent failed sign-ins, by email and by address.
 #[derive(Default)]
@@ -52,6 +82,18 @@ impl LoginThrottle {
             }
         }
         Ok(())
+    }
+
+    /// Recent failures under `key`.
+    fn recent(&self, key: &str, now: Instant) -> usize {
+        self.failures.lock().map_or(0, |map| {
+            map.get(key).map_or(0, |times| {
+                times
+                    .iter()
+                    .filter(|t| now.duration_since(**t) < FAILURE_WINDOW)
+                    .count()
+            })
+        })
     }
 
     fn fail(&self, keys: &[(String, usize)], now: Instant) {
@@ -125,22 +167,33 @@ pub async fn login(
         ));
     }
     let now = Instant::now();
+    let addr = source.0.clone().unwrap_or_default();
+    let account = format!("email:{}", email.as_str());
+    // Locked: this account from this address, and this address for every account. The
+    // account alone is only counted (usize::MAX never locks), to slow attempts on it.
     let keys = vec![
-        (format!("email:{}", email.as_str()), MAX_FAILURES_PER_EMAIL),
         (
-            format!("addr:{}", source.0.clone().unwrap_or_default()),
-            MAX_FAILURES_PER_ADDRESS,
+            format!("email+addr:{}|{addr}", email.as_str()),
+            MAX_FAILURES_PER_EMAIL,
         ),
+        (format!("addr:{addr}"), MAX_FAILURES_PER_ADDRESS),
+        (account.clone(), usize::MAX),
     ];
     if let Err(retry) = state.login_throttle.check(&keys, now) {
         return Err(ApiError::too_many_requests(
-            format!("too many failed sign-ins for this account or address; retry in {retry} s"),
+            format!(
+                "too many failed sign-ins for this account from this address, or from this address; retry in {retry} s"
+            ),
             retry,
         ));
     }
+    let delay = slow_down(state.login_throttle.recent(&account, now));
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let store = state.store.clone();
     let (e, password) = (email.clone(), body.password);
-    let user = run_blocking(move || -> Result<Option<User>, crate::store::StoreError> {
+    let user = password_work(move || -> Result<Option<User>, crate::store::StoreError> {
         let user = store.find_user_by_email(&e)?;
         let ok = match &user {
             Some(u) => u.password.verify(&password),
@@ -165,6 +218,15 @@ pub async fn login(
     };
     state.login_throttle.clear(&keys[0].0);
     sign_in(&state, &req, &source, &user).await
+}
+
+/// How long an attempt on an account waits after `failures` recent failed sign-ins on it
+/// from all addresses together: nothing up to the per-address limit, then half a second
+/// more for each failure, at most five seconds. A guesser spread over many addresses is
+/// slowed; the owner, from an address of their own, still gets in.
+fn slow_down(failures: usize) -> Duration {
+    let over = failures.saturating_sub(MAX_FAILURES_PER_EMAIL - 1) as u64;
+    Duration::from_millis((over * 500).min(5_000))
 }
 
 /// Starts a session for `user`: the cookie, the CSRF token, and the audit entry.
@@ -209,6 +271,15 @@ pub async fn sign_in(
     Ok(HttpResponse::Ok()
         .cookie(cookie)
         .json(json!({"user": user_json(user), "csrf_token": csrf_token(&token)})))
+}
+
+/// Whether `token` is a live session (for the address limiter, which exempts only those).
+pub async fn is_signed_in(state: &AppState, token: &str) -> bool {
+    let store = state.store.clone();
+    let hash = sha256_hex(token);
+    run_blocking(move || store.find_session(&hash, Timestamp::now()))
+        .await
+        .is_ok_and(|s| s.is_some())
 }
 
 /// The signed-in user of a request, with the session's token.

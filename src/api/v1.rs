@@ -59,6 +59,56 @@ fn reason_of(body: &Option<FreezeBody>, action: FreezeAction) -> Result<String, 
     }
 }
 
+/// Whether a freeze set by `actor` is the instance's decision, which only the operator may
+/// change or lift: one set by the operator, by a policy (`policy:dg-004`) or by the system.
+/// A freeze set by one of the tenant's own keys or people is the tenant's.
+async fn set_by_the_instance(state: &AppState, actor: &str) -> Result<bool, ApiError> {
+    if actor.starts_with("key:") {
+        return Ok(false);
+    }
+    let Some(user) = actor.strip_prefix("user:") else {
+        return Ok(true);
+    };
+    let Ok(user) = crate::domain::UserId::parse(user) else {
+        return Ok(true);
+    };
+    let store = state.store.clone();
+    match run_blocking(move || store.get_user(&user)).await {
+        Ok(u) => Ok(u.role == crate::domain::user::Role::Operator),
+        // A person no longer known: only the operator may undo what they did.
+        Err(crate::store::StoreError::NotFound) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Refuses a change to a freeze in force that the caller does not own: the operator may
+/// change any; a tenant only the freezes its own keys and people set.
+async fn check_owner(
+    state: &AppState,
+    caller: &crate::api::auth::Caller,
+    current: Option<&crate::guard::killswitch::FrozenBy>,
+    what: &str,
+) -> Result<(), ApiError> {
+    let Some(by) = current else {
+        return Ok(());
+    };
+    if caller.operator || !set_by_the_instance(state, &by.actor).await? {
+        return Ok(());
+    }
+    let setter = if by.actor.starts_with("user:") {
+        format!("the operator ({})", by.actor)
+    } else {
+        by.actor.clone()
+    };
+    Err(ApiError::forbidden(
+        "freeze_not_yours",
+        format!(
+            "{what} was frozen by {setter} ({}): only the operator can lift or change that freeze",
+            by.reason
+        ),
+    ))
+}
+
 fn audit_action(action: FreezeAction) -> AuditAction {
     match action {
         FreezeAction::Freeze => AuditAction::Freeze,
@@ -80,13 +130,9 @@ async fn tenant_switch(
     )?;
     let reason = reason_of(&body, action)?;
     let actor = caller.0.label();
-    let was_frozen = state
-        .proxy
-        .guard
-        .killswitch()
-        .tenant_status(&tenant)
-        .tenant
-        .is_some();
+    let current = state.proxy.guard.killswitch().tenant_status(&tenant).tenant;
+    check_owner(&state, &caller.0, current.as_ref(), "the tenant").await?;
+    let was_frozen = current.is_some();
     let event = killswitch::set(&state.proxy, &tenant, None, action, &actor, &reason).await?;
     record(
         &state,
@@ -136,14 +182,16 @@ async fn key_switch(
             other => other.into(),
         })?;
     let actor = caller.0.label();
-    let was_frozen = state
+    let current = state
         .proxy
         .guard
         .killswitch()
         .tenant_status(&tenant)
         .keys
-        .iter()
-        .any(|(k, _)| *k == key_id);
+        .into_iter()
+        .find_map(|(k, by)| (k == key_id).then_some(by));
+    check_owner(&state, &caller.0, current.as_ref(), "the key").await?;
+    let was_frozen = current.is_some();
     let event = killswitch::set(
         &state.proxy,
         &tenant,

@@ -251,6 +251,29 @@ pub fn display_target(url: &Url) -> String {
     }
 }
 
+/// The IPv4 address an IPv6 address stands for, where it carries one a router or a host
+/// would reach: IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), NAT64's
+/// well-known prefix (`64:ff9b::a.b.c.d`) and 6to4 (`2002:AABB:CCDD::`).
+fn embedded_ipv4(v6: &std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        std::net::Ipv4Addr::new(a, b, c, d)
+    };
+    if let Some(mapped) = v6.to_ipv4_mapped() {
+        return Some(mapped);
+    }
+    match s {
+        // `::` and `::1` are IPv6's own unspecified and loopback addresses.
+        [0, 0, 0, 0, 0, 0, 0, 0 | 1] => None,
+        [0, 0, 0, 0, 0, 0, hi, lo] => Some(v4(hi, lo)),
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(v4(hi, lo)),
+        [0x2002, hi, lo, ..] => Some(v4(hi, lo)),
+        _ => None,
+    }
+}
+
 /// Why an address may not receive webhooks unless allowlisted, or `None` when it may.
 pub fn forbidden_address(ip: IpAddr) -> Option<&'static str> {
     match ip {
@@ -271,10 +294,15 @@ pub fn forbidden_address(ip: IpAddr) -> Option<&'static str> {
             }
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            if let Some(v4) = embedded_ipv4(&v6) {
                 return forbidden_address(IpAddr::V4(v4));
             }
             let s = v6.segments();
+            if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
+                // NAT64's local-use prefix (RFC 8215): the network chooses where the IPv4
+                // address sits, so nothing can be said about it.
+                return Some("a NAT64 local-use address");
+            }
             if v6.is_loopback() {
                 Some("a loopback address")
             } else if s[0] == 0xfd00 && s[1..7] == [0, 0, 0, 0, 0, 0] && s[7] == 0x254 {
@@ -653,6 +681,30 @@ mod tests {
         assert!(check_addresses("10.0.0.1", &[ip("10.0.0.1")], &allow).is_err());
         assert!(check_addresses("h", &[], &allow).is_err());
         assert!(HostAllowlist::parse("http://x/").is_err());
+    }
+
+    #[test]
+    fn ipv6_forms_that_carry_an_ipv4_address_are_judged_by_that_address() {
+        let none = HostAllowlist::default();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for bad in [
+            // NAT64 (RFC 6052), its local-use prefix (RFC 8215), 6to4 (RFC 3056) and
+            // IPv4-compatible (RFC 4291, deprecated) forms of internal IPv4 addresses.
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::10.0.0.1",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            "2002:c0a8:101::",
+            "::127.0.0.1",
+            "::10.0.0.1",
+        ] {
+            assert!(check_addresses("h", &[ip(bad)], &none).is_err(), "{bad}");
+        }
+        // The same forms of a public address are fine.
+        for good in ["64:ff9b::93.184.216.34", "2002:5db8:d822::1"] {
+            assert!(check_addresses("h", &[ip(good)], &none).is_ok(), "{good}");
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod secret_box;
 pub mod task;
 pub mod tenant;
 pub mod time;
+pub mod trusted_proxies;
 pub mod upstream_url;
 pub mod user;
 

@@ -116,10 +116,21 @@ impl Pricing {
     /// `gpt-3.5-turbo-0125`). Other variants (`gpt-4o-audio-preview`) are unknown: their
     /// prices differ, and a wrong price is worse than none.
     pub fn price(&self, model: &str) -> Option<ModelPrice> {
-        if let Some(p) = self.table.get(model) {
-            return Some(*p);
+        self.entry(model).map(|(_, p)| p)
+    }
+
+    /// The name `model` is priced under in the table (see [`Pricing::price`]), or `other`:
+    /// a label from a known, bounded set, for metrics whose series a client must not be
+    /// able to mint with made-up model names.
+    pub fn label<'a>(&'a self, model: &str) -> &'a str {
+        self.entry(model).map_or("other", |(name, _)| name)
+    }
+
+    fn entry<'a>(&'a self, model: &str) -> Option<(&'a str, ModelPrice)> {
+        if let Some((name, p)) = self.table.get_key_value(model) {
+            return Some((name.as_str(), *p));
         }
-        let mut best: Option<(usize, ModelPrice)> = None;
+        let mut best: Option<(&str, ModelPrice)> = None;
         for (name, price) in &self.table {
             let Some(rest) = model.strip_prefix(name.as_str()) else {
                 continue;
@@ -127,11 +138,11 @@ impl Pricing {
             let dated = rest
                 .strip_prefix('-')
                 .is_some_and(|s| s.starts_with(|c: char| c.is_ascii_digit()));
-            if dated && best.is_none_or(|(len, _)| name.len() > len) {
-                best = Some((name.len(), *price));
+            if dated && best.is_none_or(|(known, _)| name.len() > known.len()) {
+                best = Some((name.as_str(), *price));
             }
         }
-        best.map(|(_, p)| p)
+        best
     }
 
     /// The cost of a finished call. `cached` is the part of `prompt` served from the cache
@@ -178,6 +189,21 @@ mod tests {
         assert_eq!(p.price("gpt-4.1-nano-2025-04-14"), p.price("gpt-4.1-nano"));
         assert_eq!(p.price("gpt-3.5-turbo-0125"), p.price("gpt-3.5-turbo"));
         assert_eq!(p.price("o3-mini-2025-01-31"), p.price("o3-mini"));
+    }
+
+    #[test]
+    fn metric_labels_are_the_known_names_or_other() {
+        let p = Pricing::builtin();
+        assert_eq!(p.label("gpt-4o-mini"), "gpt-4o-mini");
+        assert_eq!(p.label("gpt-4o-mini-2024-07-18"), "gpt-4o-mini");
+        assert_eq!(p.label("gpt-4o-audio-preview"), "other");
+        assert_eq!(p.label(&"x".repeat(60_000)), "other");
+        let custom = Pricing::with_overrides(HashMap::from([(
+            "my-finetune".to_owned(),
+            ModelPrice::new(1.0, 1.0, 1.0),
+        )]))
+        .unwrap();
+        assert_eq!(custom.label("my-finetune"), "my-finetune");
     }
 
     #[test]

@@ -427,8 +427,7 @@ async fn post(
 ) -> Result<u16, String> {
     let (url, addrs) = resolve_checked(url, allow).await?;
     let host = url.host_str().unwrap_or_default().to_owned();
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
+    let client = crate::outbound::builder()
         .timeout(SEND_TIMEOUT)
         .resolve_to_addrs(&host, &addrs)
         .build()

@@ -54,9 +54,8 @@ impl Narrator {
         if let Some(k) = api_key {
             config = config.with_api_key(k);
         }
-        let http = reqwest::Client::builder()
+        let http = crate::outbound::builder()
             .timeout(LLM_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("could not build the LLM client: {e}"))?;
         Ok(Self {

@@ -453,6 +453,15 @@ pub fn unpack(
         }
     }
     for f in &manifest.files {
+        // A restore writes these files into the data directory by name: only the key
+        // files a backup holds are accepted, never a path.
+        if !SECRET_FILES.contains(&f.name.as_str()) {
+            return Err(format!(
+                "the backup's manifest names the file '{}', which is not one of the files a backup holds ({}); it was not made by agv-server, and nothing was restored",
+                f.name,
+                SECRET_FILES.join(", ")
+            ));
+        }
         let p = dir.join("files").join(format!("{}.sealed", f.name));
         let got = hex_sha256_file(&p)
             .map_err(|_| format!("the backup is missing the file '{}'", f.name))?;
@@ -942,6 +951,77 @@ pub fn to_prune<T: Clone>(
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    /// A backup archive as an attacker would make it: any manifest, signed with a key of
+    /// their own (a restore into a fresh data directory has no trusted key to hold it to).
+    fn crafted_backup(dir: &Path, files: Vec<FileEntry>, members: &[(String, Vec<u8>)]) -> PathBuf {
+        let key = CertSigningKey::generate();
+        let public = key.public();
+        let manifest = Manifest {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            agv_version: env!("CARGO_PKG_VERSION").into(),
+            schema_version: 1,
+            backend: "sqlite".into(),
+            created_at: chrono::Utc::now().to_rfc3339(),
+            instance_id: public.instance_id(),
+            public_key: public.to_base64(),
+            tenant_id: None,
+            tables: Vec::new(),
+            files,
+            secrets_salt: Some("AAAAAAAAAAAAAAAAAAAAAA==".into()),
+        };
+        let manifest_bytes = serde_json::to_vec_pretty(&manifest).unwrap();
+        let signature = key.sign_detached(&manifest_bytes);
+        let path = dir.join("crafted.tar");
+        let mut tar = tar::Builder::new(File::create(&path).unwrap());
+        let mut add = |name: &str, bytes: &[u8]| {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o600);
+            header.set_cksum();
+            tar.append_data(&mut header, name, bytes).unwrap();
+        };
+        add("manifest.json", &manifest_bytes);
+        add("manifest.sig", signature.as_bytes());
+        for (name, bytes) in members {
+            add(name, bytes);
+        }
+        tar.finish().unwrap();
+        path
+    }
+
+    #[test]
+    fn a_signed_manifest_naming_a_file_outside_the_known_key_files_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sealed = b"sealed bytes".to_vec();
+        let sha256 = hex::encode(Sha256::digest(&sealed));
+        for name in ["../files/pwned", "pwned", "/etc/agv", "master.key/../x"] {
+            let archive = crafted_backup(
+                tmp.path(),
+                vec![FileEntry {
+                    name: name.into(),
+                    sha256: sha256.clone(),
+                }],
+                &[("files/pwned.sealed".into(), sealed.clone())],
+            );
+            let err = unpack(&archive, tmp.path(), None).map(|_| ()).unwrap_err();
+            assert!(
+                err.contains(name) && err.contains("master.key"),
+                "refused, naming the file and the known ones: {err}"
+            );
+        }
+        // The known names still unpack.
+        let archive = crafted_backup(
+            tmp.path(),
+            vec![FileEntry {
+                name: "master.key".into(),
+                sha256,
+            }],
+            &[("files/master.key.sealed".into(), sealed)],
+        );
+        assert!(unpack(&archive, tmp.path(), None).is_ok());
+    }
 
     #[test]
     fn pruning_keeps_the_newest_of_seven_days_and_four_weeks_before_them() {

@@ -75,7 +75,7 @@ impl Remote {
                 cfg.bucket, cfg.endpoint
             )
         })?;
-        let client = reqwest::Client::builder()
+        let client = crate::outbound::builder()
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(120))
             .build()

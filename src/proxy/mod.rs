@@ -407,7 +407,8 @@ impl Proxy {
         body: Bytes,
         retry_after: Option<String>,
     ) -> Outcome {
-        let upstream_fault = status >= 500 || status == 401 || status == 403;
+        let redirect = (300..400).contains(&status);
+        let upstream_fault = status >= 500 || status == 401 || status == 403 || redirect;
         let after = if upstream_fault {
             self.guard.complete(
                 admission,
@@ -456,6 +457,13 @@ impl Proxy {
                     ErrorKind::BadGateway,
                     "upstream_error",
                     format!("the upstream failed ({status}): {upstream_message}"),
+                _ if redirect => ApiError::new(
+                    ErrorKind::BadGateway,
+                    "upstream_redirect",
+                    format!(
+                        "the upstream answered with a redirect ({status}); agv-server never follows an upstream's redirects: set the upstream URL to the address that answers"
+                    ),
+                ),
                 ),
             };
             rec.status = err.kind.status().as_u16();
@@ -650,7 +658,8 @@ impl Proxy {
         metrics::counter!(
             "agv_calls_total",
             "tenant" => rec.tenant_id.to_string(),
-            "model" => rec.model.clone().unwrap_or_else(|| "unknown".into()),
+            // Bounded: a model the price table does not know counts as `other`.
+            "model" => rec.model.as_deref().map_or("unknown", |m| self.guard.pricing().label(m)).to_owned(),
             "status" => rec.status.to_string(),
             "decision" => decision,
         )

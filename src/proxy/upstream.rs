@@ -95,7 +95,9 @@ struct Clients {
 
 impl Clients {
     fn build(connect_timeout: Duration) -> reqwest::Result<reqwest::Client> {
-        reqwest::Client::builder()
+        // Never follows a redirect: an allowlisted host could otherwise send the call, and
+        // its provider key, on to an internal address. A 3xx is an upstream error.
+        crate::outbound::builder()
             .connect_timeout(connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1024)

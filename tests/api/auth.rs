@@ -194,3 +194,37 @@ async fn a_use_just_before_a_cache_invalidation_still_reaches_last_used() {
         "the used key has a last-used time, the new one none: {listed}"
     );
 }
+
+#[tokio::test]
+async fn unauthenticated_v1_requests_are_limited_per_address_and_keyed_ones_are_not() {
+    let home = DataHome::new(Backend::Sqlite).unwrap();
+    let (_tenant, key) = home.tenant_and_key("admin");
+    let app = TestApp::start_with(home, |s| s.unauth_rate_limit_per_minute = 5).await;
+    // Wrong keys: five answers, then 429 with retry-after.
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        let res = app
+            .get_with_key(
+                "/v1/killswitch/status",
+                "agv_not_a_real_key_0000000000000000",
+            )
+            .await;
+        statuses.push(res.status().as_u16());
+        if res.status() == 429 {
+            assert!(res.headers().contains_key("retry-after"));
+        }
+    }
+    assert_eq!(statuses[..5], [401; 5], "{statuses:?}");
+    assert_eq!(statuses[5..], [429, 429], "{statuses:?}");
+    // The public certificate check draws on the same budget.
+    let res = app
+        .get("/v1/certificates/cert_00000000000000000000000000/verify")
+        .await;
+    assert_eq!(res.status(), 429);
+    // A valid key is never held back by the address's budget.
+    for _ in 0..10 {
+        let res = app.get_with_key("/v1/killswitch/status", &key).await;
+        assert_eq!(res.status(), 200);
+    }
+    app.stop().await;
+}

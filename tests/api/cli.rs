@@ -149,6 +149,33 @@ fn every_subcommand_has_help_and_version_prints() {
 }
 
 #[test]
+fn a_new_data_directory_and_its_files_are_private_to_the_service_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("new").join("data");
+    let out = cli_command()
+        .arg("--data")
+        .arg(&data)
+        .args(["tenant", "create", "Private"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    let mut files = 0;
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            files += 1;
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+        } else {
+            assert_eq!(mode(&path), 0o700, "{}", path.display());
+        }
+    }
+    assert!(files > 0 && data.join("agv.db").exists());
+}
+
+#[test]
 fn the_data_dir_can_come_from_agv_data() {
     let dir = tempfile::tempdir().unwrap();
     let out = cli_command()

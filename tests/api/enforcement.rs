@@ -1,6 +1,6 @@
 //! The kill switch, each guardrail passing and tripping, and budgets under concurrency.
 
-use crate::helpers::{Backend, ProxySetup, TestApp, call_id, error_code};
+use crate::helpers::{Backend, ConsoleSession, ProxySetup, TestApp, call_id, error_code};
 use crate::on_both_backends;
 use agv_server::testing::upstream::Mode;
 
@@ -358,6 +358,24 @@ async fn a_failure_spike_freezes_the_tenant_with_the_reason_recorded() {
         .unwrap_or_else(|| panic!("the automatic freeze is noted: {detail}"));
     assert_eq!(freeze["actor"], "policy:dg-004");
     assert_eq!(freeze["after"]["action"], "freeze");
+
+    // The tenant it stopped cannot lift it: only the operator lifts an automatic freeze.
+    let res = app
+        .client
+        .delete(app.url("/v1/killswitch/tenant"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    let err: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "freeze_not_yours", "{err}");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("policy:dg-004") && message.contains("operator"),
+        "says who set it and who can lift it: {message}"
+    );
+    assert_eq!(app.chat(&key, "still frozen").await.status(), 423);
     app.stop().await;
 }
 
@@ -425,4 +443,327 @@ async fn budgets_fail_closed_under_fifty_parallel_calls() {
         "{ok} calls admitted at once on a budget for about ten"
     );
     app.stop().await;
+}
+
+/// The operator, a tenant with two admin keys and a proxy key, and the tenant's owner.
+struct Owners {
+    app: TestApp,
+    _upstream: agv_server::testing::upstream::MockUpstream,
+    tenant: String,
+    key: String,
+    admin: String,
+    admin2: String,
+    admin2_id: String,
+    operator: ConsoleSession,
+    owner: ConsoleSession,
+}
+
+async fn owners() -> Owners {
+    let setup = ProxySetup::new(Backend::Sqlite).unwrap();
+    let home = &setup.home;
+    let admin2: serde_json::Value = serde_json::from_str(&home.cli_ok(&[
+        "key",
+        "create",
+        "--tenant",
+        &setup.tenant,
+        "--scope",
+        "admin",
+        "--json",
+    ]))
+    .unwrap();
+    home.make_user("ops@example.com", "operator", None, "operator-password-1");
+    home.make_user(
+        "own@example.com",
+        "owner",
+        Some(&setup.tenant),
+        "owner-password-1",
+    );
+    let tenant = setup.tenant.clone();
+    let (app, upstream, _, key, admin) = setup.start().await;
+    let base = app.url("");
+    let operator =
+        ConsoleSession::sign_in(&app.client, &base, "ops@example.com", "operator-password-1").await;
+    let owner =
+        ConsoleSession::sign_in(&app.client, &base, "own@example.com", "owner-password-1").await;
+    Owners {
+        app,
+        _upstream: upstream,
+        tenant,
+        key,
+        admin,
+        admin2: admin2["key"].as_str().unwrap().to_owned(),
+        admin2_id: admin2["id"].as_str().unwrap().to_owned(),
+        operator,
+        owner,
+    }
+}
+
+impl Owners {
+    /// `method` on a kill-switch endpoint as a console session (the operator names the tenant).
+    async fn as_person(
+        &self,
+        who: &ConsoleSession,
+        method: reqwest::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> reqwest::Response {
+        self.app
+            .client
+            .request(method, self.app.url(path))
+            .header("cookie", &who.cookie)
+            .header("x-csrf-token", &who.csrf)
+            .header("x-agv-tenant", &self.tenant)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn as_key(
+        &self,
+        key: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> reqwest::Response {
+        self.app
+            .client
+            .request(method, self.app.url(path))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+async fn refused_as_not_yours(res: reqwest::Response, setter: &str) {
+    assert_eq!(res.status(), 403);
+    let err: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "freeze_not_yours", "{err}");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(setter) && message.contains("only the operator"),
+        "names who set it and who can lift it: {message}"
+    );
+}
+
+#[tokio::test]
+async fn a_freeze_is_lifted_only_by_its_owner_or_the_operator() {
+    use reqwest::Method;
+    use serde_json::json;
+    let o = owners().await;
+    let reason = json!({"reason": "operator stop"});
+
+    // The operator freezes the tenant: neither the tenant's admin key nor its owner lifts it.
+    let res = o
+        .as_person(
+            &o.operator,
+            Method::POST,
+            "/api/killswitch/tenant",
+            reason.clone(),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let res = o
+        .as_key(&o.admin, Method::DELETE, "/v1/killswitch/tenant", json!({}))
+        .await;
+    refused_as_not_yours(res, "the operator").await;
+    let res = o
+        .as_person(
+            &o.owner,
+            Method::DELETE,
+            "/api/killswitch/tenant",
+            json!({}),
+        )
+        .await;
+    refused_as_not_yours(res, "the operator").await;
+    // Nor does freezing it again make the freeze the tenant's.
+    let res = o
+        .as_key(
+            &o.admin,
+            Method::POST,
+            "/v1/killswitch/tenant",
+            json!({"reason": "mine now"}),
+        )
+        .await;
+    refused_as_not_yours(res, "the operator").await;
+    let res = o
+        .as_key(&o.admin, Method::DELETE, "/v1/killswitch/tenant", json!({}))
+        .await;
+    refused_as_not_yours(res, "the operator").await;
+    assert_eq!(o.app.chat(&o.key, "frozen").await.status(), 423);
+    let res = o
+        .as_person(
+            &o.operator,
+            Method::DELETE,
+            "/api/killswitch/tenant",
+            json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(o.app.chat(&o.key, "lifted").await.status(), 200);
+
+    // A freeze the tenant set itself: its keys and its people lift it, and so does the operator.
+    for (set, lift) in [
+        ("key", "key"),
+        ("key", "owner"),
+        ("owner", "key"),
+        ("key", "operator"),
+    ] {
+        let res = match set {
+            "key" => {
+                o.as_key(
+                    &o.admin,
+                    Method::POST,
+                    "/v1/killswitch/tenant",
+                    json!({"reason": "ours"}),
+                )
+                .await
+            }
+            _ => {
+                o.as_person(
+                    &o.owner,
+                    Method::POST,
+                    "/api/killswitch/tenant",
+                    json!({"reason": "ours"}),
+                )
+                .await
+            }
+        };
+        assert_eq!(res.status(), 200, "{set} freezes");
+        let res = match lift {
+            "key" => {
+                o.as_key(
+                    &o.admin2,
+                    Method::DELETE,
+                    "/v1/killswitch/tenant",
+                    json!({}),
+                )
+                .await
+            }
+            "owner" => {
+                o.as_person(
+                    &o.owner,
+                    Method::DELETE,
+                    "/api/killswitch/tenant",
+                    json!({}),
+                )
+                .await
+            }
+            _ => {
+                o.as_person(
+                    &o.operator,
+                    Method::DELETE,
+                    "/api/killswitch/tenant",
+                    json!({}),
+                )
+                .await
+            }
+        };
+        assert_eq!(res.status(), 200, "{lift} lifts the freeze {set} set");
+        assert_eq!(o.app.chat(&o.key, "lifted").await.status(), 200);
+    }
+
+    // The operator freezes one admin key: the tenant cannot lift that either.
+    let key_body = json!({"key_id": o.admin2_id, "reason": "operator stop"});
+    let res = o
+        .as_person(
+            &o.operator,
+            Method::POST,
+            "/api/killswitch/key",
+            key_body.clone(),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let res = o
+        .as_key(
+            &o.admin,
+            Method::DELETE,
+            "/v1/killswitch/key",
+            json!({"key_id": o.admin2_id}),
+        )
+        .await;
+    refused_as_not_yours(res, "the operator").await;
+    let res = o
+        .as_person(
+            &o.operator,
+            Method::DELETE,
+            "/api/killswitch/key",
+            json!({"key_id": o.admin2_id}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    o.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_frozen_admin_key_can_only_read() {
+    use reqwest::Method;
+    use serde_json::json;
+    let o = owners().await;
+    let res = o
+        .as_key(
+            &o.admin,
+            Method::POST,
+            "/v1/killswitch/key",
+            json!({"key_id": o.admin2_id, "reason": "leaked"}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+
+    // It cannot unfreeze itself, nor change anything else.
+    for (method, path, body) in [
+        (
+            Method::DELETE,
+            "/v1/killswitch/key",
+            json!({"key_id": o.admin2_id}),
+        ),
+        (Method::DELETE, "/v1/killswitch/tenant", json!({})),
+        (
+            Method::POST,
+            "/v1/killswitch/tenant",
+            json!({"reason": "spite"}),
+        ),
+        (
+            Method::PUT,
+            "/v1/policies",
+            json!({"key_requests_per_minute": 1}),
+        ),
+    ] {
+        let res = o.as_key(&o.admin2, method.clone(), path, body).await;
+        assert_eq!(res.status(), 403, "{method} {path}");
+        let err: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "key_frozen", "{err}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("only read"),
+            "{err}"
+        );
+    }
+    // Reading still works.
+    let res = o.app.get_with_key("/v1/killswitch/status", &o.admin2).await;
+    assert_eq!(res.status(), 200);
+    // Another admin key of the tenant lifts the freeze the tenant set.
+    let res = o
+        .as_key(
+            &o.admin,
+            Method::DELETE,
+            "/v1/killswitch/key",
+            json!({"key_id": o.admin2_id}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let res = o
+        .as_key(
+            &o.admin2,
+            Method::PUT,
+            "/v1/policies",
+            json!({"key_requests_per_minute": 600}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    o.app.stop().await;
 }

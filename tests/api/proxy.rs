@@ -584,3 +584,78 @@ async fn under_steady_traffic_the_wal_starts_over_and_its_finish_is_in_the_metri
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn chat_requests_without_a_valid_messages_list_get_400_naming_the_field_and_reach_no_upstream()
+ {
+    let setup = ProxySetup::new(Backend::Sqlite).unwrap();
+    let (app, upstream, _tenant, key, _admin) = setup.start().await;
+    let bad = [
+        serde_json::json!({"model": "gpt-4o-mini"}),
+        serde_json::json!({"model": "gpt-4o-mini", "messages": null}),
+        serde_json::json!({"model": "gpt-4o-mini", "messages": "hi"}),
+        serde_json::json!({"model": "gpt-4o-mini", "messages": {"role": "user", "content": "hi"}}),
+        serde_json::json!({"model": "gpt-4o-mini", "messages": []}),
+        serde_json::json!({"model": "gpt-4o-mini", "messages": ["hi"]}),
+        serde_json::json!({"model": "gpt-4o-mini", "messages": [{"content": "hi"}]}),
+        serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": 7, "content": "hi"}]}),
+        serde_json::json!({"model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": "ok"}, {"content": "second lacks a role"}]}),
+    ];
+    for body in &bad {
+        let res = app.post_json("/v1/chat/completions", &key, body).await;
+        assert_eq!(res.status(), 400, "{body}");
+        let err: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(err["error"]["type"], "invalid_request_error", "{err}");
+        assert_eq!(err["error"]["param"], "messages", "{err}");
+        assert_eq!(err["error"]["code"], "invalid_messages", "{err}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("messages"),
+            "the message names the field: {err}"
+        );
+    }
+    assert_eq!(upstream.hits(), 0, "nothing invalid was forwarded");
+    // A well-formed request still goes through, with any role the upstream knows.
+    let ok = serde_json::json!({"model": "gpt-4o-mini", "messages": [
+        {"role": "developer", "content": "be brief"}, {"role": "user", "content": "hi"}]});
+    assert_eq!(
+        app.post_json("/v1/chat/completions", &key, &ok)
+            .await
+            .status(),
+        200
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn client_made_model_names_do_not_mint_metric_series() {
+    let setup = ProxySetup::new(Backend::Sqlite).unwrap();
+    let (app, _upstream, _tenant, key, _admin) = setup.start().await;
+    assert_eq!(app.chat(&key, "warm").await.status(), 200);
+    let before = app.get("/metrics").await.text().await.unwrap().len();
+    for i in 0..30 {
+        let model = format!("made-up-{i}-{}", "m".repeat(2_000));
+        let body =
+            serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        let res = app.post_json("/v1/chat/completions", &key, &body).await;
+        assert!(res.status().as_u16() < 500, "{}", res.status());
+    }
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        !metrics.contains("made-up-"),
+        "a client-made model name became a label"
+    );
+    assert!(
+        metrics.contains("model=\"other\""),
+        "unknown models count as other"
+    );
+    assert!(
+        metrics.len() < before + 4_000,
+        "/metrics grew from {before} to {} bytes",
+        metrics.len()
+    );
+    app.stop().await;
+}

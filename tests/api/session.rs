@@ -242,7 +242,121 @@ async fn failed_sign_ins_are_401_then_throttled_and_bad_input_is_400(backend: Ba
     assert_eq!(app.get("/health").await.status(), 200);
 }
 
+async fn login_from(app: &TestApp, from: &str, email: &str, password: &str) -> u16 {
+    app.client
+        .post(app.url("/api/auth/login"))
+        .header("x-forwarded-for", from)
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn an_attack_on_the_operators_account_does_not_lock_the_operator_out() {
+    let home = DataHome::new(Backend::Sqlite).unwrap();
+    home.make_user(
+        "ops@example.com",
+        "operator",
+        None,
+        "the operator's password",
+    );
+    let app = TestApp::start_with(home, |s| {
+        s.unauth_rate_limit_per_minute = 0;
+        // The server sits behind a reverse proxy on this machine.
+        s.trusted_proxies =
+            agv_server::domain::trusted_proxies::TrustedProxies::parse("127.0.0.1").unwrap();
+    })
+    .await;
+    // Two attacking addresses, each held back after five wrong passwords.
+    for attacker in ["203.0.113.9", "203.0.113.10"] {
+        for _ in 0..5 {
+            assert_eq!(
+                login_from(&app, attacker, "ops@example.com", "guess!!!!!").await,
+                401
+            );
+        }
+        assert_eq!(
+            login_from(&app, attacker, "ops@example.com", "guess!!!!!").await,
+            429
+        );
+        assert_eq!(
+            login_from(&app, attacker, "ops@example.com", "the operator's password").await,
+            429,
+            "the attacker's address stays locked even with the right password"
+        );
+    }
+    // The operator, from their own address, still signs in (slowed, not locked).
+    assert_eq!(
+        login_from(
+            &app,
+            "198.51.100.7",
+            "ops@example.com",
+            "the operator's password"
+        )
+        .await,
+        200
+    );
+    app.stop().await;
+
+    // Without a trusted proxy the header is ignored: rotating it does not escape the lock.
+    let home = DataHome::new(Backend::Sqlite).unwrap();
+    home.make_user(
+        "ops@example.com",
+        "operator",
+        None,
+        "the operator's password",
+    );
+    let app = TestApp::start_with(home, |s| s.unauth_rate_limit_per_minute = 0).await;
+    for i in 0..5 {
+        let spoofed = format!("192.0.2.{i}");
+        assert_eq!(
+            login_from(&app, &spoofed, "ops@example.com", "guess!!!!!").await,
+            401
+        );
+    }
+    assert_eq!(
+        login_from(&app, "192.0.2.99", "ops@example.com", "guess!!!!!").await,
+        429
+    );
+    app.stop().await;
+}
+
 on_both_backends!(
     a_user_made_by_the_cli_signs_in_and_out_with_a_cookie_and_csrf,
     failed_sign_ins_are_401_then_throttled_and_bad_input_is_400,
 );
+
+#[tokio::test]
+async fn set_up_checks_its_link_before_hashing_and_a_made_up_cookie_earns_no_exemption() {
+    let home = DataHome::new(Backend::Sqlite).unwrap();
+    let app = TestApp::start_with(home, |s| s.unauth_rate_limit_per_minute = 5).await;
+    let setup = |cookie: Option<&str>, password: &str| {
+        let mut req = app.client.post(app.url("/api/setup")).json(
+            &json!({"token": "not-the-token", "email": "op@example.com", "password": password}),
+        );
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        req.send()
+    };
+    // The link is checked first: a wrong one is refused whatever the password (which is
+    // hashed only for the holder of the right link).
+    let res = setup(None, "short").await.unwrap();
+    assert_eq!(res.status(), 403);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "invalid_setup_token", "{v}");
+    // A made-up session cookie does not lift the address's limit.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let res = setup(Some("agv_session=bogus"), "a long enough password")
+            .await
+            .unwrap();
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(statuses[..4], [403; 4], "{statuses:?}");
+    assert_eq!(statuses[4..], [429, 429], "{statuses:?}");
+    app.stop().await;
+}

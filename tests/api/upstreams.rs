@@ -411,3 +411,94 @@ async fn a_tenant_upstream_changed_by_another_process_is_picked_up_from_the_chan
     assert_eq!(t.instance.hits(), 2);
     app.stop().await;
 }
+
+/// A server that answers every request with `302 Found` to the same path under `to`: an
+/// allowlisted host sending agv-server's upstream client to an internal address.
+fn redirector(to: String) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 65536];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let path = head.split_whitespace().nth(1).unwrap_or("/v1/models");
+            let path = path.strip_prefix("/v1").unwrap_or(path);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 302 Found\r\nLocation: {to}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    format!("http://{addr}/v1")
+}
+
+#[tokio::test]
+async fn an_upstream_that_redirects_is_an_upstream_error_and_the_redirect_is_not_followed() {
+    let Some((home, t)) = two_upstreams(Backend::Sqlite) else {
+        return;
+    };
+    // The internal service the redirect points at: it must never be reached.
+    let internal = MockUpstream::start();
+    let allowlisted = redirector(internal.url());
+    let app = TestApp::start_with(home, |s| {
+        s.upstream_url = redirector(internal.url());
+        s.upstream_timeout = Duration::from_secs(3);
+        s.unauth_rate_limit_per_minute = 0;
+        s.tenant_upstream_allowlist =
+            agv_server::domain::upstream_url::UpstreamAllowlist::parse(&allowlisted).unwrap();
+    })
+    .await;
+
+    // The instance's own upstream redirects: the call fails, recorded as an upstream error.
+    let res = app.chat(&t.other_key, "instance upstream").await;
+    assert_eq!(res.status(), 502);
+    assert!(!call_id(&res).is_empty(), "the failed call is recorded");
+    assert_eq!(error_code(res).await, "upstream_redirect");
+    let res = app.get_with_key("/v1/models", &t.other_key).await;
+    assert_eq!(res.status(), 502);
+    let text = res.text().await.unwrap();
+    assert!(
+        !text.contains("gpt-4o-mini"),
+        "the internal body leaked: {text}"
+    );
+
+    // A tenant's allowlisted upstream redirects to an internal address.
+    let res = put_upstream(
+        &app,
+        &t.admin,
+        serde_json::json!({"base_url": allowlisted, "api_key": TENANT_KEY}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let res = app.get_with_key("/v1/models", &t.key).await;
+    assert_eq!(res.status(), 502);
+    let text = res.text().await.unwrap();
+    assert!(
+        !text.contains("gpt-4o-mini"),
+        "the internal body leaked: {text}"
+    );
+    let res = app.chat(&t.key, "tenant upstream").await;
+    assert_eq!(res.status(), 502);
+    let tenant_call = call_id(&res);
+    let text = res.text().await.unwrap();
+    assert!(
+        !text.contains("chatcmpl"),
+        "the internal body leaked: {text}"
+    );
+
+    assert_eq!(
+        internal.hits(),
+        0,
+        "a redirect was followed to the internal address"
+    );
+    let call = app.call(&t.admin, &tenant_call).await;
+    assert_eq!(call["status"], 502, "{call}");
+    assert!(
+        call["error"].as_str().unwrap_or("").contains("302"),
+        "the record names the redirect: {call}"
+    );
+    app.stop().await;
+}
