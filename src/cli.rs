@@ -858,24 +858,12 @@ fn tenant(
     match cmd {
         TenantCommand::Create { name, json } => {
             let name = TenantName::parse(&name).map_err(|e| CliError::usage(e.0))?;
-            let tenant = Tenant {
-                id: TenantId::generate(),
+            let tenant = crate::ops::tenants::create(
+                store.as_ref(),
                 name,
-                created_at: Timestamp::now(),
-            };
-            store.create_tenant(&tenant)?;
-            // An operator action without a tenant (the tenant did not exist before it):
-            // it goes to the instance-wide audit chain.
-            audit(
-                store,
-                NewAuditEntry::new(
-                    None,
-                    Actor::cli(),
-                    AuditAction::TenantCreate,
-                    tenant.id.as_str(),
-                )
-                .after(serde_json::json!({"id": tenant.id, "name": tenant.name})),
-            );
+                Actor::cli(),
+                Some("local".into()),
+            )?;
             eprintln!("created tenant '{}'", tenant.name.as_str());
             if json {
                 print_json(

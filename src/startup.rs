@@ -25,8 +25,8 @@ use crate::jobs::{Handlers, Queue, QueueLimits, spawn_workers};
 use crate::proxy::Proxy;
 use crate::proxy::recorder::Recorder;
 use crate::proxy::upstream::{Upstream, UpstreamSettings, UpstreamTarget};
-use crate::store::TenantUpstreamRow;
 use crate::store::{self, DynStore, run_blocking};
+use crate::store::{InstanceUpstreamRow, TenantUpstreamRow};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{DefaultHeaders, from_fn};
 use actix_web::{App, HttpServer, web};
@@ -163,10 +163,7 @@ impl Application {
         }
         let guard = Arc::new(guard);
         let upstream = Upstream::new(
-            UpstreamTarget {
-                base_url: settings.upstream_url.clone(),
-                api_key: settings.upstream_api_key.clone(),
-            },
+            configured_upstream(&settings),
             settings
                 .fallback_upstream_url
                 .as_ref()
@@ -225,6 +222,11 @@ impl Application {
             settings.max_stored_body_bytes,
         ));
         load_enforcement_state(&guard, &store).await?;
+        let s = store.clone();
+        let instance_row = run_blocking(move || s.get_instance_upstream())
+            .await
+            .map_err(|e| StartupError(format!("cannot load the instance upstream: {e}")))?;
+        install_instance_upstream(&proxy, &master_key, &settings, instance_row.as_ref());
         load_tenant_upstreams(
             &proxy,
             &store,
@@ -463,6 +465,12 @@ fn http_server(
             .service(crate::api::console::revoke_key)
             .service(crate::api::operator::health)
             .service(crate::api::operator::tenants)
+            .service(crate::api::instance::create_tenant)
+            .service(crate::api::instance::get_upstream)
+            .service(crate::api::instance::put_upstream)
+            .service(crate::api::instance::delete_upstream)
+            .service(crate::api::instance::test_upstream)
+            .service(crate::api::instance::setup_state)
             .service(crate::api::operator::incidents)
             .service(crate::api::operator::backups)
             .service(crate::api::operator::backup_now)
@@ -720,6 +728,20 @@ async fn apply_changes(state: &AppState) -> Result<(), crate::store::StoreError>
             }
         }
     }
+    if changes
+        .iter()
+        .any(|c| c.topic == "upstream" && c.ref_id == crate::store::INSTANCE_UPSTREAM_REF)
+    {
+        let store = state.store.clone();
+        let _applying = state.settings_lock.lock().await;
+        let row = run_blocking(move || store.get_instance_upstream()).await?;
+        install_instance_upstream(
+            &state.proxy,
+            &state.master_key,
+            &state.settings,
+            row.as_ref(),
+        );
+    }
     for tenant in changes
         .iter()
         .filter(|c| c.topic == "upstream")
@@ -841,6 +863,51 @@ pub fn install_tenant_upstream(
         }
     });
     proxy.set_tenant_upstream(tenant, target);
+}
+
+/// The instance upstream as configured: flags, environment, config.toml or the default.
+pub fn configured_upstream(settings: &Settings) -> UpstreamTarget {
+    UpstreamTarget {
+        base_url: settings.upstream_url.clone(),
+        api_key: settings.upstream_api_key.clone(),
+    }
+}
+
+/// The upstream the operator's stored row describes, with its key decrypted.
+pub fn instance_upstream_target(
+    master_key: &MasterKey,
+    row: &InstanceUpstreamRow,
+) -> Result<UpstreamTarget, String> {
+    let api_key = row
+        .api_key_ciphertext
+        .as_deref()
+        .map(|sealed| master_key.open(crate::store::INSTANCE_UPSTREAM_REF, sealed))
+        .transpose()
+        .map_err(|e| e.to_string())?
+        .map(|secret| secret.expose().to_owned());
+    Ok(UpstreamTarget {
+        base_url: row.base_url.clone(),
+        api_key,
+    })
+}
+
+/// Installs the instance upstream in force: the one set in the console (`row`) overrides
+/// the configured one; without a row, or with one whose key does not decrypt (logged),
+/// the configured upstream applies.
+pub fn install_instance_upstream(
+    proxy: &Proxy,
+    master_key: &MasterKey,
+    settings: &Settings,
+    row: Option<&InstanceUpstreamRow>,
+) {
+    let target = row.and_then(|row| match instance_upstream_target(master_key, row) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::error!(error = %e, "the instance upstream set in the console is not usable; the configured upstream applies");
+            None
+        }
+    });
+    proxy.set_instance_upstream(target.unwrap_or_else(|| configured_upstream(settings)));
 }
 
 async fn load_tenant_upstreams(

@@ -84,16 +84,23 @@ async fn start_chromedriver(bin: &Path) -> Driver {
     panic!("chromedriver did not start on port {port}");
 }
 
+/// One browser test at a time: two Chromiums on a small machine slow each other past the
+/// waits.
+static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Ui {
     driver: WebDriver,
     base: String,
     shots: PathBuf,
+    /// Every screenshot's name starts with it (one test's pictures never replace
+    /// another's).
+    name: &'static str,
     downloads: PathBuf,
     shot: usize,
 }
 
 impl Ui {
-    async fn open(driver_port: u16, base: &str, downloads: &Path) -> Ui {
+    async fn open(driver_port: u16, base: &str, downloads: &Path, name: &'static str) -> Ui {
         let mut caps = DesiredCapabilities::chrome();
         caps.set_binary("/usr/bin/chromium").unwrap();
         for arg in [
@@ -120,12 +127,20 @@ impl Ui {
             .await
             .expect("a Chromium session");
         let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/e2e-screenshots");
-        let _ = std::fs::remove_dir_all(&shots);
         std::fs::create_dir_all(&shots).unwrap();
+        for e in std::fs::read_dir(&shots).unwrap().flatten() {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{name}-"))
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         Ui {
             driver,
             base: base.to_owned(),
             shots,
+            name,
             downloads: downloads.to_owned(),
             shot: 0,
         }
@@ -167,7 +182,9 @@ impl Ui {
 
     async fn photo(&mut self, name: &str) {
         self.shot += 1;
-        let path = self.shots.join(format!("{:02}-{name}.png", self.shot));
+        let path = self
+            .shots
+            .join(format!("{}-{:02}-{name}.png", self.name, self.shot));
         self.driver.screenshot(&path).await.unwrap();
     }
 
@@ -253,6 +270,7 @@ async fn the_console_works_end_to_end_in_chromium() {
     let Some(bin) = chromedriver() else {
         return;
     };
+    let _one_at_a_time = BROWSER.lock().await;
     let home = DataHome::new(Backend::Sqlite).unwrap();
     let demo: Value =
         serde_json::from_str(&home.cli_ok(&["demo", "--calls", "600", "--json"])).unwrap();
@@ -298,7 +316,7 @@ async fn the_console_works_end_to_end_in_chromium() {
     };
 
     let driver = start_chromedriver(&bin).await;
-    let mut ui = Ui::open(driver.port, &app.address, &downloads).await;
+    let mut ui = Ui::open(driver.port, &app.address, &downloads, "console").await;
 
     // First run: the setup link makes the operator, who lands in the operator console.
     let token = app.app_state.setup.issue();
@@ -314,15 +332,27 @@ async fn the_console_works_end_to_end_in_chromium() {
     ui.type_into("setup-password", PASSWORD).await;
     ui.click("setup-submit").await;
     ui.ready("operator").await;
-    // The update state: no release server answers, which is said, not an error page.
+    // The update state: no release server answers, which is a quiet note, not an error.
     let update = ui
         .css("[data-testid='update-state'][data-state='error']")
+        .await;
+    assert_eq!(
+        update.class_name().await.unwrap().as_deref(),
+        Some("quiet-note")
+    );
+    assert!(
+        update.text().await.unwrap().contains("Could not check"),
+        "{:?}",
+        update.text().await
+    );
+    let detail = ui
+        .el("update-error-detail")
         .await
-        .text()
+        .prop("textContent")
         .await
-        .unwrap();
-    assert!(update.starts_with("Could not check:"), "{update}");
-    assert!(update.contains("cannot download"), "{update}");
+        .unwrap()
+        .unwrap_or_default();
+    assert!(detail.contains("cannot download"), "{detail}");
     ui.click("update-check").await;
     ui.css("[data-testid='update-check']:not([disabled])").await;
     ui.css("[data-testid='update-state'][data-state='error']")
@@ -536,5 +566,412 @@ async fn the_console_works_end_to_end_in_chromium() {
     ui.driver.clone().quit().await.unwrap();
     drop(driver);
     app.stop().await;
+    drop(upstream);
+}
+
+/// Runs `script` with `sh` as a person would paste it into a shell on the server: in
+/// `cwd`, with the built `agv-server` first on PATH and no AGV_* or OPENAI_* settings
+/// from the outer environment.
+fn sh(script: &str, cwd: &Path) -> std::process::Output {
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_agv-server"))
+        .parent()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(script).current_dir(cwd).env("PATH", path);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AGV_") || k.starts_with("OPENAI_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.output().unwrap()
+}
+
+/// Runs the commands of the "Connect a client" card as they are written, in order: the
+/// key its first step prints replaces the `agv_…` placeholder of the later ones, and every
+/// `curl` must get an answer that is not an error. Returns that key.
+async fn run_the_connect_card(ui: &Ui, workdir: &Path) -> String {
+    let blocks = ui
+        .driver
+        .find_all(By::Css("[data-testid='connect-card'] pre code"))
+        .await
+        .unwrap();
+    let mut key: Option<String> = None;
+    let mut curls = 0;
+    for block in blocks {
+        let text = block.text().await.unwrap();
+        if !(text.contains("agv-server") || text.contains("curl ")) {
+            continue; // the SDK snippets
+        }
+        let script = match &key {
+            Some(k) => text.replace("agv_…", k),
+            None => text.clone(),
+        };
+        let out = sh(&script, workdir);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "the card's command failed:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if text.contains("curl ") {
+            curls += 1;
+            let answer: Value = serde_json::from_str(stdout.trim())
+                .unwrap_or_else(|_| panic!("not JSON from\n{text}\n: {stdout}"));
+            assert!(
+                answer.get("error").is_none(),
+                "the card's command\n{text}\nwith the key it told us to create answers {answer}"
+            );
+        } else if key.is_none() {
+            key = stdout
+                .split_whitespace()
+                .find(|w| w.starts_with("agv_"))
+                .map(str::to_owned);
+        }
+    }
+    assert!(
+        curls > 0,
+        "the card shows no command to check the connection"
+    );
+    key.expect("the card's first step prints a key")
+}
+
+fn tenant_count(home: &DataHome) -> usize {
+    let list: Value = serde_json::from_str(&home.cli_ok(&["tenant", "list", "--json"])).unwrap();
+    list.as_array().unwrap().len()
+}
+
+/// Signs in on the sign-in page.
+async fn sign_in(ui: &mut Ui, email: &str) {
+    ui.goto("#/login").await;
+    ui.ready("login").await;
+    ui.type_into("login-email", email).await;
+    ui.type_into("login-password", PASSWORD).await;
+    ui.click("login-submit").await;
+}
+
+/// The card on a tenant without calls, as its operator sees it: every command works as
+/// written against this server — no second tenant, and the check uses a key that may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connect_card_commands_work_as_written() {
+    let Some(bin) = chromedriver() else {
+        return;
+    };
+    let _one_at_a_time = BROWSER.lock().await;
+    let home = DataHome::new(Backend::Sqlite).unwrap();
+    make_user(&home, "op@example.com", "operator", None);
+    let tenant = home.cli_ok(&["tenant", "create", "Acme"]);
+    let upstream = MockUpstream::start();
+    let url = upstream.url();
+    let app = TestApp::start_with(home, |s| {
+        s.upstream_url = url;
+        s.unauth_rate_limit_per_minute = 0;
+        s.update_source = "http://127.0.0.1:9/releases".into();
+    })
+    .await;
+    let driver = start_chromedriver(&bin).await;
+    let downloads = app.home.path().join("downloads");
+    let mut ui = Ui::open(driver.port, &app.address, &downloads, "connect").await;
+    sign_in(&mut ui, "op@example.com").await;
+    ui.ready("operator").await;
+    ui.css(&format!(
+        "[data-testid='tenant-row'][data-tenant-id='{tenant}'] [data-testid='tenant-view']"
+    ))
+    .await
+    .click()
+    .await
+    .unwrap();
+    ui.ready("overview").await;
+    ui.el("connect-card").await;
+    ui.photo("connect-card").await;
+    let workdir = tempfile::tempdir().unwrap();
+    let key = run_the_connect_card(&ui, workdir.path()).await;
+    assert_eq!(tenant_count(&app.home), 1, "the card made another tenant");
+    assert_eq!(app.chat(&key, "connected").await.status(), 200);
+
+    ui.driver.clone().quit().await.unwrap();
+    drop(driver);
+    app.stop().await;
+    drop(upstream);
+}
+
+const PROVIDER_KEY: &str = "sk-first-run-provider-key-9c41";
+
+/// The real binary serving an empty data directory, as a new user starts it; killed when
+/// dropped. Its log is read all along (a full pipe would stall the server).
+struct FirstRunServer {
+    child: Child,
+    base: String,
+    setup_url: String,
+}
+
+impl FirstRunServer {
+    fn start(data: &Path) -> FirstRunServer {
+        let server = helpers::spawn_server_process(
+            data,
+            None,
+            &[
+                // No release server answers: the update check fails, quietly.
+                ("AGV_UPDATE_SOURCE", "http://127.0.0.1:9/releases"),
+                ("AGV_UNAUTH_RATE_LIMIT_PER_MINUTE", "0"),
+            ],
+        );
+        let helpers::ServerProcess {
+            child,
+            port,
+            startup_log,
+            mut log,
+        } = server;
+        std::thread::spawn(move || std::io::copy(&mut log, &mut std::io::sink()));
+        // The URL the server prints for the first user.
+        let setup_url = startup_log
+            .split_whitespace()
+            .map(|w| w.trim_matches(|c| c == '"' || c == ','))
+            .find(|w| w.starts_with("http://") && w.contains("/#/setup?token="))
+            .unwrap_or_else(|| panic!("no setup URL in the server's output:\n{startup_log}"))
+            .to_owned();
+        FirstRunServer {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            setup_url,
+        }
+    }
+}
+
+impl Drop for FirstRunServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sdk_python() -> Option<PathBuf> {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    agv_server::store::testing::skip_or_fail(
+        "the first-run browser test",
+        "target/sdk-venv is missing; run `bash tests/sdk/setup.sh` to create it",
+    );
+    None
+}
+
+/// Neither an error page nor a red error box anywhere on the page.
+async fn no_error_walls(ui: &Ui, page: &str) {
+    let walls = ui
+        .driver
+        .find_all(By::Css(
+            ".state.error, .notice.bad, [data-testid='page-error']",
+        ))
+        .await
+        .unwrap();
+    let mut texts = Vec::new();
+    for w in walls {
+        texts.push(w.text().await.unwrap_or_default());
+    }
+    assert!(texts.is_empty(), "error walls on '{page}': {texts:#?}");
+}
+
+async fn step_done(ui: &Ui, step: &str) {
+    ui.css(&format!(
+        "[data-testid='first-run-step'][data-step='{step}'][data-done='true']"
+    ))
+    .await;
+}
+
+/// The whole first run of a new user, in Chromium, against the real binary on an empty
+/// data directory: the setup URL from the server's output, the operator account, a tenant
+/// made in the console, the upstream (the local mock OpenAI server) set and tested in the
+/// console, a proxy key made in the console, the "Connect a client" card's commands as
+/// written, a call with the official OpenAI Python SDK, and that call in the console.
+/// Every step is photographed (`target/e2e-screenshots/first-run-*.png`); no page shows
+/// an error wall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_run_works_in_chromium_from_an_empty_data_directory() {
+    let Some(bin) = chromedriver() else {
+        return;
+    };
+    let Some(python) = sdk_python() else {
+        return;
+    };
+    let _one_at_a_time = BROWSER.lock().await;
+    let home = DataHome::new(Backend::Sqlite).unwrap();
+    let upstream = MockUpstream::start();
+    upstream.set_required_key(Some(PROVIDER_KEY));
+    let server = FirstRunServer::start(home.path());
+    let driver = start_chromedriver(&bin).await;
+    let downloads = home.path().join("downloads");
+    let mut ui = Ui::open(driver.port, &server.base, &downloads, "first-run").await;
+
+    // The setup URL makes the operator, who lands on the operator console's checklist.
+    ui.driver.goto(&server.setup_url).await.unwrap();
+    ui.ready("setup").await;
+    ui.type_into("setup-email", "op@example.com").await;
+    ui.type_into("setup-password", PASSWORD).await;
+    ui.click("setup-submit").await;
+    ui.ready("operator").await;
+    ui.css("[data-testid='first-run-box'][data-state='incomplete']")
+        .await;
+    for step in ["tenant", "upstream", "proxy_key", "call"] {
+        ui.css(&format!(
+            "[data-testid='first-run-step'][data-step='{step}'][data-done='false']"
+        ))
+        .await;
+    }
+    // The failed update check is a quiet note; no backup yet is not an alarm.
+    let update = ui
+        .css("[data-testid='update-state'][data-state='error']")
+        .await;
+    assert_eq!(
+        update.class_name().await.unwrap().as_deref(),
+        Some("quiet-note")
+    );
+    let detail = ui
+        .el("update-error-detail")
+        .await
+        .prop("textContent")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert!(detail.contains("cannot download"), "{detail}");
+    let backup = ui.el("health-backup").await;
+    assert_eq!(
+        backup.attr("data-overdue").await.unwrap().as_deref(),
+        Some("false")
+    );
+    assert!(backup.text().await.unwrap().contains("first scheduled"));
+    no_error_walls(&ui, "operator").await;
+
+    // 1. A tenant, made in the console.
+    ui.type_into("tenant-name", "Acme").await;
+    ui.click("tenant-create").await;
+    ui.css("[data-testid='tenant-row']").await;
+    step_done(&ui, "tenant").await;
+    ui.photo("tenant-created").await;
+    assert_eq!(tenant_count(&home), 1);
+
+    // 2. The upstream, set and tested in the console; the key is never shown again.
+    ui.type_into("upstream-url", &upstream.url()).await;
+    ui.type_into("upstream-key", PROVIDER_KEY).await;
+    ui.click("upstream-save").await;
+    ui.css("[data-testid='upstream-state'][data-source='console'][data-key-set='true']")
+        .await;
+    step_done(&ui, "upstream").await;
+    ui.click("upstream-test").await;
+    let result = ui
+        .css("[data-testid='upstream-test-result'][data-ok='true']")
+        .await;
+    assert!(result.text().await.unwrap().contains("HTTP 200"));
+    let key_state = ui.el("upstream-key-state").await.text().await.unwrap();
+    assert!(key_state.contains("…9c41"), "{key_state}");
+    let page = ui
+        .driver
+        .execute("return document.documentElement.outerHTML;", vec![])
+        .await
+        .unwrap();
+    let page: String = page.convert().unwrap();
+    assert!(
+        !page.contains(PROVIDER_KEY),
+        "the provider key is on the page"
+    );
+    ui.el("upstream-card")
+        .await
+        .scroll_into_view()
+        .await
+        .unwrap();
+    ui.photo("upstream-set-and-tested").await;
+    no_error_walls(&ui, "operator").await;
+
+    // 3. A proxy key, made in the console from the checklist.
+    ui.click("first-run-keys").await;
+    ui.ready("keys").await;
+    ui.click("key-create").await;
+    ui.type_into("key-name", "my-app").await;
+    ui.click("key-create-submit").await;
+    let secret = ui.el("key-secret").await.text().await.unwrap();
+    assert!(secret.starts_with("agv_"), "{secret}");
+    ui.photo("proxy-key-created").await;
+    ui.css("[data-testid='key-secret-dialog'] [data-close]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    ui.css("[data-testid='key-row']").await;
+
+    // The tenant's overview, before any call: the connect card's commands work as written.
+    ui.click("nav-overview").await;
+    ui.ready("overview").await;
+    ui.el("connect-card")
+        .await
+        .scroll_into_view()
+        .await
+        .unwrap();
+    ui.photo("connect-card").await;
+    no_error_walls(&ui, "overview").await;
+    let workdir = tempfile::tempdir().unwrap();
+    run_the_connect_card(&ui, workdir.path()).await;
+    assert_eq!(tenant_count(&home), 1, "the card made another tenant");
+
+    // 4. A call through the proxy with the official OpenAI Python SDK.
+    let script = r#"
+import json, os
+from openai import OpenAI
+client = OpenAI(base_url=os.environ["AGV_BASE_URL"], api_key=os.environ["AGV_KEY"])
+r = client.chat.completions.create(
+    model="gpt-4o-mini",
+    messages=[{"role": "user", "content": "hello from the first run"}],
+    user="first-run-user",
+)
+print(json.dumps({"id": r.id, "content": r.choices[0].message.content}))
+"#;
+    let out = tokio::process::Command::new(&python)
+        .args(["-c", script])
+        .env("AGV_BASE_URL", format!("{}/v1", server.base))
+        .env("AGV_KEY", &secret)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the SDK call failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!answer["content"].as_str().unwrap().is_empty(), "{answer}");
+    assert_eq!(
+        upstream.last_request().unwrap().header("authorization"),
+        Some(format!("Bearer {PROVIDER_KEY}").as_str()),
+        "the upstream got the key set in the console"
+    );
+
+    // The call in the console.
+    ui.click("nav-calls").await;
+    ui.ready("calls").await;
+    ui.type_into("search-input", "user:first-run-user").await;
+    ui.click("search-submit").await;
+    let row = ui.css("[data-testid='call-row']").await;
+    ui.photo("call-listed").await;
+    row.click().await.unwrap();
+    ui.ready("call").await;
+    let request = ui.el("call-request").await.text().await.unwrap();
+    assert!(request.contains("hello from the first run"), "{request}");
+    no_error_walls(&ui, "call").await;
+
+    // Back on the operator console: every step is done, and the checklist steps aside.
+    ui.click("back-to-operator").await;
+    ui.ready("operator").await;
+    ui.css("[data-testid='first-run-box'][data-state='complete']")
+        .await;
+    ui.photo("operator-after-first-call").await;
+    no_error_walls(&ui, "operator").await;
+
+    ui.driver.clone().quit().await.unwrap();
+    drop(driver);
+    drop(server);
     drop(upstream);
 }

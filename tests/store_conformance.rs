@@ -17,8 +17,8 @@ use agv_server::domain::{
 use agv_server::store::migrate::known_version;
 use agv_server::store::testing::{PgTestDb, fresh_postgres_db};
 use agv_server::store::{
-    self, Backend, CallCounts, DynStore, Store, StoreError, StoreResult, TenantUpstreamRow,
-    run_blocking,
+    self, Backend, CallCounts, DynStore, INSTANCE_UPSTREAM_REF, InstanceUpstreamRow, Store,
+    StoreError, StoreResult, TenantUpstreamRow, run_blocking,
 };
 use serde_json::json;
 use std::path::PathBuf;
@@ -197,6 +197,7 @@ conformance! {
         freezes_and_policy_changes_are_recorded_in_the_change_feed,
         tenant_upstreams_are_put_replaced_read_listed_and_deleted,
         tenant_upstream_changes_are_recorded_in_the_change_feed,
+        the_instance_upstream_is_put_replaced_read_and_deleted_with_changes,
         ten_thousand_calls_insert_in_batches_of_a_hundred_and_the_rate_is_printed,
         calls_are_found_by_the_words_and_phrases_of_their_request_and_response,
         every_search_filter_narrows_the_calls_with_or_without_text,
@@ -1664,6 +1665,48 @@ fn tenant_upstream_changes_are_recorded_in_the_change_feed(store: &dyn Store) {
             ("upstream".to_owned(), a.id.to_string()),
         ],
         "a delete that removed nothing records nothing"
+    );
+}
+
+fn the_instance_upstream_is_put_replaced_read_and_deleted_with_changes(store: &dyn Store) {
+    assert_eq!(store.get_instance_upstream().unwrap(), None);
+    assert!(
+        !store.delete_instance_upstream().unwrap(),
+        "nothing to delete yet"
+    );
+    let seq = store.latest_change_seq().unwrap();
+    let first = InstanceUpstreamRow {
+        base_url: "https://api.openai.com/v1".into(),
+        api_key_ciphertext: Some("bm9uY2U=".into()),
+        updated_at: at(10),
+    };
+    store.put_instance_upstream(&first).unwrap();
+    assert_eq!(store.get_instance_upstream().unwrap(), Some(first));
+    let second = InstanceUpstreamRow {
+        base_url: "http://127.0.0.1:11434/v1".into(),
+        api_key_ciphertext: None,
+        updated_at: at(20),
+    };
+    store.put_instance_upstream(&second).unwrap();
+    assert_eq!(
+        store.get_instance_upstream().unwrap(),
+        Some(second),
+        "a put replaces the one row, the key included"
+    );
+    assert!(store.delete_instance_upstream().unwrap());
+    assert_eq!(store.get_instance_upstream().unwrap(), None);
+    assert!(!store.delete_instance_upstream().unwrap());
+    let changes: Vec<(String, String)> = store
+        .changes_since(seq, 100)
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.topic, c.ref_id))
+        .collect();
+    let change = ("upstream".to_owned(), INSTANCE_UPSTREAM_REF.to_owned());
+    assert_eq!(
+        changes,
+        vec![change.clone(), change.clone(), change],
+        "two puts and one delete that removed the row; the delete that removed nothing records nothing"
     );
 }
 

@@ -12,6 +12,7 @@ pub mod evidence;
 pub mod export;
 pub mod health;
 pub mod incidents;
+pub mod instance;
 pub mod middleware;
 pub mod openai;
 pub mod operator;

@@ -84,6 +84,12 @@ pub async fn health_json(state: &AppState) -> Result<Value, ApiError> {
         "queue": {"pending": stats.pending, "running": stats.running, "dead": stats.dead},
         "disk": {"data_bytes": disk.0, "used_percent": disk.1},
         "last_backup": recent.first(),
+        "backup_schedule": {
+            "cron": state.settings.backup_cron,
+            "next_at": state.settings.backup_cron.as_deref()
+                .and_then(|c| crate::jobs::scheduler::next_tick(c, chrono::Utc::now()))
+                .map(|t| t.timestamp_millis()),
+        },
         "update": {"current": env!("CARGO_PKG_VERSION"), "check": "agv-server update --check"},
     }))
 }

@@ -666,9 +666,6 @@ pub struct UpstreamBody {
     api_key: Option<String>,
 }
 
-/// The longest provider key accepted.
-const MAX_PROVIDER_KEY_LEN: usize = 4096;
-
 fn upstream_json(row: &TenantUpstreamRow) -> serde_json::Value {
     json!({
         "base_url": row.base_url,
@@ -708,19 +705,17 @@ pub async fn put_upstream(
         .tenant_upstream_allowlist
         .check(&body.base_url)
         .map_err(|e| ApiError::bad_request("upstream_not_allowed", e))?;
-    let api_key = body.api_key.map(|k| k.trim().to_owned());
-    if let Some(k) = &api_key
-        && (k.is_empty()
-            || k.len() > MAX_PROVIDER_KEY_LEN
-            || !k.bytes().all(|b| b.is_ascii_graphic()))
-    {
-        return Err(ApiError::bad_request(
-            "invalid_api_key",
-            format!(
-                "api_key must be 1 to {MAX_PROVIDER_KEY_LEN} visible ASCII characters without spaces; omit it when the upstream needs no key"
-            ),
-        ));
-    }
+    let api_key = body
+        .api_key
+        .as_deref()
+        .map(crate::domain::upstream_url::provider_key)
+        .transpose()
+        .map_err(|e| {
+            ApiError::bad_request(
+                "invalid_api_key",
+                format!("{e}; omit it when the upstream needs no key"),
+            )
+        })?;
     let tenant = caller.tenant_id.clone();
     let ciphertext = api_key
         .as_deref()

@@ -79,6 +79,21 @@ impl fmt::Display for BaseUrl {
     }
 }
 
+/// The longest provider API key accepted.
+pub const MAX_PROVIDER_KEY_LEN: usize = 4096;
+
+/// A provider's API key as a person typed it: trimmed, then 1 to
+/// [`MAX_PROVIDER_KEY_LEN`] visible ASCII characters (it goes into a header as it is).
+pub fn provider_key(raw: &str) -> Result<String, String> {
+    let k = raw.trim();
+    if k.is_empty() || k.len() > MAX_PROVIDER_KEY_LEN || !k.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "api_key must be 1 to {MAX_PROVIDER_KEY_LEN} visible ASCII characters without spaces"
+        ));
+    }
+    Ok(k.to_owned())
+}
+
 /// The operator's list of base-URL prefixes tenants may use; empty means none.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UpstreamAllowlist(Vec<BaseUrl>);
@@ -124,6 +139,16 @@ impl fmt::Display for UpstreamAllowlist {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_provider_key_is_trimmed_and_must_be_visible_ascii() {
+        assert_eq!(provider_key("  sk-abc ").unwrap(), "sk-abc");
+        for bad in ["", "   ", "sk abc", "sk-\u{e9}", "sk-\n1"] {
+            assert!(provider_key(bad).is_err(), "{bad:?}");
+        }
+        assert!(provider_key(&"k".repeat(MAX_PROVIDER_KEY_LEN)).is_ok());
+        assert!(provider_key(&"k".repeat(MAX_PROVIDER_KEY_LEN + 1)).is_err());
+    }
 
     fn list() -> UpstreamAllowlist {
         UpstreamAllowlist::parse("https://api.openai.com/v1, https://myco.openai.azure.com/")

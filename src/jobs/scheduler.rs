@@ -66,6 +66,22 @@ pub fn validate_cron(expr: &str) -> Result<(), String> {
     })
 }
 
+/// When `expr` next fires after `after` (UTC, as the scheduler reads it), or `None` for an
+/// expression it would refuse. For the console ("first backup at 03:00").
+pub fn next_tick(
+    expr: &str,
+    after: chrono::DateTime<chrono::Utc>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expr)
+        .ok()?
+        .find_next_occurrence(&after, false)
+        .ok()
+}
+
 /// A running scheduler; call [`SchedulerHandle::shutdown`] to stop it.
 pub struct SchedulerHandle {
     scheduler: JobScheduler,
@@ -193,6 +209,20 @@ mod tests {
         validate_cron(DEFAULT_HOUSEKEEPING_CRON).unwrap();
         validate_cron("0 0 3 * * *").unwrap();
         validate_cron("*/5 * * * * Mon-Fri").unwrap();
+    }
+
+    #[test]
+    fn the_next_tick_of_a_daily_schedule_is_the_next_such_time_in_utc() {
+        use chrono::TimeZone;
+        let at = |h, m| chrono::Utc.with_ymd_and_hms(2026, 3, 1, h, m, 0).unwrap();
+        assert_eq!(next_tick("0 0 3 * * *", at(1, 0)), Some(at(3, 0)));
+        assert_eq!(
+            next_tick("0 0 3 * * *", at(3, 0)),
+            Some(at(3, 0) + chrono::Duration::days(1)),
+            "strictly after"
+        );
+        assert_eq!(next_tick("0 0 3 * *", at(1, 0)), None, "five fields");
+        assert_eq!(next_tick("garbage", at(1, 0)), None);
     }
 
     #[test]

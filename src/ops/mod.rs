@@ -1,5 +1,5 @@
 //! Operations on the whole instance: backups, their verification, restore and upload, call
-//! retention, self-update.
+//! retention, tenant creation, self-update.
 //!
 //! Blocking code (files, the store's synchronous API): the CLI calls it directly, the
 //! server through `run_blocking`. Errors are strings that say what went wrong and what to
@@ -9,4 +9,5 @@ pub mod backup;
 pub mod retention;
 pub mod s3;
 pub mod scheduled;
+pub mod tenants;
 pub mod update;

@@ -42,8 +42,9 @@ pub const MAX_ATTRIBUTION_LEN: usize = 256;
 /// Everything the front door needs, shared by all requests.
 pub struct Proxy {
     pub guard: Arc<Guard>,
-    /// The instance upstream, used by every tenant without its own.
-    pub upstream: Upstream,
+    /// The instance upstream, used by every tenant without its own. Replaced as a whole
+    /// when the operator sets another in the console; the hot path only reads.
+    instance: RwLock<Arc<Upstream>>,
     /// Tenants' own upstreams (decrypted keys live only here). The hot path only reads.
     tenant_upstreams: RwLock<HashMap<TenantId, Arc<Upstream>>>,
     pub recorder: Recorder,
@@ -118,7 +119,7 @@ impl Proxy {
     ) -> Self {
         Self {
             guard,
-            upstream,
+            instance: RwLock::new(Arc::new(upstream)),
             tenant_upstreams: RwLock::new(HashMap::new()),
             recorder,
             store,
@@ -127,6 +128,27 @@ impl Proxy {
             models_cache: Mutex::new(None),
             enforcement: LatencyWindow::default(),
             health: Arc::default(),
+        }
+    }
+
+    /// The instance upstream as it is now.
+    pub fn instance_upstream(&self) -> Arc<Upstream> {
+        match self.instance.read() {
+            Ok(u) => u.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Points the instance upstream at `primary`, at once for every call that starts after
+    /// this returns. The pooled clients, timeouts and the fallback stay.
+    pub fn set_instance_upstream(&self, primary: upstream::UpstreamTarget) {
+        let next = Arc::new(self.instance_upstream().with_primary(primary));
+        match self.instance.write() {
+            Ok(mut u) => *u = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+        if let Ok(mut cache) = self.models_cache.lock() {
+            *cache = None;
         }
     }
 
@@ -147,7 +169,10 @@ impl Proxy {
         };
         match target {
             Some(t) => {
-                map.insert(tenant.clone(), Arc::new(self.upstream.sibling(t)));
+                map.insert(
+                    tenant.clone(),
+                    Arc::new(self.instance_upstream().sibling(t)),
+                );
             }
             None => {
                 map.remove(tenant);
@@ -284,8 +309,10 @@ impl Proxy {
             upstream::CHAT_PATH
         };
         let mut rec = self.base_record(&incoming, model.clone(), decisions, enforcement_us);
-        let own = self.tenant_upstream(&incoming.tenant_id);
-        let upstream = own.as_deref().unwrap_or(&self.upstream);
+        let upstream = match self.tenant_upstream(&incoming.tenant_id) {
+            Some(own) => own,
+            None => self.instance_upstream(),
+        };
         let sent = upstream.post(path, upstream_body, &[]).await;
         let response = match sent {
             Ok(r) => r,
@@ -690,7 +717,7 @@ impl Proxy {
         {
             return Ok(body.clone());
         }
-        let body = fetch_models(&self.upstream).await?;
+        let body = fetch_models(&self.instance_upstream()).await?;
         if let Ok(mut cache) = self.models_cache.lock() {
             *cache = Some((Instant::now(), body.clone()));
         }

@@ -101,11 +101,15 @@ async fn relay(
     strip: bool,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
-    let deadline =
-        tokio::time::Instant::from_std(response.started + proxy.upstream.settings().total_timeout);
+    let deadline = tokio::time::Instant::from_std(
+        response.started + proxy.instance_upstream().settings().total_timeout,
+    );
     let started = response.started;
     let mut upstream = response.response.bytes_stream();
     let mut pending: Vec<u8> = Vec::new();
+    // How far `pending` is known to hold no event boundary: each byte is scanned once,
+    // however small the chunks an upstream sends.
+    let mut scanned = 0;
     let mut transcript = Transcript {
         kept: Vec::new(),
         max: proxy.max_stored_body,

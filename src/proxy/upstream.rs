@@ -207,6 +207,24 @@ impl Upstream {
         }
     }
 
+    /// The same upstream with another primary target; clients, settings and the fallback
+    /// stay (the operator replaced the instance upstream in the console).
+    pub fn with_primary(&self, primary: UpstreamTarget) -> Self {
+        Self {
+            clients: self.clients.clone(),
+            settings: self.settings.clone(),
+            primary: Prepared::new(primary),
+            fallback: self
+                .fallback
+                .as_ref()
+                .map(|f| Prepared::new(f.target.clone())),
+        }
+    }
+
+    pub fn primary(&self) -> &UpstreamTarget {
+        &self.primary.target
+    }
+
     pub fn fallback(&self) -> Option<&UpstreamTarget> {
         self.fallback.as_ref().map(|f| &f.target)
     }
@@ -299,6 +317,133 @@ impl Upstream {
             Err(_) => Err(UpstreamError::Timeout("no response".into())),
         }
     }
+}
+
+/// What [`probe`] found: whether the upstream answers its model list with the key.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Probe {
+    /// A 2xx answer.
+    pub ok: bool,
+    /// The URL asked (`{base_url}/models`).
+    pub url: String,
+    /// The HTTP status, when an answer came.
+    pub status: Option<u16>,
+    /// How many models the answer lists, when it is OpenAI's list shape.
+    pub models: Option<usize>,
+    pub latency_ms: u64,
+    /// One sentence for a person: what happened and, on failure, what to check.
+    pub message: String,
+}
+
+/// Asks `GET {base_url}/models` once with the target's key, within `timeout`, following no
+/// redirect (a redirect is reported, never followed: the operator gives the final URL).
+/// Used by the console's "Test connection"; the proxy's pooled clients are not involved.
+pub async fn probe(target: &UpstreamTarget, timeout: Duration) -> Probe {
+    let url = format!("{}/models", target.base_url);
+    let started = Instant::now();
+    let done = |ok, status, models, message: String| Probe {
+        ok,
+        url: url.clone(),
+        status,
+        models,
+        latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        message,
+    };
+    let client = match reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return done(
+                false,
+                None,
+                None,
+                format!("cannot build an HTTP client: {e}"),
+            );
+        }
+    };
+    let mut req = client.get(&url);
+    if let Some(key) = &target.api_key {
+        req = req.bearer_auth(key);
+    }
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => {
+            return done(
+                false,
+                None,
+                None,
+                format!(
+                    "no answer from {url} within {} s: check the URL and that this server can reach it",
+                    timeout.as_secs()
+                ),
+            );
+        }
+        Err(e) => {
+            return done(
+                false,
+                None,
+                None,
+                format!(
+                    "cannot connect to {url}: {}; check the URL and that this server can reach it",
+                    describe(&e)
+                ),
+            );
+        }
+    };
+    let status = resp.status();
+    let code = Some(status.as_u16());
+    let location = resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = match tokio::time::timeout(timeout, resp.bytes()).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) | Err(_) => Bytes::new(),
+    };
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    if status.is_success() {
+        let models = parsed
+            .as_ref()
+            .and_then(|v| v.get("data"))
+            .and_then(serde_json::Value::as_array)
+            .map(Vec::len);
+        let listed = models.map_or(String::new(), |n| {
+            format!(" and lists {n} model{}", if n == 1 { "" } else { "s" })
+        });
+        return done(
+            true,
+            code,
+            models,
+            format!("the upstream answers: HTTP {status}{listed}"),
+        );
+    }
+    // OpenAI's error shape, else nothing: an HTML error page says nothing useful here.
+    let said = parsed
+        .as_ref()
+        .and_then(|v| v.pointer("/error/message"))
+        .and_then(serde_json::Value::as_str)
+        .map(|m| format!(" ({})", m.chars().take(200).collect::<String>()))
+        .unwrap_or_default();
+    let hint = match status.as_u16() {
+        300..=399 => format!(
+            "; it redirects to {} and redirects are not followed: give the final URL",
+            location.as_deref().unwrap_or("another address")
+        ),
+        401 | 403 => "; the upstream refused the key: check the API key".to_owned(),
+        404 => "; check the base URL (it usually ends in /v1)".to_owned(),
+        _ => String::new(),
+    };
+    done(
+        false,
+        code,
+        None,
+        format!("the upstream answered HTTP {status}{said}{hint}"),
+    )
 }
 
 /// The innermost cause of a reqwest error, which is the useful part ("Connection refused").

@@ -25,6 +25,7 @@ pub const TABLES: &[&str] = &[
     "freeze_events",
     "tenant_policies",
     "tenant_upstreams",
+    "instance_upstream",
     "incidents",
     "incident_signals",
     "incident_events",
@@ -88,7 +89,7 @@ pub fn tenant_condition(table: &str) -> &'static str {
         "tenants" => "id = {t}",
         "sessions" => "user_id IN (SELECT id FROM users WHERE tenant_id = {t})",
         // The instance's change feed holds ids only; a tenant's export leaves it out.
-        "changes" => "{t} IS NULL",
+        "changes" | "instance_upstream" => "{t} IS NULL",
         "chain_heads" => "chain IN ('calls/' || {t}, 'audit/' || {t})",
         _ => "tenant_id = {t}",
     }

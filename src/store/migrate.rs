@@ -107,6 +107,11 @@ pub const SQLITE: &[Migration] = &[
         name: "ascending_call_indexes",
         sql: include_str!("../../migrations/sqlite/0015_ascending_call_indexes.sql"),
     },
+    Migration {
+        version: 16,
+        name: "instance_upstream",
+        sql: include_str!("../../migrations/sqlite/0016_instance_upstream.sql"),
+    },
 ];
 
 /// Postgres migrations, oldest first; the same versions and meaning as [`SQLITE`].
@@ -185,6 +190,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 15,
         name: "ascending_call_indexes",
         sql: include_str!("../../migrations/postgres/0015_ascending_call_indexes.sql"),
+    },
+    Migration {
+        version: 16,
+        name: "instance_upstream",
+        sql: include_str!("../../migrations/postgres/0016_instance_upstream.sql"),
     },
 ];
 

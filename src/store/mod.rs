@@ -210,6 +210,15 @@ pub trait Store: Send + Sync + 'static {
     /// Every tenant's upstream, for loading the proxy at start.
     fn list_tenant_upstreams(&self) -> StoreResult<Vec<TenantUpstreamRow>>;
 
+    // The instance upstream set by the operator in the console (overrides the configured
+    // one). Putting and deleting also record a `Change` with topic "upstream" and ref_id
+    // [`INSTANCE_UPSTREAM_REF`]. The key is stored only as ciphertext.
+    fn get_instance_upstream(&self) -> StoreResult<Option<InstanceUpstreamRow>>;
+    /// Creates or replaces the instance upstream.
+    fn put_instance_upstream(&self, row: &InstanceUpstreamRow) -> StoreResult<()>;
+    /// Removes it (the configured upstream applies again); returns whether there was one.
+    fn delete_instance_upstream(&self) -> StoreResult<bool>;
+
     // Incidents (see domain::incident). Applying signals groups them under the versioned
     // rules, in one transaction, and records opened / reopened / escalated events.
     fn apply_signals(&self, signals: &[Signal]) -> StoreResult<Vec<Applied>>;
@@ -518,6 +527,22 @@ pub struct TenantUpstreamRow {
     /// Normalized, already checked against the allowlist when it was put.
     pub base_url: String,
     /// base64(nonce || ciphertext); `None` when the upstream needs no key.
+    pub api_key_ciphertext: Option<String>,
+    pub updated_at: Timestamp,
+}
+
+/// The `ref_id` of the change recorded when the instance upstream is put or deleted (a
+/// tenant's upstream change carries the tenant id instead).
+pub const INSTANCE_UPSTREAM_REF: &str = "instance";
+
+/// The instance upstream the operator set in the console: the base URL and the encrypted
+/// provider key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceUpstreamRow {
+    /// Normalized (no trailing slash).
+    pub base_url: String,
+    /// base64(nonce || ciphertext) with [`INSTANCE_UPSTREAM_REF`] as associated data;
+    /// `None` when the upstream needs no key.
     pub api_key_ciphertext: Option<String>,
     pub updated_at: Timestamp,
 }

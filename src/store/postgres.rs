@@ -18,8 +18,8 @@ use super::rows::{
 };
 use super::sql::postgres::PgDb;
 use super::{
-    Backend, CallCounts, Change, DynStore, PoolStats, Store, StoreError, StoreResult,
-    TenantUpstreamRow, migrate, redact_url,
+    Backend, CallCounts, Change, DynStore, INSTANCE_UPSTREAM_REF, InstanceUpstreamRow, PoolStats,
+    Store, StoreError, StoreResult, TenantUpstreamRow, migrate, redact_url,
 };
 use crate::domain::AlertRouteId;
 use crate::domain::alert::{AlertRoute, AlertSent};
@@ -1096,6 +1096,48 @@ impl Store for PostgresStore {
             .iter()
             .map(|r| upstream_row(r.get(0), r.get(1), r.get(2), r.get(3)))
             .collect()
+    }
+
+    fn get_instance_upstream(&self) -> StoreResult<Option<InstanceUpstreamRow>> {
+        Ok(self
+            .conn()?
+            .query_opt(
+                "SELECT base_url, api_key_ciphertext, updated_at FROM instance_upstream WHERE id = 1",
+                &[],
+            )
+            .map_err(db_err)?
+            .map(|r| InstanceUpstreamRow {
+                base_url: r.get(0),
+                api_key_ciphertext: r.get(1),
+                updated_at: Timestamp::from_millis(r.get(2)),
+            }))
+    }
+
+    fn put_instance_upstream(&self, row: &InstanceUpstreamRow) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO instance_upstream (id, base_url, api_key_ciphertext, updated_at) VALUES (1, $1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET base_url = excluded.base_url,
+                 api_key_ciphertext = excluded.api_key_ciphertext, updated_at = excluded.updated_at",
+            &[&row.base_url, &row.api_key_ciphertext, &row.updated_at.millis()],
+        )
+        .map_err(db_err)?;
+        record_change(&mut tx, TOPIC_UPSTREAM, INSTANCE_UPSTREAM_REF)?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn delete_instance_upstream(&self) -> StoreResult<bool> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        let removed = tx
+            .execute("DELETE FROM instance_upstream WHERE id = 1", &[])
+            .map_err(db_err)?;
+        if removed > 0 {
+            record_change(&mut tx, TOPIC_UPSTREAM, INSTANCE_UPSTREAM_REF)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(removed > 0)
     }
 
     fn apply_signals(&self, signals: &[Signal]) -> StoreResult<Vec<Applied>> {

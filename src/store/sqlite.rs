@@ -17,8 +17,8 @@ use super::rows::{
 };
 use super::sql::sqlite::SqliteDb;
 use super::{
-    Backend, CallCounts, Change, DynStore, PoolStats, Store, StoreError, StoreResult,
-    TenantUpstreamRow, migrate,
+    Backend, CallCounts, Change, DynStore, INSTANCE_UPSTREAM_REF, InstanceUpstreamRow, PoolStats,
+    Store, StoreError, StoreResult, TenantUpstreamRow, migrate,
 };
 use crate::domain::AlertRouteId;
 use crate::domain::alert::{AlertRoute, AlertSent};
@@ -1363,6 +1363,50 @@ impl Store for SqliteStore {
             upstream_row(&t, u, k, at)
         })
         .collect()
+    }
+
+    fn get_instance_upstream(&self) -> StoreResult<Option<InstanceUpstreamRow>> {
+        self.conn()?
+            .query_row(
+                "SELECT base_url, api_key_ciphertext, updated_at FROM instance_upstream WHERE id = 1",
+                [],
+                |r| {
+                    Ok(InstanceUpstreamRow {
+                        base_url: r.get(0)?,
+                        api_key_ciphertext: r.get(1)?,
+                        updated_at: Timestamp::from_millis(r.get(2)?),
+                    })
+                },
+            )
+            .optional()
+            .map_err(db_err)
+    }
+
+    fn put_instance_upstream(&self, row: &InstanceUpstreamRow) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let tx = begin_write(&self.writer, &mut conn)?;
+        tx.execute(
+            "INSERT INTO instance_upstream (id, base_url, api_key_ciphertext, updated_at) VALUES (1, ?1, ?2, ?3)
+             ON CONFLICT (id) DO UPDATE SET base_url = excluded.base_url,
+                 api_key_ciphertext = excluded.api_key_ciphertext, updated_at = excluded.updated_at",
+            params![row.base_url, row.api_key_ciphertext, row.updated_at.millis()],
+        )
+        .map_err(db_err)?;
+        record_change(&tx, TOPIC_UPSTREAM, INSTANCE_UPSTREAM_REF)?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn delete_instance_upstream(&self) -> StoreResult<bool> {
+        let mut conn = self.conn()?;
+        let tx = begin_write(&self.writer, &mut conn)?;
+        let removed = tx
+            .execute("DELETE FROM instance_upstream WHERE id = 1", [])
+            .map_err(db_err)?;
+        if removed > 0 {
+            record_change(&tx, TOPIC_UPSTREAM, INSTANCE_UPSTREAM_REF)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(removed > 0)
     }
 
     fn apply_signals(&self, signals: &[Signal]) -> StoreResult<Vec<Applied>> {

@@ -384,6 +384,19 @@ pub fn spawn_server_process(
     }
 }
 
+/// Fails when the SQLite database files in `dir` hold `secret` in clear (a file that does
+/// not exist is skipped).
+pub fn assert_sqlite_files_do_not_hold(dir: &Path, secret: &str) {
+    for file in ["agv.db", "agv.db-wal"] {
+        if let Ok(bytes) = std::fs::read(dir.join(file)) {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "the plaintext secret is in {file}"
+            );
+        }
+    }
+}
+
 /// A signed-in console user: the session cookie and its CSRF token.
 #[derive(Clone)]
 pub struct ConsoleSession {

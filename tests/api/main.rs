@@ -21,6 +21,7 @@ mod faults;
 mod health;
 mod incidents;
 mod install;
+mod instance;
 mod operator_update;
 mod outages;
 mod proxy;

@@ -198,16 +198,7 @@ async fn a_tenant_routes_its_calls_to_its_own_allowlisted_upstream_with_its_key(
             .unwrap();
         assert!(!stored.contains(TENANT_KEY));
         drop(conn);
-        for file in ["agv.db", "agv.db-wal"] {
-            if let Ok(bytes) = std::fs::read(app.home.path().join(file)) {
-                assert!(
-                    !bytes
-                        .windows(TENANT_KEY.len())
-                        .any(|w| w == TENANT_KEY.as_bytes()),
-                    "the plaintext key is in {file}"
-                );
-            }
-        }
+        crate::helpers::assert_sqlite_files_do_not_hold(app.home.path(), TENANT_KEY);
     }
 
     // A restart keeps it working (the master key was kept in the data dir).

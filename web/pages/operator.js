@@ -1,16 +1,20 @@
-// #/operator (operators only): instance health, a live incident stream across tenants,
-// tenants with drill-down and per-tenant kill switch, backups, jobs and dead letters, and
-// whether a newer signed release is out (checked by the server, at most hourly).
+// #/operator (operators only): the first-run checklist until the first protected call,
+// instance health, tenants (create, drill down, per-tenant kill switch), the instance
+// upstream, a live incident stream across tenants, backups, jobs and dead letters, and
+// whether a newer signed release is out (checked by the server, at most hourly; a failed
+// check is a quiet note, not an error).
 import * as api from "../api.js";
-import { html, render, icon, compact, money, pct, bytes, seconds, timeAgo, severityBadge, statusBadge, loadingState, errorState, emptyState, toast, num } from "../ui.js";
+import { html, render, icon, compact, money, pct, bytes, seconds, timeAgo, absTime, severityBadge, statusBadge, loadingState, errorState, emptyState, toast, num, field, validate, validators, formValues, showApiError, busy } from "../ui.js";
 import { reasonDialog, confirmDialog } from "../components/dialog.js";
+import { mountUpstream } from "../components/upstream.js";
+import { renderFirstRun } from "../components/first-run.js";
 
 export default {
   name: "operator",
   title: "Operator",
   nav: "operator",
   async mount(root, ctx) {
-    let health = null, tenants = null, incidents = null, backups = null, jobs = null, update = null;
+    let health = null, tenants = null, incidents = null, backups = null, jobs = null, update = null, setup = null;
     let checking = false;
     const errors = {};
     const verified = new Map(); // file -> {ok, error, counts}: kept across redraws
@@ -19,14 +23,21 @@ export default {
 
     render(root, html`<div class="page-head"><div class="titles"><h1 data-testid="page-title">Operator</h1>
         <p class="sub">This instance: its health and updates, every tenant, backups and background jobs.</p></div></div>
+      <div id="op-setup"></div>
       <div id="op-health" data-testid="operator-health"></div>
-      <section class="card"><div class="card-head"><h2>Updates</h2><button type="button" class="btn btn-sm" data-action="update-check" data-testid="update-check">Check now</button></div><div class="card-body" id="op-update" aria-live="polite"></div></section>
-      <section class="card"><div class="card-head"><h2>Tenants</h2><span class="hint">today</span></div><div class="card-body flush" id="op-tenants"></div></section>
+      <section class="card" id="tenants"><div class="card-head"><h2>Tenants</h2><span class="hint">today</span></div>
+        <div class="card-body"><form novalidate id="tenant-form" class="inline-form">
+          ${field({ name: "name", label: "New tenant", required: true, testid: "tenant-name", placeholder: "Acme Inc.", autocomplete: "off", hint: "A customer or team with its own keys, calls, budgets and incidents." })}
+          <button type="submit" class="btn btn-primary filter-btn" data-testid="tenant-create">${icon("plus", 16)} Create tenant</button>
+        </form></div>
+        <div class="card-body flush" id="op-tenants"></div></section>
+      <div id="op-upstream"></div>
       <section class="card"><div class="card-head"><h2>Incident stream</h2><span class="hint">all tenants, newest first, live</span></div><div class="card-body flush scroll-box" id="op-incidents"></div></section>
       <div class="grid grid-2">
         <section class="card"><div class="card-head"><h2>Backups</h2><button type="button" class="btn btn-sm btn-primary" data-action="backup" data-testid="backup-now">Back up now</button></div><div class="card-body flush" id="op-backups"></div></section>
         <section class="card"><div class="card-head"><h2>Jobs</h2></div><div class="card-body flush" id="op-jobs"></div></section>
-      </div>`);
+      </div>
+      <section class="card"><div class="card-head"><h2>Updates</h2><button type="button" class="btn btn-sm" data-action="update-check" data-testid="update-check">Check now</button></div><div class="card-body" id="op-update" aria-live="polite"></div></section>`);
     const $ = (id) => root.querySelector(id);
 
     const get = async (key, path) => {
@@ -44,14 +55,21 @@ export default {
       const errBad = (h.error_rate_5m || 0) >= 0.05;
       const dead = h.queue?.dead || 0;
       const lb = h.last_backup;
-      const backupOld = !lb || Date.now() - lb.at > 36 * 3600 * 1000;
+      const next = h.backup_schedule?.next_at;
+      // Red only when a backup is overdue: the last one is older than a day and a half, or
+      // none was taken although the server has run that long. A fresh instance waits for
+      // its first scheduled backup, which is said plainly.
+      const dayAndHalf = 36 * 3600 * 1000;
+      const backupOld = lb ? Date.now() - lb.at > dayAndHalf : (h.uptime_s || 0) * 1000 > dayAndHalf || !next;
+      const backupValue = lb ? timeAgo(lb.at) : "None yet";
+      const backupNote = lb ? bytes(lb.bytes) : next ? `first scheduled ${absTime(next)}` : "automatic backups are off";
       render(box, html`<div class="kpis kpis-wide">
         <div class="kpi"><div class="kpi-label">Calls, last minute</div><div class="kpi-value" data-testid="health-calls">${compact(h.calls_last_minute ?? h.calls_per_minute)}</div><div class="kpi-note">${h.calls_5m !== undefined ? `${compact(h.calls_5m)} in 5 min · ` : ""}up ${seconds(h.uptime_s)}</div></div>
         <div class="kpi ${errBad ? "bad" : ""}"><div class="kpi-label">Error rate, 5 min</div><div class="kpi-value">${pct(h.error_rate_5m)}</div><div class="kpi-note">provider failures</div></div>
         <div class="kpi"><div class="kpi-label">Latency p95</div><div class="kpi-value">${h.latency_p95_ms === null || h.latency_p95_ms === undefined ? "—" : `${num(h.latency_p95_ms)} ms`}</div><div class="kpi-note">end to end</div></div>
         <div class="kpi ${dead ? "bad" : ""}"><div class="kpi-label">Job queue</div><div class="kpi-value">${compact(h.queue?.pending ?? 0)}</div><div class="kpi-note">pending · ${compact(dead)} dead</div></div>
         <div class="kpi"><div class="kpi-label">Disk</div><div class="kpi-value">${bytes(h.disk?.data_bytes)}</div><div class="kpi-note">${h.disk?.free_bytes !== undefined && h.disk?.free_bytes !== null ? `${bytes(h.disk.free_bytes)} free` : h.disk?.used_percent !== undefined && h.disk?.used_percent !== null ? `disk ${pct(h.disk.used_percent / 100)} full` : "data directory"}</div></div>
-        <div class="kpi ${backupOld ? "bad" : ""}"><div class="kpi-label">Last backup</div><div class="kpi-value">${lb ? timeAgo(lb.at) : "never"}</div><div class="kpi-note">${lb ? bytes(lb.bytes) : "run one below"}</div></div>
+        <div class="kpi ${backupOld ? "bad" : ""}" data-testid="health-backup" data-overdue="${String(backupOld)}"><div class="kpi-label">Last backup</div><div class="kpi-value">${backupValue}</div><div class="kpi-note">${backupNote}</div></div>
         <div class="kpi"><div class="kpi-label">Version</div><div class="kpi-value mono" data-testid="health-version">${h.version || h.update?.current || "—"}</div><div class="kpi-note">${h.backend || ""}</div><div class="kpi-note">${h.update?.channel ? `${h.update.channel} channel` : ""}</div></div>
       </div>`);
     }
@@ -61,7 +79,10 @@ export default {
       const btn = root.querySelector('[data-action="update-check"]');
       btn.disabled = checking;
       btn.textContent = checking ? "Checking…" : "Check now";
-      if (errors.update) { render(box, html`<div data-testid="update-state" data-state="failed">${errorState(errors.update, { testid: "update-error" })}</div>`); return; }
+      if (errors.update) {
+        render(box, html`<p class="quiet-note" data-testid="update-state" data-state="failed">Could not read the update state (${errors.update.message}). <button type="button" class="linkbtn" data-action="retry" data-testid="update-error">Try again</button></p>`);
+        return;
+      }
       if (!update) {
         render(box, html`<div data-testid="update-state" data-state="loading" aria-busy="true"><span class="spinner" aria-hidden="true"></span>&nbsp; Checking for a newer release…</div>`);
         return;
@@ -71,8 +92,10 @@ export default {
       const rollback = u.rollback_available
         ? html`<p class="cell-sub">The previous binary is kept: <code>agv-server update --rollback</code> goes back to it.</p>` : "";
       if (u.error) {
-        render(box, html`<div class="notice" role="status" data-testid="update-state" data-state="error"><span>Could not check: ${u.error}</span></div>
-          <p class="cell-sub">Running <span class="mono">${u.current}</span> · ${when}</p>${rollback}`);
+        // Often just a server without internet access: a note, not an alarm.
+        render(box, html`<div class="quiet-note" role="status" data-testid="update-state" data-state="error">
+            <p>Running <span class="mono">${u.current}</span>. Could not check for a newer release: the release server did not answer. ${when}</p>
+            <details><summary>Why, and what to do</summary><p data-testid="update-error-detail">${u.error}</p></details></div>${rollback}`);
       } else if (u.available) {
         render(box, html`<div class="notice info" role="status" data-testid="update-state" data-state="available"><span>Update available: <span class="mono">${u.current}</span> → <span class="mono" data-testid="update-latest">${u.latest}</span></span></div>
           <p>${u.in_container ? "This server runs in a container:" : "On the server, run:"} <code data-testid="update-how">${u.how_to}</code></p>
@@ -102,7 +125,7 @@ export default {
       const box = $("#op-tenants");
       if (errors.tenants) { render(box, errorState(errors.tenants, { testid: "tenants-error" })); return; }
       if (!tenants) { render(box, loadingState("table")); return; }
-      if (!tenants.length) { render(box, emptyState({ title: "No tenants yet", text: "Create one on the server: agv-server tenant create \"My company\" — then invite its owner from Settings." })); return; }
+      if (!tenants.length) { render(box, emptyState({ title: "No tenants yet", text: "Create the first one above, then give it a proxy key from its API keys page, or invite its owner from Settings.", testid: "tenants-empty" })); return; }
       render(box, html`<div class="table-wrap"><table class="table" data-testid="tenants-table"><thead><tr><th>Tenant</th><th class="num">Calls</th><th class="num">Blocked</th><th class="num">Spend</th><th class="num">Open</th><th><span class="sr-only">Actions</span></th></tr></thead><tbody>
         ${tenants.map((t) => html`<tr data-testid="tenant-row" data-tenant-id="${t.id}" data-frozen="${String(!!t.frozen)}">
           <td><button type="button" class="linkbtn" data-action="view" data-testid="tenant-view">${t.name}</button>${t.frozen ? html` <span class="badge bad">Stopped</span>` : ""}<div class="cell-sub mono">${t.id}</div></td>
@@ -168,7 +191,34 @@ export default {
           </tbody></table></div>` : emptyState({ title: "No dead letters", text: "Jobs that fail every retry (alert deliveries, exports) land here for a retry or discard." })}`);
     }
 
-    async function loadAll() {
+    async function loadSetup() {
+      const box = $("#op-setup");
+      try {
+        setup = await api.get("/api/operator/setup", null, { signal: ctx.signal });
+      } catch (err) {
+        if (err?.name === "AbortError") return;
+        setup = err instanceof Error ? err : new Error(String(err));
+      }
+      if (ctx.alive()) renderFirstRun(box, setup);
+    }
+
+    const tenantForm = root.querySelector("#tenant-form");
+    tenantForm.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      if (!validate(tenantForm, { name: [validators.required] })) return;
+      const { name } = formValues(tenantForm);
+      try {
+        const r = await busy(tenantForm.querySelector('[type="submit"]'), () => api.post("/api/operator/tenants", { name: name.trim() }));
+        tenantForm.reset();
+        toast(`Tenant “${r.tenant.name}” created`, "ok");
+        await Promise.all([reload("tenants"), loadSetup()]);
+      } catch (err) {
+        if (err?.name === "AbortError") return;
+        showApiError(tenantForm, err);
+      }
+    });
+
+    async function loadAll({ ready = true } = {}) {
       ctx.loading();
       drawHealth(); drawTenants(); drawIncidents(); drawBackups(); drawJobs();
       const [h, t, i, b, j] = await Promise.all([
@@ -179,7 +229,7 @@ export default {
       health = h; tenants = t?.data ?? null; incidents = i?.data ?? null; backups = b; jobs = j;
       drawHealth(); drawTenants(); drawIncidents(); drawBackups(); drawJobs();
       if (backups?.running) pollBackups();
-      ctx.ready();
+      if (ready) ctx.ready();
     }
     async function reload(key) {
       const map = { health: "/api/operator/health", tenants: "/api/operator/tenants", incidents: "/api/operator/incidents", backups: "/api/operator/backups", jobs: "/api/operator/jobs" };
@@ -205,6 +255,16 @@ export default {
       const a = e.target.closest("[data-action]");
       if (!a) return;
       const act = a.dataset.action;
+      if (a.closest("#op-upstream")) return; // the upstream card handles its own buttons
+      if (act === "first-run-tenant" || act === "first-run-upstream") {
+        const input = root.querySelector(act === "first-run-tenant" ? "[data-testid='tenant-name']" : "[data-testid='upstream-url']");
+        input?.scrollIntoView({ block: "center" });
+        input?.focus({ preventScroll: true });
+        return;
+      }
+      if ((act === "first-run-keys" || act === "first-run-connect") && setup?.tenant) {
+        return ctx.viewTenant(setup.tenant, act === "first-run-keys" ? "#/keys" : "#/overview");
+      }
       if (act === "retry") {
         const sec = a.closest("[data-testid]")?.dataset.testid || "";
         const key = sec.replace("-error", "").replace("stream", "incidents");
@@ -285,7 +345,9 @@ export default {
 
     // The first check may wait for the release server (up to 10 s): the page does not.
     loadUpdate(false);
-    await loadAll();
+    const upstreamDone = mountUpstream($("#op-upstream"), ctx, { onChange: () => loadSetup() });
+    await Promise.all([loadAll({ ready: false }), loadSetup(), upstreamDone]);
+    if (ctx.alive()) ctx.ready();
     return () => { clearTimeout(pollTimer); clearTimeout(incTimer); };
   },
 };

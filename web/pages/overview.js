@@ -6,7 +6,7 @@ import { canChange, session, isOperator } from "../state.js";
 import { html, render, icon, money, compact, timeAgo, severityBadge, statusBadge, loadingState, errorState, emptyState, toast } from "../ui.js";
 import { protectionBadge } from "../components/protection.js";
 import { callsChart, spendChart } from "../components/chart.js";
-import { connectCard } from "../components/connect.js";
+import { connectCard, loadCli } from "../components/connect.js";
 import { reasonDialog } from "../components/dialog.js";
 
 const EXPLAIN = {
@@ -23,6 +23,7 @@ export default {
     let data = null;
     let incidents = null, incidentsError = null;
     let range = "24h";
+    let cli = null;
 
     async function loadIncidents() {
       try {
@@ -38,7 +39,8 @@ export default {
       ctx.loading();
       render(root, loadingState());
       try {
-        const [ov] = await Promise.all([api.get("/api/overview", null, { signal: ctx.signal }), loadIncidents()]);
+        const [ov, c] = await Promise.all([api.get("/api/overview", null, { signal: ctx.signal }), loadCli({ signal: ctx.signal }), loadIncidents()]);
+        cli = c;
         if (!ctx.alive()) return;
         data = ov;
         if (ov.tenant && !isOperator() && (!session.tenant || !session.tenant.name)) { session.tenant = ov.tenant; ctx.refreshShell(); }
@@ -126,7 +128,7 @@ export default {
       render(root, html`${head()}
         <div id="ov-hero">${heroHtml()}</div>
         <div id="ov-kpis">${kpisHtml()}</div>
-        ${noTraffic() ? connectCard({ canCreateKeys: canChange() }) : ""}
+        ${noTraffic() ? connectCard({ tenant: data.tenant, canCreateKeys: canChange(), cli }) : ""}
         <div id="ov-charts">${chartsHtml()}</div>
         <div id="ov-inc">${incidentsHtml()}</div>`);
     }
