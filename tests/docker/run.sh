@@ -83,7 +83,7 @@ trap cleanup EXIT
 json() { python3 -c 'import json,sys
 v = json.load(sys.stdin)
 for k in sys.argv[1].split("."):
-    v = v[k]
+    v = v[int(k)] if isinstance(v, list) else v[k]
 print(v if not isinstance(v, (dict, list)) else json.dumps(v))' "$1"; }
 
 wait_healthy() {
@@ -128,7 +128,7 @@ if [ -n "${AGV_DOCKER_MOCK_BIN:-}" ]; then
   mock_bin=$(realpath "$AGV_DOCKER_MOCK_BIN")
 else
   cargo build --locked --quiet --example mock_upstream
-  mock_bin=$(realpath target/debug/examples/mock_upstream)
+  mock_bin=$(realpath "${CARGO_TARGET_DIR:-target}/debug/examples/mock_upstream")
 fi
 [ -x "$mock_bin" ] || fail "no mock upstream binary at $mock_bin"
 
