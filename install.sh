@@ -1,8 +1,9 @@
 #!/bin/sh
-# Installs agv-server on Linux: downloads a release for this machine, checks its SHA-256
-# against the release's SHA256SUMS and that file's Ed25519 signature, installs the binary,
-# creates the `agv` service user, the data directory, the settings directory and the systemd
-# unit, starts the service when systemd runs, and prints the next steps.
+# Installs agv-server on Linux: fetches a release for this machine (GitHub, a mirror's URL or
+# a directory written by packaging/release.sh), checks its SHA-256 against the release's
+# SHA256SUMS and that file's Ed25519 signature, installs the binary, creates the `agv`
+# service user, the data directory, the settings directory and the systemd unit, starts the
+# service when systemd runs, and prints the next steps.
 #
 #   curl -fsSL https://github.com/agv-server/agv-server/releases/latest/download/install.sh | sudo sh
 #   sh install.sh --help
@@ -32,7 +33,9 @@ Usage: install.sh [options]             install or upgrade agv-server
 
   --version V        install version V instead of the latest (with --from: check that the
                      mirror holds V)
-  --from URL         a mirror holding the release files (air-gapped sites) [env: AGV_RELEASE_URL]
+  --from SOURCE      where the release files are, instead of GitHub (air-gapped sites): a
+                     mirror's http(s):// URL, or a directory holding them (a path or a
+                     file:// URL), as packaging/release.sh writes them [env: AGV_RELEASE_URL]
   --prefix DIR       the binary goes to DIR/bin/agv-server [env: AGV_PREFIX] [default: /usr/local]
   --data-dir DIR     the data directory, owned by the agv user, mode 0750
                      [env: AGV_DATA_DIR] [default: /var/lib/agv-server]
@@ -138,26 +141,43 @@ target="${arch}-unknown-linux-gnu"
 for tool in sha256sum openssl tar; do
   command -v "$tool" >/dev/null 2>&1 || die "'$tool' is needed; install it first"
 done
-fetch() {
-  if command -v curl >/dev/null 2>&1; then curl -fsSL -o "$2" "$1"
-  elif command -v wget >/dev/null 2>&1; then wget -q -O "$2" "$1"
-  else die "curl or wget is needed"; fi
-}
 
 if [ -z "$FROM" ]; then
   if [ -z "$VERSION" ]; then FROM="$REPO_URL/latest/download"; else FROM="$REPO_URL/download/v$VERSION"; fi
 fi
 FROM="${FROM%/}"
+# A URL is downloaded from; anything else is a directory holding the release files.
+case "$FROM" in
+  http://*|https://*) local_dir="" ;;
+  file://localhost/*) local_dir="${FROM#file://localhost}" ;;
+  file://*) local_dir="${FROM#file://}" ;;
+  *) local_dir="$FROM" ;;
+esac
+if [ -n "$local_dir" ] && [ ! -d "$local_dir" ]; then
+  die "--from $FROM is neither an http(s):// URL nor a directory. Nothing was installed"
+fi
 archive="agv-server-${target}.tar.gz"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-say "downloading $archive from $FROM"
-fetch "$FROM/$archive" "$work/$archive" || die "cannot download $FROM/$archive. Nothing was installed"
-fetch "$FROM/SHA256SUMS" "$work/SHA256SUMS" || die "cannot download $FROM/SHA256SUMS. Nothing was installed"
-fetch "$FROM/SHA256SUMS.sig" "$work/SHA256SUMS.sig" || die "cannot download $FROM/SHA256SUMS.sig. Nothing was installed"
+# Puts the release file $1 into $work, or stops.
+fetch() {
+  if [ -n "$local_dir" ]; then
+    cp "$local_dir/$1" "$work/$1" || die "cannot read $local_dir/$1. Nothing was installed"
+  elif command -v curl >/dev/null 2>&1; then
+    curl -fsSL -o "$work/$1" "$FROM/$1" || die "cannot download $FROM/$1. Nothing was installed"
+  elif command -v wget >/dev/null 2>&1; then
+    wget -q -O "$work/$1" "$FROM/$1" || die "cannot download $FROM/$1. Nothing was installed"
+  else
+    die "curl or wget is needed to download from $FROM"
+  fi
+}
+say "fetching $archive from $FROM"
+fetch "$archive"
+fetch SHA256SUMS
+fetch SHA256SUMS.sig
 
 if [ -n "${AGV_RELEASE_PUBKEY_FILE:-}" ]; then
   [ -r "$AGV_RELEASE_PUBKEY_FILE" ] || die "AGV_RELEASE_PUBKEY_FILE=$AGV_RELEASE_PUBKEY_FILE cannot be read"

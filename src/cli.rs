@@ -125,21 +125,27 @@ pub enum Command {
     /// Update this binary in place: fetch the release (GitHub releases, or --from a
     /// mirror), check the signature of its checksums and the archive's SHA-256, back the
     /// instance up, keep the current binary as agv-server.prev and swap the new one in.
-    /// Restart the service afterwards. Refused inside a container (pull the new image).
+    /// Only a newer version is installed: an older one is refused without
+    /// --allow-downgrade, a VERSION that is not a version always. Restart the service
+    /// afterwards; safe while it runs. Refused inside a container (pull the new image).
     Update {
         /// Only say whether a newer version exists (prints its version on stdout).
         #[arg(long)]
         check: bool,
-        /// Where the release files are (a mirror for air-gapped sites) [default: the
+        /// Where the release files are: a mirror's http(s) URL, or a directory holding them
+        /// (an absolute path or a file:// URL; air-gapped sites) [default: the
         /// update_source setting]
-        #[arg(long, value_name = "URL")]
+        #[arg(long, value_name = "SOURCE")]
         from: Option<String>,
         /// Put agv-server.prev back.
         #[arg(long)]
         rollback: bool,
-        /// Install even when the release is not newer.
+        /// Reinstall the release when it is this binary's version.
         #[arg(long)]
         force: bool,
+        /// Install the release even when it is older than this binary.
+        #[arg(long)]
+        allow_downgrade: bool,
         /// The binary to replace [default: this one]
         #[arg(long, value_name = "PATH")]
         exe: Option<PathBuf>,
@@ -444,8 +450,19 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
             from,
             rollback,
             force,
+            allow_downgrade,
             exe,
-        } => update(&settings, check, from.as_deref(), rollback, force, exe),
+        } => update(
+            &settings,
+            check,
+            from.as_deref(),
+            rollback,
+            Reinstall {
+                same: force,
+                older: allow_downgrade,
+            },
+            exe,
+        ),
         Command::Backup(args) => backup(&settings, args),
         Command::Restore {
             file,
@@ -1523,14 +1540,23 @@ fn healthcheck_tls(settings: &Settings, url: Option<&str>) -> Result<(), CliErro
     })
 }
 
+/// Which releases that are not newer `agv-server update` installs all the same.
+struct Reinstall {
+    /// --force: this binary's version.
+    same: bool,
+    /// --allow-downgrade: an older one.
+    older: bool,
+}
+
 fn update(
     settings: &Settings,
     check: bool,
     from: Option<&str>,
     rollback: bool,
-    force: bool,
+    reinstall: Reinstall,
     exe: Option<PathBuf>,
 ) -> Result<(), CliError> {
+    use std::cmp::Ordering;
     use crate::ops::update as up;
     if up::in_container() {
         return Err(CliError::failed(format!(
@@ -1553,6 +1579,7 @@ fn update(
     }
     let key = up::release_key().map_err(CliError::usage)?;
     let source = from.unwrap_or(&settings.update_source);
+    up::Source::parse(source).map_err(|e| CliError::usage(format!("--from: {e}")))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1561,22 +1588,44 @@ fn update(
     let release = runtime
         .block_on(up::check(source, &key))
         .map_err(CliError::failed)?;
-    let newer = up::is_newer(&release.version, current);
+    let order = up::compare(&release.version, current).map_err(CliError::failed)?;
+    let older = format!(
+        "the release at {} is agv-server {}, older than this binary ({current})",
+        release.source, release.version
+    );
     if check {
-        if newer {
-            eprintln!("an update is available: {current} → {}", release.version);
-        } else {
-            eprintln!("up to date: {current} (the release is {})", release.version);
+        match order {
+            Ordering::Greater => {
+                eprintln!("an update is available: {current} → {}", release.version)
+            }
+            Ordering::Equal => {
+                eprintln!("up to date: {current} (the release is {})", release.version)
+            }
+            Ordering::Less => eprintln!(
+                "up to date: {older}; `agv-server update` refuses it without --allow-downgrade"
+            ),
         }
         println!("{}", release.version);
         return Ok(());
     }
-    if !newer && !force {
-        eprintln!(
-            "already up to date: {current} (the release is {}); --force installs it anyway",
-            release.version
-        );
-        return Ok(());
+    match order {
+        Ordering::Greater => {}
+        Ordering::Equal if reinstall.same => {}
+        Ordering::Equal => {
+            eprintln!(
+                "already up to date: {current} (the release is {}); --force installs it anyway",
+                release.version
+            );
+            return Ok(());
+        }
+        Ordering::Less if reinstall.older => {
+            eprintln!("downgrading: {older}, and --allow-downgrade was given");
+        }
+        Ordering::Less => {
+            return Err(CliError::failed(format!(
+                "{older}: refused, so that whoever serves release files cannot take this server back to an old signed release; `agv-server update --allow-downgrade` installs it"
+            )));
+        }
     }
     eprintln!(
         "downloading agv-server {} from {}",
@@ -1586,23 +1635,26 @@ fn update(
         .block_on(up::download(&release))
         .map_err(CliError::failed)?;
     eprintln!("signature and SHA-256 verified; backing up before the update");
-    let store = open_store(settings)?;
-    let signing =
-        crate::evidence::signing::load_or_create(&settings.data_dir).map_err(CliError::failed)?;
-    let backup = crate::ops::backup::create(
-        &store,
-        &settings.data_dir,
-        &settings.backup_dir,
-        &signing,
-        settings.backup_passphrase.as_deref(),
-        &mut row_progress("backing up"),
-    )
-    .map_err(|e| {
-        CliError::failed(format!(
-            "the backup before the update failed: {e}; nothing was changed"
-        ))
-    })?;
-    drop(store);
+    // Run as root (`sudo agv-server update`), the backup is still the service user's.
+    let backup = up::as_data_owner(&settings.data_dir, || {
+        let store = open_store(settings)?;
+        let signing = crate::evidence::signing::load_or_create(&settings.data_dir)
+            .map_err(CliError::failed)?;
+        crate::ops::backup::create(
+            &store,
+            &settings.data_dir,
+            &settings.backup_dir,
+            &signing,
+            settings.backup_passphrase.as_deref(),
+            &mut row_progress("backing up"),
+        )
+        .map_err(|e| {
+            CliError::failed(format!(
+                "the backup before the update failed: {e}; nothing was changed"
+            ))
+        })
+    })
+    .map_err(CliError::failed)??;
     let version = up::install(&exe, &binary).map_err(CliError::failed)?;
     eprintln!(
         "updated to {version}; backup {}; the previous binary is kept as {}. Restart the service (systemctl restart agv-server) to run it; `agv-server update --rollback` goes back",

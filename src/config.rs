@@ -544,7 +544,7 @@ pub const FIELDS: &[Field] = &[
         env: "AGV_UPDATE_SOURCE",
         secret: false,
         default: Some(crate::ops::update::DEFAULT_SOURCE),
-        help: "where releases are looked for (the console's update check, agv-server update); a mirror for air-gapped sites",
+        help: "where releases are looked for (the console's update check, agv-server update): an http(s) URL, or on an air-gapped site a mirror's URL or a local release directory (absolute path or file:// URL)",
     },
 ];
 
@@ -935,10 +935,10 @@ impl Settings {
             || crate::ops::update::DEFAULT_SOURCE.to_owned(),
             |u| u.trim_end_matches('/').to_owned(),
         );
-        if !(update_source.starts_with("http://") || update_source.starts_with("https://")) {
+        if crate::ops::update::Source::parse(&update_source).is_err() {
             return Err(bad(
                 "update_source",
-                "expected an http:// or https:// URL of a release directory, e.g. https://mirror.example/agv-server/latest",
+                &format!("expected {}", crate::ops::update::SOURCE_FORMS),
             ));
         }
         let upstream_api_key = get("upstream_api_key")
@@ -1425,7 +1425,7 @@ mod tests {
     }
 
     #[test]
-    fn the_update_source_defaults_to_github_and_takes_a_mirror_url_only() {
+    fn the_update_source_defaults_to_github_and_takes_a_mirror_url_or_a_directory() {
         let dir = tempfile::tempdir().unwrap();
         let load = |vars: &[(&str, &str)]| {
             Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(vars))
@@ -1442,11 +1442,20 @@ mod tests {
             !format!("{s:?}").contains("s3cret"),
             "a mirror's password is never described"
         );
-        let err = load(&[("AGV_UPDATE_SOURCE", "mirror.example/agv")]).unwrap_err();
-        assert!(
-            err.0.contains("update_source") && err.0.contains("AGV_UPDATE_SOURCE"),
-            "{err}"
-        );
+        // An air-gapped site's release directory: an absolute path or a file:// URL.
+        let s = load(&[("AGV_UPDATE_SOURCE", "/srv/agv-releases/")]).unwrap();
+        assert_eq!(s.update_source, "/srv/agv-releases");
+        let s = load(&[("AGV_UPDATE_SOURCE", "file:///srv/agv-releases")]).unwrap();
+        assert_eq!(s.update_source, "file:///srv/agv-releases");
+        for bad in ["mirror.example/agv", "releases", "ftp://mirror.example/agv"] {
+            let err = load(&[("AGV_UPDATE_SOURCE", bad)]).unwrap_err();
+            assert!(
+                err.0.contains("update_source")
+                    && err.0.contains("AGV_UPDATE_SOURCE")
+                    && err.0.contains("absolute"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -1,14 +1,21 @@
-//! Self-update: fetches a release (GitHub releases, or a mirror for air-gapped sites),
-//! checks the Ed25519 signature of its `SHA256SUMS` and the archive's SHA-256, backs the
-//! instance up, keeps the running binary as `agv-server.prev` and swaps the new one in
-//! (`self_update`'s self-replace, safe for a running executable). `--rollback` puts the
-//! previous binary back. Inside a container it refuses: pull the new image instead.
+//! Self-update: fetches a release (GitHub releases, a mirror's URL, or a local directory
+//! for air-gapped sites), checks the Ed25519 signature of its `SHA256SUMS` and the archive's
+//! SHA-256, backs the instance up, keeps the running binary as `agv-server.prev` and swaps
+//! the new one in (`self_update`'s self-replace, safe for a running executable).
+//! `--rollback` puts the previous binary back. Inside a container it refuses: pull the new
+//! image instead.
 //!
 //! A release directory holds `VERSION`, `SHA256SUMS`, `SHA256SUMS.sig` (the raw 64-byte
 //! Ed25519 signature of `SHA256SUMS`, as `openssl pkeyutl -sign -rawin` writes it) and
-//! `agv-server-<target>.tar.gz` (see `packaging/release.sh`).
+//! `agv-server-<target>.tar.gz` per target (written by `packaging/release.sh`).
+//!
+//! Only a newer version is an update. A signed release can be replayed by whoever serves
+//! the files, so an older one is refused unless a downgrade is asked for, and a `VERSION`
+//! that is not a semantic version is refused always: it could not be ordered.
 
 use sha2::{Digest, Sha256};
+use std::cmp::Ordering;
+use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -20,10 +27,61 @@ pub const IN_CONTAINER_HOW_TO: &str = "rebuild the image from the new sources, w
 pub const DEFAULT_SOURCE: &str =
     "https://github.com/agv-server/agv-server/releases/latest/download";
 
-/// A release whose `SHA256SUMS` carries a valid signature.
+/// What a release source may be, for messages about one that is not.
+pub const SOURCE_FORMS: &str = "an http:// or https:// URL of a release directory (e.g. https://mirror.example/agv-server/latest), or a local release directory: an absolute path (e.g. /srv/agv-releases) or a file:// URL";
+
+/// Where release files are read from: a URL (GitHub releases, a mirror), or a local
+/// directory holding the files `packaging/release.sh` writes (an air-gapped site copies it
+/// over or mounts it). `Display` and `Debug` hide a URL's password.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Source {
+    Url(String),
+    Dir(PathBuf),
+}
+
+impl Source {
+    /// An http(s) URL, an absolute directory path or a `file://` URL. A relative path is
+    /// refused: the server and the CLI may run from different directories.
+    pub fn parse(source: &str) -> Result<Self, String> {
+        let source = source.trim();
+        if source.starts_with("http://") || source.starts_with("https://") {
+            return Ok(Self::Url(source.trim_end_matches('/').to_owned()));
+        }
+        let path = if source.starts_with("file:") {
+            url::Url::parse(source)
+                .ok()
+                .and_then(|u| u.to_file_path().ok())
+                .ok_or_else(|| format!("expected {SOURCE_FORMS}; a file:// URL names a local absolute path, e.g. file:///srv/agv-releases"))?
+        } else {
+            PathBuf::from(source)
+        };
+        if path.is_absolute() {
+            Ok(Self::Dir(path))
+        } else {
+            Err(format!("expected {SOURCE_FORMS}"))
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Url(url) => f.write_str(&crate::store::redact_url(url)),
+            Self::Dir(dir) => write!(f, "{}", dir.display()),
+        }
+    }
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Source({self})")
+    }
+}
+
+/// A release whose `SHA256SUMS` carries a valid signature and whose `VERSION` is a version.
 #[derive(Debug, Clone)]
 pub struct Release {
-    pub source: String,
+    pub source: Source,
     pub version: String,
     sums: String,
 }
@@ -88,25 +146,36 @@ pub fn parse_public_key_pem(pem: &str) -> Result<ed25519_dalek::VerifyingKey, St
         .map_err(|_| "the release public key is not a valid Ed25519 key".into())
 }
 
+/// The release file `name` from `source`.
+async fn fetch(client: &reqwest::Client, source: &Source, name: &str) -> Result<Vec<u8>, String> {
+    match source {
+        Source::Url(base) => get(client, &format!("{base}/{name}")).await,
+        Source::Dir(dir) => {
+            let path = dir.join(name);
+            tokio::fs::read(&path)
+                .await
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        }
+    }
+}
+
 async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
-    let res = client.get(url).send().await.map_err(|e| {
+    // Messages name the URL without its password.
+    let shown = crate::store::redact_url(url);
+    let failed = |e: reqwest::Error| {
         format!(
-            "cannot download {url}: {}",
+            "cannot download {shown}: {}",
             crate::telemetry::error_chain(&e.without_url())
         )
-    })?;
+    };
+    let res = client.get(url).send().await.map_err(failed)?;
     if !res.status().is_success() {
         return Err(format!(
-            "cannot download {url}: the server answered {}",
+            "cannot download {shown}: the server answered {}",
             res.status()
         ));
     }
-    res.bytes().await.map(|b| b.to_vec()).map_err(|e| {
-        format!(
-            "cannot download {url}: {}",
-            crate::telemetry::error_chain(&e.without_url())
-        )
-    })
+    res.bytes().await.map(|b| b.to_vec()).map_err(failed)
 }
 
 fn client() -> Result<reqwest::Client, String> {
@@ -117,23 +186,25 @@ fn client() -> Result<reqwest::Client, String> {
         .map_err(|e| format!("cannot make an HTTP client: {e}"))
 }
 
-/// Fetches the release's version and checksums and checks their signature.
+/// Fetches the release's version and checksums from `source` (see [`Source::parse`]) and
+/// checks their signature and that the version is one.
 pub async fn check(source: &str, key: &ed25519_dalek::VerifyingKey) -> Result<Release, String> {
-    let source = source.trim_end_matches('/').to_owned();
+    let source = Source::parse(source)?;
     let client = client()?;
-    let sums = get(&client, &format!("{source}/SHA256SUMS")).await?;
-    let sig = get(&client, &format!("{source}/SHA256SUMS.sig")).await?;
+    let sums = fetch(&client, &source, "SHA256SUMS").await?;
+    let sig = fetch(&client, &source, "SHA256SUMS.sig").await?;
     let sig = ed25519_dalek::Signature::from_slice(&sig)
         .map_err(|_| "the release's SHA256SUMS.sig is not an Ed25519 signature".to_owned())?;
     key.verify_strict(&sums, &sig).map_err(|_| {
         "the release's signature does not verify: SHA256SUMS was not signed by the agv-server release key; nothing was changed".to_owned()
     })?;
     let sums = String::from_utf8(sums).map_err(|_| "SHA256SUMS is not text".to_owned())?;
-    let version = get(&client, &format!("{source}/VERSION")).await?;
+    let version = fetch(&client, &source, "VERSION").await?;
     let version = String::from_utf8_lossy(&version).trim().to_owned();
     // VERSION is not signed by itself: it must be listed, with its hash, in SHA256SUMS.
     expect_sum(&sums, "VERSION", format!("{version}\n").as_bytes())
         .or_else(|_| expect_sum(&sums, "VERSION", version.as_bytes()))?;
+    parse_version(&version)?;
     Ok(Release {
         source,
         version,
@@ -159,25 +230,34 @@ fn expect_sum(sums: &str, name: &str, bytes: &[u8]) -> Result<(), String> {
     }
 }
 
-/// Whether `candidate` is newer than `current` (dotted numbers; anything else: differs).
+/// A semantic version as in Cargo.toml (1.2.3, 1.2.3-rc.1; a leading `v` is allowed).
+fn parse_version(v: &str) -> Result<semver::Version, String> {
+    let v = v.trim();
+    semver::Version::parse(v.strip_prefix('v').unwrap_or(v)).map_err(|_| {
+        let shown: String = v.chars().take(40).collect();
+        format!(
+            "the release's VERSION {shown:?} is not a version such as 1.2.3; it is refused, since it cannot be ordered against this one"
+        )
+    })
+}
+
+/// How the release version `candidate` orders against `current` (semantic versioning's
+/// precedence: a release follows its pre-releases; build metadata does not count). An
+/// error when either is not a version.
+pub fn compare(candidate: &str, current: &str) -> Result<Ordering, String> {
+    let (a, b) = (parse_version(candidate)?, parse_version(current)?);
+    Ok((a.major, a.minor, a.patch, &a.pre).cmp(&(b.major, b.minor, b.patch, &b.pre)))
+}
+
+/// Whether `candidate` is newer than `current`; a version that does not parse never is.
 pub fn is_newer(candidate: &str, current: &str) -> bool {
-    let parse = |v: &str| -> Option<Vec<u64>> {
-        v.trim_start_matches('v')
-            .split(['.', '-'])
-            .take(3)
-            .map(|p| p.parse().ok())
-            .collect()
-    };
-    match (parse(candidate), parse(current)) {
-        (Some(a), Some(b)) => a > b,
-        _ => candidate != current,
-    }
+    compare(candidate, current) == Ok(Ordering::Greater)
 }
 
 /// Downloads the archive, checks it against the signed checksums and returns the binary.
 pub async fn download(release: &Release) -> Result<Vec<u8>, String> {
     let name = archive_name();
-    let bytes = get(&client()?, &format!("{}/{name}", release.source)).await?;
+    let bytes = fetch(&client()?, &release.source, &name).await?;
     expect_sum(&release.sums, &name, &bytes)?;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes.as_slice()));
     for entry in archive
@@ -198,6 +278,58 @@ pub async fn download(release: &Release) -> Result<Vec<u8>, String> {
         }
     }
     Err(format!("{name} holds no agv-server binary"))
+}
+
+/// Runs `work` as the owner of the data directory `data_dir` when this process runs as root
+/// and the directory belongs to another user: `sudo agv-server update` on a host install,
+/// where root must replace the binary but the backup, and a signing key made on the way,
+/// must stay the service user's, or the service could no longer read or write them.
+/// The effective user and group are switched for `work` and back to root after it (root's
+/// saved set-user-ID allows that); files are never chowned after the fact, since the
+/// service user controls what the data directory holds.
+#[cfg(unix)]
+pub fn as_data_owner<T>(data_dir: &Path, work: impl FnOnce() -> T) -> Result<T, String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let owner = std::fs::metadata(data_dir).ok().filter(|m| m.uid() != 0);
+    let Some(owner) = owner.filter(|_| root) else {
+        return Ok(work());
+    };
+    let (uid, gid) = (owner.uid(), owner.gid());
+    // SAFETY: setegid and seteuid change only this process's effective ids (glibc applies
+    // them to every thread); their results are checked.
+    if unsafe { libc::setegid(gid) } != 0 {
+        return Err(format!(
+            "cannot act as group {gid}, the owner of {}: {}",
+            data_dir.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: as above.
+    if unsafe { libc::seteuid(uid) } != 0 {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: as above; the effective user is still root.
+        unsafe { libc::setegid(0) };
+        return Err(format!(
+            "cannot act as user {uid}, the owner of {}: {e}",
+            data_dir.display()
+        ));
+    }
+    let out = work();
+    // SAFETY: as above; root's saved set-user-ID lets it take back uid and gid 0.
+    if unsafe { libc::seteuid(0) } != 0 || unsafe { libc::setegid(0) } != 0 {
+        return Err(format!(
+            "cannot become root again after the backup: {}; nothing was changed",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(not(unix))]
+pub fn as_data_owner<T>(_data_dir: &Path, work: impl FnOnce() -> T) -> Result<T, String> {
+    Ok(work())
 }
 
 pub fn prev_path(exe: &Path) -> PathBuf {
@@ -289,5 +421,16 @@ mod tests {
         expect_sum(&sums, "VERSION", b"1.0.0\n").unwrap();
         assert!(expect_sum(&sums, "VERSION", b"6.6.6\n").is_err());
         assert!(expect_sum(&sums, "other", b"").is_err());
+    }
+
+    #[test]
+    fn a_version_that_does_not_parse_is_never_newer() {
+        for odd in ["latest", "nightly-2026", "1.2", "1.2.3.4", "", "1.2.x"] {
+            assert!(!is_newer(odd, "0.1.0"), "{odd:?}");
+        }
+        assert!(is_newer("0.1.1", "0.1.0"));
+        assert!(is_newer("0.10.0", "0.9.9"));
+        assert!(is_newer("1.0.0", "1.0.0-rc.1"), "a release follows its candidates");
+        assert!(!is_newer("1.0.0-rc.1", "1.0.0"));
     }
 }

@@ -4,11 +4,13 @@
 //! /var/mail and /run/systemd are temporary directories — the machine's own files and
 //! systemd are never touched. Checks the installed binary, the service user, the data
 //! directory, the unit and the next steps; that a tampered or foreign release installs
-//! nothing; the custom paths; `--uninstall` (keeps data) and `--uninstall --purge`.
+//! nothing; the custom paths; a directory as the source; `--uninstall` (keeps data) and
+//! `--uninstall --purge`. Then the whole life of a host install: installed from the served
+//! release, the binary updates itself in place from a newer one.
 //! Without root or `unshare` the test says SKIPPED (a failure under AGV_TEST_REQUIRE_ALL=1).
 
 use crate::helpers::stderr;
-use crate::update::{keypair, openssl, serve};
+use crate::update::{keypair, openssl, script, serve};
 use agv_server::store::testing::skip_or_fail;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -205,22 +207,65 @@ fn archive_name() -> String {
     agv_server::ops::update::archive_name()
 }
 
+/// What each end-to-end test starts from: a work directory the agv user can enter, a
+/// release key pair, and packaging/release.sh's release of this build signed with it.
+struct Setup {
+    work: tempfile::TempDir,
+    key: PathBuf,
+    public: String,
+    dist: PathBuf,
+}
+
+impl Setup {
+    /// None (after saying SKIPPED) when install.sh cannot run here.
+    fn new() -> Option<Self> {
+        if let Some(why) = missing_environment() {
+            skip_or_fail("install.sh end to end", &why);
+            return None;
+        }
+        let work = tempfile::tempdir().unwrap();
+        // The agv user must be able to reach the data dir and the binary under it.
+        std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (key, public) = keypair(work.path(), "release");
+        let dist = release(work.path(), &key, &public);
+        let public = public.to_str().unwrap().to_owned();
+        Some(Self {
+            work,
+            key,
+            public,
+            dist,
+        })
+    }
+
+    /// The environment that makes install.sh and the binary trust the test's key.
+    fn trust(&self) -> [(&str, &str); 1] {
+        [("AGV_RELEASE_PUBKEY_FILE", self.public.as_str())]
+    }
+}
+
+/// `agv-server args…` run by the service user with the installed unit's data directory.
+fn as_agv(sb: &Sandbox, binary: &str, args: &[&str]) -> Output {
+    let mut argv = vec![
+        "setpriv",
+        "--reuid=agv",
+        "--regid=agv",
+        "--clear-groups",
+        "env",
+        "AGV_DATA=/var/lib/agv-server",
+        binary,
+    ];
+    argv.extend(args);
+    sb.run(&argv, &[])
+}
+
 #[test]
 fn install_sh_installs_verifies_and_uninstalls_in_a_sandbox() {
-    if let Some(why) = missing_environment() {
-        skip_or_fail("install.sh end to end", &why);
-        return;
-    }
+    let Some(setup) = Setup::new() else { return };
     let version = env!("CARGO_PKG_VERSION");
-    let work = tempfile::tempdir().unwrap();
-    // The agv user must be able to reach the data dir and the binary under it.
-    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (key, public) = keypair(work.path(), "release");
+    let (work, dist) = (&setup.work, &setup.dist);
     let (other, _) = keypair(work.path(), "other");
-    let public = public.to_str().unwrap().to_owned();
-    let trust = [("AGV_RELEASE_PUBKEY_FILE", public.as_str())];
-
-    let dist = release(work.path(), &key, Path::new(&public));
+    let public = setup.public.clone();
+    let trust = setup.trust();
     for f in [
         "VERSION",
         "SHA256SUMS",
@@ -236,7 +281,7 @@ fn install_sh_installs_verifies_and_uninstalls_in_a_sandbox() {
         format!("{version}\n")
     );
     // One byte of the archive changed after signing.
-    let tampered = variant(&dist, &work.path().join("tampered"), |d| {
+    let tampered = variant(dist, &work.path().join("tampered"), |d| {
         let p = d.join(archive_name());
         let mut bytes = std::fs::read(&p).unwrap();
         let mid = bytes.len() / 2;
@@ -244,7 +289,7 @@ fn install_sh_installs_verifies_and_uninstalls_in_a_sandbox() {
         std::fs::write(&p, bytes).unwrap();
     });
     // Signed by a key other than the trusted one.
-    let foreign = variant(&dist, &work.path().join("foreign"), |d| {
+    let foreign = variant(dist, &work.path().join("foreign"), |d| {
         let (sums, sig) = (d.join("SHA256SUMS"), d.join("SHA256SUMS.sig"));
         openssl(&[
             "pkeyutl",
@@ -304,6 +349,10 @@ fn install_sh_installs_verifies_and_uninstalls_in_a_sandbox() {
     let out = sb.run(&["sh", sh, "--from", "http://127.0.0.1:9/none"], &trust);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("cannot download"), "{}", stderr(&out));
+    let missing = work.path().join("no-such-release");
+    let out = sb.run(&["sh", sh, "--from", missing.to_str().unwrap()], &trust);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nor a directory"), "{}", stderr(&out));
     // Another version than the mirror holds.
     let out = sb.run(&["sh", sh, "--from", &url, "--version", "9.9.9"], &trust);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -393,20 +442,10 @@ fn install_sh_installs_verifies_and_uninstalls_in_a_sandbox() {
     }
 
     // Next step 2, as the service user: it can use the data dir.
-    let out = sb.run(
-        &[
-            "setpriv",
-            "--reuid=agv",
-            "--regid=agv",
-            "--clear-groups",
-            "env",
-            "AGV_DATA=/var/lib/agv-server",
-            "/usr/local/bin/agv-server",
-            "tenant",
-            "create",
-            "Acme",
-        ],
-        &[],
+    let out = as_agv(
+        &sb,
+        "/usr/local/bin/agv-server",
+        &["tenant", "create", "Acme"],
     );
     assert!(
         out.status.success(),
@@ -423,10 +462,12 @@ fn install_sh_installs_verifies_and_uninstalls_in_a_sandbox() {
         real_bin_before
     );
 
-    // Run again (an upgrade, with --version): the previous binary is kept, the user and the
-    // settings are left as they are.
+    // Run again (an upgrade, with --version, from the release directory itself as an
+    // air-gapped site would): the previous binary is kept, the user and the settings are
+    // left as they are.
     std::fs::write(&env_file, "AGV_LISTEN=127.0.0.1:8080\n").unwrap();
-    let out = sb.run(&["sh", sh, "--from", &url, "--version", version], &trust);
+    let dir = dist.to_str().unwrap();
+    let out = sb.run(&["sh", sh, "--from", dir, "--version", version], &trust);
     assert!(out.status.success(), "reinstall: {}", stderr(&out));
     assert!(!stderr(&out).contains("created the service user"));
     assert!(sb.path("/usr/local/bin/agv-server.prev").is_file());
@@ -460,7 +501,8 @@ fn install_sh_installs_verifies_and_uninstalls_in_a_sandbox() {
         "--unit-dir",
         cunits.to_str().unwrap(),
     ];
-    let mut args = vec!["sh", sh, "--from", &url];
+    let file_url = format!("file://{dir}");
+    let mut args = vec!["sh", sh, "--from", &file_url];
     args.extend(paths);
     let out = sb.run(&args, &trust);
     assert!(out.status.success(), "custom paths: {}", stderr(&out));
@@ -573,5 +615,94 @@ fn install_sh_trusts_the_published_release_key() {
     assert!(
         script.contains(published.trim()),
         "install.sh's built-in key is packaging/release-signing.pub"
+    );
+}
+
+/// The whole life of a host install: packaging/release.sh's release, served over HTTP, is
+/// installed by install.sh; the installed binary, pointed at the server by the settings
+/// file (`AGV_UPDATE_SOURCE`), then updates itself in place to a newer signed release
+/// (`update`'s stand-in binary, as in tests/api/update.rs), keeping the previous binary
+/// and the data, which the service user can still use; `--rollback` puts it back.
+#[test]
+fn a_release_installs_and_the_installed_binary_updates_itself_in_place() {
+    let Some(setup) = Setup::new() else { return };
+    let version = env!("CARGO_PKG_VERSION");
+    let trust = setup.trust();
+    let sb = Sandbox::new(setup.work.path().join("sandbox"));
+    let sh = install_sh();
+    let url = serve(setup.dist.clone());
+    let out = sb.run(&["sh", sh.to_str().unwrap(), "--from", &url], &trust);
+    assert!(out.status.success(), "install: {}", stderr(&out));
+    let bin = "/usr/local/bin/agv-server";
+    let out = as_agv(&sb, bin, &["tenant", "create", "Acme"]);
+    assert!(out.status.success(), "tenant create: {}", stderr(&out));
+    let installed = std::fs::read(sb.path(bin)).unwrap();
+
+    // The next release is published where the first one was.
+    let newer = script("99.0.0");
+    let next = setup.work.path().join("next");
+    crate::update::release(&next, "99.0.0", &newer, &setup.key);
+    let url = serve(next);
+    std::fs::write(
+        sb.path("/etc/agv-server/env"),
+        format!("AGV_UPDATE_SOURCE={url}\n"),
+    )
+    .unwrap();
+    // As root, with the service's settings and data directory (README, "Packaging").
+    let update = |args: &str| {
+        let line = format!(
+            "set -a; . /etc/agv-server/env; AGV_DATA=/var/lib/agv-server exec {bin} update {args}"
+        );
+        sb.run(&["sh", "-c", &line], &trust)
+    };
+    let out = update("--check");
+    assert!(out.status.success(), "update --check: {}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "99.0.0");
+    let out = update("");
+    assert!(out.status.success(), "update: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("{bin}.prev")),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read(sb.path(bin)).unwrap(),
+        newer,
+        "updated in place"
+    );
+    assert_eq!(mode(&sb.path(bin)), 0o755);
+    let out = sb.run(&[bin, "version"], &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "agv-server 99.0.0"
+    );
+    let prev = format!("{bin}.prev");
+    assert_eq!(
+        std::fs::read(sb.path(&prev)).unwrap(),
+        installed,
+        "the installed binary is kept"
+    );
+
+    // The data is intact, and still the service user's: the previous binary, as agv, reads
+    // the tenant and backs up next to the backup the update took.
+    let out = as_agv(&sb, &prev, &["tenant", "list"]);
+    assert!(out.status.success(), "tenant list: {}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Acme"));
+    let out = as_agv(&sb, &prev, &["backup"]);
+    assert!(out.status.success(), "backup as agv: {}", stderr(&out));
+    let backups = sb.path("/var/lib/agv-server/backups");
+    assert_eq!(
+        agv_server::ops::backup::list(&backups).len(),
+        2,
+        "{backups:?}"
+    );
+
+    // Rolled back (by the kept binary: the stand-in cannot), the release's binary is back.
+    let out = sb.run(&[&prev, "update", "--rollback", "--exe", bin], &[]);
+    assert!(out.status.success(), "rollback: {}", stderr(&out));
+    let out = sb.run(&[bin, "version"], &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("agv-server {version}")
     );
 }

@@ -2,13 +2,17 @@
 //! operator only, CSRF on "check now"; a newer signed release on a local release server is
 //! "available", the same version is not, a release signed by another key is an error and
 //! never "available", an unreachable mirror is a normal state with a clear reason, and the
-//! outcome is cached until "check now". The release key is overridden as for the CLI
+//! outcome is cached until "check now". A local release directory is read like a mirror; an
+//! older release is not "available", and a VERSION that is not a version is an error. The release key is overridden as for the CLI
 //! (`AGV_RELEASE_PUBKEY_FILE`), so the signed cases run the real binary.
 
-use crate::helpers::{Backend, ConsoleSession as Session, DataHome, TestApp, spawn_server_process};
+use crate::helpers::{
+    Backend, ConsoleSession as Session, DataHome, ServerProcess, TestApp, spawn_server_process,
+};
 use crate::update::{keypair, release, serve};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "a long enough password";
@@ -49,6 +53,46 @@ async fn state(client: &reqwest::Client, base: &str, op: &Session, check_now: bo
     let body: Value = res.json().await.unwrap();
     assert_eq!(status, 200, "{path}: {body}");
     body
+}
+
+/// The real server (its own process: the release key comes from its environment) with
+/// op@example.com as its operator, trusting `public` and reading releases at `source`.
+struct Console {
+    _home: DataHome,
+    server: ServerProcess,
+    base: String,
+    client: reqwest::Client,
+    op: Session,
+}
+
+impl Console {
+    async fn start(source: &str, public: &Path, envs: &[(&str, &str)]) -> Self {
+        let home = DataHome::new(Backend::Sqlite).unwrap();
+        home.make_user("op@example.com", "operator", None, PASSWORD);
+        let mut all = vec![
+            ("AGV_RELEASE_PUBKEY_FILE", public.to_str().unwrap()),
+            ("AGV_UPDATE_SOURCE", source),
+        ];
+        all.extend(envs);
+        let server = spawn_server_process(home.path(), None, &all);
+        let base = format!("http://127.0.0.1:{}", server.port);
+        let client = reqwest::Client::new();
+        let op = sign_in(&client, &base, "op@example.com").await;
+        Self {
+            _home: home,
+            server,
+            base,
+            client,
+            op,
+        }
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        let _ = self.server.child.kill();
+        let _ = self.server.child.wait();
+    }
 }
 
 async fn error_code(res: reqwest::Response) -> (StatusCode, String) {
@@ -140,22 +184,10 @@ async fn a_newer_signed_release_is_available_cached_and_a_foreign_signature_is_a
     release(&dist, "99.0.0", binary, &key);
     let url = serve(dist.clone());
 
-    let home = DataHome::new(Backend::Sqlite).unwrap();
-    home.make_user("op@example.com", "operator", None, PASSWORD);
-    let mut server = spawn_server_process(
-        home.path(),
-        None,
-        &[
-            ("AGV_RELEASE_PUBKEY_FILE", public.to_str().unwrap()),
-            ("AGV_UPDATE_SOURCE", &url),
-            ("AGV_IN_CONTAINER", "1"),
-        ],
-    );
-    let base = format!("http://127.0.0.1:{}", server.port);
-    let client = reqwest::Client::new();
-    let op = sign_in(&client, &base, "op@example.com").await;
+    let console = Console::start(&url, &public, &[("AGV_IN_CONTAINER", "1")]).await;
+    let (client, base, op) = (&console.client, console.base.as_str(), &console.op);
 
-    let s = state(&client, &base, &op, false).await;
+    let s = state(client, base, op, false).await;
     assert_eq!(
         (&s["available"], &s["latest"], &s["current"], &s["error"]),
         (
@@ -177,10 +209,10 @@ async fn a_newer_signed_release_is_available_cached_and_a_foreign_signature_is_a
 
     // The same version is published: the cached state stands until "check now".
     release(&dist, CURRENT, binary, &key);
-    let cached = state(&client, &base, &op, false).await;
+    let cached = state(client, base, op, false).await;
     assert_eq!(cached["latest"], "99.0.0", "cached for an hour: {cached}");
     assert_eq!(cached["checked_at"], s["checked_at"], "{cached}");
-    let fresh = state(&client, &base, &op, true).await;
+    let fresh = state(client, base, op, true).await;
     assert_eq!(
         (&fresh["available"], &fresh["latest"], &fresh["error"]),
         (&json!(false), &json!(CURRENT), &Value::Null),
@@ -189,19 +221,56 @@ async fn a_newer_signed_release_is_available_cached_and_a_foreign_signature_is_a
 
     // A newer version signed by another key is refused, never offered.
     release(&dist, "99.0.0", binary, &other);
-    let foreign = state(&client, &base, &op, true).await;
+    let foreign = state(client, base, op, true).await;
     assert_eq!(foreign["available"], false, "{foreign}");
     assert_eq!(foreign["latest"], Value::Null, "{foreign}");
     let error = foreign["error"]
         .as_str()
         .unwrap_or_else(|| panic!("{foreign}"));
     assert!(error.contains("signature does not verify"), "{error}");
-    let later = state(&client, &base, &op, false).await;
+    let later = state(client, base, op, false).await;
     assert_eq!(
         later["error"], foreign["error"],
         "the failure is cached too"
     );
+}
 
-    let _ = server.child.kill();
-    let _ = server.child.wait();
+#[tokio::test]
+async fn a_release_directory_is_checked_like_a_mirror_and_a_version_that_does_not_parse_is_an_error()
+ {
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = keypair(keys.path(), "release");
+    let binary = b"#!/bin/sh\necho agv-server\n";
+    let dist = keys.path().join("dist");
+    release(&dist, "99.0.0", binary, &key);
+
+    let console = Console::start(dist.to_str().unwrap(), &public, &[]).await;
+    let (client, base, op) = (&console.client, console.base.as_str(), &console.op);
+
+    let s = state(client, base, op, false).await;
+    assert_eq!(
+        (&s["available"], &s["latest"], &s["error"]),
+        (&json!(true), &json!("99.0.0"), &Value::Null),
+        "{s}"
+    );
+
+    // A signed VERSION that is no version is never offered (it would compare as anything).
+    release(&dist, "nightly", binary, &key);
+    let odd = state(client, base, op, true).await;
+    assert_eq!(
+        (&odd["available"], &odd["latest"]),
+        (&json!(false), &Value::Null),
+        "{odd}"
+    );
+    let error = odd["error"].as_str().unwrap_or_else(|| panic!("{odd}"));
+    assert!(error.contains("not a version"), "{error}");
+
+    // An older release is not an update.
+    release(&dist, "0.0.1", binary, &key);
+    let older = state(client, base, op, true).await;
+    assert_eq!(
+        (&older["available"], &older["latest"], &older["error"]),
+        (&json!(false), &json!("0.0.1"), &Value::Null),
+        "{older}"
+    );
 }

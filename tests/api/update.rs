@@ -1,6 +1,8 @@
 //! Self-update end to end against a local release server: the signature and the SHA-256
 //! are checked, the instance is backed up, the previous binary is kept and can be put
 //! back; a tampered or badly signed release changes nothing; inside a container it refuses.
+//! An older release is refused unless `--allow-downgrade`, a VERSION that is not a version
+//! always; a local directory (a path or a file:// URL) is a source like a URL.
 
 use crate::helpers::stderr;
 use sha2::{Digest, Sha256};
@@ -132,7 +134,7 @@ struct Installed {
 
 /// A stand-in for an installed binary: a script that answers `version` (the real debug
 /// binary is hundreds of megabytes; the updater under test is the real one, `--exe`).
-fn script(version: &str) -> Vec<u8> {
+pub(crate) fn script(version: &str) -> Vec<u8> {
     format!("#!/bin/sh\necho \"agv-server {version}\"\n").into_bytes()
 }
 
@@ -281,4 +283,108 @@ fn a_tampered_or_foreign_release_changes_nothing_and_containers_refuse() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn an_older_or_unreadable_version_is_refused_unless_a_downgrade_is_asked_for() {
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = keypair(keys.path(), "release");
+    let i = installed();
+    let older = script("0.0.1");
+    let old = keys.path().join("old");
+    release(&old, "0.0.1", &older, &key);
+    let old = serve(old);
+
+    // A mirror replaying an older signed release cannot roll the server back.
+    for extra in [&[][..], &["--force"][..]] {
+        let mut args = vec!["update", "--from", &old];
+        args.extend(extra);
+        let out = run(&i, &public, &args, &[]);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        let said = stderr(&out);
+        assert!(
+            said.contains("older") && said.contains("--allow-downgrade"),
+            "{said}"
+        );
+    }
+    let out = run(&i, &public, &["update", "--check", "--from", &old], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0.0.1");
+    assert!(stderr(&out).contains("older"), "{}", stderr(&out));
+
+    // A VERSION that is not a version is refused whatever is asked.
+    let odd = keys.path().join("odd");
+    release(&odd, "latest-build", &older, &key);
+    let odd = serve(odd);
+    for args in [
+        &["update", "--from", &odd][..],
+        &["update", "--check", "--from", &odd][..],
+        &["update", "--allow-downgrade", "--force", "--from", &odd][..],
+    ] {
+        let out = run(&i, &public, args, &[]);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("not a version"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(std::fs::read(&i.exe).unwrap(), i.original, "never changed");
+    assert!(!agv_server::ops::update::prev_path(&i.exe).exists());
+
+    // Asked for explicitly, the downgrade goes through like an update.
+    let out = run(
+        &i,
+        &public,
+        &["update", "--allow-downgrade", "--from", &old],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&i.exe).unwrap(), older);
+    assert_eq!(
+        std::fs::read(agv_server::ops::update::prev_path(&i.exe)).unwrap(),
+        i.original
+    );
+}
+
+#[test]
+fn a_local_release_directory_is_a_source_as_a_path_or_a_file_url() {
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = keypair(keys.path(), "release");
+    let i = installed();
+    let newer = script("99.0.0");
+    let dist = keys.path().join("dist");
+    release(&dist, "99.0.0", &newer, &key);
+    let dir = dist.to_str().unwrap();
+
+    for from in [dir.to_owned(), format!("file://{dir}"), format!("{dir}/")] {
+        let out = run(&i, &public, &["update", "--check", "--from", &from], &[]);
+        assert!(out.status.success(), "{from}: {}", stderr(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "99.0.0");
+    }
+    // A relative path or a missing directory says what is wrong.
+    let out = run(&i, &public, &["update", "--from", "dist"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("absolute"), "{}", stderr(&out));
+    let missing = keys.path().join("missing");
+    let out = run(
+        &i,
+        &public,
+        &["update", "--from", missing.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "cannot read {}",
+            missing.join("SHA256SUMS").display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+
+    // The update_source setting takes the directory too.
+    let out = run(&i, &public, &["update"], &[("AGV_UPDATE_SOURCE", dir)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&i.exe).unwrap(), newer);
 }
