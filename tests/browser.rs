@@ -846,6 +846,8 @@ async fn the_first_run_works_in_chromium_from_an_empty_data_directory() {
     );
     assert!(backup.text().await.unwrap().contains("first scheduled"));
     no_error_walls(&ui, "operator").await;
+    update.scroll_into_view().await.unwrap();
+    ui.photo("update-note").await;
 
     // 1. A tenant, made in the console.
     ui.type_into("tenant-name", "Acme").await;

@@ -94,7 +94,7 @@ export default {
       if (u.error) {
         // Often just a server without internet access: a note, not an alarm.
         render(box, html`<div class="quiet-note" role="status" data-testid="update-state" data-state="error">
-            <p>Running <span class="mono">${u.current}</span>. Could not check for a newer release: the release server did not answer. ${when}</p>
+            <p>Running <span class="mono">${u.current}</span>. Could not check for a newer release: the release server did not answer · ${when}</p>
             <details><summary>Why, and what to do</summary><p data-testid="update-error-detail">${u.error}</p></details></div>${rollback}`);
       } else if (u.available) {
         render(box, html`<div class="notice info" role="status" data-testid="update-state" data-state="available"><span>Update available: <span class="mono">${u.current}</span> → <span class="mono" data-testid="update-latest">${u.latest}</span></span></div>
