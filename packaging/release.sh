@@ -89,7 +89,14 @@ prebuilt() {
   abs "$given"
 }
 
-# Builds agv-server for target $1 with the release profile; prints the binary's path.
+# Where cargo puts the binary for target $1.
+built() {
+  dir="$profile"
+  [ "$dir" != dev ] || dir=debug
+  printf '%s' "${CARGO_TARGET_DIR:-$PWD/target}/$1/$dir/agv-server"
+}
+
+# Builds agv-server for target $1 with the chosen profile.
 build() {
   t="$1"
   if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx "$t"; then
@@ -115,9 +122,6 @@ build() {
   fi
   echo "building agv-server $version for $t (profile $profile): $*" >&2
   "$@" >&2 || die "the build for $t failed"
-  dir="$profile"
-  [ "$dir" != dev ] || dir=debug
-  printf '%s' "${CARGO_TARGET_DIR:-$PWD/target}/$t/$dir/agv-server"
 }
 
 # Dies unless $2 is an agv-server $version binary for target $1.
@@ -146,11 +150,19 @@ check_binary() {
   fi
 }
 
+# Every binary is built and checked before anything is written.
+for t in $targets; do
+  binary=$(prebuilt "$t")
+  if [ -z "$binary" ]; then
+    build "$t"
+    binary=$(built "$t")
+  fi
+  check_binary "$t" "$binary"
+done
 mkdir -p "$out/stage"
 for t in $targets; do
   binary=$(prebuilt "$t")
-  [ -n "$binary" ] || binary=$(build "$t")
-  check_binary "$t" "$binary"
+  [ -n "$binary" ] || binary=$(built "$t")
   install -m 0755 "$binary" "$out/stage/agv-server"
   install -m 0644 packaging/agv-server.service "$out/stage/agv-server.service"
   tar --owner=0 --group=0 --numeric-owner -czf "$out/agv-server-$t.tar.gz" \

@@ -166,28 +166,42 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }
 
-/// packaging/release.sh run on (a debug-stripped copy of) this build's debug binary.
-fn release(work: &Path, key: &Path, public: &Path) -> PathBuf {
+/// A debug-stripped copy of this build's debug binary, in `work/build`. The debug info is
+/// most of a debug binary; without it a release is quicker to pack, serve and check. The
+/// code is the same.
+fn stripped_binary(work: &Path) -> PathBuf {
     let binary = work.join("build/agv-server");
+    if binary.is_file() {
+        return binary;
+    }
     std::fs::create_dir_all(binary.parent().unwrap()).unwrap();
     let debug = env!("CARGO_BIN_EXE_agv-server");
-    // The debug info is most of a debug binary; without it the release is quicker to pack,
-    // serve and check. The code is the same.
     if !works(
         "strip",
         &["--strip-debug", "-o", binary.to_str().unwrap(), debug],
     ) {
         std::fs::copy(debug, &binary).unwrap();
     }
-    let dist = work.join("dist");
-    let out = Command::new("sh")
+    binary
+}
+
+/// packaging/release.sh, writing into `dist` with `envs` (its options) added.
+fn release_sh(key: &Path, public: &Path, dist: &Path, envs: &[(&str, &Path)]) -> Output {
+    Command::new("sh")
         .arg(repo().join("packaging/release.sh"))
         .env("AGV_RELEASE_KEY", key)
-        .env("AGV_RELEASE_BINARY", &binary)
-        .env("AGV_RELEASE_DIR", &dist)
+        .env("AGV_RELEASE_DIR", dist)
         .env("AGV_RELEASE_PUBKEY_FILE", public)
+        .envs(envs.iter().copied())
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// packaging/release.sh run on the stripped binary: this machine's target only.
+fn release(work: &Path, key: &Path, public: &Path) -> PathBuf {
+    let binary = stripped_binary(work);
+    let dist = work.join("dist");
+    let out = release_sh(key, public, &dist, &[("AGV_RELEASE_BINARY", &binary)]);
     assert!(out.status.success(), "release.sh: {}", stderr(&out));
     dist
 }
@@ -705,4 +719,73 @@ fn a_release_installs_and_the_installed_binary_updates_itself_in_place() {
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("agv-server {version}")
     );
+}
+
+/// A release holds every target's archive; a binary is packed only under its own target.
+/// (The aarch64 "binary" is this build's with its ELF machine rewritten: it cannot run here,
+/// so release.sh finds its version in the user agent, as for a cross-built one.)
+#[test]
+fn release_sh_packs_each_target_and_refuses_a_binary_built_for_another() {
+    let work = tempfile::tempdir().unwrap();
+    let (key, public) = keypair(work.path(), "release");
+    let x86 = stripped_binary(work.path());
+    let arm = work.path().join("arm/agv-server");
+    std::fs::create_dir_all(arm.parent().unwrap()).unwrap();
+    let mut bytes = std::fs::read(&x86).unwrap();
+    assert_eq!(&bytes[..4], b"\x7fELF");
+    bytes[18..20].copy_from_slice(&[0xb7, 0x00]);
+    std::fs::write(&arm, bytes).unwrap();
+    std::fs::set_permissions(&arm, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let both = Path::new("x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu");
+    let (x86_var, arm_var) = (
+        "AGV_RELEASE_BINARY_X86_64_UNKNOWN_LINUX_GNU",
+        "AGV_RELEASE_BINARY_AARCH64_UNKNOWN_LINUX_GNU",
+    );
+
+    let dist = work.path().join("dist");
+    let out = release_sh(
+        &key,
+        &public,
+        &dist,
+        &[
+            ("AGV_RELEASE_TARGETS", both),
+            (x86_var, &x86),
+            (arm_var, &arm),
+        ],
+    );
+    assert!(out.status.success(), "release.sh: {}", stderr(&out));
+    let sums = std::fs::read_to_string(dist.join("SHA256SUMS")).unwrap();
+    for target in ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"] {
+        let name = format!("agv-server-{target}.tar.gz");
+        assert!(dist.join(&name).is_file(), "no {name}");
+        assert!(sums.contains(&format!("  {name}\n")), "{sums}");
+    }
+
+    // Each binary given under the other's target: refused, nothing written.
+    let swapped = work.path().join("swapped");
+    let out = release_sh(
+        &key,
+        &public,
+        &swapped,
+        &[
+            ("AGV_RELEASE_TARGETS", both),
+            (x86_var, &arm),
+            (arm_var, &x86),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not built for x86_64-unknown-linux-gnu"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!swapped.join("SHA256SUMS").exists());
+    let out = release_sh(
+        &key,
+        &public,
+        &work.path().join("unknown"),
+        &[("AGV_RELEASE_TARGETS", Path::new("x86_64-pc-windows-msvc"))],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no release for"), "{}", stderr(&out));
 }
