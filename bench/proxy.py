@@ -437,6 +437,9 @@ def main():
     ap.add_argument("--concurrency", type=int, default=None, help="--max connections (default 64)")
     ap.add_argument("--no-relay", action="store_true", help="skip the byte relay's floor")
     ap.add_argument("--no-build", action="store_true", help="use the binaries already built")
+    ap.add_argument("--agv-binary", default=None, metavar="PATH",
+                    help="measure this agv-server binary (e.g. one built with another profile "
+                         "or commit) with the mock, load generator and relay of --profile")
     ap.add_argument("--profile", choices=["release", "dist"], default="release",
                     help="cargo profile to build and measure: release (README's run command, "
                          "fast to build) or dist (shipped binaries, whole-program LTO)")
@@ -451,6 +454,8 @@ def main():
     if not cfg.no_build:
         build(cfg.profile)
     bins = binaries(cfg.profile)
+    if cfg.agv_binary:
+        bins["agv"] = os.path.abspath(cfg.agv_binary)
     if cfg.no_relay:
         del bins["relay"]
     for path in bins.values():

@@ -382,18 +382,18 @@ fn settings(global: &GlobalArgs) -> Result<Settings, CliError> {
 
 /// Runs the parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
-    match dispatch(cli) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {}", e.message);
-            e.code
-        }
     // Everything the server writes (the data directory, the database, keys, logs, backups)
     // is for the service user alone: created 0700 / 0600 whatever the inherited umask.
     // SAFETY: umask only sets this process's file-creation mask; it cannot fail.
     unsafe {
         libc::umask(0o077);
     }
+    match dispatch(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            e.code
+        }
     }
 }
 
@@ -1556,8 +1556,8 @@ fn update(
     reinstall: Reinstall,
     exe: Option<PathBuf>,
 ) -> Result<(), CliError> {
-    use std::cmp::Ordering;
     use crate::ops::update as up;
+    use std::cmp::Ordering;
     if up::in_container() {
         return Err(CliError::failed(format!(
             "agv-server runs inside a container, so it is not updated in place: {}",

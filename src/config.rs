@@ -295,6 +295,13 @@ pub const FIELDS: &[Field] = &[
         help: "32 bytes (hex or base64) encrypting stored provider keys; unset: <data>/master.key",
     },
     Field {
+        key: "metrics_token",
+        env: "AGV_METRICS_TOKEN",
+        secret: true,
+        default: None,
+        help: "bearer token /metrics asks of scrapers from other hosts; unset: /metrics answers only on loopback",
+    },
+    Field {
         key: "max_stored_body_bytes",
         env: "AGV_MAX_STORED_BODY_BYTES",
         secret: false,
@@ -574,6 +581,8 @@ pub struct Settings {
     pub tenant_upstream_allowlist: UpstreamAllowlist,
     /// The master key as given (hex or base64); unset: `<data>/master.key`.
     pub master_key: Option<String>,
+    /// The bearer token `/metrics` asks of any client; unset: loopback clients only.
+    pub metrics_token: Option<String>,
     /// Price overrides from the `[prices."model"]` tables of config.toml.
     pub prices: HashMap<String, ModelPrice>,
     pub max_stored_body_bytes: usize,
@@ -880,6 +889,13 @@ impl Settings {
             UpstreamAllowlist::parse(get("tenant_upstream_allowlist").unwrap_or_default())
                 .map_err(|e| bad("tenant_upstream_allowlist", &e))?;
         let master_key = optional("master_key");
+        let metrics_token = optional("metrics_token");
+        if metrics_token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(bad(
+                "metrics_token",
+                "expected at least 16 characters (e.g. from `openssl rand -hex 32`)",
+            ));
+        }
         Pricing::with_overrides(prices.clone()).map_err(|e| {
             ConfigError(format!(
                 "invalid [prices] in {}: {} — prices are USD per 1M tokens, finite and not negative",
@@ -961,6 +977,7 @@ impl Settings {
             fallback_upstream_api_key,
             tenant_upstream_allowlist,
             master_key,
+            metrics_token,
             prices,
             max_stored_body_bytes,
             log_format,
@@ -1102,6 +1119,15 @@ impl Settings {
                     "(not set: <data>/master.key)".to_owned()
                 },
                 src("master_key"),
+            ),
+            (
+                "metrics_token",
+                if self.metrics_token.is_some() {
+                    "(set)".to_owned()
+                } else {
+                    "(not set: /metrics answers on loopback only)".to_owned()
+                },
+                src("metrics_token"),
             ),
             (
                 "prices",

@@ -17,36 +17,17 @@ pub fn builder() -> reqwest::ClientBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
 
     #[tokio::test]
     async fn a_redirect_is_handed_back_not_followed() {
         let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let target_addr = target.local_addr().unwrap();
         target.set_nonblocking(true).unwrap();
-        let redirector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = redirector.local_addr().unwrap();
-        std::thread::spawn(move || {
-            for stream in redirector.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut buf = [0u8; 4096];
-                let _ = stream.read(&mut buf);
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 302 Found\r\nLocation: http://{target_addr}/internal\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                );
-            }
-        });
+        let to = format!("http://{}", target.local_addr().unwrap());
+        let base = crate::testing::upstream::redirector(to).unwrap();
         let client = builder().build().unwrap();
-        for res in [
-            client.get(format!("http://{addr}/")).send().await.unwrap(),
-            client
-                .post(format!("http://{addr}/"))
-                .body("x")
-                .send()
-                .await
-                .unwrap(),
-        ] {
+        let get = client.get(format!("{base}/models")).send().await.unwrap();
+        let post = client.post(format!("{base}/chat")).body("x").send().await;
+        for res in [get, post.unwrap()] {
             assert_eq!(res.status(), 302);
         }
         assert!(

@@ -444,7 +444,52 @@ fn incident_event(i: &crate::domain::Incident) -> Value {
            "title": i.title, "signal_count": i.signal_count, "updated_at": i.updated_at})
 }
 
+/// Live-event streams one person may hold open at once (a few browser tabs); each polls
+/// the store every tick, so one signed-in person must not be able to open hundreds.
+const MAX_EVENT_STREAMS_PER_USER: usize = 8;
+
+/// Open live-event streams per person.
+static EVENT_STREAMS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, usize>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// One open stream of a person, counted while it lives.
+struct StreamSlot(String);
+
+impl StreamSlot {
+    fn take(user: &str) -> Result<Self, ApiError> {
+        let mut open = EVENT_STREAMS
+            .lock()
+            .map_err(|_| ApiError::internal("event stream count lock poisoned"))?;
+        let n = open.entry(user.to_owned()).or_insert(0);
+        if *n >= MAX_EVENT_STREAMS_PER_USER {
+            return Err(ApiError::too_many_requests(
+                format!(
+                    "this account already has {MAX_EVENT_STREAMS_PER_USER} live-event streams open; close other console tabs"
+                ),
+                2,
+            ));
+        }
+        *n += 1;
+        Ok(Self(user.to_owned()))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = EVENT_STREAMS.lock()
+            && let Some(n) = open.get_mut(&self.0)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.0);
+            }
+        }
+    }
+}
+
 struct Watch {
+    _slot: StreamSlot,
     state: web::Data<AppState>,
     tenant: Option<TenantId>,
     operator: bool,
@@ -515,6 +560,7 @@ pub async fn events(
         Some(tenant_for(&state, &req, &user, named).await?)
     };
     let watch = Watch {
+        _slot: StreamSlot::take(user.id.as_str())?,
         state: state.clone(),
         tenant,
         operator,

@@ -48,9 +48,70 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// Who may read `/metrics`, which names every tenant, its models and its spend: with a
+/// `metrics_token` set, whoever sends it as a bearer token; without one, only a client on
+/// this machine (the TCP peer is a loopback address, whatever a header claims).
+fn may_read_metrics(
+    token: Option<&str>,
+    peer: Option<std::net::IpAddr>,
+    authorization: Option<&str>,
+) -> Result<(), crate::api::error::ApiError> {
+    use crate::api::error::ApiError;
+    match token {
+        Some(want) => {
+            let given = authorization
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .map(str::trim)
+                .unwrap_or_default();
+            let same = given.len() == want.len()
+                && given
+                    .bytes()
+                    .zip(want.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0;
+            if same {
+                Ok(())
+            } else {
+                Err(ApiError::unauthorized(
+                    "metrics_token_required",
+                    "/metrics needs the metrics token: send it as Authorization: Bearer <metrics_token>",
+                ))
+            }
+        }
+        None if peer.is_some_and(|ip| match ip {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+            v4 => v4.is_loopback(),
+        }) =>
+        {
+            Ok(())
+        }
+        None => Err(ApiError::forbidden(
+            "metrics_loopback_only",
+            "/metrics answers only on this machine while no metrics_token is set: set metrics_token (AGV_METRICS_TOKEN) and scrape with it as a bearer token",
+        )),
+    }
+}
+
 /// Prometheus text. Gauges that describe current state are refreshed at scrape time.
 #[get("/metrics")]
-pub async fn prometheus_metrics(state: web::Data<AppState>) -> HttpResponse {
+pub async fn prometheus_metrics(
+    state: web::Data<AppState>,
+    req: actix_web::HttpRequest,
+) -> HttpResponse {
+    use actix_web::ResponseError;
+    let authorization = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Err(e) = may_read_metrics(
+        state.settings.metrics_token.as_deref(),
+        req.peer_addr().map(|a| a.ip()),
+        authorization,
+    ) {
+        return e.error_response();
+    }
     let pool = state.store.pool_stats();
     metrics::gauge!("agv_store_pool_connections").set(f64::from(pool.connections));
     metrics::gauge!("agv_store_pool_idle").set(f64::from(pool.idle));
@@ -71,4 +132,32 @@ pub async fn prometheus_metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_need_the_token_when_one_is_set_and_loopback_otherwise() {
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+        let token = Some("0123456789abcdef0123");
+        assert!(
+            may_read_metrics(token, ip("10.0.0.5"), Some("Bearer 0123456789abcdef0123")).is_ok()
+        );
+        assert!(
+            may_read_metrics(token, ip("127.0.0.1"), None).is_err(),
+            "the token counts everywhere"
+        );
+        assert!(
+            may_read_metrics(token, ip("10.0.0.5"), Some("Bearer 0123456789abcdef012")).is_err()
+        );
+        assert!(may_read_metrics(token, ip("10.0.0.5"), Some("0123456789abcdef0123")).is_err());
+        assert!(may_read_metrics(None, ip("127.0.0.1"), None).is_ok());
+        assert!(may_read_metrics(None, ip("::1"), None).is_ok());
+        assert!(may_read_metrics(None, ip("::ffff:127.0.0.1"), None).is_ok());
+        assert!(may_read_metrics(None, ip("10.0.0.5"), None).is_err());
+        assert!(may_read_metrics(None, ip("10.0.0.5"), Some("Bearer anything")).is_err());
+        assert!(may_read_metrics(None, None, None).is_err());
+    }
 }

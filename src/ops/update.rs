@@ -430,7 +430,10 @@ mod tests {
         }
         assert!(is_newer("0.1.1", "0.1.0"));
         assert!(is_newer("0.10.0", "0.9.9"));
-        assert!(is_newer("1.0.0", "1.0.0-rc.1"), "a release follows its candidates");
+        assert!(
+            is_newer("1.0.0", "1.0.0-rc.1"),
+            "a release follows its candidates"
+        );
         assert!(!is_newer("1.0.0-rc.1", "1.0.0"));
     }
 }

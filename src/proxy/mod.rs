@@ -351,32 +351,13 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/json")
             .to_owned();
-        let remaining = upstream
-            .settings()
-            .total_timeout
-            .saturating_sub(response.started.elapsed());
-        let body = match tokio::time::timeout(remaining, response.response.bytes()).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
-                return self
-                    .upstream_failed(
-                        incoming,
-                        rec,
-                        admission,
-                        UpstreamError::Broken(e.to_string()),
-                    )
-                    .await;
-            }
-            Err(_) => {
-                return self
-                    .upstream_failed(
-                        incoming,
-                        rec,
-                        admission,
-                        UpstreamError::Timeout("the body did not arrive in time".into()),
-                    )
-                    .await;
-            }
+        let deadline =
+            tokio::time::Instant::from_std(response.started + upstream.settings().total_timeout);
+        let body = match upstream::read_body(response.response, upstream::MAX_BODY_BYTES, deadline)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => return self.upstream_failed(incoming, rec, admission, e).await,
         };
         rec.upstream_latency_us = Some(micros(response.started.elapsed()));
 
@@ -457,6 +438,13 @@ impl Proxy {
         self.after_call(&incoming.tenant_id, after).await;
         if upstream_fault {
             let err = match status {
+                _ if redirect => ApiError::new(
+                    ErrorKind::BadGateway,
+                    "upstream_redirect",
+                    format!(
+                        "the upstream answered with a redirect ({status}); agv-server never follows an upstream's redirects: set the upstream URL to the address that answers"
+                    ),
+                ),
                 503 => ApiError::new(
                     ErrorKind::ServiceUnavailable,
                     "upstream_unavailable",
@@ -484,13 +472,6 @@ impl Proxy {
                     ErrorKind::BadGateway,
                     "upstream_error",
                     format!("the upstream failed ({status}): {upstream_message}"),
-                _ if redirect => ApiError::new(
-                    ErrorKind::BadGateway,
-                    "upstream_redirect",
-                    format!(
-                        "the upstream answered with a redirect ({status}); agv-server never follows an upstream's redirects: set the upstream URL to the address that answers"
-                    ),
-                ),
                 ),
             };
             rec.status = err.kind.status().as_u16();
@@ -802,15 +783,15 @@ pub(crate) fn note_post_cost(rec: &mut CallRecord, after: &AfterCall) {
 
 /// GETs the model list and checks it is JSON.
 async fn fetch_models(upstream: &Upstream) -> Result<Bytes, ApiError> {
+    let deadline = tokio::time::Instant::now() + upstream.settings().total_timeout;
     let resp = upstream
         .get("/models")
         .await
         .map_err(|e| upstream_error(&e))?;
     let status = resp.status();
-    let body = resp
-        .bytes()
+    let body = upstream::read_body(resp, upstream::MAX_BODY_BYTES, deadline)
         .await
-        .map_err(|e| upstream_error(&UpstreamError::Broken(e.to_string())))?;
+        .map_err(|e| upstream_error(&e))?;
     if !status.is_success() || serde_json::from_slice::<serde_json::Value>(&body).is_err() {
         return Err(ApiError::new(
             ErrorKind::BadGateway,

@@ -142,7 +142,8 @@ async fn relay(
             }
             Some(Ok(chunk)) => {
                 pending.extend_from_slice(&chunk);
-                while let Some(end) = event_end(&pending) {
+                while let Some(end) = event_end(&pending, scanned) {
+                    scanned = 0;
                     let event: Vec<u8> = pending.drain(..end).collect();
                     match process_event(&event, strip, &mut usage, &mut served_model) {
                         Event::Done => {
@@ -158,6 +159,15 @@ async fn relay(
                             }
                         }
                     }
+                }
+                // A boundary may straddle this chunk and the next: keep the last 3 bytes.
+                scanned = pending.len().saturating_sub(3);
+                if pending.len() > MAX_EVENT_BYTES {
+                    failure = Some(UpstreamError::Broken(format!(
+                        "the upstream sent a stream event larger than {} KiB",
+                        MAX_EVENT_BYTES >> 10
+                    )));
+                    break;
                 }
             }
         }
@@ -218,10 +228,23 @@ async fn relay(
     }
 }
 
-/// The end (exclusive) of the first complete event in `buf`: a blank line ends an event.
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+/// The largest single event of a stream held while waiting for its end. OpenAI's events
+/// are a few hundred bytes; an upstream that never ends one must not grow the buffer
+/// without bound.
+const MAX_EVENT_BYTES: usize = 1 << 20;
+
+/// The end (exclusive) of the first complete event in `buf`, looking from `from` on (no
+/// boundary starts before it): a blank line ends an event.
+fn event_end(buf: &[u8], from: usize) -> Option<usize> {
+    let buf = buf.get(from..)?;
+    let lf = buf
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|i| from + i + 2);
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| from + i + 4);
     match (lf, crlf) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -288,9 +311,14 @@ mod tests {
 
     #[test]
     fn events_end_at_a_blank_line() {
-        assert_eq!(event_end(b"data: 1\n\ndata: 2"), Some(9));
-        assert_eq!(event_end(b"data: 1\r\n\r\n"), Some(11));
-        assert_eq!(event_end(b"data: 1\n"), None);
+        assert_eq!(event_end(b"data: 1\n\ndata: 2", 0), Some(9));
+        assert_eq!(event_end(b"data: 1\r\n\r\n", 0), Some(11));
+        assert_eq!(event_end(b"data: 1\n", 0), None);
+        // Scanning from where the last look stopped still finds a boundary that began
+        // in the bytes kept before it.
+        assert_eq!(event_end(b"data: 1\r\n\r\n", 5), Some(11));
+        assert_eq!(event_end(b"data: 1\n\n", 5), Some(9));
+        assert_eq!(event_end(b"data", 10), None);
     }
 
     #[test]

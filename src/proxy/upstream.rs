@@ -446,6 +446,48 @@ pub async fn probe(target: &UpstreamTarget, timeout: Duration) -> Probe {
     )
 }
 
+/// The largest answer read whole from an upstream (a chat completion, a batch of
+/// embeddings, the model list). An upstream, a tenant's own included, must not be able to
+/// make the server hold an unbounded body; 2,048 embeddings of 3,072 floats as JSON text
+/// come to ~130 MB.
+pub const MAX_BODY_BYTES: usize = 256 << 20;
+
+/// Reads `response`'s body whole, at most `max` bytes, by `deadline`.
+pub async fn read_body(
+    mut response: reqwest::Response,
+    max: usize,
+    deadline: tokio::time::Instant,
+) -> Result<bytes::Bytes, UpstreamError> {
+    if response.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_large(max));
+    }
+    let mut body = bytes::BytesMut::new();
+    loop {
+        match tokio::time::timeout_at(deadline, response.chunk()).await {
+            Err(_) => {
+                return Err(UpstreamError::Timeout(
+                    "the body did not arrive in time".into(),
+                ));
+            }
+            Ok(Err(e)) => return Err(UpstreamError::Broken(describe(&e))),
+            Ok(Ok(None)) => return Ok(body.freeze()),
+            Ok(Ok(Some(chunk))) => {
+                if body.len() + chunk.len() > max {
+                    return Err(too_large(max));
+                }
+                body.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+fn too_large(max: usize) -> UpstreamError {
+    UpstreamError::Broken(format!(
+        "the upstream's answer is larger than {} MiB; agv-server does not read it",
+        max >> 20
+    ))
+}
+
 /// The innermost cause of a reqwest error, which is the useful part ("Connection refused").
 fn describe(e: &reqwest::Error) -> String {
     let mut msg = e.to_string();
@@ -460,6 +502,57 @@ fn describe(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server answering 200 with a chunked body of `total` bytes, sent in 64 KiB chunks.
+    fn chunked_server(total: usize) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+                );
+                let piece = vec![b'a'; 64 << 10];
+                let mut sent = 0;
+                while sent < total {
+                    let n = piece.len().min(total - sent);
+                    let head = format!("{n:x}\r\n");
+                    if stream.write_all(head.as_bytes()).is_err()
+                        || stream.write_all(&piece[..n]).is_err()
+                        || stream.write_all(b"\r\n").is_err()
+                    {
+                        break;
+                    }
+                    sent += n;
+                }
+                let _ = stream.write_all(b"0\r\n\r\n");
+            }
+        });
+        format!("http://{addr}/")
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_up_to_its_cap_and_no_further() {
+        let client = reqwest::Client::new();
+        let deadline = || tokio::time::Instant::now() + Duration::from_secs(10);
+        let url = chunked_server(3 << 20);
+        let small = client.get(&url).send().await.unwrap();
+        match read_body(small, 1 << 20, deadline()).await {
+            Err(UpstreamError::Broken(m)) => assert!(m.contains("larger than 1 MiB"), "{m}"),
+            other => panic!(
+                "expected the cap to stop the read: {:?}",
+                other.map(|b| b.len())
+            ),
+        }
+        let whole = client.get(&url).send().await.unwrap();
+        assert_eq!(
+            read_body(whole, 4 << 20, deadline()).await.unwrap().len(),
+            3 << 20
+        );
+    }
 
     #[test]
     fn a_target_never_prints_its_key() {

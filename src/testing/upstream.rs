@@ -387,6 +387,29 @@ impl Drop for MockUpstream {
     }
 }
 
+/// An upstream base URL (`http://127.0.0.1:PORT/v1`) whose server answers every request
+/// with `302 Found` to the same path under `to` (`/v1` taken off): an allowlisted host that
+/// tries to send its client on to another address.
+pub fn redirector(to: String) -> io::Result<String> {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind(("127.0.0.1", 0))?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 65536];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let path = head.split_whitespace().nth(1).unwrap_or("/");
+            let path = path.strip_prefix("/v1").unwrap_or(path);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 302 Found\r\nLocation: {to}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    Ok(format!("http://{addr}/v1"))
+}
+
 /// A loopback URL (`http://127.0.0.1:PORT/v1`) where nothing listens: connecting is
 /// refused. The port was free a moment ago; another process could take it in between,
 /// which is unlikely enough for tests.

@@ -637,3 +637,71 @@ async fn a_tenant_is_exported_then_erased_completely_and_others_keep_everything(
     let out = cli(&app.home, &["tenant", "export", "bogus"]).await;
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+/// The move to another instance (a managed service runs the same binary on Postgres): the
+/// backup with its key files under a passphrase, restored into an empty Postgres database
+/// and a new data directory. On the new instance the old proxy key works, the calls are
+/// there, a certificate issued before the move still verifies, and the instance keeps its
+/// identity (the same signing key).
+#[tokio::test]
+async fn an_instance_moves_to_another_host_with_its_keys_and_certificates() {
+    let Some(setup) = ProxySetup::new(Backend::Sqlite) else {
+        return;
+    };
+    let Some(target) = DataHome::new(Backend::Postgres) else {
+        return;
+    };
+    let (app, up, _tenant, key, admin) = setup.start().await;
+    let call = call_id(&app.chat(&key, "before the move").await);
+    let res = app
+        .post_json(
+            "/v1/certificates",
+            &admin,
+            &serde_json::json!({ "call_id": call }),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let cert: Value = res.json().await.unwrap();
+    let cert_id = cert["certificate_id"].as_str().unwrap().to_owned();
+    let public_key: Value = app
+        .get("/v1/certificates/public-key")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let source = app.stop().await;
+    let pass = source.path().join("pass.txt");
+    std::fs::write(&pass, "a passphrase for the move\n").unwrap();
+    let file = backup(&source, &["--passphrase-file", pass.to_str().unwrap()]).await;
+
+    let out = cli(
+        &target,
+        &[
+            "restore",
+            file.to_str().unwrap(),
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let url = up.url();
+    let app = TestApp::start_with(target, |s| s.upstream_url = url).await;
+    let moved: Value = app
+        .get("/v1/certificates/public-key")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(moved, public_key, "the same instance key");
+    let check: Value = app
+        .get(&format!("/v1/certificates/{cert_id}/verify"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(check["valid"], true, "{check}");
+    assert_eq!(app.call(&admin, &call).await["id"], call.as_str());
+    assert_eq!(app.chat(&key, "after the move").await.status(), 200);
+    app.stop().await;
+}

@@ -498,42 +498,46 @@ async fn owners() -> Owners {
     }
 }
 
+/// Who acts on the kill switch: an API key, or a person through the console.
+enum By<'a> {
+    Key(&'a str),
+    Person(&'a ConsoleSession),
+}
+
 impl Owners {
-    /// `method` on a kill-switch endpoint as a console session (the operator names the tenant).
-    async fn as_person(
+    /// `method` on `/v1/killswitch/{what}` (a key) or `/api/killswitch/{what}` (a person;
+    /// the operator names the tenant).
+    async fn switch(
         &self,
-        who: &ConsoleSession,
+        by: By<'_>,
         method: reqwest::Method,
-        path: &str,
+        what: &str,
         body: serde_json::Value,
     ) -> reqwest::Response {
-        self.app
-            .client
-            .request(method, self.app.url(path))
-            .header("cookie", &who.cookie)
-            .header("x-csrf-token", &who.csrf)
-            .header("x-agv-tenant", &self.tenant)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
+        let req = match by {
+            By::Key(key) => self
+                .app
+                .client
+                .request(method, self.app.url(&format!("/v1/killswitch/{what}")))
+                .bearer_auth(key),
+            By::Person(who) => self
+                .app
+                .client
+                .request(method, self.app.url(&format!("/api/killswitch/{what}")))
+                .header("cookie", &who.cookie)
+                .header("x-csrf-token", &who.csrf)
+                .header("x-agv-tenant", &self.tenant),
+        };
+        req.json(&body).send().await.unwrap()
     }
 
-    async fn as_key(
-        &self,
-        key: &str,
-        method: reqwest::Method,
-        path: &str,
-        body: serde_json::Value,
-    ) -> reqwest::Response {
-        self.app
-            .client
-            .request(method, self.app.url(path))
-            .bearer_auth(key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
+    async fn freeze(&self, by: By<'_>, what: &str, body: serde_json::Value) -> u16 {
+        let res = self.switch(by, reqwest::Method::POST, what, body).await;
+        res.status().as_u16()
+    }
+
+    async fn lift(&self, by: By<'_>, what: &str, body: serde_json::Value) -> reqwest::Response {
+        self.switch(by, reqwest::Method::DELETE, what, body).await
     }
 }
 
@@ -550,150 +554,74 @@ async fn refused_as_not_yours(res: reqwest::Response, setter: &str) {
 
 #[tokio::test]
 async fn a_freeze_is_lifted_only_by_its_owner_or_the_operator() {
-    use reqwest::Method;
     use serde_json::json;
     let o = owners().await;
-    let reason = json!({"reason": "operator stop"});
+    let (op, owner) = (By::Person(&o.operator), By::Person(&o.owner));
+    let none = json!({});
 
-    // The operator freezes the tenant: neither the tenant's admin key nor its owner lifts it.
-    let res = o
-        .as_person(
-            &o.operator,
-            Method::POST,
-            "/api/killswitch/tenant",
-            reason.clone(),
-        )
-        .await;
-    assert_eq!(res.status(), 200);
-    let res = o
-        .as_key(&o.admin, Method::DELETE, "/v1/killswitch/tenant", json!({}))
-        .await;
-    refused_as_not_yours(res, "the operator").await;
-    let res = o
-        .as_person(
-            &o.owner,
-            Method::DELETE,
-            "/api/killswitch/tenant",
-            json!({}),
-        )
-        .await;
-    refused_as_not_yours(res, "the operator").await;
-    // Nor does freezing it again make the freeze the tenant's.
-    let res = o
-        .as_key(
-            &o.admin,
-            Method::POST,
-            "/v1/killswitch/tenant",
-            json!({"reason": "mine now"}),
-        )
-        .await;
-    refused_as_not_yours(res, "the operator").await;
-    let res = o
-        .as_key(&o.admin, Method::DELETE, "/v1/killswitch/tenant", json!({}))
-        .await;
-    refused_as_not_yours(res, "the operator").await;
+    // The operator freezes the tenant: neither the tenant's admin key nor its owner lifts it,
+    // nor does freezing it again make the freeze the tenant's.
+    assert_eq!(
+        o.freeze(By::Person(&o.operator), "tenant", json!({"reason": "stop"}))
+            .await,
+        200
+    );
+    refused_as_not_yours(
+        o.lift(By::Key(&o.admin), "tenant", none.clone()).await,
+        "the operator",
+    )
+    .await;
+    refused_as_not_yours(o.lift(owner, "tenant", none.clone()).await, "the operator").await;
+    let again = o.switch(
+        By::Key(&o.admin),
+        reqwest::Method::POST,
+        "tenant",
+        json!({"reason": "mine"}),
+    );
+    refused_as_not_yours(again.await, "the operator").await;
+    refused_as_not_yours(
+        o.lift(By::Key(&o.admin), "tenant", none.clone()).await,
+        "the operator",
+    )
+    .await;
     assert_eq!(o.app.chat(&o.key, "frozen").await.status(), 423);
-    let res = o
-        .as_person(
-            &o.operator,
-            Method::DELETE,
-            "/api/killswitch/tenant",
-            json!({}),
-        )
-        .await;
-    assert_eq!(res.status(), 200);
+    assert_eq!(o.lift(op, "tenant", none.clone()).await.status(), 200);
     assert_eq!(o.app.chat(&o.key, "lifted").await.status(), 200);
 
     // A freeze the tenant set itself: its keys and its people lift it, and so does the operator.
+    let people = [&o.owner, &o.operator];
     for (set, lift) in [
-        ("key", "key"),
-        ("key", "owner"),
-        ("owner", "key"),
-        ("key", "operator"),
+        (None, None),
+        (None, Some(0)),
+        (Some(0), None),
+        (None, Some(1)),
     ] {
-        let res = match set {
-            "key" => {
-                o.as_key(
-                    &o.admin,
-                    Method::POST,
-                    "/v1/killswitch/tenant",
-                    json!({"reason": "ours"}),
-                )
-                .await
-            }
-            _ => {
-                o.as_person(
-                    &o.owner,
-                    Method::POST,
-                    "/api/killswitch/tenant",
-                    json!({"reason": "ours"}),
-                )
-                .await
-            }
-        };
-        assert_eq!(res.status(), 200, "{set} freezes");
-        let res = match lift {
-            "key" => {
-                o.as_key(
-                    &o.admin2,
-                    Method::DELETE,
-                    "/v1/killswitch/tenant",
-                    json!({}),
-                )
-                .await
-            }
-            "owner" => {
-                o.as_person(
-                    &o.owner,
-                    Method::DELETE,
-                    "/api/killswitch/tenant",
-                    json!({}),
-                )
-                .await
-            }
-            _ => {
-                o.as_person(
-                    &o.operator,
-                    Method::DELETE,
-                    "/api/killswitch/tenant",
-                    json!({}),
-                )
-                .await
-            }
-        };
-        assert_eq!(res.status(), 200, "{lift} lifts the freeze {set} set");
+        let setter = set.map_or(By::Key(&o.admin), |i: usize| By::Person(people[i]));
+        assert_eq!(
+            o.freeze(setter, "tenant", json!({"reason": "ours"})).await,
+            200
+        );
+        let lifter = lift.map_or(By::Key(&o.admin2), |i: usize| By::Person(people[i]));
+        let res = o.lift(lifter, "tenant", none.clone()).await;
+        assert_eq!(res.status(), 200, "set by {set:?}, lifted by {lift:?}");
         assert_eq!(o.app.chat(&o.key, "lifted").await.status(), 200);
     }
 
     // The operator freezes one admin key: the tenant cannot lift that either.
-    let key_body = json!({"key_id": o.admin2_id, "reason": "operator stop"});
-    let res = o
-        .as_person(
-            &o.operator,
-            Method::POST,
-            "/api/killswitch/key",
-            key_body.clone(),
-        )
-        .await;
-    assert_eq!(res.status(), 200);
-    let res = o
-        .as_key(
-            &o.admin,
-            Method::DELETE,
-            "/v1/killswitch/key",
-            json!({"key_id": o.admin2_id}),
-        )
-        .await;
-    refused_as_not_yours(res, "the operator").await;
-    let res = o
-        .as_person(
-            &o.operator,
-            Method::DELETE,
-            "/api/killswitch/key",
-            json!({"key_id": o.admin2_id}),
-        )
-        .await;
-    assert_eq!(res.status(), 200);
+    let key = json!({"key_id": o.admin2_id, "reason": "operator stop"});
+    assert_eq!(
+        o.freeze(By::Person(&o.operator), "key", key.clone()).await,
+        200
+    );
+    refused_as_not_yours(
+        o.lift(By::Key(&o.admin), "key", key.clone()).await,
+        "the operator",
+    )
+    .await;
+    assert_eq!(
+        o.lift(By::Person(&o.operator), "key", key).await.status(),
+        200
+    );
     o.app.stop().await;
 }
 
@@ -702,68 +630,47 @@ async fn a_frozen_admin_key_can_only_read() {
     use reqwest::Method;
     use serde_json::json;
     let o = owners().await;
-    let res = o
-        .as_key(
-            &o.admin,
-            Method::POST,
-            "/v1/killswitch/key",
-            json!({"key_id": o.admin2_id, "reason": "leaked"}),
-        )
-        .await;
-    assert_eq!(res.status(), 200);
+    let key = json!({"key_id": o.admin2_id, "reason": "leaked"});
+    assert_eq!(o.freeze(By::Key(&o.admin), "key", key.clone()).await, 200);
 
     // It cannot unfreeze itself, nor change anything else.
-    for (method, path, body) in [
-        (
-            Method::DELETE,
-            "/v1/killswitch/key",
-            json!({"key_id": o.admin2_id}),
-        ),
-        (Method::DELETE, "/v1/killswitch/tenant", json!({})),
-        (
+    let policies = o
+        .app
+        .client
+        .put(o.app.url("/v1/policies"))
+        .bearer_auth(&o.admin2)
+        .json(&json!({"key_requests_per_minute": 1}))
+        .send();
+    for res in [
+        o.lift(By::Key(&o.admin2), "key", key.clone()).await,
+        o.lift(By::Key(&o.admin2), "tenant", json!({})).await,
+        o.switch(
+            By::Key(&o.admin2),
             Method::POST,
-            "/v1/killswitch/tenant",
-            json!({"reason": "spite"}),
-        ),
-        (
-            Method::PUT,
-            "/v1/policies",
-            json!({"key_requests_per_minute": 1}),
-        ),
+            "tenant",
+            json!({"reason": "x"}),
+        )
+        .await,
+        policies.await.unwrap(),
     ] {
-        let res = o.as_key(&o.admin2, method.clone(), path, body).await;
-        assert_eq!(res.status(), 403, "{method} {path}");
+        assert_eq!(res.status(), 403);
         let err: serde_json::Value = res.json().await.unwrap();
         assert_eq!(err["error"]["code"], "key_frozen", "{err}");
-        assert!(
-            err["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("only read"),
-            "{err}"
-        );
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(message.contains("only read"), "{err}");
     }
     // Reading still works.
     let res = o.app.get_with_key("/v1/killswitch/status", &o.admin2).await;
     assert_eq!(res.status(), 200);
-    // Another admin key of the tenant lifts the freeze the tenant set.
+    // Another admin key of the tenant lifts the freeze the tenant set; then it may write.
+    assert_eq!(o.lift(By::Key(&o.admin), "key", key).await.status(), 200);
+    let rpm = json!({"key_requests_per_minute": 600});
     let res = o
-        .as_key(
-            &o.admin,
-            Method::DELETE,
-            "/v1/killswitch/key",
-            json!({"key_id": o.admin2_id}),
-        )
-        .await;
-    assert_eq!(res.status(), 200);
-    let res = o
-        .as_key(
-            &o.admin2,
-            Method::PUT,
-            "/v1/policies",
-            json!({"key_requests_per_minute": 600}),
-        )
-        .await;
-    assert_eq!(res.status(), 200);
+        .app
+        .client
+        .put(o.app.url("/v1/policies"))
+        .bearer_auth(&o.admin2)
+        .json(&rpm);
+    assert_eq!(res.send().await.unwrap().status(), 200);
     o.app.stop().await;
 }

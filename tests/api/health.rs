@@ -341,3 +341,23 @@ async fn health_probes_are_not_logged_at_info_but_other_requests_are() {
         .collect();
     assert_eq!(logged, ["/v1/models"], "{rest}");
 }
+
+#[tokio::test]
+async fn with_a_metrics_token_set_metrics_need_it() {
+    let home = crate::helpers::DataHome::new(crate::helpers::Backend::Sqlite).unwrap();
+    let app = crate::helpers::TestApp::start_with(home, |s| {
+        s.metrics_token = Some("scrape-token-0123456789".into());
+    })
+    .await;
+    assert_eq!(app.get("/metrics").await.status(), 401);
+    let wrong = app
+        .get_with_key("/metrics", "scrape-token-0000000000")
+        .await;
+    assert_eq!(wrong.status(), 401);
+    let res = app
+        .get_with_key("/metrics", "scrape-token-0123456789")
+        .await;
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().contains("agv_uptime_seconds"));
+    app.stop().await;
+}

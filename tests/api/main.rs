@@ -19,6 +19,7 @@ mod enforcement;
 mod export;
 mod faults;
 mod health;
+mod hostile;
 mod incidents;
 mod install;
 mod instance;

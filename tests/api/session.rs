@@ -254,8 +254,8 @@ async fn login_from(app: &TestApp, from: &str, email: &str, password: &str) -> u
         .as_u16()
 }
 
-#[tokio::test]
-async fn an_attack_on_the_operators_account_does_not_lock_the_operator_out() {
+/// A data directory with the operator `ops@example.com`.
+fn operator_home() -> DataHome {
     let home = DataHome::new(Backend::Sqlite).unwrap();
     home.make_user(
         "ops@example.com",
@@ -263,6 +263,12 @@ async fn an_attack_on_the_operators_account_does_not_lock_the_operator_out() {
         None,
         "the operator's password",
     );
+    home
+}
+
+#[tokio::test]
+async fn an_attack_on_the_operators_account_does_not_lock_the_operator_out() {
+    let home = operator_home();
     let app = TestApp::start_with(home, |s| {
         s.unauth_rate_limit_per_minute = 0;
         // The server sits behind a reverse proxy on this machine.
@@ -302,13 +308,7 @@ async fn an_attack_on_the_operators_account_does_not_lock_the_operator_out() {
     app.stop().await;
 
     // Without a trusted proxy the header is ignored: rotating it does not escape the lock.
-    let home = DataHome::new(Backend::Sqlite).unwrap();
-    home.make_user(
-        "ops@example.com",
-        "operator",
-        None,
-        "the operator's password",
-    );
+    let home = operator_home();
     let app = TestApp::start_with(home, |s| s.unauth_rate_limit_per_minute = 0).await;
     for i in 0..5 {
         let spoofed = format!("192.0.2.{i}");
@@ -358,5 +358,47 @@ async fn set_up_checks_its_link_before_hashing_and_a_made_up_cookie_earns_no_exe
     }
     assert_eq!(statuses[..4], [403; 4], "{statuses:?}");
     assert_eq!(statuses[4..], [429, 429], "{statuses:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn one_person_may_hold_only_a_few_live_event_streams_open() {
+    let home = operator_home();
+    let app = TestApp::start_with(home, |s| s.unauth_rate_limit_per_minute = 0).await;
+    let me = crate::helpers::ConsoleSession::sign_in(
+        &app.client,
+        &app.url(""),
+        "ops@example.com",
+        "the operator's password",
+    )
+    .await;
+    let open = || {
+        app.client
+            .get(app.url("/api/events"))
+            .header("cookie", &me.cookie)
+            .send()
+    };
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        let res = open().await.unwrap();
+        assert_eq!(res.status(), 200);
+        streams.push(res);
+    }
+    let res = open().await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    // A closed stream frees its place once the server notices (its next tick).
+    drop(streams.pop());
+    let mut status = 0;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let res = open().await.unwrap();
+        status = res.status().as_u16();
+        if status == 200 {
+            break;
+        }
+    }
+    assert_eq!(status, 200, "the closed stream's place is free again");
+    drop(streams);
     app.stop().await;
 }

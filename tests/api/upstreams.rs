@@ -403,29 +403,6 @@ async fn a_tenant_upstream_changed_by_another_process_is_picked_up_from_the_chan
     app.stop().await;
 }
 
-/// A server that answers every request with `302 Found` to the same path under `to`: an
-/// allowlisted host sending agv-server's upstream client to an internal address.
-fn redirector(to: String) -> String {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut buf = [0u8; 65536];
-            let n = stream.read(&mut buf).unwrap_or(0);
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let path = head.split_whitespace().nth(1).unwrap_or("/v1/models");
-            let path = path.strip_prefix("/v1").unwrap_or(path);
-            let _ = write!(
-                stream,
-                "HTTP/1.1 302 Found\r\nLocation: {to}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            );
-        }
-    });
-    format!("http://{addr}/v1")
-}
-
 #[tokio::test]
 async fn an_upstream_that_redirects_is_an_upstream_error_and_the_redirect_is_not_followed() {
     let Some((home, t)) = two_upstreams(Backend::Sqlite) else {
@@ -433,9 +410,9 @@ async fn an_upstream_that_redirects_is_an_upstream_error_and_the_redirect_is_not
     };
     // The internal service the redirect points at: it must never be reached.
     let internal = MockUpstream::start();
-    let allowlisted = redirector(internal.url());
+    let allowlisted = agv_server::testing::upstream::redirector(internal.url()).unwrap();
     let app = TestApp::start_with(home, |s| {
-        s.upstream_url = redirector(internal.url());
+        s.upstream_url = agv_server::testing::upstream::redirector(internal.url()).unwrap();
         s.upstream_timeout = Duration::from_secs(3);
         s.unauth_rate_limit_per_minute = 0;
         s.tenant_upstream_allowlist =
