@@ -21,7 +21,9 @@
 #
 # Environment: AGV_DOCKER_PROFILE (cargo profile of the image, default `release` to keep
 # the test short; `dist` is what the compose file builds by default),
-# AGV_DOCKER_MOCK_BIN (a mock_upstream binary already built, else cargo builds it).
+# AGV_DOCKER_MOCK_BIN (a mock_upstream binary already built, else cargo builds it),
+# AGV_DOCKER_COMPOSE (the compose command, e.g. `docker-compose`; default `docker compose`
+# when the plugin is there, else docker-compose).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -49,7 +51,9 @@ skip() {
 
 command -v docker >/dev/null 2>&1 || skip "no docker CLI"
 docker info >/dev/null 2>&1 || skip "no Docker daemon answers"
-if docker compose version >/dev/null 2>&1; then
+if [ -n "${AGV_DOCKER_COMPOSE:-}" ]; then
+  read -r -a compose_cmd <<<"$AGV_DOCKER_COMPOSE"
+elif docker compose version >/dev/null 2>&1; then
   compose_cmd=(docker compose)
 elif command -v docker-compose >/dev/null 2>&1; then
   compose_cmd=(docker-compose)
