@@ -971,6 +971,18 @@ print(json.dumps({"id": r.id, "content": r.choices[0].message.content}))
         .await;
     ui.photo("operator-after-first-call").await;
     no_error_walls(&ui, "operator").await;
+    // The way to a managed service (or a bigger host): a backup here with this server's
+    // own data directory, a restore there.
+    let managed = ui.el("managed-service").await.text().await.unwrap();
+    let data_dir = std::fs::canonicalize(home.path()).unwrap();
+    assert!(
+        managed.contains(&format!(
+            "--data {} backup --passphrase-file",
+            data_dir.display()
+        )) || managed.contains(&format!("--data {} backup", home.path().display())),
+        "{managed}"
+    );
+    assert!(managed.contains("restore"), "{managed}");
 
     ui.driver.clone().quit().await.unwrap();
     drop(driver);

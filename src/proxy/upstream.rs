@@ -349,8 +349,7 @@ pub async fn probe(target: &UpstreamTarget, timeout: Duration) -> Probe {
         latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         message,
     };
-    let client = match reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
+    let client = match crate::outbound::builder()
         .connect_timeout(timeout)
         .timeout(timeout)
         .build()

@@ -30,7 +30,8 @@ async fn a_frozen_tenant_gets_423_at_once_and_the_upstream_sees_nothing(backend:
         .post_json(
             "/v1/chat/completions",
             &key,
-            &serde_json::json!({"model": "gpt-4o-mini", "stream": true, "messages": []}),
+            &serde_json::json!({"model": "gpt-4o-mini", "stream": true,
+                "messages": [{"role": "user", "content": "frozen stream"}]}),
         )
         .await;
     assert_eq!(stream.status(), 423);

@@ -37,7 +37,8 @@ export default {
         <section class="card"><div class="card-head"><h2>Backups</h2><button type="button" class="btn btn-sm btn-primary" data-action="backup" data-testid="backup-now">Back up now</button></div><div class="card-body flush" id="op-backups"></div></section>
         <section class="card"><div class="card-head"><h2>Jobs</h2></div><div class="card-body flush" id="op-jobs"></div></section>
       </div>
-      <section class="card"><div class="card-head"><h2>Updates</h2><button type="button" class="btn btn-sm" data-action="update-check" data-testid="update-check">Check now</button></div><div class="card-body" id="op-update" aria-live="polite"></div></section>`);
+      <section class="card"><div class="card-head"><h2>Updates</h2><button type="button" class="btn btn-sm" data-action="update-check" data-testid="update-check">Check now</button></div><div class="card-body" id="op-update" aria-live="polite"></div></section>
+      <section class="card" data-testid="managed-service"><div class="card-head"><h2>Managed service</h2><span class="hint">optional — this instance needs nothing from outside</span></div><div class="card-body" id="op-managed"><p class="hint">Loading…</p></div></section>`);
     const $ = (id) => root.querySelector(id);
 
     const get = async (key, path) => {
@@ -199,7 +200,18 @@ export default {
         if (err?.name === "AbortError") return;
         setup = err instanceof Error ? err : new Error(String(err));
       }
-      if (ctx.alive()) renderFirstRun(box, setup);
+      if (ctx.alive()) { renderFirstRun(box, setup); drawManaged(); }
+    }
+
+    // What a managed service adds, and the move there (or to a bigger host): one backup,
+    // one restore. The commands carry this server's own data directory.
+    function drawManaged() {
+      const prefix = setup && !(setup instanceof Error) && setup.cli?.prefix ? setup.cli.prefix : "agv-server";
+      render($("#op-managed"), html`<p>A managed agv-server runs this same binary on an operated Postgres. What it adds is operations, not features: point-in-time recovery, off-site backups, upgrades and someone on call. Nothing here phones home; moving is a backup here and a restore there, and everything comes along — calls, incidents, keys (your clients keep theirs) and this instance's signing key, so certificates issued here still verify.</p>
+        <pre><code>${prefix} backup --passphrase-file pass.txt</code></pre>
+        <p class="hint">The passphrase seals the instance's key files into the backup. On the new host, into an empty database:</p>
+        <pre><code>agv-server --data ./data --database-url postgres://… restore agv-backup-….tar --passphrase-file pass.txt</code></pre>
+        <p class="hint">README, “Moving to another host, or to a managed service”, has the details.</p>`);
     }
 
     const tenantForm = root.querySelector("#tenant-form");
