@@ -16,7 +16,7 @@
 //! record on its own thread, as a group of one ([`Store::try_insert_calls`], which never
 //! waits: the writer lock is only tried). The writer is still one at a time — the store's
 //! writer lock — and under load, when records queue, the thread commits them in groups as
-//! before. Measured at 1,000 req/s (bench/README.md, session 8): the recorder's wait
+//! before. Measured at 1,000 req/s (bench/README.md, the 2026-12-05 runs recorded in 294b470): the recorder's wait
 //! under 100 µs for 80% of calls instead of 8%, and ~47 µs less CPU per call.
 //!
 //! [`Store::try_insert_calls`]: crate::store::Store::try_insert_calls

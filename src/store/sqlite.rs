@@ -191,7 +191,7 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 /// Often, in small rounds: each round's I/O (the WAL's `fsync` before SQLite copies, the
 /// writeback after) reaches the request threads even though the checkpointer itself runs
 /// in the idle class, and the larger the round the longer the stall. Measured at 1,000
-/// req/s (bench/README.md, session 12), the proxy's added p99, median of 6 rounds: 0.85 and
+/// req/s (bench/README.md, the 2026-12-06 runs of 2c8078e), the proxy's added p99, median of 6 rounds: 0.85 and
 /// 1.19 ms with rounds every 100 ms, 0.59 and 0.58 ms every 25 ms; in sets of 4 rounds,
 /// 1.28 ms every 500 ms against 0.94 ms every 100 ms, and 0.29 ms with neither checkpoints
 /// nor text indexing — but without checkpoints the WAL grows without end.
