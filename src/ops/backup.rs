@@ -3,7 +3,8 @@
 //! sealed with a passphrase when one is given, and a manifest signed with the instance's
 //! Ed25519 key.
 //!
-//! The file is a tar archive (`agv-backup-<UTC time>.tar`), readable with standard tools:
+//! The file is a tar archive (`agv-backup-<UTC time>.tar`; `…-2.tar`, `…-3.tar` for more
+//! taken in one second), readable with standard tools:
 //!
 //! ```text
 //! manifest.json            what is inside: versions, per-table row counts and SHA-256
@@ -116,6 +117,40 @@ fn utc_stamp() -> String {
     chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string()
 }
 
+/// Tells apart the work files of backups taken in the same second, in this process or another.
+fn unique_suffix() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n}", std::process::id())
+}
+
+/// Gives the finished `partial` its name, `<name>.tar`, or `<name>-2.tar`, `-3`, … when a
+/// backup taken in the same second already has it: a backup never replaces another. The
+/// link fails when the name exists, so two processes cannot both take one name.
+fn place_without_overwriting(partial: &Path, dir: &Path, name: &str) -> Result<PathBuf, String> {
+    for n in 1..=1000u32 {
+        let path = match n {
+            1 => dir.join(format!("{name}.tar")),
+            n => dir.join(format!("{name}-{n}.tar")),
+        };
+        match std::fs::hard_link(partial, &path) {
+            Ok(()) => return Ok(path),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            // A file system without hard links: the name is checked, then renamed into.
+            Err(_) if !path.exists() => {
+                std::fs::rename(partial, &path).map_err(io("cannot rename into place", &path))?;
+                return Ok(path);
+            }
+            Err(_) => continue,
+        }
+    }
+    Err(format!(
+        "cannot name the backup: {} already holds 1000 backups named {name}*.tar from this second; \
+         move some away and try again",
+        dir.display()
+    ))
+}
+
 /// Writes a backup of `store` (and, with a passphrase, the data directory's key files) into
 /// `out_dir`. Returns the file; a failure leaves no partial file behind.
 pub fn create(
@@ -142,7 +177,7 @@ pub fn create_for(
 ) -> Result<BackupDone, String> {
     std::fs::create_dir_all(out_dir).map_err(io("cannot create the backup directory", out_dir))?;
     let stamp = utc_stamp();
-    let work = out_dir.join(format!(".agv-backup-{stamp}.tmp"));
+    let work = out_dir.join(format!(".agv-backup-{stamp}-{}.tmp", unique_suffix()));
     let result = create_in(
         store, tenant, data_dir, out_dir, &work, &stamp, key, passphrase, progress,
     );
@@ -266,11 +301,11 @@ fn create_in(
         .map_err(|e| format!("cannot write the manifest: {e}"))?;
     let signature = key.sign_detached(&manifest_bytes);
 
-    let final_path = match tenant {
-        None => out_dir.join(format!("agv-backup-{stamp}.tar")),
-        Some(t) => out_dir.join(format!("agv-tenant-{t}-{stamp}.tar")),
+    let name = match tenant {
+        None => format!("agv-backup-{stamp}"),
+        Some(t) => format!("agv-tenant-{t}-{stamp}"),
     };
-    let partial = out_dir.join(format!(".agv-backup-{stamp}.tar.partial"));
+    let partial = out_dir.join(format!(".{name}-{}.tar.partial", unique_suffix()));
     let written = (|| -> Result<(), String> {
         let file = File::create(&partial).map_err(io("cannot write", &partial))?;
         let mut tar = tar::Builder::new(BufWriter::new(file));
@@ -311,7 +346,9 @@ fn create_in(
         let _ = std::fs::remove_file(&partial);
         return Err(e);
     }
-    std::fs::rename(&partial, &final_path).map_err(io("cannot rename into place", &final_path))?;
+    let placed = place_without_overwriting(&partial, out_dir, &name);
+    let _ = std::fs::remove_file(&partial);
+    let final_path = placed?;
     let bytes = std::fs::metadata(&final_path)
         .map(|m| m.len())
         .unwrap_or_default();
@@ -897,20 +934,29 @@ pub fn list(dir: &Path) -> Vec<(PathBuf, chrono::DateTime<chrono::Utc>)> {
     let mut out: Vec<_> = entries
         .filter_map(Result::ok)
         .filter_map(|e| {
-            let at = taken_at(&e.file_name().to_string_lossy())?;
-            Some((e.path(), at))
+            let (at, n) = stamp_of(&e.file_name().to_string_lossy())?;
+            Some((e.path(), at, n))
         })
         .collect();
-    out.sort_by_key(|b| std::cmp::Reverse(b.1));
-    out
+    out.sort_by_key(|b| std::cmp::Reverse((b.1, b.2)));
+    out.into_iter().map(|(path, at, _)| (path, at)).collect()
 }
 
-/// The time in an automatic backup's file name (`agv-backup-<UTC time>.tar`); `None` for
-/// any other name (tenant exports, partial files, anything else).
+/// The time in an automatic backup's file name (`agv-backup-<UTC time>.tar`, or
+/// `…-<n>.tar` for the n-th taken in that second); `None` for any other name (tenant
+/// exports, partial files, anything else).
 pub fn taken_at(name: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    stamp_of(name).map(|(at, _)| at)
+}
+
+fn stamp_of(name: &str) -> Option<(chrono::DateTime<chrono::Utc>, u32)> {
     let stamp = name.strip_prefix("agv-backup-")?.strip_suffix(".tar")?;
+    let (stamp, n) = match stamp.split_once('-') {
+        Some((stamp, n)) => (stamp, n.parse().ok().filter(|n| *n >= 2)?),
+        None => (stamp, 1),
+    };
     let t = chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ").ok()?;
-    Some(t.and_utc())
+    Some((t.and_utc(), n))
 }
 
 /// Which backups to delete so that the newest of each of the last `daily` days and the
@@ -1066,18 +1112,39 @@ mod tests {
     }
 
     #[test]
+    fn two_backups_within_one_second_are_two_files() {
+        let data = tempfile::tempdir().unwrap();
+        let store = crate::store::open(data.path(), None).unwrap();
+        let key = CertSigningKey::generate();
+        let out = data.path().join("backups");
+        let take = || create(&store, data.path(), &out, &key, None, &mut |_, _| {}).unwrap();
+        let (a, b, c) = (take(), take(), take());
+        assert_ne!(a.path, b.path);
+        assert_ne!(b.path, c.path);
+        let listed = list(&out);
+        assert_eq!(listed.len(), 3, "none overwrote another: {listed:?}");
+        assert_eq!(listed[0].0, c.path, "the newest is listed first");
+        for done in [a, b, c] {
+            assert!(unpack(&done.path, data.path(), None).is_ok());
+        }
+    }
+
+    #[test]
     fn listing_reads_the_time_from_the_name_and_skips_other_files() {
         let dir = tempfile::tempdir().unwrap();
         for name in [
             "agv-backup-20261201T030000Z.tar",
             "agv-backup-20261202T030000Z.tar",
+            "agv-backup-20261202T030000Z-2.tar",
+            "agv-backup-20261202T030000Z-x.tar",
             ".agv-backup-20261203T030000Z.tar.partial",
             "notes.txt",
         ] {
             std::fs::write(dir.path().join(name), b"x").unwrap();
         }
         let l = list(dir.path());
-        assert_eq!(l.len(), 2);
-        assert!(l[0].0.ends_with("agv-backup-20261202T030000Z.tar"));
+        assert_eq!(l.len(), 3);
+        assert!(l[0].0.ends_with("agv-backup-20261202T030000Z-2.tar"));
+        assert!(l[1].0.ends_with("agv-backup-20261202T030000Z.tar"));
     }
 }
