@@ -7,6 +7,7 @@
 // allow-unwrap-in-tests does not reach; a failed unwrap in a test is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use agv_server::domain::RecordedRequest;
 use agv_server::domain::call::endpoint;
 use agv_server::domain::decision::policy;
 use agv_server::domain::{
@@ -189,6 +190,8 @@ conformance! {
         pages_of_calls_have_no_gaps_or_duplicates_even_within_one_millisecond,
         a_page_of_calls_holds_at_most_a_thousand,
         calls_of_another_tenant_are_neither_found_nor_listed,
+        calls_are_read_for_a_replay_oldest_first_with_their_requests_and_no_responses,
+        the_key_at_a_depth_bounds_a_replay_to_the_newest_calls,
         call_counts_and_spend_cover_the_window_of_one_tenant_and_skip_unknown_costs,
         freezes_and_unfreezes_are_kept_as_history_and_the_latest_event_per_target_wins,
         of_two_events_in_the_same_millisecond_the_later_insert_wins,
@@ -1268,6 +1271,138 @@ fn a_page_of_calls_holds_at_most_a_thousand(store: &dyn Store) {
         .unwrap();
     assert_eq!(page.len(), 1000);
     assert_eq!(page[0].created_at, at(1000));
+}
+
+/// Calls in arrival order, a replay's page at a time, all of them.
+fn replay_pages(
+    store: &dyn Store,
+    tenant: &TenantId,
+    filter: &CallFilter,
+    start: Option<CallCursor>,
+    size: u32,
+) -> Vec<RecordedRequest> {
+    let (mut all, mut after) = (Vec::new(), start);
+    loop {
+        let page = store
+            .recorded_requests(tenant, filter, after.as_ref(), size)
+            .unwrap();
+        assert!(page.len() <= size as usize);
+        let Some(last) = page.last() else {
+            return all;
+        };
+        after = Some(last.cursor());
+        all.extend(page);
+    }
+}
+
+fn calls_are_read_for_a_replay_oldest_first_with_their_requests_and_no_responses(
+    store: &dyn Store,
+) {
+    let t = new_tenant(store, "Acme", 0);
+    let other = new_tenant(store, "Other", 1);
+    let key = KeyId::generate();
+    // Full and bare calls, clusters within one millisecond, another tenant's calls between.
+    let mut calls = Vec::new();
+    for (i, created) in [5, 5, 5, 9, 1, 12, 12, 3, 20, 20, 20, 20, 7]
+        .into_iter()
+        .enumerate()
+    {
+        let mut c = if i % 2 == 0 {
+            full_call(&t.id, &key, created)
+        } else {
+            bare_call(&t.id, &key, created)
+        };
+        c.prompt_tokens = c.prompt_tokens.map(|_| i as i64);
+        calls.push(c);
+    }
+    let theirs: Vec<CallRecord> = (0..4).map(|i| full_call(&other.id, &key, i * 5)).collect();
+    store.insert_calls(&theirs).unwrap();
+    store.insert_calls(&calls).unwrap();
+    calls.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    let expected: Vec<RecordedRequest> = calls.iter().map(RecordedRequest::from).collect();
+
+    for size in [1, 4, 13, 1000] {
+        assert_eq!(
+            replay_pages(store, &t.id, &CallFilter::default(), None, size),
+            expected,
+            "page size {size}"
+        );
+    }
+    // A time range, and a start strictly after a call within a shared millisecond.
+    let range = CallFilter {
+        since: Some(at(5)),
+        until: Some(at(20)),
+        ..CallFilter::default()
+    };
+    let in_range: Vec<RecordedRequest> = expected
+        .iter()
+        .filter(|c| (at(5)..at(20)).contains(&c.created_at))
+        .cloned()
+        .collect();
+    assert_eq!(replay_pages(store, &t.id, &range, None, 2), in_range);
+    assert_eq!(
+        replay_pages(store, &t.id, &range, Some(in_range[1].cursor()), 3),
+        in_range[2..]
+    );
+    assert!(
+        store
+            .recorded_requests(&t.id, &CallFilter::default(), None, 0)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+fn the_key_at_a_depth_bounds_a_replay_to_the_newest_calls(store: &dyn Store) {
+    let t = new_tenant(store, "Acme", 0);
+    let other = new_tenant(store, "Other", 1);
+    let key = KeyId::generate();
+    let mut calls: Vec<CallRecord> = [4, 4, 4, 8, 1, 15, 15, 2]
+        .into_iter()
+        .map(|created| bare_call(&t.id, &key, created))
+        .collect();
+    store.insert_calls(&calls).unwrap();
+    store
+        .insert_calls(&[bare_call(&other.id, &key, 30)])
+        .unwrap();
+    calls.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+    let key_of = |c: &CallRecord| CallCursor {
+        created_at: c.created_at,
+        id: c.id.clone(),
+    };
+    let all = CallFilter::default();
+    for skip in 0..8 {
+        assert_eq!(
+            store.call_key_at(&t.id, &all, skip).unwrap(),
+            Some(key_of(&calls[skip as usize])),
+            "skip {skip}"
+        );
+    }
+    assert_eq!(store.call_key_at(&t.id, &all, 8).unwrap(), None);
+    // Replaying after the key at depth n gives exactly the newest n, oldest first.
+    for n in [1, 3, 5, 7] {
+        let start = store.call_key_at(&t.id, &all, n).unwrap();
+        let replayed = replay_pages(store, &t.id, &all, start, 2);
+        let mut newest: Vec<CallId> = calls[..n as usize].iter().map(|c| c.id.clone()).collect();
+        newest.reverse();
+        assert_eq!(
+            replayed.into_iter().map(|c| c.id).collect::<Vec<_>>(),
+            newest,
+            "newest {n}"
+        );
+    }
+    let since = CallFilter {
+        since: Some(at(4)),
+        ..CallFilter::default()
+    };
+    assert_eq!(
+        store.call_key_at(&t.id, &since, 6).unwrap(),
+        None,
+        "six calls from 4 on"
+    );
+    assert_eq!(
+        store.call_key_at(&t.id, &since, 5).unwrap(),
+        Some(key_of(&calls[5]))
+    );
 }
 
 fn calls_of_another_tenant_are_neither_found_nor_listed(store: &dyn Store) {
@@ -3892,4 +4027,345 @@ fn parallel_leases_of_a_shared_quota_never_grant_more_than_it_holds(store: &dyn 
         .return_quotas(&[], Timestamp::from_millis(now + 60_001))
         .unwrap();
     assert_eq!(store.quota_level(&req.name).unwrap(), None);
+}
+
+// ---------------------------------------------------------------------------------------
+// Managing people
+
+mod people {
+    use super::*;
+    use agv_server::domain::InvitationId;
+    use agv_server::domain::audit::{Actor, AuditAction, AuditFilter, NewAuditEntry};
+    use agv_server::domain::user::Invitation;
+
+    conformance! {
+        store: [
+            a_disabled_user_has_no_live_session_until_enabled_and_keeps_the_first_time,
+            the_last_enabled_owner_of_a_tenant_cannot_be_disabled_demoted_or_deleted,
+            the_last_enabled_operator_cannot_be_disabled_or_deleted_nor_change_role,
+            an_owner_sees_only_their_tenants_people_and_nothing_else_changes,
+            deleting_a_user_ends_their_sessions_and_keeps_their_audit_entries,
+            ending_a_users_sessions_counts_them_and_spares_everyone_else,
+            a_revoked_invitation_cannot_be_accepted_and_an_accepted_one_cannot_be_revoked,
+            two_owners_demoting_each_other_at_once_leave_one_owner,
+        ],
+        db: [],
+        fresh: [],
+        task: [],
+    }
+
+    fn person(store: &dyn Store, email: &str, tenant: Option<&TenantId>, role: Role) -> UserId {
+        let mut u = new_user(email, tenant);
+        u.role = role;
+        store.create_user(&u).unwrap().id
+    }
+
+    fn conflict<T: std::fmt::Debug>(r: StoreResult<T>, says: &str) {
+        match r {
+            Err(StoreError::Conflict(m)) => assert!(m.contains(says), "{m}"),
+            other => panic!("expected a conflict saying {says:?}, got {other:?}"),
+        }
+    }
+
+    fn a_disabled_user_has_no_live_session_until_enabled_and_keeps_the_first_time(
+        store: &dyn Store,
+    ) {
+        let t = new_tenant(store, "Acme", 0);
+        let ada = person(store, "ada@example.com", Some(&t.id), Role::Admin);
+        let bob = person(store, "bob@example.com", Some(&t.id), Role::Admin);
+        for (u, h) in [(&ada, "ada-1"), (&ada, "ada-2"), (&bob, "bob-1")] {
+            store.create_session(&new_session(u, h, 1000)).unwrap();
+        }
+        let before = store.set_user_disabled(None, &ada, Some(at(5))).unwrap();
+        assert_eq!(before.disabled_at, None, "the user as they were");
+        assert_eq!(store.get_user(&ada).unwrap().disabled_at, Some(at(5)));
+        assert_eq!(store.find_session("ada-1", at(6)).unwrap(), None);
+        assert!(store.find_session("bob-1", at(6)).unwrap().is_some());
+        // Disabling again keeps the first time.
+        store.set_user_disabled(None, &ada, Some(at(9))).unwrap();
+        // A session made while disabled (none should be) does not count either.
+        store
+            .create_session(&new_session(&ada, "ada-3", 1000))
+            .unwrap();
+        assert_eq!(store.find_session("ada-3", at(6)).unwrap(), None);
+        let listed = store.list_users(Some(&t.id)).unwrap();
+        let listed_ada = listed.iter().find(|u| u.id == ada).unwrap();
+        assert_eq!(listed_ada.disabled_at, Some(at(5)));
+        assert!(listed_ada.is_disabled());
+
+        let before = store.set_user_disabled(Some(&t.id), &ada, None).unwrap();
+        assert_eq!(before.disabled_at, Some(at(5)));
+        let found = store
+            .find_user_by_email(&Email::parse("ada@example.com").unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.disabled_at, None);
+        assert!(store.find_session("ada-3", at(6)).unwrap().is_some());
+        assert!(matches!(
+            store.set_user_disabled(None, &UserId::generate(), Some(at(1))),
+            Err(StoreError::NotFound)
+        ));
+    }
+
+    fn the_last_enabled_owner_of_a_tenant_cannot_be_disabled_demoted_or_deleted(store: &dyn Store) {
+        let t = new_tenant(store, "Acme", 0);
+        let first = person(store, "first@example.com", Some(&t.id), Role::Owner);
+        let admin = person(store, "admin@example.com", Some(&t.id), Role::Admin);
+        // An operator elsewhere does not count as the tenant's owner.
+        person(store, "root@example.com", None, Role::Operator);
+        for scope in [None, Some(&t.id)] {
+            conflict(
+                store.set_user_disabled(scope, &first, Some(at(1))),
+                "last enabled owner",
+            );
+            conflict(
+                store.set_user_role(scope, &first, Role::Admin),
+                "last enabled owner",
+            );
+            conflict(store.delete_user(scope, &first), "last enabled owner");
+        }
+        let u = store.get_user(&first).unwrap();
+        assert_eq!(
+            (u.role, u.disabled_at),
+            (Role::Owner, None),
+            "nothing changed"
+        );
+        // Keeping the role, and changes to others, are fine.
+        store.set_user_role(None, &first, Role::Owner).unwrap();
+        store.set_user_role(None, &admin, Role::Viewer).unwrap();
+        store.set_user_disabled(None, &admin, Some(at(1))).unwrap();
+
+        // A second owner, once enabled, lets the first go.
+        let second = person(store, "second@example.com", Some(&t.id), Role::Owner);
+        store.set_user_disabled(None, &second, Some(at(1))).unwrap();
+        conflict(
+            store.set_user_role(None, &first, Role::Viewer),
+            "first@example.com",
+        );
+        store.set_user_disabled(None, &second, None).unwrap();
+        let before = store.set_user_role(None, &first, Role::Viewer).unwrap();
+        assert_eq!(before.role, Role::Owner);
+        assert_eq!(store.get_user(&first).unwrap().role, Role::Viewer);
+        conflict(store.delete_user(None, &second), "last enabled owner");
+        // A disabled owner is not in charge: deleting them takes no one away.
+        store.set_user_role(None, &first, Role::Owner).unwrap();
+        store.set_user_disabled(None, &first, Some(at(2))).unwrap();
+        conflict(store.set_user_disabled(None, &second, Some(at(2))), "last");
+        store.delete_user(None, &first).unwrap();
+        assert!(matches!(store.get_user(&first), Err(StoreError::NotFound)));
+    }
+
+    fn the_last_enabled_operator_cannot_be_disabled_or_deleted_nor_change_role(store: &dyn Store) {
+        let t = new_tenant(store, "Acme", 0);
+        let root = person(store, "root@example.com", None, Role::Operator);
+        let owner = person(store, "owner@example.com", Some(&t.id), Role::Owner);
+        conflict(
+            store.set_user_disabled(None, &root, Some(at(1))),
+            "last enabled operator",
+        );
+        conflict(store.delete_user(None, &root), "last enabled operator");
+        conflict(store.set_user_role(None, &root, Role::Owner), "operator");
+        conflict(
+            store.set_user_role(None, &owner, Role::Operator),
+            "operator",
+        );
+        assert_eq!(store.get_user(&owner).unwrap().role, Role::Owner);
+        let second = person(store, "second@example.com", None, Role::Operator);
+        store.set_user_disabled(None, &root, Some(at(1))).unwrap();
+        conflict(store.delete_user(None, &second), "last enabled operator");
+        store.delete_user(None, &root).unwrap();
+        assert_eq!(store.count_users().unwrap(), 2);
+    }
+
+    fn an_owner_sees_only_their_tenants_people_and_nothing_else_changes(store: &dyn Store) {
+        let a = new_tenant(store, "A", 0);
+        let b = new_tenant(store, "B", 1);
+        let in_b = person(store, "bea@example.com", Some(&b.id), Role::Admin);
+        person(store, "bo@example.com", Some(&b.id), Role::Owner);
+        let root = person(store, "root@example.com", None, Role::Operator);
+        person(store, "root2@example.com", None, Role::Operator);
+        store
+            .create_session(&new_session(&in_b, "bea", 1000))
+            .unwrap();
+        for target in [&in_b, &root] {
+            let scope = Some(&a.id);
+            assert!(matches!(
+                store.set_user_disabled(scope, target, Some(at(1))),
+                Err(StoreError::NotFound)
+            ));
+            assert!(matches!(
+                store.set_user_role(scope, target, Role::Viewer),
+                Err(StoreError::NotFound)
+            ));
+            assert!(matches!(
+                store.delete_user(scope, target),
+                Err(StoreError::NotFound)
+            ));
+            assert!(matches!(
+                store.end_user_sessions(scope, target),
+                Err(StoreError::NotFound)
+            ));
+        }
+        let bea = store.get_user(&in_b).unwrap();
+        assert_eq!((bea.role, bea.disabled_at), (Role::Admin, None));
+        assert!(store.find_session("bea", at(1)).unwrap().is_some());
+        // B's own scope reaches them.
+        store
+            .set_user_role(Some(&b.id), &in_b, Role::Viewer)
+            .unwrap();
+    }
+
+    fn deleting_a_user_ends_their_sessions_and_keeps_their_audit_entries(store: &dyn Store) {
+        let t = new_tenant(store, "Acme", 0);
+        person(store, "owner@example.com", Some(&t.id), Role::Owner);
+        let ada = person(store, "ada@example.com", Some(&t.id), Role::Admin);
+        store
+            .create_session(&new_session(&ada, "ada", 1000))
+            .unwrap();
+        store
+            .append_audit(&NewAuditEntry::new(
+                Some(t.id.clone()),
+                Actor::User(ada.clone()),
+                AuditAction::KeyCreate,
+                "key_x",
+            ))
+            .unwrap();
+        let gone = store.delete_user(Some(&t.id), &ada).unwrap();
+        assert_eq!(gone.email.as_str(), "ada@example.com");
+        assert!(matches!(store.get_user(&ada), Err(StoreError::NotFound)));
+        assert_eq!(store.find_session("ada", at(1)).unwrap(), None);
+        assert!(matches!(
+            store.delete_user(Some(&t.id), &ada),
+            Err(StoreError::NotFound)
+        ));
+        let audit = store
+            .list_audit(Some(&t.id), &AuditFilter::default(), None, 10)
+            .unwrap();
+        assert_eq!(audit.len(), 1);
+        assert_eq!(
+            (audit[0].actor_kind.as_str(), audit[0].actor_id.as_str()),
+            ("user", ada.as_str())
+        );
+        // The email is free again (for a new invitation).
+        person(store, "ada@example.com", Some(&t.id), Role::Viewer);
+    }
+
+    fn ending_a_users_sessions_counts_them_and_spares_everyone_else(store: &dyn Store) {
+        let t = new_tenant(store, "Acme", 0);
+        let ada = person(store, "ada@example.com", Some(&t.id), Role::Admin);
+        let bob = person(store, "bob@example.com", Some(&t.id), Role::Admin);
+        for (u, h) in [(&ada, "a1"), (&ada, "a2"), (&bob, "b1")] {
+            store.create_session(&new_session(u, h, 1000)).unwrap();
+        }
+        assert_eq!(store.end_user_sessions(Some(&t.id), &ada).unwrap(), 2);
+        assert_eq!(store.end_user_sessions(None, &ada).unwrap(), 0);
+        assert_eq!(store.find_session("a1", at(1)).unwrap(), None);
+        assert!(store.find_session("b1", at(1)).unwrap().is_some());
+        // Not disabled: a new session works.
+        store
+            .create_session(&new_session(&ada, "a3", 1000))
+            .unwrap();
+        assert!(store.find_session("a3", at(1)).unwrap().is_some());
+    }
+
+    fn invitation(tenant: &TenantId, email: &str, token_hash: &str) -> Invitation {
+        Invitation {
+            id: InvitationId::generate(),
+            tenant_id: tenant.clone(),
+            email: Email::parse(email).unwrap(),
+            role: Role::Viewer,
+            token_hash: token_hash.to_owned(),
+            created_by: "user:usr_x".into(),
+            created_at: at(0),
+            expires_at: at(10_000),
+            accepted_at: None,
+            revoked_at: None,
+        }
+    }
+
+    fn a_revoked_invitation_cannot_be_accepted_and_an_accepted_one_cannot_be_revoked(
+        store: &dyn Store,
+    ) {
+        let a = new_tenant(store, "A", 0);
+        let b = new_tenant(store, "B", 1);
+        let inv = invitation(&a.id, "new@example.com", "tok-1");
+        store.create_invitation(&inv).unwrap();
+        assert!(matches!(
+            store.revoke_invitation(Some(&b.id), &inv.id, at(5)),
+            Err(StoreError::NotFound)
+        ));
+        let revoked = store
+            .revoke_invitation(Some(&a.id), &inv.id, at(5))
+            .unwrap();
+        assert_eq!(revoked.revoked_at, Some(at(5)));
+        assert!(!revoked.is_open(at(6)));
+        let again = store.revoke_invitation(None, &inv.id, at(9)).unwrap();
+        assert_eq!(again.revoked_at, Some(at(5)), "the first time is kept");
+        let found = store.find_invitation("tok-1").unwrap().unwrap();
+        assert_eq!(found.revoked_at, Some(at(5)));
+        conflict(
+            store.accept_invitation("tok-1", &UserId::generate(), &password(), at(6)),
+            "revoked",
+        );
+        assert_eq!(store.count_users().unwrap(), 0);
+
+        let open = invitation(&a.id, "other@example.com", "tok-2");
+        store.create_invitation(&open).unwrap();
+        store
+            .accept_invitation("tok-2", &UserId::generate(), &password(), at(6))
+            .unwrap();
+        conflict(
+            store.revoke_invitation(None, &open.id, at(7)),
+            "accepted already",
+        );
+        assert!(matches!(
+            store.revoke_invitation(None, &InvitationId::generate(), at(7)),
+            Err(StoreError::NotFound)
+        ));
+    }
+
+    fn two_owners_demoting_each_other_at_once_leave_one_owner(store: &dyn Store) {
+        for round in 0..5 {
+            let t = new_tenant(store, "Race", round);
+            let one = person(
+                store,
+                &format!("one{round}@example.com"),
+                Some(&t.id),
+                Role::Owner,
+            );
+            let two = person(
+                store,
+                &format!("two{round}@example.com"),
+                Some(&t.id),
+                Role::Owner,
+            );
+            let barrier = std::sync::Barrier::new(2);
+            let results: Vec<StoreResult<agv_server::domain::User>> = std::thread::scope(|s| {
+                let hands: Vec<_> = [&one, &two]
+                    .into_iter()
+                    .map(|who| {
+                        let (barrier, tenant) = (&barrier, &t.id);
+                        s.spawn(move || {
+                            barrier.wait();
+                            if round % 2 == 0 {
+                                store.set_user_role(Some(tenant), who, Role::Admin)
+                            } else {
+                                store.set_user_disabled(Some(tenant), who, Some(at(1)))
+                            }
+                        })
+                    })
+                    .collect();
+                hands.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let ok = results.iter().filter(|r| r.is_ok()).count();
+            assert_eq!(ok, 1, "round {round}: {results:?}");
+            let owners = store
+                .list_users(Some(&t.id))
+                .unwrap()
+                .into_iter()
+                .filter(|u| u.role == Role::Owner && !u.is_disabled())
+                .count();
+            assert_eq!(owners, 1, "round {round}");
+        }
+    }
 }

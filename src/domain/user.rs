@@ -55,6 +55,12 @@ impl Role {
         }
     }
 
+    /// A role within one tenant (owner, admin or viewer), as opposed to the operator's,
+    /// which belongs to the instance.
+    pub fn is_tenant_role(self) -> bool {
+        !matches!(self, Self::Operator)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Operator => "operator",
@@ -127,6 +133,14 @@ pub struct User {
     pub role: Role,
     pub tenant_id: Option<TenantId>,
     pub created_at: Timestamp,
+    /// Set while the account is disabled: it cannot sign in and has no live session.
+    pub disabled_at: Option<Timestamp>,
+}
+
+impl User {
+    pub fn is_disabled(&self) -> bool {
+        self.disabled_at.is_some()
+    }
 }
 
 /// A session is looked up by the SHA-256 of its cookie token; the token itself is never stored.
@@ -161,12 +175,16 @@ pub struct Invitation {
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
     pub accepted_at: Option<Timestamp>,
+    /// Set when an owner or the operator took the invitation back before it was used.
+    pub revoked_at: Option<Timestamp>,
 }
 
 impl Invitation {
     /// Whether the invitation can still be accepted at `now`.
     pub fn is_open(&self, now: Timestamp) -> bool {
-        self.accepted_at.is_none() && now.millis() < self.expires_at.millis()
+        self.accepted_at.is_none()
+            && self.revoked_at.is_none()
+            && now.millis() < self.expires_at.millis()
     }
 }
 

@@ -1,8 +1,12 @@
 //! What the console reads and writes beyond the API's own records, written once for both
 //! backends (see [`super::sql`]): call series and usage for the overview, people (listing,
-//! password change) and invitations. Every tenant-owned read takes the tenant id.
+//! password change, disabling, roles, deletion, ending sessions) and invitations. Every
+//! tenant-owned read takes the tenant id. The rules that keep someone in charge — a tenant
+//! keeps an enabled owner once it has one, the instance an enabled operator — are checked
+//! here, inside the transaction that makes the change, so that two people acting at once
+//! cannot both remove the last one.
 
-use super::rows::{Param, UserRow, explain_conflict};
+use super::rows::{Param, USER_COLUMNS, UserRow, explain_conflict};
 use super::sql::{Cells, Db, SqlRow};
 use super::{StoreError, StoreResult};
 use crate::domain::user::{Email, Invitation, NewUser, PasswordHash, Role, User};
@@ -119,8 +123,6 @@ pub(super) fn usage_by(
     usage_rows(&rows)
 }
 
-const USER_COLUMNS: &str = "id, email, password_hash, role, tenant_id, created_at";
-
 fn user_from(row: &SqlRow) -> StoreResult<User> {
     let c = Cells::new(row, "user");
     UserRow {
@@ -130,6 +132,7 @@ fn user_from(row: &SqlRow) -> StoreResult<User> {
         role: c.text(3)?,
         tenant_id: c.opt_text(4)?,
         created_at: c.int(5)?,
+        disabled_at: c.opt_int(6)?,
     }
     .into_user()
 }
@@ -173,8 +176,7 @@ pub(super) fn set_password(
     Ok(())
 }
 
-const INVITATION_COLUMNS: &str =
-    "id, tenant_id, email, role, token_hash, created_by, created_at, expires_at, accepted_at";
+const INVITATION_COLUMNS: &str = "id, tenant_id, email, role, token_hash, created_by, created_at, expires_at, accepted_at, revoked_at";
 
 fn invitation_from(row: &SqlRow) -> StoreResult<Invitation> {
     let c = Cells::new(row, "invitation");
@@ -188,6 +190,7 @@ fn invitation_from(row: &SqlRow) -> StoreResult<Invitation> {
         created_at: Timestamp::from_millis(c.int(6)?),
         expires_at: Timestamp::from_millis(c.int(7)?),
         accepted_at: c.opt_int(8)?.map(Timestamp::from_millis),
+        revoked_at: c.opt_int(9)?.map(Timestamp::from_millis),
     })
 }
 
@@ -204,7 +207,7 @@ pub(super) fn insert_invitation(db: &mut dyn Db, inv: &Invitation) -> StoreResul
     }
     db.execute(
         &format!(
-            "INSERT INTO invitations ({INVITATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            "INSERT INTO invitations ({INVITATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         ),
         &[
             Param::Text(inv.id.as_str()),
@@ -216,6 +219,7 @@ pub(super) fn insert_invitation(db: &mut dyn Db, inv: &Invitation) -> StoreResul
             Param::BigInt(inv.created_at.millis()),
             Param::BigInt(inv.expires_at.millis()),
             Param::OptBigInt(inv.accepted_at.map(Timestamp::millis)),
+            Param::OptBigInt(inv.revoked_at.map(Timestamp::millis)),
         ],
     )
     .map_err(|e| explain_conflict(e, || format!("invitation {} exists already", inv.id)))?;
@@ -259,6 +263,8 @@ pub(super) fn accept_invitation(
     if !inv.is_open(now) {
         return Err(StoreError::Conflict(if inv.accepted_at.is_some() {
             "this invitation has been used already; sign in instead".to_owned()
+        } else if inv.revoked_at.is_some() {
+            REVOKED.to_owned()
         } else {
             "this invitation has expired; ask for a new one".to_owned()
         }));
@@ -272,7 +278,7 @@ pub(super) fn accept_invitation(
         created_at: now,
     };
     db.execute(
-        &format!("INSERT INTO users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"),
+        "INSERT INTO users (id, email, password_hash, role, tenant_id, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
         &[
             Param::Text(user.id.as_str()),
             Param::Text(user.email.as_str()),
@@ -301,7 +307,220 @@ pub(super) fn accept_invitation(
         role: user.role,
         tenant_id: user.tenant_id,
         created_at: now,
+        disabled_at: None,
     })
+}
+
+/// What accepting a revoked invitation says.
+pub(super) const REVOKED: &str =
+    "this invitation was revoked by an owner of the tenant or the operator; ask them for a new one";
+
+/// Which people a manager may act on: `Some(tenant)` is an owner, who sees that tenant's
+/// people only; `None` is the operator, who sees everyone.
+fn managed_user(
+    db: &mut dyn Db,
+    tenant: Option<&TenantId>,
+    id: &UserId,
+    lock: bool,
+) -> StoreResult<User> {
+    let lock = if lock { db.lock_rows() } else { "" };
+    let rows = match tenant {
+        Some(t) => db.query(
+            &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 AND tenant_id = $2{lock}"),
+            &[Param::Text(id.as_str()), Param::Text(t.as_str())],
+        )?,
+        None => db.query(
+            &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1{lock}"),
+            &[Param::Text(id.as_str())],
+        )?,
+    };
+    rows.first()
+        .map(user_from)
+        .transpose()?
+        .ok_or(StoreError::NotFound)
+}
+
+/// The user `id` as it is now, after locking everyone who keeps the user's tenant (its
+/// enabled owners) or the instance (its enabled operators) in someone's charge. Every
+/// change that could remove the last of them takes these locks first and in id order, so
+/// that two such changes at once run one after the other (on Postgres; a SQLite write
+/// transaction already excludes every other writer) and the second sees the first's result.
+fn lock_for_change(
+    db: &mut dyn Db,
+    tenant: Option<&TenantId>,
+    id: &UserId,
+) -> StoreResult<(User, Vec<String>)> {
+    // A user's tenant, and whether they are the operator, never change: safe to read first.
+    let seen = managed_user(db, tenant, id, false)?;
+    let lock = db.lock_rows();
+    let in_charge = match &seen.tenant_id {
+        None => db.query(
+            &format!(
+                "SELECT id FROM users WHERE role = 'operator' AND disabled_at IS NULL ORDER BY id{lock}"
+            ),
+            &[],
+        )?,
+        Some(t) => db.query(
+            &format!(
+                "SELECT id FROM users WHERE tenant_id = $1 AND role = 'owner' AND disabled_at IS NULL ORDER BY id{lock}"
+            ),
+            &[Param::Text(t.as_str())],
+        )?,
+    };
+    let in_charge = in_charge
+        .iter()
+        .map(|r| Cells::new(r, "user").text(0))
+        .collect::<StoreResult<Vec<_>>>()?;
+    let now = managed_user(db, tenant, id, true)?;
+    Ok((now, in_charge))
+}
+
+/// Refuses a change that takes `user` out of those in charge (see [`lock_for_change`])
+/// when nobody else is left.
+fn keep_someone_in_charge(user: &User, in_charge: &[String]) -> StoreResult<()> {
+    let counted = in_charge.iter().any(|i| i == user.id.as_str());
+    if !counted || in_charge.len() > 1 {
+        return Ok(());
+    }
+    Err(StoreError::Conflict(if user.role == Role::Operator {
+        format!(
+            "{} is the last enabled operator of this instance: make or enable another operator first (agv-server user create --role operator)",
+            user.email.as_str()
+        )
+    } else {
+        format!(
+            "{} is the last enabled owner of this tenant: make another person owner first",
+            user.email.as_str()
+        )
+    }))
+}
+
+fn delete_sessions(db: &mut dyn Db, user: &UserId) -> StoreResult<u64> {
+    db.execute(
+        "DELETE FROM sessions WHERE user_id = $1",
+        &[Param::Text(user.as_str())],
+    )
+}
+
+/// Disables the user (`Some(at)`; disabling twice keeps the first time) and deletes every
+/// session of theirs, or enables them again (`None`). Returns the user as they were.
+pub(super) fn set_user_disabled(
+    db: &mut dyn Db,
+    tenant: Option<&TenantId>,
+    id: &UserId,
+    disabled: Option<Timestamp>,
+) -> StoreResult<User> {
+    let (user, in_charge) = lock_for_change(db, tenant, id)?;
+    match disabled {
+        Some(at) => {
+            keep_someone_in_charge(&user, &in_charge)?;
+            db.execute(
+                "UPDATE users SET disabled_at = COALESCE(disabled_at, $2) WHERE id = $1",
+                &[Param::Text(id.as_str()), Param::BigInt(at.millis())],
+            )?;
+            delete_sessions(db, id)?;
+        }
+        None => {
+            db.execute(
+                "UPDATE users SET disabled_at = NULL WHERE id = $1",
+                &[Param::Text(id.as_str())],
+            )?;
+        }
+    }
+    Ok(user)
+}
+
+/// Gives a tenant's person another role of that tenant. The operator's role belongs to the
+/// instance and is not changed here (Conflict). Returns the user as they were.
+pub(super) fn set_user_role(
+    db: &mut dyn Db,
+    tenant: Option<&TenantId>,
+    id: &UserId,
+    role: Role,
+) -> StoreResult<User> {
+    let (user, in_charge) = lock_for_change(db, tenant, id)?;
+    if user.role == Role::Operator || !role.is_tenant_role() {
+        return Err(StoreError::Conflict(
+            "the operator belongs to the instance and a tenant's people to their tenant: a role changes only between owner, admin and viewer".to_owned(),
+        ));
+    }
+    if role != Role::Owner {
+        keep_someone_in_charge(&user, &in_charge)?;
+    }
+    db.execute(
+        "UPDATE users SET role = $2 WHERE id = $1",
+        &[Param::Text(id.as_str()), Param::Text(role.as_str())],
+    )?;
+    Ok(user)
+}
+
+/// Deletes the user and their sessions. What they did stays in the audit log, which names
+/// them by id. Returns the user as they were.
+pub(super) fn delete_user(
+    db: &mut dyn Db,
+    tenant: Option<&TenantId>,
+    id: &UserId,
+) -> StoreResult<User> {
+    let (user, in_charge) = lock_for_change(db, tenant, id)?;
+    keep_someone_in_charge(&user, &in_charge)?;
+    delete_sessions(db, id)?;
+    db.execute(
+        "DELETE FROM users WHERE id = $1",
+        &[Param::Text(id.as_str())],
+    )?;
+    Ok(user)
+}
+
+/// Ends every session of the user; returns how many there were.
+pub(super) fn end_user_sessions(
+    db: &mut dyn Db,
+    tenant: Option<&TenantId>,
+    id: &UserId,
+) -> StoreResult<u64> {
+    managed_user(db, tenant, id, true)?;
+    delete_sessions(db, id)
+}
+
+/// Revokes an invitation that was not accepted (revoking twice keeps the first time); an
+/// accepted one is Conflict. `tenant: None` is the operator. Returns it as it is now.
+pub(super) fn revoke_invitation(
+    db: &mut dyn Db,
+    tenant: Option<&TenantId>,
+    id: &InvitationId,
+    at: Timestamp,
+) -> StoreResult<Invitation> {
+    let lock = db.lock_rows();
+    let rows = match tenant {
+        Some(t) => db.query(
+            &format!(
+                "SELECT {INVITATION_COLUMNS} FROM invitations WHERE id = $1 AND tenant_id = $2{lock}"
+            ),
+            &[Param::Text(id.as_str()), Param::Text(t.as_str())],
+        )?,
+        None => db.query(
+            &format!("SELECT {INVITATION_COLUMNS} FROM invitations WHERE id = $1{lock}"),
+            &[Param::Text(id.as_str())],
+        )?,
+    };
+    let mut inv = rows
+        .first()
+        .map(invitation_from)
+        .transpose()?
+        .ok_or(StoreError::NotFound)?;
+    if inv.accepted_at.is_some() {
+        return Err(StoreError::Conflict(format!(
+            "the invitation of {} was accepted already: disable or delete the person instead",
+            inv.email.as_str()
+        )));
+    }
+    if inv.revoked_at.is_none() {
+        db.execute(
+            "UPDATE invitations SET revoked_at = $2 WHERE id = $1",
+            &[Param::Text(id.as_str()), Param::BigInt(at.millis())],
+        )?;
+        inv.revoked_at = Some(at);
+    }
+    Ok(inv)
 }
 
 /// Key ids of a usage list, for joining with the key list.

@@ -112,6 +112,11 @@ pub const SQLITE: &[Migration] = &[
         name: "instance_upstream",
         sql: include_str!("../../migrations/sqlite/0016_instance_upstream.sql"),
     },
+    Migration {
+        version: 17,
+        name: "people_management",
+        sql: include_str!("../../migrations/sqlite/0017_people_management.sql"),
+    },
 ];
 
 /// Postgres migrations, oldest first; the same versions and meaning as [`SQLITE`].
@@ -195,6 +200,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 16,
         name: "instance_upstream",
         sql: include_str!("../../migrations/postgres/0016_instance_upstream.sql"),
+    },
+    Migration {
+        version: 17,
+        name: "people_management",
+        sql: include_str!("../../migrations/postgres/0017_people_management.sql"),
     },
 ];
 

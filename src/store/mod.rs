@@ -8,6 +8,7 @@
 
 mod alerts;
 mod background;
+mod backtest;
 mod chain;
 mod console;
 pub mod dump;
@@ -33,6 +34,7 @@ pub use console::{SeriesPoint, UsageRow, key_of as usage_key};
 pub use evidence::StoredCertificate;
 pub use retention::PruneBatch;
 
+use crate::domain::RecordedRequest;
 use crate::domain::alert::{AlertRoute, AlertSent};
 use crate::domain::audit::{AuditEntry, AuditFilter, NewAuditEntry};
 use crate::domain::chain::{ChainHead, ChainKind, StoredLink};
@@ -152,7 +154,7 @@ pub trait Store: Send + Sync + 'static {
     fn get_user(&self, id: &UserId) -> StoreResult<User>;
     fn count_users(&self) -> StoreResult<i64>;
     fn create_session(&self, session: &NewSession) -> StoreResult<()>;
-    /// A session that exists and has not expired at `now`.
+    /// A session that exists, has not expired at `now`, and whose user is not disabled.
     fn find_session(&self, token_hash: &str, now: Timestamp) -> StoreResult<Option<Session>>;
     /// Deleting a session that does not exist (any more) is not an error: logout is idempotent.
     fn delete_session(&self, token_hash: &str) -> StoreResult<()>;
@@ -175,6 +177,24 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&CallCursor>,
         limit: u32,
     ) -> StoreResult<Vec<CallRecord>>;
+    /// Calls as a policy backtest reads them (see [`RecordedRequest`]: the request, not
+    /// the response), oldest first (`created_at`, then id), strictly after `after` when
+    /// given; at most a thousand.
+    fn recorded_requests(
+        &self,
+        tenant: &TenantId,
+        filter: &CallFilter,
+        after: Option<&CallCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<RecordedRequest>>;
+    /// The key of the call matching `filter` with `skip` newer ones before it (0: the
+    /// newest); `None` when no more than `skip` calls match.
+    fn call_key_at(
+        &self,
+        tenant: &TenantId,
+        filter: &CallFilter,
+        skip: u32,
+    ) -> StoreResult<Option<CallCursor>>;
     /// Counts for the protection summary: calls since `since`, how many were blocked, how
     /// many ended in an upstream error (status >= 500).
     fn call_counts(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<CallCounts>;
@@ -410,7 +430,7 @@ pub trait Store: Send + Sync + 'static {
         tenant: &TenantId,
     ) -> StoreResult<Vec<crate::domain::user::Invitation>>;
     /// Creates the invited user and marks the invitation accepted, in one transaction.
-    /// Unknown token: NotFound; used, expired, or the email taken: Conflict.
+    /// Unknown token: NotFound; used, expired, revoked, or the email taken: Conflict.
     fn accept_invitation(
         &self,
         token_hash: &str,
@@ -418,6 +438,40 @@ pub trait Store: Send + Sync + 'static {
         password: &crate::domain::user::PasswordHash,
         now: Timestamp,
     ) -> StoreResult<crate::domain::user::User>;
+
+    // Managing people (see store::console). `tenant: Some` acts as an owner of that tenant,
+    // who sees only its people (anyone else is NotFound); `None` as the operator, who sees
+    // everyone. A change that would leave a tenant that has an enabled owner without one, or
+    // the instance without an enabled operator, is Conflict and changes nothing. Each
+    // returns the user as they were before the change.
+    /// Disables a user (`Some(at)`; disabling twice keeps the first time) and deletes every
+    /// session of theirs in the same transaction, or enables them again (`None`).
+    fn set_user_disabled(
+        &self,
+        tenant: Option<&TenantId>,
+        user: &UserId,
+        disabled: Option<Timestamp>,
+    ) -> StoreResult<User>;
+    /// Changes a tenant person's role among owner, admin and viewer; the operator's role, or
+    /// making someone operator, is Conflict.
+    fn set_user_role(
+        &self,
+        tenant: Option<&TenantId>,
+        user: &UserId,
+        role: crate::domain::user::Role,
+    ) -> StoreResult<User>;
+    /// Deletes a user and their sessions; audit entries keep naming them by id.
+    fn delete_user(&self, tenant: Option<&TenantId>, user: &UserId) -> StoreResult<User>;
+    /// Ends every session of a user; returns how many ended.
+    fn end_user_sessions(&self, tenant: Option<&TenantId>, user: &UserId) -> StoreResult<u64>;
+    /// Revokes an invitation not accepted yet (revoking twice keeps the first time); an
+    /// accepted one is Conflict. Returns the invitation as it is now.
+    fn revoke_invitation(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &crate::domain::InvitationId,
+        at: Timestamp,
+    ) -> StoreResult<crate::domain::user::Invitation>;
 
     // Scheduled runs shared by instances (see store::schedule).
     /// Claims the run of schedule `name` at `slot` (its firing time in seconds) for

@@ -11,10 +11,10 @@ use super::alerts;
 use super::incidents::{self, EventSeq};
 use super::rows::{
     ACTIVE_FREEZES_SQL, CALL_COLUMNS, CallParams, CallRow, FREEZE_COLUMNS, FreezeRow, KEY_COLUMNS,
-    KeyRow, MAX_PAGE, Param, SESSION_COLUMNS, SessionRow, TENANT_COLUMNS, TOPIC_API_KEY,
-    TOPIC_KILLSWITCH, TOPIC_POLICY, TOPIC_UPSTREAM, TenantRow, UPSTREAM_COLUMNS, USER_COLUMNS,
-    UserRow, duplicate_call, explain_conflict, insert_call_sql, latest_uses, list_calls_query,
-    policy_overrides, upstream_row,
+    KeyRow, LIVE_SESSION, MAX_PAGE, Param, SESSION_COLUMNS, SessionRow, TENANT_COLUMNS,
+    TOPIC_API_KEY, TOPIC_KILLSWITCH, TOPIC_POLICY, TOPIC_UPSTREAM, TenantRow, UPSTREAM_COLUMNS,
+    USER_COLUMNS, UserRow, duplicate_call, explain_conflict, insert_call_sql, latest_uses,
+    list_calls_query, policy_overrides, upstream_row,
 };
 use super::sql::postgres::PgDb;
 use super::{
@@ -22,6 +22,7 @@ use super::{
     Store, StoreError, StoreResult, TenantUpstreamRow, migrate, redact_url,
 };
 use crate::domain::AlertRouteId;
+use crate::domain::RecordedRequest;
 use crate::domain::alert::{AlertRoute, AlertSent};
 use crate::domain::audit::{AuditEntry, AuditFilter, NewAuditEntry};
 use crate::domain::chain::{ChainHead, ChainKind, LinkVersion, StoredLink};
@@ -260,6 +261,18 @@ impl PostgresStore {
             }
         }
     }
+
+    /// Runs one change to people (see `console`) in a transaction.
+    fn people_change<T>(
+        &self,
+        f: impl FnOnce(&mut dyn super::sql::Db) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        let out = f(&mut PgDb(&mut tx))?;
+        tx.commit().map_err(db_err)?;
+        Ok(out)
+    }
 }
 
 /// Maps a postgres error to the store's error: uniqueness → `Conflict`, a missing
@@ -334,6 +347,7 @@ fn user_row(r: &Row) -> UserRow {
         role: r.get(3),
         tenant_id: r.get(4),
         created_at: r.get(5),
+        disabled_at: r.get(6),
     }
 }
 
@@ -781,6 +795,7 @@ impl Store for PostgresStore {
             role: user.role,
             tenant_id: user.tenant_id.clone(),
             created_at: user.created_at,
+            disabled_at: None,
         })
     }
 
@@ -835,7 +850,7 @@ impl Store for PostgresStore {
     fn find_session(&self, token_hash: &str, now: Timestamp) -> StoreResult<Option<Session>> {
         self.conn()?
             .query_opt(
-                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = $1 AND expires_at > $2"),
+                &format!("SELECT {SESSION_COLUMNS} FROM {LIVE_SESSION}"),
                 &[&token_hash, &now.millis()],
             )
             .map_err(db_err)?
@@ -912,6 +927,27 @@ impl Store for PostgresStore {
             .iter()
             .map(|r| call_row(r).into_record())
             .collect()
+    }
+
+    fn recorded_requests(
+        &self,
+        tenant: &TenantId,
+        filter: &CallFilter,
+        after: Option<&CallCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<RecordedRequest>> {
+        let mut conn = self.conn()?;
+        super::backtest::recorded_requests(&mut PgDb(&mut *conn), tenant, filter, after, limit)
+    }
+
+    fn call_key_at(
+        &self,
+        tenant: &TenantId,
+        filter: &CallFilter,
+        skip: u32,
+    ) -> StoreResult<Option<CallCursor>> {
+        let mut conn = self.conn()?;
+        super::backtest::call_key_at(&mut PgDb(&mut *conn), tenant, filter, skip)
     }
 
     fn call_counts(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<CallCounts> {
@@ -1495,6 +1531,41 @@ impl Store for PostgresStore {
             super::console::accept_invitation(&mut PgDb(&mut tx), token_hash, id, password, now)?;
         tx.commit().map_err(db_err)?;
         Ok(user)
+    }
+
+    fn set_user_disabled(
+        &self,
+        tenant: Option<&TenantId>,
+        user: &UserId,
+        disabled: Option<Timestamp>,
+    ) -> StoreResult<User> {
+        self.people_change(|db| super::console::set_user_disabled(db, tenant, user, disabled))
+    }
+
+    fn set_user_role(
+        &self,
+        tenant: Option<&TenantId>,
+        user: &UserId,
+        role: crate::domain::user::Role,
+    ) -> StoreResult<User> {
+        self.people_change(|db| super::console::set_user_role(db, tenant, user, role))
+    }
+
+    fn delete_user(&self, tenant: Option<&TenantId>, user: &UserId) -> StoreResult<User> {
+        self.people_change(|db| super::console::delete_user(db, tenant, user))
+    }
+
+    fn end_user_sessions(&self, tenant: Option<&TenantId>, user: &UserId) -> StoreResult<u64> {
+        self.people_change(|db| super::console::end_user_sessions(db, tenant, user))
+    }
+
+    fn revoke_invitation(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &crate::domain::InvitationId,
+        at: Timestamp,
+    ) -> StoreResult<crate::domain::user::Invitation> {
+        self.people_change(|db| super::console::revoke_invitation(db, tenant, id, at))
     }
 
     fn claim_scheduled_run(&self, name: &str, slot: i64, instance: &str) -> StoreResult<bool> {

@@ -16,8 +16,14 @@ use std::collections::BTreeMap;
 /// Columns of `api_keys` in the order [`KeyRow`] expects them.
 pub(super) const KEY_COLUMNS: &str = "id, tenant_id, name, scope, key_hash, prefix, created_at, expires_at, revoked_at, last_used_at";
 pub(super) const TENANT_COLUMNS: &str = "id, name, created_at";
-pub(super) const USER_COLUMNS: &str = "id, email, password_hash, role, tenant_id, created_at";
-pub(super) const SESSION_COLUMNS: &str = "id, user_id, created_at, expires_at";
+pub(super) const USER_COLUMNS: &str =
+    "id, email, password_hash, role, tenant_id, created_at, disabled_at";
+/// Columns of a session (`s`) joined with its user (`u`), in the order [`SessionRow`] expects.
+pub(super) const SESSION_COLUMNS: &str = "s.id, s.user_id, s.created_at, s.expires_at";
+/// The sessions that count, with `$1` the token hash and `$2` now: not expired, and of a
+/// user who is not disabled (disabling also deletes them; this holds even if one is left).
+pub(super) const LIVE_SESSION: &str = "sessions s JOIN users u ON u.id = s.user_id \
+WHERE s.token_hash = $1 AND s.expires_at > $2 AND u.disabled_at IS NULL";
 
 /// The columns of `calls` a chain link covers, in chain order (see `domain::chain`); also
 /// the first columns [`CallParams`] binds.
@@ -112,6 +118,7 @@ pub(super) struct UserRow {
     pub role: String,
     pub tenant_id: Option<String>,
     pub created_at: i64,
+    pub disabled_at: Option<i64>,
 }
 
 impl UserRow {
@@ -127,6 +134,7 @@ impl UserRow {
                 .transpose()
                 .map_err(|e| corrupt("tenant id", e))?,
             created_at: Timestamp::from_millis(self.created_at),
+            disabled_at: ts(self.disabled_at),
         })
     }
 }
@@ -386,9 +394,48 @@ pub(super) fn list_calls_query<'a>(
     limit: u32,
     placeholder: fn(usize) -> String,
 ) -> (String, Vec<Param<'a>>) {
+    let page = CallsPage {
+        columns: CALL_COLUMNS,
+        order: CallOrder::NewestFirst,
+        skip: 0,
+        limit,
+    };
+    calls_page_query(page, tenant, filter, after, placeholder)
+}
+
+/// The order of a page of calls. Both are walked through the same `(tenant_id,
+/// created_at, id)` indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CallOrder {
+    /// `created_at` desc, then id desc: lists and searches.
+    NewestFirst,
+    /// `created_at`, then id: arrival order, for a policy replay.
+    OldestFirst,
+}
+
+/// What one page of calls reads: which columns, in which order, after skipping how many
+/// matching rows, and at most how many (capped at [`MAX_PAGE`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct CallsPage<'c> {
+    pub columns: &'c str,
+    pub order: CallOrder,
+    pub skip: u32,
+    pub limit: u32,
+}
+
+/// The SQL and parameters of one page of calls (see [`list_calls_query`]): the filters of
+/// `filter`, strictly after `after` in the page's order.
+pub(super) fn calls_page_query<'a>(
+    page: CallsPage<'_>,
+    tenant: &'a TenantId,
+    filter: &'a CallFilter,
+    after: Option<&'a CallCursor>,
+    placeholder: fn(usize) -> String,
+) -> (String, Vec<Param<'a>>) {
     let mut params = vec![Param::Text(tenant.as_str())];
     let mut sql = format!(
-        "SELECT {CALL_COLUMNS} FROM calls WHERE tenant_id = {}",
+        "SELECT {} FROM calls WHERE tenant_id = {}",
+        page.columns,
         placeholder(1)
     );
     let mut cond = |column: &str, op: &str, p: Param<'a>| {
@@ -419,21 +466,29 @@ pub(super) fn list_calls_query<'a>(
     if let Some(b) = filter.blocked {
         cond("blocked", "=", Param::Bool(b));
     }
+    let (beyond, order) = match page.order {
+        CallOrder::NewestFirst => ("<", "created_at DESC, id DESC"),
+        CallOrder::OldestFirst => (">", "created_at, id"),
+    };
     if let Some(c) = after {
-        // A row-value comparison: strictly after the cursor in (created_at desc, id desc).
+        // A row-value comparison: strictly after the cursor in the page's order.
         params.push(Param::BigInt(c.created_at.millis()));
         params.push(Param::Text(c.id.as_str()));
         sql.push_str(&format!(
-            " AND (created_at, id) < ({}, {})",
+            " AND (created_at, id) {beyond} ({}, {})",
             placeholder(params.len() - 1),
             placeholder(params.len())
         ));
     }
-    params.push(Param::BigInt(i64::from(limit.min(MAX_PAGE))));
+    params.push(Param::BigInt(i64::from(page.limit.min(MAX_PAGE))));
     sql.push_str(&format!(
-        " ORDER BY created_at DESC, id DESC LIMIT {}",
+        " ORDER BY {order} LIMIT {}",
         placeholder(params.len())
     ));
+    if page.skip > 0 {
+        params.push(Param::BigInt(i64::from(page.skip)));
+        sql.push_str(&format!(" OFFSET {}", placeholder(params.len())));
+    }
     (sql, params)
 }
 
