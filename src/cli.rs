@@ -90,7 +90,8 @@ pub enum Command {
         #[arg(long, value_name = "KEY")]
         public_key: Option<String>,
     },
-    /// Create console users (headless setup). Safe while the server runs.
+    /// Create, list and manage console users (disable, enable, role, delete, logout) and
+    /// revoke invitations. Safe while the server runs; changes take effect at once.
     #[command(subcommand)]
     User(UserCommand),
     /// Check the tamper-evident records. Safe while the server runs (it reads only).
@@ -244,6 +245,52 @@ pub enum UserCommand {
         /// A file holding the password (at least 10 characters).
         #[arg(long, value_name = "FILE")]
         password_file: Option<PathBuf>,
+    },
+    /// List people (id, email, role, tenant, state); with --tenant, that tenant's people
+    /// and its open invitations.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a person: they cannot sign in, and every session of theirs ends at once.
+    /// Refused for the last enabled operator, or a tenant's last enabled owner.
+    Disable {
+        /// The user's id (usr_…) or email.
+        user: String,
+    },
+    /// Enable a disabled person again (they sign in with their password).
+    Enable {
+        /// The user's id (usr_…) or email.
+        user: String,
+    },
+    /// Give a tenant's person another role (owner, admin or viewer), in force from their
+    /// next request. Refused for a tenant's last enabled owner, and for the operator.
+    Role {
+        /// The user's id (usr_…) or email.
+        user: String,
+        /// owner, admin or viewer.
+        role: String,
+    },
+    /// Delete a person and their sessions; the audit log keeps what they did. Refused for
+    /// the last enabled operator, or a tenant's last enabled owner.
+    Delete {
+        /// The user's id (usr_…) or email.
+        user: String,
+        /// Confirm by giving the same id or email again.
+        #[arg(long, value_name = "USER")]
+        confirm: String,
+    },
+    /// End every session of a person (they may sign in again); prints how many ended.
+    Logout {
+        /// The user's id (usr_…) or email.
+        user: String,
+    },
+    /// Revoke an invitation that was not accepted: its link stops working at once.
+    RevokeInvitation {
+        /// The invitation's id (inv_…; `user list --tenant` shows open ones).
+        id: String,
     },
 }
 
@@ -436,6 +483,7 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
             tenant.as_deref(),
             password_file.as_deref(),
         ),
+        Command::User(cmd) => user(&open_store(&settings)?, cmd),
         Command::Tenant(cmd) => tenant(&open_store(&settings)?, &settings.data_dir, cmd),
         Command::Demo {
             calls,
@@ -1745,5 +1793,181 @@ fn user_create(
         eprintln!("created {} {}", role.as_str(), email.as_str());
     }
     println!("{}", user.id);
+    Ok(())
+}
+
+/// A person named on the command line by id (`usr_…`) or by email.
+fn find_person(store: &DynStore, given: &str) -> Result<crate::domain::user::User, CliError> {
+    use crate::domain::user::Email;
+    let not_found = || {
+        CliError::failed(format!(
+            "no user {given}: list people with `agv-server user list`"
+        ))
+    };
+    if given.contains('@') {
+        let email = Email::parse(given).map_err(|e| CliError::usage(e.0))?;
+        return store.find_user_by_email(&email)?.ok_or_else(not_found);
+    }
+    let id = crate::domain::UserId::parse(given)
+        .map_err(|e| CliError::usage(format!("{} (or give the email)", e.0)))?;
+    store.get_user(&id).map_err(|e| match e {
+        crate::store::StoreError::NotFound => not_found(),
+        other => other.into(),
+    })
+}
+
+fn person_line(u: &crate::domain::user::User) -> String {
+    format!(
+        "{}\t{}\t{}\t{}\t{}",
+        u.id,
+        u.email.as_str(),
+        u.role.as_str(),
+        u.tenant_id.as_ref().map_or("-", |t| t.as_str()),
+        u.disabled_at.map_or("enabled".to_owned(), |t| format!(
+            "disabled since {}",
+            t.to_rfc3339()
+        ))
+    )
+}
+
+fn user(store: &DynStore, cmd: UserCommand) -> Result<(), CliError> {
+    use crate::ops::people::{self, Change, Manager, PeopleError};
+    let by = Manager {
+        actor: Actor::cli(),
+        scope: None,
+        source: Some("local".into()),
+    };
+    let failed = |what: &str| {
+        let what = what.to_owned();
+        move |e: PeopleError| match e {
+            PeopleError::NotFound => CliError::failed(format!("no {what} (any more)")),
+            PeopleError::Store(e) => e.into(),
+            other => CliError::failed(other.to_string()),
+        }
+    };
+    let (person, change) = match cmd {
+        UserCommand::Create {
+            email,
+            role,
+            tenant,
+            password_file,
+        } => {
+            return user_create(
+                store,
+                &email,
+                &role,
+                tenant.as_deref(),
+                password_file.as_deref(),
+            );
+        }
+        UserCommand::List { tenant, json } => return user_list(store, tenant.as_deref(), json),
+        UserCommand::RevokeInvitation { id } => {
+            let inv_id =
+                crate::domain::InvitationId::parse(&id).map_err(|e| CliError::usage(e.0))?;
+            let inv = people::revoke_invitation(store.as_ref(), &by, &inv_id)
+                .map_err(failed(&format!("invitation {id}")))?;
+            eprintln!(
+                "revoked the invitation of {} to tenant {}: its link no longer works",
+                inv.email.as_str(),
+                inv.tenant_id
+            );
+            println!("{}", inv.id);
+            return Ok(());
+        }
+        UserCommand::Disable { user } => (user, Change::Disable),
+        UserCommand::Enable { user } => (user, Change::Enable),
+        UserCommand::Role { user, role } => {
+            use crate::domain::user::Role;
+            let role = match Role::parse(&role) {
+                Ok(r) if r.is_tenant_role() => r,
+                _ => {
+                    return Err(CliError::usage(format!(
+                        "unknown role '{}': a person's role is owner, admin or viewer",
+                        role.trim()
+                    )));
+                }
+            };
+            (user, Change::Role(role))
+        }
+        UserCommand::Delete { user, confirm } => {
+            if confirm.trim() != user.trim() {
+                return Err(CliError::usage(format!(
+                    "--confirm must repeat the user ({user}): deleting cannot be undone"
+                )));
+            }
+            (user, Change::Delete)
+        }
+        UserCommand::Logout { user } => (user, Change::EndSessions),
+    };
+    let target = find_person(store, &person)?;
+    let done = people::change(store.as_ref(), &by, &target.id, change)
+        .map_err(failed(&format!("user {person}")))?;
+    let email = target.email.as_str();
+    match change {
+        Change::Disable => {
+            eprintln!("disabled {email}: they cannot sign in and their sessions ended")
+        }
+        Change::Enable => eprintln!("enabled {email}: they can sign in again"),
+        Change::Role(role) => eprintln!(
+            "{email} is now {} (was {})",
+            role.as_str(),
+            done.before.role.as_str()
+        ),
+        Change::Delete => eprintln!("deleted {email} and their sessions"),
+        Change::EndSessions => {
+            let n = done.sessions_ended.unwrap_or(0);
+            eprintln!("ended {n} session(s) of {email}");
+            println!("{n}");
+            return Ok(());
+        }
+    }
+    println!("{}", target.id);
+    Ok(())
+}
+
+fn user_list(store: &DynStore, tenant: Option<&str>, json: bool) -> Result<(), CliError> {
+    let tenant = tenant.map(parse_tenant).transpose()?;
+    if let Some(t) = &tenant {
+        existing_tenant(store, t)?;
+    }
+    let users = store.list_users(tenant.as_ref())?;
+    let now = Timestamp::now();
+    let invitations: Vec<_> = match &tenant {
+        Some(t) => store
+            .list_invitations(t)?
+            .into_iter()
+            .filter(|i| i.is_open(now))
+            .collect(),
+        None => Vec::new(),
+    };
+    if json {
+        let people: Vec<_> = users
+            .iter()
+            .map(|u| {
+                serde_json::json!({
+                    "id": u.id, "email": u.email, "role": u.role, "tenant_id": u.tenant_id,
+                    "created_at": u.created_at.to_rfc3339(),
+                    "disabled_at": u.disabled_at.map(Timestamp::to_rfc3339),
+                })
+            })
+            .collect();
+        print_json(&serde_json::json!({"users": people, "invitations": invitations}));
+        return Ok(());
+    }
+    if users.is_empty() {
+        eprintln!("nobody yet: create a user with `agv-server user create`");
+    }
+    for u in &users {
+        println!("{}", person_line(u));
+    }
+    for i in &invitations {
+        println!(
+            "{}\t{}\t{}\tinvited, open until {}",
+            i.id,
+            i.email.as_str(),
+            i.role.as_str(),
+            i.expires_at.to_rfc3339()
+        );
+    }
     Ok(())
 }

@@ -497,9 +497,20 @@ struct Watch {
     last_incidents: std::collections::HashMap<String, Value>,
     first: bool,
     ends: tokio::time::Instant,
+    /// The SHA-256 of the watcher's session token: the stream ends at the first tick after
+    /// the session does (signed out, ended by an owner, the person disabled or deleted).
+    session: String,
 }
 
 impl Watch {
+    async fn session_lives(&self) -> bool {
+        let store = self.state.store.clone();
+        let hash = self.session.clone();
+        run_blocking(move || store.find_session(&hash, Timestamp::now()))
+            .await
+            .is_ok_and(|s| s.is_some())
+    }
+
     /// The events since the last look (all of them the first time).
     async fn poll(&mut self) -> Result<Vec<web::Bytes>, ApiError> {
         let mut out = Vec::new();
@@ -551,7 +562,7 @@ pub async fn events(
     req: HttpRequest,
     query: web::Query<std::collections::HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = person(&state, &req).await?;
+    let (user, token) = current(&state, &req).await?;
     let operator = user.role == Role::Operator;
     let named = query.get("tenant").map(String::as_str);
     let tenant = if operator && named.is_none() && req.headers().get(TENANT_HEADER).is_none() {
@@ -568,6 +579,7 @@ pub async fn events(
         last_incidents: Default::default(),
         first: true,
         ends: tokio::time::Instant::now() + EVENT_LIFETIME,
+        session: super::session::sha256_hex(&token),
     };
     let stream = futures_util::stream::unfold(watch, |mut w| async move {
         if tokio::time::Instant::now() >= w.ends {
@@ -575,6 +587,9 @@ pub async fn events(
         }
         if !w.first {
             tokio::time::sleep(EVENT_TICK).await;
+            if !w.session_lives().await {
+                return None;
+            }
         }
         let chunk = match w.poll().await {
             Ok(events) if events.is_empty() => web::Bytes::from_static(b": tick\n\n"),

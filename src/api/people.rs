@@ -5,17 +5,23 @@
 //! prints at start while no user exists (valid 30 minutes, kept only in memory). Everyone
 //! else is invited by an owner or the operator: the invitation's token travels in a URL,
 //! only its SHA-256 is stored, and accepting it creates the account and signs in.
+//!
+//! The same owners and the operator manage people: disable and enable them, change their
+//! role, delete them, end their sessions, and revoke open invitations. The rules and the
+//! audit entries live in `ops::people`, shared with the CLI; this module only decides who
+//! is asking and maps the outcome to HTTP.
 
 use super::audit::{Source, record};
 use super::console::{field, person, tenant_for};
 use super::error::{ApiError, ErrorKind, optional_json};
-use super::session::{COOKIE, sha256_hex, sign_in, user_json};
+use super::session::{COOKIE, person_json, sha256_hex, sign_in};
 use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
 use crate::domain::user::{Email, Invitation, NewUser, PasswordHash, Role};
 use crate::domain::{InvitationId, Timestamp, UserId};
+use crate::ops::people::{Change, Manager, PeopleError};
 use crate::startup::AppState;
 use crate::store::{StoreError, run_blocking};
-use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Mutex;
@@ -246,13 +252,7 @@ pub async fn list_users(
     .await?;
     let now = Timestamp::now();
     Ok(HttpResponse::Ok().json(json!({
-        "data": users.iter().map(|u| {
-            let mut j = user_json(u);
-            if let serde_json::Value::Object(m) = &mut j {
-                m.insert("created_at".into(), json!(u.created_at));
-            }
-            j
-        }).collect::<Vec<_>>(),
+        "data": users.iter().map(person_json).collect::<Vec<_>>(),
         "invitations": invitations.iter().filter(|i| i.is_open(now)).collect::<Vec<_>>(),
     })))
 }
@@ -308,6 +308,7 @@ pub async fn invite(
         created_at: now,
         expires_at: now.plus_millis(INVITATION_DAYS * 86_400_000),
         accepted_at: None,
+        revoked_at: None,
     };
     let store = state.store.clone();
     let (to_store, e) = (inv.clone(), inv.email.clone());
@@ -346,15 +347,18 @@ pub async fn invite(
 async fn open_invitation(state: &AppState, token: &str) -> Result<Invitation, ApiError> {
     let store = state.store.clone();
     let hash = sha256_hex(token);
-    let inv = run_blocking(move || store.find_invitation(&hash))
-        .await?
-        .filter(|i| i.is_open(Timestamp::now()))
-        .ok_or_else(|| {
-            ApiError::not_found(
-                "this invitation does not exist, was used already or has expired; ask for a new one",
-            )
-        })?;
-    Ok(inv)
+    match run_blocking(move || store.find_invitation(&hash)).await? {
+        Some(inv) if inv.is_open(Timestamp::now()) => Ok(inv),
+        // A revoked link says so, so that its holder knows to ask rather than retry.
+        Some(inv) if inv.revoked_at.is_some() && inv.accepted_at.is_none() => Err(ApiError::new(
+            ErrorKind::NotFound,
+            "invitation_revoked",
+            "this invitation was revoked by an owner of the tenant or the operator; ask them for a new one",
+        )),
+        _ => Err(ApiError::not_found(
+            "this invitation does not exist, was used already or has expired; ask for a new one",
+        )),
+    }
 }
 
 #[get("/api/invitations/{token}")]
@@ -418,6 +422,180 @@ pub async fn accept(
     )
     .await;
     sign_in(&state, &req, &source, &user).await
+}
+
+/// Who manages people, and whose: an owner their tenant's people; the operator everyone,
+/// or with the `x-agv-tenant` header that tenant's people only.
+async fn manager(state: &AppState, req: &HttpRequest, source: Source) -> Result<Manager, ApiError> {
+    let user = person(state, req).await?;
+    let scope = match user.role {
+        Role::Owner => Some(tenant_for(state, req, &user, None).await?),
+        Role::Operator if req.headers().contains_key(super::console::TENANT_HEADER) => {
+            Some(tenant_for(state, req, &user, None).await?)
+        }
+        Role::Operator => None,
+        Role::Admin | Role::Viewer => {
+            return Err(ApiError::forbidden(
+                "role_not_allowed",
+                "only the tenant's owner (or the operator) manages its people",
+            ));
+        }
+    };
+    Ok(Manager {
+        actor: Actor::User(user.id),
+        scope,
+        source: source.0,
+    })
+}
+
+fn people_error<'a>(what: &'static str, id: &'a str) -> impl Fn(PeopleError) -> ApiError + 'a {
+    move |e| match e {
+        PeopleError::NotFound => ApiError::not_found(format!("no {what} {id}")),
+        PeopleError::OwnAccount(_) => {
+            ApiError::new(ErrorKind::Conflict, "own_account", e.to_string())
+        }
+        PeopleError::OperatorRole => {
+            ApiError::new(ErrorKind::Conflict, "operator_role", e.to_string()).param("role")
+        }
+        PeopleError::LastInCharge { operator, message } => ApiError::new(
+            ErrorKind::Conflict,
+            if operator {
+                "last_operator"
+            } else {
+                "last_owner"
+            },
+            message,
+        ),
+        PeopleError::InvitationAccepted(m) => {
+            ApiError::new(ErrorKind::Conflict, "invitation_accepted", m)
+        }
+        PeopleError::Store(e) => e.into(),
+    }
+}
+
+/// Applies one change to the person in the path, as the signed-in manager.
+async fn change_person(
+    state: &AppState,
+    req: &HttpRequest,
+    source: Source,
+    raw_id: &str,
+    change: Change,
+) -> Result<crate::ops::people::Done, ApiError> {
+    let by = manager(state, req, source).await?;
+    let Ok(id) = UserId::parse(raw_id) else {
+        return Err(ApiError::not_found(format!("no user {raw_id}")));
+    };
+    let store = state.store.clone();
+    run_blocking(move || crate::ops::people::change(store.as_ref(), &by, &id, change))
+        .await
+        .map_err(people_error("user", raw_id))
+}
+
+fn changed(done: &crate::ops::people::Done) -> HttpResponse {
+    let user = done.after.as_ref().unwrap_or(&done.before);
+    HttpResponse::Ok().json(json!({"user": person_json(user)}))
+}
+
+/// Disables a person: they cannot sign in, and every session of theirs ends at once.
+#[post("/api/users/{id}/disable")]
+pub async fn disable_user(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    source: Source,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let done = change_person(&state, &req, source, &path, Change::Disable).await?;
+    Ok(changed(&done))
+}
+
+#[post("/api/users/{id}/enable")]
+pub async fn enable_user(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    source: Source,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let done = change_person(&state, &req, source, &path, Change::Enable).await?;
+    Ok(changed(&done))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PersonBody {
+    role: String,
+}
+
+/// Changes a person's role: `{"role": "owner|admin|viewer"}`, in force from their next request.
+#[patch("/api/users/{id}")]
+pub async fn update_user(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    source: Source,
+    path: web::Path<String>,
+    raw: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body = optional_json::<PersonBody>(&raw)?.ok_or_else(|| {
+        ApiError::bad_request("invalid_json", "send {\"role\": \"owner|admin|viewer\"}")
+    })?;
+    let role = match Role::parse(&body.role) {
+        Ok(r) if r.is_tenant_role() => r,
+        _ => {
+            return Err(field(
+                "invalid_role",
+                "role",
+                "a person's role is owner, admin or viewer",
+            ));
+        }
+    };
+    let done = change_person(&state, &req, source, &path, Change::Role(role)).await?;
+    Ok(changed(&done))
+}
+
+/// Deletes a person and their sessions; the audit log keeps what they did.
+#[delete("/api/users/{id}")]
+pub async fn delete_user(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    source: Source,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    change_person(&state, &req, source, &path, Change::Delete).await?;
+    Ok(HttpResponse::Ok().json(json!({"id": path.as_str(), "deleted": true})))
+}
+
+/// Ends every session of a person (they may sign in again).
+#[delete("/api/users/{id}/sessions")]
+pub async fn end_sessions(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    source: Source,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let done = change_person(&state, &req, source, &path, Change::EndSessions).await?;
+    Ok(HttpResponse::Ok()
+        .json(json!({"id": path.as_str(), "ended": done.sessions_ended.unwrap_or(0)})))
+}
+
+/// Takes back an invitation that was not accepted: its link stops working at once.
+#[post("/api/invitations/{id}/revoke")]
+pub async fn revoke_invitation(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    source: Source,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let by = manager(&state, &req, source).await?;
+    let Ok(id) = InvitationId::parse(&path) else {
+        return Err(ApiError::not_found(format!(
+            "no invitation {}",
+            path.as_str()
+        )));
+    };
+    let store = state.store.clone();
+    let inv = run_blocking(move || crate::ops::people::revoke_invitation(store.as_ref(), &by, &id))
+        .await
+        .map_err(people_error("invitation", &path))?;
+    Ok(HttpResponse::Ok().json(json!({"invitation": inv})))
 }
 
 /// Prints the setup URL when the instance has no user yet (at start).

@@ -134,6 +134,17 @@ pub fn user_json(u: &User) -> serde_json::Value {
     json!({"id": u.id, "email": u.email, "role": u.role, "tenant_id": u.tenant_id})
 }
 
+/// A person as the people list shows them: [`user_json`] plus when they joined and, while
+/// disabled, since when.
+pub fn person_json(u: &User) -> serde_json::Value {
+    let mut j = user_json(u);
+    if let serde_json::Value::Object(m) = &mut j {
+        m.insert("created_at".into(), json!(u.created_at));
+        m.insert("disabled_at".into(), json!(u.disabled_at));
+    }
+    j
+}
+
 fn unauthorized(message: &str) -> ApiError {
     ApiError::new(ErrorKind::Unauthorized, "not_signed_in", message)
 }
@@ -217,6 +228,14 @@ pub async fn login(
         ));
     };
     state.login_throttle.clear(&keys[0].0);
+    // Said only to whoever knows the password: to a guesser a disabled account answers
+    // like any wrong password.
+    if user.is_disabled() {
+        return Err(ApiError::forbidden(
+            "account_disabled",
+            "this account is disabled; ask an owner of your tenant or the operator to enable it",
+        ));
+    }
     sign_in(&state, &req, &source, &user).await
 }
 

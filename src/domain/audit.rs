@@ -9,8 +9,7 @@ use super::{AuditId, KeyId, ParseError, TenantId, Timestamp, UserId};
 pub enum Actor {
     /// An API key (the HTTP API).
     Key(KeyId),
-    /// A signed-in person. Hook: sign-in and user management do not exist yet; when they
-    /// do, they record `user.sign_in`, `user.create`, … with this actor.
+    /// A signed-in person (sign-in, password change, managing people, every console change).
     User(UserId),
     /// The command line on the server's host (`who` is the OS user when known).
     Cli(String),
@@ -66,6 +65,17 @@ pub enum AuditAction {
     UserPasswordChange,
     /// An owner or the operator invited a person to a tenant.
     UserInvite,
+    /// An owner or the operator took back an invitation before it was used.
+    InvitationRevoke,
+    /// A person was disabled: they cannot sign in and their sessions ended.
+    UserDisable,
+    UserEnable,
+    /// A person got another role in their tenant (`before` and `after` name both).
+    UserRoleChange,
+    /// A person was deleted (`before` holds who they were).
+    UserDelete,
+    /// Every session of a person was ended by an owner, the operator or the CLI.
+    UserSessionsEnd,
     /// Instance-wide: an operator started a backup from the console.
     Backup,
     /// Instance-wide: a retention sweep removed the bodies of old calls.
@@ -105,6 +115,12 @@ const ACTIONS: &[AuditAction] = &[
     AuditAction::UserSignOut,
     AuditAction::UserPasswordChange,
     AuditAction::UserInvite,
+    AuditAction::InvitationRevoke,
+    AuditAction::UserDisable,
+    AuditAction::UserEnable,
+    AuditAction::UserRoleChange,
+    AuditAction::UserDelete,
+    AuditAction::UserSessionsEnd,
     AuditAction::Backup,
     AuditAction::Retention,
     AuditAction::KeyCreate,
@@ -142,6 +158,12 @@ impl AuditAction {
             Self::UserSignOut => "user.sign_out",
             Self::UserPasswordChange => "user.password_change",
             Self::UserInvite => "user.invite",
+            Self::InvitationRevoke => "invitation.revoke",
+            Self::UserDisable => "user.disable",
+            Self::UserEnable => "user.enable",
+            Self::UserRoleChange => "user.role_change",
+            Self::UserDelete => "user.delete",
+            Self::UserSessionsEnd => "user.sessions_end",
             Self::Backup => "instance.backup",
             Self::Retention => "instance.retention",
             Self::KeyCreate => "key.create",

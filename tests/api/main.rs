@@ -25,6 +25,7 @@ mod install;
 mod instance;
 mod operator_update;
 mod outages;
+mod people;
 mod proxy;
 mod redaction;
 mod replay;
