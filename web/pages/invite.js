@@ -20,7 +20,9 @@ export default {
     let inv;
     try { inv = await api.get(`/api/invitations/${encodeURIComponent(token)}`, null, { auth401: false, signal: ctx.signal }); } catch (err) {
       if (err?.name === "AbortError") return;
-      const body = err?.status === 404
+      const body = err?.code === "invitation_revoked"
+        ? emptyState({ title: "This invitation was revoked", text: `${cap(err.message)}.`, action: html`<a class="btn" href="#/login">Go to sign-in</a>`, testid: "page-error", iconName: "error" })
+        : err?.status === 404
         ? emptyState({ title: "This invitation is not valid", text: "It may have expired (invitations last 7 days), been used already, or been mistyped. Ask whoever invited you for a new link.", action: html`<a class="btn" href="#/login">Go to sign-in</a>`, testid: "page-error", iconName: "error" })
         : errorState(err);
       render(root, authCard({ title: "Accept an invitation", body }));

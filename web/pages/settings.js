@@ -1,9 +1,37 @@
 // #/settings: your account (password), the theme, and — for owners and operators — the
-// people of the tenant and invitations.
+// people of the tenant (change role, end sessions, disable/enable, delete) and its pending
+// invitations (revoke).
 import * as api from "../api.js";
 import { session, canManagePeople, isOperator, currentTenant } from "../state.js";
-import { html, render, icon, timeAgo, loadingState, errorState, emptyState, toast, field, validate, validators, formValues, showApiError, busy, copyText, cap } from "../ui.js";
+import { html, render, icon, timeAgo, absTime, loadingState, errorState, emptyState, toast, field, validate, validators, formValues, showApiError, busy, copyText, cap } from "../ui.js";
 import { storedTheme, setTheme } from "../theme.js";
+import { formDialog, confirmDialog } from "../components/dialog.js";
+
+const ROLE_OPTIONS = [{ value: "viewer", label: "Viewer — reads only" }, { value: "admin", label: "Admin — every tenant action" }, { value: "owner", label: "Owner — admin plus people" }];
+
+function personRow(p, me) {
+  const self = p.id === me.id;
+  const name = p.email;
+  return html`<tr data-testid="person-row" data-user-id="${p.id}" data-disabled="${String(!!p.disabled_at)}" class="${p.disabled_at ? "dim" : ""}">
+    <td><span class="cell-main">${p.email}</span>${self ? html` <span class="badge plain accent">you</span>` : ""}</td>
+    <td>${cap(p.role)}</td>
+    <td>${p.disabled_at ? html`<span class="badge bad" data-testid="person-disabled" title="${`Disabled since ${absTime(p.disabled_at)}`}">Disabled</span>` : html`<span class="badge ok">Active</span>`}</td>
+    <td>${timeAgo(p.created_at)}</td>
+    <td>${self ? html`<span class="muted">—</span>` : html`<div class="row-actions">
+      ${p.role === "operator" ? "" : html`<button type="button" class="btn btn-sm" data-action="role" data-testid="person-role" aria-label="${`Change the role of ${name}`}">Role…</button>`}
+      ${p.disabled_at ? "" : html`<button type="button" class="btn btn-sm btn-ghost" data-action="sessions" data-testid="person-sessions" aria-label="${`End every session of ${name}`}">End sessions</button>`}
+      ${p.disabled_at
+        ? html`<button type="button" class="btn btn-sm" data-action="enable" data-testid="person-enable" aria-label="${`Enable ${name}`}">Enable</button>`
+        : html`<button type="button" class="btn btn-sm btn-danger-soft" data-action="disable" data-testid="person-disable" aria-label="${`Disable ${name}`}">Disable</button>`}
+      <button type="button" class="btn btn-sm btn-ghost" data-action="delete" data-testid="person-delete" aria-label="${`Delete ${name}`}">Delete</button></div>`}</td></tr>`;
+}
+
+function invitationRow(i) {
+  return html`<tr data-testid="invitation-row" data-invitation-id="${i.id}">
+    <td><span class="cell-main">${i.email}</span></td><td>${cap(i.role)}</td>
+    <td>${timeAgo(i.created_at)}</td><td>${timeAgo(i.expires_at)}</td>
+    <td><div class="row-actions"><button type="button" class="btn btn-sm btn-ghost" data-action="revoke" data-testid="invitation-revoke" aria-label="${`Revoke the invitation of ${i.email}`}">Revoke</button></div></td></tr>`;
+}
 
 export default {
   name: "settings",
@@ -87,22 +115,95 @@ export default {
       ctx.ready();
       return cleanup;
     }
-    async function loadPeople() {
-      render(people, loadingState("table"));
+    let list = [], invitations = [];
+    function drawPeople() {
+      const others = list.filter((p) => p.id !== u.id);
+      render(people, html`${list.length ? html`<div class="table-wrap"><table class="table" data-testid="people-table"><thead><tr><th>Email</th><th>Role</th><th>Status</th><th>Joined</th><th><span class="sr-only">Actions</span></th></tr></thead><tbody>
+          ${list.map((p) => personRow(p, u))}</tbody></table></div>` : ""}
+        ${others.length ? "" : emptyState({ title: "Nobody else yet", text: "Invite a colleague above: they get a link to choose their password." })}
+        <div class="card-body"><h3>Pending invitations</h3>
+        ${invitations.length ? html`<div class="table-wrap section-gap-sm"><table class="table" data-testid="invitations-table"><thead><tr><th>Email</th><th>Role</th><th>Invited</th><th>Expires</th><th><span class="sr-only">Actions</span></th></tr></thead><tbody>
+          ${invitations.map(invitationRow)}</tbody></table></div>`
+          : html`<p class="muted section-gap-sm" data-testid="invitations-empty">No pending invitations. An invitation link works for 7 days, once; revoke it here if it went to the wrong person.</p>`}</div>`);
+    }
+    async function loadPeople(quiet = false) {
+      if (!quiet) render(people, loadingState("table"));
       try {
         const r = await api.get("/api/users", null, { signal: ctx.signal });
         if (!ctx.alive()) return;
-        const list = r.data || [];
-        render(people, list.length ? html`<div class="table-wrap"><table class="table" data-testid="people-table"><thead><tr><th>Email</th><th>Role</th><th>Tenant</th><th>Joined</th></tr></thead><tbody>
-          ${list.map((p) => html`<tr data-testid="person-row" data-user-id="${p.id}"><td><span class="cell-main">${p.email}</span>${p.id === u.id ? html` <span class="badge plain accent">you</span>` : ""}</td><td>${cap(p.role)}</td><td class="mono">${p.tenant_id || "—"}</td><td>${timeAgo(p.created_at)}</td></tr>`)}
-          </tbody></table></div>` : emptyState({ title: "Nobody else yet", text: "Invite a colleague above: they get a link to choose their password." }));
+        list = r.data || [];
+        invitations = r.invitations || [];
+        drawPeople();
       } catch (err) {
         if (err?.name === "AbortError" || !ctx.alive()) return;
         if (err?.code === "tenant_required") render(people, emptyState({ title: "Choose a tenant first", text: "People belong to a tenant. Open one from the Operator page to see and invite its people.", action: html`<a class="btn" href="#/operator">Go to Operator</a>` }));
         else render(people, errorState(err));
       }
     }
-    people.addEventListener("click", (e) => { if (e.target.closest('[data-action="retry"]')) loadPeople(); });
+
+    async function act(a) {
+      const what = a.dataset.action;
+      const invRow = a.closest("[data-invitation-id]");
+      if (what === "revoke" && invRow) {
+        const inv = invitations.find((i) => i.id === invRow.dataset.invitationId);
+        if (!inv) return;
+        const ok = await confirmDialog({
+          title: `Revoke the invitation of ${inv.email}?`, danger: true, confirmLabel: "Revoke invitation",
+          text: "Its link stops working at once and says it was revoked. You can invite them again later.",
+          action: () => api.post(`/api/invitations/${encodeURIComponent(inv.id)}/revoke`, {}),
+        });
+        if (ok) { toast(`Invitation of ${inv.email} revoked`, "ok"); await loadPeople(true); }
+        return;
+      }
+      const row = a.closest("[data-user-id]");
+      const p = list.find((x) => x.id === row?.dataset.userId);
+      if (!p) return;
+      const path = `/api/users/${encodeURIComponent(p.id)}`;
+      let ok, done;
+      if (what === "role") {
+        ok = await formDialog({
+          title: `Change the role of ${p.email}`,
+          intro: "The new role applies from their next click; they stay signed in.",
+          fields: field({ name: "role", label: "Role", value: p.role, testid: "person-role-select", options: ROLE_OPTIONS }),
+          submitLabel: "Change role", testid: "role-dialog", submitTestid: "role-confirm",
+          submit: (v) => api.patch(path, { role: v.role }),
+        });
+        done = ok && `${p.email} is now ${cap(ok.user?.role || "")}`;
+      } else if (what === "sessions") {
+        ok = await confirmDialog({
+          title: `End every session of ${p.email}?`, confirmLabel: "End sessions",
+          text: "Every session of theirs ends at once, in every browser. They can sign in again with their password.",
+          action: () => api.del(`${path}/sessions`),
+        });
+        done = ok && `${p.email} was signed out everywhere`;
+      } else if (what === "disable") {
+        ok = await confirmDialog({
+          title: `Disable ${p.email}?`, danger: true, confirmLabel: "Disable",
+          text: "They are signed out at once and cannot sign in until someone enables them again. Their history stays.",
+          action: () => api.post(`${path}/disable`, {}),
+        });
+        done = ok && `${p.email} disabled`;
+      } else if (what === "enable") {
+        try {
+          await busy(a, () => api.post(`${path}/enable`, {}));
+          ok = true; done = `${p.email} can sign in again`;
+        } catch (err) { if (err?.name !== "AbortError") toast(`Could not enable ${p.email}: ${err.message}`, "bad"); }
+      } else if (what === "delete") {
+        ok = await confirmDialog({
+          title: `Delete ${p.email}?`, danger: true, confirmLabel: "Delete for good",
+          text: "Their account and sessions are removed; this cannot be undone. What they did stays in the audit log. To only stop them for now, disable them instead.",
+          action: () => api.del(path),
+        });
+        done = ok && `${p.email} deleted`;
+      }
+      if (ok) { toast(done, "ok"); await loadPeople(true); }
+    }
+    people.addEventListener("click", (e) => {
+      const a = e.target.closest("[data-action]");
+      if (!a) return;
+      if (a.dataset.action === "retry") { loadPeople(); return; }
+      act(a);
+    });
 
     inv.addEventListener("submit", async (e) => {
       e.preventDefault();
