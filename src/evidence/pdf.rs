@@ -407,7 +407,7 @@ fn write_pdf(title: &str, pages: &[String]) -> Vec<u8> {
     let mut offsets: Vec<usize> = Vec::new();
     let mut object = |out: &mut Vec<u8>, body: &[u8]| {
         offsets.push(out.len());
-        let _ = write!(out, "{} 0 obj\n", offsets.len());
+        let _ = writeln!(out, "{} 0 obj", offsets.len());
         out.extend_from_slice(body);
         out.extend_from_slice(b"\nendobj\n");
     };
@@ -466,7 +466,7 @@ fn write_pdf(title: &str, pages: &[String]) -> Vec<u8> {
     let xref = out.len();
     let _ = write!(out, "xref\n0 {}\n0000000000 65535 f \n", offsets.len() + 1);
     for at in &offsets {
-        let _ = write!(out, "{at:010} 00000 n \n");
+        let _ = writeln!(out, "{at:010} 00000 n ");
     }
     let _ = write!(
         out,
