@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod audit;
 pub mod auth;
+pub mod call_list;
 pub mod console;
 pub mod error;
 pub mod evidence;

@@ -3,6 +3,7 @@
 
 use super::audit::{Source, by_key, record};
 use super::auth::{AdminKey, ProxyKey};
+use super::call_list::{self, Listing};
 use super::error::{ApiError, missing, optional_json};
 use crate::domain::audit::AuditAction;
 use crate::domain::{
@@ -364,6 +365,8 @@ struct BacktestBody {
 /// Default and largest number of recorded calls one backtest replays.
 const BACKTEST_DEFAULT_CALLS: u32 = 10_000;
 const BACKTEST_MAX_CALLS: u32 = 200_000;
+/// Calls one backtest holds at a time (requests only, see `store::backtest`).
+const BACKTEST_PAGE: u32 = 250;
 
 /// Runs a proposed guardrail configuration over the tenant's recorded calls of a time range
 /// (default: the last 24 hours) and reports the calls it would have decided differently.
@@ -409,44 +412,30 @@ pub async fn backtest_policies(
         ));
     }
     let (store, tenant) = (state.store.clone(), caller.tenant_id.clone());
+    let pricing = state.proxy.guard.pricing().clone();
     let filter = CallFilter {
         since: Some(since),
         until,
         ..CallFilter::default()
     };
-    // Newest first from the store, up to the cap; the simulation needs arrival order.
-    let (mut calls, range_truncated) = run_blocking(move || {
-        let mut calls = Vec::new();
-        let mut cursor: Option<CallCursor> = None;
-        loop {
-            let want = (max_calls as usize - calls.len()).min(1_000) as u32 + 1;
-            let page = store.list_calls(&tenant, &filter, cursor.as_ref(), want)?;
-            let full = page.len() == want as usize;
-            for c in page {
-                if calls.len() == max_calls as usize {
-                    return Ok::<_, crate::store::StoreError>((calls, true));
-                }
-                calls.push(c);
-            }
-            if !full {
-                return Ok((calls, false));
-            }
-            cursor = calls
-                .last()
-                .map(|c: &crate::domain::CallRecord| CallCursor {
-                    created_at: c.created_at,
-                    id: c.id.clone(),
-                });
-        }
+    // The newest `max_calls` calls of the range, replayed in arrival order a page at a
+    // time: the replay starts after the call that has `max_calls` newer ones, if any.
+    let (replayed, range_truncated) = run_blocking(move || {
+        let start = store.call_key_at(&tenant, &filter, max_calls)?;
+        let truncated = start.is_some();
+        let replayed = crate::guard::backtest::run_paged(
+            &pricing,
+            &tenant,
+            proposed,
+            start,
+            u64::from(max_calls),
+            BACKTEST_PAGE,
+            |after, n| store.recorded_requests(&tenant, &filter, after, n),
+        )?;
+        Ok::<_, crate::store::StoreError>((replayed, truncated))
     })
     .await?;
-    calls.reverse();
-    let oldest = calls.first().map(|c| c.created_at);
-    let pricing = state.proxy.guard.pricing().clone();
-    let tenant = caller.tenant_id.clone();
-    let report =
-        run_blocking(move || crate::guard::backtest::run(&pricing, &tenant, proposed, &calls))
-            .await;
+    let (report, oldest) = (replayed.report, replayed.first_at);
     record(
         &state,
         by_key(
@@ -580,26 +569,19 @@ pub async fn list_calls(
         q.q.as_deref()
             .map(|text| call_search(text, filter.clone()))
             .transpose()?;
-    let store = state.store.clone();
-    let tenant = caller.tenant_id.clone();
-    let calls = run_blocking(move || match &search {
-        Some(search) => store.search_calls(&tenant, search, cursor.as_ref(), limit),
-        None => store.list_calls(&tenant, &filter, cursor.as_ref(), limit),
-    })
-    .await?;
-    let next_cursor = (calls.len() == limit as usize)
-        .then(|| {
-            calls.last().map(|c| {
-                CallCursor {
-                    created_at: c.created_at,
-                    id: c.id.clone(),
-                }
-                .encode()
-            })
-        })
-        .flatten();
-    Ok(HttpResponse::Ok()
-        .json(json!({"object": "list", "data": calls, "next_cursor": next_cursor})))
+    let listing = match search {
+        Some(search) => Listing::Search(search),
+        None => Listing::Filter(filter),
+    };
+    // Written a slice at a time: memory per request is a slice of records, not `limit`.
+    call_list::respond(
+        state.store.clone(),
+        caller.tenant_id.clone(),
+        listing,
+        cursor,
+        limit,
+    )
+    .await
 }
 
 /// The search `q` of `GET /v1/calls`, narrowed further by the request's separate filter

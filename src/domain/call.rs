@@ -81,6 +81,59 @@ pub struct CallRecord {
     pub body_pruned_at: Option<Timestamp>,
 }
 
+/// A recorded call as a policy replay (`guard::backtest`) reads it: the request, who sent
+/// it and when, how it was decided and the usage it was settled with. Not the response
+/// body, the decisions, the metadata or the hashes: a backtest over 200,000 calls reads
+/// this, a page at a time, instead of whole records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedRequest {
+    pub id: CallId,
+    pub key_id: KeyId,
+    pub created_at: Timestamp,
+    pub endpoint: String,
+    pub model: Option<String>,
+    pub end_user: Option<String>,
+    pub request_body: String,
+    pub request_truncated: bool,
+    pub status: u16,
+    pub blocked: bool,
+    pub blocked_by: Option<String>,
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+    pub cached_tokens: Option<i64>,
+}
+
+impl From<&CallRecord> for RecordedRequest {
+    fn from(c: &CallRecord) -> Self {
+        Self {
+            id: c.id.clone(),
+            key_id: c.key_id.clone(),
+            created_at: c.created_at,
+            endpoint: c.endpoint.clone(),
+            model: c.model.clone(),
+            end_user: c.end_user.clone(),
+            request_body: c.request_body.clone(),
+            request_truncated: c.request_truncated,
+            status: c.status,
+            blocked: c.blocked,
+            blocked_by: c.blocked_by.clone(),
+            prompt_tokens: c.prompt_tokens,
+            completion_tokens: c.completion_tokens,
+            cached_tokens: c.cached_tokens,
+        }
+    }
+}
+
+impl RecordedRequest {
+    /// Its position in a list of calls.
+    pub fn cursor(&self) -> CallCursor {
+        CallCursor {
+            created_at: self.created_at,
+            id: self.id.clone(),
+        }
+    }
+}
+
 /// Filters for listing calls; every field narrows the result.
 #[derive(Debug, Clone, Default)]
 pub struct CallFilter {
@@ -94,7 +147,8 @@ pub struct CallFilter {
     pub blocked: Option<bool>,
 }
 
-/// A position in a newest-first list of calls: the last row of the previous page.
+/// A position in a list of calls (newest first; oldest first for a policy replay): the
+/// last row of the previous page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallCursor {
     pub created_at: Timestamp,

@@ -28,7 +28,7 @@ pub mod trusted_proxies;
 pub mod upstream_url;
 pub mod user;
 
-pub use call::{CallCursor, CallFilter, CallRecord};
+pub use call::{CallCursor, CallFilter, CallRecord, RecordedRequest};
 pub use decision::{Decision, Outcome};
 pub use freeze::{FreezeAction, FreezeEvent};
 pub use ids::{

@@ -10,14 +10,18 @@
 //! when it happened has no upstream result, so it is admitted without usage. Calls stopped
 //! by a person's kill switch are outside any policy and are only counted; a freeze that
 //! dg-004 raises inside the simulation does block the simulated calls after it.
+//!
+//! [`run_paged`] reads the calls a page at a time and drops each page once replayed, so a
+//! backtest over 200,000 calls holds one page of requests ([`RecordedRequest`]: no
+//! responses), not the whole range.
 
 use super::pricing::Pricing;
 use super::{CallResult, Endpoint, Guard, RequestFacts, Verdict};
 use crate::domain::call::endpoint;
 use crate::domain::decision::policy as ids;
 use crate::domain::{
-    CallId, CallRecord, Decision, FreezeAction, FreezeEvent, FreezeId, PolicyConfig, TenantId,
-    Timestamp,
+    CallCursor, CallId, CallRecord, Decision, FreezeAction, FreezeEvent, FreezeId, PolicyConfig,
+    RecordedRequest, TenantId, Timestamp,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -71,7 +75,7 @@ pub struct Report {
     pub changes_truncated: bool,
 }
 
-fn guard_endpoint(call: &CallRecord) -> Option<Endpoint> {
+fn guard_endpoint(call: &RecordedRequest) -> Option<Endpoint> {
     match call.endpoint.as_str() {
         endpoint::CHAT_COMPLETIONS => Some(Endpoint::ChatCompletions),
         endpoint::EMBEDDINGS => Some(Endpoint::Embeddings),
@@ -79,7 +83,7 @@ fn guard_endpoint(call: &CallRecord) -> Option<Endpoint> {
     }
 }
 
-fn recorded(call: &CallRecord) -> Outcome {
+fn recorded(call: &RecordedRequest) -> Outcome {
     Outcome {
         blocked: call.blocked,
         blocked_by: call.blocked_by.clone(),
@@ -95,13 +99,87 @@ pub fn run<'a>(
     proposed: PolicyConfig,
     calls: impl IntoIterator<Item = &'a CallRecord>,
 ) -> Report {
-    let sim = Guard::new(pricing.clone());
-    sim.set_policy(tenant, Arc::new(proposed));
-    let mut report = Report::default();
+    let mut replay = Replay::new(pricing, tenant, proposed);
     for call in calls {
+        replay.call(&RecordedRequest::from(call));
+    }
+    replay.finish()
+}
+
+/// What [`run_paged`] replayed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replayed {
+    pub report: Report,
+    /// When the first (oldest) call replayed arrived; `None` when there was none.
+    pub first_at: Option<Timestamp>,
+}
+
+/// Runs `proposed` for `tenant` over recorded calls read a page at a time, holding one
+/// page only: `next_page(after, n)` returns up to `n` of the tenant's calls in arrival
+/// order (oldest first) strictly after `after` (from the start when `None`), and a page
+/// shorter than asked ends the replay, as does reaching `max_calls`. The report is the
+/// one [`run`] gives over the same calls at once.
+pub fn run_paged<E>(
+    pricing: &Pricing,
+    tenant: &TenantId,
+    proposed: PolicyConfig,
+    start: Option<CallCursor>,
+    max_calls: u64,
+    page_size: u32,
+    mut next_page: impl FnMut(Option<&CallCursor>, u32) -> Result<Vec<RecordedRequest>, E>,
+) -> Result<Replayed, E> {
+    let mut replay = Replay::new(pricing, tenant, proposed);
+    let mut after = start;
+    let mut replayed = 0u64;
+    let mut first_at = None;
+    let page_size = page_size.max(1);
+    while replayed < max_calls {
+        let want = u32::try_from(max_calls - replayed).map_or(page_size, |n| n.min(page_size));
+        let page = next_page(after.as_ref(), want)?;
+        for call in &page {
+            first_at.get_or_insert(call.created_at);
+            replay.call(call);
+        }
+        replayed += page.len() as u64;
+        match page.last() {
+            Some(last) if page.len() == want as usize => after = Some(last.cursor()),
+            _ => break,
+        }
+    }
+    Ok(Replayed {
+        report: replay.finish(),
+        first_at,
+    })
+}
+
+/// The simulation: a private guard with the proposed policy, fed the calls one by one in
+/// arrival order.
+struct Replay<'t> {
+    sim: Guard,
+    tenant: &'t TenantId,
+    report: Report,
+}
+
+impl<'t> Replay<'t> {
+    fn new(pricing: &Pricing, tenant: &'t TenantId, proposed: PolicyConfig) -> Self {
+        let sim = Guard::new(pricing.clone());
+        sim.set_policy(tenant, Arc::new(proposed));
+        Self {
+            sim,
+            tenant,
+            report: Report::default(),
+        }
+    }
+
+    fn finish(self) -> Report {
+        self.report
+    }
+
+    fn call(&mut self, call: &RecordedRequest) {
+        let (sim, tenant, report) = (&self.sim, self.tenant, &mut self.report);
         if call.blocked_by.as_deref() == Some(ids::KILL_SWITCH) {
             report.skipped_kill_switch += 1;
-            continue;
+            return;
         }
         let body = (!call.request_truncated)
             .then(|| serde_json::from_str::<Value>(&call.request_body).ok())
@@ -109,7 +187,7 @@ pub fn run<'a>(
             .filter(Value::is_object);
         let (Some(body), Some(ep)) = (body, guard_endpoint(call)) else {
             report.skipped_no_request += 1;
-            continue;
+            return;
         };
         let now = call.created_at;
         let verdict = sim.check(
@@ -169,7 +247,7 @@ pub fn run<'a>(
         let was = recorded(call);
         if was.blocked == proposed.blocked && was.blocked_by == proposed.blocked_by {
             report.unchanged += 1;
-            continue;
+            return;
         }
         report.changed += 1;
         if proposed.blocked && !was.blocked {
@@ -195,7 +273,6 @@ pub fn run<'a>(
             report.changes_truncated = true;
         }
     }
-    report
 }
 
 fn count(v: Option<i64>) -> u64 {
@@ -313,6 +390,111 @@ mod tests {
         // Two over the limit in each burst (the second burst has one call fewer to compare).
         assert_eq!(r.newly_blocked, 3, "{r:?}");
         assert!(r.changes.iter().all(|c| c.proposed.status == 429));
+    }
+
+    /// Serves `calls` (in arrival order) as a store would: up to `n` strictly after `after`.
+    fn pages<'c>(
+        calls: &'c [CallRecord],
+        asked: &'c std::cell::RefCell<Vec<u32>>,
+    ) -> impl FnMut(Option<&CallCursor>, u32) -> Result<Vec<RecordedRequest>, String> + 'c {
+        move |after, n| {
+            asked.borrow_mut().push(n);
+            Ok(calls
+                .iter()
+                .filter(|c| after.is_none_or(|a| (c.created_at, &c.id) > (a.created_at, &a.id)))
+                .take(n as usize)
+                .map(RecordedRequest::from)
+                .collect())
+        }
+    }
+
+    /// The report without the time each decision took, which differs from run to run.
+    fn timeless(mut r: Report) -> Report {
+        for c in &mut r.changes {
+            if let Some(d) = &mut c.decision {
+                d.micros = 0;
+            }
+        }
+        r
+    }
+
+    #[test]
+    fn a_replay_page_by_page_reports_exactly_what_one_pass_over_all_calls_does() {
+        let (t, k) = (TenantId::generate(), KeyId::generate());
+        let start = 1_700_000_000_000;
+        // Bursts over a rate limit that straddle page boundaries, calls sharing a
+        // millisecond, an oversized request, a kill-switch block and a hashed body.
+        let mut calls: Vec<CallRecord> = (0..40)
+            .map(|i| {
+                let at = start + (i / 8) * 90_000 + (i % 8) * 10 - (i % 2) * 10;
+                call(&t, &k, at, if i % 7 == 0 { 5_000 } else { 10 }, 200)
+            })
+            .collect();
+        calls[11].blocked = true;
+        calls[11].blocked_by = Some("killswitch".into());
+        calls[11].status = 423;
+        calls[23].request_body.clear();
+        calls.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        let proposed = PolicyConfig {
+            key_requests_per_minute: 5,
+            max_tokens_per_request: 1_000,
+            ..PolicyConfig::default()
+        };
+        let whole = timeless(run(&Pricing::builtin(), &t, proposed.clone(), &calls));
+        assert!(whole.changed > 0 && whole.unchanged > 0, "{whole:?}");
+
+        for page_size in [1, 3, 7, 40, 1_000] {
+            let asked = std::cell::RefCell::new(Vec::new());
+            let paged = run_paged(
+                &Pricing::builtin(),
+                &t,
+                proposed.clone(),
+                None,
+                200_000,
+                page_size,
+                pages(&calls, &asked),
+            )
+            .unwrap();
+            assert_eq!(timeless(paged.report), whole, "page size {page_size}");
+            assert_eq!(paged.first_at, Some(calls[0].created_at));
+            let asked = asked.into_inner();
+            assert!(asked.iter().all(|&n| n <= page_size), "{asked:?}");
+            assert_eq!(asked.len(), 40 / page_size as usize + 1, "{asked:?}");
+        }
+
+        // A cap and a start: the calls after the tenth, twenty of them, as `run` over those.
+        let asked = std::cell::RefCell::new(Vec::new());
+        let capped = run_paged(
+            &Pricing::builtin(),
+            &t,
+            proposed.clone(),
+            Some(CallCursor {
+                created_at: calls[9].created_at,
+                id: calls[9].id.clone(),
+            }),
+            20,
+            6,
+            pages(&calls, &asked),
+        )
+        .unwrap();
+        assert_eq!(
+            timeless(capped.report),
+            timeless(run(&Pricing::builtin(), &t, proposed, &calls[10..30]))
+        );
+        assert_eq!(capped.first_at, Some(calls[10].created_at));
+        assert_eq!(asked.into_inner(), [6, 6, 6, 2]);
+
+        // A store error ends the replay with that error.
+        let failed = run_paged(
+            &Pricing::builtin(),
+            &t,
+            PolicyConfig::default(),
+            None,
+            10,
+            3,
+            |_, _| Err::<Vec<RecordedRequest>, _>("down"),
+        );
+        assert_eq!(failed.map(|r| r.first_at), Err("down"));
     }
 
     #[test]

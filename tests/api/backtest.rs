@@ -3,6 +3,8 @@
 
 use crate::helpers::{Backend, ProxySetup, TestApp, call_id};
 use crate::on_both_backends;
+use agv_server::domain::{CallId, CallRecord, Timestamp};
+use agv_server::store::run_blocking;
 use serde_json::{Value, json};
 
 async fn backtest(app: &TestApp, admin: &str, body: &Value) -> reqwest::Response {
@@ -120,6 +122,93 @@ async fn a_looser_limit_lets_recorded_blocks_through(backend: Backend) {
     );
 }
 
+/// Records `n` copies of `template` one second apart from `first_ms` on, every third one
+/// asking for 4,000 tokens and the others for 200; returns their ids, oldest first.
+async fn record_copies(
+    app: &TestApp,
+    template: &CallRecord,
+    n: usize,
+    first_ms: i64,
+) -> Vec<String> {
+    let calls: Vec<CallRecord> = (0..n)
+        .map(|i| CallRecord {
+            id: CallId::generate(),
+            created_at: Timestamp::from_millis(first_ms + i as i64 * 1_000),
+            request_body: body_with_max_tokens(if i % 3 == 0 { 4_000 } else { 200 }).to_string(),
+            ..template.clone()
+        })
+        .collect();
+    let ids = calls.iter().map(|c| c.id.to_string()).collect();
+    let store = app.app_state.store.clone();
+    run_blocking(move || store.insert_calls(&calls))
+        .await
+        .unwrap();
+    ids
+}
+
+async fn a_backtest_over_many_pages_replays_the_newest_calls_in_arrival_order(backend: Backend) {
+    let Some(setup) = ProxySetup::new(backend) else {
+        return;
+    };
+    let (app, _up, _tenant, key, admin) = setup.start().await;
+    let res = app
+        .post_json("/v1/chat/completions", &key, &body_with_max_tokens(4_000))
+        .await;
+    assert_eq!(res.status(), 200);
+    let newest = call_id(&res);
+    let template: CallRecord = serde_json::from_value(app.call(&admin, &newest).await).unwrap();
+    // 1,200 calls before it: more than one page of the store (1,000 calls) and many pages of
+    // the replay (250 calls each).
+    let copies = record_copies(
+        &app,
+        &template,
+        1_200,
+        template.created_at.millis() - 1_300_000,
+    )
+    .await;
+    let policy = json!({"max_tokens_per_request": 1000});
+
+    let all: Value = backtest(&app, &admin, &json!({"policy": policy}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let r = &all["report"];
+    assert_eq!(r["evaluated"], 1_201, "{all}");
+    assert_eq!(r["newly_blocked"], 400 + 1, "{r}");
+    assert_eq!(all["range_truncated"], false);
+    assert_eq!(all["evaluated_from"], Value::Null);
+    let named: Vec<&str> = r["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["call_id"].as_str().unwrap())
+        .collect();
+    let mut expected: Vec<&str> = copies.iter().step_by(3).map(String::as_str).collect();
+    expected.push(&newest);
+    assert_eq!(named, expected, "changed calls in arrival order");
+
+    // Capped: the newest 1,100 (the call and 1,099 copies), from the 102nd copy on.
+    let capped: Value = backtest(&app, &admin, &json!({"policy": policy, "max_calls": 1_100}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let r = &capped["report"];
+    assert_eq!(r["evaluated"], 1_100, "{capped}");
+    assert_eq!(capped["range_truncated"], true);
+    assert_eq!(
+        capped["evaluated_from"],
+        json!(template.created_at.millis() - 1_300_000 + 101 * 1_000)
+    );
+    let first_changed = 102; // the first copy from 101 on that asks for 4,000 tokens
+    assert_eq!(r["changes"][0]["call_id"], copies[first_changed].as_str());
+    assert_eq!(
+        r["newly_blocked"],
+        (first_changed..1_200).step_by(3).count() + 1
+    );
+}
+
 async fn bad_backtest_requests_are_400(backend: Backend) {
     let Some(setup) = ProxySetup::new(backend) else {
         return;
@@ -183,5 +272,6 @@ async fn bad_backtest_requests_are_400(backend: Backend) {
 on_both_backends!(
     a_tighter_limit_names_exactly_the_calls_it_would_have_stopped,
     a_looser_limit_lets_recorded_blocks_through,
+    a_backtest_over_many_pages_replays_the_newest_calls_in_arrival_order,
     bad_backtest_requests_are_400,
 );

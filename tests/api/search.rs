@@ -160,7 +160,108 @@ async fn another_tenants_admin_key_finds_none_of_the_calls(backend: Backend) {
     app.stop().await;
 }
 
+/// Every page of `params` (with `limit`), walked through `next_cursor` to the end.
+async fn walk(app: &TestApp, admin: &str, params: &[(&str, &str)], limit: &str) -> Vec<String> {
+    let (mut all, mut cursor) = (Vec::new(), None::<String>);
+    loop {
+        let mut p = params.to_vec();
+        p.push(("limit", limit));
+        if let Some(c) = &cursor {
+            p.push(("cursor", c));
+        }
+        let res = search(app, admin, &p).await;
+        assert_eq!(res.status(), 200, "{p:?}");
+        let page: serde_json::Value = res.json().await.unwrap();
+        let data = page["data"].as_array().unwrap();
+        assert!(data.len() <= limit.parse::<usize>().unwrap());
+        for c in data {
+            // Whole records, bodies included.
+            assert!(!c["request_body"].as_str().unwrap().is_empty(), "{c}");
+            all.push(c["id"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return all,
+        }
+    }
+}
+
+async fn lists_longer_than_a_slice_hold_the_same_calls_as_small_pages(backend: Backend) {
+    let Some(setup) = ProxySetup::new(backend) else {
+        return;
+    };
+    let (app, _upstream, _tenant, key, admin) = setup.start().await;
+    app.set_policy(
+        &admin,
+        serde_json::json!({"key_requests_per_minute": 10_000, "tenant_requests_per_minute": 10_000}),
+    )
+    .await;
+    // 130 calls: lists of up to 500 are written 50 calls at a time.
+    for i in 0..130 {
+        chat_as(
+            &app,
+            &key,
+            &format!("cust_{}", i % 2),
+            &format!("invoice number {i}"),
+        )
+        .await;
+    }
+    index_now(&app).await;
+    let by_one_query = walk(&app, &admin, &[], "500").await;
+    assert_eq!(by_one_query.len(), 130);
+    assert_eq!(walk(&app, &admin, &[], "7").await, by_one_query);
+    assert_eq!(walk(&app, &admin, &[], "120").await, by_one_query);
+    assert_eq!(walk(&app, &admin, &[], "50").await, by_one_query);
+    assert_eq!(
+        walk(&app, &admin, &[("q", "invoice")], "500").await,
+        by_one_query
+    );
+    assert_eq!(
+        walk(&app, &admin, &[("q", "invoice")], "60").await,
+        by_one_query
+    );
+    let one_user = walk(&app, &admin, &[("user", "cust_1")], "500").await;
+    assert_eq!(one_user.len(), 65);
+    assert_eq!(
+        walk(&app, &admin, &[("user", "cust_1")], "9").await,
+        one_user
+    );
+
+    // A full page has a cursor to the rest; the JSON is the same object as before.
+    let res = search(&app, &admin, &[("limit", "120")]).await;
+    assert_eq!(
+        res.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    let text = res.text().await.unwrap();
+    assert!(
+        text.starts_with(r#"{"object":"list","data":[{"#),
+        "{}",
+        &text[..40]
+    );
+    let page: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(page["data"].as_array().unwrap().len(), 120);
+    assert_eq!(
+        page["next_cursor"].as_str().unwrap(),
+        format!(
+            "{}.{}",
+            page["data"][119]["created_at"],
+            page["data"][119]["id"].as_str().unwrap()
+        )
+    );
+    let none: serde_json::Value = search(&app, &admin, &[("user", "nobody"), ("limit", "500")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        none,
+        serde_json::json!({"object": "list", "data": [], "next_cursor": null})
+    );
+}
+
 on_both_backends!(
+    lists_longer_than_a_slice_hold_the_same_calls_as_small_pages,
     a_call_is_found_by_a_word_of_its_prompt_and_by_its_end_user,
     a_malformed_q_is_a_400_that_says_what_is_wrong_and_the_server_keeps_working,
     another_tenants_admin_key_finds_none_of_the_calls,
