@@ -12,7 +12,7 @@
 use serde_json::Value;
 
 /// Bytes of text per token, rounded up.
-const BYTES_PER_TOKEN: u64 = 4;
+pub const BYTES_PER_TOKEN: u64 = 4;
 /// Role, separators and name framing of one chat message.
 const PER_MESSAGE_OVERHEAD: u64 = 4;
 /// The tokens that prime the assistant's reply.

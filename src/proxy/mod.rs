@@ -288,7 +288,12 @@ impl Proxy {
                 rec.blocked_by = Some(stop.policy.to_string());
                 rec.response_body = Some(err.body_json());
                 return self
-                    .commit(rec, incoming.received, Outcome::Error(err))
+                    .commit(
+                        rec,
+                        incoming.received,
+                        AfterCall::default(),
+                        Outcome::Error(err),
+                    )
                     .await;
             }
             Verdict::Allow {
@@ -394,14 +399,13 @@ impl Proxy {
         note_post_cost(&mut rec, &after);
         rec.status = 200;
         self.set_response(&mut rec, &body);
-        self.after_call(&incoming.tenant_id, after).await;
         let answer = Outcome::Full {
             status: 200,
             content_type,
             body,
             retry_after: None,
         };
-        self.commit(rec, incoming.received, answer).await
+        self.commit(rec, incoming.received, after, answer).await
     }
 
     /// The upstream answered with an error status: pass client errors through, map the
@@ -435,7 +439,6 @@ impl Proxy {
                     .map(str::to_owned)
             })
             .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
-        self.after_call(&incoming.tenant_id, after).await;
         if upstream_fault {
             let err = match status {
                 _ if redirect => ApiError::new(
@@ -478,7 +481,7 @@ impl Proxy {
             rec.error = Some(format!("upstream status {status}: {upstream_message}"));
             rec.response_body = Some(err.body_json());
             return self
-                .commit(rec, incoming.received, Outcome::Error(err))
+                .commit(rec, incoming.received, after, Outcome::Error(err))
                 .await;
         }
         // A client error (bad model, bad parameter, upstream rate limit): the client sees
@@ -492,7 +495,7 @@ impl Proxy {
             body,
             retry_after,
         };
-        self.commit(rec, incoming.received, answer).await
+        self.commit(rec, incoming.received, after, answer).await
     }
 
     async fn upstream_failed(
@@ -511,20 +514,37 @@ impl Proxy {
         rec.status = err.kind.status().as_u16();
         rec.error = Some(e.to_string());
         rec.response_body = Some(err.body_json());
-        self.after_call(&incoming.tenant_id, after).await;
-        self.commit(rec, incoming.received, Outcome::Error(err))
+        self.commit(rec, incoming.received, after, Outcome::Error(err))
             .await
     }
 
-    /// Counts the call and commits its record; only then does `answer` go out, so an
+    /// Finishes the call ([`Proxy::finish`]); only then does `answer` go out, so an
     /// acknowledged call is never lost. If the record cannot be committed the client gets
     /// a 503 instead of an answer without evidence.
     pub(crate) async fn commit(
         &self,
-        mut rec: CallRecord,
+        rec: CallRecord,
         received: Instant,
+        after: AfterCall,
         answer: Outcome,
     ) -> Outcome {
+        match self.finish(rec, received, after).await {
+            Ok(()) => answer,
+            Err(e) => Outcome::Error(record_failed(&e)),
+        }
+    }
+
+    /// The one end of every call, unary or streamed, passed, blocked or failed: acts on
+    /// what the guard noticed when it settled the call (`after`), redacts the record,
+    /// counts it, commits it, and only then raises its signals and feeds its cost to the
+    /// incident engine, so that an incident never points at a call that is not stored.
+    pub(crate) async fn finish(
+        &self,
+        mut rec: CallRecord,
+        received: Instant,
+        after: AfterCall,
+    ) -> Result<(), StoreError> {
+        self.after_call(&rec.tenant_id, after).await;
         rec.latency_us = micros(received.elapsed());
         // Before anything else sees the bodies: signals and the store get them redacted.
         self.guard.redact(&mut rec);
@@ -543,22 +563,18 @@ impl Proxy {
                 cost,
                 at: rec.created_at,
             });
-        match self.recorder.record(rec).await {
-            Ok(()) => {
-                for s in signals {
-                    self.incidents.signal(s);
-                }
-                if let Some(c) = cost {
-                    self.incidents.cost(c);
-                }
-                answer
-            }
-            Err(e) => Outcome::Error(record_failed(&e)),
+        self.recorder.record(rec).await?;
+        for s in signals {
+            self.incidents.signal(s);
         }
+        if let Some(c) = cost {
+            self.incidents.cost(c);
+        }
+        Ok(())
     }
 
     /// Acts on what the guard noticed after a call: a failure spike freezes the tenant.
-    pub(crate) async fn after_call(&self, tenant: &TenantId, after: AfterCall) {
+    async fn after_call(&self, tenant: &TenantId, after: AfterCall) {
         use crate::domain::incident::{Signal, Subject, rule};
         let tenant_signal = |rule: &str, detail: String| Signal {
             tenant_id: tenant.clone(),

@@ -117,6 +117,8 @@ async fn relay(
         hash: Sha256::new(),
     };
     let mut usage = Usage::default();
+    // Bytes of generated text relayed: the usage estimate of a stream that ends early.
+    let mut relayed_text: u64 = 0;
     let mut served_model: Option<String> = None;
     let mut done = false;
     let mut client_gone = false;
@@ -145,7 +147,13 @@ async fn relay(
                 while let Some(end) = event_end(&pending, scanned) {
                     scanned = 0;
                     let event: Vec<u8> = pending.drain(..end).collect();
-                    match process_event(&event, strip, &mut usage, &mut served_model) {
+                    match process_event(
+                        &event,
+                        strip,
+                        &mut usage,
+                        &mut served_model,
+                        &mut relayed_text,
+                    ) {
                         Event::Done => {
                             done = true;
                             break 'read;
@@ -181,6 +189,22 @@ async fn relay(
 
     rec.upstream_latency_us = Some(micros(started.elapsed()));
     let model = served_model.or_else(|| rec.model.clone());
+    // A stream that ended early rarely got to its usage chunk: what it cost is estimated
+    // from the request and the text relayed, and the record says so.
+    let ended_early = failure.is_some() || client_gone;
+    let estimated = ended_early && usage.prompt.is_none() && usage.completion.is_none();
+    if estimated {
+        let (prompt, completion) = (
+            admission.prompt_estimate(),
+            relayed_text.div_ceil(crate::guard::tokens::BYTES_PER_TOKEN),
+        );
+        usage = Usage {
+            prompt: i64::try_from(prompt).ok(),
+            completion: i64::try_from(completion).ok(),
+            cached: None,
+            total: i64::try_from(prompt.saturating_add(completion)).ok(),
+        };
+    }
     let after = proxy.guard.complete(
         admission,
         usage.result(model.as_deref(), failure.is_some()),
@@ -190,29 +214,39 @@ async fn relay(
     rec.model = model;
     rec.cost = after.cost;
     note_post_cost(&mut rec, &after);
-    rec.status = 200;
+    let estimate_note = if estimated {
+        format!(
+            "; usage estimated from the request and the {relayed_text} bytes of text relayed (the stream ended before the upstream reported usage)"
+        )
+    } else {
+        String::new()
+    };
     let tail: Vec<u8> = match (&failure, client_gone) {
         (Some(e), _) => {
+            // A failed call like a unary one: its 5xx status, counted toward dg-004 above
+            // and raising the upstream-error signal when it is finished.
             let err = upstream_error(e);
-            rec.error = Some(e.to_string());
+            rec.status = err.kind.status().as_u16();
+            rec.error = Some(format!("{e}{estimate_note}"));
             format!("data: {}\n\n", err.body_json()).into_bytes()
         }
         (None, true) => {
-            rec.error = Some("the client disconnected before the end of the stream".into());
+            rec.status = CLIENT_CLOSED_REQUEST;
+            rec.error = Some(format!(
+                "the client disconnected before the end of the stream{estimate_note}"
+            ));
             Vec::new()
         }
-        (None, false) => DONE.to_vec(),
+        (None, false) => {
+            rec.status = 200;
+            DONE.to_vec()
+        }
     };
     transcript.push(&tail);
     rec.response_body = Some(String::from_utf8_lossy(&transcript.kept).into_owned());
     rec.response_truncated = transcript.cut;
     rec.response_sha256 = Some(hex::encode(transcript.hash.finalize()));
-    rec.latency_us = micros(incoming.received.elapsed());
-    proxy.guard.redact(&mut rec);
-    proxy.count_call(&rec);
-    let tenant = rec.tenant_id.clone();
-    proxy.after_call(&tenant, after).await;
-    match proxy.recorder.record(rec).await {
+    match proxy.finish(rec, incoming.received, after).await {
         Ok(()) if !tail.is_empty() => {
             let _ = tx.send(Ok(Bytes::from(tail))).await;
         }
@@ -227,6 +261,10 @@ async fn relay(
         }
     }
 }
+
+/// The status recorded for a stream the client left before its end (nginx's 499 "client
+/// closed request"); the client is gone, so no one receives it.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// The largest single event of a stream held while waiting for its end. OpenAI's events
 /// are a few hundred bytes; an upstream that never ends one must not grow the buffer
@@ -256,6 +294,7 @@ fn process_event(
     strip: bool,
     usage: &mut Usage,
     model: &mut Option<String>,
+    relayed_text: &mut u64,
 ) -> Event {
     let text = String::from_utf8_lossy(event);
     let data_lines: Vec<&str> = text
@@ -276,6 +315,7 @@ fn process_event(
     if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
         *usage = Usage::from_json(Some(u));
     }
+    *relayed_text += generated_text_bytes(&chunk);
     if model.is_none() {
         *model = chunk
             .get("model")
@@ -305,6 +345,31 @@ fn process_event(
     }
 }
 
+/// The bytes of generated text in a chunk: each choice's content, refusal and tool-call
+/// arguments.
+fn generated_text_bytes(chunk: &serde_json::Value) -> u64 {
+    let Some(choices) = chunk.get("choices").and_then(|c| c.as_array()) else {
+        return 0;
+    };
+    let len = |v: Option<&serde_json::Value>| v.and_then(|t| t.as_str()).map_or(0, str::len);
+    choices
+        .iter()
+        .filter_map(|c| c.get("delta"))
+        .map(|d| {
+            let tools: usize = d
+                .get("tool_calls")
+                .and_then(|t| t.as_array())
+                .map_or(0, |calls| {
+                    calls
+                        .iter()
+                        .map(|c| len(c.pointer("/function/arguments")))
+                        .sum()
+                });
+            (len(d.get("content")) + len(d.get("refusal")) + tools) as u64
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,19 +393,19 @@ mod tests {
         let chunk = br#"data: {"id":"c","model":"gpt-4o","choices":[{"delta":{"content":"hi"}}],"usage":null}
 
 "#;
-        let Event::Forward(out) = process_event(chunk, true, &mut usage, &mut model) else {
+        let Event::Forward(out) = process_event(chunk, true, &mut usage, &mut model, &mut 0) else {
             panic!()
         };
         assert_eq!(&out[..], &b"data: {\"id\":\"c\",\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n"[..]);
         assert_eq!(model.as_deref(), Some("gpt-4o"));
         let last = b"data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\n";
         assert!(matches!(
-            process_event(last, true, &mut usage, &mut model),
+            process_event(last, true, &mut usage, &mut model, &mut 0),
             Event::Skip
         ));
         assert_eq!(usage.total, Some(7));
         assert!(matches!(
-            process_event(b"data: [DONE]\n\n", true, &mut usage, &mut model),
+            process_event(b"data: [DONE]\n\n", true, &mut usage, &mut model, &mut 0),
             Event::Done
         ));
     }
@@ -350,13 +415,14 @@ mod tests {
         let mut usage = Usage::default();
         let mut model = None;
         let last = b"data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\n";
-        let Event::Forward(out) = process_event(last, false, &mut usage, &mut model) else {
+        let Event::Forward(out) = process_event(last, false, &mut usage, &mut model, &mut 0) else {
             panic!()
         };
         assert_eq!(&out[..], &last[..]);
         assert_eq!(usage.prompt, Some(5));
         let comment = b": keep-alive\n\n";
-        let Event::Forward(out) = process_event(comment, true, &mut usage, &mut model) else {
+        let Event::Forward(out) = process_event(comment, true, &mut usage, &mut model, &mut 0)
+        else {
             panic!()
         };
         assert_eq!(&out[..], &comment[..]);

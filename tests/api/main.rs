@@ -36,6 +36,7 @@ mod sdk;
 mod search;
 mod session;
 mod startup_errors;
+mod streams;
 mod tasks;
 mod tls;
 mod update;
