@@ -3,7 +3,7 @@
 //! A list answers whole call records, bodies included, up to 500 of them. Reading them all,
 //! turning them into one `serde_json::Value` tree and then into one string held each
 //! record several times over at once: a page of 500 calls of 16 KiB prompts and answers
-//! (17.5 MB of JSON) took 126–142 MB of heap, against 18–20 MB written this way
+//! (17.5 MB of JSON) took +126–150 MB of heap, against +19–22 MB written this way
 //! (`bench/memory.py`). Here the store is read [`SLICE`] calls at a time (strictly after the
 //! previous slice's last call, as a client's own paging would), each slice is written out
 //! as JSON and dropped before the next is read, and the next is read only when the client

@@ -6,7 +6,7 @@
 //! included, and hold them all before the replay began: 54 MB of heap per 1,000 calls of
 //! 16 KiB prompts and answers (`bench/memory.py`), gigabytes for the largest range (a
 //! paging bug stopped it after 1,000 calls, which hid that). Read this way it holds one
-//! page of requests: 50,010 such calls replay within +22 MB. This module must not decide
+//! page of requests: 50,010 such calls replay within +17–27 MB. This module must not decide
 //! anything about policies.
 
 use super::rows::{CallOrder, CallsPage, calls_page_query};
