@@ -54,12 +54,15 @@ import sqlite3
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.parse
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The scaffolding every benchmark here shares: building, ports, processes, waiting.
+from proxy import binaries, build, clean_env, cpu_seconds, free_port, log, wait_http  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE_FILE = "memory-fixture.json"
@@ -79,40 +82,6 @@ VOCABULARY = (
 UNLIMITED = {"key_requests_per_minute": 100_000_000, "key_tokens_per_minute": 100_000_000_000,
              "tenant_requests_per_minute": 100_000_000, "tenant_tokens_per_minute": 100_000_000_000,
              "max_tokens_per_request": 1_000_000}
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def clean_env():
-    return {k: v for k, v in os.environ.items() if not k.startswith(("AGV_", "OPENAI_"))}
-
-
-def target_dir():
-    return os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
-
-
-def build(profile):
-    cmd = ["cargo", "build", "--bin", "agv-server", "--example", "mock_upstream",
-           "--example", "loadgen", "--profile", profile]
-    log("$ " + " ".join(cmd))
-    subprocess.run(cmd, cwd=ROOT, check=True)
-
-
-def binaries(profile):
-    base = os.path.join(target_dir(), "debug" if profile == "dev" else profile)
-    return {
-        "agv": os.path.join(base, "agv-server"),
-        "mock": os.path.join(base, "examples", "mock_upstream"),
-        "loadgen": os.path.join(base, "examples", "loadgen"),
-    }
 
 
 def proc_status(pid, field):
@@ -163,15 +132,6 @@ def reset_peak(pid):
         return True
     except OSError:
         return False
-
-
-def cpu_seconds(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 class Procs:
@@ -231,24 +191,6 @@ class Client:
         if status != 200:
             sys.exit(f"{method} {path} answered {status}: {data[:500]!r}")
         return json.loads(data), len(data)
-
-
-def wait_http(port, path, timeout_s, proc):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"agv-server exited with {proc.returncode} before {path} answered")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", path)
-            status = conn.getresponse().status
-            conn.close()
-            if status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"127.0.0.1:{port}{path} not ready after {timeout_s} s")
 
 
 def server_env(mock_url):
