@@ -149,7 +149,7 @@ async fn policy_replay(
         now,
     );
     let changes = decision_changes(&original.decisions, &ev.decisions);
-    let would_block = ev.stopped_by.is_some();
+    let would_block = ev.stop.is_some();
     let id = ReplayId::generate();
     let report = json!({
         "id": id,
@@ -160,8 +160,8 @@ async fn policy_replay(
         "upstream_called": false,
         "policy_version": super::policy_version(&proxy.guard, &original.tenant_id),
         "would_block": would_block,
-        "blocked_by": ev.stopped_by,
-        "status": ev.status.unwrap_or(200),
+        "blocked_by": ev.stopped_by(),
+        "status": ev.status().unwrap_or(200),
         "decisions": ev.decisions,
         "differs": !changes.is_empty() || original.blocked != would_block,
         "changes": changes,

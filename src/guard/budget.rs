@@ -14,7 +14,7 @@
 //! it was made in. A [`Reservation`] dropped without being settled is released, so a
 //! cancelled request cannot leak reserved budget.
 
-use super::Sharded;
+use super::{Mode, Sharded};
 use crate::domain::{Money, TenantId, Timestamp};
 use chrono::Datelike;
 use serde::Serialize;
@@ -127,6 +127,35 @@ impl Spend {
             }
         }
     }
+
+    /// Reserves `amount` if neither budget is used up: the periods' starts and their
+    /// committed spend before this call.
+    fn reserve(
+        &mut self,
+        amount: i64,
+        limits: BudgetLimits,
+        now_ms: i64,
+    ) -> Result<(i64, i64, Money, Money), BudgetExceeded> {
+        self.roll(now_ms);
+        for (p, limit, period) in [
+            (&self.day, limits.daily, BudgetPeriod::Daily),
+            (&self.month, limits.monthly, BudgetPeriod::Monthly),
+        ] {
+            if let Some(limit) = limit
+                && p.committed() >= limit
+            {
+                return Err(BudgetExceeded {
+                    period,
+                    spent: p.committed(),
+                    limit,
+                });
+            }
+        }
+        let before = (self.day.committed(), self.month.committed());
+        self.day.reserved = self.day.reserved.saturating_add(amount);
+        self.month.reserved = self.month.reserved.saturating_add(amount);
+        Ok((self.day.start, self.month.start, before.0, before.1))
+    }
 }
 
 /// The start of the current UTC day and month at `now`: what a budget's spend counts from.
@@ -165,7 +194,7 @@ impl Default for Budgets {
 #[must_use = "a reservation holds budget until it is settled or released"]
 #[derive(Debug)]
 pub struct Reservation {
-    /// `None` once settled or released.
+    /// `None` once settled or released, and from the start in [`Mode::Peek`].
     spends: Option<Arc<Spends>>,
     tenant: TenantId,
     amount: i64,
@@ -279,37 +308,29 @@ impl Budgets {
         limits: BudgetLimits,
         now: Timestamp,
     ) -> Result<Reservation, BudgetExceeded> {
+        self.admit(tenant, estimate, limits, now, Mode::Charge)
+    }
+
+    /// [`reserve`](Self::reserve) in [`Mode::Charge`]; in [`Mode::Peek`] the same answer,
+    /// worked out on a copy of the tenant's spend, and a reservation that holds nothing.
+    pub fn admit(
+        &self,
+        tenant: &TenantId,
+        estimate: Money,
+        limits: BudgetLimits,
+        now: Timestamp,
+        mode: Mode,
+    ) -> Result<Reservation, BudgetExceeded> {
         let now_ms = now.millis();
         let amount = estimate.nanos().max(0);
-        let (day_start, month_start, day_committed, month_committed) = self.spends.with(
-            tenant,
-            |_| false,
-            |_| 0,
-            || Spend::new(now_ms),
-            |s| {
-                s.roll(now_ms);
-                for (p, limit, period) in [
-                    (&s.day, limits.daily, BudgetPeriod::Daily),
-                    (&s.month, limits.monthly, BudgetPeriod::Monthly),
-                ] {
-                    if let Some(limit) = limit
-                        && p.committed() >= limit
-                    {
-                        return Err(BudgetExceeded {
-                            period,
-                            spent: p.committed(),
-                            limit,
-                        });
-                    }
-                }
-                let before = (s.day.committed(), s.month.committed());
-                s.day.reserved = s.day.reserved.saturating_add(amount);
-                s.month.reserved = s.month.reserved.saturating_add(amount);
-                Ok((s.day.start, s.month.start, before.0, before.1))
-            },
-        )?;
+        let fresh = || Spend::new(now_ms);
+        let reserve = |s: &mut Spend| s.reserve(amount, limits, now_ms);
+        let (day_start, month_start, day_committed, month_committed) = match mode {
+            Mode::Charge => self.spends.with(tenant, |_| false, |_| 0, fresh, reserve)?,
+            Mode::Peek => reserve(&mut self.spends.update(tenant, |s| *s).unwrap_or_else(fresh))?,
+        };
         Ok(Reservation {
-            spends: Some(Arc::clone(&self.spends)),
+            spends: (mode == Mode::Charge).then(|| Arc::clone(&self.spends)),
             tenant: tenant.clone(),
             amount,
             day_start,

@@ -3,7 +3,10 @@
 //! [`Guard::check`] runs the fixed pipeline of DESIGN.md on a parsed request — kill switch,
 //! dg-002 max tokens, dg-001 max cost, dg-003 rate limits (key, then tenant), budget,
 //! dg-005 prompt injection — and returns the ordered list of [`Decision`]s with either an
-//! [`Admission`] (the call may go upstream) or a [`Stop`] (what to answer instead).
+//! [`Admission`] (the call may go upstream) or a [`Stop`] (what to answer instead). Each
+//! check is written once and the pipeline runs in one of two [`Mode`]s: `Charge` for live
+//! calls, `Peek` for [`Guard::evaluate`] (policy replays, dry runs), which must say what
+//! the live path would decide, so it cannot be a copy of it.
 //! [`Guard::complete`] settles an admitted call with its real usage: budget, tokens per
 //! minute and the dg-004 failure-spike detector.
 //!
@@ -185,6 +188,16 @@ impl StopKind {
     }
 }
 
+/// How the pipeline runs its stateful checks (rate limits, budget). Both modes make the
+/// same decisions from the same state, with the same texts and stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Live calls: an admitted call takes its rate-limit allowance and reserves its budget.
+    Charge,
+    /// Policy replays and dry runs: decide as `Charge` would now, and change nothing.
+    Peek,
+}
+
 /// Why a call is not forwarded, ready to become an OpenAI-style error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stop {
@@ -324,9 +337,16 @@ pub enum SharedStep {
     },
 }
 
-fn timed(mut d: Decision, start: Instant) -> Decision {
-    d.micros = u32::try_from(start.elapsed().as_micros()).unwrap_or(u32::MAX);
-    d
+/// What one check found: its decision, and what the call goes on with or why it stops.
+type Checked<T> = (Decision, Result<T, Stop>);
+
+/// Runs one check, timing it, and records its decision.
+fn record<T>(out: &mut Vec<Decision>, check: impl FnOnce() -> Checked<T>) -> Result<T, Stop> {
+    let t = Instant::now();
+    let (mut d, next) = check();
+    d.micros = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
+    out.push(d);
+    next
 }
 
 fn key_limits(p: &PolicyConfig) -> RateLimits {
@@ -342,6 +362,11 @@ fn tenant_limits(p: &PolicyConfig) -> RateLimits {
         tokens_per_minute: p.tenant_tokens_per_minute,
     }
 }
+
+/// Whose rate limit: the word of its decisions and the subject of its error message.
+type Scope = (&'static str, &'static str);
+const KEY: Scope = ("key", "this API key");
+const TENANT: Scope = ("tenant", "this tenant");
 
 fn rate_pass(scope: &str, usage: Usage) -> Decision {
     if usage.limit > 0.0 {
@@ -361,23 +386,112 @@ fn rate_pass(scope: &str, usage: Usage) -> Decision {
 }
 
 fn stop(
-    decisions: Vec<Decision>,
     policy: &'static str,
     kind: StopKind,
     code: &'static str,
     message: String,
     retry_after_secs: Option<u64>,
-) -> Verdict {
-    Verdict::Stop {
-        decisions,
-        stop: Stop {
-            policy,
-            kind,
+) -> Stop {
+    Stop {
+        policy,
+        kind,
+        code,
+        message,
+        retry_after_secs,
+    }
+}
+
+/// How big a request is: its prompt estimate and the completion it asks for.
+#[derive(Debug, Clone, Copy)]
+struct Size {
+    prompt: u64,
+    /// `None`: no `max_tokens` given.
+    requested: Option<u64>,
+}
+
+/// dg-002: prompt estimate plus the completion allowance.
+fn max_tokens(policy: &PolicyConfig, facts: &RequestFacts<'_>) -> Checked<Size> {
+    let prompt = tokens::estimate_prompt_tokens(facts.body);
+    let requested = match facts.endpoint {
+        Endpoint::Embeddings => Some(0),
+        _ => tokens::requested_max_completion(facts.body),
+    };
+    let size = Size { prompt, requested };
+    let max_tokens = policy.max_tokens_per_request;
+    let total = prompt.saturating_add(requested.unwrap_or(0));
+    let what = match requested {
+        Some(m) => format!("≈{prompt} prompt + {m} completion tokens"),
+        None => format!("≈{prompt} prompt tokens (no max_tokens given)"),
+    };
+    if max_tokens == 0 {
+        let d = Decision::pass(ids::MAX_TOKENS, format!("{what}; no token limit set"));
+        return (d, Ok(size));
+    }
+    let measured = |d: Decision| d.measured(total as f64, max_tokens as f64, "tokens");
+    if total <= max_tokens {
+        let reason = format!("{what} within {max_tokens} per request");
+        return (measured(Decision::pass(ids::MAX_TOKENS, reason)), Ok(size));
+    }
+    let reason = format!("{what} exceed the limit of {max_tokens} per request");
+    let message = format!(
+        "this request may use {total} tokens ({what}), above the limit of {max_tokens} tokens per request; lower max_tokens or shorten the prompt"
+    );
+    let d = measured(Decision::new(ids::MAX_TOKENS, Outcome::Block, reason));
+    let code = "max_tokens_exceeded";
+    (
+        d,
+        Err(stop(
+            ids::MAX_TOKENS,
+            StopKind::BadRequest,
             code,
             message,
-            retry_after_secs,
-        },
+            None,
+        )),
+    )
+}
+
+/// dg-003 for one scope: takes (charge) or looks up (peek) one request and the prompt's
+/// tokens from `limiter`.
+fn rate<K: Hash + Eq + Clone>(
+    limiter: &RateLimiter<K>,
+    scope: Scope,
+    id: &K,
+    limits: RateLimits,
+    size: Size,
+    now: Timestamp,
+    mode: Mode,
+) -> Checked<()> {
+    match limiter.acquire(id, limits, size.prompt, now, mode) {
+        Ok(usage) => (rate_pass(scope.0, usage), Ok(())),
+        Err(th) => {
+            let (d, s) = throttled(scope, &th);
+            (d, Err(s))
+        }
     }
+}
+
+/// dg-005: prompt-injection patterns in what users and tools sent.
+fn prompt_injection(policy: &PolicyConfig, facts: &RequestFacts<'_>) -> Checked<()> {
+    let reason = if !policy.prompt_injection_enabled {
+        "disabled by the tenant's policy"
+    } else if facts.endpoint == Endpoint::Embeddings {
+        "not checked for embeddings"
+    } else if let Some(m) = injection::scan_request(facts.body) {
+        let message = format!(
+            "the request was blocked as a likely prompt injection (pattern {}: {})",
+            m.pattern_id, m.description
+        );
+        let reason = format!("matched {}: {}", m.pattern_id, m.description);
+        let d = Decision::new(ids::PROMPT_INJECTION, Outcome::Block, reason);
+        let (kind, code) = (StopKind::BadRequest, "prompt_injection_detected");
+        return (
+            d,
+            Err(stop(ids::PROMPT_INJECTION, kind, code, message, None)),
+        );
+    } else {
+        "no known injection pattern"
+    };
+    (Decision::pass(ids::PROMPT_INJECTION, reason), Ok(()))
 }
 
 impl Guard {
@@ -472,292 +586,182 @@ impl Guard {
             .unwrap_or_else(|| Arc::clone(&self.default_policy))
     }
 
-    /// Runs the pipeline on one request. See the module docs for the order.
+    /// Runs the pipeline on one request, charging what an admitted call takes. See the
+    /// module docs for the order.
     pub fn check(&self, facts: &RequestFacts<'_>, now: Timestamp) -> Verdict {
-        let mut decisions = Vec::with_capacity(7);
+        self.run(facts, now, Mode::Charge)
+    }
 
-        // Kill switch: a frozen call is stopped before anything is counted.
-        let t = Instant::now();
-        if let Some(by) = self.killswitch.check(facts.tenant_id, facts.key_id) {
-            let (what, code) = match by.scope {
-                FreezeScope::Tenant => ("tenant", "tenant_frozen"),
-                FreezeScope::Key => ("API key", "key_frozen"),
-            };
-            decisions.push(timed(
-                Decision::new(
-                    ids::KILL_SWITCH,
-                    Outcome::Freeze,
-                    format!("{what} frozen by {} at {}: {}", by.actor, by.at, by.reason),
-                ),
-                t,
-            ));
-            let message = format!("this {what} is frozen by the kill switch: {}", by.reason);
-            return stop(
+    /// The one pipeline of [`Guard::check`] and [`Guard::evaluate`]: every decision, in
+    /// order, up to the check that stops the call.
+    fn run(&self, facts: &RequestFacts<'_>, now: Timestamp, mode: Mode) -> Verdict {
+        let mut decisions = Vec::with_capacity(7);
+        match self.pipeline(facts, now, mode, &mut decisions) {
+            Ok(admission) => Verdict::Allow {
                 decisions,
+                admission,
+            },
+            Err(stop) => Verdict::Stop { decisions, stop },
+        }
+    }
+
+    fn pipeline(
+        &self,
+        facts: &RequestFacts<'_>,
+        now: Timestamp,
+        mode: Mode,
+        out: &mut Vec<Decision>,
+    ) -> Result<Admission, Stop> {
+        // A frozen call is stopped before anything is counted.
+        record(out, || self.kill_switch(facts))?;
+        let policy = self.policy(facts.tenant_id);
+        let size = record(out, || max_tokens(&policy, facts))?;
+        let estimate = record(out, || self.max_cost(&policy, facts, size))?;
+
+        // dg-003: the key's limits, then the tenant's.
+        let (kl, tl) = (key_limits(&policy), tenant_limits(&policy));
+        let (key, tenant) = (facts.key_id, facts.tenant_id);
+        let charged = mode == Mode::Charge;
+        let by_key = || rate(&self.key_limits, KEY, key, kl, size, now, mode);
+        record(out, by_key)?;
+        let by_tenant = || rate(&self.tenant_limits, TENANT, tenant, tl, size, now, mode);
+        if let Err(stop) = record(out, by_tenant) {
+            // The key's allowance goes back: the call was not admitted.
+            if charged {
+                self.key_limits.refund(key, kl, 1, size.prompt);
+            }
+            return Err(stop);
+        }
+        // A call stopped after this point keeps its requests counted (it was attempted)
+        // but gets its tokens back.
+        let refund_tokens = || {
+            if charged {
+                self.key_limits.refund(key, kl, 0, size.prompt);
+                self.tenant_limits.refund(tenant, tl, 0, size.prompt);
+            }
+        };
+        let reservation = record(out, || self.budget(&policy, tenant, estimate, now, mode))
+            .inspect_err(|_| refund_tokens())?;
+        if let Err(stop) = record(out, || prompt_injection(&policy, facts)) {
+            self.budgets.release(reservation);
+            refund_tokens();
+            return Err(stop);
+        }
+        Ok(Admission {
+            tenant_id: tenant.clone(),
+            key_id: key.clone(),
+            model: facts.model.map(str::to_owned),
+            policy,
+            reservation,
+            prompt_estimate: size.prompt,
+            cost_estimate: estimate,
+            shared: Taken::none(),
+        })
+    }
+
+    fn kill_switch(&self, facts: &RequestFacts<'_>) -> Checked<()> {
+        let Some(by) = self.killswitch.check(facts.tenant_id, facts.key_id) else {
+            return (Decision::pass(ids::KILL_SWITCH, "not frozen"), Ok(()));
+        };
+        let (what, code) = match by.scope {
+            FreezeScope::Tenant => ("tenant", "tenant_frozen"),
+            FreezeScope::Key => ("API key", "key_frozen"),
+        };
+        let reason = format!("{what} frozen by {} at {}: {}", by.actor, by.at, by.reason);
+        let message = format!("this {what} is frozen by the kill switch: {}", by.reason);
+        let d = Decision::new(ids::KILL_SWITCH, Outcome::Freeze, reason);
+        (
+            d,
+            Err(stop(
                 ids::KILL_SWITCH,
                 StopKind::Locked,
                 code,
                 message,
                 None,
-            );
-        }
-        decisions.push(timed(Decision::pass(ids::KILL_SWITCH, "not frozen"), t));
-        let policy = self.policy(facts.tenant_id);
+            )),
+        )
+    }
 
-        // dg-002: prompt estimate plus the completion allowance.
-        let t = Instant::now();
-        let prompt = tokens::estimate_prompt_tokens(facts.body);
-        let requested = match facts.endpoint {
-            Endpoint::Embeddings => Some(0),
-            _ => tokens::requested_max_completion(facts.body),
-        };
+    /// dg-001: the worst-case cost at list price; `None` when the price is unknown.
+    fn max_cost(
+        &self,
+        policy: &PolicyConfig,
+        facts: &RequestFacts<'_>,
+        size: Size,
+    ) -> Checked<Option<Money>> {
         let max_tokens = policy.max_tokens_per_request;
-        let total = prompt.saturating_add(requested.unwrap_or(0));
-        let what = match requested {
-            Some(m) => format!("≈{prompt} prompt + {m} completion tokens"),
-            None => format!("≈{prompt} prompt tokens (no max_tokens given)"),
-        };
-        if max_tokens == 0 {
-            decisions.push(timed(
-                Decision::pass(ids::MAX_TOKENS, format!("{what}; no token limit set")),
-                t,
-            ));
-        } else if total > max_tokens {
-            decisions.push(timed(
-                Decision::new(
-                    ids::MAX_TOKENS,
-                    Outcome::Block,
-                    format!("{what} exceed the limit of {max_tokens} per request"),
-                )
-                .measured(total as f64, max_tokens as f64, "tokens"),
-                t,
-            ));
-            let message = format!(
-                "this request may use {total} tokens ({what}), above the limit of {max_tokens} tokens per request; lower max_tokens or shorten the prompt"
-            );
-            return stop(
-                decisions,
-                ids::MAX_TOKENS,
-                StopKind::BadRequest,
-                "max_tokens_exceeded",
-                message,
-                None,
-            );
-        } else {
-            decisions.push(timed(
-                Decision::pass(
-                    ids::MAX_TOKENS,
-                    format!("{what} within {max_tokens} per request"),
-                )
-                .measured(total as f64, max_tokens as f64, "tokens"),
-                t,
-            ));
-        }
-
-        // dg-001: the worst-case cost at list price.
-        let t = Instant::now();
-        let completion_allowance = requested.unwrap_or(if max_tokens > 0 {
-            max_tokens.saturating_sub(prompt)
+        let completion_allowance = size.requested.unwrap_or(if max_tokens > 0 {
+            max_tokens.saturating_sub(size.prompt)
         } else {
             DEFAULT_COMPLETION_ALLOWANCE
         });
         let estimate = facts.model.and_then(|m| {
             self.pricing
-                .estimate_max_cost(m, prompt, completion_allowance)
+                .estimate_max_cost(m, size.prompt, completion_allowance)
         });
         let max_cost = policy.max_cost_per_request_usd;
-        match estimate {
-            None => {
-                let reason = match facts.model {
-                    Some(m) => format!("price unknown for model '{m}'; cost not checked"),
-                    None => "price unknown: no model given; cost not checked".to_owned(),
-                };
-                let mut d = Decision::pass(ids::MAX_COST, reason);
-                d.threshold = Some(max_cost);
-                d.unit = Some("usd".into());
-                decisions.push(timed(d, t));
-            }
-            Some(est) if max_cost > 0.0 && est > Money::from_usd(max_cost) => {
-                decisions.push(timed(
-                    Decision::new(
-                        ids::MAX_COST,
-                        Outcome::Block,
-                        format!("estimated cost up to {est} exceeds ${max_cost} per request"),
-                    )
-                    .measured(est.usd(), max_cost, "usd"),
-                    t,
-                ));
-                let message = format!(
-                    "this request could cost up to {est}, above the limit of ${max_cost} per request; lower max_tokens or use a cheaper model"
-                );
-                return stop(
-                    decisions,
-                    ids::MAX_COST,
-                    StopKind::BadRequest,
-                    "max_cost_exceeded",
-                    message,
-                    None,
-                );
-            }
-            Some(est) => {
-                let reason = if max_cost > 0.0 {
-                    format!("estimated cost up to {est} within ${max_cost} per request")
-                } else {
-                    format!("estimated cost up to {est}; no cost limit set")
-                };
-                decisions.push(timed(
-                    Decision::pass(ids::MAX_COST, reason).measured(est.usd(), max_cost, "usd"),
-                    t,
-                ));
-            }
-        }
-
-        // dg-003: the key's limits, then the tenant's.
-        let kl = key_limits(&policy);
-        let tl = tenant_limits(&policy);
-        let t = Instant::now();
-        match self.key_limits.try_acquire(facts.key_id, kl, prompt, now) {
-            Ok(usage) => decisions.push(timed(rate_pass("key", usage), t)),
-            Err(th) => {
-                decisions.push(timed(throttle_decision("key", &th), t));
-                return stop(
-                    decisions,
-                    ids::RATE_LIMIT,
-                    StopKind::TooManyRequests,
-                    "rate_limit_exceeded",
-                    throttle_message("this API key", &th),
-                    Some(th.retry_after_secs),
-                );
-            }
-        }
-        let t = Instant::now();
-        match self
-            .tenant_limits
-            .try_acquire(facts.tenant_id, tl, prompt, now)
-        {
-            Ok(usage) => decisions.push(timed(rate_pass("tenant", usage), t)),
-            Err(th) => {
-                // The key's allowance goes back: the call was not admitted.
-                self.key_limits.refund(facts.key_id, kl, 1, prompt);
-                decisions.push(timed(throttle_decision("tenant", &th), t));
-                return stop(
-                    decisions,
-                    ids::RATE_LIMIT,
-                    StopKind::TooManyRequests,
-                    "rate_limit_exceeded",
-                    throttle_message("this tenant", &th),
-                    Some(th.retry_after_secs),
-                );
-            }
-        }
-        // A call stopped after this point keeps its requests counted (it was attempted)
-        // but gets its tokens back.
-        let refund_tokens = || {
-            self.key_limits.refund(facts.key_id, kl, 0, prompt);
-            self.tenant_limits.refund(facts.tenant_id, tl, 0, prompt);
+        let Some(est) = estimate else {
+            let reason = match facts.model {
+                Some(m) => format!("price unknown for model '{m}'; cost not checked"),
+                None => "price unknown: no model given; cost not checked".to_owned(),
+            };
+            let mut d = Decision::pass(ids::MAX_COST, reason);
+            d.threshold = Some(max_cost);
+            d.unit = Some("usd".into());
+            return (d, Ok(None));
         };
+        let measured = |d: Decision| d.measured(est.usd(), max_cost, "usd");
+        if max_cost <= 0.0 || est <= Money::from_usd(max_cost) {
+            let reason = if max_cost > 0.0 {
+                format!("estimated cost up to {est} within ${max_cost} per request")
+            } else {
+                format!("estimated cost up to {est}; no cost limit set")
+            };
+            return (
+                measured(Decision::pass(ids::MAX_COST, reason)),
+                Ok(estimate),
+            );
+        }
+        let reason = format!("estimated cost up to {est} exceeds ${max_cost} per request");
+        let message = format!(
+            "this request could cost up to {est}, above the limit of ${max_cost} per request; lower max_tokens or use a cheaper model"
+        );
+        let d = measured(Decision::new(ids::MAX_COST, Outcome::Block, reason));
+        let code = "max_cost_exceeded";
+        (
+            d,
+            Err(stop(
+                ids::MAX_COST,
+                StopKind::BadRequest,
+                code,
+                message,
+                None,
+            )),
+        )
+    }
 
-        // Budget: reserve the estimate so parallel calls see each other.
-        let t = Instant::now();
+    /// Budget: reserves (charge) the estimate so parallel calls see each other, or looks
+    /// whether it could (peek).
+    fn budget(
+        &self,
+        policy: &PolicyConfig,
+        tenant: &TenantId,
+        estimate: Option<Money>,
+        now: Timestamp,
+        mode: Mode,
+    ) -> Checked<Reservation> {
         let limits = BudgetLimits {
             daily: policy.budget_daily_usd.map(Money::from_usd),
             monthly: policy.budget_monthly_usd.map(Money::from_usd),
             soft_ratio: policy.budget_soft_ratio,
         };
-        let reservation = match self.budgets.reserve(
-            facts.tenant_id,
-            estimate.unwrap_or(Money::ZERO),
-            limits,
-            now,
-        ) {
-            Ok(r) => {
-                decisions.push(timed(budget_pass(&r), t));
-                r
-            }
+        let estimate = estimate.unwrap_or(Money::ZERO);
+        match self.budgets.admit(tenant, estimate, limits, now, mode) {
+            Ok(r) => (budget_pass(&r), Ok(r)),
             Err(e) => {
-                refund_tokens();
-                let period = e.period.as_str();
-                decisions.push(timed(
-                    Decision::new(
-                        ids::BUDGET,
-                        Outcome::Block,
-                        format!(
-                            "{period} budget used up: {} committed of {}",
-                            e.spent, e.limit
-                        ),
-                    )
-                    .measured(e.spent.usd(), e.limit.usd(), "usd"),
-                    t,
-                ));
-                let message = format!(
-                    "the {period} budget of {} is used up ({} spent or in flight)",
-                    e.limit, e.spent
-                );
-                return stop(
-                    decisions,
-                    ids::BUDGET,
-                    StopKind::PaymentRequired,
-                    "budget_exceeded",
-                    message,
-                    None,
-                );
+                let (d, s) = over_budget(e.period, e.spent, e.limit, "");
+                (d, Err(s))
             }
-        };
-
-        // dg-005: prompt-injection patterns in what users and tools sent.
-        let t = Instant::now();
-        if !policy.prompt_injection_enabled {
-            decisions.push(timed(
-                Decision::pass(ids::PROMPT_INJECTION, "disabled by the tenant's policy"),
-                t,
-            ));
-        } else if facts.endpoint == Endpoint::Embeddings {
-            decisions.push(timed(
-                Decision::pass(ids::PROMPT_INJECTION, "not checked for embeddings"),
-                t,
-            ));
-        } else if let Some(m) = injection::scan_request(facts.body) {
-            self.budgets.release(reservation);
-            refund_tokens();
-            decisions.push(timed(
-                Decision::new(
-                    ids::PROMPT_INJECTION,
-                    Outcome::Block,
-                    format!("matched {}: {}", m.pattern_id, m.description),
-                ),
-                t,
-            ));
-            let message = format!(
-                "the request was blocked as a likely prompt injection (pattern {}: {})",
-                m.pattern_id, m.description
-            );
-            return stop(
-                decisions,
-                ids::PROMPT_INJECTION,
-                StopKind::BadRequest,
-                "prompt_injection_detected",
-                message,
-                None,
-            );
-        } else {
-            decisions.push(timed(
-                Decision::pass(ids::PROMPT_INJECTION, "no known injection pattern"),
-                t,
-            ));
-        }
-
-        Verdict::Allow {
-            decisions,
-            admission: Admission {
-                tenant_id: facts.tenant_id.clone(),
-                key_id: facts.key_id.clone(),
-                model: facts.model.map(str::to_owned),
-                policy,
-                reservation,
-                prompt_estimate: prompt,
-                cost_estimate: estimate,
-                shared: Taken::none(),
-            },
         }
     }
 
@@ -925,59 +929,29 @@ impl Guard {
             decisions.truncate(i);
         }
         let used = r.cap.saturating_sub(r.level).max(0);
-        if r.allowance.is_budget() {
+        let (d, stop) = if r.allowance.is_budget() {
             let period = if r.allowance == Allowance::BudgetDaily {
                 BudgetPeriod::Daily
             } else {
                 BudgetPeriod::Monthly
             };
             let (spent, limit) = (Money::from_nanos(used), Money::from_nanos(r.cap));
-            let period = period.as_str();
-            decisions.push(
-                Decision::new(
-                    ids::BUDGET,
-                    Outcome::Block,
-                    format!(
-                        "{period} budget used up across instances: {spent} committed of {limit}"
-                    ),
-                )
-                .measured(spent.usd(), limit.usd(), "usd"),
-            );
-            let message =
-                format!("the {period} budget of {limit} is used up ({spent} spent or in flight)");
-            return stop(
-                decisions,
-                ids::BUDGET,
-                StopKind::PaymentRequired,
-                "budget_exceeded",
-                message,
-                None,
-            );
-        }
-        let th = ratelimit::Throttled {
-            dimension: if r.allowance.is_tokens() {
-                ratelimit::Dimension::Tokens
-            } else {
-                ratelimit::Dimension::Requests
-            },
-            used: used as f64 / shared::SCALE as f64,
-            limit: r.cap as f64 / shared::SCALE as f64,
-            retry_after_secs: r.retry_after_secs.unwrap_or(1),
-        };
-        let (scope, who) = if nth == 0 {
-            ("key", "this API key")
+            over_budget(period, spent, limit, " across instances")
         } else {
-            ("tenant", "this tenant")
+            let th = ratelimit::Throttled {
+                dimension: if r.allowance.is_tokens() {
+                    ratelimit::Dimension::Tokens
+                } else {
+                    ratelimit::Dimension::Requests
+                },
+                used: used as f64 / shared::SCALE as f64,
+                limit: r.cap as f64 / shared::SCALE as f64,
+                retry_after_secs: r.retry_after_secs.unwrap_or(1),
+            };
+            throttled(if nth == 0 { KEY } else { TENANT }, &th)
         };
-        decisions.push(throttle_decision(scope, &th));
-        stop(
-            decisions,
-            ids::RATE_LIMIT,
-            StopKind::TooManyRequests,
-            "rate_limit_exceeded",
-            throttle_message(who, &th),
-            Some(th.retry_after_secs),
-        )
+        decisions.push(d);
+        Verdict::Stop { decisions, stop }
     }
 
     /// Settles an admitted call with what the upstream reported: the budget gets the real
@@ -1062,26 +1036,27 @@ impl Guard {
     }
 }
 
-fn throttle_decision(scope: &str, th: &ratelimit::Throttled) -> Decision {
+/// The decision and the stop of a call over a rate limit.
+fn throttled((scope, who): Scope, th: &ratelimit::Throttled) -> (Decision, Stop) {
     let unit = th.dimension.unit();
-    Decision::new(
-        ids::RATE_LIMIT,
-        Outcome::Throttle,
-        format!(
-            "{scope}: {:.0} of {:.0} {unit} used; retry after {} s",
-            th.used, th.limit, th.retry_after_secs
-        ),
-    )
-    .measured(th.used, th.limit, unit)
+    let (used, limit, retry) = (th.used, th.limit, th.retry_after_secs);
+    let reason = format!("{scope}: {used:.0} of {limit:.0} {unit} used; retry after {retry} s");
+    let message = format!("{who} is over its limit of {limit:.0} {unit}; retry after {retry} s");
+    let d = Decision::new(ids::RATE_LIMIT, Outcome::Throttle, reason).measured(used, limit, unit);
+    let (kind, code) = (StopKind::TooManyRequests, "rate_limit_exceeded");
+    (d, stop(ids::RATE_LIMIT, kind, code, message, Some(retry)))
 }
 
-fn throttle_message(who: &str, th: &ratelimit::Throttled) -> String {
-    format!(
-        "{who} is over its limit of {:.0} {}; retry after {} s",
-        th.limit,
-        th.dimension.unit(),
-        th.retry_after_secs
-    )
+/// The decision and the stop of a call whose `period` budget is used up (`where_`: how
+/// the decision says where, e.g. " across instances").
+fn over_budget(period: BudgetPeriod, spent: Money, limit: Money, where_: &str) -> (Decision, Stop) {
+    let period = period.as_str();
+    let reason = format!("{period} budget used up{where_}: {spent} committed of {limit}");
+    let message = format!("the {period} budget of {limit} is used up ({spent} spent or in flight)");
+    let d = Decision::new(ids::BUDGET, Outcome::Block, reason);
+    let d = d.measured(spent.usd(), limit.usd(), "usd");
+    let (kind, code) = (StopKind::PaymentRequired, "budget_exceeded");
+    (d, stop(ids::BUDGET, kind, code, message, None))
 }
 
 fn budget_pass(r: &Reservation) -> Decision {

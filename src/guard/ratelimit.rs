@@ -11,7 +11,7 @@
 //! when its shard fills, and limits are passed in on each call rather than stored, so a
 //! policy change takes effect at once. A limit of zero means "no limit".
 
-use super::Sharded;
+use super::{Mode, Sharded};
 use crate::domain::Timestamp;
 use std::hash::Hash;
 
@@ -111,6 +111,44 @@ impl Bucket {
         if ratio(&tok) > ratio(&req) { tok } else { req }
     }
 
+    /// See [`RateLimiter::acquire`].
+    fn acquire(
+        &mut self,
+        limits: RateLimits,
+        tokens: u64,
+        now_ms: i64,
+    ) -> Result<Usage, Throttled> {
+        self.refill(limits, now_ms);
+        let rpm = f64::from(limits.requests_per_minute);
+        if rpm > 0.0 && self.requests < 1.0 {
+            return Err(Throttled {
+                dimension: Dimension::Requests,
+                used: (rpm - self.requests).max(0.0),
+                limit: rpm,
+                retry_after_secs: retry_after(1.0, self.requests, rpm),
+            });
+        }
+        let tpm = limits.tokens_per_minute as f64;
+        // A request bigger than the whole allowance waits for a full bucket rather than
+        // forever.
+        let need = (tokens as f64).min(tpm).max(1.0);
+        if tpm > 0.0 && self.tokens < need {
+            return Err(Throttled {
+                dimension: Dimension::Tokens,
+                used: (tpm - self.tokens).max(0.0),
+                limit: tpm,
+                retry_after_secs: retry_after(need, self.tokens, tpm),
+            });
+        }
+        if rpm > 0.0 {
+            self.requests -= 1.0;
+        }
+        if tpm > 0.0 {
+            self.charge_tokens(limits, i64::try_from(tokens).unwrap_or(i64::MAX));
+        }
+        Ok(self.usage(limits))
+    }
+
     fn charge_tokens(&mut self, limits: RateLimits, delta: i64) {
         let tpm = limits.tokens_per_minute as f64;
         self.tokens = (self.tokens - delta as f64).clamp(-tpm, tpm);
@@ -149,44 +187,34 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         tokens: u64,
         now: Timestamp,
     ) -> Result<Usage, Throttled> {
+        self.acquire(id, limits, tokens, now, Mode::Charge)
+    }
+
+    /// [`try_acquire`](Self::try_acquire) in [`Mode::Charge`]; in [`Mode::Peek`] the same
+    /// answer, worked out on a copy of the id's bucket: nothing is charged or stored.
+    pub fn acquire(
+        &self,
+        id: &K,
+        limits: RateLimits,
+        tokens: u64,
+        now: Timestamp,
+        mode: Mode,
+    ) -> Result<Usage, Throttled> {
         let now_ms = now.millis();
-        self.buckets.with(
-            id,
-            |b| b.last_ms.saturating_add(IDLE_MS) <= now_ms,
-            |b| b.last_ms,
-            || Bucket::full(limits, now_ms),
-            |b| {
-                b.refill(limits, now_ms);
-                let rpm = f64::from(limits.requests_per_minute);
-                if rpm > 0.0 && b.requests < 1.0 {
-                    return Err(Throttled {
-                        dimension: Dimension::Requests,
-                        used: (rpm - b.requests).max(0.0),
-                        limit: rpm,
-                        retry_after_secs: retry_after(1.0, b.requests, rpm),
-                    });
-                }
-                let tpm = limits.tokens_per_minute as f64;
-                // A request bigger than the whole allowance waits for a full bucket rather
-                // than forever.
-                let need = (tokens as f64).min(tpm).max(1.0);
-                if tpm > 0.0 && b.tokens < need {
-                    return Err(Throttled {
-                        dimension: Dimension::Tokens,
-                        used: (tpm - b.tokens).max(0.0),
-                        limit: tpm,
-                        retry_after_secs: retry_after(need, b.tokens, tpm),
-                    });
-                }
-                if rpm > 0.0 {
-                    b.requests -= 1.0;
-                }
-                if tpm > 0.0 {
-                    b.charge_tokens(limits, i64::try_from(tokens).unwrap_or(i64::MAX));
-                }
-                Ok(b.usage(limits))
-            },
-        )
+        let fresh = || Bucket::full(limits, now_ms);
+        match mode {
+            Mode::Charge => self.buckets.with(
+                id,
+                |b| b.last_ms.saturating_add(IDLE_MS) <= now_ms,
+                |b| b.last_ms,
+                fresh,
+                |b| b.acquire(limits, tokens, now_ms),
+            ),
+            Mode::Peek => {
+                let mut copy = self.buckets.update(id, |b| *b).unwrap_or_else(fresh);
+                copy.acquire(limits, tokens, now_ms)
+            }
+        }
     }
 
     /// Gives back an admission that did not go ahead (`requests` requests and `tokens`
@@ -212,15 +240,12 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         });
     }
 
-    /// Current usage of `id`, without charging anything (`None`: not tracked, i.e. unused).
+    /// Current usage of `id`, without charging or changing anything (`None`: not tracked,
+    /// i.e. unused).
     pub fn usage(&self, id: &K, limits: RateLimits, now: Timestamp) -> Option<Usage> {
-        let now_ms = now.millis();
-        let mut out = None;
-        self.buckets.update(id, |b| {
-            b.refill(limits, now_ms);
-            out = Some(b.usage(limits));
-        });
-        out
+        let mut copy = self.buckets.update(id, |b| *b)?;
+        copy.refill(limits, now.millis());
+        Some(copy.usage(limits))
     }
 
     /// How many ids are tracked.
