@@ -362,12 +362,34 @@ fn webhook_body(
         "incident": incident,
         "summary": summary,
         "system": d.system,
+        // What happened in words: also what a Slack incoming webhook needs (it ignores the
+        // other fields), so the operator's route may be one.
+        "text": alert_text(d.reason, incident, summary, d.system.as_ref()),
     });
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
 fn slack_body(reason: Reason, incident: Option<&Incident>, summary: Option<&str>) -> Vec<u8> {
-    let text = match incident {
+    let text = alert_text(reason, incident, summary, None);
+    serde_json::to_vec(&serde_json::json!({ "text": text })).unwrap_or_default()
+}
+
+/// One alert in a few lines of Slack's markup.
+fn alert_text(
+    reason: Reason,
+    incident: Option<&Incident>,
+    summary: Option<&str>,
+    system: Option<&serde_json::Value>,
+) -> String {
+    if let Some(s) = system {
+        let field = |name: &str| s.get(name).and_then(|v| v.as_str()).unwrap_or_default();
+        return format!(
+            "*agv-server system alert* ({}): {}",
+            field("check"),
+            field("message")
+        );
+    }
+    match incident {
         None => "agv-server test alert: this route works.".to_owned(),
         Some(i) => {
             let what = match reason {
@@ -386,8 +408,7 @@ fn slack_body(reason: Reason, incident: Option<&Incident>, summary: Option<&str>
                 i.call_count
             )
         }
-    };
-    serde_json::to_vec(&serde_json::json!({ "text": text })).unwrap_or_default()
+    }
 }
 
 /// Resolves a webhook URL's host and checks every address against the SSRF rules.

@@ -431,6 +431,19 @@ async fn a_full_disk_alerts_the_operator_webhook(backend: Backend) {
     let body = got[0].json();
     assert_eq!(body["type"], "system.alert");
     assert_eq!(body["system"]["check"], "disk");
+    // A Slack incoming webhook takes the same payload: it needs a `text` (and ignores the
+    // rest), which says what fired in words.
+    let text = body["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no text: {body}"));
+    assert!(
+        text.contains("system alert") && text.contains("disk"),
+        "{text}"
+    );
+    assert!(
+        text.contains(body["system"]["message"].as_str().unwrap()),
+        "{text}"
+    );
     let ts: i64 = got[0].headers["x-agv-timestamp"].parse().unwrap();
     assert_eq!(
         got[0].headers["x-agv-signature"],
