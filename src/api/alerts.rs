@@ -12,7 +12,7 @@ use crate::domain::alert::{
 };
 use crate::domain::audit::AuditAction;
 use crate::domain::{AlertRouteId, Severity, Timestamp};
-use crate::incidents::alerts::{Delivery, resolve_checked};
+use crate::incidents::alerts::{Delivery, check_route_url};
 use crate::startup::AppState;
 use crate::store::{StoreError, run_blocking};
 use actix_web::{HttpResponse, delete, get, patch, post, web};
@@ -101,7 +101,7 @@ pub async fn create_route(
         MAX_REPEAT_INTERVAL_MS,
     )?;
     let name = checked_name(b.name)?;
-    let (url, _) = resolve_checked(&b.url, &state.settings.alert_webhook_allowed_hosts)
+    let url = check_route_url(&b.url, &state.settings.alert_webhook_allowed_hosts)
         .await
         .map_err(|e| ApiError::bad_request("invalid_webhook_url", e))?;
     let secret = match (kind, b.secret) {
@@ -261,7 +261,7 @@ pub async fn update_route(
     // A name that was the URL's host follows a new URL unless a name is given.
     let named_after_target = route.name == route.target;
     if let Some(raw) = &b.url {
-        let (url, _) = resolve_checked(raw, &state.settings.alert_webhook_allowed_hosts)
+        let url = check_route_url(raw, &state.settings.alert_webhook_allowed_hosts)
             .await
             .map_err(|e| ApiError::bad_request("invalid_webhook_url", e))?;
         route.target = alert::display_target(&url);

@@ -417,24 +417,49 @@ pub async fn resolve_checked(
     text: &str,
     allow: &HostAllowlist,
 ) -> Result<(reqwest::Url, Vec<SocketAddr>), String> {
+    match lookup_checked(text, allow).await? {
+        (url, Ok(addrs)) => Ok((url, addrs)),
+        (_, Err(lookup_failed)) => Err(lookup_failed),
+    }
+}
+
+/// The check when a route is saved: the URL and, where its host resolves now, every
+/// address. A host that does not resolve yet (a DNS outage, a name not yet published) is
+/// accepted, since every send resolves and checks again ([`resolve_checked`]).
+pub async fn check_route_url(text: &str, allow: &HostAllowlist) -> Result<reqwest::Url, String> {
+    lookup_checked(text, allow).await.map(|(url, _)| url)
+}
+
+/// Parses `text` and looks its host up; the addresses found are checked against the SSRF
+/// rules (an error), a failed lookup is returned beside the URL.
+async fn lookup_checked(
+    text: &str,
+    allow: &HostAllowlist,
+) -> Result<(reqwest::Url, Result<Vec<SocketAddr>, String>), String> {
     let url = alert::parse_webhook_url(text)?;
     let host = url.host_str().unwrap_or_default().to_owned();
     let port = url.port_or_known_default().unwrap_or(443);
     let bare = host.trim_matches(['[', ']']);
-    let addrs: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => tokio::time::timeout(
+    let looked_up: Result<Vec<SocketAddr>, String> = match bare.parse::<IpAddr>() {
+        Ok(ip) => Ok(vec![SocketAddr::new(ip, port)]),
+        Err(_) => match tokio::time::timeout(
             Duration::from_secs(5),
             tokio::net::lookup_host((bare, port)),
         )
         .await
-        .map_err(|_| format!("looking up the webhook host '{host}' timed out"))?
-        .map_err(|e| format!("the webhook host '{host}' could not be resolved: {e}"))?
-        .collect(),
+        {
+            Err(_) => Err(format!("looking up the webhook host '{host}' timed out")),
+            Ok(Err(e)) => Err(format!(
+                "the webhook host '{host}' could not be resolved: {e}"
+            )),
+            Ok(Ok(addrs)) => Ok(addrs.collect()),
+        },
     };
-    let ips: Vec<IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
-    alert::check_addresses(&host, &ips, allow)?;
-    Ok((url, addrs))
+    if let Ok(addrs) = &looked_up {
+        let ips: Vec<IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
+        alert::check_addresses(&host, &ips, allow)?;
+    }
+    Ok((url, looked_up))
 }
 
 /// Posts one alert; a non-2xx answer is an error (so the job is retried).

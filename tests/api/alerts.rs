@@ -409,6 +409,42 @@ async fn bad_webhook_urls_are_refused_with_400_and_nothing_is_stored(backend: Ba
     assert_eq!(list["data"], json!([]));
 }
 
+/// A host that does not resolve right now (a DNS outage, a name not yet published) does
+/// not stop a route being saved: the address rules are applied at every send. A host that
+/// resolves to a forbidden address is still refused.
+async fn a_route_whose_host_does_not_resolve_yet_is_saved_and_checked_at_send(backend: Backend) {
+    let Some((app, _up, _key, admin)) = start(backend, |_| {}).await else {
+        return;
+    };
+    // `.invalid` never resolves (RFC 2606).
+    let res = create_route(
+        &app,
+        &admin,
+        json!({"kind": "webhook", "url": "https://hooks.agv-test.invalid/hook"}),
+    )
+    .await;
+    assert_eq!(res.status(), 201, "{:?}", res.text().await);
+    let res = create_route(
+        &app,
+        &admin,
+        json!({"kind": "webhook", "url": "http://localhost:9/hook"}),
+    )
+    .await;
+    assert_eq!(res.status(), 400, "localhost is a loopback address");
+    let list: Value = app
+        .get_with_key("/v1/alerts/routes", &admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let routes = list["data"].as_array().unwrap();
+    assert_eq!(routes.len(), 1, "{list}");
+    assert_eq!(
+        routes[0]["target"], "https://hooks.agv-test.invalid/…",
+        "{list}"
+    );
+}
+
 async fn a_full_disk_alerts_the_operator_webhook(backend: Backend) {
     let hook = Receiver::start();
     let url = hook.url.clone();
@@ -945,6 +981,7 @@ async fn a_backup_that_does_not_verify_alerts_the_operator(backend: Backend) {
 }
 
 crate::on_both_backends!(
+    a_route_whose_host_does_not_resolve_yet_is_saved_and_checked_at_send,
     a_slack_route_gets_a_readable_unsigned_message,
     an_unresolved_incident_is_announced_again_until_it_is_resolved,
     a_route_is_edited_in_place_and_a_bad_edit_changes_nothing,
