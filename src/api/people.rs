@@ -473,50 +473,40 @@ fn people_error<'a>(what: &'static str, id: &'a str) -> impl Fn(PeopleError) -> 
     }
 }
 
-/// Applies one change to the person in the path, as the signed-in manager.
-async fn change_person(
-    state: &AppState,
-    req: &HttpRequest,
-    source: Source,
-    raw_id: &str,
-    change: Change,
-) -> Result<crate::ops::people::Done, ApiError> {
-    let by = manager(state, req, source).await?;
-    let Ok(id) = UserId::parse(raw_id) else {
-        return Err(ApiError::not_found(format!("no user {raw_id}")));
+/// What every action on one person (or invitation) extracts, in this order: the state, the
+/// request, where it came from and the id in the path.
+type Action = (web::Data<AppState>, HttpRequest, Source, web::Path<String>);
+
+/// Applies one change to the person in the path, as the signed-in manager, and answers with
+/// the person as they are now (once deleted or signed out: their id and what happened).
+async fn act((state, req, source, path): Action, change: Change) -> Result<HttpResponse, ApiError> {
+    let by = manager(&state, &req, source).await?;
+    let Ok(id) = UserId::parse(&path) else {
+        return Err(ApiError::not_found(format!("no user {}", path.as_str())));
     };
     let store = state.store.clone();
-    run_blocking(move || crate::ops::people::change(store.as_ref(), &by, &id, change))
+    let done = run_blocking(move || crate::ops::people::change(store.as_ref(), &by, &id, change))
         .await
-        .map_err(people_error("user", raw_id))
-}
-
-fn changed(done: &crate::ops::people::Done) -> HttpResponse {
-    let user = done.after.as_ref().unwrap_or(&done.before);
-    HttpResponse::Ok().json(json!({"user": person_json(user)}))
+        .map_err(people_error("user", &path))?;
+    let id = path.as_str();
+    Ok(HttpResponse::Ok().json(match change {
+        Change::Delete => json!({"id": id, "deleted": true}),
+        Change::EndSessions => json!({"id": id, "ended": done.sessions_ended.unwrap_or(0)}),
+        Change::Disable | Change::Enable | Change::Role(_) => {
+            json!({"user": person_json(done.after.as_ref().unwrap_or(&done.before))})
+        }
+    }))
 }
 
 /// Disables a person: they cannot sign in, and every session of theirs ends at once.
 #[post("/api/users/{id}/disable")]
-pub async fn disable_user(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    source: Source,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let done = change_person(&state, &req, source, &path, Change::Disable).await?;
-    Ok(changed(&done))
+pub async fn disable_user(on: Action) -> Result<HttpResponse, ApiError> {
+    act(on, Change::Disable).await
 }
 
 #[post("/api/users/{id}/enable")]
-pub async fn enable_user(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    source: Source,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let done = change_person(&state, &req, source, &path, Change::Enable).await?;
-    Ok(changed(&done))
+pub async fn enable_user(on: Action) -> Result<HttpResponse, ApiError> {
+    act(on, Change::Enable).await
 }
 
 #[derive(Deserialize)]
@@ -527,13 +517,7 @@ struct PersonBody {
 
 /// Changes a person's role: `{"role": "owner|admin|viewer"}`, in force from their next request.
 #[patch("/api/users/{id}")]
-pub async fn update_user(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    source: Source,
-    path: web::Path<String>,
-    raw: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
+pub async fn update_user(on: Action, raw: web::Bytes) -> Result<HttpResponse, ApiError> {
     let body = optional_json::<PersonBody>(&raw)?.ok_or_else(|| {
         ApiError::bad_request("invalid_json", "send {\"role\": \"owner|admin|viewer\"}")
     })?;
@@ -547,42 +531,25 @@ pub async fn update_user(
             ));
         }
     };
-    let done = change_person(&state, &req, source, &path, Change::Role(role)).await?;
-    Ok(changed(&done))
+    act(on, Change::Role(role)).await
 }
 
 /// Deletes a person and their sessions; the audit log keeps what they did.
 #[delete("/api/users/{id}")]
-pub async fn delete_user(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    source: Source,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    change_person(&state, &req, source, &path, Change::Delete).await?;
-    Ok(HttpResponse::Ok().json(json!({"id": path.as_str(), "deleted": true})))
+pub async fn delete_user(on: Action) -> Result<HttpResponse, ApiError> {
+    act(on, Change::Delete).await
 }
 
 /// Ends every session of a person (they may sign in again).
 #[delete("/api/users/{id}/sessions")]
-pub async fn end_sessions(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    source: Source,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let done = change_person(&state, &req, source, &path, Change::EndSessions).await?;
-    Ok(HttpResponse::Ok()
-        .json(json!({"id": path.as_str(), "ended": done.sessions_ended.unwrap_or(0)})))
+pub async fn end_sessions(on: Action) -> Result<HttpResponse, ApiError> {
+    act(on, Change::EndSessions).await
 }
 
 /// Takes back an invitation that was not accepted: its link stops working at once.
 #[post("/api/invitations/{id}/revoke")]
 pub async fn revoke_invitation(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    source: Source,
-    path: web::Path<String>,
+    (state, req, source, path): Action,
 ) -> Result<HttpResponse, ApiError> {
     let by = manager(&state, &req, source).await?;
     let Ok(id) = InvitationId::parse(&path) else {

@@ -52,6 +52,37 @@ async fn people(backend: Backend) -> Option<People> {
     })
 }
 
+/// [`people`], with a session for each of `who`, signed in in that order.
+async fn people_with<const N: usize>(
+    backend: Backend,
+    who: [&str; N],
+) -> Option<(People, [Session; N])> {
+    let p = people(backend).await?;
+    let mut sessions = Vec::with_capacity(N);
+    for email in who {
+        sessions.push(p.sign_in(email).await);
+    }
+    let Ok(sessions) = sessions.try_into() else {
+        unreachable!("one session per person")
+    };
+    Some((p, sessions))
+}
+
+/// A change to person `id` as the console asks for it: "disable", "enable", "sessions"
+/// (end them), "delete", or any other word as the role to give them.
+fn action(what: &str, id: &str) -> (Method, String, Option<Value>) {
+    match what {
+        "disable" | "enable" => (Method::POST, format!("/api/users/{id}/{what}"), None),
+        "sessions" => (Method::DELETE, format!("/api/users/{id}/sessions"), None),
+        "delete" => (Method::DELETE, format!("/api/users/{id}"), None),
+        role => (
+            Method::PATCH,
+            format!("/api/users/{id}"),
+            Some(json!({"role": role})),
+        ),
+    }
+}
+
 impl People {
     fn id(&self, email: &str) -> &str {
         &self.ids[email]
@@ -61,16 +92,31 @@ impl People {
         Session::sign_in(&self.app.client, &self.app.url(""), email, PASSWORD).await
     }
 
+    /// A POST without a session.
+    async fn post_anon(&self, path: &str, body: Value) -> reqwest::Response {
+        let request = self.app.client.post(self.app.url(path)).json(&body);
+        request.send().await.unwrap()
+    }
+
     async fn login_status(&self, email: &str, password: &str) -> (u16, String) {
-        let res = self
-            .app
-            .client
-            .post(self.app.url("/api/auth/login"))
-            .json(&json!({"email": email, "password": password}))
-            .send()
-            .await
-            .unwrap();
-        status_and_code(res).await
+        let body = json!({"email": email, "password": password});
+        status_and_code(self.post_anon("/api/auth/login", body).await).await
+    }
+
+    /// Accepts the invitation of `token` with [`PASSWORD`].
+    async fn accept(&self, token: &str) -> reqwest::Response {
+        let body = json!({"token": token, "password": PASSWORD});
+        self.post_anon("/api/invitations/accept", body).await
+    }
+
+    /// Invites `email` as `role` in `who`'s tenant: the invitation's id and token.
+    async fn invite(&self, who: &Session, email: &str, role: &str) -> (String, String) {
+        let body = json!({"email": email, "role": role});
+        let v = self
+            .ok_as(201, who, Method::POST, "/api/invitations", Some(body))
+            .await;
+        let text = |v: &Value| v.as_str().unwrap().to_owned();
+        (text(&v["invitation"]["id"]), text(&v["token"]))
     }
 
     /// One console request with the session's cookie and CSRF token.
@@ -110,17 +156,47 @@ impl People {
         r.send().await.unwrap()
     }
 
-    /// A change that must succeed; its JSON answer.
-    async fn ok(&self, who: &Session, method: Method, path: &str, body: Option<Value>) -> Value {
+    /// A request that must answer `expected`; its JSON answer.
+    async fn ok_as(
+        &self,
+        expected: u16,
+        who: &Session,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Value {
         let res = self.send(who, method.clone(), path, body).await;
         let status = res.status();
         let v: Value = res.json().await.unwrap();
-        assert_eq!(status, 200, "{method} {path}: {v}");
+        assert_eq!(status, expected, "{method} {path}: {v}");
         v
     }
 
     async fn status(&self, who: &Session, method: Method, path: &str) -> (u16, String) {
         status_and_code(self.send(who, method, path, None).await).await
+    }
+
+    /// [`action`] `what` on person `id`, as `who`.
+    async fn act(&self, who: &Session, what: &str, id: &str) -> reqwest::Response {
+        let (method, path, body) = action(what, id);
+        self.send(who, method, &path, body).await
+    }
+
+    /// [`action`] `what` on person `id`, as `who`, which must succeed; its JSON answer.
+    async fn act_ok(&self, who: &Session, what: &str, id: &str) -> Value {
+        let (method, path, body) = action(what, id);
+        self.ok_as(200, who, method, &path, body).await
+    }
+
+    async fn act_status(&self, who: &Session, what: &str, id: &str) -> (u16, String) {
+        status_and_code(self.act(who, what, id).await).await
+    }
+
+    /// What `who` gets asking for a new API key.
+    async fn create_key(&self, who: &Session) -> u16 {
+        let body = Some(json!({"name": "k"}));
+        let res = self.send(who, Method::POST, "/api/keys", body).await;
+        res.status().as_u16()
     }
 
     /// Whether the session still works.
@@ -141,18 +217,20 @@ impl People {
     }
 
     async fn people_list(&self, who: &Session) -> Value {
-        let res = self.send(who, Method::GET, "/api/users", None).await;
-        assert_eq!(res.status(), 200);
-        res.json().await.unwrap()
+        self.ok_as(200, who, Method::GET, "/api/users", None).await
+    }
+
+    /// Person `id` as `who`'s people list shows them; `None` when not listed.
+    async fn listed(&self, who: &Session, id: &str) -> Option<Value> {
+        let list = self.people_list(who).await;
+        let rows = list["data"].as_array().unwrap();
+        rows.iter().find(|u| u["id"] == id).cloned()
     }
 
     /// The tenant's audit entries, newest first.
     async fn audit(&self, who: &Session) -> Vec<Value> {
-        let res = self
-            .send(who, Method::GET, "/api/audit?limit=200", None)
-            .await;
-        assert_eq!(res.status(), 200);
-        let v: Value = res.json().await.unwrap();
+        let path = "/api/audit?limit=200";
+        let v = self.ok_as(200, who, Method::GET, path, None).await;
         v["data"].as_array().unwrap().clone()
     }
 }
@@ -187,12 +265,10 @@ fn entry<'a>(audit: &'a [Value], action: &str, target: &str) -> &'a Value {
 async fn a_disabled_person_is_signed_out_at_once_and_cannot_sign_in_until_enabled(
     backend: Backend,
 ) {
-    let Some(p) = people(backend).await else {
+    let Some((p, [owner, admin, admin_again])) = people_with(backend, [OWNER, ADMIN, ADMIN]).await
+    else {
         return;
     };
-    let owner = p.sign_in(OWNER).await;
-    let admin = p.sign_in(ADMIN).await;
-    let admin_again = p.sign_in(ADMIN).await;
     assert!(p.signed_in(&admin).await);
     let admin_id = p.id(ADMIN).to_owned();
     // A live-event stream the admin holds open (each lasts about 15 s).
@@ -200,14 +276,7 @@ async fn a_disabled_person_is_signed_out_at_once_and_cannot_sign_in_until_enable
     assert_eq!(stream.status(), 200);
     assert!(stream.chunk().await.unwrap().is_some());
 
-    let v = p
-        .ok(
-            &owner,
-            Method::POST,
-            &format!("/api/users/{admin_id}/disable"),
-            None,
-        )
-        .await;
+    let v = p.act_ok(&owner, "disable", &admin_id).await;
     assert_eq!(v["user"]["id"], json!(admin_id));
     assert!(v["user"]["disabled_at"].is_i64(), "{v}");
     // The open stream ends at its next tick, long before its time is up.
@@ -222,15 +291,7 @@ async fn a_disabled_person_is_signed_out_at_once_and_cannot_sign_in_until_enable
     // Every session of theirs ends with the answer: the next request is 401.
     assert!(!p.signed_in(&admin).await);
     assert!(!p.signed_in(&admin_again).await);
-    let res = p
-        .send(
-            &admin,
-            Method::POST,
-            "/api/keys",
-            Some(json!({"name": "k"})),
-        )
-        .await;
-    assert_eq!(res.status(), 401);
+    assert_eq!(p.create_key(&admin).await, 401);
     // The right password tells them why; a wrong one answers like any wrong password.
     assert_eq!(
         p.login_status(ADMIN, PASSWORD).await,
@@ -240,33 +301,13 @@ async fn a_disabled_person_is_signed_out_at_once_and_cannot_sign_in_until_enable
         p.login_status(ADMIN, "not the password").await,
         (401, "invalid_credentials".into())
     );
-    let list = p.people_list(&owner).await;
-    let row = list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["id"] == json!(admin_id))
-        .unwrap();
+    let row = p.listed(&owner, &admin_id).await.unwrap();
     assert!(row["disabled_at"].is_i64(), "{row}");
     // Disabling again is harmless and keeps the first time.
-    let again = p
-        .ok(
-            &owner,
-            Method::POST,
-            &format!("/api/users/{admin_id}/disable"),
-            None,
-        )
-        .await;
+    let again = p.act_ok(&owner, "disable", &admin_id).await;
     assert_eq!(again["user"]["disabled_at"], v["user"]["disabled_at"]);
 
-    let v = p
-        .ok(
-            &owner,
-            Method::POST,
-            &format!("/api/users/{admin_id}/enable"),
-            None,
-        )
-        .await;
+    let v = p.act_ok(&owner, "enable", &admin_id).await;
     assert!(v["user"]["disabled_at"].is_null(), "{v}");
     let back = p.sign_in(ADMIN).await;
     assert!(p.signed_in(&back).await);
@@ -285,44 +326,26 @@ async fn a_disabled_person_is_signed_out_at_once_and_cannot_sign_in_until_enable
 }
 
 async fn a_role_change_applies_from_the_next_request(backend: Backend) {
-    let Some(p) = people(backend).await else {
+    let Some((p, [owner, viewer])) = people_with(backend, [OWNER, VIEWER]).await else {
         return;
     };
-    let owner = p.sign_in(OWNER).await;
-    let viewer = p.sign_in(VIEWER).await;
     let viewer_id = p.id(VIEWER).to_owned();
     let path = format!("/api/users/{viewer_id}");
-    let new_key = || Some(json!({"name": "from the former viewer"}));
-    let res = p.send(&viewer, Method::POST, "/api/keys", new_key()).await;
-    assert_eq!(res.status(), 403, "a viewer only reads");
+    assert_eq!(p.create_key(&viewer).await, 403, "a viewer only reads");
 
-    let v = p
-        .ok(&owner, Method::PATCH, &path, Some(json!({"role": "admin"})))
-        .await;
+    let v = p.act_ok(&owner, "admin", &viewer_id).await;
     assert_eq!(v["user"]["role"], "admin");
     // The same session, the next request: the new role holds.
-    let res = p.send(&viewer, Method::POST, "/api/keys", new_key()).await;
-    assert_eq!(res.status(), 201);
-    let me: Value = p
-        .send(&viewer, Method::GET, "/api/auth/me", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(p.create_key(&viewer).await, 201);
+    let me = p
+        .ok_as(200, &viewer, Method::GET, "/api/auth/me", None)
+        .await;
     assert_eq!(me["user"]["role"], "admin");
     assert_eq!(p.status(&viewer, Method::GET, "/api/users").await.0, 403);
-    p.ok(&owner, Method::PATCH, &path, Some(json!({"role": "owner"})))
-        .await;
+    p.act_ok(&owner, "owner", &viewer_id).await;
     assert_eq!(p.status(&viewer, Method::GET, "/api/users").await.0, 200);
-    p.ok(
-        &owner,
-        Method::PATCH,
-        &path,
-        Some(json!({"role": "viewer"})),
-    )
-    .await;
-    let res = p.send(&viewer, Method::POST, "/api/keys", new_key()).await;
-    assert_eq!(res.status(), 403, "a viewer again");
+    p.act_ok(&owner, "viewer", &viewer_id).await;
+    assert_eq!(p.create_key(&viewer).await, 403, "a viewer again");
 
     // Bad input: 400 naming the field, nothing changes.
     for body in [
@@ -338,10 +361,8 @@ async fn a_role_change_applies_from_the_next_request(backend: Backend) {
         let (status, code) = status_and_code(res).await;
         assert_eq!(status, 400, "{body}: {code}");
     }
-    let res = p
-        .send(&owner, Method::PATCH, &path, Some(json!({"role": "king"})))
-        .await;
-    let v: Value = res.json().await.unwrap();
+    let v = p.act(&owner, "king", &viewer_id).await;
+    let v: Value = v.json().await.unwrap();
     assert_eq!(v["error"]["param"], "role", "{v}");
     let res = p
         .app
@@ -355,13 +376,7 @@ async fn a_role_change_applies_from_the_next_request(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(res.status(), 400);
-    let list = p.people_list(&owner).await;
-    let row = list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["id"] == json!(viewer_id))
-        .unwrap();
+    let row = p.listed(&owner, &viewer_id).await.unwrap();
     assert_eq!(row["role"], "viewer");
 
     let audit = p.audit(&owner).await;
@@ -377,23 +392,14 @@ async fn a_role_change_applies_from_the_next_request(backend: Backend) {
 async fn ending_sessions_and_deleting_a_person_sign_them_out_and_keep_their_history(
     backend: Backend,
 ) {
-    let Some(p) = people(backend).await else {
+    let Some((p, [owner, one, two, viewer])) =
+        people_with(backend, [OWNER, ADMIN, ADMIN, VIEWER]).await
+    else {
         return;
     };
-    let owner = p.sign_in(OWNER).await;
     let admin_id = p.id(ADMIN).to_owned();
-    let one = p.sign_in(ADMIN).await;
-    let two = p.sign_in(ADMIN).await;
-    let viewer = p.sign_in(VIEWER).await;
 
-    let v = p
-        .ok(
-            &owner,
-            Method::DELETE,
-            &format!("/api/users/{admin_id}/sessions"),
-            None,
-        )
-        .await;
+    let v = p.act_ok(&owner, "sessions", &admin_id).await;
     assert_eq!(v["ended"], 2, "{v}");
     assert!(!p.signed_in(&one).await && !p.signed_in(&two).await);
     assert!(p.signed_in(&viewer).await, "nobody else is signed out");
@@ -401,41 +407,21 @@ async fn ending_sessions_and_deleting_a_person_sign_them_out_and_keep_their_hist
     // Not disabled: they sign in again.
     let three = p.sign_in(ADMIN).await;
     // A viewer does not manage people, not even their own sessions.
-    let path = format!("/api/users/{}/sessions", p.id(VIEWER));
     assert_eq!(
-        p.status(&viewer, Method::DELETE, &path).await,
+        p.act_status(&viewer, "sessions", p.id(VIEWER)).await,
         (403, "role_not_allowed".into())
     );
 
-    let v = p
-        .ok(
-            &owner,
-            Method::DELETE,
-            &format!("/api/users/{admin_id}"),
-            None,
-        )
-        .await;
+    let v = p.act_ok(&owner, "delete", &admin_id).await;
     assert_eq!(v["deleted"], true);
     assert!(!p.signed_in(&three).await);
     assert_eq!(
         p.login_status(ADMIN, PASSWORD).await,
         (401, "invalid_credentials".into())
     );
-    let list = p.people_list(&owner).await;
-    assert!(
-        !list["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|u| u["id"] == json!(admin_id)),
-        "{list}"
-    );
-    for (method, path) in [
-        (Method::DELETE, format!("/api/users/{admin_id}")),
-        (Method::POST, format!("/api/users/{admin_id}/disable")),
-        (Method::DELETE, format!("/api/users/{admin_id}/sessions")),
-    ] {
-        assert_eq!(p.status(&owner, method, &path).await.0, 404, "{path}");
+    assert_eq!(p.listed(&owner, &admin_id).await, None);
+    for what in ["delete", "disable", "sessions"] {
+        assert_eq!(p.act_status(&owner, what, &admin_id).await.0, 404, "{what}");
     }
 
     let audit = p.audit(&owner).await;
@@ -450,45 +436,16 @@ async fn ending_sessions_and_deleting_a_person_sign_them_out_and_keep_their_hist
 
     // An owner may end their own sessions: signed out everywhere, this one too.
     let elsewhere = p.sign_in(OWNER).await;
-    let v = p
-        .ok(
-            &owner,
-            Method::DELETE,
-            &format!("/api/users/{}/sessions", p.id(OWNER)),
-            None,
-        )
-        .await;
+    let v = p.act_ok(&owner, "sessions", p.id(OWNER)).await;
     assert_eq!(v["ended"], 2, "{v}");
     assert!(!p.signed_in(&owner).await && !p.signed_in(&elsewhere).await);
 }
 
 async fn a_revoked_invitation_cannot_be_accepted_and_says_so(backend: Backend) {
-    let Some(p) = people(backend).await else {
+    let Some((p, [owner, owner_b])) = people_with(backend, [OWNER, OWNER_B]).await else {
         return;
     };
-    let owner = p.sign_in(OWNER).await;
-    let owner_b = p.sign_in(OWNER_B).await;
-    let invite = |email: &'static str| {
-        let owner = &owner;
-        let p = &p;
-        async move {
-            let res = p
-                .send(
-                    owner,
-                    Method::POST,
-                    "/api/invitations",
-                    Some(json!({"email": email, "role": "viewer"})),
-                )
-                .await;
-            assert_eq!(res.status(), 201);
-            let v: Value = res.json().await.unwrap();
-            (
-                v["invitation"]["id"].as_str().unwrap().to_owned(),
-                v["token"].as_str().unwrap().to_owned(),
-            )
-        }
-    };
-    let (inv, token) = invite("new@a.example").await;
+    let (inv, token) = p.invite(&owner, "new@a.example", "viewer").await;
     let listed = p.people_list(&owner).await;
     assert_eq!(listed["invitations"][0]["id"], json!(inv));
 
@@ -497,31 +454,19 @@ async fn a_revoked_invitation_cannot_be_accepted_and_says_so(backend: Backend) {
     assert_eq!(p.status(&owner_b, Method::POST, &path).await.0, 404);
     let viewer = p.sign_in(VIEWER).await;
     assert_eq!(p.status(&viewer, Method::POST, &path).await.0, 403);
-    assert_eq!(
-        p.app
-            .get(&format!("/api/invitations/{token}"))
-            .await
-            .status(),
-        200
-    );
+    let invitation = format!("/api/invitations/{token}");
+    assert_eq!(p.app.get(&invitation).await.status(), 200);
 
-    let v = p.ok(&owner, Method::POST, &path, None).await;
+    let v = p.ok_as(200, &owner, Method::POST, &path, None).await;
     assert!(v["invitation"]["revoked_at"].is_i64(), "{v}");
     let listed = p.people_list(&owner).await;
     assert_eq!(listed["invitations"], json!([]), "no longer open");
-    let res = p.app.get(&format!("/api/invitations/{token}")).await;
+    let res = p.app.get(&invitation).await;
     assert_eq!(
         status_and_code(res).await,
         (404, "invitation_revoked".into())
     );
-    let res = p
-        .app
-        .client
-        .post(p.app.url("/api/invitations/accept"))
-        .json(&json!({"token": token, "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
+    let res = p.accept(&token).await;
     let status = res.status().as_u16();
     let body: Value = res.json().await.unwrap();
     assert_eq!(status, 404, "{body}");
@@ -540,23 +485,11 @@ async fn a_revoked_invitation_cannot_be_accepted_and_says_so(backend: Backend) {
     );
 
     // An accepted invitation is not revoked: the person is managed instead.
-    let (used, token) = invite("other@a.example").await;
-    let res = p
-        .app
-        .client
-        .post(p.app.url("/api/invitations/accept"))
-        .json(&json!({"token": token, "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    let (used, token) = p.invite(&owner, "other@a.example", "viewer").await;
+    assert_eq!(p.accept(&token).await.status(), 200);
+    let path = format!("/api/invitations/{used}/revoke");
     assert_eq!(
-        p.status(
-            &owner,
-            Method::POST,
-            &format!("/api/invitations/{used}/revoke")
-        )
-        .await,
+        p.status(&owner, Method::POST, &path).await,
         (409, "invitation_accepted".into())
     );
     for bad in ["nonsense", "inv_00000000000000000000000000000000"] {
@@ -571,28 +504,14 @@ async fn a_revoked_invitation_cannot_be_accepted_and_says_so(backend: Backend) {
 }
 
 async fn only_owners_and_the_operator_manage_people_and_only_those_they_see(backend: Backend) {
-    let Some(p) = people(backend).await else {
+    let Some((p, [owner_b, admin, viewer, owner, operator])) =
+        people_with(backend, [OWNER_B, ADMIN, VIEWER, OWNER, OPERATOR]).await
+    else {
         return;
     };
-    let owner_b = p.sign_in(OWNER_B).await;
-    let admin = p.sign_in(ADMIN).await;
-    let viewer = p.sign_in(VIEWER).await;
-    let owner = p.sign_in(OWNER).await;
-    let operator = p.sign_in(OPERATOR).await;
     let target = p.id(VIEWER).to_owned();
-    let changes = |id: &str| {
-        vec![
-            (Method::POST, format!("/api/users/{id}/disable"), None),
-            (Method::POST, format!("/api/users/{id}/enable"), None),
-            (
-                Method::PATCH,
-                format!("/api/users/{id}"),
-                Some(json!({"role": "admin"})),
-            ),
-            (Method::DELETE, format!("/api/users/{id}/sessions"), None),
-            (Method::DELETE, format!("/api/users/{id}"), None),
-        ]
-    };
+    let changes =
+        |id: &str| ["disable", "enable", "admin", "sessions", "delete"].map(|w| action(w, id));
     for (method, path, body) in changes(&target) {
         // Another tenant's owner: as if the person did not exist.
         let res = p.send(&owner_b, method.clone(), &path, body.clone()).await;
@@ -637,14 +556,7 @@ async fn only_owners_and_the_operator_manage_people_and_only_those_they_see(back
         }
     }
     assert!(p.signed_in(&viewer).await, "nothing happened to the viewer");
-    let list = p.people_list(&owner).await;
-    let row = list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["id"] == json!(target))
-        .unwrap()
-        .clone();
+    let row = p.listed(&owner, &target).await.unwrap();
     assert_eq!(
         (row["role"].clone(), row["disabled_at"].clone()),
         (json!("viewer"), Value::Null)
@@ -664,11 +576,7 @@ async fn only_owners_and_the_operator_manage_people_and_only_those_they_see(back
         .await;
     assert_eq!(res.status(), 200);
     assert!(!p.signed_in(&viewer).await);
-    let path = format!("/api/users/{target}/enable");
-    assert_eq!(
-        p.send(&operator, Method::POST, &path, None).await.status(),
-        200
-    );
+    p.act_ok(&operator, "enable", &target).await;
     // Their action is in the tenant's log, by the operator.
     let audit = p.audit(&owner).await;
     let e = entry(&audit, "user.disable", &target);
@@ -678,46 +586,24 @@ async fn only_owners_and_the_operator_manage_people_and_only_those_they_see(back
 async fn a_tenant_keeps_its_last_owner_the_instance_its_operator_and_nobody_removes_themselves(
     backend: Backend,
 ) {
-    let Some(p) = people(backend).await else {
+    let Some((p, [owner, operator])) = people_with(backend, [OWNER, OPERATOR]).await else {
         return;
     };
-    let owner = p.sign_in(OWNER).await;
-    let operator = p.sign_in(OPERATOR).await;
     let owner_id = p.id(OWNER).to_owned();
     let op_id = p.id(OPERATOR).to_owned();
     // Nobody disables, deletes or re-roles their own account.
     for (who, id) in [(&owner, &owner_id), (&operator, &op_id)] {
-        for (method, path, body) in [
-            (Method::POST, format!("/api/users/{id}/disable"), None),
-            (Method::DELETE, format!("/api/users/{id}"), None),
-            (
-                Method::PATCH,
-                format!("/api/users/{id}"),
-                Some(json!({"role": "viewer"})),
-            ),
-        ] {
-            let res = p.send(who, method.clone(), &path, body).await;
-            assert_eq!(
-                status_and_code(res).await,
-                (409, "own_account".into()),
-                "{method} {path}"
-            );
+        for what in ["disable", "delete", "viewer"] {
+            let own = (409, "own_account".into());
+            assert_eq!(p.act_status(who, what, id).await, own, "{what} {id}");
         }
     }
     // The operator cannot take away tenant A's only owner.
-    for (method, path, body) in [
-        (Method::POST, format!("/api/users/{owner_id}/disable"), None),
-        (Method::DELETE, format!("/api/users/{owner_id}"), None),
-        (
-            Method::PATCH,
-            format!("/api/users/{owner_id}"),
-            Some(json!({"role": "admin"})),
-        ),
-    ] {
-        let res = p.send(&operator, method.clone(), &path, body).await;
+    for what in ["disable", "delete", "admin"] {
+        let res = p.act(&operator, what, &owner_id).await;
         let status = res.status().as_u16();
         let v: Value = res.json().await.unwrap();
-        assert_eq!(status, 409, "{method} {path}: {v}");
+        assert_eq!(status, 409, "{what}: {v}");
         assert_eq!(v["error"]["code"], "last_owner", "{v}");
         assert!(
             v["error"]["message"]
@@ -729,63 +615,24 @@ async fn a_tenant_keeps_its_last_owner_the_instance_its_operator_and_nobody_remo
     }
     assert!(p.signed_in(&owner).await);
     // Once there is a second owner, the first can go.
-    let admin_id = p.id(ADMIN).to_owned();
-    p.ok(
-        &owner,
-        Method::PATCH,
-        &format!("/api/users/{admin_id}"),
-        Some(json!({"role": "owner"})),
-    )
-    .await;
+    p.act_ok(&owner, "owner", p.id(ADMIN)).await;
     let admin = p.sign_in(ADMIN).await;
-    p.ok(
-        &admin,
-        Method::PATCH,
-        &format!("/api/users/{owner_id}"),
-        Some(json!({"role": "viewer"})),
-    )
-    .await;
+    p.act_ok(&admin, "viewer", &owner_id).await;
     // The operator's role is the instance's: not changed here, nor given.
-    let res = p
-        .send(
-            &admin,
-            Method::PATCH,
-            &format!("/api/users/{owner_id}"),
-            Some(json!({"role": "operator"})),
-        )
-        .await;
+    let res = p.act(&admin, "operator", &owner_id).await;
     assert_eq!(res.status(), 400);
     let second_op = p
         .app
         .home
         .make_user("op2@example.com", "operator", None, PASSWORD);
-    let res = p
-        .send(
-            &operator,
-            Method::PATCH,
-            &format!("/api/users/{second_op}"),
-            Some(json!({"role": "owner"})),
-        )
-        .await;
-    assert_eq!(status_and_code(res).await, (409, "operator_role".into()));
+    assert_eq!(
+        p.act_status(&operator, "owner", &second_op).await,
+        (409, "operator_role".into())
+    );
     // An owner does not reach the operator.
-    let res = p
-        .send(
-            &admin,
-            Method::POST,
-            &format!("/api/users/{op_id}/disable"),
-            None,
-        )
-        .await;
-    assert_eq!(res.status(), 404);
+    assert_eq!(p.act(&admin, "disable", &op_id).await.status(), 404);
     // Two operators: one may disable the other.
-    p.ok(
-        &operator,
-        Method::POST,
-        &format!("/api/users/{second_op}/disable"),
-        None,
-    )
-    .await;
+    p.act_ok(&operator, "disable", &second_op).await;
     assert_eq!(
         p.login_status("op2@example.com", PASSWORD).await,
         (403, "account_disabled".into())
@@ -795,12 +642,10 @@ async fn a_tenant_keeps_its_last_owner_the_instance_its_operator_and_nobody_remo
 /// The CLI manages people on the data directory while the server runs; each change takes
 /// effect on the server's next request and is audited as the CLI's.
 async fn the_cli_disables_enables_re_roles_signs_out_deletes_and_revokes(backend: Backend) {
-    let Some(p) = people(backend).await else {
+    let Some((p, [owner, admin])) = people_with(backend, [OWNER, ADMIN]).await else {
         return;
     };
     let home = &p.app.home;
-    let owner = p.sign_in(OWNER).await;
-    let admin = p.sign_in(ADMIN).await;
     let admin_id = p.id(ADMIN).to_owned();
 
     assert_eq!(home.cli_ok(&["user", "disable", ADMIN]), admin_id);
@@ -813,46 +658,22 @@ async fn the_cli_disables_enables_re_roles_signs_out_deletes_and_revokes(backend
     let admin = p.sign_in(ADMIN).await;
 
     assert_eq!(home.cli_ok(&["user", "role", ADMIN, "viewer"]), admin_id);
-    let res = p
-        .send(
-            &admin,
-            Method::POST,
-            "/api/keys",
-            Some(json!({"name": "k"})),
-        )
-        .await;
-    assert_eq!(res.status(), 403, "a viewer from the next request");
+    let created = p.create_key(&admin).await;
+    assert_eq!(created, 403, "a viewer from the next request");
     let _second = p.sign_in(ADMIN).await;
     assert_eq!(home.cli_ok(&["user", "logout", ADMIN]), "2");
     assert!(!p.signed_in(&admin).await);
 
     // An invitation made in the console, revoked from the CLI.
-    let res = p
-        .send(
-            &owner,
-            Method::POST,
-            "/api/invitations",
-            Some(json!({"email": "new@a.example", "role": "admin"})),
-        )
-        .await;
-    let inv: Value = res.json().await.unwrap();
-    let inv_id = inv["invitation"]["id"].as_str().unwrap().to_owned();
+    let (inv_id, token) = p.invite(&owner, "new@a.example", "admin").await;
     let listed: Value =
         serde_json::from_str(&home.cli_ok(&["user", "list", "--tenant", &p.tenant_a, "--json"]))
             .unwrap();
     assert_eq!(listed["invitations"][0]["id"], json!(inv_id), "{listed}");
     assert_eq!(listed["users"].as_array().unwrap().len(), 3, "{listed}");
     assert_eq!(home.cli_ok(&["user", "revoke-invitation", &inv_id]), inv_id);
-    let res = p
-        .app
-        .client
-        .post(p.app.url("/api/invitations/accept"))
-        .json(&json!({"token": inv["token"], "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        status_and_code(res).await,
+        status_and_code(p.accept(&token).await).await,
         (404, "invitation_revoked".into())
     );
 
