@@ -6,6 +6,8 @@ directly, and optionally against a peer gateway (LiteLLM proxy).
     python3 bench/proxy.py --peer litellm   # the same, plus LiteLLM proxy on the same upstream
     python3 bench/proxy.py --smoke          # CI: debug build, 2 s at a low rate; checks the script
     python3 bench/proxy.py --profile dist   # the shipped build (whole-program LTO) instead
+    python3 bench/proxy.py --durability power            # every commit waits for the disk
+    python3 bench/proxy.py --backend postgres --durability process   # Postgres, async commits
 
 What runs (all on loopback):
   * the mock OpenAI upstream (examples/mock_upstream.rs, latency 0, no request recording);
@@ -13,7 +15,10 @@ What runs (all on loopback):
     from each request's scheduled send time (no coordinated omission), then closed loop
     at maximum throughput;
   * agv-server (`agv-server --data TMP serve`, AGV_UPSTREAM_URL = the mock), with one
-    tenant and one proxy key created through the CLI;
+    tenant and one proxy key created through the CLI; on SQLite in TMP, or with
+    --backend postgres on a fresh database (created with psql on --postgres-url, dropped
+    afterwards); with --durability, AGV_DURABILITY (unset: the backend's default, process
+    on SQLite and power on Postgres);
   * a byte relay (examples/relay.rs) in front of the mock: it copies bytes both ways and
     does nothing else, so its added latency is the floor for any proxy on this machine, the
     cost of the extra loopback hop alone (fixed rate only; --no-relay skips it);
@@ -46,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET_ADDED_P50_MS = 0.3
@@ -329,11 +335,30 @@ def start_relay(procs, bins, mock_port):
     return int(addr.rsplit(":", 1)[1])
 
 
-def start_agv(procs, bins, mock_url, tmp):
+def psql(admin_url, sql):
+    if shutil.which("psql") is None:
+        sys.exit("--backend postgres needs psql (postgresql-client) to create the benchmark's database")
+    subprocess.run(["psql", admin_url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def create_postgres_db(admin_url):
+    """A fresh database on the server of `admin_url`; returns (name, its URL)."""
+    name = "agv_bench_" + secrets.token_hex(6)
+    psql(admin_url, f'CREATE DATABASE "{name}"')
+    parts = urllib.parse.urlsplit(admin_url)
+    return name, urllib.parse.urlunsplit(parts._replace(path="/" + name))
+
+
+def start_agv(procs, bins, mock_url, tmp, database_url=None, durability=None):
     data = os.path.join(tmp, "agv-data")
     env = clean_env()
     env.update({"AGV_UPSTREAM_URL": mock_url, "AGV_UPSTREAM_API_KEY": "sk-bench",
                 "AGV_LOG_FORMAT": "text", "AGV_LOG_LEVEL": "warn"})
+    if database_url:
+        env["AGV_DATABASE_URL"] = database_url
+    if durability:
+        env["AGV_DURABILITY"] = durability
 
     def cli(*args):
         out = subprocess.run([bins["agv"], "--data", data, *args], env=env, check=True,
@@ -443,6 +468,15 @@ def main():
     ap.add_argument("--profile", choices=["release", "dist"], default="release",
                     help="cargo profile to build and measure: release (README's run command, "
                          "fast to build) or dist (shipped binaries, whole-program LTO)")
+    ap.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite",
+                    help="agv's database: SQLite in the temp data dir, or a fresh Postgres database")
+    ap.add_argument("--postgres-url", metavar="URL",
+                    default=os.environ.get("AGV_BENCH_POSTGRES_URL",
+                                           "postgres://postgres@127.0.0.1:5432/postgres"),
+                    help="with --backend postgres: a server and role that may create databases "
+                         "(default $AGV_BENCH_POSTGRES_URL or postgres://postgres@127.0.0.1:5432/postgres)")
+    ap.add_argument("--durability", choices=["process", "power"], default=None,
+                    help="AGV_DURABILITY for agv (default unset: process on SQLite, power on Postgres)")
     ap.add_argument("--json", action="store_true", help="print all raw figures as JSON at the end")
     cfg = ap.parse_args()
     cfg.rate = cfg.rate or (50.0 if cfg.smoke else 1000.0)
@@ -466,6 +500,7 @@ def main():
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="agv-bench-proxy-")
     results = {}
+    pg_db = None
     try:
         mock_url, mock_port = start_mock(procs, bins)
         log(f"-- mock upstream at {mock_url}")
@@ -481,7 +516,11 @@ def main():
             results["relay"] = measure("relay", bins, relay_port, body_file,
                                        ["Authorization: Bearer sk-bench"], cfg, fixed_only=True)
 
-        agv_port, key, agv_pid = start_agv(procs, bins, mock_url, tmp)
+        database_url = None
+        if cfg.backend == "postgres":
+            pg_db, database_url = create_postgres_db(cfg.postgres_url)
+            log(f"-- agv on Postgres, database {pg_db}")
+        agv_port, key, agv_pid = start_agv(procs, bins, mock_url, tmp, database_url, cfg.durability)
         status, data = post_once(agv_port, "/v1/chat/completions", CHAT_BODY,
                                  {"Authorization": f"Bearer {key}"})
         if status != 200:
@@ -502,6 +541,11 @@ def main():
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
+        if pg_db:
+            try:
+                psql(cfg.postgres_url, f'DROP DATABASE IF EXISTS "{pg_db}" WITH (FORCE)')
+            except subprocess.CalledProcessError as e:
+                log(f"WARNING: could not drop the benchmark database {pg_db}: {e}")
 
     report(results, cfg)
     if cfg.json:
@@ -516,7 +560,9 @@ def main():
 
 def report(results, cfg):
     d = results["direct"]
+    durability = cfg.durability or ("power" if cfg.backend == "postgres" else "process") + " (default)"
     print(f"\nproxy benchmark ({'smoke, debug build, not representative' if cfg.smoke else cfg.profile + ' build'};"
+          f" agv on {cfg.backend}, durability {durability};"
           f" {cfg.rate:g} req/s for {cfg.duration:g} s; max with {cfg.concurrency} connections)")
     for name in ("direct", "relay", "agv", "litellm"):
         if name in results:

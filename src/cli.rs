@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 const ENV_HELP: &str = "Environment: AGV_DATA, AGV_LISTEN, AGV_DATABASE_URL (or AGV_DATABASE_URL_FILE), \
-AGV_UPSTREAM_URL, AGV_UPSTREAM_API_KEY (or _FILE; falls back to OPENAI_API_KEY), AGV_LOG_FORMAT=text|json, \
+AGV_UPSTREAM_URL, AGV_UPSTREAM_API_KEY (or _FILE; falls back to OPENAI_API_KEY), AGV_DURABILITY=process|power, AGV_LOG_FORMAT=text|json, \
 AGV_LOG_LEVEL. Settings may also live in <data>/config.toml; flags beat the environment, which beats the file.";
 
 #[derive(Debug, Parser)]

@@ -225,6 +225,13 @@ pub const FIELDS: &[Field] = &[
         help: "postgres://… to use Postgres; unset: SQLite in the data dir",
     },
     Field {
+        key: "durability",
+        env: "AGV_DURABILITY",
+        secret: false,
+        default: None,
+        help: "what an acknowledged call survives: process (a crash of agv-server) or power (a power cut too: every commit waits for the disk); unset: process on SQLite, power on Postgres",
+    },
+    Field {
         key: "upstream_url",
         env: "AGV_UPSTREAM_URL",
         secret: false,
@@ -569,6 +576,9 @@ pub struct Settings {
     /// Serve HTTPS with this certificate chain and key (both PEM), instead of HTTP.
     pub tls: Option<TlsFiles>,
     pub database_url: Option<String>,
+    /// What a commit waits for; `None`: the backend's own default
+    /// ([`crate::store::Durability::default_for`]).
+    pub durability: Option<crate::store::Durability>,
     pub upstream_url: String,
     pub upstream_api_key: Option<String>,
     pub upstream_timeout: std::time::Duration,
@@ -755,6 +765,18 @@ impl Settings {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
             _ => return Err(bad("log_format", "expected 'text' or 'json'")),
+        };
+        let durability = match get("durability").map(str::trim).filter(|v| !v.is_empty()) {
+            None => None,
+            Some(v) => Some(crate::store::Durability::parse(v).ok_or_else(|| {
+                bad(
+                    "durability",
+                    &format!(
+                        "expected {}: process commits survive a crash of agv-server, power commits a power cut too",
+                        crate::store::Durability::CHOICES
+                    ),
+                )
+            })?),
         };
         let upstream_url = get("upstream_url")
             .unwrap_or_default()
@@ -967,6 +989,7 @@ impl Settings {
             listen,
             tls,
             database_url,
+            durability,
             upstream_url,
             upstream_api_key,
             upstream_timeout,
@@ -1063,6 +1086,24 @@ impl Settings {
                     .map(crate::store::redact_url)
                     .unwrap_or_else(|| "(not set: SQLite in the data dir)".into()),
                 src("database_url"),
+            ),
+            (
+                "durability",
+                match self.durability {
+                    Some(level) => level.as_str().to_owned(),
+                    None => {
+                        let backend = crate::store::Backend::of_url(self.database_url.as_deref());
+                        format!(
+                            "{} (not set: the {} default)",
+                            crate::store::Durability::default_for(backend).as_str(),
+                            match backend {
+                                crate::store::Backend::Sqlite => "SQLite",
+                                crate::store::Backend::Postgres => "Postgres",
+                            }
+                        )
+                    }
+                },
+                src("durability"),
             ),
             (
                 "upstream_url",
@@ -1532,6 +1573,52 @@ mod tests {
         assert_eq!(s.max_stored_body_bytes, 1_048_576);
         assert_eq!(s.upstream_timeout.as_secs(), 30);
         assert_eq!(s.sources["upstream_url"], Source::Default);
+    }
+
+    #[test]
+    fn durability_defaults_per_backend_takes_process_or_power_and_names_both_when_wrong() {
+        use crate::store::Durability;
+        let dir = tempfile::tempdir().unwrap();
+        let load = |vars: &[(&str, &str)]| {
+            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(vars))
+        };
+        let shown = |s: &Settings| {
+            s.describe()
+                .into_iter()
+                .find(|(k, _, _)| *k == "durability")
+                .unwrap()
+        };
+        let s = load(&[]).unwrap();
+        assert_eq!(s.durability, None);
+        assert_eq!(
+            shown(&s),
+            (
+                "durability",
+                "process (not set: the SQLite default)".into(),
+                "default".into()
+            )
+        );
+        let s = load(&[("AGV_DATABASE_URL", "postgres://agv@db/agv")]).unwrap();
+        assert_eq!(shown(&s).1, "power (not set: the Postgres default)");
+        let s = load(&[("AGV_DURABILITY", "power")]).unwrap();
+        assert_eq!(s.durability, Some(Durability::Power));
+        assert_eq!(
+            shown(&s),
+            ("durability", "power".into(), "env AGV_DURABILITY".into())
+        );
+        std::fs::write(dir.path().join(CONFIG_FILE), "durability = \"process\"\n").unwrap();
+        let s = load(&[("AGV_DATABASE_URL", "postgres://agv@db/agv")]).unwrap();
+        assert_eq!(s.durability, Some(Durability::Process));
+        assert_eq!(s.sources["durability"], Source::ConfigFile);
+        for bad in ["fsync", "FULL", "1"] {
+            let err = load(&[("AGV_DURABILITY", bad)]).unwrap_err();
+            assert!(
+                err.0.contains(&format!(
+                    "invalid durability = '{bad}' (from env AGV_DURABILITY)"
+                )) && err.0.contains("'process' or 'power'"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -101,11 +101,41 @@ pub fn prepare_data_dir(dir: &Path) -> Result<(), StartupError> {
     Ok(())
 }
 
+/// Logs what the database's commits wait for, as read back from its connections, and
+/// warns when that is less than the `durability` level promises (a Postgres server
+/// configured with `synchronous_commit = off`).
+async fn log_commit_settings(store: &DynStore, settings: &Settings) -> Result<(), StartupError> {
+    let level = settings
+        .durability
+        .unwrap_or(store::Durability::default_for(store.backend()));
+    let for_read = store.clone();
+    let commits = run_blocking(move || for_read.commit_settings())
+        .await
+        .map_err(|e| StartupError(format!("cannot read the database's commit settings: {e}")))?;
+    tracing::info!(
+        durability = level.as_str(),
+        calls = %commits.calls,
+        other_writes = %commits.other_writes,
+        "commits"
+    );
+    if level == store::Durability::Power && !commits.calls_wait_for_disk {
+        tracing::warn!(
+            calls = %commits.calls,
+            "durability is power, but the database does not wait for its disk when it commits a call: a power cut can lose recent calls. Turn synchronous_commit back on in the Postgres server's configuration (or for its agv role)"
+        );
+    }
+    Ok(())
+}
+
 /// Opens the store for the settings (Postgres URL or SQLite in the data dir).
 pub fn open_store(settings: &Settings) -> Result<DynStore, StartupError> {
     prepare_data_dir(&settings.data_dir)?;
-    store::open(&settings.data_dir, settings.database_url.as_deref())
-        .map_err(|e| StartupError(e.to_string()))
+    store::open_with(
+        &settings.data_dir,
+        settings.database_url.as_deref(),
+        settings.durability,
+    )
+    .map_err(|e| StartupError(e.to_string()))
 }
 
 impl Application {
@@ -238,6 +268,7 @@ impl Application {
         for (key, value, source) in settings.describe() {
             tracing::info!(setting = key, value = %value, source = %source, "effective setting");
         }
+        log_commit_settings(&store, &settings).await?;
 
         let state = web::Data::new(AppState {
             settings: settings.clone(),

@@ -87,6 +87,73 @@ impl Backend {
             Self::Postgres => "postgres",
         }
     }
+
+    /// The backend a database URL names: Postgres for `postgres://` and `postgresql://`,
+    /// SQLite otherwise (no URL, or `sqlite://`; [`open`] refuses any other scheme).
+    pub fn of_url(database_url: Option<&str>) -> Self {
+        match database_url.and_then(|u| u.split_once("://")) {
+            Some(("postgres" | "postgresql", _)) => Self::Postgres,
+            _ => Self::Sqlite,
+        }
+    }
+}
+
+/// What a commit waits for, and so what an acknowledged call survives (README,
+/// "Durability"). Chosen by the `durability` setting; unset, each backend keeps
+/// [`Durability::default_for`] it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// A commit reaches the database, not necessarily the disk: a call survives a crash
+    /// of agv-server (kill -9); a power cut or an OS crash can lose the latest calls.
+    /// SQLite: `synchronous=NORMAL` (the WAL is synced by the checkpointer's rounds);
+    /// Postgres: the recorder's transactions run with `synchronous_commit = off`.
+    Process,
+    /// Every commit waits for the disk (`fsync`): a call survives a power cut too.
+    /// SQLite: `synchronous=FULL`; Postgres: its own `synchronous_commit` (`on` unless its
+    /// configuration says otherwise).
+    Power,
+}
+
+impl Durability {
+    /// The values the setting accepts, for error messages.
+    pub const CHOICES: &'static str = "'process' or 'power'";
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "process" => Some(Self::Process),
+            "power" => Some(Self::Power),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Process => "process",
+            Self::Power => "power",
+        }
+    }
+
+    /// The level of a backend whose `durability` is unset: what each did before the
+    /// setting existed, so that an upgrade never weakens a promise silently. SQLite runs
+    /// its WAL with `synchronous=NORMAL`; Postgres flushes every commit (its default).
+    pub fn default_for(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => Self::Process,
+            Backend::Postgres => Self::Power,
+        }
+    }
+}
+
+/// How the database says it commits, read back through the connections that commit:
+/// logged at start, and what tests check a `durability` against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitSettings {
+    /// The call recorder's transactions, e.g. `synchronous=FULL` or `synchronous_commit=off`.
+    pub calls: String,
+    /// Every other write (keys, the kill switch, the audit log, …).
+    pub other_writes: String,
+    /// Whether a call's commit waits until the database has its write on the disk.
+    pub calls_wait_for_disk: bool,
 }
 
 /// Connections of the pool, for `/metrics`.
@@ -111,6 +178,9 @@ pub trait Store: Send + Sync + 'static {
     /// A cheap round-trip proving the database answers (used by `/ready`).
     fn ping(&self) -> StoreResult<()>;
     fn pool_stats(&self) -> PoolStats;
+    /// What the database's commits wait for, read back from the connections that commit
+    /// (the recorder's transaction, and a pooled connection).
+    fn commit_settings(&self) -> StoreResult<CommitSettings>;
     /// The highest applied migration version.
     fn schema_version(&self) -> StoreResult<i64>;
 
@@ -439,11 +509,18 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> StoreResult<crate::domain::user::User>;
 
-    // Managing people (see store::console). `tenant: Some` acts as an owner of that tenant,
-    // who sees only its people (anyone else is NotFound); `None` as the operator, who sees
-    // everyone. A change that would leave a tenant that has an enabled owner without one, or
-    // the instance without an enabled operator, is Conflict and changes nothing. Each
-    // returns the user as they were before the change.
+    /// Runs `work` in one write transaction: committed when it returns `Ok`, rolled back
+    /// otherwise. The backend supplies only the transaction; what runs in it is written
+    /// once for both backends over the shared SQL layer (see `sql::Db`).
+    #[doc(hidden)]
+    fn write_tx(&self, work: &mut dyn FnMut(&mut SqlTx<'_>) -> StoreResult<()>) -> StoreResult<()>;
+
+    // Managing people (see store::console), in one write transaction each (`write_tx`).
+    // `tenant: Some` acts as an owner of that tenant, who sees only its people (anyone else
+    // is NotFound); `None` as the operator, who sees everyone. A change that would leave a
+    // tenant that has an enabled owner without one, or the instance without an enabled
+    // operator, is Conflict and changes nothing. Each returns the user as they were before
+    // the change.
     /// Disables a user (`Some(at)`; disabling twice keeps the first time) and deletes every
     /// session of theirs in the same transaction, or enables them again (`None`).
     fn set_user_disabled(
@@ -451,7 +528,11 @@ pub trait Store: Send + Sync + 'static {
         tenant: Option<&TenantId>,
         user: &UserId,
         disabled: Option<Timestamp>,
-    ) -> StoreResult<User>;
+    ) -> StoreResult<User> {
+        in_write_tx(self, |db| {
+            console::set_user_disabled(db, tenant, user, disabled)
+        })
+    }
     /// Changes a tenant person's role among owner, admin and viewer; the operator's role, or
     /// making someone operator, is Conflict.
     fn set_user_role(
@@ -459,11 +540,17 @@ pub trait Store: Send + Sync + 'static {
         tenant: Option<&TenantId>,
         user: &UserId,
         role: crate::domain::user::Role,
-    ) -> StoreResult<User>;
+    ) -> StoreResult<User> {
+        in_write_tx(self, |db| console::set_user_role(db, tenant, user, role))
+    }
     /// Deletes a user and their sessions; audit entries keep naming them by id.
-    fn delete_user(&self, tenant: Option<&TenantId>, user: &UserId) -> StoreResult<User>;
+    fn delete_user(&self, tenant: Option<&TenantId>, user: &UserId) -> StoreResult<User> {
+        in_write_tx(self, |db| console::delete_user(db, tenant, user))
+    }
     /// Ends every session of a user; returns how many ended.
-    fn end_user_sessions(&self, tenant: Option<&TenantId>, user: &UserId) -> StoreResult<u64>;
+    fn end_user_sessions(&self, tenant: Option<&TenantId>, user: &UserId) -> StoreResult<u64> {
+        in_write_tx(self, |db| console::end_user_sessions(db, tenant, user))
+    }
     /// Revokes an invitation not accepted yet (revoking twice keeps the first time); an
     /// accepted one is Conflict. Returns the invitation as it is now.
     fn revoke_invitation(
@@ -471,7 +558,9 @@ pub trait Store: Send + Sync + 'static {
         tenant: Option<&TenantId>,
         id: &crate::domain::InvitationId,
         at: Timestamp,
-    ) -> StoreResult<crate::domain::user::Invitation>;
+    ) -> StoreResult<crate::domain::user::Invitation> {
+        in_write_tx(self, |db| console::revoke_invitation(db, tenant, id, at))
+    }
 
     // Scheduled runs shared by instances (see store::schedule).
     /// Claims the run of schedule `name` at `slot` (its firing time in seconds) for
@@ -611,19 +700,47 @@ pub struct CallCounts {
 
 pub type DynStore = Arc<dyn Store>;
 
+/// A write transaction of either backend as the shared SQL layer sees it ([`sql::Db`]);
+/// opaque outside the store (see [`Store::write_tx`]).
+pub struct SqlTx<'t>(&'t mut dyn sql::Db);
+
+/// Runs `work` in one write transaction of `store` (see [`Store::write_tx`]) and returns
+/// what it returned.
+fn in_write_tx<T>(
+    store: &(impl Store + ?Sized),
+    mut work: impl FnMut(&mut dyn sql::Db) -> StoreResult<T>,
+) -> StoreResult<T> {
+    let mut out = None;
+    store.write_tx(&mut |tx| {
+        out = Some(work(&mut *tx.0)?);
+        Ok(())
+    })?;
+    out.ok_or_else(|| StoreError::Database("a write transaction ended without its work".into()))
+}
+
 /// Opens the store: Postgres when `database_url` is given, else SQLite at `<data>/agv.db`.
 /// Applies pending migrations and refuses a schema newer than this binary knows.
 /// Blocking (it connects and migrates): from async code, call it through [`run_blocking`].
 pub fn open(data_dir: &Path, database_url: Option<&str>) -> StoreResult<DynStore> {
+    open_with(data_dir, database_url, None)
+}
+
+/// [`open`] with a durability level; `None`: the backend's [`Durability::default_for`].
+pub fn open_with(
+    data_dir: &Path,
+    database_url: Option<&str>,
+    durability: Option<Durability>,
+) -> StoreResult<DynStore> {
+    let level = durability.unwrap_or(Durability::default_for(Backend::of_url(database_url)));
     match database_url {
-        None => sqlite::open_store(&data_dir.join(sqlite::DB_FILE)),
+        None => sqlite::open_store_with(&data_dir.join(sqlite::DB_FILE), level),
         Some(url) => {
             let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
             match scheme {
-                "postgres" | "postgresql" => postgres::open_store(url),
+                "postgres" | "postgresql" => postgres::open_store_with(url, level),
                 "sqlite" => {
                     let path = url.trim_start_matches("sqlite://");
-                    sqlite::open_store(Path::new(path))
+                    sqlite::open_store_with(Path::new(path), level)
                 }
                 "" => Err(StoreError::Unavailable(format!(
                     "the database URL '{}' has no scheme: use postgres://user@host:port/db, or leave it unset to use SQLite in the data dir",

@@ -18,8 +18,9 @@ use super::rows::{
 };
 use super::sql::postgres::PgDb;
 use super::{
-    Backend, CallCounts, Change, DynStore, INSTANCE_UPSTREAM_REF, InstanceUpstreamRow, PoolStats,
-    Store, StoreError, StoreResult, TenantUpstreamRow, migrate, redact_url,
+    Backend, CallCounts, Change, CommitSettings, Durability, DynStore, INSTANCE_UPSTREAM_REF,
+    InstanceUpstreamRow, PoolStats, Store, StoreError, StoreResult, TenantUpstreamRow, migrate,
+    redact_url,
 };
 use crate::domain::AlertRouteId;
 use crate::domain::RecordedRequest;
@@ -57,12 +58,36 @@ const CHANGE_FEED_LOCK: i64 = 0x6167_765f_6368_6e67;
 /// Opens the store and applies migrations. Blocking: from async code, call it through
 /// [`super::run_blocking`].
 pub fn open_store(url: &str) -> StoreResult<DynStore> {
-    Ok(Arc::new(PostgresStore::open(url)?))
+    open_store_with(url, Durability::default_for(Backend::Postgres))
+}
+
+/// [`open_store`] at a durability level.
+pub fn open_store_with(url: &str, durability: Durability) -> StoreResult<DynStore> {
+    Ok(Arc::new(PostgresStore::open_with(url, durability)?))
+}
+
+/// Begins a transaction of the call recorder. With [`Durability::Process`] its commit
+/// returns before Postgres has flushed it to its WAL on disk (`synchronous_commit = off`,
+/// for this transaction only; Postgres's WAL writer flushes it within 3 ×
+/// `wal_writer_delay`, 0.6 s by default): a call then survives a crash of agv-server but
+/// not necessarily one of Postgres or its host. Every other write, and the recorder's at
+/// [`Durability::Power`], waits for the flush as the server's `synchronous_commit` says.
+fn begin_calls(
+    conn: &mut postgres::Client,
+    durability: Durability,
+) -> Result<postgres::Transaction<'_>, postgres::Error> {
+    let mut tx = conn.transaction()?;
+    if durability == Durability::Process {
+        tx.batch_execute("SET LOCAL synchronous_commit = off")?;
+    }
+    Ok(tx)
 }
 
 pub struct PostgresStore {
     /// Always `Some` until dropped; an `Option` only so that `Drop` can move it out.
     pool: Option<Pool<Manager>>,
+    /// What the recorder's commits wait for (see [`begin_calls`]).
+    durability: Durability,
     target: String,
     reach: Arc<Reachability>,
     /// Stops the background search indexer when the store is dropped.
@@ -180,9 +205,14 @@ impl r2d2::HandleEvent for ConnectEvents {
 }
 
 impl PostgresStore {
-    /// Connects, migrates and builds the pool. Fails within about five seconds when the
-    /// server cannot be reached.
+    /// Connects, migrates and builds the pool, at the Postgres default durability. Fails
+    /// within about five seconds when the server cannot be reached.
     pub fn open(url: &str) -> StoreResult<Self> {
+        Self::open_with(url, Durability::default_for(Backend::Postgres))
+    }
+
+    /// [`PostgresStore::open`] at a durability level.
+    pub fn open_with(url: &str, durability: Durability) -> StoreResult<Self> {
         let redacted = redact_url(url);
         let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
             StoreError::Unavailable(format!(
@@ -221,6 +251,7 @@ impl PostgresStore {
         super::search_postgres::spawn_indexer(pool.clone(), stop_indexer.clone());
         Ok(Self {
             pool: Some(pool),
+            durability,
             target,
             reach,
             stop_indexer,
@@ -260,18 +291,6 @@ impl PostgresStore {
                 )));
             }
         }
-    }
-
-    /// Runs one change to people (see `console`) in a transaction.
-    fn people_change<T>(
-        &self,
-        f: impl FnOnce(&mut dyn super::sql::Db) -> StoreResult<T>,
-    ) -> StoreResult<T> {
-        let mut conn = self.conn()?;
-        let mut tx = conn.transaction().map_err(db_err)?;
-        let out = f(&mut PgDb(&mut tx))?;
-        tx.commit().map_err(db_err)?;
-        Ok(out)
     }
 }
 
@@ -562,6 +581,27 @@ impl Store for PostgresStore {
     fn ping(&self) -> StoreResult<()> {
         self.conn()?.query_one("SELECT 1", &[]).map_err(db_err)?;
         Ok(())
+    }
+
+    fn commit_settings(&self) -> StoreResult<CommitSettings> {
+        fn show(c: &mut impl GenericClient) -> StoreResult<String> {
+            let row = c
+                .query_one("SHOW synchronous_commit", &[])
+                .map_err(db_err)?;
+            row.try_get(0).map_err(db_err)
+        }
+        let mut conn = self.conn()?;
+        // Inside a transaction begun as the recorder begins its own, then rolled back.
+        let mut tx = begin_calls(&mut conn, self.durability).map_err(db_err)?;
+        let calls = show(&mut tx)?;
+        tx.rollback().map_err(db_err)?;
+        let other_writes = show(&mut *conn)?;
+        Ok(CommitSettings {
+            // Every value but `off` waits for the local flush (`local`, `on`, `remote_*`).
+            calls_wait_for_disk: calls != "off",
+            calls: format!("synchronous_commit={calls}"),
+            other_writes: format!("synchronous_commit={other_writes}"),
+        })
     }
 
     fn pool_stats(&self) -> PoolStats {
@@ -883,7 +923,7 @@ impl Store for PostgresStore {
             .map(CallParams::new)
             .collect::<StoreResult<Vec<_>>>()?;
         let mut conn = self.conn()?;
-        let mut tx = conn.transaction().map_err(db_err)?;
+        let mut tx = begin_calls(&mut conn, self.durability).map_err(db_err)?;
         // Without known heads the heads are read (and locked), so it always links.
         let links = super::chain::link_calls(&mut PgDb(&mut tx), calls, &rows, None)?
             .ok_or_else(|| StoreError::Database("the calls' chain heads moved while read".into()))?
@@ -1533,39 +1573,14 @@ impl Store for PostgresStore {
         Ok(user)
     }
 
-    fn set_user_disabled(
+    fn write_tx(
         &self,
-        tenant: Option<&TenantId>,
-        user: &UserId,
-        disabled: Option<Timestamp>,
-    ) -> StoreResult<User> {
-        self.people_change(|db| super::console::set_user_disabled(db, tenant, user, disabled))
-    }
-
-    fn set_user_role(
-        &self,
-        tenant: Option<&TenantId>,
-        user: &UserId,
-        role: crate::domain::user::Role,
-    ) -> StoreResult<User> {
-        self.people_change(|db| super::console::set_user_role(db, tenant, user, role))
-    }
-
-    fn delete_user(&self, tenant: Option<&TenantId>, user: &UserId) -> StoreResult<User> {
-        self.people_change(|db| super::console::delete_user(db, tenant, user))
-    }
-
-    fn end_user_sessions(&self, tenant: Option<&TenantId>, user: &UserId) -> StoreResult<u64> {
-        self.people_change(|db| super::console::end_user_sessions(db, tenant, user))
-    }
-
-    fn revoke_invitation(
-        &self,
-        tenant: Option<&TenantId>,
-        id: &crate::domain::InvitationId,
-        at: Timestamp,
-    ) -> StoreResult<crate::domain::user::Invitation> {
-        self.people_change(|db| super::console::revoke_invitation(db, tenant, id, at))
+        work: &mut dyn FnMut(&mut super::SqlTx<'_>) -> StoreResult<()>,
+    ) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db_err)?;
+        work(&mut super::SqlTx(&mut PgDb(&mut tx)))?;
+        tx.commit().map_err(db_err)
     }
 
     fn claim_scheduled_run(&self, name: &str, slot: i64, instance: &str) -> StoreResult<bool> {

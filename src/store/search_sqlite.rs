@@ -22,6 +22,7 @@
 //! walked instead and each call checked against the text index.
 //! This module translates between SQL and domain types; it must not contain policy.
 
+use super::Durability;
 use super::StoreResult;
 use super::rows::MAX_PAGE;
 use super::search_sql::{
@@ -340,7 +341,8 @@ pub(super) fn optimize(db: &Path) -> StoreResult<()> {
 /// write it.
 fn open_pair(db: &Path) -> rusqlite::Result<(Connection, Connection)> {
     let mut calls = Connection::open(db)?;
-    init_connection(&mut calls)?;
+    // It only reads: its `synchronous` never applies to a commit.
+    init_connection(&mut calls, Durability::Process)?;
     Ok((calls, open_index(&search_path(db))?))
 }
 

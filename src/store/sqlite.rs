@@ -1,7 +1,7 @@
 //! SQLite backend: one database file in the data dir, an r2d2 pool of rusqlite connections.
 //!
-//! Every connection runs in WAL mode with `busy_timeout=5000`, `synchronous=NORMAL` and
-//! foreign keys on. Writes use `BEGIN IMMEDIATE` so that a transaction never has to
+//! Every connection runs in WAL mode with `busy_timeout=5000`, foreign keys on, and
+//! `synchronous=NORMAL` — or `FULL` with `durability = "power"` (see [`Durability`]). Writes use `BEGIN IMMEDIATE` so that a transaction never has to
 //! upgrade a read lock (which SQLite answers with an immediate "busy" instead of waiting).
 //! All methods block: async code calls them through [`super::run_blocking`].
 //! This module translates between SQL and domain types; it must not contain policy.
@@ -17,8 +17,8 @@ use super::rows::{
 };
 use super::sql::sqlite::SqliteDb;
 use super::{
-    Backend, CallCounts, Change, DynStore, INSTANCE_UPSTREAM_REF, InstanceUpstreamRow, PoolStats,
-    Store, StoreError, StoreResult, TenantUpstreamRow, migrate,
+    Backend, CallCounts, Change, CommitSettings, Durability, DynStore, INSTANCE_UPSTREAM_REF,
+    InstanceUpstreamRow, PoolStats, Store, StoreError, StoreResult, TenantUpstreamRow, migrate,
 };
 use crate::domain::AlertRouteId;
 use crate::domain::RecordedRequest;
@@ -52,12 +52,19 @@ pub(super) const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
 
 /// Opens the store and applies migrations.
 pub fn open_store(path: &Path) -> StoreResult<DynStore> {
-    Ok(Arc::new(SqliteStore::open(path)?))
+    open_store_with(path, Durability::default_for(Backend::Sqlite))
+}
+
+/// [`open_store`] at a durability level.
+pub fn open_store_with(path: &Path, durability: Durability) -> StoreResult<DynStore> {
+    Ok(Arc::new(SqliteStore::open_with(path, durability)?))
 }
 
 pub struct SqliteStore {
     pool: Pool<SqliteConnectionManager>,
     path: PathBuf,
+    /// What every connection's commits wait for (`synchronous`).
+    durability: Durability,
     stop_checkpointer: Arc<AtomicBool>,
     /// Set by the checkpointer when the recorder should finish its checkpoint.
     finish_checkpoint: Arc<AtomicBool>,
@@ -138,7 +145,10 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 /// Settings every connection gets, before it is used for anything else.
-pub(super) fn init_connection(conn: &mut Connection) -> rusqlite::Result<()> {
+pub(super) fn init_connection(
+    conn: &mut Connection,
+    durability: Durability,
+) -> rusqlite::Result<()> {
     // The busy timeout first, so that switching to WAL waits for another process too.
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
@@ -148,7 +158,14 @@ pub(super) fn init_connection(conn: &mut Connection) -> rusqlite::Result<()> {
             "SQLite refused WAL mode (is the data dir on a network file system?)"
         );
     }
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // In WAL mode NORMAL syncs the WAL only when a checkpoint copies it (every round of
+    // the checkpointer, see `CHECKPOINT_EVERY`): a commit survives a crash of the process,
+    // not necessarily of the machine. FULL syncs the WAL at every commit.
+    let synchronous = match durability {
+        Durability::Process => "NORMAL",
+        Durability::Power => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // No checkpoint inside a commit: copying the WAL into the database would stall every
     // request waiting on that commit. The store's checkpointer thread does it instead.
@@ -161,8 +178,26 @@ pub(super) fn init_connection(conn: &mut Connection) -> rusqlite::Result<()> {
 /// opens the file while another process's last connection is closing it (that one holds
 /// an exclusive lock while it folds the WAL back) or recovering it after a crash. Both
 /// last milliseconds, so this waits them out for up to the busy timeout.
-fn open_first_connection(path: &Path) -> rusqlite::Result<Connection> {
-    retry_busy(|| Connection::open(path).and_then(|mut c| init_connection(&mut c).map(|()| c)))
+fn open_first_connection(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
+    retry_busy(|| {
+        Connection::open(path).and_then(|mut c| init_connection(&mut c, durability).map(|()| c))
+    })
+}
+
+/// A connection's `synchronous` setting as SQLite reports it, e.g. `synchronous=FULL`,
+/// and whether its commits sync the WAL (FULL and EXTRA do).
+fn synchronous_of(conn: &Connection) -> StoreResult<(String, bool)> {
+    let level: i64 = conn
+        .pragma_query_value(None, "synchronous", |r| r.get(0))
+        .map_err(db_err)?;
+    let name = match level {
+        0 => "OFF",
+        1 => "NORMAL",
+        2 => "FULL",
+        3 => "EXTRA",
+        _ => "unknown",
+    };
+    Ok((format!("synchronous={name}"), level >= 2))
 }
 
 /// Runs `f` again while it fails with "busy" or "locked", for up to the busy timeout.
@@ -386,7 +421,7 @@ impl SqliteStore {
         };
         let writer = match (&mut *slot, wait) {
             (Some(writer), _) => writer,
-            (empty, true) => match open_first_connection(&self.path) {
+            (empty, true) => match open_first_connection(&self.path, self.durability) {
                 Ok(conn) => empty.insert(CallWriter {
                     conn,
                     heads: Default::default(),
@@ -409,8 +444,14 @@ impl SqliteStore {
         outcome
     }
 
-    /// Opens (creating if needed) the database file at `path` and migrates it.
+    /// Opens (creating if needed) the database file at `path` and migrates it, at the
+    /// SQLite default durability.
     pub fn open(path: &Path) -> StoreResult<Self> {
+        Self::open_with(path, Durability::default_for(Backend::Sqlite))
+    }
+
+    /// [`SqliteStore::open`] at a durability level.
+    pub fn open_with(path: &Path, durability: Durability) -> StoreResult<Self> {
         let cannot_open = |cause: &dyn std::fmt::Display| {
             StoreError::Unavailable(format!(
                 "cannot open the database at {}: {cause} — check that the data directory exists and is writable by this user",
@@ -425,7 +466,7 @@ impl SqliteStore {
         }
         // One connection first: it reports the real cause of a failure (r2d2 would only
         // say it timed out) and runs the migrations before the pool hands out connections.
-        let mut first = open_first_connection(path).map_err(|e| cannot_open(&e))?;
+        let mut first = open_first_connection(path, durability).map_err(|e| cannot_open(&e))?;
         migrate::run_sqlite(&mut first).map_err(|e| match e {
             // Name the path: an error from inside the migration does not.
             StoreError::Unavailable(msg) => StoreError::Unavailable(format!(
@@ -442,7 +483,7 @@ impl SqliteStore {
             .map_err(|e| cannot_open(&e))?;
         super::search_sqlite::prepare(&mut first)?;
         let manager = SqliteConnectionManager::file(path).with_init(move |c| {
-            init_connection(c)?;
+            init_connection(c, durability)?;
             super::search_sqlite::attach(c, &search)
         });
         let pool = Pool::builder()
@@ -469,6 +510,7 @@ impl SqliteStore {
         Ok(Self {
             pool,
             path: path.to_owned(),
+            durability,
             stop_checkpointer,
             finish_checkpoint,
             restart_due: AtomicBool::new(false),
@@ -484,18 +526,6 @@ impl SqliteStore {
                 self.path.display()
             ))
         })
-    }
-
-    /// Runs one change to people (see `console`) in a write transaction.
-    fn people_change<T>(
-        &self,
-        f: impl FnOnce(&mut dyn super::sql::Db) -> StoreResult<T>,
-    ) -> StoreResult<T> {
-        let mut conn = self.conn()?;
-        let tx = begin_write(&self.writer, &mut conn)?;
-        let out = f(&mut SqliteDb(&tx))?;
-        tx.commit().map_err(db_err)?;
-        Ok(out)
     }
 }
 
@@ -841,6 +871,29 @@ impl Store for SqliteStore {
             connections: s.connections,
             idle: s.idle_connections,
         }
+    }
+
+    fn commit_settings(&self) -> StoreResult<CommitSettings> {
+        // The recorder's own connection (opened here if no call was recorded yet), which
+        // `insert_calls` and `try_insert_calls` commit on.
+        let (calls, calls_wait_for_disk) = {
+            let _writer = lock_writer(&self.writer);
+            let mut slot = lock_writer(&self.call_writer);
+            let writer = match &mut *slot {
+                Some(writer) => writer,
+                empty => empty.insert(CallWriter {
+                    conn: open_first_connection(&self.path, self.durability).map_err(db_err)?,
+                    heads: Default::default(),
+                }),
+            };
+            synchronous_of(&writer.conn)?
+        };
+        let (other_writes, _) = synchronous_of(&*self.conn()?)?;
+        Ok(CommitSettings {
+            calls,
+            other_writes,
+            calls_wait_for_disk,
+        })
     }
 
     fn schema_version(&self) -> StoreResult<i64> {
@@ -1832,39 +1885,14 @@ impl Store for SqliteStore {
         Ok(user)
     }
 
-    fn set_user_disabled(
+    fn write_tx(
         &self,
-        tenant: Option<&TenantId>,
-        user: &UserId,
-        disabled: Option<Timestamp>,
-    ) -> StoreResult<User> {
-        self.people_change(|db| super::console::set_user_disabled(db, tenant, user, disabled))
-    }
-
-    fn set_user_role(
-        &self,
-        tenant: Option<&TenantId>,
-        user: &UserId,
-        role: crate::domain::user::Role,
-    ) -> StoreResult<User> {
-        self.people_change(|db| super::console::set_user_role(db, tenant, user, role))
-    }
-
-    fn delete_user(&self, tenant: Option<&TenantId>, user: &UserId) -> StoreResult<User> {
-        self.people_change(|db| super::console::delete_user(db, tenant, user))
-    }
-
-    fn end_user_sessions(&self, tenant: Option<&TenantId>, user: &UserId) -> StoreResult<u64> {
-        self.people_change(|db| super::console::end_user_sessions(db, tenant, user))
-    }
-
-    fn revoke_invitation(
-        &self,
-        tenant: Option<&TenantId>,
-        id: &crate::domain::InvitationId,
-        at: Timestamp,
-    ) -> StoreResult<crate::domain::user::Invitation> {
-        self.people_change(|db| super::console::revoke_invitation(db, tenant, id, at))
+        work: &mut dyn FnMut(&mut super::SqlTx<'_>) -> StoreResult<()>,
+    ) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let tx = begin_write(&self.writer, &mut conn)?;
+        work(&mut super::SqlTx(&mut SqliteDb(&tx)))?;
+        tx.commit().map_err(db_err)
     }
 
     fn claim_scheduled_run(&self, name: &str, slot: i64, instance: &str) -> StoreResult<bool> {
@@ -2105,6 +2133,37 @@ mod tests {
                 .unwrap();
             assert_eq!((mode.as_str(), busy, sync, fk), ("wal", 5000, 1, 1));
         }
+    }
+
+    #[test]
+    fn at_power_durability_every_connection_and_the_recorders_sync_each_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let store = SqliteStore::open_with(&path, Durability::Power).unwrap();
+        let conns: Vec<_> = (0..3).map(|_| store.conn().unwrap()).collect();
+        for c in &conns {
+            let sync: i64 = c
+                .pragma_query_value(None, "synchronous", |r| r.get(0))
+                .unwrap();
+            assert_eq!(sync, 2, "FULL");
+        }
+        drop(conns);
+        let full = CommitSettings {
+            calls: "synchronous=FULL".into(),
+            other_writes: "synchronous=FULL".into(),
+            calls_wait_for_disk: true,
+        };
+        assert_eq!(store.commit_settings().unwrap(), full);
+        drop(store);
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(
+            store.commit_settings().unwrap(),
+            CommitSettings {
+                calls: "synchronous=NORMAL".into(),
+                other_writes: "synchronous=NORMAL".into(),
+                calls_wait_for_disk: false,
+            }
+        );
     }
     /// The WAL header's checkpoint sequence number: SQLite adds one each time it starts
     /// writing the WAL from its beginning again.

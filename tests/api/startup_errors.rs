@@ -107,6 +107,23 @@ fn malformed_and_unknown_config_keys_are_reported_by_name() {
 }
 
 #[test]
+fn an_unknown_durability_is_refused_naming_the_levels_before_anything_is_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_fails_clearly(
+        cli_command()
+            .arg("--data")
+            .arg(dir.path())
+            .arg("serve")
+            .env("AGV_DURABILITY", "fsync"),
+        &[
+            "invalid durability = 'fsync' (from env AGV_DURABILITY)",
+            "'process' or 'power'",
+        ],
+    );
+    assert!(!dir.path().join("agv.db").exists());
+}
+
+#[test]
 fn a_data_dir_from_a_newer_version_is_refused_and_left_alone() {
     let home = DataHome::new(Backend::Sqlite).unwrap();
     home.cli_ok(&["tenant", "create", "Old"]);
