@@ -62,6 +62,7 @@ import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # The scaffolding every benchmark here shares: building, ports, processes, waiting.
+import proxy  # noqa: E402
 from proxy import binaries, build, clean_env, cpu_seconds, free_port, log, wait_http  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,16 +135,8 @@ def reset_peak(pid):
         return False
 
 
-class Procs:
-    """Child processes, stopped in reverse order on exit."""
-
-    def __init__(self):
-        self.procs = []
-
-    def start(self, cmd, **kw):
-        proc = subprocess.Popen(cmd, start_new_session=True, **kw)
-        self.procs.append(proc)
-        return proc
+class Procs(proxy.Procs):
+    """bench/proxy.py's child processes, each of which may also be stopped on its own."""
 
     def stop(self, proc):
         if proc.poll() is None:

@@ -126,6 +126,15 @@ async fn create_route(app: &TestApp, admin: &str, body: Value) -> reqwest::Respo
     app.post_json("/v1/alerts/routes", admin, &body).await
 }
 
+/// `GET /v1/alerts/routes`.
+async fn routes(app: &TestApp, admin: &str) -> Value {
+    app.get_with_key("/v1/alerts/routes", admin)
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn blocked_call(app: &TestApp, key: &str, user: &str) {
     let res = app
         .client
@@ -224,12 +233,7 @@ async fn a_blocked_call_alerts_a_signed_webhook_after_a_failed_first_delivery(ba
     assert_eq!(ev["after"]["attempt"], 2);
     assert_eq!(body["incident"]["id"], incident["id"]);
     // The route is listed without its secrets.
-    let list: Value = app
-        .get_with_key("/v1/alerts/routes", &admin)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list = routes(&app, &admin).await;
     assert_eq!(list["data"][0]["id"], route["id"]);
     assert!(list["data"][0].get("secret").is_none());
     assert!(!list.to_string().contains("/hook/abc"), "{list}");
@@ -400,12 +404,7 @@ async fn bad_webhook_urls_are_refused_with_400_and_nothing_is_stored(backend: Ba
     )
     .await;
     assert_eq!(res.status(), 400);
-    let list: Value = app
-        .get_with_key("/v1/alerts/routes", &admin)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list = routes(&app, &admin).await;
     assert_eq!(list["data"], json!([]));
 }
 
@@ -431,12 +430,7 @@ async fn a_route_whose_host_does_not_resolve_yet_is_saved_and_checked_at_send(ba
     )
     .await;
     assert_eq!(res.status(), 400, "localhost is a loopback address");
-    let list: Value = app
-        .get_with_key("/v1/alerts/routes", &admin)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list = routes(&app, &admin).await;
     let routes = list["data"].as_array().unwrap();
     assert_eq!(routes.len(), 1, "{list}");
     assert_eq!(
