@@ -70,6 +70,8 @@ FIXTURE_FILE = "memory-fixture.json"
 RARE_USER = "bench-rare"
 RARE_WORD = "zanzibarite"
 RARE_CALLS = 10
+# A server holding a large fixture may take a while to stop cleanly.
+STOP_S = 60
 ABSENT_WORD = "quetzalcoatlus"
 # Words of the prompts: plain English, nothing a prompt-injection check would flag.
 VOCABULARY = (
@@ -133,28 +135,6 @@ def reset_peak(pid):
         return True
     except OSError:
         return False
-
-
-class Procs(proxy.Procs):
-    """bench/proxy.py's child processes, each of which may also be stopped on its own."""
-
-    def stop(self, proc):
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        if proc in self.procs:
-            self.procs.remove(proc)
-
-    def stop_all(self):
-        for proc in reversed(list(self.procs)):
-            self.stop(proc)
 
 
 class Client:
@@ -282,8 +262,8 @@ def record_fixture(procs, bins, data, cfg, tmp):
         if status != 200:
             sys.exit(f"a call of the rare end user answered {status}: {answer[:300]!r}")
     wait_quiet(proc.pid, 3600, "indexing the recorded calls")
-    procs.stop(proc)
-    procs.stop(mock)
+    procs.stop(proc, STOP_S)
+    procs.stop(mock, STOP_S)
     # Every call is recorded, answered or not (timeouts and upstream errors too).
     with sqlite3.connect(os.path.join(data, "agv.db")) as db:
         recorded = db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
@@ -408,7 +388,7 @@ def measure(procs, agv, data, meta, cfg, tmp):
             heap = sampler.stop()
         peak = proc_status(proc.pid, "VmHWM")
         end_rss = proc_status(proc.pid, "VmRSS")
-        procs.stop(proc)
+        procs.stop(proc, STOP_S)
         ok = check is None or check[0] == check[1]
         results[name] = {"label": label, "peak_mb": peak, "peak_heap_mb": heap,
                          "start_rss_mb": start_rss, "start_heap_mb": start_heap,
@@ -482,13 +462,13 @@ def main():
     if cfg.data:
         cfg.data = os.path.abspath(cfg.data)
 
-    procs = Procs()
+    procs = proxy.Procs()
     tmp = tempfile.mkdtemp(prefix="agv-bench-memory-")
     try:
         data, meta = fixture(procs, bins, cfg, tmp)
         results = measure(procs, bins["agv"], data, meta, cfg, tmp)
     finally:
-        procs.stop_all()
+        procs.stop_all(STOP_S)
         shutil.rmtree(tmp, ignore_errors=True)
     report(results, cfg, meta, bins["agv"])
     if cfg.json:

@@ -143,19 +143,24 @@ class Procs:
         self.procs.append(proc)
         return proc
 
-    def stop_all(self):
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-        self.procs.clear()
+    def stop(self, proc, timeout=10):
+        """SIGTERM to the process group, SIGKILL after `timeout` seconds."""
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def stop_all(self, timeout=10):
+        for proc in reversed(list(self.procs)):
+            self.stop(proc, timeout)
 
 
 def start_mock(procs, bins):
