@@ -12,7 +12,7 @@
 use serde_json::Value;
 
 /// Bytes of text per token, rounded up.
-pub const BYTES_PER_TOKEN: u64 = 4;
+const BYTES_PER_TOKEN: u64 = 4;
 /// Role, separators and name framing of one chat message.
 const PER_MESSAGE_OVERHEAD: u64 = 4;
 /// The tokens that prime the assistant's reply.
@@ -22,7 +22,12 @@ const REPLY_PRIMING: u64 = 3;
 const PER_IMAGE_PART: u64 = 85;
 
 fn text_tokens(s: &str) -> u64 {
-    (s.len() as u64).div_ceil(BYTES_PER_TOKEN)
+    bytes_tokens(s.len() as u64)
+}
+
+/// Estimated tokens of `bytes` bytes of text (a streamed answer cut short, say).
+pub fn bytes_tokens(bytes: u64) -> u64 {
+    bytes.div_ceil(BYTES_PER_TOKEN)
 }
 
 /// The sum of the tokens of every string inside `v` (tool definitions, tool-call

@@ -194,15 +194,12 @@ async fn relay(
     let ended_early = failure.is_some() || client_gone;
     let estimated = ended_early && usage.prompt.is_none() && usage.completion.is_none();
     if estimated {
-        let (prompt, completion) = (
-            admission.prompt_estimate(),
-            relayed_text.div_ceil(crate::guard::tokens::BYTES_PER_TOKEN),
-        );
+        // The total follows from the two (`Usage::apply`).
         usage = Usage {
-            prompt: i64::try_from(prompt).ok(),
-            completion: i64::try_from(completion).ok(),
+            prompt: i64::try_from(admission.prompt_estimate()).ok(),
+            completion: i64::try_from(crate::guard::tokens::bytes_tokens(relayed_text)).ok(),
             cached: None,
-            total: i64::try_from(prompt.saturating_add(completion)).ok(),
+            total: None,
         };
     }
     let after = proxy.guard.complete(
