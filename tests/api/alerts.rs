@@ -211,6 +211,12 @@ async fn a_blocked_call_alerts_a_signed_webhook_after_a_failed_first_delivery(ba
     assert_eq!(body["reason"], "opened");
     assert_eq!(body["attempt"], 2);
     assert_eq!(body["incident"]["rule"], "dg-005");
+    // The alert in words, as a Slack route gets it (README: every alert carries a text).
+    let title = body["incident"]["title"].as_str().unwrap();
+    assert!(
+        body["text"].as_str().is_some_and(|t| t.contains(title)),
+        "{body}"
+    );
 
     let incident = wait_for("the alert_sent event", async || {
         let inc = only_incident(&app, &admin).await;
