@@ -9,6 +9,7 @@
 
 /// A client builder that never follows redirects and names agv-server as its user agent.
 pub fn builder() -> reqwest::ClientBuilder {
+    crate::tls::install_crypto();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("agv-server/", env!("CARGO_PKG_VERSION")))

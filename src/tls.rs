@@ -12,6 +12,18 @@ use std::sync::Arc;
 /// What browsers are told: use HTTPS for this host for a year.
 pub const HSTS: &str = "max-age=31536000";
 
+/// Makes ring the process's TLS crypto provider, for every rustls client and server built
+/// after it. Idempotent and cheap: [`crate::outbound::builder`] calls it before each client,
+/// and so must anything else that builds a `reqwest::Client` (the tests' own clients). An
+/// HTTP client built before a provider is installed panics inside reqwest.
+pub fn install_crypto() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err means another provider was installed first, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// Loads the certificate chain and key and checks that they belong together. Errors say
 /// which file is wrong and why.
 pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, String> {
@@ -29,7 +41,7 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, String> {
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
         format!("cannot read a private key from {key_path} (expected a PEM private key): {e}")
     })?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| format!("cannot set up TLS: {e}"))?

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    agv_server::testing::http_builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()
@@ -310,7 +310,7 @@ async fn hang_never_answers_but_counts_the_hit() {
     let mock = MockUpstream::start();
     mock.set_mode(Mode::Hang);
     let started = Instant::now();
-    let result = reqwest::Client::new()
+    let result = agv_server::testing::http_client()
         .post(format!("{}/chat/completions", mock.url()))
         .json(&chat_body("hi"))
         .timeout(Duration::from_millis(300))

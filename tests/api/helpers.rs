@@ -178,7 +178,7 @@ impl TestApp {
         let task = tokio::spawn(app.run_until_stopped());
         TestApp {
             address: format!("http://127.0.0.1:{port}"),
-            client: reqwest::Client::builder()
+            client: agv_server::testing::http_builder()
                 .redirect(reqwest::redirect::Policy::none())
                 // Below the server's keep-alive (actix's default, 5 s): a connection idle
                 // longer may be closed by the server just as it is reused, which fails the
