@@ -42,9 +42,14 @@ pub async fn list_routes(
 pub struct RouteBody {
     name: Option<String>,
     kind: String,
-    url: String,
+    /// Slack and generic webhooks: where to post. PagerDuty: PagerDuty's Events API v2
+    /// unless given (e.g. its EU region).
+    url: Option<String>,
     /// Generic webhooks: the HMAC secret; omitted, one is generated and returned once.
     secret: Option<String>,
+    /// PagerDuty: the integration key of an Events API v2 integration (`secret` is taken
+    /// as the same).
+    routing_key: Option<String>,
     min_severity: Option<String>,
     group_wait_seconds: Option<f64>,
     repeat_interval_seconds: Option<f64>,
@@ -101,11 +106,28 @@ pub async fn create_route(
         MAX_REPEAT_INTERVAL_MS,
     )?;
     let name = checked_name(b.name)?;
-    let url = check_route_url(&b.url, &state.settings.alert_webhook_allowed_hosts)
+    let raw_url = match (kind, b.url) {
+        (_, Some(u)) => u,
+        (RouteKind::PagerDuty, None) => alert::PAGERDUTY_EVENTS_URL.to_owned(),
+        (_, None) => {
+            return Err(invalid(
+                "url is required for a slack or webhook route".into(),
+            ));
+        }
+    };
+    let url = check_route_url(&raw_url, &state.settings.alert_webhook_allowed_hosts)
         .await
         .map_err(|e| ApiError::bad_request("invalid_webhook_url", e))?;
-    let secret = match (kind, b.secret) {
+    if b.routing_key.is_some() && kind != RouteKind::PagerDuty {
+        return Err(invalid("routing_key is for pagerduty routes only".into()));
+    }
+    let secret = match (kind, b.routing_key.or(b.secret)) {
         (kind, Some(s)) => Some(checked_secret(kind, &s)?),
+        (RouteKind::PagerDuty, None) => {
+            return Err(invalid(
+                "a pagerduty route needs routing_key: the integration key of an Events API v2 integration".into(),
+            ));
+        }
         (RouteKind::Slack, None) => None,
         (RouteKind::Webhook, None) => {
             let mut bytes = [0u8; 32];
@@ -160,8 +182,8 @@ pub async fn create_route(
         .after(out.clone()),
     )
     .await;
-    if let Some(s) = secret {
-        // Shown once: only its ciphertext is kept.
+    if let Some(s) = secret.filter(|_| kind != RouteKind::PagerDuty) {
+        // Shown once: only its ciphertext is kept. (A PagerDuty key is PagerDuty's to show.)
         out["secret"] = json!(s);
     }
     Ok(HttpResponse::Created().json(out))
@@ -189,6 +211,7 @@ fn checked_secret(kind: RouteKind, secret: &str) -> Result<String, ApiError> {
             "secret must be 16 to {MAX_SECRET} characters; omit it to have one generated"
         ))),
         RouteKind::Webhook => Ok(secret.to_owned()),
+        RouteKind::PagerDuty => alert::parse_routing_key(secret).map_err(invalid),
     }
 }
 
@@ -200,6 +223,7 @@ pub struct RoutePatch {
     kind: Option<String>,
     url: Option<String>,
     secret: Option<String>,
+    routing_key: Option<String>,
     min_severity: Option<String>,
     group_wait_seconds: Option<f64>,
     repeat_interval_seconds: Option<f64>,
@@ -255,7 +279,10 @@ pub async fn update_route(
             .seal(tenant.as_str(), plain)
             .map_err(ApiError::internal)
     };
-    if let Some(s) = &b.secret {
+    if b.routing_key.is_some() && route.kind != RouteKind::PagerDuty {
+        return Err(invalid("routing_key is for pagerduty routes only".into()));
+    }
+    if let Some(s) = b.routing_key.as_ref().or(b.secret.as_ref()) {
         route.secret_ciphertext = Some(seal(&checked_secret(route.kind, s)?)?);
     }
     // A name that was the URL's host follows a new URL unless a name is given.

@@ -290,6 +290,12 @@ async fn apply(
         Change::SetSeverity(_) => AuditAction::IncidentSeverity,
         Change::Note(_) => AuditAction::IncidentNote,
     };
+    // PagerDuty routes follow the incident's state.
+    let tell_routes = match &change {
+        Change::Acknowledge => Some(crate::domain::alert::Reason::Acknowledged),
+        Change::Resolve => Some(crate::domain::alert::Reason::Resolved),
+        _ => None,
+    };
     let (before, incident, event) = run_blocking(move || {
         let before = store.get_incident(Some(&tenant), &id)?;
         let (incident, event) = store.change_incident(
@@ -303,6 +309,14 @@ async fn apply(
     })
     .await
     .map_err(missing("incident", raw_id))?;
+    if let Some(reason) = tell_routes.filter(|_| before.status != incident.status) {
+        let (alerts, tenant, id) = (
+            state.alerts.clone(),
+            incident.tenant_id.clone(),
+            incident.id.clone(),
+        );
+        run_blocking(move || alerts.status_changed(&tenant, &id, reason)).await;
+    }
     let summary = |i: &crate::domain::Incident| json!({"status": i.status, "severity": i.severity.as_str(), "assignee": i.assignee});
     let mut after = summary(&incident);
     if let Some(text) = &event.note {

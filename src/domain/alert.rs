@@ -1,7 +1,8 @@
 //! Alert routes and the rules that decide when an alert is sent.
 //!
 //! A tenant's route sends incidents at or above a minimum severity to a Slack incoming
-//! webhook or to a generic webhook signed with HMAC-SHA256. Timing is Alertmanager-like:
+//! webhook, to a generic webhook signed with HMAC-SHA256, or to PagerDuty's Events API v2
+//! (trigger, then acknowledge and resolve as the incident is acknowledged and resolved). Timing is Alertmanager-like:
 //! the first alert waits `group_wait` (an incident resolved within the wait is never
 //! announced), an escalation that meets the minimum re-notifies at once, and an
 //! unresolved incident is re-announced every `repeat_interval`. The operator's own route
@@ -32,6 +33,8 @@ pub const OPERATOR_ROUTE: &str = "operator";
 pub enum RouteKind {
     Slack,
     Webhook,
+    #[serde(rename = "pagerduty")]
+    PagerDuty,
 }
 
 impl RouteKind {
@@ -39,6 +42,7 @@ impl RouteKind {
         match self {
             Self::Slack => "slack",
             Self::Webhook => "webhook",
+            Self::PagerDuty => "pagerduty",
         }
     }
 
@@ -46,8 +50,9 @@ impl RouteKind {
         match s.trim().to_ascii_lowercase().as_str() {
             "slack" => Ok(Self::Slack),
             "webhook" => Ok(Self::Webhook),
+            "pagerduty" => Ok(Self::PagerDuty),
             other => Err(super::ParseError::new(format!(
-                "'{}' is not a route kind: expected slack or webhook",
+                "'{}' is not a route kind: expected slack, webhook or pagerduty",
                 other.chars().take(32).collect::<String>()
             ))),
         }
@@ -100,6 +105,10 @@ pub enum Reason {
     Repeat,
     Test,
     System,
+    /// Someone acknowledged the incident (sent to PagerDuty routes only).
+    Acknowledged,
+    /// Someone resolved the incident (sent to PagerDuty routes only).
+    Resolved,
 }
 
 impl Reason {
@@ -111,6 +120,8 @@ impl Reason {
             Self::Repeat => "repeat",
             Self::Test => "test",
             Self::System => "system",
+            Self::Acknowledged => "acknowledged",
+            Self::Resolved => "resolved",
         }
     }
 
@@ -122,6 +133,8 @@ impl Reason {
             "repeat" => Self::Repeat,
             "test" => Self::Test,
             "system" => Self::System,
+            "acknowledged" => Self::Acknowledged,
+            "resolved" => Self::Resolved,
             _ => return None,
         })
     }
@@ -179,6 +192,14 @@ pub enum Verdict {
 
 /// Whether a due alert is still worth sending.
 pub fn verdict(d: &DueAlert) -> Verdict {
+    if matches!(d.reason, Reason::Acknowledged | Reason::Resolved) {
+        // Follows the incident's own state, resolved included, but only where the route
+        // announced the incident: a receiver is never told to close what it never opened.
+        return match d.last_sent {
+            Some(_) => Verdict::Send,
+            None => Verdict::Skip("the route never announced the incident"),
+        };
+    }
     if d.status == IncidentStatus::Resolved {
         return Verdict::Skip("the incident was resolved before the alert was due");
     }
@@ -192,7 +213,11 @@ pub fn verdict(d: &DueAlert) -> Verdict {
             }
             _ => Verdict::Send,
         },
-        Reason::Escalated | Reason::Test | Reason::System => Verdict::Send,
+        Reason::Escalated
+        | Reason::Test
+        | Reason::System
+        | Reason::Acknowledged
+        | Reason::Resolved => Verdict::Send,
         // A later alert (an escalation) started its own repeat chain; this one ends.
         Reason::Repeat => match d.last_sent {
             Some(t) if d.now.millis() - t.millis() < d.repeat_interval_ms => {
@@ -240,6 +265,47 @@ pub fn parse_webhook_url(text: &str) -> Result<Url, String> {
         return Err("the webhook URL must not have a #fragment".into());
     }
     Ok(url)
+}
+
+/// Where PagerDuty's Events API v2 takes events; a route may name another (PagerDuty's EU
+/// service region, or a proxy).
+pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
+
+/// A PagerDuty integration (routing) key as given: 32 characters from PagerDuty, accepted
+/// here as 20 to 64 letters and digits so that a copy-paste slip is caught when the route
+/// is saved rather than at the first incident.
+pub fn parse_routing_key(text: &str) -> Result<String, String> {
+    let key = text.trim();
+    if !(20..=64).contains(&key.len()) || !key.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(
+            "the PagerDuty routing key must be the integration key of an Events API v2 \
+             integration: 20 to 64 letters and digits (PagerDuty shows 32)"
+                .into(),
+        );
+    }
+    Ok(key.to_owned())
+}
+
+/// PagerDuty's severity for an incident's.
+pub fn pagerduty_severity(s: Severity) -> &'static str {
+    match s {
+        Severity::Critical => "critical",
+        Severity::High => "error",
+        Severity::Medium => "warning",
+        Severity::Low => "info",
+    }
+}
+
+/// What a PagerDuty event does with the alert it names: opened, reopened, escalated and
+/// test alerts trigger it, an acknowledgement acknowledges it, a resolution resolves it.
+/// Repeats and system alerts are not sent (PagerDuty escalates on its own).
+pub fn pagerduty_action(reason: Reason) -> Option<&'static str> {
+    match reason {
+        Reason::Opened | Reason::Reopened | Reason::Escalated | Reason::Test => Some("trigger"),
+        Reason::Acknowledged => Some("acknowledge"),
+        Reason::Resolved => Some("resolve"),
+        Reason::Repeat | Reason::System => None,
+    }
 }
 
 /// `https://host:port/…`: enough to recognise a route without revealing its path token.
@@ -590,6 +656,40 @@ mod tests {
         assert_eq!(verdict(&d), Verdict::Send);
         let d = due(Reason::Repeat, IncidentStatus::Resolved, Some(0), 31_000);
         assert!(matches!(verdict(&d), Verdict::Skip(_)));
+    }
+
+    #[test]
+    fn a_state_change_follows_the_incident_but_only_where_it_was_announced() {
+        for reason in [Reason::Acknowledged, Reason::Resolved] {
+            let d = due(reason, IncidentStatus::Resolved, Some(2000), 31_000);
+            assert_eq!(
+                verdict(&d),
+                Verdict::Send,
+                "{reason:?} of a resolved incident"
+            );
+            let d = due(reason, IncidentStatus::Acknowledged, None, 31_000);
+            assert!(
+                matches!(verdict(&d), Verdict::Skip(_)),
+                "{reason:?} never announced"
+            );
+        }
+        assert_eq!(pagerduty_action(Reason::Acknowledged), Some("acknowledge"));
+        assert_eq!(pagerduty_action(Reason::Resolved), Some("resolve"));
+        assert_eq!(pagerduty_action(Reason::Reopened), Some("trigger"));
+        assert_eq!(pagerduty_action(Reason::Repeat), None);
+        for r in [Reason::Acknowledged, Reason::Resolved] {
+            assert_eq!(Reason::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(RouteKind::parse("PagerDuty").unwrap(), RouteKind::PagerDuty);
+        assert!(parse_routing_key("R0UT1NGk3y0123456789abcdefABCDEF").is_ok());
+        for bad in [
+            "",
+            "short",
+            "R0UT1NGk3y0123456789 abcdefABCDEF",
+            "key-with-dashes-0123456789",
+        ] {
+            assert!(parse_routing_key(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

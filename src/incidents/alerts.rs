@@ -215,31 +215,74 @@ impl Alerts {
             .transpose()
             .map_err(|e| e.to_string())?;
         let inc = incident.as_ref().map(|(i, _, _)| i);
-        let body = match route.kind {
-            RouteKind::Slack => slack_body(d.reason, inc, summary.as_deref()),
-            RouteKind::Webhook => webhook_body(
-                job.id.as_str(),
-                job.attempts,
-                &d,
-                Some(&route),
-                inc,
-                summary.as_deref(),
-            ),
-        };
         let event = if d.reason == Reason::Test {
             "test"
         } else {
             "incident.alert"
         };
-        let status = post(
-            url.expose(),
-            secret.as_ref().map(|s| s.expose().as_bytes()),
-            event,
-            job.id.as_str(),
-            &body,
-            &self.allow,
-        )
-        .await?;
+        let status = match route.kind {
+            RouteKind::PagerDuty => {
+                let Some(action) = alert::pagerduty_action(d.reason) else {
+                    return Ok(());
+                };
+                let key = secret.as_ref().map(|s| s.expose()).unwrap_or("");
+                let event = PagerDutyEvent {
+                    key,
+                    action,
+                    dedup_key: &pagerduty_dedup_key(&route, inc),
+                    incident: inc,
+                    summary: summary.as_deref(),
+                };
+                let status = post(
+                    url.expose(),
+                    None,
+                    "pagerduty",
+                    job.id.as_str(),
+                    &event.body(),
+                    &self.allow,
+                )
+                .await?;
+                if d.reason == Reason::Test {
+                    // A test must not leave a page open: the trigger is resolved at once.
+                    let resolve = PagerDutyEvent {
+                        action: "resolve",
+                        ..event
+                    };
+                    post(
+                        url.expose(),
+                        None,
+                        "pagerduty",
+                        job.id.as_str(),
+                        &resolve.body(),
+                        &self.allow,
+                    )
+                    .await?;
+                }
+                status
+            }
+            kind => {
+                let body = match kind {
+                    RouteKind::Slack => slack_body(d.reason, inc, summary.as_deref()),
+                    _ => webhook_body(
+                        job.id.as_str(),
+                        job.attempts,
+                        &d,
+                        Some(&route),
+                        inc,
+                        summary.as_deref(),
+                    ),
+                };
+                post(
+                    url.expose(),
+                    secret.as_ref().map(|s| s.expose().as_bytes()),
+                    event,
+                    job.id.as_str(),
+                    &body,
+                    &self.allow,
+                )
+                .await?
+            }
+        };
         let sent = AlertSent {
             tenant_id: tenant.clone(),
             route_id: route.id.clone(),
@@ -257,7 +300,10 @@ impl Alerts {
             // The receiver has it; failing the job would send it again.
             tracing::error!(error = %e, route = %route.id, "an alert was sent but could not be recorded");
         }
-        if let Some(i) = inc {
+        // PagerDuty escalates on its own, and a state change is no alert to repeat.
+        let repeats = route.kind != RouteKind::PagerDuty
+            && !matches!(d.reason, Reason::Acknowledged | Reason::Resolved);
+        if let Some(i) = inc.filter(|_| repeats) {
             let next = Delivery {
                 route_id: route.id.to_string(),
                 tenant_id: Some(tenant),
@@ -331,6 +377,95 @@ impl Alerts {
         }
         false
     }
+}
+
+impl Alerts {
+    /// Tells the tenant's PagerDuty routes that someone acknowledged or resolved an
+    /// incident (`reason` is [`Reason::Acknowledged`] or [`Reason::Resolved`]); each route
+    /// that announced the incident sends it at once. Blocking (a store read, queue writes).
+    pub fn status_changed(&self, tenant: &TenantId, incident: &IncidentId, reason: Reason) {
+        let routes = match self.store.list_alert_routes(tenant) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, %tenant, "could not read alert routes; PagerDuty not told");
+                return;
+            }
+        };
+        let now = Timestamp::now();
+        for r in routes.iter().filter(|r| r.kind == RouteKind::PagerDuty) {
+            let d = Delivery {
+                route_id: r.id.to_string(),
+                tenant_id: Some(tenant.clone()),
+                incident_id: Some(incident.clone()),
+                reason,
+                scheduled_at: now.millis(),
+                system: None,
+            };
+            if let Err(e) = self.enqueue(&d, now) {
+                tracing::error!(error = %e, route = %r.id, %incident, "PagerDuty update not scheduled");
+            }
+        }
+    }
+}
+
+/// One PagerDuty Events API v2 event.
+#[derive(Clone, Copy)]
+struct PagerDutyEvent<'a> {
+    key: &'a str,
+    action: &'static str,
+    dedup_key: &'a str,
+    incident: Option<&'a Incident>,
+    summary: Option<&'a str>,
+}
+
+impl PagerDutyEvent<'_> {
+    fn body(&self) -> Vec<u8> {
+        let mut body = serde_json::json!({
+            "routing_key": self.key,
+            "event_action": self.action,
+            "dedup_key": self.dedup_key,
+        });
+        if self.action == "trigger" {
+            body["client"] = serde_json::json!("agv-server");
+            body["payload"] = match self.incident {
+                Some(i) => serde_json::json!({
+                    // PagerDuty cuts a summary at 1,024 characters.
+                    "summary": truncate(&format!("[{}] {}", i.severity.as_str().to_uppercase(), i.title), 1024),
+                    "source": format!("agv-server tenant {}", i.tenant_id),
+                    "severity": alert::pagerduty_severity(i.severity),
+                    "timestamp": i.first_signal_at.to_rfc3339(),
+                    "group": i.tenant_id,
+                    "component": i.subject,
+                    "class": i.rule,
+                    "custom_details": {
+                        "incident_id": i.id,
+                        "status": i.status,
+                        "signals": i.signal_count,
+                        "calls": i.call_count,
+                        "summary": self.summary,
+                    },
+                }),
+                None => serde_json::json!({
+                    "summary": "agv-server test alert: this route works (resolved at once).",
+                    "source": "agv-server",
+                    "severity": "info",
+                }),
+            };
+        }
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+}
+
+/// The alert PagerDuty groups an incident's events under: one per incident and route.
+fn pagerduty_dedup_key(route: &AlertRoute, incident: Option<&Incident>) -> String {
+    match incident {
+        Some(i) => format!("agv:{}", i.id),
+        None => format!("agv:test:{}", route.id),
+    }
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
 }
 
 impl super::Listener for Alerts {

@@ -117,6 +117,11 @@ pub const SQLITE: &[Migration] = &[
         name: "people_management",
         sql: include_str!("../../migrations/sqlite/0017_people_management.sql"),
     },
+    Migration {
+        version: 18,
+        name: "pagerduty_routes",
+        sql: include_str!("../../migrations/sqlite/0018_pagerduty_routes.sql"),
+    },
 ];
 
 /// Postgres migrations, oldest first; the same versions and meaning as [`SQLITE`].
@@ -205,6 +210,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 17,
         name: "people_management",
         sql: include_str!("../../migrations/postgres/0017_people_management.sql"),
+    },
+    Migration {
+        version: 18,
+        name: "pagerduty_routes",
+        sql: include_str!("../../migrations/postgres/0018_pagerduty_routes.sql"),
     },
 ];
 

@@ -980,7 +980,176 @@ async fn a_backup_that_does_not_verify_alerts_the_operator(backend: Backend) {
     );
 }
 
+/// What PagerDuty's Events API v2 requires of an event (its published schema), checked on
+/// every request the receiver got.
+fn pagerduty_event(got: &Received, key: &str) -> Value {
+    assert!(
+        !got.headers.contains_key("x-agv-signature"),
+        "the key is in the body, nothing is signed"
+    );
+    assert_eq!(got.headers["content-type"], "application/json");
+    let e = got.json();
+    assert_eq!(e["routing_key"], key, "{e}");
+    let action = e["event_action"].as_str().unwrap();
+    assert!(
+        ["trigger", "acknowledge", "resolve"].contains(&action),
+        "{e}"
+    );
+    let dedup = e["dedup_key"].as_str().unwrap();
+    assert!(!dedup.is_empty() && dedup.len() <= 255, "{e}");
+    if action == "trigger" {
+        let p = &e["payload"];
+        let summary = p["summary"].as_str().unwrap();
+        assert!(
+            !summary.is_empty() && summary.chars().count() <= 1024,
+            "{e}"
+        );
+        assert!(!p["source"].as_str().unwrap().is_empty(), "{e}");
+        let severity = p["severity"].as_str().unwrap();
+        assert!(
+            ["critical", "error", "warning", "info"].contains(&severity),
+            "{e}"
+        );
+    } else {
+        assert!(
+            e.get("payload").is_none(),
+            "only a trigger carries a payload: {e}"
+        );
+    }
+    e
+}
+
+async fn a_pagerduty_route_triggers_then_acknowledges_and_resolves_with_the_incident(
+    backend: Backend,
+) {
+    let Some((app, _up, key, admin)) = start(backend, |_| {}).await else {
+        return;
+    };
+    let pd = Receiver::start();
+    let routing_key = "R0UT1NGk3y0123456789abcdefABCDEF";
+    for (body, why) in [
+        (
+            json!({"kind": "pagerduty", "url": pd.url}),
+            "no routing key",
+        ),
+        (
+            json!({"kind": "pagerduty", "url": pd.url, "routing_key": "short"}),
+            "a key too short",
+        ),
+        (
+            json!({"kind": "pagerduty", "url": pd.url, "routing_key": "0123456789abcdef0123 x"}),
+            "a key with a space",
+        ),
+        (
+            json!({"kind": "slack", "url": pd.url, "routing_key": routing_key}),
+            "a routing key on a Slack route",
+        ),
+        (json!({"kind": "webhook"}), "a webhook without a URL"),
+    ] {
+        let res = create_route(&app, &admin, body).await;
+        assert_eq!(res.status(), 400, "{why}");
+        let err: Value = res.json().await.unwrap();
+        assert!(
+            !err["error"]["message"].as_str().unwrap().is_empty(),
+            "{why}: {err}"
+        );
+    }
+    assert_eq!(
+        routes(&app, &admin).await["data"],
+        json!([]),
+        "nothing stored"
+    );
+
+    let res = create_route(
+        &app,
+        &admin,
+        json!({"kind": "pagerduty", "url": pd.url, "routing_key": routing_key,
+               "min_severity": "low", "group_wait_seconds": 0}),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    let route: Value = res.json().await.unwrap();
+    assert_eq!(route["kind"], "pagerduty");
+    assert!(
+        route.get("secret").is_none(),
+        "the key is not echoed: {route}"
+    );
+    assert!(!route.to_string().contains(routing_key));
+
+    blocked_call(&app, &key, "cust_1").await;
+    let got = wait_for("the trigger", async || {
+        let r = pd.received();
+        (!r.is_empty()).then_some(r)
+    })
+    .await;
+    let inc = only_incident(&app, &admin).await;
+    let id = inc["id"].as_str().unwrap();
+    let trigger = pagerduty_event(&got[0], routing_key);
+    assert_eq!(trigger["event_action"], "trigger");
+    assert_eq!(trigger["dedup_key"], format!("agv:{id}"));
+    let p = &trigger["payload"];
+    assert!(
+        p["summary"]
+            .as_str()
+            .unwrap()
+            .contains(inc["title"].as_str().unwrap()),
+        "{p}"
+    );
+    let expected = match inc["severity"].as_str().unwrap() {
+        "critical" => "critical",
+        "high" => "error",
+        "medium" => "warning",
+        _ => "info",
+    };
+    assert_eq!(p["severity"], expected);
+    assert_eq!(p["custom_details"]["incident_id"], id);
+
+    for (step, action, n) in [("ack", "acknowledge", 2), ("resolve", "resolve", 3)] {
+        let res = app
+            .post_json(&format!("/v1/incidents/{id}/{step}"), &admin, &json!({}))
+            .await;
+        assert_eq!(res.status(), 200, "{step}");
+        let got = wait_for(action, async || {
+            let r = pd.received();
+            (r.len() >= n).then_some(r)
+        })
+        .await;
+        let e = pagerduty_event(&got[n - 1], routing_key);
+        assert_eq!(e["event_action"], action);
+        assert_eq!(
+            e["dedup_key"],
+            format!("agv:{id}"),
+            "the same PagerDuty alert"
+        );
+    }
+
+    // A test leaves no page open: a trigger, then its resolve.
+    let rid = route["id"].as_str().unwrap();
+    let res = app
+        .post_json(&format!("/v1/alerts/routes/{rid}/test"), &admin, &json!({}))
+        .await;
+    assert_eq!(res.status(), 202);
+    let got = wait_for("the test trigger and resolve", async || {
+        let r = pd.received();
+        (r.len() >= 5).then_some(r)
+    })
+    .await;
+    let (t, r) = (
+        pagerduty_event(&got[3], routing_key),
+        pagerduty_event(&got[4], routing_key),
+    );
+    assert_eq!(
+        (t["event_action"].as_str(), r["event_action"].as_str()),
+        (Some("trigger"), Some("resolve"))
+    );
+    assert_eq!(t["dedup_key"], r["dedup_key"]);
+    assert_eq!(t["dedup_key"], format!("agv:test:{rid}"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pd.received().len(), 5, "no repeats are sent to PagerDuty");
+}
+
 crate::on_both_backends!(
+    a_pagerduty_route_triggers_then_acknowledges_and_resolves_with_the_incident,
     a_route_whose_host_does_not_resolve_yet_is_saved_and_checked_at_send,
     a_slack_route_gets_a_readable_unsigned_message,
     an_unresolved_incident_is_announced_again_until_it_is_resolved,
