@@ -50,13 +50,14 @@ export default {
     async function create() {
       const res = await formDialog({
         title: "Add an alert route",
-        fields: html`${field({ name: "kind", label: "Kind", value: "slack", testid: "alert-kind", options: [{ value: "slack", label: "Slack incoming webhook" }, { value: "webhook", label: "Webhook (signed JSON POST)" }] })}
-          ${field({ name: "url", label: "URL", type: "url", required: true, testid: "alert-url", placeholder: "https://hooks.slack.com/services/…", hint: "Stored encrypted; only its host is shown afterwards." })}
+        fields: html`${field({ name: "kind", label: "Kind", value: "slack", testid: "alert-kind", options: [{ value: "slack", label: "Slack incoming webhook" }, { value: "webhook", label: "Webhook (signed JSON POST)" }, { value: "pagerduty", label: "PagerDuty (Events API v2)" }] })}
+          ${field({ name: "url", label: "URL", type: "url", testid: "alert-url", placeholder: "https://hooks.slack.com/services/…", hint: "Stored encrypted; only its host is shown afterwards. PagerDuty: leave empty for PagerDuty's Events API." })}
+          ${field({ name: "routing_key", label: "PagerDuty routing key", testid: "alert-routing-key", placeholder: "32 characters", hint: "PagerDuty only: the integration key of an Events API v2 integration. Stored encrypted, never shown again." })}
           ${field({ name: "name", label: "Name", testid: "alert-name", placeholder: "#incidents" })}
           ${field({ name: "min_severity", label: "Alert from severity", value: "medium", options: ["low", "medium", "high", "critical"].map((s) => ({ value: s, label: cap(s) })) })}`,
         submitLabel: "Add route", submitTestid: "alert-create-submit",
-        rules: { url: [validators.required, validators.url] },
-        submit: (v) => api.post("/api/alerts/routes", { kind: v.kind, url: v.url.trim(), name: v.name.trim() || undefined, min_severity: v.min_severity }),
+        rules: { url: [(u) => (String(u ?? "").trim() ? validators.url(u) : "")] },
+        submit: (v) => api.post("/api/alerts/routes", { kind: v.kind, url: v.url.trim() || undefined, routing_key: v.routing_key.trim() || undefined, name: v.name.trim() || undefined, min_severity: v.min_severity }),
       });
       if (!res || res === true) return;
       toast("Route added", "ok");
