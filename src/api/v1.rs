@@ -4,7 +4,7 @@
 use super::audit::{Source, by_key, record};
 use super::auth::{AdminKey, ProxyKey};
 use super::call_list::{self, Listing};
-use super::error::{ApiError, missing, optional_json};
+use super::error::{ApiError, ErrorKind, missing, optional_json};
 use crate::domain::audit::AuditAction;
 use crate::domain::{
     CallCursor, CallFilter, CallId, CallSearch, FreezeAction, KeyId, PolicyConfig, SearchQuery,
@@ -316,16 +316,84 @@ pub async fn active_policies(
 
 /// Replaces the caller's tenant's threshold overrides (fields of `PolicyConfig`; the rest
 /// keep their defaults). Takes effect at once.
+/// The budgets of `proposed` that the tenant's spend already reaches, so that saving them
+/// stops every call at once (see [`crate::guard::budget::stops_at_once`]). The spend is the
+/// larger of the recorded one and the guard's, which holds calls still in flight.
+async fn budget_stops(
+    state: &AppState,
+    tenant: &crate::domain::TenantId,
+    proposed: &PolicyConfig,
+) -> Result<Vec<crate::guard::budget::BudgetStop>, ApiError> {
+    use crate::guard::budget::{BudgetLimits, period_starts, stops_at_once};
+    let proposed = BudgetLimits::of(proposed);
+    if proposed.daily.is_none() && proposed.monthly.is_none() {
+        return Ok(Vec::new());
+    }
+    let guard = &state.proxy.guard;
+    let current = BudgetLimits::of(&guard.policy(tenant));
+    let now = Timestamp::now();
+    let (day_start, month_start) = period_starts(now);
+    let (store, t) = (state.store.clone(), tenant.clone());
+    let (day, month) = run_blocking(move || {
+        Ok::<_, crate::store::StoreError>((
+            store.spend_since(&t, day_start)?,
+            store.spend_since(&t, month_start)?,
+        ))
+    })
+    .await?;
+    let live = guard.budgets().status(tenant, now);
+    let day = day.max(live.day_spent.saturating_add(live.day_reserved));
+    let month = month.max(live.month_spent.saturating_add(live.month_reserved));
+    Ok(stops_at_once(current, proposed, day, month, now))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutPoliciesQuery {
+    /// `stop`: save a budget the tenant's spend already reaches, which stops its calls.
+    confirm: Option<String>,
+}
+
+/// Replaces the tenant's policy overrides. A budget that the spend of its period already
+/// reaches would stop every call of the tenant at once: it is refused with 409
+/// `budget_stops_tenant`, saying so, until it is sent again with `?confirm=stop`.
 #[put("/v1/policies")]
 pub async fn put_policies(
     state: web::Data<AppState>,
     AdminKey(caller): AdminKey,
     source: Source,
+    query: web::Query<PutPoliciesQuery>,
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
     let overrides = body.into_inner();
     let config = PolicyConfig::with_overrides(&overrides)
         .map_err(|e| ApiError::bad_request("invalid_policy", e.0))?;
+    let confirmed = match query.confirm.as_deref() {
+        None => false,
+        Some("stop") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_confirm",
+                format!("'confirm' takes only 'stop', not '{other}'"),
+            )
+            .param("confirm"));
+        }
+    };
+    let stops = budget_stops(&state, &caller.tenant_id, &config).await?;
+    if let Some(first) = stops.first().filter(|_| !confirmed) {
+        return Err(ApiError::new(
+            ErrorKind::Conflict,
+            "budget_stops_tenant",
+            format!(
+                "Not saved: {}. Raise the budget, or send the same request with ?confirm=stop to save it anyway",
+                first.message
+            ),
+        )
+        .param(match first.period {
+            crate::guard::budget::BudgetPeriod::Daily => "budget_daily_usd",
+            crate::guard::budget::BudgetPeriod::Monthly => "budget_monthly_usd",
+        }));
+    }
     let store = state.store.clone();
     let (tenant, to_store) = (caller.tenant_id.clone(), overrides.clone());
     let applying = state.settings_lock.lock().await;
@@ -349,7 +417,9 @@ pub async fn put_policies(
     .await;
     crate::startup::apply_policy(&state, &caller.tenant_id, config).await;
     drop(applying);
-    Ok(HttpResponse::Ok().json(json!({"tenant_id": caller.tenant_id, "overrides": overrides})))
+    Ok(HttpResponse::Ok().json(
+        json!({"tenant_id": caller.tenant_id, "overrides": overrides, "budget_stops": stops}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -411,6 +481,7 @@ pub async fn backtest_policies(
             ),
         ));
     }
+    let budget_stops = budget_stops(&state, &caller.tenant_id, &proposed).await?;
     let (store, tenant) = (state.store.clone(), caller.tenant_id.clone());
     let pricing = state.proxy.guard.pricing().clone();
     let filter = CallFilter {
@@ -462,6 +533,8 @@ pub async fn backtest_policies(
         "range_truncated": range_truncated,
         "evaluated_from": if range_truncated { oldest } else { None },
         "proposed": body.policy,
+        // Budgets the tenant's spend already reaches: saving them stops it at once.
+        "budget_stops": budget_stops,
         "report": report,
     })))
 }

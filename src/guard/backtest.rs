@@ -49,8 +49,11 @@ pub struct Change {
     pub recorded: Outcome,
     pub proposed: Outcome,
     /// The proposed pipeline's decision that stopped the call (with the measured value and
-    /// the threshold), when it stops it.
+    /// the threshold), when it stops it; when it lets a recorded block pass, its decision
+    /// for the guardrail that blocked it, when that guardrail still runs.
     pub decision: Option<Decision>,
+    /// Why the proposal decides differently, in a sentence.
+    pub why: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -202,7 +205,10 @@ impl<'t> Replay<'t> {
         );
         report.evaluated += 1;
         let (proposed, decision) = match verdict {
-            Verdict::Allow { admission, .. } => {
+            Verdict::Allow {
+                admission,
+                decisions,
+            } => {
                 if call.blocked {
                     sim.abandon(admission);
                 } else {
@@ -226,13 +232,19 @@ impl<'t> Replay<'t> {
                         });
                     }
                 }
+                // What the proposal says of the guardrail that blocked the call when it
+                // was recorded.
+                let passed = call
+                    .blocked_by
+                    .as_deref()
+                    .and_then(|p| decisions.iter().rev().find(|d| d.policy == p).cloned());
                 (
                     Outcome {
                         blocked: false,
                         blocked_by: None,
                         status: if call.blocked { 200 } else { call.status },
                     },
-                    None,
+                    passed,
                 )
             }
             Verdict::Stop { decisions, stop } => (
@@ -249,6 +261,7 @@ impl<'t> Replay<'t> {
             report.unchanged += 1;
             return;
         }
+        let why = why(&was, &proposed, decision.as_ref());
         report.changed += 1;
         if proposed.blocked && !was.blocked {
             report.newly_blocked += 1;
@@ -268,10 +281,41 @@ impl<'t> Replay<'t> {
                 recorded: was,
                 proposed,
                 decision,
+                why,
             });
         } else {
             report.changes_truncated = true;
         }
+    }
+}
+
+/// A sentence saying why `proposed` differs from `was`, from the proposal's decision (the
+/// one that stops the call, or its verdict on the guardrail that had stopped it).
+fn why(was: &Outcome, proposed: &Outcome, decision: Option<&Decision>) -> String {
+    let reason = decision.map(|d| d.reason.as_str());
+    let by = |p: &Option<String>| p.clone().unwrap_or_else(|| "a guardrail".into());
+    match (was.blocked, proposed.blocked) {
+        (false, _) => format!(
+            "Allowed when recorded; the proposed {} blocks it: {}.",
+            by(&proposed.blocked_by),
+            reason.unwrap_or("over its limit")
+        ),
+        (true, false) => match reason {
+            Some(reason) => format!(
+                "Blocked by {} when recorded; under the proposal it passes: {reason}.",
+                by(&was.blocked_by)
+            ),
+            None => format!(
+                "Blocked by {} when recorded; the proposal does not run that check.",
+                by(&was.blocked_by)
+            ),
+        },
+        (true, true) => format!(
+            "Blocked by {} when recorded; under the proposal {} blocks it first: {}.",
+            by(&was.blocked_by),
+            by(&proposed.blocked_by),
+            reason.unwrap_or("over its limit")
+        ),
     }
 }
 
@@ -366,6 +410,40 @@ mod tests {
         let d = r.changes[0].decision.as_ref().unwrap();
         assert_eq!(d.policy, "dg-002");
         assert_eq!(r.changes[0].proposed.status, 400);
+        let why = &r.changes[0].why;
+        assert!(
+            why.starts_with("Allowed when recorded; the proposed dg-002 blocks it: ")
+                && why.contains(&d.reason),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_call_the_proposal_lets_through_says_what_had_blocked_it_and_why_it_now_passes() {
+        let (t, k) = (TenantId::generate(), KeyId::generate());
+        let mut blocked = call(&t, &k, 1_700_000_000_000, 5_000, 400);
+        blocked.blocked = true;
+        blocked.blocked_by = Some(ids::MAX_TOKENS.into());
+        let proposed = PolicyConfig {
+            max_tokens_per_request: 10_000,
+            ..PolicyConfig::default()
+        };
+        let r = run(&Pricing::builtin(), &t, proposed, [&blocked]);
+        assert_eq!((r.changed, r.newly_allowed), (1, 1), "{r:?}");
+        let change = &r.changes[0];
+        let d = change
+            .decision
+            .as_ref()
+            .expect("the proposal's dg-002 verdict");
+        assert_eq!(d.policy, ids::MAX_TOKENS);
+        assert!(
+            change
+                .why
+                .starts_with("Blocked by dg-002 when recorded; under the proposal it passes: ")
+                && change.why.contains(&d.reason),
+            "{}",
+            change.why
+        );
     }
 
     #[test]

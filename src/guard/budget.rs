@@ -158,6 +158,78 @@ impl Spend {
     }
 }
 
+impl BudgetLimits {
+    /// The budgets of a policy.
+    pub fn of(policy: &crate::domain::PolicyConfig) -> Self {
+        Self {
+            daily: policy.budget_daily_usd.map(Money::from_usd),
+            monthly: policy.budget_monthly_usd.map(Money::from_usd),
+            soft_ratio: policy.budget_soft_ratio,
+        }
+    }
+}
+
+/// A proposed budget that the period's spend already reaches: once saved, it stops every
+/// call of the tenant until the period ends.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BudgetStop {
+    pub period: BudgetPeriod,
+    pub limit_usd: f64,
+    /// The period's spend so far.
+    pub spent_usd: f64,
+    /// When the period ends and calls pass again (unless the budget is raised first).
+    pub until: Timestamp,
+    pub message: String,
+}
+
+/// The budgets of `proposed` that `day_spent` and `month_spent` (above zero) already reach at `now`,
+/// leaving out a budget `current` already has at the same or a lower limit (the tenant is
+/// stopped by it already, or would be by the current one).
+pub fn stops_at_once(
+    current: BudgetLimits,
+    proposed: BudgetLimits,
+    day_spent: Money,
+    month_spent: Money,
+    now: Timestamp,
+) -> Vec<BudgetStop> {
+    let day = day_start(now.millis());
+    let month = month_start(now.millis());
+    [
+        (BudgetPeriod::Daily, current.daily, proposed.daily, day_spent, day + DAY_MS, "today"),
+        (
+            BudgetPeriod::Monthly,
+            current.monthly,
+            proposed.monthly,
+            month_spent,
+            month_start(month + 32 * DAY_MS),
+            "this month",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(period, current, limit, spent, until, when)| {
+        let limit = limit?;
+        // A budget of zero before any spend reads as what it is, no spending at all.
+        if spent < limit || spent == Money::ZERO || current.is_some_and(|c| c <= limit) {
+            return None;
+        }
+        let until = Timestamp::from_millis(until);
+        Some(BudgetStop {
+            period,
+            limit_usd: limit.usd(),
+            spent_usd: spent.usd(),
+            until,
+            message: format!(
+                "the {} budget of ${:.2} is not above the ${:.2} spent {when}: saving it stops every call of this tenant until {} UTC, unless the budget is raised first",
+                period.as_str(),
+                limit.usd(),
+                spent.usd(),
+                until.to_rfc3339().replace('T', " ").trim_end_matches(":00.000Z"),
+            ),
+        })
+    })
+    .collect()
+}
+
 /// The start of the current UTC day and month at `now`: what a budget's spend counts from.
 pub fn period_starts(now: Timestamp) -> (Timestamp, Timestamp) {
     (
@@ -620,5 +692,76 @@ mod tests {
             b.release(r);
         }
         assert_eq!(b.status(&t, ts(NOON)).day_reserved, Money::ZERO);
+    }
+
+    #[test]
+    fn a_budget_the_spend_already_reaches_is_reported_with_when_calls_pass_again() {
+        // 2026-12-07 15:00 UTC
+        let now = Timestamp::from_millis(1_796_655_600_000);
+        let (spent_day, spent_month) = (Money::from_usd(7.0), Money::from_usd(40.0));
+        let none = limits(None, None);
+        let stops = stops_at_once(
+            none,
+            limits(Some(5.0), Some(100.0)),
+            spent_day,
+            spent_month,
+            now,
+        );
+        assert_eq!(stops.len(), 1, "{stops:?}");
+        let s = &stops[0];
+        assert_eq!(
+            (s.period, s.limit_usd, s.spent_usd),
+            (BudgetPeriod::Daily, 5.0, 7.0)
+        );
+        assert_eq!(s.until.to_rfc3339(), "2026-12-08T00:00:00.000Z");
+        assert!(
+            s.message
+                .contains("daily budget of $5.00 is not above the $7.00 spent today")
+                && s.message.contains("until 2026-12-08 00:00 UTC"),
+            "{}",
+            s.message
+        );
+
+        let month = stops_at_once(none, limits(None, Some(40.0)), spent_day, spent_month, now);
+        assert_eq!(month.len(), 1);
+        assert_eq!(month[0].until.to_rfc3339(), "2027-01-01T00:00:00.000Z");
+
+        // Below the spend, nothing to say; a budget already in force at that limit or a
+        // lower one stops the tenant already.
+        assert!(
+            stops_at_once(none, limits(Some(7.5), None), spent_day, spent_month, now).is_empty()
+        );
+        let current = limits(Some(5.0), None);
+        assert!(
+            stops_at_once(
+                current,
+                limits(Some(5.0), None),
+                spent_day,
+                spent_month,
+                now
+            )
+            .is_empty()
+        );
+        assert!(
+            stops_at_once(
+                current,
+                limits(Some(6.0), None),
+                spent_day,
+                spent_month,
+                now
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            stops_at_once(
+                limits(Some(9.0), None),
+                current,
+                spent_day,
+                spent_month,
+                now
+            )
+            .len(),
+            1
+        );
     }
 }

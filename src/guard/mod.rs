@@ -750,11 +750,7 @@ impl Guard {
         now: Timestamp,
         mode: Mode,
     ) -> Checked<Reservation> {
-        let limits = BudgetLimits {
-            daily: policy.budget_daily_usd.map(Money::from_usd),
-            monthly: policy.budget_monthly_usd.map(Money::from_usd),
-            soft_ratio: policy.budget_soft_ratio,
-        };
+        let limits = BudgetLimits::of(policy);
         let estimate = estimate.unwrap_or(Money::ZERO);
         match self.budgets.admit(tenant, estimate, limits, now, mode) {
             Ok(r) => (budget_pass(&r), Ok(r)),

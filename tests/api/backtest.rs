@@ -120,6 +120,84 @@ async fn a_looser_limit_lets_recorded_blocks_through(backend: Backend) {
         v["report"]["changes"][0]["recorded"]["blocked_by"],
         "dg-002"
     );
+    // It says why: what had blocked it, and the proposal's own verdict on that check.
+    let why = v["report"]["changes"][0]["why"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        why.starts_with("Blocked by dg-002 when recorded; under the proposal it passes: "),
+        "{v}"
+    );
+    assert_eq!(v["report"]["changes"][0]["decision"]["policy"], "dg-002");
+}
+
+async fn put_policy(app: &TestApp, admin: &str, query: &str, body: &Value) -> reqwest::Response {
+    app.client
+        .put(app.url(&format!("/v1/policies{query}")))
+        .bearer_auth(admin)
+        .json(body)
+        .send()
+        .await
+        .expect("request")
+}
+
+async fn a_budget_below_todays_spend_warns_first_that_it_stops_the_tenant(backend: Backend) {
+    let Some(setup) = ProxySetup::new(backend) else {
+        return;
+    };
+    let (app, _up, _tenant, key, admin) = setup.start().await;
+    for _ in 0..2 {
+        assert_eq!(app.chat(&key, "hello").await.status(), 200);
+    }
+    let tiny = json!({"budget_daily_usd": 0.000_000_01});
+
+    // The backtest says it first.
+    let v: Value = backtest(&app, &admin, &json!({"policy": tiny}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let stops = v["budget_stops"].as_array().expect("budget_stops");
+    assert_eq!(stops.len(), 1, "{v}");
+    assert_eq!(stops[0]["period"], "daily");
+    assert!(stops[0]["spent_usd"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
+
+    // Saving it is refused with a reason, and nothing is changed.
+    let res = put_policy(&app, &admin, "", &tiny).await;
+    assert_eq!(res.status(), 409);
+    let e: Value = res.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "budget_stops_tenant", "{e}");
+    assert_eq!(e["error"]["param"], "budget_daily_usd");
+    let message = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("stops every call of this tenant") && message.contains("?confirm=stop"),
+        "{message}"
+    );
+    let active: Value = app
+        .get_with_key("/v1/policies/active", &admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        active["overrides"].get("budget_daily_usd").is_none(),
+        "{active}"
+    );
+    assert_eq!(app.chat(&key, "still served").await.status(), 200);
+
+    let res = put_policy(&app, &admin, "?confirm=yes", &tiny).await;
+    assert_eq!(res.status(), 400);
+
+    // Confirmed, it is saved, and it does what it said.
+    let res = put_policy(&app, &admin, "?confirm=stop", &tiny).await;
+    assert_eq!(res.status(), 200);
+    let saved: Value = res.json().await.unwrap();
+    assert_eq!(
+        saved["budget_stops"].as_array().map(Vec::len),
+        Some(1),
+        "{saved}"
+    );
+    assert_eq!(app.chat(&key, "now stopped").await.status(), 402);
 }
 
 /// Records `n` copies of `template` one second apart from `first_ms` on, every third one
@@ -272,6 +350,7 @@ async fn bad_backtest_requests_are_400(backend: Backend) {
 on_both_backends!(
     a_tighter_limit_names_exactly_the_calls_it_would_have_stopped,
     a_looser_limit_lets_recorded_blocks_through,
+    a_budget_below_todays_spend_warns_first_that_it_stops_the_tenant,
     a_backtest_over_many_pages_replays_the_newest_calls_in_arrival_order,
     bad_backtest_requests_are_400,
 );

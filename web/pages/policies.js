@@ -3,6 +3,7 @@
 // proposal over recorded calls (POST /api/policies/backtest) to see what would change.
 import * as api from "../api.js";
 import { canChange } from "../state.js";
+import { confirmDialog } from "../components/dialog.js";
 import { html, render, money, num, pct, compact, timeAgo, loadingState, errorState, toast, busy, clearErrors, fieldError, formError, policyName, seconds } from "../ui.js";
 
 // Every setting the editor shows: [key, label, unit/kind, hint]
@@ -145,7 +146,21 @@ export default {
         // PUT replaces every override: keep the stored ones this editor does not show
         // (redaction, for one) and change only what it does.
         const kept = { ...(active?.overrides || {}), ...overrides };
-        await busy(form.querySelector('[type="submit"]'), () => api.put("/api/policies", kept));
+        const submit = form.querySelector('[type="submit"]');
+        try {
+          await busy(submit, () => api.put("/api/policies", kept));
+        } catch (err) {
+          // A budget the spend already reaches stops the tenant at once: the server says so
+          // first, and saves it only when the person confirms.
+          if (err?.code !== "budget_stops_tenant") throw err;
+          const ok = await confirmDialog({
+            title: "This budget stops the tenant now",
+            text: err.message.replace(/^Not saved: /, "").replace(/\. Raise the budget, or send.*$/, "."),
+            confirmLabel: "Save and stop calls", danger: true,
+            action: () => api.request("PUT", "/api/policies", { body: kept, params: { confirm: "stop" } }),
+          });
+          if (!ok) return;
+        }
         toast("Policies saved and applied", "ok");
         editing = false;
         await load();
@@ -185,6 +200,7 @@ export default {
             <div class="fact"><div class="kpi-label">Not compared</div><strong>${compact((rep.skipped_kill_switch || 0) + (rep.skipped_no_request || 0))}</strong></div>
           </div>
           ${by.length ? html`<p class="section-gap">By guardrail: ${by.map(([k, n], i) => html`${i ? ", " : ""}<strong>${k === "none" ? "allowed" : policyName(k)}</strong> ${compact(n)}`)}</p>` : ""}
+          ${(r.budget_stops || []).map((b) => html`<p class="notice bad section-gap" data-testid="backtest-budget-stop">Saving this stops the tenant: the ${b.period} budget of ${money(b.limit_usd)} is not above the ${money(b.spent_usd)} already spent; calls are blocked until ${new Date(b.until).toLocaleString()}.</p>`)}
           ${!rep.changed ? html`<p class="section-gap">No recorded call would be decided differently. Saving is safe for the traffic seen in this range.</p>` : ""}
         </div>
         ${changes.length ? html`<div class="table-wrap"><table class="table"><thead><tr><th>Call</th><th>When</th><th>Model</th><th>Recorded</th><th>Proposed</th><th>Why</th></tr></thead><tbody>
@@ -192,7 +208,7 @@ export default {
             <td><a class="rowlink mono" href="#/calls/${encodeURIComponent(c.call_id)}">${c.call_id}</a></td><td>${timeAgo(c.created_at)}</td><td>${c.model || "—"}</td>
             <td>${c.recorded?.blocked ? html`<span class="badge bad">Blocked</span>` : html`<span class="badge ok">Allowed</span>`}</td>
             <td>${c.proposed?.blocked ? html`<span class="badge bad">Blocked · ${policyName(c.proposed.blocked_by)}</span>` : html`<span class="badge ok">Allowed</span>`}</td>
-            <td>${c.decision?.reason || "—"}</td></tr>`)}</tbody></table></div>
+            <td>${c.why || c.decision?.reason || "—"}</td></tr>`)}</tbody></table></div>
           ${changes.length > 200 || rep.changes_truncated ? html`<p class="hint card-body">Showing the first ${Math.min(200, changes.length)} changed calls.</p>` : ""}` : ""}
       </section>`;
     }
