@@ -122,6 +122,11 @@ pub const SQLITE: &[Migration] = &[
         name: "pagerduty_routes",
         sql: include_str!("../../migrations/sqlite/0018_pagerduty_routes.sql"),
     },
+    Migration {
+        version: 19,
+        name: "call_stopped_by",
+        sql: include_str!("../../migrations/sqlite/0019_call_stopped_by.sql"),
+    },
 ];
 
 /// Postgres migrations, oldest first; the same versions and meaning as [`SQLITE`].
@@ -215,6 +220,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 18,
         name: "pagerduty_routes",
         sql: include_str!("../../migrations/postgres/0018_pagerduty_routes.sql"),
+    },
+    Migration {
+        version: 19,
+        name: "call_stopped_by",
+        sql: include_str!("../../migrations/postgres/0019_call_stopped_by.sql"),
     },
 ];
 

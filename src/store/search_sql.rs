@@ -252,21 +252,40 @@ pub(super) fn conditions<'a>(
     }
     if let Some(policy) = &search.policy {
         params.push(Param::Text(policy));
-        let p = ph(params.len());
-        // Decisions are JSON text: a call is this policy's when it was stopped by it, or
-        // when a decision of it did anything but pass (a throttle, a freeze).
-        let decided = match dialect {
-            Dialect::Sqlite => format!(
-                "EXISTS (SELECT 1 FROM json_each(c.decisions) d WHERE json_extract(d.value, '$.policy') = {p} AND json_extract(d.value, '$.outcome') <> 'pass')"
-            ),
-            // json, not jsonb: jsonb refuses a "\u0000" escape that a reason may hold.
-            Dialect::Postgres => format!(
-                "EXISTS (SELECT 1 FROM json_array_elements(c.decisions::json) d WHERE d->>'policy' = {p} AND d->>'outcome' <> 'pass')"
-            ),
-        };
-        conds.push_str(&format!(" AND (c.blocked_by = {p} OR {decided})"));
+        let (stopped, by) = STOPPED_BY.of(dialect);
+        conds.push_str(&format!(" AND ({stopped}) AND {by} = {}", ph(params.len())));
     }
     (conds, params)
+}
+
+/// Which guardrail stopped a call, as the `calls_tenant_stopped_by` index (migration
+/// 0019) is built: the partial index's condition (the policy stopped the call, or its last
+/// decision is not a pass) and its key (`blocked_by`, else that decision's policy). A
+/// search repeats both word for word, with `c.` before each column, so that each database
+/// reads the index instead of parsing every call's decisions.
+pub(super) struct StoppedBy {
+    sqlite: (&'static str, &'static str),
+    postgres: (&'static str, &'static str),
+}
+
+pub(super) const STOPPED_BY: StoppedBy = StoppedBy {
+    sqlite: (
+        "c.blocked_by IS NOT NULL OR json_extract(c.decisions, '$[#-1].outcome') <> 'pass'",
+        "COALESCE(c.blocked_by, json_extract(c.decisions, '$[#-1].policy'))",
+    ),
+    postgres: (
+        "c.blocked_by IS NOT NULL OR (c.decisions::json -> -1 ->> 'outcome') <> 'pass'",
+        "(COALESCE(c.blocked_by, c.decisions::json -> -1 ->> 'policy'))",
+    ),
+};
+
+impl StoppedBy {
+    fn of(&self, dialect: Dialect) -> (&'static str, &'static str) {
+        match dialect {
+            Dialect::Sqlite => self.sqlite,
+            Dialect::Postgres => self.postgres,
+        }
+    }
 }
 
 /// Tokens come from `domain::search::tokenize` (letters and digits only); quoting is

@@ -555,6 +555,33 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_search_reads_the_calls_that_policy_stopped_and_no_others() {
+        use super::super::search_sql::{Dialect, TextPlan, search_calls_query};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agv.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let t = acme(&store);
+        let search = CallSearch {
+            policy: Some("dg-002".to_owned()),
+            ..CallSearch::default()
+        };
+        let (sql, args) =
+            search_calls_query(Dialect::Sqlite, &t.id, &search, TextPlan::None, None, 50);
+        let raw = Connection::open(&path).unwrap();
+        let mut stmt = raw.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|p| p.contains("calls_tenant_stopped_by")),
+            "{plan:?}"
+        );
+        assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{plan:?}");
+    }
+
+    #[test]
     fn a_deleted_index_file_is_rebuilt_from_the_calls() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agv.db");
