@@ -14,7 +14,7 @@ export function incidentRows(list, fresh = new Set()) {
     return html`<tr class="clickable ${fresh.has(i.id) ? "flash" : ""} ${i.status === "resolved" ? "dim" : ""}" data-testid="incident-row" data-incident-id="${i.id}" data-status="${i.status}" data-href="${href}">
       <td>${severityBadge(i.severity)}</td>
       <td><a class="rowlink" href="${href}">${i.title}</a><div class="cell-sub">${i.subject}${i.tenant_name ? html` · ${i.tenant_name}` : ""}</div></td>
-      <td>${statusBadge(i.status)}${i.assignee ? html`<div class="cell-sub">→ ${i.assignee}</div>` : ""}</td>
+      <td>${statusBadge(i.status)}${i.assignee ? html`<div class="cell-sub" title="${i.assignee}">→ ${i.assignee_email || i.assignee}</div>` : ""}</td>
       <td class="num">${compact(i.call_count)}</td>
       <td class="num">${nanos(i.cost)}</td>
       <td>${timeAgo(i.first_signal_at ?? i.created_at)}<div class="cell-sub nowrap">last ${timeAgo(i.last_signal_at ?? i.updated_at)}</div></td></tr>`;
