@@ -149,7 +149,13 @@ pub async fn list(
         let people = super::names::look_up(
             store.as_ref(),
             &tenant,
-            entries.iter().filter_map(person_of),
+            entries.iter().flat_map(|e| {
+                // The person who acted, and the person acted on (a role change, a
+                // disabled account).
+                [person_of(e), crate::domain::UserId::parse(&e.target).ok()]
+                    .into_iter()
+                    .flatten()
+            }),
         )?;
         Ok::<_, crate::store::StoreError>((entries, people))
     })
@@ -169,6 +175,9 @@ pub async fn list(
         let mut v = serde_json::to_value(e).map_err(|e| ApiError::internal(e.to_string()))?;
         if let Some(email) = actor_email(e, &people) {
             v["actor_email"] = json!(email);
+        }
+        if let Some(email) = people.email(&e.target) {
+            v["target_email"] = json!(email);
         }
         data.push(v);
     }

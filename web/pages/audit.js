@@ -61,7 +61,7 @@ export default {
         ${entries.map((e) => html`<tr data-testid="audit-row" data-seq="${e.seq}"><td>${timeAgo(e.at)}</td>
           <td><span class="cell-main">${cap(String(e.action).replace(/[._]/g, " "))}</span><div class="cell-sub mono">${e.action}</div>${detail(e)}</td>
           <td>${actorCell(e)}</td>
-          <td class="mono" title="${e.target}">${shortId(e.target)}</td><td class="mono">${e.source || "—"}</td></tr>`)}</tbody></table></div>
+          ${e.target_email ? html`<td title="${e.target}">${e.target_email}</td>` : html`<td class="mono" title="${e.target}" data-full-id="${e.target}">${shortId(e.target)}</td>`}<td class="mono">${e.source || "—"}</td></tr>`)}</tbody></table></div>
         ${cursor ? html`<div class="more"><button type="button" class="btn" data-action="more" data-testid="audit-more">Load more</button></div>` : html`<p class="hint card-body">The beginning of the log.</p>`}`);
     }
     box.addEventListener("click", async (e) => {
