@@ -347,10 +347,11 @@ async fn apply(
         Change::SetSeverity(_) => AuditAction::IncidentSeverity,
         Change::Note(_) => AuditAction::IncidentNote,
     };
-    // PagerDuty routes follow the incident's state.
+    // PagerDuty routes follow the incident's state; reopened, it pages again.
     let tell_routes = match &change {
         Change::Acknowledge => Some(crate::domain::alert::Reason::Acknowledged),
         Change::Resolve => Some(crate::domain::alert::Reason::Resolved),
+        Change::Reopen => Some(crate::domain::alert::Reason::Reopened),
         _ => None,
     };
     let (before, incident, event, people) = run_blocking(move || {
