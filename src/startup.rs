@@ -545,6 +545,7 @@ fn http_server(
             .service(crate::api::export::export)
             .service(incidents::ack)
             .service(incidents::resolve)
+            .service(incidents::reopen)
             .service(incidents::note)
             .service(incidents::assign)
             .service(incidents::severity)

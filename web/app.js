@@ -337,6 +337,17 @@ function boot() {
     const msg = el.form.querySelector(`[data-error-for="${CSS.escape(el.name)}"]`);
     if (msg) { msg.hidden = true; msg.textContent = ""; }
   });
+  // An id shown shortened (call_…4f3a2b1c) copies as the whole id when the selection
+  // lies within it.
+  document.addEventListener("copy", (e) => {
+    const sel = document.getSelection();
+    if (!sel || sel.isCollapsed || !e.clipboardData) return;
+    const at = (n) => (n?.nodeType === 1 ? n : n?.parentElement)?.closest?.("[data-full-id]");
+    const el = at(sel.anchorNode);
+    if (!el || at(sel.focusNode) !== el) return;
+    e.clipboardData.setData("text/plain", el.dataset.fullId);
+    e.preventDefault();
+  });
   setInterval(() => refreshTimes(), 30000);
   route();
 }

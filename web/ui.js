@@ -56,18 +56,29 @@ const shortDate = new Intl.DateTimeFormat(LOCALE, { month: "short", day: "numeri
 const hourFmt = new Intl.DateTimeFormat(LOCALE, { hour: "2-digit", minute: "2-digit" });
 const weekday = new Intl.DateTimeFormat(LOCALE, { weekday: "short" });
 
-/** US dollars; null/undefined is "unknown" (a price the server does not know). */
-export function money(usd, { compact = false } = {}) {
+const usdFixed = { 2: usd2, 4: new Intl.NumberFormat(LOCALE, { style: "currency", currency: "USD", minimumFractionDigits: 4, maximumFractionDigits: 4 }) };
+
+/**
+ * US dollars; null/undefined is "unknown" (a price the server does not know). Alone, an
+ * amount gets the digits it needs (four below a dollar, else cents); `digits` (from
+ * moneyDigits) fixes them, so that the rows of a table and their total read alike.
+ */
+export function money(usd, { compact = false, digits = 0 } = {}) {
   if (usd === null || usd === undefined || Number.isNaN(Number(usd))) return "—";
   const n = Number(usd);
   if (compact && Math.abs(n) >= 10000) return usdCompact.format(n);
+  if (usdFixed[digits]) return usdFixed[digits].format(n);
   if (n !== 0 && Math.abs(n) < 1) return usd4.format(n);
   return usd2.format(n);
 }
-/** Money stored as nano-dollars (call and incident `cost`). */
-export function nanos(n) {
+/** The fraction digits that show every amount of a set: four when any is a fraction of a dollar, else two. */
+export function moneyDigits(amounts) {
+  return amounts.some((v) => { const n = Math.abs(Number(v)); return n > 0 && n < 1; }) ? 4 : 2;
+}
+/** Money stored as nano-dollars (call and incident `cost`); `digits` as for money(). */
+export function nanos(n, opts = {}) {
   if (n === null || n === undefined) return "—";
-  return money(Number(n) / 1e9);
+  return money(Number(n) / 1e9, opts);
 }
 export function num(n) {
   if (n === null || n === undefined || Number.isNaN(Number(n))) return "—";
@@ -144,6 +155,55 @@ export function refreshTimes(root = document) {
 }
 export function hourLabel(ms) { return hourFmt.format(new Date(ms)); }
 export function dayLabel(ms) { return `${weekday.format(new Date(ms))} ${shortDate.format(new Date(ms))}`; }
+
+/**
+ * call_0192f7a4c1d87e3a9b5c2d1e4f3a2b1c → call_…4f3a2b1c. Call ids begin with the time
+ * (UUIDv7), so calls of one day share their start: the end is what tells them apart.
+ */
+export function shortId(id) {
+  const s = String(id || "");
+  const i = s.indexOf("_");
+  return i > 0 && s.length > i + 13 ? `${s.slice(0, i + 1)}…${s.slice(-8)}` : s;
+}
+/** An id shortened for reading; the whole id on hover, and copying it copies the whole id (app.js). */
+export function idText(id) {
+  return html`<span class="mono" title="${id}" data-full-id="${id}">${shortId(id)}</span>`;
+}
+
+/**
+ * A streamed answer (server-sent events of chat completion chunks) as its text: the
+ * deltas of each choice joined, tool-call arguments too. `null` when the body is not such
+ * a stream.
+ */
+export function streamedText(body) {
+  if (typeof body !== "string" || !/^\s*(data|event|:)/.test(body)) return null;
+  const choices = new Map();
+  let chunks = 0, finish = null;
+  for (const line of body.split(/\r?\n/)) {
+    if (!line.startsWith("data:")) continue;
+    const data = line.slice(5).trim();
+    if (!data || data === "[DONE]") continue;
+    let chunk;
+    try { chunk = JSON.parse(data); } catch { continue; }
+    chunks++;
+    for (const c of chunk.choices || []) {
+      const i = c.index ?? 0;
+      const d = c.delta || {};
+      let text = choices.get(i) || "";
+      if (typeof d.content === "string") text += d.content;
+      else if (typeof c.text === "string") text += c.text;
+      for (const t of d.tool_calls || []) {
+        if (t.function?.name) text += `${text ? "\n" : ""}[tool call ${t.function.name}] `;
+        if (t.function?.arguments) text += t.function.arguments;
+      }
+      choices.set(i, text);
+      if (c.finish_reason) finish = c.finish_reason;
+    }
+  }
+  if (!chunks) return null;
+  const text = [...choices.entries()].sort((a, b) => a[0] - b[0]).map(([, t]) => t).join("\n\n— next choice —\n\n");
+  return { text, chunks, finish };
+}
 
 /** Pretty JSON when the text is JSON, otherwise the text itself. */
 export function prettyJson(text) {

@@ -6,6 +6,7 @@ use super::auth::{AdminKey, Caller};
 use super::error::ApiError;
 use super::v1::parse_time;
 use crate::domain::audit::{AuditAction, AuditEntry, AuditFilter, NewAuditEntry};
+use crate::incidents::timeline::People;
 use crate::startup::AppState;
 use crate::store::run_blocking;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, dev::Payload, get, web};
@@ -88,6 +89,29 @@ pub async fn list(
             )));
         }
     };
+    let store = state.store.clone();
+    let tenant = caller.tenant_id.clone();
+    let actor = q
+        .actor
+        .map(|a| a.trim().to_owned())
+        .filter(|a| !a.is_empty());
+    // A person is filtered by their email as well as by their id.
+    let actor = match actor
+        .as_deref()
+        .filter(|a| a.contains('@'))
+        .map(crate::domain::Email::parse)
+    {
+        Some(Ok(email)) => {
+            let (store, tenant) = (store.clone(), tenant.clone());
+            let id =
+                run_blocking(move || super::names::user_by_email(store.as_ref(), &tenant, &email))
+                    .await?;
+            // Nobody by that address: an id that matches no entry, so the page is empty.
+            Some(id.map_or_else(|| "user:unknown".to_owned(), |id| id.to_string()))
+        }
+        Some(Err(e)) => return Err(bad(e.0)),
+        None => actor,
+    };
     let filter = AuditFilter {
         action: q
             .action
@@ -95,10 +119,7 @@ pub async fn list(
             .map(AuditAction::parse)
             .transpose()
             .map_err(|e| bad(e.0))?,
-        actor: q
-            .actor
-            .map(|a| a.trim().to_owned())
-            .filter(|a| !a.is_empty()),
+        actor,
         since: q
             .since
             .as_deref()
@@ -123,10 +144,22 @@ pub async fn list(
         })
         .transpose()?;
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
-    let store = state.store.clone();
-    let tenant = caller.tenant_id.clone();
-    let entries =
-        run_blocking(move || store.list_audit(Some(&tenant), &filter, before, limit)).await?;
+    let (entries, people) = run_blocking(move || {
+        let entries = store.list_audit(Some(&tenant), &filter, before, limit)?;
+        let people = super::names::look_up(
+            store.as_ref(),
+            &tenant,
+            entries.iter().flat_map(|e| {
+                // The person who acted, and the person acted on (a role change, a
+                // disabled account).
+                [person_of(e), crate::domain::UserId::parse(&e.target).ok()]
+                    .into_iter()
+                    .flatten()
+            }),
+        )?;
+        Ok::<_, crate::store::StoreError>((entries, people))
+    })
+    .await?;
     let next_cursor = (entries.len() == limit as usize)
         .then(|| entries.last().map(|e| e.seq.to_string()))
         .flatten();
@@ -135,14 +168,41 @@ pub async fn list(
             .content_type("text/csv; charset=utf-8")
             .insert_header(("Content-Disposition", "attachment; filename=\"audit.csv\""))
             .insert_header(("X-Next-Cursor", next_cursor.unwrap_or_default()))
-            .body(to_csv(&entries)));
+            .body(to_csv(&entries, &people)));
     }
-    Ok(HttpResponse::Ok()
-        .json(json!({"object": "list", "data": entries, "next_cursor": next_cursor})))
+    let mut data = Vec::with_capacity(entries.len());
+    for e in &entries {
+        let mut v = serde_json::to_value(e).map_err(|e| ApiError::internal(e.to_string()))?;
+        if let Some(email) = actor_email(e, &people) {
+            v["actor_email"] = json!(email);
+        }
+        if let Some(email) = people.email(&e.target) {
+            v["target_email"] = json!(email);
+        }
+        data.push(v);
+    }
+    Ok(
+        HttpResponse::Ok()
+            .json(json!({"object": "list", "data": data, "next_cursor": next_cursor})),
+    )
 }
 
-const CSV_HEADER: &str =
-    "id,seq,at,tenant_id,actor_kind,actor_id,action,target,source,before,after,prev_hash,hash";
+/// The person who made an entry, if a person did.
+fn person_of(e: &AuditEntry) -> Option<crate::domain::UserId> {
+    (e.actor_kind == "user")
+        .then(|| crate::domain::UserId::parse(&e.actor_id).ok())
+        .flatten()
+}
+
+fn actor_email<'a>(e: &AuditEntry, people: &'a People) -> Option<&'a str> {
+    (e.actor_kind == "user")
+        .then(|| people.email(&e.actor_id))
+        .flatten()
+}
+
+/// The chain's columns first, as they always were; the actor's email (a reading aid,
+/// outside the chain) last.
+const CSV_HEADER: &str = "id,seq,at,tenant_id,actor_kind,actor_id,action,target,source,before,after,prev_hash,hash,actor_email";
 
 /// RFC 4180: a field with a comma, quote, CR or LF is quoted, quotes doubled. A field that
 /// a spreadsheet would run as a formula (`= + - @`, tab, CR) gets a leading `'`.
@@ -159,7 +219,7 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-fn to_csv(entries: &[AuditEntry]) -> String {
+fn to_csv(entries: &[AuditEntry], people: &People) -> String {
     let mut out = String::from(CSV_HEADER);
     out.push_str("\r\n");
     for e in entries {
@@ -182,6 +242,7 @@ fn to_csv(entries: &[AuditEntry]) -> String {
             json(&e.after),
             e.prev_hash.clone(),
             e.hash.clone(),
+            actor_email(e, people).unwrap_or_default().to_owned(),
         ];
         let row: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
         out.push_str(&row.join(","));

@@ -7,13 +7,14 @@ use super::error::{ApiError, missing, optional_json};
 use super::v1::parse_time;
 use crate::domain::audit::AuditAction;
 use crate::domain::incident::{Change, IncidentCursor, IncidentFilter};
-use crate::domain::{IncidentId, IncidentStatus, KeyId, Severity};
-use crate::incidents::timeline;
+use crate::domain::incident::{Incident, IncidentEvent};
+use crate::domain::{IncidentId, IncidentStatus, KeyId, Severity, TenantId};
+use crate::incidents::timeline::{self, People};
 use crate::startup::AppState;
-use crate::store::{StoreError, run_blocking};
+use crate::store::{Store, StoreError, StoreResult, run_blocking};
 use actix_web::{HttpResponse, get, post, web};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// The most signals a timeline shows (the counts on the incident cover them all).
 const TIMELINE_SIGNALS: u32 = 200;
@@ -25,6 +26,40 @@ fn incident_id(raw: &str) -> Result<IncidentId, ApiError> {
 
 fn actor(caller: &Caller) -> String {
     caller.label()
+}
+
+/// The people an incident's assignee and its history's actors name. Blocking.
+fn people_of(
+    store: &dyn Store,
+    tenant: &TenantId,
+    incidents: &[&Incident],
+    events: &[IncidentEvent],
+) -> StoreResult<People> {
+    let assignees = incidents
+        .iter()
+        .filter_map(|i| i.assignee.as_deref().and_then(People::user_id));
+    let actors = events.iter().filter_map(|e| People::user_id(&e.actor));
+    super::names::look_up(store, tenant, assignees.chain(actors))
+}
+
+/// An incident as answered: its fields, and `assignee_email` when the assignee is a
+/// person known by id.
+fn incident_json(incident: &Incident, people: &People) -> Result<Value, ApiError> {
+    let mut v = serde_json::to_value(incident).map_err(|e| ApiError::internal(e.to_string()))?;
+    if let Some(email) = incident.assignee.as_deref().and_then(|a| people.email(a)) {
+        v["assignee_email"] = json!(email);
+    }
+    Ok(v)
+}
+
+/// An event of an incident's history as answered, with `actor_email` when its actor is a
+/// person.
+fn event_json(event: &IncidentEvent, people: &People) -> Result<Value, ApiError> {
+    let mut v = serde_json::to_value(event).map_err(|e| ApiError::internal(e.to_string()))?;
+    if let Some(email) = people.email(&event.actor) {
+        v["actor_email"] = json!(email);
+    }
+    Ok(v)
 }
 
 #[derive(Deserialize)]
@@ -114,9 +149,17 @@ pub async fn list(
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let store = state.store.clone();
     let tenant = caller.tenant_id.clone();
-    let list =
-        run_blocking(move || store.list_incidents(Some(&tenant), &filter, cursor.as_ref(), limit))
-            .await?;
+    let (list, people) = run_blocking(move || {
+        let list = store.list_incidents(Some(&tenant), &filter, cursor.as_ref(), limit)?;
+        let people = people_of(
+            store.as_ref(),
+            &tenant,
+            &list.iter().collect::<Vec<_>>(),
+            &[],
+        )?;
+        Ok::<_, StoreError>((list, people))
+    })
+    .await?;
     let next_cursor = (list.len() == limit as usize)
         .then(|| {
             list.last().map(|i| {
@@ -128,9 +171,13 @@ pub async fn list(
             })
         })
         .flatten();
+    let data = list
+        .iter()
+        .map(|i| incident_json(i, &people))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(
         HttpResponse::Ok()
-            .json(json!({"object": "list", "data": list, "next_cursor": next_cursor})),
+            .json(json!({"object": "list", "data": data, "next_cursor": next_cursor})),
     )
 }
 
@@ -191,20 +238,27 @@ pub async fn get(
     let id = incident_id(&path)?;
     let store = state.store.clone();
     let tenant = caller.tenant_id.clone();
-    let (incident, events) = run_blocking(move || {
+    let (incident, events, people) = run_blocking(move || {
         let incident = store.get_incident(Some(&tenant), &id)?;
         let events = store.incident_events(Some(&tenant), &id)?;
-        Ok::<_, StoreError>((incident, events))
+        let people = people_of(store.as_ref(), &tenant, &[&incident], &events)?;
+        Ok::<_, StoreError>((incident, events, people))
     })
     .await
     .map_err(missing("incident", &path))?;
-    let summary = timeline::summary(&incident, &events);
-    let mut body =
-        serde_json::to_value(&incident).map_err(|e| ApiError::internal(e.to_string()))?;
-    body["summary"] = json!(summary);
+    let parts = timeline::summary_parts(&incident, &events, &people);
+    let mut body = incident_json(&incident, &people)?;
+    body["summary"] = json!(timeline::summary_text(&parts));
+    // The same words with each moment marked, for the reader's own time zone.
+    body["summary_parts"] = json!(parts);
     // Shown beside the template summary, never instead of it; null without an LLM.
     body["narrative"] = json!(crate::incidents::summary_llm::latest_narrative(&events));
-    body["events"] = json!(events);
+    body["events"] = Value::Array(
+        events
+            .iter()
+            .map(|e| event_json(e, &people))
+            .collect::<Result<_, _>>()?,
+    );
     Ok(HttpResponse::Ok().json(body))
 }
 
@@ -229,11 +283,13 @@ pub async fn incident_timeline(
             },
             None => None,
         };
-        Ok(timeline::for_incident(
+        let people = people_of(store.as_ref(), &tenant, &[&incident], &events)?;
+        Ok(timeline::for_incident_naming(
             &incident,
             &signals,
             &events,
             example.as_ref(),
+            &people,
         ))
     })
     .await
@@ -286,17 +342,19 @@ async fn apply(
     let action = match &change {
         Change::Acknowledge => AuditAction::IncidentAck,
         Change::Resolve => AuditAction::IncidentResolve,
+        Change::Reopen => AuditAction::IncidentReopen,
         Change::Assign(_) => AuditAction::IncidentAssign,
         Change::SetSeverity(_) => AuditAction::IncidentSeverity,
         Change::Note(_) => AuditAction::IncidentNote,
     };
-    // PagerDuty routes follow the incident's state.
+    // PagerDuty routes follow the incident's state; reopened, it pages again.
     let tell_routes = match &change {
         Change::Acknowledge => Some(crate::domain::alert::Reason::Acknowledged),
         Change::Resolve => Some(crate::domain::alert::Reason::Resolved),
+        Change::Reopen => Some(crate::domain::alert::Reason::Reopened),
         _ => None,
     };
-    let (before, incident, event) = run_blocking(move || {
+    let (before, incident, event, people) = run_blocking(move || {
         let before = store.get_incident(Some(&tenant), &id)?;
         let (incident, event) = store.change_incident(
             Some(&tenant),
@@ -305,7 +363,13 @@ async fn apply(
             &who,
             crate::domain::Timestamp::now(),
         )?;
-        Ok::<_, crate::store::StoreError>((before, incident, event))
+        let people = people_of(
+            store.as_ref(),
+            &tenant,
+            &[&incident],
+            std::slice::from_ref(&event),
+        )?;
+        Ok::<_, crate::store::StoreError>((before, incident, event, people))
     })
     .await
     .map_err(missing("incident", raw_id))?;
@@ -329,7 +393,10 @@ async fn apply(
             .after(after),
     )
     .await;
-    Ok(HttpResponse::Ok().json(json!({"incident": incident, "event": event})))
+    Ok(HttpResponse::Ok().json(json!({
+        "incident": incident_json(&incident, &people)?,
+        "event": event_json(&event, &people)?,
+    })))
 }
 
 #[post("/v1/incidents/{id}/ack")]
@@ -350,6 +417,17 @@ pub async fn resolve(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     apply(&state, &caller, &source, &path, Change::Resolve).await
+}
+
+/// Opens a resolved incident again, for when it is not over after all.
+#[post("/v1/incidents/{id}/reopen")]
+pub async fn reopen(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    source: Source,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    apply(&state, &caller, &source, &path, Change::Reopen).await
 }
 
 #[post("/v1/incidents/{id}/notes")]

@@ -15,6 +15,7 @@ pub mod health;
 pub mod incidents;
 pub mod instance;
 pub mod middleware;
+pub mod names;
 pub mod openai;
 pub mod operator;
 pub mod people;

@@ -653,6 +653,7 @@ pub async fn list_calls(
         listing,
         cursor,
         limit,
+        state.proxy.guard.redactor(&caller.tenant_id),
     )
     .await
 }

@@ -420,6 +420,8 @@ impl EventKind {
 pub enum Change {
     Acknowledge,
     Resolve,
+    /// A resolved incident is open again: someone saw that it is not over.
+    Reopen,
     Assign(Option<String>),
     SetSeverity(Severity),
     Note(String),
@@ -430,8 +432,8 @@ pub enum Change {
 #[error("{0}")]
 pub struct InvalidTransition(pub String);
 
-/// Checks a status change: open → acknowledged → resolved, open → resolved. Reopening is
-/// the engine's (on recurrence), never a person's.
+/// Checks a status change: open → acknowledged → resolved, open → resolved, and
+/// resolved → open (a person reopens; the engine also reopens on recurrence).
 pub fn transition(
     from: IncidentStatus,
     change: &Change,
@@ -443,12 +445,16 @@ pub fn transition(
             "the incident is already acknowledged".into(),
         )),
         (Change::Acknowledge, Resolved) => Err(InvalidTransition(
-            "a resolved incident cannot be acknowledged; it reopens by itself if the problem recurs".into(),
+            "a resolved incident cannot be acknowledged; reopen it first (it also reopens by itself if the problem recurs)".into(),
         )),
         (Change::Resolve, Open | Acknowledged) => Ok(Some(Resolved)),
         (Change::Resolve, Resolved) => {
             Err(InvalidTransition("the incident is already resolved".into()))
         }
+        (Change::Reopen, Resolved) => Ok(Some(Open)),
+        (Change::Reopen, Open | Acknowledged) => Err(InvalidTransition(
+            "the incident is not resolved; only a resolved incident can be reopened".into(),
+        )),
         (Change::Assign(_) | Change::SetSeverity(_) | Change::Note(_), _) => Ok(None),
     }
 }
@@ -769,6 +775,14 @@ mod tests {
         assert!(transition(Resolved, &Change::Acknowledge).is_err());
         assert!(transition(Resolved, &Change::Resolve).is_err());
         assert_eq!(transition(Resolved, &Change::Note("x".into())), Ok(None));
+    }
+
+    #[test]
+    fn only_a_resolved_incident_can_be_reopened() {
+        use IncidentStatus::*;
+        assert_eq!(transition(Resolved, &Change::Reopen), Ok(Some(Open)));
+        assert!(transition(Open, &Change::Reopen).is_err());
+        assert!(transition(Acknowledged, &Change::Reopen).is_err());
     }
 
     #[test]

@@ -380,9 +380,11 @@ impl Alerts {
 }
 
 impl Alerts {
-    /// Tells the tenant's PagerDuty routes that someone acknowledged or resolved an
-    /// incident (`reason` is [`Reason::Acknowledged`] or [`Reason::Resolved`]); each route
-    /// that announced the incident sends it at once. Blocking (a store read, queue writes).
+    /// Tells the tenant's PagerDuty routes that someone acknowledged, resolved or reopened
+    /// an incident (`reason` is [`Reason::Acknowledged`], [`Reason::Resolved`] or
+    /// [`Reason::Reopened`]); each route sends it at once, as far as [`alert::verdict`]
+    /// allows (an acknowledgement or resolution only where the incident was announced).
+    /// Blocking (a store read, queue writes).
     pub fn status_changed(&self, tenant: &TenantId, incident: &IncidentId, reason: Reason) {
         let routes = match self.store.list_alert_routes(tenant) {
             Ok(r) => r,

@@ -7,8 +7,9 @@ use crate::domain::incident::{
     EventKind, Incident, IncidentEvent, IncidentStatus, StoredSignal, decision_detail, rule,
     rule_name,
 };
-use crate::domain::{CallRecord, Outcome, Timestamp};
+use crate::domain::{CallRecord, Money, Outcome, Timestamp, UserId};
 use serde::Serialize;
+use std::collections::HashMap;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Step {
@@ -33,6 +34,9 @@ pub struct Step {
     pub call_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+    /// The email of the person `actor` names, when it names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor_email: Option<String>,
 }
 
 impl Step {
@@ -56,6 +60,7 @@ impl Step {
             unit: None,
             call_id: None,
             actor: None,
+            actor_email: None,
         }
     }
 }
@@ -235,15 +240,63 @@ pub fn root_cause(call: &CallRecord) -> String {
         .into()
 }
 
+/// Who the actor labels of an incident's history name, for people to read: the email of
+/// each person (`user:usr_…`, or a bare `usr_…` id). Keys, the system and people it does
+/// not know (deleted, or of another tenant) are shown by their label.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct People(HashMap<String, String>);
+
+impl People {
+    /// Remembers the email of the person `user_id`.
+    pub fn insert(&mut self, user_id: &UserId, email: &str) {
+        self.0.insert(user_id.to_string(), email.to_owned());
+    }
+
+    /// The person an actor label or an assignee names, if it names one by id.
+    pub fn user_id(label: &str) -> Option<UserId> {
+        UserId::parse(label.strip_prefix("user:").unwrap_or(label)).ok()
+    }
+
+    /// The email of the person `label` names, when known.
+    pub fn email(&self, label: &str) -> Option<&str> {
+        let id = label.strip_prefix("user:").unwrap_or(label);
+        self.0.get(id).map(String::as_str)
+    }
+
+    /// `label` as a person reads it: the email when known, else the label itself.
+    pub fn show(&self, label: &str) -> String {
+        self.email(label).unwrap_or(label).to_owned()
+    }
+
+    /// `text` with every known person's label replaced by their email (notes written by
+    /// the server name their actor by label).
+    fn rewrite(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for (id, email) in &self.0 {
+            out = out.replace(&format!("user:{id}"), email).replace(id, email);
+        }
+        out
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct IncidentTimeline {
     pub incident_id: String,
     pub steps: Vec<Step>,
     pub root_cause: String,
     pub summary: String,
+    pub summary_parts: Vec<SummaryPart>,
 }
 
-/// The incident's events and signals in time order, its root cause and its summary.
+/// Events that belong to the problem itself; every other event is the response to it
+/// (acknowledging, resolving, reopening, notes, alerts, kill-switch actions).
+fn part_of_the_problem(kind: EventKind) -> bool {
+    matches!(kind, EventKind::Opened | EventKind::Escalated)
+}
+
+/// The incident as it reads best: the problem (its opening, signals and escalations, in
+/// time order), then its root cause, then what was done about it (in time order). The
+/// root cause thus always sits before the lifecycle events, never after a resolution.
 /// `example` is the most recent affected call, when it could be read.
 pub fn for_incident(
     incident: &Incident,
@@ -251,9 +304,21 @@ pub fn for_incident(
     events: &[IncidentEvent],
     example: Option<&CallRecord>,
 ) -> IncidentTimeline {
+    for_incident_naming(incident, signals, events, example, &People::default())
+}
+
+/// [`for_incident`] with people named by their email.
+pub fn for_incident_naming(
+    incident: &Incident,
+    signals: &[StoredSignal],
+    events: &[IncidentEvent],
+    example: Option<&CallRecord>,
+    people: &People,
+) -> IncidentTimeline {
     let t0 = incident.first_signal_at;
     let off = |t: Timestamp| (t.millis() - t0.millis()) * 1000;
-    let mut steps: Vec<(i64, u8, Step)> = Vec::new();
+    let mut problem: Vec<(i64, u8, Step)> = Vec::new();
+    let mut response: Vec<(i64, u8, Step)> = Vec::new();
     for s in signals {
         let mut step = Step::new(
             s.at,
@@ -264,17 +329,23 @@ pub fn for_incident(
         );
         step.policy = Some(s.rule.clone());
         step.call_id = s.call_id.as_ref().map(ToString::to_string);
-        steps.push((s.at.millis(), 1, step));
+        problem.push((s.at.millis(), 1, step));
     }
     for e in events {
-        let detail = event_sentence(e);
+        let detail = event_sentence(e, people);
         let mut step = Step::new(e.at, off(e.at), "event", event_title(e.kind).into(), detail);
         step.actor = Some(e.actor.clone());
+        step.actor_email = people.email(&e.actor).map(str::to_owned);
         // An "opened" event sorts before the signal that opened it.
         let order = if e.kind == EventKind::Opened { 0 } else { 2 };
-        steps.push((e.at.millis(), order, step));
+        if part_of_the_problem(e.kind) {
+            problem.push((e.at.millis(), order, step));
+        } else {
+            response.push((e.at.millis(), order, step));
+        }
     }
-    steps.sort_by_key(|(at, order, _)| (*at, *order));
+    problem.sort_by_key(|(at, order, _)| (*at, *order));
+    response.sort_by_key(|(at, order, _)| (*at, *order));
     let root_cause = match example {
         Some(call) => format!(
             "{} — most recent affected call {}: {}",
@@ -287,8 +358,8 @@ pub fn for_incident(
             None => rule_name(&incident.rule).to_owned(),
         },
     };
-    let mut out: Vec<Step> = steps.into_iter().map(|(_, _, s)| s).collect();
-    let end = incident.updated_at.max(incident.last_signal_at);
+    let mut out: Vec<Step> = problem.into_iter().map(|(_, _, s)| s).collect();
+    let end = incident.last_signal_at;
     out.push(Step::new(
         end,
         off(end),
@@ -296,11 +367,14 @@ pub fn for_incident(
         "Root cause".into(),
         root_cause.clone(),
     ));
+    out.extend(response.into_iter().map(|(_, _, s)| s));
+    let summary_parts = summary_parts(incident, events, people);
     IncidentTimeline {
         incident_id: incident.id.to_string(),
         steps: out,
         root_cause,
-        summary: summary(incident, events),
+        summary: summary_text(&summary_parts),
+        summary_parts,
     }
 }
 
@@ -320,43 +394,57 @@ fn event_title(kind: EventKind) -> &'static str {
     }
 }
 
-fn field(v: &Option<serde_json::Value>, name: &str) -> String {
+fn field(v: &Option<serde_json::Value>, name: &str, people: &People) -> String {
     v.as_ref()
         .and_then(|v| v.get(name))
         .map(|x| match x {
-            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::String(s) => people.show(s),
             serde_json::Value::Null => "nobody".into(),
             other => other.to_string(),
         })
         .unwrap_or_else(|| "?".into())
 }
 
-fn event_sentence(e: &IncidentEvent) -> String {
+fn event_sentence(e: &IncidentEvent, people: &People) -> String {
+    let by = people.show(&e.actor);
     match e.kind {
-        EventKind::Opened | EventKind::Reopened => e.note.clone().unwrap_or_default(),
+        EventKind::Opened => e.note.clone().unwrap_or_default(),
+        // The engine reopens on recurrence and says why; a person reopens by hand.
+        EventKind::Reopened if e.actor == SYSTEM => e.note.clone().unwrap_or_default(),
         EventKind::Escalated | EventKind::SeverityChanged => format!(
-            "{} → {} by {}",
-            field(&e.before, "severity"),
-            field(&e.after, "severity"),
-            e.actor
+            "{} → {} by {by}",
+            field(&e.before, "severity", people),
+            field(&e.after, "severity", people),
         ),
-        EventKind::Acknowledged | EventKind::Resolved => format!(
-            "{} → {} by {}",
-            field(&e.before, "status"),
-            field(&e.after, "status"),
-            e.actor
+        EventKind::Acknowledged | EventKind::Resolved | EventKind::Reopened => format!(
+            "{} → {} by {by}",
+            field(&e.before, "status", people),
+            field(&e.after, "status", people),
         ),
         EventKind::Assigned => format!(
-            "{} → {} by {}",
-            field(&e.before, "assignee"),
-            field(&e.after, "assignee"),
-            e.actor
+            "{} → {} by {by}",
+            field(&e.before, "assignee", people),
+            field(&e.after, "assignee", people),
         ),
-        _ => e.note.clone().unwrap_or_else(|| format!("by {}", e.actor)),
+        _ => e
+            .note
+            .as_deref()
+            .map(|n| people.rewrite(n))
+            .unwrap_or_else(|| format!("by {by}")),
     }
 }
 
+/// The actor of what the incident engine itself did.
+const SYSTEM: &str = "system";
+
+/// A span of time in words: tenths of a second below ten seconds (rounded up, so that
+/// "within" stays true), then seconds, minutes and hours.
 fn duration(ms: i64) -> String {
+    let ms = ms.max(0);
+    if ms < 10_000 {
+        let tenths = ((ms + 99) / 100).max(1);
+        return format!("{}.{} s", tenths / 10, tenths % 10);
+    }
     let s = ms / 1000;
     match s {
         0..=89 => format!("{s} s"),
@@ -365,8 +453,81 @@ fn duration(ms: i64) -> String {
     }
 }
 
-/// What happened, the impact, what was done — from a fixed template.
-pub fn summary(incident: &Incident, events: &[IncidentEvent]) -> String {
+/// Dollars with the precision the amount needs: cents from a dollar up, four decimals
+/// below (as the console shows money), "under $0.0001" for less.
+pub fn usd(m: Money) -> String {
+    let v = m.usd();
+    if v >= 1.0 {
+        return format!("${v:.2}");
+    }
+    if v < 0.000_05 {
+        return "under $0.0001".into();
+    }
+    let s = format!("{v:.4}");
+    let trimmed = s.trim_end_matches('0');
+    // At least cents: $0.50, not $0.5.
+    let decimals = trimmed.split_once('.').map_or(0, |(_, d)| d.len());
+    if decimals < 2 {
+        format!("${v:.2}")
+    } else {
+        format!("${trimmed}")
+    }
+}
+
+/// A moment in a summary, for a reader without a time zone of their own (exports,
+/// alerts): UTC, to the second.
+fn utc(t: Timestamp) -> String {
+    chrono::DateTime::from_timestamp_millis(t.millis())
+        .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| t.to_rfc3339())
+}
+
+/// A piece of the summary: words, or a moment that the console shows in the reader's own
+/// time zone. Serialized as `{"text": "…"}` or `{"time": "<RFC 3339>"}`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SummaryPart {
+    Text(String),
+    Time(Timestamp),
+}
+
+impl Serialize for SummaryPart {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(1))?;
+        match self {
+            Self::Text(t) => m.serialize_entry("text", t)?,
+            Self::Time(t) => m.serialize_entry("time", &t.to_rfc3339())?,
+        }
+        m.end()
+    }
+}
+
+/// The summary as one text, its moments in UTC.
+pub fn summary_text(parts: &[SummaryPart]) -> String {
+    parts
+        .iter()
+        .map(|p| match p {
+            SummaryPart::Text(t) => t.clone(),
+            SummaryPart::Time(t) => utc(*t),
+        })
+        .collect()
+}
+
+fn plural(n: i64, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
+/// What happened, the impact, what was done — from a fixed template, people named by
+/// their email when `people` knows them.
+pub fn summary_parts(
+    incident: &Incident,
+    events: &[IncidentEvent],
+    people: &People,
+) -> Vec<SummaryPart> {
     let what = match incident.rule.as_str() {
         policy::KILL_SWITCH => "calls were stopped by the kill switch",
         policy::MAX_COST => "requests were blocked for exceeding the cost limit per request",
@@ -386,58 +547,73 @@ pub fn summary(incident: &Incident, events: &[IncidentEvent]) -> String {
         _ => "a policy tripped",
     };
     let span = incident.last_signal_at.millis() - incident.first_signal_at.millis();
-    let mut text = format!(
-        "What happened: {what} ({}), {} time{} over {} starting {}.",
-        incident.subject,
-        incident.signal_count,
-        if incident.signal_count == 1 { "" } else { "s" },
-        duration(span),
-        incident.first_signal_at.to_rfc3339()
-    );
-    text.push_str(&format!(
-        " Impact: {} call{}, {} end user{}, ${:.4} of known cost.",
-        incident.call_count,
-        if incident.call_count == 1 { "" } else { "s" },
-        incident.end_user_count,
-        if incident.end_user_count == 1 {
-            ""
-        } else {
-            "s"
-        },
-        incident.cost.usd()
-    ));
+    let how_often = match incident.signal_count {
+        n if n <= 1 => "once, at ".to_owned(),
+        n if span < 90_000 => format!("{n} times within {}, from ", duration(span)),
+        n => format!("{n} times over {}, from ", duration(span)),
+    };
+    let mut parts = vec![
+        SummaryPart::Text(format!(
+            "What happened: {what} ({}), {how_often}",
+            people.rewrite(&incident.subject)
+        )),
+        SummaryPart::Time(incident.first_signal_at),
+    ];
+    let mut impact: Vec<String> = Vec::new();
+    if incident.call_count > 0 {
+        impact.push(plural(incident.call_count, "call", "calls"));
+    }
+    if incident.end_user_count > 0 {
+        impact.push(plural(incident.end_user_count, "end user", "end users"));
+    }
+    if incident.cost.nanos() > 0 {
+        impact.push(format!("{} of known cost", usd(incident.cost)));
+    }
+    let impact = if impact.is_empty() {
+        "no affected call recorded".to_owned()
+    } else {
+        impact.join(", ")
+    };
     let mut done: Vec<String> = Vec::new();
+    let after = |e: &IncidentEvent| duration(e.at.millis() - incident.created_at.millis());
     for e in events {
+        let by = people.show(&e.actor);
         match e.kind {
-            EventKind::Acknowledged => done.push(format!(
-                "acknowledged by {} after {}",
-                e.actor,
-                duration(e.at.millis() - incident.created_at.millis())
-            )),
-            EventKind::KillSwitch => {
-                done.push(e.note.clone().unwrap_or_else(|| "kill switch used".into()))
+            EventKind::Acknowledged => {
+                done.push(format!("acknowledged by {by} after {}", after(e)))
             }
-            EventKind::Resolved => done.push(format!(
-                "resolved by {} after {}",
-                e.actor,
-                duration(e.at.millis() - incident.created_at.millis())
-            )),
-            EventKind::Reopened => done.push("reopened when the problem recurred".into()),
+            EventKind::KillSwitch => done.push(
+                e.note
+                    .as_deref()
+                    .map(|n| people.rewrite(n))
+                    .unwrap_or_else(|| "kill switch used".into()),
+            ),
+            EventKind::Resolved => done.push(format!("resolved by {by} after {}", after(e))),
+            EventKind::Reopened if e.actor == SYSTEM => {
+                done.push("reopened when the problem recurred".into())
+            }
+            EventKind::Reopened => done.push(format!("reopened by {by} after {}", after(e))),
             EventKind::AlertSent => {
                 done.push(e.note.clone().unwrap_or_else(|| "alert sent".into()))
             }
             _ => {}
         }
     }
-    if done.is_empty() {
-        text.push_str(match incident.status {
-            IncidentStatus::Open => " What was done: nothing yet; the incident is open.",
-            _ => " What was done: nothing recorded.",
-        });
+    let done = if done.is_empty() {
+        match incident.status {
+            IncidentStatus::Open => " What was done: nothing yet; the incident is open.".to_owned(),
+            _ => " What was done: nothing recorded.".to_owned(),
+        }
     } else {
-        text.push_str(&format!(" What was done: {}.", done.join("; ")));
-    }
-    text
+        format!(" What was done: {}.", done.join("; "))
+    };
+    parts.push(SummaryPart::Text(format!(". Impact: {impact}.{done}")));
+    parts
+}
+
+/// [`summary_parts`] as one text, its moments in UTC, people by their actor label.
+pub fn summary(incident: &Incident, events: &[IncidentEvent]) -> String {
+    summary_text(&summary_parts(incident, events, &People::default()))
 }
 
 #[cfg(test)]
@@ -560,14 +736,13 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_incident_timeline_orders_events_and_signals_and_summarises() {
-        let tenant = TenantId::generate();
-        let id = IncidentId::generate();
-        let t0 = Timestamp::from_millis(1_700_000_000_000);
-        let inc = Incident {
+    const T0: i64 = 1_700_000_000_000;
+
+    fn incident(id: &IncidentId) -> Incident {
+        let t0 = Timestamp::from_millis(T0);
+        Incident {
             id: id.clone(),
-            tenant_id: tenant,
+            tenant_id: TenantId::generate(),
             fingerprint: "v1|x".into(),
             grouping_version: 1,
             rule: policy::PROMPT_INJECTION.into(),
@@ -588,39 +763,81 @@ mod tests {
             call_count: 2,
             end_user_count: 1,
             cost: Money::ZERO,
-        };
-        let sig = |ms| StoredSignal {
-            incident_id: id.clone(),
-            rule: policy::PROMPT_INJECTION.into(),
-            at: t0.plus_millis(ms),
-            call_id: Some(CallId::generate()),
-            end_user: Some("cust_8372".into()),
-            cost: None,
-            detail: "matched".into(),
-        };
-        let ev = |ms, kind, actor: &str| IncidentEvent {
+        }
+    }
+
+    fn event(id: &IncidentId, ms: i64, kind: EventKind, actor: &str) -> IncidentEvent {
+        IncidentEvent {
             id: IncidentEventId::generate(),
             incident_id: id.clone(),
-            at: t0.plus_millis(ms),
+            at: Timestamp::from_millis(T0 + ms),
             actor: actor.into(),
             kind,
             before: Some(serde_json::json!({"status": "open"})),
             after: Some(serde_json::json!({"status": "x"})),
             note: None,
-        };
+        }
+    }
+
+    fn signal(id: &IncidentId, ms: i64) -> StoredSignal {
+        StoredSignal {
+            incident_id: id.clone(),
+            rule: policy::PROMPT_INJECTION.into(),
+            at: Timestamp::from_millis(T0 + ms),
+            call_id: Some(CallId::generate()),
+            end_user: Some("cust_8372".into()),
+            cost: None,
+            detail: "matched".into(),
+        }
+    }
+
+    #[test]
+    fn an_incident_timeline_puts_the_root_cause_between_the_problem_and_the_response() {
+        let id = IncidentId::generate();
+        let inc = incident(&id);
         let events = vec![
-            ev(0, EventKind::Opened, "system"),
-            ev(120_000, EventKind::Acknowledged, "user:usr_dana"),
-            ev(600_000, EventKind::Resolved, "user:usr_dana"),
+            event(&id, 0, EventKind::Opened, "system"),
+            event(&id, 30_000, EventKind::Acknowledged, "user:usr_dana"),
+            event(&id, 45_000, EventKind::Escalated, "system"),
+            event(&id, 600_000, EventKind::Resolved, "user:usr_dana"),
         ];
-        let sigs = [sig(0), sig(60_000)];
+        let sigs = [signal(&id, 0), signal(&id, 60_000)];
         let t = for_incident(&inc, &sigs, &events, None);
-        let kinds: Vec<&str> = t.steps.iter().map(|s| s.kind).collect();
+        let titles: Vec<&str> = t.steps.iter().map(|s| s.title.as_str()).collect();
         assert_eq!(
-            kinds,
-            ["event", "signal", "signal", "event", "event", "root_cause"]
+            titles,
+            [
+                "Incident opened",
+                "Prompt injection (dg-005) signal",
+                "Severity escalated",
+                "Prompt injection (dg-005) signal",
+                "Root cause",
+                "Acknowledged",
+                "Resolved"
+            ]
         );
-        assert_eq!(t.steps[0].title, "Incident opened");
+        // Deterministic.
+        assert_eq!(t, for_incident(&inc, &sigs, &events, None));
+    }
+
+    #[test]
+    fn an_incident_summary_names_people_by_email_where_known() {
+        let id = IncidentId::generate();
+        let inc = incident(&id);
+        let dana = UserId::generate();
+        let events = vec![
+            event(&id, 0, EventKind::Opened, "system"),
+            event(
+                &id,
+                120_000,
+                EventKind::Acknowledged,
+                &format!("user:{dana}"),
+            ),
+            event(&id, 600_000, EventKind::Resolved, "key:key_1"),
+        ];
+        let mut people = People::default();
+        people.insert(&dana, "dana@example.com");
+        let t = for_incident_naming(&inc, &[signal(&id, 0)], &events, None, &people);
         assert!(
             t.summary
                 .starts_with("What happened: requests were blocked as prompt injection"),
@@ -628,22 +845,130 @@ mod tests {
             t.summary
         );
         assert!(
-            t.summary.contains("Impact: 2 calls, 1 end user"),
+            t.summary
+                .contains("acknowledged by dana@example.com after 2 min"),
             "{}",
             t.summary
         );
         assert!(
-            t.summary
-                .contains("acknowledged by user:usr_dana after 2 min"),
+            t.summary.contains("resolved by key:key_1 after 10 min"),
             "{}",
             t.summary
+        );
+        let ack = t.steps.iter().find(|s| s.title == "Acknowledged").unwrap();
+        assert_eq!(ack.actor.as_deref(), Some(format!("user:{dana}").as_str()));
+        assert_eq!(ack.actor_email.as_deref(), Some("dana@example.com"));
+        assert!(
+            ack.detail.ends_with("by dana@example.com"),
+            "{}",
+            ack.detail
+        );
+        // Without names, the labels stay.
+        assert!(
+            summary(&inc, &events).contains(&format!("acknowledged by user:{dana}")),
+            "{}",
+            summary(&inc, &events)
+        );
+    }
+
+    #[test]
+    fn a_burst_of_signals_reads_within_a_fraction_of_a_second() {
+        let id = IncidentId::generate();
+        let mut inc = incident(&id);
+        inc.signal_count = 5;
+        inc.last_signal_at = inc.first_signal_at.plus_millis(180);
+        let text = summary(&inc, &[]);
+        assert!(
+            text.contains("5 times within 0.2 s, from 2023-11-14 22:13:20 UTC."),
+            "{text}"
+        );
+        assert!(!text.contains("over 0 s"), "{text}");
+
+        inc.signal_count = 1;
+        inc.last_signal_at = inc.first_signal_at;
+        assert!(
+            summary(&inc, &[]).contains("(user:cust_8372), once, at 2023-11-14 22:13:20 UTC."),
+            "{}",
+            summary(&inc, &[])
+        );
+
+        inc.signal_count = 40;
+        inc.last_signal_at = inc.first_signal_at.plus_millis(600_000);
+        assert!(
+            summary(&inc, &[]).contains("40 times over 10 min"),
+            "{}",
+            summary(&inc, &[])
+        );
+    }
+
+    #[test]
+    fn a_summary_omits_a_zero_cost_and_shows_small_costs_with_their_digits() {
+        let id = IncidentId::generate();
+        let mut inc = incident(&id);
+        let text = summary(&inc, &[]);
+        assert!(text.contains("Impact: 2 calls, 1 end user."), "{text}");
+        assert!(!text.contains("$0.0000"), "{text}");
+
+        inc.cost = Money::from_usd(0.0153);
+        assert!(
+            summary(&inc, &[]).contains("Impact: 2 calls, 1 end user, $0.0153 of known cost."),
+            "{}",
+            summary(&inc, &[])
+        );
+        assert_eq!(usd(Money::from_usd(12.345)), "$12.35");
+        assert_eq!(usd(Money::from_usd(0.5)), "$0.50");
+        assert_eq!(usd(Money::from_usd(0.000_001)), "under $0.0001");
+
+        inc.call_count = 0;
+        inc.end_user_count = 0;
+        inc.cost = Money::ZERO;
+        assert!(
+            summary(&inc, &[]).contains("Impact: no affected call recorded."),
+            "{}",
+            summary(&inc, &[])
+        );
+    }
+
+    #[test]
+    fn the_summary_marks_its_moments_for_the_readers_time_zone() {
+        let id = IncidentId::generate();
+        let inc = incident(&id);
+        let parts = summary_parts(&inc, &[], &People::default());
+        assert!(parts.contains(&SummaryPart::Time(inc.first_signal_at)));
+        let json = serde_json::to_value(&parts).unwrap();
+        assert_eq!(
+            json[1],
+            serde_json::json!({"time": "2023-11-14T22:13:20.000Z"})
         );
         assert!(
-            t.summary.contains("resolved by user:usr_dana after 10 min"),
-            "{}",
-            t.summary
+            json[0]["text"]
+                .as_str()
+                .unwrap()
+                .starts_with("What happened:")
         );
-        // Deterministic.
-        assert_eq!(t, for_incident(&inc, &sigs, &events, None));
+    }
+
+    #[test]
+    fn a_reopening_by_hand_and_by_recurrence_read_differently() {
+        let id = IncidentId::generate();
+        let inc = incident(&id);
+        let mut by_hand = event(&id, 700_000, EventKind::Reopened, "key:key_1");
+        by_hand.before = Some(serde_json::json!({"status": "resolved"}));
+        by_hand.after = Some(serde_json::json!({"status": "open"}));
+        let mut recurred = event(&id, 800_000, EventKind::Reopened, "system");
+        recurred.note = Some("matched again".into());
+        let text = summary(&inc, &[by_hand.clone(), recurred.clone()]);
+        assert!(
+            text.contains("reopened by key:key_1 after 12 min; reopened when the problem recurred"),
+            "{text}"
+        );
+        assert_eq!(
+            event_sentence(&by_hand, &People::default()),
+            "resolved → open by key:key_1"
+        );
+        assert_eq!(
+            event_sentence(&recurred, &People::default()),
+            "matched again"
+        );
     }
 }

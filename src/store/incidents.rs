@@ -631,6 +631,24 @@ pub(super) fn change(
                 None,
             )
         }
+        (Change::Reopen, Some(status)) => {
+            // As when the engine reopens on recurrence: the acknowledgement went with the
+            // resolution, so the incident needs both again.
+            db.execute(
+                "UPDATE incidents SET status = $2, resolved_at = NULL, acknowledged_at = NULL, updated_at = $3 WHERE id = $1",
+                &[
+                    Param::Text(id.as_str()),
+                    Param::Text(status.as_str()),
+                    Param::BigInt(at.millis()),
+                ],
+            )?;
+            ev(
+                EventKind::Reopened,
+                Some(serde_json::json!({"status": before.status})),
+                Some(serde_json::json!({"status": status})),
+                None,
+            )
+        }
         (Change::Assign(who), _) => {
             db.execute(
                 "UPDATE incidents SET assignee = $2, updated_at = $3 WHERE id = $1",
@@ -670,7 +688,7 @@ pub(super) fn change(
             )?;
             ev(EventKind::Note, None, None, Some(text.as_str()))
         }
-        (Change::Acknowledge | Change::Resolve, None) => {
+        (Change::Acknowledge | Change::Resolve | Change::Reopen, None) => {
             return Err(StoreError::Conflict("nothing to change".into()));
         }
     };

@@ -1146,6 +1146,20 @@ async fn a_pagerduty_route_triggers_then_acknowledges_and_resolves_with_the_inci
     assert_eq!(t["dedup_key"], format!("agv:test:{rid}"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(pd.received().len(), 5, "no repeats are sent to PagerDuty");
+
+    // Reopened by hand, the incident pages again under the same key.
+    let res = app
+        .post_json(&format!("/v1/incidents/{id}/reopen"), &admin, &json!({}))
+        .await;
+    assert_eq!(res.status(), 200);
+    let got = wait_for("the trigger of the reopening", async || {
+        let r = pd.received();
+        (r.len() >= 6).then_some(r)
+    })
+    .await;
+    let e = pagerduty_event(&got[5], routing_key);
+    assert_eq!(e["event_action"], "trigger");
+    assert_eq!(e["dedup_key"], format!("agv:{id}"));
 }
 
 crate::on_both_backends!(

@@ -1,7 +1,7 @@
 //! Incidents end to end: calls that go wrong through the real proxy become incidents,
 //! with a timeline, a lifecycle and tenant isolation.
 
-use crate::helpers::{Backend, ProxySetup, TestApp, call_id, error_code};
+use crate::helpers::{Backend, ConsoleSession, ProxySetup, TestApp, call_id, error_code};
 use crate::on_both_backends;
 use agv_server::testing::upstream::Mode;
 use serde_json::{Value, json};
@@ -574,6 +574,8 @@ async fn crossing_the_budget_soft_threshold_raises_an_incident(backend: Backend)
 }
 
 on_both_backends!(
+    people_are_named_by_email_in_incidents_and_the_audit_log,
+    a_resolved_incident_can_be_reopened_by_hand_and_the_root_cause_precedes_the_response,
     crossing_the_budget_soft_threshold_raises_an_incident,
     the_demo_command_and_simulated_incidents_touch_only_demo_tenants,
     blocked_calls_become_one_incident_with_a_timeline_and_a_root_cause,
@@ -581,3 +583,292 @@ on_both_backends!(
     another_tenants_incident_is_404_everywhere,
     upstream_failures_and_the_kill_switch_show_up_in_incidents,
 );
+
+const PASSWORD: &str = "a long enough password";
+
+/// A console request of a signed-in person (with the CSRF token on a change).
+async fn as_person(
+    app: &TestApp,
+    who: &ConsoleSession,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut r = app
+        .client
+        .request(method, app.url(path))
+        .header("cookie", &who.cookie)
+        .header("x-csrf-token", &who.csrf);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    r.send().await.unwrap()
+}
+
+async fn people_are_named_by_email_in_incidents_and_the_audit_log(backend: Backend) {
+    use reqwest::Method;
+    let Some(setup) = ProxySetup::new(backend) else {
+        return;
+    };
+    let dana_id = setup
+        .home
+        .make_user("dana@a.example", "admin", Some(&setup.tenant), PASSWORD);
+    let (other_tenant, _other_admin) = setup.home.tenant_and_key("admin");
+    let stranger_id =
+        setup
+            .home
+            .make_user("stranger@b.example", "admin", Some(&other_tenant), PASSWORD);
+    let (app, _up, _tenant, key, admin) = setup.start().await;
+    let dana = ConsoleSession::sign_in(&app.client, &app.url(""), "dana@a.example", PASSWORD).await;
+    for _ in 0..3 {
+        assert_eq!(chat_as(&app, &key, "u1", INJECTION).await.status(), 400);
+    }
+    settle(&app).await;
+    let id = incidents(&app, &admin, "").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Dana acknowledges in the console; the answer names her.
+    let res = as_person(
+        &app,
+        &dana,
+        Method::POST,
+        &format!("/api/incidents/{id}/ack"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let v = json_of(res).await;
+    assert_eq!(v["event"]["actor"], format!("user:{dana_id}"));
+    assert_eq!(v["event"]["actor_email"], "dana@a.example");
+    // Assigned by id, the assignee is answered with the email beside it.
+    let res = app
+        .post_json(
+            &format!("/v1/incidents/{id}/assign"),
+            &admin,
+            &json!({"assignee": dana_id}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        json_of(res).await["incident"]["assignee_email"],
+        "dana@a.example"
+    );
+
+    let detail = json_of(
+        app.get_with_key(&format!("/v1/incidents/{id}"), &admin)
+            .await,
+    )
+    .await;
+    assert_eq!(detail["assignee"], dana_id.as_str());
+    assert_eq!(detail["assignee_email"], "dana@a.example");
+    let summary = detail["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("acknowledged by dana@a.example after"),
+        "{summary}"
+    );
+    assert!(!summary.contains("user:usr_"), "{summary}");
+    // Three blocked calls cost nothing: no "$0.0000"; three signals within a moment.
+    assert!(
+        !summary.contains("$0.0000") && !summary.contains("over 0 s"),
+        "{summary}"
+    );
+    assert!(summary.contains("3 times within"), "{summary}");
+    // The moments are marked for the reader's time zone.
+    let parts = detail["summary_parts"].as_array().unwrap();
+    let time = parts
+        .iter()
+        .find_map(|p| p["time"].as_str())
+        .expect("a moment");
+    assert!(time.len() == 24 && time.ends_with('Z'), "{time}");
+    let ack = detail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "acknowledged")
+        .unwrap();
+    assert_eq!(ack["actor_email"], "dana@a.example");
+    let listed = incidents(&app, &admin, "").await;
+    assert_eq!(listed[0]["assignee_email"], "dana@a.example");
+
+    let t = json_of(
+        app.get_with_key(&format!("/v1/incidents/{id}/timeline"), &admin)
+            .await,
+    )
+    .await;
+    let step = t["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["title"] == "Acknowledged")
+        .unwrap();
+    assert_eq!(step["actor_email"], "dana@a.example");
+    assert!(
+        step["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("by dana@a.example"),
+        "{step}"
+    );
+    assert!(t["summary"].as_str().unwrap().contains("dana@a.example"));
+
+    // Another tenant's person is never named, even by id.
+    let res = app
+        .post_json(
+            &format!("/v1/incidents/{id}/assign"),
+            &admin,
+            &json!({"assignee": stranger_id}),
+        )
+        .await;
+    let v = json_of(res).await;
+    assert_eq!(v["incident"]["assignee"], stranger_id.as_str());
+    assert!(v["incident"].get("assignee_email").is_none(), "{v}");
+
+    // The audit log names Dana, and is filtered by her email.
+    let audit = |q: String| {
+        let app = &app;
+        let admin = admin.clone();
+        async move {
+            let res = app.get_with_key(&format!("/v1/audit{q}"), &admin).await;
+            assert_eq!(res.status(), 200);
+            json_of(res).await["data"].as_array().unwrap().clone()
+        }
+    };
+    let all = audit(String::new()).await;
+    let acked = all.iter().find(|e| e["action"] == "incident.ack").unwrap();
+    assert_eq!(acked["actor_id"], dana_id.as_str());
+    assert_eq!(acked["actor_email"], "dana@a.example");
+    let by_email = audit("?actor=Dana%40a.example".into()).await;
+    assert!(!by_email.is_empty());
+    assert!(
+        by_email.iter().all(|e| e["actor_id"] == dana_id.as_str()),
+        "{by_email:?}"
+    );
+    assert_eq!(
+        by_email.len(),
+        audit(format!("?actor={dana_id}")).await.len()
+    );
+    assert!(audit("?actor=nobody%40a.example".into()).await.is_empty());
+    assert!(audit("?actor=stranger%40b.example".into()).await.is_empty());
+    let res = app
+        .get_with_key("/v1/audit?actor=not%20an%40address", &admin)
+        .await;
+    assert_eq!(res.status(), 400);
+    let csv = app
+        .get_with_key("/v1/audit?format=csv", &admin)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(csv.starts_with("id,seq,at,tenant_id,actor_kind,actor_id,action,target,source,before,after,prev_hash,hash,actor_email\r\n"), "{csv}");
+    assert!(
+        csv.lines()
+            .any(|l| l.contains("incident.ack") && l.ends_with(",dana@a.example")),
+        "{csv}"
+    );
+}
+
+async fn a_resolved_incident_can_be_reopened_by_hand_and_the_root_cause_precedes_the_response(
+    backend: Backend,
+) {
+    let Some(setup) = ProxySetup::new(backend) else {
+        return;
+    };
+    let (app, _up, _tenant, key, admin) = setup.start().await;
+    assert_eq!(chat_as(&app, &key, "u1", INJECTION).await.status(), 400);
+    settle(&app).await;
+    let id = incidents(&app, &admin, "").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let post = |what: &str| {
+        let (app, admin, path) = (&app, admin.clone(), format!("/v1/incidents/{id}/{what}"));
+        async move { app.post_json(&path, &admin, &json!({})).await }
+    };
+    // Only a resolved incident reopens.
+    let res = post("reopen").await;
+    assert_eq!(res.status(), 409);
+    assert!(
+        json_of(res).await["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not resolved")
+    );
+    assert_eq!(post("ack").await.status(), 200);
+    assert_eq!(post("resolve").await.status(), 200);
+    let res = post("reopen").await;
+    assert_eq!(res.status(), 200);
+    let v = json_of(res).await;
+    assert_eq!(v["incident"]["status"], "open");
+    assert!(v["incident"]["resolved_at"].is_null() && v["incident"]["acknowledged_at"].is_null());
+    assert_eq!(v["event"]["kind"], "reopened");
+    assert_eq!(post("reopen").await.status(), 409);
+    // Open again, it runs its lifecycle again.
+    assert_eq!(post("ack").await.status(), 200);
+
+    let detail = json_of(
+        app.get_with_key(&format!("/v1/incidents/{id}"), &admin)
+            .await,
+    )
+    .await;
+    assert_eq!(detail["status"], "acknowledged");
+    let kinds: Vec<&str> = detail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "opened",
+            "acknowledged",
+            "resolved",
+            "reopened",
+            "acknowledged"
+        ]
+    );
+    let summary = detail["summary"].as_str().unwrap();
+    assert!(summary.contains("reopened by key:key_"), "{summary}");
+
+    // The timeline: the problem, its root cause, then what was done about it.
+    let t = json_of(
+        app.get_with_key(&format!("/v1/incidents/{id}/timeline"), &admin)
+            .await,
+    )
+    .await;
+    let titles: Vec<&str> = t["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        titles,
+        [
+            "Incident opened",
+            "Prompt injection (dg-005) signal",
+            "Root cause",
+            "Acknowledged",
+            "Resolved",
+            "Incident reopened",
+            "Acknowledged"
+        ]
+    );
+    let reopened = &t["steps"][5];
+    assert_eq!(
+        reopened["detail"],
+        format!("resolved → open by {}", reopened["actor"].as_str().unwrap())
+    );
+
+    // The audit log has the reopening, with the state before and after.
+    let res = app
+        .get_with_key("/v1/audit?action=incident.reopen", &admin)
+        .await;
+    let entries = json_of(res).await["data"].as_array().unwrap().clone();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["target"], id.as_str());
+    assert_eq!(entries[0]["before"]["status"], "resolved");
+    assert_eq!(entries[0]["after"]["status"], "open");
+}

@@ -319,6 +319,9 @@ async fn a_disabled_person_is_signed_out_at_once_and_cannot_sign_in_until_enable
         assert_eq!(e["actor_kind"], "user", "{e}");
         assert_eq!(e["actor_id"], json!(p.id(OWNER)), "{e}");
         assert!(e["source"].as_str().unwrap().contains("127.0.0.1"), "{e}");
+        // People are named by email beside their ids: who acted and who was acted on.
+        assert_eq!(e["actor_email"], OWNER, "{e}");
+        assert_eq!(e["target_email"], ADMIN, "{e}");
     }
     let disable = entry(&audit, "user.disable", &admin_id);
     assert!(disable["before"]["disabled_at"].is_null(), "{disable}");

@@ -207,7 +207,56 @@ async fn bad_redaction_settings_are_400_and_change_nothing(backend: Backend) {
 }
 
 on_both_backends!(
+    a_call_list_previews_the_last_user_message_under_the_redaction_now,
     redact_mode_replaces_personal_data_before_it_is_stored,
     hashes_only_keeps_no_body_and_cannot_be_replayed,
     bad_redaction_settings_are_400_and_change_nothing,
 );
+
+/// The newest call as `GET /v1/calls` lists it.
+async fn first_listed(app: &crate::helpers::TestApp, admin: &str) -> Value {
+    let v: Value = app
+        .get_with_key("/v1/calls", admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    v["data"][0].clone()
+}
+
+async fn a_call_list_previews_the_last_user_message_under_the_redaction_now(backend: Backend) {
+    let Some(setup) = ProxySetup::new(backend) else {
+        return;
+    };
+    let (app, _up, _tenant, key, admin) = setup.start().await;
+    let body = json!({"model": "gpt-4o-mini", "messages": [
+        {"role": "system", "content": "You answer billing questions."},
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "Hi, how can I help?"},
+        {"role": "user", "content": format!("Where is my refund?\n I am jane.doe@example.com. {}", "More detail. ".repeat(20))},
+    ]});
+    let res = app.post_json("/v1/chat/completions", &key, &body).await;
+    assert_eq!(res.status(), 200);
+    let call = first_listed(&app, &admin).await;
+    let preview = call["preview"].as_str().unwrap();
+    assert!(
+        preview.starts_with("Where is my refund? I am jane.doe@example.com. More detail."),
+        "{preview}"
+    );
+    assert!(
+        preview.ends_with('…') && preview.chars().count() <= 121,
+        "{preview}"
+    );
+    // The whole record is still there beside it.
+    assert!(call["request_body"].as_str().unwrap().contains("billing"));
+
+    // A stricter redaction applies to the preview of calls stored before it.
+    app.set_policy(&admin, json!({"redaction": {"mode": "redact"}}))
+        .await;
+    let call = first_listed(&app, &admin).await;
+    let preview = call["preview"].as_str().unwrap();
+    assert!(preview.contains("I am [REDACTED:email]."), "{preview}");
+    app.set_policy(&admin, json!({"redaction": {"mode": "hashes_only"}}))
+        .await;
+    assert!(first_listed(&app, &admin).await["preview"].is_null());
+}

@@ -2,7 +2,7 @@
 // `user:alice model:gpt-4o status:5xx blocked:true since:24h`, passed as `q` to
 // GET /api/calls), the results table and "Load more". Used by #/calls and #/incidents.
 import * as api from "../api.js";
-import { html, render, compact, nanos, micros, timeAgo, httpBadge, policyName, loadingState, emptyState, errorState } from "../ui.js";
+import { html, render, compact, nanos, micros, timeAgo, httpBadge, policyName, loadingState, emptyState, errorState, shortId, moneyDigits } from "../ui.js";
 
 export const EXAMPLES = ["blocked:true", "status:5xx", "since:24h", "model:gpt-4o", "user:alice", "policy:prompt_injection"];
 
@@ -30,25 +30,25 @@ export function bindChips(form) {
   });
 }
 
-/** call_09e529e6dae4… → call_09e529e6… (the full id is in the title and the link). */
-export function shortId(id) {
-  const s = String(id || "");
-  const i = s.indexOf("_");
-  return i > 0 && s.length > i + 13 ? `${s.slice(0, i + 9)}…` : s;
-}
+// Pages import shortId from here as well as from ui.js.
+export { shortId };
 
+/** Rows of calls: what was asked (the list's `preview`) leads, the id's telling end beside it. */
 export function callRows(calls) {
+  const digits = moneyDigits(calls.map((c) => (c.cost ?? 0) / 1e9));
   return calls.map((c) => {
     const href = `#/calls/${encodeURIComponent(c.id)}`;
     const tokens = c.total_tokens ?? ((c.prompt_tokens ?? 0) + (c.completion_tokens ?? 0) || null);
     return html`<tr class="clickable" data-testid="call-row" data-call-id="${c.id}" data-href="${href}">
       <td>${timeAgo(c.created_at)}</td>
-      <td><a class="rowlink mono" href="${href}" title="${c.id}">${shortId(c.id)}</a><div class="cell-sub">${c.endpoint || ""}${c.stream ? " · stream" : ""}</div></td>
+      <td class="call-cell">${c.preview
+        ? html`<a class="rowlink call-preview" href="${href}" title="${c.preview}" data-testid="call-preview">${c.preview}</a><div class="cell-sub"><span class="mono" title="${c.id}" data-full-id="${c.id}">${shortId(c.id)}</span> · ${c.endpoint || ""}${c.stream ? " · stream" : ""}</div>`
+        : html`<a class="rowlink mono" href="${href}" title="${c.id}" data-full-id="${c.id}">${shortId(c.id)}</a><div class="cell-sub">${c.endpoint || ""}${c.stream ? " · stream" : ""}</div>`}</td>
       <td class="nowrap">${c.model || html`<span class="muted">—</span>`}</td>
       <td>${c.end_user || html`<span class="muted">—</span>`}</td>
       <td>${httpBadge(c.status, c.blocked)}${c.blocked ? html` <span class="badge bad plain" title="${c.blocked_by || ""}">Blocked · ${policyName(c.blocked_by)}</span>` : ""}</td>
       <td class="num">${tokens === null ? "—" : compact(tokens)}</td>
-      <td class="num">${nanos(c.cost)}</td>
+      <td class="num">${nanos(c.cost, { digits })}</td>
       <td class="num">${micros(c.latency_us)}</td></tr>`;
   });
 }

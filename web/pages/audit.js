@@ -11,6 +11,12 @@ function detail(e) {
     <div><div class="kpi-label">After</div><pre class="wrap">${e.after ? JSON.stringify(e.after, null, 2) : "—"}</pre></div></div></details>`;
 }
 
+/** A person by email (filtering by it), anyone else by kind and shortened id. */
+function actorCell(e) {
+  if (e.actor_email) return html`<a href="#/audit?actor=${encodeURIComponent(e.actor_email)}" title="${e.actor_id}" data-testid="audit-actor-email">${e.actor_email}</a>`;
+  return html`<span class="badge plain">${e.actor_kind}</span> <a class="mono" href="#/audit?actor=${encodeURIComponent(e.actor_id)}" title="${e.actor_id}">${shortId(e.actor_id)}</a>`;
+}
+
 export default {
   name: "audit",
   title: "Audit log",
@@ -21,7 +27,7 @@ export default {
     render(root, html`<div class="page-head"><div class="titles"><h1 data-testid="page-title">Audit log</h1>
         <p class="sub">Every change to this tenant — sign-ins, freezes, keys, policies, incidents, exports — in a tamper-evident chain.</p></div></div>
       <section class="card"><div class="card-body"><form class="inline-form" id="audit-filter" role="search">
-        <div class="field"><label for="audit-actor">Actor</label><input class="input mono" id="audit-actor" name="actor" value="${actor}" placeholder="usr_… or key_…" data-testid="audit-actor"></div>
+        <div class="field"><label for="audit-actor">Actor</label><input class="input mono" id="audit-actor" name="actor" value="${actor}" placeholder="name@example.com, usr_… or key_…" data-testid="audit-actor"></div>
         <button type="submit" class="btn filter-btn">Filter</button>${actor ? html`<a class="btn btn-ghost filter-btn" href="#/audit">Clear</a>` : ""}</form></div></section>
       <section class="card"><div class="card-body flush" id="audit-box"></div></section>`);
     const box = root.querySelector("#audit-box");
@@ -48,14 +54,14 @@ export default {
     }
     function draw() {
       if (!entries.length) {
-        render(box, emptyState({ title: actor ? "No entries by this actor" : "Nothing recorded yet", text: actor ? "Check the id, or clear the filter." : "Changes made in the console, through the API or on the command line appear here." }));
+        render(box, emptyState({ title: actor ? "No entries by this actor" : "Nothing recorded yet", text: actor ? "Check the email or id, or clear the filter." : "Changes made in the console, through the API or on the command line appear here." }));
         return;
       }
       render(box, html`<div class="table-wrap"><table class="table" data-testid="audit-table"><thead><tr><th>When</th><th>Action</th><th>Actor</th><th>Target</th><th>From</th></tr></thead><tbody>
         ${entries.map((e) => html`<tr data-testid="audit-row" data-seq="${e.seq}"><td>${timeAgo(e.at)}</td>
           <td><span class="cell-main">${cap(String(e.action).replace(/[._]/g, " "))}</span><div class="cell-sub mono">${e.action}</div>${detail(e)}</td>
-          <td><span class="badge plain">${e.actor_kind}</span> <a class="mono" href="#/audit?actor=${encodeURIComponent(e.actor_id)}" title="${e.actor_id}">${shortId(e.actor_id)}</a></td>
-          <td class="mono" title="${e.target}">${shortId(e.target)}</td><td class="mono">${e.source || "—"}</td></tr>`)}</tbody></table></div>
+          <td>${actorCell(e)}</td>
+          ${e.target_email ? html`<td title="${e.target}">${e.target_email}</td>` : html`<td class="mono" title="${e.target}" data-full-id="${e.target}">${shortId(e.target)}</td>`}<td class="mono">${e.source || "—"}</td></tr>`)}</tbody></table></div>
         ${cursor ? html`<div class="more"><button type="button" class="btn" data-action="more" data-testid="audit-more">Load more</button></div>` : html`<p class="hint card-body">The beginning of the log.</p>`}`);
     }
     box.addEventListener("click", async (e) => {

@@ -1,9 +1,10 @@
 // #/calls/{id}: the call inspector — what was asked and answered (pretty JSON), each
 // guardrail decision with its measured value and threshold, replays (a policy dry run
 // against today's rules, or sending the stored request upstream again) and certificates.
+// A streamed answer reads as its assembled text; the raw chunks are one click away.
 import * as api from "../api.js";
 import { canChange } from "../state.js";
-import { html, render, icon, compact, nanos, micros, num, timeAgo, absTime, httpBadge, outcomeBadge, policyName, prettyJson, loadingState, errorState, emptyState, toast, copyText, saveBlob, cap } from "../ui.js";
+import { html, render, icon, compact, nanos, micros, num, timeAgo, absTime, httpBadge, outcomeBadge, policyName, prettyJson, loadingState, errorState, emptyState, toast, copyText, saveBlob, cap, streamedText } from "../ui.js";
 import { confirmDialog, infoDialog } from "../components/dialog.js";
 
 function bodyBlock(title, text, truncated, sha, testid, prunedAt) {
@@ -16,6 +17,17 @@ function bodyBlock(title, text, truncated, sha, testid, prunedAt) {
       <div class="body-tools">${text ? html`<button type="button" class="btn btn-sm" data-copy="${testid}">${icon("copy", 14)} Copy</button>` : ""}</div></div>
     <div class="card-body">${text ? html`<pre class="tall wrap" data-testid="${testid}">${pretty}</pre>` : missing}
       ${sha ? html`<p class="hint">SHA-256 <span class="mono">${sha}</span></p>` : ""}</div></section>`;
+}
+
+/** A streamed response: the answer as text, the server-sent events it came in underneath. */
+function streamBlock(c, s) {
+  return html`<section class="card"><div class="card-head"><h2>Response</h2>
+      <span class="badge plain" title="Assembled from the stream's chunks">streamed · ${compact(s.chunks)} chunk${s.chunks === 1 ? "" : "s"}${s.finish ? ` · ${s.finish}` : ""}</span>
+      ${c.response_truncated ? html`<span class="badge warn plain" title="Only the first part was stored; the hash covers the whole body">truncated</span>` : ""}
+      <div class="body-tools"><button type="button" class="btn btn-sm" data-copy="call-response">${icon("copy", 14)} Copy</button></div></div>
+    <div class="card-body"><pre class="tall wrap" data-testid="call-response">${s.text || "(no text: the stream carried no content)"}</pre>
+      <details class="section-gap" data-testid="call-response-raw"><summary class="link">Raw chunks</summary><pre class="tall wrap">${c.response_body}</pre></details>
+      ${c.response_sha256 ? html`<p class="hint">SHA-256 <span class="mono">${c.response_sha256}</span></p>` : ""}</div></section>`;
 }
 
 function decisionsTable(decisions, testid = "decision-row") {
@@ -86,11 +98,12 @@ export default {
     function draw() {
       const c = call;
       const tokens = c.total_tokens ?? null;
+      const stream = c.stream ? streamedText(c.response_body) : null;
       render(root, html`${crumbs}
         <div class="page-head"><div class="titles">
             <div class="row">${httpBadge(c.status, c.blocked)}${c.blocked ? html`<span class="badge bad">Blocked by ${policyName(c.blocked_by)}</span>` : html`<span class="badge ok">Allowed</span>`}${c.stream ? html`<span class="badge plain">stream</span>` : ""}</div>
             <h1 data-testid="page-title">${c.model || c.endpoint || "Call"}</h1>
-            <p class="sub"><span class="mono">${c.id}</span> · ${timeAgo(c.created_at)} · ${absTime(c.created_at)}</p></div>
+            <p class="sub"><span class="mono" data-testid="call-id">${c.id}</span> <button type="button" class="btn btn-sm btn-ghost" data-copy-id="${c.id}" title="Copy the call id" aria-label="Copy the call id">${icon("copy", 14)}</button> · ${timeAgo(c.created_at)} · ${absTime(c.created_at)}</p></div>
           ${canChange() ? html`<div class="actions">
             <button type="button" class="btn" data-action="replay-policy" data-testid="replay-policy" title="Check the stored request against today's guardrails; nothing is sent">Dry run against today's policy</button>
             <button type="button" class="btn" data-action="replay-upstream" data-testid="replay-upstream" title="Send the stored request to the provider again">Replay upstream</button>
@@ -114,7 +127,7 @@ export default {
         <div id="replay-box"></div>
         <div class="grid grid-2">
           ${bodyBlock("Request", c.request_body, c.request_truncated, c.request_sha256, "call-request", c.body_pruned_at)}
-          ${bodyBlock("Response", c.response_body, c.response_truncated, c.response_sha256, "call-response", c.body_pruned_at)}
+          ${stream ? streamBlock(c, stream) : bodyBlock("Response", c.response_body, c.response_truncated, c.response_sha256, "call-response", c.body_pruned_at)}
         </div>`);
     }
 
@@ -156,7 +169,14 @@ export default {
 
     root.addEventListener("click", async (e) => {
       const cp = e.target.closest("[data-copy]");
-      if (cp) { const which = cp.dataset.copy === "call-request" ? call.request_body : call.response_body; copyText(prettyJson(which)); return; }
+      if (cp) {
+        const stream = call.stream ? streamedText(call.response_body) : null;
+        if (cp.dataset.copy === "call-response" && stream) copyText(stream.text);
+        else copyText(prettyJson(cp.dataset.copy === "call-request" ? call.request_body : call.response_body));
+        return;
+      }
+      const cid = e.target.closest("[data-copy-id]");
+      if (cid) { copyText(cid.dataset.copyId); return; }
       const a = e.target.closest("[data-action]");
       const act = a?.dataset.action;
       if (act === "retry") return load();

@@ -1,5 +1,6 @@
 // #/incidents/{id}: summary, timeline, affected calls, and the actions: acknowledge,
-// assign, add a note, resolve, export (signed JSON evidence pack, PDF report, CSV).
+// assign, add a note, resolve, reopen, export (signed JSON evidence pack, PDF report, CSV).
+// People show by email (the API answers `actor_email` / `assignee_email` beside the id).
 // Exports go through fetch → blob → <a download> because they need the session headers.
 import * as api from "../api.js";
 import { canChange } from "../state.js";
@@ -8,6 +9,22 @@ import { formDialog, confirmDialog } from "../components/dialog.js";
 import { shortId } from "../components/call-search.js";
 
 const KIND_LABEL = { signal: "Signal", event: "Event", decision: "Decision", root_cause: "Root cause", input: "Request", upstream: "Provider", output: "Response" };
+
+/**
+ * The summary in the reader's own time zone: the API marks each moment in `summary_parts`
+ * (`{"time": RFC 3339}` between `{"text"}` pieces); the plain `summary` says UTC.
+ */
+function summaryText(inc, tl) {
+  const parts = inc.summary_parts || tl?.summary_parts;
+  if (Array.isArray(parts) && parts.length) return parts.map((p) => (p.time ? absTime(p.time) : p.text ?? "")).join("");
+  return inc.summary || tl?.summary || "No summary yet.";
+}
+
+/** Who someone is, as people read it: the email when the API knows one, the id on hover. */
+function person(label, email) {
+  if (!label) return "";
+  return email ? html`<span title="${label}">${email}</span>` : html`<span class="mono">${label}</span>`;
+}
 
 /** The server's summary can list every action taken; long ones fold after a few lines. */
 function summaryHtml(text) {
@@ -22,8 +39,8 @@ function stepHtml(s) {
   if (s.outcome) meta.push(outcomeBadge(s.outcome));
   if (s.value !== undefined && s.value !== null) meta.push(html`<span class="badge plain info">measured ${num(s.value)}${s.unit ? ` ${s.unit}` : ""}</span>`);
   if (s.threshold !== undefined && s.threshold !== null) meta.push(html`<span class="badge plain">threshold ${num(s.threshold)}${s.unit ? ` ${s.unit}` : ""}</span>`);
-  if (s.actor) meta.push(html`<span class="badge plain">by ${s.actor}</span>`);
-  if (s.call_id) meta.push(html`<a class="mono" href="#/calls/${encodeURIComponent(s.call_id)}">${s.call_id}</a>`);
+  if (s.actor) meta.push(html`<span class="badge plain">by ${person(s.actor, s.actor_email)}</span>`);
+  if (s.call_id) meta.push(html`<a class="mono" href="#/calls/${encodeURIComponent(s.call_id)}" title="${s.call_id}">${shortId(s.call_id)}</a>`);
   return html`<li class="timeline-item k-${s.kind}" data-testid="timeline-item" data-kind="${s.kind}">
     <span class="tl-dot" aria-hidden="true"></span>
     <div class="tl-head"><span class="badge plain">${KIND_LABEL[s.kind] || s.kind}</span><span class="tl-title">${s.title}</span><span class="tl-time">${timeAgo(s.at)}${s.offset_us ? html` <span class="muted">· +${micros(s.offset_us)}</span>` : ""}</span></div>
@@ -79,7 +96,7 @@ export default {
       return html`<div class="action-bar">
         ${inc.status === "open" ? html`<button type="button" class="btn btn-primary" data-action="ack" data-testid="incident-ack">Acknowledge</button>` : ""}
         <button type="button" class="btn" data-action="assign" data-testid="incident-assign">${inc.assignee ? "Reassign" : "Assign"}</button>
-        ${inc.status !== "resolved" ? html`<button type="button" class="btn" data-action="resolve" data-testid="incident-resolve">Resolve</button>` : ""}
+        ${inc.status !== "resolved" ? html`<button type="button" class="btn" data-action="resolve" data-testid="incident-resolve">Resolve</button>` : html`<button type="button" class="btn" data-action="reopen" data-testid="incident-reopen">Reopen</button>`}
         ${exp}</div>`;
     }
 
@@ -90,12 +107,12 @@ export default {
         <div class="page-head"><div class="titles">
             <div class="row">${severityBadge(inc.severity)}${statusBadge(inc.status)}${inc.demo ? html`<span class="badge info plain">demo</span>` : ""}</div>
             <h1 data-testid="page-title">${inc.title}</h1>
-            <p class="sub">${inc.subject} · opened ${timeAgo(inc.created_at)} · <span class="mono">${inc.id}</span>${inc.assignee ? html` · assigned to <strong>${inc.assignee}</strong>` : ""}</p></div>
+            <p class="sub">${inc.subject} · opened ${timeAgo(inc.created_at)} · <span class="mono">${inc.id}</span>${inc.assignee ? html` · assigned to <strong data-testid="incident-assignee">${person(inc.assignee, inc.assignee_email)}</strong>` : ""}</p></div>
           <div class="actions">${actionsHtml()}</div></div>
 
         <div class="grid grid-2">
           <section class="card"><div class="card-head"><h2>Summary</h2></div><div class="card-body">
-            ${summaryHtml(inc.summary || tl?.summary || "No summary yet.")}
+            ${summaryHtml(summaryText(inc, tl))}
             ${inc.narrative ? html`<div class="callout"><strong>Narrative</strong><p>${typeof inc.narrative === "string" ? inc.narrative : inc.narrative.text || JSON.stringify(inc.narrative)}</p></div>` : ""}
             ${tl?.root_cause ? html`<div class="callout bad" data-testid="root-cause"><strong>Root cause</strong><p>${tl.root_cause}</p></div>` : ""}
             <div class="facts">
@@ -122,7 +139,7 @@ export default {
               : emptyState({ title: "No calls listed", text: "This incident's signals name no call (for example a budget threshold). Export it for the full record.", testid: "calls-empty" })}</div></section>
         </div>
 
-        <section class="card"><div class="card-head"><h2>Timeline</h2><span class="hint">${steps.length} step${steps.length === 1 ? "" : "s"}, oldest first</span></div>
+        <section class="card"><div class="card-head"><h2>Timeline</h2><span class="hint">${steps.length} step${steps.length === 1 ? "" : "s"}: what happened, its root cause, then what was done</span></div>
           <div class="card-body">${tlError ? errorState(tlError, { testid: "timeline-error" }) : steps.length ? html`<ol class="timeline" data-testid="timeline">${steps.map(stepHtml)}</ol>` : html`<ol class="timeline" data-testid="timeline"></ol><p class="hint">Nothing recorded yet.</p>`}</div></section>
 
         ${canChange() ? html`<section class="card"><div class="card-head"><h2>Add a note</h2></div><div class="card-body">
@@ -173,8 +190,13 @@ export default {
         return;
       }
       if (act === "resolve") {
-        const ok = await confirmDialog({ title: "Resolve this incident?", text: "It closes now. If the problem comes back, the incident reopens on its own.", confirmLabel: "Resolve", action: () => api.post(`${path}/resolve`, {}) });
+        const ok = await confirmDialog({ title: "Resolve this incident?", text: "It closes now. If the problem comes back, the incident reopens on its own; you can also reopen it here.", confirmLabel: "Resolve", action: () => api.post(`${path}/resolve`, {}) });
         if (ok) { toast("Resolved", "ok"); await load(true); }
+        return;
+      }
+      if (act === "reopen") {
+        const ok = await confirmDialog({ title: "Reopen this incident?", text: "It is open again and needs acknowledging and resolving anew. The timeline and the audit log record who reopened it.", confirmLabel: "Reopen", action: () => api.post(`${path}/reopen`, {}) });
+        if (ok) { toast("Reopened", "ok"); await load(true); }
         return;
       }
       if (act === "assign") {

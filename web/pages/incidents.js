@@ -2,21 +2,22 @@
 // filters, and a search box over the calls (`q` → GET /api/calls). Live: `incident` events
 // reload the list and highlight what changed.
 import * as api from "../api.js";
-import { html, render, compact, nanos, timeAgo, severityBadge, statusBadge, loadingState, emptyState, errorState, cap } from "../ui.js";
+import { html, render, compact, nanos, moneyDigits, timeAgo, severityBadge, statusBadge, loadingState, emptyState, errorState, cap } from "../ui.js";
 import { searchForm, bindChips, callResults } from "../components/call-search.js";
 
 const STATUSES = [["", "All"], ["open", "Open"], ["acknowledged", "Acknowledged"], ["resolved", "Resolved"]];
 const SEVERITIES = ["", "critical", "high", "medium", "low"];
 
 export function incidentRows(list, fresh = new Set()) {
+  const digits = moneyDigits(list.map((i) => (i.cost ?? 0) / 1e9));
   return list.map((i) => {
     const href = `#/incidents/${encodeURIComponent(i.id)}`;
     return html`<tr class="clickable ${fresh.has(i.id) ? "flash" : ""} ${i.status === "resolved" ? "dim" : ""}" data-testid="incident-row" data-incident-id="${i.id}" data-status="${i.status}" data-href="${href}">
       <td>${severityBadge(i.severity)}</td>
       <td><a class="rowlink" href="${href}">${i.title}</a><div class="cell-sub">${i.subject}${i.tenant_name ? html` · ${i.tenant_name}` : ""}</div></td>
-      <td>${statusBadge(i.status)}${i.assignee ? html`<div class="cell-sub">→ ${i.assignee}</div>` : ""}</td>
+      <td>${statusBadge(i.status)}${i.assignee ? html`<div class="cell-sub" title="${i.assignee}">→ ${i.assignee_email || i.assignee}</div>` : ""}</td>
       <td class="num">${compact(i.call_count)}</td>
-      <td class="num">${nanos(i.cost)}</td>
+      <td class="num">${nanos(i.cost, { digits })}</td>
       <td>${timeAgo(i.first_signal_at ?? i.created_at)}<div class="cell-sub nowrap">last ${timeAgo(i.last_signal_at ?? i.updated_at)}</div></td></tr>`;
   });
 }

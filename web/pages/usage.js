@@ -1,7 +1,7 @@
 // #/usage: spend against the budgets (today, this month) and spend by model this month.
 import * as api from "../api.js";
 import { canChange } from "../state.js";
-import { html, render, money, compact, pct, loadingState, errorState, emptyState } from "../ui.js";
+import { html, render, money, moneyDigits, compact, pct, loadingState, errorState, emptyState } from "../ui.js";
 
 function meter(label, spent, budget, soft, testid) {
   if (budget === null || budget === undefined) {
@@ -45,11 +45,13 @@ export default {
       const b = u.budgets || {}, s = u.spent || {};
       const models = [...(u.by_model || [])].sort((a, c) => (Number(c.spend_usd) || 0) - (Number(a.spend_usd) || 0));
       const total = models.reduce((a, m) => a + (Number(m.spend_usd) || 0), 0);
+      // The rows and their total with the same digits, so that they visibly add up.
+      const digits = moneyDigits([total, ...models.map((m) => m.spend_usd)]);
       render(root, html`${head()}
         <div class="grid grid-2">${meter("Today", s.today_usd, b.daily_usd, b.soft_threshold, "budget-today")}${meter("This month", s.month_usd, b.monthly_usd, b.soft_threshold, "budget-month")}</div>
-        <section class="card section-gap"><div class="card-head"><h2>Spend by model this month</h2><span class="hint">${money(total)} in all</span></div>
+        <section class="card section-gap"><div class="card-head"><h2>Spend by model this month</h2><span class="hint" data-testid="usage-total">${money(total, { digits })} in all</span></div>
           <div class="card-body flush">${models.length ? html`<div class="table-wrap"><table class="table" data-testid="usage-models"><thead><tr><th>Model</th><th class="num">Calls</th><th class="num">Tokens</th><th class="num">Spend</th><th>Share</th></tr></thead><tbody>
-            ${models.map((m) => html`<tr data-testid="usage-row"><td><a class="rowlink" href="#/calls?q=${encodeURIComponent(`model:${m.model}`)}">${m.model || "unknown"}</a></td><td class="num">${compact(m.calls)}</td><td class="num">${compact(m.tokens)}</td><td class="num">${money(m.spend_usd)}</td>
+            ${models.map((m) => html`<tr data-testid="usage-row"><td><a class="rowlink" href="#/calls?q=${encodeURIComponent(`model:${m.model}`)}">${m.model || "unknown"}</a></td><td class="num">${compact(m.calls)}</td><td class="num">${compact(m.tokens)}</td><td class="num">${money(m.spend_usd, { digits })}</td>
               <td><div class="share" title="${total ? pct((Number(m.spend_usd) || 0) / total) : ""}"><span data-width="${total ? ((Number(m.spend_usd) || 0) / total) * 100 : 0}"></span></div></td></tr>`)}
             </tbody></table></div>`
             : emptyState({ title: "No spend this month", text: "Spend appears here once calls go through this server. Models without a known price count calls and tokens but no dollars." })}</div></section>`);
