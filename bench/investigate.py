@@ -14,6 +14,8 @@ varied values, and its p50/p95 printed:
   search text      GET /v1/calls?q=<word> "<phrase>"      (full text over request and response)
   search filters   GET /v1/calls?q=user:<id> since:7d     (the query syntax a person types)
   search mixed     GET /v1/calls?q=user:<id> <word>
+  search policy    GET /v1/calls?q=policy:<id>           (every guardrail, including rare ones)
+  search empty     GET /v1/calls?q=policy:budget …       (filters that match no call)
   incident list    GET /v1/incidents?min_severity=high
   incident detail  GET /v1/incidents/{id}/timeline        (incident, events, signals, example call)
 
@@ -41,6 +43,11 @@ TARGET_SEARCH_MS = 50.0
 TARGET_DETAIL_MS = 20.0
 WORDS = ["refund", "invoice", "shipment", "password", "auto-renew", "declined", "discount", "premium"]
 PHRASES = ["order arrived damaged", "priority support", "annual billing", "return policy"]
+# Every guardrail, common and rare, and some that stop none of the demo's calls.
+POLICIES = ["dg-001", "dg-002", "dg-003", "dg-004", "dg-005", "budget", "killswitch"]
+# Queries that match no call of the fixture: the worst case of a search that walks calls.
+EMPTY = ["user:nobody-at-all", "policy:budget", "policy:killswitch since:7d",
+         "session:no-such-session", "policy:dg-002 user:nobody-at-all"]
 
 
 def log(msg):
@@ -152,6 +159,11 @@ def run_backend(name, agv, calls, requests, pg_base):
                 f"user:{rng.choice(users)} since:7d"),
             "search mixed": lambda: "/v1/calls?limit=50&q=" + urllib.parse.quote(
                 f"user:{rng.choice(users)} {rng.choice(WORDS)}"),
+            # Rare and empty: a guardrail with few or no calls, filters nothing matches.
+            "search policy": lambda: "/v1/calls?limit=50&q=" + urllib.parse.quote(
+                f"policy:{rng.choice(POLICIES)}"),
+            "search empty": lambda: "/v1/calls?limit=50&q=" + urllib.parse.quote(
+                rng.choice(EMPTY)),
             "incident list": lambda: "/v1/incidents?limit=50&min_severity=high",
             "incident detail": lambda: f"/v1/incidents/{rng.choice(incidents)}/timeline",
         }

@@ -487,6 +487,8 @@ async fn the_console_works_end_to_end_in_chromium() {
         .await
         .unwrap();
     assert!(!rows.is_empty());
+    // Each row leads with what was asked, the id shown by its telling end.
+    ui.el("call-preview").await;
     for r in &rows {
         let id = r.attr("data-call-id").await.unwrap().unwrap();
         let call: Value = app
@@ -514,10 +516,39 @@ async fn the_console_works_end_to_end_in_chromium() {
     ui.ready("incident").await;
     ui.el("timeline").await;
     ui.el("timeline-item").await;
+    ui.photo("incident").await;
+    // Resolved (if it is not yet), then reopened from the console.
+    let open = !ui
+        .driver
+        .find_all(By::Css("[data-testid='incident-resolve']"))
+        .await
+        .unwrap()
+        .is_empty();
+    if open {
+        ui.click("incident-resolve").await;
+        ui.click("confirm-ok").await;
+    }
+    ui.el("incident-reopen").await.click().await.unwrap();
+    ui.click("confirm-ok").await;
+    ui.el("incident-resolve").await;
+    ui.photo("incident-reopened").await;
     ui.click("export-json").await;
     let file = ui.downloaded(".json").await;
     let pack: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     assert!(pack.is_object(), "the export is a JSON evidence pack");
+
+    // A daily budget below today's spend: the console asks first, since it stops the
+    // tenant, and saves it only when confirmed.
+    ui.click("nav-policies").await;
+    ui.ready("policies").await;
+    ui.click("policies-edit").await;
+    ui.type_into("policy-input-budget_daily_usd", "0.000001").await;
+    ui.click("policies-save").await;
+    ui.el("confirm-dialog").await;
+    ui.photo("policies-budget-stops").await;
+    ui.click("confirm-ok").await;
+    ui.el("policies-edit").await;
+    assert_eq!(chat(&app, &key, "e2e-user").await, 402);
 
     // Every other page loads cleanly.
     for (nav, page) in [
