@@ -15,7 +15,7 @@ varied values, and its p50/p95 printed:
   search filters   GET /v1/calls?q=user:<id> since:7d     (the query syntax a person types)
   search mixed     GET /v1/calls?q=user:<id> <word>
   search policy    GET /v1/calls?q=policy:<id>           (every guardrail, including rare ones)
-  search empty     GET /v1/calls?q=policy:budget …       (filters that match no call)
+  search empty     GET /v1/calls?q=policy:dg-002 …       (filters that match no call)
   incident list    GET /v1/incidents?min_severity=high
   incident detail  GET /v1/incidents/{id}/timeline        (incident, events, signals, example call)
 
@@ -46,8 +46,8 @@ PHRASES = ["order arrived damaged", "priority support", "annual billing", "retur
 # Every guardrail, common and rare, and some that stop none of the demo's calls.
 POLICIES = ["dg-001", "dg-002", "dg-003", "dg-004", "dg-005", "budget", "killswitch"]
 # Queries that match no call of the fixture: the worst case of a search that walks calls.
-EMPTY = ["user:nobody-at-all", "policy:budget", "policy:killswitch since:7d",
-         "session:no-such-session", "policy:dg-002 user:nobody-at-all"]
+EMPTY = ["user:nobody-at-all", "policy:dg-002", "policy:killswitch since:7d",
+         "session:no-such-session", "policy:dg-003 user:nobody-at-all"]
 
 
 def log(msg):
