@@ -416,21 +416,18 @@ async fn the_console_works_end_to_end_in_chromium() {
     }
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let now: u64 = ui
-            .el("kpi-calls")
-            .await
-            .attr("title")
-            .await
-            .unwrap()
-            .unwrap()
-            .parse()
-            .unwrap();
-        if now == before + 3 {
+        // The card is redrawn as calls arrive: an element read just before a redraw is
+        // stale, and is read again.
+        let now: Option<u64> = match ui.el("kpi-calls").await.attr("title").await {
+            Ok(title) => title.and_then(|t| t.parse().ok()),
+            Err(_) => None,
+        };
+        if now == Some(before + 3) {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the overview still shows {now} calls (expected {})",
+            "the overview still shows {now:?} calls (expected {})",
             before + 3
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -542,7 +539,8 @@ async fn the_console_works_end_to_end_in_chromium() {
     ui.click("nav-policies").await;
     ui.ready("policies").await;
     ui.click("policies-edit").await;
-    ui.type_into("policy-input-budget_daily_usd", "0.000001").await;
+    ui.type_into("policy-input-budget_daily_usd", "0.000001")
+        .await;
     ui.click("policies-save").await;
     ui.el("confirm-dialog").await;
     ui.photo("policies-budget-stops").await;

@@ -7,8 +7,8 @@ use super::call_list::{self, Listing};
 use super::error::{ApiError, ErrorKind, missing, optional_json};
 use crate::domain::audit::AuditAction;
 use crate::domain::{
-    CallCursor, CallFilter, CallId, CallSearch, FreezeAction, KeyId, PolicyConfig, SearchQuery,
-    TenantId, Timestamp,
+    CallCursor, CallFilter, CallId, CallSearch, FreezeAction, KeyId, Money, PolicyConfig,
+    SearchQuery, TenantId, Timestamp,
     freeze::parse_reason,
     search::{merge_filter, narrower},
 };
@@ -293,9 +293,13 @@ pub async fn active_policies(
     let overrides = run_blocking(move || store.get_tenant_policy(&tenant))
         .await?
         .unwrap_or_else(|| json!({}));
+    let (day, month) = period_spend(&state, &caller.tenant_id, Timestamp::now()).await?;
     Ok(HttpResponse::Ok().json(json!({
         "tenant_id": caller.tenant_id,
         "overrides": overrides,
+        // What the budgets count against now (UTC day and month), so that an editor can
+        // say before saving that a budget would stop the tenant.
+        "spend": {"day_usd": day.usd(), "month_usd": month.usd()},
         "price_table_version": crate::guard::pricing::PRICE_TABLE_VERSION,
         "policies": [
             {"id": "killswitch", "name": "Kill switch", "enabled": true, "thresholds": {}},
@@ -314,25 +318,14 @@ pub async fn active_policies(
     })))
 }
 
-/// Replaces the caller's tenant's threshold overrides (fields of `PolicyConfig`; the rest
-/// keep their defaults). Takes effect at once.
-/// The budgets of `proposed` that the tenant's spend already reaches, so that saving them
-/// stops every call at once (see [`crate::guard::budget::stops_at_once`]). The spend is the
-/// larger of the recorded one and the guard's, which holds calls still in flight.
-async fn budget_stops(
+/// The tenant's spend of the current UTC day and month, for its budgets: the larger of the
+/// recorded one and the guard's, which holds calls still in flight.
+async fn period_spend(
     state: &AppState,
     tenant: &crate::domain::TenantId,
-    proposed: &PolicyConfig,
-) -> Result<Vec<crate::guard::budget::BudgetStop>, ApiError> {
-    use crate::guard::budget::{BudgetLimits, period_starts, stops_at_once};
-    let proposed = BudgetLimits::of(proposed);
-    if proposed.daily.is_none() && proposed.monthly.is_none() {
-        return Ok(Vec::new());
-    }
-    let guard = &state.proxy.guard;
-    let current = BudgetLimits::of(&guard.policy(tenant));
-    let now = Timestamp::now();
-    let (day_start, month_start) = period_starts(now);
+    now: Timestamp,
+) -> Result<(Money, Money), ApiError> {
+    let (day_start, month_start) = crate::guard::budget::period_starts(now);
     let (store, t) = (state.store.clone(), tenant.clone());
     let (day, month) = run_blocking(move || {
         Ok::<_, crate::store::StoreError>((
@@ -341,9 +334,28 @@ async fn budget_stops(
         ))
     })
     .await?;
-    let live = guard.budgets().status(tenant, now);
-    let day = day.max(live.day_spent.saturating_add(live.day_reserved));
-    let month = month.max(live.month_spent.saturating_add(live.month_reserved));
+    let live = state.proxy.guard.budgets().status(tenant, now);
+    Ok((
+        day.max(live.day_spent.saturating_add(live.day_reserved)),
+        month.max(live.month_spent.saturating_add(live.month_reserved)),
+    ))
+}
+
+/// The budgets of `proposed` that the tenant's spend already reaches, so that saving them
+/// stops every call at once (see [`crate::guard::budget::stops_at_once`]).
+async fn budget_stops(
+    state: &AppState,
+    tenant: &crate::domain::TenantId,
+    proposed: &PolicyConfig,
+) -> Result<Vec<crate::guard::budget::BudgetStop>, ApiError> {
+    use crate::guard::budget::{BudgetLimits, stops_at_once};
+    let proposed = BudgetLimits::of(proposed);
+    if proposed.daily.is_none() && proposed.monthly.is_none() {
+        return Ok(Vec::new());
+    }
+    let current = BudgetLimits::of(&state.proxy.guard.policy(tenant));
+    let now = Timestamp::now();
+    let (day, month) = period_spend(state, tenant, now).await?;
     Ok(stops_at_once(current, proposed, day, month, now))
 }
 
@@ -354,7 +366,8 @@ struct PutPoliciesQuery {
     confirm: Option<String>,
 }
 
-/// Replaces the tenant's policy overrides. A budget that the spend of its period already
+/// Replaces the caller's tenant's threshold overrides (fields of `PolicyConfig`; the rest
+/// keep their defaults). Takes effect at once. A budget that the spend of its period already
 /// reaches would stop every call of the tenant at once: it is refused with 409
 /// `budget_stops_tenant`, saying so, until it is sent again with `?confirm=stop`.
 #[put("/v1/policies")]

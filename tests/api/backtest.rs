@@ -183,6 +183,15 @@ async fn a_budget_below_todays_spend_warns_first_that_it_stops_the_tenant(backen
         active["overrides"].get("budget_daily_usd").is_none(),
         "{active}"
     );
+    // An editor sees what the budgets count against, to warn before saving.
+    assert!(
+        active["spend"]["day_usd"].as_f64().unwrap_or(0.0) > 0.0,
+        "{active}"
+    );
+    assert!(
+        active["spend"]["month_usd"].as_f64().unwrap_or(0.0) > 0.0,
+        "{active}"
+    );
     assert_eq!(app.chat(&key, "still served").await.status(), 200);
 
     let res = put_policy(&app, &admin, "?confirm=yes", &tiny).await;

@@ -147,24 +147,45 @@ export default {
         // (redaction, for one) and change only what it does.
         const kept = { ...(active?.overrides || {}), ...overrides };
         const submit = form.querySelector('[type="submit"]');
-        try {
-          await busy(submit, () => api.put("/api/policies", kept));
-        } catch (err) {
-          // A budget the spend already reaches stops the tenant at once: the server says so
-          // first, and saves it only when the person confirms.
-          if (err?.code !== "budget_stops_tenant") throw err;
-          const ok = await confirmDialog({
-            title: "This budget stops the tenant now",
-            text: err.message.replace(/^Not saved: /, "").replace(/\. Raise the budget, or send.*$/, "."),
-            confirmLabel: "Save and stop calls", danger: true,
-            action: () => api.request("PUT", "/api/policies", { body: kept, params: { confirm: "stop" } }),
-          });
-          if (!ok) return;
+        // A budget the spend already reaches stops the tenant at once: ask first, and save it
+        // only when the person confirms (the server refuses it otherwise, and says why).
+        const askStop = async (text) => confirmDialog({
+          title: "This budget stops the tenant now", text,
+          confirmLabel: "Save and stop calls", danger: true,
+          action: () => api.request("PUT", "/api/policies", { body: kept, params: { confirm: "stop" } }),
+        });
+        const stops = budgetStops(kept);
+        if (stops.length) {
+          if (!(await askStop(stops.join(" ")))) return;
+        } else {
+          try {
+            await busy(submit, () => api.put("/api/policies", kept));
+          } catch (err) {
+            if (err?.code !== "budget_stops_tenant") throw err;
+            if (!(await askStop(err.message.replace(/^Not saved: /, "").replace(/\. Raise the budget, or send.*$/, ".")))) return;
+          }
         }
         toast("Policies saved and applied", "ok");
         editing = false;
         await load();
       } catch (err) { if (err?.name !== "AbortError") serverError(form, err); }
+    }
+
+    /** Sentences for the budgets of `proposed` that today's or this month's spend reaches. */
+    function budgetStops(proposed) {
+      const spend = active?.spend || {};
+      const current = currentValues(active?.policies || []);
+      const out = [];
+      for (const [key, spent, when, period, until] of [
+        ["budget_daily_usd", spend.day_usd, "today", "daily", "the end of the day (00:00 UTC)"],
+        ["budget_monthly_usd", spend.month_usd, "this month", "monthly", "the end of the month (UTC)"],
+      ]) {
+        const limit = proposed[key];
+        if (limit === null || limit === undefined || !(spent > 0) || spent < limit) continue;
+        if (current[key] !== null && current[key] !== undefined && current[key] <= limit) continue;
+        out.push(`The ${period} budget of ${money(limit)} is not above the ${money(spent)} spent ${when}: saving it stops every call of this tenant until ${until}, unless the budget is raised first.`);
+      }
+      return out;
     }
 
     async function backtest(btn) {
