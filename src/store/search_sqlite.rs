@@ -561,24 +561,33 @@ mod tests {
         let path = dir.path().join("agv.db");
         let store = SqliteStore::open(&path).unwrap();
         let t = acme(&store);
-        let search = CallSearch {
-            policy: Some("dg-002".to_owned()),
-            ..CallSearch::default()
-        };
-        let (sql, args) =
-            search_calls_query(Dialect::Sqlite, &t.id, &search, TextPlan::None, None, 50);
         let raw = Connection::open(&path).unwrap();
-        let mut stmt = raw.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-        let plan: Vec<String> = stmt
-            .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert!(
-            plan.iter().any(|p| p.contains("calls_tenant_stopped_by")),
-            "{plan:?}"
-        );
-        assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{plan:?}");
+        let plan = |q: &str| -> Vec<String> {
+            let search = crate::domain::SearchQuery::parse(q, Timestamp::now())
+                .and_then(|q| q.to_call_search())
+                .unwrap();
+            let (sql, args) =
+                search_calls_query(Dialect::Sqlite, &t.id, &search, TextPlan::None, None, 50);
+            let mut stmt = raw.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            stmt.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let uses = |q: &str, index: &str| {
+            let plan = plan(q);
+            assert!(plan.iter().any(|p| p.contains(index)), "{q}: {plan:?}");
+            assert!(
+                !plan.iter().any(|p| p.contains("TEMP B-TREE")),
+                "{q}: {plan:?}"
+            );
+        };
+        uses("policy:dg-002", "calls_tenant_stopped_by");
+        uses("policy:killswitch since:7d", "calls_tenant_stopped_by");
+        // A rare or absent status reads the calls that did not answer 200.
+        uses("status:418", "calls_tenant_status_unusual");
+        // An end user's own calls are fewer than a common policy's.
+        uses("policy:dg-003 user:nobody", "calls_tenant_end_user");
     }
 
     #[test]
