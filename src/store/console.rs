@@ -123,18 +123,9 @@ pub(super) fn usage_by(
     usage_rows(&rows)
 }
 
-fn user_from(row: &SqlRow) -> StoreResult<User> {
-    let c = Cells::new(row, "user");
-    UserRow {
-        id: c.text(0)?,
-        email: c.text(1)?,
-        password_hash: c.text(2)?,
-        role: c.text(3)?,
-        tenant_id: c.opt_text(4)?,
-        created_at: c.int(5)?,
-        disabled_at: c.opt_int(6)?,
-    }
-    .into_user()
+/// A user read in [`super::rows::USER_COLUMNS`] order.
+pub(super) fn user_from(row: &SqlRow) -> StoreResult<User> {
+    UserRow::read(&Cells::new(row, "user"))?.into_user()
 }
 
 /// A tenant's people (`None`: everyone on the instance), oldest first.

@@ -6,6 +6,7 @@
 //! the caller's transaction.
 
 use super::rows::Param;
+pub(super) use super::sql::EventSeq;
 use super::sql::{Cells, Db, SqlRow};
 use super::{StoreError, StoreResult};
 use crate::domain::incident::{
@@ -81,13 +82,9 @@ fn event_from(row: &SqlRow) -> StoreResult<IncidentEvent> {
 
 const EVENT_COLUMNS: &str = "id, incident_id, at, actor, kind, before, after, note";
 
-/// The next event's place in insertion order (SQLite; Postgres numbers them itself).
-pub(super) enum EventSeq {
-    /// `seq` is filled by `MAX(seq) + 1` under the write lock.
-    MaxPlusOne,
-    /// The column is an identity column.
-    Identity,
-}
+/// The lock under which incidents and their events are written, one writer at a time
+/// across every instance sharing a Postgres database (see `sql::Db::serialize`).
+pub(super) const WRITER_LOCK: i64 = 7152010;
 
 pub(super) struct NewEvent<'a> {
     pub incident_id: &'a IncidentId,

@@ -3,6 +3,7 @@
 //! interpret a stored value. A stored value that no longer parses is a database error,
 //! never a panic.
 
+use super::sql::Cells;
 use super::{StoreError, StoreResult};
 use crate::domain::chain::body_digest;
 use crate::domain::{
@@ -79,6 +80,21 @@ pub(super) struct KeyRow {
 }
 
 impl KeyRow {
+    pub fn read(c: &Cells<'_>) -> StoreResult<Self> {
+        Ok(Self {
+            id: c.text(0)?,
+            tenant_id: c.text(1)?,
+            name: c.text(2)?,
+            scope: c.text(3)?,
+            hash: c.text(4)?,
+            prefix: c.text(5)?,
+            created_at: c.int(6)?,
+            expires_at: c.opt_int(7)?,
+            revoked_at: c.opt_int(8)?,
+            last_used_at: c.opt_int(9)?,
+        })
+    }
+
     pub fn into_record(self) -> StoreResult<ApiKeyRecord> {
         Ok(ApiKeyRecord {
             id: KeyId::parse(&self.id).map_err(|e| corrupt("key id", e))?,
@@ -102,6 +118,14 @@ pub(super) struct TenantRow {
 }
 
 impl TenantRow {
+    pub fn read(c: &Cells<'_>) -> StoreResult<Self> {
+        Ok(Self {
+            id: c.text(0)?,
+            name: c.text(1)?,
+            created_at: c.int(2)?,
+        })
+    }
+
     pub fn into_tenant(self) -> StoreResult<Tenant> {
         Ok(Tenant {
             id: TenantId::parse(&self.id).map_err(|e| corrupt("tenant id", e))?,
@@ -122,6 +146,18 @@ pub(super) struct UserRow {
 }
 
 impl UserRow {
+    pub fn read(c: &Cells<'_>) -> StoreResult<Self> {
+        Ok(Self {
+            id: c.text(0)?,
+            email: c.text(1)?,
+            password_hash: c.text(2)?,
+            role: c.text(3)?,
+            tenant_id: c.opt_text(4)?,
+            created_at: c.int(5)?,
+            disabled_at: c.opt_int(6)?,
+        })
+    }
+
     pub fn into_user(self) -> StoreResult<User> {
         Ok(User {
             id: UserId::parse(&self.id).map_err(|e| corrupt("user id", e))?,
@@ -147,6 +183,15 @@ pub(super) struct SessionRow {
 }
 
 impl SessionRow {
+    pub fn read(c: &Cells<'_>) -> StoreResult<Self> {
+        Ok(Self {
+            id: c.text(0)?,
+            user_id: c.text(1)?,
+            created_at: c.int(2)?,
+            expires_at: c.int(3)?,
+        })
+    }
+
     pub fn into_session(self) -> StoreResult<Session> {
         Ok(Session {
             id: SessionId::parse(&self.id).map_err(|e| corrupt("session id", e))?,
@@ -325,6 +370,46 @@ pub(super) struct CallRow {
 }
 
 impl CallRow {
+    pub fn read(c: &Cells<'_>) -> StoreResult<Self> {
+        Ok(Self {
+            id: c.text(0)?,
+            tenant_id: c.text(1)?,
+            key_id: c.text(2)?,
+            created_at: c.int(3)?,
+            endpoint: c.text(4)?,
+            model: c.opt_text(5)?,
+            stream: c.bool(6)?,
+            end_user: c.opt_text(7)?,
+            session_id: c.opt_text(8)?,
+            metadata: c.opt_text(9)?,
+            request_body: c.text(10)?,
+            request_truncated: c.bool(11)?,
+            request_sha256: c.text(12)?,
+            response_body: c.opt_text(13)?,
+            response_truncated: c.bool(14)?,
+            response_sha256: c.opt_text(15)?,
+            status: c.int(16)?,
+            error: c.opt_text(17)?,
+            blocked: c.bool(18)?,
+            blocked_by: c.opt_text(19)?,
+            decisions: c.text(20)?,
+            prompt_tokens: c.opt_int(21)?,
+            completion_tokens: c.opt_int(22)?,
+            cached_tokens: c.opt_int(23)?,
+            total_tokens: c.opt_int(24)?,
+            cost_nanos: c.opt_int(25)?,
+            latency_us: c.int(26)?,
+            upstream_latency_us: c.opt_int(27)?,
+            enforcement_us: c.int(28)?,
+            upstream_attempts: i32::try_from(c.int(29)?)
+                .map_err(|e| corrupt("call's upstream attempts", e))?,
+            upstream: c.opt_text(30)?,
+            request_body_sha256: c.opt_text(31)?,
+            response_body_sha256: c.opt_text(32)?,
+            body_pruned_at: c.opt_int(33)?,
+        })
+    }
+
     pub fn into_record(self) -> StoreResult<CallRecord> {
         let metadata = self
             .metadata
@@ -513,6 +598,18 @@ pub(super) struct FreezeRow {
 }
 
 impl FreezeRow {
+    pub fn read(c: &Cells<'_>) -> StoreResult<Self> {
+        Ok(Self {
+            id: c.text(0)?,
+            tenant_id: c.text(1)?,
+            key_id: c.opt_text(2)?,
+            action: c.text(3)?,
+            actor: c.text(4)?,
+            reason: c.text(5)?,
+            at: c.int(6)?,
+        })
+    }
+
     pub fn into_event(self) -> StoreResult<FreezeEvent> {
         Ok(FreezeEvent {
             id: FreezeId::parse(&self.id).map_err(|e| corrupt("freeze event id", e))?,

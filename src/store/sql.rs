@@ -26,6 +26,30 @@ pub(super) trait Db {
     fn lock_rows(&self) -> &'static str {
         ""
     }
+    /// How an append-only log's `seq` is filled: SQLite numbers rows itself, under its write
+    /// lock; Postgres's columns are identity columns.
+    fn event_seq(&self) -> EventSeq {
+        EventSeq::MaxPlusOne
+    }
+    /// Takes the transaction-scoped lock `key`, so that one writer at a time runs what
+    /// follows across every instance sharing the database (a Postgres advisory lock);
+    /// nothing on SQLite, whose write transaction already excludes every other writer.
+    fn serialize(&mut self, _key: i64) -> StoreResult<()> {
+        Ok(())
+    }
+    /// Tells every instance listening that the change feed moved, at commit (Postgres
+    /// NOTIFY, see `postgres::ChangeListener`); nothing on SQLite, whose readers poll.
+    fn announce_change(&mut self, _topic: &str) -> StoreResult<()> {
+        Ok(())
+    }
+}
+
+/// The next row's place in an append-only log's insertion order (`seq`).
+pub(super) enum EventSeq {
+    /// `seq` is filled by `MAX(seq) + 1` under the write lock.
+    MaxPlusOne,
+    /// The column is an identity column.
+    Identity,
 }
 
 /// Reads the cells of a row by position, with errors that name the column.
@@ -67,6 +91,11 @@ impl<'r> Cells<'r> {
             Some(Cell::Int(v)) => Ok(*v),
             _ => Err(self.bad(i, "an integer")),
         }
+    }
+
+    /// A boolean, stored as an integer on SQLite (0 or 1).
+    pub(super) fn bool(&self, i: usize) -> StoreResult<bool> {
+        Ok(self.int(i)? != 0)
     }
 
     pub(super) fn opt_int(&self, i: usize) -> StoreResult<Option<i64>> {
@@ -142,7 +171,7 @@ pub(super) mod sqlite {
 }
 
 pub(super) mod postgres {
-    use super::{Cell, Db, Param, SqlRow};
+    use super::{Cell, Db, EventSeq, Param, SqlRow};
     use crate::store::postgres::pg_param as bind;
     use crate::store::{StoreError, StoreResult};
     use postgres::GenericClient;
@@ -153,6 +182,26 @@ pub(super) mod postgres {
     impl<C: GenericClient> Db for PgDb<'_, C> {
         fn lock_rows(&self) -> &'static str {
             " FOR UPDATE"
+        }
+
+        fn event_seq(&self) -> EventSeq {
+            EventSeq::Identity
+        }
+
+        fn serialize(&mut self, key: i64) -> StoreResult<()> {
+            self.execute("SELECT pg_advisory_xact_lock($1)", &[Param::BigInt(key)])
+                .map(drop)
+        }
+
+        fn announce_change(&mut self, topic: &str) -> StoreResult<()> {
+            self.execute(
+                "SELECT pg_notify($1, $2)",
+                &[
+                    Param::Text(crate::store::postgres::CHANGE_CHANNEL),
+                    Param::Text(topic),
+                ],
+            )
+            .map(drop)
         }
 
         fn execute(&mut self, sql: &str, args: &[Param<'_>]) -> StoreResult<u64> {
