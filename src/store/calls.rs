@@ -1,13 +1,9 @@
 //! Reading recorded calls back (writing them is the recorder's, in each backend).
 
-use super::rows::{CALL_COLUMNS, CallRow, Param, list_calls_query};
-use super::sql::{Cells, Db, SqlRow};
+use super::rows::{CALL_COLUMNS, Param, call_from, list_calls_query};
+use super::sql::{Cells, Db};
 use super::{CallCounts, StoreError, StoreResult};
 use crate::domain::{CallCursor, CallFilter, CallId, CallRecord, Money, TenantId, Timestamp};
-
-fn call_from(row: &SqlRow) -> StoreResult<CallRecord> {
-    CallRow::read(&Cells::new(row, "call"))?.into_record()
-}
 
 pub(super) fn get(
     db: &mut dyn Db,

@@ -1,10 +1,10 @@
 //! The change feed: one row per change that other processes' caches must notice (see
 //! [`super::Change`]), written in the transaction of the change itself.
 
-use super::rows::Param;
+use super::rows::{Param, TOPIC_API_KEY};
 use super::sql::{Cells, Db};
 use super::{Change, StoreResult};
-use crate::domain::Timestamp;
+use crate::domain::{TenantId, Timestamp};
 
 /// The lock serialising writers of the change feed ("agv_chng" in ASCII), so that
 /// sequence numbers become visible in order and a reader polling [`since`] never skips one.
@@ -26,6 +26,15 @@ pub(super) fn record(db: &mut dyn Db, topic: &str, ref_id: &str) -> StoreResult<
     // Delivered at commit to every instance listening, which then reads the feed at once
     // instead of at its next poll.
     db.announce_change(topic)
+}
+
+/// The changes an erased tenant leaves: one for each of its `keys` (so that every
+/// instance forgets them at once), then one for the tenant.
+pub(super) fn erased(db: &mut dyn Db, tenant: &TenantId, keys: &[String]) -> StoreResult<()> {
+    for k in keys {
+        record(db, TOPIC_API_KEY, k)?;
+    }
+    record(db, "tenant", tenant.as_str())
 }
 
 pub(super) fn latest_seq(db: &mut dyn Db) -> StoreResult<i64> {

@@ -3,16 +3,12 @@
 
 use super::changes;
 use super::rows::{
-    ACTIVE_FREEZES_SQL, FREEZE_COLUMNS, FreezeRow, KEY_COLUMNS, KeyRow, MAX_PAGE, Param,
-    TOPIC_API_KEY, TOPIC_KILLSWITCH, explain_conflict, latest_uses,
+    ACTIVE_FREEZES_SQL, FREEZE_COLUMNS, KEY_COLUMNS, MAX_PAGE, Param, TOPIC_API_KEY,
+    TOPIC_KILLSWITCH, explain_conflict, freeze_from, key_from, latest_uses,
 };
-use super::sql::{Cells, Db, EventSeq, SqlRow};
+use super::sql::{Db, EventSeq};
 use super::{StoreError, StoreResult};
 use crate::domain::{ApiKeyRecord, FreezeEvent, KeyHash, KeyId, NewApiKey, TenantId, Timestamp};
-
-fn key_from(row: &SqlRow) -> StoreResult<ApiKeyRecord> {
-    KeyRow::read(&Cells::new(row, "API key"))?.into_record()
-}
 
 pub(super) fn create(db: &mut dyn Db, key: &NewApiKey) -> StoreResult<ApiKeyRecord> {
     db.execute(
@@ -131,10 +127,6 @@ pub(super) fn touch(db: &mut dyn Db, used: &[(KeyId, Timestamp)]) -> StoreResult
         )?;
     }
     Ok(())
-}
-
-fn freeze_from(row: &SqlRow) -> StoreResult<FreezeEvent> {
-    FreezeRow::read(&Cells::new(row, "freeze event"))?.into_event()
 }
 
 pub(super) fn record_freeze(db: &mut dyn Db, event: &FreezeEvent) -> StoreResult<()> {

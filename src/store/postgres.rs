@@ -7,10 +7,8 @@
 //! numbers become visible in order and a reader polling `changes_since` never skips one.
 //! This module translates between SQL and domain types; it must not contain policy.
 
-use super::changes;
 use super::rows::{
-    CallParams, CallRow, Param, TOPIC_API_KEY, duplicate_call, explain_conflict, insert_call_sql,
-    latest_uses,
+    CallParams, Param, duplicate_call, explain_conflict, insert_call_sql, latest_uses,
 };
 use super::sql::postgres::PgDb;
 use super::{
@@ -22,7 +20,7 @@ use crate::domain::{CallCursor, CallRecord, CallSearch, KeyId, TenantId, Timesta
 use postgres::config::Host;
 use postgres::error::SqlState;
 use postgres::types::ToSql;
-use postgres::{GenericClient, NoTls, Row};
+use postgres::{GenericClient, NoTls};
 use r2d2::{Pool, PooledConnection};
 use r2d2_postgres::PostgresConnectionManager;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -316,45 +314,6 @@ pub(crate) fn db_err(e: postgres::Error) -> StoreError {
     StoreError::Database(crate::telemetry::error_chain(&e))
 }
 
-pub(super) fn call_row(r: &Row) -> CallRow {
-    CallRow {
-        id: r.get(0),
-        tenant_id: r.get(1),
-        key_id: r.get(2),
-        created_at: r.get(3),
-        endpoint: r.get(4),
-        model: r.get(5),
-        stream: r.get(6),
-        end_user: r.get(7),
-        session_id: r.get(8),
-        metadata: r.get(9),
-        request_body: r.get(10),
-        request_truncated: r.get(11),
-        request_sha256: r.get(12),
-        response_body: r.get(13),
-        response_truncated: r.get(14),
-        response_sha256: r.get(15),
-        status: i64::from(r.get::<_, i32>(16)),
-        error: r.get(17),
-        blocked: r.get(18),
-        blocked_by: r.get(19),
-        decisions: r.get(20),
-        prompt_tokens: r.get(21),
-        completion_tokens: r.get(22),
-        cached_tokens: r.get(23),
-        total_tokens: r.get(24),
-        cost_nanos: r.get(25),
-        latency_us: r.get(26),
-        upstream_latency_us: r.get(27),
-        enforcement_us: r.get(28),
-        upstream_attempts: r.get(29),
-        upstream: r.get(30),
-        request_body_sha256: r.get(31),
-        response_body_sha256: r.get(32),
-        body_pruned_at: r.get(33),
-    }
-}
-
 fn placeholder(n: usize) -> String {
     format!("${n}")
 }
@@ -624,13 +583,15 @@ impl Store for PostgresStore {
 
     fn erase_tenant(&self, tenant: &TenantId) -> StoreResult<Vec<(String, i64)>> {
         self.get_tenant(tenant)?;
-        let mut conn = self.conn()?;
-        super::dump::postgres::erase(&mut conn, tenant.as_str(), &|tx, keys| {
-            let mut db = PgDb(tx);
-            for k in keys {
-                changes::record(&mut db, TOPIC_API_KEY, k)?;
-            }
-            changes::record(&mut db, "tenant", tenant.as_str())
+        super::in_write_tx(self, |db| {
+            // No indexer pass overlaps: one that read the tenant's calls before this commits
+            // would otherwise write their text-index rows after it.
+            db.serialize(super::search_postgres::INDEXER_LOCK)?;
+            db.execute(
+                "DELETE FROM call_search WHERE tenant_id = $1",
+                &[Param::Text(tenant.as_str())],
+            )?;
+            super::dump::erase(db, tenant)
         })
     }
 

@@ -127,6 +127,22 @@ pub(super) mod sqlite {
     use rusqlite::Connection;
     use rusqlite::types::ValueRef;
 
+    /// The cells of a row, of whatever query.
+    pub(in crate::store) fn cells(r: &rusqlite::Row<'_>) -> rusqlite::Result<SqlRow> {
+        (0..r.as_ref().column_count())
+            .map(|i| {
+                Ok(match r.get_ref(i)? {
+                    ValueRef::Null => Cell::Null,
+                    ValueRef::Integer(v) => Cell::Int(v),
+                    ValueRef::Real(v) => Cell::Int(v as i64),
+                    ValueRef::Text(t) | ValueRef::Blob(t) => {
+                        Cell::Text(String::from_utf8_lossy(t).into_owned())
+                    }
+                })
+            })
+            .collect()
+    }
+
     /// A connection (or a transaction, which derefs to one).
     pub(in crate::store) struct SqliteDb<'c>(pub &'c Connection);
 
@@ -147,22 +163,8 @@ pub(super) mod sqlite {
                 .0
                 .prepare_cached(&sqlite_placeholders(sql))
                 .map_err(crate::store::sqlite::db_err)?;
-            let width = stmt.column_count();
             let rows = stmt
-                .query_map(rusqlite::params_from_iter(args.iter()), |r| {
-                    (0..width)
-                        .map(|i| {
-                            Ok(match r.get_ref(i)? {
-                                ValueRef::Null => Cell::Null,
-                                ValueRef::Integer(v) => Cell::Int(v),
-                                ValueRef::Real(v) => Cell::Int(v as i64),
-                                ValueRef::Text(t) | ValueRef::Blob(t) => {
-                                    Cell::Text(String::from_utf8_lossy(t).into_owned())
-                                }
-                            })
-                        })
-                        .collect::<rusqlite::Result<SqlRow>>()
-                })
+                .query_map(rusqlite::params_from_iter(args.iter()), cells)
                 .map_err(crate::store::sqlite::db_err)?;
             rows.map(|r| r.map_err(crate::store::sqlite::db_err))
                 .collect()
@@ -176,6 +178,35 @@ pub(super) mod postgres {
     use crate::store::{StoreError, StoreResult};
     use postgres::GenericClient;
     use postgres::types::{ToSql, Type};
+
+    /// The cells of a row, of whatever query.
+    pub(in crate::store) fn cells(row: &postgres::Row) -> StoreResult<SqlRow> {
+        (0..row.len())
+            .map(|i| {
+                let ty = row.columns()[i].type_();
+                let cell = if *ty == Type::INT8 {
+                    row.try_get::<_, Option<i64>>(i).map(|v| v.map(Cell::Int))
+                } else if *ty == Type::INT4 {
+                    row.try_get::<_, Option<i32>>(i)
+                        .map(|v| v.map(|v| Cell::Int(i64::from(v))))
+                } else if *ty == Type::INT2 {
+                    row.try_get::<_, Option<i16>>(i)
+                        .map(|v| v.map(|v| Cell::Int(i64::from(v))))
+                } else if *ty == Type::BOOL {
+                    row.try_get::<_, Option<bool>>(i)
+                        .map(|v| v.map(|v| Cell::Int(i64::from(v))))
+                } else if *ty == Type::NUMERIC {
+                    return Err(StoreError::Database(
+                        "a NUMERIC column reached the common SQL layer; cast it to BIGINT in the statement".into(),
+                    ));
+                } else {
+                    row.try_get::<_, Option<String>>(i).map(|v| v.map(Cell::Text))
+                };
+                cell.map(|c| c.unwrap_or(Cell::Null))
+                    .map_err(crate::store::postgres::db_err)
+            })
+            .collect()
+    }
 
     pub(in crate::store) struct PgDb<'c, C: GenericClient>(pub &'c mut C);
 
@@ -217,35 +248,7 @@ pub(super) mod postgres {
                 .0
                 .query(sql, &params)
                 .map_err(crate::store::postgres::db_err)?;
-            rows.iter()
-                .map(|row| {
-                    (0..row.len())
-                        .map(|i| {
-                            let ty = row.columns()[i].type_();
-                            let cell = if *ty == Type::INT8 {
-                                row.try_get::<_, Option<i64>>(i).map(|v| v.map(Cell::Int))
-                            } else if *ty == Type::INT4 {
-                                row.try_get::<_, Option<i32>>(i)
-                                    .map(|v| v.map(|v| Cell::Int(i64::from(v))))
-                            } else if *ty == Type::INT2 {
-                                row.try_get::<_, Option<i16>>(i)
-                                    .map(|v| v.map(|v| Cell::Int(i64::from(v))))
-                            } else if *ty == Type::BOOL {
-                                row.try_get::<_, Option<bool>>(i)
-                                    .map(|v| v.map(|v| Cell::Int(i64::from(v))))
-                            } else if *ty == Type::NUMERIC {
-                                return Err(StoreError::Database(
-                                    "a NUMERIC column reached the common SQL layer; cast it to BIGINT in the statement".into(),
-                                ));
-                            } else {
-                                row.try_get::<_, Option<String>>(i).map(|v| v.map(Cell::Text))
-                            };
-                            cell.map(|c| c.unwrap_or(Cell::Null))
-                                .map_err(crate::store::postgres::db_err)
-                        })
-                        .collect()
-                })
-                .collect()
+            rows.iter().map(cells).collect()
         }
     }
 }

@@ -6,10 +6,7 @@
 //! All methods block: async code calls them through [`super::run_blocking`].
 //! This module translates between SQL and domain types; it must not contain policy.
 
-use super::changes;
-use super::rows::{
-    CallParams, CallRow, Param, TOPIC_API_KEY, duplicate_call, explain_conflict, insert_call_sql,
-};
+use super::rows::{CallParams, Param, duplicate_call, explain_conflict, insert_call_sql};
 use super::sql::sqlite::SqliteDb;
 use super::{
     Backend, CommitSettings, Durability, DynStore, PoolStats, Store, StoreError, StoreResult,
@@ -20,7 +17,7 @@ use crate::domain::{CallCursor, CallRecord, CallSearch, TenantId, Timestamp};
 use r2d2::{Pool, PooledConnection};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
-use rusqlite::{Connection, Row, ToSql, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, ToSql, Transaction, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -649,45 +646,6 @@ pub(super) fn begin_write<'c>(
     })
 }
 
-pub(super) fn call_row(r: &Row<'_>) -> rusqlite::Result<CallRow> {
-    Ok(CallRow {
-        id: r.get(0)?,
-        tenant_id: r.get(1)?,
-        key_id: r.get(2)?,
-        created_at: r.get(3)?,
-        endpoint: r.get(4)?,
-        model: r.get(5)?,
-        stream: r.get(6)?,
-        end_user: r.get(7)?,
-        session_id: r.get(8)?,
-        metadata: r.get(9)?,
-        request_body: r.get(10)?,
-        request_truncated: r.get(11)?,
-        request_sha256: r.get(12)?,
-        response_body: r.get(13)?,
-        response_truncated: r.get(14)?,
-        response_sha256: r.get(15)?,
-        status: r.get(16)?,
-        error: r.get(17)?,
-        blocked: r.get(18)?,
-        blocked_by: r.get(19)?,
-        decisions: r.get(20)?,
-        prompt_tokens: r.get(21)?,
-        completion_tokens: r.get(22)?,
-        cached_tokens: r.get(23)?,
-        total_tokens: r.get(24)?,
-        cost_nanos: r.get(25)?,
-        latency_us: r.get(26)?,
-        upstream_latency_us: r.get(27)?,
-        enforcement_us: r.get(28)?,
-        upstream_attempts: r.get(29)?,
-        upstream: r.get(30)?,
-        request_body_sha256: r.get(31)?,
-        response_body_sha256: r.get(32)?,
-        body_pruned_at: r.get(33)?,
-    })
-}
-
 fn placeholder(n: usize) -> String {
     format!("?{n}")
 }
@@ -910,14 +868,13 @@ impl Store for SqliteStore {
 
     fn erase_tenant(&self, tenant: &TenantId) -> StoreResult<Vec<(String, i64)>> {
         self.get_tenant(tenant)?;
-        let mut conn = self.conn()?;
-        let _writer = lock_writer(&self.writer);
-        super::dump::sqlite::erase(&mut conn, tenant.as_str(), &|tx, keys| {
-            let mut db = SqliteDb(tx);
-            for k in keys {
-                changes::record(&mut db, TOPIC_API_KEY, k)?;
-            }
-            changes::record(&mut db, "tenant", tenant.as_str())
+        super::in_write_tx(self, |db| {
+            // The text index keeps each call's id: its entries go in the same transaction.
+            db.execute(
+                "DELETE FROM search.call_fts WHERE call_id IN (SELECT id FROM main.calls WHERE tenant_id = $1)",
+                &[Param::Text(tenant.as_str())],
+            )?;
+            super::dump::erase(db, tenant)
         })
     }
 

@@ -2,18 +2,14 @@
 //! tenant's own upstream (and the instance upstream the operator sets in the console).
 
 use super::rows::{
-    Param, TENANT_COLUMNS, TOPIC_POLICY, TOPIC_UPSTREAM, TenantRow, UPSTREAM_COLUMNS,
-    explain_conflict, policy_overrides, upstream_row,
+    Param, TENANT_COLUMNS, TOPIC_POLICY, TOPIC_UPSTREAM, UPSTREAM_COLUMNS, explain_conflict,
+    policy_overrides, tenant_from, upstream_row,
 };
 use super::sql::{Cells, Db, SqlRow};
 use super::{
     INSTANCE_UPSTREAM_REF, InstanceUpstreamRow, StoreError, StoreResult, TenantUpstreamRow, changes,
 };
 use crate::domain::{Tenant, TenantId, Timestamp};
-
-fn tenant_from(row: &SqlRow) -> StoreResult<Tenant> {
-    TenantRow::read(&Cells::new(row, "tenant"))?.into_tenant()
-}
 
 pub(super) fn create(db: &mut dyn Db, tenant: &Tenant) -> StoreResult<()> {
     db.execute(

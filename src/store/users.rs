@@ -1,9 +1,8 @@
 //! People who sign in to the console, and their sessions (managing them: see
 //! [`super::console`]).
 
-use super::console::user_from;
 use super::rows::{
-    LIVE_SESSION, Param, SESSION_COLUMNS, SessionRow, USER_COLUMNS, explain_conflict,
+    LIVE_SESSION, Param, SESSION_COLUMNS, USER_COLUMNS, explain_conflict, session_from, user_from,
 };
 use super::sql::{Cells, Db};
 use super::{StoreError, StoreResult};
@@ -87,9 +86,7 @@ pub(super) fn find_session(
         &format!("SELECT {SESSION_COLUMNS} FROM {LIVE_SESSION}"),
         &[Param::Text(token_hash), Param::BigInt(now.millis())],
     )?;
-    rows.first()
-        .map(|r| SessionRow::read(&Cells::new(r, "session"))?.into_session())
-        .transpose()
+    rows.first().map(session_from).transpose()
 }
 
 pub(super) fn delete_session(db: &mut dyn Db, token_hash: &str) -> StoreResult<()> {
