@@ -1,7 +1,7 @@
 //! Reading recorded calls back (writing them is the recorder's, in each backend).
 
 use super::rows::{CALL_COLUMNS, Param, call_from, list_calls_query};
-use super::sql::{Cells, Db};
+use super::sql::{self, Cells, Db};
 use super::{CallCounts, StoreError, StoreResult};
 use crate::domain::{CallCursor, CallFilter, CallId, CallRecord, Money, TenantId, Timestamp};
 
@@ -10,7 +10,8 @@ pub(super) fn get(
     tenant: Option<&TenantId>,
     id: &CallId,
 ) -> StoreResult<CallRecord> {
-    let rows = db.query(
+    sql::first(
+        db,
         &format!(
             "SELECT {CALL_COLUMNS} FROM calls WHERE id = $1 AND (CAST($2 AS TEXT) IS NULL OR tenant_id = $2)"
         ),
@@ -18,8 +19,9 @@ pub(super) fn get(
             Param::Text(id.as_str()),
             Param::OptText(tenant.map(TenantId::as_str)),
         ],
-    )?;
-    rows.first().map_or(Err(StoreError::NotFound), call_from)
+        call_from,
+    )?
+    .ok_or(StoreError::NotFound)
 }
 
 pub(super) fn list(
@@ -30,7 +32,7 @@ pub(super) fn list(
     limit: u32,
 ) -> StoreResult<Vec<CallRecord>> {
     let (sql, args) = list_calls_query(tenant, filter, after, limit, |n| format!("${n}"));
-    db.query(&sql, &args)?.iter().map(call_from).collect()
+    sql::all(db, &sql, &args, call_from)
 }
 
 pub(super) fn counts(
@@ -38,20 +40,21 @@ pub(super) fn counts(
     tenant: &TenantId,
     since: Timestamp,
 ) -> StoreResult<CallCounts> {
-    let rows = db.query(
+    let counts = sql::first(
+        db,
         "SELECT COUNT(*), COUNT(*) FILTER (WHERE blocked), COUNT(*) FILTER (WHERE status >= 500)
          FROM calls WHERE tenant_id = $1 AND created_at >= $2",
         &[Param::Text(tenant.as_str()), Param::BigInt(since.millis())],
+        |row| {
+            let c = Cells::new(row, "call counts");
+            Ok(CallCounts {
+                total: c.int(0)?,
+                blocked: c.int(1)?,
+                upstream_errors: c.int(2)?,
+            })
+        },
     )?;
-    let Some(row) = rows.first() else {
-        return Ok(CallCounts::default());
-    };
-    let c = Cells::new(row, "call counts");
-    Ok(CallCounts {
-        total: c.int(0)?,
-        blocked: c.int(1)?,
-        upstream_errors: c.int(2)?,
-    })
+    Ok(counts.unwrap_or_default())
 }
 
 pub(super) fn spend_since(
@@ -59,12 +62,10 @@ pub(super) fn spend_since(
     tenant: &TenantId,
     since: Timestamp,
 ) -> StoreResult<Money> {
-    let rows = db.query(
+    sql::number(
+        db,
         "SELECT CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) FROM calls WHERE tenant_id = $1 AND created_at >= $2",
         &[Param::Text(tenant.as_str()), Param::BigInt(since.millis())],
-    )?;
-    let nanos = rows
-        .first()
-        .map_or(Ok(0), |r| Cells::new(r, "spend").int(0))?;
-    Ok(Money::from_nanos(nanos))
+    )
+    .map(Money::from_nanos)
 }

@@ -2,7 +2,7 @@
 //! [`super::Change`]), written in the transaction of the change itself.
 
 use super::rows::{Param, TOPIC_API_KEY};
-use super::sql::{Cells, Db};
+use super::sql::{self, Cells, Db};
 use super::{Change, StoreResult};
 use crate::domain::{TenantId, Timestamp};
 
@@ -38,27 +38,25 @@ pub(super) fn erased(db: &mut dyn Db, tenant: &TenantId, keys: &[String]) -> Sto
 }
 
 pub(super) fn latest_seq(db: &mut dyn Db) -> StoreResult<i64> {
-    let rows = db.query(
+    sql::number(
+        db,
         "SELECT CAST(COALESCE(MAX(seq), 0) AS BIGINT) FROM changes",
         &[],
-    )?;
-    rows.first()
-        .map_or(Ok(0), |r| Cells::new(r, "change feed").int(0))
+    )
 }
 
 pub(super) fn since(db: &mut dyn Db, seq: i64, limit: u32) -> StoreResult<Vec<Change>> {
-    db.query(
+    sql::all(
+        db,
         "SELECT seq, topic, ref_id FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2",
         &[Param::BigInt(seq), Param::BigInt(i64::from(limit))],
-    )?
-    .iter()
-    .map(|row| {
-        let c = Cells::new(row, "change");
-        Ok(Change {
-            seq: c.int(0)?,
-            topic: c.text(1)?,
-            ref_id: c.text(2)?,
-        })
-    })
-    .collect()
+        |row| {
+            let c = Cells::new(row, "change");
+            Ok(Change {
+                seq: c.int(0)?,
+                topic: c.text(1)?,
+                ref_id: c.text(2)?,
+            })
+        },
+    )
 }

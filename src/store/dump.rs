@@ -97,10 +97,11 @@ pub fn tenant_condition(table: &str) -> &'static str {
         _ => "tenant_id = {t}",
     }
 }
+
 /// Deletes every row of the tenant (children first), its shared quotas, and records the
 /// changes that make every instance forget it (see [`changes::erased`]); returns the rows
-/// deleted per table. The caller has removed its text-index entries in the same
-/// transaction.
+/// deleted per table. Its text-index entries go in the same transaction (see
+/// `Store::erase_tenant`).
 pub(super) fn erase(db: &mut dyn Db, tenant: &TenantId) -> StoreResult<Vec<(String, i64)>> {
     let t = [Param::Text(tenant.as_str())];
     let keys = db

@@ -728,7 +728,8 @@ pub(super) fn unresolved(
 }
 
 pub(super) fn stats(db: &mut dyn Db, tenant: &TenantId) -> StoreResult<IncidentStats> {
-    let rows = db.query(
+    let stats = super::sql::first(
+        db,
         "SELECT
             COUNT(*) FILTER (WHERE status = 'open'),
             COUNT(*) FILTER (WHERE status = 'acknowledged'),
@@ -737,18 +738,18 @@ pub(super) fn stats(db: &mut dyn Db, tenant: &TenantId) -> StoreResult<IncidentS
             CAST(AVG(resolved_at - created_at) FILTER (WHERE resolved_at IS NOT NULL) AS BIGINT)
          FROM incidents WHERE tenant_id = $1",
         &[Param::Text(tenant.as_str())],
+        |row| {
+            let c = Cells::new(row, "incident stats");
+            Ok(IncidentStats {
+                open: c.int(0)?,
+                acknowledged: c.int(1)?,
+                resolved: c.int(2)?,
+                mtta_ms: c.opt_int(3)?,
+                mttr_ms: c.opt_int(4)?,
+            })
+        },
     )?;
-    let Some(row) = rows.first() else {
-        return Ok(IncidentStats::default());
-    };
-    let c = Cells::new(row, "incident stats");
-    Ok(IncidentStats {
-        open: c.int(0)?,
-        acknowledged: c.int(1)?,
-        resolved: c.int(2)?,
-        mtta_ms: c.opt_int(3)?,
-        mttr_ms: c.opt_int(4)?,
-    })
+    Ok(stats.unwrap_or_default())
 }
 
 pub(super) fn mark_demo_tenant(

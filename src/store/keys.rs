@@ -6,7 +6,7 @@ use super::rows::{
     ACTIVE_FREEZES_SQL, FREEZE_COLUMNS, KEY_COLUMNS, MAX_PAGE, Param, TOPIC_API_KEY,
     TOPIC_KILLSWITCH, explain_conflict, freeze_from, key_from, latest_uses,
 };
-use super::sql::{Db, EventSeq};
+use super::sql::{self, Db, EventSeq};
 use super::{StoreError, StoreResult};
 use crate::domain::{ApiKeyRecord, FreezeEvent, KeyHash, KeyId, NewApiKey, TenantId, Timestamp};
 
@@ -49,32 +49,34 @@ pub(super) fn get(
         "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 AND (CAST($2 AS TEXT) IS NULL OR tenant_id = $2){}",
         if lock { db.lock_rows() } else { "" }
     );
-    let rows = db.query(
+    sql::first(
+        db,
         &sql,
         &[
             Param::Text(id.as_str()),
             Param::OptText(tenant.map(TenantId::as_str)),
         ],
-    )?;
-    rows.first().map_or(Err(StoreError::NotFound), key_from)
+        key_from,
+    )?
+    .ok_or(StoreError::NotFound)
 }
 
 pub(super) fn find_by_hash(db: &mut dyn Db, hash: &KeyHash) -> StoreResult<Option<ApiKeyRecord>> {
-    let rows = db.query(
+    sql::first(
+        db,
         &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"),
         &[Param::Text(hash.as_str())],
-    )?;
-    rows.first().map(key_from).transpose()
+        key_from,
+    )
 }
 
 pub(super) fn list(db: &mut dyn Db, tenant: &TenantId) -> StoreResult<Vec<ApiKeyRecord>> {
-    db.query(
+    sql::all(
+        db,
         &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id"),
         &[Param::Text(tenant.as_str())],
-    )?
-    .iter()
-    .map(key_from)
-    .collect()
+        key_from,
+    )
 }
 
 pub(super) fn revoke(
@@ -165,10 +167,7 @@ pub(super) fn record_freeze(db: &mut dyn Db, event: &FreezeEvent) -> StoreResult
 }
 
 pub(super) fn active_freezes(db: &mut dyn Db) -> StoreResult<Vec<FreezeEvent>> {
-    db.query(ACTIVE_FREEZES_SQL, &[])?
-        .iter()
-        .map(freeze_from)
-        .collect()
+    sql::all(db, ACTIVE_FREEZES_SQL, &[], freeze_from)
 }
 
 pub(super) fn freeze_events(
@@ -176,7 +175,8 @@ pub(super) fn freeze_events(
     tenant: &TenantId,
     limit: u32,
 ) -> StoreResult<Vec<FreezeEvent>> {
-    db.query(
+    sql::all(
+        db,
         &format!(
             "SELECT {FREEZE_COLUMNS} FROM freeze_events WHERE tenant_id = $1 ORDER BY at DESC, seq DESC LIMIT $2"
         ),
@@ -184,8 +184,6 @@ pub(super) fn freeze_events(
             Param::Text(tenant.as_str()),
             Param::BigInt(i64::from(limit.min(MAX_PAGE))),
         ],
-    )?
-    .iter()
-    .map(freeze_from)
-    .collect()
+        freeze_from,
+    )
 }

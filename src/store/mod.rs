@@ -178,6 +178,10 @@ pub struct Change {
     pub ref_id: String,
 }
 
+/// Most methods are written once, over the shared SQL layer (`sql::Db`), as defaults: a
+/// backend supplies a pooled connection ([`Store::with_db`]) and a write transaction
+/// ([`Store::write_tx`]), and overrides only what it does its own way (recording calls,
+/// text search, a retention pass, backups).
 pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> Backend;
     /// A cheap round-trip proving the database answers (used by `/ready`).
@@ -191,12 +195,11 @@ pub trait Store: Send + Sync + 'static {
     /// The highest applied migration version.
     fn schema_version(&self) -> StoreResult<i64> {
         on_db(self, |db| {
-            let rows = db.query(
+            sql::number(
+                db,
                 "SELECT CAST(COALESCE(MAX(version), 0) AS BIGINT) FROM agv_schema_migrations",
                 &[],
-            )?;
-            rows.first()
-                .map_or(Ok(0), |r| sql::Cells::new(r, "schema version").int(0))
+            )
         })
     }
 
@@ -848,7 +851,13 @@ pub trait Store: Send + Sync + 'static {
     /// entries — in one transaction, recording an "api_key" change for each of its keys
     /// (so every instance forgets them at once). Returns the rows deleted per table. An
     /// unknown tenant is NotFound.
-    fn erase_tenant(&self, tenant: &TenantId) -> StoreResult<Vec<(String, i64)>>;
+    fn erase_tenant(&self, tenant: &TenantId) -> StoreResult<Vec<(String, i64)>> {
+        self.get_tenant(tenant)?;
+        in_write_tx(self, |db| {
+            db.forget_tenant_text(tenant.as_str())?;
+            dump::erase(db, tenant)
+        })
+    }
     fn import_tables(&self, source: &mut dump::Source<'_>) -> StoreResult<()>;
     /// Rows per backed-up table, in `dump::TABLES` order.
     fn table_counts(&self) -> StoreResult<Vec<(String, i64)>>;

@@ -581,20 +581,6 @@ impl Store for PostgresStore {
         super::dump::postgres::export(&mut conn, tenant.map(TenantId::as_str), sink)
     }
 
-    fn erase_tenant(&self, tenant: &TenantId) -> StoreResult<Vec<(String, i64)>> {
-        self.get_tenant(tenant)?;
-        super::in_write_tx(self, |db| {
-            // No indexer pass overlaps: one that read the tenant's calls before this commits
-            // would otherwise write their text-index rows after it.
-            db.serialize(super::search_postgres::INDEXER_LOCK)?;
-            db.execute(
-                "DELETE FROM call_search WHERE tenant_id = $1",
-                &[Param::Text(tenant.as_str())],
-            )?;
-            super::dump::erase(db, tenant)
-        })
-    }
-
     fn import_tables(&self, source: &mut super::dump::Source<'_>) -> StoreResult<()> {
         let mut conn = self.conn()?;
         super::dump::postgres::import(&mut conn, source)

@@ -42,6 +42,9 @@ pub(super) trait Db {
     fn announce_change(&mut self, _topic: &str) -> StoreResult<()> {
         Ok(())
     }
+    /// Removes a tenant's entries from the text index, in this transaction (each backend
+    /// keeps its own index, see `search_sqlite` and `search_postgres`).
+    fn forget_tenant_text(&mut self, tenant: &str) -> StoreResult<()>;
 }
 
 /// The next row's place in an append-only log's insertion order (`seq`).
@@ -107,6 +110,32 @@ impl<'r> Cells<'r> {
     }
 }
 
+/// The rows `sql` returns, each read by `read`.
+pub(super) fn all<T>(
+    db: &mut dyn Db,
+    sql: &str,
+    args: &[Param<'_>],
+    read: impl Fn(&SqlRow) -> StoreResult<T>,
+) -> StoreResult<Vec<T>> {
+    db.query(sql, args)?.iter().map(read).collect()
+}
+
+/// The first row `sql` returns, read by `read`; `None` when it returns none.
+pub(super) fn first<T>(
+    db: &mut dyn Db,
+    sql: &str,
+    args: &[Param<'_>],
+    read: impl Fn(&SqlRow) -> StoreResult<T>,
+) -> StoreResult<Option<T>> {
+    db.query(sql, args)?.first().map(read).transpose()
+}
+
+/// The integer of the first column of the first row `sql` returns (a count, a sum, a
+/// maximum); 0 when it returns no row.
+pub(super) fn number(db: &mut dyn Db, sql: &str, args: &[Param<'_>]) -> StoreResult<i64> {
+    first(db, sql, args, |r| Cells::new(r, "number").int(0)).map(Option::unwrap_or_default)
+}
+
 /// `$1` → `?1`: SQLite's numbered form of the same placeholder.
 pub(super) fn sqlite_placeholders(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
@@ -168,6 +197,15 @@ pub(super) mod sqlite {
                 .map_err(crate::store::sqlite::db_err)?;
             rows.map(|r| r.map_err(crate::store::sqlite::db_err))
                 .collect()
+        }
+
+        fn forget_tenant_text(&mut self, tenant: &str) -> StoreResult<()> {
+            // The text index keeps each call's id.
+            self.execute(
+                "DELETE FROM search.call_fts WHERE call_id IN (SELECT id FROM main.calls WHERE tenant_id = $1)",
+                &[Param::Text(tenant)],
+            )
+            .map(drop)
         }
     }
 }
@@ -231,6 +269,17 @@ pub(super) mod postgres {
                     Param::Text(crate::store::postgres::CHANGE_CHANNEL),
                     Param::Text(topic),
                 ],
+            )
+            .map(drop)
+        }
+
+        fn forget_tenant_text(&mut self, tenant: &str) -> StoreResult<()> {
+            // No indexer pass overlaps: one that read the tenant's calls before this commits
+            // would otherwise write their text-index rows after it.
+            self.serialize(crate::store::search_postgres::INDEXER_LOCK)?;
+            self.execute(
+                "DELETE FROM call_search WHERE tenant_id = $1",
+                &[Param::Text(tenant)],
             )
             .map(drop)
         }

@@ -866,18 +866,6 @@ impl Store for SqliteStore {
         super::dump::sqlite::export(&conn, tenant.map(TenantId::as_str), sink)
     }
 
-    fn erase_tenant(&self, tenant: &TenantId) -> StoreResult<Vec<(String, i64)>> {
-        self.get_tenant(tenant)?;
-        super::in_write_tx(self, |db| {
-            // The text index keeps each call's id: its entries go in the same transaction.
-            db.execute(
-                "DELETE FROM search.call_fts WHERE call_id IN (SELECT id FROM main.calls WHERE tenant_id = $1)",
-                &[Param::Text(tenant.as_str())],
-            )?;
-            super::dump::erase(db, tenant)
-        })
-    }
-
     fn import_tables(&self, source: &mut super::dump::Source<'_>) -> StoreResult<()> {
         let mut conn = self.conn()?;
         let _writer = lock_writer(&self.writer);

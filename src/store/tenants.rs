@@ -5,7 +5,7 @@ use super::rows::{
     Param, TENANT_COLUMNS, TOPIC_POLICY, TOPIC_UPSTREAM, UPSTREAM_COLUMNS, explain_conflict,
     policy_overrides, tenant_from, upstream_row,
 };
-use super::sql::{Cells, Db, SqlRow};
+use super::sql::{self, Cells, Db, SqlRow};
 use super::{
     INSTANCE_UPSTREAM_REF, InstanceUpstreamRow, StoreError, StoreResult, TenantUpstreamRow, changes,
 };
@@ -29,21 +29,22 @@ pub(super) fn create(db: &mut dyn Db, tenant: &Tenant) -> StoreResult<()> {
 }
 
 pub(super) fn get(db: &mut dyn Db, id: &TenantId) -> StoreResult<Tenant> {
-    let rows = db.query(
+    sql::first(
+        db,
         &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1"),
         &[Param::Text(id.as_str())],
-    )?;
-    rows.first().map_or(Err(StoreError::NotFound), tenant_from)
+        tenant_from,
+    )?
+    .ok_or(StoreError::NotFound)
 }
 
 pub(super) fn list(db: &mut dyn Db) -> StoreResult<Vec<Tenant>> {
-    db.query(
+    sql::all(
+        db,
         &format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY created_at, id"),
         &[],
-    )?
-    .iter()
-    .map(tenant_from)
-    .collect()
+        tenant_from,
+    )
 }
 
 fn tenant_id(stored: &str) -> StoreResult<TenantId> {
@@ -53,13 +54,12 @@ fn tenant_id(stored: &str) -> StoreResult<TenantId> {
 }
 
 pub(super) fn policy(db: &mut dyn Db, tenant: &TenantId) -> StoreResult<Option<serde_json::Value>> {
-    let rows = db.query(
+    sql::first(
+        db,
         "SELECT overrides FROM tenant_policies WHERE tenant_id = $1",
         &[Param::Text(tenant.as_str())],
-    )?;
-    rows.first()
-        .map(|r| policy_overrides(tenant.as_str(), &Cells::new(r, "policy").text(0)?))
-        .transpose()
+        |r| policy_overrides(tenant.as_str(), &Cells::new(r, "policy").text(0)?),
+    )
 }
 
 pub(super) fn put_policy(
@@ -82,18 +82,17 @@ pub(super) fn put_policy(
 }
 
 pub(super) fn policies(db: &mut dyn Db) -> StoreResult<Vec<(TenantId, serde_json::Value)>> {
-    db.query(
+    sql::all(
+        db,
         "SELECT tenant_id, overrides FROM tenant_policies ORDER BY tenant_id",
         &[],
-    )?
-    .iter()
-    .map(|row| {
-        let c = Cells::new(row, "policy");
-        let tenant = c.text(0)?;
-        let overrides = policy_overrides(&tenant, &c.text(1)?)?;
-        Ok((tenant_id(&tenant)?, overrides))
-    })
-    .collect()
+        |row| {
+            let c = Cells::new(row, "policy");
+            let tenant = c.text(0)?;
+            let overrides = policy_overrides(&tenant, &c.text(1)?)?;
+            Ok((tenant_id(&tenant)?, overrides))
+        },
+    )
 }
 
 fn upstream_from(row: &SqlRow) -> StoreResult<TenantUpstreamRow> {
@@ -105,11 +104,12 @@ pub(super) fn upstream(
     db: &mut dyn Db,
     tenant: &TenantId,
 ) -> StoreResult<Option<TenantUpstreamRow>> {
-    let rows = db.query(
+    sql::first(
+        db,
         &format!("SELECT {UPSTREAM_COLUMNS} FROM tenant_upstreams WHERE tenant_id = $1"),
         &[Param::Text(tenant.as_str())],
-    )?;
-    rows.first().map(upstream_from).transpose()
+        upstream_from,
+    )
 }
 
 pub(super) fn put_upstream(db: &mut dyn Db, row: &TenantUpstreamRow) -> StoreResult<()> {
@@ -139,30 +139,28 @@ pub(super) fn delete_upstream(db: &mut dyn Db, tenant: &TenantId) -> StoreResult
 }
 
 pub(super) fn upstreams(db: &mut dyn Db) -> StoreResult<Vec<TenantUpstreamRow>> {
-    db.query(
+    sql::all(
+        db,
         &format!("SELECT {UPSTREAM_COLUMNS} FROM tenant_upstreams ORDER BY tenant_id"),
         &[],
-    )?
-    .iter()
-    .map(upstream_from)
-    .collect()
+        upstream_from,
+    )
 }
 
 pub(super) fn instance_upstream(db: &mut dyn Db) -> StoreResult<Option<InstanceUpstreamRow>> {
-    let rows = db.query(
+    sql::first(
+        db,
         "SELECT base_url, api_key_ciphertext, updated_at FROM instance_upstream WHERE id = 1",
         &[],
-    )?;
-    rows.first()
-        .map(|row| {
+        |row| {
             let c = Cells::new(row, "instance upstream");
             Ok(InstanceUpstreamRow {
                 base_url: c.text(0)?,
                 api_key_ciphertext: c.opt_text(1)?,
                 updated_at: Timestamp::from_millis(c.int(2)?),
             })
-        })
-        .transpose()
+        },
+    )
 }
 
 pub(super) fn put_instance_upstream(db: &mut dyn Db, row: &InstanceUpstreamRow) -> StoreResult<()> {

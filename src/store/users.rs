@@ -4,7 +4,7 @@
 use super::rows::{
     LIVE_SESSION, Param, SESSION_COLUMNS, USER_COLUMNS, explain_conflict, session_from, user_from,
 };
-use super::sql::{Cells, Db};
+use super::sql::{self, Db};
 use super::{StoreError, StoreResult};
 use crate::domain::{Email, NewSession, NewUser, Session, TenantId, Timestamp, User, UserId};
 
@@ -37,25 +37,26 @@ pub(super) fn create(db: &mut dyn Db, user: &NewUser) -> StoreResult<User> {
 }
 
 pub(super) fn find_by_email(db: &mut dyn Db, email: &Email) -> StoreResult<Option<User>> {
-    let rows = db.query(
+    sql::first(
+        db,
         &format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1"),
         &[Param::Text(email.as_str())],
-    )?;
-    rows.first().map(user_from).transpose()
+        user_from,
+    )
 }
 
 pub(super) fn get(db: &mut dyn Db, id: &UserId) -> StoreResult<User> {
-    let rows = db.query(
+    sql::first(
+        db,
         &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"),
         &[Param::Text(id.as_str())],
-    )?;
-    rows.first().map_or(Err(StoreError::NotFound), user_from)
+        user_from,
+    )?
+    .ok_or(StoreError::NotFound)
 }
 
 pub(super) fn count(db: &mut dyn Db) -> StoreResult<i64> {
-    let rows = db.query("SELECT COUNT(*) FROM users", &[])?;
-    rows.first()
-        .map_or(Ok(0), |r| Cells::new(r, "count").int(0))
+    sql::number(db, "SELECT COUNT(*) FROM users", &[])
 }
 
 pub(super) fn create_session(db: &mut dyn Db, session: &NewSession) -> StoreResult<()> {
@@ -82,11 +83,12 @@ pub(super) fn find_session(
     token_hash: &str,
     now: Timestamp,
 ) -> StoreResult<Option<Session>> {
-    let rows = db.query(
+    sql::first(
+        db,
         &format!("SELECT {SESSION_COLUMNS} FROM {LIVE_SESSION}"),
         &[Param::Text(token_hash), Param::BigInt(now.millis())],
-    )?;
-    rows.first().map(session_from).transpose()
+        session_from,
+    )
 }
 
 pub(super) fn delete_session(db: &mut dyn Db, token_hash: &str) -> StoreResult<()> {
