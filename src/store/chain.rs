@@ -211,19 +211,18 @@ pub(super) fn head(
     tenant: Option<&TenantId>,
 ) -> StoreResult<Option<ChainHead>> {
     let key = chain::chain_key(kind, tenant);
-    let rows = db.query(
+    super::sql::first(
+        db,
         "SELECT seq, hash FROM chain_heads WHERE chain = $1",
         &[Param::Text(&key)],
-    )?;
-    rows.first()
-        .map(|row| {
+        |row| {
             let c = Cells::new(row, "chain head");
             Ok(ChainHead {
                 seq: c.int(0)?,
                 hash: c.text(1)?,
             })
-        })
-        .transpose()
+        },
+    )
 }
 
 /// The audit entry columns its link covers, after `seq, hash, prev_hash`.

@@ -6,7 +6,7 @@
 //! here, inside the transaction that makes the change, so that two people acting at once
 //! cannot both remove the last one.
 
-use super::rows::{Param, USER_COLUMNS, UserRow, explain_conflict};
+use super::rows::{Param, USER_COLUMNS, explain_conflict, user_from};
 use super::sql::{Cells, Db, SqlRow};
 use super::{StoreError, StoreResult};
 use crate::domain::user::{Email, Invitation, NewUser, PasswordHash, Role, User};
@@ -121,20 +121,6 @@ pub(super) fn usage_by(
         &[Param::Text(tenant.as_str()), Param::BigInt(since.millis())],
     )?;
     usage_rows(&rows)
-}
-
-fn user_from(row: &SqlRow) -> StoreResult<User> {
-    let c = Cells::new(row, "user");
-    UserRow {
-        id: c.text(0)?,
-        email: c.text(1)?,
-        password_hash: c.text(2)?,
-        role: c.text(3)?,
-        tenant_id: c.opt_text(4)?,
-        created_at: c.int(5)?,
-        disabled_at: c.opt_int(6)?,
-    }
-    .into_user()
 }
 
 /// A tenant's people (`None`: everyone on the instance), oldest first.
@@ -277,18 +263,7 @@ pub(super) fn accept_invitation(
         tenant_id: Some(inv.tenant_id.clone()),
         created_at: now,
     };
-    db.execute(
-        "INSERT INTO users (id, email, password_hash, role, tenant_id, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-        &[
-            Param::Text(user.id.as_str()),
-            Param::Text(user.email.as_str()),
-            Param::Text(user.password.as_str()),
-            Param::Text(user.role.as_str()),
-            Param::OptText(user.tenant_id.as_ref().map(TenantId::as_str)),
-            Param::BigInt(now.millis()),
-        ],
-    )
-    .map_err(|e| {
+    let created = super::users::create(db, &user).map_err(|e| {
         explain_conflict(e, || {
             format!(
                 "a user with the email {} already exists; sign in instead",
@@ -300,15 +275,7 @@ pub(super) fn accept_invitation(
         "UPDATE invitations SET accepted_at = $2 WHERE id = $1",
         &[Param::Text(inv.id.as_str()), Param::BigInt(now.millis())],
     )?;
-    Ok(User {
-        id: user.id,
-        email: user.email,
-        password: user.password,
-        role: user.role,
-        tenant_id: user.tenant_id,
-        created_at: now,
-        disabled_at: None,
-    })
+    Ok(created)
 }
 
 /// What accepting a revoked invitation says.

@@ -8,7 +8,10 @@
 //! tables agree with each other and no writer waits. The import writes everything in one
 //! transaction into a database that must hold no rows yet.
 
-use super::{StoreError, StoreResult};
+use super::rows::Param;
+use super::sql::{Cells, Db};
+use super::{StoreError, StoreResult, changes};
+use crate::domain::TenantId;
 use serde_json::Value;
 
 /// The tables a backup holds, parents before children (foreign keys), and what only the
@@ -94,6 +97,44 @@ pub fn tenant_condition(table: &str) -> &'static str {
         _ => "tenant_id = {t}",
     }
 }
+
+/// Deletes every row of the tenant (children first), its shared quotas, and records the
+/// changes that make every instance forget it (see [`changes::erased`]); returns the rows
+/// deleted per table. Its text-index entries go in the same transaction (see
+/// `Store::erase_tenant`).
+pub(super) fn erase(db: &mut dyn Db, tenant: &TenantId) -> StoreResult<Vec<(String, i64)>> {
+    let t = [Param::Text(tenant.as_str())];
+    let keys = db
+        .query("SELECT id FROM api_keys WHERE tenant_id = $1", &t)?
+        .iter()
+        .map(|r| Cells::new(r, "API key").text(0))
+        .collect::<StoreResult<Vec<String>>>()?;
+    let mut out = Vec::new();
+    for table in TABLES.iter().rev() {
+        if *table == "changes" {
+            continue;
+        }
+        let n = db.execute(
+            &format!(
+                "DELETE FROM \"{table}\" WHERE {}",
+                tenant_condition(table).replace("{t}", "CAST($1 AS TEXT)")
+            ),
+            &t,
+        )?;
+        out.push(((*table).to_owned(), i64::try_from(n).unwrap_or(i64::MAX)));
+    }
+    // Its shared rate limits and budgets (coordination rows named by its ids).
+    for prefix in quota_prefixes(tenant.as_str(), &keys) {
+        db.execute(
+            "DELETE FROM shared_quotas WHERE substr(name, 1, length($1)) = $1",
+            &[Param::Text(&prefix)],
+        )?;
+    }
+    changes::erased(db, tenant, &keys)?;
+    out.reverse();
+    Ok(out)
+}
+
 pub type Source<'a> = dyn FnMut() -> StoreResult<Option<TableBatch>> + 'a;
 
 fn derived_column(table: &str, column: &str) -> bool {
@@ -291,59 +332,6 @@ pub(super) mod sqlite {
             }
         }
         tx.commit().map_err(db_err)
-    }
-
-    /// Deletes every row of the tenant (children first) and its text-index entries, in one
-    /// transaction; returns the rows deleted per table.
-    pub(in crate::store) fn erase(
-        conn: &mut Connection,
-        tenant: &str,
-        changes: &dyn Fn(&rusqlite::Transaction<'_>, &[String]) -> StoreResult<()>,
-    ) -> StoreResult<Vec<(String, i64)>> {
-        let tx = conn.transaction().map_err(db_err)?;
-        let keys: Vec<String> = {
-            let mut s = tx
-                .prepare("SELECT id FROM api_keys WHERE tenant_id = ?1")
-                .map_err(db_err)?;
-            s.query_map([tenant], |r| r.get(0))
-                .map_err(db_err)?
-                .collect::<Result<_, _>>()
-                .map_err(db_err)?
-        };
-        // The text index keeps each call's id: its entries go in the same transaction.
-        tx.execute(
-            "DELETE FROM search.call_fts WHERE call_id IN (SELECT id FROM main.calls WHERE tenant_id = ?1)",
-            [tenant],
-        )
-        .map_err(db_err)?;
-        let mut out = Vec::new();
-        for table in TABLES.iter().rev() {
-            if *table == "changes" {
-                continue;
-            }
-            let n = tx
-                .execute(
-                    &format!(
-                        "DELETE FROM \"{table}\" WHERE {}",
-                        tenant_condition(table).replace("{t}", "?1")
-                    ),
-                    [tenant],
-                )
-                .map_err(db_err)?;
-            out.push(((*table).to_owned(), n as i64));
-        }
-        // Its shared rate limits and budgets (coordination rows named by its ids).
-        for prefix in quota_prefixes(tenant, &keys) {
-            tx.execute(
-                "DELETE FROM shared_quotas WHERE substr(name, 1, length(?1)) = ?1",
-                [&prefix],
-            )
-            .map_err(db_err)?;
-        }
-        changes(&tx, &keys)?;
-        tx.commit().map_err(db_err)?;
-        out.reverse();
-        Ok(out)
     }
 
     pub(in crate::store) fn counts(conn: &Connection) -> StoreResult<Vec<(String, i64)>> {
@@ -558,54 +546,6 @@ pub(super) mod postgres {
             .map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
-    }
-
-    /// Deletes every row of the tenant (children first) and its text-index rows, in one
-    /// transaction; returns the rows deleted per table.
-    pub(in crate::store) fn erase(
-        client: &mut Client,
-        tenant: &str,
-        changes: &dyn Fn(&mut ::postgres::Transaction<'_>, &[String]) -> StoreResult<()>,
-    ) -> StoreResult<Vec<(String, i64)>> {
-        let mut tx = client.transaction().map_err(db_err)?;
-        // No indexer pass overlaps: one that read the tenant's calls before this commits
-        // would otherwise write their text-index rows after it.
-        super::super::search_postgres::hold_indexer(&mut tx)?;
-        let keys: Vec<String> = tx
-            .query("SELECT id FROM api_keys WHERE tenant_id = $1", &[&tenant])
-            .map_err(db_err)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        tx.execute("DELETE FROM call_search WHERE tenant_id = $1", &[&tenant])
-            .map_err(db_err)?;
-        let mut out = Vec::new();
-        for table in TABLES.iter().rev() {
-            if *table == "changes" {
-                continue;
-            }
-            let n = tx
-                .execute(
-                    &format!(
-                        "DELETE FROM \"{table}\" WHERE {}",
-                        tenant_condition(table).replace("{t}", "$1::text")
-                    ),
-                    &[&tenant],
-                )
-                .map_err(db_err)?;
-            out.push(((*table).to_owned(), n as i64));
-        }
-        for prefix in quota_prefixes(tenant, &keys) {
-            tx.execute(
-                "DELETE FROM shared_quotas WHERE substr(name, 1, length($1)) = $1",
-                &[&prefix],
-            )
-            .map_err(db_err)?;
-        }
-        changes(&mut tx, &keys)?;
-        tx.commit().map_err(db_err)?;
-        out.reverse();
-        Ok(out)
     }
 
     pub(in crate::store) fn counts(client: &mut Client) -> StoreResult<Vec<(String, i64)>> {

@@ -6,6 +6,7 @@
 //! the caller's transaction.
 
 use super::rows::Param;
+pub(super) use super::sql::EventSeq;
 use super::sql::{Cells, Db, SqlRow};
 use super::{StoreError, StoreResult};
 use crate::domain::incident::{
@@ -81,13 +82,9 @@ fn event_from(row: &SqlRow) -> StoreResult<IncidentEvent> {
 
 const EVENT_COLUMNS: &str = "id, incident_id, at, actor, kind, before, after, note";
 
-/// The next event's place in insertion order (SQLite; Postgres numbers them itself).
-pub(super) enum EventSeq {
-    /// `seq` is filled by `MAX(seq) + 1` under the write lock.
-    MaxPlusOne,
-    /// The column is an identity column.
-    Identity,
-}
+/// The lock under which incidents and their events are written, one writer at a time
+/// across every instance sharing a Postgres database (see `sql::Db::serialize`).
+pub(super) const WRITER_LOCK: i64 = 7152010;
 
 pub(super) struct NewEvent<'a> {
     pub incident_id: &'a IncidentId,
@@ -749,7 +746,8 @@ pub(super) fn unresolved(
 }
 
 pub(super) fn stats(db: &mut dyn Db, tenant: &TenantId) -> StoreResult<IncidentStats> {
-    let rows = db.query(
+    let stats = super::sql::first(
+        db,
         "SELECT
             COUNT(*) FILTER (WHERE status = 'open'),
             COUNT(*) FILTER (WHERE status = 'acknowledged'),
@@ -758,18 +756,18 @@ pub(super) fn stats(db: &mut dyn Db, tenant: &TenantId) -> StoreResult<IncidentS
             CAST(AVG(resolved_at - created_at) FILTER (WHERE resolved_at IS NOT NULL) AS BIGINT)
          FROM incidents WHERE tenant_id = $1",
         &[Param::Text(tenant.as_str())],
+        |row| {
+            let c = Cells::new(row, "incident stats");
+            Ok(IncidentStats {
+                open: c.int(0)?,
+                acknowledged: c.int(1)?,
+                resolved: c.int(2)?,
+                mtta_ms: c.opt_int(3)?,
+                mttr_ms: c.opt_int(4)?,
+            })
+        },
     )?;
-    let Some(row) = rows.first() else {
-        return Ok(IncidentStats::default());
-    };
-    let c = Cells::new(row, "incident stats");
-    Ok(IncidentStats {
-        open: c.int(0)?,
-        acknowledged: c.int(1)?,
-        resolved: c.int(2)?,
-        mtta_ms: c.opt_int(3)?,
-        mttr_ms: c.opt_int(4)?,
-    })
+    Ok(stats.unwrap_or_default())
 }
 
 pub(super) fn mark_demo_tenant(

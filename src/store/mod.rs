@@ -9,11 +9,14 @@
 mod alerts;
 mod background;
 mod backtest;
+mod calls;
 mod chain;
+mod changes;
 mod console;
 pub mod dump;
 mod evidence;
 mod incidents;
+mod keys;
 pub mod migrate;
 pub mod postgres;
 mod quota;
@@ -27,8 +30,10 @@ mod search_sqlite;
 mod sql;
 pub mod sqlite;
 mod tasks;
+mod tenants;
 #[doc(hidden)]
 pub mod testing;
+mod users;
 
 pub use console::{SeriesPoint, UsageRow, key_of as usage_key};
 pub use evidence::StoredCertificate;
@@ -173,63 +178,120 @@ pub struct Change {
     pub ref_id: String,
 }
 
+/// Most methods are written once, over the shared SQL layer (`sql::Db`), as defaults: a
+/// backend supplies a pooled connection ([`Store::with_db`]) and a write transaction
+/// ([`Store::write_tx`]), and overrides only what it does its own way (recording calls,
+/// text search, a retention pass, backups).
 pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> Backend;
     /// A cheap round-trip proving the database answers (used by `/ready`).
-    fn ping(&self) -> StoreResult<()>;
+    fn ping(&self) -> StoreResult<()> {
+        on_db(self, |db| db.query("SELECT 1", &[]).map(drop))
+    }
     fn pool_stats(&self) -> PoolStats;
     /// What the database's commits wait for, read back from the connections that commit
     /// (the recorder's transaction, and a pooled connection).
     fn commit_settings(&self) -> StoreResult<CommitSettings>;
     /// The highest applied migration version.
-    fn schema_version(&self) -> StoreResult<i64>;
+    fn schema_version(&self) -> StoreResult<i64> {
+        on_db(self, |db| {
+            sql::number(
+                db,
+                "SELECT CAST(COALESCE(MAX(version), 0) AS BIGINT) FROM agv_schema_migrations",
+                &[],
+            )
+        })
+    }
 
     // Tenants
-    fn create_tenant(&self, tenant: &Tenant) -> StoreResult<()>;
-    fn get_tenant(&self, id: &TenantId) -> StoreResult<Tenant>;
-    fn list_tenants(&self) -> StoreResult<Vec<Tenant>>;
+    fn create_tenant(&self, tenant: &Tenant) -> StoreResult<()> {
+        on_db(self, |db| tenants::create(db, tenant))
+    }
+    fn get_tenant(&self, id: &TenantId) -> StoreResult<Tenant> {
+        on_db(self, |db| tenants::get(db, id))
+    }
+    fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
+        on_db(self, |db| tenants::list(db))
+    }
 
     // API keys. Every change (create, revoke, expiry change) also records a `Change` with
     // topic "api_key" in the same transaction.
-    fn create_api_key(&self, key: &NewApiKey) -> StoreResult<ApiKeyRecord>;
+    fn create_api_key(&self, key: &NewApiKey) -> StoreResult<ApiKeyRecord> {
+        in_write_tx(self, |db| keys::create(db, key))
+    }
     /// Looks a key up by hash, whatever its state (the caller checks `is_active`).
-    fn find_api_key_by_hash(&self, hash: &KeyHash) -> StoreResult<Option<ApiKeyRecord>>;
+    fn find_api_key_by_hash(&self, hash: &KeyHash) -> StoreResult<Option<ApiKeyRecord>> {
+        on_db(self, |db| keys::find_by_hash(db, hash))
+    }
     /// `tenant: None` means the instance operator, who may see any tenant's key.
-    fn get_api_key(&self, tenant: Option<&TenantId>, id: &KeyId) -> StoreResult<ApiKeyRecord>;
-    fn list_api_keys(&self, tenant: &TenantId) -> StoreResult<Vec<ApiKeyRecord>>;
+    fn get_api_key(&self, tenant: Option<&TenantId>, id: &KeyId) -> StoreResult<ApiKeyRecord> {
+        on_db(self, |db| keys::get(db, tenant, id, false))
+    }
+    fn list_api_keys(&self, tenant: &TenantId) -> StoreResult<Vec<ApiKeyRecord>> {
+        on_db(self, |db| keys::list(db, tenant))
+    }
     /// Revokes a key. Revoking an already revoked key keeps the first revocation time.
     fn revoke_api_key(
         &self,
         tenant: Option<&TenantId>,
         id: &KeyId,
         at: Timestamp,
-    ) -> StoreResult<ApiKeyRecord>;
+    ) -> StoreResult<ApiKeyRecord> {
+        in_write_tx(self, |db| keys::revoke(db, tenant, id, at))
+    }
     /// Sets when a key stops working (used by rotation's grace period).
     fn set_api_key_expiry(
         &self,
         tenant: Option<&TenantId>,
         id: &KeyId,
         expires_at: Option<Timestamp>,
-    ) -> StoreResult<ApiKeyRecord>;
+    ) -> StoreResult<ApiKeyRecord> {
+        in_write_tx(self, |db| keys::set_expiry(db, tenant, id, expires_at))
+    }
     /// Batch update of last-used times; unknown ids are ignored. Records no `Change`.
-    fn touch_api_keys(&self, used: &[(KeyId, Timestamp)]) -> StoreResult<()>;
+    fn touch_api_keys(&self, used: &[(KeyId, Timestamp)]) -> StoreResult<()> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        in_write_tx(self, |db| keys::touch(db, used))
+    }
 
     // Change feed
-    fn latest_change_seq(&self) -> StoreResult<i64>;
-    fn changes_since(&self, seq: i64, limit: u32) -> StoreResult<Vec<Change>>;
+    fn latest_change_seq(&self) -> StoreResult<i64> {
+        on_db(self, |db| changes::latest_seq(db))
+    }
+    fn changes_since(&self, seq: i64, limit: u32) -> StoreResult<Vec<Change>> {
+        on_db(self, |db| changes::since(db, seq, limit))
+    }
 
     // Users and sessions
-    fn create_user(&self, user: &NewUser) -> StoreResult<User>;
-    fn find_user_by_email(&self, email: &Email) -> StoreResult<Option<User>>;
-    fn get_user(&self, id: &UserId) -> StoreResult<User>;
-    fn count_users(&self) -> StoreResult<i64>;
-    fn create_session(&self, session: &NewSession) -> StoreResult<()>;
+    fn create_user(&self, user: &NewUser) -> StoreResult<User> {
+        on_db(self, |db| users::create(db, user))
+    }
+    fn find_user_by_email(&self, email: &Email) -> StoreResult<Option<User>> {
+        on_db(self, |db| users::find_by_email(db, email))
+    }
+    fn get_user(&self, id: &UserId) -> StoreResult<User> {
+        on_db(self, |db| users::get(db, id))
+    }
+    fn count_users(&self) -> StoreResult<i64> {
+        on_db(self, |db| users::count(db))
+    }
+    fn create_session(&self, session: &NewSession) -> StoreResult<()> {
+        on_db(self, |db| users::create_session(db, session))
+    }
     /// A session that exists, has not expired at `now`, and whose user is not disabled.
-    fn find_session(&self, token_hash: &str, now: Timestamp) -> StoreResult<Option<Session>>;
+    fn find_session(&self, token_hash: &str, now: Timestamp) -> StoreResult<Option<Session>> {
+        on_db(self, |db| users::find_session(db, token_hash, now))
+    }
     /// Deleting a session that does not exist (any more) is not an error: logout is idempotent.
-    fn delete_session(&self, token_hash: &str) -> StoreResult<()>;
+    fn delete_session(&self, token_hash: &str) -> StoreResult<()> {
+        on_db(self, |db| users::delete_session(db, token_hash))
+    }
     /// Removes expired sessions; returns how many were removed.
-    fn purge_expired_sessions(&self, now: Timestamp) -> StoreResult<u64>;
+    fn purge_expired_sessions(&self, now: Timestamp) -> StoreResult<u64> {
+        on_db(self, |db| users::purge_expired_sessions(db, now))
+    }
 
     // Calls (the recorder's group commit writes many in one transaction). A call id that
     // exists already is a Conflict and the whole batch is rolled back.
@@ -238,7 +300,9 @@ pub trait Store: Send + Sync + 'static {
     /// and one odd body must not fail everyone's batch); the SHA-256 fields are unchanged.
     fn insert_calls(&self, calls: &[CallRecord]) -> StoreResult<()>;
     /// `tenant: None` means the instance operator.
-    fn get_call(&self, tenant: Option<&TenantId>, id: &CallId) -> StoreResult<CallRecord>;
+    fn get_call(&self, tenant: Option<&TenantId>, id: &CallId) -> StoreResult<CallRecord> {
+        on_db(self, |db| calls::get(db, tenant, id))
+    }
     /// Newest first (`created_at` desc, then id desc), strictly after `after` when given.
     fn list_calls(
         &self,
@@ -246,7 +310,9 @@ pub trait Store: Send + Sync + 'static {
         filter: &CallFilter,
         after: Option<&CallCursor>,
         limit: u32,
-    ) -> StoreResult<Vec<CallRecord>>;
+    ) -> StoreResult<Vec<CallRecord>> {
+        on_db(self, |db| calls::list(db, tenant, filter, after, limit))
+    }
     /// Calls as a policy backtest reads them (see [`RecordedRequest`]: the request, not
     /// the response), oldest first (`created_at`, then id), strictly after `after` when
     /// given; at most a thousand.
@@ -256,7 +322,11 @@ pub trait Store: Send + Sync + 'static {
         filter: &CallFilter,
         after: Option<&CallCursor>,
         limit: u32,
-    ) -> StoreResult<Vec<RecordedRequest>>;
+    ) -> StoreResult<Vec<RecordedRequest>> {
+        on_db(self, |db| {
+            backtest::recorded_requests(db, tenant, filter, after, limit)
+        })
+    }
     /// The key of the call matching `filter` with `skip` newer ones before it (0: the
     /// newest); `None` when no more than `skip` calls match.
     fn call_key_at(
@@ -264,56 +334,100 @@ pub trait Store: Send + Sync + 'static {
         tenant: &TenantId,
         filter: &CallFilter,
         skip: u32,
-    ) -> StoreResult<Option<CallCursor>>;
+    ) -> StoreResult<Option<CallCursor>> {
+        on_db(self, |db| backtest::call_key_at(db, tenant, filter, skip))
+    }
     /// Counts for the protection summary: calls since `since`, how many were blocked, how
     /// many ended in an upstream error (status >= 500).
-    fn call_counts(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<CallCounts>;
+    fn call_counts(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<CallCounts> {
+        on_db(self, |db| calls::counts(db, tenant, since))
+    }
     /// Sum of known costs of the tenant's calls created at or after `since`.
-    fn spend_since(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<Money>;
+    fn spend_since(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<Money> {
+        on_db(self, |db| calls::spend_since(db, tenant, since))
+    }
 
     // Kill switch. Recording an event also records a `Change` with topic "killswitch".
-    fn record_freeze_event(&self, event: &FreezeEvent) -> StoreResult<()>;
+    fn record_freeze_event(&self, event: &FreezeEvent) -> StoreResult<()> {
+        in_write_tx(self, |db| keys::record_freeze(db, event))
+    }
     /// The latest event of every target (tenant, or tenant+key) whose latest action is Freeze.
-    fn active_freezes(&self) -> StoreResult<Vec<FreezeEvent>>;
+    fn active_freezes(&self) -> StoreResult<Vec<FreezeEvent>> {
+        on_db(self, |db| keys::active_freezes(db))
+    }
     /// A tenant's freeze history, newest first.
-    fn list_freeze_events(&self, tenant: &TenantId, limit: u32) -> StoreResult<Vec<FreezeEvent>>;
+    fn list_freeze_events(&self, tenant: &TenantId, limit: u32) -> StoreResult<Vec<FreezeEvent>> {
+        on_db(self, |db| keys::freeze_events(db, tenant, limit))
+    }
 
     // Per-tenant guardrail overrides (a JSON object; see `PolicyConfig`). Putting also
     // records a `Change` with topic "policy" and ref_id the tenant id.
-    fn get_tenant_policy(&self, tenant: &TenantId) -> StoreResult<Option<serde_json::Value>>;
+    fn get_tenant_policy(&self, tenant: &TenantId) -> StoreResult<Option<serde_json::Value>> {
+        on_db(self, |db| tenants::policy(db, tenant))
+    }
     fn put_tenant_policy(
         &self,
         tenant: &TenantId,
         overrides: &serde_json::Value,
         at: Timestamp,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<()> {
+        in_write_tx(self, |db| tenants::put_policy(db, tenant, overrides, at))
+    }
     /// Every tenant's overrides, for loading the guard at start.
-    fn list_tenant_policies(&self) -> StoreResult<Vec<(TenantId, serde_json::Value)>>;
+    fn list_tenant_policies(&self) -> StoreResult<Vec<(TenantId, serde_json::Value)>> {
+        on_db(self, |db| tenants::policies(db))
+    }
 
     // A tenant's own upstream. Putting and deleting also record a `Change` with topic
     // "upstream" and ref_id the tenant id. The key is stored only as ciphertext.
-    fn get_tenant_upstream(&self, tenant: &TenantId) -> StoreResult<Option<TenantUpstreamRow>>;
+    fn get_tenant_upstream(&self, tenant: &TenantId) -> StoreResult<Option<TenantUpstreamRow>> {
+        on_db(self, |db| tenants::upstream(db, tenant))
+    }
     /// Creates or replaces the tenant's upstream; an unknown tenant is NotFound.
-    fn put_tenant_upstream(&self, row: &TenantUpstreamRow) -> StoreResult<()>;
+    fn put_tenant_upstream(&self, row: &TenantUpstreamRow) -> StoreResult<()> {
+        in_write_tx(self, |db| tenants::put_upstream(db, row))
+    }
     /// Removes the tenant's upstream; returns whether there was one.
-    fn delete_tenant_upstream(&self, tenant: &TenantId) -> StoreResult<bool>;
+    fn delete_tenant_upstream(&self, tenant: &TenantId) -> StoreResult<bool> {
+        in_write_tx(self, |db| tenants::delete_upstream(db, tenant))
+    }
     /// Every tenant's upstream, for loading the proxy at start.
-    fn list_tenant_upstreams(&self) -> StoreResult<Vec<TenantUpstreamRow>>;
+    fn list_tenant_upstreams(&self) -> StoreResult<Vec<TenantUpstreamRow>> {
+        on_db(self, |db| tenants::upstreams(db))
+    }
 
     // The instance upstream set by the operator in the console (overrides the configured
     // one). Putting and deleting also record a `Change` with topic "upstream" and ref_id
     // [`INSTANCE_UPSTREAM_REF`]. The key is stored only as ciphertext.
-    fn get_instance_upstream(&self) -> StoreResult<Option<InstanceUpstreamRow>>;
+    fn get_instance_upstream(&self) -> StoreResult<Option<InstanceUpstreamRow>> {
+        on_db(self, |db| tenants::instance_upstream(db))
+    }
     /// Creates or replaces the instance upstream.
-    fn put_instance_upstream(&self, row: &InstanceUpstreamRow) -> StoreResult<()>;
+    fn put_instance_upstream(&self, row: &InstanceUpstreamRow) -> StoreResult<()> {
+        in_write_tx(self, |db| tenants::put_instance_upstream(db, row))
+    }
     /// Removes it (the configured upstream applies again); returns whether there was one.
-    fn delete_instance_upstream(&self) -> StoreResult<bool>;
+    fn delete_instance_upstream(&self) -> StoreResult<bool> {
+        in_write_tx(self, |db| tenants::delete_instance_upstream(db))
+    }
 
     // Incidents (see domain::incident). Applying signals groups them under the versioned
     // rules, in one transaction, and records opened / reopened / escalated events.
-    fn apply_signals(&self, signals: &[Signal]) -> StoreResult<Vec<Applied>>;
+    fn apply_signals(&self, signals: &[Signal]) -> StoreResult<Vec<Applied>> {
+        if signals.is_empty() {
+            return Ok(Vec::new());
+        }
+        in_write_tx(self, |db| {
+            // One grouping writer at a time across every instance sharing the database.
+            db.serialize(incidents::WRITER_LOCK)?;
+            let seq = db.event_seq();
+            incidents::apply_signals(db, &seq, signals)
+        })
+    }
     /// `tenant: None` means the instance operator; another tenant's id is NotFound.
-    fn get_incident(&self, tenant: Option<&TenantId>, id: &IncidentId) -> StoreResult<Incident>;
+    fn get_incident(&self, tenant: Option<&TenantId>, id: &IncidentId) -> StoreResult<Incident> {
+        on_db(self, |db| incidents::get(db, tenant, id))
+    }
     /// Newest first (created_at desc, id desc), strictly after `after` when given.
     fn list_incidents(
         &self,
@@ -321,20 +435,32 @@ pub trait Store: Send + Sync + 'static {
         filter: &IncidentFilter,
         after: Option<&IncidentCursor>,
         limit: u32,
-    ) -> StoreResult<Vec<Incident>>;
+    ) -> StoreResult<Vec<Incident>> {
+        on_db(self, |db| incidents::list(db, tenant, filter, after, limit))
+    }
     /// Oldest first.
     fn incident_signals(
         &self,
         tenant: Option<&TenantId>,
         id: &IncidentId,
         limit: u32,
-    ) -> StoreResult<Vec<StoredSignal>>;
+    ) -> StoreResult<Vec<StoredSignal>> {
+        on_db(self, |db| {
+            incidents::get(db, tenant, id)?;
+            incidents::signals(db, id, limit)
+        })
+    }
     /// Oldest first, in insertion order within a millisecond.
     fn incident_events(
         &self,
         tenant: Option<&TenantId>,
         id: &IncidentId,
-    ) -> StoreResult<Vec<IncidentEvent>>;
+    ) -> StoreResult<Vec<IncidentEvent>> {
+        on_db(self, |db| {
+            incidents::get(db, tenant, id)?;
+            incidents::events(db, id)
+        })
+    }
     /// A person's change; an invalid status change is Conflict (409).
     fn change_incident(
         &self,
@@ -343,7 +469,13 @@ pub trait Store: Send + Sync + 'static {
         change: &IncidentChange,
         actor: &str,
         at: Timestamp,
-    ) -> StoreResult<(Incident, IncidentEvent)>;
+    ) -> StoreResult<(Incident, IncidentEvent)> {
+        in_write_tx(self, |db| {
+            db.serialize(incidents::WRITER_LOCK)?;
+            let seq = db.event_seq();
+            incidents::change(db, &seq, tenant, id, change, actor, at)
+        })
+    }
     /// A system event: a kill-switch action or an alert sent.
     #[allow(clippy::too_many_arguments)]
     fn add_incident_event(
@@ -355,13 +487,27 @@ pub trait Store: Send + Sync + 'static {
         after: Option<serde_json::Value>,
         note: Option<&str>,
         at: Timestamp,
-    ) -> StoreResult<IncidentEvent>;
+    ) -> StoreResult<IncidentEvent> {
+        in_write_tx(self, |db| {
+            db.serialize(incidents::WRITER_LOCK)?;
+            let seq = db.event_seq();
+            incidents::add_event(db, &seq, tenant, id, kind, actor, after.clone(), note, at)
+        })
+    }
     /// The tenant's open and acknowledged incidents, newest first.
-    fn unresolved_incidents(&self, tenant: &TenantId, limit: u32) -> StoreResult<Vec<Incident>>;
-    fn incident_stats(&self, tenant: &TenantId) -> StoreResult<IncidentStats>;
+    fn unresolved_incidents(&self, tenant: &TenantId, limit: u32) -> StoreResult<Vec<Incident>> {
+        on_db(self, |db| incidents::unresolved(db, tenant, limit))
+    }
+    fn incident_stats(&self, tenant: &TenantId) -> StoreResult<IncidentStats> {
+        on_db(self, |db| incidents::stats(db, tenant))
+    }
     /// Marks a tenant as a demo tenant (idempotent); an unknown tenant is NotFound.
-    fn mark_demo_tenant(&self, tenant: &TenantId, at: Timestamp) -> StoreResult<()>;
-    fn is_demo_tenant(&self, tenant: &TenantId) -> StoreResult<bool>;
+    fn mark_demo_tenant(&self, tenant: &TenantId, at: Timestamp) -> StoreResult<()> {
+        in_write_tx(self, |db| incidents::mark_demo_tenant(db, tenant, at))
+    }
+    fn is_demo_tenant(&self, tenant: &TenantId) -> StoreResult<bool> {
+        on_db(self, |db| incidents::is_demo_tenant(db, tenant))
+    }
     /// Folds the write-ahead log back into the database and truncates it (SQLite, after
     /// bulk work such as `agv-server demo`); nothing to do on Postgres.
     fn checkpoint(&self) -> StoreResult<()> {
@@ -406,7 +552,9 @@ pub trait Store: Send + Sync + 'static {
     // Retention (see store::retention; the sweep is ops::retention).
     /// How many chain v2 calls created before `cutoff` still hold their bodies (those an
     /// incident or a certificate keeps included): the most a sweep can prune.
-    fn count_prunable_calls(&self, cutoff: Timestamp) -> StoreResult<i64>;
+    fn count_prunable_calls(&self, cutoff: Timestamp) -> StoreResult<i64> {
+        on_db(self, |db| retention::count(db, cutoff))
+    }
     /// One batch of a retention sweep, in one short write transaction: reads up to `limit`
     /// chain v2 calls created before `cutoff` that still hold their bodies, strictly after
     /// `after` in (created_at, id) order, and removes the bodies (and their text from the
@@ -423,47 +571,76 @@ pub trait Store: Send + Sync + 'static {
 
     // Alert routes (see domain::alert). Another tenant's route is NotFound; an unknown
     // tenant is NotFound on create.
-    fn create_alert_route(&self, route: &AlertRoute) -> StoreResult<()>;
+    fn create_alert_route(&self, route: &AlertRoute) -> StoreResult<()> {
+        in_write_tx(self, |db| alerts::create_route(db, route))
+    }
     /// Oldest first.
-    fn list_alert_routes(&self, tenant: &TenantId) -> StoreResult<Vec<AlertRoute>>;
-    fn get_alert_route(&self, tenant: &TenantId, id: &AlertRouteId) -> StoreResult<AlertRoute>;
+    fn list_alert_routes(&self, tenant: &TenantId) -> StoreResult<Vec<AlertRoute>> {
+        on_db(self, |db| alerts::list_routes(db, tenant))
+    }
+    fn get_alert_route(&self, tenant: &TenantId, id: &AlertRouteId) -> StoreResult<AlertRoute> {
+        on_db(self, |db| alerts::get_route(db, tenant, id))
+    }
     /// Replaces a route's editable fields (not its id, tenant, kind or creation time);
     /// returns whether there was such a route of that tenant.
-    fn update_alert_route(&self, route: &AlertRoute) -> StoreResult<bool>;
+    fn update_alert_route(&self, route: &AlertRoute) -> StoreResult<bool> {
+        in_write_tx(self, |db| alerts::update_route(db, route))
+    }
     /// Returns whether there was such a route.
-    fn delete_alert_route(&self, tenant: &TenantId, id: &AlertRouteId) -> StoreResult<bool>;
+    fn delete_alert_route(&self, tenant: &TenantId, id: &AlertRouteId) -> StoreResult<bool> {
+        in_write_tx(self, |db| alerts::delete_route(db, tenant, id))
+    }
     /// Logs an alert that reached its receiver and, for an incident alert, adds the
     /// incident's `alert_sent` event (route, reason and attempt in `after`), in one
     /// transaction. An incident of another tenant is NotFound and nothing is written.
-    fn record_alert_sent(&self, sent: &AlertSent) -> StoreResult<()>;
+    fn record_alert_sent(&self, sent: &AlertSent) -> StoreResult<()> {
+        in_write_tx(self, |db| {
+            // Incident events are numbered by one writer at a time (see add_incident_event).
+            db.serialize(incidents::WRITER_LOCK)?;
+            let seq = db.event_seq();
+            alerts::record_sent(db, &seq, sent)
+        })
+    }
     /// When the route last alerted about the incident, if ever.
     fn last_alert_sent(
         &self,
         tenant: &TenantId,
         route: &AlertRouteId,
         incident: &IncidentId,
-    ) -> StoreResult<Option<Timestamp>>;
+    ) -> StoreResult<Option<Timestamp>> {
+        on_db(self, |db| alerts::last_sent(db, tenant, route, incident))
+    }
 
     // Evidence: replays and certificates (see domain::replay, domain::certificate). Written
     // once. Inserting a replay of another tenant's call is NotFound; `get_certificate` with
     // `None` is for the public check only.
-    fn insert_replay(&self, replay: &crate::domain::replay::ReplayRecord) -> StoreResult<()>;
+    fn insert_replay(&self, replay: &crate::domain::replay::ReplayRecord) -> StoreResult<()> {
+        in_write_tx(self, |db| evidence::insert_replay(db, replay))
+    }
     fn get_replay(
         &self,
         tenant: &TenantId,
         id: &crate::domain::ReplayId,
-    ) -> StoreResult<crate::domain::replay::ReplayRecord>;
+    ) -> StoreResult<crate::domain::replay::ReplayRecord> {
+        on_db(self, |db| evidence::get_replay(db, tenant, id))
+    }
     fn list_replays(
         &self,
         tenant: &TenantId,
         call: &CallId,
-    ) -> StoreResult<Vec<crate::domain::replay::ReplayRecord>>;
-    fn insert_certificate(&self, cert: &StoredCertificate) -> StoreResult<()>;
+    ) -> StoreResult<Vec<crate::domain::replay::ReplayRecord>> {
+        on_db(self, |db| evidence::list_replays(db, tenant, call))
+    }
+    fn insert_certificate(&self, cert: &StoredCertificate) -> StoreResult<()> {
+        in_write_tx(self, |db| evidence::insert_certificate(db, cert))
+    }
     fn get_certificate(
         &self,
         tenant: Option<&TenantId>,
         id: &crate::domain::CertificateId,
-    ) -> StoreResult<StoredCertificate>;
+    ) -> StoreResult<StoredCertificate> {
+        on_db(self, |db| evidence::get_certificate(db, tenant, id))
+    }
 
     // The console (see store::console).
     /// `buckets` consecutive buckets of the tenant's calls from `since`, empty ones included.
@@ -473,32 +650,48 @@ pub trait Store: Send + Sync + 'static {
         since: Timestamp,
         bucket_ms: i64,
         buckets: u32,
-    ) -> StoreResult<Vec<SeriesPoint>>;
+    ) -> StoreResult<Vec<SeriesPoint>> {
+        on_db(self, |db| {
+            console::call_series(db, tenant, since, bucket_ms, buckets)
+        })
+    }
     /// Calls, tokens and cost since `since` per key (`by_model` false) or per model.
     fn usage_by(
         &self,
         tenant: &TenantId,
         since: Timestamp,
         by_model: bool,
-    ) -> StoreResult<Vec<UsageRow>>;
+    ) -> StoreResult<Vec<UsageRow>> {
+        on_db(self, |db| console::usage_by(db, tenant, since, by_model))
+    }
     /// A tenant's people (`None`: everyone), oldest first.
-    fn list_users(&self, tenant: Option<&TenantId>) -> StoreResult<Vec<crate::domain::user::User>>;
+    fn list_users(&self, tenant: Option<&TenantId>) -> StoreResult<Vec<crate::domain::user::User>> {
+        on_db(self, |db| console::list_users(db, tenant))
+    }
     /// Sets a user's password and ends their other sessions (all but `keep`, a token hash).
     fn set_user_password(
         &self,
         user: &crate::domain::UserId,
         password: &crate::domain::user::PasswordHash,
         keep: Option<&str>,
-    ) -> StoreResult<()>;
-    fn create_invitation(&self, inv: &crate::domain::user::Invitation) -> StoreResult<()>;
+    ) -> StoreResult<()> {
+        in_write_tx(self, |db| console::set_password(db, user, password, keep))
+    }
+    fn create_invitation(&self, inv: &crate::domain::user::Invitation) -> StoreResult<()> {
+        in_write_tx(self, |db| console::insert_invitation(db, inv))
+    }
     fn find_invitation(
         &self,
         token_hash: &str,
-    ) -> StoreResult<Option<crate::domain::user::Invitation>>;
+    ) -> StoreResult<Option<crate::domain::user::Invitation>> {
+        on_db(self, |db| console::find_invitation(db, token_hash))
+    }
     fn list_invitations(
         &self,
         tenant: &TenantId,
-    ) -> StoreResult<Vec<crate::domain::user::Invitation>>;
+    ) -> StoreResult<Vec<crate::domain::user::Invitation>> {
+        on_db(self, |db| console::list_invitations(db, tenant))
+    }
     /// Creates the invited user and marks the invitation accepted, in one transaction.
     /// Unknown token: NotFound; used, expired, revoked, or the email taken: Conflict.
     fn accept_invitation(
@@ -507,13 +700,22 @@ pub trait Store: Send + Sync + 'static {
         id: &crate::domain::UserId,
         password: &crate::domain::user::PasswordHash,
         now: Timestamp,
-    ) -> StoreResult<crate::domain::user::User>;
+    ) -> StoreResult<crate::domain::user::User> {
+        in_write_tx(self, |db| {
+            console::accept_invitation(db, token_hash, id, password, now)
+        })
+    }
 
     /// Runs `work` in one write transaction: committed when it returns `Ok`, rolled back
     /// otherwise. The backend supplies only the transaction; what runs in it is written
     /// once for both backends over the shared SQL layer (see `sql::Db`).
     #[doc(hidden)]
     fn write_tx(&self, work: &mut dyn FnMut(&mut SqlTx<'_>) -> StoreResult<()>) -> StoreResult<()>;
+    /// Runs `work` on a pooled connection outside any transaction: reads, and writes of
+    /// one statement, which commits by itself. Like [`Store::write_tx`], the backend
+    /// supplies only the connection.
+    #[doc(hidden)]
+    fn with_db(&self, work: &mut dyn FnMut(&mut SqlTx<'_>) -> StoreResult<()>) -> StoreResult<()>;
 
     // Managing people (see store::console), in one write transaction each (`write_tx`).
     // `tenant: Some` acts as an owner of that tenant, who sees only its people (anyone else
@@ -565,9 +767,15 @@ pub trait Store: Send + Sync + 'static {
     // Scheduled runs shared by instances (see store::schedule).
     /// Claims the run of schedule `name` at `slot` (its firing time in seconds) for
     /// `instance`: true when this call claimed it, false when another instance had.
-    fn claim_scheduled_run(&self, name: &str, slot: i64, instance: &str) -> StoreResult<bool>;
+    fn claim_scheduled_run(&self, name: &str, slot: i64, instance: &str) -> StoreResult<bool> {
+        in_write_tx(self, |db| {
+            schedule::claim(db, name, slot, instance, Timestamp::now().millis())
+        })
+    }
     /// `(slot, instance)` of the kept claims of a schedule, oldest first.
-    fn scheduled_run_claims(&self, name: &str) -> StoreResult<Vec<(i64, String)>>;
+    fn scheduled_run_claims(&self, name: &str) -> StoreResult<Vec<(i64, String)>> {
+        on_db(self, |db| schedule::list(db, name))
+    }
 
     // Shared quotas (see store::quota, guard::shared): rate limits and budgets that hold
     // across the instances sharing one database. Only the Postgres guard leases; SQLite
@@ -577,27 +785,39 @@ pub trait Store: Send + Sync + 'static {
     fn lease_quota(
         &self,
         req: &crate::domain::quota::LeaseRequest,
-    ) -> StoreResult<crate::domain::quota::LeaseGrant>;
+    ) -> StoreResult<crate::domain::quota::LeaseGrant> {
+        in_write_tx(self, |db| quota::lease(db, req))
+    }
     /// Gives unused lease amounts back (negative: spend beyond the lease) and deletes rows
     /// whose time is over.
-    fn return_quotas(&self, returns: &[(String, i64)], now: Timestamp) -> StoreResult<()>;
+    fn return_quotas(&self, returns: &[(String, i64)], now: Timestamp) -> StoreResult<()> {
+        in_write_tx(self, |db| quota::give_back(db, returns, now.millis()))
+    }
     /// The stored level of an allowance; `None` when it has no row.
-    fn quota_level(&self, name: &str) -> StoreResult<Option<i64>>;
+    fn quota_level(&self, name: &str) -> StoreResult<Option<i64>> {
+        on_db(self, |db| quota::level(db, name))
+    }
 
     // Tasks (see domain::task). Another tenant's task is NotFound; an unknown tenant is
     // NotFound on insert.
-    fn insert_task(&self, task: &crate::domain::task::Task) -> StoreResult<()>;
+    fn insert_task(&self, task: &crate::domain::task::Task) -> StoreResult<()> {
+        in_write_tx(self, |db| tasks::insert(db, task))
+    }
     fn get_task(
         &self,
         tenant: &TenantId,
         id: &crate::domain::TaskId,
-    ) -> StoreResult<crate::domain::task::Task>;
+    ) -> StoreResult<crate::domain::task::Task> {
+        on_db(self, |db| tasks::get(db, tenant, id))
+    }
     /// Newest first.
     fn list_tasks(
         &self,
         tenant: &TenantId,
         limit: u32,
-    ) -> StoreResult<Vec<crate::domain::task::Task>>;
+    ) -> StoreResult<Vec<crate::domain::task::Task>> {
+        on_db(self, |db| tasks::list(db, tenant, limit))
+    }
     /// Applies a change; returns the task as it is now.
     fn update_task(
         &self,
@@ -605,13 +825,17 @@ pub trait Store: Send + Sync + 'static {
         id: &crate::domain::TaskId,
         update: &crate::domain::task::TaskUpdate,
         at: Timestamp,
-    ) -> StoreResult<crate::domain::task::Task>;
+    ) -> StoreResult<crate::domain::task::Task> {
+        in_write_tx(self, |db| tasks::update(db, tenant, id, update, at))
+    }
     /// The file a task produced: content type, file name, bytes. NotFound when none (yet).
     fn task_output(
         &self,
         tenant: &TenantId,
         id: &crate::domain::TaskId,
-    ) -> StoreResult<(String, String, Vec<u8>)>;
+    ) -> StoreResult<(String, String, Vec<u8>)> {
+        on_db(self, |db| tasks::output(db, tenant, id))
+    }
 
     // Backups (see `dump`): every backed-up table from one snapshot, without blocking
     // writers; and the import of such rows into a database that holds none, in one
@@ -627,7 +851,13 @@ pub trait Store: Send + Sync + 'static {
     /// entries — in one transaction, recording an "api_key" change for each of its keys
     /// (so every instance forgets them at once). Returns the rows deleted per table. An
     /// unknown tenant is NotFound.
-    fn erase_tenant(&self, tenant: &TenantId) -> StoreResult<Vec<(String, i64)>>;
+    fn erase_tenant(&self, tenant: &TenantId) -> StoreResult<Vec<(String, i64)>> {
+        self.get_tenant(tenant)?;
+        in_write_tx(self, |db| {
+            db.forget_tenant_text(tenant.as_str())?;
+            dump::erase(db, tenant)
+        })
+    }
     fn import_tables(&self, source: &mut dump::Source<'_>) -> StoreResult<()>;
     /// Rows per backed-up table, in `dump::TABLES` order.
     fn table_counts(&self) -> StoreResult<Vec<(String, i64)>>;
@@ -640,7 +870,9 @@ pub trait Store: Send + Sync + 'static {
         &self,
         kind: ChainKind,
         tenant: Option<&TenantId>,
-    ) -> StoreResult<Option<ChainHead>>;
+    ) -> StoreResult<Option<ChainHead>> {
+        on_db(self, |db| chain::head(db, kind, tenant))
+    }
     /// Up to `limit` links with seq > `after`, in seq order, for `audit verify`.
     fn chain_links(
         &self,
@@ -648,10 +880,14 @@ pub trait Store: Send + Sync + 'static {
         tenant: Option<&TenantId>,
         after: i64,
         limit: u32,
-    ) -> StoreResult<Vec<StoredLink>>;
+    ) -> StoreResult<Vec<StoredLink>> {
+        on_db(self, |db| chain::links(db, kind, tenant, after, limit))
+    }
 
     // Audit log (see domain::audit). Entries are written once and never changed.
-    fn append_audit(&self, entry: &NewAuditEntry) -> StoreResult<AuditEntry>;
+    fn append_audit(&self, entry: &NewAuditEntry) -> StoreResult<AuditEntry> {
+        in_write_tx(self, |db| chain::append_audit(db, entry))
+    }
     /// Newest first (seq desc), strictly before seq `before` when given; `tenant: None`
     /// lists the instance-wide entries.
     fn list_audit(
@@ -660,7 +896,11 @@ pub trait Store: Send + Sync + 'static {
         filter: &AuditFilter,
         before: Option<i64>,
         limit: u32,
-    ) -> StoreResult<Vec<AuditEntry>>;
+    ) -> StoreResult<Vec<AuditEntry>> {
+        on_db(self, |db| {
+            chain::list_audit(db, tenant, filter, before, limit)
+        })
+    }
 }
 
 /// A tenant's own upstream as stored: the base URL and the encrypted provider key.
@@ -700,8 +940,8 @@ pub struct CallCounts {
 
 pub type DynStore = Arc<dyn Store>;
 
-/// A write transaction of either backend as the shared SQL layer sees it ([`sql::Db`]);
-/// opaque outside the store (see [`Store::write_tx`]).
+/// A write transaction (or a pooled connection) of either backend as the shared SQL layer
+/// sees it ([`sql::Db`]); opaque outside the store (see [`Store::write_tx`]).
 pub struct SqlTx<'t>(&'t mut dyn sql::Db);
 
 /// Runs `work` in one write transaction of `store` (see [`Store::write_tx`]) and returns
@@ -716,6 +956,20 @@ fn in_write_tx<T>(
         Ok(())
     })?;
     out.ok_or_else(|| StoreError::Database("a write transaction ended without its work".into()))
+}
+
+/// Runs `work` on a pooled connection of `store` (see [`Store::with_db`]) and returns what
+/// it returned.
+fn on_db<T>(
+    store: &(impl Store + ?Sized),
+    mut work: impl FnMut(&mut dyn sql::Db) -> StoreResult<T>,
+) -> StoreResult<T> {
+    let mut out = None;
+    store.with_db(&mut |conn| {
+        out = Some(work(&mut *conn.0)?);
+        Ok(())
+    })?;
+    out.ok_or_else(|| StoreError::Database("a store call ended without its work".into()))
 }
 
 /// Opens the store: Postgres when `database_url` is given, else SQLite at `<data>/agv.db`.

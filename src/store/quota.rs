@@ -13,18 +13,15 @@ fn read(db: &mut dyn Db, name: &str) -> StoreResult<Option<QuotaRow>> {
         "SELECT cap, level, per_minute, updated_ms FROM shared_quotas WHERE name = $1{}",
         db.lock_rows()
     );
-    let rows = db.query(&sql, &[Param::Text(name)])?;
-    rows.first()
-        .map(|r| {
-            let c = Cells::new(r, "shared quota");
-            Ok(QuotaRow {
-                cap: c.int(0)?,
-                level: c.int(1)?,
-                per_minute: c.int(2)?,
-                updated_ms: c.int(3)?,
-            })
+    super::sql::first(db, &sql, &[Param::Text(name)], |r| {
+        let c = Cells::new(r, "shared quota");
+        Ok(QuotaRow {
+            cap: c.int(0)?,
+            level: c.int(1)?,
+            per_minute: c.int(2)?,
+            updated_ms: c.int(3)?,
         })
-        .transpose()
+    })
 }
 
 fn write(db: &mut dyn Db, name: &str, row: &QuotaRow, expires_ms: Option<i64>) -> StoreResult<()> {

@@ -3,6 +3,7 @@
 //! interpret a stored value. A stored value that no longer parses is a database error,
 //! never a panic.
 
+use super::sql::{Cells, SqlRow};
 use super::{StoreError, StoreResult};
 use crate::domain::chain::body_digest;
 use crate::domain::{
@@ -13,12 +14,12 @@ use crate::domain::{
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-/// Columns of `api_keys` in the order [`KeyRow`] expects them.
+/// Columns of `api_keys` in the order [`key_from`] reads them.
 pub(super) const KEY_COLUMNS: &str = "id, tenant_id, name, scope, key_hash, prefix, created_at, expires_at, revoked_at, last_used_at";
 pub(super) const TENANT_COLUMNS: &str = "id, name, created_at";
 pub(super) const USER_COLUMNS: &str =
     "id, email, password_hash, role, tenant_id, created_at, disabled_at";
-/// Columns of a session (`s`) joined with its user (`u`), in the order [`SessionRow`] expects.
+/// Columns of a session (`s`) joined with its user (`u`), in the order [`session_from`] reads them.
 pub(super) const SESSION_COLUMNS: &str = "s.id, s.user_id, s.created_at, s.expires_at";
 /// The sessions that count, with `$1` the token hash and `$2` now: not expired, and of a
 /// user who is not disabled (disabling also deletes them; this holds even if one is left).
@@ -36,7 +37,7 @@ pub(super) const CHAINED_CALL_COLUMN_COUNT: usize = 31;
 /// Positions of the bodies among [`CHAINED_CALL_COLUMNS`] (a v2 link puts their digests there).
 pub(super) const REQUEST_BODY_AT: usize = 10;
 pub(super) const RESPONSE_BODY_AT: usize = 13;
-/// Columns of `calls` in the order [`CallRow`] expects them: the chained ones, then the
+/// Columns of `calls` in the order [`call_from`] reads them: the chained ones, then the
 /// stored bodies' digests and when retention removed the bodies.
 pub(super) const CALL_COLUMNS: &str = "id, tenant_id, key_id, created_at, endpoint, model, stream, end_user, session_id, metadata, \
 request_body, request_truncated, request_sha256, response_body, response_truncated, response_sha256, \
@@ -65,96 +66,60 @@ fn ts(ms: Option<i64>) -> Option<Timestamp> {
     ms.map(Timestamp::from_millis)
 }
 
-pub(super) struct KeyRow {
-    pub id: String,
-    pub tenant_id: String,
-    pub name: String,
-    pub scope: String,
-    pub hash: String,
-    pub prefix: String,
-    pub created_at: i64,
-    pub expires_at: Option<i64>,
-    pub revoked_at: Option<i64>,
-    pub last_used_at: Option<i64>,
+/// An API key read in [`KEY_COLUMNS`] order.
+pub(super) fn key_from(row: &SqlRow) -> StoreResult<ApiKeyRecord> {
+    let c = Cells::new(row, "API key");
+    Ok(ApiKeyRecord {
+        id: KeyId::parse(&c.text(0)?).map_err(|e| corrupt("key id", e))?,
+        tenant_id: TenantId::parse(&c.text(1)?).map_err(|e| corrupt("tenant id", e))?,
+        name: c.text(2)?,
+        scope: Scope::parse(&c.text(3)?).map_err(|e| corrupt("key scope", e))?,
+        hash: KeyHash::from_stored(c.text(4)?),
+        prefix: c.text(5)?,
+        created_at: Timestamp::from_millis(c.int(6)?),
+        expires_at: ts(c.opt_int(7)?),
+        revoked_at: ts(c.opt_int(8)?),
+        last_used_at: ts(c.opt_int(9)?),
+    })
 }
 
-impl KeyRow {
-    pub fn into_record(self) -> StoreResult<ApiKeyRecord> {
-        Ok(ApiKeyRecord {
-            id: KeyId::parse(&self.id).map_err(|e| corrupt("key id", e))?,
-            tenant_id: TenantId::parse(&self.tenant_id).map_err(|e| corrupt("tenant id", e))?,
-            name: self.name,
-            scope: Scope::parse(&self.scope).map_err(|e| corrupt("key scope", e))?,
-            hash: KeyHash::from_stored(self.hash),
-            prefix: self.prefix,
-            created_at: Timestamp::from_millis(self.created_at),
-            expires_at: ts(self.expires_at),
-            revoked_at: ts(self.revoked_at),
-            last_used_at: ts(self.last_used_at),
-        })
-    }
+/// A tenant read in [`TENANT_COLUMNS`] order.
+pub(super) fn tenant_from(row: &SqlRow) -> StoreResult<Tenant> {
+    let c = Cells::new(row, "tenant");
+    Ok(Tenant {
+        id: TenantId::parse(&c.text(0)?).map_err(|e| corrupt("tenant id", e))?,
+        name: TenantName::parse(&c.text(1)?).map_err(|e| corrupt("tenant name", e))?,
+        created_at: Timestamp::from_millis(c.int(2)?),
+    })
 }
 
-pub(super) struct TenantRow {
-    pub id: String,
-    pub name: String,
-    pub created_at: i64,
+/// A user read in [`USER_COLUMNS`] order.
+pub(super) fn user_from(row: &SqlRow) -> StoreResult<User> {
+    let c = Cells::new(row, "user");
+    Ok(User {
+        id: UserId::parse(&c.text(0)?).map_err(|e| corrupt("user id", e))?,
+        email: Email::parse(&c.text(1)?).map_err(|e| corrupt("email", e))?,
+        password: PasswordHash::from_stored(c.text(2)?),
+        role: Role::parse(&c.text(3)?).map_err(|e| corrupt("role", e))?,
+        tenant_id: c
+            .opt_text(4)?
+            .map(|t| TenantId::parse(&t))
+            .transpose()
+            .map_err(|e| corrupt("tenant id", e))?,
+        created_at: Timestamp::from_millis(c.int(5)?),
+        disabled_at: ts(c.opt_int(6)?),
+    })
 }
 
-impl TenantRow {
-    pub fn into_tenant(self) -> StoreResult<Tenant> {
-        Ok(Tenant {
-            id: TenantId::parse(&self.id).map_err(|e| corrupt("tenant id", e))?,
-            name: TenantName::parse(&self.name).map_err(|e| corrupt("tenant name", e))?,
-            created_at: Timestamp::from_millis(self.created_at),
-        })
-    }
-}
-
-pub(super) struct UserRow {
-    pub id: String,
-    pub email: String,
-    pub password_hash: String,
-    pub role: String,
-    pub tenant_id: Option<String>,
-    pub created_at: i64,
-    pub disabled_at: Option<i64>,
-}
-
-impl UserRow {
-    pub fn into_user(self) -> StoreResult<User> {
-        Ok(User {
-            id: UserId::parse(&self.id).map_err(|e| corrupt("user id", e))?,
-            email: Email::parse(&self.email).map_err(|e| corrupt("email", e))?,
-            password: PasswordHash::from_stored(self.password_hash),
-            role: Role::parse(&self.role).map_err(|e| corrupt("role", e))?,
-            tenant_id: self
-                .tenant_id
-                .map(|t| TenantId::parse(&t))
-                .transpose()
-                .map_err(|e| corrupt("tenant id", e))?,
-            created_at: Timestamp::from_millis(self.created_at),
-            disabled_at: ts(self.disabled_at),
-        })
-    }
-}
-
-pub(super) struct SessionRow {
-    pub id: String,
-    pub user_id: String,
-    pub created_at: i64,
-    pub expires_at: i64,
-}
-
-impl SessionRow {
-    pub fn into_session(self) -> StoreResult<Session> {
-        Ok(Session {
-            id: SessionId::parse(&self.id).map_err(|e| corrupt("session id", e))?,
-            user_id: UserId::parse(&self.user_id).map_err(|e| corrupt("user id", e))?,
-            created_at: Timestamp::from_millis(self.created_at),
-            expires_at: Timestamp::from_millis(self.expires_at),
-        })
-    }
+/// A session read in [`SESSION_COLUMNS`] order.
+pub(super) fn session_from(row: &SqlRow) -> StoreResult<Session> {
+    let c = Cells::new(row, "session");
+    Ok(Session {
+        id: SessionId::parse(&c.text(0)?).map_err(|e| corrupt("session id", e))?,
+        user_id: UserId::parse(&c.text(1)?).map_err(|e| corrupt("user id", e))?,
+        created_at: Timestamp::from_millis(c.int(2)?),
+        expires_at: Timestamp::from_millis(c.int(3)?),
+    })
 }
 
 /// Postgres cannot store U+0000 in TEXT. A client could otherwise put one NUL character in
@@ -286,90 +251,53 @@ pub(super) fn duplicate_call(id: &CallId) -> String {
     )
 }
 
-/// A `calls` row as read back, in [`CALL_COLUMNS`] order.
-pub(super) struct CallRow {
-    pub id: String,
-    pub tenant_id: String,
-    pub key_id: String,
-    pub created_at: i64,
-    pub endpoint: String,
-    pub model: Option<String>,
-    pub stream: bool,
-    pub end_user: Option<String>,
-    pub session_id: Option<String>,
-    pub metadata: Option<String>,
-    pub request_body: String,
-    pub request_truncated: bool,
-    pub request_sha256: String,
-    pub response_body: Option<String>,
-    pub response_truncated: bool,
-    pub response_sha256: Option<String>,
-    pub status: i64,
-    pub error: Option<String>,
-    pub blocked: bool,
-    pub blocked_by: Option<String>,
-    pub decisions: String,
-    pub prompt_tokens: Option<i64>,
-    pub completion_tokens: Option<i64>,
-    pub cached_tokens: Option<i64>,
-    pub total_tokens: Option<i64>,
-    pub cost_nanos: Option<i64>,
-    pub latency_us: i64,
-    pub upstream_latency_us: Option<i64>,
-    pub enforcement_us: i64,
-    pub upstream_attempts: i32,
-    pub upstream: Option<String>,
-    pub request_body_sha256: Option<String>,
-    pub response_body_sha256: Option<String>,
-    pub body_pruned_at: Option<i64>,
-}
-
-impl CallRow {
-    pub fn into_record(self) -> StoreResult<CallRecord> {
-        let metadata = self
-            .metadata
-            .map(|m| serde_json::from_str(&m))
-            .transpose()
-            .map_err(|e| corrupt("call metadata", e))?;
-        let decisions: Vec<Decision> =
-            serde_json::from_str(&self.decisions).map_err(|e| corrupt("call decision list", e))?;
-        Ok(CallRecord {
-            id: CallId::parse(&self.id).map_err(|e| corrupt("call id", e))?,
-            tenant_id: TenantId::parse(&self.tenant_id).map_err(|e| corrupt("tenant id", e))?,
-            key_id: KeyId::parse(&self.key_id).map_err(|e| corrupt("key id", e))?,
-            created_at: Timestamp::from_millis(self.created_at),
-            endpoint: self.endpoint,
-            model: self.model,
-            stream: self.stream,
-            end_user: self.end_user,
-            session_id: self.session_id,
-            metadata,
-            request_body: self.request_body,
-            request_truncated: self.request_truncated,
-            request_sha256: self.request_sha256,
-            response_body: self.response_body,
-            response_truncated: self.response_truncated,
-            response_sha256: self.response_sha256,
-            status: u16::try_from(self.status).map_err(|e| corrupt("call status", e))?,
-            error: self.error,
-            blocked: self.blocked,
-            blocked_by: self.blocked_by,
-            decisions,
-            prompt_tokens: self.prompt_tokens,
-            completion_tokens: self.completion_tokens,
-            cached_tokens: self.cached_tokens,
-            total_tokens: self.total_tokens,
-            cost: self.cost_nanos.map(Money::from_nanos),
-            latency_us: self.latency_us,
-            upstream_latency_us: self.upstream_latency_us,
-            enforcement_us: self.enforcement_us,
-            upstream_attempts: self.upstream_attempts,
-            upstream: self.upstream,
-            request_body_sha256: self.request_body_sha256,
-            response_body_sha256: self.response_body_sha256,
-            body_pruned_at: ts(self.body_pruned_at),
-        })
-    }
+/// A call read in [`CALL_COLUMNS`] order.
+pub(super) fn call_from(row: &SqlRow) -> StoreResult<CallRecord> {
+    let c = Cells::new(row, "call");
+    let metadata = c
+        .opt_text(9)?
+        .map(|m| serde_json::from_str(&m))
+        .transpose()
+        .map_err(|e| corrupt("call metadata", e))?;
+    let decisions: Vec<Decision> =
+        serde_json::from_str(&c.text(20)?).map_err(|e| corrupt("call decision list", e))?;
+    Ok(CallRecord {
+        id: CallId::parse(&c.text(0)?).map_err(|e| corrupt("call id", e))?,
+        tenant_id: TenantId::parse(&c.text(1)?).map_err(|e| corrupt("tenant id", e))?,
+        key_id: KeyId::parse(&c.text(2)?).map_err(|e| corrupt("key id", e))?,
+        created_at: Timestamp::from_millis(c.int(3)?),
+        endpoint: c.text(4)?,
+        model: c.opt_text(5)?,
+        stream: c.bool(6)?,
+        end_user: c.opt_text(7)?,
+        session_id: c.opt_text(8)?,
+        metadata,
+        request_body: c.text(10)?,
+        request_truncated: c.bool(11)?,
+        request_sha256: c.text(12)?,
+        response_body: c.opt_text(13)?,
+        response_truncated: c.bool(14)?,
+        response_sha256: c.opt_text(15)?,
+        status: u16::try_from(c.int(16)?).map_err(|e| corrupt("call status", e))?,
+        error: c.opt_text(17)?,
+        blocked: c.bool(18)?,
+        blocked_by: c.opt_text(19)?,
+        decisions,
+        prompt_tokens: c.opt_int(21)?,
+        completion_tokens: c.opt_int(22)?,
+        cached_tokens: c.opt_int(23)?,
+        total_tokens: c.opt_int(24)?,
+        cost: c.opt_int(25)?.map(Money::from_nanos),
+        latency_us: c.int(26)?,
+        upstream_latency_us: c.opt_int(27)?,
+        enforcement_us: c.int(28)?,
+        upstream_attempts: i32::try_from(c.int(29)?)
+            .map_err(|e| corrupt("call's upstream attempts", e))?,
+        upstream: c.opt_text(30)?,
+        request_body_sha256: c.opt_text(31)?,
+        response_body_sha256: c.opt_text(32)?,
+        body_pruned_at: ts(c.opt_int(33)?),
+    })
 }
 
 /// A query parameter, typed so that each backend binds it to its column's type.
@@ -502,37 +430,28 @@ pub(super) const ACTIVE_FREEZES_SQL: &str =
     FROM freeze_events
 ) latest WHERE rn = 1 AND action = 'freeze' ORDER BY at, seq";
 
-pub(super) struct FreezeRow {
-    pub id: String,
-    pub tenant_id: String,
-    pub key_id: Option<String>,
-    pub action: String,
-    pub actor: String,
-    pub reason: String,
-    pub at: i64,
-}
-
-impl FreezeRow {
-    pub fn into_event(self) -> StoreResult<FreezeEvent> {
-        Ok(FreezeEvent {
-            id: FreezeId::parse(&self.id).map_err(|e| corrupt("freeze event id", e))?,
-            tenant_id: TenantId::parse(&self.tenant_id).map_err(|e| corrupt("tenant id", e))?,
-            key_id: self
-                .key_id
-                .map(|k| KeyId::parse(&k))
-                .transpose()
-                .map_err(|e| corrupt("key id", e))?,
-            action: FreezeAction::parse(&self.action).ok_or_else(|| {
-                corrupt(
-                    "freeze action",
-                    format!("'{}' is not freeze or unfreeze", self.action),
-                )
-            })?,
-            actor: self.actor,
-            reason: self.reason,
-            at: Timestamp::from_millis(self.at),
-        })
-    }
+/// A freeze event read in [`FREEZE_COLUMNS`] order.
+pub(super) fn freeze_from(row: &SqlRow) -> StoreResult<FreezeEvent> {
+    let c = Cells::new(row, "freeze event");
+    let action = c.text(3)?;
+    Ok(FreezeEvent {
+        id: FreezeId::parse(&c.text(0)?).map_err(|e| corrupt("freeze event id", e))?,
+        tenant_id: TenantId::parse(&c.text(1)?).map_err(|e| corrupt("tenant id", e))?,
+        key_id: c
+            .opt_text(2)?
+            .map(|k| KeyId::parse(&k))
+            .transpose()
+            .map_err(|e| corrupt("key id", e))?,
+        action: FreezeAction::parse(&action).ok_or_else(|| {
+            corrupt(
+                "freeze action",
+                format!("'{action}' is not freeze or unfreeze"),
+            )
+        })?,
+        actor: c.text(4)?,
+        reason: c.text(5)?,
+        at: Timestamp::from_millis(c.int(6)?),
+    })
 }
 
 /// Reads stored policy overrides back into JSON.
@@ -579,6 +498,7 @@ pub(super) fn explain_conflict(e: StoreError, msg: impl FnOnce() -> String) -> S
 
 #[cfg(test)]
 mod tests {
+    use super::super::sql::Cell;
     use super::*;
 
     #[test]
@@ -601,11 +521,11 @@ mod tests {
 
     #[test]
     fn unreadable_stored_values_become_database_errors() {
-        let row = TenantRow {
-            id: "nope".into(),
-            name: "x".into(),
-            created_at: 0,
-        };
-        assert!(matches!(row.into_tenant(), Err(StoreError::Database(_))));
+        let row = vec![
+            Cell::Text("nope".into()),
+            Cell::Text("x".into()),
+            Cell::Int(0),
+        ];
+        assert!(matches!(tenant_from(&row), Err(StoreError::Database(_))));
     }
 }

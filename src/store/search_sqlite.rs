@@ -25,11 +25,13 @@
 use super::Durability;
 use super::StoreResult;
 use super::rows::MAX_PAGE;
+use super::rows::call_from;
 use super::search_sql::{
     Dialect, FILTER_DRIVEN_MAX, TextPlan, count_narrow_query, fts5_match, fts5_match_in,
     has_narrow_filter, has_phrases, next_slot, search_calls_query, tenant_token, time_key,
 };
-use super::sqlite::{BUSY_TIMEOUT, call_row, db_err, init_connection};
+use super::sql::sqlite::cells;
+use super::sqlite::{BUSY_TIMEOUT, db_err, init_connection};
 use crate::domain::search::{contains_phrases, index_tokens};
 use crate::domain::{CallCursor, CallRecord, CallSearch, TenantId};
 use rusqlite::{Connection, TransactionBehavior, params, params_from_iter};
@@ -210,7 +212,7 @@ pub(super) fn search_calls(
             while out.len() < limit
                 && let Some(row) = rows.next().map_err(db_err)?
             {
-                let call = call_row(row).map_err(db_err)?.into_record()?;
+                let call = call_from(&cells(row).map_err(db_err)?)?;
                 if keep(&call) {
                     out.push(call);
                 }
@@ -245,7 +247,7 @@ pub(super) fn search_calls(
     let mut rows = stmt.query(params_from_iter(args.iter())).map_err(db_err)?;
     let mut out: Vec<CallRecord> = Vec::new();
     while let Some(row) = rows.next().map_err(db_err)? {
-        let call = call_row(row).map_err(db_err)?.into_record()?;
+        let call = call_from(&cells(row).map_err(db_err)?)?;
         if out.len() >= limit
             && out
                 .last()
@@ -273,9 +275,9 @@ fn page(
     let (sql, args) = search_calls_query(Dialect::Sqlite, tenant, search, text, after, limit);
     let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
     let rows = stmt
-        .query_map(params_from_iter(args.iter()), call_row)
+        .query_map(params_from_iter(args.iter()), cells)
         .map_err(db_err)?;
-    rows.map(|r| r.map_err(db_err)?.into_record()).collect()
+    rows.map(|r| call_from(&r.map_err(db_err)?)).collect()
 }
 
 /// Indexes every call recorded so far in the database at `db`; returns how many were

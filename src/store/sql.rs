@@ -26,6 +26,33 @@ pub(super) trait Db {
     fn lock_rows(&self) -> &'static str {
         ""
     }
+    /// How an append-only log's `seq` is filled: SQLite numbers rows itself, under its write
+    /// lock; Postgres's columns are identity columns.
+    fn event_seq(&self) -> EventSeq {
+        EventSeq::MaxPlusOne
+    }
+    /// Takes the transaction-scoped lock `key`, so that one writer at a time runs what
+    /// follows across every instance sharing the database (a Postgres advisory lock);
+    /// nothing on SQLite, whose write transaction already excludes every other writer.
+    fn serialize(&mut self, _key: i64) -> StoreResult<()> {
+        Ok(())
+    }
+    /// Tells every instance listening that the change feed moved, at commit (Postgres
+    /// NOTIFY, see `postgres::ChangeListener`); nothing on SQLite, whose readers poll.
+    fn announce_change(&mut self, _topic: &str) -> StoreResult<()> {
+        Ok(())
+    }
+    /// Removes a tenant's entries from the text index, in this transaction (each backend
+    /// keeps its own index, see `search_sqlite` and `search_postgres`).
+    fn forget_tenant_text(&mut self, tenant: &str) -> StoreResult<()>;
+}
+
+/// The next row's place in an append-only log's insertion order (`seq`).
+pub(super) enum EventSeq {
+    /// `seq` is filled by `MAX(seq) + 1` under the write lock.
+    MaxPlusOne,
+    /// The column is an identity column.
+    Identity,
 }
 
 /// Reads the cells of a row by position, with errors that name the column.
@@ -69,6 +96,11 @@ impl<'r> Cells<'r> {
         }
     }
 
+    /// A boolean, stored as an integer on SQLite (0 or 1).
+    pub(super) fn bool(&self, i: usize) -> StoreResult<bool> {
+        Ok(self.int(i)? != 0)
+    }
+
     pub(super) fn opt_int(&self, i: usize) -> StoreResult<Option<i64>> {
         match self.row.get(i) {
             Some(Cell::Int(v)) => Ok(Some(*v)),
@@ -76,6 +108,32 @@ impl<'r> Cells<'r> {
             _ => Err(self.bad(i, "an integer or NULL")),
         }
     }
+}
+
+/// The rows `sql` returns, each read by `read`.
+pub(super) fn all<T>(
+    db: &mut dyn Db,
+    sql: &str,
+    args: &[Param<'_>],
+    read: impl Fn(&SqlRow) -> StoreResult<T>,
+) -> StoreResult<Vec<T>> {
+    db.query(sql, args)?.iter().map(read).collect()
+}
+
+/// The first row `sql` returns, read by `read`; `None` when it returns none.
+pub(super) fn first<T>(
+    db: &mut dyn Db,
+    sql: &str,
+    args: &[Param<'_>],
+    read: impl Fn(&SqlRow) -> StoreResult<T>,
+) -> StoreResult<Option<T>> {
+    db.query(sql, args)?.first().map(read).transpose()
+}
+
+/// The integer of the first column of the first row `sql` returns (a count, a sum, a
+/// maximum); 0 when it returns no row.
+pub(super) fn number(db: &mut dyn Db, sql: &str, args: &[Param<'_>]) -> StoreResult<i64> {
+    first(db, sql, args, |r| Cells::new(r, "number").int(0)).map(Option::unwrap_or_default)
 }
 
 /// `$1` → `?1`: SQLite's numbered form of the same placeholder.
@@ -98,6 +156,22 @@ pub(super) mod sqlite {
     use rusqlite::Connection;
     use rusqlite::types::ValueRef;
 
+    /// The cells of a row, of whatever query.
+    pub(in crate::store) fn cells(r: &rusqlite::Row<'_>) -> rusqlite::Result<SqlRow> {
+        (0..r.as_ref().column_count())
+            .map(|i| {
+                Ok(match r.get_ref(i)? {
+                    ValueRef::Null => Cell::Null,
+                    ValueRef::Integer(v) => Cell::Int(v),
+                    ValueRef::Real(v) => Cell::Int(v as i64),
+                    ValueRef::Text(t) | ValueRef::Blob(t) => {
+                        Cell::Text(String::from_utf8_lossy(t).into_owned())
+                    }
+                })
+            })
+            .collect()
+    }
+
     /// A connection (or a transaction, which derefs to one).
     pub(in crate::store) struct SqliteDb<'c>(pub &'c Connection);
 
@@ -118,41 +192,96 @@ pub(super) mod sqlite {
                 .0
                 .prepare_cached(&sqlite_placeholders(sql))
                 .map_err(crate::store::sqlite::db_err)?;
-            let width = stmt.column_count();
             let rows = stmt
-                .query_map(rusqlite::params_from_iter(args.iter()), |r| {
-                    (0..width)
-                        .map(|i| {
-                            Ok(match r.get_ref(i)? {
-                                ValueRef::Null => Cell::Null,
-                                ValueRef::Integer(v) => Cell::Int(v),
-                                ValueRef::Real(v) => Cell::Int(v as i64),
-                                ValueRef::Text(t) | ValueRef::Blob(t) => {
-                                    Cell::Text(String::from_utf8_lossy(t).into_owned())
-                                }
-                            })
-                        })
-                        .collect::<rusqlite::Result<SqlRow>>()
-                })
+                .query_map(rusqlite::params_from_iter(args.iter()), cells)
                 .map_err(crate::store::sqlite::db_err)?;
             rows.map(|r| r.map_err(crate::store::sqlite::db_err))
                 .collect()
+        }
+
+        fn forget_tenant_text(&mut self, tenant: &str) -> StoreResult<()> {
+            // The text index keeps each call's id.
+            self.execute(
+                "DELETE FROM search.call_fts WHERE call_id IN (SELECT id FROM main.calls WHERE tenant_id = $1)",
+                &[Param::Text(tenant)],
+            )
+            .map(drop)
         }
     }
 }
 
 pub(super) mod postgres {
-    use super::{Cell, Db, Param, SqlRow};
+    use super::{Cell, Db, EventSeq, Param, SqlRow};
     use crate::store::postgres::pg_param as bind;
     use crate::store::{StoreError, StoreResult};
     use postgres::GenericClient;
     use postgres::types::{ToSql, Type};
+
+    /// The cells of a row, of whatever query.
+    pub(in crate::store) fn cells(row: &postgres::Row) -> StoreResult<SqlRow> {
+        (0..row.len())
+            .map(|i| {
+                let ty = row.columns()[i].type_();
+                let cell = if *ty == Type::INT8 {
+                    row.try_get::<_, Option<i64>>(i).map(|v| v.map(Cell::Int))
+                } else if *ty == Type::INT4 {
+                    row.try_get::<_, Option<i32>>(i)
+                        .map(|v| v.map(|v| Cell::Int(i64::from(v))))
+                } else if *ty == Type::INT2 {
+                    row.try_get::<_, Option<i16>>(i)
+                        .map(|v| v.map(|v| Cell::Int(i64::from(v))))
+                } else if *ty == Type::BOOL {
+                    row.try_get::<_, Option<bool>>(i)
+                        .map(|v| v.map(|v| Cell::Int(i64::from(v))))
+                } else if *ty == Type::NUMERIC {
+                    return Err(StoreError::Database(
+                        "a NUMERIC column reached the common SQL layer; cast it to BIGINT in the statement".into(),
+                    ));
+                } else {
+                    row.try_get::<_, Option<String>>(i).map(|v| v.map(Cell::Text))
+                };
+                cell.map(|c| c.unwrap_or(Cell::Null))
+                    .map_err(crate::store::postgres::db_err)
+            })
+            .collect()
+    }
 
     pub(in crate::store) struct PgDb<'c, C: GenericClient>(pub &'c mut C);
 
     impl<C: GenericClient> Db for PgDb<'_, C> {
         fn lock_rows(&self) -> &'static str {
             " FOR UPDATE"
+        }
+
+        fn event_seq(&self) -> EventSeq {
+            EventSeq::Identity
+        }
+
+        fn serialize(&mut self, key: i64) -> StoreResult<()> {
+            self.execute("SELECT pg_advisory_xact_lock($1)", &[Param::BigInt(key)])
+                .map(drop)
+        }
+
+        fn announce_change(&mut self, topic: &str) -> StoreResult<()> {
+            self.execute(
+                "SELECT pg_notify($1, $2)",
+                &[
+                    Param::Text(crate::store::postgres::CHANGE_CHANNEL),
+                    Param::Text(topic),
+                ],
+            )
+            .map(drop)
+        }
+
+        fn forget_tenant_text(&mut self, tenant: &str) -> StoreResult<()> {
+            // No indexer pass overlaps: one that read the tenant's calls before this commits
+            // would otherwise write their text-index rows after it.
+            self.serialize(crate::store::search_postgres::INDEXER_LOCK)?;
+            self.execute(
+                "DELETE FROM call_search WHERE tenant_id = $1",
+                &[Param::Text(tenant)],
+            )
+            .map(drop)
         }
 
         fn execute(&mut self, sql: &str, args: &[Param<'_>]) -> StoreResult<u64> {
@@ -168,35 +297,7 @@ pub(super) mod postgres {
                 .0
                 .query(sql, &params)
                 .map_err(crate::store::postgres::db_err)?;
-            rows.iter()
-                .map(|row| {
-                    (0..row.len())
-                        .map(|i| {
-                            let ty = row.columns()[i].type_();
-                            let cell = if *ty == Type::INT8 {
-                                row.try_get::<_, Option<i64>>(i).map(|v| v.map(Cell::Int))
-                            } else if *ty == Type::INT4 {
-                                row.try_get::<_, Option<i32>>(i)
-                                    .map(|v| v.map(|v| Cell::Int(i64::from(v))))
-                            } else if *ty == Type::INT2 {
-                                row.try_get::<_, Option<i16>>(i)
-                                    .map(|v| v.map(|v| Cell::Int(i64::from(v))))
-                            } else if *ty == Type::BOOL {
-                                row.try_get::<_, Option<bool>>(i)
-                                    .map(|v| v.map(|v| Cell::Int(i64::from(v))))
-                            } else if *ty == Type::NUMERIC {
-                                return Err(StoreError::Database(
-                                    "a NUMERIC column reached the common SQL layer; cast it to BIGINT in the statement".into(),
-                                ));
-                            } else {
-                                row.try_get::<_, Option<String>>(i).map(|v| v.map(Cell::Text))
-                            };
-                            cell.map(|c| c.unwrap_or(Cell::Null))
-                                .map_err(crate::store::postgres::db_err)
-                        })
-                        .collect()
-                })
-                .collect()
+            rows.iter().map(cells).collect()
         }
     }
 }
