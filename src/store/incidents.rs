@@ -600,21 +600,22 @@ pub(super) fn change(
         note,
     };
     let event = match (change, next) {
-        (Change::Acknowledge, Some(status)) => {
+        (Change::Acknowledge | Change::Resolve | Change::Reopen, Some(status)) => {
+            // The moment each status change sets. Reopened, as when the engine reopens on
+            // recurrence: the acknowledgement went with the resolution, so the incident
+            // needs both again.
+            let (moments, kind) = match change {
+                Change::Acknowledge => ("acknowledged_at = $3", EventKind::Acknowledged),
+                Change::Resolve => ("resolved_at = $3", EventKind::Resolved),
+                _ => (
+                    "resolved_at = NULL, acknowledged_at = NULL",
+                    EventKind::Reopened,
+                ),
+            };
             db.execute(
-                "UPDATE incidents SET status = $2, acknowledged_at = $3, updated_at = $3 WHERE id = $1",
-                &[Param::Text(id.as_str()), Param::Text(status.as_str()), Param::BigInt(at.millis())],
-            )?;
-            ev(
-                EventKind::Acknowledged,
-                Some(serde_json::json!({"status": before.status})),
-                Some(serde_json::json!({"status": status})),
-                None,
-            )
-        }
-        (Change::Resolve, Some(status)) => {
-            db.execute(
-                "UPDATE incidents SET status = $2, resolved_at = $3, updated_at = $3 WHERE id = $1",
+                &format!(
+                    "UPDATE incidents SET status = $2, {moments}, updated_at = $3 WHERE id = $1"
+                ),
                 &[
                     Param::Text(id.as_str()),
                     Param::Text(status.as_str()),
@@ -622,25 +623,7 @@ pub(super) fn change(
                 ],
             )?;
             ev(
-                EventKind::Resolved,
-                Some(serde_json::json!({"status": before.status})),
-                Some(serde_json::json!({"status": status})),
-                None,
-            )
-        }
-        (Change::Reopen, Some(status)) => {
-            // As when the engine reopens on recurrence: the acknowledgement went with the
-            // resolution, so the incident needs both again.
-            db.execute(
-                "UPDATE incidents SET status = $2, resolved_at = NULL, acknowledged_at = NULL, updated_at = $3 WHERE id = $1",
-                &[
-                    Param::Text(id.as_str()),
-                    Param::Text(status.as_str()),
-                    Param::BigInt(at.millis()),
-                ],
-            )?;
-            ev(
-                EventKind::Reopened,
+                kind,
                 Some(serde_json::json!({"status": before.status})),
                 Some(serde_json::json!({"status": status})),
                 None,
