@@ -170,17 +170,18 @@ pub async fn list(
             .insert_header(("X-Next-Cursor", next_cursor.unwrap_or_default()))
             .body(to_csv(&entries, &people)));
     }
-    let mut data = Vec::with_capacity(entries.len());
-    for e in &entries {
-        let mut v = serde_json::to_value(e).map_err(|e| ApiError::internal(e.to_string()))?;
-        if let Some(email) = actor_email(e, &people) {
-            v["actor_email"] = json!(email);
-        }
-        if let Some(email) = people.email(&e.target) {
-            v["target_email"] = json!(email);
-        }
-        data.push(v);
-    }
+    let data = entries
+        .iter()
+        .map(|e| {
+            super::names::with_emails(
+                e,
+                &[
+                    ("actor_email", actor_email(e, &people)),
+                    ("target_email", people.email(&e.target)),
+                ],
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(
         HttpResponse::Ok()
             .json(json!({"object": "list", "data": data, "next_cursor": next_cursor})),

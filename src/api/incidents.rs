@@ -45,21 +45,14 @@ fn people_of(
 /// An incident as answered: its fields, and `assignee_email` when the assignee is a
 /// person known by id.
 fn incident_json(incident: &Incident, people: &People) -> Result<Value, ApiError> {
-    let mut v = serde_json::to_value(incident).map_err(|e| ApiError::internal(e.to_string()))?;
-    if let Some(email) = incident.assignee.as_deref().and_then(|a| people.email(a)) {
-        v["assignee_email"] = json!(email);
-    }
-    Ok(v)
+    let assignee = incident.assignee.as_deref().and_then(|a| people.email(a));
+    super::names::with_emails(incident, &[("assignee_email", assignee)])
 }
 
 /// An event of an incident's history as answered, with `actor_email` when its actor is a
 /// person.
 fn event_json(event: &IncidentEvent, people: &People) -> Result<Value, ApiError> {
-    let mut v = serde_json::to_value(event).map_err(|e| ApiError::internal(e.to_string()))?;
-    if let Some(email) = people.email(&event.actor) {
-        v["actor_email"] = json!(email);
-    }
-    Ok(v)
+    super::names::with_emails(event, &[("actor_email", people.email(&event.actor))])
 }
 
 #[derive(Deserialize)]

@@ -4,10 +4,13 @@
 //! instance operator (who acts on every tenant) are named: any other id stays as it is,
 //! so an id typed into an assignee never reveals another tenant's address.
 
+use super::error::ApiError;
 use crate::domain::user::{Role, User};
 use crate::domain::{Email, TenantId, UserId};
 use crate::incidents::timeline::People;
 use crate::store::{Store, StoreError, StoreResult};
+use serde::Serialize;
+use serde_json::Value;
 use std::collections::BTreeSet;
 
 fn visible(user: &User, tenant: &TenantId) -> bool {
@@ -41,4 +44,19 @@ pub fn user_by_email(
         .find_user_by_email(email)?
         .filter(|u| visible(u, tenant))
         .map(|u| u.id))
+}
+
+/// `item` as answered, with each `(field, email)` whose email is known set beside its
+/// fields (`actor_email`, `assignee_email`, …).
+pub fn with_emails<T: Serialize>(
+    item: &T,
+    emails: &[(&str, Option<&str>)],
+) -> Result<Value, ApiError> {
+    let mut v = serde_json::to_value(item).map_err(|e| ApiError::internal(e.to_string()))?;
+    for (field, email) in emails {
+        if let Some(email) = email {
+            v[*field] = Value::from(*email);
+        }
+    }
+    Ok(v)
 }
