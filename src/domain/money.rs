@@ -44,6 +44,28 @@ impl Money {
     pub fn saturating_sub(self, other: Money) -> Money {
         Money(self.0.saturating_sub(other.0))
     }
+
+    /// Dollars for people to read, with the precision the amount needs: cents from a
+    /// dollar up, four decimals below (as the console shows money), "under $0.0001" for
+    /// less.
+    pub fn readable(self) -> String {
+        let v = self.usd();
+        if v >= 1.0 {
+            return format!("${v:.2}");
+        }
+        if v < 0.000_05 {
+            return "under $0.0001".into();
+        }
+        let s = format!("{v:.4}");
+        let trimmed = s.trim_end_matches('0');
+        // At least cents: $0.50, not $0.5.
+        let decimals = trimmed.split_once('.').map_or(0, |(_, d)| d.len());
+        if decimals < 2 {
+            format!("${v:.2}")
+        } else {
+            format!("${trimmed}")
+        }
+    }
 }
 
 impl fmt::Debug for Money {

@@ -212,18 +212,18 @@ pub fn stops_at_once(
         if spent < limit || spent == Money::ZERO || current.is_some_and(|c| c <= limit) {
             return None;
         }
-        let until = Timestamp::from_millis(until);
+        let ends = chrono::DateTime::from_timestamp_millis(until)
+            .map_or_else(|| until.to_string(), |d| d.format("%Y-%m-%d %H:%M").to_string());
         Some(BudgetStop {
             period,
             limit_usd: limit.usd(),
             spent_usd: spent.usd(),
-            until,
+            until: Timestamp::from_millis(until),
             message: format!(
-                "the {} budget of ${:.2} is not above the ${:.2} spent {when}: saving it stops every call of this tenant until {} UTC, unless the budget is raised first",
+                "the {} budget of {} is not above the {} spent {when}: saving it stops every call of this tenant until {ends} UTC, unless the budget is raised first",
                 period.as_str(),
-                limit.usd(),
-                spent.usd(),
-                until.to_rfc3339().replace('T', " ").trim_end_matches(":00.000Z"),
+                limit.readable(),
+                spent.readable(),
             ),
         })
     })

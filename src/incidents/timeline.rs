@@ -7,7 +7,7 @@ use crate::domain::incident::{
     EventKind, Incident, IncidentEvent, IncidentStatus, StoredSignal, decision_detail, rule,
     rule_name,
 };
-use crate::domain::{CallRecord, Money, Outcome, Timestamp, UserId};
+use crate::domain::{CallRecord, Outcome, Timestamp, UserId};
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -453,27 +453,6 @@ fn duration(ms: i64) -> String {
     }
 }
 
-/// Dollars with the precision the amount needs: cents from a dollar up, four decimals
-/// below (as the console shows money), "under $0.0001" for less.
-pub fn usd(m: Money) -> String {
-    let v = m.usd();
-    if v >= 1.0 {
-        return format!("${v:.2}");
-    }
-    if v < 0.000_05 {
-        return "under $0.0001".into();
-    }
-    let s = format!("{v:.4}");
-    let trimmed = s.trim_end_matches('0');
-    // At least cents: $0.50, not $0.5.
-    let decimals = trimmed.split_once('.').map_or(0, |(_, d)| d.len());
-    if decimals < 2 {
-        format!("${v:.2}")
-    } else {
-        format!("${trimmed}")
-    }
-}
-
 /// A moment in a summary, for a reader without a time zone of their own (exports,
 /// alerts): UTC, to the second.
 fn utc(t: Timestamp) -> String {
@@ -567,7 +546,7 @@ pub fn summary_parts(
         impact.push(plural(incident.end_user_count, "end user", "end users"));
     }
     if incident.cost.nanos() > 0 {
-        impact.push(format!("{} of known cost", usd(incident.cost)));
+        impact.push(format!("{} of known cost", incident.cost.readable()));
     }
     let impact = if impact.is_empty() {
         "no affected call recorded".to_owned()
@@ -915,9 +894,9 @@ mod tests {
             "{}",
             summary(&inc, &[])
         );
-        assert_eq!(usd(Money::from_usd(12.345)), "$12.35");
-        assert_eq!(usd(Money::from_usd(0.5)), "$0.50");
-        assert_eq!(usd(Money::from_usd(0.000_001)), "under $0.0001");
+        assert_eq!(Money::from_usd(12.345).readable(), "$12.35");
+        assert_eq!(Money::from_usd(0.5).readable(), "$0.50");
+        assert_eq!(Money::from_usd(0.000_001).readable(), "under $0.0001");
 
         inc.call_count = 0;
         inc.end_user_count = 0;
