@@ -1006,19 +1006,28 @@ async fn set_policy_and_seed(
     guard.set_policy(tenant, Arc::new(cfg));
     if has_budget {
         let now = Timestamp::now();
-        let (day_start, month_start) = crate::guard::budget::period_starts(now);
-        let s = store.clone();
-        let t = tenant.clone();
-        let (day, month) = run_blocking(move || {
-            Ok::<_, crate::store::StoreError>((
-                s.spend_since(&t, day_start)?,
-                s.spend_since(&t, month_start)?,
-            ))
-        })
-        .await?;
+        let (day, month) = recorded_spend(store, tenant, now).await?;
         guard.budgets().seed(tenant, day, month, now);
     }
     Ok(())
+}
+
+/// The tenant's recorded spend of the UTC day and month that contain `now`: what its
+/// budgets count against.
+pub(crate) async fn recorded_spend(
+    store: &DynStore,
+    tenant: &TenantId,
+    now: Timestamp,
+) -> Result<(crate::domain::Money, crate::domain::Money), crate::store::StoreError> {
+    let (day_start, month_start) = crate::guard::budget::period_starts(now);
+    let (s, t) = (store.clone(), tenant.clone());
+    run_blocking(move || {
+        Ok((
+            s.spend_since(&t, day_start)?,
+            s.spend_since(&t, month_start)?,
+        ))
+    })
+    .await
 }
 
 /// The handlers of the jobs this layer knows; later layers register theirs here too.

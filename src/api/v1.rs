@@ -322,18 +322,10 @@ pub async fn active_policies(
 /// recorded one and the guard's, which holds calls still in flight.
 async fn period_spend(
     state: &AppState,
-    tenant: &crate::domain::TenantId,
+    tenant: &TenantId,
     now: Timestamp,
 ) -> Result<(Money, Money), ApiError> {
-    let (day_start, month_start) = crate::guard::budget::period_starts(now);
-    let (store, t) = (state.store.clone(), tenant.clone());
-    let (day, month) = run_blocking(move || {
-        Ok::<_, crate::store::StoreError>((
-            store.spend_since(&t, day_start)?,
-            store.spend_since(&t, month_start)?,
-        ))
-    })
-    .await?;
+    let (day, month) = crate::startup::recorded_spend(&state.store, tenant, now).await?;
     let live = state.proxy.guard.budgets().status(tenant, now);
     Ok((
         day.max(live.day_spent.saturating_add(live.day_reserved)),
@@ -345,7 +337,7 @@ async fn period_spend(
 /// stops every call at once (see [`crate::guard::budget::stops_at_once`]).
 async fn budget_stops(
     state: &AppState,
-    tenant: &crate::domain::TenantId,
+    tenant: &TenantId,
     proposed: &PolicyConfig,
 ) -> Result<Vec<crate::guard::budget::BudgetStop>, ApiError> {
     use crate::guard::budget::{BudgetLimits, stops_at_once};
