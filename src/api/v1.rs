@@ -356,12 +356,17 @@ async fn budget_stops(
 struct PutPoliciesQuery {
     /// `stop`: save a budget the tenant's spend already reaches, which stops its calls.
     confirm: Option<String>,
+    /// `true`: check the overrides and say which budgets would stop the tenant, saving
+    /// nothing (what an editor asks before saving).
+    #[serde(default)]
+    dry_run: bool,
 }
 
 /// Replaces the caller's tenant's threshold overrides (fields of `PolicyConfig`; the rest
 /// keep their defaults). Takes effect at once. A budget that the spend of its period already
 /// reaches would stop every call of the tenant at once: it is refused with 409
-/// `budget_stops_tenant`, saying so, until it is sent again with `?confirm=stop`.
+/// `budget_stops_tenant`, saying so, until it is sent again with `?confirm=stop`;
+/// `?dry_run=true` says so without saving anything.
 #[put("/v1/policies")]
 pub async fn put_policies(
     state: web::Data<AppState>,
@@ -385,6 +390,11 @@ pub async fn put_policies(
         }
     };
     let stops = budget_stops(&state, &caller.tenant_id, &config).await?;
+    if query.dry_run {
+        return Ok(HttpResponse::Ok().json(json!({
+            "tenant_id": caller.tenant_id, "overrides": overrides, "budget_stops": stops, "saved": false,
+        })));
+    }
     if let Some(first) = stops.first().filter(|_| !confirmed) {
         return Err(ApiError::new(
             ErrorKind::Conflict,

@@ -197,6 +197,29 @@ async fn a_budget_below_todays_spend_warns_first_that_it_stops_the_tenant(backen
     let res = put_policy(&app, &admin, "?confirm=yes", &tiny).await;
     assert_eq!(res.status(), 400);
 
+    // A dry run says the same, as an editor asks before saving, and saves nothing.
+    let res = put_policy(&app, &admin, "?dry_run=true", &tiny).await;
+    assert_eq!(res.status(), 200);
+    let dry: Value = res.json().await.unwrap();
+    assert_eq!(dry["saved"], false, "{dry}");
+    assert_eq!(
+        dry["budget_stops"].as_array().map(Vec::len),
+        Some(1),
+        "{dry}"
+    );
+    assert!(
+        dry["budget_stops"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("stops every call of this tenant")),
+        "{dry}"
+    );
+    assert_eq!(
+        app.chat(&key, "still served after a dry run")
+            .await
+            .status(),
+        200
+    );
+
     // Confirmed, it is saved, and it does what it said.
     let res = put_policy(&app, &admin, "?confirm=stop", &tiny).await;
     assert_eq!(res.status(), 200);

@@ -76,7 +76,8 @@ export default {
         ${(active.policies || []).map((p) => html`<tr data-testid="policy-row" data-policy-id="${p.id}">
           <td><span class="cell-main">${p.name || policyName(p.id)}</span><div class="cell-sub mono">${p.id}</div></td>
           <td>${p.enabled ? html`<span class="badge ok">On</span>` : html`<span class="badge">Off</span>`}</td>
-          <td>${Object.keys(p.thresholds || {}).length ? html`<dl class="dl">${Object.entries(p.thresholds).map(([k, v]) => html`<dt>${(LABEL[k] || k).replace(" (seconds)", "")}</dt><dd class="mono" data-threshold="${k}">${fmt(k, v)}</dd>`)}</dl>` : html`<span class="muted">${p.id === "killswitch" ? "Set on the overview and per key" : "No thresholds"}</span>`}</td></tr>`)}
+          <td>${Object.keys(p.thresholds || {}).length ? html`<dl class="dl">${Object.entries(p.thresholds).map(([k, v]) => html`<dt>${(LABEL[k] || k).replace(" (seconds)", "")}</dt><dd class="mono" data-threshold="${k}">${fmt(k, v)}</dd>`)}</dl>` : html`<span class="muted">${p.id === "killswitch" ? "Set on the overview and per key" : "No thresholds"}</span>`}
+            ${p.id === "budget" && active.spend ? html`<p class="hint" data-testid="budget-spend">Spent ${money(active.spend.day_usd)} today and ${money(active.spend.month_usd)} this month (UTC).</p>` : ""}</td></tr>`)}
         </tbody></table></div></div></section>`;
     }
 
@@ -154,13 +155,15 @@ export default {
           confirmLabel: "Save and stop calls", danger: true,
           action: () => api.request("PUT", "/api/policies", { body: kept, params: { confirm: "stop" } }),
         });
-        const stops = budgetStops(kept);
+        const check = await busy(submit, () => api.request("PUT", "/api/policies", { body: kept, params: { dry_run: "true" } }));
+        const stops = (check?.budget_stops || []).map((b) => `${b.message[0].toUpperCase()}${b.message.slice(1)}.`);
         if (stops.length) {
           if (!(await askStop(stops.join(" ")))) return;
         } else {
           try {
             await busy(submit, () => api.put("/api/policies", kept));
           } catch (err) {
+            // Spend that arrived since the check can still make the budget stop the tenant.
             if (err?.code !== "budget_stops_tenant") throw err;
             if (!(await askStop(err.message.replace(/^Not saved: /, "").replace(/\. Raise the budget, or send.*$/, ".")))) return;
           }
@@ -169,23 +172,6 @@ export default {
         editing = false;
         await load();
       } catch (err) { if (err?.name !== "AbortError") serverError(form, err); }
-    }
-
-    /** Sentences for the budgets of `proposed` that today's or this month's spend reaches. */
-    function budgetStops(proposed) {
-      const spend = active?.spend || {};
-      const current = currentValues(active?.policies || []);
-      const out = [];
-      for (const [key, spent, when, period, until] of [
-        ["budget_daily_usd", spend.day_usd, "today", "daily", "the end of the day (00:00 UTC)"],
-        ["budget_monthly_usd", spend.month_usd, "this month", "monthly", "the end of the month (UTC)"],
-      ]) {
-        const limit = proposed[key];
-        if (limit === null || limit === undefined || !(spent > 0) || spent < limit) continue;
-        if (current[key] !== null && current[key] !== undefined && current[key] <= limit) continue;
-        out.push(`The ${period} budget of ${money(limit)} is not above the ${money(spent)} spent ${when}: saving it stops every call of this tenant until ${until}, unless the budget is raised first.`);
-      }
-      return out;
     }
 
     async function backtest(btn) {
