@@ -407,6 +407,27 @@ pub(super) fn tsvector(tokens: &[String]) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_policy_search_spells_the_index_of_migration_0019_word_for_word() {
+        // A database reads an expression index only for the same expression.
+        for (dialect, migration) in [
+            (
+                Dialect::Sqlite,
+                include_str!("../../migrations/sqlite/0019_call_stopped_by.sql"),
+            ),
+            (
+                Dialect::Postgres,
+                include_str!("../../migrations/postgres/0019_call_stopped_by.sql"),
+            ),
+        ] {
+            let (stopped, by) = STOPPED_BY.of(dialect);
+            for expr in [stopped, by] {
+                let bare = expr.replace("c.", "");
+                assert!(migration.contains(&bare), "{dialect:?}: {bare}");
+            }
+        }
+    }
+
     fn groups(g: &[&[&str]]) -> Vec<Vec<String>> {
         g.iter()
             .map(|g| g.iter().map(|t| (*t).to_owned()).collect())
