@@ -248,12 +248,7 @@ async fn the_lifecycle_runs_over_http_and_refuses_invalid_moves_with_409(backend
     assert_eq!(detail["status"], "resolved");
     assert_eq!(detail["assignee"], "dana");
     assert_eq!(detail["severity"], "critical");
-    let kinds: Vec<&str> = detail["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
+    let kinds = event_kinds(&detail);
     assert_eq!(
         kinds,
         [
@@ -813,12 +808,7 @@ async fn a_resolved_incident_can_be_reopened_by_hand_and_the_root_cause_precedes
     )
     .await;
     assert_eq!(detail["status"], "acknowledged");
-    let kinds: Vec<&str> = detail["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
+    let kinds = event_kinds(&detail);
     assert_eq!(
         kinds,
         [
@@ -871,4 +861,14 @@ async fn a_resolved_incident_can_be_reopened_by_hand_and_the_root_cause_precedes
     assert_eq!(entries[0]["target"], id.as_str());
     assert_eq!(entries[0]["before"]["status"], "resolved");
     assert_eq!(entries[0]["after"]["status"], "open");
+}
+
+/// The kinds of an incident's events, oldest first, as `GET /v1/incidents/{id}` lists them.
+fn event_kinds(detail: &Value) -> Vec<&str> {
+    detail["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["kind"].as_str().expect("an event kind"))
+        .collect()
 }
