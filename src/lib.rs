@@ -7,6 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod error;
 pub mod evidence;
 pub mod guard;
 pub mod incidents;

@@ -12,6 +12,7 @@ use crate::domain::alert::{
 };
 use crate::domain::audit::AuditAction;
 use crate::domain::{AlertRouteId, Severity, Timestamp};
+use crate::error::Code;
 use crate::incidents::alerts::{Delivery, check_route_url};
 use crate::startup::AppState;
 use crate::store::{StoreError, run_blocking};
@@ -67,8 +68,8 @@ fn millis(
     };
     let ms = (s * 1000.0).round();
     if !ms.is_finite() || ms < min as f64 || ms > max as f64 {
-        return Err(ApiError::bad_request(
-            "invalid_route",
+        return Err(ApiError::new(
+            Code::InvalidRoute,
             format!(
                 "{field} must be between {} and {} seconds",
                 min as f64 / 1000.0,
@@ -87,7 +88,7 @@ pub async fn create_route(
     body: web::Json<RouteBody>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
-    let invalid = |m: String| ApiError::bad_request("invalid_route", m);
+    let invalid = |m: String| ApiError::new(Code::InvalidRoute, m);
     let kind = RouteKind::parse(&b.kind).map_err(|e| invalid(e.0))?;
     let min_severity =
         Severity::parse(b.min_severity.as_deref().unwrap_or("medium")).map_err(|e| invalid(e.0))?;
@@ -117,7 +118,7 @@ pub async fn create_route(
     };
     let url = check_route_url(&raw_url, &state.settings.alert_webhook_allowed_hosts)
         .await
-        .map_err(|e| ApiError::bad_request("invalid_webhook_url", e))?;
+        .map_err(|e| ApiError::new(Code::InvalidWebhookUrl, e))?;
     if b.routing_key.is_some() && kind != RouteKind::PagerDuty {
         return Err(invalid("routing_key is for pagerduty routes only".into()));
     }
@@ -192,8 +193,8 @@ pub async fn create_route(
 fn checked_name(name: Option<String>) -> Result<String, ApiError> {
     let name = name.unwrap_or_default().trim().to_owned();
     if name.len() > MAX_NAME {
-        return Err(ApiError::bad_request(
-            "invalid_route",
+        return Err(ApiError::new(
+            Code::InvalidRoute,
             format!("name may be at most {MAX_NAME} bytes"),
         ));
     }
@@ -201,7 +202,7 @@ fn checked_name(name: Option<String>) -> Result<String, ApiError> {
 }
 
 fn checked_secret(kind: RouteKind, secret: &str) -> Result<String, ApiError> {
-    let invalid = |m: String| ApiError::bad_request("invalid_route", m);
+    let invalid = |m: String| ApiError::new(Code::InvalidRoute, m);
     let secret = secret.trim();
     match kind {
         RouteKind::Slack => Err(invalid(
@@ -240,7 +241,7 @@ pub async fn update_route(
 ) -> Result<HttpResponse, ApiError> {
     let id = route_id(&path)?;
     let b = body.into_inner();
-    let invalid = |m: String| ApiError::bad_request("invalid_route", m);
+    let invalid = |m: String| ApiError::new(Code::InvalidRoute, m);
     let store = state.store.clone();
     let tenant = caller.tenant_id.clone();
     let mut route = run_blocking(move || store.get_alert_route(&tenant, &id))
@@ -290,7 +291,7 @@ pub async fn update_route(
     if let Some(raw) = &b.url {
         let url = check_route_url(raw, &state.settings.alert_webhook_allowed_hosts)
             .await
-            .map_err(|e| ApiError::bad_request("invalid_webhook_url", e))?;
+            .map_err(|e| ApiError::new(Code::InvalidWebhookUrl, e))?;
         route.target = alert::display_target(&url);
         route.url_ciphertext = seal(url.as_str())?;
         if named_after_target {
@@ -394,6 +395,6 @@ pub async fn test_route(
     let alerts = state.alerts.clone();
     let job = run_blocking(move || alerts.enqueue(&delivery, now))
         .await
-        .map_err(|e| ApiError::service_unavailable("queue_unavailable", e))?;
+        .map_err(|e| ApiError::new(Code::QueueUnavailable, e))?;
     Ok(HttpResponse::Accepted().json(json!({"job_id": job, "route_id": route.id})))
 }

@@ -6,6 +6,7 @@ use super::auth::{AdminKey, Caller};
 use super::error::ApiError;
 use super::v1::parse_time;
 use crate::domain::audit::{AuditAction, AuditEntry, AuditFilter, NewAuditEntry};
+use crate::error::Code;
 use crate::incidents::timeline::People;
 use crate::startup::AppState;
 use crate::store::run_blocking;
@@ -78,7 +79,7 @@ pub async fn list(
     q: web::Query<AuditQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
-    let bad = |m: String| ApiError::bad_request("invalid_query", m);
+    let bad = |m: String| ApiError::new(Code::InvalidQuery, m);
     let csv = match q.format.as_deref() {
         None | Some("json") => false,
         Some("csv") => true,
@@ -136,8 +137,8 @@ pub async fn list(
         .as_deref()
         .map(|c| {
             c.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_cursor",
+                ApiError::new(
+                    Code::InvalidCursor,
                     "the cursor is not one this API gave out: pass next_cursor from the previous page unchanged",
                 )
             })

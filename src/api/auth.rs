@@ -11,6 +11,7 @@ use super::console::ConsoleRequest;
 use super::error::ApiError;
 use crate::domain::audit::Actor;
 use crate::domain::{ApiKeyRecord, KeyHash, KeyId, KeySecret, Scope, TenantId, Timestamp, UserId};
+use crate::error::Code;
 use crate::guard::killswitch::FrozenBy;
 use crate::startup::AppState;
 use crate::store::{DynStore, StoreResult, run_blocking};
@@ -64,23 +65,23 @@ pub enum AuthFailure {
 impl From<AuthFailure> for ApiError {
     fn from(f: AuthFailure) -> Self {
         match f {
-            AuthFailure::Missing => ApiError::unauthorized(
-                "missing_api_key",
+            AuthFailure::Missing => ApiError::new(
+                Code::MissingApiKey,
                 "No API key provided. Send your agv-server key as 'Authorization: Bearer agv_…' (create one with `agv-server key create --tenant ID`).",
             ),
-            AuthFailure::Malformed => ApiError::unauthorized(
-                "invalid_api_key",
+            AuthFailure::Malformed => ApiError::new(
+                Code::InvalidApiKey,
                 "Malformed API key: agv-server keys look like 'agv_' followed by 64 hex characters.",
             ),
             AuthFailure::Unknown => {
-                ApiError::unauthorized("invalid_api_key", "Incorrect API key provided.")
+                ApiError::new(Code::InvalidApiKey, "Incorrect API key provided.")
             }
-            AuthFailure::Revoked => ApiError::unauthorized(
-                "api_key_revoked",
+            AuthFailure::Revoked => ApiError::new(
+                Code::ApiKeyRevoked,
                 "This API key has been revoked; create a new one.",
             ),
-            AuthFailure::Expired => ApiError::unauthorized(
-                "api_key_expired",
+            AuthFailure::Expired => ApiError::new(
+                Code::ApiKeyExpired,
                 "This API key has expired; use its replacement or create a new one.",
             ),
         }
@@ -287,8 +288,8 @@ async fn authenticate(req: HttpRequest, required: Scope) -> Result<Caller, ApiEr
     };
     let record = &key.record;
     if !record.scope.allows(required) {
-        return Err(ApiError::forbidden(
-            "insufficient_scope",
+        return Err(ApiError::new(
+            Code::InsufficientScope,
             format!(
                 "this endpoint needs an {} key; this key has scope '{}'",
                 required.as_str(),
@@ -312,8 +313,8 @@ async fn authenticate(req: HttpRequest, required: Scope) -> Result<Caller, ApiEr
             .into_iter()
             .find_map(|(k, by)| (k == record.id).then_some(by))
     {
-        return Err(ApiError::forbidden(
-            "key_frozen",
+        return Err(ApiError::new(
+            Code::KeyFrozenReadOnly,
             format!(
                 "this key is frozen ({}, by {}): a frozen key can only read; another admin of the tenant, or the operator, lifts the freeze",
                 by.reason, by.actor

@@ -9,10 +9,11 @@
 //! `x-agv-tenant`. Console-only tenant views (overview, keys, usage, live events) live here.
 
 use super::auth::Caller;
-use super::error::{ApiError, ErrorKind};
+use super::error::ApiError;
 use super::session::{current, require_csrf};
 use crate::domain::user::{Role, User};
 use crate::domain::{Scope, TenantId, Timestamp};
+use crate::error::Code;
 use crate::startup::AppState;
 use crate::store::run_blocking;
 use actix_web::body::MessageBody;
@@ -91,7 +92,7 @@ pub async fn person(state: &AppState, req: &HttpRequest) -> Result<User, ApiErro
 }
 
 fn role_not_allowed(what: &str) -> ApiError {
-    ApiError::forbidden("role_not_allowed", format!("your role may not {what}"))
+    ApiError::new(Code::RoleNotAllowed, format!("your role may not {what}"))
 }
 
 /// The tenant a person acts on: their own, or for the operator the one named by the
@@ -106,7 +107,7 @@ pub async fn tenant_for(
         return user
             .tenant_id
             .clone()
-            .ok_or_else(|| ApiError::forbidden("no_tenant", "this account belongs to no tenant"));
+            .ok_or_else(|| ApiError::new(Code::NoTenant, "this account belongs to no tenant"));
     }
     let raw = req
         .headers()
@@ -115,8 +116,8 @@ pub async fn tenant_for(
         .or(named)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| {
-            ApiError::bad_request(
-                "tenant_required",
+            ApiError::new(
+                Code::TenantRequired,
                 "an operator names the tenant to act on with the x-agv-tenant header",
             )
         })?;
@@ -365,20 +366,20 @@ pub async fn create_key(
 ) -> Result<HttpResponse, ApiError> {
     let (user, tenant) = changer(&state, &req).await?;
     let body = super::error::optional_json::<NewKeyBody>(&raw)?
-        .ok_or_else(|| field("invalid_name", "name", "give the key a name"))?;
+        .ok_or_else(|| field(Code::InvalidName, "name", "give the key a name"))?;
     let name = body.name.unwrap_or_default();
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 {
         return Err(field(
-            "invalid_name",
+            Code::InvalidName,
             "name",
             "a key needs a name of 1 to 100 characters",
         ));
     }
     let scope = Scope::parse(body.scope.as_deref().unwrap_or("proxy"))
-        .map_err(|e| field("invalid_scope", "scope", e.0))?;
+        .map_err(|e| field(Code::InvalidScope, "scope", e.0))?;
     let (row, secret) = crate::domain::NewApiKey::generate(tenant.clone(), name, scope, None)
-        .map_err(|e| field("invalid_name", "name", e.0))?;
+        .map_err(|e| field(Code::InvalidName, "name", e.0))?;
     let store = state.store.clone();
     let created = run_blocking(move || store.create_api_key(&row)).await?;
     super::audit::record(
@@ -606,8 +607,8 @@ pub async fn events(
 }
 
 /// Maps a form field's parse error to a 400 that names the field.
-pub fn field(code: &'static str, field: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::new(ErrorKind::BadRequest, code, message).param(field)
+pub fn field(code: Code, field: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(code, message).param(field)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use super::error::{ApiError, optional_json};
 use crate::domain::audit::AuditAction;
 use crate::domain::replay::ReplayMode;
 use crate::domain::{CallId, CertificateId, IncidentId, ReplayId};
+use crate::error::Code;
 use crate::evidence::certificates::{self, Subject};
 use crate::startup::AppState;
 use crate::store::run_blocking;
@@ -25,11 +26,14 @@ struct ReplayBody {
 /// The `{"mode": "policy"|"upstream"}` body of a replay request; `hint` says what to send.
 pub(crate) fn replay_mode(raw: &[u8], hint: &str) -> Result<ReplayMode, ApiError> {
     let body = optional_json::<ReplayBody>(raw)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("{}; {hint}", e.message)))?
+        .map_err(|e| ApiError::new(Code::InvalidJson, format!("{}; {hint}", e.message)))?
         .ok_or_else(|| {
-            ApiError::bad_request("invalid_json", format!("the request body is empty; {hint}"))
+            ApiError::new(
+                Code::InvalidJson,
+                format!("the request body is empty; {hint}"),
+            )
         })?;
-    ReplayMode::parse(&body.mode).map_err(|e| ApiError::bad_request("invalid_mode", e.0))
+    ReplayMode::parse(&body.mode).map_err(|e| ApiError::new(Code::InvalidMode, e.0))
 }
 
 #[post("/v1/replay/{call_id}")]
@@ -99,7 +103,7 @@ struct IssueBody {
 }
 
 fn subject_of(body: IssueBody) -> Result<Subject, ApiError> {
-    let bad = |m: String| ApiError::bad_request("invalid_subject", m);
+    let bad = |m: String| ApiError::new(Code::InvalidSubject, m);
     // A malformed id cannot exist: it reads as not found, like in the path of other endpoints.
     let absent = |what: &str, id: &str| ApiError::not_found(format!("no {what} {id}"));
     match (body.call_id, body.replay_id, body.incident_id) {
@@ -126,8 +130,8 @@ pub async fn issue(
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body = optional_json::<IssueBody>(&raw)?.ok_or_else(|| {
-        ApiError::bad_request(
-            "invalid_json",
+        ApiError::new(
+            Code::InvalidJson,
             "the request body is empty; send {\"call_id\": …}, {\"replay_id\": …} or {\"incident_id\": …}",
         )
     })?;

@@ -7,6 +7,7 @@ use super::auth::AdminKey;
 use super::error::ApiError;
 use crate::domain::IncidentId;
 use crate::domain::audit::AuditAction;
+use crate::error::Code;
 use crate::evidence::export::{ExportFormat, build_export};
 use crate::startup::AppState;
 use actix_web::{HttpResponse, get, web};
@@ -38,7 +39,7 @@ pub async fn export(
     let id = IncidentId::parse(&path)
         .map_err(|_| ApiError::not_found(format!("no incident {}", path.as_str())))?;
     let format = ExportFormat::parse(q.format.as_deref().unwrap_or("json"))
-        .map_err(|e| ApiError::bad_request("invalid_format", e.0))?;
+        .map_err(|e| ApiError::new(Code::InvalidFormat, e.0))?;
     // Also the 404 for an incident of another tenant, before any task is queued.
     let (store, t, i) = (state.store.clone(), caller.tenant_id.clone(), id.clone());
     let incident = crate::store::run_blocking(move || store.get_incident(Some(&t), &i))

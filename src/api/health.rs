@@ -1,5 +1,6 @@
 //! `/health` (the process answers), `/ready` (store and queue usable) and `/metrics`.
 
+use crate::error::Code;
 use crate::startup::AppState;
 use crate::store::run_blocking;
 use actix_web::{HttpResponse, get, web};
@@ -68,8 +69,8 @@ fn may_read_metrics(
             if digest(given) == digest(want) {
                 Ok(())
             } else {
-                Err(ApiError::unauthorized(
-                    "metrics_token_required",
+                Err(ApiError::new(
+                    Code::MetricsTokenRequired,
                     "/metrics needs the metrics token: send it as Authorization: Bearer <metrics_token>",
                 ))
             }
@@ -79,8 +80,8 @@ fn may_read_metrics(
         {
             Ok(())
         }
-        None => Err(ApiError::forbidden(
-            "metrics_loopback_only",
+        None => Err(ApiError::new(
+            Code::MetricsLoopbackOnly,
             "/metrics answers only on this machine while no metrics_token is set: set metrics_token (AGV_METRICS_TOKEN) and scrape with it as a bearer token",
         )),
     }

@@ -9,6 +9,7 @@ use crate::domain::audit::AuditAction;
 use crate::domain::incident::{Change, IncidentCursor, IncidentFilter};
 use crate::domain::incident::{Incident, IncidentEvent};
 use crate::domain::{IncidentId, IncidentStatus, KeyId, Severity, TenantId};
+use crate::error::Code;
 use crate::incidents::timeline::{self, People};
 use crate::startup::AppState;
 use crate::store::{Store, StoreError, StoreResult, run_blocking};
@@ -76,7 +77,7 @@ pub struct IncidentQuery {
 }
 
 fn bad(e: crate::domain::ParseError) -> ApiError {
-    ApiError::bad_request("invalid_query", e.0)
+    ApiError::new(Code::InvalidQuery, e.0)
 }
 
 #[get("/v1/incidents")]
@@ -138,7 +139,7 @@ pub async fn list(
         .as_deref()
         .map(IncidentCursor::parse)
         .transpose()
-        .map_err(|e| ApiError::bad_request("invalid_cursor", e.0))?;
+        .map_err(|e| ApiError::new(Code::InvalidCursor, e.0))?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let store = state.store.clone();
     let tenant = caller.tenant_id.clone();
@@ -179,10 +180,10 @@ pub async fn list(
 fn merge_query(filter: &mut IncidentFilter, text: &str) -> Result<(), ApiError> {
     use crate::domain::search::{SearchQuery, merge_filter, narrower};
     let q = SearchQuery::parse(text, crate::domain::Timestamp::now())
-        .map_err(|e| ApiError::bad_request("invalid_query", e.0))?;
+        .map_err(|e| ApiError::new(Code::InvalidQuery, e.0))?;
     let refuse = |what: &str| {
-        Err(ApiError::bad_request(
-            "invalid_query",
+        Err(ApiError::new(
+            Code::InvalidQuery,
             format!("'{what}:' filters calls, not incidents; search calls with GET /v1/calls?q=…"),
         ))
     };
@@ -198,7 +199,7 @@ fn merge_query(filter: &mut IncidentFilter, text: &str) -> Result<(), ApiError> 
     if q.blocked.is_some() {
         return refuse("blocked");
     }
-    let bad = |e: crate::domain::ParseError| ApiError::bad_request("invalid_query", e.0);
+    let bad = |e: crate::domain::ParseError| ApiError::new(Code::InvalidQuery, e.0);
     merge_filter("state", &mut filter.status, q.state).map_err(bad)?;
     merge_filter("severity", &mut filter.severity, q.severity).map_err(bad)?;
     merge_filter("policy", &mut filter.rule, q.policy).map_err(bad)?;
@@ -435,14 +436,14 @@ pub async fn note(
     let note = body.note.unwrap_or_default();
     let note = note.trim();
     if note.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_note",
+        return Err(ApiError::new(
+            Code::InvalidNote,
             "give the note as {\"note\": \"…\"}; it may not be empty",
         ));
     }
     if note.len() > MAX_NOTE {
-        return Err(ApiError::bad_request(
-            "invalid_note",
+        return Err(ApiError::new(
+            Code::InvalidNote,
             format!("a note may be at most {MAX_NOTE} bytes"),
         ));
     }
@@ -470,8 +471,8 @@ pub async fn assign(
         .map(|a| a.trim().to_owned())
         .filter(|a| !a.is_empty());
     if who.as_ref().is_some_and(|a| a.len() > 256) {
-        return Err(ApiError::bad_request(
-            "invalid_assignee",
+        return Err(ApiError::new(
+            Code::InvalidAssignee,
             "an assignee may be at most 256 bytes",
         ));
     }
@@ -488,7 +489,7 @@ pub async fn severity(
 ) -> Result<HttpResponse, ApiError> {
     let body: SeverityBody = optional_json(&raw)?.unwrap_or_default();
     let sev = Severity::parse(body.severity.as_deref().unwrap_or(""))
-        .map_err(|e| ApiError::bad_request("invalid_severity", e.0))?;
+        .map_err(|e| ApiError::new(Code::InvalidSeverity, e.0))?;
     apply(&state, &caller, &source, &path, Change::SetSeverity(sev)).await
 }
 
@@ -512,8 +513,8 @@ pub async fn simulate(
     let tenant = caller.tenant_id.clone();
     let is_demo = run_blocking(move || store.is_demo_tenant(&tenant)).await?;
     if !is_demo {
-        return Err(ApiError::forbidden(
-            "demo_only",
+        return Err(ApiError::new(
+            Code::DemoOnly,
             "simulated incidents are only for demo tenants (made by `agv-server demo`); this tenant's records are real and stay untouched",
         ));
     }
@@ -529,7 +530,7 @@ pub async fn simulate(
                 .next()
                 .map(|k| k.id)
                 .ok_or_else(|| {
-                    ApiError::bad_request("no_key", "this tenant has no API key to simulate with")
+                    ApiError::new(Code::NoKey, "this tenant has no API key to simulate with")
                 })?
         }
     };
@@ -539,7 +540,7 @@ pub async fn simulate(
         &key,
         crate::domain::Timestamp::now(),
     )
-    .map_err(|e| ApiError::bad_request("invalid_scenario", e.0))?;
+    .map_err(|e| ApiError::new(Code::InvalidScenario, e.0))?;
     let call_ids: Vec<String> = calls.iter().map(|c| c.id.to_string()).collect();
     let store = state.store.clone();
     let applied = run_blocking(move || {

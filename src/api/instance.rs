@@ -16,6 +16,7 @@ use super::error::{ApiError, optional_json};
 use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
 use crate::domain::upstream_url::BaseUrl;
 use crate::domain::{CallFilter, Scope, TenantName, Timestamp};
+use crate::error::Code;
 use crate::proxy::upstream::{UpstreamTarget, probe};
 use crate::startup::{AppState, configured_upstream, install_instance_upstream};
 use crate::store::{INSTANCE_UPSTREAM_REF, InstanceUpstreamRow, StoreError, run_blocking};
@@ -46,7 +47,7 @@ pub async fn create_tenant(
     let user = operator(&state, &req).await?;
     let body = optional_json::<NewTenantBody>(&raw)?;
     let name = body.and_then(|b| b.name).unwrap_or_default();
-    let name = TenantName::parse(&name).map_err(|e| field("invalid_name", "name", e.0))?;
+    let name = TenantName::parse(&name).map_err(|e| field(Code::InvalidName, "name", e.0))?;
     let store = state.store.clone();
     let tenant = run_blocking(move || {
         crate::ops::tenants::create(store.as_ref(), name, Actor::User(user.id), source.0)
@@ -148,7 +149,7 @@ struct UpstreamBody {
 fn parse_key(raw: &str) -> Result<String, ApiError> {
     crate::domain::upstream_url::provider_key(raw).map_err(|e| {
         field(
-            "invalid_api_key",
+            Code::InvalidProviderKey,
             "api_key",
             format!("{e}; send null when the upstream needs no key"),
         )
@@ -166,13 +167,13 @@ pub async fn put_upstream(
     let user = operator(&state, &req).await?;
     let body = optional_json::<UpstreamBody>(&raw)?.ok_or_else(|| {
         field(
-            "invalid_base_url",
+            Code::InvalidBaseUrl,
             "base_url",
             "give the upstream's base URL, e.g. https://api.openai.com/v1",
         )
     })?;
     let url = BaseUrl::parse(body.base_url.as_deref().unwrap_or_default())
-        .map_err(|e| field("invalid_base_url", "base_url", e))?;
+        .map_err(|e| field(Code::InvalidBaseUrl, "base_url", e))?;
     let before = state.proxy.instance_upstream().primary().clone();
     let api_key = match body.api_key {
         None => before.api_key.clone(),

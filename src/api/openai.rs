@@ -2,9 +2,10 @@
 //! hand it to the proxy, and turn its outcome into a response carrying `x-agv-call-id`.
 
 use super::auth::ProxyKey;
-use super::error::{ApiError, ErrorKind};
+use super::error::ApiError;
 use crate::domain::call::endpoint;
 use crate::domain::{CallId, Timestamp};
+use crate::error::Code;
 use crate::proxy::{
     Attribution, CALL_ID_HEADER, Incoming, MAX_ATTRIBUTION_LEN, MAX_METADATA_BYTES, Outcome,
 };
@@ -24,8 +25,7 @@ pub async fn read_body(
 ) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
-            ErrorKind::PayloadTooLarge,
-            "request_too_large",
+            Code::RequestTooLarge,
             format!("the request body is larger than the {limit} byte limit"),
         )
     };
@@ -47,8 +47,8 @@ pub async fn read_body(
         let mut body = BytesMut::new();
         while let Some(chunk) = payload.next().await {
             let chunk = chunk.map_err(|e| {
-                ApiError::bad_request(
-                    "invalid_body",
+                ApiError::new(
+                    Code::InvalidBody,
                     format!("could not read the request body: {e}"),
                 )
             })?;
@@ -64,8 +64,7 @@ pub async fn read_body(
         .await
         .unwrap_or_else(|_| {
             Err(ApiError::new(
-                ErrorKind::RequestTimeout,
-                "request_timeout",
+                Code::RequestTimeout,
                 format!(
                     "the request body did not arrive within {} s; send it at once",
                     timeout.as_secs_f64()
@@ -77,20 +76,20 @@ pub async fn read_body(
 /// Parses a JSON object body; the error says where the JSON is wrong.
 pub fn parse_json_object(raw: &[u8]) -> Result<serde_json::Value, ApiError> {
     if raw.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_json",
+        return Err(ApiError::new(
+            Code::InvalidJson,
             "the request body is empty; send a JSON object",
         ));
     }
     let value: serde_json::Value = serde_json::from_slice(raw).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_json",
+        ApiError::new(
+            Code::InvalidJson,
             format!("the request body is not valid JSON: {e}"),
         )
     })?;
     if !value.is_object() {
-        return Err(ApiError::bad_request(
-            "invalid_json",
+        return Err(ApiError::new(
+            Code::InvalidJson,
             "the request body must be a JSON object",
         ));
     }
@@ -102,15 +101,15 @@ fn header_text(req: &HttpRequest, name: &str) -> Result<Option<String>, ApiError
         None => Ok(None),
         Some(v) => {
             let s = v.to_str().map_err(|_| {
-                ApiError::bad_request(
-                    "invalid_header",
+                ApiError::new(
+                    Code::InvalidHeader,
                     format!("the {name} header must be printable ASCII"),
                 )
             })?;
             let s = s.trim();
             if s.len() > MAX_ATTRIBUTION_LEN {
-                return Err(ApiError::bad_request(
-                    "invalid_header",
+                return Err(ApiError::new(
+                    Code::InvalidHeader,
                     format!("the {name} header is longer than {MAX_ATTRIBUTION_LEN} characters"),
                 ));
             }
@@ -127,14 +126,14 @@ pub fn attribution(req: &HttpRequest, body: &serde_json::Value) -> Result<Attrib
             Some(s.clone()).filter(|s| !s.is_empty())
         }
         Some(serde_json::Value::String(_)) => {
-            return Err(ApiError::bad_request(
-                "invalid_user",
+            return Err(ApiError::new(
+                Code::InvalidUser,
                 format!("the 'user' field is longer than {MAX_ATTRIBUTION_LEN} characters"),
             ));
         }
         Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_user",
+            return Err(ApiError::new(
+                Code::InvalidUser,
                 "the 'user' field must be a string",
             ));
         }
@@ -145,20 +144,20 @@ pub fn attribution(req: &HttpRequest, body: &serde_json::Value) -> Result<Attrib
         None => None,
         Some(v) => {
             if v.len() > MAX_METADATA_BYTES {
-                return Err(ApiError::bad_request(
-                    "invalid_metadata",
+                return Err(ApiError::new(
+                    Code::InvalidMetadata,
                     format!("the x-agv-metadata header is larger than {MAX_METADATA_BYTES} bytes"),
                 ));
             }
             let parsed: serde_json::Value = serde_json::from_slice(v.as_bytes()).map_err(|e| {
-                ApiError::bad_request(
-                    "invalid_metadata",
+                ApiError::new(
+                    Code::InvalidMetadata,
                     format!("the x-agv-metadata header is not valid JSON: {e}"),
                 )
             })?;
             if !parsed.is_object() {
-                return Err(ApiError::bad_request(
-                    "invalid_metadata",
+                return Err(ApiError::new(
+                    Code::InvalidMetadata,
                     "the x-agv-metadata header must be a JSON object",
                 ));
             }
@@ -177,7 +176,7 @@ pub fn attribution(req: &HttpRequest, body: &serde_json::Value) -> Result<Attrib
 /// here, before it costs an upstream call or slips past the guard unread.
 fn check_messages(body: &serde_json::Value) -> Result<(), ApiError> {
     let invalid =
-        |message: String| Err(ApiError::bad_request("invalid_messages", message).param("messages"));
+        |message: String| Err(ApiError::new(Code::InvalidMessages, message).param("messages"));
     let Some(messages) = body.get("messages") else {
         return invalid(
             "'messages' is required: a list of {\"role\": …, \"content\": …} objects".into(),
@@ -214,8 +213,8 @@ async fn proxy_call(
         let raw = read_body(&req, payload, state.settings.max_body_bytes).await?;
         let body = parse_json_object(&raw)?;
         if body.get("model").is_some_and(|m| !m.is_string()) {
-            return Err(ApiError::bad_request(
-                "invalid_model",
+            return Err(ApiError::new(
+                Code::InvalidModel,
                 "the 'model' field must be a string",
             ));
         }
@@ -223,8 +222,8 @@ async fn proxy_call(
             .get("stream")
             .is_some_and(|s| !s.is_boolean() && !s.is_null())
         {
-            return Err(ApiError::bad_request(
-                "invalid_stream",
+            return Err(ApiError::new(
+                Code::InvalidStream,
                 "the 'stream' field must be true or false",
             ));
         }
@@ -234,8 +233,8 @@ async fn proxy_call(
         if which == endpoint::EMBEDDINGS
             && body.get("stream").and_then(serde_json::Value::as_bool) == Some(true)
         {
-            return Err(ApiError::bad_request(
-                "invalid_stream",
+            return Err(ApiError::new(
+                Code::InvalidStream,
                 "embeddings cannot be streamed",
             ));
         }
@@ -244,7 +243,7 @@ async fn proxy_call(
             call_id: CallId::generate(),
             tenant_id: key.0.tenant_id.clone(),
             key_id: key.0.key_id.clone().ok_or_else(|| {
-                ApiError::unauthorized("missing_api_key", "LLM calls are made with an API key")
+                ApiError::new(Code::MissingApiKey, "LLM calls are made with an API key")
             })?,
             endpoint: which,
             received,

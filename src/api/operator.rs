@@ -5,10 +5,11 @@
 
 use super::audit::{Source, record};
 use super::console::{operator, usd};
-use super::error::{ApiError, ErrorKind, optional_json};
+use super::error::{ApiError, optional_json};
 use crate::domain::Timestamp;
 use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
 use crate::domain::incident::IncidentFilter;
+use crate::error::Code;
 use crate::jobs::queue::{EnqueueOptions, JobId};
 use crate::startup::AppState;
 use crate::store::{StoreError, run_blocking};
@@ -216,8 +217,7 @@ pub async fn backup_now(
     let user = operator(&state, &req).await?;
     if running_backup(&state).is_some() {
         return Err(ApiError::new(
-            ErrorKind::Conflict,
-            "backup_running",
+            Code::BackupRunning,
             "a backup is already running; wait for it to finish",
         ));
     }
@@ -228,9 +228,7 @@ pub async fn backup_now(
             json!({"requested_by": format!("user:{}", user.id)}),
             EnqueueOptions::default(),
         )
-        .map_err(|e| {
-            ApiError::service_unavailable("queue_full", format!("cannot queue the backup: {e}"))
-        })?;
+        .map_err(|e| ApiError::new(Code::QueueFull, format!("cannot queue the backup: {e}")))?;
     if let Ok(mut g) = state.backup_now.job.lock() {
         *g = Some(id.clone());
     }
@@ -262,13 +260,13 @@ pub async fn verify_backup(
 ) -> Result<HttpResponse, ApiError> {
     operator(&state, &req).await?;
     let body = optional_json::<VerifyBody>(&raw)?.ok_or_else(|| {
-        ApiError::bad_request("invalid_json", "send {\"file\": \"agv-backup-….tar\"}").param("file")
+        ApiError::new(Code::InvalidJson, "send {\"file\": \"agv-backup-….tar\"}").param("file")
     })?;
     // Only a file name in the backup directory: no paths.
     let name = body.file;
     if name.is_empty() || name.contains('/') || name.contains('\\') || name.starts_with('.') {
-        return Err(ApiError::bad_request(
-            "invalid_file",
+        return Err(ApiError::new(
+            Code::InvalidFile,
             "name a backup file of the list (a file name, not a path)",
         )
         .param("file"));
@@ -302,7 +300,7 @@ pub async fn jobs(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRe
     let dead = state
         .queue
         .dead_letters()
-        .map_err(|e| ApiError::service_unavailable("queue_unavailable", e.to_string()))?;
+        .map_err(|e| ApiError::new(Code::QueueUnavailable, e.to_string()))?;
     Ok(HttpResponse::Ok().json(json!({
         "stats": {
             "pending": stats.pending, "running": stats.running, "dead": stats.dead,
@@ -324,7 +322,7 @@ fn is_dead(state: &AppState, id: &JobId) -> Result<(), ApiError> {
     let dead = state
         .queue
         .dead_letters()
-        .map_err(|e| ApiError::service_unavailable("queue_unavailable", e.to_string()))?;
+        .map_err(|e| ApiError::new(Code::QueueUnavailable, e.to_string()))?;
     if dead.iter().any(|d| &d.job.id == id) {
         Ok(())
     } else {
@@ -347,7 +345,7 @@ async fn act_on_dead_job(
     } else {
         (state.queue.discard_dead(&id), "discarded")
     };
-    done.map_err(|e| ApiError::service_unavailable("queue_unavailable", e.to_string()))?;
+    done.map_err(|e| ApiError::new(Code::QueueUnavailable, e.to_string()))?;
     Ok(HttpResponse::Ok().json(json!({ outcome: id.as_str() })))
 }
 

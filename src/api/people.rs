@@ -13,11 +13,12 @@
 
 use super::audit::{Source, record};
 use super::console::{field, person, tenant_for};
-use super::error::{ApiError, ErrorKind, optional_json};
+use super::error::{ApiError, optional_json};
 use super::session::{COOKIE, person_json, sha256_hex, sign_in};
 use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
 use crate::domain::user::{Email, Invitation, NewUser, PasswordHash, Role};
 use crate::domain::{InvitationId, Timestamp, UserId};
+use crate::error::Code;
 use crate::ops::people::{Change, Manager, PeopleError};
 use crate::startup::AppState;
 use crate::store::{StoreError, run_blocking};
@@ -57,16 +58,16 @@ impl SetupToken {
             Some((hash, until)) if *hash == sha256_hex(given) => {
                 if Instant::now() > *until {
                     *g = None;
-                    return Err(ApiError::forbidden(
-                        "setup_token_expired",
+                    return Err(ApiError::new(
+                        Code::SetupTokenExpired,
                         "the setup link has expired; restart agv-server for a new one, or run `agv-server user create --role operator`",
                     ));
                 }
                 *g = None;
                 Ok(())
             }
-            _ => Err(ApiError::forbidden(
-                "invalid_setup_token",
+            _ => Err(ApiError::new(
+                Code::InvalidSetupToken,
                 "this setup link is not valid: use the URL agv-server printed at start",
             )
             .param("token")),
@@ -81,7 +82,7 @@ impl SetupToken {
 }
 
 fn email_field(raw: &str) -> Result<Email, ApiError> {
-    Email::parse(raw).map_err(|e| field("invalid_email", "email", e.0))
+    Email::parse(raw).map_err(|e| field(Code::InvalidEmail, "email", e.0))
 }
 
 /// Hashes a new password (see `session::password_work`); 400 naming the field when it is
@@ -89,7 +90,7 @@ fn email_field(raw: &str) -> Result<Email, ApiError> {
 async fn password_field(raw: String, name: &'static str) -> Result<PasswordHash, ApiError> {
     super::session::password_work(move || Ok(PasswordHash::create(&raw)))
         .await?
-        .map_err(|e| field("invalid_password", name, e.0))
+        .map_err(|e| field(Code::InvalidPassword, name, e.0))
 }
 
 async fn count_users(state: &AppState) -> Result<i64, ApiError> {
@@ -118,8 +119,8 @@ pub async fn setup(
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body = optional_json::<SetupBody>(&raw)?.ok_or_else(|| {
-        ApiError::bad_request(
-            "invalid_json",
+        ApiError::new(
+            Code::InvalidJson,
             "send {\"token\": \"…\", \"email\": \"…\", \"password\": \"…\"}",
         )
     })?;
@@ -128,8 +129,7 @@ pub async fn setup(
     // that holds the valid link of an instance not set up yet.
     if count_users(&state).await? > 0 {
         return Err(ApiError::new(
-            ErrorKind::Conflict,
-            "setup_done",
+            Code::SetupDone,
             "this instance is set up already: sign in instead",
         ));
     }
@@ -190,8 +190,8 @@ pub async fn change_password(
 ) -> Result<HttpResponse, ApiError> {
     let user = person(&state, &req).await?;
     let body = optional_json::<PasswordBody>(&raw)?.ok_or_else(|| {
-        ApiError::bad_request(
-            "invalid_json",
+        ApiError::new(
+            Code::InvalidJson,
             "send {\"current_password\": \"…\", \"new_password\": \"…\"}",
         )
     })?;
@@ -199,7 +199,7 @@ pub async fn change_password(
     let current_pw = body.current_password;
     if !super::session::password_work(move || Ok(check.verify(&current_pw))).await? {
         return Err(
-            ApiError::bad_request("wrong_password", "the current password is wrong")
+            ApiError::new(Code::WrongPassword, "the current password is wrong")
                 .param("current_password"),
         );
     }
@@ -229,8 +229,8 @@ async fn people_manager(
 ) -> Result<(crate::domain::user::User, crate::domain::TenantId), ApiError> {
     let user = person(state, req).await?;
     if !matches!(user.role, Role::Owner | Role::Operator) {
-        return Err(ApiError::forbidden(
-            "role_not_allowed",
+        return Err(ApiError::new(
+            Code::RoleNotAllowed,
             "only the tenant's owner (or the operator) manages its people",
         ));
     }
@@ -278,8 +278,8 @@ pub async fn invite(
 ) -> Result<HttpResponse, ApiError> {
     let (user, tenant) = people_manager(&state, &req).await?;
     let body = optional_json::<InviteBody>(&raw)?.ok_or_else(|| {
-        ApiError::bad_request(
-            "invalid_json",
+        ApiError::new(
+            Code::InvalidJson,
             "send {\"email\": \"…\", \"role\": \"owner|admin|viewer\"}",
         )
     })?;
@@ -288,7 +288,7 @@ pub async fn invite(
         Ok(r @ (Role::Owner | Role::Admin | Role::Viewer)) => r,
         _ => {
             return Err(field(
-                "invalid_role",
+                Code::InvalidRole,
                 "role",
                 "invite as owner, admin or viewer",
             ));
@@ -323,9 +323,7 @@ pub async fn invite(
     })
     .await
     .map_err(|e| match e {
-        StoreError::Conflict(m) => {
-            ApiError::new(ErrorKind::Conflict, "user_exists", m).param("email")
-        }
+        StoreError::Conflict(m) => ApiError::new(Code::UserExists, m).param("email"),
         other => other.into(),
     })?;
     record(
@@ -351,8 +349,7 @@ async fn open_invitation(state: &AppState, token: &str) -> Result<Invitation, Ap
         Some(inv) if inv.is_open(Timestamp::now()) => Ok(inv),
         // A revoked link says so, so that its holder knows to ask rather than retry.
         Some(inv) if inv.revoked_at.is_some() && inv.accepted_at.is_none() => Err(ApiError::new(
-            ErrorKind::NotFound,
-            "invitation_revoked",
+            Code::InvitationRevoked,
             "this invitation was revoked by an owner of the tenant or the operator; ask them for a new one",
         )),
         _ => Err(ApiError::not_found(
@@ -391,8 +388,8 @@ pub async fn accept(
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body = optional_json::<AcceptBody>(&raw)?.ok_or_else(|| {
-        ApiError::bad_request(
-            "invalid_json",
+        ApiError::new(
+            Code::InvalidJson,
             "send {\"token\": \"…\", \"password\": \"…\"}",
         )
     })?;
@@ -406,7 +403,7 @@ pub async fn accept(
     .await
     .map_err(|e| match e {
         StoreError::NotFound => ApiError::not_found("this invitation does not exist"),
-        StoreError::Conflict(m) => ApiError::new(ErrorKind::Conflict, "invitation_closed", m),
+        StoreError::Conflict(m) => ApiError::new(Code::InvitationClosed, m),
         other => other.into(),
     })?;
     record(
@@ -435,8 +432,8 @@ async fn manager(state: &AppState, req: &HttpRequest, source: Source) -> Result<
         }
         Role::Operator => None,
         Role::Admin | Role::Viewer => {
-            return Err(ApiError::forbidden(
-                "role_not_allowed",
+            return Err(ApiError::new(
+                Code::RoleNotAllowed,
                 "only the tenant's owner (or the operator) manages its people",
             ));
         }
@@ -451,24 +448,17 @@ async fn manager(state: &AppState, req: &HttpRequest, source: Source) -> Result<
 fn people_error<'a>(what: &'static str, id: &'a str) -> impl Fn(PeopleError) -> ApiError + 'a {
     move |e| match e {
         PeopleError::NotFound => ApiError::not_found(format!("no {what} {id}")),
-        PeopleError::OwnAccount(_) => {
-            ApiError::new(ErrorKind::Conflict, "own_account", e.to_string())
-        }
-        PeopleError::OperatorRole => {
-            ApiError::new(ErrorKind::Conflict, "operator_role", e.to_string()).param("role")
-        }
+        PeopleError::OwnAccount(_) => ApiError::new(Code::OwnAccount, e.to_string()),
+        PeopleError::OperatorRole => ApiError::new(Code::OperatorRole, e.to_string()).param("role"),
         PeopleError::LastInCharge { operator, message } => ApiError::new(
-            ErrorKind::Conflict,
             if operator {
-                "last_operator"
+                Code::LastOperator
             } else {
-                "last_owner"
+                Code::LastOwner
             },
             message,
         ),
-        PeopleError::InvitationAccepted(m) => {
-            ApiError::new(ErrorKind::Conflict, "invitation_accepted", m)
-        }
+        PeopleError::InvitationAccepted(m) => ApiError::new(Code::InvitationAccepted, m),
         PeopleError::Store(e) => e.into(),
     }
 }
@@ -519,13 +509,13 @@ struct PersonBody {
 #[patch("/api/users/{id}")]
 pub async fn update_user(on: Action, raw: web::Bytes) -> Result<HttpResponse, ApiError> {
     let body = optional_json::<PersonBody>(&raw)?.ok_or_else(|| {
-        ApiError::bad_request("invalid_json", "send {\"role\": \"owner|admin|viewer\"}")
+        ApiError::new(Code::InvalidJson, "send {\"role\": \"owner|admin|viewer\"}")
     })?;
     let role = match Role::parse(&body.role) {
         Ok(r) if r.is_tenant_role() => r,
         _ => {
             return Err(field(
-                "invalid_role",
+                Code::InvalidRole,
                 "role",
                 "a person's role is owner, admin or viewer",
             ));

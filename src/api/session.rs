@@ -6,10 +6,11 @@
 //! are throttled per email and per address. Sign-in and sign-out are audited.
 
 use super::audit::{Source, record};
-use super::error::{ApiError, ErrorKind, optional_json};
+use super::error::{ApiError, optional_json};
 use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
 use crate::domain::user::{Email, NewSession, PasswordHash, User};
 use crate::domain::{SessionId, Timestamp};
+use crate::error::Code;
 use crate::startup::AppState;
 use crate::store::run_blocking;
 use actix_web::cookie::{Cookie, SameSite};
@@ -49,8 +50,8 @@ pub async fn password_work<T: Send + 'static>(
     let _turn = match tokio::time::timeout(PASSWORD_QUEUE_WAIT, PASSWORD_PERMITS.acquire()).await {
         Ok(Ok(turn)) => turn,
         _ => {
-            return Err(ApiError::service_unavailable(
-                "password_work_busy",
+            return Err(ApiError::new(
+                Code::PasswordWorkBusy,
                 "the server is checking too many passwords at once; retry in a few seconds",
             ));
         }
@@ -146,7 +147,7 @@ pub fn person_json(u: &User) -> serde_json::Value {
 }
 
 fn unauthorized(message: &str) -> ApiError {
-    ApiError::new(ErrorKind::Unauthorized, "not_signed_in", message)
+    ApiError::new(Code::NotSignedIn, message)
 }
 
 #[derive(Deserialize)]
@@ -164,16 +165,15 @@ pub async fn login(
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body = optional_json::<LoginBody>(&raw)?.ok_or_else(|| {
-        ApiError::bad_request(
-            "invalid_json",
+        ApiError::new(
+            Code::InvalidJson,
             "send {\"email\": \"…\", \"password\": \"…\"}",
         )
     })?;
-    let email =
-        Email::parse(&body.email).map_err(|e| ApiError::bad_request("invalid_email", e.0))?;
+    let email = Email::parse(&body.email).map_err(|e| ApiError::new(Code::InvalidEmail, e.0))?;
     if body.password.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_password",
+        return Err(ApiError::new(
+            Code::InvalidPassword,
             "the password is empty",
         ));
     }
@@ -222,8 +222,7 @@ pub async fn login(
     let Some(user) = user else {
         state.login_throttle.fail(&keys, now);
         return Err(ApiError::new(
-            ErrorKind::Unauthorized,
-            "invalid_credentials",
+            Code::InvalidCredentials,
             "the email or the password is wrong",
         ));
     };
@@ -231,8 +230,8 @@ pub async fn login(
     // Said only to whoever knows the password: to a guesser a disabled account answers
     // like any wrong password.
     if user.is_disabled() {
-        return Err(ApiError::forbidden(
-            "account_disabled",
+        return Err(ApiError::new(
+            Code::AccountDisabled,
             "this account is disabled; ask an owner of your tenant or the operator to enable it",
         ));
     }
@@ -331,8 +330,8 @@ pub fn require_csrf(req: &HttpRequest, token: &str) -> Result<(), ApiError> {
     if !given.is_empty() && given == csrf_token(token) {
         Ok(())
     } else {
-        Err(ApiError::forbidden(
-            "csrf_token_missing",
+        Err(ApiError::new(
+            Code::CsrfTokenMissing,
             "this change needs the x-csrf-token header given at sign-in (GET /api/auth/me)",
         ))
     }

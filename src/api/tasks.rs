@@ -4,11 +4,12 @@
 
 use super::audit::{Source, by_key, record};
 use super::auth::AdminKey;
-use super::error::{ApiError, ErrorKind, missing};
+use super::error::{ApiError, missing};
 use crate::domain::audit::AuditAction;
 use crate::domain::replay::ReplayMode;
 use crate::domain::task::{Task, kind};
 use crate::domain::{IncidentId, TaskId, Timestamp};
+use crate::error::Code;
 use crate::evidence::tasks;
 use crate::startup::AppState;
 use crate::store::run_blocking;
@@ -39,8 +40,7 @@ pub async fn replay_incident(
         && let Some(by) = caller.frozen_by(state.proxy.guard.killswitch())
     {
         return Err(ApiError::new(
-            ErrorKind::Locked,
-            "tenant_frozen",
+            Code::TenantFrozen,
             format!(
                 "replay refused: frozen by the kill switch ({}); nothing was queued or sent. Unfreeze first",
                 by.reason

@@ -4,7 +4,7 @@
 use super::audit::{Source, by_key, record};
 use super::auth::{AdminKey, ProxyKey};
 use super::call_list::{self, Listing};
-use super::error::{ApiError, ErrorKind, missing, optional_json};
+use super::error::{ApiError, missing, optional_json};
 use crate::domain::audit::AuditAction;
 use crate::domain::{
     CallCursor, CallFilter, CallId, CallSearch, FreezeAction, KeyId, Money, PolicyConfig,
@@ -12,6 +12,7 @@ use crate::domain::{
     freeze::parse_reason,
     search::{merge_filter, narrower},
 };
+use crate::error::Code;
 use crate::proxy::killswitch;
 use crate::proxy::upstream::UpstreamTarget;
 use crate::startup::AppState;
@@ -35,13 +36,12 @@ fn target_tenant(caller: &TenantId, named: Option<&str>) -> Result<TenantId, Api
     match named {
         None => Ok(caller.clone()),
         Some(s) => {
-            let id =
-                TenantId::parse(s).map_err(|e| ApiError::bad_request("invalid_tenant_id", e.0))?;
+            let id = TenantId::parse(s).map_err(|e| ApiError::new(Code::InvalidTenantId, e.0))?;
             if &id == caller {
                 Ok(id)
             } else {
-                Err(ApiError::forbidden(
-                    "tenant_not_allowed",
+                Err(ApiError::new(
+                    Code::TenantNotAllowed,
                     "an admin key may only act on its own tenant",
                 ))
             }
@@ -51,9 +51,9 @@ fn target_tenant(caller: &TenantId, named: Option<&str>) -> Result<TenantId, Api
 
 fn reason_of(body: &Option<FreezeBody>, action: FreezeAction) -> Result<String, ApiError> {
     match (body.as_ref().and_then(|b| b.reason.as_deref()), action) {
-        (Some(r), _) => parse_reason(r).map_err(|e| ApiError::bad_request("invalid_reason", e.0)),
-        (None, FreezeAction::Freeze) => Err(ApiError::bad_request(
-            "invalid_reason",
+        (Some(r), _) => parse_reason(r).map_err(|e| ApiError::new(Code::InvalidReason, e.0)),
+        (None, FreezeAction::Freeze) => Err(ApiError::new(
+            Code::InvalidReason,
             "a reason is required: send {\"reason\": \"…\"}",
         )),
         (None, FreezeAction::Unfreeze) => Ok("unfrozen".to_owned()),
@@ -101,8 +101,8 @@ async fn check_owner(
     } else {
         by.actor.clone()
     };
-    Err(ApiError::forbidden(
-        "freeze_not_yours",
+    Err(ApiError::new(
+        Code::FreezeNotYours,
         format!(
             "{what} was frozen by {setter} ({}): only the operator can lift or change that freeze",
             by.reason
@@ -163,13 +163,12 @@ async fn key_switch(
         .as_ref()
         .and_then(|b| b.key_id.as_deref())
         .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_key_id",
+            ApiError::new(
+                Code::InvalidKeyId,
                 "send the key to act on as {\"key_id\": \"key_…\", \"reason\": \"…\"}",
             )
         })?;
-    let key_id =
-        KeyId::parse(key_text).map_err(|e| ApiError::bad_request("invalid_key_id", e.0))?;
+    let key_id = KeyId::parse(key_text).map_err(|e| ApiError::new(Code::InvalidKeyId, e.0))?;
     let reason = reason_of(&body, action)?;
     // The key must belong to the tenant: another tenant's key is simply not found.
     let store = state.store.clone();
@@ -377,13 +376,13 @@ pub async fn put_policies(
 ) -> Result<HttpResponse, ApiError> {
     let overrides = body.into_inner();
     let config = PolicyConfig::with_overrides(&overrides)
-        .map_err(|e| ApiError::bad_request("invalid_policy", e.0))?;
+        .map_err(|e| ApiError::new(Code::InvalidPolicy, e.0))?;
     let confirmed = match query.confirm.as_deref() {
         None => false,
         Some("stop") => true,
         Some(other) => {
-            return Err(ApiError::bad_request(
-                "invalid_confirm",
+            return Err(ApiError::new(
+                Code::InvalidConfirm,
                 format!("'confirm' takes only 'stop', not '{other}'"),
             )
             .param("confirm"));
@@ -397,8 +396,7 @@ pub async fn put_policies(
     }
     if let Some(first) = stops.first().filter(|_| !confirmed) {
         return Err(ApiError::new(
-            ErrorKind::Conflict,
-            "budget_stops_tenant",
+            Code::BudgetStopsTenant,
             format!(
                 "Not saved: {}. Raise the budget, or send the same request with ?confirm=stop to save it anyway",
                 first.message
@@ -465,12 +463,15 @@ pub async fn backtest_policies(
 ) -> Result<HttpResponse, ApiError> {
     let hint = "send {\"policy\": {…overrides as for PUT /v1/policies…}, \"since\": \"24h\", \"until\": …, \"max_calls\": …}";
     let body = optional_json::<BacktestBody>(&raw)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("{}; {hint}", e.message)))?
+        .map_err(|e| ApiError::new(Code::InvalidJson, format!("{}; {hint}", e.message)))?
         .ok_or_else(|| {
-            ApiError::bad_request("invalid_json", format!("the request body is empty; {hint}"))
+            ApiError::new(
+                Code::InvalidJson,
+                format!("the request body is empty; {hint}"),
+            )
         })?;
     let proposed = PolicyConfig::with_overrides(&body.policy)
-        .map_err(|e| ApiError::bad_request("invalid_policy", e.0))?;
+        .map_err(|e| ApiError::new(Code::InvalidPolicy, e.0))?;
     let now = Timestamp::now();
     let since = match body.since.as_deref() {
         Some(s) => parse_time("since", s)?,
@@ -482,15 +483,15 @@ pub async fn backtest_policies(
         .map(|s| parse_time("until", s))
         .transpose()?;
     if until.is_some_and(|u| u <= since) {
-        return Err(ApiError::bad_request(
-            "invalid_range",
+        return Err(ApiError::new(
+            Code::InvalidRange,
             "'until' must be later than 'since'",
         ));
     }
     let max_calls = body.max_calls.unwrap_or(BACKTEST_DEFAULT_CALLS);
     if max_calls == 0 || max_calls > BACKTEST_MAX_CALLS {
-        return Err(ApiError::bad_request(
-            "invalid_max_calls",
+        return Err(ApiError::new(
+            Code::InvalidMaxCalls,
             format!(
                 "'max_calls' must be between 1 and {BACKTEST_MAX_CALLS}; narrow the time range for more"
             ),
@@ -610,8 +611,8 @@ pub(crate) fn parse_time(field: &str, s: &str) -> Result<Timestamp, ApiError> {
             Timestamp::now().plus_millis(-(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)))
         );
     }
-    Err(ApiError::bad_request(
-        "invalid_query",
+    Err(ApiError::new(
+        Code::InvalidQuery,
         format!("'{field}' must be an RFC 3339 time, epoch milliseconds, or an age like 24h"),
     ))
 }
@@ -641,7 +642,7 @@ pub async fn list_calls(
             .as_deref()
             .map(KeyId::parse)
             .transpose()
-            .map_err(|e| ApiError::bad_request("invalid_query", e.0))?,
+            .map_err(|e| ApiError::new(Code::InvalidQuery, e.0))?,
         model: q.model,
         status: q.status,
         blocked: q.blocked,
@@ -651,7 +652,7 @@ pub async fn list_calls(
         .as_deref()
         .map(CallCursor::decode)
         .transpose()
-        .map_err(|e| ApiError::bad_request("invalid_cursor", e.0))?;
+        .map_err(|e| ApiError::new(Code::InvalidCursor, e.0))?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let search =
         q.q.as_deref()
@@ -677,7 +678,7 @@ pub async fn list_calls(
 /// parameters. A filter given both ways with different values is refused rather than
 /// silently picking one; times keep the narrower bound.
 fn call_search(q: &str, params: CallFilter) -> Result<CallSearch, ApiError> {
-    let bad = |msg: String| ApiError::bad_request("invalid_query", format!("invalid q: {msg}"));
+    let bad = |msg: String| ApiError::new(Code::InvalidQuery, format!("invalid q: {msg}"));
     let mut search = SearchQuery::parse(q, Timestamp::now())
         .and_then(|parsed| parsed.to_call_search())
         .map_err(|e| bad(e.0))?;
@@ -775,15 +776,15 @@ pub async fn put_upstream(
         .settings
         .tenant_upstream_allowlist
         .check(&body.base_url)
-        .map_err(|e| ApiError::bad_request("upstream_not_allowed", e))?;
+        .map_err(|e| ApiError::new(Code::UpstreamNotAllowed, e))?;
     let api_key = body
         .api_key
         .as_deref()
         .map(crate::domain::upstream_url::provider_key)
         .transpose()
         .map_err(|e| {
-            ApiError::bad_request(
-                "invalid_api_key",
+            ApiError::new(
+                Code::InvalidProviderKey,
                 format!("{e}; omit it when the upstream needs no key"),
             )
         })?;

@@ -4,7 +4,6 @@
 //! (`domain::certificate`) and stored exactly as handed out, so the copy a person
 //! downloads and the one the public check reads are the same bytes.
 
-use crate::api::error::{ApiError, missing};
 use crate::domain::certificate::{
     CERTIFICATE_VERSION, CallEvidence, CertSigningKey, Certificate, CertificateError,
     CertificateKind, IncidentEvidence, ReplayEvidence, verify,
@@ -12,6 +11,7 @@ use crate::domain::certificate::{
 use crate::domain::chain::ChainKind;
 use crate::domain::replay::ResponseOutcome;
 use crate::domain::{CallId, CallRecord, CertificateId, IncidentId, ReplayId, TenantId, Timestamp};
+use crate::error::{ApiError, missing};
 use crate::store::{DynStore, StoreError, StoredCertificate, run_blocking};
 use serde_json::Value;
 use sha2::{Digest, Sha256};

@@ -10,7 +10,6 @@
 
 use super::certificates::{self, Subject};
 use super::pdf;
-use crate::api::error::{ApiError, missing};
 use crate::domain::certificate::{CertSigningKey, Certificate};
 use crate::domain::chain::{ChainHead, ChainKind, GENESIS, LinkVersion};
 use crate::domain::evidence_pack::{
@@ -19,6 +18,7 @@ use crate::domain::evidence_pack::{
 use crate::domain::incident::{IncidentEvent, StoredSignal};
 use crate::domain::redaction::Redactor;
 use crate::domain::{CallId, CallRecord, Incident, IncidentId, ParseError, TenantId, Timestamp};
+use crate::error::{ApiError, missing};
 use crate::incidents::timeline;
 use crate::store::{DynStore, Store, StoreError, StoreResult, run_blocking};
 use std::collections::{HashMap, HashSet};

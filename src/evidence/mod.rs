@@ -7,7 +7,7 @@
 //! the certificate format are pure domain code. Errors are [`ApiError`]s, like the proxy's,
 //! because every caller is an HTTP handler.
 //!
-//! [`ApiError`]: crate::api::ApiError
+//! [`ApiError`]: crate::error::ApiError
 
 pub mod audit;
 pub mod certificates;

@@ -18,12 +18,12 @@
 //!
 //! [`Guard::evaluate`]: crate::guard::Guard::evaluate
 
-use crate::api::error::{ApiError, ErrorKind, missing};
 use crate::domain::call::endpoint;
 use crate::domain::replay::{
     ReplayMode, ReplayRecord, ResponseOutcome, Side, compare, decision_changes,
 };
 use crate::domain::{CallId, CallRecord, KeyId, ReplayId, TenantId, Timestamp};
+use crate::error::{ApiError, Code, missing};
 use crate::guard::killswitch::FreezeScope;
 use crate::guard::{Endpoint as GuardEndpoint, RequestFacts};
 use crate::proxy::{Attribution, Incoming, Outcome as ProxyOutcome, Proxy};
@@ -35,10 +35,6 @@ use std::time::Instant;
 
 /// The metadata key that marks a call as the replay of another.
 pub const REPLAY_OF_METADATA: &str = "agv_replay_of";
-
-fn conflict(code: &'static str, message: String) -> ApiError {
-    ApiError::new(ErrorKind::Conflict, code, message)
-}
 
 /// The original call of the tenant, with its request parsed.
 async fn load_original(
@@ -53,8 +49,8 @@ async fn load_original(
         .await
         .map_err(missing("call", raw_id))?;
     if let Some(at) = call.body_pruned_at {
-        return Err(conflict(
-            "request_not_stored",
+        return Err(ApiError::new(
+            Code::RequestNotStored,
             format!(
                 "call {} cannot be replayed: retention removed its request and response bodies on {} (only their SHA-256 and the call's metadata are kept)",
                 call.id,
@@ -63,8 +59,8 @@ async fn load_original(
         ));
     }
     if call.request_body.is_empty() {
-        return Err(conflict(
-            "request_not_stored",
+        return Err(ApiError::new(
+            Code::RequestNotStored,
             format!(
                 "call {} cannot be replayed: its tenant stores only the hashes of call bodies (redaction mode hashes_only), so the request was not kept",
                 call.id
@@ -72,8 +68,8 @@ async fn load_original(
         ));
     }
     if call.request_truncated {
-        return Err(conflict(
-            "request_incomplete",
+        return Err(ApiError::new(
+            Code::RequestIncomplete,
             format!(
                 "call {} cannot be replayed: its request body was larger than the stored maximum, so only part of it was kept",
                 call.id
@@ -84,8 +80,8 @@ async fn load_original(
         .ok()
         .filter(Value::is_object)
         .ok_or_else(|| {
-            conflict(
-                "request_not_replayable",
+            ApiError::new(
+                Code::RequestNotReplayable,
                 format!(
                     "call {} cannot be replayed: its stored request is not a JSON object",
                     call.id
@@ -101,8 +97,8 @@ fn guard_endpoint(call: &CallRecord) -> Result<(GuardEndpoint, &'static str), Ap
             Ok((GuardEndpoint::ChatCompletions, endpoint::CHAT_COMPLETIONS))
         }
         endpoint::EMBEDDINGS => Ok((GuardEndpoint::Embeddings, endpoint::EMBEDDINGS)),
-        other => Err(conflict(
-            "request_not_replayable",
+        other => Err(ApiError::new(
+            Code::RequestNotReplayable,
             format!("calls to '{other}' cannot be replayed"),
         )),
     }
@@ -195,11 +191,10 @@ fn refuse_if_frozen(proxy: &Proxy, tenant: &TenantId, keys: &[&KeyId]) -> Result
     for key in keys {
         if let Some(by) = proxy.guard.killswitch().check(tenant, key) {
             let (what, code) = match by.scope {
-                FreezeScope::Tenant => ("tenant", "tenant_frozen"),
-                FreezeScope::Key => ("API key", "key_frozen"),
+                FreezeScope::Tenant => ("tenant", Code::TenantFrozen),
+                FreezeScope::Key => ("API key", Code::KeyFrozen),
             };
             return Err(ApiError::new(
-                ErrorKind::Locked,
                 code,
                 format!(
                     "replay refused: this {what} is frozen by the kill switch ({}); nothing was sent to the upstream. Unfreeze it first",
@@ -225,8 +220,8 @@ async fn upstream_replay(
     let key = run_blocking(move || store.get_api_key(Some(&t), &k))
         .await
         .map_err(|e| match e {
-            crate::store::StoreError::NotFound => conflict(
-                "original_key_missing",
+            crate::store::StoreError::NotFound => ApiError::new(
+                Code::OriginalKeyMissing,
                 format!(
                     "the key {} that made call {} no longer exists; an upstream replay needs it",
                     original.key_id, original.id
@@ -236,8 +231,8 @@ async fn upstream_replay(
         })?;
     let now = Timestamp::now();
     if key.revoked_at.is_some() {
-        return Err(conflict(
-            "original_key_revoked",
+        return Err(ApiError::new(
+            Code::OriginalKeyRevoked,
             format!(
                 "the key {} that made call {} has been revoked; an upstream replay is not made with a revoked key",
                 key.id, original.id
@@ -245,8 +240,8 @@ async fn upstream_replay(
         ));
     }
     if !key.is_active(now) {
-        return Err(conflict(
-            "original_key_expired",
+        return Err(ApiError::new(
+            Code::OriginalKeyExpired,
             format!(
                 "the key {} that made call {} has expired; an upstream replay is not made with an expired key",
                 key.id, original.id
@@ -290,7 +285,7 @@ async fn upstream_replay(
                 }
             }
         }
-        ProxyOutcome::Error(e) if e.code == "recording_failed" => return Err(e),
+        ProxyOutcome::Error(e) if e.code == Code::RecordingFailed => return Err(e),
         ProxyOutcome::Full { .. } | ProxyOutcome::Error(_) => {}
     }
     let store = proxy.store.clone();

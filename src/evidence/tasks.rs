@@ -4,10 +4,11 @@
 //! which does the work, keeps the task's progress current and ends it as done (with its
 //! result, or the file it made) or failed (with the reason). The HTTP side only reads tasks.
 
-use crate::api::error::ApiError;
 use crate::domain::replay::ReplayMode;
 use crate::domain::task::{Task, TaskStatus, TaskUpdate, kind};
 use crate::domain::{CallId, IncidentId, KeyId, TaskId, TenantId, Timestamp};
+use crate::error::ApiError;
+use crate::error::Code;
 use crate::jobs::{EnqueueOptions, Job};
 use crate::startup::AppState;
 use crate::store::{StoreError, run_blocking};
@@ -57,7 +58,7 @@ pub async fn start(state: &AppState, task: Task) -> Result<Task, ApiError> {
             ..TaskUpdate::default()
         };
         let _ = run_blocking(move || store.update_task(&t, &id, &update, Timestamp::now())).await;
-        return Err(ApiError::service_unavailable("queue_full", reason));
+        return Err(ApiError::new(Code::QueueFull, reason));
     }
     Ok(task)
 }
@@ -198,7 +199,7 @@ async fn replay_incident(state: &AppState, task: &Task) -> Result<TaskUpdate, St
                     failures.push(json!({"call_id": call, "code": e.code, "error": e.message}));
                 }
                 // A frozen tenant stops an upstream replay for every call alike.
-                if e.code == "tenant_frozen" {
+                if e.code == Code::TenantFrozen {
                     return Err(format!("the replay stopped at call {call}: {}", e.message));
                 }
             }

@@ -251,7 +251,7 @@ impl<'t> Replay<'t> {
                 Outcome {
                     blocked: true,
                     blocked_by: Some(stop.policy.to_owned()),
-                    status: stop.kind.status(),
+                    status: stop.code.status(),
                 },
                 decisions.into_iter().last(),
             ),

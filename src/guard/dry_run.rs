@@ -27,7 +27,7 @@ impl Evaluation {
 
     /// The HTTP status the call would get when stopped.
     pub fn status(&self) -> Option<u16> {
-        self.stop.as_ref().map(|s| s.kind.status())
+        self.stop.as_ref().map(|s| s.code.status())
     }
 }
 

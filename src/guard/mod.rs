@@ -41,6 +41,7 @@ use crate::domain::redaction::{BodyStorage, RedactionConfig, Redactor};
 use crate::domain::{
     CallRecord, Decision, KeyId, Money, Outcome, PolicyConfig, TenantId, Timestamp,
 };
+use crate::error::Code;
 use budget::{BudgetLimits, BudgetPeriod, Budgets, Reservation, SoftLimitCrossed};
 use killswitch::{FreezeScope, KillSwitch};
 use pricing::Pricing;
@@ -164,30 +165,6 @@ pub struct RequestFacts<'a> {
     pub body: &'a Value,
 }
 
-/// How a stopped call is answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopKind {
-    /// 423: frozen by the kill switch.
-    Locked,
-    /// 402: budget used up.
-    PaymentRequired,
-    /// 429: rate limited, with `retry-after`.
-    TooManyRequests,
-    /// 400: over a per-request limit or content blocked.
-    BadRequest,
-}
-
-impl StopKind {
-    pub fn status(self) -> u16 {
-        match self {
-            Self::Locked => 423,
-            Self::PaymentRequired => 402,
-            Self::TooManyRequests => 429,
-            Self::BadRequest => 400,
-        }
-    }
-}
-
 /// How the pipeline runs its stateful checks (rate limits, budget). Both modes make the
 /// same decisions from the same state, with the same texts and stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,9 +180,9 @@ pub enum Mode {
 pub struct Stop {
     /// The policy id of the decision that stopped it.
     pub policy: &'static str,
-    pub kind: StopKind,
-    /// The OpenAI-style error code, e.g. `tenant_frozen`, `rate_limit_exceeded`.
-    pub code: &'static str,
+    /// The error code, which fixes the status: `tenant_frozen` (423), `budget_exceeded`
+    /// (402), `rate_limit_exceeded` (429), …
+    pub code: Code,
     pub message: String,
     pub retry_after_secs: Option<u64>,
 }
@@ -385,16 +362,9 @@ fn rate_pass(scope: &str, usage: Usage) -> Decision {
     }
 }
 
-fn stop(
-    policy: &'static str,
-    kind: StopKind,
-    code: &'static str,
-    message: String,
-    retry_after_secs: Option<u64>,
-) -> Stop {
+fn stop(policy: &'static str, code: Code, message: String, retry_after_secs: Option<u64>) -> Stop {
     Stop {
         policy,
-        kind,
         code,
         message,
         retry_after_secs,
@@ -437,17 +407,8 @@ fn max_tokens(policy: &PolicyConfig, facts: &RequestFacts<'_>) -> Checked<Size> 
         "this request may use {total} tokens ({what}), above the limit of {max_tokens} tokens per request; lower max_tokens or shorten the prompt"
     );
     let d = measured(Decision::new(ids::MAX_TOKENS, Outcome::Block, reason));
-    let code = "max_tokens_exceeded";
-    (
-        d,
-        Err(stop(
-            ids::MAX_TOKENS,
-            StopKind::BadRequest,
-            code,
-            message,
-            None,
-        )),
-    )
+    let code = Code::MaxTokensExceeded;
+    (d, Err(stop(ids::MAX_TOKENS, code, message, None)))
 }
 
 /// dg-003 for one scope: takes (charge) or looks up (peek) one request and the prompt's
@@ -483,11 +444,8 @@ fn prompt_injection(policy: &PolicyConfig, facts: &RequestFacts<'_>) -> Checked<
         );
         let reason = format!("matched {}: {}", m.pattern_id, m.description);
         let d = Decision::new(ids::PROMPT_INJECTION, Outcome::Block, reason);
-        let (kind, code) = (StopKind::BadRequest, "prompt_injection_detected");
-        return (
-            d,
-            Err(stop(ids::PROMPT_INJECTION, kind, code, message, None)),
-        );
+        let code = Code::PromptInjectionDetected;
+        return (d, Err(stop(ids::PROMPT_INJECTION, code, message, None)));
     } else {
         "no known injection pattern"
     };
@@ -664,22 +622,13 @@ impl Guard {
             return (Decision::pass(ids::KILL_SWITCH, "not frozen"), Ok(()));
         };
         let (what, code) = match by.scope {
-            FreezeScope::Tenant => ("tenant", "tenant_frozen"),
-            FreezeScope::Key => ("API key", "key_frozen"),
+            FreezeScope::Tenant => ("tenant", Code::TenantFrozen),
+            FreezeScope::Key => ("API key", Code::KeyFrozen),
         };
         let reason = format!("{what} frozen by {} at {}: {}", by.actor, by.at, by.reason);
         let message = format!("this {what} is frozen by the kill switch: {}", by.reason);
         let d = Decision::new(ids::KILL_SWITCH, Outcome::Freeze, reason);
-        (
-            d,
-            Err(stop(
-                ids::KILL_SWITCH,
-                StopKind::Locked,
-                code,
-                message,
-                None,
-            )),
-        )
+        (d, Err(stop(ids::KILL_SWITCH, code, message, None)))
     }
 
     /// dg-001: the worst-case cost at list price; `None` when the price is unknown.
@@ -727,17 +676,8 @@ impl Guard {
             "this request could cost up to {est}, above the limit of ${max_cost} per request; lower max_tokens or use a cheaper model"
         );
         let d = measured(Decision::new(ids::MAX_COST, Outcome::Block, reason));
-        let code = "max_cost_exceeded";
-        (
-            d,
-            Err(stop(
-                ids::MAX_COST,
-                StopKind::BadRequest,
-                code,
-                message,
-                None,
-            )),
-        )
+        let code = Code::MaxCostExceeded;
+        (d, Err(stop(ids::MAX_COST, code, message, None)))
     }
 
     /// Budget: reserves (charge) the estimate so parallel calls see each other, or looks
@@ -1039,8 +979,8 @@ fn throttled((scope, who): Scope, th: &ratelimit::Throttled) -> (Decision, Stop)
     let reason = format!("{scope}: {used:.0} of {limit:.0} {unit} used; retry after {retry} s");
     let message = format!("{who} is over its limit of {limit:.0} {unit}; retry after {retry} s");
     let d = Decision::new(ids::RATE_LIMIT, Outcome::Throttle, reason).measured(used, limit, unit);
-    let (kind, code) = (StopKind::TooManyRequests, "rate_limit_exceeded");
-    (d, stop(ids::RATE_LIMIT, kind, code, message, Some(retry)))
+    let code = Code::RateLimitExceeded;
+    (d, stop(ids::RATE_LIMIT, code, message, Some(retry)))
 }
 
 /// The decision and the stop of a call whose `period` budget is used up (`where_`: how
@@ -1051,8 +991,8 @@ fn over_budget(period: BudgetPeriod, spent: Money, limit: Money, where_: &str) -
     let message = format!("the {period} budget of {limit} is used up ({spent} spent or in flight)");
     let d = Decision::new(ids::BUDGET, Outcome::Block, reason);
     let d = d.measured(spent.usd(), limit.usd(), "usd");
-    let (kind, code) = (StopKind::PaymentRequired, "budget_exceeded");
-    (d, stop(ids::BUDGET, kind, code, message, None))
+    let code = Code::BudgetExceeded;
+    (d, stop(ids::BUDGET, code, message, None))
 }
 
 fn budget_pass(r: &Reservation) -> Decision {
@@ -1218,8 +1158,8 @@ mod tests {
             assert_eq!(ds[0].policy, "killswitch");
             assert_eq!(ds[0].outcome, Outcome::Freeze);
             assert!(ds[0].reason.contains("customer complaint"));
-            assert_eq!(stop.kind.status(), 423);
-            assert_eq!(stop.code, "tenant_frozen");
+            assert_eq!(stop.code.status(), 423);
+            assert_eq!(stop.code, Code::TenantFrozen);
             assert_eq!(stop.retry_after_secs, None);
         }
         assert!(
@@ -1236,7 +1176,7 @@ mod tests {
         let (_, adm) = admitted(f.check(&chat("hi")));
         let _ = f.guard.complete(adm, CallResult::default(), now());
         let (_, stop) = stopped(f.check(&chat("hi")));
-        assert_eq!(stop.kind, StopKind::TooManyRequests);
+        assert_eq!(stop.code.status(), 429);
     }
 
     #[test]
@@ -1246,7 +1186,7 @@ mod tests {
         f.freeze(Some(&key), FreezeAction::Freeze);
         let (ds, stop) = stopped(f.check(&chat("hi")));
         assert_eq!(ds.len(), 1);
-        assert_eq!(stop.code, "key_frozen");
+        assert_eq!(stop.code, Code::KeyFrozen);
         assert_eq!(stop.policy, ids::KILL_SWITCH);
     }
 
@@ -1265,8 +1205,8 @@ mod tests {
         assert_eq!(d.threshold, Some(500.0));
         assert!(d.value.unwrap() > 1000.0);
         assert_eq!(
-            (stop.kind.status(), stop.code),
-            (400, "max_tokens_exceeded")
+            (stop.code.status(), stop.code),
+            (400, Code::MaxTokensExceeded)
         );
         assert!(f.guard.key_limits.is_empty());
     }
@@ -1286,7 +1226,7 @@ mod tests {
         assert_eq!((d.policy.as_str(), d.outcome), ("dg-001", Outcome::Block));
         assert_eq!(d.threshold, Some(0.01));
         assert!(d.value.unwrap() >= 0.30, "{d:?}");
-        assert_eq!(stop.code, "max_cost_exceeded");
+        assert_eq!(stop.code, Code::MaxCostExceeded);
 
         let body = json!({"model": "my-finetune", "max_tokens": 5000,
             "messages": [{"role": "user", "content": "hi"}]});
@@ -1315,7 +1255,7 @@ mod tests {
             ("dg-003", Outcome::Throttle)
         );
         assert_eq!((d.value, d.threshold), (Some(2.0), Some(2.0)));
-        assert_eq!(stop.kind.status(), 429);
+        assert_eq!(stop.code.status(), 429);
         let retry = stop.retry_after_secs.unwrap();
         assert!((1..=30).contains(&retry), "{retry}");
         // A second later it is a little shorter, never longer.
@@ -1350,7 +1290,7 @@ mod tests {
         let (ds, stop) = stopped(f.check(&chat("hi")));
         assert_eq!(policies(&ds).iter().filter(|p| **p == "dg-003").count(), 2);
         assert!(ds.last().unwrap().reason.starts_with("tenant"));
-        assert_eq!(stop.code, "rate_limit_exceeded");
+        assert_eq!(stop.code, Code::RateLimitExceeded);
         let key_usage = f
             .guard
             .key_limits
@@ -1376,7 +1316,7 @@ mod tests {
         let d = ds.last().unwrap();
         assert_eq!((d.policy.as_str(), d.outcome), ("budget", Outcome::Block));
         assert_eq!((d.value, d.threshold), (Some(1.0), Some(1.0)));
-        assert_eq!((stop.kind.status(), stop.code), (402, "budget_exceeded"));
+        assert_eq!((stop.code.status(), stop.code), (402, Code::BudgetExceeded));
     }
 
     #[test]
@@ -1391,8 +1331,8 @@ mod tests {
         assert_eq!((d.policy.as_str(), d.outcome), ("dg-005", Outcome::Block));
         assert!(d.reason.contains("pi-ignore-previous"), "{}", d.reason);
         assert_eq!(
-            (stop.kind.status(), stop.code),
-            (400, "prompt_injection_detected")
+            (stop.code.status(), stop.code),
+            (400, Code::PromptInjectionDetected)
         );
         assert_eq!(ds.len(), 7, "every earlier check passed and was recorded");
         assert_eq!(
@@ -1479,7 +1419,7 @@ mod tests {
         assert_eq!(crossed.period, BudgetPeriod::Daily);
         // The budget is now used up.
         let (_, stop) = stopped(f.check(&chat("hi")));
-        assert_eq!(stop.kind, StopKind::PaymentRequired);
+        assert_eq!(stop.code.status(), 402);
     }
 
     #[test]
@@ -1709,7 +1649,7 @@ mod tests {
         }
         // Each instance alone has used at most two of three: only the shared row says no.
         let (ds, stop) = stopped(rows.admit(&b, &f, &chat("hi"), now()));
-        assert_eq!(stop.kind, StopKind::TooManyRequests);
+        assert_eq!(stop.code.status(), 429);
         assert_eq!(stop.retry_after_secs, Some(20));
         assert_eq!(
             policies(&ds),
@@ -1746,10 +1686,7 @@ mod tests {
         let mut rows = Rows(Default::default());
         let (_, adm) = admitted(rows.admit(&a, &f, &chat("hi"), now()));
         let (ds, stop) = stopped(rows.admit(&b, &f, &chat("hi"), now()));
-        assert_eq!(
-            (stop.kind, stop.code),
-            (StopKind::PaymentRequired, "budget_exceeded")
-        );
+        assert_eq!(stop.code, Code::BudgetExceeded);
         assert_eq!(ds.last().unwrap().policy, ids::BUDGET);
         assert_eq!(ds.last().unwrap().outcome, Outcome::Block);
         drop(adm);

@@ -14,14 +14,14 @@ pub mod recorder;
 pub mod relay;
 pub mod upstream;
 
-use crate::api::error::{ApiError, ErrorKind};
 use crate::domain::call::endpoint;
 use crate::domain::decision::policy;
 use crate::domain::{CallId, CallRecord, Decision, TenantId, Timestamp};
+use crate::error::ApiError;
+use crate::error::Code;
 use crate::guard::shared::Fetched;
 use crate::guard::{
-    AfterCall, CallResult, Endpoint as GuardEndpoint, Guard, RequestFacts, SharedStep, StopKind,
-    Verdict,
+    AfterCall, CallResult, Endpoint as GuardEndpoint, Guard, RequestFacts, SharedStep, Verdict,
 };
 use crate::store::{DynStore, StoreError, run_blocking};
 use bytes::Bytes;
@@ -270,19 +270,13 @@ impl Proxy {
         let (decisions, admission) = match verdict {
             Verdict::Stop { decisions, stop } => {
                 let err = ApiError {
-                    kind: match stop.kind {
-                        StopKind::Locked => ErrorKind::Locked,
-                        StopKind::PaymentRequired => ErrorKind::PaymentRequired,
-                        StopKind::TooManyRequests => ErrorKind::TooManyRequests,
-                        StopKind::BadRequest => ErrorKind::BadRequest,
-                    },
                     code: stop.code,
                     message: stop.message.clone(),
                     retry_after_secs: stop.retry_after_secs,
                     param: None,
                 };
                 let mut rec = self.base_record(&incoming, model, decisions, enforcement_us);
-                rec.status = err.kind.status().as_u16();
+                rec.status = err.status();
                 rec.error = Some(stop.message);
                 rec.blocked = true;
                 rec.blocked_by = Some(stop.policy.to_string());
@@ -442,25 +436,21 @@ impl Proxy {
         if upstream_fault {
             let err = match status {
                 _ if redirect => ApiError::new(
-                    ErrorKind::BadGateway,
-                    "upstream_redirect",
+                    Code::UpstreamRedirect,
                     format!(
                         "the upstream answered with a redirect ({status}); agv-server never follows an upstream's redirects: set the upstream URL to the address that answers"
                     ),
                 ),
                 503 => ApiError::new(
-                    ErrorKind::ServiceUnavailable,
-                    "upstream_unavailable",
+                    Code::UpstreamUnavailable,
                     format!("the upstream is unavailable ({status}): {upstream_message}"),
                 ),
                 504 => ApiError::new(
-                    ErrorKind::GatewayTimeout,
-                    "upstream_timeout",
+                    Code::UpstreamTimeout,
                     format!("the upstream timed out ({status}): {upstream_message}"),
                 ),
                 401 | 403 => ApiError::new(
-                    ErrorKind::BadGateway,
-                    "upstream_auth_failed",
+                    Code::UpstreamAuthFailed,
                     if self.tenant_upstream(&incoming.tenant_id).is_some() {
                         format!(
                             "the tenant's own upstream refused its credentials ({status}); a tenant admin must set a valid api_key with PUT /v1/upstream"
@@ -472,12 +462,11 @@ impl Proxy {
                     },
                 ),
                 _ => ApiError::new(
-                    ErrorKind::BadGateway,
-                    "upstream_error",
+                    Code::UpstreamError,
                     format!("the upstream failed ({status}): {upstream_message}"),
                 ),
             };
-            rec.status = err.kind.status().as_u16();
+            rec.status = err.status();
             rec.error = Some(format!("upstream status {status}: {upstream_message}"));
             rec.response_body = Some(err.body_json());
             return self
@@ -511,7 +500,7 @@ impl Proxy {
             Timestamp::now(),
         );
         let err = upstream_error(&e);
-        rec.status = err.kind.status().as_u16();
+        rec.status = err.status();
         rec.error = Some(e.to_string());
         rec.response_body = Some(err.body_json());
         self.commit(rec, incoming.received, after, Outcome::Error(err))
@@ -810,8 +799,7 @@ async fn fetch_models(upstream: &Upstream) -> Result<Bytes, ApiError> {
         .map_err(|e| upstream_error(&e))?;
     if !status.is_success() || serde_json::from_slice::<serde_json::Value>(&body).is_err() {
         return Err(ApiError::new(
-            ErrorKind::BadGateway,
-            "upstream_error",
+            Code::UpstreamError,
             format!("the upstream's model list failed ({status})"),
         ));
     }
@@ -842,18 +830,15 @@ pub fn truncate(body: &[u8], max: usize) -> (String, bool) {
 pub fn upstream_error(e: &UpstreamError) -> ApiError {
     match e {
         UpstreamError::Unreachable(m) => ApiError::new(
-            ErrorKind::BadGateway,
-            "upstream_unreachable",
+            Code::UpstreamUnreachable,
             format!("the upstream could not be reached: {m}"),
         ),
         UpstreamError::Timeout(m) => ApiError::new(
-            ErrorKind::GatewayTimeout,
-            "upstream_timeout",
+            Code::UpstreamTimeout,
             format!("the upstream did not answer in time: {m}"),
         ),
         UpstreamError::Broken(m) => ApiError::new(
-            ErrorKind::BadGateway,
-            "upstream_invalid_response",
+            Code::UpstreamInvalidResponse,
             format!("the upstream's response was unusable: {m}"),
         ),
     }
@@ -872,7 +857,7 @@ pub(crate) fn record_failed(e: &StoreError) -> ApiError {
         }
         _ => "agv-server could not record this call, so it was not answered; try again shortly",
     };
-    ApiError::service_unavailable("recording_failed", why)
+    ApiError::new(Code::RecordingFailed, why)
 }
 
 /// A ring of recent latencies for the protection summary. Recording is two atomic

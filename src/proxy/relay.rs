@@ -223,7 +223,7 @@ async fn relay(
             // A failed call like a unary one: its 5xx status, counted toward dg-004 above
             // and raising the upstream-error signal when it is finished.
             let err = upstream_error(e);
-            rec.status = err.kind.status().as_u16();
+            rec.status = err.status();
             rec.error = Some(format!("{e}{estimate_note}"));
             format!("data: {}\n\n", err.body_json()).into_bytes()
         }

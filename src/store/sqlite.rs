@@ -913,10 +913,10 @@ mod tests {
         let err = db_err(e);
         assert!(matches!(err, StoreError::Full(_)), "{err:?}");
         assert!(err.to_string().contains("free space"), "{err}");
-        let api = crate::api::ApiError::from(err);
+        let api = crate::error::ApiError::from(err);
         assert_eq!(
-            (api.kind.status().as_u16(), api.code),
-            (503, "storage_full")
+            (api.status(), api.code),
+            (503, crate::error::Code::StorageFull)
         );
     }
 
