@@ -8,6 +8,7 @@
 use crate::api::auth::KeyCache;
 use crate::api::error::{json_error_handler, path_error_handler, query_error_handler};
 use crate::api::middleware::{AddressRateLimiter, limit_unauthenticated, observe};
+pub use crate::api::state::AppState;
 use crate::api::{alerts as alert_api, evidence as evidence_api, health, incidents, openai, v1};
 use crate::config::Settings;
 use crate::domain::Timestamp;
@@ -23,10 +24,13 @@ use crate::incidents::summary_llm::{INCIDENT_SUMMARY, Narrator};
 use crate::jobs::scheduler::{HOUSEKEEPING, ScheduleEntry, SchedulerHandle, start_scheduler};
 use crate::jobs::{Handlers, Queue, QueueLimits, spawn_workers};
 use crate::proxy::Proxy;
+use crate::proxy::install::{
+    apply_policy, configured_upstream, install_instance_upstream, install_tenant_upstream,
+    set_policy_and_seed,
+};
 use crate::proxy::recorder::Recorder;
 use crate::proxy::upstream::{Upstream, UpstreamSettings, UpstreamTarget};
 use crate::store::{self, DynStore, run_blocking};
-use crate::store::{InstanceUpstreamRow, TenantUpstreamRow};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{DefaultHeaders, from_fn};
 use actix_web::{App, HttpServer, web};
@@ -36,40 +40,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-
-/// Shared by every request handler.
-pub struct AppState {
-    pub settings: Arc<Settings>,
-    pub store: DynStore,
-    pub keys: Arc<KeyCache>,
-    pub proxy: Arc<Proxy>,
-    pub queue: Queue,
-    pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    pub unauth_limiter: AddressRateLimiter,
-    /// Failed console sign-ins, by email and address.
-    pub login_throttle: crate::api::session::LoginThrottle,
-    /// Held from reading (or writing) a tenant's stored settings — its policy, its own
-    /// upstream — until they are applied in memory, so the change feed can never apply an
-    /// older read over a newer local change.
-    pub settings_lock: tokio::sync::Mutex<()>,
-    pub started_at: Instant,
-    /// Encrypts tenants' provider keys at rest.
-    pub master_key: MasterKey,
-    /// The last change-feed entry this process has applied (see `spawn_change_feed`).
-    pub change_seq: AtomicI64,
-    /// Schedules alert deliveries (test alerts from the API too).
-    pub alerts: Arc<Alerts>,
-    /// Signs certificates (`<data>/certificate-signing.key`).
-    pub signing_key: crate::domain::certificate::CertSigningKey,
-    /// The one-time first-run setup token, while no user exists.
-    pub setup: crate::api::people::SetupToken,
-    /// The operator's "back up now" job, while it runs.
-    pub backup_now: crate::api::operator::BackupNow,
-    /// The operator console's cached update check.
-    pub update_check: crate::api::operator::UpdateCheck,
-    /// This process among the instances sharing the database (host name and a random id).
-    pub instance: String,
-}
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -760,7 +730,7 @@ async fn apply_changes(state: &AppState) -> Result<(), crate::store::StoreError>
         let _applying = state.settings_lock.lock().await;
         let overrides = run_blocking(move || store.get_tenant_policy(&t)).await?;
         match PolicyConfig::with_overrides(&overrides.unwrap_or_else(|| serde_json::json!({}))) {
-            Ok(cfg) => apply_policy(state, &tenant, cfg).await,
+            Ok(cfg) => apply_policy(&state.proxy.guard, &state.store, &tenant, cfg).await,
             Err(e) => {
                 tracing::error!(tenant = %tenant, error = %e, "stored policy overrides are invalid; keeping the previous ones")
             }
@@ -864,90 +834,6 @@ pub fn load_master_key(settings: &Settings) -> Result<MasterKey, StartupError> {
     }
 }
 
-/// The upstream a stored row describes, after checking it against today's allowlist and
-/// decrypting its key. An error says why the row is not usable.
-pub fn tenant_upstream_target(
-    master_key: &MasterKey,
-    allowlist: &UpstreamAllowlist,
-    row: &TenantUpstreamRow,
-) -> Result<UpstreamTarget, String> {
-    let url = allowlist.check(&row.base_url)?;
-    let api_key = row
-        .api_key_ciphertext
-        .as_deref()
-        .map(|sealed| master_key.open(row.tenant_id.as_str(), sealed))
-        .transpose()
-        .map_err(|e| e.to_string())?
-        .map(|secret| secret.expose().to_owned());
-    Ok(UpstreamTarget {
-        base_url: url.as_str().to_owned(),
-        api_key,
-    })
-}
-
-/// Installs (or removes, for `None` or an unusable row) a tenant's own upstream.
-pub fn install_tenant_upstream(
-    proxy: &Proxy,
-    master_key: &MasterKey,
-    allowlist: &UpstreamAllowlist,
-    tenant: &TenantId,
-    row: Option<&TenantUpstreamRow>,
-) {
-    let target = row.and_then(|row| match tenant_upstream_target(master_key, allowlist, row) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            tracing::error!(tenant = %tenant, error = %e, "the tenant's own upstream is not usable; its calls go to the instance upstream");
-            None
-        }
-    });
-    proxy.set_tenant_upstream(tenant, target);
-}
-
-/// The instance upstream as configured: flags, environment, config.toml or the default.
-pub fn configured_upstream(settings: &Settings) -> UpstreamTarget {
-    UpstreamTarget {
-        base_url: settings.upstream_url.clone(),
-        api_key: settings.upstream_api_key.clone(),
-    }
-}
-
-/// The upstream the operator's stored row describes, with its key decrypted.
-pub fn instance_upstream_target(
-    master_key: &MasterKey,
-    row: &InstanceUpstreamRow,
-) -> Result<UpstreamTarget, String> {
-    let api_key = row
-        .api_key_ciphertext
-        .as_deref()
-        .map(|sealed| master_key.open(crate::store::INSTANCE_UPSTREAM_REF, sealed))
-        .transpose()
-        .map_err(|e| e.to_string())?
-        .map(|secret| secret.expose().to_owned());
-    Ok(UpstreamTarget {
-        base_url: row.base_url.clone(),
-        api_key,
-    })
-}
-
-/// Installs the instance upstream in force: the one set in the console (`row`) overrides
-/// the configured one; without a row, or with one whose key does not decrypt (logged),
-/// the configured upstream applies.
-pub fn install_instance_upstream(
-    proxy: &Proxy,
-    master_key: &MasterKey,
-    settings: &Settings,
-    row: Option<&InstanceUpstreamRow>,
-) {
-    let target = row.and_then(|row| match instance_upstream_target(master_key, row) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            tracing::error!(error = %e, "the instance upstream set in the console is not usable; the configured upstream applies");
-            None
-        }
-    });
-    proxy.set_instance_upstream(target.unwrap_or_else(|| configured_upstream(settings)));
-}
-
 async fn load_tenant_upstreams(
     proxy: &Proxy,
     store: &DynStore,
@@ -989,47 +875,6 @@ async fn load_enforcement_state(guard: &Arc<Guard>, store: &DynStore) -> Result<
     Ok(())
 }
 
-/// Installs a tenant's policy; when it has budgets, seeds them with the spend so far.
-pub async fn apply_policy(state: &AppState, tenant: &TenantId, cfg: PolicyConfig) {
-    if let Err(e) = set_policy_and_seed(&state.proxy.guard, &state.store, tenant, cfg).await {
-        tracing::error!(tenant = %tenant, error = %e, "could not load the spend for the tenant's budget");
-    }
-}
-
-async fn set_policy_and_seed(
-    guard: &Arc<Guard>,
-    store: &DynStore,
-    tenant: &TenantId,
-    cfg: PolicyConfig,
-) -> Result<(), crate::store::StoreError> {
-    let has_budget = cfg.budget_daily_usd.is_some() || cfg.budget_monthly_usd.is_some();
-    guard.set_policy(tenant, Arc::new(cfg));
-    if has_budget {
-        let now = Timestamp::now();
-        let (day, month) = recorded_spend(store, tenant, now).await?;
-        guard.budgets().seed(tenant, day, month, now);
-    }
-    Ok(())
-}
-
-/// The tenant's recorded spend of the UTC day and month that contain `now`: what its
-/// budgets count against.
-pub(crate) async fn recorded_spend(
-    store: &DynStore,
-    tenant: &TenantId,
-    now: Timestamp,
-) -> Result<(crate::domain::Money, crate::domain::Money), crate::store::StoreError> {
-    let (day_start, month_start) = crate::guard::budget::period_starts(now);
-    let (s, t) = (store.clone(), tenant.clone());
-    run_blocking(move || {
-        Ok((
-            s.spend_since(&t, day_start)?,
-            s.spend_since(&t, month_start)?,
-        ))
-    })
-    .await
-}
-
 /// The handlers of the jobs this layer knows; later layers register theirs here too.
 fn job_handlers(
     store: DynStore,
@@ -1038,24 +883,31 @@ fn job_handlers(
     state: web::Data<AppState>,
 ) -> Handlers {
     let mut handlers = Handlers::new();
-    let s = state.clone();
+    let backups = Arc::new(crate::ops::scheduled::Backups {
+        store: state.store.clone(),
+        settings: state.settings.clone(),
+        signing_key: state.signing_key.clone(),
+        alerts: state.alerts.clone(),
+        queue: state.queue.clone(),
+    });
+    let b = backups.clone();
     handlers.register(crate::ops::scheduled::BACKUP, move |job| {
-        crate::ops::scheduled::backup(s.clone(), job)
+        crate::ops::scheduled::backup(b.clone(), job)
     });
-    let s = state.clone();
+    let b = backups.clone();
     handlers.register(crate::ops::scheduled::UPLOAD_BACKUP, move |job| {
-        crate::ops::scheduled::upload(s.clone(), job)
+        crate::ops::scheduled::upload(b.clone(), job)
     });
-    let s = state.clone();
     handlers.register(crate::ops::scheduled::BACKUP_VERIFY, move |job| {
-        crate::ops::scheduled::verify(s.clone(), job)
+        crate::ops::scheduled::verify(backups.clone(), job)
     });
-    let s = state.clone();
+    let (s, days) = (state.store.clone(), state.settings.retention_days);
     handlers.register(crate::ops::retention::RETENTION, move |job| {
-        crate::ops::retention::run_job(s.clone(), job)
+        crate::ops::retention::run_job(s.clone(), days, job)
     });
+    let tasks = Arc::new(state.tasks());
     handlers.register(crate::evidence::tasks::TASK_RUN, move |job| {
-        crate::evidence::tasks::run(state.clone(), job)
+        crate::evidence::tasks::run(tasks.clone(), job)
     });
     handlers.register(ALERT_DELIVERY, move |job| alerts.clone().deliver(job));
     if let Some(n) = narrator {

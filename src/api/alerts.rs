@@ -6,6 +6,7 @@
 use super::audit::{Source, by_key, record};
 use super::auth::AdminKey;
 use super::error::{ApiError, missing};
+use crate::api::state::AppState;
 use crate::domain::alert::{
     self, AlertRoute, DEFAULT_GROUP_WAIT_MS, DEFAULT_REPEAT_INTERVAL_MS, MAX_GROUP_WAIT_MS,
     MAX_REPEAT_INTERVAL_MS, MIN_REPEAT_INTERVAL_MS, Reason, RouteKind,
@@ -14,7 +15,6 @@ use crate::domain::audit::AuditAction;
 use crate::domain::{AlertRouteId, Severity, Timestamp};
 use crate::error::Code;
 use crate::incidents::alerts::{Delivery, check_route_url};
-use crate::startup::AppState;
 use crate::store::{StoreError, run_blocking};
 use actix_web::{HttpResponse, delete, get, patch, post, web};
 use serde::Deserialize;

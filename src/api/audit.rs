@@ -5,10 +5,10 @@
 use super::auth::{AdminKey, Caller};
 use super::error::ApiError;
 use super::v1::parse_time;
+use crate::api::state::AppState;
 use crate::domain::audit::{AuditAction, AuditEntry, AuditFilter, NewAuditEntry};
 use crate::error::Code;
 use crate::incidents::timeline::People;
-use crate::startup::AppState;
 use crate::store::run_blocking;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, dev::Payload, get, web};
 use serde::Deserialize;

@@ -9,11 +9,11 @@
 
 use super::console::ConsoleRequest;
 use super::error::ApiError;
+use crate::api::state::AppState;
 use crate::domain::audit::Actor;
 use crate::domain::{ApiKeyRecord, KeyHash, KeyId, KeySecret, Scope, TenantId, Timestamp, UserId};
 use crate::error::Code;
 use crate::guard::killswitch::FrozenBy;
-use crate::startup::AppState;
 use crate::store::{DynStore, StoreResult, run_blocking};
 use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload, web};
 use futures_util::future::LocalBoxFuture;

@@ -11,10 +11,10 @@
 use super::auth::Caller;
 use super::error::ApiError;
 use super::session::{current, require_csrf};
+use crate::api::state::AppState;
 use crate::domain::user::{Role, User};
 use crate::domain::{Scope, TenantId, Timestamp};
 use crate::error::Code;
-use crate::startup::AppState;
 use crate::store::run_blocking;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};

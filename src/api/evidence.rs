@@ -6,12 +6,12 @@
 use super::audit::{Source, by_key, record};
 use super::auth::AdminKey;
 use super::error::{ApiError, optional_json};
+use crate::api::state::AppState;
 use crate::domain::audit::AuditAction;
 use crate::domain::replay::ReplayMode;
 use crate::domain::{CallId, CertificateId, IncidentId, ReplayId};
 use crate::error::Code;
 use crate::evidence::certificates::{self, Subject};
-use crate::startup::AppState;
 use crate::store::run_blocking;
 use actix_web::{HttpResponse, get, post, web};
 use serde::Deserialize;

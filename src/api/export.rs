@@ -5,11 +5,11 @@
 use super::audit::{Source, by_key, record};
 use super::auth::AdminKey;
 use super::error::ApiError;
+use crate::api::state::AppState;
 use crate::domain::IncidentId;
 use crate::domain::audit::AuditAction;
 use crate::error::Code;
 use crate::evidence::export::{ExportFormat, build_export};
-use crate::startup::AppState;
 use actix_web::{HttpResponse, get, web};
 use serde::Deserialize;
 use serde_json::json;
@@ -56,7 +56,7 @@ pub async fn export(
             json!({"incident_id": id, "format": format.as_str()}),
             crate::domain::Timestamp::now(),
         );
-        let task = crate::evidence::tasks::start(&state, task).await?;
+        let task = crate::evidence::tasks::start(&state.tasks(), task).await?;
         record(
             &state,
             by_key(&caller, &source, AuditAction::Export, id.as_str()).after(json!({

@@ -1,7 +1,7 @@
 //! `/health` (the process answers), `/ready` (store and queue usable) and `/metrics`.
 
+use crate::api::state::AppState;
 use crate::error::Code;
-use crate::startup::AppState;
 use crate::store::run_blocking;
 use actix_web::{HttpResponse, get, web};
 use serde_json::json;

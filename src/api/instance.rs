@@ -13,12 +13,13 @@
 use super::audit::{Source, record};
 use super::console::{field, operator};
 use super::error::{ApiError, optional_json};
+use crate::api::state::AppState;
 use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
 use crate::domain::upstream_url::BaseUrl;
 use crate::domain::{CallFilter, Scope, TenantName, Timestamp};
 use crate::error::Code;
+use crate::proxy::install::{configured_upstream, install_instance_upstream};
 use crate::proxy::upstream::{UpstreamTarget, probe};
-use crate::startup::{AppState, configured_upstream, install_instance_upstream};
 use crate::store::{INSTANCE_UPSTREAM_REF, InstanceUpstreamRow, StoreError, run_blocking};
 use actix_web::{HttpRequest, HttpResponse, delete, get, post, put, web};
 use serde::{Deserialize, Deserializer};

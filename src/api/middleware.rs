@@ -4,7 +4,7 @@
 //! These run on every request, so they take no locks but a short map lookup and do no I/O.
 
 use super::error::ApiError;
-use crate::startup::AppState;
+use crate::api::state::AppState;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};

@@ -20,6 +20,7 @@ pub mod openai;
 pub mod operator;
 pub mod people;
 pub mod session;
+pub mod state;
 pub mod tasks;
 pub mod v1;
 

@@ -3,13 +3,13 @@
 
 use super::auth::ProxyKey;
 use super::error::ApiError;
+use crate::api::state::AppState;
 use crate::domain::call::endpoint;
 use crate::domain::{CallId, Timestamp};
 use crate::error::Code;
 use crate::proxy::{
     Attribution, CALL_ID_HEADER, Incoming, MAX_ATTRIBUTION_LEN, MAX_METADATA_BYTES, Outcome,
 };
-use crate::startup::AppState;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, get, post, web};
 use bytes::{Bytes, BytesMut};
@@ -39,7 +39,7 @@ pub async fn read_body(
         return Err(too_large());
     }
     let timeout = req
-        .app_data::<web::Data<crate::startup::AppState>>()
+        .app_data::<web::Data<crate::api::state::AppState>>()
         .map_or(std::time::Duration::from_secs(30), |s| {
             s.settings.body_read_timeout
         });

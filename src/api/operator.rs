@@ -6,12 +6,12 @@
 use super::audit::{Source, record};
 use super::console::{operator, usd};
 use super::error::{ApiError, optional_json};
+use crate::api::state::AppState;
 use crate::domain::Timestamp;
 use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
 use crate::domain::incident::IncidentFilter;
 use crate::error::Code;
 use crate::jobs::queue::{EnqueueOptions, JobId};
-use crate::startup::AppState;
 use crate::store::{StoreError, run_blocking};
 use actix_web::{HttpRequest, HttpResponse, delete, get, post, web};
 use serde::Deserialize;

@@ -7,11 +7,11 @@
 
 use super::audit::{Source, record};
 use super::error::{ApiError, optional_json};
+use crate::api::state::AppState;
 use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
 use crate::domain::user::{Email, NewSession, PasswordHash, User};
 use crate::domain::{SessionId, Timestamp};
 use crate::error::Code;
-use crate::startup::AppState;
 use crate::store::run_blocking;
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::{HttpRequest, HttpResponse, get, post, web};

@@ -5,13 +5,13 @@
 use super::audit::{Source, by_key, record};
 use super::auth::AdminKey;
 use super::error::{ApiError, missing};
+use crate::api::state::AppState;
 use crate::domain::audit::AuditAction;
 use crate::domain::replay::ReplayMode;
 use crate::domain::task::{Task, kind};
 use crate::domain::{IncidentId, TaskId, Timestamp};
 use crate::error::Code;
 use crate::evidence::tasks;
-use crate::startup::AppState;
 use crate::store::run_blocking;
 use actix_web::http::header;
 use actix_web::{HttpResponse, get, post, web};
@@ -54,7 +54,7 @@ pub async fn replay_incident(
         json!({"incident_id": incident.id, "mode": mode.as_str(), "key_id": caller.key_id}),
         Timestamp::now(),
     );
-    let task = tasks::start(&state, task).await?;
+    let task = tasks::start(&state.tasks(), task).await?;
     record(
         &state,
         by_key(&caller, &source, AuditAction::IncidentReplay, id.as_str())

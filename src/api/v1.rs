@@ -5,6 +5,7 @@ use super::audit::{Source, by_key, record};
 use super::auth::{AdminKey, ProxyKey};
 use super::call_list::{self, Listing};
 use super::error::{ApiError, missing, optional_json};
+use crate::api::state::AppState;
 use crate::domain::audit::AuditAction;
 use crate::domain::{
     CallCursor, CallFilter, CallId, CallSearch, FreezeAction, KeyId, Money, PolicyConfig,
@@ -15,7 +16,6 @@ use crate::domain::{
 use crate::error::Code;
 use crate::proxy::killswitch;
 use crate::proxy::upstream::UpstreamTarget;
-use crate::startup::AppState;
 use crate::store::TenantUpstreamRow;
 use crate::store::run_blocking;
 use actix_web::{HttpResponse, delete, get, post, put, web};
@@ -324,7 +324,7 @@ async fn period_spend(
     tenant: &TenantId,
     now: Timestamp,
 ) -> Result<(Money, Money), ApiError> {
-    let (day, month) = crate::startup::recorded_spend(&state.store, tenant, now).await?;
+    let (day, month) = crate::proxy::install::recorded_spend(&state.store, tenant, now).await?;
     let live = state.proxy.guard.budgets().status(tenant, now);
     Ok((
         day.max(live.day_spent.saturating_add(live.day_reserved)),
@@ -428,7 +428,13 @@ pub async fn put_policies(
         .after(json!({"overrides": overrides})),
     )
     .await;
-    crate::startup::apply_policy(&state, &caller.tenant_id, config).await;
+    crate::proxy::install::apply_policy(
+        &state.proxy.guard,
+        &state.store,
+        &caller.tenant_id,
+        config,
+    )
+    .await;
     drop(applying);
     Ok(HttpResponse::Ok().json(
         json!({"tenant_id": caller.tenant_id, "overrides": overrides, "budget_stops": stops}),

@@ -4,18 +4,20 @@
 //! which does the work, keeps the task's progress current and ends it as done (with its
 //! result, or the file it made) or failed (with the reason). The HTTP side only reads tasks.
 
+use crate::domain::certificate::CertSigningKey;
 use crate::domain::replay::ReplayMode;
 use crate::domain::task::{Task, TaskStatus, TaskUpdate, kind};
 use crate::domain::{CallId, IncidentId, KeyId, TaskId, TenantId, Timestamp};
 use crate::error::ApiError;
 use crate::error::Code;
-use crate::jobs::{EnqueueOptions, Job};
-use crate::startup::AppState;
+use crate::jobs::{EnqueueOptions, Job, Queue};
+use crate::proxy::Proxy;
+use crate::store::DynStore;
 use crate::store::{StoreError, run_blocking};
-use actix_web::web;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The job kind that runs a task.
@@ -27,6 +29,16 @@ const LISTED_REPLAYS: usize = 1_000;
 /// How often a running task writes its progress.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
+/// What tasks work with: where they are kept, the queue that runs them, the proxy a
+/// replay goes through and the key that signs an export.
+#[derive(Clone)]
+pub struct Tasks {
+    pub store: DynStore,
+    pub queue: Queue,
+    pub proxy: Arc<Proxy>,
+    pub signing_key: CertSigningKey,
+}
+
 #[derive(Deserialize)]
 struct Payload {
     tenant_id: TenantId,
@@ -34,7 +46,7 @@ struct Payload {
 }
 
 /// Stores `task` and queues its job. A full queue is a 503 and nothing is left queued.
-pub async fn start(state: &AppState, task: Task) -> Result<Task, ApiError> {
+pub async fn start(state: &Tasks, task: Task) -> Result<Task, ApiError> {
     let store = state.store.clone();
     let stored = task.clone();
     run_blocking(move || store.insert_task(&stored)).await?;
@@ -63,14 +75,14 @@ pub async fn start(state: &AppState, task: Task) -> Result<Task, ApiError> {
     Ok(task)
 }
 
-async fn update(state: &AppState, task: &Task, u: TaskUpdate) -> Result<Task, StoreError> {
+async fn update(state: &Tasks, task: &Task, u: TaskUpdate) -> Result<Task, StoreError> {
     let store = state.store.clone();
     let (t, id) = (task.tenant_id.clone(), task.id.clone());
     run_blocking(move || store.update_task(&t, &id, &u, Timestamp::now())).await
 }
 
 /// The job handler: runs the task the job names.
-pub async fn run(state: web::Data<AppState>, job: Job) -> Result<(), String> {
+pub async fn run(state: Arc<Tasks>, job: Job) -> Result<(), String> {
     let p: Payload = serde_json::from_value(job.payload.clone())
         .map_err(|e| format!("the task job's payload is not valid: {e}"))?;
     let store = state.store.clone();
@@ -127,7 +139,7 @@ fn param<'a>(task: &'a Task, name: &str) -> Result<&'a str, String> {
 
 /// The distinct calls of an incident, oldest signal first, up to `limit`.
 pub async fn incident_calls(
-    state: &AppState,
+    state: &Tasks,
     tenant: &TenantId,
     incident: &IncidentId,
     limit: u32,
@@ -143,7 +155,7 @@ pub async fn incident_calls(
         .collect())
 }
 
-async fn replay_incident(state: &AppState, task: &Task) -> Result<TaskUpdate, String> {
+async fn replay_incident(state: &Tasks, task: &Task) -> Result<TaskUpdate, String> {
     let incident = IncidentId::parse(param(task, "incident_id")?).map_err(|e| e.to_string())?;
     let mode = ReplayMode::parse(param(task, "mode")?).map_err(|e| e.to_string())?;
     // Absent when a person (not a key) asked for the replay.
@@ -236,7 +248,7 @@ async fn replay_incident(state: &AppState, task: &Task) -> Result<TaskUpdate, St
     })
 }
 
-async fn export_incident(state: &AppState, task: &Task) -> Result<TaskUpdate, String> {
+async fn export_incident(state: &Tasks, task: &Task) -> Result<TaskUpdate, String> {
     use crate::evidence::export::{ExportFormat, build_export};
     let incident = IncidentId::parse(param(task, "incident_id")?).map_err(|e| e.to_string())?;
     let format = ExportFormat::parse(param(task, "format")?).map_err(|e| e.to_string())?;

@@ -12,9 +12,7 @@
 
 use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
 use crate::domain::{CallCursor, Timestamp};
-use crate::startup::AppState;
 use crate::store::{Store, StoreError, run_blocking};
-use actix_web::web;
 use std::time::Duration;
 
 /// The job kind of the scheduled sweep.
@@ -105,8 +103,11 @@ pub fn sweep(
 }
 
 /// The scheduled sweep (job [`RETENTION`]) with the configured `retention_days`.
-pub async fn run_job(state: web::Data<AppState>, _job: crate::jobs::Job) -> Result<(), String> {
-    let (store, days) = (state.store.clone(), state.settings.retention_days);
+pub async fn run_job(
+    store: crate::store::DynStore,
+    days: u32,
+    _job: crate::jobs::Job,
+) -> Result<(), String> {
     let started = std::time::Instant::now();
     let report = run_blocking(move || {
         sweep(

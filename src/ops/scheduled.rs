@@ -5,11 +5,14 @@
 //! dead-lettered. A backup or an upload that fails for good, or a backup that does not
 //! verify, raises a system alert to the operator.
 
+use crate::config::Settings;
 use crate::domain::alert::SystemAlert;
-use crate::jobs::Job;
-use crate::startup::AppState;
+use crate::domain::certificate::CertSigningKey;
+use crate::incidents::alerts::Alerts;
+use crate::jobs::{Job, Queue};
+use crate::store::DynStore;
 use crate::store::run_blocking;
-use actix_web::web;
+use std::sync::Arc;
 
 pub const BACKUP: &str = "backup";
 pub const BACKUP_VERIFY: &str = "backup_verify";
@@ -19,11 +22,22 @@ pub const BACKUP_FAILED: &str = "backup_failed";
 pub const BACKUP_VERIFY_FAILED: &str = "backup_verify_failed";
 pub const BACKUP_UPLOAD_FAILED: &str = "backup_upload_failed";
 
+/// What the backup jobs work with.
+pub struct Backups {
+    pub store: DynStore,
+    pub settings: Arc<Settings>,
+    pub signing_key: CertSigningKey,
+    /// Raises the system alerts of a failed backup, upload or check.
+    pub alerts: Arc<Alerts>,
+    /// Takes the upload job of a backup just written.
+    pub queue: Queue,
+}
+
 fn last_attempt(job: &Job) -> bool {
     job.attempts >= job.max_attempts
 }
 
-fn alert(state: &AppState, check: &'static str, message: String) {
+fn alert(state: &Backups, check: &'static str, message: String) {
     state.alerts.raise_system(&SystemAlert {
         check,
         message,
@@ -33,7 +47,7 @@ fn alert(state: &AppState, check: &'static str, message: String) {
 }
 
 /// Takes a backup into the backup directory, then deletes the ones the keep rule lets go.
-pub async fn backup(state: web::Data<AppState>, job: Job) -> Result<(), String> {
+pub async fn backup(state: Arc<Backups>, job: Job) -> Result<(), String> {
     let (store, settings, key) = (
         state.store.clone(),
         state.settings.clone(),
@@ -88,7 +102,7 @@ pub async fn backup(state: web::Data<AppState>, job: Job) -> Result<(), String> 
 }
 
 /// Checks the newest backup by restoring it into a temporary database.
-pub async fn verify(state: web::Data<AppState>, _job: Job) -> Result<(), String> {
+pub async fn verify(state: Arc<Backups>, _job: Job) -> Result<(), String> {
     let settings = state.settings.clone();
     let trusted = state.signing_key.public();
     let outcome = run_blocking(move || {
@@ -131,7 +145,7 @@ pub async fn verify(state: web::Data<AppState>, _job: Job) -> Result<(), String>
 
 /// Queues the upload of a backup just written. A queue that refuses the job (full) is
 /// reported as a failed upload: the backup itself stands.
-fn queue_upload(state: &AppState, path: &std::path::Path) {
+fn queue_upload(state: &Backups, path: &std::path::Path) {
     let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
         return;
     };
@@ -158,7 +172,7 @@ fn queue_upload(state: &AppState, path: &std::path::Path) {
 
 /// Uploads one backup of the backup directory to the bucket, then applies the keep rule to
 /// the remote copies. Payload: `{"file": "agv-backup-….tar"}` (a name, never a path).
-pub async fn upload(state: web::Data<AppState>, job: Job) -> Result<(), String> {
+pub async fn upload(state: Arc<Backups>, job: Job) -> Result<(), String> {
     let name = job
         .payload
         .get("file")

@@ -9,6 +9,7 @@
 //! that did not ask for usage: agv-server asks the upstream for it, and removes it again
 //! from what the client receives.
 
+pub mod install;
 pub mod killswitch;
 pub mod recorder;
 pub mod relay;

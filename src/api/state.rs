@@ -1,0 +1,63 @@
+//! The state every request handler shares, built once by `startup`.
+//!
+//! Lower layers never see it: the job handlers get the parts they use ([`Tasks`], the
+//! backups' own), so only handlers and `startup` depend on this module.
+
+use crate::api::auth::KeyCache;
+use crate::api::middleware::AddressRateLimiter;
+use crate::config::Settings;
+use crate::domain::secret_box::MasterKey;
+use crate::evidence::tasks::Tasks;
+use crate::incidents::alerts::Alerts;
+use crate::jobs::Queue;
+use crate::proxy::Proxy;
+use crate::store::DynStore;
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+use std::time::Instant;
+
+/// Shared by every request handler.
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: DynStore,
+    pub keys: Arc<KeyCache>,
+    pub proxy: Arc<Proxy>,
+    pub queue: Queue,
+    pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    pub unauth_limiter: AddressRateLimiter,
+    /// Failed console sign-ins, by email and address.
+    pub login_throttle: crate::api::session::LoginThrottle,
+    /// Held from reading (or writing) a tenant's stored settings — its policy, its own
+    /// upstream — until they are applied in memory, so the change feed can never apply an
+    /// older read over a newer local change.
+    pub settings_lock: tokio::sync::Mutex<()>,
+    pub started_at: Instant,
+    /// Encrypts tenants' provider keys at rest.
+    pub master_key: MasterKey,
+    /// The last change-feed entry this process has applied (see `spawn_change_feed`).
+    pub change_seq: AtomicI64,
+    /// Schedules alert deliveries (test alerts from the API too).
+    pub alerts: Arc<Alerts>,
+    /// Signs certificates (`<data>/certificate-signing.key`).
+    pub signing_key: crate::domain::certificate::CertSigningKey,
+    /// The one-time first-run setup token, while no user exists.
+    pub setup: crate::api::people::SetupToken,
+    /// The operator's "back up now" job, while it runs.
+    pub backup_now: crate::api::operator::BackupNow,
+    /// The operator console's cached update check.
+    pub update_check: crate::api::operator::UpdateCheck,
+    /// This process among the instances sharing the database (host name and a random id).
+    pub instance: String,
+}
+
+impl AppState {
+    /// What evidence tasks need, for starting one or for the worker that runs them.
+    pub fn tasks(&self) -> Tasks {
+        Tasks {
+            store: self.store.clone(),
+            queue: self.queue.clone(),
+            proxy: self.proxy.clone(),
+            signing_key: self.signing_key.clone(),
+        }
+    }
+}
