@@ -1052,13 +1052,12 @@ fn audit(store: &DynStore, entry: NewAuditEntry) {
     crate::evidence::audit::record(store.as_ref(), &entry.source(Some("local".into())));
 }
 
-/// A key as the audit log shows it before and after a change (never the secret).
-fn key_state(k: &crate::domain::ApiKeyRecord) -> serde_json::Value {
-    serde_json::json!({
-        "id": k.id, "name": k.name, "scope": k.scope, "prefix": k.prefix,
-        "expires_at": k.expires_at.map(Timestamp::to_rfc3339),
-        "revoked_at": k.revoked_at.map(Timestamp::to_rfc3339),
-    })
+/// The CLI as the author of a change: actor `cli:<os user>`, source `local`.
+fn cli_actor() -> crate::ops::keys::By {
+    crate::ops::keys::By {
+        actor: Actor::cli(),
+        source: Some("local".into()),
+    }
 }
 
 fn key(store: &DynStore, cmd: KeyCommand) -> Result<(), CliError> {
@@ -1084,7 +1083,7 @@ fn key(store: &DynStore, cmd: KeyCommand) -> Result<(), CliError> {
             };
             let (row, secret) = NewApiKey::generate(tenant_id.clone(), &name, scope, expires_at)
                 .map_err(|e| CliError::usage(e.0))?;
-            let created = match store.create_api_key(&row) {
+            match crate::ops::keys::create(store.as_ref(), &row, &cli_actor()) {
                 Err(crate::store::StoreError::NotFound) => {
                     return Err(CliError::failed(format!(
                         "no tenant {tenant_id}: list tenants with `agv-server tenant list`"
@@ -1092,16 +1091,6 @@ fn key(store: &DynStore, cmd: KeyCommand) -> Result<(), CliError> {
                 }
                 other => other?,
             };
-            audit(
-                store,
-                NewAuditEntry::new(
-                    Some(tenant_id.clone()),
-                    Actor::cli(),
-                    AuditAction::KeyCreate,
-                    row.id.as_str(),
-                )
-                .after(key_state(&created)),
-            );
             eprintln!(
                 "created {} key {} for tenant {}; it is shown only now, keep it safe",
                 row.scope, row.id, row.tenant_id
@@ -1166,21 +1155,8 @@ fn key(store: &DynStore, cmd: KeyCommand) -> Result<(), CliError> {
                 crate::store::StoreError::NotFound => CliError::failed(format!("no key {id}")),
                 other => other.into(),
             };
-            let before = store.get_api_key(None, &id).map_err(not_found)?;
-            let rec = store
-                .revoke_api_key(None, &id, Timestamp::now())
+            let rec = crate::ops::keys::revoke(store.as_ref(), None, &id, &cli_actor())
                 .map_err(not_found)?;
-            audit(
-                store,
-                NewAuditEntry::new(
-                    Some(rec.tenant_id.clone()),
-                    Actor::cli(),
-                    AuditAction::KeyRevoke,
-                    rec.id.as_str(),
-                )
-                .before(key_state(&before))
-                .after(key_state(&rec)),
-            );
             eprintln!("revoked key {} (tenant {})", rec.id, rec.tenant_id);
             println!("{}", rec.id);
             Ok(())
@@ -1202,21 +1178,9 @@ fn key(store: &DynStore, cmd: KeyCommand) -> Result<(), CliError> {
             let (row, secret) =
                 NewApiKey::generate(old.tenant_id.clone(), &old.name, old.scope, old.expires_at)
                     .map_err(|e| CliError::usage(e.0))?;
-            let created = store.create_api_key(&row)?;
-            let old_until = now.plus_millis(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX));
-            let old_until = old.expires_at.map_or(old_until, |e| e.min(old_until));
-            let old_after = store.set_api_key_expiry(None, &id, Some(old_until))?;
-            audit(
-                store,
-                NewAuditEntry::new(
-                    Some(old.tenant_id.clone()),
-                    Actor::cli(),
-                    AuditAction::KeyRotate,
-                    id.as_str(),
-                )
-                .before(serde_json::json!({"old_key": key_state(&old)}))
-                .after(serde_json::json!({"old_key": key_state(&old_after), "new_key": key_state(&created)})),
-            );
+            let until = now.plus_millis(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX));
+            let rotated = crate::ops::keys::rotate(store.as_ref(), &old, &row, until, &cli_actor())?;
+            let old_until = rotated.old_until;
             eprintln!(
                 "new key {} replaces {}; the old key works until {}",
                 row.id,

@@ -357,6 +357,14 @@ struct NewKeyBody {
     scope: Option<String>,
 }
 
+/// A signed-in person as the author of a key change.
+fn by_user(user: &crate::domain::User, source: super::audit::Source) -> crate::ops::keys::By {
+    crate::ops::keys::By {
+        actor: crate::domain::audit::Actor::User(user.id.clone()),
+        source: source.0,
+    }
+}
+
 #[actix_web::post("/api/keys")]
 pub async fn create_key(
     state: web::Data<AppState>,
@@ -380,20 +388,8 @@ pub async fn create_key(
         .map_err(|e| field(Code::InvalidScope, "scope", e.0))?;
     let (row, secret) = crate::domain::NewApiKey::generate(tenant.clone(), name, scope, None)
         .map_err(|e| field(Code::InvalidName, "name", e.0))?;
-    let store = state.store.clone();
-    let created = run_blocking(move || store.create_api_key(&row)).await?;
-    super::audit::record(
-        &state,
-        crate::domain::audit::NewAuditEntry::new(
-            Some(tenant.clone()),
-            crate::domain::audit::Actor::User(user.id.clone()),
-            crate::domain::audit::AuditAction::KeyCreate,
-            created.id.as_str(),
-        )
-        .source(source.0.clone())
-        .after(json!({"name": created.name, "scope": created.scope})),
-    )
-    .await;
+    let (store, by) = (state.store.clone(), by_user(&user, source));
+    let created = run_blocking(move || crate::ops::keys::create(store.as_ref(), &row, &by)).await?;
     Ok(HttpResponse::Created().json(json!({
         "key": key_json(&created, &[], None),
         "secret": secret.expose(),
@@ -410,23 +406,11 @@ pub async fn revoke_key(
     let (user, tenant) = changer(&state, &req).await?;
     let id = crate::domain::KeyId::parse(&path)
         .map_err(|_| ApiError::not_found(format!("no key {path}")))?;
-    let store = state.store.clone();
-    let (t, k) = (tenant.clone(), id.clone());
-    let revoked = run_blocking(move || store.revoke_api_key(Some(&t), &k, Timestamp::now()))
+    let (store, by, t) = (state.store.clone(), by_user(&user, source), tenant.clone());
+    let revoked = run_blocking(move || crate::ops::keys::revoke(store.as_ref(), Some(&t), &id, &by))
         .await
         .map_err(super::error::missing("key", &path))?;
     state.keys.invalidate_all();
-    super::audit::record(
-        &state,
-        crate::domain::audit::NewAuditEntry::new(
-            Some(tenant.clone()),
-            crate::domain::audit::Actor::User(user.id.clone()),
-            crate::domain::audit::AuditAction::KeyRevoke,
-            id.as_str(),
-        )
-        .source(source.0.clone()),
-    )
-    .await;
     let frozen = frozen_keys(&state, &tenant);
     Ok(HttpResponse::Ok().json(json!({"key": key_json(&revoked, &frozen, None)})))
 }

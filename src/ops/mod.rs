@@ -6,6 +6,7 @@
 //! do, because every caller shows them to a person.
 
 pub mod backup;
+pub mod keys;
 pub mod people;
 pub mod retention;
 pub mod s3;
