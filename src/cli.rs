@@ -93,7 +93,11 @@ and AGV_UPSTREAM_API_KEY falls back to OPENAI_API_KEY."
     if every_setting {
         help.push_str("\n\nSettings (config.toml key, environment variable, default):");
         for field in FIELDS {
-            let default = field.default.filter(|d| !d.is_empty()).unwrap_or("unset");
+            let default = match field.default {
+                Some("") => "empty",
+                Some(default) => default,
+                None => "unset",
+            };
             let secret = if field.secret { " (or _FILE)" } else { "" };
             help.push_str(&format!(
                 "\n  {}, {}{secret}, {default}\n      {}",
@@ -2017,4 +2021,30 @@ fn user_list(store: &DynStore, tenant: Option<&str>, json: bool) -> Result<(), C
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn settings_with_a_flag_are_global_flags_and_the_long_help_lists_every_setting() {
+        let flagged = || FIELDS.iter().filter(|f| f.flag.is_some());
+        let mut args = vec!["agv-server".to_owned(), "tenant".into(), "list".into()];
+        for field in flagged() {
+            let (long, _) = field.flag.unwrap();
+            args.extend([format!("--{long}"), format!("value of {}", field.key)]);
+        }
+        let cli = Cli::try_parse_from(&args).unwrap();
+        let expected: Flags = flagged()
+            .map(|f| (f.key, format!("value of {}", f.key)))
+            .collect();
+        assert_eq!(cli.global.flags, expected);
+        let help = Cli::command().render_long_help().to_string();
+        for field in FIELDS {
+            assert!(help.contains(&field.env()), "{}", field.key);
+            assert!(help.contains(field.help), "{}", field.key);
+        }
+    }
 }

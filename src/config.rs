@@ -1327,6 +1327,111 @@ mod tests {
         move |k| map.get(k).cloned()
     }
 
+    /// A valid, non-empty value for every setting: a sample, else its default.
+    fn sample(field: &Field) -> &'static str {
+        let samples = [
+            ("tenant_upstream_allowlist", "https://api.openai.com/v1"),
+            ("trusted_proxies", "10.0.0.0/8"),
+            ("alert_webhook_allowed_hosts", "hooks.internal"),
+            ("backup_s3_prefix", "agv/prod/"),
+            ("tls_cert", "/etc/agv/cert.pem"),
+            ("tls_key", "/etc/agv/key.pem"),
+            ("database_url", "postgres://agv:sample-db-password@db/agv"),
+            ("durability", "power"),
+            ("upstream_api_key", "sample-upstream-key"),
+            ("fallback_upstream_url", "https://fallback.example/v1"),
+            ("fallback_upstream_api_key", "sample-fallback-key"),
+            ("master_key", "sample-master-key"),
+            ("metrics_token", "sample-metrics-token"),
+            ("backup_dir", "/var/backups/agv"),
+            ("backup_passphrase", "sample-passphrase"),
+            ("backup_s3_endpoint", "https://s3.example.com"),
+            ("backup_s3_bucket", "agv-backups"),
+            ("backup_s3_access_key_id", "AKIDSAMPLE"),
+            ("backup_s3_secret_access_key", "sample-s3-secret"),
+            (
+                "operator_alert_webhook_url",
+                "https://hooks.example.com/sample-hook",
+            ),
+            ("operator_alert_webhook_secret", "sample-webhook-secret"),
+            ("llm_base_url", "https://llm.example/v1"),
+            ("llm_api_key", "sample-llm-key"),
+        ];
+        let sample = samples
+            .iter()
+            .find(|(k, _)| *k == field.key)
+            .map(|(_, v)| *v);
+        sample
+            .or(field.default)
+            .unwrap_or_else(|| panic!("{} has neither a default nor a sample", field.key))
+    }
+
+    #[test]
+    fn every_setting_is_read_from_each_layer_and_described_once_without_its_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let envs: Vec<(String, &str)> = FIELDS.iter().map(|f| (f.env(), sample(f))).collect();
+        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        let from_env =
+            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&envs)).unwrap();
+        let file: String = FIELDS
+            .iter()
+            .map(|f| format!("{} = \"{}\"\n", f.key, sample(f)))
+            .collect();
+        std::fs::write(dir.path().join(CONFIG_FILE), file).unwrap();
+        let flags: Flags = FIELDS
+            .iter()
+            .filter(|f| f.flag.is_some())
+            .map(|f| (f.key, sample(f).to_owned()))
+            .collect();
+        let from_file_and_flags =
+            Settings::load_with(Some(dir.path().into()), &flags, &env_of(&[])).unwrap();
+        for field in FIELDS {
+            let from_env_source = &from_env.sources[field.key];
+            assert_eq!(from_env_source, &Source::Env(field.env()), "{}", field.key);
+            let layer = if field.flag.is_some() {
+                Source::Flag
+            } else {
+                Source::ConfigFile
+            };
+            assert_eq!(
+                from_file_and_flags.sources[field.key], layer,
+                "{}",
+                field.key
+            );
+            assert_eq!(field.env(), format!("AGV_{}", field.key.to_uppercase()));
+            if let Some((long, _)) = field.flag {
+                assert_eq!(long, field.key.replace('_', "-"));
+            }
+        }
+        for s in [&from_env, &from_file_and_flags] {
+            let described = s.describe();
+            let keys: Vec<&str> = described.iter().map(|(k, _, _)| *k).collect();
+            let mut expected = vec!["data"];
+            expected.extend(FIELDS.iter().map(|f| f.key));
+            expected.push("prices");
+            assert_eq!(
+                keys, expected,
+                "every setting described once, in FIELDS order"
+            );
+            let shown = format!("{described:?}");
+            for field in FIELDS.iter().filter(|f| f.secret) {
+                assert!(!shown.contains(sample(field)), "{}: {shown}", field.key);
+            }
+        }
+    }
+
+    #[test]
+    fn the_readme_documents_every_setting() {
+        let readme = include_str!("../README.md");
+        for field in FIELDS {
+            assert!(
+                readme.contains(&format!("`{}`", field.key)),
+                "{}",
+                field.key
+            );
+        }
+    }
+
     #[test]
     fn the_update_source_defaults_to_github_and_takes_a_mirror_url_or_a_directory() {
         let dir = tempfile::tempdir().unwrap();
