@@ -116,12 +116,11 @@ impl BackupS3 {
     }
 }
 
-/// Parses the `backup_s3_*` settings: all unset means no upload; a half-given block is an
-/// error naming the missing setting. `get` gives a setting's trimmed, non-empty value.
-fn parse_backup_s3(
-    get: &dyn Fn(&str) -> Option<String>,
-    bad: &dyn Fn(&str, &str) -> ConfigError,
-) -> Result<Option<BackupS3>, ConfigError> {
+/// Parses the `backup_s3_*` settings (`g` is `backup_s3_endpoint`): all unset means no
+/// upload; a half-given block is an error naming the missing setting.
+fn parse_backup_s3(g: &Given) -> Result<Option<BackupS3>, ConfigError> {
+    let get = |key| g.other(key).trimmed();
+    let bad = |key, why| g.other(key).bad(why);
     let endpoint = get("backup_s3_endpoint");
     let bucket = get("backup_s3_bucket");
     let key_id = get("backup_s3_access_key_id");
@@ -627,12 +626,7 @@ pub const FIELDS: &[Field] = &[
         default: None,
         flag: None,
         help: "S3-compatible endpoint (http:// or https:// URL, path-style addressing) each automatic backup is uploaded to; unset: no upload",
-        apply: |s, g| {
-            let s3 = parse_backup_s3(&|key| g.other(key).trimmed(), &|key, why| {
-                g.other(key).bad(why)
-            });
-            set(&mut s.backup_s3, s3)
-        },
+        apply: |s, g| set(&mut s.backup_s3, parse_backup_s3(g)),
         show: |s| {
             s3_or(
                 s,
@@ -1327,6 +1321,10 @@ mod tests {
         move |k| map.get(k).cloned()
     }
 
+    fn load_in(dir: &Path, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::load_with(Some(dir.to_path_buf()), &Flags::new(), &env_of(vars))
+    }
+
     /// A valid, non-empty value for every setting: a sample, else its default.
     fn sample(field: &Field) -> &'static str {
         let samples = [
@@ -1371,8 +1369,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let envs: Vec<(String, &str)> = FIELDS.iter().map(|f| (f.env(), sample(f))).collect();
         let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        let from_env =
-            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&envs)).unwrap();
+        let from_env = load_in(dir.path(), &envs).unwrap();
         let file: String = FIELDS
             .iter()
             .map(|f| format!("{} = \"{}\"\n", f.key, sample(f)))
@@ -1435,9 +1432,7 @@ mod tests {
     #[test]
     fn the_update_source_defaults_to_github_and_takes_a_mirror_url_or_a_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let load = |vars: &[(&str, &str)]| {
-            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(vars))
-        };
+        let load = |vars: &[(&str, &str)]| load_in(dir.path(), vars);
         let s = load(&[]).unwrap();
         assert_eq!(s.update_source, crate::ops::update::DEFAULT_SOURCE);
         let s = load(&[(
@@ -1469,9 +1464,7 @@ mod tests {
     #[test]
     fn retention_defaults_to_90_days_daily_and_refuses_bad_values() {
         let dir = tempfile::tempdir().unwrap();
-        let load = |vars: &[(&str, &str)]| {
-            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(vars))
-        };
+        let load = |vars: &[(&str, &str)]| load_in(dir.path(), vars);
         let s = load(&[]).unwrap();
         assert_eq!(s.retention_days, 90);
         assert_eq!(s.retention_cron.as_deref(), Some("0 30 3 * * *"));
@@ -1520,9 +1513,7 @@ mod tests {
     fn durability_defaults_per_backend_takes_process_or_power_and_names_both_when_wrong() {
         use crate::store::Durability;
         let dir = tempfile::tempdir().unwrap();
-        let load = |vars: &[(&str, &str)]| {
-            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(vars))
-        };
+        let load = |vars: &[(&str, &str)]| load_in(dir.path(), vars);
         let shown = |s: &Settings| {
             s.describe()
                 .into_iter()
@@ -1570,8 +1561,7 @@ mod tests {
             "listen = \"127.0.0.1:1\"\nlisten_port = 9\n",
         )
         .unwrap();
-        let err =
-            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap_err();
+        let err = load_in(dir.path(), &[]).unwrap_err();
         assert!(err.0.contains("unknown key 'listen_port'"), "{err}");
     }
 
@@ -1579,12 +1569,10 @@ mod tests {
     fn malformed_toml_and_bad_values_give_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(CONFIG_FILE), "listen = ").unwrap();
-        let err =
-            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap_err();
+        let err = load_in(dir.path(), &[]).unwrap_err();
         assert!(err.0.contains("not valid TOML"), "{err}");
         std::fs::write(dir.path().join(CONFIG_FILE), "max_body_bytes = \"lots\"").unwrap();
-        let err =
-            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap_err();
+        let err = load_in(dir.path(), &[]).unwrap_err();
         assert!(
             err.0.contains("max_body_bytes") && err.0.contains("config.toml"),
             "{err}"
@@ -1613,24 +1601,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let secret_file = dir.path().join("key.txt");
         std::fs::write(&secret_file, "sk-very-secret\n").unwrap();
-        let env = env_of(&[("AGV_UPSTREAM_API_KEY_FILE", secret_file.to_str().unwrap())]);
-        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env).unwrap();
+        let s = load_in(
+            dir.path(),
+            &[("AGV_UPSTREAM_API_KEY_FILE", secret_file.to_str().unwrap())],
+        )
+        .unwrap();
         assert_eq!(s.upstream_api_key.as_deref(), Some("sk-very-secret"));
         let described = format!("{:?} {:?}", s.describe(), s);
         assert!(!described.contains("sk-very-secret"), "{described}");
-        let both = env_of(&[
+        let both = [
             ("AGV_UPSTREAM_API_KEY", "a"),
             ("AGV_UPSTREAM_API_KEY_FILE", "b"),
-        ]);
-        assert!(Settings::load_with(Some(dir.path().into()), &Flags::new(), &both).is_err());
+        ];
+        assert!(load_in(dir.path(), &both).is_err());
     }
 
     #[test]
     fn the_s3_upload_is_off_by_default_and_a_whole_block_turns_it_on() {
         let dir = tempfile::tempdir().unwrap();
-        let load = |vars: &[(&str, &str)]| {
-            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(vars))
-        };
+        let load = |vars: &[(&str, &str)]| load_in(dir.path(), vars);
         let s = load(&[]).unwrap();
         assert!(s.backup_s3.is_none());
         assert_eq!(s.backup_s3_upload_attempts, 12);
@@ -1677,11 +1666,7 @@ mod tests {
     #[test]
     fn a_half_given_s3_block_names_the_missing_setting() {
         let dir = tempfile::tempdir().unwrap();
-        let load = |vars: &[(&str, &str)]| {
-            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(vars))
-                .unwrap_err()
-                .0
-        };
+        let load = |vars: &[(&str, &str)]| load_in(dir.path(), vars).unwrap_err().0;
         let err = load(&[("AGV_BACKUP_S3_BUCKET", "agv-backups")]);
         assert!(
             err.contains("missing backup_s3_endpoint (AGV_BACKUP_S3_ENDPOINT)"),
@@ -1719,12 +1704,7 @@ mod tests {
     #[test]
     fn the_upstream_key_falls_back_to_openai_api_key() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Settings::load_with(
-            Some(dir.path().into()),
-            &Flags::new(),
-            &env_of(&[("OPENAI_API_KEY", "sk-x")]),
-        )
-        .unwrap();
+        let s = load_in(dir.path(), &[("OPENAI_API_KEY", "sk-x")]).unwrap();
         assert_eq!(s.upstream_api_key.as_deref(), Some("sk-x"));
         assert_eq!(
             s.sources["upstream_api_key"],
@@ -1735,8 +1715,11 @@ mod tests {
     #[test]
     fn database_url_passwords_are_redacted_in_the_description() {
         let dir = tempfile::tempdir().unwrap();
-        let env = env_of(&[("AGV_DATABASE_URL", "postgres://agv:hunter2@db/agv")]);
-        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env).unwrap();
+        let s = load_in(
+            dir.path(),
+            &[("AGV_DATABASE_URL", "postgres://agv:hunter2@db/agv")],
+        );
+        let s = s.unwrap();
         assert!(!format!("{:?}", s.describe()).contains("hunter2"));
     }
 
@@ -1756,53 +1739,41 @@ mod tests {
     #[test]
     fn the_upstream_timeouts_have_defaults_and_can_be_set() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap();
+        let s = load_in(dir.path(), &[]).unwrap();
         assert_eq!(s.upstream_connect_timeout.as_secs(), 5);
         assert_eq!(s.upstream_first_byte_timeout.as_secs(), 30);
-        let s = Settings::load_with(
-            Some(dir.path().into()),
-            &Flags::new(),
-            &env_of(&[
+        let s = load_in(
+            dir.path(),
+            &[
                 ("AGV_UPSTREAM_CONNECT_TIMEOUT", "2s"),
                 ("AGV_UPSTREAM_FIRST_BYTE_TIMEOUT", "3s"),
-            ]),
+            ],
         )
         .unwrap();
         assert_eq!(s.upstream_connect_timeout.as_secs(), 2);
         assert_eq!(s.upstream_first_byte_timeout.as_secs(), 3);
-        let err = Settings::load_with(
-            Some(dir.path().into()),
-            &Flags::new(),
-            &env_of(&[("AGV_UPSTREAM_FIRST_BYTE_TIMEOUT", "soon")]),
-        )
-        .unwrap_err();
+        let err = load_in(dir.path(), &[("AGV_UPSTREAM_FIRST_BYTE_TIMEOUT", "soon")]).unwrap_err();
         assert!(err.0.contains("upstream_first_byte_timeout"), "{err}");
-        let err = Settings::load_with(
-            Some(dir.path().into()),
-            &Flags::new(),
-            &env_of(&[("AGV_UPSTREAM_CONNECT_TIMEOUT", "0s")]),
-        )
-        .unwrap_err();
+        let err = load_in(dir.path(), &[("AGV_UPSTREAM_CONNECT_TIMEOUT", "0s")]).unwrap_err();
         assert!(err.0.contains("upstream_connect_timeout"), "{err}");
     }
 
     #[test]
     fn the_fallback_upstream_is_optional_and_its_key_is_a_secret_from_a_file() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap();
+        let s = load_in(dir.path(), &[]).unwrap();
         assert_eq!(s.fallback_upstream_url, None);
         let key_file = dir.path().join("fb.txt");
         std::fs::write(&key_file, "sk-fallback-secret\n").unwrap();
-        let s = Settings::load_with(
-            Some(dir.path().into()),
-            &Flags::new(),
-            &env_of(&[
+        let s = load_in(
+            dir.path(),
+            &[
                 ("AGV_FALLBACK_UPSTREAM_URL", "https://backup.example/v1/"),
                 (
                     "AGV_FALLBACK_UPSTREAM_API_KEY_FILE",
                     key_file.to_str().unwrap(),
                 ),
-            ]),
+            ],
         )
         .unwrap();
         assert_eq!(
@@ -1814,10 +1785,9 @@ mod tests {
             Some("sk-fallback-secret")
         );
         assert!(!format!("{s:?}").contains("sk-fallback-secret"));
-        let err = Settings::load_with(
-            Some(dir.path().into()),
-            &Flags::new(),
-            &env_of(&[("AGV_FALLBACK_UPSTREAM_URL", "backup.example")]),
+        let err = load_in(
+            dir.path(),
+            &[("AGV_FALLBACK_UPSTREAM_URL", "backup.example")],
         )
         .unwrap_err();
         assert!(err.0.contains("fallback_upstream_url"), "{err}");
@@ -1826,15 +1796,14 @@ mod tests {
     #[test]
     fn the_tenant_upstream_allowlist_is_empty_by_default_and_validated() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap();
+        let s = load_in(dir.path(), &[]).unwrap();
         assert!(s.tenant_upstream_allowlist.is_empty());
-        let s = Settings::load_with(
-            Some(dir.path().into()),
-            &Flags::new(),
-            &env_of(&[(
+        let s = load_in(
+            dir.path(),
+            &[(
                 "AGV_TENANT_UPSTREAM_ALLOWLIST",
                 "https://api.openai.com/v1,https://myco.openai.azure.com/",
-            )]),
+            )],
         )
         .unwrap();
         assert!(
@@ -1842,10 +1811,9 @@ mod tests {
                 .check("https://api.openai.com/v1")
                 .is_ok()
         );
-        let err = Settings::load_with(
-            Some(dir.path().into()),
-            &Flags::new(),
-            &env_of(&[("AGV_TENANT_UPSTREAM_ALLOWLIST", "ftp://files.example")]),
+        let err = load_in(
+            dir.path(),
+            &[("AGV_TENANT_UPSTREAM_ALLOWLIST", "ftp://files.example")],
         )
         .unwrap_err();
         assert!(err.0.contains("tenant_upstream_allowlist"), "{err}");
@@ -1854,15 +1822,14 @@ mod tests {
     #[test]
     fn the_master_key_is_a_secret_from_env_or_file_and_never_described() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap();
+        let s = load_in(dir.path(), &[]).unwrap();
         assert_eq!(s.master_key, None);
         let hex_key = "ab".repeat(32);
         let file = dir.path().join("mk");
         std::fs::write(&file, format!("{hex_key}\n")).unwrap();
-        let s = Settings::load_with(
-            Some(dir.path().into()),
-            &Flags::new(),
-            &env_of(&[("AGV_MASTER_KEY_FILE", file.to_str().unwrap())]),
+        let s = load_in(
+            dir.path(),
+            &[("AGV_MASTER_KEY_FILE", file.to_str().unwrap())],
         )
         .unwrap();
         assert_eq!(s.master_key.as_deref(), Some(hex_key.as_str()));
@@ -1877,7 +1844,7 @@ mod tests {
             "listen = \"127.0.0.1:1\"\n[prices.\"my-model\"]\ninput = 1.0\ncached_input = 0.5\noutput = 2.0\n",
         )
         .unwrap();
-        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap();
+        let s = load_in(dir.path(), &[]).unwrap();
         assert_eq!(s.prices["my-model"], ModelPrice::new(1.0, 0.5, 2.0));
         assert_eq!(s.listen, "127.0.0.1:1");
     }
@@ -1901,8 +1868,7 @@ mod tests {
         ];
         for (text, named) in cases {
             std::fs::write(dir.path().join(CONFIG_FILE), text).unwrap();
-            let err = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[]))
-                .unwrap_err();
+            let err = load_in(dir.path(), &[]).unwrap_err();
             assert!(err.0.contains(named), "{text:?}: {err}");
         }
     }
