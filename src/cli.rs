@@ -5,7 +5,7 @@
 //! runs: they talk to the database only (SQLite in WAL mode allows that), never to the
 //! server's job queue, which the running server holds open.
 
-use crate::config::{Flags, Settings};
+use crate::config::{FIELDS, Flags, Settings};
 use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
 use crate::domain::time::parse_duration;
 use crate::domain::{KeyId, NewApiKey, Scope, Tenant, TenantId, TenantName, Timestamp};
@@ -14,12 +14,8 @@ use crate::store::DynStore;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
-const ENV_HELP: &str = "Environment: AGV_DATA, AGV_LISTEN, AGV_DATABASE_URL (or AGV_DATABASE_URL_FILE), \
-AGV_UPSTREAM_URL, AGV_UPSTREAM_API_KEY (or _FILE; falls back to OPENAI_API_KEY), AGV_DURABILITY=process|power, AGV_LOG_FORMAT=text|json, \
-AGV_LOG_LEVEL. Settings may also live in <data>/config.toml; flags beat the environment, which beats the file.";
-
 #[derive(Debug, Parser)]
-#[command(name = "agv-server", version, about = "Self-hosted AI incident console: an OpenAI-compatible gateway that enforces, records and explains every LLM call.", after_help = ENV_HELP)]
+#[command(name = "agv-server", version, about = "Self-hosted AI incident console: an OpenAI-compatible gateway that enforces, records and explains every LLM call.", after_help = settings_help(false), after_long_help = settings_help(true))]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -27,23 +23,91 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
-#[derive(Debug, Args)]
+/// The flags every subcommand takes: `--data`, and the settings of [`FIELDS`] that have a
+/// flag, by config key.
+#[derive(Debug, Default)]
 pub struct GlobalArgs {
-    /// Data directory: SQLite database, job queue, config.toml [env: AGV_DATA] [default: ./data]
-    #[arg(long, global = true, value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// Use Postgres instead of SQLite, e.g. postgres://agv@db:5432/agv [env: AGV_DATABASE_URL]
-    #[arg(long, global = true, value_name = "URL")]
-    pub database_url: Option<String>,
-    /// Address to listen on [env: AGV_LISTEN] [default: 127.0.0.1:8080]
-    #[arg(long, global = true, value_name = "ADDR")]
-    pub listen: Option<String>,
-    /// Serve HTTPS with this PEM certificate chain (TLS 1.2+, HSTS); needs --tls-key [env: AGV_TLS_CERT]
-    #[arg(long, global = true, value_name = "FILE")]
-    pub tls_cert: Option<PathBuf>,
-    /// The PEM private key of --tls-cert [env: AGV_TLS_KEY]
-    #[arg(long, global = true, value_name = "FILE")]
-    pub tls_key: Option<PathBuf>,
+    pub flags: Flags,
+}
+
+impl clap::Args for GlobalArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let data = clap::Arg::new("data")
+            .long("data")
+            .global(true)
+            .value_name("DIR")
+            .value_parser(clap::value_parser!(PathBuf))
+            .help("Data directory: SQLite database, job queue, config.toml [env: AGV_DATA] [default: ./data]");
+        FIELDS.iter().fold(cmd.arg(data), |cmd, field| {
+            let Some((long, value_name)) = field.flag else {
+                return cmd;
+            };
+            let default = field.default.map(|d| format!(" [default: {d}]"));
+            cmd.arg(
+                clap::Arg::new(field.key)
+                    .long(long)
+                    .global(true)
+                    .value_name(value_name)
+                    .help(format!(
+                        "{} [env: {}]{}",
+                        field.help,
+                        field.env(),
+                        default.unwrap_or_default()
+                    )),
+            )
+        })
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl clap::FromArgMatches for GlobalArgs {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut args = Self::default();
+        args.update_from_arg_matches(matches)?;
+        Ok(args)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        if let Some(data) = matches.get_one::<PathBuf>("data") {
+            self.data = Some(data.clone());
+        }
+        for field in FIELDS.iter().filter(|f| f.flag.is_some()) {
+            if let Some(value) = matches.get_one::<String>(field.key) {
+                self.flags.insert(field.key, value.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// After `-h`: where settings come from; after `--help`: every setting as well.
+fn settings_help(every_setting: bool) -> String {
+    let mut help = "Settings come from flags, then the environment, then <data>/config.toml, then defaults. \
+Each config.toml key has an environment variable AGV_<KEY>; secrets may be read from a file named by <VAR>_FILE, \
+and AGV_UPSTREAM_API_KEY falls back to OPENAI_API_KEY."
+        .to_owned();
+    if every_setting {
+        help.push_str("\n\nSettings (config.toml key, environment variable, default):");
+        for field in FIELDS {
+            let default = match field.default {
+                Some("") => "empty",
+                Some(default) => default,
+                None => "unset",
+            };
+            let secret = if field.secret { " (or _FILE)" } else { "" };
+            help.push_str(&format!(
+                "\n  {}, {}{secret}, {default}\n      {}",
+                field.key,
+                field.env(),
+                field.help
+            ));
+        }
+    }
+    help
 }
 
 #[derive(Debug, Subcommand)]
@@ -411,20 +475,7 @@ impl From<crate::store::StoreError> for CliError {
 }
 
 fn settings(global: &GlobalArgs) -> Result<Settings, CliError> {
-    let mut flags = Flags::new();
-    if let Some(url) = &global.database_url {
-        flags.insert("database_url", url.clone());
-    }
-    if let Some(listen) = &global.listen {
-        flags.insert("listen", listen.clone());
-    }
-    if let Some(cert) = &global.tls_cert {
-        flags.insert("tls_cert", cert.display().to_string());
-    }
-    if let Some(key) = &global.tls_key {
-        flags.insert("tls_key", key.display().to_string());
-    }
-    Settings::load(global.data.clone(), &flags).map_err(|e| CliError::usage(e.0))
+    Settings::load(global.data.clone(), &global.flags).map_err(|e| CliError::usage(e.0))
 }
 
 /// Runs the parsed command line; returns the process exit code.
@@ -1934,4 +1985,30 @@ fn user_list(store: &DynStore, tenant: Option<&str>, json: bool) -> Result<(), C
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn settings_with_a_flag_are_global_flags_and_the_long_help_lists_every_setting() {
+        let flagged = || FIELDS.iter().filter(|f| f.flag.is_some());
+        let mut args = vec!["agv-server".to_owned(), "tenant".into(), "list".into()];
+        for field in flagged() {
+            let (long, _) = field.flag.unwrap();
+            args.extend([format!("--{long}"), format!("value of {}", field.key)]);
+        }
+        let cli = Cli::try_parse_from(&args).unwrap();
+        let expected: Flags = flagged()
+            .map(|f| (f.key, format!("value of {}", f.key)))
+            .collect();
+        assert_eq!(cli.global.flags, expected);
+        let help = Cli::command().render_long_help().to_string();
+        for field in FIELDS {
+            assert!(help.contains(&field.env()), "{}", field.key);
+            assert!(help.contains(field.help), "{}", field.key);
+        }
+    }
 }

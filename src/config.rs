@@ -1,20 +1,26 @@
 //! Settings: flags > `AGV_*` environment > `<data>/config.toml` > defaults.
 //!
-//! Every setting is described once in [`FIELDS`] (its config-file key, its environment
-//! variable, whether it is a secret), read from each layer as text, then parsed into the
-//! typed [`Settings`]. Each value remembers where it came from so the server can log its
-//! effective configuration at start — secrets only as "(set)". Unknown keys in
-//! config.toml are rejected by name. Secrets may also come from `*_FILE` variables.
+//! Every setting is declared once, as one entry of [`FIELDS`]: its config-file key (and
+//! so its environment variable `AGV_<KEY>`), default, flag, help text, whether it is a
+//! secret, how its text is parsed into the typed [`Settings`] and how its effective value
+//! is described. The file keys, the environment, the flags of `cli.rs`, `--help` and the
+//! startup log all read that table, so a setting cannot be known to one and missing from
+//! another. Each value remembers where it came from so the server can log its effective
+//! configuration at start — secrets only as "(set)". Unknown keys in config.toml are
+//! rejected by name. Secrets may also come from `*_FILE` variables.
 //! This module does no network I/O and never prints a secret.
 
 use crate::domain::alert::HostAllowlist;
 use crate::domain::time::parse_duration;
+use crate::domain::trusted_proxies::TrustedProxies;
 use crate::domain::upstream_url::UpstreamAllowlist;
 use crate::guard::pricing::{ModelPrice, Pricing};
 use crate::jobs::scheduler::validate_cron;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub const CONFIG_FILE: &str = "config.toml";
 pub const DEFAULT_DATA_DIR: &str = "./data";
@@ -39,14 +45,34 @@ impl fmt::Display for Source {
     }
 }
 
-/// One setting: its config-file key, environment variable and default.
+/// One setting, declared once; everything else about it is derived from this.
 pub struct Field {
+    /// The config.toml key; the environment variable is [`Field::env`].
     pub key: &'static str,
-    pub env: &'static str,
     /// Secrets are never logged and may be read from a file named by `<env>_FILE`.
     pub secret: bool,
     pub default: Option<&'static str>,
+    /// The command-line flag and its value name, `("tls-cert", "FILE")` for
+    /// `--tls-cert FILE`, for the few settings that have one.
+    pub flag: Option<(&'static str, &'static str)>,
     pub help: &'static str,
+    /// Parses the setting's text into [`Settings`]. A group of settings that are only
+    /// valid together (TLS, the S3 upload) is parsed by its first key; the rest do nothing.
+    apply: fn(&mut Settings, &Given) -> Result<(), ConfigError>,
+    /// The effective value for [`Settings::describe`]; never a secret.
+    show: fn(&Settings) -> String,
+}
+
+impl Field {
+    /// `AGV_` and the key in capitals.
+    pub fn env(&self) -> String {
+        format!("AGV_{}", self.key.to_ascii_uppercase())
+    }
+}
+
+/// The field declared under `key`.
+pub fn field(key: &str) -> Option<&'static Field> {
+    FIELDS.iter().find(|f| f.key == key)
 }
 
 /// The certificate chain and private key files of built-in TLS.
@@ -90,12 +116,11 @@ impl BackupS3 {
     }
 }
 
-/// Parses the `backup_s3_*` settings: all unset means no upload; a half-given block is an
-/// error naming the missing setting. `get` gives a setting's trimmed, non-empty value.
-fn parse_backup_s3(
-    get: &dyn Fn(&str) -> Option<String>,
-    bad: &dyn Fn(&str, &str) -> ConfigError,
-) -> Result<Option<BackupS3>, ConfigError> {
+/// Parses the `backup_s3_*` settings (`g` is `backup_s3_endpoint`): all unset means no
+/// upload; a half-given block is an error naming the missing setting.
+fn parse_backup_s3(g: &Given) -> Result<Option<BackupS3>, ConfigError> {
+    let get = |key| g.other(key).trimmed();
+    let bad = |key, why| g.other(key).bad(why);
     let endpoint = get("backup_s3_endpoint");
     let bucket = get("backup_s3_bucket");
     let key_id = get("backup_s3_access_key_id");
@@ -198,378 +223,797 @@ fn parse_backup_s3(
 pub const FIELDS: &[Field] = &[
     Field {
         key: "listen",
-        env: "AGV_LISTEN",
         secret: false,
         default: Some("127.0.0.1:8080"),
+        flag: Some(("listen", "ADDR")),
         help: "address and port the HTTP server listens on",
+        apply: |s, g| {
+            s.listen = g.text().trim().to_owned();
+            if s.listen.parse::<std::net::SocketAddr>().is_err() && !s.listen.contains(':') {
+                return Err(g.bad("expected ADDRESS:PORT, e.g. 127.0.0.1:8080 or 0.0.0.0:8080"));
+            }
+            Ok(())
+        },
+        show: |s| s.listen.clone(),
     },
     Field {
         key: "tls_cert",
-        env: "AGV_TLS_CERT",
         secret: false,
         default: None,
+        flag: Some(("tls-cert", "FILE")),
         help: "PEM certificate chain: serve HTTPS (TLS 1.2+, with HSTS) instead of HTTP; needs tls_key",
+        apply: |s, g| set(&mut s.tls, tls(g)),
+        show: |s| {
+            s.tls
+                .as_ref()
+                .map_or("(off)".into(), |t| t.cert.display().to_string())
+        },
     },
     Field {
         key: "tls_key",
-        env: "AGV_TLS_KEY",
         secret: false,
         default: None,
+        flag: Some(("tls-key", "FILE")),
         help: "PEM private key of tls_cert",
+        apply: |_, _| Ok(()), // with tls_cert
+        show: |s| {
+            s.tls
+                .as_ref()
+                .map_or("(off)".into(), |t| t.key.display().to_string())
+        },
     },
     Field {
         key: "database_url",
-        env: "AGV_DATABASE_URL",
         secret: true,
         default: None,
+        flag: Some(("database-url", "URL")),
         help: "postgres://… to use Postgres; unset: SQLite in the data dir",
+        apply: |s, g| set(&mut s.database_url, Ok(g.trimmed())),
+        show: |s| {
+            s.database_url.as_deref().map_or(
+                "(not set: SQLite in the data dir)".into(),
+                crate::store::redact_url,
+            )
+        },
     },
     Field {
         key: "durability",
-        env: "AGV_DURABILITY",
         secret: false,
         default: None,
+        flag: None,
         help: "what an acknowledged call survives: process (a crash of agv-server) or power (a power cut too: every commit waits for the disk); unset: process on SQLite, power on Postgres",
+        apply: |s, g| set(&mut s.durability, durability(g)),
+        show: show_durability,
     },
     Field {
         key: "upstream_url",
-        env: "AGV_UPSTREAM_URL",
         secret: false,
         default: Some("https://api.openai.com/v1"),
+        flag: None,
         help: "the OpenAI-compatible upstream calls are forwarded to",
+        apply: |s, g| set(&mut s.upstream_url, g.url()?.ok_or_else(|| g.bad(HTTP_URL))),
+        show: |s| s.upstream_url.clone(),
     },
     Field {
         key: "upstream_api_key",
-        env: "AGV_UPSTREAM_API_KEY",
         secret: true,
         default: None,
+        flag: None,
         help: "API key sent to the upstream (falls back to OPENAI_API_KEY)",
+        apply: |s, g| set(&mut s.upstream_api_key, Ok(g.trimmed())),
+        show: |s| set_or(&s.upstream_api_key, "(not set)"),
     },
     Field {
         key: "upstream_timeout",
-        env: "AGV_UPSTREAM_TIMEOUT",
         secret: false,
         default: Some("30s"),
+        flag: None,
         help: "total time an upstream call may take",
+        apply: |s, g| set(&mut s.upstream_timeout, g.nonzero_duration()),
+        show: |s| secs(s.upstream_timeout),
     },
     Field {
         key: "upstream_retries",
-        env: "AGV_UPSTREAM_RETRIES",
         secret: false,
         default: Some("3"),
+        flag: None,
         help: "retries before any byte reached the client",
+        apply: |s, g| {
+            set(
+                &mut s.upstream_retries,
+                g.number_in(..=10, "expected between 0 and 10"),
+            )
+        },
+        show: |s| s.upstream_retries.to_string(),
     },
     Field {
         key: "upstream_connect_timeout",
-        env: "AGV_UPSTREAM_CONNECT_TIMEOUT",
         secret: false,
         default: Some("5s"),
+        flag: None,
         help: "time to open a connection to the upstream",
+        apply: |s, g| set(&mut s.upstream_connect_timeout, g.nonzero_duration()),
+        show: |s| secs(s.upstream_connect_timeout),
     },
     Field {
         key: "upstream_first_byte_timeout",
-        env: "AGV_UPSTREAM_FIRST_BYTE_TIMEOUT",
         secret: false,
         default: Some("30s"),
+        flag: None,
         help: "time until the upstream's response headers arrive, per try",
+        apply: |s, g| set(&mut s.upstream_first_byte_timeout, g.nonzero_duration()),
+        show: |s| secs(s.upstream_first_byte_timeout),
     },
     Field {
         key: "fallback_upstream_url",
-        env: "AGV_FALLBACK_UPSTREAM_URL",
         secret: false,
         default: None,
+        flag: None,
         help: "an OpenAI-compatible upstream tried once after the primary's last failed try",
+        apply: |s, g| set(&mut s.fallback_upstream_url, g.url()),
+        show: |s| {
+            s.fallback_upstream_url
+                .clone()
+                .unwrap_or("(not set)".into())
+        },
     },
     Field {
         key: "fallback_upstream_api_key",
-        env: "AGV_FALLBACK_UPSTREAM_API_KEY",
         secret: true,
         default: None,
+        flag: None,
         help: "API key sent to the fallback upstream",
+        apply: |s, g| set(&mut s.fallback_upstream_api_key, Ok(g.trimmed())),
+        show: |s| set_or(&s.fallback_upstream_api_key, "(not set)"),
     },
     Field {
         key: "tenant_upstream_allowlist",
-        env: "AGV_TENANT_UPSTREAM_ALLOWLIST",
         secret: false,
         default: Some(""),
+        flag: None,
         help: "comma-separated base-URL prefixes tenants may set as their own upstream (empty: none)",
+        apply: |s, g| {
+            let list = UpstreamAllowlist::parse(g.text()).map_err(|e| g.bad(&e));
+            set(&mut s.tenant_upstream_allowlist, list)
+        },
+        show: |s| s.tenant_upstream_allowlist.to_string(),
     },
     Field {
         key: "master_key",
-        env: "AGV_MASTER_KEY",
         secret: true,
         default: None,
+        flag: None,
         help: "32 bytes (hex or base64) encrypting stored provider keys; unset: <data>/master.key",
+        apply: |s, g| set(&mut s.master_key, Ok(g.trimmed())),
+        show: |s| set_or(&s.master_key, "(not set: <data>/master.key)"),
     },
     Field {
         key: "metrics_token",
-        env: "AGV_METRICS_TOKEN",
         secret: true,
         default: None,
+        flag: None,
         help: "bearer token /metrics asks of scrapers from other hosts; unset: /metrics answers only on loopback",
+        apply: |s, g| {
+            s.metrics_token = g.trimmed();
+            if s.metrics_token.as_deref().is_some_and(|t| t.len() < 16) {
+                return Err(
+                    g.bad("expected at least 16 characters (e.g. from `openssl rand -hex 32`)")
+                );
+            }
+            Ok(())
+        },
+        show: |s| {
+            set_or(
+                &s.metrics_token,
+                "(not set: /metrics answers on loopback only)",
+            )
+        },
     },
     Field {
         key: "max_stored_body_bytes",
-        env: "AGV_MAX_STORED_BODY_BYTES",
         secret: false,
         default: Some("1048576"),
+        flag: None,
         help: "request/response bodies longer than this are stored truncated",
+        apply: |s, g| set(&mut s.max_stored_body_bytes, g.number_in(.., "too large")),
+        show: |s| s.max_stored_body_bytes.to_string(),
     },
     Field {
         key: "log_format",
-        env: "AGV_LOG_FORMAT",
         secret: false,
         default: Some("text"),
+        flag: None,
         help: "text or json",
+        apply: |s, g| {
+            s.log_format = match g.text().trim() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => return Err(g.bad("expected 'text' or 'json'")),
+            };
+            Ok(())
+        },
+        show: |s| format!("{:?}", s.log_format).to_lowercase(),
     },
     Field {
         key: "log_level",
-        env: "AGV_LOG_LEVEL",
         secret: false,
         default: Some("info"),
+        flag: None,
         help: "error, warn, info, debug, trace, or a tracing filter",
+        apply: |s, g| set(&mut s.log_level, Ok(g.text().trim().to_owned())),
+        show: |s| s.log_level.clone(),
     },
     Field {
         key: "max_body_bytes",
-        env: "AGV_MAX_BODY_BYTES",
         secret: false,
         default: Some("8388608"),
+        flag: None,
         help: "largest request body accepted (413 above)",
+        apply: |s, g| {
+            let bytes = g.number_in(1024..=1 << 30, "expected between 1024 and 1073741824");
+            set(&mut s.max_body_bytes, bytes)
+        },
+        show: |s| s.max_body_bytes.to_string(),
     },
     Field {
         key: "trusted_proxies",
-        env: "AGV_TRUSTED_PROXIES",
         secret: false,
         default: Some(""),
+        flag: None,
         help: "comma-separated addresses or networks of reverse proxies whose X-Forwarded-For is believed for the client's address (empty: none, the TCP peer is the client)",
+        apply: |s, g| {
+            let proxies = TrustedProxies::parse(g.text()).map_err(|e| g.bad(&e.0));
+            set(&mut s.trusted_proxies, proxies)
+        },
+        show: |s| s.trusted_proxies.to_string(),
     },
     Field {
         key: "unauth_rate_limit_per_minute",
-        env: "AGV_UNAUTH_RATE_LIMIT_PER_MINUTE",
         secret: false,
         default: Some("100"),
+        flag: None,
         help: "requests per minute per client address on unauthenticated endpoints (0 = off)",
+        apply: |s, g| {
+            set(
+                &mut s.unauth_rate_limit_per_minute,
+                g.number_in(.., "too large"),
+            )
+        },
+        show: |s| s.unauth_rate_limit_per_minute.to_string(),
     },
     Field {
         key: "queue_max_bytes",
-        env: "AGV_QUEUE_MAX_BYTES",
         secret: false,
         default: Some("1073741824"),
+        flag: None,
         help: "disk budget of the job queue; new jobs are refused above it",
+        apply: |s, g| {
+            let bytes = g.number_in(1 << 20.., "expected at least 1048576 (1 MiB)");
+            set(&mut s.queue_max_bytes, bytes)
+        },
+        show: |s| s.queue_max_bytes.to_string(),
     },
     Field {
         key: "job_workers",
-        env: "AGV_JOB_WORKERS",
         secret: false,
         default: Some("2"),
+        flag: None,
         help: "background job workers",
+        apply: |s, g| {
+            set(
+                &mut s.job_workers,
+                g.number_in(1..=64, "expected between 1 and 64"),
+            )
+        },
+        show: |s| s.job_workers.to_string(),
     },
     Field {
         key: "housekeeping_cron",
-        env: "AGV_HOUSEKEEPING_CRON",
         secret: false,
         default: Some("0 */10 * * * *"),
+        flag: None,
         help: "cron schedule (with seconds) of the housekeeping job",
+        apply: |s, g| {
+            s.housekeeping_cron = g.text().trim().to_owned();
+            validate_cron(&s.housekeeping_cron).map_err(|e| g.bad(&e))
+        },
+        show: |s| s.housekeeping_cron.clone(),
     },
     Field {
         key: "backup_cron",
-        env: "AGV_BACKUP_CRON",
         secret: false,
         default: Some("0 0 3 * * *"),
+        flag: None,
         help: "cron schedule (with seconds) of the automatic backup; \"off\" disables it",
+        apply: |s, g| set(&mut s.backup_cron, g.cron_or_off()),
+        show: |s| s.backup_cron.clone().unwrap_or("off".into()),
     },
     Field {
         key: "backup_verify_cron",
-        env: "AGV_BACKUP_VERIFY_CRON",
         secret: false,
         default: Some("0 30 4 * * Sun"),
+        flag: None,
         help: "cron schedule of the check of the newest backup (a failure raises a system alert); \"off\" disables it",
+        apply: |s, g| set(&mut s.backup_verify_cron, g.cron_or_off()),
+        show: |s| s.backup_verify_cron.clone().unwrap_or("off".into()),
     },
     Field {
         key: "retention_days",
-        env: "AGV_RETENTION_DAYS",
         secret: false,
         default: Some("90"),
+        flag: None,
         help: "days the request and response bodies of calls are kept; then they are removed (metadata, tokens, cost, decisions and hashes stay); 0 keeps them forever",
+        apply: |s, g| {
+            let days = g.number_in(
+                ..=36_500,
+                "expected between 0 (keep call bodies forever) and 36500 days",
+            );
+            set(&mut s.retention_days, days)
+        },
+        show: |s| match s.retention_days {
+            0 => "0 (call bodies are kept forever)".into(),
+            days => days.to_string(),
+        },
     },
     Field {
         key: "retention_cron",
-        env: "AGV_RETENTION_CRON",
         secret: false,
         default: Some("0 30 3 * * *"),
+        flag: None,
         help: "cron schedule (with seconds) of the retention sweep; \"off\" disables it",
+        apply: |s, g| set(&mut s.retention_cron, g.cron_or_off()),
+        show: |s| s.retention_cron.clone().unwrap_or("off".into()),
     },
     Field {
         key: "backup_dir",
-        env: "AGV_BACKUP_DIR",
         secret: false,
         default: None,
+        flag: None,
         help: "where automatic backups are written; unset: <data>/backups",
+        apply: |s, g| {
+            let dir = g
+                .trimmed()
+                .map_or_else(|| s.data_dir.join("backups"), PathBuf::from);
+            set(&mut s.backup_dir, Ok(dir))
+        },
+        show: |s| s.backup_dir.display().to_string(),
     },
     Field {
         key: "backup_keep_daily",
-        env: "AGV_BACKUP_KEEP_DAILY",
         secret: false,
         default: Some("7"),
+        flag: None,
         help: "automatic backups kept: the newest of each of this many days",
+        apply: |s, g| {
+            set(
+                &mut s.backup_keep_daily,
+                g.number_in(1.., "keep at least 1"),
+            )
+        },
+        show: |s| s.backup_keep_daily.to_string(),
     },
     Field {
         key: "backup_keep_weekly",
-        env: "AGV_BACKUP_KEEP_WEEKLY",
         secret: false,
         default: Some("4"),
+        flag: None,
         help: "and the newest of each of this many weeks before those",
+        apply: |s, g| set(&mut s.backup_keep_weekly, g.number_in(.., "too large")),
+        show: |s| s.backup_keep_weekly.to_string(),
     },
     Field {
         key: "backup_passphrase",
-        env: "AGV_BACKUP_PASSPHRASE",
         secret: true,
         default: None,
+        flag: None,
         help: "seals the data directory's key files into backups (12+ characters); unset: they are left out",
+        apply: |s, g| {
+            // Taken as given, spaces and all: it is a passphrase.
+            s.backup_passphrase = g.given().filter(|v| !v.is_empty()).map(str::to_owned);
+            if s.backup_passphrase
+                .as_ref()
+                .is_some_and(|p| p.chars().count() < 12)
+            {
+                return Err(g.bad("must be at least 12 characters long"));
+            }
+            Ok(())
+        },
+        show: |s| set_or(&s.backup_passphrase, "(not set)"),
     },
     Field {
         key: "backup_s3_endpoint",
-        env: "AGV_BACKUP_S3_ENDPOINT",
         secret: false,
         default: None,
+        flag: None,
         help: "S3-compatible endpoint (http:// or https:// URL, path-style addressing) each automatic backup is uploaded to; unset: no upload",
+        apply: |s, g| set(&mut s.backup_s3, parse_backup_s3(g)),
+        show: |s| {
+            s3_or(
+                s,
+                |b| b.endpoint.to_string(),
+                "(not set: backups are not uploaded)",
+            )
+        },
     },
     Field {
         key: "backup_s3_bucket",
-        env: "AGV_BACKUP_S3_BUCKET",
         secret: false,
         default: None,
+        flag: None,
         help: "the bucket backups are uploaded to (needs backup_s3_endpoint)",
+        apply: |_, _| Ok(()), // with backup_s3_endpoint
+        show: |s| s3_or(s, |b| b.bucket.clone(), "(not set)"),
     },
     Field {
         key: "backup_s3_region",
-        env: "AGV_BACKUP_S3_REGION",
         secret: false,
         default: Some("us-east-1"),
+        flag: None,
         help: "the region the uploads are signed for",
+        apply: |_, _| Ok(()), // with backup_s3_endpoint
+        show: |s| s3_or(s, |b| b.region.clone(), "(not used)"),
     },
     Field {
         key: "backup_s3_prefix",
-        env: "AGV_BACKUP_S3_PREFIX",
         secret: false,
         default: Some(""),
+        flag: None,
         help: "key prefix of the uploaded backups in the bucket, e.g. agv/prod/",
+        apply: |_, _| Ok(()), // with backup_s3_endpoint
+        show: |s| s3_or(s, |b| b.prefix.clone(), "(not used)"),
     },
     Field {
         key: "backup_s3_access_key_id",
-        env: "AGV_BACKUP_S3_ACCESS_KEY_ID",
         secret: false,
         default: None,
+        flag: None,
         help: "access key id of the bucket's credentials",
+        apply: |_, _| Ok(()), // with backup_s3_endpoint
+        show: |s| s3_or(s, |b| b.access_key_id.clone(), "(not set)"),
     },
     Field {
         key: "backup_s3_secret_access_key",
-        env: "AGV_BACKUP_S3_SECRET_ACCESS_KEY",
         secret: true,
         default: None,
+        flag: None,
         help: "secret access key of the bucket's credentials",
+        apply: |_, _| Ok(()), // with backup_s3_endpoint
+        show: |s| s3_or(s, |_| "(set)".into(), "(not set)"),
     },
     Field {
         key: "backup_s3_upload_attempts",
-        env: "AGV_BACKUP_S3_UPLOAD_ATTEMPTS",
         secret: false,
         default: Some("12"),
+        flag: None,
         help: "attempts of one upload job (retried with backoff 1 s, 2 s, 4 s, … — about 34 minutes for 12) before it is dead-lettered and raises the backup_upload_failed system alert",
+        apply: |s, g| {
+            let attempts = g.number_in(1..=100, "expected between 1 and 100");
+            set(&mut s.backup_s3_upload_attempts, attempts)
+        },
+        show: |s| s.backup_s3_upload_attempts.to_string(),
     },
     Field {
         key: "body_read_timeout",
-        env: "AGV_BODY_READ_TIMEOUT",
         secret: false,
         default: Some("30s"),
+        flag: None,
         help: "how long a client may take to send a request body (408 after); the request head has 5 s",
+        apply: |s, g| set(&mut s.body_read_timeout, g.duration()),
+        show: |s| secs(s.body_read_timeout),
     },
     Field {
         key: "shutdown_timeout",
-        env: "AGV_SHUTDOWN_TIMEOUT",
         secret: false,
         default: Some("30s"),
+        flag: None,
         help: "how long in-flight requests may take to finish at shutdown",
+        apply: |s, g| set(&mut s.shutdown_timeout, g.duration()),
+        show: |s| secs(s.shutdown_timeout),
     },
     Field {
         key: "alert_webhook_allowed_hosts",
-        env: "AGV_ALERT_WEBHOOK_ALLOWED_HOSTS",
         secret: false,
         default: Some(""),
+        flag: None,
         help: "comma-separated hosts alert webhooks may reach although they resolve to internal addresses",
+        apply: |s, g| {
+            let hosts = HostAllowlist::parse(g.text()).map_err(|e| g.bad(&e));
+            set(&mut s.alert_webhook_allowed_hosts, hosts)
+        },
+        show: |s| s.alert_webhook_allowed_hosts.to_string(),
     },
     Field {
         key: "operator_alert_webhook_url",
-        env: "AGV_OPERATOR_ALERT_WEBHOOK_URL",
         secret: true,
         default: None,
+        flag: None,
         help: "webhook (generic, HMAC-signed) receiving system alerts; unset: no system alerts",
+        apply: |s, g| {
+            s.operator_alert_webhook_url = g.trimmed();
+            if let Some(u) = &s.operator_alert_webhook_url {
+                crate::domain::alert::parse_webhook_url(u).map_err(|e| g.bad(&e))?;
+            }
+            Ok(())
+        },
+        show: |s| set_or(&s.operator_alert_webhook_url, "(not set)"),
     },
     Field {
         key: "operator_alert_webhook_secret",
-        env: "AGV_OPERATOR_ALERT_WEBHOOK_SECRET",
         secret: true,
         default: None,
+        flag: None,
         help: "HMAC secret signing system alerts (x-agv-signature)",
+        apply: |s, g| set(&mut s.operator_alert_webhook_secret, Ok(g.trimmed())),
+        show: |s| set_or(&s.operator_alert_webhook_secret, "(not set)"),
     },
     Field {
         key: "system_alert_interval",
-        env: "AGV_SYSTEM_ALERT_INTERVAL",
         secret: false,
         default: Some("60s"),
+        flag: None,
         help: "how often the system-alert checks run",
+        apply: |s, g| set(&mut s.system_alert_interval, g.nonzero_duration()),
+        show: |s| secs(s.system_alert_interval),
     },
     Field {
         key: "system_alert_disk_percent",
-        env: "AGV_SYSTEM_ALERT_DISK_PERCENT",
         secret: false,
         default: Some("80"),
+        flag: None,
         help: "alert when the data dir's filesystem is fuller than this (percent)",
+        apply: |s, g| {
+            let percent = g.text().trim().parse::<f64>().ok();
+            let percent = percent.filter(|p| (0.0..=100.0).contains(p));
+            let percent = percent.ok_or_else(|| g.bad("expected a number from 0 to 100"));
+            set(&mut s.system_alert_disk_percent, percent)
+        },
+        show: |s| s.system_alert_disk_percent.to_string(),
     },
     Field {
         key: "system_alert_queue_stuck",
-        env: "AGV_SYSTEM_ALERT_QUEUE_STUCK",
         secret: false,
         default: Some("10m"),
+        flag: None,
         help: "alert when the oldest due job has waited longer than this",
+        apply: |s, g| set(&mut s.system_alert_queue_stuck, g.nonzero_duration()),
+        show: |s| secs(s.system_alert_queue_stuck),
     },
     Field {
         key: "llm_base_url",
-        env: "AGV_LLM_BASE_URL",
         secret: false,
         default: None,
+        flag: None,
         help: "OpenAI-compatible API for incident narratives; unset: none are written",
+        apply: |s, g| set(&mut s.llm_base_url, g.url()),
+        show: |s| {
+            let url = s.llm_base_url.clone();
+            url.unwrap_or("(not set: no AI-written narratives)".into())
+        },
     },
     Field {
         key: "llm_api_key",
-        env: "AGV_LLM_API_KEY",
         secret: true,
         default: None,
+        flag: None,
         help: "API key for llm_base_url",
+        apply: |s, g| set(&mut s.llm_api_key, Ok(g.trimmed())),
+        show: |s| set_or(&s.llm_api_key, "(not set)"),
     },
     Field {
         key: "llm_model",
-        env: "AGV_LLM_MODEL",
         secret: false,
         default: Some("gpt-4o-mini"),
+        flag: None,
         help: "model writing incident narratives",
+        apply: |s, g| set(&mut s.llm_model, Ok(g.trimmed_or_default())),
+        show: |s| s.llm_model.clone(),
     },
     Field {
         key: "update_source",
-        env: "AGV_UPDATE_SOURCE",
         secret: false,
         default: Some(crate::ops::update::DEFAULT_SOURCE),
+        flag: None,
         help: "where releases are looked for (the console's update check, agv-server update): an http(s) URL, or on an air-gapped site a mirror's URL or a local release directory (absolute path or file:// URL)",
+        apply: |s, g| {
+            s.update_source = g.trimmed_or_default().trim_end_matches('/').to_owned();
+            if crate::ops::update::Source::parse(&s.update_source).is_err() {
+                let why = format!("expected {}", crate::ops::update::SOURCE_FORMS);
+                return Err(g.bad(&why));
+            }
+            Ok(())
+        },
+        show: |s| crate::store::redact_url(&s.update_source),
     },
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+const HTTP_URL: &str = "expected an http:// or https:// URL, e.g. https://api.openai.com/v1";
+
+/// Stores a parsed value, or passes its error on.
+fn set<T>(slot: &mut T, value: Result<T, ConfigError>) -> Result<(), ConfigError> {
+    *slot = value?;
+    Ok(())
+}
+
+/// A secret as described: "(set)" or what being unset means.
+fn set_or(secret: &Option<String>, unset: &str) -> String {
+    secret.as_ref().map_or(unset, |_| "(set)").to_owned()
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}s", d.as_secs())
+}
+
+fn s3_or(s: &Settings, shown: fn(&BackupS3) -> String, unset: &str) -> String {
+    s.backup_s3.as_ref().map_or_else(|| unset.to_owned(), shown)
+}
+
+/// `tls_cert` and `tls_key`: both or neither.
+fn tls(g: &Given) -> Result<Option<TlsFiles>, ConfigError> {
+    let key = g.other("tls_key");
+    match (
+        g.trimmed().map(PathBuf::from),
+        key.trimmed().map(PathBuf::from),
+    ) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+        (None, None) => Ok(None),
+        (Some(_), None) => {
+            Err(key.bad("a TLS certificate needs its key: give --tls-key (AGV_TLS_KEY) too"))
+        }
+        (None, Some(_)) => {
+            Err(g.bad("a TLS key needs its certificate: give --tls-cert (AGV_TLS_CERT) too"))
+        }
+    }
+}
+
+fn durability(g: &Given) -> Result<Option<crate::store::Durability>, ConfigError> {
+    use crate::store::Durability;
+    let Some(v) = g.trimmed() else {
+        return Ok(None);
+    };
+    let why = format!(
+        "expected {}: process commits survive a crash of agv-server, power commits a power cut too",
+        Durability::CHOICES
+    );
+    Durability::parse(&v).map(Some).ok_or_else(|| g.bad(&why))
+}
+
+fn show_durability(s: &Settings) -> String {
+    use crate::store::{Backend, Durability};
+    if let Some(level) = s.durability {
+        return level.as_str().to_owned();
+    }
+    let backend = Backend::of_url(s.database_url.as_deref());
+    let name = match backend {
+        Backend::Sqlite => "SQLite",
+        Backend::Postgres => "Postgres",
+    };
+    let level = Durability::default_for(backend).as_str();
+    format!("{level} (not set: the {name} default)")
+}
+
+/// The text every layer gave, by key, and where it came from.
+struct Layers(BTreeMap<&'static str, (String, Source)>);
+
+/// One setting's text, as its `apply` sees it.
+struct Given<'a> {
+    key: &'a str,
+    layers: &'a Layers,
+}
+
+impl Given<'_> {
+    /// Another setting of the same group.
+    fn other<'k>(&'k self, key: &'k str) -> Given<'k> {
+        Given {
+            key,
+            layers: self.layers,
+        }
+    }
+
+    /// The text as given, if any layer (or the default) gave one.
+    fn given(&self) -> Option<&str> {
+        self.layers.0.get(self.key).map(|(v, _)| v.as_str())
+    }
+
+    fn text(&self) -> &str {
+        self.given().unwrap_or_default()
+    }
+
+    /// The trimmed text; empty counts as unset.
+    fn trimmed(&self) -> Option<String> {
+        Some(self.text().trim())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    }
+
+    /// The trimmed text, or the default when it is empty.
+    fn trimmed_or_default(&self) -> String {
+        let default = field(self.key).and_then(|f| f.default).unwrap_or_default();
+        self.trimmed().unwrap_or_else(|| default.to_owned())
+    }
+
+    /// An http(s) base URL without its trailing `/`; empty counts as unset.
+    fn url(&self) -> Result<Option<String>, ConfigError> {
+        let url = self.trimmed().map(|u| u.trim_end_matches('/').to_owned());
+        match url {
+            Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                Err(self.bad(HTTP_URL))
+            }
+            url => Ok(url),
+        }
+    }
+
+    /// A whole number (`_` separators allowed) in `range` that fits `T`; else `why`.
+    fn number_in<T: TryFrom<u64>>(
+        &self,
+        range: impl RangeBounds<u64>,
+        why: &str,
+    ) -> Result<T, ConfigError> {
+        let Some(text) = self.given() else {
+            return Err(self.bad("has no value (a setting without a default must be given)"));
+        };
+        let n = text
+            .trim()
+            .replace('_', "")
+            .parse::<u64>()
+            .map_err(|_| self.bad("expected a whole number"))?;
+        Some(n)
+            .filter(|n| range.contains(n))
+            .and_then(|n| T::try_from(n).ok())
+            .ok_or_else(|| self.bad(why))
+    }
+
+    fn duration(&self) -> Result<Duration, ConfigError> {
+        parse_duration(self.text()).map_err(|e| self.bad(&e.0))
+    }
+
+    fn nonzero_duration(&self) -> Result<Duration, ConfigError> {
+        let d = self.duration()?;
+        if d.is_zero() {
+            return Err(self.bad("must be more than zero"));
+        }
+        Ok(d)
+    }
+
+    /// A cron schedule, or `None` when empty or "off".
+    fn cron_or_off(&self) -> Result<Option<String>, ConfigError> {
+        let v = self.text().trim();
+        if v.is_empty() || v.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        validate_cron(v).map_err(|e| self.bad(&e))?;
+        Ok(Some(v.to_owned()))
+    }
+
+    /// The error for this setting: its value (never a secret's) and where it came from,
+    /// or its environment variable when no layer gave it.
+    fn bad(&self, why: &str) -> ConfigError {
+        let field = field(self.key);
+        let Some((value, source)) = self.layers.0.get(self.key) else {
+            let env = field.map_or(String::new(), |f| format!(" ({})", f.env()));
+            return ConfigError(format!("missing {}{env}: {why}", self.key));
+        };
+        let shown = if field.is_some_and(|f| f.secret) {
+            "(secret)"
+        } else {
+            value
+        };
+        ConfigError(format!(
+            "invalid {} = '{shown}' (from {source}): {why}",
+            self.key
+        ))
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
+    #[default]
     Text,
     Json,
 }
 
-/// The effective, typed settings.
-#[derive(Clone)]
+/// The effective, typed settings. `Default` is only the blank [`Settings::load_with`]
+/// fills in from [`FIELDS`]; it is not a usable configuration.
+#[derive(Clone, Default)]
 pub struct Settings {
     pub data_dir: PathBuf,
     pub listen: String,
@@ -698,226 +1142,6 @@ impl Settings {
         let mut sources: BTreeMap<&'static str, Source> =
             raw.iter().map(|(k, (_, s))| (*k, s.clone())).collect();
         sources.insert("data", data_source);
-        let get = |key: &str| raw.get(key).map(|(v, _)| v.as_str());
-        let bad = |key: &str, why: &str| {
-            if !raw.contains_key(key) {
-                let env = FIELDS
-                    .iter()
-                    .find(|f| f.key == key)
-                    .map_or(String::new(), |f| format!(" ({})", f.env));
-                return ConfigError(format!("missing {key}{env}: {why}"));
-            }
-            let (value, source) = raw
-                .get(key)
-                .map(|(v, s)| (v.as_str(), s.to_string()))
-                .unwrap_or(("", String::new()));
-            let shown = if FIELDS.iter().any(|f| f.key == key && f.secret) {
-                "(secret)"
-            } else {
-                value
-            };
-            ConfigError(format!("invalid {key} = '{shown}' (from {source}): {why}"))
-        };
-        let number = |key: &str| -> Result<u64, ConfigError> {
-            get(key)
-                .ok_or_else(|| {
-                    bad(
-                        key,
-                        "has no value (a setting without a default must be given)",
-                    )
-                })?
-                .trim()
-                .replace('_', "")
-                .parse::<u64>()
-                .map_err(|_| bad(key, "expected a whole number"))
-        };
-
-        let listen = get("listen").unwrap_or_default().trim().to_owned();
-        if listen.parse::<std::net::SocketAddr>().is_err() && !listen.contains(':') {
-            return Err(bad(
-                "listen",
-                "expected ADDRESS:PORT, e.g. 127.0.0.1:8080 or 0.0.0.0:8080",
-            ));
-        }
-        let path_of = |key: &str| {
-            get(key)
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
-        let tls = match (path_of("tls_cert"), path_of("tls_key")) {
-            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(bad(
-                    "tls_key",
-                    "a TLS certificate needs its key: give --tls-key (AGV_TLS_KEY) too",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(bad(
-                    "tls_cert",
-                    "a TLS key needs its certificate: give --tls-cert (AGV_TLS_CERT) too",
-                ));
-            }
-        };
-        let log_format = match get("log_format").unwrap_or("text").trim() {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            _ => return Err(bad("log_format", "expected 'text' or 'json'")),
-        };
-        let durability = match get("durability").map(str::trim).filter(|v| !v.is_empty()) {
-            None => None,
-            Some(v) => Some(crate::store::Durability::parse(v).ok_or_else(|| {
-                bad(
-                    "durability",
-                    &format!(
-                        "expected {}: process commits survive a crash of agv-server, power commits a power cut too",
-                        crate::store::Durability::CHOICES
-                    ),
-                )
-            })?),
-        };
-        let upstream_url = get("upstream_url")
-            .unwrap_or_default()
-            .trim()
-            .trim_end_matches('/')
-            .to_owned();
-        if !(upstream_url.starts_with("http://") || upstream_url.starts_with("https://")) {
-            return Err(bad(
-                "upstream_url",
-                "expected an http:// or https:// URL, e.g. https://api.openai.com/v1",
-            ));
-        }
-        let max_body_bytes = number("max_body_bytes")?;
-        if !(1024..=1 << 30).contains(&max_body_bytes) {
-            return Err(bad(
-                "max_body_bytes",
-                "expected between 1024 and 1073741824",
-            ));
-        }
-        let unauth_rate_limit_per_minute =
-            u32::try_from(number("unauth_rate_limit_per_minute")?)
-                .map_err(|_| bad("unauth_rate_limit_per_minute", "too large"))?;
-        let trusted_proxies = crate::domain::trusted_proxies::TrustedProxies::parse(
-            get("trusted_proxies").unwrap_or_default(),
-        )
-        .map_err(|e| bad("trusted_proxies", &e.0))?;
-        let queue_max_bytes = number("queue_max_bytes")?;
-        if queue_max_bytes < 1 << 20 {
-            return Err(bad("queue_max_bytes", "expected at least 1048576 (1 MiB)"));
-        }
-        let job_workers = number("job_workers")?;
-        if !(1..=64).contains(&job_workers) {
-            return Err(bad("job_workers", "expected between 1 and 64"));
-        }
-        let housekeeping_cron = get("housekeeping_cron")
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
-        validate_cron(&housekeeping_cron).map_err(|e| bad("housekeeping_cron", &e))?;
-        let cron_or_off = |key: &str| -> Result<Option<String>, ConfigError> {
-            let v = get(key).unwrap_or_default().trim().to_owned();
-            if v.is_empty() || v.eq_ignore_ascii_case("off") {
-                return Ok(None);
-            }
-            validate_cron(&v).map_err(|e| bad(key, &e))?;
-            Ok(Some(v))
-        };
-        let backup_cron = cron_or_off("backup_cron")?;
-        let backup_dir = get("backup_dir")
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map_or_else(|| data_dir.join("backups"), PathBuf::from);
-        let backup_verify_cron = cron_or_off("backup_verify_cron")?;
-        let retention_days = u32::try_from(number("retention_days")?)
-            .ok()
-            .filter(|d| *d <= 36_500)
-            .ok_or_else(|| {
-                bad(
-                    "retention_days",
-                    "expected between 0 (keep call bodies forever) and 36500 days",
-                )
-            })?;
-        let retention_cron = cron_or_off("retention_cron")?;
-        let backup_keep_daily = usize::try_from(number("backup_keep_daily")?)
-            .map_err(|_| bad("backup_keep_daily", "too large"))?;
-        let backup_keep_weekly = usize::try_from(number("backup_keep_weekly")?)
-            .map_err(|_| bad("backup_keep_weekly", "too large"))?;
-        if backup_keep_daily == 0 {
-            return Err(bad("backup_keep_daily", "keep at least 1"));
-        }
-        let backup_passphrase = get("backup_passphrase")
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned);
-        if backup_passphrase
-            .as_ref()
-            .is_some_and(|p| p.chars().count() < 12)
-        {
-            return Err(bad(
-                "backup_passphrase",
-                "must be at least 12 characters long",
-            ));
-        }
-        let backup_s3 = parse_backup_s3(
-            &|key: &str| {
-                get(key)
-                    .map(str::trim)
-                    .filter(|v| !v.is_empty())
-                    .map(str::to_owned)
-            },
-            &bad,
-        )?;
-        let backup_s3_upload_attempts = u32::try_from(number("backup_s3_upload_attempts")?)
-            .ok()
-            .filter(|n| (1..=100).contains(n))
-            .ok_or_else(|| bad("backup_s3_upload_attempts", "expected between 1 and 100"))?;
-        let upstream_timeout = parse_duration(get("upstream_timeout").unwrap_or("30s"))
-            .map_err(|e| bad("upstream_timeout", &e.0))?;
-        if upstream_timeout.is_zero() {
-            return Err(bad("upstream_timeout", "must be more than zero"));
-        }
-        let upstream_retries = number("upstream_retries")?;
-        if upstream_retries > 10 {
-            return Err(bad("upstream_retries", "expected between 0 and 10"));
-        }
-        let duration = |key: &str, default: &str| -> Result<std::time::Duration, ConfigError> {
-            let d = parse_duration(get(key).unwrap_or(default)).map_err(|e| bad(key, &e.0))?;
-            if d.is_zero() {
-                return Err(bad(key, "must be more than zero"));
-            }
-            Ok(d)
-        };
-        let upstream_connect_timeout = duration("upstream_connect_timeout", "5s")?;
-        let upstream_first_byte_timeout = duration("upstream_first_byte_timeout", "30s")?;
-        let optional = |key: &str| {
-            get(key)
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned)
-        };
-        let fallback_upstream_url =
-            optional("fallback_upstream_url").map(|u| u.trim_end_matches('/').to_owned());
-        if let Some(u) = &fallback_upstream_url
-            && !(u.starts_with("http://") || u.starts_with("https://"))
-        {
-            return Err(bad(
-                "fallback_upstream_url",
-                "expected an http:// or https:// URL, e.g. https://api.openai.com/v1",
-            ));
-        }
-        let fallback_upstream_api_key = optional("fallback_upstream_api_key");
-        let tenant_upstream_allowlist =
-            UpstreamAllowlist::parse(get("tenant_upstream_allowlist").unwrap_or_default())
-                .map_err(|e| bad("tenant_upstream_allowlist", &e))?;
-        let master_key = optional("master_key");
-        let metrics_token = optional("metrics_token");
-        if metrics_token.as_deref().is_some_and(|t| t.len() < 16) {
-            return Err(bad(
-                "metrics_token",
-                "expected at least 16 characters (e.g. from `openssl rand -hex 32`)",
-            ));
-        }
         Pricing::with_overrides(prices.clone()).map_err(|e| {
             ConfigError(format!(
                 "invalid [prices] in {}: {} — prices are USD per 1M tokens, finite and not negative",
@@ -925,118 +1149,21 @@ impl Settings {
                 e.0
             ))
         })?;
-        let max_stored_body_bytes = usize::try_from(number("max_stored_body_bytes")?)
-            .map_err(|_| bad("max_stored_body_bytes", "too large"))?;
-        let shutdown_timeout = parse_duration(get("shutdown_timeout").unwrap_or("30s"))
-            .map_err(|e| bad("shutdown_timeout", &e.0))?;
-        let body_read_timeout = parse_duration(get("body_read_timeout").unwrap_or("30s"))
-            .map_err(|e| bad("body_read_timeout", &e.0))?;
-        let database_url = get("database_url")
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned);
-        let alert_webhook_allowed_hosts =
-            HostAllowlist::parse(get("alert_webhook_allowed_hosts").unwrap_or_default())
-                .map_err(|e| bad("alert_webhook_allowed_hosts", &e))?;
-        let operator_alert_webhook_url = optional("operator_alert_webhook_url");
-        if let Some(u) = &operator_alert_webhook_url {
-            crate::domain::alert::parse_webhook_url(u)
-                .map_err(|e| bad("operator_alert_webhook_url", &e))?;
-        }
-        let operator_alert_webhook_secret = optional("operator_alert_webhook_secret");
-        let system_alert_interval = duration("system_alert_interval", "60s")?;
-        let system_alert_disk_percent = get("system_alert_disk_percent")
-            .unwrap_or("80")
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|p| (0.0..=100.0).contains(p))
-            .ok_or_else(|| {
-                bad(
-                    "system_alert_disk_percent",
-                    "expected a number from 0 to 100",
-                )
-            })?;
-        let system_alert_queue_stuck = duration("system_alert_queue_stuck", "10m")?;
-        let llm_base_url = optional("llm_base_url").map(|u| u.trim_end_matches('/').to_owned());
-        if let Some(u) = &llm_base_url
-            && !(u.starts_with("http://") || u.starts_with("https://"))
-        {
-            return Err(bad(
-                "llm_base_url",
-                "expected an http:// or https:// URL, e.g. https://api.openai.com/v1",
-            ));
-        }
-        let llm_api_key = optional("llm_api_key");
-        let llm_model = optional("llm_model").unwrap_or_else(|| "gpt-4o-mini".to_owned());
-        let update_source = optional("update_source").map_or_else(
-            || crate::ops::update::DEFAULT_SOURCE.to_owned(),
-            |u| u.trim_end_matches('/').to_owned(),
-        );
-        if crate::ops::update::Source::parse(&update_source).is_err() {
-            return Err(bad(
-                "update_source",
-                &format!("expected {}", crate::ops::update::SOURCE_FORMS),
-            ));
-        }
-        let upstream_api_key = get("upstream_api_key")
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned);
-
-        Ok(Self {
+        let mut settings = Self {
             data_dir,
-            listen,
-            tls,
-            database_url,
-            durability,
-            upstream_url,
-            upstream_api_key,
-            upstream_timeout,
-            upstream_retries: upstream_retries as u32,
-            upstream_connect_timeout,
-            upstream_first_byte_timeout,
-            fallback_upstream_url,
-            fallback_upstream_api_key,
-            tenant_upstream_allowlist,
-            master_key,
-            metrics_token,
             prices,
-            max_stored_body_bytes,
-            log_format,
-            log_level: get("log_level").unwrap_or("info").trim().to_owned(),
-            max_body_bytes: usize::try_from(max_body_bytes)
-                .map_err(|_| bad("max_body_bytes", "too large"))?,
-            unauth_rate_limit_per_minute,
-            trusted_proxies,
-            queue_max_bytes,
-            job_workers: usize::try_from(job_workers)
-                .map_err(|_| bad("job_workers", "too large"))?,
-            housekeeping_cron,
-            backup_cron,
-            backup_verify_cron,
-            retention_days,
-            retention_cron,
-            backup_dir,
-            backup_keep_daily,
-            backup_keep_weekly,
-            backup_passphrase,
-            backup_s3,
-            backup_s3_upload_attempts,
-            shutdown_timeout,
-            body_read_timeout,
-            alert_webhook_allowed_hosts,
-            operator_alert_webhook_url,
-            operator_alert_webhook_secret,
-            system_alert_interval,
-            system_alert_disk_percent,
-            system_alert_queue_stuck,
-            llm_base_url,
-            llm_api_key,
-            llm_model,
-            update_source,
             sources,
-        })
+            ..Self::default()
+        };
+        let layers = Layers(raw);
+        for field in FIELDS {
+            let given = Given {
+                key: field.key,
+                layers: &layers,
+            };
+            (field.apply)(&mut settings, &given)?;
+        }
+        Ok(settings)
     }
 
     /// Settings for a server in a fresh data dir with everything else at its default
@@ -1047,321 +1174,24 @@ impl Settings {
         Self::load_with(Some(data_dir.to_path_buf()), &flags, &|_| None)
     }
 
-    /// `(key, shown value, source)` for every setting; secrets are shown as "(set)".
+    /// `(key, shown value, source)` for the data dir, every setting of [`FIELDS`] and the
+    /// price overrides; secrets are shown as "(set)".
     pub fn describe(&self) -> Vec<(&'static str, String, String)> {
-        let src = |k: &str| {
+        let source = |k: &str| {
             self.sources
                 .get(k)
-                .map(ToString::to_string)
-                .unwrap_or_else(|| "default".into())
+                .map_or("default".into(), ToString::to_string)
         };
-        let secret = |v: &Option<String>| {
-            if v.is_some() {
-                "(set)".to_owned()
-            } else {
-                "(not set)".to_owned()
-            }
-        };
-        vec![
-            ("data", self.data_dir.display().to_string(), src("data")),
-            ("listen", self.listen.clone(), src("listen")),
-            (
-                "tls_cert",
-                self.tls
-                    .as_ref()
-                    .map_or_else(|| "(off)".to_owned(), |t| t.cert.display().to_string()),
-                src("tls_cert"),
-            ),
-            (
-                "tls_key",
-                self.tls
-                    .as_ref()
-                    .map_or_else(|| "(off)".to_owned(), |t| t.key.display().to_string()),
-                src("tls_key"),
-            ),
-            (
-                "database_url",
-                self.database_url
-                    .as_deref()
-                    .map(crate::store::redact_url)
-                    .unwrap_or_else(|| "(not set: SQLite in the data dir)".into()),
-                src("database_url"),
-            ),
-            (
-                "durability",
-                match self.durability {
-                    Some(level) => level.as_str().to_owned(),
-                    None => {
-                        let backend = crate::store::Backend::of_url(self.database_url.as_deref());
-                        format!(
-                            "{} (not set: the {} default)",
-                            crate::store::Durability::default_for(backend).as_str(),
-                            match backend {
-                                crate::store::Backend::Sqlite => "SQLite",
-                                crate::store::Backend::Postgres => "Postgres",
-                            }
-                        )
-                    }
-                },
-                src("durability"),
-            ),
-            (
-                "upstream_url",
-                self.upstream_url.clone(),
-                src("upstream_url"),
-            ),
-            (
-                "upstream_api_key",
-                secret(&self.upstream_api_key),
-                src("upstream_api_key"),
-            ),
-            (
-                "upstream_timeout",
-                format!("{}s", self.upstream_timeout.as_secs()),
-                src("upstream_timeout"),
-            ),
-            (
-                "upstream_connect_timeout",
-                format!("{}s", self.upstream_connect_timeout.as_secs()),
-                src("upstream_connect_timeout"),
-            ),
-            (
-                "upstream_first_byte_timeout",
-                format!("{}s", self.upstream_first_byte_timeout.as_secs()),
-                src("upstream_first_byte_timeout"),
-            ),
-            (
-                "upstream_retries",
-                self.upstream_retries.to_string(),
-                src("upstream_retries"),
-            ),
-            (
-                "fallback_upstream_url",
-                self.fallback_upstream_url
-                    .clone()
-                    .unwrap_or_else(|| "(not set)".into()),
-                src("fallback_upstream_url"),
-            ),
-            (
-                "fallback_upstream_api_key",
-                secret(&self.fallback_upstream_api_key),
-                src("fallback_upstream_api_key"),
-            ),
-            (
-                "tenant_upstream_allowlist",
-                self.tenant_upstream_allowlist.to_string(),
-                src("tenant_upstream_allowlist"),
-            ),
-            (
-                "master_key",
-                if self.master_key.is_some() {
-                    "(set)".to_owned()
-                } else {
-                    "(not set: <data>/master.key)".to_owned()
-                },
-                src("master_key"),
-            ),
-            (
-                "metrics_token",
-                if self.metrics_token.is_some() {
-                    "(set)".to_owned()
-                } else {
-                    "(not set: /metrics answers on loopback only)".to_owned()
-                },
-                src("metrics_token"),
-            ),
-            (
-                "prices",
-                format!("{} model price override(s)", self.prices.len()),
-                "config.toml".to_owned(),
-            ),
-            (
-                "log_format",
-                format!("{:?}", self.log_format).to_lowercase(),
-                src("log_format"),
-            ),
-            ("log_level", self.log_level.clone(), src("log_level")),
-            (
-                "max_body_bytes",
-                self.max_body_bytes.to_string(),
-                src("max_body_bytes"),
-            ),
-            (
-                "unauth_rate_limit_per_minute",
-                self.unauth_rate_limit_per_minute.to_string(),
-                src("unauth_rate_limit_per_minute"),
-            ),
-            (
-                "trusted_proxies",
-                self.trusted_proxies.to_string(),
-                src("trusted_proxies"),
-            ),
-            (
-                "queue_max_bytes",
-                self.queue_max_bytes.to_string(),
-                src("queue_max_bytes"),
-            ),
-            (
-                "job_workers",
-                self.job_workers.to_string(),
-                src("job_workers"),
-            ),
-            (
-                "housekeeping_cron",
-                self.housekeeping_cron.clone(),
-                src("housekeeping_cron"),
-            ),
-            (
-                "backup_cron",
-                self.backup_cron.clone().unwrap_or_else(|| "off".into()),
-                src("backup_cron"),
-            ),
-            (
-                "backup_verify_cron",
-                self.backup_verify_cron
-                    .clone()
-                    .unwrap_or_else(|| "off".into()),
-                src("backup_verify_cron"),
-            ),
-            (
-                "retention_days",
-                if self.retention_days == 0 {
-                    "0 (call bodies are kept forever)".to_owned()
-                } else {
-                    self.retention_days.to_string()
-                },
-                src("retention_days"),
-            ),
-            (
-                "retention_cron",
-                self.retention_cron.clone().unwrap_or_else(|| "off".into()),
-                src("retention_cron"),
-            ),
-            (
-                "backup_dir",
-                self.backup_dir.display().to_string(),
-                src("backup_dir"),
-            ),
-            (
-                "backup_keep_daily",
-                self.backup_keep_daily.to_string(),
-                src("backup_keep_daily"),
-            ),
-            (
-                "backup_keep_weekly",
-                self.backup_keep_weekly.to_string(),
-                src("backup_keep_weekly"),
-            ),
-            (
-                "backup_passphrase",
-                secret(&self.backup_passphrase),
-                src("backup_passphrase"),
-            ),
-            (
-                "backup_s3_endpoint",
-                self.backup_s3.as_ref().map_or_else(
-                    || "(not set: backups are not uploaded)".to_owned(),
-                    |s| s.endpoint.to_string(),
-                ),
-                src("backup_s3_endpoint"),
-            ),
-            (
-                "backup_s3_bucket",
-                self.backup_s3
-                    .as_ref()
-                    .map_or_else(|| "(not set)".to_owned(), |s| s.bucket.clone()),
-                src("backup_s3_bucket"),
-            ),
-            (
-                "backup_s3_region",
-                self.backup_s3
-                    .as_ref()
-                    .map_or_else(|| "(not used)".to_owned(), |s| s.region.clone()),
-                src("backup_s3_region"),
-            ),
-            (
-                "backup_s3_prefix",
-                self.backup_s3
-                    .as_ref()
-                    .map_or_else(|| "(not used)".to_owned(), |s| s.prefix.clone()),
-                src("backup_s3_prefix"),
-            ),
-            (
-                "backup_s3_access_key_id",
-                self.backup_s3
-                    .as_ref()
-                    .map_or_else(|| "(not set)".to_owned(), |s| s.access_key_id.clone()),
-                src("backup_s3_access_key_id"),
-            ),
-            (
-                "backup_s3_secret_access_key",
-                if self.backup_s3.is_some() {
-                    "(set)".to_owned()
-                } else {
-                    "(not set)".to_owned()
-                },
-                src("backup_s3_secret_access_key"),
-            ),
-            (
-                "backup_s3_upload_attempts",
-                self.backup_s3_upload_attempts.to_string(),
-                src("backup_s3_upload_attempts"),
-            ),
-            (
-                "shutdown_timeout",
-                format!("{}s", self.shutdown_timeout.as_secs()),
-                src("shutdown_timeout"),
-            ),
-            (
-                "body_read_timeout",
-                format!("{}s", self.body_read_timeout.as_secs()),
-                src("body_read_timeout"),
-            ),
-            (
-                "alert_webhook_allowed_hosts",
-                self.alert_webhook_allowed_hosts.to_string(),
-                src("alert_webhook_allowed_hosts"),
-            ),
-            (
-                "operator_alert_webhook_url",
-                secret(&self.operator_alert_webhook_url),
-                src("operator_alert_webhook_url"),
-            ),
-            (
-                "operator_alert_webhook_secret",
-                secret(&self.operator_alert_webhook_secret),
-                src("operator_alert_webhook_secret"),
-            ),
-            (
-                "system_alert_interval",
-                format!("{}s", self.system_alert_interval.as_secs()),
-                src("system_alert_interval"),
-            ),
-            (
-                "system_alert_disk_percent",
-                self.system_alert_disk_percent.to_string(),
-                src("system_alert_disk_percent"),
-            ),
-            (
-                "system_alert_queue_stuck",
-                format!("{}s", self.system_alert_queue_stuck.as_secs()),
-                src("system_alert_queue_stuck"),
-            ),
-            (
-                "llm_base_url",
-                self.llm_base_url
-                    .clone()
-                    .unwrap_or_else(|| "(not set: no AI-written narratives)".into()),
-                src("llm_base_url"),
-            ),
-            ("llm_api_key", secret(&self.llm_api_key), src("llm_api_key")),
-            ("llm_model", self.llm_model.clone(), src("llm_model")),
-            (
-                "update_source",
-                crate::store::redact_url(&self.update_source),
-                src("update_source"),
-            ),
-        ]
+        let data = self.data_dir.display().to_string();
+        let prices = format!("{} model price override(s)", self.prices.len());
+        std::iter::once(("data", data, source("data")))
+            .chain(
+                FIELDS
+                    .iter()
+                    .map(|f| (f.key, (f.show)(self), source(f.key))),
+            )
+            .chain([("prices", prices, "config.toml".to_owned())])
+            .collect()
     }
 
     pub fn queue_dir(&self) -> PathBuf {
@@ -1373,17 +1203,17 @@ fn read_env(
     field: &Field,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<(String, Source)>, ConfigError> {
-    let direct = env(field.env).filter(|v| !v.is_empty());
+    let var = field.env();
+    let direct = env(&var).filter(|v| !v.is_empty());
     if !field.secret {
-        return Ok(direct.map(|v| (v, Source::Env(field.env.into()))));
+        return Ok(direct.map(|v| (v, Source::Env(var))));
     }
-    let file_var = format!("{}_FILE", field.env);
+    let file_var = format!("{var}_FILE");
     match (direct, env(&file_var).filter(|v| !v.is_empty())) {
         (Some(_), Some(_)) => Err(ConfigError(format!(
-            "both {} and {file_var} are set: set only one of them",
-            field.env
+            "both {var} and {file_var} are set: set only one of them"
         ))),
-        (Some(v), None) => Ok(Some((v, Source::Env(field.env.into())))),
+        (Some(v), None) => Ok(Some((v, Source::Env(var)))),
         (None, Some(path)) => {
             let v = std::fs::read_to_string(&path)
                 .map_err(|e| ConfigError(format!("cannot read {file_var}={path}: {e} — point it at a readable file holding the secret")))?;
@@ -1491,12 +1321,118 @@ mod tests {
         move |k| map.get(k).cloned()
     }
 
+    fn load_in(dir: &Path, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::load_with(Some(dir.to_path_buf()), &Flags::new(), &env_of(vars))
+    }
+
+    /// A valid, non-empty value for every setting: a sample, else its default.
+    fn sample(field: &Field) -> &'static str {
+        let samples = [
+            ("tenant_upstream_allowlist", "https://api.openai.com/v1"),
+            ("trusted_proxies", "10.0.0.0/8"),
+            ("alert_webhook_allowed_hosts", "hooks.internal"),
+            ("backup_s3_prefix", "agv/prod/"),
+            ("tls_cert", "/etc/agv/cert.pem"),
+            ("tls_key", "/etc/agv/key.pem"),
+            ("database_url", "postgres://agv:sample-db-password@db/agv"),
+            ("durability", "power"),
+            ("upstream_api_key", "sample-upstream-key"),
+            ("fallback_upstream_url", "https://fallback.example/v1"),
+            ("fallback_upstream_api_key", "sample-fallback-key"),
+            ("master_key", "sample-master-key"),
+            ("metrics_token", "sample-metrics-token"),
+            ("backup_dir", "/var/backups/agv"),
+            ("backup_passphrase", "sample-passphrase"),
+            ("backup_s3_endpoint", "https://s3.example.com"),
+            ("backup_s3_bucket", "agv-backups"),
+            ("backup_s3_access_key_id", "AKIDSAMPLE"),
+            ("backup_s3_secret_access_key", "sample-s3-secret"),
+            (
+                "operator_alert_webhook_url",
+                "https://hooks.example.com/sample-hook",
+            ),
+            ("operator_alert_webhook_secret", "sample-webhook-secret"),
+            ("llm_base_url", "https://llm.example/v1"),
+            ("llm_api_key", "sample-llm-key"),
+        ];
+        let sample = samples
+            .iter()
+            .find(|(k, _)| *k == field.key)
+            .map(|(_, v)| *v);
+        sample
+            .or(field.default)
+            .unwrap_or_else(|| panic!("{} has neither a default nor a sample", field.key))
+    }
+
+    #[test]
+    fn every_setting_is_read_from_each_layer_and_described_once_without_its_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let envs: Vec<(String, &str)> = FIELDS.iter().map(|f| (f.env(), sample(f))).collect();
+        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        let from_env = load_in(dir.path(), &envs).unwrap();
+        let file: String = FIELDS
+            .iter()
+            .map(|f| format!("{} = \"{}\"\n", f.key, sample(f)))
+            .collect();
+        std::fs::write(dir.path().join(CONFIG_FILE), file).unwrap();
+        let flags: Flags = FIELDS
+            .iter()
+            .filter(|f| f.flag.is_some())
+            .map(|f| (f.key, sample(f).to_owned()))
+            .collect();
+        let from_file_and_flags =
+            Settings::load_with(Some(dir.path().into()), &flags, &env_of(&[])).unwrap();
+        for field in FIELDS {
+            let from_env_source = &from_env.sources[field.key];
+            assert_eq!(from_env_source, &Source::Env(field.env()), "{}", field.key);
+            let layer = if field.flag.is_some() {
+                Source::Flag
+            } else {
+                Source::ConfigFile
+            };
+            assert_eq!(
+                from_file_and_flags.sources[field.key], layer,
+                "{}",
+                field.key
+            );
+            assert_eq!(field.env(), format!("AGV_{}", field.key.to_uppercase()));
+            if let Some((long, _)) = field.flag {
+                assert_eq!(long, field.key.replace('_', "-"));
+            }
+        }
+        for s in [&from_env, &from_file_and_flags] {
+            let described = s.describe();
+            let keys: Vec<&str> = described.iter().map(|(k, _, _)| *k).collect();
+            let mut expected = vec!["data"];
+            expected.extend(FIELDS.iter().map(|f| f.key));
+            expected.push("prices");
+            assert_eq!(
+                keys, expected,
+                "every setting described once, in FIELDS order"
+            );
+            let shown = format!("{described:?}");
+            for field in FIELDS.iter().filter(|f| f.secret) {
+                assert!(!shown.contains(sample(field)), "{}: {shown}", field.key);
+            }
+        }
+    }
+
+    #[test]
+    fn the_readme_documents_every_setting() {
+        let readme = include_str!("../README.md");
+        for field in FIELDS {
+            assert!(
+                readme.contains(&format!("`{}`", field.key)),
+                "{}",
+                field.key
+            );
+        }
+    }
+
     #[test]
     fn the_update_source_defaults_to_github_and_takes_a_mirror_url_or_a_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let load = |vars: &[(&str, &str)]| {
-            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(vars))
-        };
+        let load = |vars: &[(&str, &str)]| load_in(dir.path(), vars);
         let s = load(&[]).unwrap();
         assert_eq!(s.update_source, crate::ops::update::DEFAULT_SOURCE);
         let s = load(&[(
@@ -1528,9 +1464,7 @@ mod tests {
     #[test]
     fn retention_defaults_to_90_days_daily_and_refuses_bad_values() {
         let dir = tempfile::tempdir().unwrap();
-        let load = |vars: &[(&str, &str)]| {
-            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(vars))
-        };
+        let load = |vars: &[(&str, &str)]| load_in(dir.path(), vars);
         let s = load(&[]).unwrap();
         assert_eq!(s.retention_days, 90);
         assert_eq!(s.retention_cron.as_deref(), Some("0 30 3 * * *"));
@@ -1579,9 +1513,7 @@ mod tests {
     fn durability_defaults_per_backend_takes_process_or_power_and_names_both_when_wrong() {
         use crate::store::Durability;
         let dir = tempfile::tempdir().unwrap();
-        let load = |vars: &[(&str, &str)]| {
-            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(vars))
-        };
+        let load = |vars: &[(&str, &str)]| load_in(dir.path(), vars);
         let shown = |s: &Settings| {
             s.describe()
                 .into_iter()
@@ -1629,8 +1561,7 @@ mod tests {
             "listen = \"127.0.0.1:1\"\nlisten_port = 9\n",
         )
         .unwrap();
-        let err =
-            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap_err();
+        let err = load_in(dir.path(), &[]).unwrap_err();
         assert!(err.0.contains("unknown key 'listen_port'"), "{err}");
     }
 
@@ -1638,12 +1569,10 @@ mod tests {
     fn malformed_toml_and_bad_values_give_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(CONFIG_FILE), "listen = ").unwrap();
-        let err =
-            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap_err();
+        let err = load_in(dir.path(), &[]).unwrap_err();
         assert!(err.0.contains("not valid TOML"), "{err}");
         std::fs::write(dir.path().join(CONFIG_FILE), "max_body_bytes = \"lots\"").unwrap();
-        let err =
-            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap_err();
+        let err = load_in(dir.path(), &[]).unwrap_err();
         assert!(
             err.0.contains("max_body_bytes") && err.0.contains("config.toml"),
             "{err}"
@@ -1672,24 +1601,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let secret_file = dir.path().join("key.txt");
         std::fs::write(&secret_file, "sk-very-secret\n").unwrap();
-        let env = env_of(&[("AGV_UPSTREAM_API_KEY_FILE", secret_file.to_str().unwrap())]);
-        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env).unwrap();
+        let s = load_in(
+            dir.path(),
+            &[("AGV_UPSTREAM_API_KEY_FILE", secret_file.to_str().unwrap())],
+        )
+        .unwrap();
         assert_eq!(s.upstream_api_key.as_deref(), Some("sk-very-secret"));
         let described = format!("{:?} {:?}", s.describe(), s);
         assert!(!described.contains("sk-very-secret"), "{described}");
-        let both = env_of(&[
+        let both = [
             ("AGV_UPSTREAM_API_KEY", "a"),
             ("AGV_UPSTREAM_API_KEY_FILE", "b"),
-        ]);
-        assert!(Settings::load_with(Some(dir.path().into()), &Flags::new(), &both).is_err());
+        ];
+        assert!(load_in(dir.path(), &both).is_err());
     }
 
     #[test]
     fn the_s3_upload_is_off_by_default_and_a_whole_block_turns_it_on() {
         let dir = tempfile::tempdir().unwrap();
-        let load = |vars: &[(&str, &str)]| {
-            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(vars))
-        };
+        let load = |vars: &[(&str, &str)]| load_in(dir.path(), vars);
         let s = load(&[]).unwrap();
         assert!(s.backup_s3.is_none());
         assert_eq!(s.backup_s3_upload_attempts, 12);
@@ -1736,11 +1666,7 @@ mod tests {
     #[test]
     fn a_half_given_s3_block_names_the_missing_setting() {
         let dir = tempfile::tempdir().unwrap();
-        let load = |vars: &[(&str, &str)]| {
-            Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(vars))
-                .unwrap_err()
-                .0
-        };
+        let load = |vars: &[(&str, &str)]| load_in(dir.path(), vars).unwrap_err().0;
         let err = load(&[("AGV_BACKUP_S3_BUCKET", "agv-backups")]);
         assert!(
             err.contains("missing backup_s3_endpoint (AGV_BACKUP_S3_ENDPOINT)"),
@@ -1778,12 +1704,7 @@ mod tests {
     #[test]
     fn the_upstream_key_falls_back_to_openai_api_key() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Settings::load_with(
-            Some(dir.path().into()),
-            &Flags::new(),
-            &env_of(&[("OPENAI_API_KEY", "sk-x")]),
-        )
-        .unwrap();
+        let s = load_in(dir.path(), &[("OPENAI_API_KEY", "sk-x")]).unwrap();
         assert_eq!(s.upstream_api_key.as_deref(), Some("sk-x"));
         assert_eq!(
             s.sources["upstream_api_key"],
@@ -1794,8 +1715,11 @@ mod tests {
     #[test]
     fn database_url_passwords_are_redacted_in_the_description() {
         let dir = tempfile::tempdir().unwrap();
-        let env = env_of(&[("AGV_DATABASE_URL", "postgres://agv:hunter2@db/agv")]);
-        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env).unwrap();
+        let s = load_in(
+            dir.path(),
+            &[("AGV_DATABASE_URL", "postgres://agv:hunter2@db/agv")],
+        );
+        let s = s.unwrap();
         assert!(!format!("{:?}", s.describe()).contains("hunter2"));
     }
 
@@ -1815,53 +1739,41 @@ mod tests {
     #[test]
     fn the_upstream_timeouts_have_defaults_and_can_be_set() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap();
+        let s = load_in(dir.path(), &[]).unwrap();
         assert_eq!(s.upstream_connect_timeout.as_secs(), 5);
         assert_eq!(s.upstream_first_byte_timeout.as_secs(), 30);
-        let s = Settings::load_with(
-            Some(dir.path().into()),
-            &Flags::new(),
-            &env_of(&[
+        let s = load_in(
+            dir.path(),
+            &[
                 ("AGV_UPSTREAM_CONNECT_TIMEOUT", "2s"),
                 ("AGV_UPSTREAM_FIRST_BYTE_TIMEOUT", "3s"),
-            ]),
+            ],
         )
         .unwrap();
         assert_eq!(s.upstream_connect_timeout.as_secs(), 2);
         assert_eq!(s.upstream_first_byte_timeout.as_secs(), 3);
-        let err = Settings::load_with(
-            Some(dir.path().into()),
-            &Flags::new(),
-            &env_of(&[("AGV_UPSTREAM_FIRST_BYTE_TIMEOUT", "soon")]),
-        )
-        .unwrap_err();
+        let err = load_in(dir.path(), &[("AGV_UPSTREAM_FIRST_BYTE_TIMEOUT", "soon")]).unwrap_err();
         assert!(err.0.contains("upstream_first_byte_timeout"), "{err}");
-        let err = Settings::load_with(
-            Some(dir.path().into()),
-            &Flags::new(),
-            &env_of(&[("AGV_UPSTREAM_CONNECT_TIMEOUT", "0s")]),
-        )
-        .unwrap_err();
+        let err = load_in(dir.path(), &[("AGV_UPSTREAM_CONNECT_TIMEOUT", "0s")]).unwrap_err();
         assert!(err.0.contains("upstream_connect_timeout"), "{err}");
     }
 
     #[test]
     fn the_fallback_upstream_is_optional_and_its_key_is_a_secret_from_a_file() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap();
+        let s = load_in(dir.path(), &[]).unwrap();
         assert_eq!(s.fallback_upstream_url, None);
         let key_file = dir.path().join("fb.txt");
         std::fs::write(&key_file, "sk-fallback-secret\n").unwrap();
-        let s = Settings::load_with(
-            Some(dir.path().into()),
-            &Flags::new(),
-            &env_of(&[
+        let s = load_in(
+            dir.path(),
+            &[
                 ("AGV_FALLBACK_UPSTREAM_URL", "https://backup.example/v1/"),
                 (
                     "AGV_FALLBACK_UPSTREAM_API_KEY_FILE",
                     key_file.to_str().unwrap(),
                 ),
-            ]),
+            ],
         )
         .unwrap();
         assert_eq!(
@@ -1873,10 +1785,9 @@ mod tests {
             Some("sk-fallback-secret")
         );
         assert!(!format!("{s:?}").contains("sk-fallback-secret"));
-        let err = Settings::load_with(
-            Some(dir.path().into()),
-            &Flags::new(),
-            &env_of(&[("AGV_FALLBACK_UPSTREAM_URL", "backup.example")]),
+        let err = load_in(
+            dir.path(),
+            &[("AGV_FALLBACK_UPSTREAM_URL", "backup.example")],
         )
         .unwrap_err();
         assert!(err.0.contains("fallback_upstream_url"), "{err}");
@@ -1885,15 +1796,14 @@ mod tests {
     #[test]
     fn the_tenant_upstream_allowlist_is_empty_by_default_and_validated() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap();
+        let s = load_in(dir.path(), &[]).unwrap();
         assert!(s.tenant_upstream_allowlist.is_empty());
-        let s = Settings::load_with(
-            Some(dir.path().into()),
-            &Flags::new(),
-            &env_of(&[(
+        let s = load_in(
+            dir.path(),
+            &[(
                 "AGV_TENANT_UPSTREAM_ALLOWLIST",
                 "https://api.openai.com/v1,https://myco.openai.azure.com/",
-            )]),
+            )],
         )
         .unwrap();
         assert!(
@@ -1901,10 +1811,9 @@ mod tests {
                 .check("https://api.openai.com/v1")
                 .is_ok()
         );
-        let err = Settings::load_with(
-            Some(dir.path().into()),
-            &Flags::new(),
-            &env_of(&[("AGV_TENANT_UPSTREAM_ALLOWLIST", "ftp://files.example")]),
+        let err = load_in(
+            dir.path(),
+            &[("AGV_TENANT_UPSTREAM_ALLOWLIST", "ftp://files.example")],
         )
         .unwrap_err();
         assert!(err.0.contains("tenant_upstream_allowlist"), "{err}");
@@ -1913,15 +1822,14 @@ mod tests {
     #[test]
     fn the_master_key_is_a_secret_from_env_or_file_and_never_described() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap();
+        let s = load_in(dir.path(), &[]).unwrap();
         assert_eq!(s.master_key, None);
         let hex_key = "ab".repeat(32);
         let file = dir.path().join("mk");
         std::fs::write(&file, format!("{hex_key}\n")).unwrap();
-        let s = Settings::load_with(
-            Some(dir.path().into()),
-            &Flags::new(),
-            &env_of(&[("AGV_MASTER_KEY_FILE", file.to_str().unwrap())]),
+        let s = load_in(
+            dir.path(),
+            &[("AGV_MASTER_KEY_FILE", file.to_str().unwrap())],
         )
         .unwrap();
         assert_eq!(s.master_key.as_deref(), Some(hex_key.as_str()));
@@ -1936,7 +1844,7 @@ mod tests {
             "listen = \"127.0.0.1:1\"\n[prices.\"my-model\"]\ninput = 1.0\ncached_input = 0.5\noutput = 2.0\n",
         )
         .unwrap();
-        let s = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[])).unwrap();
+        let s = load_in(dir.path(), &[]).unwrap();
         assert_eq!(s.prices["my-model"], ModelPrice::new(1.0, 0.5, 2.0));
         assert_eq!(s.listen, "127.0.0.1:1");
     }
@@ -1960,8 +1868,7 @@ mod tests {
         ];
         for (text, named) in cases {
             std::fs::write(dir.path().join(CONFIG_FILE), text).unwrap();
-            let err = Settings::load_with(Some(dir.path().into()), &Flags::new(), &env_of(&[]))
-                .unwrap_err();
+            let err = load_in(dir.path(), &[]).unwrap_err();
             assert!(err.0.contains(named), "{text:?}: {err}");
         }
     }
