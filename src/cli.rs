@@ -1230,7 +1230,8 @@ fn key(store: &DynStore, cmd: KeyCommand) -> Result<(), CliError> {
                 NewApiKey::generate(old.tenant_id.clone(), &old.name, old.scope, old.expires_at)
                     .map_err(|e| CliError::usage(e.0))?;
             let until = now.plus_millis(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX));
-            let rotated = crate::ops::keys::rotate(store.as_ref(), &old, &row, until, &cli_actor())?;
+            let rotated =
+                crate::ops::keys::rotate(store.as_ref(), &old, &row, until, &cli_actor())?;
             let old_until = rotated.old_until;
             eprintln!(
                 "new key {} replaces {}; the old key works until {}",

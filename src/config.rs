@@ -15,7 +15,9 @@ use crate::domain::time::parse_duration;
 use crate::domain::trusted_proxies::TrustedProxies;
 use crate::domain::upstream_url::UpstreamAllowlist;
 use crate::guard::pricing::{ModelPrice, Pricing};
-use crate::jobs::scheduler::validate_cron;
+use values::validate_cron;
+pub mod values;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::RangeBounds;
@@ -272,7 +274,7 @@ pub const FIELDS: &[Field] = &[
         show: |s| {
             s.database_url.as_deref().map_or(
                 "(not set: SQLite in the data dir)".into(),
-                crate::store::redact_url,
+                values::redact_url,
             )
         },
     },
@@ -811,18 +813,18 @@ pub const FIELDS: &[Field] = &[
     Field {
         key: "update_source",
         secret: false,
-        default: Some(crate::ops::update::DEFAULT_SOURCE),
+        default: Some(values::DEFAULT_SOURCE),
         flag: None,
         help: "where releases are looked for (the console's update check, agv-server update): an http(s) URL, or on an air-gapped site a mirror's URL or a local release directory (absolute path or file:// URL)",
         apply: |s, g| {
             s.update_source = g.trimmed_or_default().trim_end_matches('/').to_owned();
-            if crate::ops::update::Source::parse(&s.update_source).is_err() {
-                let why = format!("expected {}", crate::ops::update::SOURCE_FORMS);
+            if values::Source::parse(&s.update_source).is_err() {
+                let why = format!("expected {}", values::SOURCE_FORMS);
                 return Err(g.bad(&why));
             }
             Ok(())
         },
-        show: |s| crate::store::redact_url(&s.update_source),
+        show: |s| values::redact_url(&s.update_source),
     },
 ];
 
@@ -865,8 +867,8 @@ fn tls(g: &Given) -> Result<Option<TlsFiles>, ConfigError> {
     }
 }
 
-fn durability(g: &Given) -> Result<Option<crate::store::Durability>, ConfigError> {
-    use crate::store::Durability;
+fn durability(g: &Given) -> Result<Option<values::Durability>, ConfigError> {
+    use values::Durability;
     let Some(v) = g.trimmed() else {
         return Ok(None);
     };
@@ -878,7 +880,7 @@ fn durability(g: &Given) -> Result<Option<crate::store::Durability>, ConfigError
 }
 
 fn show_durability(s: &Settings) -> String {
-    use crate::store::{Backend, Durability};
+    use values::{Backend, Durability};
     if let Some(level) = s.durability {
         return level.as_str().to_owned();
     }
@@ -1021,8 +1023,8 @@ pub struct Settings {
     pub tls: Option<TlsFiles>,
     pub database_url: Option<String>,
     /// What a commit waits for; `None`: the backend's own default
-    /// ([`crate::store::Durability::default_for`]).
-    pub durability: Option<crate::store::Durability>,
+    /// ([`values::Durability::default_for`]).
+    pub durability: Option<values::Durability>,
     pub upstream_url: String,
     pub upstream_api_key: Option<String>,
     pub upstream_timeout: std::time::Duration,
@@ -1434,7 +1436,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let load = |vars: &[(&str, &str)]| load_in(dir.path(), vars);
         let s = load(&[]).unwrap();
-        assert_eq!(s.update_source, crate::ops::update::DEFAULT_SOURCE);
+        assert_eq!(s.update_source, values::DEFAULT_SOURCE);
         let s = load(&[(
             "AGV_UPDATE_SOURCE",
             "https://mirror:s3cret@mirror.example/agv/",
@@ -1511,7 +1513,7 @@ mod tests {
 
     #[test]
     fn durability_defaults_per_backend_takes_process_or_power_and_names_both_when_wrong() {
-        use crate::store::Durability;
+        use values::Durability;
         let dir = tempfile::tempdir().unwrap();
         let load = |vars: &[(&str, &str)]| load_in(dir.path(), vars);
         let shown = |s: &Settings| {

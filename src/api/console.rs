@@ -407,9 +407,10 @@ pub async fn revoke_key(
     let id = crate::domain::KeyId::parse(&path)
         .map_err(|_| ApiError::not_found(format!("no key {path}")))?;
     let (store, by, t) = (state.store.clone(), by_user(&user, source), tenant.clone());
-    let revoked = run_blocking(move || crate::ops::keys::revoke(store.as_ref(), Some(&t), &id, &by))
-        .await
-        .map_err(super::error::missing("key", &path))?;
+    let revoked =
+        run_blocking(move || crate::ops::keys::revoke(store.as_ref(), Some(&t), &id, &by))
+            .await
+            .map_err(super::error::missing("key", &path))?;
     state.keys.invalidate_all();
     let frozen = frozen_keys(&state, &tenant);
     Ok(HttpResponse::Ok().json(json!({"key": key_json(&revoked, &frozen, None)})))

@@ -17,6 +17,6 @@ pub use queue::{
 };
 pub use scheduler::{
     DEFAULT_HOUSEKEEPING_CRON, HOUSEKEEPING, ScheduleEntry, SchedulerError, SchedulerHandle,
-    start_scheduler, validate_cron,
+    start_scheduler,
 };
 pub use worker::{HandlerFuture, Handlers, Step, run_one, spawn_workers};

@@ -51,21 +51,6 @@ impl From<tokio_cron_scheduler::JobSchedulerError> for SchedulerError {
     }
 }
 
-/// Checks a cron expression the way the scheduler will read it; for config validation.
-pub fn validate_cron(expr: &str) -> Result<(), String> {
-    let fields = expr.split_whitespace().count();
-    if fields != 6 {
-        return Err(format!(
-            "'{expr}' has {fields} fields, expected 6: seconds, minutes, hours, day of month, month, day of week (e.g. \"0 */10 * * * *\" for every 10 minutes)"
-        ));
-    }
-    CronJob::new(expr, |_, _| {}).map(|_| ()).map_err(|_| {
-        format!(
-            "'{expr}' is not a valid cron expression: expected 6 fields, seconds first (e.g. \"0 0 3 * * *\" for 03:00 every day)"
-        )
-    })
-}
-
 /// When `expr` next fires after `after` (UTC, as the scheduler reads it), or `None` for an
 /// expression it would refuse. For the console ("first backup at 03:00").
 pub fn next_tick(
@@ -134,9 +119,11 @@ pub async fn start_scheduler(
     claimer: Option<Claimer>,
 ) -> Result<SchedulerHandle, SchedulerError> {
     for entry in &entries {
-        validate_cron(&entry.cron).map_err(|reason| SchedulerError::InvalidCron {
-            name: entry.name.clone(),
-            reason,
+        crate::config::values::validate_cron(&entry.cron).map_err(|reason| {
+            SchedulerError::InvalidCron {
+                name: entry.name.clone(),
+                reason,
+            }
         })?;
     }
     let scheduler = JobScheduler::new().await?;
@@ -206,9 +193,9 @@ mod tests {
 
     #[test]
     fn validate_cron_accepts_six_field_expressions() {
-        validate_cron(DEFAULT_HOUSEKEEPING_CRON).unwrap();
-        validate_cron("0 0 3 * * *").unwrap();
-        validate_cron("*/5 * * * * Mon-Fri").unwrap();
+        crate::config::values::validate_cron(DEFAULT_HOUSEKEEPING_CRON).unwrap();
+        crate::config::values::validate_cron("0 0 3 * * *").unwrap();
+        crate::config::values::validate_cron("*/5 * * * * Mon-Fri").unwrap();
     }
 
     #[test]
@@ -235,7 +222,7 @@ mod tests {
             "a b c d e f",
             "0 0 0 * * * * *",
         ] {
-            let err = validate_cron(bad).unwrap_err();
+            let err = crate::config::values::validate_cron(bad).unwrap_err();
             assert!(err.contains(&format!("'{bad}'")), "{err}");
         }
     }

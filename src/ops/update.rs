@@ -15,7 +15,7 @@
 
 use sha2::{Digest, Sha256};
 use std::cmp::Ordering;
-use std::fmt;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -24,59 +24,7 @@ pub const RELEASE_PUBLIC_KEY: &str = include_str!("../../packaging/release-signi
 /// How to update inside agv-server's container image, where an update in place is refused.
 pub const IN_CONTAINER_HOW_TO: &str = "rebuild the image from the new sources, which keeps the data volume \
      (git pull && docker compose up -d --build)";
-pub const DEFAULT_SOURCE: &str =
-    "https://github.com/agv-server/agv-server/releases/latest/download";
-
-/// What a release source may be, for messages about one that is not.
-pub const SOURCE_FORMS: &str = "an http:// or https:// URL of a release directory (e.g. https://mirror.example/agv-server/latest), or a local release directory: an absolute path (e.g. /srv/agv-releases) or a file:// URL";
-
-/// Where release files are read from: a URL (GitHub releases, a mirror), or a local
-/// directory holding the files `packaging/release.sh` writes (an air-gapped site copies it
-/// over or mounts it). `Display` and `Debug` hide a URL's password.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Source {
-    Url(String),
-    Dir(PathBuf),
-}
-
-impl Source {
-    /// An http(s) URL, an absolute directory path or a `file://` URL. A relative path is
-    /// refused: the server and the CLI may run from different directories.
-    pub fn parse(source: &str) -> Result<Self, String> {
-        let source = source.trim();
-        if source.starts_with("http://") || source.starts_with("https://") {
-            return Ok(Self::Url(source.trim_end_matches('/').to_owned()));
-        }
-        let path = if source.starts_with("file:") {
-            url::Url::parse(source)
-                .ok()
-                .and_then(|u| u.to_file_path().ok())
-                .ok_or_else(|| format!("expected {SOURCE_FORMS}; a file:// URL names a local absolute path, e.g. file:///srv/agv-releases"))?
-        } else {
-            PathBuf::from(source)
-        };
-        if path.is_absolute() {
-            Ok(Self::Dir(path))
-        } else {
-            Err(format!("expected {SOURCE_FORMS}"))
-        }
-    }
-}
-
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Url(url) => f.write_str(&crate::store::redact_url(url)),
-            Self::Dir(dir) => write!(f, "{}", dir.display()),
-        }
-    }
-}
-
-impl fmt::Debug for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Source({self})")
-    }
-}
+pub use crate::config::values::{DEFAULT_SOURCE, SOURCE_FORMS, Source};
 
 /// A release whose `SHA256SUMS` carries a valid signature and whose `VERSION` is a version.
 #[derive(Debug, Clone)]

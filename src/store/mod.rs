@@ -79,75 +79,7 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-impl Backend {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Sqlite => "sqlite",
-            Self::Postgres => "postgres",
-        }
-    }
-
-    /// The backend a database URL names: Postgres for `postgres://` and `postgresql://`,
-    /// SQLite otherwise (no URL, or `sqlite://`; [`open`] refuses any other scheme).
-    pub fn of_url(database_url: Option<&str>) -> Self {
-        match database_url.and_then(|u| u.split_once("://")) {
-            Some(("postgres" | "postgresql", _)) => Self::Postgres,
-            _ => Self::Sqlite,
-        }
-    }
-}
-
-/// What a commit waits for, and so what an acknowledged call survives (README,
-/// "Durability"). Chosen by the `durability` setting; unset, each backend keeps
-/// [`Durability::default_for`] it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// A commit reaches the database, not necessarily the disk: a call survives a crash
-    /// of agv-server (kill -9); a power cut or an OS crash can lose the latest calls.
-    /// SQLite: `synchronous=NORMAL` (the WAL is synced by the checkpointer's rounds);
-    /// Postgres: the recorder's transactions run with `synchronous_commit = off`.
-    Process,
-    /// Every commit waits for the disk (`fsync`): a call survives a power cut too.
-    /// SQLite: `synchronous=FULL`; Postgres: its own `synchronous_commit` (`on` unless its
-    /// configuration says otherwise).
-    Power,
-}
-
-impl Durability {
-    /// The values the setting accepts, for error messages.
-    pub const CHOICES: &'static str = "'process' or 'power'";
-
-    pub fn parse(value: &str) -> Option<Self> {
-        match value.trim().to_ascii_lowercase().as_str() {
-            "process" => Some(Self::Process),
-            "power" => Some(Self::Power),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Process => "process",
-            Self::Power => "power",
-        }
-    }
-
-    /// The level of a backend whose `durability` is unset: what each did before the
-    /// setting existed, so that an upgrade never weakens a promise silently. SQLite runs
-    /// its WAL with `synchronous=NORMAL`; Postgres flushes every commit (its default).
-    pub fn default_for(backend: Backend) -> Self {
-        match backend {
-            Backend::Sqlite => Self::Process,
-            Backend::Postgres => Self::Power,
-        }
-    }
-}
+pub use crate::config::values::{Backend, Durability, redact_url};
 
 /// How the database says it commits, read back through the connections that commit:
 /// logged at start, and what tests check a `durability` against.
@@ -1006,17 +938,6 @@ pub fn open_with(
             }
         }
     }
-}
-
-/// A URL with any password replaced by `***`, safe to log.
-pub fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://")
-        && let Some((userinfo, host)) = rest.split_once('@')
-        && let Some((user, _pw)) = userinfo.split_once(':')
-    {
-        return format!("{scheme}://{user}:***@{host}");
-    }
-    url.to_owned()
 }
 
 /// Runs blocking store work on tokio's blocking pool, keeping the tracing span, and
