@@ -248,7 +248,7 @@ impl Application {
             queue: queue.clone(),
             prometheus: crate::telemetry::prometheus(),
             unauth_limiter: AddressRateLimiter::new(settings.unauth_rate_limit_per_minute),
-            login_throttle: crate::api::session::LoginThrottle::default(),
+            login_throttle: crate::api::limits::LoginThrottle::default(),
             settings_lock: tokio::sync::Mutex::new(()),
             started_at: Instant::now(),
             master_key,
@@ -525,7 +525,7 @@ fn http_server(
             .service(alert_api::update_route)
             .service(alert_api::delete_route)
             .service(alert_api::test_route)
-            .service(crate::api::audit::list)
+            .service(crate::api::audit_log::list)
             .service(evidence_api::replay)
             .service(crate::api::tasks::replay_incident)
             .service(crate::api::tasks::list)

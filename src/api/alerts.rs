@@ -3,7 +3,8 @@
 //! A route's URL and signing secret are sealed with the master key before they are
 //! stored; the signing secret is shown once, in the answer to the create call.
 
-use super::audit::{Source, by_key, record};
+use super::audit::{Source, record};
+use super::auth::by_key;
 use super::auth::AdminKey;
 use super::error::{ApiError, missing};
 use crate::api::state::AppState;

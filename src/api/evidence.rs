@@ -3,7 +3,8 @@
 //! `GET /v1/certificates/{id}`, and the public `GET /v1/certificates/public-key` and
 //! `GET /v1/certificates/{id}/verify` (no key needed; the check reveals no content).
 
-use super::audit::{Source, by_key, record};
+use super::audit::{Source, record};
+use super::auth::by_key;
 use super::auth::AdminKey;
 use super::error::{ApiError, optional_json};
 use crate::api::state::AppState;

@@ -2,7 +2,8 @@
 //! Admin keys only, scoped to the key's tenant (another tenant's incident is a 404).
 //! The work is `evidence::export::build_export`; this handler parses, audits and sends.
 
-use super::audit::{Source, by_key, record};
+use super::audit::{Source, record};
+use super::auth::by_key;
 use super::auth::AdminKey;
 use super::error::ApiError;
 use crate::api::state::AppState;

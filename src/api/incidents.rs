@@ -1,7 +1,8 @@
 //! Incidents under `/v1/incidents` and the decision timeline of a call. Admin keys only;
 //! everything is scoped to the key's tenant (another tenant's id is a 404).
 
-use super::audit::{Source, by_key, record};
+use super::audit::{Source, record};
+use super::auth::by_key;
 use super::auth::{AdminKey, Caller};
 use super::error::{ApiError, missing, optional_json};
 use super::v1::parse_time;

@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod audit;
+pub mod audit_log;
 pub mod auth;
 pub mod call_list;
 pub mod console;
@@ -14,6 +15,8 @@ pub mod export;
 pub mod health;
 pub mod incidents;
 pub mod instance;
+pub mod key_cache;
+pub mod limits;
 pub mod middleware;
 pub mod names;
 pub mod openai;

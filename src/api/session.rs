@@ -17,8 +17,6 @@ use actix_web::cookie::{Cookie, SameSite};
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use serde::Deserialize;
 use serde_json::json;
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub const COOKIE: &str = "agv_session";
@@ -30,7 +28,6 @@ const SESSION_HOURS: i64 = 12;
 /// on the account is slowed instead (see [`slow_down`]).
 const MAX_FAILURES_PER_EMAIL: usize = 5;
 const MAX_FAILURES_PER_ADDRESS: usize = 20;
-const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 /// Password hashes made or checked at once (argon2: tens of milliseconds of CPU and
 /// 19 MiB each). They run on the blocking pool, never on the async workers that serve
@@ -57,65 +54,6 @@ pub async fn password_work<T: Send + 'static>(
         }
     };
     Ok(run_blocking(work).await?)
-}
-
-/// Recent failed sign-ins, by email and by address.
-#[derive(Default)]
-pub struct LoginThrottle {
-    failures: Mutex<HashMap<String, Vec<Instant>>>,
-}
-
-impl LoginThrottle {
-    /// `Err(seconds)` while `keys` have too many recent failures.
-    fn check(&self, keys: &[(String, usize)], now: Instant) -> Result<(), u64> {
-        let Ok(mut map) = self.failures.lock() else {
-            return Ok(());
-        };
-        for (key, max) in keys {
-            if let Some(times) = map.get_mut(key) {
-                times.retain(|t| now.duration_since(*t) < FAILURE_WINDOW);
-                if times.len() >= *max
-                    && let Some(oldest) = times.first()
-                {
-                    let wait = FAILURE_WINDOW.saturating_sub(now.duration_since(*oldest));
-                    return Err(wait.as_secs().max(1));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Recent failures under `key`.
-    fn recent(&self, key: &str, now: Instant) -> usize {
-        self.failures.lock().map_or(0, |map| {
-            map.get(key).map_or(0, |times| {
-                times
-                    .iter()
-                    .filter(|t| now.duration_since(**t) < FAILURE_WINDOW)
-                    .count()
-            })
-        })
-    }
-
-    fn fail(&self, keys: &[(String, usize)], now: Instant) {
-        if let Ok(mut map) = self.failures.lock() {
-            if map.len() > 100_000 {
-                map.retain(|_, v| {
-                    v.last()
-                        .is_some_and(|t| now.duration_since(*t) < FAILURE_WINDOW)
-                });
-            }
-            for (key, _) in keys {
-                map.entry(key.clone()).or_default().push(now);
-            }
-        }
-    }
-
-    fn clear(&self, key: &str) {
-        if let Ok(mut map) = self.failures.lock() {
-            map.remove(key);
-        }
-    }
 }
 
 /// Verified against when the email is unknown, so that both answers take as long.

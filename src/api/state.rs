@@ -3,8 +3,8 @@
 //! Lower layers never see it: the job handlers get the parts they use ([`Tasks`], the
 //! backups' own), so only handlers and `startup` depend on this module.
 
-use crate::api::auth::KeyCache;
-use crate::api::middleware::AddressRateLimiter;
+use crate::api::key_cache::KeyCache;
+use crate::api::limits::{AddressRateLimiter, LoginThrottle};
 use crate::config::Settings;
 use crate::domain::secret_box::MasterKey;
 use crate::evidence::tasks::Tasks;
@@ -26,7 +26,7 @@ pub struct AppState {
     pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub unauth_limiter: AddressRateLimiter,
     /// Failed console sign-ins, by email and address.
-    pub login_throttle: crate::api::session::LoginThrottle,
+    pub login_throttle: LoginThrottle,
     /// Held from reading (or writing) a tenant's stored settings — its policy, its own
     /// upstream — until they are applied in memory, so the change feed can never apply an
     /// older read over a newer local change.

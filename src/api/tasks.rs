@@ -2,7 +2,8 @@
 //! of an incident: 202 and a task), `GET /v1/tasks`, `GET /v1/tasks/{id}` (status,
 //! progress, result) and `GET /v1/tasks/{id}/download` (the file an export task made).
 
-use super::audit::{Source, by_key, record};
+use super::audit::{Source, record};
+use super::auth::by_key;
 use super::auth::AdminKey;
 use super::error::{ApiError, missing};
 use crate::api::state::AppState;

@@ -1,7 +1,8 @@
 //! Admin and read endpoints under `/v1`: the kill switch, the active policies, the
 //! tenant's own upstream, call records, and the protection summary. Unknown `/v1` paths get a JSON 404 in `web.rs`.
 
-use super::audit::{Source, by_key, record};
+use super::audit::{Source, record};
+use super::auth::by_key;
 use super::auth::{AdminKey, ProxyKey};
 use super::call_list::{self, Listing};
 use super::error::{ApiError, missing, optional_json};
