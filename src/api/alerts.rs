@@ -4,8 +4,8 @@
 //! stored; the signing secret is shown once, in the answer to the create call.
 
 use super::audit::{Source, record};
-use super::auth::by_key;
 use super::auth::AdminKey;
+use super::auth::by_key;
 use super::error::{ApiError, missing};
 use crate::api::state::AppState;
 use crate::domain::alert::{

@@ -34,4 +34,3 @@ pub async fn record(state: &AppState, entry: NewAuditEntry) {
     })
     .await;
 }
-

@@ -182,5 +182,3 @@ pub fn by_key(
     )
     .source(source.0.clone())
 }
-
-

@@ -4,8 +4,8 @@
 //! `GET /v1/certificates/{id}/verify` (no key needed; the check reveals no content).
 
 use super::audit::{Source, record};
-use super::auth::by_key;
 use super::auth::AdminKey;
+use super::auth::by_key;
 use super::error::{ApiError, optional_json};
 use crate::api::state::AppState;
 use crate::domain::audit::AuditAction;

@@ -3,8 +3,8 @@
 //! The work is `evidence::export::build_export`; this handler parses, audits and sends.
 
 use super::audit::{Source, record};
-use super::auth::by_key;
 use super::auth::AdminKey;
+use super::auth::by_key;
 use super::error::ApiError;
 use crate::api::state::AppState;
 use crate::domain::IncidentId;

@@ -17,7 +17,6 @@ use actix_web::{HttpRequest, HttpResponse, delete, get, post, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 /// Total size of the files directly in the data directory (the database, its WAL, the
 /// search index, keys), plus the job queue's directory.
@@ -171,12 +170,6 @@ pub async fn incidents(
         })
         .collect();
     Ok(HttpResponse::Ok().json(json!({"data": data})))
-}
-
-/// The "back up now" job of this process, while it is queued or running.
-#[derive(Default)]
-pub struct BackupNow {
-    job: std::sync::Mutex<Option<JobId>>,
 }
 
 fn running_backup(state: &AppState) -> Option<crate::jobs::queue::Job> {
@@ -367,88 +360,7 @@ pub async fn discard_job(
     act_on_dead_job(&state, &req, &path, false).await
 }
 
-/// How long an update check's outcome is shown before the next request checks again.
-const UPDATE_CHECK_TTL: Duration = Duration::from_secs(3600);
-/// The longest an update check may take: an air-gapped site's firewall may drop packets
-/// instead of refusing them, and the console must not hang on it.
-const UPDATE_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The outcome of one update check.
-#[derive(Debug, Clone)]
-struct Checked {
-    done: Instant,
-    at_millis: i64,
-    /// The signed release's version; `None` when the check failed.
-    latest: Option<String>,
-    error: Option<String>,
-}
-
-/// The cached update check of this process: one check at a time, kept for an hour.
-#[derive(Default)]
-pub struct UpdateCheck {
-    last: std::sync::Mutex<Option<Checked>>,
-    running: tokio::sync::Mutex<()>,
-}
-
-impl UpdateCheck {
-    fn cached(&self) -> Option<Checked> {
-        self.last.lock().ok().and_then(|g| g.clone())
-    }
-
-    /// The cached outcome while it is fresh, else a new check; `force`: a check that
-    /// ended after this call began. Requests arriving during a check wait for its outcome
-    /// instead of starting their own.
-    async fn get(&self, source: &str, force: bool) -> Checked {
-        let asked = Instant::now();
-        let fresh = |c: &Checked| {
-            if force {
-                c.done >= asked
-            } else {
-                c.done.elapsed() < UPDATE_CHECK_TTL
-            }
-        };
-        if let Some(c) = self.cached().filter(fresh) {
-            return c;
-        }
-        let _one = self.running.lock().await;
-        if let Some(c) = self.cached().filter(fresh) {
-            return c;
-        }
-        let outcome = check_release(source).await;
-        let checked = Checked {
-            done: Instant::now(),
-            at_millis: Timestamp::now().millis(),
-            latest: outcome.as_ref().ok().cloned(),
-            error: outcome.err(),
-        };
-        if let Some(e) = &checked.error {
-            tracing::info!(source = %crate::store::redact_url(source), error = %e, "update check failed");
-        }
-        if let Ok(mut g) = self.last.lock() {
-            *g = Some(checked.clone());
-        }
-        checked
-    }
-}
-
-/// The version of the signed release at `source`, or why it cannot be told.
-async fn check_release(source: &str) -> Result<String, String> {
-    use crate::ops::update as up;
-    let key = up::release_key()?;
-    let hint = "; if this server cannot reach it (an air-gapped site), set update_source (AGV_UPDATE_SOURCE) to a mirror it can reach";
-    match tokio::time::timeout(UPDATE_CHECK_TIMEOUT, up::check(source, &key)).await {
-        Ok(Ok(release)) => Ok(release.version),
-        Ok(Err(e)) if e.starts_with("cannot download") => Err(format!("{e}{hint}")),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(format!(
-            "the update source {} did not answer within {} s{hint}",
-            crate::store::redact_url(source),
-            UPDATE_CHECK_TIMEOUT.as_secs()
-        )),
-    }
-}
-
-fn update_json(checked: &Checked) -> Value {
+fn update_json(checked: &crate::ops::update::Checked) -> Value {
     use crate::ops::update as up;
     let current = env!("CARGO_PKG_VERSION");
     let in_container = up::in_container();

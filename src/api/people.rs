@@ -25,61 +25,8 @@ use crate::store::{StoreError, run_blocking};
 use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use serde::Deserialize;
 use serde_json::json;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
-const SETUP_VALID: Duration = Duration::from_secs(30 * 60);
 const INVITATION_DAYS: i64 = 7;
-
-/// The one-time setup token while no user exists.
-#[derive(Default)]
-pub struct SetupToken {
-    inner: Mutex<Option<(String, Instant)>>,
-}
-
-impl SetupToken {
-    /// Makes a new token (replacing any earlier one) and returns it.
-    pub fn issue(&self) -> String {
-        let mut raw = [0u8; 24];
-        rand::fill(&mut raw);
-        let token = hex::encode(raw);
-        if let Ok(mut g) = self.inner.lock() {
-            *g = Some((sha256_hex(&token), Instant::now() + SETUP_VALID));
-        }
-        token
-    }
-
-    /// Takes the token if `given` matches and it has not expired: it works once.
-    fn take(&self, given: &str) -> Result<(), ApiError> {
-        let Ok(mut g) = self.inner.lock() else {
-            return Err(ApiError::internal("setup token lock poisoned"));
-        };
-        match g.as_ref() {
-            Some((hash, until)) if *hash == sha256_hex(given) => {
-                if Instant::now() > *until {
-                    *g = None;
-                    return Err(ApiError::new(
-                        Code::SetupTokenExpired,
-                        "the setup link has expired; restart agv-server for a new one, or run `agv-server user create --role operator`",
-                    ));
-                }
-                *g = None;
-                Ok(())
-            }
-            _ => Err(ApiError::new(
-                Code::InvalidSetupToken,
-                "this setup link is not valid: use the URL agv-server printed at start",
-            )
-            .param("token")),
-        }
-    }
-
-    fn put_back(&self, given: &str) {
-        if let Ok(mut g) = self.inner.lock() {
-            *g = Some((sha256_hex(given), Instant::now() + SETUP_VALID));
-        }
-    }
-}
 
 fn email_field(raw: &str) -> Result<Email, ApiError> {
     Email::parse(raw).map_err(|e| field(Code::InvalidEmail, "email", e.0))

@@ -41,11 +41,11 @@ pub struct AppState {
     /// Signs certificates (`<data>/certificate-signing.key`).
     pub signing_key: crate::domain::certificate::CertSigningKey,
     /// The one-time first-run setup token, while no user exists.
-    pub setup: crate::api::people::SetupToken,
+    pub setup: crate::ops::people::SetupToken,
     /// The operator's "back up now" job, while it runs.
-    pub backup_now: crate::api::operator::BackupNow,
+    pub backup_now: BackupNow,
     /// The operator console's cached update check.
-    pub update_check: crate::api::operator::UpdateCheck,
+    pub update_check: crate::ops::update::UpdateCheck,
     /// This process among the instances sharing the database (host name and a random id).
     pub instance: String,
 }
@@ -60,4 +60,10 @@ impl AppState {
             signing_key: self.signing_key.clone(),
         }
     }
+}
+
+/// The "back up now" job of this process, while it is queued or running.
+#[derive(Default)]
+pub struct BackupNow {
+    pub job: std::sync::Mutex<Option<crate::jobs::JobId>>,
 }

@@ -3,8 +3,8 @@
 //! progress, result) and `GET /v1/tasks/{id}/download` (the file an export task made).
 
 use super::audit::{Source, record};
-use super::auth::by_key;
 use super::auth::AdminKey;
+use super::auth::by_key;
 use super::error::{ApiError, missing};
 use crate::api::state::AppState;
 use crate::domain::audit::AuditAction;

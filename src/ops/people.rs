@@ -14,8 +14,11 @@
 use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
 use crate::domain::user::{Invitation, Role, User};
 use crate::domain::{InvitationId, TenantId, Timestamp, UserId};
+use crate::error::{ApiError, Code};
 use crate::store::{Store, StoreError};
 use serde_json::json;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Who acts, and on whose people.
 #[derive(Debug, Clone)]
@@ -228,4 +231,63 @@ pub fn revoke_invitation(
         .after(json!({"revoked_at": inv.revoked_at})),
     );
     Ok(inv)
+}
+
+/// How long the first-run setup link works.
+const SETUP_VALID: Duration = Duration::from_secs(30 * 60);
+
+/// The one-time setup token while no user exists.
+#[derive(Default)]
+pub struct SetupToken {
+    inner: Mutex<Option<(String, Instant)>>,
+}
+
+impl SetupToken {
+    /// Makes a new token (replacing any earlier one) and returns it.
+    pub fn issue(&self) -> String {
+        let mut raw = [0u8; 24];
+        rand::fill(&mut raw);
+        let token = hex::encode(raw);
+        if let Ok(mut g) = self.inner.lock() {
+            *g = Some((
+                crate::proxy::sha256_hex(token.as_bytes()),
+                Instant::now() + SETUP_VALID,
+            ));
+        }
+        token
+    }
+
+    /// Takes the token if `given` matches and it has not expired: it works once.
+    pub fn take(&self, given: &str) -> Result<(), ApiError> {
+        let Ok(mut g) = self.inner.lock() else {
+            return Err(ApiError::internal("setup token lock poisoned"));
+        };
+        match g.as_ref() {
+            Some((hash, until)) if *hash == crate::proxy::sha256_hex(given.as_bytes()) => {
+                if Instant::now() > *until {
+                    *g = None;
+                    return Err(ApiError::new(
+                        Code::SetupTokenExpired,
+                        "the setup link has expired; restart agv-server for a new one, or run `agv-server user create --role operator`",
+                    ));
+                }
+                *g = None;
+                Ok(())
+            }
+            _ => Err(ApiError::new(
+                Code::InvalidSetupToken,
+                "this setup link is not valid: use the URL agv-server printed at start",
+            )
+            .param("token")),
+        }
+    }
+
+    pub fn put_back(&self, given: &str) {
+        if let Ok(mut g) = self.inner.lock() {
+            *g = Some((
+                crate::proxy::sha256_hex(given.as_bytes()),
+                Instant::now() + SETUP_VALID,
+            ));
+        }
+    }
 }

@@ -16,8 +16,10 @@
 use sha2::{Digest, Sha256};
 use std::cmp::Ordering;
 
+use crate::domain::Timestamp;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// The release signing key's public half (SPKI PEM), as built into install.sh.
 pub const RELEASE_PUBLIC_KEY: &str = include_str!("../../packaging/release-signing.pub");
@@ -352,6 +354,86 @@ fn swap(staged: &Path, exe: &Path) -> Result<(), String> {
     let _ = std::fs::remove_file(&aside);
     let _ = std::fs::remove_file(staged);
     moved.map_err(|e| e.to_string())
+}
+
+/// How long an update check's outcome is shown before the next request checks again.
+const UPDATE_CHECK_TTL: Duration = Duration::from_secs(3600);
+/// The longest an update check may take: an air-gapped site's firewall may drop packets
+/// instead of refusing them, and the console must not hang on it.
+const UPDATE_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The outcome of one update check.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    done: Instant,
+    pub at_millis: i64,
+    /// The signed release's version; `None` when the check failed.
+    pub latest: Option<String>,
+    pub error: Option<String>,
+}
+
+/// The cached update check of this process: one check at a time, kept for an hour.
+#[derive(Default)]
+pub struct UpdateCheck {
+    last: std::sync::Mutex<Option<Checked>>,
+    running: tokio::sync::Mutex<()>,
+}
+
+impl UpdateCheck {
+    pub fn cached(&self) -> Option<Checked> {
+        self.last.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// The cached outcome while it is fresh, else a new check; `force`: a check that
+    /// ended after this call began. Requests arriving during a check wait for its outcome
+    /// instead of starting their own.
+    pub async fn get(&self, source: &str, force: bool) -> Checked {
+        let asked = Instant::now();
+        let fresh = |c: &Checked| {
+            if force {
+                c.done >= asked
+            } else {
+                c.done.elapsed() < UPDATE_CHECK_TTL
+            }
+        };
+        if let Some(c) = self.cached().filter(fresh) {
+            return c;
+        }
+        let _one = self.running.lock().await;
+        if let Some(c) = self.cached().filter(fresh) {
+            return c;
+        }
+        let outcome = check_release(source).await;
+        let checked = Checked {
+            done: Instant::now(),
+            at_millis: Timestamp::now().millis(),
+            latest: outcome.as_ref().ok().cloned(),
+            error: outcome.err(),
+        };
+        if let Some(e) = &checked.error {
+            tracing::info!(source = %crate::config::values::redact_url(source), error = %e, "update check failed");
+        }
+        if let Ok(mut g) = self.last.lock() {
+            *g = Some(checked.clone());
+        }
+        checked
+    }
+}
+
+/// The version of the signed release at `source`, or why it cannot be told.
+async fn check_release(source: &str) -> Result<String, String> {
+    let key = release_key()?;
+    let hint = "; if this server cannot reach it (an air-gapped site), set update_source (AGV_UPDATE_SOURCE) to a mirror it can reach";
+    match tokio::time::timeout(UPDATE_CHECK_TIMEOUT, check(source, &key)).await {
+        Ok(Ok(release)) => Ok(release.version),
+        Ok(Err(e)) if e.starts_with("cannot download") => Err(format!("{e}{hint}")),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!(
+            "the update source {} did not answer within {} s{hint}",
+            crate::config::values::redact_url(source),
+            UPDATE_CHECK_TIMEOUT.as_secs()
+        )),
+    }
 }
 
 #[cfg(test)]
