@@ -443,7 +443,7 @@ fn http_server(
             .app_data(web::PayloadConfig::new(max_body))
             .app_data(web::QueryConfig::default().error_handler(query_error_handler))
             .app_data(web::PathConfig::default().error_handler(path_error_handler))
-            .wrap(from_fn(crate::api::console::route_console))
+            .wrap(from_fn(crate::api::access::route_console))
             .wrap(from_fn(limit_unauthenticated))
             .wrap(security_headers(hsts))
             .wrap(from_fn(observe))

@@ -19,10 +19,27 @@ impl FromRequest for Source {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(Ok(Source(
-            super::middleware::client_ip(req).map(|ip| ip.to_string()),
-        )))
+        ready(Ok(Source(client_ip(req).map(|ip| ip.to_string()))))
     }
+}
+
+/// The client's address: the TCP peer, or behind a reverse proxy listed in
+/// `trusted_proxies` the address it forwarded (see `domain::trusted_proxies`).
+pub fn client_ip(req: &actix_web::HttpRequest) -> Option<std::net::IpAddr> {
+    let peer = req.peer_addr()?.ip();
+    let Some(state) = req.app_data::<actix_web::web::Data<AppState>>() else {
+        return Some(peer);
+    };
+    let trusted = &state.settings.trusted_proxies;
+    if trusted.is_empty() {
+        return Some(peer);
+    }
+    let forwarded: Vec<&str> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    Some(trusted.client(peer, &forwarded))
 }
 
 /// Appends an entry on the blocking pool. A failure is logged (see

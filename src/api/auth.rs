@@ -7,11 +7,12 @@
 //! clears the cache when it sees one, so a revoked key stops working within a second.
 //! Last-used times are collected in memory and written in batches, off the request path.
 
-use super::console::ConsoleRequest;
+use super::access::{ConsoleRequest, person, role_not_allowed, safe, tenant_for};
 use super::error::ApiError;
 pub use super::key_cache::{AuthError, AuthFailure, CachedKey, KeyCache};
 use crate::api::state::AppState;
 use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
+use crate::domain::user::Role;
 use crate::domain::{ApiKeyRecord, KeyId, Scope, TenantId, UserId};
 use crate::error::Code;
 use crate::guard::killswitch::FrozenBy;
@@ -78,7 +79,7 @@ async fn authenticate(req: HttpRequest, required: Scope) -> Result<Caller, ApiEr
         .cloned()
         .ok_or_else(|| ApiError::internal("application state missing"))?;
     if req.extensions().get::<ConsoleRequest>().is_some() {
-        return super::console::session_caller(&state, &req).await;
+        return session_caller(&state, &req).await;
     }
     let header = req
         .headers()
@@ -89,7 +90,7 @@ async fn authenticate(req: HttpRequest, required: Scope) -> Result<Caller, ApiEr
         Err(e @ AuthError::Failed(_)) => {
             // A failed key is an unauthenticated request: it draws on the address's budget,
             // so that guessing keys (each a database lookup) is throttled too.
-            if let Some(client) = super::middleware::client_ip(&req)
+            if let Some(client) = super::audit::client_ip(&req)
                 && let Err(retry) = state
                     .unauth_limiter
                     .check(client, std::time::Instant::now())
@@ -181,4 +182,21 @@ pub fn by_key(
         target,
     )
     .source(source.0.clone())
+}
+
+/// A person acting on a tenant: the caller of a shared `/v1` endpoint under `/api`. A
+/// viewer may only read.
+pub async fn session_caller(state: &AppState, req: &HttpRequest) -> Result<Caller, ApiError> {
+    let user = person(state, req).await?;
+    if !safe(req) && user.role == Role::Viewer {
+        return Err(role_not_allowed("change anything (viewers only read)"));
+    }
+    let tenant = tenant_for(state, req, &user, None).await?;
+    Ok(Caller {
+        tenant_id: tenant,
+        scope: Scope::Admin,
+        key_id: None,
+        operator: user.role == Role::Operator,
+        user_id: Some(user.id),
+    })
 }

@@ -10,8 +10,8 @@
 //! config.toml until it is removed. Only the operator reaches these handlers: the instance's
 //! own upstream is theirs to point anywhere, so no allowlist applies (unlike tenants').
 
+use super::access::{field, operator};
 use super::audit::{Source, record};
-use super::console::{field, operator};
 use super::error::{ApiError, optional_json};
 use crate::api::state::AppState;
 use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};

@@ -3,6 +3,7 @@
 //!
 //! These run on every request, so they take no locks but a short map lookup and do no I/O.
 
+use super::audit::client_ip;
 use super::error::ApiError;
 pub use super::limits::AddressRateLimiter;
 use crate::api::state::AppState;
@@ -140,25 +141,6 @@ pub async fn limit_unauthenticated(
     next.call(req)
         .await
         .map(ServiceResponse::map_into_boxed_body)
-}
-
-/// The client's address: the TCP peer, or behind a reverse proxy listed in
-/// `trusted_proxies` the address it forwarded (see `domain::trusted_proxies`).
-pub fn client_ip(req: &actix_web::HttpRequest) -> Option<IpAddr> {
-    let peer = req.peer_addr()?.ip();
-    let Some(state) = req.app_data::<web::Data<AppState>>() else {
-        return Some(peer);
-    };
-    let trusted = &state.settings.trusted_proxies;
-    if trusted.is_empty() {
-        return Some(peer);
-    }
-    let forwarded: Vec<&str> = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    Some(trusted.client(peer, &forwarded))
 }
 
 /// The answer to an address over its budget of unauthenticated requests.

@@ -3,6 +3,7 @@
 //! No SQL and no business rules live here. Errors leave through [`error::ApiError`],
 //! the one place that maps failures to status codes and OpenAI-shaped bodies.
 
+pub mod access;
 pub mod alerts;
 pub mod audit;
 pub mod audit_log;

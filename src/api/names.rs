@@ -60,3 +60,8 @@ pub fn with_emails<T: Serialize>(
     }
     Ok(v)
 }
+
+/// Nanodollars as dollars, for JSON.
+pub fn usd(nanos: i64) -> f64 {
+    crate::domain::Money::from_nanos(nanos).usd()
+}

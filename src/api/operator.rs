@@ -3,9 +3,10 @@
 //! verify), the job queue's dead letters and the update state (is a newer signed release
 //! out?). It never installs an update: that stays with `agv-server update` or a new image.
 
+use super::access::operator;
 use super::audit::{Source, record};
-use super::console::{operator, usd};
 use super::error::{ApiError, optional_json};
+use super::names::usd;
 use crate::api::state::AppState;
 use crate::domain::Timestamp;
 use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};

@@ -11,8 +11,8 @@
 //! audit entries live in `ops::people`, shared with the CLI; this module only decides who
 //! is asking and maps the outcome to HTTP.
 
+use super::access::{field, person, tenant_for};
 use super::audit::{Source, record};
-use super::console::{field, person, tenant_for};
 use super::error::{ApiError, optional_json};
 use super::session::{COOKIE, person_json, sha256_hex, sign_in};
 use crate::api::state::AppState;
@@ -374,7 +374,7 @@ async fn manager(state: &AppState, req: &HttpRequest, source: Source) -> Result<
     let user = person(state, req).await?;
     let scope = match user.role {
         Role::Owner => Some(tenant_for(state, req, &user, None).await?),
-        Role::Operator if req.headers().contains_key(super::console::TENANT_HEADER) => {
+        Role::Operator if req.headers().contains_key(super::access::TENANT_HEADER) => {
             Some(tenant_for(state, req, &user, None).await?)
         }
         Role::Operator => None,
