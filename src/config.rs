@@ -11,10 +11,10 @@
 //! This module does no network I/O and never prints a secret.
 
 use crate::domain::alert::HostAllowlist;
+use crate::domain::pricing::{ModelPrice, Pricing};
 use crate::domain::time::parse_duration;
 use crate::domain::trusted_proxies::TrustedProxies;
 use crate::domain::upstream_url::UpstreamAllowlist;
-use crate::guard::pricing::{ModelPrice, Pricing};
 use values::validate_cron;
 pub mod values;
 

@@ -153,7 +153,7 @@ impl Application {
         let signing_key = run_blocking(move || crate::evidence::signing::load_or_create(&key_dir))
             .await
             .map_err(StartupError)?;
-        let pricing = crate::guard::pricing::Pricing::with_overrides(settings.prices.clone())
+        let pricing = crate::domain::pricing::Pricing::with_overrides(settings.prices.clone())
             .map_err(|e| StartupError(format!("invalid [prices] in config.toml: {e}")))?;
         let mut guard = Guard::new(pricing);
         if store.backend() == crate::store::Backend::Postgres {

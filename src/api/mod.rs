@@ -1,7 +1,10 @@
 //! HTTP handlers only: extract, parse into domain types, call a service, map the error.
 //!
-//! No SQL and no business rules live here. Errors leave through [`error::ApiError`],
-//! the one place that maps failures to status codes and OpenAI-shaped bodies.
+//! No SQL and no business rules live here. Errors leave as [`crate::error::ApiError`],
+//! whose one table of codes fixes each status and OpenAI type; [`error`] turns it into a
+//! response. Files of this layer import each other in layers too: `error`, `names`,
+//! `key_cache`, `limits` and `state` at the bottom; then `session`, `audit`, `access`,
+//! `auth` and `middleware`; the handlers on top.
 
 pub mod access;
 pub mod alerts;

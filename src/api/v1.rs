@@ -300,7 +300,7 @@ pub async fn active_policies(
         // What the budgets count against now (UTC day and month), so that an editor can
         // say before saving that a budget would stop the tenant.
         "spend": {"day_usd": day.usd(), "month_usd": month.usd()},
-        "price_table_version": crate::guard::pricing::PRICE_TABLE_VERSION,
+        "price_table_version": crate::domain::pricing::PRICE_TABLE_VERSION,
         "policies": [
             {"id": "killswitch", "name": "Kill switch", "enabled": true, "thresholds": {}},
             {"id": "dg-001", "name": "Max cost per request", "enabled": true, "thresholds": {"max_cost_per_request_usd": p.max_cost_per_request_usd}},

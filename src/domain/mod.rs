@@ -16,6 +16,7 @@ pub mod incident;
 pub mod keys;
 pub mod money;
 pub mod policy;
+pub mod pricing;
 pub mod quota;
 pub mod redaction;
 pub mod replay;

@@ -30,7 +30,7 @@ pub fn policy_version(guard: &Guard, tenant: &TenantId) -> String {
     let digest = hex::encode(Sha256::digest(json.as_bytes()));
     format!(
         "prices-{}+policy-{}",
-        crate::guard::pricing::PRICE_TABLE_VERSION,
+        crate::domain::pricing::PRICE_TABLE_VERSION,
         &digest[..16]
     )
 }

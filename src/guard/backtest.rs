@@ -15,10 +15,10 @@
 //! backtest over 200,000 calls holds one page of requests ([`RecordedRequest`]: no
 //! responses), not the whole range.
 
-use super::pricing::Pricing;
 use super::{CallResult, Endpoint, Guard, RequestFacts, Verdict};
 use crate::domain::call::endpoint;
 use crate::domain::decision::policy as ids;
+use crate::domain::pricing::Pricing;
 use crate::domain::{
     CallCursor, CallId, CallRecord, Decision, FreezeAction, FreezeEvent, FreezeId, PolicyConfig,
     RecordedRequest, TenantId, Timestamp,

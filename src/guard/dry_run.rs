@@ -52,8 +52,8 @@ mod tests {
     use super::*;
     use crate::domain::Outcome;
     use crate::domain::decision::policy as ids;
+    use crate::domain::pricing::Pricing;
     use crate::domain::{KeyId, PolicyConfig, TenantId};
-    use crate::guard::pricing::Pricing;
     use crate::guard::{Endpoint, key_limits, tenant_limits};
     use serde_json::json;
     use std::sync::Arc;

@@ -29,13 +29,13 @@ pub mod budget;
 pub mod dry_run;
 pub mod injection;
 pub mod killswitch;
-pub mod pricing;
 pub mod ratelimit;
 pub mod shared;
 pub mod spike;
 pub mod tokens;
 
 use crate::domain::decision::policy as ids;
+use crate::domain::pricing::Pricing;
 use crate::domain::quota;
 use crate::domain::redaction::{BodyStorage, RedactionConfig, Redactor};
 use crate::domain::{
@@ -44,7 +44,6 @@ use crate::domain::{
 use crate::error::Code;
 use budget::{BudgetLimits, BudgetPeriod, Budgets, Reservation, SoftLimitCrossed};
 use killswitch::{FreezeScope, KillSwitch};
-use pricing::Pricing;
 use ratelimit::{RateLimiter, RateLimits, Usage};
 use serde_json::Value;
 use shared::{Allowance, Demand, SharedQuota, Take, Taken};
