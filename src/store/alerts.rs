@@ -4,8 +4,7 @@
 //! caller's transaction.
 
 use super::incidents::{self, EventSeq, NewEvent};
-use super::rows::Param;
-use super::sql::{Cells, Db, SqlRow};
+use super::sql::{Cells, Db, Param, SqlRow};
 use super::{StoreError, StoreResult};
 use crate::domain::alert::{AlertRoute, AlertSent, RouteKind};
 use crate::domain::incident::EventKind;

@@ -1,7 +1,7 @@
 //! Reading recorded calls back (writing them is the recorder's, in each backend).
 
-use super::rows::{CALL_COLUMNS, Param, call_from, list_calls_query};
-use super::sql::{self, Cells, Db};
+use super::rows::{CALL_COLUMNS, call_from, list_calls_query};
+use super::sql::{self, Cells, Db, Param};
 use super::{CallCounts, StoreError, StoreResult};
 use crate::domain::{CallCursor, CallFilter, CallId, CallRecord, Money, TenantId, Timestamp};
 

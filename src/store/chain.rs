@@ -11,8 +11,8 @@
 //! read: it starts from the head its own last commit left ([`KnownHeads`]), and the write
 //! of the new head checks that the stored one is still that.
 
-use super::rows::{CHAINED_CALL_COLUMNS, CallParams, Param, REQUEST_BODY_AT, RESPONSE_BODY_AT};
-use super::sql::{Cell, Cells, Db, SqlRow};
+use super::rows::{CHAINED_CALL_COLUMNS, CallParams, REQUEST_BODY_AT, RESPONSE_BODY_AT};
+use super::sql::{Cell, Cells, Db, Param, SqlRow};
 use super::{StoreError, StoreResult};
 use crate::domain::audit::{AuditEntry, AuditFilter, NewAuditEntry};
 use crate::domain::chain::{self, ChainHead, ChainKind, Field, LinkVersion, StoredLink};

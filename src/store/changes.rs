@@ -1,8 +1,8 @@
 //! The change feed: one row per change that other processes' caches must notice (see
 //! [`super::Change`]), written in the transaction of the change itself.
 
-use super::rows::{Param, TOPIC_API_KEY};
-use super::sql::{self, Cells, Db};
+use super::rows::TOPIC_API_KEY;
+use super::sql::{self, Cells, Db, Param};
 use super::{Change, StoreResult};
 use crate::domain::{TenantId, Timestamp};
 

@@ -6,8 +6,8 @@
 //! here, inside the transaction that makes the change, so that two people acting at once
 //! cannot both remove the last one.
 
-use super::rows::{Param, USER_COLUMNS, explain_conflict, user_from};
-use super::sql::{Cells, Db, SqlRow};
+use super::rows::{USER_COLUMNS, explain_conflict, user_from};
+use super::sql::{Cells, Db, Param, SqlRow};
 use super::{StoreError, StoreResult};
 use crate::domain::user::{Email, Invitation, NewUser, PasswordHash, Role, User};
 use crate::domain::{InvitationId, KeyId, TenantId, Timestamp, UserId};

@@ -8,8 +8,7 @@
 //! tables agree with each other and no writer waits. The import writes everything in one
 //! transaction into a database that must hold no rows yet.
 
-use super::rows::Param;
-use super::sql::{Cells, Db};
+use super::sql::{Cells, Db, Param};
 use super::{StoreError, StoreResult, changes};
 use crate::domain::TenantId;
 use serde_json::Value;
@@ -159,7 +158,7 @@ pub(super) mod sqlite {
     use rusqlite::types::{Value as SqlValue, ValueRef};
 
     fn db_err(e: rusqlite::Error) -> StoreError {
-        super::super::sqlite::db_err(e)
+        super::super::sqlite_conn::db_err(e)
     }
 
     fn columns(conn: &Connection, table: &str) -> StoreResult<Vec<String>> {
@@ -351,7 +350,7 @@ pub(super) mod postgres {
     use ::postgres::Client;
 
     fn db_err(e: ::postgres::Error) -> StoreError {
-        super::super::postgres::db_err(e)
+        super::super::postgres_conn::db_err(e)
     }
 
     fn columns(

@@ -2,8 +2,7 @@
 //! read takes the tenant id (the public certificate check passes `None`): another tenant's
 //! replay or certificate is NotFound. Rows are written once and never updated.
 
-use super::rows::Param;
-use super::sql::{Cells, Db, SqlRow};
+use super::sql::{Cells, Db, Param, SqlRow};
 use super::{StoreError, StoreResult};
 use crate::domain::certificate::CertificateKind;
 use crate::domain::replay::{MatchLevel, ReplayMode, ReplayRecord};

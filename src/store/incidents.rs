@@ -5,9 +5,8 @@
 //! (`domain::incident::place`) decide, and writes the incident, the signal and any events in
 //! the caller's transaction.
 
-use super::rows::Param;
 pub(super) use super::sql::EventSeq;
-use super::sql::{Cells, Db, SqlRow};
+use super::sql::{Cells, Db, Param, SqlRow};
 use super::{StoreError, StoreResult};
 use crate::domain::incident::{
     self, Applied, Change, EventKind, HOUR_MS, Incident, IncidentCursor, IncidentEvent,

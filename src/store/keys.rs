@@ -3,10 +3,10 @@
 
 use super::changes;
 use super::rows::{
-    ACTIVE_FREEZES_SQL, FREEZE_COLUMNS, KEY_COLUMNS, MAX_PAGE, Param, TOPIC_API_KEY,
-    TOPIC_KILLSWITCH, explain_conflict, freeze_from, key_from, latest_uses,
+    ACTIVE_FREEZES_SQL, FREEZE_COLUMNS, KEY_COLUMNS, MAX_PAGE, TOPIC_API_KEY, TOPIC_KILLSWITCH,
+    explain_conflict, freeze_from, key_from, latest_uses,
 };
-use super::sql::{self, Db, EventSeq};
+use super::sql::{self, Db, EventSeq, Param};
 use super::{StoreError, StoreResult};
 use crate::domain::{ApiKeyRecord, FreezeEvent, KeyHash, KeyId, NewApiKey, TenantId, Timestamp};
 

@@ -341,7 +341,7 @@ const POSTGRES_MIGRATION_LOCK: i64 = 0x6167_765f_6d69_6772;
 /// Applies pending SQLite migrations, one transaction each. Refuses (without writing
 /// anything) a database whose history this binary cannot continue.
 pub(crate) fn run_sqlite(conn: &mut rusqlite::Connection) -> StoreResult<()> {
-    use super::sqlite::db_err;
+    use super::sqlite_conn::db_err;
     loop {
         // IMMEDIATE takes the write lock up front, so two processes opening the same
         // file at once apply each migration exactly once (the other waits, then re-plans).
@@ -373,7 +373,7 @@ pub(crate) fn run_sqlite(conn: &mut rusqlite::Connection) -> StoreResult<()> {
 }
 
 fn sqlite_applied(conn: &rusqlite::Connection) -> StoreResult<Vec<AppliedMigration>> {
-    use super::sqlite::db_err;
+    use super::sqlite_conn::db_err;
     let exists: i64 = conn
         .query_row(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'agv_schema_migrations'",
@@ -402,7 +402,7 @@ fn sqlite_applied(conn: &rusqlite::Connection) -> StoreResult<Vec<AppliedMigrati
 /// Applies pending Postgres migrations, one transaction each, under an advisory lock so
 /// that several instances starting at once against one database do not race.
 pub(crate) fn run_postgres(client: &mut postgres::Client) -> StoreResult<()> {
-    use super::postgres::db_err;
+    use super::postgres_conn::db_err;
     loop {
         let mut tx = client.transaction().map_err(db_err)?;
         tx.execute(
@@ -435,7 +435,7 @@ pub(crate) fn run_postgres(client: &mut postgres::Client) -> StoreResult<()> {
 }
 
 fn postgres_applied(tx: &mut postgres::Transaction<'_>) -> StoreResult<Vec<AppliedMigration>> {
-    use super::postgres::db_err;
+    use super::postgres_conn::db_err;
     let exists: bool = tx
         .query_one(
             "SELECT to_regclass('agv_schema_migrations') IS NOT NULL",

@@ -19,6 +19,7 @@ mod incidents;
 mod keys;
 pub mod migrate;
 pub mod postgres;
+mod postgres_conn;
 mod quota;
 mod resident;
 mod retention;
@@ -29,6 +30,7 @@ mod search_sql;
 mod search_sqlite;
 mod sql;
 pub mod sqlite;
+mod sqlite_conn;
 mod tasks;
 mod tenants;
 #[doc(hidden)]

@@ -5,12 +5,12 @@
 //! [`super::run_blocking`]. Dropping the store from async code is safe (see `Drop`).
 //! Changes to the change feed are serialised with an advisory lock so that sequence
 //! numbers become visible in order and a reader polling `changes_since` never skips one.
+//! What every part of the store does with a client (the pool's manager, error mapping,
+//! binding, shared locks) is in `postgres_conn`, below this module and the text index.
 //! This module translates between SQL and domain types; it must not contain policy.
 
-use super::rows::{
-    CallParams, Param, duplicate_call, explain_conflict, insert_call_sql, latest_uses,
-};
-use super::sql::postgres::PgDb;
+use super::postgres_conn::{CHANGE_CHANNEL, Manager, PgDb, db_err};
+use super::rows::{CallParams, duplicate_call, explain_conflict, insert_call_sql, latest_uses};
 use super::{
     Backend, CommitSettings, Durability, DynStore, PoolStats, Store, StoreError, StoreResult,
     migrate, redact_url,
@@ -18,16 +18,12 @@ use super::{
 use crate::domain::chain::LinkVersion;
 use crate::domain::{CallCursor, CallRecord, CallSearch, KeyId, TenantId, Timestamp};
 use postgres::config::Host;
-use postgres::error::SqlState;
-use postgres::types::ToSql;
 use postgres::{GenericClient, NoTls};
 use r2d2::{Pool, PooledConnection};
 use r2d2_postgres::PostgresConnectionManager;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
-
-pub(super) type Manager = PostgresConnectionManager<NoTls>;
 
 const POOL_SIZE: u32 = 10;
 /// Fail fast when the server is unreachable instead of r2d2's default 30 s.
@@ -273,64 +269,11 @@ impl PostgresStore {
     }
 }
 
-/// Maps a postgres error to the store's error: uniqueness → `Conflict`, a missing
-/// referenced row → `NotFound`, a full disk → `Full`, a lost connection or a server that is
-/// shutting down, starting or out of connections → `Unavailable`.
-pub(crate) fn db_err(e: postgres::Error) -> StoreError {
-    if let Some(db) = e.as_db_error() {
-        let code = db.code();
-        if *code == SqlState::UNIQUE_VIOLATION {
-            return StoreError::Conflict(db.message().to_owned());
-        }
-        if *code == SqlState::FOREIGN_KEY_VIOLATION {
-            return StoreError::NotFound;
-        }
-        if *code == SqlState::DISK_FULL {
-            return StoreError::Full(format!(
-                "the Postgres server's disk is full: {} — free space on the database server; writing resumes by itself once there is room",
-                db.message()
-            ));
-        }
-        // The server is shutting down, starting up, out of connections or otherwise
-        // refusing work for now: a retry later can succeed.
-        let class = code.code().get(..2).unwrap_or("");
-        if matches!(class, "08" | "53" | "57") || *code == SqlState::READ_ONLY_SQL_TRANSACTION {
-            return StoreError::Unavailable(format!(
-                "Postgres cannot serve requests now: {} ({}) — is the server running and accepting connections?",
-                db.message(),
-                code.code()
-            ));
-        }
-        return StoreError::Database(format!("{} ({})", db.message(), code.code()));
-    }
-    // A closed connection, or a socket error on the way to or from the server.
-    let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
-    if e.is_closed() || io {
-        return StoreError::Unavailable(format!(
-            "lost the connection to Postgres: {} — is the server running?",
-            crate::telemetry::error_chain(&e)
-        ));
-    }
-    StoreError::Database(crate::telemetry::error_chain(&e))
-}
-
 fn placeholder(n: usize) -> String {
     format!("${n}")
 }
 
 static INSERT_CALL: LazyLock<String> = LazyLock::new(|| insert_call_sql(placeholder));
-
-/// A parameter as the client binds it: each variant matches its column's Postgres type.
-pub(super) fn pg_param<'b>(p: &'b Param<'_>) -> &'b (dyn ToSql + Sync) {
-    match p {
-        Param::Text(s) => s,
-        Param::BigInt(i) => i,
-        Param::Int(i) => i,
-        Param::Bool(b) => b,
-        Param::OptText(s) => s,
-        Param::OptBigInt(i) => i,
-    }
-}
 
 fn insert_call(
     tx: &mut postgres::Transaction<'_>,
@@ -380,9 +323,6 @@ fn insert_call(
         ],
     )
 }
-
-/// The LISTEN/NOTIFY channel of the change feed.
-pub const CHANGE_CHANNEL: &str = "agv_changes";
 
 /// A dedicated connection (outside the pool) that LISTENs on the change feed's channel.
 pub struct ChangeListener {

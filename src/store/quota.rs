@@ -4,8 +4,7 @@
 //! [`crate::domain::quota`] sees every earlier grant.
 
 use super::StoreResult;
-use super::rows::Param;
-use super::sql::{Cells, Db};
+use super::sql::{Cells, Db, Param};
 use crate::domain::quota::{self, LeaseGrant, LeaseRequest, QuotaRow};
 
 fn read(db: &mut dyn Db, name: &str) -> StoreResult<Option<QuotaRow>> {

@@ -17,8 +17,7 @@
 //! text index in the same transaction, so pruned text is no longer found. This module
 //! decides nothing about ages or schedules: it must not read settings.
 
-use super::rows::Param;
-use super::sql::{Cell, Cells, Db};
+use super::sql::{Cell, Cells, Db, Param};
 use super::{StoreError, StoreResult};
 use crate::domain::{CallCursor, CallId, Timestamp};
 

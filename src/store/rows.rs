@@ -3,7 +3,7 @@
 //! interpret a stored value. A stored value that no longer parses is a database error,
 //! never a panic.
 
-use super::sql::{Cells, SqlRow};
+use super::sql::{Cells, Param, SqlRow};
 use super::{StoreError, StoreResult};
 use crate::domain::chain::body_digest;
 use crate::domain::{
@@ -298,18 +298,6 @@ pub(super) fn call_from(row: &SqlRow) -> StoreResult<CallRecord> {
         response_body_sha256: c.opt_text(32)?,
         body_pruned_at: ts(c.opt_int(33)?),
     })
-}
-
-/// A query parameter, typed so that each backend binds it to its column's type.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) enum Param<'a> {
-    Text(&'a str),
-    BigInt(i64),
-    Int(i32),
-    Bool(bool),
-    /// NULL when `None` (typed, because Postgres checks a NULL's type too).
-    OptText(Option<&'a str>),
-    OptBigInt(Option<i64>),
 }
 
 /// The SQL and parameters of one `list_calls` page. Only the filters that are set become

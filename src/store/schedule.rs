@@ -3,8 +3,7 @@
 //! the others skip it. The primary key does the arbitration; no lock is held.
 
 use super::StoreResult;
-use super::rows::Param;
-use super::sql::{Cells, Db};
+use super::sql::{Cells, Db, Param};
 
 /// Claims are kept this long (for inspection), then deleted by later claims.
 const KEEP_MS: i64 = 7 * 86_400_000;

@@ -13,14 +13,13 @@
 //! `safe_seq` advances. One instance indexes at a time (an advisory lock).
 //! This module translates between SQL and domain types; it must not contain policy.
 
-use super::postgres::{Manager, db_err, pg_param};
+use super::postgres_conn::{INDEXER_LOCK, Manager, cells, db_err, pg_param};
 use super::rows::MAX_PAGE;
 use super::rows::call_from;
 use super::search_sql::{
     Dialect, FILTER_DRIVEN_MAX, TextPlan, call_columns, conditions, count_narrow_query,
     has_narrow_filter, search_calls_query, tsquery, tsvector,
 };
-use super::sql::postgres::cells;
 use super::{StoreError, StoreResult};
 use crate::domain::search::index_tokens;
 use crate::domain::{CallCursor, CallRecord, CallSearch, TenantId, Timestamp};
@@ -35,8 +34,6 @@ use std::time::Duration;
 const INDEX_EVERY: Duration = Duration::from_millis(300);
 /// Calls indexed per transaction.
 const INDEX_BATCH: i64 = 2000;
-/// Advisory lock: one indexer at a time across instances ("agv_srch" in ASCII).
-pub(super) const INDEXER_LOCK: i64 = 0x6167_765f_7372_6368;
 
 /// Holds the indexer's lock until `tx` ends, waiting for a pass in progress to finish:
 /// for a change of calls that no pass may overlap (retention removing their text).

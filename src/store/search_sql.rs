@@ -3,7 +3,8 @@
 //! differ. Also the text forms of a query and of an indexed document for each backend.
 //! This module builds SQL text and parameters; it runs nothing.
 
-use super::rows::{CALL_COLUMNS, MAX_PAGE, Param};
+use super::rows::{CALL_COLUMNS, MAX_PAGE};
+use super::sql::Param;
 use crate::domain::{CallCursor, CallSearch, TenantId};
 use std::collections::BTreeMap;
 

@@ -30,8 +30,7 @@ use super::search_sql::{
     Dialect, FILTER_DRIVEN_MAX, TextPlan, count_narrow_query, fts5_match, fts5_match_in,
     has_narrow_filter, has_phrases, next_slot, search_calls_query, tenant_token, time_key,
 };
-use super::sql::sqlite::cells;
-use super::sqlite::{BUSY_TIMEOUT, db_err, init_connection};
+use super::sqlite_conn::{BUSY_TIMEOUT, cells, db_err, init_connection};
 use crate::domain::search::{contains_phrases, index_tokens};
 use crate::domain::{CallCursor, CallRecord, CallSearch, TenantId};
 use rusqlite::{Connection, TransactionBehavior, params, params_from_iter};

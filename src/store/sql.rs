@@ -1,12 +1,26 @@
 //! A small common ground for statements that both backends run word for word.
 //!
 //! Newer parts of the store (incidents, …) are written once against [`Db`]: SQL with
-//! `$1`-style placeholders (SQLite takes them as `?1`), typed parameters (`rows::Param`, as elsewhere in the store) and rows
+//! `$1`-style placeholders (SQLite takes them as `?1`), typed parameters ([`Param`], as elsewhere in the store) and rows
 //! of plain values ([`Cell`]). Each backend implements `Db` on its transaction, so the
 //! logic — and its bugs — exist once.
+//!
+//! This is the bottom of the store's SQL: it knows neither backend. Each backend's
+//! implementation of `Db` lives with its connections (`sqlite_conn`, `postgres_conn`).
 
-use super::rows::Param;
 use super::{StoreError, StoreResult};
+
+/// A query parameter, typed so that each backend binds it to its column's type.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Param<'a> {
+    Text(&'a str),
+    BigInt(i64),
+    Int(i32),
+    Bool(bool),
+    /// NULL when `None` (typed, because Postgres checks a NULL's type too).
+    OptText(Option<&'a str>),
+    OptBigInt(Option<i64>),
+}
 
 /// One value of a result row.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,158 +162,6 @@ pub(super) fn sqlite_placeholders(sql: &str) -> String {
         }
     }
     out
-}
-
-pub(super) mod sqlite {
-    use super::{Cell, Db, Param, SqlRow, sqlite_placeholders};
-    use crate::store::StoreResult;
-    use rusqlite::Connection;
-    use rusqlite::types::ValueRef;
-
-    /// The cells of a row, of whatever query.
-    pub(in crate::store) fn cells(r: &rusqlite::Row<'_>) -> rusqlite::Result<SqlRow> {
-        (0..r.as_ref().column_count())
-            .map(|i| {
-                Ok(match r.get_ref(i)? {
-                    ValueRef::Null => Cell::Null,
-                    ValueRef::Integer(v) => Cell::Int(v),
-                    ValueRef::Real(v) => Cell::Int(v as i64),
-                    ValueRef::Text(t) | ValueRef::Blob(t) => {
-                        Cell::Text(String::from_utf8_lossy(t).into_owned())
-                    }
-                })
-            })
-            .collect()
-    }
-
-    /// A connection (or a transaction, which derefs to one).
-    pub(in crate::store) struct SqliteDb<'c>(pub &'c Connection);
-
-    impl Db for SqliteDb<'_> {
-        fn execute(&mut self, sql: &str, args: &[Param<'_>]) -> StoreResult<u64> {
-            let mut stmt = self
-                .0
-                .prepare_cached(&sqlite_placeholders(sql))
-                .map_err(crate::store::sqlite::db_err)?;
-            let n = stmt
-                .execute(rusqlite::params_from_iter(args.iter()))
-                .map_err(crate::store::sqlite::db_err)?;
-            Ok(n as u64)
-        }
-
-        fn query(&mut self, sql: &str, args: &[Param<'_>]) -> StoreResult<Vec<SqlRow>> {
-            let mut stmt = self
-                .0
-                .prepare_cached(&sqlite_placeholders(sql))
-                .map_err(crate::store::sqlite::db_err)?;
-            let rows = stmt
-                .query_map(rusqlite::params_from_iter(args.iter()), cells)
-                .map_err(crate::store::sqlite::db_err)?;
-            rows.map(|r| r.map_err(crate::store::sqlite::db_err))
-                .collect()
-        }
-
-        fn forget_tenant_text(&mut self, tenant: &str) -> StoreResult<()> {
-            // The text index keeps each call's id.
-            self.execute(
-                "DELETE FROM search.call_fts WHERE call_id IN (SELECT id FROM main.calls WHERE tenant_id = $1)",
-                &[Param::Text(tenant)],
-            )
-            .map(drop)
-        }
-    }
-}
-
-pub(super) mod postgres {
-    use super::{Cell, Db, EventSeq, Param, SqlRow};
-    use crate::store::postgres::pg_param as bind;
-    use crate::store::{StoreError, StoreResult};
-    use postgres::GenericClient;
-    use postgres::types::{ToSql, Type};
-
-    /// The cells of a row, of whatever query.
-    pub(in crate::store) fn cells(row: &postgres::Row) -> StoreResult<SqlRow> {
-        (0..row.len())
-            .map(|i| {
-                let ty = row.columns()[i].type_();
-                let cell = if *ty == Type::INT8 {
-                    row.try_get::<_, Option<i64>>(i).map(|v| v.map(Cell::Int))
-                } else if *ty == Type::INT4 {
-                    row.try_get::<_, Option<i32>>(i)
-                        .map(|v| v.map(|v| Cell::Int(i64::from(v))))
-                } else if *ty == Type::INT2 {
-                    row.try_get::<_, Option<i16>>(i)
-                        .map(|v| v.map(|v| Cell::Int(i64::from(v))))
-                } else if *ty == Type::BOOL {
-                    row.try_get::<_, Option<bool>>(i)
-                        .map(|v| v.map(|v| Cell::Int(i64::from(v))))
-                } else if *ty == Type::NUMERIC {
-                    return Err(StoreError::Database(
-                        "a NUMERIC column reached the common SQL layer; cast it to BIGINT in the statement".into(),
-                    ));
-                } else {
-                    row.try_get::<_, Option<String>>(i).map(|v| v.map(Cell::Text))
-                };
-                cell.map(|c| c.unwrap_or(Cell::Null))
-                    .map_err(crate::store::postgres::db_err)
-            })
-            .collect()
-    }
-
-    pub(in crate::store) struct PgDb<'c, C: GenericClient>(pub &'c mut C);
-
-    impl<C: GenericClient> Db for PgDb<'_, C> {
-        fn lock_rows(&self) -> &'static str {
-            " FOR UPDATE"
-        }
-
-        fn event_seq(&self) -> EventSeq {
-            EventSeq::Identity
-        }
-
-        fn serialize(&mut self, key: i64) -> StoreResult<()> {
-            self.execute("SELECT pg_advisory_xact_lock($1)", &[Param::BigInt(key)])
-                .map(drop)
-        }
-
-        fn announce_change(&mut self, topic: &str) -> StoreResult<()> {
-            self.execute(
-                "SELECT pg_notify($1, $2)",
-                &[
-                    Param::Text(crate::store::postgres::CHANGE_CHANNEL),
-                    Param::Text(topic),
-                ],
-            )
-            .map(drop)
-        }
-
-        fn forget_tenant_text(&mut self, tenant: &str) -> StoreResult<()> {
-            // No indexer pass overlaps: one that read the tenant's calls before this commits
-            // would otherwise write their text-index rows after it.
-            self.serialize(crate::store::search_postgres::INDEXER_LOCK)?;
-            self.execute(
-                "DELETE FROM call_search WHERE tenant_id = $1",
-                &[Param::Text(tenant)],
-            )
-            .map(drop)
-        }
-
-        fn execute(&mut self, sql: &str, args: &[Param<'_>]) -> StoreResult<u64> {
-            let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(bind).collect();
-            self.0
-                .execute(sql, &params)
-                .map_err(crate::store::postgres::db_err)
-        }
-
-        fn query(&mut self, sql: &str, args: &[Param<'_>]) -> StoreResult<Vec<SqlRow>> {
-            let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(bind).collect();
-            let rows = self
-                .0
-                .query(sql, &params)
-                .map_err(crate::store::postgres::db_err)?;
-            rows.iter().map(cells).collect()
-        }
-    }
 }
 
 #[cfg(test)]

@@ -4,10 +4,12 @@
 //! `synchronous=NORMAL` — or `FULL` with `durability = "power"` (see [`Durability`]). Writes use `BEGIN IMMEDIATE` so that a transaction never has to
 //! upgrade a read lock (which SQLite answers with an immediate "busy" instead of waiting).
 //! All methods block: async code calls them through [`super::run_blocking`].
+//! What every part of the store does with a connection (its settings, error mapping,
+//! binding) is in `sqlite_conn`, below this module and the text index.
 //! This module translates between SQL and domain types; it must not contain policy.
 
-use super::rows::{CallParams, Param, duplicate_call, explain_conflict, insert_call_sql};
-use super::sql::sqlite::SqliteDb;
+use super::rows::{CallParams, duplicate_call, explain_conflict, insert_call_sql};
+use super::sqlite_conn::{BUSY_TIMEOUT, SqliteDb, db_err, init_connection};
 use super::{
     Backend, CommitSettings, Durability, DynStore, PoolStats, Store, StoreError, StoreResult,
     migrate,
@@ -16,8 +18,7 @@ use crate::domain::chain::LinkVersion;
 use crate::domain::{CallCursor, CallRecord, CallSearch, TenantId, Timestamp};
 use r2d2::{Pool, PooledConnection};
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::types::{ToSqlOutput, Value, ValueRef};
-use rusqlite::{Connection, ToSql, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -26,7 +27,6 @@ use std::time::{Duration, Instant};
 pub const DB_FILE: &str = "agv.db";
 
 const POOL_SIZE: u32 = 8;
-pub(super) const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
 
 /// Opens the store and applies migrations.
 pub fn open_store(path: &Path) -> StoreResult<DynStore> {
@@ -120,35 +120,6 @@ impl std::fmt::Debug for SqliteStore {
             .field("path", &self.path)
             .finish()
     }
-}
-
-/// Settings every connection gets, before it is used for anything else.
-pub(super) fn init_connection(
-    conn: &mut Connection,
-    durability: Durability,
-) -> rusqlite::Result<()> {
-    // The busy timeout first, so that switching to WAL waits for another process too.
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        tracing::warn!(
-            mode,
-            "SQLite refused WAL mode (is the data dir on a network file system?)"
-        );
-    }
-    // In WAL mode NORMAL syncs the WAL only when a checkpoint copies it (every round of
-    // the checkpointer, see `CHECKPOINT_EVERY`): a commit survives a crash of the process,
-    // not necessarily of the machine. FULL syncs the WAL at every commit.
-    let synchronous = match durability {
-        Durability::Process => "NORMAL",
-        Durability::Power => "FULL",
-    };
-    conn.pragma_update(None, "synchronous", synchronous)?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    // No checkpoint inside a commit: copying the WAL into the database would stall every
-    // request waiting on that commit. The store's checkpointer thread does it instead.
-    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    Ok(())
 }
 
 /// Opens and sets up a connection, retrying while the file is busy. SQLite answers
@@ -507,51 +478,6 @@ impl SqliteStore {
     }
 }
 
-/// Maps a rusqlite error to the store's error: uniqueness → `Conflict`, a missing
-/// referenced row → `NotFound`, a full disk → `Full`, an unwritable file, an I/O error or a
-/// lock held too long → `Unavailable`.
-pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {
-    use rusqlite::ffi;
-    match &e {
-        rusqlite::Error::QueryReturnedNoRows => StoreError::NotFound,
-        rusqlite::Error::SqliteFailure(f, msg) => match f.extended_code {
-            ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
-                StoreError::Conflict(msg.clone().unwrap_or_else(|| e.to_string()))
-            }
-            ffi::SQLITE_CONSTRAINT_FOREIGNKEY => StoreError::NotFound,
-            _ if matches!(
-                f.code,
-                ffi::ErrorCode::CannotOpen
-                    | ffi::ErrorCode::ReadOnly
-                    | ffi::ErrorCode::PermissionDenied
-            ) =>
-            {
-                StoreError::Unavailable(format!(
-                    "{e} — check that the data directory exists and is writable by this user"
-                ))
-            }
-            _ if f.code == ffi::ErrorCode::DiskFull => StoreError::Full(format!(
-                "the disk holding the database is full ({e}) — free space on the data directory's volume; writing resumes by itself once there is room"
-            )),
-            _ if f.code == ffi::ErrorCode::SystemIoFailure => StoreError::Unavailable(format!(
-                "the database file could not be read or written ({e}) — check the disk holding the data directory: free space, and errors in the system log"
-            )),
-            _ if matches!(
-                f.code,
-                ffi::ErrorCode::DatabaseBusy | ffi::ErrorCode::DatabaseLocked
-            ) =>
-            {
-                StoreError::Unavailable(format!(
-                    "the database stayed locked by another writer for more than {} s: {e} — retry; if it persists, look for a stuck agv-server process",
-                    BUSY_TIMEOUT.as_secs()
-                ))
-            }
-            _ => StoreError::Database(e.to_string()),
-        },
-        _ => StoreError::Database(e.to_string()),
-    }
-}
-
 /// Links, inserts and commits `calls` (their parameters in `rows`) in one transaction on
 /// the recorder's connection, whose caller holds the writer lock; `None` (nothing
 /// written) when `wait` is false and another process holds SQLite's write lock.
@@ -651,20 +577,6 @@ fn placeholder(n: usize) -> String {
 }
 
 static INSERT_CALL: LazyLock<String> = LazyLock::new(|| insert_call_sql(placeholder));
-
-impl ToSql for Param<'_> {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(match *self {
-            Param::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
-            Param::BigInt(i) => ToSqlOutput::Owned(Value::Integer(i)),
-            Param::Int(i) => ToSqlOutput::Owned(Value::Integer(i64::from(i))),
-            Param::Bool(b) => ToSqlOutput::Owned(Value::Integer(i64::from(b))),
-            Param::OptText(Some(s)) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
-            Param::OptBigInt(Some(i)) => ToSqlOutput::Owned(Value::Integer(i)),
-            Param::OptText(None) | Param::OptBigInt(None) => ToSqlOutput::Owned(Value::Null),
-        })
-    }
-}
 
 fn insert_call(
     stmt: &mut rusqlite::CachedStatement<'_>,

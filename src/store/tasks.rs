@@ -2,8 +2,7 @@
 //! read takes the tenant id: another tenant's task is NotFound. The output file is kept as
 //! base64 text so both backends store it the same way and a backup carries it.
 
-use super::rows::Param;
-use super::sql::{Cells, Db, SqlRow};
+use super::sql::{Cells, Db, Param, SqlRow};
 use super::{StoreError, StoreResult};
 use crate::domain::task::{Task, TaskStatus, TaskUpdate};
 use crate::domain::{TaskId, TenantId, Timestamp};

@@ -2,10 +2,10 @@
 //! tenant's own upstream (and the instance upstream the operator sets in the console).
 
 use super::rows::{
-    Param, TENANT_COLUMNS, TOPIC_POLICY, TOPIC_UPSTREAM, UPSTREAM_COLUMNS, explain_conflict,
+    TENANT_COLUMNS, TOPIC_POLICY, TOPIC_UPSTREAM, UPSTREAM_COLUMNS, explain_conflict,
     policy_overrides, tenant_from, upstream_row,
 };
-use super::sql::{self, Cells, Db, SqlRow};
+use super::sql::{self, Cells, Db, Param, SqlRow};
 use super::{
     INSTANCE_UPSTREAM_REF, InstanceUpstreamRow, StoreError, StoreResult, TenantUpstreamRow, changes,
 };

@@ -2,9 +2,9 @@
 //! [`super::console`]).
 
 use super::rows::{
-    LIVE_SESSION, Param, SESSION_COLUMNS, USER_COLUMNS, explain_conflict, session_from, user_from,
+    LIVE_SESSION, SESSION_COLUMNS, USER_COLUMNS, explain_conflict, session_from, user_from,
 };
-use super::sql::{self, Db};
+use super::sql::{self, Db, Param};
 use super::{StoreError, StoreResult};
 use crate::domain::{Email, NewSession, NewUser, Session, TenantId, Timestamp, User, UserId};
 
