@@ -13,7 +13,7 @@
 
 use agv_server::domain::{KeyId, NewApiKey, Scope, Tenant, TenantId, TenantName, Timestamp};
 use agv_server::incidents::demo::CallStream;
-use agv_server::store::DynStore;
+use agv_server::store::{DynRecording, DynStore};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -126,7 +126,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Inserts one call every 5 ms until told to stop, with the recorder's upkeep between
 /// commits; returns each insert's latency in ms.
-fn writer(store: DynStore, tenant: TenantId, key: KeyId, stop: Arc<AtomicBool>) -> Vec<f64> {
+fn writer(store: DynRecording, tenant: TenantId, key: KeyId, stop: Arc<AtomicBool>) -> Vec<f64> {
     let mut lat = Vec::new();
     let mut seed = 1_000_000u64;
     while !stop.load(Ordering::Relaxed) {
@@ -141,9 +141,7 @@ fn writer(store: DynStore, tenant: TenantId, key: KeyId, stop: Arc<AtomicBool>) 
         .collect();
         seed += 1;
         let t = Instant::now();
-        store
-            .insert_calls(&call)
-            .expect("insert during the benchmark");
+        store.insert(&call).expect("insert during the benchmark");
         // As the server's recorder does after each commit (a WAL checkpoint finish every
         // 2 s); counted in this writer's latency.
         store.between_commits();
@@ -169,7 +167,8 @@ fn main() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir: PathBuf = arg("--data").map_or_else(|| tmp.path().to_owned(), PathBuf::from);
     std::fs::create_dir_all(&dir).expect("data dir");
-    let store = agv_server::store::sqlite::open_store(&dir.join("agv.db")).expect("store");
+    let agv_server::store::Opened { store, recording } =
+        agv_server::store::open_recording(&dir, None, None).expect("store");
     let (tenant, key) = fill(&store, &dir, target_mb);
     let size = db_mb(&dir);
     let calls: i64 = store
@@ -190,7 +189,7 @@ fn main() {
     // Baseline: the writer alone for 5 s.
     let stop = Arc::new(AtomicBool::new(false));
     let w = {
-        let (s, t, k, st) = (store.clone(), tenant.clone(), key.clone(), stop.clone());
+        let (s, t, k, st) = (recording.clone(), tenant.clone(), key.clone(), stop.clone());
         std::thread::spawn(move || writer(s, t, k, st))
     };
     std::thread::sleep(Duration::from_secs(5));
@@ -200,7 +199,7 @@ fn main() {
     // The backup, with the writer going on.
     let stop = Arc::new(AtomicBool::new(false));
     let w = {
-        let (s, t, k, st) = (store.clone(), tenant.clone(), key.clone(), stop.clone());
+        let (s, t, k, st) = (recording.clone(), tenant.clone(), key.clone(), stop.clone());
         std::thread::spawn(move || writer(s, t, k, st))
     };
     let t = Instant::now();

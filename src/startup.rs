@@ -99,8 +99,13 @@ async fn log_commit_settings(store: &DynStore, settings: &Settings) -> Result<()
 
 /// Opens the store for the settings (Postgres URL or SQLite in the data dir).
 pub fn open_store(settings: &Settings) -> Result<DynStore, StartupError> {
+    open_recording(settings).map(|o| o.store)
+}
+
+/// [`open_store`], with the call recorder's ways into it (what the server runs on).
+fn open_recording(settings: &Settings) -> Result<store::Opened, StartupError> {
     prepare_data_dir(&settings.data_dir)?;
-    store::open_with(
+    store::open_recording(
         &settings.data_dir,
         settings.database_url.as_deref(),
         settings.durability,
@@ -130,7 +135,8 @@ impl Application {
         };
 
         let for_store = settings.clone();
-        let store = run_blocking(move || open_store(&for_store)).await?;
+        let store::Opened { store, recording } =
+            run_blocking(move || open_recording(&for_store)).await?;
         let queue_dir = settings.queue_dir();
         let limits = QueueLimits {
             max_disk_bytes: settings.queue_max_bytes,
@@ -180,7 +186,7 @@ impl Application {
             },
         )
         .map_err(StartupError)?;
-        let (recorder, recorder_done) = Recorder::start(store.clone())
+        let (recorder, recorder_done) = Recorder::start(recording)
             .map_err(|e| StartupError(format!("could not start the call recorder thread: {e}")))?;
         let alerts = Arc::new(Alerts::new(
             store.clone(),

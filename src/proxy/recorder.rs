@@ -13,16 +13,16 @@
 //! Even those two hand-overs (a wake-up of the writer thread, then one of the request's
 //! thread) were most of the recorder's share of the proxy's added latency at moderate load.
 //! So a request that finds nothing queued and the store's writer free commits its own
-//! record on its own thread, as a group of one ([`Store::try_insert_calls`], which never
+//! record on its own thread, as a group of one ([`Recording::try_insert`], which never
 //! waits: the writer lock is only tried). The writer is still one at a time — the store's
 //! writer lock — and under load, when records queue, the thread commits them in groups as
 //! before. Measured at 1,000 req/s (bench/README.md, the 2026-12-05 runs recorded in 294b470): the recorder's wait
 //! under 100 µs for 80% of calls instead of 8%, and ~47 µs less CPU per call.
 //!
-//! [`Store::try_insert_calls`]: crate::store::Store::try_insert_calls
+//! [`Recording::try_insert`]: crate::store::Recording::try_insert
 
 use crate::domain::CallRecord;
-use crate::store::{DynStore, StoreError};
+use crate::store::{DynRecording, StoreError};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -50,7 +50,7 @@ pub struct Recorder {
     /// one in between, which under load would split the groups.
     writing: Arc<AtomicBool>,
     /// For commits on the request's own thread.
-    store: DynStore,
+    store: DynRecording,
     /// Whether records arrive far enough apart for own-thread commits.
     arrivals: Arc<Arrivals>,
 }
@@ -132,7 +132,7 @@ impl RecorderDone {
 impl Recorder {
     /// Starts the writer thread. It ends when every `Recorder` clone is dropped, after
     /// committing what was queued.
-    pub fn start(store: DynStore) -> std::io::Result<(Self, RecorderDone)> {
+    pub fn start(store: DynRecording) -> std::io::Result<(Self, RecorderDone)> {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let (done_tx, done_rx) = oneshot::channel();
         let health = Arc::new(Health::default());
@@ -212,7 +212,7 @@ impl Recorder {
 }
 
 fn writer(
-    store: &DynStore,
+    store: &DynRecording,
     mut rx: mpsc::Receiver<(CallRecord, Ack)>,
     health: &Health,
     writing: &AtomicBool,
@@ -283,13 +283,13 @@ fn writer(
 
 /// Commits `records`; a panic in the store becomes an error, so that it fails these
 /// records instead of ending the writer thread (and with it every later call).
-fn insert(store: &DynStore, records: &[CallRecord]) -> Result<(), StoreError> {
-    guarded(|| store.insert_calls(records)).unwrap_or_else(Err)
+fn insert(store: &DynRecording, records: &[CallRecord]) -> Result<(), StoreError> {
+    guarded(|| store.insert(records)).unwrap_or_else(Err)
 }
 
 /// [`insert`] on the caller's thread if the store's writer is free right now (`None` if not).
-fn try_insert(store: &DynStore, records: &[CallRecord]) -> Option<Result<(), StoreError>> {
-    guarded(|| store.try_insert_calls(records)).unwrap_or_else(|e| Some(Err(e)))
+fn try_insert(store: &DynRecording, records: &[CallRecord]) -> Option<Result<(), StoreError>> {
+    guarded(|| store.try_insert(records)).unwrap_or_else(|e| Some(Err(e)))
 }
 
 /// Runs `commit`, turning a panic in the store into the error that says so.

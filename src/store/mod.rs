@@ -447,19 +447,6 @@ pub trait Store: Send + Sync + 'static {
     fn checkpoint(&self) -> StoreResult<()> {
         Ok(())
     }
-    /// Called by the call recorder between two group commits, after it has answered the
-    /// calls it committed: short upkeep that must happen while no call is being written.
-    /// On SQLite it finishes a WAL checkpoint when the background checkpointer asked for
-    /// it (see `sqlite::spawn_checkpointer`); nothing to do on Postgres.
-    fn between_commits(&self) {}
-    /// Commits `calls` at once if the writer is free right now, without waiting for
-    /// anything: `None` when it is not (another writer holds it, upkeep is due between
-    /// commits, or this store has no such path), and the caller queues them for the
-    /// recorder instead. Lets a call's own thread commit its record when nobody else is
-    /// writing, with no hand-over to the recorder's thread and back.
-    fn try_insert_calls(&self, _calls: &[CallRecord]) -> Option<StoreResult<()>> {
-        None
-    }
     /// After bulk indexing (`agv-server demo`): merges the text index into its most
     /// compact form (SQLite) or flushes its pending entries and refreshes the planner's statistics (Postgres). Takes
     /// seconds on a million calls; searches stay correct without it, only slower.
@@ -906,6 +893,49 @@ fn on_db<T>(
     out.ok_or_else(|| StoreError::Database("a store call ended without its work".into()))
 }
 
+/// The call recorder's own ways into the store, kept off [`Store`]: its group commit, a
+/// commit on the caller's thread when the writer is free, and the upkeep it runs between
+/// commits. [`open_recording`] hands them out with the store; any store can be recorded
+/// into through [`plain_recording`] (group commits only, no upkeep).
+pub trait Recording: Send + Sync {
+    /// Commits `calls` in one transaction, as [`Store::insert_calls`].
+    fn insert(&self, calls: &[CallRecord]) -> StoreResult<()>;
+    /// Commits `calls` at once if the writer is free right now, without waiting for
+    /// anything: `None` when it is not (another writer holds it, upkeep is due between
+    /// commits, or this store has no such path), and the caller queues them for the
+    /// recorder instead. Lets a call's own thread commit its record when nobody else is
+    /// writing, with no hand-over to the recorder's thread and back.
+    fn try_insert(&self, _calls: &[CallRecord]) -> Option<StoreResult<()>> {
+        None
+    }
+    /// Called by the call recorder between two group commits, after it has answered the
+    /// calls it committed: short upkeep that must happen while no call is being written.
+    /// On SQLite it finishes a WAL checkpoint when the background checkpointer asked for
+    /// it (see `sqlite::spawn_checkpointer`); nothing to do on Postgres.
+    fn between_commits(&self) {}
+}
+
+pub type DynRecording = Arc<dyn Recording>;
+
+/// A store and the recorder's ways into it.
+pub struct Opened {
+    pub store: DynStore,
+    pub recording: DynRecording,
+}
+
+struct Plain(DynStore);
+
+impl Recording for Plain {
+    fn insert(&self, calls: &[CallRecord]) -> StoreResult<()> {
+        self.0.insert_calls(calls)
+    }
+}
+
+/// Records into `store` through its group commit only.
+pub fn plain_recording(store: DynStore) -> DynRecording {
+    Arc::new(Plain(store))
+}
+
 /// Opens the store: Postgres when `database_url` is given, else SQLite at `<data>/agv.db`.
 /// Applies pending migrations and refuses a schema newer than this binary knows.
 /// Blocking (it connects and migrates): from async code, call it through [`run_blocking`].
@@ -919,17 +949,36 @@ pub fn open_with(
     database_url: Option<&str>,
     durability: Option<Durability>,
 ) -> StoreResult<DynStore> {
+    open_recording(data_dir, database_url, durability).map(|o| o.store)
+}
+
+/// [`open_with`], with the call recorder's ways into the store (what the server opens).
+pub fn open_recording(
+    data_dir: &Path,
+    database_url: Option<&str>,
+    durability: Option<Durability>,
+) -> StoreResult<Opened> {
     let level = durability.unwrap_or(Durability::default_for(Backend::of_url(database_url)));
+    let sqlite_at = |path: &Path| {
+        let store = Arc::new(sqlite::SqliteStore::open_with(path, level)?);
+        Ok(Opened {
+            store: store.clone(),
+            recording: store,
+        })
+    };
     match database_url {
-        None => sqlite::open_store_with(&data_dir.join(sqlite::DB_FILE), level),
+        None => sqlite_at(&data_dir.join(sqlite::DB_FILE)),
         Some(url) => {
             let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
             match scheme {
-                "postgres" | "postgresql" => postgres::open_store_with(url, level),
-                "sqlite" => {
-                    let path = url.trim_start_matches("sqlite://");
-                    sqlite::open_store_with(Path::new(path), level)
+                "postgres" | "postgresql" => {
+                    let store = postgres::open_store_with(url, level)?;
+                    Ok(Opened {
+                        store: store.clone(),
+                        recording: plain_recording(store),
+                    })
                 }
+                "sqlite" => sqlite_at(Path::new(url.trim_start_matches("sqlite://"))),
                 "" => Err(StoreError::Unavailable(format!(
                     "the database URL '{}' has no scheme: use postgres://user@host:port/db, or leave it unset to use SQLite in the data dir",
                     redact_url(url)

@@ -11,8 +11,8 @@
 use super::rows::{CallParams, duplicate_call, explain_conflict, insert_call_sql};
 use super::sqlite_conn::{BUSY_TIMEOUT, SqliteDb, db_err, init_connection};
 use super::{
-    Backend, CommitSettings, Durability, DynStore, PoolStats, Store, StoreError, StoreResult,
-    migrate,
+    Backend, CommitSettings, Durability, DynStore, PoolStats, Recording, Store, StoreError,
+    StoreResult, migrate,
 };
 use crate::domain::chain::LinkVersion;
 use crate::domain::{CallCursor, CallRecord, CallSearch, TenantId, Timestamp};
@@ -638,7 +638,7 @@ impl Store for SqliteStore {
 
     fn commit_settings(&self) -> StoreResult<CommitSettings> {
         // The recorder's own connection (opened here if no call was recorded yet), which
-        // `insert_calls` and `try_insert_calls` commit on.
+        // `insert_calls` and `Recording::try_insert` commit on.
         let (calls, calls_wait_for_disk) = {
             let _writer = lock_writer(&self.writer);
             let mut slot = lock_writer(&self.call_writer);
@@ -663,43 +663,8 @@ impl Store for SqliteStore {
         self.commit_calls(calls, true).unwrap_or(Ok(()))
     }
 
-    fn try_insert_calls(&self, calls: &[CallRecord]) -> Option<StoreResult<()>> {
-        // The recorder's finish is due (let the recorder commit, then do it), or it was
-        // just done and the recorder's next commit starts the WAL over.
-        if self.finish_checkpoint.load(Ordering::Relaxed)
-            || self.restart_due.load(Ordering::Relaxed)
-        {
-            return None;
-        }
-        self.commit_calls(calls, false)
-    }
-
     fn optimize_search(&self) -> StoreResult<()> {
         super::search_sqlite::optimize(&self.path)
-    }
-
-    /// Finishes the checkpointer's round (see [`spawn_checkpointer`]) on the recorder's
-    /// connection while holding the writer lock: the frames committed since its last pass
-    /// are copied with no commit in between, so the next commit starts the WAL over.
-    fn between_commits(&self) {
-        if !self.finish_checkpoint.swap(false, Ordering::Relaxed) {
-            return;
-        }
-        let _writer = lock_writer(&self.writer);
-        let mut slot = lock_writer(&self.call_writer);
-        let Some(CallWriter { conn, .. }) = slot.as_mut() else {
-            return;
-        };
-        let started = Instant::now();
-        match passive_checkpoint(conn) {
-            Ok(_) => {
-                self.restart_due.store(true, Ordering::Relaxed);
-                metrics::histogram!("agv_sqlite_checkpoint_finish_seconds")
-                    .record(started.elapsed().as_secs_f64());
-            }
-            // The next round tries again; the WAL only grows meanwhile.
-            Err(e) => tracing::debug!(error = %e, "finishing a WAL checkpoint failed"),
-        }
     }
 
     fn checkpoint(&self) -> StoreResult<()> {
@@ -787,6 +752,47 @@ impl Store for SqliteStore {
     fn table_counts(&self) -> StoreResult<Vec<(String, i64)>> {
         let conn = self.conn()?;
         super::dump::sqlite::counts(&conn)
+    }
+}
+
+impl Recording for SqliteStore {
+    fn insert(&self, calls: &[CallRecord]) -> StoreResult<()> {
+        Store::insert_calls(self, calls)
+    }
+
+    fn try_insert(&self, calls: &[CallRecord]) -> Option<StoreResult<()>> {
+        // The recorder's finish is due (let the recorder commit, then do it), or it was
+        // just done and the recorder's next commit starts the WAL over.
+        if self.finish_checkpoint.load(Ordering::Relaxed)
+            || self.restart_due.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        self.commit_calls(calls, false)
+    }
+
+    /// Finishes the checkpointer's round (see [`spawn_checkpointer`]) on the recorder's
+    /// connection while holding the writer lock: the frames committed since its last pass
+    /// are copied with no commit in between, so the next commit starts the WAL over.
+    fn between_commits(&self) {
+        if !self.finish_checkpoint.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let _writer = lock_writer(&self.writer);
+        let mut slot = lock_writer(&self.call_writer);
+        let Some(CallWriter { conn, .. }) = slot.as_mut() else {
+            return;
+        };
+        let started = Instant::now();
+        match passive_checkpoint(conn) {
+            Ok(_) => {
+                self.restart_due.store(true, Ordering::Relaxed);
+                metrics::histogram!("agv_sqlite_checkpoint_finish_seconds")
+                    .record(started.elapsed().as_secs_f64());
+            }
+            // The next round tries again; the WAL only grows meanwhile.
+            Err(e) => tracing::debug!(error = %e, "finishing a WAL checkpoint failed"),
+        }
     }
 }
 
@@ -1023,7 +1029,7 @@ mod tests {
         // The recorder's connection is opened by its first commit.
         f.store.insert_calls(&f.call(Timestamp::now())).unwrap();
         assert!(matches!(
-            f.store.try_insert_calls(&f.call(Timestamp::now())),
+            f.store.try_insert(&f.call(Timestamp::now())),
             Some(Ok(()))
         ));
         assert_eq!(f.stored(), 2);
@@ -1031,33 +1037,21 @@ mod tests {
         // Another writer of this process holds the lock: no waiting, nothing written.
         {
             let _held = f.store.writer.lock().unwrap();
-            assert!(
-                f.store
-                    .try_insert_calls(&f.call(Timestamp::now()))
-                    .is_none()
-            );
+            assert!(f.store.try_insert(&f.call(Timestamp::now())).is_none());
         }
         // A WAL finish is due: that is the recorder's to do, after a commit of its own.
         f.store.finish_checkpoint.store(true, Ordering::Relaxed);
-        assert!(
-            f.store
-                .try_insert_calls(&f.call(Timestamp::now()))
-                .is_none()
-        );
+        assert!(f.store.try_insert(&f.call(Timestamp::now())).is_none());
         f.store.between_commits();
         assert!(!f.store.finish_checkpoint.load(Ordering::Relaxed));
         assert_eq!(f.stored(), 2);
         // The finish is done: the next commit starts the WAL over (and syncs its header),
         // which is the recorder's own commit to make.
-        assert!(
-            f.store
-                .try_insert_calls(&f.call(Timestamp::now()))
-                .is_none()
-        );
+        assert!(f.store.try_insert(&f.call(Timestamp::now())).is_none());
         f.store.insert_calls(&f.call(Timestamp::now())).unwrap();
         assert_eq!(f.stored(), 3);
         assert!(matches!(
-            f.store.try_insert_calls(&f.call(Timestamp::now())),
+            f.store.try_insert(&f.call(Timestamp::now())),
             Some(Ok(()))
         ));
         assert_eq!(f.stored(), 4);
@@ -1066,11 +1060,7 @@ mod tests {
         let other = Connection::open(&f.path).unwrap();
         other.execute_batch("BEGIN IMMEDIATE").unwrap();
         let tried = Instant::now();
-        assert!(
-            f.store
-                .try_insert_calls(&f.call(Timestamp::now()))
-                .is_none()
-        );
+        assert!(f.store.try_insert(&f.call(Timestamp::now())).is_none());
         assert!(
             tried.elapsed() < Duration::from_secs(1),
             "{:?}",
@@ -1087,7 +1077,7 @@ mod tests {
         f.store.insert_calls(&third).unwrap();
         release.join().unwrap();
         assert!(matches!(
-            f.store.try_insert_calls(&f.call(Timestamp::now())),
+            f.store.try_insert(&f.call(Timestamp::now())),
             Some(Ok(()))
         ));
         assert_eq!(f.stored(), 6);
@@ -1126,7 +1116,7 @@ mod tests {
             f.store.insert_calls(&f.call(Timestamp::now())).unwrap();
         }
         assert!(matches!(
-            f.store.try_insert_calls(&f.call(Timestamp::now())),
+            f.store.try_insert(&f.call(Timestamp::now())),
             Some(Ok(()))
         ));
         // The recorder now knows its head; another process appends two calls.
@@ -1137,7 +1127,7 @@ mod tests {
         // Both ways in: the recorder's thread and the request's own.
         f.store.insert_calls(&f.call(Timestamp::now())).unwrap();
         assert!(matches!(
-            f.store.try_insert_calls(&f.call(Timestamp::now())),
+            f.store.try_insert(&f.call(Timestamp::now())),
             Some(Ok(()))
         ));
         assert_eq!(f.stored(), 8);
@@ -1178,7 +1168,7 @@ mod tests {
         }
         f.store.insert_calls(&f.call(Timestamp::now())).unwrap();
         assert!(matches!(
-            f.store.try_insert_calls(&f.call(Timestamp::now())),
+            f.store.try_insert(&f.call(Timestamp::now())),
             Some(Ok(()))
         ));
         // The half-done work was rolled back, not committed with the next batch.
