@@ -300,7 +300,7 @@ pub(super) const STOPPED_BY: StoppedBy = StoppedBy {
 };
 
 impl StoppedBy {
-    fn of(&self, dialect: Dialect) -> (&'static str, &'static str) {
+    pub(super) fn of(&self, dialect: Dialect) -> (&'static str, &'static str) {
         match dialect {
             Dialect::Sqlite => self.sqlite,
             Dialect::Postgres => self.postgres,

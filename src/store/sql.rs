@@ -6,6 +6,7 @@
 //! logic — and its bugs — exist once.
 
 use super::rows::Param;
+pub(super) use super::search_sql::Dialect;
 use super::{StoreError, StoreResult};
 
 /// One value of a result row.
@@ -45,6 +46,11 @@ pub(super) trait Db {
     /// Removes a tenant's entries from the text index, in this transaction (each backend
     /// keeps its own index, see `search_sqlite` and `search_postgres`).
     fn forget_tenant_text(&mut self, tenant: &str) -> StoreResult<()>;
+    /// Whose SQL this is, for the few expressions that differ (JSON functions, and the
+    /// expression indexes built on them, see `search_sql::STOPPED_BY`).
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
 }
 
 /// The next row's place in an append-only log's insertion order (`seq`).
@@ -211,7 +217,7 @@ pub(super) mod sqlite {
 }
 
 pub(super) mod postgres {
-    use super::{Cell, Db, EventSeq, Param, SqlRow};
+    use super::{Cell, Db, Dialect, EventSeq, Param, SqlRow};
     use crate::store::postgres::pg_param as bind;
     use crate::store::{StoreError, StoreResult};
     use postgres::GenericClient;
@@ -255,6 +261,10 @@ pub(super) mod postgres {
 
         fn event_seq(&self) -> EventSeq {
             EventSeq::Identity
+        }
+
+        fn dialect(&self) -> Dialect {
+            Dialect::Postgres
         }
 
         fn serialize(&mut self, key: i64) -> StoreResult<()> {
