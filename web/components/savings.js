@@ -9,7 +9,7 @@ export function modeBadge(tenant) {
   if (!tenant?.mode) return "";
   return tenant.mode === "demo"
     ? html`<span class="badge info" data-testid="tenant-mode" data-mode="demo" title="Made by agv-server demo: sample calls and incidents, not real traffic">Demo data</span>`
-    : html`<span class="badge ok" data-testid="tenant-mode" data-mode="live" title="Real traffic through this gateway">Live</span>`;
+    : html`<span class="badge ok" data-testid="tenant-mode" data-mode="live" title="Real traffic through this gateway">Live traffic</span>`;
 }
 
 function savingsBody(saved) {
