@@ -1117,13 +1117,9 @@ async fn the_overview_says_what_was_saved_and_every_page_fits_a_phone() {
     let call = first("/v1/calls?limit=1").await;
     let incident = first("/v1/incidents?limit=1").await;
     // An open invitation, for its page.
-    let owner = helpers::ConsoleSession::sign_in(
-        &app.client,
-        &app.address,
-        "owner@demo.example",
-        PASSWORD,
-    )
-    .await;
+    let owner =
+        helpers::ConsoleSession::sign_in(&app.client, &app.address, "owner@demo.example", PASSWORD)
+            .await;
     let invited: Value = app
         .client
         .post(app.url("/api/invitations"))
