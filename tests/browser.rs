@@ -1172,8 +1172,12 @@ async fn the_overview_says_what_was_saved_and_every_page_fits_a_phone() {
     ui.ready("overview").await;
     ui.css("[data-testid='tenant-mode'][data-mode='live']")
         .await;
-    ui.el("savings-empty").await;
     ui.el("guardrail").await;
+    ui.el("savings-empty")
+        .await
+        .scroll_into_view()
+        .await
+        .unwrap();
     ui.photo("overview-fresh").await;
     ui.sign_out().await;
 

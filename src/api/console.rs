@@ -721,7 +721,74 @@ pub fn field(code: &'static str, field: &'static str, message: impl Into<String>
 
 #[cfg(test)]
 mod tests {
-    use super::shared;
+    use super::{saved_json, shared};
+    use crate::domain::Timestamp;
+    use crate::guard::pricing::Pricing;
+    use crate::store::BlockedCost;
+
+    fn row(
+        policy: &str,
+        model: Option<&str>,
+        calls: i64,
+        est: i64,
+        nanos: i64,
+        chars: i64,
+    ) -> BlockedCost {
+        BlockedCost {
+            policy: policy.into(),
+            model: model.map(str::to_owned),
+            calls,
+            estimated_calls: est,
+            estimate_nanos: nanos,
+            unestimated_chars: chars,
+        }
+    }
+
+    #[test]
+    fn cost_avoided_adds_the_guard_estimates_and_prices_the_rest_by_size() {
+        let rows = [
+            // Two budget stops with the guard's estimates.
+            row("budget", Some("gpt-4o-mini"), 2, 2, 3_000_000, 0),
+            // A kill-switch stop: 400 characters = 100 tokens at $0.15 per million.
+            row("killswitch", Some("gpt-4o-mini"), 1, 0, 0, 400),
+            // A kill-switch stop of a model without a price.
+            row("killswitch", Some("no-such-model"), 1, 0, 0, 400),
+            // Max tokens and max cost are one group; a tenant rule is "other".
+            row("dg-002", Some("gpt-4o-mini"), 1, 0, 0, 40),
+            row("dg-001", Some("gpt-4o-mini"), 1, 1, 5_000, 0),
+            row("rule-7", None, 4, 0, 0, 100),
+        ];
+        let v = saved_json(&rows, &Pricing::builtin(), Timestamp::from_millis(0));
+        let group = |id: &str| {
+            v["by_policy"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|g| g["id"] == id)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(v["blocked_calls"], 10);
+        assert_eq!(group("budget")["cost_avoided_usd"], 0.003);
+        assert_eq!(group("kill_switch")["cost_avoided_usd"], 0.000015);
+        assert_eq!(group("kill_switch")["unpriced_calls"], 1);
+        assert_eq!(group("kill_switch")["estimated_by_size_calls"], 1);
+        assert_eq!(group("request_size")["calls"], 2);
+        assert_eq!(group("request_size")["cost_avoided_usd"], 0.0000065);
+        assert_eq!(group("other")["unpriced_calls"], 4);
+        assert_eq!(v["cost_avoided_usd"], 0.0030215);
+        assert_eq!(v["guard_estimate_calls"], 3);
+        assert_eq!(v["unpriced_calls"], 5);
+    }
+
+    #[test]
+    fn an_empty_tenant_reads_zero_in_every_group_and_no_other() {
+        let v = saved_json(&[], &Pricing::builtin(), Timestamp::from_millis(0));
+        assert_eq!(v["cost_avoided_usd"], 0.0);
+        let groups = v["by_policy"].as_array().unwrap();
+        assert_eq!(groups.len(), 5);
+        assert!(groups.iter().all(|g| g["calls"] == 0 && g["id"] != "other"));
+    }
 
     #[test]
     fn only_the_listed_v1_endpoints_are_shared_with_the_console() {
