@@ -11,6 +11,7 @@ use super::rows::{Param, USER_COLUMNS, explain_conflict, user_from};
 use super::search_sql::STOPPED_BY;
 use super::sql::{Cells, Db, Dialect, SqlRow};
 use super::{StoreError, StoreResult};
+use crate::domain::decision::policy;
 use crate::domain::user::{Email, Invitation, NewUser, PasswordHash, Role, User};
 use crate::domain::{InvitationId, KeyId, TenantId, Timestamp, UserId};
 
@@ -72,34 +73,57 @@ fn recorded_estimate(dialect: Dialect) -> &'static str {
     }
 }
 
+/// The policies that stop a call (`guard::Stop::policy` is always one of them; the
+/// failure-spike check stops calls through the kill switch).
+const STOPPING: [&str; 6] = [
+    policy::KILL_SWITCH,
+    policy::MAX_COST,
+    policy::MAX_TOKENS,
+    policy::RATE_LIMIT,
+    policy::PROMPT_INJECTION,
+    policy::BUDGET,
+];
+
 /// The tenant's calls stopped by a policy since `since`, by policy and model.
 ///
-/// It reads the partial index of stopped calls (migration 0019, `calls_tenant_stopped_by`),
-/// which holds only those, instead of every call of the window: its condition is repeated
-/// word for word so that both databases may use it, and `+` keeps SQLite from preferring
-/// the time index, which would visit every call of the window (SQLite, warm cache: 0.5 s
-/// against 0.1 s for 700,000 calls of one tenant in 30 days, 3% of them stopped).
+/// It reads the partial index of stopped calls (migration 0019, `calls_tenant_stopped_by`,
+/// keyed by tenant, stopping policy and time), which holds only those, instead of every
+/// call of the window: its condition and key are repeated word for word so that both
+/// databases may use it, and naming the policies lets each read one range of it per
+/// policy. Without them Postgres cannot tell how few calls the index holds and reads the
+/// whole table (1,000,000 calls, 700,000 of one tenant in 30 days and 3% of them stopped,
+/// on a busy 2-core machine: 0.37 s on Postgres against 0.54 s in parallel workers; SQLite
+/// reads the same ranges in 0.13 s, against 0.5 s through the time index).
 pub(super) fn blocked_costs(
     db: &mut dyn Db,
     tenant: &TenantId,
     since: Timestamp,
 ) -> StoreResult<Vec<BlockedCost>> {
     let dialect = db.dialect();
-    let (stopped, _) = STOPPED_BY.of(dialect);
+    let (stopped, by) = STOPPED_BY.of(dialect);
     let estimate = recorded_estimate(dialect);
+    let policies = (3..3 + STOPPING.len())
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut args = vec![Param::Text(tenant.as_str()), Param::BigInt(since.millis())];
+    args.extend(STOPPING.iter().map(|p| Param::Text(p)));
+    // Each stopped call is reduced to four small values first (MATERIALIZED keeps Postgres
+    // from sorting the whole rows, request bodies and all, for the grouping).
     let rows = db.query(
         &format!(
-            "SELECT policy, model, COUNT(*), COUNT(estimate),
+            "WITH s AS MATERIALIZED (
+                 SELECT c.blocked_by AS policy, c.model AS model,
+                        LENGTH(c.request_body) AS chars, {estimate} AS estimate
+                 FROM calls c
+                 WHERE c.tenant_id = $1 AND ({stopped}) AND {by} IN ({policies})
+                   AND c.blocked_by IS NOT NULL AND c.created_at >= $2)
+             SELECT policy, model, COUNT(*), COUNT(estimate),
                     CAST(COALESCE(SUM(estimate), 0) * 1000000000 AS BIGINT),
-                    CAST(COALESCE(SUM(CASE WHEN estimate IS NULL THEN LENGTH(request_body) ELSE 0 END), 0) AS BIGINT)
-             FROM (SELECT c.blocked_by AS policy, c.model AS model, c.request_body AS request_body,
-                          {estimate} AS estimate
-                   FROM calls c
-                   WHERE c.tenant_id = $1 AND ({stopped}) AND c.blocked_by IS NOT NULL
-                     AND +c.created_at >= $2) s
-             GROUP BY policy, model ORDER BY policy, model"
+                    CAST(COALESCE(SUM(CASE WHEN estimate IS NULL THEN chars ELSE 0 END), 0) AS BIGINT)
+             FROM s GROUP BY policy, model ORDER BY policy, model"
         ),
-        &[Param::Text(tenant.as_str()), Param::BigInt(since.millis())],
+        &args,
     )?;
     rows.iter()
         .map(|row| {
