@@ -1018,3 +1018,253 @@ print(json.dumps({"id": r.id, "content": r.choices[0].message.content}))
     drop(server);
     drop(upstream);
 }
+
+/// What stops a page from fitting the window: the document or `<main>` wider than the
+/// window, or anything in the header or the operator's tenant bar past its right edge.
+/// Empty when the page fits.
+const OVERFLOWS: &str = r#"
+const w = window.innerWidth, out = [];
+const de = document.documentElement;
+if (de.scrollWidth > w) out.push(`the document is ${de.scrollWidth} px wide`);
+const main = document.querySelector('main');
+if (main && main.scrollWidth > main.clientWidth + 1) out.push(`<main> scrolls sideways: ${main.scrollWidth} > ${main.clientWidth} px`);
+const name = (el) => `${el.tagName.toLowerCase()}${el.id ? '#' + el.id : ''}${el.dataset.testid ? '[' + el.dataset.testid + ']' : ''}.${[...el.classList].join('.')}`;
+for (const bar of document.querySelectorAll('.topbar, .tenant-bar')) {
+  if (bar.hidden || getComputedStyle(bar).display === 'none') continue;
+  for (const el of [bar, ...bar.querySelectorAll('*')]) {
+    const r = el.getBoundingClientRect();
+    if (r.width > 0 && r.right > w + 0.5) out.push(`${name(el)} in the bar ends at ${Math.round(r.right)} px`);
+  }
+}
+if (out.length && main) {
+  const wide = [...main.querySelectorAll('*')].filter((el) => !el.closest('.table-wrap, pre') && el.getBoundingClientRect().right > w + 1);
+  for (const el of wide.slice(-6)) out.push(`too wide: ${name(el)} ends at ${Math.round(el.getBoundingClientRect().right)} px`);
+}
+return out;
+"#;
+
+impl Ui {
+    /// Loads `route`, waits for `page`, photographs it and checks that it fits the window.
+    async fn fits(&mut self, route: &str, page: &str) {
+        self.goto(route).await;
+        self.ready(page).await;
+        let v = self.driver.execute(OVERFLOWS, vec![]).await.unwrap();
+        let bad: Vec<String> = v.convert().unwrap();
+        assert!(bad.is_empty(), "{route} ({page}) does not fit: {bad:#?}");
+    }
+
+    /// Signs out with the header's button (clicked from script: on a phone it may sit
+    /// behind the menu).
+    async fn sign_out(&mut self) {
+        self.driver
+            .execute("document.getElementById('signout').click();", vec![])
+            .await
+            .unwrap();
+        self.ready("login").await;
+    }
+
+    async fn set_theme(&mut self, theme: &str, page: &str) {
+        self.driver
+            .execute(
+                "localStorage.setItem('agv.theme', arguments[0]);",
+                vec![json!(theme)],
+            )
+            .await
+            .unwrap();
+        self.driver.refresh().await.unwrap();
+        self.ready(page).await;
+    }
+}
+
+/// The overview of a demo tenant says what its guardrails saved (cost avoided, estimated,
+/// by policy), which guardrails are in force, and that it is demo data; a new tenant's
+/// says live and shows the empty state. Then every page, at 390 × 844 like a phone, fits
+/// the window: nothing scrolls sideways and the header and the operator's tenant bar fit.
+/// Pictures: `target/e2e-screenshots/phone-*.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_says_what_was_saved_and_every_page_fits_a_phone() {
+    let Some(bin) = chromedriver() else {
+        return;
+    };
+    let _one_at_a_time = BROWSER.lock().await;
+    let home = DataHome::new(Backend::Sqlite).unwrap();
+    let demo: Value =
+        serde_json::from_str(&home.cli_ok(&["demo", "--calls", "600", "--json"])).unwrap();
+    let tenant = demo["tenant_id"].as_str().unwrap().to_owned();
+    let admin = demo["admin_key"].as_str().unwrap().to_owned();
+    let live = home.cli_ok(&["tenant", "create", "Fresh Co"]);
+    make_user(&home, "owner@demo.example", "owner", Some(&tenant));
+    make_user(&home, "owner@fresh.example", "owner", Some(&live));
+    make_user(&home, "op@example.com", "operator", None);
+    let downloads = home.path().join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let upstream = MockUpstream::start();
+    let url = upstream.url();
+    let app = TestApp::start_with(home, |s| {
+        s.upstream_url = url;
+        s.unauth_rate_limit_per_minute = 0;
+        s.update_source = "http://127.0.0.1:9/releases".into();
+    })
+    .await;
+    let first = |path: &'static str| {
+        let app = &app;
+        let admin = admin.clone();
+        async move {
+            let list: Value = app.get_with_key(path, &admin).await.json().await.unwrap();
+            list["data"][0]["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let call = first("/v1/calls?limit=1").await;
+    let incident = first("/v1/incidents?limit=1").await;
+    // An open invitation, for its page.
+    let owner =
+        helpers::ConsoleSession::sign_in(&app.client, &app.address, "owner@demo.example", PASSWORD)
+            .await;
+    let invited: Value = app
+        .client
+        .post(app.url("/api/invitations"))
+        .header("cookie", &owner.cookie)
+        .header("x-csrf-token", &owner.csrf)
+        .json(&json!({"email": "new@demo.example", "role": "viewer"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let invitation = invited["token"].as_str().unwrap().to_owned();
+
+    let driver = start_chromedriver(&bin).await;
+    let mut ui = Ui::open(driver.port, &app.address, &downloads, "phone").await;
+
+    // The demo tenant's overview, on a desktop, light and dark.
+    sign_in(&mut ui, "owner@demo.example").await;
+    ui.ready("overview").await;
+    ui.css("[data-testid='tenant-mode'][data-mode='demo']")
+        .await;
+    let avoided = ui.el("cost-avoided").await.text().await.unwrap();
+    assert!(avoided.starts_with('$') && avoided != "$0.00", "{avoided}");
+    ui.el("cost-avoided-estimated").await;
+    let rows = ui
+        .driver
+        .find_all(By::Css("[data-testid='savings-row']"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 5, "one row per kind of guardrail");
+    let guards = ui
+        .driver
+        .find_all(By::Css("[data-testid='guardrail']"))
+        .await
+        .unwrap();
+    assert_eq!(guards.len(), 7, "every check of the active policy");
+    ui.css("[data-testid='guardrail'][data-policy='killswitch'][data-state='on']")
+        .await;
+    ui.el("guardrails").await.scroll_into_view().await.unwrap();
+    ui.photo("overview-saved-light").await;
+    ui.set_theme("dark", "overview").await;
+    ui.el("guardrails").await.scroll_into_view().await.unwrap();
+    ui.photo("overview-saved-dark").await;
+    ui.set_theme("light", "overview").await;
+
+    // A tenant without calls: live, and nothing blocked yet.
+    ui.sign_out().await;
+    sign_in(&mut ui, "owner@fresh.example").await;
+    ui.ready("overview").await;
+    ui.css("[data-testid='tenant-mode'][data-mode='live']")
+        .await;
+    ui.el("guardrail").await;
+    ui.el("savings-empty")
+        .await
+        .scroll_into_view()
+        .await
+        .unwrap();
+    ui.photo("overview-fresh").await;
+    ui.sign_out().await;
+
+    // A phone: 390 px of page, whatever the window adds around it.
+    ui.driver.set_window_rect(0, 0, 390, 844).await.unwrap();
+    let inner: i64 = ui
+        .driver
+        .execute("return window.innerWidth;", vec![])
+        .await
+        .unwrap()
+        .convert()
+        .unwrap();
+    if inner != 390 {
+        let w = 390 + (390 - inner);
+        ui.driver
+            .set_window_rect(0, 0, u32::try_from(w).unwrap(), 844)
+            .await
+            .unwrap();
+    }
+    let inner: i64 = ui
+        .driver
+        .execute("return window.innerWidth;", vec![])
+        .await
+        .unwrap()
+        .convert()
+        .unwrap();
+    assert_eq!(inner, 390);
+
+    ui.fits("#/login", "login").await;
+    ui.fits("#/setup?token=not-a-real-token", "setup").await;
+    ui.fits(&format!("#/invite?token={invitation}"), "invite")
+        .await;
+    sign_in(&mut ui, "owner@demo.example").await;
+    ui.ready("overview").await;
+    for (route, page) in [
+        ("#/overview".to_owned(), "overview"),
+        ("#/calls".to_owned(), "calls"),
+        (format!("#/calls/{call}"), "call"),
+        ("#/incidents".to_owned(), "incidents"),
+        (format!("#/incidents/{incident}"), "incident"),
+        ("#/policies".to_owned(), "policies"),
+        ("#/keys".to_owned(), "keys"),
+        ("#/alerts".to_owned(), "alerts"),
+        ("#/audit".to_owned(), "audit"),
+        ("#/usage".to_owned(), "usage"),
+        ("#/settings".to_owned(), "settings"),
+    ] {
+        ui.fits(&route, page).await;
+    }
+    ui.set_theme("dark", "settings").await;
+    ui.fits("#/overview", "overview").await;
+    ui.el("savings").await.scroll_into_view().await.unwrap();
+    ui.photo("overview-phone-dark-saved").await;
+    ui.el("guardrails").await.scroll_into_view().await.unwrap();
+    ui.photo("overview-phone-dark-guardrails").await;
+    ui.set_theme("light", "overview").await;
+    ui.el("savings").await.scroll_into_view().await.unwrap();
+    ui.photo("overview-phone-light-saved").await;
+    ui.sign_out().await;
+
+    // The operator: the operator console, the tenant picker, and a tenant's overview under
+    // the "viewing tenant" bar.
+    sign_in(&mut ui, "op@example.com").await;
+    ui.ready("operator").await;
+    ui.fits("#/operator", "operator").await;
+    ui.fits("#/overview", "tenant-picker").await;
+    ui.fits("#/settings", "settings").await;
+    ui.fits("#/operator", "operator").await;
+    let tenant_row = format!("[data-testid='tenant-row'][data-tenant-id='{tenant}']");
+    ui.css(&format!("{tenant_row} [data-testid='tenant-view']"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    ui.ready("overview").await;
+    ui.el("back-to-operator").await;
+    for (route, page) in [
+        ("#/overview", "overview"),
+        ("#/calls", "calls"),
+        ("#/incidents", "incidents"),
+        ("#/usage", "usage"),
+    ] {
+        ui.fits(route, page).await;
+    }
+
+    ui.driver.clone().quit().await.unwrap();
+    drop(driver);
+    app.stop().await;
+    drop(upstream);
+}

@@ -13,8 +13,9 @@ use super::error::ApiError;
 use super::names::usd;
 use super::session::current;
 use crate::api::state::AppState;
+use crate::domain::decision::policy;
 use crate::domain::user::{Role, User};
-use crate::domain::{Scope, TenantId, Timestamp};
+use crate::domain::{Money, Scope, TenantId, Timestamp};
 use crate::error::Code;
 use crate::store::run_blocking;
 use actix_web::{HttpRequest, HttpResponse, get, web};
@@ -90,6 +91,95 @@ async fn reader(state: &AppState, req: &HttpRequest) -> Result<(User, TenantId),
     Ok((user, tenant))
 }
 
+/// How far back the overview counts what the guardrails saved.
+const SAVED_DAYS: i64 = 30;
+
+/// The groups the overview shows cost avoided in: id, name, and the policies of each.
+/// Anything else that stopped a call (a tenant rule) is counted under `other`.
+const SAVED_GROUPS: &[(&str, &str, &[&str])] = &[
+    ("kill_switch", "Kill switch", &[policy::KILL_SWITCH]),
+    ("budget", "Budgets", &[policy::BUDGET]),
+    ("rate_limit", "Rate limits", &[policy::RATE_LIMIT]),
+    ("injection", "Prompt injection", &[policy::PROMPT_INJECTION]),
+    (
+        "request_size",
+        "Max tokens and cost per request",
+        &[policy::MAX_TOKENS, policy::MAX_COST],
+    ),
+];
+
+/// What the blocked calls would have cost, by group. A call's cost is the guard's own
+/// estimate when its max-cost check recorded one (the most the call could have cost at list
+/// price). A call stopped before that check (kill switch, token limit) is estimated from
+/// the size of its stored request (the guard's four characters per token) at the model's
+/// input price: a floor, since no completion is counted. A model without a price adds
+/// nothing and is counted as unpriced.
+fn saved_json(
+    rows: &[crate::store::BlockedCost],
+    pricing: &crate::domain::pricing::Pricing,
+    since: Timestamp,
+) -> Value {
+    #[derive(Default)]
+    struct Sum {
+        calls: i64,
+        avoided: Money,
+        by_size: i64,
+        unpriced: i64,
+    }
+    let mut groups: Vec<Sum> = (0..=SAVED_GROUPS.len()).map(|_| Sum::default()).collect();
+    let mut total = Sum::default();
+    let mut from_guard = 0;
+    for r in rows {
+        let g = SAVED_GROUPS
+            .iter()
+            .position(|(_, _, ps)| ps.contains(&r.policy.as_str()))
+            .unwrap_or(SAVED_GROUPS.len());
+        let rest = (r.calls - r.estimated_calls).max(0);
+        let by_size = (rest > 0)
+            .then(|| {
+                let chars = u64::try_from(r.unestimated_chars).unwrap_or(0);
+                let model = r.model.as_deref()?;
+                pricing.cost(model, crate::guard::tokens::bytes_tokens(chars), 0, 0)
+            })
+            .flatten();
+        let avoided =
+            Money::from_nanos(r.estimate_nanos).saturating_add(by_size.unwrap_or(Money::ZERO));
+        for s in [&mut groups[g], &mut total] {
+            s.calls += r.calls;
+            s.avoided = s.avoided.saturating_add(avoided);
+            if by_size.is_some() {
+                s.by_size += rest;
+            } else {
+                s.unpriced += rest;
+            }
+        }
+        from_guard += r.estimated_calls;
+    }
+    let named = SAVED_GROUPS
+        .iter()
+        .map(|(id, name, ps)| (*id, *name, ps.to_vec()))
+        .chain([("other", "Other rules", Vec::new())]);
+    let by_policy: Vec<Value> = named
+        .zip(&groups)
+        .filter(|((id, _, _), s)| *id != "other" || s.calls > 0)
+        .map(|((id, name, policies), s)| {
+            json!({"id": id, "name": name, "policies": policies, "calls": s.calls,
+                   "cost_avoided_usd": s.avoided.usd(), "estimated_by_size_calls": s.by_size,
+                   "unpriced_calls": s.unpriced})
+        })
+        .collect();
+    json!({
+        "since": since,
+        "days": SAVED_DAYS,
+        "blocked_calls": total.calls,
+        "cost_avoided_usd": total.avoided.usd(),
+        "guard_estimate_calls": from_guard,
+        "estimated_by_size_calls": total.by_size,
+        "unpriced_calls": total.unpriced,
+        "by_policy": by_policy,
+    })
+}
+
 #[get("/api/overview")]
 pub async fn overview(
     state: web::Data<AppState>,
@@ -102,20 +192,39 @@ pub async fn overview(
     let day_start = now - now.rem_euclid(DAY);
     let store = state.store.clone();
     let t = tenant.clone();
-    let (name, hours, days) = run_blocking(move || {
+    let figures = run_blocking(move || {
         Ok::<_, crate::store::StoreError>((
             store.get_tenant(&t)?.name,
+            store.is_demo_tenant(&t)?,
             store.call_series(&t, Timestamp::from_millis(hour_start - 23 * HOUR), HOUR, 24)?,
             store.call_series(&t, Timestamp::from_millis(day_start - 6 * DAY), DAY, 7)?,
         ))
-    })
-    .await?;
+    });
+    // The blocked calls of the month are read at the same time, on a connection of their
+    // own; when they cannot be read the rest of the overview still shows.
+    let since = Timestamp::from_millis(now - SAVED_DAYS * DAY);
+    let store = state.store.clone();
+    let t = tenant.clone();
+    let blocked = run_blocking(move || store.blocked_costs(&t, since));
+    let (figures, blocked) = futures_util::join!(figures, blocked);
+    let (name, demo, hours, days) = figures?;
+    let saved = match blocked {
+        Ok(rows) => saved_json(&rows, state.proxy.guard.pricing(), since),
+        Err(e) => {
+            tracing::error!(error = %e, tenant = %tenant, "could not read the blocked calls for the overview");
+            json!({"error": "the blocked calls could not be read; reload the page to try again, and if it persists see the server log"})
+        }
+    };
     if let Value::Object(m) = &mut out {
-        m.insert("tenant".into(), json!({"id": tenant, "name": name}));
+        m.insert(
+            "tenant".into(),
+            json!({"id": tenant, "name": name, "mode": if demo { "demo" } else { "live" }}),
+        );
         m.insert(
             "series".into(),
             json!({"24h": series_json(&hours), "7d": series_json(&days)}),
         );
+        m.insert("saved".into(), saved);
     }
     Ok(HttpResponse::Ok().json(out))
 }
@@ -450,4 +559,76 @@ pub async fn events(
         .insert_header(("cache-control", "no-cache"))
         .insert_header(("x-accel-buffering", "no"))
         .streaming(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::saved_json;
+    use crate::domain::Timestamp;
+    use crate::domain::pricing::Pricing;
+    use crate::store::BlockedCost;
+
+    fn row(
+        policy: &str,
+        model: Option<&str>,
+        calls: i64,
+        est: i64,
+        nanos: i64,
+        chars: i64,
+    ) -> BlockedCost {
+        BlockedCost {
+            policy: policy.into(),
+            model: model.map(str::to_owned),
+            calls,
+            estimated_calls: est,
+            estimate_nanos: nanos,
+            unestimated_chars: chars,
+        }
+    }
+
+    #[test]
+    fn cost_avoided_adds_the_guard_estimates_and_prices_the_rest_by_size() {
+        let rows = [
+            // Two budget stops with the guard's estimates.
+            row("budget", Some("gpt-4o-mini"), 2, 2, 3_000_000, 0),
+            // A kill-switch stop: 400 characters = 100 tokens at $0.15 per million.
+            row("killswitch", Some("gpt-4o-mini"), 1, 0, 0, 400),
+            // A kill-switch stop of a model without a price.
+            row("killswitch", Some("no-such-model"), 1, 0, 0, 400),
+            // Max tokens and max cost are one group; a tenant rule is "other".
+            row("dg-002", Some("gpt-4o-mini"), 1, 0, 0, 40),
+            row("dg-001", Some("gpt-4o-mini"), 1, 1, 5_000, 0),
+            row("rule-7", None, 4, 0, 0, 100),
+        ];
+        let v = saved_json(&rows, &Pricing::builtin(), Timestamp::from_millis(0));
+        let group = |id: &str| {
+            v["by_policy"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|g| g["id"] == id)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(v["blocked_calls"], 10);
+        assert_eq!(group("budget")["cost_avoided_usd"], 0.003);
+        assert_eq!(group("kill_switch")["cost_avoided_usd"], 0.000015);
+        assert_eq!(group("kill_switch")["unpriced_calls"], 1);
+        assert_eq!(group("kill_switch")["estimated_by_size_calls"], 1);
+        assert_eq!(group("request_size")["calls"], 2);
+        assert_eq!(group("request_size")["cost_avoided_usd"], 0.0000065);
+        assert_eq!(group("other")["unpriced_calls"], 4);
+        assert_eq!(v["cost_avoided_usd"], 0.0030215);
+        assert_eq!(v["guard_estimate_calls"], 3);
+        assert_eq!(v["unpriced_calls"], 5);
+    }
+
+    #[test]
+    fn an_empty_tenant_reads_zero_in_every_group_and_no_other() {
+        let v = saved_json(&[], &Pricing::builtin(), Timestamp::from_millis(0));
+        assert_eq!(v["cost_avoided_usd"], 0.0);
+        let groups = v["by_policy"].as_array().unwrap();
+        assert_eq!(groups.len(), 5);
+        assert!(groups.iter().all(|g| g["calls"] == 0 && g["id"] != "other"));
+    }
 }

@@ -1,5 +1,6 @@
 //! What the console reads and writes beyond the API's own records, written once for both
-//! backends (see [`super::sql`]): call series and usage for the overview, people (listing,
+//! backends (see [`super::sql`]): call series, usage and the cost of blocked calls for the
+//! overview, people (listing,
 //! password change, disabling, roles, deletion, ending sessions) and invitations. Every
 //! tenant-owned read takes the tenant id. The rules that keep someone in charge — a tenant
 //! keeps an enabled owner once it has one, the instance an enabled operator — are checked
@@ -7,8 +8,10 @@
 //! cannot both remove the last one.
 
 use super::rows::{USER_COLUMNS, explain_conflict, user_from};
-use super::sql::{Cells, Db, Param, SqlRow};
+use super::search_sql::STOPPED_BY;
+use super::sql::{Cells, Db, Dialect, Param, SqlRow};
 use super::{StoreError, StoreResult};
+use crate::domain::decision::policy;
 use crate::domain::user::{Email, Invitation, NewUser, PasswordHash, Role, User};
 use crate::domain::{InvitationId, KeyId, TenantId, Timestamp, UserId};
 
@@ -34,6 +37,107 @@ pub struct UsageRow {
     pub cost_nanos: i64,
     /// Calls whose price was unknown (their cost is not in `cost_nanos`).
     pub unknown_cost: i64,
+}
+
+/// The calls one policy stopped for one model, and what the guard estimated they would
+/// have cost (see [`blocked_costs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockedCost {
+    /// The policy that stopped them (`blocked_by`).
+    pub policy: String,
+    pub model: Option<String>,
+    pub calls: i64,
+    /// Calls whose max-cost check (dg-001) ran and recorded its estimate.
+    pub estimated_calls: i64,
+    /// The sum of those estimates, in nano-dollars.
+    pub estimate_nanos: i64,
+    /// Request characters of the other calls (stopped before dg-001, such as by the kill
+    /// switch or the token limit, or of a model without a price), for an estimate by size.
+    pub unestimated_chars: i64,
+}
+
+/// The guard's cost estimate of a call, in USD, as recorded in its decisions: the value of
+/// the max-cost check (dg-001), which the pipeline runs third, after the kill switch and
+/// the token limit. A call stopped before it, or whose price was unknown, has none (NULL).
+/// The position is checked, not assumed: another decision there counts as no estimate.
+fn recorded_estimate(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => {
+            "CASE WHEN json_extract(c.decisions, '$[2].policy') = 'dg-001'
+                  THEN json_extract(c.decisions, '$[2].value') END"
+        }
+        Dialect::Postgres => {
+            "CASE WHEN (c.decisions::json -> 2 ->> 'policy') = 'dg-001'
+                  THEN CAST(c.decisions::json -> 2 ->> 'value' AS DOUBLE PRECISION) END"
+        }
+    }
+}
+
+/// The policies that stop a call (`guard::Stop::policy` is always one of them; the
+/// failure-spike check stops calls through the kill switch).
+const STOPPING: [&str; 6] = [
+    policy::KILL_SWITCH,
+    policy::MAX_COST,
+    policy::MAX_TOKENS,
+    policy::RATE_LIMIT,
+    policy::PROMPT_INJECTION,
+    policy::BUDGET,
+];
+
+/// The tenant's calls stopped by a policy since `since`, by policy and model.
+///
+/// It reads the partial index of stopped calls (migration 0019, `calls_tenant_stopped_by`,
+/// keyed by tenant, stopping policy and time), which holds only those, instead of every
+/// call of the window: its condition and key are repeated word for word so that both
+/// databases may use it, and naming the policies lets each read one range of it per
+/// policy. Without them Postgres cannot tell how few calls the index holds and reads the
+/// whole table (1,000,000 calls, 700,000 of one tenant in 30 days and 3% of them stopped,
+/// on a busy 2-core machine: 0.37 s on Postgres against 0.54 s in parallel workers; SQLite
+/// reads the same ranges in 0.13 s, against 0.5 s through the time index).
+pub(super) fn blocked_costs(
+    db: &mut dyn Db,
+    tenant: &TenantId,
+    since: Timestamp,
+) -> StoreResult<Vec<BlockedCost>> {
+    let dialect = db.dialect();
+    let (stopped, by) = STOPPED_BY.of(dialect);
+    let estimate = recorded_estimate(dialect);
+    let policies = (3..3 + STOPPING.len())
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut args = vec![Param::Text(tenant.as_str()), Param::BigInt(since.millis())];
+    args.extend(STOPPING.iter().map(|p| Param::Text(p)));
+    // Each stopped call is reduced to four small values first (MATERIALIZED keeps Postgres
+    // from sorting the whole rows, request bodies and all, for the grouping).
+    let rows = db.query(
+        &format!(
+            "WITH s AS MATERIALIZED (
+                 SELECT c.blocked_by AS policy, c.model AS model,
+                        LENGTH(c.request_body) AS chars, {estimate} AS estimate
+                 FROM calls c
+                 WHERE c.tenant_id = $1 AND ({stopped}) AND {by} IN ({policies})
+                   AND c.blocked_by IS NOT NULL AND c.created_at >= $2)
+             SELECT policy, model, COUNT(*), COUNT(estimate),
+                    CAST(COALESCE(SUM(estimate), 0) * 1000000000 AS BIGINT),
+                    CAST(COALESCE(SUM(CASE WHEN estimate IS NULL THEN chars ELSE 0 END), 0) AS BIGINT)
+             FROM s GROUP BY policy, model ORDER BY policy, model"
+        ),
+        &args,
+    )?;
+    rows.iter()
+        .map(|row| {
+            let c = Cells::new(row, "blocked cost");
+            Ok(BlockedCost {
+                policy: c.text(0)?,
+                model: c.opt_text(1)?,
+                calls: c.int(2)?,
+                estimated_calls: c.int(3)?,
+                estimate_nanos: c.int(4)?,
+                unestimated_chars: c.int(5)?,
+            })
+        })
+        .collect()
 }
 
 fn bad(what: &str, e: impl std::fmt::Display) -> StoreError {

@@ -37,7 +37,7 @@ mod tenants;
 pub mod testing;
 mod users;
 
-pub use console::{SeriesPoint, UsageRow, key_of as usage_key};
+pub use console::{BlockedCost, SeriesPoint, UsageRow, key_of as usage_key};
 pub use evidence::StoredCertificate;
 pub use retention::PruneBatch;
 
@@ -575,6 +575,11 @@ pub trait Store: Send + Sync + 'static {
         on_db(self, |db| {
             console::call_series(db, tenant, since, bucket_ms, buckets)
         })
+    }
+    /// The tenant's calls stopped by a policy since `since`, per policy and model, with
+    /// the guard's recorded cost estimates (what the overview counts as cost avoided).
+    fn blocked_costs(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<Vec<BlockedCost>> {
+        on_db(self, |db| console::blocked_costs(db, tenant, since))
     }
     /// Calls, tokens and cost since `since` per key (`by_model` false) or per model.
     fn usage_by(

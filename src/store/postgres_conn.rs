@@ -7,7 +7,7 @@
 //! dumps all build on this module; it must import none of them, so that they form layers
 //! rather than a circle.
 
-use super::sql::{Cell, Db, EventSeq, Param, SqlRow};
+use super::sql::{Cell, Db, Dialect, EventSeq, Param, SqlRow};
 use super::{StoreError, StoreResult};
 use postgres::error::SqlState;
 use postgres::types::{ToSql, Type};
@@ -113,6 +113,10 @@ impl<C: GenericClient> Db for PgDb<'_, C> {
 
     fn event_seq(&self) -> EventSeq {
         EventSeq::Identity
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
     }
 
     fn serialize(&mut self, key: i64) -> StoreResult<()> {

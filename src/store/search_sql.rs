@@ -4,24 +4,10 @@
 //! This module builds SQL text and parameters; it runs nothing.
 
 use super::rows::{CALL_COLUMNS, MAX_PAGE};
+pub(super) use super::sql::Dialect;
 use super::sql::Param;
 use crate::domain::{CallCursor, CallSearch, TenantId};
 use std::collections::BTreeMap;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Dialect {
-    Sqlite,
-    Postgres,
-}
-
-impl Dialect {
-    fn placeholder(self, n: usize) -> String {
-        match self {
-            Self::Sqlite => format!("?{n}"),
-            Self::Postgres => format!("${n}"),
-        }
-    }
-}
 
 /// Bits of an FTS5 time key below the millisecond (see `migrations/sqlite/0006`).
 pub(super) const KEY_SHIFT: u32 = 20;
@@ -301,7 +287,7 @@ pub(super) const STOPPED_BY: StoppedBy = StoppedBy {
 };
 
 impl StoppedBy {
-    fn of(&self, dialect: Dialect) -> (&'static str, &'static str) {
+    pub(super) fn of(&self, dialect: Dialect) -> (&'static str, &'static str) {
         match dialect {
             Dialect::Sqlite => self.sqlite,
             Dialect::Postgres => self.postgres,

@@ -22,6 +22,22 @@ pub(super) enum Param<'a> {
     OptBigInt(Option<i64>),
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Whose SQL a statement is, for the few expressions that differ.
+pub(super) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    pub(super) fn placeholder(self, n: usize) -> String {
+        match self {
+            Self::Sqlite => format!("?{n}"),
+            Self::Postgres => format!("${n}"),
+        }
+    }
+}
+
 /// One value of a result row.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Cell {
@@ -59,6 +75,11 @@ pub(super) trait Db {
     /// Removes a tenant's entries from the text index, in this transaction (each backend
     /// keeps its own index, see `search_sqlite` and `search_postgres`).
     fn forget_tenant_text(&mut self, tenant: &str) -> StoreResult<()>;
+    /// Whose SQL this is, for the few expressions that differ (JSON functions, and the
+    /// expression indexes built on them, see `search_sql::STOPPED_BY`).
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
 }
 
 /// The next row's place in an append-only log's insertion order (`seq`).

@@ -31,6 +31,7 @@ mod redaction;
 mod replay;
 mod retention;
 mod s3;
+mod savings;
 mod scaleout;
 mod sdk;
 mod search;

@@ -1,6 +1,7 @@
-// #/overview: is this tenant protected, what happened today, the 24 h / 7 d charts, the open
-// incidents, and the big red kill switch. Live: `overview` events refresh the badge and
-// the numbers, `incident` events the list.
+// #/overview: is this tenant protected (and is it live or demo data), what happened today,
+// what the guardrails saved in the last 30 days and which are in force, the 24 h / 7 d
+// charts, the open incidents, and the big red kill switch. Live: `overview` events refresh
+// the badge and the numbers, `incident` events the list.
 import * as api from "../api.js";
 import { canChange, session, isOperator } from "../state.js";
 import { html, render, icon, money, compact, timeAgo, severityBadge, statusBadge, loadingState, errorState, emptyState, toast } from "../ui.js";
@@ -8,6 +9,7 @@ import { protectionBadge } from "../components/protection.js";
 import { callsChart, spendChart } from "../components/chart.js";
 import { connectCard, loadCli } from "../components/connect.js";
 import { reasonDialog } from "../components/dialog.js";
+import { modeBadge, savingsCard, guardrailsCard } from "../components/savings.js";
 
 const EXPLAIN = {
   protected: "Every call is checked against the kill switch, guardrails and budgets before it reaches the provider.",
@@ -22,6 +24,7 @@ export default {
   async mount(root, ctx) {
     let data = null;
     let incidents = null, incidentsError = null;
+    let guards = null, guardsError = null;
     let range = "24h";
     let cli = null;
 
@@ -35,9 +38,25 @@ export default {
         incidentsError = err;
       }
     }
+    // The guardrails card loads on its own: the page shows while it is on its way.
+    async function loadGuards() {
+      guards = null; guardsError = null;
+      try {
+        guards = await api.get("/api/policies/active", null, { signal: ctx.signal });
+      } catch (err) {
+        if (err?.name === "AbortError") return;
+        guardsError = err;
+      }
+      const box = root.querySelector("#ov-guards");
+      if (box && ctx.alive()) render(box, guardrailsCard(guards, guardsError, { frozen: frozen() }));
+    }
+    function applyWidths(el) {
+      for (const bar of el.querySelectorAll("[data-width]")) bar.style.width = `${bar.dataset.width}%`;
+    }
     async function load() {
       ctx.loading();
       render(root, loadingState());
+      const guarded = loadGuards();
       try {
         const [ov, c] = await Promise.all([api.get("/api/overview", null, { signal: ctx.signal }), loadCli({ signal: ctx.signal }), loadIncidents()]);
         cli = c;
@@ -45,6 +64,7 @@ export default {
         data = ov;
         if (ov.tenant && !isOperator() && (!session.tenant || !session.tenant.name)) { session.tenant = ov.tenant; ctx.refreshShell(); }
         draw();
+        await guarded;
       } catch (err) {
         if (err?.name === "AbortError" || !ctx.alive()) return;
         render(root, html`${head()}<div class="card">${errorState(err)}</div>`);
@@ -55,7 +75,7 @@ export default {
     function head() {
       const t = data?.tenant;
       return html`<div class="page-head"><div class="titles">
-        <h1 data-testid="page-title">Overview</h1>
+        <div class="title-row"><h1 data-testid="page-title">Overview</h1>${modeBadge(t)}</div>
         <p class="sub">${t?.name ? html`${t.name} · ` : ""}today so far, with the last 24 hours and 7 days</p></div></div>`;
     }
 
@@ -129,8 +149,10 @@ export default {
         <div id="ov-hero">${heroHtml()}</div>
         <div id="ov-kpis">${kpisHtml()}</div>
         ${noTraffic() ? connectCard({ tenant: data.tenant, canCreateKeys: canChange(), cli }) : ""}
+        <div class="grid grid-2 ov-protect"><div id="ov-saved">${savingsCard(data.saved)}</div><div id="ov-guards">${guardrailsCard(guards, guardsError, { frozen: frozen() })}</div></div>
         <div id="ov-charts">${chartsHtml()}</div>
         <div id="ov-inc">${incidentsHtml()}</div>`);
+      applyWidths(root);
     }
     function drawLive() {
       const hero = root.querySelector("#ov-hero"), kpis = root.querySelector("#ov-kpis");
@@ -186,6 +208,10 @@ export default {
         data = ov;
         drawLive();
         render(root.querySelector("#ov-charts") || document.createElement("div"), chartsHtml());
+        const saved = root.querySelector("#ov-saved");
+        if (saved) applyWidths(render(saved, savingsCard(data.saved)));
+        const g = root.querySelector("#ov-guards");
+        if (g) render(g, guardrailsCard(guards, guardsError, { frozen: frozen() }));
       } catch (err) { if (err?.name !== "AbortError") toast(err.message, "bad"); }
     }
 

@@ -72,7 +72,7 @@ export default {
 
     function tableHtml() {
       return html`<section class="card"><div class="card-head"><h2>Guardrails in force</h2><span class="hint">price table ${active.price_table_version ?? "—"}</span></div>
-        <div class="card-body flush"><div class="table-wrap"><table class="table" data-testid="policies-table"><thead><tr><th>Guardrail</th><th>Status</th><th>Thresholds</th></tr></thead><tbody>
+        <div class="card-body flush"><div class="table-wrap"><table class="table stack-sm" data-testid="policies-table"><thead><tr><th>Guardrail</th><th>Status</th><th>Thresholds</th></tr></thead><tbody>
         ${(active.policies || []).map((p) => html`<tr data-testid="policy-row" data-policy-id="${p.id}">
           <td><span class="cell-main">${p.name || policyName(p.id)}</span><div class="cell-sub mono">${p.id}</div></td>
           <td>${p.enabled ? html`<span class="badge ok">On</span>` : html`<span class="badge">Off</span>`}</td>
