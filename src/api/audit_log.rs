@@ -157,9 +157,9 @@ fn actor_email<'a>(e: &AuditEntry, people: &'a People) -> Option<&'a str> {
         .flatten()
 }
 
-/// The chain's columns first, as they always were; the actor's email (a reading aid,
-/// outside the chain) last.
-const CSV_HEADER: &str = "id,seq,at,tenant_id,actor_kind,actor_id,action,target,source,before,after,prev_hash,hash,actor_email";
+/// The chain's columns first, as they always were; the emails of the actor and of a person
+/// acted on (reading aids, outside the chain) last.
+const CSV_HEADER: &str = "id,seq,at,tenant_id,actor_kind,actor_id,action,target,source,before,after,prev_hash,hash,actor_email,target_email";
 
 /// RFC 4180: a field with a comma, quote, CR or LF is quoted, quotes doubled. A field that
 /// a spreadsheet would run as a formula (`= + - @`, tab, CR) gets a leading `'`.
@@ -200,6 +200,7 @@ fn to_csv(entries: &[AuditEntry], people: &People) -> String {
             e.prev_hash.clone(),
             e.hash.clone(),
             actor_email(e, people).unwrap_or_default().to_owned(),
+            people.email(&e.target).unwrap_or_default().to_owned(),
         ];
         let row: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
         out.push_str(&row.join(","));

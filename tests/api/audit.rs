@@ -580,7 +580,7 @@ async fn the_audit_list_filters_pages_gives_csv_and_hides_other_tenants(backend:
             .starts_with("text/csv")
     );
     let text = res.text().await.unwrap();
-    assert!(text.starts_with("id,seq,at,tenant_id,actor_kind,actor_id,action,target,source,before,after,prev_hash,hash,actor_email\r\n"), "{text}");
+    assert!(text.starts_with("id,seq,at,tenant_id,actor_kind,actor_id,action,target,source,before,after,prev_hash,hash,actor_email,target_email\r\n"), "{text}");
     let freeze_row = text.lines().nth(1).unwrap();
     assert!(freeze_row.contains(",killswitch.freeze,"), "{text}");
     assert!(

@@ -228,6 +228,14 @@ impl People {
     }
 
     /// The tenant's audit entries, newest first.
+    async fn csv_audit(&self, who: &Session) -> String {
+        let res = self
+            .send(who, Method::GET, "/api/audit?limit=200&format=csv", None)
+            .await;
+        assert_eq!(res.status(), 200);
+        res.text().await.unwrap()
+    }
+
     async fn audit(&self, who: &Session) -> Vec<Value> {
         let path = "/api/audit?limit=200";
         let v = self.ok_as(200, who, Method::GET, path, None).await;
@@ -323,6 +331,15 @@ async fn a_disabled_person_is_signed_out_at_once_and_cannot_sign_in_until_enable
         assert_eq!(e["actor_email"], OWNER, "{e}");
         assert_eq!(e["target_email"], ADMIN, "{e}");
     }
+    // The CSV export names them too, in its last two columns.
+    let csv = p.csv_audit(&owner).await;
+    let header = csv.lines().next().unwrap();
+    assert!(header.ends_with(",actor_email,target_email"), "{header}");
+    let row = csv
+        .lines()
+        .find(|l| l.contains(",user.disable,"))
+        .expect("the CSV lists the disable");
+    assert!(row.ends_with(&format!(",{OWNER},{ADMIN}")), "{row}");
     let disable = entry(&audit, "user.disable", &admin_id);
     assert!(disable["before"]["disabled_at"].is_null(), "{disable}");
     assert!(disable["after"]["disabled_at"].is_i64(), "{disable}");
