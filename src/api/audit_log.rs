@@ -102,7 +102,7 @@ pub async fn list(
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     let (entries, people) = run_blocking(move || {
         let entries = store.list_audit(Some(&tenant), &filter, before, limit)?;
-        let people = super::names::look_up(
+        let people = People::look_up(
             store.as_ref(),
             &tenant,
             entries.iter().flat_map(|e| {

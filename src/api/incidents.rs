@@ -10,10 +10,10 @@ use crate::api::state::AppState;
 use crate::domain::audit::AuditAction;
 use crate::domain::incident::{Change, IncidentCursor, IncidentFilter};
 use crate::domain::incident::{Incident, IncidentEvent};
-use crate::domain::{IncidentId, IncidentStatus, KeyId, Severity, TenantId};
+use crate::domain::{IncidentId, IncidentStatus, KeyId, Severity};
 use crate::error::Code;
 use crate::incidents::timeline::{self, People};
-use crate::store::{Store, StoreError, StoreResult, run_blocking};
+use crate::store::{StoreError, run_blocking};
 use actix_web::{HttpResponse, get, post, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -28,20 +28,6 @@ fn incident_id(raw: &str) -> Result<IncidentId, ApiError> {
 
 fn actor(caller: &Caller) -> String {
     caller.label()
-}
-
-/// The people an incident's assignee and its history's actors name. Blocking.
-fn people_of(
-    store: &dyn Store,
-    tenant: &TenantId,
-    incidents: &[&Incident],
-    events: &[IncidentEvent],
-) -> StoreResult<People> {
-    let assignees = incidents
-        .iter()
-        .filter_map(|i| i.assignee.as_deref().and_then(People::user_id));
-    let actors = events.iter().filter_map(|e| People::user_id(&e.actor));
-    super::names::look_up(store, tenant, assignees.chain(actors))
 }
 
 /// An incident as answered: its fields, and `assignee_email` when the assignee is a
@@ -146,7 +132,7 @@ pub async fn list(
     let tenant = caller.tenant_id.clone();
     let (list, people) = run_blocking(move || {
         let list = store.list_incidents(Some(&tenant), &filter, cursor.as_ref(), limit)?;
-        let people = people_of(
+        let people = People::of_incidents(
             store.as_ref(),
             &tenant,
             &list.iter().collect::<Vec<_>>(),
@@ -236,7 +222,7 @@ pub async fn get(
     let (incident, events, people) = run_blocking(move || {
         let incident = store.get_incident(Some(&tenant), &id)?;
         let events = store.incident_events(Some(&tenant), &id)?;
-        let people = people_of(store.as_ref(), &tenant, &[&incident], &events)?;
+        let people = People::of_incidents(store.as_ref(), &tenant, &[&incident], &events)?;
         Ok::<_, StoreError>((incident, events, people))
     })
     .await
@@ -278,7 +264,7 @@ pub async fn incident_timeline(
             },
             None => None,
         };
-        let people = people_of(store.as_ref(), &tenant, &[&incident], &events)?;
+        let people = People::of_incidents(store.as_ref(), &tenant, &[&incident], &events)?;
         Ok(timeline::for_incident_naming(
             &incident,
             &signals,
@@ -358,7 +344,7 @@ async fn apply(
             &who,
             crate::domain::Timestamp::now(),
         )?;
-        let people = people_of(
+        let people = People::of_incidents(
             store.as_ref(),
             &tenant,
             &[&incident],

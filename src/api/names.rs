@@ -5,34 +5,11 @@
 //! so an id typed into an assignee never reveals another tenant's address.
 
 use super::error::ApiError;
-use crate::domain::user::{Role, User};
 use crate::domain::{Email, TenantId, UserId};
 use crate::incidents::timeline::People;
-use crate::store::{Store, StoreError, StoreResult};
+use crate::store::{Store, StoreResult};
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::BTreeSet;
-
-fn visible(user: &User, tenant: &TenantId) -> bool {
-    user.role == Role::Operator || user.tenant_id.as_ref() == Some(tenant)
-}
-
-/// The emails of the people `ids` name, as `tenant` may see them. Blocking.
-pub fn look_up(
-    store: &dyn Store,
-    tenant: &TenantId,
-    ids: impl IntoIterator<Item = UserId>,
-) -> StoreResult<People> {
-    let mut people = People::default();
-    for id in ids.into_iter().collect::<BTreeSet<_>>() {
-        match store.get_user(&id) {
-            Ok(user) if visible(&user, tenant) => people.insert(&id, user.email.as_str()),
-            Ok(_) | Err(StoreError::NotFound) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(people)
-}
 
 /// The person `tenant` knows by this email, if any. Blocking.
 pub fn user_by_email(
@@ -42,7 +19,7 @@ pub fn user_by_email(
 ) -> StoreResult<Option<UserId>> {
     Ok(store
         .find_user_by_email(email)?
-        .filter(|u| visible(u, tenant))
+        .filter(|u| People::visible_to(u, tenant))
         .map(|u| u.id))
 }
 

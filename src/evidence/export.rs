@@ -95,6 +95,8 @@ struct Gathered {
     /// Oldest signal first; already passed through [`exported_call`].
     calls: Vec<CallRecord>,
     truncated: bool,
+    /// The people its history names, to show by email.
+    people: timeline::People,
 }
 
 fn gather(
@@ -121,12 +123,14 @@ fn gather(
     }
     let truncated = signals.len() >= EXPORT_CALLS as usize
         || incident.call_count > i64::try_from(calls.len()).unwrap_or(i64::MAX);
+    let people = timeline::People::of_incidents(store, tenant, &[&incident], &events)?;
     Ok(Gathered {
         incident,
         events,
         signals,
         calls,
         truncated,
+        people,
     })
 }
 
@@ -270,7 +274,7 @@ pub async fn build_export(
 fn incident_timeline(g: &Gathered) -> timeline::IncidentTimeline {
     let last_call = g.signals.iter().rev().find_map(|s| s.call_id.as_ref());
     let example = last_call.and_then(|id| g.calls.iter().find(|c| &c.id == id));
-    timeline::for_incident(&g.incident, &g.signals, &g.events, example)
+    timeline::for_incident_naming(&g.incident, &g.signals, &g.events, example, &g.people)
 }
 
 fn pack_bytes(

@@ -7,9 +7,11 @@ use crate::domain::incident::{
     EventKind, Incident, IncidentEvent, IncidentStatus, StoredSignal, decision_detail, rule,
     rule_name,
 };
-use crate::domain::{CallRecord, Outcome, Timestamp, UserId};
+use crate::domain::user::{Role, User};
+use crate::domain::{CallRecord, Outcome, TenantId, Timestamp, UserId};
+use crate::store::{Store, StoreError, StoreResult};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Step {
@@ -247,6 +249,47 @@ pub fn root_cause(call: &CallRecord) -> String {
 pub struct People(HashMap<String, String>);
 
 impl People {
+    /// Whether `tenant` may see who `user` is: its own people and the instance operator
+    /// (who acts on every tenant). Any other id stays as it is, so an id typed into an
+    /// assignee never reveals another tenant's address.
+    pub fn visible_to(user: &User, tenant: &TenantId) -> bool {
+        user.role == Role::Operator || user.tenant_id.as_ref() == Some(tenant)
+    }
+
+    /// The emails of the people `ids` name, as `tenant` may see them. Blocking.
+    pub fn look_up(
+        store: &dyn Store,
+        tenant: &TenantId,
+        ids: impl IntoIterator<Item = UserId>,
+    ) -> StoreResult<Self> {
+        let mut people = Self::default();
+        for id in ids.into_iter().collect::<BTreeSet<_>>() {
+            match store.get_user(&id) {
+                Ok(user) if Self::visible_to(&user, tenant) => {
+                    people.insert(&id, user.email.as_str())
+                }
+                Ok(_) | Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(people)
+    }
+
+    /// The people that `incidents` (their assignees) and `events` (their actors) name.
+    /// Blocking.
+    pub fn of_incidents(
+        store: &dyn Store,
+        tenant: &TenantId,
+        incidents: &[&Incident],
+        events: &[IncidentEvent],
+    ) -> StoreResult<Self> {
+        let assignees = incidents
+            .iter()
+            .filter_map(|i| i.assignee.as_deref().and_then(Self::user_id));
+        let actors = events.iter().filter_map(|e| Self::user_id(&e.actor));
+        Self::look_up(store, tenant, assignees.chain(actors))
+    }
+
     /// Remembers the email of the person `user_id`.
     pub fn insert(&mut self, user_id: &UserId, email: &str) {
         self.0.insert(user_id.to_string(), email.to_owned());

@@ -707,6 +707,26 @@ async fn people_are_named_by_email_in_incidents_and_the_audit_log(backend: Backe
         "{step}"
     );
     assert!(t["summary"].as_str().unwrap().contains("dana@a.example"));
+    // The exported evidence pack's timeline (the PDF report is drawn from it) names her
+    // the same way.
+    let pack = json_of(
+        app.get_with_key(&format!("/v1/incidents/{id}/export?format=json"), &admin)
+            .await,
+    )
+    .await;
+    let timeline = &pack["timeline"];
+    let texts: Vec<&str> = timeline["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["detail"].as_str())
+        .chain(timeline["summary"].as_str())
+        .collect();
+    assert!(
+        texts.iter().any(|t| t.ends_with("by dana@a.example")),
+        "{timeline}"
+    );
+    assert!(!texts.iter().any(|t| t.contains("user:usr_")), "{timeline}");
 
     // Another tenant's person is never named, even by id.
     let res = app
@@ -756,10 +776,10 @@ async fn people_are_named_by_email_in_incidents_and_the_audit_log(backend: Backe
         .text()
         .await
         .unwrap();
-    assert!(csv.starts_with("id,seq,at,tenant_id,actor_kind,actor_id,action,target,source,before,after,prev_hash,hash,actor_email\r\n"), "{csv}");
+    assert!(csv.starts_with("id,seq,at,tenant_id,actor_kind,actor_id,action,target,source,before,after,prev_hash,hash,actor_email,target_email\r\n"), "{csv}");
     assert!(
         csv.lines()
-            .any(|l| l.contains("incident.ack") && l.ends_with(",dana@a.example")),
+            .any(|l| l.contains("incident.ack") && l.ends_with(",dana@a.example,")),
         "{csv}"
     );
 }
