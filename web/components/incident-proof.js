@@ -55,7 +55,7 @@ export function incidentProof({ id, signal, alive }) {
         <span class="badge ${r.failed ? "bad" : "plain"}" data-testid="batch-failed">Failed ${compact(r.failed || 0)}</span>
       </div>
       ${!r.calls ? emptyState({ title: "No calls to replay", text: "This incident's signals name no call (for example a budget threshold).", testid: "batch-empty" }) : ""}
-      ${replays.length ? html`<div class="table-wrap"><table class="table"><thead><tr><th>Call</th><th>Result</th><th></th></tr></thead><tbody>
+      ${replays.length ? html`<div class="table-wrap"><table class="table batch-table"><thead><tr><th>Call</th><th>Result</th><th></th></tr></thead><tbody>
         ${replays.slice(0, LISTED).map((x) => html`<tr data-testid="batch-replay-row">
           <td><a class="mono" href="#/calls/${encodeURIComponent(x.call_id)}" title="${x.call_id}">${shortId(x.call_id)}</a></td>
           <td>${x.match_level ? matchBadge(x.match_level) : x.would_block ? html`<span class="badge bad">Would be blocked</span>` : html`<span class="badge ok">Allowed</span>`}${x.model_drift ? html` <span class="badge warn">drift</span>` : ""}</td>
