@@ -1578,6 +1578,37 @@ async fn replays_certificates_and_batch_replays_work_from_the_console() {
         .unwrap();
     ui.photo("phone-incident-batch").await;
 
+    // A batch that fails half-way (the tenant is frozen while it runs) says so, and the
+    // button can be pressed again.
+    upstream.set_latency(Duration::from_millis(1500));
+    ui.click("incident-replay").await;
+    ui.el("batch-progress").await;
+    let res = app
+        .post_json(
+            "/v1/killswitch/tenant",
+            &admin,
+            &json!({"reason": "stop the replay"}),
+        )
+        .await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let failed = ui.el("batch-failed-task").await.text().await.unwrap();
+    assert!(failed.contains("frozen"), "{failed}");
+    assert!(
+        ui.el("incident-replay")
+            .await
+            .attr("disabled")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    ui.el("incident-replay")
+        .await
+        .scroll_into_view()
+        .await
+        .unwrap();
+    ui.photo("phone-incident-batch-failed").await;
+    upstream.set_latency(Duration::ZERO);
+
     ui.driver.clone().quit().await.unwrap();
     drop(driver);
     app.stop().await;

@@ -16,6 +16,12 @@ import { MATCH_LEVELS, matchBadge } from "./replay-view.js";
 import { issueCertificate, certificateHtml, certificateLoading, certificateError, wireCertificate } from "./certificate.js";
 
 const TASK_KIND = "incident.replay";
+
+/** A server message as a sentence: capitalised, with its full stop. */
+function sentence(s) {
+  const t = String(s).trim();
+  return `${t.charAt(0).toUpperCase()}${t.slice(1)}${/[.!?]$/.test(t) ? "" : "."}`;
+}
 const LISTED = 50;
 
 export function incidentProof({ id, signal, alive }) {
@@ -72,7 +78,7 @@ export function incidentProof({ id, signal, alive }) {
     const t = st.task;
     if (!t) return html`<p class="hint" data-testid="batch-none">No batch replay yet. A policy dry run re-checks every call against today's guardrails and sends nothing; an upstream replay sends each stored request again and grades the answers.</p>`;
     if (t.status === "failed") {
-      return html`<div class="notice bad" role="alert" data-testid="batch-failed-task"><div><strong>The batch replay failed.</strong> ${t.error || "No reason was given."} Fix the cause, then replay again.</div></div>`;
+      return html`<div class="notice bad" role="alert" data-testid="batch-failed-task"><div><strong>The batch replay failed.</strong> ${sentence(t.error || "No reason was given")} Fix the cause, then replay again.</div></div>`;
     }
     if (t.status === "done") return summaryHtml(t);
     return progressHtml(t);

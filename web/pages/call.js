@@ -1,10 +1,12 @@
 // #/calls/{id}: the call inspector — what was asked and answered (pretty JSON), each
 // guardrail decision with its measured value and threshold, replays (a policy dry run
-// against today's rules, or sending the stored request upstream again) and certificates.
+// against today's rules, or sending the stored request upstream again) shown beside the
+// original (components/replay-view.js), and certificates for the call or the replay.
+// `#/calls/{id}?replay=rpl_…` opens a replay made before (an incident's batch links here).
 // A streamed answer reads as its assembled text; the raw chunks are one click away.
 import * as api from "../api.js";
 import { canChange } from "../state.js";
-import { html, render, icon, compact, nanos, micros, num, timeAgo, absTime, httpBadge, outcomeBadge, policyName, prettyJson, loadingState, errorState, emptyState, toast, copyText, saveBlob, cap, streamedText } from "../ui.js";
+import { html, render, icon, compact, nanos, micros, num, timeAgo, absTime, httpBadge, outcomeBadge, policyName, prettyJson, loadingState, errorState, emptyState, toast, copyText, streamedText } from "../ui.js";
 import { confirmDialog, infoDialog } from "../components/dialog.js";
 import { replayView } from "../components/replay-view.js";
 import { issueCertificate, certificateHtml, certificateLoading, certificateError, wireCertificate } from "../components/certificate.js";
