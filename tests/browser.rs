@@ -1463,6 +1463,15 @@ async fn replays_certificates_and_batch_replays_work_from_the_console() {
     ui.click("certificate-download").await;
     verified_download(&ui, &app, &cert_id, "replay").await;
 
+    // A policy dry run of the same call: then and today side by side.
+    ui.click("replay-policy").await;
+    ui.css("[data-testid='replay-result'][data-mode='policy']")
+        .await;
+    ui.css("[data-testid='match-badge'][data-level='SAME']")
+        .await;
+    ui.el("replay-card").await.scroll_into_view().await.unwrap();
+    ui.photo("replay-policy").await;
+
     // The incident: a policy dry run of every call, then an upstream one that takes a
     // while, with the button disabled until it is done.
     ui.goto(&format!("#/incidents/{incident}")).await;
@@ -1538,6 +1547,11 @@ async fn replays_certificates_and_batch_replays_work_from_the_console() {
     ui.css("[data-testid='replay-result'][data-mode='upstream']")
         .await;
     ui.el("match-badge").await;
+    ui.set_theme("dark", "call").await;
+    ui.el("replay-new-response").await;
+    ui.el("replay-card").await.scroll_into_view().await.unwrap();
+    ui.photo("replay-dark").await;
+    ui.set_theme("light", "call").await;
 
     // On a phone the sides stack, and everything fits.
     phone_width(&ui).await;
