@@ -331,8 +331,13 @@ async fn upstream_replay(
             "blocked": c.blocked,
             "blocked_by": c.blocked_by,
             "model": c.model,
+            "request_sha256": c.request_sha256,
             "response_sha256": c.response_sha256,
             "content_sha256": content,
+            "latency_us": c.latency_us,
+            "upstream_latency_us": c.upstream_latency_us,
+            "total_tokens": c.total_tokens,
+            "cost": c.cost,
             "decisions": c.decisions,
         })
     };

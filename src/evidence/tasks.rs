@@ -171,6 +171,16 @@ async fn replay_incident(state: &Tasks, task: &Task) -> Result<TaskUpdate, Strin
         .await
         .map_err(|e| format!("cannot list the incident's calls: {e}"))?;
     let total = i64::try_from(calls.len()).unwrap_or(i64::MAX);
+    // The total is known now: a progress bar can show it before the first call is done.
+    let _ = update(
+        state,
+        task,
+        TaskUpdate {
+            progress: Some((0, total)),
+            ..TaskUpdate::default()
+        },
+    )
+    .await;
     let mut by_level: BTreeMap<String, u64> = BTreeMap::new();
     let (mut would_block, mut drift, mut failed) = (0u64, 0u64, 0u64);
     let mut replays: Vec<Value> = Vec::new();
@@ -193,15 +203,22 @@ async fn replay_incident(state: &Tasks, task: &Task) -> Result<TaskUpdate, Strin
                 if report.get("would_block").and_then(Value::as_bool) == Some(true) {
                     would_block += 1;
                 }
-                if report.get("model_drift").and_then(Value::as_bool) == Some(true) {
+                // An upstream replay's `model_drift` is `{"detected", "reasons", …}`.
+                let drifted = report
+                    .pointer("/model_drift/detected")
+                    .and_then(Value::as_bool)
+                    == Some(true);
+                if drifted {
                     drift += 1;
                 }
                 if replays.len() < LISTED_REPLAYS {
                     replays.push(json!({
                         "call_id": call,
                         "replay_id": report.get("id"),
+                        "replay_call_id": report.get("replay_call_id"),
                         "match_level": report.get("match_level"),
                         "would_block": report.get("would_block"),
+                        "model_drift": drifted,
                     }));
                 }
             }

@@ -1,11 +1,15 @@
 // #/calls/{id}: the call inspector — what was asked and answered (pretty JSON), each
 // guardrail decision with its measured value and threshold, replays (a policy dry run
-// against today's rules, or sending the stored request upstream again) and certificates.
+// against today's rules, or sending the stored request upstream again) shown beside the
+// original (components/replay-view.js), and certificates for the call or the replay.
+// `#/calls/{id}?replay=rpl_…` opens a replay made before (an incident's batch links here).
 // A streamed answer reads as its assembled text; the raw chunks are one click away.
 import * as api from "../api.js";
 import { canChange } from "../state.js";
-import { html, render, icon, compact, nanos, micros, num, timeAgo, absTime, httpBadge, outcomeBadge, policyName, prettyJson, loadingState, errorState, emptyState, toast, copyText, saveBlob, cap, streamedText } from "../ui.js";
+import { html, render, icon, compact, nanos, micros, num, timeAgo, absTime, httpBadge, outcomeBadge, policyName, prettyJson, loadingState, errorState, emptyState, toast, copyText, streamedText } from "../ui.js";
 import { confirmDialog, infoDialog } from "../components/dialog.js";
+import { replayView } from "../components/replay-view.js";
+import { issueCertificate, certificateHtml, certificateLoading, certificateError, wireCertificate } from "../components/certificate.js";
 
 function bodyBlock(title, text, truncated, sha, testid, prunedAt) {
   const pretty = prettyJson(text);
@@ -40,35 +44,6 @@ function decisionsTable(decisions, testid = "decision-row") {
       <td class="num">${d.threshold === undefined || d.threshold === null ? "—" : `${num(d.threshold)}${d.unit ? ` ${d.unit}` : ""}`}</td>
       <td>${d.reason}</td><td class="num">${d.micros ? micros(d.micros) : "—"}</td></tr>`)}
   </tbody></table></div>`;
-}
-
-function replayHtml(r) {
-  if (r.mode === "policy") {
-    return html`<div data-testid="replay-result" data-mode="policy">
-      <p><strong>Policy dry run</strong> against today's guardrails — nothing was sent to the provider.</p>
-      <div class="facts">
-        <div class="fact"><div class="kpi-label">Today it would be</div><strong class="${r.would_block ? "diff-yes" : "diff-no"}">${r.would_block ? `Blocked (${policyName(r.blocked_by)})` : "Allowed"}</strong></div>
-        <div class="fact"><div class="kpi-label">Back then it was</div><strong>${r.original?.blocked ? `Blocked (${policyName(r.original.blocked_by)})` : "Allowed"}</strong></div>
-        <div class="fact"><div class="kpi-label">Different?</div><strong class="${r.differs ? "diff-yes" : "diff-no"}">${r.differs ? "Yes" : "No"}</strong></div>
-      </div>
-      ${r.changes?.length ? html`<ul>${r.changes.map((c) => html`<li>${typeof c === "string" ? c : JSON.stringify(c)}</li>`)}</ul>` : ""}
-      <h3 class="section-gap">Decisions today</h3>${decisionsTable(r.decisions, "replay-decision-row")}
-      <p class="hint">Replay <span class="mono">${r.id}</span></p></div>`;
-  }
-  const cmp = r.comparison || {};
-  const yes = (b) => (b ? html`<span class="diff-no">same</span>` : html`<span class="diff-yes">different</span>`);
-  return html`<div data-testid="replay-result" data-mode="upstream">
-    <p><strong>Upstream replay</strong> — the stored request was sent to the provider again${r.replay_call_id ? html` as <a class="mono" href="#/calls/${encodeURIComponent(r.replay_call_id)}">${r.replay_call_id}</a>` : ""}.</p>
-    <div class="facts">
-      <div class="fact"><div class="kpi-label">Match</div><strong>${cap(r.match_level || "—")}</strong></div>
-      <div class="fact"><div class="kpi-label">Model drift</div><strong class="${r.model_drift ? "diff-yes" : "diff-no"}">${r.model_drift ? "Yes" : "No"}</strong></div>
-      <div class="fact"><div class="kpi-label">Status</div><strong>${r.original?.status ?? "—"} → ${r.replay?.status ?? "—"}</strong></div>
-    </div>
-    <dl class="dl section-gap"><dt>Decisions</dt><dd>${yes(cmp.same_decisions)}</dd><dt>Status</dt><dd>${yes(cmp.same_status)}</dd>
-      <dt>Finish reasons</dt><dd>${yes(cmp.same_finish_reasons)}</dd><dt>Tool calls</dt><dd>${yes(cmp.same_tool_calls)}</dd>
-      <dt>Text</dt><dd>${yes(cmp.same_text)}${!cmp.same_text && cmp.same_normalized_text ? html` <span class="muted">(same after normalising whitespace and case)</span>` : ""}</dd></dl>
-    ${cmp.notes?.length ? html`<ul>${cmp.notes.map((n) => html`<li>${n}</li>`)}</ul>` : ""}
-    <p class="hint">Replay <span class="mono">${r.id}</span></p></div>`;
 }
 
 export default {
@@ -131,36 +106,92 @@ export default {
         </div>`);
     }
 
-    function showReplay(r) {
-      const box = root.querySelector("#replay-box");
-      render(box, html`<section class="card"><div class="card-head"><h2>Replay result</h2><button type="button" class="btn btn-sm btn-ghost" data-action="close-replay">Close</button></div><div class="card-body">${replayHtml(r)}</div></section>`);
+    // The replay shown now: its report, and the two calls it compares (their text).
+    let shown = null;
+
+    function replayBox() { return root.querySelector("#replay-box"); }
+
+    function drawReplay() {
+      const box = replayBox();
+      if (!box || !shown) return;
+      const { report: r, calls, cert, certState } = shown;
+      let certPart = "";
+      if (certState === "loading") certPart = certificateLoading();
+      else if (certState === "error") certPart = certificateError(shown.certError);
+      else if (cert) certPart = certificateHtml(cert);
+      render(box, html`<section class="card" data-testid="replay-card"><div class="card-head"><h2>Replay ${r.mode === "policy" ? "— policy dry run" : "— sent upstream again"}</h2>
+          <span class="hint mono">${r.id}</span>
+          ${canChange() && r.id ? html`<button type="button" class="btn btn-sm btn-primary" data-action="replay-certificate" data-testid="replay-issue-certificate" ${certState === "loading" ? "disabled" : ""}>Issue certificate</button>` : ""}
+          <button type="button" class="btn btn-sm btn-ghost" data-action="close-replay">Close</button></div>
+        <div class="card-body">${replayView(r, calls)}
+          ${certPart ? html`<div class="section-gap" id="replay-cert">${certPart}</div>` : ""}</div></section>`);
+      const certEl = box.querySelector('[data-testid="certificate"]');
+      if (certEl && cert) wireCertificate(certEl, cert);
+    }
+
+    function replayLoading(what) {
+      const box = replayBox();
+      if (!box) return;
+      shown = null;
+      render(box, html`<section class="card" data-testid="replay-loading" aria-busy="true"><div class="card-head"><h2>${what}</h2></div>
+        <div class="card-body"><div class="sbs"><div><span class="skeleton sk-line"></span><span class="skeleton sk-block"></span></div><div><span class="skeleton sk-line"></span><span class="skeleton sk-block"></span></div></div></div></section>`);
       box.scrollIntoView({ behavior: "smooth", block: "nearest" });
     }
 
-    async function issueCertificate(btn) {
+    function replayFailed(what, err) {
+      const box = replayBox();
+      if (!box) return;
+      shown = null;
+      render(box, html`<section class="card"><div class="card-head"><h2>${what}</h2><button type="button" class="btn btn-sm btn-ghost" data-action="close-replay">Close</button></div>
+        ${errorState(err, { retry: false, testid: "replay-error" })}</section>`);
+    }
+
+    async function showReplay(r) {
+      shown = { report: r, calls: {} };
+      if (r.mode !== "policy") {
+        shown.calls = { original: undefined, replay: r.replay_call_id ? undefined : null };
+      }
+      drawReplay();
+      replayBox()?.scrollIntoView({ behavior: "smooth", block: "start" });
+      if (r.mode === "policy") return;
+      const mine = shown;
+      const read = (cid) => (cid === id && call ? Promise.resolve(call) : api.get(`/api/calls/${encodeURIComponent(cid)}`, null, { signal: ctx.signal }).catch((err) => { if (err?.name === "AbortError") throw err; return null; }));
+      try {
+        const [o, n] = await Promise.all([read(r.original?.call_id || r.call_id), r.replay_call_id ? read(r.replay_call_id) : Promise.resolve(null)]);
+        if (!ctx.alive() || shown !== mine) return;
+        shown.calls = { original: o, replay: n };
+        drawReplay();
+      } catch { /* the page was left */ }
+    }
+
+    async function replayCertificate() {
+      if (!shown?.report?.id) return;
+      const mine = shown;
+      shown.certState = "loading";
+      drawReplay();
+      try {
+        mine.cert = await issueCertificate({ replay_id: mine.report.id });
+        mine.certState = "done";
+        toast("Certificate issued", "ok");
+      } catch (err) {
+        if (err?.name === "AbortError") return;
+        mine.certState = "error";
+        mine.certError = err;
+      }
+      if (shown === mine) {
+        drawReplay();
+        replayBox()?.querySelector("#replay-cert")?.scrollIntoView({ behavior: "smooth", block: "nearest" });
+      }
+    }
+
+    async function callCertificate(btn) {
       btn.disabled = true;
       try {
-        let cert;
-        try {
-          cert = await api.post("/api/certificates", { call_id: id });
-        } catch (err) {
-          // The console contract names the subject as {"subject":"call","id"}; accept either.
-          if (err?.status !== 400) throw err;
-          cert = await api.post("/api/certificates", { subject: "call", id });
-        }
-        const text = JSON.stringify(cert, null, 2);
-        const certId = cert.certificate_id || cert.id || "certificate";
+        const cert = await issueCertificate({ call_id: id });
         await infoDialog({
           title: "Certificate issued", wide: true, testid: "certificate-dialog",
-          body: html`<p>A signed statement of what this call was and how it was decided. Anyone can check it offline with <code>agv-server verify CERT.json</code>, or online at <a href="/v1/certificates/${encodeURIComponent(certId)}/verify" target="_blank" rel="noopener">/v1/certificates/${certId}/verify</a>.</p>
-            <div class="row section-gap"><button type="button" class="btn" data-cert="copy">${icon("copy", 14)} Copy</button><button type="button" class="btn" data-cert="download" data-testid="certificate-download">${icon("download", 14)} Download</button></div>
-            <pre class="tall section-gap" data-testid="certificate-json">${text}</pre>`,
-          onMount: (dlg) => dlg.addEventListener("click", (e) => {
-            const b = e.target.closest("[data-cert]");
-            if (!b) return;
-            if (b.dataset.cert === "copy") copyText(text);
-            else saveBlob(new Blob([text], { type: "application/json" }), `${certId}.json`);
-          }),
+          body: certificateHtml(cert),
+          onMount: (dlg) => wireCertificate(dlg, cert),
         });
       } catch (err) {
         if (err?.name !== "AbortError") toast(`Could not issue the certificate: ${err.message}`, "bad");
@@ -180,26 +211,35 @@ export default {
       const a = e.target.closest("[data-action]");
       const act = a?.dataset.action;
       if (act === "retry") return load();
-      if (act === "close-replay") { render(root.querySelector("#replay-box"), html``); return; }
+      if (act === "close-replay") { shown = null; render(replayBox(), html``); return; }
+      if (act === "replay-certificate") return replayCertificate();
       if (act === "replay-policy") {
         a.disabled = true;
-        try { showReplay(await api.post(`/api/replay/${encodeURIComponent(id)}`, { mode: "policy" })); } catch (err) { if (err?.name !== "AbortError") toast(`Dry run failed: ${err.message}`, "bad"); } finally { a.disabled = false; }
+        replayLoading("Checking against today's guardrails…");
+        try { await showReplay(await api.post(`/api/replay/${encodeURIComponent(id)}`, { mode: "policy" })); } catch (err) { if (err?.name !== "AbortError") replayFailed("The dry run failed", err); } finally { a.disabled = false; }
         return;
       }
       if (act === "replay-upstream") {
-        let report = null;
         const ok = await confirmDialog({
           title: "Send this request to the provider again?",
           text: "The stored request goes through the guardrails and to the provider as a new call. It costs what a normal call costs and is recorded like one.",
           confirmLabel: "Replay upstream",
-          action: async () => { report = await api.post(`/api/replay/${encodeURIComponent(id)}`, { mode: "upstream" }); },
         });
-        if (ok && report) showReplay(report);
+        if (!ok) return;
+        a.disabled = true;
+        replayLoading("Sending the request again…");
+        try { await showReplay(await api.post(`/api/replay/${encodeURIComponent(id)}`, { mode: "upstream" })); } catch (err) { if (err?.name !== "AbortError") replayFailed("The replay failed", err); } finally { a.disabled = false; }
         return;
       }
-      if (act === "certificate") return issueCertificate(a);
+      if (act === "certificate") return callCertificate(a);
     });
 
     await load();
+    // #/calls/{id}?replay=rpl_…: a replay made before (a batch replay links here).
+    const wanted = ctx.query?.get("replay");
+    if (wanted && call && ctx.alive()) {
+      replayLoading("Loading the replay…");
+      try { await showReplay(await api.get(`/api/replays/${encodeURIComponent(wanted)}`, null, { signal: ctx.signal })); } catch (err) { if (err?.name !== "AbortError" && ctx.alive()) replayFailed("The replay could not be loaded", err); }
+    }
   },
 };

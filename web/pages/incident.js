@@ -7,6 +7,7 @@ import { canChange } from "../state.js";
 import { html, render, icon, compact, nanos, timeAgo, absTime, severityBadge, statusBadge, outcomeBadge, policyName, loadingState, errorState, emptyState, toast, num, saveBlob, validators, field, micros, validate, showApiError, busy } from "../ui.js";
 import { formDialog, confirmDialog } from "../components/dialog.js";
 import { shortId } from "../components/call-search.js";
+import { incidentProof } from "../components/incident-proof.js";
 
 const KIND_LABEL = { signal: "Signal", event: "Event", decision: "Decision", root_cause: "Root cause", input: "Request", upstream: "Provider", output: "Response" };
 
@@ -55,6 +56,8 @@ export default {
   async mount(root, ctx) {
     const id = ctx.params.id;
     let inc = null, tl = null, tlError = null, lastSig = null;
+    // Batch replay and incident certificate: state of its own, kept across redraws.
+    const proof = incidentProof({ id, signal: ctx.signal, alive: ctx.alive });
 
     async function load(quiet = false) {
       if (!quiet) { ctx.loading(); render(root, html`${crumbs()}${loadingState()}`); }
@@ -139,6 +142,8 @@ export default {
               : emptyState({ title: "No calls listed", text: "This incident's signals name no call (for example a budget threshold). Export it for the full record.", testid: "calls-empty" })}</div></section>
         </div>
 
+        <div id="proof-box"></div>
+
         <section class="card"><div class="card-head"><h2>Timeline</h2><span class="hint">${steps.length} step${steps.length === 1 ? "" : "s"}: what happened, its root cause, then what was done</span></div>
           <div class="card-body">${tlError ? errorState(tlError, { testid: "timeline-error" }) : steps.length ? html`<ol class="timeline" data-testid="timeline">${steps.map(stepHtml)}</ol>` : html`<ol class="timeline" data-testid="timeline"></ol><p class="hint">Nothing recorded yet.</p>`}</div></section>
 
@@ -146,6 +151,7 @@ export default {
           <form novalidate id="note-form">${field({ name: "note", label: "Note", rows: 3, required: true, testid: "note-input", placeholder: "What you found, what you did, what comes next" })}
             <div class="form-actions"><button type="submit" class="btn btn-primary" data-testid="note-submit">Add note</button></div></form></div></section>` : ""}`);
 
+      proof.attach(root.querySelector("#proof-box"));
       const noteForm = root.querySelector("#note-form");
       noteForm?.addEventListener("submit", async (e) => {
         e.preventDefault();
@@ -221,6 +227,7 @@ export default {
       timer = setTimeout(() => load(true), 300);
     });
     await load();
-    return () => clearTimeout(timer);
+    if (inc) proof.load();
+    return () => { clearTimeout(timer); proof.stop(); };
   },
 };
