@@ -5,7 +5,7 @@
 // duplicates (the same title) into the newest. Live: `incident` events reload the list and
 // highlight what changed.
 import * as api from "../api.js";
-import { html, render, compact, nanos, moneyDigits, timeAgo, severityBadge, statusBadge, loadingState, emptyState, errorState, cap, toast, shortId } from "../ui.js";
+import { html, render, compact, nanos, moneyDigits, timeAgo, severityBadge, statusBadge, loadingState, emptyState, errorState, cap, toast, shortId, relTime } from "../ui.js";
 import { confirmDialog } from "../components/dialog.js";
 import { canChange } from "../state.js";
 
@@ -21,18 +21,18 @@ export function incidentRows(list, fresh = new Set(), selected = null) {
     const into = i.merged_into ? `#/incidents/${encodeURIComponent(i.merged_into)}` : "";
     return html`<tr class="clickable ${fresh.has(i.id) ? "flash" : ""} ${i.status === "resolved" ? "dim" : ""} ${selected?.has(i.id) ? "selected" : ""}" data-testid="incident-row" data-incident-id="${i.id}" data-status="${i.status}" data-href="${href}">
       ${selected ? html`<td class="sel"><input type="checkbox" data-testid="incident-select" data-select="${i.id}" aria-label="Select ${i.title}" ${selected.has(i.id) ? "checked" : ""}></td>` : ""}
-      <td>${severityBadge(i.severity)}</td>
-      <td><a class="rowlink" href="${href}">${i.title}</a><div class="cell-sub">${i.subject}${i.tenant_name ? html` · ${i.tenant_name}` : ""}${into ? html` · merged into <a href="${into}" data-testid="merged-into" title="${i.merged_into}">${shortId(i.merged_into)}</a>` : ""}</div></td>
-      <td>${statusBadge(i.status)}${i.assignee ? html`<div class="cell-sub" title="${i.assignee}">→ ${i.assignee_email || i.assignee}</div>` : ""}</td>
-      <td class="num">${compact(i.call_count)}</td>
-      <td class="num">${nanos(i.cost, { digits })}</td>
-      <td>${timeAgo(i.first_signal_at ?? i.created_at)}<div class="cell-sub nowrap">last ${timeAgo(i.last_signal_at ?? i.updated_at)}</div></td></tr>`;
+      <td class="c-sev">${severityBadge(i.severity)}</td>
+      <td class="c-title"><a class="rowlink" href="${href}">${i.title}</a><div class="cell-sub">${i.subject}${i.tenant_name ? html` · ${i.tenant_name}` : ""}${into ? html` · merged into <a class="nowrap" href="${into}" data-testid="merged-into" title="${i.merged_into}">${shortId(i.merged_into)}</a>` : ""}</div></td>
+      <td class="c-status">${statusBadge(i.status)}${i.assignee ? html`<div class="cell-sub" title="${i.assignee}">→ ${i.assignee_email || i.assignee}</div>` : ""}</td>
+      <td class="num c-calls">${compact(i.call_count)}<span class="phone-only"> ${i.call_count === 1 ? "call" : "calls"}</span></td>
+      <td class="num c-cost">${nanos(i.cost, { digits })}</td>
+      <td class="c-age">${timeAgo(i.first_signal_at ?? i.created_at)}<div class="cell-sub nowrap">last ${timeAgo(i.last_signal_at ?? i.updated_at)}</div></td></tr>`;
   });
 }
 export function incidentTable(list, fresh, selected = null) {
   const all = selected && list.length > 0 && list.every((i) => selected.has(i.id));
-  const head = selected ? html`<th class="sel"><input type="checkbox" data-testid="select-all" data-select-all="1" aria-label="Select every incident shown" ${all ? "checked" : ""}></th>` : "";
-  return html`<div class="table-wrap"><table class="table" data-testid="incidents-table"><thead><tr>${head}<th>Severity</th><th>Incident</th><th>Status</th><th class="num">Calls</th><th class="num">Cost</th><th>Age</th></tr></thead>
+  const head = selected ? html`<th class="sel"><label class="sel-all"><input type="checkbox" data-testid="select-all" data-select-all="1" aria-label="Select every incident shown" ${all ? "checked" : ""}><span class="sel-label" aria-hidden="true">Select all</span></label></th>` : "";
+  return html`<div class="table-wrap"><table class="table inc-table ${selected ? "selectable" : ""}" data-testid="incidents-table"><thead><tr>${head}<th>Severity</th><th>Incident</th><th>Status</th><th class="num">Calls</th><th class="num">Cost</th><th>Age</th></tr></thead>
     <tbody>${incidentRows(list, fresh, selected)}</tbody></table></div>`;
 }
 
@@ -194,7 +194,7 @@ export default {
       const n = plan.from.length;
       const ok = await confirmDialog({
         title: `Merge ${n} duplicate${n === 1 ? "" : "s"} into the newest?`,
-        text: `“${plan.target.title}” (${shortId(plan.target.id)}, ${timeAgo(plan.target.created_at)}) takes in their calls and cost; ${n === 1 ? "the older one is" : `the ${n} older ones are`} resolved as merged into it. Both histories and the audit log record it.`,
+        text: `“${plan.target.title}” (${shortId(plan.target.id)}, opened ${relTime(plan.target.created_at)}) takes in their calls and cost; ${n === 1 ? "the older one is" : `the ${n} older ones are`} resolved as merged into it. Both histories and the audit log record it.`,
         confirmLabel: "Merge",
         action: () => api.post(`/api/incidents/${encodeURIComponent(plan.target.id)}/merge`, { from: plan.from.map((i) => i.id) }),
       });
