@@ -2522,7 +2522,13 @@ mod incidents {
         let newer = one(store, injection(&t.id, "cust_1", w));
         // Merged the other way round: the newest incident of the fingerprint goes away.
         store
-            .merge_incidents(&t.id, &older, &[newer.clone()], "key:key_1", at(w + 1))
+            .merge_incidents(
+                &t.id,
+                &older,
+                std::slice::from_ref(&newer),
+                "key:key_1",
+                at(w + 1),
+            )
             .unwrap()
             .unwrap();
         let recurred = store
@@ -2559,7 +2565,7 @@ mod incidents {
             Err(MergeRefusal::Unknown(foreign.clone()))
         );
         assert!(matches!(
-            store.merge_incidents(&t.id, &foreign, &[a.clone()], "key:key_1", now),
+            store.merge_incidents(&t.id, &foreign, std::slice::from_ref(&a), "key:key_1", now),
             Err(StoreError::NotFound)
         ));
         // Nothing of the refused merge happened.
@@ -2570,20 +2576,20 @@ mod incidents {
             IncidentStatus::Open
         );
 
-        merge(&c, &[a.clone()]).unwrap();
+        merge(&c, std::slice::from_ref(&a)).unwrap();
         assert_eq!(
-            merge(&b, &[a.clone()]),
+            merge(&b, std::slice::from_ref(&a)),
             Err(MergeRefusal::AlreadyMerged(a.clone(), c.clone()))
         );
         assert_eq!(
-            merge(&a, &[b.clone()]),
+            merge(&a, std::slice::from_ref(&b)),
             Err(MergeRefusal::TargetMerged(a.clone(), c.clone()))
         );
         store
             .change_incident(Some(&t.id), &b, &Change::Resolve, "key:key_1", now)
             .unwrap();
         assert_eq!(
-            merge(&b, &[c.clone()]),
+            merge(&b, std::slice::from_ref(&c)),
             Err(MergeRefusal::TargetResolved(b.clone()))
         );
         assert_eq!(
@@ -2591,7 +2597,7 @@ mod incidents {
             IncidentStatus::Open
         );
         // A resolved incident may still be merged as a duplicate.
-        let m = merge(&c, &[b.clone()]).unwrap();
+        let m = merge(&c, std::slice::from_ref(&b)).unwrap();
         assert_eq!(m.target.signal_count, 3);
     }
 

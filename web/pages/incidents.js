@@ -76,7 +76,7 @@ export default {
         <form class="search-form" role="search" data-testid="incident-search">
           <label class="sr-only" for="incident-search-input">Search incidents</label>
           <div class="search">
-            <input class="input" id="incident-search-input" name="text" type="search" value="${text}" data-testid="incident-search-input" placeholder="Words of the title: injection, budget, cust_8372…" autocomplete="off" spellcheck="false">
+            <input class="input" id="incident-search-input" name="text" type="search" value="${text}" data-testid="incident-search-input" placeholder="Search titles: injection, budget, cust_8372…" autocomplete="off" spellcheck="false">
             <button type="submit" class="btn btn-primary" data-testid="incident-search-submit">Search</button>
           </div>
           <div class="filters search-filters">
