@@ -2596,6 +2596,11 @@ mod incidents {
             store.get_incident(None, &c).unwrap().status,
             IncidentStatus::Open
         );
+        // A merged incident is not reopened: the one it went into carries on.
+        assert!(matches!(
+            store.change_incident(Some(&t.id), &a, &Change::Reopen, "key:key_1", now),
+            Err(StoreError::Conflict(m)) if m.contains(&c.to_string())
+        ));
         // A resolved incident may still be merged as a duplicate.
         let m = merge(&c, std::slice::from_ref(&b)).unwrap();
         assert_eq!(m.target.signal_count, 3);

@@ -605,6 +605,12 @@ pub(super) fn change(
     at: Timestamp,
 ) -> StoreResult<(Incident, IncidentEvent)> {
     let before = get(db, tenant, id)?;
+    if let (Change::Reopen, Some(into)) = (change, &before.merged_into) {
+        // Its signals live on in the incident it went into; a recurrence goes there too.
+        return Err(StoreError::Conflict(format!(
+            "the incident was merged into {into}; reopen that one instead"
+        )));
+    }
     let next = incident::transition(before.status, change)
         .map_err(|e| StoreError::Conflict(e.to_string()))?;
     let ev = |kind, b: Option<serde_json::Value>, a: Option<serde_json::Value>, note| NewEvent {
