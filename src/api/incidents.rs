@@ -576,6 +576,20 @@ pub async fn merge(
             tell_routes_of(&state, after, crate::domain::alert::Reason::Resolved).await;
         }
     }
+    // Bigger now, it may be worse: alert routes hear of the escalation as from a signal.
+    if merged.target.severity > merged.target_before.severity {
+        let applied = crate::domain::incident::Applied {
+            incident_id: merged.target.id.clone(),
+            tenant_id: merged.target.tenant_id.clone(),
+            opened: false,
+            reopened: false,
+            escalated: Some((merged.target_before.severity, merged.target.severity)),
+            severity: merged.target.severity,
+        };
+        let alerts = state.alerts.clone();
+        run_blocking(move || crate::incidents::Listener::applied(alerts.as_ref(), &[applied]))
+            .await;
+    }
     let ids: Vec<&str> = merged.merged.iter().map(|(_, a)| a.id.as_str()).collect();
     let counts = |i: &Incident| json!({"signal_count": i.signal_count, "call_count": i.call_count, "severity": i.severity.as_str()});
     let mut after = counts(&merged.target);
