@@ -1439,6 +1439,19 @@ async fn the_incidents_page_searches_acknowledges_in_bulk_and_merges_duplicates(
         .await
         .unwrap();
     assert_eq!(detail["signal_count"], 3);
+    // A duplicate's page says where it went, and offers no reopening.
+    ui.goto(&format!("#/incidents/{}", ids[0])).await;
+    ui.ready("incident").await;
+    let into = ui.el("incident-merged-into").await.text().await.unwrap();
+    assert_eq!(into, newest);
+    assert!(
+        ui.driver
+            .find_all(By::Css("[data-testid='incident-reopen']"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    ui.photo("duplicate").await;
 
     // Nothing matches: it says so, and clearing shows every incident.
     ui.goto("#/incidents?text=no-such-incident&status=open")
