@@ -127,6 +127,10 @@ codes! {
     InvalidNote = "invalid_note", BadRequest;
     InvalidReason = "invalid_reason", BadRequest;
     InvalidSeverity = "invalid_severity", BadRequest;
+    /// A list of ids to act on is empty, too long or malformed.
+    InvalidIds = "invalid_ids", BadRequest;
+    /// An action that is not one of those the endpoint offers.
+    InvalidAction = "invalid_action", BadRequest;
     InvalidSubject = "invalid_subject", BadRequest;
     InvalidMetadata = "invalid_metadata", BadRequest;
     InvalidTenantId = "invalid_tenant_id", BadRequest;
@@ -185,6 +189,8 @@ codes! {
     InvitationAccepted = "invitation_accepted", Conflict;
     InvitationClosed = "invitation_closed", Conflict;
     InvitationRevoked = "invitation_revoked", NotFound;
+    /// Duplicates cannot go into this incident, or one of them is merged already.
+    MergeRefused = "merge_refused", Conflict;
 
     // Replays.
     RequestNotStored = "request_not_stored", Conflict;

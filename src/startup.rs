@@ -519,6 +519,8 @@ fn http_server(
             .service(incidents::get)
             .service(incidents::incident_timeline)
             .service(crate::api::export::export)
+            .service(incidents::bulk)
+            .service(incidents::merge)
             .service(incidents::ack)
             .service(incidents::resolve)
             .service(incidents::reopen)

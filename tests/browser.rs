@@ -1628,3 +1628,244 @@ async fn replays_certificates_and_batch_replays_work_from_the_console() {
     app.stop().await;
     drop(upstream);
 }
+
+/// Polls `script` (a JS expression) until it is true.
+async fn until(ui: &mut Ui, what: &str, script: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = ui
+            .driver
+            .execute(&format!("return Boolean({script});"), vec![])
+            .await
+            .unwrap();
+        if v.convert::<bool>().unwrap() {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            ui.photo(&format!("timeout-{what}")).await;
+            panic!("{what}: `{script}` still false after {WAIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How many incident rows show, and how many of them have `status`.
+fn rows_js(status: Option<&str>) -> String {
+    match status {
+        Some(s) => format!(
+            "document.querySelectorAll(\"[data-testid='incident-row'][data-status='{s}']\").length"
+        ),
+        None => "document.querySelectorAll(\"[data-testid='incident-row']\").length".to_owned(),
+    }
+}
+
+/// The Incidents page of a demo tenant with three open incidents of one end user's prompt
+/// injections (the same title) and one of another's: the search box finds them by a word
+/// of the title and keeps it in the link (a reload shows the same list), two are
+/// acknowledged at once, the three are merged into the newest, a search that matches
+/// nothing says so and clears; then the same on a phone. Pictures:
+/// `target/e2e-screenshots/incidents-*.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_incidents_page_searches_acknowledges_in_bulk_and_merges_duplicates() {
+    use agv_server::domain::decision::policy;
+    use agv_server::domain::incident::Subject;
+    use agv_server::domain::{CallId, Money, Signal, TenantId, Timestamp};
+    let Some(bin) = chromedriver() else {
+        return;
+    };
+    let _one_at_a_time = BROWSER.lock().await;
+    let home = DataHome::new(Backend::Sqlite).unwrap();
+    let demo: Value =
+        serde_json::from_str(&home.cli_ok(&["demo", "--calls", "200", "--json"])).unwrap();
+    let tenant = demo["tenant_id"].as_str().unwrap().to_owned();
+    make_user(&home, "owner@demo.example", "owner", Some(&tenant));
+    let downloads = home.path().join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let upstream = MockUpstream::start();
+    let url = upstream.url();
+    let app = TestApp::start_with(home, |s| {
+        s.upstream_url = url;
+        s.unauth_rate_limit_per_minute = 0;
+    })
+    .await;
+    let injection = |user: &str, minutes_ago: i64| Signal {
+        tenant_id: TenantId::parse(&tenant).unwrap(),
+        rule: policy::PROMPT_INJECTION.into(),
+        subject: Subject::EndUser(user.into()),
+        at: Timestamp::from_millis(Timestamp::now().millis() - minutes_ago * 60_000),
+        call_id: Some(CallId::generate()),
+        end_user: Some(user.into()),
+        cost: Some(Money::from_usd(0.02)),
+        detail: "matched an injection pattern".into(),
+        demo: false,
+    };
+    let signals = vec![
+        injection("cust_dupe", 50),
+        injection("cust_dupe", 35),
+        injection("cust_dupe", 20),
+        injection("cust_other", 10),
+    ];
+    let store = app.app_state.store.clone();
+    let ids: Vec<String> = tokio::task::spawn_blocking(move || store.apply_signals(&signals))
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|a| a.incident_id.to_string())
+        .collect();
+    let newest = ids[2].clone();
+
+    let driver = start_chromedriver(&bin).await;
+    let mut ui = Ui::open(driver.port, &app.address, &downloads, "incidents").await;
+    sign_in(&mut ui, "owner@demo.example").await;
+    ui.ready("overview").await;
+    ui.click("nav-incidents").await;
+    ui.ready("incidents").await;
+    ui.el("bulk-bar").await;
+
+    // Search by a word of the title: only the three duplicates, and the link says so.
+    ui.type_into("incident-search-input", "cust_dupe").await;
+    ui.click("incident-search-submit").await;
+    until(&mut ui, "search", &format!("location.hash.includes('text=cust_dupe') && document.body.dataset.ready === '1' && {} === 3", rows_js(None))).await;
+    ui.photo("search").await;
+    ui.driver.refresh().await.unwrap();
+    ui.ready("incidents").await;
+    until(
+        &mut ui,
+        "reloaded search",
+        &format!("{} === 3", rows_js(None)),
+    )
+    .await;
+    let value = ui.el("incident-search-input").await.value().await.unwrap();
+    assert_eq!(value.as_deref(), Some("cust_dupe"));
+
+    // Two acknowledged at once.
+    let boxes = ui
+        .driver
+        .find_all(By::Css("[data-testid='incident-select']"))
+        .await
+        .unwrap();
+    boxes[0].click().await.unwrap();
+    boxes[1].click().await.unwrap();
+    let count = ui.el("bulk-count").await.text().await.unwrap();
+    assert_eq!(count, "2 selected");
+    ui.photo("two-selected").await;
+    ui.click("bulk-ack").await;
+    until(
+        &mut ui,
+        "bulk ack",
+        &format!("{} === 2", rows_js(Some("acknowledged"))),
+    )
+    .await;
+    let result = ui.el("bulk-result").await.text().await.unwrap();
+    assert!(result.starts_with("2 acknowledged"), "{result}");
+    ui.photo("acknowledged").await;
+
+    // All three have one title: merged into the newest.
+    ui.click("select-all").await;
+    ui.click("bulk-merge").await;
+    ui.el("confirm-dialog").await;
+    ui.photo("merge-confirm").await;
+    ui.click("confirm-ok").await;
+    until(
+        &mut ui,
+        "merge",
+        &format!("{} === 2", rows_js(Some("resolved"))),
+    )
+    .await;
+    let target = ui
+        .css(&format!(
+            "[data-testid='incident-row'][data-incident-id='{newest}']"
+        ))
+        .await;
+    assert_ne!(
+        target.attr("data-status").await.unwrap().as_deref(),
+        Some("resolved")
+    );
+    let links = ui
+        .driver
+        .find_all(By::Css("[data-testid='merged-into']"))
+        .await
+        .unwrap();
+    assert_eq!(links.len(), 2);
+    ui.photo("merged").await;
+    let detail: Value = app
+        .get_with_key(
+            &format!("/v1/incidents/{newest}"),
+            demo["admin_key"].as_str().unwrap(),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["signal_count"], 3);
+    // A duplicate's page says where it went, and offers no reopening.
+    ui.goto(&format!("#/incidents/{}", ids[0])).await;
+    ui.ready("incident").await;
+    let into = ui.el("incident-merged-into").await.text().await.unwrap();
+    assert_eq!(into, newest);
+    assert!(
+        ui.driver
+            .find_all(By::Css("[data-testid='incident-reopen']"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    ui.photo("duplicate").await;
+
+    // Nothing matches: it says so, and clearing shows every incident.
+    ui.goto("#/incidents?text=no-such-incident&status=open")
+        .await;
+    ui.el("no-match").await;
+    ui.no_console_errors("incidents").await;
+    ui.photo("no-match").await;
+    ui.click("empty-clear").await;
+    until(
+        &mut ui,
+        "cleared",
+        &format!("location.hash === '#/incidents' && {} > 4", rows_js(None)),
+    )
+    .await;
+
+    // A phone.
+    ui.driver.set_window_rect(0, 0, 390, 844).await.unwrap();
+    let inner: i64 = ui
+        .driver
+        .execute("return window.innerWidth;", vec![])
+        .await
+        .unwrap()
+        .convert()
+        .unwrap();
+    if inner != 390 {
+        let w = 390 + (390 - inner);
+        ui.driver
+            .set_window_rect(0, 0, u32::try_from(w).unwrap(), 844)
+            .await
+            .unwrap();
+    }
+    ui.fits("#/incidents?text=cust&status=open", "incidents")
+        .await;
+    ui.css("[data-testid='incident-select']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    ui.el("bulk-clear").await;
+    ui.photo("phone-selected").await;
+    ui.fits("#/incidents?text=cust_dupe", "incidents").await;
+    ui.el("incidents-table")
+        .await
+        .scroll_into_view()
+        .await
+        .unwrap();
+    ui.photo("phone-merged").await;
+    ui.fits("#/incidents?text=no-such-incident", "incidents")
+        .await;
+    ui.el("no-match").await;
+    ui.photo("phone-no-match").await;
+
+    ui.driver.clone().quit().await.unwrap();
+    drop(driver);
+    app.stop().await;
+    drop(upstream);
+}

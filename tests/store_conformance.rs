@@ -1897,6 +1897,9 @@ mod incidents {
             another_tenants_incidents_are_not_found_nor_listed,
             system_events_are_added_and_come_back_in_order,
             demo_tenants_are_marked_once_and_real_ones_are_not,
+            duplicates_merge_into_one_incident_whose_counts_add_up,
+            a_merged_incidents_fingerprint_recurs_into_the_incident_it_went_into,
+            a_refused_merge_writes_nothing,
         ],
         db: [],
         fresh: [],
@@ -2424,6 +2427,183 @@ mod incidents {
         ));
         let unresolved = store.unresolved_incidents(&t.id, 10).unwrap();
         assert_eq!(unresolved.len(), 1);
+    }
+
+    pub(super) fn duplicates_merge_into_one_incident_whose_counts_add_up(store: &dyn Store) {
+        let t = new_tenant(store, "acme", 0);
+        let w = GROUP_WINDOW_MS + 1;
+        let first = one(store, injection(&t.id, "cust_1", 0));
+        assert_eq!(one(store, injection(&t.id, "cust_1", 1_000)), first);
+        let second = one(store, injection(&t.id, "cust_1", 1_000 + w));
+        let mut by_other = injection(&t.id, "cust_1", 1_000 + 2 * w);
+        by_other.end_user = Some("cust_2".into());
+        let newest = one(store, by_other);
+        assert!(first != second && second != newest);
+        let titles: Vec<String> = [&first, &second, &newest]
+            .iter()
+            .map(|id| store.get_incident(None, id).unwrap().title)
+            .collect();
+        assert!(titles.iter().all(|x| x == &titles[0]), "{titles:?}");
+
+        let m = store
+            .merge_incidents(
+                &t.id,
+                &newest,
+                &[first.clone(), second.clone(), first.clone()],
+                "user:usr_dana",
+                at(10 * w),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.merged.len(), 2, "the repeated id is merged once");
+        let target = store.get_incident(Some(&t.id), &newest).unwrap();
+        assert_eq!(target, m.target);
+        assert_eq!(target.signal_count, 4);
+        assert_eq!(target.call_count, 4);
+        assert_eq!(target.end_user_count, 2);
+        assert_eq!(target.cost, Money::from_usd(0.04));
+        assert_eq!(target.first_signal_at, at(0));
+        assert_eq!(target.last_signal_at, at(1_000 + 2 * w));
+        assert_eq!(target.status, IncidentStatus::Open);
+        assert_eq!(target.merged_into, None);
+        assert_eq!(store.incident_signals(None, &newest, 100).unwrap().len(), 4);
+        for (id, signals) in [(&first, 2), (&second, 1)] {
+            let dup = store.get_incident(Some(&t.id), id).unwrap();
+            assert_eq!(dup.status, IncidentStatus::Resolved);
+            assert_eq!(dup.resolved_at, Some(at(10 * w)));
+            assert_eq!(dup.merged_into.as_ref(), Some(&newest));
+            // Its own evidence stays as it was.
+            assert_eq!(dup.signal_count, signals);
+            assert_eq!(
+                store.incident_signals(None, id, 100).unwrap().len(),
+                signals as usize
+            );
+            let last = store.incident_events(None, id).unwrap().pop().unwrap();
+            assert_eq!(last.kind, EventKind::Merged);
+            assert_eq!(last.actor, "user:usr_dana");
+            assert_eq!(last.note.unwrap(), format!("merged into {newest}"));
+        }
+        let notes: Vec<String> = store
+            .incident_events(None, &newest)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == EventKind::Merged)
+            .filter_map(|e| e.note)
+            .collect();
+        assert_eq!(
+            notes,
+            vec![
+                format!("merged {first} into this"),
+                format!("merged {second} into this")
+            ]
+        );
+        // The list says which incidents went where.
+        let open = store
+            .list_incidents(
+                Some(&t.id),
+                &IncidentFilter {
+                    status: Some(IncidentStatus::Open),
+                    ..Default::default()
+                },
+                None,
+                50,
+            )
+            .unwrap();
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].id, newest);
+    }
+
+    pub(super) fn a_merged_incidents_fingerprint_recurs_into_the_incident_it_went_into(
+        store: &dyn Store,
+    ) {
+        let t = new_tenant(store, "acme", 0);
+        let w = GROUP_WINDOW_MS + 1;
+        let older = one(store, injection(&t.id, "cust_1", 0));
+        let newer = one(store, injection(&t.id, "cust_1", w));
+        // Merged the other way round: the newest incident of the fingerprint goes away.
+        store
+            .merge_incidents(
+                &t.id,
+                &older,
+                std::slice::from_ref(&newer),
+                "key:key_1",
+                at(w + 1),
+            )
+            .unwrap()
+            .unwrap();
+        let recurred = store
+            .apply_signals(&[injection(&t.id, "cust_1", w + 2)])
+            .unwrap()
+            .remove(0);
+        assert_eq!(recurred.incident_id, older);
+        assert!(!recurred.opened && !recurred.reopened);
+        assert_eq!(store.get_incident(None, &older).unwrap().signal_count, 3);
+        assert_eq!(
+            store.get_incident(None, &newer).unwrap().status,
+            IncidentStatus::Resolved
+        );
+    }
+
+    pub(super) fn a_refused_merge_writes_nothing(store: &dyn Store) {
+        use agv_server::domain::incident::MergeRefusal;
+        let t = new_tenant(store, "acme", 0);
+        let other = new_tenant(store, "beta", 0);
+        let w = GROUP_WINDOW_MS + 1;
+        let a = one(store, injection(&t.id, "cust_1", 0));
+        let b = one(store, injection(&t.id, "cust_1", w));
+        let c = one(store, injection(&t.id, "cust_1", 2 * w));
+        let foreign = one(store, injection(&other.id, "cust_1", 0));
+        let now = at(3 * w);
+        let merge = |target: &IncidentId, from: &[IncidentId]| {
+            store
+                .merge_incidents(&t.id, target, from, "key:key_1", now)
+                .unwrap()
+        };
+        // Another tenant's incident reads as unknown, as target and as duplicate.
+        assert_eq!(
+            merge(&c, &[a.clone(), foreign.clone()]),
+            Err(MergeRefusal::Unknown(foreign.clone()))
+        );
+        assert!(matches!(
+            store.merge_incidents(&t.id, &foreign, std::slice::from_ref(&a), "key:key_1", now),
+            Err(StoreError::NotFound)
+        ));
+        // Nothing of the refused merge happened.
+        assert_eq!(store.get_incident(None, &a).unwrap().merged_into, None);
+        assert_eq!(store.get_incident(None, &c).unwrap().signal_count, 1);
+        assert_eq!(
+            store.get_incident(None, &foreign).unwrap().status,
+            IncidentStatus::Open
+        );
+
+        merge(&c, std::slice::from_ref(&a)).unwrap();
+        assert_eq!(
+            merge(&b, std::slice::from_ref(&a)),
+            Err(MergeRefusal::AlreadyMerged(a.clone(), c.clone()))
+        );
+        assert_eq!(
+            merge(&a, std::slice::from_ref(&b)),
+            Err(MergeRefusal::TargetMerged(a.clone(), c.clone()))
+        );
+        store
+            .change_incident(Some(&t.id), &b, &Change::Resolve, "key:key_1", now)
+            .unwrap();
+        assert_eq!(
+            merge(&b, std::slice::from_ref(&c)),
+            Err(MergeRefusal::TargetResolved(b.clone()))
+        );
+        assert_eq!(
+            store.get_incident(None, &c).unwrap().status,
+            IncidentStatus::Open
+        );
+        // A merged incident is not reopened: the one it went into carries on.
+        assert!(matches!(
+            store.change_incident(Some(&t.id), &a, &Change::Reopen, "key:key_1", now),
+            Err(StoreError::Conflict(m)) if m.contains(&c.to_string())
+        ));
+        // A resolved incident may still be merged as a duplicate.
+        let m = merge(&c, std::slice::from_ref(&b)).unwrap();
+        assert_eq!(m.target.signal_count, 3);
     }
 
     pub(super) fn demo_tenants_are_marked_once_and_real_ones_are_not(store: &dyn Store) {

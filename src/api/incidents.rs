@@ -309,13 +309,23 @@ struct SeverityBody {
 
 const MAX_NOTE: usize = 10_000;
 
-async fn apply(
+/// What a person's change did: the incident after it, its new event and the people they
+/// name.
+struct Done {
+    incident: Incident,
+    event: IncidentEvent,
+    people: People,
+}
+
+/// One change of one incident, as every endpoint that changes incidents applies it: the
+/// store's change, PagerDuty routes told of a status change, and the audit entry.
+async fn apply_change(
     state: &AppState,
     caller: &Caller,
     source: &Source,
     raw_id: &str,
     change: Change,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Done, ApiError> {
     let id = incident_id(raw_id)?;
     let store = state.store.clone();
     let tenant = caller.tenant_id.clone();
@@ -355,28 +365,241 @@ async fn apply(
     .await
     .map_err(missing("incident", raw_id))?;
     if let Some(reason) = tell_routes.filter(|_| before.status != incident.status) {
-        let (alerts, tenant, id) = (
-            state.alerts.clone(),
-            incident.tenant_id.clone(),
-            incident.id.clone(),
-        );
-        run_blocking(move || alerts.status_changed(&tenant, &id, reason)).await;
+        tell_routes_of(state, &incident, reason).await;
     }
-    let summary = |i: &crate::domain::Incident| json!({"status": i.status, "severity": i.severity.as_str(), "assignee": i.assignee});
-    let mut after = summary(&incident);
+    let mut after = change_summary(&incident);
     if let Some(text) = &event.note {
         after["note"] = json!(text);
     }
     record(
         state,
         by_key(caller, source, action, incident.id.as_str())
-            .before(summary(&before))
+            .before(change_summary(&before))
             .after(after),
     )
     .await;
+    Ok(Done {
+        incident,
+        event,
+        people,
+    })
+}
+
+/// What an audit entry of an incident change keeps of the incident, before and after.
+fn change_summary(i: &Incident) -> Value {
+    json!({"status": i.status, "severity": i.severity.as_str(), "assignee": i.assignee})
+}
+
+/// Tells the tenant's alert routes (PagerDuty) that the incident's status changed.
+async fn tell_routes_of(
+    state: &AppState,
+    incident: &Incident,
+    reason: crate::domain::alert::Reason,
+) {
+    let (alerts, tenant, id) = (
+        state.alerts.clone(),
+        incident.tenant_id.clone(),
+        incident.id.clone(),
+    );
+    run_blocking(move || alerts.status_changed(&tenant, &id, reason)).await;
+}
+
+async fn apply(
+    state: &AppState,
+    caller: &Caller,
+    source: &Source,
+    raw_id: &str,
+    change: Change,
+) -> Result<HttpResponse, ApiError> {
+    let done = apply_change(state, caller, source, raw_id, change).await?;
     Ok(HttpResponse::Ok().json(json!({
-        "incident": incident_json(&incident, &people)?,
-        "event": event_json(&event, &people)?,
+        "incident": incident_json(&done.incident, &done.people)?,
+        "event": event_json(&done.event, &done.people)?,
+    })))
+}
+
+/// The most incidents one bulk request moves.
+const MAX_BULK: usize = 500;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BulkBody {
+    ids: Option<Vec<String>>,
+    action: Option<String>,
+}
+
+/// Acknowledges or resolves many incidents at once, each exactly as its own endpoint
+/// would (audit entry, event, PagerDuty). One incident's invalid move, or an id the tenant
+/// does not have, is reported for that id and the others go ahead.
+#[post("/v1/incidents/bulk")]
+pub async fn bulk(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    source: Source,
+    raw: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body: BulkBody = optional_json(&raw)?.unwrap_or_default();
+    let action = body.action.unwrap_or_default();
+    let change = match action.as_str() {
+        "ack" => Change::Acknowledge,
+        "resolve" => Change::Resolve,
+        _ => {
+            return Err(ApiError::new(
+                Code::InvalidAction,
+                "give the action as {\"action\": \"ack\"} or {\"action\": \"resolve\"}",
+            )
+            .param("action"));
+        }
+    };
+    let ids = body.ids.unwrap_or_default();
+    if ids.is_empty() {
+        return Err(ApiError::new(
+            Code::InvalidIds,
+            "give the incidents as {\"ids\": [\"inc_…\", …]}; the list may not be empty",
+        )
+        .param("ids"));
+    }
+    if ids.len() > MAX_BULK {
+        return Err(ApiError::new(
+            Code::InvalidIds,
+            format!(
+                "at most {MAX_BULK} incidents at once ({} given); send the rest in another request",
+                ids.len()
+            ),
+        )
+        .param("ids"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut results = Vec::with_capacity(ids.len());
+    let (mut ok, mut failed) = (0, 0);
+    for raw_id in ids.iter().filter(|id| seen.insert(id.as_str())) {
+        match apply_change(&state, &caller, &source, raw_id, change.clone()).await {
+            Ok(done) => {
+                ok += 1;
+                results.push(json!({"id": raw_id, "ok": true, "status": done.incident.status}));
+            }
+            Err(e) => {
+                failed += 1;
+                results.push(json!({
+                    "id": raw_id,
+                    "ok": false,
+                    "error": {"code": e.code, "message": e.message},
+                }));
+            }
+        }
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "action": action, "ok": ok, "failed": failed, "results": results,
+    })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MergeBody {
+    from: Option<Vec<String>>,
+}
+
+/// Merges duplicates into this incident: each is resolved as merged into it, its signals
+/// (calls, end users, cost) count here too, both sides say so in their history, and the
+/// audit log records it. All or nothing.
+#[post("/v1/incidents/{id}/merge")]
+pub async fn merge(
+    state: web::Data<AppState>,
+    AdminKey(caller): AdminKey,
+    source: Source,
+    path: web::Path<String>,
+    raw: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    use crate::domain::incident::{MAX_MERGE, MergeRefusal};
+    let target = incident_id(&path)?;
+    let body: MergeBody = optional_json(&raw)?.unwrap_or_default();
+    let from = body.from.unwrap_or_default();
+    if from.is_empty() || from.len() > MAX_MERGE {
+        return Err(ApiError::new(
+            Code::InvalidIds,
+            format!(
+                "give the duplicates as {{\"from\": [\"inc_…\", …]}}: one to {MAX_MERGE} incidents"
+            ),
+        )
+        .param("from"));
+    }
+    let from = from
+        .iter()
+        .map(|raw| incident_id(raw))
+        .collect::<Result<Vec<_>, _>>()?;
+    if from.contains(&target) {
+        return Err(ApiError::new(
+            Code::InvalidIds,
+            format!("{target} cannot be merged into itself; list only its duplicates"),
+        )
+        .param("from"));
+    }
+    let store = state.store.clone();
+    let tenant = caller.tenant_id.clone();
+    let who = actor(&caller);
+    let merged = run_blocking(move || {
+        let merged = store.merge_incidents(
+            &tenant,
+            &target,
+            &from,
+            &who,
+            crate::domain::Timestamp::now(),
+        )?;
+        let people = match &merged {
+            Ok(m) => People::of_incidents(store.as_ref(), &tenant, &[&m.target], &[])?,
+            Err(_) => People::default(),
+        };
+        Ok::<_, StoreError>(merged.map(|m| (m, people)))
+    })
+    .await
+    .map_err(missing("incident", &path))?;
+    let (merged, people) = merged.map_err(|r| match r {
+        MergeRefusal::Unknown(_) => ApiError::not_found(r.to_string()),
+        _ => ApiError::new(Code::MergeRefused, r.to_string()),
+    })?;
+    for (before, after) in &merged.merged {
+        if before.status != after.status {
+            tell_routes_of(&state, after, crate::domain::alert::Reason::Resolved).await;
+        }
+    }
+    // Bigger now, it may be worse: alert routes hear of the escalation as from a signal.
+    if merged.target.severity > merged.target_before.severity {
+        let applied = crate::domain::incident::Applied {
+            incident_id: merged.target.id.clone(),
+            tenant_id: merged.target.tenant_id.clone(),
+            opened: false,
+            reopened: false,
+            escalated: Some((merged.target_before.severity, merged.target.severity)),
+            severity: merged.target.severity,
+        };
+        let alerts = state.alerts.clone();
+        run_blocking(move || crate::incidents::Listener::applied(alerts.as_ref(), &[applied]))
+            .await;
+    }
+    let ids: Vec<&str> = merged.merged.iter().map(|(_, a)| a.id.as_str()).collect();
+    let counts = |i: &Incident| json!({"signal_count": i.signal_count, "call_count": i.call_count, "severity": i.severity.as_str()});
+    let mut after = counts(&merged.target);
+    after["merged"] = json!(ids);
+    record(
+        &state,
+        by_key(
+            &caller,
+            &source,
+            AuditAction::IncidentMerge,
+            merged.target.id.as_str(),
+        )
+        .before(counts(&merged.target_before))
+        .after(after),
+    )
+    .await;
+    let merged_json = merged
+        .merged
+        .iter()
+        .map(|(_, a)| incident_json(a, &People::default()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(HttpResponse::Ok().json(json!({
+        "incident": incident_json(&merged.target, &people)?,
+        "merged": merged_json,
     })))
 }
 

@@ -104,6 +104,8 @@ pub enum AuditAction {
     IncidentAssign,
     IncidentSeverity,
     IncidentNote,
+    /// Duplicates merged into an incident; `after` names them.
+    IncidentMerge,
 }
 
 const ACTIONS: &[AuditAction] = &[
@@ -146,6 +148,7 @@ const ACTIONS: &[AuditAction] = &[
     AuditAction::IncidentAssign,
     AuditAction::IncidentSeverity,
     AuditAction::IncidentNote,
+    AuditAction::IncidentMerge,
 ];
 
 impl AuditAction {
@@ -190,6 +193,7 @@ impl AuditAction {
             Self::IncidentAssign => "incident.assign",
             Self::IncidentSeverity => "incident.severity",
             Self::IncidentNote => "incident.note",
+            Self::IncidentMerge => "incident.merge",
         }
     }
 

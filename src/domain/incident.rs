@@ -334,6 +334,9 @@ pub struct Incident {
     pub end_user_count: i64,
     /// Known cost of the affected calls.
     pub cost: Money,
+    /// The incident this one was merged into as a duplicate (it is then resolved, and its
+    /// fingerprint's new signals go there).
+    pub merged_into: Option<IncidentId>,
 }
 
 /// A signal as stored under its incident.
@@ -378,6 +381,9 @@ pub enum EventKind {
     KillSwitch,
     AlertSent,
     Summary,
+    /// Duplicates merged: on the incident merged away ("merged into inc_…", which also
+    /// resolves it) and on the one it went into ("merged inc_… into this").
+    Merged,
 }
 
 impl EventKind {
@@ -394,6 +400,7 @@ impl EventKind {
             Self::KillSwitch => "killswitch",
             Self::AlertSent => "alert_sent",
             Self::Summary => "summary",
+            Self::Merged => "merged",
         }
     }
 
@@ -410,6 +417,7 @@ impl EventKind {
             "killswitch" => Self::KillSwitch,
             "alert_sent" => Self::AlertSent,
             "summary" => Self::Summary,
+            "merged" => Self::Merged,
             _ => return None,
         })
     }
@@ -457,6 +465,31 @@ pub fn transition(
         )),
         (Change::Assign(_) | Change::SetSeverity(_) | Change::Note(_), _) => Ok(None),
     }
+}
+
+/// The most incidents one merge takes in.
+pub const MAX_MERGE: usize = 100;
+
+/// Why a merge of duplicates is refused; nothing is written then.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MergeRefusal {
+    /// A listed incident does not exist in the tenant (another tenant's reads the same).
+    #[error("no incident {0}")]
+    Unknown(IncidentId),
+    #[error("{0} is already merged into {1}; merge into {1} instead")]
+    TargetMerged(IncidentId, IncidentId),
+    #[error("{0} is resolved; reopen it before merging duplicates into it")]
+    TargetResolved(IncidentId),
+    #[error("{0} was already merged into {1}")]
+    AlreadyMerged(IncidentId, IncidentId),
+}
+
+/// What a merge did: the target after it, and each merged incident before and after.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Merged {
+    pub target_before: Incident,
+    pub target: Incident,
+    pub merged: Vec<(Incident, Incident)>,
 }
 
 /// Mean time to acknowledge and to resolve, over a tenant's incidents.
@@ -951,6 +984,7 @@ mod tests {
             EventKind::KillSwitch,
             EventKind::SeverityChanged,
             EventKind::AlertSent,
+            EventKind::Merged,
         ] {
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
             assert_eq!(EventKind::parse(k.as_str()), Some(k));

@@ -434,6 +434,7 @@ fn event_title(kind: EventKind) -> &'static str {
         EventKind::KillSwitch => "Kill switch",
         EventKind::AlertSent => "Alert sent",
         EventKind::Summary => "Summary written",
+        EventKind::Merged => "Merged",
     }
 }
 
@@ -618,6 +619,9 @@ pub fn summary_parts(
             EventKind::AlertSent => {
                 done.push(e.note.clone().unwrap_or_else(|| "alert sent".into()))
             }
+            EventKind::Merged => {
+                done.push(format!("{} by {by}", e.note.as_deref().unwrap_or("merged")))
+            }
             _ => {}
         }
     }
@@ -785,6 +789,7 @@ mod tests {
             call_count: 2,
             end_user_count: 1,
             cost: Money::ZERO,
+            merged_into: None,
         }
     }
 

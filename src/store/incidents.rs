@@ -15,7 +15,7 @@ use crate::domain::incident::{
 };
 use crate::domain::{CallId, IncidentEventId, IncidentId, Money, TenantId, Timestamp};
 
-pub(super) const INCIDENT_COLUMNS: &str = "id, tenant_id, fingerprint, grouping_version, rule, subject, title, status, severity, assignee, overflow, demo, created_at, updated_at, first_signal_at, last_signal_at, acknowledged_at, resolved_at, signal_count, call_count, end_user_count, cost_nanos";
+pub(super) const INCIDENT_COLUMNS: &str = "id, tenant_id, fingerprint, grouping_version, rule, subject, title, status, severity, assignee, overflow, demo, created_at, updated_at, first_signal_at, last_signal_at, acknowledged_at, resolved_at, signal_count, call_count, end_user_count, cost_nanos, merged_into";
 
 const MAX_PAGE: i64 = 500;
 
@@ -47,6 +47,11 @@ fn incident_from(row: &SqlRow) -> StoreResult<Incident> {
         call_count: c.int(19)?,
         end_user_count: c.int(20)?,
         cost: Money::from_nanos(c.int(21)?),
+        merged_into: c
+            .opt_text(22)?
+            .map(|m| IncidentId::parse(&m))
+            .transpose()
+            .map_err(|e| bad("merged_into", e))?,
     })
 }
 
@@ -140,29 +145,43 @@ pub(super) fn insert_event(
     })
 }
 
+/// The fingerprint's newest incident, or, when that one was merged as a duplicate, the
+/// incident it went into (a few hops at most), so that a recurrence joins or reopens it.
 fn latest_for(
     db: &mut dyn Db,
     tenant: &TenantId,
     fingerprint: &str,
 ) -> StoreResult<Option<Latest>> {
-    let rows = db.query(
-        "SELECT id, status, last_signal_at, resolved_at FROM incidents
-         WHERE tenant_id = $1 AND fingerprint = $2 ORDER BY created_at DESC LIMIT 1",
+    const COLUMNS: &str = "id, status, last_signal_at, resolved_at, merged_into";
+    let mut rows = db.query(
+        &format!(
+            "SELECT {COLUMNS} FROM incidents
+             WHERE tenant_id = $1 AND fingerprint = $2 ORDER BY created_at DESC LIMIT 1"
+        ),
         &[Param::Text(tenant.as_str()), Param::Text(fingerprint)],
     )?;
-    rows.first()
-        .map(|row| {
-            let c = Cells::new(row, "incident");
-            Ok(Latest {
-                id: IncidentId::parse(&c.text(0)?)
-                    .map_err(|e| StoreError::Database(e.to_string()))?,
-                status: IncidentStatus::parse(&c.text(1)?)
-                    .map_err(|e| StoreError::Database(e.to_string()))?,
-                last_signal_at: Timestamp::from_millis(c.int(2)?),
-                resolved_at: c.opt_int(3)?.map(Timestamp::from_millis),
-            })
-        })
-        .transpose()
+    let db_err = |e: crate::domain::ParseError| StoreError::Database(e.to_string());
+    for _ in 0..8 {
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let c = Cells::new(row, "incident");
+        let latest = Latest {
+            id: IncidentId::parse(&c.text(0)?).map_err(db_err)?,
+            status: IncidentStatus::parse(&c.text(1)?).map_err(db_err)?,
+            last_signal_at: Timestamp::from_millis(c.int(2)?),
+            resolved_at: c.opt_int(3)?.map(Timestamp::from_millis),
+        };
+        let Some(into) = c.opt_text(4)? else {
+            return Ok(Some(latest));
+        };
+        rows = db.query(
+            &format!("SELECT {COLUMNS} FROM incidents WHERE id = $1 AND tenant_id = $2"),
+            &[Param::Text(&into), Param::Text(tenant.as_str())],
+        )?;
+    }
+    // A chain this long is not made by merges (each refuses a merged target): group anew.
+    Ok(None)
 }
 
 fn get_by_id(db: &mut dyn Db, id: &IncidentId) -> StoreResult<Incident> {
@@ -401,7 +420,7 @@ fn create(db: &mut dyn Db, s: &Signal, overflow: bool) -> StoreResult<IncidentId
     db.execute(
         &format!(
             "INSERT INTO incidents ({INCIDENT_COLUMNS}) VALUES
-             ($1, $2, $3, $4, $5, $6, $7, 'open', $8, NULL, $9, $10, $11, $11, $11, $11, NULL, NULL, 0, 0, 0, 0)"
+             ($1, $2, $3, $4, $5, $6, $7, 'open', $8, NULL, $9, $10, $11, $11, $11, $11, NULL, NULL, 0, 0, 0, 0, NULL)"
         ),
         &[
             Param::Text(id.as_str()),
@@ -586,6 +605,12 @@ pub(super) fn change(
     at: Timestamp,
 ) -> StoreResult<(Incident, IncidentEvent)> {
     let before = get(db, tenant, id)?;
+    if let (Change::Reopen, Some(into)) = (change, &before.merged_into) {
+        // Its signals live on in the incident it went into; a recurrence goes there too.
+        return Err(StoreError::Conflict(format!(
+            "the incident was merged into {into}; reopen that one instead"
+        )));
+    }
     let next = incident::transition(before.status, change)
         .map_err(|e| StoreError::Conflict(e.to_string()))?;
     let ev = |kind, b: Option<serde_json::Value>, a: Option<serde_json::Value>, note| NewEvent {
@@ -788,4 +813,209 @@ pub(super) fn is_demo_tenant(db: &mut dyn Db, tenant: &TenantId) -> StoreResult<
             &[Param::Text(tenant.as_str())],
         )?
         .is_empty())
+}
+
+/// Merges duplicates into `target`, in the caller's transaction: their signals are copied
+/// under the target (they also stay under their own incident, whose evidence must not
+/// change), the target's counts, cost, first and last signal and severity take them in,
+/// and each duplicate is resolved and names the target. Both sides get a `merged` event.
+/// A refusal writes nothing; `from` is deduplicated, in order.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn merge(
+    db: &mut dyn Db,
+    seq: &EventSeq,
+    tenant: &TenantId,
+    target_id: &IncidentId,
+    from: &[IncidentId],
+    actor: &str,
+    at: Timestamp,
+) -> StoreResult<Result<incident::Merged, incident::MergeRefusal>> {
+    use incident::MergeRefusal;
+    let target = get(db, Some(tenant), target_id)?;
+    if let Some(into) = &target.merged_into {
+        return Ok(Err(MergeRefusal::TargetMerged(
+            target.id.clone(),
+            into.clone(),
+        )));
+    }
+    if target.status == IncidentStatus::Resolved {
+        return Ok(Err(MergeRefusal::TargetResolved(target.id.clone())));
+    }
+    let mut sources: Vec<Incident> = Vec::new();
+    for id in from {
+        if id == target_id || sources.iter().any(|s| &s.id == id) {
+            continue;
+        }
+        let source = match get(db, Some(tenant), id) {
+            Ok(s) => s,
+            Err(StoreError::NotFound) => return Ok(Err(MergeRefusal::Unknown(id.clone()))),
+            Err(e) => return Err(e),
+        };
+        if let Some(into) = &source.merged_into {
+            return Ok(Err(MergeRefusal::AlreadyMerged(id.clone(), into.clone())));
+        }
+        sources.push(source);
+    }
+    if sources.is_empty() {
+        return Ok(Ok(incident::Merged {
+            target_before: target.clone(),
+            target,
+            merged: Vec::new(),
+        }));
+    }
+    // `$1` is the target; the duplicates follow.
+    let list = (0..sources.len())
+        .map(|i| format!("${}", i + 2))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut args = vec![Param::Text(target_id.as_str())];
+    args.extend(sources.iter().map(|s| Param::Text(s.id.as_str())));
+
+    // What the duplicates bring that the target does not have yet: calls (each counted
+    // once, at its cost) and end users.
+    let new_calls = super::sql::first(
+        db,
+        &format!(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(c), 0) AS BIGINT) FROM (
+                 SELECT call_id, MAX(COALESCE(cost_nanos, 0)) AS c FROM incident_signals
+                 WHERE incident_id IN ({list}) AND call_id IS NOT NULL
+                   AND call_id NOT IN (SELECT call_id FROM incident_signals
+                                       WHERE incident_id = $1 AND call_id IS NOT NULL)
+                 GROUP BY call_id) AS fresh"
+        ),
+        &args,
+        |row| {
+            let c = Cells::new(row, "merged calls");
+            Ok((c.int(0)?, c.int(1)?))
+        },
+    )?
+    .unwrap_or((0, 0));
+    let new_users = super::sql::first(
+        db,
+        &format!(
+            "SELECT COUNT(DISTINCT end_user) FROM incident_signals
+             WHERE incident_id IN ({list}) AND end_user IS NOT NULL
+               AND end_user NOT IN (SELECT end_user FROM incident_signals
+                                    WHERE incident_id = $1 AND end_user IS NOT NULL)"
+        ),
+        &args,
+        |row| Cells::new(row, "merged end users").int(0),
+    )?
+    .unwrap_or(0);
+    db.execute(
+        &format!(
+            "INSERT INTO incident_signals (incident_id, tenant_id, rule, at, call_id, end_user, cost_nanos, detail)
+             SELECT $1, tenant_id, rule, at, call_id, end_user, cost_nanos, detail
+             FROM incident_signals WHERE incident_id IN ({list})"
+        ),
+        &args,
+    )?;
+
+    let calls = target.call_count + new_calls.0;
+    let users = target.end_user_count + new_users;
+    let cost = target.cost.saturating_add(Money::from_nanos(new_calls.1));
+    let signal_count = target.signal_count + sources.iter().map(|s| s.signal_count).sum::<i64>();
+    let first_signal = sources
+        .iter()
+        .map(|s| s.first_signal_at)
+        .fold(target.first_signal_at, Timestamp::min);
+    let last_signal = sources
+        .iter()
+        .map(|s| s.last_signal_at)
+        .fold(target.last_signal_at, Timestamp::max);
+    // As severe as its worst part, and as its new size earns.
+    let severity = sources
+        .iter()
+        .map(|s| s.severity)
+        .fold(target.severity, Severity::max)
+        .max(incident::earned_severity(&target.rule, calls, users, cost));
+    db.execute(
+        "UPDATE incidents SET signal_count = $2, call_count = $3, end_user_count = $4,
+             cost_nanos = $5, severity = $6, first_signal_at = $7, last_signal_at = $8,
+             updated_at = $9
+         WHERE id = $1",
+        &[
+            Param::Text(target_id.as_str()),
+            Param::BigInt(signal_count),
+            Param::BigInt(calls),
+            Param::BigInt(users),
+            Param::BigInt(cost.nanos()),
+            Param::Text(severity.as_str()),
+            Param::BigInt(first_signal.millis()),
+            Param::BigInt(last_signal.millis()),
+            Param::BigInt(at.millis()),
+        ],
+    )?;
+
+    let mut merged = Vec::with_capacity(sources.len());
+    for source in sources {
+        db.execute(
+            "UPDATE incidents SET status = 'resolved', resolved_at = COALESCE(resolved_at, $2),
+                 merged_into = $3, updated_at = $2
+             WHERE id = $1",
+            &[
+                Param::Text(source.id.as_str()),
+                Param::BigInt(at.millis()),
+                Param::Text(target_id.as_str()),
+            ],
+        )?;
+        let into = format!("merged into {target_id}");
+        insert_event(
+            db,
+            seq,
+            &NewEvent {
+                incident_id: &source.id,
+                tenant_id: tenant,
+                at,
+                actor,
+                kind: EventKind::Merged,
+                before: Some(serde_json::json!({"status": source.status})),
+                after: Some(serde_json::json!({"status": "resolved", "merged_into": target_id})),
+                note: Some(&into),
+            },
+        )?;
+        let from = format!("merged {} into this", source.id);
+        insert_event(
+            db,
+            seq,
+            &NewEvent {
+                incident_id: target_id,
+                tenant_id: tenant,
+                at,
+                actor,
+                kind: EventKind::Merged,
+                before: None,
+                after: Some(serde_json::json!({
+                    "merged_from": source.id,
+                    "signals": source.signal_count,
+                })),
+                note: Some(&from),
+            },
+        )?;
+        let after = get_by_id(db, &source.id)?;
+        merged.push((source, after));
+    }
+    if severity > target.severity {
+        insert_event(
+            db,
+            seq,
+            &NewEvent {
+                incident_id: target_id,
+                tenant_id: tenant,
+                at,
+                actor,
+                kind: EventKind::Escalated,
+                before: Some(serde_json::json!({"severity": target.severity})),
+                after: Some(serde_json::json!({
+                    "severity": severity, "calls": calls, "end_users": users, "cost_usd": cost.usd(),
+                })),
+                note: Some("duplicates merged in"),
+            },
+        )?;
+    }
+    Ok(Ok(incident::Merged {
+        target: get_by_id(db, target_id)?,
+        target_before: target,
+        merged,
+    }))
 }

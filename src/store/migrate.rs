@@ -127,6 +127,11 @@ pub const SQLITE: &[Migration] = &[
         name: "call_stopped_by",
         sql: include_str!("../../migrations/sqlite/0019_call_stopped_by.sql"),
     },
+    Migration {
+        version: 20,
+        name: "incident_merges",
+        sql: include_str!("../../migrations/sqlite/0020_incident_merges.sql"),
+    },
 ];
 
 /// Postgres migrations, oldest first; the same versions and meaning as [`SQLITE`].
@@ -225,6 +230,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 19,
         name: "call_stopped_by",
         sql: include_str!("../../migrations/postgres/0019_call_stopped_by.sql"),
+    },
+    Migration {
+        version: 20,
+        name: "incident_merges",
+        sql: include_str!("../../migrations/postgres/0020_incident_merges.sql"),
     },
 ];
 

@@ -47,7 +47,7 @@ use crate::domain::audit::{AuditEntry, AuditFilter, NewAuditEntry};
 use crate::domain::chain::{ChainHead, ChainKind, StoredLink};
 use crate::domain::incident::{
     Applied, Change as IncidentChange, EventKind, IncidentCursor, IncidentEvent, IncidentFilter,
-    IncidentStats, StoredSignal,
+    IncidentStats, MergeRefusal, Merged, StoredSignal,
 };
 use crate::domain::{
     AlertRouteId, ApiKeyRecord, CallCursor, CallFilter, CallId, CallRecord, CallSearch, Email,
@@ -426,6 +426,23 @@ pub trait Store: Send + Sync + 'static {
             db.serialize(incidents::WRITER_LOCK)?;
             let seq = db.event_seq();
             incidents::add_event(db, &seq, tenant, id, kind, actor, after.clone(), note, at)
+        })
+    }
+    /// Merges duplicates into `target` in one transaction (see `incidents::merge`): an
+    /// unknown target is NotFound; a refused merge (an unknown duplicate, a merged or
+    /// resolved target, a duplicate already merged) writes nothing.
+    fn merge_incidents(
+        &self,
+        tenant: &TenantId,
+        target: &IncidentId,
+        from: &[IncidentId],
+        actor: &str,
+        at: Timestamp,
+    ) -> StoreResult<Result<Merged, MergeRefusal>> {
+        in_write_tx(self, |db| {
+            db.serialize(incidents::WRITER_LOCK)?;
+            let seq = db.event_seq();
+            incidents::merge(db, &seq, tenant, target, from, actor, at)
         })
     }
     /// The tenant's open and acknowledged incidents, newest first.

@@ -1163,6 +1163,7 @@ async fn a_pagerduty_route_triggers_then_acknowledges_and_resolves_with_the_inci
 }
 
 crate::on_both_backends!(
+    merging_duplicates_into_a_worse_incident_re_notifies_as_an_escalation,
     a_pagerduty_route_triggers_then_acknowledges_and_resolves_with_the_incident,
     a_route_whose_host_does_not_resolve_yet_is_saved_and_checked_at_send,
     a_slack_route_gets_a_readable_unsigned_message,
@@ -1192,4 +1193,71 @@ mod postgres_only {
         )
         .await
     }
+}
+
+async fn merging_duplicates_into_a_worse_incident_re_notifies_as_an_escalation(backend: Backend) {
+    use agv_server::domain::decision::policy;
+    use agv_server::domain::incident::Subject;
+    use agv_server::domain::{CallId, Money, Signal, TenantId, Timestamp};
+    let Some((app, _up, _key, admin)) = start(backend, |_| {}).await else {
+        return;
+    };
+    let hook = Receiver::start();
+    let res = create_route(
+        &app,
+        &admin,
+        json!({"kind": "webhook", "url": hook.url, "min_severity": "high", "group_wait_seconds": 0}),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    // The one tenant of this server.
+    let store = app.app_state.store.clone();
+    let tenants = tokio::task::spawn_blocking(move || store.list_tenants().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(tenants.len(), 1);
+    let tenant = tenants[0].id.to_string();
+    // Two incidents of one end user's injections, 9 calls and 1 (made in the store: the
+    // engine's own alerts for their opening stay out of this).
+    let signal = |seconds_ago: i64| Signal {
+        tenant_id: TenantId::parse(&tenant).unwrap(),
+        rule: policy::PROMPT_INJECTION.into(),
+        subject: Subject::EndUser("cust_1".into()),
+        at: Timestamp::from_millis(Timestamp::now().millis() - seconds_ago * 1000),
+        call_id: Some(CallId::generate()),
+        end_user: Some("cust_1".into()),
+        cost: Some(Money::from_usd(0.01)),
+        detail: "matched an injection pattern".into(),
+        demo: false,
+    };
+    let mut signals: Vec<Signal> = (0..9).map(|i| signal(1800 - i * 10)).collect();
+    signals.push(signal(60));
+    let store = app.app_state.store.clone();
+    let applied = tokio::task::spawn_blocking(move || store.apply_signals(&signals).unwrap())
+        .await
+        .unwrap();
+    let (older, newer) = (
+        applied[0].incident_id.to_string(),
+        applied[9].incident_id.to_string(),
+    );
+    assert_ne!(older, newer);
+    let res = app
+        .post_json(
+            &format!("/v1/incidents/{newer}/merge"),
+            &admin,
+            &json!({"from": [older]}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["incident"]["severity"], "critical", "{v}");
+    let got = wait_for("the escalation alert", async || {
+        let r = hook.received();
+        (!r.is_empty()).then_some(r)
+    })
+    .await;
+    let body = got[0].json();
+    assert_eq!(body["reason"], "escalated");
+    assert_eq!(body["incident"]["id"], newer);
+    assert_eq!(body["incident"]["severity"], "critical");
 }

@@ -577,6 +577,9 @@ on_both_backends!(
     the_lifecycle_runs_over_http_and_refuses_invalid_moves_with_409,
     another_tenants_incident_is_404_everywhere,
     upstream_failures_and_the_kill_switch_show_up_in_incidents,
+    bulk_moves_report_each_incident_and_one_invalid_move_fails_only_itself,
+    merging_duplicates_adds_their_signals_and_is_in_both_histories_and_the_audit_log,
+    text_search_finds_only_incidents_whose_title_has_the_words,
 );
 
 const PASSWORD: &str = "a long enough password";
@@ -891,4 +894,300 @@ fn event_kinds(detail: &Value) -> Vec<&str> {
         .iter()
         .map(|e| e["kind"].as_str().expect("an event kind"))
         .collect()
+}
+
+/// An incident of `user`'s prompt injections, made straight through the store `minutes_ago`
+/// (signals more than five minutes apart make separate incidents with the same title).
+async fn injection_incident(app: &TestApp, tenant: &str, user: &str, minutes_ago: i64) -> String {
+    use agv_server::domain::decision::policy;
+    use agv_server::domain::incident::Subject;
+    use agv_server::domain::{CallId, Money, Signal, TenantId, Timestamp};
+    let signal = Signal {
+        tenant_id: TenantId::parse(tenant).unwrap(),
+        rule: policy::PROMPT_INJECTION.into(),
+        subject: Subject::EndUser(user.into()),
+        at: Timestamp::from_millis(Timestamp::now().millis() - minutes_ago * 60_000),
+        call_id: Some(CallId::generate()),
+        end_user: Some(user.into()),
+        cost: Some(Money::from_usd(0.01)),
+        detail: "matched an injection pattern".into(),
+        demo: false,
+    };
+    let store = app.app_state.store.clone();
+    tokio::task::spawn_blocking(move || store.apply_signals(&[signal]).unwrap())
+        .await
+        .unwrap()[0]
+        .incident_id
+        .to_string()
+}
+
+async fn audit_actions(app: &TestApp, admin: &str, action: &str) -> Vec<Value> {
+    let res = app
+        .get_with_key(&format!("/v1/audit?action={action}"), admin)
+        .await;
+    assert_eq!(res.status(), 200);
+    json_of(res).await["data"].as_array().unwrap().clone()
+}
+
+async fn bulk_moves_report_each_incident_and_one_invalid_move_fails_only_itself(backend: Backend) {
+    let Some(setup) = ProxySetup::new(backend) else {
+        return;
+    };
+    let (other_tenant, _other_admin) = setup.home.tenant_and_key("admin");
+    let (app, _up, tenant, _key, admin) = setup.start().await;
+    let a = injection_incident(&app, &tenant, "cust_a", 30).await;
+    let b = injection_incident(&app, &tenant, "cust_b", 20).await;
+    let done = injection_incident(&app, &tenant, "cust_c", 10).await;
+    let foreign = injection_incident(&app, &other_tenant, "cust_a", 10).await;
+    let res = app
+        .post_json(&format!("/v1/incidents/{done}/resolve"), &admin, &json!({}))
+        .await;
+    assert_eq!(res.status(), 200);
+
+    let bulk = |body: Value| {
+        let (app, admin) = (&app, admin.clone());
+        async move { app.post_json("/v1/incidents/bulk", &admin, &body).await }
+    };
+    let res = bulk(json!({"action": "ack", "ids": [a, b, done, foreign, "nonsense"]})).await;
+    assert_eq!(res.status(), 200);
+    let v = json_of(res).await;
+    assert_eq!(
+        (v["ok"].as_i64(), v["failed"].as_i64()),
+        (Some(2), Some(3)),
+        "{v}"
+    );
+    let results = v["results"].as_array().unwrap();
+    let by_id = |id: &str| results.iter().find(|r| r["id"] == id).unwrap().clone();
+    for id in [&a, &b] {
+        assert_eq!(by_id(id)["ok"], true);
+        assert_eq!(by_id(id)["status"], "acknowledged");
+    }
+    assert_eq!(by_id(&done)["ok"], false);
+    assert_eq!(by_id(&done)["error"]["code"], "conflict");
+    assert!(
+        by_id(&done)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("resolved")
+    );
+    for id in [foreign.as_str(), "nonsense"] {
+        assert_eq!(by_id(id)["ok"], false);
+        assert_eq!(by_id(id)["error"]["code"], "not_found");
+    }
+    // Each move as its own endpoint makes it: the event and the audit entry.
+    let detail = json_of(
+        app.get_with_key(&format!("/v1/incidents/{a}"), &admin)
+            .await,
+    )
+    .await;
+    assert_eq!(detail["status"], "acknowledged");
+    assert!(event_kinds(&detail).contains(&"acknowledged"));
+    let acks = audit_actions(&app, &admin, "incident.ack").await;
+    let mut targets: Vec<&str> = acks.iter().map(|e| e["target"].as_str().unwrap()).collect();
+    targets.sort();
+    let mut expected = vec![a.as_str(), b.as_str()];
+    expected.sort();
+    assert_eq!(targets, expected);
+    // The other tenant's incident is untouched.
+    let store = app.app_state.store.clone();
+    let fid = agv_server::domain::IncidentId::parse(&foreign).unwrap();
+    let theirs = tokio::task::spawn_blocking(move || store.get_incident(None, &fid).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(theirs.status.as_str(), "open");
+
+    let res = bulk(json!({"action": "resolve", "ids": [a, b]})).await;
+    let v = json_of(res).await;
+    assert_eq!(v["ok"], 2, "{v}");
+    assert!(
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "resolved")
+    );
+    let v = json_of(bulk(json!({"action": "resolve", "ids": [a]})).await).await;
+    assert_eq!(v["results"][0]["error"]["code"], "conflict");
+    assert_eq!(
+        audit_actions(&app, &admin, "incident.resolve").await.len(),
+        3
+    );
+
+    // The request itself must be sound.
+    let many: Vec<String> = (0..501).map(|_| a.clone()).collect();
+    for (body, code) in [
+        (json!({"action": "ack", "ids": []}), "invalid_ids"),
+        (json!({"action": "ack"}), "invalid_ids"),
+        (json!({"action": "close", "ids": [a]}), "invalid_action"),
+        (json!({"action": "ack", "ids": many}), "invalid_ids"),
+        (
+            json!({"action": "ack", "ids": [a], "extra": 1}),
+            "invalid_json",
+        ),
+    ] {
+        let res = bulk(body.clone()).await;
+        assert_eq!(res.status(), 400, "{body}");
+        assert_eq!(error_code(res).await, code, "{body}");
+    }
+}
+
+async fn merging_duplicates_adds_their_signals_and_is_in_both_histories_and_the_audit_log(
+    backend: Backend,
+) {
+    let Some(setup) = ProxySetup::new(backend) else {
+        return;
+    };
+    let (other_tenant, _other_admin) = setup.home.tenant_and_key("admin");
+    let (app, _up, tenant, _key, admin) = setup.start().await;
+    let oldest = injection_incident(&app, &tenant, "cust_1", 40).await;
+    let older = injection_incident(&app, &tenant, "cust_1", 25).await;
+    let newest = injection_incident(&app, &tenant, "cust_1", 10).await;
+    let foreign = injection_incident(&app, &other_tenant, "cust_1", 10).await;
+    let list = incidents(&app, &admin, "?status=open").await;
+    assert_eq!(list.len(), 3);
+    assert!(list.iter().all(|i| i["title"] == list[0]["title"]));
+
+    let merge = |target: &str, from: Value| {
+        let (app, admin, target) = (&app, admin.clone(), target.to_owned());
+        async move {
+            app.post_json(
+                &format!("/v1/incidents/{target}/merge"),
+                &admin,
+                &json!({ "from": from }),
+            )
+            .await
+        }
+    };
+    // Another tenant's incident is not found, and nothing is merged.
+    let res = merge(&newest, json!([oldest, foreign])).await;
+    assert_eq!(res.status(), 404);
+    assert!(
+        json_of(res).await["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&foreign)
+    );
+    assert_eq!(incidents(&app, &admin, "?status=open").await.len(), 3);
+    for (from, status) in [
+        (json!([]), 400),
+        (json!([newest]), 400),
+        (json!(["x"]), 404),
+    ] {
+        assert_eq!(
+            merge(&newest, from.clone()).await.status(),
+            status,
+            "{from}"
+        );
+    }
+
+    let res = merge(&newest, json!([oldest, older])).await;
+    assert_eq!(res.status(), 200);
+    let v = json_of(res).await;
+    assert_eq!(v["incident"]["id"], newest);
+    assert_eq!(v["incident"]["signal_count"], 3);
+    assert_eq!(v["incident"]["call_count"], 3);
+    assert_eq!(v["merged"].as_array().unwrap().len(), 2);
+    let open = incidents(&app, &admin, "?status=open").await;
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0]["id"], newest);
+    for dup in [&oldest, &older] {
+        let d = json_of(
+            app.get_with_key(&format!("/v1/incidents/{dup}"), &admin)
+                .await,
+        )
+        .await;
+        assert_eq!(d["status"], "resolved");
+        assert_eq!(d["merged_into"], newest);
+        let merged = d["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == "merged")
+            .unwrap()
+            .clone();
+        assert_eq!(merged["note"], format!("merged into {newest}"));
+    }
+    let target = json_of(
+        app.get_with_key(&format!("/v1/incidents/{newest}"), &admin)
+            .await,
+    )
+    .await;
+    let notes: Vec<&str> = target["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "merged")
+        .map(|e| e["note"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        notes,
+        vec![
+            format!("merged {oldest} into this"),
+            format!("merged {older} into this")
+        ]
+    );
+    let timeline = json_of(
+        app.get_with_key(&format!("/v1/incidents/{newest}/timeline"), &admin)
+            .await,
+    )
+    .await;
+    assert_eq!(
+        timeline["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["title"] == "Merged")
+            .count(),
+        2,
+        "{timeline}"
+    );
+    let audit = audit_actions(&app, &admin, "incident.merge").await;
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0]["target"], newest);
+    assert_eq!(audit[0]["after"]["merged"], json!([oldest, older]));
+    assert_eq!(audit[0]["after"]["signal_count"], 3);
+    assert_eq!(audit[0]["before"]["signal_count"], 1);
+    // Merged once, a duplicate cannot be merged again.
+    let res = merge(&newest, json!([oldest])).await;
+    assert_eq!(res.status(), 409);
+    assert_eq!(error_code(res).await, "merge_refused");
+}
+
+async fn text_search_finds_only_incidents_whose_title_has_the_words(backend: Backend) {
+    let Some(setup) = ProxySetup::new(backend) else {
+        return;
+    };
+    let (app, _up, tenant, _key, admin) = setup.start().await;
+    let refunds = injection_incident(&app, &tenant, "cust_refunds", 30).await;
+    let _billing = injection_incident(&app, &tenant, "cust_billing", 20).await;
+    let ids = |list: Vec<Value>| -> Vec<String> {
+        list.iter()
+            .map(|i| i["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        ids(incidents(&app, &admin, "?text=refunds").await),
+        vec![refunds.clone()]
+    );
+    assert_eq!(
+        ids(incidents(&app, &admin, "?text=REFUNDS%20prompt").await),
+        vec![refunds.clone()]
+    );
+    assert_eq!(incidents(&app, &admin, "?text=injection").await.len(), 2);
+    assert!(
+        incidents(&app, &admin, "?text=nothing-like-this")
+            .await
+            .is_empty()
+    );
+    // With the status filter too; a % or _ is a character, not a wildcard.
+    assert_eq!(
+        ids(incidents(&app, &admin, "?text=refunds&status=open").await),
+        vec![refunds.clone()]
+    );
+    assert!(
+        incidents(&app, &admin, "?text=refunds&status=resolved")
+            .await
+            .is_empty()
+    );
+    assert!(incidents(&app, &admin, "?text=%25").await.is_empty());
 }

@@ -99,7 +99,7 @@ export default {
       return html`<div class="action-bar">
         ${inc.status === "open" ? html`<button type="button" class="btn btn-primary" data-action="ack" data-testid="incident-ack">Acknowledge</button>` : ""}
         <button type="button" class="btn" data-action="assign" data-testid="incident-assign">${inc.assignee ? "Reassign" : "Assign"}</button>
-        ${inc.status !== "resolved" ? html`<button type="button" class="btn" data-action="resolve" data-testid="incident-resolve">Resolve</button>` : html`<button type="button" class="btn" data-action="reopen" data-testid="incident-reopen">Reopen</button>`}
+        ${inc.status !== "resolved" ? html`<button type="button" class="btn" data-action="resolve" data-testid="incident-resolve">Resolve</button>` : inc.merged_into ? "" : html`<button type="button" class="btn" data-action="reopen" data-testid="incident-reopen">Reopen</button>`}
         ${exp}</div>`;
     }
 
@@ -110,7 +110,7 @@ export default {
         <div class="page-head"><div class="titles">
             <div class="row">${severityBadge(inc.severity)}${statusBadge(inc.status)}${inc.demo ? html`<span class="badge info plain">demo</span>` : ""}</div>
             <h1 data-testid="page-title">${inc.title}</h1>
-            <p class="sub">${inc.subject} · opened ${timeAgo(inc.created_at)} · <span class="mono">${inc.id}</span>${inc.assignee ? html` · assigned to <strong data-testid="incident-assignee">${person(inc.assignee, inc.assignee_email)}</strong>` : ""}</p></div>
+            <p class="sub">${inc.subject} · opened ${timeAgo(inc.created_at)} · <span class="mono">${inc.id}</span>${inc.merged_into ? html` · merged into <a class="mono" href="#/incidents/${encodeURIComponent(inc.merged_into)}" data-testid="incident-merged-into">${inc.merged_into}</a>` : ""}${inc.assignee ? html` · assigned to <strong data-testid="incident-assignee">${person(inc.assignee, inc.assignee_email)}</strong>` : ""}</p></div>
           <div class="actions">${actionsHtml()}</div></div>
 
         <div class="grid grid-2">
