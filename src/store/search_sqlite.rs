@@ -382,6 +382,16 @@ const YIELD_EVERY: usize = 16;
 
 /// Indexes up to `batch` calls past the watermark; returns how many were read.
 fn index_batch(calls: &Connection, index: &mut Connection, batch: usize) -> StoreResult<usize> {
+    let docs = read_docs(calls, index, batch)?;
+    if docs.is_empty() {
+        return Ok(0);
+    }
+    write_docs(calls, index, &docs)?;
+    Ok(docs.len())
+}
+
+/// The next `batch` calls past the watermark, tokenized.
+fn read_docs(calls: &Connection, index: &Connection, batch: usize) -> StoreResult<Vec<Doc>> {
     let from = watermark(index)?;
     // Read first, ending the read transaction at once (a reader of the calls keeps the
     // WAL from starting over), then tokenize, outside any transaction.
@@ -408,9 +418,18 @@ fn index_batch(calls: &Connection, index: &mut Connection, batch: usize) -> Stor
         });
         yield_every(n);
     }
-    if docs.is_empty() {
-        return Ok(0);
-    }
+    Ok(docs)
+}
+
+/// Writes `docs` into the index, leaving out the calls that no longer exist: a tenant
+/// erased since they were read takes its calls' documents out of the index in one
+/// transaction that also holds the index's write lock, so a call is either still there
+/// when this looks (inside its own write transaction on the index; that erase then
+/// removes the document too) or is left out here.
+fn write_docs(calls: &Connection, index: &mut Connection, docs: &[Doc]) -> StoreResult<()> {
+    let mut exists = calls
+        .prepare_cached("SELECT 1 FROM calls WHERE rowid = ?1 AND id = ?2")
+        .map_err(db_err)?;
     // In small transactions, so a search reading the index never waits long for a
     // checkpoint of a large one.
     for chunk in docs.chunks(INSERT_CHUNK) {
@@ -433,6 +452,9 @@ fn index_batch(calls: &Connection, index: &mut Connection, batch: usize) -> Stor
                 )
                 .map_err(db_err)?;
             for (n, d) in chunk.iter().filter(|d| d.rowid > now_at).enumerate() {
+                if !exists.exists(params![d.rowid, d.id]).map_err(db_err)? {
+                    continue;
+                }
                 // Two calls of one millisecond share a slot only when their rowids are
                 // 2^20 apart; the later one moves to the next free slot of that millisecond.
                 let mut key = d.key;
@@ -460,7 +482,7 @@ fn index_batch(calls: &Connection, index: &mut Connection, batch: usize) -> Stor
             params![MERGE_PAGES],
         )
         .map_err(db_err)?;
-    Ok(docs.len())
+    Ok(())
 }
 
 /// Starts the background indexer on its own connections; it stops when `stop` is set.
@@ -589,6 +611,33 @@ mod tests {
         uses("status:418", "calls_tenant_status_unusual");
         // An end user's own calls are fewer than a common policy's.
         uses("policy:dg-003 user:nobody", "calls_tenant_end_user");
+    }
+
+    /// The indexer reads calls, then writes their documents: a tenant erased in between
+    /// must not leave its calls' text in the index.
+    #[test]
+    fn a_tenant_erased_while_its_calls_are_being_indexed_leaves_no_text_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agv.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let gone = acme(&store);
+        let kept = acme(&store);
+        add_call(&path, 1, &gone.id, "erase me walrus");
+        add_call(&path, 2, &kept.id, "keep me walrus");
+        let (calls, mut index) = super::open_pair(&path).unwrap();
+        let docs = super::read_docs(&calls, &index, 100).unwrap();
+        assert_eq!(docs.len(), 2);
+        store.erase_tenant(&gone.id).unwrap();
+        super::write_docs(&calls, &mut index, &docs).unwrap();
+        let left: Vec<String> = index
+            .prepare("SELECT call_id FROM call_fts")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(left, [format!("call_{:032x}", 2)]);
+        assert_eq!(walrus_ids(&store, &kept.id).len(), 1);
     }
 
     #[test]
