@@ -57,6 +57,16 @@ pub mod policy {
     pub const FAILURE_SPIKE: &str = "dg-004";
     pub const PROMPT_INJECTION: &str = "dg-005";
     pub const BUDGET: &str = "budget";
+    /// The policies that stop a call: a guard's stop names one of these (the failure-spike
+    /// check stops calls through the kill switch). What cost avoided counts.
+    pub const STOPPING: [&str; 6] = [
+        KILL_SWITCH,
+        MAX_COST,
+        MAX_TOKENS,
+        RATE_LIMIT,
+        PROMPT_INJECTION,
+        BUDGET,
+    ];
 }
 
 /// One check's verdict on one call.

@@ -278,6 +278,11 @@ mod tests {
             }
             match live {
                 Verdict::Stop { decisions, stop } => {
+                    assert!(
+                        crate::domain::decision::policy::STOPPING.contains(&stop.policy),
+                        "{} stops calls but is not among the stopping policies",
+                        stop.policy
+                    );
                     let unit = decisions.last().and_then(|d| d.unit.clone());
                     stops.insert((stop.policy, unit));
                 }

@@ -73,17 +73,6 @@ fn recorded_estimate(dialect: Dialect) -> &'static str {
     }
 }
 
-/// The policies that stop a call (`guard::Stop::policy` is always one of them; the
-/// failure-spike check stops calls through the kill switch).
-const STOPPING: [&str; 6] = [
-    policy::KILL_SWITCH,
-    policy::MAX_COST,
-    policy::MAX_TOKENS,
-    policy::RATE_LIMIT,
-    policy::PROMPT_INJECTION,
-    policy::BUDGET,
-];
-
 /// The tenant's calls stopped by a policy since `since`, by policy and model.
 ///
 /// It reads the partial index of stopped calls (migration 0019, `calls_tenant_stopped_by`,
@@ -102,12 +91,12 @@ pub(super) fn blocked_costs(
     let dialect = db.dialect();
     let (stopped, by) = STOPPED_BY.of(dialect);
     let estimate = recorded_estimate(dialect);
-    let policies = (3..3 + STOPPING.len())
+    let policies = (3..3 + policy::STOPPING.len())
         .map(|n| format!("${n}"))
         .collect::<Vec<_>>()
         .join(", ");
     let mut args = vec![Param::Text(tenant.as_str()), Param::BigInt(since.millis())];
-    args.extend(STOPPING.iter().map(|p| Param::Text(p)));
+    args.extend(policy::STOPPING.iter().map(|p| Param::Text(p)));
     // Each stopped call is reduced to four small values first (MATERIALIZED keeps Postgres
     // from sorting the whole rows, request bodies and all, for the grouping).
     let rows = db.query(
