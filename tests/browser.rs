@@ -1182,21 +1182,7 @@ async fn the_overview_says_what_was_saved_and_every_page_fits_a_phone() {
     ui.sign_out().await;
 
     // A phone: 390 px of page, whatever the window adds around it.
-    ui.driver.set_window_rect(0, 0, 390, 844).await.unwrap();
-    let inner: i64 = ui
-        .driver
-        .execute("return window.innerWidth;", vec![])
-        .await
-        .unwrap()
-        .convert()
-        .unwrap();
-    if inner != 390 {
-        let w = 390 + (390 - inner);
-        ui.driver
-            .set_window_rect(0, 0, u32::try_from(w).unwrap(), 844)
-            .await
-            .unwrap();
-    }
+    phone_width(&ui).await;
     let inner: i64 = ui
         .driver
         .execute("return window.innerWidth;", vec![])
@@ -1828,21 +1814,7 @@ async fn the_incidents_page_searches_acknowledges_in_bulk_and_merges_duplicates(
     .await;
 
     // A phone.
-    ui.driver.set_window_rect(0, 0, 390, 844).await.unwrap();
-    let inner: i64 = ui
-        .driver
-        .execute("return window.innerWidth;", vec![])
-        .await
-        .unwrap()
-        .convert()
-        .unwrap();
-    if inner != 390 {
-        let w = 390 + (390 - inner);
-        ui.driver
-            .set_window_rect(0, 0, u32::try_from(w).unwrap(), 844)
-            .await
-            .unwrap();
-    }
+    phone_width(&ui).await;
     ui.fits("#/incidents?text=cust&status=open", "incidents")
         .await;
     ui.css("[data-testid='incident-select']")
