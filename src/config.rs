@@ -16,6 +16,7 @@ use crate::domain::time::parse_duration;
 use crate::domain::trusted_proxies::TrustedProxies;
 use crate::domain::upstream_url::UpstreamAllowlist;
 use values::validate_cron;
+pub mod private_file;
 pub mod values;
 
 use std::collections::{BTreeMap, HashMap};

@@ -812,34 +812,18 @@ pub fn load_master_key(settings: &Settings) -> Result<MasterKey, StartupError> {
         return read(&path);
     }
     let key = MasterKey::generate();
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+    let created = crate::config::private_file::create(&path, &format!("{}\n", key.to_hex()))
+        .map_err(|e| {
+            StartupError(format!(
+                "cannot create the master key file {}: {e}; check the data directory's permissions, or set AGV_MASTER_KEY",
+                path.display()
+            ))
+        })?;
+    if !created {
+        return read(&path);
     }
-    match options.open(&path) {
-        Ok(mut file) => {
-            use std::io::Write;
-            file.write_all(format!("{}\n", key.to_hex()).as_bytes())
-                .and_then(|()| file.sync_all())
-                .map_err(|e| {
-                    StartupError(format!(
-                        "cannot write the master key file {}: {e}; check the data directory, or set AGV_MASTER_KEY",
-                        path.display()
-                    ))
-                })?;
-            tracing::info!(path = %path.display(), "created a new master key; back it up with the data directory");
-            Ok(key)
-        }
-        // Another process created it first: use theirs.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(&path),
-        Err(e) => Err(StartupError(format!(
-            "cannot create the master key file {}: {e}; check the data directory's permissions, or set AGV_MASTER_KEY",
-            path.display()
-        ))),
-    }
+    tracing::info!(path = %path.display(), "created a new master key; back it up with the data directory");
+    Ok(key)
 }
 
 async fn load_tenant_upstreams(

@@ -3,9 +3,9 @@
 //! A route's URL and signing secret are sealed with the master key before they are
 //! stored; the signing secret is shown once, in the answer to the create call.
 
-use super::audit::{Source, record};
-use super::auth::AdminKey;
+use super::audit::record;
 use super::auth::by_key;
+use super::auth::{AdminAction, AdminKey};
 use super::error::{ApiError, missing};
 use crate::api::state::AppState;
 use crate::domain::alert::{
@@ -83,9 +83,7 @@ fn millis(
 
 #[post("/v1/alerts/routes")]
 pub async fn create_route(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-    source: Source,
+    (state, AdminKey(caller), source): AdminAction,
     body: web::Json<RouteBody>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
@@ -234,9 +232,7 @@ pub struct RoutePatch {
 /// Edits a route in place: its id, and the alerts it already sent, stay.
 #[patch("/v1/alerts/routes/{id}")]
 pub async fn update_route(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-    source: Source,
+    (state, AdminKey(caller), source): AdminAction,
     path: web::Path<String>,
     body: web::Json<RoutePatch>,
 ) -> Result<HttpResponse, ApiError> {
@@ -333,9 +329,7 @@ pub async fn update_route(
 
 #[delete("/v1/alerts/routes/{id}")]
 pub async fn delete_route(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-    source: Source,
+    (state, AdminKey(caller), source): AdminAction,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = route_id(&path)?;

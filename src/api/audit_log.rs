@@ -3,7 +3,7 @@
 
 use super::auth::AdminKey;
 use super::error::ApiError;
-use super::v1::parse_time;
+use super::v1::{query_time, query_value};
 use crate::api::state::AppState;
 use crate::domain::audit::{AuditAction, AuditEntry, AuditFilter};
 use crate::error::Code;
@@ -69,23 +69,10 @@ pub async fn list(
         None => actor,
     };
     let filter = AuditFilter {
-        action: q
-            .action
-            .as_deref()
-            .map(AuditAction::parse)
-            .transpose()
-            .map_err(|e| bad(e.0))?,
+        action: query_value(q.action.as_deref(), AuditAction::parse)?,
         actor,
-        since: q
-            .since
-            .as_deref()
-            .map(|s| parse_time("since", s))
-            .transpose()?,
-        until: q
-            .until
-            .as_deref()
-            .map(|s| parse_time("until", s))
-            .transpose()?,
+        since: query_time("since", q.since.as_deref())?,
+        until: query_time("until", q.until.as_deref())?,
     };
     let before = q
         .cursor

@@ -149,6 +149,14 @@ pub struct ProxyKey(pub Caller);
 /// A valid key with admin scope.
 pub struct AdminKey(pub Caller);
 
+/// What a handler of an admin key's change takes: the state, the key, and where the
+/// request came from for the audit log.
+pub type AdminAction = (
+    actix_web::web::Data<super::state::AppState>,
+    AdminKey,
+    super::audit::Source,
+);
+
 impl FromRequest for ProxyKey {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;

@@ -3,9 +3,9 @@
 //! `GET /v1/certificates/{id}`, and the public `GET /v1/certificates/public-key` and
 //! `GET /v1/certificates/{id}/verify` (no key needed; the check reveals no content).
 
-use super::audit::{Source, record};
-use super::auth::AdminKey;
+use super::audit::record;
 use super::auth::by_key;
+use super::auth::{AdminAction, AdminKey};
 use super::error::{ApiError, optional_json};
 use crate::api::state::AppState;
 use crate::domain::audit::AuditAction;
@@ -39,9 +39,7 @@ pub(crate) fn replay_mode(raw: &[u8], hint: &str) -> Result<ReplayMode, ApiError
 
 #[post("/v1/replay/{call_id}")]
 pub async fn replay(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-    source: Source,
+    (state, AdminKey(caller), source): AdminAction,
     path: web::Path<String>,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
@@ -125,9 +123,7 @@ fn subject_of(body: IssueBody) -> Result<Subject, ApiError> {
 
 #[post("/v1/certificates")]
 pub async fn issue(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-    source: Source,
+    (state, AdminKey(caller), source): AdminAction,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body = optional_json::<IssueBody>(&raw)?.ok_or_else(|| {

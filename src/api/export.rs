@@ -2,11 +2,10 @@
 //! Admin keys only, scoped to the key's tenant (another tenant's incident is a 404).
 //! The work is `evidence::export::build_export`; this handler parses, audits and sends.
 
-use super::audit::{Source, record};
-use super::auth::AdminKey;
+use super::audit::record;
 use super::auth::by_key;
+use super::auth::{AdminAction, AdminKey};
 use super::error::ApiError;
-use crate::api::state::AppState;
 use crate::domain::IncidentId;
 use crate::domain::audit::AuditAction;
 use crate::error::Code;
@@ -30,9 +29,7 @@ pub const SYNC_EXPORT_MAX_SIGNALS: i64 = 2_000;
 
 #[get("/v1/incidents/{id}/export")]
 pub async fn export(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-    source: Source,
+    (state, AdminKey(caller), source): AdminAction,
     path: web::Path<String>,
     q: web::Query<ExportQuery>,
 ) -> Result<HttpResponse, ApiError> {

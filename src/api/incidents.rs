@@ -3,9 +3,9 @@
 
 use super::audit::{Source, record};
 use super::auth::by_key;
-use super::auth::{AdminKey, Caller};
+use super::auth::{AdminAction, AdminKey, Caller};
 use super::error::{ApiError, missing, optional_json};
-use super::v1::parse_time;
+use super::v1::{query_time, query_value};
 use crate::api::state::AppState;
 use crate::domain::audit::AuditAction;
 use crate::domain::incident::{Change, IncidentCursor, IncidentFilter};
@@ -63,10 +63,6 @@ pub struct IncidentQuery {
     limit: Option<u32>,
 }
 
-fn bad(e: crate::domain::ParseError) -> ApiError {
-    ApiError::new(Code::InvalidQuery, e.0)
-}
-
 #[get("/v1/incidents")]
 pub async fn list(
     state: web::Data<AppState>,
@@ -74,50 +70,21 @@ pub async fn list(
     q: web::Query<IncidentQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
-    let filter = IncidentFilter {
-        status: q
-            .status
-            .as_deref()
-            .map(IncidentStatus::parse)
-            .transpose()
-            .map_err(bad)?,
-        severity: q
-            .severity
-            .as_deref()
-            .map(Severity::parse)
-            .transpose()
-            .map_err(bad)?,
-        min_severity: q
-            .min_severity
-            .as_deref()
-            .map(Severity::parse)
-            .transpose()
-            .map_err(bad)?,
+    let mut filter = IncidentFilter {
+        status: query_value(q.status.as_deref(), IncidentStatus::parse)?,
+        severity: query_value(q.severity.as_deref(), Severity::parse)?,
+        min_severity: query_value(q.min_severity.as_deref(), Severity::parse)?,
         rule: q.policy,
         end_user: q.user,
-        key_id: q
-            .key
-            .as_deref()
-            .map(KeyId::parse)
-            .transpose()
-            .map_err(bad)?,
-        since: q
-            .since
-            .as_deref()
-            .map(|s| parse_time("since", s))
-            .transpose()?,
-        until: q
-            .until
-            .as_deref()
-            .map(|s| parse_time("until", s))
-            .transpose()?,
+        key_id: query_value(q.key.as_deref(), KeyId::parse)?,
+        since: query_time("since", q.since.as_deref())?,
+        until: query_time("until", q.until.as_deref())?,
         text: q
             .text
             .as_deref()
             .map(|t| t.split_whitespace().map(str::to_owned).collect())
             .unwrap_or_default(),
     };
-    let mut filter = filter;
     if let Some(text) = q.q.as_deref() {
         merge_query(&mut filter, text)?;
     }
@@ -405,13 +372,11 @@ async fn tell_routes_of(
 }
 
 async fn apply(
-    state: &AppState,
-    caller: &Caller,
-    source: &Source,
+    (state, AdminKey(caller), source): AdminAction,
     raw_id: &str,
     change: Change,
 ) -> Result<HttpResponse, ApiError> {
-    let done = apply_change(state, caller, source, raw_id, change).await?;
+    let done = apply_change(&state, &caller, &source, raw_id, change).await?;
     Ok(HttpResponse::Ok().json(json!({
         "incident": incident_json(&done.incident, &done.people)?,
         "event": event_json(&done.event, &done.people)?,
@@ -433,9 +398,7 @@ struct BulkBody {
 /// does not have, is reported for that id and the others go ahead.
 #[post("/v1/incidents/bulk")]
 pub async fn bulk(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-    source: Source,
+    (state, AdminKey(caller), source): AdminAction,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body: BulkBody = optional_json(&raw)?.unwrap_or_default();
@@ -504,9 +467,7 @@ struct MergeBody {
 /// audit log records it. All or nothing.
 #[post("/v1/incidents/{id}/merge")]
 pub async fn merge(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-    source: Source,
+    (state, AdminKey(caller), source): AdminAction,
     path: web::Path<String>,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
@@ -604,41 +565,24 @@ pub async fn merge(
 }
 
 #[post("/v1/incidents/{id}/ack")]
-pub async fn ack(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-    source: Source,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    apply(&state, &caller, &source, &path, Change::Acknowledge).await
+pub async fn ack(on: AdminAction, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    apply(on, &path, Change::Acknowledge).await
 }
 
 #[post("/v1/incidents/{id}/resolve")]
-pub async fn resolve(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-    source: Source,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    apply(&state, &caller, &source, &path, Change::Resolve).await
+pub async fn resolve(on: AdminAction, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    apply(on, &path, Change::Resolve).await
 }
 
 /// Opens a resolved incident again, for when it is not over after all.
 #[post("/v1/incidents/{id}/reopen")]
-pub async fn reopen(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-    source: Source,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    apply(&state, &caller, &source, &path, Change::Reopen).await
+pub async fn reopen(on: AdminAction, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    apply(on, &path, Change::Reopen).await
 }
 
 #[post("/v1/incidents/{id}/notes")]
 pub async fn note(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-    source: Source,
+    on: AdminAction,
     path: web::Path<String>,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
@@ -657,21 +601,12 @@ pub async fn note(
             format!("a note may be at most {MAX_NOTE} bytes"),
         ));
     }
-    apply(
-        &state,
-        &caller,
-        &source,
-        &path,
-        Change::Note(note.to_owned()),
-    )
-    .await
+    apply(on, &path, Change::Note(note.to_owned())).await
 }
 
 #[post("/v1/incidents/{id}/assign")]
 pub async fn assign(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-    source: Source,
+    on: AdminAction,
     path: web::Path<String>,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
@@ -686,21 +621,19 @@ pub async fn assign(
             "an assignee may be at most 256 bytes",
         ));
     }
-    apply(&state, &caller, &source, &path, Change::Assign(who)).await
+    apply(on, &path, Change::Assign(who)).await
 }
 
 #[post("/v1/incidents/{id}/severity")]
 pub async fn severity(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-    source: Source,
+    on: AdminAction,
     path: web::Path<String>,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body: SeverityBody = optional_json(&raw)?.unwrap_or_default();
     let sev = Severity::parse(body.severity.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::new(Code::InvalidSeverity, e.0))?;
-    apply(&state, &caller, &source, &path, Change::SetSeverity(sev)).await
+    apply(on, &path, Change::SetSeverity(sev)).await
 }
 
 #[derive(Deserialize, Default)]

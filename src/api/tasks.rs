@@ -2,9 +2,9 @@
 //! of an incident: 202 and a task), `GET /v1/tasks`, `GET /v1/tasks/{id}` (status,
 //! progress, result) and `GET /v1/tasks/{id}/download` (the file an export task made).
 
-use super::audit::{Source, record};
-use super::auth::AdminKey;
+use super::audit::record;
 use super::auth::by_key;
+use super::auth::{AdminAction, AdminKey};
 use super::error::{ApiError, missing};
 use crate::api::state::AppState;
 use crate::domain::audit::AuditAction;
@@ -21,9 +21,7 @@ use serde_json::json;
 /// Queues a replay of every call of the incident (up to `tasks::MAX_REPLAY_CALLS`).
 #[post("/v1/incidents/{id}/replay")]
 pub async fn replay_incident(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-    source: Source,
+    (state, AdminKey(caller), source): AdminAction,
     path: web::Path<String>,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {

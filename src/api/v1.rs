@@ -1,9 +1,9 @@
 //! Admin and read endpoints under `/v1`: the kill switch, the active policies, the
 //! tenant's own upstream, call records, and the protection summary. Unknown `/v1` paths get a JSON 404 in `web.rs`.
 
-use super::audit::{Source, record};
+use super::audit::record;
 use super::auth::by_key;
-use super::auth::{AdminKey, ProxyKey};
+use super::auth::{AdminAction, AdminKey, ProxyKey};
 use super::call_list::{self, Listing};
 use super::error::{ApiError, missing, optional_json};
 use crate::api::state::AppState;
@@ -119,9 +119,7 @@ fn audit_action(action: FreezeAction) -> AuditAction {
 }
 
 async fn tenant_switch(
-    state: web::Data<AppState>,
-    caller: AdminKey,
-    source: Source,
+    (state, caller, source): AdminAction,
     raw: web::Bytes,
     action: FreezeAction,
 ) -> Result<HttpResponse, ApiError> {
@@ -149,9 +147,7 @@ async fn tenant_switch(
 }
 
 async fn key_switch(
-    state: web::Data<AppState>,
-    caller: AdminKey,
-    source: Source,
+    (state, caller, source): AdminAction,
     raw: web::Bytes,
     action: FreezeAction,
 ) -> Result<HttpResponse, ApiError> {
@@ -213,43 +209,23 @@ async fn key_switch(
 }
 
 #[post("/v1/killswitch/tenant")]
-pub async fn freeze_tenant(
-    state: web::Data<AppState>,
-    caller: AdminKey,
-    source: Source,
-    raw: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
-    tenant_switch(state, caller, source, raw, FreezeAction::Freeze).await
+pub async fn freeze_tenant(on: AdminAction, raw: web::Bytes) -> Result<HttpResponse, ApiError> {
+    tenant_switch(on, raw, FreezeAction::Freeze).await
 }
 
 #[delete("/v1/killswitch/tenant")]
-pub async fn unfreeze_tenant(
-    state: web::Data<AppState>,
-    caller: AdminKey,
-    source: Source,
-    raw: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
-    tenant_switch(state, caller, source, raw, FreezeAction::Unfreeze).await
+pub async fn unfreeze_tenant(on: AdminAction, raw: web::Bytes) -> Result<HttpResponse, ApiError> {
+    tenant_switch(on, raw, FreezeAction::Unfreeze).await
 }
 
 #[post("/v1/killswitch/key")]
-pub async fn freeze_key(
-    state: web::Data<AppState>,
-    caller: AdminKey,
-    source: Source,
-    raw: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
-    key_switch(state, caller, source, raw, FreezeAction::Freeze).await
+pub async fn freeze_key(on: AdminAction, raw: web::Bytes) -> Result<HttpResponse, ApiError> {
+    key_switch(on, raw, FreezeAction::Freeze).await
 }
 
 #[delete("/v1/killswitch/key")]
-pub async fn unfreeze_key(
-    state: web::Data<AppState>,
-    caller: AdminKey,
-    source: Source,
-    raw: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
-    key_switch(state, caller, source, raw, FreezeAction::Unfreeze).await
+pub async fn unfreeze_key(on: AdminAction, raw: web::Bytes) -> Result<HttpResponse, ApiError> {
+    key_switch(on, raw, FreezeAction::Unfreeze).await
 }
 
 /// Freeze state of the caller's tenant and its keys, with the recent history.
@@ -369,9 +345,7 @@ struct PutPoliciesQuery {
 /// `?dry_run=true` says so without saving anything.
 #[put("/v1/policies")]
 pub async fn put_policies(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-    source: Source,
+    (state, AdminKey(caller), source): AdminAction,
     query: web::Query<PutPoliciesQuery>,
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
@@ -463,9 +437,7 @@ const BACKTEST_PAGE: u32 = 250;
 /// Nothing is changed: the live policy stays as it is.
 #[post("/v1/policies/backtest")]
 pub async fn backtest_policies(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-    source: Source,
+    (state, AdminKey(caller), source): AdminAction,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let hint = "send {\"policy\": {…overrides as for PUT /v1/policies…}, \"since\": \"24h\", \"until\": …, \"max_calls\": …}";
@@ -484,11 +456,7 @@ pub async fn backtest_policies(
         Some(s) => parse_time("since", s)?,
         None => now.plus_millis(-24 * 3_600_000),
     };
-    let until = body
-        .until
-        .as_deref()
-        .map(|s| parse_time("until", s))
-        .transpose()?;
+    let until = query_time("until", body.until.as_deref())?;
     if until.is_some_and(|u| u <= since) {
         return Err(ApiError::new(
             Code::InvalidRange,
@@ -605,6 +573,22 @@ pub struct CallQuery {
     q: Option<String>,
 }
 
+/// An optional query value read by `parse`; a bad one is a 400 `invalid_query` in the
+/// parser's words.
+pub(crate) fn query_value<T>(
+    raw: Option<&str>,
+    parse: impl FnOnce(&str) -> Result<T, crate::domain::ParseError>,
+) -> Result<Option<T>, ApiError> {
+    raw.map(parse)
+        .transpose()
+        .map_err(|e| ApiError::new(Code::InvalidQuery, e.0))
+}
+
+/// An optional time, read as [`parse_time`] reads it.
+pub(crate) fn query_time(field: &str, raw: Option<&str>) -> Result<Option<Timestamp>, ApiError> {
+    raw.map(|s| parse_time(field, s)).transpose()
+}
+
 /// A time given as RFC 3339, as milliseconds since the epoch, or as an age (`24h`).
 pub(crate) fn parse_time(field: &str, s: &str) -> Result<Timestamp, ApiError> {
     if let Ok(ms) = s.parse::<i64>() {
@@ -632,24 +616,11 @@ pub async fn list_calls(
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
     let filter = CallFilter {
-        since: q
-            .since
-            .as_deref()
-            .map(|s| parse_time("since", s))
-            .transpose()?,
-        until: q
-            .until
-            .as_deref()
-            .map(|s| parse_time("until", s))
-            .transpose()?,
+        since: query_time("since", q.since.as_deref())?,
+        until: query_time("until", q.until.as_deref())?,
         end_user: q.user,
         session_id: q.session,
-        key_id: q
-            .key
-            .as_deref()
-            .map(KeyId::parse)
-            .transpose()
-            .map_err(|e| ApiError::new(Code::InvalidQuery, e.0))?,
+        key_id: query_value(q.key.as_deref(), KeyId::parse)?,
         model: q.model,
         status: q.status,
         blocked: q.blocked,
@@ -773,9 +744,7 @@ pub async fn get_upstream(
 /// allowlist (the SSRF guard). The key is stored encrypted and never echoed.
 #[put("/v1/upstream")]
 pub async fn put_upstream(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-    source: Source,
+    (state, AdminKey(caller), source): AdminAction,
     body: web::Json<UpstreamBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -842,9 +811,7 @@ pub async fn put_upstream(
 /// Sends the tenant's calls back to the instance upstream.
 #[delete("/v1/upstream")]
 pub async fn delete_upstream(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-    source: Source,
+    (state, AdminKey(caller), source): AdminAction,
 ) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
     let tenant = caller.tenant_id.clone();

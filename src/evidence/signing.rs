@@ -6,7 +6,6 @@
 //! creates anything.
 
 use crate::domain::certificate::{CertSigningKey, PublicKey};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The file holding the signing key, in the data directory.
@@ -38,33 +37,18 @@ pub fn load_or_create(data_dir: &Path) -> Result<CertSigningKey, String> {
         return read(&path);
     }
     let key = CertSigningKey::generate();
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+    let created = crate::config::private_file::create(&path, &format!("{}\n", key.to_hex()))
+        .map_err(|e| {
+            format!(
+                "cannot create the certificate signing key {}: {e}; check the data directory's permissions",
+                path.display()
+            )
+        })?;
+    if !created {
+        return read(&path);
     }
-    match options.open(&path) {
-        Ok(mut file) => {
-            file.write_all(format!("{}\n", key.to_hex()).as_bytes())
-                .and_then(|()| file.sync_all())
-                .map_err(|e| {
-                    format!(
-                        "cannot write the certificate signing key {}: {e}; check the data directory",
-                        path.display()
-                    )
-                })?;
-            tracing::info!(path = %path.display(), public_key = %key.public().to_base64(), "created the certificate signing key; back it up with the data directory");
-            Ok(key)
-        }
-        // Another process created it first: use theirs.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(&path),
-        Err(e) => Err(format!(
-            "cannot create the certificate signing key {}: {e}; check the data directory's permissions",
-            path.display()
-        )),
-    }
+    tracing::info!(path = %path.display(), public_key = %key.public().to_base64(), "created the certificate signing key; back it up with the data directory");
+    Ok(key)
 }
 
 /// The public half of the data directory's signing key, if it has one. Never creates it.

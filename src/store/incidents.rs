@@ -14,6 +14,7 @@ use crate::domain::incident::{
     StoredSignal, Subject,
 };
 use crate::domain::{CallId, IncidentEventId, IncidentId, Money, TenantId, Timestamp};
+use serde_json::json;
 
 pub(super) const INCIDENT_COLUMNS: &str = "id, tenant_id, fingerprint, grouping_version, rule, subject, title, status, severity, assignee, overflow, demo, created_at, updated_at, first_signal_at, last_signal_at, acknowledged_at, resolved_at, signal_count, call_count, end_user_count, cost_nanos, merged_into";
 
@@ -334,7 +335,7 @@ fn apply_one(db: &mut dyn Db, seq: &EventSeq, s: &Signal) -> StoreResult<Applied
                 EventKind::Opened,
                 None,
                 Some(
-                    serde_json::json!({"status": "open", "severity": before.severity, "rule": s.rule, "subject": s.subject.label()}),
+                    json!({"status": "open", "severity": before.severity, "rule": s.rule, "subject": s.subject.label()}),
                 ),
                 Some(&s.detail),
             ),
@@ -346,8 +347,8 @@ fn apply_one(db: &mut dyn Db, seq: &EventSeq, s: &Signal) -> StoreResult<Applied
             seq,
             &event(
                 EventKind::Reopened,
-                Some(serde_json::json!({"status": before.status})),
-                Some(serde_json::json!({"status": "open"})),
+                Some(json!({"status": before.status})),
+                Some(json!({"status": "open"})),
                 Some(&s.detail),
             ),
         )?;
@@ -359,9 +360,9 @@ fn apply_one(db: &mut dyn Db, seq: &EventSeq, s: &Signal) -> StoreResult<Applied
             seq,
             &event(
                 EventKind::Escalated,
-                Some(serde_json::json!({"severity": before.severity})),
+                Some(json!({"severity": before.severity})),
                 Some(
-                    serde_json::json!({"severity": severity, "calls": calls, "end_users": users, "cost_usd": cost.usd()}),
+                    json!({"severity": severity, "calls": calls, "end_users": users, "cost_usd": cost.usd()}),
                 ),
                 None,
             ),
@@ -648,42 +649,26 @@ pub(super) fn change(
             )?;
             ev(
                 kind,
-                Some(serde_json::json!({"status": before.status})),
-                Some(serde_json::json!({"status": status})),
+                Some(json!({"status": before.status})),
+                Some(json!({"status": status})),
                 None,
             )
         }
         (Change::Assign(who), _) => {
-            db.execute(
-                "UPDATE incidents SET assignee = $2, updated_at = $3 WHERE id = $1",
-                &[
-                    Param::Text(id.as_str()),
-                    Param::OptText(who.as_deref()),
-                    Param::BigInt(at.millis()),
-                ],
-            )?;
-            ev(
-                EventKind::Assigned,
-                Some(serde_json::json!({"assignee": before.assignee})),
-                Some(serde_json::json!({"assignee": who})),
-                None,
-            )
+            let (was, now) = (
+                json!({"assignee": before.assignee}),
+                json!({"assignee": who}),
+            );
+            set_field(db, id, "assignee", Param::OptText(who.as_deref()), at)?;
+            ev(EventKind::Assigned, Some(was), Some(now), None)
         }
         (Change::SetSeverity(sev), _) => {
-            db.execute(
-                "UPDATE incidents SET severity = $2, updated_at = $3 WHERE id = $1",
-                &[
-                    Param::Text(id.as_str()),
-                    Param::Text(sev.as_str()),
-                    Param::BigInt(at.millis()),
-                ],
-            )?;
-            ev(
-                EventKind::SeverityChanged,
-                Some(serde_json::json!({"severity": before.severity})),
-                Some(serde_json::json!({"severity": sev})),
-                None,
-            )
+            let (was, now) = (
+                json!({"severity": before.severity}),
+                json!({"severity": sev}),
+            );
+            set_field(db, id, "severity", Param::Text(sev.as_str()), at)?;
+            ev(EventKind::SeverityChanged, Some(was), Some(now), None)
         }
         (Change::Note(text), _) => {
             db.execute(
@@ -698,6 +683,23 @@ pub(super) fn change(
     };
     let stored = insert_event(db, seq, &event)?;
     Ok((get_by_id(db, id)?, stored))
+}
+
+/// Sets one column of an incident (a name from this module, never from input) and its
+/// `updated_at`.
+fn set_field(
+    db: &mut dyn Db,
+    id: &IncidentId,
+    column: &str,
+    value: Param<'_>,
+    at: Timestamp,
+) -> StoreResult<()> {
+    let sql = format!("UPDATE incidents SET {column} = $2, updated_at = $3 WHERE id = $1");
+    db.execute(
+        &sql,
+        &[Param::Text(id.as_str()), value, Param::BigInt(at.millis())],
+    )
+    .map(drop)
 }
 
 /// Adds a system event (a kill-switch action, an alert sent) to an incident.
@@ -969,8 +971,8 @@ pub(super) fn merge(
                 at,
                 actor,
                 kind: EventKind::Merged,
-                before: Some(serde_json::json!({"status": source.status})),
-                after: Some(serde_json::json!({"status": "resolved", "merged_into": target_id})),
+                before: Some(json!({"status": source.status})),
+                after: Some(json!({"status": "resolved", "merged_into": target_id})),
                 note: Some(&into),
             },
         )?;
@@ -985,7 +987,7 @@ pub(super) fn merge(
                 actor,
                 kind: EventKind::Merged,
                 before: None,
-                after: Some(serde_json::json!({
+                after: Some(json!({
                     "merged_from": source.id,
                     "signals": source.signal_count,
                 })),
@@ -1005,8 +1007,8 @@ pub(super) fn merge(
                 at,
                 actor,
                 kind: EventKind::Escalated,
-                before: Some(serde_json::json!({"severity": target.severity})),
-                after: Some(serde_json::json!({
+                before: Some(json!({"severity": target.severity})),
+                after: Some(json!({
                     "severity": severity, "calls": calls, "end_users": users, "cost_usd": cost.usd(),
                 })),
                 note: Some("duplicates merged in"),

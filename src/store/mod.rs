@@ -482,7 +482,15 @@ pub trait Store: Send + Sync + 'static {
         search: &CallSearch,
         after: Option<&CallCursor>,
         limit: u32,
-    ) -> StoreResult<Vec<CallRecord>>;
+    ) -> StoreResult<Vec<CallRecord>> {
+        let page = search_sql::SearchPage {
+            tenant,
+            search,
+            after,
+            limit,
+        };
+        on_db(self, |db| db.search_calls(page))
+    }
     /// Indexes every call recorded so far for text search, now, instead of waiting for the
     /// background indexer; returns how many calls were indexed.
     fn index_pending_calls(&self) -> StoreResult<u64>;
@@ -505,7 +513,11 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&CallCursor>,
         limit: u32,
         now: Timestamp,
-    ) -> StoreResult<PruneBatch>;
+    ) -> StoreResult<PruneBatch> {
+        in_write_tx(self, |db| {
+            retention::prune_batch(db, cutoff, after, limit, now)
+        })
+    }
 
     // Alert routes (see domain::alert). Another tenant's route is NotFound; an unknown
     // tenant is NotFound on create.

@@ -16,7 +16,7 @@ use super::{
     migrate, redact_url,
 };
 use crate::domain::chain::LinkVersion;
-use crate::domain::{CallCursor, CallRecord, CallSearch, KeyId, TenantId, Timestamp};
+use crate::domain::{CallRecord, KeyId, TenantId, Timestamp};
 use postgres::config::Host;
 use postgres::{GenericClient, NoTls};
 use r2d2::{Pool, PooledConnection};
@@ -443,16 +443,6 @@ impl Store for PostgresStore {
         tx.commit().map_err(db_err)
     }
 
-    fn search_calls(
-        &self,
-        tenant: &TenantId,
-        search: &CallSearch,
-        after: Option<&CallCursor>,
-        limit: u32,
-    ) -> StoreResult<Vec<CallRecord>> {
-        super::search_postgres::search_calls(&mut *self.conn()?, tenant, search, after, limit)
-    }
-
     fn optimize_search(&self) -> StoreResult<()> {
         let mut conn = self.conn()?;
         // VACUUM also moves the text index's pending entries into the index proper; it
@@ -465,33 +455,6 @@ impl Store for PostgresStore {
 
     fn index_pending_calls(&self) -> StoreResult<u64> {
         super::search_postgres::index_pending(&mut *self.conn()?)
-    }
-
-    fn prune_call_bodies(
-        &self,
-        cutoff: Timestamp,
-        after: Option<&CallCursor>,
-        limit: u32,
-        now: Timestamp,
-    ) -> StoreResult<super::PruneBatch> {
-        use super::retention;
-        let mut conn = self.conn()?;
-        let mut tx = conn.transaction().map_err(db_err)?;
-        // No indexer pass runs meanwhile (they take this lock too): a call it has not
-        // indexed yet is indexed after this commits, from the emptied bodies.
-        super::search_postgres::hold_indexer(&mut tx)?;
-        let read =
-            retention::candidates(&mut PgDb(&mut tx), "c.search_seq", "", cutoff, after, limit)?;
-        let go: Vec<&retention::Candidate> = read.iter().filter(|c| !c.protected).collect();
-        let ids: Vec<&str> = go.iter().map(|c| c.id.as_str()).collect();
-        let pruned = retention::prune(&mut PgDb(&mut tx), &ids, now)?;
-        let seqs: Vec<i64> = go.iter().map(|c| c.position).collect();
-        if !seqs.is_empty() {
-            tx.execute("DELETE FROM call_search WHERE call_seq = ANY($1)", &[&seqs])
-                .map_err(db_err)?;
-        }
-        tx.commit().map_err(db_err)?;
-        retention::outcome(&read, pruned, limit)
     }
 
     fn write_tx(

@@ -76,9 +76,28 @@ pub(super) fn count(db: &mut dyn Db, cutoff: Timestamp) -> StoreResult<i64> {
     Cells::new(row, "count").int(0)
 }
 
+/// One batch of a sweep, in the caller's write transaction (see `Store::prune_call_bodies`):
+/// reads the candidates after `after`, empties the bodies of those nothing refers to, and
+/// removes their documents from the text index.
+pub(super) fn prune_batch(
+    db: &mut dyn Db,
+    cutoff: Timestamp,
+    after: Option<&CallCursor>,
+    limit: u32,
+    now: Timestamp,
+) -> StoreResult<PruneBatch> {
+    let (position, extra) = db.prunable_text()?;
+    let read = candidates(db, position, extra, cutoff, after, limit)?;
+    let go: Vec<&Candidate> = read.iter().filter(|c| !c.protected).collect();
+    let ids: Vec<&str> = go.iter().map(|c| c.id.as_str()).collect();
+    let pruned = prune(db, &ids, now)?;
+    db.forget_call_text(&go)?;
+    outcome(&read, pruned, limit)
+}
+
 /// Reads the next batch of candidates after `after`. `position` is the column (of `c`)
 /// that places a call in the text index; `extra` narrows the calls further (SQL on `c`).
-pub(super) fn candidates(
+fn candidates(
     db: &mut dyn Db,
     position: &str,
     extra: &str,
@@ -118,7 +137,7 @@ pub(super) fn candidates(
 
 /// Empties the bodies of `ids` and marks them pruned at `now` (calls pruned meanwhile are
 /// left as they are); returns how many were changed.
-pub(super) fn prune(db: &mut dyn Db, ids: &[&str], now: Timestamp) -> StoreResult<u64> {
+fn prune(db: &mut dyn Db, ids: &[&str], now: Timestamp) -> StoreResult<u64> {
     if ids.is_empty() {
         return Ok(0);
     }
@@ -136,7 +155,7 @@ pub(super) fn prune(db: &mut dyn Db, ids: &[&str], now: Timestamp) -> StoreResul
 }
 
 /// The batch's result after `read` candidates, of which `pruned` were pruned.
-pub(super) fn outcome(read: &[Candidate], pruned: u64, limit: u32) -> StoreResult<PruneBatch> {
+fn outcome(read: &[Candidate], pruned: u64, limit: u32) -> StoreResult<PruneBatch> {
     let next = match read.last() {
         Some(last) if read.len() >= limit.max(1) as usize => Some(CallCursor {
             created_at: Timestamp::from_millis(last.created_at),

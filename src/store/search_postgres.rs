@@ -13,18 +13,18 @@
 //! `safe_seq` advances. One instance indexes at a time (an advisory lock).
 //! This module translates between SQL and domain types; it must not contain policy.
 
-use super::postgres_conn::{INDEXER_LOCK, Manager, cells, db_err, pg_param};
+use super::postgres_conn::{INDEXER_LOCK, Manager, PgDb, cells, db_err, pg_param};
 use super::rows::MAX_PAGE;
 use super::rows::call_from;
 use super::search_sql::{
-    Dialect, FILTER_DRIVEN_MAX, TextPlan, call_columns, conditions, count_narrow_query,
-    has_narrow_filter, search_calls_query, tsquery, tsvector,
+    Dialect, FILTER_DRIVEN_MAX, SearchPage, TextPlan, call_columns, conditions, count_narrow_query,
+    has_narrow_filter, page, tsquery, tsvector,
 };
 use super::{StoreError, StoreResult};
 use crate::domain::search::index_tokens;
 use crate::domain::{CallCursor, CallRecord, CallSearch, TenantId, Timestamp};
 use postgres::types::ToSql;
-use postgres::{Client, Row, Transaction};
+use postgres::{Client, GenericClient, Row, Transaction};
 use r2d2::Pool;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,31 +35,40 @@ const INDEX_EVERY: Duration = Duration::from_millis(300);
 /// Calls indexed per transaction.
 const INDEX_BATCH: i64 = 2000;
 
-/// Holds the indexer's lock until `tx` ends, waiting for a pass in progress to finish:
-/// for a change of calls that no pass may overlap (retention removing their text).
-pub(super) fn hold_indexer(tx: &mut Transaction<'_>) -> StoreResult<()> {
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&INDEXER_LOCK])
-        .map_err(db_err)?;
-    Ok(())
-}
-
 pub(super) fn search_calls(
-    client: &mut Client,
-    tenant: &TenantId,
-    search: &CallSearch,
-    after: Option<&CallCursor>,
-    limit: u32,
+    client: &mut impl GenericClient,
+    query: SearchPage<'_>,
 ) -> StoreResult<Vec<CallRecord>> {
+    let SearchPage {
+        tenant,
+        search,
+        after,
+        limit,
+    } = query;
     let limit = limit.min(MAX_PAGE);
     let Some(text) = tsquery(&search.text) else {
-        return page(client, tenant, search, TextPlan::None, after, limit);
+        return page(
+            &mut PgDb(client),
+            tenant,
+            search,
+            TextPlan::None,
+            after,
+            limit,
+        );
     };
     if has_narrow_filter(search) {
         let (sql, args) = count_narrow_query(Dialect::Postgres, tenant, search, FILTER_DRIVEN_MAX);
         let args: Vec<&(dyn ToSql + Sync)> = args.iter().map(pg_param).collect();
         let narrow: i64 = client.query_one(&sql, &args).map_err(db_err)?.get(0);
         if narrow < FILTER_DRIVEN_MAX {
-            return page(client, tenant, search, TextPlan::Check(&text), after, limit);
+            return page(
+                &mut PgDb(client),
+                tenant,
+                search,
+                TextPlan::Check(&text),
+                after,
+                limit,
+            );
         }
     }
     // First the newest calls in time order, checking each one's text: a common word
@@ -91,7 +100,7 @@ struct Recent {
 /// Checks the text of the tenant's newest [`NEWEST_WINDOW`] calls in the range (below
 /// `until` and the cursor), walking the time index.
 fn newest_matches(
-    client: &mut Client,
+    client: &mut impl GenericClient,
     tenant: &TenantId,
     text: &str,
     since: Option<i64>,
@@ -163,7 +172,7 @@ fn in_range(
 /// index checking every call's text whenever it guesses a conjunction of common words to
 /// be common too, which for one that matches nothing means reading every call.)
 fn indexed_matches(
-    client: &mut Client,
+    client: &mut impl GenericClient,
     tenant: &TenantId,
     text: &str,
     since: Option<i64>,
@@ -195,7 +204,7 @@ fn indexed_matches(
 
 /// The newest `limit` of the calls `ids` that meet the search's other conditions.
 fn calls_among(
-    client: &mut Client,
+    client: &mut impl GenericClient,
     tenant: &TenantId,
     search: &CallSearch,
     ids: &[String],
@@ -215,24 +224,6 @@ fn calls_among(
     let mut args: Vec<&(dyn ToSql + Sync)> = params.iter().map(pg_param).collect();
     args.push(&ids);
     args.push(&limit);
-    client
-        .query(&sql, &args)
-        .map_err(db_err)?
-        .iter()
-        .map(|r| call_from(&cells(r)?))
-        .collect()
-}
-
-fn page(
-    client: &mut Client,
-    tenant: &TenantId,
-    search: &CallSearch,
-    text: TextPlan<'_>,
-    after: Option<&CallCursor>,
-    limit: u32,
-) -> StoreResult<Vec<CallRecord>> {
-    let (sql, args) = search_calls_query(Dialect::Postgres, tenant, search, text, after, limit);
-    let args: Vec<&(dyn ToSql + Sync)> = args.iter().map(pg_param).collect();
     client
         .query(&sql, &args)
         .map_err(db_err)?

@@ -1,12 +1,14 @@
 //! The SQL of a call search, shared by both backends so that they cannot drift apart:
 //! the same conditions in the same order, only the full-text join and the JSON functions
 //! differ. Also the text forms of a query and of an indexed document for each backend.
-//! This module builds SQL text and parameters; it runs nothing.
+//! This module builds SQL text and parameters; the only thing it runs is one page of a
+//! search that needs nothing of a backend's own ([`page`]).
 
+use super::StoreResult;
 use super::rows::{CALL_COLUMNS, MAX_PAGE};
 pub(super) use super::sql::Dialect;
-use super::sql::Param;
-use crate::domain::{CallCursor, CallSearch, TenantId};
+use super::sql::{Db, Param};
+use crate::domain::{CallCursor, CallRecord, CallSearch, TenantId};
 use std::collections::BTreeMap;
 
 /// Bits of an FTS5 time key below the millisecond (see `migrations/sqlite/0006`).
@@ -67,6 +69,31 @@ pub(super) fn count_narrow_query<'a>(
         dialect.placeholder(params.len())
     );
     (sql, params)
+}
+
+/// One page of a call search: whose calls, what they must match, where the page starts
+/// (strictly after `after`, newest first) and at most how many.
+#[derive(Clone, Copy)]
+pub(super) struct SearchPage<'a> {
+    pub tenant: &'a TenantId,
+    pub search: &'a CallSearch,
+    pub after: Option<&'a CallCursor>,
+    pub limit: u32,
+}
+
+/// One page of a call search whose text (if any) needs no walk of a backend's own index:
+/// [`TextPlan::None`] or [`TextPlan::Check`], newest first.
+pub(super) fn page(
+    db: &mut dyn Db,
+    tenant: &TenantId,
+    search: &CallSearch,
+    text: TextPlan<'_>,
+    after: Option<&CallCursor>,
+    limit: u32,
+) -> StoreResult<Vec<CallRecord>> {
+    let (sql, args) = search_calls_query(db.dialect(), tenant, search, text, after, limit);
+    let rows = db.query(&sql, &args)?;
+    rows.iter().map(super::rows::call_from).collect()
 }
 
 /// The SQL and parameters of one page of a call search, newest first. With

@@ -27,12 +27,13 @@ use super::StoreResult;
 use super::rows::MAX_PAGE;
 use super::rows::call_from;
 use super::search_sql::{
-    Dialect, FILTER_DRIVEN_MAX, TextPlan, count_narrow_query, fts5_match, fts5_match_in,
-    has_narrow_filter, has_phrases, next_slot, search_calls_query, tenant_token, time_key,
+    Dialect, FILTER_DRIVEN_MAX, SearchPage, TextPlan, count_narrow_query, fts5_match,
+    fts5_match_in, has_narrow_filter, has_phrases, next_slot, page, search_calls_query,
+    tenant_token, time_key,
 };
-use super::sqlite_conn::{BUSY_TIMEOUT, cells, db_err, init_connection};
+use super::sqlite_conn::{BUSY_TIMEOUT, SqliteDb, cells, db_err, init_connection};
+use crate::domain::CallRecord;
 use crate::domain::search::{contains_phrases, index_tokens};
-use crate::domain::{CallCursor, CallRecord, CallSearch, TenantId};
 use rusqlite::{Connection, TransactionBehavior, params, params_from_iter};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -171,14 +172,24 @@ pub(super) fn prepare(conn: &mut Connection) -> StoreResult<()> {
 
 pub(super) fn search_calls(
     conn: &Connection,
-    tenant: &TenantId,
-    search: &CallSearch,
-    after: Option<&CallCursor>,
-    limit: u32,
+    query: SearchPage<'_>,
 ) -> StoreResult<Vec<CallRecord>> {
+    let SearchPage {
+        tenant,
+        search,
+        after,
+        limit,
+    } = query;
     let limit = limit.min(MAX_PAGE) as usize;
     let Some(anywhere) = fts5_match(&search.text) else {
-        return page(conn, tenant, search, TextPlan::None, after, limit as u32);
+        return page(
+            &mut SqliteDb(conn),
+            tenant,
+            search,
+            TextPlan::None,
+            after,
+            limit as u32,
+        );
     };
     // The index keeps no positions: a phrase's order is checked on the calls read.
     let phrases = has_phrases(&search.text);
@@ -263,22 +274,6 @@ pub(super) fn search_calls(
     Ok(out)
 }
 
-fn page(
-    conn: &Connection,
-    tenant: &TenantId,
-    search: &CallSearch,
-    text: TextPlan<'_>,
-    after: Option<&CallCursor>,
-    limit: u32,
-) -> StoreResult<Vec<CallRecord>> {
-    let (sql, args) = search_calls_query(Dialect::Sqlite, tenant, search, text, after, limit);
-    let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
-    let rows = stmt
-        .query_map(params_from_iter(args.iter()), cells)
-        .map_err(db_err)?;
-    rows.map(|r| call_from(&r.map_err(db_err)?)).collect()
-}
-
 /// Indexes every call recorded so far in the database at `db`; returns how many were
 /// indexed.
 pub(super) fn index_pending(db: &Path) -> StoreResult<u64> {
@@ -299,10 +294,7 @@ const FORGET_SLOTS: usize = 8;
 
 /// Removes the documents of `calls` (already indexed: at or below the watermark) from the
 /// text index, in the caller's transaction on a connection with the index attached.
-pub(super) fn forget(
-    tx: &rusqlite::Transaction<'_>,
-    calls: &[&super::retention::Candidate],
-) -> StoreResult<()> {
+pub(super) fn forget(tx: &Connection, calls: &[&super::retention::Candidate]) -> StoreResult<()> {
     let mut at = tx
         .prepare_cached("SELECT call_id FROM search.call_fts WHERE rowid = ?1")
         .map_err(db_err)?;

@@ -8,7 +8,9 @@
 //! This is the bottom of the store's SQL: it knows neither backend. Each backend's
 //! implementation of `Db` lives with its connections (`sqlite_conn`, `postgres_conn`).
 
+use super::search_sql::SearchPage;
 use super::{StoreError, StoreResult};
+use crate::domain::CallRecord;
 
 /// A query parameter, typed so that each backend binds it to its column's type.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -75,6 +77,16 @@ pub(super) trait Db {
     /// Removes a tenant's entries from the text index, in this transaction (each backend
     /// keeps its own index, see `search_sqlite` and `search_postgres`).
     fn forget_tenant_text(&mut self, tenant: &str) -> StoreResult<()>;
+    /// Where a retention batch may read calls from (see `retention::prune_batch`): the
+    /// column of `c` that places a call in the text index, and what narrows the calls
+    /// further (SQL on `c`, or nothing). Takes whatever lock keeps the text indexer from
+    /// writing the calls' documents again before the transaction ends.
+    fn prunable_text(&mut self) -> StoreResult<(&'static str, &'static str)>;
+    /// One page of a call search, through this backend's text index (see
+    /// `search_sqlite` and `search_postgres`).
+    fn search_calls(&mut self, page: SearchPage<'_>) -> StoreResult<Vec<CallRecord>>;
+    /// Removes these calls' documents from the text index, in this transaction.
+    fn forget_call_text(&mut self, calls: &[&super::retention::Candidate]) -> StoreResult<()>;
     /// Whose SQL this is, for the few expressions that differ (JSON functions, and the
     /// expression indexes built on them, see `search_sql::STOPPED_BY`).
     fn dialect(&self) -> Dialect {

@@ -15,7 +15,7 @@ use super::{
     StoreResult, migrate,
 };
 use crate::domain::chain::LinkVersion;
-use crate::domain::{CallCursor, CallRecord, CallSearch, TenantId, Timestamp};
+use crate::domain::{CallRecord, TenantId};
 use r2d2::{Pool, PooledConnection};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, Transaction, TransactionBehavior, params};
@@ -673,47 +673,8 @@ impl Store for SqliteStore {
             .map_err(db_err)
     }
 
-    fn search_calls(
-        &self,
-        tenant: &TenantId,
-        search: &CallSearch,
-        after: Option<&CallCursor>,
-        limit: u32,
-    ) -> StoreResult<Vec<CallRecord>> {
-        super::search_sqlite::search_calls(&*self.conn()?, tenant, search, after, limit)
-    }
-
     fn index_pending_calls(&self) -> StoreResult<u64> {
         super::search_sqlite::index_pending(&self.path)
-    }
-
-    fn prune_call_bodies(
-        &self,
-        cutoff: Timestamp,
-        after: Option<&CallCursor>,
-        limit: u32,
-        now: Timestamp,
-    ) -> StoreResult<super::PruneBatch> {
-        use super::retention;
-        let mut conn = self.conn()?;
-        let tx = begin_write(&self.writer, &mut conn)?;
-        // Only calls the text indexer has passed: it never indexes them again, so their
-        // documents, removed below, stay removed (see search_sqlite).
-        let read = retention::candidates(
-            &mut SqliteDb(&tx),
-            "c.rowid",
-            " AND c.rowid <= (SELECT indexed_rowid FROM search.call_search_state WHERE id = 1)",
-            cutoff,
-            after,
-            limit,
-        )?;
-        let go: Vec<&retention::Candidate> = read.iter().filter(|c| !c.protected).collect();
-        let ids: Vec<&str> = go.iter().map(|c| c.id.as_str()).collect();
-        let pruned = retention::prune(&mut SqliteDb(&tx), &ids, now)?;
-        super::search_sqlite::forget(&tx, &go)?;
-        // An early return above drops the transaction: nothing of the batch is kept.
-        tx.commit().map_err(db_err)?;
-        retention::outcome(&read, pruned, limit)
     }
 
     fn write_tx(
@@ -801,6 +762,7 @@ mod tests {
     use super::super::rows::list_calls_query;
     use super::*;
     use rusqlite::params_from_iter;
+    use crate::domain::Timestamp;
 
     #[test]
     fn an_unwritable_location_is_reported_with_the_path_and_what_to_do() {
