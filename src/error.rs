@@ -180,6 +180,7 @@ codes! {
     // State that refuses the change.
     SetupDone = "setup_done", Conflict;
     BackupRunning = "backup_running", Conflict;
+    TaskRunning = "task_running", Conflict;
     BudgetStopsTenant = "budget_stops_tenant", Conflict;
     UserExists = "user_exists", Conflict;
     OwnAccount = "own_account", Conflict;

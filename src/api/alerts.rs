@@ -239,9 +239,10 @@ pub async fn update_route(
     let id = route_id(&path)?;
     let b = body.into_inner();
     let invalid = |m: String| ApiError::new(Code::InvalidRoute, m);
-    let store = state.store.clone();
-    let tenant = caller.tenant_id.clone();
-    let mut route = run_blocking(move || store.get_alert_route(&tenant, &id))
+    let mut route = state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            store.get_alert_route(tenant, &id)
+        })
         .await
         .map_err(missing("alert route", &path))?;
     let before = serde_json::to_value(&route).map_err(ApiError::internal)?;
@@ -333,18 +334,17 @@ pub async fn delete_route(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = route_id(&path)?;
-    let store = state.store.clone();
-    let tenant = caller.tenant_id.clone();
-    let before = run_blocking(move || {
-        let before = match store.get_alert_route(&tenant, &id) {
-            Ok(r) => Some(r),
-            Err(StoreError::NotFound) => None,
-            Err(e) => return Err(e),
-        };
-        let removed = store.delete_alert_route(&tenant, &id)?;
-        Ok(before.filter(|_| removed))
-    })
-    .await?;
+    let before = state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            let before = match store.get_alert_route(tenant, &id) {
+                Ok(r) => Some(r),
+                Err(StoreError::NotFound) => None,
+                Err(e) => return Err(e),
+            };
+            let removed = store.delete_alert_route(tenant, &id)?;
+            Ok(before.filter(|_| removed))
+        })
+        .await?;
     let Some(before) = before else {
         return Err(ApiError::not_found(format!(
             "no alert route {}",
@@ -373,9 +373,10 @@ pub async fn test_route(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = route_id(&path)?;
-    let store = state.store.clone();
-    let tenant = caller.tenant_id.clone();
-    let route = run_blocking(move || store.get_alert_route(&tenant, &id))
+    let route = state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            store.get_alert_route(tenant, &id)
+        })
         .await
         .map_err(missing("alert route", &path))?;
     let now = Timestamp::now();

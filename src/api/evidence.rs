@@ -85,9 +85,10 @@ pub async fn get_replay(
 ) -> Result<HttpResponse, ApiError> {
     let raw = path.into_inner();
     let id = ReplayId::parse(&raw).map_err(|_| ApiError::not_found(format!("no replay {raw}")))?;
-    let store = state.store.clone();
-    let tenant = caller.tenant_id.clone();
-    let record = run_blocking(move || store.get_replay(&tenant, &id))
+    let record = state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            store.get_replay(tenant, &id)
+        })
         .await
         .map_err(super::error::missing("replay", &raw))?;
     Ok(HttpResponse::Ok().json(record.report))

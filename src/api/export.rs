@@ -39,8 +39,11 @@ pub async fn export(
     let format = ExportFormat::parse(q.format.as_deref().unwrap_or("json"))
         .map_err(|e| ApiError::new(Code::InvalidFormat, e.0))?;
     // Also the 404 for an incident of another tenant, before any task is queued.
-    let (store, t, i) = (state.store.clone(), caller.tenant_id.clone(), id.clone());
-    let incident = crate::store::run_blocking(move || store.get_incident(Some(&t), &i))
+    let i = id.clone();
+    let incident = state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            store.get_incident(Some(tenant), &i)
+        })
         .await
         .map_err(super::error::missing("incident", &path))?;
     let background = q
@@ -54,7 +57,7 @@ pub async fn export(
             json!({"incident_id": id, "format": format.as_str()}),
             crate::domain::Timestamp::now(),
         );
-        let task = crate::evidence::tasks::start(&state.tasks(), task).await?;
+        let task = crate::evidence::tasks::start(&state.tasks(), task, None).await?;
         record(
             &state,
             by_key(&caller, &source, AuditAction::Export, id.as_str()).after(json!({

@@ -95,19 +95,18 @@ pub async fn list(
         .transpose()
         .map_err(|e| ApiError::new(Code::InvalidCursor, e.0))?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let store = state.store.clone();
-    let tenant = caller.tenant_id.clone();
-    let (list, people) = run_blocking(move || {
-        let list = store.list_incidents(Some(&tenant), &filter, cursor.as_ref(), limit)?;
-        let people = People::of_incidents(
-            store.as_ref(),
-            &tenant,
-            &list.iter().collect::<Vec<_>>(),
-            &[],
-        )?;
-        Ok::<_, StoreError>((list, people))
-    })
-    .await?;
+    let (list, people) = state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            let list = store.list_incidents(Some(tenant), &filter, cursor.as_ref(), limit)?;
+            let people = People::of_incidents(
+                store.as_ref(),
+                tenant,
+                &list.iter().collect::<Vec<_>>(),
+                &[],
+            )?;
+            Ok::<_, StoreError>((list, people))
+        })
+        .await?;
     let next_cursor = (list.len() == limit as usize)
         .then(|| {
             list.last().map(|i| {
@@ -171,9 +170,11 @@ pub async fn stats(
     state: web::Data<AppState>,
     AdminKey(caller): AdminKey,
 ) -> Result<HttpResponse, ApiError> {
-    let store = state.store.clone();
-    let tenant = caller.tenant_id.clone();
-    let s = run_blocking(move || store.incident_stats(&tenant)).await?;
+    let s = state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            store.incident_stats(tenant)
+        })
+        .await?;
     Ok(HttpResponse::Ok().json(s))
 }
 
@@ -184,16 +185,15 @@ pub async fn get(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = incident_id(&path)?;
-    let store = state.store.clone();
-    let tenant = caller.tenant_id.clone();
-    let (incident, events, people) = run_blocking(move || {
-        let incident = store.get_incident(Some(&tenant), &id)?;
-        let events = store.incident_events(Some(&tenant), &id)?;
-        let people = People::of_incidents(store.as_ref(), &tenant, &[&incident], &events)?;
-        Ok::<_, StoreError>((incident, events, people))
-    })
-    .await
-    .map_err(missing("incident", &path))?;
+    let (incident, events, people) = state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            let incident = store.get_incident(Some(tenant), &id)?;
+            let events = store.incident_events(Some(tenant), &id)?;
+            let people = People::of_incidents(store.as_ref(), tenant, &[&incident], &events)?;
+            Ok::<_, StoreError>((incident, events, people))
+        })
+        .await
+        .map_err(missing("incident", &path))?;
     let parts = timeline::summary_parts(&incident, &events, &people);
     let mut body = incident_json(&incident, &people)?;
     body["summary"] = json!(timeline::summary_text(&parts));
@@ -217,31 +217,30 @@ pub async fn incident_timeline(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = incident_id(&path)?;
-    let store = state.store.clone();
-    let tenant = caller.tenant_id.clone();
-    let t = run_blocking(move || {
-        let incident = store.get_incident(Some(&tenant), &id)?;
-        let signals = store.incident_signals(Some(&tenant), &id, TIMELINE_SIGNALS)?;
-        let events = store.incident_events(Some(&tenant), &id)?;
-        let example = match signals.iter().rev().find_map(|s| s.call_id.clone()) {
-            Some(call) => match store.get_call(Some(&tenant), &call) {
-                Ok(c) => Some(c),
-                Err(StoreError::NotFound) => None,
-                Err(e) => return Err(e),
-            },
-            None => None,
-        };
-        let people = People::of_incidents(store.as_ref(), &tenant, &[&incident], &events)?;
-        Ok(timeline::for_incident_naming(
-            &incident,
-            &signals,
-            &events,
-            example.as_ref(),
-            &people,
-        ))
-    })
-    .await
-    .map_err(missing("incident", &path))?;
+    let t = state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            let incident = store.get_incident(Some(tenant), &id)?;
+            let signals = store.incident_signals(Some(tenant), &id, TIMELINE_SIGNALS)?;
+            let events = store.incident_events(Some(tenant), &id)?;
+            let example = match signals.iter().rev().find_map(|s| s.call_id.clone()) {
+                Some(call) => match store.get_call(Some(tenant), &call) {
+                    Ok(c) => Some(c),
+                    Err(StoreError::NotFound) => None,
+                    Err(e) => return Err(e),
+                },
+                None => None,
+            };
+            let people = People::of_incidents(store.as_ref(), tenant, &[&incident], &events)?;
+            Ok(timeline::for_incident_naming(
+                &incident,
+                &signals,
+                &events,
+                example.as_ref(),
+                &people,
+            ))
+        })
+        .await
+        .map_err(missing("incident", &path))?;
     Ok(HttpResponse::Ok().json(t))
 }
 
@@ -495,25 +494,24 @@ pub async fn merge(
         )
         .param("from"));
     }
-    let store = state.store.clone();
-    let tenant = caller.tenant_id.clone();
     let who = actor(&caller);
-    let merged = run_blocking(move || {
-        let merged = store.merge_incidents(
-            &tenant,
-            &target,
-            &from,
-            &who,
-            crate::domain::Timestamp::now(),
-        )?;
-        let people = match &merged {
-            Ok(m) => People::of_incidents(store.as_ref(), &tenant, &[&m.target], &[])?,
-            Err(_) => People::default(),
-        };
-        Ok::<_, StoreError>(merged.map(|m| (m, people)))
-    })
-    .await
-    .map_err(missing("incident", &path))?;
+    let merged = state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            let merged = store.merge_incidents(
+                tenant,
+                &target,
+                &from,
+                &who,
+                crate::domain::Timestamp::now(),
+            )?;
+            let people = match &merged {
+                Ok(m) => People::of_incidents(store.as_ref(), tenant, &[&m.target], &[])?,
+                Err(_) => People::default(),
+            };
+            Ok::<_, StoreError>(merged.map(|m| (m, people)))
+        })
+        .await
+        .map_err(missing("incident", &path))?;
     let (merged, people) = merged.map_err(|r| match r {
         MergeRefusal::Unknown(_) => ApiError::not_found(r.to_string()),
         _ => ApiError::new(Code::MergeRefused, r.to_string()),
@@ -652,9 +650,11 @@ pub async fn simulate(
 ) -> Result<HttpResponse, ApiError> {
     let body: SimulateBody = optional_json(&raw)?.unwrap_or_default();
     let name = body.scenario.unwrap_or_default();
-    let store = state.store.clone();
-    let tenant = caller.tenant_id.clone();
-    let is_demo = run_blocking(move || store.is_demo_tenant(&tenant)).await?;
+    let is_demo = state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            store.is_demo_tenant(tenant)
+        })
+        .await?;
     if !is_demo {
         return Err(ApiError::new(
             Code::DemoOnly,
@@ -664,18 +664,17 @@ pub async fn simulate(
     // A person simulates with the tenant's first key: demo calls are made by a key.
     let key = match caller.key_id.clone() {
         Some(k) => k,
-        None => {
-            let store = state.store.clone();
-            let tenant = caller.tenant_id.clone();
-            run_blocking(move || store.list_api_keys(&tenant))
-                .await?
-                .into_iter()
-                .next()
-                .map(|k| k.id)
-                .ok_or_else(|| {
-                    ApiError::new(Code::NoKey, "this tenant has no API key to simulate with")
-                })?
-        }
+        None => state
+            .with_tenant(&caller.tenant_id, move |store, tenant| {
+                store.list_api_keys(tenant)
+            })
+            .await?
+            .into_iter()
+            .next()
+            .map(|k| k.id)
+            .ok_or_else(|| {
+                ApiError::new(Code::NoKey, "this tenant has no API key to simulate with")
+            })?,
     };
     let (calls, signals) = crate::incidents::demo::scenario(
         &name,

@@ -6,12 +6,13 @@
 use crate::api::key_cache::KeyCache;
 use crate::api::limits::{AddressRateLimiter, LoginThrottle};
 use crate::config::Settings;
+use crate::domain::TenantId;
 use crate::domain::secret_box::MasterKey;
 use crate::evidence::tasks::Tasks;
 use crate::incidents::alerts::Alerts;
 use crate::jobs::Queue;
 use crate::proxy::Proxy;
-use crate::store::DynStore;
+use crate::store::{DynStore, run_blocking};
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 use std::time::Instant;
@@ -59,6 +60,17 @@ impl AppState {
             proxy: self.proxy.clone(),
             signing_key: self.signing_key.clone(),
         }
+    }
+
+    /// Runs `work` with the store and the tenant on the blocking pool (see
+    /// [`run_blocking`]), as a handler reads or changes its caller's tenant's records.
+    pub async fn with_tenant<T: Send + 'static>(
+        &self,
+        tenant: &TenantId,
+        work: impl FnOnce(&DynStore, &TenantId) -> T + Send + 'static,
+    ) -> T {
+        let (store, tenant) = (self.store.clone(), tenant.clone());
+        run_blocking(move || work(&store, &tenant)).await
     }
 }
 

@@ -13,7 +13,6 @@ use crate::domain::task::{Task, kind};
 use crate::domain::{IncidentId, TaskId, Timestamp};
 use crate::error::Code;
 use crate::evidence::tasks;
-use crate::store::run_blocking;
 use actix_web::http::header;
 use actix_web::{HttpResponse, get, post, web};
 use serde_json::json;
@@ -31,8 +30,11 @@ pub async fn replay_incident(
     )?;
     let id = IncidentId::parse(&path)
         .map_err(|_| ApiError::not_found(format!("no incident {}", path.as_str())))?;
-    let (store, t, i) = (state.store.clone(), caller.tenant_id.clone(), id.clone());
-    let incident = run_blocking(move || store.get_incident(Some(&t), &i))
+    let i = id.clone();
+    let incident = state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            store.get_incident(Some(tenant), &i)
+        })
         .await
         .map_err(missing("incident", &path))?;
     if mode == ReplayMode::Upstream
@@ -53,7 +55,7 @@ pub async fn replay_incident(
         json!({"incident_id": incident.id, "mode": mode.as_str(), "key_id": caller.key_id}),
         Timestamp::now(),
     );
-    let task = tasks::start(&state.tasks(), task).await?;
+    let task = tasks::start(&state.tasks(), task, Some("incident_id")).await?;
     record(
         &state,
         by_key(&caller, &source, AuditAction::IncidentReplay, id.as_str())
@@ -83,8 +85,11 @@ pub async fn list(
     state: web::Data<AppState>,
     AdminKey(caller): AdminKey,
 ) -> Result<HttpResponse, ApiError> {
-    let (store, t) = (state.store.clone(), caller.tenant_id.clone());
-    let tasks = run_blocking(move || store.list_tasks(&t, 100)).await?;
+    let tasks = state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            store.list_tasks(tenant, 100)
+        })
+        .await?;
     Ok(HttpResponse::Ok().json(json!({
         "object": "list",
         "data": tasks.iter().map(task_json).collect::<Vec<_>>(),
@@ -98,8 +103,10 @@ pub async fn get(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = task_id(&path)?;
-    let (store, t) = (state.store.clone(), caller.tenant_id.clone());
-    let task = run_blocking(move || store.get_task(&t, &id))
+    let task = state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            store.get_task(tenant, &id)
+        })
         .await
         .map_err(missing("task", &path))?;
     Ok(HttpResponse::Ok().json(task_json(&task)))
@@ -112,8 +119,7 @@ pub async fn download(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = task_id(&path)?;
-    let (store, t) = (state.store.clone(), caller.tenant_id.clone());
-    let (content_type, filename, bytes) = run_blocking(move || store.task_output(&t, &id))
+    let (content_type, filename, bytes) = state.with_tenant(&caller.tenant_id, move |store, tenant| store.task_output(tenant, &id))
         .await
         .map_err(|e| match e {
             crate::store::StoreError::NotFound => ApiError::not_found(format!(

@@ -244,9 +244,11 @@ pub async fn killswitch_status(
         .iter()
         .map(|(key_id, by)| json!({"key_id": key_id, "freeze": by}))
         .collect();
-    let store = state.store.clone();
-    let tenant = caller.tenant_id.clone();
-    let history = run_blocking(move || store.list_freeze_events(&tenant, 20)).await?;
+    let history = state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            store.list_freeze_events(tenant, 20)
+        })
+        .await?;
     Ok(HttpResponse::Ok().json(json!({
         "tenant_id": caller.tenant_id,
         "tenant": {"frozen": snapshot.tenant.is_some(), "freeze": snapshot.tenant},
@@ -264,9 +266,10 @@ pub async fn active_policies(
     let p = state.proxy.guard.policy(&caller.tenant_id);
     // The stored overrides too, so that an editor can change some and keep the rest
     // (`PUT /v1/policies` replaces them all).
-    let store = state.store.clone();
-    let tenant = caller.tenant_id.clone();
-    let overrides = run_blocking(move || store.get_tenant_policy(&tenant))
+    let overrides = state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            store.get_tenant_policy(tenant)
+        })
         .await?
         .unwrap_or_else(|| json!({}));
     let (day, month) = period_spend(&state, &caller.tenant_id, Timestamp::now()).await?;
@@ -473,7 +476,6 @@ pub async fn backtest_policies(
         ));
     }
     let budget_stops = budget_stops(&state, &caller.tenant_id, &proposed).await?;
-    let (store, tenant) = (state.store.clone(), caller.tenant_id.clone());
     let pricing = state.proxy.guard.pricing().clone();
     let filter = CallFilter {
         since: Some(since),
@@ -482,21 +484,22 @@ pub async fn backtest_policies(
     };
     // The newest `max_calls` calls of the range, replayed in arrival order a page at a
     // time: the replay starts after the call that has `max_calls` newer ones, if any.
-    let (replayed, range_truncated) = run_blocking(move || {
-        let start = store.call_key_at(&tenant, &filter, max_calls)?;
-        let truncated = start.is_some();
-        let replayed = crate::guard::backtest::run_paged(
-            &pricing,
-            &tenant,
-            proposed,
-            start,
-            u64::from(max_calls),
-            BACKTEST_PAGE,
-            |after, n| store.recorded_requests(&tenant, &filter, after, n),
-        )?;
-        Ok::<_, crate::store::StoreError>((replayed, truncated))
-    })
-    .await?;
+    let (replayed, range_truncated) = state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            let start = store.call_key_at(tenant, &filter, max_calls)?;
+            let truncated = start.is_some();
+            let replayed = crate::guard::backtest::run_paged(
+                &pricing,
+                tenant,
+                proposed,
+                start,
+                u64::from(max_calls),
+                BACKTEST_PAGE,
+                |after, n| store.recorded_requests(tenant, &filter, after, n),
+            )?;
+            Ok::<_, crate::store::StoreError>((replayed, truncated))
+        })
+        .await?;
     let (report, oldest) = (replayed.report, replayed.first_at);
     record(
         &state,
@@ -539,9 +542,10 @@ pub(crate) async fn load_call(
 ) -> Result<crate::domain::CallRecord, ApiError> {
     let not_found = || ApiError::not_found(format!("no call {raw_id}"));
     let id = CallId::parse(raw_id).map_err(|_| not_found())?;
-    let store = state.store.clone();
-    let tenant = caller.tenant_id.clone();
-    run_blocking(move || store.get_call(Some(&tenant), &id))
+    state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            store.get_call(Some(tenant), &id)
+        })
         .await
         .map_err(missing("call", raw_id))
 }
@@ -687,15 +691,14 @@ pub async fn status(
     ProxyKey(caller): ProxyKey,
 ) -> Result<HttpResponse, ApiError> {
     let now = Timestamp::now();
-    let store = state.store.clone();
-    let tenant = caller.tenant_id.clone();
-    let (hour, day) = run_blocking(move || {
-        Ok::<_, crate::store::StoreError>((
-            store.call_counts(&tenant, now.plus_millis(-3_600_000))?,
-            store.call_counts(&tenant, now.plus_millis(-86_400_000))?,
-        ))
-    })
-    .await?;
+    let (hour, day) = state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            Ok::<_, crate::store::StoreError>((
+                store.call_counts(tenant, now.plus_millis(-3_600_000))?,
+                store.call_counts(tenant, now.plus_millis(-86_400_000))?,
+            ))
+        })
+        .await?;
     let frozen = caller.frozen_by(state.proxy.guard.killswitch());
     Ok(HttpResponse::Ok().json(json!({
         "tenant_id": caller.tenant_id,
@@ -730,9 +733,12 @@ pub async fn get_upstream(
     state: web::Data<AppState>,
     AdminKey(caller): AdminKey,
 ) -> Result<HttpResponse, ApiError> {
-    let store = state.store.clone();
-    let tenant = caller.tenant_id.clone();
-    match run_blocking(move || store.get_tenant_upstream(&tenant)).await? {
+    match state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            store.get_tenant_upstream(tenant)
+        })
+        .await?
+    {
         Some(row) => Ok(HttpResponse::Ok().json(upstream_json(&row))),
         None => Err(ApiError::not_found(
             "this tenant has no upstream of its own; its calls go to the instance upstream",
@@ -813,15 +819,14 @@ pub async fn put_upstream(
 pub async fn delete_upstream(
     (state, AdminKey(caller), source): AdminAction,
 ) -> Result<HttpResponse, ApiError> {
-    let store = state.store.clone();
-    let tenant = caller.tenant_id.clone();
     let applying = state.settings_lock.lock().await;
-    let (before, removed) = run_blocking(move || {
-        let before = store.get_tenant_upstream(&tenant)?;
-        let removed = store.delete_tenant_upstream(&tenant)?;
-        Ok::<_, crate::store::StoreError>((before, removed))
-    })
-    .await?;
+    let (before, removed) = state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            let before = store.get_tenant_upstream(tenant)?;
+            let removed = store.delete_tenant_upstream(tenant)?;
+            Ok::<_, crate::store::StoreError>((before, removed))
+        })
+        .await?;
     if let Some(before) = before.filter(|_| removed) {
         record(
             &state,

@@ -46,10 +46,33 @@ struct Payload {
 }
 
 /// Stores `task` and queues its job. A full queue is a 503 and nothing is left queued.
-pub async fn start(state: &Tasks, task: Task) -> Result<Task, ApiError> {
+/// With `alone_on`, a task of the same kind whose params have the same value there that is
+/// still queued or running is a 409 naming it, and nothing is stored.
+pub async fn start(
+    state: &Tasks,
+    task: Task,
+    alone_on: Option<&'static str>,
+) -> Result<Task, ApiError> {
     let store = state.store.clone();
     let stored = task.clone();
-    run_blocking(move || store.insert_task(&stored)).await?;
+    let running = run_blocking(move || match alone_on {
+        Some(key) => store.insert_task_alone(&stored, key),
+        None => store.insert_task(&stored).map(|()| None),
+    })
+    .await?;
+    if let Some(other) = running {
+        return Err(ApiError::new(
+            Code::TaskRunning,
+            format!(
+                "task {} is already doing this ({}, {} of {} done); follow it at /v1/tasks/{} or wait until it ends",
+                other.id,
+                other.status.as_str(),
+                other.progress_done,
+                other.progress_total,
+                other.id
+            ),
+        ));
+    }
     let payload = json!({"tenant_id": task.tenant_id, "task_id": task.id});
     if let Err(e) = state.queue.enqueue(
         TASK_RUN,

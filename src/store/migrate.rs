@@ -132,6 +132,11 @@ pub const SQLITE: &[Migration] = &[
         name: "incident_merges",
         sql: include_str!("../../migrations/sqlite/0020_incident_merges.sql"),
     },
+    Migration {
+        version: 21,
+        name: "call_model",
+        sql: include_str!("../../migrations/sqlite/0021_call_model.sql"),
+    },
 ];
 
 /// Postgres migrations, oldest first; the same versions and meaning as [`SQLITE`].
@@ -235,6 +240,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 20,
         name: "incident_merges",
         sql: include_str!("../../migrations/postgres/0020_incident_merges.sql"),
+    },
+    Migration {
+        version: 21,
+        name: "call_model",
+        sql: include_str!("../../migrations/postgres/0021_call_model.sql"),
     },
 ];
 

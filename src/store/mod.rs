@@ -758,6 +758,16 @@ pub trait Store: Send + Sync + 'static {
     fn insert_task(&self, task: &crate::domain::task::Task) -> StoreResult<()> {
         in_write_tx(self, |db| tasks::insert(db, task))
     }
+    /// Stores `task` unless a queued or running task of its tenant and kind has the same
+    /// `params[key]` (a replay of the same incident): then stores nothing and returns that
+    /// task. Across instances too.
+    fn insert_task_alone(
+        &self,
+        task: &crate::domain::task::Task,
+        key: &str,
+    ) -> StoreResult<Option<crate::domain::task::Task>> {
+        in_write_tx(self, |db| tasks::insert_alone(db, task, key))
+    }
     fn get_task(
         &self,
         tenant: &TenantId,

@@ -37,38 +37,18 @@ const INDEX_BATCH: i64 = 2000;
 
 pub(super) fn search_calls(
     client: &mut impl GenericClient,
-    query: SearchPage<'_>,
+    q: SearchPage<'_>,
 ) -> StoreResult<Vec<CallRecord>> {
-    let SearchPage {
-        tenant,
-        search,
-        after,
-        limit,
-    } = query;
-    let limit = limit.min(MAX_PAGE);
+    let (tenant, search, after, limit) = (q.tenant, q.search, q.after, q.limit.min(MAX_PAGE));
     let Some(text) = tsquery(&search.text) else {
-        return page(
-            &mut PgDb(client),
-            tenant,
-            search,
-            TextPlan::None,
-            after,
-            limit,
-        );
+        return page(&mut PgDb(client), q, TextPlan::None);
     };
     if has_narrow_filter(search) {
         let (sql, args) = count_narrow_query(Dialect::Postgres, tenant, search, FILTER_DRIVEN_MAX);
         let args: Vec<&(dyn ToSql + Sync)> = args.iter().map(pg_param).collect();
         let narrow: i64 = client.query_one(&sql, &args).map_err(db_err)?.get(0);
         if narrow < FILTER_DRIVEN_MAX {
-            return page(
-                &mut PgDb(client),
-                tenant,
-                search,
-                TextPlan::Check(&text),
-                after,
-                limit,
-            );
+            return page(&mut PgDb(client), q, TextPlan::Check(&text));
         }
     }
     // First the newest calls in time order, checking each one's text: a common word

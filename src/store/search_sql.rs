@@ -85,13 +85,11 @@ pub(super) struct SearchPage<'a> {
 /// [`TextPlan::None`] or [`TextPlan::Check`], newest first.
 pub(super) fn page(
     db: &mut dyn Db,
-    tenant: &TenantId,
-    search: &CallSearch,
+    q: SearchPage<'_>,
     text: TextPlan<'_>,
-    after: Option<&CallCursor>,
-    limit: u32,
 ) -> StoreResult<Vec<CallRecord>> {
-    let (sql, args) = search_calls_query(db.dialect(), tenant, search, text, after, limit);
+    let limit = q.limit.min(MAX_PAGE);
+    let (sql, args) = search_calls_query(db.dialect(), q.tenant, q.search, text, q.after, limit);
     let rows = db.query(&sql, &args)?;
     rows.iter().map(super::rows::call_from).collect()
 }

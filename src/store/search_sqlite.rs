@@ -170,26 +170,11 @@ pub(super) fn prepare(conn: &mut Connection) -> StoreResult<()> {
     tx.commit().map_err(db_err)
 }
 
-pub(super) fn search_calls(
-    conn: &Connection,
-    query: SearchPage<'_>,
-) -> StoreResult<Vec<CallRecord>> {
-    let SearchPage {
-        tenant,
-        search,
-        after,
-        limit,
-    } = query;
-    let limit = limit.min(MAX_PAGE) as usize;
+pub(super) fn search_calls(conn: &Connection, q: SearchPage<'_>) -> StoreResult<Vec<CallRecord>> {
+    let (tenant, search, after) = (q.tenant, q.search, q.after);
+    let limit = q.limit.min(MAX_PAGE) as usize;
     let Some(anywhere) = fts5_match(&search.text) else {
-        return page(
-            &mut SqliteDb(conn),
-            tenant,
-            search,
-            TextPlan::None,
-            after,
-            limit as u32,
-        );
+        return page(&mut SqliteDb(conn), q, TextPlan::None);
     };
     // The index keeps no positions: a phrase's order is checked on the calls read.
     let phrases = has_phrases(&search.text);
@@ -570,7 +555,7 @@ mod tests {
     }
 
     #[test]
-    fn a_policy_search_reads_the_calls_that_policy_stopped_and_no_others() {
+    fn a_search_by_policy_status_or_model_reads_only_the_calls_its_index_names() {
         use super::super::search_sql::{Dialect, TextPlan, search_calls_query};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agv.db");
@@ -603,6 +588,9 @@ mod tests {
         uses("status:418", "calls_tenant_status_unusual");
         // An end user's own calls are fewer than a common policy's.
         uses("policy:dg-003 user:nobody", "calls_tenant_end_user");
+        // A model with few or no calls reads that model's calls only.
+        uses("model:gpt-4-32k", "calls_tenant_model");
+        uses("model:gpt-4-32k since:7d", "calls_tenant_model");
     }
 
     /// The indexer reads calls, then writes their documents: a tenant erased in between

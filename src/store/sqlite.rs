@@ -761,8 +761,8 @@ impl Recording for SqliteStore {
 mod tests {
     use super::super::rows::list_calls_query;
     use super::*;
-    use rusqlite::params_from_iter;
     use crate::domain::Timestamp;
+    use rusqlite::params_from_iter;
 
     #[test]
     fn an_unwritable_location_is_reported_with_the_path_and_what_to_do() {

@@ -77,6 +77,29 @@ pub(super) fn insert(db: &mut dyn Db, t: &Task) -> StoreResult<()> {
     Ok(())
 }
 
+/// Keeps two instances from starting the same work at once (see [`insert_alone`]).
+const START_LOCK: i64 = 0x6167_765f_7461_736b;
+
+/// Stores `t` unless a queued or running task of its tenant and kind has the same
+/// `params[key]`; then stores nothing and returns that task.
+pub(super) fn insert_alone(db: &mut dyn Db, t: &Task, key: &str) -> StoreResult<Option<Task>> {
+    db.serialize(START_LOCK)?;
+    let running = db.query(
+        &format!(
+            "SELECT {COLUMNS} FROM tasks WHERE tenant_id = $1 AND kind = $2 AND status IN ('queued', 'running')"
+        ),
+        &[Param::Text(t.tenant_id.as_str()), Param::Text(&t.kind)],
+    )?;
+    let same = t.params.get(key);
+    for row in &running {
+        let other = task_from(row)?;
+        if same.is_some() && other.params.get(key) == same {
+            return Ok(Some(other));
+        }
+    }
+    insert(db, t).map(|()| None)
+}
+
 pub(super) fn get(db: &mut dyn Db, tenant: &TenantId, id: &TaskId) -> StoreResult<Task> {
     let rows = db.query(
         &format!("SELECT {COLUMNS} FROM tasks WHERE tenant_id = $1 AND id = $2"),

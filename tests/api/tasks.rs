@@ -3,6 +3,9 @@
 
 use crate::helpers::{Backend, DataHome, ProxySetup, TestApp, call_id, error_code};
 use crate::on_both_backends;
+use agv_server::domain::task::{Task, TaskStatus, TaskUpdate, kind};
+use agv_server::domain::{TenantId, Timestamp};
+use agv_server::store::run_blocking;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -148,6 +151,85 @@ async fn an_upstream_replay_of_an_incident_is_refused_while_frozen(backend: Back
     assert_eq!(up.hits(), hits, "nothing sent");
 }
 
+/// A second batch replay of an incident while one is queued or running is refused with a
+/// 409 naming it, nothing is queued; another incident, or the same once the first ended,
+/// starts at once.
+async fn a_second_replay_of_an_incident_waits_for_the_first(backend: Backend) {
+    let Some(setup) = ProxySetup::new(backend) else {
+        return;
+    };
+    let (app, _up, tenant, key, admin) = setup.start().await;
+    let (incident, _) = injection_incident(&app, &key, &admin).await;
+    let tenant_id = TenantId::parse(&tenant).unwrap();
+    let mut running = Task::new(
+        &tenant_id,
+        kind::INCIDENT_REPLAY,
+        "key:someone".into(),
+        json!({"incident_id": incident, "mode": "policy"}),
+        Timestamp::now(),
+    );
+    running.status = TaskStatus::Running;
+    let store = app.app_state.store.clone();
+    let task = running.clone();
+    run_blocking(move || store.insert_task(&task))
+        .await
+        .unwrap();
+    let before: Value = app
+        .get_with_key("/v1/tasks", &admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    let path = format!("/v1/incidents/{incident}/replay");
+    let res = app
+        .post_json(&path, &admin, &json!({"mode": "policy"}))
+        .await;
+    assert_eq!(res.status(), 409);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "task_running", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(running.id.as_str()), "{message}");
+    let after: Value = app
+        .get_with_key("/v1/tasks", &admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(after["data"], before["data"], "nothing may be queued");
+
+    // Another incident's replay is not held up.
+    let other = Task::new(
+        &tenant_id,
+        kind::INCIDENT_REPLAY,
+        "key:someone".into(),
+        json!({"incident_id": "inc_00000000000000000000000000000000", "mode": "policy"}),
+        Timestamp::now(),
+    );
+    let store = app.app_state.store.clone();
+    let started = run_blocking(move || store.insert_task_alone(&other, "incident_id")).await;
+    assert!(started.unwrap().is_none());
+
+    // Once the first has ended, the incident can be replayed again.
+    let done = TaskUpdate {
+        status: Some(TaskStatus::Done),
+        ..Default::default()
+    };
+    let (store, id) = (app.app_state.store.clone(), running.id.clone());
+    run_blocking(move || store.update_task(&tenant_id, &id, &done, Timestamp::now()))
+        .await
+        .unwrap();
+    let res = app
+        .post_json(&path, &admin, &json!({"mode": "policy"}))
+        .await;
+    assert_eq!(res.status(), 202);
+    let id = res.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(wait_for_task(&app, &admin, &id).await["status"], "done");
+}
+
 async fn tasks_are_private_and_bad_requests_are_4xx(backend: Backend) {
     let Some(setup) = ProxySetup::new(backend) else {
         return;
@@ -214,5 +296,6 @@ async fn tasks_are_private_and_bad_requests_are_4xx(backend: Backend) {
 on_both_backends!(
     replaying_an_incident_runs_as_a_task_and_reports_every_call,
     an_upstream_replay_of_an_incident_is_refused_while_frozen,
+    a_second_replay_of_an_incident_waits_for_the_first,
     tasks_are_private_and_bad_requests_are_4xx,
 );
