@@ -542,6 +542,12 @@ struct Watch {
     last_summary: Option<Value>,
     last_incidents: std::collections::HashMap<String, Value>,
     first: bool,
+    /// When the browser reconnects, the `id` of the last tick it saw (`Last-Event-ID`, the
+    /// time of that look): the first look then sends the incidents changed since, which
+    /// the stream before may have missed.
+    resume_after: Option<i64>,
+    /// The time of the latest look, sent as each chunk's event `id`.
+    looked_at: i64,
     ends: tokio::time::Instant,
     /// The SHA-256 of the watcher's session token: the stream ends at the first tick after
     /// the session does (signed out, ended by an owner, the person disabled or deleted).
@@ -560,6 +566,7 @@ impl Watch {
     /// The events since the last look (all of them the first time).
     async fn poll(&mut self) -> Result<Vec<web::Bytes>, ApiError> {
         let mut out = Vec::new();
+        self.looked_at = Timestamp::now().millis();
         if self.first {
             out.push(web::Bytes::from_static(b"retry: 2000\n\n"));
         }
@@ -589,7 +596,10 @@ impl Watch {
             let e = incident_event(i);
             let key = i.id.to_string();
             if self.last_incidents.get(&key) != Some(&e) {
-                if !self.first {
+                let missed = self
+                    .resume_after
+                    .is_some_and(|t| i.updated_at.millis() >= t);
+                if !self.first || missed {
                     out.push(sse("incident", &e));
                 }
                 self.last_incidents.insert(key, e);
@@ -624,6 +634,12 @@ pub async fn events(
         last_summary: None,
         last_incidents: Default::default(),
         first: true,
+        resume_after: req
+            .headers()
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok()),
+        looked_at: 0,
         ends: tokio::time::Instant::now() + EVENT_LIFETIME,
         session: super::session::sha256_hex(&token),
     };
@@ -638,8 +654,12 @@ pub async fn events(
             }
         }
         let chunk = match w.poll().await {
-            Ok(events) if events.is_empty() => web::Bytes::from_static(b": tick\n\n"),
-            Ok(events) => events.concat().into(),
+            // Every look carries its time as the event id, so that a reconnecting browser
+            // says where it left off.
+            Ok(events) if events.is_empty() => format!("id: {}\n: tick\n\n", w.looked_at).into(),
+            Ok(events) => [format!("id: {}\n\n", w.looked_at).into_bytes(), events.concat()]
+                .concat()
+                .into(),
             Err(e) => sse("error", &json!({"message": e.message, "code": e.code})),
         };
         Some((Ok::<_, actix_web::Error>(chunk), w))

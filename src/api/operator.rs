@@ -134,7 +134,7 @@ fn status_summary(f: &StatusFacts<'_>) -> Value {
     let version = env!("CARGO_PKG_VERSION");
     checks.push(match &f.update_available {
         Some(latest) => check("version", "version", "info", &format!("{version}, {latest} is out"),
-            Some("See Updates below.")),
+            Some("See Updates on the operator page.")),
         None => check("version", "version", "ok", version, None),
     });
     let worst = |s: &str| checks.iter().any(|c| c["state"] == s);
