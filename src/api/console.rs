@@ -542,9 +542,10 @@ struct Watch {
     last_summary: Option<Value>,
     last_incidents: std::collections::HashMap<String, Value>,
     first: bool,
-    /// When the browser reconnects, the `id` of the last tick it saw (`Last-Event-ID`, the
-    /// time of that look): the first look then sends the incidents changed since, which
-    /// the stream before may have missed.
+    /// When the browser reconnects, the `id` of the last tick it saw (`Last-Event-ID`, or
+    /// `?last_event_id=` from the console's own reconnect: the time of that look): the
+    /// first look then sends the incidents changed since, which the stream before may have
+    /// missed.
     resume_after: Option<i64>,
     /// The time of the latest look, sent as each chunk's event `id`.
     looked_at: i64,
@@ -638,6 +639,7 @@ pub async fn events(
             .headers()
             .get("last-event-id")
             .and_then(|v| v.to_str().ok())
+            .or(query.get("last_event_id").map(String::as_str))
             .and_then(|v| v.trim().parse().ok()),
         looked_at: 0,
         ends: tokio::time::Instant::now() + EVENT_LIFETIME,

@@ -83,7 +83,7 @@ export default {
       drawHistory();
     }
     // The history loads on its own: the budgets show while it is on its way.
-    let range = "30d", view = "day", history = null, historyError = null;
+    let range = "30d", view = "day", history = null, historyError = null, historySeq = 0;
     function drawHistory() {
       const box = root.querySelector("#usage-history");
       if (!box) return;
@@ -102,15 +102,17 @@ export default {
     }
     async function loadHistory() {
       history = null; historyError = null; drawHistory();
+      const seq = ++historySeq;
       const days = RANGES.find(([v]) => v === range)[1];
       try {
         const h = await api.get("/api/usage/history", { since: `${days - 1}d` }, { signal: ctx.signal });
-        if (ctx.alive()) history = h;
+        if (seq !== historySeq) return;
+        history = h;
       } catch (err) {
-        if (err?.name === "AbortError") return;
+        if (err?.name === "AbortError" || seq !== historySeq) return;
         historyError = err;
       }
-      drawHistory();
+      if (ctx.alive()) drawHistory();
     }
     root.addEventListener("click", (e) => {
       const r = e.target.closest("[data-range]");
