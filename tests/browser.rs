@@ -1680,7 +1680,12 @@ async fn the_operator_console_sums_up_health_filters_and_pauses_the_stream_and_l
 
     // The stream: counts by severity; a severity, a status and a tenant filter.
     ui.el("severity-counts").await;
-    until(&mut ui, "stream", "document.querySelectorAll(\"[data-testid='incident-row']\").length > 0").await;
+    until(
+        &mut ui,
+        "stream",
+        "document.querySelectorAll(\"[data-testid='incident-row']\").length > 0",
+    )
+    .await;
     let sev: String = ui
         .driver
         .execute(
@@ -1691,11 +1696,13 @@ async fn the_operator_console_sums_up_health_filters_and_pauses_the_stream_and_l
         .unwrap()
         .convert()
         .unwrap();
-    ui.css(&format!("[data-testid='stream-severity'] option[value='{sev}']"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    ui.css(&format!(
+        "[data-testid='stream-severity'] option[value='{sev}']"
+    ))
+    .await
+    .click()
+    .await
+    .unwrap();
     let rows = "[...document.querySelectorAll(\"[data-testid='incident-row']\")]";
     until(
         &mut ui,
@@ -1703,8 +1710,10 @@ async fn the_operator_console_sums_up_health_filters_and_pauses_the_stream_and_l
         &format!("{rows}.length > 0 && {rows}.every((r) => r.dataset.severity === '{sev}')"),
     )
     .await;
-    ui.css(&format!("[data-testid='severity-count'][data-severity='{sev}'][aria-pressed='true']"))
-        .await;
+    ui.css(&format!(
+        "[data-testid='severity-count'][data-severity='{sev}'][aria-pressed='true']"
+    ))
+    .await;
     ui.el("incident-stream-card")
         .await
         .scroll_into_view()
@@ -1712,11 +1721,13 @@ async fn the_operator_console_sums_up_health_filters_and_pauses_the_stream_and_l
         .unwrap();
     ui.photo("stream-severity").await;
     // The severity's chip again: every severity.
-    ui.css(&format!("[data-testid='severity-count'][data-severity='{sev}']"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    ui.css(&format!(
+        "[data-testid='severity-count'][data-severity='{sev}']"
+    ))
+    .await
+    .click()
+    .await
+    .unwrap();
     until(
         &mut ui,
         "severity cleared",
@@ -1739,11 +1750,13 @@ async fn the_operator_console_sums_up_health_filters_and_pauses_the_stream_and_l
         .click()
         .await
         .unwrap();
-    ui.css(&format!("[data-testid='stream-tenant'] option[value='{beta}']"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    ui.css(&format!(
+        "[data-testid='stream-tenant'] option[value='{beta}']"
+    ))
+    .await
+    .click()
+    .await
+    .unwrap();
     until(
         &mut ui,
         "tenant filter",
@@ -1783,7 +1796,9 @@ async fn the_operator_console_sums_up_health_filters_and_pauses_the_stream_and_l
         .unwrap()
         .unwrap();
     let new_id = applied[0].incident_id.to_string();
-    let row = format!("document.querySelector(\"[data-testid='incident-row'][data-incident-id='{new_id}']\")");
+    let row = format!(
+        "document.querySelector(\"[data-testid='incident-row'][data-incident-id='{new_id}']\")"
+    );
     until(
         &mut ui,
         "counted while paused",
@@ -1791,7 +1806,11 @@ async fn the_operator_console_sums_up_health_filters_and_pauses_the_stream_and_l
     )
     .await;
     until(&mut ui, "not shown while paused", &format!("!{row}")).await;
-    ui.el("stream-paused").await.scroll_into_view().await.unwrap();
+    ui.el("stream-paused")
+        .await
+        .scroll_into_view()
+        .await
+        .unwrap();
     ui.photo("stream-paused").await;
     ui.click("stream-new").await;
     until(&mut ui, "shown on resume", &row).await;
@@ -1803,13 +1822,20 @@ async fn the_operator_console_sums_up_health_filters_and_pauses_the_stream_and_l
     ui.click("open-enforcement").await;
     ui.ready("enforcement").await;
     ui.el("health-banner").await;
-    until(&mut ui, "log", "document.querySelectorAll(\"[data-testid='enf-row']\").length > 0").await;
+    until(
+        &mut ui,
+        "log",
+        "document.querySelectorAll(\"[data-testid='enf-row']\").length > 0",
+    )
+    .await;
     ui.photo("enforcement").await;
-    ui.css(&format!("[data-testid='enf-tenant'] option[value='{beta}']"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    ui.css(&format!(
+        "[data-testid='enf-tenant'] option[value='{beta}']"
+    ))
+    .await
+    .click()
+    .await
+    .unwrap();
     let enf = "[...document.querySelectorAll(\"[data-testid='enf-row']\")]";
     until(
         &mut ui,
@@ -1823,9 +1849,15 @@ async fn the_operator_console_sums_up_health_filters_and_pauses_the_stream_and_l
     let file = ui.downloaded("enforcement.csv").await;
     let csv = std::fs::read_to_string(&file).unwrap();
     let lines: Vec<&str> = csv.trim_end().split("\r\n").collect();
-    assert!(lines[0].starts_with("created_at,tenant_id,tenant_name"), "{csv}");
+    assert!(
+        lines[0].starts_with("created_at,tenant_id,tenant_name"),
+        "{csv}"
+    );
     assert_eq!(lines.len(), 2, "{csv}");
-    assert!(lines[1].contains(&beta) && lines[1].contains(",cust_beta,killswitch,423,"), "{csv}");
+    assert!(
+        lines[1].contains(&beta) && lines[1].contains(",cust_beta,killswitch,423,"),
+        "{csv}"
+    );
     // A policy that stopped nothing here: it says so.
     ui.css("[data-testid='enf-policy'] option[value='budget']")
         .await
@@ -1853,14 +1885,21 @@ async fn the_operator_console_sums_up_health_filters_and_pauses_the_stream_and_l
     ui.ready("overview").await;
     ui.goto("#/usage").await;
     ui.ready("usage").await;
-    ui.css("[data-testid='history-table'][data-view='day']").await;
-    ui.el("usage-history").await.scroll_into_view().await.unwrap();
+    ui.css("[data-testid='history-table'][data-view='day']")
+        .await;
+    ui.el("usage-history")
+        .await
+        .scroll_into_view()
+        .await
+        .unwrap();
     ui.photo("usage-history").await;
     ui.click("history-user").await;
-    ui.css("[data-testid='history-table'][data-view='user']").await;
+    ui.css("[data-testid='history-table'][data-view='user']")
+        .await;
     ui.photo("usage-history-users").await;
     ui.click("history-key").await;
-    ui.css("[data-testid='history-table'][data-view='key']").await;
+    ui.css("[data-testid='history-table'][data-view='key']")
+        .await;
     ui.click("history-7d").await;
     until(
         &mut ui,
@@ -1873,7 +1912,11 @@ async fn the_operator_console_sums_up_health_filters_and_pauses_the_stream_and_l
     // A phone: nothing scrolls sideways.
     phone_width(&ui).await;
     ui.fits("#/usage", "usage").await;
-    ui.el("usage-history").await.scroll_into_view().await.unwrap();
+    ui.el("usage-history")
+        .await
+        .scroll_into_view()
+        .await
+        .unwrap();
     ui.photo("phone-usage-history").await;
     ui.click("back-to-operator").await;
     ui.ready("operator").await;

@@ -13,12 +13,12 @@ use super::access::{TENANT_HEADER, field, person, role_not_allowed, tenant_for};
 use super::error::ApiError;
 use super::names::usd;
 use super::session::current;
+use super::v1::parse_time;
 use crate::api::state::AppState;
 use crate::domain::decision::policy;
 use crate::domain::user::{Role, User};
 use crate::domain::{Money, Scope, TenantId, Timestamp};
 use crate::error::Code;
-use super::v1::parse_time;
 use crate::store::{UsageBy, UsageRow, run_blocking};
 use actix_web::{HttpRequest, HttpResponse, get, web};
 use serde_json::{Value, json};
@@ -298,9 +298,13 @@ pub async fn usage_history(
     };
     let ceil_day = |t: i64| t + (DAY - t.rem_euclid(DAY)) % DAY;
     let until = ceil_day(time("until", q.until)?.unwrap_or_else(|| Timestamp::now().millis()));
-    let since = time("since", q.since)?.map_or(until - HISTORY_DAYS * DAY, |t| t - t.rem_euclid(DAY));
+    let since =
+        time("since", q.since)?.map_or(until - HISTORY_DAYS * DAY, |t| t - t.rem_euclid(DAY));
     if since >= until {
-        return Err(ApiError::new(Code::InvalidQuery, "'since' must be before 'until'"));
+        return Err(ApiError::new(
+            Code::InvalidQuery,
+            "'since' must be before 'until'",
+        ));
     }
     let days = (until - since) / DAY;
     if days > HISTORY_MAX_DAYS {
@@ -316,12 +320,22 @@ pub async fn usage_history(
         Ok::<_, crate::store::StoreError>((
             store.call_series(&t, from, DAY, u32::try_from(days).unwrap_or(0))?,
             store.usage_by(&t, from, Some(to), UsageBy::Key, None)?,
-            store.usage_by(&t, from, Some(to), UsageBy::EndUser, Some(HISTORY_USERS + 1))?,
+            store.usage_by(
+                &t,
+                from,
+                Some(to),
+                UsageBy::EndUser,
+                Some(HISTORY_USERS + 1),
+            )?,
             store.list_api_keys(&t)?,
         ))
     })
     .await?;
-    let key_name = |id: &str| keys.iter().find(|k| k.id.as_str() == id).map(|k| k.name.clone());
+    let key_name = |id: &str| {
+        keys.iter()
+            .find(|k| k.id.as_str() == id)
+            .map(|k| k.name.clone())
+    };
     let sum = |f: fn(&crate::store::SeriesPoint) -> i64| by_day.iter().map(f).sum::<i64>();
     let users = by_user.len().min(HISTORY_USERS as usize);
     Ok(HttpResponse::Ok().json(json!({
@@ -659,9 +673,12 @@ pub async fn events(
             // Every look carries its time as the event id, so that a reconnecting browser
             // says where it left off.
             Ok(events) if events.is_empty() => format!("id: {}\n: tick\n\n", w.looked_at).into(),
-            Ok(events) => [format!("id: {}\n\n", w.looked_at).into_bytes(), events.concat()]
-                .concat()
-                .into(),
+            Ok(events) => [
+                format!("id: {}\n\n", w.looked_at).into_bytes(),
+                events.concat(),
+            ]
+            .concat()
+            .into(),
             Err(e) => sse("error", &json!({"message": e.message, "code": e.code})),
         };
         Some((Ok::<_, actix_web::Error>(chunk), w))

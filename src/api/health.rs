@@ -30,11 +30,7 @@ impl Readiness {
             .map_err(|e| e.to_string());
         // A store that answers a query may still be unable to write (a full disk): the
         // call recorder's latest commit tells.
-        let recorder = state
-            .proxy
-            .recorder
-            .recent_failure()
-            .map(|e| e.to_string());
+        let recorder = state.proxy.recorder.recent_failure().map(|e| e.to_string());
         // After a storage failure this is also what reopens the queue's database once the
         // disk has room again (at most every second), so a polling load balancer sees it
         // recover.

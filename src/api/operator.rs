@@ -8,8 +8,8 @@ use super::access::{operator, tenant_for};
 use super::audit::{Source, record};
 use super::error::{ApiError, optional_json};
 use super::names::usd;
-use crate::api::state::AppState;
 use super::v1::parse_time;
+use crate::api::state::AppState;
 use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
 use crate::domain::evidence_pack::csv_field;
 use crate::domain::incident::{IncidentFilter, IncidentStatus, Severity};
@@ -85,29 +85,47 @@ struct StatusFacts<'a> {
 /// what is wrong and what to do (`fix`) when it is not ok. A part without trouble to
 /// report (the disk) is left out.
 fn status_summary(f: &StatusFacts<'_>) -> Value {
-    let check = |id: &str, label: &str, state: &str, text: &str, fix: Option<&str>| {
-        json!({"id": id, "label": label, "state": state, "text": text, "fix": fix})
-    };
+    let check = |id: &str, label: &str, state: &str, text: &str, fix: Option<&str>| json!({"id": id, "label": label, "state": state, "text": text, "fix": fix});
     let mut checks = vec![
         match &f.ready.database {
             Ok(()) => check("database", "database", "ok", "ok", None),
-            Err(e) => check("database", "database", "bad", e, Some(
-                "Check that the database answers and its disk has room; /ready answers 503 until it does.",
-            )),
+            Err(e) => check(
+                "database",
+                "database",
+                "bad",
+                e,
+                Some(
+                    "Check that the database answers and its disk has room; /ready answers 503 until it does.",
+                ),
+            ),
         },
         match &f.ready.recorder {
             None => check("recorder", "recorder", "ok", "ok", None),
-            Some(e) => check("recorder", "recorder", "bad",
+            Some(e) => check(
+                "recorder",
+                "recorder",
+                "bad",
                 &format!("the latest call records could not be committed: {e}"),
-                Some("Free space on the database's disk (see “When storage fails” in the README); this clears at the next commit that succeeds."),
+                Some(
+                    "Free space on the database's disk (see “When storage fails” in the README); this clears at the next commit that succeeds.",
+                ),
             ),
         },
         match (&f.ready.queue, f.dead_jobs) {
-            (Err(e), _) => check("queue", "job queue", "bad", e, Some(
-                "Free space in the data directory: alerts, exports and backups are refused until the queue takes work again.",
-            )),
+            (Err(e), _) => check(
+                "queue",
+                "job queue",
+                "bad",
+                e,
+                Some(
+                    "Free space in the data directory: alerts, exports and backups are refused until the queue takes work again.",
+                ),
+            ),
             (Ok(()), 0) => check("queue", "job queue", "ok", "ok", None),
-            (Ok(()), n) => check("queue", "job queue", "warn",
+            (Ok(()), n) => check(
+                "queue",
+                "job queue",
+                "warn",
                 &format!("{n} dead letter{}", if n == 1 { "" } else { "s" }),
                 Some("Retry or discard them under Jobs."),
             ),
@@ -115,26 +133,43 @@ fn status_summary(f: &StatusFacts<'_>) -> Value {
     ];
     let overdue = Some("Back up now, then look under Jobs for a failed backup.");
     let mut backup = match f.last_backup_at {
-        Some(at) if f.now - at > BACKUP_OVERDUE_MS => check("backup", "last backup", "bad", "overdue", overdue),
+        Some(at) if f.now - at > BACKUP_OVERDUE_MS => {
+            check("backup", "last backup", "bad", "overdue", overdue)
+        }
         Some(_) => check("backup", "last backup", "ok", "ok", None),
-        None if f.next_backup_at.is_none() => check("backup", "last backup", "warn", "none, and automatic backups are off",
-            Some("Set backup_cron (AGV_BACKUP_CRON), or back up now.")),
-        None if f.uptime_ms > BACKUP_OVERDUE_MS => check("backup", "last backup", "bad", "none yet", overdue),
+        None if f.next_backup_at.is_none() => check(
+            "backup",
+            "last backup",
+            "warn",
+            "none, and automatic backups are off",
+            Some("Set backup_cron (AGV_BACKUP_CRON), or back up now."),
+        ),
+        None if f.uptime_ms > BACKUP_OVERDUE_MS => {
+            check("backup", "last backup", "bad", "none yet", overdue)
+        }
         None => check("backup", "last backup", "ok", "none yet", None),
     };
     backup["at"] = json!(f.last_backup_at);
     backup["next_at"] = json!(f.next_backup_at);
     checks.push(backup);
     if let Some(p) = f.disk_used_percent.filter(|p| *p >= DISK_WARN_PERCENT) {
-        checks.push(check("disk", "disk", if p >= DISK_BAD_PERCENT { "bad" } else { "warn" },
+        checks.push(check(
+            "disk",
+            "disk",
+            if p >= DISK_BAD_PERCENT { "bad" } else { "warn" },
             &format!("{p:.0}% full"),
             Some("Free space or grow the disk: on a full disk no call can be recorded."),
         ));
     }
     let version = env!("CARGO_PKG_VERSION");
     checks.push(match &f.update_available {
-        Some(latest) => check("version", "version", "info", &format!("{version}, {latest} is out"),
-            Some("See Updates on the operator page.")),
+        Some(latest) => check(
+            "version",
+            "version",
+            "info",
+            &format!("{version}, {latest} is out"),
+            Some("See Updates on the operator page."),
+        ),
         None => check("version", "version", "ok", version, None),
     });
     let worst = |s: &str| checks.iter().any(|c| c["state"] == s);
@@ -387,7 +422,10 @@ pub async fn enforcement(
         .map(CallCursor::decode)
         .transpose()
         .map_err(|e| ApiError::new(Code::InvalidCursor, e.0))?;
-    let limit = q.limit.unwrap_or(if csv { 1000 } else { 50 }).clamp(1, 1000);
+    let limit = q
+        .limit
+        .unwrap_or(if csv { 1000 } else { 50 })
+        .clamp(1, 1000);
     let store = state.store.clone();
     let (rows, names) = run_blocking(move || {
         let rows = store.blocked_calls(&filter, cursor.as_ref(), limit)?;
@@ -438,7 +476,10 @@ pub async fn enforcement(
             })
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data, "next_cursor": next_cursor})))
+    Ok(
+        HttpResponse::Ok()
+            .json(json!({"object": "list", "data": data, "next_cursor": next_cursor})),
+    )
 }
 
 fn running_backup(state: &AppState) -> Option<crate::jobs::queue::Job> {
@@ -729,7 +770,10 @@ mod tests {
         assert_eq!(v["level"], "ok");
         assert_eq!(v["headline"], "Healthy");
         assert_eq!(check(&v, "backup")["at"], 997 * HOUR);
-        assert!(check(&v, "disk").is_null(), "a disk with room is not mentioned");
+        assert!(
+            check(&v, "disk").is_null(),
+            "a disk with room is not mentioned"
+        );
     }
 
     #[test]
@@ -746,7 +790,12 @@ mod tests {
             assert_eq!(check(&v, id)["state"], "bad", "{id}");
             assert!(check(&v, id)["fix"].is_string(), "{id}");
         }
-        assert!(check(&v, "recorder")["text"].as_str().unwrap().contains("disk full"));
+        assert!(
+            check(&v, "recorder")["text"]
+                .as_str()
+                .unwrap()
+                .contains("disk full")
+        );
 
         let ready = fine();
         let mut f = facts(&ready);
@@ -779,6 +828,11 @@ mod tests {
         f.uptime_ms = HOUR;
         let v = status_summary(&f);
         assert_eq!(check(&v, "backup")["state"], "warn");
-        assert!(check(&v, "backup")["fix"].as_str().unwrap().contains("backup_cron"));
+        assert!(
+            check(&v, "backup")["fix"]
+                .as_str()
+                .unwrap()
+                .contains("backup_cron")
+        );
     }
 }

@@ -14,7 +14,9 @@ use super::sql::{Cells, Db, Dialect, Param, SqlRow};
 use super::{StoreError, StoreResult};
 use crate::domain::decision::policy;
 use crate::domain::user::{Email, Invitation, NewUser, PasswordHash, Role, User};
-use crate::domain::{CallCursor, CallId, Decision, InvitationId, KeyId, TenantId, Timestamp, UserId};
+use crate::domain::{
+    CallCursor, CallId, Decision, InvitationId, KeyId, TenantId, Timestamp, UserId,
+};
 
 /// One bucket of a tenant's calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -333,7 +335,10 @@ pub(super) fn blocked_calls<'a>(
         add(Param::BigInt(t.millis()), " AND c.created_at < {}");
     }
     if let Some(c) = after {
-        add(Param::BigInt(c.created_at.millis()), " AND (c.created_at, c.id) < ({}, ");
+        add(
+            Param::BigInt(c.created_at.millis()),
+            " AND (c.created_at, c.id) < ({}, ",
+        );
         add(Param::Text(c.id.as_str()), "{})");
     }
     args.push(Param::BigInt(i64::from(limit.clamp(1, MAX_PAGE))));

@@ -797,7 +797,8 @@ pub(super) fn severity_counts(
     let mut counts = [0; 4];
     for row in &rows {
         let c = Cells::new(row, "incident count");
-        let severity = Severity::parse(&c.text(0)?).map_err(|e| StoreError::Database(e.to_string()))?;
+        let severity =
+            Severity::parse(&c.text(0)?).map_err(|e| StoreError::Database(e.to_string()))?;
         if let Some(n) = Severity::ALL.iter().position(|s| *s == severity) {
             counts[n] = c.int(1)?;
         }

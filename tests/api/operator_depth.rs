@@ -120,7 +120,10 @@ async fn the_enforcement_log_lists_every_tenants_blocked_calls_for_the_operator_
     let app = &w.app;
     // A: one call served, one prompt injection stopped (400). B: frozen, one call stopped
     // by the kill switch (423), after A's.
-    assert_eq!(chat_as(app, &w.key_a, "cust_a", "hello").await.status(), 200);
+    assert_eq!(
+        chat_as(app, &w.key_a, "cust_a", "hello").await.status(),
+        200
+    );
     let injection = chat_as(
         app,
         &w.key_a,
@@ -169,11 +172,23 @@ async fn the_enforcement_log_lists_every_tenants_blocked_calls_for_the_operator_
     // Filters: tenant, policy (by id or name), since and until.
     let only = |q: &str| format!("/api/operator/enforcement?{q}");
     for (q, want) in [
-        (format!("tenant={}", w.tenant_a), vec![injection_id.as_str()]),
+        (
+            format!("tenant={}", w.tenant_a),
+            vec![injection_id.as_str()],
+        ),
         ("policy=killswitch".to_owned(), vec![frozen_id.as_str()]),
-        ("policy=prompt_injection".to_owned(), vec![injection_id.as_str()]),
-        ("policy=dg-005&since=1h".to_owned(), vec![injection_id.as_str()]),
-        ("since=1h".to_owned(), vec![frozen_id.as_str(), injection_id.as_str()]),
+        (
+            "policy=prompt_injection".to_owned(),
+            vec![injection_id.as_str()],
+        ),
+        (
+            "policy=dg-005&since=1h".to_owned(),
+            vec![injection_id.as_str()],
+        ),
+        (
+            "since=1h".to_owned(),
+            vec![frozen_id.as_str(), injection_id.as_str()],
+        ),
         ("until=1h".to_owned(), vec![]),
         ("policy=budget".to_owned(), vec![]),
     ] {
@@ -189,17 +204,34 @@ async fn the_enforcement_log_lists_every_tenants_blocked_calls_for_the_operator_
     let first = json_ok(app, &only("limit=1"), &w.operator, None).await;
     assert_eq!(rows(&first)[0]["call_id"], frozen_id.as_str());
     let cursor = first["next_cursor"].as_str().unwrap().to_owned();
-    let second = json_ok(app, &only(&format!("limit=1&cursor={cursor}")), &w.operator, None).await;
+    let second = json_ok(
+        app,
+        &only(&format!("limit=1&cursor={cursor}")),
+        &w.operator,
+        None,
+    )
+    .await;
     assert_eq!(rows(&second)[0]["call_id"], injection_id.as_str());
     let cursor = second["next_cursor"].as_str().unwrap().to_owned();
-    let third = json_ok(app, &only(&format!("limit=1&cursor={cursor}")), &w.operator, None).await;
+    let third = json_ok(
+        app,
+        &only(&format!("limit=1&cursor={cursor}")),
+        &w.operator,
+        None,
+    )
+    .await;
     assert!(rows(&third).is_empty());
     assert_eq!(third["next_cursor"], Value::Null);
 
     // The same filter as CSV.
     let res = get_as(app, &only("format=csv"), Some(&w.operator), None).await;
     assert_eq!(res.status(), 200);
-    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
     assert!(
         res.headers()["content-disposition"]
             .to_str()
@@ -302,9 +334,17 @@ async fn the_incident_stream_filters_by_severity_status_and_tenant_and_counts_by
         .collect();
     let (a1, a2, b1) = (&ids[0], &ids[1], &ids[2]);
     // A's first is critical and acknowledged, A's second high, B's low.
-    for (id, key, sev) in [(a1, &admin_a, "critical"), (a2, &admin_a, "high"), (b1, &admin_b, "low")] {
+    for (id, key, sev) in [
+        (a1, &admin_a, "critical"),
+        (a2, &admin_a, "high"),
+        (b1, &admin_b, "low"),
+    ] {
         let res = app
-            .post_json(&format!("/v1/incidents/{id}/severity"), key, &json!({"severity": sev}))
+            .post_json(
+                &format!("/v1/incidents/{id}/severity"),
+                key,
+                &json!({"severity": sev}),
+            )
             .await;
         assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
     }
@@ -334,7 +374,13 @@ async fn the_incident_stream_filters_by_severity_status_and_tenant_and_counts_by
     // The counts follow the status and tenant, never the severity chosen.
     assert_eq!(critical["counts"], all["counts"]);
 
-    let of_a = json_ok(&app, &stream(&format!("tenant={tenant_a}")), &operator, None).await;
+    let of_a = json_ok(
+        &app,
+        &stream(&format!("tenant={tenant_a}")),
+        &operator,
+        None,
+    )
+    .await;
     let mut got = ids_of(&of_a);
     got.sort();
     let mut want = vec![a1.clone(), a2.clone()];
@@ -412,10 +458,18 @@ async fn the_health_banner_sums_up_the_instance_and_says_what_to_do(backend: Bac
     }
     let ids: Vec<&str> = checks.iter().map(|c| c["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["database", "recorder", "queue", "backup", "version"]);
-    assert!(checks.iter().all(|c| c["state"] == "ok" && c["fix"].is_null()), "{status}");
+    assert!(
+        checks
+            .iter()
+            .all(|c| c["state"] == "ok" && c["fix"].is_null()),
+        "{status}"
+    );
     let backup = checks[3];
     assert_eq!(backup["text"], "none yet");
-    assert!(backup["next_at"].as_i64().is_some(), "the daily backup is scheduled");
+    assert!(
+        backup["next_at"].as_i64().is_some(),
+        "the daily backup is scheduled"
+    );
     assert_eq!(checks[4]["text"], env!("CARGO_PKG_VERSION"));
     // The live stream carries the same.
     let mut res = get_as(&app, "/api/events", Some(&operator), None).await;
@@ -480,7 +534,10 @@ async fn usage_history_counts_requests_tokens_and_cost_by_day_key_and_end_user(b
     assert_eq!(h["days"], 30);
     let days = h["by_day"].as_array().unwrap();
     assert_eq!(days.len(), 30);
-    assert_eq!(h["until"].as_i64().unwrap() - h["since"].as_i64().unwrap(), 30 * 86_400_000);
+    assert_eq!(
+        h["until"].as_i64().unwrap() - h["since"].as_i64().unwrap(),
+        30 * 86_400_000
+    );
     let today = days.last().unwrap();
     assert_eq!(today["calls"], 4, "{h}");
     assert!(today["tokens"].as_i64().unwrap() > 0);
@@ -533,13 +590,28 @@ async fn usage_history_counts_requests_tokens_and_cost_by_day_key_and_end_user(b
     );
     assert_eq!(refused(app, "/api/usage/history", None).await.0, 401);
     // A tenant admin cannot name another tenant.
-    let res = get_as(app, "/api/usage/history", Some(&w.admin_a), Some(&w.tenant_b)).await;
+    let res = get_as(
+        app,
+        "/api/usage/history",
+        Some(&w.admin_a),
+        Some(&w.tenant_b),
+    )
+    .await;
     let mine: Value = res.json().await.unwrap();
-    assert_eq!(mine["totals"]["calls"], 4, "the header is ignored for a tenant's person");
+    assert_eq!(
+        mine["totals"]["calls"], 4,
+        "the header is ignored for a tenant's person"
+    );
 
     for (q, code) in [
-        ("since=2026-03-01T00:00:00Z&until=2026-02-01T00:00:00Z", "invalid_query"),
-        ("since=2020-01-01T00:00:00Z&until=2026-01-01T00:00:00Z", "invalid_query"),
+        (
+            "since=2026-03-01T00:00:00Z&until=2026-02-01T00:00:00Z",
+            "invalid_query",
+        ),
+        (
+            "since=2020-01-01T00:00:00Z&until=2026-01-01T00:00:00Z",
+            "invalid_query",
+        ),
         ("since=last-tuesday", "invalid_query"),
         ("days=30", "invalid_query"),
     ] {
