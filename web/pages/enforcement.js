@@ -46,13 +46,13 @@ export default {
     function rowHtml(r) {
       const name = r.tenant_name || tenantName(r.tenant_id);
       return html`<tr data-testid="enf-row" data-call-id="${r.call_id}" data-tenant-id="${r.tenant_id}" data-policy="${r.policy}">
-        <td><button type="button" class="linkbtn nowrap" data-action="open-call" title="${absTime(r.created_at)} · open the call">${timeAgo(r.created_at)}</button></td>
-        <td><span class="cell-main">${name || r.tenant_id}</span>${name ? html`<div class="cell-sub">${idText(r.tenant_id)}</div>` : ""}</td>
-        <td>${r.key_name ? html`<span class="cell-main">${r.key_name}</span><div class="cell-sub">${idText(r.key_id)}</div>` : idText(r.key_id)}</td>
-        <td class="mono">${r.end_user || html`<span class="muted">—</span>`}</td>
-        <td><span class="badge bad plain">${policyName(r.policy)}</span></td>
-        <td>${httpBadge(r.status, true)}</td>
-        <td class="enf-reason">${r.reason || html`<span class="muted">—</span>`}</td></tr>`;
+        <td class="c-when"><button type="button" class="linkbtn nowrap" data-action="open-call" title="${absTime(r.created_at)} · open the call">${timeAgo(r.created_at)}</button></td>
+        <td class="c-tenant"><span class="cell-main">${name || r.tenant_id}</span>${name ? html`<div class="cell-sub">${idText(r.tenant_id)}</div>` : ""}</td>
+        <td class="c-key">${r.key_name ? html`<span class="cell-main">${r.key_name}</span><div class="cell-sub">${idText(r.key_id)}</div>` : idText(r.key_id)}</td>
+        <td class="c-user mono">${r.end_user || html`<span class="muted">no end user</span>`}</td>
+        <td class="c-policy"><span class="badge bad plain">${policyName(r.policy)}</span></td>
+        <td class="c-status">${httpBadge(r.status, true)}</td>
+        <td class="c-reason">${r.reason || html`<span class="muted">—</span>`}</td></tr>`;
     }
     function draw() {
       if (!rows.length) {

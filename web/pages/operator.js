@@ -197,11 +197,11 @@ export default {
           : emptyState({ title: "Quiet", text: "No incidents on any tenant. New ones appear here as they open.", iconName: "shield", testid: "stream-empty" }));
         return;
       }
-      render(box, html`<div class="table-wrap"><table class="table" data-testid="incident-stream"><tbody>
+      render(box, html`<div class="table-wrap"><table class="table stream-table" data-testid="incident-stream"><tbody>
         ${incidents.slice(0, 30).map((i) => html`<tr class="${fresh.has(i.id) ? "flash" : ""}" data-testid="incident-row" data-incident-id="${i.id}" data-tenant-id="${i.tenant_id}" data-severity="${i.severity}" data-status="${i.status}">
-          <td>${severityBadge(i.severity)}</td>
-          <td><button type="button" class="linkbtn" data-action="open-incident">${i.title}</button><div class="cell-sub">${i.tenant_name || i.tenant_id}</div></td>
-          <td>${statusBadge(i.status)}</td><td class="num">${timeAgo(i.updated_at ?? i.created_at)}</td></tr>`)}
+          <td class="c-sev">${severityBadge(i.severity)}</td>
+          <td class="c-title"><button type="button" class="linkbtn" data-action="open-incident">${i.title}</button><div class="cell-sub">${i.tenant_name || i.tenant_id}</div></td>
+          <td class="c-status">${statusBadge(i.status)}</td><td class="num c-age">${timeAgo(i.updated_at ?? i.created_at)}</td></tr>`)}
         </tbody></table></div>`);
     }
 

@@ -22,7 +22,7 @@ function historyTable(h, view) {
   if (view === "day") body = rows.map((r) => html`<tr data-testid="history-row" class="${r.calls ? "" : "dim"}"><td class="nowrap">${dayLabel(r.t)}</td>${cells(r)}</tr>`);
   else if (view === "key") body = rows.map((r) => html`<tr data-testid="history-row"><td>${r.name ? html`<span class="cell-main">${r.name}</span><div class="cell-sub">${idText(r.key_id)}</div>` : idText(r.key_id)}</td>${cells(r)}</tr>`);
   else body = rows.map((r) => html`<tr data-testid="history-row"><td class="mono">${r.end_user ?? html`<span class="muted">no end user</span>`}</td>${cells(r)}</tr>`);
-  return html`<div class="table-wrap"><table class="table" data-testid="history-table" data-view="${view}">${head(view === "day" ? "Day (UTC)" : view === "key" ? "Key" : "End user")}<tbody>${body}</tbody></table></div>
+  return html`<div class="table-wrap"><table class="table history-table" data-testid="history-table" data-view="${view}">${head(view === "day" ? "Day (UTC)" : view === "key" ? "Key" : "End user")}<tbody>${body}</tbody></table></div>
     ${view === "user" && h.by_user_truncated ? html`<p class="hint card-body">The ${h.by_user.length} busiest end users.</p>` : ""}`;
 }
 
