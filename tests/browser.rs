@@ -1887,15 +1887,13 @@ async fn the_operator_console_sums_up_health_filters_and_pauses_the_stream_and_l
     ui.ready("usage").await;
     ui.css("[data-testid='history-table'][data-view='day']")
         .await;
-    ui.el("usage-history")
-        .await
-        .scroll_into_view()
-        .await
-        .unwrap();
+    let to_history = "document.querySelector(\"[data-testid='usage-history']\").scrollIntoView({block: 'start'});";
+    ui.driver.execute(to_history, vec![]).await.unwrap();
     ui.photo("usage-history").await;
     ui.click("history-user").await;
     ui.css("[data-testid='history-table'][data-view='user']")
         .await;
+    ui.driver.execute(to_history, vec![]).await.unwrap();
     ui.photo("usage-history-users").await;
     ui.click("history-key").await;
     ui.css("[data-testid='history-table'][data-view='key']")

@@ -3,11 +3,13 @@
 // last 7, 30 or 90 days (UTC days), with the calls chart.
 import * as api from "../api.js";
 import { canChange } from "../state.js";
-import { html, render, money, moneyDigits, compact, num, pct, dayLabel, idText, loadingState, errorState, emptyState } from "../ui.js";
+import { html, render, money, moneyDigits, compact, num, pct, idText, loadingState, errorState, emptyState } from "../ui.js";
 import { callsChart } from "../components/chart.js";
 
 const RANGES = [["7d", 7], ["30d", 30], ["90d", 90]];
 const VIEWS = [["day", "By day"], ["key", "By key"], ["user", "By end user"]];
+/** The history's days are UTC days: named as such, whatever the browser's time zone. */
+const utcDay = new Intl.DateTimeFormat(undefined, { weekday: "short", month: "short", day: "numeric", timeZone: "UTC" });
 
 /** The history's table for one view: its rows, largest spend first (days in order). */
 function historyTable(h, view) {
@@ -19,7 +21,7 @@ function historyTable(h, view) {
     return emptyState({ title: "No calls in this range", text: "Requests, tokens and spend appear here once calls go through this server.", testid: "history-empty" });
   }
   let body;
-  if (view === "day") body = rows.map((r) => html`<tr data-testid="history-row" class="${r.calls ? "" : "dim"}"><td class="nowrap">${dayLabel(r.t)}</td>${cells(r)}</tr>`);
+  if (view === "day") body = rows.map((r) => html`<tr data-testid="history-row" class="${r.calls ? "" : "dim"}"><td class="nowrap">${utcDay.format(new Date(r.t))}</td>${cells(r)}</tr>`);
   else if (view === "key") body = rows.map((r) => html`<tr data-testid="history-row"><td>${r.name ? html`<span class="cell-main">${r.name}</span><div class="cell-sub">${idText(r.key_id)}</div>` : idText(r.key_id)}</td>${cells(r)}</tr>`);
   else body = rows.map((r) => html`<tr data-testid="history-row"><td class="mono">${r.end_user ?? html`<span class="muted">no end user</span>`}</td>${cells(r)}</tr>`);
   return html`<div class="table-wrap"><table class="table history-table" data-testid="history-table" data-view="${view}">${head(view === "day" ? "Day (UTC)" : view === "key" ? "Key" : "End user")}<tbody>${body}</tbody></table></div>
