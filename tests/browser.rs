@@ -1646,6 +1646,8 @@ async fn the_operator_console_sums_up_health_filters_and_pauses_the_stream_and_l
         s.upstream_url = url;
         s.unauth_rate_limit_per_minute = 0;
         s.update_source = "http://127.0.0.1:9/releases".into();
+        // No automatic backups: the banner turns amber and says what to do.
+        s.backup_cron = None;
     })
     .await;
     // Beta: a call served, then frozen and a call stopped by the kill switch.
@@ -1665,15 +1667,26 @@ async fn the_operator_console_sums_up_health_filters_and_pauses_the_stream_and_l
     sign_in(&mut ui, "op@example.com").await;
     ui.ready("operator").await;
 
-    // The banner: one line, loaded, naming the parts.
+    // The banner: one line, amber, naming what is wrong and what to do, then the rest.
     until(
         &mut ui,
         "banner",
-        "['ok','warn','bad'].includes(document.querySelector(\"[data-testid='health-banner']\")?.dataset.level)",
+        "document.querySelector(\"[data-testid='health-banner']\")?.dataset.level === 'warn'",
     )
     .await;
     let banner = ui.el("health-banner").await.text().await.unwrap();
-    for part in ["database", "recorder", "job queue", "version"] {
+    assert!(banner.starts_with("Needs attention"), "{banner}");
+    let problem = ui
+        .css("[data-testid='health-problem'][data-check='backup']")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        problem.contains("automatic backups are off") && problem.contains("backup_cron"),
+        "{problem}"
+    );
+    for part in ["database ok", "recorder ok", "job queue ok", "version"] {
         assert!(banner.contains(part), "{banner}");
     }
     ui.photo("banner").await;
