@@ -1615,6 +1615,341 @@ async fn replays_certificates_and_batch_replays_work_from_the_console() {
     drop(upstream);
 }
 
+/// The operator's depth, at a desktop's width and a phone's: the health banner on top of
+/// the operator's pages; the incident stream filtered by severity, status and tenant,
+/// counted by severity, paused while a new incident arrives ("1 new") and resumed to show
+/// it; the enforcement log of every tenant filtered by tenant and policy, downloaded as
+/// CSV; and a tenant's usage history by day, key and end user. Pictures:
+/// `target/e2e-screenshots/opsdepth-*.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_console_sums_up_health_filters_and_pauses_the_stream_and_logs_enforcement() {
+    use agv_server::domain::decision::policy;
+    use agv_server::domain::incident::Subject;
+    use agv_server::domain::{CallId, Money, Signal, TenantId, Timestamp};
+    let Some(bin) = chromedriver() else {
+        return;
+    };
+    let _one_at_a_time = BROWSER.lock().await;
+    let home = DataHome::new(Backend::Sqlite).unwrap();
+    let demo: Value =
+        serde_json::from_str(&home.cli_ok(&["demo", "--calls", "300", "--json"])).unwrap();
+    let tenant = demo["tenant_id"].as_str().unwrap().to_owned();
+    let beta = home.cli_ok(&["tenant", "create", "Beta"]);
+    let beta_admin = home.cli_ok(&["key", "create", "--tenant", &beta, "--scope", "admin"]);
+    let beta_key = home.cli_ok(&["key", "create", "--tenant", &beta, "--name", "beta-app"]);
+    make_user(&home, "op@example.com", "operator", None);
+    let downloads = home.path().join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let upstream = MockUpstream::start();
+    let url = upstream.url();
+    let app = TestApp::start_with(home, |s| {
+        s.upstream_url = url;
+        s.unauth_rate_limit_per_minute = 0;
+        s.update_source = "http://127.0.0.1:9/releases".into();
+        // No automatic backups: the banner turns amber and says what to do.
+        s.backup_cron = None;
+    })
+    .await;
+    // Beta: a call served, then frozen and a call stopped by the kill switch.
+    assert_eq!(chat(&app, &beta_key, "cust_beta").await, 200);
+    let res = app
+        .post_json(
+            "/v1/killswitch/tenant",
+            &beta_admin,
+            &json!({"reason": "runaway agent"}),
+        )
+        .await;
+    assert!(res.status().is_success());
+    assert_eq!(chat(&app, &beta_key, "cust_beta").await, 423);
+
+    let driver = start_chromedriver(&bin).await;
+    let mut ui = Ui::open(driver.port, &app.address, &downloads, "opsdepth").await;
+    sign_in(&mut ui, "op@example.com").await;
+    ui.ready("operator").await;
+
+    // The banner: one line, amber, naming what is wrong and what to do, then the rest.
+    until(
+        &mut ui,
+        "banner",
+        "document.querySelector(\"[data-testid='health-banner']\")?.dataset.level === 'warn'",
+    )
+    .await;
+    let banner = ui.el("health-banner").await.text().await.unwrap();
+    assert!(banner.starts_with("Needs attention"), "{banner}");
+    let problem = ui
+        .css("[data-testid='health-problem'][data-check='backup']")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        problem.contains("automatic backups are off") && problem.contains("backup_cron"),
+        "{problem}"
+    );
+    for part in ["database ok", "recorder ok", "job queue ok", "version"] {
+        assert!(banner.contains(part), "{banner}");
+    }
+    ui.photo("banner").await;
+
+    // The stream: counts by severity; a severity, a status and a tenant filter.
+    ui.el("severity-counts").await;
+    until(
+        &mut ui,
+        "stream",
+        "document.querySelectorAll(\"[data-testid='incident-row']\").length > 0",
+    )
+    .await;
+    let sev: String = ui
+        .driver
+        .execute(
+            "return [...document.querySelectorAll(\"[data-testid='severity-count']\")].find((b) => Number(b.querySelector('.sev-n').textContent) > 0).dataset.severity;",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .convert()
+        .unwrap();
+    ui.css(&format!(
+        "[data-testid='stream-severity'] option[value='{sev}']"
+    ))
+    .await
+    .click()
+    .await
+    .unwrap();
+    let rows = "[...document.querySelectorAll(\"[data-testid='incident-row']\")]";
+    until(
+        &mut ui,
+        "severity filter",
+        &format!("{rows}.length > 0 && {rows}.every((r) => r.dataset.severity === '{sev}')"),
+    )
+    .await;
+    ui.css(&format!(
+        "[data-testid='severity-count'][data-severity='{sev}'][aria-pressed='true']"
+    ))
+    .await;
+    ui.el("incident-stream-card")
+        .await
+        .scroll_into_view()
+        .await
+        .unwrap();
+    ui.photo("stream-severity").await;
+    // The severity's chip again: every severity.
+    ui.css(&format!(
+        "[data-testid='severity-count'][data-severity='{sev}']"
+    ))
+    .await
+    .click()
+    .await
+    .unwrap();
+    until(
+        &mut ui,
+        "severity cleared",
+        "document.querySelector(\"[data-testid='stream-severity']\").value === ''",
+    )
+    .await;
+    ui.css("[data-testid='stream-status'] option[value='resolved']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    until(
+        &mut ui,
+        "status filter",
+        &format!("{rows}.every((r) => r.dataset.status === 'resolved') && document.querySelector(\"[data-testid='stream-empty'], [data-testid='incident-stream']\")"),
+    )
+    .await;
+    ui.css("[data-testid='stream-status'] option[value='']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    ui.css(&format!(
+        "[data-testid='stream-tenant'] option[value='{beta}']"
+    ))
+    .await
+    .click()
+    .await
+    .unwrap();
+    until(
+        &mut ui,
+        "tenant filter",
+        &format!("document.querySelector(\"[data-testid='stream-empty']\") || ({rows}.length > 0 && {rows}.every((r) => r.dataset.tenantId === '{beta}'))"),
+    )
+    .await;
+    ui.photo("stream-tenant").await;
+    ui.css("[data-testid='stream-tenant'] option[value='']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    until(
+        &mut ui,
+        "filters cleared",
+        &format!("{rows}.some((r) => r.dataset.tenantId === '{tenant}')"),
+    )
+    .await;
+
+    // Paused: a new incident is counted, not shown; resumed: shown.
+    ui.click("stream-pause").await;
+    ui.el("stream-paused").await;
+    let signal = Signal {
+        tenant_id: TenantId::parse(&beta).unwrap(),
+        rule: policy::PROMPT_INJECTION.into(),
+        subject: Subject::EndUser("cust_paused".into()),
+        at: Timestamp::now(),
+        call_id: Some(CallId::generate()),
+        end_user: Some("cust_paused".into()),
+        cost: Some(Money::from_usd(0.01)),
+        detail: "matched an injection pattern".into(),
+        demo: false,
+    };
+    let store = app.app_state.store.clone();
+    let applied = tokio::task::spawn_blocking(move || store.apply_signals(&[signal]))
+        .await
+        .unwrap()
+        .unwrap();
+    let new_id = applied[0].incident_id.to_string();
+    let row = format!(
+        "document.querySelector(\"[data-testid='incident-row'][data-incident-id='{new_id}']\")"
+    );
+    until(
+        &mut ui,
+        "counted while paused",
+        "document.querySelector(\"[data-testid='stream-new']\")?.textContent === '1 new'",
+    )
+    .await;
+    until(&mut ui, "not shown while paused", &format!("!{row}")).await;
+    ui.el("stream-paused")
+        .await
+        .scroll_into_view()
+        .await
+        .unwrap();
+    ui.photo("stream-paused").await;
+    ui.click("stream-new").await;
+    until(&mut ui, "shown on resume", &row).await;
+    let pause = ui.el("stream-pause").await.text().await.unwrap();
+    assert_eq!(pause, "Pause");
+    ui.photo("stream-resumed").await;
+
+    // The enforcement log: every tenant's blocked calls; Beta's kill-switch stop; CSV.
+    ui.click("open-enforcement").await;
+    ui.ready("enforcement").await;
+    ui.el("health-banner").await;
+    until(
+        &mut ui,
+        "log",
+        "document.querySelectorAll(\"[data-testid='enf-row']\").length > 0",
+    )
+    .await;
+    ui.photo("enforcement").await;
+    ui.css(&format!(
+        "[data-testid='enf-tenant'] option[value='{beta}']"
+    ))
+    .await
+    .click()
+    .await
+    .unwrap();
+    let enf = "[...document.querySelectorAll(\"[data-testid='enf-row']\")]";
+    until(
+        &mut ui,
+        "log of Beta",
+        &format!("location.hash.includes('tenant={beta}') && document.body.dataset.ready === '1' && {enf}.length === 1 && {enf}[0].dataset.policy === 'killswitch'"),
+    )
+    .await;
+    ui.no_console_errors("enforcement").await;
+    ui.photo("enforcement-beta").await;
+    ui.click("enf-csv").await;
+    let file = ui.downloaded("enforcement.csv").await;
+    let csv = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = csv.trim_end().split("\r\n").collect();
+    assert!(
+        lines[0].starts_with("created_at,tenant_id,tenant_name"),
+        "{csv}"
+    );
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(
+        lines[1].contains(&beta) && lines[1].contains(",cust_beta,killswitch,423,"),
+        "{csv}"
+    );
+    // A policy that stopped nothing here: it says so.
+    ui.css("[data-testid='enf-policy'] option[value='budget']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    until(
+        &mut ui,
+        "nothing matches",
+        "location.hash.includes('policy=budget') && document.querySelector(\"[data-testid='enf-empty']\")",
+    )
+    .await;
+    ui.photo("enforcement-empty").await;
+
+    // A tenant's usage history.
+    ui.goto("#/operator").await;
+    ui.ready("operator").await;
+    ui.css(&format!(
+        "[data-testid='tenant-row'][data-tenant-id='{tenant}'] [data-testid='tenant-view']"
+    ))
+    .await
+    .click()
+    .await
+    .unwrap();
+    ui.ready("overview").await;
+    ui.goto("#/usage").await;
+    ui.ready("usage").await;
+    ui.css("[data-testid='history-table'][data-view='day']")
+        .await;
+    let to_history = "document.querySelector(\"[data-testid='usage-history']\").scrollIntoView({block: 'start'});";
+    ui.driver.execute(to_history, vec![]).await.unwrap();
+    ui.photo("usage-history").await;
+    ui.click("history-user").await;
+    ui.css("[data-testid='history-table'][data-view='user']")
+        .await;
+    ui.driver.execute(to_history, vec![]).await.unwrap();
+    ui.photo("usage-history-users").await;
+    ui.click("history-key").await;
+    ui.css("[data-testid='history-table'][data-view='key']")
+        .await;
+    ui.click("history-7d").await;
+    until(
+        &mut ui,
+        "a week",
+        "document.querySelector(\"[data-testid='history-totals']\")?.textContent.includes('in 7 days')",
+    )
+    .await;
+    ui.no_console_errors("usage").await;
+
+    // A phone: nothing scrolls sideways.
+    phone_width(&ui).await;
+    ui.fits("#/usage", "usage").await;
+    ui.el("usage-history")
+        .await
+        .scroll_into_view()
+        .await
+        .unwrap();
+    ui.photo("phone-usage-history").await;
+    ui.click("back-to-operator").await;
+    ui.ready("operator").await;
+    ui.fits("#/operator", "operator").await;
+    ui.el("incident-stream-card")
+        .await
+        .scroll_into_view()
+        .await
+        .unwrap();
+    ui.photo("phone-stream").await;
+    ui.fits("#/enforcement", "enforcement").await;
+    ui.fits(&format!("#/enforcement?tenant={beta}"), "enforcement")
+        .await;
+    ui.el("enf-table").await.scroll_into_view().await.unwrap();
+    ui.photo("phone-enforcement-beta").await;
+
+    ui.driver.clone().quit().await.unwrap();
+    drop(driver);
+    app.stop().await;
+    drop(upstream);
+}
+
 /// Polls `script` (a JS expression) until it is true.
 async fn until(ui: &mut Ui, what: &str, script: &str) {
     let deadline = tokio::time::Instant::now() + WAIT;

@@ -24,6 +24,7 @@ import alertsPage from "./pages/alerts.js";
 import auditPage from "./pages/audit.js";
 import settingsPage from "./pages/settings.js";
 import operatorPage from "./pages/operator.js";
+import enforcementPage from "./pages/enforcement.js";
 import tenantPickerPage from "./pages/tenant-picker.js";
 
 const ROUTES = [
@@ -42,6 +43,7 @@ const ROUTES = [
   ["/audit", auditPage, { tenant: true, nav: "audit" }],
   ["/settings", settingsPage, { nav: "settings" }],
   ["/operator", operatorPage, { operator: true, nav: "operator" }],
+  ["/enforcement", enforcementPage, { operator: true, nav: "enforcement" }],
 ];
 
 const NAV = [
@@ -82,7 +84,7 @@ function renderNav(active) {
   const tenant = currentTenant();
   const item = (key, label, hash = `#/${key}`) => html`<a class="nav-link" href="${hash}" data-testid="nav-${key}" ${active === key ? html`aria-current="page"` : ""}>${icon(key)}<span>${label}</span>${key === "incidents" ? html`<span class="nav-count" id="nav-incident-count" hidden></span>` : ""}</a>`;
   render(nav, html`
-    ${isOperator() ? html`<div class="nav-section"><div class="nav-heading">Instance</div>${item("operator", "Operator")}</div>` : ""}
+    ${isOperator() ? html`<div class="nav-section"><div class="nav-heading">Instance</div>${item("operator", "Operator")}${item("enforcement", "Enforcement log")}</div>` : ""}
     <div class="nav-section"><div class="nav-heading">${isOperator() ? "Tenant" : "Console"}</div>
       ${tenant?.name || tenant?.id ? html`<div class="nav-tenant" title="${tenant.id || ""}">${tenant.name || tenant.id}</div>` : isOperator() ? html`<div class="nav-tenant">No tenant chosen</div>` : ""}
       ${NAV.map(([k, l]) => item(k, l))}</div>

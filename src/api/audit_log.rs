@@ -25,6 +25,21 @@ pub struct AuditQuery {
     format: Option<String>,
 }
 
+/// `format`: `json` (or none) or `csv`; anything else is 400.
+pub(crate) fn wants_csv(format: Option<&str>) -> Result<bool, ApiError> {
+    match format {
+        None | Some("json") => Ok(false),
+        Some("csv") => Ok(true),
+        Some(other) => Err(ApiError::new(
+            Code::InvalidQuery,
+            format!(
+                "unknown format '{}': use json or csv",
+                other.chars().take(32).collect::<String>()
+            ),
+        )),
+    }
+}
+
 /// The tenant's audit entries, newest first, with filters and a cursor; `format=csv`
 /// gives the page as CSV with a header row.
 #[get("/v1/audit")]
@@ -35,16 +50,7 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
     let bad = |m: String| ApiError::new(Code::InvalidQuery, m);
-    let csv = match q.format.as_deref() {
-        None | Some("json") => false,
-        Some("csv") => true,
-        Some(other) => {
-            return Err(bad(format!(
-                "unknown format '{}': use json or csv",
-                other.chars().take(32).collect::<String>()
-            )));
-        }
-    };
+    let csv = wants_csv(q.format.as_deref())?;
     let store = state.store.clone();
     let tenant = caller.tenant_id.clone();
     let actor = q

@@ -6,18 +6,20 @@
 //! so the `/v1` extractors authenticate the session (`session_caller`) instead of a key.
 //! One handler, one behaviour, two doors. The rules for a person: every state-changing
 //! call needs the CSRF header; a viewer may only read; an operator names the tenant with
-//! `x-agv-tenant`. Console-only tenant views (overview, keys, usage, live events) live here.
+//! `x-agv-tenant`. Console-only tenant views (overview, keys, usage and its history, live
+//! events) live here.
 
 use super::access::{TENANT_HEADER, field, person, role_not_allowed, tenant_for};
 use super::error::ApiError;
 use super::names::usd;
 use super::session::current;
+use super::v1::parse_time;
 use crate::api::state::AppState;
 use crate::domain::decision::policy;
 use crate::domain::user::{Role, User};
 use crate::domain::{Money, Scope, TenantId, Timestamp};
 use crate::error::Code;
-use crate::store::run_blocking;
+use crate::store::{UsageBy, UsageRow, run_blocking};
 use actix_web::{HttpRequest, HttpResponse, get, web};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -79,7 +81,7 @@ fn series_json(points: &[crate::store::SeriesPoint]) -> Value {
         .iter()
         .map(|p| {
             json!({"t": p.t, "calls": p.calls, "errors": p.errors, "blocked": p.blocked,
-                   "spend_usd": usd(p.cost_nanos)})
+                   "tokens": p.tokens, "spend_usd": usd(p.cost_nanos)})
         })
         .collect()
 }
@@ -236,7 +238,8 @@ pub async fn usage(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpR
     let (_, month_start) = crate::guard::budget::period_starts(now);
     let store = state.store.clone();
     let t = tenant.clone();
-    let by_model = run_blocking(move || store.usage_by(&t, month_start, true)).await?;
+    let by_model =
+        run_blocking(move || store.usage_by(&t, month_start, None, UsageBy::Model, None)).await?;
     let policy = state.proxy.guard.policy(&tenant);
     let spent = state.proxy.guard.budgets().status(&tenant, now);
     Ok(HttpResponse::Ok().json(json!({
@@ -246,11 +249,112 @@ pub async fn usage(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpR
             "soft_threshold": policy.budget_soft_ratio,
         },
         "spent": {"today_usd": spent.day_spent.usd(), "month_usd": spent.month_spent.usd()},
-        "by_model": by_model.iter().map(|r| json!({
-            "model": if r.name.is_empty() { Value::Null } else { Value::String(r.name.clone()) },
-            "calls": r.calls, "tokens": r.tokens, "spend_usd": usd(r.cost_nanos),
-            "unknown_cost_calls": r.unknown_cost,
-        })).collect::<Vec<_>>(),
+        "by_model": by_model.iter().map(|r| usage_json("model", r)).collect::<Vec<_>>(),
+    })))
+}
+
+/// One group of usage: its name under `label` (null for calls without one), calls,
+/// tokens, known spend and the calls of unknown price.
+fn usage_json(label: &str, r: &UsageRow) -> Value {
+    let name = if r.name.is_empty() {
+        Value::Null
+    } else {
+        Value::String(r.name.clone())
+    };
+    json!({
+        label: name, "calls": r.calls, "tokens": r.tokens, "spend_usd": usd(r.cost_nanos),
+        "unknown_cost_calls": r.unknown_cost,
+    })
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    since: Option<String>,
+    until: Option<String>,
+}
+
+/// The usage history's default length and its longest, in days; and how many end users
+/// it lists (the busiest).
+const HISTORY_DAYS: i64 = 30;
+const HISTORY_MAX_DAYS: i64 = 366;
+const HISTORY_USERS: u32 = 100;
+
+/// `GET /api/usage/history`: the tenant's calls, tokens and spend by day, by key and by end
+/// user over whole UTC days: from the start of `since`'s day to the end of `until`'s
+/// (default the last 30 days, today included).
+#[get("/api/usage/history")]
+pub async fn usage_history(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    q: web::Query<HistoryQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (_, tenant) = reader(&state, &req).await?;
+    let q = q.into_inner();
+    let time = |field: &str, v: Option<String>| {
+        v.filter(|s| !s.trim().is_empty())
+            .map(|s| parse_time(field, s.trim()).map(Timestamp::millis))
+            .transpose()
+    };
+    let ceil_day = |t: i64| t + (DAY - t.rem_euclid(DAY)) % DAY;
+    let until = ceil_day(time("until", q.until)?.unwrap_or_else(|| Timestamp::now().millis()));
+    let since =
+        time("since", q.since)?.map_or(until - HISTORY_DAYS * DAY, |t| t - t.rem_euclid(DAY));
+    if since >= until {
+        return Err(ApiError::new(
+            Code::InvalidQuery,
+            "'since' must be before 'until'",
+        ));
+    }
+    let days = (until - since) / DAY;
+    if days > HISTORY_MAX_DAYS {
+        return Err(ApiError::new(
+            Code::InvalidQuery,
+            format!("the range spans {days} days; ask for at most {HISTORY_MAX_DAYS}"),
+        ));
+    }
+    let store = state.store.clone();
+    let t = tenant.clone();
+    let (from, to) = (Timestamp::from_millis(since), Timestamp::from_millis(until));
+    let (by_day, by_key, by_user, keys) = run_blocking(move || {
+        Ok::<_, crate::store::StoreError>((
+            store.call_series(&t, from, DAY, u32::try_from(days).unwrap_or(0))?,
+            store.usage_by(&t, from, Some(to), UsageBy::Key, None)?,
+            store.usage_by(
+                &t,
+                from,
+                Some(to),
+                UsageBy::EndUser,
+                Some(HISTORY_USERS + 1),
+            )?,
+            store.list_api_keys(&t)?,
+        ))
+    })
+    .await?;
+    let key_name = |id: &str| {
+        keys.iter()
+            .find(|k| k.id.as_str() == id)
+            .map(|k| k.name.clone())
+    };
+    let sum = |f: fn(&crate::store::SeriesPoint) -> i64| by_day.iter().map(f).sum::<i64>();
+    let users = by_user.len().min(HISTORY_USERS as usize);
+    Ok(HttpResponse::Ok().json(json!({
+        "since": since,
+        "until": until,
+        "days": days,
+        "totals": {
+            "calls": sum(|p| p.calls),
+            "tokens": sum(|p| p.tokens),
+            "spend_usd": usd(sum(|p| p.cost_nanos)),
+        },
+        "by_day": series_json(&by_day),
+        "by_key": by_key.iter().map(|r| {
+            let mut v = usage_json("key_id", r);
+            v["name"] = json!(key_name(&r.name));
+            v
+        }).collect::<Vec<_>>(),
+        "by_user": by_user[..users].iter().map(|r| usage_json("end_user", r)).collect::<Vec<_>>(),
+        "by_user_truncated": by_user.len() > users,
     })))
 }
 
@@ -267,7 +371,7 @@ async fn changer(state: &AppState, req: &HttpRequest) -> Result<(User, TenantId)
 fn key_json(
     k: &crate::domain::ApiKeyRecord,
     frozen: &[crate::domain::KeyId],
-    today: Option<&crate::store::UsageRow>,
+    today: Option<&UsageRow>,
 ) -> Value {
     json!({
         "id": k.id, "name": k.name, "scope": k.scope, "prefix": k.prefix,
@@ -305,7 +409,7 @@ pub async fn list_keys(
     let (keys, today) = run_blocking(move || {
         Ok::<_, crate::store::StoreError>((
             store.list_api_keys(&t)?,
-            store.usage_by(&t, day_start, false)?,
+            store.usage_by(&t, day_start, None, UsageBy::Key, None)?,
         ))
     })
     .await?;
@@ -452,6 +556,13 @@ struct Watch {
     last_summary: Option<Value>,
     last_incidents: std::collections::HashMap<String, Value>,
     first: bool,
+    /// When the browser reconnects, the `id` of the last tick it saw (`Last-Event-ID`, or
+    /// `?last_event_id=` from the console's own reconnect: the time of that look): the
+    /// first look then sends the incidents changed since, which the stream before may have
+    /// missed.
+    resume_after: Option<i64>,
+    /// The time of the latest look, sent as each chunk's event `id`.
+    looked_at: i64,
     ends: tokio::time::Instant,
     /// The SHA-256 of the watcher's session token: the stream ends at the first tick after
     /// the session does (signed out, ended by an owner, the person disabled or deleted).
@@ -470,6 +581,7 @@ impl Watch {
     /// The events since the last look (all of them the first time).
     async fn poll(&mut self) -> Result<Vec<web::Bytes>, ApiError> {
         let mut out = Vec::new();
+        self.looked_at = Timestamp::now().millis();
         if self.first {
             out.push(web::Bytes::from_static(b"retry: 2000\n\n"));
         }
@@ -499,7 +611,10 @@ impl Watch {
             let e = incident_event(i);
             let key = i.id.to_string();
             if self.last_incidents.get(&key) != Some(&e) {
-                if !self.first {
+                let missed = self
+                    .resume_after
+                    .is_some_and(|t| i.updated_at.millis() >= t);
+                if !self.first || missed {
                     out.push(sse("incident", &e));
                 }
                 self.last_incidents.insert(key, e);
@@ -534,6 +649,13 @@ pub async fn events(
         last_summary: None,
         last_incidents: Default::default(),
         first: true,
+        resume_after: req
+            .headers()
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .or(query.get("last_event_id").map(String::as_str))
+            .and_then(|v| v.trim().parse().ok()),
+        looked_at: 0,
         ends: tokio::time::Instant::now() + EVENT_LIFETIME,
         session: super::session::sha256_hex(&token),
     };
@@ -548,8 +670,15 @@ pub async fn events(
             }
         }
         let chunk = match w.poll().await {
-            Ok(events) if events.is_empty() => web::Bytes::from_static(b": tick\n\n"),
-            Ok(events) => events.concat().into(),
+            // Every look carries its time as the event id, so that a reconnecting browser
+            // says where it left off.
+            Ok(events) if events.is_empty() => format!("id: {}\n: tick\n\n", w.looked_at).into(),
+            Ok(events) => [
+                format!("id: {}\n\n", w.looked_at).into_bytes(),
+                events.concat(),
+            ]
+            .concat()
+            .into(),
             Err(e) => sse("error", &json!({"message": e.message, "code": e.code})),
         };
         Some((Ok::<_, actix_web::Error>(chunk), w))

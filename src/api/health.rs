@@ -1,4 +1,5 @@
-//! `/health` (the process answers), `/ready` (store and queue usable) and `/metrics`.
+//! `/health` (the process answers), `/ready` (store and queue usable, see [`Readiness`])
+//! and `/metrics`.
 
 use crate::api::state::AppState;
 use crate::error::Code;
@@ -11,34 +12,68 @@ pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// 200 when the store answers, the latest call records were committed (a failed commit is
-/// reported for up to 30 s unless one succeeds sooner) and the job queue accepts work;
-/// else 503 naming what failed.
+/// What `/ready` checks, each failure with why: the store answers (`database`), the call
+/// recorder's latest commit held (`recorder`: a failed commit is reported for up to 30 s
+/// unless one succeeds sooner), and the job queue accepts work (`queue`). The operator's
+/// health banner reads the same.
+pub struct Readiness {
+    pub database: Result<(), String>,
+    pub recorder: Option<String>,
+    pub queue: Result<(), String>,
+}
+
+impl Readiness {
+    pub async fn check(state: &AppState) -> Self {
+        let store = state.store.clone();
+        let database = run_blocking(move || store.ping())
+            .await
+            .map_err(|e| e.to_string());
+        // A store that answers a query may still be unable to write (a full disk): the
+        // call recorder's latest commit tells.
+        let recorder = state.proxy.recorder.recent_failure().map(|e| e.to_string());
+        // After a storage failure this is also what reopens the queue's database once the
+        // disk has room again (at most every second), so a polling load balancer sees it
+        // recover.
+        let queue = state.queue.clone();
+        let queue = run_blocking(move || queue.check_capacity())
+            .await
+            .map_err(|e| e.to_string());
+        Self {
+            database,
+            recorder,
+            queue,
+        }
+    }
+
+    /// Why the store is not usable: it does not answer, or the latest commit failed.
+    pub fn store_error(&self) -> Option<String> {
+        match (&self.database, &self.recorder) {
+            (Err(e), _) => Some(e.clone()),
+            (Ok(()), Some(e)) => Some(format!(
+                "the latest call records could not be committed: {e}"
+            )),
+            (Ok(()), None) => None,
+        }
+    }
+}
+
+/// 200 when the store answers, the latest call records were committed and the job queue
+/// accepts work (see [`Readiness`]); else 503 naming what failed.
 #[get("/ready")]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let store = state.store.clone();
     let backend = state.store.backend().as_str();
-    // A store that answers a query may still be unable to write (a full disk): the call
-    // recorder's latest commit tells.
-    let store_check = match run_blocking(move || store.ping()).await {
-        Ok(()) => match state.proxy.recorder.recent_failure() {
-            None => json!({"ok": true, "backend": backend}),
-            Some(e) => {
-                json!({"ok": false, "backend": backend, "error": format!("the latest call records could not be committed: {e}")})
-            }
-        },
-        Err(e) => json!({"ok": false, "backend": backend, "error": e.to_string()}),
+    let checked = Readiness::check(&state).await;
+    let store_check = match checked.store_error() {
+        None => json!({"ok": true, "backend": backend}),
+        Some(e) => json!({"ok": false, "backend": backend, "error": e}),
     };
-    // After a storage failure this is also what reopens the queue's database once the disk
-    // has room again (at most every second), so a polling load balancer sees it recover.
-    let queue = state.queue.clone();
-    let queue_check = match run_blocking(move || queue.check_capacity()).await {
+    let queue_check = match &checked.queue {
         Ok(()) => {
             // Read after the check: a reopen recounts the jobs.
             let stats = state.queue.stats();
             json!({"ok": true, "pending": stats.pending, "dead": stats.dead})
         }
-        Err(e) => json!({"ok": false, "error": e.to_string()}),
+        Err(e) => json!({"ok": false, "error": e}),
     };
     let ok = store_check["ok"] == true && queue_check["ok"] == true;
     let body = json!({"status": if ok { "ready" } else { "unavailable" }, "checks": {"store": store_check, "queue": queue_check}});

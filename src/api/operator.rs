@@ -1,19 +1,22 @@
-//! The operator console's API (`/api/operator/…`, operator role only): instance health,
-//! every tenant at a glance, the incidents of all tenants, backups ("back up now", list,
-//! verify), the job queue's dead letters and the update state (is a newer signed release
-//! out?). It never installs an update: that stays with `agv-server update` or a new image.
+//! The operator console's API (`/api/operator/…`, operator role only): instance health and
+//! its one-line banner, every tenant at a glance, the incidents of all tenants (filtered,
+//! counted by severity), every call a policy stopped across tenants (the enforcement log,
+//! also as CSV), backups ("back up now", list, verify), the job queue's dead letters and
+//! the update state (is a newer signed release out?). It never installs an update: that stays with `agv-server update` or a new image.
 
-use super::access::operator;
+use super::access::{operator, tenant_for};
 use super::audit::{Source, record};
 use super::error::{ApiError, optional_json};
 use super::names::usd;
+use super::v1::parse_time;
 use crate::api::state::AppState;
-use crate::domain::Timestamp;
 use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
-use crate::domain::incident::IncidentFilter;
+use crate::domain::evidence_pack::csv_field;
+use crate::domain::incident::{IncidentFilter, IncidentStatus, Severity};
+use crate::domain::{CallCursor, TenantId, Timestamp};
 use crate::error::Code;
 use crate::jobs::queue::{EnqueueOptions, JobId};
-use crate::store::{StoreError, run_blocking};
+use crate::store::{BlockedCall, BlockedFilter, StoreError, run_blocking};
 use actix_web::{HttpRequest, HttpResponse, delete, get, post, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -58,7 +61,130 @@ fn backups_json(dir: &std::path::Path) -> Vec<Value> {
         .collect()
 }
 
-/// The instance's health, as the operator overview and its live stream show it.
+/// A backup older than this (or none, on an instance up this long) is overdue.
+const BACKUP_OVERDUE_MS: i64 = 36 * 3_600_000;
+/// The data disk's use from which the banner warns, and from which it is a fault.
+const DISK_WARN_PERCENT: f64 = 85.0;
+const DISK_BAD_PERCENT: f64 = 95.0;
+
+/// What the health banner sums up, all of it known to the server already.
+struct StatusFacts<'a> {
+    ready: &'a super::health::Readiness,
+    dead_jobs: u64,
+    last_backup_at: Option<i64>,
+    next_backup_at: Option<i64>,
+    uptime_ms: i64,
+    disk_used_percent: Option<f64>,
+    /// The newer signed release, when the latest update check found one.
+    update_available: Option<String>,
+    now: i64,
+}
+
+/// The health banner: `level` (`ok`, `warn`, `bad`), its `headline`, and one check per
+/// part (`state` `ok`, `warn`, `bad`, or `info` that never raises the level), each with
+/// what is wrong and what to do (`fix`) when it is not ok. A part without trouble to
+/// report (the disk) is left out.
+fn status_summary(f: &StatusFacts<'_>) -> Value {
+    let check = |id: &str, label: &str, state: &str, text: &str, fix: Option<&str>| json!({"id": id, "label": label, "state": state, "text": text, "fix": fix});
+    let mut checks = vec![
+        match &f.ready.database {
+            Ok(()) => check("database", "database", "ok", "ok", None),
+            Err(e) => check(
+                "database",
+                "database",
+                "bad",
+                e,
+                Some(
+                    "Check that the database answers and its disk has room; /ready answers 503 until it does.",
+                ),
+            ),
+        },
+        match &f.ready.recorder {
+            None => check("recorder", "recorder", "ok", "ok", None),
+            Some(e) => check(
+                "recorder",
+                "recorder",
+                "bad",
+                &format!("the latest call records could not be committed: {e}"),
+                Some(
+                    "Free space on the database's disk (see “When storage fails” in the README); this clears at the next commit that succeeds.",
+                ),
+            ),
+        },
+        match (&f.ready.queue, f.dead_jobs) {
+            (Err(e), _) => check(
+                "queue",
+                "job queue",
+                "bad",
+                e,
+                Some(
+                    "Free space in the data directory: alerts, exports and backups are refused until the queue takes work again.",
+                ),
+            ),
+            (Ok(()), 0) => check("queue", "job queue", "ok", "ok", None),
+            (Ok(()), n) => check(
+                "queue",
+                "job queue",
+                "warn",
+                &format!("{n} dead letter{}", if n == 1 { "" } else { "s" }),
+                Some("Retry or discard them under Jobs."),
+            ),
+        },
+    ];
+    let overdue = Some("Back up now, then look under Jobs for a failed backup.");
+    let mut backup = match f.last_backup_at {
+        Some(at) if f.now - at > BACKUP_OVERDUE_MS => {
+            check("backup", "last backup", "bad", "overdue", overdue)
+        }
+        Some(_) => check("backup", "last backup", "ok", "ok", None),
+        None if f.next_backup_at.is_none() => check(
+            "backup",
+            "last backup",
+            "warn",
+            "none, and automatic backups are off",
+            Some("Set backup_cron (AGV_BACKUP_CRON), or back up now."),
+        ),
+        None if f.uptime_ms > BACKUP_OVERDUE_MS => {
+            check("backup", "last backup", "bad", "none yet", overdue)
+        }
+        None => check("backup", "last backup", "ok", "none yet", None),
+    };
+    backup["at"] = json!(f.last_backup_at);
+    backup["next_at"] = json!(f.next_backup_at);
+    checks.push(backup);
+    if let Some(p) = f.disk_used_percent.filter(|p| *p >= DISK_WARN_PERCENT) {
+        checks.push(check(
+            "disk",
+            "disk",
+            if p >= DISK_BAD_PERCENT { "bad" } else { "warn" },
+            &format!("{p:.0}% full"),
+            Some("Free space or grow the disk: on a full disk no call can be recorded."),
+        ));
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    checks.push(match &f.update_available {
+        Some(latest) => check(
+            "version",
+            "version",
+            "info",
+            &format!("{version}, {latest} is out"),
+            Some("See Updates on the operator page."),
+        ),
+        None => check("version", "version", "ok", version, None),
+    });
+    let worst = |s: &str| checks.iter().any(|c| c["state"] == s);
+    let (level, headline) = if worst("bad") {
+        ("bad", "Unhealthy")
+    } else if worst("warn") {
+        ("warn", "Needs attention")
+    } else {
+        ("ok", "Healthy")
+    };
+    json!({"level": level, "headline": headline, "checks": checks})
+}
+
+/// The instance's health, as the operator overview and its live stream show it, with the
+/// health banner (`status`).
 pub async fn health_json(state: &AppState) -> Result<Value, ApiError> {
     let now = Timestamp::now().millis();
     let (calls, errors, p95) = state.proxy.health.window(now);
@@ -74,9 +200,30 @@ pub async fn health_json(state: &AppState) -> Result<Value, ApiError> {
         ))
     })
     .await?;
+    let ready = super::health::Readiness::check(state).await;
+    let next_backup_at = state
+        .settings
+        .backup_cron
+        .as_deref()
+        .and_then(|c| crate::jobs::scheduler::next_tick(c, chrono::Utc::now()))
+        .map(|t| t.timestamp_millis());
+    let uptime = state.started_at.elapsed();
+    let status = status_summary(&StatusFacts {
+        ready: &ready,
+        dead_jobs: stats.dead,
+        last_backup_at: recent.first().and_then(|b| b["at"].as_i64()),
+        next_backup_at,
+        uptime_ms: i64::try_from(uptime.as_millis()).unwrap_or(i64::MAX),
+        disk_used_percent: disk.1,
+        update_available: state.update_check.cached().and_then(|c| {
+            c.latest
+                .filter(|v| crate::ops::update::is_newer(v, env!("CARGO_PKG_VERSION")))
+        }),
+        now,
+    });
     Ok(json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "uptime_s": state.started_at.elapsed().as_secs(),
+        "uptime_s": uptime.as_secs(),
         "backend": state.store.backend().as_str(),
         "calls_5m": calls,
         "calls_per_minute": calls as f64 / 5.0,
@@ -87,11 +234,10 @@ pub async fn health_json(state: &AppState) -> Result<Value, ApiError> {
         "last_backup": recent.first(),
         "backup_schedule": {
             "cron": state.settings.backup_cron,
-            "next_at": state.settings.backup_cron.as_deref()
-                .and_then(|c| crate::jobs::scheduler::next_tick(c, chrono::Utc::now()))
-                .map(|t| t.timestamp_millis()),
+            "next_at": next_backup_at,
         },
         "update": {"current": env!("CARGO_PKG_VERSION"), "check": "agv-server update --check"},
+        "status": status,
     }))
 }
 
@@ -142,21 +288,62 @@ pub async fn tenants(
     Ok(HttpResponse::Ok().json(json!({"data": data})))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamQuery {
+    severity: Option<String>,
+    status: Option<String>,
+    tenant: Option<String>,
+}
+
+/// A query parameter, or `None` when it is absent or empty.
+fn given(v: Option<String>) -> Option<String> {
+    v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+/// The tenant a filter names: 404 when there is none such.
+async fn named_tenant(
+    state: &AppState,
+    req: &HttpRequest,
+    user: &crate::domain::User,
+    raw: Option<String>,
+) -> Result<Option<TenantId>, ApiError> {
+    match given(raw) {
+        Some(raw) => Ok(Some(tenant_for(state, req, user, Some(&raw)).await?)),
+        None => Ok(None),
+    }
+}
+
+/// The newest incidents of every tenant (or of `tenant`), with `severity` and `status`,
+/// and how many incidents of each severity the status and tenant filters hold (`counts`).
 #[get("/api/operator/incidents")]
 pub async fn incidents(
     state: web::Data<AppState>,
     req: HttpRequest,
+    q: web::Query<StreamQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    operator(&state, &req).await?;
+    let user = operator(&state, &req).await?;
+    let q = q.into_inner();
+    let bad = |e: crate::domain::ParseError| ApiError::new(Code::InvalidQuery, e.0);
+    let filter = IncidentFilter {
+        severity: given(q.severity)
+            .as_deref()
+            .map(Severity::parse)
+            .transpose()
+            .map_err(bad)?,
+        status: given(q.status)
+            .as_deref()
+            .map(IncidentStatus::parse)
+            .transpose()
+            .map_err(bad)?,
+        ..IncidentFilter::default()
+    };
+    let tenant = named_tenant(&state, &req, &user, q.tenant).await?;
     let store = state.store.clone();
-    let (list, names) = run_blocking(move || {
-        let list = store.list_incidents(None, &IncidentFilter::default(), None, 50)?;
-        let names: std::collections::HashMap<String, String> = store
-            .list_tenants()?
-            .into_iter()
-            .map(|t| (t.id.to_string(), t.name.as_str().to_owned()))
-            .collect();
-        Ok::<_, StoreError>((list, names))
+    let (list, counts, names) = run_blocking(move || {
+        let list = store.list_incidents(tenant.as_ref(), &filter, None, 50)?;
+        let counts = store.incident_severity_counts(tenant.as_ref(), filter.status)?;
+        Ok::<_, StoreError>((list, counts, tenant_names(store.as_ref())?))
     })
     .await?;
     let data: Vec<Value> = list
@@ -170,7 +357,129 @@ pub async fn incidents(
             v
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({"data": data})))
+    let counts: serde_json::Map<String, Value> = Severity::ALL
+        .iter()
+        .zip(counts)
+        .map(|(s, n)| (s.as_str().to_owned(), json!(n)))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"data": data, "counts": counts})))
+}
+
+fn tenant_names(
+    store: &dyn crate::store::Store,
+) -> Result<std::collections::HashMap<String, String>, StoreError> {
+    Ok(store
+        .list_tenants()?
+        .into_iter()
+        .map(|t| (t.id.to_string(), t.name.as_str().to_owned()))
+        .collect())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnforcementQuery {
+    tenant: Option<String>,
+    policy: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+    format: Option<String>,
+}
+
+/// The CSV columns of the enforcement log.
+const ENFORCEMENT_CSV_HEADER: &str =
+    "created_at,tenant_id,tenant_name,key_id,key_name,end_user,policy,status,reason,call_id";
+
+/// Every call a policy stopped, across tenants, newest first: `tenant`, `policy` (an id
+/// or a name, as in a call search), `since`, `until`, `limit` (≤ 1000), `cursor`;
+/// `format=csv` gives the page as CSV (next cursor in `X-Next-Cursor`).
+#[get("/api/operator/enforcement")]
+pub async fn enforcement(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    q: web::Query<EnforcementQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let user = operator(&state, &req).await?;
+    let q = q.into_inner();
+    let csv = super::audit_log::wants_csv(q.format.as_deref())?;
+    let filter = BlockedFilter {
+        tenant: named_tenant(&state, &req, &user, q.tenant).await?,
+        policy: given(q.policy)
+            .as_deref()
+            .map(crate::domain::search::parse_policy)
+            .transpose()
+            .map_err(|e| ApiError::new(Code::InvalidQuery, e.0).param("policy"))?,
+        since: given(q.since)
+            .map(|s| parse_time("since", &s))
+            .transpose()?,
+        until: given(q.until)
+            .map(|s| parse_time("until", &s))
+            .transpose()?,
+    };
+    let cursor = given(q.cursor)
+        .as_deref()
+        .map(CallCursor::decode)
+        .transpose()
+        .map_err(|e| ApiError::new(Code::InvalidCursor, e.0))?;
+    let limit = q
+        .limit
+        .unwrap_or(if csv { 1000 } else { 50 })
+        .clamp(1, 1000);
+    let store = state.store.clone();
+    let (rows, names) = run_blocking(move || {
+        let rows = store.blocked_calls(&filter, cursor.as_ref(), limit)?;
+        Ok::<_, StoreError>((rows, tenant_names(store.as_ref())?))
+    })
+    .await?;
+    let next_cursor = (rows.len() == limit as usize)
+        .then(|| rows.last().map(|r| r.cursor().encode()))
+        .flatten();
+    let tenant_name = |r: &BlockedCall| names.get(r.tenant_id.as_str()).cloned();
+    if csv {
+        let mut out = String::from(ENFORCEMENT_CSV_HEADER);
+        out.push_str("\r\n");
+        for r in &rows {
+            let fields = [
+                r.created_at.to_rfc3339(),
+                r.tenant_id.to_string(),
+                tenant_name(r).unwrap_or_default(),
+                r.key_id.clone(),
+                r.key_name.clone().unwrap_or_default(),
+                r.end_user.clone().unwrap_or_default(),
+                r.policy.clone(),
+                r.status.to_string(),
+                r.reason.clone().unwrap_or_default(),
+                r.id.to_string(),
+            ];
+            let row: Vec<_> = fields.iter().map(|f| csv_field(f)).collect();
+            out.push_str(&row.join(","));
+            out.push_str("\r\n");
+        }
+        return Ok(HttpResponse::Ok()
+            .content_type("text/csv; charset=utf-8")
+            .insert_header((
+                "Content-Disposition",
+                "attachment; filename=\"enforcement.csv\"",
+            ))
+            .insert_header(("X-Next-Cursor", next_cursor.unwrap_or_default()))
+            .body(out));
+    }
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "call_id": r.id, "created_at": r.created_at, "tenant_id": r.tenant_id,
+                "tenant_name": tenant_name(r), "key_id": r.key_id, "key_name": r.key_name,
+                "end_user": r.end_user, "policy": r.policy, "status": r.status,
+                "reason": r.reason,
+            })
+        })
+        .collect();
+    Ok(
+        HttpResponse::Ok()
+            .json(json!({"object": "list", "data": data, "next_cursor": next_cursor})),
+    )
 }
 
 fn running_backup(state: &AppState) -> Option<crate::jobs::queue::Job> {
@@ -414,4 +723,116 @@ pub async fn update_check_now(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     update_answer(&state, &req, true).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{StatusFacts, status_summary};
+    use crate::api::health::Readiness;
+    use serde_json::Value;
+
+    const HOUR: i64 = 3_600_000;
+
+    fn fine() -> Readiness {
+        Readiness {
+            database: Ok(()),
+            recorder: None,
+            queue: Ok(()),
+        }
+    }
+
+    fn facts(ready: &Readiness) -> StatusFacts<'_> {
+        StatusFacts {
+            ready,
+            dead_jobs: 0,
+            last_backup_at: Some(1_000 * HOUR - 3 * HOUR),
+            next_backup_at: Some(1_000 * HOUR + 5 * HOUR),
+            uptime_ms: 100 * HOUR,
+            disk_used_percent: Some(40.0),
+            update_available: None,
+            now: 1_000 * HOUR,
+        }
+    }
+
+    fn check<'a>(v: &'a Value, id: &str) -> &'a Value {
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .unwrap_or(&Value::Null)
+    }
+
+    #[test]
+    fn a_healthy_instance_is_green_and_lists_each_part() {
+        let ready = fine();
+        let v = status_summary(&facts(&ready));
+        assert_eq!(v["level"], "ok");
+        assert_eq!(v["headline"], "Healthy");
+        assert_eq!(check(&v, "backup")["at"], 997 * HOUR);
+        assert!(
+            check(&v, "disk").is_null(),
+            "a disk with room is not mentioned"
+        );
+    }
+
+    #[test]
+    fn each_fault_names_itself_and_what_to_do() {
+        let broken = Readiness {
+            database: Err("connection refused".into()),
+            recorder: Some("disk full".into()),
+            queue: Err("its files take 9 bytes of a 8 byte budget".into()),
+        };
+        let v = status_summary(&facts(&broken));
+        assert_eq!(v["level"], "bad");
+        assert_eq!(v["headline"], "Unhealthy");
+        for id in ["database", "recorder", "queue"] {
+            assert_eq!(check(&v, id)["state"], "bad", "{id}");
+            assert!(check(&v, id)["fix"].is_string(), "{id}");
+        }
+        assert!(
+            check(&v, "recorder")["text"]
+                .as_str()
+                .unwrap()
+                .contains("disk full")
+        );
+
+        let ready = fine();
+        let mut f = facts(&ready);
+        f.dead_jobs = 2;
+        f.disk_used_percent = Some(90.0);
+        f.update_available = Some("9.9.9".into());
+        let v = status_summary(&f);
+        assert_eq!(v["level"], "warn");
+        assert_eq!(check(&v, "queue")["text"], "2 dead letters");
+        assert_eq!(check(&v, "disk")["state"], "warn");
+        assert_eq!(check(&v, "version")["state"], "info");
+        f.disk_used_percent = Some(97.0);
+        assert_eq!(status_summary(&f)["level"], "bad");
+    }
+
+    #[test]
+    fn a_missing_or_old_backup_is_overdue_only_after_a_day_and_a_half() {
+        let ready = fine();
+        let mut f = facts(&ready);
+        f.last_backup_at = Some(f.now - 37 * HOUR);
+        assert_eq!(check(&status_summary(&f), "backup")["state"], "bad");
+        f.last_backup_at = None;
+        f.uptime_ms = HOUR;
+        let v = status_summary(&f);
+        assert_eq!(check(&v, "backup")["state"], "ok", "a fresh instance waits");
+        assert_eq!(check(&v, "backup")["text"], "none yet");
+        f.uptime_ms = 37 * HOUR;
+        assert_eq!(check(&status_summary(&f), "backup")["state"], "bad");
+        f.next_backup_at = None;
+        f.uptime_ms = HOUR;
+        let v = status_summary(&f);
+        assert_eq!(check(&v, "backup")["state"], "warn");
+        assert!(
+            check(&v, "backup")["fix"]
+                .as_str()
+                .unwrap()
+                .contains("backup_cron")
+        );
+    }
 }

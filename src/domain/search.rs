@@ -423,7 +423,8 @@ const POLICY_NAMES: &[(&str, &str)] = &[
     ("kill_switch", ids::KILL_SWITCH),
 ];
 
-fn parse_policy(v: &str) -> Result<String, ParseError> {
+/// A policy by id (`dg-005`, `budget`) or friendly name (`prompt_injection`), as its id.
+pub fn parse_policy(v: &str) -> Result<String, ParseError> {
     let lower = v.to_ascii_lowercase().replace('-', "_");
     if let Some((_, id)) = POLICY_NAMES.iter().find(|(name, _)| *name == lower) {
         return Ok((*id).to_owned());

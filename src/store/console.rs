@@ -1,19 +1,22 @@
 //! What the console reads and writes beyond the API's own records, written once for both
 //! backends (see [`super::sql`]): call series, usage and the cost of blocked calls for the
-//! overview, people (listing,
+//! overview and the usage history, the operator's log of blocked calls across tenants,
+//! people (listing,
 //! password change, disabling, roles, deletion, ending sessions) and invitations. Every
 //! tenant-owned read takes the tenant id. The rules that keep someone in charge — a tenant
 //! keeps an enabled owner once it has one, the instance an enabled operator — are checked
 //! here, inside the transaction that makes the change, so that two people acting at once
 //! cannot both remove the last one.
 
-use super::rows::{USER_COLUMNS, explain_conflict, user_from};
+use super::rows::{MAX_PAGE, USER_COLUMNS, explain_conflict, user_from};
 use super::search_sql::STOPPED_BY;
 use super::sql::{Cells, Db, Dialect, Param, SqlRow};
 use super::{StoreError, StoreResult};
 use crate::domain::decision::policy;
 use crate::domain::user::{Email, Invitation, NewUser, PasswordHash, Role, User};
-use crate::domain::{InvitationId, KeyId, TenantId, Timestamp, UserId};
+use crate::domain::{
+    CallCursor, CallId, Decision, InvitationId, KeyId, TenantId, Timestamp, UserId,
+};
 
 /// One bucket of a tenant's calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,11 +27,31 @@ pub struct SeriesPoint {
     /// Calls that ended in an upstream error (status >= 500).
     pub errors: i64,
     pub blocked: i64,
+    /// Tokens the calls used (as the upstream reported them).
+    pub tokens: i64,
     /// Known cost in nano-dollars (calls of unknown price add nothing).
     pub cost_nanos: i64,
 }
 
-/// Calls, tokens and known cost of one key or one model.
+/// What usage is grouped by (see [`usage_by`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageBy {
+    Key,
+    Model,
+    EndUser,
+}
+
+impl UsageBy {
+    fn column(self) -> &'static str {
+        match self {
+            Self::Key => "key_id",
+            Self::Model => "model",
+            Self::EndUser => "end_user",
+        }
+    }
+}
+
+/// Calls, tokens and known cost of one key, model or end user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageRow {
     pub name: String,
@@ -147,7 +170,8 @@ pub(super) fn call_series(
         "SELECT (created_at - $2) / $3, COUNT(*),
                 CAST(COALESCE(SUM(CASE WHEN status >= 500 THEN 1 ELSE 0 END), 0) AS BIGINT),
                 CAST(COALESCE(SUM(CASE WHEN blocked THEN 1 ELSE 0 END), 0) AS BIGINT),
-                CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT)
+                CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT),
+                CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT)
          FROM calls WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $4
          GROUP BY 1",
         &[
@@ -163,6 +187,7 @@ pub(super) fn call_series(
             calls: 0,
             errors: 0,
             blocked: 0,
+            tokens: 0,
             cost_nanos: 0,
         })
         .collect();
@@ -174,6 +199,7 @@ pub(super) fn call_series(
             p.errors = c.int(2)?;
             p.blocked = c.int(3)?;
             p.cost_nanos = c.int(4)?;
+            p.tokens = c.int(5)?;
         }
     }
     Ok(out)
@@ -194,26 +220,156 @@ fn usage_rows(rows: &[SqlRow]) -> StoreResult<Vec<UsageRow>> {
         .collect()
 }
 
-/// Usage since `since` grouped by `key_id` or by `model`, busiest first.
+/// Usage from `since` (until before `until`, when given) grouped by key, model or end
+/// user, busiest first, then by name; at most `limit` groups when given. Calls without a
+/// model or an end user form one group, named "" (and sorted as such on both backends).
 pub(super) fn usage_by(
     db: &mut dyn Db,
     tenant: &TenantId,
     since: Timestamp,
-    by_model: bool,
+    until: Option<Timestamp>,
+    by: UsageBy,
+    limit: Option<u32>,
 ) -> StoreResult<Vec<UsageRow>> {
-    let column = if by_model { "model" } else { "key_id" };
+    let column = by.column();
     let rows = db.query(
         &format!(
             "SELECT {column}, COUNT(*),
                     CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT),
                     CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT),
                     CAST(COALESCE(SUM(CASE WHEN cost_nanos IS NULL AND NOT blocked THEN 1 ELSE 0 END), 0) AS BIGINT)
-             FROM calls WHERE tenant_id = $1 AND created_at >= $2
-             GROUP BY {column} ORDER BY 2 DESC"
+             FROM calls WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3
+             GROUP BY {column} ORDER BY 2 DESC, COALESCE({column}, '') LIMIT $4"
         ),
-        &[Param::Text(tenant.as_str()), Param::BigInt(since.millis())],
+        &[
+            Param::Text(tenant.as_str()),
+            Param::BigInt(since.millis()),
+            Param::BigInt(until.map_or(i64::MAX, Timestamp::millis)),
+            Param::BigInt(limit.map_or(i64::MAX, i64::from)),
+        ],
     )?;
     usage_rows(&rows)
+}
+
+/// What the operator's enforcement log lists: calls a policy stopped, of one tenant or
+/// of all, by one policy or any, from `since`, before `until`.
+#[derive(Debug, Clone, Default)]
+pub struct BlockedFilter {
+    pub tenant: Option<TenantId>,
+    pub policy: Option<String>,
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+}
+
+/// One call a policy stopped, as the enforcement log shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockedCall {
+    pub id: CallId,
+    pub tenant_id: TenantId,
+    pub key_id: String,
+    /// The key's name; `None` when the key is gone.
+    pub key_name: Option<String>,
+    pub end_user: Option<String>,
+    pub created_at: Timestamp,
+    pub policy: String,
+    pub status: u16,
+    /// Why: the stopping decision's sentence, else the error the client was given.
+    pub reason: Option<String>,
+}
+
+impl BlockedCall {
+    pub fn cursor(&self) -> CallCursor {
+        CallCursor {
+            created_at: self.created_at,
+            id: self.id.clone(),
+        }
+    }
+}
+
+/// The stopping decision's reason among a call's recorded decisions (JSON text).
+fn stop_reason(decisions: &str, policy: &str) -> Option<String> {
+    let decisions: Vec<Decision> = serde_json::from_str(decisions).ok()?;
+    let stopped = |d: &&Decision| d.outcome != crate::domain::Outcome::Pass;
+    decisions
+        .iter()
+        .filter(stopped)
+        .find(|d| d.policy == policy)
+        .or_else(|| decisions.iter().rev().find(stopped))
+        .map(|d| d.reason.clone())
+}
+
+/// Calls a policy stopped, newest first (`created_at` desc, then id desc), strictly after
+/// `after` when given.
+///
+/// Like [`blocked_costs`] it reads the partial index of stopped calls (migration 0019,
+/// keyed by tenant, stopping policy and time), its condition repeated word for word. With
+/// no tenant named, every tenant's range of it is read (`tenant_id IN (…tenants)`, always
+/// true) rather than every call.
+pub(super) fn blocked_calls<'a>(
+    db: &mut dyn Db,
+    filter: &'a BlockedFilter,
+    after: Option<&'a CallCursor>,
+    limit: u32,
+) -> StoreResult<Vec<BlockedCall>> {
+    let (stopped, by) = STOPPED_BY.of(db.dialect());
+    let mut args: Vec<Param<'a>> = Vec::new();
+    let mut conds = format!("({stopped}) AND c.blocked_by IS NOT NULL");
+    if filter.tenant.is_none() {
+        conds.push_str(" AND c.tenant_id IN (SELECT id FROM tenants)");
+    }
+    // Each condition names the parameter it adds.
+    let mut add = |p: Param<'a>, text: &str| {
+        args.push(p);
+        conds.push_str(&text.replace("{}", &format!("${}", args.len())));
+    };
+    if let Some(t) = &filter.tenant {
+        add(Param::Text(t.as_str()), " AND c.tenant_id = {}");
+    }
+    if let Some(p) = &filter.policy {
+        add(Param::Text(p), &format!(" AND {by} = {{}}"));
+    }
+    if let Some(t) = filter.since {
+        add(Param::BigInt(t.millis()), " AND c.created_at >= {}");
+    }
+    if let Some(t) = filter.until {
+        add(Param::BigInt(t.millis()), " AND c.created_at < {}");
+    }
+    if let Some(c) = after {
+        add(
+            Param::BigInt(c.created_at.millis()),
+            " AND (c.created_at, c.id) < ({}, ",
+        );
+        add(Param::Text(c.id.as_str()), "{})");
+    }
+    args.push(Param::BigInt(i64::from(limit.clamp(1, MAX_PAGE))));
+    let rows = db.query(
+        &format!(
+            "SELECT c.id, c.tenant_id, c.key_id, k.name, c.end_user, c.created_at, c.blocked_by,
+                    c.status, c.error, c.decisions
+             FROM calls c LEFT JOIN api_keys k ON k.id = c.key_id
+             WHERE {conds} ORDER BY c.created_at DESC, c.id DESC LIMIT ${}",
+            args.len()
+        ),
+        &args,
+    )?;
+    rows.iter()
+        .map(|row| {
+            let c = Cells::new(row, "blocked call");
+            let policy = c.text(6)?;
+            let reason = stop_reason(&c.text(9)?, &policy).or(c.opt_text(8)?);
+            Ok(BlockedCall {
+                id: CallId::parse(&c.text(0)?).map_err(|e| bad("call id", e))?,
+                tenant_id: TenantId::parse(&c.text(1)?).map_err(|e| bad("tenant id", e))?,
+                key_id: c.text(2)?,
+                key_name: c.opt_text(3)?,
+                end_user: c.opt_text(4)?,
+                created_at: Timestamp::from_millis(c.int(5)?),
+                policy,
+                status: u16::try_from(c.int(7)?).map_err(|e| bad("call status", e))?,
+                reason,
+            })
+        })
+        .collect()
 }
 
 /// A tenant's people (`None`: everyone on the instance), oldest first.

@@ -779,6 +779,35 @@ pub(super) fn stats(db: &mut dyn Db, tenant: &TenantId) -> StoreResult<IncidentS
     Ok(stats.unwrap_or_default())
 }
 
+/// How many incidents of each severity, in [`Severity::ALL`] order, a tenant has (`None`:
+/// every tenant), of one status or of any.
+pub(super) fn severity_counts(
+    db: &mut dyn Db,
+    tenant: Option<&TenantId>,
+    status: Option<IncidentStatus>,
+) -> StoreResult<[i64; 4]> {
+    let rows = db.query(
+        "SELECT severity, COUNT(*) FROM incidents
+         WHERE (CAST($1 AS TEXT) IS NULL OR tenant_id = $1)
+           AND (CAST($2 AS TEXT) IS NULL OR status = $2)
+         GROUP BY severity",
+        &[
+            Param::OptText(tenant.map(TenantId::as_str)),
+            Param::OptText(status.map(IncidentStatus::as_str)),
+        ],
+    )?;
+    let mut counts = [0; 4];
+    for row in &rows {
+        let c = Cells::new(row, "incident count");
+        let severity =
+            Severity::parse(&c.text(0)?).map_err(|e| StoreError::Database(e.to_string()))?;
+        if let Some(n) = Severity::ALL.iter().position(|s| *s == severity) {
+            counts[n] = c.int(1)?;
+        }
+    }
+    Ok(counts)
+}
+
 pub(super) fn mark_demo_tenant(
     db: &mut dyn Db,
     tenant: &TenantId,

@@ -37,7 +37,9 @@ mod tenants;
 pub mod testing;
 mod users;
 
-pub use console::{BlockedCost, SeriesPoint, UsageRow, key_of as usage_key};
+pub use console::{
+    BlockedCall, BlockedCost, BlockedFilter, SeriesPoint, UsageBy, UsageRow, key_of as usage_key,
+};
 pub use evidence::StoredCertificate;
 pub use retention::PruneBatch;
 
@@ -452,6 +454,15 @@ pub trait Store: Send + Sync + 'static {
     fn incident_stats(&self, tenant: &TenantId) -> StoreResult<IncidentStats> {
         on_db(self, |db| incidents::stats(db, tenant))
     }
+    /// Incidents of each severity, in `Severity::ALL` order, of a tenant (`None`: every
+    /// tenant) with `status` (`None`: any).
+    fn incident_severity_counts(
+        &self,
+        tenant: Option<&TenantId>,
+        status: Option<crate::domain::incident::IncidentStatus>,
+    ) -> StoreResult<[i64; 4]> {
+        on_db(self, |db| incidents::severity_counts(db, tenant, status))
+    }
     /// Marks a tenant as a demo tenant (idempotent); an unknown tenant is NotFound.
     fn mark_demo_tenant(&self, tenant: &TenantId, at: Timestamp) -> StoreResult<()> {
         in_write_tx(self, |db| incidents::mark_demo_tenant(db, tenant, at))
@@ -610,14 +621,29 @@ pub trait Store: Send + Sync + 'static {
     fn blocked_costs(&self, tenant: &TenantId, since: Timestamp) -> StoreResult<Vec<BlockedCost>> {
         on_db(self, |db| console::blocked_costs(db, tenant, since))
     }
-    /// Calls, tokens and cost since `since` per key (`by_model` false) or per model.
+    /// Calls, tokens and cost from `since` (before `until`, when given) per key, model or
+    /// end user, busiest first; at most `limit` groups when given.
     fn usage_by(
         &self,
         tenant: &TenantId,
         since: Timestamp,
-        by_model: bool,
+        until: Option<Timestamp>,
+        by: UsageBy,
+        limit: Option<u32>,
     ) -> StoreResult<Vec<UsageRow>> {
-        on_db(self, |db| console::usage_by(db, tenant, since, by_model))
+        on_db(self, |db| {
+            console::usage_by(db, tenant, since, until, by, limit)
+        })
+    }
+    /// Calls a policy stopped (the operator's enforcement log, `filter.tenant: None` for
+    /// every tenant), newest first, strictly after `after` when given.
+    fn blocked_calls(
+        &self,
+        filter: &BlockedFilter,
+        after: Option<&CallCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<BlockedCall>> {
+        on_db(self, |db| console::blocked_calls(db, filter, after, limit))
     }
     /// A tenant's people (`None`: everyone), oldest first.
     fn list_users(&self, tenant: Option<&TenantId>) -> StoreResult<Vec<crate::domain::user::User>> {

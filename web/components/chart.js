@@ -11,7 +11,15 @@ function niceMax(v) {
   for (const m of [1, 2, 2.5, 5, 10]) if (m * exp >= v) return m * exp;
   return 10 * exp;
 }
-function label(t, range) { return range === "7d" ? dayLabel(t) : hourLabel(t); }
+/** Buckets are hours for "24h", days for any other range ("7d", or the usage history's). */
+const daily = (range) => range !== "24h";
+function label(t, range) { return daily(range) ? dayLabel(t) : hourLabel(t); }
+/** An axis label: the hour, the weekday for a week, the date beyond. */
+function tickText(t, range, n) {
+  if (!daily(range)) return hourLabel(t);
+  const [weekday, ...date] = dayLabel(t).split(" ");
+  return n > 7 ? date.join(" ") : weekday;
+}
 function tickEvery(n) { return n > 12 ? Math.ceil(n / 8) : 1; }
 
 function axes(max, fmt) {
@@ -43,10 +51,10 @@ export function callsChart(points, range) {
     };
     const bars = seg(ok, "bar") + seg(errors, "bar-bad") + seg(blocked, "bar-warn");
     const tip = `${label(p.t, range)}: ${compact(calls)} calls, ${compact(errors)} errors, ${compact(blocked)} blocked`;
-    const tick = i % every === 0 ? html`<text x="${(PAD_L + i * slot + slot / 2).toFixed(1)}" y="${H - 6}" text-anchor="middle">${range === "7d" ? dayLabel(p.t).split(" ")[0] : hourLabel(p.t)}</text>` : "";
+    const tick = i % every === 0 ? html`<text x="${(PAD_L + i * slot + slot / 2).toFixed(1)}" y="${H - 6}" text-anchor="middle">${tickText(p.t, range, n)}</text>` : "";
     return html`<g class="col"><title>${tip}</title><rect class="hit" x="${(PAD_L + i * slot).toFixed(1)}" y="${PAD_T}" width="${slot.toFixed(1)}" height="${innerH}"/>${raw(bars)}${tick}</g>`;
   });
-  return html`<svg class="chart" viewBox="0 0 ${W} ${H}" role="img" aria-label="${`Calls per ${range === "7d" ? "day" : "hour"}`}">${axes(max, (v) => compact(Math.round(v)))}${cols}</svg>`;
+  return html`<svg class="chart" viewBox="0 0 ${W} ${H}" role="img" aria-label="${`Calls per ${daily(range) ? "day" : "hour"}`}">${axes(max, (v) => compact(Math.round(v)))}${cols}</svg>`;
 }
 
 /** Line and area for spend in USD; buckets with unknown spend count as 0. */
@@ -62,8 +70,8 @@ export function spendChart(points, range) {
   const every = tickEvery(n);
   const cols = points.map((p, i) => {
     const tip = `${label(p.t, range)}: ${p.spend_usd === null || p.spend_usd === undefined ? "unknown" : money(p.spend_usd)}`;
-    const tick = i % every === 0 ? html`<text x="${xy[i][0].toFixed(1)}" y="${H - 6}" text-anchor="middle">${range === "7d" ? dayLabel(p.t).split(" ")[0] : hourLabel(p.t)}</text>` : "";
+    const tick = i % every === 0 ? html`<text x="${xy[i][0].toFixed(1)}" y="${H - 6}" text-anchor="middle">${tickText(p.t, range, n)}</text>` : "";
     return html`<g class="col"><title>${tip}</title><rect class="hit" x="${(PAD_L + i * slot).toFixed(1)}" y="${PAD_T}" width="${slot.toFixed(1)}" height="${innerH}"/><circle class="dot" cx="${xy[i][0].toFixed(1)}" cy="${xy[i][1].toFixed(1)}" r="${n > 12 ? 2 : 3}"/>${tick}</g>`;
   });
-  return html`<svg class="chart" viewBox="0 0 ${W} ${H}" role="img" aria-label="${`Spend per ${range === "7d" ? "day" : "hour"}`}">${axes(max, (v) => money(v, { compact: true }))}<path class="area" d="${area}"/><path class="line" d="${line}"/>${cols}</svg>`;
+  return html`<svg class="chart" viewBox="0 0 ${W} ${H}" role="img" aria-label="${`Spend per ${daily(range) ? "day" : "hour"}`}">${axes(max, (v) => money(v, { compact: true }))}<path class="area" d="${area}"/><path class="line" d="${line}"/>${cols}</svg>`;
 }

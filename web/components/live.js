@@ -1,8 +1,10 @@
 // Live updates from GET /api/events (server-sent events): one EventSource for the whole
 // console, pointed at the tenant being viewed (operators watching a tenant add
 // ?tenant=ten_…). Pages subscribe to `overview`, `incident` and `health` events. The
-// browser retries a dropped stream by itself; when it gives up (the stream closed), we
-// reconnect with a growing delay. The header shows the state.
+// browser retries a dropped stream by itself, saying where it left off (the server's event
+// ids, `Last-Event-ID`), so incident changes made meanwhile still arrive; when it gives up
+// (the stream closed), we reconnect with a growing delay and say the same in the link
+// (`last_event_id`). The header shows the state.
 
 const listeners = { overview: new Set(), incident: new Set(), health: new Set(), status: new Set() };
 let source = null;
@@ -11,6 +13,7 @@ let retryTimer = null;
 let retryDelay = 2000;
 let downTimer = null;
 let status = "off"; // off | connecting | live | down
+let lastId = ""; // the id of the latest event of the stream at currentUrl
 
 function setStatus(s) {
   status = s;
@@ -27,6 +30,7 @@ function setStatus(s) {
 }
 
 function dispatch(kind, ev) {
+  if (ev.lastEventId) lastId = ev.lastEventId;
   let data;
   try { data = JSON.parse(ev.data); } catch { return; }
   for (const fn of listeners[kind]) {
@@ -37,10 +41,12 @@ function dispatch(kind, ev) {
 function open(url) {
   if (retryTimer) { clearTimeout(retryTimer); retryTimer = null; }
   if (source) { source.close(); source = null; }
+  if (url !== currentUrl) lastId = "";
   currentUrl = url;
   if (!url || typeof EventSource === "undefined") { setStatus("off"); return; }
   setStatus("connecting");
-  const es = new EventSource(url, { withCredentials: true });
+  const resume = lastId ? `${url.includes("?") ? "&" : "?"}last_event_id=${encodeURIComponent(lastId)}` : "";
+  const es = new EventSource(url + resume, { withCredentials: true });
   source = es;
   es.addEventListener("open", () => { retryDelay = 2000; clearTimeout(downTimer); downTimer = null; setStatus("live"); });
   for (const kind of ["overview", "incident", "health"]) es.addEventListener(kind, (ev) => dispatch(kind, ev));

@@ -1,6 +1,7 @@
-// #/operator (operators only): the first-run checklist until the first protected call,
-// instance health, tenants (create, drill down, per-tenant kill switch), the instance
-// upstream, a live incident stream across tenants, backups, jobs and dead letters, and
+// #/operator (operators only): the health banner, the first-run checklist until the first
+// protected call, instance health, tenants (create, drill down, per-tenant kill switch), the
+// instance upstream, a live incident stream across tenants (filtered by severity, status
+// and tenant, counted by severity, with pause and resume), backups, jobs and dead letters, and
 // whether a newer signed release is out (checked by the server, at most hourly; a failed
 // check is a quiet note, not an error).
 import * as api from "../api.js";
@@ -8,13 +9,20 @@ import { html, render, icon, compact, money, pct, bytes, seconds, timeAgo, absTi
 import { reasonDialog, confirmDialog } from "../components/dialog.js";
 import { mountUpstream } from "../components/upstream.js";
 import { renderFirstRun } from "../components/first-run.js";
+import { renderBanner } from "../components/health-banner.js";
+
+const SEVERITIES = ["critical", "high", "medium", "low"];
+const STATUSES = [["", "Any status"], ["open", "Open"], ["acknowledged", "Acknowledged"], ["resolved", "Resolved"]];
 
 export default {
   name: "operator",
   title: "Operator",
   nav: "operator",
   async mount(root, ctx) {
-    let health = null, tenants = null, incidents = null, backups = null, jobs = null, update = null, setup = null;
+    let health = null, tenants = null, incidents = null, counts = null, backups = null, jobs = null, update = null, setup = null;
+    // The incident stream's filters; while paused, the incidents that came in meanwhile.
+    const stream = { severity: "", status: "", tenant: "", paused: false, waiting: new Map() };
+    let streamSeq = 0;
     let checking = false;
     const errors = {};
     const verified = new Map(); // file -> {ok, error, counts}: kept across redraws
@@ -22,7 +30,9 @@ export default {
     let pollTimer = null;
 
     render(root, html`<div class="page-head"><div class="titles"><h1 data-testid="page-title">Operator</h1>
-        <p class="sub">This instance: its health and updates, every tenant, backups and background jobs.</p></div></div>
+        <p class="sub">This instance: its health and updates, every tenant, backups and background jobs.</p></div>
+        <div class="actions"><a class="btn btn-sm" href="#/enforcement" data-testid="open-enforcement">${icon("enforcement", 16)} Enforcement log</a></div></div>
+      <div id="op-banner"></div>
       <div id="op-setup"></div>
       <div id="op-health" data-testid="operator-health"></div>
       <section class="card" id="tenants"><div class="card-head"><h2>Tenants</h2><span class="hint">today</span></div>
@@ -32,7 +42,15 @@ export default {
         </form></div>
         <div class="card-body flush" id="op-tenants"></div></section>
       <div id="op-upstream"></div>
-      <section class="card"><div class="card-head"><h2>Incident stream</h2><span class="hint">all tenants, newest first, live</span></div><div class="card-body flush scroll-box" id="op-incidents"></div></section>
+      <section class="card" data-testid="incident-stream-card"><div class="card-head"><h2>Incident stream</h2><span class="hint">all tenants, newest first, live</span>
+          <button type="button" class="btn btn-sm" data-action="stream-pause" data-testid="stream-pause" aria-pressed="false">Pause</button></div>
+        <div class="card-body stream-tools"><div class="filters">
+          <label>Severity <select class="input" data-stream="severity" data-testid="stream-severity"><option value="">Any</option>${SEVERITIES.map((v) => html`<option value="${v}">${v.charAt(0).toUpperCase() + v.slice(1)}</option>`)}</select></label>
+          <label>Status <select class="input" data-stream="status" data-testid="stream-status">${STATUSES.map(([v, l]) => html`<option value="${v}">${l}</option>`)}</select></label>
+          <label>Tenant <select class="input" data-stream="tenant" data-testid="stream-tenant" id="op-stream-tenant"><option value="">All tenants</option></select></label></div>
+          <div class="sev-counts" id="op-sev-counts" data-testid="severity-counts"></div>
+          <div id="op-stream-waiting" aria-live="polite"></div></div>
+        <div class="card-body flush scroll-box" id="op-incidents"></div></section>
       <div class="grid grid-2">
         <section class="card"><div class="card-head"><h2>Backups</h2><button type="button" class="btn btn-sm btn-primary" data-action="backup" data-testid="backup-now">Back up now</button></div><div class="card-body flush" id="op-backups"></div></section>
         <section class="card"><div class="card-head"><h2>Jobs</h2></div><div class="card-body flush" id="op-jobs"></div></section>
@@ -41,14 +59,16 @@ export default {
       <section class="card" data-testid="managed-service"><div class="card-head"><h2>Managed service</h2><span class="hint">optional — this instance needs nothing from outside</span></div><div class="card-body" id="op-managed"><p class="hint">Loading…</p></div></section>`);
     const $ = (id) => root.querySelector(id);
 
-    const get = async (key, path) => {
-      try { const r = await api.get(path, null, { signal: ctx.signal }); delete errors[key]; return r; } catch (err) {
+    const streamParams = () => ({ severity: stream.severity, status: stream.status, tenant: stream.tenant });
+    const get = async (key, path, params = null) => {
+      try { const r = await api.get(path, params, { signal: ctx.signal }); delete errors[key]; return r; } catch (err) {
         if (err?.name === "AbortError") throw err;
         errors[key] = err; return null;
       }
     };
 
     function drawHealth() {
+      renderBanner($("#op-banner"), health, errors.health);
       const box = $("#op-health");
       if (errors.health) { render(box, html`<div class="card">${errorState(errors.health, { testid: "health-error" })}</div>`); return; }
       if (!health) { render(box, html`<div class="kpis"><span class="skeleton sk-kpi"></span><span class="skeleton sk-kpi"></span><span class="skeleton sk-kpi"></span><span class="skeleton sk-kpi"></span></div>`); return; }
@@ -122,7 +142,13 @@ export default {
       drawUpdate();
     }
 
+    function drawTenantChoice() {
+      const sel = $("#op-stream-tenant");
+      render(sel, html`<option value="">All tenants</option>${(tenants || []).map((t) => html`<option value="${t.id}" ${t.id === stream.tenant ? "selected" : ""}>${t.name}</option>`)}`);
+    }
+
     function drawTenants() {
+      drawTenantChoice();
       const box = $("#op-tenants");
       if (errors.tenants) { render(box, errorState(errors.tenants, { testid: "tenants-error" })); return; }
       if (!tenants) { render(box, loadingState("table")); return; }
@@ -139,16 +165,43 @@ export default {
         </tbody></table></div>`);
     }
 
+    // The incidents a live event may add: those the filters let through.
+    const passes = (i) => (!stream.severity || i.severity === stream.severity) && (!stream.status || i.status === stream.status) && (!stream.tenant || i.tenant_id === stream.tenant);
+
+    function drawCounts() {
+      const box = $("#op-sev-counts");
+      if (!counts) { render(box, ""); return; }
+      render(box, html`${SEVERITIES.map((v) => html`<button type="button" class="sev-count ${v === stream.severity ? "on" : ""}" data-sev="${v}" data-testid="severity-count" data-severity="${v}" aria-pressed="${String(v === stream.severity)}" title="${v === stream.severity ? "Show every severity" : `Show only ${v}`}">${severityBadge(v)} <span class="sev-n">${compact(counts[v] ?? 0)}</span></button>`)}
+        <span class="hint">${stream.status ? `${stream.status} ` : ""}incidents${stream.tenant ? " of this tenant" : ""}, by severity</span>`);
+    }
+
+    function drawWaiting() {
+      const btn = root.querySelector('[data-action="stream-pause"]');
+      btn.textContent = stream.paused ? "Resume" : "Pause";
+      btn.setAttribute("aria-pressed", String(stream.paused));
+      const n = stream.waiting.size;
+      render($("#op-stream-waiting"), stream.paused
+        ? html`<div class="notice info stream-paused" data-testid="stream-paused">${n ? html`<button type="button" class="linkbtn" data-action="stream-pause" data-testid="stream-new">${n} new</button> <span>incident${n === 1 ? "" : "s"} since you paused — resume to show ${n === 1 ? "it" : "them"}.</span>` : "Paused: new incidents are counted here and shown when you resume."}</div>`
+        : "");
+    }
+
     function drawIncidents(fresh = new Set()) {
+      drawCounts();
       const box = $("#op-incidents");
       if (errors.incidents) { render(box, errorState(errors.incidents, { testid: "stream-error" })); return; }
       if (!incidents) { render(box, loadingState("table")); return; }
-      if (!incidents.length) { render(box, emptyState({ title: "Quiet", text: "No incidents on any tenant. New ones appear here as they open.", iconName: "shield" })); return; }
-      render(box, html`<div class="table-wrap"><table class="table" data-testid="incident-stream"><tbody>
-        ${incidents.slice(0, 30).map((i) => html`<tr class="${fresh.has(i.id) ? "flash" : ""}" data-testid="incident-row" data-incident-id="${i.id}" data-tenant-id="${i.tenant_id}">
-          <td>${severityBadge(i.severity)}</td>
-          <td><button type="button" class="linkbtn" data-action="open-incident">${i.title}</button><div class="cell-sub">${i.tenant_name || i.tenant_id}</div></td>
-          <td>${statusBadge(i.status)}</td><td class="num">${timeAgo(i.updated_at ?? i.created_at)}</td></tr>`)}
+      const filtered = stream.severity || stream.status || stream.tenant;
+      if (!incidents.length) {
+        render(box, filtered
+          ? emptyState({ title: "No incidents match", text: "Nothing with these filters. Widen them to see more.", testid: "stream-empty", action: html`<button type="button" class="btn btn-sm" data-action="stream-clear" data-testid="stream-clear">Clear filters</button>` })
+          : emptyState({ title: "Quiet", text: "No incidents on any tenant. New ones appear here as they open.", iconName: "shield", testid: "stream-empty" }));
+        return;
+      }
+      render(box, html`<div class="table-wrap"><table class="table stream-table" data-testid="incident-stream"><tbody>
+        ${incidents.slice(0, 30).map((i) => html`<tr class="${fresh.has(i.id) ? "flash" : ""}" data-testid="incident-row" data-incident-id="${i.id}" data-tenant-id="${i.tenant_id}" data-severity="${i.severity}" data-status="${i.status}">
+          <td class="c-sev">${severityBadge(i.severity)}</td>
+          <td class="c-title"><button type="button" class="linkbtn" data-action="open-incident">${i.title}</button><div class="cell-sub">${i.tenant_name || i.tenant_id}</div></td>
+          <td class="c-status">${statusBadge(i.status)}</td><td class="num c-age">${timeAgo(i.updated_at ?? i.created_at)}</td></tr>`)}
         </tbody></table></div>`);
     }
 
@@ -234,22 +287,24 @@ export default {
       ctx.loading();
       drawHealth(); drawTenants(); drawIncidents(); drawBackups(); drawJobs();
       const [h, t, i, b, j] = await Promise.all([
-        get("health", "/api/operator/health"), get("tenants", "/api/operator/tenants"), get("incidents", "/api/operator/incidents"),
+        get("health", "/api/operator/health"), get("tenants", "/api/operator/tenants"), get("incidents", "/api/operator/incidents", streamParams()),
         get("backups", "/api/operator/backups"), get("jobs", "/api/operator/jobs"),
       ]);
       if (!ctx.alive()) return;
-      health = h; tenants = t?.data ?? null; incidents = i?.data ?? null; backups = b; jobs = j;
+      health = h; tenants = t?.data ?? null; incidents = i?.data ?? null; counts = i?.counts ?? null; backups = b; jobs = j;
       drawHealth(); drawTenants(); drawIncidents(); drawBackups(); drawJobs();
       if (backups?.running) pollBackups();
       if (ready) ctx.ready();
     }
-    async function reload(key) {
+    async function reload(key, fresh = new Set()) {
       const map = { health: "/api/operator/health", tenants: "/api/operator/tenants", incidents: "/api/operator/incidents", backups: "/api/operator/backups", jobs: "/api/operator/jobs" };
-      const r = await get(key, map[key]);
-      if (!ctx.alive()) return;
+      // Only the answer to the latest filters of the stream counts.
+      const seq = key === "incidents" ? ++streamSeq : 0;
+      const r = await get(key, map[key], key === "incidents" ? streamParams() : null);
+      if (!ctx.alive() || (key === "incidents" && seq !== streamSeq)) return;
       if (key === "health") { health = r; drawHealth(); }
       if (key === "tenants") { tenants = r?.data ?? null; drawTenants(); }
-      if (key === "incidents") { incidents = r?.data ?? null; drawIncidents(); }
+      if (key === "incidents") { incidents = r?.data ?? null; counts = r?.counts ?? null; drawIncidents(fresh); }
       if (key === "backups") { backups = r; drawBackups(); }
       if (key === "jobs") { jobs = r; drawJobs(); }
     }
@@ -263,7 +318,22 @@ export default {
       }, 2000);
     }
 
+    function setStreamFilter(next) {
+      Object.assign(stream, next);
+      for (const sel of root.querySelectorAll("[data-stream]")) sel.value = stream[sel.dataset.stream];
+      stream.waiting.clear();
+      drawWaiting();
+      incidents = null; drawIncidents();
+      reload("incidents").catch(() => {});
+    }
+    root.addEventListener("change", (e) => {
+      const sel = e.target.closest("[data-stream]");
+      if (sel) setStreamFilter({ [sel.dataset.stream]: sel.value });
+    });
+
     root.addEventListener("click", async (e) => {
+      const chip = e.target.closest("[data-sev]");
+      if (chip) { setStreamFilter({ severity: chip.dataset.sev === stream.severity ? "" : chip.dataset.sev }); return; }
       const a = e.target.closest("[data-action]");
       if (!a) return;
       const act = a.dataset.action;
@@ -284,6 +354,16 @@ export default {
         return key && ["health", "tenants", "incidents", "backups", "jobs"].includes(key) ? reload(key) : loadAll();
       }
       if (act === "update-check") { if (!checking) await loadUpdate(true); return; }
+      if (act === "stream-pause") {
+        stream.paused = !stream.paused;
+        const shown = new Set(stream.waiting.keys());
+        stream.waiting.clear();
+        drawWaiting();
+        if (!stream.paused) reload("incidents", shown).catch(() => {});
+        return;
+      }
+      if (act === "banner-retry") { delete errors.health; health = null; drawHealth(); reload("health").catch(() => {}); return; }
+      if (act === "stream-clear") { setStreamFilter({ severity: "", status: "", tenant: "" }); return; }
       if (act === "backup") {
         a.disabled = true;
         try { await api.post("/api/operator/backups", {}); toast("Backup started", "ok"); backups = { ...(backups || {}), running: true }; drawBackups(); pollBackups(); }
@@ -344,15 +424,20 @@ export default {
     ctx.on("health", (h) => { if (h && typeof h === "object") { health = { ...(health || {}), ...h }; delete errors.health; drawHealth(); } });
     let incTimer = null;
     ctx.on("incident", (ev) => {
-      if (!incidents) return;
+      if (!incidents || !ev?.id) return;
+      if (stream.paused) {
+        if (passes(ev)) { stream.waiting.set(ev.id, ev); drawWaiting(); }
+        return;
+      }
       const idx = incidents.findIndex((i) => i.id === ev.id);
       const name = (tenants || []).find((t) => t.id === ev.tenant_id)?.name;
       const merged = { ...(idx >= 0 ? incidents[idx] : {}), ...ev, tenant_name: name || (idx >= 0 ? incidents[idx].tenant_name : null), updated_at: Date.now() };
       if (idx >= 0) incidents.splice(idx, 1);
-      incidents.unshift(merged);
+      if (passes(merged)) incidents.unshift(merged);
       drawIncidents(new Set([ev.id]));
+      // The counts (and the tenants' open incidents) from the server, once the burst is over.
       clearTimeout(incTimer);
-      incTimer = setTimeout(() => reload("tenants").catch(() => {}), 1500);
+      incTimer = setTimeout(() => { reload("tenants").catch(() => {}); if (!stream.paused) reload("incidents", new Set([ev.id])).catch(() => {}); }, 1500);
     });
 
     // The first check may wait for the release server (up to 10 s): the page does not.
