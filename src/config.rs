@@ -10,13 +10,13 @@
 //! rejected by name. Secrets may also come from `*_FILE` variables.
 //! This module does no network I/O and never prints a secret.
 
+use crate::domain::TenantId;
 use crate::domain::alert::HostAllowlist;
 use crate::domain::pricing::{ModelPrice, Pricing};
 use crate::domain::time::parse_duration;
 use crate::domain::trusted_proxies::TrustedProxies;
-use crate::domain::user::Role;
-use crate::domain::TenantId;
 use crate::domain::upstream_url::UpstreamAllowlist;
+use crate::domain::user::Role;
 use values::validate_cron;
 pub mod values;
 
@@ -282,8 +282,7 @@ const OIDC_DEPENDENT: [&str; 6] = [
     "oidc_redirect_url",
 ];
 
-const TENANT_ROLE: &str =
-    "expected owner, admin or viewer (the operator belongs to the instance: make one with `agv-server user create --role operator`)";
+const TENANT_ROLE: &str = "expected owner, admin or viewer (the operator belongs to the instance: make one with `agv-server user create --role operator`)";
 
 /// An `http://` or `https://` URL without credentials or fragment.
 fn web_url(text: &str) -> Option<reqwest::Url> {
@@ -394,7 +393,10 @@ fn parse_oidc(g: &Given) -> Result<Option<Oidc>, ConfigError> {
                 "a GROUP=ROLE pair has no group: expected e.g. agv-admins=admin",
             ));
         }
-        group_roles.push((group.to_owned(), tenant_role("oidc_group_roles", role.trim())?));
+        group_roles.push((
+            group.to_owned(),
+            tenant_role("oidc_group_roles", role.trim())?,
+        ));
     }
     if !group_roles.is_empty() && groups_claim.is_none() {
         return Err(bad(
@@ -410,7 +412,10 @@ fn parse_oidc(g: &Given) -> Result<Option<Oidc>, ConfigError> {
         ));
     }
     let redirect_url = get("oidc_redirect_url");
-    if redirect_url.as_deref().is_some_and(|u| web_url(u).is_none()) {
+    if redirect_url
+        .as_deref()
+        .is_some_and(|u| web_url(u).is_none())
+    {
         return Err(bad(
             "oidc_redirect_url",
             "expected this server's callback URL as registered at the provider, e.g. https://agv.example.com/api/auth/oidc/callback",
@@ -2034,6 +2039,73 @@ mod tests {
         assert!(described.contains("agv-backups"), "{described}");
         let err = load(&[("AGV_BACKUP_S3_UPLOAD_ATTEMPTS", "0")]).unwrap_err();
         assert!(err.0.contains("backup_s3_upload_attempts"), "{err}");
+    }
+
+    #[test]
+    fn single_sign_on_is_off_until_an_issuer_and_a_client_id_are_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |vars: &[(&str, &str)]| load_in(dir.path(), vars);
+        assert!(load(&[]).unwrap().oidc.is_none());
+        let on = [
+            ("AGV_OIDC_ISSUER", "https://login.example.com/realms/acme"),
+            ("AGV_OIDC_CLIENT_ID", "agv-console"),
+        ];
+        let o = load(&on).unwrap().oidc.unwrap();
+        assert_eq!(o.default_role, Role::Viewer);
+        assert_eq!(o.provider_name, "SSO");
+        assert!(o.allowed_domains.is_empty() && o.tenant.is_none() && o.client_secret.is_none());
+        let full = load(&[
+            on[0],
+            on[1],
+            ("AGV_OIDC_CLIENT_SECRET", "sample-oidc-secret"),
+            ("AGV_OIDC_ALLOWED_DOMAINS", " Example.COM, @example.org ,"),
+            ("AGV_OIDC_DEFAULT_ROLE", "admin"),
+            ("AGV_OIDC_GROUPS_CLAIM", "groups"),
+            ("AGV_OIDC_GROUP_ROLES", "agv-owners=owner, cn=ops=viewer"),
+        ])
+        .unwrap();
+        let o = full.oidc.clone().unwrap();
+        assert_eq!(o.allowed_domains, vec!["example.com", "example.org"]);
+        assert_eq!(o.default_role, Role::Admin);
+        assert_eq!(
+            o.group_roles,
+            vec![
+                ("agv-owners".to_owned(), Role::Owner),
+                ("cn=ops".to_owned(), Role::Viewer)
+            ]
+        );
+        assert!(!format!("{o:?} {full:?}").contains("sample-oidc-secret"));
+        for (vars, key) in [
+            (vec![on[0]], "missing oidc_client_id"),
+            (vec![on[1]], "missing oidc_issuer"),
+            (
+                vec![("AGV_OIDC_TENANT", "ten_0123456789abcdef0123456789abcdef")],
+                "invalid oidc_tenant",
+            ),
+            (
+                vec![on[0], on[1], ("AGV_OIDC_DEFAULT_ROLE", "operator")],
+                "invalid oidc_default_role",
+            ),
+            (
+                vec![on[0], on[1], ("AGV_OIDC_GROUP_ROLES", "admins=admin")],
+                "oidc_groups_claim is not set",
+            ),
+            (
+                vec![on[0], on[1], ("AGV_OIDC_TENANT", "acme")],
+                "invalid oidc_tenant",
+            ),
+            (
+                vec![("AGV_OIDC_ISSUER", "login.example.com"), on[1]],
+                "invalid oidc_issuer",
+            ),
+            (
+                vec![on[0], on[1], ("AGV_OIDC_ALLOWED_DOMAINS", "example")],
+                "invalid oidc_allowed_domains",
+            ),
+        ] {
+            let err = load(&vars).unwrap_err().0;
+            assert!(err.contains(key), "{vars:?}: {err}");
+        }
     }
 
     #[test]

@@ -71,7 +71,11 @@ pub async fn start(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse
 /// Back from the identity provider: checks the answer, signs the person in (making their
 /// account at the first sign-in) and sends the browser into the console.
 #[get("/api/auth/oidc/callback")]
-pub async fn callback(state: web::Data<AppState>, req: HttpRequest, source: Source) -> HttpResponse {
+pub async fn callback(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    source: Source,
+) -> HttpResponse {
     let query: HashMap<String, String> = url::form_urlencoded::parse(req.query_string().as_bytes())
         .into_owned()
         .collect();
@@ -101,9 +105,9 @@ async fn complete(
             .map(|d| format!(" ({})", d.chars().take(200).collect::<String>()))
             .unwrap_or_default();
         return Err(match error.as_str() {
-            "access_denied" => format!(
-                "the sign-in was cancelled or refused at the identity provider{detail}"
-            ),
+            "access_denied" => {
+                format!("the sign-in was cancelled or refused at the identity provider{detail}")
+            }
             other => format!(
                 "the identity provider did not sign you in: {}{detail}",
                 other.chars().take(100).collect::<String>()
@@ -128,7 +132,9 @@ async fn complete(
         )
         .await
         .map_err(|e| failure(&e))?;
-    let user = person(state, cfg, who, source).await.map_err(|e| failure(&e))?;
+    let user = person(state, cfg, who, source)
+        .await
+        .map_err(|e| failure(&e))?;
     let (session, _csrf) = start_session(state, req, source, &user, Some("oidc"))
         .await
         .map_err(|e| format!("the sign-in could not be completed: {}", e.message))?;

@@ -153,7 +153,9 @@ pub enum TokenError {
     Issuer { got: String, want: String },
     #[error("the ID token was issued to another client (its audience does not name {0})")]
     Audience(String),
-    #[error("the ID token has expired (check that the clocks of agv-server and the provider agree)")]
+    #[error(
+        "the ID token has expired (check that the clocks of agv-server and the provider agree)"
+    )]
     Expired,
     #[error(
         "the ID token is not valid yet (issued in the future: check that the clocks of agv-server and the provider agree)"
@@ -264,12 +266,12 @@ pub fn verify_id_token(token: &str, keys: &Jwks, want: &Expected) -> Result<Clai
             n: n.as_slice(),
             e: e.as_slice(),
         }
-            .verify(
-                &signature::RSA_PKCS1_2048_8192_SHA256,
-                signed.as_bytes(),
-                &signature,
-            )
-            .is_ok(),
+        .verify(
+            &signature::RSA_PKCS1_2048_8192_SHA256,
+            signed.as_bytes(),
+            &signature,
+        )
+        .is_ok(),
         PublicKey::P256(point) => {
             signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
                 .verify(signed.as_bytes(), &signature)
@@ -380,8 +382,13 @@ mod tests {
     fn rs256(key: &RsaKeyPair, kid: &str, claims: &Value) -> String {
         jwt(&json!({"alg": "RS256", "kid": kid}), claims, |msg| {
             let mut sig = vec![0; key.public().modulus_len()];
-            key.sign(&signature::RSA_PKCS1_SHA256, &SystemRandom::new(), msg, &mut sig)
-                .unwrap();
+            key.sign(
+                &signature::RSA_PKCS1_SHA256,
+                &SystemRandom::new(),
+                msg,
+                &mut sig,
+            )
+            .unwrap();
             sig
         })
     }
@@ -484,7 +491,9 @@ mod tests {
         assert_eq!(err, TokenError::BadSignature);
         // Unsigned, or signed with a shared secret: refused whatever the signature.
         for alg in ["none", "HS256"] {
-            let t = jwt(&json!({"alg": alg, "kid": "k1"}), &claims(), |_| b"x".to_vec());
+            let t = jwt(&json!({"alg": alg, "kid": "k1"}), &claims(), |_| {
+                b"x".to_vec()
+            });
             let err = verify_id_token(&t, &jwks, &want()).unwrap_err();
             assert_eq!(err, TokenError::Algorithm(alg.into()));
         }
@@ -529,7 +538,10 @@ mod tests {
     fn domains_and_groups_decide_who_may_sign_in_and_as_what() {
         let ada = Email::parse("ada@example.com").unwrap();
         assert!(domain_allowed(&ada, &[]));
-        assert!(domain_allowed(&ada, &["acme.org".into(), "example.com".into()]));
+        assert!(domain_allowed(
+            &ada,
+            &["acme.org".into(), "example.com".into()]
+        ));
         assert!(!domain_allowed(&ada, &["acme.org".into()]));
         let sub = Email::parse("ada@mail.example.com").unwrap();
         assert!(!domain_allowed(&sub, &["example.com".into()]));
@@ -544,7 +556,11 @@ mod tests {
             Role::Admin
         );
         assert_eq!(
-            role_for(&groups(&["agv-admins", "agv-owners"]), &mapping, Role::Viewer),
+            role_for(
+                &groups(&["agv-admins", "agv-owners"]),
+                &mapping,
+                Role::Viewer
+            ),
             Role::Owner
         );
     }

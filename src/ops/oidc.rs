@@ -71,7 +71,9 @@ impl From<StoreError> for SsoError {
 }
 
 fn provider(what: impl std::fmt::Display) -> SsoError {
-    SsoError::Provider(format!("the identity provider {what}; try again later or tell the operator"))
+    SsoError::Provider(format!(
+        "the identity provider {what}; try again later or tell the operator"
+    ))
 }
 
 /// The parts of the provider's discovery document that are used.
@@ -135,7 +137,11 @@ impl Sso {
 
     /// Begins a sign-in: returns the provider's authorization URL to send the browser to,
     /// and the `state` to keep in the browser's cookie.
-    pub async fn start(&self, cfg: &Oidc, redirect_uri: String) -> Result<(String, String), SsoError> {
+    pub async fn start(
+        &self,
+        cfg: &Oidc,
+        redirect_uri: String,
+    ) -> Result<(String, String), SsoError> {
         let disc = self.discovery(cfg).await?;
         let (state, nonce, verifier) = (random_token(), random_token(), random_token());
         let mut url = reqwest::Url::parse(&disc.authorization_endpoint)
@@ -158,12 +164,15 @@ impl Sso {
             .append_pair("code_challenge_method", "S256");
         let now = Instant::now();
         let Ok(mut pending) = self.pending.lock() else {
-            return Err(SsoError::Flow("the sign-in could not be started; try again".into()));
+            return Err(SsoError::Flow(
+                "the sign-in could not be started; try again".into(),
+            ));
         };
         pending.retain(|_, p| p.until > now);
         if pending.len() >= MAX_PENDING {
             return Err(SsoError::Flow(
-                "too many sign-ins are in progress on this server; try again in a few minutes".into(),
+                "too many sign-ins are in progress on this server; try again in a few minutes"
+                    .into(),
             ));
         }
         pending.insert(
@@ -271,7 +280,9 @@ impl Sso {
         );
         let body = self.fetch(self.http.get(&url), &url).await?;
         let disc: Discovery = serde_json::from_slice(&body).map_err(|e| {
-            provider(format!("answered {url} with something that is not a discovery document ({e})"))
+            provider(format!(
+                "answered {url} with something that is not a discovery document ({e})"
+            ))
         })?;
         if disc.issuer.trim_end_matches('/') != cfg.issuer.trim_end_matches('/') {
             return Err(provider(format!(
@@ -279,15 +290,26 @@ impl Sso {
                 disc.issuer, cfg.issuer
             )));
         }
-        for endpoint in [&disc.authorization_endpoint, &disc.token_endpoint, &disc.jwks_uri] {
+        for endpoint in [
+            &disc.authorization_endpoint,
+            &disc.token_endpoint,
+            &disc.jwks_uri,
+        ] {
             if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
-                return Err(provider(format!("names an endpoint that is not an http(s) URL: {endpoint}")));
+                return Err(provider(format!(
+                    "names an endpoint that is not an http(s) URL: {endpoint}"
+                )));
             }
         }
         if !disc.code_challenge_methods_supported.is_empty()
-            && !disc.code_challenge_methods_supported.iter().any(|m| m == "S256")
+            && !disc
+                .code_challenge_methods_supported
+                .iter()
+                .any(|m| m == "S256")
         {
-            return Err(provider("does not support PKCE with S256, which agv-server requires"));
+            return Err(provider(
+                "does not support PKCE with S256, which agv-server requires",
+            ));
         }
         *cached = Some((disc.clone(), Instant::now()));
         Ok(disc)
@@ -302,7 +324,9 @@ impl Sso {
         {
             return Ok(k.clone());
         }
-        let body = self.fetch(self.http.get(&disc.jwks_uri), &disc.jwks_uri).await?;
+        let body = self
+            .fetch(self.http.get(&disc.jwks_uri), &disc.jwks_uri)
+            .await?;
         let keys = Jwks::parse(&body).map_err(provider)?;
         *cached = Some((keys.clone(), Instant::now()));
         Ok(keys)
@@ -329,7 +353,8 @@ impl Sso {
         match &cfg.client_secret {
             // The spec's default when the provider lists nothing.
             Some(secret) if methods.is_empty() || offers("client_secret_basic") => {
-                request = request.basic_auth(form_encode(&cfg.client_id), Some(form_encode(secret)));
+                request =
+                    request.basic_auth(form_encode(&cfg.client_id), Some(form_encode(secret)));
             }
             Some(secret) if offers("client_secret_post") => {
                 form.push(("client_id", cfg.client_id.as_str()));
@@ -350,7 +375,11 @@ impl Sso {
             .map_err(|_| provider("answered the token request with something that is not JSON"))
     }
 
-    async fn userinfo(&self, endpoint: &str, access_token: &str) -> Result<Map<String, Value>, SsoError> {
+    async fn userinfo(
+        &self,
+        endpoint: &str,
+        access_token: &str,
+    ) -> Result<Map<String, Value>, SsoError> {
         let body = self
             .fetch(self.http.get(endpoint).bearer_auth(access_token), endpoint)
             .await?;
@@ -361,7 +390,11 @@ impl Sso {
 
     /// Sends `request` and reads a successful answer of at most [`MAX_ANSWER_BYTES`]; an
     /// OAuth error answer is told with the provider's own words.
-    async fn fetch(&self, request: reqwest::RequestBuilder, url: &str) -> Result<Vec<u8>, SsoError> {
+    async fn fetch(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<Vec<u8>, SsoError> {
         let mut res = request
             .header("accept", "application/json")
             .send()
@@ -497,7 +530,9 @@ pub fn person(
         Err(StoreError::Conflict(_)) => {
             return match store.find_user_by_email(&who.email)? {
                 Some(u) => usable(u),
-                None => Err(SsoError::Store("the account could not be made; try again".into())),
+                None => Err(SsoError::Store(
+                    "the account could not be made; try again".into(),
+                )),
             };
         }
         Err(e) => return Err(e.into()),

@@ -42,7 +42,7 @@ function signingKeys() {
 const escape = (s) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
 function page(title, body) {
-  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>${escape(title)}</title>
+  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>${escape(title)}</title>
 <style>body{font-family:system-ui,sans-serif;background:#eef1f6;display:grid;place-items:center;min-height:100vh;margin:0}
 form{background:#fff;padding:2rem;border-radius:10px;box-shadow:0 2px 10px #0002;display:grid;gap:.8rem;width:320px}
 h1{font-size:1.3rem;margin:0 0 .5rem}label{display:grid;gap:.3rem;font-size:.9rem}
@@ -115,6 +115,8 @@ server.listen(port, "127.0.0.1", () => {
   const callback = provider.callback();
   server.on("request", async (req, res) => {
     const url = new URL(req.url, issuer);
+    // Browsers ask every site for one; a 404 would show as an error in their console.
+    if (url.pathname === "/favicon.ico") return res.writeHead(204).end();
     const m = url.pathname.match(/^\/interaction\/([^/]+)(\/login)?$/);
     if (!m) return callback(req, res);
     try {
