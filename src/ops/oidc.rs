@@ -369,7 +369,12 @@ impl Sso {
             None => form.push(("client_id", cfg.client_id.as_str())),
         }
         let body = self
-            .fetch(request.form(&form), &disc.token_endpoint)
+            .fetch(
+                request
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(form_body(&form)),
+                &disc.token_endpoint,
+            )
             .await?;
         serde_json::from_slice::<Map<String, Value>>(&body)
             .map_err(|_| provider("answered the token request with something that is not JSON"))
@@ -437,6 +442,13 @@ impl Sso {
 /// The key a sign-in in progress is kept under.
 fn state_key(state: &str) -> String {
     crate::proxy::sha256_hex(state.as_bytes())
+}
+
+/// A form body, `application/x-www-form-urlencoded`.
+fn form_body(pairs: &[(&str, &str)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
 }
 
 /// `application/x-www-form-urlencoded`, as RFC 6749 (2.3.1) asks of the client id and

@@ -171,7 +171,14 @@ impl Browser {
         if unverified {
             form.push(("unverified", "1"));
         }
-        let req = self.client.post(action.clone()).form(&form);
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&form)
+            .finish();
+        let req = self
+            .client
+            .post(action.clone())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
         let res = self.send(&action, req).await;
         assert!(
             res.status().is_redirection(),
