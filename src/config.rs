@@ -1065,8 +1065,8 @@ pub const FIELDS: &[Field] = &[
         help: "single sign-on: the client's secret (sent with client_secret_basic or client_secret_post, as the provider supports); unset: a public client",
         apply: |_, _| Ok(()), // with oidc_issuer
         show: |s| {
-            let set = s.oidc.as_ref().is_some_and(|o| o.client_secret.is_some());
-            if set { "(set)" } else { "(not set)" }.to_owned()
+            let given = s.oidc.as_ref().is_some_and(|o| o.client_secret.is_some());
+            if given { "(set)" } else { "(not set)" }.to_owned()
         },
     },
     Field {
