@@ -513,15 +513,27 @@ async fn unverified_emails_disabled_accounts_and_strangers_without_a_tenant_are_
         .refused("the identity provider says owner@example.com is not verified");
     assert_eq!(unverified.me(app).await.0, 401);
 
-    // A disabled account.
-    let id = user(app, "owner@example.com").await.unwrap().id;
+    // A disabled account (not the tenant's last owner: that one cannot be disabled).
+    app.home.make_user(
+        "viewer@example.com",
+        "viewer",
+        Some(&sso.tenant),
+        "a long enough password",
+    );
+    assert!(
+        Browser::new()
+            .sign_in(app, "viewer@example.com", "")
+            .await
+            .done
+    );
+    let id = user(app, "viewer@example.com").await.unwrap().id;
     let store = app.app_state.store.clone();
     tokio::task::spawn_blocking(move || store.set_user_disabled(None, &id, Some(Timestamp::now())))
         .await
         .unwrap()
         .unwrap();
     Browser::new()
-        .sign_in(app, "owner@example.com", "")
+        .sign_in(app, "viewer@example.com", "")
         .await
         .refused("this account is disabled");
 }
