@@ -527,7 +527,7 @@ mod tests {
     fn pkce_s256_matches_rfc_7636s_example() {
         assert_eq!(
             pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
-            "E9Melhoa2OwvFrEMTJguCQaoWdd8emC-4K_6N8tWgS8"
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
         let t = random_token();
         assert_eq!(t.len(), 43);
