@@ -1062,7 +1062,7 @@ pub const FIELDS: &[Field] = &[
         secret: true,
         default: None,
         flag: None,
-        help: "single sign-on: the client's secret (sent with client_secret_basic or client_secret_post, as the provider supports); unset: a public client",
+        help: "single sign-on: the client's secret (sent with client_secret_basic, or client_secret_post when the provider offers only that or refuses Basic); unset: a public client",
         apply: |_, _| Ok(()), // with oidc_issuer
         show: |s| {
             let given = s.oidc.as_ref().is_some_and(|o| o.client_secret.is_some());

@@ -1860,9 +1860,10 @@ async fn signing_in_with_the_identity_provider_lands_in_the_console() {
     let home = DataHome::new(Backend::Sqlite).unwrap();
     let tenant = home.cli_ok(&["tenant", "create", "Acme"]);
     let port = helpers::free_port();
-    let Some(provider) =
-        helpers::OidcProvider::start(&format!("http://127.0.0.1:{port}/api/auth/oidc/callback"))
-    else {
+    let Some(provider) = helpers::OidcProvider::start(
+        &format!("http://127.0.0.1:{port}/api/auth/oidc/callback"),
+        "client_secret_basic",
+    ) else {
         return;
     };
     let downloads = home.path().join("downloads");

@@ -332,8 +332,9 @@ impl Sso {
         Ok(keys)
     }
 
-    /// Exchanges the code at the token endpoint (client_secret_basic or _post, as the
-    /// provider offers; a public client sends only its id) with the PKCE verifier.
+    /// Exchanges the code at the token endpoint with the PKCE verifier, authenticating as
+    /// the provider offers: client_secret_basic (the default when it lists nothing), else
+    /// client_secret_post; a public client sends only its id.
     async fn redeem(
         &self,
         cfg: &Oidc,
@@ -341,43 +342,64 @@ impl Sso {
         code: &str,
         pending: &Pending,
     ) -> Result<Map<String, Value>, SsoError> {
-        let mut form = vec![
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", pending.redirect_uri.as_str()),
-            ("code_verifier", pending.verifier.as_str()),
-        ];
         let methods = &disc.token_endpoint_auth_methods_supported;
         let offers = |m: &str| methods.iter().any(|x| x == m);
-        let mut request = self.http.post(&disc.token_endpoint);
-        match &cfg.client_secret {
-            // The spec's default when the provider lists nothing.
+        // The list says what the provider supports, not what this client was registered
+        // with: a client registered for client_secret_post is refused with Basic
+        // (`invalid_client`), and is then tried with its secret in the form.
+        let attempts = match &cfg.client_secret {
             Some(secret) if methods.is_empty() || offers("client_secret_basic") => {
-                request =
-                    request.basic_auth(form_encode(&cfg.client_id), Some(form_encode(secret)));
+                let mut a = vec![ClientAuth::Basic(secret)];
+                if offers("client_secret_post") {
+                    a.push(ClientAuth::Post(secret));
+                }
+                a
             }
-            Some(secret) if offers("client_secret_post") => {
-                form.push(("client_id", cfg.client_id.as_str()));
-                form.push(("client_secret", secret.as_str()));
-            }
+            Some(secret) if offers("client_secret_post") => vec![ClientAuth::Post(secret)],
             Some(_) => {
                 return Err(provider(format!(
                     "accepts client authentication only by {} at its token endpoint; agv-server sends client_secret_basic or client_secret_post",
                     methods.join(", ")
                 )));
             }
-            None => form.push(("client_id", cfg.client_id.as_str())),
+            None => vec![ClientAuth::Public],
+        };
+        let url = &disc.token_endpoint;
+        let mut attempts = attempts.into_iter().peekable();
+        while let Some(auth) = attempts.next() {
+            let mut form = vec![
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", pending.redirect_uri.as_str()),
+                ("code_verifier", pending.verifier.as_str()),
+            ];
+            let mut request = self.http.post(url);
+            match auth {
+                ClientAuth::Basic(secret) => {
+                    request =
+                        request.basic_auth(form_encode(&cfg.client_id), Some(form_encode(secret)));
+                }
+                ClientAuth::Post(secret) => {
+                    form.push(("client_id", cfg.client_id.as_str()));
+                    form.push(("client_secret", secret));
+                }
+                ClientAuth::Public => form.push(("client_id", cfg.client_id.as_str())),
+            }
+            let request = request
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form_body(&form));
+            let (status, body) = self.read(request, url).await?;
+            if status.is_success() {
+                return serde_json::from_slice::<Map<String, Value>>(&body).map_err(|_| {
+                    provider("answered the token request with something that is not JSON")
+                });
+            }
+            let wrong_method = oauth_error(&body).is_some_and(|(e, _)| e == "invalid_client");
+            if !(wrong_method && attempts.peek().is_some()) {
+                return Err(refusal(url, status, &body));
+            }
         }
-        let body = self
-            .fetch(
-                request
-                    .header("content-type", "application/x-www-form-urlencoded")
-                    .body(form_body(&form)),
-                &disc.token_endpoint,
-            )
-            .await?;
-        serde_json::from_slice::<Map<String, Value>>(&body)
-            .map_err(|_| provider("answered the token request with something that is not JSON"))
+        Err(provider(format!("was not asked for a token at {url}")))
     }
 
     async fn userinfo(
@@ -400,6 +422,20 @@ impl Sso {
         request: reqwest::RequestBuilder,
         url: &str,
     ) -> Result<Vec<u8>, SsoError> {
+        let (status, body) = self.read(request, url).await?;
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(refusal(url, status, &body))
+        }
+    }
+
+    /// Sends `request` and reads its answer, at most [`MAX_ANSWER_BYTES`].
+    async fn read(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<(reqwest::StatusCode, Vec<u8>), SsoError> {
         let mut res = request
             .header("accept", "application/json")
             .send()
@@ -419,23 +455,38 @@ impl Sso {
                 Err(e) => return Err(provider(format!("broke off its answer from {url} ({e})"))),
             }
         }
-        if status.is_success() {
-            return Ok(body);
+        Ok((status, body))
+    }
+}
+
+/// How the client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy)]
+enum ClientAuth<'a> {
+    Basic(&'a str),
+    Post(&'a str),
+    Public,
+}
+
+/// An OAuth error answer's `error` and `error_description`.
+fn oauth_error(body: &[u8]) -> Option<(String, Option<String>)> {
+    let m = serde_json::from_slice::<Map<String, Value>>(body).ok()?;
+    let error = m.get("error").and_then(Value::as_str)?.to_owned();
+    let detail = m
+        .get("error_description")
+        .and_then(Value::as_str)
+        .map(|d| d.chars().take(300).collect());
+    Some((error, detail))
+}
+
+/// The error for an unsuccessful answer from `url`, in the provider's own words when it
+/// gave some.
+fn refusal(url: &str, status: reqwest::StatusCode, body: &[u8]) -> SsoError {
+    match oauth_error(body) {
+        Some((error, Some(detail))) => {
+            provider(format!("refused the request to {url} ({error}: {detail})"))
         }
-        let said = serde_json::from_slice::<Map<String, Value>>(&body)
-            .ok()
-            .and_then(|m| {
-                let error = m.get("error").and_then(Value::as_str)?.to_owned();
-                let detail = m.get("error_description").and_then(Value::as_str);
-                Some(match detail {
-                    Some(d) => format!("{error}: {}", d.chars().take(300).collect::<String>()),
-                    None => error,
-                })
-            });
-        Err(match said {
-            Some(said) => provider(format!("refused the request to {url} ({said})")),
-            None => provider(format!("answered {url} with HTTP {}", status.as_u16())),
-        })
+        Some((error, None)) => provider(format!("refused the request to {url} ({error})")),
+        None => provider(format!("answered {url} with HTTP {}", status.as_u16())),
     }
 }
 

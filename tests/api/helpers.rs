@@ -466,9 +466,11 @@ impl Drop for OidcProvider {
 }
 
 impl OidcProvider {
-    /// Starts the provider with agv-server's client registered for `redirect_uri`; `None`
-    /// (after SKIPPED) when Node.js or the provider's packages are missing.
-    pub fn start(redirect_uri: &str) -> Option<Self> {
+    /// Starts the provider with agv-server's client registered for `redirect_uri` and
+    /// `auth_method` at the token endpoint (`client_secret_basic`, or `client_secret_post`:
+    /// then Basic is refused); `None` (after SKIPPED) when Node.js or the provider's
+    /// packages are missing.
+    pub fn start(redirect_uri: &str, auth_method: &str) -> Option<Self> {
         use std::io::BufRead;
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
         if !dir.join("node_modules/oidc-provider").exists() {
@@ -485,6 +487,7 @@ impl OidcProvider {
             .env("OIDC_CLIENT_SECRET", OIDC_CLIENT_SECRET)
             .env("OIDC_REDIRECT_URIS", redirect_uri)
             .env("OIDC_HOST", "localhost")
+            .env("OIDC_AUTH_METHOD", auth_method)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())

@@ -26,10 +26,18 @@ struct Sso {
 
 /// `None` (after SKIPPED) when the provider cannot run here.
 async fn sso_app(tweak: impl FnOnce(&mut Oidc)) -> Option<Sso> {
+    sso_app_with("client_secret_basic", tweak).await
+}
+
+/// [`sso_app`] with agv-server registered at the provider for `auth_method`.
+async fn sso_app_with(auth_method: &str, tweak: impl FnOnce(&mut Oidc)) -> Option<Sso> {
     let home = DataHome::new(Backend::Sqlite)?;
     let tenant = home.cli_ok(&["tenant", "create", "Acme"]);
     let port = free_port();
-    let provider = OidcProvider::start(&format!("http://127.0.0.1:{port}/api/auth/oidc/callback"))?;
+    let provider = OidcProvider::start(
+        &format!("http://127.0.0.1:{port}/api/auth/oidc/callback"),
+        auth_method,
+    )?;
     let mut oidc = Oidc {
         issuer: provider.issuer.clone(),
         client_id: OIDC_CLIENT_ID.into(),
@@ -536,6 +544,59 @@ async fn unverified_emails_disabled_accounts_and_strangers_without_a_tenant_are_
         .sign_in(app, "viewer@example.com", "")
         .await
         .refused("this account is disabled");
+}
+
+#[tokio::test]
+async fn a_client_registered_for_client_secret_post_signs_in_too() {
+    // The provider lists both methods but refuses Basic for this client (invalid_client):
+    // agv-server tries Basic first, then sends the secret in the form.
+    let Some(sso) = sso_app_with("client_secret_post", |_| {}).await else {
+        return;
+    };
+    let app = &sso.app;
+    let mut browser = Browser::new();
+    let outcome = browser.sign_in(app, "ada@example.com", "").await;
+    assert!(outcome.done, "{outcome:?}");
+    assert_eq!(browser.me(app).await.1["user"]["email"], "ada@example.com");
+}
+
+#[tokio::test]
+async fn the_redirect_to_the_provider_carries_pkce_state_nonce_and_the_configured_callback() {
+    let Some(sso) = sso_app(|o| {
+        o.redirect_url = Some("https://agv.example.com/api/auth/oidc/callback".into());
+        o.groups_claim = Some("groups".into());
+    })
+    .await
+    else {
+        return;
+    };
+    let res = sso.app.get("/api/auth/oidc/start").await;
+    assert_eq!(res.status(), 302);
+    let to = Url::parse(res.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(to.path(), "/auth");
+    let sent: HashMap<String, String> = to.query_pairs().into_owned().collect();
+    assert_eq!(
+        sent["redirect_uri"],
+        "https://agv.example.com/api/auth/oidc/callback"
+    );
+    assert_eq!(sent["client_id"], OIDC_CLIENT_ID);
+    assert_eq!(sent["response_type"], "code");
+    assert_eq!(sent["code_challenge_method"], "S256");
+    // The provider offers a groups scope: it is asked for.
+    assert_eq!(sent["scope"], "openid email profile groups");
+    assert_eq!(sent["code_challenge"].len(), 43);
+    assert_eq!(sent["state"].len(), 43);
+    assert!(sent["nonce"].len() == 43 && sent["nonce"] != sent["state"]);
+    // The state cookie: for these paths only, Lax (it must come back with the provider's
+    // redirect from another site), HttpOnly, and holding the state.
+    let cookie = res.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.starts_with(&format!("agv_oidc={};", sent["state"])),
+        "{cookie}"
+    );
+    for part in ["Path=/api/auth/oidc", "HttpOnly", "SameSite=Lax"] {
+        assert!(cookie.contains(part), "{part} in {cookie}");
+    }
 }
 
 #[tokio::test]

@@ -7,7 +7,8 @@
 //
 // Environment: OIDC_CLIENT_ID, OIDC_CLIENT_SECRET, OIDC_REDIRECT_URIS (comma-separated),
 // OIDC_HOST (the issuer's host name, default localhost; the server listens on 127.0.0.1),
-// OIDC_AUTH_METHOD (client_secret_basic (default) or client_secret_post).
+// OIDC_AUTH_METHOD (client_secret_basic (default) or client_secret_post: then a token
+// request with a Basic authorization header is refused with invalid_client).
 // When it listens it prints its issuer URL, alone, on the first line of stdout.
 //
 // The sign-in page has an email field (the account id and its email claim), a groups
@@ -115,6 +116,13 @@ server.listen(port, "127.0.0.1", () => {
   const callback = provider.callback();
   server.on("request", async (req, res) => {
     const url = new URL(req.url, issuer);
+    // oidc-provider takes either secret method from any confidential client; some
+    // providers (Okta, for one) accept only the one the client was registered with. With
+    // OIDC_AUTH_METHOD=client_secret_post this one does too.
+    if (authMethod === "client_secret_post" && url.pathname === "/token" && req.headers.authorization) {
+      res.writeHead(401, { "content-type": "application/json" });
+      return res.end(JSON.stringify({ error: "invalid_client", error_description: "this client authenticates with client_secret_post" }));
+    }
     // Browsers ask every site for one; a 404 would show as an error in their console.
     if (url.pathname === "/favicon.ico") return res.writeHead(204).end();
     const m = url.pathname.match(/^\/interaction\/([^/]+)(\/login)?$/);
