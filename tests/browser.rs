@@ -3,7 +3,7 @@
 //! upstream: first-run setup, the operator console's update state, sign-in, the overview
 //! without console errors, freezing a key and watching its calls get 423, unfreezing,
 //! searching an end user, an incident and its timeline, a call, an export download, the
-//! other pages, and signing out.
+//! other pages, and signing out; and signing in with a real OpenID Connect provider.
 //!
 //! Every page is photographed into `target/e2e-screenshots/` (not committed). When
 //! chromedriver is missing the test prints SKIPPED and passes, unless
