@@ -65,8 +65,10 @@ pub enum SsoError {
 }
 
 impl From<StoreError> for SsoError {
+    /// The cause goes to the log; the person is told only what to do.
     fn from(e: StoreError) -> Self {
-        Self::Store(e.to_string())
+        tracing::error!(error = %e, "single sign-on: the store failed");
+        Self::Store("the server could not read or write its database; try again in a moment".into())
     }
 }
 
