@@ -10,11 +10,13 @@
 //! rejected by name. Secrets may also come from `*_FILE` variables.
 //! This module does no network I/O and never prints a secret.
 
+use crate::domain::TenantId;
 use crate::domain::alert::HostAllowlist;
 use crate::domain::pricing::{ModelPrice, Pricing};
 use crate::domain::time::parse_duration;
 use crate::domain::trusted_proxies::TrustedProxies;
 use crate::domain::upstream_url::UpstreamAllowlist;
+use crate::domain::user::Role;
 use values::validate_cron;
 pub mod private_file;
 pub mod values;
@@ -220,6 +222,217 @@ fn parse_backup_s3(g: &Given) -> Result<Option<BackupS3>, ConfigError> {
         prefix,
         access_key_id,
         secret_access_key,
+    }))
+}
+
+/// Sign-in with the company's identity provider over OpenID Connect (`oidc_*`): on when
+/// the issuer and the client id are set.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Oidc {
+    /// The issuer URL as configured (its discovery document is under
+    /// `/.well-known/openid-configuration`).
+    pub issuer: String,
+    pub client_id: String,
+    /// `None`: a public client (PKCE only).
+    pub client_secret: Option<String>,
+    /// Lower-case email domains that may sign in; empty: any.
+    pub allowed_domains: Vec<String>,
+    /// The role of a person made by their first sign-in when no group maps to one.
+    pub default_role: Role,
+    /// The tenant people made by a first sign-in join; `None`: only people who have an
+    /// account already may sign in this way.
+    pub tenant: Option<TenantId>,
+    /// The claim holding the person's groups; `None`: groups are not read.
+    pub groups_claim: Option<String>,
+    /// Group → role, for the first sign-in (the strongest role of the person's groups wins).
+    pub group_roles: Vec<(String, Role)>,
+    /// Shown on the sign-in page: "Sign in with <provider_name>".
+    pub provider_name: String,
+    /// The callback URL registered at the provider; `None`: this server's address as the
+    /// request reached it, plus `/api/auth/oidc/callback`.
+    pub redirect_url: Option<String>,
+}
+
+impl fmt::Debug for Oidc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Oidc")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "(secret)"),
+            )
+            .field("allowed_domains", &self.allowed_domains)
+            .field("default_role", &self.default_role)
+            .field("tenant", &self.tenant)
+            .field("groups_claim", &self.groups_claim)
+            .field("group_roles", &self.group_roles)
+            .field("provider_name", &self.provider_name)
+            .field("redirect_url", &self.redirect_url)
+            .finish()
+    }
+}
+
+/// The settings of single sign-on that only make sense with an issuer and a client id.
+const OIDC_DEPENDENT: [&str; 6] = [
+    "oidc_client_secret",
+    "oidc_allowed_domains",
+    "oidc_tenant",
+    "oidc_groups_claim",
+    "oidc_group_roles",
+    "oidc_redirect_url",
+];
+
+const TENANT_ROLE: &str = "expected owner, admin or viewer (the operator belongs to the instance: make one with `agv-server user create --role operator`)";
+
+/// An `http://` or `https://` URL without credentials or fragment.
+fn web_url(text: &str) -> Option<reqwest::Url> {
+    reqwest::Url::parse(text)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .filter(|u| u.host_str().is_some_and(|h| !h.is_empty()))
+        .filter(|u| u.fragment().is_none())
+        .filter(|u| u.username().is_empty() && u.password().is_none())
+}
+
+/// Parses the `oidc_*` settings (`g` is `oidc_issuer`): without an issuer and a client id
+/// single sign-on is off, and any other `oidc_*` setting given is an error naming it.
+fn parse_oidc(g: &Given) -> Result<Option<Oidc>, ConfigError> {
+    let get = |key: &str| g.other(key).trimmed();
+    let bad = |key: &str, why: &str| g.other(key).bad(why);
+    let (issuer, client_id) = match (get("oidc_issuer"), get("oidc_client_id")) {
+        (None, None) => {
+            if let Some(key) = OIDC_DEPENDENT.into_iter().find(|k| get(k).is_some()) {
+                return Err(bad(
+                    key,
+                    "is set but oidc_issuer and oidc_client_id are not: set both to turn on single sign-on, or unset it",
+                ));
+            }
+            return Ok(None);
+        }
+        (Some(_), None) => {
+            return Err(bad(
+                "oidc_client_id",
+                "has no value but oidc_issuer is set: give the client id agv-server is registered under at the identity provider, or unset oidc_issuer",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(bad(
+                "oidc_issuer",
+                "has no value but oidc_client_id is set: give the identity provider's issuer URL (e.g. https://login.example.com/realms/acme), or unset oidc_client_id",
+            ));
+        }
+        (Some(issuer), Some(client_id)) => (issuer, client_id),
+    };
+    if web_url(&issuer).is_none_or(|u| u.query().is_some()) {
+        return Err(bad(
+            "oidc_issuer",
+            "expected the identity provider's issuer: an https:// URL without query, e.g. https://login.example.com/realms/acme (its discovery document is under /.well-known/openid-configuration)",
+        ));
+    }
+    let mut allowed_domains = Vec::new();
+    for d in get("oidc_allowed_domains").unwrap_or_default().split(',') {
+        let d = d.trim().trim_start_matches('@').to_lowercase();
+        if d.is_empty() {
+            continue;
+        }
+        let valid = d.contains('.')
+            && !d.starts_with('.')
+            && !d.ends_with('.')
+            && d.chars()
+                .all(|c| c.is_alphanumeric() || c == '.' || c == '-');
+        if !valid {
+            return Err(bad(
+                "oidc_allowed_domains",
+                "expected comma-separated email domains, e.g. example.com,example.org (empty: any domain)",
+            ));
+        }
+        allowed_domains.push(d);
+    }
+    let tenant_role = |key: &'static str, text: &str| match Role::parse(text) {
+        Ok(r) if r.is_tenant_role() => Ok(r),
+        _ => Err(bad(key, TENANT_ROLE)),
+    };
+    let default_role = tenant_role(
+        "oidc_default_role",
+        &g.other("oidc_default_role").trimmed_or_default(),
+    )?;
+    let tenant = match get("oidc_tenant") {
+        Some(t) => Some(TenantId::parse(&t).map_err(|e| {
+            bad(
+                "oidc_tenant",
+                &format!("{e}; give the id of the tenant people join at their first sign-in (`agv-server tenant list`)"),
+            )
+        })?),
+        None => None,
+    };
+    let groups_claim = get("oidc_groups_claim");
+    if groups_claim
+        .as_deref()
+        .is_some_and(|c| c.len() > 200 || c.chars().any(|ch| ch.is_whitespace() || ch.is_control()))
+    {
+        return Err(bad(
+            "oidc_groups_claim",
+            "expected the name of a claim, e.g. groups (no spaces)",
+        ));
+    }
+    let mut group_roles = Vec::new();
+    for pair in get("oidc_group_roles").unwrap_or_default().split(',') {
+        if pair.trim().is_empty() {
+            continue;
+        }
+        let Some((group, role)) = pair.rsplit_once('=') else {
+            return Err(bad(
+                "oidc_group_roles",
+                "expected comma-separated GROUP=ROLE pairs, e.g. agv-owners=owner,agv-admins=admin",
+            ));
+        };
+        let group = group.trim();
+        if group.is_empty() {
+            return Err(bad(
+                "oidc_group_roles",
+                "a GROUP=ROLE pair has no group: expected e.g. agv-admins=admin",
+            ));
+        }
+        group_roles.push((
+            group.to_owned(),
+            tenant_role("oidc_group_roles", role.trim())?,
+        ));
+    }
+    if !group_roles.is_empty() && groups_claim.is_none() {
+        return Err(bad(
+            "oidc_group_roles",
+            "maps groups to roles but oidc_groups_claim is not set: name the claim that holds the groups (e.g. groups)",
+        ));
+    }
+    let provider_name = g.other("oidc_provider_name").trimmed_or_default();
+    if provider_name.chars().count() > 60 || provider_name.chars().any(char::is_control) {
+        return Err(bad(
+            "oidc_provider_name",
+            "expected a short name for the sign-in button (at most 60 characters)",
+        ));
+    }
+    let redirect_url = get("oidc_redirect_url");
+    if redirect_url
+        .as_deref()
+        .is_some_and(|u| web_url(u).is_none())
+    {
+        return Err(bad(
+            "oidc_redirect_url",
+            "expected this server's callback URL as registered at the provider, e.g. https://agv.example.com/api/auth/oidc/callback",
+        ));
+    }
+    Ok(Some(Oidc {
+        issuer,
+        client_id,
+        client_secret: get("oidc_client_secret"),
+        allowed_domains,
+        default_role,
+        tenant,
+        groups_claim,
+        group_roles,
+        provider_name,
+        redirect_url,
     }))
 }
 
@@ -827,6 +1040,152 @@ pub const FIELDS: &[Field] = &[
         },
         show: |s| values::redact_url(&s.update_source),
     },
+    Field {
+        key: "oidc_issuer",
+        secret: false,
+        default: None,
+        flag: None,
+        help: "single sign-on: the OpenID Connect identity provider's issuer URL (its discovery document is under /.well-known/openid-configuration); with oidc_client_id, turns on \"Sign in with …\"; unset: off",
+        apply: |s, g| set(&mut s.oidc, parse_oidc(g)),
+        show: |s| oidc_or(s, |o| o.issuer.clone(), "(not set: single sign-on is off)"),
+    },
+    Field {
+        key: "oidc_client_id",
+        secret: false,
+        default: None,
+        flag: None,
+        help: "single sign-on: the client id agv-server is registered under at the identity provider",
+        apply: |_, _| Ok(()), // with oidc_issuer
+        show: |s| oidc_or(s, |o| o.client_id.clone(), "(not set)"),
+    },
+    Field {
+        key: "oidc_client_secret",
+        secret: true,
+        default: None,
+        flag: None,
+        help: "single sign-on: the client's secret (sent with client_secret_basic, or client_secret_post when the provider offers only that or refuses Basic); unset: a public client",
+        apply: |_, _| Ok(()), // with oidc_issuer
+        show: |s| {
+            let given = s.oidc.as_ref().is_some_and(|o| o.client_secret.is_some());
+            if given { "(set)" } else { "(not set)" }.to_owned()
+        },
+    },
+    Field {
+        key: "oidc_allowed_domains",
+        secret: false,
+        default: Some(""),
+        flag: None,
+        help: "single sign-on: comma-separated email domains that may sign in, e.g. example.com (empty: any)",
+        apply: |_, _| Ok(()), // with oidc_issuer
+        show: |s| {
+            oidc_or(
+                s,
+                |o| match o.allowed_domains.join(",") {
+                    d if d.is_empty() => "(any domain)".to_owned(),
+                    d => d,
+                },
+                "(not used)",
+            )
+        },
+    },
+    Field {
+        key: "oidc_default_role",
+        secret: false,
+        default: Some("viewer"),
+        flag: None,
+        help: "single sign-on: the role (owner, admin or viewer) of a person made by their first sign-in when none of their groups maps to one",
+        apply: |_, _| Ok(()), // with oidc_issuer
+        show: |s| oidc_or(s, |o| o.default_role.as_str().to_owned(), "(not used)"),
+    },
+    Field {
+        key: "oidc_tenant",
+        secret: false,
+        default: None,
+        flag: None,
+        help: "single sign-on: the id of the tenant a person joins at their first sign-in; unset: only people with an account already may sign in this way",
+        apply: |_, _| Ok(()), // with oidc_issuer
+        show: |s| {
+            oidc_or(
+                s,
+                |o| {
+                    o.tenant.as_ref().map_or(
+                        "(not set: no account is made by signing in)".to_owned(),
+                        |t| t.to_string(),
+                    )
+                },
+                "(not used)",
+            )
+        },
+    },
+    Field {
+        key: "oidc_groups_claim",
+        secret: false,
+        default: None,
+        flag: None,
+        help: "single sign-on: the claim holding the person's groups, e.g. groups (asked for as a scope of that name when the provider offers one); unset: groups are not read",
+        apply: |_, _| Ok(()), // with oidc_issuer
+        show: |s| {
+            oidc_or(
+                s,
+                |o| o.groups_claim.clone().unwrap_or("(not set)".into()),
+                "(not used)",
+            )
+        },
+    },
+    Field {
+        key: "oidc_group_roles",
+        secret: false,
+        default: Some(""),
+        flag: None,
+        help: "single sign-on: comma-separated GROUP=ROLE pairs giving a person made by their first sign-in the strongest role of their groups, e.g. agv-owners=owner,agv-admins=admin (empty: everyone gets oidc_default_role)",
+        apply: |_, _| Ok(()), // with oidc_issuer
+        show: |s| {
+            oidc_or(
+                s,
+                |o| {
+                    let pairs: Vec<String> = o
+                        .group_roles
+                        .iter()
+                        .map(|(g, r)| format!("{g}={}", r.as_str()))
+                        .collect();
+                    if pairs.is_empty() {
+                        "(none)".to_owned()
+                    } else {
+                        pairs.join(",")
+                    }
+                },
+                "(not used)",
+            )
+        },
+    },
+    Field {
+        key: "oidc_provider_name",
+        secret: false,
+        default: Some("SSO"),
+        flag: None,
+        help: "single sign-on: the provider's name on the sign-in button (\"Sign in with <name>\")",
+        apply: |_, _| Ok(()), // with oidc_issuer
+        show: |s| oidc_or(s, |o| o.provider_name.clone(), "(not used)"),
+    },
+    Field {
+        key: "oidc_redirect_url",
+        secret: false,
+        default: None,
+        flag: None,
+        help: "single sign-on: this server's callback URL as registered at the provider, e.g. https://agv.example.com/api/auth/oidc/callback; unset: the address the browser used, plus /api/auth/oidc/callback",
+        apply: |_, _| Ok(()), // with oidc_issuer
+        show: |s| {
+            oidc_or(
+                s,
+                |o| {
+                    o.redirect_url
+                        .clone()
+                        .unwrap_or("(not set: from each request)".into())
+                },
+                "(not used)",
+            )
+        },
+    },
 ];
 
 const HTTP_URL: &str = "expected an http:// or https:// URL, e.g. https://api.openai.com/v1";
@@ -848,6 +1207,10 @@ fn secs(d: Duration) -> String {
 
 fn s3_or(s: &Settings, shown: fn(&BackupS3) -> String, unset: &str) -> String {
     s.backup_s3.as_ref().map_or_else(|| unset.to_owned(), shown)
+}
+
+fn oidc_or(s: &Settings, shown: fn(&Oidc) -> String, unset: &str) -> String {
+    s.oidc.as_ref().map_or_else(|| unset.to_owned(), shown)
 }
 
 /// `tls_cert` and `tls_key`: both or neither.
@@ -1084,6 +1447,8 @@ pub struct Settings {
     /// The release directory (GitHub releases or a mirror) the update check and
     /// `agv-server update` read; no trailing `/`.
     pub update_source: String,
+    /// Single sign-on over OpenID Connect; `None`: off.
+    pub oidc: Option<Oidc>,
     /// Where each setting came from, by config key (plus `data`).
     pub sources: BTreeMap<&'static str, Source>,
 }
@@ -1357,6 +1722,17 @@ mod tests {
             ("operator_alert_webhook_secret", "sample-webhook-secret"),
             ("llm_base_url", "https://llm.example/v1"),
             ("llm_api_key", "sample-llm-key"),
+            ("oidc_issuer", "https://login.example.com/realms/acme"),
+            ("oidc_client_id", "agv-console"),
+            ("oidc_client_secret", "sample-oidc-secret"),
+            ("oidc_allowed_domains", "example.com,example.org"),
+            ("oidc_tenant", "ten_0123456789abcdef0123456789abcdef"),
+            ("oidc_groups_claim", "groups"),
+            ("oidc_group_roles", "agv-owners=owner,agv-admins=admin"),
+            (
+                "oidc_redirect_url",
+                "https://agv.example.com/api/auth/oidc/callback",
+            ),
         ];
         let sample = samples
             .iter()
@@ -1664,6 +2040,73 @@ mod tests {
         assert!(described.contains("agv-backups"), "{described}");
         let err = load(&[("AGV_BACKUP_S3_UPLOAD_ATTEMPTS", "0")]).unwrap_err();
         assert!(err.0.contains("backup_s3_upload_attempts"), "{err}");
+    }
+
+    #[test]
+    fn single_sign_on_is_off_until_an_issuer_and_a_client_id_are_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |vars: &[(&str, &str)]| load_in(dir.path(), vars);
+        assert!(load(&[]).unwrap().oidc.is_none());
+        let on = [
+            ("AGV_OIDC_ISSUER", "https://login.example.com/realms/acme"),
+            ("AGV_OIDC_CLIENT_ID", "agv-console"),
+        ];
+        let o = load(&on).unwrap().oidc.unwrap();
+        assert_eq!(o.default_role, Role::Viewer);
+        assert_eq!(o.provider_name, "SSO");
+        assert!(o.allowed_domains.is_empty() && o.tenant.is_none() && o.client_secret.is_none());
+        let full = load(&[
+            on[0],
+            on[1],
+            ("AGV_OIDC_CLIENT_SECRET", "sample-oidc-secret"),
+            ("AGV_OIDC_ALLOWED_DOMAINS", " Example.COM, @example.org ,"),
+            ("AGV_OIDC_DEFAULT_ROLE", "admin"),
+            ("AGV_OIDC_GROUPS_CLAIM", "groups"),
+            ("AGV_OIDC_GROUP_ROLES", "agv-owners=owner, cn=ops=viewer"),
+        ])
+        .unwrap();
+        let o = full.oidc.clone().unwrap();
+        assert_eq!(o.allowed_domains, vec!["example.com", "example.org"]);
+        assert_eq!(o.default_role, Role::Admin);
+        assert_eq!(
+            o.group_roles,
+            vec![
+                ("agv-owners".to_owned(), Role::Owner),
+                ("cn=ops".to_owned(), Role::Viewer)
+            ]
+        );
+        assert!(!format!("{o:?} {full:?}").contains("sample-oidc-secret"));
+        for (vars, key) in [
+            (vec![on[0]], "missing oidc_client_id"),
+            (vec![on[1]], "missing oidc_issuer"),
+            (
+                vec![("AGV_OIDC_TENANT", "ten_0123456789abcdef0123456789abcdef")],
+                "invalid oidc_tenant",
+            ),
+            (
+                vec![on[0], on[1], ("AGV_OIDC_DEFAULT_ROLE", "operator")],
+                "invalid oidc_default_role",
+            ),
+            (
+                vec![on[0], on[1], ("AGV_OIDC_GROUP_ROLES", "admins=admin")],
+                "oidc_groups_claim is not set",
+            ),
+            (
+                vec![on[0], on[1], ("AGV_OIDC_TENANT", "acme")],
+                "invalid oidc_tenant",
+            ),
+            (
+                vec![("AGV_OIDC_ISSUER", "login.example.com"), on[1]],
+                "invalid oidc_issuer",
+            ),
+            (
+                vec![on[0], on[1], ("AGV_OIDC_ALLOWED_DOMAINS", "example")],
+                "invalid oidc_allowed_domains",
+            ),
+        ] {
+            let err = load(&vars).unwrap_err().0;
+            assert!(err.contains(key), "{vars:?}: {err}");
+        }
     }
 
     #[test]

@@ -262,6 +262,7 @@ impl Application {
             alerts: alerts.clone(),
             signing_key,
             setup: Default::default(),
+            sso: crate::ops::oidc::Sso::new().map_err(StartupError)?,
             backup_now: Default::default(),
             update_check: Default::default(),
             instance: format!(
@@ -457,6 +458,9 @@ fn http_server(
             .service(crate::api::session::login)
             .service(crate::api::session::logout)
             .service(crate::api::session::me)
+            .service(crate::api::oidc::methods)
+            .service(crate::api::oidc::start)
+            .service(crate::api::oidc::callback)
             .service(crate::api::people::setup_needed)
             .service(crate::api::people::setup)
             .service(crate::api::people::change_password)

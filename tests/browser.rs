@@ -3,7 +3,7 @@
 //! upstream: first-run setup, the operator console's update state, sign-in, the overview
 //! without console errors, freezing a key and watching its calls get 423, unfreezing,
 //! searching an end user, an incident and its timeline, a call, an export download, the
-//! other pages, and signing out.
+//! other pages, and signing out; and signing in with a real OpenID Connect provider.
 //!
 //! Every page is photographed into `target/e2e-screenshots/` (not committed). When
 //! chromedriver is missing the test prints SKIPPED and passes, unless
@@ -2175,4 +2175,107 @@ async fn the_incidents_page_searches_acknowledges_in_bulk_and_merges_duplicates(
     drop(driver);
     app.stop().await;
     drop(upstream);
+}
+
+/// Single sign-on in Chromium against a real OpenID Connect provider
+/// (`tests/oidc/provider.mjs`, on `localhost` while the console is on `127.0.0.1`: another
+/// site, as a company's provider is). The sign-in page offers "Sign in with Test IdP"; an
+/// address outside the allowed domain comes back to the sign-in page with the reason; then
+/// a colleague signs in at the provider and lands in the console, signed in, as a new
+/// viewer of the tenant. Pictures: `target/e2e-screenshots/sso-*.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_in_with_the_identity_provider_lands_in_the_console() {
+    use agv_server::config::Oidc;
+    use agv_server::domain::TenantId;
+    use agv_server::domain::user::Role;
+    let Some(bin) = chromedriver() else {
+        return;
+    };
+    let _one_at_a_time = BROWSER.lock().await;
+    let home = DataHome::new(Backend::Sqlite).unwrap();
+    let tenant = home.cli_ok(&["tenant", "create", "Acme"]);
+    let port = helpers::free_port();
+    let Some(provider) = helpers::OidcProvider::start(
+        &format!("http://127.0.0.1:{port}/api/auth/oidc/callback"),
+        "client_secret_basic",
+    ) else {
+        return;
+    };
+    let downloads = home.path().join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let oidc = Oidc {
+        issuer: provider.issuer.clone(),
+        client_id: helpers::OIDC_CLIENT_ID.into(),
+        client_secret: Some(helpers::OIDC_CLIENT_SECRET.into()),
+        allowed_domains: vec!["example.com".into()],
+        default_role: Role::Viewer,
+        tenant: Some(TenantId::parse(&tenant).unwrap()),
+        groups_claim: None,
+        group_roles: Vec::new(),
+        provider_name: "Test IdP".into(),
+        redirect_url: None,
+    };
+    let app = TestApp::start_with(home, |s| {
+        s.listen = format!("127.0.0.1:{port}");
+        s.unauth_rate_limit_per_minute = 0;
+        s.oidc = Some(oidc);
+    })
+    .await;
+
+    let driver = start_chromedriver(&bin).await;
+    let mut ui = Ui::open(driver.port, &app.address, &downloads, "sso").await;
+    ui.goto("#/login").await;
+    ui.ready("login").await;
+    let button = ui.el("sso-start").await;
+    assert_eq!(button.text().await.unwrap(), "Sign in with Test IdP");
+
+    // Someone from outside the company: back on the sign-in page, told why.
+    button.click().await.unwrap();
+    let email = ui.css("#idp-email").await;
+    ui.photo("provider").await;
+    email.send_keys("mallory@example.net").await.unwrap();
+    ui.css("#idp-submit").await.click().await.unwrap();
+    ui.ready("login").await;
+    let error = ui.el("sso-error").await.text().await.unwrap();
+    assert!(
+        error.contains("mallory@example.net may not sign in here"),
+        "{error}"
+    );
+    ui.el("sso-start").await;
+    ui.photo("refused").await;
+
+    // The provider would remember mallory: forget its session, as another person's
+    // browser would not have it.
+    ui.driver
+        .goto(format!(
+            "{}/.well-known/openid-configuration",
+            provider.issuer
+        ))
+        .await
+        .unwrap();
+    ui.driver.delete_all_cookies().await.unwrap();
+
+    // A colleague signs in at the provider and lands in the console.
+    ui.goto("#/login").await;
+    ui.ready("login").await;
+    ui.click("sso-start").await;
+    ui.css("#idp-email")
+        .await
+        .send_keys("ada@example.com")
+        .await
+        .unwrap();
+    ui.css("#idp-submit").await.click().await.unwrap();
+    ui.ready("overview").await;
+    let who = ui.css("#user-email").await.text().await.unwrap();
+    assert_eq!(who, "ada@example.com");
+    let role = ui.css("#user-role").await.text().await.unwrap();
+    assert!(role.starts_with("viewer"), "{role}");
+    // A reload keeps the session.
+    ui.driver.refresh().await.unwrap();
+    ui.ready("overview").await;
+
+    ui.driver.clone().quit().await.unwrap();
+    drop(driver);
+    app.stop().await;
+    drop(provider);
 }

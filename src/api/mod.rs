@@ -23,6 +23,7 @@ pub mod key_cache;
 pub mod limits;
 pub mod middleware;
 pub mod names;
+pub mod oidc;
 pub mod openai;
 pub mod operator;
 pub mod people;

@@ -3,7 +3,8 @@
 //! cookie (`Secure` when the request came over TLS); the store keeps only its SHA-256.
 //! Every state-changing `/api` call also needs the `x-csrf-token` header, derived from the
 //! session token (`csrf_token`, given at sign-in and by `/api/auth/me`). Failed sign-ins
-//! are throttled per email and per address. Sign-in and sign-out are audited.
+//! are throttled per email and per address. Sign-in and sign-out are audited. Sign-in with
+//! the identity provider (`api::oidc`) starts its sessions here too ([`start_session`]).
 
 use super::audit::{Source, record};
 use super::error::{ApiError, optional_json};
@@ -192,6 +193,23 @@ pub async fn sign_in(
     source: &Source,
     user: &User,
 ) -> Result<HttpResponse, ApiError> {
+    let (cookie, csrf) = start_session(state, req, source, user, None).await?;
+    Ok(HttpResponse::Ok()
+        .cookie(cookie)
+        .json(json!({"user": user_json(user), "csrf_token": csrf})))
+}
+
+/// Starts a session for `user` and records the sign-in (`via` names how they signed in
+/// when it was not with a password): the cookie to set, and the session's CSRF token.
+/// The one place sessions begin — a password, the first-run setup, an invitation or the
+/// identity provider.
+pub async fn start_session(
+    state: &AppState,
+    req: &HttpRequest,
+    source: &Source,
+    user: &User,
+    via: Option<&str>,
+) -> Result<(Cookie<'static>, String), ApiError> {
     let mut raw_token = [0u8; 32];
     rand::fill(&mut raw_token);
     let token = hex::encode(raw_token);
@@ -205,17 +223,17 @@ pub async fn sign_in(
     };
     let store = state.store.clone();
     run_blocking(move || store.create_session(&session)).await?;
-    record(
-        state,
-        NewAuditEntry::new(
-            user.tenant_id.clone(),
-            Actor::User(user.id.clone()),
-            AuditAction::UserSignIn,
-            user.id.as_str(),
-        )
-        .source(source.0.clone()),
+    let mut entry = NewAuditEntry::new(
+        user.tenant_id.clone(),
+        Actor::User(user.id.clone()),
+        AuditAction::UserSignIn,
+        user.id.as_str(),
     )
-    .await;
+    .source(source.0.clone());
+    if let Some(via) = via {
+        entry = entry.after(json!({ "via": via }));
+    }
+    record(state, entry).await;
     let secure = req.connection_info().scheme() == "https";
     let cookie = Cookie::build(COOKIE, token.clone())
         .path("/")
@@ -224,9 +242,7 @@ pub async fn sign_in(
         .secure(secure)
         .max_age(actix_web::cookie::time::Duration::hours(SESSION_HOURS))
         .finish();
-    Ok(HttpResponse::Ok()
-        .cookie(cookie)
-        .json(json!({"user": user_json(user), "csrf_token": csrf_token(&token)})))
+    Ok((cookie, csrf_token(&token)))
 }
 
 /// Whether `token` is a live session (for the address limiter, which exempts only those).

@@ -43,6 +43,8 @@ pub struct AppState {
     pub signing_key: crate::domain::certificate::CertSigningKey,
     /// The one-time first-run setup token, while no user exists.
     pub setup: crate::ops::people::SetupToken,
+    /// Sign-in with the identity provider: its documents and the sign-ins in progress.
+    pub sso: crate::ops::oidc::Sso,
     /// The operator's "back up now" job, while it runs.
     pub backup_now: BackupNow,
     /// The operator console's cached update check.

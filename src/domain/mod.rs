@@ -15,6 +15,7 @@ pub mod ids;
 pub mod incident;
 pub mod keys;
 pub mod money;
+pub mod oidc;
 pub mod policy;
 pub mod pricing;
 pub mod quota;

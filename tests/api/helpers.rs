@@ -434,3 +434,93 @@ impl ConsoleSession {
         Self::from_response(res).await
     }
 }
+
+/// The client agv-server is registered as at the test identity provider.
+pub const OIDC_CLIENT_ID: &str = "agv-console";
+pub const OIDC_CLIENT_SECRET: &str = "agv-test-oidc-client-secret";
+
+/// A port free at the moment (for a server whose address another one must know before it
+/// starts: the identity provider registers agv-server's callback URL).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port()
+}
+
+/// A real OpenID Connect provider: `tests/oidc/provider.mjs` (panva's oidc-provider from
+/// npm, installed by `tests/oidc/setup.sh`) on a free port of 127.0.0.1, its issuer named
+/// `http://localhost:PORT` — another site than agv-server's `127.0.0.1`, as a company's
+/// provider would be. Killed when dropped.
+pub struct OidcProvider {
+    child: std::process::Child,
+    pub issuer: String,
+}
+
+impl Drop for OidcProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl OidcProvider {
+    /// Starts the provider with agv-server's client registered for `redirect_uri` and
+    /// `auth_method` at the token endpoint (`client_secret_basic`, or `client_secret_post`:
+    /// then Basic is refused); `None` (after SKIPPED) when Node.js or the provider's
+    /// packages are missing.
+    pub fn start(redirect_uri: &str, auth_method: &str) -> Option<Self> {
+        use std::io::BufRead;
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
+        if !dir.join("node_modules/oidc-provider").exists() {
+            agv_server::store::testing::skip_or_fail(
+                "single sign-on tests",
+                "tests/oidc/node_modules is missing; run `sh tests/oidc/setup.sh` (needs Node.js 20+ and npm)",
+            );
+            return None;
+        }
+        let spawned = Command::new("node")
+            .arg(dir.join("provider.mjs"))
+            .arg("0")
+            .env("OIDC_CLIENT_ID", OIDC_CLIENT_ID)
+            .env("OIDC_CLIENT_SECRET", OIDC_CLIENT_SECRET)
+            .env("OIDC_REDIRECT_URIS", redirect_uri)
+            .env("OIDC_HOST", "localhost")
+            .env("OIDC_AUTH_METHOD", auth_method)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let Ok(mut child) = spawned else {
+            agv_server::store::testing::skip_or_fail(
+                "single sign-on tests",
+                "node is not installed (the test identity provider runs on Node.js 20+)",
+            );
+            return None;
+        };
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut provider = Self {
+            child,
+            issuer: String::new(),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = std::io::BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
+            // Kept open (and drained) for as long as the provider runs.
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        });
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_default();
+        provider.issuer = line.trim().to_owned();
+        assert!(
+            provider.issuer.starts_with("http://localhost:"),
+            "the test identity provider did not start (its first line: {line:?})"
+        );
+        Some(provider)
+    }
+}

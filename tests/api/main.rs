@@ -23,6 +23,7 @@ mod hostile;
 mod incidents;
 mod install;
 mod instance;
+mod oidc;
 mod operator_depth;
 mod operator_update;
 mod outages;
