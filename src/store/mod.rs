@@ -494,13 +494,13 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&CallCursor>,
         limit: u32,
     ) -> StoreResult<Vec<CallRecord>> {
-        let page = search_sql::SearchPage {
+        let page = sql::SearchPage {
             tenant,
             search,
             after,
             limit,
         };
-        on_db(self, |db| db.search_calls(page))
+        on_db(self, |db| db.text().search_calls(page))
     }
     /// Indexes every call recorded so far for text search, now, instead of waiting for the
     /// background indexer; returns how many calls were indexed.

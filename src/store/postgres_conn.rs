@@ -7,10 +7,8 @@
 //! dumps all build on this module; it must import none of them, so that they form layers
 //! rather than a circle.
 
-use super::search_sql::SearchPage;
-use super::sql::{Cell, Db, Dialect, EventSeq, Param, SqlRow};
+use super::sql::{Cell, Db, Dialect, EventSeq, Param, SqlRow, TextIndex};
 use super::{StoreError, StoreResult};
-use crate::domain::CallRecord;
 use postgres::error::SqlState;
 use postgres::types::{ToSql, Type};
 use postgres::{GenericClient, NoTls};
@@ -145,25 +143,8 @@ impl<C: GenericClient> Db for PgDb<'_, C> {
         .map(drop)
     }
 
-    fn prunable_text(&mut self) -> StoreResult<(&'static str, &'static str)> {
-        // No indexer pass runs meanwhile (they take this lock too): a call it has not
-        // indexed yet is indexed after this commits, from the emptied bodies.
-        self.serialize(INDEXER_LOCK)?;
-        Ok(("c.search_seq", ""))
-    }
-
-    fn forget_call_text(&mut self, calls: &[&super::retention::Candidate]) -> StoreResult<()> {
-        let seqs: Vec<i64> = calls.iter().map(|c| c.position).collect();
-        if !seqs.is_empty() {
-            self.0
-                .execute("DELETE FROM call_search WHERE call_seq = ANY($1)", &[&seqs])
-                .map_err(db_err)?;
-        }
-        Ok(())
-    }
-
-    fn search_calls(&mut self, page: SearchPage<'_>) -> StoreResult<Vec<CallRecord>> {
-        super::search_postgres::search_calls(self.0, page)
+    fn text(&mut self) -> &mut dyn TextIndex {
+        self
     }
 
     fn execute(&mut self, sql: &str, args: &[Param<'_>]) -> StoreResult<u64> {

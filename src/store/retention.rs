@@ -17,7 +17,7 @@
 //! text index in the same transaction, so pruned text is no longer found. This module
 //! decides nothing about ages or schedules: it must not read settings.
 
-use super::sql::{Cell, Cells, Db, Param};
+use super::sql::{Candidate, Cell, Cells, Db, Param};
 use super::{StoreError, StoreResult};
 use crate::domain::{CallCursor, CallId, Timestamp};
 
@@ -32,15 +32,6 @@ pub struct PruneBatch {
     pub protected: u64,
     /// Where the next batch starts; `None` when the sweep is done.
     pub next: Option<CallCursor>,
-}
-
-/// A call read by a batch: its id, time, position in the text index (SQLite: rowid;
-/// Postgres: `search_seq`) and whether something refers to it.
-pub(super) struct Candidate {
-    pub id: String,
-    pub created_at: i64,
-    pub position: i64,
-    pub protected: bool,
 }
 
 /// The condition that keeps a call `c`: an unresolved incident's signal or a certificate
@@ -86,12 +77,12 @@ pub(super) fn prune_batch(
     limit: u32,
     now: Timestamp,
 ) -> StoreResult<PruneBatch> {
-    let (position, extra) = db.prunable_text()?;
+    let (position, extra) = db.text().prunable()?;
     let read = candidates(db, position, extra, cutoff, after, limit)?;
     let go: Vec<&Candidate> = read.iter().filter(|c| !c.protected).collect();
     let ids: Vec<&str> = go.iter().map(|c| c.id.as_str()).collect();
     let pruned = prune(db, &ids, now)?;
-    db.forget_call_text(&go)?;
+    db.text().forget_calls(&go)?;
     outcome(&read, pruned, limit)
 }
 

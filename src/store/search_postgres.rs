@@ -17,9 +17,10 @@ use super::postgres_conn::{INDEXER_LOCK, Manager, PgDb, cells, db_err, pg_param}
 use super::rows::MAX_PAGE;
 use super::rows::call_from;
 use super::search_sql::{
-    Dialect, FILTER_DRIVEN_MAX, SearchPage, TextPlan, call_columns, conditions, count_narrow_query,
+    Dialect, FILTER_DRIVEN_MAX, TextPlan, call_columns, conditions, count_narrow_query,
     has_narrow_filter, page, tsquery, tsvector,
 };
+use super::sql::{Candidate, Db, SearchPage, TextIndex};
 use super::{StoreError, StoreResult};
 use crate::domain::search::index_tokens;
 use crate::domain::{CallCursor, CallRecord, CallSearch, TenantId, Timestamp};
@@ -35,7 +36,7 @@ const INDEX_EVERY: Duration = Duration::from_millis(300);
 /// Calls indexed per transaction.
 const INDEX_BATCH: i64 = 2000;
 
-pub(super) fn search_calls(
+fn search_calls(
     client: &mut impl GenericClient,
     q: SearchPage<'_>,
 ) -> StoreResult<Vec<CallRecord>> {
@@ -65,6 +66,29 @@ pub(super) fn search_calls(
         out.extend(calls_among(client, tenant, search, &ids, wanted)?);
     }
     Ok(out)
+}
+
+impl<C: GenericClient> TextIndex for PgDb<'_, C> {
+    fn search_calls(&mut self, page: SearchPage<'_>) -> StoreResult<Vec<CallRecord>> {
+        search_calls(self.0, page)
+    }
+
+    fn prunable(&mut self) -> StoreResult<(&'static str, &'static str)> {
+        // No indexer pass runs meanwhile (they take this lock too): a call it has not
+        // indexed yet is indexed after this commits, from the emptied bodies.
+        self.serialize(INDEXER_LOCK)?;
+        Ok(("c.search_seq", ""))
+    }
+
+    fn forget_calls(&mut self, calls: &[&Candidate]) -> StoreResult<()> {
+        let seqs: Vec<i64> = calls.iter().map(|c| c.position).collect();
+        if !seqs.is_empty() {
+            self.0
+                .execute("DELETE FROM call_search WHERE call_seq = ANY($1)", &[&seqs])
+                .map_err(db_err)?;
+        }
+        Ok(())
+    }
 }
 
 /// How many of the newest calls are checked one by one before the text index is used.

@@ -7,7 +7,7 @@
 use super::StoreResult;
 use super::rows::{CALL_COLUMNS, MAX_PAGE};
 pub(super) use super::sql::Dialect;
-use super::sql::{Db, Param};
+use super::sql::{Db, Param, SearchPage};
 use crate::domain::{CallCursor, CallRecord, CallSearch, TenantId};
 use std::collections::BTreeMap;
 
@@ -69,16 +69,6 @@ pub(super) fn count_narrow_query<'a>(
         dialect.placeholder(params.len())
     );
     (sql, params)
-}
-
-/// One page of a call search: whose calls, what they must match, where the page starts
-/// (strictly after `after`, newest first) and at most how many.
-#[derive(Clone, Copy)]
-pub(super) struct SearchPage<'a> {
-    pub tenant: &'a TenantId,
-    pub search: &'a CallSearch,
-    pub after: Option<&'a CallCursor>,
-    pub limit: u32,
 }
 
 /// One page of a call search whose text (if any) needs no walk of a backend's own index:

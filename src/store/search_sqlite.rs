@@ -27,10 +27,10 @@ use super::StoreResult;
 use super::rows::MAX_PAGE;
 use super::rows::call_from;
 use super::search_sql::{
-    Dialect, FILTER_DRIVEN_MAX, SearchPage, TextPlan, count_narrow_query, fts5_match,
-    fts5_match_in, has_narrow_filter, has_phrases, next_slot, page, search_calls_query,
-    tenant_token, time_key,
+    Dialect, FILTER_DRIVEN_MAX, TextPlan, count_narrow_query, fts5_match, fts5_match_in,
+    has_narrow_filter, has_phrases, next_slot, page, search_calls_query, tenant_token, time_key,
 };
+use super::sql::{Candidate, SearchPage, TextIndex};
 use super::sqlite_conn::{BUSY_TIMEOUT, SqliteDb, cells, db_err, init_connection};
 use crate::domain::CallRecord;
 use crate::domain::search::{contains_phrases, index_tokens};
@@ -170,7 +170,26 @@ pub(super) fn prepare(conn: &mut Connection) -> StoreResult<()> {
     tx.commit().map_err(db_err)
 }
 
-pub(super) fn search_calls(conn: &Connection, q: SearchPage<'_>) -> StoreResult<Vec<CallRecord>> {
+impl TextIndex for SqliteDb<'_> {
+    fn search_calls(&mut self, page: SearchPage<'_>) -> StoreResult<Vec<CallRecord>> {
+        search_calls(self.0, page)
+    }
+
+    fn prunable(&mut self) -> StoreResult<(&'static str, &'static str)> {
+        // Only calls the text indexer has passed: it never indexes them again, so their
+        // documents, removed in the same batch, stay removed.
+        Ok((
+            "c.rowid",
+            " AND c.rowid <= (SELECT indexed_rowid FROM search.call_search_state WHERE id = 1)",
+        ))
+    }
+
+    fn forget_calls(&mut self, calls: &[&Candidate]) -> StoreResult<()> {
+        forget(self.0, calls)
+    }
+}
+
+fn search_calls(conn: &Connection, q: SearchPage<'_>) -> StoreResult<Vec<CallRecord>> {
     let (tenant, search, after) = (q.tenant, q.search, q.after);
     let limit = q.limit.min(MAX_PAGE) as usize;
     let Some(anywhere) = fts5_match(&search.text) else {
@@ -279,7 +298,7 @@ const FORGET_SLOTS: usize = 8;
 
 /// Removes the documents of `calls` (already indexed: at or below the watermark) from the
 /// text index, in the caller's transaction on a connection with the index attached.
-pub(super) fn forget(tx: &Connection, calls: &[&super::retention::Candidate]) -> StoreResult<()> {
+fn forget(tx: &Connection, calls: &[&Candidate]) -> StoreResult<()> {
     let mut at = tx
         .prepare_cached("SELECT call_id FROM search.call_fts WHERE rowid = ?1")
         .map_err(db_err)?;

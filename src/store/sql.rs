@@ -8,9 +8,8 @@
 //! This is the bottom of the store's SQL: it knows neither backend. Each backend's
 //! implementation of `Db` lives with its connections (`sqlite_conn`, `postgres_conn`).
 
-use super::search_sql::SearchPage;
 use super::{StoreError, StoreResult};
-use crate::domain::CallRecord;
+use crate::domain::{CallCursor, CallRecord, CallSearch, TenantId};
 
 /// A query parameter, typed so that each backend binds it to its column's type.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -77,21 +76,46 @@ pub(super) trait Db {
     /// Removes a tenant's entries from the text index, in this transaction (each backend
     /// keeps its own index, see `search_sqlite` and `search_postgres`).
     fn forget_tenant_text(&mut self, tenant: &str) -> StoreResult<()>;
-    /// Where a retention batch may read calls from (see `retention::prune_batch`): the
-    /// column of `c` that places a call in the text index, and what narrows the calls
-    /// further (SQL on `c`, or nothing). Takes whatever lock keeps the text indexer from
-    /// writing the calls' documents again before the transaction ends.
-    fn prunable_text(&mut self) -> StoreResult<(&'static str, &'static str)>;
-    /// One page of a call search, through this backend's text index (see
-    /// `search_sqlite` and `search_postgres`).
-    fn search_calls(&mut self, page: SearchPage<'_>) -> StoreResult<Vec<CallRecord>>;
-    /// Removes these calls' documents from the text index, in this transaction.
-    fn forget_call_text(&mut self, calls: &[&super::retention::Candidate]) -> StoreResult<()>;
+    /// This backend's text index, on this connection or transaction.
+    fn text(&mut self) -> &mut dyn TextIndex;
     /// Whose SQL this is, for the few expressions that differ (JSON functions, and the
     /// expression indexes built on them, see `search_sql::STOPPED_BY`).
     fn dialect(&self) -> Dialect {
         Dialect::Sqlite
     }
+}
+
+/// What the shared store methods need of a backend's own text index, implemented beside
+/// it (`search_sqlite`, `search_postgres`) for that backend's [`Db`].
+pub(super) trait TextIndex {
+    /// One page of a call search.
+    fn search_calls(&mut self, page: SearchPage<'_>) -> StoreResult<Vec<CallRecord>>;
+    /// Where a retention batch may read calls from (see `retention::prune_batch`): the
+    /// column of `c` that places a call in the text index, and what narrows the calls
+    /// further (SQL on `c`, or nothing). Takes whatever lock keeps the text indexer from
+    /// writing the calls' documents again before the transaction ends.
+    fn prunable(&mut self) -> StoreResult<(&'static str, &'static str)>;
+    /// Removes these calls' documents from the text index, in this transaction.
+    fn forget_calls(&mut self, calls: &[&Candidate]) -> StoreResult<()>;
+}
+
+/// One page of a call search: whose calls, what they must match, where the page starts
+/// (strictly after `after`, newest first) and at most how many.
+#[derive(Clone, Copy)]
+pub(super) struct SearchPage<'a> {
+    pub tenant: &'a TenantId,
+    pub search: &'a CallSearch,
+    pub after: Option<&'a CallCursor>,
+    pub limit: u32,
+}
+
+/// A call read by a retention batch: its id, time, position in the text index (SQLite:
+/// rowid; Postgres: `search_seq`) and whether something refers to it.
+pub(super) struct Candidate {
+    pub id: String,
+    pub created_at: i64,
+    pub position: i64,
+    pub protected: bool,
 }
 
 /// The next row's place in an append-only log's insertion order (`seq`).

@@ -6,10 +6,8 @@
 //! build on this module; it must import none of them, so that they form layers rather than
 //! a circle.
 
-use super::search_sql::SearchPage;
-use super::sql::{Cell, Db, Param, SqlRow, sqlite_placeholders};
+use super::sql::{Cell, Db, Param, SqlRow, TextIndex, sqlite_placeholders};
 use super::{Durability, StoreError, StoreResult};
-use crate::domain::CallRecord;
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, ToSql};
 use std::time::Duration;
@@ -155,20 +153,7 @@ impl Db for SqliteDb<'_> {
         .map(drop)
     }
 
-    fn prunable_text(&mut self) -> StoreResult<(&'static str, &'static str)> {
-        // Only calls the text indexer has passed: it never indexes them again, so their
-        // documents, removed in the same batch, stay removed (see search_sqlite).
-        Ok((
-            "c.rowid",
-            " AND c.rowid <= (SELECT indexed_rowid FROM search.call_search_state WHERE id = 1)",
-        ))
-    }
-
-    fn forget_call_text(&mut self, calls: &[&super::retention::Candidate]) -> StoreResult<()> {
-        super::search_sqlite::forget(self.0, calls)
-    }
-
-    fn search_calls(&mut self, page: SearchPage<'_>) -> StoreResult<Vec<CallRecord>> {
-        super::search_sqlite::search_calls(self.0, page)
+    fn text(&mut self) -> &mut dyn TextIndex {
+        self
     }
 }
