@@ -248,6 +248,27 @@ impl Ui {
     }
 }
 
+/// Starts the app on `home` in front of a fresh mock upstream, with no limit on requests
+/// without a key and no release server (the update card says why it could not check), then
+/// `tweak`; and a folder for the browser's downloads.
+async fn console_app(
+    home: DataHome,
+    tweak: impl FnOnce(&mut agv_server::config::Settings),
+) -> (TestApp, MockUpstream, PathBuf) {
+    let downloads = home.path().join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let upstream = MockUpstream::start();
+    let url = upstream.url();
+    let app = TestApp::start_with(home, |s| {
+        s.upstream_url = url;
+        s.unauth_rate_limit_per_minute = 0;
+        s.update_source = "http://127.0.0.1:9/releases".into();
+        tweak(s);
+    })
+    .await;
+    (app, upstream, downloads)
+}
+
 fn make_user(home: &DataHome, email: &str, role: &str, tenant: Option<&str>) {
     home.make_user(email, role, tenant, PASSWORD);
 }
@@ -279,17 +300,7 @@ async fn the_console_works_end_to_end_in_chromium() {
     let key = home.cli_ok(&[
         "key", "create", "--tenant", &tenant, "--scope", "proxy", "--name", "e2e",
     ]);
-    let downloads = home.path().join("downloads");
-    std::fs::create_dir_all(&downloads).unwrap();
-    let upstream = MockUpstream::start();
-    let url = upstream.url();
-    let app = TestApp::start_with(home, |s| {
-        s.upstream_url = url;
-        s.unauth_rate_limit_per_minute = 0;
-        // No release server: the update card shows why it could not check.
-        s.update_source = "http://127.0.0.1:9/releases".into();
-    })
-    .await;
+    let (app, upstream, downloads) = console_app(home, |_| {}).await;
     assert_eq!(chat(&app, &key, "e2e-user").await, 200);
     let calls: Value = app
         .get_with_key("/v1/calls?user=e2e-user", &admin)
@@ -1096,16 +1107,7 @@ async fn the_overview_says_what_was_saved_and_every_page_fits_a_phone() {
     make_user(&home, "owner@demo.example", "owner", Some(&tenant));
     make_user(&home, "owner@fresh.example", "owner", Some(&live));
     make_user(&home, "op@example.com", "operator", None);
-    let downloads = home.path().join("downloads");
-    std::fs::create_dir_all(&downloads).unwrap();
-    let upstream = MockUpstream::start();
-    let url = upstream.url();
-    let app = TestApp::start_with(home, |s| {
-        s.upstream_url = url;
-        s.unauth_rate_limit_per_minute = 0;
-        s.update_source = "http://127.0.0.1:9/releases".into();
-    })
-    .await;
+    let (app, upstream, downloads) = console_app(home, |_| {}).await;
     let first = |path: &'static str| {
         let app = &app;
         let admin = admin.clone();
@@ -1320,16 +1322,7 @@ async fn replays_certificates_and_batch_replays_work_from_the_console() {
     let key = home.cli_ok(&["key", "create", "--tenant", &tenant, "--scope", "proxy"]);
     let admin = home.cli_ok(&["key", "create", "--tenant", &tenant, "--scope", "admin"]);
     make_user(&home, "owner@proof.example", "owner", Some(&tenant));
-    let downloads = home.path().join("downloads");
-    std::fs::create_dir_all(&downloads).unwrap();
-    let upstream = MockUpstream::start();
-    let url = upstream.url();
-    let app = TestApp::start_with(home, |s| {
-        s.upstream_url = url;
-        s.unauth_rate_limit_per_minute = 0;
-        s.update_source = "http://127.0.0.1:9/releases".into();
-    })
-    .await;
+    let (app, upstream, downloads) = console_app(home, |_| {}).await;
 
     // A call, and an injection incident of two blocked calls.
     let res = app.chat(&key, "What is the capital of France?").await;
@@ -1638,14 +1631,7 @@ async fn the_operator_console_sums_up_health_filters_and_pauses_the_stream_and_l
     let beta_admin = home.cli_ok(&["key", "create", "--tenant", &beta, "--scope", "admin"]);
     let beta_key = home.cli_ok(&["key", "create", "--tenant", &beta, "--name", "beta-app"]);
     make_user(&home, "op@example.com", "operator", None);
-    let downloads = home.path().join("downloads");
-    std::fs::create_dir_all(&downloads).unwrap();
-    let upstream = MockUpstream::start();
-    let url = upstream.url();
-    let app = TestApp::start_with(home, |s| {
-        s.upstream_url = url;
-        s.unauth_rate_limit_per_minute = 0;
-        s.update_source = "http://127.0.0.1:9/releases".into();
+    let (app, upstream, downloads) = console_app(home, |s| {
         // No automatic backups: the banner turns amber and says what to do.
         s.backup_cron = None;
     })
@@ -2000,15 +1986,7 @@ async fn the_incidents_page_searches_acknowledges_in_bulk_and_merges_duplicates(
         serde_json::from_str(&home.cli_ok(&["demo", "--calls", "200", "--json"])).unwrap();
     let tenant = demo["tenant_id"].as_str().unwrap().to_owned();
     make_user(&home, "owner@demo.example", "owner", Some(&tenant));
-    let downloads = home.path().join("downloads");
-    std::fs::create_dir_all(&downloads).unwrap();
-    let upstream = MockUpstream::start();
-    let url = upstream.url();
-    let app = TestApp::start_with(home, |s| {
-        s.upstream_url = url;
-        s.unauth_rate_limit_per_minute = 0;
-    })
-    .await;
+    let (app, upstream, downloads) = console_app(home, |_| {}).await;
     let injection = |user: &str, minutes_ago: i64| Signal {
         tenant_id: TenantId::parse(&tenant).unwrap(),
         rule: policy::PROMPT_INJECTION.into(),

@@ -161,13 +161,16 @@ async fn a_second_replay_of_an_incident_waits_for_the_first(backend: Backend) {
     let (app, _up, tenant, key, admin) = setup.start().await;
     let (incident, _) = injection_incident(&app, &key, &admin).await;
     let tenant_id = TenantId::parse(&tenant).unwrap();
-    let mut running = Task::new(
-        &tenant_id,
-        kind::INCIDENT_REPLAY,
-        "key:someone".into(),
-        json!({"incident_id": incident, "mode": "policy"}),
-        Timestamp::now(),
-    );
+    let replay_of = |incident: &str| {
+        Task::new(
+            &tenant_id,
+            kind::INCIDENT_REPLAY,
+            "key:someone".into(),
+            json!({"incident_id": incident, "mode": "policy"}),
+            Timestamp::now(),
+        )
+    };
+    let mut running = replay_of(&incident);
     running.status = TaskStatus::Running;
     let store = app.app_state.store.clone();
     let task = running.clone();
@@ -199,13 +202,7 @@ async fn a_second_replay_of_an_incident_waits_for_the_first(backend: Backend) {
     assert_eq!(after["data"], before["data"], "nothing may be queued");
 
     // Another incident's replay is not held up.
-    let other = Task::new(
-        &tenant_id,
-        kind::INCIDENT_REPLAY,
-        "key:someone".into(),
-        json!({"incident_id": "inc_00000000000000000000000000000000", "mode": "policy"}),
-        Timestamp::now(),
-    );
+    let other = replay_of("inc_00000000000000000000000000000000");
     let store = app.app_state.store.clone();
     let started = run_blocking(move || store.insert_task_alone(&other, "incident_id")).await;
     assert!(started.unwrap().is_none());
