@@ -327,6 +327,7 @@ fn count(v: Option<i64>) -> u64 {
 mod tests {
     use super::*;
     use crate::domain::{KeyId, Money};
+    use crate::guard::tests::policy_with;
 
     fn call(
         tenant: &TenantId,
@@ -378,6 +379,13 @@ mod tests {
         }
     }
 
+    /// Marks `c` as stopped by `policy` with `status` when it was recorded.
+    fn block(c: &mut CallRecord, policy: &str, status: u16) {
+        c.blocked = true;
+        c.blocked_by = Some(policy.into());
+        c.status = status;
+    }
+
     #[test]
     fn a_tighter_token_limit_reports_exactly_the_calls_over_it() {
         let (t, k) = (TenantId::generate(), KeyId::generate());
@@ -396,10 +404,7 @@ mod tests {
         let same = run(&Pricing::builtin(), &t, PolicyConfig::default(), &calls);
         assert_eq!((same.evaluated, same.changed, same.unchanged), (10, 0, 10));
 
-        let proposed = PolicyConfig {
-            max_tokens_per_request: 1_000,
-            ..PolicyConfig::default()
-        };
+        let proposed = policy_with(|p| p.max_tokens_per_request = 1_000);
         let r = run(&Pricing::builtin(), &t, proposed, &calls);
         assert_eq!(r.changed, 4, "{r:?}");
         assert_eq!(r.newly_blocked, 4);
@@ -422,12 +427,8 @@ mod tests {
     fn a_call_the_proposal_lets_through_says_what_had_blocked_it_and_why_it_now_passes() {
         let (t, k) = (TenantId::generate(), KeyId::generate());
         let mut blocked = call(&t, &k, 1_700_000_000_000, 5_000, 400);
-        blocked.blocked = true;
-        blocked.blocked_by = Some(ids::MAX_TOKENS.into());
-        let proposed = PolicyConfig {
-            max_tokens_per_request: 10_000,
-            ..PolicyConfig::default()
-        };
+        block(&mut blocked, ids::MAX_TOKENS, 400);
+        let proposed = policy_with(|p| p.max_tokens_per_request = 10_000);
         let r = run(&Pricing::builtin(), &t, proposed, [&blocked]);
         assert_eq!((r.changed, r.newly_allowed), (1, 1), "{r:?}");
         let change = &r.changes[0];
@@ -455,13 +456,8 @@ mod tests {
             .map(|i| call(&t, &k, start + i * 100, 10, 200))
             .chain((0..5).map(|i| call(&t, &k, start + 120_000 + i * 100, 10, 200)))
             .collect();
-        calls[9].blocked = true;
-        calls[9].blocked_by = Some("killswitch".into());
-        calls[9].status = 423;
-        let proposed = PolicyConfig {
-            key_requests_per_minute: 3,
-            ..PolicyConfig::default()
-        };
+        block(&mut calls[9], "killswitch", 423);
+        let proposed = policy_with(|p| p.key_requests_per_minute = 3);
         let r = run(&Pricing::builtin(), &t, proposed, &calls);
         assert_eq!(r.skipped_kill_switch, 1);
         assert_eq!(r.evaluated, 9);
@@ -508,9 +504,7 @@ mod tests {
                 call(&t, &k, at, if i % 7 == 0 { 5_000 } else { 10 }, 200)
             })
             .collect();
-        calls[11].blocked = true;
-        calls[11].blocked_by = Some("killswitch".into());
-        calls[11].status = 423;
+        block(&mut calls[11], "killswitch", 423);
         calls[23].request_body.clear();
         calls.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         let proposed = PolicyConfig {
@@ -579,14 +573,10 @@ mod tests {
     fn a_looser_policy_lets_recorded_blocks_through_and_missing_bodies_are_counted() {
         let (t, k) = (TenantId::generate(), KeyId::generate());
         let mut blocked = call(&t, &k, 1_700_000_000_000, 20_000, 400);
-        blocked.blocked = true;
-        blocked.blocked_by = Some("dg-002".into());
+        block(&mut blocked, "dg-002", 400);
         let mut hashed = call(&t, &k, 1_700_000_001_000, 10, 200);
         hashed.request_body.clear();
-        let proposed = PolicyConfig {
-            max_tokens_per_request: 50_000,
-            ..PolicyConfig::default()
-        };
+        let proposed = policy_with(|p| p.max_tokens_per_request = 50_000);
         let r = run(&Pricing::builtin(), &t, proposed, [&blocked, &hashed]);
         assert_eq!((r.newly_allowed, r.skipped_no_request), (1, 1), "{r:?}");
         assert_eq!(r.changed_by_policy.get("none"), Some(&1));

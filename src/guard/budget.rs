@@ -489,6 +489,11 @@ mod tests {
         Timestamp::from_millis(ms)
     }
 
+    /// Empty budgets and a tenant.
+    fn budgets() -> (Budgets, TenantId) {
+        (Budgets::new(), TenantId::generate())
+    }
+
     #[test]
     fn period_starts_are_utc_midnight_and_the_first_of_the_month() {
         assert_eq!(day_start(NOON), NOON - 12 * 3_600_000);
@@ -500,8 +505,7 @@ mod tests {
 
     #[test]
     fn calls_pass_until_committed_spend_reaches_the_limit() {
-        let b = Budgets::new();
-        let t = TenantId::generate();
+        let (b, t) = budgets();
         let l = limits(Some(1.0), None);
         let r = b.reserve(&t, usd(0.6), l, ts(NOON)).unwrap();
         assert_eq!(r.committed_before(BudgetPeriod::Daily), Money::ZERO);
@@ -521,8 +525,7 @@ mod tests {
 
     #[test]
     fn an_unknown_actual_cost_keeps_the_estimate() {
-        let b = Budgets::new();
-        let t = TenantId::generate();
+        let (b, t) = budgets();
         let r = b
             .reserve(&t, usd(0.3), limits(None, None), ts(NOON))
             .unwrap();
@@ -532,8 +535,7 @@ mod tests {
 
     #[test]
     fn a_dropped_reservation_is_released() {
-        let b = Budgets::new();
-        let t = TenantId::generate();
+        let (b, t) = budgets();
         drop(
             b.reserve(&t, usd(5.0), limits(Some(1.0), None), ts(NOON))
                 .unwrap(),
@@ -543,8 +545,7 @@ mod tests {
 
     #[test]
     fn a_stale_store_figure_never_lowers_the_spend_settled_here() {
-        let b = Budgets::new();
-        let t = TenantId::generate();
+        let (b, t) = budgets();
         let l = limits(Some(1.0), None);
         let r = b.reserve(&t, usd(0.6), l, ts(NOON)).unwrap();
         let _ = b.settle(r, Some(usd(0.6)));
@@ -564,8 +565,7 @@ mod tests {
 
     #[test]
     fn the_monthly_budget_is_checked_too() {
-        let b = Budgets::new();
-        let t = TenantId::generate();
+        let (b, t) = budgets();
         b.seed(&t, usd(0.0), usd(50.0), ts(NOON));
         let e = b
             .reserve(&t, usd(0.1), limits(Some(10.0), Some(50.0)), ts(NOON))
@@ -576,8 +576,7 @@ mod tests {
 
     #[test]
     fn spend_resets_at_utc_midnight_and_at_the_month_start() {
-        let b = Budgets::new();
-        let t = TenantId::generate();
+        let (b, t) = budgets();
         let l = limits(Some(1.0), Some(100.0));
         b.seed(&t, usd(1.0), usd(20.0), ts(NOON));
         assert!(b.reserve(&t, usd(0.1), l, ts(NOON)).is_err());
@@ -596,8 +595,7 @@ mod tests {
 
     #[test]
     fn a_call_settled_after_midnight_counts_in_the_day_it_started() {
-        let b = Budgets::new();
-        let t = TenantId::generate();
+        let (b, t) = budgets();
         let l = limits(Some(1.0), None);
         let r = b.reserve(&t, usd(0.5), l, ts(NOON)).unwrap();
         let tomorrow = NOON + DAY_MS;
@@ -616,8 +614,7 @@ mod tests {
 
     #[test]
     fn the_soft_threshold_is_reported_once_per_period() {
-        let b = Budgets::new();
-        let t = TenantId::generate();
+        let (b, t) = budgets();
         let l = limits(Some(1.0), None);
         let r = b.reserve(&t, usd(0.5), l, ts(NOON)).unwrap();
         assert_eq!(b.settle(r, Some(usd(0.5))), None);
@@ -634,14 +631,9 @@ mod tests {
 
     #[test]
     fn fifty_parallel_calls_overspend_by_at_most_one_estimate() {
-        let b = Budgets::new();
-        let t = TenantId::generate();
+        let (b, t) = budgets();
         let (estimate, limit) = (usd(0.10), usd(1.05));
-        let l = BudgetLimits {
-            daily: Some(limit),
-            monthly: None,
-            soft_ratio: 0.8,
-        };
+        let l = limits(Some(1.05), None);
         let barrier = Barrier::new(50);
         let admitted: usize = std::thread::scope(|s| {
             let handles: Vec<_> = (0..50)
@@ -668,8 +660,7 @@ mod tests {
 
     #[test]
     fn fifty_parallel_reservations_held_at_once_are_admitted_only_up_to_the_limit() {
-        let b = Budgets::new();
-        let t = TenantId::generate();
+        let (b, t) = budgets();
         let l = limits(Some(1.0), Some(1.0));
         let barrier = Barrier::new(50);
         let held: Vec<Reservation> = std::thread::scope(|s| {
@@ -699,16 +690,12 @@ mod tests {
         // 2026-12-07 15:00 UTC
         let now = Timestamp::from_millis(1_796_655_600_000);
         let (spent_day, spent_month) = (Money::from_usd(7.0), Money::from_usd(40.0));
+        let stops =
+            |current, proposed| stops_at_once(current, proposed, spent_day, spent_month, now);
         let none = limits(None, None);
-        let stops = stops_at_once(
-            none,
-            limits(Some(5.0), Some(100.0)),
-            spent_day,
-            spent_month,
-            now,
-        );
-        assert_eq!(stops.len(), 1, "{stops:?}");
-        let s = &stops[0];
+        let day = stops(none, limits(Some(5.0), Some(100.0)));
+        assert_eq!(day.len(), 1, "{day:?}");
+        let s = &day[0];
         assert_eq!(
             (s.period, s.limit_usd, s.spent_usd),
             (BudgetPeriod::Daily, 5.0, 7.0)
@@ -722,46 +709,16 @@ mod tests {
             s.message
         );
 
-        let month = stops_at_once(none, limits(None, Some(40.0)), spent_day, spent_month, now);
+        let month = stops(none, limits(None, Some(40.0)));
         assert_eq!(month.len(), 1);
         assert_eq!(month[0].until.to_rfc3339(), "2027-01-01T00:00:00.000Z");
 
         // Below the spend, nothing to say; a budget already in force at that limit or a
         // lower one stops the tenant already.
-        assert!(
-            stops_at_once(none, limits(Some(7.5), None), spent_day, spent_month, now).is_empty()
-        );
+        assert!(stops(none, limits(Some(7.5), None)).is_empty());
         let current = limits(Some(5.0), None);
-        assert!(
-            stops_at_once(
-                current,
-                limits(Some(5.0), None),
-                spent_day,
-                spent_month,
-                now
-            )
-            .is_empty()
-        );
-        assert!(
-            stops_at_once(
-                current,
-                limits(Some(6.0), None),
-                spent_day,
-                spent_month,
-                now
-            )
-            .is_empty()
-        );
-        assert_eq!(
-            stops_at_once(
-                limits(Some(9.0), None),
-                current,
-                spent_day,
-                spent_month,
-                now
-            )
-            .len(),
-            1
-        );
+        assert!(stops(current, limits(Some(5.0), None)).is_empty());
+        assert!(stops(current, limits(Some(6.0), None)).is_empty());
+        assert_eq!(stops(limits(Some(9.0), None), current).len(), 1);
     }
 }

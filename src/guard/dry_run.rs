@@ -54,6 +54,7 @@ mod tests {
     use crate::domain::decision::policy as ids;
     use crate::domain::pricing::Pricing;
     use crate::domain::{KeyId, PolicyConfig, TenantId};
+    use crate::guard::tests::policy_with;
     use crate::guard::{Endpoint, key_limits, tenant_limits};
     use serde_json::json;
     use std::sync::Arc;
@@ -62,11 +63,7 @@ mod tests {
     fn a_dry_run_decides_like_check_and_uses_up_nothing() {
         let guard = Guard::new(Pricing::builtin());
         let (t, k) = (TenantId::generate(), KeyId::generate());
-        let policy = PolicyConfig {
-            key_requests_per_minute: 1,
-            ..PolicyConfig::default()
-        };
-        guard.set_policy(&t, Arc::new(policy));
+        guard.set_policy(&t, Arc::new(policy_with(|p| p.key_requests_per_minute = 1)));
         let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
         let facts = RequestFacts {
             tenant_id: &t,

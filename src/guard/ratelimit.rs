@@ -266,10 +266,14 @@ mod tests {
         Timestamp::from_millis((secs * 1000.0) as i64)
     }
 
-    const L: RateLimits = RateLimits {
-        requests_per_minute: 3,
-        tokens_per_minute: 1_000,
-    };
+    const fn limits(requests_per_minute: u32, tokens_per_minute: u64) -> RateLimits {
+        RateLimits {
+            requests_per_minute,
+            tokens_per_minute,
+        }
+    }
+
+    const L: RateLimits = limits(3, 1_000);
 
     #[test]
     fn requests_beyond_the_limit_are_throttled_with_a_bounded_retry_after() {
@@ -290,10 +294,7 @@ mod tests {
     #[test]
     fn tokens_beyond_the_limit_are_throttled_and_debt_is_capped() {
         let rl = RateLimiter::new(100);
-        let l = RateLimits {
-            requests_per_minute: 0,
-            tokens_per_minute: 600,
-        };
+        let l = limits(0, 600);
         rl.try_acquire(&"k", l, 500, at(0.0)).unwrap();
         let t = rl.try_acquire(&"k", l, 200, at(0.0)).unwrap_err();
         assert_eq!(t.dimension, Dimension::Tokens);
@@ -310,10 +311,7 @@ mod tests {
     #[test]
     fn a_request_larger_than_the_allowance_waits_for_a_full_bucket() {
         let rl = RateLimiter::new(100);
-        let l = RateLimits {
-            requests_per_minute: 0,
-            tokens_per_minute: 100,
-        };
+        let l = limits(0, 100);
         rl.try_acquire(&"k", l, 5_000, at(0.0)).unwrap();
         let t = rl.try_acquire(&"k", l, 5_000, at(0.0)).unwrap_err();
         assert_eq!(t.retry_after_secs, MAX_RETRY_AFTER_SECS);
@@ -323,10 +321,7 @@ mod tests {
     #[test]
     fn zero_limits_never_throttle() {
         let rl = RateLimiter::new(100);
-        let off = RateLimits {
-            requests_per_minute: 0,
-            tokens_per_minute: 0,
-        };
+        let off = limits(0, 0);
         for _ in 0..1_000 {
             rl.try_acquire(&"k", off, 1_000_000, at(0.0)).unwrap();
         }

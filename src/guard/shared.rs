@@ -357,6 +357,10 @@ mod tests {
     use super::*;
     use crate::domain::quota::{self, QuotaRow};
 
+    fn grant(granted: i64, level: i64) -> LeaseGrant {
+        LeaseGrant { granted, level }
+    }
+
     fn requests(name: &str, rpm: i64) -> Demand {
         Demand {
             allowance: Allowance::KeyRequests,
@@ -426,14 +430,7 @@ mod tests {
             panic!("nothing held yet")
         };
         assert_eq!(reqs[0].need, 100);
-        q.deposit(
-            &reqs[0],
-            LeaseGrant {
-                granted: 250,
-                level: 1_000,
-            },
-            0,
-        );
+        q.deposit(&reqs[0], grant(250, 1_000), 0);
         let Take::Taken(t) = q.try_take(&d, &[], 0) else {
             panic!("held")
         };
@@ -455,14 +452,7 @@ mod tests {
         let Take::Lease(reqs) = q.try_take(&d, &[], 5_000) else {
             panic!()
         };
-        q.deposit(
-            &reqs[0],
-            LeaseGrant {
-                granted: 0,
-                level: -5,
-            },
-            5_000,
-        );
+        q.deposit(&reqs[0], grant(0, -5), 5_000);
         assert!(
             matches!(q.try_take(&d, &[], 5_500), Take::Refused(r) if r.level == -5 && r.retry_after_secs.is_none())
         );
@@ -477,23 +467,11 @@ mod tests {
             panic!("nothing held yet")
         };
         let mut fetched = Fetched::new(q.clone());
-        fetched.push(
-            reqs[0].clone(),
-            LeaseGrant {
-                granted: 2_000,
-                level: 10_000,
-            },
-        );
+        fetched.push(reqs[0].clone(), grant(2_000, 10_000));
         drop(fetched);
         assert_eq!(q.held("k"), 2_000);
         let mut fetched = Fetched::new(q.clone());
-        fetched.push(
-            reqs[0].clone(),
-            LeaseGrant {
-                granted: 1_000,
-                level: 8_000,
-            },
-        );
+        fetched.push(reqs[0].clone(), grant(1_000, 8_000));
         let Take::Taken(_t) = q.try_take(&d, &fetched.into_grants(), 0) else {
             panic!("covered")
         };

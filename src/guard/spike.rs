@@ -150,6 +150,7 @@ impl SpikeDetector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ops::Range;
 
     const CFG: SpikeConfig = SpikeConfig {
         ratio: 0.5,
@@ -161,16 +162,20 @@ mod tests {
         Timestamp::from_millis(1_700_000_000_000 + secs * 1000)
     }
 
+    /// Records a call of `t` at each second of `secs`, failed or not, none of which may
+    /// report a spike.
+    fn record_quietly(d: &SpikeDetector, t: &TenantId, failed: bool, secs: Range<i64>) {
+        for i in secs {
+            assert_eq!(d.record(t, failed, CFG, at(i)), None, "second {i}");
+        }
+    }
+
     #[test]
     fn a_spike_is_reported_once_when_ratio_and_min_calls_are_reached() {
         let d = SpikeDetector::new();
         let t = TenantId::generate();
-        for i in 0..5 {
-            assert_eq!(d.record(&t, false, CFG, at(i)), None);
-        }
-        for i in 5..9 {
-            assert_eq!(d.record(&t, true, CFG, at(i)), None);
-        }
+        record_quietly(&d, &t, false, 0..5);
+        record_quietly(&d, &t, true, 5..9);
         // 10 calls, 5 failed: 50 %.
         let s = d.record(&t, true, CFG, at(9)).unwrap();
         assert_eq!((s.failures, s.calls), (5, 10));
@@ -183,9 +188,7 @@ mod tests {
     fn too_few_calls_or_a_low_ratio_is_not_a_spike() {
         let d = SpikeDetector::new();
         let t = TenantId::generate();
-        for i in 0..9 {
-            assert_eq!(d.record(&t, true, CFG, at(i)), None);
-        }
+        record_quietly(&d, &t, true, 0..9);
         let t2 = TenantId::generate();
         for i in 0..100 {
             assert_eq!(d.record(&t2, i % 3 == 0, CFG, at(i)), None);
@@ -196,13 +199,9 @@ mod tests {
     fn failures_older_than_the_window_are_forgotten() {
         let d = SpikeDetector::new();
         let t = TenantId::generate();
-        for i in 0..9 {
-            assert_eq!(d.record(&t, true, CFG, at(i)), None);
-        }
+        record_quietly(&d, &t, true, 0..9);
         // Ten minutes later the old failures have left the window.
-        for i in 0..9 {
-            assert_eq!(d.record(&t, true, CFG, at(600 + i)), None);
-        }
+        record_quietly(&d, &t, true, 600..609);
         assert!(d.record(&t, true, CFG, at(609)).is_some());
     }
 

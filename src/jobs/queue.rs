@@ -1193,12 +1193,34 @@ fn recover(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn open(dir: &Path) -> Queue {
+    pub(in crate::jobs) fn open(dir: &Path) -> Queue {
         Queue::open(&dir.join("queue"), QueueLimits::default()).unwrap()
+    }
+
+    /// A queue in a new temporary folder, which holds it while it lives.
+    pub(in crate::jobs) fn new_queue() -> (tempfile::TempDir, Queue) {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(dir.path());
+        (dir, queue)
+    }
+
+    /// The options of a job allowed `n` attempts.
+    pub(in crate::jobs) fn attempts(n: u32) -> EnqueueOptions {
+        EnqueueOptions {
+            max_attempts: n,
+            ..Default::default()
+        }
+    }
+
+    /// Enqueues a job with the default options.
+    pub(in crate::jobs) fn add(queue: &Queue, kind: &str, payload: serde_json::Value) -> JobId {
+        queue
+            .enqueue(kind, payload, EnqueueOptions::default())
+            .unwrap()
     }
 
     #[test]
@@ -1233,9 +1255,7 @@ mod tests {
     #[test]
     fn a_queued_job_survives_close_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let id = open(dir.path())
-            .enqueue("export", json!({"n": 1}), EnqueueOptions::default())
-            .unwrap();
+        let id = add(&open(dir.path()), "export", json!({"n": 1}));
         let queue = open(dir.path());
         assert_eq!(queue.stats().pending, 1);
         let job = queue.claim(Timestamp::now()).unwrap().unwrap();
@@ -1246,11 +1266,8 @@ mod tests {
 
     #[test]
     fn a_job_claimed_but_never_finished_is_pending_again_after_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = open(dir.path());
-        let id = queue
-            .enqueue("export", json!({}), EnqueueOptions::default())
-            .unwrap();
+        let (dir, queue) = new_queue();
+        let id = add(&queue, "export", json!({}));
         assert!(queue.claim(Timestamp::now()).unwrap().is_some());
         assert_eq!(queue.stats().running, 1);
         drop(queue);
@@ -1270,13 +1287,8 @@ mod tests {
 
     #[test]
     fn a_job_interrupted_on_its_last_attempt_is_dead_after_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = open(dir.path());
-        let opts = EnqueueOptions {
-            max_attempts: 1,
-            ..Default::default()
-        };
-        queue.enqueue("export", json!({}), opts).unwrap();
+        let (dir, queue) = new_queue();
+        queue.enqueue("export", json!({}), attempts(1)).unwrap();
         queue.claim(Timestamp::now()).unwrap().unwrap();
         drop(queue);
 
@@ -1317,8 +1329,7 @@ mod tests {
 
     #[test]
     fn jobs_run_in_due_order_and_not_before_their_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = open(dir.path());
+        let (_dir, queue) = new_queue();
         let now = Timestamp::now();
         let later = queue
             .enqueue(
@@ -1330,12 +1341,8 @@ mod tests {
                 },
             )
             .unwrap();
-        let first = queue
-            .enqueue("a", json!(2), EnqueueOptions::default())
-            .unwrap();
-        let second = queue
-            .enqueue("a", json!(3), EnqueueOptions::default())
-            .unwrap();
+        let first = add(&queue, "a", json!(2));
+        let second = add(&queue, "a", json!(3));
         assert_eq!(
             queue.next_due().unwrap().map(|t| t <= Timestamp::now()),
             Some(true)
@@ -1351,13 +1358,10 @@ mod tests {
 
     #[test]
     fn two_concurrent_claimers_never_get_the_same_job() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = open(dir.path());
+        let (_dir, queue) = new_queue();
         let total = 200;
         for i in 0..total {
-            queue
-                .enqueue("a", json!(i), EnqueueOptions::default())
-                .unwrap();
+            add(&queue, "a", json!(i));
         }
         let now = Timestamp::now();
         let claimers: Vec<_> = (0..4)
@@ -1392,12 +1396,8 @@ mod tests {
             ..Default::default()
         };
         let queue = Queue::open(&path, limits).unwrap();
-        let a = queue
-            .enqueue("a", json!(1), EnqueueOptions::default())
-            .unwrap();
-        let b = queue
-            .enqueue("a", json!(2), EnqueueOptions::default())
-            .unwrap();
+        let a = add(&queue, "a", json!(1));
+        let b = add(&queue, "a", json!(2));
         let err = queue
             .enqueue("a", json!(3), EnqueueOptions::default())
             .unwrap_err();
@@ -1423,11 +1423,8 @@ mod tests {
 
     #[test]
     fn completing_or_failing_a_job_that_is_not_running_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = open(dir.path());
-        let id = queue
-            .enqueue("a", json!(1), EnqueueOptions::default())
-            .unwrap();
+        let (_dir, queue) = new_queue();
+        let id = add(&queue, "a", json!(1));
         assert!(matches!(
             queue.complete(&id),
             Err(QueueError::WrongState { .. })
@@ -1452,17 +1449,10 @@ mod tests {
     fn outcomes_are_counted_in_metrics_by_kind() {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
-        let dir = tempfile::tempdir().unwrap();
-        let queue = open(dir.path());
+        let (_dir, queue) = new_queue();
         metrics::with_local_recorder(&recorder, || {
-            let opts = EnqueueOptions {
-                max_attempts: 2,
-                ..Default::default()
-            };
-            let flaky = queue.enqueue("flaky", json!(1), opts).unwrap();
-            queue
-                .enqueue("fine", json!(2), EnqueueOptions::default())
-                .unwrap();
+            let flaky = queue.enqueue("flaky", json!(1), attempts(2)).unwrap();
+            add(&queue, "fine", json!(2));
             let now = Timestamp::now();
             queue.claim(now).unwrap().unwrap();
             assert!(matches!(
@@ -1487,13 +1477,8 @@ mod tests {
 
     #[test]
     fn a_dead_job_can_be_discarded() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = open(dir.path());
-        let opts = EnqueueOptions {
-            max_attempts: 1,
-            ..Default::default()
-        };
-        let id = queue.enqueue("a", json!(1), opts).unwrap();
+        let (dir, queue) = new_queue();
+        let id = queue.enqueue("a", json!(1), attempts(1)).unwrap();
         queue.claim(Timestamp::now()).unwrap().unwrap();
         assert_eq!(
             queue.fail(&id, "boom", Timestamp::now()).unwrap(),
@@ -1543,22 +1528,15 @@ mod tests {
 
     #[test]
     fn a_failed_queue_refuses_work_keeps_reads_and_reopens_with_every_job() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = open(dir.path());
+        let (dir, queue) = new_queue();
         let now = Timestamp::now();
         let not_yet = EnqueueOptions {
             run_at: Some(now.plus_millis(60_000)),
             ..Default::default()
         };
         let waiting = queue.enqueue("a", json!("waiting"), not_yet).unwrap();
-        let last_try = EnqueueOptions {
-            max_attempts: 1,
-            ..Default::default()
-        };
-        let doomed = queue.enqueue("a", json!("doomed"), last_try).unwrap();
-        let running = queue
-            .enqueue("a", json!("running"), EnqueueOptions::default())
-            .unwrap();
+        let doomed = queue.enqueue("a", json!("doomed"), attempts(1)).unwrap();
+        let running = add(&queue, "a", json!("running"));
         let now = Timestamp::now();
         assert_eq!(queue.claim(now).unwrap().unwrap().id, doomed);
         assert_eq!(queue.claim(now).unwrap().unwrap().id, running);
@@ -1622,9 +1600,7 @@ mod tests {
             queue.complete(&running),
             Err(QueueError::WrongState { .. })
         ));
-        let fresh = queue
-            .enqueue("a", json!("new"), EnqueueOptions::default())
-            .unwrap();
+        let fresh = add(&queue, "a", json!("new"));
         let later = now.plus_millis(3_600_000);
         let mut claimed: Vec<JobId> = std::iter::from_fn(|| queue.claim(later).unwrap())
             .map(|job| job.id)
@@ -1643,11 +1619,8 @@ mod tests {
 
     #[test]
     fn a_reopen_waits_until_no_operation_uses_the_failed_database() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = open(dir.path());
-        let id = queue
-            .enqueue("a", json!(1), EnqueueOptions::default())
-            .unwrap();
+        let (_dir, queue) = new_queue();
+        let id = add(&queue, "a", json!(1));
         break_storage(&queue, Instant::now());
         let in_use = queue.readable().unwrap();
         let err = queue.check_capacity().unwrap_err();
@@ -1666,16 +1639,11 @@ mod tests {
 
     #[test]
     fn a_job_whose_enqueue_reported_the_failure_is_removed_by_the_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = open(dir.path());
-        let kept = queue
-            .enqueue("a", json!(1), EnqueueOptions::default())
-            .unwrap();
+        let (dir, queue) = new_queue();
+        let kept = add(&queue, "a", json!(1));
         // As if this enqueue's record reached the disk but its flush then failed: the
         // caller was told it was refused.
-        let refused = queue
-            .enqueue("a", json!(2), EnqueueOptions::default())
-            .unwrap();
+        let refused = add(&queue, "a", json!(2));
         queue.refused().push(refused.clone());
         break_storage(&queue, Instant::now());
         queue.check_capacity().expect("the queue reopened");

@@ -237,13 +237,9 @@ async fn worker_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::queue::{EnqueueOptions, QueueLimits};
+    use crate::jobs::queue::tests::{add, attempts, new_queue};
     use serde_json::json;
     use std::sync::atomic::{AtomicUsize, Ordering};
-
-    fn open(dir: &std::path::Path) -> Queue {
-        Queue::open(&dir.join("queue"), QueueLimits::default()).unwrap()
-    }
 
     fn failing() -> Handlers {
         let mut h = Handlers::new();
@@ -253,10 +249,17 @@ mod tests {
         h
     }
 
+    /// What [`run_one`] reports when job `id` ran with `outcome`.
+    fn done(id: &JobId, outcome: Outcome) -> Step {
+        Step::Done {
+            id: id.clone(),
+            outcome,
+        }
+    }
+
     #[tokio::test]
     async fn an_enqueued_job_runs_once_and_succeeds() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = open(dir.path());
+        let (_dir, queue) = new_queue();
         let seen = Arc::new(AtomicUsize::new(0));
         let mut handlers = Handlers::new();
         let s = seen.clone();
@@ -268,18 +271,10 @@ mod tests {
                 Ok(())
             }
         });
-        let id = queue
-            .enqueue("count", json!({"n": 7}), EnqueueOptions::default())
-            .unwrap();
+        let id = add(&queue, "count", json!({"n": 7}));
         let now = Timestamp::now();
         let step = run_one(&queue, &handlers, now).await.unwrap();
-        assert_eq!(
-            step,
-            Step::Done {
-                id: id.clone(),
-                outcome: Outcome::Succeeded
-            }
-        );
+        assert_eq!(step, done(&id, Outcome::Succeeded));
         assert_eq!(run_one(&queue, &handlers, now).await.unwrap(), Step::Empty);
         assert_eq!(seen.load(Ordering::SeqCst), 1);
         assert!(
@@ -291,14 +286,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_job_is_retried_after_its_backoff_and_dies_after_the_last_attempt() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = open(dir.path());
+        let (_dir, queue) = new_queue();
         let handlers = failing();
-        let opts = EnqueueOptions {
-            max_attempts: 3,
-            ..Default::default()
-        };
-        let id = queue.enqueue("flaky", json!({}), opts).unwrap();
+        let id = queue.enqueue("flaky", json!({}), attempts(3)).unwrap();
 
         let mut now = Timestamp::now();
         for attempt in 1..=2 {
@@ -319,13 +309,7 @@ mod tests {
             now = at;
         }
         let step = run_one(&queue, &handlers, now).await.unwrap();
-        assert_eq!(
-            step,
-            Step::Done {
-                id: id.clone(),
-                outcome: Outcome::Dead
-            }
-        );
+        assert_eq!(step, done(&id, Outcome::Dead));
         assert_eq!(
             run_one(&queue, &handlers, now.plus_millis(10_000_000))
                 .await
@@ -348,21 +332,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_dead_job_put_back_runs_again_with_fresh_attempts() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = open(dir.path());
-        let opts = EnqueueOptions {
-            max_attempts: 1,
-            ..Default::default()
-        };
-        let id = queue.enqueue("flaky", json!({}), opts).unwrap();
+        let (_dir, queue) = new_queue();
+        let id = queue.enqueue("flaky", json!({}), attempts(1)).unwrap();
         let step = run_one(&queue, &failing(), Timestamp::now()).await.unwrap();
-        assert_eq!(
-            step,
-            Step::Done {
-                id: id.clone(),
-                outcome: Outcome::Dead
-            }
-        );
+        assert_eq!(step, done(&id, Outcome::Dead));
 
         queue.retry_dead(&id).unwrap();
         assert!(queue.dead_letters().unwrap().is_empty());
@@ -377,88 +350,39 @@ mod tests {
         let mut fixed = Handlers::new();
         fixed.register("flaky", |_job: Job| async { Ok(()) });
         let step = run_one(&queue, &fixed, Timestamp::now()).await.unwrap();
-        assert_eq!(
-            step,
-            Step::Done {
-                id,
-                outcome: Outcome::Succeeded
-            }
-        );
+        assert_eq!(step, done(&id, Outcome::Succeeded));
         assert_eq!(queue.stats().dead, 0);
     }
 
     #[tokio::test]
-    async fn a_job_without_a_handler_fails_with_a_clear_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = open(dir.path());
-        let opts = EnqueueOptions {
-            max_attempts: 1,
-            ..Default::default()
-        };
-        queue.enqueue("mystery", json!({}), opts).unwrap();
-        let step = run_one(&queue, &Handlers::new(), Timestamp::now())
-            .await
-            .unwrap();
-        assert!(matches!(
-            step,
-            Step::Done {
-                outcome: Outcome::Dead,
-                ..
-            }
-        ));
-        let error = queue.dead_letters().unwrap()[0]
-            .job
-            .last_error
-            .clone()
-            .unwrap();
-        assert!(
-            error.contains("no handler is registered for job kind 'mystery'"),
-            "{error}"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_panicking_handler_fails_its_job_and_the_worker_carries_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = open(dir.path());
-        let mut handlers = Handlers::new();
-        handlers.register("boom", |_job: Job| async { panic!("kaboom") });
-        let opts = EnqueueOptions {
-            max_attempts: 1,
-            ..Default::default()
-        };
-        queue.enqueue("boom", json!({}), opts).unwrap();
-        let step = run_one(&queue, &handlers, Timestamp::now()).await.unwrap();
-        assert!(matches!(
-            step,
-            Step::Done {
-                outcome: Outcome::Dead,
-                ..
-            }
-        ));
-        let error = queue.dead_letters().unwrap()[0]
-            .job
-            .last_error
-            .clone()
-            .unwrap();
-        assert!(error.contains("kaboom"), "{error}");
+    async fn a_missing_or_panicking_handler_fails_its_job_with_a_clear_error_and_the_worker_carries_on()
+     {
+        let mut panicking = Handlers::new();
+        panicking.register("boom", |_job: Job| async { panic!("kaboom") });
+        for (kind, handlers, error) in [
+            (
+                "mystery",
+                Handlers::new(),
+                "no handler is registered for job kind 'mystery'",
+            ),
+            ("boom", panicking, "kaboom"),
+        ] {
+            let (_dir, queue) = new_queue();
+            let id = queue.enqueue(kind, json!({}), attempts(1)).unwrap();
+            let step = run_one(&queue, &handlers, Timestamp::now()).await.unwrap();
+            assert_eq!(step, done(&id, Outcome::Dead), "{kind}");
+            let dead = queue.dead_letters().unwrap();
+            let last_error = dead[0].job.last_error.as_deref().unwrap();
+            assert!(last_error.contains(error), "{kind}: {last_error}");
+        }
     }
 
     #[tokio::test]
     async fn stats_count_pending_running_and_dead_jobs() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = open(dir.path());
-        let one = EnqueueOptions {
-            max_attempts: 1,
-            ..Default::default()
-        };
-        queue.enqueue("flaky", json!(1), one).unwrap();
-        queue
-            .enqueue("flaky", json!(2), EnqueueOptions::default())
-            .unwrap();
-        queue
-            .enqueue("flaky", json!(3), EnqueueOptions::default())
-            .unwrap();
+        let (_dir, queue) = new_queue();
+        queue.enqueue("flaky", json!(1), attempts(1)).unwrap();
+        add(&queue, "flaky", json!(2));
+        add(&queue, "flaky", json!(3));
         assert_eq!(queue.stats().pending, 3);
 
         let now = Timestamp::now();
@@ -475,8 +399,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_worker_pool_runs_an_enqueued_job_and_shuts_down_cleanly() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = open(dir.path());
+        let (_dir, queue) = new_queue();
         let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
         let release = Arc::new(tokio::sync::Semaphore::new(0));
         let mut handlers = Handlers::new();
@@ -495,9 +418,7 @@ mod tests {
 
         // Let the workers go idle; the enqueue must wake them well before their idle poll.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let id = queue
-            .enqueue("ping", json!({}), EnqueueOptions::default())
-            .unwrap();
+        let id = add(&queue, "ping", json!({}));
         let started = tokio::time::timeout(IDLE_POLL / 2, started_rx.recv()).await;
         assert_eq!(
             started.unwrap().unwrap(),
