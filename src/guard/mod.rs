@@ -1229,11 +1229,8 @@ mod tests {
         let body = json!({"model": "gpt-4o", "max_tokens": 1000,
             "messages": [{"role": "user", "content": "hi"}]});
         let blocked = ("dg-002", Outcome::Block);
-        let (ds, _) = stopped_by(
-            stopped(f.check(&body)),
-            blocked,
-            (400, Code::MaxTokensExceeded),
-        );
+        let v = f.check(&body);
+        let (ds, _) = stopped_by(stopped(v), blocked, (400, Code::MaxTokensExceeded));
         let d = ds.last().unwrap();
         assert_eq!(d.threshold, Some(500.0));
         assert!(d.value.unwrap() > 1000.0);
@@ -1247,11 +1244,8 @@ mod tests {
         let body = json!({"model": "o1", "max_completion_tokens": 5000,
             "messages": [{"role": "user", "content": "think hard"}]});
         let blocked = ("dg-001", Outcome::Block);
-        let (ds, _) = stopped_by(
-            stopped(f.check(&body)),
-            blocked,
-            (400, Code::MaxCostExceeded),
-        );
+        let v = f.check(&body);
+        let (ds, _) = stopped_by(stopped(v), blocked, (400, Code::MaxCostExceeded));
         let d = ds.last().unwrap();
         assert_eq!(d.threshold, Some(0.01));
         assert!(d.value.unwrap() >= 0.30, "{d:?}");
