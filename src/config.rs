@@ -515,7 +515,8 @@ pub const FIELDS: &[Field] = &[
     }),
     Field::new(
         "durability",
-        "what an acknowledged call survives: process (a crash of agv-server) or power (a power cut too: every commit waits for the disk); unset: process on SQLite, power on Postgres",
+        "what an acknowledged call survives: process (a crash of agv-server) or power (a power \
+        cut too: every commit waits for the disk); unset: process on SQLite, power on Postgres",
     )
     .parse(|s, g| set(&mut s.durability, durability(g)))
     .show(show_durability),
@@ -543,10 +544,8 @@ pub const FIELDS: &[Field] = &[
     )
     .default("3")
     .parse(|s, g| {
-        set(
-            &mut s.upstream_retries,
-            g.number_in(..=10, "expected between 0 and 10"),
-        )
+        let n = g.number_in(..=10, "expected between 0 and 10");
+        set(&mut s.upstream_retries, n)
     })
     .show(|s| s.upstream_retries.to_string()),
     Field::new(
@@ -595,7 +594,8 @@ pub const FIELDS: &[Field] = &[
     .show(|s| set_or(&s.master_key, "(not set: <data>/master.key)")),
     Field::new(
         "metrics_token",
-        "bearer token /metrics asks of scrapers from other hosts; unset: /metrics answers only on loopback",
+        "bearer token /metrics asks of scrapers from other hosts; unset: /metrics answers only on \
+        loopback",
     )
     .secret()
     .parse(|s, g| {
@@ -636,16 +636,20 @@ pub const FIELDS: &[Field] = &[
     .default("info")
     .parse(|s, g| set(&mut s.log_level, Ok(g.text().trim().to_owned())))
     .show(|s| s.log_level.clone()),
-    Field::new("max_body_bytes", "largest request body accepted (413 above)")
-        .default("8388608")
-        .parse(|s, g| {
-            let bytes = g.number_in(1024..=1 << 30, "expected between 1024 and 1073741824");
-            set(&mut s.max_body_bytes, bytes)
-        })
-        .show(|s| s.max_body_bytes.to_string()),
+    Field::new(
+        "max_body_bytes",
+        "largest request body accepted (413 above)",
+    )
+    .default("8388608")
+    .parse(|s, g| {
+        let bytes = g.number_in(1024..=1 << 30, "expected between 1024 and 1073741824");
+        set(&mut s.max_body_bytes, bytes)
+    })
+    .show(|s| s.max_body_bytes.to_string()),
     Field::new(
         "trusted_proxies",
-        "comma-separated addresses or networks of reverse proxies whose X-Forwarded-For is believed for the client's address (empty: none, the TCP peer is the client)",
+        "comma-separated addresses or networks of reverse proxies whose X-Forwarded-For is \
+        believed for the client's address (empty: none, the TCP peer is the client)",
     )
     .default("")
     .parse(|s, g| {
@@ -659,10 +663,8 @@ pub const FIELDS: &[Field] = &[
     )
     .default("100")
     .parse(|s, g| {
-        set(
-            &mut s.unauth_rate_limit_per_minute,
-            g.number_in(.., "too large"),
-        )
+        let n = g.number_in(.., "too large");
+        set(&mut s.unauth_rate_limit_per_minute, n)
     })
     .show(|s| s.unauth_rate_limit_per_minute.to_string()),
     Field::new(
@@ -678,10 +680,8 @@ pub const FIELDS: &[Field] = &[
     Field::new("job_workers", "background job workers")
         .default("2")
         .parse(|s, g| {
-            set(
-                &mut s.job_workers,
-                g.number_in(1..=64, "expected between 1 and 64"),
-            )
+            let n = g.number_in(1..=64, "expected between 1 and 64");
+            set(&mut s.job_workers, n)
         })
         .show(|s| s.job_workers.to_string()),
     Field::new(
@@ -703,14 +703,16 @@ pub const FIELDS: &[Field] = &[
     .show(|s| value_or(&s.backup_cron, "off")),
     Field::new(
         "backup_verify_cron",
-        "cron schedule of the check of the newest backup (a failure raises a system alert); \"off\" disables it",
+        "cron schedule of the check of the newest backup (a failure raises a system alert); \
+        \"off\" disables it",
     )
     .default("0 30 4 * * Sun")
     .parse(|s, g| set(&mut s.backup_verify_cron, g.cron_or_off()))
     .show(|s| value_or(&s.backup_verify_cron, "off")),
     Field::new(
         "retention_days",
-        "days the request and response bodies of calls are kept; then they are removed (metadata, tokens, cost, decisions and hashes stay); 0 keeps them forever",
+        "days the request and response bodies of calls are kept; then they are removed (metadata, \
+        tokens, cost, decisions and hashes stay); 0 keeps them forever",
     )
     .default("90")
     .parse(|s, g| {
@@ -748,10 +750,8 @@ pub const FIELDS: &[Field] = &[
     )
     .default("7")
     .parse(|s, g| {
-        set(
-            &mut s.backup_keep_daily,
-            g.number_in(1.., "keep at least 1"),
-        )
+        let n = g.number_in(1.., "keep at least 1");
+        set(&mut s.backup_keep_daily, n)
     })
     .show(|s| s.backup_keep_daily.to_string()),
     Field::new(
@@ -763,7 +763,8 @@ pub const FIELDS: &[Field] = &[
     .show(|s| s.backup_keep_weekly.to_string()),
     Field::new(
         "backup_passphrase",
-        "seals the data directory's key files into backups (12+ characters); unset: they are left out",
+        "seals the data directory's key files into backups (12+ characters); unset: they are left \
+        out",
     )
     .secret()
     .parse(|s, g| {
@@ -781,7 +782,8 @@ pub const FIELDS: &[Field] = &[
     // backup_s3_endpoint parses the other backup_s3_* settings but the upload attempts.
     Field::new(
         "backup_s3_endpoint",
-        "S3-compatible endpoint (http:// or https:// URL, path-style addressing) each automatic backup is uploaded to; unset: no upload",
+        "S3-compatible endpoint (http:// or https:// URL, path-style addressing) each automatic \
+        backup is uploaded to; unset: no upload",
     )
     .parse(|s, g| set(&mut s.backup_s3, parse_backup_s3(g)))
     .show(|s| {
@@ -818,7 +820,8 @@ pub const FIELDS: &[Field] = &[
     .show(|s| s3_or(s, |_| "(set)".into(), "(not set)")),
     Field::new(
         "backup_s3_upload_attempts",
-        "attempts of one upload job (retried with backoff 1 s, 2 s, 4 s, … — about 34 minutes for 12) before it is dead-lettered and raises the backup_upload_failed system alert",
+        "attempts of one upload job (retried with backoff 1 s, 2 s, 4 s, … — about 34 minutes for \
+        12) before it is dead-lettered and raises the backup_upload_failed system alert",
     )
     .default("12")
     .parse(|s, g| {
@@ -842,7 +845,8 @@ pub const FIELDS: &[Field] = &[
     .show(|s| secs(s.shutdown_timeout)),
     Field::new(
         "alert_webhook_allowed_hosts",
-        "comma-separated hosts alert webhooks may reach although they resolve to internal addresses",
+        "comma-separated hosts alert webhooks may reach although they resolve to internal \
+        addresses",
     )
     .default("")
     .parse(|s, g| {
@@ -912,7 +916,9 @@ pub const FIELDS: &[Field] = &[
         .show(|s| s.llm_model.clone()),
     Field::new(
         "update_source",
-        "where releases are looked for (the console's update check, agv-server update): an http(s) URL, or on an air-gapped site a mirror's URL or a local release directory (absolute path or file:// URL)",
+        "where releases are looked for (the console's update check, agv-server update): an \
+        http(s) URL, or on an air-gapped site a mirror's URL or a local release directory \
+        (absolute path or file:// URL)",
     )
     .default(values::DEFAULT_SOURCE)
     .parse(|s, g| {
@@ -927,7 +933,9 @@ pub const FIELDS: &[Field] = &[
     // oidc_issuer parses every oidc_* setting.
     Field::new(
         "oidc_issuer",
-        "single sign-on: the OpenID Connect identity provider's issuer URL (its discovery document is under /.well-known/openid-configuration); with oidc_client_id, turns on \"Sign in with …\"; unset: off",
+        "single sign-on: the OpenID Connect identity provider's issuer URL (its discovery \
+        document is under /.well-known/openid-configuration); with oidc_client_id, turns on \
+        \"Sign in with …\"; unset: off",
     )
     .parse(|s, g| set(&mut s.oidc, parse_oidc(g)))
     .show(|s| oidc_or(s, |o| o.issuer.clone(), "(not set: single sign-on is off)")),
@@ -938,7 +946,9 @@ pub const FIELDS: &[Field] = &[
     .show(|s| oidc_or(s, |o| o.client_id.clone(), "(not set)")),
     Field::new(
         "oidc_client_secret",
-        "single sign-on: the client's secret (sent with client_secret_basic, or client_secret_post when the provider offers only that or refuses Basic); unset: a public client",
+        "single sign-on: the client's secret (sent with client_secret_basic, or \
+        client_secret_post when the provider offers only that or refuses Basic); unset: a public \
+        client",
     )
     .secret()
     .show(|s| {
@@ -947,7 +957,8 @@ pub const FIELDS: &[Field] = &[
     }),
     Field::new(
         "oidc_allowed_domains",
-        "single sign-on: comma-separated email domains that may sign in, e.g. example.com (empty: any)",
+        "single sign-on: comma-separated email domains that may sign in, e.g. example.com (empty: \
+        any)",
     )
     .default("")
     .show(|s| {
@@ -962,13 +973,15 @@ pub const FIELDS: &[Field] = &[
     }),
     Field::new(
         "oidc_default_role",
-        "single sign-on: the role (owner, admin or viewer) of a person made by their first sign-in when none of their groups maps to one",
+        "single sign-on: the role (owner, admin or viewer) of a person made by their first \
+        sign-in when none of their groups maps to one",
     )
     .default("viewer")
     .show(|s| oidc_or(s, |o| o.default_role.as_str().to_owned(), "(not used)")),
     Field::new(
         "oidc_tenant",
-        "single sign-on: the id of the tenant a person joins at their first sign-in; unset: only people with an account already may sign in this way",
+        "single sign-on: the id of the tenant a person joins at their first sign-in; unset: only \
+        people with an account already may sign in this way",
     )
     .show(|s| {
         oidc_or(
@@ -984,18 +997,15 @@ pub const FIELDS: &[Field] = &[
     }),
     Field::new(
         "oidc_groups_claim",
-        "single sign-on: the claim holding the person's groups, e.g. groups (asked for as a scope of that name when the provider offers one); unset: groups are not read",
+        "single sign-on: the claim holding the person's groups, e.g. groups (asked for as a scope \
+        of that name when the provider offers one); unset: groups are not read",
     )
-    .show(|s| {
-        oidc_or(
-            s,
-            |o| value_or(&o.groups_claim, "(not set)"),
-            "(not used)",
-        )
-    }),
+    .show(|s| oidc_or(s, |o| value_or(&o.groups_claim, "(not set)"), "(not used)")),
     Field::new(
         "oidc_group_roles",
-        "single sign-on: comma-separated GROUP=ROLE pairs giving a person made by their first sign-in the strongest role of their groups, e.g. agv-owners=owner,agv-admins=admin (empty: everyone gets oidc_default_role)",
+        "single sign-on: comma-separated GROUP=ROLE pairs giving a person made by their first \
+        sign-in the strongest role of their groups, e.g. agv-owners=owner,agv-admins=admin \
+        (empty: everyone gets oidc_default_role)",
     )
     .default("")
     .show(|s| {
@@ -1024,7 +1034,9 @@ pub const FIELDS: &[Field] = &[
     .show(|s| oidc_or(s, |o| o.provider_name.clone(), "(not used)")),
     Field::new(
         "oidc_redirect_url",
-        "single sign-on: this server's callback URL as registered at the provider, e.g. https://agv.example.com/api/auth/oidc/callback; unset: the address the browser used, plus /api/auth/oidc/callback",
+        "single sign-on: this server's callback URL as registered at the provider, e.g. \
+        https://agv.example.com/api/auth/oidc/callback; unset: the address the browser used, plus \
+        /api/auth/oidc/callback",
     )
     .show(|s| {
         oidc_or(
