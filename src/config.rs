@@ -72,16 +72,21 @@ impl Field {
     /// A setting with no default, flag or secret; [`Field::parse`] and [`Field::show`]
     /// say how it is read and described. A setting its group's first key parses keeps the
     /// `apply` of this, which does nothing.
-    const fn new(key: &'static str, help: &'static str) -> Self {
+    const fn new(key: &'static str) -> Self {
         Self {
             key,
             secret: false,
             default: None,
             flag: None,
-            help,
+            help: "",
             apply: |_, _| Ok(()),
             show: |_| String::new(),
         }
+    }
+
+    const fn help(mut self, help: &'static str) -> Self {
+        self.help = help;
+        self
     }
 
     const fn default(mut self, value: &'static str) -> Self {
@@ -478,7 +483,8 @@ fn parse_oidc(g: &Given) -> Result<Option<Oidc>, ConfigError> {
 }
 
 pub const FIELDS: &[Field] = &[
-    Field::new("listen", "address and port the HTTP server listens on")
+    Field::new("listen")
+        .help("address and port the HTTP server listens on")
         .default("127.0.0.1:8080")
         .flag("listen", "ADDR")
         .parse(|s, g| {
@@ -490,135 +496,122 @@ pub const FIELDS: &[Field] = &[
         })
         .show(|s| s.listen.clone()),
     // tls_cert parses tls_key with it.
-    Field::new(
-        "tls_cert",
-        "PEM certificate chain: serve HTTPS (TLS 1.2+, with HSTS) instead of HTTP; needs tls_key",
-    )
-    .flag("tls-cert", "FILE")
-    .parse(|s, g| set(&mut s.tls, tls(g)))
-    .show(|s| tls_or_off(s, |t| &t.cert)),
-    Field::new("tls_key", "PEM private key of tls_cert")
+    Field::new("tls_cert")
+        .help(
+            "PEM certificate chain: serve HTTPS (TLS 1.2+, with HSTS) instead of HTTP; needs \
+            tls_key",
+        )
+        .flag("tls-cert", "FILE")
+        .parse(|s, g| set(&mut s.tls, tls(g)))
+        .show(|s| tls_or_off(s, |t| &t.cert)),
+    Field::new("tls_key")
+        .help("PEM private key of tls_cert")
         .flag("tls-key", "FILE")
         .show(|s| tls_or_off(s, |t| &t.key)),
-    Field::new(
-        "database_url",
-        "postgres://… to use Postgres; unset: SQLite in the data dir",
-    )
-    .secret()
-    .flag("database-url", "URL")
-    .parse(|s, g| set(&mut s.database_url, Ok(g.trimmed())))
-    .show(|s| {
-        s.database_url.as_deref().map_or(
-            "(not set: SQLite in the data dir)".into(),
-            values::redact_url,
+    Field::new("database_url")
+        .help("postgres://… to use Postgres; unset: SQLite in the data dir")
+        .secret()
+        .flag("database-url", "URL")
+        .parse(|s, g| set(&mut s.database_url, Ok(g.trimmed())))
+        .show(|s| {
+            s.database_url.as_deref().map_or(
+                "(not set: SQLite in the data dir)".into(),
+                values::redact_url,
+            )
+        }),
+    Field::new("durability")
+        .help(
+            "what an acknowledged call survives: process (a crash of agv-server) or power (a \
+            power cut too: every commit waits for the disk); unset: process on SQLite, power on \
+            Postgres",
         )
-    }),
-    Field::new(
-        "durability",
-        "what an acknowledged call survives: process (a crash of agv-server) or power (a power \
-        cut too: every commit waits for the disk); unset: process on SQLite, power on Postgres",
-    )
-    .parse(|s, g| set(&mut s.durability, durability(g)))
-    .show(show_durability),
-    Field::new(
-        "upstream_url",
-        "the OpenAI-compatible upstream calls are forwarded to",
-    )
-    .default("https://api.openai.com/v1")
-    .parse(|s, g| set(&mut s.upstream_url, g.url()?.ok_or_else(|| g.bad(HTTP_URL))))
-    .show(|s| s.upstream_url.clone()),
-    Field::new(
-        "upstream_api_key",
-        "API key sent to the upstream (falls back to OPENAI_API_KEY)",
-    )
-    .secret()
-    .parse(|s, g| set(&mut s.upstream_api_key, Ok(g.trimmed())))
-    .show(|s| set_or(&s.upstream_api_key, "(not set)")),
-    Field::new("upstream_timeout", "total time an upstream call may take")
+        .parse(|s, g| set(&mut s.durability, durability(g)))
+        .show(show_durability),
+    Field::new("upstream_url")
+        .help("the OpenAI-compatible upstream calls are forwarded to")
+        .default("https://api.openai.com/v1")
+        .parse(|s, g| set(&mut s.upstream_url, g.url()?.ok_or_else(|| g.bad(HTTP_URL))))
+        .show(|s| s.upstream_url.clone()),
+    Field::new("upstream_api_key")
+        .help("API key sent to the upstream (falls back to OPENAI_API_KEY)")
+        .secret()
+        .parse(|s, g| set(&mut s.upstream_api_key, Ok(g.trimmed())))
+        .show(|s| set_or(&s.upstream_api_key, "(not set)")),
+    Field::new("upstream_timeout")
+        .help("total time an upstream call may take")
         .default("30s")
         .parse(|s, g| set(&mut s.upstream_timeout, g.nonzero_duration()))
         .show(|s| secs(s.upstream_timeout)),
-    Field::new(
-        "upstream_retries",
-        "retries before any byte reached the client",
-    )
-    .default("3")
-    .parse(|s, g| {
-        let n = g.number_in(..=10, "expected between 0 and 10");
-        set(&mut s.upstream_retries, n)
-    })
-    .show(|s| s.upstream_retries.to_string()),
-    Field::new(
-        "upstream_connect_timeout",
-        "time to open a connection to the upstream",
-    )
-    .default("5s")
-    .parse(|s, g| set(&mut s.upstream_connect_timeout, g.nonzero_duration()))
-    .show(|s| secs(s.upstream_connect_timeout)),
-    Field::new(
-        "upstream_first_byte_timeout",
-        "time until the upstream's response headers arrive, per try",
-    )
-    .default("30s")
-    .parse(|s, g| set(&mut s.upstream_first_byte_timeout, g.nonzero_duration()))
-    .show(|s| secs(s.upstream_first_byte_timeout)),
-    Field::new(
-        "fallback_upstream_url",
-        "an OpenAI-compatible upstream tried once after the primary's last failed try",
-    )
-    .parse(|s, g| set(&mut s.fallback_upstream_url, g.url()))
-    .show(|s| value_or(&s.fallback_upstream_url, "(not set)")),
-    Field::new(
-        "fallback_upstream_api_key",
-        "API key sent to the fallback upstream",
-    )
-    .secret()
-    .parse(|s, g| set(&mut s.fallback_upstream_api_key, Ok(g.trimmed())))
-    .show(|s| set_or(&s.fallback_upstream_api_key, "(not set)")),
-    Field::new(
-        "tenant_upstream_allowlist",
-        "comma-separated base-URL prefixes tenants may set as their own upstream (empty: none)",
-    )
-    .default("")
-    .parse(|s, g| {
-        let list = UpstreamAllowlist::parse(g.text()).map_err(|e| g.bad(&e));
-        set(&mut s.tenant_upstream_allowlist, list)
-    })
-    .show(|s| s.tenant_upstream_allowlist.to_string()),
-    Field::new(
-        "master_key",
-        "32 bytes (hex or base64) encrypting stored provider keys; unset: <data>/master.key",
-    )
-    .secret()
-    .parse(|s, g| set(&mut s.master_key, Ok(g.trimmed())))
-    .show(|s| set_or(&s.master_key, "(not set: <data>/master.key)")),
-    Field::new(
-        "metrics_token",
-        "bearer token /metrics asks of scrapers from other hosts; unset: /metrics answers only on \
-        loopback",
-    )
-    .secret()
-    .parse(|s, g| {
-        s.metrics_token = g.trimmed();
-        if s.metrics_token.as_deref().is_some_and(|t| t.len() < 16) {
-            return Err(g.bad("expected at least 16 characters (e.g. from `openssl rand -hex 32`)"));
-        }
-        Ok(())
-    })
-    .show(|s| {
-        set_or(
-            &s.metrics_token,
-            "(not set: /metrics answers on loopback only)",
+    Field::new("upstream_retries")
+        .help("retries before any byte reached the client")
+        .default("3")
+        .parse(|s, g| {
+            let n = g.number_in(..=10, "expected between 0 and 10");
+            set(&mut s.upstream_retries, n)
+        })
+        .show(|s| s.upstream_retries.to_string()),
+    Field::new("upstream_connect_timeout")
+        .help("time to open a connection to the upstream")
+        .default("5s")
+        .parse(|s, g| set(&mut s.upstream_connect_timeout, g.nonzero_duration()))
+        .show(|s| secs(s.upstream_connect_timeout)),
+    Field::new("upstream_first_byte_timeout")
+        .help("time until the upstream's response headers arrive, per try")
+        .default("30s")
+        .parse(|s, g| set(&mut s.upstream_first_byte_timeout, g.nonzero_duration()))
+        .show(|s| secs(s.upstream_first_byte_timeout)),
+    Field::new("fallback_upstream_url")
+        .help("an OpenAI-compatible upstream tried once after the primary's last failed try")
+        .parse(|s, g| set(&mut s.fallback_upstream_url, g.url()))
+        .show(|s| value_or(&s.fallback_upstream_url, "(not set)")),
+    Field::new("fallback_upstream_api_key")
+        .help("API key sent to the fallback upstream")
+        .secret()
+        .parse(|s, g| set(&mut s.fallback_upstream_api_key, Ok(g.trimmed())))
+        .show(|s| set_or(&s.fallback_upstream_api_key, "(not set)")),
+    Field::new("tenant_upstream_allowlist")
+        .help(
+            "comma-separated base-URL prefixes tenants may set as their own upstream (empty: none)",
         )
-    }),
-    Field::new(
-        "max_stored_body_bytes",
-        "request/response bodies longer than this are stored truncated",
-    )
-    .default("1048576")
-    .parse(|s, g| set(&mut s.max_stored_body_bytes, g.number_in(.., "too large")))
-    .show(|s| s.max_stored_body_bytes.to_string()),
-    Field::new("log_format", "text or json")
+        .default("")
+        .parse(|s, g| {
+            let list = UpstreamAllowlist::parse(g.text()).map_err(|e| g.bad(&e));
+            set(&mut s.tenant_upstream_allowlist, list)
+        })
+        .show(|s| s.tenant_upstream_allowlist.to_string()),
+    Field::new("master_key")
+        .help("32 bytes (hex or base64) encrypting stored provider keys; unset: <data>/master.key")
+        .secret()
+        .parse(|s, g| set(&mut s.master_key, Ok(g.trimmed())))
+        .show(|s| set_or(&s.master_key, "(not set: <data>/master.key)")),
+    Field::new("metrics_token")
+        .help(
+            "bearer token /metrics asks of scrapers from other hosts; unset: /metrics answers \
+            only on loopback",
+        )
+        .secret()
+        .parse(|s, g| {
+            s.metrics_token = g.trimmed();
+            if s.metrics_token.as_deref().is_some_and(|t| t.len() < 16) {
+                return Err(
+                    g.bad("expected at least 16 characters (e.g. from `openssl rand -hex 32`)")
+                );
+            }
+            Ok(())
+        })
+        .show(|s| {
+            set_or(
+                &s.metrics_token,
+                "(not set: /metrics answers on loopback only)",
+            )
+        }),
+    Field::new("max_stored_body_bytes")
+        .help("request/response bodies longer than this are stored truncated")
+        .default("1048576")
+        .parse(|s, g| set(&mut s.max_stored_body_bytes, g.number_in(.., "too large")))
+        .show(|s| s.max_stored_body_bytes.to_string()),
+    Field::new("log_format")
+        .help("text or json")
         .default("text")
         .parse(|s, g| {
             s.log_format = match g.text().trim() {
@@ -629,422 +622,383 @@ pub const FIELDS: &[Field] = &[
             Ok(())
         })
         .show(|s| format!("{:?}", s.log_format).to_lowercase()),
-    Field::new(
-        "log_level",
-        "error, warn, info, debug, trace, or a tracing filter",
-    )
-    .default("info")
-    .parse(|s, g| set(&mut s.log_level, Ok(g.text().trim().to_owned())))
-    .show(|s| s.log_level.clone()),
-    Field::new(
-        "max_body_bytes",
-        "largest request body accepted (413 above)",
-    )
-    .default("8388608")
-    .parse(|s, g| {
-        let bytes = g.number_in(1024..=1 << 30, "expected between 1024 and 1073741824");
-        set(&mut s.max_body_bytes, bytes)
-    })
-    .show(|s| s.max_body_bytes.to_string()),
-    Field::new(
-        "trusted_proxies",
-        "comma-separated addresses or networks of reverse proxies whose X-Forwarded-For is \
-        believed for the client's address (empty: none, the TCP peer is the client)",
-    )
-    .default("")
-    .parse(|s, g| {
-        let proxies = TrustedProxies::parse(g.text()).map_err(|e| g.bad(&e.0));
-        set(&mut s.trusted_proxies, proxies)
-    })
-    .show(|s| s.trusted_proxies.to_string()),
-    Field::new(
-        "unauth_rate_limit_per_minute",
-        "requests per minute per client address on unauthenticated endpoints (0 = off)",
-    )
-    .default("100")
-    .parse(|s, g| {
-        let n = g.number_in(.., "too large");
-        set(&mut s.unauth_rate_limit_per_minute, n)
-    })
-    .show(|s| s.unauth_rate_limit_per_minute.to_string()),
-    Field::new(
-        "queue_max_bytes",
-        "disk budget of the job queue; new jobs are refused above it",
-    )
-    .default("1073741824")
-    .parse(|s, g| {
-        let bytes = g.number_in(1 << 20.., "expected at least 1048576 (1 MiB)");
-        set(&mut s.queue_max_bytes, bytes)
-    })
-    .show(|s| s.queue_max_bytes.to_string()),
-    Field::new("job_workers", "background job workers")
+    Field::new("log_level")
+        .help("error, warn, info, debug, trace, or a tracing filter")
+        .default("info")
+        .parse(|s, g| set(&mut s.log_level, Ok(g.text().trim().to_owned())))
+        .show(|s| s.log_level.clone()),
+    Field::new("max_body_bytes")
+        .help("largest request body accepted (413 above)")
+        .default("8388608")
+        .parse(|s, g| {
+            let bytes = g.number_in(1024..=1 << 30, "expected between 1024 and 1073741824");
+            set(&mut s.max_body_bytes, bytes)
+        })
+        .show(|s| s.max_body_bytes.to_string()),
+    Field::new("trusted_proxies")
+        .help(
+            "comma-separated addresses or networks of reverse proxies whose X-Forwarded-For is \
+            believed for the client's address (empty: none, the TCP peer is the client)",
+        )
+        .default("")
+        .parse(|s, g| {
+            let proxies = TrustedProxies::parse(g.text()).map_err(|e| g.bad(&e.0));
+            set(&mut s.trusted_proxies, proxies)
+        })
+        .show(|s| s.trusted_proxies.to_string()),
+    Field::new("unauth_rate_limit_per_minute")
+        .help("requests per minute per client address on unauthenticated endpoints (0 = off)")
+        .default("100")
+        .parse(|s, g| {
+            let n = g.number_in(.., "too large");
+            set(&mut s.unauth_rate_limit_per_minute, n)
+        })
+        .show(|s| s.unauth_rate_limit_per_minute.to_string()),
+    Field::new("queue_max_bytes")
+        .help("disk budget of the job queue; new jobs are refused above it")
+        .default("1073741824")
+        .parse(|s, g| {
+            let bytes = g.number_in(1 << 20.., "expected at least 1048576 (1 MiB)");
+            set(&mut s.queue_max_bytes, bytes)
+        })
+        .show(|s| s.queue_max_bytes.to_string()),
+    Field::new("job_workers")
+        .help("background job workers")
         .default("2")
         .parse(|s, g| {
             let n = g.number_in(1..=64, "expected between 1 and 64");
             set(&mut s.job_workers, n)
         })
         .show(|s| s.job_workers.to_string()),
-    Field::new(
-        "housekeeping_cron",
-        "cron schedule (with seconds) of the housekeeping job",
-    )
-    .default("0 */10 * * * *")
-    .parse(|s, g| {
-        s.housekeeping_cron = g.text().trim().to_owned();
-        validate_cron(&s.housekeeping_cron).map_err(|e| g.bad(&e))
-    })
-    .show(|s| s.housekeeping_cron.clone()),
-    Field::new(
-        "backup_cron",
-        "cron schedule (with seconds) of the automatic backup; \"off\" disables it",
-    )
-    .default("0 0 3 * * *")
-    .parse(|s, g| set(&mut s.backup_cron, g.cron_or_off()))
-    .show(|s| value_or(&s.backup_cron, "off")),
-    Field::new(
-        "backup_verify_cron",
-        "cron schedule of the check of the newest backup (a failure raises a system alert); \
-        \"off\" disables it",
-    )
-    .default("0 30 4 * * Sun")
-    .parse(|s, g| set(&mut s.backup_verify_cron, g.cron_or_off()))
-    .show(|s| value_or(&s.backup_verify_cron, "off")),
-    Field::new(
-        "retention_days",
-        "days the request and response bodies of calls are kept; then they are removed (metadata, \
-        tokens, cost, decisions and hashes stay); 0 keeps them forever",
-    )
-    .default("90")
-    .parse(|s, g| {
-        let days = g.number_in(
-            ..=36_500,
-            "expected between 0 (keep call bodies forever) and 36500 days",
-        );
-        set(&mut s.retention_days, days)
-    })
-    .show(|s| match s.retention_days {
-        0 => "0 (call bodies are kept forever)".into(),
-        days => days.to_string(),
-    }),
-    Field::new(
-        "retention_cron",
-        "cron schedule (with seconds) of the retention sweep; \"off\" disables it",
-    )
-    .default("0 30 3 * * *")
-    .parse(|s, g| set(&mut s.retention_cron, g.cron_or_off()))
-    .show(|s| value_or(&s.retention_cron, "off")),
-    Field::new(
-        "backup_dir",
-        "where automatic backups are written; unset: <data>/backups",
-    )
-    .parse(|s, g| {
-        let dir = g
-            .trimmed()
-            .map_or_else(|| s.data_dir.join("backups"), PathBuf::from);
-        set(&mut s.backup_dir, Ok(dir))
-    })
-    .show(|s| s.backup_dir.display().to_string()),
-    Field::new(
-        "backup_keep_daily",
-        "automatic backups kept: the newest of each of this many days",
-    )
-    .default("7")
-    .parse(|s, g| {
-        let n = g.number_in(1.., "keep at least 1");
-        set(&mut s.backup_keep_daily, n)
-    })
-    .show(|s| s.backup_keep_daily.to_string()),
-    Field::new(
-        "backup_keep_weekly",
-        "and the newest of each of this many weeks before those",
-    )
-    .default("4")
-    .parse(|s, g| set(&mut s.backup_keep_weekly, g.number_in(.., "too large")))
-    .show(|s| s.backup_keep_weekly.to_string()),
-    Field::new(
-        "backup_passphrase",
-        "seals the data directory's key files into backups (12+ characters); unset: they are left \
-        out",
-    )
-    .secret()
-    .parse(|s, g| {
-        // Taken as given, spaces and all: it is a passphrase.
-        s.backup_passphrase = g.given().filter(|v| !v.is_empty()).map(str::to_owned);
-        if s.backup_passphrase
-            .as_ref()
-            .is_some_and(|p| p.chars().count() < 12)
-        {
-            return Err(g.bad("must be at least 12 characters long"));
-        }
-        Ok(())
-    })
-    .show(|s| set_or(&s.backup_passphrase, "(not set)")),
-    // backup_s3_endpoint parses the other backup_s3_* settings but the upload attempts.
-    Field::new(
-        "backup_s3_endpoint",
-        "S3-compatible endpoint (http:// or https:// URL, path-style addressing) each automatic \
-        backup is uploaded to; unset: no upload",
-    )
-    .parse(|s, g| set(&mut s.backup_s3, parse_backup_s3(g)))
-    .show(|s| {
-        s3_or(
-            s,
-            |b| b.endpoint.to_string(),
-            "(not set: backups are not uploaded)",
+    Field::new("housekeeping_cron")
+        .help("cron schedule (with seconds) of the housekeeping job")
+        .default("0 */10 * * * *")
+        .parse(|s, g| {
+            s.housekeeping_cron = g.text().trim().to_owned();
+            validate_cron(&s.housekeeping_cron).map_err(|e| g.bad(&e))
+        })
+        .show(|s| s.housekeeping_cron.clone()),
+    Field::new("backup_cron")
+        .help("cron schedule (with seconds) of the automatic backup; \"off\" disables it")
+        .default("0 0 3 * * *")
+        .parse(|s, g| set(&mut s.backup_cron, g.cron_or_off()))
+        .show(|s| value_or(&s.backup_cron, "off")),
+    Field::new("backup_verify_cron")
+        .help(
+            "cron schedule of the check of the newest backup (a failure raises a system alert); \
+            \"off\" disables it",
         )
-    }),
-    Field::new(
-        "backup_s3_bucket",
-        "the bucket backups are uploaded to (needs backup_s3_endpoint)",
-    )
-    .show(|s| s3_or(s, |b| b.bucket.clone(), "(not set)")),
-    Field::new("backup_s3_region", "the region the uploads are signed for")
+        .default("0 30 4 * * Sun")
+        .parse(|s, g| set(&mut s.backup_verify_cron, g.cron_or_off()))
+        .show(|s| value_or(&s.backup_verify_cron, "off")),
+    Field::new("retention_days")
+        .help(
+            "days the request and response bodies of calls are kept; then they are removed \
+            (metadata, tokens, cost, decisions and hashes stay); 0 keeps them forever",
+        )
+        .default("90")
+        .parse(|s, g| {
+            let days = g.number_in(
+                ..=36_500,
+                "expected between 0 (keep call bodies forever) and 36500 days",
+            );
+            set(&mut s.retention_days, days)
+        })
+        .show(|s| match s.retention_days {
+            0 => "0 (call bodies are kept forever)".into(),
+            days => days.to_string(),
+        }),
+    Field::new("retention_cron")
+        .help("cron schedule (with seconds) of the retention sweep; \"off\" disables it")
+        .default("0 30 3 * * *")
+        .parse(|s, g| set(&mut s.retention_cron, g.cron_or_off()))
+        .show(|s| value_or(&s.retention_cron, "off")),
+    Field::new("backup_dir")
+        .help("where automatic backups are written; unset: <data>/backups")
+        .parse(|s, g| {
+            let dir = g
+                .trimmed()
+                .map_or_else(|| s.data_dir.join("backups"), PathBuf::from);
+            set(&mut s.backup_dir, Ok(dir))
+        })
+        .show(|s| s.backup_dir.display().to_string()),
+    Field::new("backup_keep_daily")
+        .help("automatic backups kept: the newest of each of this many days")
+        .default("7")
+        .parse(|s, g| {
+            let n = g.number_in(1.., "keep at least 1");
+            set(&mut s.backup_keep_daily, n)
+        })
+        .show(|s| s.backup_keep_daily.to_string()),
+    Field::new("backup_keep_weekly")
+        .help("and the newest of each of this many weeks before those")
+        .default("4")
+        .parse(|s, g| set(&mut s.backup_keep_weekly, g.number_in(.., "too large")))
+        .show(|s| s.backup_keep_weekly.to_string()),
+    Field::new("backup_passphrase")
+        .help(
+            "seals the data directory's key files into backups (12+ characters); unset: they are \
+            left out",
+        )
+        .secret()
+        .parse(|s, g| {
+            // Taken as given, spaces and all: it is a passphrase.
+            s.backup_passphrase = g.given().filter(|v| !v.is_empty()).map(str::to_owned);
+            if s.backup_passphrase
+                .as_ref()
+                .is_some_and(|p| p.chars().count() < 12)
+            {
+                return Err(g.bad("must be at least 12 characters long"));
+            }
+            Ok(())
+        })
+        .show(|s| set_or(&s.backup_passphrase, "(not set)")),
+    // backup_s3_endpoint parses the other backup_s3_* settings but the upload attempts.
+    Field::new("backup_s3_endpoint")
+        .help(
+            "S3-compatible endpoint (http:// or https:// URL, path-style addressing) each \
+            automatic backup is uploaded to; unset: no upload",
+        )
+        .parse(|s, g| set(&mut s.backup_s3, parse_backup_s3(g)))
+        .show(|s| {
+            s3_or(
+                s,
+                |b| b.endpoint.to_string(),
+                "(not set: backups are not uploaded)",
+            )
+        }),
+    Field::new("backup_s3_bucket")
+        .help("the bucket backups are uploaded to (needs backup_s3_endpoint)")
+        .show(|s| s3_or(s, |b| b.bucket.clone(), "(not set)")),
+    Field::new("backup_s3_region")
+        .help("the region the uploads are signed for")
         .default("us-east-1")
         .show(|s| s3_or(s, |b| b.region.clone(), "(not used)")),
-    Field::new(
-        "backup_s3_prefix",
-        "key prefix of the uploaded backups in the bucket, e.g. agv/prod/",
-    )
-    .default("")
-    .show(|s| s3_or(s, |b| b.prefix.clone(), "(not used)")),
-    Field::new(
-        "backup_s3_access_key_id",
-        "access key id of the bucket's credentials",
-    )
-    .show(|s| s3_or(s, |b| b.access_key_id.clone(), "(not set)")),
-    Field::new(
-        "backup_s3_secret_access_key",
-        "secret access key of the bucket's credentials",
-    )
-    .secret()
-    .show(|s| s3_or(s, |_| "(set)".into(), "(not set)")),
-    Field::new(
-        "backup_s3_upload_attempts",
-        "attempts of one upload job (retried with backoff 1 s, 2 s, 4 s, … — about 34 minutes for \
-        12) before it is dead-lettered and raises the backup_upload_failed system alert",
-    )
-    .default("12")
-    .parse(|s, g| {
-        let attempts = g.number_in(1..=100, "expected between 1 and 100");
-        set(&mut s.backup_s3_upload_attempts, attempts)
-    })
-    .show(|s| s.backup_s3_upload_attempts.to_string()),
-    Field::new(
-        "body_read_timeout",
-        "how long a client may take to send a request body (408 after); the request head has 5 s",
-    )
-    .default("30s")
-    .parse(|s, g| set(&mut s.body_read_timeout, g.duration()))
-    .show(|s| secs(s.body_read_timeout)),
-    Field::new(
-        "shutdown_timeout",
-        "how long in-flight requests may take to finish at shutdown",
-    )
-    .default("30s")
-    .parse(|s, g| set(&mut s.shutdown_timeout, g.duration()))
-    .show(|s| secs(s.shutdown_timeout)),
-    Field::new(
-        "alert_webhook_allowed_hosts",
-        "comma-separated hosts alert webhooks may reach although they resolve to internal \
-        addresses",
-    )
-    .default("")
-    .parse(|s, g| {
-        let hosts = HostAllowlist::parse(g.text()).map_err(|e| g.bad(&e));
-        set(&mut s.alert_webhook_allowed_hosts, hosts)
-    })
-    .show(|s| s.alert_webhook_allowed_hosts.to_string()),
-    Field::new(
-        "operator_alert_webhook_url",
-        "webhook (generic, HMAC-signed) receiving system alerts; unset: no system alerts",
-    )
-    .secret()
-    .parse(|s, g| {
-        s.operator_alert_webhook_url = g.trimmed();
-        if let Some(u) = &s.operator_alert_webhook_url {
-            crate::domain::alert::parse_webhook_url(u).map_err(|e| g.bad(&e))?;
-        }
-        Ok(())
-    })
-    .show(|s| set_or(&s.operator_alert_webhook_url, "(not set)")),
-    Field::new(
-        "operator_alert_webhook_secret",
-        "HMAC secret signing system alerts (x-agv-signature)",
-    )
-    .secret()
-    .parse(|s, g| set(&mut s.operator_alert_webhook_secret, Ok(g.trimmed())))
-    .show(|s| set_or(&s.operator_alert_webhook_secret, "(not set)")),
-    Field::new(
-        "system_alert_interval",
-        "how often the system-alert checks run",
-    )
-    .default("60s")
-    .parse(|s, g| set(&mut s.system_alert_interval, g.nonzero_duration()))
-    .show(|s| secs(s.system_alert_interval)),
-    Field::new(
-        "system_alert_disk_percent",
-        "alert when the data dir's filesystem is fuller than this (percent)",
-    )
-    .default("80")
-    .parse(|s, g| {
-        let percent = g.text().trim().parse::<f64>().ok();
-        let percent = percent.filter(|p| (0.0..=100.0).contains(p));
-        let percent = percent.ok_or_else(|| g.bad("expected a number from 0 to 100"));
-        set(&mut s.system_alert_disk_percent, percent)
-    })
-    .show(|s| s.system_alert_disk_percent.to_string()),
-    Field::new(
-        "system_alert_queue_stuck",
-        "alert when the oldest due job has waited longer than this",
-    )
-    .default("10m")
-    .parse(|s, g| set(&mut s.system_alert_queue_stuck, g.nonzero_duration()))
-    .show(|s| secs(s.system_alert_queue_stuck)),
-    Field::new(
-        "llm_base_url",
-        "OpenAI-compatible API for incident narratives; unset: none are written",
-    )
-    .parse(|s, g| set(&mut s.llm_base_url, g.url()))
-    .show(|s| value_or(&s.llm_base_url, "(not set: no AI-written narratives)")),
-    Field::new("llm_api_key", "API key for llm_base_url")
+    Field::new("backup_s3_prefix")
+        .help("key prefix of the uploaded backups in the bucket, e.g. agv/prod/")
+        .default("")
+        .show(|s| s3_or(s, |b| b.prefix.clone(), "(not used)")),
+    Field::new("backup_s3_access_key_id")
+        .help("access key id of the bucket's credentials")
+        .show(|s| s3_or(s, |b| b.access_key_id.clone(), "(not set)")),
+    Field::new("backup_s3_secret_access_key")
+        .help("secret access key of the bucket's credentials")
+        .secret()
+        .show(|s| s3_or(s, |_| "(set)".into(), "(not set)")),
+    Field::new("backup_s3_upload_attempts")
+        .help(
+            "attempts of one upload job (retried with backoff 1 s, 2 s, 4 s, … — about 34 minutes \
+            for 12) before it is dead-lettered and raises the backup_upload_failed system alert",
+        )
+        .default("12")
+        .parse(|s, g| {
+            let attempts = g.number_in(1..=100, "expected between 1 and 100");
+            set(&mut s.backup_s3_upload_attempts, attempts)
+        })
+        .show(|s| s.backup_s3_upload_attempts.to_string()),
+    Field::new("body_read_timeout")
+        .help(
+            "how long a client may take to send a request body (408 after); the request head has \
+            5 s",
+        )
+        .default("30s")
+        .parse(|s, g| set(&mut s.body_read_timeout, g.duration()))
+        .show(|s| secs(s.body_read_timeout)),
+    Field::new("shutdown_timeout")
+        .help("how long in-flight requests may take to finish at shutdown")
+        .default("30s")
+        .parse(|s, g| set(&mut s.shutdown_timeout, g.duration()))
+        .show(|s| secs(s.shutdown_timeout)),
+    Field::new("alert_webhook_allowed_hosts")
+        .help(
+            "comma-separated hosts alert webhooks may reach although they resolve to internal \
+            addresses",
+        )
+        .default("")
+        .parse(|s, g| {
+            let hosts = HostAllowlist::parse(g.text()).map_err(|e| g.bad(&e));
+            set(&mut s.alert_webhook_allowed_hosts, hosts)
+        })
+        .show(|s| s.alert_webhook_allowed_hosts.to_string()),
+    Field::new("operator_alert_webhook_url")
+        .help("webhook (generic, HMAC-signed) receiving system alerts; unset: no system alerts")
+        .secret()
+        .parse(|s, g| {
+            s.operator_alert_webhook_url = g.trimmed();
+            if let Some(u) = &s.operator_alert_webhook_url {
+                crate::domain::alert::parse_webhook_url(u).map_err(|e| g.bad(&e))?;
+            }
+            Ok(())
+        })
+        .show(|s| set_or(&s.operator_alert_webhook_url, "(not set)")),
+    Field::new("operator_alert_webhook_secret")
+        .help("HMAC secret signing system alerts (x-agv-signature)")
+        .secret()
+        .parse(|s, g| set(&mut s.operator_alert_webhook_secret, Ok(g.trimmed())))
+        .show(|s| set_or(&s.operator_alert_webhook_secret, "(not set)")),
+    Field::new("system_alert_interval")
+        .help("how often the system-alert checks run")
+        .default("60s")
+        .parse(|s, g| set(&mut s.system_alert_interval, g.nonzero_duration()))
+        .show(|s| secs(s.system_alert_interval)),
+    Field::new("system_alert_disk_percent")
+        .help("alert when the data dir's filesystem is fuller than this (percent)")
+        .default("80")
+        .parse(|s, g| {
+            let percent = g.text().trim().parse::<f64>().ok();
+            let percent = percent.filter(|p| (0.0..=100.0).contains(p));
+            let percent = percent.ok_or_else(|| g.bad("expected a number from 0 to 100"));
+            set(&mut s.system_alert_disk_percent, percent)
+        })
+        .show(|s| s.system_alert_disk_percent.to_string()),
+    Field::new("system_alert_queue_stuck")
+        .help("alert when the oldest due job has waited longer than this")
+        .default("10m")
+        .parse(|s, g| set(&mut s.system_alert_queue_stuck, g.nonzero_duration()))
+        .show(|s| secs(s.system_alert_queue_stuck)),
+    Field::new("llm_base_url")
+        .help("OpenAI-compatible API for incident narratives; unset: none are written")
+        .parse(|s, g| set(&mut s.llm_base_url, g.url()))
+        .show(|s| value_or(&s.llm_base_url, "(not set: no AI-written narratives)")),
+    Field::new("llm_api_key")
+        .help("API key for llm_base_url")
         .secret()
         .parse(|s, g| set(&mut s.llm_api_key, Ok(g.trimmed())))
         .show(|s| set_or(&s.llm_api_key, "(not set)")),
-    Field::new("llm_model", "model writing incident narratives")
+    Field::new("llm_model")
+        .help("model writing incident narratives")
         .default("gpt-4o-mini")
         .parse(|s, g| set(&mut s.llm_model, Ok(g.trimmed_or_default())))
         .show(|s| s.llm_model.clone()),
-    Field::new(
-        "update_source",
-        "where releases are looked for (the console's update check, agv-server update): an \
-        http(s) URL, or on an air-gapped site a mirror's URL or a local release directory \
-        (absolute path or file:// URL)",
-    )
-    .default(values::DEFAULT_SOURCE)
-    .parse(|s, g| {
-        s.update_source = g.trimmed_or_default().trim_end_matches('/').to_owned();
-        if values::Source::parse(&s.update_source).is_err() {
-            let why = format!("expected {}", values::SOURCE_FORMS);
-            return Err(g.bad(&why));
-        }
-        Ok(())
-    })
-    .show(|s| values::redact_url(&s.update_source)),
+    Field::new("update_source")
+        .help(
+            "where releases are looked for (the console's update check, agv-server update): an \
+            http(s) URL, or on an air-gapped site a mirror's URL or a local release directory \
+            (absolute path or file:// URL)",
+        )
+        .default(values::DEFAULT_SOURCE)
+        .parse(|s, g| {
+            s.update_source = g.trimmed_or_default().trim_end_matches('/').to_owned();
+            if values::Source::parse(&s.update_source).is_err() {
+                let why = format!("expected {}", values::SOURCE_FORMS);
+                return Err(g.bad(&why));
+            }
+            Ok(())
+        })
+        .show(|s| values::redact_url(&s.update_source)),
     // oidc_issuer parses every oidc_* setting.
-    Field::new(
-        "oidc_issuer",
-        "single sign-on: the OpenID Connect identity provider's issuer URL (its discovery \
-        document is under /.well-known/openid-configuration); with oidc_client_id, turns on \
-        \"Sign in with …\"; unset: off",
-    )
-    .parse(|s, g| set(&mut s.oidc, parse_oidc(g)))
-    .show(|s| oidc_or(s, |o| o.issuer.clone(), "(not set: single sign-on is off)")),
-    Field::new(
-        "oidc_client_id",
-        "single sign-on: the client id agv-server is registered under at the identity provider",
-    )
-    .show(|s| oidc_or(s, |o| o.client_id.clone(), "(not set)")),
-    Field::new(
-        "oidc_client_secret",
-        "single sign-on: the client's secret (sent with client_secret_basic, or \
-        client_secret_post when the provider offers only that or refuses Basic); unset: a public \
-        client",
-    )
-    .secret()
-    .show(|s| {
-        let given = s.oidc.as_ref().is_some_and(|o| o.client_secret.is_some());
-        if given { "(set)" } else { "(not set)" }.to_owned()
-    }),
-    Field::new(
-        "oidc_allowed_domains",
-        "single sign-on: comma-separated email domains that may sign in, e.g. example.com (empty: \
-        any)",
-    )
-    .default("")
-    .show(|s| {
-        oidc_or(
-            s,
-            |o| match o.allowed_domains.join(",") {
-                d if d.is_empty() => "(any domain)".to_owned(),
-                d => d,
-            },
-            "(not used)",
+    Field::new("oidc_issuer")
+        .help(
+            "single sign-on: the OpenID Connect identity provider's issuer URL (its discovery \
+            document is under /.well-known/openid-configuration); with oidc_client_id, turns on \
+            \"Sign in with …\"; unset: off",
         )
-    }),
-    Field::new(
-        "oidc_default_role",
-        "single sign-on: the role (owner, admin or viewer) of a person made by their first \
-        sign-in when none of their groups maps to one",
-    )
-    .default("viewer")
-    .show(|s| oidc_or(s, |o| o.default_role.as_str().to_owned(), "(not used)")),
-    Field::new(
-        "oidc_tenant",
-        "single sign-on: the id of the tenant a person joins at their first sign-in; unset: only \
-        people with an account already may sign in this way",
-    )
-    .show(|s| {
-        oidc_or(
-            s,
-            |o| {
-                o.tenant.as_ref().map_or(
-                    "(not set: no account is made by signing in)".to_owned(),
-                    |t| t.to_string(),
-                )
-            },
-            "(not used)",
+        .parse(|s, g| set(&mut s.oidc, parse_oidc(g)))
+        .show(|s| oidc_or(s, |o| o.issuer.clone(), "(not set: single sign-on is off)")),
+    Field::new("oidc_client_id")
+        .help(
+            "single sign-on: the client id agv-server is registered under at the identity provider",
         )
-    }),
-    Field::new(
-        "oidc_groups_claim",
-        "single sign-on: the claim holding the person's groups, e.g. groups (asked for as a scope \
-        of that name when the provider offers one); unset: groups are not read",
-    )
-    .show(|s| oidc_or(s, |o| value_or(&o.groups_claim, "(not set)"), "(not used)")),
-    Field::new(
-        "oidc_group_roles",
-        "single sign-on: comma-separated GROUP=ROLE pairs giving a person made by their first \
-        sign-in the strongest role of their groups, e.g. agv-owners=owner,agv-admins=admin \
-        (empty: everyone gets oidc_default_role)",
-    )
-    .default("")
-    .show(|s| {
-        oidc_or(
-            s,
-            |o| {
-                let pairs: Vec<String> = o
-                    .group_roles
-                    .iter()
-                    .map(|(g, r)| format!("{g}={}", r.as_str()))
-                    .collect();
-                if pairs.is_empty() {
-                    "(none)".to_owned()
-                } else {
-                    pairs.join(",")
-                }
-            },
-            "(not used)",
+        .show(|s| oidc_or(s, |o| o.client_id.clone(), "(not set)")),
+    Field::new("oidc_client_secret")
+        .help(
+            "single sign-on: the client's secret (sent with client_secret_basic, or \
+            client_secret_post when the provider offers only that or refuses Basic); unset: a \
+            public client",
         )
-    }),
-    Field::new(
-        "oidc_provider_name",
-        "single sign-on: the provider's name on the sign-in button (\"Sign in with <name>\")",
-    )
-    .default("SSO")
-    .show(|s| oidc_or(s, |o| o.provider_name.clone(), "(not used)")),
-    Field::new(
-        "oidc_redirect_url",
-        "single sign-on: this server's callback URL as registered at the provider, e.g. \
-        https://agv.example.com/api/auth/oidc/callback; unset: the address the browser used, plus \
-        /api/auth/oidc/callback",
-    )
-    .show(|s| {
-        oidc_or(
-            s,
-            |o| value_or(&o.redirect_url, "(not set: from each request)"),
-            "(not used)",
+        .secret()
+        .show(|s| {
+            let given = s.oidc.as_ref().is_some_and(|o| o.client_secret.is_some());
+            if given { "(set)" } else { "(not set)" }.to_owned()
+        }),
+    Field::new("oidc_allowed_domains")
+        .help(
+            "single sign-on: comma-separated email domains that may sign in, e.g. example.com \
+            (empty: any)",
         )
-    }),
+        .default("")
+        .show(|s| {
+            oidc_or(
+                s,
+                |o| match o.allowed_domains.join(",") {
+                    d if d.is_empty() => "(any domain)".to_owned(),
+                    d => d,
+                },
+                "(not used)",
+            )
+        }),
+    Field::new("oidc_default_role")
+        .help(
+            "single sign-on: the role (owner, admin or viewer) of a person made by their first \
+            sign-in when none of their groups maps to one",
+        )
+        .default("viewer")
+        .show(|s| oidc_or(s, |o| o.default_role.as_str().to_owned(), "(not used)")),
+    Field::new("oidc_tenant")
+        .help(
+            "single sign-on: the id of the tenant a person joins at their first sign-in; unset: \
+            only people with an account already may sign in this way",
+        )
+        .show(|s| {
+            oidc_or(
+                s,
+                |o| {
+                    o.tenant.as_ref().map_or(
+                        "(not set: no account is made by signing in)".to_owned(),
+                        |t| t.to_string(),
+                    )
+                },
+                "(not used)",
+            )
+        }),
+    Field::new("oidc_groups_claim")
+        .help(
+            "single sign-on: the claim holding the person's groups, e.g. groups (asked for as a \
+            scope of that name when the provider offers one); unset: groups are not read",
+        )
+        .show(|s| oidc_or(s, |o| value_or(&o.groups_claim, "(not set)"), "(not used)")),
+    Field::new("oidc_group_roles")
+        .help(
+            "single sign-on: comma-separated GROUP=ROLE pairs giving a person made by their first \
+            sign-in the strongest role of their groups, e.g. agv-owners=owner,agv-admins=admin \
+            (empty: everyone gets oidc_default_role)",
+        )
+        .default("")
+        .show(|s| {
+            oidc_or(
+                s,
+                |o| {
+                    let pairs: Vec<String> = o
+                        .group_roles
+                        .iter()
+                        .map(|(g, r)| format!("{g}={}", r.as_str()))
+                        .collect();
+                    if pairs.is_empty() {
+                        "(none)".to_owned()
+                    } else {
+                        pairs.join(",")
+                    }
+                },
+                "(not used)",
+            )
+        }),
+    Field::new("oidc_provider_name")
+        .help("single sign-on: the provider's name on the sign-in button (\"Sign in with <name>\")")
+        .default("SSO")
+        .show(|s| oidc_or(s, |o| o.provider_name.clone(), "(not used)")),
+    Field::new("oidc_redirect_url")
+        .help(
+            "single sign-on: this server's callback URL as registered at the provider, e.g. \
+            https://agv.example.com/api/auth/oidc/callback; unset: the address the browser used, \
+            plus /api/auth/oidc/callback",
+        )
+        .show(|s| {
+            oidc_or(
+                s,
+                |o| value_or(&o.redirect_url, "(not set: from each request)"),
+                "(not used)",
+            )
+        }),
 ];
 
 const HTTP_URL: &str = "expected an http:// or https:// URL, e.g. https://api.openai.com/v1";
