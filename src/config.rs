@@ -761,30 +761,28 @@ pub const FIELDS: &[Field] = &[
         )
         .parse(|s, g| set(&mut s.backup_s3, parse_backup_s3(g)))
         .show(|s| {
-            s3_or(
-                s,
-                |b| b.endpoint.to_string(),
-                "(not set: backups are not uploaded)",
-            )
+            s3_or(s, "(not set: backups are not uploaded)", |b| {
+                b.endpoint.to_string()
+            })
         }),
     Field::new("backup_s3_bucket")
         .help("the bucket backups are uploaded to (needs backup_s3_endpoint)")
-        .show(|s| s3_or(s, |b| b.bucket.clone(), "(not set)")),
+        .show(|s| s3_or(s, "(not set)", |b| b.bucket.clone())),
     Field::new("backup_s3_region")
         .help("the region the uploads are signed for")
         .default("us-east-1")
-        .show(|s| s3_or(s, |b| b.region.clone(), "(not used)")),
+        .show(|s| s3_or(s, "(not used)", |b| b.region.clone())),
     Field::new("backup_s3_prefix")
         .help("key prefix of the uploaded backups in the bucket, e.g. agv/prod/")
         .default("")
-        .show(|s| s3_or(s, |b| b.prefix.clone(), "(not used)")),
+        .show(|s| s3_or(s, "(not used)", |b| b.prefix.clone())),
     Field::new("backup_s3_access_key_id")
         .help("access key id of the bucket's credentials")
-        .show(|s| s3_or(s, |b| b.access_key_id.clone(), "(not set)")),
+        .show(|s| s3_or(s, "(not set)", |b| b.access_key_id.clone())),
     Field::new("backup_s3_secret_access_key")
         .help("secret access key of the bucket's credentials")
         .secret()
-        .show(|s| s3_or(s, |_| "(set)".into(), "(not set)")),
+        .show(|s| s3_or(s, "(not set)", |_| "(set)".into())),
     Field::new("backup_s3_upload_attempts")
         .help(
             "attempts of one upload job (retried with backoff 1 s, 2 s, 4 s, … — about 34 minutes \
@@ -894,12 +892,12 @@ pub const FIELDS: &[Field] = &[
             \"Sign in with …\"; unset: off",
         )
         .parse(|s, g| set(&mut s.oidc, parse_oidc(g)))
-        .show(|s| oidc_or(s, |o| o.issuer.clone(), "(not set: single sign-on is off)")),
+        .show(|s| oidc_or(s, "(not set: single sign-on is off)", |o| o.issuer.clone())),
     Field::new("oidc_client_id")
         .help(
             "single sign-on: the client id agv-server is registered under at the identity provider",
         )
-        .show(|s| oidc_or(s, |o| o.client_id.clone(), "(not set)")),
+        .show(|s| oidc_or(s, "(not set)", |o| o.client_id.clone())),
     Field::new("oidc_client_secret")
         .help(
             "single sign-on: the client's secret (sent with client_secret_basic, or \
@@ -918,14 +916,10 @@ pub const FIELDS: &[Field] = &[
         )
         .default("")
         .show(|s| {
-            oidc_or(
-                s,
-                |o| match o.allowed_domains.join(",") {
-                    d if d.is_empty() => "(any domain)".to_owned(),
-                    d => d,
-                },
-                "(not used)",
-            )
+            oidc_or(s, "(not used)", |o| match o.allowed_domains.join(",") {
+                d if d.is_empty() => "(any domain)".to_owned(),
+                d => d,
+            })
         }),
     Field::new("oidc_default_role")
         .help(
@@ -933,30 +927,26 @@ pub const FIELDS: &[Field] = &[
             sign-in when none of their groups maps to one",
         )
         .default("viewer")
-        .show(|s| oidc_or(s, |o| o.default_role.as_str().to_owned(), "(not used)")),
+        .show(|s| oidc_or(s, "(not used)", |o| o.default_role.as_str().to_owned())),
     Field::new("oidc_tenant")
         .help(
             "single sign-on: the id of the tenant a person joins at their first sign-in; unset: \
             only people with an account already may sign in this way",
         )
         .show(|s| {
-            oidc_or(
-                s,
-                |o| {
-                    o.tenant.as_ref().map_or(
-                        "(not set: no account is made by signing in)".to_owned(),
-                        |t| t.to_string(),
-                    )
-                },
-                "(not used)",
-            )
+            oidc_or(s, "(not used)", |o| {
+                o.tenant.as_ref().map_or(
+                    "(not set: no account is made by signing in)".to_owned(),
+                    |t| t.to_string(),
+                )
+            })
         }),
     Field::new("oidc_groups_claim")
         .help(
             "single sign-on: the claim holding the person's groups, e.g. groups (asked for as a \
             scope of that name when the provider offers one); unset: groups are not read",
         )
-        .show(|s| oidc_or(s, |o| value_or(&o.groups_claim, "(not set)"), "(not used)")),
+        .show(|s| oidc_or(s, "(not used)", |o| value_or(&o.groups_claim, "(not set)"))),
     Field::new("oidc_group_roles")
         .help(
             "single sign-on: comma-separated GROUP=ROLE pairs giving a person made by their first \
@@ -965,27 +955,23 @@ pub const FIELDS: &[Field] = &[
         )
         .default("")
         .show(|s| {
-            oidc_or(
-                s,
-                |o| {
-                    let pairs: Vec<String> = o
-                        .group_roles
-                        .iter()
-                        .map(|(g, r)| format!("{g}={}", r.as_str()))
-                        .collect();
-                    if pairs.is_empty() {
-                        "(none)".to_owned()
-                    } else {
-                        pairs.join(",")
-                    }
-                },
-                "(not used)",
-            )
+            oidc_or(s, "(not used)", |o| {
+                let pairs: Vec<String> = o
+                    .group_roles
+                    .iter()
+                    .map(|(g, r)| format!("{g}={}", r.as_str()))
+                    .collect();
+                if pairs.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    pairs.join(",")
+                }
+            })
         }),
     Field::new("oidc_provider_name")
         .help("single sign-on: the provider's name on the sign-in button (\"Sign in with <name>\")")
         .default("SSO")
-        .show(|s| oidc_or(s, |o| o.provider_name.clone(), "(not used)")),
+        .show(|s| oidc_or(s, "(not used)", |o| o.provider_name.clone())),
     Field::new("oidc_redirect_url")
         .help(
             "single sign-on: this server's callback URL as registered at the provider, e.g. \
@@ -993,11 +979,9 @@ pub const FIELDS: &[Field] = &[
             plus /api/auth/oidc/callback",
         )
         .show(|s| {
-            oidc_or(
-                s,
-                |o| value_or(&o.redirect_url, "(not set: from each request)"),
-                "(not used)",
-            )
+            oidc_or(s, "(not used)", |o| {
+                value_or(&o.redirect_url, "(not set: from each request)")
+            })
         }),
 ];
 
@@ -1030,11 +1014,11 @@ fn secs(d: Duration) -> String {
     format!("{}s", d.as_secs())
 }
 
-fn s3_or(s: &Settings, shown: fn(&BackupS3) -> String, unset: &str) -> String {
+fn s3_or(s: &Settings, unset: &str, shown: fn(&BackupS3) -> String) -> String {
     s.backup_s3.as_ref().map_or_else(|| unset.to_owned(), shown)
 }
 
-fn oidc_or(s: &Settings, shown: fn(&Oidc) -> String, unset: &str) -> String {
+fn oidc_or(s: &Settings, unset: &str, shown: fn(&Oidc) -> String) -> String {
     s.oidc.as_ref().map_or_else(|| unset.to_owned(), shown)
 }
 
