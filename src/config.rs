@@ -199,12 +199,8 @@ fn parse_backup_s3(g: &Given) -> Result<Option<BackupS3>, ConfigError> {
             "has no value but backup_s3_bucket is set: give the S3 endpoint URL too (e.g. https://s3.eu-west-1.amazonaws.com or http://minio:9000), or unset backup_s3_bucket",
         ));
     };
-    let url = reqwest::Url::parse(&endpoint)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https"))
-        .filter(|u| u.host_str().is_some_and(|h| !h.is_empty()))
-        .filter(|u| u.query().is_none() && u.fragment().is_none())
-        .filter(|u| u.username().is_empty() && u.password().is_none())
+    let url = web_url(&endpoint)
+        .filter(|u| u.query().is_none())
         .ok_or_else(|| {
             bad(
                 "backup_s3_endpoint",
@@ -1839,30 +1835,21 @@ mod tests {
         assert_eq!(s.backup_s3_upload_attempts, 12);
         let secret_file = dir.path().join("s3-secret");
         std::fs::write(&secret_file, "s3-very-secret\n").unwrap();
-        let s = load(&[
-            ("AGV_BACKUP_S3_ENDPOINT", "http://minio:9000"),
-            ("AGV_BACKUP_S3_BUCKET", "agv-backups"),
-            ("AGV_BACKUP_S3_PREFIX", "/agv//prod/"),
-            ("AGV_BACKUP_S3_ACCESS_KEY_ID", "AKID"),
-            (
-                "AGV_BACKUP_S3_SECRET_ACCESS_KEY_FILE",
-                secret_file.to_str().unwrap(),
-            ),
-        ]);
-        let err = s.unwrap_err();
+        let block = |prefix| {
+            let secret_file = secret_file.to_str().unwrap();
+            vec![
+                ("AGV_BACKUP_S3_ENDPOINT", "http://minio:9000"),
+                ("AGV_BACKUP_S3_BUCKET", "agv-backups"),
+                ("AGV_BACKUP_S3_PREFIX", prefix),
+                ("AGV_BACKUP_S3_ACCESS_KEY_ID", "AKID"),
+                ("AGV_BACKUP_S3_SECRET_ACCESS_KEY_FILE", secret_file),
+            ]
+        };
+        let err = load(&block("/agv//prod/")).unwrap_err();
         assert!(err.0.contains("invalid backup_s3_prefix"), "{err}");
-        let s = load(&[
-            ("AGV_BACKUP_S3_ENDPOINT", "http://minio:9000"),
-            ("AGV_BACKUP_S3_BUCKET", "agv-backups"),
-            ("AGV_BACKUP_S3_PREFIX", "/agv/prod"),
-            ("AGV_BACKUP_S3_ACCESS_KEY_ID", "AKID"),
-            (
-                "AGV_BACKUP_S3_SECRET_ACCESS_KEY_FILE",
-                secret_file.to_str().unwrap(),
-            ),
-            ("AGV_BACKUP_S3_UPLOAD_ATTEMPTS", "3"),
-        ])
-        .unwrap();
+        let mut vars = block("/agv/prod");
+        vars.push(("AGV_BACKUP_S3_UPLOAD_ATTEMPTS", "3"));
+        let s = load(&vars).unwrap();
         let b = s.backup_s3.clone().unwrap();
         assert_eq!(
             (b.bucket.as_str(), b.region.as_str(), b.prefix.as_str()),
@@ -1946,28 +1933,26 @@ mod tests {
     fn a_half_given_s3_block_names_the_missing_setting() {
         let dir = tempfile::tempdir().unwrap();
         let load = |vars: &[(&str, &str)]| load_in(dir.path(), vars).unwrap_err().0;
-        let err = load(&[("AGV_BACKUP_S3_BUCKET", "agv-backups")]);
-        assert!(
-            err.contains("missing backup_s3_endpoint (AGV_BACKUP_S3_ENDPOINT)"),
-            "{err}"
-        );
-        let err = load(&[("AGV_BACKUP_S3_ENDPOINT", "https://s3.example.com")]);
-        assert!(err.contains("missing backup_s3_bucket"), "{err}");
-        let err = load(&[
-            ("AGV_BACKUP_S3_ENDPOINT", "https://s3.example.com"),
-            ("AGV_BACKUP_S3_BUCKET", "agv-backups"),
-        ]);
-        assert!(err.contains("missing backup_s3_access_key_id"), "{err}");
+        let endpoint = ("AGV_BACKUP_S3_ENDPOINT", "https://s3.example.com");
+        let bucket = ("AGV_BACKUP_S3_BUCKET", "agv-backups");
+        for (vars, expected) in [
+            (
+                vec![bucket],
+                "missing backup_s3_endpoint (AGV_BACKUP_S3_ENDPOINT)",
+            ),
+            (vec![endpoint], "missing backup_s3_bucket"),
+            (vec![endpoint, bucket], "missing backup_s3_access_key_id"),
+        ] {
+            let err = load(&vars);
+            assert!(err.contains(expected), "{vars:?}: {err}");
+        }
         for bad in [
             "s3.example.com",
             "ftp://s3.example.com",
             "https://user:pw@s3.example.com",
             "https://s3.example.com/?x=1",
         ] {
-            let err = load(&[
-                ("AGV_BACKUP_S3_ENDPOINT", bad),
-                ("AGV_BACKUP_S3_BUCKET", "agv-backups"),
-            ]);
+            let err = load(&[("AGV_BACKUP_S3_ENDPOINT", bad), bucket]);
             assert!(err.contains("invalid backup_s3_endpoint"), "{bad}: {err}");
         }
         let err = load(&[("AGV_BACKUP_S3_ACCESS_KEY_ID", "AKID")]);
