@@ -62,16 +62,18 @@ pub struct Field {
     pub flag: Option<(&'static str, &'static str)>,
     pub help: &'static str,
     /// Parses the setting's text into [`Settings`]. A group of settings that are only
-    /// valid together (TLS, the S3 upload) is parsed by its first key; the rest do nothing.
+    /// valid together (TLS, the S3 upload, single sign-on) is parsed by its first key; the
+    /// rest do nothing.
     apply: fn(&mut Settings, &Given) -> Result<(), ConfigError>,
     /// The effective value for [`Settings::describe`]; never a secret.
     show: fn(&Settings) -> String,
 }
 
 impl Field {
-    /// A setting with no default, flag or secret; [`Field::parse`] and [`Field::show`]
-    /// say how it is read and described. A setting its group's first key parses keeps the
-    /// `apply` of this, which does nothing.
+    /// A setting with only its key: the methods below add its help, default, flag and
+    /// secrecy, how its text is parsed ([`Field::parse`]) and how its value is described
+    /// ([`Field::show`]). Without `parse` it parses nothing, as the members of a group
+    /// whose first key parses them all.
     const fn new(key: &'static str) -> Self {
         Self {
             key,
@@ -1579,6 +1581,7 @@ mod tests {
                 "{}",
                 field.key
             );
+            assert!(!field.help.is_empty(), "{} has help", field.key);
             assert_eq!(field.env(), format!("AGV_{}", field.key.to_uppercase()));
             if let Some((long, _)) = field.flag {
                 assert_eq!(long, field.key.replace('_', "-"));
