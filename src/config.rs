@@ -62,13 +62,61 @@ pub struct Field {
     pub flag: Option<(&'static str, &'static str)>,
     pub help: &'static str,
     /// Parses the setting's text into [`Settings`]. A group of settings that are only
-    /// valid together (TLS, the S3 upload) is parsed by its first key; the rest do nothing.
+    /// valid together (TLS, the S3 upload, single sign-on) is parsed by its first key; the
+    /// rest do nothing.
     apply: fn(&mut Settings, &Given) -> Result<(), ConfigError>,
     /// The effective value for [`Settings::describe`]; never a secret.
     show: fn(&Settings) -> String,
 }
 
 impl Field {
+    /// A setting with only its key: the methods below add its help, default, flag and
+    /// secrecy, how its text is parsed ([`Field::parse`]) and how its value is described
+    /// ([`Field::show`]). Without `parse` it parses nothing, as the members of a group
+    /// whose first key parses them all.
+    const fn new(key: &'static str) -> Self {
+        Self {
+            key,
+            secret: false,
+            default: None,
+            flag: None,
+            help: "",
+            apply: |_, _| Ok(()),
+            show: |_| String::new(),
+        }
+    }
+
+    const fn help(mut self, help: &'static str) -> Self {
+        self.help = help;
+        self
+    }
+
+    const fn default(mut self, value: &'static str) -> Self {
+        self.default = Some(value);
+        self
+    }
+
+    const fn secret(mut self) -> Self {
+        self.secret = true;
+        self
+    }
+
+    /// `--long VALUE_NAME` on the command line.
+    const fn flag(mut self, long: &'static str, value_name: &'static str) -> Self {
+        self.flag = Some((long, value_name));
+        self
+    }
+
+    const fn parse(mut self, apply: fn(&mut Settings, &Given) -> Result<(), ConfigError>) -> Self {
+        self.apply = apply;
+        self
+    }
+
+    const fn show(mut self, show: fn(&Settings) -> String) -> Self {
+        self.show = show;
+        self
+    }
+
     /// `AGV_` and the key in capitals.
     pub fn env(&self) -> String {
         format!("AGV_{}", self.key.to_ascii_uppercase())
@@ -153,12 +201,8 @@ fn parse_backup_s3(g: &Given) -> Result<Option<BackupS3>, ConfigError> {
             "has no value but backup_s3_bucket is set: give the S3 endpoint URL too (e.g. https://s3.eu-west-1.amazonaws.com or http://minio:9000), or unset backup_s3_bucket",
         ));
     };
-    let url = reqwest::Url::parse(&endpoint)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https"))
-        .filter(|u| u.host_str().is_some_and(|h| !h.is_empty()))
-        .filter(|u| u.query().is_none() && u.fragment().is_none())
-        .filter(|u| u.username().is_empty() && u.password().is_none())
+    let url = web_url(&endpoint)
+        .filter(|u| u.query().is_none())
         .ok_or_else(|| {
             bad(
                 "backup_s3_endpoint",
@@ -437,179 +481,114 @@ fn parse_oidc(g: &Given) -> Result<Option<Oidc>, ConfigError> {
 }
 
 pub const FIELDS: &[Field] = &[
-    Field {
-        key: "listen",
-        secret: false,
-        default: Some("127.0.0.1:8080"),
-        flag: Some(("listen", "ADDR")),
-        help: "address and port the HTTP server listens on",
-        apply: |s, g| {
+    Field::new("listen")
+        .help("address and port the HTTP server listens on")
+        .default("127.0.0.1:8080")
+        .flag("listen", "ADDR")
+        .parse(|s, g| {
             s.listen = g.text().trim().to_owned();
             if s.listen.parse::<std::net::SocketAddr>().is_err() && !s.listen.contains(':') {
                 return Err(g.bad("expected ADDRESS:PORT, e.g. 127.0.0.1:8080 or 0.0.0.0:8080"));
             }
             Ok(())
-        },
-        show: |s| s.listen.clone(),
-    },
-    Field {
-        key: "tls_cert",
-        secret: false,
-        default: None,
-        flag: Some(("tls-cert", "FILE")),
-        help: "PEM certificate chain: serve HTTPS (TLS 1.2+, with HSTS) instead of HTTP; needs tls_key",
-        apply: |s, g| set(&mut s.tls, tls(g)),
-        show: |s| {
-            s.tls
-                .as_ref()
-                .map_or("(off)".into(), |t| t.cert.display().to_string())
-        },
-    },
-    Field {
-        key: "tls_key",
-        secret: false,
-        default: None,
-        flag: Some(("tls-key", "FILE")),
-        help: "PEM private key of tls_cert",
-        apply: |_, _| Ok(()), // with tls_cert
-        show: |s| {
-            s.tls
-                .as_ref()
-                .map_or("(off)".into(), |t| t.key.display().to_string())
-        },
-    },
-    Field {
-        key: "database_url",
-        secret: true,
-        default: None,
-        flag: Some(("database-url", "URL")),
-        help: "postgres://… to use Postgres; unset: SQLite in the data dir",
-        apply: |s, g| set(&mut s.database_url, Ok(g.trimmed())),
-        show: |s| {
+        })
+        .show(|s| s.listen.clone()),
+    // tls_cert parses tls_key with it.
+    Field::new("tls_cert")
+        .help(
+            "PEM certificate chain: serve HTTPS (TLS 1.2+, with HSTS) instead of HTTP; needs \
+            tls_key",
+        )
+        .flag("tls-cert", "FILE")
+        .parse(|s, g| set(&mut s.tls, tls(g)))
+        .show(|s| tls_or_off(s, |t| &t.cert)),
+    Field::new("tls_key")
+        .help("PEM private key of tls_cert")
+        .flag("tls-key", "FILE")
+        .show(|s| tls_or_off(s, |t| &t.key)),
+    Field::new("database_url")
+        .help("postgres://… to use Postgres; unset: SQLite in the data dir")
+        .secret()
+        .flag("database-url", "URL")
+        .parse(|s, g| set(&mut s.database_url, Ok(g.trimmed())))
+        .show(|s| {
             s.database_url.as_deref().map_or(
                 "(not set: SQLite in the data dir)".into(),
                 values::redact_url,
             )
-        },
-    },
-    Field {
-        key: "durability",
-        secret: false,
-        default: None,
-        flag: None,
-        help: "what an acknowledged call survives: process (a crash of agv-server) or power (a power cut too: every commit waits for the disk); unset: process on SQLite, power on Postgres",
-        apply: |s, g| set(&mut s.durability, durability(g)),
-        show: show_durability,
-    },
-    Field {
-        key: "upstream_url",
-        secret: false,
-        default: Some("https://api.openai.com/v1"),
-        flag: None,
-        help: "the OpenAI-compatible upstream calls are forwarded to",
-        apply: |s, g| set(&mut s.upstream_url, g.url()?.ok_or_else(|| g.bad(HTTP_URL))),
-        show: |s| s.upstream_url.clone(),
-    },
-    Field {
-        key: "upstream_api_key",
-        secret: true,
-        default: None,
-        flag: None,
-        help: "API key sent to the upstream (falls back to OPENAI_API_KEY)",
-        apply: |s, g| set(&mut s.upstream_api_key, Ok(g.trimmed())),
-        show: |s| set_or(&s.upstream_api_key, "(not set)"),
-    },
-    Field {
-        key: "upstream_timeout",
-        secret: false,
-        default: Some("30s"),
-        flag: None,
-        help: "total time an upstream call may take",
-        apply: |s, g| set(&mut s.upstream_timeout, g.nonzero_duration()),
-        show: |s| secs(s.upstream_timeout),
-    },
-    Field {
-        key: "upstream_retries",
-        secret: false,
-        default: Some("3"),
-        flag: None,
-        help: "retries before any byte reached the client",
-        apply: |s, g| {
-            set(
-                &mut s.upstream_retries,
-                g.number_in(..=10, "expected between 0 and 10"),
-            )
-        },
-        show: |s| s.upstream_retries.to_string(),
-    },
-    Field {
-        key: "upstream_connect_timeout",
-        secret: false,
-        default: Some("5s"),
-        flag: None,
-        help: "time to open a connection to the upstream",
-        apply: |s, g| set(&mut s.upstream_connect_timeout, g.nonzero_duration()),
-        show: |s| secs(s.upstream_connect_timeout),
-    },
-    Field {
-        key: "upstream_first_byte_timeout",
-        secret: false,
-        default: Some("30s"),
-        flag: None,
-        help: "time until the upstream's response headers arrive, per try",
-        apply: |s, g| set(&mut s.upstream_first_byte_timeout, g.nonzero_duration()),
-        show: |s| secs(s.upstream_first_byte_timeout),
-    },
-    Field {
-        key: "fallback_upstream_url",
-        secret: false,
-        default: None,
-        flag: None,
-        help: "an OpenAI-compatible upstream tried once after the primary's last failed try",
-        apply: |s, g| set(&mut s.fallback_upstream_url, g.url()),
-        show: |s| {
-            s.fallback_upstream_url
-                .clone()
-                .unwrap_or("(not set)".into())
-        },
-    },
-    Field {
-        key: "fallback_upstream_api_key",
-        secret: true,
-        default: None,
-        flag: None,
-        help: "API key sent to the fallback upstream",
-        apply: |s, g| set(&mut s.fallback_upstream_api_key, Ok(g.trimmed())),
-        show: |s| set_or(&s.fallback_upstream_api_key, "(not set)"),
-    },
-    Field {
-        key: "tenant_upstream_allowlist",
-        secret: false,
-        default: Some(""),
-        flag: None,
-        help: "comma-separated base-URL prefixes tenants may set as their own upstream (empty: none)",
-        apply: |s, g| {
+        }),
+    Field::new("durability")
+        .help(
+            "what an acknowledged call survives: process (a crash of agv-server) or power (a \
+            power cut too: every commit waits for the disk); unset: process on SQLite, power on \
+            Postgres",
+        )
+        .parse(|s, g| set(&mut s.durability, durability(g)))
+        .show(show_durability),
+    Field::new("upstream_url")
+        .help("the OpenAI-compatible upstream calls are forwarded to")
+        .default("https://api.openai.com/v1")
+        .parse(|s, g| set(&mut s.upstream_url, g.url()?.ok_or_else(|| g.bad(HTTP_URL))))
+        .show(|s| s.upstream_url.clone()),
+    Field::new("upstream_api_key")
+        .help("API key sent to the upstream (falls back to OPENAI_API_KEY)")
+        .secret()
+        .parse(|s, g| set(&mut s.upstream_api_key, Ok(g.trimmed())))
+        .show(|s| set_or(&s.upstream_api_key, "(not set)")),
+    Field::new("upstream_timeout")
+        .help("total time an upstream call may take")
+        .default("30s")
+        .parse(|s, g| set(&mut s.upstream_timeout, g.nonzero_duration()))
+        .show(|s| secs(s.upstream_timeout)),
+    Field::new("upstream_retries")
+        .help("retries before any byte reached the client")
+        .default("3")
+        .parse(|s, g| {
+            let n = g.number_in(..=10, "expected between 0 and 10");
+            set(&mut s.upstream_retries, n)
+        })
+        .show(|s| s.upstream_retries.to_string()),
+    Field::new("upstream_connect_timeout")
+        .help("time to open a connection to the upstream")
+        .default("5s")
+        .parse(|s, g| set(&mut s.upstream_connect_timeout, g.nonzero_duration()))
+        .show(|s| secs(s.upstream_connect_timeout)),
+    Field::new("upstream_first_byte_timeout")
+        .help("time until the upstream's response headers arrive, per try")
+        .default("30s")
+        .parse(|s, g| set(&mut s.upstream_first_byte_timeout, g.nonzero_duration()))
+        .show(|s| secs(s.upstream_first_byte_timeout)),
+    Field::new("fallback_upstream_url")
+        .help("an OpenAI-compatible upstream tried once after the primary's last failed try")
+        .parse(|s, g| set(&mut s.fallback_upstream_url, g.url()))
+        .show(|s| value_or(&s.fallback_upstream_url, "(not set)")),
+    Field::new("fallback_upstream_api_key")
+        .help("API key sent to the fallback upstream")
+        .secret()
+        .parse(|s, g| set(&mut s.fallback_upstream_api_key, Ok(g.trimmed())))
+        .show(|s| set_or(&s.fallback_upstream_api_key, "(not set)")),
+    Field::new("tenant_upstream_allowlist")
+        .help(
+            "comma-separated base-URL prefixes tenants may set as their own upstream (empty: none)",
+        )
+        .default("")
+        .parse(|s, g| {
             let list = UpstreamAllowlist::parse(g.text()).map_err(|e| g.bad(&e));
             set(&mut s.tenant_upstream_allowlist, list)
-        },
-        show: |s| s.tenant_upstream_allowlist.to_string(),
-    },
-    Field {
-        key: "master_key",
-        secret: true,
-        default: None,
-        flag: None,
-        help: "32 bytes (hex or base64) encrypting stored provider keys; unset: <data>/master.key",
-        apply: |s, g| set(&mut s.master_key, Ok(g.trimmed())),
-        show: |s| set_or(&s.master_key, "(not set: <data>/master.key)"),
-    },
-    Field {
-        key: "metrics_token",
-        secret: true,
-        default: None,
-        flag: None,
-        help: "bearer token /metrics asks of scrapers from other hosts; unset: /metrics answers only on loopback",
-        apply: |s, g| {
+        })
+        .show(|s| s.tenant_upstream_allowlist.to_string()),
+    Field::new("master_key")
+        .help("32 bytes (hex or base64) encrypting stored provider keys; unset: <data>/master.key")
+        .secret()
+        .parse(|s, g| set(&mut s.master_key, Ok(g.trimmed())))
+        .show(|s| set_or(&s.master_key, "(not set: <data>/master.key)")),
+    Field::new("metrics_token")
+        .help(
+            "bearer token /metrics asks of scrapers from other hosts; unset: /metrics answers \
+            only on loopback",
+        )
+        .secret()
+        .parse(|s, g| {
             s.metrics_token = g.trimmed();
             if s.metrics_token.as_deref().is_some_and(|t| t.len() < 16) {
                 return Err(
@@ -617,213 +596,150 @@ pub const FIELDS: &[Field] = &[
                 );
             }
             Ok(())
-        },
-        show: |s| {
+        })
+        .show(|s| {
             set_or(
                 &s.metrics_token,
                 "(not set: /metrics answers on loopback only)",
             )
-        },
-    },
-    Field {
-        key: "max_stored_body_bytes",
-        secret: false,
-        default: Some("1048576"),
-        flag: None,
-        help: "request/response bodies longer than this are stored truncated",
-        apply: |s, g| set(&mut s.max_stored_body_bytes, g.number_in(.., "too large")),
-        show: |s| s.max_stored_body_bytes.to_string(),
-    },
-    Field {
-        key: "log_format",
-        secret: false,
-        default: Some("text"),
-        flag: None,
-        help: "text or json",
-        apply: |s, g| {
+        }),
+    Field::new("max_stored_body_bytes")
+        .help("request/response bodies longer than this are stored truncated")
+        .default("1048576")
+        .parse(|s, g| set(&mut s.max_stored_body_bytes, g.number_in(.., "too large")))
+        .show(|s| s.max_stored_body_bytes.to_string()),
+    Field::new("log_format")
+        .help("text or json")
+        .default("text")
+        .parse(|s, g| {
             s.log_format = match g.text().trim() {
                 "text" => LogFormat::Text,
                 "json" => LogFormat::Json,
                 _ => return Err(g.bad("expected 'text' or 'json'")),
             };
             Ok(())
-        },
-        show: |s| format!("{:?}", s.log_format).to_lowercase(),
-    },
-    Field {
-        key: "log_level",
-        secret: false,
-        default: Some("info"),
-        flag: None,
-        help: "error, warn, info, debug, trace, or a tracing filter",
-        apply: |s, g| set(&mut s.log_level, Ok(g.text().trim().to_owned())),
-        show: |s| s.log_level.clone(),
-    },
-    Field {
-        key: "max_body_bytes",
-        secret: false,
-        default: Some("8388608"),
-        flag: None,
-        help: "largest request body accepted (413 above)",
-        apply: |s, g| {
+        })
+        .show(|s| format!("{:?}", s.log_format).to_lowercase()),
+    Field::new("log_level")
+        .help("error, warn, info, debug, trace, or a tracing filter")
+        .default("info")
+        .parse(|s, g| set(&mut s.log_level, Ok(g.text().trim().to_owned())))
+        .show(|s| s.log_level.clone()),
+    Field::new("max_body_bytes")
+        .help("largest request body accepted (413 above)")
+        .default("8388608")
+        .parse(|s, g| {
             let bytes = g.number_in(1024..=1 << 30, "expected between 1024 and 1073741824");
             set(&mut s.max_body_bytes, bytes)
-        },
-        show: |s| s.max_body_bytes.to_string(),
-    },
-    Field {
-        key: "trusted_proxies",
-        secret: false,
-        default: Some(""),
-        flag: None,
-        help: "comma-separated addresses or networks of reverse proxies whose X-Forwarded-For is believed for the client's address (empty: none, the TCP peer is the client)",
-        apply: |s, g| {
+        })
+        .show(|s| s.max_body_bytes.to_string()),
+    Field::new("trusted_proxies")
+        .help(
+            "comma-separated addresses or networks of reverse proxies whose X-Forwarded-For is \
+            believed for the client's address (empty: none, the TCP peer is the client)",
+        )
+        .default("")
+        .parse(|s, g| {
             let proxies = TrustedProxies::parse(g.text()).map_err(|e| g.bad(&e.0));
             set(&mut s.trusted_proxies, proxies)
-        },
-        show: |s| s.trusted_proxies.to_string(),
-    },
-    Field {
-        key: "unauth_rate_limit_per_minute",
-        secret: false,
-        default: Some("100"),
-        flag: None,
-        help: "requests per minute per client address on unauthenticated endpoints (0 = off)",
-        apply: |s, g| {
-            set(
-                &mut s.unauth_rate_limit_per_minute,
-                g.number_in(.., "too large"),
-            )
-        },
-        show: |s| s.unauth_rate_limit_per_minute.to_string(),
-    },
-    Field {
-        key: "queue_max_bytes",
-        secret: false,
-        default: Some("1073741824"),
-        flag: None,
-        help: "disk budget of the job queue; new jobs are refused above it",
-        apply: |s, g| {
+        })
+        .show(|s| s.trusted_proxies.to_string()),
+    Field::new("unauth_rate_limit_per_minute")
+        .help("requests per minute per client address on unauthenticated endpoints (0 = off)")
+        .default("100")
+        .parse(|s, g| {
+            let n = g.number_in(.., "too large");
+            set(&mut s.unauth_rate_limit_per_minute, n)
+        })
+        .show(|s| s.unauth_rate_limit_per_minute.to_string()),
+    Field::new("queue_max_bytes")
+        .help("disk budget of the job queue; new jobs are refused above it")
+        .default("1073741824")
+        .parse(|s, g| {
             let bytes = g.number_in(1 << 20.., "expected at least 1048576 (1 MiB)");
             set(&mut s.queue_max_bytes, bytes)
-        },
-        show: |s| s.queue_max_bytes.to_string(),
-    },
-    Field {
-        key: "job_workers",
-        secret: false,
-        default: Some("2"),
-        flag: None,
-        help: "background job workers",
-        apply: |s, g| {
-            set(
-                &mut s.job_workers,
-                g.number_in(1..=64, "expected between 1 and 64"),
-            )
-        },
-        show: |s| s.job_workers.to_string(),
-    },
-    Field {
-        key: "housekeeping_cron",
-        secret: false,
-        default: Some("0 */10 * * * *"),
-        flag: None,
-        help: "cron schedule (with seconds) of the housekeeping job",
-        apply: |s, g| {
+        })
+        .show(|s| s.queue_max_bytes.to_string()),
+    Field::new("job_workers")
+        .help("background job workers")
+        .default("2")
+        .parse(|s, g| {
+            let n = g.number_in(1..=64, "expected between 1 and 64");
+            set(&mut s.job_workers, n)
+        })
+        .show(|s| s.job_workers.to_string()),
+    Field::new("housekeeping_cron")
+        .help("cron schedule (with seconds) of the housekeeping job")
+        .default("0 */10 * * * *")
+        .parse(|s, g| {
             s.housekeeping_cron = g.text().trim().to_owned();
             validate_cron(&s.housekeeping_cron).map_err(|e| g.bad(&e))
-        },
-        show: |s| s.housekeeping_cron.clone(),
-    },
-    Field {
-        key: "backup_cron",
-        secret: false,
-        default: Some("0 0 3 * * *"),
-        flag: None,
-        help: "cron schedule (with seconds) of the automatic backup; \"off\" disables it",
-        apply: |s, g| set(&mut s.backup_cron, g.cron_or_off()),
-        show: |s| s.backup_cron.clone().unwrap_or("off".into()),
-    },
-    Field {
-        key: "backup_verify_cron",
-        secret: false,
-        default: Some("0 30 4 * * Sun"),
-        flag: None,
-        help: "cron schedule of the check of the newest backup (a failure raises a system alert); \"off\" disables it",
-        apply: |s, g| set(&mut s.backup_verify_cron, g.cron_or_off()),
-        show: |s| s.backup_verify_cron.clone().unwrap_or("off".into()),
-    },
-    Field {
-        key: "retention_days",
-        secret: false,
-        default: Some("90"),
-        flag: None,
-        help: "days the request and response bodies of calls are kept; then they are removed (metadata, tokens, cost, decisions and hashes stay); 0 keeps them forever",
-        apply: |s, g| {
+        })
+        .show(|s| s.housekeeping_cron.clone()),
+    Field::new("backup_cron")
+        .help("cron schedule (with seconds) of the automatic backup; \"off\" disables it")
+        .default("0 0 3 * * *")
+        .parse(|s, g| set(&mut s.backup_cron, g.cron_or_off()))
+        .show(|s| value_or(&s.backup_cron, "off")),
+    Field::new("backup_verify_cron")
+        .help(
+            "cron schedule of the check of the newest backup (a failure raises a system alert); \
+            \"off\" disables it",
+        )
+        .default("0 30 4 * * Sun")
+        .parse(|s, g| set(&mut s.backup_verify_cron, g.cron_or_off()))
+        .show(|s| value_or(&s.backup_verify_cron, "off")),
+    Field::new("retention_days")
+        .help(
+            "days the request and response bodies of calls are kept; then they are removed \
+            (metadata, tokens, cost, decisions and hashes stay); 0 keeps them forever",
+        )
+        .default("90")
+        .parse(|s, g| {
             let days = g.number_in(
                 ..=36_500,
                 "expected between 0 (keep call bodies forever) and 36500 days",
             );
             set(&mut s.retention_days, days)
-        },
-        show: |s| match s.retention_days {
+        })
+        .show(|s| match s.retention_days {
             0 => "0 (call bodies are kept forever)".into(),
             days => days.to_string(),
-        },
-    },
-    Field {
-        key: "retention_cron",
-        secret: false,
-        default: Some("0 30 3 * * *"),
-        flag: None,
-        help: "cron schedule (with seconds) of the retention sweep; \"off\" disables it",
-        apply: |s, g| set(&mut s.retention_cron, g.cron_or_off()),
-        show: |s| s.retention_cron.clone().unwrap_or("off".into()),
-    },
-    Field {
-        key: "backup_dir",
-        secret: false,
-        default: None,
-        flag: None,
-        help: "where automatic backups are written; unset: <data>/backups",
-        apply: |s, g| {
+        }),
+    Field::new("retention_cron")
+        .help("cron schedule (with seconds) of the retention sweep; \"off\" disables it")
+        .default("0 30 3 * * *")
+        .parse(|s, g| set(&mut s.retention_cron, g.cron_or_off()))
+        .show(|s| value_or(&s.retention_cron, "off")),
+    Field::new("backup_dir")
+        .help("where automatic backups are written; unset: <data>/backups")
+        .parse(|s, g| {
             let dir = g
                 .trimmed()
                 .map_or_else(|| s.data_dir.join("backups"), PathBuf::from);
             set(&mut s.backup_dir, Ok(dir))
-        },
-        show: |s| s.backup_dir.display().to_string(),
-    },
-    Field {
-        key: "backup_keep_daily",
-        secret: false,
-        default: Some("7"),
-        flag: None,
-        help: "automatic backups kept: the newest of each of this many days",
-        apply: |s, g| {
-            set(
-                &mut s.backup_keep_daily,
-                g.number_in(1.., "keep at least 1"),
-            )
-        },
-        show: |s| s.backup_keep_daily.to_string(),
-    },
-    Field {
-        key: "backup_keep_weekly",
-        secret: false,
-        default: Some("4"),
-        flag: None,
-        help: "and the newest of each of this many weeks before those",
-        apply: |s, g| set(&mut s.backup_keep_weekly, g.number_in(.., "too large")),
-        show: |s| s.backup_keep_weekly.to_string(),
-    },
-    Field {
-        key: "backup_passphrase",
-        secret: true,
-        default: None,
-        flag: None,
-        help: "seals the data directory's key files into backups (12+ characters); unset: they are left out",
-        apply: |s, g| {
+        })
+        .show(|s| s.backup_dir.display().to_string()),
+    Field::new("backup_keep_daily")
+        .help("automatic backups kept: the newest of each of this many days")
+        .default("7")
+        .parse(|s, g| {
+            let n = g.number_in(1.., "keep at least 1");
+            set(&mut s.backup_keep_daily, n)
+        })
+        .show(|s| s.backup_keep_daily.to_string()),
+    Field::new("backup_keep_weekly")
+        .help("and the newest of each of this many weeks before those")
+        .default("4")
+        .parse(|s, g| set(&mut s.backup_keep_weekly, g.number_in(.., "too large")))
+        .show(|s| s.backup_keep_weekly.to_string()),
+    Field::new("backup_passphrase")
+        .help(
+            "seals the data directory's key files into backups (12+ characters); unset: they are \
+            left out",
+        )
+        .secret()
+        .parse(|s, g| {
             // Taken as given, spaces and all: it is a passphrase.
             s.backup_passphrase = g.given().filter(|v| !v.is_empty()).map(str::to_owned);
             if s.backup_passphrase
@@ -833,359 +749,238 @@ pub const FIELDS: &[Field] = &[
                 return Err(g.bad("must be at least 12 characters long"));
             }
             Ok(())
-        },
-        show: |s| set_or(&s.backup_passphrase, "(not set)"),
-    },
-    Field {
-        key: "backup_s3_endpoint",
-        secret: false,
-        default: None,
-        flag: None,
-        help: "S3-compatible endpoint (http:// or https:// URL, path-style addressing) each automatic backup is uploaded to; unset: no upload",
-        apply: |s, g| set(&mut s.backup_s3, parse_backup_s3(g)),
-        show: |s| {
-            s3_or(
-                s,
-                |b| b.endpoint.to_string(),
-                "(not set: backups are not uploaded)",
-            )
-        },
-    },
-    Field {
-        key: "backup_s3_bucket",
-        secret: false,
-        default: None,
-        flag: None,
-        help: "the bucket backups are uploaded to (needs backup_s3_endpoint)",
-        apply: |_, _| Ok(()), // with backup_s3_endpoint
-        show: |s| s3_or(s, |b| b.bucket.clone(), "(not set)"),
-    },
-    Field {
-        key: "backup_s3_region",
-        secret: false,
-        default: Some("us-east-1"),
-        flag: None,
-        help: "the region the uploads are signed for",
-        apply: |_, _| Ok(()), // with backup_s3_endpoint
-        show: |s| s3_or(s, |b| b.region.clone(), "(not used)"),
-    },
-    Field {
-        key: "backup_s3_prefix",
-        secret: false,
-        default: Some(""),
-        flag: None,
-        help: "key prefix of the uploaded backups in the bucket, e.g. agv/prod/",
-        apply: |_, _| Ok(()), // with backup_s3_endpoint
-        show: |s| s3_or(s, |b| b.prefix.clone(), "(not used)"),
-    },
-    Field {
-        key: "backup_s3_access_key_id",
-        secret: false,
-        default: None,
-        flag: None,
-        help: "access key id of the bucket's credentials",
-        apply: |_, _| Ok(()), // with backup_s3_endpoint
-        show: |s| s3_or(s, |b| b.access_key_id.clone(), "(not set)"),
-    },
-    Field {
-        key: "backup_s3_secret_access_key",
-        secret: true,
-        default: None,
-        flag: None,
-        help: "secret access key of the bucket's credentials",
-        apply: |_, _| Ok(()), // with backup_s3_endpoint
-        show: |s| s3_or(s, |_| "(set)".into(), "(not set)"),
-    },
-    Field {
-        key: "backup_s3_upload_attempts",
-        secret: false,
-        default: Some("12"),
-        flag: None,
-        help: "attempts of one upload job (retried with backoff 1 s, 2 s, 4 s, … — about 34 minutes for 12) before it is dead-lettered and raises the backup_upload_failed system alert",
-        apply: |s, g| {
+        })
+        .show(|s| set_or(&s.backup_passphrase, "(not set)")),
+    // backup_s3_endpoint parses the other backup_s3_* settings but the upload attempts.
+    Field::new("backup_s3_endpoint")
+        .help(
+            "S3-compatible endpoint (http:// or https:// URL, path-style addressing) each \
+            automatic backup is uploaded to; unset: no upload",
+        )
+        .parse(|s, g| set(&mut s.backup_s3, parse_backup_s3(g)))
+        .show(|s| {
+            s3_or(s, "(not set: backups are not uploaded)", |b| {
+                b.endpoint.to_string()
+            })
+        }),
+    Field::new("backup_s3_bucket")
+        .help("the bucket backups are uploaded to (needs backup_s3_endpoint)")
+        .show(|s| s3_or(s, "(not set)", |b| b.bucket.clone())),
+    Field::new("backup_s3_region")
+        .help("the region the uploads are signed for")
+        .default("us-east-1")
+        .show(|s| s3_or(s, "(not used)", |b| b.region.clone())),
+    Field::new("backup_s3_prefix")
+        .help("key prefix of the uploaded backups in the bucket, e.g. agv/prod/")
+        .default("")
+        .show(|s| s3_or(s, "(not used)", |b| b.prefix.clone())),
+    Field::new("backup_s3_access_key_id")
+        .help("access key id of the bucket's credentials")
+        .show(|s| s3_or(s, "(not set)", |b| b.access_key_id.clone())),
+    Field::new("backup_s3_secret_access_key")
+        .help("secret access key of the bucket's credentials")
+        .secret()
+        .show(|s| s3_or(s, "(not set)", |_| "(set)".into())),
+    Field::new("backup_s3_upload_attempts")
+        .help(
+            "attempts of one upload job (retried with backoff 1 s, 2 s, 4 s, … — about 34 minutes \
+            for 12) before it is dead-lettered and raises the backup_upload_failed system alert",
+        )
+        .default("12")
+        .parse(|s, g| {
             let attempts = g.number_in(1..=100, "expected between 1 and 100");
             set(&mut s.backup_s3_upload_attempts, attempts)
-        },
-        show: |s| s.backup_s3_upload_attempts.to_string(),
-    },
-    Field {
-        key: "body_read_timeout",
-        secret: false,
-        default: Some("30s"),
-        flag: None,
-        help: "how long a client may take to send a request body (408 after); the request head has 5 s",
-        apply: |s, g| set(&mut s.body_read_timeout, g.duration()),
-        show: |s| secs(s.body_read_timeout),
-    },
-    Field {
-        key: "shutdown_timeout",
-        secret: false,
-        default: Some("30s"),
-        flag: None,
-        help: "how long in-flight requests may take to finish at shutdown",
-        apply: |s, g| set(&mut s.shutdown_timeout, g.duration()),
-        show: |s| secs(s.shutdown_timeout),
-    },
-    Field {
-        key: "alert_webhook_allowed_hosts",
-        secret: false,
-        default: Some(""),
-        flag: None,
-        help: "comma-separated hosts alert webhooks may reach although they resolve to internal addresses",
-        apply: |s, g| {
+        })
+        .show(|s| s.backup_s3_upload_attempts.to_string()),
+    Field::new("body_read_timeout")
+        .help(
+            "how long a client may take to send a request body (408 after); the request head has \
+            5 s",
+        )
+        .default("30s")
+        .parse(|s, g| set(&mut s.body_read_timeout, g.duration()))
+        .show(|s| secs(s.body_read_timeout)),
+    Field::new("shutdown_timeout")
+        .help("how long in-flight requests may take to finish at shutdown")
+        .default("30s")
+        .parse(|s, g| set(&mut s.shutdown_timeout, g.duration()))
+        .show(|s| secs(s.shutdown_timeout)),
+    Field::new("alert_webhook_allowed_hosts")
+        .help(
+            "comma-separated hosts alert webhooks may reach although they resolve to internal \
+            addresses",
+        )
+        .default("")
+        .parse(|s, g| {
             let hosts = HostAllowlist::parse(g.text()).map_err(|e| g.bad(&e));
             set(&mut s.alert_webhook_allowed_hosts, hosts)
-        },
-        show: |s| s.alert_webhook_allowed_hosts.to_string(),
-    },
-    Field {
-        key: "operator_alert_webhook_url",
-        secret: true,
-        default: None,
-        flag: None,
-        help: "webhook (generic, HMAC-signed) receiving system alerts; unset: no system alerts",
-        apply: |s, g| {
+        })
+        .show(|s| s.alert_webhook_allowed_hosts.to_string()),
+    Field::new("operator_alert_webhook_url")
+        .help("webhook (generic, HMAC-signed) receiving system alerts; unset: no system alerts")
+        .secret()
+        .parse(|s, g| {
             s.operator_alert_webhook_url = g.trimmed();
             if let Some(u) = &s.operator_alert_webhook_url {
                 crate::domain::alert::parse_webhook_url(u).map_err(|e| g.bad(&e))?;
             }
             Ok(())
-        },
-        show: |s| set_or(&s.operator_alert_webhook_url, "(not set)"),
-    },
-    Field {
-        key: "operator_alert_webhook_secret",
-        secret: true,
-        default: None,
-        flag: None,
-        help: "HMAC secret signing system alerts (x-agv-signature)",
-        apply: |s, g| set(&mut s.operator_alert_webhook_secret, Ok(g.trimmed())),
-        show: |s| set_or(&s.operator_alert_webhook_secret, "(not set)"),
-    },
-    Field {
-        key: "system_alert_interval",
-        secret: false,
-        default: Some("60s"),
-        flag: None,
-        help: "how often the system-alert checks run",
-        apply: |s, g| set(&mut s.system_alert_interval, g.nonzero_duration()),
-        show: |s| secs(s.system_alert_interval),
-    },
-    Field {
-        key: "system_alert_disk_percent",
-        secret: false,
-        default: Some("80"),
-        flag: None,
-        help: "alert when the data dir's filesystem is fuller than this (percent)",
-        apply: |s, g| {
+        })
+        .show(|s| set_or(&s.operator_alert_webhook_url, "(not set)")),
+    Field::new("operator_alert_webhook_secret")
+        .help("HMAC secret signing system alerts (x-agv-signature)")
+        .secret()
+        .parse(|s, g| set(&mut s.operator_alert_webhook_secret, Ok(g.trimmed())))
+        .show(|s| set_or(&s.operator_alert_webhook_secret, "(not set)")),
+    Field::new("system_alert_interval")
+        .help("how often the system-alert checks run")
+        .default("60s")
+        .parse(|s, g| set(&mut s.system_alert_interval, g.nonzero_duration()))
+        .show(|s| secs(s.system_alert_interval)),
+    Field::new("system_alert_disk_percent")
+        .help("alert when the data dir's filesystem is fuller than this (percent)")
+        .default("80")
+        .parse(|s, g| {
             let percent = g.text().trim().parse::<f64>().ok();
             let percent = percent.filter(|p| (0.0..=100.0).contains(p));
             let percent = percent.ok_or_else(|| g.bad("expected a number from 0 to 100"));
             set(&mut s.system_alert_disk_percent, percent)
-        },
-        show: |s| s.system_alert_disk_percent.to_string(),
-    },
-    Field {
-        key: "system_alert_queue_stuck",
-        secret: false,
-        default: Some("10m"),
-        flag: None,
-        help: "alert when the oldest due job has waited longer than this",
-        apply: |s, g| set(&mut s.system_alert_queue_stuck, g.nonzero_duration()),
-        show: |s| secs(s.system_alert_queue_stuck),
-    },
-    Field {
-        key: "llm_base_url",
-        secret: false,
-        default: None,
-        flag: None,
-        help: "OpenAI-compatible API for incident narratives; unset: none are written",
-        apply: |s, g| set(&mut s.llm_base_url, g.url()),
-        show: |s| {
-            let url = s.llm_base_url.clone();
-            url.unwrap_or("(not set: no AI-written narratives)".into())
-        },
-    },
-    Field {
-        key: "llm_api_key",
-        secret: true,
-        default: None,
-        flag: None,
-        help: "API key for llm_base_url",
-        apply: |s, g| set(&mut s.llm_api_key, Ok(g.trimmed())),
-        show: |s| set_or(&s.llm_api_key, "(not set)"),
-    },
-    Field {
-        key: "llm_model",
-        secret: false,
-        default: Some("gpt-4o-mini"),
-        flag: None,
-        help: "model writing incident narratives",
-        apply: |s, g| set(&mut s.llm_model, Ok(g.trimmed_or_default())),
-        show: |s| s.llm_model.clone(),
-    },
-    Field {
-        key: "update_source",
-        secret: false,
-        default: Some(values::DEFAULT_SOURCE),
-        flag: None,
-        help: "where releases are looked for (the console's update check, agv-server update): an http(s) URL, or on an air-gapped site a mirror's URL or a local release directory (absolute path or file:// URL)",
-        apply: |s, g| {
+        })
+        .show(|s| s.system_alert_disk_percent.to_string()),
+    Field::new("system_alert_queue_stuck")
+        .help("alert when the oldest due job has waited longer than this")
+        .default("10m")
+        .parse(|s, g| set(&mut s.system_alert_queue_stuck, g.nonzero_duration()))
+        .show(|s| secs(s.system_alert_queue_stuck)),
+    Field::new("llm_base_url")
+        .help("OpenAI-compatible API for incident narratives; unset: none are written")
+        .parse(|s, g| set(&mut s.llm_base_url, g.url()))
+        .show(|s| value_or(&s.llm_base_url, "(not set: no AI-written narratives)")),
+    Field::new("llm_api_key")
+        .help("API key for llm_base_url")
+        .secret()
+        .parse(|s, g| set(&mut s.llm_api_key, Ok(g.trimmed())))
+        .show(|s| set_or(&s.llm_api_key, "(not set)")),
+    Field::new("llm_model")
+        .help("model writing incident narratives")
+        .default("gpt-4o-mini")
+        .parse(|s, g| set(&mut s.llm_model, Ok(g.trimmed_or_default())))
+        .show(|s| s.llm_model.clone()),
+    Field::new("update_source")
+        .help(
+            "where releases are looked for (the console's update check, agv-server update): an \
+            http(s) URL, or on an air-gapped site a mirror's URL or a local release directory \
+            (absolute path or file:// URL)",
+        )
+        .default(values::DEFAULT_SOURCE)
+        .parse(|s, g| {
             s.update_source = g.trimmed_or_default().trim_end_matches('/').to_owned();
             if values::Source::parse(&s.update_source).is_err() {
                 let why = format!("expected {}", values::SOURCE_FORMS);
                 return Err(g.bad(&why));
             }
             Ok(())
-        },
-        show: |s| values::redact_url(&s.update_source),
-    },
-    Field {
-        key: "oidc_issuer",
-        secret: false,
-        default: None,
-        flag: None,
-        help: "single sign-on: the OpenID Connect identity provider's issuer URL (its discovery document is under /.well-known/openid-configuration); with oidc_client_id, turns on \"Sign in with …\"; unset: off",
-        apply: |s, g| set(&mut s.oidc, parse_oidc(g)),
-        show: |s| oidc_or(s, |o| o.issuer.clone(), "(not set: single sign-on is off)"),
-    },
-    Field {
-        key: "oidc_client_id",
-        secret: false,
-        default: None,
-        flag: None,
-        help: "single sign-on: the client id agv-server is registered under at the identity provider",
-        apply: |_, _| Ok(()), // with oidc_issuer
-        show: |s| oidc_or(s, |o| o.client_id.clone(), "(not set)"),
-    },
-    Field {
-        key: "oidc_client_secret",
-        secret: true,
-        default: None,
-        flag: None,
-        help: "single sign-on: the client's secret (sent with client_secret_basic, or client_secret_post when the provider offers only that or refuses Basic); unset: a public client",
-        apply: |_, _| Ok(()), // with oidc_issuer
-        show: |s| {
+        })
+        .show(|s| values::redact_url(&s.update_source)),
+    // oidc_issuer parses every oidc_* setting.
+    Field::new("oidc_issuer")
+        .help(
+            "single sign-on: the OpenID Connect identity provider's issuer URL (its discovery \
+            document is under /.well-known/openid-configuration); with oidc_client_id, turns on \
+            \"Sign in with …\"; unset: off",
+        )
+        .parse(|s, g| set(&mut s.oidc, parse_oidc(g)))
+        .show(|s| oidc_or(s, "(not set: single sign-on is off)", |o| o.issuer.clone())),
+    Field::new("oidc_client_id")
+        .help(
+            "single sign-on: the client id agv-server is registered under at the identity provider",
+        )
+        .show(|s| oidc_or(s, "(not set)", |o| o.client_id.clone())),
+    Field::new("oidc_client_secret")
+        .help(
+            "single sign-on: the client's secret (sent with client_secret_basic, or \
+            client_secret_post when the provider offers only that or refuses Basic); unset: a \
+            public client",
+        )
+        .secret()
+        .show(|s| {
             let given = s.oidc.as_ref().is_some_and(|o| o.client_secret.is_some());
             if given { "(set)" } else { "(not set)" }.to_owned()
-        },
-    },
-    Field {
-        key: "oidc_allowed_domains",
-        secret: false,
-        default: Some(""),
-        flag: None,
-        help: "single sign-on: comma-separated email domains that may sign in, e.g. example.com (empty: any)",
-        apply: |_, _| Ok(()), // with oidc_issuer
-        show: |s| {
-            oidc_or(
-                s,
-                |o| match o.allowed_domains.join(",") {
-                    d if d.is_empty() => "(any domain)".to_owned(),
-                    d => d,
-                },
-                "(not used)",
-            )
-        },
-    },
-    Field {
-        key: "oidc_default_role",
-        secret: false,
-        default: Some("viewer"),
-        flag: None,
-        help: "single sign-on: the role (owner, admin or viewer) of a person made by their first sign-in when none of their groups maps to one",
-        apply: |_, _| Ok(()), // with oidc_issuer
-        show: |s| oidc_or(s, |o| o.default_role.as_str().to_owned(), "(not used)"),
-    },
-    Field {
-        key: "oidc_tenant",
-        secret: false,
-        default: None,
-        flag: None,
-        help: "single sign-on: the id of the tenant a person joins at their first sign-in; unset: only people with an account already may sign in this way",
-        apply: |_, _| Ok(()), // with oidc_issuer
-        show: |s| {
-            oidc_or(
-                s,
-                |o| {
-                    o.tenant.as_ref().map_or(
-                        "(not set: no account is made by signing in)".to_owned(),
-                        |t| t.to_string(),
-                    )
-                },
-                "(not used)",
-            )
-        },
-    },
-    Field {
-        key: "oidc_groups_claim",
-        secret: false,
-        default: None,
-        flag: None,
-        help: "single sign-on: the claim holding the person's groups, e.g. groups (asked for as a scope of that name when the provider offers one); unset: groups are not read",
-        apply: |_, _| Ok(()), // with oidc_issuer
-        show: |s| {
-            oidc_or(
-                s,
-                |o| o.groups_claim.clone().unwrap_or("(not set)".into()),
-                "(not used)",
-            )
-        },
-    },
-    Field {
-        key: "oidc_group_roles",
-        secret: false,
-        default: Some(""),
-        flag: None,
-        help: "single sign-on: comma-separated GROUP=ROLE pairs giving a person made by their first sign-in the strongest role of their groups, e.g. agv-owners=owner,agv-admins=admin (empty: everyone gets oidc_default_role)",
-        apply: |_, _| Ok(()), // with oidc_issuer
-        show: |s| {
-            oidc_or(
-                s,
-                |o| {
-                    let pairs: Vec<String> = o
-                        .group_roles
-                        .iter()
-                        .map(|(g, r)| format!("{g}={}", r.as_str()))
-                        .collect();
-                    if pairs.is_empty() {
-                        "(none)".to_owned()
-                    } else {
-                        pairs.join(",")
-                    }
-                },
-                "(not used)",
-            )
-        },
-    },
-    Field {
-        key: "oidc_provider_name",
-        secret: false,
-        default: Some("SSO"),
-        flag: None,
-        help: "single sign-on: the provider's name on the sign-in button (\"Sign in with <name>\")",
-        apply: |_, _| Ok(()), // with oidc_issuer
-        show: |s| oidc_or(s, |o| o.provider_name.clone(), "(not used)"),
-    },
-    Field {
-        key: "oidc_redirect_url",
-        secret: false,
-        default: None,
-        flag: None,
-        help: "single sign-on: this server's callback URL as registered at the provider, e.g. https://agv.example.com/api/auth/oidc/callback; unset: the address the browser used, plus /api/auth/oidc/callback",
-        apply: |_, _| Ok(()), // with oidc_issuer
-        show: |s| {
-            oidc_or(
-                s,
-                |o| {
-                    o.redirect_url
-                        .clone()
-                        .unwrap_or("(not set: from each request)".into())
-                },
-                "(not used)",
-            )
-        },
-    },
+        }),
+    Field::new("oidc_allowed_domains")
+        .help(
+            "single sign-on: comma-separated email domains that may sign in, e.g. example.com \
+            (empty: any)",
+        )
+        .default("")
+        .show(|s| {
+            oidc_or(s, "(not used)", |o| match o.allowed_domains.join(",") {
+                d if d.is_empty() => "(any domain)".to_owned(),
+                d => d,
+            })
+        }),
+    Field::new("oidc_default_role")
+        .help(
+            "single sign-on: the role (owner, admin or viewer) of a person made by their first \
+            sign-in when none of their groups maps to one",
+        )
+        .default("viewer")
+        .show(|s| oidc_or(s, "(not used)", |o| o.default_role.as_str().to_owned())),
+    Field::new("oidc_tenant")
+        .help(
+            "single sign-on: the id of the tenant a person joins at their first sign-in; unset: \
+            only people with an account already may sign in this way",
+        )
+        .show(|s| {
+            oidc_or(s, "(not used)", |o| {
+                o.tenant.as_ref().map_or(
+                    "(not set: no account is made by signing in)".to_owned(),
+                    |t| t.to_string(),
+                )
+            })
+        }),
+    Field::new("oidc_groups_claim")
+        .help(
+            "single sign-on: the claim holding the person's groups, e.g. groups (asked for as a \
+            scope of that name when the provider offers one); unset: groups are not read",
+        )
+        .show(|s| oidc_or(s, "(not used)", |o| value_or(&o.groups_claim, "(not set)"))),
+    Field::new("oidc_group_roles")
+        .help(
+            "single sign-on: comma-separated GROUP=ROLE pairs giving a person made by their first \
+            sign-in the strongest role of their groups, e.g. agv-owners=owner,agv-admins=admin \
+            (empty: everyone gets oidc_default_role)",
+        )
+        .default("")
+        .show(|s| {
+            oidc_or(s, "(not used)", |o| {
+                let pairs: Vec<String> = o
+                    .group_roles
+                    .iter()
+                    .map(|(g, r)| format!("{g}={}", r.as_str()))
+                    .collect();
+                if pairs.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    pairs.join(",")
+                }
+            })
+        }),
+    Field::new("oidc_provider_name")
+        .help("single sign-on: the provider's name on the sign-in button (\"Sign in with <name>\")")
+        .default("SSO")
+        .show(|s| oidc_or(s, "(not used)", |o| o.provider_name.clone())),
+    Field::new("oidc_redirect_url")
+        .help(
+            "single sign-on: this server's callback URL as registered at the provider, e.g. \
+            https://agv.example.com/api/auth/oidc/callback; unset: the address the browser used, \
+            plus /api/auth/oidc/callback",
+        )
+        .show(|s| {
+            oidc_or(s, "(not used)", |o| {
+                value_or(&o.redirect_url, "(not set: from each request)")
+            })
+        }),
 ];
 
 const HTTP_URL: &str = "expected an http:// or https:// URL, e.g. https://api.openai.com/v1";
@@ -1201,15 +996,27 @@ fn set_or(secret: &Option<String>, unset: &str) -> String {
     secret.as_ref().map_or(unset, |_| "(set)").to_owned()
 }
 
+/// A value as described, or what being unset means.
+fn value_or(value: &Option<String>, unset: &str) -> String {
+    value.clone().unwrap_or_else(|| unset.to_owned())
+}
+
+/// One of the TLS files, or "(off)".
+fn tls_or_off(s: &Settings, file: fn(&TlsFiles) -> &PathBuf) -> String {
+    s.tls
+        .as_ref()
+        .map_or("(off)".into(), |t| file(t).display().to_string())
+}
+
 fn secs(d: Duration) -> String {
     format!("{}s", d.as_secs())
 }
 
-fn s3_or(s: &Settings, shown: fn(&BackupS3) -> String, unset: &str) -> String {
+fn s3_or(s: &Settings, unset: &str, shown: fn(&BackupS3) -> String) -> String {
     s.backup_s3.as_ref().map_or_else(|| unset.to_owned(), shown)
 }
 
-fn oidc_or(s: &Settings, shown: fn(&Oidc) -> String, unset: &str) -> String {
+fn oidc_or(s: &Settings, unset: &str, shown: fn(&Oidc) -> String) -> String {
     s.oidc.as_ref().map_or_else(|| unset.to_owned(), shown)
 }
 
@@ -1774,6 +1581,7 @@ mod tests {
                 "{}",
                 field.key
             );
+            assert!(!field.help.is_empty(), "{} has help", field.key);
             assert_eq!(field.env(), format!("AGV_{}", field.key.to_uppercase()));
             if let Some((long, _)) = field.flag {
                 assert_eq!(long, field.key.replace('_', "-"));
@@ -1789,6 +1597,9 @@ mod tests {
                 keys, expected,
                 "every setting described once, in FIELDS order"
             );
+            for (key, value, _) in &described {
+                assert!(!value.is_empty(), "{key} is described");
+            }
             let shown = format!("{described:?}");
             for field in FIELDS.iter().filter(|f| f.secret) {
                 assert!(!shown.contains(sample(field)), "{}: {shown}", field.key);
@@ -1829,19 +1640,10 @@ mod tests {
         assert_eq!(s.update_source, "/srv/agv-releases");
         let s = load(&[("AGV_UPDATE_SOURCE", "file:///srv/agv-releases")]).unwrap();
         assert_eq!(s.update_source, "file:///srv/agv-releases");
-        for bad in ["mirror.example/agv", "releases", "ftp://mirror.example/agv"] {
-            let err = load(&[("AGV_UPDATE_SOURCE", bad)]).unwrap_err();
-            assert!(
-                err.0.contains("update_source")
-                    && err.0.contains("AGV_UPDATE_SOURCE")
-                    && err.0.contains("absolute"),
-                "{bad}: {err}"
-            );
-        }
     }
 
     #[test]
-    fn retention_defaults_to_90_days_daily_and_refuses_bad_values() {
+    fn retention_defaults_to_90_days_daily_and_can_be_switched_off() {
         let dir = tempfile::tempdir().unwrap();
         let load = |vars: &[(&str, &str)]| load_in(dir.path(), vars);
         let s = load(&[]).unwrap();
@@ -1849,15 +1651,87 @@ mod tests {
         assert_eq!(s.retention_cron.as_deref(), Some("0 30 3 * * *"));
         let s = load(&[("AGV_RETENTION_DAYS", "0"), ("AGV_RETENTION_CRON", "off")]).unwrap();
         assert_eq!((s.retention_days, s.retention_cron), (0, None));
-        for bad in ["-1", "abc", "99999"] {
-            let err = load(&[("AGV_RETENTION_DAYS", bad)]).unwrap_err();
+    }
+
+    /// Each bad value is refused with the setting's key, the value, its variable and why.
+    #[test]
+    fn a_bad_value_is_refused_naming_the_setting_the_value_and_its_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_cron = "fields, expected 6";
+        for (var, value, why) in [
+            ("AGV_RETENTION_DAYS", "-1", "expected a whole number"),
+            ("AGV_RETENTION_DAYS", "abc", "expected a whole number"),
+            ("AGV_RETENTION_DAYS", "99999", "and 36500 days"),
+            ("AGV_RETENTION_CRON", "nightly", not_a_cron),
+            ("AGV_HOUSEKEEPING_CRON", "every tuesday", not_a_cron),
+            ("AGV_UPDATE_SOURCE", "mirror.example/agv", "absolute"),
+            ("AGV_UPDATE_SOURCE", "releases", "absolute"),
+            ("AGV_UPDATE_SOURCE", "ftp://mirror.example/agv", "absolute"),
+            ("AGV_DURABILITY", "fsync", "'process' or 'power'"),
+            ("AGV_DURABILITY", "FULL", "'process' or 'power'"),
+            ("AGV_DURABILITY", "1", "'process' or 'power'"),
+            ("AGV_LOG_FORMAT", "xml", "expected 'text' or 'json'"),
+            ("AGV_UPSTREAM_FIRST_BYTE_TIMEOUT", "soon", "not a duration"),
+            ("AGV_UPSTREAM_CONNECT_TIMEOUT", "0s", "more than zero"),
+            ("AGV_FALLBACK_UPSTREAM_URL", "backup.example", HTTP_URL),
+            (
+                "AGV_TENANT_UPSTREAM_ALLOWLIST",
+                "ftp://files.example",
+                "only http:// and https:// upstreams are allowed",
+            ),
+            ("AGV_BACKUP_S3_UPLOAD_ATTEMPTS", "0", "between 1 and 100"),
+            ("AGV_UPSTREAM_RETRIES", "11", "between 0 and 10"),
+            ("AGV_MAX_BODY_BYTES", "5", "between 1024 and 1073741824"),
+            ("AGV_QUEUE_MAX_BYTES", "1", "at least 1048576"),
+            ("AGV_JOB_WORKERS", "0", "between 1 and 64"),
+            ("AGV_BACKUP_KEEP_DAILY", "0", "keep at least 1"),
+            ("AGV_SYSTEM_ALERT_DISK_PERCENT", "101", "from 0 to 100"),
+            ("AGV_UPSTREAM_URL", "api.openai.com", HTTP_URL),
+        ] {
+            let key = var.trim_start_matches("AGV_").to_lowercase();
+            let err = load_in(dir.path(), &[(var, value)]).unwrap_err().0;
+            let named = format!("invalid {key} = '{value}' (from env {var}): ");
             assert!(
-                err.0.contains("retention_days") && err.0.contains("AGV_RETENTION_DAYS"),
-                "{err}"
+                err.contains(&named) && err.contains(why),
+                "{var}={value}: {err}"
             );
         }
-        let err = load(&[("AGV_RETENTION_CRON", "nightly")]).unwrap_err();
-        assert!(err.0.contains("retention_cron"), "{err}");
+    }
+
+    /// Each bad config.toml is refused with what is wrong in it.
+    #[test]
+    fn a_bad_config_file_is_refused_naming_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: [(&str, &[&str]); 9] = [
+            (
+                "listen = \"127.0.0.1:1\"\nlisten_port = 9\n",
+                &["unknown key 'listen_port'"],
+            ),
+            ("listen = ", &["not valid TOML"]),
+            (
+                "max_body_bytes = \"lots\"",
+                &["max_body_bytes", "config.toml"],
+            ),
+            (
+                "[prices.\"m\"]\ninput = 1.0\ncached_input = 0.5\noutput = 2.0\nouput = 3.0\n",
+                &["ouput"],
+            ),
+            ("prices = 3\n", &["prices"]),
+            ("[prices]\nm = 1.0\n", &["prices.\"m\""]),
+            ("[prices.\"m\"]\ninput = 1.0\n", &["prices.\"m\""]),
+            (
+                "[prices.\"m\"]\ninput = -1.0\ncached_input = 0.5\noutput = 2.0\n",
+                &["prices"],
+            ),
+            ("[listen]\nx = 1\n", &["listen"]),
+        ];
+        for (text, named) in cases {
+            std::fs::write(dir.path().join(CONFIG_FILE), text).unwrap();
+            let err = load_in(dir.path(), &[]).unwrap_err();
+            for name in named {
+                assert!(err.0.contains(name), "{text:?}: {err}");
+            }
+        }
     }
 
     #[test]
@@ -1889,7 +1763,7 @@ mod tests {
     }
 
     #[test]
-    fn durability_defaults_per_backend_takes_process_or_power_and_names_both_when_wrong() {
+    fn durability_defaults_per_backend_and_takes_process_or_power() {
         use values::Durability;
         let dir = tempfile::tempdir().unwrap();
         let load = |vars: &[(&str, &str)]| load_in(dir.path(), vars);
@@ -1921,78 +1795,38 @@ mod tests {
         let s = load(&[("AGV_DATABASE_URL", "postgres://agv@db/agv")]).unwrap();
         assert_eq!(s.durability, Some(Durability::Process));
         assert_eq!(s.sources["durability"], Source::ConfigFile);
-        for bad in ["fsync", "FULL", "1"] {
-            let err = load(&[("AGV_DURABILITY", bad)]).unwrap_err();
-            assert!(
-                err.0.contains(&format!(
-                    "invalid durability = '{bad}' (from env AGV_DURABILITY)"
-                )) && err.0.contains("'process' or 'power'"),
-                "{err}"
-            );
-        }
     }
 
     #[test]
-    fn unknown_keys_in_the_config_file_are_rejected_by_name() {
+    fn secrets_are_unset_by_default_come_from_files_and_are_never_described() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join(CONFIG_FILE),
-            "listen = \"127.0.0.1:1\"\nlisten_port = 9\n",
-        )
-        .unwrap();
-        let err = load_in(dir.path(), &[]).unwrap_err();
-        assert!(err.0.contains("unknown key 'listen_port'"), "{err}");
-    }
-
-    #[test]
-    fn malformed_toml_and_bad_values_give_clear_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(CONFIG_FILE), "listen = ").unwrap();
-        let err = load_in(dir.path(), &[]).unwrap_err();
-        assert!(err.0.contains("not valid TOML"), "{err}");
-        std::fs::write(dir.path().join(CONFIG_FILE), "max_body_bytes = \"lots\"").unwrap();
-        let err = load_in(dir.path(), &[]).unwrap_err();
-        assert!(
-            err.0.contains("max_body_bytes") && err.0.contains("config.toml"),
-            "{err}"
-        );
-        let err = Settings::load_with(
-            Some(dir.path().join("x")),
-            &Flags::new(),
-            &env_of(&[("AGV_LOG_FORMAT", "xml")]),
-        )
-        .unwrap_err();
-        assert!(
-            err.0.contains("log_format") && err.0.contains("AGV_LOG_FORMAT"),
-            "{err}"
-        );
-        let err = Settings::load_with(
-            Some(dir.path().join("x")),
-            &Flags::new(),
-            &env_of(&[("AGV_HOUSEKEEPING_CRON", "every tuesday")]),
-        )
-        .unwrap_err();
-        assert!(err.0.contains("housekeeping_cron"), "{err}");
-    }
-
-    #[test]
-    fn secrets_come_from_files_and_are_never_described() {
-        let dir = tempfile::tempdir().unwrap();
-        let secret_file = dir.path().join("key.txt");
-        std::fs::write(&secret_file, "sk-very-secret\n").unwrap();
-        let s = load_in(
-            dir.path(),
-            &[("AGV_UPSTREAM_API_KEY_FILE", secret_file.to_str().unwrap())],
-        )
-        .unwrap();
-        assert_eq!(s.upstream_api_key.as_deref(), Some("sk-very-secret"));
-        let described = format!("{:?} {:?}", s.describe(), s);
-        assert!(!described.contains("sk-very-secret"), "{described}");
-        let both = [
-            ("AGV_UPSTREAM_API_KEY", "a"),
-            ("AGV_UPSTREAM_API_KEY_FILE", "b"),
+        type Slot = fn(&Settings) -> &Option<String>;
+        let secrets: [(&str, Slot); 5] = [
+            ("upstream_api_key", |s| &s.upstream_api_key),
+            ("fallback_upstream_api_key", |s| {
+                &s.fallback_upstream_api_key
+            }),
+            ("master_key", |s| &s.master_key),
+            ("operator_alert_webhook_secret", |s| {
+                &s.operator_alert_webhook_secret
+            }),
+            ("llm_api_key", |s| &s.llm_api_key),
         ];
-        assert!(load_in(dir.path(), &both).is_err());
+        for (key, value_of) in secrets {
+            let s = load_in(dir.path(), &[]).unwrap();
+            assert_eq!(value_of(&s), &None, "{key}");
+            let var = format!("AGV_{}", key.to_uppercase());
+            let file_var = format!("{var}_FILE");
+            let secret = format!("{key}-very-secret");
+            let file = dir.path().join(key);
+            std::fs::write(&file, format!("{secret}\n")).unwrap();
+            let s = load_in(dir.path(), &[(&file_var, file.to_str().unwrap())]).unwrap();
+            assert_eq!(value_of(&s).as_deref(), Some(secret.as_str()), "{key}");
+            let described = format!("{:?} {:?}", s.describe(), s);
+            assert!(!described.contains(&secret), "{key}: {described}");
+            let both = [(var.as_str(), "a"), (file_var.as_str(), "b")];
+            assert!(load_in(dir.path(), &both).is_err(), "{key}");
+        }
     }
 
     #[test]
@@ -2004,30 +1838,21 @@ mod tests {
         assert_eq!(s.backup_s3_upload_attempts, 12);
         let secret_file = dir.path().join("s3-secret");
         std::fs::write(&secret_file, "s3-very-secret\n").unwrap();
-        let s = load(&[
-            ("AGV_BACKUP_S3_ENDPOINT", "http://minio:9000"),
-            ("AGV_BACKUP_S3_BUCKET", "agv-backups"),
-            ("AGV_BACKUP_S3_PREFIX", "/agv//prod/"),
-            ("AGV_BACKUP_S3_ACCESS_KEY_ID", "AKID"),
-            (
-                "AGV_BACKUP_S3_SECRET_ACCESS_KEY_FILE",
-                secret_file.to_str().unwrap(),
-            ),
-        ]);
-        let err = s.unwrap_err();
+        let block = |prefix| {
+            let secret_file = secret_file.to_str().unwrap();
+            vec![
+                ("AGV_BACKUP_S3_ENDPOINT", "http://minio:9000"),
+                ("AGV_BACKUP_S3_BUCKET", "agv-backups"),
+                ("AGV_BACKUP_S3_PREFIX", prefix),
+                ("AGV_BACKUP_S3_ACCESS_KEY_ID", "AKID"),
+                ("AGV_BACKUP_S3_SECRET_ACCESS_KEY_FILE", secret_file),
+            ]
+        };
+        let err = load(&block("/agv//prod/")).unwrap_err();
         assert!(err.0.contains("invalid backup_s3_prefix"), "{err}");
-        let s = load(&[
-            ("AGV_BACKUP_S3_ENDPOINT", "http://minio:9000"),
-            ("AGV_BACKUP_S3_BUCKET", "agv-backups"),
-            ("AGV_BACKUP_S3_PREFIX", "/agv/prod"),
-            ("AGV_BACKUP_S3_ACCESS_KEY_ID", "AKID"),
-            (
-                "AGV_BACKUP_S3_SECRET_ACCESS_KEY_FILE",
-                secret_file.to_str().unwrap(),
-            ),
-            ("AGV_BACKUP_S3_UPLOAD_ATTEMPTS", "3"),
-        ])
-        .unwrap();
+        let mut vars = block("/agv/prod");
+        vars.push(("AGV_BACKUP_S3_UPLOAD_ATTEMPTS", "3"));
+        let s = load(&vars).unwrap();
         let b = s.backup_s3.clone().unwrap();
         assert_eq!(
             (b.bucket.as_str(), b.region.as_str(), b.prefix.as_str()),
@@ -2038,8 +1863,6 @@ mod tests {
         let described = format!("{:?} {:?}", s.describe(), s);
         assert!(!described.contains("s3-very-secret"), "{described}");
         assert!(described.contains("agv-backups"), "{described}");
-        let err = load(&[("AGV_BACKUP_S3_UPLOAD_ATTEMPTS", "0")]).unwrap_err();
-        assert!(err.0.contains("backup_s3_upload_attempts"), "{err}");
     }
 
     #[test]
@@ -2113,28 +1936,26 @@ mod tests {
     fn a_half_given_s3_block_names_the_missing_setting() {
         let dir = tempfile::tempdir().unwrap();
         let load = |vars: &[(&str, &str)]| load_in(dir.path(), vars).unwrap_err().0;
-        let err = load(&[("AGV_BACKUP_S3_BUCKET", "agv-backups")]);
-        assert!(
-            err.contains("missing backup_s3_endpoint (AGV_BACKUP_S3_ENDPOINT)"),
-            "{err}"
-        );
-        let err = load(&[("AGV_BACKUP_S3_ENDPOINT", "https://s3.example.com")]);
-        assert!(err.contains("missing backup_s3_bucket"), "{err}");
-        let err = load(&[
-            ("AGV_BACKUP_S3_ENDPOINT", "https://s3.example.com"),
-            ("AGV_BACKUP_S3_BUCKET", "agv-backups"),
-        ]);
-        assert!(err.contains("missing backup_s3_access_key_id"), "{err}");
+        let endpoint = ("AGV_BACKUP_S3_ENDPOINT", "https://s3.example.com");
+        let bucket = ("AGV_BACKUP_S3_BUCKET", "agv-backups");
+        for (vars, expected) in [
+            (
+                vec![bucket],
+                "missing backup_s3_endpoint (AGV_BACKUP_S3_ENDPOINT)",
+            ),
+            (vec![endpoint], "missing backup_s3_bucket"),
+            (vec![endpoint, bucket], "missing backup_s3_access_key_id"),
+        ] {
+            let err = load(&vars);
+            assert!(err.contains(expected), "{vars:?}: {err}");
+        }
         for bad in [
             "s3.example.com",
             "ftp://s3.example.com",
             "https://user:pw@s3.example.com",
             "https://s3.example.com/?x=1",
         ] {
-            let err = load(&[
-                ("AGV_BACKUP_S3_ENDPOINT", bad),
-                ("AGV_BACKUP_S3_BUCKET", "agv-backups"),
-            ]);
+            let err = load(&[("AGV_BACKUP_S3_ENDPOINT", bad), bucket]);
             assert!(err.contains("invalid backup_s3_endpoint"), "{bad}: {err}");
         }
         let err = load(&[("AGV_BACKUP_S3_ACCESS_KEY_ID", "AKID")]);
@@ -2198,49 +2019,23 @@ mod tests {
         .unwrap();
         assert_eq!(s.upstream_connect_timeout.as_secs(), 2);
         assert_eq!(s.upstream_first_byte_timeout.as_secs(), 3);
-        let err = load_in(dir.path(), &[("AGV_UPSTREAM_FIRST_BYTE_TIMEOUT", "soon")]).unwrap_err();
-        assert!(err.0.contains("upstream_first_byte_timeout"), "{err}");
-        let err = load_in(dir.path(), &[("AGV_UPSTREAM_CONNECT_TIMEOUT", "0s")]).unwrap_err();
-        assert!(err.0.contains("upstream_connect_timeout"), "{err}");
     }
 
     #[test]
-    fn the_fallback_upstream_is_optional_and_its_key_is_a_secret_from_a_file() {
+    fn the_fallback_upstream_is_optional() {
         let dir = tempfile::tempdir().unwrap();
         let s = load_in(dir.path(), &[]).unwrap();
         assert_eq!(s.fallback_upstream_url, None);
-        let key_file = dir.path().join("fb.txt");
-        std::fs::write(&key_file, "sk-fallback-secret\n").unwrap();
-        let s = load_in(
-            dir.path(),
-            &[
-                ("AGV_FALLBACK_UPSTREAM_URL", "https://backup.example/v1/"),
-                (
-                    "AGV_FALLBACK_UPSTREAM_API_KEY_FILE",
-                    key_file.to_str().unwrap(),
-                ),
-            ],
-        )
-        .unwrap();
+        let url = [("AGV_FALLBACK_UPSTREAM_URL", "https://backup.example/v1/")];
+        let s = load_in(dir.path(), &url).unwrap();
         assert_eq!(
             s.fallback_upstream_url.as_deref(),
             Some("https://backup.example/v1")
         );
-        assert_eq!(
-            s.fallback_upstream_api_key.as_deref(),
-            Some("sk-fallback-secret")
-        );
-        assert!(!format!("{s:?}").contains("sk-fallback-secret"));
-        let err = load_in(
-            dir.path(),
-            &[("AGV_FALLBACK_UPSTREAM_URL", "backup.example")],
-        )
-        .unwrap_err();
-        assert!(err.0.contains("fallback_upstream_url"), "{err}");
     }
 
     #[test]
-    fn the_tenant_upstream_allowlist_is_empty_by_default_and_validated() {
+    fn the_tenant_upstream_allowlist_is_empty_by_default() {
         let dir = tempfile::tempdir().unwrap();
         let s = load_in(dir.path(), &[]).unwrap();
         assert!(s.tenant_upstream_allowlist.is_empty());
@@ -2257,29 +2052,6 @@ mod tests {
                 .check("https://api.openai.com/v1")
                 .is_ok()
         );
-        let err = load_in(
-            dir.path(),
-            &[("AGV_TENANT_UPSTREAM_ALLOWLIST", "ftp://files.example")],
-        )
-        .unwrap_err();
-        assert!(err.0.contains("tenant_upstream_allowlist"), "{err}");
-    }
-
-    #[test]
-    fn the_master_key_is_a_secret_from_env_or_file_and_never_described() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = load_in(dir.path(), &[]).unwrap();
-        assert_eq!(s.master_key, None);
-        let hex_key = "ab".repeat(32);
-        let file = dir.path().join("mk");
-        std::fs::write(&file, format!("{hex_key}\n")).unwrap();
-        let s = load_in(
-            dir.path(),
-            &[("AGV_MASTER_KEY_FILE", file.to_str().unwrap())],
-        )
-        .unwrap();
-        assert_eq!(s.master_key.as_deref(), Some(hex_key.as_str()));
-        assert!(!format!("{s:?}").contains(&hex_key));
     }
 
     #[test]
@@ -2293,29 +2065,5 @@ mod tests {
         let s = load_in(dir.path(), &[]).unwrap();
         assert_eq!(s.prices["my-model"], ModelPrice::new(1.0, 0.5, 2.0));
         assert_eq!(s.listen, "127.0.0.1:1");
-    }
-
-    #[test]
-    fn unknown_fields_and_bad_shapes_in_prices_are_rejected_by_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let cases = [
-            (
-                "[prices.\"m\"]\ninput = 1.0\ncached_input = 0.5\noutput = 2.0\nouput = 3.0\n",
-                "ouput",
-            ),
-            ("prices = 3\n", "prices"),
-            ("[prices]\nm = 1.0\n", "prices.\"m\""),
-            ("[prices.\"m\"]\ninput = 1.0\n", "prices.\"m\""),
-            (
-                "[prices.\"m\"]\ninput = -1.0\ncached_input = 0.5\noutput = 2.0\n",
-                "prices",
-            ),
-            ("[listen]\nx = 1\n", "listen"),
-        ];
-        for (text, named) in cases {
-            std::fs::write(dir.path().join(CONFIG_FILE), text).unwrap();
-            let err = load_in(dir.path(), &[]).unwrap_err();
-            assert!(err.0.contains(named), "{text:?}: {err}");
-        }
     }
 }
