@@ -6,7 +6,7 @@
 use super::audit::record;
 use super::auth::by_key;
 use super::auth::{AdminAction, AdminKey};
-use super::error::{ApiError, missing};
+use super::error::{ApiError, missing, path_id};
 use crate::api::state::AppState;
 use crate::domain::alert::{
     self, AlertRoute, DEFAULT_GROUP_WAIT_MS, DEFAULT_REPEAT_INTERVAL_MS, MAX_GROUP_WAIT_MS,
@@ -24,10 +24,6 @@ use serde_json::json;
 const MAX_NAME: usize = 200;
 const MAX_SECRET: usize = 512;
 const MAX_ROUTES: usize = 50;
-
-fn route_id(raw: &str) -> Result<AlertRouteId, ApiError> {
-    AlertRouteId::parse(raw).map_err(|_| ApiError::not_found(format!("no alert route {raw}")))
-}
 
 #[get("/v1/alerts/routes")]
 pub async fn list_routes(
@@ -236,7 +232,7 @@ pub async fn update_route(
     path: web::Path<String>,
     body: web::Json<RoutePatch>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = route_id(&path)?;
+    let id = path_id("alert route", &path, AlertRouteId::parse)?;
     let b = body.into_inner();
     let invalid = |m: String| ApiError::new(Code::InvalidRoute, m);
     let mut route = state
@@ -333,7 +329,7 @@ pub async fn delete_route(
     (state, AdminKey(caller), source): AdminAction,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = route_id(&path)?;
+    let id = path_id("alert route", &path, AlertRouteId::parse)?;
     let before = state
         .with_tenant(&caller.tenant_id, move |store, tenant| {
             let before = match store.get_alert_route(tenant, &id) {
@@ -372,7 +368,7 @@ pub async fn test_route(
     AdminKey(caller): AdminKey,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = route_id(&path)?;
+    let id = path_id("alert route", &path, AlertRouteId::parse)?;
     let route = state
         .with_tenant(&caller.tenant_id, move |store, tenant| {
             store.get_alert_route(tenant, &id)

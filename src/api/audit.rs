@@ -5,8 +5,16 @@ use super::error::ApiError;
 use crate::api::state::AppState;
 use crate::domain::audit::NewAuditEntry;
 use crate::store::run_blocking;
-use actix_web::{FromRequest, HttpRequest, dev::Payload};
+use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 use std::future::{Ready, ready};
+
+/// What a console handler takes first: the state, and the request whose signed-in person
+/// it checks.
+pub type Console = (web::Data<AppState>, HttpRequest);
+
+/// What a console handler of a change takes first: [`Console`] and where the request came
+/// from, for the audit log.
+pub type ConsoleChange = (web::Data<AppState>, HttpRequest, Source);
 
 /// The client's address as the audit log and the sign-in throttle see it: the TCP peer, or
 /// behind a reverse proxy listed in `trusted_proxies` the address that proxy forwarded

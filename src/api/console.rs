@@ -10,6 +10,7 @@
 //! events) live here.
 
 use super::access::{TENANT_HEADER, field, person, role_not_allowed, tenant_for};
+use super::audit::{Console, ConsoleChange};
 use super::error::ApiError;
 use super::names::usd;
 use super::session::current;
@@ -183,10 +184,7 @@ fn saved_json(
 }
 
 #[get("/api/overview")]
-pub async fn overview(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
+pub async fn overview((state, req): Console) -> Result<HttpResponse, ApiError> {
     let (_, tenant) = reader(&state, &req).await?;
     let mut out = summary(&state, &tenant).await?;
     let now = Timestamp::now().millis();
@@ -232,7 +230,7 @@ pub async fn overview(
 }
 
 #[get("/api/usage")]
-pub async fn usage(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub async fn usage((state, req): Console) -> Result<HttpResponse, ApiError> {
     let (_, tenant) = reader(&state, &req).await?;
     let now = Timestamp::now();
     let (_, month_start) = crate::guard::budget::period_starts(now);
@@ -285,8 +283,7 @@ const HISTORY_USERS: u32 = 100;
 /// (default the last 30 days, today included).
 #[get("/api/usage/history")]
 pub async fn usage_history(
-    state: web::Data<AppState>,
-    req: HttpRequest,
+    (state, req): Console,
     q: web::Query<HistoryQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (_, tenant) = reader(&state, &req).await?;
@@ -398,10 +395,7 @@ fn frozen_keys(state: &AppState, tenant: &TenantId) -> Vec<crate::domain::KeyId>
 }
 
 #[get("/api/keys")]
-pub async fn list_keys(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
+pub async fn list_keys((state, req): Console) -> Result<HttpResponse, ApiError> {
     let (_, tenant) = reader(&state, &req).await?;
     let (day_start, _) = crate::guard::budget::period_starts(Timestamp::now());
     let store = state.store.clone();
@@ -441,9 +435,7 @@ fn by_user(user: &crate::domain::User, source: super::audit::Source) -> crate::o
 
 #[actix_web::post("/api/keys")]
 pub async fn create_key(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    source: super::audit::Source,
+    (state, req, source): ConsoleChange,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let (user, tenant) = changer(&state, &req).await?;
@@ -472,14 +464,11 @@ pub async fn create_key(
 
 #[actix_web::post("/api/keys/{id}/revoke")]
 pub async fn revoke_key(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    source: super::audit::Source,
+    (state, req, source): ConsoleChange,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let (user, tenant) = changer(&state, &req).await?;
-    let id = crate::domain::KeyId::parse(&path)
-        .map_err(|_| ApiError::not_found(format!("no key {path}")))?;
+    let id = super::error::path_id("key", &path, crate::domain::KeyId::parse)?;
     let (store, by, t) = (state.store.clone(), by_user(&user, source), tenant.clone());
     let revoked =
         run_blocking(move || crate::ops::keys::revoke(store.as_ref(), Some(&t), &id, &by))
@@ -629,8 +618,7 @@ impl Watch {
 /// the operator) instance health. See docs/console-api.md.
 #[get("/api/events")]
 pub async fn events(
-    state: web::Data<AppState>,
-    req: HttpRequest,
+    (state, req): Console,
     query: web::Query<std::collections::HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
     let (user, token) = current(&state, &req).await?;

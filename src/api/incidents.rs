@@ -4,7 +4,7 @@
 use super::audit::{Source, record};
 use super::auth::by_key;
 use super::auth::{AdminAction, AdminKey, Caller};
-use super::error::{ApiError, missing, optional_json};
+use super::error::{ApiError, missing, optional_json, path_id};
 use super::v1::{query_time, query_value};
 use crate::api::state::AppState;
 use crate::domain::audit::AuditAction;
@@ -22,8 +22,7 @@ use serde_json::{Value, json};
 const TIMELINE_SIGNALS: u32 = 200;
 
 fn incident_id(raw: &str) -> Result<IncidentId, ApiError> {
-    // A malformed id cannot exist, in this tenant or any other: not found.
-    IncidentId::parse(raw).map_err(|_| ApiError::not_found(format!("no incident {raw}")))
+    path_id("incident", raw, IncidentId::parse)
 }
 
 fn actor(caller: &Caller) -> String {

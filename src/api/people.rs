@@ -12,8 +12,8 @@
 //! is asking and maps the outcome to HTTP.
 
 use super::access::{field, person, tenant_for};
-use super::audit::{Source, record};
-use super::error::{ApiError, optional_json};
+use super::audit::{Console, ConsoleChange, Source, record};
+use super::error::{ApiError, path_id, required_json};
 use super::session::{COOKIE, person_json, sha256_hex, sign_in};
 use crate::api::state::AppState;
 use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
@@ -60,17 +60,13 @@ struct SetupBody {
 
 #[post("/api/setup")]
 pub async fn setup(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    source: Source,
+    (state, req, source): ConsoleChange,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let body = optional_json::<SetupBody>(&raw)?.ok_or_else(|| {
-        ApiError::new(
-            Code::InvalidJson,
-            "send {\"token\": \"…\", \"email\": \"…\", \"password\": \"…\"}",
-        )
-    })?;
+    let body = required_json::<SetupBody>(
+        &raw,
+        "send {\"token\": \"…\", \"email\": \"…\", \"password\": \"…\"}",
+    )?;
     let email = email_field(&body.email)?;
     // Everything that costs nothing first: a password is hashed only for the one request
     // that holds the valid link of an instance not set up yet.
@@ -130,18 +126,14 @@ struct PasswordBody {
 
 #[post("/api/auth/password")]
 pub async fn change_password(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    source: Source,
+    (state, req, source): ConsoleChange,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let user = person(&state, &req).await?;
-    let body = optional_json::<PasswordBody>(&raw)?.ok_or_else(|| {
-        ApiError::new(
-            Code::InvalidJson,
-            "send {\"current_password\": \"…\", \"new_password\": \"…\"}",
-        )
-    })?;
+    let body = required_json::<PasswordBody>(
+        &raw,
+        "send {\"current_password\": \"…\", \"new_password\": \"…\"}",
+    )?;
     let check = user.password.clone();
     let current_pw = body.current_password;
     if !super::session::password_work(move || Ok(check.verify(&current_pw))).await? {
@@ -186,10 +178,7 @@ async fn people_manager(
 }
 
 #[get("/api/users")]
-pub async fn list_users(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
+pub async fn list_users((state, req): Console) -> Result<HttpResponse, ApiError> {
     let (_, tenant) = people_manager(&state, &req).await?;
     let store = state.store.clone();
     let t = tenant.clone();
@@ -218,18 +207,14 @@ fn origin(req: &HttpRequest) -> String {
 
 #[post("/api/invitations")]
 pub async fn invite(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    source: Source,
+    (state, req, source): ConsoleChange,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let (user, tenant) = people_manager(&state, &req).await?;
-    let body = optional_json::<InviteBody>(&raw)?.ok_or_else(|| {
-        ApiError::new(
-            Code::InvalidJson,
-            "send {\"email\": \"…\", \"role\": \"owner|admin|viewer\"}",
-        )
-    })?;
+    let body = required_json::<InviteBody>(
+        &raw,
+        "send {\"email\": \"…\", \"role\": \"owner|admin|viewer\"}",
+    )?;
     let email = email_field(&body.email)?;
     let role = match Role::parse(&body.role) {
         Ok(r @ (Role::Owner | Role::Admin | Role::Viewer)) => r,
@@ -329,17 +314,10 @@ struct AcceptBody {
 
 #[post("/api/invitations/accept")]
 pub async fn accept(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    source: Source,
+    (state, req, source): ConsoleChange,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let body = optional_json::<AcceptBody>(&raw)?.ok_or_else(|| {
-        ApiError::new(
-            Code::InvalidJson,
-            "send {\"token\": \"…\", \"password\": \"…\"}",
-        )
-    })?;
+    let body = required_json::<AcceptBody>(&raw, "send {\"token\": \"…\", \"password\": \"…\"}")?;
     let inv = open_invitation(&state, &body.token).await?;
     let password = password_field(body.password, "password").await?;
     let store = state.store.clone();
@@ -418,9 +396,7 @@ type Action = (web::Data<AppState>, HttpRequest, Source, web::Path<String>);
 /// the person as they are now (once deleted or signed out: their id and what happened).
 async fn act((state, req, source, path): Action, change: Change) -> Result<HttpResponse, ApiError> {
     let by = manager(&state, &req, source).await?;
-    let Ok(id) = UserId::parse(&path) else {
-        return Err(ApiError::not_found(format!("no user {}", path.as_str())));
-    };
+    let id = path_id("user", &path, UserId::parse)?;
     let store = state.store.clone();
     let done = run_blocking(move || crate::ops::people::change(store.as_ref(), &by, &id, change))
         .await
@@ -455,9 +431,7 @@ struct PersonBody {
 /// Changes a person's role: `{"role": "owner|admin|viewer"}`, in force from their next request.
 #[patch("/api/users/{id}")]
 pub async fn update_user(on: Action, raw: web::Bytes) -> Result<HttpResponse, ApiError> {
-    let body = optional_json::<PersonBody>(&raw)?.ok_or_else(|| {
-        ApiError::new(Code::InvalidJson, "send {\"role\": \"owner|admin|viewer\"}")
-    })?;
+    let body = required_json::<PersonBody>(&raw, "send {\"role\": \"owner|admin|viewer\"}")?;
     let role = match Role::parse(&body.role) {
         Ok(r) if r.is_tenant_role() => r,
         _ => {
@@ -489,12 +463,7 @@ pub async fn revoke_invitation(
     (state, req, source, path): Action,
 ) -> Result<HttpResponse, ApiError> {
     let by = manager(&state, &req, source).await?;
-    let Ok(id) = InvitationId::parse(&path) else {
-        return Err(ApiError::not_found(format!(
-            "no invitation {}",
-            path.as_str()
-        )));
-    };
+    let id = path_id("invitation", &path, InvitationId::parse)?;
     let store = state.store.clone();
     let inv = run_blocking(move || crate::ops::people::revoke_invitation(store.as_ref(), &by, &id))
         .await

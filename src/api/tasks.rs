@@ -5,7 +5,7 @@
 use super::audit::record;
 use super::auth::by_key;
 use super::auth::{AdminAction, AdminKey};
-use super::error::{ApiError, missing};
+use super::error::{ApiError, missing, path_id};
 use crate::api::state::AppState;
 use crate::domain::audit::AuditAction;
 use crate::domain::replay::ReplayMode;
@@ -28,8 +28,7 @@ pub async fn replay_incident(
         &raw,
         "send {\"mode\": \"policy\"} (re-check every call against today's guardrails) or {\"mode\": \"upstream\"} (send every stored request again)",
     )?;
-    let id = IncidentId::parse(&path)
-        .map_err(|_| ApiError::not_found(format!("no incident {}", path.as_str())))?;
+    let id = path_id("incident", &path, IncidentId::parse)?;
     let i = id.clone();
     let incident = state
         .with_tenant(&caller.tenant_id, move |store, tenant| {
@@ -67,10 +66,6 @@ pub async fn replay_incident(
         .json(tasks::accepted(&task)))
 }
 
-fn task_id(raw: &str) -> Result<TaskId, ApiError> {
-    TaskId::parse(raw).map_err(|_| ApiError::not_found(format!("no task {raw}")))
-}
-
 fn task_json(task: &Task) -> serde_json::Value {
     let mut v = serde_json::to_value(task).unwrap_or_default();
     v["object"] = json!("task");
@@ -102,7 +97,7 @@ pub async fn get(
     AdminKey(caller): AdminKey,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = task_id(&path)?;
+    let id = path_id("task", &path, TaskId::parse)?;
     let task = state
         .with_tenant(&caller.tenant_id, move |store, tenant| {
             store.get_task(tenant, &id)
@@ -118,7 +113,7 @@ pub async fn download(
     AdminKey(caller): AdminKey,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = task_id(&path)?;
+    let id = path_id("task", &path, TaskId::parse)?;
     let (content_type, filename, bytes) = state.with_tenant(&caller.tenant_id, move |store, tenant| store.task_output(tenant, &id))
         .await
         .map_err(|e| match e {

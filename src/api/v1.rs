@@ -5,7 +5,7 @@ use super::audit::record;
 use super::auth::by_key;
 use super::auth::{AdminAction, AdminKey, ProxyKey};
 use super::call_list::{self, Listing};
-use super::error::{ApiError, missing, optional_json};
+use super::error::{ApiError, hinted_json, missing, optional_json, path_id};
 use crate::api::state::AppState;
 use crate::domain::audit::AuditAction;
 use crate::domain::{
@@ -444,14 +444,7 @@ pub async fn backtest_policies(
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let hint = "send {\"policy\": {…overrides as for PUT /v1/policies…}, \"since\": \"24h\", \"until\": …, \"max_calls\": …}";
-    let body = optional_json::<BacktestBody>(&raw)
-        .map_err(|e| ApiError::new(Code::InvalidJson, format!("{}; {hint}", e.message)))?
-        .ok_or_else(|| {
-            ApiError::new(
-                Code::InvalidJson,
-                format!("the request body is empty; {hint}"),
-            )
-        })?;
+    let body = hinted_json::<BacktestBody>(&raw, hint)?;
     let proposed = PolicyConfig::with_overrides(&body.policy)
         .map_err(|e| ApiError::new(Code::InvalidPolicy, e.0))?;
     let now = Timestamp::now();
@@ -540,8 +533,7 @@ pub(crate) async fn load_call(
     caller: &super::auth::Caller,
     raw_id: &str,
 ) -> Result<crate::domain::CallRecord, ApiError> {
-    let not_found = || ApiError::not_found(format!("no call {raw_id}"));
-    let id = CallId::parse(raw_id).map_err(|_| not_found())?;
+    let id = path_id("call", raw_id, CallId::parse)?;
     state
         .with_tenant(&caller.tenant_id, move |store, tenant| {
             store.get_call(Some(tenant), &id)
