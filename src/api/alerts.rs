@@ -5,9 +5,8 @@
 
 use super::audit::record;
 use super::auth::by_key;
-use super::auth::{AdminAction, AdminKey};
+use super::auth::{AdminAction, AdminCall, AdminKey};
 use super::error::{ApiError, missing, path_id};
-use crate::api::state::AppState;
 use crate::domain::alert::{
     self, AlertRoute, DEFAULT_GROUP_WAIT_MS, DEFAULT_REPEAT_INTERVAL_MS, MAX_GROUP_WAIT_MS,
     MAX_REPEAT_INTERVAL_MS, MIN_REPEAT_INTERVAL_MS, Reason, RouteKind,
@@ -26,10 +25,7 @@ const MAX_SECRET: usize = 512;
 const MAX_ROUTES: usize = 50;
 
 #[get("/v1/alerts/routes")]
-pub async fn list_routes(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-) -> Result<HttpResponse, ApiError> {
+pub async fn list_routes((state, AdminKey(caller)): AdminCall) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
     let routes = run_blocking(move || store.list_alert_routes(&caller.tenant_id)).await?;
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": routes})))
@@ -364,8 +360,7 @@ pub async fn delete_route(
 /// Queues a test alert through the route; answers 202 with the delivery job's id.
 #[post("/v1/alerts/routes/{id}/test")]
 pub async fn test_route(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("alert route", &path, AlertRouteId::parse)?;

@@ -5,7 +5,7 @@
 
 use super::audit::record;
 use super::auth::by_key;
-use super::auth::{AdminAction, AdminKey};
+use super::auth::{AdminAction, AdminCall, AdminKey};
 use super::error::{ApiError, hinted_json, path_id, required_json};
 use crate::api::state::AppState;
 use crate::domain::audit::AuditAction;
@@ -72,8 +72,7 @@ pub async fn replay(
 /// A replay's report as it was given back when the replay ran.
 #[get("/v1/replays/{id}")]
 pub async fn get_replay(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let raw = path.into_inner();
@@ -170,8 +169,7 @@ async fn stored(
 /// The certificate exactly as issued (save it as a file to verify it offline).
 #[get("/v1/certificates/{id}")]
 pub async fn get(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let row = stored(&state, Some(&caller.tenant_id), &path).await?;

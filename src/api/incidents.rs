@@ -3,8 +3,9 @@
 
 use super::audit::{Source, record};
 use super::auth::by_key;
-use super::auth::{AdminAction, AdminKey, Caller};
+use super::auth::{AdminAction, AdminCall, AdminKey, Caller};
 use super::error::{ApiError, missing, optional_json, path_id};
+use super::page;
 use super::v1::{query_time, query_value};
 use crate::api::state::AppState;
 use crate::domain::audit::AuditAction;
@@ -64,8 +65,7 @@ pub struct IncidentQuery {
 
 #[get("/v1/incidents")]
 pub async fn list(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
     q: web::Query<IncidentQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
@@ -87,12 +87,7 @@ pub async fn list(
     if let Some(text) = q.q.as_deref() {
         merge_query(&mut filter, text)?;
     }
-    let cursor = q
-        .cursor
-        .as_deref()
-        .map(IncidentCursor::parse)
-        .transpose()
-        .map_err(|e| ApiError::new(Code::InvalidCursor, e.0))?;
+    let cursor = page::cursor(q.cursor.as_deref(), IncidentCursor::parse)?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let (list, people) = state
         .with_tenant(&caller.tenant_id, move |store, tenant| {
@@ -106,25 +101,18 @@ pub async fn list(
             Ok::<_, StoreError>((list, people))
         })
         .await?;
-    let next_cursor = (list.len() == limit as usize)
-        .then(|| {
-            list.last().map(|i| {
-                IncidentCursor {
-                    created_at: i.created_at,
-                    id: i.id.clone(),
-                }
-                .encode()
-            })
-        })
-        .flatten();
+    let next_cursor = page::next_cursor(&list, limit, |i| {
+        IncidentCursor {
+            created_at: i.created_at,
+            id: i.id.clone(),
+        }
+        .encode()
+    });
     let data = list
         .iter()
         .map(|i| incident_json(i, &people))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(
-        HttpResponse::Ok()
-            .json(json!({"object": "list", "data": data, "next_cursor": next_cursor})),
-    )
+    Ok(page::json_page(data, next_cursor))
 }
 
 /// Folds a typed query into the filter. A filter given both ways must agree; words and
@@ -165,10 +153,7 @@ fn merge_query(filter: &mut IncidentFilter, text: &str) -> Result<(), ApiError> 
 
 /// Counts by status and the mean times to acknowledge and to resolve.
 #[get("/v1/incidents/stats")]
-pub async fn stats(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-) -> Result<HttpResponse, ApiError> {
+pub async fn stats((state, AdminKey(caller)): AdminCall) -> Result<HttpResponse, ApiError> {
     let s = state
         .with_tenant(&caller.tenant_id, move |store, tenant| {
             store.incident_stats(tenant)
@@ -179,8 +164,7 @@ pub async fn stats(
 
 #[get("/v1/incidents/{id}")]
 pub async fn get(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = incident_id(&path)?;
@@ -211,8 +195,7 @@ pub async fn get(
 
 #[get("/v1/incidents/{id}/timeline")]
 pub async fn incident_timeline(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = incident_id(&path)?;
@@ -245,8 +228,7 @@ pub async fn incident_timeline(
 
 #[get("/v1/calls/{id}/timeline")]
 pub async fn call_timeline(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let call = super::v1::load_call(&state, &caller, &path).await?;
@@ -643,8 +625,7 @@ struct SimulateBody {
 /// (made by `agv-server demo`): a real tenant's evidence is never mixed with made-up calls.
 #[post("/v1/demo/simulate-incident")]
 pub async fn simulate(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body: SimulateBody = optional_json(&raw)?.unwrap_or_default();

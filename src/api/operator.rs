@@ -8,10 +8,10 @@ use super::access::{operator, tenant_for};
 use super::audit::{Console, ConsoleChange, record};
 use super::error::{ApiError, optional_json, path_id};
 use super::names::usd;
+use super::page;
 use super::v1::parse_time;
 use crate::api::state::AppState;
 use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
-use crate::domain::evidence_pack::csv_field;
 use crate::domain::incident::{IncidentFilter, IncidentStatus, Severity};
 use crate::domain::{CallCursor, TenantId, Timestamp};
 use crate::error::Code;
@@ -394,7 +394,7 @@ pub async fn enforcement(
 ) -> Result<HttpResponse, ApiError> {
     let user = operator(&state, &req).await?;
     let q = q.into_inner();
-    let csv = super::audit_log::wants_csv(q.format.as_deref())?;
+    let csv = page::wants_csv(q.format.as_deref())?;
     let filter = BlockedFilter {
         tenant: named_tenant(&state, &req, &user, q.tenant).await?,
         policy: given(q.policy)
@@ -409,11 +409,7 @@ pub async fn enforcement(
             .map(|s| parse_time("until", &s))
             .transpose()?,
     };
-    let cursor = given(q.cursor)
-        .as_deref()
-        .map(CallCursor::decode)
-        .transpose()
-        .map_err(|e| ApiError::new(Code::InvalidCursor, e.0))?;
+    let cursor = page::cursor(given(q.cursor).as_deref(), CallCursor::decode)?;
     let limit = q
         .limit
         .unwrap_or(if csv { 1000 } else { 50 })
@@ -424,15 +420,11 @@ pub async fn enforcement(
         Ok::<_, StoreError>((rows, tenant_names(store.as_ref())?))
     })
     .await?;
-    let next_cursor = (rows.len() == limit as usize)
-        .then(|| rows.last().map(|r| r.cursor().encode()))
-        .flatten();
+    let next_cursor = page::next_cursor(&rows, limit, |r| r.cursor().encode());
     let tenant_name = |r: &BlockedCall| names.get(r.tenant_id.as_str()).cloned();
     if csv {
-        let mut out = String::from(ENFORCEMENT_CSV_HEADER);
-        out.push_str("\r\n");
-        for r in &rows {
-            let fields = [
+        let csv_row = |r: &BlockedCall| {
+            [
                 r.created_at.to_rfc3339(),
                 r.tenant_id.to_string(),
                 tenant_name(r).unwrap_or_default(),
@@ -443,19 +435,14 @@ pub async fn enforcement(
                 r.status.to_string(),
                 r.reason.clone().unwrap_or_default(),
                 r.id.to_string(),
-            ];
-            let row: Vec<_> = fields.iter().map(|f| csv_field(f)).collect();
-            out.push_str(&row.join(","));
-            out.push_str("\r\n");
-        }
-        return Ok(HttpResponse::Ok()
-            .content_type("text/csv; charset=utf-8")
-            .insert_header((
-                "Content-Disposition",
-                "attachment; filename=\"enforcement.csv\"",
-            ))
-            .insert_header(("X-Next-Cursor", next_cursor.unwrap_or_default()))
-            .body(out));
+            ]
+        };
+        return Ok(page::csv_page(
+            "enforcement.csv",
+            ENFORCEMENT_CSV_HEADER,
+            rows.iter().map(csv_row),
+            next_cursor,
+        ));
     }
     let data: Vec<Value> = rows
         .iter()
@@ -468,10 +455,7 @@ pub async fn enforcement(
             })
         })
         .collect();
-    Ok(
-        HttpResponse::Ok()
-            .json(json!({"object": "list", "data": data, "next_cursor": next_cursor})),
-    )
+    Ok(page::json_page(data, next_cursor))
 }
 
 fn running_backup(state: &AppState) -> Option<crate::jobs::queue::Job> {

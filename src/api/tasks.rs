@@ -4,9 +4,8 @@
 
 use super::audit::record;
 use super::auth::by_key;
-use super::auth::{AdminAction, AdminKey};
+use super::auth::{AdminAction, AdminCall, AdminKey};
 use super::error::{ApiError, missing, path_id};
-use crate::api::state::AppState;
 use crate::domain::audit::AuditAction;
 use crate::domain::replay::ReplayMode;
 use crate::domain::task::{Task, kind};
@@ -76,10 +75,7 @@ fn task_json(task: &Task) -> serde_json::Value {
 }
 
 #[get("/v1/tasks")]
-pub async fn list(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-) -> Result<HttpResponse, ApiError> {
+pub async fn list((state, AdminKey(caller)): AdminCall) -> Result<HttpResponse, ApiError> {
     let tasks = state
         .with_tenant(&caller.tenant_id, move |store, tenant| {
             store.list_tasks(tenant, 100)
@@ -93,8 +89,7 @@ pub async fn list(
 
 #[get("/v1/tasks/{id}")]
 pub async fn get(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("task", &path, TaskId::parse)?;
@@ -109,8 +104,7 @@ pub async fn get(
 
 #[get("/v1/tasks/{id}/download")]
 pub async fn download(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("task", &path, TaskId::parse)?;

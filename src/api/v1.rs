@@ -3,7 +3,7 @@
 
 use super::audit::record;
 use super::auth::by_key;
-use super::auth::{AdminAction, AdminKey, ProxyKey};
+use super::auth::{AdminAction, AdminCall, AdminKey, ProxyKey};
 use super::call_list::{self, Listing};
 use super::error::{ApiError, hinted_json, missing, optional_json, path_id};
 use crate::api::state::AppState;
@@ -231,8 +231,7 @@ pub async fn unfreeze_key(on: AdminAction, raw: web::Bytes) -> Result<HttpRespon
 /// Freeze state of the caller's tenant and its keys, with the recent history.
 #[get("/v1/killswitch/status")]
 pub async fn killswitch_status(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
 ) -> Result<HttpResponse, ApiError> {
     let snapshot = state
         .proxy
@@ -260,8 +259,7 @@ pub async fn killswitch_status(
 /// The guardrails in force for the caller's tenant, with their thresholds.
 #[get("/v1/policies/active")]
 pub async fn active_policies(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
 ) -> Result<HttpResponse, ApiError> {
     let p = state.proxy.guard.policy(&caller.tenant_id);
     // The stored overrides too, so that an editor can change some and keep the rest
@@ -544,8 +542,7 @@ pub(crate) async fn load_call(
 
 #[get("/v1/calls/{id}")]
 pub async fn get_call(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let call = load_call(&state, &caller, &path).await?;
@@ -606,8 +603,7 @@ pub(crate) fn parse_time(field: &str, s: &str) -> Result<Timestamp, ApiError> {
 
 #[get("/v1/calls")]
 pub async fn list_calls(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
     q: web::Query<CallQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
@@ -621,12 +617,7 @@ pub async fn list_calls(
         status: q.status,
         blocked: q.blocked,
     };
-    let cursor = q
-        .cursor
-        .as_deref()
-        .map(CallCursor::decode)
-        .transpose()
-        .map_err(|e| ApiError::new(Code::InvalidCursor, e.0))?;
+    let cursor = super::page::cursor(q.cursor.as_deref(), CallCursor::decode)?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let search =
         q.q.as_deref()
@@ -721,10 +712,7 @@ fn upstream_json(row: &TenantUpstreamRow) -> serde_json::Value {
 
 /// The tenant's own upstream (never its key), or 404 when it uses the instance upstream.
 #[get("/v1/upstream")]
-pub async fn get_upstream(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-) -> Result<HttpResponse, ApiError> {
+pub async fn get_upstream((state, AdminKey(caller)): AdminCall) -> Result<HttpResponse, ApiError> {
     match state
         .with_tenant(&caller.tenant_id, move |store, tenant| {
             store.get_tenant_upstream(tenant)
