@@ -11,10 +11,10 @@
 //! own upstream is theirs to point anywhere, so no allowlist applies (unlike tenants').
 
 use super::access::{field, operator};
-use super::audit::{Console, ConsoleChange, record};
+use super::audit::{Console, ConsoleChange, by_person, record};
 use super::error::{ApiError, optional_json};
 use crate::api::state::AppState;
-use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
+use crate::domain::audit::{Actor, AuditAction};
 use crate::domain::upstream_url::BaseUrl;
 use crate::domain::{CallFilter, Scope, TenantName, Timestamp};
 use crate::error::Code;
@@ -194,13 +194,13 @@ pub async fn put_upstream(
     let after = state.proxy.instance_upstream().primary().clone();
     record(
         &state,
-        NewAuditEntry::new(
+        by_person(
             None,
-            Actor::User(user.id),
+            &user.id,
+            &source,
             AuditAction::UpstreamUpdate,
             INSTANCE_UPSTREAM_REF,
         )
-        .source(source.0)
         .before(audit_view(
             &before,
             if had { "console" } else { "configuration" },
@@ -227,13 +227,13 @@ pub async fn delete_upstream(
         let after = state.proxy.instance_upstream().primary().clone();
         record(
             &state,
-            NewAuditEntry::new(
+            by_person(
                 None,
-                Actor::User(user.id),
+                &user.id,
+                &source,
                 AuditAction::UpstreamDelete,
                 INSTANCE_UPSTREAM_REF,
             )
-            .source(source.0)
             .before(audit_view(&before, "console"))
             .after(audit_view(&after, "configuration")),
         )

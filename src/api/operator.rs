@@ -5,13 +5,13 @@
 //! the update state (is a newer signed release out?). It never installs an update: that stays with `agv-server update` or a new image.
 
 use super::access::{operator, tenant_for};
-use super::audit::{Console, ConsoleChange, record};
+use super::audit::{Console, ConsoleChange, by_person, record};
 use super::error::{ApiError, optional_json, path_id};
 use super::names::usd;
 use super::page;
 use super::v1::parse_time;
 use crate::api::state::AppState;
-use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
+use crate::domain::audit::AuditAction;
 use crate::domain::incident::{IncidentFilter, IncidentStatus, Severity};
 use crate::domain::{CallCursor, TenantId, Timestamp};
 use crate::error::Code;
@@ -506,13 +506,7 @@ pub async fn backup_now((state, req, source): ConsoleChange) -> Result<HttpRespo
     }
     record(
         &state,
-        NewAuditEntry::new(
-            None,
-            Actor::User(user.id.clone()),
-            AuditAction::Backup,
-            id.as_str(),
-        )
-        .source(source.0.clone()),
+        by_person(None, &user.id, &source, AuditAction::Backup, id.as_str()),
     )
     .await;
     Ok(HttpResponse::Accepted().json(json!({"started": true, "job_id": id})))

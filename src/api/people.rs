@@ -12,11 +12,11 @@
 //! is asking and maps the outcome to HTTP.
 
 use super::access::{field, person, tenant_for};
-use super::audit::{Console, ConsoleChange, Source, record};
+use super::audit::{Console, ConsoleChange, Source, by_person, on_own_account, record};
 use super::error::{ApiError, path_id, required_json};
 use super::session::{COOKIE, person_json, sha256_hex, sign_in};
 use crate::api::state::AppState;
-use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
+use crate::domain::audit::{Actor, AuditAction};
 use crate::domain::user::{Email, Invitation, NewUser, PasswordHash, Role};
 use crate::domain::{InvitationId, Timestamp, UserId};
 use crate::error::Code;
@@ -104,13 +104,13 @@ pub async fn setup(
     };
     record(
         &state,
-        NewAuditEntry::new(
+        by_person(
             None,
-            Actor::User(created.id.clone()),
+            &created.id,
+            &source,
             AuditAction::UserCreate,
             created.id.as_str(),
         )
-        .source(source.0.clone())
         .after(json!({"email": created.email, "role": created.role, "via": "setup"})),
     )
     .await;
@@ -149,13 +149,7 @@ pub async fn change_password(
     run_blocking(move || store.set_user_password(&id, &new, keep.as_deref())).await?;
     record(
         &state,
-        NewAuditEntry::new(
-            user.tenant_id.clone(),
-            Actor::User(user.id.clone()),
-            AuditAction::UserPasswordChange,
-            user.id.as_str(),
-        )
-        .source(source.0.clone()),
+        on_own_account(&user, &source, AuditAction::UserPasswordChange),
     )
     .await;
     Ok(HttpResponse::Ok().json(json!({"changed": true})))
@@ -260,13 +254,13 @@ pub async fn invite(
     })?;
     record(
         &state,
-        NewAuditEntry::new(
+        by_person(
             Some(tenant),
-            Actor::User(user.id.clone()),
+            &user.id,
+            &source,
             AuditAction::UserInvite,
             inv.id.as_str(),
         )
-        .source(source.0.clone())
         .after(json!({"email": inv.email, "role": inv.role})),
     )
     .await;
@@ -333,13 +327,13 @@ pub async fn accept(
     })?;
     record(
         &state,
-        NewAuditEntry::new(
+        by_person(
             Some(inv.tenant_id.clone()),
-            Actor::User(user.id.clone()),
+            &user.id,
+            &source,
             AuditAction::UserCreate,
             user.id.as_str(),
         )
-        .source(source.0.clone())
         .after(json!({"email": user.email, "role": user.role, "invitation": inv.id})),
     )
     .await;

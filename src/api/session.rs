@@ -6,10 +6,10 @@
 //! are throttled per email and per address. Sign-in and sign-out are audited. Sign-in with
 //! the identity provider (`api::oidc`) starts its sessions here too ([`start_session`]).
 
-use super::audit::{Console, ConsoleChange, Source, record};
+use super::audit::{Console, ConsoleChange, Source, on_own_account, record};
 use super::error::{ApiError, required_json};
 use crate::api::state::AppState;
-use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
+use crate::domain::audit::AuditAction;
 use crate::domain::user::{Email, NewSession, PasswordHash, User};
 use crate::domain::{SessionId, Timestamp};
 use crate::error::Code;
@@ -216,13 +216,7 @@ pub async fn start_session(
     };
     let store = state.store.clone();
     run_blocking(move || store.create_session(&session)).await?;
-    let mut entry = NewAuditEntry::new(
-        user.tenant_id.clone(),
-        Actor::User(user.id.clone()),
-        AuditAction::UserSignIn,
-        user.id.as_str(),
-    )
-    .source(source.0.clone());
+    let mut entry = on_own_account(user, source, AuditAction::UserSignIn);
     if let Some(via) = via {
         entry = entry.after(json!({ "via": via }));
     }
@@ -309,13 +303,7 @@ pub async fn logout((state, req, source): ConsoleChange) -> Result<HttpResponse,
     run_blocking(move || store.delete_session(&hash)).await?;
     record(
         &state,
-        NewAuditEntry::new(
-            user.tenant_id.clone(),
-            Actor::User(user.id.clone()),
-            AuditAction::UserSignOut,
-            user.id.as_str(),
-        )
-        .source(source.0.clone()),
+        on_own_account(&user, &source, AuditAction::UserSignOut),
     )
     .await;
     let mut gone = Cookie::build(COOKIE, "").path("/").http_only(true).finish();
