@@ -174,12 +174,11 @@ async fn people_manager(
 #[get("/api/users")]
 pub async fn list_users((state, req): Console) -> Result<HttpResponse, ApiError> {
     let (_, tenant) = people_manager(&state, &req).await?;
-    let store = state.store.clone();
-    let t = tenant.clone();
-    let (users, invitations) = run_blocking(move || {
-        Ok::<_, StoreError>((store.list_users(Some(&t))?, store.list_invitations(&t)?))
-    })
-    .await?;
+    let (users, invitations) = state
+        .with_tenant(&tenant, move |store, t| {
+            Ok::<_, StoreError>((store.list_users(Some(t))?, store.list_invitations(t)?))
+        })
+        .await?;
     let now = Timestamp::now();
     Ok(HttpResponse::Ok().json(json!({
         "data": users.iter().map(person_json).collect::<Vec<_>>(),
@@ -290,9 +289,9 @@ pub async fn get_invitation(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let inv = open_invitation(&state, &path).await?;
-    let store = state.store.clone();
-    let t = inv.tenant_id.clone();
-    let tenant = run_blocking(move || store.get_tenant(&t)).await?;
+    let tenant = state
+        .with_tenant(&inv.tenant_id, move |store, t| store.get_tenant(t))
+        .await?;
     Ok(HttpResponse::Ok().json(json!({
         "email": inv.email, "role": inv.role, "expires_at": inv.expires_at,
         "tenant": {"id": tenant.id, "name": tenant.name},
