@@ -26,10 +26,6 @@ fn incident_id(raw: &str) -> Result<IncidentId, ApiError> {
     path_id("incident", raw, IncidentId::parse)
 }
 
-fn actor(caller: &Caller) -> String {
-    caller.label()
-}
-
 /// An incident as answered: its fields, and `assignee_email` when the assignee is a
 /// person known by id.
 fn incident_json(incident: &Incident, people: &People) -> Result<Value, ApiError> {
@@ -276,7 +272,7 @@ async fn apply_change(
     let id = incident_id(raw_id)?;
     let store = state.store.clone();
     let tenant = caller.tenant_id.clone();
-    let who = actor(caller);
+    let who = caller.label();
     let action = match &change {
         Change::Acknowledge => AuditAction::IncidentAck,
         Change::Resolve => AuditAction::IncidentResolve,
@@ -475,7 +471,7 @@ pub async fn merge(
         )
         .param("from"));
     }
-    let who = actor(&caller);
+    let who = caller.label();
     let merged = state
         .with_tenant(&caller.tenant_id, move |store, tenant| {
             let merged = store.merge_incidents(

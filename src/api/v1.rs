@@ -118,114 +118,114 @@ fn audit_action(action: FreezeAction) -> AuditAction {
     }
 }
 
-async fn tenant_switch(
-    (state, caller, source): AdminAction,
-    raw: web::Bytes,
-    action: FreezeAction,
-) -> Result<HttpResponse, ApiError> {
-    let body = optional_json::<FreezeBody>(&raw)?;
-    let tenant = target_tenant(
-        &caller.0.tenant_id,
-        body.as_ref().and_then(|b| b.tenant_id.as_deref()),
-    )?;
-    let reason = reason_of(&body, action)?;
-    let actor = caller.0.label();
-    let current = state.proxy.guard.killswitch().tenant_status(&tenant).tenant;
-    check_owner(&state, &caller.0, current.as_ref(), "the tenant").await?;
-    let was_frozen = current.is_some();
-    let event = killswitch::set(&state.proxy, &tenant, None, action, &actor, &reason).await?;
-    record(
-        &state,
-        by_key(&caller.0, &source, audit_action(action), tenant.as_str())
-            .before(json!({"frozen": was_frozen}))
-            .after(json!({"frozen": action == FreezeAction::Freeze, "reason": reason, "event_id": event.id})),
-    )
-    .await;
-    Ok(HttpResponse::Ok().json(
-        json!({"tenant_id": tenant, "frozen": action == FreezeAction::Freeze, "event": event}),
-    ))
+/// What a kill-switch request freezes or unfreezes: the whole tenant, or one of its keys.
+#[derive(Clone, Copy)]
+enum Switch {
+    Tenant,
+    Key,
 }
 
-async fn key_switch(
-    (state, caller, source): AdminAction,
+async fn switch(
+    (state, AdminKey(caller), source): AdminAction,
     raw: web::Bytes,
+    switch: Switch,
     action: FreezeAction,
 ) -> Result<HttpResponse, ApiError> {
     let body = optional_json::<FreezeBody>(&raw)?;
     let tenant = target_tenant(
-        &caller.0.tenant_id,
+        &caller.tenant_id,
         body.as_ref().and_then(|b| b.tenant_id.as_deref()),
     )?;
-    let key_text = body
-        .as_ref()
-        .and_then(|b| b.key_id.as_deref())
-        .ok_or_else(|| {
-            ApiError::new(
-                Code::InvalidKeyId,
-                "send the key to act on as {\"key_id\": \"key_…\", \"reason\": \"…\"}",
-            )
-        })?;
-    let key_id = KeyId::parse(key_text).map_err(|e| ApiError::new(Code::InvalidKeyId, e.0))?;
+    let key_id = match switch {
+        Switch::Tenant => None,
+        Switch::Key => {
+            let key_text = body
+                .as_ref()
+                .and_then(|b| b.key_id.as_deref())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        Code::InvalidKeyId,
+                        "send the key to act on as {\"key_id\": \"key_…\", \"reason\": \"…\"}",
+                    )
+                })?;
+            Some(KeyId::parse(key_text).map_err(|e| ApiError::new(Code::InvalidKeyId, e.0))?)
+        }
+    };
     let reason = reason_of(&body, action)?;
-    // The key must belong to the tenant: another tenant's key is simply not found.
-    let store = state.store.clone();
-    let (t, k) = (tenant.clone(), key_id.clone());
-    run_blocking(move || store.get_api_key(Some(&t), &k))
-        .await
-        .map_err(|e| match e {
-            crate::store::StoreError::NotFound => {
-                ApiError::not_found(format!("no key {key_id} in this tenant"))
-            }
-            other => other.into(),
-        })?;
-    let actor = caller.0.label();
-    let current = state
-        .proxy
-        .guard
-        .killswitch()
-        .tenant_status(&tenant)
-        .keys
-        .into_iter()
-        .find_map(|(k, by)| (k == key_id).then_some(by));
-    check_owner(&state, &caller.0, current.as_ref(), "the key").await?;
+    let current = match &key_id {
+        None => state.proxy.guard.killswitch().tenant_status(&tenant).tenant,
+        Some(key_id) => {
+            // The key must belong to the tenant: another tenant's key is simply not found.
+            let store = state.store.clone();
+            let (t, k) = (tenant.clone(), key_id.clone());
+            run_blocking(move || store.get_api_key(Some(&t), &k))
+                .await
+                .map_err(|e| match e {
+                    crate::store::StoreError::NotFound => {
+                        ApiError::not_found(format!("no key {key_id} in this tenant"))
+                    }
+                    other => other.into(),
+                })?;
+            state
+                .proxy
+                .guard
+                .killswitch()
+                .tenant_status(&tenant)
+                .keys
+                .into_iter()
+                .find_map(|(k, by)| (&k == key_id).then_some(by))
+        }
+    };
+    let what = match switch {
+        Switch::Tenant => "the tenant",
+        Switch::Key => "the key",
+    };
+    check_owner(&state, &caller, current.as_ref(), what).await?;
     let was_frozen = current.is_some();
+    let frozen = action == FreezeAction::Freeze;
     let event = killswitch::set(
         &state.proxy,
         &tenant,
-        Some(&key_id),
+        key_id.as_ref(),
         action,
-        &actor,
+        &caller.label(),
         &reason,
     )
     .await?;
+    let target = key_id.as_ref().map_or(tenant.as_str(), KeyId::as_str);
     record(
         &state,
-        by_key(&caller.0, &source, audit_action(action), key_id.as_str())
+        by_key(&caller, &source, audit_action(action), target)
             .before(json!({"frozen": was_frozen}))
-            .after(json!({"frozen": action == FreezeAction::Freeze, "reason": reason, "event_id": event.id})),
+            .after(json!({"frozen": frozen, "reason": reason, "event_id": event.id})),
     )
     .await;
-    Ok(HttpResponse::Ok().json(json!({"tenant_id": tenant, "key_id": key_id, "frozen": action == FreezeAction::Freeze, "event": event})))
+    Ok(HttpResponse::Ok().json(match key_id {
+        None => json!({"tenant_id": tenant, "frozen": frozen, "event": event}),
+        Some(key_id) => {
+            json!({"tenant_id": tenant, "key_id": key_id, "frozen": frozen, "event": event})
+        }
+    }))
 }
 
 #[post("/v1/killswitch/tenant")]
 pub async fn freeze_tenant(on: AdminAction, raw: web::Bytes) -> Result<HttpResponse, ApiError> {
-    tenant_switch(on, raw, FreezeAction::Freeze).await
+    switch(on, raw, Switch::Tenant, FreezeAction::Freeze).await
 }
 
 #[delete("/v1/killswitch/tenant")]
 pub async fn unfreeze_tenant(on: AdminAction, raw: web::Bytes) -> Result<HttpResponse, ApiError> {
-    tenant_switch(on, raw, FreezeAction::Unfreeze).await
+    switch(on, raw, Switch::Tenant, FreezeAction::Unfreeze).await
 }
 
 #[post("/v1/killswitch/key")]
 pub async fn freeze_key(on: AdminAction, raw: web::Bytes) -> Result<HttpResponse, ApiError> {
-    key_switch(on, raw, FreezeAction::Freeze).await
+    switch(on, raw, Switch::Key, FreezeAction::Freeze).await
 }
 
 #[delete("/v1/killswitch/key")]
 pub async fn unfreeze_key(on: AdminAction, raw: web::Bytes) -> Result<HttpResponse, ApiError> {
-    key_switch(on, raw, FreezeAction::Unfreeze).await
+    switch(on, raw, Switch::Key, FreezeAction::Unfreeze).await
 }
 
 /// Freeze state of the caller's tenant and its keys, with the recent history.
