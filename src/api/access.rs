@@ -8,7 +8,6 @@ use crate::api::state::AppState;
 use crate::domain::TenantId;
 use crate::domain::user::{Role, User};
 use crate::error::Code;
-use crate::store::run_blocking;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{Method, Uri};
@@ -112,9 +111,8 @@ pub async fn tenant_for(
             )
         })?;
     let id = TenantId::parse(raw).map_err(|_| ApiError::not_found(format!("no tenant {raw}")))?;
-    let store = state.store.clone();
-    let t = id.clone();
-    run_blocking(move || store.get_tenant(&t))
+    state
+        .with_tenant(&id, move |store, t| store.get_tenant(t))
         .await
         .map_err(super::error::missing("tenant", raw))?;
     Ok(id)

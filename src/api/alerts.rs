@@ -5,15 +5,15 @@
 
 use super::audit::record;
 use super::auth::by_key;
-use super::auth::{AdminAction, AdminKey};
-use super::error::{ApiError, missing};
+use super::auth::{AdminAction, AdminCall, AdminKey};
+use super::error::{ApiError, missing, path_id};
 use crate::api::state::AppState;
 use crate::domain::alert::{
     self, AlertRoute, DEFAULT_GROUP_WAIT_MS, DEFAULT_REPEAT_INTERVAL_MS, MAX_GROUP_WAIT_MS,
     MAX_REPEAT_INTERVAL_MS, MIN_REPEAT_INTERVAL_MS, Reason, RouteKind,
 };
 use crate::domain::audit::AuditAction;
-use crate::domain::{AlertRouteId, Severity, Timestamp};
+use crate::domain::{AlertRouteId, Severity, TenantId, Timestamp};
 use crate::error::Code;
 use crate::incidents::alerts::{Delivery, check_route_url};
 use crate::store::{StoreError, run_blocking};
@@ -25,15 +25,27 @@ const MAX_NAME: usize = 200;
 const MAX_SECRET: usize = 512;
 const MAX_ROUTES: usize = 50;
 
-fn route_id(raw: &str) -> Result<AlertRouteId, ApiError> {
-    AlertRouteId::parse(raw).map_err(|_| ApiError::not_found(format!("no alert route {raw}")))
+fn no_route(raw: &str) -> ApiError {
+    ApiError::not_found(format!("no alert route {raw}"))
+}
+
+/// The tenant's route of the id `raw`: 404 when it has none such (or `raw` is no id).
+async fn load_route(
+    state: &AppState,
+    tenant: &TenantId,
+    raw: &str,
+) -> Result<AlertRoute, ApiError> {
+    let id = path_id("alert route", raw, AlertRouteId::parse)?;
+    state
+        .with_tenant(tenant, move |store, tenant| {
+            store.get_alert_route(tenant, &id)
+        })
+        .await
+        .map_err(missing("alert route", raw))
 }
 
 #[get("/v1/alerts/routes")]
-pub async fn list_routes(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-) -> Result<HttpResponse, ApiError> {
+pub async fn list_routes((state, AdminKey(caller)): AdminCall) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
     let routes = run_blocking(move || store.list_alert_routes(&caller.tenant_id)).await?;
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": routes})))
@@ -236,15 +248,9 @@ pub async fn update_route(
     path: web::Path<String>,
     body: web::Json<RoutePatch>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = route_id(&path)?;
+    let mut route = load_route(&state, &caller.tenant_id, &path).await?;
     let b = body.into_inner();
     let invalid = |m: String| ApiError::new(Code::InvalidRoute, m);
-    let mut route = state
-        .with_tenant(&caller.tenant_id, move |store, tenant| {
-            store.get_alert_route(tenant, &id)
-        })
-        .await
-        .map_err(missing("alert route", &path))?;
     let before = serde_json::to_value(&route).map_err(ApiError::internal)?;
     if let Some(kind) = &b.kind
         && RouteKind::parse(kind).map_err(|e| invalid(e.0))? != route.kind
@@ -308,10 +314,7 @@ pub async fn update_route(
     let to_store = route.clone();
     let updated = run_blocking(move || store.update_alert_route(&to_store)).await?;
     if !updated {
-        return Err(ApiError::not_found(format!(
-            "no alert route {}",
-            path.as_str()
-        )));
+        return Err(no_route(&path));
     }
     record(
         &state,
@@ -333,7 +336,7 @@ pub async fn delete_route(
     (state, AdminKey(caller), source): AdminAction,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = route_id(&path)?;
+    let id = path_id("alert route", &path, AlertRouteId::parse)?;
     let before = state
         .with_tenant(&caller.tenant_id, move |store, tenant| {
             let before = match store.get_alert_route(tenant, &id) {
@@ -346,10 +349,7 @@ pub async fn delete_route(
         })
         .await?;
     let Some(before) = before else {
-        return Err(ApiError::not_found(format!(
-            "no alert route {}",
-            path.as_str()
-        )));
+        return Err(no_route(&path));
     };
     record(
         &state,
@@ -368,17 +368,10 @@ pub async fn delete_route(
 /// Queues a test alert through the route; answers 202 with the delivery job's id.
 #[post("/v1/alerts/routes/{id}/test")]
 pub async fn test_route(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = route_id(&path)?;
-    let route = state
-        .with_tenant(&caller.tenant_id, move |store, tenant| {
-            store.get_alert_route(tenant, &id)
-        })
-        .await
-        .map_err(missing("alert route", &path))?;
+    let route = load_route(&state, &caller.tenant_id, &path).await?;
     let now = Timestamp::now();
     let delivery = Delivery {
         route_id: route.id.to_string(),

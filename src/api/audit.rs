@@ -3,10 +3,20 @@
 
 use super::error::ApiError;
 use crate::api::state::AppState;
-use crate::domain::audit::NewAuditEntry;
+use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
+use crate::domain::user::User;
+use crate::domain::{TenantId, UserId};
 use crate::store::run_blocking;
-use actix_web::{FromRequest, HttpRequest, dev::Payload};
+use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 use std::future::{Ready, ready};
+
+/// What a console handler takes first: the state, and the request whose signed-in person
+/// it checks.
+pub type Console = (web::Data<AppState>, HttpRequest);
+
+/// What a console handler of a change takes first: [`Console`] and where the request came
+/// from, for the audit log.
+pub type ConsoleChange = (web::Data<AppState>, HttpRequest, Source);
 
 /// The client's address as the audit log and the sign-in throttle see it: the TCP peer, or
 /// behind a reverse proxy listed in `trusted_proxies` the address that proxy forwarded
@@ -40,6 +50,29 @@ pub fn client_ip(req: &actix_web::HttpRequest) -> Option<std::net::IpAddr> {
         .filter_map(|v| v.to_str().ok())
         .collect();
     Some(trusted.client(peer, &forwarded))
+}
+
+/// An entry for an action of a signed-in person on `tenant` (`None`: on the instance).
+pub fn by_person(
+    tenant: Option<TenantId>,
+    person: &UserId,
+    source: &Source,
+    action: AuditAction,
+    target: impl Into<String>,
+) -> NewAuditEntry {
+    NewAuditEntry::new(tenant, Actor::User(person.clone()), action, target).source(source.0.clone())
+}
+
+/// An entry for what a signed-in person did to their own account (signing in or out, a
+/// new password): on their tenant, with them as both actor and target.
+pub fn on_own_account(user: &User, source: &Source, action: AuditAction) -> NewAuditEntry {
+    by_person(
+        user.tenant_id.clone(),
+        &user.id,
+        source,
+        action,
+        user.id.as_str(),
+    )
 }
 
 /// Appends an entry on the blocking pool. A failure is logged (see

@@ -1,17 +1,17 @@
 //! Reading the audit log: `GET /v1/audit` (and the console's `/api/audit`), filtered, paged
 //! by cursor, as JSON or CSV, with people named by email.
 
-use super::auth::AdminKey;
+use super::auth::{AdminCall, AdminKey};
 use super::error::ApiError;
+use super::page;
 use super::v1::{query_time, query_value};
-use crate::api::state::AppState;
+use crate::domain::ParseError;
 use crate::domain::audit::{AuditAction, AuditEntry, AuditFilter};
 use crate::error::Code;
 use crate::incidents::timeline::People;
 use crate::store::run_blocking;
 use actix_web::{HttpResponse, get, web};
 use serde::Deserialize;
-use serde_json::json;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,32 +25,16 @@ pub struct AuditQuery {
     format: Option<String>,
 }
 
-/// `format`: `json` (or none) or `csv`; anything else is 400.
-pub(crate) fn wants_csv(format: Option<&str>) -> Result<bool, ApiError> {
-    match format {
-        None | Some("json") => Ok(false),
-        Some("csv") => Ok(true),
-        Some(other) => Err(ApiError::new(
-            Code::InvalidQuery,
-            format!(
-                "unknown format '{}': use json or csv",
-                other.chars().take(32).collect::<String>()
-            ),
-        )),
-    }
-}
-
 /// The tenant's audit entries, newest first, with filters and a cursor; `format=csv`
 /// gives the page as CSV with a header row.
 #[get("/v1/audit")]
 pub async fn list(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
     q: web::Query<AuditQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
     let bad = |m: String| ApiError::new(Code::InvalidQuery, m);
-    let csv = wants_csv(q.format.as_deref())?;
+    let csv = page::wants_csv(q.format.as_deref())?;
     let store = state.store.clone();
     let tenant = caller.tenant_id.clone();
     let actor = q
@@ -80,18 +64,13 @@ pub async fn list(
         since: query_time("since", q.since.as_deref())?,
         until: query_time("until", q.until.as_deref())?,
     };
-    let before = q
-        .cursor
-        .as_deref()
-        .map(|c| {
-            c.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| {
-                ApiError::new(
-                    Code::InvalidCursor,
-                    "the cursor is not one this API gave out: pass next_cursor from the previous page unchanged",
-                )
-            })
+    let before = page::cursor(q.cursor.as_deref(), |c| {
+        c.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| {
+            ParseError::new(
+                "the cursor is not one this API gave out: pass next_cursor from the previous page unchanged",
+            )
         })
-        .transpose()?;
+    })?;
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     let (entries, people) = run_blocking(move || {
         let entries = store.list_audit(Some(&tenant), &filter, before, limit)?;
@@ -109,15 +88,14 @@ pub async fn list(
         Ok::<_, crate::store::StoreError>((entries, people))
     })
     .await?;
-    let next_cursor = (entries.len() == limit as usize)
-        .then(|| entries.last().map(|e| e.seq.to_string()))
-        .flatten();
+    let next_cursor = page::next_cursor(&entries, limit, |e| e.seq.to_string());
     if csv {
-        return Ok(HttpResponse::Ok()
-            .content_type("text/csv; charset=utf-8")
-            .insert_header(("Content-Disposition", "attachment; filename=\"audit.csv\""))
-            .insert_header(("X-Next-Cursor", next_cursor.unwrap_or_default()))
-            .body(to_csv(&entries, &people)));
+        return Ok(page::csv_page(
+            "audit.csv",
+            CSV_HEADER,
+            entries.iter().map(|e| csv_row(e, &people)),
+            next_cursor,
+        ));
     }
     let data = entries
         .iter()
@@ -131,10 +109,7 @@ pub async fn list(
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(
-        HttpResponse::Ok()
-            .json(json!({"object": "list", "data": data, "next_cursor": next_cursor})),
-    )
+    Ok(page::json_page(data, next_cursor))
 }
 
 /// The person who made an entry, if a person did.
@@ -154,68 +129,28 @@ fn actor_email<'a>(e: &AuditEntry, people: &'a People) -> Option<&'a str> {
 /// acted on (reading aids, outside the chain) last.
 const CSV_HEADER: &str = "id,seq,at,tenant_id,actor_kind,actor_id,action,target,source,before,after,prev_hash,hash,actor_email,target_email";
 
-/// RFC 4180: a field with a comma, quote, CR or LF is quoted, quotes doubled. A field that
-/// a spreadsheet would run as a formula (`= + - @`, tab, CR) gets a leading `'`.
-fn csv_field(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{s}")
-    } else {
-        s.to_owned()
-    };
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s
-    }
-}
-
-fn to_csv(entries: &[AuditEntry], people: &People) -> String {
-    let mut out = String::from(CSV_HEADER);
-    out.push_str("\r\n");
-    for e in entries {
-        let json =
-            |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string()).unwrap_or_default();
-        let fields = [
-            e.id.to_string(),
-            e.seq.to_string(),
-            e.at.to_rfc3339(),
-            e.tenant_id
-                .as_ref()
-                .map(|t| t.to_string())
-                .unwrap_or_default(),
-            e.actor_kind.clone(),
-            e.actor_id.clone(),
-            e.action.clone(),
-            e.target.clone(),
-            e.source.clone().unwrap_or_default(),
-            json(&e.before),
-            json(&e.after),
-            e.prev_hash.clone(),
-            e.hash.clone(),
-            actor_email(e, people).unwrap_or_default().to_owned(),
-            people.email(&e.target).unwrap_or_default().to_owned(),
-        ];
-        let row: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
-        out.push_str(&row.join(","));
-        out.push_str("\r\n");
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn csv_fields_are_quoted_only_when_needed_and_formulas_are_defused() {
-        assert_eq!(csv_field("plain"), "plain");
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
-        assert_eq!(csv_field("=1+1"), "'=1+1");
-        assert_eq!(
-            csv_field("{\"a\":1,\"b\":2}"),
-            "\"{\"\"a\"\":1,\"\"b\"\":2}\""
-        );
-    }
+/// An entry's fields as a CSV row, in the order of [`CSV_HEADER`].
+fn csv_row(e: &AuditEntry, people: &People) -> [String; 15] {
+    let json =
+        |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string()).unwrap_or_default();
+    [
+        e.id.to_string(),
+        e.seq.to_string(),
+        e.at.to_rfc3339(),
+        e.tenant_id
+            .as_ref()
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+        e.actor_kind.clone(),
+        e.actor_id.clone(),
+        e.action.clone(),
+        e.target.clone(),
+        e.source.clone().unwrap_or_default(),
+        json(&e.before),
+        json(&e.after),
+        e.prev_hash.clone(),
+        e.hash.clone(),
+        actor_email(e, people).unwrap_or_default().to_owned(),
+        people.email(&e.target).unwrap_or_default().to_owned(),
+    ]
 }

@@ -149,6 +149,9 @@ pub struct ProxyKey(pub Caller);
 /// A valid key with admin scope.
 pub struct AdminKey(pub Caller);
 
+/// What a handler for an admin key takes first: the state and the key.
+pub type AdminCall = (actix_web::web::Data<super::state::AppState>, AdminKey);
+
 /// What a handler of an admin key's change takes: the state, the key, and where the
 /// request came from for the audit log.
 pub type AdminAction = (

@@ -10,6 +10,7 @@
 //! events) live here.
 
 use super::access::{TENANT_HEADER, field, person, role_not_allowed, tenant_for};
+use super::audit::{Console, ConsoleChange};
 use super::error::ApiError;
 use super::names::usd;
 use super::session::current;
@@ -32,16 +33,15 @@ const DAY: i64 = 24 * HOUR;
 async fn summary(state: &AppState, tenant: &TenantId) -> Result<Value, ApiError> {
     let now = Timestamp::now();
     let (day_start, _) = crate::guard::budget::period_starts(now);
-    let store = state.store.clone();
-    let t = tenant.clone();
-    let (counts, spend, stats) = run_blocking(move || {
-        Ok::<_, crate::store::StoreError>((
-            store.call_counts(&t, day_start)?,
-            store.spend_since(&t, day_start)?,
-            store.incident_stats(&t)?,
-        ))
-    })
-    .await?;
+    let (counts, spend, stats) = state
+        .with_tenant(tenant, move |store, t| {
+            Ok::<_, crate::store::StoreError>((
+                store.call_counts(t, day_start)?,
+                store.spend_since(t, day_start)?,
+                store.incident_stats(t)?,
+            ))
+        })
+        .await?;
     let freezes = state.proxy.guard.killswitch().tenant_status(tenant);
     let policy = state.proxy.guard.policy(tenant);
     let spent = state.proxy.guard.budgets().status(tenant, now);
@@ -183,31 +183,24 @@ fn saved_json(
 }
 
 #[get("/api/overview")]
-pub async fn overview(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
+pub async fn overview((state, req): Console) -> Result<HttpResponse, ApiError> {
     let (_, tenant) = reader(&state, &req).await?;
     let mut out = summary(&state, &tenant).await?;
     let now = Timestamp::now().millis();
     let hour_start = now - now.rem_euclid(HOUR);
     let day_start = now - now.rem_euclid(DAY);
-    let store = state.store.clone();
-    let t = tenant.clone();
-    let figures = run_blocking(move || {
+    let figures = state.with_tenant(&tenant, move |store, t| {
         Ok::<_, crate::store::StoreError>((
-            store.get_tenant(&t)?.name,
-            store.is_demo_tenant(&t)?,
-            store.call_series(&t, Timestamp::from_millis(hour_start - 23 * HOUR), HOUR, 24)?,
-            store.call_series(&t, Timestamp::from_millis(day_start - 6 * DAY), DAY, 7)?,
+            store.get_tenant(t)?.name,
+            store.is_demo_tenant(t)?,
+            store.call_series(t, Timestamp::from_millis(hour_start - 23 * HOUR), HOUR, 24)?,
+            store.call_series(t, Timestamp::from_millis(day_start - 6 * DAY), DAY, 7)?,
         ))
     });
     // The blocked calls of the month are read at the same time, on a connection of their
     // own; when they cannot be read the rest of the overview still shows.
     let since = Timestamp::from_millis(now - SAVED_DAYS * DAY);
-    let store = state.store.clone();
-    let t = tenant.clone();
-    let blocked = run_blocking(move || store.blocked_costs(&t, since));
+    let blocked = state.with_tenant(&tenant, move |store, t| store.blocked_costs(t, since));
     let (figures, blocked) = futures_util::join!(figures, blocked);
     let (name, demo, hours, days) = figures?;
     let saved = match blocked {
@@ -232,14 +225,15 @@ pub async fn overview(
 }
 
 #[get("/api/usage")]
-pub async fn usage(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub async fn usage((state, req): Console) -> Result<HttpResponse, ApiError> {
     let (_, tenant) = reader(&state, &req).await?;
     let now = Timestamp::now();
     let (_, month_start) = crate::guard::budget::period_starts(now);
-    let store = state.store.clone();
-    let t = tenant.clone();
-    let by_model =
-        run_blocking(move || store.usage_by(&t, month_start, None, UsageBy::Model, None)).await?;
+    let by_model = state
+        .with_tenant(&tenant, move |store, t| {
+            store.usage_by(t, month_start, None, UsageBy::Model, None)
+        })
+        .await?;
     let policy = state.proxy.guard.policy(&tenant);
     let spent = state.proxy.guard.budgets().status(&tenant, now);
     Ok(HttpResponse::Ok().json(json!({
@@ -285,8 +279,7 @@ const HISTORY_USERS: u32 = 100;
 /// (default the last 30 days, today included).
 #[get("/api/usage/history")]
 pub async fn usage_history(
-    state: web::Data<AppState>,
-    req: HttpRequest,
+    (state, req): Console,
     q: web::Query<HistoryQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (_, tenant) = reader(&state, &req).await?;
@@ -313,24 +306,17 @@ pub async fn usage_history(
             format!("the range spans {days} days; ask for at most {HISTORY_MAX_DAYS}"),
         ));
     }
-    let store = state.store.clone();
-    let t = tenant.clone();
     let (from, to) = (Timestamp::from_millis(since), Timestamp::from_millis(until));
-    let (by_day, by_key, by_user, keys) = run_blocking(move || {
-        Ok::<_, crate::store::StoreError>((
-            store.call_series(&t, from, DAY, u32::try_from(days).unwrap_or(0))?,
-            store.usage_by(&t, from, Some(to), UsageBy::Key, None)?,
-            store.usage_by(
-                &t,
-                from,
-                Some(to),
-                UsageBy::EndUser,
-                Some(HISTORY_USERS + 1),
-            )?,
-            store.list_api_keys(&t)?,
-        ))
-    })
-    .await?;
+    let (by_day, by_key, by_user, keys) = state
+        .with_tenant(&tenant, move |store, t| {
+            Ok::<_, crate::store::StoreError>((
+                store.call_series(t, from, DAY, u32::try_from(days).unwrap_or(0))?,
+                store.usage_by(t, from, Some(to), UsageBy::Key, None)?,
+                store.usage_by(t, from, Some(to), UsageBy::EndUser, Some(HISTORY_USERS + 1))?,
+                store.list_api_keys(t)?,
+            ))
+        })
+        .await?;
     let key_name = |id: &str| {
         keys.iter()
             .find(|k| k.id.as_str() == id)
@@ -398,21 +384,17 @@ fn frozen_keys(state: &AppState, tenant: &TenantId) -> Vec<crate::domain::KeyId>
 }
 
 #[get("/api/keys")]
-pub async fn list_keys(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
+pub async fn list_keys((state, req): Console) -> Result<HttpResponse, ApiError> {
     let (_, tenant) = reader(&state, &req).await?;
     let (day_start, _) = crate::guard::budget::period_starts(Timestamp::now());
-    let store = state.store.clone();
-    let t = tenant.clone();
-    let (keys, today) = run_blocking(move || {
-        Ok::<_, crate::store::StoreError>((
-            store.list_api_keys(&t)?,
-            store.usage_by(&t, day_start, None, UsageBy::Key, None)?,
-        ))
-    })
-    .await?;
+    let (keys, today) = state
+        .with_tenant(&tenant, move |store, t| {
+            Ok::<_, crate::store::StoreError>((
+                store.list_api_keys(t)?,
+                store.usage_by(t, day_start, None, UsageBy::Key, None)?,
+            ))
+        })
+        .await?;
     let frozen = frozen_keys(&state, &tenant);
     let data: Vec<Value> = keys
         .iter()
@@ -441,9 +423,7 @@ fn by_user(user: &crate::domain::User, source: super::audit::Source) -> crate::o
 
 #[actix_web::post("/api/keys")]
 pub async fn create_key(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    source: super::audit::Source,
+    (state, req, source): ConsoleChange,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let (user, tenant) = changer(&state, &req).await?;
@@ -472,14 +452,11 @@ pub async fn create_key(
 
 #[actix_web::post("/api/keys/{id}/revoke")]
 pub async fn revoke_key(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    source: super::audit::Source,
+    (state, req, source): ConsoleChange,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let (user, tenant) = changer(&state, &req).await?;
-    let id = crate::domain::KeyId::parse(&path)
-        .map_err(|_| ApiError::not_found(format!("no key {path}")))?;
+    let id = super::error::path_id("key", &path, crate::domain::KeyId::parse)?;
     let (store, by, t) = (state.store.clone(), by_user(&user, source), tenant.clone());
     let revoked =
         run_blocking(move || crate::ops::keys::revoke(store.as_ref(), Some(&t), &id, &by))
@@ -629,8 +606,7 @@ impl Watch {
 /// the operator) instance health. See docs/console-api.md.
 #[get("/api/events")]
 pub async fn events(
-    state: web::Data<AppState>,
-    req: HttpRequest,
+    (state, req): Console,
     query: web::Query<std::collections::HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
     let (user, token) = current(&state, &req).await?;

@@ -21,6 +21,38 @@ impl ResponseError for ApiError {
     }
 }
 
+/// A JSON request body that must be there: empty is a 400 `invalid_json` whose message
+/// says what to send.
+pub fn required_json<T: serde::de::DeserializeOwned>(
+    raw: &[u8],
+    what_to_send: &str,
+) -> Result<T, ApiError> {
+    optional_json(raw)?.ok_or_else(|| ApiError::new(Code::InvalidJson, what_to_send))
+}
+
+/// A JSON request body that must be there, where every 400 (malformed or empty) ends with
+/// `hint`, what to send.
+pub fn hinted_json<T: serde::de::DeserializeOwned>(raw: &[u8], hint: &str) -> Result<T, ApiError> {
+    optional_json(raw)
+        .map_err(|e| ApiError::new(Code::InvalidJson, format!("{}; {hint}", e.message)))?
+        .ok_or_else(|| {
+            ApiError::new(
+                Code::InvalidJson,
+                format!("the request body is empty; {hint}"),
+            )
+        })
+}
+
+/// The id of a `what` in a request's path. A malformed id cannot exist, in this tenant or
+/// any other: it is a 404 `no {what} {raw}`, like an id that is not found.
+pub fn path_id<T, E>(
+    what: &str,
+    raw: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, ApiError> {
+    parse(raw).map_err(|_| ApiError::not_found(format!("no {what} {raw}")))
+}
+
 pub fn json_error_handler(
     err: actix_web::error::JsonPayloadError,
     _req: &actix_web::HttpRequest,

@@ -5,8 +5,8 @@
 
 use super::audit::record;
 use super::auth::by_key;
-use super::auth::{AdminAction, AdminKey};
-use super::error::{ApiError, optional_json};
+use super::auth::{AdminAction, AdminCall, AdminKey};
+use super::error::{ApiError, hinted_json, path_id, required_json};
 use crate::api::state::AppState;
 use crate::domain::audit::AuditAction;
 use crate::domain::replay::ReplayMode;
@@ -26,14 +26,7 @@ struct ReplayBody {
 
 /// The `{"mode": "policy"|"upstream"}` body of a replay request; `hint` says what to send.
 pub(crate) fn replay_mode(raw: &[u8], hint: &str) -> Result<ReplayMode, ApiError> {
-    let body = optional_json::<ReplayBody>(raw)
-        .map_err(|e| ApiError::new(Code::InvalidJson, format!("{}; {hint}", e.message)))?
-        .ok_or_else(|| {
-            ApiError::new(
-                Code::InvalidJson,
-                format!("the request body is empty; {hint}"),
-            )
-        })?;
+    let body = hinted_json::<ReplayBody>(raw, hint)?;
     ReplayMode::parse(&body.mode).map_err(|e| ApiError::new(Code::InvalidMode, e.0))
 }
 
@@ -79,12 +72,11 @@ pub async fn replay(
 /// A replay's report as it was given back when the replay ran.
 #[get("/v1/replays/{id}")]
 pub async fn get_replay(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let raw = path.into_inner();
-    let id = ReplayId::parse(&raw).map_err(|_| ApiError::not_found(format!("no replay {raw}")))?;
+    let id = path_id("replay", &raw, ReplayId::parse)?;
     let record = state
         .with_tenant(&caller.tenant_id, move |store, tenant| {
             store.get_replay(tenant, &id)
@@ -105,17 +97,10 @@ struct IssueBody {
 fn subject_of(body: IssueBody) -> Result<Subject, ApiError> {
     let bad = |m: String| ApiError::new(Code::InvalidSubject, m);
     // A malformed id cannot exist: it reads as not found, like in the path of other endpoints.
-    let absent = |what: &str, id: &str| ApiError::not_found(format!("no {what} {id}"));
     match (body.call_id, body.replay_id, body.incident_id) {
-        (Some(c), None, None) => CallId::parse(&c)
-            .map(Subject::Call)
-            .map_err(|_| absent("call", &c)),
-        (None, Some(r), None) => ReplayId::parse(&r)
-            .map(Subject::Replay)
-            .map_err(|_| absent("replay", &r)),
-        (None, None, Some(i)) => IncidentId::parse(&i)
-            .map(Subject::Incident)
-            .map_err(|_| absent("incident", &i)),
+        (Some(c), None, None) => path_id("call", &c, CallId::parse).map(Subject::Call),
+        (None, Some(r), None) => path_id("replay", &r, ReplayId::parse).map(Subject::Replay),
+        (None, None, Some(i)) => path_id("incident", &i, IncidentId::parse).map(Subject::Incident),
         _ => Err(bad(
             "name exactly one thing to certify: {\"call_id\": \"call_…\"}, {\"replay_id\": \"rpl_…\"} or {\"incident_id\": \"inc_…\"}".into(),
         )),
@@ -127,12 +112,10 @@ pub async fn issue(
     (state, AdminKey(caller), source): AdminAction,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let body = optional_json::<IssueBody>(&raw)?.ok_or_else(|| {
-        ApiError::new(
-            Code::InvalidJson,
-            "the request body is empty; send {\"call_id\": …}, {\"replay_id\": …} or {\"incident_id\": …}",
-        )
-    })?;
+    let body = required_json::<IssueBody>(
+        &raw,
+        "the request body is empty; send {\"call_id\": …}, {\"replay_id\": …} or {\"incident_id\": …}",
+    )?;
     let subject = subject_of(body)?;
     let policy_version = crate::evidence::policy_version(&state.proxy.guard, &caller.tenant_id);
     let cert = certificates::issue(
@@ -175,8 +158,7 @@ async fn stored(
     tenant: Option<&crate::domain::TenantId>,
     raw_id: &str,
 ) -> Result<crate::store::StoredCertificate, ApiError> {
-    let not_found = || ApiError::not_found(format!("no certificate {raw_id}"));
-    let id = CertificateId::parse(raw_id).map_err(|_| not_found())?;
+    let id = path_id("certificate", raw_id, CertificateId::parse)?;
     let store = state.store.clone();
     let tenant = tenant.cloned();
     run_blocking(move || store.get_certificate(tenant.as_ref(), &id))
@@ -187,8 +169,7 @@ async fn stored(
 /// The certificate exactly as issued (save it as a file to verify it offline).
 #[get("/v1/certificates/{id}")]
 pub async fn get(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let row = stored(&state, Some(&caller.tenant_id), &path).await?;

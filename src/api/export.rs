@@ -5,7 +5,7 @@
 use super::audit::record;
 use super::auth::by_key;
 use super::auth::{AdminAction, AdminKey};
-use super::error::ApiError;
+use super::error::{ApiError, path_id};
 use crate::domain::IncidentId;
 use crate::domain::audit::AuditAction;
 use crate::error::Code;
@@ -33,9 +33,7 @@ pub async fn export(
     path: web::Path<String>,
     q: web::Query<ExportQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    // A malformed id cannot exist, in this tenant or any other: not found.
-    let id = IncidentId::parse(&path)
-        .map_err(|_| ApiError::not_found(format!("no incident {}", path.as_str())))?;
+    let id = path_id("incident", &path, IncidentId::parse)?;
     let format = ExportFormat::parse(q.format.as_deref().unwrap_or("json"))
         .map_err(|e| ApiError::new(Code::InvalidFormat, e.0))?;
     // Also the 404 for an incident of another tenant, before any task is queued.

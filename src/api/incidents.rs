@@ -3,8 +3,9 @@
 
 use super::audit::{Source, record};
 use super::auth::by_key;
-use super::auth::{AdminAction, AdminKey, Caller};
-use super::error::{ApiError, missing, optional_json};
+use super::auth::{AdminAction, AdminCall, AdminKey, Caller};
+use super::error::{ApiError, missing, optional_json, path_id};
+use super::page;
 use super::v1::{query_time, query_value};
 use crate::api::state::AppState;
 use crate::domain::audit::AuditAction;
@@ -22,12 +23,7 @@ use serde_json::{Value, json};
 const TIMELINE_SIGNALS: u32 = 200;
 
 fn incident_id(raw: &str) -> Result<IncidentId, ApiError> {
-    // A malformed id cannot exist, in this tenant or any other: not found.
-    IncidentId::parse(raw).map_err(|_| ApiError::not_found(format!("no incident {raw}")))
-}
-
-fn actor(caller: &Caller) -> String {
-    caller.label()
+    path_id("incident", raw, IncidentId::parse)
 }
 
 /// An incident as answered: its fields, and `assignee_email` when the assignee is a
@@ -65,8 +61,7 @@ pub struct IncidentQuery {
 
 #[get("/v1/incidents")]
 pub async fn list(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
     q: web::Query<IncidentQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
@@ -88,12 +83,7 @@ pub async fn list(
     if let Some(text) = q.q.as_deref() {
         merge_query(&mut filter, text)?;
     }
-    let cursor = q
-        .cursor
-        .as_deref()
-        .map(IncidentCursor::parse)
-        .transpose()
-        .map_err(|e| ApiError::new(Code::InvalidCursor, e.0))?;
+    let cursor = page::cursor(q.cursor.as_deref(), IncidentCursor::parse)?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let (list, people) = state
         .with_tenant(&caller.tenant_id, move |store, tenant| {
@@ -107,25 +97,18 @@ pub async fn list(
             Ok::<_, StoreError>((list, people))
         })
         .await?;
-    let next_cursor = (list.len() == limit as usize)
-        .then(|| {
-            list.last().map(|i| {
-                IncidentCursor {
-                    created_at: i.created_at,
-                    id: i.id.clone(),
-                }
-                .encode()
-            })
-        })
-        .flatten();
+    let next_cursor = page::next_cursor(&list, limit, |i| {
+        IncidentCursor {
+            created_at: i.created_at,
+            id: i.id.clone(),
+        }
+        .encode()
+    });
     let data = list
         .iter()
         .map(|i| incident_json(i, &people))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(
-        HttpResponse::Ok()
-            .json(json!({"object": "list", "data": data, "next_cursor": next_cursor})),
-    )
+    Ok(page::json_page(data, next_cursor))
 }
 
 /// Folds a typed query into the filter. A filter given both ways must agree; words and
@@ -166,10 +149,7 @@ fn merge_query(filter: &mut IncidentFilter, text: &str) -> Result<(), ApiError> 
 
 /// Counts by status and the mean times to acknowledge and to resolve.
 #[get("/v1/incidents/stats")]
-pub async fn stats(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-) -> Result<HttpResponse, ApiError> {
+pub async fn stats((state, AdminKey(caller)): AdminCall) -> Result<HttpResponse, ApiError> {
     let s = state
         .with_tenant(&caller.tenant_id, move |store, tenant| {
             store.incident_stats(tenant)
@@ -180,8 +160,7 @@ pub async fn stats(
 
 #[get("/v1/incidents/{id}")]
 pub async fn get(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = incident_id(&path)?;
@@ -212,8 +191,7 @@ pub async fn get(
 
 #[get("/v1/incidents/{id}/timeline")]
 pub async fn incident_timeline(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = incident_id(&path)?;
@@ -246,8 +224,7 @@ pub async fn incident_timeline(
 
 #[get("/v1/calls/{id}/timeline")]
 pub async fn call_timeline(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let call = super::v1::load_call(&state, &caller, &path).await?;
@@ -295,7 +272,7 @@ async fn apply_change(
     let id = incident_id(raw_id)?;
     let store = state.store.clone();
     let tenant = caller.tenant_id.clone();
-    let who = actor(caller);
+    let who = caller.label();
     let action = match &change {
         Change::Acknowledge => AuditAction::IncidentAck,
         Change::Resolve => AuditAction::IncidentResolve,
@@ -494,7 +471,7 @@ pub async fn merge(
         )
         .param("from"));
     }
-    let who = actor(&caller);
+    let who = caller.label();
     let merged = state
         .with_tenant(&caller.tenant_id, move |store, tenant| {
             let merged = store.merge_incidents(
@@ -644,8 +621,7 @@ struct SimulateBody {
 /// (made by `agv-server demo`): a real tenant's evidence is never mixed with made-up calls.
 #[post("/v1/demo/simulate-incident")]
 pub async fn simulate(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body: SimulateBody = optional_json(&raw)?.unwrap_or_default();

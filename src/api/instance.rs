@@ -11,17 +11,17 @@
 //! own upstream is theirs to point anywhere, so no allowlist applies (unlike tenants').
 
 use super::access::{field, operator};
-use super::audit::{Source, record};
+use super::audit::{Console, ConsoleChange, by_person, record};
 use super::error::{ApiError, optional_json};
 use crate::api::state::AppState;
-use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
+use crate::domain::audit::{Actor, AuditAction};
 use crate::domain::upstream_url::BaseUrl;
 use crate::domain::{CallFilter, Scope, TenantName, Timestamp};
 use crate::error::Code;
 use crate::proxy::install::{configured_upstream, install_instance_upstream};
 use crate::proxy::upstream::{UpstreamTarget, probe};
 use crate::store::{INSTANCE_UPSTREAM_REF, InstanceUpstreamRow, StoreError, run_blocking};
-use actix_web::{HttpRequest, HttpResponse, delete, get, post, put, web};
+use actix_web::{HttpResponse, delete, get, post, put, web};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -40,9 +40,7 @@ struct NewTenantBody {
 /// Creates a tenant, audited like the CLI's `tenant create` (instance-wide chain).
 #[post("/api/operator/tenants")]
 pub async fn create_tenant(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    source: Source,
+    (state, req, source): ConsoleChange,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let user = operator(&state, &req).await?;
@@ -124,10 +122,7 @@ async fn stored_row(state: &AppState) -> Result<Option<InstanceUpstreamRow>, Api
 }
 
 #[get("/api/operator/upstream")]
-pub async fn get_upstream(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
+pub async fn get_upstream((state, req): Console) -> Result<HttpResponse, ApiError> {
     operator(&state, &req).await?;
     let row = stored_row(&state).await?;
     Ok(HttpResponse::Ok().json(upstream_view(&state, row.as_ref())))
@@ -160,9 +155,7 @@ fn parse_key(raw: &str) -> Result<String, ApiError> {
 /// Sets the instance upstream; the proxy uses it for the next call.
 #[put("/api/operator/upstream")]
 pub async fn put_upstream(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    source: Source,
+    (state, req, source): ConsoleChange,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let user = operator(&state, &req).await?;
@@ -201,13 +194,13 @@ pub async fn put_upstream(
     let after = state.proxy.instance_upstream().primary().clone();
     record(
         &state,
-        NewAuditEntry::new(
+        by_person(
             None,
-            Actor::User(user.id),
+            &user.id,
+            &source,
             AuditAction::UpstreamUpdate,
             INSTANCE_UPSTREAM_REF,
         )
-        .source(source.0)
         .before(audit_view(
             &before,
             if had { "console" } else { "configuration" },
@@ -221,9 +214,7 @@ pub async fn put_upstream(
 /// Removes the console's upstream: the configured one applies again, at once.
 #[delete("/api/operator/upstream")]
 pub async fn delete_upstream(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    source: Source,
+    (state, req, source): ConsoleChange,
 ) -> Result<HttpResponse, ApiError> {
     let user = operator(&state, &req).await?;
     let before = state.proxy.instance_upstream().primary().clone();
@@ -236,13 +227,13 @@ pub async fn delete_upstream(
         let after = state.proxy.instance_upstream().primary().clone();
         record(
             &state,
-            NewAuditEntry::new(
+            by_person(
                 None,
-                Actor::User(user.id),
+                &user.id,
+                &source,
                 AuditAction::UpstreamDelete,
                 INSTANCE_UPSTREAM_REF,
             )
-            .source(source.0)
             .before(audit_view(&before, "console"))
             .after(audit_view(&after, "configuration")),
         )
@@ -254,10 +245,7 @@ pub async fn delete_upstream(
 /// "Test connection": `GET {base_url}/models` on the upstream in force, with its key.
 /// Always 200: whether the upstream answered is the answer (`ok`, `status`, `message`).
 #[post("/api/operator/upstream/test")]
-pub async fn test_upstream(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
+pub async fn test_upstream((state, req): Console) -> Result<HttpResponse, ApiError> {
     operator(&state, &req).await?;
     let target = state.proxy.instance_upstream().primary().clone();
     Ok(HttpResponse::Ok().json(probe(&target, PROBE_TIMEOUT).await))
@@ -307,10 +295,7 @@ fn cli_json(state: &AppState) -> Value {
 
 /// The first-run checklist (each step done or not) and the command-line prefix.
 #[get("/api/operator/setup")]
-pub async fn setup_state(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
+pub async fn setup_state((state, req): Console) -> Result<HttpResponse, ApiError> {
     operator(&state, &req).await?;
     let store = state.store.clone();
     let now = Timestamp::now();

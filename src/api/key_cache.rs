@@ -52,27 +52,26 @@ pub enum AuthFailure {
 
 impl From<AuthFailure> for ApiError {
     fn from(f: AuthFailure) -> Self {
-        match f {
-            AuthFailure::Missing => ApiError::new(
+        let (code, message) = match f {
+            AuthFailure::Missing => (
                 Code::MissingApiKey,
                 "No API key provided. Send your agv-server key as 'Authorization: Bearer agv_…' (create one with `agv-server key create --tenant ID`).",
             ),
-            AuthFailure::Malformed => ApiError::new(
+            AuthFailure::Malformed => (
                 Code::InvalidApiKey,
                 "Malformed API key: agv-server keys look like 'agv_' followed by 64 hex characters.",
             ),
-            AuthFailure::Unknown => {
-                ApiError::new(Code::InvalidApiKey, "Incorrect API key provided.")
-            }
-            AuthFailure::Revoked => ApiError::new(
+            AuthFailure::Unknown => (Code::InvalidApiKey, "Incorrect API key provided."),
+            AuthFailure::Revoked => (
                 Code::ApiKeyRevoked,
                 "This API key has been revoked; create a new one.",
             ),
-            AuthFailure::Expired => ApiError::new(
+            AuthFailure::Expired => (
                 Code::ApiKeyExpired,
                 "This API key has expired; use its replacement or create a new one.",
             ),
-        }
+        };
+        ApiError::new(code, message)
     }
 }
 

@@ -3,7 +3,7 @@
 //! No SQL and no business rules live here. Errors leave as [`crate::error::ApiError`],
 //! whose one table of codes fixes each status and OpenAI type; [`error`] turns it into a
 //! response. Files of this layer import each other in layers too: `error`, `names`,
-//! `key_cache`, `limits` and `state` at the bottom; then `session`, `audit`, `access`,
+//! `page`, `key_cache`, `limits` and `state` at the bottom; then `session`, `audit`, `access`,
 //! `auth` and `middleware`; the handlers on top.
 
 pub mod access;
@@ -26,6 +26,7 @@ pub mod names;
 pub mod oidc;
 pub mod openai;
 pub mod operator;
+pub mod page;
 pub mod people;
 pub mod session;
 pub mod state;

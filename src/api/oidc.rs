@@ -9,7 +9,7 @@
 //! sign-in's `state` rides in a SameSite=Lax cookie (the callback is a navigation from the
 //! provider's site, which a Strict cookie would not come back with), scoped to these paths.
 
-use super::audit::Source;
+use super::audit::{Console, ConsoleChange, Source};
 use super::session::start_session;
 use crate::api::state::AppState;
 use crate::config::Oidc;
@@ -47,7 +47,7 @@ pub async fn methods(state: web::Data<AppState>) -> HttpResponse {
 
 /// Sends the browser to the identity provider.
 #[get("/api/auth/oidc/start")]
-pub async fn start(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+pub async fn start((state, req): Console) -> HttpResponse {
     let Some(cfg) = state.settings.oidc.as_ref() else {
         return back_to_sign_in(NOT_SET_UP);
     };
@@ -71,11 +71,7 @@ pub async fn start(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse
 /// Back from the identity provider: checks the answer, signs the person in (making their
 /// account at the first sign-in) and sends the browser into the console.
 #[get("/api/auth/oidc/callback")]
-pub async fn callback(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    source: Source,
-) -> HttpResponse {
+pub async fn callback((state, req, source): ConsoleChange) -> HttpResponse {
     let query: HashMap<String, String> = url::form_urlencoded::parse(req.query_string().as_bytes())
         .into_owned()
         .collect();

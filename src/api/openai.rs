@@ -81,17 +81,15 @@ pub fn parse_json_object(raw: &[u8]) -> Result<serde_json::Value, ApiError> {
             "the request body is empty; send a JSON object",
         ));
     }
-    let value: serde_json::Value = serde_json::from_slice(raw).map_err(|e| {
-        ApiError::new(
-            Code::InvalidJson,
-            format!("the request body is not valid JSON: {e}"),
-        )
-    })?;
+    json_object(raw, Code::InvalidJson, "the request body")
+}
+
+/// `raw` as a JSON object; a failure is `code`, in words about `what` (the body, a header).
+fn json_object(raw: &[u8], code: Code, what: &str) -> Result<serde_json::Value, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(raw)
+        .map_err(|e| ApiError::new(code, format!("{what} is not valid JSON: {e}")))?;
     if !value.is_object() {
-        return Err(ApiError::new(
-            Code::InvalidJson,
-            "the request body must be a JSON object",
-        ));
+        return Err(ApiError::new(code, format!("{what} must be a JSON object")));
     }
     Ok(value)
 }
@@ -149,19 +147,11 @@ pub fn attribution(req: &HttpRequest, body: &serde_json::Value) -> Result<Attrib
                     format!("the x-agv-metadata header is larger than {MAX_METADATA_BYTES} bytes"),
                 ));
             }
-            let parsed: serde_json::Value = serde_json::from_slice(v.as_bytes()).map_err(|e| {
-                ApiError::new(
-                    Code::InvalidMetadata,
-                    format!("the x-agv-metadata header is not valid JSON: {e}"),
-                )
-            })?;
-            if !parsed.is_object() {
-                return Err(ApiError::new(
-                    Code::InvalidMetadata,
-                    "the x-agv-metadata header must be a JSON object",
-                ));
-            }
-            Some(parsed)
+            Some(json_object(
+                v.as_bytes(),
+                Code::InvalidMetadata,
+                "the x-agv-metadata header",
+            )?)
         }
     };
     Ok(Attribution {

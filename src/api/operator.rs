@@ -5,13 +5,13 @@
 //! the update state (is a newer signed release out?). It never installs an update: that stays with `agv-server update` or a new image.
 
 use super::access::{operator, tenant_for};
-use super::audit::{Source, record};
-use super::error::{ApiError, optional_json};
+use super::audit::{Console, ConsoleChange, by_person, record};
+use super::error::{ApiError, optional_json, path_id};
 use super::names::usd;
+use super::page;
 use super::v1::parse_time;
 use crate::api::state::AppState;
-use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
-use crate::domain::evidence_pack::csv_field;
+use crate::domain::audit::AuditAction;
 use crate::domain::incident::{IncidentFilter, IncidentStatus, Severity};
 use crate::domain::{CallCursor, TenantId, Timestamp};
 use crate::error::Code;
@@ -242,19 +242,13 @@ pub async fn health_json(state: &AppState) -> Result<Value, ApiError> {
 }
 
 #[get("/api/operator/health")]
-pub async fn health(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
+pub async fn health((state, req): Console) -> Result<HttpResponse, ApiError> {
     operator(&state, &req).await?;
     Ok(HttpResponse::Ok().json(health_json(&state).await?))
 }
 
 #[get("/api/operator/tenants")]
-pub async fn tenants(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
+pub async fn tenants((state, req): Console) -> Result<HttpResponse, ApiError> {
     operator(&state, &req).await?;
     let (day_start, _) = crate::guard::budget::period_starts(Timestamp::now());
     let store = state.store.clone();
@@ -318,8 +312,7 @@ async fn named_tenant(
 /// and how many incidents of each severity the status and tenant filters hold (`counts`).
 #[get("/api/operator/incidents")]
 pub async fn incidents(
-    state: web::Data<AppState>,
-    req: HttpRequest,
+    (state, req): Console,
     q: web::Query<StreamQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let user = operator(&state, &req).await?;
@@ -396,13 +389,12 @@ const ENFORCEMENT_CSV_HEADER: &str =
 /// `format=csv` gives the page as CSV (next cursor in `X-Next-Cursor`).
 #[get("/api/operator/enforcement")]
 pub async fn enforcement(
-    state: web::Data<AppState>,
-    req: HttpRequest,
+    (state, req): Console,
     q: web::Query<EnforcementQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let user = operator(&state, &req).await?;
     let q = q.into_inner();
-    let csv = super::audit_log::wants_csv(q.format.as_deref())?;
+    let csv = page::wants_csv(q.format.as_deref())?;
     let filter = BlockedFilter {
         tenant: named_tenant(&state, &req, &user, q.tenant).await?,
         policy: given(q.policy)
@@ -417,11 +409,7 @@ pub async fn enforcement(
             .map(|s| parse_time("until", &s))
             .transpose()?,
     };
-    let cursor = given(q.cursor)
-        .as_deref()
-        .map(CallCursor::decode)
-        .transpose()
-        .map_err(|e| ApiError::new(Code::InvalidCursor, e.0))?;
+    let cursor = page::cursor(given(q.cursor).as_deref(), CallCursor::decode)?;
     let limit = q
         .limit
         .unwrap_or(if csv { 1000 } else { 50 })
@@ -432,15 +420,11 @@ pub async fn enforcement(
         Ok::<_, StoreError>((rows, tenant_names(store.as_ref())?))
     })
     .await?;
-    let next_cursor = (rows.len() == limit as usize)
-        .then(|| rows.last().map(|r| r.cursor().encode()))
-        .flatten();
+    let next_cursor = page::next_cursor(&rows, limit, |r| r.cursor().encode());
     let tenant_name = |r: &BlockedCall| names.get(r.tenant_id.as_str()).cloned();
     if csv {
-        let mut out = String::from(ENFORCEMENT_CSV_HEADER);
-        out.push_str("\r\n");
-        for r in &rows {
-            let fields = [
+        let csv_row = |r: &BlockedCall| {
+            [
                 r.created_at.to_rfc3339(),
                 r.tenant_id.to_string(),
                 tenant_name(r).unwrap_or_default(),
@@ -451,19 +435,14 @@ pub async fn enforcement(
                 r.status.to_string(),
                 r.reason.clone().unwrap_or_default(),
                 r.id.to_string(),
-            ];
-            let row: Vec<_> = fields.iter().map(|f| csv_field(f)).collect();
-            out.push_str(&row.join(","));
-            out.push_str("\r\n");
-        }
-        return Ok(HttpResponse::Ok()
-            .content_type("text/csv; charset=utf-8")
-            .insert_header((
-                "Content-Disposition",
-                "attachment; filename=\"enforcement.csv\"",
-            ))
-            .insert_header(("X-Next-Cursor", next_cursor.unwrap_or_default()))
-            .body(out));
+            ]
+        };
+        return Ok(page::csv_page(
+            "enforcement.csv",
+            ENFORCEMENT_CSV_HEADER,
+            rows.iter().map(csv_row),
+            next_cursor,
+        ));
     }
     let data: Vec<Value> = rows
         .iter()
@@ -476,10 +455,7 @@ pub async fn enforcement(
             })
         })
         .collect();
-    Ok(
-        HttpResponse::Ok()
-            .json(json!({"object": "list", "data": data, "next_cursor": next_cursor})),
-    )
+    Ok(page::json_page(data, next_cursor))
 }
 
 fn running_backup(state: &AppState) -> Option<crate::jobs::queue::Job> {
@@ -493,10 +469,7 @@ fn running_backup(state: &AppState) -> Option<crate::jobs::queue::Job> {
 }
 
 #[get("/api/operator/backups")]
-pub async fn backups(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
+pub async fn backups((state, req): Console) -> Result<HttpResponse, ApiError> {
     operator(&state, &req).await?;
     let dir = state.settings.backup_dir.clone();
     let list = run_blocking(move || Ok::<_, StoreError>(backups_json(&dir))).await?;
@@ -512,11 +485,7 @@ pub async fn backups(
 }
 
 #[post("/api/operator/backups")]
-pub async fn backup_now(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    source: Source,
-) -> Result<HttpResponse, ApiError> {
+pub async fn backup_now((state, req, source): ConsoleChange) -> Result<HttpResponse, ApiError> {
     let user = operator(&state, &req).await?;
     if running_backup(&state).is_some() {
         return Err(ApiError::new(
@@ -537,13 +506,7 @@ pub async fn backup_now(
     }
     record(
         &state,
-        NewAuditEntry::new(
-            None,
-            Actor::User(user.id.clone()),
-            AuditAction::Backup,
-            id.as_str(),
-        )
-        .source(source.0.clone()),
+        by_person(None, &user.id, &source, AuditAction::Backup, id.as_str()),
     )
     .await;
     Ok(HttpResponse::Accepted().json(json!({"started": true, "job_id": id})))
@@ -557,8 +520,7 @@ struct VerifyBody {
 
 #[post("/api/operator/backups/verify")]
 pub async fn verify_backup(
-    state: web::Data<AppState>,
-    req: HttpRequest,
+    (state, req): Console,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     operator(&state, &req).await?;
@@ -597,7 +559,7 @@ pub async fn verify_backup(
 }
 
 #[get("/api/operator/jobs")]
-pub async fn jobs(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub async fn jobs((state, req): Console) -> Result<HttpResponse, ApiError> {
     operator(&state, &req).await?;
     let stats = state.queue.stats();
     let dead = state
@@ -615,10 +577,6 @@ pub async fn jobs(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRe
             "error": d.job.last_error, "created_at": d.job.created_at, "died_at": d.died_at,
         })).collect::<Vec<_>>(),
     })))
-}
-
-fn job_id(raw: &str) -> Result<JobId, ApiError> {
-    JobId::parse(raw).map_err(|_| ApiError::not_found(format!("no dead job {raw}")))
 }
 
 fn is_dead(state: &AppState, id: &JobId) -> Result<(), ApiError> {
@@ -641,7 +599,7 @@ async fn act_on_dead_job(
     retry: bool,
 ) -> Result<HttpResponse, ApiError> {
     operator(state, req).await?;
-    let id = job_id(raw)?;
+    let id = path_id("dead job", raw, JobId::parse)?;
     is_dead(state, &id)?;
     let (done, outcome) = if retry {
         (state.queue.retry_dead(&id), "retried")
@@ -654,8 +612,7 @@ async fn act_on_dead_job(
 
 #[post("/api/operator/jobs/{id}/retry")]
 pub async fn retry_job(
-    state: web::Data<AppState>,
-    req: HttpRequest,
+    (state, req): Console,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     act_on_dead_job(&state, &req, &path, true).await
@@ -663,8 +620,7 @@ pub async fn retry_job(
 
 #[delete("/api/operator/jobs/{id}")]
 pub async fn discard_job(
-    state: web::Data<AppState>,
-    req: HttpRequest,
+    (state, req): Console,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     act_on_dead_job(&state, &req, &path, false).await
@@ -709,19 +665,13 @@ async fn update_answer(
 
 /// Whether a newer signed release is out (checked at most hourly; see docs/console-api.md).
 #[get("/api/operator/update")]
-pub async fn update_state(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
+pub async fn update_state((state, req): Console) -> Result<HttpResponse, ApiError> {
     update_answer(&state, &req, false).await
 }
 
 /// "Check now": a fresh check, whatever the cache holds.
 #[post("/api/operator/update/check")]
-pub async fn update_check_now(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
+pub async fn update_check_now((state, req): Console) -> Result<HttpResponse, ApiError> {
     update_answer(&state, &req, true).await
 }
 

@@ -12,11 +12,11 @@
 //! is asking and maps the outcome to HTTP.
 
 use super::access::{field, person, tenant_for};
-use super::audit::{Source, record};
-use super::error::{ApiError, optional_json};
+use super::audit::{Console, ConsoleChange, Source, by_person, on_own_account, record};
+use super::error::{ApiError, path_id, required_json};
 use super::session::{COOKIE, person_json, sha256_hex, sign_in};
 use crate::api::state::AppState;
-use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
+use crate::domain::audit::{Actor, AuditAction};
 use crate::domain::user::{Email, Invitation, NewUser, PasswordHash, Role};
 use crate::domain::{InvitationId, Timestamp, UserId};
 use crate::error::Code;
@@ -60,17 +60,13 @@ struct SetupBody {
 
 #[post("/api/setup")]
 pub async fn setup(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    source: Source,
+    (state, req, source): ConsoleChange,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let body = optional_json::<SetupBody>(&raw)?.ok_or_else(|| {
-        ApiError::new(
-            Code::InvalidJson,
-            "send {\"token\": \"…\", \"email\": \"…\", \"password\": \"…\"}",
-        )
-    })?;
+    let body = required_json::<SetupBody>(
+        &raw,
+        "send {\"token\": \"…\", \"email\": \"…\", \"password\": \"…\"}",
+    )?;
     let email = email_field(&body.email)?;
     // Everything that costs nothing first: a password is hashed only for the one request
     // that holds the valid link of an instance not set up yet.
@@ -108,13 +104,13 @@ pub async fn setup(
     };
     record(
         &state,
-        NewAuditEntry::new(
+        by_person(
             None,
-            Actor::User(created.id.clone()),
+            &created.id,
+            &source,
             AuditAction::UserCreate,
             created.id.as_str(),
         )
-        .source(source.0.clone())
         .after(json!({"email": created.email, "role": created.role, "via": "setup"})),
     )
     .await;
@@ -130,18 +126,14 @@ struct PasswordBody {
 
 #[post("/api/auth/password")]
 pub async fn change_password(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    source: Source,
+    (state, req, source): ConsoleChange,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let user = person(&state, &req).await?;
-    let body = optional_json::<PasswordBody>(&raw)?.ok_or_else(|| {
-        ApiError::new(
-            Code::InvalidJson,
-            "send {\"current_password\": \"…\", \"new_password\": \"…\"}",
-        )
-    })?;
+    let body = required_json::<PasswordBody>(
+        &raw,
+        "send {\"current_password\": \"…\", \"new_password\": \"…\"}",
+    )?;
     let check = user.password.clone();
     let current_pw = body.current_password;
     if !super::session::password_work(move || Ok(check.verify(&current_pw))).await? {
@@ -157,13 +149,7 @@ pub async fn change_password(
     run_blocking(move || store.set_user_password(&id, &new, keep.as_deref())).await?;
     record(
         &state,
-        NewAuditEntry::new(
-            user.tenant_id.clone(),
-            Actor::User(user.id.clone()),
-            AuditAction::UserPasswordChange,
-            user.id.as_str(),
-        )
-        .source(source.0.clone()),
+        on_own_account(&user, &source, AuditAction::UserPasswordChange),
     )
     .await;
     Ok(HttpResponse::Ok().json(json!({"changed": true})))
@@ -186,17 +172,13 @@ async fn people_manager(
 }
 
 #[get("/api/users")]
-pub async fn list_users(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
+pub async fn list_users((state, req): Console) -> Result<HttpResponse, ApiError> {
     let (_, tenant) = people_manager(&state, &req).await?;
-    let store = state.store.clone();
-    let t = tenant.clone();
-    let (users, invitations) = run_blocking(move || {
-        Ok::<_, StoreError>((store.list_users(Some(&t))?, store.list_invitations(&t)?))
-    })
-    .await?;
+    let (users, invitations) = state
+        .with_tenant(&tenant, move |store, t| {
+            Ok::<_, StoreError>((store.list_users(Some(t))?, store.list_invitations(t)?))
+        })
+        .await?;
     let now = Timestamp::now();
     Ok(HttpResponse::Ok().json(json!({
         "data": users.iter().map(person_json).collect::<Vec<_>>(),
@@ -218,18 +200,14 @@ fn origin(req: &HttpRequest) -> String {
 
 #[post("/api/invitations")]
 pub async fn invite(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    source: Source,
+    (state, req, source): ConsoleChange,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let (user, tenant) = people_manager(&state, &req).await?;
-    let body = optional_json::<InviteBody>(&raw)?.ok_or_else(|| {
-        ApiError::new(
-            Code::InvalidJson,
-            "send {\"email\": \"…\", \"role\": \"owner|admin|viewer\"}",
-        )
-    })?;
+    let body = required_json::<InviteBody>(
+        &raw,
+        "send {\"email\": \"…\", \"role\": \"owner|admin|viewer\"}",
+    )?;
     let email = email_field(&body.email)?;
     let role = match Role::parse(&body.role) {
         Ok(r @ (Role::Owner | Role::Admin | Role::Viewer)) => r,
@@ -275,13 +253,13 @@ pub async fn invite(
     })?;
     record(
         &state,
-        NewAuditEntry::new(
+        by_person(
             Some(tenant),
-            Actor::User(user.id.clone()),
+            &user.id,
+            &source,
             AuditAction::UserInvite,
             inv.id.as_str(),
         )
-        .source(source.0.clone())
         .after(json!({"email": inv.email, "role": inv.role})),
     )
     .await;
@@ -311,9 +289,9 @@ pub async fn get_invitation(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let inv = open_invitation(&state, &path).await?;
-    let store = state.store.clone();
-    let t = inv.tenant_id.clone();
-    let tenant = run_blocking(move || store.get_tenant(&t)).await?;
+    let tenant = state
+        .with_tenant(&inv.tenant_id, move |store, t| store.get_tenant(t))
+        .await?;
     Ok(HttpResponse::Ok().json(json!({
         "email": inv.email, "role": inv.role, "expires_at": inv.expires_at,
         "tenant": {"id": tenant.id, "name": tenant.name},
@@ -329,17 +307,10 @@ struct AcceptBody {
 
 #[post("/api/invitations/accept")]
 pub async fn accept(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    source: Source,
+    (state, req, source): ConsoleChange,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let body = optional_json::<AcceptBody>(&raw)?.ok_or_else(|| {
-        ApiError::new(
-            Code::InvalidJson,
-            "send {\"token\": \"…\", \"password\": \"…\"}",
-        )
-    })?;
+    let body = required_json::<AcceptBody>(&raw, "send {\"token\": \"…\", \"password\": \"…\"}")?;
     let inv = open_invitation(&state, &body.token).await?;
     let password = password_field(body.password, "password").await?;
     let store = state.store.clone();
@@ -355,13 +326,13 @@ pub async fn accept(
     })?;
     record(
         &state,
-        NewAuditEntry::new(
+        by_person(
             Some(inv.tenant_id.clone()),
-            Actor::User(user.id.clone()),
+            &user.id,
+            &source,
             AuditAction::UserCreate,
             user.id.as_str(),
         )
-        .source(source.0.clone())
         .after(json!({"email": user.email, "role": user.role, "invitation": inv.id})),
     )
     .await;
@@ -418,9 +389,7 @@ type Action = (web::Data<AppState>, HttpRequest, Source, web::Path<String>);
 /// the person as they are now (once deleted or signed out: their id and what happened).
 async fn act((state, req, source, path): Action, change: Change) -> Result<HttpResponse, ApiError> {
     let by = manager(&state, &req, source).await?;
-    let Ok(id) = UserId::parse(&path) else {
-        return Err(ApiError::not_found(format!("no user {}", path.as_str())));
-    };
+    let id = path_id("user", &path, UserId::parse)?;
     let store = state.store.clone();
     let done = run_blocking(move || crate::ops::people::change(store.as_ref(), &by, &id, change))
         .await
@@ -455,9 +424,7 @@ struct PersonBody {
 /// Changes a person's role: `{"role": "owner|admin|viewer"}`, in force from their next request.
 #[patch("/api/users/{id}")]
 pub async fn update_user(on: Action, raw: web::Bytes) -> Result<HttpResponse, ApiError> {
-    let body = optional_json::<PersonBody>(&raw)?.ok_or_else(|| {
-        ApiError::new(Code::InvalidJson, "send {\"role\": \"owner|admin|viewer\"}")
-    })?;
+    let body = required_json::<PersonBody>(&raw, "send {\"role\": \"owner|admin|viewer\"}")?;
     let role = match Role::parse(&body.role) {
         Ok(r) if r.is_tenant_role() => r,
         _ => {
@@ -489,12 +456,7 @@ pub async fn revoke_invitation(
     (state, req, source, path): Action,
 ) -> Result<HttpResponse, ApiError> {
     let by = manager(&state, &req, source).await?;
-    let Ok(id) = InvitationId::parse(&path) else {
-        return Err(ApiError::not_found(format!(
-            "no invitation {}",
-            path.as_str()
-        )));
-    };
+    let id = path_id("invitation", &path, InvitationId::parse)?;
     let store = state.store.clone();
     let inv = run_blocking(move || crate::ops::people::revoke_invitation(store.as_ref(), &by, &id))
         .await

@@ -6,10 +6,10 @@
 //! are throttled per email and per address. Sign-in and sign-out are audited. Sign-in with
 //! the identity provider (`api::oidc`) starts its sessions here too ([`start_session`]).
 
-use super::audit::{Source, record};
-use super::error::{ApiError, optional_json};
+use super::audit::{Console, ConsoleChange, Source, on_own_account, record};
+use super::error::{ApiError, required_json};
 use crate::api::state::AppState;
-use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
+use crate::domain::audit::AuditAction;
 use crate::domain::user::{Email, NewSession, PasswordHash, User};
 use crate::domain::{SessionId, Timestamp};
 use crate::error::Code;
@@ -98,17 +98,10 @@ struct LoginBody {
 
 #[post("/api/auth/login")]
 pub async fn login(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    source: Source,
+    (state, req, source): ConsoleChange,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let body = optional_json::<LoginBody>(&raw)?.ok_or_else(|| {
-        ApiError::new(
-            Code::InvalidJson,
-            "send {\"email\": \"…\", \"password\": \"…\"}",
-        )
-    })?;
+    let body = required_json::<LoginBody>(&raw, "send {\"email\": \"…\", \"password\": \"…\"}")?;
     let email = Email::parse(&body.email).map_err(|e| ApiError::new(Code::InvalidEmail, e.0))?;
     if body.password.is_empty() {
         return Err(ApiError::new(
@@ -223,13 +216,7 @@ pub async fn start_session(
     };
     let store = state.store.clone();
     run_blocking(move || store.create_session(&session)).await?;
-    let mut entry = NewAuditEntry::new(
-        user.tenant_id.clone(),
-        Actor::User(user.id.clone()),
-        AuditAction::UserSignIn,
-        user.id.as_str(),
-    )
-    .source(source.0.clone());
+    let mut entry = on_own_account(user, source, AuditAction::UserSignIn);
     if let Some(via) = via {
         entry = entry.after(json!({ "via": via }));
     }
@@ -292,7 +279,7 @@ pub fn require_csrf(req: &HttpRequest, token: &str) -> Result<(), ApiError> {
 }
 
 #[get("/api/auth/me")]
-pub async fn me(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub async fn me((state, req): Console) -> Result<HttpResponse, ApiError> {
     let (user, token) = current(&state, &req).await?;
     let tenant = match user.tenant_id.clone() {
         Some(t) => {
@@ -308,11 +295,7 @@ pub async fn me(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResp
 }
 
 #[post("/api/auth/logout")]
-pub async fn logout(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    source: Source,
-) -> Result<HttpResponse, ApiError> {
+pub async fn logout((state, req, source): ConsoleChange) -> Result<HttpResponse, ApiError> {
     let (user, token) = current(&state, &req).await?;
     require_csrf(&req, &token)?;
     let store = state.store.clone();
@@ -320,13 +303,7 @@ pub async fn logout(
     run_blocking(move || store.delete_session(&hash)).await?;
     record(
         &state,
-        NewAuditEntry::new(
-            user.tenant_id.clone(),
-            Actor::User(user.id.clone()),
-            AuditAction::UserSignOut,
-            user.id.as_str(),
-        )
-        .source(source.0.clone()),
+        on_own_account(&user, &source, AuditAction::UserSignOut),
     )
     .await;
     let mut gone = Cookie::build(COOKIE, "").path("/").http_only(true).finish();

@@ -4,9 +4,8 @@
 
 use super::audit::record;
 use super::auth::by_key;
-use super::auth::{AdminAction, AdminKey};
-use super::error::{ApiError, missing};
-use crate::api::state::AppState;
+use super::auth::{AdminAction, AdminCall, AdminKey};
+use super::error::{ApiError, missing, path_id};
 use crate::domain::audit::AuditAction;
 use crate::domain::replay::ReplayMode;
 use crate::domain::task::{Task, kind};
@@ -28,8 +27,7 @@ pub async fn replay_incident(
         &raw,
         "send {\"mode\": \"policy\"} (re-check every call against today's guardrails) or {\"mode\": \"upstream\"} (send every stored request again)",
     )?;
-    let id = IncidentId::parse(&path)
-        .map_err(|_| ApiError::not_found(format!("no incident {}", path.as_str())))?;
+    let id = path_id("incident", &path, IncidentId::parse)?;
     let i = id.clone();
     let incident = state
         .with_tenant(&caller.tenant_id, move |store, tenant| {
@@ -67,10 +65,6 @@ pub async fn replay_incident(
         .json(tasks::accepted(&task)))
 }
 
-fn task_id(raw: &str) -> Result<TaskId, ApiError> {
-    TaskId::parse(raw).map_err(|_| ApiError::not_found(format!("no task {raw}")))
-}
-
 fn task_json(task: &Task) -> serde_json::Value {
     let mut v = serde_json::to_value(task).unwrap_or_default();
     v["object"] = json!("task");
@@ -81,10 +75,7 @@ fn task_json(task: &Task) -> serde_json::Value {
 }
 
 #[get("/v1/tasks")]
-pub async fn list(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-) -> Result<HttpResponse, ApiError> {
+pub async fn list((state, AdminKey(caller)): AdminCall) -> Result<HttpResponse, ApiError> {
     let tasks = state
         .with_tenant(&caller.tenant_id, move |store, tenant| {
             store.list_tasks(tenant, 100)
@@ -98,11 +89,10 @@ pub async fn list(
 
 #[get("/v1/tasks/{id}")]
 pub async fn get(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = task_id(&path)?;
+    let id = path_id("task", &path, TaskId::parse)?;
     let task = state
         .with_tenant(&caller.tenant_id, move |store, tenant| {
             store.get_task(tenant, &id)
@@ -114,11 +104,10 @@ pub async fn get(
 
 #[get("/v1/tasks/{id}/download")]
 pub async fn download(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = task_id(&path)?;
+    let id = path_id("task", &path, TaskId::parse)?;
     let (content_type, filename, bytes) = state.with_tenant(&caller.tenant_id, move |store, tenant| store.task_output(tenant, &id))
         .await
         .map_err(|e| match e {

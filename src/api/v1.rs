@@ -3,9 +3,9 @@
 
 use super::audit::record;
 use super::auth::by_key;
-use super::auth::{AdminAction, AdminKey, ProxyKey};
+use super::auth::{AdminAction, AdminCall, AdminKey, ProxyKey};
 use super::call_list::{self, Listing};
-use super::error::{ApiError, missing, optional_json};
+use super::error::{ApiError, hinted_json, missing, optional_json, path_id};
 use crate::api::state::AppState;
 use crate::domain::audit::AuditAction;
 use crate::domain::{
@@ -118,121 +118,120 @@ fn audit_action(action: FreezeAction) -> AuditAction {
     }
 }
 
-async fn tenant_switch(
-    (state, caller, source): AdminAction,
-    raw: web::Bytes,
-    action: FreezeAction,
-) -> Result<HttpResponse, ApiError> {
-    let body = optional_json::<FreezeBody>(&raw)?;
-    let tenant = target_tenant(
-        &caller.0.tenant_id,
-        body.as_ref().and_then(|b| b.tenant_id.as_deref()),
-    )?;
-    let reason = reason_of(&body, action)?;
-    let actor = caller.0.label();
-    let current = state.proxy.guard.killswitch().tenant_status(&tenant).tenant;
-    check_owner(&state, &caller.0, current.as_ref(), "the tenant").await?;
-    let was_frozen = current.is_some();
-    let event = killswitch::set(&state.proxy, &tenant, None, action, &actor, &reason).await?;
-    record(
-        &state,
-        by_key(&caller.0, &source, audit_action(action), tenant.as_str())
-            .before(json!({"frozen": was_frozen}))
-            .after(json!({"frozen": action == FreezeAction::Freeze, "reason": reason, "event_id": event.id})),
-    )
-    .await;
-    Ok(HttpResponse::Ok().json(
-        json!({"tenant_id": tenant, "frozen": action == FreezeAction::Freeze, "event": event}),
-    ))
+/// What a kill-switch request freezes or unfreezes: the whole tenant, or one of its keys.
+#[derive(Clone, Copy)]
+enum Switch {
+    Tenant,
+    Key,
 }
 
-async fn key_switch(
-    (state, caller, source): AdminAction,
+async fn switch(
+    (state, AdminKey(caller), source): AdminAction,
     raw: web::Bytes,
+    switch: Switch,
     action: FreezeAction,
 ) -> Result<HttpResponse, ApiError> {
     let body = optional_json::<FreezeBody>(&raw)?;
     let tenant = target_tenant(
-        &caller.0.tenant_id,
+        &caller.tenant_id,
         body.as_ref().and_then(|b| b.tenant_id.as_deref()),
     )?;
-    let key_text = body
-        .as_ref()
-        .and_then(|b| b.key_id.as_deref())
-        .ok_or_else(|| {
-            ApiError::new(
-                Code::InvalidKeyId,
-                "send the key to act on as {\"key_id\": \"key_…\", \"reason\": \"…\"}",
-            )
-        })?;
-    let key_id = KeyId::parse(key_text).map_err(|e| ApiError::new(Code::InvalidKeyId, e.0))?;
+    let key_id = match switch {
+        Switch::Tenant => None,
+        Switch::Key => {
+            let key_text = body
+                .as_ref()
+                .and_then(|b| b.key_id.as_deref())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        Code::InvalidKeyId,
+                        "send the key to act on as {\"key_id\": \"key_…\", \"reason\": \"…\"}",
+                    )
+                })?;
+            Some(KeyId::parse(key_text).map_err(|e| ApiError::new(Code::InvalidKeyId, e.0))?)
+        }
+    };
     let reason = reason_of(&body, action)?;
-    // The key must belong to the tenant: another tenant's key is simply not found.
-    let store = state.store.clone();
-    let (t, k) = (tenant.clone(), key_id.clone());
-    run_blocking(move || store.get_api_key(Some(&t), &k))
-        .await
-        .map_err(|e| match e {
-            crate::store::StoreError::NotFound => {
-                ApiError::not_found(format!("no key {key_id} in this tenant"))
-            }
-            other => other.into(),
-        })?;
-    let actor = caller.0.label();
-    let current = state
-        .proxy
-        .guard
-        .killswitch()
-        .tenant_status(&tenant)
-        .keys
-        .into_iter()
-        .find_map(|(k, by)| (k == key_id).then_some(by));
-    check_owner(&state, &caller.0, current.as_ref(), "the key").await?;
+    let current = match &key_id {
+        None => state.proxy.guard.killswitch().tenant_status(&tenant).tenant,
+        Some(key_id) => {
+            // The key must belong to the tenant: another tenant's key is simply not found.
+            let store = state.store.clone();
+            let (t, k) = (tenant.clone(), key_id.clone());
+            run_blocking(move || store.get_api_key(Some(&t), &k))
+                .await
+                .map_err(|e| match e {
+                    crate::store::StoreError::NotFound => {
+                        ApiError::not_found(format!("no key {key_id} in this tenant"))
+                    }
+                    other => other.into(),
+                })?;
+            state
+                .proxy
+                .guard
+                .killswitch()
+                .tenant_status(&tenant)
+                .keys
+                .into_iter()
+                .find_map(|(k, by)| (&k == key_id).then_some(by))
+        }
+    };
+    let what = match switch {
+        Switch::Tenant => "the tenant",
+        Switch::Key => "the key",
+    };
+    check_owner(&state, &caller, current.as_ref(), what).await?;
     let was_frozen = current.is_some();
+    let frozen = action == FreezeAction::Freeze;
     let event = killswitch::set(
         &state.proxy,
         &tenant,
-        Some(&key_id),
+        key_id.as_ref(),
         action,
-        &actor,
+        &caller.label(),
         &reason,
     )
     .await?;
+    let target = key_id.as_ref().map_or(tenant.as_str(), KeyId::as_str);
     record(
         &state,
-        by_key(&caller.0, &source, audit_action(action), key_id.as_str())
+        by_key(&caller, &source, audit_action(action), target)
             .before(json!({"frozen": was_frozen}))
-            .after(json!({"frozen": action == FreezeAction::Freeze, "reason": reason, "event_id": event.id})),
+            .after(json!({"frozen": frozen, "reason": reason, "event_id": event.id})),
     )
     .await;
-    Ok(HttpResponse::Ok().json(json!({"tenant_id": tenant, "key_id": key_id, "frozen": action == FreezeAction::Freeze, "event": event})))
+    Ok(HttpResponse::Ok().json(match key_id {
+        None => json!({"tenant_id": tenant, "frozen": frozen, "event": event}),
+        Some(key_id) => {
+            json!({"tenant_id": tenant, "key_id": key_id, "frozen": frozen, "event": event})
+        }
+    }))
 }
 
 #[post("/v1/killswitch/tenant")]
 pub async fn freeze_tenant(on: AdminAction, raw: web::Bytes) -> Result<HttpResponse, ApiError> {
-    tenant_switch(on, raw, FreezeAction::Freeze).await
+    switch(on, raw, Switch::Tenant, FreezeAction::Freeze).await
 }
 
 #[delete("/v1/killswitch/tenant")]
 pub async fn unfreeze_tenant(on: AdminAction, raw: web::Bytes) -> Result<HttpResponse, ApiError> {
-    tenant_switch(on, raw, FreezeAction::Unfreeze).await
+    switch(on, raw, Switch::Tenant, FreezeAction::Unfreeze).await
 }
 
 #[post("/v1/killswitch/key")]
 pub async fn freeze_key(on: AdminAction, raw: web::Bytes) -> Result<HttpResponse, ApiError> {
-    key_switch(on, raw, FreezeAction::Freeze).await
+    switch(on, raw, Switch::Key, FreezeAction::Freeze).await
 }
 
 #[delete("/v1/killswitch/key")]
 pub async fn unfreeze_key(on: AdminAction, raw: web::Bytes) -> Result<HttpResponse, ApiError> {
-    key_switch(on, raw, FreezeAction::Unfreeze).await
+    switch(on, raw, Switch::Key, FreezeAction::Unfreeze).await
 }
 
 /// Freeze state of the caller's tenant and its keys, with the recent history.
 #[get("/v1/killswitch/status")]
 pub async fn killswitch_status(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
 ) -> Result<HttpResponse, ApiError> {
     let snapshot = state
         .proxy
@@ -260,8 +259,7 @@ pub async fn killswitch_status(
 /// The guardrails in force for the caller's tenant, with their thresholds.
 #[get("/v1/policies/active")]
 pub async fn active_policies(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
 ) -> Result<HttpResponse, ApiError> {
     let p = state.proxy.guard.policy(&caller.tenant_id);
     // The stored overrides too, so that an editor can change some and keep the rest
@@ -444,14 +442,7 @@ pub async fn backtest_policies(
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let hint = "send {\"policy\": {…overrides as for PUT /v1/policies…}, \"since\": \"24h\", \"until\": …, \"max_calls\": …}";
-    let body = optional_json::<BacktestBody>(&raw)
-        .map_err(|e| ApiError::new(Code::InvalidJson, format!("{}; {hint}", e.message)))?
-        .ok_or_else(|| {
-            ApiError::new(
-                Code::InvalidJson,
-                format!("the request body is empty; {hint}"),
-            )
-        })?;
+    let body = hinted_json::<BacktestBody>(&raw, hint)?;
     let proposed = PolicyConfig::with_overrides(&body.policy)
         .map_err(|e| ApiError::new(Code::InvalidPolicy, e.0))?;
     let now = Timestamp::now();
@@ -540,8 +531,7 @@ pub(crate) async fn load_call(
     caller: &super::auth::Caller,
     raw_id: &str,
 ) -> Result<crate::domain::CallRecord, ApiError> {
-    let not_found = || ApiError::not_found(format!("no call {raw_id}"));
-    let id = CallId::parse(raw_id).map_err(|_| not_found())?;
+    let id = path_id("call", raw_id, CallId::parse)?;
     state
         .with_tenant(&caller.tenant_id, move |store, tenant| {
             store.get_call(Some(tenant), &id)
@@ -552,8 +542,7 @@ pub(crate) async fn load_call(
 
 #[get("/v1/calls/{id}")]
 pub async fn get_call(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let call = load_call(&state, &caller, &path).await?;
@@ -614,8 +603,7 @@ pub(crate) fn parse_time(field: &str, s: &str) -> Result<Timestamp, ApiError> {
 
 #[get("/v1/calls")]
 pub async fn list_calls(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
+    (state, AdminKey(caller)): AdminCall,
     q: web::Query<CallQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
@@ -629,12 +617,7 @@ pub async fn list_calls(
         status: q.status,
         blocked: q.blocked,
     };
-    let cursor = q
-        .cursor
-        .as_deref()
-        .map(CallCursor::decode)
-        .transpose()
-        .map_err(|e| ApiError::new(Code::InvalidCursor, e.0))?;
+    let cursor = super::page::cursor(q.cursor.as_deref(), CallCursor::decode)?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let search =
         q.q.as_deref()
@@ -729,10 +712,7 @@ fn upstream_json(row: &TenantUpstreamRow) -> serde_json::Value {
 
 /// The tenant's own upstream (never its key), or 404 when it uses the instance upstream.
 #[get("/v1/upstream")]
-pub async fn get_upstream(
-    state: web::Data<AppState>,
-    AdminKey(caller): AdminKey,
-) -> Result<HttpResponse, ApiError> {
+pub async fn get_upstream((state, AdminKey(caller)): AdminCall) -> Result<HttpResponse, ApiError> {
     match state
         .with_tenant(&caller.tenant_id, move |store, tenant| {
             store.get_tenant_upstream(tenant)
