@@ -1012,7 +1012,7 @@ fn tenant(
             let settings_dir = output.unwrap_or_else(|| data_dir.join("backups"));
             let key =
                 crate::evidence::signing::load_or_create(data_dir).map_err(CliError::failed)?;
-            let done = crate::ops::backup::create_for(
+            let done = crate::ops::backup::create(
                 store,
                 Some(&tenant),
                 data_dir,
@@ -1333,6 +1333,7 @@ fn backup(settings: &Settings, args: BackupArgs) -> Result<(), CliError> {
     let started = std::time::Instant::now();
     let done = crate::ops::backup::create(
         &store,
+        None,
         &settings.data_dir,
         &out,
         &key,
@@ -1679,6 +1680,7 @@ fn update(
             .map_err(CliError::failed)?;
         crate::ops::backup::create(
             &store,
+            None,
             &settings.data_dir,
             &settings.backup_dir,
             &signing,

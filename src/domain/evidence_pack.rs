@@ -617,9 +617,7 @@ pub fn calls_csv<'a>(calls: impl IntoIterator<Item = &'a CallRecord>) -> String 
 mod tests {
     use super::*;
     use crate::domain::certificate::{CERTIFICATE_VERSION, IncidentEvidence};
-    use crate::domain::{
-        CallId, CertificateId, Decision, IncidentId, KeyId, Money, TenantId, Timestamp,
-    };
+    use crate::domain::{CertificateId, Decision, IncidentId, KeyId, Money, TenantId, Timestamp};
     use serde_json::json;
 
     fn call(tenant: &TenantId, end_user: &str) -> CallRecord {
@@ -627,30 +625,17 @@ mod tests {
         d.value = Some(0.1 + 0.2);
         d.threshold = Some(16_000.0);
         CallRecord {
-            id: CallId::generate(),
-            tenant_id: tenant.clone(),
-            key_id: KeyId::generate(),
-            created_at: Timestamp::from_millis(1_763_900_000_123),
-            endpoint: "chat.completions".into(),
             model: Some("gpt-4o-mini".into()),
-            stream: false,
             end_user: Some(end_user.into()),
-            session_id: None,
             metadata: Some(json!({"team": "search", "n": 1.5})),
             request_body: "{\"messages\":[]}\u{0}".into(),
-            request_truncated: false,
             request_sha256: "ab".repeat(32),
             response_body: Some("{}".into()),
-            response_truncated: false,
             response_sha256: Some("cd".repeat(32)),
             status: 200,
-            error: None,
-            blocked: false,
-            blocked_by: None,
             decisions: vec![d, Decision::new("dg-005", Outcome::Block, "injection")],
             prompt_tokens: Some(12),
             completion_tokens: Some(34),
-            cached_tokens: None,
             total_tokens: Some(46),
             cost: Some(Money::from_nanos(123_456)),
             latency_us: 812_345,
@@ -658,9 +643,11 @@ mod tests {
             enforcement_us: 42,
             upstream_attempts: 1,
             upstream: Some("https://api.openai.com/v1".into()),
-            request_body_sha256: None,
-            response_body_sha256: None,
-            body_pruned_at: None,
+            ..CallRecord::new(
+                tenant.clone(),
+                KeyId::generate(),
+                Timestamp::from_millis(1_763_900_000_123),
+            )
         }
     }
 

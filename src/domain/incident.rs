@@ -849,40 +849,14 @@ mod tests {
 
     fn call(status: u16, decisions: Vec<crate::domain::Decision>) -> crate::domain::CallRecord {
         crate::domain::CallRecord {
-            id: CallId::generate(),
-            tenant_id: TenantId::generate(),
-            key_id: KeyId::generate(),
-            created_at: at(5),
-            endpoint: "chat.completions".into(),
             model: Some("gpt-4o".into()),
-            stream: false,
             end_user: Some("cust_1".into()),
-            session_id: None,
-            metadata: None,
             request_body: "{}".into(),
-            request_truncated: false,
-            request_sha256: String::new(),
-            response_body: None,
-            response_truncated: false,
-            response_sha256: None,
             status,
             error: Some("upstream said no".into()),
             blocked: status == 400 || status == 423,
-            blocked_by: None,
             decisions,
-            prompt_tokens: None,
-            completion_tokens: None,
-            cached_tokens: None,
-            total_tokens: None,
-            cost: None,
-            latency_us: 0,
-            upstream_latency_us: None,
-            enforcement_us: 0,
-            upstream_attempts: 0,
-            upstream: None,
-            request_body_sha256: None,
-            response_body_sha256: None,
-            body_pruned_at: None,
+            ..crate::domain::CallRecord::new(TenantId::generate(), KeyId::generate(), at(5))
         }
     }
 

@@ -3,12 +3,9 @@
 //! of `POST /v1/demo/simulate-incident`. Deterministic: the same seed, scenario and
 //! start time give the same calls; everything is marked as demo and goes to demo tenants.
 
-use crate::domain::call::endpoint;
 use crate::domain::decision::policy;
 use crate::domain::incident::{Signal, Subject, signals_from_call};
-use crate::domain::{
-    CallId, CallRecord, Decision, KeyId, Money, Outcome, ParseError, TenantId, Timestamp,
-};
+use crate::domain::{CallRecord, Decision, KeyId, Money, Outcome, ParseError, TenantId, Timestamp};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -106,26 +103,15 @@ fn call(
     let cost = Money::for_tokens(prompt as u64, price.0)
         .saturating_add(Money::for_tokens(completion as u64, price.1));
     CallRecord {
-        id: CallId::generate(),
-        tenant_id: tenant.clone(),
-        key_id: key.clone(),
-        created_at: at,
-        endpoint: endpoint::CHAT_COMPLETIONS.into(),
         model: Some(model.into()),
-        stream: false,
         end_user: Some(user.into()),
         session_id: Some(session.into()),
         metadata: Some(serde_json::json!({"demo": true, "feature": "support-bot"})),
         request_sha256: sha(&req),
         request_body: req,
-        request_truncated: false,
         response_sha256: Some(sha(&resp)),
         response_body: Some(resp),
-        response_truncated: false,
         status: 200,
-        error: None,
-        blocked: false,
-        blocked_by: None,
         decisions: passing_decisions(prompt + completion),
         prompt_tokens: Some(prompt),
         completion_tokens: Some(completion),
@@ -137,9 +123,7 @@ fn call(
         enforcement_us: 12,
         upstream_attempts: 1,
         upstream: Some("https://api.openai.com/v1".into()),
-        request_body_sha256: None,
-        response_body_sha256: None,
-        body_pruned_at: None,
+        ..CallRecord::new(tenant.clone(), key.clone(), at)
     }
 }
 

@@ -650,26 +650,10 @@ mod tests {
 
     fn call() -> CallRecord {
         CallRecord {
-            id: CallId::generate(),
-            tenant_id: TenantId::generate(),
-            key_id: KeyId::generate(),
-            created_at: Timestamp::from_millis(1_700_000_000_000),
-            endpoint: "chat.completions".into(),
             model: Some("gpt-4o".into()),
-            stream: false,
             end_user: Some("cust_8372".into()),
-            session_id: None,
-            metadata: None,
             request_body: "{\"messages\":[]}".into(),
-            request_truncated: false,
-            request_sha256: String::new(),
-            response_body: None,
-            response_truncated: false,
-            response_sha256: None,
             status: 200,
-            error: None,
-            blocked: false,
-            blocked_by: None,
             decisions: vec![
                 Decision {
                     micros: 3,
@@ -683,7 +667,6 @@ mod tests {
             ],
             prompt_tokens: Some(10),
             completion_tokens: Some(5),
-            cached_tokens: None,
             total_tokens: Some(15),
             cost: Some(Money::from_usd(0.0001)),
             latency_us: 2_000,
@@ -691,9 +674,11 @@ mod tests {
             enforcement_us: 8,
             upstream_attempts: 1,
             upstream: Some("http://up/v1".into()),
-            request_body_sha256: None,
-            response_body_sha256: None,
-            body_pruned_at: None,
+            ..CallRecord::new(
+                TenantId::generate(),
+                KeyId::generate(),
+                Timestamp::from_millis(1_700_000_000_000),
+            )
         }
     }
 

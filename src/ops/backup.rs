@@ -152,21 +152,10 @@ fn place_without_overwriting(partial: &Path, dir: &Path, name: &str) -> Result<P
 }
 
 /// Writes a backup of `store` (and, with a passphrase, the data directory's key files) into
-/// `out_dir`. Returns the file; a failure leaves no partial file behind.
+/// `out_dir`. Returns the file; a failure leaves no partial file behind. With `tenant`,
+/// only that tenant's rows (a tenant export, named `agv-tenant-<id>-<time>.tar`;
+/// restorable like a backup).
 pub fn create(
-    store: &DynStore,
-    data_dir: &Path,
-    out_dir: &Path,
-    key: &CertSigningKey,
-    passphrase: Option<&str>,
-    progress: &mut Progress<'_>,
-) -> Result<BackupDone, String> {
-    create_for(store, None, data_dir, out_dir, key, passphrase, progress)
-}
-
-/// Like [`create`]; with `tenant`, only that tenant's rows (a tenant export, named
-/// `agv-tenant-<id>-<time>.tar`; restorable like a backup).
-pub fn create_for(
     store: &DynStore,
     tenant: Option<&crate::domain::TenantId>,
     data_dir: &Path,
@@ -1117,7 +1106,7 @@ mod tests {
         let store = crate::store::open(data.path(), None).unwrap();
         let key = CertSigningKey::generate();
         let out = data.path().join("backups");
-        let take = || create(&store, data.path(), &out, &key, None, &mut |_, _| {}).unwrap();
+        let take = || create(&store, None, data.path(), &out, &key, None, &mut |_, _| {}).unwrap();
         let (a, b, c) = (take(), take(), take());
         assert_ne!(a.path, b.path);
         assert_ne!(b.path, c.path);

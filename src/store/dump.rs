@@ -82,6 +82,21 @@ pub struct TableBatch {
     pub first: bool,
 }
 
+impl TableBatch {
+    /// A row holds one value for each column, or the backup is broken.
+    fn check_row(&self, row: &[Value]) -> StoreResult<()> {
+        if row.len() == self.columns.len() {
+            return Ok(());
+        }
+        Err(StoreError::Database(format!(
+            "a row of '{}' in the backup has {} values for {} columns",
+            self.table,
+            row.len(),
+            self.columns.len()
+        )))
+    }
+}
+
 pub type Sink<'a> = dyn FnMut(TableBatch) -> StoreResult<()> + 'a;
 
 /// The rows of `table` that belong to one tenant: a condition on the tenant id, which is
@@ -317,14 +332,7 @@ pub(super) mod sqlite {
                 ))
                 .map_err(db_err)?;
             for row in &batch.rows {
-                if row.len() != batch.columns.len() {
-                    return Err(StoreError::Database(format!(
-                        "a row of '{}' in the backup has {} values for {} columns",
-                        batch.table,
-                        row.len(),
-                        batch.columns.len()
-                    )));
-                }
+                batch.check_row(row)?;
                 let values = row.iter().map(sql_of).collect::<StoreResult<Vec<_>>>()?;
                 stmt.execute(rusqlite::params_from_iter(values))
                     .map_err(db_err)?;
@@ -487,14 +495,7 @@ pub(super) mod postgres {
             }
             let mut objects = Vec::with_capacity(batch.rows.len());
             for row in &batch.rows {
-                if row.len() != batch.columns.len() {
-                    return Err(StoreError::Database(format!(
-                        "a row of '{}' in the backup has {} values for {} columns",
-                        batch.table,
-                        row.len(),
-                        batch.columns.len()
-                    )));
-                }
+                batch.check_row(row)?;
                 let mut obj = serde_json::Map::with_capacity(row.len());
                 for ((c, v), kind) in batch.columns.iter().zip(row).zip(&kinds) {
                     // SQLite keeps booleans as 0/1; Postgres' boolean input wants true/false.
