@@ -671,7 +671,8 @@ fn chat(req: &Value, raw: &[u8], knobs: &Knobs, hit: u64) -> HttpResponse {
         .map(|i| tokens[i * tokens.len() / n..(i + 1) * tokens.len() / n].concat())
         .collect();
 
-    let chunk = |delta: Value, finish: Option<&str>| -> String {
+    // One `data:` frame; with `include_usage`, every frame has a `usage` member.
+    let frame = |choices: Value, usage: &Value| -> String {
         let mut obj = json!({
             "id": id,
             "object": "chat.completion.chunk",
@@ -679,12 +680,18 @@ fn chat(req: &Value, raw: &[u8], knobs: &Knobs, hit: u64) -> HttpResponse {
             "model": model,
             "service_tier": "default",
             "system_fingerprint": FINGERPRINT,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]
+            "choices": choices
         });
         if include_usage {
-            obj["usage"] = Value::Null;
+            obj["usage"] = usage.clone();
         }
         format!("data: {obj}\n\n")
+    };
+    let chunk = |delta: Value, finish: Option<&str>| {
+        frame(
+            json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]),
+            &Value::Null,
+        )
     };
     let mut frames = Vec::with_capacity(n + 4);
     frames.push(chunk(
@@ -696,17 +703,7 @@ fn chat(req: &Value, raw: &[u8], knobs: &Knobs, hit: u64) -> HttpResponse {
     }
     frames.push(chunk(json!({}), Some(finish_reason)));
     if include_usage {
-        let obj = json!({
-            "id": id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "service_tier": "default",
-            "system_fingerprint": FINGERPRINT,
-            "choices": [],
-            "usage": usage
-        });
-        frames.push(format!("data: {obj}\n\n"));
+        frames.push(frame(json!([]), &usage));
     }
     frames.push("data: [DONE]\n\n".to_owned());
 
