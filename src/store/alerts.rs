@@ -89,11 +89,12 @@ pub(super) fn get_route(
     tenant: &TenantId,
     id: &AlertRouteId,
 ) -> StoreResult<AlertRoute> {
-    let rows = db.query(
+    super::sql::one(
+        db,
         &format!("SELECT {ROUTE_COLUMNS} FROM alert_routes WHERE tenant_id = $1 AND id = $2"),
         &[Param::Text(tenant.as_str()), Param::Text(id.as_str())],
-    )?;
-    rows.first().map(route_from).ok_or(StoreError::NotFound)?
+        route_from,
+    )
 }
 
 /// Replaces the editable fields of a route (name, target, URL, secret, severity, timing);

@@ -186,13 +186,12 @@ fn latest_for(
 }
 
 fn get_by_id(db: &mut dyn Db, id: &IncidentId) -> StoreResult<Incident> {
-    let rows = db.query(
+    super::sql::one(
+        db,
         &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1"),
         &[Param::Text(id.as_str())],
-    )?;
-    rows.first()
-        .map(incident_from)
-        .ok_or(StoreError::NotFound)?
+        incident_from,
+    )
 }
 
 /// Applies signals in order, in the caller's transaction.
@@ -446,7 +445,8 @@ pub(super) fn get(
     tenant: Option<&TenantId>,
     id: &IncidentId,
 ) -> StoreResult<Incident> {
-    let rows = db.query(
+    super::sql::one(
+        db,
         &format!(
             "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1 AND ($2 = '' OR tenant_id = $2)"
         ),
@@ -454,10 +454,8 @@ pub(super) fn get(
             Param::Text(id.as_str()),
             Param::Text(tenant.map(TenantId::as_str).unwrap_or("")),
         ],
-    )?;
-    rows.first()
-        .map(incident_from)
-        .ok_or(StoreError::NotFound)?
+        incident_from,
+    )
 }
 
 pub(super) fn list(
