@@ -168,6 +168,22 @@ fn blocked(
     c
 }
 
+/// `c` with `prompt` (an injection attempt) as its request, stopped by the injection check.
+fn injected(mut c: CallRecord, prompt: &str) -> CallRecord {
+    let model = c.model.clone().unwrap_or_default();
+    let user = c.end_user.clone().unwrap_or_default();
+    c.request_body = request_body(&model, &user, prompt);
+    c.request_sha256 = sha(&c.request_body);
+    blocked(
+        c,
+        policy::PROMPT_INJECTION,
+        Outcome::Block,
+        400,
+        "the prompt matches the injection pattern 'ignore previous instructions'",
+        Some((1.0, 1.0, "patterns")),
+    )
+}
+
 /// The generator of `agv-server demo`: calls spread over the `span_ms` before `end`,
 /// oldest first, about 3% blocked (prompt injection, rate limit, budget) and 1% upstream
 /// errors, over several keys, models, end users and sessions.
@@ -240,20 +256,7 @@ impl Iterator for CallStream {
         );
         let roll = r.random_range(0..1000);
         Some(match roll {
-            0..=9 => {
-                let inj = INJECTIONS[r.random_range(0..INJECTIONS.len())];
-                let mut c = c;
-                c.request_body = request_body(model, &c.end_user.clone().unwrap_or_default(), inj);
-                c.request_sha256 = sha(&c.request_body);
-                blocked(
-                    c,
-                    policy::PROMPT_INJECTION,
-                    Outcome::Block,
-                    400,
-                    "the prompt matches the injection pattern 'ignore previous instructions'",
-                    Some((1.0, 1.0, "patterns")),
-                )
-            }
+            0..=9 => injected(c, INJECTIONS[r.random_range(0..INJECTIONS.len())]),
             10..=24 => blocked(
                 c,
                 policy::RATE_LIMIT,
@@ -325,21 +328,8 @@ pub fn scenario(
     let calls: Vec<CallRecord> = match name {
         "prompt_injection" => (0..6)
             .map(|i| {
-                let mut c = base(i, "cust_demo_attacker");
-                c.request_body = request_body(
-                    "gpt-4o",
-                    "cust_demo_attacker",
-                    &format!("[DEMO] {}", INJECTIONS[i as usize % 3]),
-                );
-                c.request_sha256 = sha(&c.request_body);
-                blocked(
-                    c,
-                    policy::PROMPT_INJECTION,
-                    Outcome::Block,
-                    400,
-                    "the prompt matches the injection pattern 'ignore previous instructions'",
-                    Some((1.0, 1.0, "patterns")),
-                )
+                let prompt = format!("[DEMO] {}", INJECTIONS[i as usize % 3]);
+                injected(base(i, "cust_demo_attacker"), &prompt)
             })
             .collect(),
         "rate_limit" => (0..12)

@@ -82,6 +82,15 @@ pub struct TableBatch {
     pub first: bool,
 }
 
+/// Columns as a quoted SQL list: `"a", "b"`.
+fn column_list(columns: &[String]) -> String {
+    columns
+        .iter()
+        .map(|c| format!("\"{c}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl TableBatch {
     /// A row holds one value for each column, or the backup is broken.
     fn check_row(&self, row: &[Value]) -> StoreResult<()> {
@@ -215,11 +224,7 @@ pub(super) mod sqlite {
         let result = (|| {
             for table in TABLES {
                 let cols = columns(conn, table)?;
-                let list = cols
-                    .iter()
-                    .map(|c| format!("\"{c}\""))
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let list = column_list(&cols);
                 let filter = tenant.map_or(String::new(), |_| {
                     format!(" WHERE {}", tenant_condition(table).replace("{t}", "?1"))
                 });
@@ -315,12 +320,7 @@ pub(super) mod sqlite {
             if batch.rows.is_empty() {
                 continue;
             }
-            let list = batch
-                .columns
-                .iter()
-                .map(|c| format!("\"{c}\""))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let list = column_list(&batch.columns);
             let marks = (1..=batch.columns.len())
                 .map(|i| format!("?{i}"))
                 .collect::<Vec<_>>()
@@ -401,11 +401,7 @@ pub(super) mod postgres {
                 .into_iter()
                 .map(|(c, _)| c)
                 .collect();
-            let list = cols
-                .iter()
-                .map(|c| format!("\"{c}\""))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let list = column_list(&cols);
             // json_build_array keeps the column order and gives native JSON types.
             let filter = tenant.map_or(String::new(), |_| {
                 format!(
@@ -507,12 +503,7 @@ pub(super) mod postgres {
                 }
                 objects.push(Value::Object(obj));
             }
-            let list = batch
-                .columns
-                .iter()
-                .map(|c| format!("\"{c}\""))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let list = column_list(&batch.columns);
             let payload = Value::Array(objects).to_string();
             tx.execute(
                 &format!(

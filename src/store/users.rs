@@ -1,11 +1,11 @@
 //! People who sign in to the console, and their sessions (managing them: see
 //! [`super::console`]).
 
+use super::StoreResult;
 use super::rows::{
     LIVE_SESSION, SESSION_COLUMNS, USER_COLUMNS, explain_conflict, session_from, user_from,
 };
 use super::sql::{self, Db, Param};
-use super::StoreResult;
 use crate::domain::{Email, NewSession, NewUser, Session, TenantId, Timestamp, User, UserId};
 
 pub(super) fn create(db: &mut dyn Db, user: &NewUser) -> StoreResult<User> {
