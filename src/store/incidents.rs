@@ -653,20 +653,14 @@ pub(super) fn change(
             )
         }
         (Change::Assign(who), _) => {
-            let (was, now) = (
-                json!({"assignee": before.assignee}),
-                json!({"assignee": who}),
-            );
             set_field(db, id, "assignee", Param::OptText(who.as_deref()), at)?;
-            ev(EventKind::Assigned, Some(was), Some(now), None)
+            let (was, now) = field_change("assignee", &before.assignee, who);
+            ev(EventKind::Assigned, was, now, None)
         }
         (Change::SetSeverity(sev), _) => {
-            let (was, now) = (
-                json!({"severity": before.severity}),
-                json!({"severity": sev}),
-            );
             set_field(db, id, "severity", Param::Text(sev.as_str()), at)?;
-            ev(EventKind::SeverityChanged, Some(was), Some(now), None)
+            let (was, now) = field_change("severity", &before.severity, sev);
+            ev(EventKind::SeverityChanged, was, now, None)
         }
         (Change::Note(text), _) => {
             db.execute(
@@ -681,6 +675,15 @@ pub(super) fn change(
     };
     let stored = insert_event(db, seq, &event)?;
     Ok((get_by_id(db, id)?, stored))
+}
+
+/// An event's before and after for a change of one field: `{field: value}` each.
+fn field_change(
+    field: &str,
+    was: &impl serde::Serialize,
+    now: &impl serde::Serialize,
+) -> (Option<serde_json::Value>, Option<serde_json::Value>) {
+    (Some(json!({ field: was })), Some(json!({ field: now })))
 }
 
 /// Sets one column of an incident (a name from this module, never from input) and its
