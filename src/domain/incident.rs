@@ -674,6 +674,7 @@ fn trim_number(v: f64) -> String {
 mod tests {
     use super::*;
     use crate::domain::decision::policy;
+    use crate::testing::assert_contains;
 
     fn at(ms: i64) -> Timestamp {
         Timestamp::from_millis(ms)
@@ -917,11 +918,9 @@ mod tests {
         );
         let s = signals_from_call(&rl);
         assert_eq!(s[0].subject, Subject::Key(rl.key_id.clone()));
-        assert!(
-            s[0].detail
-                .contains("measured 101 against a threshold of 100 requests/min"),
-            "{}",
-            s[0].detail
+        assert_contains(
+            &s[0].detail,
+            "measured 101 against a threshold of 100 requests/min",
         );
 
         let bad = call(502, vec![Decision::pass(policy::KILL_SWITCH, "not frozen")]);

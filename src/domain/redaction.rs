@@ -267,6 +267,7 @@ fn luhn_valid(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::assert_contains;
 
     fn redactor(json: serde_json::Value) -> Redactor {
         let cfg: RedactionConfig = serde_json::from_value(json).unwrap();
@@ -346,11 +347,7 @@ mod tests {
         let mut rec = call();
         let sha = rec.request_sha256.clone();
         r.apply(&mut rec);
-        assert!(
-            rec.request_body.contains("[REDACTED:email]"),
-            "{}",
-            rec.request_body
-        );
+        assert_contains(&rec.request_body, "[REDACTED:email]");
         assert_eq!(
             rec.metadata,
             Some(serde_json::json!({"contact": "[REDACTED:email]", "n": 1}))
