@@ -171,14 +171,9 @@ pub(super) fn record_sent(db: &mut dyn Db, seq: &EventSeq, s: &AlertSent) -> Sto
             db,
             seq,
             &NewEvent {
-                incident_id: incident,
-                tenant_id: &s.tenant_id,
-                at: s.at,
-                actor: "system",
-                kind: EventKind::AlertSent,
-                before: None,
                 after: Some(after),
                 note: Some(&note),
+                ..NewEvent::new(incident, &s.tenant_id, s.at, "system", EventKind::AlertSent)
             },
         )?;
     }

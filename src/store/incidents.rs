@@ -102,6 +102,29 @@ pub(super) struct NewEvent<'a> {
     pub note: Option<&'a str>,
 }
 
+impl<'a> NewEvent<'a> {
+    /// An event of `kind` on incident `incident_id` by `actor`, with no before, after or
+    /// note.
+    pub(super) fn new(
+        incident_id: &'a IncidentId,
+        tenant_id: &'a TenantId,
+        at: Timestamp,
+        actor: &'a str,
+        kind: EventKind,
+    ) -> Self {
+        Self {
+            incident_id,
+            tenant_id,
+            at,
+            actor,
+            kind,
+            before: None,
+            after: None,
+            note: None,
+        }
+    }
+}
+
 pub(super) fn insert_event(
     db: &mut dyn Db,
     seq: &EventSeq,
@@ -305,27 +328,12 @@ fn apply_one(db: &mut dyn Db, seq: &EventSeq, s: &Signal) -> StoreResult<Applied
             }),
         ],
     )?;
-    fn system<'a>(
-        id: &'a IncidentId,
-        tenant: &'a TenantId,
-        at: Timestamp,
-        kind: EventKind,
-        before: Option<serde_json::Value>,
-        after: Option<serde_json::Value>,
-        note: Option<&'a str>,
-    ) -> NewEvent<'a> {
-        NewEvent {
-            incident_id: id,
-            tenant_id: tenant,
-            at,
-            actor: "system",
-            kind,
-            before,
-            after,
-            note,
-        }
-    }
-    let event = |kind, before, after, note| system(&id, tenant, s.at, kind, before, after, note);
+    let event = |kind, before, after, note| NewEvent {
+        before,
+        after,
+        note,
+        ..NewEvent::new(&id, tenant, s.at, "system", kind)
+    };
     if opened {
         insert_event(
             db,
@@ -613,14 +621,10 @@ pub(super) fn change(
     let next = incident::transition(before.status, change)
         .map_err(|e| StoreError::Conflict(e.to_string()))?;
     let ev = |kind, b: Option<serde_json::Value>, a: Option<serde_json::Value>, note| NewEvent {
-        incident_id: id,
-        tenant_id: &before.tenant_id,
-        at,
-        actor,
-        kind,
         before: b,
         after: a,
         note,
+        ..NewEvent::new(id, &before.tenant_id, at, actor, kind)
     };
     let event = match (change, next) {
         (Change::Acknowledge | Change::Resolve | Change::Reopen, Some(status)) => {
@@ -721,14 +725,9 @@ pub(super) fn add_event(
         db,
         seq,
         &NewEvent {
-            incident_id: id,
-            tenant_id: tenant,
-            at,
-            actor,
-            kind,
-            before: None,
             after,
             note,
+            ..NewEvent::new(id, tenant, at, actor, kind)
         },
     )
 }
@@ -996,14 +995,10 @@ pub(super) fn merge(
             db,
             seq,
             &NewEvent {
-                incident_id: &source.id,
-                tenant_id: tenant,
-                at,
-                actor,
-                kind: EventKind::Merged,
                 before: Some(json!({"status": source.status})),
                 after: Some(json!({"status": "resolved", "merged_into": target_id})),
                 note: Some(&into),
+                ..NewEvent::new(&source.id, tenant, at, actor, EventKind::Merged)
             },
         )?;
         let from = format!("merged {} into this", source.id);
@@ -1011,17 +1006,12 @@ pub(super) fn merge(
             db,
             seq,
             &NewEvent {
-                incident_id: target_id,
-                tenant_id: tenant,
-                at,
-                actor,
-                kind: EventKind::Merged,
-                before: None,
                 after: Some(json!({
                     "merged_from": source.id,
                     "signals": source.signal_count,
                 })),
                 note: Some(&from),
+                ..NewEvent::new(target_id, tenant, at, actor, EventKind::Merged)
             },
         )?;
         let after = get_by_id(db, &source.id)?;
@@ -1032,16 +1022,12 @@ pub(super) fn merge(
             db,
             seq,
             &NewEvent {
-                incident_id: target_id,
-                tenant_id: tenant,
-                at,
-                actor,
-                kind: EventKind::Escalated,
                 before: Some(json!({"severity": target.severity})),
                 after: Some(json!({
                     "severity": severity, "calls": calls, "end_users": users, "cost_usd": cost.usd(),
                 })),
                 note: Some("duplicates merged in"),
+                ..NewEvent::new(target_id, tenant, at, actor, EventKind::Escalated)
             },
         )?;
     }
