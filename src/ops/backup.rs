@@ -82,6 +82,15 @@ pub struct BackupDone {
 /// Progress of long work: the table and the rows done in it so far.
 pub type Progress<'a> = dyn FnMut(&str, u64) + 'a;
 
+/// A working directory, removed with what it holds when this goes out of scope.
+struct RemovedOnDrop<'a>(&'a Path);
+
+impl Drop for RemovedOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.0);
+    }
+}
+
 fn io(what: &str, path: &Path) -> impl Fn(std::io::Error) -> String {
     let (what, path) = (what.to_owned(), path.display().to_string());
     move |e| format!("{what} {path}: {e}")
@@ -165,27 +174,9 @@ pub fn create(
     progress: &mut Progress<'_>,
 ) -> Result<BackupDone, String> {
     std::fs::create_dir_all(out_dir).map_err(io("cannot create the backup directory", out_dir))?;
-    let stamp = utc_stamp();
-    let work = out_dir.join(format!(".agv-backup-{stamp}-{}.tmp", unique_suffix()));
-    let result = create_in(
-        store, tenant, data_dir, out_dir, &work, &stamp, key, passphrase, progress,
-    );
-    let _ = std::fs::remove_dir_all(&work);
-    result
-}
-
-#[allow(clippy::too_many_arguments)]
-fn create_in(
-    store: &DynStore,
-    tenant: Option<&crate::domain::TenantId>,
-    data_dir: &Path,
-    out_dir: &Path,
-    work: &Path,
-    stamp: &str,
-    key: &CertSigningKey,
-    passphrase: Option<&str>,
-    progress: &mut Progress<'_>,
-) -> Result<BackupDone, String> {
+    let stamp = &utc_stamp();
+    let work = &out_dir.join(format!(".agv-backup-{stamp}-{}.tmp", unique_suffix()));
+    let _cleanup = RemovedOnDrop(work);
     std::fs::create_dir_all(work.join("tables")).map_err(io("cannot create", work))?;
     let schema_version = store
         .schema_version()
