@@ -44,6 +44,7 @@ macro_rules! named_enum {
         }
     };
 }
+pub(crate) use named_enum;
 
 pub mod alert;
 pub mod audit;
