@@ -792,9 +792,13 @@ mod tests {
     fn an_edited_call_names_the_call_and_other_edits_break_the_signature() {
         let key = CertSigningKey::generate();
         let p = pack(&key);
-        let mut v: Value = serde_json::from_slice(&text(&p)).unwrap();
-        v["calls"][1]["call"]["status"] = json!(500);
-        let err = verify(v.to_string().as_bytes(), None).unwrap_err();
+        // The pack with the member at `pointer` set to `value`, checked.
+        let edited = |pointer: &str, value: Value| {
+            let mut v: Value = serde_json::from_slice(&text(&p)).unwrap();
+            *v.pointer_mut(pointer).unwrap() = value;
+            verify(v.to_string().as_bytes(), None).unwrap_err()
+        };
+        let err = edited("/calls/1/call/status", json!(500));
         match &err {
             PackError::CallChanged { call_id, seq, .. } => {
                 assert_eq!(call_id, p.calls[1].call.id.as_str());
@@ -804,22 +808,16 @@ mod tests {
         }
         assert!(err.to_string().contains(p.calls[1].call.id.as_str()));
         // The call without a proof is still covered by the signature.
-        let mut v: Value = serde_json::from_slice(&text(&p)).unwrap();
-        v["calls"][2]["call"]["end_user"] = json!("someone else");
         assert_eq!(
-            verify(v.to_string().as_bytes(), None).unwrap_err(),
+            edited("/calls/2/call/end_user", json!("someone else")),
             PackError::BadSignature
         );
-        let mut v: Value = serde_json::from_slice(&text(&p)).unwrap();
-        v["incident"]["title"] = json!("Nothing happened");
         assert_eq!(
-            verify(v.to_string().as_bytes(), None).unwrap_err(),
+            edited("/incident/title", json!("Nothing happened")),
             PackError::BadSignature
         );
-        let mut v: Value = serde_json::from_slice(&text(&p)).unwrap();
-        v["certificate"]["incident"]["signal_count"] = json!(1);
         assert!(matches!(
-            verify(v.to_string().as_bytes(), None).unwrap_err(),
+            edited("/certificate/incident/signal_count", json!(1)),
             PackError::Certificate(_)
         ));
     }
