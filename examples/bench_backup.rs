@@ -203,8 +203,9 @@ fn main() {
         std::thread::spawn(move || writer(s, t, k, st))
     };
     let t = Instant::now();
-    let done = agv_server::ops::backup::create(&store, &dir, &out, &signing, None, &mut |_, _| {})
-        .expect("backup");
+    let done =
+        agv_server::ops::backup::create(&store, None, &dir, &out, &signing, None, &mut |_, _| {})
+            .expect("backup");
     let backup_s = t.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let during = summary(w.join().expect("writer"));

@@ -10,7 +10,7 @@ use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
 use crate::domain::time::parse_duration;
 use crate::domain::{KeyId, NewApiKey, Scope, Tenant, TenantId, TenantName, Timestamp};
 use crate::startup::{Application, StartupError, open_store};
-use crate::store::DynStore;
+use crate::store::{DynStore, StoreError};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -468,10 +468,48 @@ impl From<StartupError> for CliError {
     }
 }
 
-impl From<crate::store::StoreError> for CliError {
-    fn from(e: crate::store::StoreError) -> Self {
+impl From<StoreError> for CliError {
+    fn from(e: StoreError) -> Self {
         Self::failed(e.to_string())
     }
+}
+
+/// Maps a store error: `NotFound` fails with `message`, any other error as itself.
+fn or_not_found(message: impl FnOnce() -> String) -> impl FnOnce(StoreError) -> CliError {
+    move |e| match e {
+        StoreError::NotFound => CliError::failed(message()),
+        other => other.into(),
+    }
+}
+
+/// The message for a tenant id that names no tenant.
+fn no_tenant(tenant: &TenantId) -> String {
+    format!("no tenant {tenant}: list tenants with `agv-server tenant list`")
+}
+
+/// Prints a command's result: `value` as JSON with `--json`, else `text`.
+fn print_result(json: bool, value: serde_json::Value, text: impl std::fmt::Display) {
+    if json {
+        print_json(&value);
+    } else {
+        println!("{text}");
+    }
+}
+
+/// Shows a progress line on stderr: rewritten in place on a terminal, else one line each.
+fn show_progress(tty: bool, line: &str) {
+    if tty {
+        eprint!("\r{line}          ");
+    } else {
+        eprintln!("{line}");
+    }
+}
+
+/// A runtime on this thread for the commands that talk over the network.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 fn settings(global: &GlobalArgs) -> Result<Settings, CliError> {
@@ -522,18 +560,6 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
             println!("{version}");
             Ok(())
         }
-        Command::User(UserCommand::Create {
-            email,
-            role,
-            tenant,
-            password_file,
-        }) => user_create(
-            &open_store(&settings)?,
-            &email,
-            &role,
-            tenant.as_deref(),
-            password_file.as_deref(),
-        ),
         Command::User(cmd) => user(&open_store(&settings)?, cmd),
         Command::Tenant(cmd) => tenant(&open_store(&settings)?, &settings.data_dir, cmd),
         Command::Demo {
@@ -671,13 +697,13 @@ fn demo(store: &DynStore, calls: u64, days: u32, seed: u64, json: bool) -> Resul
         started.elapsed().as_secs_f64(),
         incidents.len()
     );
-    if json {
-        print_json(&serde_json::json!({
+    print_result(
+        json,
+        serde_json::json!({
             "tenant_id": tenant.id, "admin_key": admin_secret.expose(), "calls": done, "incidents": incidents.len(),
-        }));
-    } else {
-        println!("{}", tenant.id);
-    }
+        }),
+        &tenant.id,
+    );
     Ok(())
 }
 
@@ -828,13 +854,13 @@ fn audit_verify(store: &DynStore, tenant: Option<&TenantId>, json: bool) -> Resu
             next_report += 100_000;
         }
     };
-    let results = verify_all(store.as_ref(), tenant, &mut progress).map_err(|e| match e {
-        crate::store::StoreError::NotFound => CliError::failed(format!(
-            "no tenant {}: list tenants with `agv-server tenant list`",
-            tenant.map_or("", TenantId::as_str)
-        )),
-        other => other.into(),
-    })?;
+    let results =
+        verify_all(store.as_ref(), tenant, &mut progress).map_err(or_not_found(|| {
+            format!(
+                "no tenant {}: list tenants with `agv-server tenant list`",
+                tenant.map_or("", TenantId::as_str)
+            )
+        }))?;
     let broken: Vec<_> = results.iter().filter(|r| r.broken.is_some()).collect();
     let links: i64 = results.iter().map(|r| r.links).sum();
     if json {
@@ -922,11 +948,7 @@ fn retention_run(store: &DynStore, days: u32, json: bool) -> Result<(), CliError
                 "pruned {} of {} calls looked at ({} kept for open incidents or certificates)",
                 r.pruned, r.examined, r.protected
             );
-            if tty {
-                eprint!("\r{line}          ");
-            } else {
-                eprintln!("{line}");
-            }
+            show_progress(tty, &line);
         }
     };
     let report = retention::sweep(
@@ -941,18 +963,18 @@ fn retention_run(store: &DynStore, days: u32, json: bool) -> Result<(), CliError
     if tty && report.examined > 0 {
         eprintln!();
     }
-    if json {
-        print_json(&serde_json::json!({
+    print_result(
+        json,
+        serde_json::json!({
             "retention_days": days,
             "cutoff": report.cutoff.map(Timestamp::to_rfc3339),
             "candidates": report.candidates,
             "examined": report.examined,
             "pruned": report.pruned,
             "kept": report.protected,
-        }));
-    } else {
-        println!("{}", report.pruned);
-    }
+        }),
+        report.pruned,
+    );
     eprintln!(
         "pruned the bodies of {} calls in {:.1}s; {} kept for open incidents or certificates",
         report.pruned,
@@ -981,13 +1003,7 @@ fn tenant(
                 Some("local".into()),
             )?;
             eprintln!("created tenant '{}'", tenant.name.as_str());
-            if json {
-                print_json(
-                    &serde_json::json!({"id": tenant.id, "name": tenant.name, "created_at": tenant.created_at.to_rfc3339()}),
-                );
-            } else {
-                println!("{}", tenant.id);
-            }
+            print_result(json, tenant_json(&tenant), &tenant.id);
             Ok(())
         }
         TenantCommand::Export { id, output } => {
@@ -996,7 +1012,7 @@ fn tenant(
             let settings_dir = output.unwrap_or_else(|| data_dir.join("backups"));
             let key =
                 crate::evidence::signing::load_or_create(data_dir).map_err(CliError::failed)?;
-            let done = crate::ops::backup::create_for(
+            let done = crate::ops::backup::create(
                 store,
                 Some(&tenant),
                 data_dir,
@@ -1057,11 +1073,7 @@ fn tenant(
         TenantCommand::List { json } => {
             let tenants = store.list_tenants()?;
             if json {
-                let rows: Vec<_> = tenants
-                    .iter()
-                    .map(|t| serde_json::json!({"id": t.id, "name": t.name, "created_at": t.created_at.to_rfc3339()}))
-                    .collect();
-                print_json(&serde_json::Value::Array(rows));
+                print_json(&tenants.iter().map(tenant_json).collect());
             } else if tenants.is_empty() {
                 eprintln!("no tenants yet: create one with `agv-server tenant create NAME`");
             } else {
@@ -1077,6 +1089,10 @@ fn tenant(
             Ok(())
         }
     }
+}
+
+fn tenant_json(t: &Tenant) -> serde_json::Value {
+    serde_json::json!({"id": t.id, "name": t.name, "created_at": t.created_at.to_rfc3339()})
 }
 
 fn parse_tenant(s: &str) -> Result<TenantId, CliError> {
@@ -1123,44 +1139,27 @@ fn key(store: &DynStore, cmd: KeyCommand) -> Result<(), CliError> {
             let tenant_id = parse_tenant(&tenant)?;
             let scope = Scope::parse(&scope).map_err(|e| CliError::usage(e.0))?;
             let expires_at = match expires_in {
-                Some(d) => {
-                    let d = parse_duration(&d).map_err(|e| CliError::usage(e.0))?;
-                    Some(
-                        Timestamp::now()
-                            .plus_millis(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-                    )
-                }
+                Some(d) => Some(
+                    Timestamp::now().plus(parse_duration(&d).map_err(|e| CliError::usage(e.0))?),
+                ),
                 None => None,
             };
             let (row, secret) = NewApiKey::generate(tenant_id.clone(), &name, scope, expires_at)
                 .map_err(|e| CliError::usage(e.0))?;
-            match crate::ops::keys::create(store.as_ref(), &row, &cli_actor()) {
-                Err(crate::store::StoreError::NotFound) => {
-                    return Err(CliError::failed(format!(
-                        "no tenant {tenant_id}: list tenants with `agv-server tenant list`"
-                    )));
-                }
-                other => other?,
-            };
+            crate::ops::keys::create(store.as_ref(), &row, &cli_actor())
+                .map_err(or_not_found(|| no_tenant(&tenant_id)))?;
             eprintln!(
                 "created {} key {} for tenant {}; it is shown only now, keep it safe",
                 row.scope, row.id, row.tenant_id
             );
-            if json {
-                print_json(&key_json(&row, secret.expose()));
-            } else {
-                println!("{}", secret.expose());
-            }
+            print_result(json, key_json(&row, secret.expose()), secret.expose());
             Ok(())
         }
         KeyCommand::List { tenant, json } => {
             let tenant_id = parse_tenant(&tenant)?;
-            store.get_tenant(&tenant_id).map_err(|e| match e {
-                crate::store::StoreError::NotFound => {
-                    CliError::failed(format!("no tenant {tenant_id}"))
-                }
-                other => other.into(),
-            })?;
+            store
+                .get_tenant(&tenant_id)
+                .map_err(or_not_found(|| format!("no tenant {tenant_id}")))?;
             let keys = store.list_api_keys(&tenant_id)?;
             let now = Timestamp::now();
             if json {
@@ -1202,12 +1201,8 @@ fn key(store: &DynStore, cmd: KeyCommand) -> Result<(), CliError> {
         }
         KeyCommand::Revoke { id } => {
             let id = parse_key_id(&id)?;
-            let not_found = |e| match e {
-                crate::store::StoreError::NotFound => CliError::failed(format!("no key {id}")),
-                other => other.into(),
-            };
             let rec = crate::ops::keys::revoke(store.as_ref(), None, &id, &cli_actor())
-                .map_err(not_found)?;
+                .map_err(or_not_found(|| format!("no key {id}")))?;
             eprintln!("revoked key {} (tenant {})", rec.id, rec.tenant_id);
             println!("{}", rec.id);
             Ok(())
@@ -1215,10 +1210,9 @@ fn key(store: &DynStore, cmd: KeyCommand) -> Result<(), CliError> {
         KeyCommand::Rotate { id, grace, json } => {
             let id = parse_key_id(&id)?;
             let grace = parse_duration(&grace).map_err(|e| CliError::usage(e.0))?;
-            let old = store.get_api_key(None, &id).map_err(|e| match e {
-                crate::store::StoreError::NotFound => CliError::failed(format!("no key {id}")),
-                other => other.into(),
-            })?;
+            let old = store
+                .get_api_key(None, &id)
+                .map_err(or_not_found(|| format!("no key {id}")))?;
             let now = Timestamp::now();
             if !old.is_active(now) {
                 return Err(CliError::failed(format!(
@@ -1229,9 +1223,13 @@ fn key(store: &DynStore, cmd: KeyCommand) -> Result<(), CliError> {
             let (row, secret) =
                 NewApiKey::generate(old.tenant_id.clone(), &old.name, old.scope, old.expires_at)
                     .map_err(|e| CliError::usage(e.0))?;
-            let until = now.plus_millis(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX));
-            let rotated =
-                crate::ops::keys::rotate(store.as_ref(), &old, &row, until, &cli_actor())?;
+            let rotated = crate::ops::keys::rotate(
+                store.as_ref(),
+                &old,
+                &row,
+                now.plus(grace),
+                &cli_actor(),
+            )?;
             let old_until = rotated.old_until;
             eprintln!(
                 "new key {} replaces {}; the old key works until {}",
@@ -1239,11 +1237,7 @@ fn key(store: &DynStore, cmd: KeyCommand) -> Result<(), CliError> {
                 id,
                 old_until.to_rfc3339()
             );
-            if json {
-                print_json(&key_json(&row, secret.expose()));
-            } else {
-                println!("{}", secret.expose());
-            }
+            print_result(json, key_json(&row, secret.expose()), secret.expose());
             Ok(())
         }
     }
@@ -1287,11 +1281,7 @@ fn row_progress(what: &'static str) -> impl FnMut(&str, u64) {
     move |table, rows| {
         if last.elapsed() >= std::time::Duration::from_millis(500) {
             last = std::time::Instant::now();
-            if tty {
-                eprint!("\r{what} {table}: {rows} rows          ");
-            } else {
-                eprintln!("{what} {table}: {rows} rows");
-            }
+            show_progress(tty, &format!("{what} {table}: {rows} rows"));
         }
     }
 }
@@ -1343,6 +1333,7 @@ fn backup(settings: &Settings, args: BackupArgs) -> Result<(), CliError> {
     let started = std::time::Instant::now();
     let done = crate::ops::backup::create(
         &store,
+        None,
         &settings.data_dir,
         &out,
         &key,
@@ -1379,10 +1370,8 @@ fn upload_backup(cfg: &crate::config::BackupS3, path: &std::path::Path) -> Resul
         ))
     };
     let total = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| failed(format!("the upload cannot start a runtime: {e}")))?;
+    let runtime =
+        runtime().map_err(|e| failed(format!("the upload cannot start a runtime: {e}")))?;
     let remote = crate::ops::s3::Remote::new(cfg).map_err(failed)?;
     let sent = std::sync::Arc::new(AtomicU64::new(0));
     let tty = std::io::stderr().is_terminal();
@@ -1405,11 +1394,7 @@ fn upload_backup(cfg: &crate::config::BackupS3, path: &std::path::Path) -> Resul
                 _ = tick.tick() => {
                     let n = sent.load(Ordering::Relaxed);
                     let pct = (n * 100).checked_div(total).unwrap_or(100);
-                    if tty {
-                        eprint!("\ruploading: {pct}% ({n} of {total} bytes)          ");
-                    } else {
-                        eprintln!("uploading: {pct}% ({n} of {total} bytes)");
-                    }
+                    show_progress(tty, &format!("uploading: {pct}% ({n} of {total} bytes)"));
                 }
             }
         }
@@ -1492,12 +1477,19 @@ fn restore(
 }
 
 fn existing_tenant(store: &DynStore, tenant: &TenantId) -> Result<Tenant, CliError> {
-    store.get_tenant(tenant).map_err(|e| match e {
-        crate::store::StoreError::NotFound => CliError::failed(format!(
-            "no tenant {tenant}: list tenants with `agv-server tenant list`"
-        )),
-        other => other.into(),
-    })
+    store
+        .get_tenant(tenant)
+        .map_err(or_not_found(|| no_tenant(tenant)))
+}
+
+/// The server's own listen address as this machine reaches it (a wildcard host becomes
+/// 127.0.0.1).
+fn local_address(settings: &Settings) -> String {
+    let listen = settings.listen.as_str();
+    match listen.rsplit_once(':') {
+        Some(("0.0.0.0" | "[::]" | "", port)) => format!("127.0.0.1:{port}"),
+        _ => listen.to_owned(),
+    }
 }
 
 /// GET /ready over plain HTTP/1.0 with a 3 s budget (over HTTPS when the server has
@@ -1514,13 +1506,7 @@ fn healthcheck(settings: &Settings, url: Option<&str>) -> Result<(), CliError> {
             .trim_start_matches("http://")
             .trim_end_matches('/')
             .to_owned(),
-        None => {
-            let listen = settings.listen.as_str();
-            match listen.rsplit_once(':') {
-                Some(("0.0.0.0" | "[::]" | "", port)) => format!("127.0.0.1:{port}"),
-                _ => listen.to_owned(),
-            }
-        }
+        None => local_address(settings),
     };
     let (host, path_prefix) = target.split_once('/').unwrap_or((target.as_str(), ""));
     let timeout = std::time::Duration::from_secs(3);
@@ -1563,19 +1549,10 @@ fn healthcheck(settings: &Settings, url: Option<&str>) -> Result<(), CliError> {
 fn healthcheck_tls(settings: &Settings, url: Option<&str>) -> Result<(), CliError> {
     let base = match url {
         Some(u) => u.trim_end_matches('/').to_owned(),
-        None => {
-            let listen = settings.listen.as_str();
-            let host = match listen.rsplit_once(':') {
-                Some(("0.0.0.0" | "[::]" | "", port)) => format!("127.0.0.1:{port}"),
-                _ => listen.to_owned(),
-            };
-            format!("https://{host}")
-        }
+        None => format!("https://{}", local_address(settings)),
     };
     let target = format!("{base}/ready");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    let runtime = runtime()
         .map_err(|e| CliError::failed(format!("unhealthy: cannot start a runtime: {e}")))?;
     runtime.block_on(async {
         let client = crate::outbound::builder()
@@ -1644,10 +1621,7 @@ fn update(
     let key = up::release_key().map_err(CliError::usage)?;
     let source = from.unwrap_or(&settings.update_source);
     up::Source::parse(source).map_err(|e| CliError::usage(format!("--from: {e}")))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::failed(format!("cannot start: {e}")))?;
+    let runtime = runtime().map_err(|e| CliError::failed(format!("cannot start: {e}")))?;
     let current = env!("CARGO_PKG_VERSION");
     let release = runtime
         .block_on(up::check(source, &key))
@@ -1706,6 +1680,7 @@ fn update(
             .map_err(CliError::failed)?;
         crate::ops::backup::create(
             &store,
+            None,
             &settings.data_dir,
             &settings.backup_dir,
             &signing,
@@ -1788,7 +1763,7 @@ fn user_create(
             created_at: Timestamp::now(),
         })
         .map_err(|e| match e {
-            crate::store::StoreError::Conflict(_) => CliError::failed(format!(
+            StoreError::Conflict(_) => CliError::failed(format!(
                 "a user with the email {} exists already",
                 email.as_str()
             )),
@@ -1815,21 +1790,16 @@ fn user_create(
 /// A person named on the command line by id (`usr_…`) or by email.
 fn find_person(store: &DynStore, given: &str) -> Result<crate::domain::user::User, CliError> {
     use crate::domain::user::Email;
-    let not_found = || {
-        CliError::failed(format!(
-            "no user {given}: list people with `agv-server user list`"
-        ))
-    };
+    let not_found = || format!("no user {given}: list people with `agv-server user list`");
     if given.contains('@') {
         let email = Email::parse(given).map_err(|e| CliError::usage(e.0))?;
-        return store.find_user_by_email(&email)?.ok_or_else(not_found);
+        return store
+            .find_user_by_email(&email)?
+            .ok_or_else(|| CliError::failed(not_found()));
     }
     let id = crate::domain::UserId::parse(given)
         .map_err(|e| CliError::usage(format!("{} (or give the email)", e.0)))?;
-    store.get_user(&id).map_err(|e| match e {
-        crate::store::StoreError::NotFound => not_found(),
-        other => other.into(),
-    })
+    store.get_user(&id).map_err(or_not_found(not_found))
 }
 
 fn person_line(u: &crate::domain::user::User) -> String {

@@ -28,34 +28,26 @@ pub const SIGNATURE_HEADER: &str = "x-agv-signature";
 /// The route id of the operator's route from config (never stored).
 pub const OPERATOR_ROUTE: &str = "operator";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RouteKind {
-    Slack,
-    Webhook,
-    #[serde(rename = "pagerduty")]
-    PagerDuty,
+named_enum! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum RouteKind {
+        Slack => "slack",
+        Webhook => "webhook",
+        #[serde(rename = "pagerduty")]
+        PagerDuty => "pagerduty",
+    }
 }
 
 impl RouteKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Slack => "slack",
-            Self::Webhook => "webhook",
-            Self::PagerDuty => "pagerduty",
-        }
-    }
-
     pub fn parse(s: &str) -> Result<Self, super::ParseError> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "slack" => Ok(Self::Slack),
-            "webhook" => Ok(Self::Webhook),
-            "pagerduty" => Ok(Self::PagerDuty),
-            other => Err(super::ParseError::new(format!(
+        let name = s.trim().to_ascii_lowercase();
+        Self::from_name(&name).ok_or_else(|| {
+            super::ParseError::new(format!(
                 "'{}' is not a route kind: expected slack, webhook or pagerduty",
-                other.chars().take(32).collect::<String>()
-            ))),
-        }
+                name.chars().take(32).collect::<String>()
+            ))
+        })
     }
 }
 
@@ -95,48 +87,27 @@ pub struct AlertSent {
     pub at: Timestamp,
 }
 
-/// Why an alert is being sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reason {
-    Opened,
-    Reopened,
-    Escalated,
-    Repeat,
-    Test,
-    System,
-    /// Someone acknowledged the incident (sent to PagerDuty routes only).
-    Acknowledged,
-    /// Someone resolved the incident (sent to PagerDuty routes only).
-    Resolved,
+named_enum! {
+    /// Why an alert is being sent.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Reason {
+        Opened => "opened",
+        Reopened => "reopened",
+        Escalated => "escalated",
+        Repeat => "repeat",
+        Test => "test",
+        System => "system",
+        /// Someone acknowledged the incident (sent to PagerDuty routes only).
+        Acknowledged => "acknowledged",
+        /// Someone resolved the incident (sent to PagerDuty routes only).
+        Resolved => "resolved",
+    }
 }
 
 impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Opened => "opened",
-            Self::Reopened => "reopened",
-            Self::Escalated => "escalated",
-            Self::Repeat => "repeat",
-            Self::Test => "test",
-            Self::System => "system",
-            Self::Acknowledged => "acknowledged",
-            Self::Resolved => "resolved",
-        }
-    }
-
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "opened" => Self::Opened,
-            "reopened" => Self::Reopened,
-            "escalated" => Self::Escalated,
-            "repeat" => Self::Repeat,
-            "test" => Self::Test,
-            "system" => Self::System,
-            "acknowledged" => Self::Acknowledged,
-            "resolved" => Self::Resolved,
-            _ => return None,
-        })
+        Self::from_name(s)
     }
 }
 

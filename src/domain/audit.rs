@@ -48,168 +48,78 @@ impl Actor {
     }
 }
 
-/// What was done. The names are what `GET /v1/audit?action=` takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuditAction {
-    /// Instance-wide (no tenant): an operator made a tenant.
-    TenantCreate,
-    /// Instance-wide: an operator deleted a tenant and everything it held.
-    TenantErase,
-    TenantExport,
-    /// Instance-wide: a backup was restored (written into the restored database).
-    Restore,
-    UserCreate,
-    UserSignIn,
-    UserSignOut,
-    /// A person changed their password.
-    UserPasswordChange,
-    /// An owner or the operator invited a person to a tenant.
-    UserInvite,
-    /// An owner or the operator took back an invitation before it was used.
-    InvitationRevoke,
-    /// A person was disabled: they cannot sign in and their sessions ended.
-    UserDisable,
-    UserEnable,
-    /// A person got another role in their tenant (`before` and `after` name both).
-    UserRoleChange,
-    /// A person was deleted (`before` holds who they were).
-    UserDelete,
-    /// Every session of a person was ended by an owner, the operator or the CLI.
-    UserSessionsEnd,
-    /// Instance-wide: an operator started a backup from the console.
-    Backup,
-    /// Instance-wide: a retention sweep removed the bodies of old calls.
-    Retention,
-    KeyCreate,
-    KeyRevoke,
-    KeyRotate,
-    Freeze,
-    Unfreeze,
-    PolicyUpdate,
-    PolicyBacktest,
-    UpstreamUpdate,
-    UpstreamDelete,
-    Replay,
-    /// A replay of every call of an incident was queued.
-    IncidentReplay,
-    CertificateIssue,
-    /// An incident exported (JSON pack, PDF or CSV); `after` names the format.
-    Export,
-    AlertRouteCreate,
-    AlertRouteUpdate,
-    AlertRouteDelete,
-    IncidentAck,
-    IncidentResolve,
-    IncidentReopen,
-    IncidentAssign,
-    IncidentSeverity,
-    IncidentNote,
-    /// Duplicates merged into an incident; `after` names them.
-    IncidentMerge,
+named_enum! {
+    /// What was done. The names are what `GET /v1/audit?action=` takes.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum AuditAction {
+        /// Instance-wide (no tenant): an operator made a tenant.
+        TenantCreate => "tenant.create",
+        /// Instance-wide: an operator deleted a tenant and everything it held.
+        TenantErase => "tenant.erase",
+        TenantExport => "tenant.export",
+        /// Instance-wide: a backup was restored (written into the restored database).
+        Restore => "instance.restore",
+        UserCreate => "user.create",
+        UserSignIn => "user.sign_in",
+        UserSignOut => "user.sign_out",
+        /// A person changed their password.
+        UserPasswordChange => "user.password_change",
+        /// An owner or the operator invited a person to a tenant.
+        UserInvite => "user.invite",
+        /// An owner or the operator took back an invitation before it was used.
+        InvitationRevoke => "invitation.revoke",
+        /// A person was disabled: they cannot sign in and their sessions ended.
+        UserDisable => "user.disable",
+        UserEnable => "user.enable",
+        /// A person got another role in their tenant (`before` and `after` name both).
+        UserRoleChange => "user.role_change",
+        /// A person was deleted (`before` holds who they were).
+        UserDelete => "user.delete",
+        /// Every session of a person was ended by an owner, the operator or the CLI.
+        UserSessionsEnd => "user.sessions_end",
+        /// Instance-wide: an operator started a backup from the console.
+        Backup => "instance.backup",
+        /// Instance-wide: a retention sweep removed the bodies of old calls.
+        Retention => "instance.retention",
+        KeyCreate => "key.create",
+        KeyRevoke => "key.revoke",
+        KeyRotate => "key.rotate",
+        Freeze => "killswitch.freeze",
+        Unfreeze => "killswitch.unfreeze",
+        PolicyUpdate => "policy.update",
+        PolicyBacktest => "policy.backtest",
+        UpstreamUpdate => "upstream.update",
+        UpstreamDelete => "upstream.delete",
+        Replay => "replay.run",
+        /// A replay of every call of an incident was queued.
+        IncidentReplay => "incident.replay",
+        CertificateIssue => "certificate.issue",
+        /// An incident exported (JSON pack, PDF or CSV); `after` names the format.
+        Export => "incident.export",
+        AlertRouteCreate => "alert_route.create",
+        AlertRouteUpdate => "alert_route.update",
+        AlertRouteDelete => "alert_route.delete",
+        IncidentAck => "incident.ack",
+        IncidentResolve => "incident.resolve",
+        IncidentReopen => "incident.reopen",
+        IncidentAssign => "incident.assign",
+        IncidentSeverity => "incident.severity",
+        IncidentNote => "incident.note",
+        /// Duplicates merged into an incident; `after` names them.
+        IncidentMerge => "incident.merge",
+    }
 }
 
-const ACTIONS: &[AuditAction] = &[
-    AuditAction::TenantCreate,
-    AuditAction::TenantErase,
-    AuditAction::TenantExport,
-    AuditAction::Restore,
-    AuditAction::UserCreate,
-    AuditAction::UserSignIn,
-    AuditAction::UserSignOut,
-    AuditAction::UserPasswordChange,
-    AuditAction::UserInvite,
-    AuditAction::InvitationRevoke,
-    AuditAction::UserDisable,
-    AuditAction::UserEnable,
-    AuditAction::UserRoleChange,
-    AuditAction::UserDelete,
-    AuditAction::UserSessionsEnd,
-    AuditAction::Backup,
-    AuditAction::Retention,
-    AuditAction::KeyCreate,
-    AuditAction::KeyRevoke,
-    AuditAction::KeyRotate,
-    AuditAction::Freeze,
-    AuditAction::Unfreeze,
-    AuditAction::PolicyUpdate,
-    AuditAction::PolicyBacktest,
-    AuditAction::UpstreamUpdate,
-    AuditAction::UpstreamDelete,
-    AuditAction::Replay,
-    AuditAction::IncidentReplay,
-    AuditAction::CertificateIssue,
-    AuditAction::Export,
-    AuditAction::AlertRouteCreate,
-    AuditAction::AlertRouteUpdate,
-    AuditAction::AlertRouteDelete,
-    AuditAction::IncidentAck,
-    AuditAction::IncidentResolve,
-    AuditAction::IncidentReopen,
-    AuditAction::IncidentAssign,
-    AuditAction::IncidentSeverity,
-    AuditAction::IncidentNote,
-    AuditAction::IncidentMerge,
-];
-
 impl AuditAction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::TenantCreate => "tenant.create",
-            Self::TenantErase => "tenant.erase",
-            Self::TenantExport => "tenant.export",
-            Self::Restore => "instance.restore",
-            Self::UserCreate => "user.create",
-            Self::UserSignIn => "user.sign_in",
-            Self::UserSignOut => "user.sign_out",
-            Self::UserPasswordChange => "user.password_change",
-            Self::UserInvite => "user.invite",
-            Self::InvitationRevoke => "invitation.revoke",
-            Self::UserDisable => "user.disable",
-            Self::UserEnable => "user.enable",
-            Self::UserRoleChange => "user.role_change",
-            Self::UserDelete => "user.delete",
-            Self::UserSessionsEnd => "user.sessions_end",
-            Self::Backup => "instance.backup",
-            Self::Retention => "instance.retention",
-            Self::KeyCreate => "key.create",
-            Self::KeyRevoke => "key.revoke",
-            Self::KeyRotate => "key.rotate",
-            Self::Freeze => "killswitch.freeze",
-            Self::Unfreeze => "killswitch.unfreeze",
-            Self::PolicyUpdate => "policy.update",
-            Self::PolicyBacktest => "policy.backtest",
-            Self::UpstreamUpdate => "upstream.update",
-            Self::UpstreamDelete => "upstream.delete",
-            Self::Replay => "replay.run",
-            Self::IncidentReplay => "incident.replay",
-            Self::CertificateIssue => "certificate.issue",
-            Self::Export => "incident.export",
-            Self::AlertRouteCreate => "alert_route.create",
-            Self::AlertRouteUpdate => "alert_route.update",
-            Self::AlertRouteDelete => "alert_route.delete",
-            Self::IncidentAck => "incident.ack",
-            Self::IncidentResolve => "incident.resolve",
-            Self::IncidentReopen => "incident.reopen",
-            Self::IncidentAssign => "incident.assign",
-            Self::IncidentSeverity => "incident.severity",
-            Self::IncidentNote => "incident.note",
-            Self::IncidentMerge => "incident.merge",
-        }
-    }
-
     pub fn parse(s: &str) -> Result<Self, ParseError> {
-        ACTIONS
-            .iter()
-            .copied()
-            .find(|a| a.as_str() == s)
-            .ok_or_else(|| {
-                let known: Vec<&str> = ACTIONS.iter().map(|a| a.as_str()).collect();
-                ParseError::new(format!(
-                    "unknown audit action '{}': use one of {}",
-                    s.chars().take(48).collect::<String>(),
-                    known.join(", ")
-                ))
-            })
+        Self::from_name(s).ok_or_else(|| {
+            let known: Vec<&str> = Self::ALL.iter().map(|a| a.as_str()).collect();
+            ParseError::new(format!(
+                "unknown audit action '{}': use one of {}",
+                s.chars().take(48).collect::<String>(),
+                known.join(", ")
+            ))
+        })
     }
 }
 
@@ -305,7 +215,7 @@ mod tests {
 
     #[test]
     fn every_action_name_parses_back_and_unknown_names_list_the_known_ones() {
-        for a in ACTIONS {
+        for a in AuditAction::ALL {
             assert_eq!(AuditAction::parse(a.as_str()).unwrap(), *a);
         }
         let err = AuditAction::parse("key.eat").unwrap_err();

@@ -81,6 +81,50 @@ pub struct CallRecord {
     pub body_pruned_at: Option<Timestamp>,
 }
 
+impl CallRecord {
+    /// A chat-completions call of `key` with nothing recorded yet: a fresh id, no body,
+    /// status 0, no decisions, usage, timing or upstream. Callers set what they know with
+    /// `CallRecord { .., ..CallRecord::new(..) }`.
+    pub fn new(tenant_id: TenantId, key_id: KeyId, created_at: Timestamp) -> Self {
+        Self {
+            id: CallId::generate(),
+            tenant_id,
+            key_id,
+            created_at,
+            endpoint: endpoint::CHAT_COMPLETIONS.into(),
+            model: None,
+            stream: false,
+            end_user: None,
+            session_id: None,
+            metadata: None,
+            request_body: String::new(),
+            request_truncated: false,
+            request_sha256: String::new(),
+            response_body: None,
+            response_truncated: false,
+            response_sha256: None,
+            status: 0,
+            error: None,
+            blocked: false,
+            blocked_by: None,
+            decisions: Vec::new(),
+            prompt_tokens: None,
+            completion_tokens: None,
+            cached_tokens: None,
+            total_tokens: None,
+            cost: None,
+            latency_us: 0,
+            upstream_latency_us: None,
+            enforcement_us: 0,
+            upstream_attempts: 0,
+            upstream: None,
+            request_body_sha256: None,
+            response_body_sha256: None,
+            body_pruned_at: None,
+        }
+    }
+}
+
 /// A recorded call as a policy replay (`guard::backtest`) reads it: the request, who sent
 /// it and when, how it was decided and the usage it was settled with. Not the response
 /// body, the decisions, the metadata or the hashes: a backtest over 200,000 calls reads

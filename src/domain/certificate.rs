@@ -30,30 +30,19 @@ use std::fmt;
 /// The certificate format this code writes and reads.
 pub const CERTIFICATE_VERSION: u64 = 1;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CertificateKind {
-    Replay,
-    Call,
-    Incident,
+named_enum! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum CertificateKind {
+        Replay => "replay",
+        Call => "call",
+        Incident => "incident",
+    }
 }
 
 impl CertificateKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Replay => "replay",
-            Self::Call => "call",
-            Self::Incident => "incident",
-        }
-    }
-
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "replay" => Some(Self::Replay),
-            "call" => Some(Self::Call),
-            "incident" => Some(Self::Incident),
-            _ => None,
-        }
+        Self::from_name(s)
     }
 }
 

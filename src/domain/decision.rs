@@ -5,46 +5,26 @@
 //! it was compared with, so the timeline can say exactly why a call passed or was stopped.
 
 use serde::{Deserialize, Serialize};
-use std::fmt;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    Pass,
-    Block,
-    Throttle,
-    Freeze,
+named_enum! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Outcome {
+        Pass => "pass",
+        Block => "block",
+        Throttle => "throttle",
+        Freeze => "freeze",
+    }
 }
 
 impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pass => "pass",
-            Self::Block => "block",
-            Self::Throttle => "throttle",
-            Self::Freeze => "freeze",
-        }
-    }
-
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "pass" => Some(Self::Pass),
-            "block" => Some(Self::Block),
-            "throttle" => Some(Self::Throttle),
-            "freeze" => Some(Self::Freeze),
-            _ => None,
-        }
+        Self::from_name(s)
     }
 
     /// Whether the call was stopped by this decision.
     pub fn stops(self) -> bool {
         !matches!(self, Self::Pass)
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

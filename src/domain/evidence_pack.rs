@@ -617,9 +617,7 @@ pub fn calls_csv<'a>(calls: impl IntoIterator<Item = &'a CallRecord>) -> String 
 mod tests {
     use super::*;
     use crate::domain::certificate::{CERTIFICATE_VERSION, IncidentEvidence};
-    use crate::domain::{
-        CallId, CertificateId, Decision, IncidentId, KeyId, Money, TenantId, Timestamp,
-    };
+    use crate::domain::{CertificateId, Decision, IncidentId, KeyId, Money, TenantId, Timestamp};
     use serde_json::json;
 
     fn call(tenant: &TenantId, end_user: &str) -> CallRecord {
@@ -627,30 +625,17 @@ mod tests {
         d.value = Some(0.1 + 0.2);
         d.threshold = Some(16_000.0);
         CallRecord {
-            id: CallId::generate(),
-            tenant_id: tenant.clone(),
-            key_id: KeyId::generate(),
-            created_at: Timestamp::from_millis(1_763_900_000_123),
-            endpoint: "chat.completions".into(),
             model: Some("gpt-4o-mini".into()),
-            stream: false,
             end_user: Some(end_user.into()),
-            session_id: None,
             metadata: Some(json!({"team": "search", "n": 1.5})),
             request_body: "{\"messages\":[]}\u{0}".into(),
-            request_truncated: false,
             request_sha256: "ab".repeat(32),
             response_body: Some("{}".into()),
-            response_truncated: false,
             response_sha256: Some("cd".repeat(32)),
             status: 200,
-            error: None,
-            blocked: false,
-            blocked_by: None,
             decisions: vec![d, Decision::new("dg-005", Outcome::Block, "injection")],
             prompt_tokens: Some(12),
             completion_tokens: Some(34),
-            cached_tokens: None,
             total_tokens: Some(46),
             cost: Some(Money::from_nanos(123_456)),
             latency_us: 812_345,
@@ -658,9 +643,11 @@ mod tests {
             enforcement_us: 42,
             upstream_attempts: 1,
             upstream: Some("https://api.openai.com/v1".into()),
-            request_body_sha256: None,
-            response_body_sha256: None,
-            body_pruned_at: None,
+            ..CallRecord::new(
+                tenant.clone(),
+                KeyId::generate(),
+                Timestamp::from_millis(1_763_900_000_123),
+            )
         }
     }
 
@@ -805,9 +792,13 @@ mod tests {
     fn an_edited_call_names_the_call_and_other_edits_break_the_signature() {
         let key = CertSigningKey::generate();
         let p = pack(&key);
-        let mut v: Value = serde_json::from_slice(&text(&p)).unwrap();
-        v["calls"][1]["call"]["status"] = json!(500);
-        let err = verify(v.to_string().as_bytes(), None).unwrap_err();
+        // The pack with the member at `pointer` set to `value`, checked.
+        let edited = |pointer: &str, value: Value| {
+            let mut v: Value = serde_json::from_slice(&text(&p)).unwrap();
+            *v.pointer_mut(pointer).unwrap() = value;
+            verify(v.to_string().as_bytes(), None).unwrap_err()
+        };
+        let err = edited("/calls/1/call/status", json!(500));
         match &err {
             PackError::CallChanged { call_id, seq, .. } => {
                 assert_eq!(call_id, p.calls[1].call.id.as_str());
@@ -817,22 +808,16 @@ mod tests {
         }
         assert!(err.to_string().contains(p.calls[1].call.id.as_str()));
         // The call without a proof is still covered by the signature.
-        let mut v: Value = serde_json::from_slice(&text(&p)).unwrap();
-        v["calls"][2]["call"]["end_user"] = json!("someone else");
         assert_eq!(
-            verify(v.to_string().as_bytes(), None).unwrap_err(),
+            edited("/calls/2/call/end_user", json!("someone else")),
             PackError::BadSignature
         );
-        let mut v: Value = serde_json::from_slice(&text(&p)).unwrap();
-        v["incident"]["title"] = json!("Nothing happened");
         assert_eq!(
-            verify(v.to_string().as_bytes(), None).unwrap_err(),
+            edited("/incident/title", json!("Nothing happened")),
             PackError::BadSignature
         );
-        let mut v: Value = serde_json::from_slice(&text(&p)).unwrap();
-        v["certificate"]["incident"]["signal_count"] = json!(1);
         assert!(matches!(
-            verify(v.to_string().as_bytes(), None).unwrap_err(),
+            edited("/certificate/incident/signal_count", json!(1)),
             PackError::Certificate(_)
         ));
     }

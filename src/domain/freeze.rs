@@ -4,27 +4,18 @@
 use super::{FreezeId, KeyId, TenantId, Timestamp};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FreezeAction {
-    Freeze,
-    Unfreeze,
+named_enum! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum FreezeAction {
+        Freeze => "freeze",
+        Unfreeze => "unfreeze",
+    }
 }
 
 impl FreezeAction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Freeze => "freeze",
-            Self::Unfreeze => "unfreeze",
-        }
-    }
-
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "freeze" => Some(Self::Freeze),
-            "unfreeze" => Some(Self::Unfreeze),
-            _ => None,
-        }
+        Self::from_name(s)
     }
 }
 

@@ -9,7 +9,6 @@
 
 use super::{CallId, IncidentEventId, IncidentId, KeyId, Money, ParseError, TenantId, Timestamp};
 use serde::{Deserialize, Serialize};
-use std::fmt;
 
 /// The grouping rules in force. Bump it (and keep the old rules' behaviour for the old
 /// number's incidents) when a rule changes.
@@ -33,38 +32,26 @@ pub mod rule {
     pub const OVERFLOW: &str = "overflow";
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Low,
-    Medium,
-    High,
-    Critical,
+named_enum! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Severity {
+        Low => "low",
+        Medium => "medium",
+        High => "high",
+        Critical => "critical",
+    }
 }
 
 impl Severity {
-    pub const ALL: [Severity; 4] = [Self::Low, Self::Medium, Self::High, Self::Critical];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Low => "low",
-            Self::Medium => "medium",
-            Self::High => "high",
-            Self::Critical => "critical",
-        }
-    }
-
     pub fn parse(s: &str) -> Result<Self, ParseError> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "low" => Ok(Self::Low),
-            "medium" => Ok(Self::Medium),
-            "high" => Ok(Self::High),
-            "critical" => Ok(Self::Critical),
-            other => Err(ParseError::new(format!(
+        let name = s.trim().to_ascii_lowercase();
+        Self::from_name(&name).ok_or_else(|| {
+            ParseError::new(format!(
                 "'{}' is not a severity: expected low, medium, high or critical",
-                other.chars().take(32).collect::<String>()
-            ))),
-        }
+                name.chars().take(32).collect::<String>()
+            ))
+        })
     }
 
     fn raised(self, steps: u8) -> Self {
@@ -73,29 +60,17 @@ impl Severity {
     }
 }
 
-impl fmt::Display for Severity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+named_enum! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum IncidentStatus {
+        Open => "open",
+        Acknowledged => "acknowledged",
+        Resolved => "resolved",
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IncidentStatus {
-    Open,
-    Acknowledged,
-    Resolved,
 }
 
 impl IncidentStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Open => "open",
-            Self::Acknowledged => "acknowledged",
-            Self::Resolved => "resolved",
-        }
-    }
-
     pub fn parse(s: &str) -> Result<Self, ParseError> {
         match s.trim().to_ascii_lowercase().as_str() {
             "open" => Ok(Self::Open),
@@ -106,12 +81,6 @@ impl IncidentStatus {
                 other.chars().take(32).collect::<String>()
             ))),
         }
-    }
-}
-
-impl fmt::Display for IncidentStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -365,61 +334,32 @@ pub struct IncidentEvent {
     pub note: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    Opened,
-    Reopened,
-    Escalated,
-    Acknowledged,
-    Resolved,
-    Assigned,
-    SeverityChanged,
-    Note,
-    /// A kill-switch freeze or unfreeze of the incident's tenant or key.
-    #[serde(rename = "killswitch")]
-    KillSwitch,
-    AlertSent,
-    Summary,
-    /// Duplicates merged: on the incident merged away ("merged into inc_…", which also
-    /// resolves it) and on the one it went into ("merged inc_… into this").
-    Merged,
+named_enum! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum EventKind {
+        Opened => "opened",
+        Reopened => "reopened",
+        Escalated => "escalated",
+        Acknowledged => "acknowledged",
+        Resolved => "resolved",
+        Assigned => "assigned",
+        SeverityChanged => "severity_changed",
+        Note => "note",
+        /// A kill-switch freeze or unfreeze of the incident's tenant or key.
+        #[serde(rename = "killswitch")]
+        KillSwitch => "killswitch",
+        AlertSent => "alert_sent",
+        Summary => "summary",
+        /// Duplicates merged: on the incident merged away ("merged into inc_…", which also
+        /// resolves it) and on the one it went into ("merged inc_… into this").
+        Merged => "merged",
+    }
 }
 
 impl EventKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Opened => "opened",
-            Self::Reopened => "reopened",
-            Self::Escalated => "escalated",
-            Self::Acknowledged => "acknowledged",
-            Self::Resolved => "resolved",
-            Self::Assigned => "assigned",
-            Self::SeverityChanged => "severity_changed",
-            Self::Note => "note",
-            Self::KillSwitch => "killswitch",
-            Self::AlertSent => "alert_sent",
-            Self::Summary => "summary",
-            Self::Merged => "merged",
-        }
-    }
-
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "opened" => Self::Opened,
-            "reopened" => Self::Reopened,
-            "escalated" => Self::Escalated,
-            "acknowledged" => Self::Acknowledged,
-            "resolved" => Self::Resolved,
-            "assigned" => Self::Assigned,
-            "severity_changed" => Self::SeverityChanged,
-            "note" => Self::Note,
-            "killswitch" => Self::KillSwitch,
-            "alert_sent" => Self::AlertSent,
-            "summary" => Self::Summary,
-            "merged" => Self::Merged,
-            _ => return None,
-        })
+        Self::from_name(s)
     }
 }
 
@@ -674,6 +614,7 @@ fn trim_number(v: f64) -> String {
 mod tests {
     use super::*;
     use crate::domain::decision::policy;
+    use crate::testing::assert_contains;
 
     fn at(ms: i64) -> Timestamp {
         Timestamp::from_millis(ms)
@@ -820,7 +761,7 @@ mod tests {
 
     #[test]
     fn severities_and_statuses_parse_and_reject_nonsense() {
-        for s in Severity::ALL {
+        for &s in Severity::ALL {
             assert_eq!(Severity::parse(s.as_str()), Ok(s));
         }
         assert!(
@@ -849,40 +790,14 @@ mod tests {
 
     fn call(status: u16, decisions: Vec<crate::domain::Decision>) -> crate::domain::CallRecord {
         crate::domain::CallRecord {
-            id: CallId::generate(),
-            tenant_id: TenantId::generate(),
-            key_id: KeyId::generate(),
-            created_at: at(5),
-            endpoint: "chat.completions".into(),
             model: Some("gpt-4o".into()),
-            stream: false,
             end_user: Some("cust_1".into()),
-            session_id: None,
-            metadata: None,
             request_body: "{}".into(),
-            request_truncated: false,
-            request_sha256: String::new(),
-            response_body: None,
-            response_truncated: false,
-            response_sha256: None,
             status,
             error: Some("upstream said no".into()),
             blocked: status == 400 || status == 423,
-            blocked_by: None,
             decisions,
-            prompt_tokens: None,
-            completion_tokens: None,
-            cached_tokens: None,
-            total_tokens: None,
-            cost: None,
-            latency_us: 0,
-            upstream_latency_us: None,
-            enforcement_us: 0,
-            upstream_attempts: 0,
-            upstream: None,
-            request_body_sha256: None,
-            response_body_sha256: None,
-            body_pruned_at: None,
+            ..crate::domain::CallRecord::new(TenantId::generate(), KeyId::generate(), at(5))
         }
     }
 
@@ -943,11 +858,9 @@ mod tests {
         );
         let s = signals_from_call(&rl);
         assert_eq!(s[0].subject, Subject::Key(rl.key_id.clone()));
-        assert!(
-            s[0].detail
-                .contains("measured 101 against a threshold of 100 requests/min"),
-            "{}",
-            s[0].detail
+        assert_contains(
+            &s[0].detail,
+            "measured 101 against a threshold of 100 requests/min",
         );
 
         let bad = call(502, vec![Decision::pass(policy::KILL_SWITCH, "not frozen")]);

@@ -14,31 +14,23 @@ pub const KEY_PREFIX: &str = "agv_";
 /// How many characters of the key are kept in clear for display (`agv_` + 8 hex).
 pub const DISPLAY_PREFIX_LEN: usize = 12;
 
-/// What a key may do. `proxy` keys call the OpenAI-compatible endpoints; `admin` keys
-/// may also use the kill switch, policies, incidents and call records of their tenant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    Proxy,
-    Admin,
+named_enum! {
+    /// What a key may do. `proxy` keys call the OpenAI-compatible endpoints; `admin` keys
+    /// may also use the kill switch, policies, incidents and call records of their tenant.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Scope {
+        Proxy => "proxy",
+        Admin => "admin",
+    }
 }
 
 impl Scope {
     pub fn parse(s: &str) -> Result<Self, ParseError> {
-        match s.trim() {
-            "proxy" => Ok(Self::Proxy),
-            "admin" => Ok(Self::Admin),
-            other => Err(ParseError::new(format!(
-                "unknown scope '{other}': use 'proxy' or 'admin'"
-            ))),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Proxy => "proxy",
-            Self::Admin => "admin",
-        }
+        let name = s.trim();
+        Self::from_name(name).ok_or_else(|| {
+            ParseError::new(format!("unknown scope '{name}': use 'proxy' or 'admin'"))
+        })
     }
 
     /// Whether a key of this scope may act where `required` is needed.
@@ -47,12 +39,6 @@ impl Scope {
             (self, required),
             (Self::Admin, _) | (Self::Proxy, Self::Proxy)
         )
-    }
-}
-
-impl fmt::Display for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -3,6 +3,49 @@
 //! Nothing in here performs I/O. Every value that comes from a user is parsed into a
 //! type with a private field (`parse`/`TryFrom`), so the rest of the code can trust it.
 
+/// An enum whose variants each have one fixed name (stored, sent and shown): declares
+/// the enum, `ALL` (every variant, in order), `as_str`, `from_name` (the variant of
+/// exactly that name) and `Display` (the name).
+macro_rules! named_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $($(#[$vmeta:meta])* $variant:ident => $text:literal,)*
+        }
+    ) => {
+        $(#[$meta])*
+        $vis enum $name {
+            $($(#[$vmeta])* $variant,)*
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)*
+                }
+            }
+
+            /// The variant named exactly `s`.
+            pub fn from_name(s: &str) -> Option<Self> {
+                match s {
+                    $($text => Some(Self::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+pub(crate) use named_enum;
+
 pub mod alert;
 pub mod audit;
 pub mod call;

@@ -415,11 +415,16 @@ mod tests {
         Jwks::parse(json!({ "keys": list }).to_string().as_bytes()).unwrap()
     }
 
-    #[test]
-    fn a_good_rs256_token_gives_its_claims() {
+    /// `claims` signed with RS256 by key `k1`, checked against that key and [`want`].
+    fn signed_and_checked(claims: &Value) -> Result<Claims, TokenError> {
         let key = rsa_key();
         let jwks = keys(vec![rsa_jwk(&key, "k1")]);
-        let c = verify_id_token(&rs256(&key, "k1", &claims()), &jwks, &want()).unwrap();
+        verify_id_token(&rs256(&key, "k1", claims), &jwks, &want())
+    }
+
+    #[test]
+    fn a_good_rs256_token_gives_its_claims() {
+        let c = signed_and_checked(&claims()).unwrap();
         assert_eq!(c.subject(), Some("u-1"));
         assert_eq!(c.email().unwrap().unwrap().as_str(), "ada@example.com");
         assert_eq!(c.email_verified(), Some(true));
@@ -445,32 +450,28 @@ mod tests {
 
     #[test]
     fn a_token_for_another_client_is_refused() {
-        let key = rsa_key();
-        let jwks = keys(vec![rsa_jwk(&key, "k1")]);
         let mut c = claims();
         c["aud"] = json!("someone-else");
-        let err = verify_id_token(&rs256(&key, "k1", &c), &jwks, &want()).unwrap_err();
+        let err = signed_and_checked(&c).unwrap_err();
         assert_eq!(err, TokenError::Audience("agv".into()));
         c["aud"] = json!(["someone-else", "agv"]);
-        assert!(verify_id_token(&rs256(&key, "k1", &c), &jwks, &want()).is_ok());
+        assert!(signed_and_checked(&c).is_ok());
         c["azp"] = json!("someone-else");
-        let err = verify_id_token(&rs256(&key, "k1", &c), &jwks, &want()).unwrap_err();
+        let err = signed_and_checked(&c).unwrap_err();
         assert!(matches!(err, TokenError::Audience(_)), "{err}");
     }
 
     #[test]
     fn an_expired_or_future_token_is_refused_beyond_the_leeway() {
-        let key = rsa_key();
-        let jwks = keys(vec![rsa_jwk(&key, "k1")]);
         let mut c = claims();
         c["exp"] = json!(NOW - LEEWAY_SECS - 1);
-        let err = verify_id_token(&rs256(&key, "k1", &c), &jwks, &want()).unwrap_err();
+        let err = signed_and_checked(&c).unwrap_err();
         assert_eq!(err, TokenError::Expired);
         c["exp"] = json!(NOW - 30);
-        assert!(verify_id_token(&rs256(&key, "k1", &c), &jwks, &want()).is_ok());
+        assert!(signed_and_checked(&c).is_ok());
         c["iat"] = json!(NOW + LEEWAY_SECS + 60);
         c["exp"] = json!(NOW + 3600);
-        let err = verify_id_token(&rs256(&key, "k1", &c), &jwks, &want()).unwrap_err();
+        let err = signed_and_checked(&c).unwrap_err();
         assert_eq!(err, TokenError::NotYetValid);
     }
 
@@ -508,18 +509,16 @@ mod tests {
 
     #[test]
     fn a_wrong_nonce_or_issuer_is_refused() {
-        let key = rsa_key();
-        let jwks = keys(vec![rsa_jwk(&key, "k1")]);
         let mut c = claims();
         c["nonce"] = json!("n-2");
-        let err = verify_id_token(&rs256(&key, "k1", &c), &jwks, &want()).unwrap_err();
+        let err = signed_and_checked(&c).unwrap_err();
         assert_eq!(err, TokenError::Nonce);
         c.as_object_mut().unwrap().retain(|k, _| k != "nonce");
-        let err = verify_id_token(&rs256(&key, "k1", &c), &jwks, &want()).unwrap_err();
+        let err = signed_and_checked(&c).unwrap_err();
         assert_eq!(err, TokenError::Nonce);
         let mut c = claims();
         c["iss"] = json!("https://evil.example.com");
-        let err = verify_id_token(&rs256(&key, "k1", &c), &jwks, &want()).unwrap_err();
+        let err = signed_and_checked(&c).unwrap_err();
         assert!(matches!(err, TokenError::Issuer { .. }), "{err}");
     }
 

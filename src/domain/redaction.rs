@@ -267,6 +267,7 @@ fn luhn_valid(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::assert_contains;
 
     fn redactor(json: serde_json::Value) -> Redactor {
         let cfg: RedactionConfig = serde_json::from_value(json).unwrap();
@@ -325,42 +326,18 @@ mod tests {
     }
 
     fn call() -> CallRecord {
-        use crate::domain::{CallId, KeyId, TenantId, Timestamp};
+        use crate::domain::{KeyId, TenantId, Timestamp};
         CallRecord {
-            id: CallId::generate(),
-            tenant_id: TenantId::generate(),
-            key_id: KeyId::generate(),
-            created_at: Timestamp::now(),
-            endpoint: "chat.completions".into(),
             model: Some("gpt-4o".into()),
-            stream: false,
             end_user: Some("cust_1".into()),
-            session_id: None,
             metadata: Some(serde_json::json!({"contact": "a@b.io", "n": 1})),
             request_body: r#"{"messages":[{"role":"user","content":"I am a@b.io"}]}"#.into(),
-            request_truncated: false,
             request_sha256: "aa".repeat(32),
             response_body: Some(r#"{"choices":[]}"#.into()),
-            response_truncated: false,
             response_sha256: Some("bb".repeat(32)),
             status: 200,
-            error: None,
-            blocked: false,
-            blocked_by: None,
-            decisions: Vec::new(),
-            prompt_tokens: None,
-            completion_tokens: None,
-            cached_tokens: None,
-            total_tokens: None,
-            cost: None,
-            latency_us: 0,
-            upstream_latency_us: None,
-            enforcement_us: 0,
             upstream_attempts: 1,
-            upstream: None,
-            request_body_sha256: None,
-            response_body_sha256: None,
-            body_pruned_at: None,
+            ..CallRecord::new(TenantId::generate(), KeyId::generate(), Timestamp::now())
         }
     }
 
@@ -370,11 +347,7 @@ mod tests {
         let mut rec = call();
         let sha = rec.request_sha256.clone();
         r.apply(&mut rec);
-        assert!(
-            rec.request_body.contains("[REDACTED:email]"),
-            "{}",
-            rec.request_body
-        );
+        assert_contains(&rec.request_body, "[REDACTED:email]");
         assert_eq!(
             rec.metadata,
             Some(serde_json::json!({"contact": "[REDACTED:email]", "n": 1}))

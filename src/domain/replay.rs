@@ -27,72 +27,45 @@ use super::{CallId, Decision, Outcome, ReplayId, TenantId, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use std::fmt;
 
-/// How a call is replayed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReplayMode {
-    /// Re-evaluate the stored request against today's guardrails; nothing is sent.
-    Policy,
-    /// Send the stored request to the upstream again, as a new call.
-    Upstream,
+named_enum! {
+    /// How a call is replayed.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum ReplayMode {
+        /// Re-evaluate the stored request against today's guardrails; nothing is sent.
+        Policy => "policy",
+        /// Send the stored request to the upstream again, as a new call.
+        Upstream => "upstream",
+    }
 }
 
 impl ReplayMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Policy => "policy",
-            Self::Upstream => "upstream",
-        }
-    }
-
     pub fn parse(s: &str) -> Result<Self, super::ParseError> {
-        match s {
-            "policy" => Ok(Self::Policy),
-            "upstream" => Ok(Self::Upstream),
-            other => Err(super::ParseError::new(format!(
+        Self::from_name(s).ok_or_else(|| {
+            super::ParseError::new(format!(
                 "unknown replay mode '{}': use \"policy\" (re-check against today's guardrails, nothing sent) or \"upstream\" (send the request again)",
-                other.chars().take(40).collect::<String>()
-            ))),
-        }
+                s.chars().take(40).collect::<String>()
+            ))
+        })
     }
 }
 
-/// How closely a replay's answer matches the original's; best first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum MatchLevel {
-    Exact,
-    Logical,
-    Semantic,
-    Mismatch,
+named_enum! {
+    /// How closely a replay's answer matches the original's; best first.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+    pub enum MatchLevel {
+        Exact => "EXACT",
+        Logical => "LOGICAL",
+        Semantic => "SEMANTIC",
+        Mismatch => "MISMATCH",
+    }
 }
 
 impl MatchLevel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Exact => "EXACT",
-            Self::Logical => "LOGICAL",
-            Self::Semantic => "SEMANTIC",
-            Self::Mismatch => "MISMATCH",
-        }
-    }
-
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "EXACT" => Some(Self::Exact),
-            "LOGICAL" => Some(Self::Logical),
-            "SEMANTIC" => Some(Self::Semantic),
-            "MISMATCH" => Some(Self::Mismatch),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for MatchLevel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        Self::from_name(s)
     }
 }
 

@@ -12,33 +12,20 @@ pub mod kind {
     pub const INCIDENT_EXPORT: &str = "incident.export";
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskStatus {
-    Queued,
-    Running,
-    Done,
-    Failed,
+named_enum! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum TaskStatus {
+        Queued => "queued",
+        Running => "running",
+        Done => "done",
+        Failed => "failed",
+    }
 }
 
 impl TaskStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Running => "running",
-            Self::Done => "done",
-            Self::Failed => "failed",
-        }
-    }
-
     pub fn parse(s: &str) -> Result<Self, ParseError> {
-        match s {
-            "queued" => Ok(Self::Queued),
-            "running" => Ok(Self::Running),
-            "done" => Ok(Self::Done),
-            "failed" => Ok(Self::Failed),
-            other => Err(ParseError::new(format!("unknown task status '{other}'"))),
-        }
+        Self::from_name(s).ok_or_else(|| ParseError::new(format!("unknown task status '{s}'")))
     }
 
     pub fn is_finished(self) -> bool {

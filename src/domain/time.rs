@@ -27,6 +27,11 @@ impl Timestamp {
         Self(self.0.saturating_add(ms))
     }
 
+    /// This moment plus a duration, saturating at the end of time.
+    pub fn plus(self, d: std::time::Duration) -> Self {
+        self.plus_millis(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+
     pub fn to_rfc3339(self) -> String {
         chrono::DateTime::from_timestamp_millis(self.0)
             .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))

@@ -32,42 +32,32 @@ impl Email {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Runs the instance; sees every tenant.
-    Operator,
-    Owner,
-    Admin,
-    Viewer,
+named_enum! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Role {
+        /// Runs the instance; sees every tenant.
+        Operator => "operator",
+        Owner => "owner",
+        Admin => "admin",
+        Viewer => "viewer",
+    }
 }
 
 impl Role {
     pub fn parse(s: &str) -> Result<Self, ParseError> {
-        match s.trim() {
-            "operator" => Ok(Self::Operator),
-            "owner" => Ok(Self::Owner),
-            "admin" => Ok(Self::Admin),
-            "viewer" => Ok(Self::Viewer),
-            other => Err(ParseError::new(format!(
-                "unknown role '{other}': use operator, owner, admin or viewer"
-            ))),
-        }
+        let name = s.trim();
+        Self::from_name(name).ok_or_else(|| {
+            ParseError::new(format!(
+                "unknown role '{name}': use operator, owner, admin or viewer"
+            ))
+        })
     }
 
     /// A role within one tenant (owner, admin or viewer), as opposed to the operator's,
     /// which belongs to the instance.
     pub fn is_tenant_role(self) -> bool {
         !matches!(self, Self::Operator)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Operator => "operator",
-            Self::Owner => "owner",
-            Self::Admin => "admin",
-            Self::Viewer => "viewer",
-        }
     }
 }
 

@@ -34,34 +34,23 @@ const CHAIN_SLACK_MS: i64 = 15 * 60 * 1000;
 /// Chain links read per query while looking for the exported calls.
 const CHAIN_PAGE: u32 = 500;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExportFormat {
-    Json,
-    Pdf,
-    Csv,
+crate::domain::named_enum! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum ExportFormat {
+        Json => "json",
+        Pdf => "pdf",
+        Csv => "csv",
+    }
 }
 
 impl ExportFormat {
-    pub const ALL: [ExportFormat; 3] = [Self::Json, Self::Pdf, Self::Csv];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Json => "json",
-            Self::Pdf => "pdf",
-            Self::Csv => "csv",
-        }
-    }
-
     pub fn parse(s: &str) -> Result<Self, ParseError> {
-        Self::ALL
-            .into_iter()
-            .find(|f| f.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
-                ParseError::new(format!(
-                    "unknown export format '{}': use format=json (signed evidence pack), format=pdf (report) or format=csv (one row per call)",
-                    s.chars().take(32).collect::<String>()
-                ))
-            })
+        Self::from_name(&s.to_ascii_lowercase()).ok_or_else(|| {
+            ParseError::new(format!(
+                "unknown export format '{}': use format=json (signed evidence pack), format=pdf (report) or format=csv (one row per call)",
+                s.chars().take(32).collect::<String>()
+            ))
+        })
     }
 }
 

@@ -170,6 +170,18 @@ struct Column {
     max_lines: usize,
 }
 
+impl Column {
+    /// A column of one line of regular text per cell.
+    const fn new(title: &'static str, width: f32) -> Self {
+        Self {
+            title,
+            width,
+            font: Font::Regular,
+            max_lines: 1,
+        }
+    }
+}
+
 /// The standard fonts the report uses, by resource name; nothing is embedded.
 const FONTS: [(&str, &str); 3] = [
     ("F1", "Helvetica"),
@@ -587,36 +599,11 @@ pub fn render(r: &Report<'_>) -> Vec<u8> {
         );
     } else {
         let cols = [
-            Column {
-                title: "Guardrail",
-                width: 255.0,
-                font: Font::Regular,
-                max_lines: 1,
-            },
-            Column {
-                title: "Pass",
-                width: 60.0,
-                font: Font::Regular,
-                max_lines: 1,
-            },
-            Column {
-                title: "Block",
-                width: 60.0,
-                font: Font::Regular,
-                max_lines: 1,
-            },
-            Column {
-                title: "Throttle",
-                width: 60.0,
-                font: Font::Regular,
-                max_lines: 1,
-            },
-            Column {
-                title: "Freeze",
-                width: 60.0,
-                font: Font::Regular,
-                max_lines: 1,
-            },
+            Column::new("Guardrail", 255.0),
+            Column::new("Pass", 60.0),
+            Column::new("Block", 60.0),
+            Column::new("Throttle", 60.0),
+            Column::new("Freeze", 60.0),
         ];
         let rows: Vec<Vec<String>> = r
             .evaluations
@@ -637,23 +624,16 @@ pub fn render(r: &Report<'_>) -> Vec<u8> {
     w.heading("Timeline");
     let steps = &r.timeline.steps;
     let cols = [
+        Column::new("Time (UTC)", 118.0),
         Column {
-            title: "Time (UTC)",
-            width: 118.0,
-            font: Font::Regular,
-            max_lines: 1,
-        },
-        Column {
-            title: "Step",
-            width: 122.0,
             font: Font::Bold,
             max_lines: 2,
+            ..Column::new("Step", 122.0)
         },
         Column {
-            title: "Detail",
-            width: 255.0,
             font: Font::Regular,
             max_lines: 4,
+            ..Column::new("Detail", 255.0)
         },
     ];
     let rows: Vec<Vec<String>> = steps

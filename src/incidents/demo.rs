@@ -3,12 +3,9 @@
 //! of `POST /v1/demo/simulate-incident`. Deterministic: the same seed, scenario and
 //! start time give the same calls; everything is marked as demo and goes to demo tenants.
 
-use crate::domain::call::endpoint;
 use crate::domain::decision::policy;
 use crate::domain::incident::{Signal, Subject, signals_from_call};
-use crate::domain::{
-    CallId, CallRecord, Decision, KeyId, Money, Outcome, ParseError, TenantId, Timestamp,
-};
+use crate::domain::{CallRecord, Decision, KeyId, Money, Outcome, ParseError, TenantId, Timestamp};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -106,26 +103,15 @@ fn call(
     let cost = Money::for_tokens(prompt as u64, price.0)
         .saturating_add(Money::for_tokens(completion as u64, price.1));
     CallRecord {
-        id: CallId::generate(),
-        tenant_id: tenant.clone(),
-        key_id: key.clone(),
-        created_at: at,
-        endpoint: endpoint::CHAT_COMPLETIONS.into(),
         model: Some(model.into()),
-        stream: false,
         end_user: Some(user.into()),
         session_id: Some(session.into()),
         metadata: Some(serde_json::json!({"demo": true, "feature": "support-bot"})),
         request_sha256: sha(&req),
         request_body: req,
-        request_truncated: false,
         response_sha256: Some(sha(&resp)),
         response_body: Some(resp),
-        response_truncated: false,
         status: 200,
-        error: None,
-        blocked: false,
-        blocked_by: None,
         decisions: passing_decisions(prompt + completion),
         prompt_tokens: Some(prompt),
         completion_tokens: Some(completion),
@@ -137,9 +123,7 @@ fn call(
         enforcement_us: 12,
         upstream_attempts: 1,
         upstream: Some("https://api.openai.com/v1".into()),
-        request_body_sha256: None,
-        response_body_sha256: None,
-        body_pruned_at: None,
+        ..CallRecord::new(tenant.clone(), key.clone(), at)
     }
 }
 
@@ -182,6 +166,22 @@ fn blocked(
     c.upstream_attempts = 0;
     c.upstream = None;
     c
+}
+
+/// `c` with `prompt` (an injection attempt) as its request, stopped by the injection check.
+fn injected(mut c: CallRecord, prompt: &str) -> CallRecord {
+    let model = c.model.clone().unwrap_or_default();
+    let user = c.end_user.clone().unwrap_or_default();
+    c.request_body = request_body(&model, &user, prompt);
+    c.request_sha256 = sha(&c.request_body);
+    blocked(
+        c,
+        policy::PROMPT_INJECTION,
+        Outcome::Block,
+        400,
+        "the prompt matches the injection pattern 'ignore previous instructions'",
+        Some((1.0, 1.0, "patterns")),
+    )
 }
 
 /// The generator of `agv-server demo`: calls spread over the `span_ms` before `end`,
@@ -256,20 +256,7 @@ impl Iterator for CallStream {
         );
         let roll = r.random_range(0..1000);
         Some(match roll {
-            0..=9 => {
-                let inj = INJECTIONS[r.random_range(0..INJECTIONS.len())];
-                let mut c = c;
-                c.request_body = request_body(model, &c.end_user.clone().unwrap_or_default(), inj);
-                c.request_sha256 = sha(&c.request_body);
-                blocked(
-                    c,
-                    policy::PROMPT_INJECTION,
-                    Outcome::Block,
-                    400,
-                    "the prompt matches the injection pattern 'ignore previous instructions'",
-                    Some((1.0, 1.0, "patterns")),
-                )
-            }
+            0..=9 => injected(c, INJECTIONS[r.random_range(0..INJECTIONS.len())]),
             10..=24 => blocked(
                 c,
                 policy::RATE_LIMIT,
@@ -341,21 +328,8 @@ pub fn scenario(
     let calls: Vec<CallRecord> = match name {
         "prompt_injection" => (0..6)
             .map(|i| {
-                let mut c = base(i, "cust_demo_attacker");
-                c.request_body = request_body(
-                    "gpt-4o",
-                    "cust_demo_attacker",
-                    &format!("[DEMO] {}", INJECTIONS[i as usize % 3]),
-                );
-                c.request_sha256 = sha(&c.request_body);
-                blocked(
-                    c,
-                    policy::PROMPT_INJECTION,
-                    Outcome::Block,
-                    400,
-                    "the prompt matches the injection pattern 'ignore previous instructions'",
-                    Some((1.0, 1.0, "patterns")),
-                )
+                let prompt = format!("[DEMO] {}", INJECTIONS[i as usize % 3]);
+                injected(base(i, "cust_demo_attacker"), &prompt)
             })
             .collect(),
         "rate_limit" => (0..12)

@@ -647,29 +647,14 @@ mod tests {
     use super::*;
     use crate::domain::incident::Severity;
     use crate::domain::{CallId, Decision, IncidentEventId, IncidentId, KeyId, Money, TenantId};
+    use crate::testing::assert_contains;
 
     fn call() -> CallRecord {
         CallRecord {
-            id: CallId::generate(),
-            tenant_id: TenantId::generate(),
-            key_id: KeyId::generate(),
-            created_at: Timestamp::from_millis(1_700_000_000_000),
-            endpoint: "chat.completions".into(),
             model: Some("gpt-4o".into()),
-            stream: false,
             end_user: Some("cust_8372".into()),
-            session_id: None,
-            metadata: None,
             request_body: "{\"messages\":[]}".into(),
-            request_truncated: false,
-            request_sha256: String::new(),
-            response_body: None,
-            response_truncated: false,
-            response_sha256: None,
             status: 200,
-            error: None,
-            blocked: false,
-            blocked_by: None,
             decisions: vec![
                 Decision {
                     micros: 3,
@@ -683,7 +668,6 @@ mod tests {
             ],
             prompt_tokens: Some(10),
             completion_tokens: Some(5),
-            cached_tokens: None,
             total_tokens: Some(15),
             cost: Some(Money::from_usd(0.0001)),
             latency_us: 2_000,
@@ -691,9 +675,11 @@ mod tests {
             enforcement_us: 8,
             upstream_attempts: 1,
             upstream: Some("http://up/v1".into()),
-            request_body_sha256: None,
-            response_body_sha256: None,
-            body_pruned_at: None,
+            ..CallRecord::new(
+                TenantId::generate(),
+                KeyId::generate(),
+                Timestamp::from_millis(1_700_000_000_000),
+            )
         }
     }
 
@@ -738,11 +724,7 @@ mod tests {
         let t = for_call(&c);
         assert_eq!(t.steps[3].outcome, Some(Outcome::Block));
         assert_eq!(t.steps[4].title, "Upstream not called");
-        assert!(
-            t.root_cause.contains("Prompt injection (dg-005)"),
-            "{}",
-            t.root_cause
-        );
+        assert_contains(&t.root_cause, "Prompt injection (dg-005)");
         assert!(t.root_cause.contains("ignore previous instructions"));
         assert!(t.root_cause.contains("as intended"));
     }
@@ -871,17 +853,8 @@ mod tests {
             "{}",
             t.summary
         );
-        assert!(
-            t.summary
-                .contains("acknowledged by dana@example.com after 2 min"),
-            "{}",
-            t.summary
-        );
-        assert!(
-            t.summary.contains("resolved by key:key_1 after 10 min"),
-            "{}",
-            t.summary
-        );
+        assert_contains(&t.summary, "acknowledged by dana@example.com after 2 min");
+        assert_contains(&t.summary, "resolved by key:key_1 after 10 min");
         let ack = t.steps.iter().find(|s| s.title == "Acknowledged").unwrap();
         assert_eq!(ack.actor.as_deref(), Some(format!("user:{dana}").as_str()));
         assert_eq!(ack.actor_email.as_deref(), Some("dana@example.com"));
@@ -891,10 +864,9 @@ mod tests {
             ack.detail
         );
         // Without names, the labels stay.
-        assert!(
-            summary(&inc, &events).contains(&format!("acknowledged by user:{dana}")),
-            "{}",
-            summary(&inc, &events)
+        assert_contains(
+            &summary(&inc, &events),
+            &format!("acknowledged by user:{dana}"),
         );
     }
 
@@ -905,27 +877,19 @@ mod tests {
         inc.signal_count = 5;
         inc.last_signal_at = inc.first_signal_at.plus_millis(180);
         let text = summary(&inc, &[]);
-        assert!(
-            text.contains("5 times within 0.2 s, from 2023-11-14 22:13:20 UTC."),
-            "{text}"
-        );
+        assert_contains(&text, "5 times within 0.2 s, from 2023-11-14 22:13:20 UTC.");
         assert!(!text.contains("over 0 s"), "{text}");
 
         inc.signal_count = 1;
         inc.last_signal_at = inc.first_signal_at;
-        assert!(
-            summary(&inc, &[]).contains("(user:cust_8372), once, at 2023-11-14 22:13:20 UTC."),
-            "{}",
-            summary(&inc, &[])
+        assert_contains(
+            &summary(&inc, &[]),
+            "(user:cust_8372), once, at 2023-11-14 22:13:20 UTC.",
         );
 
         inc.signal_count = 40;
         inc.last_signal_at = inc.first_signal_at.plus_millis(600_000);
-        assert!(
-            summary(&inc, &[]).contains("40 times over 10 min"),
-            "{}",
-            summary(&inc, &[])
-        );
+        assert_contains(&summary(&inc, &[]), "40 times over 10 min");
     }
 
     #[test]
@@ -937,10 +901,9 @@ mod tests {
         assert!(!text.contains("$0.0000"), "{text}");
 
         inc.cost = Money::from_usd(0.0153);
-        assert!(
-            summary(&inc, &[]).contains("Impact: 2 calls, 1 end user, $0.0153 of known cost."),
-            "{}",
-            summary(&inc, &[])
+        assert_contains(
+            &summary(&inc, &[]),
+            "Impact: 2 calls, 1 end user, $0.0153 of known cost.",
         );
         assert_eq!(Money::from_usd(12.345).readable(), "$12.35");
         assert_eq!(Money::from_usd(0.5).readable(), "$0.50");
@@ -949,11 +912,7 @@ mod tests {
         inc.call_count = 0;
         inc.end_user_count = 0;
         inc.cost = Money::ZERO;
-        assert!(
-            summary(&inc, &[]).contains("Impact: no affected call recorded."),
-            "{}",
-            summary(&inc, &[])
-        );
+        assert_contains(&summary(&inc, &[]), "Impact: no affected call recorded.");
     }
 
     #[test]
@@ -985,9 +944,9 @@ mod tests {
         let mut recurred = event(&id, 800_000, EventKind::Reopened, "system");
         recurred.note = Some("matched again".into());
         let text = summary(&inc, &[by_hand.clone(), recurred.clone()]);
-        assert!(
-            text.contains("reopened by key:key_1 after 12 min; reopened when the problem recurred"),
-            "{text}"
+        assert_contains(
+            &text,
+            "reopened by key:key_1 after 12 min; reopened when the problem recurred",
         );
         assert_eq!(
             event_sentence(&by_hand, &People::default()),

@@ -82,6 +82,15 @@ pub struct BackupDone {
 /// Progress of long work: the table and the rows done in it so far.
 pub type Progress<'a> = dyn FnMut(&str, u64) + 'a;
 
+/// A working directory, removed with what it holds when this goes out of scope.
+struct RemovedOnDrop<'a>(&'a Path);
+
+impl Drop for RemovedOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.0);
+    }
+}
+
 fn io(what: &str, path: &Path) -> impl Fn(std::io::Error) -> String {
     let (what, path) = (what.to_owned(), path.display().to_string());
     move |e| format!("{what} {path}: {e}")
@@ -152,21 +161,10 @@ fn place_without_overwriting(partial: &Path, dir: &Path, name: &str) -> Result<P
 }
 
 /// Writes a backup of `store` (and, with a passphrase, the data directory's key files) into
-/// `out_dir`. Returns the file; a failure leaves no partial file behind.
+/// `out_dir`. Returns the file; a failure leaves no partial file behind. With `tenant`,
+/// only that tenant's rows (a tenant export, named `agv-tenant-<id>-<time>.tar`;
+/// restorable like a backup).
 pub fn create(
-    store: &DynStore,
-    data_dir: &Path,
-    out_dir: &Path,
-    key: &CertSigningKey,
-    passphrase: Option<&str>,
-    progress: &mut Progress<'_>,
-) -> Result<BackupDone, String> {
-    create_for(store, None, data_dir, out_dir, key, passphrase, progress)
-}
-
-/// Like [`create`]; with `tenant`, only that tenant's rows (a tenant export, named
-/// `agv-tenant-<id>-<time>.tar`; restorable like a backup).
-pub fn create_for(
     store: &DynStore,
     tenant: Option<&crate::domain::TenantId>,
     data_dir: &Path,
@@ -176,27 +174,9 @@ pub fn create_for(
     progress: &mut Progress<'_>,
 ) -> Result<BackupDone, String> {
     std::fs::create_dir_all(out_dir).map_err(io("cannot create the backup directory", out_dir))?;
-    let stamp = utc_stamp();
-    let work = out_dir.join(format!(".agv-backup-{stamp}-{}.tmp", unique_suffix()));
-    let result = create_in(
-        store, tenant, data_dir, out_dir, &work, &stamp, key, passphrase, progress,
-    );
-    let _ = std::fs::remove_dir_all(&work);
-    result
-}
-
-#[allow(clippy::too_many_arguments)]
-fn create_in(
-    store: &DynStore,
-    tenant: Option<&crate::domain::TenantId>,
-    data_dir: &Path,
-    out_dir: &Path,
-    work: &Path,
-    stamp: &str,
-    key: &CertSigningKey,
-    passphrase: Option<&str>,
-    progress: &mut Progress<'_>,
-) -> Result<BackupDone, String> {
+    let stamp = &utc_stamp();
+    let work = &out_dir.join(format!(".agv-backup-{stamp}-{}.tmp", unique_suffix()));
+    let _cleanup = RemovedOnDrop(work);
     std::fs::create_dir_all(work.join("tables")).map_err(io("cannot create", work))?;
     let schema_version = store
         .schema_version()
@@ -1117,7 +1097,7 @@ mod tests {
         let store = crate::store::open(data.path(), None).unwrap();
         let key = CertSigningKey::generate();
         let out = data.path().join("backups");
-        let take = || create(&store, data.path(), &out, &key, None, &mut |_, _| {}).unwrap();
+        let take = || create(&store, None, data.path(), &out, &key, None, &mut |_, _| {}).unwrap();
         let (a, b, c) = (take(), take(), take());
         assert_ne!(a.path, b.path);
         assert_ne!(b.path, c.path);

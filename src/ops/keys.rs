@@ -29,6 +29,16 @@ pub struct By {
 }
 
 impl By {
+    /// An audit entry by this author about key `id` of `tenant`.
+    fn entry(&self, tenant: &TenantId, action: AuditAction, id: &KeyId) -> NewAuditEntry {
+        NewAuditEntry::new(
+            Some(tenant.clone()),
+            self.actor.clone(),
+            action,
+            id.as_str(),
+        )
+    }
+
     fn record(&self, store: &dyn Store, entry: NewAuditEntry) {
         crate::evidence::audit::record(store, &entry.source(self.source.clone()));
     }
@@ -40,13 +50,8 @@ pub fn create(store: &dyn Store, row: &NewApiKey, by: &By) -> StoreResult<ApiKey
     let created = store.create_api_key(row)?;
     by.record(
         store,
-        NewAuditEntry::new(
-            Some(created.tenant_id.clone()),
-            by.actor.clone(),
-            AuditAction::KeyCreate,
-            created.id.as_str(),
-        )
-        .after(audit_state(&created)),
+        by.entry(&created.tenant_id, AuditAction::KeyCreate, &created.id)
+            .after(audit_state(&created)),
     );
     Ok(created)
 }
@@ -63,14 +68,9 @@ pub fn revoke(
     let revoked = store.revoke_api_key(tenant, id, Timestamp::now())?;
     by.record(
         store,
-        NewAuditEntry::new(
-            Some(revoked.tenant_id.clone()),
-            by.actor.clone(),
-            AuditAction::KeyRevoke,
-            revoked.id.as_str(),
-        )
-        .before(audit_state(&before))
-        .after(audit_state(&revoked)),
+        by.entry(&revoked.tenant_id, AuditAction::KeyRevoke, &revoked.id)
+            .before(audit_state(&before))
+            .after(audit_state(&revoked)),
     );
     Ok(revoked)
 }
@@ -98,14 +98,9 @@ pub fn rotate(
     let old_key = store.set_api_key_expiry(None, &old.id, Some(old_until))?;
     by.record(
         store,
-        NewAuditEntry::new(
-            Some(old.tenant_id.clone()),
-            by.actor.clone(),
-            AuditAction::KeyRotate,
-            old.id.as_str(),
-        )
-        .before(json!({"old_key": audit_state(old)}))
-        .after(json!({"old_key": audit_state(&old_key), "new_key": audit_state(&new_key)})),
+        by.entry(&old.tenant_id, AuditAction::KeyRotate, &old.id)
+            .before(json!({"old_key": audit_state(old)}))
+            .after(json!({"old_key": audit_state(&old_key), "new_key": audit_state(&new_key)})),
     );
     Ok(Rotated {
         new_key,

@@ -144,29 +144,20 @@ impl Remote {
             .bucket
             .put_object(Some(&self.credentials), &key)
             .sign(SIGNED_FOR);
-        let res = self
+        let put = self
             .client
             .put(url)
             .header(reqwest::header::CONTENT_LENGTH, bytes)
             .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
-            .body(reqwest::Body::wrap_stream(stream))
-            .send()
-            .await
-            .map_err(|e| self.unreachable("the upload", &e))?;
-        self.check("the upload", &key, res).await?;
+            .body(reqwest::Body::wrap_stream(stream));
+        self.send("the upload", &key, put).await?;
         // The answer said yes; make sure the whole file is there.
         let url = self
             .bucket
             .head_object(Some(&self.credentials), &key)
             .sign(SIGNED_FOR);
         let res = self
-            .client
-            .head(url)
-            .send()
-            .await
-            .map_err(|e| self.unreachable("checking the uploaded object", &e))?;
-        let res = self
-            .check("checking the uploaded object", &key, res)
+            .send("checking the uploaded object", &key, self.client.head(url))
             .await?;
         let stored = res
             .headers()
@@ -198,12 +189,8 @@ impl Remote {
             }
             let url = action.sign(SIGNED_FOR);
             let res = self
-                .client
-                .get(url)
-                .send()
-                .await
-                .map_err(|e| self.unreachable("listing the bucket", &e))?;
-            let res = self.check("listing the bucket", &self.prefix, res).await?;
+                .send("listing the bucket", &self.prefix, self.client.get(url))
+                .await?;
             let text = res
                 .text()
                 .await
@@ -231,13 +218,8 @@ impl Remote {
             .bucket
             .delete_object(Some(&self.credentials), key)
             .sign(SIGNED_FOR);
-        let res = self
-            .client
-            .delete(url)
-            .send()
-            .await
-            .map_err(|e| self.unreachable("deleting an old copy", &e))?;
-        self.check("deleting an old copy", key, res).await?;
+        self.send("deleting an old copy", key, self.client.delete(url))
+            .await?;
         Ok(())
     }
 
@@ -281,6 +263,21 @@ impl Remote {
             "{what} to {} failed: cannot reach the S3 endpoint {} ({chain}); check backup_s3_endpoint and that the storage service is up",
             self.location, self.endpoint
         )
+    }
+
+    /// Sends a request about `key`; an unreachable endpoint or a non-2xx answer is the
+    /// message for `what`.
+    async fn send(
+        &self,
+        what: &str,
+        key: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, String> {
+        let res = request
+            .send()
+            .await
+            .map_err(|e| self.unreachable(what, &e))?;
+        self.check(what, key, res).await
     }
 
     /// Turns a non-2xx answer into a message naming S3's error code and what to check.

@@ -57,6 +57,7 @@ pub async fn backup(state: Arc<Backups>, job: Job) -> Result<(), String> {
     let done = run_blocking(move || {
         let done = crate::ops::backup::create(
             &store,
+            None,
             &settings.data_dir,
             &settings.backup_dir,
             &key,

@@ -89,11 +89,12 @@ pub(super) fn get_route(
     tenant: &TenantId,
     id: &AlertRouteId,
 ) -> StoreResult<AlertRoute> {
-    let rows = db.query(
+    super::sql::one(
+        db,
         &format!("SELECT {ROUTE_COLUMNS} FROM alert_routes WHERE tenant_id = $1 AND id = $2"),
         &[Param::Text(tenant.as_str()), Param::Text(id.as_str())],
-    )?;
-    rows.first().map(route_from).ok_or(StoreError::NotFound)?
+        route_from,
+    )
 }
 
 /// Replaces the editable fields of a route (name, target, URL, secret, severity, timing);
@@ -170,14 +171,9 @@ pub(super) fn record_sent(db: &mut dyn Db, seq: &EventSeq, s: &AlertSent) -> Sto
             db,
             seq,
             &NewEvent {
-                incident_id: incident,
-                tenant_id: &s.tenant_id,
-                at: s.at,
-                actor: "system",
-                kind: EventKind::AlertSent,
-                before: None,
                 after: Some(after),
                 note: Some(&note),
+                ..NewEvent::new(incident, &s.tenant_id, s.at, "system", EventKind::AlertSent)
             },
         )?;
     }

@@ -2,7 +2,7 @@
 
 use super::rows::{CALL_COLUMNS, call_from, list_calls_query};
 use super::sql::{self, Cells, Db, Param};
-use super::{CallCounts, StoreError, StoreResult};
+use super::{CallCounts, StoreResult};
 use crate::domain::{CallCursor, CallFilter, CallId, CallRecord, Money, TenantId, Timestamp};
 
 pub(super) fn get(
@@ -10,7 +10,7 @@ pub(super) fn get(
     tenant: Option<&TenantId>,
     id: &CallId,
 ) -> StoreResult<CallRecord> {
-    sql::first(
+    sql::one(
         db,
         &format!(
             "SELECT {CALL_COLUMNS} FROM calls WHERE id = $1 AND (CAST($2 AS TEXT) IS NULL OR tenant_id = $2)"
@@ -20,8 +20,7 @@ pub(super) fn get(
             Param::OptText(tenant.map(TenantId::as_str)),
         ],
         call_from,
-    )?
-    .ok_or(StoreError::NotFound)
+    )
 }
 
 pub(super) fn list(

@@ -82,6 +82,30 @@ pub struct TableBatch {
     pub first: bool,
 }
 
+/// Columns as a quoted SQL list: `"a", "b"`.
+fn column_list(columns: &[String]) -> String {
+    columns
+        .iter()
+        .map(|c| format!("\"{c}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl TableBatch {
+    /// A row holds one value for each column, or the backup is broken.
+    fn check_row(&self, row: &[Value]) -> StoreResult<()> {
+        if row.len() == self.columns.len() {
+            return Ok(());
+        }
+        Err(StoreError::Database(format!(
+            "a row of '{}' in the backup has {} values for {} columns",
+            self.table,
+            row.len(),
+            self.columns.len()
+        )))
+    }
+}
+
 pub type Sink<'a> = dyn FnMut(TableBatch) -> StoreResult<()> + 'a;
 
 /// The rows of `table` that belong to one tenant: a condition on the tenant id, which is
@@ -200,11 +224,7 @@ pub(super) mod sqlite {
         let result = (|| {
             for table in TABLES {
                 let cols = columns(conn, table)?;
-                let list = cols
-                    .iter()
-                    .map(|c| format!("\"{c}\""))
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let list = column_list(&cols);
                 let filter = tenant.map_or(String::new(), |_| {
                     format!(" WHERE {}", tenant_condition(table).replace("{t}", "?1"))
                 });
@@ -300,12 +320,7 @@ pub(super) mod sqlite {
             if batch.rows.is_empty() {
                 continue;
             }
-            let list = batch
-                .columns
-                .iter()
-                .map(|c| format!("\"{c}\""))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let list = column_list(&batch.columns);
             let marks = (1..=batch.columns.len())
                 .map(|i| format!("?{i}"))
                 .collect::<Vec<_>>()
@@ -317,14 +332,7 @@ pub(super) mod sqlite {
                 ))
                 .map_err(db_err)?;
             for row in &batch.rows {
-                if row.len() != batch.columns.len() {
-                    return Err(StoreError::Database(format!(
-                        "a row of '{}' in the backup has {} values for {} columns",
-                        batch.table,
-                        row.len(),
-                        batch.columns.len()
-                    )));
-                }
+                batch.check_row(row)?;
                 let values = row.iter().map(sql_of).collect::<StoreResult<Vec<_>>>()?;
                 stmt.execute(rusqlite::params_from_iter(values))
                     .map_err(db_err)?;
@@ -393,11 +401,7 @@ pub(super) mod postgres {
                 .into_iter()
                 .map(|(c, _)| c)
                 .collect();
-            let list = cols
-                .iter()
-                .map(|c| format!("\"{c}\""))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let list = column_list(&cols);
             // json_build_array keeps the column order and gives native JSON types.
             let filter = tenant.map_or(String::new(), |_| {
                 format!(
@@ -487,14 +491,7 @@ pub(super) mod postgres {
             }
             let mut objects = Vec::with_capacity(batch.rows.len());
             for row in &batch.rows {
-                if row.len() != batch.columns.len() {
-                    return Err(StoreError::Database(format!(
-                        "a row of '{}' in the backup has {} values for {} columns",
-                        batch.table,
-                        row.len(),
-                        batch.columns.len()
-                    )));
-                }
+                batch.check_row(row)?;
                 let mut obj = serde_json::Map::with_capacity(row.len());
                 for ((c, v), kind) in batch.columns.iter().zip(row).zip(&kinds) {
                     // SQLite keeps booleans as 0/1; Postgres' boolean input wants true/false.
@@ -506,12 +503,7 @@ pub(super) mod postgres {
                 }
                 objects.push(Value::Object(obj));
             }
-            let list = batch
-                .columns
-                .iter()
-                .map(|c| format!("\"{c}\""))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let list = column_list(&batch.columns);
             let payload = Value::Array(objects).to_string();
             tx.execute(
                 &format!(

@@ -102,11 +102,12 @@ pub(super) fn get_replay(
     tenant: &TenantId,
     id: &ReplayId,
 ) -> StoreResult<ReplayRecord> {
-    let rows = db.query(
+    super::sql::one(
+        db,
         &format!("SELECT {REPLAY_COLUMNS} FROM replays WHERE tenant_id = $1 AND id = $2"),
         &[Param::Text(tenant.as_str()), Param::Text(id.as_str())],
-    )?;
-    rows.first().map(replay_from).ok_or(StoreError::NotFound)?
+        replay_from,
+    )
 }
 
 /// Replays of one call, newest first.

@@ -102,6 +102,29 @@ pub(super) struct NewEvent<'a> {
     pub note: Option<&'a str>,
 }
 
+impl<'a> NewEvent<'a> {
+    /// An event of `kind` on incident `incident_id` by `actor`, with no before, after or
+    /// note.
+    pub(super) fn new(
+        incident_id: &'a IncidentId,
+        tenant_id: &'a TenantId,
+        at: Timestamp,
+        actor: &'a str,
+        kind: EventKind,
+    ) -> Self {
+        Self {
+            incident_id,
+            tenant_id,
+            at,
+            actor,
+            kind,
+            before: None,
+            after: None,
+            note: None,
+        }
+    }
+}
+
 pub(super) fn insert_event(
     db: &mut dyn Db,
     seq: &EventSeq,
@@ -186,13 +209,12 @@ fn latest_for(
 }
 
 fn get_by_id(db: &mut dyn Db, id: &IncidentId) -> StoreResult<Incident> {
-    let rows = db.query(
+    super::sql::one(
+        db,
         &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1"),
         &[Param::Text(id.as_str())],
-    )?;
-    rows.first()
-        .map(incident_from)
-        .ok_or(StoreError::NotFound)?
+        incident_from,
+    )
 }
 
 /// Applies signals in order, in the caller's transaction.
@@ -306,27 +328,12 @@ fn apply_one(db: &mut dyn Db, seq: &EventSeq, s: &Signal) -> StoreResult<Applied
             }),
         ],
     )?;
-    fn system<'a>(
-        id: &'a IncidentId,
-        tenant: &'a TenantId,
-        at: Timestamp,
-        kind: EventKind,
-        before: Option<serde_json::Value>,
-        after: Option<serde_json::Value>,
-        note: Option<&'a str>,
-    ) -> NewEvent<'a> {
-        NewEvent {
-            incident_id: id,
-            tenant_id: tenant,
-            at,
-            actor: "system",
-            kind,
-            before,
-            after,
-            note,
-        }
-    }
-    let event = |kind, before, after, note| system(&id, tenant, s.at, kind, before, after, note);
+    let event = |kind, before, after, note| NewEvent {
+        before,
+        after,
+        note,
+        ..NewEvent::new(&id, tenant, s.at, "system", kind)
+    };
     if opened {
         insert_event(
             db,
@@ -446,7 +453,8 @@ pub(super) fn get(
     tenant: Option<&TenantId>,
     id: &IncidentId,
 ) -> StoreResult<Incident> {
-    let rows = db.query(
+    super::sql::one(
+        db,
         &format!(
             "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1 AND ($2 = '' OR tenant_id = $2)"
         ),
@@ -454,10 +462,8 @@ pub(super) fn get(
             Param::Text(id.as_str()),
             Param::Text(tenant.map(TenantId::as_str).unwrap_or("")),
         ],
-    )?;
-    rows.first()
-        .map(incident_from)
-        .ok_or(StoreError::NotFound)?
+        incident_from,
+    )
 }
 
 pub(super) fn list(
@@ -615,14 +621,10 @@ pub(super) fn change(
     let next = incident::transition(before.status, change)
         .map_err(|e| StoreError::Conflict(e.to_string()))?;
     let ev = |kind, b: Option<serde_json::Value>, a: Option<serde_json::Value>, note| NewEvent {
-        incident_id: id,
-        tenant_id: &before.tenant_id,
-        at,
-        actor,
-        kind,
         before: b,
         after: a,
         note,
+        ..NewEvent::new(id, &before.tenant_id, at, actor, kind)
     };
     let event = match (change, next) {
         (Change::Acknowledge | Change::Resolve | Change::Reopen, Some(status)) => {
@@ -655,20 +657,14 @@ pub(super) fn change(
             )
         }
         (Change::Assign(who), _) => {
-            let (was, now) = (
-                json!({"assignee": before.assignee}),
-                json!({"assignee": who}),
-            );
             set_field(db, id, "assignee", Param::OptText(who.as_deref()), at)?;
-            ev(EventKind::Assigned, Some(was), Some(now), None)
+            let (was, now) = field_change("assignee", &before.assignee, who);
+            ev(EventKind::Assigned, was, now, None)
         }
         (Change::SetSeverity(sev), _) => {
-            let (was, now) = (
-                json!({"severity": before.severity}),
-                json!({"severity": sev}),
-            );
             set_field(db, id, "severity", Param::Text(sev.as_str()), at)?;
-            ev(EventKind::SeverityChanged, Some(was), Some(now), None)
+            let (was, now) = field_change("severity", &before.severity, sev);
+            ev(EventKind::SeverityChanged, was, now, None)
         }
         (Change::Note(text), _) => {
             db.execute(
@@ -683,6 +679,15 @@ pub(super) fn change(
     };
     let stored = insert_event(db, seq, &event)?;
     Ok((get_by_id(db, id)?, stored))
+}
+
+/// An event's before and after for a change of one field: `{field: value}` each.
+fn field_change(
+    field: &str,
+    was: &impl serde::Serialize,
+    now: &impl serde::Serialize,
+) -> (Option<serde_json::Value>, Option<serde_json::Value>) {
+    (Some(json!({ field: was })), Some(json!({ field: now })))
 }
 
 /// Sets one column of an incident (a name from this module, never from input) and its
@@ -720,14 +725,9 @@ pub(super) fn add_event(
         db,
         seq,
         &NewEvent {
-            incident_id: id,
-            tenant_id: tenant,
-            at,
-            actor,
-            kind,
-            before: None,
             after,
             note,
+            ..NewEvent::new(id, tenant, at, actor, kind)
         },
     )
 }
@@ -995,14 +995,10 @@ pub(super) fn merge(
             db,
             seq,
             &NewEvent {
-                incident_id: &source.id,
-                tenant_id: tenant,
-                at,
-                actor,
-                kind: EventKind::Merged,
                 before: Some(json!({"status": source.status})),
                 after: Some(json!({"status": "resolved", "merged_into": target_id})),
                 note: Some(&into),
+                ..NewEvent::new(&source.id, tenant, at, actor, EventKind::Merged)
             },
         )?;
         let from = format!("merged {} into this", source.id);
@@ -1010,17 +1006,12 @@ pub(super) fn merge(
             db,
             seq,
             &NewEvent {
-                incident_id: target_id,
-                tenant_id: tenant,
-                at,
-                actor,
-                kind: EventKind::Merged,
-                before: None,
                 after: Some(json!({
                     "merged_from": source.id,
                     "signals": source.signal_count,
                 })),
                 note: Some(&from),
+                ..NewEvent::new(target_id, tenant, at, actor, EventKind::Merged)
             },
         )?;
         let after = get_by_id(db, &source.id)?;
@@ -1031,16 +1022,12 @@ pub(super) fn merge(
             db,
             seq,
             &NewEvent {
-                incident_id: target_id,
-                tenant_id: tenant,
-                at,
-                actor,
-                kind: EventKind::Escalated,
                 before: Some(json!({"severity": target.severity})),
                 after: Some(json!({
                     "severity": severity, "calls": calls, "end_users": users, "cost_usd": cost.usd(),
                 })),
                 note: Some("duplicates merged in"),
+                ..NewEvent::new(target_id, tenant, at, actor, EventKind::Escalated)
             },
         )?;
     }

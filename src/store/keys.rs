@@ -49,7 +49,7 @@ pub(super) fn get(
         "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 AND (CAST($2 AS TEXT) IS NULL OR tenant_id = $2){}",
         if lock { db.lock_rows() } else { "" }
     );
-    sql::first(
+    sql::one(
         db,
         &sql,
         &[
@@ -57,8 +57,7 @@ pub(super) fn get(
             Param::OptText(tenant.map(TenantId::as_str)),
         ],
         key_from,
-    )?
-    .ok_or(StoreError::NotFound)
+    )
 }
 
 pub(super) fn find_by_hash(db: &mut dyn Db, hash: &KeyHash) -> StoreResult<Option<ApiKeyRecord>> {

@@ -30,223 +30,54 @@ impl fmt::Debug for Migration {
     }
 }
 
+/// The migrations of one backend, oldest first: version, file number and name of each
+/// `migrations/<backend>/<number>_<name>.sql`. Both backends have the same list.
+macro_rules! migrations {
+    ($backend:literal) => {
+        migration_list!($backend;
+            1 "0001" "init",
+            2 "0002" "calls",
+            3 "0003" "tenant_upstreams",
+            4 "0004" "partial_call_indexes",
+            5 "0005" "incidents",
+            6 "0006" "call_search",
+            7 "0007" "alerts",
+            8 "0008" "evidence",
+            9 "0009" "chains_and_audit",
+            10 "0010" "tasks",
+            11 "0011" "invitations",
+            12 "0012" "call_retention",
+            13 "0013" "schedule_claims",
+            14 "0014" "shared_quotas",
+            15 "0015" "ascending_call_indexes",
+            16 "0016" "instance_upstream",
+            17 "0017" "people_management",
+            18 "0018" "pagerduty_routes",
+            19 "0019" "call_stopped_by",
+            20 "0020" "incident_merges",
+            21 "0021" "call_model",
+        )
+    };
+}
+
+/// The [`Migration`]s of a backend's list, each with its file's SQL built in.
+macro_rules! migration_list {
+    ($backend:literal; $($version:literal $number:literal $name:literal,)*) => {
+        &[$(Migration {
+            version: $version,
+            name: $name,
+            sql: include_str!(concat!(
+                "../../migrations/", $backend, "/", $number, "_", $name, ".sql"
+            )),
+        },)*]
+    };
+}
+
 /// SQLite migrations, oldest first.
-pub const SQLITE: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "init",
-        sql: include_str!("../../migrations/sqlite/0001_init.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "calls",
-        sql: include_str!("../../migrations/sqlite/0002_calls.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "tenant_upstreams",
-        sql: include_str!("../../migrations/sqlite/0003_tenant_upstreams.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "partial_call_indexes",
-        sql: include_str!("../../migrations/sqlite/0004_partial_call_indexes.sql"),
-    },
-    Migration {
-        version: 5,
-        name: "incidents",
-        sql: include_str!("../../migrations/sqlite/0005_incidents.sql"),
-    },
-    Migration {
-        version: 6,
-        name: "call_search",
-        sql: include_str!("../../migrations/sqlite/0006_call_search.sql"),
-    },
-    Migration {
-        version: 7,
-        name: "alerts",
-        sql: include_str!("../../migrations/sqlite/0007_alerts.sql"),
-    },
-    Migration {
-        version: 8,
-        name: "evidence",
-        sql: include_str!("../../migrations/sqlite/0008_evidence.sql"),
-    },
-    Migration {
-        version: 9,
-        name: "chains_and_audit",
-        sql: include_str!("../../migrations/sqlite/0009_chains_and_audit.sql"),
-    },
-    Migration {
-        version: 10,
-        name: "tasks",
-        sql: include_str!("../../migrations/sqlite/0010_tasks.sql"),
-    },
-    Migration {
-        version: 11,
-        name: "invitations",
-        sql: include_str!("../../migrations/sqlite/0011_invitations.sql"),
-    },
-    Migration {
-        version: 12,
-        name: "call_retention",
-        sql: include_str!("../../migrations/sqlite/0012_call_retention.sql"),
-    },
-    Migration {
-        version: 13,
-        name: "schedule_claims",
-        sql: include_str!("../../migrations/sqlite/0013_schedule_claims.sql"),
-    },
-    Migration {
-        version: 14,
-        name: "shared_quotas",
-        sql: include_str!("../../migrations/sqlite/0014_shared_quotas.sql"),
-    },
-    Migration {
-        version: 15,
-        name: "ascending_call_indexes",
-        sql: include_str!("../../migrations/sqlite/0015_ascending_call_indexes.sql"),
-    },
-    Migration {
-        version: 16,
-        name: "instance_upstream",
-        sql: include_str!("../../migrations/sqlite/0016_instance_upstream.sql"),
-    },
-    Migration {
-        version: 17,
-        name: "people_management",
-        sql: include_str!("../../migrations/sqlite/0017_people_management.sql"),
-    },
-    Migration {
-        version: 18,
-        name: "pagerduty_routes",
-        sql: include_str!("../../migrations/sqlite/0018_pagerduty_routes.sql"),
-    },
-    Migration {
-        version: 19,
-        name: "call_stopped_by",
-        sql: include_str!("../../migrations/sqlite/0019_call_stopped_by.sql"),
-    },
-    Migration {
-        version: 20,
-        name: "incident_merges",
-        sql: include_str!("../../migrations/sqlite/0020_incident_merges.sql"),
-    },
-    Migration {
-        version: 21,
-        name: "call_model",
-        sql: include_str!("../../migrations/sqlite/0021_call_model.sql"),
-    },
-];
+pub const SQLITE: &[Migration] = migrations!("sqlite");
 
 /// Postgres migrations, oldest first; the same versions and meaning as [`SQLITE`].
-pub const POSTGRES: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "init",
-        sql: include_str!("../../migrations/postgres/0001_init.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "calls",
-        sql: include_str!("../../migrations/postgres/0002_calls.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "tenant_upstreams",
-        sql: include_str!("../../migrations/postgres/0003_tenant_upstreams.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "partial_call_indexes",
-        sql: include_str!("../../migrations/postgres/0004_partial_call_indexes.sql"),
-    },
-    Migration {
-        version: 5,
-        name: "incidents",
-        sql: include_str!("../../migrations/postgres/0005_incidents.sql"),
-    },
-    Migration {
-        version: 6,
-        name: "call_search",
-        sql: include_str!("../../migrations/postgres/0006_call_search.sql"),
-    },
-    Migration {
-        version: 7,
-        name: "alerts",
-        sql: include_str!("../../migrations/postgres/0007_alerts.sql"),
-    },
-    Migration {
-        version: 8,
-        name: "evidence",
-        sql: include_str!("../../migrations/postgres/0008_evidence.sql"),
-    },
-    Migration {
-        version: 9,
-        name: "chains_and_audit",
-        sql: include_str!("../../migrations/postgres/0009_chains_and_audit.sql"),
-    },
-    Migration {
-        version: 10,
-        name: "tasks",
-        sql: include_str!("../../migrations/postgres/0010_tasks.sql"),
-    },
-    Migration {
-        version: 11,
-        name: "invitations",
-        sql: include_str!("../../migrations/postgres/0011_invitations.sql"),
-    },
-    Migration {
-        version: 12,
-        name: "call_retention",
-        sql: include_str!("../../migrations/postgres/0012_call_retention.sql"),
-    },
-    Migration {
-        version: 13,
-        name: "schedule_claims",
-        sql: include_str!("../../migrations/postgres/0013_schedule_claims.sql"),
-    },
-    Migration {
-        version: 14,
-        name: "shared_quotas",
-        sql: include_str!("../../migrations/postgres/0014_shared_quotas.sql"),
-    },
-    Migration {
-        version: 15,
-        name: "ascending_call_indexes",
-        sql: include_str!("../../migrations/postgres/0015_ascending_call_indexes.sql"),
-    },
-    Migration {
-        version: 16,
-        name: "instance_upstream",
-        sql: include_str!("../../migrations/postgres/0016_instance_upstream.sql"),
-    },
-    Migration {
-        version: 17,
-        name: "people_management",
-        sql: include_str!("../../migrations/postgres/0017_people_management.sql"),
-    },
-    Migration {
-        version: 18,
-        name: "pagerduty_routes",
-        sql: include_str!("../../migrations/postgres/0018_pagerduty_routes.sql"),
-    },
-    Migration {
-        version: 19,
-        name: "call_stopped_by",
-        sql: include_str!("../../migrations/postgres/0019_call_stopped_by.sql"),
-    },
-    Migration {
-        version: 20,
-        name: "incident_merges",
-        sql: include_str!("../../migrations/postgres/0020_incident_merges.sql"),
-    },
-    Migration {
-        version: 21,
-        name: "call_model",
-        sql: include_str!("../../migrations/postgres/0021_call_model.sql"),
-    },
-];
+pub const POSTGRES: &[Migration] = migrations!("postgres");
 
 /// The newest schema version this binary knows (the same on both backends).
 pub fn known_version() -> i64 {

@@ -329,6 +329,28 @@ pub(super) enum CallOrder {
     OldestFirst,
 }
 
+/// The filters the calls indexes serve beside the tenant: the time range and the narrow
+/// filters (end user, session, key), each as its column, operator and parameter.
+pub(super) fn narrow_filters(filter: &CallFilter) -> Vec<(&'static str, &'static str, Param<'_>)> {
+    let mut out = Vec::new();
+    if let Some(t) = filter.since {
+        out.push(("created_at", ">=", Param::BigInt(t.millis())));
+    }
+    if let Some(t) = filter.until {
+        out.push(("created_at", "<", Param::BigInt(t.millis())));
+    }
+    if let Some(u) = &filter.end_user {
+        out.push(("end_user", "=", Param::Text(u)));
+    }
+    if let Some(s) = &filter.session_id {
+        out.push(("session_id", "=", Param::Text(s)));
+    }
+    if let Some(k) = &filter.key_id {
+        out.push(("key_id", "=", Param::Text(k.as_str())));
+    }
+    out
+}
+
 /// What one page of calls reads: which columns, in which order, after skipping how many
 /// matching rows, and at most how many (capped at [`MAX_PAGE`]).
 #[derive(Debug, Clone, Copy)]
@@ -358,20 +380,8 @@ pub(super) fn calls_page_query<'a>(
         params.push(p);
         sql.push_str(&format!(" AND {column} {op} {}", placeholder(params.len())));
     };
-    if let Some(t) = filter.since {
-        cond("created_at", ">=", Param::BigInt(t.millis()));
-    }
-    if let Some(t) = filter.until {
-        cond("created_at", "<", Param::BigInt(t.millis()));
-    }
-    if let Some(u) = &filter.end_user {
-        cond("end_user", "=", Param::Text(u));
-    }
-    if let Some(s) = &filter.session_id {
-        cond("session_id", "=", Param::Text(s));
-    }
-    if let Some(k) = &filter.key_id {
-        cond("key_id", "=", Param::Text(k.as_str()));
+    for (column, op, p) in narrow_filters(filter) {
+        cond(column, op, p);
     }
     if let Some(m) = &filter.model {
         cond("model", "=", Param::Text(m));

@@ -192,25 +192,9 @@ fn narrow_conditions<'a>(
     let ph = |n: usize| dialect.placeholder(n + first - 1);
     let mut params = vec![Param::Text(tenant.as_str())];
     let mut conds = format!("c.tenant_id = {}", ph(1));
-    let mut cond = |column: &str, op: &str, p: Param<'a>| {
+    for (column, op, p) in super::rows::narrow_filters(&search.filter) {
         params.push(p);
         conds.push_str(&format!(" AND c.{column} {op} {}", ph(params.len())));
-    };
-    let f = &search.filter;
-    if let Some(t) = f.since {
-        cond("created_at", ">=", Param::BigInt(t.millis()));
-    }
-    if let Some(t) = f.until {
-        cond("created_at", "<", Param::BigInt(t.millis()));
-    }
-    if let Some(u) = &f.end_user {
-        cond("end_user", "=", Param::Text(u));
-    }
-    if let Some(s) = &f.session_id {
-        cond("session_id", "=", Param::Text(s));
-    }
-    if let Some(k) = &f.key_id {
-        cond("key_id", "=", Param::Text(k.as_str()));
     }
     (conds, params)
 }

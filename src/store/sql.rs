@@ -201,6 +201,16 @@ pub(super) fn first<T>(
     db.query(sql, args)?.first().map(read).transpose()
 }
 
+/// The first row `sql` returns, read by `read`; `NotFound` when it returns none.
+pub(super) fn one<T>(
+    db: &mut dyn Db,
+    sql: &str,
+    args: &[Param<'_>],
+    read: impl Fn(&SqlRow) -> StoreResult<T>,
+) -> StoreResult<T> {
+    first(db, sql, args, read)?.ok_or(StoreError::NotFound)
+}
+
 /// The integer of the first column of the first row `sql` returns (a count, a sum, a
 /// maximum); 0 when it returns no row.
 pub(super) fn number(db: &mut dyn Db, sql: &str, args: &[Param<'_>]) -> StoreResult<i64> {

@@ -809,6 +809,11 @@ mod tests {
         assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
     }
 
+    /// The value of a connection's pragma `name`.
+    fn pragma<T: rusqlite::types::FromSql>(c: &Connection, name: &str) -> T {
+        c.pragma_query_value(None, name, |r| r.get(0)).unwrap()
+    }
+
     #[test]
     fn every_connection_uses_wal_busy_timeout_normal_sync_and_foreign_keys() {
         let dir = tempfile::tempdir().unwrap();
@@ -816,19 +821,10 @@ mod tests {
         // Hold several connections at once so that pooled ones are checked, not just one.
         let conns: Vec<_> = (0..3).map(|_| store.conn().unwrap()).collect();
         for c in &conns {
-            let mode: String = c
-                .pragma_query_value(None, "journal_mode", |r| r.get(0))
-                .unwrap();
-            let busy: i64 = c
-                .pragma_query_value(None, "busy_timeout", |r| r.get(0))
-                .unwrap();
-            let sync: i64 = c
-                .pragma_query_value(None, "synchronous", |r| r.get(0))
-                .unwrap();
-            let fk: i64 = c
-                .pragma_query_value(None, "foreign_keys", |r| r.get(0))
-                .unwrap();
-            assert_eq!((mode.as_str(), busy, sync, fk), ("wal", 5000, 1, 1));
+            let mode: String = pragma(c, "journal_mode");
+            let settings: [i64; 3] =
+                ["busy_timeout", "synchronous", "foreign_keys"].map(|p| pragma(c, p));
+            assert_eq!((mode.as_str(), settings), ("wal", [5000, 1, 1]));
         }
     }
 
@@ -839,10 +835,7 @@ mod tests {
         let store = SqliteStore::open_with(&path, Durability::Power).unwrap();
         let conns: Vec<_> = (0..3).map(|_| store.conn().unwrap()).collect();
         for c in &conns {
-            let sync: i64 = c
-                .pragma_query_value(None, "synchronous", |r| r.get(0))
-                .unwrap();
-            assert_eq!(sync, 2, "FULL");
+            assert_eq!(pragma::<i64>(c, "synchronous"), 2, "FULL");
         }
         drop(conns);
         let full = CommitSettings {

@@ -101,11 +101,12 @@ pub(super) fn insert_alone(db: &mut dyn Db, t: &Task, key: &str) -> StoreResult<
 }
 
 pub(super) fn get(db: &mut dyn Db, tenant: &TenantId, id: &TaskId) -> StoreResult<Task> {
-    let rows = db.query(
+    super::sql::one(
+        db,
         &format!("SELECT {COLUMNS} FROM tasks WHERE tenant_id = $1 AND id = $2"),
         &[Param::Text(tenant.as_str()), Param::Text(id.as_str())],
-    )?;
-    rows.first().map(task_from).ok_or(StoreError::NotFound)?
+        task_from,
+    )
 }
 
 /// The tenant's tasks, newest first.

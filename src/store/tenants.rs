@@ -29,13 +29,12 @@ pub(super) fn create(db: &mut dyn Db, tenant: &Tenant) -> StoreResult<()> {
 }
 
 pub(super) fn get(db: &mut dyn Db, id: &TenantId) -> StoreResult<Tenant> {
-    sql::first(
+    sql::one(
         db,
         &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1"),
         &[Param::Text(id.as_str())],
         tenant_from,
-    )?
-    .ok_or(StoreError::NotFound)
+    )
 }
 
 pub(super) fn list(db: &mut dyn Db) -> StoreResult<Vec<Tenant>> {

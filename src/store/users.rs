@@ -1,11 +1,11 @@
 //! People who sign in to the console, and their sessions (managing them: see
 //! [`super::console`]).
 
+use super::StoreResult;
 use super::rows::{
     LIVE_SESSION, SESSION_COLUMNS, USER_COLUMNS, explain_conflict, session_from, user_from,
 };
 use super::sql::{self, Db, Param};
-use super::{StoreError, StoreResult};
 use crate::domain::{Email, NewSession, NewUser, Session, TenantId, Timestamp, User, UserId};
 
 pub(super) fn create(db: &mut dyn Db, user: &NewUser) -> StoreResult<User> {
@@ -46,13 +46,12 @@ pub(super) fn find_by_email(db: &mut dyn Db, email: &Email) -> StoreResult<Optio
 }
 
 pub(super) fn get(db: &mut dyn Db, id: &UserId) -> StoreResult<User> {
-    sql::first(
+    sql::one(
         db,
         &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"),
         &[Param::Text(id.as_str())],
         user_from,
-    )?
-    .ok_or(StoreError::NotFound)
+    )
 }
 
 pub(super) fn count(db: &mut dyn Db) -> StoreResult<i64> {

@@ -17,3 +17,9 @@ pub fn http_builder() -> reqwest::ClientBuilder {
     crate::tls::install_crypto();
     reqwest::Client::builder()
 }
+
+/// Fails the test, showing `text`, unless `text` contains `part`.
+#[track_caller]
+pub fn assert_contains(text: &str, part: &str) {
+    assert!(text.contains(part), "{part:?} is not in: {text}");
+}

@@ -671,7 +671,8 @@ fn chat(req: &Value, raw: &[u8], knobs: &Knobs, hit: u64) -> HttpResponse {
         .map(|i| tokens[i * tokens.len() / n..(i + 1) * tokens.len() / n].concat())
         .collect();
 
-    let chunk = |delta: Value, finish: Option<&str>| -> String {
+    // One `data:` frame; with `include_usage`, every frame has a `usage` member.
+    let frame = |choices: Value, usage: &Value| -> String {
         let mut obj = json!({
             "id": id,
             "object": "chat.completion.chunk",
@@ -679,12 +680,18 @@ fn chat(req: &Value, raw: &[u8], knobs: &Knobs, hit: u64) -> HttpResponse {
             "model": model,
             "service_tier": "default",
             "system_fingerprint": FINGERPRINT,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]
+            "choices": choices
         });
         if include_usage {
-            obj["usage"] = Value::Null;
+            obj["usage"] = usage.clone();
         }
         format!("data: {obj}\n\n")
+    };
+    let chunk = |delta: Value, finish: Option<&str>| {
+        frame(
+            json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]),
+            &Value::Null,
+        )
     };
     let mut frames = Vec::with_capacity(n + 4);
     frames.push(chunk(
@@ -696,17 +703,7 @@ fn chat(req: &Value, raw: &[u8], knobs: &Knobs, hit: u64) -> HttpResponse {
     }
     frames.push(chunk(json!({}), Some(finish_reason)));
     if include_usage {
-        let obj = json!({
-            "id": id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "service_tier": "default",
-            "system_fingerprint": FINGERPRINT,
-            "choices": [],
-            "usage": usage
-        });
-        frames.push(format!("data: {obj}\n\n"));
+        frames.push(frame(json!([]), &usage));
     }
     frames.push("data: [DONE]\n\n".to_owned());
 
@@ -839,22 +836,8 @@ fn embed(text: &str, dims: usize) -> Vec<f32> {
 
 /// Standard base64 with padding.
 fn base64_encode(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for group in bytes.chunks(3) {
-        let b = [
-            group[0],
-            group.get(1).copied().unwrap_or(0),
-            group.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        let sextet = |shift: u32| char::from(ALPHABET[((n >> shift) & 0x3f) as usize]);
-        out.push(sextet(18));
-        out.push(sextet(12));
-        out.push(if group.len() > 1 { sextet(6) } else { '=' });
-        out.push(if group.len() > 2 { sextet(0) } else { '=' });
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[cfg(test)]
