@@ -41,6 +41,9 @@ const OWN_COMMIT_MIN_GAP: Duration = Duration::from_micros(250);
 
 type Ack = oneshot::Sender<Result<(), StoreError>>;
 
+/// What a call learns when the writer thread has ended.
+const STOPPED: &str = "the call recorder has stopped; restart agv-server";
+
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<(CallRecord, Ack)>,
@@ -179,9 +182,10 @@ impl Recorder {
         // The writer was busy, or the commit failed: the writer thread tries (again), with
         // its handling of failures (one by one in a failed group, logging, `/ready`).
         let (ack, done) = oneshot::channel();
-        self.tx.send((record, ack)).await.map_err(|_| {
-            StoreError::Unavailable("the call recorder has stopped; restart agv-server".into())
-        })?;
+        self.tx
+            .send((record, ack))
+            .await
+            .map_err(|_| StoreError::Unavailable(STOPPED.into()))?;
         let outcome = done.await.map_err(|_| {
             StoreError::Unavailable(
                 "the call recorder stopped before committing; restart agv-server".into(),
@@ -197,9 +201,7 @@ impl Recorder {
     /// the last [`FAILURE_REPORTED_FOR`]; or that the writer has stopped.
     pub fn recent_failure(&self) -> Option<StoreError> {
         if self.tx.is_closed() {
-            return Some(StoreError::Unavailable(
-                "the call recorder has stopped; restart agv-server".into(),
-            ));
+            return Some(StoreError::Unavailable(STOPPED.into()));
         }
         if !self.health.failing.load(Ordering::Relaxed) {
             return None;
@@ -257,12 +259,13 @@ fn writer(
         records.clear();
         note_commit(size, started);
         let failed = outcomes.iter().filter(|o| o.is_err()).count();
+        let first_error = outcomes.iter().find_map(|o| o.as_ref().err());
         // Ready again as soon as anything commits; not ready when nothing did.
-        match outcomes.iter().find(|o| o.is_err()) {
-            Some(Err(e)) if failed == size => health.note(Err(e)),
+        match first_error {
+            Some(e) if failed == size => health.note(Err(e)),
             _ => health.note(Ok(())),
         }
-        if let Some(Err(e)) = outcomes.iter().find(|o| o.is_err()) {
+        if let Some(e) = first_error {
             metrics::counter!("agv_recorder_failures_total").increment(failed as u64);
             log.failed(e, failed);
         } else {
