@@ -378,15 +378,7 @@ impl Proxy {
         };
         let usage = Usage::from_json(parsed.usage.as_ref());
         let served_model = parsed.model.or(model);
-        let after = self.guard.complete(
-            admission,
-            usage.result(served_model.as_deref(), false),
-            Timestamp::now(),
-        );
-        usage.apply(&mut rec);
-        rec.model = served_model;
-        rec.cost = after.cost;
-        note_post_cost(&mut rec, &after);
+        let after = self.settle(&mut rec, admission, usage, served_model, false);
         rec.status = 200;
         self.set_response(&mut rec, &body);
         let answer = Outcome::Full {
@@ -483,6 +475,34 @@ impl Proxy {
         let err = upstream_error(&e);
         self.settle_failed(incoming, rec, admission, err, e.to_string())
             .await
+    }
+
+    /// Settles a call that got an answer with the guard by its `usage`, and notes on `rec`
+    /// the tokens, the `model` that served it, its cost and the after-the-fact cost check
+    /// (dg-001 is estimated before the call; the real cost is only known after it).
+    pub(crate) fn settle(
+        &self,
+        rec: &mut CallRecord,
+        admission: crate::guard::Admission,
+        usage: Usage,
+        model: Option<String>,
+        upstream_failed: bool,
+    ) -> AfterCall {
+        let result = usage.result(model.as_deref(), upstream_failed);
+        let after = self.guard.complete(admission, result, Timestamp::now());
+        usage.apply(rec);
+        rec.model = model;
+        rec.cost = after.cost;
+        if after.over_cost
+            && let Some(cost) = after.cost
+        {
+            rec.decisions.push(Decision::new(
+                crate::domain::decision::policy::MAX_COST,
+                crate::domain::Outcome::Block,
+                format!("the call cost {cost}, more than the per-request maximum; it had already been served"),
+            ));
+        }
+        after
     }
 
     /// Settles a call the upstream failed (no usage; it counts toward dg-004), records
@@ -765,20 +785,6 @@ impl Usage {
             (Some(p), None) => Some(p),
             _ => None,
         });
-    }
-}
-
-/// Records the after-the-fact cost check (dg-001 is estimated before the call; the real
-/// cost is only known after it).
-pub(crate) fn note_post_cost(rec: &mut CallRecord, after: &AfterCall) {
-    if after.over_cost
-        && let Some(cost) = after.cost
-    {
-        rec.decisions.push(Decision::new(
-            crate::domain::decision::policy::MAX_COST,
-            crate::domain::Outcome::Block,
-            format!("the call cost {cost}, more than the per-request maximum; it had already been served"),
-        ));
     }
 }
 

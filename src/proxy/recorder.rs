@@ -224,18 +224,16 @@ fn writer(
     let mut log = FailureLog::default();
     // Blocks this thread (never a runtime's) until the first record of a batch arrives,
     // then takes whatever else is already waiting.
-    while let Some((record, ack)) = rx.blocking_recv() {
+    while let Some(first) = rx.blocking_recv() {
         writing.store(true, Ordering::Relaxed);
-        records.push(record);
-        acks.push(ack);
-        while records.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok((record, ack)) => {
-                    records.push(record);
-                    acks.push(ack);
-                }
-                Err(_) => break,
+        let mut next = Some(first);
+        while let Some((record, ack)) = next {
+            records.push(record);
+            acks.push(ack);
+            if records.len() == MAX_BATCH {
+                break;
             }
+            next = rx.try_recv().ok();
         }
         let started = Instant::now();
         let size = records.len();
