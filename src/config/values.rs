@@ -52,11 +52,10 @@ impl Durability {
     pub const CHOICES: &'static str = "'process' or 'power'";
 
     pub fn parse(value: &str) -> Option<Self> {
-        match value.trim().to_ascii_lowercase().as_str() {
-            "process" => Some(Self::Process),
-            "power" => Some(Self::Power),
-            _ => None,
-        }
+        let value = value.trim().to_ascii_lowercase();
+        [Self::Process, Self::Power]
+            .into_iter()
+            .find(|d| d.as_str() == value)
     }
 
     pub fn as_str(self) -> &'static str {

@@ -21,17 +21,22 @@ pub fn tenant_upstream_target(
     row: &TenantUpstreamRow,
 ) -> Result<UpstreamTarget, String> {
     let url = allowlist.check(&row.base_url)?;
-    let api_key = row
-        .api_key_ciphertext
-        .as_deref()
-        .map(|sealed| master_key.open(row.tenant_id.as_str(), sealed))
-        .transpose()
-        .map_err(|e| e.to_string())?
-        .map(|secret| secret.expose().to_owned());
+    let sealed = row.api_key_ciphertext.as_deref();
     Ok(UpstreamTarget {
         base_url: url.as_str().to_owned(),
-        api_key,
+        api_key: open_key(master_key, row.tenant_id.as_str(), sealed)?,
     })
+}
+
+/// A stored upstream key, decrypted with the reference it was sealed under.
+fn open_key(
+    master_key: &MasterKey,
+    reference: &str,
+    sealed: Option<&str>,
+) -> Result<Option<String>, String> {
+    let secret = sealed.map(|s| master_key.open(reference, s));
+    let secret = secret.transpose().map_err(|e| e.to_string())?;
+    Ok(secret.map(|s| s.expose().to_owned()))
 }
 
 /// Installs (or removes, for `None` or an unusable row) a tenant's own upstream.
@@ -42,12 +47,10 @@ pub fn install_tenant_upstream(
     tenant: &TenantId,
     row: Option<&TenantUpstreamRow>,
 ) {
-    let target = row.and_then(|row| match tenant_upstream_target(master_key, allowlist, row) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            tracing::error!(tenant = %tenant, error = %e, "the tenant's own upstream is not usable; its calls go to the instance upstream");
-            None
-        }
+    let target = row.and_then(|row| {
+        tenant_upstream_target(master_key, allowlist, row)
+            .inspect_err(|e| tracing::error!(tenant = %tenant, error = %e, "the tenant's own upstream is not usable; its calls go to the instance upstream"))
+            .ok()
     });
     proxy.set_tenant_upstream(tenant, target);
 }
@@ -65,16 +68,10 @@ pub fn instance_upstream_target(
     master_key: &MasterKey,
     row: &InstanceUpstreamRow,
 ) -> Result<UpstreamTarget, String> {
-    let api_key = row
-        .api_key_ciphertext
-        .as_deref()
-        .map(|sealed| master_key.open(crate::store::INSTANCE_UPSTREAM_REF, sealed))
-        .transpose()
-        .map_err(|e| e.to_string())?
-        .map(|secret| secret.expose().to_owned());
+    let sealed = row.api_key_ciphertext.as_deref();
     Ok(UpstreamTarget {
         base_url: row.base_url.clone(),
-        api_key,
+        api_key: open_key(master_key, crate::store::INSTANCE_UPSTREAM_REF, sealed)?,
     })
 }
 
@@ -87,12 +84,10 @@ pub fn install_instance_upstream(
     settings: &Settings,
     row: Option<&InstanceUpstreamRow>,
 ) {
-    let target = row.and_then(|row| match instance_upstream_target(master_key, row) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            tracing::error!(error = %e, "the instance upstream set in the console is not usable; the configured upstream applies");
-            None
-        }
+    let target = row.and_then(|row| {
+        instance_upstream_target(master_key, row)
+            .inspect_err(|e| tracing::error!(error = %e, "the instance upstream set in the console is not usable; the configured upstream applies"))
+            .ok()
     });
     proxy.set_instance_upstream(target.unwrap_or_else(|| configured_upstream(settings)));
 }

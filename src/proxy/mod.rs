@@ -249,11 +249,12 @@ impl Proxy {
     pub async fn handle(self: &Arc<Self>, incoming: Incoming) -> Outcome {
         let enforce_started = Instant::now();
         let model = incoming.model();
+        let embeddings = incoming.endpoint == endpoint::EMBEDDINGS;
         let verdict = self.guard.check(
             &RequestFacts {
                 tenant_id: &incoming.tenant_id,
                 key_id: &incoming.key_id,
-                endpoint: if incoming.endpoint == endpoint::EMBEDDINGS {
+                endpoint: if embeddings {
                     GuardEndpoint::Embeddings
                 } else {
                     GuardEndpoint::ChatCompletions
@@ -264,10 +265,10 @@ impl Proxy {
             Timestamp::now(),
         );
         let verdict = self.share_quotas(verdict).await;
-        let enforcement_us = micros(enforce_started.elapsed());
-        self.note_enforcement(enforce_started.elapsed());
-        metrics::histogram!("agv_enforcement_seconds")
-            .record(enforce_started.elapsed().as_secs_f64());
+        let enforcement = enforce_started.elapsed();
+        let enforcement_us = micros(enforcement);
+        self.enforcement.push(enforcement);
+        metrics::histogram!("agv_enforcement_seconds").record(enforcement.as_secs_f64());
         let (decisions, admission) = match verdict {
             Verdict::Stop { decisions, stop } => {
                 let err = ApiError {
@@ -303,16 +304,15 @@ impl Proxy {
         } else {
             (incoming.raw.clone(), false)
         };
-        let path = if incoming.endpoint == endpoint::EMBEDDINGS {
+        let path = if embeddings {
             upstream::EMBEDDINGS_PATH
         } else {
             upstream::CHAT_PATH
         };
         let mut rec = self.base_record(&incoming, model.clone(), decisions, enforcement_us);
-        let upstream = match self.tenant_upstream(&incoming.tenant_id) {
-            Some(own) => own,
-            None => self.instance_upstream(),
-        };
+        let upstream = self
+            .tenant_upstream(&incoming.tenant_id)
+            .unwrap_or_else(|| self.instance_upstream());
         let sent = upstream.post(path, upstream_body, &[]).await;
         let response = match sent {
             Ok(r) => r,
@@ -338,17 +338,12 @@ impl Proxy {
         }
 
         // A full response (or an error from the upstream, streaming or not).
-        let retry_after = response
-            .response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let content_type = response
-            .response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
+        let header = |name: &str| {
+            let value = response.response.headers().get(name)?;
+            value.to_str().ok()
+        };
+        let retry_after = header("retry-after").map(str::to_owned);
+        let content_type = header("content-type")
             .unwrap_or("application/json")
             .to_owned();
         let deadline =
@@ -383,15 +378,7 @@ impl Proxy {
         };
         let usage = Usage::from_json(parsed.usage.as_ref());
         let served_model = parsed.model.or(model);
-        let after = self.guard.complete(
-            admission,
-            usage.result(served_model.as_deref(), false),
-            Timestamp::now(),
-        );
-        usage.apply(&mut rec);
-        rec.model = served_model;
-        rec.cost = after.cost;
-        note_post_cost(&mut rec, &after);
+        let after = self.settle(&mut rec, admission, usage, served_model, false);
         rec.status = 200;
         self.set_response(&mut rec, &body);
         let answer = Outcome::Full {
@@ -416,16 +403,6 @@ impl Proxy {
     ) -> Outcome {
         let redirect = (300..400).contains(&status);
         let upstream_fault = status >= 500 || status == 401 || status == 403 || redirect;
-        let after = if upstream_fault {
-            self.guard.complete(
-                admission,
-                Usage::default().result(rec.model.as_deref(), true),
-                Timestamp::now(),
-            )
-        } else {
-            self.guard.abandon(admission);
-            AfterCall::default()
-        };
         let upstream_message = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| {
@@ -467,13 +444,12 @@ impl Proxy {
                     format!("the upstream failed ({status}): {upstream_message}"),
                 ),
             };
-            rec.status = err.status();
-            rec.error = Some(format!("upstream status {status}: {upstream_message}"));
-            rec.response_body = Some(err.body_json());
+            let error = format!("upstream status {status}: {upstream_message}");
             return self
-                .commit(rec, incoming.received, after, Outcome::Error(err))
+                .settle_failed(incoming, rec, admission, err, error)
                 .await;
         }
+        self.guard.abandon(admission);
         // A client error (bad model, bad parameter, upstream rate limit): the client sees
         // exactly what the upstream said.
         rec.status = status;
@@ -485,24 +461,67 @@ impl Proxy {
             body,
             retry_after,
         };
-        self.commit(rec, incoming.received, after, answer).await
+        self.commit(rec, incoming.received, AfterCall::default(), answer)
+            .await
     }
 
     async fn upstream_failed(
         &self,
         incoming: Incoming,
-        mut rec: CallRecord,
+        rec: CallRecord,
         admission: crate::guard::Admission,
         e: UpstreamError,
+    ) -> Outcome {
+        let err = upstream_error(&e);
+        self.settle_failed(incoming, rec, admission, err, e.to_string())
+            .await
+    }
+
+    /// Settles a call that got an answer with the guard by its `usage`, and notes on `rec`
+    /// the tokens, the `model` that served it, its cost and the after-the-fact cost check
+    /// (dg-001 is estimated before the call; the real cost is only known after it).
+    pub(crate) fn settle(
+        &self,
+        rec: &mut CallRecord,
+        admission: crate::guard::Admission,
+        usage: Usage,
+        model: Option<String>,
+        upstream_failed: bool,
+    ) -> AfterCall {
+        let result = usage.result(model.as_deref(), upstream_failed);
+        let after = self.guard.complete(admission, result, Timestamp::now());
+        usage.apply(rec);
+        rec.model = model;
+        rec.cost = after.cost;
+        if after.over_cost
+            && let Some(cost) = after.cost
+        {
+            rec.decisions.push(Decision::new(
+                crate::domain::decision::policy::MAX_COST,
+                crate::domain::Outcome::Block,
+                format!("the call cost {cost}, more than the per-request maximum; it had already been served"),
+            ));
+        }
+        after
+    }
+
+    /// Settles a call the upstream failed (no usage; it counts toward dg-004), records
+    /// `error` as what went wrong, and answers `err`.
+    async fn settle_failed(
+        &self,
+        incoming: Incoming,
+        mut rec: CallRecord,
+        admission: crate::guard::Admission,
+        err: ApiError,
+        error: String,
     ) -> Outcome {
         let after = self.guard.complete(
             admission,
             Usage::default().result(rec.model.as_deref(), true),
             Timestamp::now(),
         );
-        let err = upstream_error(&e);
         rec.status = err.status();
-        rec.error = Some(e.to_string());
+        rec.error = Some(error);
         rec.response_body = Some(err.body_json());
         self.commit(rec, incoming.received, after, Outcome::Error(err))
             .await
@@ -711,10 +730,6 @@ impl Proxy {
         Ok(body)
     }
 
-    fn note_enforcement(&self, d: Duration) {
-        self.enforcement.push(d);
-    }
-
     /// p95 of the most recent enforcement latencies, in milliseconds.
     pub fn enforcement_p95_ms(&self) -> Option<f64> {
         self.enforcement.p95().map(|d| d.as_secs_f64() * 1000.0)
@@ -770,20 +785,6 @@ impl Usage {
             (Some(p), None) => Some(p),
             _ => None,
         });
-    }
-}
-
-/// Records the after-the-fact cost check (dg-001 is estimated before the call; the real
-/// cost is only known after it).
-pub(crate) fn note_post_cost(rec: &mut CallRecord, after: &AfterCall) {
-    if after.over_cost
-        && let Some(cost) = after.cost
-    {
-        rec.decisions.push(Decision::new(
-            crate::domain::decision::policy::MAX_COST,
-            crate::domain::Outcome::Block,
-            format!("the call cost {cost}, more than the per-request maximum; it had already been served"),
-        ));
     }
 }
 
@@ -909,12 +910,10 @@ mod tests {
 
     #[test]
     fn truncation_keeps_characters_whole() {
-        let (t, cut) = truncate("héllo".as_bytes(), 2);
-        assert_eq!(t, "h");
-        assert!(cut);
-        let (t, cut) = truncate(b"abc", 10);
-        assert_eq!(t, "abc");
-        assert!(!cut);
+        for (body, max, kept, cut) in [("héllo", 2, "h", true), ("abc", 10, "abc", false)] {
+            let want = (kept.to_owned(), cut);
+            assert_eq!(truncate(body.as_bytes(), max), want, "{body} cut to {max}");
+        }
     }
 
     #[test]

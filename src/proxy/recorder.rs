@@ -41,6 +41,9 @@ const OWN_COMMIT_MIN_GAP: Duration = Duration::from_micros(250);
 
 type Ack = oneshot::Sender<Result<(), StoreError>>;
 
+/// What a call learns when the writer thread has ended.
+const STOPPED: &str = "the call recorder has stopped; restart agv-server";
+
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<(CallRecord, Ack)>,
@@ -179,9 +182,10 @@ impl Recorder {
         // The writer was busy, or the commit failed: the writer thread tries (again), with
         // its handling of failures (one by one in a failed group, logging, `/ready`).
         let (ack, done) = oneshot::channel();
-        self.tx.send((record, ack)).await.map_err(|_| {
-            StoreError::Unavailable("the call recorder has stopped; restart agv-server".into())
-        })?;
+        self.tx
+            .send((record, ack))
+            .await
+            .map_err(|_| StoreError::Unavailable(STOPPED.into()))?;
         let outcome = done.await.map_err(|_| {
             StoreError::Unavailable(
                 "the call recorder stopped before committing; restart agv-server".into(),
@@ -197,9 +201,7 @@ impl Recorder {
     /// the last [`FAILURE_REPORTED_FOR`]; or that the writer has stopped.
     pub fn recent_failure(&self) -> Option<StoreError> {
         if self.tx.is_closed() {
-            return Some(StoreError::Unavailable(
-                "the call recorder has stopped; restart agv-server".into(),
-            ));
+            return Some(StoreError::Unavailable(STOPPED.into()));
         }
         if !self.health.failing.load(Ordering::Relaxed) {
             return None;
@@ -222,18 +224,16 @@ fn writer(
     let mut log = FailureLog::default();
     // Blocks this thread (never a runtime's) until the first record of a batch arrives,
     // then takes whatever else is already waiting.
-    while let Some((record, ack)) = rx.blocking_recv() {
+    while let Some(first) = rx.blocking_recv() {
         writing.store(true, Ordering::Relaxed);
-        records.push(record);
-        acks.push(ack);
-        while records.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok((record, ack)) => {
-                    records.push(record);
-                    acks.push(ack);
-                }
-                Err(_) => break,
+        let mut next = Some(first);
+        while let Some((record, ack)) = next {
+            records.push(record);
+            acks.push(ack);
+            if records.len() == MAX_BATCH {
+                break;
             }
+            next = rx.try_recv().ok();
         }
         let started = Instant::now();
         let size = records.len();
@@ -257,12 +257,13 @@ fn writer(
         records.clear();
         note_commit(size, started);
         let failed = outcomes.iter().filter(|o| o.is_err()).count();
+        let first_error = outcomes.iter().find_map(|o| o.as_ref().err());
         // Ready again as soon as anything commits; not ready when nothing did.
-        match outcomes.iter().find(|o| o.is_err()) {
-            Some(Err(e)) if failed == size => health.note(Err(e)),
+        match first_error {
+            Some(e) if failed == size => health.note(Err(e)),
             _ => health.note(Ok(())),
         }
-        if let Some(Err(e)) = outcomes.iter().find(|o| o.is_err()) {
+        if let Some(e) = first_error {
             metrics::counter!("agv_recorder_failures_total").increment(failed as u64);
             log.failed(e, failed);
         } else {

@@ -7,8 +7,8 @@
 //! adds to every chunk, are removed again, so the client receives what it asked for.
 
 use super::upstream::{UpstreamError, UpstreamResponse};
-use super::{Incoming, Proxy, Usage, micros, note_post_cost, upstream_error};
-use crate::domain::{CallRecord, Timestamp};
+use super::{Incoming, Proxy, Usage, micros, upstream_error};
+use crate::domain::CallRecord;
 use crate::guard::Admission;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -202,15 +202,7 @@ async fn relay(
             total: None,
         };
     }
-    let after = proxy.guard.complete(
-        admission,
-        usage.result(model.as_deref(), failure.is_some()),
-        Timestamp::now(),
-    );
-    usage.apply(&mut rec);
-    rec.model = model;
-    rec.cost = after.cost;
-    note_post_cost(&mut rec, &after);
+    let after = proxy.settle(&mut rec, admission, usage, model, failure.is_some());
     let estimate_note = if estimated {
         format!(
             "; usage estimated from the request and the {relayed_text} bytes of text relayed (the stream ended before the upstream reported usage)"

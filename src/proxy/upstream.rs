@@ -199,25 +199,23 @@ impl Upstream {
     /// An upstream for another target (a tenant's own) that shares this one's pooled
     /// clients and settings, without a fallback.
     pub fn sibling(&self, primary: UpstreamTarget) -> Self {
-        Self {
-            clients: self.clients.clone(),
-            settings: self.settings.clone(),
-            primary: Prepared::new(primary),
-            fallback: None,
-        }
+        self.sharing_clients(primary, None)
     }
 
     /// The same upstream with another primary target; clients, settings and the fallback
     /// stay (the operator replaced the instance upstream in the console).
     pub fn with_primary(&self, primary: UpstreamTarget) -> Self {
+        let fallback = self.fallback.as_ref().map(|f| f.target.clone());
+        self.sharing_clients(primary, fallback)
+    }
+
+    /// An upstream for `primary` and `fallback` with this one's pooled clients and settings.
+    fn sharing_clients(&self, primary: UpstreamTarget, fallback: Option<UpstreamTarget>) -> Self {
         Self {
             clients: self.clients.clone(),
             settings: self.settings.clone(),
             primary: Prepared::new(primary),
-            fallback: self
-                .fallback
-                .as_ref()
-                .map(|f| Prepared::new(f.target.clone())),
+            fallback: fallback.map(Prepared::new),
         }
     }
 
@@ -277,8 +275,7 @@ impl Upstream {
                         started,
                     });
                 }
-                Ok(Err(e)) if e.is_timeout() => last_err = UpstreamError::Timeout(e.to_string()),
-                Ok(Err(e)) => last_err = UpstreamError::Unreachable(describe(&e)),
+                Ok(Err(e)) => last_err = send_failed(&e),
                 Err(_) => {
                     last_err = UpstreamError::Timeout(format!(
                         "no response within {} ms",
@@ -312,8 +309,7 @@ impl Upstream {
         }
         match tokio::time::timeout(self.settings.first_byte_timeout, req.send()).await {
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout(e.to_string())),
-            Ok(Err(e)) => Err(UpstreamError::Unreachable(describe(&e))),
+            Ok(Err(e)) => Err(send_failed(&e)),
             Err(_) => Err(UpstreamError::Timeout("no response".into())),
         }
     }
@@ -349,20 +345,14 @@ pub async fn probe(target: &UpstreamTarget, timeout: Duration) -> Probe {
         latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         message,
     };
+    let failed = |message| done(false, None, None, message);
     let client = match crate::outbound::builder()
         .connect_timeout(timeout)
         .timeout(timeout)
         .build()
     {
         Ok(c) => c,
-        Err(e) => {
-            return done(
-                false,
-                None,
-                None,
-                format!("cannot build an HTTP client: {e}"),
-            );
-        }
+        Err(e) => return failed(format!("cannot build an HTTP client: {e}")),
     };
     let mut req = client.get(&url);
     if let Some(key) = &target.api_key {
@@ -371,26 +361,16 @@ pub async fn probe(target: &UpstreamTarget, timeout: Duration) -> Probe {
     let resp = match req.send().await {
         Ok(r) => r,
         Err(e) if e.is_timeout() => {
-            return done(
-                false,
-                None,
-                None,
-                format!(
-                    "no answer from {url} within {} s: check the URL and that this server can reach it",
-                    timeout.as_secs()
-                ),
-            );
+            return failed(format!(
+                "no answer from {url} within {} s: check the URL and that this server can reach it",
+                timeout.as_secs()
+            ));
         }
         Err(e) => {
-            return done(
-                false,
-                None,
-                None,
-                format!(
-                    "cannot connect to {url}: {}; check the URL and that this server can reach it",
-                    describe(&e)
-                ),
-            );
+            return failed(format!(
+                "cannot connect to {url}: {}; check the URL and that this server can reach it",
+                describe(&e)
+            ));
         }
     };
     let status = resp.status();
@@ -485,6 +465,15 @@ fn too_large(max: usize) -> UpstreamError {
         "the upstream's answer is larger than {} MiB; agv-server does not read it",
         max >> 20
     ))
+}
+
+/// Why a request got no response: a timeout, or the host could not be reached.
+fn send_failed(e: &reqwest::Error) -> UpstreamError {
+    if e.is_timeout() {
+        UpstreamError::Timeout(e.to_string())
+    } else {
+        UpstreamError::Unreachable(describe(e))
+    }
 }
 
 /// The innermost cause of a reqwest error, which is the useful part ("Connection refused").
