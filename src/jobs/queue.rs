@@ -944,9 +944,7 @@ impl Queue {
                         dead.insert(&index_key(now, rec.seq), id.as_str())?;
                         Outcome::Dead
                     } else {
-                        let delay = backoff_delay(rec.job.attempts);
-                        let at =
-                            now.plus_millis(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+                        let at = now.plus(backoff_delay(rec.job.attempts));
                         rec.job.run_at = at;
                         rec.state = State::Pending;
                         due.insert(&index_key(at, rec.seq), id.as_str())?;
