@@ -838,21 +838,20 @@ mod tests {
             assert_eq!(pragma::<i64>(c, "synchronous"), 2, "FULL");
         }
         drop(conns);
-        let full = CommitSettings {
-            calls: "synchronous=FULL".into(),
-            other_writes: "synchronous=FULL".into(),
-            calls_wait_for_disk: true,
+        let both = |sync: &str, calls_wait_for_disk| CommitSettings {
+            calls: sync.into(),
+            other_writes: sync.into(),
+            calls_wait_for_disk,
         };
-        assert_eq!(store.commit_settings().unwrap(), full);
+        assert_eq!(
+            store.commit_settings().unwrap(),
+            both("synchronous=FULL", true)
+        );
         drop(store);
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(
             store.commit_settings().unwrap(),
-            CommitSettings {
-                calls: "synchronous=NORMAL".into(),
-                other_writes: "synchronous=NORMAL".into(),
-                calls_wait_for_disk: false,
-            }
+            both("synchronous=NORMAL", false)
         );
     }
     /// The WAL header's checkpoint sequence number: SQLite adds one each time it starts
@@ -907,6 +906,18 @@ mod tests {
                 self.seed.get(),
             )
             .collect()
+        }
+
+        /// Tries to commit a new call on the caller's thread: whether it was committed
+        /// there (a failed commit fails the test).
+        fn record_here(&self) -> bool {
+            match self.store.try_insert(&self.call(Timestamp::now())) {
+                Some(result) => {
+                    result.unwrap();
+                    true
+                }
+                None => false,
+            }
         }
 
         fn stored(&self) -> usize {
@@ -983,39 +994,33 @@ mod tests {
         let f = CallsFixture::new();
         // The recorder's connection is opened by its first commit.
         f.store.insert_calls(&f.call(Timestamp::now())).unwrap();
-        assert!(matches!(
-            f.store.try_insert(&f.call(Timestamp::now())),
-            Some(Ok(()))
-        ));
+        assert!(f.record_here());
         assert_eq!(f.stored(), 2);
 
         // Another writer of this process holds the lock: no waiting, nothing written.
         {
             let _held = f.store.writer.lock().unwrap();
-            assert!(f.store.try_insert(&f.call(Timestamp::now())).is_none());
+            assert!(!f.record_here());
         }
         // A WAL finish is due: that is the recorder's to do, after a commit of its own.
         f.store.finish_checkpoint.store(true, Ordering::Relaxed);
-        assert!(f.store.try_insert(&f.call(Timestamp::now())).is_none());
+        assert!(!f.record_here());
         f.store.between_commits();
         assert!(!f.store.finish_checkpoint.load(Ordering::Relaxed));
         assert_eq!(f.stored(), 2);
         // The finish is done: the next commit starts the WAL over (and syncs its header),
         // which is the recorder's own commit to make.
-        assert!(f.store.try_insert(&f.call(Timestamp::now())).is_none());
+        assert!(!f.record_here());
         f.store.insert_calls(&f.call(Timestamp::now())).unwrap();
         assert_eq!(f.stored(), 3);
-        assert!(matches!(
-            f.store.try_insert(&f.call(Timestamp::now())),
-            Some(Ok(()))
-        ));
+        assert!(f.record_here());
         assert_eq!(f.stored(), 4);
 
         // Another process (say the CLI) holds SQLite's own write lock: no 5 s busy wait.
         let other = Connection::open(&f.path).unwrap();
         other.execute_batch("BEGIN IMMEDIATE").unwrap();
         let tried = Instant::now();
-        assert!(f.store.try_insert(&f.call(Timestamp::now())).is_none());
+        assert!(!f.record_here());
         assert!(
             tried.elapsed() < Duration::from_secs(1),
             "{:?}",
@@ -1031,10 +1036,7 @@ mod tests {
         });
         f.store.insert_calls(&third).unwrap();
         release.join().unwrap();
-        assert!(matches!(
-            f.store.try_insert(&f.call(Timestamp::now())),
-            Some(Ok(()))
-        ));
+        assert!(f.record_here());
         assert_eq!(f.stored(), 6);
     }
 
@@ -1070,10 +1072,7 @@ mod tests {
         for _ in 0..3 {
             f.store.insert_calls(&f.call(Timestamp::now())).unwrap();
         }
-        assert!(matches!(
-            f.store.try_insert(&f.call(Timestamp::now())),
-            Some(Ok(()))
-        ));
+        assert!(f.record_here());
         // The recorder now knows its head; another process appends two calls.
         let other = SqliteStore::open(&f.path).unwrap();
         other.insert_calls(&f.call(Timestamp::now())).unwrap();
@@ -1081,10 +1080,7 @@ mod tests {
         drop(other);
         // Both ways in: the recorder's thread and the request's own.
         f.store.insert_calls(&f.call(Timestamp::now())).unwrap();
-        assert!(matches!(
-            f.store.try_insert(&f.call(Timestamp::now())),
-            Some(Ok(()))
-        ));
+        assert!(f.record_here());
         assert_eq!(f.stored(), 8);
         let result = chain_of(&f.store);
         assert!(result.broken.is_none(), "{:?}", result.broken);
@@ -1122,10 +1118,7 @@ mod tests {
                 .unwrap();
         }
         f.store.insert_calls(&f.call(Timestamp::now())).unwrap();
-        assert!(matches!(
-            f.store.try_insert(&f.call(Timestamp::now())),
-            Some(Ok(()))
-        ));
+        assert!(f.record_here());
         // The half-done work was rolled back, not committed with the next batch.
         assert_eq!(f.stored(), 3);
     }
