@@ -201,6 +201,14 @@ impl std::fmt::Display for Num {
     }
 }
 
+/// A colour as PDF writes the operands of `rg` and `RG`: its three parts.
+impl std::fmt::Display for Color {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Color(r, g, b) = *self;
+        write!(f, "{} {} {}", Num(r), Num(g), Num(b))
+    }
+}
+
 /// A string as a PDF hex string in WinAnsi: [`clean`] leaves only characters whose code
 /// is their WinAnsi byte (printable ASCII and U+00A0..=U+00FF).
 fn hex_string(s: &str) -> String {
@@ -244,15 +252,12 @@ impl Writer {
     }
 
     fn text(&mut self, x: f32, y: f32, s: &str, font: Font, size: f32, color: Color) {
-        let Color(r, g, b) = color;
         let _ = write!(
             self.ops,
-            "BT\n/{} {} Tf\n{} {} {} rg\n{} {} Td\n{} Tj\nET\n",
+            "BT\n/{} {} Tf\n{} rg\n{} {} Td\n{} Tj\nET\n",
             font.resource(),
             Num(size),
-            Num(r),
-            Num(g),
-            Num(b),
+            color,
             Num(x),
             Num(y),
             hex_string(s)
@@ -260,13 +265,10 @@ impl Writer {
     }
 
     fn rect(&mut self, x: f32, y: f32, w: f32, h: f32, color: Color) {
-        let Color(r, g, b) = color;
         let _ = write!(
             self.ops,
-            "{} {} {} rg\n{} {} {} {} re\nf\n",
-            Num(r),
-            Num(g),
-            Num(b),
+            "{} rg\n{} {} {} {} re\nf\n",
+            color,
             Num(x),
             Num(y),
             Num(w),
@@ -275,13 +277,10 @@ impl Writer {
     }
 
     fn hline(&mut self, y: f32, color: Color, thickness: f32) {
-        let Color(r, g, b) = color;
         let _ = write!(
             self.ops,
-            "{} {} {} RG\n{} w\n{} {} m\n{} {} l\nS\n",
-            Num(r),
-            Num(g),
-            Num(b),
+            "{} RG\n{} w\n{} {} m\n{} {} l\nS\n",
+            color,
             Num(thickness),
             Num(LEFT),
             Num(y),

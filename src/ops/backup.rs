@@ -980,7 +980,12 @@ mod tests {
 
     /// A backup archive as an attacker would make it: any manifest, signed with a key of
     /// their own (a restore into a fresh data directory has no trusted key to hold it to).
-    fn crafted_backup(dir: &Path, files: Vec<FileEntry>, members: &[(String, Vec<u8>)]) -> PathBuf {
+    /// Its manifest names one file, `name`, whose sealed bytes stand in the member `member`.
+    fn crafted_backup(dir: &Path, name: &str, member: &str, sealed: &[u8]) -> PathBuf {
+        let files = vec![FileEntry {
+            name: name.into(),
+            sha256: hex::encode(Sha256::digest(sealed)),
+        }];
         let key = CertSigningKey::generate();
         let public = key.public();
         let manifest = Manifest {
@@ -1010,9 +1015,7 @@ mod tests {
         };
         add("manifest.json", &manifest_bytes);
         add("manifest.sig", signature.as_bytes());
-        for (name, bytes) in members {
-            add(name, bytes);
-        }
+        add(member, sealed);
         tar.finish().unwrap();
         path
     }
@@ -1020,17 +1023,9 @@ mod tests {
     #[test]
     fn a_signed_manifest_naming_a_file_outside_the_known_key_files_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
-        let sealed = b"sealed bytes".to_vec();
-        let sha256 = hex::encode(Sha256::digest(&sealed));
+        let sealed = b"sealed bytes";
         for name in ["../files/pwned", "pwned", "/etc/agv", "master.key/../x"] {
-            let archive = crafted_backup(
-                tmp.path(),
-                vec![FileEntry {
-                    name: name.into(),
-                    sha256: sha256.clone(),
-                }],
-                &[("files/pwned.sealed".into(), sealed.clone())],
-            );
+            let archive = crafted_backup(tmp.path(), name, "files/pwned.sealed", sealed);
             let err = unpack(&archive, tmp.path(), None).map(|_| ()).unwrap_err();
             assert!(
                 err.contains(name) && err.contains("master.key"),
@@ -1038,14 +1033,7 @@ mod tests {
             );
         }
         // The known names still unpack.
-        let archive = crafted_backup(
-            tmp.path(),
-            vec![FileEntry {
-                name: "master.key".into(),
-                sha256,
-            }],
-            &[("files/master.key.sealed".into(), sealed)],
-        );
+        let archive = crafted_backup(tmp.path(), "master.key", "files/master.key.sealed", sealed);
         assert!(unpack(&archive, tmp.path(), None).is_ok());
     }
 

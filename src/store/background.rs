@@ -158,20 +158,19 @@ mod tests {
             let quick = Duration::from_millis(5);
             let mut bg = Background::start();
             let mut states = vec![(os::current(), bg.is_idle())];
-            for _ in 1..QUIET_ROUNDS {
-                bg.round(false, quick);
+            // Each step: how many rounds, whether they left work behind, how long each took.
+            for (rounds, behind, took) in [
+                (QUIET_ROUNDS - 1, false, quick),
+                (1, false, quick),
+                (1, false, LATE + quick),
+                (QUIET_ROUNDS, false, quick),
+                (1, true, quick),
+            ] {
+                for _ in 0..rounds {
+                    bg.round(behind, took);
+                }
+                states.push((os::current(), bg.is_idle()));
             }
-            states.push((os::current(), bg.is_idle()));
-            bg.round(false, quick);
-            states.push((os::current(), bg.is_idle()));
-            bg.round(false, LATE + quick);
-            states.push((os::current(), bg.is_idle()));
-            for _ in 0..QUIET_ROUNDS {
-                bg.round(false, quick);
-            }
-            states.push((os::current(), bg.is_idle()));
-            bg.round(true, quick);
-            states.push((os::current(), bg.is_idle()));
             (bg.can_return, states)
         });
         let (can_return, states) = seen;

@@ -356,6 +356,16 @@ fn audit_chain(tenant: Option<&TenantId>) -> &str {
     tenant.map_or("", TenantId::as_str)
 }
 
+/// The parameter that stores an audit field. Every nullable audit column is text, so a
+/// missing value binds as a text NULL (Postgres checks a NULL's type too).
+fn audit_param<'a>(f: &Field<'a>) -> Param<'a> {
+    match *f {
+        Field::Null => Param::OptText(None),
+        Field::Int(v) => Param::BigInt(v),
+        Field::Text(s) => Param::Text(s),
+    }
+}
+
 /// Appends an audit entry to its chain, in the caller's transaction.
 pub(super) fn append_audit(db: &mut dyn Db, e: &NewAuditEntry) -> StoreResult<AuditEntry> {
     let key = chain::chain_key(ChainKind::Audit, e.tenant_id.as_ref());
@@ -382,27 +392,18 @@ pub(super) fn append_audit(db: &mut dyn Db, e: &NewAuditEntry) -> StoreResult<Au
     chain::encode(&fields, &mut buf);
     let seq = prev.seq + 1;
     let hash = chain::link_hash(&prev.hash, seq, &buf);
+    let mut params = vec![
+        Param::BigInt(seq),
+        Param::Text(&hash),
+        Param::Text(&prev.hash),
+    ];
+    params.extend(fields.iter().map(audit_param));
     db.execute(
         &format!(
             "INSERT INTO audit_entries (seq, hash, prev_hash, {AUDIT_CHAIN_FIELDS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
         ),
-        &[
-            Param::BigInt(seq),
-            Param::Text(&hash),
-            Param::Text(&prev.hash),
-            Param::Text(id.as_str()),
-            Param::Text(chain_col),
-            Param::OptText(tenant),
-            Param::Text(e.actor.kind()),
-            Param::Text(e.actor.id()),
-            Param::Text(e.action.as_str()),
-            Param::Text(&e.target),
-            Param::OptText(e.source.as_deref()),
-            Param::BigInt(e.at.millis()),
-            Param::OptText(before.as_deref()),
-            Param::OptText(after.as_deref()),
-        ],
+        &params,
     )?;
     set_head(
         db,

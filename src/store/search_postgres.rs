@@ -438,27 +438,15 @@ mod tests {
         let mut slow = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
         let mut fast = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
         // The slow transaction takes its sequence value first and commits last.
+        let (a, b) = (
+            "call_0000000000000000000000000000000a",
+            "call_0000000000000000000000000000000b",
+        );
         let mut tx = slow.transaction().unwrap();
-        tx.execute(
-            INSERT,
-            &[
-                &"call_0000000000000000000000000000000a",
-                &t,
-                &1_i64,
-                &"slow walrus",
-            ],
-        )
-        .unwrap();
-        fast.execute(
-            INSERT,
-            &[
-                &"call_0000000000000000000000000000000b",
-                &t,
-                &2_i64,
-                &"fast walrus",
-            ],
-        )
-        .unwrap();
+        tx.execute(INSERT, &[&a, &t, &1_i64, &"slow walrus"])
+            .unwrap();
+        fast.execute(INSERT, &[&b, &t, &2_i64, &"fast walrus"])
+            .unwrap();
         store.index_pending_calls().unwrap();
         tx.commit().unwrap();
 

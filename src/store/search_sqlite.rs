@@ -560,6 +560,7 @@ mod tests {
         .unwrap();
     }
 
+    /// The ids of the tenant's calls whose text holds "walrus", newest first.
     fn walrus_ids(store: &SqliteStore, tenant: &TenantId) -> Vec<String> {
         let search = CallSearch {
             text: vec![vec!["walrus".to_owned()]],
@@ -571,6 +572,16 @@ mod tests {
             .into_iter()
             .map(|c| c.id.as_str().to_owned())
             .collect()
+    }
+
+    /// The first column of every row `sql` selects from `conn`.
+    fn column<T: rusqlite::types::FromSql>(conn: &Connection, sql: &str) -> Vec<T> {
+        conn.prepare(sql)
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
     }
 
     #[test]
@@ -628,13 +639,7 @@ mod tests {
         assert_eq!(docs.len(), 2);
         store.erase_tenant(&gone.id).unwrap();
         super::write_docs(&calls, &mut index, &docs).unwrap();
-        let left: Vec<String> = index
-            .prepare("SELECT call_id FROM call_fts")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let left: Vec<String> = column(&index, "SELECT call_id FROM call_fts");
         assert_eq!(left, [format!("call_{:032x}", 2)]);
         assert_eq!(walrus_ids(&store, &kept.id).len(), 1);
     }
@@ -712,12 +717,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agv.db");
         let store = SqliteStore::open(&path).unwrap();
-        let tenant = Tenant {
-            id: TenantId::generate(),
-            name: TenantName::parse("Acme").unwrap(),
-            created_at: Timestamp::from_millis(0),
-        };
-        store.create_tenant(&tenant).unwrap();
+        let tenant = acme(&store);
         let raw = Connection::open(&path).unwrap();
         let index = Connection::open(super::search_path(&path)).unwrap();
         let at = 1_700_000_000_123_i64;
@@ -738,31 +738,15 @@ mod tests {
                 .unwrap();
         }
         store.index_pending_calls().unwrap();
-        let keys: Vec<i64> = index
-            .prepare("SELECT rowid FROM call_fts ORDER BY rowid")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let keys: Vec<i64> = column(&index, "SELECT rowid FROM call_fts ORDER BY rowid");
         let base = at << KEY_SHIFT;
         assert_eq!(
             keys,
             vec![base + 7, base + 8, base + 9],
             "the later call moved on"
         );
-        let search = CallSearch {
-            text: vec![vec!["walrus".to_owned()]],
-            ..CallSearch::default()
-        };
-        let found: Vec<String> = store
-            .search_calls(&tenant.id, &search, None, 10)
-            .unwrap()
-            .into_iter()
-            .map(|c| c.id.as_str().to_owned())
-            .collect();
         assert_eq!(
-            found,
+            walrus_ids(&store, &tenant.id),
             vec![
                 "call_0000000000000000000000000000000c",
                 "call_0000000000000000000000000000000b",
