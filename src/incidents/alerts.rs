@@ -233,29 +233,24 @@ impl Alerts {
                     incident: inc,
                     summary: summary.as_deref(),
                 };
-                let status = post(
-                    url.expose(),
-                    None,
-                    "pagerduty",
-                    job.id.as_str(),
-                    &event.body(),
-                    &self.allow,
-                )
-                .await?;
-                if d.reason == Reason::Test {
-                    // A test must not leave a page open: the trigger is resolved at once.
-                    let resolve = PagerDutyEvent {
-                        action: "resolve",
-                        ..event
-                    };
+                let send = async |event: PagerDutyEvent<'_>| {
                     post(
                         url.expose(),
                         None,
                         "pagerduty",
                         job.id.as_str(),
-                        &resolve.body(),
+                        &event.body(),
                         &self.allow,
                     )
+                    .await
+                };
+                let status = send(event).await?;
+                if d.reason == Reason::Test {
+                    // A test must not leave a page open: the trigger is resolved at once.
+                    send(PagerDutyEvent {
+                        action: "resolve",
+                        ..event
+                    })
                     .await?;
                 }
                 status
