@@ -623,7 +623,9 @@ mod tests {
     /// Each accepted query and what it sets on an otherwise empty query.
     #[test]
     fn each_filter_takes_its_values() {
-        let cases: [(&str, fn(&mut SearchQuery)); 10] = [
+        /// What a case sets on an empty query.
+        type Set = fn(&mut SearchQuery);
+        let cases: [(&str, Set); 10] = [
             ("   ", |_| {}),
             (r#"user:"Jane Doe" session:ses-1 model:gpt-4o-mini"#, |q| {
                 q.end_user = Some("Jane Doe".into());
