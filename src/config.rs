@@ -1500,6 +1500,11 @@ mod tests {
         Settings::load_with(Some(dir.to_path_buf()), &Flags::new(), &env_of(vars))
     }
 
+    /// Settings loaded from `vars` alone, in an empty data directory.
+    fn load(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        load_in(tempfile::tempdir().unwrap().path(), vars)
+    }
+
     /// A valid, non-empty value for every setting: a sample, else its default.
     fn sample(field: &Field) -> &'static str {
         let samples = [
@@ -1621,8 +1626,6 @@ mod tests {
 
     #[test]
     fn the_update_source_defaults_to_github_and_takes_a_mirror_url_or_a_directory() {
-        let dir = tempfile::tempdir().unwrap();
-        let load = |vars: &[(&str, &str)]| load_in(dir.path(), vars);
         let s = load(&[]).unwrap();
         assert_eq!(s.update_source, values::DEFAULT_SOURCE);
         let s = load(&[(
@@ -1644,8 +1647,6 @@ mod tests {
 
     #[test]
     fn retention_defaults_to_90_days_daily_and_can_be_switched_off() {
-        let dir = tempfile::tempdir().unwrap();
-        let load = |vars: &[(&str, &str)]| load_in(dir.path(), vars);
         let s = load(&[]).unwrap();
         assert_eq!(s.retention_days, 90);
         assert_eq!(s.retention_cron.as_deref(), Some("0 30 3 * * *"));
@@ -1656,7 +1657,6 @@ mod tests {
     /// Each bad value is refused with the setting's key, the value, its variable and why.
     #[test]
     fn a_bad_value_is_refused_naming_the_setting_the_value_and_its_variable() {
-        let dir = tempfile::tempdir().unwrap();
         let not_a_cron = "fields, expected 6";
         for (var, value, why) in [
             ("AGV_RETENTION_DAYS", "-1", "expected a whole number"),
@@ -1689,7 +1689,7 @@ mod tests {
             ("AGV_UPSTREAM_URL", "api.openai.com", HTTP_URL),
         ] {
             let key = var.trim_start_matches("AGV_").to_lowercase();
-            let err = load_in(dir.path(), &[(var, value)]).unwrap_err().0;
+            let err = load(&[(var, value)]).unwrap_err().0;
             let named = format!("invalid {key} = '{value}' (from env {var}): ");
             assert!(
                 err.contains(&named) && err.contains(why),
@@ -1867,8 +1867,6 @@ mod tests {
 
     #[test]
     fn single_sign_on_is_off_until_an_issuer_and_a_client_id_are_set() {
-        let dir = tempfile::tempdir().unwrap();
-        let load = |vars: &[(&str, &str)]| load_in(dir.path(), vars);
         assert!(load(&[]).unwrap().oidc.is_none());
         let on = [
             ("AGV_OIDC_ISSUER", "https://login.example.com/realms/acme"),
@@ -1934,8 +1932,7 @@ mod tests {
 
     #[test]
     fn a_half_given_s3_block_names_the_missing_setting() {
-        let dir = tempfile::tempdir().unwrap();
-        let load = |vars: &[(&str, &str)]| load_in(dir.path(), vars).unwrap_err().0;
+        let refusal = |vars: &[(&str, &str)]| load(vars).unwrap_err().0;
         let endpoint = ("AGV_BACKUP_S3_ENDPOINT", "https://s3.example.com");
         let bucket = ("AGV_BACKUP_S3_BUCKET", "agv-backups");
         for (vars, expected) in [
@@ -1946,7 +1943,7 @@ mod tests {
             (vec![endpoint], "missing backup_s3_bucket"),
             (vec![endpoint, bucket], "missing backup_s3_access_key_id"),
         ] {
-            let err = load(&vars);
+            let err = refusal(&vars);
             assert!(err.contains(expected), "{vars:?}: {err}");
         }
         for bad in [
@@ -1955,23 +1952,22 @@ mod tests {
             "https://user:pw@s3.example.com",
             "https://s3.example.com/?x=1",
         ] {
-            let err = load(&[("AGV_BACKUP_S3_ENDPOINT", bad), bucket]);
+            let err = refusal(&[("AGV_BACKUP_S3_ENDPOINT", bad), bucket]);
             assert!(err.contains("invalid backup_s3_endpoint"), "{bad}: {err}");
         }
-        let err = load(&[("AGV_BACKUP_S3_ACCESS_KEY_ID", "AKID")]);
+        let err = refusal(&[("AGV_BACKUP_S3_ACCESS_KEY_ID", "AKID")]);
         assert!(
             err.contains("backup_s3_access_key_id")
                 && err.contains("backup_s3_endpoint and backup_s3_bucket are not"),
             "{err}"
         );
-        let err = load(&[("AGV_BACKUP_S3_SECRET_ACCESS_KEY", "s3-very-secret")]);
+        let err = refusal(&[("AGV_BACKUP_S3_SECRET_ACCESS_KEY", "s3-very-secret")]);
         assert!(!err.contains("s3-very-secret"), "{err}");
     }
 
     #[test]
     fn the_upstream_key_falls_back_to_openai_api_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = load_in(dir.path(), &[("OPENAI_API_KEY", "sk-x")]).unwrap();
+        let s = load(&[("OPENAI_API_KEY", "sk-x")]).unwrap();
         assert_eq!(s.upstream_api_key.as_deref(), Some("sk-x"));
         assert_eq!(
             s.sources["upstream_api_key"],
@@ -1981,11 +1977,7 @@ mod tests {
 
     #[test]
     fn database_url_passwords_are_redacted_in_the_description() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = load_in(
-            dir.path(),
-            &[("AGV_DATABASE_URL", "postgres://agv:hunter2@db/agv")],
-        );
+        let s = load(&[("AGV_DATABASE_URL", "postgres://agv:hunter2@db/agv")]);
         let s = s.unwrap();
         assert!(!format!("{:?}", s.describe()).contains("hunter2"));
     }
@@ -2005,17 +1997,13 @@ mod tests {
 
     #[test]
     fn the_upstream_timeouts_have_defaults_and_can_be_set() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = load_in(dir.path(), &[]).unwrap();
+        let s = load(&[]).unwrap();
         assert_eq!(s.upstream_connect_timeout.as_secs(), 5);
         assert_eq!(s.upstream_first_byte_timeout.as_secs(), 30);
-        let s = load_in(
-            dir.path(),
-            &[
-                ("AGV_UPSTREAM_CONNECT_TIMEOUT", "2s"),
-                ("AGV_UPSTREAM_FIRST_BYTE_TIMEOUT", "3s"),
-            ],
-        )
+        let s = load(&[
+            ("AGV_UPSTREAM_CONNECT_TIMEOUT", "2s"),
+            ("AGV_UPSTREAM_FIRST_BYTE_TIMEOUT", "3s"),
+        ])
         .unwrap();
         assert_eq!(s.upstream_connect_timeout.as_secs(), 2);
         assert_eq!(s.upstream_first_byte_timeout.as_secs(), 3);
@@ -2023,11 +2011,10 @@ mod tests {
 
     #[test]
     fn the_fallback_upstream_is_optional() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = load_in(dir.path(), &[]).unwrap();
+        let s = load(&[]).unwrap();
         assert_eq!(s.fallback_upstream_url, None);
         let url = [("AGV_FALLBACK_UPSTREAM_URL", "https://backup.example/v1/")];
-        let s = load_in(dir.path(), &url).unwrap();
+        let s = load(&url).unwrap();
         assert_eq!(
             s.fallback_upstream_url.as_deref(),
             Some("https://backup.example/v1")
@@ -2036,16 +2023,12 @@ mod tests {
 
     #[test]
     fn the_tenant_upstream_allowlist_is_empty_by_default() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = load_in(dir.path(), &[]).unwrap();
+        let s = load(&[]).unwrap();
         assert!(s.tenant_upstream_allowlist.is_empty());
-        let s = load_in(
-            dir.path(),
-            &[(
-                "AGV_TENANT_UPSTREAM_ALLOWLIST",
-                "https://api.openai.com/v1,https://myco.openai.azure.com/",
-            )],
-        )
+        let s = load(&[(
+            "AGV_TENANT_UPSTREAM_ALLOWLIST",
+            "https://api.openai.com/v1,https://myco.openai.azure.com/",
+        )])
         .unwrap();
         assert!(
             s.tenant_upstream_allowlist

@@ -606,6 +606,46 @@ mod tests {
         );
     }
 
+    /// Whether a due alert is sent, for a `High` incident whose job was scheduled at 1 s:
+    /// each case is the reason, the incident's status, when the last alert went out, and now.
+    #[test]
+    fn a_due_alert_is_sent_only_while_it_still_says_something_new() {
+        use IncidentStatus as S;
+        use Reason as R;
+        let sent = [
+            due(R::Opened, S::Open, None, 31_000),
+            // A state change follows the incident where it was announced.
+            due(R::Acknowledged, S::Resolved, Some(2000), 31_000),
+            due(R::Resolved, S::Resolved, Some(2000), 31_000),
+            // An alert from before this job was scheduled (an earlier life) does not count.
+            due(R::Reopened, S::Open, Some(500), 31_000),
+            // A repeat after the interval.
+            due(R::Repeat, S::Acknowledged, Some(20_000), 30_000),
+        ];
+        let skipped = [
+            // An incident resolved within the wait is never announced.
+            due(R::Opened, S::Resolved, None, 31_000),
+            due(R::Repeat, S::Resolved, Some(0), 31_000),
+            // A state change where the incident was never announced.
+            due(R::Acknowledged, S::Acknowledged, None, 31_000),
+            due(R::Resolved, S::Acknowledged, None, 31_000),
+            // Already covered by a later alert.
+            due(R::Opened, S::Open, Some(2000), 31_000),
+            due(R::Repeat, S::Open, Some(25_000), 30_000),
+            // Below the minimum severity.
+            DueAlert {
+                severity: Severity::Low,
+                ..due(R::Repeat, S::Open, Some(25_000), 40_000)
+            },
+        ];
+        for d in sent {
+            assert_eq!(verdict(&d), Verdict::Send, "{d:?}");
+        }
+        for d in skipped {
+            assert!(matches!(verdict(&d), Verdict::Skip(_)), "{d:?}");
+        }
+    }
+
     fn due(reason: Reason, status: IncidentStatus, last: Option<i64>, now: i64) -> DueAlert {
         DueAlert {
             reason,
@@ -620,30 +660,7 @@ mod tests {
     }
 
     #[test]
-    fn an_incident_resolved_within_the_wait_is_never_announced() {
-        let d = due(Reason::Opened, IncidentStatus::Resolved, None, 31_000);
-        assert!(matches!(verdict(&d), Verdict::Skip(_)));
-        let d = due(Reason::Opened, IncidentStatus::Open, None, 31_000);
-        assert_eq!(verdict(&d), Verdict::Send);
-        let d = due(Reason::Repeat, IncidentStatus::Resolved, Some(0), 31_000);
-        assert!(matches!(verdict(&d), Verdict::Skip(_)));
-    }
-
-    #[test]
-    fn a_state_change_follows_the_incident_but_only_where_it_was_announced() {
-        for reason in [Reason::Acknowledged, Reason::Resolved] {
-            let d = due(reason, IncidentStatus::Resolved, Some(2000), 31_000);
-            assert_eq!(
-                verdict(&d),
-                Verdict::Send,
-                "{reason:?} of a resolved incident"
-            );
-            let d = due(reason, IncidentStatus::Acknowledged, None, 31_000);
-            assert!(
-                matches!(verdict(&d), Verdict::Skip(_)),
-                "{reason:?} never announced"
-            );
-        }
+    fn reasons_routes_and_routing_keys_parse() {
         assert_eq!(pagerduty_action(Reason::Acknowledged), Some("acknowledge"));
         assert_eq!(pagerduty_action(Reason::Resolved), Some("resolve"));
         assert_eq!(pagerduty_action(Reason::Reopened), Some("trigger"));
@@ -661,31 +678,6 @@ mod tests {
         ] {
             assert!(parse_routing_key(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn an_opening_alert_already_covered_by_a_later_one_is_skipped() {
-        let d = due(Reason::Opened, IncidentStatus::Open, Some(2000), 31_000);
-        assert!(matches!(verdict(&d), Verdict::Skip(_)));
-        // An alert from before this job was scheduled (an earlier life) does not count.
-        let d = due(Reason::Reopened, IncidentStatus::Open, Some(500), 31_000);
-        assert_eq!(verdict(&d), Verdict::Send);
-    }
-
-    #[test]
-    fn a_repeat_is_sent_after_the_interval_and_dropped_when_a_newer_alert_came() {
-        let d = due(
-            Reason::Repeat,
-            IncidentStatus::Acknowledged,
-            Some(20_000),
-            30_000,
-        );
-        assert_eq!(verdict(&d), Verdict::Send);
-        let d = due(Reason::Repeat, IncidentStatus::Open, Some(25_000), 30_000);
-        assert!(matches!(verdict(&d), Verdict::Skip(_)));
-        let mut d = due(Reason::Repeat, IncidentStatus::Open, Some(25_000), 40_000);
-        d.severity = Severity::Low;
-        assert!(matches!(verdict(&d), Verdict::Skip(_)), "below minimum");
     }
 
     #[test]
@@ -735,10 +727,28 @@ mod tests {
             "fe80::1",
             "fd00::1",
             "::ffff:10.0.0.1",
+            // IPv6 forms that carry an IPv4 address are judged by that address: NAT64
+            // (RFC 6052), its local-use prefix (RFC 8215), 6to4 (RFC 3056) and
+            // IPv4-compatible (RFC 4291, deprecated) forms of internal IPv4 addresses.
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::10.0.0.1",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            "2002:c0a8:101::",
+            "::127.0.0.1",
+            "::10.0.0.1",
         ] {
             assert!(check_addresses("h", &[ip(bad)], &none).is_err(), "{bad}");
         }
-        assert!(check_addresses("h", &[ip("93.184.216.34")], &none).is_ok());
+        // Public addresses, also in those IPv6 forms, are fine.
+        for good in [
+            "93.184.216.34",
+            "64:ff9b::93.184.216.34",
+            "2002:5db8:d822::1",
+        ] {
+            assert!(check_addresses("h", &[ip(good)], &none).is_ok(), "{good}");
+        }
         // One bad address among good ones is enough to refuse.
         assert!(check_addresses("h", &[ip("93.184.216.34"), ip("10.1.1.1")], &none).is_err());
         let err = check_addresses("h", &[ip("169.254.169.254")], &none).unwrap_err();
@@ -752,30 +762,6 @@ mod tests {
         assert!(check_addresses("10.0.0.1", &[ip("10.0.0.1")], &allow).is_err());
         assert!(check_addresses("h", &[], &allow).is_err());
         assert!(HostAllowlist::parse("http://x/").is_err());
-    }
-
-    #[test]
-    fn ipv6_forms_that_carry_an_ipv4_address_are_judged_by_that_address() {
-        let none = HostAllowlist::default();
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        for bad in [
-            // NAT64 (RFC 6052), its local-use prefix (RFC 8215), 6to4 (RFC 3056) and
-            // IPv4-compatible (RFC 4291, deprecated) forms of internal IPv4 addresses.
-            "64:ff9b::127.0.0.1",
-            "64:ff9b::a9fe:a9fe",
-            "64:ff9b:1::10.0.0.1",
-            "2002:7f00:1::",
-            "2002:a9fe:a9fe::1",
-            "2002:c0a8:101::",
-            "::127.0.0.1",
-            "::10.0.0.1",
-        ] {
-            assert!(check_addresses("h", &[ip(bad)], &none).is_err(), "{bad}");
-        }
-        // The same forms of a public address are fine.
-        for good in ["64:ff9b::93.184.216.34", "2002:5db8:d822::1"] {
-            assert!(check_addresses("h", &[ip(good)], &none).is_ok(), "{good}");
-        }
     }
 
     #[test]

@@ -380,10 +380,11 @@ pub fn verify(bytes: &[u8], trusted: Option<&PublicKey>) -> Result<Certificate, 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sample(key: &CertSigningKey) -> Certificate {
+    /// An unsigned call certificate issued by `key`, for tests to adjust and sign.
+    pub(crate) fn unsigned(key: &CertSigningKey) -> Certificate {
         Certificate {
             version: CERTIFICATE_VERSION,
             certificate_id: CertificateId::generate(),
@@ -410,8 +411,10 @@ mod tests {
             public_key: String::new(),
             signature: String::new(),
         }
-        .sign(key)
-        .unwrap()
+    }
+
+    fn sample(key: &CertSigningKey) -> Certificate {
+        unsigned(key).sign(key).unwrap()
     }
 
     #[test]

@@ -616,8 +616,8 @@ pub fn calls_csv<'a>(calls: impl IntoIterator<Item = &'a CallRecord>) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::certificate::{CERTIFICATE_VERSION, IncidentEvidence};
-    use crate::domain::{CertificateId, Decision, IncidentId, KeyId, Money, TenantId, Timestamp};
+    use crate::domain::certificate::{self, IncidentEvidence};
+    use crate::domain::{Decision, IncidentId, KeyId, Money, TenantId, Timestamp};
     use serde_json::json;
 
     fn call(tenant: &TenantId, end_user: &str) -> CallRecord {
@@ -677,13 +677,10 @@ mod tests {
             exported.push(ExportedCall { call: c, proof });
         }
         let cert = Certificate {
-            version: CERTIFICATE_VERSION,
-            certificate_id: CertificateId::generate(),
             kind: CertificateKind::Incident,
             tenant_id: tenant.clone(),
             subject_id: incident.to_string(),
             original: None,
-            replay: None,
             incident: Some(IncidentEvidence {
                 incident_id: incident.clone(),
                 rule: "dg-005".into(),
@@ -696,13 +693,8 @@ mod tests {
                 call_ids: exported.iter().map(|e| e.call.id.clone()).collect(),
             }),
             model: None,
-            policy_version: "p1".into(),
-            match_level: None,
-            instance_id: key.public().instance_id(),
-            issued_at: "2026-11-23T18:00:01.000Z".into(),
             chain_head: Some(format!("3:{prev}")),
-            public_key: String::new(),
-            signature: String::new(),
+            ..certificate::tests::unsigned(key)
         }
         .sign(key)
         .unwrap();

@@ -233,29 +233,24 @@ impl Alerts {
                     incident: inc,
                     summary: summary.as_deref(),
                 };
-                let status = post(
-                    url.expose(),
-                    None,
-                    "pagerduty",
-                    job.id.as_str(),
-                    &event.body(),
-                    &self.allow,
-                )
-                .await?;
-                if d.reason == Reason::Test {
-                    // A test must not leave a page open: the trigger is resolved at once.
-                    let resolve = PagerDutyEvent {
-                        action: "resolve",
-                        ..event
-                    };
+                let send = async |event: PagerDutyEvent<'_>| {
                     post(
                         url.expose(),
                         None,
                         "pagerduty",
                         job.id.as_str(),
-                        &resolve.body(),
+                        &event.body(),
                         &self.allow,
                     )
+                    .await
+                };
+                let status = send(event).await?;
+                if d.reason == Reason::Test {
+                    // A test must not leave a page open: the trigger is resolved at once.
+                    send(PagerDutyEvent {
+                        action: "resolve",
+                        ..event
+                    })
                     .await?;
                 }
                 status
@@ -891,28 +886,18 @@ mod tests {
         };
         let mut firing = HashMap::new();
         let t = Instant::now();
-        assert_eq!(
-            new_or_repeating(&mut firing, std::slice::from_ref(&a), t).len(),
-            1
-        );
-        assert_eq!(
-            new_or_repeating(
-                &mut firing,
-                std::slice::from_ref(&a),
-                t + Duration::from_secs(60)
-            )
-            .len(),
-            0
-        );
-        assert_eq!(
-            new_or_repeating(&mut firing, std::slice::from_ref(&a), t + SYSTEM_REPEAT).len(),
-            1
-        );
-        assert!(new_or_repeating(&mut firing, &[], t + SYSTEM_REPEAT).is_empty());
-        assert_eq!(
-            new_or_repeating(&mut firing, std::slice::from_ref(&a), t + SYSTEM_REPEAT).len(),
-            1
-        );
+        let fires = std::slice::from_ref(&a);
+        let steps = [
+            ("first firing", fires, t, 1),
+            ("a minute later", fires, t + Duration::from_secs(60), 0),
+            ("after the repeat", fires, t + SYSTEM_REPEAT, 1),
+            ("cleared", &[][..], t + SYSTEM_REPEAT, 0),
+            ("firing anew", fires, t + SYSTEM_REPEAT, 1),
+        ];
+        for (step, alerts, now, expected) in steps {
+            let alerted = new_or_repeating(&mut firing, alerts, now);
+            assert_eq!(alerted.len(), expected, "{step}");
+        }
     }
 
     #[test]

@@ -874,22 +874,21 @@ mod tests {
     fn a_burst_of_signals_reads_within_a_fraction_of_a_second() {
         let id = IncidentId::generate();
         let mut inc = incident(&id);
-        inc.signal_count = 5;
-        inc.last_signal_at = inc.first_signal_at.plus_millis(180);
-        let text = summary(&inc, &[]);
-        assert_contains(&text, "5 times within 0.2 s, from 2023-11-14 22:13:20 UTC.");
-        assert!(!text.contains("over 0 s"), "{text}");
-
-        inc.signal_count = 1;
-        inc.last_signal_at = inc.first_signal_at;
-        assert_contains(
-            &summary(&inc, &[]),
-            "(user:cust_8372), once, at 2023-11-14 22:13:20 UTC.",
-        );
-
-        inc.signal_count = 40;
-        inc.last_signal_at = inc.first_signal_at.plus_millis(600_000);
-        assert_contains(&summary(&inc, &[]), "40 times over 10 min");
+        for (count, span_ms, expected) in [
+            (
+                5,
+                180,
+                "5 times within 0.2 s, from 2023-11-14 22:13:20 UTC.",
+            ),
+            (1, 0, "(user:cust_8372), once, at 2023-11-14 22:13:20 UTC."),
+            (40, 600_000, "40 times over 10 min"),
+        ] {
+            inc.signal_count = count;
+            inc.last_signal_at = inc.first_signal_at.plus_millis(span_ms);
+            let text = summary(&inc, &[]);
+            assert_contains(&text, expected);
+            assert!(!text.contains("over 0 s"), "{count} signals: {text}");
+        }
     }
 
     #[test]
