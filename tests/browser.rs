@@ -705,14 +705,7 @@ async fn the_connect_card_commands_work_as_written() {
     let home = DataHome::new(Backend::Sqlite).unwrap();
     make_user(&home, "op@example.com", "operator", None);
     let tenant = home.cli_ok(&["tenant", "create", "Acme"]);
-    let upstream = MockUpstream::start();
-    let url = upstream.url();
-    let app = TestApp::start_with(home, |s| {
-        s.upstream_url = url;
-        s.unauth_rate_limit_per_minute = 0;
-        s.update_source = "http://127.0.0.1:9/releases".into();
-    })
-    .await;
+    let (app, upstream, _downloads) = console_app(home, |_| {}).await;
     let driver = start_chromedriver(&bin).await;
     let downloads = app.home.path().join("downloads");
     let mut ui = Ui::open(driver.port, &app.address, &downloads, "connect").await;

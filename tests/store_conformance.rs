@@ -883,40 +883,16 @@ fn stored(c: &CallRecord) -> CallRecord {
 /// A call blocked before the upstream: every optional field empty.
 fn bare_call(tenant: &TenantId, key: &KeyId, created: i64) -> CallRecord {
     CallRecord {
-        id: CallId::generate(),
-        tenant_id: tenant.clone(),
-        key_id: key.clone(),
-        created_at: at(created),
-        endpoint: endpoint::EMBEDDINGS.to_owned(),
-        model: None,
-        stream: false,
-        end_user: None,
-        session_id: None,
-        metadata: None,
-        request_body: String::new(),
-        request_truncated: false,
         request_sha256: "00".repeat(32),
-        response_body: None,
-        response_truncated: false,
-        response_sha256: None,
         status: 423,
-        error: None,
         blocked: true,
-        blocked_by: None,
-        decisions: Vec::new(),
-        prompt_tokens: None,
-        completion_tokens: None,
-        cached_tokens: None,
-        total_tokens: None,
-        cost: None,
-        latency_us: 0,
-        upstream_latency_us: None,
-        enforcement_us: 0,
-        upstream_attempts: 0,
-        upstream: None,
-        request_body_sha256: None,
-        response_body_sha256: None,
-        body_pruned_at: None,
+        ..CallRecord::blank(
+            CallId::generate(),
+            tenant.clone(),
+            key.clone(),
+            at(created),
+            endpoint::EMBEDDINGS.to_owned(),
+        )
     }
 }
 

@@ -86,12 +86,26 @@ impl CallRecord {
     /// status 0, no decisions, usage, timing or upstream. Callers set what they know with
     /// `CallRecord { .., ..CallRecord::new(..) }`.
     pub fn new(tenant_id: TenantId, key_id: KeyId, created_at: Timestamp) -> Self {
+        let chat = endpoint::CHAT_COMPLETIONS.into();
+        Self::blank(CallId::generate(), tenant_id, key_id, created_at, chat)
+    }
+
+    /// Call `id` of `key` at `endpoint` with nothing recorded yet (what [`CallRecord::new`]
+    /// gives, for a caller that already has the id and endpoint, such as the proxy). Its
+    /// empty strings and lists allocate nothing.
+    pub fn blank(
+        id: CallId,
+        tenant_id: TenantId,
+        key_id: KeyId,
+        created_at: Timestamp,
+        endpoint: String,
+    ) -> Self {
         Self {
-            id: CallId::generate(),
+            id,
             tenant_id,
             key_id,
             created_at,
-            endpoint: endpoint::CHAT_COMPLETIONS.into(),
+            endpoint,
             model: None,
             stream: false,
             end_user: None,

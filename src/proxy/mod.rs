@@ -640,11 +640,6 @@ impl Proxy {
     ) -> CallRecord {
         let (request_body, request_truncated) = truncate(&incoming.raw, self.max_stored_body);
         CallRecord {
-            id: incoming.call_id.clone(),
-            tenant_id: incoming.tenant_id.clone(),
-            key_id: incoming.key_id.clone(),
-            created_at: incoming.created_at,
-            endpoint: incoming.endpoint.to_owned(),
             model,
             stream: incoming.stream(),
             end_user: incoming.attribution.end_user.clone(),
@@ -653,27 +648,16 @@ impl Proxy {
             request_body,
             request_truncated,
             request_sha256: sha256_hex(&incoming.raw),
-            response_body: None,
-            response_truncated: false,
-            response_sha256: None,
-            status: 0,
-            error: None,
-            blocked: false,
-            blocked_by: None,
             decisions,
-            prompt_tokens: None,
-            completion_tokens: None,
-            cached_tokens: None,
-            total_tokens: None,
-            cost: None,
             latency_us: micros(incoming.received.elapsed()),
-            upstream_latency_us: None,
             enforcement_us,
-            upstream_attempts: 0,
-            upstream: None,
-            request_body_sha256: None,
-            response_body_sha256: None,
-            body_pruned_at: None,
+            ..CallRecord::blank(
+                incoming.call_id.clone(),
+                incoming.tenant_id.clone(),
+                incoming.key_id.clone(),
+                incoming.created_at,
+                incoming.endpoint.to_owned(),
+            )
         }
     }
 
