@@ -175,7 +175,7 @@ fn parse_args() -> Result<(Args, Target), String> {
     } else {
         args.max_in_flight.min(1024)
     };
-    let client = agv_server::testing::http_builder()
+    let client = agv_testkit::http_builder()
         .http1_only()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(pool)

@@ -1,4 +1,4 @@
-//! Runs the mock OpenAI upstream (`agv_server::testing::upstream`) as a standalone
+//! Runs the mock OpenAI upstream (`agv_testkit::upstream`) as a standalone
 //! process for benchmarks: no request recording, one actix worker per core by default.
 //!
 //!     cargo run --release --example mock_upstream -- --listen 127.0.0.1:0 --latency-ms 0
@@ -11,7 +11,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use agv_server::testing::upstream::{MockOptions, MockUpstream};
+use agv_testkit::upstream::{MockOptions, MockUpstream};
 use clap::Parser;
 
 #[derive(Parser, Debug)]

@@ -24,6 +24,5 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 #[doc(hidden)]
-pub mod testing;
 pub mod tls;
 pub mod web;

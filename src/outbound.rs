@@ -24,7 +24,7 @@ mod tests {
         let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         target.set_nonblocking(true).unwrap();
         let to = format!("http://{}", target.local_addr().unwrap());
-        let base = crate::testing::upstream::redirector(to).unwrap();
+        let base = agv_testkit::upstream::redirector(to).unwrap();
         let client = builder().build().unwrap();
         let get = client.get(format!("{base}/models")).send().await.unwrap();
         let post = client.post(format!("{base}/chat")).body("x").send().await;

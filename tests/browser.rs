@@ -69,7 +69,7 @@ async fn start_chromedriver(bin: &Path) -> Driver {
         .expect("start chromedriver");
     // Owned at once, so that it is killed and waited for on every path.
     let driver = Driver { child, port };
-    let client = agv_server::testing::http_client();
+    let client = agv_testkit::http_client();
     for _ in 0..100 {
         if let Ok(res) = client
             .get(format!("http://127.0.0.1:{port}/status"))

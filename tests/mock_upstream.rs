@@ -1,16 +1,16 @@
-//! Tests of the mock OpenAI upstream itself (`agv_server::testing::upstream`): what it
+//! Tests of the mock OpenAI upstream itself (`agv_testkit::upstream`): what it
 //! answers, what it records, and every failure knob, over real HTTP with reqwest.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use agv_server::testing::upstream::{DEFAULT_REPLY, MockUpstream, Mode, refused_url};
+use agv_testkit::upstream::{DEFAULT_REPLY, MockUpstream, Mode, refused_url};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 fn client() -> reqwest::Client {
-    agv_server::testing::http_builder()
+    agv_testkit::http_builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()
@@ -310,7 +310,7 @@ async fn hang_never_answers_but_counts_the_hit() {
     let mock = MockUpstream::start();
     mock.set_mode(Mode::Hang);
     let started = Instant::now();
-    let result = agv_server::testing::http_client()
+    let result = agv_testkit::http_client()
         .post(format!("{}/chat/completions", mock.url()))
         .json(&chat_body("hi"))
         .timeout(Duration::from_millis(300))

@@ -614,7 +614,7 @@ fn trim_number(v: f64) -> String {
 mod tests {
     use super::*;
     use crate::domain::decision::policy;
-    use crate::testing::assert_contains;
+    use agv_testkit::assert_contains;
 
     fn at(ms: i64) -> Timestamp {
         Timestamp::from_millis(ms)

@@ -267,7 +267,7 @@ fn luhn_valid(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::assert_contains;
+    use agv_testkit::assert_contains;
 
     fn redactor(json: serde_json::Value) -> Redactor {
         let cfg: RedactionConfig = serde_json::from_value(json).unwrap();

@@ -647,7 +647,7 @@ mod tests {
     use super::*;
     use crate::domain::incident::Severity;
     use crate::domain::{CallId, Decision, IncidentEventId, IncidentId, KeyId, Money, TenantId};
-    use crate::testing::assert_contains;
+    use agv_testkit::assert_contains;
 
     fn call() -> CallRecord {
         CallRecord {

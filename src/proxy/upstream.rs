@@ -524,7 +524,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_is_read_up_to_its_cap_and_no_further() {
-        let client = crate::testing::http_client();
+        let client = agv_testkit::http_client();
         let deadline = || tokio::time::Instant::now() + Duration::from_secs(10);
         let url = chunked_server(3 << 20);
         let small = client.get(&url).send().await.unwrap();

@@ -3,7 +3,7 @@
 
 use crate::helpers::{Backend, MockUpstream, ProxySetup, TestApp};
 use agv_server::domain::alert::sign;
-use agv_server::testing::upstream::Mode;
+use agv_testkit::upstream::Mode;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -36,7 +36,7 @@ async fn every_acknowledged_call_survives_kill_9(backend: Backend) {
     let key = home.cli_ok(&["key", "create", "--tenant", &tenant]);
     let (mut child, port) = spawn_server(&home, &upstream.url());
     let base = format!("http://127.0.0.1:{port}");
-    let client = agv_server::testing::http_client();
+    let client = agv_testkit::http_client();
     // Allow the load: the default is 100 requests per minute per key.
     let res = client.put(format!("{base}/v1/policies")).bearer_auth(&admin).json(&serde_json::json!({"key_requests_per_minute": 100000, "tenant_requests_per_minute": 100000})).send().await.unwrap();
     assert_eq!(res.status(), 200);

@@ -2,7 +2,7 @@
 
 use crate::helpers::{Backend, ConsoleSession, ProxySetup, TestApp, call_id, error_code};
 use crate::on_both_backends;
-use agv_server::testing::upstream::Mode;
+use agv_testkit::upstream::Mode;
 
 async fn a_frozen_tenant_gets_423_at_once_and_the_upstream_sees_nothing(backend: Backend) {
     let Some(setup) = ProxySetup::new(backend) else {
@@ -449,7 +449,7 @@ async fn budgets_fail_closed_under_fifty_parallel_calls() {
 /// The operator, a tenant with two admin keys and a proxy key, and the tenant's owner.
 struct Owners {
     app: TestApp,
-    _upstream: agv_server::testing::upstream::MockUpstream,
+    _upstream: agv_testkit::upstream::MockUpstream,
     tenant: String,
     key: String,
     admin: String,

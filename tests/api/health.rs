@@ -325,7 +325,7 @@ async fn health_probes_are_not_logged_at_info_but_other_requests_are() {
     let home = DataHome::new(Backend::Sqlite).unwrap();
     let mut server = crate::helpers::spawn_server_process(home.path(), None, &[]);
     let base = format!("http://127.0.0.1:{}", server.port);
-    let client = agv_server::testing::http_client();
+    let client = agv_testkit::http_client();
     for path in ["/health", "/ready", "/health", "/ready", "/v1/models"] {
         client.get(format!("{base}{path}")).send().await.unwrap();
     }

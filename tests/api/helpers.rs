@@ -4,7 +4,7 @@
 use agv_server::config::Settings;
 use agv_server::startup::{Application, StartupError};
 use agv_server::store::testing::{PgTestDb, fresh_postgres_db};
-pub use agv_server::testing::upstream::MockUpstream;
+pub use agv_testkit::upstream::MockUpstream;
 use std::path::Path;
 use std::process::{Command, Output};
 use tempfile::TempDir;
@@ -178,7 +178,7 @@ impl TestApp {
         let task = tokio::spawn(app.run_until_stopped());
         TestApp {
             address: format!("http://127.0.0.1:{port}"),
-            client: agv_server::testing::http_builder()
+            client: agv_testkit::http_builder()
                 .redirect(reqwest::redirect::Policy::none())
                 // Below the server's keep-alive (actix's default, 5 s): a connection idle
                 // longer may be closed by the server just as it is reused, which fails the

@@ -7,7 +7,7 @@
 use crate::helpers::{Backend, ConsoleSession as Session, DataHome, MockUpstream, TestApp};
 use crate::on_both_backends;
 use agv_server::domain::audit::AuditFilter;
-use agv_server::testing::upstream::refused_url;
+use agv_testkit::upstream::refused_url;
 use reqwest::Method;
 use serde_json::{Value, json};
 

@@ -82,7 +82,7 @@ fn site(url: &Url) -> String {
 impl Browser {
     fn new() -> Self {
         Self {
-            client: agv_server::testing::http_builder()
+            client: agv_testkit::http_builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap(),
@@ -623,7 +623,7 @@ async fn an_unreachable_provider_sends_the_browser_back_with_the_reason() {
     let app = TestApp::start_with(home, |s| {
         s.unauth_rate_limit_per_minute = 0;
         s.oidc = Some(Oidc {
-            issuer: agv_server::testing::upstream::refused_url(),
+            issuer: agv_testkit::upstream::refused_url(),
             client_id: OIDC_CLIENT_ID.into(),
             client_secret: None,
             allowed_domains: Vec::new(),

@@ -76,7 +76,7 @@ impl Console {
         all.extend(envs);
         let server = spawn_server_process(home.path(), None, &all);
         let base = format!("http://127.0.0.1:{}", server.port);
-        let client = agv_server::testing::http_client();
+        let client = agv_testkit::http_client();
         let op = sign_in(&client, &base, "op@example.com").await;
         Self {
             _home: home,

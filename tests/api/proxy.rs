@@ -4,7 +4,7 @@
 
 use crate::helpers::{Backend, ProxySetup, call_id, chat_body, error_code};
 use crate::on_both_backends;
-use agv_server::testing::upstream::Mode;
+use agv_testkit::upstream::Mode;
 use futures_util::StreamExt;
 use std::time::{Duration, Instant};
 
@@ -337,7 +337,7 @@ async fn upstream_failures_become_clean_errors_and_error_records() {
 #[tokio::test]
 async fn an_unreachable_upstream_is_a_502() {
     let setup = ProxySetup::new(Backend::Sqlite).unwrap();
-    let dead = agv_server::testing::upstream::refused_url();
+    let dead = agv_testkit::upstream::refused_url();
     let app = crate::helpers::TestApp::start_with(setup.home, |s| {
         s.upstream_url = dead;
         s.upstream_retries = 1;

@@ -69,7 +69,7 @@ impl S3Server {
         let server = Self {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
-            client: agv_server::testing::http_client(),
+            client: agv_testkit::http_client(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

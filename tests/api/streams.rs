@@ -4,7 +4,7 @@
 
 use crate::helpers::{Backend, ProxySetup, TestApp, call_id};
 use crate::on_both_backends;
-use agv_server::testing::upstream::Mode;
+use agv_testkit::upstream::Mode;
 use serde_json::{Value, json};
 use std::time::Duration;
 

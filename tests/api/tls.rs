@@ -88,7 +88,7 @@ fn self_signed(dir: &Path) -> TlsFiles {
 /// A client that trusts the test CA next to `cert`.
 fn https_client(cert: &Path) -> reqwest::Client {
     let pem = std::fs::read(cert.with_file_name("ca.pem")).unwrap();
-    agv_server::testing::http_builder()
+    agv_testkit::http_builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
         .build()
         .unwrap()
@@ -139,7 +139,7 @@ async fn the_server_speaks_https_with_hsts_and_secure_cookies() {
     assert!(cookie.contains("HttpOnly"), "{cookie}");
 
     // Plain HTTP on the TLS port gets no answer from the application.
-    let plain = agv_server::testing::http_client()
+    let plain = agv_testkit::http_client()
         .get(format!("{}/health", app.address))
         .timeout(std::time::Duration::from_secs(5))
         .send()
@@ -150,7 +150,7 @@ async fn the_server_speaks_https_with_hsts_and_secure_cookies() {
     );
     // A client that does not trust the certificate is refused by its own TLS check.
     assert!(
-        agv_server::testing::http_client()
+        agv_testkit::http_client()
             .get(format!("{base}/health"))
             .send()
             .await

@@ -4,7 +4,7 @@
 
 use crate::helpers::{Backend, DataHome, MockUpstream, ProxySetup, TestApp, call_id, error_code};
 use crate::on_both_backends;
-use agv_server::testing::upstream::Mode;
+use agv_testkit::upstream::Mode;
 use std::time::{Duration, Instant};
 
 const TENANT_KEY: &str = "sk-tenant-own-key-4f9a2c";
@@ -410,9 +410,9 @@ async fn an_upstream_that_redirects_is_an_upstream_error_and_the_redirect_is_not
     };
     // The internal service the redirect points at: it must never be reached.
     let internal = MockUpstream::start();
-    let allowlisted = agv_server::testing::upstream::redirector(internal.url()).unwrap();
+    let allowlisted = agv_testkit::upstream::redirector(internal.url()).unwrap();
     let app = TestApp::start_with(home, |s| {
-        s.upstream_url = agv_server::testing::upstream::redirector(internal.url()).unwrap();
+        s.upstream_url = agv_testkit::upstream::redirector(internal.url()).unwrap();
         s.upstream_timeout = Duration::from_secs(3);
         s.unauth_rate_limit_per_minute = 0;
         s.tenant_upstream_allowlist =
