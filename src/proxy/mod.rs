@@ -23,6 +23,7 @@ use crate::error::Code;
 use crate::guard::shared::Fetched;
 use crate::guard::{
     AfterCall, CallResult, Endpoint as GuardEndpoint, Guard, RequestFacts, SharedStep, Verdict,
+    read, write,
 };
 use crate::store::{DynStore, StoreError, run_blocking};
 use bytes::Bytes;
@@ -134,20 +135,14 @@ impl Proxy {
 
     /// The instance upstream as it is now.
     pub fn instance_upstream(&self) -> Arc<Upstream> {
-        match self.instance.read() {
-            Ok(u) => u.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        read(&self.instance).clone()
     }
 
     /// Points the instance upstream at `primary`, at once for every call that starts after
     /// this returns. The pooled clients, timeouts and the fallback stay.
     pub fn set_instance_upstream(&self, primary: upstream::UpstreamTarget) {
         let next = Arc::new(self.instance_upstream().with_primary(primary));
-        match self.instance.write() {
-            Ok(mut u) => *u = next,
-            Err(poisoned) => *poisoned.into_inner() = next,
-        }
+        *write(&self.instance) = next;
         if let Ok(mut cache) = self.models_cache.lock() {
             *cache = None;
         }
@@ -155,19 +150,13 @@ impl Proxy {
 
     /// The tenant's own upstream, when it has one.
     pub fn tenant_upstream(&self, tenant: &TenantId) -> Option<Arc<Upstream>> {
-        match self.tenant_upstreams.read() {
-            Ok(map) => map.get(tenant).cloned(),
-            Err(poisoned) => poisoned.into_inner().get(tenant).cloned(),
-        }
+        read(&self.tenant_upstreams).get(tenant).cloned()
     }
 
     /// Sets (`Some`) or removes (`None`) a tenant's own upstream. It shares the instance
     /// upstream's pooled client and timeouts, and has no fallback.
     pub fn set_tenant_upstream(&self, tenant: &TenantId, target: Option<upstream::UpstreamTarget>) {
-        let mut map = match self.tenant_upstreams.write() {
-            Ok(map) => map,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut map = write(&self.tenant_upstreams);
         match target {
             Some(t) => {
                 map.insert(
