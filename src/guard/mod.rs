@@ -517,12 +517,6 @@ impl Guard {
         write(&self.policies).insert(tenant.clone(), policy);
     }
 
-    /// Returns a tenant to the default policy.
-    pub fn clear_policy(&self, tenant: &TenantId) {
-        write(&self.redactors).remove(tenant);
-        write(&self.policies).remove(tenant);
-    }
-
     /// The tenant's compiled redaction; `None` when it keeps bodies whole.
     pub fn redactor(&self, tenant: &TenantId) -> Option<Arc<Redactor>> {
         read(&self.redactors).get(tenant).cloned()
@@ -1486,8 +1480,6 @@ mod tests {
         let p = policy_with(|p| p.max_tokens_per_request = 7);
         guard.set_policy(&t, Arc::new(p));
         assert_eq!(guard.policy(&t).max_tokens_per_request, 7);
-        guard.clear_policy(&t);
-        assert_eq!(guard.policy(&t).max_tokens_per_request, 16_000);
     }
 
     #[test]
