@@ -1509,15 +1509,20 @@ fn healthcheck(settings: &Settings, url: Option<&str>) -> Result<(), CliError> {
     let mut answer = String::new();
     let _ = stream.take(64 * 1024).read_to_string(&mut answer);
     let status = answer.split_whitespace().nth(1).unwrap_or("none");
-    if status == "200" {
-        eprintln!("healthy: {host}{path} answered 200");
-        Ok(())
-    } else {
-        let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").trim();
-        Err(CliError::failed(format!(
-            "unhealthy: {host}{path} answered {status} {body}"
-        )))
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    health(&format!("{host}{path}"), status, body)
+}
+
+/// The healthcheck's verdict on `target`'s answer: healthy when it is 200.
+fn health(target: &str, status: &str, body: &str) -> Result<(), CliError> {
+    if status != "200" {
+        let body = body.trim();
+        return Err(CliError::failed(format!(
+            "unhealthy: {target} answered {status} {body}"
+        )));
     }
+    eprintln!("healthy: {target} answered 200");
+    Ok(())
 }
 
 /// GET /ready over HTTPS, for a server with built-in TLS. The check runs beside the
@@ -1543,18 +1548,8 @@ fn healthcheck_tls(settings: &Settings, url: Option<&str>) -> Result<(), CliErro
             .send()
             .await
             .map_err(|e| CliError::failed(format!("unhealthy: cannot reach {target}: {e}")))?;
-        let status = res.status();
-        if status.as_u16() == 200 {
-            eprintln!("healthy: {target} answered 200");
-            Ok(())
-        } else {
-            let body = res.text().await.unwrap_or_default();
-            Err(CliError::failed(format!(
-                "unhealthy: {target} answered {} {}",
-                status.as_u16(),
-                body.trim()
-            )))
-        }
+        let status = res.status().as_u16().to_string();
+        health(&target, &status, &res.text().await.unwrap_or_default())
     })
 }
 

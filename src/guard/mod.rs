@@ -705,11 +705,36 @@ impl Guard {
                 .saturating_mul(shared::SCALE)
         };
         let mut out = Vec::with_capacity(6);
-        let mut rate = |allowance, name: String, per_minute: u64, amount: u64| {
+        let tenant = a.tenant_id.as_str();
+        let (key_rate, tenant_rate) = (
+            quota::key_rate_prefix(a.key_id.as_str()),
+            quota::tenant_rate_prefix(tenant),
+        );
+        let (kl, tl) = (key_limits(&a.policy), tenant_limits(&a.policy));
+        let (krpm, trpm) = (kl.requests_per_minute.into(), tl.requests_per_minute.into());
+        let prompt = a.prompt_estimate;
+        for (allowance, prefix, what, per_minute, amount) in [
+            (Allowance::KeyRequests, &key_rate, "requests", krpm, 1),
+            (
+                Allowance::KeyTokens,
+                &key_rate,
+                "tokens",
+                kl.tokens_per_minute,
+                prompt,
+            ),
+            (Allowance::TenantRequests, &tenant_rate, "requests", trpm, 1),
+            (
+                Allowance::TenantTokens,
+                &tenant_rate,
+                "tokens",
+                tl.tokens_per_minute,
+                prompt,
+            ),
+        ] {
             if per_minute > 0 {
                 out.push(Demand {
                     allowance,
-                    name,
+                    name: format!("{prefix}{what}"),
                     amount: scaled(amount),
                     cap: scaled(per_minute),
                     per_minute: scaled(per_minute),
@@ -718,33 +743,7 @@ impl Guard {
                     expires_ms: now_ms + RATE_ROW_MS,
                 });
             }
-        };
-        let (kl, tl) = (key_limits(&a.policy), tenant_limits(&a.policy));
-        let (key, tenant) = (a.key_id.as_str(), a.tenant_id.as_str());
-        rate(
-            Allowance::KeyRequests,
-            format!("{}requests", quota::key_rate_prefix(key)),
-            u64::from(kl.requests_per_minute),
-            1,
-        );
-        rate(
-            Allowance::KeyTokens,
-            format!("{}tokens", quota::key_rate_prefix(key)),
-            kl.tokens_per_minute,
-            a.prompt_estimate,
-        );
-        rate(
-            Allowance::TenantRequests,
-            format!("{}requests", quota::tenant_rate_prefix(tenant)),
-            u64::from(tl.requests_per_minute),
-            1,
-        );
-        rate(
-            Allowance::TenantTokens,
-            format!("{}tokens", quota::tenant_rate_prefix(tenant)),
-            tl.tokens_per_minute,
-            a.prompt_estimate,
-        );
+        }
         let r = &a.reservation;
         for (allowance, period, limit, keep_ms) in [
             (
