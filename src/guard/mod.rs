@@ -802,34 +802,31 @@ impl Guard {
             });
         };
         let demands = self.demands(&admission, now);
-        match quota.try_take(&demands, grants, now.millis()) {
+        let refusal = match quota.try_take(&demands, grants, now.millis()) {
             Take::Taken(taken) => {
                 admission.shared = taken;
-                SharedStep::Done(Verdict::Allow {
-                    decisions,
+                None
+            }
+            Take::Lease(requests) if !last_try => {
+                return SharedStep::Lease {
                     admission,
-                })
+                    decisions,
+                    requests,
+                };
             }
-            Take::Lease(requests) if !last_try => SharedStep::Lease {
-                admission,
+            Take::Lease(requests) => demands
+                .iter()
+                .find(|d| requests.first().is_some_and(|r| r.name == d.name))
+                .map(SharedQuota::contended),
+            Take::Refused(r) => Some(r),
+        };
+        SharedStep::Done(match refusal {
+            Some(r) => self.refuse_shared(admission, decisions, &r),
+            None => Verdict::Allow {
                 decisions,
-                requests,
+                admission,
             },
-            Take::Lease(requests) => {
-                let refusal = demands
-                    .iter()
-                    .find(|d| requests.first().is_some_and(|r| r.name == d.name))
-                    .map(SharedQuota::contended);
-                match refusal {
-                    Some(r) => SharedStep::Done(self.refuse_shared(admission, decisions, &r)),
-                    None => SharedStep::Done(Verdict::Allow {
-                        decisions,
-                        admission,
-                    }),
-                }
-            }
-            Take::Refused(r) => SharedStep::Done(self.refuse_shared(admission, decisions, &r)),
-        }
+        })
     }
 
     /// The shared row of an allowance is used up: the call is stopped as if this
