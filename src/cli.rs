@@ -483,7 +483,7 @@ fn or_not_found(message: impl FnOnce() -> String) -> impl FnOnce(StoreError) -> 
 }
 
 /// The message for a tenant id that names no tenant.
-fn no_tenant(tenant: &TenantId) -> String {
+fn no_tenant(tenant: impl std::fmt::Display) -> String {
     format!("no tenant {tenant}: list tenants with `agv-server tenant list`")
 }
 
@@ -745,15 +745,8 @@ fn verify_certificate(
     let trusted = match public_key {
         Some(given) => public_key_arg(given)?,
         None => {
-            let dir = global
-                .data
-                .clone()
-                .or_else(|| {
-                    std::env::var_os("AGV_DATA")
-                        .filter(|v| !v.is_empty())
-                        .map(PathBuf::from)
-                })
-                .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_DATA_DIR));
+            let env = |k: &str| std::env::var(k).ok();
+            let (dir, _) = crate::config::data_dir(global.data.clone(), &env);
             match crate::evidence::signing::read_public_key(&dir) {
                 Ok(Some(k)) => k,
                 Ok(None) => {
@@ -769,30 +762,25 @@ fn verify_certificate(
     if crate::domain::evidence_pack::looks_like_pack(&bytes) {
         return verify_pack(&bytes, &trusted);
     }
-    match verify(&bytes, Some(&trusted)) {
-        Ok(cert) => {
-            eprintln!(
-                "valid: {} certificate {} issued {} by instance {}",
-                cert.kind.as_str(),
-                cert.certificate_id,
-                cert.issued_at,
-                cert.instance_id
-            );
-            print_json(&serde_json::json!({
-                "valid": true,
-                "certificate_id": cert.certificate_id,
-                "kind": cert.kind,
-                "subject_id": cert.subject_id,
-                "issued_at": cert.issued_at,
-                "instance_id": cert.instance_id,
-                "match_level": cert.match_level,
-            }));
-            Ok(())
-        }
-        Err(e) => Err(CliError::failed(format!(
-            "the certificate is NOT valid: {e}"
-        ))),
-    }
+    let cert = verify(&bytes, Some(&trusted))
+        .map_err(|e| CliError::failed(format!("the certificate is NOT valid: {e}")))?;
+    eprintln!(
+        "valid: {} certificate {} issued {} by instance {}",
+        cert.kind.as_str(),
+        cert.certificate_id,
+        cert.issued_at,
+        cert.instance_id
+    );
+    print_json(&serde_json::json!({
+        "valid": true,
+        "certificate_id": cert.certificate_id,
+        "kind": cert.kind,
+        "subject_id": cert.subject_id,
+        "issued_at": cert.issued_at,
+        "instance_id": cert.instance_id,
+        "match_level": cert.match_level,
+    }));
+    Ok(())
 }
 
 /// The evidence-pack half of `agv-server verify` (the file was told apart by its
@@ -802,44 +790,38 @@ fn verify_pack(
     trusted: &crate::domain::certificate::PublicKey,
 ) -> Result<(), CliError> {
     use crate::domain::evidence_pack::verify;
-    match verify(bytes, Some(trusted)) {
-        Ok((pack, omitted)) => {
-            let incident = pack
-                .incident
-                .get("id")
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            let checked = pack.calls.len() - omitted;
-            eprintln!(
-                "valid: evidence pack for incident {incident} made {} by instance {}: signature, embedded certificate and {checked} chain proofs hold{}",
-                pack.generated_at,
-                pack.instance_id,
-                if omitted > 0 {
-                    format!(" ({omitted} calls carry no proof: see their \"omitted\" reason)")
-                } else {
-                    String::new()
-                }
-            );
-            print_json(&serde_json::json!({
-                "valid": true,
-                "kind": "evidence_pack",
-                "incident_id": incident,
-                "generated_at": pack.generated_at,
-                "instance_id": pack.instance_id,
-                "certificate_id": pack.certificate.certificate_id,
-                "calls": pack.calls.len(),
-                "calls_total": pack.calls_total,
-                "chain_proofs_checked": checked,
-                "chain_proofs_omitted": omitted,
-                "chain_head": pack.chain_head,
-            }));
-            Ok(())
+    let (pack, omitted) = verify(bytes, Some(trusted))
+        .map_err(|e| CliError::failed(format!("the evidence pack is NOT valid: {e}")))?;
+    let incident = pack
+        .incident
+        .get("id")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    let checked = pack.calls.len() - omitted;
+    eprintln!(
+        "valid: evidence pack for incident {incident} made {} by instance {}: signature, embedded certificate and {checked} chain proofs hold{}",
+        pack.generated_at,
+        pack.instance_id,
+        if omitted > 0 {
+            format!(" ({omitted} calls carry no proof: see their \"omitted\" reason)")
+        } else {
+            String::new()
         }
-        Err(e) => Err(CliError::failed(format!(
-            "the evidence pack is NOT valid: {e}"
-        ))),
-    }
+    );
+    print_json(&serde_json::json!({
+        "valid": true,
+        "kind": "evidence_pack",
+        "incident_id": incident,
+        "generated_at": pack.generated_at,
+        "instance_id": pack.instance_id,
+        "certificate_id": pack.certificate.certificate_id,
+        "calls": pack.calls.len(),
+        "calls_total": pack.calls_total,
+        "chain_proofs_checked": checked,
+        "chain_proofs_omitted": omitted,
+        "chain_head": pack.chain_head,
+    }));
+    Ok(())
 }
 
 fn audit_verify(store: &DynStore, tenant: Option<&TenantId>, json: bool) -> Result<(), CliError> {
@@ -856,10 +838,7 @@ fn audit_verify(store: &DynStore, tenant: Option<&TenantId>, json: bool) -> Resu
     };
     let results =
         verify_all(store.as_ref(), tenant, &mut progress).map_err(or_not_found(|| {
-            format!(
-                "no tenant {}: list tenants with `agv-server tenant list`",
-                tenant.map_or("", TenantId::as_str)
-            )
+            no_tenant(tenant.map_or("", TenantId::as_str))
         }))?;
     let broken: Vec<_> = results.iter().filter(|r| r.broken.is_some()).collect();
     let links: i64 = results.iter().map(|r| r.links).sum();
@@ -1138,12 +1117,10 @@ fn key(store: &DynStore, cmd: KeyCommand) -> Result<(), CliError> {
         } => {
             let tenant_id = parse_tenant(&tenant)?;
             let scope = Scope::parse(&scope).map_err(|e| CliError::usage(e.0))?;
-            let expires_at = match expires_in {
-                Some(d) => Some(
-                    Timestamp::now().plus(parse_duration(&d).map_err(|e| CliError::usage(e.0))?),
-                ),
-                None => None,
-            };
+            let expires_at = expires_in
+                .map(|d| parse_duration(&d).map(|d| Timestamp::now().plus(d)))
+                .transpose()
+                .map_err(|e| CliError::usage(e.0))?;
             let (row, secret) = NewApiKey::generate(tenant_id.clone(), &name, scope, expires_at)
                 .map_err(|e| CliError::usage(e.0))?;
             crate::ops::keys::create(store.as_ref(), &row, &cli_actor())
@@ -1532,15 +1509,20 @@ fn healthcheck(settings: &Settings, url: Option<&str>) -> Result<(), CliError> {
     let mut answer = String::new();
     let _ = stream.take(64 * 1024).read_to_string(&mut answer);
     let status = answer.split_whitespace().nth(1).unwrap_or("none");
-    if status == "200" {
-        eprintln!("healthy: {host}{path} answered 200");
-        Ok(())
-    } else {
-        let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").trim();
-        Err(CliError::failed(format!(
-            "unhealthy: {host}{path} answered {status} {body}"
-        )))
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    health(&format!("{host}{path}"), status, body)
+}
+
+/// The healthcheck's verdict on `target`'s answer: healthy when it is 200.
+fn health(target: &str, status: &str, body: &str) -> Result<(), CliError> {
+    if status != "200" {
+        let body = body.trim();
+        return Err(CliError::failed(format!(
+            "unhealthy: {target} answered {status} {body}"
+        )));
     }
+    eprintln!("healthy: {target} answered 200");
+    Ok(())
 }
 
 /// GET /ready over HTTPS, for a server with built-in TLS. The check runs beside the
@@ -1566,18 +1548,8 @@ fn healthcheck_tls(settings: &Settings, url: Option<&str>) -> Result<(), CliErro
             .send()
             .await
             .map_err(|e| CliError::failed(format!("unhealthy: cannot reach {target}: {e}")))?;
-        let status = res.status();
-        if status.as_u16() == 200 {
-            eprintln!("healthy: {target} answered 200");
-            Ok(())
-        } else {
-            let body = res.text().await.unwrap_or_default();
-            Err(CliError::failed(format!(
-                "unhealthy: {target} answered {} {}",
-                status.as_u16(),
-                body.trim()
-            )))
-        }
+        let status = res.status().as_u16().to_string();
+        health(&target, &status, &res.text().await.unwrap_or_default())
     })
 }
 

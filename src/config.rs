@@ -401,15 +401,15 @@ fn parse_oidc(g: &Given) -> Result<Option<Oidc>, ConfigError> {
         "oidc_default_role",
         &g.other("oidc_default_role").trimmed_or_default(),
     )?;
-    let tenant = match get("oidc_tenant") {
-        Some(t) => Some(TenantId::parse(&t).map_err(|e| {
+    let tenant = get("oidc_tenant")
+        .map(|t| TenantId::parse(&t))
+        .transpose()
+        .map_err(|e| {
             bad(
                 "oidc_tenant",
                 &format!("{e}; give the id of the tenant people join at their first sign-in (`agv-server tenant list`)"),
             )
-        })?),
-        None => None,
-    };
+        })?;
     let groups_claim = get("oidc_groups_claim");
     if groups_claim
         .as_deref()
@@ -1287,11 +1287,7 @@ impl Settings {
         flags: &Flags,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let (data_dir, data_source) = match (data_flag, env("AGV_DATA").filter(|v| !v.is_empty())) {
-            (Some(p), _) => (p, Source::Flag),
-            (None, Some(v)) => (PathBuf::from(v), Source::Env("AGV_DATA".into())),
-            (None, None) => (PathBuf::from(DEFAULT_DATA_DIR), Source::Default),
-        };
+        let (data_dir, data_source) = data_dir(data_flag, env);
         let (file, prices) = read_config_file(&data_dir)?;
         let mut raw: BTreeMap<&'static str, (String, Source)> = BTreeMap::new();
         for field in FIELDS {
@@ -1371,6 +1367,16 @@ impl Settings {
 
     pub fn queue_dir(&self) -> PathBuf {
         self.data_dir.join("queue")
+    }
+}
+
+/// The data directory and where it came from: the `--data` flag, else `AGV_DATA`, else
+/// [`DEFAULT_DATA_DIR`].
+pub fn data_dir(flag: Option<PathBuf>, env: &dyn Fn(&str) -> Option<String>) -> (PathBuf, Source) {
+    match (flag, env("AGV_DATA").filter(|v| !v.is_empty())) {
+        (Some(p), _) => (p, Source::Flag),
+        (None, Some(v)) => (PathBuf::from(v), Source::Env("AGV_DATA".into())),
+        (None, None) => (PathBuf::from(DEFAULT_DATA_DIR), Source::Default),
     }
 }
 

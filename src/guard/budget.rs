@@ -372,19 +372,9 @@ impl Budgets {
         }
     }
 
-    /// Reserves `estimate` for a call of `tenant` if neither budget is used up yet.
-    pub fn reserve(
-        &self,
-        tenant: &TenantId,
-        estimate: Money,
-        limits: BudgetLimits,
-        now: Timestamp,
-    ) -> Result<Reservation, BudgetExceeded> {
-        self.admit(tenant, estimate, limits, now, Mode::Charge)
-    }
-
-    /// [`reserve`](Self::reserve) in [`Mode::Charge`]; in [`Mode::Peek`] the same answer,
-    /// worked out on a copy of the tenant's spend, and a reservation that holds nothing.
+    /// Reserves `estimate` for a call of `tenant` if neither budget is used up yet
+    /// ([`Mode::Charge`]); in [`Mode::Peek`] the same answer, worked out on a copy of the
+    /// tenant's spend, and a reservation that holds nothing.
     pub fn admit(
         &self,
         tenant: &TenantId,
@@ -468,6 +458,7 @@ impl Budgets {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guard::Mode::Charge;
     use std::sync::Barrier;
 
     fn usd(v: f64) -> Money {
@@ -507,27 +498,27 @@ mod tests {
     fn calls_pass_until_committed_spend_reaches_the_limit() {
         let (b, t) = budgets();
         let l = limits(Some(1.0), None);
-        let r = b.reserve(&t, usd(0.6), l, ts(NOON)).unwrap();
+        let r = b.admit(&t, usd(0.6), l, ts(NOON), Charge).unwrap();
         assert_eq!(r.committed_before(BudgetPeriod::Daily), Money::ZERO);
         // Reserved spend counts: 0.6 < 1.0, so one more is admitted...
-        let r2 = b.reserve(&t, usd(0.6), l, ts(NOON)).unwrap();
+        let r2 = b.admit(&t, usd(0.6), l, ts(NOON), Charge).unwrap();
         assert_eq!(r2.committed_before(BudgetPeriod::Daily), usd(0.6));
         // ...and then the budget is committed.
-        let e = b.reserve(&t, usd(0.01), l, ts(NOON)).unwrap_err();
+        let e = b.admit(&t, usd(0.01), l, ts(NOON), Charge).unwrap_err();
         assert_eq!(e.period, BudgetPeriod::Daily);
         assert_eq!((e.spent, e.limit), (usd(1.2), usd(1.0)));
         b.release(r2);
         let _ = b.settle(r, Some(usd(0.1)));
         assert_eq!(b.status(&t, ts(NOON)).day_spent, usd(0.1));
         assert_eq!(b.status(&t, ts(NOON)).day_reserved, Money::ZERO);
-        b.release(b.reserve(&t, usd(0.5), l, ts(NOON)).unwrap());
+        b.release(b.admit(&t, usd(0.5), l, ts(NOON), Charge).unwrap());
     }
 
     #[test]
     fn an_unknown_actual_cost_keeps_the_estimate() {
         let (b, t) = budgets();
         let r = b
-            .reserve(&t, usd(0.3), limits(None, None), ts(NOON))
+            .admit(&t, usd(0.3), limits(None, None), ts(NOON), Charge)
             .unwrap();
         let _ = b.settle(r, None);
         assert_eq!(b.status(&t, ts(NOON)).day_spent, usd(0.3));
@@ -537,7 +528,7 @@ mod tests {
     fn a_dropped_reservation_is_released() {
         let (b, t) = budgets();
         drop(
-            b.reserve(&t, usd(5.0), limits(Some(1.0), None), ts(NOON))
+            b.admit(&t, usd(5.0), limits(Some(1.0), None), ts(NOON), Charge)
                 .unwrap(),
         );
         assert_eq!(b.status(&t, ts(NOON)), SpendStatus::default());
@@ -547,7 +538,7 @@ mod tests {
     fn a_stale_store_figure_never_lowers_the_spend_settled_here() {
         let (b, t) = budgets();
         let l = limits(Some(1.0), None);
-        let r = b.reserve(&t, usd(0.6), l, ts(NOON)).unwrap();
+        let r = b.admit(&t, usd(0.6), l, ts(NOON), Charge).unwrap();
         let _ = b.settle(r, Some(usd(0.6)));
         // The store was read before that call was committed: it says 0.2.
         b.seed(&t, usd(0.2), usd(0.2), ts(NOON));
@@ -555,10 +546,10 @@ mod tests {
         // Another instance spent more: the store's figure wins, and the budget is used up.
         b.seed(&t, usd(1.0), usd(1.0), ts(NOON));
         assert_eq!(b.status(&t, ts(NOON)).day_spent, usd(1.0));
-        assert!(b.reserve(&t, usd(0.1), l, ts(NOON)).is_err());
+        assert!(b.admit(&t, usd(0.1), l, ts(NOON), Charge).is_err());
         b.seed(&t, usd(0.0), usd(0.0), ts(NOON));
         assert!(
-            b.reserve(&t, usd(0.1), l, ts(NOON)).is_err(),
+            b.admit(&t, usd(0.1), l, ts(NOON), Charge).is_err(),
             "still used up"
         );
     }
@@ -567,9 +558,8 @@ mod tests {
     fn the_monthly_budget_is_checked_too() {
         let (b, t) = budgets();
         b.seed(&t, usd(0.0), usd(50.0), ts(NOON));
-        let e = b
-            .reserve(&t, usd(0.1), limits(Some(10.0), Some(50.0)), ts(NOON))
-            .unwrap_err();
+        let l = limits(Some(10.0), Some(50.0));
+        let e = b.admit(&t, usd(0.1), l, ts(NOON), Charge).unwrap_err();
         assert_eq!(e.period, BudgetPeriod::Monthly);
         assert_eq!(e.spent, usd(50.0));
     }
@@ -579,12 +569,12 @@ mod tests {
         let (b, t) = budgets();
         let l = limits(Some(1.0), Some(100.0));
         b.seed(&t, usd(1.0), usd(20.0), ts(NOON));
-        assert!(b.reserve(&t, usd(0.1), l, ts(NOON)).is_err());
+        assert!(b.admit(&t, usd(0.1), l, ts(NOON), Charge).is_err());
         // 2026-03-31T23:59:59.999Z is still the same day.
         let last_ms = day_start(NOON) + DAY_MS - 1;
-        assert!(b.reserve(&t, usd(0.1), l, ts(last_ms)).is_err());
+        assert!(b.admit(&t, usd(0.1), l, ts(last_ms), Charge).is_err());
         // Midnight: a new day, and (31 March → 1 April) a new month.
-        let r = b.reserve(&t, usd(0.1), l, ts(last_ms + 1)).unwrap();
+        let r = b.admit(&t, usd(0.1), l, ts(last_ms + 1), Charge).unwrap();
         assert_eq!(r.committed_before(BudgetPeriod::Daily), Money::ZERO);
         assert_eq!(r.committed_before(BudgetPeriod::Monthly), Money::ZERO);
         let _ = b.settle(r, Some(usd(0.1)));
@@ -597,9 +587,9 @@ mod tests {
     fn a_call_settled_after_midnight_counts_in_the_day_it_started() {
         let (b, t) = budgets();
         let l = limits(Some(1.0), None);
-        let r = b.reserve(&t, usd(0.5), l, ts(NOON)).unwrap();
+        let r = b.admit(&t, usd(0.5), l, ts(NOON), Charge).unwrap();
         let tomorrow = NOON + DAY_MS;
-        b.reserve(&t, usd(0.2), l, ts(tomorrow))
+        b.admit(&t, usd(0.2), l, ts(tomorrow), Charge)
             .unwrap()
             .release_now();
         let _ = b.settle(r, Some(usd(0.5)));
@@ -616,16 +606,16 @@ mod tests {
     fn the_soft_threshold_is_reported_once_per_period() {
         let (b, t) = budgets();
         let l = limits(Some(1.0), None);
-        let r = b.reserve(&t, usd(0.5), l, ts(NOON)).unwrap();
+        let r = b.admit(&t, usd(0.5), l, ts(NOON), Charge).unwrap();
         assert_eq!(b.settle(r, Some(usd(0.5))), None);
-        let r = b.reserve(&t, usd(0.5), l, ts(NOON)).unwrap();
+        let r = b.admit(&t, usd(0.5), l, ts(NOON), Charge).unwrap();
         let crossed = b.settle(r, Some(usd(0.35))).unwrap();
         assert_eq!(crossed.period, BudgetPeriod::Daily);
         assert_eq!((crossed.spent, crossed.limit), (usd(0.85), usd(1.0)));
-        let r = b.reserve(&t, usd(0.1), l, ts(NOON)).unwrap();
+        let r = b.admit(&t, usd(0.1), l, ts(NOON), Charge).unwrap();
         assert_eq!(b.settle(r, Some(usd(0.1))), None);
         // A new day reports again.
-        let r = b.reserve(&t, usd(0.9), l, ts(NOON + DAY_MS)).unwrap();
+        let r = b.admit(&t, usd(0.9), l, ts(NOON + DAY_MS), Charge).unwrap();
         assert!(b.settle(r, Some(usd(0.9))).is_some());
     }
 
@@ -640,7 +630,7 @@ mod tests {
                 .map(|_| {
                     s.spawn(|| {
                         barrier.wait();
-                        match b.reserve(&t, estimate, l, ts(NOON)) {
+                        match b.admit(&t, estimate, l, ts(NOON), Charge) {
                             Ok(r) => {
                                 let _ = b.settle(r, Some(estimate));
                                 1
@@ -668,7 +658,7 @@ mod tests {
                 .map(|_| {
                     s.spawn(|| {
                         barrier.wait();
-                        b.reserve(&t, usd(0.25), l, ts(NOON)).ok()
+                        b.admit(&t, usd(0.25), l, ts(NOON), Charge).ok()
                     })
                 })
                 .collect();

@@ -517,12 +517,6 @@ impl Guard {
         write(&self.policies).insert(tenant.clone(), policy);
     }
 
-    /// Returns a tenant to the default policy.
-    pub fn clear_policy(&self, tenant: &TenantId) {
-        write(&self.redactors).remove(tenant);
-        write(&self.policies).remove(tenant);
-    }
-
     /// The tenant's compiled redaction; `None` when it keeps bodies whole.
     pub fn redactor(&self, tenant: &TenantId) -> Option<Arc<Redactor>> {
         read(&self.redactors).get(tenant).cloned()
@@ -711,11 +705,36 @@ impl Guard {
                 .saturating_mul(shared::SCALE)
         };
         let mut out = Vec::with_capacity(6);
-        let mut rate = |allowance, name: String, per_minute: u64, amount: u64| {
+        let tenant = a.tenant_id.as_str();
+        let (key_rate, tenant_rate) = (
+            quota::key_rate_prefix(a.key_id.as_str()),
+            quota::tenant_rate_prefix(tenant),
+        );
+        let (kl, tl) = (key_limits(&a.policy), tenant_limits(&a.policy));
+        let (krpm, trpm) = (kl.requests_per_minute.into(), tl.requests_per_minute.into());
+        let prompt = a.prompt_estimate;
+        for (allowance, prefix, what, per_minute, amount) in [
+            (Allowance::KeyRequests, &key_rate, "requests", krpm, 1),
+            (
+                Allowance::KeyTokens,
+                &key_rate,
+                "tokens",
+                kl.tokens_per_minute,
+                prompt,
+            ),
+            (Allowance::TenantRequests, &tenant_rate, "requests", trpm, 1),
+            (
+                Allowance::TenantTokens,
+                &tenant_rate,
+                "tokens",
+                tl.tokens_per_minute,
+                prompt,
+            ),
+        ] {
             if per_minute > 0 {
                 out.push(Demand {
                     allowance,
-                    name,
+                    name: format!("{prefix}{what}"),
                     amount: scaled(amount),
                     cap: scaled(per_minute),
                     per_minute: scaled(per_minute),
@@ -724,33 +743,7 @@ impl Guard {
                     expires_ms: now_ms + RATE_ROW_MS,
                 });
             }
-        };
-        let (kl, tl) = (key_limits(&a.policy), tenant_limits(&a.policy));
-        let (key, tenant) = (a.key_id.as_str(), a.tenant_id.as_str());
-        rate(
-            Allowance::KeyRequests,
-            format!("{}requests", quota::key_rate_prefix(key)),
-            u64::from(kl.requests_per_minute),
-            1,
-        );
-        rate(
-            Allowance::KeyTokens,
-            format!("{}tokens", quota::key_rate_prefix(key)),
-            kl.tokens_per_minute,
-            a.prompt_estimate,
-        );
-        rate(
-            Allowance::TenantRequests,
-            format!("{}requests", quota::tenant_rate_prefix(tenant)),
-            u64::from(tl.requests_per_minute),
-            1,
-        );
-        rate(
-            Allowance::TenantTokens,
-            format!("{}tokens", quota::tenant_rate_prefix(tenant)),
-            tl.tokens_per_minute,
-            a.prompt_estimate,
-        );
+        }
         let r = &a.reservation;
         for (allowance, period, limit, keep_ms) in [
             (
@@ -809,34 +802,31 @@ impl Guard {
             });
         };
         let demands = self.demands(&admission, now);
-        match quota.try_take(&demands, grants, now.millis()) {
+        let refusal = match quota.try_take(&demands, grants, now.millis()) {
             Take::Taken(taken) => {
                 admission.shared = taken;
-                SharedStep::Done(Verdict::Allow {
-                    decisions,
+                None
+            }
+            Take::Lease(requests) if !last_try => {
+                return SharedStep::Lease {
                     admission,
-                })
+                    decisions,
+                    requests,
+                };
             }
-            Take::Lease(requests) if !last_try => SharedStep::Lease {
-                admission,
+            Take::Lease(requests) => demands
+                .iter()
+                .find(|d| requests.first().is_some_and(|r| r.name == d.name))
+                .map(SharedQuota::contended),
+            Take::Refused(r) => Some(r),
+        };
+        SharedStep::Done(match refusal {
+            Some(r) => self.refuse_shared(admission, decisions, &r),
+            None => Verdict::Allow {
                 decisions,
-                requests,
+                admission,
             },
-            Take::Lease(requests) => {
-                let refusal = demands
-                    .iter()
-                    .find(|d| requests.first().is_some_and(|r| r.name == d.name))
-                    .map(SharedQuota::contended);
-                match refusal {
-                    Some(r) => SharedStep::Done(self.refuse_shared(admission, decisions, &r)),
-                    None => SharedStep::Done(Verdict::Allow {
-                        decisions,
-                        admission,
-                    }),
-                }
-            }
-            Take::Refused(r) => SharedStep::Done(self.refuse_shared(admission, decisions, &r)),
-        }
+        })
     }
 
     /// The shared row of an allowance is used up: the call is stopped as if this
@@ -1486,8 +1476,6 @@ mod tests {
         let p = policy_with(|p| p.max_tokens_per_request = 7);
         guard.set_policy(&t, Arc::new(p));
         assert_eq!(guard.policy(&t).max_tokens_per_request, 7);
-        guard.clear_policy(&t);
-        assert_eq!(guard.policy(&t).max_tokens_per_request, 16_000);
     }
 
     #[test]

@@ -177,21 +177,11 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         }
     }
 
-    /// Admits one request expected to use `tokens` prompt tokens, or says why not. An
-    /// admitted request is charged one request and `tokens` tokens at once, so parallel
-    /// calls cannot all slip through the same allowance.
-    pub fn try_acquire(
-        &self,
-        id: &K,
-        limits: RateLimits,
-        tokens: u64,
-        now: Timestamp,
-    ) -> Result<Usage, Throttled> {
-        self.acquire(id, limits, tokens, now, Mode::Charge)
-    }
-
-    /// [`try_acquire`](Self::try_acquire) in [`Mode::Charge`]; in [`Mode::Peek`] the same
-    /// answer, worked out on a copy of the id's bucket: nothing is charged or stored.
+    /// Admits one request expected to use `tokens` prompt tokens, or says why not. In
+    /// [`Mode::Charge`] an admitted request is charged one request and `tokens` tokens at
+    /// once, so parallel calls cannot all slip through the same allowance; in
+    /// [`Mode::Peek`] the same answer, worked out on a copy of the id's bucket: nothing is
+    /// charged or stored.
     pub fn acquire(
         &self,
         id: &K,
@@ -218,7 +208,7 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     }
 
     /// Gives back an admission that did not go ahead (`requests` requests and `tokens`
-    /// tokens charged by [`try_acquire`](Self::try_acquire)).
+    /// tokens charged by [`acquire`](Self::acquire)).
     pub fn refund(&self, id: &K, limits: RateLimits, requests: u32, tokens: u64) {
         self.buckets.update(id, |b| {
             let rpm = f64::from(limits.requests_per_minute);
@@ -261,6 +251,7 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guard::Mode::Charge;
 
     fn at(secs: f64) -> Timestamp {
         Timestamp::from_millis((secs * 1000.0) as i64)
@@ -279,31 +270,31 @@ mod tests {
     fn requests_beyond_the_limit_are_throttled_with_a_bounded_retry_after() {
         let rl = RateLimiter::new(100);
         for _ in 0..3 {
-            rl.try_acquire(&"k", L, 10, at(0.0)).unwrap();
+            rl.acquire(&"k", L, 10, at(0.0), Charge).unwrap();
         }
-        let t = rl.try_acquire(&"k", L, 10, at(0.0)).unwrap_err();
+        let t = rl.acquire(&"k", L, 10, at(0.0), Charge).unwrap_err();
         assert_eq!(t.dimension, Dimension::Requests);
         assert_eq!((t.used, t.limit), (3.0, 3.0));
         // One request refills every 20 s.
         assert_eq!(t.retry_after_secs, 20);
-        let t = rl.try_acquire(&"k", L, 10, at(15.0)).unwrap_err();
+        let t = rl.acquire(&"k", L, 10, at(15.0), Charge).unwrap_err();
         assert!((1..=5).contains(&t.retry_after_secs), "{t:?}");
-        rl.try_acquire(&"k", L, 10, at(20.0)).unwrap();
+        rl.acquire(&"k", L, 10, at(20.0), Charge).unwrap();
     }
 
     #[test]
     fn tokens_beyond_the_limit_are_throttled_and_debt_is_capped() {
         let rl = RateLimiter::new(100);
         let l = limits(0, 600);
-        rl.try_acquire(&"k", l, 500, at(0.0)).unwrap();
-        let t = rl.try_acquire(&"k", l, 200, at(0.0)).unwrap_err();
+        rl.acquire(&"k", l, 500, at(0.0), Charge).unwrap();
+        let t = rl.acquire(&"k", l, 200, at(0.0), Charge).unwrap_err();
         assert_eq!(t.dimension, Dimension::Tokens);
         assert_eq!(t.limit, 600.0);
         // 100 left, 200 needed, 10 tokens per second.
         assert_eq!(t.retry_after_secs, 10);
         // The call really used far more: the debt stops at one minute's worth.
         rl.charge_tokens(&"k", l, 100_000, at(0.0));
-        let t = rl.try_acquire(&"k", l, 1, at(0.0)).unwrap_err();
+        let t = rl.acquire(&"k", l, 1, at(0.0), Charge).unwrap_err();
         assert!(t.retry_after_secs <= MAX_RETRY_AFTER_SECS);
         assert_eq!(t.retry_after_secs, 61);
     }
@@ -312,10 +303,10 @@ mod tests {
     fn a_request_larger_than_the_allowance_waits_for_a_full_bucket() {
         let rl = RateLimiter::new(100);
         let l = limits(0, 100);
-        rl.try_acquire(&"k", l, 5_000, at(0.0)).unwrap();
-        let t = rl.try_acquire(&"k", l, 5_000, at(0.0)).unwrap_err();
+        rl.acquire(&"k", l, 5_000, at(0.0), Charge).unwrap();
+        let t = rl.acquire(&"k", l, 5_000, at(0.0), Charge).unwrap_err();
         assert_eq!(t.retry_after_secs, MAX_RETRY_AFTER_SECS);
-        rl.try_acquire(&"k", l, 5_000, at(120.0)).unwrap();
+        rl.acquire(&"k", l, 5_000, at(120.0), Charge).unwrap();
     }
 
     #[test]
@@ -323,7 +314,7 @@ mod tests {
         let rl = RateLimiter::new(100);
         let off = limits(0, 0);
         for _ in 0..1_000 {
-            rl.try_acquire(&"k", off, 1_000_000, at(0.0)).unwrap();
+            rl.acquire(&"k", off, 1_000_000, at(0.0), Charge).unwrap();
         }
     }
 
@@ -331,10 +322,10 @@ mod tests {
     fn refunds_and_usage_corrections_restore_the_allowance() {
         let rl = RateLimiter::new(100);
         for _ in 0..3 {
-            rl.try_acquire(&"k", L, 100, at(0.0)).unwrap();
+            rl.acquire(&"k", L, 100, at(0.0), Charge).unwrap();
         }
         rl.refund(&"k", L, 1, 100);
-        let u = rl.try_acquire(&"k", L, 100, at(0.0)).unwrap();
+        let u = rl.acquire(&"k", L, 100, at(0.0), Charge).unwrap();
         assert_eq!(u.used, 3.0);
         assert_eq!(u.dimension, Dimension::Requests);
         rl.charge_tokens(&"k", L, -300, at(0.0));
@@ -347,17 +338,17 @@ mod tests {
     fn limits_are_per_id() {
         let rl = RateLimiter::new(100);
         for _ in 0..3 {
-            rl.try_acquire(&"a", L, 1, at(0.0)).unwrap();
+            rl.acquire(&"a", L, 1, at(0.0), Charge).unwrap();
         }
-        assert!(rl.try_acquire(&"a", L, 1, at(0.0)).is_err());
-        rl.try_acquire(&"b", L, 1, at(0.0)).unwrap();
+        assert!(rl.acquire(&"a", L, 1, at(0.0), Charge).is_err());
+        rl.acquire(&"b", L, 1, at(0.0), Charge).unwrap();
     }
 
     #[test]
     fn memory_stays_bounded_by_evicting_idle_then_oldest_ids_first() {
         let rl = RateLimiter::new(64);
         for i in 0..10_000u32 {
-            rl.try_acquire(&i, L, 1, Timestamp::from_millis(i64::from(i)))
+            rl.acquire(&i, L, 1, Timestamp::from_millis(i64::from(i)), Charge)
                 .unwrap();
         }
         assert!(rl.len() <= 64, "{}", rl.len());

@@ -89,26 +89,16 @@ pub fn estimate_prompt_tokens(body: &Value) -> u64 {
         total += REPLY_PRIMING;
         for m in messages {
             total += PER_MESSAGE_OVERHEAD;
-            if let Some(c) = m.get("content") {
-                total += content_tokens(c);
-            }
-            if let Some(name) = m.get("name").and_then(Value::as_str) {
-                total += text_tokens(name);
-            }
-            if let Some(calls) = m.get("tool_calls") {
-                total += nested_text_tokens(calls);
-            }
+            total += m.get("content").map_or(0, content_tokens);
+            total += m.get("name").and_then(Value::as_str).map_or(0, text_tokens);
+            total += m.get("tool_calls").map_or(0, nested_text_tokens);
         }
         for defs in ["tools", "functions"] {
-            if let Some(d) = body.get(defs) {
-                total += nested_text_tokens(d);
-            }
+            total += body.get(defs).map_or(0, nested_text_tokens);
         }
     }
     for field in ["input", "prompt"] {
-        if let Some(i) = body.get(field) {
-            total += input_tokens(i);
-        }
+        total += body.get(field).map_or(0, input_tokens);
     }
     total
 }

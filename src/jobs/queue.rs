@@ -1157,19 +1157,18 @@ fn recover(
                             rec.job.attempts,
                             rec.job.max_attempts
                         );
-                        if rec.job.attempts >= rec.job.max_attempts {
+                        let died = rec.job.attempts >= rec.job.max_attempts;
+                        if died {
                             rec.job.last_error = Some(format!("{note}; no attempts left"));
                             rec.state = State::Dead { died_at: now };
                             dead.insert(&index_key(now, rec.seq), id.as_str())?;
-                            write_tx(jobs, &rec)?;
-                            Ok(true)
                         } else {
                             rec.job.last_error = Some(note);
                             rec.state = State::Pending;
                             due.insert(&index_key(rec.job.run_at, rec.seq), id.as_str())?;
-                            write_tx(jobs, &rec)?;
-                            Ok(false)
                         }
+                        write_tx(jobs, &rec)?;
+                        Ok(died)
                     })
                     .map_err(tx_err)?;
                 if became_dead {

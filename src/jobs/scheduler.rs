@@ -85,8 +85,6 @@ impl SchedulerHandle {
     }
 }
 
-/// Validates every entry, then starts ticking. Nothing is scheduled if any entry is
-/// invalid.
 /// Arbitrates scheduled runs between instances sharing one database: a run is queued
 /// only by the instance that claims it (see `Store::claim_scheduled_run`).
 #[derive(Clone)]
@@ -113,6 +111,8 @@ impl Claimer {
     }
 }
 
+/// Validates every entry, then starts ticking. Nothing is scheduled if any entry is
+/// invalid.
 pub async fn start_scheduler(
     queue: Queue,
     entries: Vec<ScheduleEntry>,

@@ -143,13 +143,11 @@ pub async fn run_one(
 
 fn panic_message(e: tokio::task::JoinError) -> String {
     let payload = e.into_panic();
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(no message)".to_owned()
-    }
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
 }
 
 /// Starts `count` workers that run jobs until `shutdown` turns `true` (or its sender is

@@ -49,7 +49,7 @@ pub struct FileEntry {
     pub sha256: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: String,
     pub format_version: u32,
@@ -369,20 +369,7 @@ pub fn unpack(
     std::fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
     let mut unpacked = Unpacked {
         dir: dir.clone(),
-        manifest: Manifest {
-            format: String::new(),
-            format_version: 0,
-            agv_version: String::new(),
-            schema_version: 0,
-            backend: String::new(),
-            created_at: String::new(),
-            instance_id: String::new(),
-            public_key: String::new(),
-            tenant_id: None,
-            tables: Vec::new(),
-            files: Vec::new(),
-            secrets_salt: None,
-        },
+        manifest: Manifest::default(),
         trusted_signature: false,
     };
     let f = File::open(file).map_err(io("cannot open the backup", file))?;
@@ -559,20 +546,16 @@ impl TableReader<'_> {
                 .join("tables")
                 .join(format!("{}.jsonl.zst", entry.name));
             let file = File::open(&path).map_err(io("cannot read", &path))?;
-            let decoder = zstd::stream::read::Decoder::new(file).map_err(|e| {
+            let unreadable = |e: std::io::Error| {
                 format!(
                     "the table '{}' in the backup cannot be read: {e}",
                     entry.name
                 )
-            })?;
+            };
+            let decoder = zstd::stream::read::Decoder::new(file).map_err(unreadable)?;
             let mut lines: Box<dyn BufRead> = Box::new(BufReader::new(decoder));
             let mut head = String::new();
-            lines.read_line(&mut head).map_err(|e| {
-                format!(
-                    "the table '{}' in the backup cannot be read: {e}",
-                    entry.name
-                )
-            })?;
+            lines.read_line(&mut head).map_err(unreadable)?;
             let head: Value = serde_json::from_str(&head).map_err(|e| {
                 format!(
                     "the table '{}' in the backup has a bad header: {e}",

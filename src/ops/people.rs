@@ -248,12 +248,7 @@ impl SetupToken {
         let mut raw = [0u8; 24];
         rand::fill(&mut raw);
         let token = hex::encode(raw);
-        if let Ok(mut g) = self.inner.lock() {
-            *g = Some((
-                crate::proxy::sha256_hex(token.as_bytes()),
-                Instant::now() + SETUP_VALID,
-            ));
-        }
+        self.put_back(&token);
         token
     }
 
@@ -264,14 +259,14 @@ impl SetupToken {
         };
         match g.as_ref() {
             Some((hash, until)) if *hash == crate::proxy::sha256_hex(given.as_bytes()) => {
-                if Instant::now() > *until {
-                    *g = None;
+                let expired = Instant::now() > *until;
+                *g = None;
+                if expired {
                     return Err(ApiError::new(
                         Code::SetupTokenExpired,
                         "the setup link has expired; restart agv-server for a new one, or run `agv-server user create --role operator`",
                     ));
                 }
-                *g = None;
                 Ok(())
             }
             _ => Err(ApiError::new(
@@ -282,6 +277,7 @@ impl SetupToken {
         }
     }
 
+    /// Makes `given` the token, valid for [`SETUP_VALID`] from now.
     pub fn put_back(&self, given: &str) {
         if let Ok(mut g) = self.inner.lock() {
             *g = Some((

@@ -76,10 +76,8 @@ pub fn sweep(
         report.protected += done.protected;
         metrics::counter!("agv_retention_calls_pruned_total").increment(done.pruned);
         progress(&report);
-        match done.next {
-            Some(next) => after = Some(next),
-            None => break,
-        }
+        let Some(next) = done.next else { break };
+        after = Some(next);
         if !pause.is_zero() {
             std::thread::sleep(pause);
         }

@@ -113,14 +113,10 @@ impl Remote {
             .map(|n| n.to_string_lossy().into_owned())
             .ok_or_else(|| format!("{} names no file", file.display()))?;
         let key = self.key_of(&name);
-        let handle = tokio::fs::File::open(file)
-            .await
-            .map_err(|e| format!("cannot read the backup {}: {e}", file.display()))?;
-        let bytes = handle
-            .metadata()
-            .await
-            .map_err(|e| format!("cannot read the backup {}: {e}", file.display()))?
-            .len();
+        let unreadable =
+            |e: std::io::Error| format!("cannot read the backup {}: {e}", file.display());
+        let handle = tokio::fs::File::open(file).await.map_err(unreadable)?;
+        let bytes = handle.metadata().await.map_err(unreadable)?.len();
         if bytes > MAX_SINGLE_PUT {
             return Err(format!(
                 "the backup {} is {bytes} bytes, more than the 5 GiB one S3 upload may hold; copy it to the bucket with another tool",

@@ -33,10 +33,6 @@ pub struct Backups {
     pub queue: Queue,
 }
 
-fn last_attempt(job: &Job) -> bool {
-    job.attempts >= job.max_attempts
-}
-
 fn alert(state: &Backups, check: &'static str, message: String) {
     state.alerts.raise_system(&SystemAlert {
         check,
@@ -44,6 +40,14 @@ fn alert(state: &Backups, check: &'static str, message: String) {
         value: 1.0,
         threshold: 0.0,
     });
+}
+
+/// Counts a failed attempt of `job` in `counter`; its last attempt also raises `check`.
+fn failed(state: &Backups, job: &Job, (counter, check): (&'static str, &'static str), why: String) {
+    metrics::counter!(counter).increment(1);
+    if job.attempts >= job.max_attempts {
+        alert(state, check, why);
+    }
 }
 
 /// Takes a backup into the backup directory, then deletes the ones the keep rule lets go.
@@ -89,14 +93,9 @@ pub async fn backup(state: Arc<Backups>, job: Job) -> Result<(), String> {
             Ok(())
         }
         Err(e) => {
-            metrics::counter!("agv_backup_failures_total").increment(1);
-            if last_attempt(&job) {
-                alert(
-                    &state,
-                    BACKUP_FAILED,
-                    format!("the scheduled backup failed: {e}"),
-                );
-            }
+            let why = format!("the scheduled backup failed: {e}");
+            let backup = ("agv_backup_failures_total", BACKUP_FAILED);
+            failed(&state, &job, backup, why);
             Err(e)
         }
     }
@@ -226,18 +225,13 @@ pub async fn upload(state: Arc<Backups>, job: Job) -> Result<(), String> {
             Ok(())
         }
         Err(e) => {
-            metrics::counter!("agv_backup_upload_failures_total").increment(1);
-            if last_attempt(&job) {
-                alert(
-                    &state,
-                    BACKUP_UPLOAD_FAILED,
-                    format!(
-                        "the backup {name} could not be uploaded to {} after {} attempts (it is kept locally): {e}",
-                        cfg.location(),
-                        job.attempts
-                    ),
-                );
-            }
+            let why = format!(
+                "the backup {name} could not be uploaded to {} after {} attempts (it is kept locally): {e}",
+                cfg.location(),
+                job.attempts
+            );
+            let upload = ("agv_backup_upload_failures_total", BACKUP_UPLOAD_FAILED);
+            failed(&state, &job, upload, why);
             Err(e)
         }
     }

@@ -213,21 +213,17 @@ pub async fn download(release: &Release) -> Result<Vec<u8>, String> {
     let name = archive_name();
     let bytes = fetch(&client()?, &release.source, &name).await?;
     expect_sum(&release.sums, &name, &bytes)?;
+    let damaged = |e: std::io::Error| format!("{name} is damaged: {e}");
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes.as_slice()));
     for entry in archive
         .entries()
         .map_err(|e| format!("{name} is not a tar.gz archive: {e}"))?
     {
-        let mut entry = entry.map_err(|e| format!("{name} is damaged: {e}"))?;
-        let path = entry
-            .path()
-            .map_err(|e| format!("{name} is damaged: {e}"))?
-            .into_owned();
+        let mut entry = entry.map_err(damaged)?;
+        let path = entry.path().map_err(damaged)?.into_owned();
         if path.file_name().is_some_and(|n| n == "agv-server") {
             let mut out = Vec::new();
-            entry
-                .read_to_end(&mut out)
-                .map_err(|e| format!("{name} is damaged: {e}"))?;
+            entry.read_to_end(&mut out).map_err(damaged)?;
             return Ok(out);
         }
     }
