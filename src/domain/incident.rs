@@ -320,6 +320,13 @@ pub struct StoredSignal {
     pub detail: String,
 }
 
+/// The distinct calls that raised `signals`, in their order.
+pub fn distinct_calls(signals: Vec<StoredSignal>) -> Vec<CallId> {
+    let mut seen = std::collections::HashSet::new();
+    let calls = signals.into_iter().filter_map(|s| s.call_id);
+    calls.filter(|c| seen.insert(c.clone())).collect()
+}
+
 /// What happened to an incident, by whom and when: its history.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct IncidentEvent {
