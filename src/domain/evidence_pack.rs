@@ -92,7 +92,7 @@ pub struct ExportedCall {
 }
 
 /// How often one policy decided each way over the incident's exported calls.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyEvaluation {
     pub policy: String,
@@ -349,10 +349,7 @@ pub fn policy_evaluations<'a>(
                 .entry(d.policy.as_str())
                 .or_insert_with(|| PolicyEvaluation {
                     policy: d.policy.clone(),
-                    pass: 0,
-                    block: 0,
-                    throttle: 0,
-                    freeze: 0,
+                    ..PolicyEvaluation::default()
                 });
             match d.outcome {
                 Outcome::Pass => e.pass += 1,
@@ -386,27 +383,14 @@ fn signed_bytes(object: &serde_json::Map<String, Value>) -> Vec<u8> {
     out.into_bytes()
 }
 
-impl EvidencePack {
-    /// Fills in `public_key` and `signature`.
-    pub fn sign(mut self, key: &CertSigningKey) -> Result<Self, PackError> {
-        self.public_key = key.public().to_base64();
-        self.signature = String::new();
-        let value = serde_json::to_value(&self)
-            .map_err(|e| PackError::Invalid(format!("cannot serialise: {e}")))?;
-        let Value::Object(map) = value else {
-            return Err(PackError::Invalid(
-                "a pack must serialise to an object".into(),
-            ));
-        };
-        let raw = SigningKey::from_bytes(&seed_of(key)?);
-        self.signature = B64.encode(raw.sign(&signed_bytes(&map)).to_bytes());
-        Ok(self)
-    }
+fn unserialisable(e: serde_json::Error) -> PackError {
+    PackError::Invalid(format!("cannot serialise: {e}"))
+}
 
-    /// Signs the pack and writes it as pretty JSON, as handed out, serialising it once.
-    pub fn into_signed_json(self, key: &CertSigningKey) -> Result<Vec<u8>, PackError> {
-        let invalid = |e: serde_json::Error| PackError::Invalid(format!("cannot serialise: {e}"));
-        let mut value = serde_json::to_value(&self).map_err(invalid)?;
+impl EvidencePack {
+    /// The pack as a JSON object with `public_key` set, and its signature.
+    fn signed_object(&self, key: &CertSigningKey) -> Result<(Value, String), PackError> {
+        let mut value = serde_json::to_value(self).map_err(unserialisable)?;
         let Value::Object(map) = &mut value else {
             return Err(PackError::Invalid(
                 "a pack must serialise to an object".into(),
@@ -416,14 +400,27 @@ impl EvidencePack {
         map.insert("public_key".into(), Value::String(key.public().to_base64()));
         let raw = SigningKey::from_bytes(&seed_of(key)?);
         let signature = B64.encode(raw.sign(&signed_bytes(map)).to_bytes());
-        map.insert("signature".into(), Value::String(signature));
-        serde_json::to_vec_pretty(&value).map_err(invalid)
+        Ok((value, signature))
+    }
+
+    /// Fills in `public_key` and `signature`.
+    pub fn sign(mut self, key: &CertSigningKey) -> Result<Self, PackError> {
+        let (_, signature) = self.signed_object(key)?;
+        self.public_key = key.public().to_base64();
+        self.signature = signature;
+        Ok(self)
+    }
+
+    /// Signs the pack and writes it as pretty JSON, as handed out, serialising it once.
+    pub fn into_signed_json(self, key: &CertSigningKey) -> Result<Vec<u8>, PackError> {
+        let (mut value, signature) = self.signed_object(key)?;
+        value["signature"] = Value::String(signature);
+        serde_json::to_vec_pretty(&value).map_err(unserialisable)
     }
 
     /// Pretty JSON, as handed out.
     pub fn to_json_pretty(&self) -> Result<Vec<u8>, PackError> {
-        serde_json::to_vec_pretty(self)
-            .map_err(|e| PackError::Invalid(format!("cannot serialise: {e}")))
+        serde_json::to_vec_pretty(self).map_err(unserialisable)
     }
 }
 
@@ -501,19 +498,18 @@ pub fn verify(
         let bytes = call_chain_bytes_as(&ex.call, version)
             .map_err(|e| PackError::Invalid(format!("calls[{i}]: {e}")))?;
         let expected = chain::link_hash_as(version, prev_hash, *seq, &bytes);
+        let changed = |reason| PackError::CallChanged {
+            call_id: ex.call.id.to_string(),
+            seq: *seq,
+            reason,
+        };
         if expected != *hash {
-            return Err(PackError::CallChanged {
-                call_id: ex.call.id.to_string(),
-                seq: *seq,
-                reason: format!("its fields hash to {expected}, the chain link is {hash}"),
-            });
+            return Err(changed(format!(
+                "its fields hash to {expected}, the chain link is {hash}"
+            )));
         }
         if version == LinkVersion::V2 {
-            check_bodies(&ex.call).map_err(|reason| PackError::CallChanged {
-                call_id: ex.call.id.to_string(),
-                seq: *seq,
-                reason,
-            })?;
+            check_bodies(&ex.call).map_err(changed)?;
         }
     }
     let cert_bytes = serde_json::to_vec(&pack.certificate)
@@ -602,12 +598,8 @@ pub fn calls_csv<'a>(calls: impl IntoIterator<Item = &'a CallRecord>) -> String 
             c.request_sha256.clone(),
             c.response_sha256.clone().unwrap_or_default(),
         ];
-        for (i, f) in fields.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(&csv_field(f));
-        }
+        let row: Vec<Cow<'_, str>> = fields.iter().map(|f| csv_field(f)).collect();
+        out.push_str(&row.join(","));
         out.push_str("\r\n");
     }
     out
