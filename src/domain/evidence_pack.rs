@@ -38,13 +38,11 @@
 //! leads to it.
 
 use super::certificate::{
-    CertSigningKey, Certificate, CertificateError, CertificateKind, PublicKey, canonical_json,
+    CertSigningKey, Certificate, CertificateError, CertificateKind, MALFORMED_SIGNATURE, PublicKey,
+    signed_bytes,
 };
 use super::chain::{self, Field, LinkVersion};
 use super::{CallRecord, Outcome};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::borrow::Cow;
@@ -362,27 +360,6 @@ pub fn policy_evaluations<'a>(
     by.into_values().collect()
 }
 
-/// The canonical form of the pack object without its `signature` member: the same bytes
-/// as `canonical_json` of a copy without it, written without copying the pack.
-fn signed_bytes(object: &serde_json::Map<String, Value>) -> Vec<u8> {
-    let mut keys: Vec<&String> = object.keys().filter(|k| *k != "signature").collect();
-    keys.sort();
-    let mut out = String::with_capacity(256 * 1024);
-    out.push('{');
-    for (i, k) in keys.into_iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        canonical_json(&Value::String(k.clone()), &mut out);
-        out.push(':');
-        if let Some(v) = object.get(k) {
-            canonical_json(v, &mut out);
-        }
-    }
-    out.push('}');
-    out.into_bytes()
-}
-
 fn unserialisable(e: serde_json::Error) -> PackError {
     PackError::Invalid(format!("cannot serialise: {e}"))
 }
@@ -398,8 +375,7 @@ impl EvidencePack {
         };
         // Members keep their place when replaced (the map preserves insertion order).
         map.insert("public_key".into(), Value::String(key.public().to_base64()));
-        let raw = SigningKey::from_bytes(&seed_of(key)?);
-        let signature = B64.encode(raw.sign(&signed_bytes(map)).to_bytes());
+        let signature = key.sign_detached(&signed_bytes(map));
         Ok((value, signature))
     }
 
@@ -422,15 +398,6 @@ impl EvidencePack {
     pub fn to_json_pretty(&self) -> Result<Vec<u8>, PackError> {
         serde_json::to_vec_pretty(self).map_err(unserialisable)
     }
-}
-
-/// The signing key's seed (the key type keeps its secret to itself; its hex form is the
-/// documented way out).
-fn seed_of(key: &CertSigningKey) -> Result<[u8; 32], PackError> {
-    hex::decode(key.to_hex())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| PackError::Invalid("the signing key is not 32 bytes".into()))
 }
 
 /// Whether `bytes` look like an evidence pack (rather than a certificate), also when they
@@ -528,22 +495,11 @@ pub fn verify(
             "it does not certify the pack's incident".into(),
         ));
     }
-    let sig_bytes: [u8; 64] = B64
-        .decode(pack.signature.trim())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| {
-            PackError::Invalid("signature: expected a 64-byte Ed25519 signature in base64".into())
+    key.check(&signed, &pack.signature)
+        .map_err(|malformed| match malformed {
+            true => PackError::Invalid(MALFORMED_SIGNATURE.into()),
+            false => PackError::BadSignature,
         })?;
-    let raw: [u8; 32] = B64
-        .decode(key.to_base64())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| PackError::Invalid("public_key: not 32 bytes".into()))?;
-    VerifyingKey::from_bytes(&raw)
-        .map_err(|_| PackError::Invalid("public_key: not an Ed25519 key".into()))?
-        .verify_strict(&signed, &Signature::from_bytes(&sig_bytes))
-        .map_err(|_| PackError::BadSignature)?;
     Ok((pack, omitted))
 }
 
@@ -608,7 +564,7 @@ pub fn calls_csv<'a>(calls: impl IntoIterator<Item = &'a CallRecord>) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::certificate::{self, IncidentEvidence};
+    use crate::domain::certificate::{self, IncidentEvidence, canonical_json};
     use crate::domain::{Decision, IncidentId, KeyId, Money, TenantId, Timestamp};
     use serde_json::json;
 
