@@ -95,26 +95,23 @@ impl SearchQuery {
         }
         let mut q = Self::default();
         let mut seen: HashSet<&'static str> = HashSet::new();
+        let unsearchable = |text: &str| tokenize(text).next().is_none();
         for token in lex(input)? {
             match token {
-                Lexed::Phrase(p) => {
-                    if tokenize(&p).next().is_none() {
-                        return Err(err(format!(
-                            "the phrase \"{}\" has no letters or digits to search for: put words between the quotes",
-                            shown(&p)
-                        )));
-                    }
-                    q.phrases.push(p);
+                Lexed::Phrase(p) if unsearchable(&p) => {
+                    return Err(err(format!(
+                        "the phrase \"{}\" has no letters or digits to search for: put words between the quotes",
+                        shown(&p)
+                    )));
                 }
-                Lexed::Word(w) => {
-                    if tokenize(&w).next().is_none() {
-                        return Err(err(format!(
-                            "'{}' has no letters or digits to search for: search for words, or quote text that contains them",
-                            shown(&w)
-                        )));
-                    }
-                    q.terms.push(w);
+                Lexed::Phrase(p) => q.phrases.push(p),
+                Lexed::Word(w) if unsearchable(&w) => {
+                    return Err(err(format!(
+                        "'{}' has no letters or digits to search for: search for words, or quote text that contains them",
+                        shown(&w)
+                    )));
                 }
+                Lexed::Word(w) => q.terms.push(w),
                 Lexed::Filter { key, value } => {
                     let name = filter_name(&key).ok_or_else(|| {
                         err(format!(
@@ -148,23 +145,17 @@ impl SearchQuery {
     }
 
     fn apply(&mut self, name: &'static str, v: &str, now: Timestamp) -> Result<(), ParseError> {
+        // The value's own error, named after its filter.
+        let named = |e: ParseError| err(format!("{name}: {e}"));
         match name {
             "user" => self.end_user = Some(v.to_owned()),
             "session" => self.session_id = Some(v.to_owned()),
             "model" => self.model = Some(v.to_owned()),
-            "key" => {
-                self.key_id = Some(KeyId::parse(v).map_err(|e| err(format!("key: {e}")))?);
-            }
+            "key" => self.key_id = Some(KeyId::parse(v).map_err(named)?),
             "status" => self.status = Some(parse_status(v)?),
             "policy" => self.policy = Some(parse_policy(v)?),
-            "severity" => {
-                self.severity =
-                    Some(Severity::parse(v).map_err(|e| err(format!("severity: {e}")))?);
-            }
-            "state" => {
-                self.state =
-                    Some(IncidentStatus::parse(v).map_err(|e| err(format!("state: {e}")))?);
-            }
+            "severity" => self.severity = Some(Severity::parse(v).map_err(named)?),
+            "state" => self.state = Some(IncidentStatus::parse(v).map_err(named)?),
             "blocked" => {
                 self.blocked = Some(match v.to_ascii_lowercase().as_str() {
                     "true" => true,

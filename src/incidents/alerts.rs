@@ -169,7 +169,15 @@ impl Alerts {
         let d: Delivery = serde_json::from_value(job.payload.clone())
             .map_err(|e| format!("the alert job's payload is not valid: {e}"))?;
         if d.route_id == OPERATOR_ROUTE {
-            return self.deliver_system(&job, &d).await;
+            let Some(op) = &self.operator else {
+                tracing::warn!(
+                    "a system alert is queued but no operator_alert_webhook_url is set; dropped"
+                );
+                return Ok(());
+            };
+            return self
+                .post_system(op, job.id.as_str(), job.attempts, &d)
+                .await;
         }
         let route_id = AlertRouteId::parse(&d.route_id).map_err(|e| e.to_string())?;
         let tenant = d.tenant_id.clone().ok_or("the alert job names no tenant")?;
@@ -320,16 +328,6 @@ impl Alerts {
             }
         }
         Ok(())
-    }
-
-    async fn deliver_system(&self, job: &Job, d: &Delivery) -> Result<(), String> {
-        let Some(op) = &self.operator else {
-            tracing::warn!(
-                "a system alert is queued but no operator_alert_webhook_url is set; dropped"
-            );
-            return Ok(());
-        };
-        self.post_system(op, job.id.as_str(), job.attempts, d).await
     }
 
     /// Posts one system alert to the operator's route.
