@@ -349,37 +349,33 @@ fn is_filter_key(key: &str) -> bool {
     !key.is_empty() && key.chars().all(|c| c.is_ascii_alphabetic() || c == '_')
 }
 
+/// Each filter's name and an example of its use.
+const FILTERS: &[(&str, &str)] = &[
+    ("user", "user:cust_8372"),
+    ("session", "session:checkout-42"),
+    ("key", "key:key_0123456789abcdef0123456789abcdef"),
+    ("model", "model:gpt-4o-mini"),
+    ("status", "status:423 or status:5xx"),
+    ("policy", "policy:prompt_injection or policy:dg-005"),
+    ("severity", "severity:high"),
+    ("state", "state:open"),
+    ("blocked", "blocked:true"),
+    ("since", "since:24h"),
+    ("until", "until:2024-05-01"),
+];
+
+/// The filter `key` names (`end_user` is another name of `user`).
 fn filter_name(key: &str) -> Option<&'static str> {
-    Some(match key {
-        "user" | "end_user" => "user",
-        "session" => "session",
-        "key" => "key",
-        "model" => "model",
-        "status" => "status",
-        "policy" => "policy",
-        "severity" => "severity",
-        "state" => "state",
-        "blocked" => "blocked",
-        "since" => "since",
-        "until" => "until",
-        _ => return None,
-    })
+    let key = if key == "end_user" { "user" } else { key };
+    FILTERS
+        .iter()
+        .map(|(name, _)| *name)
+        .find(|name| *name == key)
 }
 
 fn example(name: &str) -> &'static str {
-    match name {
-        "user" => "user:cust_8372",
-        "session" => "session:checkout-42",
-        "key" => "key:key_0123456789abcdef0123456789abcdef",
-        "model" => "model:gpt-4o-mini",
-        "status" => "status:423 or status:5xx",
-        "policy" => "policy:prompt_injection or policy:dg-005",
-        "severity" => "severity:high",
-        "state" => "state:open",
-        "blocked" => "blocked:true",
-        "since" => "since:24h",
-        _ => "until:2024-05-01",
-    }
+    let filter = FILTERS.iter().find(|(n, _)| *n == name);
+    filter.map_or("until:2024-05-01", |(_, example)| example)
 }
 
 fn parse_status(v: &str) -> Result<StatusFilter, ParseError> {
