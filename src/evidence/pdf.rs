@@ -16,7 +16,7 @@ use crate::domain::Incident;
 use crate::domain::certificate::Certificate;
 use crate::domain::evidence_pack::PolicyEvaluation;
 use crate::domain::incident::rule_name;
-use crate::incidents::timeline::IncidentTimeline;
+use crate::incidents::timeline::{IncidentTimeline, plural};
 use std::fmt::Write as _;
 use std::io::Write as _;
 
@@ -495,14 +495,6 @@ fn guardrail(policy: &str) -> String {
         name.to_owned()
     } else {
         format!("{name} ({policy})")
-    }
-}
-
-fn plural(n: i64, what: &str) -> String {
-    if n == 1 {
-        format!("1 {what}")
-    } else {
-        format!("{n} {what}s")
     }
 }
 

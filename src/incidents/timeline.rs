@@ -522,11 +522,12 @@ pub fn summary_text(parts: &[SummaryPart]) -> String {
         .collect()
 }
 
-fn plural(n: i64, one: &str, many: &str) -> String {
+/// "1 call", "3 calls".
+pub(crate) fn plural(n: i64, what: &str) -> String {
     if n == 1 {
-        format!("1 {one}")
+        format!("1 {what}")
     } else {
-        format!("{n} {many}")
+        format!("{n} {what}s")
     }
 }
 
@@ -570,10 +571,10 @@ pub fn summary_parts(
     ];
     let mut impact: Vec<String> = Vec::new();
     if incident.call_count > 0 {
-        impact.push(plural(incident.call_count, "call", "calls"));
+        impact.push(plural(incident.call_count, "call"));
     }
     if incident.end_user_count > 0 {
-        impact.push(plural(incident.end_user_count, "end user", "end users"));
+        impact.push(plural(incident.end_user_count, "end user"));
     }
     if incident.cost.nanos() > 0 {
         impact.push(format!("{} of known cost", incident.cost.readable()));
@@ -587,29 +588,21 @@ pub fn summary_parts(
     let after = |e: &IncidentEvent| duration(e.at.millis() - incident.created_at.millis());
     for e in events {
         let by = people.show(&e.actor);
-        match e.kind {
-            EventKind::Acknowledged => {
-                done.push(format!("acknowledged by {by} after {}", after(e)))
+        done.push(match e.kind {
+            EventKind::Reopened if e.actor == SYSTEM => "reopened when the problem recurred".into(),
+            // "acknowledged by … after …", "resolved by …", "reopened by …".
+            EventKind::Acknowledged | EventKind::Resolved | EventKind::Reopened => {
+                format!("{} by {by} after {}", e.kind, after(e))
             }
-            EventKind::KillSwitch => done.push(
-                e.note
-                    .as_deref()
-                    .map(|n| people.rewrite(n))
-                    .unwrap_or_else(|| "kill switch used".into()),
-            ),
-            EventKind::Resolved => done.push(format!("resolved by {by} after {}", after(e))),
-            EventKind::Reopened if e.actor == SYSTEM => {
-                done.push("reopened when the problem recurred".into())
-            }
-            EventKind::Reopened => done.push(format!("reopened by {by} after {}", after(e))),
-            EventKind::AlertSent => {
-                done.push(e.note.clone().unwrap_or_else(|| "alert sent".into()))
-            }
-            EventKind::Merged => {
-                done.push(format!("{} by {by}", e.note.as_deref().unwrap_or("merged")))
-            }
-            _ => {}
-        }
+            EventKind::KillSwitch => e
+                .note
+                .as_deref()
+                .map(|n| people.rewrite(n))
+                .unwrap_or_else(|| "kill switch used".into()),
+            EventKind::AlertSent => e.note.clone().unwrap_or_else(|| "alert sent".into()),
+            EventKind::Merged => format!("{} by {by}", e.note.as_deref().unwrap_or("merged")),
+            _ => continue,
+        });
     }
     let done = if done.is_empty() {
         match incident.status {
