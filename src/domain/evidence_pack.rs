@@ -713,16 +713,12 @@ mod tests {
                 PolicyEvaluation {
                     policy: "dg-002".into(),
                     pass: 3,
-                    block: 0,
-                    throttle: 0,
-                    freeze: 0
+                    ..PolicyEvaluation::default()
                 },
                 PolicyEvaluation {
                     policy: "dg-005".into(),
-                    pass: 0,
                     block: 3,
-                    throttle: 0,
-                    freeze: 0
+                    ..PolicyEvaluation::default()
                 },
             ]
         );
