@@ -222,16 +222,17 @@ impl PublicKey {
         self.check(message, signature_b64).is_ok()
     }
 
-    /// Checks a base64 signature over `message`, strictly: `Err(true)` when it is not a
-    /// 64-byte signature in base64, `Err(false)` when it does not match.
-    pub(crate) fn check(&self, message: &[u8], signature_b64: &str) -> Result<(), bool> {
+    /// Checks a base64 signature over `message`, strictly.
+    pub(crate) fn check(&self, message: &[u8], signature_b64: &str) -> Result<(), SignatureFault> {
         let raw: [u8; 64] = B64
             .decode(signature_b64.trim())
             .ok()
             .and_then(|b| b.try_into().ok())
-            .ok_or(true)?;
+            .ok_or(SignatureFault::Malformed)?;
         let signature = Signature::from_bytes(&raw);
-        self.0.verify_strict(message, &signature).map_err(|_| false)
+        self.0
+            .verify_strict(message, &signature)
+            .map_err(|_| SignatureFault::Mismatch)
     }
 
     /// `ins_` and the first 32 hex characters of the key's SHA-256: names the instance
@@ -296,7 +297,16 @@ pub(crate) fn signed_bytes(object: &serde_json::Map<String, Value>) -> Vec<u8> {
     out.into_bytes()
 }
 
-/// The message of a signature that is not 64 bytes of base64.
+/// Why a signature does not hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SignatureFault {
+    /// Not a 64-byte signature in base64.
+    Malformed,
+    /// Not this key's signature of the message.
+    Mismatch,
+}
+
+/// The message of a [`SignatureFault::Malformed`] signature.
 pub(crate) const MALFORMED_SIGNATURE: &str =
     "signature: expected a 64-byte Ed25519 signature in base64";
 
@@ -379,9 +389,9 @@ pub fn verify(bytes: &[u8], trusted: Option<&PublicKey>) -> Result<Certificate, 
         });
     }
     key.check(&signed_bytes(map), &cert.signature)
-        .map_err(|malformed| match malformed {
-            true => CertificateError::Invalid(MALFORMED_SIGNATURE.to_owned()),
-            false => CertificateError::BadSignature,
+        .map_err(|fault| match fault {
+            SignatureFault::Malformed => CertificateError::Invalid(MALFORMED_SIGNATURE.to_owned()),
+            SignatureFault::Mismatch => CertificateError::BadSignature,
         })?;
     Ok(cert)
 }

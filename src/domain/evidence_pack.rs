@@ -39,7 +39,7 @@
 
 use super::certificate::{
     CertSigningKey, Certificate, CertificateError, CertificateKind, MALFORMED_SIGNATURE, PublicKey,
-    signed_bytes,
+    SignatureFault, signed_bytes,
 };
 use super::chain::{self, Field, LinkVersion};
 use super::{CallRecord, Outcome};
@@ -496,9 +496,9 @@ pub fn verify(
         ));
     }
     key.check(&signed, &pack.signature)
-        .map_err(|malformed| match malformed {
-            true => PackError::Invalid(MALFORMED_SIGNATURE.into()),
-            false => PackError::BadSignature,
+        .map_err(|fault| match fault {
+            SignatureFault::Malformed => PackError::Invalid(MALFORMED_SIGNATURE.into()),
+            SignatureFault::Mismatch => PackError::BadSignature,
         })?;
     Ok((pack, omitted))
 }
