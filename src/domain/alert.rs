@@ -577,33 +577,26 @@ mod tests {
     #[test]
     fn a_new_incident_waits_the_group_wait_and_one_below_the_minimum_is_not_scheduled() {
         use Severity::*;
-        assert_eq!(
-            schedule(&change(true, None, High), Medium, 30_000),
-            Some((Reason::Opened, 30_000))
-        );
-        assert_eq!(schedule(&change(true, None, Low), Medium, 30_000), None);
-        assert_eq!(schedule(&change(false, None, High), Medium, 30_000), None);
+        for (c, expected) in [
+            (change(true, None, High), Some((Reason::Opened, 30_000))),
+            (change(true, None, Low), None),
+            (change(false, None, High), None),
+        ] {
+            assert_eq!(schedule(&c, Medium, 30_000), expected, "{c:?}");
+        }
     }
 
     #[test]
     fn an_escalation_re_notifies_at_once_and_a_first_crossing_waits() {
         use Severity::*;
-        assert_eq!(
-            schedule(
-                &change(false, Some((High, Critical)), Critical),
-                High,
-                30_000
-            ),
-            Some((Reason::Escalated, 0))
-        );
-        assert_eq!(
-            schedule(&change(false, Some((Medium, High)), High), High, 30_000),
-            Some((Reason::Escalated, 30_000))
-        );
-        assert_eq!(
-            schedule(&change(false, Some((Low, Medium)), Medium), High, 30_000),
-            None
-        );
+        for (c, expected) in [
+            (change(false, Some((High, Critical)), Critical), Some(0)),
+            (change(false, Some((Medium, High)), High), Some(30_000)),
+            (change(false, Some((Low, Medium)), Medium), None),
+        ] {
+            let scheduled = expected.map(|wait| (Reason::Escalated, wait));
+            assert_eq!(schedule(&c, High, 30_000), scheduled, "{c:?}");
+        }
     }
 
     /// Whether a due alert is sent, for a `High` incident whose job was scheduled at 1 s:

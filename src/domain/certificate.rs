@@ -151,13 +151,12 @@ impl CertSigningKey {
 
     /// Parses the key file's text: the 32-byte seed as 64 hex characters.
     pub fn parse(text: &str) -> Result<Self, super::ParseError> {
-        let text = text.trim();
-        let bytes = hex::decode(text).map_err(|_| {
-            super::ParseError::new("expected the 32-byte Ed25519 seed as 64 hex characters")
-        })?;
-        let seed: [u8; 32] = bytes.try_into().map_err(|_| {
-            super::ParseError::new("expected the 32-byte Ed25519 seed as 64 hex characters")
-        })?;
+        let seed: [u8; 32] = hex::decode(text.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| {
+                super::ParseError::new("expected the 32-byte Ed25519 seed as 64 hex characters")
+            })?;
         Ok(Self::from_seed(seed))
     }
 
@@ -172,12 +171,6 @@ impl CertSigningKey {
 
     /// A detached signature (base64) over any bytes, e.g. a backup's manifest.
     pub fn sign_detached(&self, message: &[u8]) -> String {
-        self.sign(message)
-    }
-
-    /// Signs the canonical form; `None` only if the bytes cannot be made (never for a
-    /// `Certificate`, whose members are all serialisable).
-    fn sign(&self, message: &[u8]) -> String {
         B64.encode(self.0.sign(message).to_bytes())
     }
 }
@@ -226,13 +219,20 @@ impl PublicKey {
 
     /// Checks a detached signature made by [`CertSigningKey::sign_detached`].
     pub fn verify_detached(&self, message: &[u8], signature_b64: &str) -> bool {
-        let Ok(raw) = B64.decode(signature_b64.trim()) else {
-            return false;
-        };
-        let Ok(sig) = ed25519_dalek::Signature::from_slice(&raw) else {
-            return false;
-        };
-        self.0.verify_strict(message, &sig).is_ok()
+        self.check(message, signature_b64).is_ok()
+    }
+
+    /// Checks a base64 signature over `message`, strictly.
+    pub(crate) fn check(&self, message: &[u8], signature_b64: &str) -> Result<(), SignatureFault> {
+        let raw: [u8; 64] = B64
+            .decode(signature_b64.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or(SignatureFault::Malformed)?;
+        let signature = Signature::from_bytes(&raw);
+        self.0
+            .verify_strict(message, &signature)
+            .map_err(|_| SignatureFault::Mismatch)
     }
 
     /// `ins_` and the first 32 hex characters of the key's SHA-256: names the instance
@@ -276,14 +276,39 @@ pub fn canonical_json(v: &Value, out: &mut String) {
     }
 }
 
-/// The bytes a signature covers: the object without `signature`, canonical.
-fn signed_bytes(object: &serde_json::Map<String, Value>) -> Vec<u8> {
-    let mut without = object.clone();
-    without.remove("signature");
+/// The bytes a signature covers: the object without `signature`, canonical (the same
+/// bytes as `canonical_json` of a copy without it, written without copying the object).
+pub(crate) fn signed_bytes(object: &serde_json::Map<String, Value>) -> Vec<u8> {
+    let mut keys: Vec<&String> = object.keys().filter(|k| *k != "signature").collect();
+    keys.sort();
     let mut out = String::new();
-    canonical_json(&Value::Object(without), &mut out);
+    out.push('{');
+    for (i, k) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        canonical_json(&Value::String(k.clone()), &mut out);
+        out.push(':');
+        if let Some(v) = object.get(k) {
+            canonical_json(v, &mut out);
+        }
+    }
+    out.push('}');
     out.into_bytes()
 }
+
+/// Why a signature does not hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SignatureFault {
+    /// Not a 64-byte signature in base64.
+    Malformed,
+    /// Not this key's signature of the message.
+    Mismatch,
+}
+
+/// The message of a [`SignatureFault::Malformed`] signature.
+pub(crate) const MALFORMED_SIGNATURE: &str =
+    "signature: expected a 64-byte Ed25519 signature in base64";
 
 impl Certificate {
     /// Fills in `public_key` and `signature`.
@@ -297,7 +322,7 @@ impl Certificate {
                 "a certificate must serialise to an object".into(),
             ));
         };
-        self.signature = key.sign(&signed_bytes(&map));
+        self.signature = key.sign_detached(&signed_bytes(&map));
         Ok(self)
     }
 
@@ -363,19 +388,11 @@ pub fn verify(bytes: &[u8], trusted: Option<&PublicKey>) -> Result<Certificate, 
             trusted: t.to_base64(),
         });
     }
-    let sig_bytes: [u8; 64] = B64
-        .decode(cert.signature.trim())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| {
-            CertificateError::Invalid(
-                "signature: expected a 64-byte Ed25519 signature in base64".to_owned(),
-            )
+    key.check(&signed_bytes(map), &cert.signature)
+        .map_err(|fault| match fault {
+            SignatureFault::Malformed => CertificateError::Invalid(MALFORMED_SIGNATURE.to_owned()),
+            SignatureFault::Mismatch => CertificateError::BadSignature,
         })?;
-    let signature = Signature::from_bytes(&sig_bytes);
-    key.0
-        .verify_strict(&signed_bytes(map), &signature)
-        .map_err(|_| CertificateError::BadSignature)?;
     Ok(cert)
 }
 

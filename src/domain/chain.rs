@@ -312,35 +312,28 @@ impl ChainWalk {
                 ),
             });
         }
-        if let Some(prev) = &link.prev_hash
-            && *prev != self.head.hash
-        {
-            return Err(BrokenLink {
-                seq: link.seq,
-                id: Some(link.id.clone()),
-                expected: self.head.hash.clone(),
-                found: prev.clone(),
-                reason: "the stored previous hash does not match the link before".into(),
-            });
-        }
-        let expected = link_hash_as(link.version, &self.head.hash, link.seq, &link.encoded);
-        if expected != link.hash {
-            return Err(BrokenLink {
+        let broken = |expected, found: &str, reason: &str| {
+            Err(BrokenLink {
                 seq: link.seq,
                 id: Some(link.id.clone()),
                 expected,
-                found: link.hash.clone(),
-                reason: "the record's stored fields no longer match its hash: it was edited".into(),
-            });
+                found: found.to_owned(),
+                reason: reason.to_owned(),
+            })
+        };
+        if let Some(prev) = &link.prev_hash
+            && *prev != self.head.hash
+        {
+            let reason = "the stored previous hash does not match the link before";
+            return broken(self.head.hash.clone(), prev, reason);
+        }
+        let expected = link_hash_as(link.version, &self.head.hash, link.seq, &link.encoded);
+        if expected != link.hash {
+            let reason = "the record's stored fields no longer match its hash: it was edited";
+            return broken(expected, &link.hash, reason);
         }
         if let Some(m) = &link.body_mismatch {
-            return Err(BrokenLink {
-                seq: link.seq,
-                id: Some(link.id.clone()),
-                expected: m.expected.clone(),
-                found: m.found.clone(),
-                reason: m.reason.clone(),
-            });
+            return broken(m.expected.clone(), &m.found, &m.reason);
         }
         self.head = ChainHead {
             seq: link.seq,
@@ -399,13 +392,9 @@ mod tests {
         assert_ne!(v1, v2);
         assert_eq!(v1, link_hash(GENESIS, 1, &encoded));
         let mut link = StoredLink {
-            seq: 1,
-            id: "a".into(),
             hash: v2.clone(),
-            prev_hash: None,
-            encoded: encoded.clone(),
             version: LinkVersion::V2,
-            body_mismatch: None,
+            ..link(&ChainWalk::new(), 1, "a", &[Field::Text("x")])
         };
         ChainWalk::new().step(&link).unwrap();
         // Claiming the other version breaks the link.

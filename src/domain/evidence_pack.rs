@@ -38,13 +38,11 @@
 //! leads to it.
 
 use super::certificate::{
-    CertSigningKey, Certificate, CertificateError, CertificateKind, PublicKey, canonical_json,
+    CertSigningKey, Certificate, CertificateError, CertificateKind, MALFORMED_SIGNATURE, PublicKey,
+    SignatureFault, signed_bytes,
 };
 use super::chain::{self, Field, LinkVersion};
 use super::{CallRecord, Outcome};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::borrow::Cow;
@@ -92,7 +90,7 @@ pub struct ExportedCall {
 }
 
 /// How often one policy decided each way over the incident's exported calls.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyEvaluation {
     pub policy: String,
@@ -349,10 +347,7 @@ pub fn policy_evaluations<'a>(
                 .entry(d.policy.as_str())
                 .or_insert_with(|| PolicyEvaluation {
                     policy: d.policy.clone(),
-                    pass: 0,
-                    block: 0,
-                    throttle: 0,
-                    freeze: 0,
+                    ..PolicyEvaluation::default()
                 });
             match d.outcome {
                 Outcome::Pass => e.pass += 1,
@@ -365,48 +360,14 @@ pub fn policy_evaluations<'a>(
     by.into_values().collect()
 }
 
-/// The canonical form of the pack object without its `signature` member: the same bytes
-/// as `canonical_json` of a copy without it, written without copying the pack.
-fn signed_bytes(object: &serde_json::Map<String, Value>) -> Vec<u8> {
-    let mut keys: Vec<&String> = object.keys().filter(|k| *k != "signature").collect();
-    keys.sort();
-    let mut out = String::with_capacity(256 * 1024);
-    out.push('{');
-    for (i, k) in keys.into_iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        canonical_json(&Value::String(k.clone()), &mut out);
-        out.push(':');
-        if let Some(v) = object.get(k) {
-            canonical_json(v, &mut out);
-        }
-    }
-    out.push('}');
-    out.into_bytes()
+fn unserialisable(e: serde_json::Error) -> PackError {
+    PackError::Invalid(format!("cannot serialise: {e}"))
 }
 
 impl EvidencePack {
-    /// Fills in `public_key` and `signature`.
-    pub fn sign(mut self, key: &CertSigningKey) -> Result<Self, PackError> {
-        self.public_key = key.public().to_base64();
-        self.signature = String::new();
-        let value = serde_json::to_value(&self)
-            .map_err(|e| PackError::Invalid(format!("cannot serialise: {e}")))?;
-        let Value::Object(map) = value else {
-            return Err(PackError::Invalid(
-                "a pack must serialise to an object".into(),
-            ));
-        };
-        let raw = SigningKey::from_bytes(&seed_of(key)?);
-        self.signature = B64.encode(raw.sign(&signed_bytes(&map)).to_bytes());
-        Ok(self)
-    }
-
-    /// Signs the pack and writes it as pretty JSON, as handed out, serialising it once.
-    pub fn into_signed_json(self, key: &CertSigningKey) -> Result<Vec<u8>, PackError> {
-        let invalid = |e: serde_json::Error| PackError::Invalid(format!("cannot serialise: {e}"));
-        let mut value = serde_json::to_value(&self).map_err(invalid)?;
+    /// The pack as a JSON object with `public_key` set, and its signature.
+    fn signed_object(&self, key: &CertSigningKey) -> Result<(Value, String), PackError> {
+        let mut value = serde_json::to_value(self).map_err(unserialisable)?;
         let Value::Object(map) = &mut value else {
             return Err(PackError::Invalid(
                 "a pack must serialise to an object".into(),
@@ -414,26 +375,29 @@ impl EvidencePack {
         };
         // Members keep their place when replaced (the map preserves insertion order).
         map.insert("public_key".into(), Value::String(key.public().to_base64()));
-        let raw = SigningKey::from_bytes(&seed_of(key)?);
-        let signature = B64.encode(raw.sign(&signed_bytes(map)).to_bytes());
-        map.insert("signature".into(), Value::String(signature));
-        serde_json::to_vec_pretty(&value).map_err(invalid)
+        let signature = key.sign_detached(&signed_bytes(map));
+        Ok((value, signature))
+    }
+
+    /// Fills in `public_key` and `signature`.
+    pub fn sign(mut self, key: &CertSigningKey) -> Result<Self, PackError> {
+        let (_, signature) = self.signed_object(key)?;
+        self.public_key = key.public().to_base64();
+        self.signature = signature;
+        Ok(self)
+    }
+
+    /// Signs the pack and writes it as pretty JSON, as handed out, serialising it once.
+    pub fn into_signed_json(self, key: &CertSigningKey) -> Result<Vec<u8>, PackError> {
+        let (mut value, signature) = self.signed_object(key)?;
+        value["signature"] = Value::String(signature);
+        serde_json::to_vec_pretty(&value).map_err(unserialisable)
     }
 
     /// Pretty JSON, as handed out.
     pub fn to_json_pretty(&self) -> Result<Vec<u8>, PackError> {
-        serde_json::to_vec_pretty(self)
-            .map_err(|e| PackError::Invalid(format!("cannot serialise: {e}")))
+        serde_json::to_vec_pretty(self).map_err(unserialisable)
     }
-}
-
-/// The signing key's seed (the key type keeps its secret to itself; its hex form is the
-/// documented way out).
-fn seed_of(key: &CertSigningKey) -> Result<[u8; 32], PackError> {
-    hex::decode(key.to_hex())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| PackError::Invalid("the signing key is not 32 bytes".into()))
 }
 
 /// Whether `bytes` look like an evidence pack (rather than a certificate), also when they
@@ -501,19 +465,18 @@ pub fn verify(
         let bytes = call_chain_bytes_as(&ex.call, version)
             .map_err(|e| PackError::Invalid(format!("calls[{i}]: {e}")))?;
         let expected = chain::link_hash_as(version, prev_hash, *seq, &bytes);
+        let changed = |reason| PackError::CallChanged {
+            call_id: ex.call.id.to_string(),
+            seq: *seq,
+            reason,
+        };
         if expected != *hash {
-            return Err(PackError::CallChanged {
-                call_id: ex.call.id.to_string(),
-                seq: *seq,
-                reason: format!("its fields hash to {expected}, the chain link is {hash}"),
-            });
+            return Err(changed(format!(
+                "its fields hash to {expected}, the chain link is {hash}"
+            )));
         }
         if version == LinkVersion::V2 {
-            check_bodies(&ex.call).map_err(|reason| PackError::CallChanged {
-                call_id: ex.call.id.to_string(),
-                seq: *seq,
-                reason,
-            })?;
+            check_bodies(&ex.call).map_err(changed)?;
         }
     }
     let cert_bytes = serde_json::to_vec(&pack.certificate)
@@ -532,22 +495,11 @@ pub fn verify(
             "it does not certify the pack's incident".into(),
         ));
     }
-    let sig_bytes: [u8; 64] = B64
-        .decode(pack.signature.trim())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| {
-            PackError::Invalid("signature: expected a 64-byte Ed25519 signature in base64".into())
+    key.check(&signed, &pack.signature)
+        .map_err(|fault| match fault {
+            SignatureFault::Malformed => PackError::Invalid(MALFORMED_SIGNATURE.into()),
+            SignatureFault::Mismatch => PackError::BadSignature,
         })?;
-    let raw: [u8; 32] = B64
-        .decode(key.to_base64())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| PackError::Invalid("public_key: not 32 bytes".into()))?;
-    VerifyingKey::from_bytes(&raw)
-        .map_err(|_| PackError::Invalid("public_key: not an Ed25519 key".into()))?
-        .verify_strict(&signed, &Signature::from_bytes(&sig_bytes))
-        .map_err(|_| PackError::BadSignature)?;
     Ok((pack, omitted))
 }
 
@@ -602,12 +554,8 @@ pub fn calls_csv<'a>(calls: impl IntoIterator<Item = &'a CallRecord>) -> String 
             c.request_sha256.clone(),
             c.response_sha256.clone().unwrap_or_default(),
         ];
-        for (i, f) in fields.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(&csv_field(f));
-        }
+        let row: Vec<Cow<'_, str>> = fields.iter().map(|f| csv_field(f)).collect();
+        out.push_str(&row.join(","));
         out.push_str("\r\n");
     }
     out
@@ -616,7 +564,7 @@ pub fn calls_csv<'a>(calls: impl IntoIterator<Item = &'a CallRecord>) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::certificate::{self, IncidentEvidence};
+    use crate::domain::certificate::{self, IncidentEvidence, canonical_json};
     use crate::domain::{Decision, IncidentId, KeyId, Money, TenantId, Timestamp};
     use serde_json::json;
 
@@ -765,16 +713,12 @@ mod tests {
                 PolicyEvaluation {
                     policy: "dg-002".into(),
                     pass: 3,
-                    block: 0,
-                    throttle: 0,
-                    freeze: 0
+                    ..PolicyEvaluation::default()
                 },
                 PolicyEvaluation {
                     policy: "dg-005".into(),
-                    pass: 0,
                     block: 3,
-                    throttle: 0,
-                    freeze: 0
+                    ..PolicyEvaluation::default()
                 },
             ]
         );

@@ -205,20 +205,13 @@ pub fn base_severity(rule: &str) -> Severity {
 /// The severity an incident has earned from its impact: one step up at 10 affected calls
 /// and another at 100, one for 5 or more end users, one for $10 or more of cost.
 pub fn earned_severity(rule: &str, calls: i64, end_users: i64, cost: Money) -> Severity {
-    let mut steps = 0u8;
-    if calls >= 10 {
-        steps += 1;
-    }
-    if calls >= 100 {
-        steps += 1;
-    }
-    if end_users >= 5 {
-        steps += 1;
-    }
-    if cost >= Money::from_usd(10.0) {
-        steps += 1;
-    }
-    base_severity(rule).raised(steps)
+    let earned = [
+        calls >= 10,
+        calls >= 100,
+        end_users >= 5,
+        cost >= Money::from_usd(10.0),
+    ];
+    base_severity(rule).raised(earned.into_iter().map(u8::from).sum())
 }
 
 /// The newest incident of a fingerprint, as grouping needs it.
@@ -318,6 +311,13 @@ pub struct StoredSignal {
     pub end_user: Option<String>,
     pub cost: Option<Money>,
     pub detail: String,
+}
+
+/// The distinct calls that raised `signals`, in their order.
+pub fn distinct_calls(signals: Vec<StoredSignal>) -> Vec<CallId> {
+    let mut seen = std::collections::HashSet::new();
+    let calls = signals.into_iter().filter_map(|s| s.call_id);
+    calls.filter(|c| seen.insert(c.clone())).collect()
 }
 
 /// What happened to an incident, by whom and when: its history.
@@ -707,11 +707,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn fingerprints_separate_tenants_rules_and_subjects() {
-        let t = TenantId::generate();
-        let s = |rule: &str, subject: Subject| Signal {
-            tenant_id: t.clone(),
+    fn signal(tenant: &TenantId, rule: &str, subject: Subject) -> Signal {
+        Signal {
+            tenant_id: tenant.clone(),
             rule: rule.into(),
             subject,
             at: at(0),
@@ -720,7 +718,13 @@ mod tests {
             cost: None,
             detail: String::new(),
             demo: false,
-        };
+        }
+    }
+
+    #[test]
+    fn fingerprints_separate_tenants_rules_and_subjects() {
+        let t = TenantId::generate();
+        let s = |rule: &str, subject: Subject| signal(&t, rule, subject);
         let a = s(policy::PROMPT_INJECTION, Subject::EndUser("u1".into()));
         let b = s(policy::PROMPT_INJECTION, Subject::EndUser("u2".into()));
         let c = s(policy::RATE_LIMIT, Subject::EndUser("u1".into()));
@@ -733,30 +737,25 @@ mod tests {
         assert!(a.fingerprint().starts_with("v1|"));
     }
 
+    /// Each status change and where it leads (`Err(())`: refused).
     #[test]
-    fn lifecycle_transitions() {
+    fn lifecycle_transitions_and_only_a_resolved_incident_can_be_reopened() {
         use IncidentStatus::*;
-        assert_eq!(
-            transition(Open, &Change::Acknowledge),
-            Ok(Some(Acknowledged))
-        );
-        assert_eq!(transition(Open, &Change::Resolve), Ok(Some(Resolved)));
-        assert_eq!(
-            transition(Acknowledged, &Change::Resolve),
-            Ok(Some(Resolved))
-        );
-        assert!(transition(Acknowledged, &Change::Acknowledge).is_err());
-        assert!(transition(Resolved, &Change::Acknowledge).is_err());
-        assert!(transition(Resolved, &Change::Resolve).is_err());
-        assert_eq!(transition(Resolved, &Change::Note("x".into())), Ok(None));
-    }
-
-    #[test]
-    fn only_a_resolved_incident_can_be_reopened() {
-        use IncidentStatus::*;
-        assert_eq!(transition(Resolved, &Change::Reopen), Ok(Some(Open)));
-        assert!(transition(Open, &Change::Reopen).is_err());
-        assert!(transition(Acknowledged, &Change::Reopen).is_err());
+        for (from, change, to) in [
+            (Open, Change::Acknowledge, Ok(Some(Acknowledged))),
+            (Open, Change::Resolve, Ok(Some(Resolved))),
+            (Acknowledged, Change::Resolve, Ok(Some(Resolved))),
+            (Acknowledged, Change::Acknowledge, Err(())),
+            (Resolved, Change::Acknowledge, Err(())),
+            (Resolved, Change::Resolve, Err(())),
+            (Resolved, Change::Note("x".into()), Ok(None)),
+            (Resolved, Change::Reopen, Ok(Some(Open))),
+            (Open, Change::Reopen, Err(())),
+            (Acknowledged, Change::Reopen, Err(())),
+        ] {
+            let got = transition(from, &change).map_err(|_| ());
+            assert_eq!(got, to, "{from:?} {change:?}");
+        }
     }
 
     #[test]
@@ -907,15 +906,8 @@ mod tests {
     #[test]
     fn demo_titles_are_marked() {
         let sig = Signal {
-            tenant_id: TenantId::generate(),
-            rule: policy::BUDGET.into(),
-            subject: Subject::Tenant,
-            at: at(0),
-            call_id: None,
-            end_user: None,
-            cost: None,
-            detail: String::new(),
             demo: true,
+            ..signal(&TenantId::generate(), policy::BUDGET, Subject::Tenant)
         };
         assert!(title(&sig).starts_with("[DEMO] "));
     }

@@ -548,20 +548,18 @@ mod tests {
             ("agv-admins".to_owned(), Role::Admin),
             ("agv-owners".to_owned(), Role::Owner),
         ];
-        let groups = |g: &[&str]| g.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(role_for(&groups(&[]), &mapping, Role::Viewer), Role::Viewer);
-        assert_eq!(
-            role_for(&groups(&["staff", "agv-admins"]), &mapping, Role::Viewer),
-            Role::Admin
-        );
-        assert_eq!(
-            role_for(
-                &groups(&["agv-admins", "agv-owners"]),
-                &mapping,
-                Role::Viewer
-            ),
-            Role::Owner
-        );
+        for (groups, role) in [
+            (&[][..], Role::Viewer),
+            (&["staff", "agv-admins"], Role::Admin),
+            (&["agv-admins", "agv-owners"], Role::Owner),
+        ] {
+            let groups: Vec<String> = groups.iter().map(|s| s.to_string()).collect();
+            assert_eq!(
+                role_for(&groups, &mapping, Role::Viewer),
+                role,
+                "{groups:?}"
+            );
+        }
     }
 
     #[test]

@@ -67,16 +67,11 @@ impl RedactionConfig {
     /// only when there are some (the built-in ones are known to compile).
     pub fn validate(&self) -> Result<(), ParseError> {
         if self.mode == BodyStorage::Full && self.custom.is_empty() {
-            return self.patterns.iter().try_for_each(|p| {
-                if BUILT_IN.contains(&p.as_str()) {
-                    Ok(())
-                } else {
-                    Err(ParseError::new(format!(
-                        "unknown redaction pattern '{p}': use {} (or a regular expression in \"custom\")",
-                        BUILT_IN.join(", ")
-                    )))
-                }
-            });
+            let unknown = self
+                .patterns
+                .iter()
+                .find(|p| !BUILT_IN.contains(&p.as_str()));
+            return unknown.map_or(Ok(()), |p| Err(unknown_pattern(p)));
         }
         self.build().map(|_| ())
     }
@@ -90,12 +85,7 @@ impl RedactionConfig {
                 )?),
                 "phone" => Rule::Phone(regex(r"\+?\(?\d[\d ().-]{6,20}\d")?),
                 "card" => Rule::Card(regex(r"\b\d(?:[ -]?\d){12,18}\b")?),
-                other => {
-                    return Err(ParseError::new(format!(
-                        "unknown redaction pattern '{other}': use {} (or a regular expression in \"custom\")",
-                        BUILT_IN.join(", ")
-                    )));
-                }
+                other => return Err(unknown_pattern(other)),
             };
             rules.push(rule);
         }
@@ -131,6 +121,13 @@ impl RedactionConfig {
             rules,
         })
     }
+}
+
+fn unknown_pattern(name: &str) -> ParseError {
+    ParseError::new(format!(
+        "unknown redaction pattern '{name}': use {} (or a regular expression in \"custom\")",
+        BUILT_IN.join(", ")
+    ))
 }
 
 fn regex(p: &str) -> Result<Regex, ParseError> {
@@ -172,16 +169,12 @@ impl Redactor {
                 rec.response_truncated = false;
             }
             BodyStorage::Redact => {
-                if let Some(new) = self.redact(&rec.request_body) {
-                    rec.request_body = new;
-                }
-                for text in [&mut rec.response_body, &mut rec.error]
+                let (response, error) = (rec.response_body.as_mut(), rec.error.as_mut());
+                for text in [Some(&mut rec.request_body), response, error]
                     .into_iter()
                     .flatten()
                 {
-                    if let Some(new) = self.redact(text) {
-                        *text = new;
-                    }
+                    self.redact_in_place(text);
                 }
                 if let Some(meta) = rec.metadata.as_mut() {
                     self.redact_json(meta);
@@ -214,13 +207,15 @@ impl Redactor {
         out
     }
 
+    fn redact_in_place(&self, text: &mut String) {
+        if let Some(new) = self.redact(text) {
+            *text = new;
+        }
+    }
+
     fn redact_json(&self, v: &mut serde_json::Value) {
         match v {
-            serde_json::Value::String(s) => {
-                if let Some(new) = self.redact(s) {
-                    *s = new;
-                }
-            }
+            serde_json::Value::String(s) => self.redact_in_place(s),
             serde_json::Value::Array(items) => items.iter_mut().for_each(|i| self.redact_json(i)),
             serde_json::Value::Object(map) => map.values_mut().for_each(|i| self.redact_json(i)),
             _ => {}

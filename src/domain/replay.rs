@@ -118,6 +118,15 @@ pub struct ResponseOutcome {
 }
 
 impl ResponseOutcome {
+    /// The stored response of `call`.
+    pub fn of_call(call: &super::CallRecord) -> Self {
+        Self::from_body(
+            call.status,
+            call.response_body.as_deref(),
+            call.response_truncated,
+        )
+    }
+
     /// Reads a stored response body. `truncated` bodies are not readable: their content
     /// is incomplete, so only the hash of the whole body may be trusted.
     pub fn from_body(status: u16, body: Option<&str>, truncated: bool) -> Self {
@@ -334,6 +343,18 @@ pub struct Side<'a> {
     pub response_sha256: Option<&'a str>,
     /// The model recorded for the call (the served one when known).
     pub model: Option<&'a str>,
+}
+
+impl<'a> Side<'a> {
+    /// The side of a stored call whose response reads as `outcome`.
+    pub fn of(call: &'a super::CallRecord, outcome: &'a ResponseOutcome) -> Self {
+        Self {
+            outcome,
+            decisions: &call.decisions,
+            response_sha256: call.response_sha256.as_deref(),
+            model: call.model.as_deref(),
+        }
+    }
 }
 
 /// Whether the model behind the answer changed.
@@ -664,10 +685,8 @@ mod tests {
         assert_eq!(c.match_level, MatchLevel::Mismatch);
         assert!(!c.notes.is_empty());
         let hashed = |o| Side {
-            outcome: o,
-            decisions: &[],
             response_sha256: Some("abc"),
-            model: None,
+            ..side(o, &[])
         };
         c = compare(hashed(&a), hashed(&a));
         assert_eq!(c.match_level, MatchLevel::Exact);

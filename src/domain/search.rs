@@ -95,26 +95,23 @@ impl SearchQuery {
         }
         let mut q = Self::default();
         let mut seen: HashSet<&'static str> = HashSet::new();
+        let unsearchable = |text: &str| tokenize(text).next().is_none();
         for token in lex(input)? {
             match token {
-                Lexed::Phrase(p) => {
-                    if tokenize(&p).next().is_none() {
-                        return Err(err(format!(
-                            "the phrase \"{}\" has no letters or digits to search for: put words between the quotes",
-                            shown(&p)
-                        )));
-                    }
-                    q.phrases.push(p);
+                Lexed::Phrase(p) if unsearchable(&p) => {
+                    return Err(err(format!(
+                        "the phrase \"{}\" has no letters or digits to search for: put words between the quotes",
+                        shown(&p)
+                    )));
                 }
-                Lexed::Word(w) => {
-                    if tokenize(&w).next().is_none() {
-                        return Err(err(format!(
-                            "'{}' has no letters or digits to search for: search for words, or quote text that contains them",
-                            shown(&w)
-                        )));
-                    }
-                    q.terms.push(w);
+                Lexed::Phrase(p) => q.phrases.push(p),
+                Lexed::Word(w) if unsearchable(&w) => {
+                    return Err(err(format!(
+                        "'{}' has no letters or digits to search for: search for words, or quote text that contains them",
+                        shown(&w)
+                    )));
                 }
+                Lexed::Word(w) => q.terms.push(w),
                 Lexed::Filter { key, value } => {
                     let name = filter_name(&key).ok_or_else(|| {
                         err(format!(
@@ -148,23 +145,17 @@ impl SearchQuery {
     }
 
     fn apply(&mut self, name: &'static str, v: &str, now: Timestamp) -> Result<(), ParseError> {
+        // The value's own error, named after its filter.
+        let named = |e: ParseError| err(format!("{name}: {e}"));
         match name {
             "user" => self.end_user = Some(v.to_owned()),
             "session" => self.session_id = Some(v.to_owned()),
             "model" => self.model = Some(v.to_owned()),
-            "key" => {
-                self.key_id = Some(KeyId::parse(v).map_err(|e| err(format!("key: {e}")))?);
-            }
+            "key" => self.key_id = Some(KeyId::parse(v).map_err(named)?),
             "status" => self.status = Some(parse_status(v)?),
             "policy" => self.policy = Some(parse_policy(v)?),
-            "severity" => {
-                self.severity =
-                    Some(Severity::parse(v).map_err(|e| err(format!("severity: {e}")))?);
-            }
-            "state" => {
-                self.state =
-                    Some(IncidentStatus::parse(v).map_err(|e| err(format!("state: {e}")))?);
-            }
+            "severity" => self.severity = Some(Severity::parse(v).map_err(named)?),
+            "state" => self.state = Some(IncidentStatus::parse(v).map_err(named)?),
             "blocked" => {
                 self.blocked = Some(match v.to_ascii_lowercase().as_str() {
                     "true" => true,
@@ -358,37 +349,33 @@ fn is_filter_key(key: &str) -> bool {
     !key.is_empty() && key.chars().all(|c| c.is_ascii_alphabetic() || c == '_')
 }
 
+/// Each filter's name and an example of its use.
+const FILTERS: &[(&str, &str)] = &[
+    ("user", "user:cust_8372"),
+    ("session", "session:checkout-42"),
+    ("key", "key:key_0123456789abcdef0123456789abcdef"),
+    ("model", "model:gpt-4o-mini"),
+    ("status", "status:423 or status:5xx"),
+    ("policy", "policy:prompt_injection or policy:dg-005"),
+    ("severity", "severity:high"),
+    ("state", "state:open"),
+    ("blocked", "blocked:true"),
+    ("since", "since:24h"),
+    ("until", "until:2024-05-01"),
+];
+
+/// The filter `key` names (`end_user` is another name of `user`).
 fn filter_name(key: &str) -> Option<&'static str> {
-    Some(match key {
-        "user" | "end_user" => "user",
-        "session" => "session",
-        "key" => "key",
-        "model" => "model",
-        "status" => "status",
-        "policy" => "policy",
-        "severity" => "severity",
-        "state" => "state",
-        "blocked" => "blocked",
-        "since" => "since",
-        "until" => "until",
-        _ => return None,
-    })
+    let key = if key == "end_user" { "user" } else { key };
+    FILTERS
+        .iter()
+        .map(|(name, _)| *name)
+        .find(|name| *name == key)
 }
 
 fn example(name: &str) -> &'static str {
-    match name {
-        "user" => "user:cust_8372",
-        "session" => "session:checkout-42",
-        "key" => "key:key_0123456789abcdef0123456789abcdef",
-        "model" => "model:gpt-4o-mini",
-        "status" => "status:423 or status:5xx",
-        "policy" => "policy:prompt_injection or policy:dg-005",
-        "severity" => "severity:high",
-        "state" => "state:open",
-        "blocked" => "blocked:true",
-        "since" => "since:24h",
-        _ => "until:2024-05-01",
-    }
+    let filter = FILTERS.iter().find(|(n, _)| *n == name);
+    filter.map_or("until:2024-05-01", |(_, example)| example)
 }
 
 fn parse_status(v: &str) -> Result<StatusFilter, ParseError> {

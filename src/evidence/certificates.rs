@@ -9,6 +9,7 @@ use crate::domain::certificate::{
     CertificateKind, IncidentEvidence, ReplayEvidence, verify,
 };
 use crate::domain::chain::ChainKind;
+use crate::domain::incident::distinct_calls;
 use crate::domain::replay::ResponseOutcome;
 use crate::domain::{CallId, CallRecord, CertificateId, IncidentId, ReplayId, TenantId, Timestamp};
 use crate::error::{ApiError, missing};
@@ -28,8 +29,6 @@ pub enum Subject {
 const INCIDENT_CALLS: u32 = 1_000;
 
 pub fn call_evidence(c: &CallRecord) -> CallEvidence {
-    let outcome =
-        ResponseOutcome::from_body(c.status, c.response_body.as_deref(), c.response_truncated);
     CallEvidence {
         call_id: c.id.clone(),
         created_at: c.created_at.to_rfc3339(),
@@ -37,7 +36,7 @@ pub fn call_evidence(c: &CallRecord) -> CallEvidence {
         status: c.status,
         request_sha256: c.request_sha256.clone(),
         response_sha256: c.response_sha256.clone(),
-        content_sha256: outcome.content_sha256(),
+        content_sha256: ResponseOutcome::of_call(c).content_sha256(),
     }
 }
 
@@ -129,28 +128,19 @@ pub async fn issue(
             })
             .await
             .map_err(missing("incident", id.as_str()))?;
-            let mut call_ids: Vec<CallId> = Vec::new();
-            for c in signals.into_iter().filter_map(|s| s.call_id) {
-                if !call_ids.contains(&c) {
-                    call_ids.push(c);
-                }
-            }
             let record = serde_json::to_string(&incident).map_err(ApiError::internal)?;
             cert.kind = CertificateKind::Incident;
             cert.subject_id = incident.id.to_string();
             cert.incident = Some(IncidentEvidence {
                 incident_id: incident.id.clone(),
                 rule: incident.rule.clone(),
-                status: serde_json::to_value(incident.status)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
+                status: incident.status.as_str().to_owned(),
                 severity: incident.severity.as_str().to_owned(),
                 first_signal_at: incident.first_signal_at.to_rfc3339(),
                 last_signal_at: incident.last_signal_at.to_rfc3339(),
                 signal_count: incident.signal_count,
                 record_sha256: hex::encode(Sha256::digest(record.as_bytes())),
-                call_ids,
+                call_ids: distinct_calls(signals),
             });
         }
     }
@@ -196,18 +186,13 @@ pub fn check_stored(row: &StoredCertificate, key: &CertSigningKey) -> PublicChec
             ))
         }
     });
-    match result {
-        Ok(_) => PublicCheck {
-            valid: true,
-            kind: row.kind,
-            issued_at: row.issued_at.to_rfc3339(),
-            reason: "the signature is valid and was made with this instance's key".into(),
-        },
-        Err(e) => PublicCheck {
-            valid: false,
-            kind: row.kind,
-            issued_at: row.issued_at.to_rfc3339(),
-            reason: e.to_string(),
+    PublicCheck {
+        valid: result.is_ok(),
+        kind: row.kind,
+        issued_at: row.issued_at.to_rfc3339(),
+        reason: match result {
+            Ok(_) => "the signature is valid and was made with this instance's key".into(),
+            Err(e) => e.to_string(),
         },
     }
 }

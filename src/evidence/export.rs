@@ -209,7 +209,6 @@ pub async fn build_export(
     let g = run_blocking(move || gather(s.as_ref(), &t, &i, redactor.as_deref()))
         .await
         .map_err(missing("incident", incident_id.as_str()))?;
-    let filename = |ext: &str| format!("incident-{incident_id}.{ext}");
     let calls = g.calls.len();
     let certify = || {
         certificates::issue(
@@ -220,14 +219,11 @@ pub async fn build_export(
             Subject::Incident(incident_id.clone()),
         )
     };
-    match format {
-        ExportFormat::Csv => Ok(ExportFile {
-            content_type: "text/csv; charset=utf-8",
-            filename: filename("csv"),
-            bytes: evidence_pack::calls_csv(&g.calls).into_bytes(),
-            certificate_id: None,
-            calls,
-        }),
+    let (content_type, bytes, certificate_id) = match format {
+        ExportFormat::Csv => {
+            let bytes = evidence_pack::calls_csv(&g.calls).into_bytes();
+            ("text/csv; charset=utf-8", bytes, None)
+        }
         ExportFormat::Json => {
             let cert = certify().await?;
             let certificate_id = Some(cert.certificate_id.to_string());
@@ -237,27 +233,22 @@ pub async fn build_export(
                 Ok::<_, StoreError>(pack_bytes(g, links, head, cert, &k))
             })
             .await??;
-            Ok(ExportFile {
-                content_type: "application/json",
-                filename: filename("json"),
-                bytes,
-                certificate_id,
-                calls,
-            })
+            ("application/json", bytes, certificate_id)
         }
         ExportFormat::Pdf => {
             let cert = certify().await?;
             let certificate_id = Some(cert.certificate_id.to_string());
             let bytes = run_blocking(move || pdf_bytes(&g, &cert)).await;
-            Ok(ExportFile {
-                content_type: "application/pdf",
-                filename: filename("pdf"),
-                bytes,
-                certificate_id,
-                calls,
-            })
+            ("application/pdf", bytes, certificate_id)
         }
-    }
+    };
+    Ok(ExportFile {
+        content_type,
+        filename: format!("incident-{incident_id}.{}", format.as_str()),
+        bytes,
+        certificate_id,
+        calls,
+    })
 }
 
 fn incident_timeline(g: &Gathered) -> timeline::IncidentTimeline {

@@ -16,7 +16,7 @@ use crate::domain::Incident;
 use crate::domain::certificate::Certificate;
 use crate::domain::evidence_pack::PolicyEvaluation;
 use crate::domain::incident::rule_name;
-use crate::incidents::timeline::IncidentTimeline;
+use crate::incidents::timeline::{IncidentTimeline, plural};
 use std::fmt::Write as _;
 use std::io::Write as _;
 
@@ -498,18 +498,6 @@ fn guardrail(policy: &str) -> String {
     }
 }
 
-fn plural(n: i64, what: &str) -> String {
-    if n == 1 {
-        format!("1 {what}")
-    } else {
-        format!("{n} {what}s")
-    }
-}
-
-fn ts(t: crate::domain::Timestamp) -> String {
-    t.to_rfc3339()
-}
-
 /// The report's bytes (a complete PDF file).
 pub fn render(r: &Report<'_>) -> Vec<u8> {
     let inc = r.incident;
@@ -517,30 +505,20 @@ pub fn render(r: &Report<'_>) -> Vec<u8> {
 
     // Title band.
     w.rect(0.0, PAGE_H - 112.0, PAGE_W, 112.0, rgb(0.09, 0.16, 0.30));
-    w.text(
-        LEFT,
-        PAGE_H - 52.0,
-        "Incident report",
-        Font::Bold,
-        22.0,
-        rgb(1.0, 1.0, 1.0),
-    );
-    w.text(
-        LEFT,
-        PAGE_H - 74.0,
-        &inc.title,
-        Font::Regular,
-        12.0,
-        rgb(0.85, 0.89, 0.96),
-    );
-    w.text(
-        LEFT,
-        PAGE_H - 96.0,
-        &format!("{}   ·   generated {}", inc.id, r.generated_at),
-        Font::Mono,
-        9.0,
-        rgb(0.75, 0.81, 0.92),
-    );
+    let generated = format!("{}   ·   generated {}", inc.id, r.generated_at);
+    for (down, text, font, size, color) in [
+        (
+            52.0,
+            "Incident report",
+            Font::Bold,
+            22.0,
+            rgb(1.0, 1.0, 1.0),
+        ),
+        (74.0, &inc.title, Font::Regular, 12.0, rgb(0.85, 0.89, 0.96)),
+        (96.0, &generated, Font::Mono, 9.0, rgb(0.75, 0.81, 0.92)),
+    ] {
+        w.text(LEFT, PAGE_H - down, text, font, size, color);
+    }
     w.y = PAGE_H - 120.0;
 
     w.heading("Summary");
@@ -551,13 +529,17 @@ pub fn render(r: &Report<'_>) -> Vec<u8> {
     w.field("Tenant", inc.tenant_id.as_str(), Font::Mono);
     w.field("Rule", &guardrail(&inc.rule), Font::Regular);
     w.field("Subject", &inc.subject, Font::Regular);
-    w.field("First seen", &ts(inc.first_signal_at), Font::Regular);
-    w.field("Last seen", &ts(inc.last_signal_at), Font::Regular);
+    w.field(
+        "First seen",
+        &inc.first_signal_at.to_rfc3339(),
+        Font::Regular,
+    );
+    w.field("Last seen", &inc.last_signal_at.to_rfc3339(), Font::Regular);
     if let Some(t) = inc.acknowledged_at {
-        w.field("Acknowledged", &ts(t), Font::Regular);
+        w.field("Acknowledged", &t.to_rfc3339(), Font::Regular);
     }
     if let Some(t) = inc.resolved_at {
-        w.field("Resolved", &ts(t), Font::Regular);
+        w.field("Resolved", &t.to_rfc3339(), Font::Regular);
     }
     if let Some(a) = &inc.assignee {
         w.field("Assignee", a, Font::Regular);

@@ -48,47 +48,40 @@ async fn load_original(
     let call = run_blocking(move || store.get_call(Some(&t), &id))
         .await
         .map_err(missing("call", raw_id))?;
+    let cannot = |code, why: &str| {
+        Err(ApiError::new(
+            code,
+            format!("call {} cannot be replayed: {why}", call.id),
+        ))
+    };
     if let Some(at) = call.body_pruned_at {
-        return Err(ApiError::new(
+        return cannot(
             Code::RequestNotStored,
-            format!(
-                "call {} cannot be replayed: retention removed its request and response bodies on {} (only their SHA-256 and the call's metadata are kept)",
-                call.id,
+            &format!(
+                "retention removed its request and response bodies on {} (only their SHA-256 and the call's metadata are kept)",
                 at.to_rfc3339()
             ),
-        ));
+        );
     }
     if call.request_body.is_empty() {
-        return Err(ApiError::new(
+        return cannot(
             Code::RequestNotStored,
-            format!(
-                "call {} cannot be replayed: its tenant stores only the hashes of call bodies (redaction mode hashes_only), so the request was not kept",
-                call.id
-            ),
-        ));
+            "its tenant stores only the hashes of call bodies (redaction mode hashes_only), so the request was not kept",
+        );
     }
     if call.request_truncated {
-        return Err(ApiError::new(
+        return cannot(
             Code::RequestIncomplete,
-            format!(
-                "call {} cannot be replayed: its request body was larger than the stored maximum, so only part of it was kept",
-                call.id
-            ),
-        ));
+            "its request body was larger than the stored maximum, so only part of it was kept",
+        );
     }
-    let body: Value = serde_json::from_str(&call.request_body)
-        .ok()
-        .filter(Value::is_object)
-        .ok_or_else(|| {
-            ApiError::new(
-                Code::RequestNotReplayable,
-                format!(
-                    "call {} cannot be replayed: its stored request is not a JSON object",
-                    call.id
-                ),
-            )
-        })?;
-    Ok((call, body))
+    match serde_json::from_str(&call.request_body) {
+        Ok(body @ Value::Object(_)) => Ok((call, body)),
+        _ => cannot(
+            Code::RequestNotReplayable,
+            "its stored request is not a JSON object",
+        ),
+    }
 }
 
 fn guard_endpoint(call: &CallRecord) -> Result<(GuardEndpoint, &'static str), ApiError> {
@@ -230,20 +223,16 @@ async fn upstream_replay(
             other => other.into(),
         })?;
     let now = Timestamp::now();
-    if key.revoked_at.is_some() {
+    let unusable = match (key.revoked_at, key.is_active(now)) {
+        (Some(_), _) => Some((Code::OriginalKeyRevoked, "has been revoked", "a revoked")),
+        (None, false) => Some((Code::OriginalKeyExpired, "has expired", "an expired")),
+        (None, true) => None,
+    };
+    if let Some((code, state, adjective)) = unusable {
         return Err(ApiError::new(
-            Code::OriginalKeyRevoked,
+            code,
             format!(
-                "the key {} that made call {} has been revoked; an upstream replay is not made with a revoked key",
-                key.id, original.id
-            ),
-        ));
-    }
-    if !key.is_active(now) {
-        return Err(ApiError::new(
-            Code::OriginalKeyExpired,
-            format!(
-                "the key {} that made call {} has expired; an upstream replay is not made with an expired key",
+                "the key {} that made call {} {state}; an upstream replay is not made with {adjective} key",
                 key.id, original.id
             ),
         ));
@@ -298,29 +287,11 @@ async fn upstream_replay(
             ))
         })?;
 
-    let original_outcome = ResponseOutcome::from_body(
-        original.status,
-        original.response_body.as_deref(),
-        original.response_truncated,
-    );
-    let replay_outcome = ResponseOutcome::from_body(
-        replayed.status,
-        replayed.response_body.as_deref(),
-        replayed.response_truncated,
-    );
+    let original_outcome = ResponseOutcome::of_call(&original);
+    let replay_outcome = ResponseOutcome::of_call(&replayed);
     let comparison = compare(
-        Side {
-            outcome: &original_outcome,
-            decisions: &original.decisions,
-            response_sha256: original.response_sha256.as_deref(),
-            model: original.model.as_deref(),
-        },
-        Side {
-            outcome: &replay_outcome,
-            decisions: &replayed.decisions,
-            response_sha256: replayed.response_sha256.as_deref(),
-            model: replayed.model.as_deref(),
-        },
+        Side::of(&original, &original_outcome),
+        Side::of(&replayed, &replay_outcome),
     );
     let id = ReplayId::generate();
     let side = |c: &CallRecord, content: &Option<String>| {

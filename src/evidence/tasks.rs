@@ -5,6 +5,7 @@
 //! result, or the file it made) or failed (with the reason). The HTTP side only reads tasks.
 
 use crate::domain::certificate::CertSigningKey;
+use crate::domain::incident::distinct_calls;
 use crate::domain::replay::ReplayMode;
 use crate::domain::task::{Task, TaskStatus, TaskUpdate, kind};
 use crate::domain::{CallId, IncidentId, KeyId, TaskId, TenantId, Timestamp};
@@ -84,15 +85,8 @@ pub async fn start(
             run_at: None,
         },
     ) {
-        let store = state.store.clone();
-        let (t, id) = (task.tenant_id.clone(), task.id.clone());
         let reason = format!("the job queue refused the task: {e}");
-        let update = TaskUpdate {
-            status: Some(TaskStatus::Failed),
-            error: Some(reason.clone()),
-            ..TaskUpdate::default()
-        };
-        let _ = run_blocking(move || store.update_task(&t, &id, &update, Timestamp::now())).await;
+        let _ = update(state, &task, failed(reason.clone())).await;
         return Err(ApiError::new(Code::QueueFull, reason));
     }
     Ok(task)
@@ -102,6 +96,25 @@ async fn update(state: &Tasks, task: &Task, u: TaskUpdate) -> Result<Task, Store
     let store = state.store.clone();
     let (t, id) = (task.tenant_id.clone(), task.id.clone());
     run_blocking(move || store.update_task(&t, &id, &u, Timestamp::now())).await
+}
+
+/// The task ends as failed, for `reason`.
+fn failed(reason: String) -> TaskUpdate {
+    TaskUpdate {
+        status: Some(TaskStatus::Failed),
+        error: Some(reason),
+        ..TaskUpdate::default()
+    }
+}
+
+/// Writes a running task's progress; a failed write only leaves the bar behind.
+async fn progress(state: &Tasks, task: &Task, done: usize, total: i64) {
+    let progress = Some((i64::try_from(done).unwrap_or(i64::MAX), total));
+    let u = TaskUpdate {
+        progress,
+        ..TaskUpdate::default()
+    };
+    let _ = update(state, task, u).await;
 }
 
 /// The job handler: runs the task the job names.
@@ -140,11 +153,7 @@ pub async fn run(state: Arc<Tasks>, job: Job) -> Result<(), String> {
         },
         Err(reason) => {
             tracing::warn!(task = %task.id, kind = %task.kind, error = %reason, "a task failed");
-            TaskUpdate {
-                status: Some(TaskStatus::Failed),
-                error: Some(reason),
-                ..TaskUpdate::default()
-            }
+            failed(reason)
         }
     };
     update(&state, &task, finish)
@@ -170,40 +179,24 @@ pub async fn incident_calls(
     let store = state.store.clone();
     let (t, i) = (tenant.clone(), incident.clone());
     let signals = run_blocking(move || store.incident_signals(Some(&t), &i, limit)).await?;
-    let mut seen = std::collections::HashSet::new();
-    Ok(signals
-        .into_iter()
-        .filter_map(|s| s.call_id)
-        .filter(|c| seen.insert(c.clone()))
-        .collect())
+    Ok(distinct_calls(signals))
 }
 
 async fn replay_incident(state: &Tasks, task: &Task) -> Result<TaskUpdate, String> {
     let incident = IncidentId::parse(param(task, "incident_id")?).map_err(|e| e.to_string())?;
     let mode = ReplayMode::parse(param(task, "mode")?).map_err(|e| e.to_string())?;
     // Absent when a person (not a key) asked for the replay.
-    let key = match task
-        .params
-        .get("key_id")
-        .and_then(serde_json::Value::as_str)
-    {
-        Some(k) => Some(KeyId::parse(k).map_err(|e| e.to_string())?),
-        None => None,
-    };
+    let key = task.params.get("key_id").and_then(Value::as_str);
+    let key = key
+        .map(KeyId::parse)
+        .transpose()
+        .map_err(|e| e.to_string())?;
     let calls = incident_calls(state, &task.tenant_id, &incident, MAX_REPLAY_CALLS)
         .await
         .map_err(|e| format!("cannot list the incident's calls: {e}"))?;
     let total = i64::try_from(calls.len()).unwrap_or(i64::MAX);
     // The total is known now: a progress bar can show it before the first call is done.
-    let _ = update(
-        state,
-        task,
-        TaskUpdate {
-            progress: Some((0, total)),
-            ..TaskUpdate::default()
-        },
-    )
-    .await;
+    progress(state, task, 0, total).await;
     let mut by_level: BTreeMap<String, u64> = BTreeMap::new();
     let (mut would_block, mut drift, mut failed) = (0u64, 0u64, 0u64);
     let mut replays: Vec<Value> = Vec::new();
@@ -258,16 +251,7 @@ async fn replay_incident(state: &Tasks, task: &Task) -> Result<TaskUpdate, Strin
         }
         if last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();
-            let done = i64::try_from(i + 1).unwrap_or(i64::MAX);
-            let _ = update(
-                state,
-                task,
-                TaskUpdate {
-                    progress: Some((done, total)),
-                    ..TaskUpdate::default()
-                },
-            )
-            .await;
+            progress(state, task, i + 1, total).await;
         }
     }
     Ok(TaskUpdate {

@@ -52,6 +52,26 @@ pub struct Delivery {
     pub system: Option<serde_json::Value>,
 }
 
+impl Delivery {
+    /// An alert about `incident` on the tenant's route `route`, scheduled at `at`.
+    fn incident(
+        route: &AlertRouteId,
+        tenant: &TenantId,
+        incident: &IncidentId,
+        reason: Reason,
+        at: Timestamp,
+    ) -> Self {
+        Self {
+            route_id: route.to_string(),
+            tenant_id: Some(tenant.clone()),
+            incident_id: Some(incident.clone()),
+            reason,
+            scheduled_at: at.millis(),
+            system: None,
+        }
+    }
+}
+
 /// The operator's route from config.
 #[derive(Clone)]
 pub struct OperatorRoute {
@@ -135,14 +155,7 @@ impl Alerts {
                 else {
                     continue;
                 };
-                let d = Delivery {
-                    route_id: r.id.to_string(),
-                    tenant_id: Some(a.tenant_id.clone()),
-                    incident_id: Some(a.incident_id.clone()),
-                    reason,
-                    scheduled_at: now.millis(),
-                    system: None,
-                };
+                let d = Delivery::incident(&r.id, &a.tenant_id, &a.incident_id, reason, now);
                 if let Err(e) = self.enqueue(&d, now.plus_millis(wait)) {
                     tracing::error!(error = %e, route = %r.id, incident = %a.incident_id, "alert not scheduled");
                 }
@@ -156,7 +169,15 @@ impl Alerts {
         let d: Delivery = serde_json::from_value(job.payload.clone())
             .map_err(|e| format!("the alert job's payload is not valid: {e}"))?;
         if d.route_id == OPERATOR_ROUTE {
-            return self.deliver_system(&job, &d).await;
+            let Some(op) = &self.operator else {
+                tracing::warn!(
+                    "a system alert is queued but no operator_alert_webhook_url is set; dropped"
+                );
+                return Ok(());
+            };
+            return self
+                .post_system(op, job.id.as_str(), job.attempts, &d)
+                .await;
         }
         let route_id = AlertRouteId::parse(&d.route_id).map_err(|e| e.to_string())?;
         let tenant = d.tenant_id.clone().ok_or("the alert job names no tenant")?;
@@ -299,14 +320,7 @@ impl Alerts {
         let repeats = route.kind != RouteKind::PagerDuty
             && !matches!(d.reason, Reason::Acknowledged | Reason::Resolved);
         if let Some(i) = inc.filter(|_| repeats) {
-            let next = Delivery {
-                route_id: route.id.to_string(),
-                tenant_id: Some(tenant),
-                incident_id: Some(i.id.clone()),
-                reason: Reason::Repeat,
-                scheduled_at: sent.at.millis(),
-                system: None,
-            };
+            let next = Delivery::incident(&route.id, &tenant, &i.id, Reason::Repeat, sent.at);
             // The queue writes (and syncs) to disk: off the runtime.
             let (me, due) = (self.clone(), sent.at.plus_millis(route.repeat_interval_ms));
             if let Err(e) = run_blocking(move || me.enqueue(&next, due)).await {
@@ -314,16 +328,6 @@ impl Alerts {
             }
         }
         Ok(())
-    }
-
-    async fn deliver_system(&self, job: &Job, d: &Delivery) -> Result<(), String> {
-        let Some(op) = &self.operator else {
-            tracing::warn!(
-                "a system alert is queued but no operator_alert_webhook_url is set; dropped"
-            );
-            return Ok(());
-        };
-        self.post_system(op, job.id.as_str(), job.attempts, d).await
     }
 
     /// Posts one system alert to the operator's route.
@@ -347,14 +351,14 @@ impl Alerts {
         .map(|_| ())
     }
 
-    /// Sends a system alert to the operator at once, without the job queue: for a stuck
-    /// queue, which would never deliver it. Tries [`DELIVERY_ATTEMPTS`] times, 1 s, 2 s,
-    /// 4 s … apart; returns whether it reached the receiver.
     /// Queues a system alert for the operator (a failed backup, …).
     pub fn raise_system(&self, a: &SystemAlert) {
         queue_system_alert(self, a);
     }
 
+    /// Sends a system alert to the operator at once, without the job queue: for a stuck
+    /// queue, which would never deliver it. Tries [`DELIVERY_ATTEMPTS`] times, 1 s, 2 s,
+    /// 4 s … apart; returns whether it reached the receiver.
     pub async fn send_system_now(&self, d: &Delivery) -> bool {
         let Some(op) = &self.operator else {
             tracing::warn!("a system alert fired but no operator_alert_webhook_url is set");
@@ -372,9 +376,7 @@ impl Alerts {
         }
         false
     }
-}
 
-impl Alerts {
     /// Tells the tenant's PagerDuty routes that someone acknowledged, resolved or reopened
     /// an incident (`reason` is [`Reason::Acknowledged`], [`Reason::Resolved`] or
     /// [`Reason::Reopened`]); each route sends it at once, as far as [`alert::verdict`]
@@ -390,14 +392,7 @@ impl Alerts {
         };
         let now = Timestamp::now();
         for r in routes.iter().filter(|r| r.kind == RouteKind::PagerDuty) {
-            let d = Delivery {
-                route_id: r.id.to_string(),
-                tenant_id: Some(tenant.clone()),
-                incident_id: Some(incident.clone()),
-                reason,
-                scheduled_at: now.millis(),
-                system: None,
-            };
+            let d = Delivery::incident(&r.id, tenant, incident, reason, now);
             if let Err(e) = self.enqueue(&d, now) {
                 tracing::error!(error = %e, route = %r.id, %incident, "PagerDuty update not scheduled");
             }

@@ -127,21 +127,24 @@ fn call(
     }
 }
 
+/// How a check stops a call: its policy, its outcome and the status answered.
+type Stop = (&'static str, Outcome, u16);
+const INJECTION: Stop = (policy::PROMPT_INJECTION, Outcome::Block, 400);
+const RATE_LIMITED: Stop = (policy::RATE_LIMIT, Outcome::Throttle, 429);
+const OVER_BUDGET: Stop = (policy::BUDGET, Outcome::Block, 402);
+
+/// `c` stopped by a check that measured `(value, threshold, unit)`.
 fn blocked(
     mut c: CallRecord,
-    p: &str,
-    outcome: Outcome,
-    status: u16,
+    (p, outcome, status): Stop,
     reason: &str,
-    measured: Option<(f64, f64, &str)>,
+    (value, threshold, unit): (f64, f64, &str),
 ) -> CallRecord {
-    let mut d = Decision {
+    let d = Decision {
         micros: 3,
         ..Decision::new(p, outcome, reason)
-    };
-    if let Some((v, t, u)) = measured {
-        d = d.measured(v, t, u);
     }
+    .measured(value, threshold, unit);
     let keep = c
         .decisions
         .iter()
@@ -176,11 +179,9 @@ fn injected(mut c: CallRecord, prompt: &str) -> CallRecord {
     c.request_sha256 = sha(&c.request_body);
     blocked(
         c,
-        policy::PROMPT_INJECTION,
-        Outcome::Block,
-        400,
+        INJECTION,
         "the prompt matches the injection pattern 'ignore previous instructions'",
-        Some((1.0, 1.0, "patterns")),
+        (1.0, 1.0, "patterns"),
     )
 }
 
@@ -259,19 +260,15 @@ impl Iterator for CallStream {
             0..=9 => injected(c, INJECTIONS[r.random_range(0..INJECTIONS.len())]),
             10..=24 => blocked(
                 c,
-                policy::RATE_LIMIT,
-                Outcome::Throttle,
-                429,
+                RATE_LIMITED,
                 "101 requests in the last minute, above the limit of 100 per key",
-                Some((101.0, 100.0, "requests/min")),
+                (101.0, 100.0, "requests/min"),
             ),
             25..=29 => blocked(
                 c,
-                policy::BUDGET,
-                Outcome::Block,
-                402,
+                OVER_BUDGET,
                 "the day budget of $50.00 is spent",
-                Some((50.02, 50.0, "usd")),
+                (50.02, 50.0, "usd"),
             ),
             30..=39 => {
                 let mut c = c;
@@ -336,11 +333,9 @@ pub fn scenario(
             .map(|i| {
                 blocked(
                     base(i, &format!("cust_demo_{}", i % 4)),
-                    policy::RATE_LIMIT,
-                    Outcome::Throttle,
-                    429,
+                    RATE_LIMITED,
                     "over the limit of 100 requests per minute for this key",
-                    Some((101.0 + i as f64, 100.0, "requests/min")),
+                    (101.0 + i as f64, 100.0, "requests/min"),
                 )
             })
             .collect(),
@@ -348,11 +343,9 @@ pub fn scenario(
             .map(|i| {
                 blocked(
                     base(i, &format!("cust_demo_{i}")),
-                    policy::BUDGET,
-                    Outcome::Block,
-                    402,
+                    OVER_BUDGET,
                     "the day budget of $25.00 is spent",
-                    Some((25.0 + i as f64 * 0.4, 25.0, "usd")),
+                    (25.0 + i as f64 * 0.4, 25.0, "usd"),
                 )
             })
             .collect(),

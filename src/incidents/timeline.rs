@@ -74,21 +74,25 @@ pub struct CallTimeline {
     pub root_cause: String,
 }
 
-fn at_offset(start: Timestamp, us: i64) -> Timestamp {
-    Timestamp::from_millis(start.millis() + us / 1000)
-}
-
 /// Input received → each check's decision → the upstream call → the output → root cause.
 pub fn for_call(call: &CallRecord) -> CallTimeline {
     let t0 = call.created_at;
-    let mut steps = Vec::new();
+    let step = |us: i64, kind, title: String, detail: String| Step {
+        call_id: Some(call.id.to_string()),
+        ..Step::new(
+            Timestamp::from_millis(t0.millis() + us / 1000),
+            us,
+            kind,
+            title,
+            detail,
+        )
+    };
     let who = call
         .end_user
         .as_deref()
         .map(|u| format!(", end user {u}"))
         .unwrap_or_default();
-    steps.push(Step::new(
-        t0,
+    let mut steps = vec![step(
         0,
         "input",
         "Request received".into(),
@@ -106,26 +110,26 @@ pub fn for_call(call: &CallRecord) -> CallTimeline {
             }
         )
         .replace("  ", " "),
-    ));
+    )];
     let mut offset = 0i64;
     for d in &call.decisions {
         offset += i64::from(d.micros);
-        let mut s = Step::new(
-            at_offset(t0, offset),
-            offset,
-            "decision",
-            format!("{}: {}", rule_name(&d.policy), d.outcome),
-            decision_detail(d),
-        );
-        s.policy = Some(d.policy.clone());
-        s.outcome = Some(d.outcome);
-        s.value = d.value;
-        s.threshold = d.threshold;
-        s.unit = d.unit.clone();
-        steps.push(s);
+        steps.push(Step {
+            policy: Some(d.policy.clone()),
+            outcome: Some(d.outcome),
+            value: d.value,
+            threshold: d.threshold,
+            unit: d.unit.clone(),
+            ..step(
+                offset,
+                "decision",
+                format!("{}: {}", rule_name(&d.policy), d.outcome),
+                decision_detail(d),
+            )
+        });
     }
     let enforcement = call.enforcement_us.max(offset);
-    match call.upstream_latency_us {
+    steps.push(match call.upstream_latency_us {
         Some(up) => {
             let mut detail = format!(
                 "{} attempt{} to {}, {:.1} ms",
@@ -140,16 +144,9 @@ pub fn for_call(call: &CallRecord) -> CallTimeline {
                     call.error.as_deref().unwrap_or("no answer")
                 ));
             }
-            steps.push(Step::new(
-                at_offset(t0, enforcement + up),
-                enforcement + up,
-                "upstream",
-                "Upstream call".into(),
-                detail,
-            ));
+            step(enforcement + up, "upstream", "Upstream call".into(), detail)
         }
-        None => steps.push(Step::new(
-            at_offset(t0, enforcement),
+        None => step(
             enforcement,
             "upstream",
             "Upstream not called".into(),
@@ -157,8 +154,8 @@ pub fn for_call(call: &CallRecord) -> CallTimeline {
                 Some(p) => format!("stopped by {} before the upstream", rule_name(p)),
                 None => "the call ended before the upstream was asked".into(),
             },
-        )),
-    }
+        ),
+    });
     let tokens = call
         .total_tokens
         .map(|t| format!(", {t} tokens"))
@@ -170,8 +167,7 @@ pub fn for_call(call: &CallRecord) -> CallTimeline {
         }
         None => String::new(),
     };
-    steps.push(Step::new(
-        at_offset(t0, call.latency_us),
+    steps.push(step(
         call.latency_us,
         "output",
         format!("Answered {}", call.status),
@@ -182,22 +178,17 @@ pub fn for_call(call: &CallRecord) -> CallTimeline {
         ),
     ));
     let root_cause = root_cause(call);
-    steps.push(Step::new(
-        at_offset(t0, call.latency_us),
+    steps.push(step(
         call.latency_us,
         "root_cause",
         "Root cause".into(),
         root_cause.clone(),
     ));
-    let mut t = CallTimeline {
+    CallTimeline {
         call_id: call.id.to_string(),
         steps,
         root_cause,
-    };
-    for s in &mut t.steps {
-        s.call_id = Some(call.id.to_string());
     }
-    t
 }
 
 /// One plain statement: which policy, which value, what should have happened.
@@ -363,29 +354,29 @@ pub fn for_incident_naming(
     let mut problem: Vec<(i64, u8, Step)> = Vec::new();
     let mut response: Vec<(i64, u8, Step)> = Vec::new();
     for s in signals {
-        let mut step = Step::new(
-            s.at,
-            off(s.at),
-            "signal",
-            format!("{} signal", rule_name(&s.rule)),
-            s.detail.clone(),
-        );
-        step.policy = Some(s.rule.clone());
-        step.call_id = s.call_id.as_ref().map(ToString::to_string);
+        let title = format!("{} signal", rule_name(&s.rule));
+        let step = Step {
+            policy: Some(s.rule.clone()),
+            call_id: s.call_id.as_ref().map(ToString::to_string),
+            ..Step::new(s.at, off(s.at), "signal", title, s.detail.clone())
+        };
         problem.push((s.at.millis(), 1, step));
     }
     for e in events {
         let detail = event_sentence(e, people);
-        let mut step = Step::new(e.at, off(e.at), "event", event_title(e.kind).into(), detail);
-        step.actor = Some(e.actor.clone());
-        step.actor_email = people.email(&e.actor).map(str::to_owned);
+        let step = Step {
+            actor: Some(e.actor.clone()),
+            actor_email: people.email(&e.actor).map(str::to_owned),
+            ..Step::new(e.at, off(e.at), "event", event_title(e.kind).into(), detail)
+        };
         // An "opened" event sorts before the signal that opened it.
         let order = if e.kind == EventKind::Opened { 0 } else { 2 };
-        if part_of_the_problem(e.kind) {
-            problem.push((e.at.millis(), order, step));
+        let list = if part_of_the_problem(e.kind) {
+            &mut problem
         } else {
-            response.push((e.at.millis(), order, step));
-        }
+            &mut response
+        };
+        list.push((e.at.millis(), order, step));
     }
     problem.sort_by_key(|(at, order, _)| (*at, *order));
     response.sort_by_key(|(at, order, _)| (*at, *order));
@@ -451,31 +442,26 @@ fn field(v: &Option<serde_json::Value>, name: &str, people: &People) -> String {
 
 fn event_sentence(e: &IncidentEvent, people: &People) -> String {
     let by = people.show(&e.actor);
-    match e.kind {
-        EventKind::Opened => e.note.clone().unwrap_or_default(),
+    let changed = match e.kind {
+        EventKind::Opened => return e.note.clone().unwrap_or_default(),
         // The engine reopens on recurrence and says why; a person reopens by hand.
-        EventKind::Reopened if e.actor == SYSTEM => e.note.clone().unwrap_or_default(),
-        EventKind::Escalated | EventKind::SeverityChanged => format!(
-            "{} → {} by {by}",
-            field(&e.before, "severity", people),
-            field(&e.after, "severity", people),
-        ),
-        EventKind::Acknowledged | EventKind::Resolved | EventKind::Reopened => format!(
-            "{} → {} by {by}",
-            field(&e.before, "status", people),
-            field(&e.after, "status", people),
-        ),
-        EventKind::Assigned => format!(
-            "{} → {} by {by}",
-            field(&e.before, "assignee", people),
-            field(&e.after, "assignee", people),
-        ),
-        _ => e
-            .note
-            .as_deref()
-            .map(|n| people.rewrite(n))
-            .unwrap_or_else(|| format!("by {by}")),
-    }
+        EventKind::Reopened if e.actor == SYSTEM => return e.note.clone().unwrap_or_default(),
+        EventKind::Escalated | EventKind::SeverityChanged => "severity",
+        EventKind::Acknowledged | EventKind::Resolved | EventKind::Reopened => "status",
+        EventKind::Assigned => "assignee",
+        _ => {
+            return e
+                .note
+                .as_deref()
+                .map(|n| people.rewrite(n))
+                .unwrap_or_else(|| format!("by {by}"));
+        }
+    };
+    format!(
+        "{} → {} by {by}",
+        field(&e.before, changed, people),
+        field(&e.after, changed, people),
+    )
 }
 
 /// The actor of what the incident engine itself did.
@@ -536,11 +522,12 @@ pub fn summary_text(parts: &[SummaryPart]) -> String {
         .collect()
 }
 
-fn plural(n: i64, one: &str, many: &str) -> String {
+/// "1 call", "3 calls".
+pub(crate) fn plural(n: i64, what: &str) -> String {
     if n == 1 {
-        format!("1 {one}")
+        format!("1 {what}")
     } else {
-        format!("{n} {many}")
+        format!("{n} {what}s")
     }
 }
 
@@ -584,10 +571,10 @@ pub fn summary_parts(
     ];
     let mut impact: Vec<String> = Vec::new();
     if incident.call_count > 0 {
-        impact.push(plural(incident.call_count, "call", "calls"));
+        impact.push(plural(incident.call_count, "call"));
     }
     if incident.end_user_count > 0 {
-        impact.push(plural(incident.end_user_count, "end user", "end users"));
+        impact.push(plural(incident.end_user_count, "end user"));
     }
     if incident.cost.nanos() > 0 {
         impact.push(format!("{} of known cost", incident.cost.readable()));
@@ -601,29 +588,21 @@ pub fn summary_parts(
     let after = |e: &IncidentEvent| duration(e.at.millis() - incident.created_at.millis());
     for e in events {
         let by = people.show(&e.actor);
-        match e.kind {
-            EventKind::Acknowledged => {
-                done.push(format!("acknowledged by {by} after {}", after(e)))
+        done.push(match e.kind {
+            EventKind::Reopened if e.actor == SYSTEM => "reopened when the problem recurred".into(),
+            // "acknowledged by … after …", "resolved by …", "reopened by …".
+            EventKind::Acknowledged | EventKind::Resolved | EventKind::Reopened => {
+                format!("{} by {by} after {}", e.kind, after(e))
             }
-            EventKind::KillSwitch => done.push(
-                e.note
-                    .as_deref()
-                    .map(|n| people.rewrite(n))
-                    .unwrap_or_else(|| "kill switch used".into()),
-            ),
-            EventKind::Resolved => done.push(format!("resolved by {by} after {}", after(e))),
-            EventKind::Reopened if e.actor == SYSTEM => {
-                done.push("reopened when the problem recurred".into())
-            }
-            EventKind::Reopened => done.push(format!("reopened by {by} after {}", after(e))),
-            EventKind::AlertSent => {
-                done.push(e.note.clone().unwrap_or_else(|| "alert sent".into()))
-            }
-            EventKind::Merged => {
-                done.push(format!("{} by {by}", e.note.as_deref().unwrap_or("merged")))
-            }
-            _ => {}
-        }
+            EventKind::KillSwitch => e
+                .note
+                .as_deref()
+                .map(|n| people.rewrite(n))
+                .unwrap_or_else(|| "kill switch used".into()),
+            EventKind::AlertSent => e.note.clone().unwrap_or_else(|| "alert sent".into()),
+            EventKind::Merged => format!("{} by {by}", e.note.as_deref().unwrap_or("merged")),
+            _ => continue,
+        });
     }
     let done = if done.is_empty() {
         match incident.status {
