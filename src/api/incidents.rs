@@ -26,6 +26,21 @@ fn incident_id(raw: &str) -> Result<IncidentId, ApiError> {
     path_id("incident", raw, IncidentId::parse)
 }
 
+/// One incident of the caller's tenant: 404 when it has none such (or `raw` is no id).
+pub(crate) async fn load_incident(
+    state: &AppState,
+    caller: &Caller,
+    raw: &str,
+) -> Result<Incident, ApiError> {
+    let id = incident_id(raw)?;
+    state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            store.get_incident(Some(tenant), &id)
+        })
+        .await
+        .map_err(missing("incident", raw))
+}
+
 /// An incident as answered: its fields, and `assignee_email` when the assignee is a
 /// person known by id.
 fn incident_json(incident: &Incident, people: &People) -> Result<Value, ApiError> {
@@ -117,23 +132,17 @@ fn merge_query(filter: &mut IncidentFilter, text: &str) -> Result<(), ApiError> 
     use crate::domain::search::{SearchQuery, merge_filter, narrower};
     let q = SearchQuery::parse(text, crate::domain::Timestamp::now())
         .map_err(|e| ApiError::new(Code::InvalidQuery, e.0))?;
-    let refuse = |what: &str| {
-        Err(ApiError::new(
+    let calls_only = [
+        ("session", q.session_id.is_some()),
+        ("model", q.model.is_some()),
+        ("status", q.status.is_some()),
+        ("blocked", q.blocked.is_some()),
+    ];
+    if let Some((what, _)) = calls_only.iter().find(|(_, given)| *given) {
+        return Err(ApiError::new(
             Code::InvalidQuery,
             format!("'{what}:' filters calls, not incidents; search calls with GET /v1/calls?q=…"),
-        ))
-    };
-    if q.session_id.is_some() {
-        return refuse("session");
-    }
-    if q.model.is_some() {
-        return refuse("model");
-    }
-    if q.status.is_some() {
-        return refuse("status");
-    }
-    if q.blocked.is_some() {
-        return refuse("blocked");
+        ));
     }
     let bad = |e: crate::domain::ParseError| ApiError::new(Code::InvalidQuery, e.0);
     merge_filter("state", &mut filter.status, q.state).map_err(bad)?;

@@ -9,7 +9,7 @@ use super::audit::{Console, ConsoleChange, by_person, record};
 use super::error::{ApiError, optional_json, path_id};
 use super::names::usd;
 use super::page;
-use super::v1::parse_time;
+use super::v1::{query_time, query_value};
 use crate::api::state::AppState;
 use crate::domain::audit::AuditAction;
 use crate::domain::incident::{IncidentFilter, IncidentStatus, Severity};
@@ -317,18 +317,9 @@ pub async fn incidents(
 ) -> Result<HttpResponse, ApiError> {
     let user = operator(&state, &req).await?;
     let q = q.into_inner();
-    let bad = |e: crate::domain::ParseError| ApiError::new(Code::InvalidQuery, e.0);
     let filter = IncidentFilter {
-        severity: given(q.severity)
-            .as_deref()
-            .map(Severity::parse)
-            .transpose()
-            .map_err(bad)?,
-        status: given(q.status)
-            .as_deref()
-            .map(IncidentStatus::parse)
-            .transpose()
-            .map_err(bad)?,
+        severity: query_value(given(q.severity).as_deref(), Severity::parse)?,
+        status: query_value(given(q.status).as_deref(), IncidentStatus::parse)?,
         ..IncidentFilter::default()
     };
     let tenant = named_tenant(&state, &req, &user, q.tenant).await?;
@@ -402,12 +393,8 @@ pub async fn enforcement(
             .map(crate::domain::search::parse_policy)
             .transpose()
             .map_err(|e| ApiError::new(Code::InvalidQuery, e.0).param("policy"))?,
-        since: given(q.since)
-            .map(|s| parse_time("since", &s))
-            .transpose()?,
-        until: given(q.until)
-            .map(|s| parse_time("until", &s))
-            .transpose()?,
+        since: query_time("since", given(q.since).as_deref())?,
+        until: query_time("until", given(q.until).as_deref())?,
     };
     let cursor = page::cursor(given(q.cursor).as_deref(), CallCursor::decode)?;
     let limit = q

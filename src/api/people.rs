@@ -17,7 +17,7 @@ use super::error::{ApiError, path_id, required_json};
 use super::session::{COOKIE, person_json, sha256_hex, sign_in};
 use crate::api::state::AppState;
 use crate::domain::audit::{Actor, AuditAction};
-use crate::domain::user::{Email, Invitation, NewUser, PasswordHash, Role};
+use crate::domain::user::{Email, Invitation, NewUser, PasswordHash, Role, User};
 use crate::domain::{InvitationId, Timestamp, UserId};
 use crate::error::Code;
 use crate::ops::people::{Change, Manager, PeopleError};
@@ -77,31 +77,22 @@ pub async fn setup(
         ));
     }
     state.setup.take(&body.token)?;
-    let password = match password_field(body.password, "password").await {
-        Ok(p) => p,
-        Err(e) => {
-            // Nothing was made: the link still works.
-            state.setup.put_back(&body.token);
-            return Err(e);
-        }
+    let create = async {
+        let user = NewUser {
+            id: UserId::generate(),
+            email,
+            password: password_field(body.password, "password").await?,
+            role: Role::Operator,
+            tenant_id: None,
+            created_at: Timestamp::now(),
+        };
+        let store = state.store.clone();
+        Ok::<_, ApiError>(run_blocking(move || store.create_user(&user)).await?)
     };
-    let user = NewUser {
-        id: UserId::generate(),
-        email,
-        password,
-        role: Role::Operator,
-        tenant_id: None,
-        created_at: Timestamp::now(),
-    };
-    let store = state.store.clone();
-    let created = match run_blocking(move || store.create_user(&user)).await {
-        Ok(u) => u,
-        Err(e) => {
-            // Nothing was made: the link still works.
-            state.setup.put_back(&body.token);
-            return Err(e.into());
-        }
-    };
+    // Nothing was made when this fails: the link still works.
+    let created = create
+        .await
+        .inspect_err(|_| state.setup.put_back(&body.token))?;
     record(
         &state,
         by_person(
@@ -155,11 +146,8 @@ pub async fn change_password(
     Ok(HttpResponse::Ok().json(json!({"changed": true})))
 }
 
-/// An owner of the tenant, or the operator.
-async fn people_manager(
-    state: &AppState,
-    req: &HttpRequest,
-) -> Result<(crate::domain::user::User, crate::domain::TenantId), ApiError> {
+/// The signed-in person when they may manage people: an owner, or the operator.
+async fn in_charge(state: &AppState, req: &HttpRequest) -> Result<User, ApiError> {
     let user = person(state, req).await?;
     if !matches!(user.role, Role::Owner | Role::Operator) {
         return Err(ApiError::new(
@@ -167,6 +155,15 @@ async fn people_manager(
             "only the tenant's owner (or the operator) manages its people",
         ));
     }
+    Ok(user)
+}
+
+/// An owner of the tenant, or the operator, and the tenant.
+async fn people_manager(
+    state: &AppState,
+    req: &HttpRequest,
+) -> Result<(User, crate::domain::TenantId), ApiError> {
+    let user = in_charge(state, req).await?;
     let tenant = tenant_for(state, req, &user, None).await?;
     Ok((user, tenant))
 }
@@ -342,19 +339,12 @@ pub async fn accept(
 /// Who manages people, and whose: an owner their tenant's people; the operator everyone,
 /// or with the `x-agv-tenant` header that tenant's people only.
 async fn manager(state: &AppState, req: &HttpRequest, source: Source) -> Result<Manager, ApiError> {
-    let user = person(state, req).await?;
-    let scope = match user.role {
-        Role::Owner => Some(tenant_for(state, req, &user, None).await?),
-        Role::Operator if req.headers().contains_key(super::access::TENANT_HEADER) => {
-            Some(tenant_for(state, req, &user, None).await?)
-        }
-        Role::Operator => None,
-        Role::Admin | Role::Viewer => {
-            return Err(ApiError::new(
-                Code::RoleNotAllowed,
-                "only the tenant's owner (or the operator) manages its people",
-            ));
-        }
+    let user = in_charge(state, req).await?;
+    let everyone =
+        user.role == Role::Operator && !req.headers().contains_key(super::access::TENANT_HEADER);
+    let scope = match everyone {
+        true => None,
+        false => Some(tenant_for(state, req, &user, None).await?),
     };
     Ok(Manager {
         actor: Actor::User(user.id),
