@@ -46,8 +46,9 @@ async fn load_route(
 
 #[get("/v1/alerts/routes")]
 pub async fn list_routes((state, AdminKey(caller)): AdminCall) -> Result<HttpResponse, ApiError> {
-    let store = state.store.clone();
-    let routes = run_blocking(move || store.list_alert_routes(&caller.tenant_id)).await?;
+    let routes = state
+        .with_store(move |store| store.list_alert_routes(&caller.tenant_id))
+        .await?;
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": routes})))
 }
 
@@ -182,17 +183,17 @@ pub async fn create_route(
         url_ciphertext: seal(url.as_str())?,
         secret_ciphertext: secret.as_deref().map(seal).transpose()?,
     };
-    let store = state.store.clone();
     let to_store = route.clone();
-    run_blocking(move || {
-        if store.list_alert_routes(&to_store.tenant_id)?.len() >= MAX_ROUTES {
-            return Err(StoreError::Conflict(format!(
-                "a tenant may have at most {MAX_ROUTES} alert routes; delete one first"
-            )));
-        }
-        store.create_alert_route(&to_store)
-    })
-    .await?;
+    state
+        .with_store(move |store| {
+            if store.list_alert_routes(&to_store.tenant_id)?.len() >= MAX_ROUTES {
+                return Err(StoreError::Conflict(format!(
+                    "a tenant may have at most {MAX_ROUTES} alert routes; delete one first"
+                )));
+            }
+            store.create_alert_route(&to_store)
+        })
+        .await?;
     let mut out = serde_json::to_value(&route).map_err(ApiError::internal)?;
     record(
         &state,
@@ -297,9 +298,10 @@ pub async fn update_route(
         let name = Some(checked_name(b.name)?).filter(|n| !n.is_empty());
         route.name = name.unwrap_or_else(|| route.target.clone());
     }
-    let store = state.store.clone();
     let to_store = route.clone();
-    let updated = run_blocking(move || store.update_alert_route(&to_store)).await?;
+    let updated = state
+        .with_store(move |store| store.update_alert_route(&to_store))
+        .await?;
     if !updated {
         return Err(no_route(&path));
     }

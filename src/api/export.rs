@@ -85,9 +85,6 @@ pub async fn export(
     .await;
     Ok(HttpResponse::Ok()
         .content_type(file.content_type)
-        .insert_header((
-            "Content-Disposition",
-            format!("attachment; filename=\"{}\"", file.filename),
-        ))
+        .insert_header(super::page::attachment(&file.filename))
         .body(file.bytes))
 }

@@ -6,7 +6,7 @@ use super::auth::by_key;
 use super::auth::{AdminAction, AdminCall, AdminKey, Caller};
 use super::error::{ApiError, missing, optional_json, path_id};
 use super::page;
-use super::v1::{query_time, query_value};
+use super::v1::{given, query_time, query_value};
 use crate::api::state::AppState;
 use crate::domain::audit::AuditAction;
 use crate::domain::incident::{Change, IncidentCursor, IncidentFilter};
@@ -279,8 +279,6 @@ async fn apply_change(
     change: Change,
 ) -> Result<Done, ApiError> {
     let id = incident_id(raw_id)?;
-    let store = state.store.clone();
-    let tenant = caller.tenant_id.clone();
     let who = caller.label();
     let action = match &change {
         Change::Acknowledge => AuditAction::IncidentAck,
@@ -297,25 +295,26 @@ async fn apply_change(
         Change::Reopen => Some(crate::domain::alert::Reason::Reopened),
         _ => None,
     };
-    let (before, incident, event, people) = run_blocking(move || {
-        let before = store.get_incident(Some(&tenant), &id)?;
-        let (incident, event) = store.change_incident(
-            Some(&tenant),
-            &id,
-            &change,
-            &who,
-            crate::domain::Timestamp::now(),
-        )?;
-        let people = People::of_incidents(
-            store.as_ref(),
-            &tenant,
-            &[&incident],
-            std::slice::from_ref(&event),
-        )?;
-        Ok::<_, crate::store::StoreError>((before, incident, event, people))
-    })
-    .await
-    .map_err(missing("incident", raw_id))?;
+    let (before, incident, event, people) = state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            let before = store.get_incident(Some(tenant), &id)?;
+            let (incident, event) = store.change_incident(
+                Some(tenant),
+                &id,
+                &change,
+                &who,
+                crate::domain::Timestamp::now(),
+            )?;
+            let people = People::of_incidents(
+                store.as_ref(),
+                tenant,
+                &[&incident],
+                std::slice::from_ref(&event),
+            )?;
+            Ok::<_, crate::store::StoreError>((before, incident, event, people))
+        })
+        .await
+        .map_err(missing("incident", raw_id))?;
     if let Some(reason) = tell_routes.filter(|_| before.status != incident.status) {
         tell_routes_of(state, &incident, reason).await;
     }
@@ -595,10 +594,7 @@ pub async fn assign(
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body: AssignBody = optional_json(&raw)?.unwrap_or_default();
-    let who = body
-        .assignee
-        .map(|a| a.trim().to_owned())
-        .filter(|a| !a.is_empty());
+    let who = given(body.assignee);
     if who.as_ref().is_some_and(|a| a.len() > 256) {
         return Err(ApiError::new(
             Code::InvalidAssignee,
@@ -669,12 +665,12 @@ pub async fn simulate(
     )
     .map_err(|e| ApiError::new(Code::InvalidScenario, e.0))?;
     let call_ids: Vec<String> = calls.iter().map(|c| c.id.to_string()).collect();
-    let store = state.store.clone();
-    let applied = run_blocking(move || {
-        store.insert_calls(&calls)?;
-        store.apply_signals(&signals)
-    })
-    .await?;
+    let applied = state
+        .with_store(move |store| {
+            store.insert_calls(&calls)?;
+            store.apply_signals(&signals)
+        })
+        .await?;
     let mut incident_ids: Vec<String> = Vec::new();
     for a in &applied {
         let id = a.incident_id.to_string();

@@ -123,9 +123,6 @@ pub async fn download(
         })?;
     Ok(HttpResponse::Ok()
         .content_type(content_type)
-        .insert_header((
-            header::CONTENT_DISPOSITION,
-            format!("attachment; filename=\"{filename}\""),
-        ))
+        .insert_header(super::page::attachment(&filename))
         .body(bytes))
 }
