@@ -251,14 +251,10 @@ pub async fn current(state: &AppState, req: &HttpRequest) -> Result<(User, Strin
         .ok_or_else(|| unauthorized("sign in first (POST /api/auth/login)"))?;
     let hash = sha256_hex(&token);
     let user = state
-        .with_store(
-            move |store| -> Result<Option<User>, crate::store::StoreError> {
-                match store.find_session(&hash, Timestamp::now())? {
-                    Some(s) => Ok(Some(store.get_user(&s.user_id)?)),
-                    None => Ok(None),
-                }
-            },
-        )
+        .with_store(move |store| {
+            let session = store.find_session(&hash, Timestamp::now())?;
+            session.map(|s| store.get_user(&s.user_id)).transpose()
+        })
         .await?
         .ok_or_else(|| unauthorized("the session has expired or was signed out; sign in again"))?;
     Ok((user, token))
