@@ -14,7 +14,7 @@ use super::audit::{Console, ConsoleChange};
 use super::error::ApiError;
 use super::names::usd;
 use super::session::current;
-use super::v1::parse_time;
+use super::v1::{given, query_time};
 use crate::api::state::AppState;
 use crate::domain::decision::policy;
 use crate::domain::user::Role;
@@ -278,9 +278,7 @@ pub async fn usage_history(
     let (_, tenant) = acting(&state, &req).await?;
     let q = q.into_inner();
     let time = |field: &str, v: Option<String>| {
-        v.filter(|s| !s.trim().is_empty())
-            .map(|s| parse_time(field, s.trim()).map(Timestamp::millis))
-            .transpose()
+        query_time(field, given(v).as_deref()).map(|t| t.map(Timestamp::millis))
     };
     let ceil_day = |t: i64| t + (DAY - t.rem_euclid(DAY)) % DAY;
     let until = ceil_day(time("until", q.until)?.unwrap_or_else(|| Timestamp::now().millis()));
