@@ -310,38 +310,38 @@ impl Application {
                 shutdown_rx,
             ));
         }
-        let mut schedule = vec![ScheduleEntry {
-            name: "housekeeping".into(),
-            cron: settings.housekeeping_cron.clone(),
-            kind: HOUSEKEEPING.into(),
-            payload: serde_json::json!({}),
-        }];
-        for (name, cron, kind) in [
+        let schedule: Vec<ScheduleEntry> = [
+            (
+                "housekeeping",
+                Some(&settings.housekeeping_cron),
+                HOUSEKEEPING,
+            ),
             (
                 "backup",
-                &settings.backup_cron,
+                settings.backup_cron.as_ref(),
                 crate::ops::scheduled::BACKUP,
             ),
             (
                 "backup verify",
-                &settings.backup_verify_cron,
+                settings.backup_verify_cron.as_ref(),
                 crate::ops::scheduled::BACKUP_VERIFY,
             ),
             (
                 "retention",
-                &settings.retention_cron,
+                settings.retention_cron.as_ref(),
                 crate::ops::retention::RETENTION,
             ),
-        ] {
-            if let Some(cron) = cron {
-                schedule.push(ScheduleEntry {
-                    name: name.into(),
-                    cron: cron.clone(),
-                    kind: kind.into(),
-                    payload: serde_json::json!({}),
-                });
-            }
-        }
+        ]
+        .into_iter()
+        .filter_map(|(name, cron, kind)| {
+            Some(ScheduleEntry {
+                name: name.into(),
+                cron: cron?.clone(),
+                kind: kind.into(),
+                payload: serde_json::json!({}),
+            })
+        })
+        .collect();
         let claimer = crate::jobs::scheduler::Claimer {
             store: store.clone(),
             instance: state.instance.clone(),
@@ -722,9 +722,10 @@ fn spawn_change_listener(
 }
 
 async fn apply_changes(state: &AppState) -> Result<(), crate::store::StoreError> {
-    let store = state.store.clone();
     let since = state.change_seq.load(Ordering::Relaxed);
-    let changes = run_blocking(move || store.changes_since(since, 1000)).await?;
+    let changes = state
+        .with_store(move |store| store.changes_since(since, 1000))
+        .await?;
     let Some(last) = changes.last() else {
         return Ok(());
     };
@@ -734,15 +735,18 @@ async fn apply_changes(state: &AppState) -> Result<(), crate::store::StoreError>
     if changes.iter().any(|c| c.topic == "killswitch") {
         crate::proxy::killswitch::reload(&state.proxy.guard, &state.store).await?;
     }
-    for tenant in changes
-        .iter()
-        .filter(|c| c.topic == "policy")
-        .filter_map(|c| TenantId::parse(&c.ref_id).ok())
-    {
-        let store = state.store.clone();
-        let t = tenant.clone();
+    // The tenants whose `topic` changed.
+    let tenants = |topic: &'static str| {
+        changes
+            .iter()
+            .filter(move |c| c.topic == topic)
+            .filter_map(|c| TenantId::parse(&c.ref_id).ok())
+    };
+    for tenant in tenants("policy") {
         let _applying = state.settings_lock.lock().await;
-        let overrides = run_blocking(move || store.get_tenant_policy(&t)).await?;
+        let overrides = state
+            .with_tenant(&tenant, |store, t| store.get_tenant_policy(t))
+            .await?;
         match PolicyConfig::with_overrides(&overrides.unwrap_or_else(|| serde_json::json!({}))) {
             Ok(cfg) => apply_policy(&state.proxy.guard, &state.store, &tenant, cfg).await,
             Err(e) => {
@@ -754,9 +758,10 @@ async fn apply_changes(state: &AppState) -> Result<(), crate::store::StoreError>
         .iter()
         .any(|c| c.topic == "upstream" && c.ref_id == crate::store::INSTANCE_UPSTREAM_REF)
     {
-        let store = state.store.clone();
         let _applying = state.settings_lock.lock().await;
-        let row = run_blocking(move || store.get_instance_upstream()).await?;
+        let row = state
+            .with_store(move |store| store.get_instance_upstream())
+            .await?;
         install_instance_upstream(
             &state.proxy,
             &state.master_key,
@@ -764,15 +769,11 @@ async fn apply_changes(state: &AppState) -> Result<(), crate::store::StoreError>
             row.as_ref(),
         );
     }
-    for tenant in changes
-        .iter()
-        .filter(|c| c.topic == "upstream")
-        .filter_map(|c| TenantId::parse(&c.ref_id).ok())
-    {
-        let store = state.store.clone();
-        let t = tenant.clone();
+    for tenant in tenants("upstream") {
         let _applying = state.settings_lock.lock().await;
-        let row = run_blocking(move || store.get_tenant_upstream(&t)).await?;
+        let row = state
+            .with_tenant(&tenant, |store, t| store.get_tenant_upstream(t))
+            .await?;
         install_tenant_upstream(
             &state.proxy,
             &state.master_key,

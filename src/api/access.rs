@@ -118,6 +118,16 @@ pub async fn tenant_for(
     Ok(id)
 }
 
+/// The signed-in person and the tenant they act on. A viewer may only read.
+pub async fn acting(state: &AppState, req: &HttpRequest) -> Result<(User, TenantId), ApiError> {
+    let user = person(state, req).await?;
+    if !safe(req) && user.role == Role::Viewer {
+        return Err(role_not_allowed("change anything (viewers only read)"));
+    }
+    let tenant = tenant_for(state, req, &user, None).await?;
+    Ok((user, tenant))
+}
+
 /// The operator only.
 pub async fn operator(state: &AppState, req: &HttpRequest) -> Result<User, ApiError> {
     let user = person(state, req).await?;

@@ -46,8 +46,9 @@ async fn load_route(
 
 #[get("/v1/alerts/routes")]
 pub async fn list_routes((state, AdminKey(caller)): AdminCall) -> Result<HttpResponse, ApiError> {
-    let store = state.store.clone();
-    let routes = run_blocking(move || store.list_alert_routes(&caller.tenant_id)).await?;
+    let routes = state
+        .with_store(move |store| store.list_alert_routes(&caller.tenant_id))
+        .await?;
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": routes})))
 }
 
@@ -69,28 +70,60 @@ pub struct RouteBody {
     repeat_interval_seconds: Option<f64>,
 }
 
-fn millis(
-    field: &str,
-    secs: Option<f64>,
-    default: i64,
-    min: i64,
-    max: i64,
-) -> Result<i64, ApiError> {
-    let Some(s) = secs else {
-        return Ok(default);
-    };
-    let ms = (s * 1000.0).round();
-    if !ms.is_finite() || ms < min as f64 || ms > max as f64 {
+/// A route's group wait and repeat interval in milliseconds, from the seconds given; a
+/// value not given keeps its `current` one.
+fn timings(secs: [Option<f64>; 2], current: [i64; 2]) -> Result<[i64; 2], ApiError> {
+    let limits = [
+        ("group_wait_seconds", 0, MAX_GROUP_WAIT_MS),
+        (
+            "repeat_interval_seconds",
+            MIN_REPEAT_INTERVAL_MS,
+            MAX_REPEAT_INTERVAL_MS,
+        ),
+    ];
+    let mut out = current;
+    for ((field, min, max), (secs, out)) in limits.into_iter().zip(secs.into_iter().zip(&mut out)) {
+        let Some(s) = secs else { continue };
+        let ms = (s * 1000.0).round();
+        if !ms.is_finite() || ms < min as f64 || ms > max as f64 {
+            return Err(ApiError::new(
+                Code::InvalidRoute,
+                format!(
+                    "{field} must be between {} and {} seconds",
+                    min as f64 / 1000.0,
+                    max as f64 / 1000.0
+                ),
+            ));
+        }
+        *out = ms as i64;
+    }
+    Ok(out)
+}
+
+/// Seals a route's URL or secret with the master key, for the tenant.
+fn seal(state: &AppState, tenant: &TenantId, plain: &str) -> Result<String, ApiError> {
+    state
+        .master_key
+        .seal(tenant.as_str(), plain)
+        .map_err(ApiError::internal)
+}
+
+/// A route's URL, checked against the allowed hosts.
+async fn route_url(state: &AppState, raw: &str) -> Result<reqwest::Url, ApiError> {
+    check_route_url(raw, &state.settings.alert_webhook_allowed_hosts)
+        .await
+        .map_err(|e| ApiError::new(Code::InvalidWebhookUrl, e))
+}
+
+/// Refuses a `routing_key` on a route that is not PagerDuty.
+fn routing_key_fits(kind: RouteKind, given: &Option<String>) -> Result<(), ApiError> {
+    if given.is_some() && kind != RouteKind::PagerDuty {
         return Err(ApiError::new(
             Code::InvalidRoute,
-            format!(
-                "{field} must be between {} and {} seconds",
-                min as f64 / 1000.0,
-                max as f64 / 1000.0
-            ),
+            "routing_key is for pagerduty routes only",
         ));
     }
-    Ok(ms as i64)
+    Ok(())
 }
 
 #[post("/v1/alerts/routes")]
@@ -103,19 +136,9 @@ pub async fn create_route(
     let kind = RouteKind::parse(&b.kind).map_err(|e| invalid(e.0))?;
     let min_severity =
         Severity::parse(b.min_severity.as_deref().unwrap_or("medium")).map_err(|e| invalid(e.0))?;
-    let group_wait_ms = millis(
-        "group_wait_seconds",
-        b.group_wait_seconds,
-        DEFAULT_GROUP_WAIT_MS,
-        0,
-        MAX_GROUP_WAIT_MS,
-    )?;
-    let repeat_interval_ms = millis(
-        "repeat_interval_seconds",
-        b.repeat_interval_seconds,
-        DEFAULT_REPEAT_INTERVAL_MS,
-        MIN_REPEAT_INTERVAL_MS,
-        MAX_REPEAT_INTERVAL_MS,
+    let [group_wait_ms, repeat_interval_ms] = timings(
+        [b.group_wait_seconds, b.repeat_interval_seconds],
+        [DEFAULT_GROUP_WAIT_MS, DEFAULT_REPEAT_INTERVAL_MS],
     )?;
     let name = checked_name(b.name)?;
     let raw_url = match (kind, b.url) {
@@ -127,12 +150,8 @@ pub async fn create_route(
             ));
         }
     };
-    let url = check_route_url(&raw_url, &state.settings.alert_webhook_allowed_hosts)
-        .await
-        .map_err(|e| ApiError::new(Code::InvalidWebhookUrl, e))?;
-    if b.routing_key.is_some() && kind != RouteKind::PagerDuty {
-        return Err(invalid("routing_key is for pagerduty routes only".into()));
-    }
+    let url = route_url(&state, &raw_url).await?;
+    routing_key_fits(kind, &b.routing_key)?;
     let secret = match (kind, b.routing_key.or(b.secret)) {
         (kind, Some(s)) => Some(checked_secret(kind, &s)?),
         (RouteKind::PagerDuty, None) => {
@@ -147,23 +166,16 @@ pub async fn create_route(
             Some(format!("whsec_{}", hex::encode(bytes)))
         }
     };
-    let tenant = caller.tenant_id.clone();
-    let seal = |plain: &str| {
-        state
-            .master_key
-            .seal(tenant.as_str(), plain)
-            .map_err(ApiError::internal)
-    };
+    let seal = |plain: &str| seal(&state, &caller.tenant_id, plain);
+    let target = alert::display_target(&url);
     let route = AlertRoute {
         id: AlertRouteId::generate(),
-        tenant_id: tenant.clone(),
-        name: if name.is_empty() {
-            alert::display_target(&url)
-        } else {
-            name
-        },
+        tenant_id: caller.tenant_id.clone(),
+        name: Some(name)
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| target.clone()),
         kind,
-        target: alert::display_target(&url),
+        target,
         min_severity,
         group_wait_ms,
         repeat_interval_ms,
@@ -171,17 +183,17 @@ pub async fn create_route(
         url_ciphertext: seal(url.as_str())?,
         secret_ciphertext: secret.as_deref().map(seal).transpose()?,
     };
-    let store = state.store.clone();
     let to_store = route.clone();
-    run_blocking(move || {
-        if store.list_alert_routes(&to_store.tenant_id)?.len() >= MAX_ROUTES {
-            return Err(StoreError::Conflict(format!(
-                "a tenant may have at most {MAX_ROUTES} alert routes; delete one first"
-            )));
-        }
-        store.create_alert_route(&to_store)
-    })
-    .await?;
+    state
+        .with_store(move |store| {
+            if store.list_alert_routes(&to_store.tenant_id)?.len() >= MAX_ROUTES {
+                return Err(StoreError::Conflict(format!(
+                    "a tenant may have at most {MAX_ROUTES} alert routes; delete one first"
+                )));
+            }
+            store.create_alert_route(&to_store)
+        })
+        .await?;
     let mut out = serde_json::to_value(&route).map_err(ApiError::internal)?;
     record(
         &state,
@@ -263,39 +275,19 @@ pub async fn update_route(
     if let Some(s) = &b.min_severity {
         route.min_severity = Severity::parse(s).map_err(|e| invalid(e.0))?;
     }
-    route.group_wait_ms = millis(
-        "group_wait_seconds",
-        b.group_wait_seconds,
-        route.group_wait_ms,
-        0,
-        MAX_GROUP_WAIT_MS,
+    [route.group_wait_ms, route.repeat_interval_ms] = timings(
+        [b.group_wait_seconds, b.repeat_interval_seconds],
+        [route.group_wait_ms, route.repeat_interval_ms],
     )?;
-    route.repeat_interval_ms = millis(
-        "repeat_interval_seconds",
-        b.repeat_interval_seconds,
-        route.repeat_interval_ms,
-        MIN_REPEAT_INTERVAL_MS,
-        MAX_REPEAT_INTERVAL_MS,
-    )?;
-    let tenant = caller.tenant_id.clone();
-    let seal = |plain: &str| {
-        state
-            .master_key
-            .seal(tenant.as_str(), plain)
-            .map_err(ApiError::internal)
-    };
-    if b.routing_key.is_some() && route.kind != RouteKind::PagerDuty {
-        return Err(invalid("routing_key is for pagerduty routes only".into()));
-    }
+    let seal = |plain: &str| seal(&state, &caller.tenant_id, plain);
+    routing_key_fits(route.kind, &b.routing_key)?;
     if let Some(s) = b.routing_key.as_ref().or(b.secret.as_ref()) {
         route.secret_ciphertext = Some(seal(&checked_secret(route.kind, s)?)?);
     }
     // A name that was the URL's host follows a new URL unless a name is given.
     let named_after_target = route.name == route.target;
     if let Some(raw) = &b.url {
-        let url = check_route_url(raw, &state.settings.alert_webhook_allowed_hosts)
-            .await
-            .map_err(|e| ApiError::new(Code::InvalidWebhookUrl, e))?;
+        let url = route_url(&state, raw).await?;
         route.target = alert::display_target(&url);
         route.url_ciphertext = seal(url.as_str())?;
         if named_after_target {
@@ -303,16 +295,13 @@ pub async fn update_route(
         }
     }
     if b.name.is_some() {
-        let name = checked_name(b.name)?;
-        route.name = if name.is_empty() {
-            route.target.clone()
-        } else {
-            name
-        };
+        let name = Some(checked_name(b.name)?).filter(|n| !n.is_empty());
+        route.name = name.unwrap_or_else(|| route.target.clone());
     }
-    let store = state.store.clone();
     let to_store = route.clone();
-    let updated = run_blocking(move || store.update_alert_route(&to_store)).await?;
+    let updated = state
+        .with_store(move |store| store.update_alert_route(&to_store))
+        .await?;
     if !updated {
         return Err(no_route(&path));
     }

@@ -6,7 +6,6 @@ use crate::api::state::AppState;
 use crate::domain::audit::{Actor, AuditAction, NewAuditEntry};
 use crate::domain::user::User;
 use crate::domain::{TenantId, UserId};
-use crate::store::run_blocking;
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 use std::future::{Ready, ready};
 
@@ -78,9 +77,9 @@ pub fn on_own_account(user: &User, source: &Source, action: AuditAction) -> NewA
 /// Appends an entry on the blocking pool. A failure is logged (see
 /// `evidence::audit::record`) and does not fail the request: the change was made.
 pub async fn record(state: &AppState, entry: NewAuditEntry) {
-    let store = state.store.clone();
-    run_blocking(move || {
-        crate::evidence::audit::record(store.as_ref(), &entry);
-    })
-    .await;
+    state
+        .with_store(move |store| {
+            crate::evidence::audit::record(store.as_ref(), &entry);
+        })
+        .await;
 }

@@ -4,7 +4,7 @@
 use super::auth::{AdminCall, AdminKey};
 use super::error::ApiError;
 use super::page;
-use super::v1::{query_time, query_value};
+use super::v1::{given, query_time, query_value};
 use crate::domain::ParseError;
 use crate::domain::audit::{AuditAction, AuditEntry, AuditFilter};
 use crate::error::Code;
@@ -37,10 +37,7 @@ pub async fn list(
     let csv = page::wants_csv(q.format.as_deref())?;
     let store = state.store.clone();
     let tenant = caller.tenant_id.clone();
-    let actor = q
-        .actor
-        .map(|a| a.trim().to_owned())
-        .filter(|a| !a.is_empty());
+    let actor = given(q.actor);
     // A person is filtered by their email as well as by their id.
     let actor = match actor
         .as_deref()

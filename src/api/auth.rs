@@ -7,7 +7,7 @@
 //! clears the cache when it sees one, so a revoked key stops working within a second.
 //! Last-used times are collected in memory and written in batches, off the request path.
 
-use super::access::{ConsoleRequest, person, role_not_allowed, safe, tenant_for};
+use super::access::{ConsoleRequest, acting, safe};
 use super::error::ApiError;
 pub use super::key_cache::{AuthError, AuthFailure, CachedKey, KeyCache};
 use crate::api::state::AppState;
@@ -117,20 +117,8 @@ async fn authenticate(req: HttpRequest, required: Scope) -> Result<Caller, ApiEr
         ));
     }
     if required == Scope::Admin
-        && !matches!(
-            *req.method(),
-            actix_web::http::Method::GET
-                | actix_web::http::Method::HEAD
-                | actix_web::http::Method::OPTIONS
-        )
-        && let Some(by) = state
-            .proxy
-            .guard
-            .killswitch()
-            .tenant_status(&record.tenant_id)
-            .keys
-            .into_iter()
-            .find_map(|(k, by)| (k == record.id).then_some(by))
+        && !safe(&req)
+        && let Some(by) = key_freeze(&state, &record.tenant_id, &record.id)
     {
         return Err(ApiError::new(
             Code::KeyFrozenReadOnly,
@@ -141,6 +129,15 @@ async fn authenticate(req: HttpRequest, required: Scope) -> Result<Caller, ApiEr
         ));
     }
     Ok(Caller::from(record))
+}
+
+/// The freeze of one key of the tenant itself (not the tenant's), if any.
+pub(crate) fn key_freeze(state: &AppState, tenant: &TenantId, key: &KeyId) -> Option<FrozenBy> {
+    let status = state.proxy.guard.killswitch().tenant_status(tenant);
+    status
+        .keys
+        .into_iter()
+        .find_map(|(k, by)| (&k == key).then_some(by))
 }
 
 /// Any valid key (proxy or admin scope).
@@ -160,25 +157,23 @@ pub type AdminAction = (
     super::audit::Source,
 );
 
-impl FromRequest for ProxyKey {
-    type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+/// Each key extractor authenticates the request for its scope.
+macro_rules! key_extractors {
+    ($($extractor:ident: $scope:ident),*) => {$(
+        impl FromRequest for $extractor {
+            type Error = ApiError;
+            type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let req = req.clone();
-        Box::pin(async move { authenticate(req, Scope::Proxy).await.map(ProxyKey) })
-    }
+            fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+                let req = req.clone();
+                Box::pin(async move { authenticate(req, Scope::$scope).await.map($extractor) })
+            }
+        }
+    )*};
 }
 
-impl FromRequest for AdminKey {
-    type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+key_extractors!(ProxyKey: Proxy, AdminKey: Admin);
 
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let req = req.clone();
-        Box::pin(async move { authenticate(req, Scope::Admin).await.map(AdminKey) })
-    }
-}
 /// An entry for an action of an API key on its own tenant.
 pub fn by_key(
     caller: &Caller,
@@ -195,14 +190,19 @@ pub fn by_key(
     .source(source.0.clone())
 }
 
+/// An entry for an action of the caller on its tenant as a whole.
+pub fn on_own_tenant(
+    caller: &Caller,
+    source: &super::audit::Source,
+    action: AuditAction,
+) -> NewAuditEntry {
+    by_key(caller, source, action, caller.tenant_id.as_str())
+}
+
 /// A person acting on a tenant: the caller of a shared `/v1` endpoint under `/api`. A
 /// viewer may only read.
 pub async fn session_caller(state: &AppState, req: &HttpRequest) -> Result<Caller, ApiError> {
-    let user = person(state, req).await?;
-    if !safe(req) && user.role == Role::Viewer {
-        return Err(role_not_allowed("change anything (viewers only read)"));
-    }
-    let tenant = tenant_for(state, req, &user, None).await?;
+    let (user, tenant) = acting(state, req).await?;
     Ok(Caller {
         tenant_id: tenant,
         scope: Scope::Admin,

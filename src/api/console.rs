@@ -9,19 +9,19 @@
 //! `x-agv-tenant`. Console-only tenant views (overview, keys, usage and its history, live
 //! events) live here.
 
-use super::access::{TENANT_HEADER, field, person, role_not_allowed, tenant_for};
+use super::access::{TENANT_HEADER, acting, field, tenant_for};
 use super::audit::{Console, ConsoleChange};
 use super::error::ApiError;
 use super::names::usd;
 use super::session::current;
-use super::v1::parse_time;
+use super::v1::{given, query_time};
 use crate::api::state::AppState;
 use crate::domain::decision::policy;
-use crate::domain::user::{Role, User};
+use crate::domain::user::Role;
 use crate::domain::{Money, Scope, TenantId, Timestamp};
 use crate::error::Code;
 use crate::store::{UsageBy, UsageRow, run_blocking};
-use actix_web::{HttpRequest, HttpResponse, get, web};
+use actix_web::{HttpResponse, get, web};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -84,13 +84,6 @@ fn series_json(points: &[crate::store::SeriesPoint]) -> Value {
                    "tokens": p.tokens, "spend_usd": usd(p.cost_nanos)})
         })
         .collect()
-}
-
-/// A person's tenant for a read-only console view.
-async fn reader(state: &AppState, req: &HttpRequest) -> Result<(User, TenantId), ApiError> {
-    let user = person(state, req).await?;
-    let tenant = tenant_for(state, req, &user, None).await?;
-    Ok((user, tenant))
 }
 
 /// How far back the overview counts what the guardrails saved.
@@ -184,7 +177,7 @@ fn saved_json(
 
 #[get("/api/overview")]
 pub async fn overview((state, req): Console) -> Result<HttpResponse, ApiError> {
-    let (_, tenant) = reader(&state, &req).await?;
+    let (_, tenant) = acting(&state, &req).await?;
     let mut out = summary(&state, &tenant).await?;
     let now = Timestamp::now().millis();
     let hour_start = now - now.rem_euclid(HOUR);
@@ -226,7 +219,7 @@ pub async fn overview((state, req): Console) -> Result<HttpResponse, ApiError> {
 
 #[get("/api/usage")]
 pub async fn usage((state, req): Console) -> Result<HttpResponse, ApiError> {
-    let (_, tenant) = reader(&state, &req).await?;
+    let (_, tenant) = acting(&state, &req).await?;
     let now = Timestamp::now();
     let (_, month_start) = crate::guard::budget::period_starts(now);
     let by_model = state
@@ -282,12 +275,10 @@ pub async fn usage_history(
     (state, req): Console,
     q: web::Query<HistoryQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let (_, tenant) = reader(&state, &req).await?;
+    let (_, tenant) = acting(&state, &req).await?;
     let q = q.into_inner();
     let time = |field: &str, v: Option<String>| {
-        v.filter(|s| !s.trim().is_empty())
-            .map(|s| parse_time(field, s.trim()).map(Timestamp::millis))
-            .transpose()
+        query_time(field, given(v).as_deref()).map(|t| t.map(Timestamp::millis))
     };
     let ceil_day = |t: i64| t + (DAY - t.rem_euclid(DAY)) % DAY;
     let until = ceil_day(time("until", q.until)?.unwrap_or_else(|| Timestamp::now().millis()));
@@ -344,16 +335,6 @@ pub async fn usage_history(
     })))
 }
 
-/// A person who may change the tenant (not a viewer), and the tenant.
-async fn changer(state: &AppState, req: &HttpRequest) -> Result<(User, TenantId), ApiError> {
-    let user = person(state, req).await?;
-    if user.role == Role::Viewer {
-        return Err(role_not_allowed("change anything (viewers only read)"));
-    }
-    let tenant = tenant_for(state, req, &user, None).await?;
-    Ok((user, tenant))
-}
-
 fn key_json(
     k: &crate::domain::ApiKeyRecord,
     frozen: &[crate::domain::KeyId],
@@ -385,7 +366,7 @@ fn frozen_keys(state: &AppState, tenant: &TenantId) -> Vec<crate::domain::KeyId>
 
 #[get("/api/keys")]
 pub async fn list_keys((state, req): Console) -> Result<HttpResponse, ApiError> {
-    let (_, tenant) = reader(&state, &req).await?;
+    let (_, tenant) = acting(&state, &req).await?;
     let (day_start, _) = crate::guard::budget::period_starts(Timestamp::now());
     let (keys, today) = state
         .with_tenant(&tenant, move |store, t| {
@@ -426,7 +407,7 @@ pub async fn create_key(
     (state, req, source): ConsoleChange,
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let (user, tenant) = changer(&state, &req).await?;
+    let (user, tenant) = acting(&state, &req).await?;
     let body = super::error::optional_json::<NewKeyBody>(&raw)?
         .ok_or_else(|| field(Code::InvalidName, "name", "give the key a name"))?;
     let name = body.name.unwrap_or_default();
@@ -455,7 +436,7 @@ pub async fn revoke_key(
     (state, req, source): ConsoleChange,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let (user, tenant) = changer(&state, &req).await?;
+    let (user, tenant) = acting(&state, &req).await?;
     let id = super::error::path_id("key", &path, crate::domain::KeyId::parse)?;
     let (store, by, t) = (state.store.clone(), by_user(&user, source), tenant.clone());
     let revoked =

@@ -13,7 +13,6 @@ use crate::domain::replay::ReplayMode;
 use crate::domain::{CallId, CertificateId, IncidentId, ReplayId};
 use crate::error::Code;
 use crate::evidence::certificates::{self, Subject};
-use crate::store::run_blocking;
 use actix_web::{HttpResponse, get, post, web};
 use serde::Deserialize;
 use serde_json::json;
@@ -159,9 +158,9 @@ async fn stored(
     raw_id: &str,
 ) -> Result<crate::store::StoredCertificate, ApiError> {
     let id = path_id("certificate", raw_id, CertificateId::parse)?;
-    let store = state.store.clone();
     let tenant = tenant.cloned();
-    run_blocking(move || store.get_certificate(tenant.as_ref(), &id))
+    state
+        .with_store(move |store| store.get_certificate(tenant.as_ref(), &id))
         .await
         .map_err(super::error::missing("certificate", raw_id))
 }

@@ -37,13 +37,7 @@ pub async fn export(
     let format = ExportFormat::parse(q.format.as_deref().unwrap_or("json"))
         .map_err(|e| ApiError::new(Code::InvalidFormat, e.0))?;
     // Also the 404 for an incident of another tenant, before any task is queued.
-    let i = id.clone();
-    let incident = state
-        .with_tenant(&caller.tenant_id, move |store, tenant| {
-            store.get_incident(Some(tenant), &i)
-        })
-        .await
-        .map_err(super::error::missing("incident", &path))?;
+    let incident = super::incidents::load_incident(&state, &caller, &path).await?;
     let background = q
         .background
         .unwrap_or(incident.signal_count > SYNC_EXPORT_MAX_SIGNALS);
@@ -65,9 +59,7 @@ pub async fn export(
             })),
         )
         .await;
-        return Ok(HttpResponse::Accepted()
-            .insert_header(("Location", format!("/v1/tasks/{}", task.id)))
-            .json(crate::evidence::tasks::accepted(&task)));
+        return Ok(super::tasks::accepted(&task));
     }
     let policy_version = crate::evidence::policy_version(&state.proxy.guard, &caller.tenant_id);
     let file = build_export(
@@ -93,9 +85,6 @@ pub async fn export(
     .await;
     Ok(HttpResponse::Ok()
         .content_type(file.content_type)
-        .insert_header((
-            "Content-Disposition",
-            format!("attachment; filename=\"{}\"", file.filename),
-        ))
+        .insert_header(super::page::attachment(&file.filename))
         .body(file.bytes))
 }

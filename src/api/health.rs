@@ -24,8 +24,8 @@ pub struct Readiness {
 
 impl Readiness {
     pub async fn check(state: &AppState) -> Self {
-        let store = state.store.clone();
-        let database = run_blocking(move || store.ping())
+        let database = state
+            .with_store(move |store| store.ping())
             .await
             .map_err(|e| e.to_string());
         // A store that answers a query may still be unable to write (a full disk): the

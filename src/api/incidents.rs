@@ -6,7 +6,7 @@ use super::auth::by_key;
 use super::auth::{AdminAction, AdminCall, AdminKey, Caller};
 use super::error::{ApiError, missing, optional_json, path_id};
 use super::page;
-use super::v1::{query_time, query_value};
+use super::v1::{given, query_time, query_value};
 use crate::api::state::AppState;
 use crate::domain::audit::AuditAction;
 use crate::domain::incident::{Change, IncidentCursor, IncidentFilter};
@@ -24,6 +24,21 @@ const TIMELINE_SIGNALS: u32 = 200;
 
 fn incident_id(raw: &str) -> Result<IncidentId, ApiError> {
     path_id("incident", raw, IncidentId::parse)
+}
+
+/// One incident of the caller's tenant: 404 when it has none such (or `raw` is no id).
+pub(crate) async fn load_incident(
+    state: &AppState,
+    caller: &Caller,
+    raw: &str,
+) -> Result<Incident, ApiError> {
+    let id = incident_id(raw)?;
+    state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            store.get_incident(Some(tenant), &id)
+        })
+        .await
+        .map_err(missing("incident", raw))
 }
 
 /// An incident as answered: its fields, and `assignee_email` when the assignee is a
@@ -117,23 +132,17 @@ fn merge_query(filter: &mut IncidentFilter, text: &str) -> Result<(), ApiError> 
     use crate::domain::search::{SearchQuery, merge_filter, narrower};
     let q = SearchQuery::parse(text, crate::domain::Timestamp::now())
         .map_err(|e| ApiError::new(Code::InvalidQuery, e.0))?;
-    let refuse = |what: &str| {
-        Err(ApiError::new(
+    let calls_only = [
+        ("session", q.session_id.is_some()),
+        ("model", q.model.is_some()),
+        ("status", q.status.is_some()),
+        ("blocked", q.blocked.is_some()),
+    ];
+    if let Some((what, _)) = calls_only.iter().find(|(_, given)| *given) {
+        return Err(ApiError::new(
             Code::InvalidQuery,
             format!("'{what}:' filters calls, not incidents; search calls with GET /v1/calls?q=…"),
-        ))
-    };
-    if q.session_id.is_some() {
-        return refuse("session");
-    }
-    if q.model.is_some() {
-        return refuse("model");
-    }
-    if q.status.is_some() {
-        return refuse("status");
-    }
-    if q.blocked.is_some() {
-        return refuse("blocked");
+        ));
     }
     let bad = |e: crate::domain::ParseError| ApiError::new(Code::InvalidQuery, e.0);
     merge_filter("state", &mut filter.status, q.state).map_err(bad)?;
@@ -270,8 +279,6 @@ async fn apply_change(
     change: Change,
 ) -> Result<Done, ApiError> {
     let id = incident_id(raw_id)?;
-    let store = state.store.clone();
-    let tenant = caller.tenant_id.clone();
     let who = caller.label();
     let action = match &change {
         Change::Acknowledge => AuditAction::IncidentAck,
@@ -288,25 +295,26 @@ async fn apply_change(
         Change::Reopen => Some(crate::domain::alert::Reason::Reopened),
         _ => None,
     };
-    let (before, incident, event, people) = run_blocking(move || {
-        let before = store.get_incident(Some(&tenant), &id)?;
-        let (incident, event) = store.change_incident(
-            Some(&tenant),
-            &id,
-            &change,
-            &who,
-            crate::domain::Timestamp::now(),
-        )?;
-        let people = People::of_incidents(
-            store.as_ref(),
-            &tenant,
-            &[&incident],
-            std::slice::from_ref(&event),
-        )?;
-        Ok::<_, crate::store::StoreError>((before, incident, event, people))
-    })
-    .await
-    .map_err(missing("incident", raw_id))?;
+    let (before, incident, event, people) = state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            let before = store.get_incident(Some(tenant), &id)?;
+            let (incident, event) = store.change_incident(
+                Some(tenant),
+                &id,
+                &change,
+                &who,
+                crate::domain::Timestamp::now(),
+            )?;
+            let people = People::of_incidents(
+                store.as_ref(),
+                tenant,
+                &[&incident],
+                std::slice::from_ref(&event),
+            )?;
+            Ok::<_, crate::store::StoreError>((before, incident, event, people))
+        })
+        .await
+        .map_err(missing("incident", raw_id))?;
     if let Some(reason) = tell_routes.filter(|_| before.status != incident.status) {
         tell_routes_of(state, &incident, reason).await;
     }
@@ -586,10 +594,7 @@ pub async fn assign(
     raw: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body: AssignBody = optional_json(&raw)?.unwrap_or_default();
-    let who = body
-        .assignee
-        .map(|a| a.trim().to_owned())
-        .filter(|a| !a.is_empty());
+    let who = given(body.assignee);
     if who.as_ref().is_some_and(|a| a.len() > 256) {
         return Err(ApiError::new(
             Code::InvalidAssignee,
@@ -660,12 +665,12 @@ pub async fn simulate(
     )
     .map_err(|e| ApiError::new(Code::InvalidScenario, e.0))?;
     let call_ids: Vec<String> = calls.iter().map(|c| c.id.to_string()).collect();
-    let store = state.store.clone();
-    let applied = run_blocking(move || {
-        store.insert_calls(&calls)?;
-        store.apply_signals(&signals)
-    })
-    .await?;
+    let applied = state
+        .with_store(move |store| {
+            store.insert_calls(&calls)?;
+            store.apply_signals(&signals)
+        })
+        .await?;
     let mut incident_ids: Vec<String> = Vec::new();
     for a in &applied {
         let id = a.incident_id.to_string();

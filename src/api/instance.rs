@@ -20,7 +20,7 @@ use crate::domain::{CallFilter, Scope, TenantName, Timestamp};
 use crate::error::Code;
 use crate::proxy::install::{configured_upstream, install_instance_upstream};
 use crate::proxy::upstream::{UpstreamTarget, probe};
-use crate::store::{INSTANCE_UPSTREAM_REF, InstanceUpstreamRow, StoreError, run_blocking};
+use crate::store::{INSTANCE_UPSTREAM_REF, InstanceUpstreamRow, StoreError};
 use actix_web::{HttpResponse, delete, get, post, put, web};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
@@ -47,11 +47,11 @@ pub async fn create_tenant(
     let body = optional_json::<NewTenantBody>(&raw)?;
     let name = body.and_then(|b| b.name).unwrap_or_default();
     let name = TenantName::parse(&name).map_err(|e| field(Code::InvalidName, "name", e.0))?;
-    let store = state.store.clone();
-    let tenant = run_blocking(move || {
-        crate::ops::tenants::create(store.as_ref(), name, Actor::User(user.id), source.0)
-    })
-    .await?;
+    let tenant = state
+        .with_store(move |store| {
+            crate::ops::tenants::create(store.as_ref(), name, Actor::User(user.id), source.0)
+        })
+        .await?;
     Ok(HttpResponse::Created().json(json!({"tenant": {
         "id": tenant.id, "name": tenant.name, "created_at": tenant.created_at,
     }})))
@@ -59,17 +59,8 @@ pub async fn create_tenant(
 
 /// `…abcd` for a key long enough that four characters give nothing away.
 fn last4(key: &str) -> Option<String> {
-    (key.chars().count() >= MIN_LEN_TO_HINT).then(|| {
-        let tail: String = key
-            .chars()
-            .rev()
-            .take(4)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        tail
-    })
+    let len = key.chars().count();
+    (len >= MIN_LEN_TO_HINT).then(|| key.chars().skip(len - 4).collect())
 }
 
 fn setting_source(state: &AppState, key: &str) -> String {
@@ -117,8 +108,9 @@ fn audit_view(t: &UpstreamTarget, source: &str) -> Value {
 }
 
 async fn stored_row(state: &AppState) -> Result<Option<InstanceUpstreamRow>, ApiError> {
-    let store = state.store.clone();
-    Ok(run_blocking(move || store.get_instance_upstream()).await?)
+    Ok(state
+        .with_store(move |store| store.get_instance_upstream())
+        .await?)
 }
 
 #[get("/api/operator/upstream")]
@@ -186,9 +178,10 @@ pub async fn put_upstream(
     };
     let applying = state.settings_lock.lock().await;
     let had = stored_row(&state).await?.is_some();
-    let store = state.store.clone();
     let to_store = row.clone();
-    run_blocking(move || store.put_instance_upstream(&to_store)).await?;
+    state
+        .with_store(move |store| store.put_instance_upstream(&to_store))
+        .await?;
     install_instance_upstream(&state.proxy, &state.master_key, &state.settings, Some(&row));
     drop(applying);
     let after = state.proxy.instance_upstream().primary().clone();
@@ -219,8 +212,9 @@ pub async fn delete_upstream(
     let user = operator(&state, &req).await?;
     let before = state.proxy.instance_upstream().primary().clone();
     let applying = state.settings_lock.lock().await;
-    let store = state.store.clone();
-    let removed = run_blocking(move || store.delete_instance_upstream()).await?;
+    let removed = state
+        .with_store(move |store| store.delete_instance_upstream())
+        .await?;
     install_instance_upstream(&state.proxy, &state.master_key, &state.settings, None);
     drop(applying);
     if removed {
@@ -297,33 +291,33 @@ fn cli_json(state: &AppState) -> Value {
 #[get("/api/operator/setup")]
 pub async fn setup_state((state, req): Console) -> Result<HttpResponse, ApiError> {
     operator(&state, &req).await?;
-    let store = state.store.clone();
     let now = Timestamp::now();
-    let (tenants, key_tenant, called) = run_blocking(move || {
-        let tenants = store.list_tenants()?;
-        let mut key_tenant = None;
-        let mut called = false;
-        for t in &tenants {
-            if key_tenant.is_none()
-                && store
-                    .list_api_keys(&t.id)?
-                    .iter()
-                    .any(|k| k.scope == Scope::Proxy && k.is_active(now))
-            {
-                key_tenant = Some(t.clone());
+    let (tenants, key_tenant, called) = state
+        .with_store(move |store| {
+            let tenants = store.list_tenants()?;
+            let mut key_tenant = None;
+            let mut called = false;
+            for t in &tenants {
+                if key_tenant.is_none()
+                    && store
+                        .list_api_keys(&t.id)?
+                        .iter()
+                        .any(|k| k.scope == Scope::Proxy && k.is_active(now))
+                {
+                    key_tenant = Some(t.clone());
+                }
+                if !called {
+                    called = !store
+                        .list_calls(&t.id, &CallFilter::default(), None, 1)?
+                        .is_empty();
+                }
+                if called && key_tenant.is_some() {
+                    break;
+                }
             }
-            if !called {
-                called = !store
-                    .list_calls(&t.id, &CallFilter::default(), None, 1)?
-                    .is_empty();
-            }
-            if called && key_tenant.is_some() {
-                break;
-            }
-        }
-        Ok::<_, StoreError>((tenants, key_tenant, called))
-    })
-    .await?;
+            Ok::<_, StoreError>((tenants, key_tenant, called))
+        })
+        .await?;
     let row = stored_row(&state).await?;
     let in_force = state.proxy.instance_upstream();
     let default_url = crate::config::FIELDS

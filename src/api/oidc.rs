@@ -14,7 +14,6 @@ use super::session::start_session;
 use crate::api::state::AppState;
 use crate::config::Oidc;
 use crate::ops::oidc::SsoError;
-use crate::store::run_blocking;
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::header::{CACHE_CONTROL, LOCATION};
 use actix_web::{HttpRequest, HttpResponse, get, web};
@@ -147,9 +146,10 @@ async fn person(
     who: crate::ops::oidc::Identity,
     source: &Source,
 ) -> Result<crate::domain::user::User, SsoError> {
-    let store = state.store.clone();
     let (cfg, addr) = (cfg.clone(), source.0.clone());
-    run_blocking(move || crate::ops::oidc::person(store.as_ref(), &cfg, &who, addr)).await
+    state
+        .with_store(move |store| crate::ops::oidc::person(store.as_ref(), &cfg, &who, addr))
+        .await
 }
 
 fn failure(e: &SsoError) -> String {

@@ -95,25 +95,23 @@ fn json_object(raw: &[u8], code: Code, what: &str) -> Result<serde_json::Value, 
 }
 
 fn header_text(req: &HttpRequest, name: &str) -> Result<Option<String>, ApiError> {
-    match req.headers().get(name) {
-        None => Ok(None),
-        Some(v) => {
-            let s = v.to_str().map_err(|_| {
-                ApiError::new(
-                    Code::InvalidHeader,
-                    format!("the {name} header must be printable ASCII"),
-                )
-            })?;
-            let s = s.trim();
-            if s.len() > MAX_ATTRIBUTION_LEN {
-                return Err(ApiError::new(
-                    Code::InvalidHeader,
-                    format!("the {name} header is longer than {MAX_ATTRIBUTION_LEN} characters"),
-                ));
-            }
-            Ok((!s.is_empty()).then(|| s.to_owned()))
-        }
+    let Some(v) = req.headers().get(name) else {
+        return Ok(None);
+    };
+    let s = v.to_str().map_err(|_| {
+        ApiError::new(
+            Code::InvalidHeader,
+            format!("the {name} header must be printable ASCII"),
+        )
+    })?;
+    let s = s.trim();
+    if s.len() > MAX_ATTRIBUTION_LEN {
+        return Err(ApiError::new(
+            Code::InvalidHeader,
+            format!("the {name} header is longer than {MAX_ATTRIBUTION_LEN} characters"),
+        ));
     }
+    Ok((!s.is_empty()).then(|| s.to_owned()))
 }
 
 /// End user (header first, then the OpenAI `user` field), session and metadata.
@@ -139,20 +137,18 @@ pub fn attribution(req: &HttpRequest, body: &serde_json::Value) -> Result<Attrib
     let end_user = header_text(req, "x-agv-user-id")?.or(user_field);
     let session_id = header_text(req, "x-agv-session-id")?;
     let metadata = match req.headers().get("x-agv-metadata") {
-        None => None,
-        Some(v) => {
-            if v.len() > MAX_METADATA_BYTES {
-                return Err(ApiError::new(
-                    Code::InvalidMetadata,
-                    format!("the x-agv-metadata header is larger than {MAX_METADATA_BYTES} bytes"),
-                ));
-            }
-            Some(json_object(
-                v.as_bytes(),
+        Some(v) if v.len() > MAX_METADATA_BYTES => {
+            return Err(ApiError::new(
                 Code::InvalidMetadata,
-                "the x-agv-metadata header",
-            )?)
+                format!("the x-agv-metadata header is larger than {MAX_METADATA_BYTES} bytes"),
+            ));
         }
+        Some(v) => Some(json_object(
+            v.as_bytes(),
+            Code::InvalidMetadata,
+            "the x-agv-metadata header",
+        )?),
+        None => None,
     };
     Ok(Attribution {
         end_user,

@@ -9,7 +9,7 @@ use super::audit::{Console, ConsoleChange, by_person, record};
 use super::error::{ApiError, optional_json, path_id};
 use super::names::usd;
 use super::page;
-use super::v1::parse_time;
+use super::v1::{given, query_time, query_value};
 use crate::api::state::AppState;
 use crate::domain::audit::AuditAction;
 use crate::domain::incident::{IncidentFilter, IncidentStatus, Severity};
@@ -251,18 +251,18 @@ pub async fn health((state, req): Console) -> Result<HttpResponse, ApiError> {
 pub async fn tenants((state, req): Console) -> Result<HttpResponse, ApiError> {
     operator(&state, &req).await?;
     let (day_start, _) = crate::guard::budget::period_starts(Timestamp::now());
-    let store = state.store.clone();
-    let rows = run_blocking(move || {
-        let mut out = Vec::new();
-        for t in store.list_tenants()? {
-            let counts = store.call_counts(&t.id, day_start)?;
-            let spend = store.spend_since(&t.id, day_start)?;
-            let stats = store.incident_stats(&t.id)?;
-            out.push((t, counts, spend, stats));
-        }
-        Ok::<_, StoreError>(out)
-    })
-    .await?;
+    let rows = state
+        .with_store(move |store| {
+            let mut out = Vec::new();
+            for t in store.list_tenants()? {
+                let counts = store.call_counts(&t.id, day_start)?;
+                let spend = store.spend_since(&t.id, day_start)?;
+                let stats = store.incident_stats(&t.id)?;
+                out.push((t, counts, spend, stats));
+            }
+            Ok::<_, StoreError>(out)
+        })
+        .await?;
     let ks = state.proxy.guard.killswitch();
     let data: Vec<Value> = rows
         .iter()
@@ -290,11 +290,6 @@ struct StreamQuery {
     tenant: Option<String>,
 }
 
-/// A query parameter, or `None` when it is absent or empty.
-fn given(v: Option<String>) -> Option<String> {
-    v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
-}
-
 /// The tenant a filter names: 404 when there is none such.
 async fn named_tenant(
     state: &AppState,
@@ -317,28 +312,19 @@ pub async fn incidents(
 ) -> Result<HttpResponse, ApiError> {
     let user = operator(&state, &req).await?;
     let q = q.into_inner();
-    let bad = |e: crate::domain::ParseError| ApiError::new(Code::InvalidQuery, e.0);
     let filter = IncidentFilter {
-        severity: given(q.severity)
-            .as_deref()
-            .map(Severity::parse)
-            .transpose()
-            .map_err(bad)?,
-        status: given(q.status)
-            .as_deref()
-            .map(IncidentStatus::parse)
-            .transpose()
-            .map_err(bad)?,
+        severity: query_value(given(q.severity).as_deref(), Severity::parse)?,
+        status: query_value(given(q.status).as_deref(), IncidentStatus::parse)?,
         ..IncidentFilter::default()
     };
     let tenant = named_tenant(&state, &req, &user, q.tenant).await?;
-    let store = state.store.clone();
-    let (list, counts, names) = run_blocking(move || {
-        let list = store.list_incidents(tenant.as_ref(), &filter, None, 50)?;
-        let counts = store.incident_severity_counts(tenant.as_ref(), filter.status)?;
-        Ok::<_, StoreError>((list, counts, tenant_names(store.as_ref())?))
-    })
-    .await?;
+    let (list, counts, names) = state
+        .with_store(move |store| {
+            let list = store.list_incidents(tenant.as_ref(), &filter, None, 50)?;
+            let counts = store.incident_severity_counts(tenant.as_ref(), filter.status)?;
+            Ok::<_, StoreError>((list, counts, tenant_names(store.as_ref())?))
+        })
+        .await?;
     let data: Vec<Value> = list
         .iter()
         .map(|i| {
@@ -402,24 +388,20 @@ pub async fn enforcement(
             .map(crate::domain::search::parse_policy)
             .transpose()
             .map_err(|e| ApiError::new(Code::InvalidQuery, e.0).param("policy"))?,
-        since: given(q.since)
-            .map(|s| parse_time("since", &s))
-            .transpose()?,
-        until: given(q.until)
-            .map(|s| parse_time("until", &s))
-            .transpose()?,
+        since: query_time("since", given(q.since).as_deref())?,
+        until: query_time("until", given(q.until).as_deref())?,
     };
     let cursor = page::cursor(given(q.cursor).as_deref(), CallCursor::decode)?;
     let limit = q
         .limit
         .unwrap_or(if csv { 1000 } else { 50 })
         .clamp(1, 1000);
-    let store = state.store.clone();
-    let (rows, names) = run_blocking(move || {
-        let rows = store.blocked_calls(&filter, cursor.as_ref(), limit)?;
-        Ok::<_, StoreError>((rows, tenant_names(store.as_ref())?))
-    })
-    .await?;
+    let (rows, names) = state
+        .with_store(move |store| {
+            let rows = store.blocked_calls(&filter, cursor.as_ref(), limit)?;
+            Ok::<_, StoreError>((rows, tenant_names(store.as_ref())?))
+        })
+        .await?;
     let next_cursor = page::next_cursor(&rows, limit, |r| r.cursor().encode());
     let tenant_name = |r: &BlockedCall| names.get(r.tenant_id.as_str()).cloned();
     if csv {

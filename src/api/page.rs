@@ -69,12 +69,17 @@ pub(crate) fn csv_page<const N: usize>(
     }
     HttpResponse::Ok()
         .content_type("text/csv; charset=utf-8")
-        .insert_header((
-            "Content-Disposition",
-            format!("attachment; filename=\"{filename}\""),
-        ))
+        .insert_header(attachment(filename))
         .insert_header(("X-Next-Cursor", next_cursor.unwrap_or_default()))
         .body(out)
+}
+
+/// The header that makes a browser save the answer as the file `filename`.
+pub(crate) fn attachment(filename: &str) -> (&'static str, String) {
+    (
+        "Content-Disposition",
+        format!("attachment; filename=\"{filename}\""),
+    )
 }
 
 #[cfg(test)]

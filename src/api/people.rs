@@ -17,11 +17,11 @@ use super::error::{ApiError, path_id, required_json};
 use super::session::{COOKIE, person_json, sha256_hex, sign_in};
 use crate::api::state::AppState;
 use crate::domain::audit::{Actor, AuditAction};
-use crate::domain::user::{Email, Invitation, NewUser, PasswordHash, Role};
+use crate::domain::user::{Email, Invitation, NewUser, PasswordHash, Role, User};
 use crate::domain::{InvitationId, Timestamp, UserId};
 use crate::error::Code;
 use crate::ops::people::{Change, Manager, PeopleError};
-use crate::store::{StoreError, run_blocking};
+use crate::store::StoreError;
 use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use serde::Deserialize;
 use serde_json::json;
@@ -41,8 +41,7 @@ async fn password_field(raw: String, name: &'static str) -> Result<PasswordHash,
 }
 
 async fn count_users(state: &AppState) -> Result<i64, ApiError> {
-    let store = state.store.clone();
-    Ok(run_blocking(move || store.count_users()).await?)
+    Ok(state.with_store(move |store| store.count_users()).await?)
 }
 
 #[get("/api/setup")]
@@ -77,31 +76,22 @@ pub async fn setup(
         ));
     }
     state.setup.take(&body.token)?;
-    let password = match password_field(body.password, "password").await {
-        Ok(p) => p,
-        Err(e) => {
-            // Nothing was made: the link still works.
-            state.setup.put_back(&body.token);
-            return Err(e);
-        }
+    let create = async {
+        let user = NewUser {
+            id: UserId::generate(),
+            email,
+            password: password_field(body.password, "password").await?,
+            role: Role::Operator,
+            tenant_id: None,
+            created_at: Timestamp::now(),
+        };
+        let created = state.with_store(move |store| store.create_user(&user));
+        Ok::<_, ApiError>(created.await?)
     };
-    let user = NewUser {
-        id: UserId::generate(),
-        email,
-        password,
-        role: Role::Operator,
-        tenant_id: None,
-        created_at: Timestamp::now(),
-    };
-    let store = state.store.clone();
-    let created = match run_blocking(move || store.create_user(&user)).await {
-        Ok(u) => u,
-        Err(e) => {
-            // Nothing was made: the link still works.
-            state.setup.put_back(&body.token);
-            return Err(e.into());
-        }
-    };
+    // Nothing was made when this fails: the link still works.
+    let created = create
+        .await
+        .inspect_err(|_| state.setup.put_back(&body.token))?;
     record(
         &state,
         by_person(
@@ -144,9 +134,10 @@ pub async fn change_password(
     }
     let new = password_field(body.new_password, "new_password").await?;
     let keep = req.cookie(COOKIE).map(|c| sha256_hex(c.value()));
-    let store = state.store.clone();
     let id = user.id.clone();
-    run_blocking(move || store.set_user_password(&id, &new, keep.as_deref())).await?;
+    state
+        .with_store(move |store| store.set_user_password(&id, &new, keep.as_deref()))
+        .await?;
     record(
         &state,
         on_own_account(&user, &source, AuditAction::UserPasswordChange),
@@ -155,11 +146,8 @@ pub async fn change_password(
     Ok(HttpResponse::Ok().json(json!({"changed": true})))
 }
 
-/// An owner of the tenant, or the operator.
-async fn people_manager(
-    state: &AppState,
-    req: &HttpRequest,
-) -> Result<(crate::domain::user::User, crate::domain::TenantId), ApiError> {
+/// The signed-in person when they may manage people: an owner, or the operator.
+async fn in_charge(state: &AppState, req: &HttpRequest) -> Result<User, ApiError> {
     let user = person(state, req).await?;
     if !matches!(user.role, Role::Owner | Role::Operator) {
         return Err(ApiError::new(
@@ -167,6 +155,15 @@ async fn people_manager(
             "only the tenant's owner (or the operator) manages its people",
         ));
     }
+    Ok(user)
+}
+
+/// An owner of the tenant, or the operator, and the tenant.
+async fn people_manager(
+    state: &AppState,
+    req: &HttpRequest,
+) -> Result<(User, crate::domain::TenantId), ApiError> {
+    let user = in_charge(state, req).await?;
     let tenant = tenant_for(state, req, &user, None).await?;
     Ok((user, tenant))
 }
@@ -193,6 +190,14 @@ struct InviteBody {
     role: String,
 }
 
+/// A role a person of a tenant may have (not the operator's); 400 saying `else_say` if not.
+fn tenant_role(raw: &str, else_say: &str) -> Result<Role, ApiError> {
+    Role::parse(raw)
+        .ok()
+        .filter(|r| r.is_tenant_role())
+        .ok_or_else(|| field(Code::InvalidRole, "role", else_say))
+}
+
 fn origin(req: &HttpRequest) -> String {
     let info = req.connection_info();
     format!("{}://{}", info.scheme(), info.host())
@@ -209,16 +214,7 @@ pub async fn invite(
         "send {\"email\": \"…\", \"role\": \"owner|admin|viewer\"}",
     )?;
     let email = email_field(&body.email)?;
-    let role = match Role::parse(&body.role) {
-        Ok(r @ (Role::Owner | Role::Admin | Role::Viewer)) => r,
-        _ => {
-            return Err(field(
-                Code::InvalidRole,
-                "role",
-                "invite as owner, admin or viewer",
-            ));
-        }
-    };
+    let role = tenant_role(&body.role, "invite as owner, admin or viewer")?;
     let mut raw_token = [0u8; 24];
     rand::fill(&mut raw_token);
     let token = hex::encode(raw_token);
@@ -235,22 +231,22 @@ pub async fn invite(
         accepted_at: None,
         revoked_at: None,
     };
-    let store = state.store.clone();
     let (to_store, e) = (inv.clone(), inv.email.clone());
-    run_blocking(move || {
-        if store.find_user_by_email(&e)?.is_some() {
-            return Err(StoreError::Conflict(format!(
-                "{} has an account already",
-                e.as_str()
-            )));
-        }
-        store.create_invitation(&to_store)
-    })
-    .await
-    .map_err(|e| match e {
-        StoreError::Conflict(m) => ApiError::new(Code::UserExists, m).param("email"),
-        other => other.into(),
-    })?;
+    state
+        .with_store(move |store| {
+            if store.find_user_by_email(&e)?.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "{} has an account already",
+                    e.as_str()
+                )));
+            }
+            store.create_invitation(&to_store)
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(m) => ApiError::new(Code::UserExists, m).param("email"),
+            other => other.into(),
+        })?;
     record(
         &state,
         by_person(
@@ -268,9 +264,11 @@ pub async fn invite(
 }
 
 async fn open_invitation(state: &AppState, token: &str) -> Result<Invitation, ApiError> {
-    let store = state.store.clone();
     let hash = sha256_hex(token);
-    match run_blocking(move || store.find_invitation(&hash)).await? {
+    match state
+        .with_store(move |store| store.find_invitation(&hash))
+        .await?
+    {
         Some(inv) if inv.is_open(Timestamp::now()) => Ok(inv),
         // A revoked link says so, so that its holder knows to ask rather than retry.
         Some(inv) if inv.revoked_at.is_some() && inv.accepted_at.is_none() => Err(ApiError::new(
@@ -313,17 +311,17 @@ pub async fn accept(
     let body = required_json::<AcceptBody>(&raw, "send {\"token\": \"…\", \"password\": \"…\"}")?;
     let inv = open_invitation(&state, &body.token).await?;
     let password = password_field(body.password, "password").await?;
-    let store = state.store.clone();
     let hash = sha256_hex(&body.token);
-    let user = run_blocking(move || {
-        store.accept_invitation(&hash, &UserId::generate(), &password, Timestamp::now())
-    })
-    .await
-    .map_err(|e| match e {
-        StoreError::NotFound => ApiError::not_found("this invitation does not exist"),
-        StoreError::Conflict(m) => ApiError::new(Code::InvitationClosed, m),
-        other => other.into(),
-    })?;
+    let user = state
+        .with_store(move |store| {
+            store.accept_invitation(&hash, &UserId::generate(), &password, Timestamp::now())
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::not_found("this invitation does not exist"),
+            StoreError::Conflict(m) => ApiError::new(Code::InvitationClosed, m),
+            other => other.into(),
+        })?;
     record(
         &state,
         by_person(
@@ -342,19 +340,12 @@ pub async fn accept(
 /// Who manages people, and whose: an owner their tenant's people; the operator everyone,
 /// or with the `x-agv-tenant` header that tenant's people only.
 async fn manager(state: &AppState, req: &HttpRequest, source: Source) -> Result<Manager, ApiError> {
-    let user = person(state, req).await?;
-    let scope = match user.role {
-        Role::Owner => Some(tenant_for(state, req, &user, None).await?),
-        Role::Operator if req.headers().contains_key(super::access::TENANT_HEADER) => {
-            Some(tenant_for(state, req, &user, None).await?)
-        }
-        Role::Operator => None,
-        Role::Admin | Role::Viewer => {
-            return Err(ApiError::new(
-                Code::RoleNotAllowed,
-                "only the tenant's owner (or the operator) manages its people",
-            ));
-        }
+    let user = in_charge(state, req).await?;
+    let everyone =
+        user.role == Role::Operator && !req.headers().contains_key(super::access::TENANT_HEADER);
+    let scope = match everyone {
+        true => None,
+        false => Some(tenant_for(state, req, &user, None).await?),
     };
     Ok(Manager {
         actor: Actor::User(user.id),
@@ -390,8 +381,8 @@ type Action = (web::Data<AppState>, HttpRequest, Source, web::Path<String>);
 async fn act((state, req, source, path): Action, change: Change) -> Result<HttpResponse, ApiError> {
     let by = manager(&state, &req, source).await?;
     let id = path_id("user", &path, UserId::parse)?;
-    let store = state.store.clone();
-    let done = run_blocking(move || crate::ops::people::change(store.as_ref(), &by, &id, change))
+    let done = state
+        .with_store(move |store| crate::ops::people::change(store.as_ref(), &by, &id, change))
         .await
         .map_err(people_error("user", &path))?;
     let id = path.as_str();
@@ -425,16 +416,7 @@ struct PersonBody {
 #[patch("/api/users/{id}")]
 pub async fn update_user(on: Action, raw: web::Bytes) -> Result<HttpResponse, ApiError> {
     let body = required_json::<PersonBody>(&raw, "send {\"role\": \"owner|admin|viewer\"}")?;
-    let role = match Role::parse(&body.role) {
-        Ok(r) if r.is_tenant_role() => r,
-        _ => {
-            return Err(field(
-                Code::InvalidRole,
-                "role",
-                "a person's role is owner, admin or viewer",
-            ));
-        }
-    };
+    let role = tenant_role(&body.role, "a person's role is owner, admin or viewer")?;
     act(on, Change::Role(role)).await
 }
 
@@ -457,8 +439,8 @@ pub async fn revoke_invitation(
 ) -> Result<HttpResponse, ApiError> {
     let by = manager(&state, &req, source).await?;
     let id = path_id("invitation", &path, InvitationId::parse)?;
-    let store = state.store.clone();
-    let inv = run_blocking(move || crate::ops::people::revoke_invitation(store.as_ref(), &by, &id))
+    let inv = state
+        .with_store(move |store| crate::ops::people::revoke_invitation(store.as_ref(), &by, &id))
         .await
         .map_err(people_error("invitation", &path))?;
     Ok(HttpResponse::Ok().json(json!({"invitation": inv})))

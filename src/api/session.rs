@@ -214,8 +214,9 @@ pub async fn start_session(
         created_at: created,
         expires_at: created.plus_millis(SESSION_HOURS * 3_600_000),
     };
-    let store = state.store.clone();
-    run_blocking(move || store.create_session(&session)).await?;
+    state
+        .with_store(move |store| store.create_session(&session))
+        .await?;
     let mut entry = on_own_account(user, source, AuditAction::UserSignIn);
     if let Some(via) = via {
         entry = entry.after(json!({ "via": via }));
@@ -234,9 +235,9 @@ pub async fn start_session(
 
 /// Whether `token` is a live session (for the address limiter, which exempts only those).
 pub async fn is_signed_in(state: &AppState, token: &str) -> bool {
-    let store = state.store.clone();
     let hash = sha256_hex(token);
-    run_blocking(move || store.find_session(&hash, Timestamp::now()))
+    state
+        .with_store(move |store| store.find_session(&hash, Timestamp::now()))
         .await
         .is_ok_and(|s| s.is_some())
 }
@@ -248,16 +249,14 @@ pub async fn current(state: &AppState, req: &HttpRequest) -> Result<(User, Strin
         .map(|c| c.value().to_owned())
         .filter(|t| !t.is_empty())
         .ok_or_else(|| unauthorized("sign in first (POST /api/auth/login)"))?;
-    let store = state.store.clone();
     let hash = sha256_hex(&token);
-    let user = run_blocking(move || -> Result<Option<User>, crate::store::StoreError> {
-        match store.find_session(&hash, Timestamp::now())? {
-            Some(s) => Ok(Some(store.get_user(&s.user_id)?)),
-            None => Ok(None),
-        }
-    })
-    .await?
-    .ok_or_else(|| unauthorized("the session has expired or was signed out; sign in again"))?;
+    let user = state
+        .with_store(move |store| {
+            let session = store.find_session(&hash, Timestamp::now())?;
+            session.map(|s| store.get_user(&s.user_id)).transpose()
+        })
+        .await?
+        .ok_or_else(|| unauthorized("the session has expired or was signed out; sign in again"))?;
     Ok((user, token))
 }
 
@@ -283,8 +282,7 @@ pub async fn me((state, req): Console) -> Result<HttpResponse, ApiError> {
     let (user, token) = current(&state, &req).await?;
     let tenant = match user.tenant_id.clone() {
         Some(t) => {
-            let store = state.store.clone();
-            let tenant = run_blocking(move || store.get_tenant(&t)).await?;
+            let tenant = state.with_store(move |store| store.get_tenant(&t)).await?;
             json!({"id": tenant.id, "name": tenant.name})
         }
         None => serde_json::Value::Null,
@@ -298,9 +296,10 @@ pub async fn me((state, req): Console) -> Result<HttpResponse, ApiError> {
 pub async fn logout((state, req, source): ConsoleChange) -> Result<HttpResponse, ApiError> {
     let (user, token) = current(&state, &req).await?;
     require_csrf(&req, &token)?;
-    let store = state.store.clone();
     let hash = sha256_hex(&token);
-    run_blocking(move || store.delete_session(&hash)).await?;
+    state
+        .with_store(move |store| store.delete_session(&hash))
+        .await?;
     record(
         &state,
         on_own_account(&user, &source, AuditAction::UserSignOut),

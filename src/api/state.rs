@@ -64,15 +64,24 @@ impl AppState {
         }
     }
 
-    /// Runs `work` with the store and the tenant on the blocking pool (see
-    /// [`run_blocking`]), as a handler reads or changes its caller's tenant's records.
+    /// Runs `work` with the store on the blocking pool (see [`run_blocking`]).
+    pub async fn with_store<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&DynStore) -> T + Send + 'static,
+    ) -> T {
+        let store = self.store.clone();
+        run_blocking(move || work(&store)).await
+    }
+
+    /// [`with_store`](Self::with_store) with the tenant too, as a handler reads or changes
+    /// its caller's tenant's records.
     pub async fn with_tenant<T: Send + 'static>(
         &self,
         tenant: &TenantId,
         work: impl FnOnce(&DynStore, &TenantId) -> T + Send + 'static,
     ) -> T {
-        let (store, tenant) = (self.store.clone(), tenant.clone());
-        run_blocking(move || work(&store, &tenant)).await
+        let tenant = tenant.clone();
+        self.with_store(move |store| work(store, &tenant)).await
     }
 }
 

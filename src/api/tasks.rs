@@ -9,7 +9,7 @@ use super::error::{ApiError, missing, path_id};
 use crate::domain::audit::AuditAction;
 use crate::domain::replay::ReplayMode;
 use crate::domain::task::{Task, kind};
-use crate::domain::{IncidentId, TaskId, Timestamp};
+use crate::domain::{TaskId, Timestamp};
 use crate::error::Code;
 use crate::evidence::tasks;
 use actix_web::http::header;
@@ -27,14 +27,7 @@ pub async fn replay_incident(
         &raw,
         "send {\"mode\": \"policy\"} (re-check every call against today's guardrails) or {\"mode\": \"upstream\"} (send every stored request again)",
     )?;
-    let id = path_id("incident", &path, IncidentId::parse)?;
-    let i = id.clone();
-    let incident = state
-        .with_tenant(&caller.tenant_id, move |store, tenant| {
-            store.get_incident(Some(tenant), &i)
-        })
-        .await
-        .map_err(missing("incident", &path))?;
+    let incident = super::incidents::load_incident(&state, &caller, &path).await?;
     if mode == ReplayMode::Upstream
         && let Some(by) = caller.frozen_by(state.proxy.guard.killswitch())
     {
@@ -56,13 +49,23 @@ pub async fn replay_incident(
     let task = tasks::start(&state.tasks(), task, Some("incident_id")).await?;
     record(
         &state,
-        by_key(&caller, &source, AuditAction::IncidentReplay, id.as_str())
-            .after(json!({"task_id": task.id, "mode": mode.as_str()})),
+        by_key(
+            &caller,
+            &source,
+            AuditAction::IncidentReplay,
+            incident.id.as_str(),
+        )
+        .after(json!({"task_id": task.id, "mode": mode.as_str()})),
     )
     .await;
-    Ok(HttpResponse::Accepted()
+    Ok(accepted(&task))
+}
+
+/// 202 for a task started in the background: where to follow it, and what it is.
+pub(crate) fn accepted(task: &Task) -> HttpResponse {
+    HttpResponse::Accepted()
         .insert_header((header::LOCATION, format!("/v1/tasks/{}", task.id)))
-        .json(tasks::accepted(&task)))
+        .json(tasks::accepted(task))
 }
 
 fn task_json(task: &Task) -> serde_json::Value {
@@ -120,9 +123,6 @@ pub async fn download(
         })?;
     Ok(HttpResponse::Ok()
         .content_type(content_type)
-        .insert_header((
-            header::CONTENT_DISPOSITION,
-            format!("attachment; filename=\"{filename}\""),
-        ))
+        .insert_header(super::page::attachment(&filename))
         .body(bytes))
 }

@@ -2,8 +2,8 @@
 //! tenant's own upstream, call records, and the protection summary. Unknown `/v1` paths get a JSON 404 in `web.rs`.
 
 use super::audit::record;
-use super::auth::by_key;
 use super::auth::{AdminAction, AdminCall, AdminKey, ProxyKey};
+use super::auth::{by_key, on_own_tenant};
 use super::call_list::{self, Listing};
 use super::error::{ApiError, hinted_json, missing, optional_json, path_id};
 use crate::api::state::AppState;
@@ -18,7 +18,6 @@ use crate::error::Code;
 use crate::proxy::killswitch;
 use crate::proxy::upstream::UpstreamTarget;
 use crate::store::TenantUpstreamRow;
-use crate::store::run_blocking;
 use actix_web::{HttpResponse, delete, get, post, put, web};
 use serde::Deserialize;
 use serde_json::json;
@@ -74,8 +73,7 @@ async fn set_by_the_instance(state: &AppState, actor: &str) -> Result<bool, ApiE
     let Ok(user) = crate::domain::UserId::parse(user) else {
         return Ok(true);
     };
-    let store = state.store.clone();
-    match run_blocking(move || store.get_user(&user)).await {
+    match state.with_store(move |store| store.get_user(&user)).await {
         Ok(u) => Ok(u.role == crate::domain::user::Role::Operator),
         // A person no longer known: only the operator may undo what they did.
         Err(crate::store::StoreError::NotFound) => Ok(true),
@@ -156,9 +154,9 @@ async fn switch(
         None => state.proxy.guard.killswitch().tenant_status(&tenant).tenant,
         Some(key_id) => {
             // The key must belong to the tenant: another tenant's key is simply not found.
-            let store = state.store.clone();
-            let (t, k) = (tenant.clone(), key_id.clone());
-            run_blocking(move || store.get_api_key(Some(&t), &k))
+            let k = key_id.clone();
+            state
+                .with_tenant(&tenant, move |store, t| store.get_api_key(Some(t), &k))
                 .await
                 .map_err(|e| match e {
                     crate::store::StoreError::NotFound => {
@@ -166,14 +164,7 @@ async fn switch(
                     }
                     other => other.into(),
                 })?;
-            state
-                .proxy
-                .guard
-                .killswitch()
-                .tenant_status(&tenant)
-                .keys
-                .into_iter()
-                .find_map(|(k, by)| (&k == key_id).then_some(by))
+            super::auth::key_freeze(&state, &tenant, key_id)
         }
     };
     let what = match switch {
@@ -383,25 +374,20 @@ pub async fn put_policies(
             crate::guard::budget::BudgetPeriod::Monthly => "budget_monthly_usd",
         }));
     }
-    let store = state.store.clone();
-    let (tenant, to_store) = (caller.tenant_id.clone(), overrides.clone());
+    let to_store = overrides.clone();
     let applying = state.settings_lock.lock().await;
-    let before = run_blocking(move || {
-        let before = store.get_tenant_policy(&tenant)?;
-        store.put_tenant_policy(&tenant, &to_store, Timestamp::now())?;
-        Ok::<_, crate::store::StoreError>(before)
-    })
-    .await?;
+    let before = state
+        .with_tenant(&caller.tenant_id, move |store, tenant| {
+            let before = store.get_tenant_policy(tenant)?;
+            store.put_tenant_policy(tenant, &to_store, Timestamp::now())?;
+            Ok::<_, crate::store::StoreError>(before)
+        })
+        .await?;
     record(
         &state,
-        by_key(
-            &caller,
-            &source,
-            AuditAction::PolicyUpdate,
-            caller.tenant_id.as_str(),
-        )
-        .before(json!({"overrides": before}))
-        .after(json!({"overrides": overrides})),
+        on_own_tenant(&caller, &source, AuditAction::PolicyUpdate)
+            .before(json!({"overrides": before}))
+            .after(json!({"overrides": overrides})),
     )
     .await;
     crate::proxy::install::apply_policy(
@@ -494,13 +480,7 @@ pub async fn backtest_policies(
     let (report, oldest) = (replayed.report, replayed.first_at);
     record(
         &state,
-        by_key(
-            &caller,
-            &source,
-            AuditAction::PolicyBacktest,
-            caller.tenant_id.as_str(),
-        )
-        .after(json!({
+        on_own_tenant(&caller, &source, AuditAction::PolicyBacktest).after(json!({
             "proposed": body.policy,
             "since": since,
             "until": until,
@@ -564,6 +544,11 @@ pub struct CallQuery {
     limit: Option<u32>,
     /// A search in the query syntax of `domain::search`, combined with the fields above.
     q: Option<String>,
+}
+
+/// A value given trimmed, or `None` when it is absent or empty.
+pub(crate) fn given(v: Option<String>) -> Option<String> {
+    v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
 }
 
 /// An optional query value read by `parse`; a bad one is a 400 `invalid_query` in the
@@ -762,25 +747,20 @@ pub async fn put_upstream(
         api_key_ciphertext: ciphertext,
         updated_at: Timestamp::now(),
     };
-    let store = state.store.clone();
     let to_store = row.clone();
     let applying = state.settings_lock.lock().await;
-    let before = run_blocking(move || {
-        let before = store.get_tenant_upstream(&to_store.tenant_id)?;
-        store.put_tenant_upstream(&to_store)?;
-        Ok::<_, crate::store::StoreError>(before)
-    })
-    .await?;
+    let before = state
+        .with_store(move |store| {
+            let before = store.get_tenant_upstream(&to_store.tenant_id)?;
+            store.put_tenant_upstream(&to_store)?;
+            Ok::<_, crate::store::StoreError>(before)
+        })
+        .await?;
     record(
         &state,
-        by_key(
-            &caller,
-            &source,
-            AuditAction::UpstreamUpdate,
-            tenant.as_str(),
-        )
-        .before(before.as_ref().map_or(json!(null), upstream_json))
-        .after(upstream_json(&row)),
+        on_own_tenant(&caller, &source, AuditAction::UpstreamUpdate)
+            .before(before.as_ref().map_or(json!(null), upstream_json))
+            .after(upstream_json(&row)),
     )
     .await;
     state.proxy.set_tenant_upstream(
@@ -810,14 +790,9 @@ pub async fn delete_upstream(
     if let Some(before) = before.filter(|_| removed) {
         record(
             &state,
-            by_key(
-                &caller,
-                &source,
-                AuditAction::UpstreamDelete,
-                caller.tenant_id.as_str(),
-            )
-            .before(upstream_json(&before))
-            .after(json!({"upstream": "instance"})),
+            on_own_tenant(&caller, &source, AuditAction::UpstreamDelete)
+                .before(upstream_json(&before))
+                .after(json!({"upstream": "instance"})),
         )
         .await;
     }
