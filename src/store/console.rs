@@ -10,7 +10,7 @@
 
 use super::rows::{MAX_PAGE, USER_COLUMNS, explain_conflict, user_from};
 use super::search_sql::STOPPED_BY;
-use super::sql::{Cells, Db, Dialect, Param, SqlRow};
+use super::sql::{self, Cells, Db, Dialect, Param, SqlRow};
 use super::{StoreError, StoreResult};
 use crate::domain::decision::policy;
 use crate::domain::user::{Email, Invitation, NewUser, PasswordHash, Role, User};
@@ -122,7 +122,8 @@ pub(super) fn blocked_costs(
     args.extend(policy::STOPPING.iter().map(|p| Param::Text(p)));
     // Each stopped call is reduced to four small values first (MATERIALIZED keeps Postgres
     // from sorting the whole rows, request bodies and all, for the grouping).
-    let rows = db.query(
+    sql::all(
+        db,
         &format!(
             "WITH s AS MATERIALIZED (
                  SELECT c.blocked_by AS policy, c.model AS model,
@@ -136,9 +137,7 @@ pub(super) fn blocked_costs(
              FROM s GROUP BY policy, model ORDER BY policy, model"
         ),
         &args,
-    )?;
-    rows.iter()
-        .map(|row| {
+        |row| {
             let c = Cells::new(row, "blocked cost");
             Ok(BlockedCost {
                 policy: c.text(0)?,
@@ -148,8 +147,8 @@ pub(super) fn blocked_costs(
                 estimate_nanos: c.int(4)?,
                 unestimated_chars: c.int(5)?,
             })
-        })
-        .collect()
+        },
+    )
 }
 
 fn bad(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -205,21 +204,6 @@ pub(super) fn call_series(
     Ok(out)
 }
 
-fn usage_rows(rows: &[SqlRow]) -> StoreResult<Vec<UsageRow>> {
-    rows.iter()
-        .map(|row| {
-            let c = Cells::new(row, "usage");
-            Ok(UsageRow {
-                name: c.opt_text(0)?.unwrap_or_default(),
-                calls: c.int(1)?,
-                tokens: c.int(2)?,
-                cost_nanos: c.int(3)?,
-                unknown_cost: c.int(4)?,
-            })
-        })
-        .collect()
-}
-
 /// Usage from `since` (until before `until`, when given) grouped by key, model or end
 /// user, busiest first, then by name; at most `limit` groups when given. Calls without a
 /// model or an end user form one group, named "" (and sorted as such on both backends).
@@ -232,7 +216,8 @@ pub(super) fn usage_by(
     limit: Option<u32>,
 ) -> StoreResult<Vec<UsageRow>> {
     let column = by.column();
-    let rows = db.query(
+    sql::all(
+        db,
         &format!(
             "SELECT {column}, COUNT(*),
                     CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT),
@@ -247,8 +232,17 @@ pub(super) fn usage_by(
             Param::BigInt(until.map_or(i64::MAX, Timestamp::millis)),
             Param::BigInt(limit.map_or(i64::MAX, i64::from)),
         ],
-    )?;
-    usage_rows(&rows)
+        |row| {
+            let c = Cells::new(row, "usage");
+            Ok(UsageRow {
+                name: c.opt_text(0)?.unwrap_or_default(),
+                calls: c.int(1)?,
+                tokens: c.int(2)?,
+                cost_nanos: c.int(3)?,
+                unknown_cost: c.int(4)?,
+            })
+        },
+    )
 }
 
 /// What the operator's enforcement log lists: calls a policy stopped, of one tenant or
@@ -342,7 +336,8 @@ pub(super) fn blocked_calls<'a>(
         add(Param::Text(c.id.as_str()), "{})");
     }
     args.push(Param::BigInt(i64::from(limit.clamp(1, MAX_PAGE))));
-    let rows = db.query(
+    sql::all(
+        db,
         &format!(
             "SELECT c.id, c.tenant_id, c.key_id, k.name, c.end_user, c.created_at, c.blocked_by,
                     c.status, c.error, c.decisions
@@ -351,9 +346,7 @@ pub(super) fn blocked_calls<'a>(
             args.len()
         ),
         &args,
-    )?;
-    rows.iter()
-        .map(|row| {
+        |row| {
             let c = Cells::new(row, "blocked call");
             let policy = c.text(6)?;
             let reason = stop_reason(&c.text(9)?, &policy).or(c.opt_text(8)?);
@@ -368,25 +361,20 @@ pub(super) fn blocked_calls<'a>(
                 status: u16::try_from(c.int(7)?).map_err(|e| bad("call status", e))?,
                 reason,
             })
-        })
-        .collect()
+        },
+    )
 }
 
 /// A tenant's people (`None`: everyone on the instance), oldest first.
 pub(super) fn list_users(db: &mut dyn Db, tenant: Option<&TenantId>) -> StoreResult<Vec<User>> {
-    let rows = match tenant {
-        Some(t) => db.query(
-            &format!(
-                "SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 ORDER BY created_at, id"
-            ),
-            &[Param::Text(t.as_str())],
-        )?,
-        None => db.query(
-            &format!("SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id"),
-            &[],
-        )?,
-    };
-    rows.iter().map(user_from).collect()
+    sql::all(
+        db,
+        &format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE (CAST($1 AS TEXT) IS NULL OR tenant_id = $1) ORDER BY created_at, id"
+        ),
+        &[Param::OptText(tenant.map(TenantId::as_str))],
+        user_from,
+    )
 }
 
 /// Sets a new password and ends every other session of the user (the one whose token
@@ -431,15 +419,7 @@ fn invitation_from(row: &SqlRow) -> StoreResult<Invitation> {
 
 /// An unknown tenant is NotFound.
 pub(super) fn insert_invitation(db: &mut dyn Db, inv: &Invitation) -> StoreResult<()> {
-    if db
-        .query(
-            "SELECT id FROM tenants WHERE id = $1",
-            &[Param::Text(inv.tenant_id.as_str())],
-        )?
-        .is_empty()
-    {
-        return Err(StoreError::NotFound);
-    }
+    super::tenants::require(db, &inv.tenant_id)?;
     db.execute(
         &format!(
             "INSERT INTO invitations ({INVITATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
@@ -466,22 +446,24 @@ pub(super) fn find_invitation(
     token_hash: &str,
 ) -> StoreResult<Option<Invitation>> {
     let lock = db.lock_rows();
-    let rows = db.query(
+    sql::first(
+        db,
         &format!("SELECT {INVITATION_COLUMNS} FROM invitations WHERE token_hash = $1{lock}"),
         &[Param::Text(token_hash)],
-    )?;
-    rows.first().map(invitation_from).transpose()
+        invitation_from,
+    )
 }
 
 /// Newest first.
 pub(super) fn list_invitations(db: &mut dyn Db, tenant: &TenantId) -> StoreResult<Vec<Invitation>> {
-    let rows = db.query(
+    sql::all(
+        db,
         &format!(
             "SELECT {INVITATION_COLUMNS} FROM invitations WHERE tenant_id = $1 ORDER BY created_at DESC, id DESC"
         ),
         &[Param::Text(tenant.as_str())],
-    )?;
-    rows.iter().map(invitation_from).collect()
+        invitation_from,
+    )
 }
 
 /// Accepts an open invitation: creates its user with the invitation's email, role and
@@ -540,20 +522,17 @@ fn managed_user(
     lock: bool,
 ) -> StoreResult<User> {
     let lock = if lock { db.lock_rows() } else { "" };
-    let rows = match tenant {
-        Some(t) => db.query(
-            &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 AND tenant_id = $2{lock}"),
-            &[Param::Text(id.as_str()), Param::Text(t.as_str())],
-        )?,
-        None => db.query(
-            &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1{lock}"),
-            &[Param::Text(id.as_str())],
-        )?,
-    };
-    rows.first()
-        .map(user_from)
-        .transpose()?
-        .ok_or(StoreError::NotFound)
+    sql::one(
+        db,
+        &format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE id = $1 AND (CAST($2 AS TEXT) IS NULL OR tenant_id = $2){lock}"
+        ),
+        &[
+            Param::Text(id.as_str()),
+            Param::OptText(tenant.map(TenantId::as_str)),
+        ],
+        user_from,
+    )
 }
 
 /// The user `id` as it is now, after locking everyone who keeps the user's tenant (its
@@ -586,7 +565,7 @@ fn lock_for_change(
     let in_charge = in_charge
         .iter()
         .map(|r| Cells::new(r, "user").text(0))
-        .collect::<StoreResult<Vec<_>>>()?;
+        .collect::<StoreResult<_>>()?;
     let now = managed_user(db, tenant, id, true)?;
     Ok((now, in_charge))
 }
@@ -706,23 +685,17 @@ pub(super) fn revoke_invitation(
     at: Timestamp,
 ) -> StoreResult<Invitation> {
     let lock = db.lock_rows();
-    let rows = match tenant {
-        Some(t) => db.query(
-            &format!(
-                "SELECT {INVITATION_COLUMNS} FROM invitations WHERE id = $1 AND tenant_id = $2{lock}"
-            ),
-            &[Param::Text(id.as_str()), Param::Text(t.as_str())],
-        )?,
-        None => db.query(
-            &format!("SELECT {INVITATION_COLUMNS} FROM invitations WHERE id = $1{lock}"),
-            &[Param::Text(id.as_str())],
-        )?,
-    };
-    let mut inv = rows
-        .first()
-        .map(invitation_from)
-        .transpose()?
-        .ok_or(StoreError::NotFound)?;
+    let mut inv = sql::one(
+        db,
+        &format!(
+            "SELECT {INVITATION_COLUMNS} FROM invitations WHERE id = $1 AND (CAST($2 AS TEXT) IS NULL OR tenant_id = $2){lock}"
+        ),
+        &[
+            Param::Text(id.as_str()),
+            Param::OptText(tenant.map(TenantId::as_str)),
+        ],
+        invitation_from,
+    )?;
     if inv.accepted_at.is_some() {
         return Err(StoreError::Conflict(format!(
             "the invitation of {} was accepted already: disable or delete the person instead",

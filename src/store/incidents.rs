@@ -6,7 +6,7 @@
 //! the caller's transaction.
 
 pub(super) use super::sql::EventSeq;
-use super::sql::{Cells, Db, Param, SqlRow};
+use super::sql::{self, Cells, Db, Param, SqlRow};
 use super::{StoreError, StoreResult};
 use crate::domain::incident::{
     self, Applied, Change, EventKind, HOUR_MS, Incident, IncidentCursor, IncidentEvent,
@@ -209,7 +209,7 @@ fn latest_for(
 }
 
 fn get_by_id(db: &mut dyn Db, id: &IncidentId) -> StoreResult<Incident> {
-    super::sql::one(
+    sql::one(
         db,
         &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1"),
         &[Param::Text(id.as_str())],
@@ -257,21 +257,23 @@ fn apply_one(db: &mut dyn Db, seq: &EventSeq, s: &Signal) -> StoreResult<Applied
 
     // The signal, and whether it brings a new call or end user.
     let new_call = match &s.call_id {
-        Some(call) => db
-            .query(
-                "SELECT 1 FROM incident_signals WHERE call_id = $1 AND incident_id = $2 LIMIT 1",
-                &[Param::Text(call.as_str()), Param::Text(id.as_str())],
-            )?
-            .is_empty(),
+        Some(call) => !sql::exists(
+            db,
+            "SELECT 1 FROM incident_signals WHERE call_id = $1 AND incident_id = $2 LIMIT 1",
+            &[Param::Text(call.as_str()), Param::Text(id.as_str())],
+        )?,
         None => false,
     };
     let new_user = match &s.end_user {
-        Some(u) => db
-            .query(
-                "SELECT 1 FROM incident_signals WHERE tenant_id = $1 AND end_user = $2 AND incident_id = $3 LIMIT 1",
-                &[Param::Text(tenant.as_str()), Param::Text(u), Param::Text(id.as_str())],
-            )?
-            .is_empty(),
+        Some(u) => !sql::exists(
+            db,
+            "SELECT 1 FROM incident_signals WHERE tenant_id = $1 AND end_user = $2 AND incident_id = $3 LIMIT 1",
+            &[
+                Param::Text(tenant.as_str()),
+                Param::Text(u),
+                Param::Text(id.as_str()),
+            ],
+        )?,
         None => false,
     };
     db.execute(
@@ -392,30 +394,24 @@ fn cap_state(
     tenant: &TenantId,
     at: Timestamp,
 ) -> StoreResult<(i64, Option<IncidentId>)> {
-    let count = db.query(
+    let n = sql::number(
+        db,
         "SELECT COUNT(*) FROM incidents WHERE tenant_id = $1 AND overflow = 0 AND created_at > $2",
         &[
             Param::Text(tenant.as_str()),
             Param::BigInt(at.millis() - HOUR_MS),
         ],
     )?;
-    let n = count
-        .first()
-        .map(|r| Cells::new(r, "count").int(0))
-        .transpose()?
-        .unwrap_or(0);
-    let open_overflow = db.query(
+    let overflow = sql::first(
+        db,
         "SELECT id FROM incidents WHERE tenant_id = $1 AND overflow = 1 AND status <> 'resolved'
          ORDER BY created_at DESC LIMIT 1",
         &[Param::Text(tenant.as_str())],
-    )?;
-    let overflow = open_overflow
-        .first()
-        .map(|r| {
+        |r| {
             IncidentId::parse(&Cells::new(r, "incident").text(0)?)
                 .map_err(|e| StoreError::Database(e.to_string()))
-        })
-        .transpose()?;
+        },
+    )?;
     Ok((n, overflow))
 }
 
@@ -453,7 +449,7 @@ pub(super) fn get(
     tenant: Option<&TenantId>,
     id: &IncidentId,
 ) -> StoreResult<Incident> {
-    super::sql::one(
+    sql::one(
         db,
         &format!(
             "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1 AND ($2 = '' OR tenant_id = $2)"
@@ -474,56 +470,6 @@ pub(super) fn list(
     limit: u32,
 ) -> StoreResult<Vec<Incident>> {
     let key_label = filter.key_id.as_ref().map(|k| format!("key:{k}"));
-    let mut args: Vec<Param<'_>> = Vec::new();
-    let mut sql = format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE 1 = 1");
-    let cond = |sql: &mut String, args: &mut Vec<Param<'_>>, text: &str| {
-        sql.push_str(" AND ");
-        sql.push_str(&text.replace("{}", &format!("${}", args.len())));
-    };
-    if let Some(t) = tenant {
-        args.push(Param::Text(t.as_str()));
-        cond(&mut sql, &mut args, "tenant_id = {}");
-    }
-    if let Some(s) = filter.status {
-        args.push(Param::Text(s.as_str()));
-        cond(&mut sql, &mut args, "status = {}");
-    }
-    if let Some(s) = filter.severity {
-        args.push(Param::Text(s.as_str()));
-        cond(&mut sql, &mut args, "severity = {}");
-    }
-    if let Some(min) = filter.min_severity {
-        let allowed: Vec<&str> = Severity::ALL
-            .iter()
-            .filter(|s| **s >= min)
-            .map(|s| s.as_str())
-            .collect();
-        sql.push_str(&format!(" AND severity IN ('{}')", allowed.join("', '")));
-    }
-    if let Some(r) = &filter.rule {
-        args.push(Param::Text(r));
-        cond(&mut sql, &mut args, "rule = {}");
-    }
-    if let Some(label) = &key_label {
-        args.push(Param::Text(label));
-        cond(&mut sql, &mut args, "subject = {}");
-    }
-    if let Some(u) = &filter.end_user {
-        args.push(Param::Text(u));
-        cond(
-            &mut sql,
-            &mut args,
-            "id IN (SELECT incident_id FROM incident_signals WHERE end_user = {} AND tenant_id = incidents.tenant_id)",
-        );
-    }
-    if let Some(t) = filter.since {
-        args.push(Param::BigInt(t.millis()));
-        cond(&mut sql, &mut args, "last_signal_at >= {}");
-    }
-    if let Some(t) = filter.until {
-        args.push(Param::BigInt(t.millis()));
-        cond(&mut sql, &mut args, "created_at < {}");
-    }
     let lowered: Vec<String> = filter
         .text
         .iter()
@@ -537,25 +483,63 @@ pub(super) fn list(
             )
         })
         .collect();
+    let mut sql = format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE 1 = 1");
+    if let Some(min) = filter.min_severity {
+        let allowed: Vec<&str> = Severity::ALL
+            .iter()
+            .filter(|s| **s >= min)
+            .map(|s| s.as_str())
+            .collect();
+        sql.push_str(&format!(" AND severity IN ('{}')", allowed.join("', '")));
+    }
+    let mut args: Vec<Param<'_>> = Vec::new();
+    // Each piece of SQL names the parameter it adds as `{}`.
+    let mut add = |p, text: &str| {
+        args.push(p);
+        sql.push_str(&text.replace("{}", &format!("${}", args.len())));
+    };
+    if let Some(t) = tenant {
+        add(Param::Text(t.as_str()), " AND tenant_id = {}");
+    }
+    if let Some(s) = filter.status {
+        add(Param::Text(s.as_str()), " AND status = {}");
+    }
+    if let Some(s) = filter.severity {
+        add(Param::Text(s.as_str()), " AND severity = {}");
+    }
+    if let Some(r) = &filter.rule {
+        add(Param::Text(r), " AND rule = {}");
+    }
+    if let Some(label) = &key_label {
+        add(Param::Text(label), " AND subject = {}");
+    }
+    if let Some(u) = &filter.end_user {
+        add(
+            Param::Text(u),
+            " AND id IN (SELECT incident_id FROM incident_signals WHERE end_user = {} AND tenant_id = incidents.tenant_id)",
+        );
+    }
+    if let Some(t) = filter.since {
+        add(Param::BigInt(t.millis()), " AND last_signal_at >= {}");
+    }
+    if let Some(t) = filter.until {
+        add(Param::BigInt(t.millis()), " AND created_at < {}");
+    }
     for w in &lowered {
-        args.push(Param::Text(w));
-        cond(&mut sql, &mut args, "LOWER(title) LIKE {} ESCAPE '\\'");
+        add(Param::Text(w), " AND LOWER(title) LIKE {} ESCAPE '\\'");
     }
     if let Some(c) = after {
-        args.push(Param::BigInt(c.created_at.millis()));
-        let a = args.len();
-        args.push(Param::Text(c.id.as_str()));
-        sql.push_str(&format!(
-            " AND (created_at < ${a} OR (created_at = ${a} AND id < ${}))",
-            a + 1
-        ));
+        add(
+            Param::BigInt(c.created_at.millis()),
+            " AND (created_at < {} OR (created_at = {} AND id < ",
+        );
+        add(Param::Text(c.id.as_str()), "{}))");
     }
-    args.push(Param::BigInt(i64::from(limit).clamp(1, MAX_PAGE)));
-    sql.push_str(&format!(
-        " ORDER BY created_at DESC, id DESC LIMIT ${}",
-        args.len()
-    ));
-    db.query(&sql, &args)?.iter().map(incident_from).collect()
+    add(
+        Param::BigInt(i64::from(limit).clamp(1, MAX_PAGE)),
+        " ORDER BY created_at DESC, id DESC LIMIT {}",
+    );
+    sql::all(db, &sql, &args, incident_from)
 }
 
 pub(super) fn signals(
@@ -563,42 +547,41 @@ pub(super) fn signals(
     id: &IncidentId,
     limit: u32,
 ) -> StoreResult<Vec<StoredSignal>> {
-    let rows = db.query(
+    sql::all(
+        db,
         "SELECT incident_id, rule, at, call_id, end_user, cost_nanos, detail FROM incident_signals
          WHERE incident_id = $1 ORDER BY at, call_id LIMIT $2",
         &[Param::Text(id.as_str()), Param::BigInt(i64::from(limit))],
-    )?;
-    rows.iter()
-        .map(|row| {
+        |row| {
             let c = Cells::new(row, "incident signal");
+            let bad = |e: crate::domain::ParseError| StoreError::Database(e.to_string());
             Ok(StoredSignal {
-                incident_id: IncidentId::parse(&c.text(0)?)
-                    .map_err(|e| StoreError::Database(e.to_string()))?,
+                incident_id: IncidentId::parse(&c.text(0)?).map_err(bad)?,
                 rule: c.text(1)?,
                 at: Timestamp::from_millis(c.int(2)?),
                 call_id: c
                     .opt_text(3)?
-                    .map(|s| CallId::parse(&s))
+                    .as_deref()
+                    .map(CallId::parse)
                     .transpose()
-                    .map_err(|e| StoreError::Database(e.to_string()))?,
+                    .map_err(bad)?,
                 end_user: c.opt_text(4)?,
                 cost: c.opt_int(5)?.map(Money::from_nanos),
                 detail: c.text(6)?,
             })
-        })
-        .collect()
+        },
+    )
 }
 
 pub(super) fn events(db: &mut dyn Db, id: &IncidentId) -> StoreResult<Vec<IncidentEvent>> {
-    db.query(
+    sql::all(
+        db,
         &format!(
             "SELECT {EVENT_COLUMNS} FROM incident_events WHERE incident_id = $1 ORDER BY at, seq"
         ),
         &[Param::Text(id.as_str())],
-    )?
-    .iter()
-    .map(event_from)
-    .collect()
+        event_from,
+    )
 }
 
 /// Applies a person's change; an invalid status change is a Conflict (HTTP 409).
@@ -739,7 +722,8 @@ pub(super) fn unresolved(
     tenant: &TenantId,
     limit: u32,
 ) -> StoreResult<Vec<Incident>> {
-    db.query(
+    sql::all(
+        db,
         &format!(
             "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE tenant_id = $1 AND status <> 'resolved'
              ORDER BY created_at DESC LIMIT $2"
@@ -748,14 +732,12 @@ pub(super) fn unresolved(
             Param::Text(tenant.as_str()),
             Param::BigInt(i64::from(limit)),
         ],
-    )?
-    .iter()
-    .map(incident_from)
-    .collect()
+        incident_from,
+    )
 }
 
 pub(super) fn stats(db: &mut dyn Db, tenant: &TenantId) -> StoreResult<IncidentStats> {
-    let stats = super::sql::first(
+    let stats = sql::first(
         db,
         "SELECT
             COUNT(*) FILTER (WHERE status = 'open'),
@@ -813,22 +795,8 @@ pub(super) fn mark_demo_tenant(
     tenant: &TenantId,
     at: Timestamp,
 ) -> StoreResult<()> {
-    if db
-        .query(
-            "SELECT 1 FROM tenants WHERE id = $1",
-            &[Param::Text(tenant.as_str())],
-        )?
-        .is_empty()
-    {
-        return Err(StoreError::NotFound);
-    }
-    if db
-        .query(
-            "SELECT 1 FROM demo_tenants WHERE tenant_id = $1",
-            &[Param::Text(tenant.as_str())],
-        )?
-        .is_empty()
-    {
+    super::tenants::require(db, tenant)?;
+    if !is_demo_tenant(db, tenant)? {
         db.execute(
             "INSERT INTO demo_tenants (tenant_id, created_at) VALUES ($1, $2)",
             &[Param::Text(tenant.as_str()), Param::BigInt(at.millis())],
@@ -838,12 +806,11 @@ pub(super) fn mark_demo_tenant(
 }
 
 pub(super) fn is_demo_tenant(db: &mut dyn Db, tenant: &TenantId) -> StoreResult<bool> {
-    Ok(!db
-        .query(
-            "SELECT 1 FROM demo_tenants WHERE tenant_id = $1",
-            &[Param::Text(tenant.as_str())],
-        )?
-        .is_empty())
+    sql::exists(
+        db,
+        "SELECT 1 FROM demo_tenants WHERE tenant_id = $1",
+        &[Param::Text(tenant.as_str())],
+    )
 }
 
 /// Merges duplicates into `target`, in the caller's transaction: their signals are copied
@@ -904,7 +871,7 @@ pub(super) fn merge(
 
     // What the duplicates bring that the target does not have yet: calls (each counted
     // once, at its cost) and end users.
-    let new_calls = super::sql::first(
+    let new_calls = sql::first(
         db,
         &format!(
             "SELECT COUNT(*), CAST(COALESCE(SUM(c), 0) AS BIGINT) FROM (
@@ -921,7 +888,7 @@ pub(super) fn merge(
         },
     )?
     .unwrap_or((0, 0));
-    let new_users = super::sql::first(
+    let new_users = sql::first(
         db,
         &format!(
             "SELECT COUNT(DISTINCT end_user) FROM incident_signals

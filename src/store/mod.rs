@@ -353,12 +353,7 @@ pub trait Store: Send + Sync + 'static {
         if signals.is_empty() {
             return Ok(Vec::new());
         }
-        in_write_tx(self, |db| {
-            // One grouping writer at a time across every instance sharing the database.
-            db.serialize(incidents::WRITER_LOCK)?;
-            let seq = db.event_seq();
-            incidents::apply_signals(db, &seq, signals)
-        })
+        in_incident_tx(self, |db, seq| incidents::apply_signals(db, seq, signals))
     }
     /// `tenant: None` means the instance operator; another tenant's id is NotFound.
     fn get_incident(&self, tenant: Option<&TenantId>, id: &IncidentId) -> StoreResult<Incident> {
@@ -406,10 +401,8 @@ pub trait Store: Send + Sync + 'static {
         actor: &str,
         at: Timestamp,
     ) -> StoreResult<(Incident, IncidentEvent)> {
-        in_write_tx(self, |db| {
-            db.serialize(incidents::WRITER_LOCK)?;
-            let seq = db.event_seq();
-            incidents::change(db, &seq, tenant, id, change, actor, at)
+        in_incident_tx(self, |db, seq| {
+            incidents::change(db, seq, tenant, id, change, actor, at)
         })
     }
     /// A system event: a kill-switch action or an alert sent.
@@ -424,10 +417,8 @@ pub trait Store: Send + Sync + 'static {
         note: Option<&str>,
         at: Timestamp,
     ) -> StoreResult<IncidentEvent> {
-        in_write_tx(self, |db| {
-            db.serialize(incidents::WRITER_LOCK)?;
-            let seq = db.event_seq();
-            incidents::add_event(db, &seq, tenant, id, kind, actor, after.clone(), note, at)
+        in_incident_tx(self, |db, seq| {
+            incidents::add_event(db, seq, tenant, id, kind, actor, after.clone(), note, at)
         })
     }
     /// Merges duplicates into `target` in one transaction (see `incidents::merge`): an
@@ -441,10 +432,8 @@ pub trait Store: Send + Sync + 'static {
         actor: &str,
         at: Timestamp,
     ) -> StoreResult<Result<Merged, MergeRefusal>> {
-        in_write_tx(self, |db| {
-            db.serialize(incidents::WRITER_LOCK)?;
-            let seq = db.event_seq();
-            incidents::merge(db, &seq, tenant, target, from, actor, at)
+        in_incident_tx(self, |db, seq| {
+            incidents::merge(db, seq, tenant, target, from, actor, at)
         })
     }
     /// The tenant's open and acknowledged incidents, newest first.
@@ -555,12 +544,7 @@ pub trait Store: Send + Sync + 'static {
     /// incident's `alert_sent` event (route, reason and attempt in `after`), in one
     /// transaction. An incident of another tenant is NotFound and nothing is written.
     fn record_alert_sent(&self, sent: &AlertSent) -> StoreResult<()> {
-        in_write_tx(self, |db| {
-            // Incident events are numbered by one writer at a time (see add_incident_event).
-            db.serialize(incidents::WRITER_LOCK)?;
-            let seq = db.event_seq();
-            alerts::record_sent(db, &seq, sent)
-        })
+        in_incident_tx(self, |db, seq| alerts::record_sent(db, seq, sent))
     }
     /// When the route last alerted about the incident, if ever.
     fn last_alert_sent(
@@ -947,6 +931,20 @@ fn in_write_tx<T>(
         Ok(())
     })?;
     out.ok_or_else(|| StoreError::Database("a write transaction ended without its work".into()))
+}
+
+/// [`in_write_tx`] for what writes incidents or their events: under the incidents' writer
+/// lock, so that one writer at a time across every instance sharing the database groups
+/// signals and numbers events.
+fn in_incident_tx<T>(
+    store: &(impl Store + ?Sized),
+    mut work: impl FnMut(&mut dyn sql::Db, &incidents::EventSeq) -> StoreResult<T>,
+) -> StoreResult<T> {
+    in_write_tx(store, |db| {
+        db.serialize(incidents::WRITER_LOCK)?;
+        let seq = db.event_seq();
+        work(db, &seq)
+    })
 }
 
 /// Runs `work` on a pooled connection of `store` (see [`Store::with_db`]) and returns what

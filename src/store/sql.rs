@@ -211,6 +211,11 @@ pub(super) fn one<T>(
     first(db, sql, args, read)?.ok_or(StoreError::NotFound)
 }
 
+/// Whether `sql` returns any row.
+pub(super) fn exists(db: &mut dyn Db, sql: &str, args: &[Param<'_>]) -> StoreResult<bool> {
+    Ok(!db.query(sql, args)?.is_empty())
+}
+
 /// The integer of the first column of the first row `sql` returns (a count, a sum, a
 /// maximum); 0 when it returns no row.
 pub(super) fn number(db: &mut dyn Db, sql: &str, args: &[Param<'_>]) -> StoreResult<i64> {
