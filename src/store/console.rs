@@ -10,7 +10,7 @@
 
 use super::rows::{MAX_PAGE, USER_COLUMNS, explain_conflict, user_from};
 use super::search_sql::STOPPED_BY;
-use super::sql::{self, Cells, Db, Dialect, Param, SqlRow};
+use super::sql::{self, Cells, Db, Dialect, Param, SqlRow, bad};
 use super::{StoreError, StoreResult};
 use crate::domain::decision::policy;
 use crate::domain::user::{Email, Invitation, NewUser, PasswordHash, Role, User};
@@ -149,10 +149,6 @@ pub(super) fn blocked_costs(
             })
         },
     )
-}
-
-fn bad(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Database(format!("a stored {what}: {e}"))
 }
 
 /// `buckets` consecutive buckets of `bucket_ms` from `since`, empty ones included.
@@ -306,63 +302,55 @@ pub(super) fn blocked_calls<'a>(
     limit: u32,
 ) -> StoreResult<Vec<BlockedCall>> {
     let (stopped, by) = STOPPED_BY.of(db.dialect());
-    let mut args: Vec<Param<'a>> = Vec::new();
-    let mut conds = format!("({stopped}) AND c.blocked_by IS NOT NULL");
+    let mut q = sql::Query::new(format!(
+        "SELECT c.id, c.tenant_id, c.key_id, k.name, c.end_user, c.created_at, c.blocked_by,
+                c.status, c.error, c.decisions
+         FROM calls c LEFT JOIN api_keys k ON k.id = c.key_id
+         WHERE ({stopped}) AND c.blocked_by IS NOT NULL"
+    ));
     if filter.tenant.is_none() {
-        conds.push_str(" AND c.tenant_id IN (SELECT id FROM tenants)");
+        q.sql
+            .push_str(" AND c.tenant_id IN (SELECT id FROM tenants)");
     }
-    // Each condition names the parameter it adds.
-    let mut add = |p: Param<'a>, text: &str| {
-        args.push(p);
-        conds.push_str(&text.replace("{}", &format!("${}", args.len())));
-    };
     if let Some(t) = &filter.tenant {
-        add(Param::Text(t.as_str()), " AND c.tenant_id = {}");
+        q.add(Param::Text(t.as_str()), " AND c.tenant_id = {}");
     }
     if let Some(p) = &filter.policy {
-        add(Param::Text(p), &format!(" AND {by} = {{}}"));
+        q.add(Param::Text(p), &format!(" AND {by} = {{}}"));
     }
     if let Some(t) = filter.since {
-        add(Param::BigInt(t.millis()), " AND c.created_at >= {}");
+        q.add(Param::BigInt(t.millis()), " AND c.created_at >= {}");
     }
     if let Some(t) = filter.until {
-        add(Param::BigInt(t.millis()), " AND c.created_at < {}");
+        q.add(Param::BigInt(t.millis()), " AND c.created_at < {}");
     }
     if let Some(c) = after {
-        add(
+        q.add(
             Param::BigInt(c.created_at.millis()),
             " AND (c.created_at, c.id) < ({}, ",
         );
-        add(Param::Text(c.id.as_str()), "{})");
+        q.add(Param::Text(c.id.as_str()), "{})");
     }
-    args.push(Param::BigInt(i64::from(limit.clamp(1, MAX_PAGE))));
-    sql::all(
-        db,
-        &format!(
-            "SELECT c.id, c.tenant_id, c.key_id, k.name, c.end_user, c.created_at, c.blocked_by,
-                    c.status, c.error, c.decisions
-             FROM calls c LEFT JOIN api_keys k ON k.id = c.key_id
-             WHERE {conds} ORDER BY c.created_at DESC, c.id DESC LIMIT ${}",
-            args.len()
-        ),
-        &args,
-        |row| {
-            let c = Cells::new(row, "blocked call");
-            let policy = c.text(6)?;
-            let reason = stop_reason(&c.text(9)?, &policy).or(c.opt_text(8)?);
-            Ok(BlockedCall {
-                id: CallId::parse(&c.text(0)?).map_err(|e| bad("call id", e))?,
-                tenant_id: TenantId::parse(&c.text(1)?).map_err(|e| bad("tenant id", e))?,
-                key_id: c.text(2)?,
-                key_name: c.opt_text(3)?,
-                end_user: c.opt_text(4)?,
-                created_at: Timestamp::from_millis(c.int(5)?),
-                policy,
-                status: u16::try_from(c.int(7)?).map_err(|e| bad("call status", e))?,
-                reason,
-            })
-        },
-    )
+    q.add(
+        Param::BigInt(i64::from(limit.clamp(1, MAX_PAGE))),
+        " ORDER BY c.created_at DESC, c.id DESC LIMIT {}",
+    );
+    sql::all(db, &q.sql, &q.args, |row| {
+        let c = Cells::new(row, "blocked call");
+        let policy = c.text(6)?;
+        let reason = stop_reason(&c.text(9)?, &policy).or(c.opt_text(8)?);
+        Ok(BlockedCall {
+            id: CallId::parse(&c.text(0)?).map_err(|e| bad("call id", e))?,
+            tenant_id: TenantId::parse(&c.text(1)?).map_err(|e| bad("tenant id", e))?,
+            key_id: c.text(2)?,
+            key_name: c.opt_text(3)?,
+            end_user: c.opt_text(4)?,
+            created_at: Timestamp::from_millis(c.int(5)?),
+            policy,
+            status: u16::try_from(c.int(7)?).map_err(|e| bad("call status", e))?,
+            reason,
+        })
+    })
 }
 
 /// A tenant's people (`None`: everyone on the instance), oldest first.

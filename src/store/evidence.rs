@@ -2,7 +2,7 @@
 //! read takes the tenant id (the public certificate check passes `None`): another tenant's
 //! replay or certificate is NotFound. Rows are written once and never updated.
 
-use super::sql::{self, Cells, Db, Param, SqlRow};
+use super::sql::{self, Cells, Db, Param, SqlRow, bad};
 use super::{StoreError, StoreResult};
 use crate::domain::certificate::CertificateKind;
 use crate::domain::replay::{MatchLevel, ReplayMode, ReplayRecord};
@@ -21,10 +21,6 @@ pub struct StoredCertificate {
     pub subject_id: String,
     pub issued_at: Timestamp,
     pub body: String,
-}
-
-fn bad(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Database(format!("a stored {what}: {e}"))
 }
 
 fn replay_from(row: &SqlRow) -> StoreResult<ReplayRecord> {

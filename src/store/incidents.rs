@@ -483,63 +483,60 @@ pub(super) fn list(
             )
         })
         .collect();
-    let mut sql = format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE 1 = 1");
+    let mut q = sql::Query::new(format!(
+        "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE 1 = 1"
+    ));
     if let Some(min) = filter.min_severity {
         let allowed: Vec<&str> = Severity::ALL
             .iter()
             .filter(|s| **s >= min)
             .map(|s| s.as_str())
             .collect();
-        sql.push_str(&format!(" AND severity IN ('{}')", allowed.join("', '")));
+        q.sql
+            .push_str(&format!(" AND severity IN ('{}')", allowed.join("', '")));
     }
-    let mut args: Vec<Param<'_>> = Vec::new();
-    // Each piece of SQL names the parameter it adds as `{}`.
-    let mut add = |p, text: &str| {
-        args.push(p);
-        sql.push_str(&text.replace("{}", &format!("${}", args.len())));
-    };
     if let Some(t) = tenant {
-        add(Param::Text(t.as_str()), " AND tenant_id = {}");
+        q.add(Param::Text(t.as_str()), " AND tenant_id = {}");
     }
     if let Some(s) = filter.status {
-        add(Param::Text(s.as_str()), " AND status = {}");
+        q.add(Param::Text(s.as_str()), " AND status = {}");
     }
     if let Some(s) = filter.severity {
-        add(Param::Text(s.as_str()), " AND severity = {}");
+        q.add(Param::Text(s.as_str()), " AND severity = {}");
     }
     if let Some(r) = &filter.rule {
-        add(Param::Text(r), " AND rule = {}");
+        q.add(Param::Text(r), " AND rule = {}");
     }
     if let Some(label) = &key_label {
-        add(Param::Text(label), " AND subject = {}");
+        q.add(Param::Text(label), " AND subject = {}");
     }
     if let Some(u) = &filter.end_user {
-        add(
+        q.add(
             Param::Text(u),
             " AND id IN (SELECT incident_id FROM incident_signals WHERE end_user = {} AND tenant_id = incidents.tenant_id)",
         );
     }
     if let Some(t) = filter.since {
-        add(Param::BigInt(t.millis()), " AND last_signal_at >= {}");
+        q.add(Param::BigInt(t.millis()), " AND last_signal_at >= {}");
     }
     if let Some(t) = filter.until {
-        add(Param::BigInt(t.millis()), " AND created_at < {}");
+        q.add(Param::BigInt(t.millis()), " AND created_at < {}");
     }
     for w in &lowered {
-        add(Param::Text(w), " AND LOWER(title) LIKE {} ESCAPE '\\'");
+        q.add(Param::Text(w), " AND LOWER(title) LIKE {} ESCAPE '\\'");
     }
     if let Some(c) = after {
-        add(
+        q.add(
             Param::BigInt(c.created_at.millis()),
             " AND (created_at < {} OR (created_at = {} AND id < ",
         );
-        add(Param::Text(c.id.as_str()), "{}))");
+        q.add(Param::Text(c.id.as_str()), "{}))");
     }
-    add(
+    q.add(
         Param::BigInt(i64::from(limit).clamp(1, MAX_PAGE)),
         " ORDER BY created_at DESC, id DESC LIMIT {}",
     );
-    sql::all(db, &sql, &args, incident_from)
+    sql::all(db, &q.sql, &q.args, incident_from)
 }
 
 pub(super) fn signals(

@@ -835,7 +835,9 @@ pub trait Store: Send + Sync + 'static {
     }
     fn import_tables(&self, source: &mut dump::Source<'_>) -> StoreResult<()>;
     /// Rows per backed-up table, in `dump::TABLES` order.
-    fn table_counts(&self) -> StoreResult<Vec<(String, i64)>>;
+    fn table_counts(&self) -> StoreResult<Vec<(String, i64)>> {
+        on_db(self, |db| dump::counts(db))
+    }
 
     // Tamper evidence (see domain::chain): `insert_calls` links every call into its
     // tenant's chain and `append_audit` every entry into its chain, in the same transaction.

@@ -244,6 +244,29 @@ pub(super) fn insert_call_sql(placeholder: fn(usize) -> String) -> String {
     )
 }
 
+/// The values [`insert_call_sql`] binds for one call, as an array of `&$ty` (either
+/// backend's parameter type): the fields of the [`CallParams`] `$p` in
+/// [`CHAINED_CALL_COLUMNS`] order, the body digests, then its chain link `$link` (seq,
+/// hash) and the link version.
+macro_rules! call_values {
+    ($p:ident, $link:ident, $ty:ty) => {
+        call_values!(@ $p, $link, $ty; id tenant_id key_id created_at endpoint model stream end_user session_id metadata
+            request_body request_truncated request_sha256 response_body response_truncated response_sha256
+            status error blocked blocked_by decisions prompt_tokens completion_tokens cached_tokens total_tokens
+            cost_nanos latency_us upstream_latency_us enforcement_us upstream_attempts upstream
+            request_body_sha256 response_body_sha256)
+    };
+    (@ $p:ident, $link:ident, $ty:ty; $($field:ident)+) => {
+        [
+            $(&$p.$field as &$ty,)+
+            &$link.0 as &$ty,
+            &$link.1 as &$ty,
+            &$crate::domain::chain::LinkVersion::V2.number() as &$ty,
+        ]
+    };
+}
+pub(super) use call_values;
+
 /// The conflict a duplicate call id in a batch is reported as.
 pub(super) fn duplicate_call(id: &CallId) -> String {
     format!(

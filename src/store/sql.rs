@@ -126,6 +126,11 @@ pub(super) enum EventSeq {
     Identity,
 }
 
+/// A stored value that does not read back: "a stored `what`: `e`".
+pub(super) fn bad(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(format!("a stored {what}: {e}"))
+}
+
 /// Reads the cells of a row by position, with errors that name the column.
 pub(super) struct Cells<'r> {
     row: &'r [Cell],
@@ -178,6 +183,29 @@ impl<'r> Cells<'r> {
             Some(Cell::Null) => Ok(None),
             _ => Err(self.bad(i, "an integer or NULL")),
         }
+    }
+}
+
+/// A statement put together from the conditions that apply, and its parameters.
+pub(super) struct Query<'a> {
+    pub sql: String,
+    pub args: Vec<Param<'a>>,
+}
+
+impl<'a> Query<'a> {
+    pub(super) fn new(sql: String) -> Self {
+        Self {
+            sql,
+            args: Vec::new(),
+        }
+    }
+
+    /// Appends `text` and the parameter `p` it adds, which `text` names `{}` (each `{}`
+    /// becomes that parameter's placeholder).
+    pub(super) fn add(&mut self, p: Param<'a>, text: &str) {
+        self.args.push(p);
+        let placeholder = format!("${}", self.args.len());
+        self.sql.push_str(&text.replace("{}", &placeholder));
     }
 }
 

@@ -11,7 +11,7 @@ use base64::Engine;
 const COLUMNS: &str = "id, tenant_id, kind, status, created_by, created_at, updated_at, params, progress_done, progress_total, result, error, content_type, filename";
 
 fn bad(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Database(format!("a stored task {what}: {e}"))
+    super::sql::bad(&format!("task {what}"), e)
 }
 
 fn json(s: Option<String>) -> StoreResult<Option<serde_json::Value>> {
