@@ -58,7 +58,7 @@ pub(super) const TOPIC_POLICY: &str = "policy";
 /// A tenant's own upstream changed (put or deleted).
 pub(super) const TOPIC_UPSTREAM: &str = "upstream";
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Database(format!("a stored {what} could not be read back: {e}"))
 }
 

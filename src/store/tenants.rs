@@ -57,9 +57,7 @@ pub(super) fn list(db: &mut dyn Db) -> StoreResult<Vec<Tenant>> {
 }
 
 fn tenant_id(stored: &str) -> StoreResult<TenantId> {
-    TenantId::parse(stored).map_err(|e| {
-        StoreError::Database(format!("a stored tenant id could not be read back: {e}"))
-    })
+    TenantId::parse(stored).map_err(|e| super::rows::corrupt("tenant id", e))
 }
 
 pub(super) fn policy(db: &mut dyn Db, tenant: &TenantId) -> StoreResult<Option<serde_json::Value>> {
