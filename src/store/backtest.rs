@@ -11,17 +11,13 @@
 
 use super::StoreResult;
 use super::rows::{CallOrder, CallsPage, calls_page_query, corrupt};
-use super::sql::{self, Cells, Db};
+use super::sql::{self, Cells, Db, Dialect};
 use crate::domain::{CallCursor, CallFilter, CallId, KeyId, RecordedRequest, TenantId, Timestamp};
 
 /// The columns of `calls` a [`RecordedRequest`] is read from, in the order
 /// [`recorded_request`] expects them.
 const REQUEST_COLUMNS: &str = "id, key_id, created_at, endpoint, model, end_user, request_body, \
 request_truncated, status, blocked, blocked_by, prompt_tokens, completion_tokens, cached_tokens";
-
-fn dollar(n: usize) -> String {
-    format!("${n}")
-}
 
 /// Up to `limit` of the tenant's calls matching `filter`, oldest first (`created_at`, then
 /// id), strictly after `after` when given.
@@ -38,7 +34,7 @@ pub(super) fn recorded_requests(
         skip: 0,
         limit,
     };
-    let (sql, args) = calls_page_query(page, tenant, filter, after, dollar);
+    let (sql, args) = calls_page_query(page, tenant, filter, after, Dialect::Postgres);
     sql::all(db, &sql, &args, |row| {
         recorded_request(&Cells::new(row, "call"))
     })
@@ -59,7 +55,7 @@ pub(super) fn call_key_at(
         skip,
         limit: 1,
     };
-    let (sql, args) = calls_page_query(page, tenant, filter, None, dollar);
+    let (sql, args) = calls_page_query(page, tenant, filter, None, Dialect::Postgres);
     sql::first(db, &sql, &args, |row| {
         let cells = Cells::new(row, "call");
         Ok(CallCursor {

@@ -1,7 +1,7 @@
 //! Reading recorded calls back (writing them is the recorder's, in each backend).
 
 use super::rows::{CALL_COLUMNS, call_from, list_calls_query};
-use super::sql::{self, Cells, Db, Param};
+use super::sql::{self, Cells, Db, Dialect, Param};
 use super::{CallCounts, StoreResult};
 use crate::domain::{CallCursor, CallFilter, CallId, CallRecord, Money, TenantId, Timestamp};
 
@@ -30,7 +30,7 @@ pub(super) fn list(
     after: Option<&CallCursor>,
     limit: u32,
 ) -> StoreResult<Vec<CallRecord>> {
-    let (sql, args) = list_calls_query(tenant, filter, after, limit, |n| format!("${n}"));
+    let (sql, args) = list_calls_query(tenant, filter, after, limit, Dialect::Postgres);
     sql::all(db, &sql, &args, call_from)
 }
 

@@ -3,7 +3,7 @@
 //! interpret a stored value. A stored value that no longer parses is a database error,
 //! never a panic.
 
-use super::sql::{Cells, Param, SqlRow};
+use super::sql::{Cells, Dialect, Param, Query, SqlRow};
 use super::{StoreError, StoreResult};
 use crate::domain::chain::body_digest;
 use crate::domain::{
@@ -325,13 +325,13 @@ pub(super) fn call_from(row: &SqlRow) -> StoreResult<CallRecord> {
 
 /// The SQL and parameters of one `list_calls` page. Only the filters that are set become
 /// conditions (rather than `? IS NULL OR …`), so the planner can pick the index that
-/// matches them; `placeholder(n)` spells the n-th parameter (1-based) for the backend.
+/// matches them; placeholders are spelled as `dialect` does.
 pub(super) fn list_calls_query<'a>(
     tenant: &'a TenantId,
     filter: &'a CallFilter,
     after: Option<&'a CallCursor>,
     limit: u32,
-    placeholder: fn(usize) -> String,
+    dialect: Dialect,
 ) -> (String, Vec<Param<'a>>) {
     let page = CallsPage {
         columns: CALL_COLUMNS,
@@ -339,7 +339,7 @@ pub(super) fn list_calls_query<'a>(
         skip: 0,
         limit,
     };
-    calls_page_query(page, tenant, filter, after, placeholder)
+    calls_page_query(page, tenant, filter, after, dialect)
 }
 
 /// The order of a page of calls. Both are walked through the same `(tenant_id,
@@ -391,29 +391,21 @@ pub(super) fn calls_page_query<'a>(
     tenant: &'a TenantId,
     filter: &'a CallFilter,
     after: Option<&'a CallCursor>,
-    placeholder: fn(usize) -> String,
+    dialect: Dialect,
 ) -> (String, Vec<Param<'a>>) {
-    let mut params = vec![Param::Text(tenant.as_str())];
-    let mut sql = format!(
-        "SELECT {} FROM calls WHERE tenant_id = {}",
-        page.columns,
-        placeholder(1)
-    );
-    let mut cond = |column: &str, op: &str, p: Param<'a>| {
-        params.push(p);
-        sql.push_str(&format!(" AND {column} {op} {}", placeholder(params.len())));
-    };
+    let mut q = Query::of(dialect, format!("SELECT {} FROM calls WHERE", page.columns));
+    q.add(Param::Text(tenant.as_str()), " tenant_id = {}");
     for (column, op, p) in narrow_filters(filter) {
-        cond(column, op, p);
+        q.add(p, &format!(" AND {column} {op} {{}}"));
     }
     if let Some(m) = &filter.model {
-        cond("model", "=", Param::Text(m));
+        q.add(Param::Text(m), " AND model = {}");
     }
     if let Some(s) = filter.status {
-        cond("status", "=", Param::Int(i32::from(s)));
+        q.add(Param::Int(i32::from(s)), " AND status = {}");
     }
     if let Some(b) = filter.blocked {
-        cond("blocked", "=", Param::Bool(b));
+        q.add(Param::Bool(b), " AND blocked = {}");
     }
     let (beyond, order) = match page.order {
         CallOrder::NewestFirst => ("<", "created_at DESC, id DESC"),
@@ -421,24 +413,16 @@ pub(super) fn calls_page_query<'a>(
     };
     if let Some(c) = after {
         // A row-value comparison: strictly after the cursor in the page's order.
-        params.push(Param::BigInt(c.created_at.millis()));
-        params.push(Param::Text(c.id.as_str()));
-        sql.push_str(&format!(
-            " AND (created_at, id) {beyond} ({}, {})",
-            placeholder(params.len() - 1),
-            placeholder(params.len())
-        ));
+        let created = Param::BigInt(c.created_at.millis());
+        q.add(created, &format!(" AND (created_at, id) {beyond} ({{}}, "));
+        q.add(Param::Text(c.id.as_str()), "{})");
     }
-    params.push(Param::BigInt(i64::from(page.limit.min(MAX_PAGE))));
-    sql.push_str(&format!(
-        " ORDER BY {order} LIMIT {}",
-        placeholder(params.len())
-    ));
+    let limit = Param::BigInt(i64::from(page.limit.min(MAX_PAGE)));
+    q.add(limit, &format!(" ORDER BY {order} LIMIT {{}}"));
     if page.skip > 0 {
-        params.push(Param::BigInt(i64::from(page.skip)));
-        sql.push_str(&format!(" OFFSET {}", placeholder(params.len())));
+        q.add(Param::BigInt(i64::from(page.skip)), " OFFSET {}");
     }
-    (sql, params)
+    q.into_parts()
 }
 
 /// The latest event of every target whose latest action is a freeze. `ROW_NUMBER` rather

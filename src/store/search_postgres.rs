@@ -216,19 +216,20 @@ fn calls_among(
     if ids.is_empty() || limit == 0 {
         return Ok(Vec::new());
     }
-    let (conds, params) = conditions(Dialect::Postgres, tenant, search, 1);
-    let sql = format!(
-        "SELECT {} FROM calls c WHERE {conds} AND c.id = ANY(${}::text[]) ORDER BY c.created_at DESC, c.id DESC LIMIT ${}",
-        call_columns(),
-        params.len() + 1,
-        params.len() + 2
-    );
+    let mut q = Query::new(format!("SELECT {} FROM calls c WHERE ", call_columns()));
+    conditions(&mut q, tenant, search);
+    let n = q.args.len();
+    q.sql.push_str(&format!(
+        " AND c.id = ANY(${}::text[]) ORDER BY c.created_at DESC, c.id DESC LIMIT ${}",
+        n + 1,
+        n + 2
+    ));
     let limit = i64::from(limit);
-    let mut args: Vec<&(dyn ToSql + Sync)> = params.iter().map(pg_param).collect();
+    let mut args: Vec<&(dyn ToSql + Sync)> = q.args.iter().map(pg_param).collect();
     args.push(&ids);
     args.push(&limit);
     client
-        .query(&sql, &args)
+        .query(&q.sql, &args)
         .map_err(db_err)?
         .iter()
         .map(|r| call_from(&cells(r)?))

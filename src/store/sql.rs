@@ -190,13 +190,22 @@ impl<'r> Cells<'r> {
 pub(super) struct Query<'a> {
     pub sql: String,
     pub args: Vec<Param<'a>>,
+    /// How the placeholders are spelled.
+    pub dialect: Dialect,
 }
 
 impl<'a> Query<'a> {
+    /// A statement with `$n` placeholders, as every statement run through [`Db`] has them.
     pub(super) fn new(sql: String) -> Self {
+        Self::of(Dialect::Postgres, sql)
+    }
+
+    /// A statement with `dialect`'s placeholders.
+    pub(super) fn of(dialect: Dialect, sql: String) -> Self {
         Self {
             sql,
             args: Vec::new(),
+            dialect,
         }
     }
 
@@ -204,8 +213,12 @@ impl<'a> Query<'a> {
     /// becomes that parameter's placeholder).
     pub(super) fn add(&mut self, p: Param<'a>, text: &str) {
         self.args.push(p);
-        let placeholder = format!("${}", self.args.len());
+        let placeholder = self.dialect.placeholder(self.args.len());
         self.sql.push_str(&text.replace("{}", &placeholder));
+    }
+
+    pub(super) fn into_parts(self) -> (String, Vec<Param<'a>>) {
+        (self.sql, self.args)
     }
 }
 

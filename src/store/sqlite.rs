@@ -711,6 +711,7 @@ impl Recording for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::super::rows::list_calls_query;
+    use super::super::sql::Dialect;
     use super::*;
     use crate::domain::Timestamp;
     use rusqlite::params_from_iter;
@@ -925,7 +926,7 @@ mod tests {
         ];
         for (filter, index) in &filters {
             for after in [None, Some(&cursor)] {
-                let (sql, args) = list_calls_query(&f.tenant, filter, after, 50, placeholder);
+                let (sql, args) = list_calls_query(&f.tenant, filter, after, 50, Dialect::Sqlite);
                 let plan = conn
                     .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
                     .unwrap()
