@@ -336,46 +336,29 @@ fn apply_one(db: &mut dyn Db, seq: &EventSeq, s: &Signal) -> StoreResult<Applied
         note,
         ..NewEvent::new(&id, tenant, s.at, "system", kind)
     };
+    let escalated = (severity > before.severity).then_some((before.severity, severity));
+    let mut events = Vec::new();
     if opened {
-        insert_event(
-            db,
-            seq,
-            &event(
-                EventKind::Opened,
-                None,
-                Some(
-                    json!({"status": "open", "severity": before.severity, "rule": s.rule, "subject": s.subject.label()}),
-                ),
-                Some(&s.detail),
-            ),
-        )?;
+        let after = json!({"status": "open", "severity": before.severity, "rule": s.rule, "subject": s.subject.label()});
+        events.push(event(EventKind::Opened, None, Some(after), Some(&s.detail)));
     }
     if reopened {
-        insert_event(
-            db,
-            seq,
-            &event(
-                EventKind::Reopened,
-                Some(json!({"status": before.status})),
-                Some(json!({"status": "open"})),
-                Some(&s.detail),
-            ),
-        )?;
+        let was = json!({"status": before.status});
+        let now = json!({"status": "open"});
+        events.push(event(
+            EventKind::Reopened,
+            Some(was),
+            Some(now),
+            Some(&s.detail),
+        ));
     }
-    let escalated = (severity > before.severity).then_some((before.severity, severity));
     if escalated.is_some() {
-        insert_event(
-            db,
-            seq,
-            &event(
-                EventKind::Escalated,
-                Some(json!({"severity": before.severity})),
-                Some(
-                    json!({"severity": severity, "calls": calls, "end_users": users, "cost_usd": cost.usd()}),
-                ),
-                None,
-            ),
-        )?;
+        let was = json!({"severity": before.severity});
+        let now = json!({"severity": severity, "calls": calls, "end_users": users, "cost_usd": cost.usd()});
+        events.push(event(EventKind::Escalated, Some(was), Some(now), None));
+    }
+    for e in &events {
+        insert_event(db, seq, e)?;
     }
     Ok(Applied {
         incident_id: id,

@@ -1010,19 +1010,11 @@ pub fn plain_recording(store: DynStore) -> DynRecording {
 /// Applies pending migrations and refuses a schema newer than this binary knows.
 /// Blocking (it connects and migrates): from async code, call it through [`run_blocking`].
 pub fn open(data_dir: &Path, database_url: Option<&str>) -> StoreResult<DynStore> {
-    open_with(data_dir, database_url, None)
+    open_recording(data_dir, database_url, None).map(|o| o.store)
 }
 
-/// [`open`] with a durability level; `None`: the backend's [`Durability::default_for`].
-pub fn open_with(
-    data_dir: &Path,
-    database_url: Option<&str>,
-    durability: Option<Durability>,
-) -> StoreResult<DynStore> {
-    open_recording(data_dir, database_url, durability).map(|o| o.store)
-}
-
-/// [`open_with`], with the call recorder's ways into the store (what the server opens).
+/// [`open`] at a durability level (`None`: the backend's [`Durability::default_for`]),
+/// with the call recorder's ways into the store (what the server opens).
 pub fn open_recording(
     data_dir: &Path,
     database_url: Option<&str>,
@@ -1042,7 +1034,7 @@ pub fn open_recording(
             let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
             match scheme {
                 "postgres" | "postgresql" => {
-                    let store = postgres::open_store_with(url, level)?;
+                    let store: DynStore = Arc::new(postgres::PostgresStore::open_with(url, level)?);
                     Ok(Opened {
                         store: store.clone(),
                         recording: plain_recording(store),

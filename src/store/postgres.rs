@@ -14,8 +14,8 @@ use super::rows::{
     CallParams, call_values, duplicate_call, explain_conflict, insert_call_sql, latest_uses,
 };
 use super::{
-    Backend, CommitSettings, Durability, DynStore, PoolStats, Store, StoreError, StoreResult,
-    migrate, redact_url,
+    Backend, CommitSettings, Durability, PoolStats, Store, StoreError, StoreResult, migrate,
+    redact_url,
 };
 use crate::domain::{CallRecord, KeyId, TenantId, Timestamp};
 use postgres::config::Host;
@@ -31,17 +31,6 @@ const POOL_SIZE: u32 = 10;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a checkout waits before it looks at whether connecting to the server fails.
 const CHECKOUT_STEP: Duration = Duration::from_millis(250);
-/// Opens the store and applies migrations. Blocking: from async code, call it through
-/// [`super::run_blocking`].
-pub fn open_store(url: &str) -> StoreResult<DynStore> {
-    open_store_with(url, Durability::default_for(Backend::Postgres))
-}
-
-/// [`open_store`] at a durability level.
-pub fn open_store_with(url: &str, durability: Durability) -> StoreResult<DynStore> {
-    Ok(Arc::new(PostgresStore::open_with(url, durability)?))
-}
-
 /// Begins a transaction of the call recorder. With [`Durability::Process`] its commit
 /// returns before Postgres has flushed it to its WAL on disk (`synchronous_commit = off`,
 /// for this transaction only; Postgres's WAL writer flushes it within 3 ×

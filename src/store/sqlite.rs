@@ -29,12 +29,7 @@ const POOL_SIZE: u32 = 8;
 
 /// Opens the store and applies migrations.
 pub fn open_store(path: &Path) -> StoreResult<DynStore> {
-    open_store_with(path, Durability::default_for(Backend::Sqlite))
-}
-
-/// [`open_store`] at a durability level.
-pub fn open_store_with(path: &Path, durability: Durability) -> StoreResult<DynStore> {
-    Ok(Arc::new(SqliteStore::open_with(path, durability)?))
+    Ok(Arc::new(SqliteStore::open(path)?))
 }
 
 pub struct SqliteStore {
