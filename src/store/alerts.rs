@@ -157,15 +157,8 @@ pub(super) fn record_sent(db: &mut dyn Db, seq: &EventSeq, s: &AlertSent) -> Sto
             s.reason.as_str(),
             s.attempt
         );
-        incidents::insert_event(
-            db,
-            seq,
-            &NewEvent {
-                after: Some(after),
-                note: Some(&note),
-                ..NewEvent::new(incident, &s.tenant_id, s.at, "system", EventKind::AlertSent)
-            },
-        )?;
+        let event = NewEvent::new(incident, &s.tenant_id, s.at, "system", EventKind::AlertSent);
+        incidents::insert_event(db, seq, &event.with(None, Some(after), Some(&note)))?;
     }
     Ok(())
 }

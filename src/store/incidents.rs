@@ -123,6 +123,21 @@ impl<'a> NewEvent<'a> {
             note: None,
         }
     }
+
+    /// This event with `before`, `after` and `note`.
+    pub(super) fn with(
+        self,
+        before: Option<serde_json::Value>,
+        after: Option<serde_json::Value>,
+        note: Option<&'a str>,
+    ) -> Self {
+        Self {
+            before,
+            after,
+            note,
+            ..self
+        }
+    }
 }
 
 pub(super) fn insert_event(
@@ -330,32 +345,22 @@ fn apply_one(db: &mut dyn Db, seq: &EventSeq, s: &Signal) -> StoreResult<Applied
             }),
         ],
     )?;
-    let event = |kind, before, after, note| NewEvent {
-        before,
-        after,
-        note,
-        ..NewEvent::new(&id, tenant, s.at, "system", kind)
-    };
+    let event = |kind| NewEvent::new(&id, tenant, s.at, "system", kind);
     let escalated = (severity > before.severity).then_some((before.severity, severity));
     let mut events = Vec::new();
     if opened {
         let after = json!({"status": "open", "severity": before.severity, "rule": s.rule, "subject": s.subject.label()});
-        events.push(event(EventKind::Opened, None, Some(after), Some(&s.detail)));
+        events.push(event(EventKind::Opened).with(None, Some(after), Some(&s.detail)));
     }
     if reopened {
         let was = json!({"status": before.status});
         let now = json!({"status": "open"});
-        events.push(event(
-            EventKind::Reopened,
-            Some(was),
-            Some(now),
-            Some(&s.detail),
-        ));
+        events.push(event(EventKind::Reopened).with(Some(was), Some(now), Some(&s.detail)));
     }
     if escalated.is_some() {
         let was = json!({"severity": before.severity});
         let now = json!({"severity": severity, "calls": calls, "end_users": users, "cost_usd": cost.usd()});
-        events.push(event(EventKind::Escalated, Some(was), Some(now), None));
+        events.push(event(EventKind::Escalated).with(Some(was), Some(now), None));
     }
     for e in &events {
         insert_event(db, seq, e)?;
@@ -583,12 +588,7 @@ pub(super) fn change(
     }
     let next = incident::transition(before.status, change)
         .map_err(|e| StoreError::Conflict(e.to_string()))?;
-    let ev = |kind, b: Option<serde_json::Value>, a: Option<serde_json::Value>, note| NewEvent {
-        before: b,
-        after: a,
-        note,
-        ..NewEvent::new(id, &before.tenant_id, at, actor, kind)
-    };
+    let ev = |kind| NewEvent::new(id, &before.tenant_id, at, actor, kind);
     let event = match (change, next) {
         (Change::Acknowledge | Change::Resolve | Change::Reopen, Some(status)) => {
             // The moment each status change sets. Reopened, as when the engine reopens on
@@ -612,29 +612,25 @@ pub(super) fn change(
                     Param::BigInt(at.millis()),
                 ],
             )?;
-            ev(
-                kind,
-                Some(json!({"status": before.status})),
-                Some(json!({"status": status})),
-                None,
-            )
+            let (was, now) = (json!({"status": before.status}), json!({"status": status}));
+            ev(kind).with(Some(was), Some(now), None)
         }
         (Change::Assign(who), _) => {
             set_field(db, id, "assignee", Param::OptText(who.as_deref()), at)?;
             let (was, now) = field_change("assignee", &before.assignee, who);
-            ev(EventKind::Assigned, was, now, None)
+            ev(EventKind::Assigned).with(was, now, None)
         }
         (Change::SetSeverity(sev), _) => {
             set_field(db, id, "severity", Param::Text(sev.as_str()), at)?;
             let (was, now) = field_change("severity", &before.severity, sev);
-            ev(EventKind::SeverityChanged, was, now, None)
+            ev(EventKind::SeverityChanged).with(was, now, None)
         }
         (Change::Note(text), _) => {
             db.execute(
                 "UPDATE incidents SET updated_at = $2 WHERE id = $1",
                 &[Param::Text(id.as_str()), Param::BigInt(at.millis())],
             )?;
-            ev(EventKind::Note, None, None, Some(text.as_str()))
+            ev(EventKind::Note).with(None, None, Some(text))
         }
         (Change::Acknowledge | Change::Resolve | Change::Reopen, None) => {
             return Err(StoreError::Conflict("nothing to change".into()));
@@ -684,15 +680,8 @@ pub(super) fn add_event(
     at: Timestamp,
 ) -> StoreResult<IncidentEvent> {
     get(db, Some(tenant), id)?;
-    insert_event(
-        db,
-        seq,
-        &NewEvent {
-            after,
-            note,
-            ..NewEvent::new(id, tenant, at, actor, kind)
-        },
-    )
+    let event = NewEvent::new(id, tenant, at, actor, kind);
+    insert_event(db, seq, &event.with(None, after, note))
 }
 
 /// Incidents of a tenant still open or acknowledged, newest first (for attaching
@@ -937,46 +926,26 @@ pub(super) fn merge(
                 Param::Text(target_id.as_str()),
             ],
         )?;
+        let (was, now) = (
+            json!({"status": source.status}),
+            json!({"status": "resolved", "merged_into": target_id}),
+        );
         let into = format!("merged into {target_id}");
-        insert_event(
-            db,
-            seq,
-            &NewEvent {
-                before: Some(json!({"status": source.status})),
-                after: Some(json!({"status": "resolved", "merged_into": target_id})),
-                note: Some(&into),
-                ..NewEvent::new(&source.id, tenant, at, actor, EventKind::Merged)
-            },
-        )?;
+        let event = NewEvent::new(&source.id, tenant, at, actor, EventKind::Merged);
+        insert_event(db, seq, &event.with(Some(was), Some(now), Some(&into)))?;
+        let taken = json!({"merged_from": source.id, "signals": source.signal_count});
         let from = format!("merged {} into this", source.id);
-        insert_event(
-            db,
-            seq,
-            &NewEvent {
-                after: Some(json!({
-                    "merged_from": source.id,
-                    "signals": source.signal_count,
-                })),
-                note: Some(&from),
-                ..NewEvent::new(target_id, tenant, at, actor, EventKind::Merged)
-            },
-        )?;
+        let event = NewEvent::new(target_id, tenant, at, actor, EventKind::Merged);
+        insert_event(db, seq, &event.with(None, Some(taken), Some(&from)))?;
         let after = get_by_id(db, &source.id)?;
         merged.push((source, after));
     }
     if severity > target.severity {
-        insert_event(
-            db,
-            seq,
-            &NewEvent {
-                before: Some(json!({"severity": target.severity})),
-                after: Some(json!({
-                    "severity": severity, "calls": calls, "end_users": users, "cost_usd": cost.usd(),
-                })),
-                note: Some("duplicates merged in"),
-                ..NewEvent::new(target_id, tenant, at, actor, EventKind::Escalated)
-            },
-        )?;
+        let was = json!({"severity": target.severity});
+        let now = json!({"severity": severity, "calls": calls, "end_users": users, "cost_usd": cost.usd()});
+        let event = NewEvent::new(target_id, tenant, at, actor, EventKind::Escalated);
+        let note = Some("duplicates merged in");
+        insert_event(db, seq, &event.with(Some(was), Some(now), note))?;
     }
     Ok(Ok(incident::Merged {
         target: get_by_id(db, target_id)?,
