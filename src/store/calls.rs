@@ -10,15 +10,13 @@ pub(super) fn get(
     tenant: Option<&TenantId>,
     id: &CallId,
 ) -> StoreResult<CallRecord> {
-    sql::one(
+    sql::owned(
         db,
-        &format!(
-            "SELECT {CALL_COLUMNS} FROM calls WHERE id = $1 AND (CAST($2 AS TEXT) IS NULL OR tenant_id = $2)"
-        ),
-        &[
-            Param::Text(id.as_str()),
-            Param::OptText(tenant.map(TenantId::as_str)),
-        ],
+        "calls",
+        CALL_COLUMNS,
+        id.as_str(),
+        tenant,
+        false,
         call_from,
     )
 }

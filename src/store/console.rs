@@ -509,16 +509,13 @@ fn managed_user(
     id: &UserId,
     lock: bool,
 ) -> StoreResult<User> {
-    let lock = if lock { db.lock_rows() } else { "" };
-    sql::one(
+    sql::owned(
         db,
-        &format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE id = $1 AND (CAST($2 AS TEXT) IS NULL OR tenant_id = $2){lock}"
-        ),
-        &[
-            Param::Text(id.as_str()),
-            Param::OptText(tenant.map(TenantId::as_str)),
-        ],
+        "users",
+        USER_COLUMNS,
+        id.as_str(),
+        tenant,
+        lock,
         user_from,
     )
 }
@@ -672,16 +669,13 @@ pub(super) fn revoke_invitation(
     id: &InvitationId,
     at: Timestamp,
 ) -> StoreResult<Invitation> {
-    let lock = db.lock_rows();
-    let mut inv = sql::one(
+    let mut inv = sql::owned(
         db,
-        &format!(
-            "SELECT {INVITATION_COLUMNS} FROM invitations WHERE id = $1 AND (CAST($2 AS TEXT) IS NULL OR tenant_id = $2){lock}"
-        ),
-        &[
-            Param::Text(id.as_str()),
-            Param::OptText(tenant.map(TenantId::as_str)),
-        ],
+        "invitations",
+        INVITATION_COLUMNS,
+        id.as_str(),
+        tenant,
+        true,
         invitation_from,
     )?;
     if inv.accepted_at.is_some() {

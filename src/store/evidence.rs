@@ -150,15 +150,13 @@ pub(super) fn get_certificate(
     tenant: Option<&TenantId>,
     id: &CertificateId,
 ) -> StoreResult<StoredCertificate> {
-    sql::one(
+    sql::owned(
         db,
-        &format!(
-            "SELECT {CERT_COLUMNS} FROM certificates WHERE id = $1 AND (CAST($2 AS TEXT) IS NULL OR tenant_id = $2)"
-        ),
-        &[
-            Param::Text(id.as_str()),
-            Param::OptText(tenant.map(TenantId::as_str)),
-        ],
+        "certificates",
+        CERT_COLUMNS,
+        id.as_str(),
+        tenant,
+        false,
         certificate_from,
     )
 }

@@ -437,15 +437,13 @@ pub(super) fn get(
     tenant: Option<&TenantId>,
     id: &IncidentId,
 ) -> StoreResult<Incident> {
-    sql::one(
+    sql::owned(
         db,
-        &format!(
-            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1 AND ($2 = '' OR tenant_id = $2)"
-        ),
-        &[
-            Param::Text(id.as_str()),
-            Param::Text(tenant.map(TenantId::as_str).unwrap_or("")),
-        ],
+        "incidents",
+        INCIDENT_COLUMNS,
+        id.as_str(),
+        tenant,
+        false,
         incident_from,
     )
 }

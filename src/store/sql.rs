@@ -257,6 +257,29 @@ pub(super) fn exists(db: &mut dyn Db, sql: &str, args: &[Param<'_>]) -> StoreRes
     Ok(!db.query(sql, args)?.is_empty())
 }
 
+/// The row of `table` whose id is `id`, its `columns` read by `read`: only a row of
+/// `tenant` (`None`: of any tenant, as the operator sees them), else NotFound. `lock`
+/// locks it until the transaction ends (see [`Db::lock_rows`]).
+pub(super) fn owned<T>(
+    db: &mut dyn Db,
+    table: &str,
+    columns: &str,
+    id: &str,
+    tenant: Option<&TenantId>,
+    lock: bool,
+    read: impl Fn(&SqlRow) -> StoreResult<T>,
+) -> StoreResult<T> {
+    let lock = if lock { db.lock_rows() } else { "" };
+    let sql = format!(
+        "SELECT {columns} FROM {table} WHERE id = $1 AND (CAST($2 AS TEXT) IS NULL OR tenant_id = $2){lock}"
+    );
+    let args = [
+        Param::Text(id),
+        Param::OptText(tenant.map(TenantId::as_str)),
+    ];
+    one(db, &sql, &args, read)
+}
+
 /// The integer of the first column of the first row `sql` returns (a count, a sum, a
 /// maximum); 0 when it returns no row.
 pub(super) fn number(db: &mut dyn Db, sql: &str, args: &[Param<'_>]) -> StoreResult<i64> {
