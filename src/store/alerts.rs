@@ -4,7 +4,7 @@
 //! caller's transaction.
 
 use super::incidents::{self, EventSeq, NewEvent};
-use super::sql::{Cells, Db, Param, SqlRow};
+use super::sql::{self, Cells, Db, Param, SqlRow};
 use super::{StoreError, StoreResult};
 use crate::domain::alert::{AlertRoute, AlertSent, RouteKind};
 use crate::domain::incident::EventKind;
@@ -33,18 +33,9 @@ fn route_from(row: &SqlRow) -> StoreResult<AlertRoute> {
 }
 
 pub(super) fn create_route(db: &mut dyn Db, r: &AlertRoute) -> StoreResult<()> {
-    let tenant = db.query(
-        "SELECT id FROM tenants WHERE id = $1",
-        &[Param::Text(r.tenant_id.as_str())],
-    )?;
-    if tenant.is_empty() {
-        return Err(StoreError::NotFound);
-    }
-    let existing = db.query(
-        "SELECT id FROM alert_routes WHERE id = $1",
-        &[Param::Text(r.id.as_str())],
-    )?;
-    if !existing.is_empty() {
+    super::tenants::require(db, &r.tenant_id)?;
+    let route = [Param::Text(r.id.as_str())];
+    if sql::exists(db, "SELECT id FROM alert_routes WHERE id = $1", &route)? {
         return Err(StoreError::Conflict(format!(
             "an alert route with id {} exists already",
             r.id
@@ -73,15 +64,14 @@ pub(super) fn create_route(db: &mut dyn Db, r: &AlertRoute) -> StoreResult<()> {
 
 /// Oldest first.
 pub(super) fn list_routes(db: &mut dyn Db, tenant: &TenantId) -> StoreResult<Vec<AlertRoute>> {
-    db.query(
+    sql::all(
+        db,
         &format!(
             "SELECT {ROUTE_COLUMNS} FROM alert_routes WHERE tenant_id = $1 ORDER BY created_at, id"
         ),
         &[Param::Text(tenant.as_str())],
-    )?
-    .iter()
-    .map(route_from)
-    .collect()
+        route_from,
+    )
 }
 
 pub(super) fn get_route(
@@ -89,7 +79,7 @@ pub(super) fn get_route(
     tenant: &TenantId,
     id: &AlertRouteId,
 ) -> StoreResult<AlertRoute> {
-    super::sql::one(
+    sql::one(
         db,
         &format!("SELECT {ROUTE_COLUMNS} FROM alert_routes WHERE tenant_id = $1 AND id = $2"),
         &[Param::Text(tenant.as_str()), Param::Text(id.as_str())],
@@ -167,15 +157,8 @@ pub(super) fn record_sent(db: &mut dyn Db, seq: &EventSeq, s: &AlertSent) -> Sto
             s.reason.as_str(),
             s.attempt
         );
-        incidents::insert_event(
-            db,
-            seq,
-            &NewEvent {
-                after: Some(after),
-                note: Some(&note),
-                ..NewEvent::new(incident, &s.tenant_id, s.at, "system", EventKind::AlertSent)
-            },
-        )?;
+        let event = NewEvent::new(incident, &s.tenant_id, s.at, "system", EventKind::AlertSent);
+        incidents::insert_event(db, seq, &event.with(None, Some(after), Some(&note)))?;
     }
     Ok(())
 }
@@ -187,18 +170,15 @@ pub(super) fn last_sent(
     route: &AlertRouteId,
     incident: &crate::domain::IncidentId,
 ) -> StoreResult<Option<Timestamp>> {
-    let rows = db.query(
+    let last = sql::first(
+        db,
         "SELECT MAX(at) FROM alert_deliveries WHERE tenant_id = $1 AND route_id = $2 AND incident_id = $3",
         &[
             Param::Text(tenant.as_str()),
             Param::Text(route.as_str()),
             Param::Text(incident.as_str()),
         ],
+        |row| Cells::new(row, "alert delivery").opt_int(0),
     )?;
-    match rows.first() {
-        Some(row) => Ok(Cells::new(row, "alert delivery")
-            .opt_int(0)?
-            .map(Timestamp::from_millis)),
-        None => Ok(None),
-    }
+    Ok(last.flatten().map(Timestamp::from_millis))
 }

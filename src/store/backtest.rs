@@ -9,23 +9,15 @@
 //! page of requests: 50,010 such calls replay within +17–27 MB. This module must not decide
 //! anything about policies.
 
-use super::rows::{CallOrder, CallsPage, calls_page_query};
-use super::sql::{Cells, Db};
-use super::{StoreError, StoreResult};
+use super::StoreResult;
+use super::rows::{CallOrder, CallsPage, calls_page_query, corrupt};
+use super::sql::{self, Cells, Db, Dialect};
 use crate::domain::{CallCursor, CallFilter, CallId, KeyId, RecordedRequest, TenantId, Timestamp};
 
 /// The columns of `calls` a [`RecordedRequest`] is read from, in the order
 /// [`recorded_request`] expects them.
 const REQUEST_COLUMNS: &str = "id, key_id, created_at, endpoint, model, end_user, request_body, \
 request_truncated, status, blocked, blocked_by, prompt_tokens, completion_tokens, cached_tokens";
-
-fn dollar(n: usize) -> String {
-    format!("${n}")
-}
-
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Database(format!("a stored {what} could not be read back: {e}"))
-}
 
 /// Up to `limit` of the tenant's calls matching `filter`, oldest first (`created_at`, then
 /// id), strictly after `after` when given.
@@ -42,11 +34,10 @@ pub(super) fn recorded_requests(
         skip: 0,
         limit,
     };
-    let (sql, args) = calls_page_query(page, tenant, filter, after, dollar);
-    db.query(&sql, &args)?
-        .iter()
-        .map(|row| recorded_request(&Cells::new(row, "call")))
-        .collect()
+    let (sql, args) = calls_page_query(page, tenant, filter, after, Dialect::Postgres);
+    sql::all(db, &sql, &args, |row| {
+        recorded_request(&Cells::new(row, "call"))
+    })
 }
 
 /// The key of the tenant's call matching `filter` that has `skip` newer ones before it
@@ -64,15 +55,14 @@ pub(super) fn call_key_at(
         skip,
         limit: 1,
     };
-    let (sql, args) = calls_page_query(page, tenant, filter, None, dollar);
-    let Some(row) = db.query(&sql, &args)?.into_iter().next() else {
-        return Ok(None);
-    };
-    let cells = Cells::new(&row, "call");
-    Ok(Some(CallCursor {
-        created_at: Timestamp::from_millis(cells.int(0)?),
-        id: CallId::parse(&cells.text(1)?).map_err(|e| corrupt("call id", e))?,
-    }))
+    let (sql, args) = calls_page_query(page, tenant, filter, None, Dialect::Postgres);
+    sql::first(db, &sql, &args, |row| {
+        let cells = Cells::new(row, "call");
+        Ok(CallCursor {
+            created_at: Timestamp::from_millis(cells.int(0)?),
+            id: CallId::parse(&cells.text(1)?).map_err(|e| corrupt("call id", e))?,
+        })
+    })
 }
 
 fn recorded_request(c: &Cells<'_>) -> StoreResult<RecordedRequest> {

@@ -1,7 +1,7 @@
 //! Reading recorded calls back (writing them is the recorder's, in each backend).
 
 use super::rows::{CALL_COLUMNS, call_from, list_calls_query};
-use super::sql::{self, Cells, Db, Param};
+use super::sql::{self, Cells, Db, Dialect, Param};
 use super::{CallCounts, StoreResult};
 use crate::domain::{CallCursor, CallFilter, CallId, CallRecord, Money, TenantId, Timestamp};
 
@@ -10,15 +10,13 @@ pub(super) fn get(
     tenant: Option<&TenantId>,
     id: &CallId,
 ) -> StoreResult<CallRecord> {
-    sql::one(
+    sql::owned(
         db,
-        &format!(
-            "SELECT {CALL_COLUMNS} FROM calls WHERE id = $1 AND (CAST($2 AS TEXT) IS NULL OR tenant_id = $2)"
-        ),
-        &[
-            Param::Text(id.as_str()),
-            Param::OptText(tenant.map(TenantId::as_str)),
-        ],
+        "calls",
+        CALL_COLUMNS,
+        id.as_str(),
+        tenant,
+        false,
         call_from,
     )
 }
@@ -30,7 +28,7 @@ pub(super) fn list(
     after: Option<&CallCursor>,
     limit: u32,
 ) -> StoreResult<Vec<CallRecord>> {
-    let (sql, args) = list_calls_query(tenant, filter, after, limit, |n| format!("${n}"));
+    let (sql, args) = list_calls_query(tenant, filter, after, limit, Dialect::Postgres);
     sql::all(db, &sql, &args, call_from)
 }
 

@@ -12,7 +12,7 @@
 //! of the new head checks that the stored one is still that.
 
 use super::rows::{CHAINED_CALL_COLUMNS, CallParams, REQUEST_BODY_AT, RESPONSE_BODY_AT};
-use super::sql::{Cell, Cells, Db, Param, SqlRow};
+use super::sql::{self, Cell, Cells, Db, Param, SqlRow};
 use super::{StoreError, StoreResult};
 use crate::domain::audit::{AuditEntry, AuditFilter, NewAuditEntry};
 use crate::domain::chain::{self, ChainHead, ChainKind, Field, LinkVersion, StoredLink};
@@ -82,19 +82,20 @@ fn lock_head(db: &mut dyn Db, key: &str) -> StoreResult<ChainHead> {
         "SELECT seq, hash FROM chain_heads WHERE chain = $1{}",
         db.lock_rows()
     );
-    let mut rows = db.query(&sql, &[Param::Text(key)])?;
-    if rows.is_empty() {
-        // Two writers may both find the chain new: the second insert does nothing and
-        // its SELECT … FOR UPDATE waits for the first transaction, then reads its head.
-        db.execute(
-            "INSERT INTO chain_heads (chain, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (chain) DO NOTHING",
-            &[Param::Text(key), Param::Text(chain::GENESIS)],
-        )?;
-        rows = db.query(&sql, &[Param::Text(key)])?;
+    if let Some(head) = sql::first(db, &sql, &[Param::Text(key)], head_from)? {
+        return Ok(head);
     }
-    let row = rows
-        .first()
-        .ok_or_else(|| StoreError::Database(format!("the head of chain {key} vanished")))?;
+    // Two writers may both find the chain new: the second insert does nothing and its
+    // SELECT … FOR UPDATE waits for the first transaction, then reads its head.
+    db.execute(
+        "INSERT INTO chain_heads (chain, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (chain) DO NOTHING",
+        &[Param::Text(key), Param::Text(chain::GENESIS)],
+    )?;
+    sql::first(db, &sql, &[Param::Text(key)], head_from)?
+        .ok_or_else(|| StoreError::Database(format!("the head of chain {key} vanished")))
+}
+
+fn head_from(row: &SqlRow) -> StoreResult<ChainHead> {
     let c = Cells::new(row, "chain head");
     Ok(ChainHead {
         seq: c.int(0)?,
@@ -211,17 +212,11 @@ pub(super) fn head(
     tenant: Option<&TenantId>,
 ) -> StoreResult<Option<ChainHead>> {
     let key = chain::chain_key(kind, tenant);
-    super::sql::first(
+    sql::first(
         db,
         "SELECT seq, hash FROM chain_heads WHERE chain = $1",
         &[Param::Text(&key)],
-        |row| {
-            let c = Cells::new(row, "chain head");
-            Ok(ChainHead {
-                seq: c.int(0)?,
-                hash: c.text(1)?,
-            })
-        },
+        head_from,
     )
 }
 
@@ -472,34 +467,28 @@ pub(super) fn list_audit(
     before: Option<i64>,
     limit: u32,
 ) -> StoreResult<Vec<AuditEntry>> {
-    let chain_col = audit_chain(tenant);
-    let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_entries WHERE chain = $1");
-    let mut args: Vec<Param<'_>> = vec![Param::Text(chain_col)];
-    let cond = |sql: &mut String, args: &mut Vec<Param<'_>>, col: &str, op: &str| {
-        sql.push_str(&format!(" AND {col} {op} ${}", args.len()));
-    };
-    let action = filter.action.map(|a| a.as_str());
-    if let Some(a) = action {
-        args.push(Param::Text(a));
-        cond(&mut sql, &mut args, "action", "=");
+    let mut q = sql::Query::new(format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit_entries WHERE chain = $1"
+    ));
+    q.args.push(Param::Text(audit_chain(tenant)));
+    if let Some(a) = filter.action {
+        q.add(Param::Text(a.as_str()), " AND action = {}");
     }
     if let Some(a) = filter.actor.as_deref() {
-        args.push(Param::Text(a));
-        cond(&mut sql, &mut args, "actor_id", "=");
+        q.add(Param::Text(a), " AND actor_id = {}");
     }
     if let Some(t) = filter.since {
-        args.push(Param::BigInt(t.millis()));
-        cond(&mut sql, &mut args, "at", ">=");
+        q.add(Param::BigInt(t.millis()), " AND at >= {}");
     }
     if let Some(t) = filter.until {
-        args.push(Param::BigInt(t.millis()));
-        cond(&mut sql, &mut args, "at", "<");
+        q.add(Param::BigInt(t.millis()), " AND at < {}");
     }
     if let Some(b) = before {
-        args.push(Param::BigInt(b));
-        cond(&mut sql, &mut args, "seq", "<");
+        q.add(Param::BigInt(b), " AND seq < {}");
     }
-    args.push(Param::BigInt(i64::from(limit.clamp(1, 1000))));
-    sql.push_str(&format!(" ORDER BY seq DESC LIMIT ${}", args.len()));
-    db.query(&sql, &args)?.iter().map(audit_from).collect()
+    q.add(
+        Param::BigInt(i64::from(limit.clamp(1, 1000))),
+        " ORDER BY seq DESC LIMIT {}",
+    );
+    sql::all(db, &q.sql, &q.args, audit_from)
 }

@@ -10,7 +10,7 @@
 
 use super::rows::{MAX_PAGE, USER_COLUMNS, explain_conflict, user_from};
 use super::search_sql::STOPPED_BY;
-use super::sql::{Cells, Db, Dialect, Param, SqlRow};
+use super::sql::{self, Cells, Db, Dialect, Param, SqlRow, bad};
 use super::{StoreError, StoreResult};
 use crate::domain::decision::policy;
 use crate::domain::user::{Email, Invitation, NewUser, PasswordHash, Role, User};
@@ -122,7 +122,8 @@ pub(super) fn blocked_costs(
     args.extend(policy::STOPPING.iter().map(|p| Param::Text(p)));
     // Each stopped call is reduced to four small values first (MATERIALIZED keeps Postgres
     // from sorting the whole rows, request bodies and all, for the grouping).
-    let rows = db.query(
+    sql::all(
+        db,
         &format!(
             "WITH s AS MATERIALIZED (
                  SELECT c.blocked_by AS policy, c.model AS model,
@@ -136,9 +137,7 @@ pub(super) fn blocked_costs(
              FROM s GROUP BY policy, model ORDER BY policy, model"
         ),
         &args,
-    )?;
-    rows.iter()
-        .map(|row| {
+        |row| {
             let c = Cells::new(row, "blocked cost");
             Ok(BlockedCost {
                 policy: c.text(0)?,
@@ -148,12 +147,8 @@ pub(super) fn blocked_costs(
                 estimate_nanos: c.int(4)?,
                 unestimated_chars: c.int(5)?,
             })
-        })
-        .collect()
-}
-
-fn bad(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Database(format!("a stored {what}: {e}"))
+        },
+    )
 }
 
 /// `buckets` consecutive buckets of `bucket_ms` from `since`, empty ones included.
@@ -205,21 +200,6 @@ pub(super) fn call_series(
     Ok(out)
 }
 
-fn usage_rows(rows: &[SqlRow]) -> StoreResult<Vec<UsageRow>> {
-    rows.iter()
-        .map(|row| {
-            let c = Cells::new(row, "usage");
-            Ok(UsageRow {
-                name: c.opt_text(0)?.unwrap_or_default(),
-                calls: c.int(1)?,
-                tokens: c.int(2)?,
-                cost_nanos: c.int(3)?,
-                unknown_cost: c.int(4)?,
-            })
-        })
-        .collect()
-}
-
 /// Usage from `since` (until before `until`, when given) grouped by key, model or end
 /// user, busiest first, then by name; at most `limit` groups when given. Calls without a
 /// model or an end user form one group, named "" (and sorted as such on both backends).
@@ -232,7 +212,8 @@ pub(super) fn usage_by(
     limit: Option<u32>,
 ) -> StoreResult<Vec<UsageRow>> {
     let column = by.column();
-    let rows = db.query(
+    sql::all(
+        db,
         &format!(
             "SELECT {column}, COUNT(*),
                     CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT),
@@ -247,8 +228,17 @@ pub(super) fn usage_by(
             Param::BigInt(until.map_or(i64::MAX, Timestamp::millis)),
             Param::BigInt(limit.map_or(i64::MAX, i64::from)),
         ],
-    )?;
-    usage_rows(&rows)
+        |row| {
+            let c = Cells::new(row, "usage");
+            Ok(UsageRow {
+                name: c.opt_text(0)?.unwrap_or_default(),
+                calls: c.int(1)?,
+                tokens: c.int(2)?,
+                cost_nanos: c.int(3)?,
+                unknown_cost: c.int(4)?,
+            })
+        },
+    )
 }
 
 /// What the operator's enforcement log lists: calls a policy stopped, of one tenant or
@@ -312,81 +302,67 @@ pub(super) fn blocked_calls<'a>(
     limit: u32,
 ) -> StoreResult<Vec<BlockedCall>> {
     let (stopped, by) = STOPPED_BY.of(db.dialect());
-    let mut args: Vec<Param<'a>> = Vec::new();
-    let mut conds = format!("({stopped}) AND c.blocked_by IS NOT NULL");
+    let mut q = sql::Query::new(format!(
+        "SELECT c.id, c.tenant_id, c.key_id, k.name, c.end_user, c.created_at, c.blocked_by,
+                c.status, c.error, c.decisions
+         FROM calls c LEFT JOIN api_keys k ON k.id = c.key_id
+         WHERE ({stopped}) AND c.blocked_by IS NOT NULL"
+    ));
     if filter.tenant.is_none() {
-        conds.push_str(" AND c.tenant_id IN (SELECT id FROM tenants)");
+        q.sql
+            .push_str(" AND c.tenant_id IN (SELECT id FROM tenants)");
     }
-    // Each condition names the parameter it adds.
-    let mut add = |p: Param<'a>, text: &str| {
-        args.push(p);
-        conds.push_str(&text.replace("{}", &format!("${}", args.len())));
-    };
     if let Some(t) = &filter.tenant {
-        add(Param::Text(t.as_str()), " AND c.tenant_id = {}");
+        q.add(Param::Text(t.as_str()), " AND c.tenant_id = {}");
     }
     if let Some(p) = &filter.policy {
-        add(Param::Text(p), &format!(" AND {by} = {{}}"));
+        q.add(Param::Text(p), &format!(" AND {by} = {{}}"));
     }
     if let Some(t) = filter.since {
-        add(Param::BigInt(t.millis()), " AND c.created_at >= {}");
+        q.add(Param::BigInt(t.millis()), " AND c.created_at >= {}");
     }
     if let Some(t) = filter.until {
-        add(Param::BigInt(t.millis()), " AND c.created_at < {}");
+        q.add(Param::BigInt(t.millis()), " AND c.created_at < {}");
     }
     if let Some(c) = after {
-        add(
+        q.add(
             Param::BigInt(c.created_at.millis()),
             " AND (c.created_at, c.id) < ({}, ",
         );
-        add(Param::Text(c.id.as_str()), "{})");
+        q.add(Param::Text(c.id.as_str()), "{})");
     }
-    args.push(Param::BigInt(i64::from(limit.clamp(1, MAX_PAGE))));
-    let rows = db.query(
-        &format!(
-            "SELECT c.id, c.tenant_id, c.key_id, k.name, c.end_user, c.created_at, c.blocked_by,
-                    c.status, c.error, c.decisions
-             FROM calls c LEFT JOIN api_keys k ON k.id = c.key_id
-             WHERE {conds} ORDER BY c.created_at DESC, c.id DESC LIMIT ${}",
-            args.len()
-        ),
-        &args,
-    )?;
-    rows.iter()
-        .map(|row| {
-            let c = Cells::new(row, "blocked call");
-            let policy = c.text(6)?;
-            let reason = stop_reason(&c.text(9)?, &policy).or(c.opt_text(8)?);
-            Ok(BlockedCall {
-                id: CallId::parse(&c.text(0)?).map_err(|e| bad("call id", e))?,
-                tenant_id: TenantId::parse(&c.text(1)?).map_err(|e| bad("tenant id", e))?,
-                key_id: c.text(2)?,
-                key_name: c.opt_text(3)?,
-                end_user: c.opt_text(4)?,
-                created_at: Timestamp::from_millis(c.int(5)?),
-                policy,
-                status: u16::try_from(c.int(7)?).map_err(|e| bad("call status", e))?,
-                reason,
-            })
+    q.add(
+        Param::BigInt(i64::from(limit.clamp(1, MAX_PAGE))),
+        " ORDER BY c.created_at DESC, c.id DESC LIMIT {}",
+    );
+    sql::all(db, &q.sql, &q.args, |row| {
+        let c = Cells::new(row, "blocked call");
+        let policy = c.text(6)?;
+        let reason = stop_reason(&c.text(9)?, &policy).or(c.opt_text(8)?);
+        Ok(BlockedCall {
+            id: CallId::parse(&c.text(0)?).map_err(|e| bad("call id", e))?,
+            tenant_id: TenantId::parse(&c.text(1)?).map_err(|e| bad("tenant id", e))?,
+            key_id: c.text(2)?,
+            key_name: c.opt_text(3)?,
+            end_user: c.opt_text(4)?,
+            created_at: Timestamp::from_millis(c.int(5)?),
+            policy,
+            status: u16::try_from(c.int(7)?).map_err(|e| bad("call status", e))?,
+            reason,
         })
-        .collect()
+    })
 }
 
 /// A tenant's people (`None`: everyone on the instance), oldest first.
 pub(super) fn list_users(db: &mut dyn Db, tenant: Option<&TenantId>) -> StoreResult<Vec<User>> {
-    let rows = match tenant {
-        Some(t) => db.query(
-            &format!(
-                "SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 ORDER BY created_at, id"
-            ),
-            &[Param::Text(t.as_str())],
-        )?,
-        None => db.query(
-            &format!("SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id"),
-            &[],
-        )?,
-    };
-    rows.iter().map(user_from).collect()
+    sql::all(
+        db,
+        &format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE (CAST($1 AS TEXT) IS NULL OR tenant_id = $1) ORDER BY created_at, id"
+        ),
+        &[Param::OptText(tenant.map(TenantId::as_str))],
+        user_from,
+    )
 }
 
 /// Sets a new password and ends every other session of the user (the one whose token
@@ -431,15 +407,7 @@ fn invitation_from(row: &SqlRow) -> StoreResult<Invitation> {
 
 /// An unknown tenant is NotFound.
 pub(super) fn insert_invitation(db: &mut dyn Db, inv: &Invitation) -> StoreResult<()> {
-    if db
-        .query(
-            "SELECT id FROM tenants WHERE id = $1",
-            &[Param::Text(inv.tenant_id.as_str())],
-        )?
-        .is_empty()
-    {
-        return Err(StoreError::NotFound);
-    }
+    super::tenants::require(db, &inv.tenant_id)?;
     db.execute(
         &format!(
             "INSERT INTO invitations ({INVITATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
@@ -466,22 +434,24 @@ pub(super) fn find_invitation(
     token_hash: &str,
 ) -> StoreResult<Option<Invitation>> {
     let lock = db.lock_rows();
-    let rows = db.query(
+    sql::first(
+        db,
         &format!("SELECT {INVITATION_COLUMNS} FROM invitations WHERE token_hash = $1{lock}"),
         &[Param::Text(token_hash)],
-    )?;
-    rows.first().map(invitation_from).transpose()
+        invitation_from,
+    )
 }
 
 /// Newest first.
 pub(super) fn list_invitations(db: &mut dyn Db, tenant: &TenantId) -> StoreResult<Vec<Invitation>> {
-    let rows = db.query(
+    sql::all(
+        db,
         &format!(
             "SELECT {INVITATION_COLUMNS} FROM invitations WHERE tenant_id = $1 ORDER BY created_at DESC, id DESC"
         ),
         &[Param::Text(tenant.as_str())],
-    )?;
-    rows.iter().map(invitation_from).collect()
+        invitation_from,
+    )
 }
 
 /// Accepts an open invitation: creates its user with the invitation's email, role and
@@ -539,21 +509,15 @@ fn managed_user(
     id: &UserId,
     lock: bool,
 ) -> StoreResult<User> {
-    let lock = if lock { db.lock_rows() } else { "" };
-    let rows = match tenant {
-        Some(t) => db.query(
-            &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 AND tenant_id = $2{lock}"),
-            &[Param::Text(id.as_str()), Param::Text(t.as_str())],
-        )?,
-        None => db.query(
-            &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1{lock}"),
-            &[Param::Text(id.as_str())],
-        )?,
-    };
-    rows.first()
-        .map(user_from)
-        .transpose()?
-        .ok_or(StoreError::NotFound)
+    sql::owned(
+        db,
+        "users",
+        USER_COLUMNS,
+        id.as_str(),
+        tenant,
+        lock,
+        user_from,
+    )
 }
 
 /// The user `id` as it is now, after locking everyone who keeps the user's tenant (its
@@ -586,7 +550,7 @@ fn lock_for_change(
     let in_charge = in_charge
         .iter()
         .map(|r| Cells::new(r, "user").text(0))
-        .collect::<StoreResult<Vec<_>>>()?;
+        .collect::<StoreResult<_>>()?;
     let now = managed_user(db, tenant, id, true)?;
     Ok((now, in_charge))
 }
@@ -705,24 +669,15 @@ pub(super) fn revoke_invitation(
     id: &InvitationId,
     at: Timestamp,
 ) -> StoreResult<Invitation> {
-    let lock = db.lock_rows();
-    let rows = match tenant {
-        Some(t) => db.query(
-            &format!(
-                "SELECT {INVITATION_COLUMNS} FROM invitations WHERE id = $1 AND tenant_id = $2{lock}"
-            ),
-            &[Param::Text(id.as_str()), Param::Text(t.as_str())],
-        )?,
-        None => db.query(
-            &format!("SELECT {INVITATION_COLUMNS} FROM invitations WHERE id = $1{lock}"),
-            &[Param::Text(id.as_str())],
-        )?,
-    };
-    let mut inv = rows
-        .first()
-        .map(invitation_from)
-        .transpose()?
-        .ok_or(StoreError::NotFound)?;
+    let mut inv = sql::owned(
+        db,
+        "invitations",
+        INVITATION_COLUMNS,
+        id.as_str(),
+        tenant,
+        true,
+        invitation_from,
+    )?;
     if inv.accepted_at.is_some() {
         return Err(StoreError::Conflict(format!(
             "the invitation of {} was accepted already: disable or delete the person instead",

@@ -8,7 +8,7 @@
 //! tables agree with each other and no writer waits. The import writes everything in one
 //! transaction into a database that must hold no rows yet.
 
-use super::sql::{Cells, Db, Param};
+use super::sql::{self, Cells, Db, Param};
 use super::{StoreError, StoreResult, changes};
 use crate::domain::TenantId;
 use serde_json::Value;
@@ -92,6 +92,14 @@ fn column_list(columns: &[String]) -> String {
 }
 
 impl TableBatch {
+    /// The backup has a column this schema lacks (made by a newer version).
+    fn unknown_column(&self, column: &str) -> StoreError {
+        StoreError::Database(format!(
+            "the backup's table '{}' has a column '{column}' this version does not know; restore with the agv-server version that made the backup",
+            self.table
+        ))
+    }
+
     /// A row holds one value for each column, or the backup is broken.
     fn check_row(&self, row: &[Value]) -> StoreResult<()> {
         if row.len() == self.columns.len() {
@@ -156,6 +164,19 @@ pub(super) fn erase(db: &mut dyn Db, tenant: &TenantId) -> StoreResult<Vec<(Stri
     changes::erased(db, tenant, &keys)?;
     out.reverse();
     Ok(out)
+}
+
+/// Rows per backed-up table, in [`TABLES`] order.
+pub(super) fn counts(db: &mut dyn Db) -> StoreResult<Vec<(String, i64)>> {
+    TABLES
+        .iter()
+        .map(|t| {
+            Ok((
+                (*t).to_owned(),
+                sql::number(db, &format!("SELECT count(*) FROM \"{t}\""), &[])?,
+            ))
+        })
+        .collect()
 }
 
 pub type Source<'a> = dyn FnMut() -> StoreResult<Option<TableBatch>> + 'a;
@@ -312,10 +333,7 @@ pub(super) mod sqlite {
             known_table(&batch.table)?;
             let have = columns(&tx, &batch.table)?;
             if let Some(missing) = batch.columns.iter().find(|c| !have.contains(c)) {
-                return Err(StoreError::Database(format!(
-                    "the backup's table '{}' has a column '{missing}' this version does not know; restore with the agv-server version that made the backup",
-                    batch.table
-                )));
+                return Err(batch.unknown_column(missing));
             }
             if batch.rows.is_empty() {
                 continue;
@@ -339,17 +357,6 @@ pub(super) mod sqlite {
             }
         }
         tx.commit().map_err(db_err)
-    }
-
-    pub(in crate::store) fn counts(conn: &Connection) -> StoreResult<Vec<(String, i64)>> {
-        TABLES
-            .iter()
-            .map(|t| {
-                conn.query_row(&format!("SELECT count(*) FROM \"{t}\""), [], |r| r.get(0))
-                    .map(|n: i64| ((*t).to_owned(), n))
-                    .map_err(db_err)
-            })
-            .collect()
     }
 }
 
@@ -478,12 +485,7 @@ pub(super) mod postgres {
                     have.iter()
                         .find(|(name, _)| name == c)
                         .map(|(_, kind)| kind.as_str())
-                        .ok_or_else(|| {
-                            StoreError::Database(format!(
-                                "the backup's table '{}' has a column '{c}' this version does not know; restore with the agv-server version that made the backup",
-                                batch.table
-                            ))
-                        })
+                        .ok_or_else(|| batch.unknown_column(c))
                 })
                 .collect::<StoreResult<_>>()?;
             if batch.rows.is_empty() {
@@ -537,17 +539,5 @@ pub(super) mod postgres {
             .map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
-    }
-
-    pub(in crate::store) fn counts(client: &mut Client) -> StoreResult<Vec<(String, i64)>> {
-        TABLES
-            .iter()
-            .map(|t| {
-                client
-                    .query_one(&format!("SELECT count(*) FROM \"{t}\""), &[])
-                    .map(|r| ((*t).to_owned(), r.get::<_, i64>(0)))
-                    .map_err(db_err)
-            })
-            .collect()
     }
 }

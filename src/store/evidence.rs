@@ -2,7 +2,7 @@
 //! read takes the tenant id (the public certificate check passes `None`): another tenant's
 //! replay or certificate is NotFound. Rows are written once and never updated.
 
-use super::sql::{Cells, Db, Param, SqlRow};
+use super::sql::{self, Cells, Db, Param, SqlRow, bad};
 use super::{StoreError, StoreResult};
 use crate::domain::certificate::CertificateKind;
 use crate::domain::replay::{MatchLevel, ReplayMode, ReplayRecord};
@@ -21,10 +21,6 @@ pub struct StoredCertificate {
     pub subject_id: String,
     pub issued_at: Timestamp,
     pub body: String,
-}
-
-fn bad(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Database(format!("a stored {what}: {e}"))
 }
 
 fn replay_from(row: &SqlRow) -> StoreResult<ReplayRecord> {
@@ -66,14 +62,15 @@ fn certificate_from(row: &SqlRow) -> StoreResult<StoredCertificate> {
 
 /// The original call must be the tenant's; NotFound otherwise, and nothing is written.
 pub(super) fn insert_replay(db: &mut dyn Db, r: &ReplayRecord) -> StoreResult<()> {
-    let owned = db.query(
+    let call = [
+        Param::Text(r.tenant_id.as_str()),
+        Param::Text(r.call_id.as_str()),
+    ];
+    if !sql::exists(
+        db,
         "SELECT id FROM calls WHERE tenant_id = $1 AND id = $2",
-        &[
-            Param::Text(r.tenant_id.as_str()),
-            Param::Text(r.call_id.as_str()),
-        ],
-    )?;
-    if owned.is_empty() {
+        &call,
+    )? {
         return Err(StoreError::NotFound);
     }
     let report = r.report.to_string();
@@ -102,7 +99,7 @@ pub(super) fn get_replay(
     tenant: &TenantId,
     id: &ReplayId,
 ) -> StoreResult<ReplayRecord> {
-    super::sql::one(
+    sql::one(
         db,
         &format!("SELECT {REPLAY_COLUMNS} FROM replays WHERE tenant_id = $1 AND id = $2"),
         &[Param::Text(tenant.as_str()), Param::Text(id.as_str())],
@@ -116,25 +113,18 @@ pub(super) fn list_replays(
     tenant: &TenantId,
     call: &CallId,
 ) -> StoreResult<Vec<ReplayRecord>> {
-    db.query(
+    sql::all(
+        db,
         &format!(
             "SELECT {REPLAY_COLUMNS} FROM replays WHERE tenant_id = $1 AND call_id = $2 ORDER BY created_at DESC, id DESC"
         ),
         &[Param::Text(tenant.as_str()), Param::Text(call.as_str())],
-    )?
-    .iter()
-    .map(replay_from)
-    .collect()
+        replay_from,
+    )
 }
 
 pub(super) fn insert_certificate(db: &mut dyn Db, c: &StoredCertificate) -> StoredResult {
-    let tenant = db.query(
-        "SELECT id FROM tenants WHERE id = $1",
-        &[Param::Text(c.tenant_id.as_str())],
-    )?;
-    if tenant.is_empty() {
-        return Err(StoreError::NotFound);
-    }
+    super::tenants::require(db, &c.tenant_id)?;
     db.execute(
         &format!("INSERT INTO certificates ({CERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"),
         &[
@@ -160,17 +150,13 @@ pub(super) fn get_certificate(
     tenant: Option<&TenantId>,
     id: &CertificateId,
 ) -> StoreResult<StoredCertificate> {
-    let rows = match tenant {
-        Some(t) => db.query(
-            &format!("SELECT {CERT_COLUMNS} FROM certificates WHERE tenant_id = $1 AND id = $2"),
-            &[Param::Text(t.as_str()), Param::Text(id.as_str())],
-        )?,
-        None => db.query(
-            &format!("SELECT {CERT_COLUMNS} FROM certificates WHERE id = $1"),
-            &[Param::Text(id.as_str())],
-        )?,
-    };
-    rows.first()
-        .map(certificate_from)
-        .ok_or(StoreError::NotFound)?
+    sql::owned(
+        db,
+        "certificates",
+        CERT_COLUMNS,
+        id.as_str(),
+        tenant,
+        false,
+        certificate_from,
+    )
 }

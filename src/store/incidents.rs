@@ -6,7 +6,7 @@
 //! the caller's transaction.
 
 pub(super) use super::sql::EventSeq;
-use super::sql::{Cells, Db, Param, SqlRow};
+use super::sql::{self, Cells, Db, Param, SqlRow};
 use super::{StoreError, StoreResult};
 use crate::domain::incident::{
     self, Applied, Change, EventKind, HOUR_MS, Incident, IncidentCursor, IncidentEvent,
@@ -123,6 +123,21 @@ impl<'a> NewEvent<'a> {
             note: None,
         }
     }
+
+    /// This event with `before`, `after` and `note`.
+    pub(super) fn with(
+        self,
+        before: Option<serde_json::Value>,
+        after: Option<serde_json::Value>,
+        note: Option<&'a str>,
+    ) -> Self {
+        Self {
+            before,
+            after,
+            note,
+            ..self
+        }
+    }
 }
 
 pub(super) fn insert_event(
@@ -209,7 +224,7 @@ fn latest_for(
 }
 
 fn get_by_id(db: &mut dyn Db, id: &IncidentId) -> StoreResult<Incident> {
-    super::sql::one(
+    sql::one(
         db,
         &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1"),
         &[Param::Text(id.as_str())],
@@ -257,21 +272,23 @@ fn apply_one(db: &mut dyn Db, seq: &EventSeq, s: &Signal) -> StoreResult<Applied
 
     // The signal, and whether it brings a new call or end user.
     let new_call = match &s.call_id {
-        Some(call) => db
-            .query(
-                "SELECT 1 FROM incident_signals WHERE call_id = $1 AND incident_id = $2 LIMIT 1",
-                &[Param::Text(call.as_str()), Param::Text(id.as_str())],
-            )?
-            .is_empty(),
+        Some(call) => !sql::exists(
+            db,
+            "SELECT 1 FROM incident_signals WHERE call_id = $1 AND incident_id = $2 LIMIT 1",
+            &[Param::Text(call.as_str()), Param::Text(id.as_str())],
+        )?,
         None => false,
     };
     let new_user = match &s.end_user {
-        Some(u) => db
-            .query(
-                "SELECT 1 FROM incident_signals WHERE tenant_id = $1 AND end_user = $2 AND incident_id = $3 LIMIT 1",
-                &[Param::Text(tenant.as_str()), Param::Text(u), Param::Text(id.as_str())],
-            )?
-            .is_empty(),
+        Some(u) => !sql::exists(
+            db,
+            "SELECT 1 FROM incident_signals WHERE tenant_id = $1 AND end_user = $2 AND incident_id = $3 LIMIT 1",
+            &[
+                Param::Text(tenant.as_str()),
+                Param::Text(u),
+                Param::Text(id.as_str()),
+            ],
+        )?,
         None => false,
     };
     db.execute(
@@ -328,52 +345,25 @@ fn apply_one(db: &mut dyn Db, seq: &EventSeq, s: &Signal) -> StoreResult<Applied
             }),
         ],
     )?;
-    let event = |kind, before, after, note| NewEvent {
-        before,
-        after,
-        note,
-        ..NewEvent::new(&id, tenant, s.at, "system", kind)
-    };
+    let event = |kind| NewEvent::new(&id, tenant, s.at, "system", kind);
+    let escalated = (severity > before.severity).then_some((before.severity, severity));
+    let mut events = Vec::new();
     if opened {
-        insert_event(
-            db,
-            seq,
-            &event(
-                EventKind::Opened,
-                None,
-                Some(
-                    json!({"status": "open", "severity": before.severity, "rule": s.rule, "subject": s.subject.label()}),
-                ),
-                Some(&s.detail),
-            ),
-        )?;
+        let after = json!({"status": "open", "severity": before.severity, "rule": s.rule, "subject": s.subject.label()});
+        events.push(event(EventKind::Opened).with(None, Some(after), Some(&s.detail)));
     }
     if reopened {
-        insert_event(
-            db,
-            seq,
-            &event(
-                EventKind::Reopened,
-                Some(json!({"status": before.status})),
-                Some(json!({"status": "open"})),
-                Some(&s.detail),
-            ),
-        )?;
+        let was = json!({"status": before.status});
+        let now = json!({"status": "open"});
+        events.push(event(EventKind::Reopened).with(Some(was), Some(now), Some(&s.detail)));
     }
-    let escalated = (severity > before.severity).then_some((before.severity, severity));
     if escalated.is_some() {
-        insert_event(
-            db,
-            seq,
-            &event(
-                EventKind::Escalated,
-                Some(json!({"severity": before.severity})),
-                Some(
-                    json!({"severity": severity, "calls": calls, "end_users": users, "cost_usd": cost.usd()}),
-                ),
-                None,
-            ),
-        )?;
+        let was = json!({"severity": before.severity});
+        let now = json!({"severity": severity, "calls": calls, "end_users": users, "cost_usd": cost.usd()});
+        events.push(event(EventKind::Escalated).with(Some(was), Some(now), None));
+    }
+    for e in &events {
+        insert_event(db, seq, e)?;
     }
     Ok(Applied {
         incident_id: id,
@@ -392,30 +382,24 @@ fn cap_state(
     tenant: &TenantId,
     at: Timestamp,
 ) -> StoreResult<(i64, Option<IncidentId>)> {
-    let count = db.query(
+    let n = sql::number(
+        db,
         "SELECT COUNT(*) FROM incidents WHERE tenant_id = $1 AND overflow = 0 AND created_at > $2",
         &[
             Param::Text(tenant.as_str()),
             Param::BigInt(at.millis() - HOUR_MS),
         ],
     )?;
-    let n = count
-        .first()
-        .map(|r| Cells::new(r, "count").int(0))
-        .transpose()?
-        .unwrap_or(0);
-    let open_overflow = db.query(
+    let overflow = sql::first(
+        db,
         "SELECT id FROM incidents WHERE tenant_id = $1 AND overflow = 1 AND status <> 'resolved'
          ORDER BY created_at DESC LIMIT 1",
         &[Param::Text(tenant.as_str())],
-    )?;
-    let overflow = open_overflow
-        .first()
-        .map(|r| {
+        |r| {
             IncidentId::parse(&Cells::new(r, "incident").text(0)?)
                 .map_err(|e| StoreError::Database(e.to_string()))
-        })
-        .transpose()?;
+        },
+    )?;
     Ok((n, overflow))
 }
 
@@ -453,15 +437,13 @@ pub(super) fn get(
     tenant: Option<&TenantId>,
     id: &IncidentId,
 ) -> StoreResult<Incident> {
-    super::sql::one(
+    sql::owned(
         db,
-        &format!(
-            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1 AND ($2 = '' OR tenant_id = $2)"
-        ),
-        &[
-            Param::Text(id.as_str()),
-            Param::Text(tenant.map(TenantId::as_str).unwrap_or("")),
-        ],
+        "incidents",
+        INCIDENT_COLUMNS,
+        id.as_str(),
+        tenant,
+        false,
         incident_from,
     )
 }
@@ -474,56 +456,6 @@ pub(super) fn list(
     limit: u32,
 ) -> StoreResult<Vec<Incident>> {
     let key_label = filter.key_id.as_ref().map(|k| format!("key:{k}"));
-    let mut args: Vec<Param<'_>> = Vec::new();
-    let mut sql = format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE 1 = 1");
-    let cond = |sql: &mut String, args: &mut Vec<Param<'_>>, text: &str| {
-        sql.push_str(" AND ");
-        sql.push_str(&text.replace("{}", &format!("${}", args.len())));
-    };
-    if let Some(t) = tenant {
-        args.push(Param::Text(t.as_str()));
-        cond(&mut sql, &mut args, "tenant_id = {}");
-    }
-    if let Some(s) = filter.status {
-        args.push(Param::Text(s.as_str()));
-        cond(&mut sql, &mut args, "status = {}");
-    }
-    if let Some(s) = filter.severity {
-        args.push(Param::Text(s.as_str()));
-        cond(&mut sql, &mut args, "severity = {}");
-    }
-    if let Some(min) = filter.min_severity {
-        let allowed: Vec<&str> = Severity::ALL
-            .iter()
-            .filter(|s| **s >= min)
-            .map(|s| s.as_str())
-            .collect();
-        sql.push_str(&format!(" AND severity IN ('{}')", allowed.join("', '")));
-    }
-    if let Some(r) = &filter.rule {
-        args.push(Param::Text(r));
-        cond(&mut sql, &mut args, "rule = {}");
-    }
-    if let Some(label) = &key_label {
-        args.push(Param::Text(label));
-        cond(&mut sql, &mut args, "subject = {}");
-    }
-    if let Some(u) = &filter.end_user {
-        args.push(Param::Text(u));
-        cond(
-            &mut sql,
-            &mut args,
-            "id IN (SELECT incident_id FROM incident_signals WHERE end_user = {} AND tenant_id = incidents.tenant_id)",
-        );
-    }
-    if let Some(t) = filter.since {
-        args.push(Param::BigInt(t.millis()));
-        cond(&mut sql, &mut args, "last_signal_at >= {}");
-    }
-    if let Some(t) = filter.until {
-        args.push(Param::BigInt(t.millis()));
-        cond(&mut sql, &mut args, "created_at < {}");
-    }
     let lowered: Vec<String> = filter
         .text
         .iter()
@@ -537,25 +469,60 @@ pub(super) fn list(
             )
         })
         .collect();
+    let mut q = sql::Query::new(format!(
+        "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE 1 = 1"
+    ));
+    if let Some(min) = filter.min_severity {
+        let allowed: Vec<&str> = Severity::ALL
+            .iter()
+            .filter(|s| **s >= min)
+            .map(|s| s.as_str())
+            .collect();
+        q.sql
+            .push_str(&format!(" AND severity IN ('{}')", allowed.join("', '")));
+    }
+    if let Some(t) = tenant {
+        q.add(Param::Text(t.as_str()), " AND tenant_id = {}");
+    }
+    if let Some(s) = filter.status {
+        q.add(Param::Text(s.as_str()), " AND status = {}");
+    }
+    if let Some(s) = filter.severity {
+        q.add(Param::Text(s.as_str()), " AND severity = {}");
+    }
+    if let Some(r) = &filter.rule {
+        q.add(Param::Text(r), " AND rule = {}");
+    }
+    if let Some(label) = &key_label {
+        q.add(Param::Text(label), " AND subject = {}");
+    }
+    if let Some(u) = &filter.end_user {
+        q.add(
+            Param::Text(u),
+            " AND id IN (SELECT incident_id FROM incident_signals WHERE end_user = {} AND tenant_id = incidents.tenant_id)",
+        );
+    }
+    if let Some(t) = filter.since {
+        q.add(Param::BigInt(t.millis()), " AND last_signal_at >= {}");
+    }
+    if let Some(t) = filter.until {
+        q.add(Param::BigInt(t.millis()), " AND created_at < {}");
+    }
     for w in &lowered {
-        args.push(Param::Text(w));
-        cond(&mut sql, &mut args, "LOWER(title) LIKE {} ESCAPE '\\'");
+        q.add(Param::Text(w), " AND LOWER(title) LIKE {} ESCAPE '\\'");
     }
     if let Some(c) = after {
-        args.push(Param::BigInt(c.created_at.millis()));
-        let a = args.len();
-        args.push(Param::Text(c.id.as_str()));
-        sql.push_str(&format!(
-            " AND (created_at < ${a} OR (created_at = ${a} AND id < ${}))",
-            a + 1
-        ));
+        q.add(
+            Param::BigInt(c.created_at.millis()),
+            " AND (created_at < {} OR (created_at = {} AND id < ",
+        );
+        q.add(Param::Text(c.id.as_str()), "{}))");
     }
-    args.push(Param::BigInt(i64::from(limit).clamp(1, MAX_PAGE)));
-    sql.push_str(&format!(
-        " ORDER BY created_at DESC, id DESC LIMIT ${}",
-        args.len()
-    ));
-    db.query(&sql, &args)?.iter().map(incident_from).collect()
+    q.add(
+        Param::BigInt(i64::from(limit).clamp(1, MAX_PAGE)),
+        " ORDER BY created_at DESC, id DESC LIMIT {}",
+    );
+    sql::all(db, &q.sql, &q.args, incident_from)
 }
 
 pub(super) fn signals(
@@ -563,42 +530,41 @@ pub(super) fn signals(
     id: &IncidentId,
     limit: u32,
 ) -> StoreResult<Vec<StoredSignal>> {
-    let rows = db.query(
+    sql::all(
+        db,
         "SELECT incident_id, rule, at, call_id, end_user, cost_nanos, detail FROM incident_signals
          WHERE incident_id = $1 ORDER BY at, call_id LIMIT $2",
         &[Param::Text(id.as_str()), Param::BigInt(i64::from(limit))],
-    )?;
-    rows.iter()
-        .map(|row| {
+        |row| {
             let c = Cells::new(row, "incident signal");
+            let bad = |e: crate::domain::ParseError| StoreError::Database(e.to_string());
             Ok(StoredSignal {
-                incident_id: IncidentId::parse(&c.text(0)?)
-                    .map_err(|e| StoreError::Database(e.to_string()))?,
+                incident_id: IncidentId::parse(&c.text(0)?).map_err(bad)?,
                 rule: c.text(1)?,
                 at: Timestamp::from_millis(c.int(2)?),
                 call_id: c
                     .opt_text(3)?
-                    .map(|s| CallId::parse(&s))
+                    .as_deref()
+                    .map(CallId::parse)
                     .transpose()
-                    .map_err(|e| StoreError::Database(e.to_string()))?,
+                    .map_err(bad)?,
                 end_user: c.opt_text(4)?,
                 cost: c.opt_int(5)?.map(Money::from_nanos),
                 detail: c.text(6)?,
             })
-        })
-        .collect()
+        },
+    )
 }
 
 pub(super) fn events(db: &mut dyn Db, id: &IncidentId) -> StoreResult<Vec<IncidentEvent>> {
-    db.query(
+    sql::all(
+        db,
         &format!(
             "SELECT {EVENT_COLUMNS} FROM incident_events WHERE incident_id = $1 ORDER BY at, seq"
         ),
         &[Param::Text(id.as_str())],
-    )?
-    .iter()
-    .map(event_from)
-    .collect()
+        event_from,
+    )
 }
 
 /// Applies a person's change; an invalid status change is a Conflict (HTTP 409).
@@ -620,12 +586,7 @@ pub(super) fn change(
     }
     let next = incident::transition(before.status, change)
         .map_err(|e| StoreError::Conflict(e.to_string()))?;
-    let ev = |kind, b: Option<serde_json::Value>, a: Option<serde_json::Value>, note| NewEvent {
-        before: b,
-        after: a,
-        note,
-        ..NewEvent::new(id, &before.tenant_id, at, actor, kind)
-    };
+    let ev = |kind| NewEvent::new(id, &before.tenant_id, at, actor, kind);
     let event = match (change, next) {
         (Change::Acknowledge | Change::Resolve | Change::Reopen, Some(status)) => {
             // The moment each status change sets. Reopened, as when the engine reopens on
@@ -649,29 +610,25 @@ pub(super) fn change(
                     Param::BigInt(at.millis()),
                 ],
             )?;
-            ev(
-                kind,
-                Some(json!({"status": before.status})),
-                Some(json!({"status": status})),
-                None,
-            )
+            let (was, now) = (json!({"status": before.status}), json!({"status": status}));
+            ev(kind).with(Some(was), Some(now), None)
         }
         (Change::Assign(who), _) => {
             set_field(db, id, "assignee", Param::OptText(who.as_deref()), at)?;
             let (was, now) = field_change("assignee", &before.assignee, who);
-            ev(EventKind::Assigned, was, now, None)
+            ev(EventKind::Assigned).with(was, now, None)
         }
         (Change::SetSeverity(sev), _) => {
             set_field(db, id, "severity", Param::Text(sev.as_str()), at)?;
             let (was, now) = field_change("severity", &before.severity, sev);
-            ev(EventKind::SeverityChanged, was, now, None)
+            ev(EventKind::SeverityChanged).with(was, now, None)
         }
         (Change::Note(text), _) => {
             db.execute(
                 "UPDATE incidents SET updated_at = $2 WHERE id = $1",
                 &[Param::Text(id.as_str()), Param::BigInt(at.millis())],
             )?;
-            ev(EventKind::Note, None, None, Some(text.as_str()))
+            ev(EventKind::Note).with(None, None, Some(text))
         }
         (Change::Acknowledge | Change::Resolve | Change::Reopen, None) => {
             return Err(StoreError::Conflict("nothing to change".into()));
@@ -721,15 +678,8 @@ pub(super) fn add_event(
     at: Timestamp,
 ) -> StoreResult<IncidentEvent> {
     get(db, Some(tenant), id)?;
-    insert_event(
-        db,
-        seq,
-        &NewEvent {
-            after,
-            note,
-            ..NewEvent::new(id, tenant, at, actor, kind)
-        },
-    )
+    let event = NewEvent::new(id, tenant, at, actor, kind);
+    insert_event(db, seq, &event.with(None, after, note))
 }
 
 /// Incidents of a tenant still open or acknowledged, newest first (for attaching
@@ -739,7 +689,8 @@ pub(super) fn unresolved(
     tenant: &TenantId,
     limit: u32,
 ) -> StoreResult<Vec<Incident>> {
-    db.query(
+    sql::all(
+        db,
         &format!(
             "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE tenant_id = $1 AND status <> 'resolved'
              ORDER BY created_at DESC LIMIT $2"
@@ -748,14 +699,12 @@ pub(super) fn unresolved(
             Param::Text(tenant.as_str()),
             Param::BigInt(i64::from(limit)),
         ],
-    )?
-    .iter()
-    .map(incident_from)
-    .collect()
+        incident_from,
+    )
 }
 
 pub(super) fn stats(db: &mut dyn Db, tenant: &TenantId) -> StoreResult<IncidentStats> {
-    let stats = super::sql::first(
+    let stats = sql::first(
         db,
         "SELECT
             COUNT(*) FILTER (WHERE status = 'open'),
@@ -813,22 +762,8 @@ pub(super) fn mark_demo_tenant(
     tenant: &TenantId,
     at: Timestamp,
 ) -> StoreResult<()> {
-    if db
-        .query(
-            "SELECT 1 FROM tenants WHERE id = $1",
-            &[Param::Text(tenant.as_str())],
-        )?
-        .is_empty()
-    {
-        return Err(StoreError::NotFound);
-    }
-    if db
-        .query(
-            "SELECT 1 FROM demo_tenants WHERE tenant_id = $1",
-            &[Param::Text(tenant.as_str())],
-        )?
-        .is_empty()
-    {
+    super::tenants::require(db, tenant)?;
+    if !is_demo_tenant(db, tenant)? {
         db.execute(
             "INSERT INTO demo_tenants (tenant_id, created_at) VALUES ($1, $2)",
             &[Param::Text(tenant.as_str()), Param::BigInt(at.millis())],
@@ -838,12 +773,11 @@ pub(super) fn mark_demo_tenant(
 }
 
 pub(super) fn is_demo_tenant(db: &mut dyn Db, tenant: &TenantId) -> StoreResult<bool> {
-    Ok(!db
-        .query(
-            "SELECT 1 FROM demo_tenants WHERE tenant_id = $1",
-            &[Param::Text(tenant.as_str())],
-        )?
-        .is_empty())
+    sql::exists(
+        db,
+        "SELECT 1 FROM demo_tenants WHERE tenant_id = $1",
+        &[Param::Text(tenant.as_str())],
+    )
 }
 
 /// Merges duplicates into `target`, in the caller's transaction: their signals are copied
@@ -904,7 +838,7 @@ pub(super) fn merge(
 
     // What the duplicates bring that the target does not have yet: calls (each counted
     // once, at its cost) and end users.
-    let new_calls = super::sql::first(
+    let new_calls = sql::first(
         db,
         &format!(
             "SELECT COUNT(*), CAST(COALESCE(SUM(c), 0) AS BIGINT) FROM (
@@ -921,7 +855,7 @@ pub(super) fn merge(
         },
     )?
     .unwrap_or((0, 0));
-    let new_users = super::sql::first(
+    let new_users = sql::first(
         db,
         &format!(
             "SELECT COUNT(DISTINCT end_user) FROM incident_signals
@@ -990,46 +924,26 @@ pub(super) fn merge(
                 Param::Text(target_id.as_str()),
             ],
         )?;
+        let (was, now) = (
+            json!({"status": source.status}),
+            json!({"status": "resolved", "merged_into": target_id}),
+        );
         let into = format!("merged into {target_id}");
-        insert_event(
-            db,
-            seq,
-            &NewEvent {
-                before: Some(json!({"status": source.status})),
-                after: Some(json!({"status": "resolved", "merged_into": target_id})),
-                note: Some(&into),
-                ..NewEvent::new(&source.id, tenant, at, actor, EventKind::Merged)
-            },
-        )?;
+        let event = NewEvent::new(&source.id, tenant, at, actor, EventKind::Merged);
+        insert_event(db, seq, &event.with(Some(was), Some(now), Some(&into)))?;
+        let taken = json!({"merged_from": source.id, "signals": source.signal_count});
         let from = format!("merged {} into this", source.id);
-        insert_event(
-            db,
-            seq,
-            &NewEvent {
-                after: Some(json!({
-                    "merged_from": source.id,
-                    "signals": source.signal_count,
-                })),
-                note: Some(&from),
-                ..NewEvent::new(target_id, tenant, at, actor, EventKind::Merged)
-            },
-        )?;
+        let event = NewEvent::new(target_id, tenant, at, actor, EventKind::Merged);
+        insert_event(db, seq, &event.with(None, Some(taken), Some(&from)))?;
         let after = get_by_id(db, &source.id)?;
         merged.push((source, after));
     }
     if severity > target.severity {
-        insert_event(
-            db,
-            seq,
-            &NewEvent {
-                before: Some(json!({"severity": target.severity})),
-                after: Some(json!({
-                    "severity": severity, "calls": calls, "end_users": users, "cost_usd": cost.usd(),
-                })),
-                note: Some("duplicates merged in"),
-                ..NewEvent::new(target_id, tenant, at, actor, EventKind::Escalated)
-            },
-        )?;
+        let was = json!({"severity": target.severity});
+        let now = json!({"severity": severity, "calls": calls, "end_users": users, "cost_usd": cost.usd()});
+        let event = NewEvent::new(target_id, tenant, at, actor, EventKind::Escalated);
+        let note = Some("duplicates merged in");
+        insert_event(db, seq, &event.with(Some(was), Some(now), note))?;
     }
     Ok(Ok(incident::Merged {
         target: get_by_id(db, target_id)?,

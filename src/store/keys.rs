@@ -45,17 +45,13 @@ pub(super) fn get(
     id: &KeyId,
     lock: bool,
 ) -> StoreResult<ApiKeyRecord> {
-    let sql = format!(
-        "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 AND (CAST($2 AS TEXT) IS NULL OR tenant_id = $2){}",
-        if lock { db.lock_rows() } else { "" }
-    );
-    sql::one(
+    sql::owned(
         db,
-        &sql,
-        &[
-            Param::Text(id.as_str()),
-            Param::OptText(tenant.map(TenantId::as_str)),
-        ],
+        "api_keys",
+        KEY_COLUMNS,
+        id.as_str(),
+        tenant,
+        lock,
         key_from,
     )
 }

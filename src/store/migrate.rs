@@ -172,14 +172,8 @@ pub fn plan<'a>(
     Ok(pending)
 }
 
-const SQLITE_LEDGER: &str = "CREATE TABLE IF NOT EXISTS agv_schema_migrations (
-    version BIGINT PRIMARY KEY NOT NULL,
-    name TEXT NOT NULL,
-    checksum TEXT NOT NULL,
-    applied_at BIGINT NOT NULL
-)";
-
-const POSTGRES_LEDGER: &str = "CREATE TABLE IF NOT EXISTS agv_schema_migrations (
+/// The table recording applied migrations, the same on both backends.
+const LEDGER: &str = "CREATE TABLE IF NOT EXISTS agv_schema_migrations (
     version BIGINT PRIMARY KEY NOT NULL,
     name TEXT NOT NULL,
     checksum TEXT NOT NULL,
@@ -205,7 +199,7 @@ pub(crate) fn run_sqlite(conn: &mut rusqlite::Connection) -> StoreResult<()> {
             // Nothing to do: dropping the transaction rolls back, i.e. writes nothing.
             return Ok(());
         };
-        tx.execute_batch(SQLITE_LEDGER).map_err(db_err)?;
+        tx.execute_batch(LEDGER).map_err(db_err)?;
         tx.execute_batch(m.sql).map_err(|e| {
             StoreError::Database(format!("migration {:04}_{} failed: {e}", m.version, m.name))
         })?;
@@ -267,7 +261,7 @@ pub(crate) fn run_postgres(client: &mut postgres::Client) -> StoreResult<()> {
             // Nothing to do: dropping the transaction rolls back and releases the lock.
             return Ok(());
         };
-        tx.batch_execute(POSTGRES_LEDGER).map_err(db_err)?;
+        tx.batch_execute(LEDGER).map_err(db_err)?;
         tx.batch_execute(m.sql).map_err(|e| {
             StoreError::Database(format!("migration {:04}_{} failed: {e}", m.version, m.name))
         })?;

@@ -353,12 +353,7 @@ pub trait Store: Send + Sync + 'static {
         if signals.is_empty() {
             return Ok(Vec::new());
         }
-        in_write_tx(self, |db| {
-            // One grouping writer at a time across every instance sharing the database.
-            db.serialize(incidents::WRITER_LOCK)?;
-            let seq = db.event_seq();
-            incidents::apply_signals(db, &seq, signals)
-        })
+        in_incident_tx(self, |db, seq| incidents::apply_signals(db, seq, signals))
     }
     /// `tenant: None` means the instance operator; another tenant's id is NotFound.
     fn get_incident(&self, tenant: Option<&TenantId>, id: &IncidentId) -> StoreResult<Incident> {
@@ -406,10 +401,8 @@ pub trait Store: Send + Sync + 'static {
         actor: &str,
         at: Timestamp,
     ) -> StoreResult<(Incident, IncidentEvent)> {
-        in_write_tx(self, |db| {
-            db.serialize(incidents::WRITER_LOCK)?;
-            let seq = db.event_seq();
-            incidents::change(db, &seq, tenant, id, change, actor, at)
+        in_incident_tx(self, |db, seq| {
+            incidents::change(db, seq, tenant, id, change, actor, at)
         })
     }
     /// A system event: a kill-switch action or an alert sent.
@@ -424,10 +417,8 @@ pub trait Store: Send + Sync + 'static {
         note: Option<&str>,
         at: Timestamp,
     ) -> StoreResult<IncidentEvent> {
-        in_write_tx(self, |db| {
-            db.serialize(incidents::WRITER_LOCK)?;
-            let seq = db.event_seq();
-            incidents::add_event(db, &seq, tenant, id, kind, actor, after.clone(), note, at)
+        in_incident_tx(self, |db, seq| {
+            incidents::add_event(db, seq, tenant, id, kind, actor, after.clone(), note, at)
         })
     }
     /// Merges duplicates into `target` in one transaction (see `incidents::merge`): an
@@ -441,10 +432,8 @@ pub trait Store: Send + Sync + 'static {
         actor: &str,
         at: Timestamp,
     ) -> StoreResult<Result<Merged, MergeRefusal>> {
-        in_write_tx(self, |db| {
-            db.serialize(incidents::WRITER_LOCK)?;
-            let seq = db.event_seq();
-            incidents::merge(db, &seq, tenant, target, from, actor, at)
+        in_incident_tx(self, |db, seq| {
+            incidents::merge(db, seq, tenant, target, from, actor, at)
         })
     }
     /// The tenant's open and acknowledged incidents, newest first.
@@ -555,12 +544,7 @@ pub trait Store: Send + Sync + 'static {
     /// incident's `alert_sent` event (route, reason and attempt in `after`), in one
     /// transaction. An incident of another tenant is NotFound and nothing is written.
     fn record_alert_sent(&self, sent: &AlertSent) -> StoreResult<()> {
-        in_write_tx(self, |db| {
-            // Incident events are numbered by one writer at a time (see add_incident_event).
-            db.serialize(incidents::WRITER_LOCK)?;
-            let seq = db.event_seq();
-            alerts::record_sent(db, &seq, sent)
-        })
+        in_incident_tx(self, |db, seq| alerts::record_sent(db, seq, sent))
     }
     /// When the route last alerted about the incident, if ever.
     fn last_alert_sent(
@@ -851,7 +835,9 @@ pub trait Store: Send + Sync + 'static {
     }
     fn import_tables(&self, source: &mut dump::Source<'_>) -> StoreResult<()>;
     /// Rows per backed-up table, in `dump::TABLES` order.
-    fn table_counts(&self) -> StoreResult<Vec<(String, i64)>>;
+    fn table_counts(&self) -> StoreResult<Vec<(String, i64)>> {
+        on_db(self, |db| dump::counts(db))
+    }
 
     // Tamper evidence (see domain::chain): `insert_calls` links every call into its
     // tenant's chain and `append_audit` every entry into its chain, in the same transaction.
@@ -949,6 +935,20 @@ fn in_write_tx<T>(
     out.ok_or_else(|| StoreError::Database("a write transaction ended without its work".into()))
 }
 
+/// [`in_write_tx`] for what writes incidents or their events: under the incidents' writer
+/// lock, so that one writer at a time across every instance sharing the database groups
+/// signals and numbers events.
+fn in_incident_tx<T>(
+    store: &(impl Store + ?Sized),
+    mut work: impl FnMut(&mut dyn sql::Db, &incidents::EventSeq) -> StoreResult<T>,
+) -> StoreResult<T> {
+    in_write_tx(store, |db| {
+        db.serialize(incidents::WRITER_LOCK)?;
+        let seq = db.event_seq();
+        work(db, &seq)
+    })
+}
+
 /// Runs `work` on a pooled connection of `store` (see [`Store::with_db`]) and returns what
 /// it returned.
 fn on_db<T>(
@@ -1010,19 +1010,11 @@ pub fn plain_recording(store: DynStore) -> DynRecording {
 /// Applies pending migrations and refuses a schema newer than this binary knows.
 /// Blocking (it connects and migrates): from async code, call it through [`run_blocking`].
 pub fn open(data_dir: &Path, database_url: Option<&str>) -> StoreResult<DynStore> {
-    open_with(data_dir, database_url, None)
+    open_recording(data_dir, database_url, None).map(|o| o.store)
 }
 
-/// [`open`] with a durability level; `None`: the backend's [`Durability::default_for`].
-pub fn open_with(
-    data_dir: &Path,
-    database_url: Option<&str>,
-    durability: Option<Durability>,
-) -> StoreResult<DynStore> {
-    open_recording(data_dir, database_url, durability).map(|o| o.store)
-}
-
-/// [`open_with`], with the call recorder's ways into the store (what the server opens).
+/// [`open`] at a durability level (`None`: the backend's [`Durability::default_for`]),
+/// with the call recorder's ways into the store (what the server opens).
 pub fn open_recording(
     data_dir: &Path,
     database_url: Option<&str>,
@@ -1042,7 +1034,7 @@ pub fn open_recording(
             let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
             match scheme {
                 "postgres" | "postgresql" => {
-                    let store = postgres::open_store_with(url, level)?;
+                    let store: DynStore = Arc::new(postgres::PostgresStore::open_with(url, level)?);
                     Ok(Opened {
                         store: store.clone(),
                         recording: plain_recording(store),

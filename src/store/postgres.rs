@@ -10,12 +10,13 @@
 //! This module translates between SQL and domain types; it must not contain policy.
 
 use super::postgres_conn::{CHANGE_CHANNEL, Manager, PgDb, db_err};
-use super::rows::{CallParams, duplicate_call, explain_conflict, insert_call_sql, latest_uses};
-use super::{
-    Backend, CommitSettings, Durability, DynStore, PoolStats, Store, StoreError, StoreResult,
-    migrate, redact_url,
+use super::rows::{
+    CallParams, call_values, duplicate_call, explain_conflict, insert_call_sql, latest_uses,
 };
-use crate::domain::chain::LinkVersion;
+use super::{
+    Backend, CommitSettings, Durability, PoolStats, Store, StoreError, StoreResult, migrate,
+    redact_url,
+};
 use crate::domain::{CallRecord, KeyId, TenantId, Timestamp};
 use postgres::config::Host;
 use postgres::{GenericClient, NoTls};
@@ -30,17 +31,6 @@ const POOL_SIZE: u32 = 10;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a checkout waits before it looks at whether connecting to the server fails.
 const CHECKOUT_STEP: Duration = Duration::from_millis(250);
-/// Opens the store and applies migrations. Blocking: from async code, call it through
-/// [`super::run_blocking`].
-pub fn open_store(url: &str) -> StoreResult<DynStore> {
-    open_store_with(url, Durability::default_for(Backend::Postgres))
-}
-
-/// [`open_store`] at a durability level.
-pub fn open_store_with(url: &str, durability: Durability) -> StoreResult<DynStore> {
-    Ok(Arc::new(PostgresStore::open_with(url, durability)?))
-}
-
 /// Begins a transaction of the call recorder. With [`Durability::Process`] its commit
 /// returns before Postgres has flushed it to its WAL on disk (`synchronous_commit = off`,
 /// for this transaction only; Postgres's WAL writer flushes it within 3 ×
@@ -138,14 +128,13 @@ struct Reachability {
 
 impl Reachability {
     fn failure(&self) -> Option<String> {
-        if !self.failing.load(Ordering::Relaxed) {
-            return None;
-        }
-        let cause = match self.cause.lock() {
-            Ok(c) => c.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+        let cause = || {
+            let cause = self.cause.lock();
+            cause
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
         };
-        Some(cause)
+        self.failing.load(Ordering::Relaxed).then(cause)
     }
 }
 
@@ -160,10 +149,11 @@ impl r2d2::HandleError<postgres::Error> for ConnectErrors {
         if !was_failing {
             tracing::error!(error = %cause, "cannot connect to Postgres; requests that need the database get 503 until it is back, and agv-server reconnects by itself");
         }
-        match self.0.cause.lock() {
-            Ok(mut c) => *c = cause,
-            Err(poisoned) => *poisoned.into_inner() = cause,
-        }
+        *self
+            .0
+            .cause
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = cause;
     }
 }
 
@@ -274,55 +264,6 @@ fn placeholder(n: usize) -> String {
 }
 
 static INSERT_CALL: LazyLock<String> = LazyLock::new(|| insert_call_sql(placeholder));
-
-fn insert_call(
-    tx: &mut postgres::Transaction<'_>,
-    stmt: &postgres::Statement,
-    p: &CallParams<'_>,
-    link: &(i64, String),
-) -> Result<u64, postgres::Error> {
-    tx.execute(
-        stmt,
-        &[
-            &p.id,
-            &p.tenant_id,
-            &p.key_id,
-            &p.created_at,
-            &p.endpoint,
-            &p.model,
-            &p.stream,
-            &p.end_user,
-            &p.session_id,
-            &p.metadata,
-            &p.request_body,
-            &p.request_truncated,
-            &p.request_sha256,
-            &p.response_body,
-            &p.response_truncated,
-            &p.response_sha256,
-            &p.status,
-            &p.error,
-            &p.blocked,
-            &p.blocked_by,
-            &p.decisions,
-            &p.prompt_tokens,
-            &p.completion_tokens,
-            &p.cached_tokens,
-            &p.total_tokens,
-            &p.cost_nanos,
-            &p.latency_us,
-            &p.upstream_latency_us,
-            &p.enforcement_us,
-            &p.upstream_attempts,
-            &p.upstream,
-            &p.request_body_sha256,
-            &p.response_body_sha256,
-            &link.0,
-            &link.1,
-            &LinkVersion::V2.number(),
-        ],
-    )
-}
 
 /// A dedicated connection (outside the pool) that LISTENs on the change feed's channel.
 pub struct ChangeListener {
@@ -435,9 +376,12 @@ impl Store for PostgresStore {
             .links;
         let stmt = tx.prepare(&INSERT_CALL).map_err(db_err)?;
         for ((call, row), link) in calls.iter().zip(&rows).zip(&links) {
-            insert_call(&mut tx, &stmt, row, link)
-                .map_err(db_err)
-                .map_err(|e| explain_conflict(e, || duplicate_call(&call.id)))?;
+            tx.execute(
+                &stmt,
+                &call_values!(row, link, dyn postgres::types::ToSql + Sync),
+            )
+            .map_err(db_err)
+            .map_err(|e| explain_conflict(e, || duplicate_call(&call.id)))?;
         }
         // An early return above drops the transaction, which rolls the whole batch back.
         tx.commit().map_err(db_err)
@@ -487,11 +431,6 @@ impl Store for PostgresStore {
     fn import_tables(&self, source: &mut super::dump::Source<'_>) -> StoreResult<()> {
         let mut conn = self.conn()?;
         super::dump::postgres::import(&mut conn, source)
-    }
-
-    fn table_counts(&self) -> StoreResult<Vec<(String, i64)>> {
-        let mut conn = self.conn()?;
-        super::dump::postgres::counts(&mut conn)
     }
 }
 

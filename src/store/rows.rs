@@ -3,7 +3,7 @@
 //! interpret a stored value. A stored value that no longer parses is a database error,
 //! never a panic.
 
-use super::sql::{Cells, Param, SqlRow};
+use super::sql::{Cells, Dialect, Param, Query, SqlRow};
 use super::{StoreError, StoreResult};
 use crate::domain::chain::body_digest;
 use crate::domain::{
@@ -58,7 +58,7 @@ pub(super) const TOPIC_POLICY: &str = "policy";
 /// A tenant's own upstream changed (put or deleted).
 pub(super) const TOPIC_UPSTREAM: &str = "upstream";
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Database(format!("a stored {what} could not be read back: {e}"))
 }
 
@@ -244,6 +244,29 @@ pub(super) fn insert_call_sql(placeholder: fn(usize) -> String) -> String {
     )
 }
 
+/// The values [`insert_call_sql`] binds for one call, as an array of `&$ty` (either
+/// backend's parameter type): the fields of the [`CallParams`] `$p` in
+/// [`CHAINED_CALL_COLUMNS`] order, the body digests, then its chain link `$link` (seq,
+/// hash) and the link version.
+macro_rules! call_values {
+    ($p:ident, $link:ident, $ty:ty) => {
+        call_values!(@ $p, $link, $ty; id tenant_id key_id created_at endpoint model stream end_user session_id metadata
+            request_body request_truncated request_sha256 response_body response_truncated response_sha256
+            status error blocked blocked_by decisions prompt_tokens completion_tokens cached_tokens total_tokens
+            cost_nanos latency_us upstream_latency_us enforcement_us upstream_attempts upstream
+            request_body_sha256 response_body_sha256)
+    };
+    (@ $p:ident, $link:ident, $ty:ty; $($field:ident)+) => {
+        [
+            $(&$p.$field as &$ty,)+
+            &$link.0 as &$ty,
+            &$link.1 as &$ty,
+            &$crate::domain::chain::LinkVersion::V2.number() as &$ty,
+        ]
+    };
+}
+pub(super) use call_values;
+
 /// The conflict a duplicate call id in a batch is reported as.
 pub(super) fn duplicate_call(id: &CallId) -> String {
     format!(
@@ -302,13 +325,13 @@ pub(super) fn call_from(row: &SqlRow) -> StoreResult<CallRecord> {
 
 /// The SQL and parameters of one `list_calls` page. Only the filters that are set become
 /// conditions (rather than `? IS NULL OR …`), so the planner can pick the index that
-/// matches them; `placeholder(n)` spells the n-th parameter (1-based) for the backend.
+/// matches them; placeholders are spelled as `dialect` does.
 pub(super) fn list_calls_query<'a>(
     tenant: &'a TenantId,
     filter: &'a CallFilter,
     after: Option<&'a CallCursor>,
     limit: u32,
-    placeholder: fn(usize) -> String,
+    dialect: Dialect,
 ) -> (String, Vec<Param<'a>>) {
     let page = CallsPage {
         columns: CALL_COLUMNS,
@@ -316,7 +339,7 @@ pub(super) fn list_calls_query<'a>(
         skip: 0,
         limit,
     };
-    calls_page_query(page, tenant, filter, after, placeholder)
+    calls_page_query(page, tenant, filter, after, dialect)
 }
 
 /// The order of a page of calls. Both are walked through the same `(tenant_id,
@@ -368,29 +391,21 @@ pub(super) fn calls_page_query<'a>(
     tenant: &'a TenantId,
     filter: &'a CallFilter,
     after: Option<&'a CallCursor>,
-    placeholder: fn(usize) -> String,
+    dialect: Dialect,
 ) -> (String, Vec<Param<'a>>) {
-    let mut params = vec![Param::Text(tenant.as_str())];
-    let mut sql = format!(
-        "SELECT {} FROM calls WHERE tenant_id = {}",
-        page.columns,
-        placeholder(1)
-    );
-    let mut cond = |column: &str, op: &str, p: Param<'a>| {
-        params.push(p);
-        sql.push_str(&format!(" AND {column} {op} {}", placeholder(params.len())));
-    };
+    let mut q = Query::of(dialect, format!("SELECT {} FROM calls WHERE", page.columns));
+    q.add(Param::Text(tenant.as_str()), " tenant_id = {}");
     for (column, op, p) in narrow_filters(filter) {
-        cond(column, op, p);
+        q.add(p, &format!(" AND {column} {op} {{}}"));
     }
     if let Some(m) = &filter.model {
-        cond("model", "=", Param::Text(m));
+        q.add(Param::Text(m), " AND model = {}");
     }
     if let Some(s) = filter.status {
-        cond("status", "=", Param::Int(i32::from(s)));
+        q.add(Param::Int(i32::from(s)), " AND status = {}");
     }
     if let Some(b) = filter.blocked {
-        cond("blocked", "=", Param::Bool(b));
+        q.add(Param::Bool(b), " AND blocked = {}");
     }
     let (beyond, order) = match page.order {
         CallOrder::NewestFirst => ("<", "created_at DESC, id DESC"),
@@ -398,24 +413,16 @@ pub(super) fn calls_page_query<'a>(
     };
     if let Some(c) = after {
         // A row-value comparison: strictly after the cursor in the page's order.
-        params.push(Param::BigInt(c.created_at.millis()));
-        params.push(Param::Text(c.id.as_str()));
-        sql.push_str(&format!(
-            " AND (created_at, id) {beyond} ({}, {})",
-            placeholder(params.len() - 1),
-            placeholder(params.len())
-        ));
+        let created = Param::BigInt(c.created_at.millis());
+        q.add(created, &format!(" AND (created_at, id) {beyond} ({{}}, "));
+        q.add(Param::Text(c.id.as_str()), "{})");
     }
-    params.push(Param::BigInt(i64::from(page.limit.min(MAX_PAGE))));
-    sql.push_str(&format!(
-        " ORDER BY {order} LIMIT {}",
-        placeholder(params.len())
-    ));
+    let limit = Param::BigInt(i64::from(page.limit.min(MAX_PAGE)));
+    q.add(limit, &format!(" ORDER BY {order} LIMIT {{}}"));
     if page.skip > 0 {
-        params.push(Param::BigInt(i64::from(page.skip)));
-        sql.push_str(&format!(" OFFSET {}", placeholder(params.len())));
+        q.add(Param::BigInt(i64::from(page.skip)), " OFFSET {}");
     }
-    (sql, params)
+    q.into_parts()
 }
 
 /// The latest event of every target whose latest action is a freeze. `ROW_NUMBER` rather

@@ -20,7 +20,7 @@ use super::search_sql::{
     Dialect, FILTER_DRIVEN_MAX, TextPlan, call_columns, conditions, count_narrow_query,
     has_narrow_filter, page, tsquery, tsvector,
 };
-use super::sql::{Candidate, Db, SearchPage, TextIndex};
+use super::sql::{Candidate, Db, Param, Query, SearchPage, TextIndex};
 use super::{StoreError, StoreResult};
 use crate::domain::search::index_tokens;
 use crate::domain::{CallCursor, CallRecord, CallSearch, TenantId, Timestamp};
@@ -111,19 +111,19 @@ fn newest_matches(
     until: Option<i64>,
     after: Option<&CallCursor>,
 ) -> StoreResult<Recent> {
-    let mut sql = "SELECT call_id, created_at, doc @@ $2::text::tsquery FROM call_search s WHERE s.tenant_id = $1".to_owned();
-    let mut args: Vec<Box<dyn ToSql + Sync>> = vec![
-        Box::new(tenant.as_str().to_owned()),
-        Box::new(text.to_owned()),
-    ];
-    in_range(&mut sql, &mut args, since, until, after);
-    args.push(Box::new(NEWEST_WINDOW));
-    sql.push_str(&format!(
-        " ORDER BY s.created_at DESC, s.call_id DESC LIMIT ${}",
-        args.len()
-    ));
-    let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref()).collect();
-    let rows = client.query(&sql, &refs).map_err(db_err)?;
+    let mut q = in_range(
+        "SELECT call_id, created_at, doc @@ $2::text::tsquery FROM call_search s WHERE s.tenant_id = $1",
+        [tenant.as_str(), text],
+        since,
+        until,
+        after,
+    );
+    q.add(
+        Param::BigInt(NEWEST_WINDOW),
+        " ORDER BY s.created_at DESC, s.call_id DESC LIMIT {}",
+    );
+    let args: Vec<&(dyn ToSql + Sync)> = q.args.iter().map(pg_param).collect();
+    let rows = client.query(&q.sql, &args).map_err(db_err)?;
     let ids = rows
         .iter()
         .filter(|r| r.get::<_, bool>(2))
@@ -143,32 +143,32 @@ fn newest_matches(
     Ok(Recent { ids, older_than })
 }
 
-/// Appends to a `call_search s` query the conditions of a time range (`since`, below
-/// `until`) and of a cursor (strictly older than `after`), binding their values.
-fn in_range(
-    sql: &mut String,
-    args: &mut Vec<Box<dyn ToSql + Sync>>,
+/// A `call_search s` query (`select`, whose `$1` is the tenant and `$2` the text) with the
+/// conditions of a time range (`since`, below `until`) and of a cursor (strictly older
+/// than `after`), binding their values.
+fn in_range<'a>(
+    select: &str,
+    [tenant, text]: [&'a str; 2],
     since: Option<i64>,
     until: Option<i64>,
-    after: Option<&CallCursor>,
-) {
+    after: Option<&'a CallCursor>,
+) -> Query<'a> {
+    let mut q = Query::new(select.to_owned());
+    q.args = vec![Param::Text(tenant), Param::Text(text)];
     if let Some(since) = since {
-        args.push(Box::new(since));
-        sql.push_str(&format!(" AND s.created_at >= ${}", args.len()));
+        q.add(Param::BigInt(since), " AND s.created_at >= {}");
     }
     if let Some(until) = until {
-        args.push(Box::new(until));
-        sql.push_str(&format!(" AND s.created_at < ${}", args.len()));
+        q.add(Param::BigInt(until), " AND s.created_at < {}");
     }
     if let Some(c) = after {
-        args.push(Box::new(c.created_at.millis()));
-        args.push(Box::new(c.id.as_str().to_owned()));
-        sql.push_str(&format!(
-            " AND (s.created_at, s.call_id) < (${}, ${})",
-            args.len() - 1,
-            args.len()
-        ));
+        q.add(
+            Param::BigInt(c.created_at.millis()),
+            " AND (s.created_at, s.call_id) < ({}, ",
+        );
+        q.add(Param::Text(c.id.as_str()), "{})");
     }
+    q
 }
 
 /// The ids of the tenant's calls from `since` and older than `older_than` whose text
@@ -182,22 +182,21 @@ fn indexed_matches(
     since: Option<i64>,
     older_than: &CallCursor,
 ) -> StoreResult<Vec<String>> {
-    let mut sql =
-        "SELECT call_id FROM call_search s WHERE s.tenant_id = $1 AND s.doc @@ $2::text::tsquery"
-            .to_owned();
-    let mut args: Vec<Box<dyn ToSql + Sync>> = vec![
-        Box::new(tenant.as_str().to_owned()),
-        Box::new(text.to_owned()),
-    ];
-    in_range(&mut sql, &mut args, since, None, Some(older_than));
+    let q = in_range(
+        "SELECT call_id FROM call_search s WHERE s.tenant_id = $1 AND s.doc @@ $2::text::tsquery",
+        [tenant.as_str(), text],
+        since,
+        None,
+        Some(older_than),
+    );
     let mut tx = client.transaction().map_err(db_err)?;
     tx.batch_execute(
         "SET LOCAL enable_indexscan = off; SET LOCAL enable_indexonlyscan = off; SET LOCAL enable_seqscan = off",
     )
     .map_err(db_err)?;
-    let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref()).collect();
+    let args: Vec<&(dyn ToSql + Sync)> = q.args.iter().map(pg_param).collect();
     let ids = tx
-        .query(&sql, &refs)
+        .query(&q.sql, &args)
         .map_err(db_err)?
         .iter()
         .map(|r| r.get::<_, String>(0))
@@ -217,19 +216,20 @@ fn calls_among(
     if ids.is_empty() || limit == 0 {
         return Ok(Vec::new());
     }
-    let (conds, params) = conditions(Dialect::Postgres, tenant, search, 1);
-    let sql = format!(
-        "SELECT {} FROM calls c WHERE {conds} AND c.id = ANY(${}::text[]) ORDER BY c.created_at DESC, c.id DESC LIMIT ${}",
-        call_columns(),
-        params.len() + 1,
-        params.len() + 2
-    );
+    let mut q = Query::new(format!("SELECT {} FROM calls c WHERE ", call_columns()));
+    conditions(&mut q, tenant, search);
+    let n = q.args.len();
+    q.sql.push_str(&format!(
+        " AND c.id = ANY(${}::text[]) ORDER BY c.created_at DESC, c.id DESC LIMIT ${}",
+        n + 1,
+        n + 2
+    ));
     let limit = i64::from(limit);
-    let mut args: Vec<&(dyn ToSql + Sync)> = params.iter().map(pg_param).collect();
+    let mut args: Vec<&(dyn ToSql + Sync)> = q.args.iter().map(pg_param).collect();
     args.push(&ids);
     args.push(&limit);
     client
-        .query(&sql, &args)
+        .query(&q.sql, &args)
         .map_err(db_err)?
         .iter()
         .map(|r| call_from(&cells(r)?))

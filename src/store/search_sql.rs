@@ -7,7 +7,7 @@
 use super::StoreResult;
 use super::rows::{CALL_COLUMNS, MAX_PAGE};
 pub(super) use super::sql::Dialect;
-use super::sql::{Db, Param, SearchPage};
+use super::sql::{Db, Param, Query, SearchPage};
 use crate::domain::{CallCursor, CallRecord, CallSearch, TenantId};
 use std::collections::BTreeMap;
 
@@ -62,13 +62,13 @@ pub(super) fn count_narrow_query<'a>(
     search: &'a CallSearch,
     cap: i64,
 ) -> (String, Vec<Param<'a>>) {
-    let (conds, mut params) = narrow_conditions(dialect, tenant, search, 1);
-    params.push(Param::BigInt(cap));
-    let sql = format!(
-        "SELECT COUNT(*) FROM (SELECT 1 FROM calls c WHERE {conds} LIMIT {}) n",
-        dialect.placeholder(params.len())
+    let mut q = Query::of(
+        dialect,
+        "SELECT COUNT(*) FROM (SELECT 1 FROM calls c WHERE ".into(),
     );
-    (sql, params)
+    narrow_conditions(&mut q, tenant, search);
+    q.add(Param::BigInt(cap), " LIMIT {}) n");
+    q.into_parts()
 }
 
 /// One page of a call search whose text (if any) needs no walk of a backend's own index:
@@ -95,76 +95,57 @@ pub(super) fn search_calls_query<'a>(
     after: Option<&'a CallCursor>,
     limit: u32,
 ) -> (String, Vec<Param<'a>>) {
-    let ph = |n| dialect.placeholder(n);
-    let mut params: Vec<Param<'a>> = Vec::new();
-    let mut pre = String::new();
     let from = match text {
         TextPlan::None | TextPlan::Check(_) => "calls c",
         // CROSS JOIN: SQLite keeps the text index as the outer loop, so time-key order
         // holds without a sort.
-        TextPlan::SqliteWalk(m) => {
-            params.push(Param::Text(m));
-            pre.push_str(&format!("call_fts MATCH {} AND ", ph(params.len())));
-            let (low, high) = key_bounds(search, after);
-            if let Some(low) = low {
-                params.push(Param::BigInt(low));
-                pre.push_str(&format!("call_fts.rowid >= {} AND ", ph(params.len())));
-            }
-            if let Some(high) = high {
-                params.push(Param::BigInt(high));
-                pre.push_str(&format!("call_fts.rowid < {} AND ", ph(params.len())));
-            }
-            "call_fts CROSS JOIN calls c ON c.id = call_fts.call_id"
-        }
+        TextPlan::SqliteWalk(_) => "call_fts CROSS JOIN calls c ON c.id = call_fts.call_id",
     };
-    // The tenant is always the first parameter of the conditions.
-    let first = params.len() + 1;
-    let (mut conds, more) = conditions(dialect, tenant, search, first);
-    params.extend(more);
+    let mut q = Query::of(
+        dialect,
+        format!("SELECT {} FROM {from} WHERE ", call_columns()),
+    );
+    if let TextPlan::SqliteWalk(m) = text {
+        q.add(Param::Text(m), "call_fts MATCH {} AND ");
+        let (low, high) = key_bounds(search, after);
+        if let Some(low) = low {
+            q.add(Param::BigInt(low), "call_fts.rowid >= {} AND ");
+        }
+        if let Some(high) = high {
+            q.add(Param::BigInt(high), "call_fts.rowid < {} AND ");
+        }
+    }
+    conditions(&mut q, tenant, search);
     if let TextPlan::Check(m) = text {
-        params.push(Param::Text(m));
-        let p = ph(params.len());
-        conds.push_str(&match dialect {
+        let exists = match dialect {
             Dialect::Sqlite => format!(
-                " AND EXISTS (SELECT 1 FROM call_fts WHERE call_fts MATCH {p} AND call_fts.rowid >= (c.created_at << {KEY_SHIFT}) AND call_fts.rowid < ((c.created_at + 1) << {KEY_SHIFT}) AND call_fts.call_id = c.id)"
+                " AND EXISTS (SELECT 1 FROM call_fts WHERE call_fts MATCH {{}} AND call_fts.rowid >= (c.created_at << {KEY_SHIFT}) AND call_fts.rowid < ((c.created_at + 1) << {KEY_SHIFT}) AND call_fts.call_id = c.id)"
             ),
-            Dialect::Postgres => format!(
-                " AND EXISTS (SELECT 1 FROM call_search s WHERE s.call_seq = c.search_seq AND s.doc @@ {p}::text::tsquery)"
-            ),
-        });
+            Dialect::Postgres => " AND EXISTS (SELECT 1 FROM call_search s WHERE s.call_seq = c.search_seq AND s.doc @@ {}::text::tsquery)".to_owned(),
+        };
+        q.add(Param::Text(m), &exists);
     }
     if let Some(c) = after {
-        params.push(Param::BigInt(c.created_at.millis()));
-        params.push(Param::Text(c.id.as_str()));
-        conds.push_str(&format!(
-            " AND (c.created_at, c.id) < ({}, {})",
-            ph(params.len() - 1),
-            ph(params.len())
-        ));
+        q.add(
+            Param::BigInt(c.created_at.millis()),
+            " AND (c.created_at, c.id) < ({}, ",
+        );
+        q.add(Param::Text(c.id.as_str()), "{})");
     }
-    let order = match text {
-        TextPlan::SqliteWalk(_) => " ORDER BY call_fts.rowid DESC".to_owned(),
+    let cap = match text {
+        TextPlan::SqliteWalk(_) => None,
         // SQLite checks phrases on the rows it reads: every candidate may be needed.
-        TextPlan::Check(_) if dialect == Dialect::Sqlite => {
-            params.push(Param::BigInt(FILTER_DRIVEN_MAX));
-            format!(
-                " ORDER BY c.created_at DESC, c.id DESC LIMIT {}",
-                ph(params.len())
-            )
-        }
-        TextPlan::None | TextPlan::Check(_) => {
-            params.push(Param::BigInt(i64::from(limit.min(MAX_PAGE))));
-            format!(
-                " ORDER BY c.created_at DESC, c.id DESC LIMIT {}",
-                ph(params.len())
-            )
-        }
+        TextPlan::Check(_) if dialect == Dialect::Sqlite => Some(FILTER_DRIVEN_MAX),
+        TextPlan::None | TextPlan::Check(_) => Some(i64::from(limit.min(MAX_PAGE))),
     };
-    let sql = format!(
-        "SELECT {} FROM {from} WHERE {pre}{conds}{order}",
-        call_columns()
-    );
-    (sql, params)
+    match cap {
+        None => q.sql.push_str(" ORDER BY call_fts.rowid DESC"),
+        Some(cap) => q.add(
+            Param::BigInt(cap),
+            " ORDER BY c.created_at DESC, c.id DESC LIMIT {}",
+        ),
+    }
+    q.into_parts()
 }
 
 /// The time-key range of a search: from `since`, below `until` and below the
@@ -180,27 +161,15 @@ fn key_bounds(search: &CallSearch, after: Option<&CallCursor>) -> (Option<i64>, 
     (low, high)
 }
 
-/// The conditions on `calls c` that the calls indexes serve: the tenant, the time range
-/// and the narrow filters (end user, session, key), with placeholders numbered from
-/// `first`; the tenant is always placeholder `first`.
-fn narrow_conditions<'a>(
-    dialect: Dialect,
-    tenant: &'a TenantId,
-    search: &'a CallSearch,
-    first: usize,
-) -> (String, Vec<Param<'a>>) {
-    let ph = |n: usize| dialect.placeholder(n + first - 1);
-    let mut params = vec![Param::Text(tenant.as_str())];
-    let mut conds = format!("c.tenant_id = {}", ph(1));
+/// Appends the conditions on `calls c` that the calls indexes serve: the tenant, the time
+/// range and the narrow filters (end user, session, key).
+fn narrow_conditions<'a>(q: &mut Query<'a>, tenant: &'a TenantId, search: &'a CallSearch) {
+    q.add(Param::Text(tenant.as_str()), "c.tenant_id = {}");
     for (column, op, p) in super::rows::narrow_filters(&search.filter) {
-        params.push(p);
-        conds.push_str(&format!(" AND c.{column} {op} {}", ph(params.len())));
+        q.add(p, &format!(" AND c.{column} {op} {{}}"));
     }
-    (conds, params)
 }
 
-/// The conditions on `calls c` of a search (tenant, filters, status class, policy), with
-/// placeholders numbered from `first`; the tenant is always placeholder `first`.
 /// The call columns, qualified with the alias `c`.
 pub(super) fn call_columns() -> String {
     CALL_COLUMNS
@@ -210,31 +179,22 @@ pub(super) fn call_columns() -> String {
         .join(", ")
 }
 
-pub(super) fn conditions<'a>(
-    dialect: Dialect,
-    tenant: &'a TenantId,
-    search: &'a CallSearch,
-    first: usize,
-) -> (String, Vec<Param<'a>>) {
-    let (mut conds, mut params) = narrow_conditions(dialect, tenant, search, first);
-    let ph = |n: usize| dialect.placeholder(n + first - 1);
-    let mut cond = |column: &str, op: &str, p: Param<'a>| {
-        params.push(p);
-        conds.push_str(&format!(" AND c.{column} {op} {}", ph(params.len())));
-    };
+/// Appends the conditions on `calls c` of a search (tenant, filters, status class, policy).
+pub(super) fn conditions<'a>(q: &mut Query<'a>, tenant: &'a TenantId, search: &'a CallSearch) {
+    narrow_conditions(q, tenant, search);
     let f = &search.filter;
     if let Some(m) = &f.model {
-        cond("model", "=", Param::Text(m));
+        q.add(Param::Text(m), " AND c.model = {}");
     }
     if let Some(s) = f.status {
-        cond("status", "=", Param::Int(i32::from(s)));
+        q.add(Param::Int(i32::from(s)), " AND c.status = {}");
     }
     if let Some((low, high)) = search.status_range {
-        cond("status", ">=", Param::Int(i32::from(low)));
-        cond("status", "<", Param::Int(i32::from(high)));
+        q.add(Param::Int(i32::from(low)), " AND c.status >= {}");
+        q.add(Param::Int(i32::from(high)), " AND c.status < {}");
     }
     if let Some(b) = f.blocked {
-        cond("blocked", "=", Param::Bool(b));
+        q.add(Param::Bool(b), " AND c.blocked = {}");
     }
     // Calls that did not answer 200 are few, and indexed apart (`calls_tenant_status_unusual`,
     // migration 0019): saying that the status sought is not 200 lets a search for a rare or
@@ -242,26 +202,24 @@ pub(super) fn conditions<'a>(
     // such as 5xx: its calls would have to be sorted, and a common class is found at once by
     // walking the newest calls.)
     if f.status.is_some_and(|s| s != 200) {
-        conds.push_str(" AND c.status <> 200");
+        q.sql.push_str(" AND c.status <> 200");
     }
     if let Some(policy) = &search.policy {
-        params.push(Param::Text(policy));
-        let (stopped, by) = STOPPED_BY.of(dialect);
+        let (stopped, by) = STOPPED_BY.of(q.dialect);
         // With an end user or a session, whose own indexes hold few calls, SQLite is told
         // not to walk every call the policy stopped instead (`+` hides an index).
-        let hide = if dialect == Dialect::Sqlite
+        let hide = if q.dialect == Dialect::Sqlite
             && (search.filter.end_user.is_some() || search.filter.session_id.is_some())
         {
             "+"
         } else {
             ""
         };
-        conds.push_str(&format!(
-            " AND ({stopped}) AND {hide}{by} = {}",
-            ph(params.len())
-        ));
+        q.add(
+            Param::Text(policy),
+            &format!(" AND ({stopped}) AND {hide}{by} = {{}}"),
+        );
     }
-    (conds, params)
 }
 
 /// Which guardrail stopped a call, as the `calls_tenant_stopped_by` index (migration

@@ -126,6 +126,11 @@ pub(super) enum EventSeq {
     Identity,
 }
 
+/// A stored value that does not read back: "a stored `what`: `e`".
+pub(super) fn bad(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(format!("a stored {what}: {e}"))
+}
+
 /// Reads the cells of a row by position, with errors that name the column.
 pub(super) struct Cells<'r> {
     row: &'r [Cell],
@@ -181,6 +186,42 @@ impl<'r> Cells<'r> {
     }
 }
 
+/// A statement put together from the conditions that apply, and its parameters.
+pub(super) struct Query<'a> {
+    pub sql: String,
+    pub args: Vec<Param<'a>>,
+    /// How the placeholders are spelled.
+    pub dialect: Dialect,
+}
+
+impl<'a> Query<'a> {
+    /// A statement with `$n` placeholders, as every statement run through [`Db`] has them.
+    pub(super) fn new(sql: String) -> Self {
+        Self::of(Dialect::Postgres, sql)
+    }
+
+    /// A statement with `dialect`'s placeholders.
+    pub(super) fn of(dialect: Dialect, sql: String) -> Self {
+        Self {
+            sql,
+            args: Vec::new(),
+            dialect,
+        }
+    }
+
+    /// Appends `text` and the parameter `p` it adds, which `text` names `{}` (each `{}`
+    /// becomes that parameter's placeholder).
+    pub(super) fn add(&mut self, p: Param<'a>, text: &str) {
+        self.args.push(p);
+        let placeholder = self.dialect.placeholder(self.args.len());
+        self.sql.push_str(&text.replace("{}", &placeholder));
+    }
+
+    pub(super) fn into_parts(self) -> (String, Vec<Param<'a>>) {
+        (self.sql, self.args)
+    }
+}
+
 /// The rows `sql` returns, each read by `read`.
 pub(super) fn all<T>(
     db: &mut dyn Db,
@@ -209,6 +250,34 @@ pub(super) fn one<T>(
     read: impl Fn(&SqlRow) -> StoreResult<T>,
 ) -> StoreResult<T> {
     first(db, sql, args, read)?.ok_or(StoreError::NotFound)
+}
+
+/// Whether `sql` returns any row.
+pub(super) fn exists(db: &mut dyn Db, sql: &str, args: &[Param<'_>]) -> StoreResult<bool> {
+    Ok(!db.query(sql, args)?.is_empty())
+}
+
+/// The row of `table` whose id is `id`, its `columns` read by `read`: only a row of
+/// `tenant` (`None`: of any tenant, as the operator sees them), else NotFound. `lock`
+/// locks it until the transaction ends (see [`Db::lock_rows`]).
+pub(super) fn owned<T>(
+    db: &mut dyn Db,
+    table: &str,
+    columns: &str,
+    id: &str,
+    tenant: Option<&TenantId>,
+    lock: bool,
+    read: impl Fn(&SqlRow) -> StoreResult<T>,
+) -> StoreResult<T> {
+    let lock = if lock { db.lock_rows() } else { "" };
+    let sql = format!(
+        "SELECT {columns} FROM {table} WHERE id = $1 AND (CAST($2 AS TEXT) IS NULL OR tenant_id = $2){lock}"
+    );
+    let args = [
+        Param::Text(id),
+        Param::OptText(tenant.map(TenantId::as_str)),
+    ];
+    one(db, &sql, &args, read)
 }
 
 /// The integer of the first column of the first row `sql` returns (a count, a sum, a

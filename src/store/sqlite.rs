@@ -8,17 +8,16 @@
 //! binding) is in `sqlite_conn`, below this module and the text index.
 //! This module translates between SQL and domain types; it must not contain policy.
 
-use super::rows::{CallParams, duplicate_call, explain_conflict, insert_call_sql};
+use super::rows::{CallParams, call_values, duplicate_call, explain_conflict, insert_call_sql};
 use super::sqlite_conn::{BUSY_TIMEOUT, SqliteDb, db_err, init_connection};
 use super::{
     Backend, CommitSettings, Durability, DynStore, PoolStats, Recording, Store, StoreError,
     StoreResult, migrate,
 };
-use crate::domain::chain::LinkVersion;
 use crate::domain::{CallRecord, TenantId};
 use r2d2::{Pool, PooledConnection};
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{Connection, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -30,12 +29,7 @@ const POOL_SIZE: u32 = 8;
 
 /// Opens the store and applies migrations.
 pub fn open_store(path: &Path) -> StoreResult<DynStore> {
-    open_store_with(path, Durability::default_for(Backend::Sqlite))
-}
-
-/// [`open_store`] at a durability level.
-pub fn open_store_with(path: &Path, durability: Durability) -> StoreResult<DynStore> {
-    Ok(Arc::new(SqliteStore::open_with(path, durability)?))
+    Ok(Arc::new(SqliteStore::open(path)?))
 }
 
 pub struct SqliteStore {
@@ -370,12 +364,9 @@ impl SqliteStore {
         };
         let writer = match (&mut *slot, wait) {
             (Some(writer), _) => writer,
-            (empty, true) => match open_first_connection(&self.path, self.durability) {
-                Ok(conn) => empty.insert(CallWriter {
-                    conn,
-                    heads: Default::default(),
-                }),
-                Err(e) => return Some(Err(db_err(e))),
+            (empty, true) => match self.open_call_writer() {
+                Ok(opened) => empty.insert(opened),
+                Err(e) => return Some(Err(e)),
             },
             (None, false) => return None,
         };
@@ -391,6 +382,14 @@ impl SqliteStore {
             self.restart_due.store(false, Ordering::Relaxed);
         }
         outcome
+    }
+
+    /// Opens the recorder's connection, which knows no chain head yet.
+    fn open_call_writer(&self) -> StoreResult<CallWriter> {
+        Ok(CallWriter {
+            conn: open_first_connection(&self.path, self.durability).map_err(db_err)?,
+            heads: Default::default(),
+        })
     }
 
     /// Opens (creating if needed) the database file at `path` and migrates it, at the
@@ -513,7 +512,7 @@ fn write_calls(
             };
             let mut stmt = conn.prepare_cached(&INSERT_CALL).map_err(db_err)?;
             for ((call, row), link) in calls.iter().zip(rows).zip(&linked.links) {
-                insert_call(&mut stmt, row, link)
+                stmt.execute(&call_values!(row, link, dyn rusqlite::ToSql)[..])
                     .map_err(db_err)
                     .map_err(|e| explain_conflict(e, || duplicate_call(&call.id)))?;
             }
@@ -578,51 +577,6 @@ fn placeholder(n: usize) -> String {
 
 static INSERT_CALL: LazyLock<String> = LazyLock::new(|| insert_call_sql(placeholder));
 
-fn insert_call(
-    stmt: &mut rusqlite::CachedStatement<'_>,
-    p: &CallParams<'_>,
-    link: &(i64, String),
-) -> rusqlite::Result<usize> {
-    stmt.execute(params![
-        p.id,
-        p.tenant_id,
-        p.key_id,
-        p.created_at,
-        p.endpoint,
-        p.model,
-        p.stream,
-        p.end_user,
-        p.session_id,
-        p.metadata,
-        p.request_body,
-        p.request_truncated,
-        p.request_sha256,
-        p.response_body,
-        p.response_truncated,
-        p.response_sha256,
-        p.status,
-        p.error,
-        p.blocked,
-        p.blocked_by,
-        p.decisions,
-        p.prompt_tokens,
-        p.completion_tokens,
-        p.cached_tokens,
-        p.total_tokens,
-        p.cost_nanos,
-        p.latency_us,
-        p.upstream_latency_us,
-        p.enforcement_us,
-        p.upstream_attempts,
-        p.upstream,
-        p.request_body_sha256,
-        p.response_body_sha256,
-        link.0,
-        link.1,
-        LinkVersion::V2.number(),
-    ])
-}
-
 impl Store for SqliteStore {
     fn backend(&self) -> Backend {
         Backend::Sqlite
@@ -644,10 +598,7 @@ impl Store for SqliteStore {
             let mut slot = lock_writer(&self.call_writer);
             let writer = match &mut *slot {
                 Some(writer) => writer,
-                empty => empty.insert(CallWriter {
-                    conn: open_first_connection(&self.path, self.durability).map_err(db_err)?,
-                    heads: Default::default(),
-                }),
+                empty => empty.insert(self.open_call_writer()?),
             };
             synchronous_of(&writer.conn)?
         };
@@ -709,11 +660,6 @@ impl Store for SqliteStore {
         let _writer = lock_writer(&self.writer);
         super::dump::sqlite::import(&mut conn, source)
     }
-
-    fn table_counts(&self) -> StoreResult<Vec<(String, i64)>> {
-        let conn = self.conn()?;
-        super::dump::sqlite::counts(&conn)
-    }
 }
 
 impl Recording for SqliteStore {
@@ -760,6 +706,7 @@ impl Recording for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::super::rows::list_calls_query;
+    use super::super::sql::Dialect;
     use super::*;
     use crate::domain::Timestamp;
     use rusqlite::params_from_iter;
@@ -974,7 +921,7 @@ mod tests {
         ];
         for (filter, index) in &filters {
             for after in [None, Some(&cursor)] {
-                let (sql, args) = list_calls_query(&f.tenant, filter, after, 50, placeholder);
+                let (sql, args) = list_calls_query(&f.tenant, filter, after, 50, Dialect::Sqlite);
                 let plan = conn
                     .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
                     .unwrap()

@@ -11,7 +11,7 @@ use base64::Engine;
 const COLUMNS: &str = "id, tenant_id, kind, status, created_by, created_at, updated_at, params, progress_done, progress_total, result, error, content_type, filename";
 
 fn bad(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Database(format!("a stored task {what}: {e}"))
+    super::sql::bad(&format!("task {what}"), e)
 }
 
 fn json(s: Option<String>) -> StoreResult<Option<serde_json::Value>> {
@@ -41,15 +41,7 @@ fn task_from(row: &SqlRow) -> StoreResult<Task> {
 
 /// An unknown tenant is NotFound.
 pub(super) fn insert(db: &mut dyn Db, t: &Task) -> StoreResult<()> {
-    if db
-        .query(
-            "SELECT id FROM tenants WHERE id = $1",
-            &[Param::Text(t.tenant_id.as_str())],
-        )?
-        .is_empty()
-    {
-        return Err(StoreError::NotFound);
-    }
+    super::tenants::require(db, &t.tenant_id)?;
     let params = t.params.to_string();
     let result = t.result.as_ref().map(ToString::to_string);
     db.execute(
@@ -111,15 +103,17 @@ pub(super) fn get(db: &mut dyn Db, tenant: &TenantId, id: &TaskId) -> StoreResul
 
 /// The tenant's tasks, newest first.
 pub(super) fn list(db: &mut dyn Db, tenant: &TenantId, limit: u32) -> StoreResult<Vec<Task>> {
-    db.query(
+    super::sql::all(
+        db,
         &format!(
             "SELECT {COLUMNS} FROM tasks WHERE tenant_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
         ),
-        &[Param::Text(tenant.as_str()), Param::BigInt(i64::from(limit))],
-    )?
-    .iter()
-    .map(task_from)
-    .collect()
+        &[
+            Param::Text(tenant.as_str()),
+            Param::BigInt(i64::from(limit)),
+        ],
+        task_from,
+    )
 }
 
 /// Applies `u` to the task; returns the task as it is now. NotFound when there is no such

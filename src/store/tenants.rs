@@ -37,6 +37,16 @@ pub(super) fn get(db: &mut dyn Db, id: &TenantId) -> StoreResult<Tenant> {
     )
 }
 
+/// NotFound unless the tenant exists: what writing a row for an unknown tenant is.
+pub(super) fn require(db: &mut dyn Db, tenant: &TenantId) -> StoreResult<()> {
+    let args = [Param::Text(tenant.as_str())];
+    if sql::exists(db, "SELECT 1 FROM tenants WHERE id = $1", &args)? {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound)
+    }
+}
+
 pub(super) fn list(db: &mut dyn Db) -> StoreResult<Vec<Tenant>> {
     sql::all(
         db,
@@ -47,9 +57,7 @@ pub(super) fn list(db: &mut dyn Db) -> StoreResult<Vec<Tenant>> {
 }
 
 fn tenant_id(stored: &str) -> StoreResult<TenantId> {
-    TenantId::parse(stored).map_err(|e| {
-        StoreError::Database(format!("a stored tenant id could not be read back: {e}"))
-    })
+    TenantId::parse(stored).map_err(|e| super::rows::corrupt("tenant id", e))
 }
 
 pub(super) fn policy(db: &mut dyn Db, tenant: &TenantId) -> StoreResult<Option<serde_json::Value>> {
